@@ -1,0 +1,89 @@
+"""clusterplan command line: parses, calls the models and solvers, renders. Nothing imports cli.
+
+Subcommands live in their own modules and are imported only when invoked, so `clusterplan plan`
+never imports torch and `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+from clusterplan import __version__
+from clusterplan.errors import ClusterplanError
+
+# command name -> (module, attribute, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "plan": ("clusterplan.cli.plan", "plan", "Search training layouts and rank them by predicted step time."),
+    "estimate": ("clusterplan.cli.estimate", "estimate", "Predict memory and step time of one training layout."),
+    "serve-plan": ("clusterplan.cli.serve", "serve_plan", "Cheapest GPU mix that serves a workload within SLOs."),
+    "experts": ("clusterplan.cli.experts", "experts", "Place MoE experts on GPUs from routing statistics."),
+    "profile": ("clusterplan.cli.profile", "profile", "Measure GEMM, memory and collectives; write a calibration."),
+    "validate": ("clusterplan.cli.validate", "validate", "Run a plan with torch.distributed; report prediction error."),
+    "check": ("clusterplan.cli.check", "check", "CI gate: check a plan or launch config against rules."),
+    "export": ("clusterplan.cli.export", "export", "Write a plan as a torchtitan, Megatron-LM or DeepSpeed config."),
+    "hw": ("clusterplan.cli.hw", "hw", "List and show GPUs, links and node presets."),
+    "models": ("clusterplan.cli.models_cmd", "models", "List and show model presets or config.json files."),
+}
+
+
+def _available(name: str) -> bool:
+    module = COMMANDS[name][0]
+    return importlib.util.find_spec(module) is not None
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _available(name)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS or not _available(cmd_name):
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="clusterplan")
+@click.option("--debug", is_flag=True, envvar="CLUSTERPLAN_DEBUG", help="Show tracebacks of unexpected errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Plan, check and calibrate large-model training and serving layouts on GPU clusters."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: expected failures print one line and exit 2; bugs show a traceback with --debug."""
+    from clusterplan.cli.console import console
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        return cli.main(args=args, prog_name="clusterplan", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        console.error("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        console.error(exc.format_message())
+        sys.exit(2)
+    except ClusterplanError as exc:
+        console.error(str(exc))
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # an unexpected bug
+        if debug:
+            console.err.print_exception(suppress=[click])
+        else:
+            console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        sys.exit(3)

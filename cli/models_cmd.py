@@ -1,0 +1,55 @@
+"""`clusterplan models list|show`: the model catalog."""
+
+from __future__ import annotations
+
+import click
+from clusterplan.cli.console import console
+from clusterplan.cli.options import format_option
+from clusterplan.models.catalog import load_model, presets
+from clusterplan.models.spec import ModelSpec
+
+
+@click.group()
+def models() -> None:
+    """Model presets, our YAML model files and Hugging Face config.json files."""
+
+
+def _summary(spec: ModelSpec) -> dict:
+    return {"name": spec.name, "family": spec.family, "total_params": spec.total_params(),
+            "active_params": spec.active_params(), "n_layers": spec.n_layers, "hidden": spec.hidden,
+            "n_heads": spec.n_heads, "n_kv_heads": spec.kv_heads, "n_experts": spec.n_experts, "top_k": spec.top_k}
+
+
+@models.command("list")
+@format_option
+def models_list(fmt: str) -> None:
+    """List the built-in model presets."""
+    specs = list(presets().values())
+    if fmt == "json":
+        console.json({"models": [_summary(s) for s in specs]})
+        return
+    console.table(None, ["name", "params B", "active B", "layers", "hidden", "heads/kv", "experts"], [
+        (s.name, f"{s.total_params() / 1e9:.2f}", f"{s.active_params() / 1e9:.2f}", s.n_layers, s.hidden,
+         f"{s.n_heads}/{s.kv_heads}", f"{s.n_experts} top-{s.top_k}" if s.is_moe else "-") for s in specs])
+
+
+@models.command("show")
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
+              help="Output format; yaml prints a model file clusterplan can load back.")
+def models_show(model: str, fmt: str) -> None:
+    """Show a preset, a YAML model file or a config.json, with exact parameter counts."""
+    spec = load_model(model)
+    data = spec.to_dict()
+    if fmt == "yaml":
+        import yaml
+
+        console.text(yaml.safe_dump(data, sort_keys=False).rstrip())
+        return
+    if fmt == "json":
+        console.json({**data, "total_params": spec.total_params(), "active_params": spec.active_params()})
+        return
+    rows = [(k, v) for k, v in data.items() if v not in (None, 0, "", False) or k in ("tied_embeddings",)]
+    rows += [("total_params", f"{spec.total_params():,} ({spec.total_params() / 1e9:.2f} B)"),
+             ("active_params", f"{spec.active_params():,} ({spec.active_params() / 1e9:.2f} B)")]
+    console.table(None, ["field", "value"], rows, justify_right=[False, False])

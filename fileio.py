@@ -1,0 +1,53 @@
+"""Reading user files with clear errors, and writing output files atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from clusterplan.errors import BadInputError
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, fixed separators, trailing newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a YAML or JSON file whose top level is a mapping; one-line errors otherwise."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{p}: no such file; give the path of an existing YAML or JSON file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{p}: cannot read ({exc}); give a readable UTF-8 text file") from exc
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"{p}: malformed {'JSON' if p.suffix == '.json' else 'YAML'} ({first}); fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise BadInputError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -1,0 +1,27 @@
+"""Hardware database: GPUs, links and node presets as YAML data with sources.
+
+    from clusterplan.hardware_db import get_gpu, get_node, get_link
+    get_gpu("H100").peak_tflops["bf16"]   # 989.4
+"""
+
+from clusterplan.hardware_db.catalog import (
+    find_name,
+    get_gpu,
+    get_link,
+    get_node,
+    load_db,
+)
+from clusterplan.hardware_db.schema import GPU, HardwareDB, Link, NodeType, Price
+
+__all__ = [
+    "GPU",
+    "HardwareDB",
+    "Link",
+    "NodeType",
+    "Price",
+    "find_name",
+    "get_gpu",
+    "get_link",
+    "get_node",
+    "load_db",
+]

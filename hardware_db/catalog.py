@@ -1,0 +1,173 @@
+"""Loading and validating the YAML hardware data into frozen records."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db.schema import DTYPES, GPU, HardwareDB, Link, NodeType, Price
+
+DATA_DIR = Path(__file__).parent / "data"
+GPU_SOURCE_KEYS = ("tflops", "memory", "scale_up", "tdp", "achieved")
+
+T = TypeVar("T")
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def find_name(
+    kind: str, name: str, table: Mapping[str, T], aliases: Mapping[str, str] | None = None, list_cmd: str = "hw list"
+) -> T:
+    """Look `name` up case- and punctuation-insensitively; unknown names suggest the closest ones."""
+    index = {_norm(k): k for k in table}
+    for alias, target in (aliases or {}).items():
+        index.setdefault(_norm(alias), target)
+    key = index.get(_norm(name))
+    if key is None:
+        close = difflib.get_close_matches(_norm(name), list(index), n=3, cutoff=0.5)
+        hint = ", ".join(sorted({index[c] for c in close})) if close else ", ".join(sorted(table))
+        raise BadInputError(f"unknown {kind} {name!r}; did you mean: {hint}? (`clusterplan {list_cmd}` shows all)")
+    return table[key]
+
+
+def _num(where: str, raw: Mapping[str, Any], key: str, *, positive: bool = True) -> float:
+    if key not in raw:
+        raise BadInputError(f"{where}: missing field {key!r}")
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadInputError(f"{where}: field {key!r} must be a number, got {value!r}")
+    if positive and value <= 0:
+        raise BadInputError(f"{where}: field {key!r} must be > 0, got {value}")
+    return float(value)
+
+
+def _str(where: str, raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise BadInputError(f"{where}: missing or empty text field {key!r}")
+    return value
+
+
+def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
+    where = f"gpus.yaml: {name}"
+    sources = raw.get("sources") or {}
+    missing = [k for k in GPU_SOURCE_KEYS if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: numbers without a source: {', '.join(missing)}")
+    tflops = raw.get("tflops_dense") or {}
+    bad = [k for k in tflops if k not in DTYPES]
+    if bad or not tflops:
+        raise BadInputError(f"{where}: tflops_dense needs dtypes from {DTYPES}, got {sorted(tflops)}")
+    scale_up = raw.get("scale_up") or {}
+    price_raw = raw.get("price")
+    price = None
+    if price_raw:
+        price = Price(
+            usd_per_gpu_hour=_num(where + " price", price_raw, "usd_per_gpu_hour"),
+            observed=str(_str(where + " price", price_raw, "observed")),
+            provider=_str(where + " price", price_raw, "provider"),
+            source=_str(where + " price", price_raw, "source"),
+        )
+    achieved = raw.get("achieved") or {}
+    return GPU(
+        name=name,
+        vendor=_str(where, raw, "vendor"),
+        aliases=tuple(raw.get("aliases") or ()),
+        peak_tflops=MappingProxyType({k: _num(where, tflops, k) for k in tflops}),
+        memory_gib=_num(where, raw, "memory_gib"),
+        memory_tb_per_s=_num(where, raw, "memory_tb_per_s"),
+        scale_up_link=_str(where + " scale_up", scale_up, "link"),
+        scale_up_gb_per_s=_num(where + " scale_up", scale_up, "gb_per_s"),
+        scale_up_domain=int(_num(where + " scale_up", scale_up, "domain")),
+        pcie_gen=int(_num(where, raw, "pcie_gen")),
+        tdp_w=_num(where, raw, "tdp_w"),
+        gemm_peak_fraction=_num(where + " achieved", achieved, "gemm_peak_fraction"),
+        hbm_fraction=_num(where + " achieved", achieved, "hbm_fraction"),
+        price=price,
+        sources=MappingProxyType(dict(sources)),
+    )
+
+
+def _parse_link(name: str, raw: Mapping[str, Any]) -> Link:
+    where = f"links.yaml: {name}"
+    kind = _str(where, raw, "kind")
+    if kind not in ("scale_up", "scale_out"):
+        raise BadInputError(f"{where}: kind must be scale_up or scale_out, got {kind!r}")
+    frac = _num(where, raw, "busbw_fraction")
+    if frac > 1.2:
+        raise BadInputError(f"{where}: busbw_fraction {frac} is a fraction of line rate, expected <= 1.2")
+    return Link(
+        name=name,
+        kind=kind,
+        gb_per_s=_num(where, raw, "gb_per_s"),
+        latency_us=_num(where, raw, "latency_us"),
+        busbw_fraction=frac,
+        source=_str(where, raw, "source"),
+    )
+
+
+def _parse_node(name: str, raw: Mapping[str, Any]) -> NodeType:
+    where = f"nodes.yaml: {name}"
+    price = raw.get("usd_per_node_hour")
+    return NodeType(
+        name=name,
+        gpu=_str(where, raw, "gpu"),
+        gpus_per_node=int(_num(where, raw, "gpus_per_node")),
+        scale_up_link=_str(where, raw, "scale_up_link"),
+        scale_up_domain=int(_num(where, raw, "scale_up_domain")),
+        nic_link=_str(where, raw, "nic_link"),
+        nics_per_node=int(_num(where, raw, "nics_per_node")),
+        description=_str(where, raw, "description"),
+        source=_str(where, raw, "source"),
+        aliases=tuple(raw.get("aliases") or ()),
+        usd_per_node_hour=float(price) if price is not None else None,
+    )
+
+
+def _read(name: str) -> Mapping[str, Any]:
+    import yaml
+
+    with open(DATA_DIR / name, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return data or {}
+
+
+@lru_cache(maxsize=1)
+def load_db() -> HardwareDB:
+    """Load and cross-check the shipped data (each node's GPU and links must exist)."""
+    gpus = {n: _parse_gpu(n, r) for n, r in _read("gpus.yaml")["gpus"].items()}
+    links = {n: _parse_link(n, r) for n, r in _read("links.yaml")["links"].items()}
+    nodes = {n: _parse_node(n, r) for n, r in _read("nodes.yaml")["nodes"].items()}
+    for gpu in gpus.values():
+        if gpu.scale_up_link not in links:
+            raise BadInputError(f"gpus.yaml: {gpu.name}: unknown scale_up link {gpu.scale_up_link!r}")
+    for node in nodes.values():
+        for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
+            if ref not in table:
+                raise BadInputError(f"nodes.yaml: {node.name}: unknown reference {ref!r}")
+    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes))
+
+
+def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
+    return {alias: name for name, rec in table.items() for alias in rec.aliases}
+
+
+def get_gpu(name: str) -> GPU:
+    db = load_db()
+    return find_name("GPU", name, db.gpus, _aliases(db.gpus))
+
+
+def get_link(name: str) -> Link:
+    return find_name("link", name, load_db().links)
+
+
+def get_node(name: str) -> NodeType:
+    db = load_db()
+    return find_name("node preset", name, db.nodes, _aliases(db.nodes))

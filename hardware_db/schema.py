@@ -1,0 +1,109 @@
+"""Frozen, typed records of the hardware database. Units are in every field name.
+
+Bandwidths are per direction (uni-directional), in GB/s (1e9 bytes/s); FLOP rates are dense
+(no structured sparsity), in TFLOP/s (1e12 FLOP/s); capacities are in GiB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Price:
+    """An on-demand price observation; prices move, so each carries its date and source."""
+
+    usd_per_gpu_hour: float
+    observed: str
+    """Date of the observation, ISO `YYYY-MM` or `YYYY-MM-DD`."""
+    provider: str
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GPU:
+    name: str
+    vendor: str
+    aliases: tuple[str, ...]
+    peak_tflops: Mapping[str, float]
+    """Dense peak per dtype in TFLOP/s; a dtype the GPU lacks is absent."""
+    memory_gib: float
+    memory_tb_per_s: float
+    scale_up_link: str
+    """Name of a link in links.yaml (`pcie4` when the GPU has no scale-up fabric)."""
+    scale_up_gb_per_s: float
+    """Per-GPU scale-up bandwidth per direction."""
+    scale_up_domain: int
+    """GPUs reachable over the scale-up fabric (8 for an NVSwitch node, 72 for NVL72, 1 for none)."""
+    pcie_gen: int
+    tdp_w: float
+    gemm_peak_fraction: float
+    """Best achieved fraction of dense bf16/fp16 peak on large GEMMs (MAMF)."""
+    hbm_fraction: float
+    """Achieved fraction of peak memory bandwidth on large streaming copies."""
+    price: Price | None
+    sources: Mapping[str, str]
+    """Source of each group of numbers: tflops, memory, scale_up, tdp, achieved."""
+
+    def tflops(self, dtype: str) -> float:
+        """Dense peak TFLOP/s for `dtype`; fp8 falls back to bf16 on GPUs without fp8 units."""
+        if dtype in self.peak_tflops:
+            return self.peak_tflops[dtype]
+        if dtype in ("fp8", "fp4") and "bf16" in self.peak_tflops:
+            return self.peak_tflops["bf16"]
+        if dtype == "bf16" and "fp16" in self.peak_tflops:
+            return self.peak_tflops["fp16"]
+        return self.peak_tflops["fp32"]
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return self.memory_tb_per_s * 1e12
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Link:
+    name: str
+    kind: str
+    """`scale_up` (NVLink, Infinity Fabric, PCIe inside a node) or `scale_out` (NICs)."""
+    gb_per_s: float
+    """Per port (scale-out) or per GPU (scale-up) bandwidth, per direction, line rate."""
+    latency_us: float
+    """Per-step latency (alpha) of a collective over this link."""
+    busbw_fraction: float
+    """Achieved nccl-tests bus bandwidth at large messages as a fraction of line rate."""
+    source: str
+
+    @property
+    def achieved_bytes_per_s(self) -> float:
+        return self.gb_per_s * 1e9 * self.busbw_fraction
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeType:
+    name: str
+    gpu: str
+    gpus_per_node: int
+    scale_up_link: str
+    scale_up_domain: int
+    """GPUs in one scale-up domain (8 in a DGX, 72 in an NVL72 rack)."""
+    nic_link: str
+    nics_per_node: int
+    description: str
+    source: str
+    aliases: tuple[str, ...] = ()
+    usd_per_node_hour: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareDB:
+    gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
+    links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
+    nodes: Mapping[str, NodeType] = field(default_factory=lambda: MappingProxyType({}))

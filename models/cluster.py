@@ -1,0 +1,197 @@
+"""Cluster: groups of nodes (possibly of different GPU types) and the links between ranks.
+
+`--cluster dgx-h100:64` is shorthand for one group of 64 DGX H100 nodes; a YAML file describes
+anything else (see README "Cluster files"). Ranks are numbered node by node, GPU by GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_mapping
+from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkLevel:
+    """The link a group of ranks crosses, as the collective model needs it."""
+
+    name: str
+    level: str
+    """`self` (one rank), `scale_up` (inside a scale-up domain) or `scale_out` (across nodes)."""
+    busbw_bytes_per_s: float
+    """Achieved bus bandwidth per GPU per direction (nccl-tests definition) at large messages."""
+    latency_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeGroup:
+    preset: str
+    gpu: GPU
+    count: int
+    gpus_per_node: int
+    scale_up: Link
+    scale_up_domain: int
+    nic: Link
+    nics_per_node: int
+    scale_up_busbw_gb_per_s: float
+    """Achieved scale-up bus bandwidth per GPU (link line rate x busbw fraction unless overridden)."""
+    scale_out_busbw_gb_per_s: float
+    """Achieved scale-out bandwidth per GPU: node NICs x achieved rate / GPUs per node (rail-optimised)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cluster:
+    name: str
+    groups: tuple[NodeGroup, ...]
+    node_bandwidth_gb_per_s: tuple[tuple[float, ...], ...] | None = None
+    """Optional measured node-to-node bandwidth matrix (GB/s per direction, whole node), for uneven links."""
+
+    # ---- shape ------------------------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    @property
+    def world_size(self) -> int:
+        return sum(g.count * g.gpus_per_node for g in self.groups)
+
+    @property
+    def is_homogeneous(self) -> bool:
+        return len({g.gpu.name for g in self.groups}) == 1 and len({g.gpus_per_node for g in self.groups}) == 1
+
+    @property
+    def primary(self) -> NodeGroup:
+        """The first (for a homogeneous cluster, the only) kind of node."""
+        return self.groups[0]
+
+    @property
+    def gpu(self) -> GPU:
+        return self.primary.gpu
+
+    def node_of(self, rank: int) -> int:
+        if not 0 <= rank < self.world_size:
+            raise BadInputError(f"rank {rank} outside the cluster's world size {self.world_size}")
+        node = 0
+        for g in self.groups:
+            span = g.count * g.gpus_per_node
+            if rank < span:
+                return node + rank // g.gpus_per_node
+            rank -= span
+            node += g.count
+        raise AssertionError("unreachable")
+
+    def group_of_node(self, node: int) -> NodeGroup:
+        for g in self.groups:
+            if node < g.count:
+                return g
+            node -= g.count
+        raise BadInputError(f"node {node} outside the cluster's {self.n_nodes} nodes")
+
+    def gpu_of(self, rank: int) -> GPU:
+        return self.group_of_node(self.node_of(rank)).gpu
+
+    # ---- links ------------------------------------------------------------------------------
+    def link_for(self, ranks: Sequence[int]) -> LinkLevel:
+        """Which link level a collective among `ranks` crosses, and its achieved bandwidth per GPU."""
+        ranks = sorted(set(ranks))
+        if len(ranks) <= 1:
+            return LinkLevel(name="self", level="self", busbw_bytes_per_s=float("inf"), latency_s=0.0)
+        nodes = sorted({self.node_of(r) for r in ranks})
+        groups = [self.group_of_node(n) for n in nodes]
+        if len(nodes) == 1 or self._same_scale_up_domain(nodes):
+            bw = min(g.scale_up_busbw_gb_per_s for g in groups)
+            slowest = min(groups, key=lambda g: g.scale_up_busbw_gb_per_s)
+            return LinkLevel(name=slowest.scale_up.name, level="scale_up", busbw_bytes_per_s=bw * 1e9,
+                             latency_s=slowest.scale_up.latency_us * 1e-6)
+        slowest = min(groups, key=lambda g: g.scale_out_busbw_gb_per_s)
+        bw = slowest.scale_out_busbw_gb_per_s
+        if self.node_bandwidth_gb_per_s is not None:
+            # A ring through these nodes is bound by its slowest hop (Pipette's measured-link view).
+            pair_bw = min(self.node_bandwidth_gb_per_s[a][b] for a in nodes for b in nodes if a != b)
+            bw = min(bw, pair_bw / slowest.gpus_per_node)
+        return LinkLevel(name=slowest.nic.name, level="scale_out", busbw_bytes_per_s=bw * 1e9,
+                         latency_s=slowest.nic.latency_us * 1e-6)
+
+    def _same_scale_up_domain(self, nodes: Sequence[int]) -> bool:
+        g = self.group_of_node(nodes[0])
+        if g.scale_up_domain <= g.gpus_per_node:
+            return False
+        per_domain = g.scale_up_domain // g.gpus_per_node
+        return len({n // per_domain for n in nodes}) == 1 and all(self.group_of_node(n) is g for n in nodes)
+
+    def describe(self) -> str:
+        parts = [f"{g.count} x {g.preset} ({g.gpus_per_node} x {g.gpu.name})" for g in self.groups]
+        return " + ".join(parts) + f" = {self.world_size} GPUs"
+
+
+def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> NodeGroup:
+    node = get_node(preset)
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+        raise BadInputError(f"{where}: node count must be a positive integer, got {count!r}")
+    gpu = get_gpu(overrides.get("gpu", node.gpu))
+    gpus_per_node = int(overrides.get("gpus_per_node", node.gpus_per_node))
+    scale_up = get_link(overrides.get("scale_up_link", node.scale_up_link))
+    nic = get_link(overrides.get("nic_link", node.nic_link))
+    nics = int(overrides.get("nics_per_node", node.nics_per_node))
+    domain = int(overrides.get("scale_up_domain", node.scale_up_domain))
+    up_bw = overrides.get("scale_up_busbw_gb_per_s", scale_up.achieved_bytes_per_s / 1e9)
+    out_bw = overrides.get("scale_out_busbw_gb_per_s", nics * nic.achieved_bytes_per_s / 1e9 / gpus_per_node)
+    for key, value in (("gpus_per_node", gpus_per_node), ("nics_per_node", nics), ("scale_up_domain", domain),
+                       ("scale_up_busbw_gb_per_s", up_bw), ("scale_out_busbw_gb_per_s", out_bw)):
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
+    return NodeGroup(preset=node.name, gpu=gpu, count=count, gpus_per_node=gpus_per_node, scale_up=scale_up,
+                     scale_up_domain=domain, nic=nic, nics_per_node=nics,
+                     scale_up_busbw_gb_per_s=float(up_bw), scale_out_busbw_gb_per_s=float(out_bw))
+
+
+GROUP_KEYS = {"node", "count", "gpu", "gpus_per_node", "scale_up_link", "nic_link", "nics_per_node",
+              "scale_up_domain", "scale_up_busbw_gb_per_s", "scale_out_busbw_gb_per_s"}
+
+
+def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluster:
+    raw_groups = data.get("groups")
+    if not isinstance(raw_groups, list) or not raw_groups:
+        raise BadInputError(f"{where}: needs `groups:`, a list of {{node: PRESET, count: N}}")
+    groups = []
+    for i, raw in enumerate(raw_groups):
+        if not isinstance(raw, dict) or "node" not in raw or "count" not in raw:
+            raise BadInputError(f"{where}: groups[{i}] needs `node` and `count`")
+        unknown = set(raw) - GROUP_KEYS
+        if unknown:
+            raise BadInputError(f"{where}: groups[{i}] unknown key(s) {', '.join(sorted(unknown))}; known: "
+                                f"{', '.join(sorted(GROUP_KEYS))}")
+        groups.append(_group(str(raw["node"]), raw["count"], raw, f"{where}: groups[{i}]"))
+    matrix = data.get("node_bandwidth_gb_per_s")
+    n_nodes = sum(g.count for g in groups)
+    if matrix is not None:
+        ok = isinstance(matrix, list) and len(matrix) == n_nodes and all(
+            isinstance(row, list) and len(row) == n_nodes and all(isinstance(v, (int, float)) and v >= 0 for v in row)
+            for row in matrix)
+        if not ok:
+            raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of numbers >= 0")
+        matrix = tuple(tuple(float(v) for v in row) for row in matrix)
+    return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix)
+
+
+SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)$")
+
+
+def load_cluster(ref: str) -> Cluster:
+    """`PRESET:NODES` (e.g. `dgx-h100:64`) or the path of a cluster YAML/JSON file."""
+    m = SHORTHAND.match(ref.strip())
+    if m and not Path(ref).exists():
+        count = int(m["count"])
+        group = _group(m["preset"], count, {}, f"--cluster {ref}")
+        return Cluster(name=ref, groups=(group,))
+    if Path(ref).exists():
+        data = load_mapping(ref)
+        return cluster_from_dict(data.get("cluster", data), where=str(ref))
+    raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets) "
+                        "or the path of a cluster YAML file")

@@ -1,0 +1,230 @@
+"""ModelSpec: a decoder-only transformer described completely enough for compute, memory and
+communication models, with exact parameter counts (total and active per token).
+
+Counts follow the modules of the Hugging Face implementations (attention projections, gated or plain
+MLP, router and experts, norms, embeddings, LM head); Narayanan et al. 2021 Eq. 2 is the special case
+of a GPT with biases, learned positions and tied embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from clusterplan.errors import BadInputError
+
+NormKind = Literal["rmsnorm", "layernorm"]
+PositionKind = Literal["rope", "learned", "alibi"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelSpec:
+    name: str
+    family: str = "llama"
+    """Architecture family (Hugging Face `model_type`), e.g. llama, mixtral, deepseek_v3, gpt2."""
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    """Key/value heads (GQA/MQA); None means n_heads (multi-head attention)."""
+    head_dim: int | None = None
+    """Per-head dimension; None means hidden // n_heads."""
+    ffn_hidden: int
+    """Intermediate size of the dense MLP."""
+    gated_ffn: bool = True
+    """SwiGLU-style gate (three matrices) when True, plain two-matrix MLP when False."""
+    vocab: int
+    tied_embeddings: bool = False
+    norm: NormKind = "rmsnorm"
+    position: PositionKind = "rope"
+    max_positions: int = 4096
+    attn_bias: bool = False
+    """Biases on the q/k/v projections (Qwen2, GPT-2, OPT, BLOOM)."""
+    linear_bias: bool = False
+    """Biases on the attention output and MLP projections (GPT-2, OPT, BLOOM, GPT-NeoX)."""
+    embed_norm: bool = False
+    """A norm right after the token embedding (BLOOM)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (Qwen3)."""
+    # Mixture of experts
+    n_experts: int = 0
+    """Routed experts per MoE layer; 0 for a dense model."""
+    top_k: int = 0
+    """Routed experts per token."""
+    n_shared_experts: int = 0
+    expert_ffn_hidden: int = 0
+    """Intermediate size of one routed expert."""
+    shared_expert_ffn_hidden: int = 0
+    """Intermediate size of the shared-expert block (all shared experts together); 0 means n_shared * expert size."""
+    shared_expert_gate: bool = False
+    """A sigmoid gate of size hidden on the shared expert (Qwen2-MoE)."""
+    first_dense_layers: int = 0
+    """Leading layers with a dense MLP (DeepSeek `first_k_dense_replace`)."""
+    moe_every: int = 1
+    """Every n-th layer after the dense ones is MoE (1 = all)."""
+    # Multi-head latent attention (DeepSeek-V2/V3)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    """Compressed KV dimension; > 0 switches attention to MLA."""
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    source: str = ""
+    """Where the dimensions come from (a config.json, a paper table)."""
+
+    def __post_init__(self) -> None:
+        for f in ("n_layers", "hidden", "n_heads", "ffn_hidden", "vocab", "max_positions"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BadInputError(f"model {self.name}: {f} must be a positive integer, got {value!r}")
+        kv = self.kv_heads
+        if kv <= 0 or self.n_heads % kv:
+            raise BadInputError(
+                f"model {self.name}: n_heads({self.n_heads}) is not a multiple of n_kv_heads({kv}); "
+                "grouped-query attention needs whole groups"
+            )
+        if self.head_dim is None and not self.is_mla and self.hidden % self.n_heads:
+            raise BadInputError(
+                f"model {self.name}: hidden({self.hidden}) % n_heads({self.n_heads}) != 0; give head_dim explicitly"
+            )
+        if self.n_experts:
+            if not 0 < self.top_k <= self.n_experts:
+                raise BadInputError(f"model {self.name}: top_k({self.top_k}) must be in 1..n_experts({self.n_experts})")
+            if self.expert_ffn_hidden <= 0:
+                raise BadInputError(f"model {self.name}: MoE needs expert_ffn_hidden > 0")
+            if self.moe_every < 1 or not 0 <= self.first_dense_layers <= self.n_layers:
+                raise BadInputError(f"model {self.name}: moe_every >= 1 and 0 <= first_dense_layers <= n_layers")
+        if self.is_mla and min(self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0:
+            raise BadInputError(f"model {self.name}: MLA needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim > 0")
+
+    # ---- derived shape -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden // self.n_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def n_moe_layers(self) -> int:
+        if not self.is_moe:
+            return 0
+        return len([i for i in range(self.first_dense_layers, self.n_layers) if self.is_moe_layer(i)])
+
+    def is_moe_layer(self, index: int) -> bool:
+        return self.is_moe and index >= self.first_dense_layers and (index - self.first_dense_layers) % self.moe_every == 0
+
+    @property
+    def shared_ffn(self) -> int:
+        return self.shared_expert_ffn_hidden or self.n_shared_experts * self.expert_ffn_hidden
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads together (the attention-score GEMM's inner size times heads)."""
+        return self.n_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.dim_head)
+
+    @property
+    def v_dim(self) -> int:
+        """Width of all value heads together (input of the output projection)."""
+        return self.n_heads * (self.v_head_dim if self.is_mla else self.dim_head)
+
+    # ---- parameter counts -----------------------------------------------------------------------
+    def attention_params(self) -> int:
+        h = self.hidden
+        if self.is_mla:
+            qk_head = self.qk_nope_head_dim + self.qk_rope_head_dim
+            if self.q_lora_rank:
+                q = h * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * self.n_heads * qk_head
+            else:
+                q = h * self.n_heads * qk_head
+            kv = (
+                h * (self.kv_lora_rank + self.qk_rope_head_dim)
+                + self.kv_lora_rank
+                + self.kv_lora_rank * self.n_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            )
+            return q + kv + self.v_dim * h
+        d = self.dim_head
+        q_out, kv_out = self.n_heads * d, self.kv_heads * d
+        params = h * (q_out + 2 * kv_out) + q_out * h
+        if self.attn_bias:
+            params += q_out + 2 * kv_out
+        if self.linear_bias:
+            params += h
+        if self.qk_norm:
+            params += 2 * d
+        return params
+
+    def mlp_params(self, ffn: int) -> int:
+        h = self.hidden
+        params = (3 if self.gated_ffn else 2) * h * ffn
+        if self.linear_bias:
+            params += (2 if self.gated_ffn else 1) * ffn + h
+        return params
+
+    def norm_params(self) -> int:
+        return self.hidden * (2 if self.norm == "layernorm" else 1)
+
+    def moe_params(self, active: bool = False) -> int:
+        """Router, routed experts (all, or top_k when `active`), shared experts of one MoE layer."""
+        experts = self.top_k if active else self.n_experts
+        params = self.hidden * self.n_experts + experts * self.mlp_params(self.expert_ffn_hidden)
+        if self.shared_ffn:
+            params += self.mlp_params(self.shared_ffn)
+        if self.shared_expert_gate:
+            params += self.hidden
+        return params
+
+    def layer_params(self, index: int, active: bool = False) -> int:
+        mlp = self.moe_params(active) if self.is_moe_layer(index) else self.mlp_params(self.ffn_hidden)
+        return self.attention_params() + mlp + 2 * self.norm_params()
+
+    def embedding_params(self) -> int:
+        params = self.vocab * self.hidden
+        if self.position == "learned":
+            params += self.max_positions * self.hidden
+        if self.embed_norm:
+            params += self.norm_params()
+        return params
+
+    def head_params(self) -> int:
+        """Final norm plus the LM head (zero extra when tied to the embedding)."""
+        return self.norm_params() + (0 if self.tied_embeddings else self.vocab * self.hidden)
+
+    def total_params(self) -> int:
+        layers = sum(self.layer_params(i) for i in range(self.n_layers))
+        return self.embedding_params() + layers + self.head_params()
+
+    def active_params(self) -> int:
+        """Parameters touched per token (top_k routed experts instead of all)."""
+        layers = sum(self.layer_params(i, active=True) for i in range(self.n_layers))
+        return self.embedding_params() + layers + self.head_params()
+
+    # ---- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "model") -> ModelSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"{where}: unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = [f for f in ("name", "n_layers", "hidden", "n_heads", "ffn_hidden", "vocab") if f not in data]
+        if missing:
+            raise BadInputError(f"{where}: missing model field(s) {', '.join(missing)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BadInputError(f"{where}: {exc}") from exc
+
+    def scaled(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)

@@ -1,0 +1,38 @@
+"""Worked examples of the day-one commands: hw and models, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_hw_list_json_lists_gpus_links_nodes(run_cli):
+    code, out, _ = run_cli("hw", "list", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["gpus"]["H100-SXM5-80GB"]["peak_tflops"]["bf16"] == 989.4
+    assert data["links"]["nvlink4"]["gb_per_s"] == 450
+    assert data["nodes"]["dgx-h100"]["gpus_per_node"] == 8
+
+
+def test_hw_show_by_alias(run_cli):
+    code, out, _ = run_cli("hw", "show", "A100-80GB", "--format", "json")
+    assert code == 0
+    assert json.loads(out)["name"] == "A100-SXM4-80GB"
+
+
+def test_unknown_gpu_is_one_line_exit_2(run_cli):
+    code, out, err = run_cli("hw", "show", "H1OO-SXM")
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and "did you mean" in err and "Traceback" not in err
+
+
+def test_models_show_counts_params(run_cli):
+    code, out, _ = run_cli("models", "show", "llama3.1-8b", "--format", "json")
+    assert code == 0
+    assert abs(json.loads(out)["total_params"] / 8.03e9 - 1) < 0.005
+
+
+def test_unknown_model_exit_2(run_cli):
+    code, _, err = run_cli("models", "show", "no-such-model")
+    assert code == 2 and "unknown model" in err and err.count("\n") == 1
