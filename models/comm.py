@@ -1,0 +1,92 @@
+"""Collective communication times with the alpha-beta model, flat and hierarchical.
+
+All functions work on floats or numpy arrays alike. `busbw` is the achieved bus bandwidth per GPU per
+direction as nccl-tests defines it (NVIDIA/nccl-tests doc/PERFORMANCE.md), so time = factor * S / busbw
+with factor 2(n-1)/n for all-reduce and (n-1)/n for all-gather, reduce-scatter and all-to-all.
+Sizes: all-reduce S = the buffer; all-gather / reduce-scatter S = the full gathered size;
+all-to-all S = the bytes one rank sends in total.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ArrayLike = float | np.ndarray
+
+
+def _frac(n: ArrayLike) -> ArrayLike:
+    n = np.asarray(n, dtype=float)
+    return np.where(n > 1, (n - 1) / np.maximum(n, 1), 0.0)
+
+
+def all_reduce_s(size_bytes: ArrayLike, n: ArrayLike, busbw_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
+    # Ring all-reduce: 2(n-1) steps of alpha + 2(n-1)/n * S / B (Patarasuk & Yuan 2009; nccl-tests busbw).
+    n = np.asarray(n, dtype=float)
+    return np.where(n > 1, 2 * (n - 1) * latency_s + 2 * _frac(n) * size_bytes / busbw_bytes_per_s, 0.0)
+
+
+def all_gather_s(size_bytes: ArrayLike, n: ArrayLike, busbw_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
+    # Ring all-gather: (n-1) steps of alpha + (n-1)/n * S / B (Thakur, Rabenseifner & Gropp 2005).
+    n = np.asarray(n, dtype=float)
+    return np.where(n > 1, (n - 1) * latency_s + _frac(n) * size_bytes / busbw_bytes_per_s, 0.0)
+
+
+reduce_scatter_s = all_gather_s  # mirror image of all-gather, same cost (nccl-tests factor (n-1)/n)
+
+
+def all_to_all_s(size_bytes: ArrayLike, n: ArrayLike, busbw_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
+    # Pairwise all-to-all: (n-1) exchanges, (n-1)/n of the send buffer leaves the rank (nccl-tests).
+    return all_gather_s(size_bytes, n, busbw_bytes_per_s, latency_s)
+
+
+def p2p_s(size_bytes: ArrayLike, bandwidth_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
+    # Send/recv: alpha + S / B.
+    return latency_s + np.asarray(size_bytes, dtype=float) / bandwidth_bytes_per_s
+
+
+def hierarchical_all_reduce_s(size_bytes: ArrayLike, n_in: ArrayLike, n_out: ArrayLike, bw_in: ArrayLike,
+                              bw_out: ArrayLike, lat_in: ArrayLike, lat_out: ArrayLike) -> ArrayLike:
+    # 2-level all-reduce: intra reduce-scatter + inter all-reduce of S/n_in per rail + intra all-gather
+    # (NCCL's effective behaviour; research/hardware.md section 6 "Hierarchical forms").
+    n_in = np.asarray(n_in, dtype=float)
+    intra = 2 * reduce_scatter_s(size_bytes, n_in, bw_in, lat_in)
+    inter = all_reduce_s(np.asarray(size_bytes, dtype=float) / n_in, n_out, bw_out, lat_out)
+    return intra + inter
+
+
+def hierarchical_all_gather_s(size_bytes: ArrayLike, n_in: ArrayLike, n_out: ArrayLike, bw_in: ArrayLike,
+                              bw_out: ArrayLike, lat_in: ArrayLike, lat_out: ArrayLike) -> ArrayLike:
+    # 2-level all-gather (S = total gathered size): inter along each rail on S/n_in, then intra on S
+    # (research/hardware.md section 6). Reduce-scatter is the mirror image with the same cost.
+    n_in = np.asarray(n_in, dtype=float)
+    inter = all_gather_s(np.asarray(size_bytes, dtype=float) / n_in, n_out, bw_out, lat_out)
+    return inter + all_gather_s(size_bytes, n_in, bw_in, lat_in)
+
+
+hierarchical_reduce_scatter_s = hierarchical_all_gather_s
+
+
+def hierarchical_all_to_all_s(size_bytes: ArrayLike, n_in: ArrayLike, n_out: ArrayLike, bw_in: ArrayLike,
+                              bw_out: ArrayLike, lat_in: ArrayLike, lat_out: ArrayLike) -> ArrayLike:
+    # All-to-all over n_out nodes x n_in GPUs, uniform destinations: the (n_out-1)/n_out remote share crosses
+    # the GPU's own NIC (all-to-all cannot aggregate NICs, nccl-tests#267), the local share rides NVLink.
+    n_in = np.asarray(n_in, dtype=float)
+    n_out = np.asarray(n_out, dtype=float)
+    n = n_in * n_out
+    remote = np.where(n_out > 1, (n_out - 1) / n_out * size_bytes / bw_out + (n - n_in) * lat_out, 0.0)
+    local = np.where(n_in > 1, (n_in - 1) / n * size_bytes / bw_in + (n_in - 1) * lat_in, 0.0)
+    return remote + local
+
+
+def split_group(size: ArrayLike, stride: ArrayLike, domain: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of a mesh-axis group inside one scale-up domain (n_in) and domains spanned (n_out).
+
+    A group of `size` ranks spaced `stride` apart (torchtitan mesh order: tp innermost, stride 1) on
+    scale-up domains of `domain` GPUs. Assumes power-of-two-friendly shapes, as real meshes are.
+    """
+    size = np.asarray(size, dtype=float)
+    stride = np.asarray(stride, dtype=float)
+    domain = np.asarray(domain, dtype=float)
+    n_in = np.clip(np.floor(domain / np.maximum(stride, 1)), 1, size)
+    n_out = np.ceil(size / n_in)
+    return n_in, n_out
