@@ -1,0 +1,113 @@
+"""Calibration: measured efficiencies that replace hardware_db defaults in every cost model.
+
+`clusterplan profile` writes the file; `--calibration FILE` loads it. Format (JSON, versioned):
+
+    {"format": "clusterplan-calibration", "version": 1,
+     "meta": {"device_name": "NVIDIA H100 80GB HBM3", "device_count": 8, "backend": "nccl",
+              "torch_version": "...", "driver": "...", "hostname_sha256": "...", "created_utc": "..."},
+     "gemm": {"bf16": {"max_tflops": 760.0, "half_flops": 3.0e9}},        # fitted curve, see gemm_tflops
+     "memory": {"copy_bytes_per_s": 2.9e12},
+     "collectives": {"all_reduce": {"scale_up": {"latency_s": 1.2e-5, "busbw_bytes_per_s": 3.6e11}}},
+     "serving": {"decode_step_overhead_s": 0.004},
+     "raw": {...}}                                                         # the measurements themselves
+
+Every section is optional; what a file does not give falls back to the hardware_db defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_mapping
+
+FORMAT = "clusterplan-calibration"
+VERSION = 1
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+LEVELS = ("scale_up", "scale_out")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GemmCurve:
+    """Achieved GEMM rate in FLOPs of one GEMM F: max_tflops * F / (F + half_flops).
+
+    A saturating curve in problem size, as Calculon's size-dependent efficiency tables (research/training-models.md 2.7);
+    half_flops is the GEMM size that reaches half of max_tflops.
+    """
+
+    max_tflops: float
+    half_flops: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CollectiveFit:
+    latency_s: float
+    busbw_bytes_per_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Calibration:
+    path: str = ""
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    gemm: Mapping[str, GemmCurve] = field(default_factory=lambda: MappingProxyType({}))
+    copy_bytes_per_s: float | None = None
+    collectives: Mapping[tuple[str, str], CollectiveFit] = field(default_factory=lambda: MappingProxyType({}))
+    decode_step_overhead_s: float | None = None
+
+    def gemm_curve(self, dtype: str) -> GemmCurve | None:
+        return self.gemm.get(dtype) or (self.gemm.get("bf16") if dtype in ("fp16", "bf16") else None)
+
+    def collective(self, op: str, level: str) -> CollectiveFit | None:
+        return self.collectives.get((op, level))
+
+
+def _positive(where: str, raw: Mapping[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise BadInputError(f"{where}: {key} must be a number > 0, got {value!r}; re-run `clusterplan profile`")
+    return float(value)
+
+
+def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration") -> Calibration:
+    if data.get("format") != FORMAT:
+        raise BadInputError(f"{path}: not a clusterplan calibration file (format {data.get('format')!r}); "
+                            "write one with `clusterplan profile`")
+    if data.get("version") != VERSION:
+        raise BadInputError(f"{path}: calibration version {data.get('version')!r} is not supported (this clusterplan "
+                            f"reads version {VERSION}); re-run `clusterplan profile`")
+    gemm = {}
+    for dtype, raw in (data.get("gemm") or {}).items():
+        where = f"{path}: gemm.{dtype}"
+        gemm[dtype] = GemmCurve(max_tflops=_positive(where, raw, "max_tflops"), half_flops=_positive(where, raw, "half_flops"))
+    collectives = {}
+    for op, levels in (data.get("collectives") or {}).items():
+        if op not in COLLECTIVES:
+            raise BadInputError(f"{path}: unknown collective {op!r}; expected one of {', '.join(COLLECTIVES)}")
+        for level, raw in (levels or {}).items():
+            if level not in LEVELS:
+                raise BadInputError(f"{path}: collectives.{op}: unknown level {level!r}; expected scale_up or scale_out")
+            where = f"{path}: collectives.{op}.{level}"
+            collectives[(op, level)] = CollectiveFit(latency_s=float(raw.get("latency_s", 0.0)),
+                                                     busbw_bytes_per_s=_positive(where, raw, "busbw_bytes_per_s"))
+    memory = data.get("memory") or {}
+    serving = data.get("serving") or {}
+    return Calibration(
+        path=path,
+        meta=MappingProxyType(dict(data.get("meta") or {})),
+        gemm=MappingProxyType(gemm),
+        copy_bytes_per_s=_positive(f"{path}: memory", memory, "copy_bytes_per_s") if "copy_bytes_per_s" in memory else None,
+        collectives=MappingProxyType(collectives),
+        decode_step_overhead_s=float(serving["decode_step_overhead_s"]) if "decode_step_overhead_s" in serving else None,
+    )
+
+
+def load_calibration(path: str | Path | None) -> Calibration | None:
+    """Load and check a calibration file; None passes through (use hardware_db defaults)."""
+    if path is None:
+        return None
+    data = load_mapping(path)
+    return calibration_from_dict(data, path=str(path))
