@@ -1,0 +1,175 @@
+"""The serving step-time and memory model against published A100 measurements.
+
+Worked example: calibrate the engine constants (per-step overhead, all-reduce latency, ...) of one engine
+on some rows of a published table, then predict the rows that were held out.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from clusterplan.hardware_db import get_gpu
+from clusterplan.models.kv import kv_bytes_per_token, kv_bytes_per_token_per_gpu, kv_transfer_s
+from clusterplan.models.serving import ServingInstance, ServingKnobs, max_batch, serving_memory, step_model
+from clusterplan.models.spec import ModelSpec
+from scipy.optimize import least_squares
+
+from tests.conftest import REFERENCE
+
+A100 = get_gpu("A100-80GB")
+LLAMA2_70B = ModelSpec(name="llama2-70b", n_layers=80, hidden=8192, n_heads=64, n_kv_heads=8, ffn_hidden=28672,
+                       vocab=32000)
+BLOOM_176B = ModelSpec(name="bloom-176b", family="bloom", n_layers=70, hidden=14336, n_heads=112, ffn_hidden=57344,
+                       vocab=250880, gated_ffn=False, norm="layernorm", position="alibi", attn_bias=True,
+                       linear_bias=True, embed_norm=True, tied_embeddings=True)
+
+
+def _opt(name: str, layers: int, hidden: int, heads: int) -> ModelSpec:
+    return ModelSpec(name=name, family="opt", n_layers=layers, hidden=hidden, n_heads=heads, ffn_hidden=4 * hidden,
+                     vocab=50272, gated_ffn=False, norm="layernorm", position="learned", max_positions=2048,
+                     attn_bias=True, linear_bias=True, tied_embeddings=True)
+
+
+OPT = {"opt-13b": _opt("opt-13b", 40, 5120, 40), "opt-66b": _opt("opt-66b", 64, 9216, 72)}
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with open(REFERENCE / name, encoding="utf-8") as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+
+
+def _knobs(x: np.ndarray) -> ServingKnobs:
+    return ServingKnobs(step_overhead_s=x[0], seq_overhead_s=x[1], allreduce_latency_s=x[2], compute_fraction=x[3],
+                        prefill_overhead_s=x[4], busbw_fraction=x[5])
+
+
+X0, LOW, HIGH = [0.01, 0.0, 1e-5, 0.7, 0.005, 0.5], [0, 0, 0, 0.1, 0, 0.01], [0.1, 0.01, 1e-3, 1, 0.1, 1]
+
+
+# ---- KV cache --------------------------------------------------------------------------------------
+
+def test_kv_bytes_per_token_gqa_mha_mla() -> None:
+    # research/serving-models.md sec. 4.2: Llama-2/3-70B 320 KiB/token, Llama-2-7B 512 KiB/token in bf16.
+    assert kv_bytes_per_token(LLAMA2_70B) == 320 * 1024
+    llama2_7b = ModelSpec(name="l7", n_layers=32, hidden=4096, n_heads=32, ffn_hidden=11008, vocab=32000)
+    assert kv_bytes_per_token(llama2_7b) == 512 * 1024
+    # 8 KV heads over tp 16: each GPU keeps one replicated head, not half a head.
+    assert kv_bytes_per_token_per_gpu(LLAMA2_70B, 16, 1) == kv_bytes_per_token(LLAMA2_70B) / 8
+    # DeepSeek-V3 MLA: 61 layers x (512 + 64) x 2 bytes = 70,272 B/token, replicated on each tp rank.
+    mla = ModelSpec(name="mla", n_layers=61, hidden=7168, n_heads=128, ffn_hidden=18432, vocab=129280,
+                    kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, q_lora_rank=1536)
+    assert kv_bytes_per_token(mla) == 70272
+    assert kv_bytes_per_token_per_gpu(mla, 8, 1) == 70272
+
+
+def test_kv_transfer_matches_worked_example() -> None:
+    # research/serving-models.md sec. 4.9: 70B, 4k prompt = 1.34 GB; ~27 ms over 50 GB/s RDMA.
+    seconds = float(kv_transfer_s(LLAMA2_70B, 4096, 50e9, 0.0))
+    assert seconds == pytest.approx(4096 * 327680 / 50e9)
+    assert 0.026 < seconds < 0.028
+    assert float(kv_transfer_s(LLAMA2_70B, 4096, 50e9, 0.0, parallel_links=4)) == pytest.approx(seconds / 4)
+
+
+@pytest.mark.parametrize("row", [r for r in _rows("distserve_a100_fits.csv") if r["kv_capacity_tokens"]],
+                         ids=lambda r: f"{r['model']}-tp{r['tp']}")
+def test_kv_capacity_matches_distserve_within_5_percent(row: dict[str, str]) -> None:
+    # DistServe ran with --gpu-memory-utilization 0.95 (research/serving-models.md sec. 2.2). Our errors:
+    # opt-13b tp1 +0.8%, tp2 +0.8%, tp4 +1.0%; opt-66b tp2 +2.4%, tp4 +1.6%.
+    inst = ServingInstance(model=OPT[row["model"]], gpu=A100, tp=int(row["tp"]),
+                           knobs=ServingKnobs(memory_utilization=0.95))
+    published = int(row["kv_capacity_tokens"])
+    assert serving_memory(inst).kv_capacity_tokens == pytest.approx(published, rel=0.05)
+
+
+def test_max_batch_is_capacity_over_context() -> None:
+    inst = ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4)
+    capacity = serving_memory(inst).kv_capacity_tokens
+    assert max_batch(inst, 2048) == capacity // 2048
+    # tp 1 cannot hold 138 GB of weights at all.
+    assert serving_memory(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=1)).kv_capacity_tokens == 0
+
+
+# ---- Splitwise: Llama2-70B and BLOOM-176B on DGX A100 ---------------------------------------------------
+
+def _splitwise_errors(x: np.ndarray, rows: list[dict[str, str]], with_batched_prefill: bool) -> np.ndarray:
+    out = []
+    for r in rows:
+        model = LLAMA2_70B if r["model"] == "llama2-70b" else BLOOM_176B
+        m = step_model(ServingInstance(model=model, gpu=A100, tp=int(r["tensor_parallel"]), knobs=_knobs(x)))
+        prompt, batch, tokens = int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])
+        if with_batched_prefill or batch < 8:
+            out.append(float(m.prefill_s(prompt, batch)) * 1e3 / float(r["prompt_time_ms"]) - 1)
+        # token_time is the mean step over token_size steps: mean context prompt + tokens / 2.
+        out.append(float(m.decode_s(batch, prompt + tokens / 2)) * 1e3 / float(r["token_time_ms"]) - 1)
+    return np.array(out)
+
+
+def _is_fit_row(r: dict[str, str]) -> bool:
+    if r["model"] == "llama2-70b":
+        return r["tensor_parallel"] in ("2", "8")
+    return r["batch_size"] == "1" and r["prompt_size"] == "512"
+
+
+def test_splitwise_held_out_rows_within_20_percent() -> None:
+    rows = _rows("splitwise_a100.csv")
+    fit = [r for r in rows if _is_fit_row(r)]
+    res = least_squares(lambda x: _splitwise_errors(x, fit, False), X0, bounds=(LOW, HIGH))
+    knobs = _knobs(res.x)
+    # The 2023 engine: ~15 ms per step, ~8 us per all-reduce ring step, ~67% of dense peak in prefill.
+    assert 0.010 < knobs.step_overhead_s < 0.020
+    held = [r for r in rows if not _is_fit_row(r)]
+    decode = np.array([_splitwise_errors(res.x, [r], False)[-1] for r in held])
+    # Held-out decode (llama2-70b tp4, bloom-176b batch sweep and other lengths): max |error| 17.5%.
+    assert np.abs(decode).max() < 0.20
+    core = [r for r in held if int(r["batch_size"]) < 8 and 256 <= int(r["prompt_size"]) <= 4096]
+    prefill = np.array([_splitwise_errors(res.x, [r], False)[0] for r in core])
+    # Held-out prefill, one to four prompts of 256-4096 tokens: max |error| 18.3%.
+    assert np.abs(prefill).max() < 0.20
+    # Stated, not hidden: 128-token prompts are 22% slower than predicted (small GEMMs run below peak),
+    # 8192-token prompts 25-36% slower, and the engine's batched prefill (8-64 prompts of 512) up to 43%
+    # slower than one prompt of the same total tokens, which no per-token model reproduces.
+    edge = [r for r in held if r not in core]
+    edge_err = np.array([_splitwise_errors(res.x, [r], True)[0] for r in edge])
+    assert -0.45 < edge_err.min() < -0.20 and edge_err.max() < 0.20
+
+
+# ---- DistServe: fitted latency curves of OPT-13B/66B on A100 --------------------------------------------
+
+PROMPTS, BATCHES, CONTEXT = np.array([512, 1024, 2048]), np.array([1, 8, 32, 64]), 512
+
+
+def _distserve_errors(x: np.ndarray, rows: list[dict[str, str]]) -> np.ndarray:
+    out = []
+    for r in rows:
+        f = {k: float(v) for k, v in r.items() if k.startswith(("prefill", "decode_small"))}
+        published = np.concatenate([
+            f["prefill_a"] + f["prefill_b"] * PROMPTS + f["prefill_c"] * PROMPTS**2,
+            f["decode_small_a"] + f["decode_small_b"] * BATCHES * CONTEXT + f["decode_small_c"] * BATCHES])
+        m = step_model(ServingInstance(model=OPT[r["model"]], gpu=A100, tp=int(r["tp"]), knobs=_knobs(x)))
+        ours = np.concatenate([m.prefill_s(PROMPTS), m.decode_s(BATCHES, CONTEXT)]) * 1e3
+        out.append(ours / published - 1)
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize(("engine", "bound"), [("distserve", 0.20), ("vllm", 0.25)])
+def test_distserve_held_out_configurations(engine: str, bound: float) -> None:
+    rows = [r for r in _rows("distserve_a100_fits.csv") if r["engine"] == engine]
+    held = [r for r in rows if (r["model"], r["tp"]) in (("opt-13b", "2"), ("opt-66b", "4"))]
+    fit = [r for r in rows if r not in held]
+    res = least_squares(lambda x: _distserve_errors(x, fit), X0, bounds=(LOW, HIGH))
+    err = _distserve_errors(res.x, held)
+    # Held out opt-13b tp2 and opt-66b tp4 (prompts 512-2048, decode batch 1-64 at 512 context):
+    # DistServe engine max |error| 13%; the 2023 vLLM engine 20% (its own fits are irregular across tp).
+    assert np.abs(err).max() < bound
+
+
+def test_decode_grows_with_batch_and_context_and_tp_cuts_it() -> None:
+    m2 = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=2))
+    m8 = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=8))
+    assert m2.decode_s(64, 2048) > m2.decode_s(64, 512) > m2.decode_s(1, 512)
+    assert m8.decode_s(1, 512) < m2.decode_s(1, 512)
+    # Prefill is compute bound: 8x the tokens costs ~8x at 512 -> 4096 on tp 8 (attention adds a little).
+    ratio = float(m8.prefill_s(4096)) / float(m8.prefill_s(512))
+    assert 6.0 < ratio < 9.0
