@@ -47,6 +47,8 @@ class Layout:
     ep: int = 1
     etp: int = 1
     """Tensor parallelism inside each expert."""
+    flash_attn: bool = True
+    """Fused (flash) attention: no s^2 score matrix is stored and the causal half is skipped."""
     sp: bool = False
     """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter)."""
     zero: int = 1

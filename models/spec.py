@@ -46,6 +46,8 @@ class ModelSpec:
     """A norm right after the token embedding (BLOOM)."""
     qk_norm: bool = False
     """Per-head RMSNorm on queries and keys (Qwen3)."""
+    dropout: bool = False
+    """Dropout in training (attention probabilities and residuals), as the 2021-era Megatron GPT runs used."""
     # Mixture of experts
     n_experts: int = 0
     """Routed experts per MoE layer; 0 for a dense model."""
