@@ -1,0 +1,101 @@
+"""The Melange GPU-mix ILP: cheapest instance counts that serve every request-size bucket within SLO.
+
+Griggs et al. 2024 (Melange), solver.py: each bucket's request rate is cut into `slice_factor` equal slices;
+binary x[s, g] sends slice s to instance type g, integer y[g] counts instances;
+minimise sum_g cost_g y_g  s.t.  sum_g x[s, g] = 1  and  sum_s x[s, g] rate_s / cap_g(bucket(s)) <= y_g.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.errors import BadInputError, InfeasibleError
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MixProblem:
+    type_names: tuple[str, ...]
+    usd_per_hour: tuple[float, ...]
+    capacity_rps: tuple[tuple[float, ...], ...]
+    """capacity_rps[g][b]: highest request rate one instance of type g sustains within SLO on bucket b (0 = cannot)."""
+    bucket_rps: tuple[float, ...]
+    """Offered request rate per bucket."""
+    slice_factor: int = 4
+    max_count: tuple[int | None, ...] | None = None
+    """Per-type availability limit (None = unlimited)."""
+    max_instances: int | None = None
+
+    def __post_init__(self) -> None:
+        n_types, n_buckets = len(self.type_names), len(self.bucket_rps)
+        if n_types == 0 or len(self.usd_per_hour) != n_types or len(self.capacity_rps) != n_types:
+            raise BadInputError("mix problem: need one cost and one capacity row per instance type")
+        if any(len(row) != n_buckets for row in self.capacity_rps):
+            raise BadInputError(f"mix problem: every capacity row needs {n_buckets} bucket values")
+        if self.slice_factor < 1:
+            raise BadInputError(f"slice factor must be >= 1, got {self.slice_factor}")
+        if self.max_count is not None and len(self.max_count) != n_types:
+            raise BadInputError("mix problem: availability limits need one entry per instance type")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Mix:
+    counts: dict[str, int]
+    usd_per_hour: float
+    load: dict[str, float]
+    """Instances' worth of load each type carries (<= its count); load / count is its utilisation."""
+    share: tuple[tuple[float, ...], ...]
+    """share[g][b]: fraction of bucket b's requests served by type g."""
+
+
+def solve_mix(problem: MixProblem) -> Mix:
+    """Solve the ILP with CBC; InfeasibleError when no mix within the limits serves every bucket."""
+    import pulp
+
+    cap = np.asarray(problem.capacity_rps, dtype=float)
+    rates = np.asarray(problem.bucket_rps, dtype=float)
+    n_types, n_buckets = cap.shape
+    slices = [(b, rates[b] / problem.slice_factor) for b in range(n_buckets) if rates[b] > 0
+              for _ in range(problem.slice_factor)]
+    prob = pulp.LpProblem("gpu_mix", pulp.LpMinimize)
+    y = [pulp.LpVariable(f"y{g}", lowBound=0, cat="Integer") for g in range(n_types)]
+    x = {(s, g): pulp.LpVariable(f"x{s}_{g}", cat="Binary")
+         for s, (b, _) in enumerate(slices) for g in range(n_types) if cap[g, b] > 0}
+    prob += pulp.lpSum(problem.usd_per_hour[g] * y[g] for g in range(n_types))
+    for s, (b, _) in enumerate(slices):
+        options = [x[s, g] for g in range(n_types) if (s, g) in x]
+        if not options:
+            raise InfeasibleError(f"no instance type serves request bucket {b} within the SLO")
+        prob += pulp.lpSum(options) == 1
+    for g in range(n_types):
+        prob += pulp.lpSum(x[s, g] * (rate / cap[g, b]) for s, (b, rate) in enumerate(slices) if (s, g) in x) <= y[g]
+        if problem.max_count is not None and problem.max_count[g] is not None:
+            prob += y[g] <= problem.max_count[g]
+    if problem.max_instances is not None:
+        prob += pulp.lpSum(y) <= problem.max_instances
+    with warnings.catch_warnings():  # PuLP 3 flags its bundled CBC as deprecated; it is the one solver shipped
+        warnings.simplefilter("ignore", DeprecationWarning)
+        status = prob.solve(pulp.PULP_CBC_CMD(msg=0))
+    if pulp.LpStatus[status] != "Optimal":
+        raise InfeasibleError(f"no GPU mix serves the workload within the limits (solver status {pulp.LpStatus[status]}); "
+                              "raise --max-gpus or availability, or relax the SLO")
+    return _mix(problem, slices, x, y, cap)
+
+
+def _mix(problem: MixProblem, slices: Sequence[tuple[int, float]], x: dict, y: list, cap: np.ndarray) -> Mix:
+    n_types, n_buckets = cap.shape
+    share = np.zeros((n_types, n_buckets))
+    load = np.zeros(n_types)
+    for (s, g), var in x.items():
+        if (var.value() or 0) > 0.5:
+            b, rate = slices[s]
+            share[g, b] += 1.0 / problem.slice_factor
+            load[g] += rate / cap[g, b]
+    counts = {problem.type_names[g]: int(round(y[g].value() or 0)) for g in range(n_types)}
+    cost = sum(problem.usd_per_hour[g] * counts[problem.type_names[g]] for g in range(n_types))
+    return Mix(counts={k: v for k, v in counts.items() if v > 0}, usd_per_hour=round(cost, 6),
+               load={problem.type_names[g]: float(load[g]) for g in range(n_types) if load[g] > 0},
+               share=tuple(tuple(float(v) for v in row) for row in share))
