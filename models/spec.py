@@ -17,6 +17,14 @@ NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "alibi"]
 
 
+_OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim")
+_NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
+                      "first_dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                      "qk_rope_head_dim", "v_head_dim")
+_BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
+          "dropout")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSpec:
     name: str
@@ -75,6 +83,7 @@ class ModelSpec:
     """Where the dimensions come from (a config.json, a paper table)."""
 
     def __post_init__(self) -> None:
+        self._check_field_types()
         for f in ("n_layers", "hidden", "n_heads", "ffn_hidden", "vocab", "max_positions"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -98,6 +107,23 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: moe_every >= 1 and 0 <= first_dense_layers <= n_layers")
         if self.is_mla and min(self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0:
             raise BadInputError(f"model {self.name}: MLA needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim > 0")
+
+    def _check_field_types(self) -> None:
+        """One-line errors for wrongly typed fields (a string where a number belongs, a negative count)."""
+        for f in _OPTIONAL_POSITIVE_INTS:
+            value = getattr(self, f)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise BadInputError(f"model {self.name}: {f} must be a positive integer or left out, got {value!r}")
+        for f in _NON_NEGATIVE_INTS:
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadInputError(f"model {self.name}: {f} must be an integer >= 0, got {value!r}")
+        for f in _BOOLS:
+            if not isinstance(getattr(self, f), bool):
+                raise BadInputError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
+        for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi"))):
+            if getattr(self, f) not in allowed:
+                raise BadInputError(f"model {self.name}: {f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
 
     # ---- derived shape -------------------------------------------------------------------------
     @property
@@ -209,6 +235,26 @@ class ModelSpec:
         """Parameters touched per token (top_k routed experts instead of all)."""
         layers = sum(self.layer_params(i, active=True) for i in range(self.n_layers))
         return self.embedding_params() + layers + self.head_params()
+
+    def embedding_table_params(self) -> int:
+        """The input token table plus learned positions (a lookup per token, not a matmul)."""
+        return self.vocab * self.hidden + (self.max_positions * self.hidden if self.position == "learned" else 0)
+
+    def non_embedding_params(self, *, active: bool = False) -> int:
+        """Total (or active) parameters without the embedding table and an untied LM head.
+
+        The "non-embedding" count of Kaplan et al. 2020, the Pythia suite and the Qwen model cards.
+        """
+        head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        return (self.active_params() if active else self.total_params()) - self.embedding_table_params() - head
+
+    def active_params_excluding_input_embedding(self) -> int:
+        """Active parameters per token without the input embedding table; the LM head still counts.
+
+        The convention of DeepSeek's "activated parameters" (V2: 21B, V3: 37B): only weights that take part in a
+        matmul for the token; the input table is a row lookup.
+        """
+        return self.active_params() - self.embedding_table_params()
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from clusterplan.hardware_db import get_gpu, get_link, get_node, load_db
 from clusterplan.hardware_db.schema import DTYPES
 from clusterplan.models.cluster import load_cluster
