@@ -28,6 +28,13 @@ class MixProblem:
     max_count: tuple[int | None, ...] | None = None
     """Per-type availability limit (None = unlimited)."""
     max_instances: int | None = None
+    gpus_per_instance: tuple[int, ...] | None = None
+    """GPUs in one instance of each type (tp x pp); None = 1 each."""
+    gpu_kind: tuple[str, ...] | None = None
+    """GPU model of each type, for `gpu_limits` (None = the type name)."""
+    gpu_limits: tuple[tuple[str, int], ...] = ()
+    """(GPU model, GPUs available) pairs: availability across all instance types of that GPU."""
+    max_gpus: int | None = None
 
     def __post_init__(self) -> None:
         n_types, n_buckets = len(self.type_names), len(self.bucket_rps)
@@ -61,8 +68,8 @@ def solve_mix(problem: MixProblem) -> Mix:
     slices = [(b, rates[b] / problem.slice_factor) for b in range(n_buckets) if rates[b] > 0
               for _ in range(problem.slice_factor)]
     prob = pulp.LpProblem("gpu_mix", pulp.LpMinimize)
-    y = [pulp.LpVariable(f"y{g}", lowBound=0, cat="Integer") for g in range(n_types)]
-    x = {(s, g): pulp.LpVariable(f"x{s}_{g}", cat="Binary")
+    y = [prob.add_variable(f"y{g}", lowBound=0, cat="Integer") for g in range(n_types)]
+    x = {(s, g): prob.add_variable(f"x{s}_{g}", cat="Binary")
          for s, (b, _) in enumerate(slices) for g in range(n_types) if cap[g, b] > 0}
     prob += pulp.lpSum(problem.usd_per_hour[g] * y[g] for g in range(n_types))
     for s, (b, _) in enumerate(slices):
@@ -76,6 +83,12 @@ def solve_mix(problem: MixProblem) -> Mix:
             prob += y[g] <= problem.max_count[g]
     if problem.max_instances is not None:
         prob += pulp.lpSum(y) <= problem.max_instances
+    gpus = problem.gpus_per_instance or (1,) * n_types
+    kinds = problem.gpu_kind or problem.type_names
+    for kind, limit in problem.gpu_limits:
+        prob += pulp.lpSum(gpus[g] * y[g] for g in range(n_types) if kinds[g] == kind) <= limit
+    if problem.max_gpus is not None:
+        prob += pulp.lpSum(gpus[g] * y[g] for g in range(n_types)) <= problem.max_gpus
     with warnings.catch_warnings():  # PuLP 3 flags its bundled CBC as deprecated; it is the one solver shipped
         warnings.simplefilter("ignore", DeprecationWarning)
         status = prob.solve(pulp.PULP_CBC_CMD(msg=0))

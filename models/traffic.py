@@ -1,0 +1,148 @@
+"""Serving traffic: request-length distributions, arrival traces, and request-size buckets."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clusterplan.errors import BadInputError
+
+DIST_HELP = "give a token count (512), uniform:A:B, normal:MU:SIGMA, lognormal:MU:SIGMA or a histogram CSV (tokens,weight)"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LengthDist:
+    """A token-length distribution; samples are integers >= 1."""
+
+    kind: str
+    """fixed, uniform, normal, lognormal (MU, SIGMA of the log) or histogram."""
+    params: tuple[float, ...] = ()
+    values: tuple[float, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.kind == "fixed":
+            out = np.full(n, self.params[0])
+        elif self.kind == "uniform":
+            out = rng.integers(int(self.params[0]), int(self.params[1]) + 1, size=n)
+        elif self.kind == "normal":
+            out = rng.normal(self.params[0], self.params[1], size=n)
+        elif self.kind == "lognormal":
+            out = rng.lognormal(self.params[0], self.params[1], size=n)
+        else:
+            p = np.asarray(self.weights) / np.sum(self.weights)
+            out = rng.choice(np.asarray(self.values), size=n, p=p)
+        return np.maximum(np.rint(out), 1).astype(np.int64)
+
+
+def parse_length(text: str, what: str) -> LengthDist:
+    """`512`, `uniform:A:B`, `normal:MU:SIGMA`, `lognormal:MU:SIGMA`, or the path of a histogram CSV."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) == 1 and not Path(text).is_file():
+            value = float(parts[0])
+            if value < 1:
+                raise ValueError
+            return LengthDist(kind="fixed", params=(value,))
+        if parts[0] in ("uniform", "normal", "lognormal") and len(parts) == 3:
+            a, b = float(parts[1]), float(parts[2])
+            if (parts[0] == "uniform" and not 1 <= a <= b) or (parts[0] != "uniform" and b < 0):
+                raise ValueError
+            return LengthDist(kind=parts[0], params=(a, b))
+    except ValueError:
+        raise BadInputError(f"{what} {text!r} is not a valid length distribution; {DIST_HELP}") from None
+    if Path(text).is_file():
+        return _histogram(Path(text), what)
+    raise BadInputError(f"{what} {text!r} is not a valid length distribution; {DIST_HELP}")
+
+
+def _histogram(path: Path, what: str) -> LengthDist:
+    values, weights = [], []
+    with path.open(encoding="utf-8") as fh:
+        for row in csv.reader(line for line in fh if line.strip() and not line.startswith("#")):
+            try:
+                values.append(float(row[0]))
+                weights.append(float(row[1]) if len(row) > 1 else 1.0)
+            except (ValueError, IndexError):
+                if values:
+                    raise BadInputError(f"{path}: bad histogram row {row!r}; expected tokens,weight") from None
+    if not values or min(values) < 1 or min(weights) < 0 or sum(weights) <= 0:
+        raise BadInputError(f"{path}: {what} histogram needs rows tokens,weight with tokens >= 1 and weights >= 0")
+    return LengthDist(kind="histogram", values=tuple(values), weights=tuple(weights))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Requests:
+    """A set of requests: arrival times (seconds, from 0) and token counts."""
+
+    arrival_s: tuple[float, ...]
+    input_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+
+    @property
+    def rate_rps(self) -> float:
+        span = self.arrival_s[-1] - self.arrival_s[0]
+        return (len(self.arrival_s) - 1) / span if span > 0 else float(len(self.arrival_s))
+
+    def unit_gaps(self) -> np.ndarray:
+        """Inter-arrival gaps scaled to mean 1, so a simulation can replay the trace's burstiness at any rate."""
+        gaps = np.diff(np.asarray(self.arrival_s))
+        return gaps / gaps.mean() if len(gaps) and gaps.mean() > 0 else np.ones(max(len(gaps), 1))
+
+
+def load_trace(path: str | Path) -> Requests:
+    """A CSV with columns arrival_s,input_tokens,output_tokens (header required, sorted or not)."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{p}: no such trace file; give a CSV with arrival_s,input_tokens,output_tokens")
+    with p.open(encoding="utf-8") as fh:
+        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+        need = {"arrival_s", "input_tokens", "output_tokens"}
+        if not need <= set(reader.fieldnames or ()):
+            raise BadInputError(f"{p}: trace header must name arrival_s,input_tokens,output_tokens")
+        try:
+            rows = sorted((float(r["arrival_s"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in reader)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{p}: bad trace row ({exc}); arrival_s is seconds, token counts are integers") from None
+    if len(rows) < 2 or min(min(r[1], r[2]) for r in rows) < 1:
+        raise BadInputError(f"{p}: a trace needs at least 2 requests with input and output tokens >= 1")
+    arr, inp, out = zip(*rows, strict=True)
+    return Requests(arrival_s=tuple(a - arr[0] for a in arr), input_tokens=inp, output_tokens=out)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bucket:
+    """Requests of similar size: input-length bin x output-length bin, with the member lengths kept."""
+
+    input_edges: tuple[int, int]
+    output_edges: tuple[int, int]
+    share: float
+    input_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return f"in {self.input_edges[0]}-{self.input_edges[1]} / out {self.output_edges[0]}-{self.output_edges[1]}"
+
+
+def make_buckets(input_tokens: np.ndarray, output_tokens: np.ndarray, per_axis: int = 4) -> list[Bucket]:
+    """Split requests into up to per_axis x per_axis buckets at quantiles of input and output length."""
+    inp, out = np.asarray(input_tokens), np.asarray(output_tokens)
+    in_edges = np.unique(np.quantile(inp, np.linspace(0, 1, per_axis + 1)).round().astype(int))
+    out_edges = np.unique(np.quantile(out, np.linspace(0, 1, per_axis + 1)).round().astype(int))
+    in_bin = np.clip(np.searchsorted(in_edges, inp, side="right") - 1, 0, max(len(in_edges) - 2, 0))
+    out_bin = np.clip(np.searchsorted(out_edges, out, side="right") - 1, 0, max(len(out_edges) - 2, 0))
+    buckets = []
+    for i in range(max(len(in_edges) - 1, 1)):
+        for j in range(max(len(out_edges) - 1, 1)):
+            mask = (in_bin == i) & (out_bin == j)
+            if mask.any():
+                buckets.append(Bucket(
+                    input_edges=(int(in_edges[i]), int(in_edges[min(i + 1, len(in_edges) - 1)])),
+                    output_edges=(int(out_edges[j]), int(out_edges[min(j + 1, len(out_edges) - 1)])),
+                    share=float(mask.mean()), input_tokens=tuple(int(v) for v in inp[mask]),
+                    output_tokens=tuple(int(v) for v in out[mask])))
+    return buckets
