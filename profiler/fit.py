@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from clusterplan.errors import BadInputError
 from scipy.optimize import least_squares
+
+from clusterplan.errors import BadInputError
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 

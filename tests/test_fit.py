@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from clusterplan.errors import BadInputError
 from clusterplan.profiler.fit import busbw_factor, fit_alpha_beta, fit_gemm, gemm_tflops, latency_steps
 

@@ -1,0 +1,116 @@
+"""`clusterplan profile`: measure GEMM, attention, memory and collectives here; write a calibration file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clusterplan.cli.console import console
+from clusterplan.cli.options import format_option
+from clusterplan.errors import BadInputError
+
+
+def _precheck(model: str | None, layout: str | None, out: Path, resume: bool) -> None:
+    """Fail fast, before any worker starts, on inputs the workers would reject."""
+    from clusterplan.models.calibration import calibration_from_dict
+    from clusterplan.models.layout import Layout
+
+    if layout and not model:
+        raise BadInputError("--layout needs --model (the layout shapes that model's GEMMs)")
+    if model:
+        from clusterplan.models.catalog import load_model
+
+        load_model(model)
+    if layout:
+        Layout.parse(layout)
+    if resume and out.exists():
+        from clusterplan.fileio import load_mapping
+
+        calibration_from_dict(load_mapping(out), path=str(out))
+    elif resume:
+        console.info(f"{out}: nothing to resume yet; starting a new run")
+
+
+def _worker_args(out: Path, model: str | None, layout: str | None, quick: bool, resume: bool,
+                 device: str) -> list[str]:
+    args = ["--out", str(out), "--device", device]
+    args += ["--model", model] if model else []
+    args += ["--layout", layout] if layout else []
+    args += ["--quick"] if quick else []
+    args += ["--resume"] if resume and out.exists() else []
+    return args
+
+
+def _summary_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for dtype, g in sorted((data.get("gemm") or {}).items()):
+        rows.append((f"GEMM {dtype}", f"{g['max_tflops']:.4g} TFLOP/s max", f"half of it at {g['half_flops']:.3g} FLOPs"))
+    if "copy_bytes_per_s" in (data.get("memory") or {}):
+        rows.append(("memory copy", f"{data['memory']['copy_bytes_per_s'] / 1e9:.4g} GB/s", "read + write"))
+    for op, levels in sorted((data.get("collectives") or {}).items()):
+        for level, c in sorted(levels.items()):
+            rows.append((f"{op} {level}", f"{c['busbw_bytes_per_s'] / 1e9:.4g} GB/s busbw",
+                         f"{c['latency_s'] * 1e6:.3g} us per step, {c['n_ranks']} ranks"))
+    return rows
+
+
+def _run(nproc: int, timeout_s: float, out: Path, worker_args: list[str]) -> None:
+    from clusterplan.profiler.runner import launch
+
+    if not console.err.is_terminal:
+        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out))
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console.err, transient=True) as bar:
+        task = bar.add_task("starting workers", total=None)
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total or None, description=label)
+
+        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), on_progress=on_progress)
+
+
+@click.command()
+@click.option("--nproc", type=click.IntRange(1, 4096), default=None,
+              help="Worker processes on this machine [default: the GPUs torch sees, or 2 on CPU].")
+@click.option("--model", help="Measure this model's GEMM shapes too (preset, YAML or config.json).")
+@click.option("--layout", help='Layout for the model shapes, e.g. "tp=8,mbs=1,seq=8192".')
+@click.option("--quick", is_flag=True, help="Reduced sweep (CI: under a minute on CPU).")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("calibration.json"),
+              help="Calibration file to write; rewritten atomically after every measurement.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run recorded in --out.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=300.0,
+              help="Seconds without progress after which a rank counts as hung and the run stops.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="cuda (NCCL) when torch sees GPUs, else cpu (gloo).")
+@format_option
+def profile(nproc: int | None, model: str | None, layout: str | None, quick: bool, out: Path, resume: bool,
+            timeout_s: float, device: str, fmt: str) -> None:
+    """Measure GEMM, attention, memory and collectives with torch.distributed; write a calibration.
+
+    Many machines: run `torchrun ... -m clusterplan.profiler.worker --out FILE` on each (see README).
+    """
+    from clusterplan.fileio import load_mapping
+    from clusterplan.profiler.runner import run_info
+
+    _precheck(model, layout, out, resume)
+    gpus = run_info()["cuda_devices"] if device != "cpu" else 0
+    if device == "cuda" and not gpus:
+        raise BadInputError("--device cuda but torch sees no CUDA device; use --device cpu")
+    nproc = nproc or gpus or 2
+    if gpus and device != "cpu" and nproc > gpus:
+        raise BadInputError(f"--nproc {nproc} but this machine has {gpus} GPUs; use --nproc {gpus} or fewer")
+    if nproc == 1:
+        console.warn("--nproc 1: no collectives to measure (give --nproc 2 or more)")
+    _run(nproc, timeout_s, out, _worker_args(out, model, layout, quick, resume, device))
+    data = load_mapping(out)
+    if fmt == "json":
+        console.json({"out": str(out), **{k: data[k] for k in ("meta", "gemm", "memory", "collectives") if k in data}})
+        return
+    meta = data["meta"]
+    console.info(f"wrote {out}: {meta['device_name']} x{meta['device_count']} ({meta['backend']})")
+    console.table(None, ["measured", "value", "note"], _summary_rows(data), justify_right=[False, True, False])

@@ -1,0 +1,175 @@
+"""The single-machine launcher of `clusterplan profile --nproc N`: starts N worker processes with the
+torchrun environment, follows their progress lines, and ends the run when a rank dies or stops progressing.
+
+A rank that exits non-zero, or makes no progress for timeout_s, stops every rank; the error names the rank
+(the first to exit, or the one furthest behind) and what it was measuring. The workers' own collective timeout
+is longer than the launcher's, so the launcher, which sees every rank, reports first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from clusterplan.errors import BadInputError, ClusterplanError
+
+STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
+ProgressFn = Callable[[int, int, str], None]
+
+
+class ProfileError(ClusterplanError):
+    """A worker rank died or hung; partial results stay in the output file."""
+
+    reason = "profile_failed"
+
+
+@dataclass(kw_only=True)
+class RankState:
+    rank: int
+    proc: subprocess.Popen[str]
+    log_path: Path
+    index: int = 0
+    total: int = 0
+    state: str = "start-up"
+    label: str = "start-up"
+    changed_s: float = field(default_factory=time.monotonic)
+    exited_s: float | None = None
+
+    def progress(self) -> tuple[int, int]:
+        return (self.index, STATE_ORDER.get(self.state, 0))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    """The variables torchrun gives a worker on one node (torch/distributed/run.py), plus our heartbeat switch."""
+    env = dict(os.environ)
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(nproc),
+                "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
+                "CLUSTERPLAN_PROFILE_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"})
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default; also keeps CPU timings stable
+    return env
+
+
+def _follow(state: RankState, stream: IO[str]) -> None:
+    for line in stream:
+        try:
+            beat = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        state.index, state.total = int(beat["index"]), int(beat["total"])
+        state.state, state.label = beat["state"], beat.get("label") or state.label
+        state.changed_s = time.monotonic()
+
+
+def _await_exit(state: RankState) -> None:
+    state.proc.wait()
+    state.exited_s = time.monotonic()
+
+
+def _last_error_line(path: Path, rank: int) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    if not lines:
+        return ""
+    return lines[-1].removeprefix(f"error: rank {rank}: ").removeprefix("error: ")
+
+
+def _exit_words(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _stop(ranks: list[RankState]) -> None:
+    for r in ranks:
+        if r.proc.poll() is None:
+            r.proc.kill()
+    for r in ranks:
+        r.proc.wait()
+
+
+def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
+    """True when all ranks finished; raises when one failed or hung."""
+    kept = f"partial results kept in {out} (continue with --resume)"
+    failed = [r for r in ranks if r.exited_s is not None and r.proc.returncode != 0]
+    if failed:
+        first = min(failed, key=lambda r: r.exited_s or 0.0)
+        why = _last_error_line(first.log_path, first.rank)
+        if first.proc.returncode == 2 and why:
+            raise BadInputError(why)
+        raise ProfileError(f"rank {first.rank} {_exit_words(first.proc.returncode)} while measuring {first.label}"
+                           f"{': ' + why if why else ''}; {kept}; log {first.log_path}")
+    if all(r.exited_s is not None for r in ranks):
+        return True
+    running = [r for r in ranks if r.exited_s is None]
+    now = time.monotonic()
+    if all(now - r.changed_s > timeout_s for r in running):
+        behind = min(r.progress() for r in running)
+        stuck = [r for r in running if r.progress() == behind]
+        who = "rank " + str(stuck[0].rank) if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
+        raise ProfileError(f"{who} made no progress for {timeout_s:g} s while measuring {stuck[0].label}; "
+                           f"stopped all ranks; {kept}")
+    return False
+
+
+def launch(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
+           on_progress: ProgressFn | None = None) -> None:
+    """Run `python -m clusterplan.profiler.worker WORKER_ARGS` on nproc local ranks until all finish."""
+    log_dir = Path(tempfile.mkdtemp(prefix="clusterplan-profile-"))
+    port = free_port()
+    # Collectives inside the workers wait longer than the launcher, so the launcher names the culprit first.
+    args = [*worker_args, "--timeout", str(timeout_s * 2 + 30)]
+    ranks: list[RankState] = []
+    try:
+        for rank in range(nproc):
+            log_path = log_dir / f"rank{rank}.log"
+            with open(log_path, "w", encoding="utf-8") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "clusterplan.profiler.worker", *args],
+                                        env=worker_env(rank, nproc, port), stdout=subprocess.PIPE, stderr=log,
+                                        stdin=subprocess.DEVNULL, text=True)
+            state = RankState(rank=rank, proc=proc, log_path=log_path)
+            ranks.append(state)
+            threading.Thread(target=_follow, args=(state, proc.stdout), daemon=True).start()
+            threading.Thread(target=_await_exit, args=(state,), daemon=True).start()
+        while not _check(ranks, timeout_s, out):
+            if on_progress is not None:
+                lead = ranks[0]
+                on_progress(lead.index + (lead.state == "done"), lead.total, lead.label)
+            time.sleep(0.05)
+    finally:
+        _stop(ranks)
+    _cleanup(log_dir)
+
+
+def _cleanup(log_dir: Path) -> None:
+    for p in log_dir.glob("*.log"):
+        p.unlink(missing_ok=True)
+    log_dir.rmdir()
+
+
+def run_info() -> dict[str, Any]:
+    """What this machine offers: GPUs seen by torch (0 on CPU)."""
+    import torch
+
+    return {"cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}

@@ -1,0 +1,98 @@
+"""The calibration document being measured: raw records appended as they come, fits, atomic saves, --resume.
+
+The file is models/calibration.py's format at every moment (an interrupted run leaves a loadable file with
+meta.complete = false); "raw" keeps every measurement with its key, so --resume skips what is already there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from clusterplan.errors import BadInputError, ClusterplanError
+from clusterplan.fileio import dumps_json, load_mapping, write_atomic
+from clusterplan.models.calibration import FORMAT, VERSION, calibration_from_dict
+from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm
+
+RAW_SECTIONS = ("gemm", "attention", "memory", "collectives")
+RESUME_KEYS = ("device_name", "backend", "world_size", "local_world_size", "quick", "model", "layout")
+
+
+def new_document(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "meta": {**meta, "complete": False},
+            "raw": {section: [] for section in RAW_SECTIONS}}
+
+
+def done_keys(doc: dict[str, Any]) -> set[str]:
+    return {rec["key"] for section in RAW_SECTIONS for rec in doc["raw"].get(section, [])}
+
+
+def add_record(doc: dict[str, Any], kind: str, record: dict[str, Any]) -> None:
+    section = "collectives" if kind == "collective" else kind
+    doc["raw"][section].append(record)
+
+
+def _gemm_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
+    by_dtype: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_dtype[rec["dtype"]].append(rec)
+    out = {}
+    for dtype, recs in sorted(by_dtype.items()):
+        try:
+            fit = fit_gemm([r["flops"] for r in recs], [r["tflops"] for r in recs])
+        except ClusterplanError:
+            continue  # not enough sizes yet
+        out[dtype] = {"max_tflops": fit.max_tflops, "half_flops": fit.half_flops,
+                      "rms_log_error": fit.rms_log_error, "points": fit.points}
+    return out
+
+
+def _collective_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        groups[(rec["op"], rec["level"], rec["n_ranks"])].append(rec)
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (op, level, n), recs in sorted(groups.items()):
+        try:
+            fit = fit_alpha_beta(op, n, [r["size_bytes"] for r in recs], [r["median_s"] for r in recs])
+        except ClusterplanError:
+            continue
+        out[op][level] = {"latency_s": fit.latency_s, "latency_total_s": fit.latency_total_s,
+                          "busbw_bytes_per_s": fit.busbw_bytes_per_s, "n_ranks": n,
+                          "rms_rel_error": fit.rms_rel_error, "points": fit.points}
+    return dict(out)
+
+
+def refit(doc: dict[str, Any]) -> None:
+    """Recompute the fitted sections from the raw records."""
+    raw = doc["raw"]
+    doc["gemm"] = _gemm_fits(raw["gemm"])
+    doc["collectives"] = _collective_fits(raw["collectives"])
+    if raw["memory"]:
+        # The largest buffer is furthest from caches: its rate is the streaming bandwidth.
+        largest = max(raw["memory"], key=lambda r: (r["buffer_bytes"], r["bytes_per_s"]))
+        doc["memory"] = {"copy_bytes_per_s": largest["bytes_per_s"]}
+
+
+def save(path: str | Path, doc: dict[str, Any], *, complete: bool = False) -> None:
+    doc["meta"]["complete"] = complete
+    write_atomic(path, dumps_json(doc))
+
+
+def load_for_resume(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The partial document at `path`, checked to come from the same kind of run as `meta`."""
+    doc = load_mapping(path)
+    calibration_from_dict(doc, path=str(path))  # format, version and values
+    raw = doc.get("raw")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(s, []), list) for s in RAW_SECTIONS):
+        raise BadInputError(f"{path}: no raw measurements to resume from; run without --resume to start over")
+    for section in RAW_SECTIONS:
+        raw.setdefault(section, [])
+    old = doc.get("meta") or {}
+    for key in RESUME_KEYS:
+        if old.get(key) != meta.get(key):
+            raise BadInputError(f"{path}: was measured with {key}={old.get(key)!r}, this run has {meta.get(key)!r}; "
+                                "run without --resume (or with another --out) to start over")
+    doc["meta"] = {**old, **{k: v for k, v in meta.items() if k not in ("created_utc",)}, "resumed": True}
+    return doc

@@ -1,0 +1,105 @@
+"""The measurement plan: an ordered list of small measurements, each with a stable key for --resume.
+
+Rank 0 builds the plan and broadcasts it, so every rank walks the same list. Link levels come from the
+torchrun environment: ranks on one node (LOCAL_WORLD_SIZE of them, numbered node by node) form the scale_up
+groups; ranks with the same LOCAL_RANK on different nodes (one rail each) form the scale_out groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.errors import BadInputError
+
+KIB = 1024
+MIB = 1024 * KIB
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Measurement:
+    key: str
+    """Stable identity, e.g. "collective/all_reduce/scale_up/65536"; --resume skips keys already in the file."""
+    kind: str
+    """gemm | attention | memory | collective"""
+    label: str
+    """What the progress bar shows."""
+    dtype: str = ""
+    shape: tuple[int, ...] = ()
+    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim)."""
+    size_bytes: int = 0
+    op: str = ""
+    level: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SweepConfig:
+    cuda: bool
+    quick: bool
+    dtypes: tuple[str, ...]
+    gemm_shapes: tuple[tuple[int, int, int], ...]
+    attention_heads: int
+    attention_head_dim: int
+    levels: tuple[str, ...]
+
+
+def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[int]]]:
+    """Rank groups per link level; a level whose groups would have one rank is left out."""
+    if local_world_size < 1 or world_size % local_world_size:
+        raise BadInputError(f"WORLD_SIZE({world_size}) is not a multiple of LOCAL_WORLD_SIZE({local_world_size}); "
+                            "start the same --nproc-per-node on every node")
+    nodes = world_size // local_world_size
+    groups: dict[str, list[list[int]]] = {}
+    if local_world_size > 1:
+        groups["scale_up"] = [list(range(n * local_world_size, (n + 1) * local_world_size)) for n in range(nodes)]
+    if nodes > 1:
+        groups["scale_out"] = [[n * local_world_size + r for n in range(nodes)] for r in range(local_world_size)]
+    return groups
+
+
+def collective_sizes(*, cuda: bool, quick: bool) -> list[int]:
+    """Message sizes: 1 KiB .. 256 MiB on GPU (nccl-tests style, powers of two), 1 KiB .. 4 MiB on CPU."""
+    if cuda:
+        return [KIB * 16**i for i in range(5)] + [256 * MIB] if quick else [KIB * 2**i for i in range(19)]
+    return [KIB * 8**i for i in range(5)] if quick else [KIB * 2**i for i in range(13)]
+
+
+def attention_seqs(*, cuda: bool, quick: bool) -> list[int]:
+    if cuda:
+        return [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192]
+    return [128, 256] if quick else [128, 256, 512, 1024]
+
+
+def memory_sizes(*, cuda: bool, quick: bool) -> list[int]:
+    if cuda:
+        return [1024 * MIB] if quick else [256 * MIB, 1024 * MIB, 2048 * MIB]
+    return [32 * MIB] if quick else [16 * MIB, 64 * MIB, 256 * MIB]
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1024 * MIB), ("MiB", MIB), ("KiB", KIB)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} B"
+
+
+def build_plan(cfg: SweepConfig) -> list[Measurement]:
+    plan: list[Measurement] = []
+    for size in memory_sizes(cuda=cfg.cuda, quick=cfg.quick):
+        plan.append(Measurement(key=f"memory/copy/{size}", kind="memory", label=f"copy {human_bytes(size)}",
+                                size_bytes=size))
+    for dtype in cfg.dtypes:
+        for m, n, k in cfg.gemm_shapes:
+            plan.append(Measurement(key=f"gemm/{dtype}/{m}x{n}x{k}", kind="gemm", label=f"GEMM {dtype} {m}x{n}x{k}",
+                                    dtype=dtype, shape=(m, n, k)))
+    att_dtype = "bf16" if cfg.cuda else "fp32"
+    for seq in attention_seqs(cuda=cfg.cuda, quick=cfg.quick):
+        shape = (1, cfg.attention_heads, seq, cfg.attention_head_dim)
+        plan.append(Measurement(key=f"attention/{att_dtype}/{'x'.join(map(str, shape))}", kind="attention",
+                                label=f"attention {att_dtype} seq {seq}", dtype=att_dtype, shape=shape))
+    for level in cfg.levels:
+        for op in COLLECTIVE_OPS:
+            for size in collective_sizes(cuda=cfg.cuda, quick=cfg.quick):
+                plan.append(Measurement(key=f"collective/{op}/{level}/{size}", kind="collective", op=op, level=level,
+                                        size_bytes=size, label=f"{op} {level} {human_bytes(size)}"))
+    return plan

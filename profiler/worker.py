@@ -1,0 +1,205 @@
+"""One rank of `clusterplan profile`: `python -m clusterplan.profiler.worker --out FILE [...]`.
+
+Started by `clusterplan profile --nproc N` on one machine, or by torchrun on many (same environment:
+RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Rank 0 plans, measures compute
+alone, and writes the file after every measurement; all ranks measure the collectives together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterplan.errors import BadInputError, ClusterplanError
+from clusterplan.profiler import store
+from clusterplan.profiler.sweep import Measurement, SweepConfig, build_plan, level_groups
+
+FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
+"""Fault injection for tests: "RANK:INDEX:exit" or "RANK:INDEX:hang" before measurement INDEX (0-based)."""
+HEARTBEAT_ENV = "CLUSTERPLAN_PROFILE_HEARTBEAT"
+"""Set by the launcher: each rank writes JSON progress lines on stdout for it to watch."""
+REFIT_EVERY_S = 2.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RankEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+
+def rank_env() -> RankEnv:
+    try:
+        world = int(os.environ["WORLD_SIZE"])
+        return RankEnv(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                       local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    except (KeyError, ValueError) as exc:
+        raise BadInputError(f"environment variable {exc} missing or not an integer; start workers with "
+                            "`clusterplan profile --nproc N` or torchrun") from exc
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m clusterplan.profiler.worker", description=__doc__)
+    p.add_argument("--out", required=True, help="calibration file to write (rank 0's file system)")
+    p.add_argument("--model", help="model preset, YAML or config.json whose GEMM shapes to measure")
+    p.add_argument("--layout", help='layout for the model shapes, e.g. "tp=8,mbs=1,seq=8192"')
+    p.add_argument("--quick", action="store_true", help="reduced sweep")
+    p.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a collective may wait for a peer")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return p.parse_args(argv)
+
+
+class Heartbeat:
+    """Progress: JSON lines on stdout for the launcher, or '[i/n] label' on rank 0's stderr under torchrun."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.machine = os.environ.get(HEARTBEAT_ENV) == "1"
+
+    def __call__(self, state: str, index: int, total: int, label: str = "") -> None:
+        if self.machine:
+            line = {"rank": self.rank, "state": state, "index": index, "total": total, "label": label}
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+        elif self.rank == 0 and state == "begin":
+            print(f"[{index + 1}/{total}] {label}", file=sys.stderr, flush=True)
+
+
+def inject_fault(rank: int, index: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    f_rank, f_index, kind = spec.split(":")
+    if int(f_rank) == rank and int(f_index) == index:
+        if kind == "hang":
+            time.sleep(10**6)
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
+
+
+def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...]) -> SweepConfig:
+    from clusterplan.profiler.gemm import available_dtypes
+    from clusterplan.profiler.shapes import model_shapes, standard_shapes
+
+    cuda = device.type == "cuda"
+    shapes = standard_shapes(cuda=cuda, quick=args.quick)
+    heads, head_dim = (16, 128) if cuda else (4, 64)
+    if args.model:
+        from clusterplan.models.catalog import load_model
+        from clusterplan.models.layout import Layout
+
+        model = load_model(args.model)
+        layout = Layout.parse(args.layout) if args.layout else Layout()
+        cap = None if cuda else (2e8 if args.quick else 2e9)  # keep CPU GEMMs to milliseconds
+        shapes = sorted(set(shapes) | set(model_shapes(model, layout, quick=args.quick, max_flops=cap)))
+        heads, head_dim = max(model.n_heads // layout.tp, 1), model.dim_head
+    return SweepConfig(cuda=cuda, quick=args.quick, dtypes=tuple(available_dtypes(device)),
+                       gemm_shapes=tuple(shapes), attention_heads=heads, attention_head_dim=head_dim, levels=levels)
+
+
+def measure_local(meas: Measurement, device: Any, quick: bool) -> dict[str, Any]:
+    """A compute measurement on this rank's device (rank 0 only)."""
+    from clusterplan.profiler.attention import measure_attention
+    from clusterplan.profiler.gemm import measure_gemm
+    from clusterplan.profiler.memory import measure_copy
+
+    budget_s = (0.1 if quick else 0.3) if device.type == "cuda" else (0.03 if quick else 0.1)
+    fn = {"gemm": measure_gemm, "memory": measure_copy, "attention": measure_attention}[meas.kind]
+    return fn(meas, device, budget_s=budget_s)
+
+
+def prepare(args: argparse.Namespace, env: RankEnv, device: Any, levels: tuple[str, ...]) -> dict[str, Any]:
+    """Rank 0: the document to fill (new or resumed) and the measurements still to do."""
+    from clusterplan.profiler.device import run_meta
+
+    meta = run_meta(device, world_size=env.world_size, local_world_size=env.local_world_size, quick=args.quick,
+                    model=args.model, layout=args.layout)
+    plan = build_plan(sweep_config(args, device, levels))
+    doc = store.load_for_resume(args.out, meta) if args.resume and Path(args.out).exists() else store.new_document(meta)
+    done = store.done_keys(doc)
+    store.save(args.out, doc)
+    return {"doc": doc, "todo": [m for m in plan if m.key not in done], "total": len(plan)}
+
+
+def level_process_groups(env: RankEnv) -> dict[str, tuple[Any, list[int]]]:
+    """For each link level, this rank's process group and its ranks (every rank creates every group)."""
+    import torch.distributed as dist
+
+    mine: dict[str, tuple[Any, list[int]]] = {}
+    for level, groups in level_groups(env.world_size, env.local_world_size).items():
+        for ranks in groups:
+            pg = dist.new_group(ranks)
+            if env.rank in ranks:
+                mine[level] = (pg, ranks)
+    return mine
+
+
+def run(args: argparse.Namespace, env: RankEnv) -> None:
+    import torch.distributed as dist
+
+    from clusterplan.profiler.collectives import measure_collective
+    from clusterplan.profiler.device import backend_for, pick_device
+
+    device = pick_device(args.device, env.local_rank)
+    dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world_size,
+                            timeout=dt.timedelta(seconds=args.timeout))
+    beat = Heartbeat(env.rank)
+    pgs = level_process_groups(env)
+    payload: list[Any] = [prepare(args, env, device, tuple(pgs)) if env.rank == 0 else None]
+    dist.broadcast_object_list(payload, src=0)
+    todo, total = payload[0]["todo"], payload[0]["total"]
+    doc = payload[0]["doc"] if env.rank == 0 else None
+    start = total - len(todo)
+    beat("ready", start, total)
+    last_fit = time.monotonic()
+    for i, meas in enumerate(todo, start=start):
+        beat("begin", i, total, meas.label)
+        inject_fault(env.rank, i)
+        beat("run", i, total, meas.label)
+        if meas.kind == "collective":
+            pg, ranks = pgs[meas.level]
+            record = measure_collective(meas, group=pg, ranks=ranks, rank=env.rank, device=device, quick=args.quick)
+        else:
+            record = measure_local(meas, device, args.quick) if env.rank == 0 else None
+        beat("wait", i, total, meas.label)
+        dist.barrier()
+        if doc is not None and record is not None:
+            store.add_record(doc, meas.kind, record)
+            if time.monotonic() - last_fit > REFIT_EVERY_S:
+                store.refit(doc)
+                last_fit = time.monotonic()
+            store.save(args.out, doc)
+        beat("done", i, total, meas.label)
+    if doc is not None:
+        store.refit(doc)
+        store.save(args.out, doc, complete=True)
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = os.environ.get("RANK", "?")
+    try:
+        run(args, rank_env())
+    except ClusterplanError as exc:
+        print(f"error: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # a failed rank must say so in one last line, then exit non-zero
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: rank {rank}: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
