@@ -1,0 +1,144 @@
+"""One rank of a validation run: build the rank's share of the model, train a few steps on random tokens, measure.
+
+Called inside an initialised process group (gloo on CPU, NCCL on GPU) by worker.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from clusterplan.models.layout import MESH_AXES, Layout
+from clusterplan.models.spec import ModelSpec
+from clusterplan.validate.apply_pp import make_schedule
+from clusterplan.validate.measure import ActivationTracker, gpu_peak_bytes, state_bytes, summarize_times
+from clusterplan.validate.model import rope_tables
+from clusterplan.validate.parallelize import build_mesh, build_stages
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunSpec:
+    model: ModelSpec
+    layout: Layout
+    """The executed layout (see parallelize.executed_layout)."""
+    warmup_steps: int = 1
+    steps: int = 3
+    seed: int = 0
+
+
+def _materialize(module: nn.Module, device: torch.device, spec: ModelSpec, seq: int, seed: int) -> None:
+    module.to_empty(device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and "bias" not in name:
+                p.fill_(1.0)  # norm scales
+            else:
+                p.normal_(0.0, 0.02)
+    if getattr(module, "rope_cos", None) is not None:
+        module.rope_cos, module.rope_sin = (t.to(device) for t in rope_tables(spec.dim_head, seq))
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+
+
+def _coords(mesh: Any) -> dict[str, int]:
+    return {axis: mesh[axis].get_local_rank() for axis in MESH_AXES}
+
+
+class Trainer:
+    """The rank's stages, optimizer and step function."""
+
+    def __init__(self, run: RunSpec, device: torch.device) -> None:
+        L, spec = run.layout, run.model
+        self.run, self.device = run, device
+        self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.mesh = build_mesh(L, device.type)
+        self.coords = _coords(self.mesh)
+        self.modules, self.stage_ids = build_stages(spec, L, self.mesh, self.coords["pp"], self.compute_dtype,
+                                                    fsdp=L.dp > 1)
+        for m in self.modules:
+            _materialize(m, device, spec, L.seq, run.seed)
+        self.params = [p for m in self.modules for p in m.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+        self.schedule = self._schedule() if L.pp > 1 else None
+        # Same tokens on every tp/pp/cp rank of a data-parallel replica; different across replicas.
+        dp_index = self.coords["dp_replicate"] * L.dp_shard + self.coords["dp_shard"]
+        g = torch.Generator().manual_seed(run.seed + 1000 + dp_index)
+        shape = (L.mbs * L.microbatches, L.seq)
+        self.tokens = torch.randint(0, spec.vocab, shape, generator=g).to(device)
+        self.labels = torch.randint(0, spec.vocab, shape, generator=g).to(device)
+
+    def _schedule(self) -> object:
+        L, spec = self.run.layout, self.run.model
+        hidden_dtype = self.compute_dtype if L.dp > 1 else torch.float32
+        seq_local = L.seq // L.tp if L.sp and L.tp > 1 else L.seq
+        last = L.pp * L.vpp - 1
+
+        def io_shapes(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = torch.empty(L.mbs, seq_local, spec.hidden, dtype=hidden_dtype, device=self.device)
+            tokens = torch.zeros(L.mbs, L.seq, dtype=torch.long, device=self.device)
+            logits = torch.empty(L.mbs, L.seq, spec.vocab, dtype=self.compute_dtype, device=self.device)
+            return (tokens if index == 0 else hidden), (logits if index == last else hidden)
+
+        return make_schedule(L, self.modules, self.stage_ids, self.mesh["pp"], self.device, io_shapes, _loss)
+
+    def step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self._pipeline_step() if self.schedule is not None else self._accumulate()
+        self.optimizer.step()
+        return loss
+
+    def _accumulate(self) -> float:
+        m, total = self.run.layout.microbatches, 0.0
+        for tokens, labels in zip(self.tokens.chunk(m), self.labels.chunk(m), strict=True):
+            loss = _loss(self.modules[0](tokens), labels) / m
+            loss.backward()
+            total += float(loss.detach())
+        return total
+
+    def _pipeline_step(self) -> float:
+        first = 0 in self.stage_ids
+        last = self.run.layout.pp * self.run.layout.vpp - 1 in self.stage_ids
+        losses: list[torch.Tensor] = []
+        args = (self.tokens,) if first else ()
+        kwargs = {"target": self.labels, "losses": losses} if last else {}
+        self.schedule.step(*args, **kwargs)
+        return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_rank(run: RunSpec, device: torch.device) -> dict[str, Any]:
+    """Train warm-up + measured steps; return this rank's measurements."""
+    trainer = Trainer(run, device)
+    for _ in range(run.warmup_steps):
+        trainer.step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tracker, times_s, loss = ActivationTracker(), [], float("nan")
+    for _ in range(run.steps):
+        dist.barrier()
+        _sync(device)
+        start = time.perf_counter()
+        with tracker.active():
+            loss = trainer.step()
+        _sync(device)
+        times_s.append(time.perf_counter() - start)
+    times = summarize_times(times_s)
+    return {"rank": dist.get_rank(), "coords": trainer.coords, "stages": trainer.stage_ids,
+            "bytes": {**state_bytes(trainer.params, trainer.optimizer), "activations": tracker.peak_bytes},
+            "gpu_peak_bytes": gpu_peak_bytes(device), "step_time_s": {"median": times.median_s, "min": times.min_s,
+                                                                    "max": times.max_s, "all": times_s},
+            "loss": loss}

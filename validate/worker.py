@@ -1,0 +1,56 @@
+"""Entry point of one validation rank: `python -m clusterplan.validate.worker JOB.json OUT.json`.
+
+Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from the environment (set by launch.py or torchrun),
+runs the job, gathers every rank's measurements on rank 0, which writes OUT.json. A failure prints the traceback
+on stderr and exits 1, so the launcher can surface it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import timedelta
+
+
+def _device() -> object:
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def main(argv: list[str]) -> int:
+    import torch.distributed as dist
+
+    from clusterplan.fileio import dumps_json, write_atomic
+    from clusterplan.models.layout import Layout
+    from clusterplan.models.spec import ModelSpec
+    from clusterplan.validate.run import RunSpec, run_rank
+
+    job_path, out_path = argv
+    with open(job_path, encoding="utf-8") as fh:
+        job = json.load(fh)
+    device = _device()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(seconds=float(job.get("timeout_s", 120))),
+                            device_id=device if device.type == "cuda" else None)
+    try:
+        run = RunSpec(model=ModelSpec.from_dict(job["model"]), layout=Layout.from_dict(job["layout"]),
+                      warmup_steps=int(job.get("warmup_steps", 1)), steps=int(job.get("steps", 3)),
+                      seed=int(job.get("seed", 0)))
+        result = run_rank(run, device)
+        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(result, gathered, dst=0)
+        if dist.get_rank() == 0:
+            write_atomic(out_path, dumps_json({"device": str(device.type), "ranks": gathered}))
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
