@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 
+from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping
 from clusterplan.models.spec import ModelSpec
 
@@ -46,7 +47,10 @@ def load_model(ref: str) -> ModelSpec:
 
             name = path.parent.name if path.name == "config.json" else path.stem
             return spec_from_hf(data, name=name or "model", where=str(path))
-        data = dict(data.get("model", data))
+        inner = data.get("model", data)
+        if not isinstance(inner, dict):
+            raise BadInputError(f"{path}: `model:` must be a mapping of model fields, got {type(inner).__name__}")
+        data = dict(inner)
         data.pop("aliases", None)
         data.setdefault("name", path.stem)
         return ModelSpec.from_dict(data, where=str(path))

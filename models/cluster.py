@@ -130,16 +130,23 @@ class Cluster:
         return " + ".join(parts) + f" = {self.world_size} GPUs"
 
 
+def _positive_int(overrides: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = overrides.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise BadInputError(f"{where}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
 def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> NodeGroup:
     node = get_node(preset)
     if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
         raise BadInputError(f"{where}: node count must be a positive integer, got {count!r}")
-    gpu = get_gpu(overrides.get("gpu", node.gpu))
-    gpus_per_node = int(overrides.get("gpus_per_node", node.gpus_per_node))
-    scale_up = get_link(overrides.get("scale_up_link", node.scale_up_link))
-    nic = get_link(overrides.get("nic_link", node.nic_link))
-    nics = int(overrides.get("nics_per_node", node.nics_per_node))
-    domain = int(overrides.get("scale_up_domain", node.scale_up_domain))
+    gpu = get_gpu(str(overrides.get("gpu", node.gpu)))
+    gpus_per_node = _positive_int(overrides, "gpus_per_node", node.gpus_per_node, where)
+    scale_up = get_link(str(overrides.get("scale_up_link", node.scale_up_link)))
+    nic = get_link(str(overrides.get("nic_link", node.nic_link)))
+    nics = _positive_int(overrides, "nics_per_node", node.nics_per_node, where)
+    domain = _positive_int(overrides, "scale_up_domain", node.scale_up_domain, where)
     up_bw = overrides.get("scale_up_busbw_gb_per_s", scale_up.achieved_bytes_per_s / 1e9)
     out_bw = overrides.get("scale_out_busbw_gb_per_s", nics * nic.achieved_bytes_per_s / 1e9 / gpus_per_node)
     for key, value in (("gpus_per_node", gpus_per_node), ("nics_per_node", nics), ("scale_up_domain", domain),
