@@ -11,9 +11,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from clusterplan.fileio import dumps_json
 from rich.console import Console as RichConsole
 from rich.table import Table
+
+from clusterplan.fileio import dumps_json
 
 
 class Console:

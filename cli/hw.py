@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 
 import click
+
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError

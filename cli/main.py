@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import click
+
 from clusterplan import __version__
 from clusterplan.errors import ClusterplanError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.models.catalog import load_model, presets

@@ -46,6 +46,8 @@ class ModelShapes:
     dropout: bool
     total_params: int
     active_params: int
+    tensors_per_layer: int
+    """Parameter tensors of one layer (weights, biases, norm scales): ZeRO-3 gathers them one by one."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -64,9 +66,19 @@ class ModelShapes:
             norm_params=2 * m.norm_params(), embed_params=m.embedding_params(),
             head_params=m.vocab * m.hidden + m.norm_params(), tied=m.tied_embeddings, gated=m.gated_ffn,
             dropout=m.dropout, total_params=m.total_params(), active_params=m.active_params(),
+            tensors_per_layer=_tensors_per_layer(m),
         )
 
     @property
     def moe_fraction(self) -> float:
         """Share of layers that are MoE (the rest have a dense MLP)."""
         return self.n_moe_layers / self.n_layers
+
+
+def _tensors_per_layer(m: ModelSpec) -> int:
+    """Fused qkv + out projection, 2 or 3 MLP matrices, 2 norms (+ their biases), and any linear biases."""
+    count = 2 + (3 if m.gated_ffn else 2) + (4 if m.norm == "layernorm" else 2)
+    count += 1 if m.attn_bias else 0
+    count += (3 if m.gated_ffn else 2) + 1 if m.linear_bias else 0
+    count += 2 if m.qk_norm else 0
+    return count

@@ -1,0 +1,71 @@
+"""HardwareRates: the achievable rates a cost model needs, from hardware_db defaults or a calibration file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.models.calibration import Calibration, GemmCurve
+from clusterplan.models.cluster import Cluster
+
+# Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.2 ms.
+# One constant for every GPU, fitted once to Korthikanti et al. 2022 Table 4 (22B layer on A100: 7.7 ms forward);
+# `clusterplan profile` replaces the whole curve with a measured one.
+GEMM_HALF_TIME_S = 0.2e-3
+# Elementwise kernels (norms, activations, softmax, dropout) stream at this share of the GPU's achieved HBM rate.
+ELEMENTWISE_HBM_SHARE = 1.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HardwareRates:
+    gpu_name: str
+    memory_bytes: float
+    peak_flops: float
+    """Dense bf16/fp16 peak (the MFU denominator)."""
+    gemm_max_flops: float
+    gemm_half_flops: float
+    gemm_max_flops_fp8: float
+    hbm_bytes_per_s: float
+    domain: int
+    """GPUs in one scale-up domain (where tp/cp/ep groups should live)."""
+    bw_in: float
+    """Scale-up bus bandwidth per GPU, bytes/s."""
+    lat_in: float
+    bw_out: float
+    """Scale-out bandwidth per GPU (its share of the node's NICs), bytes/s."""
+    lat_out: float
+    calibrated: bool = False
+
+    @classmethod
+    def of(cls, cluster: Cluster, calibration: Calibration | None = None) -> HardwareRates:
+        """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here)."""
+        group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
+        gpu = group.gpu
+        peak = gpu.tflops("bf16") * 1e12
+        curve = GemmCurve(max_tflops=peak * gpu.gemm_peak_fraction / 1e12,
+                          half_flops=peak * gpu.gemm_peak_fraction * GEMM_HALF_TIME_S)
+        fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
+        hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
+        bw_in = group.scale_up_busbw_gb_per_s * 1e9
+        lat_in = group.scale_up.latency_us * 1e-6
+        bw_out = min(g.scale_out_busbw_gb_per_s for g in cluster.groups) * 1e9
+        lat_out = max(g.nic.latency_us for g in cluster.groups) * 1e-6
+        if cluster.node_bandwidth_gb_per_s is not None:
+            off = [v for i, row in enumerate(cluster.node_bandwidth_gb_per_s) for j, v in enumerate(row) if i != j]
+            if off:
+                bw_out = min(bw_out, min(off) * 1e9 / group.gpus_per_node)
+        calibrated = False
+        if calibration is not None:
+            calibrated = True
+            curve = calibration.gemm_curve("bf16") or curve
+            hbm = calibration.copy_bytes_per_s or hbm
+            up = calibration.collective("all_reduce", "scale_up")
+            if up:
+                bw_in, lat_in = up.busbw_bytes_per_s, up.latency_s
+            out = calibration.collective("all_reduce", "scale_out")
+            if out:
+                bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
+        return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
+                   gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=curve.half_flops,
+                   gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
+                   domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
+                   bw_out=bw_out, lat_out=lat_out, calibrated=calibrated)

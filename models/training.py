@@ -1,0 +1,187 @@
+"""Step time of a training layout: pipeline of per-layer compute and communication, bubble, data-parallel
+gradient traffic with the part hidden under backward, optimizer step. Vectorised over LayoutArrays.
+
+Mesh order (torchtitan): pp, dp_replicate, dp_shard, cp, tp with tp innermost, so a group's stride is the
+product of the degrees inside it; each collective is priced on the links its group actually crosses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.models import comm
+from clusterplan.models.batch import (
+    OPT_ADAM_MASTER,
+    OPT_SGD,
+    PREC_FP32,
+    SCHEDULE_INTERLEAVED,
+    SCHEDULE_ZB,
+    LayoutArrays,
+)
+from clusterplan.models.compute import head_time, layer_time, model_flops_per_step
+from clusterplan.models.hw import HardwareRates
+from clusterplan.models.memory import bytes_per_param, stage_layers, stage_params
+from clusterplan.models.shapes import ModelShapes
+
+# Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
+# Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
+DP_OVERLAP_SHARE = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    size: np.ndarray
+    stride: np.ndarray
+
+
+def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) -> np.ndarray:
+    """Time of one collective over a mesh-axis group, flat inside a scale-up domain, ring across nodes.
+
+    Across nodes, NCCL runs one ring per NIC rail, so the group's bus bandwidth is its n_in GPUs' share of the node
+    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576).
+    """
+    n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    inside = n_out <= 1
+    bw = np.where(inside, hw.bw_in, np.minimum(hw.bw_in, n_in * hw.bw_out))
+    lat = np.where(inside, hw.lat_in, hw.lat_out)
+    fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
+          "reduce_scatter": comm.reduce_scatter_s, "all_to_all": comm.all_to_all_s}[kind]
+    return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StepTime:
+    step_s: np.ndarray
+    compute_s: np.ndarray
+    tp_comm_s: np.ndarray
+    cp_comm_s: np.ndarray
+    ep_comm_s: np.ndarray
+    pp_comm_s: np.ndarray
+    dp_comm_s: np.ndarray
+    bubble_s: np.ndarray
+    optimizer_s: np.ndarray
+    model_flops: np.ndarray
+    hardware_flops: np.ndarray
+
+
+def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, core_s: np.ndarray):
+    """(tp, cp, ep) exposed communication of one layer per micro-batch, forward + backward (+ recompute)."""
+    tokens = L.seq * L.mbs / L.cp
+    act = 2.0
+    tp_group = Group(L.tp, np.ones_like(L.tp))
+    # Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (SP: all-gather + reduce-scatter, same bytes).
+    tp_one = _collective("all_reduce", act * tokens * shapes.hidden, tp_group, hw)
+    n_tp = 4.0 + np.where(L.recompute == 2, 2.0, 0.0)
+    tp = n_tp * tp_one
+    cp_group = Group(L.cp, L.tp)
+    # Ring attention: cp-1 exchanges of this rank's K/V forward, K/V + their grads backward, overlapped with the
+    # attention core (Liu et al. 2023); Ulysses: 4 all-to-alls of q,k,v,out forward and 4 backward (Jacobs 2023).
+    kv_bytes = act * tokens * shapes.kv_dim / L.tp
+    n_in, n_out = comm.split_group(L.cp, L.tp, hw.domain)
+    p2p_bw = np.where(n_out > 1, hw.bw_out, hw.bw_in)
+    ring_step = comm.p2p_s(kv_bytes, p2p_bw, np.where(n_out > 1, hw.lat_out, hw.lat_in))
+    ring = np.maximum(0.0, (L.cp - 1) * ring_step - core_s) + np.maximum(0.0, 2 * (L.cp - 1) * ring_step - 2.5 * core_s)
+    a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
+    ulysses = 2 * _collective("all_to_all", a2a_bytes, cp_group, hw) * 4 / 3
+    cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
+    ep = np.zeros_like(tp)
+    if moe:
+        # Dispatch + combine all-to-all forward and backward of tokens x top_k x h (Lepikhin 2020, Megatron-Core).
+        ep_group = Group(L.ep, np.ones_like(L.ep))
+        one = _collective("all_to_all", act * tokens / L.tp * shapes.top_k * shapes.hidden, ep_group, hw)
+        ep = one * (4.0 + np.where(L.recompute == 2, 2.0, 0.0))
+    return tp, cp, ep
+
+
+def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
+    """Predicted time of one optimizer step with every term separate (they add up to step_s)."""
+    m = L.microbatches
+    layers = stage_layers(shapes, L)
+    moe_share = shapes.moe_fraction
+    dense = layer_time(shapes, L, hw, False)
+    t_layer_c = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
+    flops_layer = (1 - moe_share) * dense.hardware_flops
+    tp_d, cp_d, ep_d = _layer_comm(shapes, L, hw, False, dense.core_forward_s)
+    tp_l, cp_l, ep_l = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, 0.0 * ep_d
+    if moe_share:
+        sparse = layer_time(shapes, L, hw, True)
+        t_layer_c = t_layer_c + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
+        flops_layer = flops_layer + moe_share * sparse.hardware_flops
+        tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, True, sparse.core_forward_s)
+        tp_l, cp_l, ep_l = tp_l + moe_share * tp_s, cp_l + moe_share * cp_s, moe_share * ep_s
+    head_f, head_b = head_time(shapes, L, hw)
+    # Per micro-batch time of each stage; the slowest sets the pipeline's pace.
+    first = layers.first * (t_layer_c + tp_l + cp_l + ep_l)
+    last = layers.last * (t_layer_c + tp_l + cp_l + ep_l) + head_f + head_b
+    middle = layers.middle * (t_layer_c + tp_l + cp_l + ep_l)
+    single = L.pp == 1
+    stage = np.where(single, first + head_f + head_b, np.maximum(np.maximum(first, last), middle))
+    slow_layers = np.where(single, layers.first, np.where(last >= first, layers.last, layers.first))
+    # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
+    pp_group_inner = L.dp * L.cp * L.tp
+    n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
+    p2p = comm.p2p_s(2.0 * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, np.where(n_out > 1, hw.bw_out, hw.bw_in),
+                     np.where(n_out > 1, hw.lat_out, hw.lat_in))
+    pp_comm = np.where(single, 0.0, 2 * (m * L.vpp + L.pp - 1) * p2p)
+    # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
+    # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
+    bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
+    zb_factor = np.where(L.schedule == SCHEDULE_ZB, 2.0 / 3.0, 1.0)
+    bubble = np.where(single, 0.0, bubble_stages * stage * zb_factor)
+    dp_exposed = _dp_exposed(shapes, L, hw, layers, slow_layers, dense.forward_s, dense.backward_s, stage)
+    opt = _optimizer_s(shapes, L, hw, layers)
+    compute = m * np.where(single, layers.first * t_layer_c + head_f + head_b, slow_layers * t_layer_c
+                           + np.where(last >= first, head_f + head_b, 0.0))
+    tp_total, cp_total, ep_total = m * slow_layers * tp_l, m * slow_layers * cp_l, m * slow_layers * ep_l
+    step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
+    # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
+    hardware = L.gbs / L.mbs * (flops_layer * shapes.n_layers * L.tp * L.cp
+                                + 6.0 * L.mbs * L.seq * shapes.vocab * shapes.hidden)
+    return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
+                    pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
+                    model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
+
+
+def _dp_exposed(shapes, L, hw, layers, slow_layers, layer_f, layer_b, stage):
+    """Data-parallel traffic left exposed after overlap: gradient all-reduce (ZeRO-0), reduce-scatter + weight
+    all-gather (ZeRO-1/2, Megatron distributed optimizer) hidden under the last micro-batch's backward; ZeRO-3
+    gathers weights per layer in forward and backward and reduce-scatters gradients, each under that layer's compute."""
+    wb, gb, _ = bytes_per_param(L)
+    params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
+    shard = Group(L.dp_shard * L.cp, L.tp)
+    replicate = Group(L.dp_replicate, L.tp * L.cp * L.dp_shard)
+    compute_wb = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    dense_grad = params.dense * gb
+    expert_grad = params.expert * gb
+    edp = Group(np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp)), L.ep * L.etp)
+    rs = _collective("reduce_scatter", dense_grad, shard, hw) + _collective("reduce_scatter", expert_grad, edp, hw)
+    ag = (_collective("all_gather", params.dense * compute_wb, shard, hw)
+          + _collective("all_gather", params.expert * compute_wb, edp, hw))
+    ar = _collective("all_reduce", dense_grad, shard, hw) + _collective("all_reduce", expert_grad, edp, hw)
+    hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
+    zero12 = np.where(L.zero == 0, ar, rs + ag) + hsdp
+    hidden = DP_OVERLAP_SHARE * slow_layers * layer_b
+    exposed12 = np.maximum(0.0, zero12 - hidden)
+    # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter under backward.
+    n = np.maximum(slow_layers, 1.0)
+    ag_layer, rs_layer = ag / n, rs / n
+    per_layer = np.maximum(0.0, ag_layer - layer_f) + np.maximum(0.0, ag_layer + rs_layer - layer_b)
+    # Each parameter tensor is its own ring collective (DeepSpeed ZeRO-3 granularity): (n-1) latency steps each for
+    # the forward gather, the recompute gather and the backward gather + reduce-scatter, which bandwidth overlap
+    # cannot hide. This is what makes ZeRO-3 fall behind as dp grows (Narayanan 2021 Table 2).
+    n_in, n_out = comm.split_group(shard.size, shard.stride, hw.domain)
+    step_lat = np.where(n_out > 1, hw.lat_out, hw.lat_in)
+    gathers = 3.0 + np.where(L.recompute == 2, 1.0, 0.0)
+    latency = gathers * shapes.tensors_per_layer * (shard.size - 1) * step_lat
+    exposed3 = L.microbatches * slow_layers * (per_layer + latency) + hsdp
+    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
+
+
+def _optimizer_s(shapes, L, hw, layers):
+    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
+    params = stage_params(shapes, L, layers.first, True, L.pp == 1)
+    shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
+    per_param = np.select([L.optimizer == OPT_SGD, L.optimizer == OPT_ADAM_MASTER], [8.0, 32.0], 24.0)
+    return (params.dense + params.expert) / shard * per_param / hw.hbm_bytes_per_s
