@@ -29,9 +29,18 @@ def models_list(fmt: str) -> None:
     if fmt == "json":
         console.json({"models": [_summary(s) for s in specs]})
         return
-    console.table(None, ["name", "params B", "active B", "layers", "hidden", "heads/kv", "experts"], [
-        (s.name, f"{s.total_params() / 1e9:.2f}", f"{s.active_params() / 1e9:.2f}", s.n_layers, s.hidden,
-         f"{s.n_heads}/{s.kv_heads}", f"{s.n_experts} top-{s.top_k}" if s.is_moe else "-") for s in specs])
+    console.table(None, ["name", "family", "params B", "active B", "layers", "hidden", "heads/kv", "experts"], [
+        (s.name, s.family, f"{s.total_params() / 1e9:.2f}", f"{s.active_params() / 1e9:.2f}", s.n_layers, s.hidden,
+         f"{s.n_heads}/{s.kv_heads}", f"{s.n_experts} top-{s.top_k}" if s.is_moe else "-") for s in specs],
+        justify_right=[False, False] + [True] * 6)
+
+
+def _counts(spec: ModelSpec) -> dict[str, int]:
+    """Parameter counts under the conventions publishers use (see ModelSpec for each definition)."""
+    return {"total_params": spec.total_params(), "active_params": spec.active_params(),
+            "non_embedding_params": spec.non_embedding_params(),
+            "active_params_excluding_input_embedding": spec.active_params_excluding_input_embedding(),
+            "n_moe_layers": spec.n_moe_layers}
 
 
 @models.command("show")
@@ -47,10 +56,13 @@ def models_show(model: str, fmt: str) -> None:
 
         console.text(yaml.safe_dump(data, sort_keys=False).rstrip())
         return
+    counts = _counts(spec)
     if fmt == "json":
-        console.json({**data, "total_params": spec.total_params(), "active_params": spec.active_params()})
+        console.json({**data, **counts})
         return
     rows = [(k, v) for k, v in data.items() if v not in (None, 0, "", False) or k in ("tied_embeddings",)]
-    rows += [("total_params", f"{spec.total_params():,} ({spec.total_params() / 1e9:.2f} B)"),
-             ("active_params", f"{spec.active_params():,} ({spec.active_params() / 1e9:.2f} B)")]
+    if not spec.is_moe:
+        counts = {k: v for k, v in counts.items() if k in ("total_params", "non_embedding_params")}
+    for key, value in counts.items():
+        rows.append((key, value if key == "n_moe_layers" else f"{value:,} ({value / 1e9:.2f} B)"))
     console.table(None, ["field", "value"], rows, justify_right=[False, False])
