@@ -95,10 +95,10 @@ def profile(nproc: int | None, model: str | None, layout: str | None, quick: boo
     Many machines: run `torchrun ... -m clusterplan.profiler.worker --out FILE` on each (see README).
     """
     from clusterplan.fileio import load_mapping
-    from clusterplan.profiler.runner import run_info
+    from clusterplan.profiler.runner import cuda_devices
 
     _precheck(model, layout, out, resume)
-    gpus = run_info()["cuda_devices"] if device != "cpu" else 0
+    gpus = cuda_devices() if device != "cpu" else 0
     if device == "cuda" and not gpus:
         raise BadInputError("--device cuda but torch sees no CUDA device; use --device cpu")
     nproc = nproc or gpus or 2

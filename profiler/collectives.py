@@ -23,7 +23,7 @@ def repeats_for(size_bytes: int, *, cuda: bool, quick: bool) -> tuple[int, int]:
     """(warm-up, repeats): the same on every rank, since each run is a collective call."""
     if cuda:
         return (2, 10) if quick or size_bytes > 64 * MIB else (5, 20)
-    return (1, 5) if quick else (2, 10)
+    return (2, 10) if quick else (3, 20)
 
 
 def collective_fn(op: str, count: int, group: Any, ranks: Sequence[int], rank: int,

@@ -17,6 +17,7 @@ from scipy.optimize import least_squares
 
 from clusterplan.errors import BadInputError
 
+MAX_BUSBW_OVER_OBSERVED = 2.0
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
 
@@ -104,7 +105,11 @@ def fit_alpha_beta(op: str, n_ranks: int, size_bytes: Sequence[float], time_s: S
     def residual(p: np.ndarray) -> np.ndarray:
         return (p[0] * t_unit + p[1] * b_unit * x) / t - 1.0
 
-    sol = least_squares(residual, [0.5, 0.5], bounds=([0.0, 1e-12], [np.inf, np.inf]), loss="soft_l1", f_scale=0.05)
+    # busbw at most twice the best observed: an asymptote the sweep never approached is not measured,
+    # and noise on a busy host must not turn a flat curve into infinite bandwidth.
+    b_floor = 1.0 / (MAX_BUSBW_OVER_OBSERVED * float((x / t).max()) * b_unit)
+    sol = least_squares(residual, [0.5, max(0.5, 2 * b_floor)], bounds=([0.0, b_floor], [np.inf, np.inf]),
+                        loss="soft_l1", f_scale=0.05)
     a, b = float(sol.x[0] * t_unit), float(sol.x[1] * b_unit)
     rms = float(np.sqrt(np.mean(residual(sol.x) ** 2)))
     return AlphaBetaFit(latency_total_s=a, latency_s=a / latency_steps(op, n_ranks), busbw_bytes_per_s=1.0 / b,

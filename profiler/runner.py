@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from clusterplan.errors import BadInputError, ClusterplanError
 
 STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
+STARTUP_S = 120.0
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -109,6 +110,11 @@ def _stop(ranks: list[RankState]) -> None:
         r.proc.wait()
 
 
+def _allowed_s(state: RankState, timeout_s: float) -> float:
+    # Start-up (importing torch, rendezvous, planning) may take longer than one measurement on a busy host.
+    return max(timeout_s, STARTUP_S) if state.state == "start-up" else timeout_s
+
+
 def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
     """True when all ranks finished; raises when one failed or hung."""
     kept = f"partial results kept in {out} (continue with --resume)"
@@ -124,7 +130,7 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
         return True
     running = [r for r in ranks if r.exited_s is None]
     now = time.monotonic()
-    if all(now - r.changed_s > timeout_s for r in running):
+    if all(now - r.changed_s > _allowed_s(r, timeout_s) for r in running):
         behind = min(r.progress() for r in running)
         stuck = [r for r in running if r.progress() == behind]
         who = "rank " + str(stuck[0].rank) if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
@@ -168,8 +174,10 @@ def _cleanup(log_dir: Path) -> None:
     log_dir.rmdir()
 
 
-def run_info() -> dict[str, Any]:
-    """What this machine offers: GPUs seen by torch (0 on CPU)."""
+def cuda_devices() -> int:
+    """GPUs torch sees; without an NVIDIA driver, 0 without importing torch (seconds saved on CPU hosts)."""
+    if not Path("/proc/driver/nvidia").exists() and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return 0
     import torch
 
-    return {"cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

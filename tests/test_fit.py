@@ -82,3 +82,11 @@ def test_alpha_beta_bandwidth_only_has_zero_latency():
     fit = fit_alpha_beta("all_gather", 4, sizes, 0.75 * sizes / 1e10)
     assert fit.latency_total_s < 1e-9
     assert fit.busbw_bytes_per_s == pytest.approx(1e10, rel=1e-3)
+
+
+def test_alpha_beta_flat_noise_does_not_give_infinite_bandwidth():
+    # A busy host: times do not grow with size. busbw stays within 2x the best observed S*factor/t.
+    sizes = KIB * 8.0 ** np.arange(5)
+    times = np.array([3.8e-3, 0.9e-3, 0.3e-3, 0.5e-3, 3.8e-3])
+    fit = fit_alpha_beta("send_recv", 2, sizes, times)
+    assert fit.busbw_bytes_per_s <= 2 * (sizes / times).max() * 1.0001

@@ -1,0 +1,153 @@
+"""`clusterplan profile` end to end on CPU with gloo: two worker ranks, a rank that dies, --resume, a rank that hangs.
+
+The run is the real command in a subprocess, as a user starts it; the quick CPU sweep has 40 measurements
+(1 copy, 6 GEMM shapes per dtype, 2 attention lengths, 5 collectives x 5 sizes on the scale_up level).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterplan.models.calibration import COLLECTIVES, calibration_from_dict
+
+FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
+
+
+def profile(*args: str, fault: str = "") -> tuple[int, str, str, float]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "clusterplan", "profile", *args], env=env, capture_output=True,
+                          text=True, timeout=180)
+    return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+    """Rank 1 dies before measurement 20; the same command with --resume then finishes the run."""
+    out = tmp_path_factory.mktemp("profile") / "calib.json"
+    first = profile("--nproc", "2", "--quick", "--out", str(out), "--timeout", "60", fault="1:20:exit")
+    partial = json.loads(out.read_text())
+    second = profile("--nproc", "2", "--quick", "--out", str(out), "--resume", "--format", "json")
+    return {"first": first, "partial": partial, "second": second, "final": json.loads(out.read_text())}
+
+
+def _records(doc: dict) -> list[dict]:
+    return [rec for section in ("memory", "gemm", "attention", "collectives") for rec in doc["raw"][section]]
+
+
+@pytest.mark.slow
+def test_dead_rank_is_named_in_one_line(interrupted_then_resumed):
+    code, out, err, _ = interrupted_then_resumed["first"]
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1, err
+    assert "rank 1 exited with code 1 while measuring" in err and "injected fault" in err
+    assert "--resume" in err
+
+
+@pytest.mark.slow
+def test_interrupted_run_keeps_what_it_measured(interrupted_then_resumed):
+    partial = interrupted_then_resumed["partial"]
+    assert partial["meta"]["complete"] is False
+    assert len(_records(partial)) == 20  # measurements 0..19, saved one by one
+    calibration_from_dict(partial)  # a partial file is still a valid calibration
+
+
+@pytest.mark.slow
+def test_resume_finishes_without_redoing(interrupted_then_resumed):
+    code, out, err, _ = interrupted_then_resumed["second"]
+    assert code == 0, err
+    final = interrupted_then_resumed["final"]
+    keys = [rec["key"] for rec in _records(final)]
+    assert len(keys) == len(set(keys)) == 40
+    before = {rec["key"]: rec for rec in _records(interrupted_then_resumed["partial"])}
+    after = {rec["key"]: rec for rec in _records(final)}
+    assert all(after[key] == rec for key, rec in before.items())  # kept, not measured again
+    assert final["meta"]["complete"] is True and final["meta"]["resumed"] is True
+    assert json.loads(out)["out"].endswith("calib.json")
+
+
+@pytest.mark.slow
+def test_quick_cpu_profile_is_fast(interrupted_then_resumed):
+    # Both runs together (two start-ups, 40 measurements) within a minute on 2 CI cores; ~15 s measured here.
+    total_s = interrupted_then_resumed["first"][3] + interrupted_then_resumed["second"][3]
+    assert total_s < 60
+
+
+@pytest.mark.slow
+def test_calibration_file_loads_with_every_section(interrupted_then_resumed):
+    final = interrupted_then_resumed["final"]
+    calib = calibration_from_dict(final)
+    meta = final["meta"]
+    assert meta["backend"] == "gloo" and meta["device_count"] == 2 and meta["nodes"] == 1
+    assert len(meta["hostname_sha256"]) == 64 and meta["torch_version"] and meta["created_utc"].endswith("Z")
+    fp32 = calib.gemm_curve("fp32")
+    assert fp32 is not None and 1e-4 < fp32.max_tflops < 100  # a CPU core: 1 GFLOP/s .. a whole socket
+    assert 1e8 < calib.copy_bytes_per_s < 1e12
+    for op in COLLECTIVES:
+        fit = calib.collective(op, "scale_up")
+        assert fit is not None and 1e6 < fit.busbw_bytes_per_s < 1e12 and fit.latency_s >= 0
+        assert calib.collective(op, "scale_out") is None  # one node: no scale-out level
+    for rec in final["raw"]["collectives"]:
+        # nccl-tests: busbw = algbw * factor; all_reduce of 2 ranks has factor 2*(2-1)/2 = 1.
+        factor = 1.0 if rec["op"] in ("all_reduce", "send_recv") else 0.5
+        assert rec["busbw_bytes_per_s"] == pytest.approx(rec["algbw_bytes_per_s"] * factor)
+    attention = final["raw"]["attention"]
+    assert [a["seq"] for a in attention] == [128, 256] and all(a["fwd_bwd"]["median_s"] > 0 for a in attention)
+
+
+@pytest.mark.slow
+def test_hung_rank_ends_the_run_within_the_timeout(tmp_path):
+    # Rank 1 stops before collective 16 while rank 0 waits inside it: the launcher names rank 1.
+    code, out, err, wall_s = profile("--nproc", "2", "--quick", "--out", str(tmp_path / "c.json"), "--timeout", "3",
+                                     fault="1:16:hang")
+    assert code == 2
+    assert "rank 1 made no progress for 3 s" in err and err.count("\n") == 1
+    assert wall_s < 45
+
+
+def test_corrupt_file_cannot_be_resumed(run_cli, tmp_path):
+    bad = tmp_path / "calib.json"
+    bad.write_text('{"format": "clusterplan-calibration", "version": 1, "gemm": {')
+    code, out, err = run_cli("profile", "--quick", "--out", str(bad), "--resume")
+    assert code == 2 and "malformed JSON" in err and err.count("\n") == 1
+
+
+def test_other_version_cannot_be_resumed(run_cli, tmp_path):
+    old = tmp_path / "calib.json"
+    old.write_text(json.dumps({"format": "clusterplan-calibration", "version": 99}))
+    code, _, err = run_cli("profile", "--quick", "--out", str(old), "--resume")
+    assert code == 2 and "version 99 is not supported" in err
+
+
+def test_layout_needs_model(run_cli, tmp_path):
+    code, _, err = run_cli("profile", "--quick", "--layout", "tp=2", "--out", str(tmp_path / "c.json"))
+    assert code == 2 and "--layout needs --model" in err
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU")
+def test_gpu_quick_profile(tmp_path: Path):
+    out = tmp_path / "gpu.json"
+    code, _, err, _ = profile("--nproc", "1", "--quick", "--device", "cuda", "--out", str(out))
+    assert code == 0, err
+    calib = calibration_from_dict(json.loads(out.read_text()))
+    bf16 = calib.gemm_curve("bf16")
+    assert bf16 is not None and bf16.max_tflops > 10  # any tensor-core GPU
+    assert calib.copy_bytes_per_s > 1e11

@@ -1,0 +1,98 @@
+"""What `clusterplan profile` plans to measure: link levels from the torchrun environment, model GEMM shapes,
+message sizes, and the checks that keep --resume from mixing two different runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.errors import BadInputError
+from clusterplan.models.catalog import load_model
+from clusterplan.models.layout import Layout
+from clusterplan.profiler import store
+from clusterplan.profiler.shapes import layer_gemms, model_shapes, standard_shapes
+from clusterplan.profiler.sweep import KIB, MIB, SweepConfig, build_plan, collective_sizes, level_groups
+
+
+def test_levels_two_nodes_of_four():
+    # torchrun numbers ranks node by node: node 0 has ranks 0-3, node 1 ranks 4-7.
+    groups = level_groups(8, 4)
+    assert groups["scale_up"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert groups["scale_out"] == [[0, 4], [1, 5], [2, 6], [3, 7]]  # one rail per local rank
+
+
+def test_levels_single_node_and_one_gpu_per_node():
+    assert level_groups(2, 2) == {"scale_up": [[0, 1]]}
+    assert level_groups(4, 1) == {"scale_out": [[0, 1, 2, 3]]}
+    with pytest.raises(BadInputError, match="same --nproc-per-node"):
+        level_groups(6, 4)
+
+
+def test_message_sizes_span_nccl_tests_range():
+    gpu = collective_sizes(cuda=True, quick=False)
+    assert gpu[0] == KIB and gpu[-1] == 256 * MIB and len(gpu) == 19
+    assert collective_sizes(cuda=True, quick=True)[-1] == 256 * MIB
+    assert collective_sizes(cuda=False, quick=True) == [KIB, 8 * KIB, 64 * KIB, 512 * KIB, 4 * MIB]
+
+
+def test_llama3_8b_gemms_at_tp2():
+    # Llama 3.1 8B: hidden 4096, 32 query heads and 8 KV heads of 128, FFN 14336 (gated), vocab 128256.
+    gemms = {g.name: (g.m, g.n, g.k) for g in layer_gemms(load_model("llama3.1-8b"), Layout.parse("tp=2,seq=8192"))}
+    assert gemms["qkv"] == (8192, (4096 + 2 * 8 * 128) // 2, 4096)
+    assert gemms["attn_out"] == (8192, 4096, 2048)
+    assert gemms["ffn_up"] == (8192, 2 * 14336 // 2, 4096)
+    assert gemms["ffn_down"] == (8192, 4096, 7168)
+    assert gemms["lm_head"] == (8192, 128256 // 2, 4096)
+
+
+def test_model_shapes_include_backward_and_respect_cpu_cap():
+    model, layout = load_model("llama3.1-8b"), Layout()
+    full = model_shapes(model, layout, quick=False, max_flops=None)
+    assert (4096, 4096, 14336) in full  # ffn_down forward
+    assert (4096, 14336, 4096) in full  # its dgrad (m, k, n)
+    assert (14336, 4096, 4096) in full  # its wgrad (k, n, m)
+    capped = model_shapes(model, layout, quick=True, max_flops=2e8)
+    # m shrinks to fit 2e8 FLOPs unless one token alone is above the cap (the LM head: 2*128256*4096 = 1.05e9).
+    assert all(2 * m * n * k <= 2e8 or m == 1 for m, n, k in capped)
+
+
+def test_moe_expert_gemm_tokens():
+    # Mixtral 8x7B: top-2 of 8 experts; at ep=1 each expert sees 4096 * 2 / 8 = 1024 tokens.
+    gemms = {g.name: (g.m, g.n, g.k) for g in layer_gemms(load_model("mixtral-8x7b"), Layout())}
+    assert gemms["expert_up"] == (1024, 2 * 14336, 4096)
+
+
+def test_plan_keys_are_unique_and_ordered():
+    cfg = SweepConfig(cuda=False, quick=True, dtypes=("fp32", "bf16"), gemm_shapes=tuple(standard_shapes(cuda=False, quick=True)),
+                      attention_heads=4, attention_head_dim=64, levels=("scale_up",))
+    plan = build_plan(cfg)
+    assert len(plan) == 1 + 2 * 6 + 2 + 5 * 5
+    assert len({m.key for m in plan}) == len(plan)
+    assert [m.kind for m in plan][:2] == ["memory", "gemm"] and plan[-1].key == f"collective/send_recv/scale_up/{4 * MIB}"
+
+
+def _meta(**over):
+    meta = {"device_name": "CPU X", "backend": "gloo", "world_size": 2, "local_world_size": 2, "quick": True,
+            "model": None, "layout": None, "created_utc": "2026-01-01T00:00:00Z"}
+    return {**meta, **over}
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    path = tmp_path / "c.json"
+    doc = store.new_document(_meta())
+    store.add_record(doc, "memory", {"key": "memory/copy/1", "buffer_bytes": 1, "bytes_per_s": 1e9})
+    store.refit(doc)
+    store.save(path, doc)
+    assert store.done_keys(store.load_for_resume(path, _meta())) == {"memory/copy/1"}
+    with pytest.raises(BadInputError, match="world_size=2, this run has 4"):
+        store.load_for_resume(path, _meta(world_size=4))
+
+
+def test_refit_fills_calibration_sections():
+    doc = store.new_document(_meta())
+    for size in (KIB, 64 * KIB, 4 * MIB):  # t = 100 us + (n-1)/n * S / (1 GB/s)
+        store.add_record(doc, "collective", {"key": f"c/{size}", "op": "all_gather", "level": "scale_up",
+                                             "n_ranks": 2, "size_bytes": size, "median_s": 100e-6 + 0.5 * size / 1e9})
+    store.refit(doc)
+    fit = doc["collectives"]["all_gather"]["scale_up"]
+    assert fit["busbw_bytes_per_s"] == pytest.approx(1e9, rel=1e-3)
+    assert fit["latency_s"] == pytest.approx(100e-6, rel=1e-3)  # one ring step at n = 2
