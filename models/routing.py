@@ -1,0 +1,302 @@
+"""Routing statistics of an MoE model: tokens per expert per layer, and optional cross-layer transitions.
+
+Formats (`load_stats` picks by extension; `save_stats` writes any of them atomically):
+
+- **.npz** (recommended): array `tokens_per_expert` of shape [L, E]; optional `transitions` of shape
+  [L-1, E, E]. L = MoE layers in order (layer 0 = the model's first MoE layer), E = routed experts.
+- **.npy**: one [L, E] array of tokens per expert (no transitions).
+- **.json**: `{"tokens_per_expert": [[...], ...], "transitions": [[[...]]]}` (`transitions` optional).
+- **.csv**: long form with header `layer,expert,tokens`, one row per (layer, expert); missing rows are 0.
+  Transitions go in a companion file next to it, `NAME.transitions.csv`, header
+  `layer,from_expert,to_expert,tokens` (layer = the earlier of the two consecutive MoE layers).
+
+Units: `tokens_per_expert[l, e]` counts token-to-expert assignments, so each layer sums to
+tokens x top_k. `transitions[l, i, j]` counts tokens routed to expert i at MoE layer l and to expert j at
+MoE layer l+1 (a token adds top_k x top_k pairs; MoETuner's layer-to-layer routing dependency).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import dumps_json, write_atomic
+
+FORMATS = (".npz", ".npy", ".json", ".csv")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoutingStats:
+    tokens_per_expert: np.ndarray
+    """[L, E] token-to-expert assignments per MoE layer (float64, >= 0)."""
+    transitions: np.ndarray | None = None
+    """[L-1, E, E] tokens at expert i of layer l that go to expert j of layer l+1, or None."""
+    source: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.tokens_per_expert.shape[0])
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.tokens_per_expert.shape[1])
+
+    def tokens_per_layer(self, top_k: int) -> np.ndarray:
+        """Tokens entering each MoE layer: assignments / top_k."""
+        return self.tokens_per_expert.sum(axis=1) / top_k
+
+    def layers(self, count: int) -> RoutingStats:
+        """The first `count` layers (tests and quick looks)."""
+        trans = None if self.transitions is None else self.transitions[: max(count - 1, 0)]
+        return RoutingStats(tokens_per_expert=self.tokens_per_expert[:count], transitions=trans, source=self.source)
+
+
+# ---- validation ---------------------------------------------------------------------------------
+def _check_counts(arr: np.ndarray, what: str, where: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        raise BadInputError(f"{where}: {what} has NaN or infinite entries; give finite token counts")
+    if np.any(arr < 0):
+        raise BadInputError(f"{where}: {what} has negative entries; token counts must be >= 0")
+
+
+def make_stats(tokens_per_expert: object, transitions: object = None, *, where: str = "stats") -> RoutingStats:
+    """Validate shapes and values and build RoutingStats (one-line BadInputError otherwise)."""
+    try:
+        load = np.asarray(tokens_per_expert, dtype=np.float64)
+        trans = None if transitions is None else np.asarray(transitions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{where}: token counts must be numbers in rectangular arrays ({exc})") from exc
+    if load.ndim != 2 or load.shape[0] < 1 or load.shape[1] < 1:
+        raise BadInputError(f"{where}: tokens_per_expert must be a [layers, experts] table, got shape {load.shape}")
+    _check_counts(load, "tokens_per_expert", where)
+    if np.any(load.sum(axis=1) <= 0):
+        raise BadInputError(f"{where}: a layer has no tokens at all; every MoE layer needs routed tokens")
+    n_layers, n_experts = load.shape
+    if trans is not None:
+        want = (n_layers - 1, n_experts, n_experts)
+        if trans.shape != want:
+            raise BadInputError(f"{where}: transitions must have shape [layers-1, experts, experts] = {list(want)}, "
+                                f"got {list(trans.shape)}")
+        _check_counts(trans, "transitions", where)
+    return RoutingStats(tokens_per_expert=load, transitions=trans, source=where)
+
+
+def check_against_model(stats: RoutingStats, n_experts: int, n_moe_layers: int, model_name: str) -> None:
+    """Stats must have the model's expert count and at most its number of MoE layers."""
+    if stats.n_experts != n_experts:
+        raise BadInputError(f"{stats.source}: {stats.n_experts} experts per layer, but {model_name} has {n_experts} "
+                            "routed experts; give statistics of this model")
+    if stats.n_layers > n_moe_layers:
+        raise BadInputError(f"{stats.source}: {stats.n_layers} layers, but {model_name} has {n_moe_layers} MoE layers")
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def load_stats(path: str | os.PathLike[str]) -> RoutingStats:
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{p}: no such file; give routing statistics as {', '.join(FORMATS)} "
+                            "(or make some with `clusterplan experts synth`)")
+    suffix = p.suffix.lower()
+    if suffix not in FORMATS:
+        raise BadInputError(f"{p}: unknown statistics format {suffix!r}; use one of {', '.join(FORMATS)}")
+    try:
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                if "tokens_per_expert" not in data:
+                    raise BadInputError(f"{p}: missing array `tokens_per_expert` (found {', '.join(data.files)})")
+                trans = data["transitions"] if "transitions" in data else None
+                return make_stats(data["tokens_per_expert"], trans, where=str(p))
+        if suffix == ".npy":
+            return make_stats(np.load(p, allow_pickle=False), where=str(p))
+        if suffix == ".json":
+            return _load_json(p)
+        return _load_csv(p)
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"{p}: cannot read statistics ({exc}); check the file is a valid {suffix} file") from exc
+
+
+def _load_json(p: Path) -> RoutingStats:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{p}: malformed JSON ({exc.msg} at line {exc.lineno}); fix the syntax") from exc
+    if not isinstance(data, dict) or "tokens_per_expert" not in data:
+        raise BadInputError(f"{p}: expected a JSON object with `tokens_per_expert` ([layers][experts] counts)")
+    return make_stats(data["tokens_per_expert"], data.get("transitions"), where=str(p))
+
+
+def _read_csv_rows(p: Path, columns: tuple[str, ...]) -> list[tuple[float, ...]]:
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or any(c not in reader.fieldnames for c in columns):
+            raise BadInputError(f"{p}: CSV header must contain {','.join(columns)}; got {reader.fieldnames}")
+        rows = []
+        for n, row in enumerate(reader, start=2):
+            try:
+                rows.append(tuple(float(row[c]) for c in columns))
+            except (TypeError, ValueError) as exc:
+                raise BadInputError(f"{p}: line {n}: {','.join(columns)} must be numbers") from exc
+    if not rows:
+        raise BadInputError(f"{p}: no data rows")
+    return rows
+
+
+def _index(values: np.ndarray, p: Path, what: str) -> np.ndarray:
+    if np.any(values < 0) or np.any(values != np.round(values)):
+        raise BadInputError(f"{p}: {what} must be whole numbers >= 0")
+    return values.astype(np.int64)
+
+
+def _load_csv(p: Path) -> RoutingStats:
+    rows = np.array(_read_csv_rows(p, ("layer", "expert", "tokens")))
+    layer, expert = _index(rows[:, 0], p, "layer"), _index(rows[:, 1], p, "expert")
+    load = np.zeros((layer.max() + 1, expert.max() + 1))
+    np.add.at(load, (layer, expert), rows[:, 2])
+    companion = p.with_name(p.stem + ".transitions.csv")
+    trans = None
+    if companion.is_file():
+        t = np.array(_read_csv_rows(companion, ("layer", "from_expert", "to_expert", "tokens")))
+        tl = _index(t[:, 0], companion, "layer")
+        ti, tj = _index(t[:, 1], companion, "from_expert"), _index(t[:, 2], companion, "to_expert")
+        if tl.max() >= load.shape[0] - 1 or max(ti.max(), tj.max()) >= load.shape[1]:
+            raise BadInputError(f"{companion}: layer or expert index outside {p.name}'s {load.shape[0]} layers x "
+                                f"{load.shape[1]} experts")
+        trans = np.zeros((load.shape[0] - 1, load.shape[1], load.shape[1]))
+        np.add.at(trans, (tl, ti, tj), t[:, 3])
+    return make_stats(load, trans, where=str(p))
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _write_atomic_bytes(path: Path, payload: bytes) -> None:
+    """Binary twin of fileio.write_atomic: temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _counts(arr: np.ndarray) -> list:
+    """Whole-number counts as ints in JSON/CSV, fractional ones as floats."""
+    return arr.astype(np.int64).tolist() if np.all(arr == np.round(arr)) else arr.tolist()
+
+
+def save_stats(stats: RoutingStats, path: str | os.PathLike[str]) -> list[Path]:
+    """Write `stats` in the format given by the extension; returns the files written."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        buf = io.BytesIO()
+        arrays = {"tokens_per_expert": stats.tokens_per_expert}
+        if stats.transitions is not None:
+            arrays["transitions"] = stats.transitions
+        np.savez_compressed(buf, **arrays)
+        _write_atomic_bytes(p, buf.getvalue())
+        return [p]
+    if suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, stats.tokens_per_expert)
+        _write_atomic_bytes(p, buf.getvalue())
+        return [p]
+    if suffix == ".json":
+        data = {"tokens_per_expert": _counts(stats.tokens_per_expert)}
+        if stats.transitions is not None:
+            data["transitions"] = _counts(stats.transitions)
+        write_atomic(p, dumps_json(data))
+        return [p]
+    if suffix == ".csv":
+        return _save_csv(stats, p)
+    raise BadInputError(f"{p}: unknown statistics format {suffix!r}; use one of {', '.join(FORMATS)}")
+
+
+def _save_csv(stats: RoutingStats, p: Path) -> list[Path]:
+    load = _counts(stats.tokens_per_expert)
+    lines = ["layer,expert,tokens"] + [f"{lay},{e},{v}" for lay, row in enumerate(load) for e, v in enumerate(row)]
+    write_atomic(p, "\n".join(lines) + "\n")
+    if stats.transitions is None:
+        return [p]
+    companion = p.with_name(p.stem + ".transitions.csv")
+    trans = stats.transitions
+    rows = [f"{lay},{i},{j},{_counts(trans[lay, i, j])}" for lay, i, j in zip(*np.nonzero(trans), strict=True)]
+    write_atomic(companion, "\n".join(["layer,from_expert,to_expert,tokens", *rows]) + "\n")
+    return [p, companion]
+
+
+# ---- synthetic statistics -----------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SynthConfig:
+    n_layers: int
+    n_experts: int
+    top_k: int
+    n_tokens: int = 16384
+    zipf_exponent: float = 0.8
+    """Expert popularity p ~ rank^-s, ranks shuffled per layer. 0.8 gives DeepSeek-V3 on EP32 (contiguous, no
+    EPLB) an imbalance ratio near the 1.56 TRT-LLM measured for DeepSeek-R1 (ep_load_balancer README)."""
+    affinity_logit: float = 2.0
+    """Logit bonus at layer l+1 for each of a token's layer-l experts that lists the candidate as a successor."""
+    successors: int = 0
+    """Preferred successors per expert in the next layer; 0 means top_k."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "n_experts", "top_k", "n_tokens"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"synth: {name} must be >= 1")
+        if self.top_k > self.n_experts:
+            raise BadInputError(f"synth: top_k ({self.top_k}) must be <= experts ({self.n_experts})")
+        if self.zipf_exponent < 0 or self.affinity_logit < 0 or self.successors < 0:
+            raise BadInputError("synth: zipf exponent, affinity and successors must be >= 0")
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores per row (order inside the k does not matter)."""
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def synth_stats(cfg: SynthConfig) -> RoutingStats:
+    """Seeded token-level routing simulation: Zipf popularity, Gumbel top-k choice, cross-layer successors.
+
+    Each token picks top_k distinct experts by Gumbel-top-k on log-popularity (sampling without
+    replacement in proportion to popularity, Kool et al. 2019); at layer l+1 each of its layer-l experts adds
+    `affinity_logit` to its preferred successors, which makes transitions concentrated as MoETuner observed.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    n, e, k = cfg.n_tokens, cfg.n_experts, cfg.top_k
+    m = min(cfg.successors or k, e)
+    load = np.zeros((cfg.n_layers, e))
+    trans = np.zeros((max(cfg.n_layers - 1, 0), e, e))
+    rank_weight = -cfg.zipf_exponent * np.log(np.arange(1, e + 1))
+    prev: np.ndarray | None = None
+    succ: np.ndarray | None = None
+    for layer in range(cfg.n_layers):
+        log_pop = rank_weight[rng.permutation(e)]
+        scores = log_pop + rng.gumbel(size=(n, e))
+        if prev is not None and succ is not None:
+            bonus = np.zeros((n, e))
+            np.add.at(bonus, (np.repeat(np.arange(n), k * m), succ[prev].reshape(-1)), cfg.affinity_logit)
+            scores += bonus
+        chosen = _top_k(scores, k)
+        load[layer] = np.bincount(chosen.reshape(-1), minlength=e)
+        if prev is not None:
+            pairs = (prev[:, :, None] * e + chosen[:, None, :]).reshape(-1)
+            trans[layer - 1] = np.bincount(pairs, minlength=e * e).reshape(e, e)
+        succ = np.argsort(rng.random((e, e)), axis=1)[:, :m]
+        prev = chosen
+    return RoutingStats(tokens_per_expert=load, transitions=trans if cfg.n_layers > 1 else None,
+                        source=f"synth(seed={cfg.seed})")
