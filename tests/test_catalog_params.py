@@ -86,6 +86,15 @@ def test_qwen3_30b_a3b_active():
     assert abs(load_model("qwen3-30b-a3b").active_params() / B - 3.3) <= 0.1
 
 
+def _deepseek_v2(**changes) -> ModelSpec:
+    # deepseek-ai/DeepSeek-V2 config.json (DeepSeek-V2 paper: 236B total, 21B activated).
+    dims = dict(name="deepseek-v2", family="deepseek_v2", n_layers=60, hidden=5120, n_heads=128, ffn_hidden=12288,
+                vocab=102400, n_experts=160, top_k=6, n_shared_experts=2, expert_ffn_hidden=1536,
+                first_dense_layers=1, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                v_head_dim=128)
+    return ModelSpec(**{**dims, **changes})
+
+
 def test_deepseek_v3_active_convention():
     """DeepSeek's "37B activated" leaves out the input embedding table (a row lookup, not a matmul).
 
@@ -94,19 +103,27 @@ def test_deepseek_v3_active_convention():
       without the input embedding table   36.63B  -> prints as 37B   (DeepSeek's number)
       without embedding and LM head       35.70B  -> would print as 36B
     No convention lands within 0.5 % of 37; the report prints whole billions, so the tolerance is +/- 0.5B.
-    The same convention reproduces DeepSeek-V2's "21B activated" (below), which the all-inclusive count misses.
     """
     v3 = load_model("deepseek-v3")
     assert within(v3.total_params(), 671 * B)
     assert abs(v3.active_params_excluding_input_embedding() / B - 37) <= 0.5
-    assert round(v3.active_params() / B) != 37  # the all-inclusive count would not print as 37B
-    v2 = ModelSpec(  # deepseek-ai/DeepSeek-V2 config.json: 236B total, 21B activated (DeepSeek-V2 paper)
-        name="deepseek-v2", family="deepseek_v2", n_layers=60, hidden=5120, n_heads=128, ffn_hidden=12288,
-        vocab=102400, n_experts=160, top_k=6, n_shared_experts=2, expert_ffn_hidden=1536, first_dense_layers=1,
-        q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    assert round(v3.active_params() / B) == 38  # the all-inclusive count would not print as 37B
+    assert round((v3.active_params() - 2 * v3.vocab * v3.hidden) / B) == 36
+
+
+def test_deepseek_convention_also_fits_v2_and_v2_lite():
+    # DeepSeek-V2: 236B / 21B activated; both 21.38B (all) and 20.85B (without input table) print as 21B.
+    v2 = _deepseek_v2()
     assert abs(v2.total_params() / B - 236) <= 0.5
     assert abs(v2.active_params_excluding_input_embedding() / B - 21) <= 0.5
-    assert round(v2.active_params() / B, 1) == 21.4
+    # DeepSeek-V2-Lite (config.json: 27 layers, hidden 2048, 16 heads, no q compression, 64 experts top-6 + 2 shared
+    # of 1408, dense FFN 10944): paper 15.7B / 2.4B activated. All-inclusive is 2.66B, 0.26B off; without the input
+    # table 2.45B, within one unit of the printed digit (0.1B). This is what decides the convention.
+    lite = _deepseek_v2(name="deepseek-v2-lite", n_layers=27, hidden=2048, n_heads=16, ffn_hidden=10944, n_experts=64,
+                        expert_ffn_hidden=1408, q_lora_rank=0)
+    assert abs(lite.total_params() / B - 15.7) <= 0.05
+    assert abs(lite.active_params_excluding_input_embedding() / B - 2.4) <= 0.1
+    assert abs(lite.active_params() / B - 2.4) > 0.2
 
 
 @pytest.mark.parametrize(("preset", "published_b", "rel"), [
