@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from clusterplan.models.comm import ArrayLike, p2p_s
 from clusterplan.models.spec import ModelSpec
 

@@ -13,7 +13,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class Engine:
     mode: str = "colocated"
     """colocated, prefill (prompts only; TTFT adds `ttft_extra_s`, e.g. KV transfer) or decode (KV arrives)."""
     ttft_extra_s: float = 0.0
+    ttft_extra_s_per_token: float = 0.0
+    """TTFT added per prompt token (KV-cache transfer to a decode instance)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,23 +51,21 @@ class SimResult:
 
 
 def scalar_step(step: StepModel) -> Callable[[float, float, float, float], float]:
-    """StepModel.step_s as a closure over plain floats (~20x faster than numpy for one step)."""
-    n = float(step.tp)
+    """StepModel.step_s folded into a few float coefficients (~30x faster than numpy for one step)."""
+    n, pp, a = float(step.tp), float(step.pp), step.activation_bytes_per_token
     ar_fixed = 2 * (n - 1) * step.ar_latency_s if n > 1 else 0.0
-    ar_per_byte = 2 * (n - 1) / n / step.ar_busbw_bytes_per_s if n > 1 else 0.0
-    pp, a = float(step.pp), step.activation_bytes_per_token
-    hit = step.expert_hit_per_token
+    ar_per_token = (2 * (n - 1) / n / step.ar_busbw_bytes_per_s if n > 1 else 0.0) * a * step.ar_count_per_stage
+    fixed = step.step_overhead_s + pp * step.ar_count_per_stage * ar_fixed + (pp - 1) * step.ar_latency_s
+    per_token = ar_per_token + (pp - 1) / pp * a / step.p2p_bytes_per_s
+    ct, cp, ch = step.compute_s_per_token / pp, step.compute_s_per_pair / pp, step.head_s_per_seq / pp
+    mw, mk, seq, pre = step.dense_weights_s, step.kv_read_s_per_token / pp, step.seq_overhead_s, step.prefill_overhead_s
+    hit, mx = step.expert_hit_per_token, step.expert_weights_s
 
     def step_s(n_p: float, pairs: float, b: float, ctx: float) -> float:
-        tok = (n_p + b) / pp
-        compute = tok * step.compute_s_per_token + (pairs + ctx) / pp * step.compute_s_per_pair + b / pp * step.head_s_per_seq
-        memory = step.dense_weights_s + ctx / pp * step.kv_read_s_per_token
-        if hit:
-            memory += step.expert_weights_s * (1.0 - (1.0 - hit) ** tok)
-        stage = max(compute, memory) + step.ar_count_per_stage * (ar_fixed + ar_per_byte * tok * a)
-        p2p = (pp - 1) * (step.ar_latency_s + tok * a / step.p2p_bytes_per_s)
-        fixed = step.step_overhead_s + (step.prefill_overhead_s if n_p > 0 else 0.0)
-        return fixed + step.seq_overhead_s * b + pp * stage + p2p
+        tok = n_p + b
+        compute = ct * tok + cp * (pairs + ctx) + ch * b
+        memory = mw + mk * ctx + (mx * (1.0 - (1.0 - hit) ** (tok / pp)) if hit else 0.0)
+        return fixed + (pre if n_p else 0.0) + per_token * tok + seq * b + pp * (compute if compute > memory else memory)
 
     return step_s
 
@@ -120,19 +120,20 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
             if item[1] >= inp[r]:
                 done.append(r)
         ctx = base + b * g
-        if n_p == 0:  # pure decode: jump to the next completion or arrival
+        if n_p == 0:  # pure decode: jump to the next completion or past the next arrival
             k = heap[0][0] - g
+            d0 = f(0, 0, b, ctx)
             if nxt < n and not waiting:
-                k = min(k, max(1, int((arr[nxt] - t) / f(0, 0, b, ctx))))
+                k = min(k, math.ceil((arr[nxt] - t) / d0))
             k = max(k, 1)
-            t += k * (f(0, 0, b, ctx) + f(0, 0, b, ctx + (k - 1) * b)) / 2.0
+            t += k * (d0 + f(0, 0, b, ctx + (k - 1) * b)) / 2.0 if k > 1 else d0
             g += k
         else:
             t += f(n_p, pairs, b, ctx)
             g += 1 if b else 0
         for r in done:
             prefilling.popleft()
-            ttft[r] = t - arr[r] + engine.ttft_extra_s
+            ttft[r] = t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
             bad_ttft += slo is not None and ttft[r] > slo.ttft_s
             if out[r] <= 1:
                 finished, kv_used = finished + 1, kv_used - inp[r] - out[r]
@@ -152,11 +153,20 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
 def _result(ttft: list[float], tpot: list[float], out: list[int], engine: Engine, slo: Slo | None,
             finished: int) -> SimResult:
     q = slo.percentile if slo else 90.0
-    p_ttft = float(np.percentile(ttft, q)) if engine.mode != "decode" else 0.0
+    p_ttft = percentile(ttft, q) if engine.mode != "decode" else 0.0
     decoded = [v for v, o in zip(tpot, out, strict=True) if o > 1]
-    p_tpot = float(np.percentile(decoded, q)) if decoded and engine.mode != "prefill" else 0.0
+    p_tpot = percentile(decoded, q) if decoded and engine.mode != "prefill" else 0.0
     met = slo is None or (p_ttft <= slo.ttft_s and p_tpot <= slo.tpot_s)
     return SimResult(ttft_s=p_ttft, tpot_s=p_tpot, met=met, finished=finished)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """numpy's default (linear) percentile on a short list, without numpy's per-call overhead."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def rate_upper_bound_rps(step: StepModel, engine: Engine, input_tokens: float, output_tokens: float,
@@ -193,7 +203,9 @@ def max_rate_rps(step: StepModel, engine: Engine, unit_gaps: np.ndarray, input_t
     Arrival gaps are `unit_gaps / rate` (common random numbers across rates): start just under the
     saturation bound, back off by 0.7x until the SLO holds, then bisect `steps` times (~4% resolution).
     """
-    idle = simulate(step, engine, np.arange(min(len(unit_gaps), 16)) * 1e6, input_tokens[:16], output_tokens[:16], slo)
+    loose = Slo(ttft_s=math.inf, tpot_s=math.inf, percentile=slo.percentile)  # no early exit: keep the latencies
+    idle = simulate(step, engine, np.arange(min(len(unit_gaps), 16)) * 1e6, input_tokens[:16], output_tokens[:16], loose)
+    idle = replace(idle, met=idle.ttft_s <= slo.ttft_s and idle.tpot_s <= slo.tpot_s)
     if not idle.met:
         return 0.0, idle
     arrivals = np.concatenate([[0.0], np.cumsum(unit_gaps[: len(input_tokens) - 1])])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import GPU, get_link
 from clusterplan.models.comm import ArrayLike, all_reduce_s
@@ -234,3 +235,30 @@ def step_model(inst: ServingInstance) -> StepModel:
         activation_bytes_per_token=spec.hidden * 2.0,
         p2p_bytes_per_s=link.gb_per_s * 1e9 * link.busbw_fraction,
     )
+
+
+def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> ServingKnobs:
+    """ServingKnobs from a models.calibration.Calibration (duck-typed) measured on this GPU type, else defaults.
+
+    Fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM max_tflops,
+    copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and alpha.
+    """
+    if calibration is None or not _measured_on(gpu, calibration):
+        return ServingKnobs()
+    extra: dict[str, float | None] = {"step_overhead_s": getattr(calibration, "decode_step_overhead_s", None)}
+    curve = calibration.gemm_curve(dtype) if hasattr(calibration, "gemm_curve") else None
+    if curve is not None:
+        extra["compute_fraction"] = min(curve.max_tflops / gpu.tflops(dtype), 1.0)
+    copy = getattr(calibration, "copy_bytes_per_s", None)
+    if copy:
+        extra["hbm_fraction"] = min(copy / gpu.hbm_bytes_per_s, 1.0)
+    fit = calibration.collective("all_reduce", "scale_up") if hasattr(calibration, "collective") else None
+    if fit is not None:
+        extra["allreduce_latency_s"] = fit.latency_s
+    return ServingKnobs.from_calibration(calibration, **extra)
+
+
+def _measured_on(gpu: GPU, calibration: Any) -> bool:
+    device = str((getattr(calibration, "meta", None) or {}).get("device_name", "")).lower().replace("-", " ")
+    names = [gpu.name, *gpu.aliases]
+    return not device or any(n.lower().replace("-", " ") in device for n in names)

@@ -10,12 +10,12 @@ import csv
 
 import numpy as np
 import pytest
+from scipy.optimize import least_squares
+
 from clusterplan.hardware_db import get_gpu
 from clusterplan.models.kv import kv_bytes_per_token, kv_bytes_per_token_per_gpu, kv_transfer_s
 from clusterplan.models.serving import ServingInstance, ServingKnobs, max_batch, serving_memory, step_model
 from clusterplan.models.spec import ModelSpec
-from scipy.optimize import least_squares
-
 from tests.conftest import REFERENCE
 
 A100 = get_gpu("A100-80GB")

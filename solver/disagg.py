@@ -1,0 +1,54 @@
+"""Disaggregated serving: a prefill pool and a decode pool, each its own GPU mix, sized by rate matching.
+
+Every bucket's rate must be absorbed by both pools (DistServe; aiconfigurator rate matching,
+research/serving-models.md sec. 4.8): prefill instances meet the TTFT target including the KV-cache transfer
+to the decode side (sec. 4.9), decode instances meet the TPOT target with prompts arriving prefilled.
+"""
+
+from __future__ import annotations
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db import Link
+from clusterplan.models.kv import kv_bytes_per_token
+from clusterplan.models.serving import DTYPE_BYTES, ServingInstance
+from clusterplan.solver.serve import (
+    Limits,
+    ServePlan,
+    Workload,
+    capacity_table,
+    describe_pools,
+    mean_output_tokens,
+    solve_pools,
+    unreachable_message,
+)
+
+
+def kv_transfer_terms(inst: ServingInstance, link: Link) -> tuple[float, float]:
+    """(latency s, s per prompt token) of sending a prompt's KV from this prefill instance.
+
+    Each of the instance's tp x pp GPUs sends its shard over its own NIC: t = alpha + I kv_tok / (n B).
+    """
+    bytes_per_s = link.achieved_bytes_per_s * inst.n_gpus
+    per_token = kv_bytes_per_token(inst.model, DTYPE_BYTES[inst.kv_dtype]) / bytes_per_s
+    return link.latency_us * 1e-6, per_token
+
+
+def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, link: Link) -> ServePlan:
+    """Cheapest prefill mix, then the cheapest decode mix within the GPUs the prefill pool left."""
+    transfer = tuple(kv_transfer_terms(inst, link) for inst in instances)
+    prefill = capacity_table(instances, work, mode="prefill", transfer=transfer)
+    decode = capacity_table(instances, work, mode="decode")
+    for table in (prefill, decode):
+        if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
+            raise InfeasibleError(unreachable_message(table, work))
+    p_mix = solve_pools(prefill, work, limits)
+    used: dict[str, int] = {}
+    for inst in instances:
+        used[inst.gpu.name] = used.get(inst.gpu.name, 0) + p_mix.counts.get(inst.label, 0) * inst.n_gpus
+    rest = Limits(max_gpus=limits.max_gpus - sum(used.values()) if limits.max_gpus else None,
+                  available_gpus=tuple((k, v - used.get(k, 0)) for k, v in limits.available_gpus),
+                  slice_factor=limits.slice_factor)
+    d_mix = solve_pools(decode, work, rest)
+    pools = describe_pools(prefill, p_mix, work, role="prefill") + describe_pools(decode, d_mix, work, role="decode")
+    return ServePlan(mode="disaggregated", pools=pools, usd_per_hour=round(p_mix.usd_per_hour + d_mix.usd_per_hour, 6),
+                     output_tokens_per_s=work.rate_rps * mean_output_tokens(work))

@@ -1,0 +1,61 @@
+"""The continuous-batching simulation against closed forms: one request alone, and an M/D/1 queue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clusterplan.hardware_db import get_gpu
+from clusterplan.models.catalog import load_model
+from clusterplan.models.servesim import Engine, Slo, max_rate_rps, percentile, rate_upper_bound_rps, simulate
+from clusterplan.models.serving import ServingInstance, serving_memory, step_model
+
+INST = ServingInstance(model=load_model("llama3.1-8b"), gpu=get_gpu("A100-80GB"), tp=1)
+STEP = step_model(INST)
+KV = serving_memory(INST).kv_capacity_tokens
+
+
+def test_one_request_alone_costs_its_prefill_and_decode_steps() -> None:
+    inp, out = 1000, 64
+    res = simulate(STEP, Engine(kv_capacity_tokens=KV), np.array([0.0]), np.array([inp]), np.array([out]))
+    # TTFT = one prefill step of the whole prompt (it fits the 2048-token chunk).
+    assert res.ttft_s == pytest.approx(float(STEP.prefill_s(inp)), rel=1e-9)
+    # TPOT = mean of the out-1 decode steps at contexts inp+1 .. inp+out-1 (the jump sums them exactly).
+    steps = [float(STEP.decode_s(1, inp + 1 + j)) for j in range(out - 1)]
+    assert res.tpot_s == pytest.approx(sum(steps) / len(steps), rel=1e-9)
+
+
+def test_prefill_queue_is_md1() -> None:
+    # Prefill-only, one 2048-token prompt per step: a FIFO queue with deterministic service s and Poisson
+    # arrivals (M/D/1). Lindley's recursion W' = max(0, W + s - A) gives every request's wait exactly.
+    n, inp = 400, 2048
+    service = float(STEP.prefill_s(inp))
+    rng = np.random.default_rng(7)
+    gaps = rng.exponential(1.0 / (0.8 / service), size=n - 1)  # load 0.8
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps)])
+    wait, ttft = 0.0, [service]
+    for gap in gaps:
+        wait = max(0.0, wait + service - gap)
+        ttft.append(wait + service)
+    res = simulate(STEP, Engine(kv_capacity_tokens=KV, chunk_tokens=inp, mode="prefill"), arrivals,
+                   np.full(n, inp), np.full(n, 1), Slo(ttft_s=10.0, tpot_s=1.0, percentile=90))
+    assert res.ttft_s == pytest.approx(percentile(ttft, 90), rel=1e-9)
+    assert percentile(ttft, 90) == pytest.approx(float(np.percentile(ttft, 90)), rel=1e-12)
+
+
+def test_capacity_search_brackets_the_slo_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    gaps = rng.exponential(size=200)
+    inp, out = rng.integers(1500, 2500, 200), rng.integers(100, 300, 200)
+    slo = Slo(ttft_s=0.25, tpot_s=0.05, percentile=90)
+    engine = Engine(kv_capacity_tokens=KV)
+    rate, res = max_rate_rps(STEP, engine, gaps, inp, out, slo)
+    assert res.met and res.ttft_s <= 0.25 and res.tpot_s <= 0.05
+    assert 0 < rate <= rate_upper_bound_rps(STEP, engine, float(inp.mean()), float(out.mean()), slo)
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+    assert not simulate(STEP, engine, arrivals / (rate * 1.15), inp, out, slo).met
+    assert max_rate_rps(STEP, engine, gaps, inp, out, slo) == (rate, res)  # same inputs, same answer
+    # A tighter TTFT target cannot raise capacity; an impossible one gives 0 and the unloaded latency.
+    assert max_rate_rps(STEP, engine, gaps, inp, out, Slo(ttft_s=0.15, tpot_s=0.05))[0] <= rate
+    zero, idle = max_rate_rps(STEP, engine, gaps, inp, out, Slo(ttft_s=0.01, tpot_s=0.05))
+    assert zero == 0.0 and not idle.met and 0.01 < idle.ttft_s < 0.25
