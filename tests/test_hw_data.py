@@ -8,6 +8,7 @@ without dates, and NIC counts that do not match the instance page.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -156,3 +157,12 @@ def test_memory_is_gib_visible_not_marketing_gb():
     assert get_gpu("H100").memory_gib == pytest.approx(81559 / 1024, abs=0.05)
     assert get_gpu("H200").memory_gib == pytest.approx(143771 / 1024, abs=0.05)
     assert get_gpu("GB200").memory_gib == pytest.approx(189471 / 1024, abs=0.05)
+
+
+def test_hw_show_node_by_alias_json(run_cli):
+    code, out, _ = run_cli("hw", "show", "p5en.48xlarge", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    # AWS p5en: 8x H200, 16 x 200 Gb/s EFA v3; $63.296/h on-demand (dstack PR #4110, 2026-08-06).
+    assert (data["name"], data["gpu"], data["nics_per_node"], data["nic_link"]) == ("p5en", "H200-SXM-141GB", 16, "efa-200g")
+    assert data["usd_per_node_hour"] == 63.296
