@@ -1,0 +1,29 @@
+"""Estimates per second, scalar path (`estimate`) and vectorised path (what `plan` uses)."""
+
+from __future__ import annotations
+
+import time
+
+from clusterplan.models.batch import LayoutArrays
+from clusterplan.models.catalog import load_model
+from clusterplan.models.cluster import load_cluster
+from clusterplan.models.estimate import estimate, evaluate
+from clusterplan.models.hw import HardwareRates
+from clusterplan.models.layout import Layout
+from clusterplan.models.shapes import ModelShapes
+
+if __name__ == "__main__":
+    model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-h100:8")
+    layout = Layout.parse("tp=8,pp=4,gbs=512,seq=8192,sp=1", world=cluster.world_size)
+    n = 200
+    start = time.perf_counter()
+    for _ in range(n):
+        estimate(model, cluster, layout)
+    scalar = (time.perf_counter() - start) / n
+    arrays = LayoutArrays.from_layouts([layout] * 100_000)
+    shapes, hw = ModelShapes.of(model), HardwareRates.of(cluster)
+    start = time.perf_counter()
+    evaluate(shapes, arrays, hw, cluster.world_size)
+    vector = (time.perf_counter() - start) / len(arrays)
+    print(f"scalar estimate: {scalar * 1e3:.3f} ms each ({1 / scalar:,.0f}/s)")
+    print(f"vectorised:      {vector * 1e6:.3f} us each ({1 / vector:,.0f}/s over {len(arrays):,} layouts)")

@@ -1,0 +1,99 @@
+"""`clusterplan plan`: search layouts and rank them by predicted step time, memory of every GPU checked."""
+
+from __future__ import annotations
+
+import click
+
+from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
+from clusterplan.cli.console import console
+from clusterplan.cli.options import format_option
+from clusterplan.errors import BadInputError
+from clusterplan.models.layout import Layout
+from clusterplan.models.planfile import write_plan
+from clusterplan.solver.placement import placement
+from clusterplan.solver.search import OBJECTIVES, search
+
+
+def parse_fix(text: str | None, world: int) -> dict:
+    """`--fix "tp=8,recompute=full"`: the same keys as estimate's --layout, each pinned in the search."""
+    if not text:
+        return {}
+    keys = {item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()}
+    full = Layout.parse(text).to_dict()
+    for key in ("gbs", "seq"):
+        if key in keys:
+            raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
+    return {k: full[k] for k in keys}
+
+
+@click.command()
+@model_option
+@cluster_option
+@click.option("--gbs", type=click.IntRange(min=1), required=True, help="Global batch size in sequences.")
+@click.option("--seq", type=click.IntRange(min=1), required=True, help="Sequence length in tokens.")
+@click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full".')
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="time", help="Rank by step time, cost or time to train.")
+@click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
+@click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
+@calibration_option
+@format_option
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the best plan as a plan file for check / validate / export.")
+def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
+         tokens: float | None, top: int, calibration_path: str | None, fmt: str, out_path: str | None) -> None:
+    """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
+
+    Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
+    """
+    if objective == "time-to-train" and not tokens:
+        raise BadInputError("--objective time-to-train needs --tokens (e.g. --tokens 15e12)")
+    model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    fixed = parse_fix(fix_text, cluster.world_size)
+    with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
+        result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                        objective=objective, tokens=tokens)
+    best = result.plans[0]
+    best.extra["placement"] = placement(best.layout, cluster)
+    data = result.to_json()
+    if out_path:
+        write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=best.layout,
+                   prediction={k: v for k, v in best.to_json().items() if k in ("step_time_s", "mfu", "memory")})
+    if fmt == "json":
+        console.json(data)
+    else:
+        _render(data)
+    s = data["search"]
+    console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
+                 + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
+    if out_path:
+        console.info(f"wrote {out_path}")
+
+
+def _render(data: dict) -> None:
+    plans = data["plans"]
+    console.text(f"{plans[0]['model']} on {plans[0]['cluster']}")
+    rows = []
+    for p in plans:
+        lay = p["layout"]
+        short = (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
+                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+                 + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
+                 + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
+        rows.append((p["rank"], short, f"{p['step_time_s']:.3f}", f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",
+                     f"{p['memory']['peak_gib']:.1f}", f"{p['memory']['headroom_gib']:.1f}", ", ".join(p["dominant_terms"])))
+    console.table(None, ["#", "layout", "step s", "tokens/s", "MFU", "peak GiB", "headroom", "dominant terms"], rows,
+                  justify_right=[True, False, True, True, True, True, True, False])
+    if "why_best" in plans[0]:
+        console.text(f"why #1: {plans[0]['why_best']}")
+    pl = plans[0]["placement"]
+    console.text(f"placement of #1 (mesh {' x '.join(f'{k}{v}' for k, v in pl['mesh'].items())}, tp innermost):")
+    shown = pl["nodes"][:4]
+    console.table(None, ["node", "ranks", *pl["mesh_order"]],
+                  [(n["node"], f"{n['ranks'][0]}-{n['ranks'][1]}",
+                    *(_span(n[a]) for a in pl["mesh_order"])) for n in shown])
+    if pl["nodes_total"] > len(shown):
+        console.text(f"... {pl['nodes_total'] - len(shown)} more nodes follow the same pattern")
+
+
+def _span(values: list[int]) -> str:
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"

@@ -1,0 +1,132 @@
+"""Exhaustive layout search: every candidate of the space is priced by the vectorised cost model, memory first.
+
+Exact within the model: no candidate is skipped except by a rule it breaks or by memory, so the best plan is the
+true optimum of the cost model over the space (solver/space.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.models.batch import LayoutArrays
+from clusterplan.models.calibration import Calibration
+from clusterplan.models.cluster import Cluster, load_cluster
+from clusterplan.models.estimate import TIME_TERMS, Estimate, evaluate
+from clusterplan.models.hw import HardwareRates
+from clusterplan.models.memory import GIB, memory_breakdown
+from clusterplan.models.shapes import ModelShapes
+from clusterplan.models.spec import ModelSpec
+from clusterplan.solver.space import enumerate_space
+
+OBJECTIVES = ("time", "cost", "time-to-train")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    plans: list[Estimate]
+    candidates: int
+    feasible: int
+    rejected: Counter
+    seconds: float
+    objective: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"plans": [p.to_json() | p.extra for p in self.plans],
+                "search": {"candidates": self.candidates, "feasible": self.feasible,
+                           "rejected": dict(sorted(self.rejected.items())), "objective": self.objective}}
+        # Wall time goes to stderr only, so the same inputs give byte-identical JSON.
+
+
+def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
+           calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None
+           ) -> SearchResult:
+    start = time.perf_counter()
+    hw = HardwareRates.of(cluster, calibration)
+    shapes = ModelShapes.of(model)
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed)
+    rejected = Counter(space.rejected)
+    arrays = space.arrays
+    candidates = len(arrays) + sum(rejected.values())
+    # Memory first: only layouts that fit are timed.
+    memory = memory_breakdown(shapes, arrays)
+    fits = memory.peak <= hw.memory_bytes
+    rejected["out of memory"] += int((~fits).sum())
+    survivors = arrays.take(np.nonzero(fits)[0])
+    if not len(survivors):
+        raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration))
+    ev = evaluate(shapes, survivors, hw, cluster.world_size)
+    price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
+                for g in cluster.groups)
+    score = ev.time.step_s  # cost per token and time to train rank like step time on a fixed cluster
+    # Deterministic order: score, then the layout's own fields as tie-breakers.
+    keys = [survivors.tp, survivors.pp, survivors.vpp, survivors.cp, survivors.mbs, survivors.zero,
+            survivors.recompute, survivors.schedule, survivors.ep]
+    order = np.lexsort(tuple(reversed([np.round(score, 12)] + keys)))[:top]
+    plans = []
+    for rank, i in enumerate(order):
+        layout = survivors.layout(int(i))
+        est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
+        extra = {"rank": rank + 1, "dominant_terms": _dominant(est.to_json())}
+        if price:
+            usd = float(ev.time.step_s[i]) / 3600 * price
+            extra["usd_per_step"] = round(usd, 6)
+            extra["usd_per_million_tokens"] = round(usd / (gbs * seq) * 1e6, 6)
+        if tokens:
+            extra["days_to_train"] = round(tokens / float(ev.tokens_per_s[i]) / 86400, 4)
+        est.extra.update(extra)
+        plans.append(est)
+    if len(plans) > 1:
+        plans[0].extra["why_best"] = why_best(plans[0].to_json(), plans[1].to_json())
+    return SearchResult(plans=plans, candidates=candidates, feasible=len(survivors), rejected=rejected,
+                        seconds=time.perf_counter() - start, objective=objective)
+
+
+def _dominant(data: dict) -> list[str]:
+    terms = sorted(TIME_TERMS, key=lambda t: -data["time"][t])
+    return [f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
+            if data["time"][t] > 0]
+
+
+def why_best(best: dict, runner: dict) -> str:
+    """The time terms where the best plan gains most over the runner-up, in seconds per step."""
+    diffs = sorted(((runner["time"][t] - best["time"][t], t) for t in TIME_TERMS), reverse=True)
+    gains = [f"{t.removesuffix('_s')} -{d:.3g} s" for d, t in diffs if d > 0][:2]
+    losses = [f"{t.removesuffix('_s')} +{-d:.3g} s" for d, t in diffs if d < 0][-1:]
+    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'][k]})" for k in best["layout"]
+               if best["layout"][k] != runner["layout"][k]]
+    return (f"{', '.join(changed) or 'same layout'}: saves {', '.join(gains) or 'nothing'}"
+            + (f", pays {', '.join(losses)}" if losses else "")
+            + f"; step {best['step_time_s']:.4g} s vs {runner['step_time_s']:.4g} s")
+
+
+def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration) -> str:
+    """One line: nothing fits, the closest layout's peak, and the smallest change that makes one fit."""
+    if len(arrays):
+        i = int(np.argmin(memory.peak))
+        closest = f"closest: {arrays.layout(i).short()} needs {float(memory.peak[i]) / GIB:.1f} GiB per GPU of " \
+                  f"{hw.memory_bytes / GIB:.1f}"
+    else:
+        closest = "no layout passes the divisibility rules"
+    fixes = []
+    relaxed = {k: v for k, v in (fixed or {}).items() if k not in ("recompute", "mbs", "zero")}
+    if relaxed != (fixed or {}):
+        fixes.append("unpin recompute/mbs/zero (e.g. recompute=full, mbs=1, zero=3)")
+    for factor in (2, 4, 8, 16, 32):
+        bigger = load_cluster(f"{cluster.primary.preset}:{cluster.n_nodes * factor}") if cluster.is_homogeneous else None
+        if bigger is None:
+            break
+        try:
+            search(model, bigger, gbs, seq, fixed={k: v for k, v in (fixed or {}).items() if k != "dp"}, top=1,
+                   calibration=calibration)
+            fixes.append(f"use {cluster.n_nodes * factor} nodes ({bigger.world_size} GPUs)")
+            break
+        except InfeasibleError:
+            continue
+    fix = "; ".join(fixes) or "use GPUs with more memory or a smaller sequence length"
+    return f"no layout of {model.name} fits {cluster.describe()} at gbs={gbs}, seq={seq} ({closest}); try: {fix}"

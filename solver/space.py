@@ -1,0 +1,108 @@
+"""The layout search space: structural degrees checked once with the layout rules, then expanded over the cheap
+dimensions (ZeRO stage, micro-batch, recompute) as numpy columns.
+
+Divisibility follows torchtitan and Megatron-LM (models/layout.py: layout_problems); tp stays inside one
+scale-up domain, as both frameworks recommend.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.models.batch import CODES, LayoutArrays
+from clusterplan.models.layout import Layout, layout_problems
+from clusterplan.models.spec import ModelSpec
+
+ZERO = (0, 1, 2, 3)
+MICRO_BATCHES = (1, 2, 4, 8)
+RECOMPUTE = ("none", "selective", "full")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    arrays: LayoutArrays
+    structures: int
+    rejected: Counter
+
+
+def _reason_key(problem: str) -> str:
+    """Short counting key of a layout rule: 'divisibility: n_heads % tp' style."""
+    head = problem.split("(")[0].strip() or problem
+    return f"divisibility: {head}"
+
+
+def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
+                    fixed: dict[str, object] | None = None) -> Space:
+    """Every layout of the model on `world` GPUs for one batch and sequence length, under the fixed keys."""
+    fixed = dict(fixed or {})
+    pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
+    tps = pick("tp", [d for d in divisors(world) if d <= domain])
+    pps = pick("pp", [d for d in divisors(world) if d <= model.n_layers])
+    cps = pick("cp", [d for d in (1, 2, 4, 8, 16, 32) if world % d == 0])
+    vpps = pick("vpp", (1, 2, 3, 4))
+    eps = pick("ep", [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1])
+    rejected: Counter = Counter()
+    columns: dict[str, list] = {k: [] for k in ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp")}
+    structures = 0
+    expand = len(pick("zero", ZERO)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", RECOMPUTE[:2]))
+    for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, vpps, eps):
+        if world % (tp * pp * cp):
+            continue
+        if pp == 1 and vpp > 1:
+            continue
+        dp = world // (tp * pp * cp)
+        schedules = ["interleaved-1f1b"] if vpp > 1 else (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        for schedule in pick("schedule", schedules):
+            sp = fixed.get("sp", tp > 1)
+            structures += 1
+            replicate = int(fixed.get("dp_replicate", 1))
+            if dp % replicate:
+                rejected[f"divisibility: dp % dp_replicate({replicate})"] += expand
+                continue
+            probe = Layout(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(sp), gbs=gbs,
+                           seq=seq, mbs=1, dp_replicate=replicate)
+            problems = [p for p in layout_problems(model, probe, world) if "gbs(" not in p and "micro-batches(" not in p]
+            if problems:
+                rejected[_reason_key(problems[0])] += expand
+                continue
+            for key, value in (("tp", tp), ("pp", pp), ("cp", cp), ("vpp", vpp), ("ep", ep), ("dp", dp),
+                               ("schedule", CODES["schedule"][schedule]), ("sp", float(bool(sp)))):
+                columns[key].append(value)
+    base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
+    n = len(base["tp"])
+    # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
+    # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
+    flash = bool(fixed.get("flash_attn", True))
+    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
+    zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", ZERO), ("mbs", MICRO_BATCHES),
+                                                          ("recompute", recompute_options)))
+    grid = np.array(list(itertools.product(range(n), range(len(zero)), range(len(mbs)), range(len(rec)))), dtype=int)
+    if not len(grid):
+        grid = np.zeros((0, 4), dtype=int)
+    idx = grid[:, 0]
+    cols = {k: v[idx] for k, v in base.items()}
+    cols.update(zero=zero[grid[:, 1]].astype(float), mbs=mbs[grid[:, 2]].astype(float),
+                recompute=np.array([CODES["recompute"][r] for r in rec])[grid[:, 3]] if len(grid) else np.zeros(0))
+    cols.update(gbs=np.full(len(idx), float(gbs)), seq=np.full(len(idx), float(seq)))
+    for key in ("precision", "optimizer", "cp_kind"):
+        if key in fixed:
+            cols[key] = np.full(len(idx), CODES[key][fixed[key]])
+    for key in ("dp_replicate", "etp", "recompute_layers", "first_stage_layers", "last_stage_layers", "flash_attn"):
+        if key in fixed:
+            cols[key] = np.full(len(idx), float(fixed[key]))
+    arrays = LayoutArrays.from_columns(**cols)
+    ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
+    rejected["divisibility: gbs % (dp * mbs)"] += int((~ok).sum())
+    m = arrays.microbatches
+    inter_bad = ok & (arrays.schedule == CODES["schedule"]["interleaved-1f1b"]) & (m % arrays.pp != 0)
+    rejected["divisibility: micro-batches % pp (interleaved)"] += int(inter_bad.sum())
+    keep = ok & ~inter_bad
+    return Space(arrays=arrays.take(np.nonzero(keep)[0]), structures=structures, rejected=rejected)

@@ -1,0 +1,71 @@
+"""`clusterplan plan`: exhaustive search over the cost model, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clusterplan.models import reference
+from clusterplan.models.estimate import estimate
+from clusterplan.models.planfile import read_plan
+from clusterplan.solver.search import search
+
+ARGS = ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "256", "--seq", "4096",
+        "--format", "json")
+
+
+def test_plan_json_is_ranked_and_deterministic(run_cli):
+    code, out, err = run_cli(*ARGS)
+    assert code == 0 and "searched" in err
+    data = json.loads(out)
+    steps = [p["step_time_s"] for p in data["plans"]]
+    assert steps == sorted(steps) and len(steps) == 5
+    assert all(p["feasible"] and p["memory"]["headroom_gib"] >= 0 for p in data["plans"])
+    assert data["search"]["candidates"] == data["search"]["feasible"] + sum(data["search"]["rejected"].values())
+    assert "placement" in data["plans"][0] and "why_best" in data["plans"][0]
+    assert run_cli(*ARGS)[1] == out  # byte-identical
+
+
+def test_plan_best_is_no_worse_than_any_single_estimate(run_cli):
+    """Exactness: the search optimum beats a hand-picked layout priced by estimate."""
+    data = json.loads(run_cli(*ARGS)[1])
+    from clusterplan.models.catalog import load_model
+    from clusterplan.models.cluster import load_cluster
+    from clusterplan.models.layout import Layout
+
+    cluster = load_cluster("dgx-h100:2")
+    for text in ("tp=8,dp=2,mbs=1", "tp=4,pp=2,dp=2,mbs=2,recompute=full", "tp=2,dp=8,zero=3,mbs=4"):
+        layout = Layout.parse(text + ",gbs=256,seq=4096", world=16)
+        est = estimate(load_model("llama3.1-8b"), cluster, layout).to_json()
+        if est["feasible"]:
+            assert data["plans"][0]["step_time_s"] <= est["step_time_s"] * (1 + 1e-9)
+
+
+def test_fix_pins_dimensions_and_out_writes_plan(run_cli, tmp_path):
+    out_file = tmp_path / "plan.yaml"
+    code, out, _ = run_cli(*ARGS, "--fix", "tp=4,recompute=full", "--out", str(out_file))
+    assert code == 0
+    data = json.loads(out)
+    assert all(p["layout"]["tp"] == 4 and p["layout"]["recompute"] == "full" for p in data["plans"])
+    plan = read_plan(out_file)
+    assert plan.layout.tp == 4 and plan.cluster.world_size == 16
+
+
+def test_nothing_fits_names_the_smallest_change(run_cli):
+    code, out, err = run_cli("plan", "--model", "llama3.1-405b", "--cluster", "dgx-h100:1", "--gbs", "64",
+                             "--seq", "4096")
+    assert code == 2 and out == ""
+    assert "no layout of llama3.1-405b fits" in err and "try: use 16 nodes" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("row", reference.read_rows("korthikanti2022.csv"), ids=lambda r: r["model"])
+def test_published_layout_is_feasible_and_not_better_than_our_best(row):
+    model = reference.gpt(int(row["hidden"]), int(row["heads"]), int(row["layers"]))
+    cluster = reference.selene(int(row["gpus"]))
+    published = reference.korthikanti_layouts(row, seqsel=True)
+    est = estimate(model, cluster, published)
+    assert est.feasible, est.reasons
+    fixed = {"flash_attn": False, "precision": "fp16", "zero": 0}
+    result = search(model, cluster, published.gbs, published.seq, fixed=fixed, top=5)
+    assert result.plans[0].to_json()["step_time_s"] <= est.to_json()["step_time_s"] * (1 + 1e-9)
