@@ -12,6 +12,11 @@
      "raw": {...}}                                                         # the measurements themselves
 
 Every section is optional; what a file does not give falls back to the hardware_db defaults.
+Meaning of the measured numbers (as `clusterplan profile` writes them):
+- collectives latency_s: per algorithm step, as models/comm.py multiplies it back (ring all_reduce 2(n-1) steps,
+  all_gather / reduce_scatter / all_to_all n-1, send_recv 1); busbw_bytes_per_s: nccl-tests busbw.
+  scale_up = the ranks of one node; scale_out = the whole world over all nodes (the nccl-tests multi-node busbw).
+- memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Rank 0 builds the plan and broadcasts it, so every rank walks the same list. Link levels come from the
 torchrun environment: ranks on one node (LOCAL_WORLD_SIZE of them, numbered node by node) form the scale_up
-groups; ranks with the same LOCAL_RANK on different nodes (one rail each) form the scale_out groups.
+groups, all measured at once; the whole world (more than one node) is the scale_out group.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[
     if local_world_size > 1:
         groups["scale_up"] = [list(range(n * local_world_size, (n + 1) * local_world_size)) for n in range(nodes)]
     if nodes > 1:
-        groups["scale_out"] = [[n * local_world_size + r for n in range(nodes)] for r in range(local_world_size)]
+        # The whole world across nodes, as nccl-tests runs multi-node: its busbw is the node's aggregate over
+        # the NICs (hierarchical NCCL), which models/hw.py divides by GPUs per node.
+        groups["scale_out"] = [list(range(world_size))]
     return groups
 
 

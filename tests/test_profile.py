@@ -151,3 +151,30 @@ def test_gpu_quick_profile(tmp_path: Path):
     bf16 = calib.gemm_curve("bf16")
     assert bf16 is not None and bf16.max_tflops > 10  # any tensor-core GPU
     assert calib.copy_bytes_per_s > 1e11
+
+
+def _estimate(run_cli, calibration: Path | None) -> dict:
+    args = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout", "tp=8,gbs=8,seq=4096",
+            "--format", "json"]
+    code, out, err = run_cli(*args, *(["--calibration", str(calibration)] if calibration else []))
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.slow
+def test_estimate_uses_the_cpu_calibration(run_cli, interrupted_then_resumed, tmp_path):
+    final = interrupted_then_resumed["final"]
+    measured = tmp_path / "cpu.json"
+    measured.write_text(json.dumps(final))
+    default = _estimate(run_cli, None)
+    cpu = _estimate(run_cli, measured)
+    assert cpu["hardware"]["calibrated"] is True
+    # A CPU core's bf16 GEMMs (< 10 TFLOP/s) against an H100's ~790: compute takes at least 50x longer.
+    assert cpu["time"]["compute_s"] > 50 * default["time"]["compute_s"]
+    # Halve the measured GEMM rate: compute time grows, by at most 2x (elementwise work is unchanged).
+    slower = json.loads(json.dumps(final))
+    slower["gemm"]["bf16"]["max_tflops"] /= 2
+    halved = tmp_path / "slower.json"
+    halved.write_text(json.dumps(slower))
+    ratio = _estimate(run_cli, halved)["time"]["compute_s"] / cpu["time"]["compute_s"]
+    assert 1.3 < ratio <= 2.0001
