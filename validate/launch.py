@@ -81,11 +81,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
-def spawn(job: dict[str, Any], nproc: int, timeout_s: float, threads_per_rank: int = 1) -> dict[str, Any]:
-    """Run `job` on `nproc` local ranks; return rank 0's gathered results ({"device", "ranks": [...]})."""
+def spawn(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int = 1) -> list[dict[str, Any]]:
+    """Run each of `runs` (model, layout, steps, ...) in turn on `nproc` local ranks; return, per run, rank 0's
+    gathered results ({"device", "ranks": [...]})."""
     with tempfile.TemporaryDirectory(prefix="clusterplan-validate-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job_path.write_text(dumps_json({**job, "timeout_s": timeout_s}), encoding="utf-8")
+        job_path.write_text(dumps_json({"runs": runs, "timeout_s": timeout_s}), encoding="utf-8")
         port = free_port()
         logs = [Path(tmp) / f"rank{r}.log" for r in range(nproc)]
         procs = []
@@ -98,4 +99,4 @@ def spawn(job: dict[str, Any], nproc: int, timeout_s: float, threads_per_rank: i
             _wait(procs, logs, timeout_s)
         finally:
             _stop(procs)
-        return json.loads(out_path.read_text(encoding="utf-8"))
+        return json.loads(out_path.read_text(encoding="utf-8"))["runs"]

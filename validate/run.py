@@ -35,12 +35,13 @@ class RunSpec:
 def _materialize(module: nn.Module, device: torch.device, spec: ModelSpec, seq: int, seed: int) -> None:
     module.to_empty(device=device)
     torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.no_grad():  # local shards drawn locally: values do not matter for what is measured
         for name, p in module.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
             if p.ndim == 1 and "bias" not in name:
-                p.fill_(1.0)  # norm scales
+                local.fill_(1.0)  # norm scales
             else:
-                p.normal_(0.0, 0.02)
+                local.normal_(0.0, 0.02)
     if getattr(module, "rope_cos", None) is not None:
         module.rope_cos, module.rope_sin = (t.to(device) for t in rope_tables(spec.dim_head, seq))
 
@@ -83,14 +84,15 @@ class Trainer:
         last = L.pp * L.vpp - 1
 
         def io_shapes(index: int) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = torch.empty(L.mbs, seq_local, spec.hidden, dtype=hidden_dtype, device=self.device)
+            hidden = torch.empty(L.mbs, seq_local, spec.hidden, dtype=hidden_dtype, device=self.device,
+                                 requires_grad=True)
             tokens = torch.zeros(L.mbs, L.seq, dtype=torch.long, device=self.device)
             logits = torch.empty(L.mbs, L.seq, spec.vocab, dtype=self.compute_dtype, device=self.device)
             return (tokens if index == 0 else hidden), (logits if index == last else hidden)
 
         return make_schedule(L, self.modules, self.stage_ids, self.mesh["pp"], self.device, io_shapes, _loss)
 
-    def step(self) -> float:
+    def step(self) -> float | None:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = self._pipeline_step() if self.schedule is not None else self._accumulate()
@@ -105,14 +107,14 @@ class Trainer:
             total += float(loss.detach())
         return total
 
-    def _pipeline_step(self) -> float:
+    def _pipeline_step(self) -> float | None:
         first = 0 in self.stage_ids
         last = self.run.layout.pp * self.run.layout.vpp - 1 in self.stage_ids
         losses: list[torch.Tensor] = []
         args = (self.tokens,) if first else ()
         kwargs = {"target": self.labels, "losses": losses} if last else {}
         self.schedule.step(*args, **kwargs)
-        return float(torch.stack(losses).mean()) if losses else float("nan")
+        return float(torch.stack(losses).detach().mean()) if losses else None
 
 
 def _sync(device: torch.device) -> None:
@@ -127,7 +129,7 @@ def run_rank(run: RunSpec, device: torch.device) -> dict[str, Any]:
         trainer.step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tracker, times_s, loss = ActivationTracker(), [], float("nan")
+    tracker, times_s, loss = ActivationTracker(), [], None
     for _ in range(run.steps):
         dist.barrier()
         _sync(device)

@@ -39,14 +39,17 @@ def main(argv: list[str]) -> int:
     dist.init_process_group(backend, timeout=timedelta(seconds=float(job.get("timeout_s", 120))),
                             device_id=device if device.type == "cuda" else None)
     try:
-        run = RunSpec(model=ModelSpec.from_dict(job["model"]), layout=Layout.from_dict(job["layout"]),
-                      warmup_steps=int(job.get("warmup_steps", 1)), steps=int(job.get("steps", 3)),
-                      seed=int(job.get("seed", 0)))
-        result = run_rank(run, device)
-        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(result, gathered, dst=0)
+        runs = []
+        for item in job["runs"]:  # several layouts share one process group (and one torch import)
+            run = RunSpec(model=ModelSpec.from_dict(item["model"]), layout=Layout.from_dict(item["layout"]),
+                          warmup_steps=int(item.get("warmup_steps", 1)), steps=int(item.get("steps", 3)),
+                          seed=int(item.get("seed", 0)))
+            result = run_rank(run, device)
+            gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+            dist.gather_object(result, gathered, dst=0)
+            runs.append({"device": device.type, "ranks": gathered})
         if dist.get_rank() == 0:
-            write_atomic(out_path, dumps_json({"device": str(device.type), "ranks": gathered}))
+            write_atomic(out_path, dumps_json({"runs": runs}))
     finally:
         dist.destroy_process_group()
     return 0
