@@ -15,7 +15,7 @@ from clusterplan.fileio import dumps_json, load_mapping, write_atomic
 from clusterplan.models.calibration import FORMAT, VERSION, calibration_from_dict
 from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm
 
-RAW_SECTIONS = ("gemm", "attention", "memory", "collectives")
+RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives")
 RESUME_KEYS = ("device_name", "backend", "world_size", "local_world_size", "quick", "model", "layout")
 
 
@@ -73,6 +73,8 @@ def refit(doc: dict[str, Any]) -> None:
         # The largest buffer is furthest from caches: its rate is the streaming bandwidth.
         largest = max(raw["memory"], key=lambda r: (r["buffer_bytes"], r["bytes_per_s"]))
         doc["memory"] = {"copy_bytes_per_s": largest["bytes_per_s"]}
+    if raw["decode"]:
+        doc["serving"] = {"decode_step_overhead_s": raw["decode"][-1]["median_s"]}
 
 
 def save(path: str | Path, doc: dict[str, Any], *, complete: bool = False) -> None:

@@ -21,12 +21,12 @@ class Measurement:
     key: str
     """Stable identity, e.g. "collective/all_reduce/scale_up/65536"; --resume skips keys already in the file."""
     kind: str
-    """gemm | attention | memory | collective"""
+    """gemm | attention | memory | decode | collective"""
     label: str
     """What the progress bar shows."""
     dtype: str = ""
     shape: tuple[int, ...] = ()
-    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim)."""
+    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim); decode: (layers,)."""
     size_bytes: int = 0
     op: str = ""
     level: str = ""
@@ -41,6 +41,8 @@ class SweepConfig:
     attention_heads: int
     attention_head_dim: int
     levels: tuple[str, ...]
+    decode_layers: int = 32
+    """Layers of the decode-overhead model (the target model's, else Llama-3-8B's 32)."""
 
 
 def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[int]]]:
@@ -99,6 +101,8 @@ def build_plan(cfg: SweepConfig) -> list[Measurement]:
         shape = (1, cfg.attention_heads, seq, cfg.attention_head_dim)
         plan.append(Measurement(key=f"attention/{att_dtype}/{'x'.join(map(str, shape))}", kind="attention",
                                 label=f"attention {att_dtype} seq {seq}", dtype=att_dtype, shape=shape))
+    plan.append(Measurement(key=f"decode/{att_dtype}/{cfg.decode_layers}", kind="decode", dtype=att_dtype,
+                            shape=(cfg.decode_layers,), label=f"decode step, {cfg.decode_layers} tiny layers"))
     for level in cfg.levels:
         for op in COLLECTIVE_OPS:
             for size in collective_sizes(cuda=cfg.cuda, quick=cfg.quick):

@@ -92,7 +92,7 @@ def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...])
 
     cuda = device.type == "cuda"
     shapes = standard_shapes(cuda=cuda, quick=args.quick)
-    heads, head_dim = (16, 128) if cuda else (4, 64)
+    heads, head_dim, layers = (16, 128, 32) if cuda else (4, 64, 32)
     if args.model:
         from clusterplan.models.catalog import load_model
         from clusterplan.models.layout import Layout
@@ -102,18 +102,22 @@ def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...])
         cap = None if cuda else (2e8 if args.quick else 2e9)  # keep CPU GEMMs to milliseconds
         shapes = sorted(set(shapes) | set(model_shapes(model, layout, quick=args.quick, max_flops=cap)))
         heads, head_dim = max(model.n_heads // layout.tp, 1), model.dim_head
+        layers = -(-model.n_layers // layout.pp)  # one pipeline stage's layers run per step
     return SweepConfig(cuda=cuda, quick=args.quick, dtypes=tuple(available_dtypes(device)),
-                       gemm_shapes=tuple(shapes), attention_heads=heads, attention_head_dim=head_dim, levels=levels)
+                       gemm_shapes=tuple(shapes), attention_heads=heads, attention_head_dim=head_dim, levels=levels,
+                       decode_layers=layers)
 
 
 def measure_local(meas: Measurement, device: Any, quick: bool) -> dict[str, Any]:
     """A compute measurement on this rank's device (rank 0 only)."""
     from clusterplan.profiler.attention import measure_attention
+    from clusterplan.profiler.decode import measure_decode
     from clusterplan.profiler.gemm import measure_gemm
     from clusterplan.profiler.memory import measure_copy
 
     budget_s = (0.1 if quick else 0.3) if device.type == "cuda" else (0.03 if quick else 0.1)
-    fn = {"gemm": measure_gemm, "memory": measure_copy, "attention": measure_attention}[meas.kind]
+    fn = {"gemm": measure_gemm, "memory": measure_copy, "attention": measure_attention,
+          "decode": measure_decode}[meas.kind]
     return fn(meas, device, budget_s=budget_s)
 
 

@@ -65,7 +65,7 @@ def test_plan_keys_are_unique_and_ordered():
     cfg = SweepConfig(cuda=False, quick=True, dtypes=("fp32", "bf16"), gemm_shapes=tuple(standard_shapes(cuda=False, quick=True)),
                       attention_heads=4, attention_head_dim=64, levels=("scale_up",))
     plan = build_plan(cfg)
-    assert len(plan) == 1 + 2 * 6 + 2 + 5 * 5
+    assert len(plan) == 1 + 2 * 6 + 2 + 1 + 5 * 5  # copy, GEMMs, attention, decode step, collectives
     assert len({m.key for m in plan}) == len(plan)
     assert [m.kind for m in plan][:2] == ["memory", "gemm"] and plan[-1].key == f"collective/send_recv/scale_up/{4 * MIB}"
 
