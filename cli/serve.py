@@ -124,11 +124,12 @@ def _sglang_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
     return line + (f" --disaggregation-mode {pool.role}" if disagg else "")
 
 
-def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: Workload) -> dict:
+def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: Workload,
+               alternatives: dict[str, float]) -> dict:
     max_len = max(max(b.input_tokens) + max(b.output_tokens) for b in work.buckets)
     max_len = int(math.ceil(max_len / 256) * 256)
     disagg = plan.mode == "disaggregated"
-    singles = {k: v for k, v in plan.alternatives.items() if math.isfinite(v)}
+    singles = {k: v for k, v in alternatives.items() if math.isfinite(v)}
     best = min(singles.items(), key=lambda kv: (kv[1], kv[0])) if singles else None
     q = work.slo.percentile
     return {
@@ -237,7 +238,10 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
         else:
             console.table(None, ["GPU", "instances", "util"], [(n, c, f"{data['utilisation'][n]:.0%}")
                                                               for n, c in data["counts"].items()])
-            console.text(f"cost ${data['usd_per_hour']:.2f}/h; best single type: {data['best_single_type']}")
+            best = data["best_single_type"]
+            console.text(f"cost ${data['usd_per_hour']:.2f}/h" + (
+                f"; best single type {best['instance']} ${best['usd_per_hour']:.2f}/h, saving {best['saving_fraction']:.0%}"
+                if best else ""))
         return
     if not model_ref or ttft_ms is None or tpot_ms is None:
         raise BadInputError("give --model, --ttft-ms and --tpot-ms (or --capacity-table FILE)")
@@ -263,7 +267,14 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
     chosen = min(plans.values(), key=lambda p: (p.usd_per_hour, p.mode))
     others = {m: p.usd_per_hour for m, p in plans.items()} | {m: math.inf for m in errors}
     ref = str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
-    data = _plan_json(chosen, others, ref, work)
+    singles = next((p.alternatives for p in plans.values() if p.alternatives), {})
+    data = _plan_json(chosen, others, ref, work, singles)
+    for pool in data["pools"]:
+        over = [f"{k} {pool[k + '_ms']:.1f} ms" for k, limit in (("ttft", ttft_ms), ("tpot", tpot_ms))
+                if pool[k + "_ms"] > limit]
+        if over:
+            console.warn(f"{pool['gpu']} tp{pool['tp']} ({pool['role']}) simulated on its whole request mix reaches "
+                         f"p{percentile:g} {', '.join(over)}, over the target (capacities are per size bucket)")
     console.json(data) if fmt == "json" else _print_table(data)
 
 

@@ -19,6 +19,12 @@ import numpy as np
 
 from clusterplan.models.serving import StepModel
 
+HEADROOM = 0.9
+"""Highest share of the saturation rate a search tries: near saturation a queue needs far more requests than a
+short run has to show its steady-state delay (aiconfigurator derates rate-matched pools to 0.9 / 0.92 likewise)."""
+WARMUP_FRACTION = 0.25
+"""Requests left out of the percentiles: the system starts empty, so the first ones see no queue."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Slo:
@@ -78,7 +84,8 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
     if engine.mode == "prefill":
         out = [1] * len(out)
     n = len(arr)
-    allowed = n - math.ceil(n * (slo.percentile if slo else 100.0) / 100.0)
+    warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
+    allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
     ttft, tpot = [0.0] * n, [0.0] * n
     bad_ttft = bad_tpot = 0
     t, g, nxt, finished = 0.0, 0, 0, 0
@@ -134,7 +141,7 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         for r in done:
             prefilling.popleft()
             ttft[r] = t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
-            bad_ttft += slo is not None and ttft[r] > slo.ttft_s
+            bad_ttft += slo is not None and r >= warm and ttft[r] > slo.ttft_s
             if out[r] <= 1:
                 finished, kv_used = finished + 1, kv_used - inp[r] - out[r]
             else:
@@ -143,11 +150,11 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         while heap and heap[0][0] <= g:
             _, r = heapq.heappop(heap)
             tpot[r] = (t - first[r]) / (out[r] - 1)
-            bad_tpot += slo is not None and tpot[r] > slo.tpot_s
+            bad_tpot += slo is not None and r >= warm and tpot[r] > slo.tpot_s
             finished, b, base, kv_used = finished + 1, b - 1, base - (inp[r] + 1 - joined[r]), kv_used - inp[r] - out[r]
         if slo is not None and (bad_ttft > allowed or bad_tpot > allowed):
             return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=finished)
-    return _result(ttft, tpot, out, engine, slo, finished)
+    return _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, finished)
 
 
 def _result(ttft: list[float], tpot: list[float], out: list[int], engine: Engine, slo: Slo | None,
@@ -201,7 +208,7 @@ def max_rate_rps(step: StepModel, engine: Engine, unit_gaps: np.ndarray, input_t
     """Highest arrival rate whose simulated percentiles meet the SLO (0 and the zero-load result if none).
 
     Arrival gaps are `unit_gaps / rate` (common random numbers across rates): start just under the
-    saturation bound, back off by 0.7x until the SLO holds, then bisect `steps` times (~4% resolution).
+    saturation bound (HEADROOM), back off by 0.7x until the SLO holds, then bisect `steps` times (~4% resolution).
     """
     loose = Slo(ttft_s=math.inf, tpot_s=math.inf, percentile=slo.percentile)  # no early exit: keep the latencies
     idle = simulate(step, engine, np.arange(min(len(unit_gaps), 16)) * 1e6, input_tokens[:16], output_tokens[:16], loose)
@@ -210,7 +217,7 @@ def max_rate_rps(step: StepModel, engine: Engine, unit_gaps: np.ndarray, input_t
         return 0.0, idle
     arrivals = np.concatenate([[0.0], np.cumsum(unit_gaps[: len(input_tokens) - 1])])
     hi = rate_upper_bound_rps(step, engine, float(np.mean(input_tokens)), float(np.mean(output_tokens)), slo)
-    rate, fail = 0.95 * hi, None
+    rate, fail = HEADROOM * hi, None
     result = simulate(step, engine, arrivals / rate, input_tokens, output_tokens, slo)
     while not result.met and rate > hi * 1e-3:
         fail, rate = rate, rate * 0.7

@@ -10,7 +10,7 @@ import numpy as np
 
 from clusterplan.errors import BadInputError
 
-DIST_HELP = "give a token count (512), uniform:A:B, normal:MU:SIGMA, lognormal:MU:SIGMA or a histogram CSV (tokens,weight)"
+DIST_HELP = "give a token count (512), uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA or a histogram CSV (tokens,weight)"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

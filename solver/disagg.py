@@ -18,6 +18,7 @@ from clusterplan.solver.serve import (
     capacity_table,
     describe_pools,
     mean_output_tokens,
+    pool_cost,
     solve_pools,
     unreachable_message,
 )
@@ -43,12 +44,11 @@ def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, l
             raise InfeasibleError(unreachable_message(table, work))
     p_mix = solve_pools(prefill, work, limits)
     used: dict[str, int] = {}
-    for inst in instances:
-        used[inst.gpu.name] = used.get(inst.gpu.name, 0) + p_mix.counts.get(inst.label, 0) * inst.n_gpus
+    p_pools = describe_pools(prefill, p_mix, work, limits, role="prefill", used_gpus=used)
     rest = Limits(max_gpus=limits.max_gpus - sum(used.values()) if limits.max_gpus else None,
                   available_gpus=tuple((k, v - used.get(k, 0)) for k, v in limits.available_gpus),
                   slice_factor=limits.slice_factor)
     d_mix = solve_pools(decode, work, rest)
-    pools = describe_pools(prefill, p_mix, work, role="prefill") + describe_pools(decode, d_mix, work, role="decode")
-    return ServePlan(mode="disaggregated", pools=pools, usd_per_hour=round(p_mix.usd_per_hour + d_mix.usd_per_hour, 6),
+    pools = p_pools + describe_pools(decode, d_mix, work, limits, role="decode", used_gpus=used)
+    return ServePlan(mode="disaggregated", pools=pools, usd_per_hour=pool_cost(pools),
                      output_tokens_per_s=work.rate_rps * mean_output_tokens(work))

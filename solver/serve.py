@@ -133,8 +133,16 @@ def single_type_costs(table: CapacityTable, work: Workload) -> dict[str, float]:
     return out
 
 
-def describe_pools(table: CapacityTable, mix: Mix, work: Workload, role: str = "colocated") -> tuple[Pool, ...]:
-    """Simulate one instance of each chosen type at its share of the traffic, for the reported latencies."""
+def describe_pools(table: CapacityTable, mix: Mix, work: Workload, limits: Limits, role: str = "colocated",
+                   used_gpus: dict[str, int] | None = None) -> tuple[Pool, ...]:
+    """Simulate one instance of each chosen type on its whole share of the traffic (all its buckets mixed).
+
+    Per-bucket capacities miss the extra queueing of mixed sizes, so a pool that misses the SLO here gets
+    up to REPAIR_STEPS more instances while the GPU limits allow (`used_gpus` is updated in place).
+    """
+    used = used_gpus if used_gpus is not None else {}
+    for inst in table.instances:
+        used[inst.gpu.name] = used.get(inst.gpu.name, 0) + mix.counts.get(inst.label, 0) * inst.n_gpus
     pools = []
     rates = np.array([b.share * work.rate_rps for b in work.buckets])
     for g, inst in enumerate(table.instances):
@@ -142,15 +150,35 @@ def describe_pools(table: CapacityTable, mix: Mix, work: Workload, role: str = "
         if not count:
             continue
         per_bucket = np.asarray(mix.share[g]) * rates
-        rate = float(per_bucket.sum()) / count
         inp, out = _mixture(work, per_bucket)
-        gaps = np.resize(np.asarray(work.unit_gaps, dtype=float), len(inp) - 1)
-        arrivals = np.concatenate([[0.0], np.cumsum(gaps)]) / max(rate, 1e-9)
-        result = simulate(step_model(inst), table.engines[g], arrivals, inp, out, work.slo)
-        batch = slo_batch(step_model(inst), table.engines[g], float(inp.mean()), float(out.mean()), work.slo)
-        pools.append(Pool(instance=inst, count=count, max_batch=max(batch, 1), rate_rps=rate * count,
+        step = step_model(inst)
+        for extra in range(REPAIR_STEPS + 1):
+            result = _simulate_share(step, table.engines[g], work, inp, out, float(per_bucket.sum()) / (count + extra))
+            if (result.ttft_s <= work.slo.ttft_s and result.tpot_s <= work.slo.tpot_s) or not _can_add(inst, limits, used):
+                break
+            used[inst.gpu.name] += inst.n_gpus if extra < REPAIR_STEPS else 0
+        count += extra
+        batch = slo_batch(step, table.engines[g], float(inp.mean()), float(out.mean()), work.slo)
+        pools.append(Pool(instance=inst, count=count, max_batch=max(batch, 1), rate_rps=float(per_bucket.sum()),
                           utilisation=mix.load[inst.label] / count, ttft_s=result.ttft_s, tpot_s=result.tpot_s, role=role))
     return tuple(pools)
+
+
+REPAIR_STEPS = 3
+
+
+def _simulate_share(step, engine: Engine, work: Workload, inp: np.ndarray, out: np.ndarray, rate: float) -> SimResult:
+    gaps = np.resize(np.asarray(work.unit_gaps, dtype=float), len(inp) - 1)
+    arrivals = np.concatenate([[0.0], np.cumsum(gaps)]) / max(rate, 1e-9)
+    loose = Slo(ttft_s=math.inf, tpot_s=math.inf, percentile=work.slo.percentile)  # report, never cut short
+    return simulate(step, engine, arrivals, inp, out, loose)
+
+
+def _can_add(inst: ServingInstance, limits: Limits, used: dict[str, int]) -> bool:
+    if limits.max_gpus is not None and sum(used.values()) + inst.n_gpus > limits.max_gpus:
+        return False
+    cap = dict(limits.available_gpus).get(inst.gpu.name)
+    return cap is None or used.get(inst.gpu.name, 0) + inst.n_gpus <= cap
 
 
 def _mixture(work: Workload, per_bucket_rps: np.ndarray, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +191,10 @@ def _mixture(work: Workload, per_bucket_rps: np.ndarray, n: int = 400) -> tuple[
         idx = np.nonzero(which == b)[0]
         inp[idx], out[idx] = bucket_requests(work.buckets[b], len(idx), work.seed + 1)
     return inp, out
+
+
+def pool_cost(pools: tuple[Pool, ...]) -> float:
+    return round(sum(p.count * p.instance.usd_per_hour for p in pools), 6)
 
 
 def mean_output_tokens(work: Workload) -> float:
@@ -185,15 +217,38 @@ def unreachable_message(table: CapacityTable, work: Workload) -> str:
 
 
 def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits) -> tuple[ServePlan, CapacityTable]:
+    """The ILP mix and the two cheapest single-type fleets, each checked on its whole request mix; cheapest wins."""
     table = capacity_table(instances, work)
     if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
         raise InfeasibleError(unreachable_message(table, work))
-    try:
-        mix = solve_pools(table, work, limits)
-    except InfeasibleError as exc:
-        raise InfeasibleError(f"{exc}") from None
-    pools = describe_pools(table, mix, work)
-    singles = {k: v for k, v in single_type_costs(table, work).items() if math.isfinite(v)}
-    plan = ServePlan(mode="colocated", pools=pools, usd_per_hour=mix.usd_per_hour,
-                     output_tokens_per_s=work.rate_rps * mean_output_tokens(work), alternatives=singles)
+    candidates = [describe_pools(table, solve_pools(table, work, limits), work, limits)]
+    singles = single_type_costs(table, work)
+    alternatives = {}
+    for label in sorted((k for k, v in singles.items() if math.isfinite(v)), key=lambda k: (singles[k], k))[:2]:
+        pools = describe_pools(table, single_type_mix(table, work, label), work, Limits())
+        alternatives[label] = pool_cost(pools)
+        if _within(pools, limits):
+            candidates.append(pools)
+    best = min(candidates, key=lambda pools: (pool_cost(pools), len(pools)))
+    plan = ServePlan(mode="colocated", pools=best, usd_per_hour=pool_cost(best),
+                     output_tokens_per_s=work.rate_rps * mean_output_tokens(work), alternatives=alternatives)
     return plan, table
+
+
+def single_type_mix(table: CapacityTable, work: Workload, label: str) -> Mix:
+    """All traffic on one instance type: ceil(sum_b rate_b / cap_b) instances."""
+    g = [i.label for i in table.instances].index(label)
+    load = sum(b.share * work.rate_rps / c for b, c in zip(work.buckets, table.capacity_rps[g], strict=True))
+    count = math.ceil(load - 1e-9)
+    share = tuple(tuple(1.0 if h == g else 0.0 for _ in work.buckets) for h in range(len(table.instances)))
+    return Mix(counts={label: count}, usd_per_hour=count * table.instances[g].usd_per_hour, load={label: load},
+               share=share)
+
+
+def _within(pools: tuple[Pool, ...], limits: Limits) -> bool:
+    gpus: dict[str, int] = {}
+    for p in pools:
+        gpus[p.instance.gpu.name] = gpus.get(p.instance.gpu.name, 0) + p.count * p.instance.n_gpus
+    if limits.max_gpus is not None and sum(gpus.values()) > limits.max_gpus:
+        return False
+    return all(gpus.get(kind, 0) <= cap for kind, cap in limits.available_gpus)
