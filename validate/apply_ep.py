@@ -33,7 +33,7 @@ def _shard_experts(experts: nn.Module, ep_mesh: DeviceMesh) -> None:
         setattr(experts, name, nn.Parameter(placed))
 
 
-def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout) -> None:
+def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout, fsdp: bool) -> None:
     """Shard every MoE layer's experts over (ep, etp); with FSDP also over the expert-data-parallel ranks."""
     sparse = expert_mesh(mesh, layout)
     for layer in model.layers.values():
@@ -41,5 +41,8 @@ def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout) -> None:
         if experts is None:
             continue
         _shard_experts(experts, sparse["ep", "etp"])
-        if layout.zero == 3:  # also when efsdp is 1: keeps the dense FSDP unit off the expert mesh
-            fully_shard(experts, mesh=sparse["efsdp"], mp_policy=MixedPrecisionPolicy())
+        if fsdp:  # also when efsdp is 1: keeps the dense FSDP unit off the expert mesh
+            # Fewer experts than efsdp x ep ranks: shard the FFN dim instead (torchtitan's shard_placement_fn).
+            few = experts.w1.shape[0] < sparse["efsdp"].size() * layout.ep
+            fully_shard(experts, mesh=sparse["efsdp"], mp_policy=MixedPrecisionPolicy(),
+                        shard_placement_fn=(lambda _p: Shard(1)) if few else None)

@@ -34,15 +34,6 @@ def dp_mesh(mesh: DeviceMesh, layout: Layout) -> DeviceMesh:
     return mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"]
 
 
-def executed_layout(layout: Layout) -> Layout:
-    """The layout torch actually runs: ZeRO-1/2 run as FSDP2 (zero 3), torch has no DTensor ZeRO-1/2; DDP = HSDP."""
-    if layout.dp == 1:
-        return layout
-    if layout.zero == 0:
-        return layout.with_(dp_replicate=layout.dp)
-    return layout.with_(zero=3)
-
-
 def build_stages(spec: ModelSpec, layout: Layout, mesh: DeviceMesh, pp_rank: int, param_dtype: torch.dtype,
                  fsdp: bool) -> tuple[list[nn.Module], list[int]]:
     """The (meta-device) modules of this rank's pipeline stages with TP, EP, AC and (when `fsdp`) FSDP2 applied."""
@@ -57,7 +48,7 @@ def build_stages(spec: ModelSpec, layout: Layout, mesh: DeviceMesh, pp_rank: int
         if layout.tp > 1:
             apply_tp(module, mesh["tp"], layout.sp)
         if spec.is_moe and layout.ep * layout.etp > 1:
-            apply_ep(module, mesh, layout)
+            apply_ep(module, mesh, layout, fsdp)
         apply_ac(module, layout.recompute)
         if fsdp:
             apply_fsdp(module, dp_mesh(mesh, layout), param_dtype, reshard_after_forward=layout.pp == 1)

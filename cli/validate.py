@@ -1,0 +1,146 @@
+"""`clusterplan validate PLAN`: run a plan with torch.distributed and print predicted against measured.
+
+Real run: spawns --nproc ranks (gloo on CPU, NCCL on GPU), scaled-down model, same layout. Dry run: the full
+model at full world size in this process, with torch's fake process group and the meta device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from clusterplan.cli.console import console
+from clusterplan.cli.options import format_option
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.models.layout import Layout
+from clusterplan.models.planfile import read_plan
+
+
+def _scale(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise BadInputError(f"--scale {value!r}: give a positive integer or `auto`") from None
+
+
+def runnable_layout(layout: Layout) -> Layout:
+    """The layout a real run executes (fp32 parameters and AdamW; ZeRO-1/2 as FSDP2); rejects what it cannot run."""
+    from clusterplan.validate.rules import executed_layout, real_run_problems
+
+    problems = real_run_problems(layout)
+    if problems:
+        raise BadInputError(f"validate cannot run this layout for real: {'; '.join(problems)}; "
+                            "check it at full scale with --dry-run")
+    return executed_layout(layout)
+
+
+def _real(plan: Any, nproc: int | None, scale: str, steps: int, timeout_s: float, calibration: str | None,
+          budget_gib: float) -> dict[str, Any]:
+    from clusterplan.models.calibration import load_calibration
+    from clusterplan.validate.launch import spawn
+    from clusterplan.validate.predict import predicted_step
+    from clusterplan.validate.report import max_memory_error, rank_rows, time_row
+    from clusterplan.validate.scale import auto_factor, scale_model
+
+    layout = runnable_layout(plan.layout)
+    nproc = nproc or layout.world
+    if nproc != layout.world:
+        raise BadInputError(f"--nproc {nproc}: the plan's layout needs {layout.world} ranks "
+                            f"({layout.short()}); write a plan for {nproc} ranks or use --dry-run")
+    factor = _scale(scale) or auto_factor(plan.model, layout, budget_gib * 2**30)
+    model = scale_model(plan.model, layout, factor)
+    console.info(f"validate: {model.name} ({model.total_params() / 1e6:.1f} M params), {layout.short()}, "
+                 f"{nproc} ranks")
+    runs = spawn([{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], nproc, timeout_s)
+    ranks = runs[0]["ranks"]
+    cal = load_calibration(calibration) if calibration else None
+    rows = rank_rows(model, layout, ranks)
+    return {"model": model.name, "scale": factor, "layout": plan.layout.to_dict(), "executed_layout": layout.to_dict(),
+            "device": runs[0]["device"], "ranks": rows, "max_memory_error_pct": max_memory_error(rows),
+            "time": time_row(predicted_step(model, plan.cluster, layout, cal), ranks)}
+
+
+def _dry(plan: Any) -> dict[str, Any]:
+    from clusterplan.validate.dryrun import dry_run
+
+    positions = dry_run(plan.model, plan.layout)
+    errors = [abs(v["error_pct"]) for p in positions for v in p.get("terms", {}).values() if v["error_pct"] is not None]
+    rejected = [f"{p['position']} stage: {p['rejected']}" for p in positions if "rejected" in p]
+    return {"model": plan.model.name, "layout": plan.layout.to_dict(), "world": plan.layout.world,
+            "positions": positions, "rejected": rejected, "max_state_error_pct": max(errors, default=0.0)}
+
+
+def _print_dry(result: dict[str, Any]) -> None:
+    rows = []
+    for p in result["positions"]:
+        for term, v in p.get("terms", {}).items():
+            rows.append([str(p["rank"]), p["position"], term, f"{v['predicted_bytes'] / 2**30:.4f}",
+                         f"{v['runtime_bytes'] / 2**30:.4f}", f"{v['error_pct']:+.2f}"])
+    console.table(f"dry run: {result['model']} on {result['world']} ranks, bytes per rank (GiB)",
+                  ["rank", "stage", "term", "memory model", "runtime shards", "error %"], rows)
+    for p in result["positions"]:
+        for u in p.get("uneven", []):
+            console.warn(f"{p['position']} stage: uneven shard {u}")
+    for line in result["rejected"]:
+        console.error(f"runtime rejected the sharding on the {line}")
+    console.text(f"largest state-bytes error: {result['max_state_error_pct']:.2f}%")
+
+
+def _print_real(result: dict[str, Any]) -> None:
+    from clusterplan.validate.report import table_rows
+
+    console.table(f"memory per rank: {result['model']} on {result['device']} (MiB)",
+                  ["rank", "stage", "term", "predicted", "measured", "error %"], table_rows(result["ranks"]))
+    t = result["time"]
+    err = "-" if t["error_pct"] is None else f"{t['error_pct']:+.1f}%"
+    console.text(f"step time: predicted {t['predicted_s']} s ({t['hardware'].get('gpu', '?')}"
+                 f"{', calibrated' if t['hardware'].get('calibrated') else ''}), measured median "
+                 f"{t['measured_median_s']:.4f} s (spread {100 * t['spread']:.1f}%), error {err}")
+    console.text(f"largest memory error over ranks: {result['max_memory_error_pct']:.2f}%")
+
+
+@click.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--nproc", type=int, default=None, help="Ranks to spawn on this machine (default: the layout's world).")
+@click.option("--scale", default="auto", help="Divide model sizes by N, or `auto` to fit --budget-gib per rank.")
+@click.option("--budget-gib", type=float, default=1.0, help="Per-rank memory budget for --scale auto.")
+@click.option("--steps", type=int, default=3, help="Measured steps after one warm-up step.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Seconds before every rank is stopped.")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None, help="Calibration from `profile`.")
+@click.option("--tolerance", type=float, default=None, help="Exit 1 when a rank's memory error exceeds this %.")
+@click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
+@click.option("--dry-run", is_flag=True, help="Full model, full world size, one CPU process (fake process group).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
+@format_option
+def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, steps: int, timeout_s: float,
+             calibration: str | None, tolerance: float | None, time_tolerance: float | None, dry_run: bool,
+             out: str | None, fmt: str) -> None:
+    """Run PLAN for real (or --dry-run it at full scale) and report predicted against measured."""
+    plan = read_plan(plan_path)
+    if dry_run:
+        result = _dry(plan)
+        error_pct = result["max_state_error_pct"]
+    else:
+        result = _real(plan, nproc, scale, steps, timeout_s, calibration, budget_gib)
+        error_pct = result["max_memory_error_pct"]
+    failed = ["the runtime rejected a sharding (see above)"] if result.get("rejected") else []
+    if tolerance is not None and error_pct > tolerance:
+        failed.append(f"memory error {error_pct:.2f}% > --tolerance {tolerance}%")
+    t_err = result.get("time", {}).get("error_pct")
+    if time_tolerance is not None and t_err is not None and abs(t_err) > time_tolerance:
+        failed.append(f"step-time error {t_err:+.1f}% > --time-tolerance {time_tolerance}%")
+    result["ok"] = not failed
+    if out:
+        write_atomic(out, dumps_json(result))
+    if fmt == "json":
+        console.json(result)
+    else:
+        (_print_dry if dry_run else _print_real)(result)
+    for line in failed:
+        console.error(line)
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,111 @@
+"""Dry run at full scale: the real model at the plan's full world size in one CPU process, no memory needed.
+
+For each distinct pipeline position, this process pretends to be one rank of that stage under torch's fake
+process group (`init_process_group("fake")`, collectives are no-ops) and builds the stage on the meta device
+with the same parallel APIs as a real run (DTensor TP, EP sharding, FSDP2). The shard shapes torch picks give
+the exact elements per rank; bytes follow the plan's precision/optimizer convention (models/memory.py
+bytes_per_param). ZeRO-3 shards come from FSDP2 itself; ZeRO-1/2 partitions (not a torch runtime feature) are
+computed as Megatron's distributed optimizer does, over dp_shard x cp (experts: expert-data-parallel ranks).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.testing._internal.distributed.fake_pg import FakeStore
+
+from clusterplan.models.batch import LayoutArrays
+from clusterplan.models.layout import Layout
+from clusterplan.models.memory import bytes_per_param
+from clusterplan.models.spec import ModelSpec
+from clusterplan.validate.measure import local_bytes
+from clusterplan.validate.parallelize import build_mesh, build_stages
+from clusterplan.validate.predict import position_of, predicted_bytes
+from clusterplan.validate.report import error_pct
+
+
+def _uneven(module: nn.Module) -> list[str]:
+    """Parameters whose sharded dimension does not divide evenly (DTensor pads them silently)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    found = []
+    for name, p in module.named_parameters():
+        if not isinstance(p, DTensor):
+            continue
+        for placement, size in zip(p.placements, p.device_mesh.shape, strict=True):
+            if isinstance(placement, Shard) and p.shape[placement.dim] % size:
+                found.append(f"{name}: dim {placement.dim} of {tuple(p.shape)} over {size} ranks")
+    return found
+
+
+def _elements(modules: list[nn.Module]) -> tuple[float, float]:
+    """(dense, expert) elements this rank holds, from the local shards (fp32 on meta: 4 bytes each)."""
+    dense = expert = 0.0
+    for module in modules:
+        for name, p in module.named_parameters():
+            n = local_bytes(p) / p.element_size()
+            if ".experts." in name:
+                expert += n
+            else:
+                dense += n
+    return dense, expert
+
+
+def _stage_elements(model: ModelSpec, layout: Layout, rank: int, pp_rank: int, fsdp: bool) -> dict[str, Any]:
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=layout.world)
+    try:
+        mesh = build_mesh(layout, "cpu")
+        modules, stage_ids = build_stages(model, layout, mesh, pp_rank, torch.bfloat16, fsdp=fsdp)
+        dense, expert = _elements(modules)
+        return {"dense": dense, "expert": expert, "stages": stage_ids,
+                "uneven": [u for m in modules for u in _uneven(m)]}
+    finally:
+        dist.destroy_process_group()
+
+
+def _state_bytes(layout: Layout, tp_elems: dict[str, Any], fsdp_elems: dict[str, Any] | None) -> dict[str, float]:
+    """Weights, grads and optimizer bytes of the rank under the plan's ZeRO stage."""
+    wb, gb, ob = (float(np.asarray(x)[0]) for x in bytes_per_param(LayoutArrays.from_layouts([layout])))
+    dense_shard = layout.dp_shard * layout.cp
+    expert_shard = max(1.0, layout.dp_shard * layout.cp * layout.tp / (layout.ep * layout.etp))
+    full = tp_elems["dense"] + tp_elems["expert"]
+    zero_part = tp_elems["dense"] / dense_shard + tp_elems["expert"] / expert_shard
+    sharded = full if fsdp_elems is None else fsdp_elems["dense"] + fsdp_elems["expert"]
+    z = layout.zero
+    return {"weights": wb * (sharded if z >= 3 else full),
+            "grads": gb * (sharded if z >= 3 else zero_part if z >= 2 else full),
+            "optimizer": ob * (sharded if z >= 3 else zero_part if z >= 1 else full)}
+
+
+def dry_run(model: ModelSpec, layout: Layout) -> list[dict[str, Any]]:
+    """One entry per distinct pipeline position: elements per rank, bytes vs the memory model, problems."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
+    predicted = predicted_bytes(model, layout)
+    per_stage = layout.world // layout.pp
+    pp_ranks = sorted({0, min(1, layout.pp - 1), layout.pp - 1})
+    results = []
+    for pp_rank in pp_ranks:
+        rank, pos = pp_rank * per_stage, position_of(pp_rank, layout.pp)
+        entry: dict[str, Any] = {"rank": rank, "pp_rank": pp_rank, "position": pos}
+        try:
+            tp_elems = _stage_elements(model, layout, rank, pp_rank, fsdp=False)
+            fsdp_elems = _stage_elements(model, layout, rank, pp_rank, fsdp=True) if layout.zero == 3 else None
+        except Exception as exc:  # the runtime rejected this sharding: that is the finding
+            entry["rejected"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            results.append(entry)
+            continue
+        measured = _state_bytes(layout, tp_elems, fsdp_elems)
+        entry.update({"stages": tp_elems["stages"], "uneven": tp_elems["uneven"],
+                      "elements": {"dense": tp_elems["dense"], "expert": tp_elems["expert"],
+                                   "fsdp_shard": None if fsdp_elems is None
+                                   else fsdp_elems["dense"] + fsdp_elems["expert"]},
+                      "terms": {t: {"predicted_bytes": round(predicted[pos][t]), "runtime_bytes": round(measured[t]),
+                                    "error_pct": error_pct(predicted[pos][t], measured[t])}
+                                for t in ("weights", "grads", "optimizer")}})
+        results.append(entry)
+    return results

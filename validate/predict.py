@@ -1,0 +1,41 @@
+"""What the cost model predicts for a validation run: per-rank memory terms by pipeline position, and step time.
+
+No torch here: validate's CLI imports it before deciding whether to spawn ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterplan.models.batch import LayoutArrays
+from clusterplan.models.calibration import Calibration
+from clusterplan.models.cluster import Cluster
+from clusterplan.models.estimate import estimate
+from clusterplan.models.layout import Layout
+from clusterplan.models.memory import memory_breakdown
+from clusterplan.models.shapes import ModelShapes
+from clusterplan.models.spec import ModelSpec
+
+POSITIONS = ("first", "middle", "last")
+MEASURED_TERMS = ("weights", "grads", "optimizer", "activations")
+
+
+def position_of(pp_rank: int, pp: int) -> str:
+    """Which of the memory model's stage positions a pipeline rank is (pp = 1 is `first`, with the head)."""
+    if pp_rank == 0:
+        return "first"
+    return "last" if pp_rank == pp - 1 else "middle"
+
+
+def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
+    """Bytes per rank of each term at each pipeline position, from models/memory.py."""
+    mem = memory_breakdown(ModelShapes.of(model), LayoutArrays.from_layouts([layout]))
+    terms = ("weights", "grads", "optimizer", "activations", "other", "total")
+    return {pos: {term: float(mem.by_position[i, j, 0]) for j, term in enumerate(terms)}
+            for i, pos in enumerate(POSITIONS)}
+
+
+def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
+                   calibration: Calibration | None) -> dict[str, Any]:
+    """estimate()'s JSON for the run (step time and its terms), with the reasons it gives."""
+    return estimate(model, cluster, layout, calibration).to_json()

@@ -1,0 +1,28 @@
+"""What a real validation run can execute, and the layout it executes instead of the plan's (no torch here)."""
+
+from __future__ import annotations
+
+from clusterplan.models.layout import Layout
+
+
+def real_run_problems(layout: Layout) -> list[str]:
+    """Parts of a layout a real run cannot execute (the dry run still checks their sharding)."""
+    problems = []
+    if layout.cp > 1:
+        problems.append(f"context parallel (cp={layout.cp}) fails in torch 2.13 on CPU and is not wired here")
+    if layout.ep > 1 or layout.etp > 1:
+        problems.append(f"expert parallel (ep={layout.ep}, etp={layout.etp}) token all-to-all is not wired here")
+    if layout.schedule == "zb":
+        problems.append("zero-bubble schedules are not wired here")
+    return problems
+
+
+def executed_layout(layout: Layout) -> Layout:
+    """The layout torch runs: fp32 parameters with AdamW (bf16 autocast on GPU); ZeRO-1/2 run as FSDP2 (zero 3),
+    since torch has no ZeRO-1/2 for DTensor models; zero 0 runs as replicate-only HSDP (DDP)."""
+    layout = layout.with_(precision="fp32", optimizer="adam")
+    if layout.dp == 1:
+        return layout
+    if layout.zero == 0:
+        return layout.with_(dp_replicate=layout.dp)
+    return layout.with_(zero=3)
