@@ -132,11 +132,17 @@ def notes(layout: Layout) -> list[str]:
     return out
 
 
+def _word(arg: str) -> str:
+    """Shell-quote an argument; `${VAR:-default}` stays expandable."""
+    return f'"{arg}"' if arg.startswith("${") else shlex.quote(arg)
+
+
 def _array(name: str, args: Args) -> list[str]:
+    """A bash array, one flag (with its value) per line."""
     lines, i = [f"{name}=("], 0
     while i < len(args):
         take = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
-        lines.append("    " + " ".join(shlex.quote(a) for a in args[i:i + take]))
+        lines.append("    " + " ".join(_word(a) for a in args[i:i + take]))
         i += take
     return lines + [")"]
 
@@ -155,7 +161,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
     distributed = ["--nproc-per-node", str(shape.gpus_per_node), "--nnodes", str(shape.nnodes),
                    "--node-rank", "${NODE_RANK:-0}", "--master-addr", "${MASTER_ADDR:-localhost}",
                    "--master-port", "${MASTER_PORT:-29500}"]
-    lines.append("DISTRIBUTED_ARGS=(" + " ".join(distributed) + ")")
+    lines += _array("DISTRIBUTED_ARGS", distributed)
     lines += _array("MODEL_ARGS", model_args(model, layout))
     lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout))
     lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",

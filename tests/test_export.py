@@ -1,0 +1,275 @@
+"""`clusterplan export`: each plan exported to each framework, parsed back, every degree and batch size checked.
+
+Outputs are also compared byte for byte with tests/golden/export/; after an intended change regenerate them with
+`CLUSTERPLAN_REGEN_GOLDEN=1 pytest tests/test_export.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.models.catalog import load_model
+from clusterplan.models.layout import Layout
+from clusterplan.models.planfile import read_plan, write_plan
+from clusterplan.solver.export import export_plan
+
+GOLDEN = Path(__file__).parent / "golden" / "export"
+REGEN = os.environ.get("CLUSTERPLAN_REGEN_GOLDEN") == "1"
+
+# name -> (model, cluster, layout): the plans a user would get from `clusterplan plan --out`.
+PLANS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # Megatron-LM's 3D layout for a 70B dense model: interleaved 1F1B, sequence parallel, distributed optimizer.
+    "llama70b_tp8pp4": ("llama3.1-70b", "dgx-h100:8",
+                        {"tp": 8, "pp": 4, "vpp": 2, "dp": 2, "mbs": 1, "gbs": 512, "seq": 8192, "sp": True,
+                         "recompute": "selective", "zero": 1, "schedule": "interleaved-1f1b"}),
+    # A mixture of experts with 8-way expert parallelism folded over data parallelism, pipeline and full recompute.
+    "mixtral_ep8": ("mixtral-8x7b", "dgx-h100:4",
+                    {"tp": 1, "pp": 4, "dp": 8, "ep": 8, "mbs": 1, "gbs": 256, "seq": 4096, "recompute": "full",
+                     "zero": 1, "schedule": "1f1b"}),
+    # Data parallel only: ZeRO-3 / FSDP hybrid-sharded over 2 x 8 ranks, 8 accumulation steps.
+    "llama8b_zero3": ("llama3.1-8b", "dgx-h100:2",
+                      {"dp": 16, "dp_replicate": 2, "mbs": 2, "gbs": 256, "seq": 4096, "recompute": "full",
+                       "zero": 3}),
+}
+TARGETS = {"torchtitan": "toml", "torchtitan-py": "py", "megatron": "sh", "deepspeed": "json"}
+REFUSED = {("llama70b_tp8pp4", "deepspeed")}  # DeepSpeed alone has no tensor parallelism
+
+
+def _plan_file(tmp_path: Path, name: str) -> Path:
+    model, cluster, layout = PLANS[name]
+    path = tmp_path / f"{name}.yaml"
+    write_plan(path, model_ref=model, cluster_ref=cluster, layout=Layout.from_dict(layout))
+    return path
+
+
+def _export(name: str, target: str, tmp_path: Path) -> tuple[str, Any]:
+    plan = read_plan(_plan_file(tmp_path, name))
+    return export_plan(target, plan.model, plan.cluster, plan.layout).text, plan
+
+
+# ---- golden files: the exact bytes a user gets on stdout ------------------------------------------------------
+CASES = [(n, t) for n in PLANS for t in TARGETS if (n, t) not in REFUSED]
+
+
+@pytest.mark.parametrize(("name", "target"), CASES)
+def test_export_matches_golden_file(run_cli, tmp_path, name, target):
+    code, out, err = run_cli("export", str(_plan_file(tmp_path, name)), "--to", target)
+    assert code == 0, err
+    assert "launch: " in err
+    golden = GOLDEN / f"{name}.{TARGETS[target]}"
+    if REGEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(out, encoding="utf-8")
+    assert out == golden.read_text(encoding="utf-8"), f"regenerate with CLUSTERPLAN_REGEN_GOLDEN=1 if intended: {golden}"
+
+
+def test_out_writes_the_same_bytes_atomically(run_cli, tmp_path):
+    plan = _plan_file(tmp_path, "mixtral_ep8")
+    _, stdout_text, _ = run_cli("export", str(plan), "--to", "megatron")
+    code, out, err = run_cli("export", str(plan), "--to", "megatron", "--out", str(tmp_path / "run" / "train.sh"))
+    assert code == 0 and out == ""
+    assert (tmp_path / "run" / "train.sh").read_text() == stdout_text
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- torchtitan v0.2 TOML ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(PLANS))
+def test_torchtitan_toml_degrees_and_batches(tmp_path, name):
+    text, plan = _export(name, "torchtitan", tmp_path)
+    cfg = tomllib.loads(text)
+    L, par, train = plan.layout, cfg["parallelism"], cfg["training"]
+    mesh = (par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] * par["tensor_parallel_degree"]
+            * par["pipeline_parallel_degree"] * par["context_parallel_degree"])
+    assert mesh == plan.cluster.world_size == L.world
+    assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (L.dp_replicate, L.dp_shard)
+    assert (par["tensor_parallel_degree"], par["pipeline_parallel_degree"]) == (L.tp, L.pp)
+    assert (par["context_parallel_degree"], par["expert_parallel_degree"]) == (L.cp, L.ep)
+    assert par["fsdp_reshard_after_forward"] == ("always" if L.zero == 3 else "never")
+    assert train["global_batch_size"] == L.gbs and train["seq_len"] == L.seq
+    # torchtitan accumulates global / (local * dp) times; pp splits local into local / microbatch_size micro-batches.
+    accumulation = train["global_batch_size"] // (train["local_batch_size"] * L.dp)
+    per_local = train["local_batch_size"] // par.get("pipeline_parallel_microbatch_size", train["local_batch_size"])
+    microbatch = train["local_batch_size"] // per_local
+    assert (accumulation * per_local, microbatch) == (L.gbs // (L.dp * L.mbs), L.mbs)
+    assert cfg["activation_checkpoint"]["mode"] == L.recompute
+
+
+def test_torchtitan_pipeline_parts_hold_every_layer_once_in_order(tmp_path):
+    text, plan = _export("llama70b_tp8pp4", "torchtitan", tmp_path)
+    par = tomllib.loads(text)["parallelism"]
+    parts = par["module_fqns_per_model_part"]
+    assert par["pipeline_parallel_schedule"] == "Interleaved1F1B"
+    assert len(parts) == 4 * 2  # pp x vpp chunks; chunk c runs on rank c % pp
+    assert [len([m for m in p if m.startswith("layers.")]) for p in parts] == [10] * 8
+    flat = [m for p in parts for m in p]
+    assert flat == ["tok_embeddings", *(f"layers.{i}" for i in range(80)), "norm", "output"]
+
+
+def test_uneven_first_and_last_stages_reach_both_frameworks():
+    model = load_model("llama3.1-70b")
+    from clusterplan.models.cluster import load_cluster
+
+    cluster = load_cluster("dgx-h100:8")
+    layout = Layout.from_dict({"tp": 8, "pp": 4, "mbs": 1, "gbs": 512, "seq": 8192, "first_stage_layers": 18,
+                               "last_stage_layers": 18}, world=64)
+    parts = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)["parallelism"]
+    sizes = [len([m for m in p if m.startswith("layers.")]) for p in parts["module_fqns_per_model_part"]]
+    assert sizes == [18, 22, 22, 18]  # (80 - 18 - 18) / 2 = 22 in the middle
+    args = _megatron_flags(export_plan("megatron", model, cluster, layout).text)
+    assert args["--decoder-first-pipeline-num-layers"] == "18" and args["--decoder-last-pipeline-num-layers"] == "18"
+
+
+def test_torchtitan_notes_what_it_runs_differently(tmp_path):
+    text, _ = _export("mixtral_ep8", "torchtitan", tmp_path)
+    assert "# note: torchtitan ships no mixtral-8x7b" in text
+    cfg = tomllib.loads(text)
+    assert cfg["model"]["name"] == "mixtral"
+    assert cfg["parallelism"]["expert_parallel_degree"] == 8 and cfg["parallelism"]["expert_tensor_parallel_degree"] == 1
+
+
+# ---- torchtitan main Python recipe -------------------------------------------------------------------------------
+def _call_kwargs(source: str, func: str) -> dict[str, Any]:
+    """Keyword arguments of the first call to `func` in `source`, evaluated (they are literals and products)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == func:
+            return {k.arg: eval(compile(ast.Expression(k.value), "<recipe>", "eval"), {"__builtins__": {}})
+                    for k in node.keywords}
+    raise AssertionError(f"no {func}(...) call")
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_torchtitan_recipe_degrees_and_token_batches(tmp_path, name):
+    text, plan = _export(name, "torchtitan-py", tmp_path)
+    L = plan.layout
+    par, train = _call_kwargs(text, "ParallelismConfig"), _call_kwargs(text, "TrainingConfig")
+    assert par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] == L.dp
+    assert (par["tensor_parallel_degree"], par["pipeline_parallel_degree"], par["context_parallel_degree"]) == (
+        L.tp, L.pp, L.cp)
+    assert par["enable_sequence_parallel"] == (L.sp and L.tp > 1)
+    # The trainer accumulates step tokens / (microbatch tokens * pp micro-batches * dp) times (torchtitan trainer.py).
+    pp_microbatches = par.get("num_pp_microbatches", 1)
+    accumulation = train["num_tokens_per_train_step"] // (train["num_tokens_per_microbatch_per_dp_rank"]
+                                                          * pp_microbatches * L.dp)
+    assert accumulation * pp_microbatches == L.gbs // (L.dp * L.mbs)
+    assert train["num_tokens_per_microbatch_per_dp_rank"] == L.mbs * L.seq
+
+
+# ---- Megatron-LM -----------------------------------------------------------------------------------------------
+def _megatron_flags(script: str) -> dict[str, str]:
+    """Flag -> value ("" for switches) of every `--flag` in the script's argument arrays."""
+    tokens = shlex.split(script, comments=True)
+    flags = {}
+    for i, tok in enumerate(tokens):
+        if tok.startswith("--"):
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+            flags[tok] = "" if nxt.startswith("--") or nxt == ")" else nxt
+    return flags
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_megatron_args_degrees_and_batches(tmp_path, name):
+    text, plan = _export(name, "megatron", tmp_path)
+    f, L, model = _megatron_flags(text), plan.layout, plan.model
+    tp, pp, cp = (int(f[k]) for k in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size",
+                                      "--context-parallel-size"))
+    world = int(f["--nproc-per-node"]) * int(f["--nnodes"])
+    dp = world // (tp * pp * cp)  # Megatron derives dp itself
+    assert (tp, pp, cp, dp, world) == (L.tp, L.pp, L.cp, L.dp, plan.cluster.world_size)
+    mbs, gbs = int(f["--micro-batch-size"]), int(f["--global-batch-size"])
+    assert (mbs, gbs, int(f["--seq-length"])) == (L.mbs, L.gbs, L.seq)
+    assert gbs % (mbs * dp) == 0  # Megatron's own rule
+    if L.vpp > 1:
+        assert int(f["--num-layers-per-virtual-pipeline-stage"]) * L.pp * L.vpp == model.n_layers
+    assert ("--sequence-parallel" in f) == (L.sp and L.tp > 1)
+    assert ("--use-distributed-optimizer" in f) == (L.zero >= 1)
+    assert f.get("--data-parallel-sharding-strategy") == {3: "optim_grads_params", 2: "optim_grads"}.get(L.zero)
+    assert f.get("--recompute-granularity", "none") == L.recompute
+    assert int(f["--num-layers"]) == model.n_layers and int(f["--hidden-size"]) == model.hidden
+    if model.is_moe:
+        assert (int(f["--num-experts"]), int(f["--expert-model-parallel-size"])) == (model.n_experts, L.ep)
+    assert int(f.get("--num-query-groups", model.n_heads)) == model.kv_heads
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("name", list(PLANS))
+def test_megatron_script_is_valid_bash(tmp_path, name):
+    text, _ = _export(name, "megatron", tmp_path)
+    script = tmp_path / "train.sh"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+# ---- DeepSpeed --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mixtral_ep8", "llama8b_zero3"])
+def test_deepspeed_config_batches_and_zero(tmp_path, name):
+    text, plan = _export(name, "deepspeed", tmp_path)
+    cfg, L = json.loads(text), plan.layout
+    dp = plan.cluster.world_size // (L.pp * cfg.get("sequence_parallel_size", 1))
+    # DeepSpeed's _batch_assertion: train_batch_size == micro * accumulation * dp.
+    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
+    assert (cfg["train_batch_size"], cfg["train_micro_batch_size_per_gpu"]) == (L.gbs, L.mbs)
+    assert cfg["zero_optimization"]["stage"] == L.zero
+    assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
+    assert ("activation_checkpointing" in cfg) == (L.recompute == "full")
+
+
+def test_deepspeed_hybrid_sharding_is_mics():
+    cfg = json.loads(export_plan("deepspeed", load_model("llama3.1-8b"), _cluster("dgx-h100:2"),
+                                 Layout.from_dict(PLANS["llama8b_zero3"][2])).text)
+    assert cfg["zero_optimization"]["mics_shard_size"] == 8  # 16 ranks = 2 replicas x 8 shards
+    assert cfg["gradient_accumulation_steps"] == 8  # 256 / (16 x 2)
+
+
+def _cluster(ref: str):
+    from clusterplan.models.cluster import load_cluster
+
+    return load_cluster(ref)
+
+
+# ---- refusals: one line, exit 2 -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("layout", "target", "says"), [
+    ({"tp": 1, "pp": 2, "mbs": 1, "gbs": 64, "seq": 4096, "zero": 2}, "deepspeed", "ZeRO stage 0 or 1"),
+    ({"tp": 8, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096}, "deepspeed", "no tensor parallelism"),
+    ({"tp": 2, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096, "zero": 0}, "torchtitan", "DDP (zero=0)"),
+    ({"tp": 1, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096, "precision": "fp16"}, "torchtitan", "not fp16"),
+    ({"tp": 3, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096}, "megatron", "not runnable"),
+])
+def test_impossible_combinations_exit_2_with_one_line(run_cli, tmp_path, layout, target, says):
+    path = tmp_path / "plan.yaml"
+    write_plan(path, model_ref="llama3.1-8b", cluster_ref="dgx-h100:2", layout=Layout.from_dict(
+        layout, world=16) if layout["tp"] != 3 else Layout(tp=3, dp=5, gbs=60, seq=4096))
+    code, out, err = run_cli("export", str(path), "--to", target)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and says in err
+
+
+@pytest.mark.parametrize("content", [None, "format: clusterplan-plan\nversion: 1\nmodel: [unclosed\n",
+                                     "format: something-else\n"])
+def test_unreadable_plan_exits_2_with_one_line(run_cli, tmp_path, content):
+    path = tmp_path / "plan.yaml"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run_cli("export", str(path), "--to", "torchtitan")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and str(path) in err
+
+
+def test_exporters_are_pure_functions_of_the_plan(tmp_path):
+    """Same plan, same bytes; and the exporter does not write anything."""
+    first, plan = _export("llama70b_tp8pp4", "megatron", tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    again = export_plan("megatron", plan.model, plan.cluster, plan.layout).text
+    assert first == again and sorted(p.name for p in tmp_path.iterdir()) == before
+    with pytest.raises(InfeasibleError):
+        export_plan("deepspeed", plan.model, plan.cluster, plan.layout)
