@@ -239,16 +239,15 @@ def _cluster(ref: str):
 
 # ---- refusals: one line, exit 2 -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("layout", "target", "says"), [
-    ({"tp": 1, "pp": 2, "mbs": 1, "gbs": 64, "seq": 4096, "zero": 2}, "deepspeed", "ZeRO stage 0 or 1"),
-    ({"tp": 8, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096}, "deepspeed", "no tensor parallelism"),
-    ({"tp": 2, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096, "zero": 0}, "torchtitan", "DDP (zero=0)"),
-    ({"tp": 1, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096, "precision": "fp16"}, "torchtitan", "not fp16"),
-    ({"tp": 3, "pp": 1, "mbs": 1, "gbs": 64, "seq": 4096}, "megatron", "not runnable"),
+    (Layout(pp=2, dp=8, gbs=64, zero=2), "deepspeed", "ZeRO stage 0 or 1"),
+    (Layout(tp=8, dp=2, gbs=64), "deepspeed", "no tensor parallelism"),
+    (Layout(tp=2, dp=8, gbs=64, zero=0), "torchtitan", "DDP (zero=0)"),
+    (Layout(dp=16, gbs=64, precision="fp16"), "torchtitan", "not fp16"),
+    (Layout(tp=3, dp=5, gbs=60), "megatron", "tp(3) = 15 != world(16)"),  # the plan does not fill the cluster
 ])
 def test_impossible_combinations_exit_2_with_one_line(run_cli, tmp_path, layout, target, says):
     path = tmp_path / "plan.yaml"
-    write_plan(path, model_ref="llama3.1-8b", cluster_ref="dgx-h100:2", layout=Layout.from_dict(
-        layout, world=16) if layout["tp"] != 3 else Layout(tp=3, dp=5, gbs=60, seq=4096))
+    write_plan(path, model_ref="llama3.1-8b", cluster_ref="dgx-h100:2", layout=layout)
     code, out, err = run_cli("export", str(path), "--to", target)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and says in err
@@ -263,6 +262,40 @@ def test_unreadable_plan_exits_2_with_one_line(run_cli, tmp_path, content):
     code, out, err = run_cli("export", str(path), "--to", "torchtitan")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and str(path) in err
+
+
+def test_ulysses_context_parallel_in_each_framework():
+    """cp=2 all-to-all: Megatron a2a, DeepSpeed sequence_parallel_size (its dp excludes it), torchtitan ring + note."""
+    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    layout = Layout(cp=2, cp_kind="a2a", dp=8, mbs=1, gbs=64, seq=16384, recompute="none")
+    f = _megatron_flags(export_plan("megatron", model, cluster, layout).text)
+    assert (f["--context-parallel-size"], f["--cp-comm-type"]) == ("2", "a2a")
+    ds = json.loads(export_plan("deepspeed", model, cluster, layout).text)
+    assert ds["sequence_parallel_size"] == 2
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * (16 // 2)
+    titan = export_plan("torchtitan", model, cluster, layout)
+    assert tomllib.loads(titan.text)["parallelism"]["context_parallel_degree"] == 2
+    assert any("ring attention" in n for n in titan.notes)
+
+
+def test_fp8_turns_on_torchtitan_float8_and_megatron_fp8():
+    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    layout = Layout(dp=16, gbs=64, precision="fp8")
+    cfg = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)
+    assert cfg["model"]["converters"] == ["quantize.linear.float8"]
+    assert cfg["quantize"]["linear"]["float8"]["enable_fsdp_float8_all_gather"] is True
+    f = _megatron_flags(export_plan("megatron", model, cluster, layout).text)
+    assert f["--fp8-format"] == "hybrid" and "--bf16" in f
+
+
+def test_zero_bubble_runs_as_torchtitan_zbv_with_two_chunks_per_rank():
+    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    layout = Layout(pp=4, dp=4, gbs=64, schedule="zb")
+    par = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)["parallelism"]
+    assert par["pipeline_parallel_schedule"] == "ZBVZeroBubble"
+    assert len(par["module_fqns_per_model_part"]) == 8  # 32 layers = 8 chunks of 4
+    megatron = export_plan("megatron", model, cluster, layout)
+    assert any("zero-bubble" in n for n in megatron.notes)
 
 
 def test_exporters_are_pure_functions_of_the_plan(tmp_path):
