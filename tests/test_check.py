@@ -1,0 +1,78 @@
+"""`clusterplan check` on good and bad configs of each kind (plan, torchtitan TOML, Megatron-LM args)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIX = Path(__file__).parent / "fixtures" / "check"
+MC = ("--model", "llama3.1-70b", "--cluster", "dgx-h100:32")
+
+
+@pytest.mark.parametrize("name, extra", [("good_plan.yaml", ()), ("good_torchtitan.toml", MC),
+                                         ("good_megatron.txt", MC)])
+def test_good_configs_pass_with_one_line(run_cli, name, extra):
+    code, out, _ = run_cli("check", str(FIX / name), *extra)
+    assert code == 0
+    assert out.startswith("ok: ") and out.count("\n") == 1
+    assert "tp8 pp4" in out and "on 256 GPUs" in out
+
+
+def _violations(run_cli, name, *extra):
+    code, out, _ = run_cli("check", str(FIX / name), *extra, "--format", "json")
+    assert code == 1
+    return [v["rule"] for v in json.loads(out)["violations"]]
+
+
+def test_bad_plan_lists_every_rule(run_cli):
+    assert _violations(run_cli, "bad_plan.yaml") == [
+        "pp(4) * dp(8) * cp(1) * tp(3) = 96 != world(256)",
+        "n_heads(64) % tp(3) != 0",
+        "kv heads(8) and tp(3): neither divides the other, so kv heads cannot be split or replicated evenly",
+        "ffn_hidden(28672) % tp(3) != 0",
+        "gbs(500) % (dp(8) * mbs(1)) != 0",
+    ]
+
+
+def test_bad_torchtitan_toml(run_cli):
+    # dp = replicate 2 x shard 4 = 8; 3 * 8 * 8 = 192 GPUs of 256; 80 layers do not split over 3 stages.
+    assert _violations(run_cli, "bad_torchtitan.toml", *MC) == [
+        "pp(3) * dp(8) * cp(1) * tp(8) = 192 != world(256)",
+        "n_layers(80) % (pp(3) * vpp(1)) != 0; set first_stage_layers/last_stage_layers for an uneven split",
+    ]
+
+
+def test_bad_megatron_args(run_cli):
+    # Megatron derives dp = 256 // (16 * 3) = 5, which leaves 16 GPUs idle.
+    assert _violations(run_cli, "bad_megatron.txt", *MC) == [
+        "pp(3) * dp(5) * cp(1) * tp(16) = 240 != world(256)",
+        "n_layers(80) % (pp(3) * vpp(1)) != 0; set first_stage_layers/last_stage_layers for an uneven split",
+    ]
+
+
+def test_memory_and_mfu_rules(run_cli):
+    # 70B with no model parallelism and plain DDP holds 18 bytes x 70.6e9 params per GPU: far over 80 GB.
+    rules = _violations(run_cli, "oom_megatron.txt", *MC)
+    assert len(rules) == 1 and rules[0].startswith("memory: peak ") and "> 79.6 GiB per GPU" in rules[0]
+    code, out, _ = run_cli("check", str(FIX / "good_plan.yaml"), "--min-mfu", "0.99")
+    assert code == 1 and "predicted MFU" in out and "fix: run `clusterplan plan`" in out
+    code, out, _ = run_cli("check", str(FIX / "good_plan.yaml"), "--headroom-gib", "50")
+    assert code == 1 and "+ headroom 50 GiB" in out
+
+
+def test_fixes_are_printed(run_cli):
+    code, out, _ = run_cli("check", str(FIX / "bad_plan.yaml"))
+    assert code == 1 and out.startswith("FAIL: ")
+    assert "fix: make tp * pp * cp * dp equal the number of GPUs" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (("broken.toml", *MC), "malformed TOML"),
+    (("missing.yaml",), "no such file"),
+    (("good_torchtitan.toml",), "needs --model and --cluster"),
+])
+def test_unreadable_input_exits_2(run_cli, args, words):
+    code, _, err = run_cli("check", str(FIX / args[0]), *args[1:])
+    assert code == 2 and words in err
