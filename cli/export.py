@@ -19,7 +19,9 @@ from clusterplan.solver.export import EXPORTERS, export_plan
 def export(plan_path: str, target: str, out_path: str | None) -> None:
     """Write a plan file as a launch config with the command that starts it.
 
+    \b
     Example: clusterplan export plan.yaml --to megatron --out train.sh
+
     The config goes to stdout (or --out); the launch line and any notes go to stderr.
     Exits 2 when the plan cannot be read or the framework cannot run it (the line says why).
     """

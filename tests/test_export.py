@@ -102,6 +102,8 @@ def test_torchtitan_toml_degrees_and_batches(tmp_path, name):
     per_local = train["local_batch_size"] // par.get("pipeline_parallel_microbatch_size", train["local_batch_size"])
     microbatch = train["local_batch_size"] // per_local
     assert (accumulation * per_local, microbatch) == (L.gbs // (L.dp * L.mbs), L.mbs)
+    # With pp the plan's bubble assumes every micro-batch is in one pipeline schedule, not accumulated outside it.
+    assert accumulation == 1 if L.pp > 1 else per_local == 1
     assert cfg["activation_checkpoint"]["mode"] == L.recompute
 
 
@@ -162,6 +164,7 @@ def test_torchtitan_recipe_degrees_and_token_batches(tmp_path, name):
     accumulation = train["num_tokens_per_train_step"] // (train["num_tokens_per_microbatch_per_dp_rank"]
                                                           * pp_microbatches * L.dp)
     assert accumulation * pp_microbatches == L.gbs // (L.dp * L.mbs)
+    assert accumulation == 1 or L.pp == 1  # with pp every micro-batch is in one pipeline schedule
     assert train["num_tokens_per_microbatch_per_dp_rank"] == L.mbs * L.seq
 
 
