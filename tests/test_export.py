@@ -309,3 +309,14 @@ def test_exporters_are_pure_functions_of_the_plan(tmp_path):
     assert first == again and sorted(p.name for p in tmp_path.iterdir()) == before
     with pytest.raises(InfeasibleError):
         export_plan("deepspeed", plan.model, plan.cluster, plan.layout)
+
+
+def test_deepseek_v3_layer_pattern_and_latent_attention_flags():
+    """DeepSeek-V3 as Megatron's own example maps it: 3 dense layers then 58 MoE, MLA dims (B.2)."""
+    model = load_model("deepseek-v3")
+    layout = Layout(tp=1, pp=8, dp=32, ep=32, mbs=1, gbs=4096, seq=4096, first_stage_layers=5, last_stage_layers=8)
+    f = _megatron_flags(export_plan("megatron", model, _cluster("dgx-h100:32"), layout).text)
+    assert f["--moe-layer-freq"] == "([0]*3+[1]*58)"
+    assert (f["--num-experts"], f["--moe-router-topk"], f["--moe-ffn-hidden-size"]) == ("256", "8", "2048")
+    assert (f["--q-lora-rank"], f["--kv-lora-rank"], f["--qk-pos-emb-head-dim"]) == ("1536", "512", "64")
+    assert "--multi-latent-attention" in f and "--num-query-groups" not in f

@@ -61,10 +61,23 @@ def moe_args(m: ModelSpec) -> Args:
             "--moe-token-dispatcher-type", "alltoall"]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
-    if m.first_dense_layers or m.moe_every != 1:
-        pattern = ",".join("1" if m.is_moe_layer(i) else "0" for i in range(m.n_layers))
-        args += ["--moe-layer-freq", f"[{pattern}]"]
+    if m.first_dense_layers:
+        args += ["--moe-layer-freq", moe_layer_pattern(m)]
+    elif m.moe_every != 1:
+        args += ["--moe-layer-freq", str(m.moe_every)]  # N: layer i is MoE when i % N == 0 (moe_freq_type)
     return args
+
+
+def moe_layer_pattern(m: ModelSpec) -> str:
+    """Megatron's list expression, run-length encoded: DeepSeek-V3 -> ([0]*3+[1]*58)."""
+    flags = [1 if m.is_moe_layer(i) else 0 for i in range(m.n_layers)]
+    runs: list[tuple[int, int]] = []
+    for flag in flags:
+        if runs and runs[-1][0] == flag:
+            runs[-1] = (flag, runs[-1][1] + 1)
+        else:
+            runs.append((flag, 1))
+    return "(" + "+".join(f"[{flag}]*{count}" for flag, count in runs) + ")"
 
 
 def parallel_args(model: ModelSpec, layout: Layout) -> Args:
