@@ -320,3 +320,18 @@ def test_deepseek_v3_layer_pattern_and_latent_attention_flags():
     assert (f["--num-experts"], f["--moe-router-topk"], f["--moe-ffn-hidden-size"]) == ("256", "8", "2048")
     assert (f["--q-lora-rank"], f["--kv-lora-rank"], f["--qk-pos-emb-head-dim"]) == ("1536", "512", "64")
     assert "--multi-latent-attention" in f and "--num-query-groups" not in f
+
+
+def test_the_best_plan_of_clusterplan_plan_exports_to_every_framework(run_cli, tmp_path):
+    """The workflow of the issue: `plan --out plan.yaml`, then `export plan.yaml --to ...` for each framework."""
+    plan_path = tmp_path / "plan.yaml"
+    code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "256", "--seq", "4096",
+                           "--fix", "tp=1,pp=1,zero=1", "--top", "1", "--out", str(plan_path))
+    assert code == 0, err
+    layout = read_plan(plan_path).layout
+    for target in TARGETS:
+        code, out, err = run_cli("export", str(plan_path), "--to", target)
+        assert code == 0 and out, err
+    ds = json.loads(run_cli("export", str(plan_path), "--to", "deepspeed")[1])
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 16 == 256 == ds["train_batch_size"]
+    assert ds["train_micro_batch_size_per_gpu"] == layout.mbs
