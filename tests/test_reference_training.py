@@ -47,37 +47,46 @@ def test_korthikanti_iteration_times_within_8_percent():
         assert s.predicted < f.predicted * 0.85
 
 
-def test_megatron_table1_iteration_times():
-    """Table 1 with micro-batch and interleaving as our planner would choose them (the paper does not publish them).
+def test_megatron_table1_iteration_times_within_10_percent():
+    """Table 1, 1.7B to 1T on up to 3072 A100s: every row within 10%, median within 6% (we reach 7.0% / 4.0%).
 
-    Issue target: 10% per row, 6% median. Reached: the model is optimistic by 6-16% on the 2021 software stack
-    (the same 1T configuration measured 8.7% faster a year later in Korthikanti 2022, which we fit within 7%),
-    so this test pins what we reach: every row within 17%, median within 13%, and never pessimistic by > 5%.
+    Micro-batch and interleaving are not published; reference.table1() takes the fastest feasible choice, as our
+    planner would. Every published layout must fit in our memory model (a row with no feasible choice is inf).
     """
-    from clusterplan.models.estimate import estimate
-    from clusterplan.models.layout import Layout
+    rows = reference.table1()
+    assert len(rows) == 10
+    errors = [c.error for c in rows]
+    assert all(abs(e) < 0.10 for e in errors), [f"{c.label} {c.error:+.1%}" for c in rows]
+    assert statistics.median(abs(e) for e in errors) < 0.06
 
-    errors = []
-    for r in reference.read_rows("megatron2021_table1.csv"):
-        h, a, n, pp, dp = int(r["hidden"]), int(r["heads"]), int(r["layers"]), int(r["pp"]), int(r["dp"])
-        b, gpus = int(r["global_batch"]), int(r["gpus"])
-        flops = 96 * b * 2048 * n * h * h * (1 + 2048 / (6 * h) + 51200 / (16 * n * h))  # Narayanan 2021 Eq. 3
-        measured = flops / (gpus * float(r["measured_tflops_per_gpu"]) * 1e12)
-        best = None
-        for mbs in (1, 2, 4, 8):
-            for vpp in (1, 2, 3, 4) if pp > 1 else (1,):
-                if b % (dp * mbs) or n % (pp * vpp):
-                    continue
-                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=2048, recompute="full", vpp=vpp,
-                                schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision="fp16", zero=0,
-                                flash_attn=False)
-                est = estimate(reference.gpt(h, a, n), reference.selene(gpus), layout)
-                if est.feasible and (best is None or est.to_json()["step_time_s"] < best):
-                    best = est.to_json()["step_time_s"]
-        assert best is not None, f"published layout of row {r['params_b']}B does not fit in our memory model"
-        errors.append(best / measured - 1)
-    assert all(-0.17 < e < 0.05 for e in errors), [f"{e:+.1%}" for e in errors]
-    assert statistics.median(abs(e) for e in errors) < 0.13
+
+def test_korthikanti_layer_times_held_out():
+    """Table 4, one 22B layer at tp=8 (not used to fit anything): forward within 5%, backward within 20%.
+
+    The backward is our weakest term: we price it at 2x the forward GEMMs plus 2x elementwise and unhidden tp
+    all-reduces; the measured backward/forward ratio is 1.55.
+    """
+    from clusterplan.models.compute import layer_time
+    from clusterplan.models.hw import HardwareRates
+    from clusterplan.models.layout import Layout
+    from clusterplan.models.training import _layer_comm
+
+    shapes = ModelShapes.of(reference.gpt(6144, 64, 48))
+    hw = HardwareRates.of(reference.selene(8))
+    cases = {"baseline_no_recompute": ("none", False), "sequence_parallel_only": ("none", True),
+             "full_recompute": ("full", False), "selective_recompute": ("selective", False),
+             "selective_plus_sequence_parallel": ("selective", True)}
+    for row in reference.read_rows("korthikanti2022_layer22b.csv"):
+        recompute, sp = cases[row["experiment"]]
+        arrays = LayoutArrays.from_layouts([Layout(tp=8, mbs=4, gbs=4, seq=2048, flash_attn=False, precision="fp16",
+                                                   recompute=recompute, sp=sp)])
+        t = layer_time(shapes, arrays, hw, False)
+        tp, _, _ = _layer_comm(shapes, arrays, hw, False, t.core_forward_s)
+        tp_fwd = float(tp[0]) / (6 if recompute == "full" else 4) * 2
+        forward_ms = (float(t.forward_s[0]) + tp_fwd) * 1e3
+        backward_ms = (float(t.backward_s[0] + t.recompute_s[0] + tp[0]) - tp_fwd) * 1e3
+        assert abs(forward_ms / float(row["forward_ms"]) - 1) < 0.05, (row["experiment"], forward_ms)
+        assert abs(backward_ms / float(row["backward_ms"]) - 1) < 0.20, (row["experiment"], backward_ms)
 
 
 def test_megatron_table2_zero3_falls_behind_ptdp_as_dp_grows():
