@@ -122,7 +122,8 @@ def training_args(layout: Layout) -> Args:
     if L.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
     elif L.recompute == "full":
-        method = ["block", str(L.recompute_layers)] if L.recompute_layers else ["uniform", "1"]
+        # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
+        method = ["block", str(max(1, L.recompute_layers // L.vpp))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
     args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
@@ -131,9 +132,14 @@ def training_args(layout: Layout) -> Args:
     return args
 
 
-def notes(layout: Layout) -> list[str]:
+def notes(model: ModelSpec, layout: Layout) -> list[str]:
     L = layout
     out = []
+    if model.position == "alibi":
+        out.append("Megatron-LM GPT has no ALiBi positions; it trains with learned absolute positions instead")
+    if L.recompute == "full" and L.recompute_layers % L.vpp:
+        out.append(f"recompute_layers({L.recompute_layers}) per rank is not a multiple of vpp({L.vpp}); "
+                   f"Megatron recomputes {max(1, L.recompute_layers // L.vpp)} per model chunk")
     if L.pp > 1 and L.schedule == "gpipe":
         out.append("Megatron-LM has no GPipe schedule; it runs 1F1B, same bubble, fewer activations in flight")
     if L.pp > 1 and L.schedule == "zb":
@@ -166,7 +172,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
     shape = launch_shape(cluster)
     filename = f"megatron_{slug(model.name)}.sh"
     launch = f"NODE_RANK=<0..{shape.nnodes - 1}> MASTER_ADDR=<head node> bash {filename}"
-    found = notes(layout)
+    found = notes(model, layout)
     lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-LM")),
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
