@@ -20,6 +20,7 @@ import tomllib
 
 from clusterplan.errors import InfeasibleError
 from clusterplan.models.catalog import load_model
+from clusterplan.models.cluster import load_cluster
 from clusterplan.models.layout import Layout
 from clusterplan.models.planfile import read_plan, write_plan
 from clusterplan.solver.export import export_plan
@@ -119,10 +120,7 @@ def test_torchtitan_pipeline_parts_hold_every_layer_once_in_order(tmp_path):
 
 
 def test_uneven_first_and_last_stages_reach_both_frameworks():
-    model = load_model("llama3.1-70b")
-    from clusterplan.models.cluster import load_cluster
-
-    cluster = load_cluster("dgx-h100:8")
+    model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-h100:8")
     layout = Layout.from_dict({"tp": 8, "pp": 4, "mbs": 1, "gbs": 512, "seq": 8192, "first_stage_layers": 18,
                                "last_stage_layers": 18}, world=64)
     parts = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)["parallelism"]
@@ -228,16 +226,10 @@ def test_deepspeed_config_batches_and_zero(tmp_path, name):
 
 
 def test_deepspeed_hybrid_sharding_is_mics():
-    cfg = json.loads(export_plan("deepspeed", load_model("llama3.1-8b"), _cluster("dgx-h100:2"),
+    cfg = json.loads(export_plan("deepspeed", load_model("llama3.1-8b"), load_cluster("dgx-h100:2"),
                                  Layout.from_dict(PLANS["llama8b_zero3"][2])).text)
     assert cfg["zero_optimization"]["mics_shard_size"] == 8  # 16 ranks = 2 replicas x 8 shards
     assert cfg["gradient_accumulation_steps"] == 8  # 256 / (16 x 2)
-
-
-def _cluster(ref: str):
-    from clusterplan.models.cluster import load_cluster
-
-    return load_cluster(ref)
 
 
 # ---- refusals: one line, exit 2 -------------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def test_unreadable_plan_exits_2_with_one_line(run_cli, tmp_path, content):
 
 def test_ulysses_context_parallel_in_each_framework():
     """cp=2 all-to-all: Megatron a2a, DeepSpeed sequence_parallel_size (its dp excludes it), torchtitan ring + note."""
-    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:2")
     layout = Layout(cp=2, cp_kind="a2a", dp=8, mbs=1, gbs=64, seq=16384, recompute="none")
     f = _megatron_flags(export_plan("megatron", model, cluster, layout).text)
     assert (f["--context-parallel-size"], f["--cp-comm-type"]) == ("2", "a2a")
@@ -282,7 +274,7 @@ def test_ulysses_context_parallel_in_each_framework():
 
 
 def test_fp8_turns_on_torchtitan_float8_and_megatron_fp8():
-    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:2")
     layout = Layout(dp=16, gbs=64, precision="fp8")
     cfg = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)
     assert cfg["model"]["converters"] == ["quantize.linear.float8"]
@@ -292,7 +284,7 @@ def test_fp8_turns_on_torchtitan_float8_and_megatron_fp8():
 
 
 def test_zero_bubble_runs_as_torchtitan_zbv_with_two_chunks_per_rank():
-    model, cluster = load_model("llama3.1-8b"), _cluster("dgx-h100:2")
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:2")
     layout = Layout(pp=4, dp=4, gbs=64, schedule="zb")
     par = tomllib.loads(export_plan("torchtitan", model, cluster, layout).text)["parallelism"]
     assert par["pipeline_parallel_schedule"] == "ZBVZeroBubble"
@@ -315,7 +307,7 @@ def test_deepseek_v3_layer_pattern_and_latent_attention_flags():
     """DeepSeek-V3 as Megatron's own example maps it: 3 dense layers then 58 MoE, MLA dims (B.2)."""
     model = load_model("deepseek-v3")
     layout = Layout(tp=1, pp=8, dp=32, ep=32, mbs=1, gbs=4096, seq=4096, first_stage_layers=5, last_stage_layers=8)
-    f = _megatron_flags(export_plan("megatron", model, _cluster("dgx-h100:32"), layout).text)
+    f = _megatron_flags(export_plan("megatron", model, load_cluster("dgx-h100:32"), layout).text)
     assert f["--moe-layer-freq"] == "([0]*3+[1]*58)"
     assert (f["--num-experts"], f["--moe-router-topk"], f["--moe-ffn-hidden-size"]) == ("256", "8", "2048")
     assert (f["--q-lora-rank"], f["--kv-lora-rank"], f["--qk-pos-emb-head-dim"]) == ("1536", "512", "64")
