@@ -161,8 +161,7 @@ def _print_table(data: dict) -> None:
     if best:
         console.text(f"best single instance type: {best['instance']} at ${best['usd_per_hour']:.2f}/h "
                      f"(this plan saves {best['saving_fraction']:.0%})")
-    for mode, cost in data["modes_usd_per_hour"].items():
-        console.text(f"{mode}: " + (f"${cost:.2f}/h" if cost is not None else "not feasible"))
+    console.text(data["disaggregation"])
     console.text("\nlaunch, per instance:")
     for p in data["pools"]:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
@@ -255,9 +254,13 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
                            explicit=gpus != DEFAULT_GPUS)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
     plans, errors = {}, {}
+    modes = {"off": ["colocated"], "on": ["disaggregated"], "auto": ["colocated", "disaggregated"]}[disaggregate]
     with console.status(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets"):
-        for mode in (["colocated"] if disaggregate == "off" else []) + (["disaggregated"] if disaggregate == "on" else []) + (
-                ["colocated", "disaggregated"] if disaggregate == "auto" else []):
+        for mode in modes:
+            bound = _disagg_bound(plans, instances, work) if mode == "disaggregated" else None
+            if bound is not None:
+                errors[mode] = f"cannot go below ${bound:.2f}/h (rate bound), above the colocated plan; not simulated"
+                continue
             try:
                 plans[mode] = _plan(mode, instances, work, limits, kv_link)
             except InfeasibleError as exc:
@@ -266,9 +269,10 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
         raise InfeasibleError(next(iter(errors.values())))
     chosen = min(plans.values(), key=lambda p: (p.usd_per_hour, p.mode))
     others = {m: p.usd_per_hour for m, p in plans.items()} | {m: math.inf for m in errors}
+
     ref = str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
     singles = next((p.alternatives for p in plans.values() if p.alternatives), {})
-    data = _plan_json(chosen, others, ref, work, singles)
+    data = _plan_json(chosen, others, ref, work, singles) | {"disaggregation": _verdict(others, errors)}
     for pool in data["pools"]:
         over = [f"{k} {pool[k + '_ms']:.1f} ms" for k, limit in (("ttft", ttft_ms), ("tpot", tpot_ms))
                 if pool[k + "_ms"] > limit]
@@ -276,6 +280,27 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
             console.warn(f"{pool['gpu']} tp{pool['tp']} ({pool['role']}) simulated on its whole request mix reaches "
                          f"p{percentile:g} {', '.join(over)}, over the target (capacities are per size bucket)")
     console.json(data) if fmt == "json" else _print_table(data)
+
+
+def _disagg_bound(plans: dict[str, ServePlan], instances, work: Workload) -> float | None:
+    """The disaggregated cost bound when it already exceeds the colocated plan (skip simulating), else None."""
+    from clusterplan.solver.disagg import disagg_lower_bound_usd
+
+    if "colocated" not in plans:
+        return None
+    bound = disagg_lower_bound_usd(instances, work)
+    return bound if bound >= plans["colocated"].usd_per_hour else None
+
+
+def _verdict(others: dict[str, float], errors: dict[str, str]) -> str:
+    """When disaggregation wins and when colocation does, in one line."""
+    col, dis = others.get("colocated", math.inf), others.get("disaggregated", math.inf)
+    if math.isfinite(col) and math.isfinite(dis):
+        winner, loser, a, b = ("disaggregated", "colocated", dis, col) if dis < col else ("colocated", "disaggregated", col, dis)
+        return f"{winner} wins: ${a:.2f}/h vs {loser} ${b:.2f}/h ({1 - a / b:.0%} cheaper)"
+    for mode, why in errors.items():
+        return f"{mode}: {why}"
+    return f"only {next(iter(others))} was planned (--disaggregate)"
 
 
 def _plan(mode: str, instances, work: Workload, limits: Limits, kv_link: str) -> ServePlan:

@@ -94,6 +94,9 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
     heap: list[tuple[int, int]] = []  # (decode step at which it finishes, request)
     joined, first = [0] * n, [0.0] * n
     b, base, kv_used = 0, 0, 0
+    max_seqs, kv_cap, chunk, decode_only = engine.max_seqs, engine.kv_capacity_tokens, engine.chunk_tokens, engine.mode == "decode"
+    extra, extra_tok = engine.ttft_extra_s, engine.ttft_extra_s_per_token
+    ttft_lim, tpot_lim = (slo.ttft_s, slo.tpot_s) if slo else (math.inf, math.inf)
     while finished < n:
         while nxt < n and arr[nxt] <= t:
             waiting.append(nxt)
@@ -101,10 +104,10 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         if not (b or prefilling or waiting):
             t = arr[nxt]
             continue
-        while waiting and len(prefilling) + b < engine.max_seqs and kv_used + inp[waiting[0]] + out[waiting[0]] <= engine.kv_capacity_tokens:
+        while waiting and len(prefilling) + b < max_seqs and kv_used + inp[waiting[0]] + out[waiting[0]] <= kv_cap:
             r = waiting.popleft()
             kv_used += inp[r] + out[r]
-            if engine.mode == "decode":  # the prompt's KV arrives from a prefill instance
+            if decode_only:  # the prompt's KV arrives from a prefill instance
                 joined[r], first[r], base, b = g, t, base + inp[r] + 1 - g, b + 1
                 heapq.heappush(heap, (g + out[r] - 1, r))
             else:
@@ -115,7 +118,7 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
             t = arr[nxt] if nxt < n else t
             continue
         n_p, pairs, done = 0, 0.0, []
-        budget = engine.chunk_tokens - b
+        budget = chunk - b
         for item in prefilling:
             if n_p >= budget:
                 break
@@ -140,8 +143,9 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
             g += 1 if b else 0
         for r in done:
             prefilling.popleft()
-            ttft[r] = t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
-            bad_ttft += slo is not None and r >= warm and ttft[r] > slo.ttft_s
+            ttft[r] = t - arr[r] + extra + extra_tok * inp[r]
+            if ttft[r] > ttft_lim and r >= warm:
+                bad_ttft += 1
             if out[r] <= 1:
                 finished, kv_used = finished + 1, kv_used - inp[r] - out[r]
             else:
@@ -150,9 +154,10 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         while heap and heap[0][0] <= g:
             _, r = heapq.heappop(heap)
             tpot[r] = (t - first[r]) / (out[r] - 1)
-            bad_tpot += slo is not None and r >= warm and tpot[r] > slo.tpot_s
+            if tpot[r] > tpot_lim and r >= warm:
+                bad_tpot += 1
             finished, b, base, kv_used = finished + 1, b - 1, base - (inp[r] + 1 - joined[r]), kv_used - inp[r] - out[r]
-        if slo is not None and (bad_ttft > allowed or bad_tpot > allowed):
+        if bad_ttft > allowed or bad_tpot > allowed:
             return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=finished)
     return _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, finished)
 

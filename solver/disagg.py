@@ -7,16 +7,20 @@ to the decode side (sec. 4.9), decode instances meet the TPOT target with prompt
 
 from __future__ import annotations
 
+import numpy as np
+
 from clusterplan.errors import InfeasibleError
 from clusterplan.hardware_db import Link
 from clusterplan.models.kv import kv_bytes_per_token
-from clusterplan.models.serving import DTYPE_BYTES, ServingInstance
+from clusterplan.models.servesim import rate_upper_bound_rps
+from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, step_model
 from clusterplan.solver.serve import (
     Limits,
     ServePlan,
     Workload,
     capacity_table,
     describe_pools,
+    engine_for,
     mean_output_tokens,
     pool_cost,
     solve_pools,
@@ -52,3 +56,20 @@ def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, l
     pools = p_pools + describe_pools(decode, d_mix, work, limits, role="decode", used_gpus=used)
     return ServePlan(mode="disaggregated", pools=pools, usd_per_hour=pool_cost(pools),
                      output_tokens_per_s=work.rate_rps * mean_output_tokens(work))
+
+
+def disagg_lower_bound_usd(instances: tuple[ServingInstance, ...], work: Workload) -> float:
+    """$/h no disaggregated plan can undercut, without simulating: each bucket's rate at the cheapest $ per
+    saturated req/s of a prefill instance plus that of a decode instance (LP relaxation, capacity <= bound)."""
+    total = 0.0
+    for mode in ("prefill", "decode"):
+        best = np.full(len(work.buckets), np.inf)
+        for inst in instances:
+            step, engine = step_model(inst), engine_for(inst, mode)
+            for b, bucket in enumerate(work.buckets):
+                hi = rate_upper_bound_rps(step, engine, float(np.mean(bucket.input_tokens)),
+                                          float(np.mean(bucket.output_tokens)), work.slo)
+                if hi > 0:
+                    best[b] = min(best[b], inst.usd_per_hour / hi)
+        total += float(sum(b.share * work.rate_rps * c for b, c in zip(work.buckets, best, strict=True)))
+    return total

@@ -159,6 +159,8 @@ def describe_pools(table: CapacityTable, mix: Mix, work: Workload, limits: Limit
             used[inst.gpu.name] += inst.n_gpus if extra < REPAIR_STEPS else 0
         count += extra
         batch = slo_batch(step, table.engines[g], float(inp.mean()), float(out.mean()), work.slo)
+        if role == "prefill":  # prompts only: batch as many as the scheduler admits
+            batch = table.engines[g].max_seqs
         pools.append(Pool(instance=inst, count=count, max_batch=max(batch, 1), rate_rps=float(per_bucket.sum()),
                           utilisation=mix.load[inst.label] / count, ttft_s=result.ttft_s, tpot_s=result.tpot_s, role=role))
     return tuple(pools)

@@ -1,0 +1,56 @@
+"""Benchmark: `clusterplan serve-plan` end to end on 6 GPU types x 3 tp options x 16 request buckets.
+
+Prints wall seconds per run (target < 2 s for the colocated plan). Run: .venv/bin/python bench/bench_serve.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import time
+
+from clusterplan.cli.main import main
+
+GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
+CASES = {
+    "llama3.1-8b colocated (off)": ["--model", "llama3.1-8b", "--rate", "40", "--input-len", "lognormal:6.5:1",
+                                    "--output-len", "lognormal:5:0.8", "--ttft-ms", "1000", "--tpot-ms", "50",
+                                    "--disaggregate", "off"],
+    "llama3.1-8b auto (both modes)": ["--model", "llama3.1-8b", "--rate", "40", "--input-len", "lognormal:6.5:1",
+                                      "--output-len", "lognormal:5:0.8", "--ttft-ms", "1000", "--tpot-ms", "50",
+                                      "--disaggregate", "auto"],
+    "llama3.1-70b colocated (off)": ["--model", "llama3.1-70b", "--rate", "10", "--input-len", "uniform:100:4000",
+                                     "--output-len", "uniform:50:500", "--ttft-ms", "2000", "--tpot-ms", "80",
+                                     "--disaggregate", "off"],
+}
+
+
+def run(args: list[str]) -> tuple[float, dict]:
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4,8", "--format", "json", *args])
+        except SystemExit as exc:
+            if exc.code:
+                raise
+    return time.perf_counter() - start, json.loads(out.getvalue())
+
+
+def main_bench() -> None:
+    run(CASES["llama3.1-8b colocated (off)"][:])  # warm imports (pulp, numpy) once
+    for name, args in CASES.items():
+        times = []
+        for _ in range(3):
+            seconds, data = run(args)
+            times.append(seconds)
+        pools = ", ".join(f"{p['instances']}x {p['gpu']} tp{p['tp']} ({p['role']})" for p in data["pools"])
+        print(f"{name}: {min(times):.2f} s best of 3 (median {sorted(times)[1]:.2f} s); {data['buckets']} buckets; "
+              f"{data['mode']} ${data['usd_per_hour']:.2f}/h: {pools}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main_bench()
