@@ -114,3 +114,19 @@ def test_heterogeneous_mix_beats_the_best_single_type(run_cli) -> None:
     assert data["usd_per_hour"] == 3.03
     assert data["best_single_type"] == {"instance": "A100-SXM4-80GB tp1 pp1", "usd_per_hour": 3.67,
                                         "saving_fraction": round(1 - 3.03 / 3.67, 4)}
+
+
+def test_calibration_file_slows_the_plan(run_cli, tmp_path) -> None:
+    # A profile that measured 40 ms of per-step overhead on the A100 makes every step slower: the plan needs more.
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"format": "clusterplan-calibration", "version": 1,
+                               "meta": {"device_name": "NVIDIA A100-SXM4-80GB"},
+                               "serving": {"decode_step_overhead_s": 0.040}}), encoding="utf-8")
+    args = ("serve-plan", "--model", "llama3.1-8b", "--gpus", "A100-80GB", "--tp", "1", "--rate", "20", "--input-len",
+            "512", "--output-len", "128", "--ttft-ms", "1000", "--tpot-ms", "60", "--disaggregate", "off", "--format", "json")
+    base = json.loads(run_cli(*args)[1])
+    code, out, err = run_cli(*args, "--calibration", str(cal))
+    assert code == 0, err
+    slowed = json.loads(out)
+    assert slowed["pools"][0]["tpot_ms"] > base["pools"][0]["tpot_ms"] + 20
+    assert slowed["usd_per_hour"] >= base["usd_per_hour"]

@@ -173,3 +173,22 @@ def test_decode_grows_with_batch_and_context_and_tp_cuts_it() -> None:
     # Prefill is compute bound: 8x the tokens costs ~8x at 512 -> 4096 on tp 8 (attention adds a little).
     ratio = float(m8.prefill_s(4096)) / float(m8.prefill_s(512))
     assert 6.0 < ratio < 9.0
+
+
+def test_calibration_sets_engine_knobs_for_its_gpu_only() -> None:
+    from clusterplan.models.calibration import calibration_from_dict
+    from clusterplan.models.serving import knobs_for_gpu
+
+    cal = calibration_from_dict({
+        "format": "clusterplan-calibration", "version": 1, "meta": {"device_name": "NVIDIA A100-SXM4-80GB"},
+        "gemm": {"bf16": {"max_tflops": 234.0, "half_flops": 1e9}}, "memory": {"copy_bytes_per_s": 1.53e12},
+        "collectives": {"all_reduce": {"scale_up": {"latency_s": 1e-5, "busbw_bytes_per_s": 2e11}}},
+        "serving": {"decode_step_overhead_s": 0.015}})
+    knobs = knobs_for_gpu(A100, cal)
+    assert knobs.step_overhead_s == 0.015 and knobs.allreduce_latency_s == 1e-5
+    assert knobs.compute_fraction == pytest.approx(0.75) and knobs.hbm_fraction == pytest.approx(1.53 / 2.039)
+    # Measured on an A100: an H100 keeps the database defaults.
+    assert knobs_for_gpu(get_gpu("H100"), cal) == ServingKnobs()
+    slow = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4, knobs=knobs))
+    fast = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4))
+    assert float(slow.decode_s(1, 512)) > float(fast.decode_s(1, 512)) + 0.012
