@@ -117,8 +117,11 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     last = layers.last * (t_layer_c + tp_l + cp_l + ep_l) + head_f + head_b
     middle = layers.middle * (t_layer_c + tp_l + cp_l + ep_l)
     single = L.pp == 1
-    stage = np.where(single, first + head_f + head_b, np.maximum(np.maximum(first, last), middle))
-    slow_layers = np.where(single, layers.first, np.where(last >= first, layers.last, layers.first))
+    first = np.where(single, first + head_f + head_b, first)
+    slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # 0 first, 1 middle, 2 last
+    stage = np.choose(slowest, [first, middle, last])
+    slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
+    slow_head = np.where(single | (slowest == 2), head_f + head_b, 0.0)
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
@@ -132,8 +135,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     bubble = np.where(single, 0.0, bubble_stages * stage * zb_factor)
     dp_exposed = _dp_exposed(shapes, L, hw, layers, slow_layers, dense.forward_s, dense.backward_s, stage)
     opt = _optimizer_s(shapes, L, hw, layers)
-    compute = m * np.where(single, layers.first * t_layer_c + head_f + head_b, slow_layers * t_layer_c
-                           + np.where(last >= first, head_f + head_b, 0.0))
+    compute = m * (slow_layers * t_layer_c + slow_head)
     tp_total, cp_total, ep_total = m * slow_layers * tp_l, m * slow_layers * cp_l, m * slow_layers * ep_l
     step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,43 +40,78 @@ def _reason_key(problem: str) -> str:
     return f"divisibility: {head}"
 
 
+def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
+    """(first_stage_layers, last_stage_layers) options: (0, 0) for an even split when layers divide, and uneven
+    ends with fewer layers on the first/last stage, whose embedding and LM head take memory and time
+    (torchtitan's first/last_stage_less_layers; Llama 3's 126 layers on pp=16)."""
+    splits = [(0, 0)] if n_layers % (pp * vpp) == 0 else []
+    if pp < 3:
+        return splits
+    mid = -(-n_layers // pp)
+    mid += (-mid) % vpp
+    rest = n_layers - (pp - 2) * mid
+    for first in sorted({rest // 2, rest - mid, rest - rest // 2}):
+        last = rest - first
+        if 1 <= first <= mid and 1 <= last <= mid and first % vpp == 0 and last % vpp == 0 \
+                and (first, last) != (mid, mid):
+            splits.append((first, last))
+    return splits
+
+
+def replicate_options(dp: int, domain: int) -> list[int]:
+    """dp_replicate for HSDP: 1 (shard over all of dp) or shards of 1..8 scale-up domains."""
+    options = [1]
+    for shard in (domain, 2 * domain, 4 * domain, 8 * domain):
+        if 1 < shard < dp and dp % shard == 0:
+            options.append(dp // shard)
+    return options
+
+
+def _structures(model: ModelSpec, world: int, domain: int, fixed: dict) -> Iterator[dict]:
+    pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
+    tps = pick("tp", [d for d in divisors(world) if d <= domain])
+    pps = pick("pp", [d for d in divisors(world) if d <= model.n_layers])
+    cps = pick("cp", [d for d in (1, 2, 4, 8, 16, 32) if world % d == 0])
+    eps = pick("ep", [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1])
+    for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, pick("vpp", (1, 2, 3, 4)), eps):
+        if world % (tp * pp * cp) or (pp == 1 and vpp > 1):
+            continue
+        dp = world // (tp * pp * cp)
+        schedules = ["interleaved-1f1b"] if vpp > 1 else (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        if "first_stage_layers" in fixed or "last_stage_layers" in fixed:
+            splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
+        else:
+            splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
+        for schedule, (first, last), replicate in itertools.product(
+                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain))):
+            yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(fixed.get("sp", tp > 1)),
+                       first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate)
+
+
 def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
                     fixed: dict[str, object] | None = None) -> Space:
     """Every layout of the model on `world` GPUs for one batch and sequence length, under the fixed keys."""
     fixed = dict(fixed or {})
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
-    tps = pick("tp", [d for d in divisors(world) if d <= domain])
-    pps = pick("pp", [d for d in divisors(world) if d <= model.n_layers])
-    cps = pick("cp", [d for d in (1, 2, 4, 8, 16, 32) if world % d == 0])
-    vpps = pick("vpp", (1, 2, 3, 4))
-    eps = pick("ep", [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1])
     rejected: Counter = Counter()
-    columns: dict[str, list] = {k: [] for k in ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp")}
+    keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
+            "dp_replicate")
+    columns: dict[str, list] = {k: [] for k in keys}
     structures = 0
     expand = len(pick("zero", ZERO)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", RECOMPUTE[:2]))
-    for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, vpps, eps):
-        if world % (tp * pp * cp):
+    for st in _structures(model, world, domain, fixed):
+        structures += 1
+        if st["dp"] % st["dp_replicate"]:
+            rejected[f"divisibility: dp % dp_replicate({st['dp_replicate']})"] += expand
             continue
-        if pp == 1 and vpp > 1:
+        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1)
+        problems = [p for p in layout_problems(model, probe, world) if "gbs(" not in p and "micro-batches(" not in p]
+        if problems:
+            rejected[_reason_key(problems[0])] += expand
             continue
-        dp = world // (tp * pp * cp)
-        schedules = ["interleaved-1f1b"] if vpp > 1 else (["1f1b", "zb"] if pp > 1 else ["1f1b"])
-        for schedule in pick("schedule", schedules):
-            sp = fixed.get("sp", tp > 1)
-            structures += 1
-            replicate = int(fixed.get("dp_replicate", 1))
-            if dp % replicate:
-                rejected[f"divisibility: dp % dp_replicate({replicate})"] += expand
-                continue
-            probe = Layout(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(sp), gbs=gbs,
-                           seq=seq, mbs=1, dp_replicate=replicate)
-            problems = [p for p in layout_problems(model, probe, world) if "gbs(" not in p and "micro-batches(" not in p]
-            if problems:
-                rejected[_reason_key(problems[0])] += expand
-                continue
-            for key, value in (("tp", tp), ("pp", pp), ("cp", cp), ("vpp", vpp), ("ep", ep), ("dp", dp),
-                               ("schedule", CODES["schedule"][schedule]), ("sp", float(bool(sp)))):
-                columns[key].append(value)
+        for key in keys:
+            value = st[key]
+            columns[key].append(CODES["schedule"][value] if key == "schedule" else float(value))
     base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
     n = len(base["tp"])
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
@@ -95,7 +131,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("precision", "optimizer", "cp_kind"):
         if key in fixed:
             cols[key] = np.full(len(idx), CODES[key][fixed[key]])
-    for key in ("dp_replicate", "etp", "recompute_layers", "first_stage_layers", "last_stage_layers", "flash_attn"):
+    for key in ("etp", "recompute_layers", "flash_attn"):
         if key in fixed:
             cols[key] = np.full(len(idx), float(fixed[key]))
     arrays = LayoutArrays.from_columns(**cols)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from clusterplan.models.batch import LayoutArrays
@@ -13,7 +13,7 @@ from clusterplan.models.catalog import load_model
 from clusterplan.models.cluster import load_cluster
 from clusterplan.models.estimate import estimate
 from clusterplan.models.hw import HardwareRates
-from clusterplan.models.layout import Layout
+from clusterplan.models.layout import Layout, layout_problems
 from clusterplan.models.memory import memory_breakdown
 from clusterplan.models.shapes import ModelShapes
 from clusterplan.models.training import step_time
@@ -66,7 +66,8 @@ def test_bad_layout_is_one_line_exit_2(run_cli):
     assert code == 2 and out == "" and err.count("\n") == 1 and "tp='eight' must be an integer" in err
 
 
-SHAPES = ModelShapes.of(load_model("llama3.1-8b"))
+MODEL = load_model("llama3.1-8b")
+SHAPES = ModelShapes.of(MODEL)
 HW = HardwareRates.of(load_cluster("dgx-h100:64"))
 
 
@@ -108,3 +109,20 @@ def test_every_flop_counted_once_matches_6nd():
     non_embedding = model.total_params() - model.vocab * model.hidden  # input embedding does no matmul
     attention = 6 * 2 * 2048 * (model.q_dim + model.v_dim) * model.n_layers  # 3 x fwd, full (non-causal) scores
     assert math.isclose(flops, 6 * non_embedding * 8 * 2048 + attention * 8 * 2048 / 2, rel_tol=0.002)
+
+
+@settings(max_examples=80, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4, 8]), pp=st.sampled_from([1, 2, 4, 8, 16]), cp=st.sampled_from([1, 2, 8]),
+       vpp=st.sampled_from([1, 2, 4]), mbs=st.sampled_from([1, 2]), first=st.integers(0, 4), last=st.integers(0, 4))
+def test_no_layout_beats_the_peak(tp, pp, cp, vpp, mbs, first, last):
+    """Every FLOP is priced: the compute term alone never runs faster than dense peak (MFU <= 1), whatever the
+    stage split (a slowest-stage bug once reported 105% MFU for uneven stages)."""
+    if pp == 1:
+        vpp, first, last = 1, 0, 0
+    layout = Layout(tp=tp, pp=pp, cp=cp, dp=1, mbs=mbs, gbs=64 * mbs, seq=8192, vpp=vpp,
+                    schedule="interleaved-1f1b" if vpp > 1 else "1f1b", first_stage_layers=first * vpp,
+                    last_stage_layers=last * vpp)
+    world = tp * pp * cp
+    assume(not layout_problems(MODEL, layout, world))
+    t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW)
+    assert float(t.model_flops[0]) / (float(t.compute_s[0]) * world * HW.peak_flops) < 1.0
