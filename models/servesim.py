@@ -76,6 +76,23 @@ def scalar_step(step: StepModel) -> Callable[[float, float, float, float], float
     return step_s
 
 
+class _Run:
+    """Mutable state of one simulation; slots keep attribute access cheap in the event loop."""
+
+    __slots__ = ("t", "g", "b", "base", "kv_used", "finished", "bad_ttft", "bad_tpot", "joined", "first", "heap")
+
+    def __init__(self, n: int) -> None:
+        self.t, self.g, self.b, self.base, self.kv_used, self.finished = 0.0, 0, 0, 0, 0, 0
+        self.bad_ttft = self.bad_tpot = 0
+        self.joined, self.first = [0] * n, [0.0] * n
+        self.heap: list[tuple[int, int]] = []  # (decode step at which it finishes, request)
+
+    def start_decode(self, r: int, inp: int, out: int) -> None:
+        # Context of a running sequence at decode step g: inp + 1 + (g - joined); base sums inp + 1 - joined.
+        self.joined[r], self.first[r], self.base, self.b = self.g, self.t, self.base + inp + 1 - self.g, self.b + 1
+        heapq.heappush(self.heap, (self.g + out - 1, r))
+
+
 def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_tokens: np.ndarray,
              output_tokens: np.ndarray, slo: Slo | None = None) -> SimResult:
     """Run the requests through one instance; stop early once the SLO can no longer be met."""
@@ -86,80 +103,104 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
     n = len(arr)
     warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
     allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
+    limits = (slo.ttft_s, slo.tpot_s, warm) if slo else (math.inf, math.inf, warm)
     ttft, tpot = [0.0] * n, [0.0] * n
-    bad_ttft = bad_tpot = 0
-    t, g, nxt, finished = 0.0, 0, 0, 0
+    run, nxt = _Run(n), 0
     waiting: deque[int] = deque()
-    prefilling: deque[list[int]] = deque()  # [request, tokens done]
-    heap: list[tuple[int, int]] = []  # (decode step at which it finishes, request)
-    joined, first = [0] * n, [0.0] * n
-    b, base, kv_used = 0, 0, 0
-    max_seqs, kv_cap, chunk, decode_only = engine.max_seqs, engine.kv_capacity_tokens, engine.chunk_tokens, engine.mode == "decode"
-    extra, extra_tok = engine.ttft_extra_s, engine.ttft_extra_s_per_token
-    ttft_lim, tpot_lim = (slo.ttft_s, slo.tpot_s) if slo else (math.inf, math.inf)
-    while finished < n:
-        while nxt < n and arr[nxt] <= t:
+    prefilling: deque[list[int]] = deque()  # [request, prompt tokens done]
+    while run.finished < n:
+        while nxt < n and arr[nxt] <= run.t:
             waiting.append(nxt)
             nxt += 1
-        if not (b or prefilling or waiting):
-            t = arr[nxt]
+        if not (run.b or prefilling or waiting):
+            run.t = arr[nxt]
             continue
-        while waiting and len(prefilling) + b < max_seqs and kv_used + inp[waiting[0]] + out[waiting[0]] <= kv_cap:
-            r = waiting.popleft()
-            kv_used += inp[r] + out[r]
-            if decode_only:  # the prompt's KV arrives from a prefill instance
-                joined[r], first[r], base, b = g, t, base + inp[r] + 1 - g, b + 1
-                heapq.heappush(heap, (g + out[r] - 1, r))
-            else:
-                prefilling.append([r, 0])
-        if not (b or prefilling):
-            if waiting and kv_used == 0:  # one request larger than the whole KV cache
-                return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=finished)
-            t = arr[nxt] if nxt < n else t
+        _admit(run, engine, waiting, prefilling, inp, out)
+        if not (run.b or prefilling):
+            if waiting and run.kv_used == 0:  # one request larger than the whole KV cache
+                return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
+            run.t = arr[nxt] if nxt < n else run.t
             continue
-        n_p, pairs, done = 0, 0.0, []
-        budget = chunk - b
-        for item in prefilling:
-            if n_p >= budget:
-                break
-            r, have = item
-            take = min(inp[r] - have, budget - n_p)
-            pairs += take * (have + take / 2.0)
-            n_p += take
-            item[1] = have + take
-            if item[1] >= inp[r]:
-                done.append(r)
-        ctx = base + b * g
-        if n_p == 0:  # pure decode: jump to the next completion or past the next arrival
-            k = heap[0][0] - g
-            d0 = f(0, 0, b, ctx)
-            if nxt < n and not waiting:
-                k = min(k, math.ceil((arr[nxt] - t) / d0))
-            k = max(k, 1)
-            t += k * (d0 + f(0, 0, b, ctx + (k - 1) * b)) / 2.0 if k > 1 else d0
-            g += k
+        n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b)
+        _advance(run, f, n_p, pairs, arr[nxt] if nxt < n and not waiting else None)
+        _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits)
+        _completions(run, inp, out, tpot, limits)
+        if run.bad_ttft > allowed or run.bad_tpot > allowed:
+            return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
+    return _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, run.finished)
+
+
+def _admit(run: _Run, engine: Engine, waiting: deque[int], prefilling: deque[list[int]], inp: list[int],
+           out: list[int]) -> None:
+    """FIFO admission while a sequence slot and KV room for prompt plus output are free (vLLM-style)."""
+    while waiting and len(prefilling) + run.b < engine.max_seqs and \
+            run.kv_used + inp[waiting[0]] + out[waiting[0]] <= engine.kv_capacity_tokens:
+        r = waiting.popleft()
+        run.kv_used += inp[r] + out[r]
+        if engine.mode != "decode":
+            prefilling.append([r, 0])
+        elif out[r] <= 1:  # decode pool, nothing left to decode
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
+        else:  # decode pool: the prompt's KV arrives from a prefill instance
+            run.start_decode(r, inp[r], out[r])
+
+
+def _chunk(prefilling: deque[list[int]], inp: list[int], budget: int) -> tuple[int, float, list[int]]:
+    """Spend the step's token budget on queued prompts in order: (tokens, attention pairs, prompts completed)."""
+    n_p, pairs, done = 0, 0.0, []
+    for item in prefilling:
+        if n_p >= budget:
+            break
+        r, have = item
+        take = min(inp[r] - have, budget - n_p)
+        pairs += take * (have + take / 2.0)  # causal: each new token attends to what came before it
+        n_p += take
+        item[1] = have + take
+        if item[1] >= inp[r]:
+            done.append(r)
+    return n_p, pairs, done
+
+
+def _advance(run: _Run, f: Callable[[float, float, float, float], float], n_p: int, pairs: float,
+             next_arrival: float | None) -> None:
+    """One step with prompt tokens, or a jump over pure decode steps to the next completion or arrival."""
+    ctx = run.base + run.b * run.g
+    if n_p:
+        run.t += f(n_p, pairs, run.b, ctx)
+        run.g += 1 if run.b else 0
+        return
+    k = run.heap[0][0] - run.g
+    d0 = f(0, 0, run.b, ctx)
+    if next_arrival is not None:
+        k = min(k, math.ceil((next_arrival - run.t) / d0))
+    k = max(k, 1)
+    # Step time is linear in context while the regime holds: k steps cost k times the mean of first and last.
+    run.t += k * (d0 + f(0, 0, run.b, ctx + (k - 1) * run.b)) / 2.0 if k > 1 else d0
+    run.g += k
+
+
+def _first_tokens(run: _Run, engine: Engine, done: list[int], prefilling: deque[list[int]], arr: list[float],
+                  inp: list[int], out: list[int], ttft: list[float], limits: tuple[float, float, int]) -> None:
+    for r in done:
+        prefilling.popleft()
+        ttft[r] = run.t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
+        if ttft[r] > limits[0] and r >= limits[2]:
+            run.bad_ttft += 1
+        if out[r] <= 1:
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
         else:
-            t += f(n_p, pairs, b, ctx)
-            g += 1 if b else 0
-        for r in done:
-            prefilling.popleft()
-            ttft[r] = t - arr[r] + extra + extra_tok * inp[r]
-            if ttft[r] > ttft_lim and r >= warm:
-                bad_ttft += 1
-            if out[r] <= 1:
-                finished, kv_used = finished + 1, kv_used - inp[r] - out[r]
-            else:
-                joined[r], first[r], base, b = g, t, base + inp[r] + 1 - g, b + 1
-                heapq.heappush(heap, (g + out[r] - 1, r))
-        while heap and heap[0][0] <= g:
-            _, r = heapq.heappop(heap)
-            tpot[r] = (t - first[r]) / (out[r] - 1)
-            if tpot[r] > tpot_lim and r >= warm:
-                bad_tpot += 1
-            finished, b, base, kv_used = finished + 1, b - 1, base - (inp[r] + 1 - joined[r]), kv_used - inp[r] - out[r]
-        if bad_ttft > allowed or bad_tpot > allowed:
-            return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=finished)
-    return _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, finished)
+            run.start_decode(r, inp[r], out[r])
+
+
+def _completions(run: _Run, inp: list[int], out: list[int], tpot: list[float], limits: tuple[float, float, int]) -> None:
+    heap = run.heap
+    while heap and heap[0][0] <= run.g:
+        _, r = heapq.heappop(heap)
+        tpot[r] = (run.t - run.first[r]) / (out[r] - 1)
+        if tpot[r] > limits[1] and r >= limits[2]:
+            run.bad_tpot += 1
+        run.finished, run.b, run.kv_used = run.finished + 1, run.b - 1, run.kv_used - inp[r] - out[r]
+        run.base -= inp[r] + 1 - run.joined[r]
 
 
 def _result(ttft: list[float], tpot: list[float], out: list[int], engine: Engine, slo: Slo | None,

@@ -69,3 +69,10 @@ def test_capacity_search_brackets_the_slo_and_is_seeded() -> None:
     assert max_rate_rps(STEP, engine, gaps, inp, out, Slo(ttft_s=0.15, tpot_s=0.05))[0] <= rate
     zero, idle = max_rate_rps(STEP, engine, gaps, inp, out, Slo(ttft_s=0.01, tpot_s=0.05))
     assert zero == 0.0 and not idle.met and 0.01 < idle.ttft_s < 0.25
+
+
+def test_decode_pool_takes_requests_with_one_output_token() -> None:
+    # A one-token answer is finished by its prefill; the decode pool must count it done, not divide by zero.
+    out = np.array([1, 50, 1, 20])
+    res = simulate(STEP, Engine(kv_capacity_tokens=KV, mode="decode"), np.arange(4.0), np.full(4, 100), out)
+    assert res.finished == 4 and res.ttft_s == 0.0 and res.tpot_s > 0
