@@ -29,6 +29,7 @@ class Console:
 
     # diagnostics (stderr)
     def info(self, text: str) -> None:
+        sys.stdout.flush()  # keep data and diagnostics in order on a shared terminal
         self.err.print(text, markup=False)
 
     def warn(self, text: str) -> None:

@@ -10,7 +10,7 @@ from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
 from clusterplan.models.layout import Layout
 from clusterplan.models.planfile import write_plan
-from clusterplan.solver.placement import placement
+from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search
 
 
@@ -52,12 +52,11 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
         result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                         objective=objective, tokens=tokens)
-    best = result.plans[0]
-    best.extra["placement"] = placement(best.layout, cluster)
+    rerank_on_links(result, calibration)
     data = result.to_json()
     if out_path:
-        write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=best.layout,
-                   prediction={k: v for k, v in best.to_json().items() if k in ("step_time_s", "mfu", "memory")})
+        write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
+                   prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
     if fmt == "json":
         console.json(data)
     else:
@@ -86,7 +85,12 @@ def _render(data: dict) -> None:
     if "why_best" in plans[0]:
         console.text(f"why #1: {plans[0]['why_best']}")
     pl = plans[0]["placement"]
-    console.text(f"placement of #1 (mesh {' x '.join(f'{k}{v}' for k, v in pl['mesh'].items())}, tp innermost):")
+    console.text(f"placement of #1 (mesh {' x '.join(f'{k}{v}' for k, v in pl['mesh'].items())}, tp innermost; "
+                 f"{pl['method']}):")
+    if "node_order" in pl:
+        console.text(f"  slowest link used: {pl['bottleneck_gb_per_s']:g} GB/s (default order: "
+                     f"{pl['default_bottleneck_gb_per_s']:g} GB/s); step {pl['step_time_placed_s']:.4g} s vs "
+                     f"{pl['step_time_default_order_s']:.4g} s in default order")
     shown = pl["nodes"][:4]
     console.table(None, ["node", "ranks", *pl["mesh_order"]],
                   [(n["node"], f"{n['ranks'][0]}-{n['ranks'][1]}",

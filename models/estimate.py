@@ -20,6 +20,7 @@ from clusterplan.models.layout import Layout, layout_problems
 from clusterplan.models.memory import GIB, MemoryBreakdown, memory_breakdown
 from clusterplan.models.shapes import ModelShapes
 from clusterplan.models.spec import ModelSpec
+from clusterplan.models.topology import placement_bottleneck_gb_per_s
 from clusterplan.models.training import StepTime, step_time
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s", "optimizer_s")
@@ -111,10 +112,16 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None) -> Estimate:
-    """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions."""
+def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
+             node_order: tuple[int, ...] | None = None) -> Estimate:
+    """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
+
+    `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
+    (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
+    """
     reasons = layout_problems(model, layout, cluster.world_size)
-    hw = HardwareRates.of(cluster, calibration)
+    link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
+    hw = HardwareRates.of(cluster, calibration, link)
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)
     if not bool(ev.fits[0]):
         reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "

@@ -39,8 +39,13 @@ class HardwareRates:
     calibrated: bool = False
 
     @classmethod
-    def of(cls, cluster: Cluster, calibration: Calibration | None = None) -> HardwareRates:
-        """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here)."""
+    def of(cls, cluster: Cluster, calibration: Calibration | None = None,
+           node_link_gb_per_s: float | None = None) -> HardwareRates:
+        """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here).
+
+        With a measured node bandwidth matrix, scale-out traffic is priced at `node_link_gb_per_s` (the slowest
+        link the placement actually uses, see models/topology.py) or, when not given, the slowest link of all.
+        """
         group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
@@ -54,8 +59,9 @@ class HardwareRates:
         lat_out = max(g.nic.latency_us for g in cluster.groups) * 1e-6
         if cluster.node_bandwidth_gb_per_s is not None:
             off = [v for i, row in enumerate(cluster.node_bandwidth_gb_per_s) for j, v in enumerate(row) if i != j]
-            if off:
-                bw_out = min(bw_out, min(off) * 1e9 / group.gpus_per_node)
+            link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
+            if link is not None and link != float("inf"):
+                bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
         calibrated = False
         if calibration is not None:
             calibrated = True

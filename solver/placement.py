@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from clusterplan.models.calibration import Calibration
 from clusterplan.models.cluster import Cluster
+from clusterplan.models.estimate import Estimate, estimate
 from clusterplan.models.layout import MESH_AXES, Layout
+from clusterplan.solver.links import optimize_node_order
+from clusterplan.solver.search import SearchResult, why_best
 
 
 def coordinates(layout: Layout, rank: int) -> dict[str, int]:
@@ -16,14 +20,56 @@ def coordinates(layout: Layout, rank: int) -> dict[str, int]:
     return {axis: coords[axis] for axis in MESH_AXES}
 
 
-def placement(layout: Layout, cluster: Cluster, max_nodes: int = 16) -> dict:
-    """Per node: its GPUs' coordinates as ranges per axis (first `max_nodes` nodes; the pattern repeats)."""
+def placement(layout: Layout, cluster: Cluster, max_nodes: int = 16,
+              physical: tuple[int, ...] | None = None) -> dict:
+    """Per logical node: the physical node holding it and its GPUs' coordinates as ranges per axis (first
+    `max_nodes` nodes; the pattern repeats)."""
     nodes = []
     rank = 0
     for node in range(min(cluster.n_nodes, max_nodes)):
         per = cluster.group_of_node(node).gpus_per_node
         coords = [coordinates(layout, r) for r in range(rank, rank + per)]
         rank += per
-        nodes.append({"node": node, "ranks": [rank - per, rank - 1],
+        nodes.append({"node": physical[node] if physical else node, "ranks": [rank - per, rank - 1],
                       **{axis: sorted({c[axis] for c in coords}) for axis in MESH_AXES}})
     return {"mesh_order": list(MESH_AXES), "mesh": layout.mesh(), "nodes_total": cluster.n_nodes, "nodes": nodes}
+
+
+def placed_plan(est: Estimate, calibration: Calibration | None = None) -> tuple[Estimate, dict]:
+    """Place the plan's nodes on the cluster's measured links (if any) and re-price it there."""
+    order = optimize_node_order(est.layout, est.cluster)
+    info = placement(est.layout, est.cluster, physical=order.physical)
+    if order.method == "default" and order.default_bottleneck_gb_per_s == float("inf"):
+        info["method"] = "default (no measured bandwidth matrix: torchtitan mesh order)"
+        return est, info
+    placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical)
+    default = estimate(est.model, est.cluster, est.layout, calibration)
+    info.update(method=order.method, node_order=list(order.physical),
+                bottleneck_gb_per_s=order.bottleneck_gb_per_s,
+                default_bottleneck_gb_per_s=order.default_bottleneck_gb_per_s,
+                step_time_default_order_s=default.to_json()["step_time_s"],
+                step_time_placed_s=placed.to_json()["step_time_s"])
+    placed.extra.update(est.extra)
+    return placed, info
+
+
+def rerank_on_links(result: SearchResult, calibration: Calibration | None = None) -> None:
+    """Place each of the top plans on the measured links and re-rank them by their placed step time.
+
+    The search prices scale-out traffic at the cluster's slowest link (a bound every order meets); placement can
+    only make a plan faster, so the top plans are re-priced on their own best node order.
+    """
+    placed = []
+    for est in result.plans:
+        new, info = placed_plan(est, calibration)
+        new.extra["placement"] = info
+        placed.append(new)
+    placed.sort(key=lambda e: (e.to_json()["step_time_s"], e.extra.get("rank", 0)))
+    for rank, est in enumerate(placed, start=1):
+        est.extra["rank"] = rank
+        est.extra.pop("why_best", None)
+    if len(placed) > 1:
+        placed[0].extra["why_best"] = why_best(placed[0].to_json(), placed[1].to_json())
+    for est in placed[1:]:
+        est.extra.pop("placement", None)
+    result.plans[:] = placed
