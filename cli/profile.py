@@ -56,11 +56,11 @@ def _summary_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _run(nproc: int, timeout_s: float, out: Path, worker_args: list[str]) -> None:
+def _run(nproc: int, nodes: int, timeout_s: float, out: Path, worker_args: list[str]) -> None:
     from clusterplan.profiler.runner import launch
 
     if not console.err.is_terminal:
-        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out))
+        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), nodes=nodes)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -71,7 +71,7 @@ def _run(nproc: int, timeout_s: float, out: Path, worker_args: list[str]) -> Non
         def on_progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total or None, description=label)
 
-        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), on_progress=on_progress)
+        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), on_progress=on_progress, nodes=nodes)
 
 
 @click.command()
@@ -87,9 +87,11 @@ def _run(nproc: int, timeout_s: float, out: Path, worker_args: list[str]) -> Non
               help="Seconds without progress after which a rank counts as hung and the run stops.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               help="cuda (NCCL) when torch sees GPUs, else cpu (gloo).")
+@click.option("--fake-nodes", type=click.IntRange(1, 64), default=1,
+              help="Split the CPU processes into this many pretend nodes (tries the scale_out level on one machine).")
 @format_option
 def profile(nproc: int | None, model: str | None, layout: str | None, quick: bool, out: Path, resume: bool,
-            timeout_s: float, device: str, fmt: str) -> None:
+            timeout_s: float, device: str, fake_nodes: int, fmt: str) -> None:
     """Measure GEMM, attention, memory and collectives with torch.distributed; write a calibration.
 
     Many machines: run `torchrun ... -m clusterplan.profiler.worker --out FILE` on each (see README).
@@ -104,9 +106,12 @@ def profile(nproc: int | None, model: str | None, layout: str | None, quick: boo
     nproc = nproc or gpus or 2
     if gpus and device != "cpu" and nproc > gpus:
         raise BadInputError(f"--nproc {nproc} but this machine has {gpus} GPUs; use --nproc {gpus} or fewer")
+    if fake_nodes > 1 and (gpus or nproc % fake_nodes):
+        raise BadInputError(f"--fake-nodes {fake_nodes} needs --device cpu and --nproc a multiple of it "
+                            f"(got --nproc {nproc}); on real nodes use torchrun (see README)")
     if nproc == 1:
         console.warn("--nproc 1: no collectives to measure (give --nproc 2 or more)")
-    _run(nproc, timeout_s, out, _worker_args(out, model, layout, quick, resume, device))
+    _run(nproc, fake_nodes, timeout_s, out, _worker_args(out, model, layout, quick, resume, device))
     data = load_mapping(out)
     if fmt == "json":
         console.json({"out": str(out), **{k: data[k] for k in ("meta", "gemm", "memory", "collectives") if k in data}})

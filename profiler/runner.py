@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,10 @@ from clusterplan.errors import BadInputError, ClusterplanError
 
 STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
 STARTUP_S = 120.0
+SETTLE_S = 2.0
+# What gloo and NCCL say on the ranks that lose a peer (pair.cc "Connection closed by peer", NCCL "remote process").
+PEER_LOSS = re.compile(r"closed by peer|reset by peer|remote worker|remote process|broken pipe|connection refused|"
+                       r"timed out|timeout", re.IGNORECASE)
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -46,6 +51,19 @@ class RankState:
     label: str = "start-up"
     changed_s: float = field(default_factory=time.monotonic)
     exited_s: float | None = None
+    exited_wall: float | None = None
+    failed_s: float | None = None
+    """When the launcher read this rank's "failed" line (monotonic)."""
+    failed_wall: float | None = None
+    """When the rank itself failed (its wall clock, same machine): orders failures across ranks."""
+    error: str = ""
+    bad_input: bool = False
+
+    def failing(self) -> bool:
+        return self.failed_s is not None or (self.exited_s is not None and self.proc.returncode != 0)
+
+    def failed_at(self) -> float:
+        return min(t for t in (self.failed_wall, self.exited_wall, float("inf")) if t is not None)
 
     def progress(self) -> tuple[int, int]:
         return (self.index, STATE_ORDER.get(self.state, 0))
@@ -57,11 +75,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_env(rank: int, nproc: int, port: int) -> dict[str, str]:
-    """The variables torchrun gives a worker on one node (torch/distributed/run.py), plus our heartbeat switch."""
+def worker_env(rank: int, nproc: int, port: int, nodes: int = 1) -> dict[str, str]:
+    """The variables torchrun gives a worker (torch/distributed/run.py), plus our heartbeat switch.
+
+    nodes > 1 splits the local processes into pretend nodes (CPU only), to exercise the scale_out level.
+    """
+    per_node = nproc // nodes
     env = dict(os.environ)
     env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(nproc),
-                "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
+                "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node), "GROUP_RANK": str(rank // per_node),
                 "CLUSTERPLAN_PROFILE_HEARTBEAT": "1", "PYTHONUNBUFFERED": "1"})
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default; also keeps CPU timings stable
     return env
@@ -73,6 +95,10 @@ def _follow(state: RankState, stream: IO[str]) -> None:
             beat = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if beat.get("state") == "failed":
+            state.failed_wall, state.error, state.bad_input = float(beat["at"]), beat["error"], beat["code"] == 2
+            state.failed_s = time.monotonic()
+            continue
         state.index, state.total = int(beat["index"]), int(beat["total"])
         state.state, state.label = beat["state"], beat.get("label") or state.label
         state.changed_s = time.monotonic()
@@ -80,6 +106,7 @@ def _follow(state: RankState, stream: IO[str]) -> None:
 
 def _await_exit(state: RankState) -> None:
     state.proc.wait()
+    state.exited_wall = time.time()
     state.exited_s = time.monotonic()
 
 
@@ -118,14 +145,20 @@ def _allowed_s(state: RankState, timeout_s: float) -> float:
 def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
     """True when all ranks finished; raises when one failed or hung."""
     kept = f"partial results kept in {out} (continue with --resume)"
-    failed = [r for r in ranks if r.exited_s is not None and r.proc.returncode != 0]
+    failed = [r for r in ranks if r.failing()]
     if failed:
-        first = min(failed, key=lambda r: r.exited_s or 0.0)
-        why = _last_error_line(first.log_path, first.rank)
-        if first.proc.returncode == 2 and why:
+        seen_s = min(t for r in failed for t in (r.failed_s, r.exited_s) if t is not None)
+        if not all(r.exited_s is not None for r in ranks) and time.monotonic() - seen_s < SETTLE_S:
+            return False  # let the peers report too, then blame the first to fail
+        # A rank whose error is about a lost peer is a victim; blame the first rank that failed on its own.
+        primary = [r for r in failed if not PEER_LOSS.search(r.error or _last_error_line(r.log_path, r.rank))]
+        first = min(primary or failed, key=RankState.failed_at)
+        why = first.error or _last_error_line(first.log_path, first.rank)
+        if (first.bad_input or first.proc.returncode == 2) and why:
             raise BadInputError(why)
-        raise ProfileError(f"rank {first.rank} {_exit_words(first.proc.returncode)} while measuring {first.label}"
-                           f"{': ' + why if why else ''}; {kept}; log {first.log_path}")
+        how = "failed" if first.exited_s is None else _exit_words(first.proc.returncode)
+        raise ProfileError(f"rank {first.rank} {how} while measuring {first.label}{': ' + why if why else ''}; "
+                           f"{kept}; log {first.log_path}")
     if all(r.exited_s is not None for r in ranks):
         return True
     running = [r for r in ranks if r.exited_s is None]
@@ -140,7 +173,7 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
 
 
 def launch(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
-           on_progress: ProgressFn | None = None) -> None:
+           on_progress: ProgressFn | None = None, nodes: int = 1) -> None:
     """Run `python -m clusterplan.profiler.worker WORKER_ARGS` on nproc local ranks until all finish."""
     log_dir = Path(tempfile.mkdtemp(prefix="clusterplan-profile-"))
     port = free_port()
@@ -152,7 +185,7 @@ def launch(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
             log_path = log_dir / f"rank{rank}.log"
             with open(log_path, "w", encoding="utf-8") as log:
                 proc = subprocess.Popen([sys.executable, "-m", "clusterplan.profiler.worker", *args],
-                                        env=worker_env(rank, nproc, port), stdout=subprocess.PIPE, stderr=log,
+                                        env=worker_env(rank, nproc, port, nodes), stdout=subprocess.PIPE, stderr=log,
                                         stdin=subprocess.DEVNULL, text=True)
             state = RankState(rank=rank, proc=proc, log_path=log_path)
             ranks.append(state)

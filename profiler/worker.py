@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -23,7 +24,7 @@ from clusterplan.profiler import store
 from clusterplan.profiler.sweep import Measurement, SweepConfig, build_plan, level_groups
 
 FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
-"""Fault injection for tests: "RANK:INDEX:exit" or "RANK:INDEX:hang" before measurement INDEX (0-based)."""
+"""Fault injection for tests: "RANK:INDEX:KIND" (KIND exit, hang or kill) before measurement INDEX (0-based)."""
 HEARTBEAT_ENV = "CLUSTERPLAN_PROFILE_HEARTBEAT"
 """Set by the launcher: each rank writes JSON progress lines on stdout for it to watch."""
 REFIT_EVERY_S = 2.0
@@ -74,6 +75,13 @@ class Heartbeat:
         elif self.rank == 0 and state == "begin":
             print(f"[{index + 1}/{total}] {label}", file=sys.stderr, flush=True)
 
+    def failed(self, error: str, code: int) -> None:
+        """Tell the launcher first, before the traceback and teardown let peers notice and fail too."""
+        if self.machine:
+            line = {"rank": self.rank, "state": "failed", "at": time.time(), "error": error, "code": code}
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+
 
 def inject_fault(rank: int, index: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
@@ -83,6 +91,8 @@ def inject_fault(rank: int, index: int) -> None:
     if int(f_rank) == rank and int(f_index) == index:
         if kind == "hang":
             time.sleep(10**6)
+        if kind == "kill":  # as the kernel's OOM killer would
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
@@ -147,7 +157,7 @@ def level_process_groups(env: RankEnv) -> dict[str, tuple[Any, list[int]]]:
     return mine
 
 
-def run(args: argparse.Namespace, env: RankEnv) -> None:
+def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
     import torch.distributed as dist
 
     from clusterplan.profiler.collectives import measure_collective
@@ -156,7 +166,6 @@ def run(args: argparse.Namespace, env: RankEnv) -> None:
     device = pick_device(args.device, env.local_rank)
     dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world_size,
                             timeout=dt.timedelta(seconds=args.timeout))
-    beat = Heartbeat(env.rank)
     pgs = level_process_groups(env)
     payload: list[Any] = [prepare(args, env, device, tuple(pgs)) if env.rank == 0 else None]
     dist.broadcast_object_list(payload, src=0)
@@ -192,14 +201,17 @@ def run(args: argparse.Namespace, env: RankEnv) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = os.environ.get("RANK", "?")
+    beat = Heartbeat(int(rank) if rank.isdigit() else -1)
     try:
-        run(args, rank_env())
+        run(args, rank_env(), beat)
     except ClusterplanError as exc:
+        beat.failed(str(exc), 2)
         print(f"error: rank {rank}: {exc}", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:  # a failed rank must say so in one last line, then exit non-zero
-        traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        beat.failed(f"{type(exc).__name__}: {first}", 1)
+        traceback.print_exc()
         print(f"error: rank {rank}: {type(exc).__name__}: {first}", file=sys.stderr, flush=True)
         return 1
     return 0

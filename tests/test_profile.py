@@ -116,6 +116,35 @@ def test_hung_rank_ends_the_run_within_the_timeout(tmp_path):
     assert wall_s < 45
 
 
+@pytest.mark.slow
+def test_two_pretend_nodes_measure_both_levels(tmp_path):
+    # 4 CPU processes as 2 nodes x 2: scale_up groups {0,1} and {2,3} run at once; scale_out is all 4 ranks.
+    out = tmp_path / "two-nodes.json"
+    code, _, err, _ = profile("--nproc", "4", "--fake-nodes", "2", "--quick", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    calib = calibration_from_dict(doc)
+    assert doc["meta"]["nodes"] == 2 and doc["meta"]["local_world_size"] == 2
+    for op in COLLECTIVES:
+        assert doc["collectives"][op]["scale_up"]["n_ranks"] == 2
+        assert doc["collectives"][op]["scale_out"]["n_ranks"] == 4
+        assert calib.collective(op, "scale_out") is not None
+
+
+@pytest.mark.slow
+def test_killed_rank_is_named(tmp_path):
+    # Rank 0 kills itself (as the OOM killer would) during the copy, while rank 1 waits at the barrier.
+    code, _, err, _ = profile("--nproc", "2", "--quick", "--out", str(tmp_path / "c.json"), fault="0:0:kill")
+    assert code == 2 and err.count("\n") == 1
+    assert "rank 0 was killed by SIGKILL while measuring copy 32 MiB" in err
+
+
+def test_fake_nodes_must_divide_nproc(run_cli, tmp_path):
+    code, _, err = run_cli("profile", "--nproc", "3", "--fake-nodes", "2", "--device", "cpu", "--out",
+                           str(tmp_path / "c.json"))
+    assert code == 2 and "--fake-nodes 2 needs" in err
+
+
 def test_corrupt_file_cannot_be_resumed(run_cli, tmp_path):
     bad = tmp_path / "calib.json"
     bad.write_text('{"format": "clusterplan-calibration", "version": 1, "gemm": {')
