@@ -12,13 +12,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.servesim import Engine, SimResult, Slo, max_rate_rps, simulate, slo_batch
+from clusterplan.models.servesim import (
+    WARMUP_FRACTION,
+    Engine,
+    SimResult,
+    Slo,
+    max_rate_rps,
+    simulate,
+    slo_batch,
+)
 from clusterplan.models.serving import ServingInstance, serving_memory, step_model
 from clusterplan.models.traffic import Bucket
 from clusterplan.solver.melange import Mix, MixProblem, solve_mix
 
 SIM_REQUESTS = 200
-"""Requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
+"""Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
+
+
+def sim_requests(percentile: float) -> int:
+    """Enough requests that at least 4 measured ones lie beyond the percentile (200 at p90, 534 at p99)."""
+    return int(min(max(SIM_REQUESTS, math.ceil(4.0 / (1.0 - percentile / 100.0) / (1.0 - WARMUP_FRACTION))), 4000))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,8 +107,9 @@ def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[f
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",
                    transfer: tuple[tuple[float, float], ...] | None = None) -> CapacityTable:
     """Simulated capacity of each instance on each bucket (each cell a search over arrival rates)."""
-    gaps = np.resize(np.asarray(work.unit_gaps, dtype=float), SIM_REQUESTS)
-    reqs = [bucket_requests(b, SIM_REQUESTS, work.seed) for b in work.buckets]
+    n = sim_requests(work.slo.percentile)
+    gaps = np.resize(np.asarray(work.unit_gaps, dtype=float), n)
+    reqs = [bucket_requests(b, n, work.seed) for b in work.buckets]
     # A prefill-only instance never sees output lengths: buckets with the same input bin share a capacity.
     keys = [b.input_edges if mode == "prefill" else (b.input_edges, b.output_edges) for b in work.buckets]
     engines, caps, idles = [], [], []
@@ -150,7 +164,7 @@ def describe_pools(table: CapacityTable, mix: Mix, work: Workload, limits: Limit
         if not count:
             continue
         per_bucket = np.asarray(mix.share[g]) * rates
-        inp, out = _mixture(work, per_bucket)
+        inp, out = _mixture(work, per_bucket, 2 * sim_requests(work.slo.percentile))
         step = step_model(inst)
         for extra in range(REPAIR_STEPS + 1):
             result = _simulate_share(step, table.engines[g], work, inp, out, float(per_bucket.sum()) / (count + extra))
