@@ -10,6 +10,7 @@ from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
 from clusterplan.models.layout import Layout
 from clusterplan.models.planfile import write_plan
+from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search
 
@@ -54,6 +55,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
                         objective=objective, tokens=tokens)
     rerank_on_links(result, calibration)
     data = result.to_json()
+    if not cluster.is_homogeneous:
+        with console.status("balancing pipeline stages across GPU types"):
+            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed).to_json()
     if out_path:
         write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
                    prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
@@ -61,6 +65,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         console.json(data)
     else:
         _render(data)
+        if "mixed_gpu_types" in data:
+            _render_mixed(data["mixed_gpu_types"])
     s = data["search"]
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
                  + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
@@ -101,3 +107,23 @@ def _render(data: dict) -> None:
 
 def _span(values: list[int]) -> str:
     return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def _render_mixed(mixed: dict) -> None:
+    lay = mixed["layout"]
+    console.text("")
+    console.text(f"mixed GPU types: pipeline of {lay['pp']} stages (tp{lay['tp']} dp{lay['dp']} mbs{lay['mbs']} "
+                 f"{lay['recompute']}), layers balanced by stage speed under each type's memory")
+    even = {i: st for i, st in enumerate(mixed["even_split"]["stages"])} if mixed["even_split"] else {}
+    console.table(None, ["stage", "GPU", "layers", "stage s", "peak GiB", "even split layers", "even peak GiB"], [
+        (i, st["gpu"], st["layers"], f"{st['stage_s']:.4f}", f"{st['peak_gib']:.1f}",
+         even.get(i, {}).get("layers", "-"), f"{even[i]['peak_gib']:.1f}" if i in even else "-")
+        for i, st in enumerate(mixed["balanced"]["stages"])], justify_right=[True, False, True, True, True, True, True])
+    parts = [f"step {mixed['balanced']['step_time_s']:.4g} s"]
+    if mixed["even_split"]:
+        ev = mixed["even_split"]
+        parts.append(f"even split {ev['step_time_s']:.4g} s" + ("" if ev["fits"] else " but out of memory"))
+    if mixed.get("fastest_type_only"):
+        parts.append(f"fastest type alone {mixed['fastest_type_only']['step_time_s']:.4g} s "
+                     f"(balanced mix is {mixed['gain_vs_fastest_only']:+.0%} faster)")
+    console.text("; ".join(parts))

@@ -95,23 +95,52 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     return tp, cp, ep
 
 
+@dataclass(frozen=True, slots=True)
+class LayerCost:
+    """One average layer (dense and MoE layers mixed by their share) per micro-batch, forward + backward."""
+
+    compute_s: np.ndarray
+    tp_s: np.ndarray
+    cp_s: np.ndarray
+    ep_s: np.ndarray
+    hardware_flops: np.ndarray
+    forward_s: np.ndarray
+    backward_s: np.ndarray
+    head_s: np.ndarray
+    """LM head and loss, forward + backward (last stage only)."""
+
+    @property
+    def total_s(self) -> np.ndarray:
+        return self.compute_s + self.tp_s + self.cp_s + self.ep_s
+
+
+def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> LayerCost:
+    moe_share = shapes.moe_fraction
+    dense = layer_time(shapes, L, hw, False)
+    compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
+    flops = (1 - moe_share) * dense.hardware_flops
+    tp_d, cp_d, _ = _layer_comm(shapes, L, hw, False, dense.core_forward_s)
+    tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
+    if moe_share:
+        sparse = layer_time(shapes, L, hw, True)
+        compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
+        flops = flops + moe_share * sparse.hardware_flops
+        tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, True, sparse.core_forward_s)
+        tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
+    head_f, head_b = head_time(shapes, L, hw)
+    return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops,
+                     forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b)
+
+
 def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
     """Predicted time of one optimizer step with every term separate (they add up to step_s)."""
     m = L.microbatches
     layers = stage_layers(shapes, L)
-    moe_share = shapes.moe_fraction
-    dense = layer_time(shapes, L, hw, False)
-    t_layer_c = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
-    flops_layer = (1 - moe_share) * dense.hardware_flops
-    tp_d, cp_d, ep_d = _layer_comm(shapes, L, hw, False, dense.core_forward_s)
-    tp_l, cp_l, ep_l = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, 0.0 * ep_d
-    if moe_share:
-        sparse = layer_time(shapes, L, hw, True)
-        t_layer_c = t_layer_c + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
-        flops_layer = flops_layer + moe_share * sparse.hardware_flops
-        tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, True, sparse.core_forward_s)
-        tp_l, cp_l, ep_l = tp_l + moe_share * tp_s, cp_l + moe_share * cp_s, moe_share * ep_s
-    head_f, head_b = head_time(shapes, L, hw)
+    cost = layer_cost(shapes, L, hw)
+    t_layer_c, flops_layer = cost.compute_s, cost.hardware_flops
+    tp_l, cp_l, ep_l = cost.tp_s, cost.cp_s, cost.ep_s
+    head_f, head_b = cost.head_s, 0.0
+    dense = cost
     # Per micro-batch time of each stage; the slowest sets the pipeline's pace.
     first = layers.first * (t_layer_c + tp_l + cp_l + ep_l)
     last = layers.last * (t_layer_c + tp_l + cp_l + ep_l) + head_f + head_b

@@ -1,0 +1,200 @@
+"""Mixed GPU types: pipeline stages assigned to GPU types with an uneven layer split that balances stage times
+under each type's memory (Metis / AMP's heterogeneous pipelines), compared with the fastest type alone and with a
+naive even split.
+
+Every stage spans the same tp x cp x dp GPUs; a node group of N GPUs hosts N / (tp*cp*dp) consecutive stages.
+For a fixed stage order, minimising the slowest stage is separable: stage s can hold at most
+min(floor(T / t_s), memory limit) layers, so the best T is the smallest candidate k * t_s whose capacities
+sum to the model's layers (exact; binary search over the sorted candidates).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.models.batch import LayoutArrays
+from clusterplan.models.calibration import Calibration
+from clusterplan.models.cluster import Cluster
+from clusterplan.models.hw import HardwareRates
+from clusterplan.models.layout import Layout, layout_problems
+from clusterplan.models.memory import (
+    GIB,
+    ends_activation_bytes,
+    layers_activation_bytes,
+    other_bytes,
+    stage_params,
+    state_bytes,
+)
+from clusterplan.models.shapes import ModelShapes
+from clusterplan.models.spec import ModelSpec
+from clusterplan.models.training import layer_cost, step_time
+
+
+@dataclass(frozen=True, slots=True)
+class StageSplit:
+    gpu: tuple[str, ...]
+    layers: tuple[int, ...]
+    stage_s: tuple[float, ...]
+    peak_gib: tuple[float, ...]
+    step_time_s: float
+    fits: bool = True
+    """Every stage within its GPU's memory (a naive even split may not be)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeteroPlan:
+    layout: Layout
+    balanced: StageSplit
+    even: StageSplit | None
+    """The same stages with layers split as evenly as integers allow (may not fit: see `fits`)."""
+    fastest_only_step_s: float | None
+    """Best homogeneous layout on the fastest GPU type's nodes alone, same global batch (None if nothing fits)."""
+    fastest_only_layout: Layout | None
+
+    def to_json(self) -> dict:
+        def split(s: StageSplit | None) -> dict | None:
+            if s is None:
+                return None
+            return {"step_time_s": round(s.step_time_s, 6), "fits": s.fits, "stages": [
+                {"gpu": g, "layers": n, "stage_s": round(t, 6), "peak_gib": round(p, 3)}
+                for g, n, t, p in zip(s.gpu, s.layers, s.stage_s, s.peak_gib, strict=True)]}
+        out = {"layout": self.layout.to_dict(), "balanced": split(self.balanced), "even_split": split(self.even),
+               "fastest_type_only": None}
+        if self.fastest_only_step_s is not None and self.fastest_only_layout is not None:
+            out["fastest_type_only"] = {"step_time_s": round(self.fastest_only_step_s, 6),
+                                        "layout": self.fastest_only_layout.to_dict()}
+            out["gain_vs_fastest_only"] = round(self.fastest_only_step_s / self.balanced.step_time_s - 1, 4)
+        if self.even is not None and self.even.fits:
+            out["gain_vs_even_split"] = round(self.even.step_time_s / self.balanced.step_time_s - 1, 4)
+        return out
+
+
+def _sub_cluster(cluster: Cluster, index: int) -> Cluster:
+    return replace(cluster, groups=(cluster.groups[index],), node_bandwidth_gb_per_s=None)
+
+
+def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, layers: np.ndarray) -> np.ndarray:
+    """Peak bytes of pipeline stage `stage` holding `layers` layers (1F1B: pp - stage micro-batches in flight)."""
+    first, last = stage == 0, stage == pp - 1
+    arr = LayoutArrays.from_columns(**{f: np.repeat(getattr(one, f), len(layers)) for f in one.__dataclass_fields__})
+    st = state_bytes(shapes, arr, stage_params(shapes, arr, layers, first, last), layers)
+    per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last")  # one micro-batch in flight
+    inflight = min(pp - stage, float(one.microbatches[0]))
+    acts = inflight * per_layer * layers + ends_activation_bytes(shapes, arr, first, last)
+    return st.weights + st.grads + st.optimizer + st.fsdp_buffers + acts + other_bytes(arr, acts)
+
+
+def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: float) -> list[int] | None:
+    """Layers per stage minimising the slowest stage time under per-stage layer caps (exact)."""
+    pp = len(per_layer_s)
+    extra = [0.0] * (pp - 1) + [head_s]
+    candidates = sorted({k * t + e for t, c, e in zip(per_layer_s, cap, extra, strict=True) for k in range(1, c + 1)})
+
+    def take(limit: float) -> list[int]:
+        return [max(0, min(c, int((limit - e) / t + 1e-9))) for t, c, e in zip(per_layer_s, cap, extra, strict=True)]
+
+    lo, hi = 0, len(candidates) - 1
+    if hi < 0 or sum(take(candidates[hi])) < n_layers:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sum(take(candidates[mid])) >= n_layers:
+            hi = mid
+        else:
+            lo = mid + 1
+    layers = take(candidates[lo])
+    # Give back any surplus from the stages whose time is furthest below the limit (keeps the max unchanged).
+    surplus = sum(layers) - n_layers
+    for s in sorted(range(pp), key=lambda i: layers[i] * per_layer_s[i] + extra[i]):
+        drop = min(surplus, layers[s] - 1)
+        layers[s] -= drop
+        surplus -= drop
+    return layers if surplus == 0 and min(layers) >= 1 else None
+
+
+def _split_result(order, per_layer_s, head_s, layers, shapes, one, pp, m, mem_of, caps) -> StageSplit:
+    stage_s = [n * per_layer_s[s] + (head_s[s] if s == pp - 1 else 0.0) for s, n in enumerate(layers)]
+    peaks = [float(mem_of(s, np.array([float(n)]))[0]) / GIB for s, n in enumerate(layers)]
+    # Pipeline: m micro-batches at the slowest stage's pace plus (pp-1) stage times of fill and drain.
+    step = (m + pp - 1) * max(stage_s)
+    return StageSplit(gpu=tuple(order), layers=tuple(int(n) for n in layers), stage_s=tuple(stage_s),
+                      peak_gib=tuple(peaks), step_time_s=step, fits=all(n <= c for n, c in zip(layers, caps, strict=True)))
+
+
+def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,
+                fixed: dict | None = None) -> HeteroPlan:
+    """The best stage-to-type assignment and layer split over tp, cp, dp, micro-batch and recompute."""
+    if cluster.is_homogeneous:
+        raise InfeasibleError("hetero_plan needs a cluster with more than one GPU type")
+    shapes = ModelShapes.of(model)
+    sizes = [g.count * g.gpus_per_node for g in cluster.groups]
+    rates = [HardwareRates.of(_sub_cluster(cluster, i), calibration) for i in range(len(cluster.groups))]
+    domain = min(g.gpus_per_node for g in cluster.groups)
+    best: tuple[float, Layout, StageSplit, StageSplit | None] | None = None
+    fixed = fixed or {}
+    for tp, cp, mbs, recompute, zero in itertools.product(
+            [fixed["tp"]] if "tp" in fixed else [t for t in (1, 2, 4, 8) if t <= domain],
+            [fixed.get("cp", 1)], [fixed["mbs"]] if "mbs" in fixed else (1, 2, 4),
+            [fixed["recompute"]] if "recompute" in fixed else ("none", "full"), [fixed.get("zero", 1)]):
+        for dp in (d for d in range(1, min(sizes) + 1) if all(n % (tp * cp * d) == 0 for n in sizes)):
+            stages = [n // (tp * cp * dp) for n in sizes]
+            pp = sum(stages)
+            if pp < 2 or pp > model.n_layers or gbs % (dp * mbs):
+                continue
+            layout = Layout(tp=tp, cp=cp, dp=dp, pp=pp, mbs=mbs, gbs=gbs, seq=seq, recompute=recompute, zero=zero,
+                            sp=tp > 1)
+            if [p for p in layout_problems(model, layout, cluster.world_size) if "n_layers(" not in p]:
+                continue
+            one = LayoutArrays.from_layouts([layout])
+            costs = [layer_cost(shapes, one, hw) for hw in rates]
+            for order_idx in itertools.permutations(range(len(cluster.groups))):
+                result = _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster)
+                if result and (best is None or result[0].step_time_s < best[0]):
+                    best = (result[0].step_time_s, layout, result[0], result[1])
+    if best is None:
+        raise InfeasibleError(f"no pipeline split of {model.name} fits the GPU types of {cluster.describe()}")
+    _, layout, balanced, even = best
+    fast_i = max(range(len(cluster.groups)), key=lambda i: rates[i].gemm_max_flops)
+    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration)
+    return HeteroPlan(layout=layout, balanced=balanced, even=even, fastest_only_step_s=fast_step,
+                      fastest_only_layout=fast_layout)
+
+
+def _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster):
+    pp, n_layers, m = layout.pp, shapes.n_layers, layout.microbatches
+    stage_group = [g for g in order_idx for _ in range(stages[g])]
+    per_layer = [float(costs[g].total_s[0]) for g in stage_group]
+    head = [float(costs[g].head_s[0]) for g in stage_group]
+    mem_of = lambda s, layers: _stage_memory(shapes, one, s, pp, layers)  # noqa: E731
+    grid = np.arange(1, n_layers + 1, dtype=float)
+    caps = []
+    for s, g in enumerate(stage_group):
+        fits = mem_of(s, grid) <= rates[g].memory_bytes
+        caps.append(int(grid[fits].max()) if fits.any() else 0)
+    if min(caps) < 1:
+        return None
+    names = [cluster.groups[g].gpu.name for g in stage_group]
+    layers = _balance(per_layer, caps, n_layers, head[-1])
+    if layers is None:
+        return None
+    balanced = _split_result(names, per_layer, head, layers, shapes, one, pp, m, mem_of, caps)
+    even_layers = [n_layers // pp + (1 if s < n_layers % pp else 0) for s in range(pp)]
+    even = _split_result(names, per_layer, head, even_layers, shapes, one, pp, m, mem_of, caps)
+    return balanced, even
+
+
+def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration) -> tuple[float | None, Layout | None]:
+    from clusterplan.solver.search import search
+
+    try:
+        result = search(model, sub, gbs, seq, top=1, calibration=calibration)
+    except InfeasibleError:
+        return None, None
+    return result.plans[0].to_json()["step_time_s"], result.plans[0].layout
+
+
+__all__ = ["HeteroPlan", "StageSplit", "hetero_plan", "step_time"]

@@ -1,0 +1,57 @@
+"""Mixed GPU types: stages on H100 and A100 nodes with layers balanced by speed under each type's memory."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clusterplan.models.catalog import load_model
+from clusterplan.models.cluster import load_cluster
+from clusterplan.solver.hetero import _balance, hetero_plan
+
+MIXED = str(Path(__file__).parent / "fixtures" / "clusters" / "mixed_h100_a100.yaml")
+
+
+@settings(max_examples=60, deadline=None)
+@given(times=st.lists(st.floats(0.5, 3.0), min_size=2, max_size=4), n=st.integers(4, 12),
+       cap=st.integers(2, 8), head=st.floats(0.0, 2.0))
+def test_balance_is_the_exact_min_max_split(times, n, cap, head):
+    caps = [cap] * len(times)
+    got = _balance(times, caps, n, head)
+    best = None
+    for split in itertools.product(range(1, cap + 1), repeat=len(times)):
+        if sum(split) == n:
+            worst = max(k * t + (head if i == len(times) - 1 else 0) for i, (k, t) in enumerate(zip(split, times, strict=True)))
+            best = worst if best is None else min(best, worst)
+    if best is None:
+        assert got is None
+    else:
+        assert got is not None and sum(got) == n and all(1 <= k <= cap for k in got)
+        worst = max(k * t + (head if i == len(times) - 1 else 0) for i, (k, t) in enumerate(zip(got, times, strict=True)))
+        assert abs(worst - best) < 1e-9
+
+
+def test_mixed_cluster_balances_layers_and_beats_alternatives():
+    plan = hetero_plan(load_model("llama3.1-70b"), load_cluster(MIXED), 256, 4096)
+    bal = plan.balanced
+    assert sum(bal.layers) == 80 and bal.fits
+    assert all(p <= 79.6 for p in bal.peak_gib)
+    # Faster GPUs carry more layers: every H100 stage holds more than every A100 stage.
+    h100 = [n for g, n in zip(bal.gpu, bal.layers, strict=True) if g.startswith("H100")]
+    a100 = [n for g, n in zip(bal.gpu, bal.layers, strict=True) if g.startswith("A100")]
+    assert min(h100) > max(a100)
+    # The naive even split of the same stages is slower or does not fit; the mix beats the H100 nodes alone.
+    assert plan.even is not None and (not plan.even.fits or plan.even.step_time_s >= bal.step_time_s)
+    assert plan.fastest_only_step_s is not None and plan.fastest_only_step_s > bal.step_time_s
+
+
+def test_plan_cli_reports_mixed_types(run_cli):
+    code, out, _ = run_cli("plan", "--model", "llama3.1-70b", "--cluster", MIXED, "--gbs", "256", "--seq", "4096",
+                           "--top", "1", "--format", "json")
+    assert code == 0
+    mixed = json.loads(out)["mixed_gpu_types"]
+    assert mixed["gain_vs_fastest_only"] > 0 and mixed["balanced"]["fits"]
