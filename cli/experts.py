@@ -133,9 +133,6 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     model, cluster = _moe_model(model_ref), load_cluster(cluster_ref)
     stats = load_stats(stats_path)
     check_against_model(stats, model.n_experts, model.n_moe_layers, model.name)
-    if stats.n_layers < model.n_moe_layers:
-        console.warn(f"{stats_path}: {stats.n_layers} of {model.name}'s {model.n_moe_layers} MoE layers; "
-                     "placing the first ones only")
     fabric = fabric_for(cluster, model, dispatch_dtype)
     spg = slots_per_gpu if slots_per_gpu is not None else _default_slots(model.n_experts, fabric.n_gpus)
     if spg < 1:
@@ -146,6 +143,9 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     scale = tokens_per_step / float(stats.tokens_per_layer(model.top_k).mean()) if tokens_per_step else 1.0
     base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=spg, n_gpus=fabric.n_gpus,
                           gpus_per_node=fabric.gpus_per_node, n_groups=groups)
+    if stats.n_layers < model.n_moe_layers:
+        console.warn(f"{stats_path}: {stats.n_layers} of {model.name}'s {model.n_moe_layers} MoE layers; "
+                     "placing the first ones only")
     placements = {"eplb": base} if method in ("eplb", "both") else {}
     result: dict[str, Any] = {"model": model.name, "cluster": cluster_ref, "stats": stats_path,
                               "num_gpus": fabric.n_gpus, "num_nodes": fabric.n_nodes, "slots_per_gpu": spg,

@@ -7,9 +7,12 @@ Decomposition (MoETuner's two-ILP idea and EPLB's node-then-GPU hierarchy, resea
 - Per layer, ILP 1 puts replicas on nodes and ILP 2 puts each node's replicas on its GPUs. Integer y[e, n]
   (z[e, g]) counts replicas of expert e on node n (GPU g). Objective, in microseconds: busiest node's (GPU's)
   expert compute + busiest NIC's cross-node time + the mean NIC time (which drives total cross-node bytes).
-- Warm start: EPLB's balanced packing of the same replicas; the busiest node/GPU may not be heavier than in
-  that packing. A layer whose result is heavier or sends more bytes across nodes than the baseline's layer
-  keeps the baseline's layer; a whole placement worse than the baseline is replaced by the baseline.
+- Warm start: EPLB's balanced packing of the same replicas; the busiest node may be at most `load_slack`
+  heavier and the busiest GPU no heavier than in that packing. A layer whose busiest GPU is heavier than
+  the baseline's keeps the baseline's layer; a placement with a worse worst-layer max/mean or more total
+  cross-node bytes than the baseline is replaced by the baseline (so the ILP is never worse on either).
+- Lookahead: the node ILP also counts next-layer tokens that cannot stay on their node because a
+  replicated expert is spread over nodes (`_lookahead`), so layer-by-layer placement keeps locality.
 CBC runs single-threaded with a fixed seed and a node limit per subproblem, so results repeat unless the
 wall-clock safety limit (`time_limit_s` shared over subproblems) cuts a solve short (reported).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +33,8 @@ from clusterplan.models.placement_metrics import (
     Fabric,
     Placement,
     evaluate,
-    layer_metrics,
     origin,
     summary,
-    traffic,
 )
 from clusterplan.models.routing import RoutingStats
 from clusterplan.solver.experts import balanced_packing, replicate_experts
@@ -43,8 +45,10 @@ class IlpOptions:
     time_limit_s: float = 60.0
     """Wall-clock limit for all subproblems together."""
     seed: int = 0
-    max_nodes: int = 10
+    max_nodes: int = 3
     """CBC branch-and-bound nodes per subproblem (a deterministic work limit)."""
+    lookahead: float = 1.0
+    """Weight of the next layer's unavoidable cross-node tokens (replicas spread over nodes) in the node ILP."""
     load_slack: float = 0.05
     """How much heavier than EPLB's balanced packing of the same replicas a node may get to save traffic."""
 
@@ -58,6 +62,8 @@ class SolveLog:
     subproblems: int = 0
     proven_optimal: int = 0
     hit_time_limit: int = 0
+    cbc_s: float = 0.0
+    """Wall-clock time spent in CBC runs (the rest is building models and metrics)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,19 +87,38 @@ class IlpResult:
 
 # ---- CBC ----------------------------------------------------------------------------------------
 _NUMBER = r"([-+0-9.eE]+)"
+FINAL_RESERVE = 0.02
+"""Share of the time limit kept for comparing the finished placement with the baseline."""
 MIN_SOLVE_S = 0.05
 """Below this much time left per subproblem, layers are packed without a solve so the limit holds."""
 
 
-def _solve(prob: pulp.LpProblem, limit_s: float, opts: IlpOptions) -> tuple[float, float, bool, bool]:
-    """Solve with CBC; returns (objective, bound, proven optimal, stopped on time)."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Solved:
+    objective_us: float
+    bound_us: float
+    optimal: bool
+    timed_out: bool
+    cbc_s: float
+
+    def failed(self) -> _Solved:
+        """The same run when its solution was unusable and the warm start is kept."""
+        return _Solved(objective_us=self.objective_us, bound_us=self.bound_us, optimal=False,
+                       timed_out=self.timed_out, cbc_s=self.cbc_s)
+
+
+def _solve(prob: pulp.LpProblem, limit_s: float, opts: IlpOptions) -> _Solved:
+    """Solve with CBC; objective and bound from its log (bound = objective when proven optimal)."""
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="clusterplan-cbc-") as tmp:
         log_path = Path(tmp) / "cbc.log"
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(limit_s, 0.05), threads=1, warmStart=True,
-                                   gapRel=1e-4, logPath=str(log_path), keepFiles=False,
-                                   options=[f"randomSeed {opts.seed + 1}", f"randomCbcSeed {opts.seed + 1}",
-                                            f"maxNodes {opts.max_nodes}", "cuts off"])
-        prob.solve(solver)
+        with warnings.catch_warnings():  # PuLP >= 3.3 flags the bundled-CBC class as deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(limit_s, 0.05), threads=1, warmStart=True,
+                                       gapRel=1e-4, logPath=str(log_path), keepFiles=False,
+                                       options=[f"randomSeed {opts.seed + 1}", f"randomCbcSeed {opts.seed + 1}",
+                                                f"maxNodes {opts.max_nodes}", "cuts off"])
+            prob.solve(solver)
         text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     objective = pulp.value(prob.objective)
     objective = float(objective) if objective is not None else float("nan")
@@ -102,7 +127,8 @@ def _solve(prob: pulp.LpProblem, limit_s: float, opts: IlpOptions) -> tuple[floa
     found = re.search(r"Lower bound:\s*" + _NUMBER, text)
     if found and not optimal:
         bound = min(float(found.group(1)), objective)
-    return objective, bound, optimal, "Stopped on time" in text
+    return _Solved(objective_us=objective, bound_us=bound, optimal=optimal, timed_out="Stopped on time" in text,
+                   cbc_s=time.monotonic() - started)
 
 
 # ---- one layer ----------------------------------------------------------------------------------
@@ -111,6 +137,7 @@ class _Layer:
     tokens: np.ndarray  # [E]
     count: np.ndarray  # [E] replicas
     origin_eg: np.ndarray  # [E, G]
+    has_next: bool = False  # transitions to a next layer exist, so where replicas sit shapes its origins
 
     @property
     def per_replica(self) -> np.ndarray:
@@ -122,6 +149,14 @@ def _coefficients_us(fabric: Fabric) -> tuple[float, float, float]:
     per_token_bytes = fabric.dispatch_bytes_per_token + fabric.combine_bytes_per_token
     return (fabric.expert_s_per_token * 1e6, per_token_bytes / fabric.scale_out_busbw_bytes_per_s * 1e6,
             per_token_bytes / fabric.scale_up_busbw_bytes_per_s * 1e6)
+
+
+def _var(prob: pulp.LpProblem, name: str, low: float | None = None, up: float | None = None,
+         cat: str = "Continuous") -> pulp.LpVariable:
+    """A variable of `prob` (PuLP >= 3.3 attaches it via add_variable; older versions construct it)."""
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, low, up, cat=cat)
+    return pulp.LpVariable(name, low, up, cat=cat)
 
 
 def _dot(variables: list, coefficients: np.ndarray) -> pulp.LpAffineExpression:
@@ -139,7 +174,7 @@ def _warm_counts(weights: np.ndarray, count: np.ndarray, n_packs: int) -> np.nda
 
 
 def _node_stage(lay: _Layer, fabric: Fabric, slots_per_node: int, limit_s: float,
-                opts: IlpOptions) -> tuple[np.ndarray, tuple[float, float, bool, bool]]:
+                opts: IlpOptions) -> tuple[np.ndarray, _Solved]:
     """[E, N] replicas per node."""
     n_nodes, gpn = fabric.n_nodes, fabric.gpus_per_node
     w = lay.per_replica
@@ -150,9 +185,9 @@ def _node_stage(lay: _Layer, fabric: Fabric, slots_per_node: int, limit_s: float
     comp_us, nic_us, _ = _coefficients_us(fabric)
     prob = pulp.LpProblem("expert_nodes", pulp.LpMinimize)
     live = range(len(w))
-    y = {(e, n): pulp.LpVariable(f"y_{e}_{n}", 0, int(lay.count[e]), cat="Integer") for e in live
+    y = {(e, n): _var(prob, f"y_{e}_{n}", 0, int(lay.count[e]), "Integer") for e in live
          for n in range(n_nodes)}
-    z_load, w_nic = pulp.LpVariable("max_node_tokens", 0), pulp.LpVariable("max_node_nic_tokens", 0)
+    z_load, w_nic = _var(prob, "max_node_tokens", 0), _var(prob, "max_node_nic_tokens", 0)
     remote_in = []
     for n in range(n_nodes):
         col = [y[e, n] for e in live]
@@ -167,15 +202,39 @@ def _node_stage(lay: _Layer, fabric: Fabric, slots_per_node: int, limit_s: float
         prob += _dot([y[e, n] for n in range(n_nodes)], np.ones(n_nodes)) == int(lay.count[e])
     prob += z_load <= cap * (1 + 1e-9)
     # Busiest node's compute and NIC time per GPU (a node's load spreads over its GPUs), plus mean NIC time.
-    prob += comp_us / gpn * z_load + nic_us / gpn * w_nic + nic_us / fabric.n_gpus * pulp.lpSum(remote_in)
+    lookahead = _lookahead(prob, y, lay, warm, n_nodes) if lay.has_next else 0.0
+    prob += comp_us / gpn * z_load + nic_us / gpn * w_nic + nic_us / fabric.n_gpus * (
+        pulp.lpSum(remote_in) + opts.lookahead * lookahead)
     for (e, n), var in y.items():
         var.setInitialValue(int(warm[e, n]))
     z_load.setInitialValue(warm_max)
     stats = _solve(prob, limit_s, opts)
     got = np.array([[round(y[e, n].value() or 0) for n in range(n_nodes)] for e in live], dtype=np.int64)
     if not _valid(got, lay.count, slots_per_node):
-        return warm, (stats[0], stats[1], False, stats[3])
+        return warm, stats.failed()
     return got, stats
+
+
+def _lookahead(prob: pulp.LpProblem, y: dict, lay: _Layer, warm: np.ndarray, n_nodes: int) -> object:
+    """Tokens of the next layer that cannot stay on their node: sum_e tokens_e * (1 - largest node share of e).
+
+    A replicated expert spread over nodes splits where its tokens start the next layer, so at most its
+    largest node share can meet a co-located successor. v_e <= share on node n unless u[e, n] picks another.
+    """
+    terms = []
+    for e in np.flatnonzero(lay.count > 1):
+        e = int(e)
+        u = [_var(prob, f"u_{e}_{n}", 0, 1, "Binary") for n in range(n_nodes)]
+        v = _var(prob, f"v_{e}", 0, 1)
+        prob += _dot(u, np.ones(n_nodes)) == 1
+        for n in range(n_nodes):
+            prob += v <= y[e, n] * (1.0 / lay.count[e]) + 1 - u[n]
+        best = int(np.argmax(warm[e]))
+        for n in range(n_nodes):
+            u[n].setInitialValue(int(n == best))
+        v.setInitialValue(float(warm[e, best] / lay.count[e]))
+        terms.append(float(lay.tokens[e]) * (1 - v))
+    return pulp.lpSum(terms)
 
 
 def _valid(counts: np.ndarray, want: np.ndarray, per_pack: int) -> bool:
@@ -183,7 +242,7 @@ def _valid(counts: np.ndarray, want: np.ndarray, per_pack: int) -> bool:
 
 
 def _gpu_stage(lay: _Layer, on_node: np.ndarray, fabric: Fabric, slots_per_gpu: int, limit_s: float,
-               opts: IlpOptions) -> tuple[np.ndarray, tuple[float, float, bool, bool]]:
+               opts: IlpOptions) -> tuple[np.ndarray, _Solved]:
     """[E, G] replicas per GPU given replicas per node `on_node` [E, N]; the nodes' blocks share one CBC run."""
     gpn = fabric.gpus_per_node
     prob = pulp.LpProblem("expert_gpus", pulp.LpMinimize)
@@ -203,7 +262,7 @@ def _gpu_stage(lay: _Layer, on_node: np.ndarray, fabric: Fabric, slots_per_gpu: 
         got[e, g] = round(var.value() or 0)
     ok = all(_valid(got[:, n * gpn:(n + 1) * gpn], on_node[:, n], slots_per_gpu) for n in range(fabric.n_nodes))
     if not ok:
-        return warm, (result[0], result[1], False, result[3])
+        return warm, result.failed()
     return got, result
 
 
@@ -219,12 +278,12 @@ def _gpu_block(prob: pulp.LpProblem, z: dict, lay: _Layer, on_node: np.ndarray, 
     # Cross-node tokens each GPU sends are fixed by the node stage (origin x replicas on other nodes).
     sent_remote = (o * (lay.tokens - w * on_node[:, n])[:, None]).sum(axis=0)
     here = [int(e) for e in np.flatnonzero(on_node[:, n])]
-    z_load = pulp.LpVariable(f"max_gpu_tokens_{n}", 0, warm_max * (1 + 1e-9))
-    w_nic = pulp.LpVariable(f"max_gpu_nic_tokens_{n}", float(sent_remote.max()))
+    z_load = _var(prob, f"max_gpu_tokens_{n}", 0, warm_max * (1 + 1e-9))
+    w_nic = _var(prob, f"max_gpu_nic_tokens_{n}", float(sent_remote.max()))
     gpus = range(first, first + gpn)
     for e in here:
         for g in gpus:
-            z[e, g] = pulp.LpVariable(f"z_{e}_{g}", 0, int(on_node[e, n]), cat="Integer")
+            z[e, g] = _var(prob, f"z_{e}_{g}", 0, int(on_node[e, n]), "Integer")
         prob += _dot([z[e, g] for g in gpus], np.ones(gpn)) == int(on_node[e, n])
     local_in = []
     for g in gpus:
@@ -243,27 +302,21 @@ def _to_slots(per_gpu: np.ndarray) -> np.ndarray:
     return np.concatenate([np.repeat(np.arange(per_gpu.shape[0]), per_gpu[:, g]) for g in range(per_gpu.shape[1])])
 
 
-def _better_or_baseline(cand: np.ndarray, base: np.ndarray, lay: _Layer, fabric: Fabric) -> bool:
-    """Is the candidate [E, G] placement at least as good as the baseline's on max load and cross-node tokens?"""
-    mine = layer_metrics(traffic(lay.tokens, lay.origin_eg, cand), fabric)
-    theirs = layer_metrics(traffic(lay.tokens, lay.origin_eg, base), fabric)
-    tol = 1 + 1e-9
-    return mine.max_load_tokens <= theirs.max_load_tokens * tol and \
-        mine.cross_node_tokens <= theirs.cross_node_tokens * tol
+def _not_heavier(cand: np.ndarray, base: np.ndarray, tokens: np.ndarray) -> bool:
+    """Is the candidate [E, G] share's busiest GPU no heavier than the baseline's?"""
+    return float((tokens @ cand).max()) <= float((tokens @ base).max()) * (1 + 1e-9)
 
 
-def _add(log: SolveLog, solved: tuple[float, float, bool, bool]) -> SolveLog:
-    objective, bound, optimal, timed_out = solved
-    if not np.isfinite(objective):
-        return SolveLog(objective_us=log.objective_us, bound_us=log.bound_us, subproblems=log.subproblems + 1,
-                        proven_optimal=log.proven_optimal, hit_time_limit=log.hit_time_limit + timed_out)
-    return SolveLog(objective_us=log.objective_us + objective, bound_us=log.bound_us + bound,
-                    subproblems=log.subproblems + 1, proven_optimal=log.proven_optimal + optimal,
-                    hit_time_limit=log.hit_time_limit + timed_out)
+def _add(log: SolveLog, solved: _Solved) -> SolveLog:
+    usable = np.isfinite(solved.objective_us)
+    return SolveLog(objective_us=log.objective_us + (solved.objective_us if usable else 0.0),
+                    bound_us=log.bound_us + (solved.bound_us if usable else 0.0),
+                    subproblems=log.subproblems + 1, proven_optimal=log.proven_optimal + solved.optimal,
+                    hit_time_limit=log.hit_time_limit + solved.timed_out, cbc_s=log.cbc_s + solved.cbc_s)
 
 
 def _place_layer(lay: _Layer, fabric: Fabric, slots_per_gpu: int, deadline: float, layers_left: int,
-                 opts: IlpOptions) -> tuple[np.ndarray, list[tuple[float, float, bool, bool]]]:
+                 opts: IlpOptions) -> tuple[np.ndarray, list[_Solved]]:
     """[E, G] replicas per GPU for one layer; EPLB-style packing without a solve once time is up."""
     slots_per_node = slots_per_gpu * fabric.gpus_per_node
     budget_s = (deadline - time.monotonic()) / (2 * layers_left)
@@ -290,26 +343,30 @@ def _layer_input(stats: RoutingStats, layer: int, counts: np.ndarray, prev_share
         org = np.full((stats.n_experts, n_gpus), 1.0 / n_gpus)
     else:
         org = origin(prev_share, trans)
-    return _Layer(tokens=stats.tokens_per_expert[layer], count=counts[layer], origin_eg=org)
+    has_next = stats.transitions is not None and layer + 1 < stats.n_layers
+    return _Layer(tokens=stats.tokens_per_expert[layer], count=counts[layer], origin_eg=org, has_next=has_next)
 
 
 def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts: IlpOptions) -> IlpResult:
     """Place every layer in order (node ILP, then GPU ILP); never worse than `baseline` (see module doc)."""
     start = time.monotonic()
-    deadline = start + opts.time_limit_s
+    deadline = start + opts.time_limit_s * (1 - FINAL_RESERVE)
     spg = baseline.slots_per_gpu
     counts = replicate_experts(stats.tokens_per_expert, baseline.n_slots)[2]
     rows, fallback, unsolved, log = [], [], [], SolveLog()
     prev_share: np.ndarray | None = None
     for layer in range(stats.n_layers):
+        left = stats.n_layers - layer
+        # Keep time for what is not CBC (building models, metrics) in the layers still to come.
+        overhead_s = (time.monotonic() - start - log.cbc_s) / layer if layer else 0.0
         lay = _layer_input(stats, layer, counts, prev_share, fabric.n_gpus)
-        per_gpu, solves = _place_layer(lay, fabric, spg, deadline, stats.n_layers - layer, opts)
+        per_gpu, solves = _place_layer(lay, fabric, spg, deadline - overhead_s * left, left, opts)
         if len(solves) < 2:
             unsolved.append(layer)
         for solved in solves:
             log = _add(log, solved)
         share = per_gpu / lay.count[:, None]
-        if _better_or_baseline(share, baseline.share(layer), lay, fabric):
+        if _not_heavier(share, baseline.share(layer), lay.tokens):
             rows.append(_to_slots(per_gpu))
         else:
             fallback.append(layer)

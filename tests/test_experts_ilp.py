@@ -1,0 +1,94 @@
+"""The placement ILP against the EPLB baseline: never worse on load balance and cross-node bytes, and by how
+much it is better, on synthetic skewed statistics and on the DeepSeek-V3 shape (a few layers; the full
+58-layer case is bench/bench_experts.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clusterplan.models.catalog import load_model
+from clusterplan.models.cluster import load_cluster
+from clusterplan.models.placement_metrics import evaluate, fabric_for, summary
+from clusterplan.models.routing import SynthConfig, make_stats, synth_stats
+from clusterplan.solver.experts import eplb_placement
+from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
+
+# Generous wall-clock limit: these cases need a few seconds at most, so CBC stops on its node limit
+# (deterministic) and never on time, even on 2 busy CI cores.
+OPTIONS = IlpOptions(time_limit_s=120.0)
+
+
+def _compare(model_name: str, cluster_ref: str, n_layers: int, slots_per_gpu: int, transitions: bool = True):
+    model = load_model(model_name)
+    fabric = fabric_for(load_cluster(cluster_ref), model)
+    stats = synth_stats(SynthConfig(n_layers=n_layers, n_experts=model.n_experts, top_k=model.top_k, seed=0))
+    if not transitions:
+        stats = make_stats(stats.tokens_per_expert)
+    base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=slots_per_gpu, n_gpus=fabric.n_gpus,
+                          gpus_per_node=fabric.gpus_per_node, n_groups=fabric.n_nodes)
+    result = ilp_placement(stats, fabric, base, OPTIONS)
+    assert result.log.hit_time_limit == 0 and not result.unsolved_layers
+    eplb, ilp = summary(evaluate(base, stats, fabric)), summary(evaluate(result.placement, stats, fabric))
+    return eplb, ilp, result
+
+
+def _drop(eplb: dict, ilp: dict, key: str) -> float:
+    return 1 - ilp[key] / eplb[key]
+
+
+@pytest.mark.slow
+def test_deepseek_v3_shape_ilp_beats_eplb():
+    # DeepSeek-V3: 256 routed experts, top-8, on 64 H100s in 8 nodes, 5 slots per GPU (64 redundant), first
+    # 4 MoE layers of synthetic skewed statistics. EPLB's hierarchical policy keeps each 32-expert group and its
+    # replicas on one node, so a node with hot experts stays hot (worst max/mean 1.57); the ILP spreads
+    # replicas and co-locates likely successors. Measured: max/mean 1.57 -> 1.05 (-33 %), cross-node bytes
+    # -2.5 %, predicted dispatch+combine -24 %. Asserted with margin: at least 25 %, 1.5 % and 15 %.
+    eplb, ilp, result = _compare("deepseek-v3", "dgx-h100:8", 4, 5)
+    assert _drop(eplb, ilp, "max_over_mean_worst") >= 0.25
+    assert _drop(eplb, ilp, "cross_node_bytes") >= 0.015
+    assert _drop(eplb, ilp, "all_to_all_s") >= 0.15
+    assert 0 <= result.gap < 0.10  # CBC's bound over all subproblems
+    assert not result.used_baseline
+
+
+def test_mixtral_skewed_ilp_beats_eplb():
+    # Mixtral-8x7B (8 experts, top-2) on 32 GPUs in 4 nodes, one slot per GPU (4 replicas per expert on
+    # average). Measured: worst max/mean 1.83 -> 1.14 (-38 %), cross-node bytes -1.0 %, all-to-all -12 %.
+    eplb, ilp, _ = _compare("mixtral-8x7b", "dgx-h100:4", 4, 1)
+    assert _drop(eplb, ilp, "max_over_mean_worst") >= 0.30
+    assert _drop(eplb, ilp, "cross_node_bytes") >= 0.005
+    assert _drop(eplb, ilp, "all_to_all_s") >= 0.08
+
+
+def test_without_transitions_cross_node_bytes_cannot_move():
+    # Without transitions every token starts on a uniformly random GPU, so each expert's tokens cross nodes
+    # with probability (nodes-1)/nodes wherever it sits: cross-node bytes are equal, only balance improves.
+    eplb, ilp, _ = _compare("mixtral-8x7b", "dgx-h100:2", 3, 1, transitions=False)
+    assert ilp["cross_node_bytes"] == pytest.approx(eplb["cross_node_bytes"], rel=1e-9)
+    assert _drop(eplb, ilp, "max_over_mean_worst") >= 0.10
+
+
+def test_ilp_is_deterministic():
+    model = load_model("mixtral-8x7b")
+    fabric = fabric_for(load_cluster("dgx-h100:2"), model)
+    stats = synth_stats(SynthConfig(n_layers=3, n_experts=8, top_k=2, seed=5))
+    base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=1, n_gpus=16, gpus_per_node=8, n_groups=2)
+    first = ilp_placement(stats, fabric, base, OPTIONS)
+    second = ilp_placement(stats, fabric, base, OPTIONS)
+    np.testing.assert_array_equal(first.placement.phy2log, second.placement.phy2log)
+    assert first.gap == second.gap
+
+
+def test_out_of_time_packs_without_solving_and_stays_never_worse():
+    # A limit too short for any solve: layers are packed like EPLB (no CBC run) and the result is still
+    # never worse than the baseline, because of the per-layer and whole-placement fallbacks.
+    model = load_model("mixtral-8x7b")
+    fabric = fabric_for(load_cluster("dgx-h100:2"), model)
+    stats = synth_stats(SynthConfig(n_layers=3, n_experts=8, top_k=2, seed=1))
+    base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=1, n_gpus=16, gpus_per_node=8, n_groups=2)
+    result = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=1e-3))
+    assert result.unsolved_layers == (0, 1, 2) and result.log.subproblems == 0
+    eplb, ilp = summary(evaluate(base, stats, fabric)), summary(evaluate(result.placement, stats, fabric))
+    assert ilp["max_over_mean_worst"] <= eplb["max_over_mean_worst"] * (1 + 1e-9)
+    assert ilp["cross_node_bytes"] <= eplb["cross_node_bytes"] * (1 + 1e-9)
