@@ -126,7 +126,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     h = shapes.hidden
     tokens = L.seq * L.mbs / L.cp
     t, spd = L.tp, L.sp_div
-    act = 2.0  # bf16 activations; fp8 GEMM inputs are still saved in bf16 by default
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16 (fp8 GEMM inputs are still saved in bf16); fp32 runs 4
     drop = 1.0 if shapes.dropout else 0.0
     outside = tokens * h * (2 * act + act + act + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
@@ -138,11 +138,11 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
-               + (8 if shapes.gated else 4) * routed * shapes.expert_ffn / L.etp)
+               + (4 if shapes.gated else 2) * act * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
-            mlp = mlp + (8 if shapes.gated else 4) * tokens * shapes.shared_ffn / t
+            mlp = mlp + (4 if shapes.gated else 2) * act * tokens * shapes.shared_ffn / t
     else:
-        mlp = (8 if shapes.gated else 4) * tokens * shapes.ffn / t
+        mlp = (4 if shapes.gated else 2) * act * tokens * shapes.ffn / t  # gate, up, act(gate), product
     stored = outside + qkv + attn_out + scores + mlp
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
 
@@ -183,9 +183,13 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
                           head: np.ndarray | bool) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage)."""
     tokens = L.seq * L.mbs / L.cp
-    embed_out = inflight_microbatches(L, "first") * tokens * shapes.hidden * (2 + shapes.dropout) / L.sp_div
-    # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel).
-    logits = np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * 6.0 * tokens * shapes.vocab / L.tp
+    fp32 = L.precision == PREC_FP32
+    embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
+                 / L.sp_div)
+    # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
+    # fp32 training has no upcast: 4 bytes per logit.
+    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
+              * shapes.vocab / L.tp)
     return np.where(embed, embed_out, 0.0) + np.where(head, logits, 0.0)
 
 
