@@ -24,6 +24,9 @@ from clusterplan.models.kv import kv_bytes_per_token_per_gpu
 from clusterplan.models.spec import ModelSpec
 
 GIB = 2**30
+MODEL_GEMM_SHARE = 0.77
+"""Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
+Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
 
 
@@ -43,7 +46,7 @@ class ServingKnobs:
     busbw_fraction: float | None = None
     """Achieved all-reduce bus bandwidth as a fraction of link line rate; None = the link's."""
     compute_fraction: float | None = None
-    """Achieved fraction of dense peak FLOP/s; None = the GPU's gemm_peak_fraction."""
+    """Achieved fraction of dense peak FLOP/s; None = MODEL_GEMM_SHARE of the GPU's best GEMM fraction."""
     hbm_fraction: float | None = None
     """Achieved fraction of peak memory bandwidth; None = the GPU's hbm_fraction."""
     memory_utilization: float = 0.9
@@ -203,7 +206,7 @@ def step_model(inst: ServingInstance) -> StepModel:
     """Precompute the step-time constants of an instance from its model, GPU and knobs."""
     spec, gpu, knobs = inst.model, inst.gpu, inst.knobs
     flops_per_s = gpu.tflops(inst.weight_dtype if inst.weight_dtype != "int8" else "fp8") * 1e12
-    flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction
+    flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction * MODEL_GEMM_SHARE
     hbm_bytes_per_s = gpu.hbm_bytes_per_s * (knobs.hbm_fraction or gpu.hbm_fraction)
     n_gpus = inst.n_gpus
     layer_params = spec.active_params() - spec.embedding_params() - spec.head_params()
