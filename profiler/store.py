@@ -33,10 +33,13 @@ def add_record(doc: dict[str, Any], kind: str, record: dict[str, Any]) -> None:
     doc["raw"][section].append(record)
 
 
-def _gemm_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _gemm_fits(records: list[dict[str, Any]], min_dim: int) -> dict[str, Any]:
+    """GemmCurve per dtype over the compute-bound GEMMs: skinny ones (a side below min_dim, e.g. decode's few
+    tokens) are bandwidth-bound, priced by the memory roofline instead, and stay in raw only."""
     by_dtype: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
-        by_dtype[rec["dtype"]].append(rec)
+        if min(rec["m"], rec["n"], rec["k"]) >= min_dim:
+            by_dtype[rec["dtype"]].append(rec)
     out = {}
     for dtype, recs in sorted(by_dtype.items()):
         try:
@@ -67,7 +70,7 @@ def _collective_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
 def refit(doc: dict[str, Any]) -> None:
     """Recompute the fitted sections from the raw records."""
     raw = doc["raw"]
-    doc["gemm"] = _gemm_fits(raw["gemm"])
+    doc["gemm"] = _gemm_fits(raw["gemm"], int(doc["meta"].get("gemm_fit_min_dim", 1)))
     doc["collectives"] = _collective_fits(raw["collectives"])
     if raw["memory"]:
         # The largest buffer is furthest from caches: its rate is the streaming bandwidth.

@@ -164,8 +164,10 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
     from clusterplan.profiler.device import backend_for, pick_device
 
     device = pick_device(args.device, env.local_rank)
+    # device_id binds NCCL to this rank's GPU up front (barriers then know their device).
     dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world_size,
-                            timeout=dt.timedelta(seconds=args.timeout))
+                            timeout=dt.timedelta(seconds=args.timeout),
+                            device_id=device if device.type == "cuda" else None)
     pgs = level_process_groups(env)
     payload: list[Any] = [prepare(args, env, device, tuple(pgs)) if env.rank == 0 else None]
     dist.broadcast_object_list(payload, src=0)

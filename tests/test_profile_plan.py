@@ -96,3 +96,18 @@ def test_refit_fills_calibration_sections():
     fit = doc["collectives"]["all_gather"]["scale_up"]
     assert fit["busbw_bytes_per_s"] == pytest.approx(1e9, rel=1e-3)
     assert fit["latency_s"] == pytest.approx(100e-6, rel=1e-3)  # one ring step at n = 2
+
+
+def test_skinny_gemms_stay_out_of_the_curve():
+    # Compute-bound squares on the curve 100 * F / (F + 1e9); a decode-like 16-row GEMM far below it.
+    doc = store.new_document(_meta(gemm_fit_min_dim=256))
+    for side in (256, 512, 1024, 2048, 4096):
+        flops = 2 * side**3
+        store.add_record(doc, "gemm", {"key": f"g/{side}", "dtype": "bf16", "m": side, "n": side, "k": side,
+                                       "flops": flops, "tflops": 100 * flops / (flops + 1e9)})
+    store.add_record(doc, "gemm", {"key": "g/skinny", "dtype": "bf16", "m": 16, "n": 8192, "k": 8192,
+                                   "flops": 2 * 16 * 8192 * 8192, "tflops": 2.0})
+    store.refit(doc)
+    assert doc["gemm"]["bf16"]["points"] == 5
+    assert doc["gemm"]["bf16"]["max_tflops"] == pytest.approx(100, rel=1e-3)
+    assert doc["gemm"]["bf16"]["half_flops"] == pytest.approx(1e9, rel=1e-3)
