@@ -13,7 +13,7 @@ from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.models.servesim import Slo
-from clusterplan.models.serving import ServingInstance, knobs_for_gpu, serving_memory
+from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
 from clusterplan.models.traffic import load_trace, make_buckets, parse_length
 from clusterplan.solver.serve import Limits, ServePlan, Workload, plan_colocated
 
@@ -69,7 +69,7 @@ def _instances(model, gpus: str, tps: tuple[int, ...], pps: tuple[int, ...], cal
         out.extend(sorted(fitting, key=lambda i: (i.n_gpus, i.pp))[:max_sizes])
     if not out:
         raise InfeasibleError(f"{model.name} fits on none of {gpus} at tp {tps} / pp {pps} (weights need "
-                              f"{model.total_params() * 2 / 2**30:.0f} GiB in bf16); allow larger --tp or --pp or bigger GPUs")
+                              f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); allow larger --tp or --pp or bigger GPUs")
     return tuple(out)
 
 
@@ -209,7 +209,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.command("serve-plan")
 @click.option("--model", "model_ref", help="Preset name, config.json or model YAML.")
 @click.option("--rate", type=float, help="Offered load in requests per second.")
-@click.option("--input-len", help="Prompt tokens: 512, uniform:A:B, normal:MU:SIGMA, lognormal:MU:SIGMA or histogram CSV.")
+@click.option("--input-len", help="Prompt tokens: 512, uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA (of the log) or a CSV tokens,weight.")
 @click.option("--output-len", help="Output tokens, same forms as --input-len.")
 @click.option("--trace", type=click.Path(dir_okay=False), help="CSV arrival_s,input_tokens,output_tokens (replaces the above).")
 @click.option("--ttft-ms", type=float, help="Time-to-first-token target at the percentile.")
@@ -218,17 +218,17 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.option("--gpus", default=DEFAULT_GPUS, help="GPU types to consider (names or aliases).")
 @click.option("--tp", "tp_text", default="1,2,4,8", help="Tensor-parallel sizes to consider.")
 @click.option("--pp", "pp_text", default="1", help="Pipeline-parallel sizes to consider.")
-@click.option("--max-gpus", type=int, help="Most GPUs the plan may use in total.")
+@click.option("--max-gpus", type=click.IntRange(min=1), help="Most GPUs the plan may use in total.")
 @click.option("--available", help="GPUs available per type, e.g. A10G=8,H100=16.")
 @click.option("--disaggregate", type=click.Choice(["auto", "on", "off"]), default="auto",
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
 @click.option("--kv-link", default="ib-ndr", help="Link that carries KV caches from prefill to decode instances.")
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
-@click.option("--slice-factor", type=int, help="Slices per request bucket in the ILP (default 4).")
+@click.option("--slice-factor", type=click.IntRange(min=1), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
-@click.option("--seed", type=int, default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
 @format_option
 def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, gpus, tp_text, pp_text,
                max_gpus, available, disaggregate, kv_link, capacity_table, slice_factor, calibration, weight_dtype,
