@@ -64,7 +64,7 @@ def _run(nproc: int, nodes: int, timeout_s: float, out: Path, worker_args: list[
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console.err, transient=True) as bar:
         task = bar.add_task("starting workers", total=None)
 

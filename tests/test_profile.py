@@ -209,3 +209,16 @@ def test_estimate_uses_the_cpu_calibration(run_cli, interrupted_then_resumed, tm
     halved.write_text(json.dumps(slower))
     ratio = _estimate(run_cli, halved)["time"]["compute_s"] / cpu["time"]["compute_s"]
     assert 1.3 < ratio <= 2.0001
+
+
+def test_estimate_rejects_a_corrupt_or_foreign_calibration(run_cli, tmp_path):
+    args = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout", "tp=8,gbs=8"]
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text('{"format": "clusterplan-calibration", "version": 1, "gemm": {"bf16": {"max_tfl')
+    code, _, err = run_cli(*args, "--calibration", str(truncated))
+    assert code == 2 and "malformed JSON" in err and err.count("\n") == 1
+    negative = tmp_path / "negative.json"
+    negative.write_text(json.dumps({"format": "clusterplan-calibration", "version": 1,
+                                    "gemm": {"bf16": {"max_tflops": -1, "half_flops": 1e9}}}))
+    code, _, err = run_cli(*args, "--calibration", str(negative))
+    assert code == 2 and "max_tflops must be a number > 0" in err
