@@ -192,3 +192,25 @@ def test_calibration_sets_engine_knobs_for_its_gpu_only() -> None:
     slow = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4, knobs=knobs))
     fast = step_model(ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4))
     assert float(slow.decode_s(1, 512)) > float(fast.decode_s(1, 512)) + 0.012
+
+
+def test_pipeline_stages_cut_memory_not_latency() -> None:
+    # pp 2 halves the weights per GPU like tp 2, but a token still passes both stages in turn: a batch-1 decode
+    # step costs about what one GPU holding everything would (no all-reduces), more than tp 2.
+    pp2 = ServingInstance(model=LLAMA2_70B, gpu=A100, tp=2, pp=2)
+    tp4 = ServingInstance(model=LLAMA2_70B, gpu=A100, tp=4)
+    assert serving_memory(pp2).weights_gib == pytest.approx(serving_memory(tp4).weights_gib)
+    assert float(step_model(pp2).decode_s(1, 512)) > float(step_model(tp4).decode_s(1, 512))
+
+
+def test_moe_decode_reads_more_experts_as_the_batch_grows() -> None:
+    from clusterplan.models.catalog import load_model
+
+    mixtral = ServingInstance(model=load_model("mixtral-8x7b"), gpu=get_gpu("H100"), tp=2)
+    m = step_model(mixtral)
+    # Batch 1 touches 2 of 8 experts per layer; batch 64 nearly all: weight reads grow toward the full 93 GB.
+    one, many = float(m.decode_s(1, 100)), float(m.decode_s(64, 100))
+    dense_only = m.step_overhead_s + m.dense_weights_s
+    assert m.expert_weights_s > 2 * m.dense_weights_s
+    assert one < dense_only + 0.3 * m.expert_weights_s + 0.002
+    assert many > dense_only + 0.95 * m.expert_weights_s

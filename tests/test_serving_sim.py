@@ -76,3 +76,13 @@ def test_decode_pool_takes_requests_with_one_output_token() -> None:
     out = np.array([1, 50, 1, 20])
     res = simulate(STEP, Engine(kv_capacity_tokens=KV, mode="decode"), np.arange(4.0), np.full(4, 100), out)
     assert res.finished == 4 and res.ttft_s == 0.0 and res.tpot_s > 0
+
+
+def test_long_prompt_is_prefilled_in_chunks() -> None:
+    # 5000 tokens with a 2048-token budget: chunks of 2048, 2048, 904, each attending to the tokens before it.
+    res = simulate(STEP, Engine(kv_capacity_tokens=KV, chunk_tokens=2048), np.array([0.0]), np.array([5000]),
+                   np.array([2]))
+    chunks = [(2048, 0), (2048, 2048), (904, 4096)]
+    expected = sum(float(STEP.step_s(c, c * (done + c / 2.0), 0, 0)) for c, done in chunks)
+    assert res.ttft_s == pytest.approx(expected, rel=1e-9)
+    assert res.ttft_s > float(STEP.prefill_s(5000))  # two more fixed step costs than one 5000-token step
