@@ -119,6 +119,28 @@ def main() -> None:
             print(f"{c.label:32} {c.measured:10.2f} {c.predicted:10.2f} {c.error:+8.1%}")
         errors = sorted(abs(c.error) for c in rows)
         print(f"median |error| {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}")
+    print("\nKorthikanti 2022 published layouts (seq-par + selective) in our plan's top 5:")
+    for label, rank, published, best in published_in_top5():
+        print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
+
+
+
+def published_in_top5() -> list[tuple[str, int | None, float, float]]:
+    """For each Korthikanti row: (label, rank of the published layout in our search or None if below 5,
+    published predicted step, our best predicted step) with the paper's fp16, no flash attention, no ZeRO."""
+    from clusterplan.solver.search import search
+
+    out = []
+    for r in read_rows("korthikanti2022.csv"):
+        model = gpt(int(r["hidden"]), int(r["heads"]), int(r["layers"]))
+        cluster = selene(int(r["gpus"]))
+        published = korthikanti_layouts(r, seqsel=True)
+        result = search(model, cluster, published.gbs, published.seq, top=5,
+                        fixed={"flash_attn": False, "precision": "fp16", "zero": 0})
+        rank = next((i + 1 for i, p in enumerate(result.plans) if p.layout == published), None)
+        out.append((f"{r['model']}", rank, estimate(model, cluster, published).to_json()["step_time_s"],
+                    result.plans[0].to_json()["step_time_s"]))
+    return out
 
 
 if __name__ == "__main__":
