@@ -69,3 +69,19 @@ def test_published_layout_is_feasible_and_not_better_than_our_best(row):
     fixed = {"flash_attn": False, "precision": "fp16", "zero": 0}
     result = search(model, cluster, published.gbs, published.seq, fixed=fixed, top=5)
     assert result.plans[0].to_json()["step_time_s"] <= est.to_json()["step_time_s"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("row", reference.read_rows("megatron2021_table1.csv"), ids=lambda r: r["params_b"] + "B")
+def test_table1_published_layout_fits_and_our_best_is_no_worse(row):
+    """Narayanan 2021 Table 1 on its own cluster and batch (paper's fp16, no flash attention, no ZeRO)."""
+    from clusterplan.models.layout import Layout
+
+    h, a, n = int(row["hidden"]), int(row["heads"]), int(row["layers"])
+    model, cluster = reference.gpt(h, a, n), reference.selene(int(row["gpus"]))
+    published = Layout(tp=int(row["tp"]), pp=int(row["pp"]), dp=int(row["dp"]), mbs=1, gbs=int(row["global_batch"]),
+                       seq=2048, recompute="full", precision="fp16", zero=0, flash_attn=False)
+    est = estimate(model, cluster, published)
+    assert est.feasible, est.reasons
+    result = search(model, cluster, published.gbs, 2048, top=5,
+                    fixed={"flash_attn": False, "precision": "fp16", "zero": 0})
+    assert result.plans[0].to_json()["step_time_s"] <= est.to_json()["step_time_s"] * (1 + 1e-9)
