@@ -26,7 +26,9 @@ def _ends_plan(model: nn.Module, sp: bool) -> dict[str, object]:
     if getattr(model, "norm", None) is not None and sp:
         plan["norm"] = SequenceParallel()
     if getattr(model, "output", None) is not None:
-        plan["output"] = ColwiseParallel(input_layouts=Shard(1) if sp else Replicate(), output_layouts=Replicate())
+        # Logits stay sharded over the vocabulary; the loss runs under loss_parallel (torchtitan's default).
+        plan["output"] = ColwiseParallel(input_layouts=Shard(1) if sp else Replicate(), output_layouts=Shard(-1),
+                                         use_local_output=False)
     return plan
 
 

@@ -108,10 +108,15 @@ _ACTIVE: ActivationTracker | None = None
 
 
 def hold_for_backward(out: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    """Count the inputs a checkpoint keeps for recomputation, for as long as `out`'s graph node lives."""
+    """Count the inputs a checkpoint keeps for recomputation until its backward has run."""
     if _ACTIVE is None or out.grad_fn is None:
         return
-    out.grad_fn.metadata.setdefault("clusterplan_held", []).extend(_ACTIVE.hold(t) for t in inputs)
+    held = [_ACTIVE.hold(t) for t in inputs]
+
+    def release(*_: object) -> None:
+        held.clear()
+
+    out.grad_fn.register_hook(release)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

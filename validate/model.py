@@ -29,8 +29,41 @@ def check_supported(spec: ModelSpec) -> None:
         raise UnsupportedModelError(f"model {spec.name}: MoE experts with biases are not built by validate")
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm keeping only its input and 1/rms for backward, as fused kernels do (Apex/TE FusedRMSNorm); torch's
+    composite rms_norm on CPU also keeps the normalised input, one more activation of the hidden size."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor,
+                eps: float) -> torch.Tensor:
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return (xf * rstd).to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x, rstd, weight = ctx.saved_tensors
+        x_hat = x.to(rstd.dtype) * rstd
+        grad_weight = (grad.to(rstd.dtype) * x_hat).sum(dim=tuple(range(grad.ndim - 1))).to(weight.dtype)
+        g = grad.to(rstd.dtype) * weight.to(rstd.dtype)
+        grad_x = rstd * (g - x_hat * (g * x_hat).mean(-1, keepdim=True))
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RMSNormFn.apply(x, self.weight, self.eps)
+
+
 def _norm(spec: ModelSpec, dim: int) -> nn.Module:
-    return nn.LayerNorm(dim) if spec.norm == "layernorm" else nn.RMSNorm(dim)
+    return nn.LayerNorm(dim) if spec.norm == "layernorm" else RMSNorm(dim)
 
 
 def rope_tables(head_dim: int, seq: int, theta: float = 500000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,16 +73,39 @@ def rope_tables(head_dim: int, seq: int, theta: float = 500000.0) -> tuple[torch
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of x (batch, seq, heads, head_dim) by the position angle."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x[..., 0::2], x[..., 1::2]
     c, s = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
 
 
+class _Rope(torch.autograd.Function):
+    """RoPE that keeps only the angle tables for backward (a rotation's gradient is the inverse rotation), as
+    fused RoPE kernels do (Transformer Engine, Megatron-Core `apply_rotary_pos_emb` with fusion)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (batch, seq, heads, head_dim) by the position angle (Su et al. 2021)."""
+    return _Rope.apply(x, cos, sin)
+
+
 def core_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal scaled-dot-product attention of (batch, heads, seq, head_dim) tensors; the `selective` AC region."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    """Causal attention of (batch, seq, heads, head_dim) tensors, output (batch, seq, heads, head_dim); the
+    `selective` AC region. Grouped-query heads are not repeated (enable_gqa), as in flash attention."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                         enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -57,13 +113,12 @@ class Attention(nn.Module):
         super().__init__()
         d, h = spec.dim_head, spec.hidden
         self.head_dim = d
-        self.n_rep = spec.n_heads // spec.kv_heads
         self.wq = nn.Linear(h, spec.n_heads * d, bias=spec.attn_bias)
         self.wk = nn.Linear(h, spec.kv_heads * d, bias=spec.attn_bias)
         self.wv = nn.Linear(h, spec.kv_heads * d, bias=spec.attn_bias)
         self.wo = nn.Linear(spec.n_heads * d, h, bias=spec.linear_bias)
-        self.q_norm = nn.RMSNorm(d) if spec.qk_norm else None
-        self.k_norm = nn.RMSNorm(d) if spec.qk_norm else None
+        self.q_norm = RMSNorm(d) if spec.qk_norm else None
+        self.k_norm = RMSNorm(d) if spec.qk_norm else None
         self.core = core_attention
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -76,11 +131,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rep = q.shape[2] // k.shape[2]
-        if rep > 1:  # grouped-query attention: each kv head serves `rep` query heads
-            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-        out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.wo(out.transpose(1, 2).reshape(bs, seq, -1))
+        # The kernel's output is laid out (batch, seq, heads, head_dim), so this reshape is a view, not a copy.
+        return self.wo(self.core(q, k, v).reshape(bs, seq, -1))
 
 
 class FeedForward(nn.Module):

@@ -5,6 +5,7 @@ Called inside an initialised process group (gloo on CPU, NCCL on GPU) by worker.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor.parallel import loss_parallel
 
 from clusterplan.models.layout import MESH_AXES, Layout
 from clusterplan.models.spec import ModelSpec
@@ -94,7 +96,8 @@ class Trainer:
 
     def step(self) -> float | None:
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), \
+                (loss_parallel() if self.run.layout.tp > 1 else contextlib.nullcontext()):
             loss = self._pipeline_step() if self.schedule is not None else self._accumulate()
         self.optimizer.step()
         return loss
