@@ -110,7 +110,8 @@ def _vllm_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
     # vLLM engine arguments (research/style-and-ecosystem.md B.2).
     line = (f"vllm serve {model_ref} --tensor-parallel-size {inst.tp} --pipeline-parallel-size {inst.pp} "
             f"--max-num-seqs {pool.max_batch} --max-model-len {max_len} "
-            f"--gpu-memory-utilization {inst.knobs.memory_utilization:g}")
+            f"--gpu-memory-utilization {inst.knobs.memory_utilization:g} "
+            f"--enable-chunked-prefill --max-num-batched-tokens {inst.max_batched_tokens}")
     line += " --quantization fp8" if inst.weight_dtype == "fp8" else ""
     line += " --kv-cache-dtype fp8" if inst.kv_dtype == "fp8" else ""
     if disagg:
@@ -122,7 +123,7 @@ def _sglang_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
     # SGLang server arguments (research/style-and-ecosystem.md B.2).
     line = (f"python -m sglang.launch_server --model-path {model_ref} --tp {inst.tp} --pp-size {inst.pp} "
             f"--max-running-requests {pool.max_batch} --context-length {max_len} "
-            f"--mem-fraction-static {inst.knobs.memory_utilization:g}")
+            f"--mem-fraction-static {inst.knobs.memory_utilization:g} --chunked-prefill-size {inst.max_batched_tokens}")
     line += " --quantization fp8" if inst.weight_dtype == "fp8" else ""
     line += " --kv-cache-dtype fp8_e4m3" if inst.kv_dtype == "fp8" else ""  # SGLang's name for fp8 KV (B.2)
     return line + (f" --disaggregation-mode {pool.role}" if disagg else "")

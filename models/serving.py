@@ -85,8 +85,9 @@ class ServingInstance:
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     knobs: ServingKnobs = field(default_factory=ServingKnobs)
-    max_batched_tokens: int = 8192
-    """Tokens per step the engine profiles its activation workspace for (vLLM --max-num-batched-tokens)."""
+    max_batched_tokens: int = 2048
+    """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
+    (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size; 2048 is vLLM's chunked-prefill default)."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:

@@ -101,7 +101,7 @@ def bucket_requests(bucket: Bucket, n: int, seed: int) -> tuple[np.ndarray, np.n
 def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[float, float] = (0.0, 0.0)) -> Engine:
     """The scheduler of an instance; `transfer` = (latency s, s per prompt token) of a KV hand-off after prefill."""
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, mode=mode, ttft_extra_s=transfer[0],
-                  ttft_extra_s_per_token=transfer[1], chunk_tokens=min(inst.max_batched_tokens, 2048))
+                  ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens)
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",
