@@ -87,8 +87,8 @@ class IlpResult:
 
 # ---- CBC ----------------------------------------------------------------------------------------
 _NUMBER = r"([-+0-9.eE]+)"
-FINAL_RESERVE = 0.02
-"""Share of the time limit kept for comparing the finished placement with the baseline."""
+CBC_SHARE = 0.85
+"""CBC's time limit as a share of the time left per subproblem (CBC checks its clock between nodes)."""
 MIN_SOLVE_S = 0.05
 """Below this much time left per subproblem, layers are packed without a solve so the limit holds."""
 
@@ -319,12 +319,12 @@ def _place_layer(lay: _Layer, fabric: Fabric, slots_per_gpu: int, deadline: floa
                  opts: IlpOptions) -> tuple[np.ndarray, list[_Solved]]:
     """[E, G] replicas per GPU for one layer; EPLB-style packing without a solve once time is up."""
     slots_per_node = slots_per_gpu * fabric.gpus_per_node
-    budget_s = (deadline - time.monotonic()) / (2 * layers_left)
+    budget_s = CBC_SHARE * (deadline - time.monotonic()) / (2 * layers_left)
     if budget_s < MIN_SOLVE_S:
         on_node = _warm_counts(lay.per_replica, lay.count, fabric.n_nodes)
         return _gpu_stage_warm(lay, on_node, fabric), []
     on_node, node_solve = _node_stage(lay, fabric, slots_per_node, budget_s, opts)
-    budget_s = (deadline - time.monotonic()) / (2 * layers_left - 1)
+    budget_s = CBC_SHARE * (deadline - time.monotonic()) / (2 * layers_left - 1)
     if budget_s < MIN_SOLVE_S:
         return _gpu_stage_warm(lay, on_node, fabric), [node_solve]
     per_gpu, gpu_solve = _gpu_stage(lay, on_node, fabric, slots_per_gpu, budget_s, opts)
@@ -350,7 +350,10 @@ def _layer_input(stats: RoutingStats, layer: int, counts: np.ndarray, prev_share
 def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts: IlpOptions) -> IlpResult:
     """Place every layer in order (node ILP, then GPU ILP); never worse than `baseline` (see module doc)."""
     start = time.monotonic()
-    deadline = start + opts.time_limit_s * (1 - FINAL_RESERVE)
+    theirs = summary(evaluate(baseline, stats, fabric))
+    # Keep as long again as that evaluation took for evaluating the ILP's placement at the end.
+    loop_start = time.monotonic()
+    deadline = start + opts.time_limit_s - 2 * (loop_start - start)
     spg = baseline.slots_per_gpu
     counts = replicate_experts(stats.tokens_per_expert, baseline.n_slots)[2]
     rows, fallback, unsolved, log = [], [], [], SolveLog()
@@ -358,7 +361,7 @@ def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts
     for layer in range(stats.n_layers):
         left = stats.n_layers - layer
         # Keep time for what is not CBC (building models, metrics) in the layers still to come.
-        overhead_s = (time.monotonic() - start - log.cbc_s) / layer if layer else 0.0
+        overhead_s = (time.monotonic() - loop_start - log.cbc_s) / layer if layer else 0.0
         lay = _layer_input(stats, layer, counts, prev_share, fabric.n_gpus)
         per_gpu, solves = _place_layer(lay, fabric, spg, deadline - overhead_s * left, left, opts)
         if len(solves) < 2:
@@ -375,7 +378,7 @@ def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts
         prev_share = share
     placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts, slots_per_gpu=spg,
                           gpus_per_node=fabric.gpus_per_node)
-    mine, theirs = summary(evaluate(placement, stats, fabric)), summary(evaluate(baseline, stats, fabric))
+    mine = summary(evaluate(placement, stats, fabric))
     worse = any(mine[k] > theirs[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "cross_node_bytes"))
     return IlpResult(placement=baseline if worse else placement, log=log, fallback_layers=tuple(fallback),
                      unsolved_layers=tuple(unsolved), used_baseline=worse, solve_s=time.monotonic() - start)
