@@ -97,6 +97,7 @@ def profile(nproc: int | None, model: str | None, layout: str | None, quick: boo
     Many machines: run `torchrun ... -m clusterplan.profiler.worker --out FILE` on each (see README).
     """
     from clusterplan.fileio import load_mapping
+    from clusterplan.profiler.datasheet import compare, match_gpu
     from clusterplan.profiler.runner import cuda_devices
 
     _precheck(model, layout, out, resume)
@@ -113,9 +114,17 @@ def profile(nproc: int | None, model: str | None, layout: str | None, quick: boo
         console.warn("--nproc 1: no collectives to measure (give --nproc 2 or more)")
     _run(nproc, fake_nodes, timeout_s, out, _worker_args(out, model, layout, quick, resume, device))
     data = load_mapping(out)
+    gpu = match_gpu(data["meta"]["device_name"])
+    versus = compare(data, gpu) if gpu else {}
     if fmt == "json":
-        console.json({"out": str(out), **{k: data[k] for k in ("meta", "gemm", "memory", "collectives") if k in data}})
+        sections = {k: data[k] for k in ("meta", "gemm", "memory", "collectives", "serving") if k in data}
+        console.json({"out": str(out), **sections, "datasheet": {"gpu": gpu.name if gpu else None, **versus}})
         return
     meta = data["meta"]
     console.info(f"wrote {out}: {meta['device_name']} x{meta['device_count']} ({meta['backend']})")
     console.table(None, ["measured", "value", "note"], _summary_rows(data), justify_right=[False, True, False])
+    if versus:
+        console.text("")
+        console.table(f"against the {gpu.name} datasheet (hw show {gpu.name})", ["quantity", "measured", "datasheet",
+                      "fraction"], [(k, f"{v['measured']:.4g}", f"{v['datasheet']:.4g}", f"{v['fraction']:.1%}")
+                                    for k, v in versus.items()])

@@ -9,6 +9,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.models.catalog import load_model
 from clusterplan.models.layout import Layout
 from clusterplan.profiler import store
+from clusterplan.profiler.datasheet import compare, match_gpu
 from clusterplan.profiler.shapes import layer_gemms, model_shapes, standard_shapes
 from clusterplan.profiler.sweep import KIB, MIB, SweepConfig, build_plan, collective_sizes, level_groups
 
@@ -111,3 +112,27 @@ def test_skinny_gemms_stay_out_of_the_curve():
     assert doc["gemm"]["bf16"]["points"] == 5
     assert doc["gemm"]["bf16"]["max_tflops"] == pytest.approx(100, rel=1e-3)
     assert doc["gemm"]["bf16"]["half_flops"] == pytest.approx(1e9, rel=1e-3)
+
+
+@pytest.mark.parametrize(("torch_name", "gpu"), [
+    ("NVIDIA H100 80GB HBM3", "H100-SXM5-80GB"),   # torch.cuda.get_device_name on a DGX H100
+    ("NVIDIA H100 PCIe", "H100-PCIe"),
+    ("NVIDIA A100 80GB PCIe", "A100-PCIe-80GB"),
+    ("NVIDIA A100-SXM4-40GB", "A100-SXM4-40GB"),
+    ("NVIDIA L40S", "L40S"),
+    ("AMD Instinct MI300X", "MI300X"),
+    ("CPU AMD EPYC", None),
+])
+def test_device_name_maps_to_hardware_db(torch_name, gpu):
+    found = match_gpu(torch_name)
+    assert (found.name if found else None) == gpu
+
+
+def test_datasheet_fractions():
+    # An H100 at MAMF's 794.5 TFLOP/s (research/hardware.md 3) reaches 80.3 % of the 989.4 dense bf16 peak.
+    doc = {"gemm": {"bf16": {"max_tflops": 794.5, "half_flops": 3e9}}, "memory": {"copy_bytes_per_s": 2.9e12},
+           "collectives": {"all_reduce": {"scale_up": {"busbw_bytes_per_s": 370e9, "latency_s": 1e-5}}}}
+    rows = compare(doc, match_gpu("NVIDIA H100 80GB HBM3"))
+    assert rows["gemm_bf16_tflops"]["fraction"] == pytest.approx(0.803, abs=0.001)
+    assert rows["hbm_bytes_per_s"]["fraction"] == pytest.approx(2.9 / 3.35)
+    assert rows["scale_up_busbw_bytes_per_s"]["fraction"] == pytest.approx(370 / 450)
