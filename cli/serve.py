@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -14,8 +15,9 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.models.servesim import Slo
 from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
+from clusterplan.models.spec import ModelSpec
 from clusterplan.models.traffic import load_trace, make_buckets, parse_length
-from clusterplan.solver.serve import Limits, ServePlan, Workload, plan_colocated
+from clusterplan.solver.serve import Limits, Pool, ServePlan, Workload, plan_colocated
 
 DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
 
@@ -41,7 +43,7 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def _instances(model, gpus: str, tps: tuple[int, ...], pps: tuple[int, ...], calibration, weight_dtype: str,
+def _instances(model: ModelSpec, gpus: str, tps: tuple[int, ...], pps: tuple[int, ...], calibration: Any, weight_dtype: str,
                kv_dtype: str, explicit: bool, max_sizes: int = 3) -> tuple[ServingInstance, ...]:
     """Per GPU type, the smallest `max_sizes` (tp, pp) instances that hold the model with KV room, if priced."""
     out = []
@@ -73,7 +75,8 @@ def _instances(model, gpus: str, tps: tuple[int, ...], pps: tuple[int, ...], cal
     return tuple(out)
 
 
-def _workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, seed) -> Workload:
+def _workload(rate: float | None, input_len: str | None, output_len: str | None, trace: str | None, ttft_ms: float,
+              tpot_ms: float, percentile: float, seed: int) -> Workload:
     if not 0 < percentile < 100:
         raise BadInputError(f"--percentile {percentile}: give a percentile between 0 and 100, e.g. 50, 90 or 99")
     if ttft_ms <= 0 or tpot_ms <= 0:
@@ -96,7 +99,7 @@ def _workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, 
                     slo=slo, seed=seed)
 
 
-def _pool_json(pool, model_ref: str, max_len: int, disagg: bool) -> dict:
+def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
     inst = pool.instance
     return {"role": pool.role, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "instances": pool.count,
             "gpus": pool.count * inst.n_gpus, "max_batch": pool.max_batch, "rate_rps": round(pool.rate_rps, 4),
@@ -106,7 +109,7 @@ def _pool_json(pool, model_ref: str, max_len: int, disagg: bool) -> dict:
             "sglang": _sglang_line(inst, pool, model_ref, max_len, disagg)}
 
 
-def _vllm_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
+def _vllm_line(inst: ServingInstance, pool: Pool, model_ref: str, max_len: int, disagg: bool) -> str:
     # vLLM engine arguments (research/style-and-ecosystem.md B.2).
     line = (f"vllm serve {model_ref} --tensor-parallel-size {inst.tp} --pipeline-parallel-size {inst.pp} "
             f"--max-num-seqs {pool.max_batch} --max-model-len {max_len} "
@@ -119,7 +122,7 @@ def _vllm_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
     return line
 
 
-def _sglang_line(inst, pool, model_ref: str, max_len: int, disagg: bool) -> str:
+def _sglang_line(inst: ServingInstance, pool: Pool, model_ref: str, max_len: int, disagg: bool) -> str:
     # SGLang server arguments (research/style-and-ecosystem.md B.2).
     line = (f"python -m sglang.launch_server --model-path {model_ref} --tp {inst.tp} --pp-size {inst.pp} "
             f"--max-running-requests {pool.max_batch} --context-length {max_len} "
@@ -231,9 +234,11 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
 @format_option
-def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, gpus, tp_text, pp_text,
-               max_gpus, available, disaggregate, kv_link, capacity_table, slice_factor, calibration, weight_dtype,
-               kv_dtype, seed, fmt) -> None:
+def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None, output_len: str | None,
+               trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
+               tp_text: str, pp_text: str, max_gpus: int | None, available: str | None, disaggregate: str,
+               kv_link: str, capacity_table: str | None, slice_factor: int | None, calibration: str | None,
+               weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     if capacity_table:
         data = _capacity_table_plan(capacity_table, rate, slice_factor, max_gpus)
@@ -287,7 +292,7 @@ def serve_plan(model_ref, rate, input_len, output_len, trace, ttft_ms, tpot_ms, 
     console.json(data) if fmt == "json" else _print_table(data)
 
 
-def _disagg_bound(plans: dict[str, ServePlan], instances, work: Workload) -> float | None:
+def _disagg_bound(plans: dict[str, ServePlan], instances: tuple[ServingInstance, ...], work: Workload) -> float | None:
     """The disaggregated cost bound when it already exceeds the colocated plan (skip simulating), else None."""
     from clusterplan.solver.disagg import disagg_lower_bound_usd
 
@@ -308,7 +313,7 @@ def _verdict(others: dict[str, float], errors: dict[str, str]) -> str:
     return f"only {next(iter(others))} was planned (--disaggregate)"
 
 
-def _plan(mode: str, instances, work: Workload, limits: Limits, kv_link: str) -> ServePlan:
+def _plan(mode: str, instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, kv_link: str) -> ServePlan:
     if mode == "colocated":
         return plan_colocated(instances, work, limits)[0]
     from clusterplan.solver.disagg import plan_disaggregated
