@@ -36,12 +36,15 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time", help="Rank by step time, cost or time to train.")
 @click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
+@click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
+              help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
 @format_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
-         tokens: float | None, top: int, calibration_path: str | None, fmt: str, out_path: str | None) -> None:
+         tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
+         out_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -52,7 +55,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     fixed = parse_fix(fix_text, cluster.world_size)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
         result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                        objective=objective, tokens=tokens)
+                        objective=objective, tokens=tokens, headroom_gib=headroom_gib)
     rerank_on_links(result, calibration)
     data = result.to_json()
     if not cluster.is_homogeneous:

@@ -97,12 +97,16 @@ def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: fl
     def take(limit: float) -> list[int]:
         return [max(0, min(c, int((limit - e) / t + 1e-9))) for t, c, e in zip(per_layer_s, cap, extra, strict=True)]
 
+    def feasible(limit: float) -> bool:  # monotone in the limit: every stage holds >= 1 layer, all hold >= n
+        layers = take(limit)
+        return min(layers) >= 1 and sum(layers) >= n_layers
+
     lo, hi = 0, len(candidates) - 1
-    if hi < 0 or sum(take(candidates[hi])) < n_layers:
+    if hi < 0 or not feasible(candidates[hi]):
         return None
     while lo < hi:
         mid = (lo + hi) // 2
-        if sum(take(candidates[mid])) >= n_layers:
+        if feasible(candidates[mid]):
             hi = mid
         else:
             lo = mid + 1

@@ -44,8 +44,9 @@ class SearchResult:
 
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
-           calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None
-           ) -> SearchResult:
+           calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None,
+           headroom_gib: float = 0.0) -> SearchResult:
+    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free."""
     start = time.perf_counter()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
@@ -55,7 +56,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     candidates = len(arrays) + sum(rejected.values())
     # Memory first: only layouts that fit are timed.
     memory = memory_breakdown(shapes, arrays)
-    fits = memory.peak <= hw.memory_bytes
+    fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
     rejected["out of memory"] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])
     if not len(survivors):
