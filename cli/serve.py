@@ -12,12 +12,13 @@ import numpy as np
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.models.servesim import Slo
 from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
 from clusterplan.models.spec import ModelSpec
 from clusterplan.models.traffic import load_trace, make_buckets, parse_length
-from clusterplan.solver.serve import Limits, Pool, ServePlan, Workload, plan_colocated
+from clusterplan.solver.serve import Limits, Pool, ServePlan, Workload, melange_table, plan_colocated
 
 DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
 
@@ -228,6 +229,8 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
 @click.option("--kv-link", default="ib-ndr", help="Link that carries KV caches from prefill to decode instances.")
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
+@click.option("--save-capacity", type=click.Path(dir_okay=False),
+              help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
 @click.option("--slice-factor", type=click.IntRange(min=1), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
@@ -237,7 +240,8 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None, output_len: str | None,
                trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
                tp_text: str, pp_text: str, max_gpus: int | None, available: str | None, disaggregate: str,
-               kv_link: str, capacity_table: str | None, slice_factor: int | None, calibration: str | None,
+               kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
+               calibration: str | None,
                weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     if capacity_table:
@@ -272,7 +276,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                 errors[mode] = f"cannot go below ${bound:.2f}/h (rate bound), above the colocated plan; not simulated"
                 continue
             try:
-                plans[mode] = _plan(mode, instances, work, limits, kv_link)
+                plans[mode] = _plan(mode, instances, work, limits, kv_link, save_capacity)
             except InfeasibleError as exc:
                 errors[mode] = str(exc)
     if not plans:
@@ -313,9 +317,14 @@ def _verdict(others: dict[str, float], errors: dict[str, str]) -> str:
     return f"only {next(iter(others))} was planned (--disaggregate)"
 
 
-def _plan(mode: str, instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, kv_link: str) -> ServePlan:
+def _plan(mode: str, instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, kv_link: str,
+          save_capacity: str | None) -> ServePlan:
     if mode == "colocated":
-        return plan_colocated(instances, work, limits)[0]
+        plan, table = plan_colocated(instances, work, limits)
+        if save_capacity:
+            write_atomic(save_capacity, dumps_json(melange_table(table, work)))
+            console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
+        return plan
     from clusterplan.solver.disagg import plan_disaggregated
 
     return plan_disaggregated(instances, work, limits, get_link(kv_link))

@@ -268,3 +268,24 @@ def _within(pools: tuple[Pool, ...], limits: Limits) -> bool:
     if limits.max_gpus is not None and sum(gpus.values()) > limits.max_gpus:
         return False
     return all(gpus.get(kind, 0) <= cap for kind, cap in limits.available_gpus)
+
+
+def melange_table(table: CapacityTable, work: Workload) -> dict:
+    """The capacity table in Melange's input format, so it can be edited or replaced by measurements and fed
+    back with --capacity-table: tputs[i][j] per instance type over input bin i x output bin j."""
+    in_bins = sorted({b.input_edges for b in work.buckets})
+    out_bins = sorted({b.output_edges for b in work.buckets})
+    where = {(b.input_edges, b.output_edges): k for k, b in enumerate(work.buckets)}
+
+    def grid(values: list[float]) -> list[list[float]]:
+        return [[round(values[where[(i, o)]], 6) if (i, o) in where else 0.0 for o in out_bins] for i in in_bins]
+
+    return {
+        "source": "clusterplan serve-plan capacity table: max req/s per instance within the SLO, simulated",
+        "slo": {"ttft_ms": work.slo.ttft_s * 1e3, "tpot_ms": work.slo.tpot_s * 1e3, "percentile": work.slo.percentile},
+        "input_bins": [list(i) for i in in_bins], "output_bins": [list(o) for o in out_bins],
+        "gpu_info": {inst.label: {"cost_per_hour": round(inst.usd_per_hour, 6), "tputs": grid(list(caps))}
+                     for inst, caps in zip(table.instances, table.capacity_rps, strict=True)},
+        "workload_distribution": grid([b.share for b in work.buckets]),
+        "total_request_rate": work.rate_rps,
+    }

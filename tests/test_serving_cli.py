@@ -130,3 +130,18 @@ def test_calibration_file_slows_the_plan(run_cli, tmp_path) -> None:
     slowed = json.loads(out)
     assert slowed["pools"][0]["tpot_ms"] > base["pools"][0]["tpot_ms"] + 20
     assert slowed["usd_per_hour"] >= base["usd_per_hour"]
+
+
+def test_saved_capacity_table_feeds_back_into_the_solver(run_cli, tmp_path) -> None:
+    # The simulated table written in Melange's format solves, on its own, to the same cost as the model run.
+    path = tmp_path / "capacity.json"
+    code, out, err = run_cli(*BASE, "--rate", "10", "--input-len", "lognormal:5:1.2", "--output-len", "lognormal:5:0.8",
+                             "--ttft-ms", "1500", "--tpot-ms", "80", "--disaggregate", "off", "--format", "json",
+                             "--save-capacity", str(path))
+    assert code == 0, err
+    table = json.loads(path.read_text(encoding="utf-8"))
+    assert len(table["gpu_info"]) == 4 and all(len(v["tputs"]) == 4 for v in table["gpu_info"].values())
+    assert sum(map(sum, table["workload_distribution"])) == pytest.approx(1.0)
+    code, again, err = run_cli("serve-plan", "--capacity-table", str(path), "--format", "json")
+    assert code == 0, err
+    assert json.loads(again)["usd_per_hour"] == json.loads(out)["usd_per_hour"] == 3.03
