@@ -70,6 +70,33 @@ def placement_document(placement: Placement, *, method: str, model: ModelSpec, c
     }
 
 
+def _full_rows(placement: Placement, model: ModelSpec) -> dict[int, list[int]]:
+    """Rows for every model layer index: the placement on the MoE layers it covers; elsewhere the trivial
+    map slot -> slot % experts (SGLang's `init_trivial`), which dense layers ignore."""
+    moe_layers = [i for i in range(model.n_layers) if model.is_moe_layer(i)]
+    trivial = [slot % placement.n_experts for slot in range(placement.n_slots)]
+    rows = {i: trivial for i in range(model.n_layers)}
+    for row, layer in zip(placement.phy2log.tolist(), moe_layers, strict=False):
+        rows[layer] = row
+    return rows
+
+
+def engine_file(placement: Placement, model: ModelSpec, out_format: str, document: dict[str, Any]) -> str:
+    """Text of the --out file: ours (JSON), SGLang's --init-expert-location JSON, or TensorRT-LLM's YAML."""
+    if out_format == "clusterplan":
+        return dumps_json(document)
+    rows = _full_rows(placement, model)
+    if out_format == "sglang":
+        # SGLang init_by_mapping takes only physical_to_logical_map, indexed by model layer (num_hidden_layers).
+        return dumps_json({"physical_to_logical_map": [rows[i] for i in range(model.n_layers)]})
+    import yaml
+
+    # TensorRT-LLM moe_config.load_balancer: MoE layer index -> slot assignments; 0 updates = static placement.
+    moe = {i: rows[i] for i in range(model.n_layers) if model.is_moe_layer(i)}
+    return yaml.safe_dump({"num_slots": placement.n_slots, "initial_global_assignments": moe,
+                           "layer_updates_per_iter": 0}, sort_keys=True, default_flow_style=None, width=1 << 20)
+
+
 @click.group("experts", invoke_without_command=True)
 @click.option("--model", "-m", "model_ref", help="MoE model: preset, config.json or YAML.")
 @click.option("--cluster", "-c", "cluster_ref", help="Cluster: PRESET:NODES (e.g. dgx-h100:8) or a YAML file.")
@@ -85,11 +112,14 @@ def placement_document(placement: Placement, *, method: str, model: ModelSpec, c
               help="Tokens per step across the cluster [default: the statistics' own token count].")
 @click.option("--seed", type=int, default=0, help="CBC random seed.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the placement file here.")
+@click.option("--out-format", type=click.Choice(["clusterplan", "sglang", "trtllm"]), default="clusterplan",
+              help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
+                   "moe_config.load_balancer (YAML).")
 @format_option
 @click.pass_context
 def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, stats_path: str | None,
             slots_per_gpu: int | None, method: str, time_limit_s: float, expert_groups: int | None,
-            dispatch_dtype: str, tokens_per_step: int | None, seed: int, out_path: str | None, fmt: str) -> None:
+            dispatch_dtype: str, tokens_per_step: int | None, seed: int, out_path: str | None, out_format: str, fmt: str) -> None:
     """Place MoE experts on GPUs: EPLB baseline and ILP, with load and all-to-all metrics."""
     if ctx.invoked_subcommand is not None:
         return
@@ -100,14 +130,16 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                             "--cluster dgx-h100:8 --stats stats.npz (make stats with `clusterplan experts synth`)")
     if time_limit_s <= 0:
         raise BadInputError("--time-limit must be > 0 seconds")
-    result = run_placement(model_ref=model_ref, cluster_ref=cluster_ref, stats_path=stats_path,
+    result, chosen, model = run_placement(model_ref=model_ref, cluster_ref=cluster_ref, stats_path=stats_path,
                            slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                            expert_groups=expert_groups, dispatch_dtype=dispatch_dtype,
                            tokens_per_step=tokens_per_step, seed=seed)
     _render(result, fmt)
     if out_path:
-        write_atomic(out_path, dumps_json(result["placement_file"]))
-        console.info(f"wrote {out_path} ({result['placement_file']['method']} placement)")
+        write_atomic(out_path, engine_file(chosen, model, out_format, result["placement_file"]))
+        covered = f"{chosen.n_layers} of {model.n_moe_layers} MoE layers"
+        console.info(f"wrote {out_path} ({result['placement_file']['method']} placement, {out_format} format, "
+                      f"{covered})")
 
 
 def _methods(placements: dict[str, Placement], stats: Any, fabric: Any, scale: float) -> dict[str, Any]:
@@ -125,7 +157,7 @@ def _improvement(base: dict[str, float], ilp: dict[str, float]) -> dict[str, flo
 
 def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_per_gpu: int | None, method: str,
                   time_limit_s: float, expert_groups: int | None, dispatch_dtype: str, tokens_per_step: int | None,
-                  seed: int) -> dict[str, Any]:
+                  seed: int) -> tuple[dict[str, Any], Placement, ModelSpec]:
     """Everything `experts` prints, as plain data (deterministic for the same inputs unless CBC hits a limit)."""
     from clusterplan.solver.experts import eplb_placement
     from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
@@ -170,7 +202,7 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     chosen = "ilp" if "ilp" in placements else "eplb"
     result["placement_file"] = placement_document(placements[chosen], method=chosen, model=model,
                                                   cluster_ref=cluster_ref)
-    return result
+    return result, placements[chosen], model
 
 
 def _render(result: dict[str, Any], fmt: str) -> None:

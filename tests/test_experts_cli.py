@@ -71,3 +71,30 @@ def test_bad_input_is_one_line_exit_2(run_cli, mixtral_stats, args, message):
 def test_missing_stats_flag(run_cli):
     code, _, err = run_cli("experts", "--model", "mixtral-8x7b", "--cluster", "dgx-h100:1")
     assert code == 2 and "missing --stats" in err
+
+
+def test_engine_placement_files(tmp_path, run_cli):
+    # DeepSeek-V3 has 3 dense layers then 58 MoE layers. SGLang indexes its map by model layer (61 rows);
+    # TensorRT-LLM keys assignments by MoE layer index (3..60). Layers the statistics do not cover (here all
+    # but the first two MoE layers) get the trivial map slot % 256, as SGLang's default placement.
+    stats = tmp_path / "ds.npz"
+    assert run_cli("experts", "synth", "--model", "deepseek-v3", "--layers", "2", "--tokens", "4096",
+                   "--out", str(stats))[0] == 0
+    common = ("experts", "--model", "deepseek-v3", "--cluster", "dgx-h100:8", "--stats", str(stats),
+              "--method", "eplb")
+    ours, sglang, trtllm = tmp_path / "p.json", tmp_path / "sglang.json", tmp_path / "trtllm.yaml"
+    assert run_cli(*common, "--out", str(ours))[0] == 0
+    assert run_cli(*common, "--out", str(sglang), "--out-format", "sglang")[0] == 0
+    assert run_cli(*common, "--out", str(trtllm), "--out-format", "trtllm")[0] == 0
+    placed = json.loads(ours.read_text())["physical_to_logical_map"]
+    assert np.array(placed).shape == (2, 320)  # 256 experts + 64 spare slots (5 per GPU)
+    sg = json.loads(sglang.read_text())
+    assert list(sg) == ["physical_to_logical_map"] and len(sg["physical_to_logical_map"]) == 61
+    assert sg["physical_to_logical_map"][3:5] == placed
+    assert sg["physical_to_logical_map"][0] == [s % 256 for s in range(320)]
+    import yaml
+
+    trt = yaml.safe_load(trtllm.read_text())
+    assert trt["num_slots"] == 320 and trt["layer_updates_per_iter"] == 0
+    assert sorted(trt["initial_global_assignments"]) == list(range(3, 61))
+    assert [trt["initial_global_assignments"][3], trt["initial_global_assignments"][4]] == placed
