@@ -167,7 +167,8 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
         behind = min(r.progress() for r in running)
         stuck = [r for r in running if r.progress() == behind]
         who = "rank " + str(stuck[0].rank) if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
-        raise ProfileError(f"{who} made no progress for {timeout_s:g} s while measuring {stuck[0].label}; "
+        raise ProfileError(f"{who} made no progress for {_allowed_s(stuck[0], timeout_s):g} s while measuring "
+                           f"{stuck[0].label}; "
                            f"stopped all ranks; {kept}")
     return False
 

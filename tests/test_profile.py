@@ -76,6 +76,16 @@ def test_resume_finishes_without_redoing(interrupted_then_resumed):
 
 
 @pytest.mark.slow
+def test_resume_refuses_a_different_sweep(interrupted_then_resumed, tmp_path):
+    # The file was measured with --quick; resuming it with the full sweep would mix two plans.
+    out = tmp_path / "calib.json"
+    out.write_text(json.dumps(interrupted_then_resumed["final"]))
+    code, _, err, _ = profile("--nproc", "2", "--out", str(out), "--resume")
+    assert code == 2 and err.count("\n") == 1
+    assert "was measured with quick=True, this run has False" in err
+
+
+@pytest.mark.slow
 def test_quick_cpu_profile_is_fast(interrupted_then_resumed):
     # Both runs together (two start-ups, 41 measurements) within a minute on 2 CI cores; ~15 s measured here.
     total_s = interrupted_then_resumed["first"][3] + interrupted_then_resumed["second"][3]
