@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusterplan.models.catalog import load_model
 from clusterplan.models.cluster import load_cluster
-from clusterplan.models.placement_metrics import evaluate, fabric_for, summary
+from clusterplan.models.placement_metrics import Fabric, evaluate, fabric_for, summary
 from clusterplan.models.routing import SynthConfig, make_stats, synth_stats
 from clusterplan.solver.experts import eplb_placement
 from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
@@ -89,6 +91,25 @@ def test_out_of_time_packs_without_solving_and_stays_never_worse():
     base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=1, n_gpus=16, gpus_per_node=8, n_groups=2)
     result = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=1e-3))
     assert result.unsolved_layers == (0, 1, 2) and result.log.subproblems == 0
+    eplb, ilp = summary(evaluate(base, stats, fabric)), summary(evaluate(result.placement, stats, fabric))
+    assert ilp["max_over_mean_worst"] <= eplb["max_over_mean_worst"] * (1 + 1e-9)
+    assert ilp["cross_node_bytes"] <= eplb["cross_node_bytes"] * (1 + 1e-9)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), zipf=st.floats(0.0, 1.5), affinity=st.floats(0.0, 4.0),
+       slots_per_gpu=st.integers(2, 3))
+def test_never_worse_than_eplb_on_random_statistics(seed, zipf, affinity, slots_per_gpu):
+    # Property: whatever the skew and affinity, the ILP's worst-layer max/mean and total cross-node bytes
+    # are at most EPLB's (4 GPUs in 2 nodes, 6 experts, top-2, 3 layers, 8 or 12 slots).
+    fabric = Fabric(n_gpus=4, gpus_per_node=2, scale_up_busbw_bytes_per_s=369e9, scale_out_busbw_bytes_per_s=48e9,
+                    scale_up_latency_s=2e-6, scale_out_latency_s=5e-6, dispatch_bytes_per_token=8192.0,
+                    combine_bytes_per_token=8192.0, expert_s_per_token=1e-7)
+    stats = synth_stats(SynthConfig(n_layers=3, n_experts=6, top_k=2, n_tokens=600, zipf_exponent=zipf,
+                                    affinity_logit=affinity, seed=seed))
+    base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=slots_per_gpu, n_gpus=4, gpus_per_node=2,
+                          n_groups=2)
+    result = ilp_placement(stats, fabric, base, OPTIONS)
     eplb, ilp = summary(evaluate(base, stats, fabric)), summary(evaluate(result.placement, stats, fabric))
     assert ilp["max_over_mean_worst"] <= eplb["max_over_mean_worst"] * (1 + 1e-9)
     assert ilp["cross_node_bytes"] <= eplb["cross_node_bytes"] * (1 + 1e-9)
