@@ -23,13 +23,21 @@ def _device() -> object:
     return torch.device("cpu")
 
 
+def _inject_fault(rank: int) -> None:
+    """CLUSTERPLAN_VALIDATE_FAULT=raise:R or hang:R makes rank R fail or hang (the launcher's tests use it)."""
+    import time
+
+    kind, _, target = os.environ.get("CLUSTERPLAN_VALIDATE_FAULT", "").partition(":")
+    if not kind or int(target or -1) != rank:
+        return
+    if kind == "raise":
+        raise RuntimeError(f"injected fault on rank {rank}")
+    if kind == "hang":
+        time.sleep(3600)
+
+
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
-
-    from clusterplan.fileio import dumps_json, write_atomic
-    from clusterplan.models.layout import Layout
-    from clusterplan.models.spec import ModelSpec
-    from clusterplan.validate.run import RunSpec, run_rank
 
     job_path, out_path = argv
     with open(job_path, encoding="utf-8") as fh:
@@ -39,6 +47,12 @@ def main(argv: list[str]) -> int:
     dist.init_process_group(backend, timeout=timedelta(seconds=float(job.get("timeout_s", 120))),
                             device_id=device if device.type == "cuda" else None)
     try:
+        _inject_fault(dist.get_rank())
+        from clusterplan.fileio import dumps_json, write_atomic
+        from clusterplan.models.layout import Layout
+        from clusterplan.models.spec import ModelSpec
+        from clusterplan.validate.run import RunSpec, run_rank
+
         runs = []
         for item in job["runs"]:  # several layouts share one process group (and one torch import)
             run = RunSpec(model=ModelSpec.from_dict(item["model"]), layout=Layout.from_dict(item["layout"]),

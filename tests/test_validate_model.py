@@ -1,0 +1,54 @@
+"""validate's torch model: exact parameter counts, correct gradients of the fused-style ops, scaling, stages."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from clusterplan.errors import UnsupportedModelError  # noqa: E402
+from clusterplan.models.catalog import load_model  # noqa: E402
+from clusterplan.models.layout import Layout, layout_problems  # noqa: E402
+from clusterplan.validate.apply_pp import local_stages, stage_layer_ids  # noqa: E402
+from clusterplan.validate.model import Decoder, _RMSNormFn, apply_rope, rope_tables  # noqa: E402
+from clusterplan.validate.scale import scale_model  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["llama3.1-8b", "llama3.1-70b", "mixtral-8x7b", "gpt3-175b"])
+def test_parameter_count_equals_model_spec(name):
+    # The built module and ModelSpec count the same tensors: exact equality, no tolerance.
+    spec = load_model(name)
+    with torch.device("meta"):
+        model = Decoder(spec, seq=128)
+    assert sum(p.numel() for p in model.parameters()) == spec.total_params()
+
+
+def test_mla_is_refused_with_a_way_out():
+    with pytest.raises(UnsupportedModelError, match="MLA"):
+        Decoder(load_model("deepseek-v3"), seq=128)
+
+
+def test_fused_style_ops_have_exact_gradients():
+    cos, sin = rope_tables(16, 8)
+    x = torch.randn(2, 8, 3, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: apply_rope(x, cos.double(), sin.double()), (x,))
+    w = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _RMSNormFn.apply(x, w, 1e-6), (x, w))
+    reference = torch.nn.functional.rms_norm(x, (16,), w, 1e-6)
+    assert torch.allclose(_RMSNormFn.apply(x, w, 1e-6), reference)
+
+
+def test_scaled_model_keeps_the_layout_valid():
+    layout = Layout.parse("tp=8,pp=4,dp=2,mbs=1,gbs=64,seq=256")
+    small = scale_model(load_model("llama3.1-70b"), layout, 16)
+    assert small.n_heads == 64 and small.kv_heads == 8  # head counts stay, so tp splits the same way
+    assert small.total_params() < 70.6e9 / 100
+    assert layout_problems(small, layout, 64) == []
+
+
+def test_interleaved_stages_sit_round_robin():
+    # 8 layers, pp=2, vpp=2: stages 0..3 of 2 layers; rank 0 holds stages 0 and 2 (Megatron's assignment).
+    layout = Layout.parse("pp=2,vpp=2,schedule=interleaved-1f1b,gbs=4")
+    spec = load_model("llama3.1-8b").scaled(n_layers=8)
+    assert stage_layer_ids(spec, layout) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert local_stages(layout, 0) == [0, 2] and local_stages(layout, 1) == [1, 3]
