@@ -39,30 +39,62 @@ def runnable_layout(layout: Layout) -> Layout:
     return executed_layout(layout)
 
 
-def _real(plan: Any, nproc: int | None, scale: str, steps: int, timeout_s: float, calibration: str | None,
-          budget_gib: float) -> dict[str, Any]:
-    from clusterplan.models.calibration import load_calibration
-    from clusterplan.validate.launch import spawn
-    from clusterplan.validate.predict import predicted_step
-    from clusterplan.validate.report import max_memory_error, rank_rows, time_row
+def _prepare(plan: Any, nproc: int | None, scale: str, budget_gib: float) -> tuple[Any, Layout, int]:
+    """The scaled model and executed layout of a real run, checked against the number of ranks."""
     from clusterplan.validate.scale import auto_factor, scale_model
 
     layout = runnable_layout(plan.layout)
-    nproc = nproc or layout.world
-    if nproc != layout.world:
+    if nproc is not None and nproc != layout.world:
         raise BadInputError(f"--nproc {nproc}: the plan's layout needs {layout.world} ranks "
                             f"({layout.short()}); write a plan for {nproc} ranks or use --dry-run")
     factor = _scale(scale) or auto_factor(plan.model, layout, budget_gib * 2**30)
-    model = scale_model(plan.model, layout, factor)
-    console.info(f"validate: {model.name} ({model.total_params() / 1e6:.1f} M params), {layout.short()}, "
-                 f"{nproc} ranks")
-    runs = spawn([{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], nproc, timeout_s)
-    ranks = runs[0]["ranks"]
+    return scale_model(plan.model, layout, factor), layout, factor
+
+
+def _compare(plan: Any, run: dict[str, Any], factor: int | None, calibration: str | None) -> dict[str, Any]:
+    """Predicted against measured for one run's gathered ranks."""
+    from clusterplan.models.calibration import load_calibration
+    from clusterplan.models.spec import ModelSpec
+    from clusterplan.validate.predict import predicted_step
+    from clusterplan.validate.report import max_memory_error, rank_rows, time_row
+
+    model, layout = ModelSpec.from_dict(run["model"]), Layout.from_dict(run["layout"])
+    rows = rank_rows(model, layout, run["ranks"])
     cal = load_calibration(calibration) if calibration else None
-    rows = rank_rows(model, layout, ranks)
     return {"model": model.name, "scale": factor, "layout": plan.layout.to_dict(), "executed_layout": layout.to_dict(),
-            "device": runs[0]["device"], "ranks": rows, "max_memory_error_pct": max_memory_error(rows),
-            "time": time_row(predicted_step(model, plan.cluster, layout, cal), ranks)}
+            "device": run["device"], "ranks": rows, "max_memory_error_pct": max_memory_error(rows),
+            "time": time_row(predicted_step(model, plan.cluster, layout, cal), run["ranks"])}
+
+
+def _real(plan: Any, nproc: int | None, scale: str, steps: int, timeout_s: float, calibration: str | None,
+          budget_gib: float) -> dict[str, Any]:
+    from clusterplan.validate.launch import spawn
+
+    model, layout, factor = _prepare(plan, nproc, scale, budget_gib)
+    console.info(f"validate: {model.name} ({model.total_params() / 1e6:.1f} M params), {layout.short()}, "
+                 f"{layout.world} ranks")
+    runs = spawn([{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], layout.world, timeout_s)
+    return _compare(plan, runs[0], factor, calibration)
+
+
+def _write_job(path: str, plan: Any, scale: str, steps: int, timeout_s: float, budget_gib: float) -> None:
+    model, layout, _ = _prepare(plan, None, scale, budget_gib)
+    job = {"runs": [{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], "timeout_s": timeout_s}
+    write_atomic(path, dumps_json(job))
+    console.info(f"wrote {path}: {model.name}, {layout.short()}, {layout.world} ranks; on every node run\n"
+                 f"  torchrun --nnodes NODES --nproc-per-node GPUS --rdzv-backend c10d --rdzv-endpoint HOST:29500 "
+                 f"-m clusterplan.validate.worker {path} result.json\n"
+                 f"then: clusterplan validate PLAN --measured result.json")
+
+
+def _measured_run(path: str) -> dict[str, Any]:
+    from clusterplan.fileio import load_mapping
+
+    runs = load_mapping(path).get("runs")
+    if not isinstance(runs, list) or not runs or "ranks" not in runs[0] or "model" not in runs[0]:
+        raise BadInputError(f"{path}: not a result of `python -m clusterplan.validate.worker`; "
+                            "write the job with --write-job and run it with torchrun")
+    return runs[0]
 
 
 def _dry(plan: Any) -> dict[str, Any]:
@@ -116,15 +148,25 @@ def _print_real(result: dict[str, Any]) -> None:
 @click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
 @click.option("--dry-run", is_flag=True, help="Full model, full world size, one CPU process (fake process group).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
+@click.option("--write-job", type=click.Path(dir_okay=False), default=None,
+              help="Write the job for torchrun on several machines and exit (see README).")
+@click.option("--measured", type=click.Path(dir_okay=False), default=None,
+              help="Compare a worker's result.json (from a torchrun launch) instead of spawning ranks.")
 @format_option
 def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, steps: int, timeout_s: float,
              calibration: str | None, tolerance: float | None, time_tolerance: float | None, dry_run: bool,
-             out: str | None, fmt: str) -> None:
+             out: str | None, write_job: str | None, measured: str | None, fmt: str) -> None:
     """Run PLAN for real (or --dry-run it at full scale) and report predicted against measured."""
     plan = read_plan(plan_path)
     if dry_run:
         result = _dry(plan)
         error_pct = result["max_state_error_pct"]
+    elif write_job:
+        _write_job(write_job, plan, scale, steps, timeout_s, budget_gib)
+        return
+    elif measured:
+        result = _compare(plan, _measured_run(measured), None, calibration)
+        error_pct = result["max_memory_error_pct"]
     else:
         result = _real(plan, nproc, scale, steps, timeout_s, calibration, budget_gib)
         error_pct = result["max_memory_error_pct"]

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
             result = run_rank(run, device)
             gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
             dist.gather_object(result, gathered, dst=0)
-            runs.append({"device": device.type, "ranks": gathered})
+            runs.append({"device": device.type, "ranks": gathered, "model": item["model"], "layout": item["layout"]})
         if dist.get_rank() == 0:
             write_atomic(out_path, dumps_json({"runs": runs}))
     finally:
