@@ -17,6 +17,8 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
   all_gather / reduce_scatter / all_to_all n-1, send_recv 1); busbw_bytes_per_s: nccl-tests busbw.
   scale_up = the ranks of one node; scale_out = the whole world over all nodes (the nccl-tests multi-node busbw).
 - memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
+- serving decode_step_overhead_s: one eager decode step of a tiny model with the target's layers per stage
+  (launch-bound: the fixed per-step cost of an engine without CUDA graphs).
 """
 
 from __future__ import annotations
