@@ -28,6 +28,9 @@ MODEL_GEMM_SHARE = 0.77
 """Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
 Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
+# Tensor-core rate each weight format runs at: W8A8 int8 at the 8-bit rate; int4 weight-only (AWQ/GPTQ) kernels
+# dequantise to bf16 and multiply there.
+COMPUTE_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "fp8", "fp4": "fp4", "int4": "bf16"}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -206,7 +209,7 @@ class StepModel:
 def step_model(inst: ServingInstance) -> StepModel:
     """Precompute the step-time constants of an instance from its model, GPU and knobs."""
     spec, gpu, knobs = inst.model, inst.gpu, inst.knobs
-    flops_per_s = gpu.tflops(inst.weight_dtype if inst.weight_dtype != "int8" else "fp8") * 1e12
+    flops_per_s = gpu.tflops(COMPUTE_DTYPE[inst.weight_dtype]) * 1e12
     flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction * MODEL_GEMM_SHARE
     hbm_bytes_per_s = gpu.hbm_bytes_per_s * (knobs.hbm_fraction or gpu.hbm_fraction)
     n_gpus = inst.n_gpus

@@ -232,3 +232,15 @@ def test_splitwise_step_overhead_alone_is_not_enough() -> None:
     res = least_squares(lambda x: np.concatenate([errors(x[0], "2"), errors(x[0], "8")]), [0.02], bounds=([0], [0.2]))
     assert 0.020 < res.x[0] < 0.030
     assert errors(res.x[0], "8").min() < -0.35 and errors(res.x[0], "2").max() > 0.15
+
+
+def test_weight_formats_set_bytes_and_compute_rate() -> None:
+    h100 = get_gpu("H100")
+    by_dtype = {d: step_model(ServingInstance(model=LLAMA2_70B, gpu=h100, tp=4, weight_dtype=d))
+                for d in ("bf16", "fp8", "int4")}
+    # fp8 halves the weight bytes and doubles the tensor-core rate; int4 weight-only quarters the bytes but
+    # multiplies in bf16, so its prefill costs what bf16's does.
+    assert by_dtype["fp8"].dense_weights_s == pytest.approx(by_dtype["bf16"].dense_weights_s / 2)
+    assert by_dtype["int4"].dense_weights_s == pytest.approx(by_dtype["bf16"].dense_weights_s / 4)
+    assert by_dtype["fp8"].compute_s_per_token == pytest.approx(by_dtype["bf16"].compute_s_per_token / 2, rel=0.01)
+    assert by_dtype["int4"].compute_s_per_token == pytest.approx(by_dtype["bf16"].compute_s_per_token)
