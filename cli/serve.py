@@ -223,7 +223,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.option("--gpus", default=DEFAULT_GPUS, help="GPU types to consider (names or aliases).")
 @click.option("--tp", "tp_text", default="1,2,4,8", help="Tensor-parallel sizes to consider.")
 @click.option("--pp", "pp_text", default="1", help="Pipeline-parallel sizes to consider.")
-@click.option("--max-gpus", type=click.IntRange(min=1), help="Most GPUs the plan may use in total.")
+@click.option("--max-gpus", type=click.IntRange(min=1), help="Most GPUs the plan may use in total (instances, with --capacity-table).")
 @click.option("--available", help="GPUs available per type, e.g. A10G=8,H100=16.")
 @click.option("--disaggregate", type=click.Choice(["auto", "on", "off"]), default="auto",
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
