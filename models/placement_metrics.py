@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.errors import BadInputError
+from clusterplan.models.cluster import Cluster
 from clusterplan.models.routing import RoutingStats
+from clusterplan.models.spec import ModelSpec
 
 BYTES_PER_ELEMENT = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -107,22 +109,22 @@ class Fabric:
         return np.arange(self.n_gpus) // self.gpus_per_node
 
 
-def fabric_for(cluster: object, model: object, dispatch_dtype: str = "bf16") -> Fabric:
-    """Fabric of a homogeneous Cluster for a ModelSpec; combine is always BF16 (DeepSeek-V3 report 3.3)."""
+def fabric_for(cluster: Cluster, model: ModelSpec, dispatch_dtype: str = "bf16") -> Fabric:
+    """Fabric of a homogeneous cluster for an MoE model; combine is always BF16 (DeepSeek-V3 report 3.3)."""
     if dispatch_dtype not in BYTES_PER_ELEMENT:
         raise BadInputError(f"dispatch dtype {dispatch_dtype!r}: use one of {', '.join(BYTES_PER_ELEMENT)}")
-    if not cluster.is_homogeneous:  # type: ignore[attr-defined]
-        raise BadInputError("experts: the cluster mixes node kinds; expert placement needs one kind of node")
-    g = cluster.primary  # type: ignore[attr-defined]
+    if not cluster.is_homogeneous:
+        raise BadInputError(f"cluster {cluster.name} mixes node kinds; expert placement needs one kind of node")
+    g = cluster.primary
     # 2 FLOPs per parameter per token for a forward pass (Kaplan et al. 2020).
-    flops = 2 * model.mlp_params(model.expert_ffn_hidden)  # type: ignore[attr-defined]
+    flops = 2 * model.mlp_params(model.expert_ffn_hidden)
     return Fabric(
-        n_gpus=cluster.world_size, gpus_per_node=g.gpus_per_node,  # type: ignore[attr-defined]
+        n_gpus=cluster.world_size, gpus_per_node=g.gpus_per_node,
         scale_up_busbw_bytes_per_s=g.scale_up_busbw_gb_per_s * 1e9,
         scale_out_busbw_bytes_per_s=g.scale_out_busbw_gb_per_s * 1e9,
         scale_up_latency_s=g.scale_up.latency_us * 1e-6, scale_out_latency_s=g.nic.latency_us * 1e-6,
-        dispatch_bytes_per_token=model.hidden * BYTES_PER_ELEMENT[dispatch_dtype],  # type: ignore[attr-defined]
-        combine_bytes_per_token=model.hidden * BYTES_PER_ELEMENT["bf16"],  # type: ignore[attr-defined]
+        dispatch_bytes_per_token=model.hidden * BYTES_PER_ELEMENT[dispatch_dtype],
+        combine_bytes_per_token=model.hidden * BYTES_PER_ELEMENT["bf16"],
         expert_s_per_token=flops / (g.gpu.tflops("bf16") * 1e12),
     )
 
@@ -135,6 +137,7 @@ def origin(prev_share: np.ndarray, transitions: np.ndarray) -> np.ndarray:
     """
     n_gpus = prev_share.shape[1]
     into = transitions.sum(axis=0)  # tokens entering each expert j from any i
+    # Token state sits where its layer-l experts ran (ExFlow context-coherent EP; MoETuner routing dependency).
     weighted = transitions.T @ prev_share  # [E_j, G] = sum_i T[i, j] * share_prev[i, g]
     uniform = np.full_like(weighted, 1.0 / n_gpus)
     return np.where(into[:, None] > 0, weighted / np.maximum(into, 1e-300)[:, None], uniform)
@@ -142,6 +145,7 @@ def origin(prev_share: np.ndarray, transitions: np.ndarray) -> np.ndarray:
 
 def traffic(tokens: np.ndarray, origin_eg: np.ndarray, share_eg: np.ndarray) -> np.ndarray:
     """[G, G] dispatch tokens from GPU s to GPU d: sum_e tokens[e] * origin[e, s] * share[e, d]."""
+    # Even split over replicas, independent of the source (EPLB's output assumption, moe-placement.md 4).
     return (origin_eg * tokens[:, None]).T @ share_eg
 
 

@@ -118,7 +118,11 @@ def _solve(prob: pulp.LpProblem, limit_s: float, opts: IlpOptions) -> _Solved:
                                        gapRel=1e-4, logPath=str(log_path), keepFiles=False,
                                        options=[f"randomSeed {opts.seed + 1}", f"randomCbcSeed {opts.seed + 1}",
                                                 f"maxNodes {opts.max_nodes}", "cuts off"])
-            prob.solve(solver)
+            try:
+                prob.solve(solver)
+            except pulp.PulpSolverError:  # CBC crashed or wrote no solution: the caller keeps its warm start
+                return _Solved(objective_us=float("nan"), bound_us=float("nan"), optimal=False, timed_out=False,
+                               cbc_s=time.monotonic() - started)
         text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     objective = pulp.value(prob.objective)
     objective = float(objective) if objective is not None else float("nan")
@@ -201,7 +205,7 @@ def _node_stage(lay: _Layer, fabric: Fabric, slots_per_node: int, limit_s: float
     for e in live:
         prob += _dot([y[e, n] for n in range(n_nodes)], np.ones(n_nodes)) == int(lay.count[e])
     prob += z_load <= cap * (1 + 1e-9)
-    # Busiest node's compute and NIC time per GPU (a node's load spreads over its GPUs), plus mean NIC time.
+    # Busiest node's compute and NIC time per GPU, plus mean NIC time (MoETuner: load balance + comm. skew).
     lookahead = _lookahead(prob, y, lay, warm, n_nodes) if lay.has_next else 0.0
     prob += comp_us / gpn * z_load + nic_us / gpn * w_nic + nic_us / fabric.n_gpus * (
         pulp.lpSum(remote_in) + opts.lookahead * lookahead)
