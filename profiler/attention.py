@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusterplan.profiler.gemm import torch_dtype
+from clusterplan.profiler.gemm import sample_seconds, torch_dtype
 from clusterplan.profiler.sweep import Measurement
 from clusterplan.profiler.timer import adaptive_repeats, summarize, time_runs
 
@@ -35,9 +35,9 @@ def measure_attention(meas: Measurement, device: Any, *, budget_s: float) -> dic
     record: dict[str, Any] = {"key": meas.key, "dtype": meas.dtype, "batch": b, "heads": h, "seq": s, "head_dim": d,
                               "causal": True, "fwd_flops": fwd_flops, "bwd_flops": 2.5 * fwd_flops}
     for name, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-        repeats = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s / 2, hi=30)
-        timing = summarize(time_runs(fn, cuda=cuda, warmup=1, repeats=repeats))
-        record[name] = timing.to_dict()
+        repeats, inner = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s / 2, hi=30, sample_s=sample_seconds(cuda))
+        timing = summarize(time_runs(fn, cuda=cuda, warmup=1, repeats=repeats, inner=inner))
+        record[name] = {**timing.to_dict(), "inner": inner}
     record["fwd_tflops"] = fwd_flops / record["fwd"]["median_s"] / 1e12
     record["fwd_bwd_tflops"] = 3.5 * fwd_flops / record["fwd_bwd"]["median_s"] / 1e12
     return record

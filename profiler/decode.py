@@ -57,7 +57,7 @@ def measure_decode(meas: Measurement, device: Any, *, budget_s: float) -> dict[s
     layers = meas.shape[0]
     fn = decode_step_fn(layers, device, torch_dtype(meas.dtype))
     cuda = device.type == "cuda"
-    repeats = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=5, hi=30)
+    repeats, _ = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=5, hi=30)  # one step per sample: launches count
     timing = summarize(time_runs(fn, cuda=cuda, warmup=2, repeats=repeats))
     return {"key": meas.key, "dtype": meas.dtype, "layers": layers, "hidden": HIDDEN, "context": CONTEXT,
             "graphs": False, **timing.to_dict()}

@@ -20,7 +20,7 @@ def measure_copy(meas: Measurement, device: Any, *, budget_s: float) -> dict[str
     dst = torch.empty_like(src)
     fn = lambda: dst.copy_(src)  # noqa: E731
     cuda = device.type == "cuda"
-    repeats = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=3, hi=20)
+    repeats, _ = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=3, hi=20)
     timing = summarize(time_runs(fn, cuda=cuda, warmup=1, repeats=repeats))
     moved = 2 * numel * 4  # read + write
     return {"key": meas.key, "buffer_bytes": numel * 4, "moved_bytes": moved, **timing.to_dict(),

@@ -32,37 +32,43 @@ def summarize(times_s: Sequence[float]) -> Timing:
                   p90_s=float(np.percentile(t, 90)), min_s=float(t.min()), repeats=int(t.size))
 
 
-def _time_cuda(fn: Callable[[], object], before: Callable[[], object] | None) -> float:
+def _time_cuda(fn: Callable[[], object], before: Callable[[], object] | None, inner: int) -> float:
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     if before is not None:
         before()
     start.record()
-    fn()
+    for _ in range(inner):
+        fn()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+    return start.elapsed_time(end) / 1e3 / inner  # elapsed_time is in milliseconds
 
 
-def _time_cpu(fn: Callable[[], object], before: Callable[[], object] | None) -> float:
+def _time_cpu(fn: Callable[[], object], before: Callable[[], object] | None, inner: int) -> float:
     if before is not None:
         before()
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner
 
 
 def time_runs(fn: Callable[[], object], *, cuda: bool, warmup: int, repeats: int,
-              before: Callable[[], object] | None = None) -> list[float]:
-    """Seconds of each of `repeats` runs of fn after `warmup` untimed runs."""
+              before: Callable[[], object] | None = None, inner: int = 1) -> list[float]:
+    """Seconds per call in each of `repeats` samples after `warmup` untimed ones; a sample is `inner`
+    back-to-back calls, so kernels shorter than their launch queue up as they do in a real step."""
     one = _time_cuda if cuda else _time_cpu
     for _ in range(warmup):
-        one(fn, before)
-    return [one(fn, before) for _ in range(repeats)]
+        one(fn, before, inner)
+    return [one(fn, before, inner) for _ in range(repeats)]
 
 
-def adaptive_repeats(fn: Callable[[], object], *, cuda: bool, budget_s: float, lo: int = 3, hi: int = 50) -> int:
-    """How many repeats fit in budget_s, from one timed run (also a warm-up); between lo and hi."""
-    first_s = time_runs(fn, cuda=cuda, warmup=0, repeats=1)[0]
-    return int(min(hi, max(lo, budget_s / max(first_s, 1e-7))))
+def adaptive_repeats(fn: Callable[[], object], *, cuda: bool, budget_s: float, lo: int = 3, hi: int = 50,
+                     sample_s: float = 0.0) -> tuple[int, int]:
+    """(repeats, inner): samples of at least sample_s (inner calls each) that fit in budget_s, from one
+    warm-up and one timed call; repeats between lo and hi."""
+    first_s = max(time_runs(fn, cuda=cuda, warmup=1, repeats=1)[0], 1e-7)
+    inner = int(min(1000, max(1, sample_s / first_s)))
+    return int(min(hi, max(lo, budget_s / (first_s * inner)))), inner
