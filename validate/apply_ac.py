@@ -2,8 +2,8 @@
 
 - full: every transformer block keeps only its input and recomputes the rest in backward (Chen et al. 2016).
 - selective: only the attention core (softmax(QK^T)V) is recomputed (Korthikanti et al. 2022, section 4.2).
-Non-reentrant torch.utils.checkpoint; the inputs a checkpoint holds are reported to the activation tracker,
-since they bypass saved-tensor hooks.
+Reentrant torch.utils.checkpoint, so the saved-tensor hooks of measure.py see the inputs it keeps and the
+layer it recomputes in backward.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from clusterplan.validate.measure import hold_for_backward
-
 
 def _checkpointed(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    # Reentrant checkpointing: inputs are saved through save_for_backward and the recomputation runs as a normal
+    # forward inside backward, so the activation tracker sees both (the non-reentrant form hides them).
     def run(*args: Any) -> torch.Tensor:
-        out = checkpoint(fn, *args, use_reentrant=False)
-        hold_for_backward(out, [a for a in args if isinstance(a, torch.Tensor)])
-        return out
+        return checkpoint(fn, *args, use_reentrant=True)
 
     return run
 

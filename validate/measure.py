@@ -3,7 +3,7 @@
 - State bytes: the local shards (DTensor.to_local) of parameters, gradients and optimizer states of a rank.
 - Activations: every tensor autograd saves for backward, through saved-tensor hooks, counted once per storage
   while it is alive (parameters saved for backward are excluded: they are weights); the peak over a step is
-  the activation memory. Checkpoint inputs, which bypass the hooks, are added by apply_ac.
+  the activation memory. Reentrant checkpoints (apply_ac) save their inputs and recompute through the same hooks.
 - Step time: wall clock per training step after warm-up; median and spread across steps.
 """
 
@@ -95,28 +95,9 @@ class ActivationTracker:
 
     @contextmanager
     def active(self) -> Iterator[ActivationTracker]:
-        global _ACTIVE
-        previous, _ACTIVE = _ACTIVE, self
-        try:
-            with torch.autograd.graph.saved_tensors_hooks(self.hold, lambda held: held.tensor):
-                yield self
-        finally:
-            _ACTIVE = previous
-
-
-_ACTIVE: ActivationTracker | None = None
-
-
-def hold_for_backward(out: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-    """Count the inputs a checkpoint keeps for recomputation until its backward has run."""
-    if _ACTIVE is None or out.grad_fn is None:
-        return
-    held = [_ACTIVE.hold(t) for t in inputs]
-
-    def release(*_: object) -> None:
-        held.clear()
-
-    out.grad_fn.register_hook(release)
+        """Count what autograd saves inside this block (forward, and recomputation during backward)."""
+        with torch.autograd.graph.saved_tensors_hooks(self.hold, lambda held: held.tensor):
+            yield self
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
