@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -176,7 +175,8 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
 def launch(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
            on_progress: ProgressFn | None = None, nodes: int = 1) -> None:
     """Run `python -m clusterplan.profiler.worker WORKER_ARGS` on nproc local ranks until all finish."""
-    log_dir = Path(tempfile.mkdtemp(prefix="clusterplan-profile-"))
+    log_dir = Path(f"{out}.logs")  # next to the partial results it explains; removed after a clean run
+    log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     # Collectives inside the workers wait longer than the launcher, so the launcher names the culprit first.
     args = [*worker_args, "--timeout", str(timeout_s * 2 + 30)]
