@@ -189,10 +189,12 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
             ilp = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=time_limit_s, seed=seed))
         console.info(f"ILP: {ilp.log.subproblems} subproblems in {ilp.solve_s:.1f} s, gap {ilp.gap:.2%}")
         placements["ilp"] = ilp.placement
+        if ilp.free_placement is not None:
+            placements["ilp-free"] = ilp.free_placement
         result["solver"] = {"gap": ilp.gap, "objective_us": ilp.log.objective_us, "bound_us": ilp.log.bound_us,
                             "subproblems": ilp.log.subproblems, "proven_optimal": ilp.log.proven_optimal,
                             "hit_time_limit": ilp.log.hit_time_limit, "fallback_layers": list(ilp.fallback_layers),
-                            "unsolved_layers": list(ilp.unsolved_layers), "used_baseline": ilp.used_baseline}
+                            "unsolved_layers": list(ilp.unsolved_layers), "node_locked": ilp.node_locked}
         if ilp.log.hit_time_limit or ilp.unsolved_layers:
             console.warn("the ILP hit its time limit; results may differ between runs (raise --time-limit)")
     result["methods"] = _methods(placements, stats, fabric, scale)
@@ -224,7 +226,10 @@ def _render(result: dict[str, Any], fmt: str) -> None:
         sol = result["solver"]
         console.text(f"ILP gap {sol['gap']:.2%} over {sol['subproblems']} subproblems "
                      f"({sol['proven_optimal']} proven optimal); baseline kept for layers "
-                     f"{sol['fallback_layers'] or 'none'}{'; whole baseline returned' if sol['used_baseline'] else ''}")
+                     f"{sol['fallback_layers'] or 'none'}")
+        if sol["node_locked"]:
+            console.text("the free ILP (ilp-free) sent more bytes across nodes than EPLB, so ilp keeps EPLB's "
+                         "experts per node and re-places them on each node's GPUs")
     if "ilp_improvement" in result:
         imp = result["ilp_improvement"]
         console.text(f"ILP vs EPLB: worst max/mean {imp['max_over_mean_worst']:.1%} lower, cross-node bytes "

@@ -72,8 +72,11 @@ class IlpResult:
     log: SolveLog
     fallback_layers: tuple[int, ...]
     """Layers where the baseline's placement was kept."""
-    used_baseline: bool
-    """True when the whole ILP placement was worse than the baseline and the baseline is returned."""
+    node_locked: bool
+    """True when the free ILP sent more bytes across nodes (or had a worse worst layer) than the baseline, so
+    the result keeps the baseline's replicas per node and only re-places them on each node's GPUs."""
+    free_placement: Placement | None
+    """The rejected free ILP placement when `node_locked` (often faster, but more cross-node bytes)."""
     unsolved_layers: tuple[int, ...]
     """Layers placed by balanced packing without a solve because the time limit was used up."""
     solve_s: float
@@ -246,16 +249,18 @@ def _valid(counts: np.ndarray, want: np.ndarray, per_pack: int) -> bool:
 
 
 def _gpu_stage(lay: _Layer, on_node: np.ndarray, fabric: Fabric, slots_per_gpu: int, limit_s: float,
-               opts: IlpOptions) -> tuple[np.ndarray, _Solved]:
-    """[E, G] replicas per GPU given replicas per node `on_node` [E, N]; the nodes' blocks share one CBC run."""
+               opts: IlpOptions, warm: np.ndarray | None = None) -> tuple[np.ndarray, _Solved]:
+    """[E, G] replicas per GPU given replicas per node `on_node` [E, N]; the nodes' blocks share one CBC run.
+
+    `warm` [E, G] is the start and sets each node's load cap; by default EPLB's balanced packing per node.
+    """
     gpn = fabric.gpus_per_node
     prob = pulp.LpProblem("expert_gpus", pulp.LpMinimize)
-    warm = np.zeros((len(lay.tokens), fabric.n_gpus), dtype=np.int64)
+    warm = _gpu_stage_warm(lay, on_node, fabric) if warm is None else warm
     z: dict[tuple[int, int], pulp.LpVariable] = {}
     objective = []
     for n in range(fabric.n_nodes):
         block = slice(n * gpn, (n + 1) * gpn)
-        warm[:, block] = _warm_counts(lay.per_replica, on_node[:, n], gpn)
         objective.append(_gpu_block(prob, z, lay, on_node, n, warm[:, block], fabric, slots_per_gpu))
     prob += pulp.lpSum(objective)
     for (e, g), var in z.items():
@@ -382,7 +387,44 @@ def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts
         prev_share = share
     placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts, slots_per_gpu=spg,
                           gpus_per_node=fabric.gpus_per_node)
-    mine = summary(evaluate(placement, stats, fabric))
-    worse = any(mine[k] > theirs[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "cross_node_bytes"))
-    return IlpResult(placement=baseline if worse else placement, log=log, fallback_layers=tuple(fallback),
-                     unsolved_layers=tuple(unsolved), used_baseline=worse, solve_s=time.monotonic() - start)
+    if not _worse(summary(evaluate(placement, stats, fabric)), theirs):
+        return IlpResult(placement=placement, log=log, fallback_layers=tuple(fallback), node_locked=False,
+                         free_placement=None, unsolved_layers=tuple(unsolved), solve_s=time.monotonic() - start)
+    locked, log = _node_locked(stats, fabric, baseline, deadline, opts, log)
+    if _worse(summary(evaluate(locked, stats, fabric)), theirs):  # guard against rounding surprises
+        locked = baseline
+    return IlpResult(placement=locked, log=log, fallback_layers=tuple(fallback), node_locked=True,
+                     free_placement=placement, unsolved_layers=tuple(unsolved), solve_s=time.monotonic() - start)
+
+
+def _worse(mine: dict[str, float], theirs: dict[str, float]) -> bool:
+    return any(mine[k] > theirs[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "cross_node_bytes"))
+
+
+def _per_gpu(row: np.ndarray, n_experts: int, n_gpus: int) -> np.ndarray:
+    """[E, G] replicas per GPU of one phy2log row."""
+    out = np.zeros((n_experts, n_gpus), dtype=np.int64)
+    np.add.at(out, (row, np.arange(len(row)) // (len(row) // n_gpus)), 1)
+    return out
+
+
+def _node_locked(stats: RoutingStats, fabric: Fabric, baseline: Placement, deadline: float, opts: IlpOptions,
+                 log: SolveLog) -> tuple[Placement, SolveLog]:
+    """Keep the baseline's replicas per node in every layer (so node-level shares, origins and cross-node bytes
+    are the baseline's exactly) and re-solve the GPU stage from the baseline's GPU packing (no GPU heavier)."""
+    counts, gpn = baseline.replica_count(), fabric.gpus_per_node
+    rows, prev = [], None
+    for layer in range(stats.n_layers):
+        lay = _layer_input(stats, layer, counts, prev, fabric.n_gpus)
+        base = _per_gpu(baseline.phy2log[layer], stats.n_experts, fabric.n_gpus)
+        per_gpu = base
+        budget_s = CBC_SHARE * (deadline - time.monotonic()) / (stats.n_layers - layer)
+        if budget_s >= MIN_SOLVE_S:
+            on_node = base.reshape(stats.n_experts, fabric.n_nodes, gpn).sum(axis=2)
+            per_gpu, solved = _gpu_stage(lay, on_node, fabric, baseline.slots_per_gpu, budget_s, opts, warm=base)
+            log = _add(log, solved)
+        rows.append(_to_slots(per_gpu))
+        prev = per_gpu / lay.count[:, None]
+    placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts,
+                          slots_per_gpu=baseline.slots_per_gpu, gpus_per_node=gpn)
+    return placement, log
