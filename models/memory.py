@@ -156,7 +156,9 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     m = L.microbatches
     index = {"first": 0.0, "middle": 1.0, "last": L.pp - 1}[position]
     one_f_one_b = np.minimum(L.pp - index, m)
-    interleaved = np.minimum(L.pp + (L.pp - 1) / L.vpp, m * 1.0)
+    # Megatron's interleaved warm-up on pipeline rank i: (pp - i - 1) * 2 + (v - 1) * pp chunks, plus the one in
+    # flight, each 1/v of the rank's layers; rank 0 gives pp + (pp-1)/v (measured by `clusterplan validate`).
+    interleaved = np.minimum(((L.pp - index - 1) * 2 + (L.vpp - 1) * L.pp + 1) / L.vpp, m * 1.0)
     held = np.select([L.schedule == SCHEDULE_GPIPE, L.schedule == SCHEDULE_INTERLEAVED], [m, interleaved],
                      one_f_one_b)
     return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
