@@ -61,6 +61,8 @@ class Trainer:
 
     def __init__(self, run: RunSpec, device: torch.device) -> None:
         L, spec = run.layout, run.model
+        if L.world != dist.get_world_size():
+            raise ValueError(f"the layout needs {L.world} ranks ({L.short()}), launched with {dist.get_world_size()}")
         self.run, self.device = run, device
         self.compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.mesh = build_mesh(L, device.type)
