@@ -67,12 +67,16 @@ class Placement:
             out[layer] = np.bincount(row, minlength=self.n_experts)[: self.n_experts]
         return out
 
+    def per_gpu(self, layer: int) -> np.ndarray:
+        """[E, G] replicas of each expert on each GPU."""
+        out = np.zeros((self.n_experts, self.n_gpus), dtype=np.int64)
+        np.add.at(out, (self.phy2log[layer], np.arange(self.n_slots) // self.slots_per_gpu), 1)
+        return out
+
     def share(self, layer: int) -> np.ndarray:
         """[E, G] fraction of each expert's tokens handled by each GPU (even split over replicas)."""
-        gpu = np.arange(self.n_slots) // self.slots_per_gpu
-        out = np.zeros((self.n_experts, self.n_gpus))
-        np.add.at(out, (self.phy2log[layer], gpu), 1.0)
-        return out / out.sum(axis=1, keepdims=True)
+        counts = self.per_gpu(layer)
+        return counts / counts.sum(axis=1, keepdims=True)
 
     def logical_to_physical(self) -> np.ndarray:
         """[L, E, max replicas] slot ids of each expert, padded with -1 (vLLM's logical_to_physical_map)."""
@@ -84,6 +88,11 @@ class Placement:
                 out[layer, expert, filled[expert]] = slot
                 filled[expert] += 1
         return out
+
+
+def slots_from_counts(per_gpu: np.ndarray) -> np.ndarray:
+    """[E, G] replicas per GPU -> one phy2log row, each GPU's slots in ascending expert id."""
+    return np.concatenate([np.repeat(np.arange(per_gpu.shape[0]), per_gpu[:, g]) for g in range(per_gpu.shape[1])])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

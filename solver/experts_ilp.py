@@ -34,6 +34,7 @@ from clusterplan.models.placement_metrics import (
     Placement,
     evaluate,
     origin,
+    slots_from_counts,
     summary,
 )
 from clusterplan.models.routing import RoutingStats
@@ -306,11 +307,6 @@ def _gpu_block(prob: pulp.LpProblem, z: dict, lay: _Layer, on_node: np.ndarray, 
     return comp_us * z_load + nic_us * w_nic + nvl_us / gpn * pulp.lpSum(local_in)
 
 
-def _to_slots(per_gpu: np.ndarray) -> np.ndarray:
-    """[E, G] replica counts -> phy2log row: each GPU's slots in ascending expert id."""
-    return np.concatenate([np.repeat(np.arange(per_gpu.shape[0]), per_gpu[:, g]) for g in range(per_gpu.shape[1])])
-
-
 def _not_heavier(cand: np.ndarray, base: np.ndarray, tokens: np.ndarray) -> bool:
     """Is the candidate [E, G] share's busiest GPU no heavier than the baseline's?"""
     return float((tokens @ cand).max()) <= float((tokens @ base).max()) * (1 + 1e-9)
@@ -379,7 +375,7 @@ def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts
             log = _add(log, solved)
         share = per_gpu / lay.count[:, None]
         if _not_heavier(share, baseline.share(layer), lay.tokens):
-            rows.append(_to_slots(per_gpu))
+            rows.append(slots_from_counts(per_gpu))
         else:
             fallback.append(layer)
             rows.append(baseline.phy2log[layer])
@@ -401,13 +397,6 @@ def _worse(mine: dict[str, float], theirs: dict[str, float]) -> bool:
     return any(mine[k] > theirs[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "cross_node_bytes"))
 
 
-def _per_gpu(row: np.ndarray, n_experts: int, n_gpus: int) -> np.ndarray:
-    """[E, G] replicas per GPU of one phy2log row."""
-    out = np.zeros((n_experts, n_gpus), dtype=np.int64)
-    np.add.at(out, (row, np.arange(len(row)) // (len(row) // n_gpus)), 1)
-    return out
-
-
 def _node_locked(stats: RoutingStats, fabric: Fabric, baseline: Placement, deadline: float, opts: IlpOptions,
                  log: SolveLog) -> tuple[Placement, SolveLog]:
     """Keep the baseline's replicas per node in every layer (so node-level shares, origins and cross-node bytes
@@ -416,14 +405,14 @@ def _node_locked(stats: RoutingStats, fabric: Fabric, baseline: Placement, deadl
     rows, prev = [], None
     for layer in range(stats.n_layers):
         lay = _layer_input(stats, layer, counts, prev, fabric.n_gpus)
-        base = _per_gpu(baseline.phy2log[layer], stats.n_experts, fabric.n_gpus)
+        base = baseline.per_gpu(layer)
         per_gpu = base
         budget_s = CBC_SHARE * (deadline - time.monotonic()) / (stats.n_layers - layer)
         if budget_s >= MIN_SOLVE_S:
             on_node = base.reshape(stats.n_experts, fabric.n_nodes, gpn).sum(axis=2)
             per_gpu, solved = _gpu_stage(lay, on_node, fabric, baseline.slots_per_gpu, budget_s, opts, warm=base)
             log = _add(log, solved)
-        rows.append(_to_slots(per_gpu))
+        rows.append(slots_from_counts(per_gpu))
         prev = per_gpu / lay.count[:, None]
     placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts,
                           slots_per_gpu=baseline.slots_per_gpu, gpus_per_node=gpn)
