@@ -5,6 +5,8 @@ No torch here: validate's CLI imports it before deciding whether to spawn ranks.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from clusterplan.models.batch import LayoutArrays
@@ -35,7 +37,15 @@ def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, flo
             for i, pos in enumerate(POSITIONS)}
 
 
+def run_calibration(calibration: Calibration | None, layout: Layout) -> Calibration | None:
+    """The calibration priced at the run's GEMM dtype: estimate() reads the bf16 curve, an fp32 run needs fp32's."""
+    if calibration is None or layout.precision != "fp32" or calibration.gemm_curve("fp32") is None:
+        return calibration
+    gemm = MappingProxyType({**calibration.gemm, "bf16": calibration.gemm_curve("fp32")})
+    return replace(calibration, gemm=gemm)
+
+
 def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
                    calibration: Calibration | None) -> dict[str, Any]:
     """estimate()'s JSON for the run (step time and its terms), with the reasons it gives."""
-    return estimate(model, cluster, layout, calibration).to_json()
+    return estimate(model, cluster, layout, run_calibration(calibration, layout)).to_json()

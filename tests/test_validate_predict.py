@@ -1,0 +1,36 @@
+"""validate's predictions: stage positions, per-position bytes, and pricing an fp32 run at the fp32 GEMM curve."""
+
+from __future__ import annotations
+
+from clusterplan.models.calibration import Calibration, GemmCurve
+from clusterplan.models.layout import Layout
+from clusterplan.models.spec import ModelSpec
+from clusterplan.validate.predict import position_of, predicted_bytes, run_calibration
+from clusterplan.validate.report import error_pct
+
+TINY = ModelSpec(name="tiny", n_layers=4, hidden=64, n_heads=4, n_kv_heads=2, ffn_hidden=192, vocab=128)
+
+
+def test_positions():
+    assert [position_of(r, 4) for r in range(4)] == ["first", "middle", "middle", "last"]
+    assert position_of(0, 1) == "first"
+
+
+def test_fp32_adam_states_are_16_bytes_per_parameter():
+    # fp32 weights 4 + fp32 grads 4 + Adam m, v 8 (models/memory.bytes_per_param), no sharding at dp = tp = pp = 1.
+    p = predicted_bytes(TINY, Layout.parse("mbs=1,gbs=1,seq=64,precision=fp32,optimizer=adam"))["first"]
+    n = TINY.total_params()
+    assert (p["weights"], p["grads"], p["optimizer"]) == (4 * n, 4 * n, 8 * n)
+
+
+def test_fp32_run_is_priced_at_the_fp32_gemm_curve():
+    cal = Calibration(gemm={"bf16": GemmCurve(max_tflops=0.2, half_flops=3e6),
+                            "fp32": GemmCurve(max_tflops=0.1, half_flops=2e5)})
+    fp32 = run_calibration(cal, Layout.parse("precision=fp32,gbs=1"))
+    assert fp32.gemm_curve("bf16") == GemmCurve(max_tflops=0.1, half_flops=2e5)
+    assert run_calibration(cal, Layout.parse("gbs=1")) is cal  # a bf16 run keeps the bf16 curve
+    assert run_calibration(None, Layout.parse("precision=fp32,gbs=1")) is None
+
+
+def test_error_sign_and_zero():
+    assert error_pct(95.0, 100.0) == -5.0 and error_pct(1.0, 0.0) is None
