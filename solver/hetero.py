@@ -11,6 +11,7 @@ sum to the model's layers (exact; binary search over the sorted candidates).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -95,7 +96,8 @@ def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: fl
     candidates = sorted({k * t + e for t, c, e in zip(per_layer_s, cap, extra, strict=True) for k in range(1, c + 1)})
 
     def take(limit: float) -> list[int]:
-        return [max(0, min(c, int((limit - e) / t + 1e-9))) for t, c, e in zip(per_layer_s, cap, extra, strict=True)]
+        # relative slack only absorbs float rounding of (k*t + e) / t, never lets a stage exceed the limit
+        return [max(0, min(c, math.floor((limit - e) / t * (1 + 1e-12)))) for t, c, e in zip(per_layer_s, cap, extra, strict=True)]
 
     def feasible(limit: float) -> bool:  # monotone in the limit: every stage holds >= 1 layer, all hold >= n
         layers = take(limit)
@@ -111,9 +113,9 @@ def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: fl
         else:
             lo = mid + 1
     layers = take(candidates[lo])
-    # Give back any surplus from the stages whose time is furthest below the limit (keeps the max unchanged).
+    # Give back any surplus from the slowest stages first (never raises the max).
     surplus = sum(layers) - n_layers
-    for s in sorted(range(pp), key=lambda i: layers[i] * per_layer_s[i] + extra[i]):
+    for s in sorted(range(pp), key=lambda i: -(layers[i] * per_layer_s[i] + extra[i])):
         drop = min(surplus, layers[s] - 1)
         layers[s] -= drop
         surplus -= drop
