@@ -103,8 +103,11 @@ def _dry(plan: Any) -> dict[str, Any]:
     positions = dry_run(plan.model, plan.layout)
     errors = [abs(v["error_pct"]) for p in positions for v in p.get("terms", {}).values() if v["error_pct"] is not None]
     rejected = [f"{p['position']} stage: {p['rejected']}" for p in positions if "rejected" in p]
+    from clusterplan.models.layout import layout_problems
+
     return {"model": plan.model.name, "layout": plan.layout.to_dict(), "world": plan.layout.world,
-            "positions": positions, "rejected": rejected, "max_state_error_pct": max(errors, default=0.0)}
+            "positions": positions, "rejected": rejected, "max_state_error_pct": max(errors, default=0.0),
+            "layout_problems": layout_problems(plan.model, plan.layout, plan.layout.world)}
 
 
 def _print_dry(result: dict[str, Any]) -> None:
@@ -118,6 +121,8 @@ def _print_dry(result: dict[str, Any]) -> None:
     for p in result["positions"]:
         for u in p.get("uneven", []):
             console.warn(f"{p['position']} stage: uneven shard {u}")
+    for line in result["layout_problems"]:
+        console.warn(f"layout rule: {line}")
     for line in result["rejected"]:
         console.error(f"runtime rejected the sharding on the {line}")
     console.text(f"largest state-bytes error: {result['max_state_error_pct']:.2f}%")

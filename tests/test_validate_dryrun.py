@@ -51,3 +51,12 @@ def test_cli_dry_run_json(run_cli):
     result = json.loads(out)
     assert code == 0 and result["ok"] and result["world"] == 64
     assert result["rejected"] == [] and result["max_state_error_pct"] <= 1.0
+
+
+def test_runtime_rejection_is_reported_and_fails(run_cli):
+    # ep=3 cannot fold over dp_shard(8) x tp(2) = 16 ranks: torch's mesh unflatten refuses, on every stage.
+    code, out, _ = run_cli("validate", str(FIX / "mixtral_ep3_rejected.yaml"), "--dry-run", "--format", "json")
+    result = json.loads(out)
+    assert code == 1 and not result["ok"]
+    assert len(result["rejected"]) == 3 and "(5, 3, 1) is 15" in result["rejected"][0]
+    assert "ep(3) * etp(1) must divide dp_shard(8) * cp(1) * tp(2) = 16" in result["layout_problems"]

@@ -10,6 +10,7 @@ computed as Megatron's distributed optimizer does, over dp_shard x cp (experts: 
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -30,17 +31,19 @@ from clusterplan.validate.report import error_pct
 
 
 def _uneven(module: nn.Module) -> list[str]:
-    """Parameters whose sharded dimension does not divide evenly (DTensor pads them silently)."""
+    """Parameters whose sharded dimension does not divide evenly (DTensor pads them silently), once per name
+    pattern (`layers.*.attention.wq.weight`)."""
     from torch.distributed.tensor import DTensor, Shard
 
-    found = []
+    found: dict[str, str] = {}
     for name, p in module.named_parameters():
         if not isinstance(p, DTensor):
             continue
         for placement, size in zip(p.placements, p.device_mesh.shape, strict=True):
             if isinstance(placement, Shard) and p.shape[placement.dim] % size:
-                found.append(f"{name}: dim {placement.dim} of {tuple(p.shape)} over {size} ranks")
-    return found
+                pattern = re.sub(r"^layers\.\d+\.", "layers.*.", name)
+                found.setdefault(pattern, f"{pattern}: dim {placement.dim} of {tuple(p.shape)} over {size} ranks")
+    return list(found.values())
 
 
 def _elements(modules: list[nn.Module]) -> tuple[float, float]:
