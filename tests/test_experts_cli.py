@@ -98,3 +98,14 @@ def test_engine_placement_files(tmp_path, run_cli):
     assert trt["num_slots"] == 320 and trt["layer_updates_per_iter"] == 0
     assert sorted(trt["initial_global_assignments"]) == list(range(3, 61))
     assert [trt["initial_global_assignments"][3], trt["initial_global_assignments"][4]] == placed
+
+
+def test_tokens_per_step_scales_traffic(run_cli, mixtral_stats):
+    # The statistics hold 2000 tokens per layer; --tokens-per-step 4000 doubles every token and byte count.
+    common = ("experts", "--model", "mixtral-8x7b", "--cluster", "dgx-h100:2", "--stats", str(mixtral_stats),
+              "--method", "eplb", "--format", "json")
+    one = json.loads(run_cli(*common)[1])["methods"]["eplb"]["summary"]
+    two = json.loads(run_cli(*common, "--tokens-per-step", "4000")[1])["methods"]["eplb"]["summary"]
+    assert two["cross_node_bytes"] == pytest.approx(2 * one["cross_node_bytes"])
+    assert two["expert_compute_s"] == pytest.approx(2 * one["expert_compute_s"])
+    assert two["max_over_mean_worst"] == pytest.approx(one["max_over_mean_worst"])
