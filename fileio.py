@@ -13,6 +13,13 @@ from clusterplan.errors import BadInputError
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: an interrupted write never leaves a half file."""
+    if not isinstance(payload, bytes):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -20,8 +27,8 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; output files get the usual permissions
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

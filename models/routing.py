@@ -21,14 +21,13 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, write_atomic, write_atomic_bytes
 
 FORMATS = (".npz", ".npy", ".json", ".csv")
 
@@ -177,21 +176,6 @@ def _load_csv(p: Path) -> RoutingStats:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def _write_atomic_bytes(path: Path, payload: bytes) -> None:
-    """Binary twin of fileio.write_atomic: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _counts(arr: np.ndarray) -> list:
     """Whole-number counts as ints in JSON/CSV, fractional ones as floats."""
     return arr.astype(np.int64).tolist() if np.all(arr == np.round(arr)) else arr.tolist()
@@ -207,12 +191,12 @@ def save_stats(stats: RoutingStats, path: str | os.PathLike[str]) -> list[Path]:
         if stats.transitions is not None:
             arrays["transitions"] = stats.transitions
         np.savez_compressed(buf, **arrays)
-        _write_atomic_bytes(p, buf.getvalue())
+        write_atomic_bytes(p, buf.getvalue())
         return [p]
     if suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, stats.tokens_per_expert)
-        _write_atomic_bytes(p, buf.getvalue())
+        write_atomic_bytes(p, buf.getvalue())
         return [p]
     if suffix == ".json":
         data = {"tokens_per_expert": _counts(stats.tokens_per_expert)}
