@@ -13,6 +13,8 @@ from clusterplan.errors import BadInputError
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
     write_atomic_bytes(path, text.encode("utf-8"))
 
 
