@@ -96,11 +96,14 @@ def _dominant(data: dict) -> list[str]:
 
 def why_best(best: dict, runner: dict) -> str:
     """The time terms where the best plan gains most over the runner-up, in seconds per step."""
+    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'][k]})" for k in best["layout"]
+               if best["layout"][k] != runner["layout"][k]]
+    if abs(runner["step_time_s"] - best["step_time_s"]) <= 1e-6 * best["step_time_s"]:
+        return (f"ties with #2 at {best['step_time_s']:.4g} s ({', '.join(changed)} predict the same time); "
+                "ties go to smaller tp, then pp, vpp, cp, micro-batch")
     diffs = sorted(((runner["time"][t] - best["time"][t], t) for t in TIME_TERMS), reverse=True)
     gains = [f"{t.removesuffix('_s')} -{d:.3g} s" for d, t in diffs if d > 0][:2]
     losses = [f"{t.removesuffix('_s')} +{-d:.3g} s" for d, t in diffs if d < 0][-1:]
-    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'][k]})" for k in best["layout"]
-               if best["layout"][k] != runner["layout"][k]]
     return (f"{', '.join(changed) or 'same layout'}: saves {', '.join(gains) or 'nothing'}"
             + (f", pays {', '.join(losses)}" if losses else "")
             + f"; step {best['step_time_s']:.4g} s vs {runner['step_time_s']:.4g} s")
