@@ -12,7 +12,7 @@ from clusterplan.models.layout import Layout
 from clusterplan.models.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
-from clusterplan.solver.search import OBJECTIVES, search
+from clusterplan.solver.search import OBJECTIVES, search, search_by_cost
 
 
 def parse_fix(text: str | None, world: int) -> dict:
@@ -33,7 +33,9 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--gbs", type=click.IntRange(min=1), required=True, help="Global batch size in sequences.")
 @click.option("--seq", type=click.IntRange(min=1), required=True, help="Sequence length in tokens.")
 @click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full".')
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="time", help="Rank by step time, cost or time to train.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="time",
+              help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
+                   "time-to-train: fastest, with days for --tokens.")
 @click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
@@ -54,8 +56,12 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
-        result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                        objective=objective, tokens=tokens, headroom_gib=headroom_gib)
+        if objective == "cost":
+            result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                                    tokens=tokens, headroom_gib=headroom_gib)
+        else:
+            result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                            objective=objective, tokens=tokens, headroom_gib=headroom_gib)
     rerank_on_links(result, calibration)
     data = result.to_json()
     if not cluster.is_homogeneous:
@@ -80,6 +86,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
 def _render(data: dict) -> None:
     plans = data["plans"]
     console.text(f"{plans[0]['model']} on {plans[0]['cluster']}")
+    by_size = len({p["cluster"] for p in plans}) > 1
+    priced = all("usd_per_million_tokens" in p for p in plans)
     rows = []
     for p in plans:
         lay = p["layout"]
@@ -87,10 +95,14 @@ def _render(data: dict) -> None:
                  + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
-        rows.append((p["rank"], short, f"{p['step_time_s']:.3f}", f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",
+        gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
+        rows.append((p["rank"], short, *([gpus] if by_size else []), f"{p['step_time_s']:.3f}",
+                     f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",
+                     *([f"{p['usd_per_million_tokens']:.4f}"] if priced else []),
                      f"{p['memory']['peak_gib']:.1f}", f"{p['memory']['headroom_gib']:.1f}", ", ".join(p["dominant_terms"])))
-    console.table(None, ["#", "layout", "step s", "tokens/s", "MFU", "peak GiB", "headroom", "dominant terms"], rows,
-                  justify_right=[True, False, True, True, True, True, True, False])
+    columns = ["#", "layout", *(["GPUs"] if by_size else []), "step s", "tokens/s", "MFU",
+               *(["$/1M tok"] if priced else []), "peak GiB", "headroom", "dominant terms"]
+    console.table(None, columns, rows, justify_right=[c not in ("layout", "dominant terms") for c in columns])
     if "why_best" in plans[0]:
         console.text(f"why #1: {plans[0]['why_best']}")
     pl = plans[0]["placement"]

@@ -54,17 +54,26 @@ def placed_plan(est: Estimate, calibration: Calibration | None = None) -> tuple[
 
 
 def rerank_on_links(result: SearchResult, calibration: Calibration | None = None) -> None:
-    """Place each of the top plans on the measured links and re-rank them by their placed step time.
+    """Place the top plans on the measured links and, when that changes their times, re-rank them.
 
     The search prices scale-out traffic at the cluster's slowest link (a bound every order meets); placement can
-    only make a plan faster, so the top plans are re-priced on their own best node order.
+    only make a plan faster, so with a bandwidth matrix each top plan is re-priced on its own best node order.
     """
+    if all(est.cluster.node_bandwidth_gb_per_s is None for est in result.plans):
+        best, info = placed_plan(result.plans[0], calibration)
+        best.extra["placement"] = info
+        return
     placed = []
     for est in result.plans:
         new, info = placed_plan(est, calibration)
         new.extra["placement"] = info
+        if "usd_per_step" in est.extra:
+            scale = new.to_json()["step_time_s"] / est.to_json()["step_time_s"]
+            for key in ("usd_per_step", "usd_per_million_tokens"):
+                new.extra[key] = round(est.extra[key] * scale, 6)
         placed.append(new)
-    placed.sort(key=lambda e: (e.to_json()["step_time_s"], e.extra.get("rank", 0)))
+    key = "usd_per_million_tokens" if result.objective == "cost" else None
+    placed.sort(key=lambda e: (e.extra[key] if key else 0.0, e.to_json()["step_time_s"], e.extra.get("rank", 0)))
     for rank, est in enumerate(placed, start=1):
         est.extra["rank"] = rank
         est.extra.pop("why_best", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,10 +37,10 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
+        # Wall time goes to stderr only, so the same inputs give byte-identical JSON.
         return {"plans": [p.to_json() | p.extra for p in self.plans],
                 "search": {"candidates": self.candidates, "feasible": self.feasible,
                            "rejected": dict(sorted(self.rejected.items())), "objective": self.objective}}
-        # Wall time goes to stderr only, so the same inputs give byte-identical JSON.
 
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
@@ -86,6 +86,48 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         plans[0].extra["why_best"] = why_best(plans[0].to_json(), plans[1].to_json())
     return SearchResult(plans=plans, candidates=candidates, feasible=len(survivors), rejected=rejected,
                         seconds=time.perf_counter() - start, objective=objective)
+
+
+def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
+                   top: int = 5, calibration: Calibration | None = None, tokens: float | None = None,
+                   headroom_gib: float = 0.0) -> SearchResult:
+    """Cheapest layouts per token, allowing the job to use fewer of the cluster's nodes (every divisor count):
+    a smaller job can be cheaper per token when communication or the bubble grows faster than compute shrinks."""
+    if not cluster.is_homogeneous or len(cluster.groups) != 1:
+        raise InfeasibleError("--objective cost searches node counts of one node type; give a PRESET:NODES cluster")
+    gpu = cluster.gpu
+    if gpu.price is None:
+        raise InfeasibleError(f"--objective cost needs a price for {gpu.name}; hardware_db has none "
+                              "(use --objective time, or add `price:` to the GPU entry)")
+    start = time.perf_counter()
+    plans, candidates, feasible, rejected = [], 0, 0, Counter()
+    for nodes in (n for n in range(1, cluster.n_nodes + 1) if cluster.n_nodes % n == 0):
+        sub = replace(cluster, name=f"{cluster.primary.preset}:{nodes}",
+                      groups=(replace(cluster.primary, count=nodes),))
+        try:
+            result = search(model, sub, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
+                            headroom_gib=headroom_gib)
+        except InfeasibleError:
+            continue
+        plans += result.plans
+        candidates, feasible = candidates + result.candidates, feasible + result.feasible
+        rejected.update(result.rejected)
+    if not plans:
+        # Re-run on the whole cluster for the nearest-fit message.
+        search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib)
+    plans.sort(key=lambda e: (e.extra["usd_per_million_tokens"], e.to_json()["step_time_s"]))
+    plans = plans[:top]
+    for rank, est in enumerate(plans, start=1):
+        est.extra["rank"] = rank
+        est.extra.pop("why_best", None)
+    if len(plans) > 1:
+        a, b = plans[0], plans[1]
+        plans[0].extra["why_best"] = (f"${a.extra['usd_per_million_tokens']:.4g} per 1M tokens on "
+                                      f"{a.cluster.world_size} GPUs vs ${b.extra['usd_per_million_tokens']:.4g} "
+                                      f"for #2 on {b.cluster.world_size} GPUs; "
+                                      + why_best(a.to_json(), b.to_json()))
+    return SearchResult(plans=plans, candidates=candidates, feasible=feasible, rejected=rejected,
+                        seconds=time.perf_counter() - start, objective="cost")
 
 
 def _dominant(data: dict) -> list[str]:

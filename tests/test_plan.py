@@ -85,3 +85,17 @@ def test_table1_published_layout_fits_and_our_best_is_no_worse(row):
     result = search(model, cluster, published.gbs, 2048, top=5,
                     fixed={"flash_attn": False, "precision": "fp16", "zero": 0})
     assert result.plans[0].to_json()["step_time_s"] <= est.to_json()["step_time_s"] * (1 + 1e-9)
+
+
+def test_cost_objective_may_use_fewer_nodes(run_cli):
+    """$/token: 70B at a small batch is cheapest on half the cluster (less data-parallel traffic per token)."""
+    args = ("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:16", "--gbs", "128", "--seq", "8192",
+            "--top", "3", "--format", "json")
+    code, out, _ = run_cli(*args, "--objective", "cost")
+    assert code == 0
+    cheap = json.loads(out)["plans"]
+    costs = [p["usd_per_million_tokens"] for p in cheap]
+    assert costs == sorted(costs)
+    fastest = json.loads(run_cli(*args)[1])["plans"][0]
+    assert cheap[0]["usd_per_million_tokens"] <= fastest["usd_per_million_tokens"]
+    assert "= 64 GPUs" in cheap[0]["cluster"] and "= 128 GPUs" in fastest["cluster"]
