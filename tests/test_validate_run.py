@@ -24,6 +24,7 @@ from clusterplan.validate.rules import executed_layout  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "validate"
 TINY = ModelSpec(name="tiny", n_layers=4, hidden=64, n_heads=4, n_kv_heads=2, ffn_hidden=192, vocab=128)
+TINY_MOE = TINY.scaled(name="tiny-moe", n_layers=2, n_experts=4, top_k=2, expert_ffn_hidden=64)
 CI_LAYOUTS = {
     "tp2 x dp2 (FSDP)": "tp=2,dp=2,zero=3,mbs=2,gbs=8,seq=64",
     "pp2 1F1B, 4 micro-batches": "pp=2,dp=2,zero=3,mbs=1,gbs=8,seq=64,schedule=1f1b",
@@ -31,12 +32,16 @@ CI_LAYOUTS = {
 }
 
 
+EP_LAYOUT = "dp=4,ep=4,zero=3,mbs=1,gbs=4,seq=64"
+
+
 @pytest.fixture(scope="module")
 def ci_runs():
-    layouts = {name: executed_layout(Layout.parse(text)) for name, text in CI_LAYOUTS.items()}
-    runs = spawn([{"model": TINY.to_dict(), "layout": L.to_dict(), "steps": 2} for L in layouts.values()],
+    cases = {name: (TINY, executed_layout(Layout.parse(text))) for name, text in CI_LAYOUTS.items()}
+    cases["ep4 MoE"] = (TINY_MOE, executed_layout(Layout.parse(EP_LAYOUT)))
+    runs = spawn([{"model": m.to_dict(), "layout": L.to_dict(), "steps": 2} for m, L in cases.values()],
                  nproc=4, timeout_s=240)
-    return {name: rank_rows(TINY, L, run["ranks"]) for (name, L), run in zip(layouts.items(), runs, strict=True)}
+    return {name: rank_rows(m, L, run["ranks"]) for (name, (m, L)), run in zip(cases.items(), runs, strict=True)}
 
 
 @pytest.mark.slow
@@ -50,6 +55,17 @@ def test_memory_within_5_percent_on_every_rank(ci_runs, name):
         assert abs(mem["weights"]["error_pct"]) <= 0.1 and abs(mem["optimizer"]["error_pct"]) <= 0.1
         assert mem["activations"]["measured_bytes"] > 0 and abs(mem["activations"]["error_pct"]) <= 10.0
         assert row["step_time_s"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_expert_parallel_all_to_all_run(ci_runs):
+    # One expert per rank, tokens dispatched by all-to-all. States are exact; the activation model assumes
+    # balanced routing and no index/copy buffers, so it under-predicts this tiny MoE (stated, not asserted tight).
+    for row in ci_runs["ep4 MoE"]:
+        mem = row["memory"]
+        assert abs(mem["weights"]["error_pct"]) <= 0.1 and abs(mem["optimizer"]["error_pct"]) <= 0.1
+        assert mem["grads"]["error_pct"] == 0.0
+        assert -60.0 <= mem["activations"]["error_pct"] < 0.0
 
 
 @pytest.mark.slow
@@ -93,4 +109,4 @@ def test_cli_validate_json_and_tolerance(run_cli, tmp_path):
 
 def test_layouts_a_real_run_cannot_execute_point_to_the_dry_run(run_cli):
     code, _, err = run_cli("validate", str(FIX / "mixtral_tp2_pp4_dp8_ep8.yaml"))
-    assert code == 2 and "expert parallel" in err and "--dry-run" in err
+    assert code == 2 and "MoE layers with tp=2" in err and "--dry-run" in err

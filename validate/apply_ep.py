@@ -33,7 +33,7 @@ def _shard_experts(experts: nn.Module, ep_mesh: DeviceMesh) -> None:
         setattr(experts, name, nn.Parameter(placed))
 
 
-def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout, fsdp: bool) -> None:
+def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout, fsdp: bool, dispatch: bool = False) -> None:
     """Shard every MoE layer's experts over (ep, etp); with FSDP also over the expert-data-parallel ranks."""
     sparse = expert_mesh(mesh, layout)
     for layer in model.layers.values():
@@ -41,6 +41,8 @@ def apply_ep(model: nn.Module, mesh: DeviceMesh, layout: Layout, fsdp: bool) -> 
         if experts is None:
             continue
         _shard_experts(experts, sparse["ep", "etp"])
+        if dispatch:  # a real run: tokens go to their experts' ranks by all-to-all
+            layer.feed_forward.ep_group = sparse["ep"].get_group()
         if fsdp:  # also when efsdp is 1: keeps the dense FSDP unit off the expert mesh
             # Fewer experts than efsdp x ep ranks: shard the FFN dim instead (torchtitan's shard_placement_fn).
             few = experts.w1.shape[0] < sparse["efsdp"].size() * layout.ep

@@ -151,7 +151,7 @@ class FeedForward(nn.Module):
 
 
 class GroupedExperts(nn.Module):
-    """Routed experts as stacked weights (expert, out, in); expert parallelism shards dim 0."""
+    """Routed experts as stacked weights (expert, out, in); expert parallelism shards dim 0 (this rank's experts)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -160,10 +160,18 @@ class GroupedExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(e, h, f))
         self.w3 = nn.Parameter(torch.empty(e, f, h)) if spec.gated_ffn else None
 
-    def forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        hidden = x @ self.w1[index].t()
-        hidden = F.silu(hidden) * (x @ self.w3[index].t()) if self.w3 is not None else F.gelu(hidden)
-        return hidden @ self.w2[index].t()
+    def forward(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
+        """Row i of x (rows, hidden) through local expert expert_ids[i]. Every expert runs, even on no rows, so
+        every rank records the same backward (and the same FSDP/all-to-all collectives)."""
+        w1, w2, w3 = (w.to_local() if hasattr(w, "to_local") else w for w in (self.w1, self.w2, self.w3))
+        out = torch.zeros_like(x)
+        for j in range(w1.shape[0]):
+            idx = (expert_ids == j).nonzero(as_tuple=True)[0]
+            rows = x[idx]
+            hidden = rows @ w1[j].t()
+            hidden = F.silu(hidden) * (rows @ w3[j].t()) if w3 is not None else F.gelu(hidden)
+            out = out.index_add(0, idx, hidden @ w2[j].t())
+        return out
 
 
 class MoE(nn.Module):
@@ -176,18 +184,25 @@ class MoE(nn.Module):
         self.experts = GroupedExperts(spec)
         self.shared = FeedForward(spec, spec.shared_ffn) if spec.shared_ffn else None
         self.shared_gate = nn.Linear(spec.hidden, 1, bias=False) if spec.shared_expert_gate else None
+        self.ep_group = None
+        """Set by apply_ep for a real run: experts live across this group and tokens travel by all-to-all."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
         scores = F.softmax(self.router(tokens), dim=-1, dtype=torch.float32)
         weights, chosen = scores.topk(self.top_k, dim=-1)
-        out = torch.zeros_like(tokens)
-        for index in range(self.experts.w1.shape[0]):
-            token_ids, slot = (chosen == index).nonzero(as_tuple=True)
-            if token_ids.numel():
-                expert_out = self.experts(tokens[token_ids], index)
-                out = out.index_add(0, token_ids, expert_out * weights[token_ids, slot, None].to(x.dtype))
+        flat = chosen.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # token copies grouped by expert
+        token_of = torch.arange(tokens.shape[0], device=x.device).repeat_interleave(self.top_k)[order]
+        if self.ep_group is not None:
+            from clusterplan.validate.expert_dispatch import dispatch_combine
+
+            routed = dispatch_combine(tokens[token_of], flat[order], self.experts, self.ep_group)
+        else:
+            routed = self.experts(tokens[token_of], flat[order])
+        gate = weights.reshape(-1)[order].to(tokens.dtype)
+        out = torch.zeros_like(tokens).index_add(0, token_of, routed * gate[:, None])
         if self.shared is not None:
             shared = self.shared(tokens)
             if self.shared_gate is not None:

@@ -35,8 +35,9 @@ def dp_mesh(mesh: DeviceMesh, layout: Layout) -> DeviceMesh:
 
 
 def build_stages(spec: ModelSpec, layout: Layout, mesh: DeviceMesh, pp_rank: int, param_dtype: torch.dtype,
-                 fsdp: bool) -> tuple[list[nn.Module], list[int]]:
-    """The (meta-device) modules of this rank's pipeline stages with TP, EP, AC and (when `fsdp`) FSDP2 applied."""
+                 fsdp: bool, dispatch: bool = False) -> tuple[list[nn.Module], list[int]]:
+    """The (meta-device) modules of this rank's pipeline stages with TP, EP, AC and (when `fsdp`) FSDP2 applied;
+    `dispatch` wires the expert-parallel all-to-all for a real run (the dry run only needs the shards)."""
     if spec.tied_embeddings and layout.pp > 1:
         raise BadInputError(f"model {spec.name}: tied embeddings with pp > 1 are not built by validate; use pp=1")
     ids = stage_layer_ids(spec, layout)
@@ -48,7 +49,7 @@ def build_stages(spec: ModelSpec, layout: Layout, mesh: DeviceMesh, pp_rank: int
         if layout.tp > 1:
             apply_tp(module, mesh["tp"], layout.sp)
         if spec.is_moe and layout.ep * layout.etp > 1:
-            apply_ep(module, mesh, layout, fsdp)
+            apply_ep(module, mesh, layout, fsdp, dispatch)
         apply_ac(module, layout.recompute)
         if fsdp:
             apply_fsdp(module, dp_mesh(mesh, layout), param_dtype, reshard_after_forward=layout.pp == 1)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from clusterplan.models.layout import Layout
+from clusterplan.models.spec import ModelSpec
 
 
-def real_run_problems(layout: Layout) -> list[str]:
+def real_run_problems(model: ModelSpec, layout: Layout) -> list[str]:
     """Parts of a layout a real run cannot execute (the dry run still checks their sharding)."""
     problems = []
     if layout.cp > 1:
         problems.append(f"context parallel (cp={layout.cp}) fails in torch 2.13 on CPU and is not wired here")
-    if layout.ep > 1 or layout.etp > 1:
-        problems.append(f"expert parallel (ep={layout.ep}, etp={layout.etp}) token all-to-all is not wired here")
+    if layout.etp > 1:
+        problems.append(f"expert tensor parallel (etp={layout.etp}) is not wired here")
+    if model.is_moe and layout.tp > 1:
+        problems.append(f"MoE layers with tp={layout.tp}: the router and experts are not tensor-parallel here")
     if layout.schedule == "zb":
         problems.append("zero-bubble schedules are not wired here")
     return problems

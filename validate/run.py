@@ -68,7 +68,7 @@ class Trainer:
         self.mesh = build_mesh(L, device.type)
         self.coords = _coords(self.mesh)
         self.modules, self.stage_ids = build_stages(spec, L, self.mesh, self.coords["pp"], self.compute_dtype,
-                                                    fsdp=L.dp > 1)
+                                                    fsdp=L.dp > 1, dispatch=True)
         for m in self.modules:
             _materialize(m, device, spec, L.seq, run.seed)
         self.params = [p for m in self.modules for p in m.parameters()]
