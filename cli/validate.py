@@ -28,11 +28,11 @@ def _scale(value: str) -> int | None:
         raise BadInputError(f"--scale {value!r}: give a positive integer or `auto`") from None
 
 
-def runnable_layout(layout: Layout) -> Layout:
+def runnable_layout(model: Any, layout: Layout) -> Layout:
     """The layout a real run executes (fp32 parameters and AdamW; ZeRO-1/2 as FSDP2); rejects what it cannot run."""
     from clusterplan.validate.rules import executed_layout, real_run_problems
 
-    problems = real_run_problems(layout)
+    problems = real_run_problems(model, layout)
     if problems:
         raise BadInputError(f"validate cannot run this layout for real: {'; '.join(problems)}; "
                             "check it at full scale with --dry-run")
@@ -43,7 +43,7 @@ def _prepare(plan: Any, nproc: int | None, scale: str, budget_gib: float) -> tup
     """The scaled model and executed layout of a real run, checked against the number of ranks."""
     from clusterplan.validate.scale import auto_factor, scale_model
 
-    layout = runnable_layout(plan.layout)
+    layout = runnable_layout(plan.model, plan.layout)
     if nproc is not None and nproc != layout.world:
         raise BadInputError(f"--nproc {nproc}: the plan's layout needs {layout.world} ranks "
                             f"({layout.short()}); write a plan for {nproc} ranks or use --dry-run")
@@ -59,7 +59,9 @@ def _compare(plan: Any, run: dict[str, Any], factor: int | None, calibration: st
     from clusterplan.validate.report import max_memory_error, rank_rows, time_row
 
     model, layout = ModelSpec.from_dict(run["model"]), Layout.from_dict(run["layout"])
-    rows = rank_rows(model, layout, run["ranks"])
+    # On GPU the run autocasts to bf16: fp32 states, bf16 activations.
+    act_layout = layout.with_(precision="bf16") if run["device"] == "cuda" else None
+    rows = rank_rows(model, layout, run["ranks"], act_layout)
     cal = load_calibration(calibration) if calibration else None
     return {"model": model.name, "scale": factor, "layout": plan.layout.to_dict(), "executed_layout": layout.to_dict(),
             "device": run["device"], "ranks": rows, "max_memory_error_pct": max_memory_error(rows),

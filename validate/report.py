@@ -14,9 +14,17 @@ def error_pct(predicted: float, measured: float) -> float | None:
     return None if not measured else round(100.0 * (predicted - measured) / measured, 2)
 
 
-def rank_rows(model: ModelSpec, layout: Layout, ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For every rank: position, and per memory term predicted bytes, measured bytes and error %."""
+def rank_rows(model: ModelSpec, layout: Layout, ranks: list[dict[str, Any]],
+              activation_layout: Layout | None = None) -> list[dict[str, Any]]:
+    """For every rank: position, and per memory term predicted bytes, measured bytes and error %.
+
+    `activation_layout` prices activations differently from the states: on GPU the run keeps fp32 parameters and
+    AdamW states (precision fp32) but saves bf16 activations under autocast (precision bf16)."""
     predicted = predicted_bytes(model, layout)
+    if activation_layout is not None:
+        acts = predicted_bytes(model, activation_layout)
+        for pos in predicted:
+            predicted[pos]["activations"] = acts[pos]["activations"]
     rows = []
     for r in sorted(ranks, key=lambda r: r["rank"]):
         pos = position_of(r["coords"]["pp"], layout.pp)
