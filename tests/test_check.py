@@ -76,3 +76,14 @@ def test_fixes_are_printed(run_cli):
 def test_unreadable_input_exits_2(run_cli, args, words):
     code, _, err = run_cli("check", str(FIX / args[0]), *args[1:])
     assert code == 2 and words in err
+
+
+def test_megatron_equals_syntax_and_virtual_stages(run_cli):
+    # `--flag=value`, --num-virtual-stages-per-pipeline-rank and --recompute-activations (= selective);
+    # without --use-distributed-optimizer every rank holds all 18 bytes/param of its 1/32 of 70B: over 80 GB.
+    code, out, _ = run_cli("check", str(FIX / "megatron_equals_syntax.txt"), *MC, "--format", "json")
+    result = json.loads(out)
+    layout = result["layout"]
+    assert (layout["tp"], layout["pp"], layout["vpp"], layout["dp"]) == (8, 4, 2, 8)
+    assert layout["schedule"] == "interleaved-1f1b" and layout["recompute"] == "selective" and layout["zero"] == 0
+    assert code == 1 and [v["rule"].split(":")[0] for v in result["violations"]] == ["memory"]

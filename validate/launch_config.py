@@ -84,9 +84,11 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--context-parallel-size": "cp", "--expert-model-parallel-size": "ep",
                 "--expert-tensor-parallel-size": "etp", "--micro-batch-size": "mbs", "--global-batch-size": "gbs",
                 "--seq-length": "seq", "--num-layers-per-virtual-pipeline-stage": "layers_per_vstage",
+                "--num-virtual-stages-per-pipeline-rank": "vstages",
                 "--decoder-first-pipeline-num-layers": "first_stage_layers",
                 "--decoder-last-pipeline-num-layers": "last_stage_layers"}
-MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt"}
+MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
+                  "--recompute-activations": "recompute_activations"}  # the last one means selective
 
 
 def _megatron_args(path: Path) -> dict[str, Any]:
@@ -112,10 +114,10 @@ def megatron_layout(path: Path, world: int, model: ModelSpec) -> Layout:
     v = _megatron_args(path)
     tp, pp, cp = v.get("tp", 1), v.get("pp", 1), v.get("cp", 1)
     dp = max(1, world // (tp * pp * cp))
-    vpp = 1
+    vpp = v.get("vstages", 1)
     if v.get("layers_per_vstage"):
         vpp = max(1, model.n_layers // (pp * v["layers_per_vstage"]))
-    recompute = v.get("recompute", "none")
+    recompute = v.get("recompute", "selective" if v.get("recompute_activations") else "none")
     if recompute not in ("none", "selective", "full"):
         raise BadInputError(f"{path}: --recompute-granularity {recompute!r}; use full or selective")
     mbs = v.get("mbs", 1)
