@@ -87,3 +87,12 @@ def test_megatron_equals_syntax_and_virtual_stages(run_cli):
     assert (layout["tp"], layout["pp"], layout["vpp"], layout["dp"]) == (8, 4, 2, 8)
     assert layout["schedule"] == "interleaved-1f1b" and layout["recompute"] == "selective" and layout["zero"] == 0
     assert code == 1 and [v["rule"].split(":")[0] for v in result["violations"]] == ["memory"]
+
+
+def test_check_and_validate_commands_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, clusterplan.cli.check, clusterplan.cli.validate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
