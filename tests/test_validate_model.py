@@ -52,3 +52,11 @@ def test_interleaved_stages_sit_round_robin():
     spec = load_model("llama3.1-8b").scaled(n_layers=8)
     assert stage_layer_ids(spec, layout) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert local_stages(layout, 0) == [0, 2] and local_stages(layout, 1) == [1, 3]
+
+
+def test_uneven_first_and_last_stages():
+    # 10 layers on pp=4 with 1 on the first stage (it also holds the embedding) and 3 on the last: 1, 3, 3, 3.
+    layout = Layout.parse("pp=4,first_stage_layers=1,gbs=4")
+    spec = load_model("llama3.1-8b").scaled(n_layers=10)
+    assert [len(ids) for ids in stage_layer_ids(spec, layout)] == [1, 3, 3, 3]
+    assert stage_layer_ids(spec, layout)[0] == [0] and stage_layer_ids(spec, layout)[3] == [7, 8, 9]
