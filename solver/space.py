@@ -82,10 +82,11 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict) -> Itera
             splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
         else:
             splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
-        for schedule, (first, last), replicate in itertools.product(
-                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain))):
+        cp_kinds = pick("cp_kind", ("ring", "a2a") if cp > 1 else ("ring",))
+        for schedule, (first, last), replicate, cp_kind in itertools.product(
+                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)), cp_kinds):
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(fixed.get("sp", tp > 1)),
-                       first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate)
+                       first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind)
 
 
 def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
@@ -95,7 +96,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
-            "dp_replicate")
+            "dp_replicate", "cp_kind")
     columns: dict[str, list] = {k: [] for k in keys}
     structures = 0
     expand = len(pick("zero", ZERO)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", RECOMPUTE[:2]))
@@ -111,7 +112,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             continue
         for key in keys:
             value = st[key]
-            columns[key].append(CODES["schedule"][value] if key == "schedule" else float(value))
+            columns[key].append(CODES[key][value] if key in ("schedule", "cp_kind") else float(value))
     base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
     n = len(base["tp"])
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
@@ -128,7 +129,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     cols.update(zero=zero[grid[:, 1]].astype(float), mbs=mbs[grid[:, 2]].astype(float),
                 recompute=np.array([CODES["recompute"][r] for r in rec])[grid[:, 3]] if len(grid) else np.zeros(0))
     cols.update(gbs=np.full(len(idx), float(gbs)), seq=np.full(len(idx), float(seq)))
-    for key in ("precision", "optimizer", "cp_kind"):
+    for key in ("precision", "optimizer"):
         if key in fixed:
             cols[key] = np.full(len(idx), CODES[key][fixed[key]])
     for key in ("etp", "recompute_layers", "flash_attn"):
