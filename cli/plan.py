@@ -42,11 +42,14 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
 @format_option
+@click.option("--timing", is_flag=True,
+              help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
+                   "byte-identical JSON.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
-         out_path: str | None) -> None:
+         timing: bool, out_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -64,6 +67,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
                             objective=objective, tokens=tokens, headroom_gib=headroom_gib)
     rerank_on_links(result, calibration)
     data = result.to_json()
+    if timing:
+        data["search"]["seconds"] = round(result.seconds, 4)
     if not cluster.is_homogeneous:
         with console.status("balancing pipeline stages across GPU types"):
             data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed).to_json()

@@ -99,3 +99,9 @@ def test_cost_objective_may_use_fewer_nodes(run_cli):
     fastest = json.loads(run_cli(*args)[1])["plans"][0]
     assert cheap[0]["usd_per_million_tokens"] <= fastest["usd_per_million_tokens"]
     assert "= 64 GPUs" in cheap[0]["cluster"] and "= 128 GPUs" in fastest["cluster"]
+
+
+def test_timing_is_opt_in(run_cli):
+    code, out, _ = run_cli(*ARGS, "--timing")
+    assert code == 0 and json.loads(out)["search"]["seconds"] >= 0
+    assert "seconds" not in json.loads(run_cli(*ARGS)[1])["search"]
