@@ -22,7 +22,7 @@ from clusterplan.models.batch import (
 )
 from clusterplan.models.compute import head_time, layer_time, model_flops_per_step
 from clusterplan.models.hw import HardwareRates
-from clusterplan.models.memory import bytes_per_param, stage_layers, stage_params
+from clusterplan.models.memory import StageLayers, bytes_per_param, stage_layers, stage_params
 from clusterplan.models.shapes import ModelShapes
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
@@ -137,20 +137,16 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     m = L.microbatches
     layers = stage_layers(shapes, L)
     cost = layer_cost(shapes, L, hw)
-    t_layer_c, flops_layer = cost.compute_s, cost.hardware_flops
-    tp_l, cp_l, ep_l = cost.tp_s, cost.cp_s, cost.ep_s
-    head_f, head_b = cost.head_s, 0.0
-    dense = cost
-    # Per micro-batch time of each stage; the slowest sets the pipeline's pace.
-    first = layers.first * (t_layer_c + tp_l + cp_l + ep_l)
-    last = layers.last * (t_layer_c + tp_l + cp_l + ep_l) + head_f + head_b
-    middle = layers.middle * (t_layer_c + tp_l + cp_l + ep_l)
+    # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
+    # stage sets the pipeline's pace.
     single = L.pp == 1
-    first = np.where(single, first + head_f + head_b, first)
+    first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0)
+    middle = layers.middle * cost.total_s
+    last = layers.last * cost.total_s + cost.head_s
     slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # 0 first, 1 middle, 2 last
     stage = np.choose(slowest, [first, middle, last])
     slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
-    slow_head = np.where(single | (slowest == 2), head_f + head_b, 0.0)
+    slow_head = np.where(single | (slowest == 2), cost.head_s, 0.0)
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
@@ -162,24 +158,25 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
     zb_factor = np.where(L.schedule == SCHEDULE_ZB, 2.0 / 3.0, 1.0)
     bubble = np.where(single, 0.0, bubble_stages * stage * zb_factor)
-    dp_exposed = _dp_exposed(shapes, L, hw, layers, slow_layers, dense.forward_s, dense.backward_s, stage)
+    dp_exposed = _dp_exposed(shapes, L, hw, slow_layers, cost.forward_s, cost.backward_s)
     opt = _optimizer_s(shapes, L, hw, layers)
-    compute = m * (slow_layers * t_layer_c + slow_head)
-    tp_total, cp_total, ep_total = m * slow_layers * tp_l, m * slow_layers * cp_l, m * slow_layers * ep_l
+    compute = m * (slow_layers * cost.compute_s + slow_head)
+    tp_total, cp_total, ep_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s))
     step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
-    hardware = L.gbs / L.mbs * (flops_layer * shapes.n_layers * L.tp * L.cp
+    hardware = L.gbs / L.mbs * (cost.hardware_flops * shapes.n_layers * L.tp * L.cp
                                 + 6.0 * L.mbs * L.seq * shapes.vocab * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
 
 
-def _dp_exposed(shapes, L, hw, layers, slow_layers, layer_f, layer_b, stage):
+def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_layers: np.ndarray,
+                layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
     """Data-parallel traffic left exposed after overlap: gradient all-reduce (ZeRO-0), reduce-scatter + weight
     all-gather (ZeRO-1/2, Megatron distributed optimizer) hidden under the last micro-batch's backward; ZeRO-3
     gathers weights per layer in forward and backward and reduce-scatters gradients, each under that layer's compute."""
-    wb, gb, _ = bytes_per_param(L)
+    _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
     shard = Group(L.dp_shard * L.cp, L.tp)
     replicate = Group(L.dp_replicate, L.tp * L.cp * L.dp_shard)
@@ -210,7 +207,7 @@ def _dp_exposed(shapes, L, hw, layers, slow_layers, layer_f, layer_b, stage):
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
 
 
-def _optimizer_s(shapes, L, hw, layers):
+def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers) -> np.ndarray:
     """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
     shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
