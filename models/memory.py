@@ -65,8 +65,9 @@ def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray
     fp32 = L.precision == PREC_FP32
     weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 3.0, 2.0))
     grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
-    opt = np.select([L.optimizer == OPT_SGD, L.optimizer == OPT_ADAM, fp32], [0.0, 8.0, 8.0], 12.0)
-    return weights, grads, np.where(L.optimizer == OPT_ADAM, 8.0, opt)
+    # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
+    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
+    return weights, grads, opt
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +222,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
     single = L.pp == 1
     rows = []
     for position, n_layers in (("first", layers.first), ("middle", layers.middle), ("last", layers.last)):
-        embed = True if position == "first" else False
-        head = single if position == "first" else position == "last"
+        embed = position == "first"
+        head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers)
         acts = layers_activation_bytes(shapes, L, n_layers, position) + ends_activation_bytes(shapes, L, embed, head)
