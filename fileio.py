@@ -44,12 +44,22 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def path_exists(ref: str | os.PathLike[str]) -> bool:
+    """Path(ref).exists(), but False (not OSError) for a name the OS rejects, e.g. one too long to be a path."""
+    try:
+        return Path(ref).exists()
+    except OSError:
+        return False
+
+
 def load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a YAML or JSON file whose top level is a mapping; one-line errors otherwise."""
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if path_exists(p) and p.is_dir():
+        raise BadInputError(f"{p}: is a directory; give the path of a YAML or JSON file")
+    if not path_exists(p) or not p.is_file():
         raise BadInputError(f"{p}: no such file; give the path of an existing YAML or JSON file")
     try:
         text = p.read_text(encoding="utf-8")
@@ -60,6 +70,8 @@ def load_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(f"{p}: malformed {'JSON' if p.suffix == '.json' else 'YAML'} ({first}); fix the syntax") from exc
+    if data is None:
+        raise BadInputError(f"{p}: the file is empty; expected a mapping at the top level")
     if not isinstance(data, dict):
         raise BadInputError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data

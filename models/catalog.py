@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping
+from clusterplan.fileio import load_mapping, path_exists
 from clusterplan.models.spec import ModelSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -38,9 +38,9 @@ def load_model(ref: str) -> ModelSpec:
     from clusterplan.hardware_db.catalog import find_name
 
     path = Path(ref)
-    if path.is_dir() and (path / "config.json").is_file():
+    if path_exists(path) and path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
-    if path.suffix in (".json", ".yaml", ".yml") or path.is_file():
+    if path.suffix in (".json", ".yaml", ".yml") or (path_exists(path) and path.is_file()):
         data = load_mapping(path)
         if "model_type" in data or "architectures" in data:
             from clusterplan.models.hf import spec_from_hf

@@ -6,14 +6,14 @@ anything else (see README "Cluster files"). Ranks are numbered node by node, GPU
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping
+from clusterplan.fileio import load_mapping, path_exists
 from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
 
 
@@ -130,17 +130,26 @@ class Cluster:
         return " + ".join(parts) + f" = {self.world_size} GPUs"
 
 
+MAX_COUNT = 10**9
+"""Most nodes in a group and most GPUs/NICs per node accepted; beyond it float arithmetic overflows."""
+
+
+def _finite(value: float) -> bool:
+    """NaN and infinity are not bandwidths; an int of any size is finite (math.isfinite would overflow)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def _positive_int(overrides: dict[str, Any], key: str, default: int, where: str) -> int:
     value = overrides.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise BadInputError(f"{where}: {key} must be a positive integer, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_COUNT:
+        raise BadInputError(f"{where}: {key} must be a positive integer up to {MAX_COUNT:,}, got {value!r}")
     return value
 
 
 def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> NodeGroup:
     node = get_node(preset)
-    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-        raise BadInputError(f"{where}: node count must be a positive integer, got {count!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_COUNT:
+        raise BadInputError(f"{where}: node count must be a positive integer up to {MAX_COUNT:,}, got {count!r}")
     gpu = get_gpu(str(overrides.get("gpu", node.gpu)))
     gpus_per_node = _positive_int(overrides, "gpus_per_node", node.gpus_per_node, where)
     scale_up = get_link(str(overrides.get("scale_up_link", node.scale_up_link)))
@@ -151,7 +160,7 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
     out_bw = overrides.get("scale_out_busbw_gb_per_s", nics * nic.achieved_bytes_per_s / 1e9 / gpus_per_node)
     for key, value in (("gpus_per_node", gpus_per_node), ("nics_per_node", nics), ("scale_up_domain", domain),
                        ("scale_up_busbw_gb_per_s", up_bw), ("scale_out_busbw_gb_per_s", out_bw)):
-        if not isinstance(value, (int, float)) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or not _finite(value):
             raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
     return NodeGroup(preset=node.name, gpu=gpu, count=count, gpus_per_node=gpus_per_node, scale_up=scale_up,
                      scale_up_domain=domain, nic=nic, nics_per_node=nics,
@@ -179,10 +188,13 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
     n_nodes = sum(g.count for g in groups)
     if matrix is not None:
         ok = isinstance(matrix, list) and len(matrix) == n_nodes and all(
-            isinstance(row, list) and len(row) == n_nodes and all(isinstance(v, (int, float)) and v >= 0 for v in row)
-            for row in matrix)
+            isinstance(row, list) and len(row) == n_nodes and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v >= 0 and (v > 0 or i == j)
+                for j, v in enumerate(row))
+            for i, row in enumerate(matrix))
         if not ok:
-            raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of numbers >= 0")
+            raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of numbers >= 0 "
+                                "(> 0 between different nodes)")
         matrix = tuple(tuple(float(v) for v in row) for row in matrix)
     return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix)
 
@@ -193,12 +205,16 @@ SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)$")
 def load_cluster(ref: str) -> Cluster:
     """`PRESET:NODES` (e.g. `dgx-h100:64`) or the path of a cluster YAML/JSON file."""
     m = SHORTHAND.match(ref.strip())
-    if m and not Path(ref).exists():
+    exists = bool(ref.strip()) and path_exists(ref)
+    if m and not exists:
         count = int(m["count"])
         group = _group(m["preset"], count, {}, f"--cluster {ref}")
         return Cluster(name=ref, groups=(group,))
-    if Path(ref).exists():
+    if exists:
         data = load_mapping(ref)
-        return cluster_from_dict(data.get("cluster", data), where=str(ref))
+        inner = data.get("cluster", data)
+        if not isinstance(inner, dict):
+            raise BadInputError(f"{ref}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
+        return cluster_from_dict(inner, where=str(ref))
     raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets) "
                         "or the path of a cluster YAML file")

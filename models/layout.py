@@ -132,6 +132,10 @@ class Layout:
         if unknown:
             raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(data)
+        for key in ("tp", "pp", "cp", "vpp"):  # read below, before __post_init__ checks them
+            value = values.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadInputError(f"{where}: {key} must be a positive integer, got {value!r}")
         if "dp" not in values and world is not None:
             inner = values.get("tp", 1) * values.get("pp", 1) * values.get("cp", 1)
             if world % inner:

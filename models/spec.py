@@ -17,6 +17,8 @@ NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "alibi"]
 
 
+MAX_LAYERS = 10_000
+"""Largest n_layers accepted: far above any published model, low enough that per-layer loops stay fast."""
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
@@ -88,6 +90,8 @@ class ModelSpec:
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise BadInputError(f"model {self.name}: {f} must be a positive integer, got {value!r}")
+        if self.n_layers > MAX_LAYERS:  # counts and estimates walk the layers one by one
+            raise BadInputError(f"model {self.name}: n_layers({self.n_layers}) is over {MAX_LAYERS}; check the value")
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise BadInputError(

@@ -1,0 +1,94 @@
+"""Odd and bad input found by a sweep over every command: each ends in one line on stderr and exit 2.
+
+Each case here once ended otherwise (an internal error with exit 3, a hang, or a screen of numpy warnings);
+the fragment asserted is the part of the line that tells the user what to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {"name": "tiny", "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 256, "vocab": 1000}
+ESTIMATE_8B = ("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+
+
+def one_line_exit_2(run_cli, *args: str, expect: str) -> str:
+    code, out, err = run_cli(*args)
+    assert code == 2, (code, out, err)
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "internal error" not in err and "Traceback" not in err
+    assert expect.lower() in err.lower(), err
+    return err
+
+
+def _write(tmp_path: Path, name: str, data: object) -> str:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
+
+
+# ---- layouts ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["tp=0", "pp=0", "cp=0"])
+def test_zero_degree_without_dp_is_bad_input(run_cli, layout):
+    # dp is derived as world / (tp * pp * cp): a zero degree used to divide by zero before validation.
+    key = layout.split("=")[0]
+    one_line_exit_2(run_cli, *ESTIMATE_8B, "--layout", layout, expect=f"{key} must be a positive integer")
+
+
+# ---- models -------------------------------------------------------------------------------------------------
+
+def test_absurd_layer_count_is_refused_not_looped_over(run_cli, tmp_path):
+    # 1e11 layers used to hang `models show` and `estimate` walking the layers one by one.
+    path = _write(tmp_path, "huge.yaml", {**TINY, "n_layers": 10**11})
+    one_line_exit_2(run_cli, "models", "show", path, expect="n_layers(100000000000) is over 10000")
+
+
+def test_model_name_too_long_for_a_path(run_cli):
+    # The OS rejects a 300-character file name (ENAMETOOLONG); that is an unknown name, not a crash.
+    one_line_exit_2(run_cli, "models", "show", "x" * 300, expect="unknown model")
+
+
+# ---- clusters -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("group", "expect"), [
+    ({"scale_up_busbw_gb_per_s": float("nan")}, "scale_up_busbw_gb_per_s must be > 0, got nan"),
+    ({"scale_out_busbw_gb_per_s": float("inf")}, "scale_out_busbw_gb_per_s must be > 0, got inf"),
+    ({"scale_out_busbw_gb_per_s": True}, "scale_out_busbw_gb_per_s must be > 0, got True"),
+    ({"gpus_per_node": 10**400}, "gpus_per_node must be a positive integer up to 1,000,000,000"),
+])
+def test_cluster_numbers_that_are_not_bandwidths_or_counts(run_cli, tmp_path, group, expect):
+    path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 1, **group}]})
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", path, "--layout", "tp=8",
+                    expect=expect)
+
+
+def test_zero_bandwidth_between_two_nodes(run_cli, tmp_path):
+    # A zero off the diagonal used to divide by zero in the collective model (numpy warnings on stderr).
+    path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 2}],
+                                             "node_bandwidth_gb_per_s": [[0, 0], [0, 0]]})
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", path, "--layout", "tp=8,dp=2",
+                    expect="> 0 between different nodes")
+
+
+def test_empty_cluster_key(run_cli, tmp_path):
+    path = _write(tmp_path, "cluster.yaml", "cluster:\n")
+    one_line_exit_2(run_cli, *ESTIMATE_8B[:3], "--cluster", path, "--layout", "tp=8",
+                    expect="`cluster:` must be a mapping")
+
+
+def test_huge_node_count_shorthand(run_cli):
+    one_line_exit_2(run_cli, *ESTIMATE_8B[:3], "--cluster", f"dgx-h100:{10**400}", "--layout", "tp=8",
+                    expect="node count must be a positive integer up to")
+
+
+@pytest.mark.parametrize(("ref", "expect"), [("", "give PRESET:NODES"), (".", "is a directory")])
+def test_cluster_ref_empty_or_a_directory(run_cli, ref, expect):
+    one_line_exit_2(run_cli, *ESTIMATE_8B[:3], "--cluster", ref, "--layout", "tp=8", expect=expect)
+
+
+def test_empty_file_says_empty(run_cli, tmp_path):
+    one_line_exit_2(run_cli, "models", "show", _write(tmp_path, "m.yaml", ""), expect="the file is empty")
