@@ -23,8 +23,11 @@ def write_atomic_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     if not isinstance(payload, bytes):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from exc
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; output files get the usual permissions
@@ -34,9 +37,17 @@ def write_atomic_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _cannot_write(target, exc) from exc
         raise
+
+
+def _cannot_write(target: Path, exc: OSError) -> BadInputError:
+    """A folder that cannot be made, a read-only or full disk, a directory in the way: the user's to fix."""
+    reason = f"{exc.filename} is a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror or exc
+    return BadInputError(f"{target}: cannot write ({reason}); give a path in a writable folder")
 
 
 def dumps_json(obj: Any) -> str:

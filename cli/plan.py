@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
@@ -56,6 +58,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     """
     if objective == "time-to-train" and not tokens:
         raise BadInputError("--objective time-to-train needs --tokens (e.g. --tokens 15e12)")
+    if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
+        raise BadInputError(f"--tokens {tokens:g}: give a positive token budget (e.g. --tokens 15e12)")
+    if not math.isfinite(headroom_gib):
+        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB (e.g. --headroom-gib 2)")
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):

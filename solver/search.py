@@ -15,7 +15,7 @@ import numpy as np
 from clusterplan.errors import InfeasibleError
 from clusterplan.models.batch import LayoutArrays
 from clusterplan.models.calibration import Calibration
-from clusterplan.models.cluster import Cluster, load_cluster
+from clusterplan.models.cluster import Cluster
 from clusterplan.models.estimate import TIME_TERMS, Estimate, evaluate
 from clusterplan.models.hw import HardwareRates
 from clusterplan.models.memory import GIB, memory_breakdown
@@ -45,8 +45,11 @@ class SearchResult:
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
            calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None,
-           headroom_gib: float = 0.0) -> SearchResult:
-    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free."""
+           headroom_gib: float = 0.0, suggest: bool = True) -> SearchResult:
+    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free.
+
+    When none fits, the error suggests a fix (bigger cluster) unless `suggest` is False (the suggestion's own searches).
+    """
     start = time.perf_counter()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
@@ -60,7 +63,10 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     rejected["out of memory"] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])
     if not len(survivors):
-        raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration))
+        if not suggest:
+            raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
+        raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration,
+                                            headroom_gib))
     ev = evaluate(shapes, survivors, hw, cluster.world_size)
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
@@ -106,7 +112,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                       groups=(replace(cluster.primary, count=nodes),))
         try:
             result = search(model, sub, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
-                            headroom_gib=headroom_gib)
+                            headroom_gib=headroom_gib, suggest=False)
         except InfeasibleError:
             continue
         plans += result.plans
@@ -151,7 +157,8 @@ def why_best(best: dict, runner: dict) -> str:
             + f"; step {best['step_time_s']:.4g} s vs {runner['step_time_s']:.4g} s")
 
 
-def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration) -> str:
+def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration,
+                  headroom_gib: float) -> str:
     """One line: nothing fits, the closest layout's peak, and the smallest change that makes one fit."""
     if len(arrays):
         i = int(np.argmin(memory.peak))
@@ -164,15 +171,20 @@ def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays,
     if relaxed != (fixed or {}):
         fixes.append("unpin recompute/mbs/zero (e.g. recompute=full, mbs=1, zero=3)")
     for factor in (2, 4, 8, 16, 32):
-        bigger = load_cluster(f"{cluster.primary.preset}:{cluster.n_nodes * factor}") if cluster.is_homogeneous else None
+        # The same nodes (GPUs per node and link overrides kept), `factor` times as many, no measured matrix.
+        bigger = replace(cluster, name=f"{cluster.primary.preset}:{cluster.n_nodes * factor}",
+                         groups=(replace(cluster.primary, count=cluster.n_nodes * factor),),
+                         node_bandwidth_gb_per_s=None) if cluster.is_homogeneous else None
         if bigger is None:
             break
         try:
             search(model, bigger, gbs, seq, fixed={k: v for k, v in (fixed or {}).items() if k != "dp"}, top=1,
-                   calibration=calibration)
+                   calibration=calibration, headroom_gib=headroom_gib, suggest=False)
             fixes.append(f"use {cluster.n_nodes * factor} nodes ({bigger.world_size} GPUs)")
             break
         except InfeasibleError:
             continue
-    fix = "; ".join(fixes) or "use GPUs with more memory or a smaller sequence length"
+    fix = "; ".join(fixes) or ("use GPUs with more memory or a smaller sequence length" if len(arrays) else
+                               "pin fewer keys with --fix, or a --gbs that more data-parallel sizes divide; "
+                               "`clusterplan estimate --layout ...` names the rule a layout breaks")
     return f"no layout of {model.name} fits {cluster.describe()} at gbs={gbs}, seq={seq} ({closest}); try: {fix}"

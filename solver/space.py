@@ -8,6 +8,7 @@ scale-up domain, as both frameworks recommend.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ MICRO_BATCHES = (1, 2, 4, 8)
 RECOMPUTE = ("none", "selective", "full")
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def divisors(n: int, at_most: int | None = None) -> list[int]:
+    """Divisors of n up to `at_most`, in order; pairs (d, n // d) so that a world of billions of GPUs takes
+    sqrt(n) steps, not n."""
+    limit = n if at_most is None else min(n, at_most)
+    small = [d for d in range(1, min(limit, math.isqrt(n)) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small if n // d <= limit)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +74,10 @@ def replicate_options(dp: int, domain: int) -> list[int]:
 
 def _structures(model: ModelSpec, world: int, domain: int, fixed: dict) -> Iterator[dict]:
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
-    tps = pick("tp", [d for d in divisors(world) if d <= domain])
-    pps = pick("pp", [d for d in divisors(world) if d <= model.n_layers])
+    tps = pick("tp", divisors(world, at_most=domain))
+    pps = pick("pp", divisors(world, at_most=model.n_layers))
     cps = pick("cp", [d for d in (1, 2, 4, 8, 16, 32) if world % d == 0])
-    eps = pick("ep", [d for d in divisors(model.n_experts) if d <= world] if model.is_moe else [1])
+    eps = pick("ep", divisors(model.n_experts, at_most=world) if model.is_moe else [1])
     for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, pick("vpp", (1, 2, 3, 4)), eps):
         if world % (tp * pp * cp) or (pp == 1 and vpp > 1):
             continue

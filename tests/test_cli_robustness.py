@@ -92,3 +92,50 @@ def test_cluster_ref_empty_or_a_directory(run_cli, ref, expect):
 
 def test_empty_file_says_empty(run_cli, tmp_path):
     one_line_exit_2(run_cli, "models", "show", _write(tmp_path, "m.yaml", ""), expect="the file is empty")
+
+
+# ---- plan ---------------------------------------------------------------------------------------------------
+
+def test_plan_with_no_valid_layout_answers_at_once(run_cli):
+    # tp=3 divides no llama dimension: every bigger cluster tried for the hint used to search for its own hint,
+    # recursively (5 searches per level), which never finished.
+    err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+                          "--seq", "4096", "--fix", "tp=3", expect="no layout passes the divisibility rules")
+    assert "pin fewer keys with --fix" in err  # not "more memory": memory is not what failed
+
+
+def test_plan_on_a_billion_gpus_answers_at_once(run_cli):
+    # 8e8 GPUs: the divisors of the world size used to be found by trying every number up to it.
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:100000000", "--gbs", "512",
+                    "--seq", "4096", expect="no layout passes the divisibility rules")
+
+
+def test_bigger_cluster_hint_keeps_the_node_shape(run_cli, tmp_path):
+    # One GPU per node: "use 2 nodes" means 2 GPUs, not 2 stock DGX nodes of 8.
+    path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 1, "gpus_per_node": 1}]})
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", path, "--gbs", "8", "--seq", "4096",
+                    expect="try: use 2 nodes (2 GPUs)")
+
+
+def test_bigger_cluster_hint_keeps_the_headroom(run_cli):
+    # 100 GiB of headroom on an 80 GB GPU: no node count helps, so the hint must not name one.
+    err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+                          "--seq", "4096", "--headroom-gib", "100", expect="no layout of llama3.1-8b fits")
+    assert "nodes (" not in err
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--objective", "time-to-train", "--tokens", "nan"), "give a positive token budget"),
+    (("--objective", "time-to-train", "--tokens", "-5"), "give a positive token budget"),
+    (("--headroom-gib", "inf"), "give a finite number of GiB"),
+])
+def test_plan_number_options(run_cli, args, expect):
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+                    "--seq", "4096", *args, expect=expect)
+
+
+def test_plan_out_under_a_file(run_cli, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+                    "--seq", "4096", "--out", str(tmp_path / "afile" / "plan.yaml"),
+                    expect="afile is a file, not a folder")
