@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console as RichConsole
 from rich.table import Table
+from rich.text import Text
 
 from clusterplan.fileio import dumps_json
 
@@ -23,8 +24,9 @@ class Console:
         # Pipes and files get wide, uncoloured tables; terminals get their own width.
         out_width = None if sys.stdout.isatty() else 250
         # file=None makes rich look sys.stdout / sys.stderr up at write time (tests capture them).
-        self.out = RichConsole(no_color=no_color, highlight=False, soft_wrap=True, width=out_width)
-        self.err = RichConsole(stderr=True, no_color=no_color, highlight=False, soft_wrap=True,
+        # emoji=False: user text such as `uniform:100:10` must not turn into emoji codes.
+        self.out = RichConsole(no_color=no_color, highlight=False, soft_wrap=True, width=out_width, emoji=False)
+        self.err = RichConsole(stderr=True, no_color=no_color, highlight=False, soft_wrap=True, emoji=False,
                                width=None if sys.stderr.isatty() else 250)
 
     # diagnostics (stderr)
@@ -61,7 +63,7 @@ class Console:
             right = justify_right[i] if justify_right else i > 0
             table.add_column(col, justify="right" if right else "left", no_wrap=True)
         for row in rows:
-            table.add_row(*[str(c) for c in row])
+            table.add_row(*[Text(str(c)) for c in row])  # Text: cells are data, never markup
         self.out.print(table)
 
 

@@ -47,14 +47,20 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
 def _instances(model: ModelSpec, gpus: str, tps: tuple[int, ...], pps: tuple[int, ...], calibration: Any, weight_dtype: str,
                kv_dtype: str, explicit: bool, max_sizes: int = 3) -> tuple[ServingInstance, ...]:
     """Per GPU type, the smallest `max_sizes` (tp, pp) instances that hold the model with KV room, if priced."""
-    out = []
-    for name in (g.strip() for g in gpus.split(",") if g.strip()):
+    out, seen = [], set()
+    names = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not names:
+        raise BadInputError(f"--gpus {gpus!r}: give GPU names, e.g. --gpus {DEFAULT_GPUS}")
+    for name in names:
         try:
             gpu = get_gpu(name)
         except BadInputError:
             if explicit:
                 raise
             continue  # a default GPU the database does not have yet
+        if gpu.name in seen:
+            continue  # named twice (or by two aliases): one set of instances
+        seen.add(gpu.name)
         if gpu.price is None:
             console.warn(f"{gpu.name} has no price in the hardware database; left out")
             continue
@@ -80,7 +86,7 @@ def _workload(rate: float | None, input_len: str | None, output_len: str | None,
               tpot_ms: float, percentile: float, seed: int) -> Workload:
     if not 0 < percentile < 100:
         raise BadInputError(f"--percentile {percentile}: give a percentile between 0 and 100, e.g. 50, 90 or 99")
-    if ttft_ms <= 0 or tpot_ms <= 0:
+    if not (ttft_ms > 0 and tpot_ms > 0):  # NaN fails too
         raise BadInputError("--ttft-ms and --tpot-ms must be > 0")
     rng = np.random.default_rng(seed)
     if trace:
@@ -93,8 +99,8 @@ def _workload(rate: float | None, input_len: str | None, output_len: str | None,
         inp = parse_length(input_len, "--input-len").sample(rng, 4000)
         out = parse_length(output_len, "--output-len").sample(rng, 4000)
         gaps = rng.exponential(size=4000)  # Poisson arrivals
-    if rate <= 0:
-        raise BadInputError(f"--rate {rate}: give a request rate > 0 (requests per second)")
+    if not 0 < rate < math.inf:
+        raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
     slo = Slo(ttft_s=ttft_ms / 1e3, tpot_s=tpot_ms / 1e3, percentile=percentile)
     return Workload(rate_rps=float(rate), buckets=tuple(make_buckets(inp, out)), unit_gaps=tuple(gaps.tolist()),
                     slo=slo, seed=seed)
@@ -190,10 +196,15 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
         costs = tuple(float(info[n].get("cost_per_hour", info[n].get("cost"))) for n in names)
         caps = tuple(tuple(float(v) for row in info[n]["tputs"] for v in row) for n in names)
         total = float(rate if rate is not None else data["total_request_rate"])
-    except (KeyError, TypeError, ValueError) as exc:
+        sf = slice_factor or int(data.get("slice_factor", 4))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{path}: capacity table needs gpu_info.NAME.cost_per_hour and .tputs, workload_distribution "
                             f"and total_request_rate (or --rate) ({type(exc).__name__}: {exc})") from None
-    sf = slice_factor or int(data.get("slice_factor", 4))
+    numbers = [*dist, *costs, *(v for row in caps for v in row), total]
+    if not all(math.isfinite(v) for v in numbers) or min(costs, default=1) <= 0 or min(dist, default=0) < 0 \
+            or sum(dist) <= 0 or min((v for row in caps for v in row), default=0) < 0 or total <= 0:
+        raise BadInputError(f"{path}: capacity table numbers must be finite, cost_per_hour and total_request_rate "
+                            "(or --rate) > 0, tputs and workload_distribution >= 0 with some traffic")
     rates = tuple(w * total for w in dist)
     mix = solve_mix(MixProblem(type_names=names, usd_per_hour=costs, capacity_rps=caps, bucket_rps=rates,
                                slice_factor=sf, max_gpus=max_gpus))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from clusterplan.errors import BadInputError
 
+MAX_TOKENS = 10**12
+"""Longest request sampled; far beyond any context window (the planner then reports it unservable)."""
 DIST_HELP = "give a token count (512), uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA or a histogram CSV (tokens,weight)"
 
 
@@ -35,7 +38,7 @@ class LengthDist:
         else:
             p = np.asarray(self.weights) / np.sum(self.weights)
             out = rng.choice(np.asarray(self.values), size=n, p=p)
-        return np.maximum(np.rint(out), 1).astype(np.int64)
+        return np.clip(np.rint(out), 1, MAX_TOKENS).astype(np.int64)  # a wide lognormal overflows int64
 
 
 def parse_length(text: str, what: str) -> LengthDist:
@@ -44,12 +47,13 @@ def parse_length(text: str, what: str) -> LengthDist:
     try:
         if len(parts) == 1 and not Path(text).is_file():
             value = float(parts[0])
-            if value < 1:
+            if not 1 <= value < math.inf:
                 raise ValueError
             return LengthDist(kind="fixed", params=(value,))
         if parts[0] in ("uniform", "normal", "lognormal") and len(parts) == 3:
             a, b = float(parts[1]), float(parts[2])
-            if (parts[0] == "uniform" and not 1 <= a <= b) or (parts[0] != "uniform" and b < 0):
+            if (parts[0] == "uniform" and not 1 <= a <= b) or (parts[0] != "uniform" and b < 0) \
+                    or not (math.isfinite(a) and math.isfinite(b)):
                 raise ValueError
             return LengthDist(kind=parts[0], params=(a, b))
     except ValueError:
@@ -61,17 +65,24 @@ def parse_length(text: str, what: str) -> LengthDist:
 
 def _histogram(path: Path, what: str) -> LengthDist:
     values, weights = [], []
-    with path.open(encoding="utf-8") as fh:
-        for row in csv.reader(line for line in fh if line.strip() and not line.startswith("#")):
-            try:
-                values.append(float(row[0]))
-                weights.append(float(row[1]) if len(row) > 1 else 1.0)
-            except (ValueError, IndexError):
-                if values:
-                    raise BadInputError(f"{path}: bad histogram row {row!r}; expected tokens,weight") from None
-    if not values or min(values) < 1 or min(weights) < 0 or sum(weights) <= 0:
+    for row in csv.reader(line for line in _lines(path) if line.strip() and not line.startswith("#")):
+        try:
+            values.append(float(row[0]))
+            weights.append(float(row[1]) if len(row) > 1 else 1.0)
+        except (ValueError, IndexError):
+            if values:
+                raise BadInputError(f"{path}: bad histogram row {row!r}; expected tokens,weight") from None
+    if not values or not all(math.isfinite(v) for v in values + weights) or min(values) < 1 or min(weights) < 0 \
+            or sum(weights) <= 0:
         raise BadInputError(f"{path}: {what} histogram needs rows tokens,weight with tokens >= 1 and weights >= 0")
     return LengthDist(kind="histogram", values=tuple(values), weights=tuple(weights))
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: cannot read ({exc}); give a UTF-8 CSV file") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,15 +109,16 @@ def load_trace(path: str | Path) -> Requests:
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"{p}: no such trace file; give a CSV with arrival_s,input_tokens,output_tokens")
-    with p.open(encoding="utf-8") as fh:
-        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
-        need = {"arrival_s", "input_tokens", "output_tokens"}
-        if not need <= set(reader.fieldnames or ()):
-            raise BadInputError(f"{p}: trace header must name arrival_s,input_tokens,output_tokens")
-        try:
-            rows = sorted((float(r["arrival_s"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in reader)
-        except (TypeError, ValueError) as exc:
-            raise BadInputError(f"{p}: bad trace row ({exc}); arrival_s is seconds, token counts are integers") from None
+    reader = csv.DictReader(line for line in _lines(p) if not line.startswith("#"))
+    need = {"arrival_s", "input_tokens", "output_tokens"}
+    if not need <= set(reader.fieldnames or ()):
+        raise BadInputError(f"{p}: trace header must name arrival_s,input_tokens,output_tokens")
+    try:
+        rows = sorted((float(r["arrival_s"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in reader)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{p}: bad trace row ({exc}); arrival_s is seconds, token counts are integers") from None
+    if not all(math.isfinite(r[0]) for r in rows):
+        raise BadInputError(f"{p}: arrival_s must be a finite number of seconds in every row")
     if len(rows) < 2 or min(min(r[1], r[2]) for r in rows) < 1:
         raise BadInputError(f"{p}: a trace needs at least 2 requests with input and output tokens >= 1")
     arr, inp, out = zip(*rows, strict=True)

@@ -226,6 +226,9 @@ def unreachable_message(table: CapacityTable, work: Workload) -> str:
         ttft = min(cells, key=lambda c: c[0].ttft_s)
         tpot = min(cells, key=lambda c: c[0].tpot_s)
         q = work.slo.percentile
+        if not math.isfinite(ttft[0].ttft_s):  # infinite even unloaded: the request does not fit in any KV cache
+            return (f"no instance holds requests {bucket.label} ({bucket.share:.0%} of traffic) in its KV cache; "
+                    "shorten --input-len/--output-len or add GPUs with more memory (--gpus, larger --tp)")
         return (f"SLO unreachable for requests {bucket.label} ({bucket.share:.0%} of traffic): lowest p{q:g} TTFT "
                 f"{ttft[0].ttft_s * 1e3:.0f} ms on {ttft[1]}, lowest p{q:g} TPOT {tpot[0].tpot_s * 1e3:.1f} ms on "
                 f"{tpot[1]} (even unloaded); relax --ttft-ms/--tpot-ms to these or add faster GPUs with --gpus")

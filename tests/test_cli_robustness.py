@@ -6,6 +6,7 @@ the fragment asserted is the part of the line that tells the user what to change
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,75 @@ def test_plan_out_under_a_file(run_cli, tmp_path):
     one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
                     "--seq", "4096", "--out", str(tmp_path / "afile" / "plan.yaml"),
                     expect="afile is a file, not a folder")
+
+
+# ---- serve-plan ---------------------------------------------------------------------------------------------
+
+SERVE_8B = ("serve-plan", "--model", "llama3.1-8b", "--ttft-ms", "1000", "--tpot-ms", "100")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--rate", "nan", "--input-len", "512", "--output-len", "128"), "give a finite request rate > 0"),
+    (("--rate", "inf", "--input-len", "512", "--output-len", "128"), "give a finite request rate > 0"),
+    (("--rate", "1", "--input-len", "normal:nan:5", "--output-len", "128"), "not a valid length distribution"),
+    (("--rate", "1", "--input-len", "512", "--output-len", "128", "--gpus", ","), "give GPU names"),
+])
+def test_serve_numbers_and_names(run_cli, args, expect):
+    one_line_exit_2(run_cli, *SERVE_8B, *args, expect=expect)
+
+
+def test_serve_nan_slo_is_bad_input_not_unreachable(run_cli):
+    one_line_exit_2(run_cli, "serve-plan", "--model", "llama3.1-8b", "--ttft-ms", "nan", "--tpot-ms", "100",
+                    "--rate", "1", "--input-len", "512", "--output-len", "128", expect="must be > 0")
+
+
+def test_serve_wide_lognormal_says_requests_do_not_fit(run_cli):
+    # exp(100)-token prompts used to overflow int64 (numpy warnings, then an internal error).
+    one_line_exit_2(run_cli, *SERVE_8B, "--rate", "1", "--input-len", "lognormal:100:5", "--output-len", "128",
+                    expect="in its KV cache")
+
+
+def test_serve_same_gpu_twice_is_planned_once(run_cli):
+    # H100 twice used to give two identical instance rows, a zero-rate split and NaN probabilities.
+    code, out, err = run_cli(*SERVE_8B, "--rate", "1", "--input-len", "512", "--output-len", "128",
+                             "--gpus", "H100,H100-SXM5-80GB", "--format", "json")
+    assert code == 0, err
+    assert {p["gpu"] for p in json.loads(out)["pools"]} == {"H100-SXM5-80GB"}
+
+
+@pytest.mark.parametrize("option", ["--trace", "--input-len"])
+def test_serve_binary_csv(run_cli, tmp_path, option):
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"\xff\xfe\x00")
+    extra = () if option == "--trace" else ("--rate", "1", "--output-len", "128")
+    one_line_exit_2(run_cli, *SERVE_8B, option, str(path), *extra, expect="give a UTF-8 CSV file")
+
+
+def test_serve_trace_with_nan_arrival(run_cli, tmp_path):
+    path = _write(tmp_path, "t.csv", "arrival_s,input_tokens,output_tokens\nnan,100,10\n1,100,10\n")
+    one_line_exit_2(run_cli, *SERVE_8B, "--trace", path, expect="arrival_s must be a finite number")
+
+
+@pytest.mark.parametrize(("change", "args"), [
+    ({"total_request_rate": 0}, ()),
+    ({"workload_distribution": [[-1, 0], [0, 0]]}, ()),
+    ({}, ("--rate", "nan")),
+    ({"gpu_info": {"A10G": None}}, ()),
+    ({"slice_factor": "x"}, ()),
+])
+def test_capacity_table_values(run_cli, tmp_path, change, args):
+    data = {"gpu_info": {"A10G": {"cost_per_hour": 1.01, "tputs": [[2, 1], [5, 2]]}},
+            "workload_distribution": [[0.2, 0.1], [0.5, 0.2]], "total_request_rate": 3.0, **change}
+    path = tmp_path / "cap.json"
+    path.write_text(json.dumps(data))
+    one_line_exit_2(run_cli, "serve-plan", "--capacity-table", str(path), *args, expect="capacity table")
+
+
+# ---- console ------------------------------------------------------------------------------------------------
+
+def test_model_name_with_markup_and_emoji_codes_prints_verbatim(run_cli, tmp_path):
+    # Rich used to read a user's model name as markup (MarkupError, exit 3) and `:smile:` as an emoji.
+    path = _write(tmp_path, "m.yaml", {**TINY, "name": "[/bold] x :smile:"})
+    code, out, err = run_cli("models", "show", path)
+    assert code == 0, err
+    assert "[/bold] x :smile:" in out
