@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ def _moe_model(ref: str) -> ModelSpec:
     if not model.is_moe:
         raise BadInputError(f"model {model.name} is dense (no routed experts); expert placement needs an MoE model")
     return model
+
+
+MAX_EP_GPUS = 8192
+"""Largest expert-parallel group placed: its GPU x GPU float64 traffic matrix is 0.5 GiB."""
 
 
 def _default_slots(n_experts: int, n_gpus: int) -> int:
@@ -128,8 +133,8 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
     if missing:
         raise BadInputError(f"experts: missing {', '.join(missing)}; e.g. clusterplan experts --model deepseek-v3 "
                             "--cluster dgx-h100:8 --stats stats.npz (make stats with `clusterplan experts synth`)")
-    if time_limit_s <= 0:
-        raise BadInputError("--time-limit must be > 0 seconds")
+    if not 0 < time_limit_s < math.inf:  # NaN and inf fail too
+        raise BadInputError("--time-limit must be a finite number of seconds > 0")
     result, chosen, model = run_placement(model_ref=model_ref, cluster_ref=cluster_ref, stats_path=stats_path,
                            slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                            expert_groups=expert_groups, dispatch_dtype=dispatch_dtype,
@@ -169,6 +174,11 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     spg = slots_per_gpu if slots_per_gpu is not None else _default_slots(model.n_experts, fabric.n_gpus)
     if spg < 1:
         raise BadInputError("--slots-per-gpu must be >= 1")
+    if spg > model.n_experts:  # more would put two copies of one expert on a GPU
+        raise BadInputError(f"--slots-per-gpu {spg}: give at most {model.name}'s {model.n_experts} routed experts")
+    if fabric.n_gpus > MAX_EP_GPUS:  # the metrics hold GPU x GPU traffic matrices
+        raise BadInputError(f"--cluster {cluster_ref}: {fabric.n_gpus} GPUs; expert placement handles up to "
+                            f"{MAX_EP_GPUS} GPUs in one expert-parallel group, give the nodes of one group")
     groups = expert_groups if expert_groups is not None else _default_groups(model.n_experts, fabric.n_nodes)
     if tokens_per_step is not None and tokens_per_step < 1:
         raise BadInputError("--tokens-per-step must be >= 1")

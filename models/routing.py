@@ -59,11 +59,17 @@ class RoutingStats:
 
 
 # ---- validation ---------------------------------------------------------------------------------
+MAX_COUNT = 1e30
+"""Largest token count accepted."""
+
+
 def _check_counts(arr: np.ndarray, what: str, where: str) -> None:
     if not np.all(np.isfinite(arr)):
         raise BadInputError(f"{where}: {what} has NaN or infinite entries; give finite token counts")
     if np.any(arr < 0):
         raise BadInputError(f"{where}: {what} has negative entries; token counts must be >= 0")
+    if np.any(arr > MAX_COUNT):  # EPLB works in float32 (max 3.4e38); real counts are far below this
+        raise BadInputError(f"{where}: {what} has entries over {MAX_COUNT:.0e}; give token counts")
 
 
 def make_stats(tokens_per_expert: object, transitions: object = None, *, where: str = "stats") -> RoutingStats:
@@ -159,6 +165,9 @@ def _index(values: np.ndarray, p: Path, what: str) -> np.ndarray:
 def _load_csv(p: Path) -> RoutingStats:
     rows = np.array(_read_csv_rows(p, ("layer", "expert", "tokens")))
     layer, expert = _index(rows[:, 0], p, "layer"), _index(rows[:, 1], p, "expert")
+    if (int(layer.max()) + 1) * (int(expert.max()) + 1) > 2**28:
+        raise BadInputError(f"{p}: layer {layer.max()} x expert {expert.max()} is far too large a table; "
+                            "layer and expert are indices counted from 0")
     load = np.zeros((layer.max() + 1, expert.max() + 1))
     np.add.at(load, (layer, expert), rows[:, 2])
     companion = p.with_name(p.stem + ".transitions.csv")
@@ -223,6 +232,10 @@ def _save_csv(stats: RoutingStats, p: Path) -> list[Path]:
 
 
 # ---- synthetic statistics -----------------------------------------------------------------------
+SYNTH_MAX_CELLS = 2**31
+"""Largest layers x tokens x experts simulated (DeepSeek-V3 at the default 16384 tokens: 2.4e8)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SynthConfig:
     n_layers: int
@@ -244,8 +257,15 @@ class SynthConfig:
                 raise BadInputError(f"synth: {name} must be >= 1")
         if self.top_k > self.n_experts:
             raise BadInputError(f"synth: top_k ({self.top_k}) must be <= experts ({self.n_experts})")
-        if self.zipf_exponent < 0 or self.affinity_logit < 0 or self.successors < 0:
+        if not (self.zipf_exponent >= 0 and self.affinity_logit >= 0 and self.successors >= 0):  # NaN fails too
             raise BadInputError("synth: zipf exponent, affinity and successors must be >= 0")
+        if self.seed < 0:
+            raise BadInputError(f"synth: seed must be >= 0, got {self.seed}")
+        # The simulation holds tokens x experts scores per layer and experts x experts transitions per layer.
+        if self.n_tokens * self.n_experts * self.n_layers > SYNTH_MAX_CELLS \
+                or self.n_experts ** 2 * self.n_layers > SYNTH_MAX_CELLS:
+            raise BadInputError(f"synth: {self.n_layers} layers x {self.n_tokens} tokens x {self.n_experts} experts is "
+                                f"too large to simulate (over {SYNTH_MAX_CELLS:,} cells); lower --tokens or --layers")
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -212,3 +212,61 @@ def test_model_name_with_markup_and_emoji_codes_prints_verbatim(run_cli, tmp_pat
     code, out, err = run_cli("models", "show", path)
     assert code == 0, err
     assert "[/bold] x :smile:" in out
+
+
+# ---- experts ------------------------------------------------------------------------------------------------
+
+MOE = {**TINY, "n_experts": 4, "top_k": 2, "expert_ffn_hidden": 128}
+
+
+@pytest.fixture
+def moe_stats(tmp_path):
+    import numpy as np
+
+    model = _write(tmp_path, "moe.yaml", MOE)
+    stats = tmp_path / "s.npy"
+    np.save(stats, np.array([[10.0, 20, 30, 40], [40, 30, 20, 10]]))
+    return model, str(stats)
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--slots-per-gpu", "1000000"), "give at most tiny's 4 routed experts"),  # used to run for minutes
+    (("--time-limit", "nan"), "--time-limit must be a finite number"),
+])
+def test_experts_options(run_cli, moe_stats, args, expect):
+    model, stats = moe_stats
+    one_line_exit_2(run_cli, "experts", "-m", model, "-c", "dgx-h100:1", "--stats", stats, *args, expect=expect)
+
+
+def test_experts_on_800k_gpus(run_cli, moe_stats):
+    # Used to try to allocate a 4.7 TiB GPU x GPU matrix (MemoryError, exit 3).
+    model, stats = moe_stats
+    one_line_exit_2(run_cli, "experts", "-m", model, "-c", "dgx-h100:100000", "--stats", stats, "--method", "eplb",
+                    expect="expert placement handles up to 8192 GPUs")
+
+
+def test_experts_counts_beyond_float32(run_cli, moe_stats, tmp_path):
+    import numpy as np
+
+    model, _ = moe_stats
+    stats = tmp_path / "big.npy"
+    np.save(stats, np.full((2, 4), 1e300))
+    one_line_exit_2(run_cli, "experts", "-m", model, "-c", "dgx-h100:1", "--stats", str(stats),
+                    expect="entries over 1e+30")
+
+
+def test_experts_csv_with_absurd_indices(run_cli, moe_stats, tmp_path):
+    model, _ = moe_stats
+    path = _write(tmp_path, "s.csv", "layer,expert,tokens\n100000000,100000000,5\n")
+    one_line_exit_2(run_cli, "experts", "-m", model, "-c", "dgx-h100:1", "--stats", path, expect="far too large")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--tokens", "1000000000000"), "too large to simulate"),  # MemoryError before
+    (("--layers", "100000"), "too large to simulate"),  # ran for minutes before
+    (("--seed", "-1"), "seed must be >= 0"),
+    (("--zipf", "nan"), "must be >= 0"),
+])
+def test_synth_options(run_cli, tmp_path, args, expect):
+    model = _write(tmp_path, "moe.yaml", MOE)
+    one_line_exit_2(run_cli, "experts", "synth", "-m", model, "--out", str(tmp_path / "x.npz"), *args, expect=expect)
