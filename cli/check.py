@@ -89,6 +89,10 @@ def violations(model: ModelSpec, cluster: Any, layout: Layout, min_mfu: float | 
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
           fmt: str) -> None:
     """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
+    if min_mfu is not None and not 0 <= min_mfu <= 1:  # NaN fails too
+        raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
+    if not 0 <= headroom_gib < float("inf"):
+        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
     model, world, cluster, layout, kind = _load(config, model_ref, cluster_ref)
     found, est = violations(model, cluster, layout, min_mfu, headroom_gib)
     summary = f"{config.name} ({kind}): {model.name}, {layout.short()} on {world} GPUs"

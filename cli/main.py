@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> Any:
         console.error("aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        console.error(exc.format_message())
+        console.error(" ".join(exc.format_message().split()))  # click lists choices on several lines
         sys.exit(2)
     except ClusterplanError as exc:
         console.error(str(exc))

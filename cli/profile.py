@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ def _precheck(model: str | None, layout: str | None, out: Path, resume: bool) ->
         load_model(model)
     if layout:
         Layout.parse(layout)
+    existing = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not existing.is_dir():  # the workers would fail making `OUT.logs` next to it
+        raise BadInputError(f"{out}: cannot write ({existing} is a file, not a folder); give a path in a writable folder")
     if resume and out.exists():
         from clusterplan.fileio import load_mapping
 
@@ -100,6 +104,8 @@ def profile(nproc: int | None, model: str | None, layout: str | None, quick: boo
     from clusterplan.profiler.datasheet import compare, match_gpu
     from clusterplan.profiler.runner import cuda_devices
 
+    if not timeout_s < math.inf:  # FloatRange lets NaN and inf through
+        raise BadInputError(f"--timeout {timeout_s:g}: give a finite number of seconds")
     _precheck(model, layout, out, resume)
     gpus = cuda_devices() if device != "cpu" else 0
     if device == "cuda" and not gpus:

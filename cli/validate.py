@@ -6,6 +6,7 @@ model at full world size in this process, with torch's fake process group and th
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -23,9 +24,12 @@ def _scale(value: str) -> int | None:
     if value == "auto":
         return None
     try:
-        return int(value)
+        factor = int(value)
     except ValueError:
-        raise BadInputError(f"--scale {value!r}: give a positive integer or `auto`") from None
+        factor = 0
+    if factor < 1:  # 0 used to read as `auto`
+        raise BadInputError(f"--scale {value!r}: give a positive integer or `auto`")
+    return factor
 
 
 def runnable_layout(model: Any, layout: Layout) -> Layout:
@@ -117,7 +121,7 @@ def _print_dry(result: dict[str, Any]) -> None:
     for p in result["positions"]:
         for term, v in p.get("terms", {}).items():
             rows.append([str(p["rank"]), p["position"], term, f"{v['predicted_bytes'] / 2**30:.4f}",
-                         f"{v['runtime_bytes'] / 2**30:.4f}", f"{v['error_pct']:+.2f}"])
+                         f"{v['runtime_bytes'] / 2**30:.4f}", "-" if v["error_pct"] is None else f"{v['error_pct']:+.2f}"])
     console.table(f"dry run: {result['model']} on {result['world']} ranks, bytes per rank (GiB)",
                   ["rank", "stage", "term", "memory model", "runtime shards", "error %"], rows)
     for p in result["positions"]:
@@ -143,6 +147,21 @@ def _print_real(result: dict[str, Any]) -> None:
     console.text(f"largest memory error over ranks: {result['max_memory_error_pct']:.2f}%")
 
 
+def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: float, tolerance: float | None,
+                   time_tolerance: float | None) -> None:
+    """One-line errors for option values no run can use (checked before any rank is spawned)."""
+    if nproc is not None and nproc < 1:
+        raise BadInputError(f"--nproc {nproc}: give a number of ranks >= 1")
+    if steps < 1:
+        raise BadInputError(f"--steps {steps}: give at least 1 measured step")
+    for name, value in (("--timeout", timeout_s), ("--budget-gib", budget_gib)):
+        if not 0 < value < math.inf:  # NaN fails too
+            raise BadInputError(f"{name} {value:g}: give a finite number > 0")
+    for name, value in (("--tolerance", tolerance), ("--time-tolerance", time_tolerance)):
+        if value is not None and not 0 <= value < math.inf:
+            raise BadInputError(f"{name} {value:g}: give a finite percentage >= 0")
+
+
 @click.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--nproc", type=int, default=None, help="Ranks to spawn on this machine (default: the layout's world).")
@@ -164,6 +183,7 @@ def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, s
              calibration: str | None, tolerance: float | None, time_tolerance: float | None, dry_run: bool,
              out: str | None, write_job: str | None, measured: str | None, fmt: str) -> None:
     """Run PLAN for real (or --dry-run it at full scale) and report predicted against measured."""
+    _check_numbers(nproc, steps, timeout_s, budget_gib, tolerance, time_tolerance)
     plan = read_plan(plan_path)
     if dry_run:
         result = _dry(plan)

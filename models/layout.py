@@ -79,6 +79,9 @@ class Layout:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise BadInputError(f"layout: {name} must be an integer >= 0, got {value!r}")
+        for name in ("sp", "flash_attn"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
         if self.zero not in (0, 1, 2, 3):
             raise BadInputError(f"layout: zero must be 0, 1, 2 or 3 (3 = FSDP), got {self.zero!r}")
         for name, allowed in CHOICES.items():
@@ -219,7 +222,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[str]:
     elif uneven:
         first, per, last = stage_layers(model, L)
         n_mid = L.pp - (1 if L.first_stage_layers else 0) - (1 if L.last_stage_layers else 0)
-        if first + last + per * n_mid != model.n_layers or min(first, last) < 1:
+        if n_mid and per < 1 <= min(first, last):
+            problems.append(f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no layers for the "
+                            f"{n_mid} middle stages")
+        elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
             problems.append(f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
         elif any(x % L.vpp for x in (first, per, last)):
             problems.append(f"stage layers ({first}, {per}, {last}) not divisible by vpp({L.vpp})")

@@ -55,8 +55,11 @@ def _cluster(ref: Any, where: str) -> Cluster:
 
 
 def read_plan(path: str | Path) -> PlanFile:
-    data = load_mapping(path)
     where = str(path)
+    if Path(path).suffix.lower() in (".toml", ".txt", ".sh", ".py"):
+        raise BadInputError(f"{where}: expected a clusterplan plan file (YAML from `clusterplan plan --out plan.yaml`), "
+                            "not a launch config; `clusterplan check` reads torchtitan and Megatron-LM configs")
+    data = load_mapping(path)
     if data.get("format") != FORMAT:
         raise BadInputError(f"{where}: not a clusterplan plan file (format {data.get('format')!r}); "
                             "write one with `clusterplan plan --out plan.yaml`")

@@ -270,3 +270,81 @@ def test_experts_csv_with_absurd_indices(run_cli, moe_stats, tmp_path):
 def test_synth_options(run_cli, tmp_path, args, expect):
     model = _write(tmp_path, "moe.yaml", MOE)
     one_line_exit_2(run_cli, "experts", "synth", "-m", model, "--out", str(tmp_path / "x.npz"), *args, expect=expect)
+
+
+# ---- check, export, validate, profile ----------------------------------------------------------------------
+
+def _plan_file(tmp_path: Path, layout: dict, model: object = "llama3.1-8b") -> str:
+    return _write(tmp_path, "plan.yaml", {"format": "clusterplan-plan", "version": 1, "model": model,
+                                          "cluster": "dgx-h100:1", "layout": layout})
+
+
+def test_plan_file_with_a_string_for_a_flag(run_cli, tmp_path):
+    # sp: "yes" used to reach float() deep in the cost model (ValueError, exit 3).
+    one_line_exit_2(run_cli, "check", _plan_file(tmp_path, {"tp": 8, "sp": "yes"}),
+                    expect="sp must be true or false, got 'yes'")
+
+
+def test_uneven_stages_that_leave_middle_stages_empty(run_cli, tmp_path):
+    # 31 + 0 + 0 + 1 = 32 layers: the sum holds, but two pipeline stages would hold nothing.
+    code, out, _ = run_cli("check", _plan_file(tmp_path, {"tp": 2, "pp": 4, "first_stage_layers": 31,
+                                                          "last_stage_layers": 1}))
+    assert code == 1 and "leave no layers for the 2 middle stages" in out
+
+
+def test_megatron_zero_tensor_parallel(run_cli, tmp_path):
+    path = _write(tmp_path, "args.txt", "--tensor-model-parallel-size 0\n")
+    one_line_exit_2(run_cli, "check", path, "--model", "llama3.1-8b", "--cluster", "dgx-h100:1",
+                    expect="--tensor-model-parallel-size 0: must be >= 1")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--min-mfu", "nan"), "give a fraction between 0 and 1"),
+    (("--min-mfu", "35"), "give a fraction between 0 and 1"),  # a percentage where a fraction belongs
+    (("--headroom-gib", "-5"), "give a finite number of GiB >= 0"),
+])
+def test_check_number_options(run_cli, tmp_path, args, expect):
+    one_line_exit_2(run_cli, "check", _plan_file(tmp_path, {"tp": 8}), *args, expect=expect)
+
+
+def test_export_without_to_lists_choices_on_one_line(run_cli, tmp_path):
+    one_line_exit_2(run_cli, "export", _plan_file(tmp_path, {"tp": 8}), expect="Choose from: torchtitan, torchtitan-py")
+
+
+def test_export_of_a_launch_config_says_it_wants_a_plan(run_cli, tmp_path):
+    path = _write(tmp_path, "job.toml", "[parallelism]\ntensor_parallel_degree = 8\n")
+    one_line_exit_2(run_cli, "export", path, "--to", "megatron", expect="expected a clusterplan plan file")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--scale", "0"), "give a positive integer or `auto`"),  # 0 used to mean auto
+    (("--steps", "0"), "give at least 1 measured step"),  # ranks used to fail on an empty median
+    (("--timeout", "nan"), "--timeout nan: give a finite number > 0"),  # used to crash writing the JSON
+    (("--tolerance", "nan"), "give a finite percentage"),
+])
+def test_validate_options_checked_before_spawning(run_cli, tmp_path, args, expect):
+    plan = _write(tmp_path, "plan.yaml", {"format": "clusterplan-plan", "version": 1, "model": TINY,
+                                          "cluster": {"groups": [{"node": "dgx-h100", "count": 1,
+                                                                  "gpus_per_node": 2}]},
+                                          "layout": {"tp": 2, "mbs": 2, "gbs": 2, "seq": 32}})
+    one_line_exit_2(run_cli, "validate", plan, *args, expect=expect)
+
+
+def test_validate_dry_table_with_an_empty_stage(capsys):
+    # A stage that holds no layers predicts 0 bytes, so its error % is None; printing it used to raise TypeError.
+    from clusterplan.cli.validate import _print_dry
+
+    _print_dry({"model": "m", "world": 2, "layout_problems": [], "rejected": [], "max_state_error_pct": 0.0,
+                "positions": [{"rank": 1, "position": "middle", "terms": {
+                    "weights": {"predicted_bytes": 0, "runtime_bytes": 0, "error_pct": None}}}]})
+    assert "weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--timeout", "nan"), "give a finite number of seconds"),  # workers used to start and fail
+    (("--out", "{tmp}/afile/cal.json"), "afile is a file, not a folder"),  # NotADirectoryError, exit 3
+])
+def test_profile_options_checked_before_spawning(run_cli, tmp_path, args, expect):
+    (tmp_path / "afile").write_text("x")
+    args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
+    one_line_exit_2(run_cli, "profile", "--device", "cpu", *args, expect=expect)

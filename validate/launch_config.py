@@ -112,6 +112,9 @@ def _megatron_args(path: Path) -> dict[str, Any]:
 def megatron_layout(path: Path, world: int, model: ModelSpec) -> Layout:
     """Megatron-LM arguments (a file of CLI flags, e.g. the MODEL_PARALLEL_ARGS of a launch script)."""
     v = _megatron_args(path)
+    for flag, key in MEGATRON_INT.items():  # divided by below, before Layout checks them
+        if key in ("tp", "pp", "cp", "layers_per_vstage") and key in v and v[key] < 1:
+            raise BadInputError(f"{path}: {flag} {v[key]}: must be >= 1")
     tp, pp, cp = v.get("tp", 1), v.get("pp", 1), v.get("cp", 1)
     dp = max(1, world // (tp * pp * cp))
     vpp = v.get("vstages", 1)
