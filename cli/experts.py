@@ -180,8 +180,8 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
         raise BadInputError(f"--cluster {cluster_ref}: {fabric.n_gpus} GPUs; expert placement handles up to "
                             f"{MAX_EP_GPUS} GPUs in one expert-parallel group, give the nodes of one group")
     groups = expert_groups if expert_groups is not None else _default_groups(model.n_experts, fabric.n_nodes)
-    if tokens_per_step is not None and tokens_per_step < 1:
-        raise BadInputError("--tokens-per-step must be >= 1")
+    if tokens_per_step is not None and not 1 <= tokens_per_step <= 2**53:
+        raise BadInputError("--tokens-per-step must be >= 1 (and at most 2**53)")
     scale = tokens_per_step / float(stats.tokens_per_layer(model.top_k).mean()) if tokens_per_step else 1.0
     base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=spg, n_gpus=fabric.n_gpus,
                           gpus_per_node=fabric.gpus_per_node, n_groups=groups)

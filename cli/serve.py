@@ -38,7 +38,7 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
     for part in (text or "").split(","):
         if part.strip():
             name, _, count = part.partition("=")
-            if not count.strip().isdigit():
+            if not count.strip().isdigit() or len(count.strip()) > 9:  # at most 999,999,999 GPUs
                 raise BadInputError(f"--available {part!r}: write GPU=COUNT, e.g. A10G=8,H100=16")
             out.append((get_gpu(name.strip()).name, int(count)))
     return tuple(out)
@@ -234,7 +234,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.option("--gpus", default=DEFAULT_GPUS, help="GPU types to consider (names or aliases).")
 @click.option("--tp", "tp_text", default="1,2,4,8", help="Tensor-parallel sizes to consider.")
 @click.option("--pp", "pp_text", default="1", help="Pipeline-parallel sizes to consider.")
-@click.option("--max-gpus", type=click.IntRange(min=1), help="Most GPUs the plan may use in total (instances, with --capacity-table).")
+@click.option("--max-gpus", type=click.IntRange(min=1, max=10**9), help="Most GPUs the plan may use in total (instances, with --capacity-table).")
 @click.option("--available", help="GPUs available per type, e.g. A10G=8,H100=16.")
 @click.option("--disaggregate", type=click.Choice(["auto", "on", "off"]), default="auto",
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
@@ -242,7 +242,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
 @click.option("--save-capacity", type=click.Path(dir_okay=False),
               help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
-@click.option("--slice-factor", type=click.IntRange(min=1), help="Slices per request bucket in the ILP (default 4).")
+@click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")

@@ -23,6 +23,7 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,22 @@ class Calibration:
         return self.collectives.get((op, level))
 
 
-def _positive(where: str, raw: Mapping[str, Any], key: str) -> float:
+def _positive(where: str, raw: Mapping[str, Any], key: str, *, zero_ok: bool = False) -> float:
     value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise BadInputError(f"{where}: {key} must be a number > 0, got {value!r}; re-run `clusterplan profile`")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero_ok):
+        raise BadInputError(f"{where}: {key} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}; "
+                            "re-run `clusterplan profile`")
     return float(value)
+
+
+def _mapping(where: str, value: Any) -> Mapping[str, Any]:
+    """A section of the file (absent = empty); anything but a mapping is a damaged file."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadInputError(f"{where} must be a mapping, got {type(value).__name__}; re-run `clusterplan profile`")
+    return value
 
 
 def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration") -> Calibration:
@@ -87,28 +99,32 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         raise BadInputError(f"{path}: calibration version {data.get('version')!r} is not supported (this clusterplan "
                             f"reads version {VERSION}); re-run `clusterplan profile`")
     gemm = {}
-    for dtype, raw in (data.get("gemm") or {}).items():
+    for dtype, raw in _mapping(f"{path}: gemm", data.get("gemm")).items():
         where = f"{path}: gemm.{dtype}"
+        raw = _mapping(where, raw)
         gemm[dtype] = GemmCurve(max_tflops=_positive(where, raw, "max_tflops"), half_flops=_positive(where, raw, "half_flops"))
     collectives = {}
-    for op, levels in (data.get("collectives") or {}).items():
+    for op, levels in _mapping(f"{path}: collectives", data.get("collectives")).items():
         if op not in COLLECTIVES:
             raise BadInputError(f"{path}: unknown collective {op!r}; expected one of {', '.join(COLLECTIVES)}")
-        for level, raw in (levels or {}).items():
+        for level, raw in _mapping(f"{path}: collectives.{op}", levels).items():
             if level not in LEVELS:
                 raise BadInputError(f"{path}: collectives.{op}: unknown level {level!r}; expected scale_up or scale_out")
             where = f"{path}: collectives.{op}.{level}"
-            collectives[(op, level)] = CollectiveFit(latency_s=float(raw.get("latency_s", 0.0)),
+            raw = _mapping(where, raw)
+            collectives[(op, level)] = CollectiveFit(latency_s=_positive(where, {"latency_s": 0.0, **raw}, "latency_s",
+                                                                         zero_ok=True),
                                                      busbw_bytes_per_s=_positive(where, raw, "busbw_bytes_per_s"))
-    memory = data.get("memory") or {}
-    serving = data.get("serving") or {}
+    memory = _mapping(f"{path}: memory", data.get("memory"))
+    serving = _mapping(f"{path}: serving", data.get("serving"))
     return Calibration(
         path=path,
-        meta=MappingProxyType(dict(data.get("meta") or {})),
+        meta=MappingProxyType(dict(_mapping(f"{path}: meta", data.get("meta")))),
         gemm=MappingProxyType(gemm),
         copy_bytes_per_s=_positive(f"{path}: memory", memory, "copy_bytes_per_s") if "copy_bytes_per_s" in memory else None,
         collectives=MappingProxyType(collectives),
-        decode_step_overhead_s=float(serving["decode_step_overhead_s"]) if "decode_step_overhead_s" in serving else None,
+        decode_step_overhead_s=_positive(f"{path}: serving", serving, "decode_step_overhead_s", zero_ok=True)
+        if "decode_step_overhead_s" in serving else None,
     )
 
 

@@ -22,6 +22,8 @@ Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
 CpKind = Literal["ring", "a2a"]
 
+MAX_INT = 2**53
+"""Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),
     "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb"),
@@ -75,10 +77,12 @@ class Layout:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
+            if value > MAX_INT:
+                raise BadInputError(f"layout: {name}({value}) is over 2**53; check the value")
         for name in ("recompute_layers", "first_stage_layers", "last_stage_layers"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise BadInputError(f"layout: {name} must be an integer >= 0, got {value!r}")
+            if not isinstance(value, int) or value < 0 or value > MAX_INT:
+                raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
         for name in ("sp", "flash_attn"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")

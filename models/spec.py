@@ -19,6 +19,8 @@ PositionKind = Literal["rope", "learned", "alibi"]
 
 MAX_LAYERS = 10_000
 """Largest n_layers accepted: far above any published model, low enough that per-layer loops stay fast."""
+MAX_DIM = 10**9
+"""Largest size of any dimension (products of several still fit a float)."""
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
@@ -92,6 +94,10 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: {f} must be a positive integer, got {value!r}")
         if self.n_layers > MAX_LAYERS:  # counts and estimates walk the layers one by one
             raise BadInputError(f"model {self.name}: n_layers({self.n_layers}) is over {MAX_LAYERS}; check the value")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_DIM:
+                raise BadInputError(f"model {self.name}: {f.name}({value}) is over {MAX_DIM:,}; check the value")
         kv = self.kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise BadInputError(

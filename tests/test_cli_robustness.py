@@ -348,3 +348,40 @@ def test_profile_options_checked_before_spawning(run_cli, tmp_path, args, expect
     (tmp_path / "afile").write_text("x")
     args = tuple(a.replace("{tmp}", str(tmp_path)) for a in args)
     one_line_exit_2(run_cli, "profile", "--device", "cpu", *args, expect=expect)
+
+
+# ---- calibration files and numbers too large for a float ---------------------------------------------------
+
+@pytest.mark.parametrize(("section", "expect"), [
+    ({"gemm": [1]}, "gemm must be a mapping, got list"),
+    ({"gemm": {"bf16": None}}, "max_tflops must be a number > 0, got None"),
+    ({"meta": "x"}, "meta must be a mapping"),
+    ({"serving": {"decode_step_overhead_s": "x"}}, "decode_step_overhead_s must be a number >= 0"),
+    ({"gemm": {"bf16": {"max_tflops": float("nan"), "half_flops": 1}}}, "got nan"),  # hung serve-plan before
+    ({"collectives": {"all_reduce": {"scale_up": {"latency_s": -1, "busbw_bytes_per_s": 1e9}}}},
+     "latency_s must be a number >= 0"),
+])
+def test_damaged_calibration(run_cli, tmp_path, section, expect):
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"format": "clusterplan-calibration", "version": 1, **section}))
+    one_line_exit_2(run_cli, *ESTIMATE_8B, "--layout", "tp=8", "--calibration", str(path), expect=expect)
+
+
+def test_model_dimension_too_large_for_a_float(run_cli, tmp_path):
+    path = _write(tmp_path, "m.yaml", {**TINY, "vocab": 10**300})  # OverflowError in the counts before
+    one_line_exit_2(run_cli, "models", "show", path, expect="vocab(1000")
+
+
+@pytest.mark.parametrize("key", ["seq", "gbs", "mbs"])
+def test_layout_number_too_large_for_a_float(run_cli, key):
+    one_line_exit_2(run_cli, *ESTIMATE_8B, "--layout", f"tp=8,{key}={10**400}", expect="is over 2**53")
+
+
+@pytest.mark.parametrize("args", [
+    ("--available", f"H100={10**400}"),
+    ("--max-gpus", str(10**400)),
+    ("--slice-factor", str(10**400)),
+])
+def test_serve_counts_too_large(run_cli, args):
+    one_line_exit_2(run_cli, *SERVE_8B, "--rate", "1", "--input-len", "512", "--output-len", "128", *args,
+                    expect=args[0])
