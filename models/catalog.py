@@ -55,4 +55,10 @@ def load_model(ref: str) -> ModelSpec:
         data.setdefault("name", path.stem)
         return ModelSpec.from_dict(data, where=str(path))
     specs, aliases = _presets()
-    return find_name("model (preset name, or path of a config.json / YAML file)", ref, specs, aliases, "models list")
+    try:
+        return find_name("model (preset name, or path of a config.json / YAML file)", ref, specs, aliases, "models list")
+    except BadInputError:
+        if ref.strip() not in ("", ".") and path_exists(path) and path.is_dir():
+            raise BadInputError(f"{ref}: a directory without config.json; give a Hugging Face model directory, a "
+                                "config.json, a model YAML or a preset (`clusterplan models list`)") from None
+        raise

@@ -385,3 +385,16 @@ def test_layout_number_too_large_for_a_float(run_cli, key):
 def test_serve_counts_too_large(run_cli, args):
     one_line_exit_2(run_cli, *SERVE_8B, "--rate", "1", "--input-len", "512", "--output-len", "128", *args,
                     expect=args[0])
+
+
+def test_model_directory_without_config_json(run_cli, tmp_path):
+    # Used to say "unknown model" and list every preset.
+    (tmp_path / "ckpt").mkdir()
+    one_line_exit_2(run_cli, "models", "show", str(tmp_path / "ckpt"), expect="a directory without config.json")
+
+
+def test_a_directory_named_like_a_preset_does_not_hide_it(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "llama3.1-8b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("models", "show", "llama3.1-8b", "--format", "json")
+    assert code == 0 and json.loads(out)["name"] == "llama3.1-8b", err
