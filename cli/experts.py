@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.models.catalog import load_model
@@ -116,7 +116,8 @@ def engine_file(placement: Placement, model: ModelSpec, out_format: str, documen
 @click.option("--tokens-per-step", type=int, default=None,
               help="Tokens per step across the cluster [default: the statistics' own token count].")
 @click.option("--seed", type=int, default=0, help="CBC random seed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the placement file here.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=nonempty_path,
+              help="Write the placement file here.")
 @click.option("--out-format", type=click.Choice(["clusterplan", "sglang", "trtllm"]), default="clusterplan",
               help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
                    "moe_config.load_balancer (YAML).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
+from clusterplan.cli.options import nonempty_path
 from clusterplan.fileio import write_atomic
 from clusterplan.models.planfile import read_plan
 from clusterplan.solver.export import EXPORTERS, export_plan
@@ -14,7 +15,7 @@ from clusterplan.solver.export import EXPORTERS, export_plan
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--to", "target", required=True, type=click.Choice(list(EXPORTERS)),
               help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron, deepspeed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Write the config to this file (atomically) instead of stdout.")
 def export(plan_path: str, target: str, out_path: str | None) -> None:
     """Write a plan file as a launch config with the command that starts it.

@@ -7,3 +7,10 @@ import click
 format_option = click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format (data goes to stdout)."
 )
+
+
+def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--out ""` must not read as "no --out" (validate would run a real job instead of writing one)."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("give a file name, not an empty string")
+    return value

@@ -8,7 +8,7 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.models.layout import Layout
 from clusterplan.models.planfile import write_plan
@@ -47,7 +47,7 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--timing", is_flag=True,
               help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
                    "byte-identical JSON.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,

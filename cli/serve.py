@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
@@ -240,7 +240,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
 @click.option("--kv-link", default="ib-ndr", help="Link that carries KV caches from prefill to decode instances.")
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
-@click.option("--save-capacity", type=click.Path(dir_okay=False),
+@click.option("--save-capacity", type=click.Path(dir_okay=False), callback=nonempty_path,
               help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
 @click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")

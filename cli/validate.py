@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.models.layout import Layout
@@ -173,10 +173,11 @@ def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: 
 @click.option("--tolerance", type=float, default=None, help="Exit 1 when a rank's memory error exceeds this %.")
 @click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
 @click.option("--dry-run", is_flag=True, help="Full model, full world size, one CPU process (fake process group).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
-@click.option("--write-job", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+              help="Also write the JSON result here.")
+@click.option("--write-job", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Write the job for torchrun on several machines and exit (see README).")
-@click.option("--measured", type=click.Path(dir_okay=False), default=None,
+@click.option("--measured", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Compare a worker's result.json (from a torchrun launch) instead of spawning ranks.")
 @format_option
 def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, steps: int, timeout_s: float,

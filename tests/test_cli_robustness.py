@@ -398,3 +398,17 @@ def test_a_directory_named_like_a_preset_does_not_hide_it(run_cli, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli("models", "show", "llama3.1-8b", "--format", "json")
     assert code == 0 and json.loads(out)["name"] == "llama3.1-8b", err
+
+
+def test_validate_empty_write_job_does_not_run_the_plan(run_cli, tmp_path):
+    # `--write-job ""` used to read as no --write-job: validate then spawned a real run of every rank.
+    plan = _plan_file(tmp_path, {"tp": 8})
+    one_line_exit_2(run_cli, "validate", plan, "--write-job", "", expect="give a file name, not an empty string")
+
+
+@pytest.mark.parametrize("args", [
+    ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8", "--seq", "128", "--out", ""),
+    ("serve-plan", "--save-capacity", ""),
+])
+def test_empty_output_path(run_cli, args):
+    one_line_exit_2(run_cli, *args, expect="give a file name, not an empty string")
