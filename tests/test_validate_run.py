@@ -97,6 +97,7 @@ def test_cli_validate_json_and_tolerance(run_cli, tmp_path):
     out = tmp_path / "result.json"
     code, stdout, err = run_cli("validate", str(FIX / "tiny_tp2.yaml"), "--scale", "1", "--steps", "2",
                                 "--format", "json", "--out", str(out), "--tolerance", "0.001")
+    assert stdout, f"exit {code}, no JSON on stdout; stderr: {err}"
     result = json.loads(stdout)
     assert json.loads(out.read_text()) == result
     assert result["executed_layout"]["precision"] == "fp32" and result["device"] == "cpu"
