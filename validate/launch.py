@@ -83,7 +83,18 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def spawn(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int = 1) -> list[dict[str, Any]]:
     """Run each of `runs` (model, layout, steps, ...) in turn on `nproc` local ranks; return, per run, rank 0's
-    gathered results ({"device", "ranks": [...]})."""
+    gathered results ({"device", "ranks": [...]}). A rendezvous port taken between picking and binding it (another
+    process won the race) is retried on a fresh port, twice at most."""
+    for attempt in range(3):
+        try:
+            return _spawn_once(runs, nproc, timeout_s, threads_per_rank)
+        except RankFailedError as exc:
+            if attempt == 2 or "address already in use" not in exc.log_tail.lower():
+                raise
+    raise AssertionError("unreachable")
+
+
+def _spawn_once(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="clusterplan-validate-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(dumps_json({"runs": runs, "timeout_s": timeout_s}), encoding="utf-8")
