@@ -27,6 +27,8 @@ from clusterplan.errors import BadInputError, ClusterplanError
 STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
 STARTUP_S = 120.0
 SETTLE_S = 2.0
+# How long a rank that reported its own failure may take to exit before it is named without its exit code.
+EXIT_GRACE_S = 5.0
 # What gloo and NCCL say on the ranks that lose a peer (pair.cc "Connection closed by peer", NCCL "remote process").
 PEER_LOSS = re.compile(r"closed by peer|reset by peer|remote worker|remote process|broken pipe|connection refused|"
                        r"timed out|timeout", re.IGNORECASE)
@@ -155,7 +157,13 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
         why = first.error or _last_error_line(first.log_path, first.rank)
         if (first.bad_input or first.proc.returncode == 2) and why:
             raise BadInputError(why)
-        how = "failed" if first.exited_s is None else _exit_words(first.proc.returncode)
+        code = first.proc.returncode
+        if first.exited_s is None:  # it reported its failure; give it a moment to exit so its code can be named
+            try:
+                code = first.proc.wait(timeout=EXIT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                code = None
+        how = "failed" if code is None else _exit_words(code)
         raise ProfileError(f"rank {first.rank} {how} while measuring {first.label}{': ' + why if why else ''}; "
                            f"{kept}; log {first.log_path}")
     if all(r.exited_s is not None for r in ranks):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from clusterplan.profiler.runner import ProfileError, RankState, _check, worker_
 class FakeProc:
     def __init__(self, returncode: int | None) -> None:
         self.returncode = returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired("fake", timeout or 0)
+        return self.returncode
 
 
 def _rank(rank: int, tmp_path: Path, *, code: int | None = None, exited_wall: float | None = None,
