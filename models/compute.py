@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.batch import PREC_FP8, LayoutArrays
-from clusterplan.models.hw import ELEMENTWISE_HBM_SHARE, HardwareRates
+from clusterplan.models.hw import HardwareRates
 from clusterplan.models.shapes import ModelShapes
 
 
@@ -29,8 +29,8 @@ def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | floa
     return count * (flops + half_flops) / rate
 
 
-def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(linear GEMM FLOPs, executed attention-core FLOPs, model attention-core FLOPs) of one layer's forward
+def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(linear GEMM FLOPs, executed attention-core FLOPs) of one layer's forward
     on one rank. Linear: 2 x tokens x matmul parameters (Kaplan 2020 / Narayanan 2021 Eq. 3). Core: 2 b s^2 per
     score and value width; flash attention skips the masked causal half (Dao 2022), the model count does not."""
     tokens = L.seq * L.mbs / L.cp
@@ -44,7 +44,7 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
         mlp = 2 * tokens * shapes.dense_mlp_params / t
     core_model = 2 * tokens * L.seq * (shapes.q_dim + shapes.v_dim) / t
     core_exec = np.where(L.flash_attn > 0, 0.5, 1.0) * core_model
-    return attn + mlp, core_exec, core_model
+    return attn + mlp, core_exec
 
 
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
@@ -66,14 +66,14 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool) -> LayerTime:
     """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
-    linear, core_exec, _ = layer_flops(shapes, L, moe)
+    linear, core_exec = layer_flops(shapes, L, moe)
     rate = np.where(L.precision == PREC_FP8, hw.gemm_max_flops_fp8, hw.gemm_max_flops)
     n_linear = 4.0 + (1.0 if shapes.gated else 0.0)  # qkv, out, fc1 (+gate), fc2
     per_gemm = linear / n_linear
     t_linear = gemm_s(per_gemm, n_linear, rate, hw.gemm_half_flops)
     # Attention core runs in bf16 even under fp8 recipes.
     t_core = gemm_s(core_exec / 2, 2.0, hw.gemm_max_flops, hw.gemm_half_flops)
-    t_elem = elementwise_bytes(shapes, L, moe) / (hw.hbm_bytes_per_s * ELEMENTWISE_HBM_SHARE)
+    t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
     # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
     backward = 2 * t_linear + np.where(L.flash_attn > 0, 2.5, 2.0) * t_core + 2 * t_elem

@@ -14,8 +14,6 @@ GEMM_HALF_TIME_S = 0.1e-3
 # and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
 # against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
 TRAINING_GEMM_SHARE = 0.85
-# Elementwise kernels (norms, activations, softmax, dropout) stream at this share of the GPU's achieved HBM rate.
-ELEMENTWISE_HBM_SHARE = 1.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

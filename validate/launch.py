@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 
 from clusterplan.errors import ClusterplanError
 from clusterplan.fileio import dumps_json
+from clusterplan.profiler.runner import free_port
 
 
 class RankFailedError(ClusterplanError):
@@ -29,12 +29,6 @@ class RankFailedError(ClusterplanError):
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(message)
         self.log_tail = log_tail
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(rank: int, nproc: int, port: int, threads: int) -> dict[str, str]:
