@@ -8,6 +8,7 @@
      "gemm": {"bf16": {"max_tflops": 760.0, "half_flops": 3.0e9}},        # fitted curve, see gemm_tflops
      "memory": {"copy_bytes_per_s": 2.9e12},
      "collectives": {"all_reduce": {"scale_up": {"latency_s": 1.2e-5, "busbw_bytes_per_s": 3.6e11}}},
+     "overlap": {"scale_up": {"comm_compute_overlap": 0.93}},
      "serving": {"decode_step_overhead_s": 0.004},
      "raw": {...}}                                                         # the measurements themselves
 
@@ -17,6 +18,8 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
   all_gather / reduce_scatter / all_to_all n-1, send_recv 1); busbw_bytes_per_s: nccl-tests busbw.
   scale_up = the ranks of one node; scale_out = the whole world over all nodes (the nccl-tests multi-node busbw).
 - memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
+- overlap comm_compute_overlap: share of the shorter of an all-reduce and a GEMM loop hidden when both run at
+  once (profiler/overlap.py): about 1 with NCCL on GPUs, near 0 with gloo on busy CPU cores.
 - serving decode_step_overhead_s: one eager decode step of a tiny model with the target's layers per stage
   (launch-bound: the fixed per-step cost of an engine without CUDA graphs).
 """
@@ -65,6 +68,8 @@ class Calibration:
     copy_bytes_per_s: float | None = None
     collectives: Mapping[tuple[str, str], CollectiveFit] = field(default_factory=lambda: MappingProxyType({}))
     decode_step_overhead_s: float | None = None
+    overlap: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """comm_compute_overlap per link level."""
 
     def gemm_curve(self, dtype: str) -> GemmCurve | None:
         return self.gemm.get(dtype) or (self.gemm.get("bf16") if dtype in ("fp16", "bf16") else None)
@@ -115,6 +120,16 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
             collectives[(op, level)] = CollectiveFit(latency_s=_positive(where, {"latency_s": 0.0, **raw}, "latency_s",
                                                                          zero_ok=True),
                                                      busbw_bytes_per_s=_positive(where, raw, "busbw_bytes_per_s"))
+    overlap = {}
+    for level, raw in _mapping(f"{path}: overlap", data.get("overlap")).items():
+        if level not in LEVELS:
+            raise BadInputError(f"{path}: overlap: unknown level {level!r}; expected scale_up or scale_out")
+        where = f"{path}: overlap.{level}"
+        value = _positive(where, _mapping(where, raw), "comm_compute_overlap", zero_ok=True)
+        if value > 1:
+            raise BadInputError(f"{where}: comm_compute_overlap must be between 0 and 1, got {value!r}; "
+                                "re-run `clusterplan profile`")
+        overlap[level] = value
     memory = _mapping(f"{path}: memory", data.get("memory"))
     serving = _mapping(f"{path}: serving", data.get("serving"))
     return Calibration(
@@ -125,6 +140,7 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         collectives=MappingProxyType(collectives),
         decode_step_overhead_s=_positive(f"{path}: serving", serving, "decode_step_overhead_s", zero_ok=True)
         if "decode_step_overhead_s" in serving else None,
+        overlap=MappingProxyType(overlap),
     )
 
 

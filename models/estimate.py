@@ -102,7 +102,7 @@ class Estimate:
             "hfu": _r(v(ev.hfu)),
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
-            "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated},
+            "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })
         return out
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from clusterplan.models.calibration import Calibration, GemmCurve
+from clusterplan.models.calibration import COLLECTIVES, Calibration, GemmCurve
 from clusterplan.models.cluster import Cluster
 
 # Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.1 ms.
@@ -14,6 +16,16 @@ GEMM_HALF_TIME_S = 0.1e-3
 # and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
 # against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
 TRAINING_GEMM_SHARE = 0.85
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkRates:
+    """Bus bandwidth (bytes/s) and per-step latency (s) of one collective inside a scale-up domain and across nodes."""
+
+    bw_in: float
+    lat_in: float
+    bw_out: float
+    lat_out: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -34,6 +46,11 @@ class HardwareRates:
     bw_out: float
     """Scale-out bandwidth per GPU (its share of the node's NICs), bytes/s."""
     lat_out: float
+    per_op: Mapping[str, LinkRates] = field(default_factory=lambda: MappingProxyType({}))
+    """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
+    from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
+    comm_overlap: float = 1.0
+    """Share of compute that overlapped communication can hide under (1 = all of it, 0 = none; profile measures it)."""
     calibrated: bool = False
 
     @classmethod
@@ -60,7 +77,7 @@ class HardwareRates:
             link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
             if link is not None and link != float("inf"):
                 bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
-        calibrated = False
+        calibrated, overlap, per_op = False, 1.0, {}
         if calibration is not None:
             calibrated = True
             curve = calibration.gemm_curve("bf16") or curve
@@ -71,8 +88,24 @@ class HardwareRates:
             out = calibration.collective("all_reduce", "scale_out")
             if out:
                 bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
+            overlap = min(calibration.overlap.values(), default=1.0)
+            for op in COLLECTIVES:
+                op_up, op_out = calibration.collective(op, "scale_up"), calibration.collective(op, "scale_out")
+                if op != "all_reduce" and (op_up or op_out):
+                    per_op[op] = LinkRates(
+                        bw_in=op_up.busbw_bytes_per_s if op_up else bw_in, lat_in=op_up.latency_s if op_up else lat_in,
+                        bw_out=op_out.busbw_bytes_per_s / group.gpus_per_node if op_out else bw_out,
+                        lat_out=op_out.latency_s if op_out else lat_out)
         return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=curve.half_flops,
                    gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
-                   bw_out=bw_out, lat_out=lat_out, calibrated=calibrated)
+                   bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
+                   calibrated=calibrated)
+
+    def link(self, op: str) -> LinkRates:
+        """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth)."""
+        rates = self.per_op.get(op)
+        if rates is not None:
+            return rates
+        return LinkRates(bw_in=self.bw_in, lat_in=self.lat_in, bw_out=self.bw_out, lat_out=self.lat_out)

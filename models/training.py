@@ -44,11 +44,17 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     """
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     inside = n_out <= 1
-    bw = np.where(inside, hw.bw_in, np.minimum(hw.bw_in, n_in * hw.bw_out))
-    lat = np.where(inside, hw.lat_in, hw.lat_out)
+    r = hw.link(kind)
+    bw = np.where(inside, r.bw_in, np.minimum(r.bw_in, n_in * r.bw_out))
+    lat = np.where(inside, r.lat_in, r.lat_out)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
           "reduce_scatter": comm.reduce_scatter_s, "all_to_all": comm.all_to_all_s}[kind]
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+
+
+def activation_bytes(L: LayoutArrays) -> np.ndarray:
+    """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
+    return np.where(L.precision == PREC_FP32, 4.0, 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,7 @@ class StepTime:
 def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, core_s: np.ndarray):
     """(tp, cp, ep) exposed communication of one layer per micro-batch, forward + backward (+ recompute)."""
     tokens = L.seq * L.mbs / L.cp
-    act = 2.0
+    act = activation_bytes(L)
     tp_group = Group(L.tp, np.ones_like(L.tp))
     # Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (SP: all-gather + reduce-scatter, same bytes).
     tp_one = _collective("all_reduce", act * tokens * shapes.hidden, tp_group, hw)
@@ -80,9 +86,10 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     # attention core (Liu et al. 2023); Ulysses: 4 all-to-alls of q,k,v,out forward and 4 backward (Jacobs 2023).
     kv_bytes = act * tokens * shapes.kv_dim / L.tp
     n_in, n_out = comm.split_group(L.cp, L.tp, hw.domain)
-    p2p_bw = np.where(n_out > 1, hw.bw_out, hw.bw_in)
-    ring_step = comm.p2p_s(kv_bytes, p2p_bw, np.where(n_out > 1, hw.lat_out, hw.lat_in))
-    ring = np.maximum(0.0, (L.cp - 1) * ring_step - core_s) + np.maximum(0.0, 2 * (L.cp - 1) * ring_step - 2.5 * core_s)
+    p2p = hw.link("send_recv")
+    ring_step = comm.p2p_s(kv_bytes, np.where(n_out > 1, p2p.bw_out, p2p.bw_in), np.where(n_out > 1, p2p.lat_out, p2p.lat_in))
+    hide_s = hw.comm_overlap * core_s
+    ring = np.maximum(0.0, (L.cp - 1) * ring_step - hide_s) + np.maximum(0.0, 2 * (L.cp - 1) * ring_step - 2.5 * hide_s)
     a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
     ulysses = 2 * _collective("all_to_all", a2a_bytes, cp_group, hw) * 4 / 3
     cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
@@ -150,8 +157,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    p2p = comm.p2p_s(2.0 * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, np.where(n_out > 1, hw.bw_out, hw.bw_in),
-                     np.where(n_out > 1, hw.lat_out, hw.lat_in))
+    link = hw.link("send_recv")
+    p2p = comm.p2p_s(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp,
+                     np.where(n_out > 1, link.bw_out, link.bw_in), np.where(n_out > 1, link.lat_out, link.lat_in))
     pp_comm = np.where(single, 0.0, 2 * (m * L.vpp + L.pp - 1) * p2p)
     # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
     # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
@@ -180,7 +188,7 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
     shard = Group(L.dp_shard * L.cp, L.tp)
     replicate = Group(L.dp_replicate, L.tp * L.cp * L.dp_shard)
-    compute_wb = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    compute_wb = activation_bytes(L)
     dense_grad = params.dense * gb
     expert_grad = params.expert * gb
     edp = Group(np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp)), L.ep * L.etp)
@@ -190,17 +198,19 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     ar = _collective("all_reduce", dense_grad, shard, hw) + _collective("all_reduce", expert_grad, edp, hw)
     hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
     zero12 = np.where(L.zero == 0, ar, rs + ag) + hsdp
-    hidden = DP_OVERLAP_SHARE * slow_layers * layer_b
+    o = hw.comm_overlap  # measured by `clusterplan profile` (1 without a calibration)
+    hidden = o * DP_OVERLAP_SHARE * slow_layers * layer_b
     exposed12 = np.maximum(0.0, zero12 - hidden)
     # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter under backward.
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer = ag / n, rs / n
-    per_layer = np.maximum(0.0, ag_layer - layer_f) + np.maximum(0.0, ag_layer + rs_layer - layer_b)
+    per_layer = np.maximum(0.0, ag_layer - o * layer_f) + np.maximum(0.0, ag_layer + rs_layer - o * layer_b)
     # Each parameter tensor is its own ring collective (DeepSpeed ZeRO-3 granularity): (n-1) latency steps each for
     # the forward gather, the recompute gather and the backward gather + reduce-scatter, which bandwidth overlap
     # cannot hide. This is what makes ZeRO-3 fall behind as dp grows (Narayanan 2021 Table 2).
     n_in, n_out = comm.split_group(shard.size, shard.stride, hw.domain)
-    step_lat = np.where(n_out > 1, hw.lat_out, hw.lat_in)
+    ag_link = hw.link("all_gather")
+    step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
     gathers = 3.0 + np.where(L.recompute == 2, 1.0, 0.0)
     latency = gathers * shapes.tensors_per_layer * (shard.size - 1) * step_lat
     exposed3 = L.microbatches * slow_layers * (per_layer + latency) + hsdp

@@ -23,9 +23,10 @@ def torch_dtype(name: str) -> Any:
 
 
 def sample_seconds(cuda: bool) -> float:
-    """Shortest timed sample: 1 ms of queued kernels on GPU (launch gaps hidden, as in a real step),
-    0.1 ms on CPU (timer overhead negligible)."""
-    return 1e-3 if cuda else 1e-4
+    """Shortest timed sample: 1 ms of queued kernels on GPU (launch gaps hidden, as in a real step), 20 ms on CPU:
+    longer than a scheduler time slice, so processes that share cores measure their share of them (a short sample
+    mostly runs between preemptions, at a whole core's speed, and its median would hide the sharing)."""
+    return 1e-3 if cuda else 2e-2
 
 
 def _round16(x: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clusterplan.profiler.gemm import sample_seconds
 from clusterplan.profiler.sweep import Measurement
 from clusterplan.profiler.timer import adaptive_repeats, summarize, time_runs
 
@@ -20,8 +21,8 @@ def measure_copy(meas: Measurement, device: Any, *, budget_s: float) -> dict[str
     dst = torch.empty_like(src)
     fn = lambda: dst.copy_(src)  # noqa: E731
     cuda = device.type == "cuda"
-    repeats, _ = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=3, hi=20)
-    timing = summarize(time_runs(fn, cuda=cuda, warmup=1, repeats=repeats))
+    repeats, inner = adaptive_repeats(fn, cuda=cuda, budget_s=budget_s, lo=3, hi=20, sample_s=sample_seconds(cuda))
+    timing = summarize(time_runs(fn, cuda=cuda, warmup=1, repeats=repeats, inner=inner))
     moved = 2 * numel * 4  # read + write
     return {"key": meas.key, "buffer_bytes": numel * 4, "moved_bytes": moved, **timing.to_dict(),
             "bytes_per_s": moved / timing.median_s}

@@ -15,7 +15,7 @@ from clusterplan.fileio import dumps_json, load_mapping, write_atomic
 from clusterplan.models.calibration import FORMAT, VERSION, calibration_from_dict
 from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm
 
-RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives")
+RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives", "overlap")
 RESUME_KEYS = ("device_name", "backend", "world_size", "local_world_size", "quick", "model", "layout")
 
 
@@ -76,6 +76,10 @@ def refit(doc: dict[str, Any]) -> None:
         # The largest buffer is furthest from caches: its rate is the streaming bandwidth.
         largest = max(raw["memory"], key=lambda r: (r["buffer_bytes"], r["bytes_per_s"]))
         doc["memory"] = {"copy_bytes_per_s": largest["bytes_per_s"]}
+    if raw["overlap"]:
+        # One record per level (the last, when a resumed run measured it twice).
+        doc["overlap"] = {r["level"]: {"comm_compute_overlap": r["overlap"], "n_ranks": r["n_ranks"]}
+                          for r in raw["overlap"]}
     if raw["decode"]:
         doc["serving"] = {"decode_step_overhead_s": raw["decode"][-1]["median_s"]}
 

@@ -21,12 +21,12 @@ class Measurement:
     key: str
     """Stable identity, e.g. "collective/all_reduce/scale_up/65536"; --resume skips keys already in the file."""
     kind: str
-    """gemm | attention | memory | decode | collective"""
+    """gemm | attention | memory | decode | collective | overlap"""
     label: str
     """What the progress bar shows."""
     dtype: str = ""
     shape: tuple[int, ...] = ()
-    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim); decode: (layers,)."""
+    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim); decode: (layers,); overlap: (gemm side,)."""
     size_bytes: int = 0
     op: str = ""
     level: str = ""
@@ -62,10 +62,11 @@ def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[
 
 
 def collective_sizes(*, cuda: bool, quick: bool) -> list[int]:
-    """Message sizes: 1 KiB .. 256 MiB on GPU (nccl-tests style, powers of two), 1 KiB .. 4 MiB on CPU."""
+    """Message sizes: 1 KiB .. 256 MiB on GPU (nccl-tests style, powers of two), 1 KiB .. 32 MiB on CPU (a small
+    model's layer: FSDP gathers whole layers, and a CPU's caches make 4 MiB faster than what leaves them)."""
     if cuda:
         return [KIB * 16**i for i in range(5)] + [256 * MIB] if quick else [KIB * 2**i for i in range(19)]
-    return [KIB * 8**i for i in range(5)] if quick else [KIB * 2**i for i in range(13)]
+    return [KIB * 8**i for i in range(6)] if quick else [KIB * 2**i for i in range(16)]
 
 
 def attention_seqs(*, cuda: bool, quick: bool) -> list[int]:
@@ -78,6 +79,12 @@ def memory_sizes(*, cuda: bool, quick: bool) -> list[int]:
     if cuda:
         return [1024 * MIB] if quick else [256 * MIB, 1024 * MIB, 2048 * MIB]
     return [32 * MIB] if quick else [16 * MIB, 64 * MIB, 256 * MIB]
+
+
+def overlap_case(*, cuda: bool) -> tuple[int, int, str]:
+    """(all-reduce bytes, square GEMM side, GEMM dtype) of the overlap measurement: a DP gradient bucket's size
+    (FSDP2/DDP buckets are tens of MiB on GPU) against GEMMs of a training step's size."""
+    return (256 * MIB, 8192, "bf16") if cuda else (4 * MIB, 256, "fp32")
 
 
 def human_bytes(n: int) -> str:
@@ -108,4 +115,7 @@ def build_plan(cfg: SweepConfig) -> list[Measurement]:
             for size in collective_sizes(cuda=cfg.cuda, quick=cfg.quick):
                 plan.append(Measurement(key=f"collective/{op}/{level}/{size}", kind="collective", op=op, level=level,
                                         size_bytes=size, label=f"{op} {level} {human_bytes(size)}"))
+        size, side, dtype = overlap_case(cuda=cfg.cuda)
+        plan.append(Measurement(key=f"overlap/{level}/{size}", kind="overlap", level=level, size_bytes=size,
+                                shape=(side,), dtype=dtype, label=f"all_reduce {level} under GEMMs"))
     return plan

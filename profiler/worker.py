@@ -1,8 +1,10 @@
 """One rank of `clusterplan profile`: `python -m clusterplan.profiler.worker --out FILE [...]`.
 
 Started by `clusterplan profile --nproc N` on one machine, or by torchrun on many (same environment:
-RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Rank 0 plans, measures compute
-alone, and writes the file after every measurement; all ranks measure the collectives together.
+RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Rank 0 plans,
+records, and writes the file after every measurement. Every rank runs every measurement at the same time as
+the others (compute too: a training step keeps all of a node's devices, or a CPU's processes, busy at once, and
+shared cores, memory bandwidth or power limits show up only then); rank 0 keeps its own compute timings.
 """
 
 from __future__ import annotations
@@ -119,13 +121,13 @@ def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...])
 
 
 def measure_local(meas: Measurement, device: Any, quick: bool) -> dict[str, Any]:
-    """A compute measurement on this rank's device (rank 0 only)."""
+    """A compute measurement on this rank's device (every rank at once; rank 0 records)."""
     from clusterplan.profiler.attention import measure_attention
     from clusterplan.profiler.decode import measure_decode
     from clusterplan.profiler.gemm import measure_gemm
     from clusterplan.profiler.memory import measure_copy
 
-    budget_s = (0.1 if quick else 0.3) if device.type == "cuda" else (0.03 if quick else 0.1)
+    budget_s = (0.1 if quick else 0.3) if device.type == "cuda" else (0.1 if quick else 0.3)
     fn = {"gemm": measure_gemm, "memory": measure_copy, "attention": measure_attention,
           "decode": measure_decode}[meas.kind]
     return fn(meas, device, budget_s=budget_s)
@@ -162,6 +164,7 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
 
     from clusterplan.profiler.collectives import measure_collective
     from clusterplan.profiler.device import backend_for, pick_device
+    from clusterplan.profiler.overlap import measure_overlap
 
     device = pick_device(args.device, env.local_rank)
     # device_id binds NCCL to this rank's GPU up front (barriers then know their device).
@@ -183,8 +186,12 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
         if meas.kind == "collective":
             pg, ranks = pgs[meas.level]
             record = measure_collective(meas, group=pg, ranks=ranks, rank=env.rank, device=device, quick=args.quick)
+        elif meas.kind == "overlap":
+            pg, ranks = pgs[meas.level]
+            record = measure_overlap(meas, group=pg, ranks=ranks, device=device)
         else:
-            record = measure_local(meas, device, args.quick) if env.rank == 0 else None
+            record = {**measure_local(meas, device, args.quick), "concurrent_ranks": env.local_world_size}
+            record = record if env.rank == 0 else None
         beat("wait", i, total, meas.label)
         dist.barrier()
         if doc is not None and record is not None:

@@ -1,7 +1,8 @@
 """`clusterplan profile` end to end on CPU with gloo: two worker ranks, a rank that dies, --resume, a rank that hangs.
 
-The run is the real command in a subprocess, as a user starts it; the quick CPU sweep has 41 measurements
-(1 copy, 6 GEMM shapes per dtype, 2 attention lengths, 1 decode step, 5 collectives x 5 sizes on scale_up).
+The run is the real command in a subprocess, as a user starts it; the quick CPU sweep has 47 measurements
+(1 copy, 6 GEMM shapes per dtype, 2 attention lengths, 1 decode step, 5 collectives x 6 sizes on scale_up,
+1 all-reduce under GEMMs for the overlap).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def interrupted_then_resumed(tmp_path_factory):
 
 
 def _records(doc: dict) -> list[dict]:
-    return [rec for section in ("memory", "gemm", "attention", "decode", "collectives") for rec in doc["raw"][section]]
+    return [rec for section in ("memory", "gemm", "attention", "decode", "collectives", "overlap") for rec in doc["raw"][section]]
 
 
 @pytest.mark.slow
@@ -67,7 +68,7 @@ def test_resume_finishes_without_redoing(interrupted_then_resumed):
     assert code == 0, err
     final = interrupted_then_resumed["final"]
     keys = [rec["key"] for rec in _records(final)]
-    assert len(keys) == len(set(keys)) == 41
+    assert len(keys) == len(set(keys)) == 47
     before = {rec["key"]: rec for rec in _records(interrupted_then_resumed["partial"])}
     after = {rec["key"]: rec for rec in _records(final)}
     assert all(after[key] == rec for key, rec in before.items())  # kept, not measured again
@@ -87,7 +88,7 @@ def test_resume_refuses_a_different_sweep(interrupted_then_resumed, tmp_path):
 
 @pytest.mark.slow
 def test_quick_cpu_profile_is_fast(interrupted_then_resumed):
-    # Both runs together (two start-ups, 41 measurements) within a minute on 2 CI cores; ~15 s measured here.
+    # Both runs together (two start-ups, 47 measurements) within a minute on 2 CI cores; ~15 s measured here.
     total_s = interrupted_then_resumed["first"][3] + interrupted_then_resumed["second"][3]
     assert total_s < 60
 
@@ -114,6 +115,11 @@ def test_calibration_file_loads_with_every_section(interrupted_then_resumed):
     assert [a["seq"] for a in attention] == [128, 256] and all(a["fwd_bwd"]["median_s"] > 0 for a in attention)
     # 32 tiny eager layers on a CPU: dispatch-bound, tens of microseconds per layer.
     assert 1e-4 < calib.decode_step_overhead_s < 0.5
+    # Both ranks ran the compute measurements at once (as a step keeps them busy); rank 0 kept its own.
+    assert {rec["concurrent_ranks"] for rec in final["raw"]["gemm"]} == {2}
+    (overlap,) = final["raw"]["overlap"]
+    assert overlap["comm_s"] > 0 and overlap["gemm_s"] > 0 and overlap["both_s"] > 0
+    assert calib.overlap["scale_up"] == overlap["overlap"] and 0.0 <= overlap["overlap"] <= 1.0
 
 
 @pytest.mark.slow

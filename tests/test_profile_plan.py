@@ -32,7 +32,7 @@ def test_message_sizes_span_nccl_tests_range():
     gpu = collective_sizes(cuda=True, quick=False)
     assert gpu[0] == KIB and gpu[-1] == 256 * MIB and len(gpu) == 19
     assert collective_sizes(cuda=True, quick=True)[-1] == 256 * MIB
-    assert collective_sizes(cuda=False, quick=True) == [KIB, 8 * KIB, 64 * KIB, 512 * KIB, 4 * MIB]
+    assert collective_sizes(cuda=False, quick=True) == [KIB, 8 * KIB, 64 * KIB, 512 * KIB, 4 * MIB, 32 * MIB]
 
 
 def test_llama3_8b_gemms_at_tp2():
@@ -66,9 +66,11 @@ def test_plan_keys_are_unique_and_ordered():
     cfg = SweepConfig(cuda=False, quick=True, dtypes=("fp32", "bf16"), gemm_shapes=tuple(standard_shapes(cuda=False, quick=True)),
                       attention_heads=4, attention_head_dim=64, levels=("scale_up",))
     plan = build_plan(cfg)
-    assert len(plan) == 1 + 2 * 6 + 2 + 1 + 5 * 5  # copy, GEMMs, attention, decode step, collectives
+    assert len(plan) == 1 + 2 * 6 + 2 + 1 + 5 * 6 + 1  # copy, GEMMs, attention, decode step, collectives, overlap
     assert len({m.key for m in plan}) == len(plan)
-    assert [m.kind for m in plan][:2] == ["memory", "gemm"] and plan[-1].key == f"collective/send_recv/scale_up/{4 * MIB}"
+    assert [m.kind for m in plan][:2] == ["memory", "gemm"]
+    assert plan[-2].key == f"collective/send_recv/scale_up/{32 * MIB}"
+    assert plan[-1].key == f"overlap/scale_up/{4 * MIB}" and plan[-1].shape == (256,)
 
 
 def _meta(**over):

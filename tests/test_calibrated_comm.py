@@ -1,0 +1,80 @@
+"""What a calibration's communication numbers do to a prediction, as worked examples.
+
+- comm_compute_overlap (profiler/overlap.py): the share of compute that data-parallel traffic hides under.
+  1 is the datasheet assumption (NCCL on its own SMs); 0 is gloo sharing busy CPU cores with the GEMMs.
+- Per-collective fits: a calibration prices all-gather and reduce-scatter at their own measured bus bandwidth,
+  not all-reduce's (gloo's reduce-scatter runs at about a third of its all-reduce on the CI machine).
+- fp32 runs send 4-byte activations over TP and PP.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from clusterplan.models.calibration import Calibration, CollectiveFit
+from clusterplan.models.cluster import load_cluster
+from clusterplan.models.estimate import estimate
+from clusterplan.models.hw import HardwareRates
+from clusterplan.models.layout import Layout
+from clusterplan.models.spec import ModelSpec
+from clusterplan.profiler.overlap import overlap_fraction
+
+MODEL = ModelSpec(name="m512", n_layers=4, hidden=512, n_heads=8, n_kv_heads=4, ffn_hidden=1536, vocab=2048)
+CLUSTER = load_cluster("dgx-h100:1")
+FSDP = Layout.parse("dp=8,zero=3,mbs=1,gbs=32,seq=256,precision=fp32")  # as validate runs on CPU
+
+
+def calibration(*, overlap: float | None = None, all_gather_busbw: float | None = None) -> Calibration:
+    fits = {("all_reduce", "scale_up"): CollectiveFit(latency_s=1e-5, busbw_bytes_per_s=1e9)}
+    if all_gather_busbw is not None:
+        fits[("all_gather", "scale_up")] = CollectiveFit(latency_s=1e-5, busbw_bytes_per_s=all_gather_busbw)
+    return Calibration(collectives=MappingProxyType(fits),
+                       overlap=MappingProxyType({} if overlap is None else {"scale_up": overlap}))
+
+
+def dp_comm_s(layout: Layout, calib: Calibration) -> float:
+    return estimate(MODEL, CLUSTER, layout, calib).to_json()["time"]["dp_comm_s"]
+
+
+def test_overlap_fraction_worked_examples():
+    assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=1.0) == 1.0   # fully hidden
+    assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=2.0) == 0.0   # one after the other
+    assert overlap_fraction(comm_s=1.0, gemm_s=2.0, both_s=2.5) == 0.5   # half the all-reduce hidden
+    assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=3.0) == 0.0   # slower than serial: clipped
+    assert overlap_fraction(comm_s=0.0, gemm_s=1.0, both_s=1.0) == 0.0
+
+
+def test_no_overlap_exposes_every_fsdp_collective():
+    hidden, serial = dp_comm_s(FSDP, calibration(overlap=1.0)), dp_comm_s(FSDP, calibration(overlap=0.0))
+    half = dp_comm_s(FSDP, calibration(overlap=0.5))
+    assert hidden < half < serial
+    # With overlap 0 the exposed time is every gather and reduce-scatter at the calibrated rate: per layer and
+    # micro-batch, 2 all-gathers + 1 reduce-scatter of the layer's fp32 weights (3.15 M params x 4 B) over 8 ranks.
+    layer_bytes = 4 * (512 * (512 + 2 * 256 + 512) + 3 * 512 * 1536)
+    one_s = 7 / 8 * layer_bytes / 1e9 + 7 * 1e-5
+    assert serial > 4 * 4 * 3 * one_s  # 4 micro-batches x 4 layers, plus the embedding/head and latency terms
+    assert serial == pytest.approx(4 * 4 * 3 * one_s, rel=0.25)
+
+
+def test_all_gather_priced_at_its_own_fit():
+    slow_gather = dp_comm_s(FSDP, calibration(overlap=0.0, all_gather_busbw=0.25e9))
+    assert slow_gather > 2 * dp_comm_s(FSDP, calibration(overlap=0.0))
+    hw = HardwareRates.of(CLUSTER, calibration(all_gather_busbw=0.25e9))
+    assert hw.link("all_gather").bw_in == 0.25e9 and hw.link("reduce_scatter").bw_in == 1e9
+
+
+def test_defaults_keep_full_overlap():
+    hw = HardwareRates.of(CLUSTER)
+    assert hw.comm_overlap == 1.0 and not hw.per_op
+    assert estimate(MODEL, CLUSTER, FSDP).to_json()["hardware"]["comm_overlap"] == 1.0
+
+
+def test_fp32_sends_four_byte_activations():
+    # Bandwidth-bound TP all-reduces (large activations): fp32 moves twice the bytes of bf16.
+    big = ModelSpec(name="big", n_layers=2, hidden=8192, n_heads=64, n_kv_heads=8, ffn_hidden=28672, vocab=32000)
+    tp = {p: estimate(big, CLUSTER, Layout.parse(f"tp=8,mbs=1,gbs=1,seq=8192,precision={p}")).to_json()["time"]
+          ["tp_comm_s"] for p in ("bf16", "fp32")}
+    # Twice the bandwidth term; the per-step latency (same for both) keeps the ratio just under 2.
+    assert 1.9 < tp["fp32"] / tp["bf16"] < 2.0
