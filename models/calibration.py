@@ -9,6 +9,7 @@
      "memory": {"copy_bytes_per_s": 2.9e12},
      "collectives": {"all_reduce": {"scale_up": {"latency_s": 1.2e-5, "busbw_bytes_per_s": 3.6e11}}},
      "overlap": {"scale_up": {"comm_compute_overlap": 0.93}},
+     "layer": {"time_factor": 1.4, "tp_overhead_s": 0.012},              # eager layers (validate's runs only)
      "serving": {"decode_step_overhead_s": 0.004},
      "raw": {...}}                                                         # the measurements themselves
 
@@ -20,6 +21,10 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
 - memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
 - overlap comm_compute_overlap: share of the shorter of an all-reduce and a GEMM loop hidden when both run at
   once (profiler/overlap.py): about 1 with NCCL on GPUs, near 0 with gloo on busy CPU cores.
+- layer time_factor: an eager PyTorch layer's measured forward + backward over the cost model's compute for it
+  (unfused elementwise kernels, autograd); tp_overhead_s: seconds per layer and micro-batch a tensor-parallel
+  eager layer adds beyond that and its all-reduces (DTensor dispatch). Only `validate` applies them: its runs are
+  eager PyTorch, while plan/estimate price the fused kernels of Megatron-LM-class frameworks.
 - serving decode_step_overhead_s: one eager decode step of a tiny model with the target's layers per stage
   (launch-bound: the fixed per-step cost of an engine without CUDA graphs).
 """
@@ -70,6 +75,8 @@ class Calibration:
     decode_step_overhead_s: float | None = None
     overlap: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     """comm_compute_overlap per link level."""
+    eager_layer_time_factor: float | None = None
+    eager_tp_overhead_s: float | None = None
 
     def gemm_curve(self, dtype: str) -> GemmCurve | None:
         return self.gemm.get(dtype) or (self.gemm.get("bf16") if dtype in ("fp16", "bf16") else None)
@@ -130,6 +137,7 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
             raise BadInputError(f"{where}: comm_compute_overlap must be between 0 and 1, got {value!r}; "
                                 "re-run `clusterplan profile`")
         overlap[level] = value
+    layer = _mapping(f"{path}: layer", data.get("layer"))
     memory = _mapping(f"{path}: memory", data.get("memory"))
     serving = _mapping(f"{path}: serving", data.get("serving"))
     return Calibration(
@@ -141,6 +149,9 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         decode_step_overhead_s=_positive(f"{path}: serving", serving, "decode_step_overhead_s", zero_ok=True)
         if "decode_step_overhead_s" in serving else None,
         overlap=MappingProxyType(overlap),
+        eager_layer_time_factor=_positive(f"{path}: layer", layer, "time_factor") if "time_factor" in layer else None,
+        eager_tp_overhead_s=_positive(f"{path}: layer", layer, "tp_overhead_s", zero_ok=True)
+        if "tp_overhead_s" in layer else None,
     )
 
 

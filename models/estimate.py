@@ -113,15 +113,16 @@ def _r(x: float) -> float:
 
 
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
-             node_order: tuple[int, ...] | None = None) -> Estimate:
+             node_order: tuple[int, ...] | None = None, eager_layers: bool = False) -> Estimate:
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
     (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
+    `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     """
     reasons = layout_problems(model, layout, cluster.world_size)
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
-    hw = HardwareRates.of(cluster, calibration, link)
+    hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)
     if not bool(ev.fits[0]):
         reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from clusterplan.models.calibration import COLLECTIVES, Calibration, GemmCurve
+from clusterplan.models.calibration import COLLECTIVES, Calibration, CollectiveFit, GemmCurve
 from clusterplan.models.cluster import Cluster
 
 # Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.1 ms.
@@ -51,11 +51,15 @@ class HardwareRates:
     from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
     comm_overlap: float = 1.0
     """Share of compute that overlapped communication can hide under (1 = all of it, 0 = none; profile measures it)."""
+    layer_time_factor: float = 1.0
+    """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
+    tp_layer_overhead_s: float = 0.0
+    """Seconds per layer and micro-batch that an eager tensor-parallel layer adds (DTensor dispatch)."""
     calibrated: bool = False
 
     @classmethod
     def of(cls, cluster: Cluster, calibration: Calibration | None = None,
-           node_link_gb_per_s: float | None = None) -> HardwareRates:
+           node_link_gb_per_s: float | None = None, eager_layers: bool = False) -> HardwareRates:
         """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here).
 
         With a measured node bandwidth matrix, scale-out traffic is priced at `node_link_gb_per_s` (the slowest
@@ -77,7 +81,7 @@ class HardwareRates:
             link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
             if link is not None and link != float("inf"):
                 bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
-        calibrated, overlap, per_op = False, 1.0, {}
+        calibrated, overlap, per_op, factor, tp_overhead = False, 1.0, {}, 1.0, 0.0
         if calibration is not None:
             calibrated = True
             curve = calibration.gemm_curve("bf16") or curve
@@ -89,6 +93,9 @@ class HardwareRates:
             if out:
                 bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
             overlap = min(calibration.overlap.values(), default=1.0)
+            if eager_layers:
+                factor = calibration.eager_layer_time_factor or 1.0
+                tp_overhead = calibration.eager_tp_overhead_s or 0.0
             for op in COLLECTIVES:
                 op_up, op_out = calibration.collective(op, "scale_up"), calibration.collective(op, "scale_out")
                 if op != "all_reduce" and (op_up or op_out):
@@ -101,7 +108,27 @@ class HardwareRates:
                    gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
-                   calibrated=calibrated)
+                   layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, calibrated=calibrated)
+
+    @classmethod
+    def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:
+        """Rates from a calibration alone (no hardware_db GPU): what `profile` compares its own layer timings with.
+        None until the file has the GEMM curve for `dtype` and the copy rate; without an all-reduce fit (one
+        process) communication is free, as nothing communicates."""
+        curve, up = calibration.gemm_curve(dtype), calibration.collective("all_reduce", "scale_up")
+        if curve is None or calibration.copy_bytes_per_s is None:
+            return None
+        up = up or CollectiveFit(latency_s=0.0, busbw_bytes_per_s=float("inf"))
+        per_op = {op: LinkRates(bw_in=fit.busbw_bytes_per_s, lat_in=fit.latency_s, bw_out=fit.busbw_bytes_per_s,
+                                lat_out=fit.latency_s)
+                  for op in COLLECTIVES if (fit := calibration.collective(op, "scale_up")) is not None}
+        rate = curve.max_tflops * 1e12
+        return cls(gpu_name=str(calibration.meta.get("device_name", "measured")), memory_bytes=float("inf"),
+                   peak_flops=rate, gemm_max_flops=rate, gemm_half_flops=curve.half_flops, gemm_max_flops_fp8=rate,
+                   hbm_bytes_per_s=calibration.copy_bytes_per_s, domain=domain, bw_in=up.busbw_bytes_per_s,
+                   lat_in=up.latency_s, bw_out=up.busbw_bytes_per_s, lat_out=up.latency_s,
+                   per_op=MappingProxyType(per_op), comm_overlap=min(calibration.overlap.values(), default=1.0),
+                   calibrated=True)
 
     def link(self, op: str) -> LinkRates:
         """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth)."""

@@ -99,7 +99,8 @@ class StateBytes:
     grads: np.ndarray
     optimizer: np.ndarray
     fsdp_buffers: np.ndarray
-    """Unsharded weights of the layer in use and the prefetched one, plus one layer's unsharded gradients (ZeRO-3)."""
+    """ZeRO-3: unsharded weights of the layer in use and the prefetched one, plus one layer's unsharded gradients;
+    under pipeline parallelism the whole stage's unsharded weights and gradients."""
 
 
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray) -> StateBytes:
@@ -114,7 +115,12 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
         return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
 
     per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
-    fsdp = np.where(L.zero == 3, per_layer * (2 * np.where(L.precision == PREC_FP32, 4.0, 2.0) + gb), 0.0)
+    compute_wb = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
+    # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
+    # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
+    whole_stage = (p_dense + p_exp) * (compute_wb + gb)
+    fsdp = np.where(L.zero == 3, np.where(L.pp > 1, whole_stage, per_layer * (2 * compute_wb + gb)), 0.0)
     return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
 
 

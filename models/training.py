@@ -135,6 +135,10 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> Layer
         tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, True, sparse.core_forward_s)
         tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
     head_f, head_b = head_time(shapes, L, hw)
+    # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
+    # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
+    compute = hw.layer_time_factor * compute
+    tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b)
 
@@ -183,7 +187,8 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
                 layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
     """Data-parallel traffic left exposed after overlap: gradient all-reduce (ZeRO-0), reduce-scatter + weight
     all-gather (ZeRO-1/2, Megatron distributed optimizer) hidden under the last micro-batch's backward; ZeRO-3
-    gathers weights per layer in forward and backward and reduce-scatters gradients, each under that layer's compute."""
+    gathers weights per layer in forward and backward and reduce-scatters gradients, each under that layer's compute
+    (with pp > 1 once per step, see below)."""
     _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
     shard = Group(L.dp_shard * L.cp, L.tp)
@@ -214,6 +219,10 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     gathers = 3.0 + np.where(L.recompute == 2, 1.0, 0.0)
     latency = gathers * shapes.tensors_per_layer * (shard.size - 1) * step_lat
     exposed3 = L.microbatches * slow_layers * (per_layer + latency) + hsdp
+    # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
+    # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
+    once = np.maximum(0.0, ag_layer - o * layer_f) + rs_layer + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat
+    exposed3 = np.where(L.pp > 1, slow_layers * once + hsdp, exposed3)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
 
 

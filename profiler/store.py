@@ -15,7 +15,7 @@ from clusterplan.fileio import dumps_json, load_mapping, write_atomic
 from clusterplan.models.calibration import FORMAT, VERSION, calibration_from_dict
 from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm
 
-RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives", "overlap")
+RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives", "overlap", "layer")
 RESUME_KEYS = ("device_name", "backend", "world_size", "local_world_size", "quick", "model", "layout")
 
 
@@ -82,6 +82,51 @@ def refit(doc: dict[str, Any]) -> None:
                           for r in raw["overlap"]}
     if raw["decode"]:
         doc["serving"] = {"decode_step_overhead_s": raw["decode"][-1]["median_s"]}
+    layer = _layer_fit(doc)
+    if layer is not None:
+        doc["layer"] = layer
+
+
+def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Eager layers measured against the cost model priced at this file's own fits (models/training.py layer_cost):
+    time_factor = measured / modelled compute of a tp-1 layer; tp_overhead_s = what a tp-2 layer takes beyond
+    time_factor x its modelled compute and its modelled TP all-reduces (DTensor dispatch, redistribution)."""
+    import numpy as np
+
+    from clusterplan.models.batch import LayoutArrays
+    from clusterplan.models.hw import HardwareRates
+    from clusterplan.models.layout import Layout
+    from clusterplan.models.shapes import ModelShapes
+    from clusterplan.models.spec import ModelSpec
+    from clusterplan.models.training import layer_cost
+
+    recs = {r["tp"]: r for r in doc["raw"]["layer"]}
+    if 1 not in recs:
+        return None
+    ref = recs[1]
+    fitted = {k: v for k, v in doc.items() if k not in ("raw", "layer")}
+    hw = HardwareRates.measured(calibration_from_dict(fitted), dtype=ref["dtype"],
+                                domain=max(2, int(doc["meta"].get("local_world_size", 2))))
+    if hw is None:
+        return None
+    shapes = ModelShapes.of(ModelSpec(name="layer-ref", n_layers=1, hidden=ref["hidden"], n_heads=ref["n_heads"],
+                                      n_kv_heads=ref["n_kv_heads"], ffn_hidden=ref["ffn_hidden"], vocab=128))
+    precision = "fp32" if ref["dtype"] == "fp32" else "bf16"
+
+    def modelled(tp: int) -> tuple[float, float]:
+        layout = Layout(tp=tp, mbs=ref["mbs"], gbs=ref["mbs"], seq=ref["seq"], precision=precision, recompute="none")
+        cost = layer_cost(shapes, LayoutArrays.from_layouts([layout]), hw)
+        return float(np.asarray(cost.compute_s)[0]), float(np.asarray(cost.tp_s)[0])
+
+    compute1, _ = modelled(1)
+    factor = ref["median_s"] / compute1
+    out: dict[str, Any] = {"time_factor": factor, "reference": {k: ref[k] for k in ("hidden", "seq", "dtype")},
+                           "tp1_measured_s": ref["median_s"], "tp1_model_s": compute1}
+    if 2 in recs:
+        compute2, comm2 = modelled(2)
+        out.update(tp_overhead_s=max(0.0, recs[2]["median_s"] - factor * compute2 - comm2),
+                   tp2_measured_s=recs[2]["median_s"], tp2_model_compute_s=compute2, tp2_model_comm_s=comm2)
+    return out
 
 
 def save(path: str | Path, doc: dict[str, Any], *, complete: bool = False) -> None:

@@ -21,12 +21,13 @@ class Measurement:
     key: str
     """Stable identity, e.g. "collective/all_reduce/scale_up/65536"; --resume skips keys already in the file."""
     kind: str
-    """gemm | attention | memory | decode | collective | overlap"""
+    """gemm | attention | memory | decode | collective | overlap | layer"""
     label: str
     """What the progress bar shows."""
     dtype: str = ""
     shape: tuple[int, ...] = ()
-    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim); decode: (layers,); overlap: (gemm side,)."""
+    """gemm: (m, n, k); attention: (batch, heads, seq, head_dim); decode: (layers,); overlap: (gemm side,);
+    layer: (tp,)."""
     size_bytes: int = 0
     op: str = ""
     level: str = ""
@@ -43,6 +44,8 @@ class SweepConfig:
     levels: tuple[str, ...]
     decode_layers: int = 32
     """Layers of the decode-overhead model (the target model's, else Llama-3-8B's 32)."""
+    layer_tps: tuple[int, ...] = (1,)
+    """Tensor-parallel degrees of the eager-layer measurement: 1, and 2 when a node's ranks pair up."""
 
 
 def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[int]]]:
@@ -84,7 +87,7 @@ def memory_sizes(*, cuda: bool, quick: bool) -> list[int]:
 def overlap_case(*, cuda: bool) -> tuple[int, int, str]:
     """(all-reduce bytes, square GEMM side, GEMM dtype) of the overlap measurement: a DP gradient bucket's size
     (FSDP2/DDP buckets are tens of MiB on GPU) against GEMMs of a training step's size."""
-    return (256 * MIB, 8192, "bf16") if cuda else (4 * MIB, 256, "fp32")
+    return (256 * MIB, 8192, "bf16") if cuda else (16 * MIB, 256, "fp32")
 
 
 def human_bytes(n: int) -> str:
@@ -118,4 +121,7 @@ def build_plan(cfg: SweepConfig) -> list[Measurement]:
         size, side, dtype = overlap_case(cuda=cfg.cuda)
         plan.append(Measurement(key=f"overlap/{level}/{size}", kind="overlap", level=level, size_bytes=size,
                                 shape=(side,), dtype=dtype, label=f"all_reduce {level} under GEMMs"))
+    for tp in cfg.layer_tps:
+        plan.append(Measurement(key=f"layer/{att_dtype}/tp{tp}", kind="layer", dtype=att_dtype, shape=(tp,),
+                                label=f"eager layer fwd+bwd, tp {tp}"))
     return plan

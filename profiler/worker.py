@@ -98,7 +98,7 @@ def inject_fault(rank: int, index: int) -> None:
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
-def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...]) -> SweepConfig:
+def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...], local_world_size: int = 1) -> SweepConfig:
     from clusterplan.profiler.gemm import available_dtypes
     from clusterplan.profiler.shapes import model_shapes, standard_shapes
 
@@ -117,7 +117,7 @@ def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...])
         layers = -(-model.n_layers // layout.pp)  # one pipeline stage's layers run per step
     return SweepConfig(cuda=cuda, quick=args.quick, dtypes=tuple(available_dtypes(device)),
                        gemm_shapes=tuple(shapes), attention_heads=heads, attention_head_dim=head_dim, levels=levels,
-                       decode_layers=layers)
+                       decode_layers=layers, layer_tps=(1, 2) if local_world_size % 2 == 0 else (1,))
 
 
 def measure_local(meas: Measurement, device: Any, quick: bool) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def prepare(args: argparse.Namespace, env: RankEnv, device: Any, levels: tuple[s
 
     meta = run_meta(device, world_size=env.world_size, local_world_size=env.local_world_size, quick=args.quick,
                     model=args.model, layout=args.layout)
-    plan = build_plan(sweep_config(args, device, levels))
+    plan = build_plan(sweep_config(args, device, levels, env.local_world_size))
     doc = store.load_for_resume(args.out, meta) if args.resume and Path(args.out).exists() else store.new_document(meta)
     done = store.done_keys(doc)
     store.save(args.out, doc)
@@ -164,6 +164,7 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
 
     from clusterplan.profiler.collectives import measure_collective
     from clusterplan.profiler.device import backend_for, pick_device
+    from clusterplan.profiler.layer import measure_layer
     from clusterplan.profiler.overlap import measure_overlap
 
     device = pick_device(args.device, env.local_rank)
@@ -189,6 +190,8 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
         elif meas.kind == "overlap":
             pg, ranks = pgs[meas.level]
             record = measure_overlap(meas, group=pg, ranks=ranks, device=device)
+        elif meas.kind == "layer":
+            record = measure_layer(meas, world_size=env.world_size, device=device, quick=args.quick)
         else:
             record = {**measure_local(meas, device, args.quick), "concurrent_ranks": env.local_world_size}
             record = record if env.rank == 0 else None

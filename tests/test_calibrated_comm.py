@@ -78,3 +78,40 @@ def test_fp32_sends_four_byte_activations():
           ["tp_comm_s"] for p in ("bf16", "fp32")}
     # Twice the bandwidth term; the per-step latency (same for both) keeps the ratio just under 2.
     assert 1.9 < tp["fp32"] / tp["bf16"] < 2.0
+
+
+def test_fsdp_under_pipeline_gathers_once_per_step():
+    # torch.distributed.pipelining keeps an FSDP2 stage unsharded across micro-batches: its gathers and
+    # reduce-scatters do not grow with the number of micro-batches; without pp they do (one set per micro-batch).
+    calib = calibration(overlap=0.0)
+    pp = {m: dp_comm_s(Layout.parse(f"pp=2,dp=4,zero=3,mbs=1,gbs={4 * m},seq=256,precision=fp32"), calib)
+          for m in (4, 8)}
+    flat = {m: dp_comm_s(Layout.parse(f"dp=8,zero=3,mbs=1,gbs={8 * m},seq=256,precision=fp32"), calib) for m in (4, 8)}
+    assert pp[8] == pp[4]
+    assert flat[8] == pytest.approx(2 * flat[4], rel=0.01)
+
+
+def test_fsdp_under_pipeline_holds_the_whole_stage_unsharded():
+    # pp=2 over 4 layers: 2 layers + embedding (first stage). FSDP2 keeps their fp32 weights and fp32 gradients
+    # unsharded through the step: (2 x 3.15 M + 2048 x 512) params x (4 + 4) B.
+    layout = Layout.parse("pp=2,dp=4,zero=3,mbs=1,gbs=16,seq=256,precision=fp32")
+    from clusterplan.models.batch import LayoutArrays
+    from clusterplan.models.memory import stage_layers, stage_params, state_bytes
+    from clusterplan.models.shapes import ModelShapes
+
+    shapes, arrays = ModelShapes.of(MODEL), LayoutArrays.from_layouts([layout])
+    first = stage_layers(shapes, arrays).first
+    params = stage_params(shapes, arrays, first, True, False)
+    layer = 512 * (512 + 2 * 256 + 512) + 3 * 512 * 1536 + 2 * 512  # + the two RMSNorm scales
+    assert float(params.dense[0]) == 2 * layer + 2048 * 512
+    assert float(state_bytes(shapes, arrays, params, first).fsdp_buffers[0]) == (2 * layer + 2048 * 512) * 8
+
+
+def test_eager_layer_section_applies_to_validate_only():
+    calib = Calibration(eager_layer_time_factor=1.5, eager_tp_overhead_s=0.01)
+    layout = Layout.parse("tp=2,mbs=1,gbs=4,seq=256,precision=fp32")
+    fused = estimate(MODEL, CLUSTER, layout, calib).to_json()["time"]
+    eager = estimate(MODEL, CLUSTER, layout, calib, eager_layers=True).to_json()["time"]
+    # 4 layers x 4 micro-batches of TP layers, 10 ms each of DTensor dispatch on top of their all-reduces.
+    assert eager["tp_comm_s"] == pytest.approx(fused["tp_comm_s"] + 16 * 0.01, rel=1e-4)
+    assert 1.3 * fused["compute_s"] < eager["compute_s"] < 1.5 * fused["compute_s"]  # the LM head is not scaled

@@ -1,8 +1,8 @@
 """`clusterplan profile` end to end on CPU with gloo: two worker ranks, a rank that dies, --resume, a rank that hangs.
 
-The run is the real command in a subprocess, as a user starts it; the quick CPU sweep has 47 measurements
+The run is the real command in a subprocess, as a user starts it; the quick CPU sweep has 49 measurements
 (1 copy, 6 GEMM shapes per dtype, 2 attention lengths, 1 decode step, 5 collectives x 6 sizes on scale_up,
-1 all-reduce under GEMMs for the overlap).
+1 all-reduce under GEMMs for the overlap, eager layers at tp 1 and 2).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def interrupted_then_resumed(tmp_path_factory):
 
 
 def _records(doc: dict) -> list[dict]:
-    return [rec for section in ("memory", "gemm", "attention", "decode", "collectives", "overlap") for rec in doc["raw"][section]]
+    return [rec for section in ("memory", "gemm", "attention", "decode", "collectives", "overlap", "layer") for rec in doc["raw"][section]]
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_resume_finishes_without_redoing(interrupted_then_resumed):
     assert code == 0, err
     final = interrupted_then_resumed["final"]
     keys = [rec["key"] for rec in _records(final)]
-    assert len(keys) == len(set(keys)) == 47
+    assert len(keys) == len(set(keys)) == 49
     before = {rec["key"]: rec for rec in _records(interrupted_then_resumed["partial"])}
     after = {rec["key"]: rec for rec in _records(final)}
     assert all(after[key] == rec for key, rec in before.items())  # kept, not measured again
@@ -88,7 +88,7 @@ def test_resume_refuses_a_different_sweep(interrupted_then_resumed, tmp_path):
 
 @pytest.mark.slow
 def test_quick_cpu_profile_is_fast(interrupted_then_resumed):
-    # Both runs together (two start-ups, 47 measurements) within a minute on 2 CI cores; ~15 s measured here.
+    # Both runs together (two start-ups, 49 measurements) within a minute on 2 CI cores; ~15 s measured here.
     total_s = interrupted_then_resumed["first"][3] + interrupted_then_resumed["second"][3]
     assert total_s < 60
 
@@ -120,6 +120,11 @@ def test_calibration_file_loads_with_every_section(interrupted_then_resumed):
     (overlap,) = final["raw"]["overlap"]
     assert overlap["comm_s"] > 0 and overlap["gemm_s"] > 0 and overlap["both_s"] > 0
     assert calib.overlap["scale_up"] == overlap["overlap"] and 0.0 <= overlap["overlap"] <= 1.0
+    # Eager layers against the model priced at this file's fits: the ratio and the TP extra are measured numbers.
+    layer = final["layer"]
+    assert layer["time_factor"] == pytest.approx(layer["tp1_measured_s"] / layer["tp1_model_s"])
+    assert calib.eager_layer_time_factor == layer["time_factor"] and 0.3 < layer["time_factor"] < 10
+    assert calib.eager_tp_overhead_s == layer["tp_overhead_s"] >= 0.0
 
 
 @pytest.mark.slow

@@ -64,13 +64,15 @@ def test_moe_expert_gemm_tokens():
 
 def test_plan_keys_are_unique_and_ordered():
     cfg = SweepConfig(cuda=False, quick=True, dtypes=("fp32", "bf16"), gemm_shapes=tuple(standard_shapes(cuda=False, quick=True)),
-                      attention_heads=4, attention_head_dim=64, levels=("scale_up",))
+                      attention_heads=4, attention_head_dim=64, levels=("scale_up",), layer_tps=(1, 2))
     plan = build_plan(cfg)
-    assert len(plan) == 1 + 2 * 6 + 2 + 1 + 5 * 6 + 1  # copy, GEMMs, attention, decode step, collectives, overlap
+    # copy, GEMMs, attention, decode step, collectives, overlap, eager layers at tp 1 and 2
+    assert len(plan) == 1 + 2 * 6 + 2 + 1 + 5 * 6 + 1 + 2
     assert len({m.key for m in plan}) == len(plan)
     assert [m.kind for m in plan][:2] == ["memory", "gemm"]
-    assert plan[-2].key == f"collective/send_recv/scale_up/{32 * MIB}"
-    assert plan[-1].key == f"overlap/scale_up/{4 * MIB}" and plan[-1].shape == (256,)
+    assert plan[-4].key == f"collective/send_recv/scale_up/{32 * MIB}"
+    assert plan[-3].key == f"overlap/scale_up/{16 * MIB}" and plan[-3].shape == (256,)
+    assert [m.key for m in plan[-2:]] == ["layer/fp32/tp1", "layer/fp32/tp2"]
 
 
 def _meta(**over):
@@ -138,3 +140,35 @@ def test_datasheet_fractions():
     assert rows["gemm_bf16_tflops"]["fraction"] == pytest.approx(0.803, abs=0.001)
     assert rows["hbm_bytes_per_s"]["fraction"] == pytest.approx(2.9 / 3.35)
     assert rows["scale_up_busbw_bytes_per_s"]["fraction"] == pytest.approx(370 / 450)
+
+
+def test_layer_fit_against_the_files_own_rates():
+    # A CPU-like file: 100 GFLOP/s GEMMs (no size penalty to speak of), 20 GB/s copies, 1 GB/s all-reduce.
+    # The tp-1 layer is measured 1.5x the model's compute; the tp-2 layer 4 ms over 1.5x its compute + all-reduces.
+    from clusterplan.models.batch import LayoutArrays
+    from clusterplan.models.calibration import calibration_from_dict
+    from clusterplan.models.hw import HardwareRates
+    from clusterplan.models.layout import Layout
+    from clusterplan.models.shapes import ModelShapes
+    from clusterplan.models.training import layer_cost
+    from clusterplan.profiler.layer import reference_layer
+
+    doc = store.new_document(_meta())
+    doc.update(gemm={"fp32": {"max_tflops": 0.1, "half_flops": 1.0}}, memory={"copy_bytes_per_s": 2e10},
+               collectives={"all_reduce": {"scale_up": {"latency_s": 1e-4, "busbw_bytes_per_s": 1e9}}})
+    spec, seq = reference_layer(cuda=False)
+    hw = HardwareRates.measured(calibration_from_dict(doc), dtype="fp32", domain=2)
+
+    def model_s(tp):
+        cost = layer_cost(ModelShapes.of(spec), LayoutArrays.from_layouts(
+            [Layout(tp=tp, mbs=1, gbs=1, seq=seq, precision="fp32", recompute="none")]), hw)
+        return float(cost.compute_s[0]), float(cost.tp_s[0])
+
+    (c1, _), (c2, t2) = model_s(1), model_s(2)
+    for tp, seconds in ((1, 1.5 * c1), (2, 1.5 * c2 + t2 + 0.004)):
+        store.add_record(doc, "layer", {"key": f"layer/fp32/tp{tp}", "tp": tp, "dtype": "fp32", "hidden": spec.hidden,
+                                        "n_heads": spec.n_heads, "n_kv_heads": spec.n_kv_heads,
+                                        "ffn_hidden": spec.ffn_hidden, "seq": seq, "mbs": 1, "median_s": seconds})
+    layer = store._layer_fit(doc)
+    assert layer["time_factor"] == pytest.approx(1.5)
+    assert layer["tp_overhead_s"] == pytest.approx(0.004)

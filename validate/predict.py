@@ -47,5 +47,6 @@ def run_calibration(calibration: Calibration | None, layout: Layout) -> Calibrat
 
 def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
                    calibration: Calibration | None) -> dict[str, Any]:
-    """estimate()'s JSON for the run (step time and its terms), with the reasons it gives."""
-    return estimate(model, cluster, layout, run_calibration(calibration, layout)).to_json()
+    """estimate()'s JSON for the run (step time and its terms), with the reasons it gives; the run's layers are
+    eager PyTorch, so the calibration's eager-layer section applies."""
+    return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True).to_json()
