@@ -20,7 +20,8 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
   scale_up = the ranks of one node; scale_out = the whole world over all nodes (the nccl-tests multi-node busbw).
 - memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
 - overlap comm_compute_overlap: share of the shorter of an all-reduce and a GEMM loop hidden when both run at
-  once (profiler/overlap.py): about 1 with NCCL on GPUs, near 0 with gloo on busy CPU cores.
+  once (profiler/overlap.py): about 1 with NCCL on GPUs, 0 or below (the two slow each other) with gloo on busy
+  CPU cores.
 - layer time_factor: an eager PyTorch layer's measured forward + backward over the cost model's compute for it
   (unfused elementwise kernels, autograd); tp_overhead_s: seconds per layer and micro-batch a tensor-parallel
   eager layer adds beyond that and its all-reduces (DTensor dispatch). Only `validate` applies them: its runs are
@@ -84,6 +85,17 @@ class Calibration:
     def collective(self, op: str, level: str) -> CollectiveFit | None:
         return self.collectives.get((op, level))
 
+    def host_oversubscription(self) -> float:
+        """Rank threads per CPU core during a CPU (gloo) profile, at least 1; 1 on GPUs or when the file predates it."""
+        meta = self.meta
+        try:
+            if meta.get("backend") != "gloo":
+                return 1.0
+            threads = float(meta["local_world_size"]) * float(meta.get("cpu_threads", 1))
+            return max(1.0, threads / float(meta["host_cpus"]))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return 1.0
+
 
 def _positive(where: str, raw: Mapping[str, Any], key: str, *, zero_ok: bool = False) -> float:
     value = raw.get(key)
@@ -132,11 +144,11 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         if level not in LEVELS:
             raise BadInputError(f"{path}: overlap: unknown level {level!r}; expected scale_up or scale_out")
         where = f"{path}: overlap.{level}"
-        value = _positive(where, _mapping(where, raw), "comm_compute_overlap", zero_ok=True)
-        if value > 1:
-            raise BadInputError(f"{where}: comm_compute_overlap must be between 0 and 1, got {value!r}; "
+        value = _mapping(where, raw).get("comm_compute_overlap")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+            raise BadInputError(f"{where}: comm_compute_overlap must be a number between -1 and 1, got {value!r}; "
                                 "re-run `clusterplan profile`")
-        overlap[level] = value
+        overlap[level] = float(value)
     layer = _mapping(f"{path}: layer", data.get("layer"))
     memory = _mapping(f"{path}: memory", data.get("memory"))
     serving = _mapping(f"{path}: serving", data.get("serving"))

@@ -78,6 +78,14 @@ def hierarchical_all_to_all_s(size_bytes: ArrayLike, n_in: ArrayLike, n_out: Arr
     return remote + local
 
 
+def exposed_s(comm_s: ArrayLike, compute_s: ArrayLike, overlap: float) -> ArrayLike:
+    # Communication left on the critical path when it runs under compute: comm - overlap * min(comm, compute),
+    # the inverse of profiler/overlap.py's measured fraction (1: the shorter op fully hidden, 0: serial, < 0: the
+    # two slow each other down, as gloo's thread and the GEMMs on shared CPU cores).
+    comm_s = np.asarray(comm_s, dtype=float)
+    return comm_s - overlap * np.minimum(comm_s, compute_s)
+
+
 def split_group(size: ArrayLike, stride: ArrayLike, domain: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of a mesh-axis group inside one scale-up domain (n_in) and domains spanned (n_out).
 

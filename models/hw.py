@@ -50,11 +50,15 @@ class HardwareRates:
     """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
     from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
     comm_overlap: float = 1.0
-    """Share of compute that overlapped communication can hide under (1 = all of it, 0 = none; profile measures it)."""
+    """How much communication hides under compute (models/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
+    both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
     layer_time_factor: float = 1.0
     """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
     tp_layer_overhead_s: float = 0.0
     """Seconds per layer and micro-batch that an eager tensor-parallel layer adds (DTensor dispatch)."""
+    host_oversubscription: float = 1.0
+    """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
+    calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
     calibrated: bool = False
 
     @classmethod
@@ -81,7 +85,7 @@ class HardwareRates:
             link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
             if link is not None and link != float("inf"):
                 bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
-        calibrated, overlap, per_op, factor, tp_overhead = False, 1.0, {}, 1.0, 0.0
+        calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
         if calibration is not None:
             calibrated = True
             curve = calibration.gemm_curve("bf16") or curve
@@ -93,6 +97,7 @@ class HardwareRates:
             if out:
                 bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
             overlap = min(calibration.overlap.values(), default=1.0)
+            oversub = calibration.host_oversubscription()
             if eager_layers:
                 factor = calibration.eager_layer_time_factor or 1.0
                 tp_overhead = calibration.eager_tp_overhead_s or 0.0
@@ -108,7 +113,8 @@ class HardwareRates:
                    gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
-                   layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, calibrated=calibrated)
+                   layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
+                   calibrated=calibrated)
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:

@@ -88,8 +88,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     n_in, n_out = comm.split_group(L.cp, L.tp, hw.domain)
     p2p = hw.link("send_recv")
     ring_step = comm.p2p_s(kv_bytes, np.where(n_out > 1, p2p.bw_out, p2p.bw_in), np.where(n_out > 1, p2p.lat_out, p2p.lat_in))
-    hide_s = hw.comm_overlap * core_s
-    ring = np.maximum(0.0, (L.cp - 1) * ring_step - hide_s) + np.maximum(0.0, 2 * (L.cp - 1) * ring_step - 2.5 * hide_s)
+    o = hw.comm_overlap
+    ring = comm.exposed_s((L.cp - 1) * ring_step, core_s, o) + comm.exposed_s(2 * (L.cp - 1) * ring_step, 2.5 * core_s, o)
     a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
     ulysses = 2 * _collective("all_to_all", a2a_bytes, cp_group, hw) * 4 / 3
     cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
@@ -169,7 +169,11 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
     bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
     zb_factor = np.where(L.schedule == SCHEDULE_ZB, 2.0 / 3.0, 1.0)
-    bubble = np.where(single, 0.0, bubble_stages * stage * zb_factor)
+    # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
+    # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
+    # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.
+    k = hw.host_oversubscription
+    bubble = np.where(single, 0.0, stage * np.maximum(0.0, (m + bubble_stages * zb_factor) / k - m))
     dp_exposed = _dp_exposed(shapes, L, hw, slow_layers, cost.forward_s, cost.backward_s)
     opt = _optimizer_s(shapes, L, hw, layers)
     compute = m * (slow_layers * cost.compute_s + slow_head)
@@ -204,12 +208,12 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
     zero12 = np.where(L.zero == 0, ar, rs + ag) + hsdp
     o = hw.comm_overlap  # measured by `clusterplan profile` (1 without a calibration)
-    hidden = o * DP_OVERLAP_SHARE * slow_layers * layer_b
-    exposed12 = np.maximum(0.0, zero12 - hidden)
+    under_s = DP_OVERLAP_SHARE * slow_layers * layer_b
+    exposed12 = comm.exposed_s(zero12, under_s, o)
     # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter under backward.
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer = ag / n, rs / n
-    per_layer = np.maximum(0.0, ag_layer - o * layer_f) + np.maximum(0.0, ag_layer + rs_layer - o * layer_b)
+    per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer, layer_b, o)
     # Each parameter tensor is its own ring collective (DeepSpeed ZeRO-3 granularity): (n-1) latency steps each for
     # the forward gather, the recompute gather and the backward gather + reduce-scatter, which bandwidth overlap
     # cannot hide. This is what makes ZeRO-3 fall behind as dp grows (Narayanan 2021 Table 2).
@@ -221,7 +225,7 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     exposed3 = L.microbatches * slow_layers * (per_layer + latency) + hsdp
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
-    once = np.maximum(0.0, ag_layer - o * layer_f) + rs_layer + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat
+    once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat
     exposed3 = np.where(L.pp > 1, slow_layers * once + hsdp, exposed3)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import platform
 import socket
 import subprocess
@@ -73,6 +74,7 @@ def run_meta(device: Any, *, world_size: int, local_world_size: int, quick: bool
         "driver": _nvidia_driver() if cuda else "",
         "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False,
         "cpu_threads": torch.get_num_threads(),
+        "host_cpus": _host_cpus(),
         "python_version": platform.python_version(),
         "clusterplan_version": __version__,
         "hostname_sha256": hashlib.sha256(socket.gethostname().encode()).hexdigest(),
@@ -86,3 +88,11 @@ def run_meta(device: Any, *, world_size: int, local_world_size: int, quick: bool
         "method": "clusterplan profile: median of timed runs after warm-up; CUDA events on GPU, perf_counter "
                   "after a barrier on CPU; collectives max over ranks; nccl-tests busbw",
     }
+
+
+def _host_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as a container's limit shows up), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

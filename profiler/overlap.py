@@ -5,10 +5,11 @@ Every rank of the level's group times three things (all ranks together, each run
   t_gemm    a loop of square GEMMs sized to take about t_comm, alone;
   t_both    the all-reduce started asynchronously (async_op=True, as DDP/FSDP buckets are), the same GEMM loop,
             then the wait.
-overlap = (t_comm + t_gemm - t_both) / min(t_comm, t_gemm), clipped to [0, 1]: 1 when the shorter op is fully
-hidden (NCCL on its own stream and SMs), 0 when the two run one after the other or slow each other down as much
-(gloo's worker thread competing for the same CPU cores as the GEMMs). models/training.py scales the compute that
-data-parallel and context-parallel traffic can hide under by this factor.
+overlap = (t_comm + t_gemm - t_both) / min(t_comm, t_gemm), clipped to [-1, 1]: 1 when the shorter op is fully
+hidden (NCCL on its own stream and SMs), 0 when the two take as long as one after the other, below 0 when running
+them together is slower still (gloo's worker thread competing with the GEMMs for the same CPU cores).
+models/comm.py exposed_s inverts it: exposed = comm - overlap * min(comm, compute) for data-parallel and
+context-parallel traffic under compute.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from clusterplan.profiler.sweep import Measurement
 
 
 def overlap_fraction(comm_s: float, gemm_s: float, both_s: float) -> float:
-    """Share of the shorter operation hidden when both run at once, in [0, 1]."""
+    """Share of the shorter operation hidden when both run at once, in [-1, 1] (negative: slower than serial)."""
     shorter = min(comm_s, gemm_s)
     if shorter <= 0:
         return 0.0
-    return min(1.0, max(0.0, (comm_s + gemm_s - both_s) / shorter))
+    return min(1.0, max(-1.0, (comm_s + gemm_s - both_s) / shorter))
 
 
 def _wall(fn: Callable[[], object], sync: Callable[[], object], barrier: Callable[[], object]) -> float:

@@ -42,14 +42,15 @@ def test_overlap_fraction_worked_examples():
     assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=1.0) == 1.0   # fully hidden
     assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=2.0) == 0.0   # one after the other
     assert overlap_fraction(comm_s=1.0, gemm_s=2.0, both_s=2.5) == 0.5   # half the all-reduce hidden
-    assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=3.0) == 0.0   # slower than serial: clipped
+    assert overlap_fraction(comm_s=1.0, gemm_s=2.0, both_s=3.5) == -0.5  # together slower than serial
+    assert overlap_fraction(comm_s=1.0, gemm_s=1.0, both_s=9.0) == -1.0  # clipped
     assert overlap_fraction(comm_s=0.0, gemm_s=1.0, both_s=1.0) == 0.0
 
 
 def test_no_overlap_exposes_every_fsdp_collective():
     hidden, serial = dp_comm_s(FSDP, calibration(overlap=1.0)), dp_comm_s(FSDP, calibration(overlap=0.0))
-    half = dp_comm_s(FSDP, calibration(overlap=0.5))
-    assert hidden < half < serial
+    half, slowed = dp_comm_s(FSDP, calibration(overlap=0.5)), dp_comm_s(FSDP, calibration(overlap=-0.5))
+    assert hidden < half < serial < slowed
     # With overlap 0 the exposed time is every gather and reduce-scatter at the calibrated rate: per layer and
     # micro-batch, 2 all-gathers + 1 reduce-scatter of the layer's fp32 weights (3.15 M params x 4 B) over 8 ranks.
     layer_bytes = 4 * (512 * (512 + 2 * 256 + 512) + 3 * 512 * 1536)
@@ -115,3 +116,16 @@ def test_eager_layer_section_applies_to_validate_only():
     # 4 layers x 4 micro-batches of TP layers, 10 ms each of DTensor dispatch on top of their all-reduces.
     assert eager["tp_comm_s"] == pytest.approx(fused["tp_comm_s"] + 16 * 0.01, rel=1e-4)
     assert 1.3 * fused["compute_s"] < eager["compute_s"] < 1.5 * fused["compute_s"]  # the LM head is not scaled
+
+
+def test_idle_pipeline_ranks_lend_their_cores_on_an_oversubscribed_cpu():
+    # 4 ranks x 1 thread profiled on 2 cores: k = 2. A pp=2 stage with 4 micro-batches idles 1 stage-time in the
+    # bubble; with k = 2 the busy ranks run twice as fast meanwhile and (4 + 1) / 2 < 4: no time is lost.
+    meta = {"backend": "gloo", "local_world_size": 4, "cpu_threads": 1, "host_cpus": 2}
+    shared = Calibration(meta=MappingProxyType(meta))
+    assert shared.host_oversubscription() == 2.0
+    assert Calibration(meta=MappingProxyType({**meta, "backend": "nccl"})).host_oversubscription() == 1.0
+    layout = Layout.parse("pp=2,mbs=1,gbs=4,seq=256,precision=fp32,schedule=1f1b")
+    assert estimate(MODEL, CLUSTER, layout, shared).to_json()["time"]["bubble_s"] == 0.0
+    own_cores = Calibration(meta=MappingProxyType({**meta, "local_world_size": 2}))
+    assert estimate(MODEL, CLUSTER, layout, own_cores).to_json()["time"]["bubble_s"] > 0.0

@@ -360,7 +360,7 @@ def test_profile_options_checked_before_spawning(run_cli, tmp_path, args, expect
     ({"gemm": {"bf16": {"max_tflops": float("nan"), "half_flops": 1}}}, "got nan"),  # hung serve-plan before
     ({"collectives": {"all_reduce": {"scale_up": {"latency_s": -1, "busbw_bytes_per_s": 1e9}}}},
      "latency_s must be a number >= 0"),
-    ({"overlap": {"scale_up": {"comm_compute_overlap": 1.5}}}, "comm_compute_overlap must be between 0 and 1"),
+    ({"overlap": {"scale_up": {"comm_compute_overlap": 1.5}}}, "comm_compute_overlap must be a number between -1 and 1"),
     ({"overlap": {"rack": {"comm_compute_overlap": 0.5}}}, "overlap: unknown level 'rack'"),
 ])
 def test_damaged_calibration(run_cli, tmp_path, section, expect):
