@@ -182,7 +182,21 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
 
 def launch(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
            on_progress: ProgressFn | None = None, nodes: int = 1) -> None:
-    """Run `python -m clusterplan.profiler.worker WORKER_ARGS` on nproc local ranks until all finish."""
+    """Run `python -m clusterplan.profiler.worker WORKER_ARGS` on nproc local ranks until all finish.
+
+    A rendezvous port taken between picking and binding it (another process won the race) is retried on a fresh
+    port, twice at most; nothing was measured yet then."""
+    for attempt in range(3):
+        try:
+            _launch_once(worker_args, nproc=nproc, timeout_s=timeout_s, out=out, on_progress=on_progress, nodes=nodes)
+            return
+        except ProfileError as exc:
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
+
+
+def _launch_once(worker_args: list[str], *, nproc: int, timeout_s: float, out: str,
+                 on_progress: ProgressFn | None, nodes: int) -> None:
     log_dir = Path(f"{out}.logs")  # next to the partial results it explains; removed after a clean run
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -48,7 +48,7 @@ def _records(doc: dict) -> list[dict]:
 @pytest.mark.slow
 def test_dead_rank_is_named_in_one_line(interrupted_then_resumed):
     code, out, err, _ = interrupted_then_resumed["first"]
-    assert code == 2 and out == ""
+    assert code == 2 and out == "", err
     assert err.count("\n") == 1, err
     assert "rank 1 exited with code 1 while measuring" in err and "injected fault" in err
     assert "--resume" in err
