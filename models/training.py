@@ -115,6 +115,11 @@ class LayerCost:
     backward_s: np.ndarray
     head_s: np.ndarray
     """LM head and loss, forward + backward (last stage only)."""
+    embed_tp_s: np.ndarray
+    """Vocabulary-parallel embedding's all-reduce of its output, forward (first stage; 0 without tp)."""
+    head_tp_s: np.ndarray
+    """LM head: all-reduce of its input's gradient, backward, and the vocabulary-parallel cross-entropy's three
+    all-reduces of one float per token (max, target logit, sum of exponentials; Megatron-LM) (last stage)."""
 
     @property
     def total_s(self) -> np.ndarray:
@@ -139,8 +144,13 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> Layer
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute
     tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
+    tokens = L.seq * L.mbs / L.cp
+    tp_group = Group(L.tp, np.ones_like(L.tp))
+    embed_tp = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, tp_group, hw)
+    head_tp = embed_tp + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops,
-                     forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b)
+                     forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
+                     embed_tp_s=embed_tp, head_tp_s=head_tp)
 
 
 def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
@@ -151,13 +161,15 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
-    first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0)
+    first_tp = cost.embed_tp_s + np.where(single, cost.head_tp_s, 0.0)
+    first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0) + first_tp
     middle = layers.middle * cost.total_s
-    last = layers.last * cost.total_s + cost.head_s
+    last = layers.last * cost.total_s + cost.head_s + cost.head_tp_s
     slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # 0 first, 1 middle, 2 last
     stage = np.choose(slowest, [first, middle, last])
     slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
     slow_head = np.where(single | (slowest == 2), cost.head_s, 0.0)
+    slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), cost.head_tp_s])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
@@ -178,6 +190,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     opt = _optimizer_s(shapes, L, hw, layers)
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s))
+    tp_total = tp_total + m * slow_ends_tp
     step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
     hardware = L.gbs / L.mbs * (cost.hardware_flops * shapes.n_layers * L.tp * L.cp

@@ -129,3 +129,22 @@ def test_idle_pipeline_ranks_lend_their_cores_on_an_oversubscribed_cpu():
     assert estimate(MODEL, CLUSTER, layout, shared).to_json()["time"]["bubble_s"] == 0.0
     own_cores = Calibration(meta=MappingProxyType({**meta, "local_world_size": 2}))
     assert estimate(MODEL, CLUSTER, layout, own_cores).to_json()["time"]["bubble_s"] > 0.0
+
+
+def test_vocabulary_parallel_ends_all_reduce_too():
+    # Megatron-LM at tp > 1: the embedding all-reduces its output (forward), the LM head its input's gradient
+    # (backward), and the vocab-parallel cross-entropy all-reduces 3 floats per token. With a 1 GB/s, 10 us
+    # all-reduce over tp=2 the layer-independent part of tp_comm_s is exactly that, per micro-batch.
+    calib = calibration()
+    tp = {n: estimate(MODEL.scaled(name=f"m{n}", n_layers=n), CLUSTER,
+                      Layout.parse("tp=2,mbs=1,gbs=4,seq=256,precision=fp32"), calib).to_json()["time"]["tp_comm_s"]
+          for n in (2, 4)}
+    per_layer = (tp[4] - tp[2]) / 2
+    ends = tp[2] - 2 * per_layer
+
+    def all_reduce_s(size_bytes: float) -> float:  # ring over 2 ranks: 2 steps of latency + 2 * (1/2) S / busbw
+        return 2 * 1e-5 + size_bytes / 1e9
+
+    activations = 256 * 512 * 4
+    assert per_layer == pytest.approx(4 * 4 * all_reduce_s(activations), rel=1e-4)  # 4 per layer, 4 micro-batches
+    assert ends == pytest.approx(4 * (2 * all_reduce_s(activations) + 3 * all_reduce_s(4 * 256)), rel=1e-4)
