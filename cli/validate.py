@@ -63,13 +63,14 @@ def _compare(plan: Any, run: dict[str, Any], factor: int | None, calibration: st
     from clusterplan.validate.report import max_memory_error, rank_rows, time_row
 
     model, layout = ModelSpec.from_dict(run["model"]), Layout.from_dict(run["layout"])
-    # On GPU the run autocasts to bf16: fp32 states, bf16 activations.
+    # On GPU the run autocasts to bf16: fp32 states, bf16 activations, bf16 GEMMs and FSDP2 gathers (param_dtype),
+    # so its step time is priced as a bf16 layout.
     act_layout = layout.with_(precision="bf16") if run["device"] == "cuda" else None
     rows = rank_rows(model, layout, run["ranks"], act_layout)
     cal = load_calibration(calibration) if calibration else None
     return {"model": model.name, "scale": factor, "layout": plan.layout.to_dict(), "executed_layout": layout.to_dict(),
             "device": run["device"], "ranks": rows, "max_memory_error_pct": max_memory_error(rows),
-            "time": time_row(predicted_step(model, plan.cluster, layout, cal), run["ranks"])}
+            "time": time_row(predicted_step(model, plan.cluster, act_layout or layout, cal), run["ranks"])}
 
 
 def _real(plan: Any, nproc: int | None, scale: str, steps: int, timeout_s: float, calibration: str | None,

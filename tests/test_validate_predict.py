@@ -34,3 +34,31 @@ def test_fp32_run_is_priced_at_the_fp32_gemm_curve():
 
 def test_error_sign_and_zero():
     assert error_pct(95.0, 100.0) == -5.0 and error_pct(1.0, 0.0) is None
+
+
+def test_a_gpu_result_is_priced_as_the_bf16_run_it_was(run_cli, tmp_path):
+    # A torchrun result from GPUs (--measured): fp32 states but bf16 autocast, so the step time is the estimate of
+    # the bf16 layout, and the allocator's peak is compared with the predicted total.
+    import json
+    from pathlib import Path
+
+    from clusterplan.models.estimate import estimate
+    from clusterplan.models.planfile import read_plan
+    from clusterplan.validate.rules import executed_layout
+
+    plan_path = Path(__file__).parent / "fixtures" / "validate" / "tiny_tp2.yaml"
+    plan = read_plan(plan_path)
+    layout = executed_layout(plan.layout)
+    ranks = [{"rank": r, "coords": {"pp": 0, "dp_replicate": 0, "dp_shard": 0, "cp": 0, "tp": r}, "stages": [0],
+              "bytes": {"weights": 1000, "grads": 1000, "optimizer": 2000, "activations": 500},
+              "gpu_peak_bytes": 5000, "step_time_s": {"median": 0.01, "min": 0.009, "max": 0.011, "all": [0.01]},
+              "loss": 4.8} for r in range(2)]
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"runs": [{"device": "cuda", "ranks": ranks, "model": plan.model.to_dict(),
+                                            "layout": layout.to_dict()}]}))
+    code, out, err = run_cli("validate", str(plan_path), "--measured", str(result), "--format", "json")
+    assert code == 0, err
+    got = json.loads(out)
+    bf16 = estimate(plan.model, plan.cluster, layout.with_(precision="bf16"), eager_layers=True).to_json()
+    assert got["time"]["predicted_s"] == bf16["step_time_s"] and got["time"]["measured_median_s"] == 0.01
+    assert got["ranks"][0]["memory"]["gpu_peak"]["measured_bytes"] == 5000
