@@ -89,10 +89,12 @@ def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, l
     return st.weights + st.grads + st.optimizer + st.fsdp_buffers + acts + other_bytes(arr, acts)
 
 
-def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: float) -> list[int] | None:
-    """Layers per stage minimising the slowest stage time under per-stage layer caps (exact)."""
+def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: float,
+             embed_s: float = 0.0) -> list[int] | None:
+    """Layers per stage minimising the slowest stage time under per-stage layer caps (exact); the first stage
+    also spends `embed_s`, the last `head_s`."""
     pp = len(per_layer_s)
-    extra = [0.0] * (pp - 1) + [head_s]
+    extra = [embed_s] + [0.0] * (pp - 2) + [head_s]
     candidates = sorted({k * t + e for t, c, e in zip(per_layer_s, cap, extra, strict=True) for k in range(1, c + 1)})
 
     def take(limit: float) -> list[int]:
@@ -122,8 +124,9 @@ def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: fl
     return layers if surplus == 0 and min(layers) >= 1 else None
 
 
-def _split_result(order, per_layer_s, head_s, layers, shapes, one, pp, m, mem_of, caps) -> StageSplit:
-    stage_s = [n * per_layer_s[s] + (head_s[s] if s == pp - 1 else 0.0) for s, n in enumerate(layers)]
+def _split_result(order, per_layer_s, head_s, embed_s, layers, shapes, one, pp, m, mem_of, caps) -> StageSplit:
+    stage_s = [n * per_layer_s[s] + (head_s[s] if s == pp - 1 else 0.0) + (embed_s[s] if s == 0 else 0.0)
+               for s, n in enumerate(layers)]
     peaks = [float(mem_of(s, np.array([float(n)]))[0]) / GIB for s, n in enumerate(layers)]
     # Pipeline: m micro-batches at the slowest stage's pace plus (pp-1) stage times of fill and drain.
     step = (m + pp - 1) * max(stage_s)
@@ -174,7 +177,8 @@ def _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster):
     pp, n_layers, m = layout.pp, shapes.n_layers, layout.microbatches
     stage_group = [g for g in order_idx for _ in range(stages[g])]
     per_layer = [float(costs[g].total_s[0]) for g in stage_group]
-    head = [float(costs[g].head_s[0]) for g in stage_group]
+    head = [float(costs[g].head_s[0] + costs[g].head_tp_s[0]) for g in stage_group]  # LM head, loss, their TP comm
+    embed = [float(costs[g].embed_tp_s[0]) for g in stage_group]
     mem_of = lambda s, layers: _stage_memory(shapes, one, s, pp, layers)  # noqa: E731
     grid = np.arange(1, n_layers + 1, dtype=float)
     caps = []
@@ -184,12 +188,12 @@ def _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster):
     if min(caps) < 1:
         return None
     names = [cluster.groups[g].gpu.name for g in stage_group]
-    layers = _balance(per_layer, caps, n_layers, head[-1])
+    layers = _balance(per_layer, caps, n_layers, head[-1], embed[0])
     if layers is None:
         return None
-    balanced = _split_result(names, per_layer, head, layers, shapes, one, pp, m, mem_of, caps)
+    balanced = _split_result(names, per_layer, head, embed, layers, shapes, one, pp, m, mem_of, caps)
     even_layers = [n_layers // pp + (1 if s < n_layers % pp else 0) for s in range(pp)]
-    even = _split_result(names, per_layer, head, even_layers, shapes, one, pp, m, mem_of, caps)
+    even = _split_result(names, per_layer, head, embed, even_layers, shapes, one, pp, m, mem_of, caps)
     return balanced, even
 
 

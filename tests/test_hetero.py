@@ -18,21 +18,24 @@ MIXED = str(Path(__file__).parent / "fixtures" / "clusters" / "mixed_h100_a100.y
 
 @settings(max_examples=60, deadline=None)
 @given(times=st.lists(st.floats(0.5, 3.0), min_size=2, max_size=4), n=st.integers(4, 12),
-       cap=st.integers(2, 8), head=st.floats(0.0, 2.0))
-def test_balance_is_the_exact_min_max_split(times, n, cap, head):
+       cap=st.integers(2, 8), head=st.floats(0.0, 2.0), embed=st.floats(0.0, 1.0))
+def test_balance_is_the_exact_min_max_split(times, n, cap, head, embed):
     caps = [cap] * len(times)
-    got = _balance(times, caps, n, head)
+    got = _balance(times, caps, n, head, embed)
+
+    def slowest(split):  # the first stage also embeds, the last also runs the head
+        return max(k * t + (embed if i == 0 else 0) + (head if i == len(times) - 1 else 0)
+                   for i, (k, t) in enumerate(zip(split, times, strict=True)))
+
     best = None
     for split in itertools.product(range(1, cap + 1), repeat=len(times)):
         if sum(split) == n:
-            worst = max(k * t + (head if i == len(times) - 1 else 0) for i, (k, t) in enumerate(zip(split, times, strict=True)))
-            best = worst if best is None else min(best, worst)
+            best = slowest(split) if best is None else min(best, slowest(split))
     if best is None:
         assert got is None
     else:
         assert got is not None and sum(got) == n and all(1 <= k <= cap for k in got)
-        worst = max(k * t + (head if i == len(times) - 1 else 0) for i, (k, t) in enumerate(zip(got, times, strict=True)))
-        assert abs(worst - best) < 1e-9
+        assert abs(slowest(got) - best) < 1e-9
 
 
 def test_mixed_cluster_balances_layers_and_beats_alternatives():
