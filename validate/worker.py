@@ -64,6 +64,8 @@ def main(argv: list[str]) -> int:
             runs.append({"device": device.type, "ranks": gathered, "model": item["model"], "layout": item["layout"]})
         if dist.get_rank() == 0:
             write_atomic(out_path, dumps_json({"runs": runs}))
+        # Tear down together: no rank closes its gloo/NCCL connections while a peer may still use them.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
