@@ -223,10 +223,11 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     o = hw.comm_overlap  # measured by `clusterplan profile` (1 without a calibration)
     under_s = DP_OVERLAP_SHARE * slow_layers * layer_b
     exposed12 = comm.exposed_s(zero12, under_s, o)
-    # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter under backward.
+    # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter (+ HSDP's
+    # all-reduce of the shard across replicas, FSDP2's post-backward) under backward.
     n = np.maximum(slow_layers, 1.0)
-    ag_layer, rs_layer = ag / n, rs / n
-    per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer, layer_b, o)
+    ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
+    per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
     # Each parameter tensor is its own ring collective (DeepSpeed ZeRO-3 granularity): (n-1) latency steps each for
     # the forward gather, the recompute gather and the backward gather + reduce-scatter, which bandwidth overlap
     # cannot hide. This is what makes ZeRO-3 fall behind as dp grows (Narayanan 2021 Table 2).
@@ -235,11 +236,12 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
     gathers = 3.0 + np.where(L.recompute == 2, 1.0, 0.0)
     latency = gathers * shapes.tensors_per_layer * (shard.size - 1) * step_lat
-    exposed3 = L.microbatches * slow_layers * (per_layer + latency) + hsdp
+    exposed3 = L.microbatches * slow_layers * (per_layer + latency)
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
-    once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat
-    exposed3 = np.where(L.pp > 1, slow_layers * once + hsdp, exposed3)
+    once = (comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer
+            + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat)
+    exposed3 = np.where(L.pp > 1, slow_layers * once, exposed3)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
 
 

@@ -148,3 +148,12 @@ def test_vocabulary_parallel_ends_all_reduce_too():
     activations = 256 * 512 * 4
     assert per_layer == pytest.approx(4 * 4 * all_reduce_s(activations), rel=1e-4)  # 4 per layer, 4 micro-batches
     assert ends == pytest.approx(4 * (2 * all_reduce_s(activations) + 3 * all_reduce_s(4 * 256)), rel=1e-4)
+
+
+def test_hsdp_all_reduces_across_replicas_in_every_micro_batch():
+    # FSDP2 HSDP (dp_replicate 2 x dp_shard 4) at pp = 1: each micro-batch's backward reduce-scatters over the shard
+    # group and all-reduces the shard over the replicas, so with no overlap the traffic doubles with the micro-batches.
+    calib = calibration(overlap=0.0)
+    hsdp = {m: dp_comm_s(Layout.parse(f"dp=8,dp_replicate=2,zero=3,mbs=1,gbs={8 * m},seq=256,precision=fp32"), calib)
+            for m in (2, 4)}
+    assert hsdp[4] == pytest.approx(2 * hsdp[2], rel=1e-5)  # to_json rounds to 6 digits

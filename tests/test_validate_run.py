@@ -29,6 +29,7 @@ CI_LAYOUTS = {
     "tp2 x dp2 (FSDP)": "tp=2,dp=2,zero=3,mbs=2,gbs=8,seq=64",
     "pp2 1F1B, 4 micro-batches": "pp=2,dp=2,zero=3,mbs=1,gbs=8,seq=64,schedule=1f1b",
     "tp2 x pp2": "tp=2,pp=2,mbs=1,gbs=4,seq=64",
+    "dp4 DDP (zero 0), gradients reduced once per step": "dp=4,zero=0,mbs=1,gbs=8,seq=64",
 }
 
 

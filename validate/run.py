@@ -106,11 +106,20 @@ class Trainer:
 
     def _accumulate(self) -> float:
         m, total = self.run.layout.microbatches, 0.0
-        for tokens, labels in zip(self.tokens.chunk(m), self.labels.chunk(m), strict=True):
+        for i, (tokens, labels) in enumerate(zip(self.tokens.chunk(m), self.labels.chunk(m), strict=True)):
+            self._gradient_sync(last=i == m - 1)
             loss = _loss(self.modules[0](tokens), labels) / m
             loss.backward()
             total += float(loss.detach())
         return total
+
+    def _gradient_sync(self, last: bool) -> None:
+        """ZeRO-0 (replicate-only, DDP) reduces gradients once per step, in the last micro-batch's backward, as DDP's
+        no_sync does; ZeRO-3 (FSDP2, as torchtitan runs it) reduce-scatters in every micro-batch."""
+        layout = self.run.layout
+        if layout.dp > 1 and layout.zero == 0:
+            for module in self.modules:
+                module.set_requires_gradient_sync(last)
 
     def _pipeline_step(self) -> float | None:
         first = 0 in self.stage_ids
