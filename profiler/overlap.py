@@ -41,7 +41,7 @@ def _wall(fn: Callable[[], object], sync: Callable[[], object], barrier: Callabl
 
 
 def measure_overlap(meas: Measurement, *, group: Any, ranks: Sequence[int], device: Any,
-                    repeats: int = 5) -> dict[str, Any]:
+                    repeats: int = 9) -> dict[str, Any]:
     """Run on every rank of the level; returns the record (each time is the slowest rank's median)."""
     import statistics
 

@@ -87,7 +87,7 @@ def memory_sizes(*, cuda: bool, quick: bool) -> list[int]:
 def overlap_case(*, cuda: bool) -> tuple[int, int, str]:
     """(all-reduce bytes, square GEMM side, GEMM dtype) of the overlap measurement: a DP gradient bucket's size
     (FSDP2/DDP buckets are tens of MiB on GPU) against GEMMs of a training step's size."""
-    return (256 * MIB, 8192, "bf16") if cuda else (16 * MIB, 256, "fp32")
+    return (256 * MIB, 8192, "bf16") if cuda else (64 * MIB, 256, "fp32")
 
 
 def human_bytes(n: int) -> str:

@@ -71,7 +71,7 @@ def test_plan_keys_are_unique_and_ordered():
     assert len({m.key for m in plan}) == len(plan)
     assert [m.kind for m in plan][:2] == ["memory", "gemm"]
     assert plan[-4].key == f"collective/send_recv/scale_up/{32 * MIB}"
-    assert plan[-3].key == f"overlap/scale_up/{16 * MIB}" and plan[-3].shape == (256,)
+    assert plan[-3].key == f"overlap/scale_up/{64 * MIB}" and plan[-3].shape == (256,)
     assert [m.key for m in plan[-2:]] == ["layer/fp32/tp1", "layer/fp32/tp2"]
 
 
