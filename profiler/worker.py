@@ -229,5 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave without interpreter finalization once the process group is destroyed and the results are written:
+    gloo's worker threads can still hold work objects whose teardown during finalization aborts the process
+    ("terminate called without an active exception", SIGABRT; pytorch/pytorch#179291), failing a run that
+    finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
