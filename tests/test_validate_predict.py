@@ -62,3 +62,18 @@ def test_a_gpu_result_is_priced_as_the_bf16_run_it_was(run_cli, tmp_path):
     bf16 = estimate(plan.model, plan.cluster, layout.with_(precision="bf16"), eager_layers=True).to_json()
     assert got["time"]["predicted_s"] == bf16["step_time_s"] and got["time"]["measured_median_s"] == 0.01
     assert got["ranks"][0]["memory"]["gpu_peak"]["measured_bytes"] == 5000
+
+
+def test_gpu_bench_plans_scale_to_one_gpu(run_cli, tmp_path):
+    # bench/bench_gpu.py validates these on an H100; here: each is a valid plan that --scale auto fits in 60 GiB.
+    import json
+    from pathlib import Path
+
+    plans = sorted((Path(__file__).parent.parent / "bench" / "gpu_plans").glob("*.yaml"))
+    assert len(plans) == 3
+    for plan in plans:
+        job = tmp_path / f"{plan.stem}.json"
+        code, _, err = run_cli("validate", str(plan), "--write-job", str(job), "--budget-gib", "60")
+        assert code == 0, err
+        run = json.loads(job.read_text())["runs"][0]
+        assert run["layout"]["tp"] == run["layout"]["pp"] == 1 and run["model"]["n_layers"] >= 8
