@@ -7,6 +7,7 @@
               "torch_version": "...", "driver": "...", "hostname_sha256": "...", "created_utc": "..."},
      "gemm": {"bf16": {"max_tflops": 760.0, "half_flops": 3.0e9}},        # fitted curve, see gemm_tflops
      "memory": {"copy_bytes_per_s": 2.9e12},
+     "attention": {"bf16": {"max_tflops": 500.0, "half_flops": 2.0e9, "bwd_over_fwd": 2.6}},
      "collectives": {"all_reduce": {"scale_up": {"latency_s": 1.2e-5, "busbw_bytes_per_s": 3.6e11}}},
      "overlap": {"scale_up": {"comm_compute_overlap": 0.93}},
      "layer": {"time_factor": 1.4, "tp_overhead_s": 0.012},              # eager layers (validate's runs only)
@@ -18,6 +19,8 @@ Meaning of the measured numbers (as `clusterplan profile` writes them):
 - collectives latency_s: per algorithm step, as models/comm.py multiplies it back (ring all_reduce 2(n-1) steps,
   all_gather / reduce_scatter / all_to_all n-1, send_recv 1); busbw_bytes_per_s: nccl-tests busbw.
   scale_up = the ranks of one node; scale_out = the whole world over all nodes (the nccl-tests multi-node busbw).
+- attention: causal scaled_dot_product_attention forward on the GemmCurve form in its FLOPs (2 b h s^2 d, the
+  causal half), and backward time over forward time at the longest measured sequence.
 - memory copy_bytes_per_s: bytes read + written per second by a large device copy (comparable to HBM peak).
 - overlap comm_compute_overlap: share of the shorter of an all-reduce and a GEMM loop hidden when both run at
   once (profiler/overlap.py): about 1 with NCCL on GPUs, 0 or below (the two slow each other) with gloo on busy
@@ -61,6 +64,15 @@ class GemmCurve:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AttentionFit:
+    """Causal flash attention: forward rate max_tflops * F / (F + half_flops), backward bwd_over_fwd x forward."""
+
+    max_tflops: float
+    half_flops: float
+    bwd_over_fwd: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CollectiveFit:
     latency_s: float
     busbw_bytes_per_s: float
@@ -76,11 +88,16 @@ class Calibration:
     decode_step_overhead_s: float | None = None
     overlap: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     """comm_compute_overlap per link level."""
+    attention: Mapping[str, AttentionFit] = field(default_factory=lambda: MappingProxyType({}))
     eager_layer_time_factor: float | None = None
     eager_tp_overhead_s: float | None = None
 
     def gemm_curve(self, dtype: str) -> GemmCurve | None:
         return self.gemm.get(dtype) or (self.gemm.get("bf16") if dtype in ("fp16", "bf16") else None)
+
+    def attention_fit(self) -> AttentionFit | None:
+        """The measured attention kernel: bf16's (what training runs on GPUs), else the one dtype measured."""
+        return self.attention.get("bf16") or next(iter(self.attention.values()), None)
 
     def collective(self, op: str, level: str) -> CollectiveFit | None:
         return self.collectives.get((op, level))
@@ -127,6 +144,13 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         where = f"{path}: gemm.{dtype}"
         raw = _mapping(where, raw)
         gemm[dtype] = GemmCurve(max_tflops=_positive(where, raw, "max_tflops"), half_flops=_positive(where, raw, "half_flops"))
+    attention = {}
+    for dtype, raw in _mapping(f"{path}: attention", data.get("attention")).items():
+        where = f"{path}: attention.{dtype}"
+        raw = _mapping(where, raw)
+        attention[dtype] = AttentionFit(max_tflops=_positive(where, raw, "max_tflops"),
+                                        half_flops=_positive(where, raw, "half_flops"),
+                                        bwd_over_fwd=_positive(where, raw, "bwd_over_fwd"))
     collectives = {}
     for op, levels in _mapping(f"{path}: collectives", data.get("collectives")).items():
         if op not in COLLECTIVES:
@@ -161,6 +185,7 @@ def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration")
         decode_step_overhead_s=_positive(f"{path}: serving", serving, "decode_step_overhead_s", zero_ok=True)
         if "decode_step_overhead_s" in serving else None,
         overlap=MappingProxyType(overlap),
+        attention=MappingProxyType(attention),
         eager_layer_time_factor=_positive(f"{path}: layer", layer, "time_factor") if "time_factor" in layer else None,
         eager_tp_overhead_s=_positive(f"{path}: layer", layer, "tp_overhead_s", zero_ok=True)
         if "tp_overhead_s" in layer else None,

@@ -71,12 +71,14 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     n_linear = 4.0 + (1.0 if shapes.gated else 0.0)  # qkv, out, fc1 (+gate), fc2
     per_gemm = linear / n_linear
     t_linear = gemm_s(per_gemm, n_linear, rate, hw.gemm_half_flops)
-    # Attention core runs in bf16 even under fp8 recipes.
+    # Attention core runs in bf16 even under fp8 recipes; with flash and a calibration, at the measured SDPA rate.
     t_core = gemm_s(core_exec / 2, 2.0, hw.gemm_max_flops, hw.gemm_half_flops)
+    if hw.attn_max_flops is not None:
+        t_core = np.where(L.flash_attn > 0, gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops), t_core)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
     # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
-    backward = 2 * t_linear + np.where(L.flash_attn > 0, 2.5, 2.0) * t_core + 2 * t_elem
+    backward = 2 * t_linear + np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd, 2.0) * t_core + 2 * t_elem
     selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
     recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from clusterplan.models.calibration import COLLECTIVES, Calibration, CollectiveFit, GemmCurve
+from clusterplan.models.calibration import COLLECTIVES, AttentionFit, Calibration, CollectiveFit, GemmCurve
 from clusterplan.models.cluster import Cluster
 
 # Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.1 ms.
@@ -52,6 +52,11 @@ class HardwareRates:
     comm_overlap: float = 1.0
     """How much communication hides under compute (models/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
     both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
+    attn_max_flops: float | None = None
+    """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
+    attn_half_flops: float = 0.0
+    attn_bwd_over_fwd: float = 2.5
+    """Flash-attention backward over forward time (FlashAttention-2's convention 2.5, Dao 2023)."""
     layer_time_factor: float = 1.0
     """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
     tp_layer_overhead_s: float = 0.0
@@ -86,6 +91,7 @@ class HardwareRates:
             if link is not None and link != float("inf"):
                 bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
         calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
+        attn = None
         if calibration is not None:
             calibrated = True
             curve = calibration.gemm_curve("bf16") or curve
@@ -98,6 +104,7 @@ class HardwareRates:
                 bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
             overlap = min(calibration.overlap.values(), default=1.0)
             oversub = calibration.host_oversubscription()
+            attn = calibration.attention_fit()
             if eager_layers:
                 factor = calibration.eager_layer_time_factor or 1.0
                 tp_overhead = calibration.eager_tp_overhead_s or 0.0
@@ -114,7 +121,7 @@ class HardwareRates:
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
-                   calibrated=calibrated)
+                   calibrated=calibrated, **_attention_rates(attn))
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:
@@ -134,7 +141,7 @@ class HardwareRates:
                    hbm_bytes_per_s=calibration.copy_bytes_per_s, domain=domain, bw_in=up.busbw_bytes_per_s,
                    lat_in=up.latency_s, bw_out=up.busbw_bytes_per_s, lat_out=up.latency_s,
                    per_op=MappingProxyType(per_op), comm_overlap=min(calibration.overlap.values(), default=1.0),
-                   calibrated=True)
+                   calibrated=True, **_attention_rates(calibration.attention_fit()))
 
     def link(self, op: str) -> LinkRates:
         """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth)."""
@@ -142,3 +149,10 @@ class HardwareRates:
         if rates is not None:
             return rates
         return LinkRates(bw_in=self.bw_in, lat_in=self.lat_in, bw_out=self.bw_out, lat_out=self.lat_out)
+
+
+def _attention_rates(fit: AttentionFit | None) -> dict[str, float]:
+    if fit is None:
+        return {}
+    return {"attn_max_flops": fit.max_tflops * 1e12, "attn_half_flops": fit.half_flops,
+            "attn_bwd_over_fwd": fit.bwd_over_fwd}

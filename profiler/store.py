@@ -51,6 +51,25 @@ def _gemm_fits(records: list[dict[str, Any]], min_dim: int) -> dict[str, Any]:
     return out
 
 
+def _attention_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dtype: the causal SDPA forward on the GEMM curve's form in its FLOPs (F = 2 b h s^2 d, the causal half),
+    and backward over forward time at the longest sequence (FlashAttention-2's convention is 2.5)."""
+    by_dtype: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        by_dtype[rec["dtype"]].append(rec)
+    out = {}
+    for dtype, recs in sorted(by_dtype.items()):
+        try:
+            fit = fit_gemm([r["fwd_flops"] for r in recs], [r["fwd_tflops"] for r in recs])
+        except ClusterplanError:
+            continue  # one sequence length so far
+        longest = max(recs, key=lambda r: r["fwd_flops"])
+        fwd_s, both_s = longest["fwd"]["median_s"], longest["fwd_bwd"]["median_s"]
+        out[dtype] = {"max_tflops": fit.max_tflops, "half_flops": fit.half_flops, "points": fit.points,
+                      "bwd_over_fwd": max(0.5, (both_s - fwd_s) / fwd_s), "rms_log_error": fit.rms_log_error}
+    return out
+
+
 def _collective_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
@@ -76,6 +95,9 @@ def refit(doc: dict[str, Any]) -> None:
         # The largest buffer is furthest from caches: its rate is the streaming bandwidth.
         largest = max(raw["memory"], key=lambda r: (r["buffer_bytes"], r["bytes_per_s"]))
         doc["memory"] = {"copy_bytes_per_s": largest["bytes_per_s"]}
+    attention = _attention_fits(raw["attention"])
+    if attention:
+        doc["attention"] = attention
     if raw["overlap"]:
         # One record per level (the last, when a resumed run measured it twice).
         doc["overlap"] = {r["level"]: {"comm_compute_overlap": r["overlap"], "n_ranks": r["n_ranks"]}
@@ -104,7 +126,7 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
     if 1 not in recs:
         return None
     ref = recs[1]
-    fitted = {k: v for k, v in doc.items() if k not in ("raw", "layer")}
+    fitted = {k: v for k, v in doc.items() if k not in ("raw", "layer")}  # the fits the model prices it with
     hw = HardwareRates.measured(calibration_from_dict(fitted), dtype=ref["dtype"],
                                 domain=max(2, int(doc["meta"].get("local_world_size", 2))))
     if hw is None:

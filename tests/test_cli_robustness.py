@@ -362,6 +362,7 @@ def test_profile_options_checked_before_spawning(run_cli, tmp_path, args, expect
      "latency_s must be a number >= 0"),
     ({"overlap": {"scale_up": {"comm_compute_overlap": 1.5}}}, "comm_compute_overlap must be a number between -1 and 1"),
     ({"overlap": {"rack": {"comm_compute_overlap": 0.5}}}, "overlap: unknown level 'rack'"),
+    ({"attention": {"bf16": {"max_tflops": 1, "half_flops": 1}}}, "bwd_over_fwd must be a number > 0, got None"),
 ])
 def test_damaged_calibration(run_cli, tmp_path, section, expect):
     path = tmp_path / "cal.json"

@@ -113,6 +113,8 @@ def test_calibration_file_loads_with_every_section(interrupted_then_resumed):
         assert rec["busbw_bytes_per_s"] == pytest.approx(rec["algbw_bytes_per_s"] * factor)
     attention = final["raw"]["attention"]
     assert [a["seq"] for a in attention] == [128, 256] and all(a["fwd_bwd"]["median_s"] > 0 for a in attention)
+    fit = calib.attention_fit()  # two lengths are enough for the curve; backward/forward from the longer one
+    assert fit is not None and 1e-4 < fit.max_tflops < 100 and 0.5 <= fit.bwd_over_fwd < 20
     # 32 tiny eager layers on a CPU: dispatch-bound, tens of microseconds per layer.
     assert 1e-4 < calib.decode_step_overhead_s < 0.5
     # Both ranks ran the compute measurements at once (as a step keeps them busy); rank 0 kept its own.

@@ -172,3 +172,34 @@ def test_layer_fit_against_the_files_own_rates():
     layer = store._layer_fit(doc)
     assert layer["time_factor"] == pytest.approx(1.5)
     assert layer["tp_overhead_s"] == pytest.approx(0.004)
+
+
+def test_attention_fit_and_its_use_in_the_model():
+    # Causal SDPA measured at 3 lengths on the curve 0.5 * F / (F + 1e7) TFLOP/s, backward 3x forward.
+    doc = store.new_document(_meta())
+    for seq in (128, 256, 512):
+        flops = 2 * 1 * 8 * seq * seq * 64
+        fwd_s = flops / (0.5e12 * flops / (flops + 1e7))
+        store.add_record(doc, "attention", {"key": f"a/{seq}", "dtype": "fp32", "seq": seq, "fwd_flops": flops,
+                                            "fwd_tflops": flops / fwd_s / 1e12, "fwd": {"median_s": fwd_s},
+                                            "fwd_bwd": {"median_s": 4 * fwd_s}})
+    store.refit(doc)
+    fit = doc["attention"]["fp32"]
+    assert fit["max_tflops"] == pytest.approx(0.5, rel=1e-3) and fit["half_flops"] == pytest.approx(1e7, rel=1e-3)
+    assert fit["bwd_over_fwd"] == pytest.approx(3.0)
+
+    from clusterplan.models.batch import LayoutArrays
+    from clusterplan.models.calibration import calibration_from_dict
+    from clusterplan.models.cluster import load_cluster
+    from clusterplan.models.compute import layer_time
+    from clusterplan.models.hw import HardwareRates
+    from clusterplan.models.layout import Layout
+    from clusterplan.models.shapes import ModelShapes
+    from clusterplan.models.spec import ModelSpec
+
+    spec = ModelSpec(name="m", n_layers=2, hidden=512, n_heads=8, n_kv_heads=8, ffn_hidden=1536, vocab=128)
+    arrays = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=512)])
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"), calibration_from_dict(doc))
+    core_s = float(layer_time(ModelShapes.of(spec), arrays, hw, False).core_forward_s[0])
+    flops = 2 * 8 * 512 * 512 * 64  # the layer's causal attention core: 2 b h s^2 d
+    assert core_s == pytest.approx((flops + 1e7) / 0.5e12)
