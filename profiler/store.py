@@ -33,36 +33,35 @@ def add_record(doc: dict[str, Any], kind: str, record: dict[str, Any]) -> None:
     doc["raw"][section].append(record)
 
 
-def _gemm_fits(records: list[dict[str, Any]], min_dim: int) -> dict[str, Any]:
-    """GemmCurve per dtype over the compute-bound GEMMs: skinny ones (a side below min_dim, e.g. decode's few
-    tokens) are bandwidth-bound, priced by the memory roofline instead, and stay in raw only."""
-    by_dtype: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for rec in records:
-        if min(rec["m"], rec["n"], rec["k"]) >= min_dim:
-            by_dtype[rec["dtype"]].append(rec)
-    out = {}
-    for dtype, recs in sorted(by_dtype.items()):
-        try:
-            fit = fit_gemm([r["flops"] for r in recs], [r["tflops"] for r in recs])
-        except ClusterplanError:
-            continue  # not enough sizes yet
-        out[dtype] = {"max_tflops": fit.max_tflops, "half_flops": fit.half_flops,
-                      "rms_log_error": fit.rms_log_error, "points": fit.points}
-    return out
-
-
-def _attention_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per dtype: the causal SDPA forward on the GEMM curve's form in its FLOPs (F = 2 b h s^2 d, the causal half),
-    and backward over forward time at the longest sequence (FlashAttention-2's convention is 2.5)."""
+def _curves_by_dtype(records: list[dict[str, Any]], flops_key: str, tflops_key: str) -> dict[str, tuple[Any, list]]:
+    """Per dtype, the saturating curve fitted to (FLOPs, achieved TFLOP/s) and its records; dtypes with fewer
+    than two sizes so far are left out."""
     by_dtype: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
         by_dtype[rec["dtype"]].append(rec)
     out = {}
     for dtype, recs in sorted(by_dtype.items()):
         try:
-            fit = fit_gemm([r["fwd_flops"] for r in recs], [r["fwd_tflops"] for r in recs])
+            out[dtype] = (fit_gemm([r[flops_key] for r in recs], [r[tflops_key] for r in recs]), recs)
         except ClusterplanError:
-            continue  # one sequence length so far
+            continue
+    return out
+
+
+def _gemm_fits(records: list[dict[str, Any]], min_dim: int) -> dict[str, Any]:
+    """GemmCurve per dtype over the compute-bound GEMMs: skinny ones (a side below min_dim, e.g. decode's few
+    tokens) are bandwidth-bound, priced by the memory roofline instead, and stay in raw only."""
+    square = [r for r in records if min(r["m"], r["n"], r["k"]) >= min_dim]
+    return {dtype: {"max_tflops": fit.max_tflops, "half_flops": fit.half_flops, "rms_log_error": fit.rms_log_error,
+                    "points": fit.points}
+            for dtype, (fit, _) in _curves_by_dtype(square, "flops", "tflops").items()}
+
+
+def _attention_fits(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per dtype: the causal SDPA forward on the GEMM curve's form in its FLOPs (F = 2 b h s^2 d, the causal half),
+    and backward over forward time at the longest sequence (FlashAttention-2's convention is 2.5)."""
+    out = {}
+    for dtype, (fit, recs) in _curves_by_dtype(records, "fwd_flops", "fwd_tflops").items():
         longest = max(recs, key=lambda r: r["fwd_flops"])
         fwd_s, both_s = longest["fwd"]["median_s"], longest["fwd_bwd"]["median_s"]
         out[dtype] = {"max_tflops": fit.max_tflops, "half_flops": fit.half_flops, "points": fit.points,
