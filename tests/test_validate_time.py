@@ -4,8 +4,8 @@ The user's sequence, end to end: `clusterplan profile --device cpu --quick --npr
 as in the runs), then `clusterplan validate PLAN --scale 1 --calibration FILE` for the three CI layouts of a 4-layer,
 512-wide Llama-style model at 256 tokens (tests/fixtures/validate/m512_*.yaml), 4 ranks on the CI machine's cores.
 
-Target (issue #8): within 25 %. Measured on this project's 2-core machine (2026-11-25, six runs of each):
-tp2 x dp2 FSDP -8 to -18 %, pp2 x dp2 FSDP 1F1B -10 to -15 %, tp2 x pp2 -13 to +20 %. The assertion is 35 %: a shared
+Target (issue #8): within 25 %. Measured on this project's 2-core machine (2026-11-25, about ten runs of each):
+tp2 x dp2 FSDP -3 to -18 %, pp2 x dp2 FSDP 1F1B -4 to -15 %, tp2 x pp2 -19 to +20 %. The assertion is 35 %: a shared
 2-core runner moves a step by about 10 % between runs, and the test exists to catch a model or profiler regression
 (before this calibration's overlap, per-collective and eager-layer terms the same runs were off by -33 to -72 %).
 """
