@@ -102,6 +102,10 @@ class Calibration:
     def collective(self, op: str, level: str) -> CollectiveFit | None:
         return self.collectives.get((op, level))
 
+    def comm_overlap(self) -> float:
+        """The measured comm/compute overlap of the worst link level; 1 (fully hidden) when not measured."""
+        return min(self.overlap.values(), default=1.0)
+
     def host_oversubscription(self) -> float:
         """Rank threads per CPU core during a CPU (gloo) profile, at least 1; 1 on GPUs or when the file predates it."""
         meta = self.meta

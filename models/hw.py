@@ -102,7 +102,7 @@ class HardwareRates:
             out = calibration.collective("all_reduce", "scale_out")
             if out:
                 bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
-            overlap = min(calibration.overlap.values(), default=1.0)
+            overlap = calibration.comm_overlap()
             oversub = calibration.host_oversubscription()
             attn = calibration.attention_fit()
             if eager_layers:
@@ -140,7 +140,7 @@ class HardwareRates:
                    peak_flops=rate, gemm_max_flops=rate, gemm_half_flops=curve.half_flops, gemm_max_flops_fp8=rate,
                    hbm_bytes_per_s=calibration.copy_bytes_per_s, domain=domain, bw_in=up.busbw_bytes_per_s,
                    lat_in=up.latency_s, bw_out=up.busbw_bytes_per_s, lat_out=up.latency_s,
-                   per_op=MappingProxyType(per_op), comm_overlap=min(calibration.overlap.values(), default=1.0),
+                   per_op=MappingProxyType(per_op), comm_overlap=calibration.comm_overlap(),
                    calibrated=True, **_attention_rates(calibration.attention_fit()))
 
     def link(self, op: str) -> LinkRates:

@@ -52,6 +52,12 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
 
 
+def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.ndarray:
+    """One send/recv between two ranks, across nodes when the pair spans domains (n_out > 1)."""
+    r = hw.link("send_recv")
+    return comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), np.where(n_out > 1, r.lat_out, r.lat_in))
+
+
 def activation_bytes(L: LayoutArrays) -> np.ndarray:
     """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
     return np.where(L.precision == PREC_FP32, 4.0, 2.0)
@@ -86,8 +92,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     # attention core (Liu et al. 2023); Ulysses: 4 all-to-alls of q,k,v,out forward and 4 backward (Jacobs 2023).
     kv_bytes = act * tokens * shapes.kv_dim / L.tp
     n_in, n_out = comm.split_group(L.cp, L.tp, hw.domain)
-    p2p = hw.link("send_recv")
-    ring_step = comm.p2p_s(kv_bytes, np.where(n_out > 1, p2p.bw_out, p2p.bw_in), np.where(n_out > 1, p2p.lat_out, p2p.lat_in))
+    ring_step = _p2p(kv_bytes, n_out, hw)
     o = hw.comm_overlap
     ring = comm.exposed_s((L.cp - 1) * ring_step, core_s, o) + comm.exposed_s(2 * (L.cp - 1) * ring_step, 2.5 * core_s, o)
     a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
@@ -144,13 +149,19 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> Layer
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute
     tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
-    tokens = L.seq * L.mbs / L.cp
-    tp_group = Group(L.tp, np.ones_like(L.tp))
-    embed_tp = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, tp_group, hw)
-    head_tp = embed_tp + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
+    embed_tp, head_tp = _ends_tp_comm(shapes, L, hw)
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp)
+
+
+def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding, head) TP traffic per micro-batch: the vocabulary-parallel embedding all-reduces its output; the
+    LM head all-reduces its input's gradient and the cross-entropy 3 floats per token (Megatron-LM)."""
+    tokens = L.seq * L.mbs / L.cp
+    tp_group = Group(L.tp, np.ones_like(L.tp))
+    embed = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, tp_group, hw)
+    return embed, embed + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
 
 
 def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
@@ -173,9 +184,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    link = hw.link("send_recv")
-    p2p = comm.p2p_s(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp,
-                     np.where(n_out > 1, link.bw_out, link.bw_in), np.where(n_out > 1, link.lat_out, link.lat_in))
+    p2p = _p2p(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, n_out, hw)
     pp_comm = np.where(single, 0.0, 2 * (m * L.vpp + L.pp - 1) * p2p)
     # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
     # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
@@ -234,13 +243,12 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     n_in, n_out = comm.split_group(shard.size, shard.stride, hw.domain)
     ag_link = hw.link("all_gather")
     step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
-    gathers = 3.0 + np.where(L.recompute == 2, 1.0, 0.0)
-    latency = gathers * shapes.tensors_per_layer * (shard.size - 1) * step_lat
+    per_collective_lat = shapes.tensors_per_layer * (shard.size - 1) * step_lat
+    latency = (3.0 + np.where(L.recompute == 2, 1.0, 0.0)) * per_collective_lat
     exposed3 = L.microbatches * slow_layers * (per_layer + latency)
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
-    once = (comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer
-            + 2.0 * shapes.tensors_per_layer * (shard.size - 1) * step_lat)
+    once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
     exposed3 = np.where(L.pp > 1, slow_layers * once, exposed3)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
 

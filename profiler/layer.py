@@ -35,7 +35,7 @@ def measure_layer(meas: Measurement, *, world_size: int, device: Any, quick: boo
     from torch.distributed.device_mesh import init_device_mesh
 
     from clusterplan.validate.apply_tp import apply_tp
-    from clusterplan.validate.model import Decoder, keep_stage, rope_tables
+    from clusterplan.validate.model import Decoder, keep_stage, materialize
 
     cuda = device.type == "cuda"
     (tp,) = meas.shape
@@ -45,12 +45,7 @@ def measure_layer(meas: Measurement, *, world_size: int, device: Any, quick: boo
     if tp > 1:
         mesh = init_device_mesh(device.type, (world_size // tp, tp), mesh_dim_names=("dp", "tp"))
         apply_tp(stage, mesh["tp"], sp=False)
-    stage.to_empty(device=device)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in stage.parameters():
-            (p.to_local() if hasattr(p, "to_local") else p).normal_(0.0, 0.02)
-    stage.rope_cos, stage.rope_sin = (t.to(device) for t in rope_tables(spec.dim_head, seq))
+    materialize(stage, device, spec, seq, seed=0)
     x = torch.randn(1, seq, spec.hidden, device=device, requires_grad=True)
     grad = torch.randn(1, seq, spec.hidden, device=device)
 

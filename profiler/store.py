@@ -112,8 +112,6 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
     """Eager layers measured against the cost model priced at this file's own fits (models/training.py layer_cost):
     time_factor = measured / modelled compute of a tp-1 layer; tp_overhead_s = what a tp-2 layer takes beyond
     time_factor x its modelled compute and its modelled TP all-reduces (DTensor dispatch, redistribution)."""
-    import numpy as np
-
     from clusterplan.models.batch import LayoutArrays
     from clusterplan.models.hw import HardwareRates
     from clusterplan.models.layout import Layout
@@ -137,7 +135,7 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
     def modelled(tp: int) -> tuple[float, float]:
         layout = Layout(tp=tp, mbs=ref["mbs"], gbs=ref["mbs"], seq=ref["seq"], precision=precision, recompute="none")
         cost = layer_cost(shapes, LayoutArrays.from_layouts([layout]), hw)
-        return float(np.asarray(cost.compute_s)[0]), float(np.asarray(cost.tp_s)[0])
+        return float(cost.compute_s[0]), float(cost.tp_s[0])
 
     compute1, _ = modelled(1)
     factor = ref["median_s"] / compute1

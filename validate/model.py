@@ -271,3 +271,18 @@ def keep_stage(model: Decoder, layer_ids: list[int], first: bool, last: bool) ->
     if not last:
         model.norm = model.output = None
     return model
+
+
+def materialize(module: nn.Module, device: torch.device, spec: ModelSpec, seq: int, seed: int) -> None:
+    """Allocate a meta-built module (or stage) on `device` and fill its local shards; RoPE tables for `seq`."""
+    module.to_empty(device=device)
+    torch.manual_seed(seed)
+    with torch.no_grad():  # local shards drawn locally: values do not matter for what is measured
+        for name, p in module.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if p.ndim == 1 and "bias" not in name:
+                local.fill_(1.0)  # norm scales
+            else:
+                local.normal_(0.0, 0.02)
+    if getattr(module, "rope_cos", None) is not None:
+        module.rope_cos, module.rope_sin = (t.to(device) for t in rope_tables(spec.dim_head, seq))

@@ -13,14 +13,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from torch.distributed.tensor.parallel import loss_parallel
 
 from clusterplan.models.layout import MESH_AXES, Layout
 from clusterplan.models.spec import ModelSpec
 from clusterplan.validate.apply_pp import make_schedule
 from clusterplan.validate.measure import ActivationTracker, gpu_peak_bytes, state_bytes, summarize_times
-from clusterplan.validate.model import rope_tables
+from clusterplan.validate.model import materialize
 from clusterplan.validate.parallelize import build_mesh, build_stages
 
 
@@ -32,20 +31,6 @@ class RunSpec:
     warmup_steps: int = 1
     steps: int = 3
     seed: int = 0
-
-
-def _materialize(module: nn.Module, device: torch.device, spec: ModelSpec, seq: int, seed: int) -> None:
-    module.to_empty(device=device)
-    torch.manual_seed(seed)
-    with torch.no_grad():  # local shards drawn locally: values do not matter for what is measured
-        for name, p in module.named_parameters():
-            local = p.to_local() if hasattr(p, "to_local") else p
-            if p.ndim == 1 and "bias" not in name:
-                local.fill_(1.0)  # norm scales
-            else:
-                local.normal_(0.0, 0.02)
-    if getattr(module, "rope_cos", None) is not None:
-        module.rope_cos, module.rope_sin = (t.to(device) for t in rope_tables(spec.dim_head, seq))
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -70,7 +55,7 @@ class Trainer:
         self.modules, self.stage_ids = build_stages(spec, L, self.mesh, self.coords["pp"], self.compute_dtype,
                                                     fsdp=L.dp > 1, dispatch=True)
         for m in self.modules:
-            _materialize(m, device, spec, L.seq, run.seed)
+            materialize(m, device, spec, L.seq, run.seed)
         self.params = [p for m in self.modules for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
         self.schedule = self._schedule() if L.pp > 1 else None
