@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.estimate import estimate, evaluate
-from clusterplan.models.hw import HardwareRates
-from clusterplan.models.layout import Layout
-from clusterplan.models.shapes import ModelShapes
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate, evaluate
+from clusterplan.models.training.layout import Layout
 
 if __name__ == "__main__":
     model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-h100:8")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 import time
 
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.placement_metrics import evaluate, fabric_for, summary
-from clusterplan.models.routing import SynthConfig, synth_stats
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.moe.metrics import evaluate, fabric_for, summary
+from clusterplan.models.moe.routing import SynthConfig, synth_stats
 from clusterplan.solver.experts import eplb_placement
 from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.solver.search import search
 
 CASES = (("llama3.1-405b", "dgx-h100:2048", 2048, 8192), ("deepseek-v3", "dgx-h100:256", 4096, 4096),

@@ -15,13 +15,13 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.estimate import estimate
-from clusterplan.models.layout import Layout, layout_problems
-from clusterplan.models.planfile import read_plan
-from clusterplan.models.spec import ModelSpec
-from clusterplan.validate.launch_config import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.planfile import read_plan
 
 FIXES = (  # (words in the rule, suggested fix)
     ("!= world", "make tp * pp * cp * dp equal the number of GPUs"),

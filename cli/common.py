@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from clusterplan.models.calibration import Calibration, load_calibration
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import Cluster, load_cluster
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration, load_calibration
+from clusterplan.models.hardware.cluster import Cluster, load_cluster
 
 model_option = click.option("--model", "model_ref", required=True,
                             help="Preset name (`clusterplan models list`), config.json path, or model YAML.")

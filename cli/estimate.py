@@ -8,8 +8,8 @@ from clusterplan.cli.common import calibration_option, cluster_option, load_inpu
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.cli.render import render_estimate
-from clusterplan.models.estimate import estimate as run_estimate
-from clusterplan.models.layout import Layout
+from clusterplan.models.training.estimate import estimate as run_estimate
+from clusterplan.models.training.layout import Layout
 
 
 @click.command()

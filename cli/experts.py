@@ -16,9 +16,10 @@ from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.placement_metrics import (
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.moe.metrics import (
     BYTES_PER_ELEMENT,
     LayerMetrics,
     Placement,
@@ -26,8 +27,13 @@ from clusterplan.models.placement_metrics import (
     fabric_for,
     summary,
 )
-from clusterplan.models.routing import SynthConfig, check_against_model, load_stats, save_stats, synth_stats
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.moe.routing import (
+    SynthConfig,
+    check_against_model,
+    load_stats,
+    save_stats,
+    synth_stats,
+)
 
 PLACEMENT_FORMAT = "clusterplan.expert_placement/v1"
 

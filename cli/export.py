@@ -7,8 +7,8 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import nonempty_path
 from clusterplan.fileio import write_atomic
-from clusterplan.models.planfile import read_plan
-from clusterplan.solver.export import EXPORTERS, export_plan
+from clusterplan.frameworks import EXPORTERS, export_plan
+from clusterplan.models.training.planfile import read_plan
 
 
 @click.command()

@@ -6,8 +6,8 @@ import click
 
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
-from clusterplan.models.catalog import load_model, presets
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.catalog import load_model, presets
+from clusterplan.models.architecture.spec import ModelSpec
 
 
 @click.group()

@@ -10,8 +10,8 @@ from clusterplan.cli.common import calibration_option, cluster_option, load_inpu
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
-from clusterplan.models.layout import Layout
-from clusterplan.models.planfile import write_plan
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search, search_by_cost

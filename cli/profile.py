@@ -15,13 +15,13 @@ from clusterplan.errors import BadInputError
 
 def _precheck(model: str | None, layout: str | None, out: Path, resume: bool) -> None:
     """Fail fast, before any worker starts, on inputs the workers would reject."""
-    from clusterplan.models.calibration import calibration_from_dict
-    from clusterplan.models.layout import Layout
+    from clusterplan.models.hardware.calibration import calibration_from_dict
+    from clusterplan.models.training.layout import Layout
 
     if layout and not model:
         raise BadInputError("--layout needs --model (the layout shapes that model's GEMMs)")
     if model:
-        from clusterplan.models.catalog import load_model
+        from clusterplan.models.architecture.catalog import load_model
 
         load_model(model)
     if layout:

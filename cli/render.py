@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from clusterplan.cli.console import console
-from clusterplan.models.estimate import MEMORY_TERMS, TIME_TERMS
+from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
 
 
 def render_estimate(data: dict[str, Any]) -> None:

@@ -14,10 +14,10 @@ from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
-from clusterplan.models.servesim import Slo
-from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
-from clusterplan.models.spec import ModelSpec
-from clusterplan.models.traffic import load_trace, make_buckets, parse_length
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
+from clusterplan.models.serving.sim import Slo
+from clusterplan.models.serving.traffic import load_trace, make_buckets, parse_length
 from clusterplan.solver.serve import Limits, Pool, ServePlan, Workload, melange_table, plan_colocated
 
 DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
@@ -269,8 +269,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         return
     if not model_ref or ttft_ms is None or tpot_ms is None:
         raise BadInputError("give --model, --ttft-ms and --tpot-ms (or --capacity-table FILE)")
-    from clusterplan.models.calibration import load_calibration
-    from clusterplan.models.catalog import load_model
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.calibration import load_calibration
 
     model = load_model(model_ref)
     work = _workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, seed)

@@ -16,8 +16,8 @@ from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
-from clusterplan.models.layout import Layout
-from clusterplan.models.planfile import read_plan
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.planfile import read_plan
 
 
 def _scale(value: str) -> int | None:
@@ -57,8 +57,8 @@ def _prepare(plan: Any, nproc: int | None, scale: str, budget_gib: float) -> tup
 
 def _compare(plan: Any, run: dict[str, Any], factor: int | None, calibration: str | None) -> dict[str, Any]:
     """Predicted against measured for one run's gathered ranks."""
-    from clusterplan.models.calibration import load_calibration
-    from clusterplan.models.spec import ModelSpec
+    from clusterplan.models.architecture.spec import ModelSpec
+    from clusterplan.models.hardware.calibration import load_calibration
     from clusterplan.validate.predict import predicted_step
     from clusterplan.validate.report import max_memory_error, rank_rows, time_row
 
@@ -110,7 +110,7 @@ def _dry(plan: Any) -> dict[str, Any]:
     positions = dry_run(plan.model, plan.layout)
     errors = [abs(v["error_pct"]) for p in positions for v in p.get("terms", {}).values() if v["error_pct"] is not None]
     rejected = [f"{p['position']} stage: {p['rejected']}" for p in positions if "rejected" in p]
-    from clusterplan.models.layout import layout_problems
+    from clusterplan.models.training.layout import layout_problems
 
     return {"model": plan.model.name, "layout": plan.layout.to_dict(), "world": plan.layout.world,
             "positions": positions, "rejected": rejected, "max_state_error_pct": max(errors, default=0.0),

@@ -1,6 +1,6 @@
 """Fits of measured points to the calibration curves (numpy/scipy only, no torch).
 
-GEMM: achieved TFLOP/s = max_tflops * F / (F + half_flops), F = 2*m*n*k (models/calibration.py GemmCurve),
+GEMM: achieved TFLOP/s = max_tflops * F / (F + half_flops), F = 2*m*n*k (models/hardware/calibration.py GemmCurve),
 fitted in log space so small and large GEMMs weigh alike.
 Collectives: t = a + factor(op, n) * S / busbw (alpha-beta model, research/hardware.md section 6), fitted on
 relative residuals with a soft-L1 loss so that one noisy size cannot drag the line.
@@ -35,7 +35,7 @@ class AlphaBetaFit:
     latency_total_s: float
     """The intercept a: the whole latency of one call at this group size."""
     latency_s: float
-    """a / steps(op, n): per-step alpha, as models/comm.py multiplies it back by the algorithm's steps."""
+    """a / steps(op, n): per-step alpha, as models/hardware/comm.py multiplies it back by the algorithm's steps."""
     busbw_bytes_per_s: float
     rms_rel_error: float
     points: int
@@ -53,7 +53,7 @@ def busbw_factor(op: str, n_ranks: int) -> float:
 
 def latency_steps(op: str, n_ranks: int) -> int:
     # Ring algorithms: all_reduce 2(n-1) steps, all_gather / reduce_scatter / pairwise all_to_all (n-1), p2p 1
-    # (Thakur, Rabenseifner & Gropp 2005; the same step counts as models/comm.py).
+    # (Thakur, Rabenseifner & Gropp 2005; the same step counts as models/hardware/comm.py).
     if op == "send_recv":
         return 1
     steps = max(n_ranks - 1, 1)
@@ -61,7 +61,7 @@ def latency_steps(op: str, n_ranks: int) -> int:
 
 
 def gemm_tflops(flops: np.ndarray | float, max_tflops: float, half_flops: float) -> np.ndarray | float:
-    # Saturating efficiency curve of models/calibration.py GemmCurve (Calculon-style size dependence).
+    # Saturating efficiency curve of models/hardware/calibration.py GemmCurve (Calculon-style size dependence).
     return max_tflops * flops / (flops + half_flops)
 
 

@@ -3,7 +3,7 @@
 The GEMM, copy and collective fits price each kernel of a layer; an eager PyTorch layer also pays for what lies
 between them: unfused elementwise ops (RMSNorm, RoPE, SwiGLU as separate kernels), autograd bookkeeping and, under
 tensor parallelism, DTensor's per-op dispatch and redistribution. This measures two layers of validate's own decoder
-(validate/model.py, the layers `clusterplan validate` runs) on a reference shape, every rank at once, as a middle
+(runtime/model.py, the layers `clusterplan validate` runs) on a reference shape, every rank at once, as a middle
 pipeline stage (hidden states in and out: no embedding, head or loss), and reports seconds per layer.
 profiler/store.py turns the two numbers into the calibration's `layer` section against the cost model.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.profiler.sweep import Measurement
 from clusterplan.profiler.timer import summarize, time_runs
 
@@ -34,8 +34,8 @@ def measure_layer(meas: Measurement, *, world_size: int, device: Any, quick: boo
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from clusterplan.validate.apply_tp import apply_tp
-    from clusterplan.validate.model import Decoder, keep_stage, materialize
+    from clusterplan.runtime.apply_tp import apply_tp
+    from clusterplan.runtime.model import Decoder, keep_stage, materialize
 
     cuda = device.type == "cuda"
     (tp,) = meas.shape

@@ -8,7 +8,7 @@ Every rank of the level's group times three things (all ranks together, each run
 overlap = (t_comm + t_gemm - t_both) / min(t_comm, t_gemm), clipped to [-1, 1]: 1 when the shorter op is fully
 hidden (NCCL on its own stream and SMs), 0 when the two take as long as one after the other, below 0 when running
 them together is slower still (gloo's worker thread competing with the GEMMs for the same CPU cores).
-models/comm.py exposed_s inverts it: exposed = comm - overlap * min(comm, compute) for data-parallel and
+models/hardware/comm.py exposed_s inverts it: exposed = comm - overlap * min(comm, compute) for data-parallel and
 context-parallel traffic under compute.
 """
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from clusterplan.errors import BadInputError, ClusterplanError
+from clusterplan.runtime.procs import free_port
 
 STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
 STARTUP_S = 120.0
@@ -70,10 +70,6 @@ class RankState:
         return (self.index, STATE_ORDER.get(self.state, 0))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def worker_env(rank: int, nproc: int, port: int, nodes: int = 1) -> dict[str, str]:

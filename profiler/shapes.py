@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import Layout
 
 Shape = tuple[int, int, int]
 

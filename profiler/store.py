@@ -1,6 +1,6 @@
 """The calibration document being measured: raw records appended as they come, fits, atomic saves, --resume.
 
-The file is models/calibration.py's format at every moment (an interrupted run leaves a loadable file with
+The file is models/hardware/calibration.py's format at every moment (an interrupted run leaves a loadable file with
 meta.complete = false); "raw" keeps every measurement with its key, so --resume skips what is already there.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError, ClusterplanError
 from clusterplan.fileio import dumps_json, load_mapping, write_atomic
-from clusterplan.models.calibration import FORMAT, VERSION, calibration_from_dict
+from clusterplan.models.hardware.calibration import FORMAT, VERSION, calibration_from_dict
 from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm
 
 RAW_SECTIONS = ("gemm", "attention", "memory", "decode", "collectives", "overlap", "layer")
@@ -109,15 +109,15 @@ def refit(doc: dict[str, Any]) -> None:
 
 
 def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """Eager layers measured against the cost model priced at this file's own fits (models/training.py layer_cost):
+    """Eager layers measured against the cost model priced at this file's own fits (models/training/step.py layer_cost):
     time_factor = measured / modelled compute of a tp-1 layer; tp_overhead_s = what a tp-2 layer takes beyond
     time_factor x its modelled compute and its modelled TP all-reduces (DTensor dispatch, redistribution)."""
-    from clusterplan.models.batch import LayoutArrays
-    from clusterplan.models.hw import HardwareRates
-    from clusterplan.models.layout import Layout
-    from clusterplan.models.shapes import ModelShapes
-    from clusterplan.models.spec import ModelSpec
-    from clusterplan.models.training import layer_cost
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.architecture.spec import ModelSpec
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.step import layer_cost
 
     recs = {r["tp"]: r for r in doc["raw"]["layer"]}
     if 1 not in recs:

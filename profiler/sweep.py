@@ -59,7 +59,7 @@ def level_groups(world_size: int, local_world_size: int) -> dict[str, list[list[
         groups["scale_up"] = [list(range(n * local_world_size, (n + 1) * local_world_size)) for n in range(nodes)]
     if nodes > 1:
         # The whole world across nodes, as nccl-tests runs multi-node: its busbw is the node's aggregate over
-        # the NICs (hierarchical NCCL), which models/hw.py divides by GPUs per node.
+        # the NICs (hierarchical NCCL), which models/hardware/rates.py divides by GPUs per node.
         groups["scale_out"] = [list(range(world_size))]
     return groups
 

@@ -24,6 +24,7 @@ from typing import Any
 from clusterplan.errors import BadInputError, ClusterplanError
 from clusterplan.profiler import store
 from clusterplan.profiler.sweep import Measurement, SweepConfig, build_plan, level_groups
+from clusterplan.runtime.procs import exit_now
 
 FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
 """Fault injection for tests: "RANK:INDEX:KIND" (KIND exit, hang or kill) before measurement INDEX (0-based)."""
@@ -106,8 +107,8 @@ def sweep_config(args: argparse.Namespace, device: Any, levels: tuple[str, ...],
     shapes = standard_shapes(cuda=cuda, quick=args.quick)
     heads, head_dim, layers = (16, 128, 32) if cuda else (4, 64, 32)
     if args.model:
-        from clusterplan.models.catalog import load_model
-        from clusterplan.models.layout import Layout
+        from clusterplan.models.architecture.catalog import load_model
+        from clusterplan.models.training.layout import Layout
 
         model = load_model(args.model)
         layout = Layout.parse(args.layout) if args.layout else Layout()
@@ -229,14 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def exit_now(code: int) -> None:
-    """Leave without interpreter finalization once the process group is destroyed and the results are written:
-    gloo's worker threads can still hold work objects whose teardown during finalization aborts the process
-    ("terminate called without an active exception", SIGABRT; pytorch/pytorch#179291), failing a run that
-    finished."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import numpy as np
 
 from clusterplan.errors import InfeasibleError
 from clusterplan.hardware_db import Link
-from clusterplan.models.kv import kv_bytes_per_token
-from clusterplan.models.servesim import rate_upper_bound_rps
-from clusterplan.models.serving import DTYPE_BYTES, ServingInstance, step_model
+from clusterplan.models.serving.kv import kv_bytes_per_token
+from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
+from clusterplan.models.serving.sim import rate_upper_bound_rps
 from clusterplan.solver.serve import (
     Limits,
     ServePlan,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.placement_metrics import Placement
+from clusterplan.models.moe.metrics import Placement
 
 
 def balanced_packing(weight: np.ndarray, n_packs: int) -> tuple[np.ndarray, np.ndarray]:

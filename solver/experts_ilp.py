@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pulp
 
-from clusterplan.models.placement_metrics import (
+from clusterplan.models.moe.metrics import (
     Fabric,
     Placement,
     evaluate,
@@ -37,7 +37,7 @@ from clusterplan.models.placement_metrics import (
     slots_from_counts,
     summary,
 )
-from clusterplan.models.routing import RoutingStats
+from clusterplan.models.moe.routing import RoutingStats
 from clusterplan.solver.experts import balanced_packing, replicate_experts
 
 

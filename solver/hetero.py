@@ -17,12 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.calibration import Calibration
-from clusterplan.models.cluster import Cluster
-from clusterplan.models.hw import HardwareRates
-from clusterplan.models.layout import Layout, layout_problems
-from clusterplan.models.memory import (
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.memory import (
     GIB,
     ends_activation_bytes,
     layers_activation_bytes,
@@ -30,9 +32,7 @@ from clusterplan.models.memory import (
     stage_params,
     state_bytes,
 )
-from clusterplan.models.shapes import ModelShapes
-from clusterplan.models.spec import ModelSpec
-from clusterplan.models.training import layer_cost, step_time
+from clusterplan.models.training.step import layer_cost, step_time
 
 
 @dataclass(frozen=True, slots=True)

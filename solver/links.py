@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.models.cluster import Cluster
-from clusterplan.models.layout import Layout
-from clusterplan.models.topology import bottleneck, communicating_node_pairs
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.topology import bottleneck, communicating_node_pairs
 
 # Beyond this many nodes the ILP is not attempted and the default order is kept (reported as such).
 MAX_ILP_NODES = 64

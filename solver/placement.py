@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from clusterplan.models.calibration import Calibration
-from clusterplan.models.cluster import Cluster
-from clusterplan.models.estimate import Estimate, estimate
-from clusterplan.models.layout import MESH_AXES, Layout
+from clusterplan.models.hardware.calibration import Calibration
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.estimate import Estimate, estimate
+from clusterplan.models.training.layout import MESH_AXES, Layout
 from clusterplan.solver.links import optimize_node_order
 from clusterplan.solver.search import SearchResult, why_best
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.calibration import Calibration
-from clusterplan.models.cluster import Cluster
-from clusterplan.models.estimate import TIME_TERMS, Estimate, evaluate
-from clusterplan.models.hw import HardwareRates
-from clusterplan.models.memory import GIB, memory_breakdown
-from clusterplan.models.shapes import ModelShapes
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate
+from clusterplan.models.training.memory import GIB, memory_breakdown
 from clusterplan.solver.space import enumerate_space
 
 OBJECTIVES = ("time", "cost", "time-to-train")

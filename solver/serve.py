@@ -1,6 +1,6 @@
 """serve-plan: capacity of every (GPU type, tp, pp) instance on every request-size bucket, then the cheapest mix.
 
-Capacities come from the serving simulation (models/servesim.py) or from a user's measured table; the mix
+Capacities come from the serving simulation (models/serving/sim.py) or from a user's measured table; the mix
 from the Melange ILP (solver/melange.py); solver/disagg.py adds separate prefill and decode pools.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.servesim import (
+from clusterplan.models.serving.model import ServingInstance, serving_memory, step_model
+from clusterplan.models.serving.sim import (
     WARMUP_FRACTION,
     Engine,
     SimResult,
@@ -21,8 +22,7 @@ from clusterplan.models.servesim import (
     simulate,
     slo_batch,
 )
-from clusterplan.models.serving import ServingInstance, serving_memory, step_model
-from clusterplan.models.traffic import Bucket
+from clusterplan.models.serving.traffic import Bucket
 from clusterplan.solver.melange import Mix, MixProblem, solve_mix
 
 SIM_REQUESTS = 200

@@ -1,7 +1,7 @@
 """The layout search space: structural degrees checked once with the layout rules, then expanded over the cheap
 dimensions (ZeRO stage, micro-batch, recompute) as numpy columns.
 
-Divisibility follows torchtitan and Megatron-LM (models/layout.py: layout_problems); tp stays inside one
+Divisibility follows torchtitan and Megatron-LM (models/training/layout.py: layout_problems); tp stays inside one
 scale-up domain, as both frameworks recommend.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.models.batch import CODES, LayoutArrays
-from clusterplan.models.layout import Layout, layout_problems
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.batch import CODES, LayoutArrays
+from clusterplan.models.training.layout import Layout, layout_problems
 
 ZERO = (0, 1, 2, 3)
 MICRO_BATCHES = (1, 2, 4, 8)

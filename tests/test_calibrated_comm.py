@@ -13,12 +13,12 @@ from types import MappingProxyType
 
 import pytest
 
-from clusterplan.models.calibration import Calibration, CollectiveFit
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.estimate import estimate
-from clusterplan.models.hw import HardwareRates
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration, CollectiveFit
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
 from clusterplan.profiler.overlap import overlap_fraction
 
 MODEL = ModelSpec(name="m512", n_layers=4, hidden=512, n_heads=8, n_kv_heads=4, ffn_hidden=1536, vocab=2048)
@@ -96,9 +96,9 @@ def test_fsdp_under_pipeline_holds_the_whole_stage_unsharded():
     # pp=2 over 4 layers: 2 layers + embedding (first stage). FSDP2 keeps their fp32 weights and fp32 gradients
     # unsharded through the step: (2 x 3.15 M + 2048 x 512) params x (4 + 4) B.
     layout = Layout.parse("pp=2,dp=4,zero=3,mbs=1,gbs=16,seq=256,precision=fp32")
-    from clusterplan.models.batch import LayoutArrays
-    from clusterplan.models.memory import stage_layers, stage_params, state_bytes
-    from clusterplan.models.shapes import ModelShapes
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.memory import stage_layers, stage_params, state_bytes
 
     shapes, arrays = ModelShapes.of(MODEL), LayoutArrays.from_layouts([layout])
     first = stage_layers(shapes, arrays).first

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from clusterplan.errors import UnsupportedModelError
-from clusterplan.models.catalog import load_model
-from clusterplan.models.hf import SUPPORTED, spec_from_hf
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.hf import SUPPORTED, spec_from_hf
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 

@@ -2,7 +2,7 @@
 
 Tolerances: 0.5 % where the publisher gives three or more significant digits; otherwise the publisher's own
 rounding (half a unit of the last printed digit, e.g. "13B" -> +/- 0.5B), said in each case. Counts follow the
-Hugging Face module layout (see models/spec.py), so they are exact for a checkpoint of that architecture.
+Hugging Face module layout (see models/architecture/spec.py), so they are exact for a checkpoint of that architecture.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import csv
 
 import pytest
 
-from clusterplan.models.catalog import load_model, presets
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.catalog import load_model, presets
+from clusterplan.models.architecture.spec import ModelSpec
 from tests.conftest import REFERENCE
 
 B = 1e9

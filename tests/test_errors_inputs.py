@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from clusterplan.errors import BadInputError
-from clusterplan.models.cluster import load_cluster
+from clusterplan.models.hardware.cluster import load_cluster
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOOD_MODEL = {"name": "tiny", "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 256, "vocab": 1000}

@@ -8,15 +8,15 @@ import math
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.estimate import estimate
-from clusterplan.models.hw import HardwareRates
-from clusterplan.models.layout import Layout, layout_problems
-from clusterplan.models.memory import memory_breakdown
-from clusterplan.models.shapes import ModelShapes
-from clusterplan.models.training import step_time
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.memory import memory_breakdown
+from clusterplan.models.training.step import step_time
 
 ARGS = ("estimate", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--layout",
         "tp=8,pp=4,mbs=1,gbs=512,seq=8192,sp=1,recompute=selective", "--format", "json")

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.placement_metrics import Fabric, evaluate, fabric_for, summary
-from clusterplan.models.routing import SynthConfig, make_stats, synth_stats
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.moe.metrics import Fabric, evaluate, fabric_for, summary
+from clusterplan.models.moe.routing import SynthConfig, make_stats, synth_stats
 from clusterplan.solver.experts import eplb_placement
 from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
 

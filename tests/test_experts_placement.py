@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from clusterplan.errors import BadInputError, InfeasibleError
-from clusterplan.models.comm import hierarchical_all_to_all_s
-from clusterplan.models.placement_metrics import Fabric, Placement, evaluate, origin
-from clusterplan.models.routing import make_stats
+from clusterplan.models.hardware.comm import hierarchical_all_to_all_s
+from clusterplan.models.moe.metrics import Fabric, Placement, evaluate, origin
+from clusterplan.models.moe.routing import make_stats
 from clusterplan.solver.experts import balanced_packing, eplb_placement, replicate_experts
 
 # deepseek-ai/EPLB README.md (commit d52c72d): 2 layers x 12 experts, 4 groups, 2 nodes, 8 GPUs, 16 slots.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clusterplan.errors import BadInputError
-from clusterplan.models.routing import SynthConfig, load_stats, make_stats, save_stats, synth_stats
+from clusterplan.models.moe.routing import SynthConfig, load_stats, make_stats, save_stats, synth_stats
 
 
 def _small() -> object:

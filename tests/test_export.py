@@ -19,11 +19,11 @@ import pytest
 import tomllib
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.layout import Layout
-from clusterplan.models.planfile import read_plan, write_plan
-from clusterplan.solver.export import export_plan
+from clusterplan.frameworks import export_plan
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.planfile import read_plan, write_plan
 
 GOLDEN = Path(__file__).parent / "golden" / "export"
 REGEN = os.environ.get("CLUSTERPLAN_REGEN_GOLDEN") == "1"

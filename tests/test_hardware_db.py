@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clusterplan.hardware_db import get_gpu, load_db
-from clusterplan.models.cluster import load_cluster
+from clusterplan.models.hardware.cluster import load_cluster
 
 
 def test_every_gpu_number_has_a_source():

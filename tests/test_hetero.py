@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.solver.hetero import _balance, hetero_plan
 
 MIXED = str(Path(__file__).parent / "fixtures" / "clusters" / "mixed_h100_a100.yaml")

@@ -15,7 +15,7 @@ import pytest
 
 from clusterplan.hardware_db import get_gpu, get_link, get_node, load_db
 from clusterplan.hardware_db.schema import DTYPES
-from clusterplan.models.cluster import load_cluster
+from clusterplan.models.hardware.cluster import load_cluster
 
 REQUIRED_GPUS = ("V100-SXM2-32GB", "A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCIe-80GB", "A10G", "L4", "L40S",
                  "H100-SXM5-80GB", "H100-PCIe", "H100-NVL", "H200-SXM-141GB", "H20", "B200", "GB200", "MI250X",
@@ -147,7 +147,7 @@ def test_prices_are_dated_and_keep_the_melange_example():
         if g.price:
             assert re.fullmatch(r"\d{4}(-\d{2}){0,2}", g.price.observed), (g.name, g.price.observed)
             assert 0.1 < g.price.usd_per_gpu_hour < 20, g.name
-    # Griggs et al. 2024 (Melange) example catalog: A10G $1.01/h, A100-80GB $3.67/h (tests/reference use these).
+    # Griggs et al. 2024 (Melange) example catalog: A10G $1.01/h, A100-80GB $3.67/h (reference/data use these).
     assert get_gpu("A10G").price.usd_per_gpu_hour == 1.01
     assert get_gpu("A100-80GB").price.usd_per_gpu_hour == 3.67
 

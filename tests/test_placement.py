@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clusterplan.models.catalog import load_model
-from clusterplan.models.cluster import load_cluster
-from clusterplan.models.estimate import estimate
-from clusterplan.models.layout import Layout
-from clusterplan.models.topology import bottleneck, communicating_node_pairs
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.topology import bottleneck, communicating_node_pairs
 from clusterplan.solver.links import optimize_node_order
 from clusterplan.solver.placement import coordinates
 

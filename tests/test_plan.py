@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from clusterplan.models import reference
-from clusterplan.models.estimate import estimate
-from clusterplan.models.planfile import read_plan
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.planfile import read_plan
+from clusterplan.reference import report as reference
 from clusterplan.solver.search import search
 
 ARGS = ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "256", "--seq", "4096",
@@ -30,9 +30,9 @@ def test_plan_json_is_ranked_and_deterministic(run_cli):
 def test_plan_best_is_no_worse_than_any_single_estimate(run_cli):
     """Exactness: the search optimum beats a hand-picked layout priced by estimate."""
     data = json.loads(run_cli(*ARGS)[1])
-    from clusterplan.models.catalog import load_model
-    from clusterplan.models.cluster import load_cluster
-    from clusterplan.models.layout import Layout
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import Layout
 
     cluster = load_cluster("dgx-h100:2")
     for text in ("tp=8,dp=2,mbs=1", "tp=4,pp=2,dp=2,mbs=2,recompute=full", "tp=2,dp=8,zero=3,mbs=4"):
@@ -74,7 +74,7 @@ def test_published_layout_is_feasible_and_not_better_than_our_best(row):
 @pytest.mark.parametrize("row", reference.read_rows("megatron2021_table1.csv"), ids=lambda r: r["params_b"] + "B")
 def test_table1_published_layout_fits_and_our_best_is_no_worse(row):
     """Narayanan 2021 Table 1 on its own cluster and batch (paper's fp16, no flash attention, no ZeRO)."""
-    from clusterplan.models.layout import Layout
+    from clusterplan.models.training.layout import Layout
 
     h, a, n = int(row["hidden"]), int(row["heads"]), int(row["layers"])
     model, cluster = reference.gpt(h, a, n), reference.selene(int(row["gpus"]))

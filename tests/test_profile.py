@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterplan.models.calibration import COLLECTIVES, calibration_from_dict
+from clusterplan.models.hardware.calibration import COLLECTIVES, calibration_from_dict
 
 FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
 

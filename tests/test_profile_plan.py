@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from clusterplan.errors import BadInputError
-from clusterplan.models.catalog import load_model
-from clusterplan.models.layout import Layout
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.training.layout import Layout
 from clusterplan.profiler import store
 from clusterplan.profiler.datasheet import compare, match_gpu
 from clusterplan.profiler.shapes import layer_gemms, model_shapes, standard_shapes
@@ -145,12 +145,12 @@ def test_datasheet_fractions():
 def test_layer_fit_against_the_files_own_rates():
     # A CPU-like file: 100 GFLOP/s GEMMs (no size penalty to speak of), 20 GB/s copies, 1 GB/s all-reduce.
     # The tp-1 layer is measured 1.5x the model's compute; the tp-2 layer 4 ms over 1.5x its compute + all-reduces.
-    from clusterplan.models.batch import LayoutArrays
-    from clusterplan.models.calibration import calibration_from_dict
-    from clusterplan.models.hw import HardwareRates
-    from clusterplan.models.layout import Layout
-    from clusterplan.models.shapes import ModelShapes
-    from clusterplan.models.training import layer_cost
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.hardware.calibration import calibration_from_dict
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.step import layer_cost
     from clusterplan.profiler.layer import reference_layer
 
     doc = store.new_document(_meta())
@@ -188,14 +188,14 @@ def test_attention_fit_and_its_use_in_the_model():
     assert fit["max_tflops"] == pytest.approx(0.5, rel=1e-3) and fit["half_flops"] == pytest.approx(1e7, rel=1e-3)
     assert fit["bwd_over_fwd"] == pytest.approx(3.0)
 
-    from clusterplan.models.batch import LayoutArrays
-    from clusterplan.models.calibration import calibration_from_dict
-    from clusterplan.models.cluster import load_cluster
-    from clusterplan.models.compute import layer_time
-    from clusterplan.models.hw import HardwareRates
-    from clusterplan.models.layout import Layout
-    from clusterplan.models.shapes import ModelShapes
-    from clusterplan.models.spec import ModelSpec
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.architecture.spec import ModelSpec
+    from clusterplan.models.hardware.calibration import calibration_from_dict
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.compute import layer_time
+    from clusterplan.models.training.layout import Layout
 
     spec = ModelSpec(name="m", n_layers=2, hidden=512, n_heads=8, n_kv_heads=8, ffn_hidden=1536, vocab=128)
     arrays = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=512)])

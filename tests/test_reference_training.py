@@ -1,7 +1,7 @@
-"""The training cost model against published A100 measurements (tests/reference/, headers give sources).
+"""The training cost model against published A100 measurements (reference/data/, headers give sources).
 
 No constant is fitted per row: GEMM and link efficiencies come from hardware_db and hold across all rows.
-`python -m clusterplan.models.reference` prints the same comparison.
+`python -m clusterplan.reference.report` prints the same comparison.
 """
 
 from __future__ import annotations
@@ -10,10 +10,16 @@ import statistics
 
 import pytest
 
-from clusterplan.models import reference
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.memory import GIB, layers_activation_bytes, stage_layers, stage_params, state_bytes
-from clusterplan.models.shapes import ModelShapes
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.memory import (
+    GIB,
+    layers_activation_bytes,
+    stage_layers,
+    stage_params,
+    state_bytes,
+)
+from clusterplan.reference import report as reference
 
 
 @pytest.mark.parametrize("row", reference.read_rows("korthikanti2022.csv"), ids=lambda r: r["model"])
@@ -66,10 +72,10 @@ def test_korthikanti_layer_times_held_out():
     The backward is our weakest term: we price it at 2x the forward GEMMs plus 2x elementwise and unhidden tp
     all-reduces; the measured backward/forward ratio is 1.55.
     """
-    from clusterplan.models.compute import layer_time
-    from clusterplan.models.hw import HardwareRates
-    from clusterplan.models.layout import Layout
-    from clusterplan.models.training import _layer_comm
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.compute import layer_time
+    from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.step import _layer_comm
 
     shapes = ModelShapes.of(reference.gpt(6144, 64, 48))
     hw = HardwareRates.of(reference.selene(8))

@@ -13,9 +13,15 @@ import pytest
 from scipy.optimize import least_squares
 
 from clusterplan.hardware_db import get_gpu
-from clusterplan.models.kv import kv_bytes_per_token, kv_bytes_per_token_per_gpu, kv_transfer_s
-from clusterplan.models.serving import ServingInstance, ServingKnobs, max_batch, serving_memory, step_model
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.kv import kv_bytes_per_token, kv_bytes_per_token_per_gpu, kv_transfer_s
+from clusterplan.models.serving.model import (
+    ServingInstance,
+    ServingKnobs,
+    max_batch,
+    serving_memory,
+    step_model,
+)
 from tests.conftest import REFERENCE
 
 A100 = get_gpu("A100-80GB")
@@ -176,8 +182,8 @@ def test_decode_grows_with_batch_and_context_and_tp_cuts_it() -> None:
 
 
 def test_calibration_sets_engine_knobs_for_its_gpu_only() -> None:
-    from clusterplan.models.calibration import calibration_from_dict
-    from clusterplan.models.serving import knobs_for_gpu
+    from clusterplan.models.hardware.calibration import calibration_from_dict
+    from clusterplan.models.serving.model import knobs_for_gpu
 
     cal = calibration_from_dict({
         "format": "clusterplan-calibration", "version": 1, "meta": {"device_name": "NVIDIA A100-SXM4-80GB"},
@@ -204,7 +210,7 @@ def test_pipeline_stages_cut_memory_not_latency() -> None:
 
 
 def test_moe_decode_reads_more_experts_as_the_batch_grows() -> None:
-    from clusterplan.models.catalog import load_model
+    from clusterplan.models.architecture.catalog import load_model
 
     mixtral = ServingInstance(model=load_model("mixtral-8x7b"), gpu=get_gpu("H100"), tp=2)
     m = step_model(mixtral)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from clusterplan.hardware_db import get_gpu
-from clusterplan.models.catalog import load_model
-from clusterplan.models.servesim import (
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.serving.model import ServingInstance, serving_memory, step_model
+from clusterplan.models.serving.sim import (
     WARMUP_FRACTION,
     Engine,
     Slo,
@@ -16,7 +17,6 @@ from clusterplan.models.servesim import (
     rate_upper_bound_rps,
     simulate,
 )
-from clusterplan.models.serving import ServingInstance, serving_memory, step_model
 
 INST = ServingInstance(model=load_model("llama3.1-8b"), gpu=get_gpu("A100-80GB"), tp=1)
 STEP = step_model(INST)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clusterplan.errors import BadInputError
-from clusterplan.models.traffic import load_trace, make_buckets, parse_length
+from clusterplan.models.serving.traffic import load_trace, make_buckets, parse_length
 
 
 @pytest.mark.parametrize(("text", "mean", "tol"), [

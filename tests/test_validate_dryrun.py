@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from clusterplan.models.catalog import load_model  # noqa: E402
-from clusterplan.models.layout import Layout  # noqa: E402
+from clusterplan.models.architecture.catalog import load_model  # noqa: E402
+from clusterplan.models.training.layout import Layout  # noqa: E402
 from clusterplan.validate.dryrun import dry_run  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "validate"

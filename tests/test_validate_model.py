@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from clusterplan.errors import UnsupportedModelError  # noqa: E402
-from clusterplan.models.catalog import load_model  # noqa: E402
-from clusterplan.models.layout import Layout, layout_problems  # noqa: E402
-from clusterplan.validate.apply_pp import local_stages, stage_layer_ids  # noqa: E402
-from clusterplan.validate.model import Decoder, _RMSNormFn, apply_rope, rope_tables  # noqa: E402
+from clusterplan.models.architecture.catalog import load_model  # noqa: E402
+from clusterplan.models.training.layout import Layout, layout_problems  # noqa: E402
+from clusterplan.runtime.apply_pp import local_stages, stage_layer_ids  # noqa: E402
+from clusterplan.runtime.model import Decoder, _RMSNormFn, apply_rope, rope_tables  # noqa: E402
 from clusterplan.validate.scale import scale_model  # noqa: E402
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from clusterplan.models.calibration import Calibration, GemmCurve
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration, GemmCurve
+from clusterplan.models.training.layout import Layout
 from clusterplan.validate.predict import position_of, predicted_bytes, run_calibration
 from clusterplan.validate.report import error_pct
 
@@ -17,7 +17,7 @@ def test_positions():
 
 
 def test_fp32_adam_states_are_16_bytes_per_parameter():
-    # fp32 weights 4 + fp32 grads 4 + Adam m, v 8 (models/memory.bytes_per_param), no sharding at dp = tp = pp = 1.
+    # fp32 weights 4 + fp32 grads 4 + Adam m, v 8 (models/training/memory.bytes_per_param), no sharding at dp = tp = pp = 1.
     p = predicted_bytes(TINY, Layout.parse("mbs=1,gbs=1,seq=64,precision=fp32,optimizer=adam"))["first"]
     n = TINY.total_params()
     assert (p["weights"], p["grads"], p["optimizer"]) == (4 * n, 4 * n, 8 * n)
@@ -42,8 +42,8 @@ def test_a_gpu_result_is_priced_as_the_bf16_run_it_was(run_cli, tmp_path):
     import json
     from pathlib import Path
 
-    from clusterplan.models.estimate import estimate
-    from clusterplan.models.planfile import read_plan
+    from clusterplan.models.training.estimate import estimate
+    from clusterplan.models.training.planfile import read_plan
     from clusterplan.validate.rules import executed_layout
 
     plan_path = Path(__file__).parent / "fixtures" / "validate" / "tiny_tp2.yaml"

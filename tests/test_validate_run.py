@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("torch")
 
 from clusterplan.errors import ClusterplanError  # noqa: E402
-from clusterplan.models.layout import Layout  # noqa: E402
-from clusterplan.models.spec import ModelSpec  # noqa: E402
+from clusterplan.models.architecture.spec import ModelSpec  # noqa: E402
+from clusterplan.models.training.layout import Layout  # noqa: E402
 from clusterplan.validate.launch import spawn  # noqa: E402
 from clusterplan.validate.report import rank_rows  # noqa: E402
 from clusterplan.validate.rules import executed_layout  # noqa: E402

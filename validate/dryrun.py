@@ -3,7 +3,7 @@
 For each distinct pipeline position, this process pretends to be one rank of that stage under torch's fake
 process group (`init_process_group("fake")`, collectives are no-ops) and builds the stage on the meta device
 with the same parallel APIs as a real run (DTensor TP, EP sharding, FSDP2). The shard shapes torch picks give
-the exact elements per rank; bytes follow the plan's precision/optimizer convention (models/memory.py
+the exact elements per rank; bytes follow the plan's precision/optimizer convention (models/training/memory.py
 bytes_per_param). ZeRO-3 shards come from FSDP2 itself; ZeRO-1/2 partitions (not a torch runtime feature) are
 computed as Megatron's distributed optimizer does, over dp_shard x cp (experts: expert-data-parallel ranks).
 """
@@ -20,12 +20,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.layout import Layout
-from clusterplan.models.memory import bytes_per_param
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.memory import bytes_per_param
+from clusterplan.runtime.parallelize import build_mesh, build_stages
 from clusterplan.validate.measure import local_bytes
-from clusterplan.validate.parallelize import build_mesh, build_stages
 from clusterplan.validate.predict import position_of, predicted_bytes
 from clusterplan.validate.report import error_pct
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from clusterplan.errors import ClusterplanError
 from clusterplan.fileio import dumps_json
-from clusterplan.profiler.runner import free_port
+from clusterplan.runtime.procs import free_port
 
 
 class RankFailedError(ClusterplanError):

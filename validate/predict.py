@@ -9,14 +9,14 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from clusterplan.models.batch import LayoutArrays
-from clusterplan.models.calibration import Calibration
-from clusterplan.models.cluster import Cluster
-from clusterplan.models.estimate import estimate
-from clusterplan.models.layout import Layout
-from clusterplan.models.memory import memory_breakdown
-from clusterplan.models.shapes import ModelShapes
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.memory import memory_breakdown
 
 POSITIONS = ("first", "middle", "last")
 MEASURED_TERMS = ("weights", "grads", "optimizer", "activations")
@@ -30,7 +30,7 @@ def position_of(pp_rank: int, pp: int) -> str:
 
 
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
-    """Bytes per rank of each term at each pipeline position, from models/memory.py."""
+    """Bytes per rank of each term at each pipeline position, from models/training/memory.py."""
     mem = memory_breakdown(ModelShapes.of(model), LayoutArrays.from_layouts([layout]))
     terms = ("weights", "grads", "optimizer", "activations", "other", "total")
     return {pos: {term: float(mem.by_position[i, j, 0]) for j, term in enumerate(terms)}

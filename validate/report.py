@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import Layout
 from clusterplan.validate.predict import MEASURED_TERMS, position_of, predicted_bytes
 
 

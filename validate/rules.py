@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import Layout
 
 
 def real_run_problems(model: ModelSpec, layout: Layout) -> list[str]:

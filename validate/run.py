@@ -15,12 +15,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor.parallel import loss_parallel
 
-from clusterplan.models.layout import MESH_AXES, Layout
-from clusterplan.models.spec import ModelSpec
-from clusterplan.validate.apply_pp import make_schedule
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import MESH_AXES, Layout
+from clusterplan.runtime.apply_pp import make_schedule
+from clusterplan.runtime.model import materialize
+from clusterplan.runtime.parallelize import build_mesh, build_stages
 from clusterplan.validate.measure import ActivationTracker, gpu_peak_bytes, state_bytes, summarize_times
-from clusterplan.validate.model import materialize
-from clusterplan.validate.parallelize import build_mesh, build_stages
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -8,8 +8,8 @@ predicted per-rank memory fits the budget.
 from __future__ import annotations
 
 from clusterplan.errors import BadInputError
-from clusterplan.models.layout import Layout
-from clusterplan.models.spec import ModelSpec
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import Layout
 from clusterplan.validate.predict import predicted_bytes
 
 

@@ -49,8 +49,8 @@ def main(argv: list[str]) -> int:
     try:
         _inject_fault(dist.get_rank())
         from clusterplan.fileio import dumps_json, write_atomic
-        from clusterplan.models.layout import Layout
-        from clusterplan.models.spec import ModelSpec
+        from clusterplan.models.architecture.spec import ModelSpec
+        from clusterplan.models.training.layout import Layout
         from clusterplan.validate.run import RunSpec, run_rank
 
         runs = []
@@ -72,6 +72,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from clusterplan.profiler.worker import exit_now
+    from clusterplan.runtime.procs import exit_now
 
     exit_now(main(sys.argv[1:]))

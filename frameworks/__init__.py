@@ -1,0 +1,34 @@
+"""Plans as launch configs: torchtitan (v0.2 TOML and main's Python recipe), Megatron-LM and DeepSpeed.
+
+    export_plan("megatron", model, cluster, layout) -> Export(text, filename, launch, notes)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from clusterplan.errors import BadInputError
+from clusterplan.frameworks.common import Export
+from clusterplan.frameworks.deepspeed import export_deepspeed
+from clusterplan.frameworks.megatron import export_megatron
+from clusterplan.frameworks.torchtitan import export_torchtitan
+from clusterplan.frameworks.torchtitan_py import export_torchtitan_py
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout
+
+EXPORTERS: dict[str, Callable[[ModelSpec, Cluster, Layout], Export]] = {
+    "torchtitan": export_torchtitan,
+    "torchtitan-py": export_torchtitan_py,
+    "megatron": export_megatron,
+    "deepspeed": export_deepspeed,
+}
+
+
+def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+    if target not in EXPORTERS:
+        raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
+    return EXPORTERS[target](model, cluster, layout)
+
+
+__all__ = ["EXPORTERS", "Export", "export_plan"]

@@ -1,0 +1,77 @@
+"""What every exporter shares: the exported artefact, the launch shape, the checks, and the stage split.
+
+An exporter is a pure function (ModelSpec, Cluster, Layout) -> Export; it never touches files or the console.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout, layout_problems, stage_layers
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Export:
+    """One exported launch config: the file's text, its suggested name, and the command that starts it."""
+
+    text: str
+    filename: str
+    launch: str
+    """The shell command that starts the job with this file (already inside `text` where the format allows)."""
+    notes: tuple[str, ...] = ()
+    """Where the framework cannot run the plan exactly as planned, what it runs instead (also inside `text`)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchShape:
+    nnodes: int
+    gpus_per_node: int
+
+
+def slug(name: str) -> str:
+    """A file- and identifier-safe form of a model name: `llama3.1-70b` -> `llama3_1_70b`."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "model"
+
+
+def launch_shape(cluster: Cluster) -> LaunchShape:
+    """Nodes and GPUs per node for torchrun/deepspeed, which start the same process count on every node."""
+    per_node = {g.gpus_per_node for g in cluster.groups}
+    if len(per_node) != 1:
+        raise BadInputError(f"cluster {cluster.name}: nodes have {sorted(per_node)} GPUs; torchrun and deepspeed start "
+                            "the same number of processes on every node, so export one group at a time")
+    return LaunchShape(nnodes=cluster.n_nodes, gpus_per_node=per_node.pop())
+
+
+def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
+    """Refuse a plan that the frameworks would reject at start-up: the first broken rule, with its factors."""
+    problems = layout_problems(model, layout, cluster.world_size)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InfeasibleError(f"plan layout {layout.short()} is not runnable: {problems[0]}{more}; "
+                              "fix the layout (`clusterplan estimate` lists every rule it breaks)")
+
+
+def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
+    """Transformer layers of each model chunk in model order; chunk c runs on pipeline rank c % pp.
+
+    Megatron-LM interleaving (Narayanan et al. 2021, Sec. 2.2): rank r holds chunks r, r + pp, r + 2pp, ...
+    """
+    pp, vpp = layout.pp, layout.vpp
+    first, middle, last = stage_layers(model, layout)
+    per_rank = [first] + [middle] * (pp - 2) + [last] if pp > 1 else [model.n_layers]
+    return [per_rank[c % pp] // vpp for c in range(pp * vpp)]
+
+
+def microbatches_per_step(layout: Layout) -> int:
+    """Micro-batches each data-parallel rank runs per optimizer step: gbs / (dp * mbs)."""
+    return layout.gbs // (layout.dp * layout.mbs)
+
+
+def header_lines(model: ModelSpec, cluster: Cluster, layout: Layout, target: str) -> list[str]:
+    """The provenance lines every exported file starts with (without comment markers)."""
+    return [f"{target} config written by `clusterplan export` for {model.name} on {cluster.describe()}",
+            f"layout: {layout.short()}, gbs {layout.gbs} x seq {layout.seq}, {layout.schedule}, {layout.precision}"]

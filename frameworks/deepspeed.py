@@ -1,0 +1,108 @@
+"""DeepSpeed configs (`--to deepspeed`): the ds_config JSON with DeepSpeed's own constraints.
+
+Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research notes style-and-ecosystem.md B.2).
+DeepSpeed checks train_batch_size == train_micro_batch_size_per_gpu * gradient_accumulation_steps * dp
+(`runtime/config.py::_batch_assertion`), with dp = world / (pp * sequence_parallel_size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.fileio import dumps_json
+from clusterplan.frameworks.common import (
+    Export,
+    check_exportable,
+    launch_shape,
+    microbatches_per_step,
+    slug,
+)
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout
+
+
+def refuse_unsupported(layout: Layout) -> None:
+    """The layouts DeepSpeed alone cannot run, each with the way out."""
+    L = layout
+    if L.tp > 1:
+        raise InfeasibleError(f"DeepSpeed alone has no tensor parallelism for training (tp={L.tp}); it comes with "
+                              "Megatron-DeepSpeed: export --to megatron, or plan with --fix tp=1")
+    if L.pp > 1 and L.zero >= 2:
+        raise InfeasibleError(f"DeepSpeed pipeline parallelism (PipelineModule, pp={L.pp}) runs with ZeRO stage 0 or 1 "
+                              f"only, the plan has zero={L.zero}; set zero=1 or pp=1")
+    if L.cp > 1 and L.cp_kind != "a2a":
+        raise InfeasibleError(f"DeepSpeed's sequence parallelism is Ulysses all-to-all, not ring attention (cp={L.cp}); "
+                              "set cp_kind=a2a or export --to torchtitan")
+    if L.dp_replicate > 1 and L.zero != 3:
+        raise InfeasibleError(f"DeepSpeed shards ZeRO-{L.zero} over the whole dp group; dp_replicate({L.dp_replicate}) "
+                              "> 1 (hybrid sharding) needs zero=3 (MiCS)")
+    if L.precision == "fp8":
+        raise InfeasibleError("DeepSpeed's config has no FP8 training; set precision=bf16 (or use Transformer Engine "
+                              "inside the model and export bf16)")
+
+
+def zero_section(layout: Layout) -> dict[str, Any]:
+    L = layout
+    zero: dict[str, Any] = {"stage": L.zero}
+    if L.zero >= 1:
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True)
+    if L.zero == 3 and L.dp_replicate > 1:
+        zero["mics_shard_size"] = L.dp_shard  # MiCS: shard within groups of dp_shard ranks, replicate across them
+    return zero
+
+
+def ds_config(model: ModelSpec, layout: Layout) -> dict[str, Any]:
+    L = layout
+    config: dict[str, Any] = {
+        "train_batch_size": L.gbs,
+        "train_micro_batch_size_per_gpu": L.mbs,
+        "gradient_accumulation_steps": microbatches_per_step(L),
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero_section(L),
+        "bf16": {"enabled": L.precision == "bf16"},
+        "fp16": {"enabled": L.precision == "fp16"},
+        "steps_per_print": 10,
+        "wall_clock_breakdown": False,
+    }
+    if L.cp > 1:
+        config["sequence_parallel_size"] = L.cp
+    if L.recompute == "full":
+        config["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False,
+                                              "cpu_checkpointing": False, "synchronize_checkpoint_boundary": False}
+    return config
+
+
+def notes(model: ModelSpec, layout: Layout) -> list[str]:
+    L = layout
+    out = []
+    if L.recompute == "full":
+        out.append("activation_checkpointing takes effect where train.py wraps layers in "
+                   "deepspeed.checkpointing.checkpoint (or PipelineModule activation_checkpoint_interval=1)")
+    if L.recompute == "selective":
+        out.append("DeepSpeed has no selective recompute switch; use flash attention in the model (it recomputes "
+                   "the attention scores, which is what selective recompute saves)")
+    if L.pp > 1:
+        out.append(f"train.py must build a deepspeed.pipe.PipelineModule with num_stages={L.pp} (passed as "
+                   "--pipeline-parallel-size)")
+    if L.ep > 1:
+        out.append(f"train.py must build deepspeed.moe.layer.MoE(num_experts={model.n_experts}, ep_size={L.ep}, "
+                   f"k={model.top_k}) layers (passed as --ep-size)")
+    if L.cp > 1:
+        out.append("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)")
+    return out
+
+
+def export_deepspeed(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+    """ds_config JSON; the `deepspeed` launch line goes to stderr (JSON has no comments)."""
+    check_exportable(model, cluster, layout)
+    refuse_unsupported(layout)
+    shape = launch_shape(cluster)
+    filename = f"ds_config_{slug(model.name)}.json"
+    script_args = [f"--pipeline-parallel-size {layout.pp}"] if layout.pp > 1 else []
+    script_args += [f"--ep-size {layout.ep}"] if layout.ep > 1 else []
+    launch = " ".join([f"deepspeed --num_nodes {shape.nnodes} --num_gpus {shape.gpus_per_node} --hostfile hostfile",
+                       "train.py --deepspeed", f"--deepspeed_config {filename}", *script_args])
+    return Export(text=dumps_json(ds_config(model, layout)), filename=filename, launch=launch,
+                  notes=tuple(notes(model, layout)))

@@ -1,0 +1,191 @@
+"""Megatron-LM launch scripts (`--to megatron`): bash arrays of `pretrain_gpt.py` arguments, as its examples group them.
+
+Flag names from `megatron/training/arguments.py` (research notes style-and-ecosystem.md B.2, and the Megatron-FSDP
+README for ZeRO-2/3). Megatron derives dp = world / (tp * pp * cp) itself, so dp is never passed.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from clusterplan.frameworks.common import Export, check_exportable, header_lines, launch_shape, slug
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout, stage_layers
+
+Args = list[str]
+
+
+def model_args(model: ModelSpec, layout: Layout) -> Args:
+    m = model
+    args = ["--num-layers", str(m.n_layers), "--hidden-size", str(m.hidden), "--ffn-hidden-size", str(m.ffn_hidden),
+            "--num-attention-heads", str(m.n_heads), "--seq-length", str(layout.seq),
+            "--max-position-embeddings", str(max(m.max_positions, layout.seq)),
+            "--normalization", "RMSNorm" if m.norm == "rmsnorm" else "LayerNorm"]
+    if m.kv_heads != m.n_heads and not m.is_mla:
+        args += ["--group-query-attention", "--num-query-groups", str(m.kv_heads)]
+    if m.head_dim is not None and not m.is_mla:
+        args += ["--kv-channels", str(m.head_dim)]
+    if m.gated_ffn:
+        args.append("--swiglu")
+    if m.position == "rope":
+        args += ["--position-embedding-type", "rope"]
+    if not m.tied_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    if not m.linear_bias:
+        args.append("--disable-bias-linear")
+    if m.attn_bias and not m.linear_bias:
+        args.append("--add-qkv-bias")
+    if m.qk_norm:
+        args.append("--qk-layernorm")
+    if not m.dropout:
+        args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
+    return args + mla_args(m) + moe_args(m)
+
+
+def mla_args(m: ModelSpec) -> Args:
+    if not m.is_mla:
+        return []
+    args = ["--multi-latent-attention", "--kv-lora-rank", str(m.kv_lora_rank), "--qk-head-dim", str(m.qk_nope_head_dim),
+            "--qk-pos-emb-head-dim", str(m.qk_rope_head_dim), "--v-head-dim", str(m.v_head_dim)]
+    if m.q_lora_rank:
+        args += ["--q-lora-rank", str(m.q_lora_rank)]
+    return args
+
+
+def moe_args(m: ModelSpec) -> Args:
+    if not m.is_moe:
+        return []
+    args = ["--num-experts", str(m.n_experts), "--moe-router-topk", str(m.top_k),
+            "--moe-ffn-hidden-size", str(m.expert_ffn_hidden), "--moe-grouped-gemm",
+            "--moe-token-dispatcher-type", "alltoall"]
+    if m.shared_ffn:
+        args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
+    if m.first_dense_layers:
+        args += ["--moe-layer-freq", moe_layer_pattern(m)]
+    elif m.moe_every != 1:
+        args += ["--moe-layer-freq", str(m.moe_every)]  # N: layer i is MoE when i % N == 0 (moe_freq_type)
+    return args
+
+
+def moe_layer_pattern(m: ModelSpec) -> str:
+    """Megatron's list expression, run-length encoded: DeepSeek-V3 -> ([0]*3+[1]*58)."""
+    flags = [1 if m.is_moe_layer(i) else 0 for i in range(m.n_layers)]
+    runs: list[tuple[int, int]] = []
+    for flag in flags:
+        if runs and runs[-1][0] == flag:
+            runs[-1] = (flag, runs[-1][1] + 1)
+        else:
+            runs.append((flag, 1))
+    return "(" + "+".join(f"[{flag}]*{count}" for flag, count in runs) + ")"
+
+
+def parallel_args(model: ModelSpec, layout: Layout) -> Args:
+    L = layout
+    args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
+    uneven = bool(L.first_stage_layers or L.last_stage_layers)
+    if uneven:
+        first, _, last = stage_layers(model, L)
+        args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
+    if L.vpp > 1 and uneven:
+        args += ["--num-virtual-stages-per-pipeline-rank", str(L.vpp)]
+    elif L.vpp > 1:
+        args += ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))]
+    args += ["--context-parallel-size", str(L.cp)]
+    if L.cp > 1:
+        args += ["--cp-comm-type", "a2a" if L.cp_kind == "a2a" else "p2p"]
+    if model.is_moe:
+        args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
+    if L.sp and L.tp > 1:
+        args.append("--sequence-parallel")
+    return args + data_parallel_args(L)
+
+
+def data_parallel_args(layout: Layout) -> Args:
+    """ZeRO-1 = distributed optimizer; ZeRO-2/3 = Megatron-FSDP sharding strategies optim_grads/_params."""
+    L = layout
+    if L.zero == 0:
+        return []
+    args = ["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather"]
+    if L.zero >= 2:
+        strategy = "optim_grads_params" if L.zero == 3 else "optim_grads"
+        args += ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", strategy,
+                 "--no-gradient-accumulation-fusion", "--ckpt-format", "fsdp_dtensor"]
+    if L.dp_replicate > 1:
+        args += ["--num-distributed-optimizer-instances", str(L.dp_replicate)]
+    return args
+
+
+def training_args(layout: Layout) -> Args:
+    L = layout
+    args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
+    if L.recompute == "selective":
+        args += ["--recompute-granularity", "selective"]
+    elif L.recompute == "full":
+        # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
+        method = ["block", str(max(1, L.recompute_layers // L.vpp))] if L.recompute_layers else ["uniform", "1"]
+        args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
+    args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
+    args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
+    if L.optimizer == "sgd":
+        args += ["--optimizer", "sgd"]
+    return args
+
+
+def notes(model: ModelSpec, layout: Layout) -> list[str]:
+    L = layout
+    out = []
+    if model.position == "alibi":
+        out.append("Megatron-LM GPT has no ALiBi positions; it trains with learned absolute positions instead")
+    if L.recompute == "full" and L.recompute_layers % L.vpp:
+        out.append(f"recompute_layers({L.recompute_layers}) per rank is not a multiple of vpp({L.vpp}); "
+                   f"Megatron recomputes {max(1, L.recompute_layers // L.vpp)} per model chunk")
+    if L.pp > 1 and L.schedule == "gpipe":
+        out.append("Megatron-LM has no GPipe schedule; it runs 1F1B, same bubble, fewer activations in flight")
+    if L.pp > 1 and L.schedule == "zb":
+        out.append("Megatron-LM main has no zero-bubble schedule; it runs 1F1B, so the bubble is larger than planned")
+    if L.sp and L.tp == 1:
+        out.append("sequence parallel needs tp > 1; Megatron-LM turns it off at tp=1")
+    if L.optimizer == "adam":
+        out.append("Megatron-LM keeps fp32 main weights with bf16/fp16 training; optimizer memory is adam-master's")
+    return out
+
+
+def _word(arg: str) -> str:
+    """Shell-quote an argument; `${VAR:-default}` stays expandable."""
+    return f'"{arg}"' if arg.startswith("${") else shlex.quote(arg)
+
+
+def _array(name: str, args: Args) -> list[str]:
+    """A bash array, one flag (with its value) per line."""
+    lines, i = [f"{name}=("], 0
+    while i < len(args):
+        take = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
+        lines.append("    " + " ".join(_word(a) for a in args[i:i + take]))
+        i += take
+    return lines + [")"]
+
+
+def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node."""
+    check_exportable(model, cluster, layout)
+    shape = launch_shape(cluster)
+    filename = f"megatron_{slug(model.name)}.sh"
+    launch = f"NODE_RANK=<0..{shape.nnodes - 1}> MASTER_ADDR=<head node> bash {filename}"
+    found = notes(model, layout)
+    lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-LM")),
+             f"# launch (every node, from the Megatron-LM checkout): {launch}",
+             "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
+             *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
+    distributed = ["--nproc-per-node", str(shape.gpus_per_node), "--nnodes", str(shape.nnodes),
+                   "--node-rank", "${NODE_RANK:-0}", "--master-addr", "${MASTER_ADDR:-localhost}",
+                   "--master-port", "${MASTER_PORT:-29500}"]
+    lines += _array("DISTRIBUTED_ARGS", distributed)
+    lines += _array("MODEL_ARGS", model_args(model, layout))
+    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout))
+    lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",
+                                                              "--lr-decay-style", "cosine"])
+    lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])
+    lines.append('torchrun "${DISTRIBUTED_ARGS[@]}" pretrain_gpt.py "${MODEL_ARGS[@]}" "${MODEL_PARALLEL_ARGS[@]}" \\')
+    lines.append('    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}"')
+    return Export(text="\n".join(lines) + "\n", filename=filename, launch=launch, notes=tuple(found))

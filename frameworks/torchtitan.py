@@ -1,0 +1,196 @@
+"""torchtitan launch configs: the TOML of its v0.2 releases (`--to torchtitan`).
+
+Keys are the `JobConfig` dataclass fields of torchtitan v0.2.x (`torchtitan/config/job_config.py`; research notes
+style-and-ecosystem.md B.2). Degrees map one to one onto its mesh (pp, dp_replicate, dp_shard, cp, tp), which is
+clusterplan's own axis order. Pipeline stages are given as explicit module lists so that the split is exactly the
+plan's (`pipeline_parallel_layers_per_stage` would also count the embedding and the head as layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.frameworks.common import (
+    Export,
+    check_exportable,
+    chunk_layers,
+    header_lines,
+    launch_shape,
+    slug,
+)
+from clusterplan.frameworks.tomlfmt import Value, toml_text
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.layout import Layout
+
+# torch.distributed.pipelining.schedules.get_schedule_class names (B.2); zb runs torchtitan's V-shaped zero bubble.
+SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble"}
+# clusterplan preset -> (torchtitan model name, flavor) for the models torchtitan ships.
+MODELS = {
+    "llama3.1-8b": ("llama3", "8B"),
+    "llama3.1-70b": ("llama3", "70B"),
+    "llama3.1-405b": ("llama3", "405B"),
+    "deepseek-v3": ("deepseek_v3", "671B"),
+    "qwen3-32b": ("qwen3", "32B"),
+    "qwen3-30b-a3b": ("qwen3", "30B-A3B"),
+    "qwen3-235b-a22b": ("qwen3", "235B-A22B"),
+}
+HF_ASSETS = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B", "llama3.1-405b": "Llama-3.1-405B"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DataParallel:
+    replicate: int
+    shard: int
+    reshard_after_forward: str
+
+
+def data_parallel(layout: Layout) -> DataParallel:
+    """torchtitan shards with FSDP2 over dp_shard and replicates over dp_replicate (HSDP when both > 1).
+
+    ZeRO-1/2 become FSDP that keeps parameters gathered from forward to backward ("never"), which holds no more
+    memory than ZeRO-1/2; ZeRO-3 reshards after every forward ("always"). ZeRO-0 is DDP, which torchtitan
+    applies only when nothing else is parallel.
+    """
+    L = layout
+    if L.zero == 0:
+        if max(L.tp, L.pp, L.cp, L.ep) > 1:
+            raise InfeasibleError(f"torchtitan applies DDP (zero=0) only without tp/pp/cp/ep, but the plan has "
+                                  f"{L.short()}; set zero=1 or more (FSDP), or export --to megatron")
+        return DataParallel(replicate=L.dp, shard=1, reshard_after_forward="default")
+    if L.dp_shard == 1 and L.dp_replicate > 1 and max(L.tp, L.pp, L.cp, L.ep) > 1:
+        raise InfeasibleError(f"torchtitan would run dp_replicate({L.dp_replicate}) with dp_shard 1 as DDP, which "
+                              "it allows only without tp/pp/cp/ep; set dp_replicate=1 so dp shards")
+    return DataParallel(replicate=L.dp_replicate, shard=L.dp_shard,
+                        reshard_after_forward="always" if L.zero == 3 else "never")
+
+
+def batch_sizes(layout: Layout) -> tuple[int, int]:
+    """(local_batch_size, global_batch_size) in sequences.
+
+    torchtitan accumulates global / (local * dp) gradients; with pp the local batch is cut into
+    local / pipeline_parallel_microbatch_size micro-batches, so pp puts all micro-batches in the local batch.
+    """
+    L = layout
+    local = L.gbs // L.dp if L.pp > 1 else L.mbs
+    return local, L.gbs
+
+
+def model_parts(model: ModelSpec, layout: Layout) -> list[list[str]]:
+    """Module names of each pipeline chunk in model order (llama3/deepseek_v3/qwen3 module names)."""
+    if layout.schedule == "zb":
+        if model.n_layers % (2 * layout.pp) or layout.first_stage_layers or layout.last_stage_layers:
+            raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "
+                                  f"must divide by 2 * pp({layout.pp}) with no uneven first/last stage")
+        counts = [model.n_layers // (2 * layout.pp)] * (2 * layout.pp)
+    else:
+        counts = chunk_layers(model, layout)
+    parts, start = [], 0
+    for count in counts:
+        parts.append([f"layers.{i}" for i in range(start, start + count)])
+        start += count
+    parts[0].insert(0, "tok_embeddings")
+    parts[-1] += ["norm", "output"]
+    return parts
+
+
+def parallelism(model: ModelSpec, layout: Layout) -> dict[str, Value]:
+    L = layout
+    dp = data_parallel(L)
+    table: dict[str, Value] = {
+        "data_parallel_replicate_degree": dp.replicate,
+        "data_parallel_shard_degree": dp.shard,
+        "fsdp_reshard_after_forward": dp.reshard_after_forward,
+        "tensor_parallel_degree": L.tp,
+        "pipeline_parallel_degree": L.pp,
+    }
+    if L.pp > 1:
+        table["pipeline_parallel_schedule"] = SCHEDULES[L.schedule]
+        table["pipeline_parallel_microbatch_size"] = L.mbs
+        table["module_fqns_per_model_part"] = model_parts(model, L)
+    table["context_parallel_degree"] = L.cp
+    if L.cp > 1:
+        table["context_parallel_rotate_method"] = "allgather"
+    table["expert_parallel_degree"] = L.ep
+    table["expert_tensor_parallel_degree"] = L.etp
+    return table
+
+
+def activation_checkpoint(model: ModelSpec, layout: Layout) -> dict[str, Value]:
+    """none/selective/full; full on some layers becomes layer-level selective AC, every n-th layer."""
+    L = layout
+    if L.recompute == "selective":
+        return {"mode": "selective", "selective_ac_option": "op"}
+    if L.recompute == "full" and L.recompute_layers:
+        per_rank = model.n_layers // L.pp
+        every = max(1, per_rank // L.recompute_layers)
+        return {"mode": "selective", "selective_ac_option": str(every)}
+    return {"mode": L.recompute}
+
+
+def notes(model: ModelSpec, layout: Layout) -> list[str]:
+    L = layout
+    out = []
+    if model.name not in MODELS:
+        out.append(f"torchtitan ships no {model.name}: register a model flavor with these dimensions "
+                   f"(hidden {model.hidden}, {model.n_layers} layers, {model.n_heads} heads) under this name")
+    if L.tp > 1 and not L.sp:
+        out.append("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp off, "
+                   "so activations use less memory than planned")
+    if L.cp > 1 and L.cp_kind == "a2a":
+        out.append("torchtitan's context parallel is ring attention; the plan's all-to-all (Ulysses) exchange runs as "
+                   "ring attention here")
+    if L.ep > 1 and L.etp not in (1, L.tp):
+        out.append(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}")
+    if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:
+        out.append(f"recompute_layers({L.recompute_layers}) does not divide the layers per stage; every n-th layer "
+                   "is the nearest torchtitan option")
+    return out
+
+
+def sections(model: ModelSpec, layout: Layout) -> dict[str, dict[str, Value]]:
+    L = layout
+    if L.precision == "fp16":
+        raise InfeasibleError("torchtitan trains in bf16 (or fp32/fp8), not fp16; set precision=bf16 in the plan")
+    name, flavor = MODELS.get(model.name, (model.family, model.name))
+    local, global_ = batch_sizes(L)
+    model_table: dict[str, Value] = {"name": name, "flavor": flavor,
+                                     "hf_assets_path": f"./assets/hf/{HF_ASSETS.get(model.name, model.name)}"}
+    if L.precision == "fp8":
+        model_table["converters"] = ["quantize.linear.float8"]
+    out: dict[str, dict[str, Value]] = {
+        "job": {"dump_folder": "./outputs", "description": f"{model.name} {L.short()} (clusterplan)"},
+        "model": model_table,
+        "training": {"local_batch_size": local, "global_batch_size": global_, "seq_len": L.seq,
+                     "mixed_precision_param": "float32" if L.precision == "fp32" else "bfloat16",
+                     "dataset": "c4"},
+        "parallelism": parallelism(model, L),
+        "activation_checkpoint": activation_checkpoint(model, L),
+    }
+    if L.precision == "fp8":
+        out["compile"] = {"enable": True, "components": ["model", "loss"]}
+        out["quantize.linear.float8"] = {"enable_fsdp_float8_all_gather": L.dp_shard > 1,
+                                         "precompute_float8_dynamic_scale_for_fsdp": L.dp_shard > 1,
+                                         "filter_fqns": ["output"]}
+    return out
+
+
+def torchrun_prefix(cluster: Cluster) -> str:
+    shape = launch_shape(cluster)
+    if shape.nnodes == 1:
+        return f"torchrun --standalone --nnodes 1 --nproc-per-node {shape.gpus_per_node}"
+    return (f"torchrun --nnodes {shape.nnodes} --nproc-per-node {shape.gpus_per_node} --rdzv-backend c10d "
+            "--rdzv-endpoint $HEAD_NODE_ADDR:29500 --rdzv-id clusterplan")
+
+
+def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+    """The v0.2 TOML with the torchrun line that starts it (run the same line on every node)."""
+    check_exportable(model, cluster, layout)
+    filename = f"{slug(model.name)}.toml"
+    launch = f"{torchrun_prefix(cluster)} -m torchtitan.train --job.config_file {filename}"
+    body = sections(model, layout)
+    found = notes(model, layout)
+    comments = [*header_lines(model, cluster, layout, "torchtitan v0.2"), f"launch (every node): {launch}",
+                *(f"note: {n}" for n in found)]
+    return Export(text=toml_text(body, comments), filename=filename, launch=launch, notes=tuple(found))

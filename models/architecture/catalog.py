@@ -1,0 +1,64 @@
+"""Model presets and loading a model from a preset name, our YAML, or a Hugging Face config.json."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_mapping, path_exists
+from clusterplan.models.architecture.spec import ModelSpec
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@lru_cache(maxsize=1)
+def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
+    import yaml
+
+    specs: dict[str, ModelSpec] = {}
+    aliases: dict[str, str] = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        for name, raw in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).items():
+            raw = dict(raw)
+            for alias in raw.pop("aliases", []) or []:
+                aliases[alias] = name
+            specs[name] = ModelSpec.from_dict({"name": name, **raw}, where=f"{path.name}: {name}")
+    return MappingProxyType(specs), MappingProxyType(aliases)
+
+
+def presets() -> Mapping[str, ModelSpec]:
+    return _presets()[0]
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A preset name (case-insensitive, aliases allowed), a YAML file of ours, or a config.json (file or dir)."""
+    from clusterplan.hardware_db.catalog import find_name
+
+    path = Path(ref)
+    if path_exists(path) and path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.suffix in (".json", ".yaml", ".yml") or (path_exists(path) and path.is_file()):
+        data = load_mapping(path)
+        if "model_type" in data or "architectures" in data:
+            from clusterplan.models.architecture.hf import spec_from_hf
+
+            name = path.parent.name if path.name == "config.json" else path.stem
+            return spec_from_hf(data, name=name or "model", where=str(path))
+        inner = data.get("model", data)
+        if not isinstance(inner, dict):
+            raise BadInputError(f"{path}: `model:` must be a mapping of model fields, got {type(inner).__name__}")
+        data = dict(inner)
+        data.pop("aliases", None)
+        data.setdefault("name", path.stem)
+        return ModelSpec.from_dict(data, where=str(path))
+    specs, aliases = _presets()
+    try:
+        return find_name("model (preset name, or path of a config.json / YAML file)", ref, specs, aliases, "models list")
+    except BadInputError:
+        if ref.strip() not in ("", ".") and path_exists(path) and path.is_dir():
+            raise BadInputError(f"{ref}: a directory without config.json; give a Hugging Face model directory, a "
+                                "config.json, a model YAML or a preset (`clusterplan models list`)") from None
+        raise

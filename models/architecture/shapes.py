@@ -1,0 +1,84 @@
+"""Per-layer sizes of a ModelSpec that the cost models need: matmul parameters, widths and counts.
+
+Computed once per model (scalars), then combined with layout arrays in compute.py and memory.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.models.architecture.spec import ModelSpec
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelShapes:
+    n_layers: int
+    n_moe_layers: int
+    hidden: int
+    n_heads: int
+    kv_heads: int
+    q_dim: int
+    """All query heads' width (score GEMM inner size x heads)."""
+    kv_dim: int
+    """Width of K plus V per token as stored for attention (GQA: 2 * kv_heads * head_dim; MLA: latent + rope)."""
+    v_dim: int
+    vocab: int
+    attn_params: int
+    """Attention parameters of one layer (matmuls + biases + qk norms)."""
+    dense_mlp_params: int
+    """Dense MLP parameters of one dense layer."""
+    ffn: int
+    expert_ffn: int
+    shared_ffn: int
+    expert_params: int
+    """Parameters of one routed expert."""
+    moe_dense_part_params: int
+    """Per MoE layer: router + shared experts (+ gate), which are not expert-parallel."""
+    n_experts: int
+    top_k: int
+    norm_params: int
+    """Norm parameters of one layer (two norms)."""
+    embed_params: int
+    head_params: int
+    """LM head matrix plus final norm (0 matrix when tied and pp == 1; see memory.py)."""
+    tied: bool
+    gated: bool
+    dropout: bool
+    total_params: int
+    active_params: int
+    tensors_per_layer: int
+    """Parameter tensors of one layer (weights, biases, norm scales): ZeRO-3 gathers them one by one."""
+
+    @classmethod
+    def of(cls, m: ModelSpec) -> ModelShapes:
+        kv_dim = (m.kv_lora_rank + m.qk_rope_head_dim) if m.is_mla else 2 * m.kv_heads * m.dim_head
+        moe_dense = 0
+        if m.is_moe:
+            moe_dense = m.hidden * m.n_experts + (m.mlp_params(m.shared_ffn) if m.shared_ffn else 0)
+            moe_dense += m.hidden if m.shared_expert_gate else 0
+        return cls(
+            n_layers=m.n_layers, n_moe_layers=m.n_moe_layers, hidden=m.hidden, n_heads=m.n_heads,
+            kv_heads=m.kv_heads, q_dim=m.q_dim, kv_dim=kv_dim, v_dim=m.v_dim, vocab=m.vocab,
+            attn_params=m.attention_params(), dense_mlp_params=m.mlp_params(m.ffn_hidden), ffn=m.ffn_hidden,
+            expert_ffn=m.expert_ffn_hidden, shared_ffn=m.shared_ffn,
+            expert_params=m.mlp_params(m.expert_ffn_hidden) if m.is_moe else 0,
+            moe_dense_part_params=moe_dense, n_experts=m.n_experts, top_k=m.top_k,
+            norm_params=2 * m.norm_params(), embed_params=m.embedding_params(),
+            head_params=m.vocab * m.hidden + m.norm_params(), tied=m.tied_embeddings, gated=m.gated_ffn,
+            dropout=m.dropout, total_params=m.total_params(), active_params=m.active_params(),
+            tensors_per_layer=_tensors_per_layer(m),
+        )
+
+    @property
+    def moe_fraction(self) -> float:
+        """Share of layers that are MoE (the rest have a dense MLP)."""
+        return self.n_moe_layers / self.n_layers
+
+
+def _tensors_per_layer(m: ModelSpec) -> int:
+    """Fused qkv + out projection, 2 or 3 MLP matrices, 2 norms (+ their biases), and any linear biases."""
+    count = 2 + (3 if m.gated_ffn else 2) + (4 if m.norm == "layernorm" else 2)
+    count += 1 if m.attn_bias else 0
+    count += (3 if m.gated_ffn else 2) + 1 if m.linear_bias else 0
+    count += 2 if m.qk_norm else 0
+    return count

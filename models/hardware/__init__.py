@@ -1,0 +1,1 @@
+"""Hardware as the cost models see it: clusters, achievable rates, calibration, collectives, topology."""

@@ -1,0 +1,164 @@
+"""HardwareRates: the achievable rates a cost model needs, from hardware_db defaults or a calibration file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from clusterplan.models.hardware.calibration import (
+    COLLECTIVES,
+    AttentionFit,
+    Calibration,
+    CollectiveFit,
+    GemmCurve,
+)
+from clusterplan.models.hardware.cluster import Cluster
+
+# Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.1 ms.
+GEMM_HALF_TIME_S = 0.1e-3
+# Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach.
+# These two constants hold for every GPU and row; they were fitted once, jointly, to Narayanan et al. 2021 Table 1
+# and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
+# against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
+TRAINING_GEMM_SHARE = 0.85
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkRates:
+    """Bus bandwidth (bytes/s) and per-step latency (s) of one collective inside a scale-up domain and across nodes."""
+
+    bw_in: float
+    lat_in: float
+    bw_out: float
+    lat_out: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HardwareRates:
+    gpu_name: str
+    memory_bytes: float
+    peak_flops: float
+    """Dense bf16/fp16 peak (the MFU denominator)."""
+    gemm_max_flops: float
+    gemm_half_flops: float
+    gemm_max_flops_fp8: float
+    hbm_bytes_per_s: float
+    domain: int
+    """GPUs in one scale-up domain (where tp/cp/ep groups should live)."""
+    bw_in: float
+    """Scale-up bus bandwidth per GPU, bytes/s."""
+    lat_in: float
+    bw_out: float
+    """Scale-out bandwidth per GPU (its share of the node's NICs), bytes/s."""
+    lat_out: float
+    per_op: Mapping[str, LinkRates] = field(default_factory=lambda: MappingProxyType({}))
+    """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
+    from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
+    comm_overlap: float = 1.0
+    """How much communication hides under compute (models/hardware/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
+    both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
+    attn_max_flops: float | None = None
+    """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
+    attn_half_flops: float = 0.0
+    attn_bwd_over_fwd: float = 2.5
+    """Flash-attention backward over forward time (FlashAttention-2's convention 2.5, Dao 2023)."""
+    layer_time_factor: float = 1.0
+    """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
+    tp_layer_overhead_s: float = 0.0
+    """Seconds per layer and micro-batch that an eager tensor-parallel layer adds (DTensor dispatch)."""
+    host_oversubscription: float = 1.0
+    """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
+    calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
+    calibrated: bool = False
+
+    @classmethod
+    def of(cls, cluster: Cluster, calibration: Calibration | None = None,
+           node_link_gb_per_s: float | None = None, eager_layers: bool = False) -> HardwareRates:
+        """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here).
+
+        With a measured node bandwidth matrix, scale-out traffic is priced at `node_link_gb_per_s` (the slowest
+        link the placement actually uses, see models/training/topology.py) or, when not given, the slowest link of all.
+        """
+        group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
+        gpu = group.gpu
+        peak = gpu.tflops("bf16") * 1e12
+        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE
+        curve = GemmCurve(max_tflops=rate / 1e12, half_flops=rate * GEMM_HALF_TIME_S)
+        fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
+        hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
+        bw_in = group.scale_up_busbw_gb_per_s * 1e9
+        lat_in = group.scale_up.latency_us * 1e-6
+        bw_out = min(g.scale_out_busbw_gb_per_s for g in cluster.groups) * 1e9
+        lat_out = max(g.nic.latency_us for g in cluster.groups) * 1e-6
+        if cluster.node_bandwidth_gb_per_s is not None:
+            off = [v for i, row in enumerate(cluster.node_bandwidth_gb_per_s) for j, v in enumerate(row) if i != j]
+            link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
+            if link is not None and link != float("inf"):
+                bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
+        calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
+        attn = None
+        if calibration is not None:
+            calibrated = True
+            curve = calibration.gemm_curve("bf16") or curve
+            hbm = calibration.copy_bytes_per_s or hbm
+            up = calibration.collective("all_reduce", "scale_up")
+            if up:
+                bw_in, lat_in = up.busbw_bytes_per_s, up.latency_s
+            out = calibration.collective("all_reduce", "scale_out")
+            if out:
+                bw_out, lat_out = out.busbw_bytes_per_s / group.gpus_per_node, out.latency_s
+            overlap = calibration.comm_overlap()
+            oversub = calibration.host_oversubscription()
+            attn = calibration.attention_fit()
+            if eager_layers:
+                factor = calibration.eager_layer_time_factor or 1.0
+                tp_overhead = calibration.eager_tp_overhead_s or 0.0
+            for op in COLLECTIVES:
+                op_up, op_out = calibration.collective(op, "scale_up"), calibration.collective(op, "scale_out")
+                if op != "all_reduce" and (op_up or op_out):
+                    per_op[op] = LinkRates(
+                        bw_in=op_up.busbw_bytes_per_s if op_up else bw_in, lat_in=op_up.latency_s if op_up else lat_in,
+                        bw_out=op_out.busbw_bytes_per_s / group.gpus_per_node if op_out else bw_out,
+                        lat_out=op_out.latency_s if op_out else lat_out)
+        return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
+                   gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=curve.half_flops,
+                   gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
+                   domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
+                   bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
+                   layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
+                   calibrated=calibrated, **_attention_rates(attn))
+
+    @classmethod
+    def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:
+        """Rates from a calibration alone (no hardware_db GPU): what `profile` compares its own layer timings with.
+        None until the file has the GEMM curve for `dtype` and the copy rate; without an all-reduce fit (one
+        process) communication is free, as nothing communicates."""
+        curve, up = calibration.gemm_curve(dtype), calibration.collective("all_reduce", "scale_up")
+        if curve is None or calibration.copy_bytes_per_s is None:
+            return None
+        up = up or CollectiveFit(latency_s=0.0, busbw_bytes_per_s=float("inf"))
+        per_op = {op: LinkRates(bw_in=fit.busbw_bytes_per_s, lat_in=fit.latency_s, bw_out=fit.busbw_bytes_per_s,
+                                lat_out=fit.latency_s)
+                  for op in COLLECTIVES if (fit := calibration.collective(op, "scale_up")) is not None}
+        rate = curve.max_tflops * 1e12
+        return cls(gpu_name=str(calibration.meta.get("device_name", "measured")), memory_bytes=float("inf"),
+                   peak_flops=rate, gemm_max_flops=rate, gemm_half_flops=curve.half_flops, gemm_max_flops_fp8=rate,
+                   hbm_bytes_per_s=calibration.copy_bytes_per_s, domain=domain, bw_in=up.busbw_bytes_per_s,
+                   lat_in=up.latency_s, bw_out=up.busbw_bytes_per_s, lat_out=up.latency_s,
+                   per_op=MappingProxyType(per_op), comm_overlap=calibration.comm_overlap(),
+                   calibrated=True, **_attention_rates(calibration.attention_fit()))
+
+    def link(self, op: str) -> LinkRates:
+        """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth)."""
+        rates = self.per_op.get(op)
+        if rates is not None:
+            return rates
+        return LinkRates(bw_in=self.bw_in, lat_in=self.lat_in, bw_out=self.bw_out, lat_out=self.lat_out)
+
+
+def _attention_rates(fit: AttentionFit | None) -> dict[str, float]:
+    if fit is None:
+        return {}
+    return {"attn_max_flops": fit.max_tflops * 1e12, "attn_half_flops": fit.half_flops,
+            "attn_bwd_over_fwd": fit.bwd_over_fwd}

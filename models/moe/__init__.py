@@ -1,0 +1,1 @@
+"""Mixture-of-experts routing statistics and expert-placement metrics."""

@@ -1,0 +1,1 @@
+"""Serving cost model: KV cache, prefill/decode step times, request traffic, the batching simulator."""

@@ -1,0 +1,41 @@
+"""The KV cache of a served model: bytes per token (GQA and MLA aware) and prefill-to-decode transfer time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.comm import ArrayLike, p2p_s
+
+
+def kv_bytes_per_token(spec: ModelSpec, kv_bytes: float = 2.0) -> float:
+    """KV-cache bytes one token occupies in the whole model (all layers, all ranks together)."""
+    if spec.is_mla:
+        # MLA caches the compressed latent plus the shared RoPE key per layer (DeepSeek-V2 paper sec. 2.1.3).
+        return spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * kv_bytes
+    # Keys and values of every KV head of every layer: 2 * L * n_kv * d_h * b (research/serving-models.md sec. 4.2).
+    return 2.0 * spec.n_layers * spec.kv_heads * spec.dim_head * kv_bytes
+
+
+def kv_bytes_per_token_per_gpu(spec: ModelSpec, tp: int, pp: int, kv_bytes: float = 2.0) -> float:
+    """KV bytes one token occupies on one GPU of a tp x pp instance.
+
+    GQA heads are split over tp ranks and replicated once tp exceeds the KV-head count (vLLM); the MLA
+    latent is replicated on every tp rank (vLLM and SGLang without DP attention). Layers split over pp.
+    """
+    layers_per_stage = -(-spec.n_layers // pp)
+    if spec.is_mla:
+        return layers_per_stage * (spec.kv_lora_rank + spec.qk_rope_head_dim) * kv_bytes
+    heads_per_gpu = max(spec.kv_heads / tp, 1.0)
+    return 2.0 * layers_per_stage * heads_per_gpu * spec.dim_head * kv_bytes
+
+
+def kv_transfer_s(spec: ModelSpec, tokens: ArrayLike, link_bytes_per_s: float, latency_s: float,
+                  parallel_links: int = 1, kv_bytes: float = 2.0) -> ArrayLike:
+    """Time to move a prompt's KV cache from a prefill to a decode instance.
+
+    Each prefill GPU sends its own shard over its own link, so `parallel_links` (the smaller tp of the two
+    pools) links share the bytes: t = alpha + tokens * kv_tok / (links * B) (research/serving-models.md sec. 4.9).
+    """
+    size_bytes = np.asarray(tokens, dtype=float) * kv_bytes_per_token(spec, kv_bytes)
+    return p2p_s(size_bytes, link_bytes_per_s * max(parallel_links, 1), latency_s)

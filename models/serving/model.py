@@ -1,0 +1,271 @@
+"""Serving performance of one model instance (GPU type, tp, pp): memory, prefill time, decode step time.
+
+One step of a continuous-batching engine processes `prefill_tokens` new prompt tokens (whole prompts or
+chunks) plus one token of each of `decode_seqs` running sequences. Its time is
+
+    t_step = t0 + t_seq * B + pp * [max(compute, memory) + 2 L/pp all-reduces]_stage + (pp-1) * p2p
+
+(research/serving-models.md sec. 4.4-4.6): compute = FLOPs / (tp pp F eta_f), memory = (weights + KV read) /
+(eta_bw BW) per GPU, a fixed per-step overhead t0 (scheduler, sampling, launches) and an optional
+per-sequence overhead that a calibration sets. Every function takes numbers or numpy arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import GPU, get_link
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
+from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu
+
+GIB = 2**30
+MODEL_GEMM_SHARE = 0.77
+"""Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
+Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
+# Tensor-core rate each weight format runs at: W8A8 int8 at the 8-bit rate; int4 weight-only (AWQ/GPTQ) kernels
+# dequantise to bf16 and multiply there.
+COMPUTE_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "fp8", "fp4": "fp4", "int4": "bf16"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServingKnobs:
+    """Engine constants a calibration may set; None means the hardware database default."""
+
+    step_overhead_s: float = 0.003
+    """Fixed time per engine step. A few ms for a CUDA-graph engine (vLLM >= 0.6); 13 ms for the 2023 Splitwise engine."""
+    seq_overhead_s: float = 0.0
+    """Extra time per running sequence per step (sampling, per-sequence bookkeeping)."""
+    prefill_overhead_s: float = 0.002
+    """Extra fixed time of a step that carries prompt tokens: engines replay CUDA graphs for decode only,
+    so prefill pays eager kernel launches (vLLM captures decode batch sizes only)."""
+    allreduce_latency_s: float | None = None
+    """Per ring step latency of a tensor-parallel all-reduce (alpha); None = the scale-up link's."""
+    busbw_fraction: float | None = None
+    """Achieved all-reduce bus bandwidth as a fraction of link line rate; None = the link's."""
+    compute_fraction: float | None = None
+    """Achieved fraction of dense peak FLOP/s; None = MODEL_GEMM_SHARE of the GPU's best GEMM fraction."""
+    hbm_fraction: float | None = None
+    """Achieved fraction of peak memory bandwidth; None = the GPU's hbm_fraction."""
+    memory_utilization: float = 0.9
+    """Share of GPU memory the engine may use (vLLM --gpu-memory-utilization default 0.9)."""
+
+    @classmethod
+    def from_calibration(cls, calibration: Any = None, **overrides: float) -> ServingKnobs:
+        """Knobs from a calibration object or mapping: any attribute/key named like a field is taken."""
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            value = calibration.get(name) if isinstance(calibration, dict) else getattr(calibration, name, None)
+            if value is not None:
+                values[name] = float(value)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServingMemory:
+    weights_gib: float
+    activation_gib: float
+    reserve_gib: float
+    kv_gib: float
+    kv_capacity_tokens: int
+    """KV-cache capacity of the whole instance in tokens."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServingInstance:
+    """One replica of a model: tp x pp GPUs of one type, with weight and KV precisions."""
+
+    model: ModelSpec
+    gpu: GPU
+    tp: int = 1
+    pp: int = 1
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    knobs: ServingKnobs = field(default_factory=ServingKnobs)
+    max_batched_tokens: int = 2048
+    """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
+    (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size; 2048 is vLLM's chunked-prefill default)."""
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
+        for dtype in (self.weight_dtype, self.kv_dtype):
+            if dtype not in DTYPE_BYTES:
+                raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
+
+    @property
+    def n_gpus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpu.name} tp{self.tp} pp{self.pp}"
+
+    @property
+    def usd_per_hour(self) -> float:
+        if self.gpu.price is None:
+            raise BadInputError(f"GPU {self.gpu.name} has no price in the hardware database; give --capacity-table with costs")
+        return self.gpu.price.usd_per_gpu_hour * self.n_gpus
+
+
+def weights_bytes_per_gpu(inst: ServingInstance) -> float:
+    # Weights split evenly over tp x pp (vocab-parallel embeddings and head included).
+    return inst.model.total_params() * DTYPE_BYTES[inst.weight_dtype] / inst.n_gpus
+
+
+def activation_bytes_per_gpu(inst: ServingInstance) -> float:
+    # Peak transient of one forward over max_batched_tokens: hidden states, qkv and the gated MLP intermediate
+    # (vLLM profile_run), plus fp32 logits of up to 256 sampled rows (vLLM sampler warm-up).
+    spec = inst.model
+    ffn = max(spec.ffn_hidden, spec.expert_ffn_hidden * max(spec.top_k, 1))
+    per_token = 4 * spec.hidden + (3 if spec.gated_ffn else 1) * ffn / inst.tp
+    return inst.max_batched_tokens * per_token * 2.0 + 256 * spec.vocab * 4.0 / inst.tp
+
+
+def reserve_bytes_per_gpu(inst: ServingInstance) -> float:
+    # CUDA context and CUDA-graph pools ~0.5 GiB, NCCL buffers ~0.37 GiB at tp >= 2 (aiconfigurator systems YAML).
+    return 0.5 * GIB + (0.37 * GIB if inst.tp > 1 else 0.0)
+
+
+def serving_memory(inst: ServingInstance) -> ServingMemory:
+    """Per-GPU memory budget and the instance's KV capacity (research/serving-models.md sec. 4.1-4.3)."""
+    budget = inst.knobs.memory_utilization * inst.gpu.memory_bytes
+    weights = weights_bytes_per_gpu(inst)
+    act = activation_bytes_per_gpu(inst)
+    reserve = reserve_bytes_per_gpu(inst)
+    free = budget - weights - act - reserve
+    per_token = kv_bytes_per_token_per_gpu(inst.model, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
+    tokens = int(max(free, 0.0) // per_token)
+    return ServingMemory(weights_gib=weights / GIB, activation_gib=act / GIB, reserve_gib=reserve / GIB,
+                         kv_gib=max(free, 0.0) / GIB, kv_capacity_tokens=tokens)
+
+
+def max_batch(inst: ServingInstance, context_tokens: float) -> int:
+    """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does)."""
+    return int(serving_memory(inst).kv_capacity_tokens // max(context_tokens, 1.0))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepModel:
+    """Per-GPU constants of one instance, precomputed so a step costs a few numpy operations."""
+
+    pp: int
+    step_overhead_s: float
+    seq_overhead_s: float
+    prefill_overhead_s: float
+    compute_s_per_token: float
+    compute_s_per_pair: float
+    """Attention score and value FLOPs per (query, key) pair over all layers, as time."""
+    head_s_per_seq: float
+    dense_weights_s: float
+    expert_weights_s: float
+    expert_hit_per_token: float
+    """top_k / n_experts: chance one token routes to a given expert (0 for a dense model)."""
+    kv_read_s_per_token: float
+    ar_count_per_stage: float
+    tp: int
+    ar_busbw_bytes_per_s: float
+    ar_latency_s: float
+    activation_bytes_per_token: float
+    p2p_bytes_per_s: float
+
+    def step_s(self, prefill_tokens: ArrayLike = 0.0, prefill_pairs: ArrayLike = 0.0, decode_seqs: ArrayLike = 0.0,
+               decode_context_tokens: ArrayLike = 0.0) -> ArrayLike:
+        """Time of one engine step (the module docstring has the formula)."""
+        n_p = np.asarray(prefill_tokens, dtype=float) / self.pp
+        n_b = np.asarray(decode_seqs, dtype=float) / self.pp
+        tokens = n_p + n_b
+        pairs = (np.asarray(prefill_pairs, dtype=float) + np.asarray(decode_context_tokens, dtype=float)) / self.pp
+        compute = tokens * self.compute_s_per_token + pairs * self.compute_s_per_pair + n_b * self.head_s_per_seq
+        # Experts touched by `tokens` routed tokens: 1 - (1 - k/E)^tokens of them are read (uniform routing).
+        expert_share = 1.0 - np.power(1.0 - self.expert_hit_per_token, tokens)
+        kv_read = np.asarray(decode_context_tokens, dtype=float) / self.pp * self.kv_read_s_per_token
+        memory = self.dense_weights_s + self.expert_weights_s * expert_share + kv_read
+        ar = self.ar_count_per_stage * all_reduce_s(tokens * self.activation_bytes_per_token, self.tp,
+                                                    self.ar_busbw_bytes_per_s, self.ar_latency_s)
+        p2p = (self.pp - 1) * (self.ar_latency_s + tokens * self.activation_bytes_per_token / self.p2p_bytes_per_s)
+        stage = np.maximum(compute, memory) + ar
+        fixed = self.step_overhead_s + np.where(n_p > 0, self.prefill_overhead_s, 0.0)
+        return fixed + self.seq_overhead_s * np.asarray(decode_seqs, dtype=float) + self.pp * stage + p2p
+
+    def prefill_s(self, prompt_tokens: ArrayLike, batch: ArrayLike = 1) -> ArrayLike:
+        """Prefill of `batch` prompts of `prompt_tokens` each in one step (causal attention: l^2/2 pairs each)."""
+        l_tok = np.asarray(prompt_tokens, dtype=float)
+        b = np.asarray(batch, dtype=float)
+        return self.step_s(prefill_tokens=b * l_tok, prefill_pairs=b * l_tok * l_tok / 2.0)
+
+    def decode_s(self, batch: ArrayLike, context_tokens: ArrayLike) -> ArrayLike:
+        """One decode step of `batch` sequences with `context_tokens` of context each."""
+        b = np.asarray(batch, dtype=float)
+        return self.step_s(decode_seqs=b, decode_context_tokens=b * np.asarray(context_tokens, dtype=float))
+
+
+def step_model(inst: ServingInstance) -> StepModel:
+    """Precompute the step-time constants of an instance from its model, GPU and knobs."""
+    spec, gpu, knobs = inst.model, inst.gpu, inst.knobs
+    flops_per_s = gpu.tflops(COMPUTE_DTYPE[inst.weight_dtype]) * 1e12
+    flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction * MODEL_GEMM_SHARE
+    hbm_bytes_per_s = gpu.hbm_bytes_per_s * (knobs.hbm_fraction or gpu.hbm_fraction)
+    n_gpus = inst.n_gpus
+    layer_params = spec.active_params() - spec.embedding_params() - spec.head_params()
+    expert_params = (spec.moe_params() - spec.moe_params(active=True)) * spec.n_moe_layers
+    expert_params = expert_params * spec.n_experts / max(spec.n_experts - spec.top_k, 1) if spec.is_moe else 0.0
+    w_bytes = DTYPE_BYTES[inst.weight_dtype]
+    total_weight_bytes = spec.total_params() * w_bytes / n_gpus
+    expert_bytes = expert_params * w_bytes / n_gpus
+    link = get_link(gpu.scale_up_link)
+    return StepModel(
+        pp=inst.pp,
+        step_overhead_s=knobs.step_overhead_s,
+        seq_overhead_s=knobs.seq_overhead_s,
+        prefill_overhead_s=knobs.prefill_overhead_s,
+        # 2 FLOPs per parameter per token (Kaplan et al. 2020), split over tp x pp GPUs.
+        compute_s_per_token=2.0 * layer_params / (n_gpus * flops_per_s),
+        # QK^T and AV: 2 (q_dim + v_dim) FLOPs per (query, key) pair per layer (Narayanan et al. 2021 sec. 5.1).
+        compute_s_per_pair=2.0 * (spec.q_dim + spec.v_dim) * spec.n_layers / (n_gpus * flops_per_s),
+        head_s_per_seq=2.0 * spec.vocab * spec.hidden / (n_gpus * flops_per_s),
+        dense_weights_s=(total_weight_bytes - expert_bytes) / hbm_bytes_per_s,
+        expert_weights_s=expert_bytes / hbm_bytes_per_s,
+        expert_hit_per_token=spec.top_k / spec.n_experts if spec.is_moe else 0.0,
+        kv_read_s_per_token=kv_bytes_per_token_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype]) / hbm_bytes_per_s,
+        # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
+        ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
+        tp=inst.tp,
+        ar_busbw_bytes_per_s=link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction),
+        ar_latency_s=knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6,
+        activation_bytes_per_token=spec.hidden * 2.0,
+        p2p_bytes_per_s=link.gb_per_s * 1e9 * link.busbw_fraction,
+    )
+
+
+def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> ServingKnobs:
+    """ServingKnobs from a models.calibration.Calibration (duck-typed) measured on this GPU type, else defaults.
+
+    Fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM max_tflops,
+    copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and alpha.
+    """
+    if calibration is None or not _measured_on(gpu, calibration):
+        return ServingKnobs()
+    extra: dict[str, float | None] = {"step_overhead_s": getattr(calibration, "decode_step_overhead_s", None)}
+    curve = calibration.gemm_curve(dtype) if hasattr(calibration, "gemm_curve") else None
+    if curve is not None:
+        extra["compute_fraction"] = min(curve.max_tflops / gpu.tflops(dtype), 1.0)
+    copy = getattr(calibration, "copy_bytes_per_s", None)
+    if copy:
+        extra["hbm_fraction"] = min(copy / gpu.hbm_bytes_per_s, 1.0)
+    fit = calibration.collective("all_reduce", "scale_up") if hasattr(calibration, "collective") else None
+    if fit is not None:
+        extra["allreduce_latency_s"] = fit.latency_s
+    return ServingKnobs.from_calibration(calibration, **extra)
+
+
+def _measured_on(gpu: GPU, calibration: Any) -> bool:
+    device = str((getattr(calibration, "meta", None) or {}).get("device_name", "")).lower().replace("-", " ")
+    names = [gpu.name, *gpu.aliases]
+    return not device or any(n.lower().replace("-", " ") in device for n in names)

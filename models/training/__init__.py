@@ -1,0 +1,1 @@
+"""Training cost model: layouts, memory, step time, and estimate() of one layout."""

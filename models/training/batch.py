@@ -1,0 +1,99 @@
+"""LayoutArrays: many layouts as numpy columns, so one evaluation prices thousands of candidates.
+
+Categorical fields become small integer codes; every cost function in compute.py,
+memory.py and step.py takes these arrays (a single layout is a batch of one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from clusterplan.models.training.layout import CHOICES, Layout
+
+CODES = {name: {v: i for i, v in enumerate(values)} for name, values in CHOICES.items()}
+RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = 0, 1, 2
+SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB = 0, 1, 2, 3
+OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = 0, 1, 2
+PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = 0, 1, 2, 3
+
+INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
+              "recompute_layers", "first_stage_layers", "last_stage_layers")
+BOOL_FIELDS = ("sp", "flash_attn")
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutArrays:
+    dp: np.ndarray
+    dp_replicate: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    vpp: np.ndarray
+    cp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
+    zero: np.ndarray
+    mbs: np.ndarray
+    gbs: np.ndarray
+    seq: np.ndarray
+    recompute_layers: np.ndarray
+    first_stage_layers: np.ndarray
+    last_stage_layers: np.ndarray
+    sp: np.ndarray
+    flash_attn: np.ndarray
+    recompute: np.ndarray
+    schedule: np.ndarray
+    precision: np.ndarray
+    optimizer: np.ndarray
+    cp_kind: np.ndarray
+
+    @classmethod
+    def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
+        cols = {}
+        for name in INT_FIELDS + BOOL_FIELDS:
+            cols[name] = np.array([float(getattr(x, name)) for x in layouts])
+        for name, codes in CODES.items():
+            cols[name] = np.array([codes[getattr(x, name)] for x in layouts], dtype=np.int64)
+        return cls(**cols)
+
+    @classmethod
+    def from_columns(cls, **columns: np.ndarray) -> LayoutArrays:
+        n = len(next(iter(columns.values())))
+        defaults = Layout()
+        cols = {}
+        for f in fields(cls):
+            if f.name in columns:
+                cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if f.name in CODES else float)
+            elif f.name in CODES:
+                cols[f.name] = np.full(n, CODES[f.name][getattr(defaults, f.name)], dtype=np.int64)
+            else:
+                cols[f.name] = np.full(n, float(getattr(defaults, f.name)))
+        return cls(**cols)
+
+    def __len__(self) -> int:
+        return len(self.dp)
+
+    def take(self, index: np.ndarray) -> LayoutArrays:
+        return LayoutArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def layout(self, i: int) -> Layout:
+        values: dict = {name: int(getattr(self, name)[i]) for name in INT_FIELDS}
+        values.update({name: bool(getattr(self, name)[i]) for name in BOOL_FIELDS})
+        values.update({name: CHOICES[name][int(getattr(self, name)[i])] for name in CODES})
+        return Layout(**values)
+
+    # derived columns
+    @property
+    def dp_shard(self) -> np.ndarray:
+        return self.dp / self.dp_replicate
+
+    @property
+    def microbatches(self) -> np.ndarray:
+        return np.maximum(1.0, np.floor(self.gbs / (self.dp * self.mbs)))
+
+    @property
+    def sp_div(self) -> np.ndarray:
+        """Divisor of the activations outside attention/MLP cores: tp with sequence parallelism, else 1."""
+        return np.where(self.sp > 0, self.tp, 1.0)

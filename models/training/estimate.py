@@ -1,0 +1,131 @@
+"""estimate(): memory and step time of one layout, every term visible, as `clusterplan estimate` prints it.
+
+    from clusterplan.models.training.estimate import estimate
+    est = estimate(load_model("llama3.1-70b"), load_cluster("dgx-h100:8"), Layout.parse("tp=8,pp=4", world=64))
+    est.to_json()["step_time_s"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration
+from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
+from clusterplan.models.training.step import StepTime, step_time
+from clusterplan.models.training.topology import placement_bottleneck_gb_per_s
+
+TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s", "optimizer_s")
+MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
+POSITIONS = ("first", "middle", "last")
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Vectorised result for a batch of layouts (what `plan` ranks)."""
+
+    memory: MemoryBreakdown
+    time: StepTime
+    hw: HardwareRates
+    tokens_per_step: np.ndarray
+    world: int
+
+    @property
+    def fits(self) -> np.ndarray:
+        return self.memory.peak <= self.hw.memory_bytes
+
+    @property
+    def tokens_per_s(self) -> np.ndarray:
+        return self.tokens_per_step / self.time.step_s
+
+    @property
+    def mfu(self) -> np.ndarray:
+        return self.time.model_flops / (self.time.step_s * self.world * self.hw.peak_flops)
+
+    @property
+    def hfu(self) -> np.ndarray:
+        return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
+
+
+def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int) -> Evaluation:
+    return Evaluation(memory=memory_breakdown(shapes, arrays), time=step_time(shapes, arrays, hw),
+                      hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    model: ModelSpec
+    cluster: Cluster
+    layout: Layout
+    reasons: tuple[str, ...]
+    evaluation: Evaluation | None
+    index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return not self.reasons
+
+    def value(self, array: np.ndarray) -> float:
+        return float(array[self.index])
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON shape other tools read (see README "estimate JSON")."""
+        out: dict[str, Any] = {"layout": self.layout.to_dict(), "feasible": self.feasible,
+                               "reasons": list(self.reasons), "model": self.model.name,
+                               "cluster": self.cluster.describe()}
+        ev = self.evaluation
+        if ev is None:
+            return out
+        v = self.value
+        mem = {f"{term}_gib": _r(v(getattr(ev.memory, term)) / GIB) for term in MEMORY_TERMS}
+        mem["peak_gib"] = _r(v(ev.memory.peak) / GIB)
+        mem["capacity_gib"] = _r(ev.hw.memory_bytes / GIB)
+        mem["headroom_gib"] = _r((ev.hw.memory_bytes - v(ev.memory.peak)) / GIB)
+        mem["peak_stage"] = POSITIONS[int(ev.memory.peak_position[self.index])]
+        mem["by_stage"] = {pos: {f"{term}_gib": _r(float(ev.memory.by_position[i, j, self.index]) / GIB)
+                                 for j, term in enumerate(MEMORY_TERMS + ("total",))}
+                           for i, pos in enumerate(POSITIONS)}
+        out.update({
+            "step_time_s": _r(v(ev.time.step_s)),
+            "tokens_per_s": _r(v(ev.tokens_per_s)),
+            "tflops_per_gpu": _r(v(ev.time.model_flops) / v(ev.time.step_s) / ev.world / 1e12),
+            "mfu": _r(v(ev.mfu)),
+            "hfu": _r(v(ev.hfu)),
+            "memory": mem,
+            "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
+            "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
+        })
+        return out
+
+
+def _r(x: float) -> float:
+    """Round to 6 significant digits so JSON is stable and readable."""
+    return float(f"{x:.6g}")
+
+
+def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
+             node_order: tuple[int, ...] | None = None, eager_layers: bool = False) -> Estimate:
+    """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
+
+    `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
+    (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
+    `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
+    """
+    reasons = layout_problems(model, layout, cluster.world_size)
+    link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
+    hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)
+    if not bool(ev.fits[0]):
+        reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
+                       f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
+                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}")
+    return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)

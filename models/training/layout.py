@@ -1,0 +1,264 @@
+"""Layout: one parallel layout of a training job (the "plan" input, never mixed with model or cluster).
+
+Mesh axes are named once, in torchtitan's order; tp is innermost (fastest-varying rank):
+    pp, dp_replicate, dp_shard, cp, tp        world = pp * dp * cp * tp, dp = dp_replicate * dp_shard
+Expert parallelism folds over dp_shard * cp * tp (ep * etp must divide it), as in torchtitan and Megatron-Core.
+
+    Layout.parse("tp=8,pp=4,mbs=1,gbs=512,seq=8192,recompute=selective", world=256)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.models.architecture.spec import ModelSpec
+
+MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
+Recompute = Literal["none", "selective", "full"]
+Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb"]
+Precision = Literal["bf16", "fp16", "fp8", "fp32"]
+Optimizer = Literal["adam-master", "adam", "sgd"]
+CpKind = Literal["ring", "a2a"]
+
+MAX_INT = 2**53
+"""Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    "recompute": ("none", "selective", "full"),
+    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb"),
+    "precision": ("bf16", "fp16", "fp8", "fp32"),
+    "optimizer": ("adam-master", "adam", "sgd"),
+    "cp_kind": ("ring", "a2a"),
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Layout:
+    dp: int = 1
+    """Data-parallel degree (replicate x shard)."""
+    dp_replicate: int = 1
+    """Replicated part of dp (HSDP); the rest, dp // dp_replicate, is the sharded part."""
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1
+    """Virtual pipeline stages (model chunks) per pipeline rank; > 1 with the interleaved schedule."""
+    cp: int = 1
+    cp_kind: CpKind = "ring"
+    """Context parallel exchange: ring attention (p2p of K/V) or all-to-all (Ulysses)."""
+    ep: int = 1
+    etp: int = 1
+    """Tensor parallelism inside each expert."""
+    flash_attn: bool = True
+    """Fused (flash) attention: no s^2 score matrix is stored and the causal half is skipped."""
+    sp: bool = False
+    """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter)."""
+    zero: int = 1
+    """0 = DDP, 1 = optimizer states sharded (distributed optimizer), 2 = + gradients, 3 = + weights (FSDP)."""
+    mbs: int = 1
+    """Micro-batch size in sequences."""
+    gbs: int = 512
+    """Global batch size in sequences per optimizer step."""
+    seq: int = 4096
+    """Sequence length in tokens."""
+    recompute: Recompute = "selective"
+    recompute_layers: int = 0
+    """With recompute=full: layers per pipeline rank that recompute (0 = all)."""
+    schedule: Schedule = "1f1b"
+    precision: Precision = "bf16"
+    optimizer: Optimizer = "adam-master"
+    first_stage_layers: int = 0
+    """Layers on the first pipeline stage (0 = even split); the embedding lives there too."""
+    last_stage_layers: int = 0
+    """Layers on the last pipeline stage (0 = even split); the LM head and loss live there."""
+
+    def __post_init__(self) -> None:
+        for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
+            if value > MAX_INT:
+                raise BadInputError(f"layout: {name}({value}) is over 2**53; check the value")
+        for name in ("recompute_layers", "first_stage_layers", "last_stage_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0 or value > MAX_INT:
+                raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
+        for name in ("sp", "flash_attn"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.zero not in (0, 1, 2, 3):
+            raise BadInputError(f"layout: zero must be 0, 1, 2 or 3 (3 = FSDP), got {self.zero!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise BadInputError(f"layout: {name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.dp % self.dp_replicate:
+            raise BadInputError(f"layout: dp({self.dp}) % dp_replicate({self.dp_replicate}) != 0")
+
+    # ---- derived ----------------------------------------------------------------------------
+    @property
+    def dp_shard(self) -> int:
+        return self.dp // self.dp_replicate
+
+    @property
+    def world(self) -> int:
+        return self.pp * self.dp * self.cp * self.tp
+
+    @property
+    def microbatches(self) -> int:
+        """Micro-batches per pipeline per step (gradient accumulation steps when pp = 1)."""
+        return max(1, self.gbs // (self.dp * self.mbs))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.gbs * self.seq
+
+    def mesh(self) -> dict[str, int]:
+        """Mesh degrees in torchtitan order (pp, dp_replicate, dp_shard, cp, tp)."""
+        return {"pp": self.pp, "dp_replicate": self.dp_replicate, "dp_shard": self.dp_shard, "cp": self.cp,
+                "tp": self.tp}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def short(self) -> str:
+        parts = [f"tp{self.tp}", f"pp{self.pp}" + (f"v{self.vpp}" if self.vpp > 1 else ""), f"dp{self.dp}"]
+        if self.dp_replicate > 1:
+            parts[-1] += f"({self.dp_replicate}x{self.dp_shard})"
+        if self.cp > 1:
+            parts.append(f"cp{self.cp}{'a2a' if self.cp_kind == 'a2a' else ''}")
+        if self.ep > 1:
+            parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
+        parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
+        return " ".join(parts)
+
+    # ---- parsing ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, world: int | None = None, where: str = "layout") -> Layout:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        for key in ("tp", "pp", "cp", "vpp"):  # read below, before __post_init__ checks them
+            value = values.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadInputError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if "dp" not in values and world is not None:
+            inner = values.get("tp", 1) * values.get("pp", 1) * values.get("cp", 1)
+            if world % inner:
+                raise InfeasibleError(
+                    f"{where}: tp({values.get('tp', 1)}) * pp({values.get('pp', 1)}) * cp({values.get('cp', 1)}) "
+                    f"= {inner} does not divide world({world})")
+            values["dp"] = world // inner
+        if values.get("schedule") is None and values.get("vpp", 1) > 1:
+            values["schedule"] = "interleaved-1f1b"
+        return cls(**values)
+
+    @classmethod
+    def parse(cls, text: str, *, world: int | None = None) -> Layout:
+        """Parse `key=value,key=value`; keys as the fields; booleans as 0/1/true/false."""
+        types = {f.name: f.type for f in fields(cls)}
+        data: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key:
+                raise BadInputError(f"--layout: {item!r} is not key=value (e.g. tp=8,pp=4,mbs=1)")
+            if key not in types:
+                raise BadInputError(f"--layout: unknown key {key!r}; known: {', '.join(sorted(types))}")
+            data[key] = _convert(key, value, str(types[key]))
+        return cls.from_dict(data, world=world, where="--layout")
+
+    def with_(self, **changes: Any) -> Layout:
+        return replace(self, **changes)
+
+
+def _convert(key: str, value: str, type_name: str) -> Any:
+    if type_name == "bool":
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise BadInputError(f"--layout: {key}={value!r} must be 0/1 or true/false")
+    if type_name == "int":
+        try:
+            return int(value)
+        except ValueError:
+            raise BadInputError(f"--layout: {key}={value!r} must be an integer") from None
+    return value
+
+
+def stage_layers(model: ModelSpec, layout: Layout) -> tuple[int, int, int]:
+    """Transformer layers on the (first, middle, last) pipeline ranks, all virtual chunks together."""
+    pp, n = layout.pp, model.n_layers
+    if pp == 1:
+        return n, n, n
+    first, last = layout.first_stage_layers, layout.last_stage_layers
+    if not first and not last:
+        per = n // pp
+        return per, per, per
+    middle_total = n - (first or 0) - (last or 0)
+    n_middle = pp - (1 if first else 0) - (1 if last else 0)
+    per = middle_total // n_middle if n_middle else 0
+    return (first or per), per, (last or per)
+
+
+def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[str]:
+    """Every divisibility and size rule the layout breaks, each printing its factors. Empty = valid."""
+    L = layout
+    problems: list[str] = []
+    if L.world != world:
+        problems.append(f"pp({L.pp}) * dp({L.dp}) * cp({L.cp}) * tp({L.tp}) = {L.world} != world({world})")
+    if model.n_heads % L.tp:
+        problems.append(f"n_heads({model.n_heads}) % tp({L.tp}) != 0")
+    kv = model.kv_heads
+    if not model.is_mla and kv % L.tp and L.tp % kv:
+        problems.append(f"kv heads({kv}) and tp({L.tp}): neither divides the other, so kv heads cannot be split "
+                        "or replicated evenly")
+    if model.ffn_hidden % L.tp:
+        problems.append(f"ffn_hidden({model.ffn_hidden}) % tp({L.tp}) != 0")
+    if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
+        problems.append(f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
+    chunks = L.pp * L.vpp
+    uneven = L.first_stage_layers or L.last_stage_layers
+    if L.pp == 1 and uneven:
+        problems.append("first_stage_layers/last_stage_layers need pp > 1")
+    elif uneven:
+        first, per, last = stage_layers(model, L)
+        n_mid = L.pp - (1 if L.first_stage_layers else 0) - (1 if L.last_stage_layers else 0)
+        if n_mid and per < 1 <= min(first, last):
+            problems.append(f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no layers for the "
+                            f"{n_mid} middle stages")
+        elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
+            problems.append(f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
+        elif any(x % L.vpp for x in (first, per, last)):
+            problems.append(f"stage layers ({first}, {per}, {last}) not divisible by vpp({L.vpp})")
+    elif model.n_layers % chunks:
+        problems.append(f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
+                        "set first_stage_layers/last_stage_layers for an uneven split")
+    if L.vpp > 1 and L.schedule != "interleaved-1f1b":
+        problems.append(f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b, got {L.schedule}")
+    if L.schedule == "interleaved-1f1b" and L.pp > 1 and L.microbatches % L.pp:
+        problems.append(f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")
+    if L.gbs % (L.dp * L.mbs):
+        problems.append(f"gbs({L.gbs}) % (dp({L.dp}) * mbs({L.mbs})) != 0")
+    if L.sp and L.tp > 1 and L.seq % (L.tp * L.cp):
+        problems.append(f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
+    if L.cp > 1 and L.seq % (2 * L.cp):
+        problems.append(f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
+    problems += _moe_problems(model, L)
+    return problems
+
+
+def _moe_problems(model: ModelSpec, L: Layout) -> list[str]:
+    if not model.is_moe:
+        return [f"ep({L.ep}) > 1 needs a mixture-of-experts model"] if L.ep > 1 else []
+    problems = []
+    if model.n_experts % L.ep:
+        problems.append(f"n_experts({model.n_experts}) % ep({L.ep}) != 0")
+    fold = L.dp_shard * L.cp * L.tp
+    if fold % (L.ep * L.etp):
+        problems.append(f"ep({L.ep}) * etp({L.etp}) must divide dp_shard({L.dp_shard}) * cp({L.cp}) * tp({L.tp}) = {fold}")
+    if model.expert_ffn_hidden % L.etp:
+        problems.append(f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
+    return problems

@@ -1,0 +1,242 @@
+"""Memory per GPU of a training layout: weights, gradients, optimizer states, activations, and the rest.
+
+Vectorised over LayoutArrays. Every term is per pipeline stage position (first, middle, last); the most
+loaded rank is the maximum. Activation formulas generalise Korthikanti et al. 2022 Table 2 to GQA/MLA,
+gated FFNs, MoE, flash attention, sequence and context parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.training.batch import (
+    OPT_ADAM,
+    OPT_ADAM_MASTER,
+    OPT_SGD,
+    PREC_FP8,
+    PREC_FP32,
+    RECOMPUTE_FULL,
+    RECOMPUTE_NONE,
+    SCHEDULE_GPIPE,
+    SCHEDULE_INTERLEAVED,
+    LayoutArrays,
+)
+
+GIB = float(2**30)
+# CUDA context + cuBLAS/cuDNN workspaces per process; Galvatron's default `pytorch_context_mem` is 1024 MB.
+CUDA_CONTEXT_BYTES = 1.0 * GIB
+# NCCL buffers per communicator (NCCL_BUFFSIZE 4 MiB x channels x send/recv; aiconfigurator's `nccl_mem`).
+NCCL_BYTES_PER_GROUP = 0.125 * GIB
+# Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
+ALLOCATOR_FRACTION = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class StageLayers:
+    first: np.ndarray
+    middle: np.ndarray
+    last: np.ndarray
+
+
+def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
+    """Layers per pipeline rank at the first, middle and last position (uneven ends allowed)."""
+    n = float(shapes.n_layers)
+    even = n / L.pp
+    has_first, has_last = L.first_stage_layers > 0, L.last_stage_layers > 0
+    n_mid = L.pp - has_first - has_last
+    rest = n - L.first_stage_layers - L.last_stage_layers
+    middle = np.where(has_first | has_last, np.where(n_mid > 0, rest / np.maximum(n_mid, 1), 0.0), even)
+    first = np.where(has_first, L.first_stage_layers, middle)
+    last = np.where(has_last, L.last_stage_layers, middle)
+    one = L.pp == 1
+    return StageLayers(np.where(one, n, first), np.where(one, n, middle), np.where(one, n, last))
+
+
+def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights, gradients, optimizer) bytes per parameter before sharding.
+
+    Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
+    Narayanan et al. 2021 / Korthikanti et al. 2022); plain Adam keeps grads in the weight dtype and fp32 m, v;
+    SGD keeps no state. fp8 adds a 1-byte fp8 weight copy (Transformer Engine); fp32 training needs no master.
+    """
+    fp32 = L.precision == PREC_FP32
+    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 3.0, 2.0))
+    grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
+    # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
+    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
+    return weights, grads, opt
+
+
+@dataclass(frozen=True, slots=True)
+class StageParams:
+    dense: np.ndarray
+    """Parameters of this rank that are data-parallel over dp_shard * cp (already divided by tp)."""
+    expert: np.ndarray
+    """Routed-expert parameters of this rank (already divided by ep * etp)."""
+
+
+def stage_params(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, embed: np.ndarray | bool,
+                 head: np.ndarray | bool) -> StageParams:
+    """Parameters held by one rank of a stage with `layers` layers, the embedding and/or the LM head."""
+    moe_share = shapes.moe_fraction
+    per_layer_dense = (shapes.attn_params + (1 - moe_share) * shapes.dense_mlp_params
+                       + moe_share * shapes.moe_dense_part_params) / L.tp + shapes.norm_params
+    # A tied head needs its own copy on the last stage when pp > 1 (Megatron keeps both in sync).
+    head_matrix = np.where(shapes.tied & (L.pp == 1), 0.0, shapes.vocab * shapes.hidden) / L.tp
+    final_norm = shapes.head_params - shapes.vocab * shapes.hidden
+    dense = (layers * per_layer_dense + np.where(embed, shapes.embed_params / L.tp, 0.0)
+             + np.where(head, head_matrix + final_norm, 0.0))
+    expert = layers * moe_share * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
+    return StageParams(dense=dense, expert=expert)
+
+
+@dataclass(frozen=True, slots=True)
+class StateBytes:
+    weights: np.ndarray
+    grads: np.ndarray
+    optimizer: np.ndarray
+    fsdp_buffers: np.ndarray
+    """ZeRO-3: unsharded weights of the layer in use and the prefetched one, plus one layer's unsharded gradients;
+    under pipeline parallelism the whole stage's unsharded weights and gradients."""
+
+
+def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray) -> StateBytes:
+    """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
+    wb, gb, ob = bytes_per_param(L)
+    dense_shard = L.dp_shard * L.cp
+    expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
+    p_dense, p_exp = params.dense, params.expert
+
+    def sharded(per_param: np.ndarray, from_stage: int) -> np.ndarray:
+        on = L.zero >= from_stage
+        return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
+
+    per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
+    compute_wb = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
+    # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
+    # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
+    whole_stage = (p_dense + p_exp) * (compute_wb + gb)
+    fsdp = np.where(L.zero == 3, np.where(L.pp > 1, whole_stage, per_layer * (2 * compute_wb + gb)), 0.0)
+    return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
+
+
+def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray) -> np.ndarray:
+    """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
+
+    `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input.
+    GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
+    """
+    h = shapes.hidden
+    tokens = L.seq * L.mbs / L.cp
+    t, spd = L.tp, L.sp_div
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16 (fp8 GEMM inputs are still saved in bf16); fp32 runs 4
+    drop = 1.0 if shapes.dropout else 0.0
+    outside = tokens * h * (2 * act + act + act + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
+    qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
+    attn_out = act * tokens * shapes.v_dim / t
+    keys = L.seq  # every query attends to the full (causal) sequence
+    scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
+                      (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
+    scores = np.where((mode >= 1) & (L.flash_attn == 0), 0.0, scores)  # selective recomputes the attention core
+    if moe:
+        routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
+        mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
+               + (4 if shapes.gated else 2) * act * routed * shapes.expert_ffn / L.etp)
+        if shapes.shared_ffn:
+            mlp = mlp + (4 if shapes.gated else 2) * act * tokens * shapes.shared_ffn / t
+    else:
+        mlp = (4 if shapes.gated else 2) * act * tokens * shapes.ffn / t  # gate, up, act(gate), product
+    stored = outside + qkv + attn_out + scores + mlp
+    return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
+
+
+def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
+    """Micro-batches whose activations a stage holds at its peak (Narayanan 2021; Megatron theoretical memory).
+
+    GPipe: all m. 1F1B: pp - i on stage i (first stage: pp). Interleaved with v chunks: the first stage holds
+    pp * (1 + (pp-1)/(pp*v)) micro-batches of its layers. Capped by m. pp = 1: one at a time.
+    """
+    m = L.microbatches
+    index = {"first": 0.0, "middle": 1.0, "last": L.pp - 1}[position]
+    one_f_one_b = np.minimum(L.pp - index, m)
+    # Megatron's interleaved warm-up on pipeline rank i: (pp - i - 1) * 2 + (v - 1) * pp chunks, plus the one in
+    # flight, each 1/v of the rank's layers; rank 0 gives pp + (pp-1)/v (measured by `clusterplan validate`).
+    interleaved = np.minimum(((L.pp - index - 1) * 2 + (L.vpp - 1) * L.pp + 1) / L.vpp, m * 1.0)
+    held = np.select([L.schedule == SCHEDULE_GPIPE, L.schedule == SCHEDULE_INTERLEAVED], [m, interleaved],
+                     one_f_one_b)
+    return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
+
+
+def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str) -> np.ndarray:
+    """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
+    working set of the layer being recomputed under full recompute."""
+    full_layers = np.where(L.recompute == RECOMPUTE_FULL,
+                           np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
+    kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
+    full_mode = np.full(len(L), RECOMPUTE_FULL)
+    moe_share = shapes.moe_fraction
+    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode)
+                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode) if moe_share else 0.0))
+    per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
+    per_micro = full_layers * per_layer_full + (layers - full_layers) * per_layer_kept
+    held = inflight_microbatches(L, position) * per_micro
+    # While a fully recomputed layer runs backward, its whole activation set is live once more.
+    return held + np.where(full_layers > 0, per_layer_kept, 0.0)
+
+
+def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
+                          head: np.ndarray | bool) -> np.ndarray:
+    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage)."""
+    tokens = L.seq * L.mbs / L.cp
+    fp32 = L.precision == PREC_FP32
+    embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
+                 / L.sp_div)
+    # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
+    # fp32 training has no upcast: 4 bytes per logit.
+    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
+              * shapes.vocab / L.tp)
+    return np.where(embed, embed_out, 0.0) + np.where(head, logits, 0.0)
+
+
+def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
+    """CUDA context, NCCL buffers of each process group in use, allocator reserve: explicit, documented terms."""
+    groups = sum((getattr(L, axis) > 1).astype(float) for axis in ("tp", "pp", "dp", "cp", "ep"))
+    return CUDA_CONTEXT_BYTES + NCCL_BYTES_PER_GROUP * groups + ALLOCATOR_FRACTION * activations
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryBreakdown:
+    weights: np.ndarray
+    grads: np.ndarray
+    optimizer: np.ndarray
+    activations: np.ndarray
+    other: np.ndarray
+    peak: np.ndarray
+    peak_position: np.ndarray
+    """0 first, 1 middle, 2 last pipeline stage: which rank is most loaded."""
+    by_position: np.ndarray
+    """All terms at every position: [position (first, middle, last), term (as above, then total), candidate]."""
+
+
+def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
+    """Per-GPU memory (bytes) of the most loaded pipeline rank, by term."""
+    layers = stage_layers(shapes, L)
+    single = L.pp == 1
+    rows = []
+    for position, n_layers in (("first", layers.first), ("middle", layers.middle), ("last", layers.last)):
+        embed = position == "first"
+        head = single if embed else position == "last"
+        params = stage_params(shapes, L, n_layers, embed, head)
+        states = state_bytes(shapes, L, params, n_layers)
+        acts = layers_activation_bytes(shapes, L, n_layers, position) + ends_activation_bytes(shapes, L, embed, head)
+        other = other_bytes(L, acts) + states.fsdp_buffers
+        total = states.weights + states.grads + states.optimizer + acts + other
+        rows.append((states.weights, states.grads, states.optimizer, acts, other, total))
+    stacked = np.stack([np.stack(r) for r in rows])  # position x term x candidate
+    worst = np.argmax(stacked[:, 5, :], axis=0)
+    pick = stacked[worst, :, np.arange(len(L))].T
+    return MemoryBreakdown(*pick, peak_position=worst, by_position=stacked)

@@ -1,0 +1,3 @@
+from clusterplan.reference.report import main
+
+raise SystemExit(main())
