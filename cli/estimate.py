@@ -6,9 +6,10 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
-from clusterplan.cli.render import render_estimate
+from clusterplan.cli.options import format_option, tokens_option
+from clusterplan.cli.render import render_estimate, render_time_to_train
 from clusterplan.models.training.estimate import estimate as run_estimate
+from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layout import Layout
 
 
@@ -20,8 +21,11 @@ from clusterplan.models.training.layout import Layout
                    "recompute, recompute_layers, schedule, precision, optimizer, flash_attn, first_stage_layers, "
                    "last_stage_layers. dp defaults to world / (tp*pp*cp).")
 @calibration_option
+@click.option("--tokens", type=float, default=None, callback=tokens_option,
+              help="Token budget: adds expected days and $ to train it, failures and checkpoints included.")
 @format_option
-def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_path: str | None, fmt: str) -> None:
+def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_path: str | None,
+             tokens: float | None, fmt: str) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
@@ -29,10 +33,15 @@ def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_pat
     """
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     layout = Layout.parse(layout_text, world=cluster.world_size)
-    result = run_estimate(model, cluster, layout, calibration).to_json()
+    est = run_estimate(model, cluster, layout, calibration)
+    result = est.to_json()
+    if tokens is not None and est.feasible:
+        result["time_to_train"] = estimate_time_to_train(est, tokens)
     if fmt == "json":
         console.json(result)
     else:
         render_estimate(result)
+        if "time_to_train" in result:
+            render_time_to_train(result["time_to_train"])
     if not result["feasible"]:
         raise SystemExit(1)

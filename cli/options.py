@@ -14,3 +14,12 @@ def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None and not str(value).strip():
         raise click.BadParameter("give a file name, not an empty string")
     return value
+
+
+def tokens_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """`--tokens 15e12`: a positive, finite token budget."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value:g}: give a positive token budget (e.g. --tokens 15e12)")
+    return value

@@ -9,12 +9,14 @@ import click
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.render import fmt_duration
 from clusterplan.errors import BadInputError
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
+from clusterplan.solver.pareto import pareto
 from clusterplan.solver.placement import rerank_on_links
-from clusterplan.solver.search import OBJECTIVES, search, search_by_cost
+from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, search_by_cost
 
 
 def parse_fix(text: str | None, world: int) -> dict:
@@ -37,8 +39,11 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full".')
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time",
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
-                   "time-to-train: fastest, with days for --tokens.")
-@click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
+                   "time-to-train: fewest expected days for --tokens, failures and checkpoints included; "
+                   "cost-to-train: fewest expected dollars for --tokens, on any node count of each GPU type; "
+                   "pareto: the plans no other beats on both days and dollars.")
+@click.option("--tokens", type=float, default=None,
+              help="Token budget (e.g. 15e12): adds expected days, $ and goodput with failures to every plan.")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
@@ -56,8 +61,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
     """
-    if objective == "time-to-train" and not tokens:
-        raise BadInputError("--objective time-to-train needs --tokens (e.g. --tokens 15e12)")
+    if objective in TOKEN_OBJECTIVES and not tokens:
+        raise BadInputError(f"--objective {objective} needs --tokens (e.g. --tokens 15e12)")
     if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
         raise BadInputError(f"--tokens {tokens:g}: give a positive token budget (e.g. --tokens 15e12)")
     if not math.isfinite(headroom_gib):
@@ -65,17 +70,21 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
-        if objective == "cost":
+        if objective == "pareto":
+            result = pareto(model, cluster, gbs, seq, tokens=tokens, fixed=fixed, calibration=calibration,
+                            headroom_gib=headroom_gib)
+        elif objective in ("cost", "cost-to-train"):
             result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                                    tokens=tokens, headroom_gib=headroom_gib)
+                                    tokens=tokens, headroom_gib=headroom_gib, objective=objective)
         else:
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                             objective=objective, tokens=tokens, headroom_gib=headroom_gib)
-    rerank_on_links(result, calibration)
+    if objective != "pareto":
+        rerank_on_links(result, calibration)
     data = result.to_json()
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
-    if not cluster.is_homogeneous:
+    if not cluster.is_homogeneous and objective != "pareto":
         with console.status("balancing pipeline stages across GPU types"):
             data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed).to_json()
     if out_path:
@@ -85,6 +94,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         console.json(data)
     else:
         _render(data)
+        if objective == "pareto":
+            _render_pareto(data)
         if "mixed_gpu_types" in data:
             _render_mixed(data["mixed_gpu_types"])
     s = data["search"]
@@ -99,6 +110,7 @@ def _render(data: dict) -> None:
     console.text(f"{plans[0]['model']} on {plans[0]['cluster']}")
     by_size = len({p["cluster"] for p in plans}) > 1
     priced = all("usd_per_million_tokens" in p for p in plans)
+    to_train = all("time_to_train" in p for p in plans)
     rows = []
     for p in plans:
         lay = p["layout"]
@@ -107,15 +119,19 @@ def _render(data: dict) -> None:
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
-        rows.append((p["rank"], short, *([gpus] if by_size else []), f"{p['step_time_s']:.3f}",
+        rows.append((p["rank"], short, *([_gpus_label(p, gpus)] if by_size else []), f"{p['step_time_s']:.3f}",
                      f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",
                      *([f"{p['usd_per_million_tokens']:.4f}"] if priced else []),
+                     *(_train_cells(p["time_to_train"]) if to_train else []),
                      f"{p['memory']['peak_gib']:.1f}", f"{p['memory']['headroom_gib']:.1f}", ", ".join(p["dominant_terms"])))
     columns = ["#", "layout", *(["GPUs"] if by_size else []), "step s", "tokens/s", "MFU",
-               *(["$/1M tok"] if priced else []), "peak GiB", "headroom", "dominant terms"]
+               *(["$/1M tok"] if priced else []), *(["days", "$ total", "goodput", "ckpt every"] if to_train else []),
+               "peak GiB", "headroom", "dominant terms"]
     console.table(None, columns, rows, justify_right=[c not in ("layout", "dominant terms") for c in columns])
     if "why_best" in plans[0]:
         console.text(f"why #1: {plans[0]['why_best']}")
+    if "placement" not in plans[0]:
+        return
     pl = plans[0]["placement"]
     console.text(f"placement of #1 (mesh {' x '.join(f'{k}{v}' for k, v in pl['mesh'].items())}, tp innermost; "
                  f"{pl['method']}):")
@@ -129,6 +145,27 @@ def _render(data: dict) -> None:
                     *(_span(n[a]) for a in pl["mesh_order"])) for n in shown])
     if pl["nodes_total"] > len(shown):
         console.text(f"... {pl['nodes_total'] - len(shown)} more nodes follow the same pattern")
+
+
+def _gpus_label(p: dict, gpus: int) -> str:
+    types = p["cluster"].split("(", 1)[1].split(")")[0].split(" x ", 1)[-1] if "(" in p["cluster"] else ""
+    return f"{gpus} {types}".strip()
+
+
+def _train_cells(t: dict) -> list[str]:
+    return [f"{t['days']:.1f}" if t["days"] is not None else "never",
+            f"{t['usd']:,.0f}" if t.get("usd") is not None else "-", f"{t['goodput']:.1%}",
+            fmt_duration(t["checkpoint"]["interval_s"])]
+
+
+def _render_pareto(data: dict) -> None:
+    console.text("time-cost frontier (no other plan is both faster and cheaper):")
+    for p in data["plans"]:
+        console.text(f"  #{p['rank']} {p['cluster']}: {p['trade_off']}")
+    if data["dominated"]:
+        console.text(f"{len(data['dominated'])} more node counts are dominated (slower and dearer than a plan above): "
+                     + ", ".join(f"{d['gpus']} GPUs by #{d['dominated_by']}" for d in data["dominated"][:8])
+                     + (" ..." if len(data["dominated"]) > 8 else ""))
 
 
 def _span(values: list[int]) -> str:

@@ -29,3 +29,30 @@ def render_estimate(data: dict[str, Any]) -> None:
     console.table(f"memory per GPU, GiB (peak {mem['peak_gib']:.1f} of {mem['capacity_gib']:.1f} on the "
                   f"{mem['peak_stage']} stage, headroom {mem['headroom_gib']:.1f})",
                   ["term", "first stage", "middle", "last stage"], rows)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.1f} s"
+
+
+def render_time_to_train(t: dict[str, Any]) -> None:
+    """The `time_to_train` block: days and dollars with failures, and where the wall-clock time goes."""
+    days = "never (failures outpace progress)" if t["days"] is None else f"{t['days']:.1f} days"
+    usd = f", ${t['usd']:,.0f}" if t.get("usd") is not None else ""
+    console.text(f"time to train {t['tokens']:.3g} tokens: {days}{usd} (goodput {t['goodput']:.1%}; "
+                 f"{t['days_without_failures']:.1f} days without failures)")
+    ck, fl = t["checkpoint"], t["failures"]
+    mtbf = f"{fl['mtbf_hours']:.1f} h" if fl["mtbf_hours"] is not None else "none"
+    console.text(f"  failures: {fl['unexpected_per_day']:.2f}/day unexpected (MTBF {mtbf}), {fl['planned_per_day']:.2f}/day "
+                 f"planned; each loses {fmt_duration(fl['lost_work_per_failure_s'])} of work and "
+                 f"{fmt_duration(fl['restart_per_failure_s'])} to restart")
+    console.text(f"  checkpoint ({ck['mode']}): {ck['total_gib']:,.0f} GiB, {ck['per_rank_gib']:.1f} GiB per rank; "
+                 f"blocks {fmt_duration(ck['blocking_s'])}, durable after {fmt_duration(ck['persist_s'])} more, "
+                 f"every {fmt_duration(ck['interval_s'])} ({ck['interval_method']})")
+    console.text("  wall-clock: " + ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in t["wall_share"].items() if v))

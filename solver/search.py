@@ -20,10 +20,13 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate
+from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.memory import GIB, memory_breakdown
 from clusterplan.solver.space import enumerate_space
 
-OBJECTIVES = ("time", "cost", "time-to-train")
+OBJECTIVES = ("time", "cost", "time-to-train", "cost-to-train", "pareto")
+TOKEN_OBJECTIVES = ("time-to-train", "cost-to-train", "pareto")
+"""Objectives that need --tokens: they rank by expected wall-clock or dollars with failures (models/training/goodput)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,11 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     ev = evaluate(shapes, survivors, hw, cluster.world_size)
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
-    score = ev.time.step_s  # cost per token and time to train rank like step time on a fixed cluster
+    score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster
+    train = time_to_train(tokens, ev.tokens_per_s, shapes, survivors, ev.memory, cluster) if tokens else None
+    if train is not None and objective in TOKEN_OBJECTIVES:
+        # Expected wall-clock with failures (and so its dollars on this cluster): checkpoint size differs by layout.
+        score = np.where(np.isinf(train.wall_s), np.finfo(float).max, train.wall_s)
     # Deterministic order: score, then the layout's own fields as tie-breakers.
     keys = [survivors.tp, survivors.pp, survivors.vpp, survivors.cp, survivors.mbs, survivors.zero,
             survivors.recompute, survivors.schedule, survivors.ep]
@@ -84,8 +91,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             usd = float(ev.time.step_s[i]) / 3600 * price
             extra["usd_per_step"] = round(usd, 6)
             extra["usd_per_million_tokens"] = round(usd / (gbs * seq) * 1e6, 6)
-        if tokens:
-            extra["days_to_train"] = round(tokens / float(ev.tokens_per_s[i]) / 86400, 4)
+        if train is not None:
+            extra["time_to_train"] = train.to_json(int(i))
         est.extra.update(extra)
         plans.append(est)
     if len(plans) > 1:
@@ -94,25 +101,32 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
                         seconds=time.perf_counter() - start, objective=objective)
 
 
-def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
-                   top: int = 5, calibration: Calibration | None = None, tokens: float | None = None,
-                   headroom_gib: float = 0.0) -> SearchResult:
-    """Cheapest layouts per token, allowing the job to use fewer of the cluster's nodes (every divisor count):
-    a smaller job can be cheaper per token when communication or the bubble grows faster than compute shrinks."""
-    if not cluster.is_homogeneous or len(cluster.groups) != 1:
-        raise InfeasibleError("--objective cost searches node counts of one node type; give a PRESET:NODES cluster")
-    gpu = cluster.gpu
-    if gpu.price is None:
-        raise InfeasibleError(f"--objective cost needs a price for {gpu.name}; hardware_db has none "
-                              "(use --objective time, or add `price:` to the GPU entry)")
-    start = time.perf_counter()
+def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
+    """Jobs on fewer of the cluster's nodes: every divisor node count of one node type (of each type's group with
+    `all_types`, else of a single-type cluster only). Failure rates, storage and prices stay the cluster's."""
+    if not all_types and (not cluster.is_homogeneous or len(cluster.groups) != 1):
+        raise InfeasibleError("this objective searches node counts of one node type; give a PRESET:NODES cluster")
+    out = []
+    for group in cluster.groups if all_types else cluster.groups[:1]:
+        for nodes in (n for n in range(1, group.count + 1) if group.count % n == 0):
+            whole = len(cluster.groups) == 1 and nodes == group.count
+            out.append(replace(cluster, name=f"{group.preset}:{nodes}", groups=(replace(group, count=nodes),),
+                               node_bandwidth_gb_per_s=cluster.node_bandwidth_gb_per_s if whole else None))
+    return out
+
+
+def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None, top: int,
+                calibration: Calibration | None, tokens: float | None, headroom_gib: float, objective: str,
+                all_types: bool = False, progress=None) -> tuple[list[Estimate], int, int, Counter]:
+    """The `top` plans of every sub-cluster (sub_clusters), with the search's counts summed."""
     plans, candidates, feasible, rejected = [], 0, 0, Counter()
-    for nodes in (n for n in range(1, cluster.n_nodes + 1) if cluster.n_nodes % n == 0):
-        sub = replace(cluster, name=f"{cluster.primary.preset}:{nodes}",
-                      groups=(replace(cluster.primary, count=nodes),))
+    subs = sub_clusters(cluster, all_types=all_types)
+    for k, sub in enumerate(subs):
+        if progress is not None:
+            progress(k, len(subs), sub.name)
         try:
             result = search(model, sub, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
-                            headroom_gib=headroom_gib, suggest=False)
+                            headroom_gib=headroom_gib, suggest=False, objective=objective)
         except InfeasibleError:
             continue
         plans += result.plans
@@ -121,19 +135,49 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
     if not plans:
         # Re-run on the whole cluster for the nearest-fit message.
         search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib)
-    plans.sort(key=lambda e: (e.extra["usd_per_million_tokens"], e.to_json()["step_time_s"]))
+    return plans, candidates, feasible, rejected
+
+
+def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
+                   top: int = 5, calibration: Calibration | None = None, tokens: float | None = None,
+                   headroom_gib: float = 0.0, objective: str = "cost", progress=None) -> SearchResult:
+    """Cheapest layouts, allowing the job to use fewer of the cluster's nodes (every divisor count): a smaller job
+    can be cheaper when communication or the bubble grows faster than compute shrinks, and with failures (`cost-to-
+    train`) because a smaller job fails less often. `cost` ranks by $ per 1M tokens, `cost-to-train` by the total $
+    of --tokens with failures."""
+    to_train = objective == "cost-to-train"
+    if any(g.gpu.price is None for g in cluster.groups):
+        gpu = next(g.gpu for g in cluster.groups if g.gpu.price is None)
+        raise InfeasibleError(f"--objective {objective} needs a price for {gpu.name}; hardware_db has none "
+                              "(use --objective time, or add `price:` to the GPU entry)")
+    start = time.perf_counter()
+    plans, candidates, feasible, rejected = sweep_nodes(
+        model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
+        headroom_gib=headroom_gib, objective=objective, all_types=to_train, progress=progress)
+
+    def key(e: Estimate) -> tuple[float, float]:
+        if to_train:
+            usd = e.extra["time_to_train"]["usd"]
+            return (usd if usd is not None else float("inf"), e.to_json()["step_time_s"])
+        return (e.extra["usd_per_million_tokens"], e.to_json()["step_time_s"])
+
+    plans.sort(key=key)
     plans = plans[:top]
     for rank, est in enumerate(plans, start=1):
         est.extra["rank"] = rank
         est.extra.pop("why_best", None)
     if len(plans) > 1:
         a, b = plans[0], plans[1]
-        plans[0].extra["why_best"] = (f"${a.extra['usd_per_million_tokens']:.4g} per 1M tokens on "
-                                      f"{a.cluster.world_size} GPUs vs ${b.extra['usd_per_million_tokens']:.4g} "
-                                      f"for #2 on {b.cluster.world_size} GPUs; "
-                                      + why_best(a.to_json(), b.to_json()))
+        if to_train:
+            ta, tb = a.extra["time_to_train"], b.extra["time_to_train"]
+            head = (f"${ta['usd']:,.0f} to train on {a.cluster.world_size} GPUs (goodput {ta['goodput']:.1%}) vs "
+                    f"${tb['usd']:,.0f} for #2 on {b.cluster.world_size} GPUs ({tb['goodput']:.1%}); ")
+        else:
+            head = (f"${a.extra['usd_per_million_tokens']:.4g} per 1M tokens on {a.cluster.world_size} GPUs vs "
+                    f"${b.extra['usd_per_million_tokens']:.4g} for #2 on {b.cluster.world_size} GPUs; ")
+        plans[0].extra["why_best"] = head + why_best(a.to_json(), b.to_json())
     return SearchResult(plans=plans, candidates=candidates, feasible=feasible, rejected=rejected,
-                        seconds=time.perf_counter() - start, objective="cost")
+                        seconds=time.perf_counter() - start, objective=objective)
 
 
 def _dominant(data: dict) -> list[str]:

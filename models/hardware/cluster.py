@@ -15,6 +15,7 @@ from typing import Any
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, path_exists
 from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
+from clusterplan.models.hardware.resilience import Resilience, resilience_from_dict
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,6 +52,12 @@ class Cluster:
     groups: tuple[NodeGroup, ...]
     node_bandwidth_gb_per_s: tuple[tuple[float, ...], ...] | None = None
     """Optional measured node-to-node bandwidth matrix (GB/s per direction, whole node), for uneven links."""
+    resilience: Resilience | None = None
+    """The cluster file's `resilience:` section (failure rates, storage, checkpointing); None: published defaults."""
+
+    @property
+    def reliability(self) -> Resilience:
+        return self.resilience or Resilience.default()
 
     # ---- shape ------------------------------------------------------------------------------
     @property
@@ -196,7 +203,9 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
             raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of numbers >= 0 "
                                 "(> 0 between different nodes)")
         matrix = tuple(tuple(float(v) for v in row) for row in matrix)
-    return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix)
+    resilience = resilience_from_dict(data["resilience"], where) if "resilience" in data else None
+    return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix,
+                   resilience=resilience)
 
 
 SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)$")
