@@ -1,24 +1,25 @@
 # clusterplan: two commands do all set-up on a fresh machine.
 #   make demo   creates .venv, installs clusterplan, runs a real plan on built-in presets
 #   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest
+#   make figures  regenerates the README's pictures into docs/img/
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e ".[plot]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[torch,dev]"
+	$(BIN)/python -m pip install -q -e ".[torch,dev,plot]"
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -33,6 +34,14 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+figures: $(VENV)/.installed
+	$(BIN)/clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --quiet --plot docs/img/estimate.png \
+	  --layout "tp=8,pp=4,vpp=2,mbs=1,gbs=32,seq=8192,sp=1,recompute=selective" > /dev/null
+	$(BIN)/clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --quiet --plot docs/img/estimate_zb.png \
+	  --layout "tp=8,pp=4,mbs=1,gbs=32,seq=8192,sp=1,recompute=selective,schedule=zb" > /dev/null
+	$(BIN)/clusterplan plan --model llama3.1-70b --cluster dgx-h100:64 --gbs 512 --seq 8192 --tokens 15e12 \
+	  --objective pareto --quiet --plot docs/img/pareto.png > /dev/null
 
 bench: $(VENV)/.installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done

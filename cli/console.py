@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,9 +28,28 @@ class Console:
         self.out = RichConsole(no_color=no_color, highlight=False, soft_wrap=True, width=out_width, emoji=False)
         self.err = RichConsole(stderr=True, no_color=no_color, highlight=False, soft_wrap=True, emoji=False,
                                width=None if sys.stderr.isatty() else 250)
+        self.quiet = False
+        """--quiet: no diagnostics but warnings and errors, no progress."""
+        self.data_piped_json = False
+        """--format json into a pipe: progress stays silent (the consumer is a program)."""
+
+    def reset(self) -> None:
+        """Back to the defaults (one process may run several commands: tests, the entry point)."""
+        self.quiet = False
+        self.data_piped_json = False
+
+    def set_format(self, fmt: str) -> None:
+        self.data_piped_json = fmt == "json" and not sys.stdout.isatty()
+
+    @property
+    def _live(self) -> bool:
+        """Spinners and progress bars: only on a terminal, never with --quiet or JSON piped to a program."""
+        return self.err.is_terminal and not self.quiet and not self.data_piped_json
 
     # diagnostics (stderr)
     def info(self, text: str) -> None:
+        if self.quiet:
+            return
         sys.stdout.flush()  # keep data and diagnostics in order on a shared terminal
         self.err.print(text, markup=False)
 
@@ -42,11 +61,28 @@ class Console:
 
     @contextmanager
     def status(self, text: str) -> Iterator[None]:
-        if self.err.is_terminal:
+        if self._live:
             with self.err.status(text):
                 yield
         else:
             yield
+
+    @contextmanager
+    def progress(self, text: str) -> Iterator[Callable[[int, int, str], None]]:
+        """A progress bar on stderr for loops that can take long: yields update(done, total, what)."""
+        if not self._live:
+            yield lambda done, total, what: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.err, transient=True) as bar:
+            task = bar.add_task(text, total=None)
+
+            def update(done: int, total: int, what: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{text}: {what}")
+
+            yield update
 
     # data (stdout)
     def json(self, obj: Any) -> None:

@@ -6,7 +6,8 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, tokens_option
+from clusterplan.cli.options import format_option, plot_option, quiet_option, tokens_option
+from clusterplan.cli.plot import check_plot_path
 from clusterplan.cli.render import render_estimate, render_time_to_train
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
@@ -24,13 +25,17 @@ from clusterplan.models.training.layout import Layout
 @click.option("--tokens", type=float, default=None, callback=tokens_option,
               help="Token budget: adds expected days and $ to train it, failures and checkpoints included.")
 @format_option
+@plot_option
+@quiet_option
 def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_path: str | None,
-             tokens: float | None, fmt: str) -> None:
+             tokens: float | None, fmt: str, plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
     Exits 1 when the layout is infeasible (the reasons are printed), 2 on bad input.
     """
+    check_plot_path(plot_path)
+    console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     layout = Layout.parse(layout_text, world=cluster.world_size)
     est = run_estimate(model, cluster, layout, calibration)
@@ -43,5 +48,10 @@ def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_pat
         render_estimate(result)
         if "time_to_train" in result:
             render_time_to_train(result["time_to_train"])
+    if plot_path and "step_time_s" in result:
+        from clusterplan.cli.plot import plot_estimate
+
+        plot_estimate(result, plot_path)
+        console.info(f"wrote {plot_path}")
     if not result["feasible"]:
         raise SystemExit(1)

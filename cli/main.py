@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> Any:
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    console.reset()
     try:
         return cli.main(args=args, prog_name="clusterplan", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -23,3 +23,16 @@ def tokens_option(ctx: click.Context, param: click.Parameter, value: float | Non
     if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"{value:g}: give a positive token budget (e.g. --tokens 15e12)")
     return value
+
+
+def _set_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    from clusterplan.cli.console import console
+
+    console.quiet = value
+    return value
+
+
+quiet_option = click.option("--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                            help="No progress or diagnostics on stderr (warnings and errors still show).")
+plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+                           callback=nonempty_path, help="Also draw the result into FILE (.png or .svg).")

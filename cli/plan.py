@@ -8,7 +8,8 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, nonempty_path, plot_option, quiet_option
+from clusterplan.cli.plot import check_plot_path, plot_plan
 from clusterplan.cli.render import fmt_duration
 from clusterplan.errors import BadInputError
 from clusterplan.models.training.layout import Layout
@@ -54,9 +55,11 @@ def parse_fix(text: str | None, world: int) -> dict:
                    "byte-identical JSON.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Write the best plan as a plan file for check / validate / export.")
+@plot_option
+@quiet_option
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
-         timing: bool, out_path: str | None) -> None:
+         timing: bool, out_path: str | None, plot_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -67,16 +70,21 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         raise BadInputError(f"--tokens {tokens:g}: give a positive token budget (e.g. --tokens 15e12)")
     if not math.isfinite(headroom_gib):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB (e.g. --headroom-gib 2)")
+    check_plot_path(plot_path)
+    console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
-    with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
-        if objective == "pareto":
-            result = pareto(model, cluster, gbs, seq, tokens=tokens, fixed=fixed, calibration=calibration,
-                            headroom_gib=headroom_gib)
-        elif objective in ("cost", "cost-to-train"):
-            result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                                    tokens=tokens, headroom_gib=headroom_gib, objective=objective)
-        else:
+    if objective in ("pareto", "cost", "cost-to-train"):
+        with console.progress(f"searching {model.name} over node counts") as progress:
+            if objective == "pareto":
+                result = pareto(model, cluster, gbs, seq, tokens=tokens, fixed=fixed, calibration=calibration,
+                                headroom_gib=headroom_gib, progress=progress)
+            else:
+                result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                                        tokens=tokens, headroom_gib=headroom_gib, objective=objective,
+                                        progress=progress)
+    else:
+        with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                             objective=objective, tokens=tokens, headroom_gib=headroom_gib)
     if objective != "pareto":
@@ -103,6 +111,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
                  + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
     if out_path:
         console.info(f"wrote {out_path}")
+    if plot_path:
+        plot_plan(data, plot_path)
+        console.info(f"wrote {plot_path}")
 
 
 def _render(data: dict) -> None:

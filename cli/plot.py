@@ -1,0 +1,184 @@
+"""Pictures for `--plot FILE` (PNG or SVG by the file's extension), drawn headless with matplotlib's Agg backend.
+
+Each function draws from the command's JSON (so a picture never shows a number the JSON does not carry),
+writes the file atomically and returns the arrays it plotted (tests compare them with the JSON).
+matplotlib is imported only here, only when a plot is asked for (`pip install clusterplan[plot]`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import write_atomic_bytes
+from clusterplan.models.training.estimate import MEMORY_TERMS, POSITIONS, TIME_TERMS
+from clusterplan.models.training.timeline import Timeline, simulate
+
+FORMATS = {".png": "png", ".svg": "svg"}
+COLORS = {"weights": "#4C72B0", "grads": "#55A868", "optimizer": "#C44E52", "activations": "#8172B2",
+          "other": "#937860", "compute_s": "#4C72B0", "tp_comm_s": "#DD8452", "cp_comm_s": "#DA8BC3",
+          "ep_comm_s": "#8C8C8C", "pp_comm_s": "#CCB974", "dp_comm_s": "#64B5CD", "bubble_s": "#C44E52",
+          "optimizer_s": "#55A868", "F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
+
+
+def check_plot_path(path: str | None) -> str | None:
+    """`--plot FILE`: the extension picks the format; anything else is a one-line error."""
+    if path is not None and Path(path).suffix.lower() not in FORMATS:
+        raise BadInputError(f"--plot {path}: give a file name ending in .png or .svg")
+    return path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise BadInputError("--plot needs matplotlib: pip install 'clusterplan[plot]'") from exc
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "clusterplan"  # stable SVG ids: same inputs, same file
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str) -> None:
+    fmt = FORMATS[Path(path).suffix.lower()]
+    buf = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+    fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", metadata=metadata)
+    _pyplot().close(fig)
+    write_atomic_bytes(path, buf.getvalue())
+
+
+# ---- estimate ----------------------------------------------------------------------------------------------------
+
+def timeline_of(data: dict[str, Any]) -> Timeline | None:
+    """The pipeline timeline of an estimate's layout, from its JSON: each stage's compute and in-stage communication
+    per micro-batch split 1:2 between forward and backward (1:3 under full recompute, which repeats the forward),
+    the exposed pipeline send/recv spread over its hops."""
+    lay = data["layout"]
+    if lay["pp"] <= 1 or "time" not in data:
+        return None
+    t = data["time"]
+    m = lay["gbs"] // (lay["dp"] * lay["mbs"])
+    per_mb = sum(t[k] for k in ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s")) / m
+    fwd_share = 0.25 if lay["recompute"] == "full" else 1 / 3
+    v = lay["vpp"] if lay["schedule"] == "interleaved-1f1b" else 1
+    hops = 2 * (m * v + lay["pp"] - 1)  # as the step model counts them (models/training/step.py)
+    return simulate(lay["schedule"], lay["pp"], m, per_mb * fwd_share, per_mb * (1 - fwd_share), v=v,
+                    p2p_s=t["pp_comm_s"] / hops)
+
+
+def plot_estimate(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Memory per pipeline stage stacked by term against capacity; step time by term; the pipeline timeline."""
+    plt = _pyplot()
+    timeline = timeline_of(data)
+    fig, axes = plt.subplots(1, 3 if timeline else 2, figsize=(16 if timeline else 11, 4.2),
+                             gridspec_kw={"width_ratios": [1, 1, 2.2] if timeline else [1, 1]})
+    mem = data["memory"]
+    stages = list(POSITIONS) if data["layout"]["pp"] > 1 else ["first"]
+    plotted: dict[str, Any] = {"memory_gib": {p: {} for p in stages}, "capacity_gib": mem["capacity_gib"]}
+    ax = axes[0]
+    bottom = [0.0] * len(stages)
+    for term in MEMORY_TERMS:
+        values = [mem["by_stage"][p][f"{term}_gib"] for p in stages]
+        ax.bar(stages if len(stages) > 1 else ["every stage"], values, bottom=bottom, label=term, color=COLORS[term])
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        for p, v in zip(stages, values, strict=True):
+            plotted["memory_gib"][p][term] = v
+    ax.axhline(mem["capacity_gib"], color="black", linestyle="--", linewidth=1)
+    ax.text(-0.4, mem["capacity_gib"], f" capacity {mem['capacity_gib']:.0f} GiB", va="bottom", fontsize=8)
+    ax.set_ylabel("GiB per GPU")
+    ax.set_title("memory per pipeline stage")
+    ax.legend(fontsize=7, loc="lower right")
+    ax = axes[1]
+    terms = [t for t in TIME_TERMS if data["time"][t] > 0]
+    values = [data["time"][t] for t in terms]
+    plotted["time_s"] = dict(zip(terms, values, strict=True))
+    ax.barh([t.removesuffix("_s") for t in terms], values, color=[COLORS[t] for t in terms])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per step")
+    ax.set_title(f"step {data['step_time_s']:.3g} s, MFU {data['mfu']:.1%}")
+    if timeline:
+        plotted["timeline"] = plot_timeline(axes[2], timeline, data["layout"])
+    fig.suptitle(f"{data['model']} on {data['cluster']}", fontsize=10)
+    _save(fig, path)
+    return plotted
+
+
+def plot_timeline(ax: Any, timeline: Timeline, layout: dict[str, Any]) -> dict[str, Any]:
+    """Micro-batches per stage over time; gaps are the bubble (and exposed send/recv)."""
+    bars = []
+    for op in timeline.ops:
+        ax.broken_barh([(op.start_s, op.end_s - op.start_s)], (op.stage - 0.4, 0.8), facecolors=COLORS[op.kind],
+                       edgecolor="white", linewidth=0.3)
+        bars.append((op.stage, op.kind, op.microbatch, op.chunk, op.start_s, op.end_s))
+    ax.set_yticks(range(timeline.pp), [f"stage {s}" for s in range(timeline.pp)])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    name = layout["schedule"] + (f" (vpp {layout['vpp']})" if layout["schedule"] == "interleaved-1f1b" else "")
+    ax.set_title(f"{name}: bubble {timeline.bubble_s / timeline.makespan_s:.1%} of the pipeline "
+                 f"(F forward, B backward" + (", W weight gradient)" if layout["schedule"] == "zb" else ")"),
+                 fontsize=9)
+    handles = [ax.barh([0], [0], color=COLORS[k], label=k) for k in ("F", "B", "W") if any(b[1] == k for b in bars)]
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    return {"bars": bars, "makespan_s": timeline.makespan_s, "bubble_s": timeline.bubble_s}
+
+
+# ---- plan --------------------------------------------------------------------------------------------------------
+
+def plot_plan(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Top plans' step time by term; with --tokens the (days, $) of each plan and the time-cost frontier."""
+    plt = _pyplot()
+    plans = data["plans"]
+    to_train = all("time_to_train" in p and p["time_to_train"].get("usd") is not None for p in plans)
+    fig, axes = plt.subplots(1, 2 if to_train else 1, figsize=(14 if to_train else 8, 4.2), squeeze=False)
+    ax = axes[0][0]
+    labels = [f"#{p['rank']} {_short(p)}" for p in plans]
+    plotted: dict[str, Any] = {"labels": labels, "time_s": {}}
+    left = [0.0] * len(plans)
+    for term in TIME_TERMS:
+        values = [p["time"][term] for p in plans]
+        if not any(values):
+            continue
+        ax.barh(labels, values, left=left, color=COLORS[term], label=term.removesuffix("_s"))
+        left = [a + b for a, b in zip(left, values, strict=True)]
+        plotted["time_s"][term] = values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per step")
+    ax.set_title("top plans: step time by term")
+    ax.legend(fontsize=7, loc="lower right")
+    if to_train:
+        ax = axes[0][1]
+        days = [p["time_to_train"]["days"] for p in plans]
+        usd = [p["time_to_train"]["usd"] / 1e6 for p in plans]
+        plotted["plans_days"], plotted["plans_musd"] = days, usd
+        dom = data.get("dominated", [])
+        if dom:
+            ddays, dusd = [d["days"] for d in dom], [d["usd"] / 1e6 for d in dom]
+            ax.scatter(ddays, dusd, color="#AAAAAA", label="dominated")
+            plotted["dominated_days"], plotted["dominated_musd"] = ddays, dusd
+            for d in dom:
+                ax.annotate(f"{d['gpus']}", (d["days"], d["usd"] / 1e6), fontsize=7, color="#888888")
+        if data["search"]["objective"] == "pareto":
+            ax.plot(days, usd, color="#C44E52", marker="o", label="frontier")
+        else:
+            ax.scatter(days, usd, color="#4C72B0", label="plans")
+        for p, x, y in zip(plans, days, usd, strict=True):
+            ax.annotate(f"#{p['rank']} {p['time_to_train']['gpus']} GPUs", (x, y), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("days to train (failures included, log scale)")
+        ax.set_ylabel("million $")
+        ax.set_title(f"time and cost for {plans[0]['time_to_train']['tokens']:.3g} tokens")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{plans[0]['model']}", fontsize=10)
+    _save(fig, path)
+    return plotted
+
+
+def _short(p: dict[str, Any]) -> str:
+    lay = p["layout"]
+    gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
+    return (f"{gpus} GPUs tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
+            + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else ""))
