@@ -2,12 +2,13 @@
 #   make demo   creates .venv, installs clusterplan, runs a real plan on built-in presets
 #   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest
 #   make figures  regenerates the README's pictures into docs/img/
+#   make reference  regenerates reference/TABLES.md (our predictions against every published reference table)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench figures clean
+.PHONY: demo test lint bench figures clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,8 @@ figures: $(VENV)/.installed
 	  --layout "tp=8,pp=4,mbs=1,gbs=32,seq=8192,sp=1,recompute=selective,schedule=zb" > /dev/null
 	$(BIN)/clusterplan plan --model llama3.1-70b --cluster dgx-h100:64 --gbs 512 --seq 8192 --tokens 15e12 \
 	  --objective pareto --quiet --plot docs/img/pareto.png > /dev/null
+reference: $(VENV)/.installed
+	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md
 
 bench: $(VENV)/.installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
