@@ -45,6 +45,7 @@ figures: $(VENV)/.installed
 	  --objective pareto --quiet --plot docs/img/pareto.png > /dev/null
 reference: $(VENV)/.installed
 	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md
+	$(BIN)/python -m clusterplan.reference.intervals --write
 
 bench: $(VENV)/.installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done

@@ -12,6 +12,7 @@ from clusterplan.cli.render import render_estimate, render_time_to_train
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layout import Layout
+from clusterplan.reference.intervals import attach as attach_interval
 
 
 @click.command()
@@ -42,6 +43,7 @@ def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_pat
     result = est.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)
+    attach_interval(result, cluster.gpu.name, model.is_moe, calibration_path)
     if fmt == "json":
         console.json(result)
     else:

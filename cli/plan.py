@@ -14,6 +14,8 @@ from clusterplan.cli.render import fmt_duration
 from clusterplan.errors import BadInputError
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
+from clusterplan.reference.intervals import attach as attach_interval
+from clusterplan.reference.intervals import ties
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.pareto import pareto
 from clusterplan.solver.placement import rerank_on_links
@@ -90,6 +92,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     if objective != "pareto":
         rerank_on_links(result, calibration)
     data = result.to_json()
+    for p in data["plans"]:
+        attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path)
+    data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
     if not cluster.is_homogeneous and objective != "pareto":
@@ -141,6 +146,17 @@ def _render(data: dict) -> None:
     console.table(None, columns, rows, justify_right=[c not in ("layout", "dominant terms") for c in columns])
     if "why_best" in plans[0]:
         console.text(f"why #1: {plans[0]['why_best']}")
+    if "step_time_interval" in plans[0]:
+        iv = plans[0]["step_time_interval"]
+        what = "days" if to_train else "step time"
+        console.text(f"{iv['rate']:.0%} interval of #1's {what}: "
+                     + (f"{plans[0]['time_to_train']['days_interval'][0]:.1f}-"
+                        f"{plans[0]['time_to_train']['days_interval'][1]:.1f} days" if to_train and
+                        "days_interval" in plans[0]["time_to_train"] else f"{iv['low_s']:.3g}-{iv['high_s']:.3g} s")
+                     + f" ({iv['source']})")
+    if data.get("ties_with_best"):
+        console.text(f"#{', #'.join(str(r) for r in data['ties_with_best'])} "
+                     f"{'is' if len(data['ties_with_best']) == 1 else 'are'} within #1's interval: a tie, not a ranking")
     if "placement" not in plans[0]:
         return
     pl = plans[0]["placement"]

@@ -19,6 +19,9 @@ def render_estimate(data: dict[str, Any]) -> None:
         return
     console.text(f"step {data['step_time_s']:.3f} s   {data['tokens_per_s']:,.0f} tokens/s   "
                  f"{data['tflops_per_gpu']:.0f} TFLOP/s/GPU   MFU {data['mfu']:.1%}   HFU {data['hfu']:.1%}")
+    if "step_time_interval" in data:
+        iv = data["step_time_interval"]
+        console.text(f"  {iv['rate']:.0%} interval {iv['low_s']:.3g}-{iv['high_s']:.3g} s ({iv['source']})")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS])
@@ -47,6 +50,10 @@ def render_time_to_train(t: dict[str, Any]) -> None:
     usd = f", ${t['usd']:,.0f}" if t.get("usd") is not None else ""
     console.text(f"time to train {t['tokens']:.3g} tokens: {days}{usd} (goodput {t['goodput']:.1%}; "
                  f"{t['days_without_failures']:.1f} days without failures)")
+    if "days_interval" in t:
+        lo, hi = t["days_interval"]
+        money = f", ${t['usd_interval'][0]:,.0f}-{t['usd_interval'][1]:,.0f}" if "usd_interval" in t else ""
+        console.text(f"  interval: {lo:.1f}-{hi:.1f} days{money} (the step time's interval)")
     ck, fl = t["checkpoint"], t["failures"]
     mtbf = f"{fl['mtbf_hours']:.1f} h" if fl["mtbf_hours"] is not None else "none"
     console.text(f"  failures: {fl['unexpected_per_day']:.2f}/day unexpected (MTBF {mtbf}), {fl['planned_per_day']:.2f}/day "

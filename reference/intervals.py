@@ -1,0 +1,230 @@
+"""Error bars on predicted step times, from the model's measured error on the reference sets.
+
+Method (README "How sure is a prediction?"):
+- Residual of a reference row: r = ln(predicted time / measured time) (throughput rows: ln(published tokens/s /
+  predicted tokens/s)). Rows: Narayanan et al. 2021 Table 1, Korthikanti et al. 2022 Table 5, NeMo 25.11 /
+  Megatron-Bridge (H100, B200, GB200; the expressible rows of reference/bridge.py).
+- Regime of a row or a prediction: GPU generation, dense or MoE, precision (16-bit or fp8), sequence band and
+  scale band. A prediction uses the residuals of the rows that share the most of its regime, relaxing the
+  attributes in the order scale, sequence, precision, generation, dense/MoE until at least MIN_ROWS rows match.
+- Interval: a normal prediction interval for one new residual, mean +- t(1 - a/2, n-1) s sqrt(1 + 1/n) at rate
+  1 - a = RATE; the measured time then lies in [predicted e^-(mean + h), predicted e^-(mean - h)].
+- With --calibration: the calibration's own spread, the largest RMS log error of its fits (GEMM, attention),
+  centred on the prediction.
+The residuals are computed once by `python -m clusterplan.reference.intervals --write` (also `make reference`)
+into data/residuals.json; tests/test_intervals.py fails when they no longer match the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clusterplan.fileio import dumps_json, write_atomic
+
+RESIDUALS = Path(__file__).resolve().parent / "data" / "residuals.json"
+RATE = 0.8
+"""Stated coverage of an interval (nominal; the leave-one-out test measures the achieved rate)."""
+MIN_ROWS = 4
+# Student t quantile at 0.9 (two-sided 80 %) for 1..30 degrees of freedom (standard table; checked against
+# scipy.stats.t.ppf in tests/test_intervals.py). Beyond 30: z + (z^3 + z) / (4 dof) (Cornish-Fisher, first term).
+T90 = (3.0777, 1.8856, 1.6377, 1.5332, 1.4759, 1.4398, 1.4149, 1.3968, 1.3830, 1.3722, 1.3634, 1.3562, 1.3502,
+       1.3450, 1.3406, 1.3368, 1.3334, 1.3304, 1.3277, 1.3253, 1.3232, 1.3212, 1.3195, 1.3178, 1.3163, 1.3150,
+       1.3137, 1.3125, 1.3114, 1.3104)
+Z90 = 1.2815516
+RELAX_ORDER = ("scale", "seq", "precision", "generation", "moe")
+GENERATIONS = ((r"^(A100|A10|A30|A40)", "ampere"), (r"^(H100|H200|H800|H20|GH200)", "hopper"),
+               (r"^(B200|B300|GB200|GB300)", "blackwell"), (r"^(L4|L40)", "ada"), (r"^V100", "volta"))
+
+
+def generation(gpu_name: str) -> str:
+    for pattern, gen in GENERATIONS:
+        if re.match(pattern, gpu_name, re.IGNORECASE):
+            return gen
+    return "other"
+
+
+def seq_band(seq: int) -> str:
+    return "short" if seq <= 2048 else "medium" if seq <= 8192 else "long"
+
+
+def scale_band(gpus: int) -> str:
+    return "node" if gpus <= 8 else "pod" if gpus <= 256 else "large"
+
+
+def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int) -> dict[str, str]:
+    return {"generation": generation(gpu_name), "moe": "moe" if moe else "dense",
+            "precision": "fp8" if precision.startswith("fp8") else "16-bit", "seq": seq_band(seq),
+            "scale": scale_band(gpus)}
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    low_ratio: float
+    """Lower bound of measured / predicted time."""
+    high_ratio: float
+    rows: int
+    matched_on: tuple[str, ...]
+    source: str
+
+    def to_json(self, predicted_s: float) -> dict[str, Any]:
+        return {"low_s": _r(predicted_s * self.low_ratio), "high_s": _r(predicted_s * self.high_ratio),
+                "rate": RATE, "rows": self.rows, "matched_on": list(self.matched_on), "source": self.source}
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def t90(dof: int) -> float:
+    """Student t quantile at 0.9 with `dof` degrees of freedom (RATE = 0.8 two-sided)."""
+    if dof <= len(T90):
+        return T90[dof - 1]
+    return Z90 + (Z90**3 + Z90) / (4 * dof)
+
+
+def prediction_interval(residuals: list[float], *, centre: float | None = None) -> tuple[float, float]:
+    """(low, high) of measured/predicted from log residuals r = ln(pred/meas); centre fixes the mean (calibration)."""
+    n = len(residuals)
+    mean = sum(residuals) / n if centre is None else centre
+    dof = n - 1 if centre is None else n
+    s = math.sqrt(sum((r - mean) ** 2 for r in residuals) / dof)
+    half = t90(dof) * s * math.sqrt(1 + 1 / n)
+    return math.exp(-(mean + half)), math.exp(-(mean - half))
+
+
+def match(rows: list[dict[str, Any]], want: dict[str, str]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """The rows sharing the most of `want`, relaxing RELAX_ORDER until MIN_ROWS match."""
+    keys = list(reversed(RELAX_ORDER))  # most important first
+    for drop in range(len(keys) + 1):
+        on = tuple(keys[: len(keys) - drop])
+        hit = [r for r in rows if all(r["regime"][k] == want[k] for k in on)]
+        if len(hit) >= MIN_ROWS:
+            return hit, on
+    return rows, ()
+
+
+@lru_cache(maxsize=1)
+def load_residuals() -> tuple[dict[str, Any], ...]:
+    with open(RESIDUALS, encoding="utf-8") as fh:
+        return tuple(json.load(fh)["rows"])
+
+
+def interval_for(want: dict[str, str], rows: list[dict[str, Any]] | None = None) -> Interval:
+    rows = list(load_residuals()) if rows is None else rows
+    hit, on = match(rows, want)
+    low, high = prediction_interval([r["residual"] for r in hit])
+    same = ", ".join(f"{k}={want[k]}" for k in on) or "any regime"
+    return Interval(low_ratio=low, high_ratio=high, rows=len(hit), matched_on=on,
+                    source=f"residuals of the {len(hit)} reference rows with {same}")
+
+
+def calibration_interval(path: str) -> Interval | None:
+    """The calibration's spread: its fits' largest RMS log error (None when the file records none)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    fits = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "rms_log_error" in node and "points" in node:
+                fits.append((float(node["rms_log_error"]), int(node["points"])))
+            for v in node.values():
+                walk(v)
+
+    walk(data)
+    if not fits:
+        return None
+    rms, n = max(fits)
+    n = max(n, 2)
+    # n residuals of spread rms, centred on zero: the fit's own deviations.
+    sample = [rms, -rms] * (n // 2) + ([0.0] if n % 2 else [])
+    low, high = prediction_interval(sample, centre=0.0)
+    return Interval(low_ratio=low, high_ratio=high, rows=n, matched_on=("calibration",),
+                    source=f"calibration {path}: largest RMS log error of its fits {rms:.3g} over {n} points")
+
+
+def regime_of(plan: dict[str, Any], gpu_name: str, moe: bool) -> dict[str, str]:
+    lay = plan["layout"]
+    gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
+    return regime(gpu_name, moe, lay["precision"], lay["seq"], gpus)
+
+
+def attach(plan: dict[str, Any], gpu_name: str, moe: bool, calibration_path: str | None = None) -> None:
+    """Add `step_time_interval` (and interval bounds of days and $ to train) to one plan's or estimate's JSON."""
+    if "step_time_s" not in plan:
+        return
+    iv = calibration_interval(calibration_path) if calibration_path else None
+    iv = iv or interval_for(regime_of(plan, gpu_name, moe))
+    out = iv.to_json(plan["step_time_s"])
+    out["regime"] = regime_of(plan, gpu_name, moe)
+    plan["step_time_interval"] = out
+    t = plan.get("time_to_train")
+    if t and t.get("days") is not None:
+        # Expected wall-clock is proportional to the useful time at fixed failure rates (goodput.expected_wall_s).
+        t["days_interval"] = [_r(t["days"] * iv.low_ratio), _r(t["days"] * iv.high_ratio)]
+        if t.get("usd") is not None:
+            t["usd_interval"] = [_r(t["usd"] * iv.low_ratio), _r(t["usd"] * iv.high_ratio)]
+
+
+def ties(plans: list[dict[str, Any]]) -> list[int]:
+    """Ranks of the plans whose predicted time lies inside #1's interval: a tie with #1, not a ranking."""
+    if not plans or "step_time_interval" not in plans[0]:
+        return []
+    key = "days" if all(p.get("time_to_train", {}).get("days") for p in plans) else None
+    if key:
+        hi = plans[0]["time_to_train"]["days_interval"][1]
+        return [p["rank"] for p in plans[1:] if p["time_to_train"]["days"] <= hi]
+    hi = plans[0]["step_time_interval"]["high_s"]
+    return [p["rank"] for p in plans[1:] if p["step_time_s"] <= hi]
+
+
+# ---- generating the residuals -----------------------------------------------------------------------------------
+
+def compute_rows() -> list[dict[str, Any]]:
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.reference.bridge import bridge_rows
+    from clusterplan.reference.report import korthikanti_times, read_rows, table1
+
+    rows = []
+    t1 = read_rows("megatron2021_table1.csv")
+    for r, c in zip(t1, table1(), strict=True):
+        rows.append({"set": "narayanan2021-table1", "label": c.label, "residual": math.log(c.predicted / c.measured),
+                     "regime": regime("A100", False, "fp16", 2048, int(r["gpus"]))})
+    kt = read_rows("korthikanti2022.csv")
+    for i, c in enumerate(korthikanti_times()):
+        r = kt[i // 2]
+        rows.append({"set": "korthikanti2022-table5", "label": c.label, "residual": math.log(c.predicted / c.measured),
+                     "regime": regime("A100", False, "fp16", 2048, int(r["gpus"]))})
+    for b in bridge_rows():
+        if not b.expressible:
+            continue
+        gpu = {"DGX-H100": "H100", "DGX-B200": "B200", "DGX-GB200": "GB200", "DGX-GB300": "GB300"}[b.system]
+        rows.append({"set": "megatron-bridge-2511", "label": f"{b.label} {b.gpus} GPUs",
+                     "residual": math.log(b.published_tokens_per_s / b.predicted_tokens_per_s),
+                     "regime": regime(gpu, load_model(b.preset).is_moe, b.layout.precision, b.layout.seq, b.gpus)})
+    for row in rows:
+        row["residual"] = _r(row["residual"])
+    return rows
+
+
+def write() -> None:
+    write_atomic(RESIDUALS, dumps_json({"method": "ln(predicted / measured step time) per reference row "
+                                                  "(reference/intervals.py)", "rows": compute_rows()}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write()
+        print(f"wrote {RESIDUALS}")
+    else:
+        print(dumps_json({"rows": compute_rows()}))
