@@ -153,13 +153,19 @@ def max_batch(inst: ServingInstance, context_tokens: float) -> int:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StepModel:
-    """Per-GPU constants of one instance, precomputed so a step costs a few numpy operations."""
+    """Per-GPU constants of one instance, precomputed so a step costs a few arithmetic operations.
+
+    `time_s` is THE step-time formula (module docstring); the simulator calls it with floats, the capacity
+    bounds and tests with numpy arrays. Nothing else prices a step.
+    """
 
     pp: int
+    tp: int
     step_overhead_s: float
     seq_overhead_s: float
     prefill_overhead_s: float
     compute_s_per_token: float
+    """Linear-layer FLOPs of one token over all layers, as time on the whole instance."""
     compute_s_per_pair: float
     """Attention score and value FLOPs per (query, key) pair over all layers, as time."""
     head_s_per_seq: float
@@ -169,30 +175,35 @@ class StepModel:
     """top_k / n_experts: chance one token routes to a given expert (0 for a dense model)."""
     kv_read_s_per_token: float
     ar_count_per_stage: float
-    tp: int
-    ar_busbw_bytes_per_s: float
-    ar_latency_s: float
-    activation_bytes_per_token: float
-    p2p_bytes_per_s: float
+    ar_fixed_s: float
+    """Latency part of one tensor-parallel all-reduce (0 at tp 1)."""
+    ar_s_per_token: float
+    """Bandwidth part of one tensor-parallel all-reduce per token of the step (0 at tp 1)."""
+    p2p_latency_s: float
+    p2p_s_per_token: float
+    """Pipeline send of one token's activations to the next stage."""
+
+    def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
+        """One engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of each of b
+        running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
+        pp = self.pp
+        tok = (n_p + b) / pp  # tokens each pipeline stage processes
+        compute = tok * self.compute_s_per_token + (pairs + ctx) / pp * self.compute_s_per_pair \
+            + b / pp * self.head_s_per_seq
+        # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
+        memory = self.dense_weights_s + ctx / pp * self.kv_read_s_per_token \
+            + self.expert_weights_s * (1.0 - (1.0 - self.expert_hit_per_token) ** tok)
+        bound = (compute + memory + abs(compute - memory)) * 0.5  # max(compute, memory) for floats and arrays
+        stage = bound + self.ar_count_per_stage * (self.ar_fixed_s + self.ar_s_per_token * tok)
+        p2p = (pp - 1) * (self.p2p_latency_s + self.p2p_s_per_token * tok)
+        fixed = self.step_overhead_s + self.prefill_overhead_s * (n_p > 0)
+        return fixed + self.seq_overhead_s * b + pp * stage + p2p
 
     def step_s(self, prefill_tokens: ArrayLike = 0.0, prefill_pairs: ArrayLike = 0.0, decode_seqs: ArrayLike = 0.0,
                decode_context_tokens: ArrayLike = 0.0) -> ArrayLike:
-        """Time of one engine step (the module docstring has the formula)."""
-        n_p = np.asarray(prefill_tokens, dtype=float) / self.pp
-        n_b = np.asarray(decode_seqs, dtype=float) / self.pp
-        tokens = n_p + n_b
-        pairs = (np.asarray(prefill_pairs, dtype=float) + np.asarray(decode_context_tokens, dtype=float)) / self.pp
-        compute = tokens * self.compute_s_per_token + pairs * self.compute_s_per_pair + n_b * self.head_s_per_seq
-        # Experts touched by `tokens` routed tokens: 1 - (1 - k/E)^tokens of them are read (uniform routing).
-        expert_share = 1.0 - np.power(1.0 - self.expert_hit_per_token, tokens)
-        kv_read = np.asarray(decode_context_tokens, dtype=float) / self.pp * self.kv_read_s_per_token
-        memory = self.dense_weights_s + self.expert_weights_s * expert_share + kv_read
-        ar = self.ar_count_per_stage * all_reduce_s(tokens * self.activation_bytes_per_token, self.tp,
-                                                    self.ar_busbw_bytes_per_s, self.ar_latency_s)
-        p2p = (self.pp - 1) * (self.ar_latency_s + tokens * self.activation_bytes_per_token / self.p2p_bytes_per_s)
-        stage = np.maximum(compute, memory) + ar
-        fixed = self.step_overhead_s + np.where(n_p > 0, self.prefill_overhead_s, 0.0)
-        return fixed + self.seq_overhead_s * np.asarray(decode_seqs, dtype=float) + self.pp * stage + p2p
+        """`time_s` on numpy arrays, by keyword."""
+        return self.time_s(np.asarray(prefill_tokens, dtype=float), np.asarray(prefill_pairs, dtype=float),
+                           np.asarray(decode_seqs, dtype=float), np.asarray(decode_context_tokens, dtype=float))
 
     def prefill_s(self, prompt_tokens: ArrayLike, batch: ArrayLike = 1) -> ArrayLike:
         """Prefill of `batch` prompts of `prompt_tokens` each in one step (causal attention: l^2/2 pairs each)."""
@@ -220,8 +231,13 @@ def step_model(inst: ServingInstance) -> StepModel:
     total_weight_bytes = spec.total_params() * w_bytes / n_gpus
     expert_bytes = expert_params * w_bytes / n_gpus
     link = get_link(gpu.scale_up_link)
+    busbw = link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction)
+    alpha = knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6
+    act_bytes = spec.hidden * 2.0  # one token's hidden state in bf16
+    ar_fixed = float(all_reduce_s(0.0, inst.tp, busbw, alpha))
     return StepModel(
         pp=inst.pp,
+        tp=inst.tp,
         step_overhead_s=knobs.step_overhead_s,
         seq_overhead_s=knobs.seq_overhead_s,
         prefill_overhead_s=knobs.prefill_overhead_s,
@@ -236,11 +252,11 @@ def step_model(inst: ServingInstance) -> StepModel:
         kv_read_s_per_token=kv_bytes_per_token_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype]) / hbm_bytes_per_s,
         # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
         ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
-        tp=inst.tp,
-        ar_busbw_bytes_per_s=link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction),
-        ar_latency_s=knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6,
-        activation_bytes_per_token=spec.hidden * 2.0,
-        p2p_bytes_per_s=link.gb_per_s * 1e9 * link.busbw_fraction,
+        # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.
+        ar_fixed_s=ar_fixed,
+        ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ar_fixed,
+        p2p_latency_s=alpha,
+        p2p_s_per_token=act_bytes / (link.gb_per_s * 1e9 * link.busbw_fraction),
     )
 
 

@@ -56,26 +56,6 @@ class SimResult:
     finished: int
 
 
-def scalar_step(step: StepModel) -> Callable[[float, float, float, float], float]:
-    """StepModel.step_s folded into a few float coefficients (~30x faster than numpy for one step)."""
-    n, pp, a = float(step.tp), float(step.pp), step.activation_bytes_per_token
-    ar_fixed = 2 * (n - 1) * step.ar_latency_s if n > 1 else 0.0
-    ar_per_token = (2 * (n - 1) / n / step.ar_busbw_bytes_per_s if n > 1 else 0.0) * a * step.ar_count_per_stage
-    fixed = step.step_overhead_s + pp * step.ar_count_per_stage * ar_fixed + (pp - 1) * step.ar_latency_s
-    per_token = ar_per_token + (pp - 1) / pp * a / step.p2p_bytes_per_s
-    ct, cp, ch = step.compute_s_per_token / pp, step.compute_s_per_pair / pp, step.head_s_per_seq / pp
-    mw, mk, seq, pre = step.dense_weights_s, step.kv_read_s_per_token / pp, step.seq_overhead_s, step.prefill_overhead_s
-    hit, mx = step.expert_hit_per_token, step.expert_weights_s
-
-    def step_s(n_p: float, pairs: float, b: float, ctx: float) -> float:
-        tok = n_p + b
-        compute = ct * tok + cp * (pairs + ctx) + ch * b
-        memory = mw + mk * ctx + (mx * (1.0 - (1.0 - hit) ** (tok / pp)) if hit else 0.0)
-        return fixed + (pre if n_p else 0.0) + per_token * tok + seq * b + pp * (compute if compute > memory else memory)
-
-    return step_s
-
-
 class _Run:
     """Mutable state of one simulation; slots keep attribute access cheap in the event loop."""
 
@@ -96,7 +76,7 @@ class _Run:
 def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_tokens: np.ndarray,
              output_tokens: np.ndarray, slo: Slo | None = None) -> SimResult:
     """Run the requests through one instance; stop early once the SLO can no longer be met."""
-    f = scalar_step(step)
+    f = step.time_s  # the one step formula, called with floats
     arr, inp, out = arrival_s.tolist(), input_tokens.tolist(), output_tokens.tolist()
     if engine.mode == "prefill":
         out = [1] * len(out)
