@@ -125,7 +125,7 @@ def plan_from_capacity_table(data: Any, path: str, rate: float | None = None, sl
         names = tuple(sorted(info))
         dist = [float(w) for row in data["workload_distribution"] for w in row]
         costs = tuple(float(info[n].get("cost_per_hour", info[n].get("cost"))) for n in names)
-        caps = tuple(tuple(float(v) for row in info[n]["tputs"] for v in row) for n in names)
+        caps = tuple(tuple(_capacity(v) for row in info[n]["tputs"] for v in row) for n in names)
         total = float(rate if rate is not None else data["total_request_rate"])
         sf = slice_factor or int(data.get("slice_factor", 4))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -151,3 +151,12 @@ def plan_from_capacity_table(data: Any, path: str, rate: float | None = None, sl
             "best_single_type": None if best is None else {
                 "instance": best[0], "usd_per_hour": round(best[1], 4),
                 "saving_fraction": round(1 - mix.usd_per_hour / best[1], 4)}}
+
+
+NO_CAPACITY_RPS = 1e-9
+"""A tputs cell at or below this is a cell the instance cannot serve (solver/serve.py writes it for 0)."""
+
+
+def _capacity(value: Any) -> float:
+    rps = float(value)
+    return 0.0 if 0 <= rps <= NO_CAPACITY_RPS else rps

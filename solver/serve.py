@@ -32,7 +32,7 @@ from clusterplan.models.serving.sim import (
     slo_batch,
 )
 from clusterplan.models.serving.traffic import Bucket, load_trace, make_buckets, parse_length
-from clusterplan.solver.melange import Mix, MixProblem, solve_mix
+from clusterplan.solver.melange import NO_CAPACITY_RPS, Mix, MixProblem, solve_mix
 
 SIM_REQUESTS = 200
 """Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
@@ -282,24 +282,31 @@ def _within(pools: tuple[Pool, ...], limits: Limits) -> bool:
     return all(gpus.get(kind, 0) <= cap for kind, cap in limits.available_gpus)
 
 
+MELANGE_NO_CAPACITY_RPS = NO_CAPACITY_RPS
+"""Written for a cell no instance serves: Melange's solver divides by every tputs cell (melange/util.py
+tputs_to_loads_2d: load = 1 / tput), so 0 would crash it; 1e-9 req/s makes the cell cost 1e9 instances per
+req/s, which no optimum picks. Read back, cells at or below it count as 0."""
+
+
 def melange_table(table: CapacityTable, work: Workload) -> dict:
-    """The capacity table in Melange's input format, so it can be edited or replaced by measurements and fed
-    back with --capacity-table: tputs[i][j] per instance type over input bin i x output bin j."""
+    """The capacity table exactly as Melange's own solver reads it (tyler-griggs/melange-release,
+    melange/lib/runner.py: SolverRunner.Config(**json) takes gpu_info, workload_distribution,
+    total_request_rate and slice_factor, nothing else; melange/solver.py reads gpu_info[name]["cost"] and
+    ["tputs"][i][j], max req/s of one instance on input bin i x output bin j). Fed back with --capacity-table."""
     in_bins = sorted({b.input_edges for b in work.buckets})
     out_bins = sorted({b.output_edges for b in work.buckets})
     where = {(b.input_edges, b.output_edges): k for k, b in enumerate(work.buckets)}
 
-    def grid(values: list[float]) -> list[list[float]]:
-        return [[round(values[where[(i, o)]], 6) if (i, o) in where else 0.0 for o in out_bins] for i in in_bins]
+    def grid(values: list[float], floor: float) -> list[list[float]]:
+        return [[max(round(values[where[(i, o)]], 6), floor) if (i, o) in where else floor for o in out_bins]
+                for i in in_bins]
 
     return {
-        "source": "clusterplan serve-plan capacity table: max req/s per instance within the SLO, simulated",
-        "slo": {"ttft_ms": work.slo.ttft_s * 1e3, "tpot_ms": work.slo.tpot_s * 1e3, "percentile": work.slo.percentile},
-        "input_bins": [list(i) for i in in_bins], "output_bins": [list(o) for o in out_bins],
-        "gpu_info": {inst.label: {"cost_per_hour": round(inst.usd_per_hour, 6), "tputs": grid(list(caps))}
+        "gpu_info": {inst.label: {"cost": round(inst.usd_per_hour, 6), "tputs": grid(list(caps), MELANGE_NO_CAPACITY_RPS)}
                      for inst, caps in zip(table.instances, table.capacity_rps, strict=True)},
-        "workload_distribution": grid([b.share for b in work.buckets]),
+        "workload_distribution": grid([b.share for b in work.buckets], 0.0),
         "total_request_rate": work.rate_rps,
+        "slice_factor": 4,
     }
 
 

@@ -142,6 +142,13 @@ def test_saved_capacity_table_feeds_back_into_the_solver(run_cli, tmp_path) -> N
     table = json.loads(path.read_text(encoding="utf-8"))
     assert len(table["gpu_info"]) == 4 and all(len(v["tputs"]) == 4 for v in table["gpu_info"].values())
     assert sum(map(sum, table["workload_distribution"])) == pytest.approx(1.0)
+    # Melange's own solver reads it as it is: SolverRunner.Config(**json) accepts exactly these four keys
+    # (tyler-griggs/melange-release melange/lib/runner.py), MelangeSolver reads gpu_info[g]["cost"] and
+    # ["tputs"], and tputs_to_loads_2d divides by every cell (melange/util.py), so none may be 0.
+    assert set(table) == {"gpu_info", "workload_distribution", "total_request_rate", "slice_factor"}
+    for info in table["gpu_info"].values():
+        assert set(info) == {"cost", "tputs"} and info["cost"] > 0
+        assert all(1 / v > 0 for row in info["tputs"] for v in row)
     code, again, err = run_cli("serve-plan", "--capacity-table", str(path), "--format", "json")
     assert code == 0, err
     assert json.loads(again)["usd_per_hour"] == json.loads(out)["usd_per_hour"] == 3.03
