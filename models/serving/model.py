@@ -152,6 +152,25 @@ def max_batch(inst: ServingInstance, context_tokens: float) -> int:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class StepTerms:
+    """One step's parts; per pipeline stage for compute, memory and all-reduce (a token passes all pp stages)."""
+
+    pp: int
+    overhead_s: ArrayLike
+    """Engine time per step: scheduler, launches, sampling (not overlapped with the GPU work)."""
+    compute_s: ArrayLike
+    memory_s: ArrayLike
+    allreduce_s: ArrayLike
+    p2p_s: ArrayLike
+
+    @property
+    def total_s(self) -> ArrayLike:
+        # t = t0 + pp [max(compute, memory) + all-reduces] + (pp-1) p2p; the max written so floats and arrays both work.
+        bound = (self.compute_s + self.memory_s + abs(self.compute_s - self.memory_s)) * 0.5
+        return self.overhead_s + self.pp * (bound + self.allreduce_s) + self.p2p_s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StepModel:
     """Per-GPU constants of one instance, precomputed so a step costs a few arithmetic operations.
 
@@ -183,9 +202,9 @@ class StepModel:
     p2p_s_per_token: float
     """Pipeline send of one token's activations to the next stage."""
 
-    def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
-        """One engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of each of b
-        running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
+    def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
+        """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
+        each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
         pp = self.pp
         tok = (n_p + b) / pp  # tokens each pipeline stage processes
         compute = tok * self.compute_s_per_token + (pairs + ctx) / pp * self.compute_s_per_pair \
@@ -193,11 +212,15 @@ class StepModel:
         # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
         memory = self.dense_weights_s + ctx / pp * self.kv_read_s_per_token \
             + self.expert_weights_s * (1.0 - (1.0 - self.expert_hit_per_token) ** tok)
-        bound = (compute + memory + abs(compute - memory)) * 0.5  # max(compute, memory) for floats and arrays
-        stage = bound + self.ar_count_per_stage * (self.ar_fixed_s + self.ar_s_per_token * tok)
+        allreduce = self.ar_count_per_stage * (self.ar_fixed_s + self.ar_s_per_token * tok)
         p2p = (pp - 1) * (self.p2p_latency_s + self.p2p_s_per_token * tok)
-        fixed = self.step_overhead_s + self.prefill_overhead_s * (n_p > 0)
-        return fixed + self.seq_overhead_s * b + pp * stage + p2p
+        overhead = self.step_overhead_s + self.prefill_overhead_s * (n_p > 0) + self.seq_overhead_s * b
+        return StepTerms(pp=pp, overhead_s=overhead, compute_s=compute, memory_s=memory, allreduce_s=allreduce,
+                         p2p_s=p2p)
+
+    def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
+        """Time of one engine step (arguments as `terms`): THE step formula; the simulator calls it with floats."""
+        return self.terms(n_p, pairs, b, ctx).total_s
 
     def step_s(self, prefill_tokens: ArrayLike = 0.0, prefill_pairs: ArrayLike = 0.0, decode_seqs: ArrayLike = 0.0,
                decode_context_tokens: ArrayLike = 0.0) -> ArrayLike:
