@@ -12,7 +12,7 @@ from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
-from clusterplan.models.serving.model import ServingInstance
+from clusterplan.models.serving.launch import LaunchConfig, launch_lines
 from clusterplan.solver.serve import (
     Limits,
     Pool,
@@ -50,35 +50,15 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
 
 def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
     inst = pool.instance
+    launch = LaunchConfig(repo=model_ref, tp=inst.tp, pp=inst.pp, weight_dtype=inst.weight_dtype,
+                          kv_dtype=inst.kv_dtype, max_seqs=pool.max_batch, max_model_len=max_len,
+                          chunk_tokens=inst.max_batched_tokens, memory_utilization=inst.knobs.memory_utilization,
+                          role=pool.role if disagg else "colocated")
     return {"role": pool.role, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "instances": pool.count,
             "gpus": pool.count * inst.n_gpus, "max_batch": pool.max_batch, "rate_rps": round(pool.rate_rps, 4),
             "utilisation": round(pool.utilisation, 4), "ttft_ms": round(pool.ttft_s * 1e3, 2),
             "tpot_ms": round(pool.tpot_s * 1e3, 3), "usd_per_hour": round(pool.count * inst.usd_per_hour, 4),
-            "vllm": _vllm_line(inst, pool, model_ref, max_len, disagg),
-            "sglang": _sglang_line(inst, pool, model_ref, max_len, disagg)}
-
-
-def _vllm_line(inst: ServingInstance, pool: Pool, model_ref: str, max_len: int, disagg: bool) -> str:
-    # vLLM engine arguments (research/style-and-ecosystem.md B.2).
-    line = (f"vllm serve {model_ref} --tensor-parallel-size {inst.tp} --pipeline-parallel-size {inst.pp} "
-            f"--max-num-seqs {pool.max_batch} --max-model-len {max_len} "
-            f"--gpu-memory-utilization {inst.knobs.memory_utilization:g} "
-            f"--enable-chunked-prefill --max-num-batched-tokens {inst.max_batched_tokens}")
-    line += " --quantization fp8" if inst.weight_dtype == "fp8" else ""
-    line += " --kv-cache-dtype fp8" if inst.kv_dtype == "fp8" else ""
-    if disagg:
-        line += ' --kv-transfer-config \'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
-    return line
-
-
-def _sglang_line(inst: ServingInstance, pool: Pool, model_ref: str, max_len: int, disagg: bool) -> str:
-    # SGLang server arguments (research/style-and-ecosystem.md B.2).
-    line = (f"python -m sglang.launch_server --model-path {model_ref} --tp {inst.tp} --pp-size {inst.pp} "
-            f"--max-running-requests {pool.max_batch} --context-length {max_len} "
-            f"--mem-fraction-static {inst.knobs.memory_utilization:g} --chunked-prefill-size {inst.max_batched_tokens}")
-    line += " --quantization fp8" if inst.weight_dtype == "fp8" else ""
-    line += " --kv-cache-dtype fp8_e4m3" if inst.kv_dtype == "fp8" else ""  # SGLang's name for fp8 KV (B.2)
-    return line + (f" --disaggregation-mode {pool.role}" if disagg else "")
+            **launch_lines(launch)}
 
 
 def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: Workload,
@@ -123,6 +103,7 @@ def _print_table(data: dict) -> None:
     for p in data["pools"]:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
         console.text(f"  [{p['role']} x{p['instances']}] {p['sglang']}")
+        console.text(f"  [{p['role']} x{p['instances']}] {p['trtllm']}")
 
 
 @click.command("serve-plan")
@@ -175,7 +156,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         return
     if not model_ref or ttft_ms is None or tpot_ms is None:
         raise BadInputError("give --model, --ttft-ms and --tpot-ms (or --capacity-table FILE)")
-    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.architecture.catalog import hf_repo, load_model
     from clusterplan.models.hardware.calibration import load_calibration
 
     model = load_model(model_ref)
@@ -192,7 +173,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     if save_capacity and answer.capacity is not None:
         write_atomic(save_capacity, dumps_json(melange_table(answer.capacity, work)))
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
-    ref = str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
+    ref = hf_repo(model.name) or str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
     data = _plan_json(answer.chosen, answer.modes_usd_per_hour, ref, work, answer.alternatives) | {
         "disaggregation": answer.verdict}
     for pool in data["pools"]:

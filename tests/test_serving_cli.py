@@ -39,7 +39,10 @@ def test_colocated_plan_is_deterministic_and_consistent(run_cli) -> None:
         assert pool["ttft_ms"] <= 600 and pool["tpot_ms"] <= 45 and 0 < pool["utilisation"] <= 1
         assert f"--tensor-parallel-size {pool['tp']} --pipeline-parallel-size {pool['pp']}" in pool["vllm"]
         assert f"--max-num-seqs {pool['max_batch']}" in pool["vllm"] and "--max-model-len" in pool["vllm"]
-        assert pool["sglang"].startswith("python -m sglang.launch_server --model-path llama3.1-8b --tp ")
+        assert pool["vllm"].startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct ")  # the HF repo, not our preset
+        assert pool["sglang"].startswith("python -m sglang.launch_server --model-path meta-llama/Llama-3.1-8B-Instruct "
+                                         f"--tp-size {pool['tp']} ")
+        assert pool["trtllm"].startswith(f"trtllm-serve meta-llama/Llama-3.1-8B-Instruct --backend pytorch --tp_size {pool['tp']}")
         assert f"--max-running-requests {pool['max_batch']}" in pool["sglang"]
     # $/1M output tokens = $/h * 1e6 / (3600 * rate * mean output tokens); lognormal(5, 0.6) mean ~ e^5.18.
     tokens_per_s = 1e6 * data["usd_per_hour"] / 3600 / data["usd_per_million_output_tokens"]
