@@ -128,6 +128,7 @@ def _print_table(data: dict) -> None:
               help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
 @click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
+@click.option("--engine", "engine_name", default="vllm", help="Engine profile: vllm, vllm-v0, sglang, trtllm.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
@@ -136,7 +137,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
                tp_text: str, pp_text: str, max_gpus: int | None, available: str | None, disaggregate: str,
                kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
-               calibration: str | None,
+               calibration: str | None, engine_name: str,
                weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     if capacity_table:
@@ -164,7 +165,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     names = tuple(g.strip() for g in gpus.split(",") if g.strip())
     instances, warnings = candidate_instances(model, names, _ints(tp_text, "--tp"), _ints(pp_text, "--pp"),
                                               load_calibration(calibration), weight_dtype, kv_dtype,
-                                              explicit=gpus != DEFAULT_GPUS)
+                                              explicit=gpus != DEFAULT_GPUS, engine=engine_name)
     for line in warnings:
         console.warn(line)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)

@@ -22,7 +22,8 @@ def _terms_json(t: object) -> dict[str, float]:
 def estimate_json(e: ServingEstimate) -> dict:
     inst, load, gpus = e.instance, e.load, e.n_gpus
     return {
-        "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "gpus": gpus,
+        "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,
+        "attention_dp": inst.attention_dp, "engine": inst.engine, "gpus": gpus,
         "weight_dtype": inst.weight_dtype, "kv_dtype": inst.kv_dtype,
         "load": {"kind": str(load.kind), "rate_rps": load.rate_rps or None, "clients": load.clients or None,
                  "requests_measured": e.requests, "seed": load.seed},
@@ -75,12 +76,19 @@ def _render(d: dict) -> None:
 @click.option("--gpu", "gpu_name", required=True, help="GPU type (name or alias), e.g. H100.")
 @click.option("--tp", type=click.IntRange(min=1, max=1024), default=1, help="Tensor-parallel size.")
 @click.option("--pp", type=click.IntRange(min=1, max=1024), default=1, help="Pipeline-parallel size.")
+@click.option("--ep", type=click.IntRange(min=1, max=1024), default=1,
+              help="Expert-parallel size (MoE): experts split whole over this many of the tp GPUs.")
+@click.option("--attention-dp", type=click.IntRange(min=1, max=1024), default=1,
+              help="Data-parallel attention groups among the tp GPUs (DeepSeek-style DP attention).")
+@click.option("--engine", "engine_name", default="vllm",
+              help="Engine profile (hardware_db engines.yaml): vllm, vllm-v0, sglang, trtllm.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int8, int4, fp4).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision (bf16, fp8).")
-@click.option("--max-batch", type=click.IntRange(min=1, max=10**6), default=256,
-              help="Most running sequences (vLLM --max-num-seqs, SGLang --max-running-requests).")
-@click.option("--chunk", type=click.IntRange(min=1, max=10**7), default=2048,
-              help="Token budget of one step (chunked-prefill size, vLLM --max-num-batched-tokens).")
+@click.option("--max-batch", type=click.IntRange(min=1, max=10**6),
+              help="Most running sequences (vLLM --max-num-seqs, SGLang --max-running-requests); default: the engine's.")
+@click.option("--chunk", type=click.IntRange(min=1, max=10**7),
+              help="Token budget of one step (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size); "
+                   "default: the engine's.")
 @click.option("--input-len", default=None, help="Prompt tokens: 512, uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA or a CSV.")
 @click.option("--output-len", default=None, help="Output tokens, same forms as --input-len.")
 @click.option("--rate", type=float, help="Open loop: Poisson arrivals at this many requests per second.")
@@ -91,8 +99,8 @@ def _render(d: dict) -> None:
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals.")
 @format_option
-def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, weight_dtype: str, kv_dtype: str, max_batch: int,
-                   chunk: int, input_len: str | None, output_len: str | None, rate: float | None, trace: str | None,
+def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, attention_dp: int, engine_name: str,
+                   weight_dtype: str, kv_dtype: str, max_batch: int | None, chunk: int | None, input_len: str | None, output_len: str | None, rate: float | None, trace: str | None,
                    concurrency: int | None, batch: int | None, requests: int | None, calibration: str | None,
                    seed: int, fmt: str) -> None:
     """Latency percentiles and throughput of one configuration under one load.
@@ -107,7 +115,8 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, weight_dtype
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.models.hardware.calibration import load_calibration
 
-    est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+    est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                       engine=engine_name, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                        max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
                        rate=rate, trace=trace, clients=concurrency or batch or 0, static=batch is not None,
                        requests=requests or 0, calibration=load_calibration(calibration), seed=seed)

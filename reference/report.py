@@ -122,6 +122,16 @@ def main() -> None:
     print("\nKorthikanti 2022 published layouts (seq-par + selective) in our plan's top 5:")
     for label, rank, published, best in published_in_top5():
         print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
+    serving_section()
+
+
+def serving_section() -> None:
+    """Serving: serve-estimate against published engine benchmarks (reference/serving.py)."""
+    from clusterplan.reference.serving import serving_table
+
+    print("\nServing: serve-estimate against published engine benchmarks (reference/data/serving_published.csv)")
+    for line in serving_table():
+        print(line)
 
 
 

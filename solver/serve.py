@@ -14,6 +14,7 @@ import numpy as np
 
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import Link, get_gpu
+from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
@@ -109,8 +110,11 @@ def bucket_requests(bucket: Bucket, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[float, float] = (0.0, 0.0)) -> Engine:
     """The scheduler of an instance; `transfer` = (latency s, s per prompt token) of a KV hand-off after prefill."""
+    # A decode pool receives prefilled requests from the prefill pool: no HTTP/tokenizer time in front of it.
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, mode=mode, ttft_extra_s=transfer[0],
-                  ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens)
+                  ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens,
+                  request_overhead_s=inst.knobs.request_overhead_s if mode != "decode" else 0.0,
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill)
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",
@@ -314,7 +318,8 @@ def melange_table(table: CapacityTable, work: Workload) -> dict:
 
 def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple[int, ...], pps: tuple[int, ...],
                         calibration: Any = None, weight_dtype: str = "bf16", kv_dtype: str = "bf16",
-                        explicit: bool = True) -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
+                        explicit: bool = True, engine: str | None = None
+                        ) -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
     """Every priced (GPU type, tp, pp) instance that holds the model with KV room, and warnings for GPUs left out.
 
     All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
@@ -323,6 +328,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     """
     if not gpu_names:
         raise BadInputError("--gpus: give GPU names, e.g. --gpus H100,A100-80GB")
+    profile = get_engine(engine)
     out: list[ServingInstance] = []
     warnings: list[str] = []
     seen: set[str] = set()
@@ -339,13 +345,14 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         if gpu.price is None:
             warnings.append(f"{gpu.name} has no price in the hardware database; left out")
             continue
-        knobs = knobs_for_gpu(gpu, calibration, weight_dtype)
         for tp in tps:
+            knobs = knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp)
             for pp in pps:
                 if model.n_heads % tp or pp > model.n_layers:
                     continue
                 inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, weight_dtype=weight_dtype,
-                                       kv_dtype=kv_dtype, knobs=knobs)
+                                       kv_dtype=kv_dtype, engine=profile.name, knobs=knobs,
+                                       max_batched_tokens=profile.chunk_tokens)
                 if serving_memory(inst).kv_capacity_tokens > 0:
                     out.append(inst)
     if not out:

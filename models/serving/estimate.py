@@ -17,6 +17,7 @@ import numpy as np
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_gpu
+from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.model import (
     ServingInstance,
@@ -199,20 +200,27 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
 def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = None) -> Engine:
     """The scheduler limits of one instance: its KV capacity, a sequence cap and a step token budget."""
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
-                  chunk_tokens=chunk_tokens or inst.max_batched_tokens)
+                  chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill)
 
 
-def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", max_batch: int = 256, chunk_tokens: int = 2048, input_len: str | None = None,
+def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
+                 max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
                  output_len: str | None = None, rate: float | None = None, trace: str | None = None, clients: int = 0,
                  static: bool = False, requests: int = 0, calibration: Any = None, seed: int = 0) -> ServingEstimate:
     """serve-estimate from its inputs as given: a trace or length distributions, and one load."""
     gpu = get_gpu(gpu_name)
+    profile = get_engine(engine)
+    chunk_tokens = chunk_tokens or profile.chunk_tokens
+    max_batch = max_batch or profile.max_seqs
     if model.n_heads % tp:
         raise BadInputError(f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
                             "use a divisor, e.g. 1, 2, 4 or 8")
-    inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                           knobs=knobs_for_gpu(gpu, calibration, weight_dtype), max_batched_tokens=chunk_tokens)
+    inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=profile.name,
+                           knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
+                           max_batched_tokens=chunk_tokens)
     engine = engine_of(inst, max_batch, chunk_tokens)
     if engine.kv_capacity_tokens <= 0:
         raise BadInputError(f"{model.name} does not fit on {inst.label} with room for a KV cache; raise --tp or --pp")

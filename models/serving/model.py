@@ -12,18 +12,23 @@ per-sequence overhead that a calibration sets. Every function takes numbers or n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import GPU, get_link
+from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
 from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu
 
 GIB = 2**30
+MOE_READ_SHARE = 1.0
+"""Share of the weight-read rate that grouped expert GEMMs reach at a few tokens per expert (fused MoE kernels
+launch one tile per touched expert). Not fitted: no published MoE row isolates it yet; reported on the Mixtral
+row of reference/data/serving_published.csv."""
 MODEL_GEMM_SHARE = 0.77
 """Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
 Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
@@ -46,6 +51,11 @@ class ServingKnobs:
     so prefill pays eager kernel launches (vLLM captures decode batch sizes only)."""
     allreduce_latency_s: float | None = None
     """Per ring step latency of a tensor-parallel all-reduce (alpha); None = the scale-up link's."""
+    allreduce_call_s: float | None = None
+    """Latency of one decode-sized all-reduce call as the engine runs it (custom one-shot kernels, NCCL LL);
+    set from the engine profile's table by tp; None = the ring model with alpha."""
+    request_overhead_s: float = 0.0
+    """Time to first token outside the GPU steps (HTTP, tokenization, first detokenization)."""
     busbw_fraction: float | None = None
     """Achieved all-reduce bus bandwidth as a fraction of link line rate; None = the link's."""
     compute_fraction: float | None = None
@@ -54,6 +64,16 @@ class ServingKnobs:
     """Achieved fraction of peak memory bandwidth; None = the GPU's hbm_fraction."""
     memory_utilization: float = 0.9
     """Share of GPU memory the engine may use (vLLM --gpu-memory-utilization default 0.9)."""
+
+    @classmethod
+    def from_engine(cls, engine: EngineProfile, tp: int, **overrides: float) -> ServingKnobs:
+        """An engine profile's per-step costs at this tp; `overrides` (e.g. a calibration's) win."""
+        values: dict[str, Any] = {
+            "step_overhead_s": engine.step_overhead_s, "seq_overhead_s": engine.seq_overhead_s,
+            "prefill_overhead_s": engine.prefill_overhead_s, "request_overhead_s": engine.request_overhead_s,
+            "allreduce_call_s": engine.allreduce_latency_s(tp) if tp > 1 else None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
     @classmethod
     def from_calibration(cls, calibration: Any = None, **overrides: float) -> ServingKnobs:
@@ -84,9 +104,17 @@ class ServingInstance:
     model: ModelSpec
     gpu: GPU
     tp: int = 1
+    """GPUs per pipeline stage."""
     pp: int = 1
+    ep: int = 1
+    """Expert-parallel size: experts split whole over ep of the tp GPUs (the rest split each expert); 1 = none."""
+    attention_dp: int = 1
+    """Data-parallel attention groups among the tp GPUs (DeepSeek-style DP attention): attention runs at
+    tp / attention_dp, each group on its own sequences and KV cache; 1 = attention split over all tp."""
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    engine: str = "vllm"
+    """Engine profile name (hardware_db/data/engines.yaml): which launch line realises the instance."""
     knobs: ServingKnobs = field(default_factory=ServingKnobs)
     max_batched_tokens: int = 2048
     """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
@@ -95,6 +123,11 @@ class ServingInstance:
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
             raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
+        for what, size in (("--ep", self.ep), ("--attention-dp", self.attention_dp)):
+            if size < 1 or self.tp % size:
+                raise BadInputError(f"{what} {size} must divide --tp {self.tp} (the GPUs of one stage)")
+        if self.ep > 1 and not self.model.is_moe:
+            raise BadInputError(f"--ep {self.ep}: {self.model.name} has no experts; use --ep 1")
         for dtype in (self.weight_dtype, self.kv_dtype):
             if dtype not in DTYPE_BYTES:
                 raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
@@ -104,8 +137,13 @@ class ServingInstance:
         return self.tp * self.pp
 
     @property
+    def attention_tp(self) -> int:
+        return self.tp // self.attention_dp
+
+    @property
     def label(self) -> str:
-        return f"{self.gpu.name} tp{self.tp} pp{self.pp}"
+        extra = (f" ep{self.ep}" if self.ep > 1 else "") + (f" dp{self.attention_dp}" if self.attention_dp > 1 else "")
+        return f"{self.gpu.name} tp{self.tp} pp{self.pp}{extra}"
 
     @property
     def usd_per_hour(self) -> float:
@@ -114,9 +152,27 @@ class ServingInstance:
         return self.gpu.price.usd_per_gpu_hour * self.n_gpus
 
 
+def weight_bytes_split(inst: ServingInstance) -> tuple[float, float]:
+    """(non-expert, expert) weight bytes on one GPU.
+
+    Experts split evenly over all tp x pp GPUs (ep whole experts per GPU times tp/ep shards each, the same bytes);
+    everything else (attention, embeddings, dense FFN) over attention_tp x pp, replicated across DP-attention
+    groups (SGLang --enable-dp-attention keeps a full attention copy per group).
+    """
+    spec = inst.model
+    w_bytes = DTYPE_BYTES[inst.weight_dtype]
+    expert_params = 0.0
+    if spec.is_moe:  # all experts of all MoE layers: the routed-out share scaled back to E experts
+        expert_params = (spec.moe_params() - spec.moe_params(active=True)) * spec.n_moe_layers
+        expert_params *= spec.n_experts / max(spec.n_experts - spec.top_k, 1)
+    dense = (spec.total_params() - expert_params) * w_bytes / (inst.attention_tp * inst.pp)
+    return dense, expert_params * w_bytes / inst.n_gpus
+
+
 def weights_bytes_per_gpu(inst: ServingInstance) -> float:
-    # Weights split evenly over tp x pp (vocab-parallel embeddings and head included).
-    return inst.model.total_params() * DTYPE_BYTES[inst.weight_dtype] / inst.n_gpus
+    # Weights split over tp x pp (vocab-parallel embeddings and head included); DP attention replicates the
+    # non-expert part per attention group.
+    return sum(weight_bytes_split(inst))
 
 
 def activation_bytes_per_gpu(inst: ServingInstance) -> float:
@@ -140,8 +196,9 @@ def serving_memory(inst: ServingInstance) -> ServingMemory:
     act = activation_bytes_per_gpu(inst)
     reserve = reserve_bytes_per_gpu(inst)
     free = budget - weights - act - reserve
-    per_token = kv_bytes_per_token_per_gpu(inst.model, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
-    tokens = int(max(free, 0.0) // per_token)
+    per_token = kv_bytes_per_token_per_gpu(inst.model, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
+    # Each DP-attention group caches its own sequences: the instance holds attention_dp times one group's tokens.
+    tokens = int(max(free, 0.0) // per_token) * inst.attention_dp
     return ServingMemory(weights_gib=weights / GIB, activation_gib=act / GIB, reserve_gib=reserve / GIB,
                          kv_gib=max(free, 0.0) / GIB, kv_capacity_tokens=tokens)
 
@@ -246,18 +303,19 @@ def step_model(inst: ServingInstance) -> StepModel:
     flops_per_s = gpu.tflops(COMPUTE_DTYPE[inst.weight_dtype]) * 1e12
     flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction * MODEL_GEMM_SHARE
     hbm_bytes_per_s = gpu.hbm_bytes_per_s * (knobs.hbm_fraction or gpu.hbm_fraction)
+    weight_bytes_per_s = hbm_bytes_per_s  # a fitted decode read share came out at 1.0 (coord/serve.md)
     n_gpus = inst.n_gpus
     layer_params = spec.active_params() - spec.embedding_params() - spec.head_params()
-    expert_params = (spec.moe_params() - spec.moe_params(active=True)) * spec.n_moe_layers
-    expert_params = expert_params * spec.n_experts / max(spec.n_experts - spec.top_k, 1) if spec.is_moe else 0.0
-    w_bytes = DTYPE_BYTES[inst.weight_dtype]
-    total_weight_bytes = spec.total_params() * w_bytes / n_gpus
-    expert_bytes = expert_params * w_bytes / n_gpus
+    dense_bytes, expert_bytes = weight_bytes_split(inst)
     link = get_link(gpu.scale_up_link)
     busbw = link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction)
     alpha = knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6
     act_bytes = spec.hidden * 2.0  # one token's hidden state in bf16
-    ar_fixed = float(all_reduce_s(0.0, inst.tp, busbw, alpha))
+    ring_fixed = float(all_reduce_s(0.0, inst.tp, busbw, alpha))
+    # A decode-sized all-reduce costs the engine's small-message kernel latency (one-shot custom all-reduce or
+    # NCCL LL) when the engine profile gives it, else the ring's 2 (tp - 1) alpha.
+    ar_fixed = knobs.allreduce_call_s if knobs.allreduce_call_s is not None and inst.tp > 1 else ring_fixed
+    kv_per_token = kv_bytes_per_token_per_gpu(spec, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
     return StepModel(
         pp=inst.pp,
         tp=inst.tp,
@@ -269,28 +327,33 @@ def step_model(inst: ServingInstance) -> StepModel:
         # QK^T and AV: 2 (q_dim + v_dim) FLOPs per (query, key) pair per layer (Narayanan et al. 2021 sec. 5.1).
         compute_s_per_pair=2.0 * (spec.q_dim + spec.v_dim) * spec.n_layers / (n_gpus * flops_per_s),
         head_s_per_seq=2.0 * spec.vocab * spec.hidden / (n_gpus * flops_per_s),
-        dense_weights_s=(total_weight_bytes - expert_bytes) / hbm_bytes_per_s,
-        expert_weights_s=expert_bytes / hbm_bytes_per_s,
+        dense_weights_s=dense_bytes / weight_bytes_per_s,
+        expert_weights_s=expert_bytes / (weight_bytes_per_s * MOE_READ_SHARE),
         expert_hit_per_token=spec.top_k / spec.n_experts if spec.is_moe else 0.0,
-        kv_read_s_per_token=kv_bytes_per_token_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype]) / hbm_bytes_per_s,
+        # Each GPU reads the KV of its own DP-attention group: 1 / attention_dp of the batch's context.
+        kv_read_s_per_token=kv_per_token / inst.attention_dp / hbm_bytes_per_s,
         # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
         ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
         # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.
         ar_fixed_s=ar_fixed,
-        ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ar_fixed,
+        ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ring_fixed,
         p2p_latency_s=alpha,
         p2p_s_per_token=act_bytes / (link.gb_per_s * 1e9 * link.busbw_fraction),
     )
 
 
-def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> ServingKnobs:
-    """ServingKnobs from a models.calibration.Calibration (duck-typed) measured on this GPU type, else defaults.
+def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16", engine: EngineProfile | None = None,
+                  tp: int = 1) -> ServingKnobs:
+    """ServingKnobs of an engine profile at this tp (None: the ServingKnobs defaults), overridden by a
+    models.calibration.Calibration (duck-typed) measured on this GPU type.
 
-    Fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM max_tflops,
-    copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and alpha.
+    Calibration fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM
+    max_tflops, copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and
+    alpha (a measured alpha replaces the engine's all-reduce table: the ring model then prices it).
     """
+    base = ServingKnobs.from_engine(engine, tp) if engine is not None else ServingKnobs()
     if calibration is None or not _measured_on(gpu, calibration):
-        return ServingKnobs()
+        return base
     extra: dict[str, float | None] = {"step_overhead_s": getattr(calibration, "decode_step_overhead_s", None)}
     curve = calibration.gemm_curve(dtype) if hasattr(calibration, "gemm_curve") else None
     if curve is not None:
@@ -301,7 +364,12 @@ def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> Ser
     fit = calibration.collective("all_reduce", "scale_up") if hasattr(calibration, "collective") else None
     if fit is not None:
         extra["allreduce_latency_s"] = fit.latency_s
-    return ServingKnobs.from_calibration(calibration, **extra)
+    measured = ServingKnobs.from_calibration(calibration, **extra)
+    changed = {name: getattr(measured, name) for name in ServingKnobs.__dataclass_fields__
+               if getattr(measured, name) != getattr(ServingKnobs(), name)}
+    if "allreduce_latency_s" in changed:
+        changed["allreduce_call_s"] = None
+    return replace(base, **changed)
 
 
 def _measured_on(gpu: GPU, calibration: Any) -> bool:

@@ -40,11 +40,17 @@ class Engine:
     kv_capacity_tokens: int
     max_seqs: int = 256
     chunk_tokens: int = 2048
+    chunked_prefill: bool = True
+    """Split prompts across steps to fill the token budget (vLLM, SGLang); False: a step takes whole prompts
+    while they fit the budget, a longer prompt runs alone (TensorRT-LLM's default, enable_chunked_prefill off)."""
     mode: str = "colocated"
     """colocated, prefill (prompts only; TTFT adds `ttft_extra_s`, e.g. KV transfer) or decode (KV arrives)."""
     ttft_extra_s: float = 0.0
     ttft_extra_s_per_token: float = 0.0
     """TTFT added per prompt token (KV-cache transfer to a decode instance)."""
+    request_overhead_s: float = 0.0
+    """Time from a request's arrival until the scheduler sees it (HTTP, tokenization): delays its admission,
+    so TTFT and end-to-end latency both include it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -121,6 +127,7 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         out = [1] * len(out)
     n = len(arr)
     known = min(clients, n) if clients > 0 else n  # arrivals known so far
+    delay = engine.request_overhead_s
     warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
     allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
     limits = (slo.ttft_s, slo.tpot_s, warm) if slo else (math.inf, math.inf, warm)
@@ -129,20 +136,20 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
     waiting: deque[int] = deque()
     prefilling: deque[list[int]] = deque()  # [request, prompt tokens done]
     while run.finished < n:
-        while nxt < known and arr[nxt] <= run.t:
+        while nxt < known and arr[nxt] + delay <= run.t:
             waiting.append(nxt)
             nxt += 1
         if not (run.b or prefilling or waiting):
-            run.t = max(run.t, arr[nxt])
+            run.t = max(run.t, arr[nxt] + delay)
             continue
         _admit(run, engine, waiting, prefilling, inp, out)
         if not (run.b or prefilling):
             if waiting and run.kv_used == 0:  # one request larger than the whole KV cache
                 return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
-            run.t = arr[nxt] if nxt < known else run.t
+            run.t = arr[nxt] + delay if nxt < known else run.t
             continue
-        n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b)
-        _advance(run, f, n_p, pairs, arr[nxt] if nxt < known and not waiting else None)
+        n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b, engine.chunked_prefill)
+        _advance(run, f, n_p, pairs, arr[nxt] + delay if nxt < known and not waiting else None)
         _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits)
         _completions(run, inp, out, tpot, limits)
         if run.bad_ttft > allowed or run.bad_tpot > allowed:
@@ -175,14 +182,17 @@ def _admit(run: _Run, engine: Engine, waiting: deque[int], prefilling: deque[lis
             run.start_decode(r, inp[r], out[r])
 
 
-def _chunk(prefilling: deque[list[int]], inp: list[int], budget: int) -> tuple[int, float, list[int]]:
+def _chunk(prefilling: deque[list[int]], inp: list[int], budget: int, chunked: bool = True
+           ) -> tuple[int, float, list[int]]:
     """Spend the step's token budget on queued prompts in order: (tokens, attention pairs, prompts completed)."""
     n_p, pairs, done = 0, 0.0, []
     for item in prefilling:
         if n_p >= budget:
             break
         r, have = item
-        take = min(inp[r] - have, budget - n_p)
+        if not chunked and n_p and n_p + inp[r] - have > budget:
+            break  # whole prompts only: this one waits for the next step
+        take = min(inp[r] - have, budget - n_p) if chunked else inp[r] - have
         pairs += take * (have + take / 2.0)  # causal: each new token attends to what came before it
         n_p += take
         item[1] = have + take
