@@ -32,7 +32,8 @@ def run(args: list[str]) -> tuple[float, dict]:
     start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out):
         try:
-            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4,8", "--format", "json", *args])
+            # --provider any: all six GPU types priced (no one provider in the snapshot prices all six)
+            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4,8", "--provider", "any", "--format", "json", *args])
         except SystemExit as exc:
             if exc.code:
                 raise

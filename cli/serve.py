@@ -12,6 +12,7 @@ from clusterplan.cli.options import format_option, nonempty_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
+from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines
 from clusterplan.solver.serve import (
     Limits,
@@ -61,6 +62,25 @@ def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
             **launch_lines(launch)}
 
 
+def _known_gpus(names: tuple[str, ...], explicit: bool) -> tuple[str, ...]:
+    """The requested GPU names the database knows (an unknown name the user typed is an error, later)."""
+    out = []
+    for name in names:
+        try:
+            out.append(get_gpu(name).name)
+        except BadInputError:
+            if explicit:
+                raise
+    return tuple(out)
+
+
+def _prices_json(prices: PriceChoice) -> dict:
+    return {"provider": prices.provider, "pricing": prices.pricing, "snapshot": prices.snapshot,
+            "mixed_providers": len({r.provider for r in prices.rows.values()}) > 1,
+            "rows": {g: {"provider": r.provider, "region": r.region, "usd_per_gpu_hour": r.usd_per_gpu_hour,
+                         "date": r.date, "source": r.source} for g, r in sorted(prices.rows.items())}}
+
+
 def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: Workload,
                alternatives: dict[str, float]) -> dict:
     max_len = max(max(b.input_tokens) + max(b.output_tokens) for b in work.buckets)
@@ -99,6 +119,9 @@ def _print_table(data: dict) -> None:
         console.text(f"best single instance type: {best['instance']} at ${best['usd_per_hour']:.2f}/h "
                      f"(this plan saves {best['saving_fraction']:.0%})")
     console.text(data["disaggregation"])
+    pr = data["prices"]
+    console.text(f"prices: {pr['provider']} {pr['pricing']} (snapshot {pr['snapshot']})"
+                 + ("; providers mixed as asked (--provider any)" if pr["mixed_providers"] else ""))
     console.text("\nlaunch, per instance:")
     for p in data["pools"]:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
@@ -129,6 +152,13 @@ def _print_table(data: dict) -> None:
 @click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--engine", "engine_name", default="vllm", help="Engine profile: vllm, vllm-v0, sglang, trtllm.")
+@click.option("--prices", "prices_path", type=click.Path(dir_okay=False),
+              help="Price table (YAML/JSON rows gpu, provider, region, pricing, usd_per_gpu_hour, date, source); "
+                   "default: the packaged snapshot.")
+@click.option("--provider", help="Price every GPU with this provider's rows (default: the provider that prices most "
+                                 "of --gpus); 'any' mixes providers, cheapest row per GPU.")
+@click.option("--pricing", default="on_demand", type=click.Choice(["on_demand", "spot", "reserved", "capacity_block"]),
+              help="Pricing model of the rows used.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
@@ -137,7 +167,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
                tp_text: str, pp_text: str, max_gpus: int | None, available: str | None, disaggregate: str,
                kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
-               calibration: str | None, engine_name: str,
+               calibration: str | None, engine_name: str, prices_path: str | None, provider: str | None,
+               pricing: str,
                weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     if capacity_table:
@@ -163,9 +194,12 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     model = load_model(model_ref)
     work = make_workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, seed)
     names = tuple(g.strip() for g in gpus.split(",") if g.strip())
+    if not names:
+        raise BadInputError(f"--gpus {gpus!r}: give GPU names, e.g. --gpus {DEFAULT_GPUS}")
+    prices = choose_prices(_known_gpus(names, explicit=gpus != DEFAULT_GPUS), provider, pricing, prices_path)
     instances, warnings = candidate_instances(model, names, _ints(tp_text, "--tp"), _ints(pp_text, "--pp"),
                                               load_calibration(calibration), weight_dtype, kv_dtype,
-                                              explicit=gpus != DEFAULT_GPUS, engine=engine_name)
+                                              explicit=gpus != DEFAULT_GPUS, engine=engine_name, prices=prices)
     for line in warnings:
         console.warn(line)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
@@ -176,7 +210,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
     ref = hf_repo(model.name) or str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
     data = _plan_json(answer.chosen, answer.modes_usd_per_hour, ref, work, answer.alternatives) | {
-        "disaggregation": answer.verdict}
+        "disaggregation": answer.verdict, "engine": engine_name, "prices": _prices_json(prices)}
     for pool in data["pools"]:
         over = [f"{k} {pool[k + '_ms']:.1f} ms" for k, limit in (("ttft", ttft_ms), ("tpot", tpot_ms))
                 if pool[k + "_ms"] > limit]

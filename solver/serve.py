@@ -15,6 +15,7 @@ import numpy as np
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
+from clusterplan.hardware_db.prices import PriceChoice
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
@@ -318,11 +319,12 @@ def melange_table(table: CapacityTable, work: Workload) -> dict:
 
 def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple[int, ...], pps: tuple[int, ...],
                         calibration: Any = None, weight_dtype: str = "bf16", kv_dtype: str = "bf16",
-                        explicit: bool = True, engine: str | None = None
+                        explicit: bool = True, engine: str | None = None, prices: PriceChoice | None = None
                         ) -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
     """Every priced (GPU type, tp, pp) instance that holds the model with KV room, and warnings for GPUs left out.
 
-    All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
+    `prices` (one provider's rows, hardware_db/prices.py) prices each GPU; a GPU it lacks is left out with a
+    warning. None prices with gpus.yaml. All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
     capacity table can tell whether that pays (a tight TTFT target may be reachable at tp 8 alone).
     Unknown GPU names raise when the user named them (`explicit`), else are skipped (a default list).
     """
@@ -342,7 +344,16 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         if gpu.name in seen:
             continue  # named twice (or by two aliases): one set of instances
         seen.add(gpu.name)
-        if gpu.price is None:
+        usd = None
+        if prices is not None:
+            row = prices.rows.get(gpu.name)
+            if row is None:  # named by the user: say so; from the default list: the answer's price rows show it
+                if explicit:
+                    warnings.append(f"{gpu.name} has no {prices.pricing} price from provider {prices.provider}; left "
+                                    "out (--provider NAME, --provider any to mix providers, or --prices FILE)")
+                continue
+            usd = row.usd_per_gpu_hour
+        elif gpu.price is None:
             warnings.append(f"{gpu.name} has no price in the hardware database; left out")
             continue
         for tp in tps:
@@ -352,7 +363,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                     continue
                 inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, weight_dtype=weight_dtype,
                                        kv_dtype=kv_dtype, engine=profile.name, knobs=knobs,
-                                       max_batched_tokens=profile.chunk_tokens)
+                                       max_batched_tokens=profile.chunk_tokens, usd_per_gpu_hour=usd)
                 if serving_memory(inst).kv_capacity_tokens > 0:
                     out.append(inst)
     if not out:

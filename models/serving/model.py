@@ -115,6 +115,8 @@ class ServingInstance:
     kv_dtype: str = "bf16"
     engine: str = "vllm"
     """Engine profile name (hardware_db/data/engines.yaml): which launch line realises the instance."""
+    usd_per_gpu_hour: float | None = None
+    """Price from the chosen price table (hardware_db/prices.py); None = the GPU's price in gpus.yaml."""
     knobs: ServingKnobs = field(default_factory=ServingKnobs)
     max_batched_tokens: int = 2048
     """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
@@ -147,6 +149,8 @@ class ServingInstance:
 
     @property
     def usd_per_hour(self) -> float:
+        if self.usd_per_gpu_hour is not None:
+            return self.usd_per_gpu_hour * self.n_gpus
         if self.gpu.price is None:
             raise BadInputError(f"GPU {self.gpu.name} has no price in the hardware database; give --capacity-table with costs")
         return self.gpu.price.usd_per_gpu_hour * self.n_gpus
