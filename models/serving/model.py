@@ -13,7 +13,7 @@ per-sequence overhead that a calibration sets. Every function takes numbers or n
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -212,9 +212,9 @@ def max_batch(inst: ServingInstance, context_tokens: float) -> int:
     return int(serving_memory(inst).kv_capacity_tokens // max(context_tokens, 1.0))
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StepTerms:
-    """One step's parts; per pipeline stage for compute, memory and all-reduce (a token passes all pp stages)."""
+class StepTerms(NamedTuple):
+    """One step's parts; per pipeline stage for compute, memory and all-reduce (a token passes all pp stages).
+    A NamedTuple: the simulator builds one per step, and tuple construction is several times cheaper."""
 
     pp: int
     overhead_s: ArrayLike
@@ -263,21 +263,29 @@ class StepModel:
     p2p_s_per_token: float
     """Pipeline send of one token's activations to the next stage."""
 
+    coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
+
+    def __post_init__(self) -> None:
+        pp = self.pp
+        object.__setattr__(self, "coefficients", (
+            float(pp), self.compute_s_per_token, self.compute_s_per_pair / pp, self.head_s_per_seq / pp,
+            self.dense_weights_s, self.kv_read_s_per_token / pp, self.expert_weights_s, 1.0 - self.expert_hit_per_token,
+            self.ar_count_per_stage, self.ar_fixed_s, self.ar_s_per_token, self.p2p_latency_s, self.p2p_s_per_token,
+            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s))
+
     def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
         """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
         each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
-        pp = self.pp
+        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq = self.coefficients
         tok = (n_p + b) / pp  # tokens each pipeline stage processes
-        compute = tok * self.compute_s_per_token + (pairs + ctx) / pp * self.compute_s_per_pair \
-            + b / pp * self.head_s_per_seq
+        compute = tok * ct + (pairs + ctx) * cp + b * ch
         # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
-        memory = self.dense_weights_s + ctx / pp * self.kv_read_s_per_token \
-            + self.expert_weights_s * (1.0 - (1.0 - self.expert_hit_per_token) ** tok)
-        allreduce = self.ar_count_per_stage * (self.ar_fixed_s + self.ar_s_per_token * tok)
-        p2p = (pp - 1) * (self.p2p_latency_s + self.p2p_s_per_token * tok)
-        overhead = self.step_overhead_s + self.prefill_overhead_s * (n_p > 0) + self.seq_overhead_s * b
-        return StepTerms(pp=pp, overhead_s=overhead, compute_s=compute, memory_s=memory, allreduce_s=allreduce,
-                         p2p_s=p2p)
+        memory = mw + ctx * mk + mx * (1.0 - miss ** tok)
+        allreduce = ar_n * (ar_0 + ar_t * tok)
+        p2p = (pp - 1) * (p2p_0 + p2p_t * tok)
+        overhead = t0 + t_pre * (n_p > 0) + t_seq * b
+        return StepTerms(self.pp, overhead, compute, memory, allreduce, p2p)
 
     def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
         """Time of one engine step (arguments as `terms`): THE step formula; the simulator calls it with floats."""
