@@ -102,6 +102,21 @@ def serving_table() -> list[str]:
     return lines
 
 
+def serving_markdown() -> list[str]:
+    """The serving section for `python -m clusterplan.reference --markdown` (README tables)."""
+    rows = serving_comparisons()
+    out = ["#### Serving: serve-estimate against published engine benchmarks", "",
+           "| row | metric | measured | predicted | error | role |", "|---|---|---:|---:|---:|---|"]
+    out += [f"| {c.label} | {c.metric} | {c.measured:.1f} | {c.predicted:.1f} | {c.error:+.1%} | "
+            f"{'fitted' if c.fitted else 'held out'} |" for c in rows]
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        held = [abs(c.error) for c in rows if c.metric == metric and not c.fitted]
+        if held:
+            out.append(f"\nHeld-out {metric}: median |error| {np.median(held):.1%} over {len(held)} rows, "
+                       f"max {max(held):.1%}.")
+    return [*out, ""]
+
+
 def main() -> None:
     print("Serving: serve-estimate against published engine benchmarks (reference/data/serving_published.csv)")
     for line in serving_table():
