@@ -117,3 +117,15 @@ def test_fp8_kv_halves_kv_bytes_and_doubles_capacity_tokens() -> None:
 def test_bad_parallel_sizes_say_what_to_do(kwargs: dict, needle: str) -> None:
     with pytest.raises(BadInputError, match=needle):
         ServingInstance(model=LLAMA70, gpu=H100, tp=8, **kwargs)
+
+
+def test_decode_beyond_the_captured_cuda_graphs_pays_eager_launches() -> None:
+    # SGLang captures decode graphs up to batch 160: batch 161 adds the eager-launch cost (prefill_overhead_s,
+    # 0.5 ms) on top of one more sequence's cost; batch 160 does not.
+    sglang = get_engine("sglang")
+    step = step_model(ServingInstance(model=load_model("llama3.1-8b"), gpu=H100,
+                                      knobs=ServingKnobs.from_engine(sglang, 1)))
+    per_seq = float(step.time_s(0.0, 0.0, 160.0, 160.0 * 1000)) - float(step.time_s(0.0, 0.0, 159.0, 159.0 * 1000))
+    jump = float(step.time_s(0.0, 0.0, 161.0, 161.0 * 1000)) - float(step.time_s(0.0, 0.0, 160.0, 160.0 * 1000))
+    assert sglang.cuda_graph_max_batch == 160
+    assert jump == pytest.approx(per_seq + sglang.prefill_overhead_s, rel=1e-6)

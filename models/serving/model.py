@@ -12,6 +12,7 @@ per-sequence overhead that a calibration sets. Every function takes numbers or n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -49,6 +50,9 @@ class ServingKnobs:
     prefill_overhead_s: float = 0.002
     """Extra fixed time of a step that carries prompt tokens: engines replay CUDA graphs for decode only,
     so prefill pays eager kernel launches (vLLM captures decode batch sizes only)."""
+    cuda_graph_max_batch: float = math.inf
+    """Largest decode batch the engine replays as a CUDA graph; a larger one runs eagerly and pays
+    prefill_overhead_s too (vLLM max_capture_size, SGLang --cuda-graph-max-bs)."""
     allreduce_latency_s: float | None = None
     """Per ring step latency of a tensor-parallel all-reduce (alpha); None = the scale-up link's."""
     allreduce_call_s: float | None = None
@@ -71,6 +75,7 @@ class ServingKnobs:
         values: dict[str, Any] = {
             "step_overhead_s": engine.step_overhead_s, "seq_overhead_s": engine.seq_overhead_s,
             "prefill_overhead_s": engine.prefill_overhead_s, "request_overhead_s": engine.request_overhead_s,
+            "cuda_graph_max_batch": engine.cuda_graph_max_batch if engine.cuda_graphs else 0,
             "allreduce_call_s": engine.allreduce_latency_s(tp) if tp > 1 else None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -262,6 +267,8 @@ class StepModel:
     p2p_latency_s: float
     p2p_s_per_token: float
     """Pipeline send of one token's activations to the next stage."""
+    cuda_graph_max_batch: float = math.inf
+    """Decode batches above this run eagerly (prefill_overhead_s added, as for a prefill step)."""
 
     coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
     """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
@@ -272,19 +279,20 @@ class StepModel:
             float(pp), self.compute_s_per_token, self.compute_s_per_pair / pp, self.head_s_per_seq / pp,
             self.dense_weights_s, self.kv_read_s_per_token / pp, self.expert_weights_s, 1.0 - self.expert_hit_per_token,
             self.ar_count_per_stage, self.ar_fixed_s, self.ar_s_per_token, self.p2p_latency_s, self.p2p_s_per_token,
-            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s))
+            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s, float(self.cuda_graph_max_batch)))
 
     def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
         """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
         each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
-        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq = self.coefficients
+        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs = self.coefficients
         tok = (n_p + b) / pp  # tokens each pipeline stage processes
         compute = tok * ct + (pairs + ctx) * cp + b * ch
         # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
         memory = mw + ctx * mk + mx * (1.0 - miss ** tok)
         allreduce = ar_n * (ar_0 + ar_t * tok)
         p2p = (pp - 1) * (p2p_0 + p2p_t * tok)
-        overhead = t0 + t_pre * (n_p > 0) + t_seq * b
+        # Eager launches when the step carries prompt tokens or its decode batch exceeds the captured CUDA graphs.
+        overhead = t0 + t_pre * ((n_p > 0) | (b > graphs)) + t_seq * b
         return StepTerms(self.pp, overhead, compute, memory, allreduce, p2p)
 
     def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
@@ -334,6 +342,7 @@ def step_model(inst: ServingInstance) -> StepModel:
         step_overhead_s=knobs.step_overhead_s,
         seq_overhead_s=knobs.seq_overhead_s,
         prefill_overhead_s=knobs.prefill_overhead_s,
+        cuda_graph_max_batch=knobs.cuda_graph_max_batch,
         # 2 FLOPs per parameter per token (Kaplan et al. 2020), split over tp x pp GPUs.
         compute_s_per_token=2.0 * layer_params / (n_gpus * flops_per_s),
         # QK^T and AV: 2 (q_dim + v_dim) FLOPs per (query, key) pair per layer (Narayanan et al. 2021 sec. 5.1).
