@@ -7,7 +7,9 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
+from clusterplan.models.architecture.catalog import hf_repo
 from clusterplan.models.serving.estimate import ServingEstimate, Stats, estimate_for
+from clusterplan.models.serving.launch import LaunchConfig, launch_lines
 
 
 def _stats_json(s: Stats, scale: float, digits: int) -> dict[str, float]:
@@ -40,6 +42,11 @@ def estimate_json(e: ServingEstimate) -> dict:
                      "mean_fraction": round(e.kv_mean_fraction, 5)},
         "prefill_step_ms": {"prompt_tokens": e.prefill_tokens} | _terms_json(e.prefill),
         "decode_step_ms": {"batch": e.decode_batch, "context_tokens": e.decode_context_tokens} | _terms_json(e.decode),
+        "launch": launch_lines(LaunchConfig(
+            repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
+            attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
+            max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
+            memory_utilization=inst.knobs.memory_utilization)),
     }
 
 
@@ -69,6 +76,8 @@ def _render(d: dict) -> None:
                   justify_right=[False] + [True] * 6)
     console.text("compute, memory and all-reduce are per pipeline stage; the step costs overhead + pp x "
                  "(max(compute, memory) + all-reduce) + p2p")
+    engine = d["engine"] if d["engine"] in d["launch"] else {"vllm-v0": "vllm"}.get(d["engine"], "vllm")
+    console.text(f"\nlaunch ({engine}): {d['launch'][engine]}")
 
 
 @click.command("serve-estimate")

@@ -123,6 +123,10 @@ class ServingEstimate:
     prefill_tokens: int
     decode_batch: int
     decode_context_tokens: int
+    max_seqs: int
+    """The engine's sequence cap the run used (for the launch line)."""
+    max_model_len: int
+    """Longest request simulated, rounded up to 256 tokens (for the launch line)."""
 
     @property
     def n_gpus(self) -> int:
@@ -194,7 +198,8 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
         kv_mean_fraction=trace.kv_token_seconds / (makespan * kv_cap) if kv_cap and makespan > 0 else 0.0,
         prefill=step.terms(float(prefill_len), prefill_len * prefill_len / 2.0, 0.0, 0.0),
         decode=step.terms(0.0, 0.0, float(batch), float(batch * ctx)),
-        prefill_tokens=prefill_len, decode_batch=batch, decode_context_tokens=ctx)
+        prefill_tokens=prefill_len, decode_batch=batch, decode_context_tokens=ctx, max_seqs=engine.max_seqs,
+        max_model_len=int(math.ceil(int((inp + out).max()) / 256) * 256))
 
 
 def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = None) -> Engine:
