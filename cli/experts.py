@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
@@ -122,7 +122,7 @@ def engine_file(placement: Placement, model: ModelSpec, out_format: str, documen
 @click.option("--tokens-per-step", type=int, default=None,
               help="Tokens per step across the cluster [default: the statistics' own token count].")
 @click.option("--seed", type=int, default=0, help="CBC random seed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=output_path,
               help="Write the placement file here.")
 @click.option("--out-format", type=click.Choice(["clusterplan", "sglang", "trtllm"]), default="clusterplan",
               help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
@@ -146,6 +146,7 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                            slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                            expert_groups=expert_groups, dispatch_dtype=dispatch_dtype,
                            tokens_per_step=tokens_per_step, seed=seed)
+    require_finite(result)
     _render(result, fmt)
     if out_path:
         write_atomic(out_path, engine_file(chosen, model, out_format, result["placement_file"]))
@@ -262,7 +263,7 @@ def _render(result: dict[str, Any], fmt: str) -> None:
 @click.option("--zipf", "zipf_exponent", type=float, default=0.8, help="Popularity exponent (rank^-s).")
 @click.option("--affinity", "affinity_logit", type=float, default=2.0, help="Cross-layer successor logit bonus.")
 @click.option("--seed", type=int, default=0)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out_path", required=True, callback=output_path, type=click.Path(dir_okay=False),
               help="Output file: .npz (recommended), .json, .csv (+ .transitions.csv) or .npy (no transitions).")
 @format_option
 def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_layers: int | None, n_tokens: int,

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, nonempty_path, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import read_plan
 
@@ -174,9 +174,9 @@ def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: 
 @click.option("--tolerance", type=float, default=None, help="Exit 1 when a rank's memory error exceeds this %.")
 @click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
 @click.option("--dry-run", is_flag=True, help="Full model, full world size, one CPU process (fake process group).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Also write the JSON result here.")
-@click.option("--write-job", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--write-job", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the job for torchrun on several machines and exit (see README).")
 @click.option("--measured", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Compare a worker's result.json (from a torchrun launch) instead of spawning ranks.")
@@ -206,6 +206,7 @@ def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, s
     if time_tolerance is not None and t_err is not None and abs(t_err) > time_tolerance:
         failed.append(f"step-time error {t_err:+.1f}% > --time-tolerance {time_tolerance}%")
     result["ok"] = not failed
+    require_finite(result)
     if out:
         write_atomic(out, dumps_json(result))
     if fmt == "json":
