@@ -205,16 +205,22 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     if method in ("ilp", "both"):
         with console.status("solving the placement ILP"):
             ilp = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=time_limit_s, seed=seed))
-        console.info(f"ILP: {ilp.log.subproblems} subproblems in {ilp.solve_s:.1f} s, gap {ilp.gap:.2%}")
+        solved = stats.n_layers - len(ilp.unsolved_layers)
+        console.info(f"ILP: {solved} of {stats.n_layers} layers solved ({ilp.log.subproblems} subproblems) in "
+                     f"{ilp.solve_s:.1f} s, {_gap_words(ilp.gap, solved)}")
         placements["ilp"] = ilp.placement
         if ilp.free_placement is not None:
             placements["ilp-free"] = ilp.free_placement
+        # hit_time_limit counts CBC runs stopped on time and layers left unsolved because the time was up.
         result["solver"] = {"gap": ilp.gap, "objective_us": ilp.log.objective_us, "bound_us": ilp.log.bound_us,
                             "subproblems": ilp.log.subproblems, "proven_optimal": ilp.log.proven_optimal,
-                            "hit_time_limit": ilp.log.hit_time_limit, "fallback_layers": list(ilp.fallback_layers),
+                            "hit_time_limit": ilp.log.hit_time_limit + len(ilp.unsolved_layers),
+                            "solved_layers": solved, "unsolved_layer_count": len(ilp.unsolved_layers),
+                            "fallback_layers": list(ilp.fallback_layers),
                             "unsolved_layers": list(ilp.unsolved_layers), "node_locked": ilp.node_locked}
         if ilp.log.hit_time_limit or ilp.unsolved_layers:
-            console.warn("the ILP hit its time limit; results may differ between runs (raise --time-limit)")
+            console.warn(f"the ILP hit its time limit ({len(ilp.unsolved_layers)} of {stats.n_layers} layers unsolved, "
+                         "placed by balanced packing); results may differ between runs (raise --time-limit)")
     result["methods"] = _methods(placements, stats, fabric, scale)
     if "ilp" in placements and "eplb" in placements:
         result["ilp_improvement"] = _improvement(result["methods"]["eplb"]["summary"],
@@ -223,6 +229,13 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     result["placement_file"] = placement_document(placements[chosen], method=chosen, model=model,
                                                   cluster_ref=cluster_ref)
     return result, placements[chosen], model
+
+
+def _gap_words(gap: float | None, solved_layers: int) -> str:
+    """The optimality gap over what was solved; no number when nothing was (packing proves nothing)."""
+    if gap is None:
+        return "no layer solved (no gap to report)"
+    return f"gap {gap:.2%} over the {solved_layers} solved layers"
 
 
 def _render(result: dict[str, Any], fmt: str) -> None:
@@ -242,8 +255,9 @@ def _render(result: dict[str, Any], fmt: str) -> None:
                          "all-to-all ms", "expert ms"], rows)
     if "solver" in result:
         sol = result["solver"]
-        console.text(f"ILP gap {sol['gap']:.2%} over {sol['subproblems']} subproblems "
-                     f"({sol['proven_optimal']} proven optimal); baseline kept for layers "
+        console.text(f"ILP {_gap_words(sol['gap'], sol['solved_layers'])}, {sol['subproblems']} subproblems "
+                     f"({sol['proven_optimal']} proven optimal, {sol['unsolved_layer_count']} layers unsolved); "
+                     "baseline kept for layers "
                      f"{sol['fallback_layers'] or 'none'}")
         if sol["node_locked"]:
             console.text("the free ILP (ilp-free) sent more bytes across nodes than EPLB, so ilp keeps EPLB's "

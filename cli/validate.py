@@ -169,7 +169,8 @@ def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: 
 @click.option("--scale", default="auto", help="Divide model sizes by N, or `auto` to fit --budget-gib per rank.")
 @click.option("--budget-gib", type=float, default=1.0, help="Per-rank memory budget for --scale auto.")
 @click.option("--steps", type=int, default=3, help="Measured steps after one warm-up step.")
-@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Seconds before every rank is stopped.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Seconds a rank may go without a heartbeat, and the run without progress, before every rank is "
+                   "stopped (the line names the rank).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None, help="Calibration from `profile`.")
 @click.option("--tolerance", type=float, default=None, help="Exit 1 when a rank's memory error exceeds this %.")
 @click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
