@@ -17,6 +17,10 @@ from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search, search_by_cost
 
+MAX_TOP = 1000
+"""Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
+each), and a table of 1,000 layouts is already beyond reading."""
+
 
 def parse_fix(text: str | None, world: int) -> dict:
     """`--fix "tp=8,recompute=full"`: the same keys as estimate's --layout, each pinned in the search."""
@@ -44,7 +48,7 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
                    "time-to-train: fastest, with days for --tokens.")
 @click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
-@click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
+@click.option("--top", type=click.IntRange(min=1, max=MAX_TOP), default=5, help="How many plans to show.")
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option

@@ -182,13 +182,13 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
         return True
     running = [r for r in ranks if r.exited_s is None]
     now = time.monotonic()
-    silent = [r for r in running if now - r.beat_s > timeout_s]
-    stopped = [r for r in silent if is_stopped(r.proc.pid)]
+    # A rank the kernel shows stopped (SIGSTOP) is named timeout_s after its last heartbeat, whatever the phase.
+    # One that is merely silent (a busy host can starve a thread for seconds) gets the progress allowance, and
+    # only when it is behind the rest and they still beat (a rank ahead is waiting for the one behind).
+    stopped = [r for r in running if now - r.beat_s > timeout_s and is_stopped(r.proc.pid)]
     behind = min(r.progress() for r in running)
-    silent = [r for r in silent if r.progress() == behind]  # a rank ahead is waiting for the one behind
+    silent = [r for r in running if now - r.beat_s > _allowed_s(r, timeout_s) and r.progress() == behind]
     if stopped or (silent and len(silent) < len(running)):
-        # A rank the kernel shows stopped, or one behind the rest that sends no heartbeat while its peers do:
-        # named whatever the phase, within timeout_s of its last beat.
         r = min(stopped or silent, key=lambda x: x.beat_s)
         how = "was stopped (SIGSTOP or SIGTSTP: process state T)" if stopped else "stopped responding"
         raise ProfileError(f"rank {r.rank} {how} {_doing(r)}: no heartbeat for {now - r.beat_s:.0f} s "

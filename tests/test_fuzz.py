@@ -149,6 +149,10 @@ CASES: list[tuple[str, dict[str, str | bytes], tuple[str, ...], str]] = [
      (*ESTIMATE, "--calibration", "cal.json"), "busbw_bytes_per_s 1e-300 is outside"),
     ("plan on 1e9 nodes", {}, ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1000000000", "--gbs",
                                "1000000000000", "--seq", "4096"), "node count must be a positive integer up to"),
+    ("deep TOML launch config", {"t.toml": "a = " + "[" * 3000 + "1" + "]" * 3000 + "\n"},
+     ("check", "t.toml", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1"), "nested too deeply"),
+    ("5001-digit int in TOML", {"t.toml": "x = " + "9" * 5001 + "\n"},
+     ("check", "t.toml", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1"), "integer too long"),
     # 3. rule breaks
     ("newline in name: models show", {}, ("models", "show", "a\nb.yaml"), "'a\\nb.yaml'"),
     ("newline in name: experts --stats", {"moe.yaml": MOE_YAML}, (*EXPERTS, "--stats", "a\nb.npz"), "'a\\nb.npz'"),

@@ -127,18 +127,18 @@ def _wait(ranks: list[_Rank], timeout_s: float) -> None:
             return
         now = time.time()
         running = [r for r, c in zip(ranks, codes, strict=True) if c is None]
-        silent = [r for r in running if now - r.beat_wall > timeout_s]
-        stopped = [r for r in silent if is_stopped(r.proc.pid)]
+        # Stopped (SIGSTOP): named timeout_s after its last beat. Merely silent (a busy host can starve a thread):
+        # the progress allowance, and only when behind the rest while they beat (the rest wait for it).
         behind = min(r.index for r in running)
-        silent = [r for r in silent if r.index == behind]  # a rank ahead is waiting for the one behind
+        # Importing torch and the rendezvous may take longer than one step on a busy host.
+        allowed_s = max(timeout_s, STARTUP_S) if behind <= RENDEZVOUS_INDEX else timeout_s
+        stopped = [r for r in running if now - r.beat_wall > timeout_s and is_stopped(r.proc.pid)]
+        silent = [r for r in running if now - r.beat_wall > allowed_s and r.index == behind]
         if stopped or (silent and len(silent) < len(running)):
             r = min(stopped or silent, key=lambda x: x.beat_wall)
             how = "was stopped (SIGSTOP or SIGTSTP: process state T)" if stopped else "stopped responding"
             raise RankFailedError(f"rank {r.rank} {how} during {r.phase}: no heartbeat for {now - r.beat_wall:.0f} s "
                                   f"(--timeout {timeout_s:g}); stopped all ranks")
-        # Importing torch and the rendezvous may take longer than one step on a busy host (a stopped or silent
-        # rank is named above within timeout_s all the same).
-        allowed_s = max(timeout_s, STARTUP_S) if behind <= RENDEZVOUS_INDEX else timeout_s
         if now - max(r.changed_wall for r in running) > allowed_s:
             stuck = [r for r in running if r.index == behind]
             who = f"rank {stuck[0].rank}" if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
