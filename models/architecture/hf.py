@@ -13,7 +13,7 @@ from clusterplan.errors import BadInputError, UnsupportedModelError
 from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
-             "gpt_neox", "opt")
+             "gpt_neox", "opt", "gpt_oss")
 _MISSING = object()
 
 
@@ -60,7 +60,7 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
             "(or describe the model in clusterplan's YAML format, see `clusterplan models show llama3.1-8b --format yaml`)"
         )
     c = _Config(cfg, where)
-    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox}.get(mt, _llama_like)
+    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss}.get(mt, _llama_like)
     fields = builder(c)
     if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"):
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
@@ -103,6 +103,33 @@ def _gpt_neox(c: _Config) -> dict[str, Any]:
                 ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False), norm="layernorm", position="rope",
                 max_positions=c.integer("max_position_embeddings", default=2048), attn_bias=bias, linear_bias=bias)
+
+
+def _gpt_oss(c: _Config) -> dict[str, Any]:
+    """GptOssDecoderLayer: biased q/k/v/o (attention_bias), a sink logit per head, an MoE MLP on every layer with a
+    biased router and biased expert matrices, layers alternating sliding_attention / full_attention (layer_types)."""
+    n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers")
+    window = c.integer("sliding_window", default=None)
+    types = c.raw.get("layer_types") or ["sliding_attention", "full_attention"] * (n_layers // 2)
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    if window is None or not full:
+        every = 0
+    else:
+        every = full[0] + 1
+        if full != list(range(every - 1, n_layers, every)) or len(types) != n_layers:
+            raise UnsupportedModelError(f"{c.where}: layer_types is not a repeating (sliding..., full) pattern; "
+                                        "describe the model in the YAML format")
+    experts = c.integer("num_local_experts")
+    return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
+                n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
+                ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
+                tied_embeddings=c.flag("tie_word_embeddings", False),
+                max_positions=c.integer("max_position_embeddings", default=4096),
+                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True, sliding_window=window,
+                full_attention_every=every, n_experts=experts,
+                top_k=c.integer("num_experts_per_tok", "experts_per_token"),
+                expert_ffn_hidden=c.integer("intermediate_size"))
 
 
 def _llama_like(c: _Config) -> dict[str, Any]:
