@@ -15,6 +15,7 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
 from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
@@ -95,6 +96,7 @@ def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu:
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
     model, world, cluster, layout, kind = _load(config, model_ref, cluster_ref)
     found, est = violations(model, cluster, layout, min_mfu, headroom_gib)
+    require_finite(est)
     summary = f"{config.name} ({kind}): {model.name}, {layout.short()} on {world} GPUs"
     if est is not None:
         summary += f", peak {est['memory']['peak_gib']:.1f} GiB, MFU {est['mfu']:.3f}"

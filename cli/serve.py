@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines
+from clusterplan.solver.melange import MAX_SLICE_FACTOR
 from clusterplan.solver.serve import (
     Limits,
     Pool,
@@ -147,9 +148,9 @@ def _print_table(data: dict) -> None:
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
 @click.option("--kv-link", default="ib-ndr", help="Link that carries KV caches from prefill to decode instances.")
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
-@click.option("--save-capacity", type=click.Path(dir_okay=False), callback=nonempty_path,
+@click.option("--save-capacity", type=click.Path(dir_okay=False), callback=output_path,
               help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
-@click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
+@click.option("--slice-factor", type=click.IntRange(min=1, max=MAX_SLICE_FACTOR), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--engine", "engine_name", default="vllm", help="Engine profile: vllm, vllm-v0, sglang, trtllm.")
 @click.option("--prices", "prices_path", type=click.Path(dir_okay=False),
@@ -175,7 +176,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         from clusterplan.fileio import load_mapping
         from clusterplan.solver.melange import plan_from_capacity_table
 
-        data = plan_from_capacity_table(load_mapping(capacity_table), capacity_table, rate, slice_factor, max_gpus)
+        data = require_finite(plan_from_capacity_table(load_mapping(capacity_table), capacity_table, rate, slice_factor,
+                                                       max_gpus))
         if fmt == "json":
             console.json(data)
         else:
@@ -188,6 +190,11 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         return
     if not model_ref or ttft_ms is None or tpot_ms is None:
         raise BadInputError("give --model, --ttft-ms and --tpot-ms (or --capacity-table FILE)")
+    link = get_link(kv_link)  # a wrong name is refused whatever --disaggregate says
+    if disaggregate == "off" and click.get_current_context().get_parameter_source("kv_link") \
+            == click.core.ParameterSource.COMMANDLINE:
+        raise BadInputError(f"--kv-link {link.name} has no effect with --disaggregate off (no KV moves between "
+                            "instances); drop --kv-link or use --disaggregate on/auto")
     from clusterplan.models.architecture.catalog import hf_repo, load_model
     from clusterplan.models.hardware.calibration import load_calibration
 
@@ -204,7 +211,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         console.warn(line)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
     with console.status(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets"):
-        answer = plan_serving(instances, work, limits, disaggregate, get_link(kv_link))
+        answer = plan_serving(instances, work, limits, disaggregate, link)
     if save_capacity and answer.capacity is not None:
         write_atomic(save_capacity, dumps_json(melange_table(answer.capacity, work)))
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
@@ -217,4 +224,5 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         if over:
             console.warn(f"{pool['gpu']} tp{pool['tp']} ({pool['role']}) simulated on its whole request mix reaches "
                          f"p{percentile:g} {', '.join(over)}, over the target (capacities are per size bucket)")
+    require_finite(data)
     console.json(data) if fmt == "json" else _print_table(data)

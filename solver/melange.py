@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.fileio import show
+
+MAX_SLICE_FACTOR = 1000
+"""Most slices per request bucket in the mix ILP (Melange uses 4-8); the ILP grows linearly with it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,7 +131,7 @@ def plan_from_capacity_table(data: Any, path: str, rate: float | None = None, sl
         costs = tuple(float(info[n].get("cost_per_hour", info[n].get("cost"))) for n in names)
         caps = tuple(tuple(_capacity(v) for row in info[n]["tputs"] for v in row) for n in names)
         total = float(rate if rate is not None else data["total_request_rate"])
-        sf = slice_factor or int(data.get("slice_factor", 4))
+        sf = slice_factor or data.get("slice_factor", 4)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{path}: capacity table needs gpu_info.NAME.cost_per_hour and .tputs, workload_distribution "
                             f"and total_request_rate (or --rate) ({type(exc).__name__}: {exc})") from None
@@ -136,6 +140,10 @@ def plan_from_capacity_table(data: Any, path: str, rate: float | None = None, sl
             or sum(dist) <= 0 or min((v for row in caps for v in row), default=0) < 0 or total <= 0:
         raise BadInputError(f"{path}: capacity table numbers must be finite, cost_per_hour and total_request_rate "
                             "(or --rate) > 0, tputs and workload_distribution >= 0 with some traffic")
+    if isinstance(sf, bool) or not isinstance(sf, int) or not 1 <= sf <= MAX_SLICE_FACTOR:
+        # the ILP has one variable per slice, bucket and GPU type: 1e9 slices would exhaust memory
+        raise BadInputError(f"{show(path)}: capacity table slice_factor must be an integer from 1 to {MAX_SLICE_FACTOR} (as "
+                            f"--slice-factor), got {str(sf)[:40]}")
     rates = tuple(w * total for w in dist)
     mix = solve_mix(MixProblem(type_names=names, usd_per_hour=costs, capacity_rps=caps, bucket_rps=rates,
                                slice_factor=sf, max_gpus=max_gpus))
