@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
 from clusterplan.models.hardware.rates import HardwareRates
@@ -131,7 +132,7 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s
 
 
-def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> LayerCost:
+def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
     moe_share = shapes.moe_fraction
     dense = layer_time(shapes, L, hw, False)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
@@ -164,11 +165,11 @@ def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
     return embed, embed + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
 
 
-def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
-    """Predicted time of one optimizer step with every term separate (they add up to step_s)."""
+def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> StepTime:
+    """Predicted time of one optimizer step, as `stack` runs it, with every term separate (they add up to step_s)."""
     m = L.microbatches
     layers = stage_layers(shapes, L)
-    cost = layer_cost(shapes, L, hw)
+    cost = layer_cost(shapes, L, hw, stack)
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
