@@ -9,7 +9,7 @@ import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
+from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +80,10 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
     backward = 2 * t_linear + np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd, 2.0) * t_core + 2 * t_elem
     selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
-    recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
+    full, selective = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
+    recompute = np.select([full, selective], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([L.recompute == 2, L.recompute == 1],
+    flops_recompute = np.select([full, selective],
                                 [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      hardware_flops=flops_exec + flops_recompute)

@@ -16,12 +16,12 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import (
-    OPT_ADAM_MASTER,
-    OPT_SGD,
-    PREC_FP32,
-    SCHEDULE_INTERLEAVED,
-    SCHEDULE_ZB,
+    CpKindCode,
     LayoutArrays,
+    OptimizerCode,
+    PrecisionCode,
+    RecomputeCode,
+    ScheduleCode,
 )
 from clusterplan.models.training.compute import head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
@@ -29,6 +29,10 @@ from clusterplan.models.training.memory import StageLayers, bytes_per_param, sta
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
 DP_OVERLAP_SHARE = 0.8
+
+
+POSITIONS = ("first", "middle", "last")
+"""Pipeline stage positions, in the order step_time stacks them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,7 @@ def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.nda
 
 def activation_bytes(L: LayoutArrays) -> np.ndarray:
     """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
-    return np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    return np.where(L.precision == PrecisionCode.FP32, 4.0, 2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     tp_group = Group(L.tp, np.ones_like(L.tp))
     # Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (SP: all-gather + reduce-scatter, same bytes).
     tp_one = _collective("all_reduce", act * tokens * shapes.hidden, tp_group, hw)
-    n_tp = 4.0 + np.where(L.recompute == 2, 2.0, 0.0)
+    n_tp = 4.0 + np.where(L.recompute == RecomputeCode.FULL, 2.0, 0.0)
     tp = n_tp * tp_one
     cp_group = Group(L.cp, L.tp)
     # Ring attention: cp-1 exchanges of this rank's K/V forward, K/V + their grads backward, overlapped with the
@@ -98,13 +102,13 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     ring = comm.exposed_s((L.cp - 1) * ring_step, core_s, o) + comm.exposed_s(2 * (L.cp - 1) * ring_step, 2.5 * core_s, o)
     a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
     ulysses = 2 * _collective("all_to_all", a2a_bytes, cp_group, hw) * 4 / 3
-    cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
+    cp = np.where(L.cp > 1, np.where(L.cp_kind == CpKindCode.A2A, ulysses, ring), 0.0)
     ep = np.zeros_like(tp)
     if moe:
         # Dispatch + combine all-to-all forward and backward of tokens x top_k x h (Lepikhin 2020, Megatron-Core).
         ep_group = Group(L.ep, np.ones_like(L.ep))
         one = _collective("all_to_all", act * tokens / L.tp * shapes.top_k * shapes.hidden, ep_group, hw)
-        ep = one * (4.0 + np.where(L.recompute == 2, 2.0, 0.0))
+        ep = one * (4.0 + np.where(L.recompute == RecomputeCode.FULL, 2.0, 0.0))
     return tp, cp, ep
 
 
@@ -177,10 +181,10 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0) + first_tp
     middle = layers.middle * cost.total_s
     last = layers.last * cost.total_s + cost.head_s + cost.head_tp_s
-    slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # 0 first, 1 middle, 2 last
+    slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # index in POSITIONS
     stage = np.choose(slowest, [first, middle, last])
     slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
-    slow_head = np.where(single | (slowest == 2), cost.head_s, 0.0)
+    slow_head = np.where(single | (slowest == POSITIONS.index("last")), cost.head_s, 0.0)
     slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), cost.head_tp_s])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
@@ -189,8 +193,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     pp_comm = np.where(single, 0.0, 2 * (m * L.vpp + L.pp - 1) * p2p)
     # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
     # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
-    bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
-    zb_factor = np.where(L.schedule == SCHEDULE_ZB, 2.0 / 3.0, 1.0)
+    bubble_stages = np.where(L.schedule == ScheduleCode.INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
+    zb_factor = np.where(L.schedule == ScheduleCode.ZB, 2.0 / 3.0, 1.0)
     # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
     # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
     # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.
@@ -245,7 +249,7 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
     ag_link = hw.link("all_gather")
     step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
     per_collective_lat = shapes.tensors_per_layer * (shard.size - 1) * step_lat
-    latency = (3.0 + np.where(L.recompute == 2, 1.0, 0.0)) * per_collective_lat
+    latency = (3.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * per_collective_lat
     exposed3 = L.microbatches * slow_layers * (per_layer + latency)
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
@@ -258,5 +262,5 @@ def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers
     """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
     shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
-    per_param = np.select([L.optimizer == OPT_SGD, L.optimizer == OPT_ADAM_MASTER], [8.0, 32.0], 24.0)
+    per_param = np.select([L.optimizer == OptimizerCode.SGD, L.optimizer == OptimizerCode.ADAM_MASTER], [8.0, 32.0], 24.0)
     return (params.dense + params.expert) / shard * per_param / hw.hbm_bytes_per_s
