@@ -21,6 +21,7 @@ from clusterplan.hardware_db.catalog import _read, find_name
 DEFAULT_STACK = "megatron-core"
 TP_OVERLAPS = ("none", "bulk", "async_tp")
 FSDP_GRANULARITIES = ("block", "tensor", "bucket")
+DP_CHUNKS = ("layer", "virtual_stage")
 FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
 ATTENTION_KERNELS = ("fa2", "fa3", "cudnn", "sdpa", "unfused")
 FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
@@ -52,6 +53,9 @@ class ExecutionStack:
     """The last gradient chunk (one layer's, or one bucket's) cannot overlap: it is always exposed."""
     dp_bucket_bytes: float
     """Gradient bucket of the bucketed reduce (0: one chunk per layer, as Megatron-Core and FSDP2 chunk it)."""
+    dp_chunk_under_pp: str
+    """Gradient chunk under pipeline parallelism: "layer" or "virtual_stage" (Megatron: the layers of one virtual
+    pipeline stage form one chunk, so vpp = 1 leaves the whole stage's reduce exposed)."""
     fsdp_granularity: str
     """"block" (one flat all-gather / reduce-scatter per wrapped block) | "tensor" (per parameter) | "bucket"."""
     fsdp_bucket_bytes: float
@@ -146,6 +150,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         pp_overlap_schedules=_subset(where, raw, "pp_overlap_schedules", SCHEDULES),
         dp_overlap=_flag(where, raw, "dp_overlap"), dp_overlap_share=_share(where, raw, "dp_overlap_share"),
         dp_exposed_chunk=_flag(where, raw, "dp_exposed_chunk"), dp_bucket_bytes=_bytes(where, raw, "dp_bucket_bytes"),
+        dp_chunk_under_pp=_choice(where, raw, "dp_chunk_under_pp", DP_CHUNKS),
         fsdp_granularity=_choice(where, raw, "fsdp_granularity", FSDP_GRANULARITIES),
         fsdp_bucket_bytes=_bytes(where, raw, "fsdp_bucket_bytes"),
         fused_kernels=frozenset(_subset(where, raw, "fused_kernels", FUSED_KERNELS)),

@@ -20,6 +20,10 @@ class LayerTime:
     """Extra forward work redone in backward (full: whole layer; selective: the attention core)."""
     core_forward_s: np.ndarray
     """Attention core (scores and weighted values) forward, the part ring context parallel overlaps with."""
+    linear_s: np.ndarray
+    """Weight GEMMs forward + backward (+ recompute): what tensor-parallel comm overlap hides under."""
+    weight_grad_s: np.ndarray
+    """The weight-gradient (dW) GEMMs of backward: zero-bubble schedules move them into the bubble."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
 
@@ -86,6 +90,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     flops_recompute = np.select([full, selective],
                                 [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
+                     linear_s=t_linear * (3.0 + np.where(full, 1.0, 0.0)), weight_grad_s=t_linear,
                      hardware_flops=flops_exec + flops_recompute)
 
 
