@@ -15,6 +15,7 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, stack_option
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
 from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
@@ -98,6 +99,7 @@ def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu:
     model, world, cluster, layout, kind = _load(config, model_ref, cluster_ref)
     stack = get_stack(stack_name or ("torchtitan" if kind == "torchtitan" else None))
     found, est = violations(model, cluster, layout, min_mfu, headroom_gib, stack)
+    require_finite(est)
     summary = f"{config.name} ({kind}): {model.name}, {layout.short()} on {world} GPUs"
     if est is not None:
         summary += f", peak {est['memory']['peak_gib']:.1f} GiB, MFU {est['mfu']:.3f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import nonempty_path, stack_option
+from clusterplan.cli.options import output_path, stack_option
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
 from clusterplan.hardware_db.stacks import get_stack
@@ -21,7 +21,7 @@ STACK_OF_TARGET = {"megatron": "megatron-core", "torchtitan": "torchtitan", "tor
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--to", "target", required=True, type=click.Choice(list(EXPORTERS)),
               help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron, deepspeed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the config to this file (atomically) instead of stdout.")
 @stack_option("the target's: megatron-core for megatron, torchtitan for torchtitan*, deepspeed for deepspeed")
 def export(plan_path: str, target: str, out_path: str | None, stack_name: str | None) -> None:
