@@ -16,9 +16,12 @@ def _stats_json(s: Stats, scale: float, digits: int) -> dict[str, float]:
     return {k: round(getattr(s, k) * scale, digits) for k in ("mean", "p50", "p90", "p99")}
 
 
+TERMS = ("overhead", "compute", "memory", "allreduce", "p2p", "total")
+
+
 def _terms_json(t: object) -> dict[str, float]:
-    return {k: round(float(getattr(t, k)) * 1e3, 4) for k in ("overhead_s", "compute_s", "memory_s", "allreduce_s",
-                                                              "p2p_s", "total_s")}
+    """A step's parts in ms, keyed overhead_ms, compute_ms, ... (StepTerms fields are in s)."""
+    return {f"{k}_ms": round(float(getattr(t, f"{k}_s")) * 1e3, 4) for k in TERMS}
 
 
 def estimate_json(e: ServingEstimate) -> dict:
@@ -40,8 +43,8 @@ def estimate_json(e: ServingEstimate) -> dict:
         "mean_running_batch": round(e.mean_running_batch, 3),
         "kv_cache": {"capacity_tokens": e.kv_capacity_tokens, "peak_fraction": round(e.kv_peak_fraction, 5),
                      "mean_fraction": round(e.kv_mean_fraction, 5)},
-        "prefill_step_ms": {"prompt_tokens": e.prefill_tokens} | _terms_json(e.prefill),
-        "decode_step_ms": {"batch": e.decode_batch, "context_tokens": e.decode_context_tokens} | _terms_json(e.decode),
+        "prefill_step": {"prompt_tokens": e.prefill_tokens} | _terms_json(e.prefill),
+        "decode_step": {"batch": e.decode_batch, "context_tokens": e.decode_context_tokens} | _terms_json(e.decode),
         "launch": launch_lines(LaunchConfig(
             repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
             attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
@@ -67,12 +70,10 @@ def _render(d: dict) -> None:
                  f"mean running batch {d['mean_running_batch']:.1f}")
     kv = d["kv_cache"]
     console.text(f"KV cache {kv['capacity_tokens']} tokens: peak {kv['peak_fraction']:.0%}, mean {kv['mean_fraction']:.0%}")
-    p, q = d["prefill_step_ms"], d["decode_step_ms"]
+    p, q = d["prefill_step"], d["decode_step"]
     console.table("one step, ms", ["step", "overhead", "compute", "memory", "all-reduce", "p2p", "total"],
-                  [(f"prefill {p['prompt_tokens']} tok", *(f"{p[k]:.3f}" for k in
-                                                           ("overhead_s", "compute_s", "memory_s", "allreduce_s", "p2p_s", "total_s"))),
-                   (f"decode b{q['batch']} ctx {q['context_tokens']}", *(f"{q[k]:.3f}" for k in
-                                                                        ("overhead_s", "compute_s", "memory_s", "allreduce_s", "p2p_s", "total_s")))],
+                  [(f"prefill {p['prompt_tokens']} tok", *(f"{p[k + '_ms']:.3f}" for k in TERMS)),
+                   (f"decode b{q['batch']} ctx {q['context_tokens']}", *(f"{q[k + '_ms']:.3f}" for k in TERMS))],
                   justify_right=[False] + [True] * 6)
     console.text("compute, memory and all-reduce are per pipeline stage; the step costs overhead + pp x "
                  "(max(compute, memory) + all-reduce) + p2p")
