@@ -173,3 +173,14 @@ def test_disaggregation_wins_where_aiconfigurator_finds_it_does(run_cli) -> None
     assert ("decode", 4) in {(p["role"], p["tp"]) for p in data["pools"]}
     ratio = data["modes_usd_per_hour"]["colocated"] / data["modes_usd_per_hour"]["disaggregated"]
     assert 1.1 < ratio < 1.9
+
+
+def test_tight_ttft_finds_the_largest_tp_that_fits(run_cli) -> None:
+    # Qwen3-32B on H200, 2000-token prompts: p90 TTFT is ~256/150/98/74 ms at tp 1/2/4/8 (serve-estimate), so an
+    # 85 ms target is met at tp 8 only. The search keeps every tp that fits (it once kept the 3 smallest, tp 1-4,
+    # and answered "SLO unreachable").
+    code, out, err = run_cli("serve-plan", "--model", "qwen3-32b", "--gpus", "H200", "--rate", "1", "--input-len", "2000",
+                             "--output-len", "50", "--ttft-ms", "85", "--tpot-ms", "50", "--disaggregate", "off",
+                             "--format", "json")
+    assert code == 0, err
+    assert {p["tp"] for p in json.loads(out)["pools"]} == {8}
