@@ -219,6 +219,17 @@ def check_shape(n_experts: int, n_slots: int, n_gpus: int, n_nodes: int, n_group
         raise InfeasibleError(f"{n_gpus} GPUs do not split over {n_nodes} nodes")
 
 
+def eplb_policy(tokens_per_expert: np.ndarray, *, slots_per_gpu: int, n_gpus: int, gpus_per_node: int,
+                n_groups: int, n_nodes: int) -> Placement:
+    """One EPLB policy as asked: hierarchical with `n_groups` groups over `n_nodes` nodes, or global (1, 1)."""
+    n_experts = tokens_per_expert.shape[1]
+    n_slots = slots_per_gpu * n_gpus
+    check_shape(n_experts, n_slots, n_gpus, n_nodes, n_groups)
+    phy2log, _ = rebalance_hierarchical(tokens_per_expert.astype(np.float32), n_slots, n_groups, n_nodes, n_gpus)
+    return Placement(phy2log=phy2log.astype(np.int64), n_experts=n_experts, slots_per_gpu=slots_per_gpu,
+                     gpus_per_node=gpus_per_node)
+
+
 def eplb_placement(tokens_per_expert: np.ndarray, *, slots_per_gpu: int, n_gpus: int, gpus_per_node: int,
                    n_groups: int) -> Placement:
     """EPLB's rebalance_experts: hierarchical when groups divide over nodes (and slots per node fit), else global."""
