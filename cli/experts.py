@@ -18,13 +18,17 @@ from clusterplan.errors import BadInputError
 from clusterplan.fileio import write_atomic
 from clusterplan.models.moe.metrics import BYTES_PER_ELEMENT, DISPATCH_RULES
 from clusterplan.models.moe.routing import SynthConfig, save_stats, synth_stats
+from clusterplan.models.moe.windows import save_windows, synth_windows
 from clusterplan.solver.experts_plan import (
     METHODS,
+    REBALANCE_POLICIES,
     ExpertsRequest,
+    RebalanceRequest,
     engine_file,
     launch_flags,
     moe_model,
     plan_experts,
+    plan_rebalance,
 )
 
 
@@ -135,12 +139,16 @@ def _render(result: dict[str, Any], fmt: str) -> None:
               help="Popularity exponent (rank^-s); 0.4 matches the 1.56 imbalance TRT-LLM measured on DeepSeek-R1 EP32.")
 @click.option("--affinity", "affinity_logit", type=float, default=2.0, help="Cross-layer successor logit bonus.")
 @click.option("--seed", type=int, default=0)
+@click.option("--windows", "n_windows", type=int, default=None,
+              help="Write W windows of drifting loads ([W, L, E] in .npz) for `experts rebalance`.")
+@click.option("--drift", type=float, default=0.1, help="With --windows: share of expert ranks swapped per window.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Output file: .npz (recommended), .json, .csv (+ .transitions.csv) or .npy (no transitions).")
 @format_option
 def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_layers: int | None, n_tokens: int,
-          zipf_exponent: float, affinity_logit: float, seed: int, out_path: str, fmt: str) -> None:
-    """Write seeded synthetic routing statistics (Zipf-like load, cross-layer affinity)."""
+          zipf_exponent: float, affinity_logit: float, seed: int, n_windows: int | None, drift: float,
+          out_path: str, fmt: str) -> None:
+    """Write seeded synthetic routing statistics (Zipf-like load, cross-layer affinity; or drifting windows)."""
     if model_ref:
         model = moe_model(model_ref)
         n_experts, top_k = n_experts or model.n_experts, top_k or model.top_k
@@ -149,6 +157,16 @@ def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_lay
         raise BadInputError("experts synth: give --model, or all of --experts, --top-k and --layers")
     if Path(out_path).suffix.lower() not in (".npz", ".npy", ".json", ".csv"):
         raise BadInputError(f"--out {out_path}: use a .npz, .npy, .json or .csv file name")
+    if n_windows is not None:
+        if Path(out_path).suffix.lower() != ".npz":
+            raise BadInputError(f"--out {out_path}: windows are written as .npz")
+        if not (math.isfinite(zipf_exponent) and zipf_exponent >= 0):
+            raise BadInputError("--zipf must be a finite number >= 0")
+        wins = synth_windows(n_windows=n_windows, n_layers=n_layers, n_experts=n_experts, top_k=top_k,
+                             n_tokens=n_tokens, zipf_exponent=zipf_exponent, drift=drift, seed=seed)
+        save_windows(wins, out_path)
+        console.info(f"wrote {out_path}: {n_windows} windows x {n_layers} layers x {n_experts} experts, drift {drift}")
+        return
     stats = synth_stats(SynthConfig(n_layers=n_layers, n_experts=n_experts, top_k=top_k, n_tokens=n_tokens,
                                     zipf_exponent=zipf_exponent, affinity_logit=affinity_logit, seed=seed))
     written = save_stats(stats, out_path)
@@ -160,3 +178,39 @@ def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_lay
         return
     console.text(f"wrote {', '.join(info['files'])}: {n_layers} layers x {n_experts} experts, top-{top_k}, "
                  f"{n_tokens} tokens, hottest expert {info['hottest_expert_over_mean']:.1f}x the mean (seed {seed})")
+
+
+@experts.command("rebalance")
+@click.option("--model", "-m", "model_ref", required=True, help="MoE model: preset, config.json or YAML.")
+@click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster: PRESET:NODES or a YAML file.")
+@click.option("--stats", "windows_path", required=True, help="Windows of routing statistics (.npz, [W, L, E]).")
+@click.option("--intervals", default="1,2,4,8", help="Windows between rebalances to compare, comma-separated.")
+@click.option("--policy", type=click.Choice(list(REBALANCE_POLICIES)), default="eplb-global",
+              help="How each rebalance places experts.")
+@click.option("--engine", type=click.Choice(sorted(DISPATCH_RULES)), default="vllm", help="Dispatch rule.")
+@click.option("--slots-per-gpu", type=int, default=None, help="Expert slots per GPU [default: experts/GPUs + 1].")
+@click.option("--weight-bytes", type=float, default=2.0, help="Bytes per expert weight moved (bf16 2, fp8 1).")
+@click.option("--steps-per-window", type=float, default=1000.0, help="Forward steps one window of loads spans.")
+@format_option
+def rebalance(model_ref: str, cluster_ref: str, windows_path: str, intervals: str, policy: str, engine: str,
+              slots_per_gpu: int | None, weight_bytes: float, steps_per_window: float, fmt: str) -> None:
+    """How often to rebalance as routing drifts: MoE time per step against what each rebalance moves."""
+    try:
+        ks = tuple(int(x) for x in intervals.split(",") if x.strip())
+    except ValueError:
+        raise BadInputError(f"--intervals {intervals!r}: give whole window counts, e.g. 1,2,4,8") from None
+    report, rows = plan_rebalance(RebalanceRequest(
+        model_ref=model_ref, cluster_ref=cluster_ref, windows_path=windows_path, intervals=ks, policy=policy,
+        engine=engine, slots_per_gpu=slots_per_gpu, weight_bytes=weight_bytes, steps_per_window=steps_per_window))
+    if fmt == "json":
+        console.json(report)
+        return
+    console.text(f"{report['model']} on {report['cluster']}, {report['windows']} windows of {steps_per_window:g} "
+                 f"steps, {policy} placements, {engine} dispatch")
+    console.table(None, ["rebalance every", "rebalances", "MoE ms/step", "worst max/mean", "moved GB each",
+                         "rebalance s", "overhead ms/step", "total ms/step"],
+                  [(r.interval, str(r.rebalances), f"{r.moe_s_per_step * 1e3:.3f}", f"{r.worst_max_over_mean:.3f}",
+                    f"{r.moved_bytes_per_rebalance / 1e9:.2f}", f"{r.rebalance_s:.3f}",
+                    f"{r.overhead_s_per_step * 1e3:.4f}", f"{r.total_s_per_step * 1e3:.3f}") for r in rows])
+    console.text(f"best online interval: {report['best_interval']} window(s) between rebalances "
+                 "(oracle: each window placed from its own loads, a bound)")

@@ -314,3 +314,62 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
                              f"{optimiser}+{best_name}", model=model, cluster_ref=req.cluster_ref, rule=rule.name)
     return ExpertsResult(report=report, chosen=placements[chosen_name], model=model, placement_file=doc,
                          solve_s=solve_s)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RebalanceRequest:
+    model_ref: str
+    cluster_ref: str
+    windows_path: str
+    intervals: tuple[int, ...] = (1, 2, 4, 8)
+    policy: str = "eplb-global"
+    """How each window's placement is made: 'eplb-global' (what engines run online) or 'balance' (ours)."""
+    engine: str = "vllm"
+    slots_per_gpu: int | None = None
+    weight_bytes: float = 2.0
+    """Bytes per expert weight moved (bf16 2, fp8 1)."""
+    steps_per_window: float = 1000.0
+
+
+REBALANCE_POLICIES = ("eplb-global", "balance")
+
+
+def plan_rebalance(req: RebalanceRequest) -> tuple[dict[str, Any], list[Any]]:
+    """Report of `experts rebalance`: per interval, MoE time per step, rebalance traffic and amortised cost."""
+    from clusterplan.models.moe.windows import load_windows
+    from clusterplan.solver.experts_rebalance import compare_intervals
+
+    if req.policy not in REBALANCE_POLICIES:
+        raise BadInputError(f"--policy {req.policy!r}: choose one of {', '.join(REBALANCE_POLICIES)}")
+    if not req.intervals or any(not 1 <= k <= 10_000 for k in req.intervals):
+        raise BadInputError("--intervals: give window counts between 1 and 10000, e.g. 1,2,4,8")
+    if not (0 < req.steps_per_window < float("inf") and 0 < req.weight_bytes <= 4):
+        raise BadInputError("--steps-per-window must be > 0 and --weight-bytes in (0, 4]")
+    model, cluster = moe_model(req.model_ref), load_cluster(req.cluster_ref)
+    rule = dispatch_rule(req.engine, "clusterplan")
+    windows = load_windows(req.windows_path)
+    check_against_model(windows.window(0), model.n_experts, model.n_moe_layers, model.name)
+    fabric = fabric_for(cluster, model)
+    spg = req.slots_per_gpu if req.slots_per_gpu is not None else default_slots(model.n_experts, fabric.n_gpus)
+    shape = dict(slots_per_gpu=spg, n_gpus=fabric.n_gpus, gpus_per_node=fabric.gpus_per_node)
+
+    def place(i: int) -> Placement:
+        loads = windows.tokens_per_expert[i]
+        base = eplb_policy(loads, n_groups=1, n_nodes=1, **shape)
+        if req.policy == "eplb-global":
+            return base
+        return balanced_placement(windows.window(i), base)[0]
+
+    expert_bytes = model.mlp_params(model.expert_ffn_hidden) * req.weight_bytes
+    rows = compare_intervals(windows, place, list(req.intervals), fabric, rule, expert_bytes, req.steps_per_window)
+    online = [r for r in rows if r.interval != "oracle"]
+    best = min(online, key=lambda r: r.total_s_per_step)
+    report = {"model": model.name, "cluster": req.cluster_ref, "windows": windows.n_windows, "policy": req.policy,
+              "dispatch_rule": rule.name, "steps_per_window": req.steps_per_window,
+              "expert_bytes": expert_bytes, "best_interval": best.interval,
+              "intervals": [{"interval": r.interval, "rebalances": r.rebalances, "moe_s_per_step": r.moe_s_per_step,
+                             "worst_max_over_mean": r.worst_max_over_mean,
+                             "moved_bytes_per_rebalance": r.moved_bytes_per_rebalance,
+                             "rebalance_s": r.rebalance_s, "overhead_s_per_step": r.overhead_s_per_step,
+                             "total_s_per_step": r.total_s_per_step} for r in rows]}
+    return report, rows
