@@ -20,8 +20,8 @@ from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
 # (deterministic) and never on time, even on 2 busy CI cores.
 OPTIONS = IlpOptions(time_limit_s=120.0)
 SKEW = 0.8
-"""Zipf exponent of the statistics these margins were measured on (heavier than the calibrated synth default 0.4,
-which matches TRT-LLM's measured 1.56 imbalance; the ILP's gains over the hierarchical policy need the skew)."""
+"""Zipf exponent of the statistics these margins were measured on (the synth default, pinned here so a change of
+the default cannot silently move these margins)."""
 
 
 def _compare(model_name: str, cluster_ref: str, n_layers: int, slots_per_gpu: int, transitions: bool = True):

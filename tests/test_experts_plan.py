@@ -116,8 +116,10 @@ def test_sglang_refuses_models_without_expert_location(tmp_path, run_cli):
 
 
 def test_synth_default_matches_the_published_imbalance():
-    # TensorRT-LLM measured an imbalance ratio (busiest GPU / mean) of 1.56 for DeepSeek-R1 on EP32 without load
-    # balancing (examples/wide_ep/ep_load_balancer); the default exponent reproduces it within 0.1 on average.
-    stats = synth_stats(SynthConfig(n_layers=20, n_experts=256, top_k=8, seed=0))
+    # TensorRT-LLM measured an imbalance ratio (max - mean) / mean over ranks of 1.564 for DeepSeek-R1 on EP32
+    # without load balancing, per iteration of 4,096 tokens (examples/ep_load_balancer README; 0.115 after EPLB,
+    # which fixes the definition: max/mean would be >= 1). The default exponent 0.8 lands within 0.15 of it
+    # (1.50 at seed 0; seeds 0-2 give 1.40-1.61). A max/mean reading of 1.56 (exponent 0.4) is the wrong one.
+    stats = synth_stats(SynthConfig(n_layers=20, n_experts=256, top_k=8, n_tokens=4096, seed=0))
     per_gpu = stats.tokens_per_expert.reshape(20, 32, 8).sum(-1)
-    assert abs(float((per_gpu.max(1) / per_gpu.mean(1)).mean()) - 1.56) < 0.1
+    assert abs(float((per_gpu.max(1) / per_gpu.mean(1) - 1).mean()) - 1.564) < 0.15
