@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import write_atomic
+from clusterplan.fileio import require_finite, write_atomic
 from clusterplan.models.moe.metrics import BYTES_PER_ELEMENT, DISPATCH_RULES
 from clusterplan.models.moe.routing import SynthConfig, save_stats, synth_stats
 from clusterplan.models.moe.windows import save_windows, synth_windows
@@ -52,7 +52,7 @@ from clusterplan.solver.experts_plan import (
 @click.option("--tokens-per-step", type=int, default=None,
               help="Tokens per step across the cluster [default: the statistics' own token count].")
 @click.option("--seed", type=int, default=0, help="CBC random seed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=output_path,
               help="Write the placement file here.")
 @click.option("--out-format", type=click.Choice(["clusterplan", "sglang", "trtllm"]), default="clusterplan",
               help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
@@ -79,6 +79,7 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                          seed=seed, engine=engine, out_format=out_format)
     with console.status("placing experts"):
         result = plan_experts(req)
+    require_finite(result.report)
     if "solver" in result.report:
         console.info(f"{result.report['solver']['optimiser']}: {result.solve_s:.1f} s")
     _render(result.report, fmt)
@@ -114,8 +115,10 @@ def _render(result: dict[str, Any], fmt: str) -> None:
     if "solver" in result:
         sol = result["solver"]
         if sol["optimiser"] == "ilp":
-            console.text(f"ILP gap {sol['gap']:.2%} over {sol['subproblems']} subproblems ({sol['proven_optimal']} "
-                         f"proven optimal); unsolved layers: {sol['unsolved_layers'] or 'none'}")
+            gap = "no layer solved (no gap to report)" if sol["gap"] is None else \
+                f"gap {sol['gap']:.2%} over the {sol['solved_layers']} solved layers"
+            console.text(f"ILP {gap}, {sol['subproblems']} subproblems ({sol['proven_optimal']} proven optimal, "
+                         f"{len(sol['unsolved_layers'])} layers unsolved)")
         else:
             console.text(f"balancer: worst gap to the lower bound {sol['max_gap']:.2%}; {sol['layers_at_bound']} "
                          f"layers at the bound")
@@ -143,7 +146,7 @@ def _render(result: dict[str, Any], fmt: str) -> None:
 @click.option("--windows", "n_windows", type=int, default=None,
               help="Write W windows of drifting loads ([W, L, E] in .npz) for `experts rebalance`.")
 @click.option("--drift", type=float, default=0.1, help="With --windows: share of expert ranks swapped per window.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out_path", required=True, callback=output_path, type=click.Path(dir_okay=False),
               help="Output file: .npz (recommended), .json, .csv (+ .transitions.csv) or .npy (no transitions).")
 @format_option
 def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_layers: int | None, n_tokens: int,

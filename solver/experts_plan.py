@@ -285,9 +285,13 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
         if optimiser == "ilp":
             ilp = ilp_placement(stats, fabric, best, IlpOptions(time_limit_s=req.time_limit_s, seed=req.seed))
             optimised = ilp.placement
+            # gap over the solved layers only (None when none was solved); hit_time_limit counts CBC runs stopped on
+            # time and layers left unsolved because the time was up.
             report["solver"] = {"optimiser": "ilp", "gap": ilp.gap, "objective_us": ilp.log.objective_us,
                                 "bound_us": ilp.log.bound_us, "subproblems": ilp.log.subproblems,
-                                "proven_optimal": ilp.log.proven_optimal, "hit_time_limit": ilp.log.hit_time_limit,
+                                "proven_optimal": ilp.log.proven_optimal,
+                                "hit_time_limit": ilp.log.hit_time_limit + len(ilp.unsolved_layers),
+                                "solved_layers": stats.n_layers - len(ilp.unsolved_layers),
                                 "unsolved_layers": list(ilp.unsolved_layers), "node_locked": ilp.node_locked}
         else:
             optimised, gaps = balanced_placement(stats, best)
