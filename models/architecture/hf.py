@@ -109,9 +109,12 @@ def _gpt_oss(c: _Config) -> dict[str, Any]:
     """GptOssDecoderLayer: biased q/k/v/o (attention_bias), a sink logit per head, an MoE MLP on every layer with a
     biased router and biased expert matrices, layers alternating sliding_attention / full_attention (layer_types)."""
     n_heads = c.integer("num_attention_heads")
-    n_layers = c.integer("num_hidden_layers")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)  # bounded before the per-layer list below
     window = c.integer("sliding_window", default=None)
     types = c.raw.get("layer_types") or ["sliding_attention", "full_attention"] * (n_layers // 2)
+    if not isinstance(types, list) or len(types) > MAX_LAYERS or not all(isinstance(t, str) for t in types):
+        raise BadInputError(f"{c.where}: layer_types must be a list of layer kinds (sliding_attention / "
+                            "full_attention), one per layer")
     full = [i for i, t in enumerate(types) if t == "full_attention"]
     if window is None or not full:
         every = 0
