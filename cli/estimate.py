@@ -6,9 +6,10 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, plot_option, quiet_option, tokens_option
+from clusterplan.cli.options import format_option, plot_option, quiet_option, stack_option, tokens_option
 from clusterplan.cli.plot import check_plot_path
 from clusterplan.cli.render import render_estimate, render_time_to_train
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layout import Layout
@@ -25,11 +26,12 @@ from clusterplan.reference.intervals import attach as attach_interval
 @calibration_option
 @click.option("--tokens", type=float, default=None, callback=tokens_option,
               help="Token budget: adds expected days and $ to train it, failures and checkpoints included.")
+@stack_option()
 @format_option
 @plot_option
 @quiet_option
 def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_path: str | None,
-             tokens: float | None, fmt: str, plot_path: str | None) -> None:
+             tokens: float | None, stack_name: str | None, fmt: str, plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
@@ -38,8 +40,9 @@ def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_pat
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    stack = get_stack(stack_name)
     layout = Layout.parse(layout_text, world=cluster.world_size)
-    est = run_estimate(model, cluster, layout, calibration)
+    est = run_estimate(model, cluster, layout, calibration, stack=stack)
     result = est.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
@@ -91,7 +92,8 @@ class ParetoResult:
 
 
 def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: float, fixed: dict | None = None,
-           calibration: Calibration | None = None, headroom_gib: float = 0.0, progress=None) -> ParetoResult:
+           calibration: Calibration | None = None, headroom_gib: float = 0.0, progress=None,
+           stack: ExecutionStack | None = None) -> ParetoResult:
     """Non-dominated (days, $) plans to train `tokens`, failures included, across node counts and GPU types."""
     missing = sorted({g.gpu.name for g in cluster.groups if g.gpu.price is None})
     if missing:
@@ -100,7 +102,7 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
     start = time.perf_counter()
     plans, candidates, feasible, rejected = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,
-        headroom_gib=headroom_gib, objective="time-to-train", all_types=True, progress=progress)
+        headroom_gib=headroom_gib, objective="time-to-train", all_types=True, progress=progress, stack=stack)
     points = [Point(days=t["days"], usd=t["usd"], plan=e) for e in plans
               if (t := e.extra["time_to_train"])["days"] is not None]
     if not points:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -48,12 +49,14 @@ class SearchResult:
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
            calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None,
-           headroom_gib: float = 0.0, suggest: bool = True) -> SearchResult:
-    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free.
+           headroom_gib: float = 0.0, suggest: bool = True, stack: ExecutionStack | None = None) -> SearchResult:
+    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free, as `stack` runs them
+    (None: megatron-core).
 
     When none fits, the error suggests a fix (bigger cluster) unless `suggest` is False (the suggestion's own searches).
     """
     start = time.perf_counter()
+    stack = stack or get_stack()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
     space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed)
@@ -69,8 +72,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         if not suggest:
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
         raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration,
-                                            headroom_gib))
-    ev = evaluate(shapes, survivors, hw, cluster.world_size)
+                                            headroom_gib, stack))
+    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack)
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
     score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster
@@ -117,7 +120,8 @@ def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
 
 def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None, top: int,
                 calibration: Calibration | None, tokens: float | None, headroom_gib: float, objective: str,
-                all_types: bool = False, progress=None) -> tuple[list[Estimate], int, int, Counter]:
+                all_types: bool = False, progress=None, stack: ExecutionStack | None = None
+                ) -> tuple[list[Estimate], int, int, Counter]:
     """The `top` plans of every sub-cluster (sub_clusters), with the search's counts summed."""
     plans, candidates, feasible, rejected = [], 0, 0, Counter()
     subs = sub_clusters(cluster, all_types=all_types)
@@ -126,7 +130,7 @@ def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed
             progress(k, len(subs), sub.name)
         try:
             result = search(model, sub, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
-                            headroom_gib=headroom_gib, suggest=False, objective=objective)
+                            headroom_gib=headroom_gib, suggest=False, objective=objective, stack=stack)
         except InfeasibleError:
             continue
         plans += result.plans
@@ -134,13 +138,15 @@ def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed
         rejected.update(result.rejected)
     if not plans:
         # Re-run on the whole cluster for the nearest-fit message.
-        search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib)
+        search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib,
+               stack=stack)
     return plans, candidates, feasible, rejected
 
 
 def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
                    top: int = 5, calibration: Calibration | None = None, tokens: float | None = None,
-                   headroom_gib: float = 0.0, objective: str = "cost", progress=None) -> SearchResult:
+                   headroom_gib: float = 0.0, objective: str = "cost", progress=None,
+                   stack: ExecutionStack | None = None) -> SearchResult:
     """Cheapest layouts, allowing the job to use fewer of the cluster's nodes (every divisor count): a smaller job
     can be cheaper when communication or the bubble grows faster than compute shrinks, and with failures (`cost-to-
     train`) because a smaller job fails less often. `cost` ranks by $ per 1M tokens, `cost-to-train` by the total $
@@ -153,7 +159,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
     start = time.perf_counter()
     plans, candidates, feasible, rejected = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
-        headroom_gib=headroom_gib, objective=objective, all_types=to_train, progress=progress)
+        headroom_gib=headroom_gib, objective=objective, all_types=to_train, progress=progress, stack=stack)
 
     def key(e: Estimate) -> tuple[float, float]:
         if to_train:
@@ -202,7 +208,7 @@ def why_best(best: dict, runner: dict) -> str:
 
 
 def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration,
-                  headroom_gib: float) -> str:
+                  headroom_gib: float, stack: ExecutionStack) -> str:
     """One line: nothing fits, the closest layout's peak, and the smallest change that makes one fit."""
     if len(arrays):
         i = int(np.argmin(memory.peak))
@@ -223,7 +229,7 @@ def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays,
             break
         try:
             search(model, bigger, gbs, seq, fixed={k: v for k, v in (fixed or {}).items() if k != "dp"}, top=1,
-                   calibration=calibration, headroom_gib=headroom_gib, suggest=False)
+                   calibration=calibration, headroom_gib=headroom_gib, suggest=False, stack=stack)
             fixes.append(f"use {cluster.n_nodes * factor} nodes ({bigger.world_size} GPUs)")
             break
         except InfeasibleError:

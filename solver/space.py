@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.batch import CODES, LayoutArrays
+from clusterplan.models.training.batch import CODES, LayoutArrays, ScheduleCode
 from clusterplan.models.training.layout import Layout, layout_problems
 
 ZERO = (0, 1, 2, 3)
@@ -144,7 +144,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
     rejected["divisibility: gbs % (dp * mbs)"] += int((~ok).sum())
     m = arrays.microbatches
-    inter_bad = ok & (arrays.schedule == CODES["schedule"]["interleaved-1f1b"]) & (m % arrays.pp != 0)
+    inter_bad = ok & (arrays.schedule == ScheduleCode.INTERLEAVED) & (m % arrays.pp != 0)
     rejected["divisibility: micro-batches % pp (interleaved)"] += int(inter_bad.sum())
     keep = ok & ~inter_bad
     return Space(arrays=arrays.take(np.nonzero(keep)[0]), structures=structures, rejected=rejected)
