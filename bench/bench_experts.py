@@ -40,7 +40,8 @@ def main() -> int:
         print(f"{key + unit:<22}{eplb[key] * factor:>14.4f}{ilp[key] * factor:>14.4f}{drop:>14.2%}")
     log = result.log
     print(f"EPLB time {eplb_s:.2f} s; ILP time {result.solve_s:.1f} s (limit {TIME_LIMIT_S:.0f} s)")
-    print(f"ILP gap {result.gap:.2%} (objective {log.objective_us:.0f} us, bound {log.bound_us:.0f} us over "
+    gap = "none (no layer solved)" if result.gap is None else f"{result.gap:.2%}"
+    print(f"ILP gap {gap} (objective {log.objective_us:.0f} us, bound {log.bound_us:.0f} us over "
           f"{log.subproblems} subproblems, {log.proven_optimal} proven optimal, {log.hit_time_limit} stopped on time)")
     print(f"layers kept from EPLB: {list(result.fallback_layers) or 'none'}; packed without a solve: "
           f"{list(result.unsolved_layers) or 'none'}; EPLB's experts per node kept: {result.node_locked}")

@@ -333,3 +333,17 @@ def test_json_is_byte_identical_across_runs(run_cli):
             "json", "--top", "2")
     first, second = run_cli(*args), run_cli(*args)
     assert first[0] == 0 and first[1] == second[1]
+
+
+def test_experts_time_limit_reports_unsolved_layers_and_no_gap(run_cli, tmp_path):
+    # issue #16: `--time-limit` too short for any solve used to say "0 subproblems, gap 0.00 %", hit_time_limit 0.
+    (tmp_path / "moe.yaml").write_text(MOE_YAML)
+    (tmp_path / "s.npz").write_bytes(_npz_bytes())
+    code, out, err = run_cli("experts", "-m", str(tmp_path / "moe.yaml"), "-c", "dgx-h100:1", "--stats",
+                             str(tmp_path / "s.npz"), "--method", "ilp", "--time-limit", "0.000001", "--format", "json")
+    assert code == 0, err
+    solver = json.loads(out)["solver"]
+    assert solver["gap"] is None and solver["subproblems"] == 0
+    assert solver["solved_layers"] == 0 and solver["unsolved_layer_count"] == 2 == len(solver["unsolved_layers"])
+    assert solver["hit_time_limit"] >= 2
+    assert "0 of 2 layers solved" in err and "no layer solved" in err
