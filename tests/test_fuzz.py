@@ -328,6 +328,34 @@ def test_fuzz_layout_fix_and_cluster_options(run_cli, tmp_path_factory, items, c
                   "--fix", text, "--top", "1", "--out", str(out), out_file=out)
 
 
+PLAN_KEYS = st.sampled_from(["format", "version", "model", "cluster", "layout", "tp", "pp", "dp", "gbs", "seq"])
+PLAN_VALUES = st.one_of(SCALARS, st.sampled_from(["clusterplan-plan", "llama3.1-8b", "dgx-h100:1"]),
+                        st.dictionaries(PLAN_KEYS, SCALARS, max_size=4))
+
+
+@FUZZ
+@given(doc=st.dictionaries(PLAN_KEYS, PLAN_VALUES, max_size=6),
+       toml=st.lists(st.tuples(st.sampled_from(["tensor_parallel_degree", "pipeline_parallel_degree",
+                                                "data_parallel_shard_degree", "local_batch_size", "seq_len"]),
+                               st.sampled_from(["0", "1", "8", "-1", "1e400", "9" * 30, '"x"', "[1]", "true"])),
+                     max_size=4),
+       args=st.lists(st.sampled_from(["--tensor-model-parallel-size", "--pipeline-model-parallel-size",
+                                      "--micro-batch-size", "--global-batch-size", "--seq-length", "8", "0", "-3",
+                                      "x", "9" * 30, "'", "\\"]), max_size=8))
+def test_fuzz_plan_files_and_launch_configs(run_cli, tmp_path_factory, doc, toml, args):
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("configs")
+    (tmp / "p.yaml").write_text(yaml.safe_dump(doc))
+    (tmp / "t.toml").write_text("[parallelism]\n" + "".join(f"{k} = {v}\n" for k, v in toml))
+    (tmp / "args.txt").write_text(" ".join(args))
+    out = tmp / "out.sh"
+    check_outcome(run_cli, "check", str(tmp / "p.yaml"))
+    check_outcome(run_cli, "export", str(tmp / "p.yaml"), "--to", "megatron", "--out", str(out), out_file=out)
+    for name in ("t.toml", "args.txt"):
+        check_outcome(run_cli, "check", str(tmp / name), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+
+
 def test_json_is_byte_identical_across_runs(run_cli):
     args = ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq", "4096", "--format",
             "json", "--top", "2")
