@@ -194,7 +194,11 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
     moe = [i for i in range(n_layers) if i >= first_k and i % freq == 0]
     return dict(n_experts=c.integer("n_routed_experts"), top_k=c.integer("num_experts_per_tok"),
                 n_shared_experts=c.integer("n_shared_experts", default=0, minimum=0),
-                expert_ffn_hidden=c.integer("moe_intermediate_size"), **_moe_layout(moe, n_layers, c.where))
+                expert_ffn_hidden=c.integer("moe_intermediate_size"),
+                # Group-limited routing (DeepseekV3TopkRouter: n_group groups, topk_group of them per token).
+                expert_groups=c.integer("n_group", default=1, minimum=1),
+                expert_groups_per_token=c.integer("topk_group", default=0, minimum=0),
+                **_moe_layout(moe, n_layers, c.where))
 
 
 def _mla_fields(c: _Config) -> dict[str, Any]:
