@@ -238,8 +238,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[str]:
                             f"{n_mid} middle stages")
         elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
             problems.append(f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
-        elif any(x % L.vpp for x in (first, per, last)):
-            problems.append(f"stage layers ({first}, {per}, {last}) not divisible by vpp({L.vpp})")
+        elif per % L.vpp:
+            # The first and last ranks may hold fewer layers than their vpp chunks share evenly (Megatron's
+            # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
+            problems.append(f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
         problems.append(f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
                         "set first_stage_layers/last_stage_layers for an uneven split")
