@@ -155,6 +155,9 @@ def markdown_report() -> str:
         out += ["", f"Median |error| {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}.", ""]
     out += ["#### NeMo 25.11 / Megatron-Bridge pre-training: tokens/s and model TFLOP/s per GPU", "",
             markdown_table(bridge_rows()), ""]
+    from clusterplan.reference.serving import serving_markdown
+
+    out += serving_markdown()
     return "\n".join(out)
 
 
@@ -173,6 +176,16 @@ def print_text_report() -> None:
     for label, rank, published, best in published_in_top5():
         print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
     print_table(bridge_rows())
+    serving_section()
+
+
+def serving_section() -> None:
+    """Serving: serve-estimate against published engine benchmarks (reference/serving.py)."""
+    from clusterplan.reference.serving import serving_table
+
+    print("\nServing: serve-estimate against published engine benchmarks (reference/data/serving_published.csv)")
+    for line in serving_table():
+        print(line)
 
 
 
