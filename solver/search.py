@@ -56,7 +56,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     stack = stack or get_stack()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
-    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed)
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack)
     rejected = Counter(space.rejected)
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
@@ -93,8 +93,10 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         plans.append(est)
     if len(plans) > 1:
         plans[0].extra["why_best"] = why_best(plans[0].to_json(), plans[1].to_json())
+    notes = [f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items()))
+             ] if space.left_out else []
     return SearchResult(plans=plans, candidates=candidates, feasible=len(survivors), rejected=rejected,
-                        seconds=time.perf_counter() - start, objective=objective)
+                        seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
 def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
@@ -109,7 +111,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
         raise InfeasibleError(f"--objective cost needs a price for {gpu.name}; hardware_db has none "
                               "(use --objective time, or add `price:` to the GPU entry)")
     start = time.perf_counter()
-    plans, candidates, feasible, rejected = [], 0, 0, Counter()
+    plans, candidates, feasible, rejected, notes = [], 0, 0, Counter(), []
     for nodes in (n for n in range(1, cluster.n_nodes + 1) if cluster.n_nodes % n == 0):
         sub = replace(cluster, name=f"{cluster.primary.preset}:{nodes}",
                       groups=(replace(cluster.primary, count=nodes),))
@@ -119,6 +121,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
         except InfeasibleError:
             continue
         plans += result.plans
+        notes = result.notes
         candidates, feasible = candidates + result.candidates, feasible + result.feasible
         rejected.update(result.rejected)
     if not plans:
@@ -137,7 +140,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                                       f"for #2 on {b.cluster.world_size} GPUs; "
                                       + why_best(a.to_json(), b.to_json()))
     return SearchResult(plans=plans, candidates=candidates, feasible=feasible, rejected=rejected,
-                        seconds=time.perf_counter() - start, objective="cost")
+                        seconds=time.perf_counter() - start, objective="cost", notes=notes)
 
 
 def _dominant(data: dict) -> list[str]:

@@ -115,7 +115,8 @@ def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[f
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, mode=mode, ttft_extra_s=transfer[0],
                   ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens,
                   request_overhead_s=inst.knobs.request_overhead_s if mode != "decode" else 0.0,
-                  chunked_prefill=get_engine(inst.engine).chunked_prefill)
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill,
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",

@@ -129,3 +129,15 @@ def test_decode_beyond_the_captured_cuda_graphs_pays_eager_launches() -> None:
     jump = float(step.time_s(0.0, 0.0, 161.0, 161.0 * 1000)) - float(step.time_s(0.0, 0.0, 160.0, 160.0 * 1000))
     assert sglang.cuda_graph_max_batch == 160
     assert jump == pytest.approx(per_seq + sglang.prefill_overhead_s, rel=1e-6)
+
+
+def test_kv_pages_round_each_request_up() -> None:
+    # 160 KV tokens in pages of 16: requests of 70 + 10 tokens reserve 5 pages (80) each, so two run together;
+    # 75 + 10 = 85 tokens reserve 6 pages (96), so the second waits until the first finishes.
+    step = step_model(ServingInstance(model=load_model("llama3.1-8b"), gpu=H100))
+    for prompt, together in ((70, True), (75, False)):
+        res = simulate(step, Engine(kv_capacity_tokens=160, kv_block_tokens=16), np.zeros(2), np.full(2, prompt),
+                       np.full(2, 10), record=True)
+        first_done = min(res.trace.done_s)
+        assert (max(res.trace.ttft_s) < first_done) == together
+    assert get_engine("vllm").kv_block_tokens == 16 and get_engine("trtllm").kv_block_tokens == 32

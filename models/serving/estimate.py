@@ -206,7 +206,8 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
     """The scheduler limits of one instance: its KV capacity, a sequence cap and a step token budget."""
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
                   chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
-                  chunked_prefill=get_engine(inst.engine).chunked_prefill)
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill,
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
 
 
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,

@@ -48,6 +48,9 @@ class Engine:
     ttft_extra_s: float = 0.0
     ttft_extra_s_per_token: float = 0.0
     """TTFT added per prompt token (KV-cache transfer to a decode instance)."""
+    kv_block_tokens: int = 1
+    """KV-cache page size: a request reserves whole pages, ceil((prompt + output) / page) of them (vLLM 16,
+    TensorRT-LLM 32, SGLang 1)."""
     request_overhead_s: float = 0.0
     """Time from a request's arrival until the scheduler sees it (HTTP, tokenization): delays its admission,
     so TTFT and end-to-end latency both include it."""
@@ -127,6 +130,8 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         out = [1] * len(out)
     n = len(arr)
     known = min(clients, n) if clients > 0 else n  # arrivals known so far
+    page = max(engine.kv_block_tokens, 1)
+    need = [-(-(i + o) // page) * page for i, o in zip(inp, out, strict=True)]  # KV tokens reserved, whole pages
     delay = engine.request_overhead_s
     warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
     allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
@@ -142,7 +147,7 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         if not (run.b or prefilling or waiting):
             run.t = max(run.t, arr[nxt] + delay)
             continue
-        _admit(run, engine, waiting, prefilling, inp, out)
+        _admit(run, engine, waiting, prefilling, inp, out, need)
         if not (run.b or prefilling):
             if waiting and run.kv_used == 0:  # one request larger than the whole KV cache
                 return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
@@ -150,8 +155,8 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
             continue
         n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b, engine.chunked_prefill)
         _advance(run, f, n_p, pairs, arr[nxt] + delay if nxt < known and not waiting else None)
-        _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits)
-        _completions(run, inp, out, tpot, limits)
+        _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits, need)
+        _completions(run, inp, out, tpot, limits, need)
         if run.bad_ttft > allowed or run.bad_tpot > allowed:
             return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
         while clients and known < min(n, clients + run.finished):  # closed loop: a finished client sends again
@@ -167,16 +172,16 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
 
 
 def _admit(run: _Run, engine: Engine, waiting: deque[int], prefilling: deque[list[int]], inp: list[int],
-           out: list[int]) -> None:
-    """FIFO admission while a sequence slot and KV room for prompt plus output are free (vLLM-style)."""
+           out: list[int], need: list[int]) -> None:
+    """FIFO admission while a sequence slot and KV room (whole pages) for prompt plus output are free (vLLM-style)."""
     while waiting and len(prefilling) + run.b < engine.max_seqs and \
-            run.kv_used + inp[waiting[0]] + out[waiting[0]] <= engine.kv_capacity_tokens:
+            run.kv_used + need[waiting[0]] <= engine.kv_capacity_tokens:
         r = waiting.popleft()
-        run.kv_used += inp[r] + out[r]
+        run.kv_used += need[r]
         if engine.mode != "decode":
             prefilling.append([r, 0])
         elif out[r] <= 1:  # decode pool, nothing left to decode
-            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - need[r]
             run.done[r] = run.t
         else:  # decode pool: the prompt's KV arrives from a prefill instance
             run.start_decode(r, inp[r], out[r])
@@ -221,27 +226,29 @@ def _advance(run: _Run, f: Callable[[float, float, float, float], float], n_p: i
 
 
 def _first_tokens(run: _Run, engine: Engine, done: list[int], prefilling: deque[list[int]], arr: list[float],
-                  inp: list[int], out: list[int], ttft: list[float], limits: tuple[float, float, int]) -> None:
+                  inp: list[int], out: list[int], ttft: list[float], limits: tuple[float, float, int],
+                  need: list[int]) -> None:
     for r in done:
         prefilling.popleft()
         ttft[r] = run.t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
         if ttft[r] > limits[0] and r >= limits[2]:
             run.bad_ttft += 1
         if out[r] <= 1:
-            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - need[r]
             run.done[r] = run.t
         else:
             run.start_decode(r, inp[r], out[r])
 
 
-def _completions(run: _Run, inp: list[int], out: list[int], tpot: list[float], limits: tuple[float, float, int]) -> None:
+def _completions(run: _Run, inp: list[int], out: list[int], tpot: list[float], limits: tuple[float, float, int],
+                 need: list[int]) -> None:
     heap = run.heap
     while heap and heap[0][0] <= run.g:
         _, r = heapq.heappop(heap)
         tpot[r] = (run.t - run.first[r]) / (out[r] - 1)
         if tpot[r] > limits[1] and r >= limits[2]:
             run.bad_tpot += 1
-        run.finished, run.b, run.kv_used = run.finished + 1, run.b - 1, run.kv_used - inp[r] - out[r]
+        run.finished, run.b, run.kv_used = run.finished + 1, run.b - 1, run.kv_used - need[r]
         run.base -= inp[r] + 1 - run.joined[r]
         run.done[r] = run.t
 
