@@ -127,6 +127,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     s = data["search"]
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
                  + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
+    for note in result.notes:  # what the stack cannot run, left out of the search
+        console.info(f"left out: {note}")
     if out_path:
         console.info(f"wrote {out_path}")
     if plot_path:
@@ -144,7 +146,8 @@ def _render(data: dict) -> None:
     for p in plans:
         lay = p["layout"]
         short = (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
+                                          if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]

@@ -70,7 +70,7 @@ def table1() -> list[Comparison]:
             for vpp in (1, 2, 3, 4) if pp > 1 else (1,):
                 if b % (dp * mbs) or n % (pp * vpp):
                     continue
-                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp,
+                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp, sp=False,
                                 schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision="fp16", zero=0,
                                 flash_attn=False)
                 est = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK))
@@ -87,7 +87,7 @@ def table2() -> list[Comparison]:
         h, a, n = int(r["hidden"]), int(r["heads"]), int(r["layers"])
         tp, pp, gpus, b = int(r["tp"]), int(r["pp"]), int(r["gpus"]), int(r["global_batch"])
         zero3 = r["scheme"] == "zero3"
-        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048,
+        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048, sp=False,
                         recompute="full", precision="fp16", zero=3 if zero3 else 0, flash_attn=False,
                         vpp=1, schedule="1f1b")
         step = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK)).to_json()["step_time_s"]

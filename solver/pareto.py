@@ -100,7 +100,7 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
         raise InfeasibleError(f"--objective pareto needs a price for {', '.join(missing)}; hardware_db has none "
                               "(add `price:` to the GPU entry)")
     start = time.perf_counter()
-    plans, candidates, feasible, rejected = sweep_nodes(
+    plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,
         headroom_gib=headroom_gib, objective="time-to-train", all_types=True, progress=progress, stack=stack)
     points = [Point(days=t["days"], usd=t["usd"], plan=e) for e in plans
@@ -112,4 +112,4 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
     for p in (q for q in points):
         p.plan.extra.pop("why_best", None)
     return ParetoResult(front=front, dominated=dominated, candidates=candidates, feasible=feasible,
-                        rejected=rejected, seconds=time.perf_counter() - start)
+                        rejected=rejected, seconds=time.perf_counter() - start, notes=notes)

@@ -59,7 +59,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     stack = stack or get_stack()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
-    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed)
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack)
     rejected = Counter(space.rejected)
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
@@ -100,8 +100,10 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         plans.append(est)
     if len(plans) > 1:
         plans[0].extra["why_best"] = why_best(plans[0].to_json(), plans[1].to_json())
+    notes = [f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items()))
+             ] if space.left_out else []
     return SearchResult(plans=plans, candidates=candidates, feasible=len(survivors), rejected=rejected,
-                        seconds=time.perf_counter() - start, objective=objective)
+                        seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
@@ -121,9 +123,9 @@ def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
 def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None, top: int,
                 calibration: Calibration | None, tokens: float | None, headroom_gib: float, objective: str,
                 all_types: bool = False, progress=None, stack: ExecutionStack | None = None
-                ) -> tuple[list[Estimate], int, int, Counter]:
-    """The `top` plans of every sub-cluster (sub_clusters), with the search's counts summed."""
-    plans, candidates, feasible, rejected = [], 0, 0, Counter()
+                ) -> tuple[list[Estimate], int, int, Counter, list[str]]:
+    """The `top` plans of every sub-cluster (sub_clusters), with the search's counts summed and its notes."""
+    plans, candidates, feasible, rejected, notes = [], 0, 0, Counter(), []
     subs = sub_clusters(cluster, all_types=all_types)
     for k, sub in enumerate(subs):
         if progress is not None:
@@ -134,13 +136,15 @@ def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed
         except InfeasibleError:
             continue
         plans += result.plans
+        notes = result.notes
         candidates, feasible = candidates + result.candidates, feasible + result.feasible
         rejected.update(result.rejected)
+        notes = result.notes
     if not plans:
         # Re-run on the whole cluster for the nearest-fit message.
         search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib,
                stack=stack)
-    return plans, candidates, feasible, rejected
+    return plans, candidates, feasible, rejected, notes
 
 
 def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
@@ -157,7 +161,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
         raise InfeasibleError(f"--objective {objective} needs a price for {gpu.name}; hardware_db has none "
                               "(use --objective time, or add `price:` to the GPU entry)")
     start = time.perf_counter()
-    plans, candidates, feasible, rejected = sweep_nodes(
+    plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
         headroom_gib=headroom_gib, objective=objective, all_types=to_train, progress=progress, stack=stack)
 
@@ -183,7 +187,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                     f"${b.extra['usd_per_million_tokens']:.4g} for #2 on {b.cluster.world_size} GPUs; ")
         plans[0].extra["why_best"] = head + why_best(a.to_json(), b.to_json())
     return SearchResult(plans=plans, candidates=candidates, feasible=feasible, rejected=rejected,
-                        seconds=time.perf_counter() - start, objective=objective)
+                        seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
 def _dominant(data: dict) -> list[str]:

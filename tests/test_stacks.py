@@ -69,3 +69,44 @@ def test_estimate_runs_under_every_stack(name):
 def test_default_estimate_is_megatron_core():
     est = estimate(load_model("llama3.1-8b"), load_cluster("dgx-h100:1"), Layout(tp=2, dp=4, gbs=32, seq=4096))
     assert est.to_json()["stack"] == "megatron-core"
+
+
+def test_plan_searches_only_what_the_stack_runs_and_says_what_it_left_out():
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.solver.search import search
+
+    model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-h100:8")
+    ds = search(model, cluster, 512, 8192, top=50, stack=get_stack("deepspeed"))
+    for p in ds.plans:
+        assert p.layout.schedule == "1f1b" and p.layout.vpp == 1
+        assert p.layout.pp == 1 or p.layout.zero <= 1
+        assert p.layout.cp == 1 or p.layout.cp_kind == "a2a"
+    assert any("schedule interleaved-1f1b" in n for n in ds.notes)
+    mcore = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4}, stack=get_stack("megatron-core"))
+    assert all(p.layout.schedule in ("1f1b", "interleaved-1f1b") for p in mcore.plans)
+    assert any("schedule zb" in n for n in mcore.notes)
+    titan = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"},
+                   stack=get_stack("torchtitan"))
+    assert titan.plans and all(p.layout.schedule == "zbv" and p.layout.zero in (0, 3) for p in titan.plans)
+    with pytest.raises(BadInputError, match="cannot run"):
+        search(model, cluster, 512, 8192, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"}, stack=get_stack())
+
+
+def test_interleaved_schedule_over_uneven_stages():
+    """126 layers on pp 16 with vpp 8: 7 layers on the first and last ranks, 8 on each of the 14 middle ones
+    (Megatron's pipeline layout). The interleaved bubble is the slowest rank's (pp-1)/vpp, far below 1F1B's."""
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import layout_problems
+
+    model = load_model("llama3.1-405b")
+    assert model.n_layers == 126
+    layout = Layout(tp=8, pp=16, vpp=8, dp=16, schedule="interleaved-1f1b", first_stage_layers=7,
+                    last_stage_layers=7, gbs=2048, seq=8192, recompute="none")
+    assert layout_problems(model, layout, 2048) == []
+    assert any("middle stage layers" in p for p in layout_problems(model, layout.with_(first_stage_layers=14,
+                                                                                       last_stage_layers=14), 2048))
+    cluster = load_cluster("dgx-h100:256")
+    inter = estimate(model, cluster, layout).to_json()["time"]
+    flat = estimate(model, cluster, layout.with_(vpp=1, schedule="1f1b")).to_json()["time"]
+    assert inter["bubble_s"] < flat["bubble_s"] / 4
+    assert inter["pp_comm_s"] > 0

@@ -112,6 +112,8 @@ class LayoutArrays:
         for f in fields(cls):
             if f.name in columns:
                 cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if f.name in CODES else float)
+            elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
+                cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
                 cols[f.name] = np.full(n, CODES[f.name][getattr(defaults, f.name)], dtype=np.int64)
             else:

@@ -53,8 +53,9 @@ class Layout:
     """Tensor parallelism inside each expert."""
     flash_attn: bool = True
     """Fused (flash) attention: no s^2 score matrix is stored and the causal half is skipped."""
-    sp: bool = False
-    """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter)."""
+    sp: bool | None = None
+    """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter). Unset: on when
+    tp > 1, as Megatron-Core, torchtitan and NeMo recipes run TP; give sp=0 to pin it off."""
     zero: int = 1
     """0 = DDP, 1 = optimizer states sharded (distributed optimizer), 2 = + gradients, 3 = + weights (FSDP)."""
     mbs: int = 1
@@ -85,6 +86,8 @@ class Layout:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > MAX_INT:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
+        if self.sp is None:
+            object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
         for name in ("sp", "flash_attn"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
@@ -178,7 +181,7 @@ class Layout:
 
 
 def _convert(key: str, value: str, type_name: str) -> Any:
-    if type_name == "bool":
+    if type_name.startswith("bool"):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
@@ -235,8 +238,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[str]:
                             f"{n_mid} middle stages")
         elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
             problems.append(f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
-        elif any(x % L.vpp for x in (first, per, last)):
-            problems.append(f"stage layers ({first}, {per}, {last}) not divisible by vpp({L.vpp})")
+        elif per % L.vpp:
+            # The first and last ranks may hold fewer layers than their vpp chunks share evenly (Megatron's
+            # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
+            problems.append(f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
         problems.append(f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
                         "set first_stage_layers/last_stage_layers for an uneven split")
