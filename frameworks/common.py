@@ -6,7 +6,7 @@ An exporter is a pure function (ModelSpec, Cluster, Layout) -> Export; it never 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
@@ -75,3 +75,19 @@ def header_lines(model: ModelSpec, cluster: Cluster, layout: Layout, target: str
     """The provenance lines every exported file starts with (without comment markers)."""
     return [f"{target} config written by `clusterplan export` for {model.name} on {cluster.describe()}",
             f"layout: {layout.short()}, gbs {layout.gbs} x seq {layout.seq}, {layout.schedule}, {layout.precision}"]
+
+
+def canonical(model: ModelSpec, layout: Layout) -> Layout:
+    """One spelling per layout: stage sizes written out only when uneven, settings that have no effect reset.
+
+    Two layouts with the same canonical form get the same estimate; the round trip compares canonical forms.
+    """
+    L = layout
+    first, middle, last = stage_layers(model, L)
+    even = L.pp == 1 or first == middle == last
+    return replace(L, first_stage_layers=0 if even else first, last_stage_layers=0 if even else last,
+                   cp_kind="ring" if L.cp == 1 else L.cp_kind, sp=L.sp and L.tp > 1,
+                   dp_replicate=1 if L.zero == 0 or L.dp == 1 else L.dp_replicate,
+                   recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
+                   schedule="1f1b" if L.pp == 1 else L.schedule, vpp=1 if L.pp == 1 else L.vpp,
+                   etp=L.etp if model.is_moe else 1, ep=L.ep if model.is_moe else 1)
