@@ -459,9 +459,10 @@ def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
 def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
     v, env = megatron_args(path)
-    for key in ("tp", "pp", "cp", "layers_per_vstage", "vstages", "mbs", "ep", "etp", "dp_replicate"):
-        if key in v and v[key] < 1:
-            raise BadInputError(f"{path}: {key} {v[key]}: must be >= 1")
+    for flag, key in MEGATRON_INT.items():
+        if key in ("tp", "pp", "cp", "layers_per_vstage", "vstages", "mbs", "gbs", "seq", "ep", "etp",
+                   "dp_replicate") and key in v and v[key] < 1:
+            raise BadInputError(f"{path}: {flag} {v[key]}: must be >= 1")
     tp, pp, cp = v.get("tp", 1), v.get("pp", 1), v.get("cp", 1)
     dp = max(1, world // (tp * pp * cp))  # Megatron derives dp itself
     first, last = v.get("first_stage_layers", 0), v.get("last_stage_layers", 0)
