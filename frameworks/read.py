@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import check_name, is_file, read_text, show
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout
 
@@ -78,6 +79,8 @@ def config_kind(path: Path) -> str:
             doc = json.loads(_read(path))
         except json.JSONDecodeError as exc:
             raise BadInputError(f"{path}: malformed JSON ({exc}); fix the syntax") from exc
+        except RecursionError:
+            raise BadInputError(f"{path}: JSON nested too deeply") from None
         if isinstance(doc, dict) and doc.get("format") != "clusterplan-plan" and (
                 {"train_batch_size", "train_micro_batch_size_per_gpu", "zero_optimization"} & set(doc)):
             return "deepspeed"
@@ -86,13 +89,10 @@ def config_kind(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file; give a plan YAML, a torchtitan TOML or recipe, a Megatron-LM "
+    if not is_file(check_name(path)):
+        raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or recipe, a Megatron-LM "
                             "script or a DeepSpeed JSON")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot read ({exc})") from exc
+    return read_text(path, "launch config")  # size-bounded, one-line errors (fileio)
 
 
 def _int(where: str, value: Any) -> int:
@@ -290,7 +290,10 @@ def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     try:
         doc = tomllib.loads(_read(path))
     except tomllib.TOMLDecodeError as exc:
-        raise BadInputError(f"{path}: malformed TOML ({exc}); fix the syntax") from exc
+        raise BadInputError(f"{show(path)}: malformed TOML ({exc}); fix the syntax") from exc
+    except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer
+        raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
+                            f"({type(exc).__name__}); is this a torchtitan config?") from None
     layout, notes = titan_layout(doc, model, world, str(path))
     return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=tuple(notes),
                       mismatches=tuple(_titan_mismatches(doc, model)))
@@ -519,6 +522,10 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         doc = json.loads(_read(path))
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{where}: malformed JSON ({exc}); fix the syntax") from exc
+    except RecursionError:
+        raise BadInputError(f"{where}: JSON nested too deeply; is this a DeepSpeed config?") from None
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{where}: a ds_config is a JSON object")
     extra = doc.get(PLAN_KEY, {})
     pp = _int(f"{where}: pipeline.stages", doc.get("pipeline", {}).get("stages", extra.get("pipeline_parallel_size", 1)))
     cp = _int(f"{where}: sequence_parallel_size", doc.get("sequence_parallel_size", 1))

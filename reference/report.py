@@ -1,8 +1,11 @@
-"""Our predictions against published A100 runs (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022).
+"""Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022) and
+NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py).
 
-    python -m clusterplan.reference.report          # prints the comparison tables
+    python -m clusterplan.reference                     # prints every comparison table
+    python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
-The same rows are asserted in tests/test_reference_training.py with the tolerances stated there.
+The same rows are asserted in tests/test_reference_training.py and tests/test_reference_bridge.py with the
+tolerances stated there.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data"
+STACK = "megatron-lm-2021"
+"""The stack these A100 runs used: Megatron-LM of 2021-22 (no TP/P2P overlap, unfused attention)."""
 
 
 def read_rows(name: str, directory: Path = REFERENCE_DIR) -> list[dict[str, str]]:
@@ -64,10 +70,10 @@ def table1() -> list[Comparison]:
             for vpp in (1, 2, 3, 4) if pp > 1 else (1,):
                 if b % (dp * mbs) or n % (pp * vpp):
                     continue
-                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp,
+                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp, sp=False,
                                 schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision="fp16", zero=0,
                                 flash_attn=False)
-                est = estimate(gpt(h, a, n), selene(gpus), layout)
+                est = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK))
                 if est.feasible:
                     best = min(best, est.to_json()["step_time_s"])
         out.append(Comparison(f"{r['params_b']}B t{r['tp']} p{pp} d{dp}", measured, best, "s"))
@@ -81,10 +87,10 @@ def table2() -> list[Comparison]:
         h, a, n = int(r["hidden"]), int(r["heads"]), int(r["layers"])
         tp, pp, gpus, b = int(r["tp"]), int(r["pp"]), int(r["gpus"]), int(r["global_batch"])
         zero3 = r["scheme"] == "zero3"
-        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048,
+        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048, sp=False,
                         recompute="full", precision="fp16", zero=3 if zero3 else 0, flash_attn=False,
                         vpp=1, schedule="1f1b")
-        step = estimate(gpt(h, a, n), selene(gpus), layout).to_json()["step_time_s"]
+        step = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK)).to_json()["step_time_s"]
         flops = 96 * b * 2048 * n * h * h * (1 + 2048 / (6 * h) + 51200 / (16 * n * h))
         out.append(Comparison(f"{r['scheme']} {r['params_b']}B {gpus} GPUs", float(r["measured_tflops_per_gpu"]),
                               flops / step / gpus / 1e12, "TFLOP/s"))
@@ -103,16 +109,63 @@ def korthikanti_times() -> list[Comparison]:
     for r in read_rows("korthikanti2022.csv"):
         model = gpt(int(r["hidden"]), int(r["heads"]), int(r["layers"]))
         for seqsel, key in ((False, "iter_s_full"), (True, "iter_s_seqsel")):
-            est = estimate(model, selene(int(r["gpus"])), korthikanti_layouts(r, seqsel))
+            est = estimate(model, selene(int(r["gpus"])), korthikanti_layouts(r, seqsel), stack=get_stack(STACK))
             out.append(Comparison(f"{r['model']} {'seq+sel' if seqsel else 'full'}", float(r[key]),
                                   est.to_json()["step_time_s"], "s"))
     return out
 
 
-def main() -> None:
-    for title, rows in (("Narayanan 2021 Table 1: iteration time", table1()),
-                        ("Narayanan 2021 Table 2: TFLOP/s per GPU", table2()),
-                        ("Korthikanti 2022 Table 5: iteration time", korthikanti_times())):
+A100_TABLES = (("Narayanan 2021 Table 1: iteration time", table1),
+               ("Narayanan 2021 Table 2: TFLOP/s per GPU", table2),
+               ("Korthikanti 2022 Table 5: iteration time", korthikanti_times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clusterplan.reference",
+                                     description="Our predictions against published training runs.")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown (for the README)")
+    parser.add_argument("--out", help="write the markdown to this file (atomically) instead of stdout")
+    args = parser.parse_args(argv)
+    if args.markdown or args.out:
+        from clusterplan.fileio import write_atomic
+
+        text = markdown_report()
+        if args.out:
+            write_atomic(args.out, text)
+        else:
+            print(text, end="")
+        return 0
+    print_text_report()
+    return 0
+
+
+def markdown_report() -> str:
+    """Every reference table as markdown: the A100 tables, then Megatron-Bridge 25.11."""
+    from clusterplan.reference.bridge import bridge_rows, markdown_table
+
+    out = ["<!-- generated by `make reference` (python -m clusterplan.reference --markdown); do not edit -->", ""]
+    for title, fn in A100_TABLES:
+        rows = fn()
+        out += [f"#### {title}", "", "| row | measured | predicted | error |", "|---|---:|---:|---:|"]
+        out += [f"| {c.label} | {c.measured:.2f} {c.unit} | {c.predicted:.2f} {c.unit} | {c.error:+.1%} |"
+                for c in rows]
+        errors = sorted(abs(c.error) for c in rows)
+        out += ["", f"Median |error| {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}.", ""]
+    out += ["#### NeMo 25.11 / Megatron-Bridge pre-training: tokens/s and model TFLOP/s per GPU", "",
+            markdown_table(bridge_rows()), ""]
+    from clusterplan.reference.serving import serving_markdown
+
+    out += serving_markdown()
+    return "\n".join(out)
+
+
+def print_text_report() -> None:
+    from clusterplan.reference.bridge import bridge_rows, print_table
+
+    for title, fn in A100_TABLES:
+        rows = fn()
         print(f"\n{title}")
         print(f"{'row':32} {'measured':>10} {'predicted':>10} {'error':>8}")
         for c in rows:
@@ -122,6 +175,17 @@ def main() -> None:
     print("\nKorthikanti 2022 published layouts (seq-par + selective) in our plan's top 5:")
     for label, rank, published, best in published_in_top5():
         print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
+    print_table(bridge_rows())
+    serving_section()
+
+
+def serving_section() -> None:
+    """Serving: serve-estimate against published engine benchmarks (reference/serving.py)."""
+    from clusterplan.reference.serving import serving_table
+
+    print("\nServing: serve-estimate against published engine benchmarks (reference/data/serving_published.csv)")
+    for line in serving_table():
+        print(line)
 
 
 
@@ -136,12 +200,12 @@ def published_in_top5() -> list[tuple[str, int | None, float, float]]:
         cluster = selene(int(r["gpus"]))
         published = korthikanti_layouts(r, seqsel=True)
         result = search(model, cluster, published.gbs, published.seq, top=5,
-                        fixed={"flash_attn": False, "precision": "fp16", "zero": 0})
+                        fixed={"flash_attn": False, "precision": "fp16", "zero": 0}, stack=get_stack(STACK))
         rank = next((i + 1 for i, p in enumerate(result.plans) if p.layout == published), None)
-        out.append((f"{r['model']}", rank, estimate(model, cluster, published).to_json()["step_time_s"],
+        out.append((f"{r['model']}", rank, estimate(model, cluster, published, stack=get_stack(STACK)).to_json()["step_time_s"],
                     result.plans[0].to_json()["step_time_s"]))
     return out
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
