@@ -35,7 +35,8 @@ def recompute_block(layout: Layout) -> int:
 def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     """The layout Megatron-LM runs for this plan."""
     L = canonical(model, layout)
-    schedule = L.schedule if L.schedule in ("1f1b", "interleaved-1f1b") else "1f1b"
+    schedule = L.schedule if L.schedule in ("1f1b", "interleaved-1f1b") else \
+        "interleaved-1f1b" if L.vpp > 1 else "1f1b"  # zbv's two chunks per rank run interleaved
     recompute_layers = L.recompute_layers
     if L.recompute == "full" and recompute_layers:
         recompute_layers = recompute_block(L) * L.vpp
@@ -127,7 +128,7 @@ def parallel_args(model: ModelSpec, layout: Layout) -> Args:
         args += ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))]
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:
-        args += ["--cp-comm-type", "a2a" if L.cp_kind == "a2a" else "p2p"]
+        args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather"}.get(L.cp_kind, "p2p")]
     if model.is_moe:
         args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
     if L.sp and L.tp > 1:

@@ -26,8 +26,8 @@ from clusterplan.models.training.layout import Layout
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
 TORCHTITAN_SCHEDULES = {"1f1b": "1f1b", "gpipe": "gpipe", "interleaved1f1b": "interleaved-1f1b",
-                        "loopedbfs": "interleaved-1f1b", "interleavedzerobubble": "zb", "zbvzerobubble": "zb",
-                        "dualpipev": "zb"}
+                        "loopedbfs": "interleaved-1f1b", "interleavedzerobubble": "zb", "zbvzerobubble": "zbv",
+                        "dualpipev": "zbv"}
 SINGLE_STAGE_SCHEDULES = ("1f1b", "gpipe")
 """torch's PipelineScheduleSingle subclasses: one stage per rank; every other schedule runs several (default 2)."""
 V_SCHEDULES = ("zbvzerobubble", "dualpipev")
@@ -163,24 +163,32 @@ def pipeline_chunks(model: ModelSpec, par: Mapping[str, Any], pp: int, where: st
 
 def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: str,
                         where: str) -> tuple[int, int, int, list[str]]:
-    """(vpp, first_stage_layers, last_stage_layers, notes) from torchtitan's chunks (0, 0: an even split)."""
+    """(vpp, first_stage_layers, last_stage_layers, notes) from torchtitan's chunks (0, 0: an even split).
+
+    The rank totals give the stage sizes; when the chunks inside a rank are not the split clusterplan prices
+    (frameworks.common.chunk_layers), the estimate uses the totals and says so.
+    """
+    from clusterplan.frameworks.common import canonical, chunk_layers  # frameworks.common imports this module
+
     if pp == 1:
         return 1, 0, 0, []
     if len(counts) % pp:
         raise BadInputError(f"{where}: {len(counts)} pipeline chunks do not divide over pipeline_parallel_degree({pp})")
     vpp = len(counts) // pp
     v_shape = schedule.lower() in V_SCHEDULES
-    ranks: list[list[int]] = [[] for _ in range(pp)]
+    totals = [0] * pp
     for c, n in enumerate(counts):
-        ranks[(c if c < pp else 2 * pp - 1 - c) if v_shape else c % pp].append(n)
-    totals = [sum(r) for r in ranks]
-    if len(set(counts)) == 1:
-        return vpp, 0, 0, []
-    middle = set(totals[1:-1])
-    if len(middle) <= 1 and all(len(set(r)) == 1 for r in ranks):
-        return vpp, totals[0], totals[-1], []
-    return vpp, 0, 0, [f"pipeline chunks hold {counts} layers; estimated as an even split of {model.n_layers} "
-                       f"layers over {pp * vpp} chunks (clusterplan splits the layers of a rank evenly over its chunks)"]
+        totals[(c if c < pp else 2 * pp - 1 - c) if v_shape else c % pp] += n
+    if len(set(totals[1:-1])) > 1:
+        return vpp, 0, 0, [f"pipeline ranks hold {totals} layers; estimated as an even split (clusterplan prices "
+                           "uneven first and last ranks only)"]
+    trial = Layout(pp=pp, vpp=vpp, schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
+                   first_stage_layers=totals[0], last_stage_layers=totals[-1])
+    trial = canonical(model, trial)
+    notes = []
+    if not v_shape and chunk_layers(model, trial) != counts:
+        notes.append(f"pipeline chunks hold {counts} layers; estimated with the ranks' totals {totals}")
+    return vpp, trial.first_stage_layers, trial.last_stage_layers, notes
 
 
 def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: str) -> tuple[Layout, list[str]]:
@@ -231,10 +239,12 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: st
         vpp, first, last, more = _layout_from_chunks(model, counts, pp, schedule_name, where)
         notes += more
         if schedule == "zb":
-            vpp = 1  # clusterplan's zero-bubble schedule carries its two V chunks itself
+            vpp = 1  # clusterplan's zero-bubble schedule (one chunk per rank)
+        elif schedule == "zbv" and vpp != 2:
+            raise BadInputError(f"{where}: {schedule_name} runs 2 chunks per rank, the config gives {vpp}")
         elif vpp == 1 and schedule == "interleaved-1f1b":
             schedule = "1f1b"
-        elif vpp > 1 and schedule != "interleaved-1f1b":
+        elif vpp > 1 and schedule not in ("interleaved-1f1b", "zbv"):
             raise BadInputError(f"{where}: {vpp} chunks per rank need a looped schedule (Interleaved1F1B), "
                                 f"not {schedule_name}")
     mode = str(ac.get("mode", "selective"))
@@ -503,7 +513,8 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     seq=v.get("seq", 4096), recompute=recompute, recompute_layers=recompute_layers,
                     schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision=precision,
                     flash_attn=v.get("attention", "auto") != "unfused",
-                    cp_kind="a2a" if v.get("cp_comm") == "a2a" and cp > 1 else "ring",
+                    cp_kind={"a2a": "a2a", "all_gather": "allgather"}.get(v.get("cp_comm", "p2p"), "ring") if cp > 1
+                    else "ring",
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0)
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),

@@ -32,7 +32,8 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 
 # torch.distributed.pipelining.schedules.get_schedule_class names (B.2); zb runs torchtitan's V-shaped zero bubble.
-SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble"}
+SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble",
+             "zbv": "ZBVZeroBubble"}
 # clusterplan preset -> (torchtitan model name, flavor) for the models torchtitan ships.
 MODELS = TORCHTITAN_MODELS
 HF_ASSETS = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B", "llama3.1-405b": "Llama-3.1-405B"}
@@ -76,7 +77,8 @@ def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "
     if model.is_moe and L.ep > 1 and L.etp not in allowed:
         raise InfeasibleError(f"torchtitan supports expert_tensor_parallel_degree {' or '.join(map(str, allowed))}, "
                               f"not etp({L.etp}); set etp={allowed[-1]} or export --to megatron")
-    if L.schedule == "zb" and L.pp > 1 and (model.n_layers % (2 * L.pp) or L.first_stage_layers or L.last_stage_layers):
+    if L.schedule in ("zb", "zbv") and L.pp > 1 and (model.n_layers % (2 * L.pp) or L.first_stage_layers
+                                                     or L.last_stage_layers):
         raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "
                               f"must divide by 2 * pp({L.pp}) with no uneven first/last stage")
     data_parallel(L)
@@ -101,7 +103,8 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
         recompute_layers = 0 if recompute_layers >= per_rank else recompute_layers
     return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind="ring",
                                     flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
-                                    vpp=1 if L.schedule == "zb" else L.vpp))
+                                    schedule="zbv" if L.schedule == "zb" else L.schedule,
+                                    vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp))
 
 
 def batch_sizes(layout: Layout) -> tuple[int, int]:
@@ -117,14 +120,14 @@ def batch_sizes(layout: Layout) -> tuple[int, int]:
 
 def chunk_counts(model: ModelSpec, layout: Layout) -> list[int]:
     """Transformer layers of each pipeline chunk in model order (ZBV: two even chunks per rank)."""
-    if layout.schedule == "zb":
+    if layout.schedule in ("zb", "zbv"):
         return [model.n_layers // (2 * layout.pp)] * (2 * layout.pp)
     return chunk_layers(model, layout)
 
 
 def model_parts(model: ModelSpec, layout: Layout, head: str = "output") -> list[list[str]]:
     """Module names of each pipeline chunk in model order (llama3/deepseek_v3/qwen3 module names)."""
-    if layout.schedule == "zb":
+    if layout.schedule in ("zb", "zbv"):
         counts = chunk_counts(model, layout)
     else:
         counts = chunk_layers(model, layout)
