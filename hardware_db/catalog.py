@@ -55,7 +55,7 @@ def _str(where: str, raw: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
+def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> GPU:
     where = f"gpus.yaml: {name}"
     sources = raw.get("sources") or {}
     missing = [k for k in GPU_SOURCE_KEYS if not str(sources.get(k, "")).strip()]
@@ -66,6 +66,11 @@ def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
     if bad or not tflops:
         raise BadInputError(f"{where}: tflops_dense needs dtypes from {DTYPES}, got {sorted(tflops)}")
     scale_up = raw.get("scale_up") or {}
+    if "gb_per_s" in scale_up:
+        raise BadInputError(f"{where}: scale_up takes the link's bandwidth from links.yaml; drop gb_per_s")
+    up_link = _str(where + " scale_up", scale_up, "link")
+    if up_link not in links:
+        raise BadInputError(f"{where}: unknown scale_up link {up_link!r}")
     price_raw = raw.get("price")
     price = None
     if price_raw:
@@ -83,8 +88,8 @@ def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
         peak_tflops=MappingProxyType({k: _num(where, tflops, k) for k in tflops}),
         memory_gib=_num(where, raw, "memory_gib"),
         memory_tb_per_s=_num(where, raw, "memory_tb_per_s"),
-        scale_up_link=_str(where + " scale_up", scale_up, "link"),
-        scale_up_gb_per_s=_num(where + " scale_up", scale_up, "gb_per_s"),
+        scale_up_link=up_link,
+        scale_up_gb_per_s=links[up_link].gb_per_s,
         scale_up_domain=int(_num(where + " scale_up", scale_up, "domain")),
         pcie_gen=int(_num(where, raw, "pcie_gen")),
         tdp_w=_num(where, raw, "tdp_w"),
@@ -142,12 +147,9 @@ def _read(name: str) -> Mapping[str, Any]:
 @lru_cache(maxsize=1)
 def load_db() -> HardwareDB:
     """Load and cross-check the shipped data (each node's GPU and links must exist)."""
-    gpus = {n: _parse_gpu(n, r) for n, r in _read("gpus.yaml")["gpus"].items()}
     links = {n: _parse_link(n, r) for n, r in _read("links.yaml")["links"].items()}
+    gpus = {n: _parse_gpu(n, r, links) for n, r in _read("gpus.yaml")["gpus"].items()}
     nodes = {n: _parse_node(n, r) for n, r in _read("nodes.yaml")["nodes"].items()}
-    for gpu in gpus.values():
-        if gpu.scale_up_link not in links:
-            raise BadInputError(f"gpus.yaml: {gpu.name}: unknown scale_up link {gpu.scale_up_link!r}")
     for node in nodes.values():
         for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
             if ref not in table:

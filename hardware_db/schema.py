@@ -36,7 +36,8 @@ class GPU:
     scale_up_link: str
     """Name of a link in links.yaml (`pcie4` when the GPU has no scale-up fabric)."""
     scale_up_gb_per_s: float
-    """Per-GPU scale-up bandwidth per direction."""
+    """Per-GPU scale-up bandwidth per direction: the line rate of `scale_up_link`, copied from links.yaml at load
+    (one source of each link bandwidth)."""
     scale_up_domain: int
     """GPUs reachable over the scale-up fabric (8 for an NVSwitch node, 72 for NVL72, 1 for none)."""
     pcie_gen: int

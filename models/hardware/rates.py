@@ -22,6 +22,18 @@ GEMM_HALF_TIME_S = 0.1e-3
 # and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
 # against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
 TRAINING_GEMM_SHARE = 0.85
+# Power cap -> clock: dynamic power ~ C V^2 f with V rising about linearly with f over the DVFS range, so
+# f ~ P^(1/3) (first-order CMOS power model). Checked, not fitted, on same-die vendor pairs: MI350X 1,000 W /
+# 2,200 MHz vs MI355X 1,400 W / 2,400 MHz (exponent 0.26, AMD datasheets); B200 1,000 W / 2,250 TFLOP/s vs
+# GB200 1,200 W / 2,500 TFLOP/s (0.58, NVIDIA datasheets).
+POWER_CLOCK_EXPONENT = 1.0 / 3.0
+
+
+def power_clock_scale(power_cap_w: float | None, tdp_w: float) -> float:
+    """Tensor-core clock under a power cap relative to the clock at TDP (1 without a cap)."""
+    if power_cap_w is None:
+        return 1.0
+    return min(1.0, power_cap_w / tdp_w) ** POWER_CLOCK_EXPONENT
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,7 +95,8 @@ class HardwareRates:
         group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
-        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE
+        clock = power_clock_scale(group.power_cap_w, gpu.tdp_w)
+        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock
         curve = GemmCurve(max_tflops=rate / 1e12, half_flops=rate * GEMM_HALF_TIME_S)
         fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
         hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
