@@ -6,20 +6,23 @@
 
 from clusterplan.hardware_db.catalog import (
     find_name,
+    get_gemm_tiling,
     get_gpu,
     get_link,
     get_node,
     load_db,
 )
-from clusterplan.hardware_db.schema import GPU, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import GPU, GemmTiling, HardwareDB, Link, NodeType, Price
 
 __all__ = [
     "GPU",
+    "GemmTiling",
     "HardwareDB",
     "Link",
     "NodeType",
     "Price",
     "find_name",
+    "get_gemm_tiling",
     "get_gpu",
     "get_link",
     "get_node",

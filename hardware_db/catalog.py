@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db.schema import DTYPES, GPU, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import DTYPES, GPU, GemmTiling, HardwareDB, Link, NodeType, Price
 
 DATA_DIR = Path(__file__).parent / "data"
 GPU_SOURCE_KEYS = ("tflops", "memory", "scale_up", "tdp", "achieved")
@@ -136,6 +136,26 @@ def _parse_node(name: str, raw: Mapping[str, Any]) -> NodeType:
     )
 
 
+def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
+    where = f"gemm.yaml: {name}"
+    sources = raw.get("sources") or {}
+    missing = [k for k in ("sm_count", "tile", "mamf") if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: numbers without a source: {', '.join(missing)}")
+    tile = raw.get("tile")
+    if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(t, int) and t > 0 for t in tile)):
+        raise BadInputError(f"{where}: tile must be [tile_m, tile_n] positive integers, got {tile!r}")
+    shape = raw.get("mamf_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(isinstance(t, int) and t > 0 for t in shape)):
+        raise BadInputError(f"{where}: mamf_shape must be [m, n, k] positive integers, got {shape!r}")
+    fp8 = raw.get("fp8_mamf_fraction")
+    return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
+                      mamf_shape=tuple(shape) if shape else None,
+                      fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
+                      sources=MappingProxyType(dict(sources)))
+
+
 def _read(name: str) -> Mapping[str, Any]:
     import yaml
 
@@ -150,11 +170,15 @@ def load_db() -> HardwareDB:
     links = {n: _parse_link(n, r) for n, r in _read("links.yaml")["links"].items()}
     gpus = {n: _parse_gpu(n, r, links) for n, r in _read("gpus.yaml")["gpus"].items()}
     nodes = {n: _parse_node(n, r) for n, r in _read("nodes.yaml")["nodes"].items()}
+    gemm = {n: _parse_gemm(n, r) for n, r in _read("gemm.yaml")["gemm"].items()}
+    unknown = sorted(set(gemm) - set(gpus))
+    if unknown:
+        raise BadInputError(f"gemm.yaml: unknown GPU(s) {', '.join(unknown)}")
     for node in nodes.values():
         for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
             if ref not in table:
                 raise BadInputError(f"nodes.yaml: {node.name}: unknown reference {ref!r}")
-    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes))
+    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm))
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -168,6 +192,11 @@ def get_gpu(name: str) -> GPU:
 
 def get_link(name: str) -> Link:
     return find_name("link", name, load_db().links)
+
+
+def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
+    """The GEMM tiling of a GPU (by its record name), None when gemm.yaml has no entry for it."""
+    return load_db().gemm.get(gpu_name)
 
 
 def get_node(name: str) -> NodeType:

@@ -103,8 +103,25 @@ class NodeType:
     usd_per_node_hour: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GemmTiling:
+    """How a GPU's GEMM library tiles a matmul (gemm.yaml), for the wave-quantisation model."""
+
+    gpu: str
+    sm_count: int
+    """Streaming multiprocessors (NVIDIA) or compute units (AMD): output tiles that run at once."""
+    tile_m: int
+    tile_n: int
+    mamf_shape: tuple[int, int, int] | None
+    """m, n, k at which the GPU's MAMF (GPU.gemm_peak_fraction) was measured; None when not published."""
+    fp8_mamf_fraction: float | None
+    """Measured fp8 MAMF over the dense fp8 peak; None: the bf16 fraction is assumed."""
+    sources: Mapping[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareDB:
     gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
     links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
     nodes: Mapping[str, NodeType] = field(default_factory=lambda: MappingProxyType({}))
+    gemm: Mapping[str, GemmTiling] = field(default_factory=lambda: MappingProxyType({}))

@@ -29,6 +29,51 @@ def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | floa
     return count * (flops + half_flops) / rate
 
 
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """One weight matrix's GEMM per rank: tokens x out_features, reduced over in_features (both already / tp)."""
+
+    tokens: np.ndarray
+    in_features: np.ndarray | float
+    out_features: np.ndarray | float
+    count: np.ndarray | float = 1.0
+
+
+def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of `linears`: Y = X W forward; dX = dY W^T and dW = X^T dY backward."""
+    fwd = bwd = 0.0
+    for g in linears:
+        t, i, o = g.tokens, g.in_features, g.out_features
+        fwd = fwd + g.count * hw.gemm_time_s(t, o, i, fp8)
+        bwd = bwd + g.count * (hw.gemm_time_s(t, i, o, fp8) + hw.gemm_time_s(i, o, t, fp8))
+    return np.asarray(fwd), np.asarray(bwd)
+
+
+def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
+           count: np.ndarray | float = 1.0) -> list[Linear]:
+    """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
+    has `inner` inputs, the input projections get the remaining parameters; both sharded by `shard` (Megatron TP:
+    column- then row-parallel). The FLOPs equal 2 x tokens x params / shard exactly."""
+    first = (params - inner * hidden) / hidden
+    return [Linear(tokens, hidden, first / shard, count), Linear(tokens, inner / shard, hidden, count)]
+
+
+def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
+    """The weight GEMMs of one layer on one rank, with their shapes (tokens = seq x mbs / cp)."""
+    tokens = L.seq * L.mbs / L.cp
+    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp)
+    if moe:
+        # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
+        # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
+        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp)
+        out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
+                      count=shapes.n_experts / L.ep)
+        out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
+    else:
+        out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp)
+    return out
+
+
 def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.ndarray, np.ndarray]:
     """(linear GEMM FLOPs, executed attention-core FLOPs) of one layer's forward
     on one rank. Linear: 2 x tokens x matmul parameters (Kaplan 2020 / Narayanan 2021 Eq. 3). Core: 2 b s^2 per
@@ -67,18 +112,19 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool) -> LayerTime:
     """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
     linear, core_exec = layer_flops(shapes, L, moe)
-    rate = np.where(L.precision == PREC_FP8, hw.gemm_max_flops_fp8, hw.gemm_max_flops)
-    n_linear = 4.0 + (1.0 if shapes.gated else 0.0)  # qkv, out, fc1 (+gate), fc2
-    per_gemm = linear / n_linear
-    t_linear = gemm_s(per_gemm, n_linear, rate, hw.gemm_half_flops)
+    fp8 = L.precision == PREC_FP8
+    t_linear, t_linear_bwd = linear_times(layer_linears(shapes, L, moe), hw, fp8)
     # Attention core runs in bf16 even under fp8 recipes; with flash and a calibration, at the measured SDPA rate.
-    t_core = gemm_s(core_exec / 2, 2.0, hw.gemm_max_flops, hw.gemm_half_flops)
+    t_core, t_core_bwd = core_gemm_times(shapes, L, hw)
+    causal = np.where(L.flash_attn > 0, 0.5, 1.0)  # flash skips the masked half of the score blocks (Dao 2022)
+    t_core, t_core_bwd = causal * t_core, causal * t_core_bwd
     if hw.attn_max_flops is not None:
         t_core = np.where(L.flash_attn > 0, gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops), t_core)
+    t_core_bwd = np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd * t_core, t_core_bwd)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
-    # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
-    backward = 2 * t_linear + np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd, 2.0) * t_core + 2 * t_elem
+    # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem
     selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
     recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
@@ -88,13 +134,26 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      hardware_flops=flops_exec + flops_recompute)
 
 
+def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) of the attention core as batched GEMMs over mbs x heads / tp, all score blocks computed:
+    S = Q K^T [s/cp x s, inner d_qk] and O = P V [s/cp x d_v, inner s]; backward dQ, dK, dP, dV (Megatron-LM's
+    unfused core; flash attention is priced from its kernel measurements instead)."""
+    batch = L.mbs * shapes.n_heads / L.tp
+    q_len, kv_len = L.seq / L.cp, L.seq
+    d_qk, d_v = shapes.q_dim / shapes.n_heads, shapes.v_dim / shapes.n_heads
+    t = hw.gemm_time_s
+    forward = t(q_len, kv_len, d_qk, False, batch) + t(q_len, d_v, kv_len, False, batch)
+    backward = (t(q_len, d_qk, kv_len, False, batch) + t(kv_len, d_qk, q_len, False, batch)
+                + t(q_len, kv_len, d_v, False, batch) + t(kv_len, d_v, q_len, False, batch))
+    return forward, backward
+
+
 def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
     """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward)."""
     tokens = L.seq * L.mbs / L.cp
-    flops = 2 * tokens * shapes.vocab * shapes.hidden / L.tp
-    t_gemm = gemm_s(flops, 1.0, hw.gemm_max_flops, hw.gemm_half_flops)
+    t_gemm, t_gemm_bwd = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw, np.zeros(len(L), bool))
     t_loss = 12.0 * tokens * shapes.vocab / L.tp / hw.hbm_bytes_per_s  # fp32 logits: softmax read/write, grad write
-    return t_gemm + t_loss, 2 * t_gemm + t_loss
+    return t_gemm + t_loss, t_gemm_bwd + t_loss
 
 
 def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
