@@ -1,12 +1,13 @@
 # clusterplan: two commands do all set-up on a fresh machine.
 #   make demo   creates .venv, installs clusterplan, runs a real plan on built-in presets
 #   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest
+#   make reference  regenerates reference/TABLES.md (our predictions against every published reference table)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+reference: $(VENV)/.installed
+	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md
 
 bench: $(VENV)/.installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
