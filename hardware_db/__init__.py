@@ -6,15 +6,17 @@
 
 from clusterplan.hardware_db.catalog import (
     find_name,
+    get_attention_curves,
     get_gemm_tiling,
     get_gpu,
     get_link,
     get_node,
     load_db,
 )
-from clusterplan.hardware_db.schema import GPU, GemmTiling, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import GPU, AttentionCurve, GemmTiling, HardwareDB, Link, NodeType, Price
 
 __all__ = [
+    "AttentionCurve",
     "GPU",
     "GemmTiling",
     "HardwareDB",
@@ -22,6 +24,7 @@ __all__ = [
     "NodeType",
     "Price",
     "find_name",
+    "get_attention_curves",
     "get_gemm_tiling",
     "get_gpu",
     "get_link",

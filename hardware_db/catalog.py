@@ -10,7 +10,16 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db.schema import DTYPES, GPU, GemmTiling, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import (
+    DTYPES,
+    GPU,
+    AttentionCurve,
+    GemmTiling,
+    HardwareDB,
+    Link,
+    NodeType,
+    Price,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 GPU_SOURCE_KEYS = ("tflops", "memory", "scale_up", "tdp", "achieved")
@@ -156,6 +165,39 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
                       sources=MappingProxyType(dict(sources)))
 
 
+ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
+
+
+def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[AttentionCurve, ...]:
+    curves = []
+    for i, raw in enumerate(data.get("rows") or []):
+        where = f"attention_kernels.yaml: rows[{i}]"
+        gpu, kernel = _str(where, raw, "gpu"), _str(where, raw, "kernel")
+        if gpu not in gpus or kernel not in ATTENTION_KERNELS:
+            raise BadInputError(f"{where}: unknown gpu {gpu!r} or kernel {kernel!r} (kernels: {ATTENTION_KERNELS})")
+        seq, tflops = raw.get("seq") or [], raw.get("tflops") or []
+        if (len(seq) != len(tflops) or len(seq) < 2 or sorted(seq) != list(seq)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in seq + tflops)):
+            raise BadInputError(f"{where}: seq and tflops must be equally long (>= 2) lists of positive numbers, "
+                                "seq increasing")
+        direction, causal = raw.get("direction"), raw.get("causal")
+        if direction not in ("forward", "backward") or not isinstance(causal, bool):
+            raise BadInputError(f"{where}: direction must be forward or backward and causal true or false")
+        curves.append(AttentionCurve(gpu=gpu, kernel=kernel, direction=direction, causal=causal,
+                                     head_dim=int(_num(where, raw, "head_dim")),
+                                     seq=tuple(int(v) for v in seq), tflops=tuple(float(v) for v in tflops),
+                                     source=_str(where, raw, "source")))
+    for measured, others in (data.get("also") or {}).items():
+        for other in others:
+            if other not in gpus:
+                raise BadInputError(f"attention_kernels.yaml: also: unknown GPU {other!r}")
+            curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
+                                      head_dim=c.head_dim, seq=c.seq, tflops=c.tflops,
+                                      source=f"{c.source} (measured on {measured}, same die and clocks)")
+                       for c in curves if c.gpu == measured]
+    return tuple(curves)
+
+
 def _read(name: str) -> Mapping[str, Any]:
     import yaml
 
@@ -178,7 +220,9 @@ def load_db() -> HardwareDB:
         for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
             if ref not in table:
                 raise BadInputError(f"nodes.yaml: {node.name}: unknown reference {ref!r}")
-    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm))
+    attention = _parse_attention(_read("attention_kernels.yaml"), gpus)
+    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm),
+                      attention)
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -197,6 +241,11 @@ def get_link(name: str) -> Link:
 def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
     """The GEMM tiling of a GPU (by its record name), None when gemm.yaml has no entry for it."""
     return load_db().gemm.get(gpu_name)
+
+
+def get_attention_curves(gpu_name: str) -> tuple[AttentionCurve, ...]:
+    """Published causal attention curves of a GPU (by its record name); empty when none is published."""
+    return tuple(c for c in load_db().attention if c.gpu == gpu_name)
 
 
 def get_node(name: str) -> NodeType:

@@ -119,9 +119,27 @@ class GemmTiling:
     sources: Mapping[str, str]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttentionCurve:
+    """Published forward throughput of the causal attention core of one kernel on one GPU (attention_kernels.yaml)."""
+
+    gpu: str
+    kernel: str
+    """Kernel family: fa2, fa3 or cudnn."""
+    direction: str
+    """forward or backward."""
+    causal: bool
+    head_dim: int
+    seq: tuple[int, ...]
+    tflops: tuple[float, ...]
+    """FLOPs as executed per second, one per `seq`: forward 4 b h s^2 d (halved when causal), backward 2.5x that."""
+    source: str
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareDB:
     gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
     links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
     nodes: Mapping[str, NodeType] = field(default_factory=lambda: MappingProxyType({}))
     gemm: Mapping[str, GemmTiling] = field(default_factory=lambda: MappingProxyType({}))
+    attention: tuple[AttentionCurve, ...] = ()

@@ -8,7 +8,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from clusterplan.hardware_db import get_gemm_tiling
+from clusterplan.hardware_db import get_attention_curves, get_gemm_tiling
+from clusterplan.models.hardware.attention import AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
     AttentionFit,
@@ -87,6 +88,8 @@ class HardwareRates:
     """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
     calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
     calibrated: bool = False
+    attention: AttentionRates | None = None
+    """Published flash-attention kernel curves of this GPU (None or empty: the core is priced as its GEMMs)."""
     gemm_shape: GemmShapeModel | None = None
     """Datasheet pricing: GEMM time by shape (models/hardware/gemm.py). None with a calibrated GEMM curve, which
     prices each GEMM as (FLOPs + gemm_half_flops) / rate as `profile` measured it."""
@@ -163,6 +166,7 @@ class HardwareRates:
         return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
+                   attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock),
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,

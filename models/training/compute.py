@@ -8,8 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
+
+DEFAULT_ATTENTION_KERNEL = "cudnn"
+"""Megatron-Core's attention kernel on Hopper and Blackwell: Transformer Engine DotProductAttention selects the cuDNN
+fused-attention backend there (TE docs, attention backends); an ExecutionStack's attention_kernel overrides it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +93,17 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
     else:
         mlp = 2 * tokens * shapes.dense_mlp_params / t
     core_model = 2 * tokens * L.seq * (shapes.q_dim + shapes.v_dim) / t
-    core_exec = np.where(L.flash_attn > 0, 0.5, 1.0) * core_model
+    core_exec = np.where(L.flash_attn > 0, causal_share(shapes, L.seq), 1.0) * core_model
     return attn + mlp, core_exec
+
+
+def causal_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
+    """Share of the s x s score blocks a causal kernel computes, averaged over the layers: a full causal layer
+    1/2; a sliding-window layer (window w < s) sum_i min(i, w) / s^2 = w/s - w^2 / (2 s^2) (Beltagy 2020)."""
+    w = np.minimum(float(shapes.sliding_window or 0), seq) if shapes.sliding_window else seq
+    window = w / seq - w * w / (2 * seq * seq)
+    n_sl = shapes.n_sliding_layers
+    return ((shapes.n_layers - n_sl) * 0.5 + n_sl * window) / shapes.n_layers
 
 
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
@@ -109,18 +123,14 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
     return outside + act + rope + scores
 
 
-def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool) -> LayerTime:
+def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
+               attention_kernel: str = DEFAULT_ATTENTION_KERNEL) -> LayerTime:
     """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
     t_linear, t_linear_bwd = linear_times(layer_linears(shapes, L, moe), hw, fp8)
-    # Attention core runs in bf16 even under fp8 recipes; with flash and a calibration, at the measured SDPA rate.
-    t_core, t_core_bwd = core_gemm_times(shapes, L, hw)
-    causal = np.where(L.flash_attn > 0, 0.5, 1.0)  # flash skips the masked half of the score blocks (Dao 2022)
-    t_core, t_core_bwd = causal * t_core, causal * t_core_bwd
-    if hw.attn_max_flops is not None:
-        t_core = np.where(L.flash_attn > 0, gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops), t_core)
-    t_core_bwd = np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd * t_core, t_core_bwd)
+    # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
+    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
@@ -132,6 +142,37 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                                 [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      hardware_flops=flops_exec + flops_recompute)
+
+
+def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
+                     attention_kernel: str) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) of one average layer's attention core.
+
+    Flash on, forward: a `profile` attention fit when calibrated; else the kernel's published curve
+    (models/hardware/attention.py) at the per-call key length, seq / cp for full layers and the window for
+    sliding-window layers, and the model's head dim; else its score/value GEMMs with only the causal share computed.
+    Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the forward's rate (the fit's own ratio when calibrated).
+    Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
+    t_gemm, t_gemm_bwd = core_gemm_times(shapes, L, hw)
+    flash = L.flash_attn > 0
+    fwd = causal_share(shapes, L.seq) * t_gemm
+    bwd_ratio = ATTN_BWD_FLOPS_OVER_FWD
+    if hw.attn_max_flops is not None:
+        fwd = gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops)
+        bwd_ratio = hw.attn_bwd_over_fwd
+    elif hw.attention is not None and hw.attention.has(attention_kernel):
+        head_dim = (shapes.q_dim + shapes.v_dim) / (2 * shapes.n_heads)
+        full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
+        n_sl = shapes.n_sliding_layers
+        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp)]
+        if n_sl:
+            w = np.minimum(float(shapes.sliding_window), L.seq)
+            parts.append((n_sl / shapes.n_layers * (w / L.seq - w * w / (2 * L.seq * L.seq)) * full_s, w))
+        att = hw.attention
+        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
+        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
+        return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
+    return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
 
 
 def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
