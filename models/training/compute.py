@@ -197,14 +197,22 @@ def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[
     return t_gemm + t_loss, t_gemm_bwd + t_loss
 
 
+MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "
+             "core with causal masking and sliding windows counted as executed, x3 for forward + backward; no "
+             "recompute) / (step time x GPUs x dense bf16 peak); fp8 runs are also measured against the bf16 peak")
+"""The one MFU definition (issue #13): Megatron/PaLM model FLOPs with causal attention counted as the half a causal
+kernel executes. HFU counts executed FLOPs (recompute, the flash backward's recomputed scores, unfused attention's
+masked half) over the same peak, so HFU >= MFU."""
+
+
 def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """Model FLOPs of one optimizer step, no recompute counted (Megatron/PaLM MFU definition): 3 x forward, with
-    forward = 2 x tokens x active matmul parameters + full (non-causal-halved) attention scores, as in
-    Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) for GPT."""
+    """Model FLOPs of one optimizer step (MFU_BASIS): 3 x forward, forward = 2 x tokens x active matmul parameters
+    + the attention core 2 x tokens x seq x (q_dim + v_dim) per layer times its causal share (1/2; windows less),
+    i.e. Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) with the s/6h attention term halved for causal masking."""
     tokens = L.gbs * L.seq
     matmul = (shapes.n_layers - shapes.n_moe_layers) * (shapes.attn_params + shapes.dense_mlp_params)
     matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params
                                              + shapes.top_k * shapes.expert_params)
     matmul = matmul + shapes.vocab * shapes.hidden
-    core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers
+    core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers * causal_share(shapes, L.seq)
     return 3 * tokens * (2 * matmul + core)

@@ -18,6 +18,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
 from clusterplan.models.training.step import StepTime, step_time
@@ -100,6 +101,7 @@ class Estimate:
             "tflops_per_gpu": _r(v(ev.time.model_flops) / v(ev.time.step_s) / ev.world / 1e12),
             "mfu": _r(v(ev.mfu)),
             "hfu": _r(v(ev.hfu)),
+            "mfu_basis": MFU_BASIS,
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
