@@ -106,6 +106,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         hbm_fraction=_num(where + " achieved", achieved, "hbm_fraction"),
         price=price,
         sources=MappingProxyType(dict(sources)),
+        mx_formats=bool(raw.get("mx_formats", False)),
     )
 
 

@@ -49,6 +49,13 @@ class GPU:
     price: Price | None
     sources: Mapping[str, str]
     """Source of each group of numbers: tflops, memory, scale_up, tdp, achieved."""
+    mx_formats: bool = False
+    """Tensor cores run microscaling formats (MXFP8) natively (Blackwell, CDNA 4)."""
+
+    @property
+    def has_fp8(self) -> bool:
+        """fp8 tensor cores (a dense fp8 peak is published)."""
+        return "fp8" in self.peak_tflops
 
     def tflops(self, dtype: str) -> float:
         """Dense peak TFLOP/s for `dtype`; fp8 falls back to bf16 on GPUs without fp8 units."""

@@ -17,6 +17,22 @@ DEFAULT_ATTENTION_KERNEL = "cudnn"
 fused-attention backend there (TE docs, attention backends); an ExecutionStack's attention_kernel overrides it."""
 
 
+FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
+DEFAULT_FP8_RECIPE = "tensorwise"
+"""Megatron-Bridge's FP8-CS: Transformer Engine per-tensor current scaling (Float8CurrentScaling)."""
+FP8_QUANT_BYTES_PER_ELEMENT = {
+    # amax pass (read bf16) + fused cast-transpose (read bf16, write row- and column-major fp8): TE current scaling
+    "tensorwise": 2.0 + 2.0 + 2.0,
+    # amax fused into the cast-transpose, scale taken from the amax history (TE DelayedScaling)
+    "delayed": 2.0 + 2.0,
+    # one read, row- and column-wise fp8 copies, one E8M0 scale byte per 32 elements each (OCP MX spec v1.0)
+    "mxfp8": 2.0 + 2.0 + 2.0 / 32,
+    # DeepSeek-V3 fine-grained: 1x128 activation / 128x128 weight tiles, one fp32 scale per 128 (DeepSeek-V3 Sec. 3.3)
+    "blockwise": 2.0 + 2.0 + 2 * 4.0 / 128,
+}
+"""HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe)."""
+
+
 @dataclass(frozen=True, slots=True)
 class LayerTime:
     forward_s: np.ndarray
@@ -51,6 +67,20 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray) -> t
         t, i, o = g.tokens, g.in_features, g.out_features
         fwd = fwd + g.count * hw.gemm_time_s(t, o, i, fp8)
         bwd = bwd + g.count * (hw.gemm_time_s(t, i, o, fp8) + hw.gemm_time_s(i, o, t, fp8))
+    return np.asarray(fwd), np.asarray(bwd)
+
+
+def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
+                   weight_copy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the fp8 quantisation kernels around `linears`: the input X and the weight W
+    forward, the output gradient dY backward, each FP8_QUANT_BYTES_PER_ELEMENT[recipe] at the HBM rate. A cached fp8
+    weight copy (Transformer Engine) quantises W once per optimizer step, i.e. 1/micro-batches per micro-batch."""
+    per_element = FP8_QUANT_BYTES_PER_ELEMENT[recipe] / hw.hbm_bytes_per_s
+    weight_share = 1.0 / L.microbatches if weight_copy else 1.0
+    fwd = bwd = 0.0
+    for g in linears:
+        fwd = fwd + g.count * (g.tokens * g.in_features + weight_share * g.in_features * g.out_features) * per_element
+        bwd = bwd + g.count * g.tokens * g.out_features * per_element
     return np.asarray(fwd), np.asarray(bwd)
 
 
@@ -124,11 +154,16 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
-               attention_kernel: str = DEFAULT_ATTENTION_KERNEL) -> LayerTime:
+               attention_kernel: str = DEFAULT_ATTENTION_KERNEL, fp8_recipe: str = DEFAULT_FP8_RECIPE,
+               fp8_weight_copy: bool = True) -> LayerTime:
     """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
-    t_linear, t_linear_bwd = linear_times(layer_linears(shapes, L, moe), hw, fp8)
+    linears = layer_linears(shapes, L, moe)
+    t_linear, t_linear_bwd = linear_times(linears, hw, fp8)
+    cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
+    t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
+    t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
     t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate

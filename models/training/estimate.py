@@ -18,7 +18,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.compute import MFU_BASIS
+from clusterplan.models.training.compute import DEFAULT_FP8_RECIPE, FP8_RECIPES, MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
 from clusterplan.models.training.step import StepTime, step_time
@@ -114,8 +114,26 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def precision_problems(cluster: Cluster, layout: Layout, fp8_recipe: str = DEFAULT_FP8_RECIPE) -> list[str]:
+    """fp8 needs fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor cores (Blackwell, CDNA 4)."""
+    if layout.precision != "fp8":
+        return []
+    if fp8_recipe not in FP8_RECIPES:
+        return [f"fp8 recipe {fp8_recipe!r} unknown; use one of {', '.join(FP8_RECIPES)}"]
+    gpus = {g.gpu.name: g.gpu for g in cluster.groups}
+    lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
+    if lacking:
+        return [f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision=bf16"]
+    no_mx = sorted(n for n, g in gpus.items() if not g.mx_formats)
+    if fp8_recipe == "mxfp8" and no_mx:
+        return [f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
+                "use the tensorwise or blockwise recipe"]
+    return []
+
+
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
-             node_order: tuple[int, ...] | None = None, eager_layers: bool = False) -> Estimate:
+             node_order: tuple[int, ...] | None = None, eager_layers: bool = False,
+             fp8_recipe: str = DEFAULT_FP8_RECIPE) -> Estimate:
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
@@ -123,6 +141,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     """
     reasons = layout_problems(model, layout, cluster.world_size)
+    reasons += precision_problems(cluster, layout, fp8_recipe)
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)

@@ -30,6 +30,9 @@ GIB = float(2**30)
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 # NCCL buffers per communicator (NCCL_BUFFSIZE 4 MiB x channels x send/recv; aiconfigurator's `nccl_mem`).
 NCCL_BYTES_PER_GROUP = 0.125 * GIB
+# Transformer Engine caches each weight's fp8 copy in both layouts (row-wise for the forward GEMM, column-wise /
+# transposed for dgrad; MXFP8 likewise, plus 1/32 scales) across micro-batches: 2 B per parameter beside bf16.
+FP8_WEIGHT_COPY_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -60,10 +63,10 @@ def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
     Narayanan et al. 2021 / Korthikanti et al. 2022); plain Adam keeps grads in the weight dtype and fp32 m, v;
-    SGD keeps no state. fp8 adds a 1-byte fp8 weight copy (Transformer Engine); fp32 training needs no master.
+    SGD keeps no state. fp8 adds the cached fp8 weight copies (FP8_WEIGHT_COPY_BYTES); fp32 training needs no master.
     """
     fp32 = L.precision == PREC_FP32
-    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 3.0, 2.0))
+    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + FP8_WEIGHT_COPY_BYTES, 2.0))
     grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
@@ -133,11 +136,16 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     h = shapes.hidden
     tokens = L.seq * L.mbs / L.cp
     t, spd = L.tp, L.sp_div
-    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16 (fp8 GEMM inputs are still saved in bf16); fp32 runs 4
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16; fp32 runs 4
+    fp8 = L.precision == PREC_FP8
+    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (1 B, Float8Tensor) in place of
+    # the bf16 norm outputs and FFN product; the out-projection's fp8 copy comes on top of the attention output the
+    # attention core keeps in bf16.
+    lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
-    outside = tokens * h * (2 * act + act + act + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
+    outside = tokens * h * (2 * act + lin_in + lin_in + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
-    attn_out = act * tokens * shapes.v_dim / t
+    attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
@@ -145,11 +153,12 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
-               + (4 if shapes.gated else 2) * act * routed * shapes.expert_ffn / L.etp)
+               + ((3 if shapes.gated else 1) * act + lin_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
-            mlp = mlp + (4 if shapes.gated else 2) * act * tokens * shapes.shared_ffn / t
+            mlp = mlp + ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.shared_ffn / t
     else:
-        mlp = (4 if shapes.gated else 2) * act * tokens * shapes.ffn / t  # gate, up, act(gate), product
+        # gate, up, act(gate), product (the fc2 input: fp8 under fp8)
+        mlp = ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.ffn / t
     stored = outside + qkv + attn_out + scores + mlp
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
 
