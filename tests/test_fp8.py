@@ -58,3 +58,4 @@ def test_fp8_memory_weight_copies_and_fp8_saved_inputs():
     mode = np.zeros(1)
     diff = float(layer_activation_bytes(shapes, L16, False, mode)[0] - layer_activation_bytes(shapes, L8, False, mode)[0])
     assert diff == pytest.approx(4096 * (4096 + 4096 + 14336 - 4096))
+

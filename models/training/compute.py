@@ -170,11 +170,13 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     forward = t_linear + t_core + t_elem
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
     backward = t_linear_bwd + t_core_bwd + 2 * t_elem
-    selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
+    # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
+    # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
+    # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
+    selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([L.recompute == 2, L.recompute == 1],
-                                [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
+    flops_recompute = np.select([L.recompute == 2, L.recompute == 1], [linear + core_exec, core_exec], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      hardware_flops=flops_exec + flops_recompute)
 

@@ -145,11 +145,18 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     drop = 1.0 if shapes.dropout else 0.0
     outside = tokens * h * (2 * act + lin_in + lin_in + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
+    if shapes.mla_latent:
+        # MLA trains on per-head tensors: q (heads x (nope + rope)), k expanded per head (same width), v (heads x
+        # v_head), plus the low-rank intermediates (DeepSeek-V2 Sec. 2.1; Megatron-Core MLA), not the cached latent.
+        qkv = act * tokens * ((2 * shapes.q_dim + shapes.v_dim) / t + shapes.mla_latent)
     attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
-    scores = np.where((mode >= 1) & (L.flash_attn == 0), 0.0, scores)  # selective recomputes the attention core
+    # Selective (Megatron core_attn checkpoint) keeps the core's inputs q, k, v (kept above) and recomputes the rest:
+    # unfused, the s^2 softmax/dropout tensors (Korthikanti 2022); with flash only its log-sum-exp (the output is
+    # kept by the out-projection anyway).
+    scores = np.where(mode >= 1, 0.0, scores)
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
