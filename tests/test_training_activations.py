@@ -44,3 +44,27 @@ def test_core_attn_selective_recompute_with_flash_frees_the_lse_and_reruns_the_c
     t = layer_time(shapes, sel, hw, False)
     assert float(t.recompute_s[0]) == pytest.approx(float(t.core_forward_s[0]))
     assert float(t.recompute_s[0]) > 0
+
+
+def test_torchtitan_op_sac_keeps_every_other_matmul_worked_example():
+    # llama3.1-8b (h 4096, q 4096, k = v 1024, ffn 14336, 32 heads), tp 1, 8192 tokens, bf16. op-SAC keeps the layer
+    # input, wq and wv outputs, SDPA's output and fp32 log-sum-exp, w1 and w2 outputs; reruns wk, wo, w3 and the
+    # elementwise ops: 2 B x 8192 x (4096 + 4096 + 1024 + 4096 + 14336 + 4096) + 4 B x 32 x 8192.
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.compute import layer_time
+    from clusterplan.models.training.memory import SELECTIVE_OP_SAC
+
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    L = LayoutArrays.from_layouts([Layout(seq=8192, mbs=1, gbs=8, dp=8, recompute="selective")])
+    kept = float(layer_activation_bytes(shapes, L, False, np.ones(1), SELECTIVE_OP_SAC)[0])
+    assert kept == pytest.approx(2 * 8192 * (4096 + 4096 + 1024 + 4096 + 14336 + 4096) + 4 * 32 * 8192)
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    sac, core = (layer_time(shapes, L, hw, False, selective=s) for s in ("op_sac", "core_attn"))
+    # Recompute FLOPs: 2 x 8192 x (4096 x 1024 + 4096 x 4096 + 4096 x 14336) instead of core_attn's core forward.
+    from clusterplan.models.training.compute import layer_flops
+
+    redo = 2 * 8192 * (4096 * 1024 + 4096 * 4096 + 4096 * 14336)
+    core_exec = float(layer_flops(shapes, L, False)[1][0])
+    assert float(sac.hardware_flops[0] - core.hardware_flops[0]) == pytest.approx(redo - core_exec)
+    assert float(sac.recompute_s[0]) > float(core.recompute_s[0])

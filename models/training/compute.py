@@ -84,6 +84,17 @@ def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, re
     return np.asarray(fwd), np.asarray(bwd)
 
 
+def op_sac_recomputed_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
+    """The matmuls torchtitan's op-level SAC recomputes: of wq, wk, wv, wo, w1, w3, w2 every second one, i.e. wk,
+    wo and w3 (w2 for a two-matrix MLP); MoE expert grouped matmuls are not in the alternation."""
+    tokens = L.seq * L.mbs / L.cp
+    h = shapes.hidden
+    out = [Linear(tokens, h, shapes.kv_dim / 2 / L.tp), Linear(tokens, shapes.v_dim / L.tp, h)]
+    if not moe:
+        out.append(Linear(tokens, h, shapes.ffn / L.tp) if shapes.gated else Linear(tokens, shapes.ffn / L.tp, h))
+    return out
+
+
 def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
            count: np.ndarray | float = 1.0) -> list[Linear]:
     """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
@@ -155,7 +166,7 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
                attention_kernel: str = DEFAULT_ATTENTION_KERNEL, fp8_recipe: str = DEFAULT_FP8_RECIPE,
-               fp8_weight_copy: bool = True) -> LayerTime:
+               fp8_weight_copy: bool = True, selective: str = "core_attn") -> LayerTime:
     """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
@@ -174,9 +185,15 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
+    selective_flops = core_exec
+    if selective == "op_sac":
+        # torchtitan op-level SAC reruns every other matmul (memory.py op_sac_bytes) and every elementwise op.
+        redo = op_sac_recomputed_linears(shapes, L, moe)
+        selective_extra = linear_times(redo, hw, fp8)[0] + t_elem
+        selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
     recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([L.recompute == 2, L.recompute == 1], [linear + core_exec, core_exec], 0.0)
+    flops_recompute = np.select([L.recompute == 2, L.recompute == 1], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      hardware_flops=flops_exec + flops_recompute)
 

@@ -20,12 +20,15 @@ from clusterplan.models.training.batch import (
     PREC_FP32,
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
+    RECOMPUTE_SELECTIVE,
     SCHEDULE_GPIPE,
     SCHEDULE_INTERLEAVED,
     LayoutArrays,
 )
 
 GIB = float(2**30)
+SELECTIVE_CORE_ATTN, SELECTIVE_OP_SAC = "core_attn", "op_sac"
+"""What `recompute=selective` means: Megatron-Core's core-attention checkpoint, torchtitan's op-level SAC."""
 # CUDA context + cuBLAS/cuDNN workspaces per process; Galvatron's default `pytorch_context_mem` is 1024 MB.
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 # NCCL buffers per communicator (NCCL_BUFFSIZE 4 MiB x channels x send/recv; aiconfigurator's `nccl_mem`).
@@ -127,10 +130,36 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
     return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
 
 
-def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray) -> np.ndarray:
+def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
+    """Bytes one layer keeps under torchtitan's op-level selective activation checkpointing (per micro-batch, one
+    rank): the layer input, the outputs of the ops in its save list (matmuls, SDPA with its log-sum-exp,
+    reduce-scatters) except every other matmul, which is recomputed with every elementwise op (torchtitan
+    `_op_sac_save_list`, policy "save every other mm"). Dense-layer matmul order wq, wk, wv, wo, w1, w3, w2 keeps
+    wq, wv, w1, w2; MoE experts run grouped matmuls outside the alternation and are kept with their gate/up outputs."""
+    h = shapes.hidden
+    tokens = L.seq * L.mbs / L.cp
+    t = L.tp
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    kv_half = shapes.kv_dim / 2  # the v projection (k and v are equally wide)
+    attn = tokens * (h / L.sp_div * act + act * (shapes.q_dim + kv_half + shapes.v_dim) / t
+                     + 4.0 * shapes.n_heads / t)
+    rs = np.where(L.sp > 0, 2.0 * tokens * h / L.sp_div * act, 0.0)  # SP reduce-scatter outputs are in the save list
+    if moe:
+        routed = tokens * shapes.top_k / L.sp_div
+        mlp = act * routed * shapes.expert_ffn * (2 if shapes.gated else 1) / L.etp + act * routed * h
+        if shapes.shared_ffn:
+            mlp = mlp + act * tokens * (shapes.shared_ffn + h) / t
+    else:
+        mlp = act * tokens * (shapes.ffn + h) / t  # w1 and w2 outputs (w3 is the recomputed one)
+    return attn + rs + mlp
+
+
+def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
+                           selective: str = SELECTIVE_CORE_ATTN) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
-    `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input.
+    `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
+    selective keeps follows the stack (`selective`): Megatron's core_attn checkpoint or torchtitan's op-level SAC.
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -167,6 +196,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # gate, up, act(gate), product (the fc2 input: fp8 under fp8)
         mlp = ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.ffn / t
     stored = outside + qkv + attn_out + scores + mlp
+    if selective == SELECTIVE_OP_SAC:
+        stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe), stored)
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
 
 
@@ -187,7 +218,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
 
 
-def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str) -> np.ndarray:
+def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
+                            selective: str = SELECTIVE_CORE_ATTN) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
     working set of the layer being recomputed under full recompute."""
     full_layers = np.where(L.recompute == RECOMPUTE_FULL,
@@ -195,8 +227,8 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
-    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode)
-                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode) if moe_share else 0.0))
+    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective)
+                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective) if moe_share else 0.0))
     per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
     per_micro = full_layers * per_layer_full + (layers - full_layers) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
@@ -238,7 +270,7 @@ class MemoryBreakdown:
     """All terms at every position: [position (first, middle, last), term (as above, then total), candidate]."""
 
 
-def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
+def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
@@ -248,7 +280,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers)
-        acts = layers_activation_bytes(shapes, L, n_layers, position) + ends_activation_bytes(shapes, L, embed, head)
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective)
+                + ends_activation_bytes(shapes, L, embed, head))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))
