@@ -9,7 +9,7 @@ from types import MappingProxyType
 import numpy as np
 
 from clusterplan.hardware_db import get_attention_curves, get_gemm_tiling
-from clusterplan.models.hardware.attention import AttentionRates
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
     AttentionFit,
@@ -78,8 +78,9 @@ class HardwareRates:
     attn_max_flops: float | None = None
     """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
     attn_half_flops: float = 0.0
-    attn_bwd_over_fwd: float = 2.5
-    """Flash-attention backward over forward time (FlashAttention-2's convention 2.5, Dao 2023)."""
+    attn_bwd_over_fwd: float = ATTN_BWD_FLOPS_OVER_FWD
+    """Calibrated flash-attention backward over forward time (the `profile` fit); without a fit the core's backward
+    is priced from the kernel curves (models/training/compute.py flash_core_times)."""
     layer_time_factor: float = 1.0
     """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
     tp_layer_overhead_s: float = 0.0

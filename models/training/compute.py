@@ -41,6 +41,9 @@ class LayerTime:
     """Extra forward work redone in backward (full: whole layer; selective: the attention core)."""
     core_forward_s: np.ndarray
     """Attention core (scores and weighted values) forward, the part ring context parallel overlaps with."""
+    core_backward_s: np.ndarray
+    """Attention core backward (flash: its backward kernel at the measured rate; unfused: the gradient GEMMs), the
+    part ring context parallel's backward K/V traffic overlaps with."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
 
@@ -195,6 +198,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
     flops_recompute = np.select([L.recompute == 2, L.recompute == 1], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
+                     core_backward_s=t_core_bwd,
                      hardware_flops=flops_exec + flops_recompute)
 
 
