@@ -68,8 +68,9 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray) -> t
     fwd = bwd = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
-        fwd = fwd + g.count * hw.gemm_time_s(t, o, i, fp8)
-        bwd = bwd + g.count * (hw.gemm_time_s(t, i, o, fp8) + hw.gemm_time_s(i, o, t, fp8))
+        # `count` equal GEMMs (a rank's local experts) run as one grouped GEMM: their tiles share the waves.
+        fwd = fwd + hw.gemm_time_s(t, o, i, fp8, g.count)
+        bwd = bwd + hw.gemm_time_s(t, i, o, fp8, g.count) + hw.gemm_time_s(i, o, t, fp8, g.count)
     return np.asarray(fwd), np.asarray(bwd)
 
 
