@@ -50,26 +50,30 @@ class GemmShapeModel:
 
     def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0) -> np.ndarray:
         """Useful share of the SM-tile slots paid for, m n batch / (waves x SMs x tile area), for the best of the
-        library's tile (either orientation) and its halves. A smaller tile reuses each loaded operand over fewer
-        outputs, so its per-SM rate is scaled by its reuse tm tn / (tm + tn) relative to the full tile's (operand
-        loads per MAC, the shared-memory roofline of a tiled GEMM)."""
+        library's tile and its half-height variant, in either orientation. The half tile reuses each loaded operand
+        over fewer outputs, so its per-SM rate is scaled by its reuse tm tn / (tm + tn) relative to the full tile's
+        (operand loads per MAC, the shared-memory roofline of a tiled GEMM)."""
         if self.sm_count is None:
             return np.ones_like(np.asarray(m, dtype=float))
         sms = float(self.sm_count)
-
-        def reuse(tm: int, tn: int) -> float:
-            return tm * tn / (tm + tn)
-
-        def one(tm: int, tn: int) -> np.ndarray:
-            tiles = batch * np.ceil(m / tm) * np.ceil(n / tn)
-            waves = np.maximum(1.0, np.ceil(tiles / sms))
-            return m * n * batch / (waves * sms * tm * tn) * min(1.0, reuse(tm, tn) / reuse(self.tile_m, self.tile_n))
-
         tm, tn = self.tile_m, self.tile_n
-        tiles = {(tm, tn), (tm // 2, tn), (tm, tn // 2), (tm // 2, tn // 2)}
-        best = np.zeros_like(np.asarray(m, dtype=float))
-        for a, b in tiles:
-            best = np.maximum(best, np.maximum(one(a, b), one(b, a)))
+        half = tm // 2
+        full_reuse = tm * tn / (tm + tn)
+        useful = m * n * batch
+        ceil_m = {d: np.ceil(m / d) for d in {tm, tn, half}}
+        ceil_n = {d: np.ceil(n / d) for d in {tm, tn, half}}
+        best = np.zeros_like(useful, dtype=float)
+        waves = np.empty_like(best)
+        for a, b in ((tm, tn), (tn, tm), (half, tn), (tn, half)):
+            # in place: these arrays span every candidate layout of a search
+            np.multiply(ceil_m[a], ceil_n[b], out=waves)
+            waves *= batch / sms
+            np.ceil(waves, out=waves)
+            np.maximum(waves, 1.0, out=waves)
+            scale = min(1.0, a * b / (a + b) / full_reuse) / (sms * a * b)
+            np.divide(scale, waves, out=waves)
+            np.maximum(best, waves, out=best)
+        best *= useful
         return best
 
     def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
@@ -78,8 +82,13 @@ class GemmShapeModel:
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         fp8 = np.asarray(fp8, dtype=bool)
         flops = 2.0 * m * n * k * batch
-        eff = self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch)
-        compute = flops / (np.where(fp8, self.max_flops_fp8, self.max_flops) * eff)
-        operand_bytes = np.where(fp8, 1.0, 2.0)
+        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch),
+                                       flops.shape))
+        rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
+        eff *= rate
+        compute = np.divide(flops, eff, out=eff, where=flops > 0)
+        operand_bytes = np.where(fp8, 1.0, 2.0) if fp8.any() else 2.0
         traffic = batch * ((m * k + k * n) * operand_bytes + m * n * OUTPUT_BYTES) / self.hbm_bytes_per_s
-        return np.where(flops > 0, np.maximum(compute, traffic), 0.0)
+        np.maximum(compute, traffic, out=compute)
+        compute[flops <= 0] = 0.0
+        return compute
