@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean reference
+.PHONY: demo test fuzz lint bench clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The long fuzzing run: 400 seeded examples per property instead of make test's 12 (same seeds every run).
+fuzz: $(VENV)/.installed-dev
+	CLUSTERPLAN_FUZZ_EXAMPLES=400 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

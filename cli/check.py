@@ -13,9 +13,11 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, stack_option
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
 from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
@@ -62,12 +64,12 @@ def _load(config: Path, model_ref: str | None, cluster_ref: str | None) -> tuple
 
 
 def violations(model: ModelSpec, cluster: Any, layout: Layout, min_mfu: float | None,
-               headroom_gib: float) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+               headroom_gib: float, stack: ExecutionStack | None = None) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
     """Every broken rule with its fix, and estimate()'s JSON when the layout is valid enough to estimate."""
     found = [{"rule": p, "fix": suggest_fix(p)} for p in layout_problems(model, layout, cluster.world_size)]
     if found:
         return found, None
-    est = estimate(model, cluster, layout).to_json()
+    est = estimate(model, cluster, layout, stack=stack).to_json()
     mem = est["memory"]
     if mem["peak_gib"] + headroom_gib > mem["capacity_gib"]:
         found.append({"rule": f"memory: peak {mem['peak_gib']:.1f} GiB ({mem['peak_stage']} stage) + headroom "
@@ -85,16 +87,19 @@ def violations(model: ModelSpec, cluster: Any, layout: Layout, min_mfu: float | 
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")
+@stack_option("megatron-core; torchtitan for a torchtitan TOML")
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
-          fmt: str) -> None:
+          stack_name: str | None, fmt: str) -> None:
     """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
     if min_mfu is not None and not 0 <= min_mfu <= 1:  # NaN fails too
         raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
     if not 0 <= headroom_gib < float("inf"):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
     model, world, cluster, layout, kind = _load(config, model_ref, cluster_ref)
-    found, est = violations(model, cluster, layout, min_mfu, headroom_gib)
+    stack = get_stack(stack_name or ("torchtitan" if kind == "torchtitan" else None))
+    found, est = violations(model, cluster, layout, min_mfu, headroom_gib, stack)
+    require_finite(est)
     summary = f"{config.name} ({kind}): {model.name}, {layout.short()} on {world} GPUs"
     if est is not None:
         summary += f", peak {est['memory']['peak_gib']:.1f} GiB, MFU {est['mfu']:.3f}"

@@ -14,3 +14,24 @@ def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None and not str(value).strip():
         raise click.BadParameter("give a file name, not an empty string")
     return value
+
+
+def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output file checked while the options are parsed, before any work: a name the OS takes, not a
+    directory, in a folder that is (or can be made) writable. A refused --out costs nothing and prints nothing."""
+    from clusterplan.fileio import check_output_path
+
+    value = nonempty_path(ctx, param, value)
+    if value is not None:
+        check_output_path(value, option=param.opts[0] if param.opts else "--out")
+    return value
+
+
+STACK_NAMES = "megatron-core, torchtitan, torchtitan-compile, deepspeed, megatron-lm-2021"
+
+
+def stack_option(default_help: str = "megatron-core"):  # noqa: ANN201 - a click decorator
+    """`--stack NAME`: the execution stack that runs the layout (hardware_db/data/stacks.yaml)."""
+    return click.option("--stack", "stack_name", default=None, metavar="NAME",
+                        help=f"Execution stack: {STACK_NAMES} (default {default_help}). It sets which communication "
+                             "overlaps, the collectives' granularity and what `plan` may choose.")

@@ -8,20 +8,30 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path, stack_option
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search, search_by_cost
 
+MAX_TOP = 1000
+"""Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
+each), and a table of 1,000 layouts is already beyond reading."""
+
 
 def parse_fix(text: str | None, world: int) -> dict:
     """`--fix "tp=8,recompute=full"`: the same keys as estimate's --layout, each pinned in the search."""
     if not text:
         return {}
-    keys = {item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()}
+    names = [item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()]
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:
+        raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
+    keys = set(names)
     full = Layout.parse(text).to_dict()
     for key in ("gbs", "seq"):
         if key in keys:
@@ -39,19 +49,20 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
                    "time-to-train: fastest, with days for --tokens.")
 @click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
-@click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
+@click.option("--top", type=click.IntRange(min=1, max=MAX_TOP), default=5, help="How many plans to show.")
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
+@stack_option()
 @format_option
 @click.option("--timing", is_flag=True,
               help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
                    "byte-identical JSON.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
-         tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
-         timing: bool, out_path: str | None) -> None:
+         tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, stack_name: str | None,
+         fmt: str, timing: bool, out_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -64,23 +75,25 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB (e.g. --headroom-gib 2)")
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
+    stack = get_stack(stack_name)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
         if objective == "cost":
             result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                                    tokens=tokens, headroom_gib=headroom_gib)
+                                    tokens=tokens, headroom_gib=headroom_gib, stack=stack)
         else:
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                            objective=objective, tokens=tokens, headroom_gib=headroom_gib)
+                            objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
     rerank_on_links(result, calibration)
     data = result.to_json()
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
     if not cluster.is_homogeneous:
         with console.status("balancing pipeline stages across GPU types"):
-            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed).to_json()
+            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack).to_json()
     if out_path:
         write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
                    prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
+    require_finite(data)  # before --out is written and before anything is printed
     if fmt == "json":
         console.json(data)
     else:
@@ -90,6 +103,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     s = data["search"]
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
                  + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
+    for note in result.notes:  # what the stack cannot run, left out of the search
+        console.info(f"left out: {note}")
     if out_path:
         console.info(f"wrote {out_path}")
 
@@ -103,7 +118,8 @@ def _render(data: dict) -> None:
     for p in plans:
         lay = p["layout"]
         short = (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
+                                          if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]

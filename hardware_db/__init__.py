@@ -2,6 +2,7 @@
 
     from clusterplan.hardware_db import get_gpu, get_node, get_link
     get_gpu("H100").peak_tflops["bf16"]   # 989.4
+    get_stack("torchtitan").fsdp_granularity   # "block"
 """
 
 from clusterplan.hardware_db.catalog import (
@@ -14,10 +15,13 @@ from clusterplan.hardware_db.catalog import (
     load_db,
 )
 from clusterplan.hardware_db.schema import GPU, AttentionCurve, GemmTiling, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.stacks import DEFAULT_STACK, ExecutionStack, get_stack, list_stacks
 
 __all__ = [
     "AttentionCurve",
+    "DEFAULT_STACK",
     "GPU",
+    "ExecutionStack",
     "GemmTiling",
     "HardwareDB",
     "Link",
@@ -29,5 +33,7 @@ __all__ = [
     "get_gpu",
     "get_link",
     "get_node",
+    "get_stack",
+    "list_stacks",
     "load_db",
 ]

@@ -42,8 +42,9 @@ def placed_plan(est: Estimate, calibration: Calibration | None = None) -> tuple[
     if order.method == "default" and order.default_bottleneck_gb_per_s == float("inf"):
         info["method"] = "default (no measured bandwidth matrix: torchtitan mesh order)"
         return est, info
-    placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical)
-    default = estimate(est.model, est.cluster, est.layout, calibration)
+    stack = est.evaluation.stack if est.evaluation is not None else None
+    placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical, stack=stack)
+    default = estimate(est.model, est.cluster, est.layout, calibration, stack=stack)
     info.update(method=order.method, node_order=list(order.physical),
                 bottleneck_gb_per_s=order.bottleneck_gb_per_s,
                 default_bottleneck_gb_per_s=order.default_bottleneck_gb_per_s,

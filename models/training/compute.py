@@ -7,17 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
+from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
+from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 
-DEFAULT_ATTENTION_KERNEL = "cudnn"
-"""Megatron-Core's attention kernel on Hopper and Blackwell: Transformer Engine DotProductAttention selects the cuDNN
-fused-attention backend there (TE docs, attention backends); an ExecutionStack's attention_kernel overrides it."""
-
-
-FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
+FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
 """Megatron-Bridge's FP8-CS: Transformer Engine per-tensor current scaling (Float8CurrentScaling)."""
 FP8_QUANT_BYTES_PER_ELEMENT = {
@@ -29,6 +26,9 @@ FP8_QUANT_BYTES_PER_ELEMENT = {
     "mxfp8": 2.0 + 2.0 + 2.0 / 32,
     # DeepSeek-V3 fine-grained: 1x128 activation / 128x128 weight tiles, one fp32 scale per 128 (DeepSeek-V3 Sec. 3.3)
     "blockwise": 2.0 + 2.0 + 2 * 4.0 / 128,
+    # torchao float8 rowwise (torchtitan): the row-wise and the column-wise scaled copies are cast separately, each
+    # with its own amax read: 2 x (2 + 2 + 1)
+    "rowwise": 2 * (2.0 + 2.0 + 1.0),
 }
 """HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe)."""
 
@@ -44,6 +44,10 @@ class LayerTime:
     core_backward_s: np.ndarray
     """Attention core backward (flash: its backward kernel at the measured rate; unfused: the gradient GEMMs), the
     part ring context parallel's backward K/V traffic overlaps with."""
+    linear_s: np.ndarray
+    """Weight GEMMs forward + backward (+ recompute): what tensor-parallel comm overlap hides under."""
+    weight_grad_s: np.ndarray
+    """The weight-gradient (dW) GEMMs of backward: zero-bubble schedules move them into the bubble."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
 
@@ -63,15 +67,19 @@ class Linear:
     count: np.ndarray | float = 1.0
 
 
-def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(forward, backward) seconds of `linears`: Y = X W forward; dX = dY W^T and dW = X^T dY backward."""
-    fwd = bwd = 0.0
+def linear_times(linears: list[Linear], hw: HardwareRates,
+                 fp8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
+    dX = dY W^T and dW = X^T dY backward."""
+    fwd = bwd = wgrad = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
         # `count` equal GEMMs (a rank's local experts) run as one grouped GEMM: their tiles share the waves.
         fwd = fwd + hw.gemm_time_s(t, o, i, fp8, g.count)
-        bwd = bwd + hw.gemm_time_s(t, i, o, fp8, g.count) + hw.gemm_time_s(i, o, t, fp8, g.count)
-    return np.asarray(fwd), np.asarray(bwd)
+        dw = hw.gemm_time_s(i, o, t, fp8, g.count)
+        wgrad = wgrad + dw
+        bwd = bwd + hw.gemm_time_s(t, i, o, fp8, g.count) + dw
+    return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
 
 
 def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
@@ -169,13 +177,17 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
-               attention_kernel: str = DEFAULT_ATTENTION_KERNEL, fp8_recipe: str = DEFAULT_FP8_RECIPE,
-               fp8_weight_copy: bool = True, selective: str = "core_attn") -> LayerTime:
-    """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
+               stack: ExecutionStack | None = None) -> LayerTime:
+    """Forward, backward (input- and weight-gradient GEMMs) and recompute time of one layer, as `stack` runs it
+    (None: megatron-core): its attention kernel, first fp8 recipe, fp8 weight cache and selective recompute."""
+    stack = stack or get_stack()
+    attention_kernel = stack.attention_kernel
+    fp8_recipe = stack.fp8_recipes[0] if stack.fp8_recipes else DEFAULT_FP8_RECIPE
+    fp8_weight_copy, selective = stack.fp8_weight_copy, stack.selective_recompute
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, moe)
-    t_linear, t_linear_bwd = linear_times(linears, hw, fp8)
+    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8)
     cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
@@ -190,16 +202,18 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
-    if selective == "op_sac":
+    if selective == SELECTIVE_OP_SAC:
         # torchtitan op-level SAC reruns every other matmul (memory.py op_sac_bytes) and every elementwise op.
         redo = op_sac_recomputed_linears(shapes, L, moe)
         selective_extra = linear_times(redo, hw, fp8)[0] + t_elem
         selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
-    recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
+    full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
+    recompute = np.select([full, sel], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([L.recompute == 2, L.recompute == 1], [linear + core_exec, selective_flops], 0.0)
+    flops_recompute = np.select([full, sel], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
-                     core_backward_s=t_core_bwd,
+                     core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
+                     weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute)
 
 
@@ -251,7 +265,8 @@ def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> 
 def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
     """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward)."""
     tokens = L.seq * L.mbs / L.cp
-    t_gemm, t_gemm_bwd = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw, np.zeros(len(L), bool))
+    t_gemm, t_gemm_bwd, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
+                                         np.zeros(len(L), bool))
     t_loss = 12.0 * tokens * shapes.vocab / L.tp / hw.hbm_bytes_per_s  # fp32 logits: softmax read/write, grad write
     return t_gemm + t_loss, t_gemm_bwd + t_loss
 

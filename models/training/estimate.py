@@ -7,18 +7,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.compute import DEFAULT_FP8_RECIPE, FP8_RECIPES, MFU_BASIS
+from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
 from clusterplan.models.training.step import StepTime, step_time
@@ -38,6 +39,7 @@ class Evaluation:
     hw: HardwareRates
     tokens_per_step: np.ndarray
     world: int
+    stack: ExecutionStack
 
     @property
     def fits(self) -> np.ndarray:
@@ -56,9 +58,13 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
-def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int) -> Evaluation:
-    return Evaluation(memory=memory_breakdown(shapes, arrays), time=step_time(shapes, arrays, hw),
-                      hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world)
+def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
+             stack: ExecutionStack | None = None) -> Evaluation:
+    """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
+    stack = stack or get_stack()
+    return Evaluation(memory=memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy),
+                      time=step_time(shapes, arrays, hw, stack),
+                      hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,7 @@ class Estimate:
             "mfu_basis": MFU_BASIS,
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
+            "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })
         return out
@@ -114,12 +121,17 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def precision_problems(cluster: Cluster, layout: Layout, fp8_recipe: str = DEFAULT_FP8_RECIPE) -> list[str]:
-    """fp8 needs fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor cores (Blackwell, CDNA 4)."""
+def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
+                       fp8_recipe: str | None = None) -> list[str]:
+    """fp8 needs a stack with an fp8 recipe and fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor
+    cores (Blackwell, CDNA 4)."""
     if layout.precision != "fp8":
         return []
-    if fp8_recipe not in FP8_RECIPES:
-        return [f"fp8 recipe {fp8_recipe!r} unknown; use one of {', '.join(FP8_RECIPES)}"]
+    if not stack.fp8_recipes:
+        return [f"precision fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or another --stack"]
+    fp8_recipe = fp8_recipe or stack.fp8_recipes[0]
+    if fp8_recipe not in stack.fp8_recipes:
+        return [f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}"]
     gpus = {g.gpu.name: g.gpu for g in cluster.groups}
     lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
     if lacking:
@@ -133,18 +145,23 @@ def precision_problems(cluster: Cluster, layout: Layout, fp8_recipe: str = DEFAU
 
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
              node_order: tuple[int, ...] | None = None, eager_layers: bool = False,
-             fp8_recipe: str = DEFAULT_FP8_RECIPE) -> Estimate:
+             stack: ExecutionStack | None = None, fp8_recipe: str | None = None) -> Estimate:
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
     (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
+    `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
+    `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
     """
     reasons = layout_problems(model, layout, cluster.world_size)
-    reasons += precision_problems(cluster, layout, fp8_recipe)
+    stack = stack or get_stack()
+    reasons += precision_problems(cluster, layout, stack, fp8_recipe)
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
-    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)
+    if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
+        stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
     if not bool(ev.fits[0]):
         reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "

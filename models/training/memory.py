@@ -61,7 +61,7 @@ def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
     return StageLayers(np.where(one, n, first), np.where(one, n, middle), np.where(one, n, last))
 
 
-def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bytes_per_param(L: LayoutArrays, fp8_weight_copy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
@@ -69,7 +69,8 @@ def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray
     SGD keeps no state. fp8 adds the cached fp8 weight copies (FP8_WEIGHT_COPY_BYTES); fp32 training needs no master.
     """
     fp32 = L.precision == PREC_FP32
-    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + FP8_WEIGHT_COPY_BYTES, 2.0))
+    copy = FP8_WEIGHT_COPY_BYTES if fp8_weight_copy else 0.0
+    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + copy, 2.0))
     grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
@@ -109,9 +110,10 @@ class StateBytes:
     under pipeline parallelism the whole stage's unsharded weights and gradients."""
 
 
-def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray) -> StateBytes:
+def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
+                fp8_weight_copy: bool = True) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
-    wb, gb, ob = bytes_per_param(L)
+    wb, gb, ob = bytes_per_param(L, fp8_weight_copy)
     dense_shard = L.dp_shard * L.cp
     expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
     p_dense, p_exp = params.dense, params.expert
@@ -185,7 +187,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # Selective (Megatron core_attn checkpoint) keeps the core's inputs q, k, v (kept above) and recomputes the rest:
     # unfused, the s^2 softmax/dropout tensors (Korthikanti 2022); with flash only its log-sum-exp (the output is
     # kept by the out-projection anyway).
-    scores = np.where(mode >= 1, 0.0, scores)
+    scores = np.where(mode >= RECOMPUTE_SELECTIVE, 0.0, scores)
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
@@ -270,7 +272,8 @@ class MemoryBreakdown:
     """All terms at every position: [position (first, middle, last), term (as above, then total), candidate]."""
 
 
-def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN) -> MemoryBreakdown:
+def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
+                     fp8_weight_copy: bool = True) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
@@ -279,7 +282,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers)
+        states = state_bytes(shapes, L, params, n_layers, fp8_weight_copy)
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective)
                 + ends_activation_bytes(shapes, L, embed, head))
         other = other_bytes(L, acts) + states.fsdp_buffers
