@@ -20,8 +20,8 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate
-from clusterplan.models.training.memory import GIB, memory_breakdown
+from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, stack_memory
+from clusterplan.models.training.memory import GIB
 from clusterplan.solver.space import enumerate_space
 
 OBJECTIVES = ("time", "cost", "time-to-train")
@@ -61,7 +61,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
     # Memory first: only layouts that fit are timed.
-    memory = memory_breakdown(shapes, arrays)
+    memory = stack_memory(shapes, arrays, stack)
     fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
     rejected["out of memory"] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])

@@ -70,3 +70,18 @@ def test_torchtitan_op_sac_keeps_every_other_matmul_worked_example():
     core_exec = float(layer_flops(shapes, L, False)[1][0])
     assert float(sac.hardware_flops[0] - core.hardware_flops[0]) == pytest.approx(redo - core_exec)
     assert float(sac.recompute_s[0]) > float(core.recompute_s[0])
+
+
+def test_dtensor_sequence_parallel_keeps_the_gathered_linear_inputs():
+    # Llama-3.1-8B (h 4096), tp 4 with SP, mbs 1 x 8192 tokens, bf16. Megatron-Core keeps the qkv and MLP inputs
+    # on sequence shards (re-gathered in backward, Korthikanti 2022 Sec. 4.2.2); torchtitan's DTensor plan keeps
+    # the all-gathered inputs: 2 tensors x 2 B x 8192 x 4096 x (1 - 1/4) = 100,663,296 B more per layer.
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    L = LayoutArrays.from_layouts([Layout.parse("tp=4,sp=1,mbs=1,gbs=8,seq=8192,recompute=none", world=4)])
+    mode = np.zeros(1)
+    sharded = float(layer_activation_bytes(shapes, L, False, mode)[0])
+    gathered = float(layer_activation_bytes(shapes, L, False, mode, sp_gathered=True)[0])
+    assert gathered - sharded == 2 * 2 * 8192 * 4096 * 3 / 4
+    no_sp = LayoutArrays.from_layouts([Layout.parse("tp=4,sp=0,mbs=1,gbs=8,seq=8192,recompute=none", world=4)])
+    assert layer_activation_bytes(shapes, no_sp, False, mode)[0] == layer_activation_bytes(
+        shapes, no_sp, False, mode, sp_gathered=True)[0]  # without SP both keep whole inputs

@@ -58,11 +58,18 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
+def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack) -> MemoryBreakdown:
+    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies, what
+    its sequence parallelism saves)."""
+    return memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy,
+                            stack.sp_saves_gathered_inputs)
+
+
 def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
              stack: ExecutionStack | None = None) -> Evaluation:
     """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
     stack = stack or get_stack()
-    return Evaluation(memory=memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy),
+    return Evaluation(memory=stack_memory(shapes, arrays, stack),
                       time=step_time(shapes, arrays, hw, stack),
                       hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 

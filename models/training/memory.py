@@ -157,7 +157,7 @@ def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
 
 
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
-                           selective: str = SELECTIVE_CORE_ATTN) -> np.ndarray:
+                           selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
@@ -174,7 +174,10 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # attention core keeps in bf16.
     lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
-    outside = tokens * h * (2 * act + lin_in + lin_in + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
+    # Two norm inputs and dropout masks on sequence shards under SP; the qkv and MLP inputs too (Megatron keeps the
+    # shard and re-gathers in backward), or whole when the stack's SP saves the gathered input (`sp_gathered`).
+    lin_div = 1.0 if sp_gathered else spd
+    outside = tokens * h * (2 * act + 2 * drop) / spd + tokens * h * 2 * lin_in / lin_div
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
     if shapes.mla_latent:
         # MLA trains on per-head tensors: q (heads x (nope + rope)), k expanded per head (same width), v (heads x
@@ -221,7 +224,7 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 
 
 def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
-                            selective: str = SELECTIVE_CORE_ATTN) -> np.ndarray:
+                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
     working set of the layer being recomputed under full recompute."""
     full_layers = np.where(L.recompute == RECOMPUTE_FULL,
@@ -229,8 +232,9 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
-    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective)
-                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective) if moe_share else 0.0))
+    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered)
+                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered)
+                         if moe_share else 0.0))
     per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
     per_micro = full_layers * per_layer_full + (layers - full_layers) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
@@ -239,8 +243,9 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
 
 
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
-                          head: np.ndarray | bool) -> np.ndarray:
-    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage)."""
+                          head: np.ndarray | bool, sp_gathered: bool = False) -> np.ndarray:
+    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
+    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
@@ -249,7 +254,9 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     # fp32 training has no upcast: 4 bytes per logit.
     logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
               * shapes.vocab / L.tp)
-    return np.where(embed, embed_out, 0.0) + np.where(head, logits, 0.0)
+    head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
+        if sp_gathered else 0.0
+    return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
 
 
 def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
@@ -273,8 +280,9 @@ class MemoryBreakdown:
 
 
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
-                     fp8_weight_copy: bool = True) -> MemoryBreakdown:
-    """Per-GPU memory (bytes) of the most loaded pipeline rank, by term."""
+                     fp8_weight_copy: bool = True, sp_gathered: bool = False) -> MemoryBreakdown:
+    """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
+    (selective_recompute, fp8_weight_copy, sp_saves_gathered_inputs); defaults are Megatron-Core's."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     rows = []
@@ -283,8 +291,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_weight_copy)
-        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective)
-                + ends_activation_bytes(shapes, L, embed, head))
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered)
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))
