@@ -207,14 +207,14 @@ class LayerCost:
 
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
     moe_share = shapes.moe_fraction
-    dense = layer_time(shapes, L, hw, False)
+    dense = layer_time(shapes, L, hw, False, stack)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
     flops = (1 - moe_share) * dense.hardware_flops
     weight_grad = (1 - moe_share) * dense.weight_grad_s
     tp_d, cp_d, _ = _layer_comm(shapes, L, hw, stack, False, dense)
     tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
     if moe_share:
-        sparse = layer_time(shapes, L, hw, True)
+        sparse = layer_time(shapes, L, hw, True, stack)
         compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
         flops = flops + moe_share * sparse.hardware_flops
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
