@@ -60,7 +60,9 @@ def test_torchtitan_op_sac_keeps_every_other_matmul_worked_example():
     kept = float(layer_activation_bytes(shapes, L, False, np.ones(1), SELECTIVE_OP_SAC)[0])
     assert kept == pytest.approx(2 * 8192 * (4096 + 4096 + 1024 + 4096 + 14336 + 4096) + 4 * 32 * 8192)
     hw = HardwareRates.of(load_cluster("dgx-h100:1"))
-    sac, core = (layer_time(shapes, L, hw, False, selective=s) for s in ("op_sac", "core_attn"))
+    from clusterplan.hardware_db import get_stack
+
+    sac, core = (layer_time(shapes, L, hw, False, get_stack(s)) for s in ("torchtitan", "megatron-core"))
     # Recompute FLOPs: 2 x 8192 x (4096 x 1024 + 4096 x 4096 + 4096 x 14336) instead of core_attn's core forward.
     from clusterplan.models.training.compute import layer_flops
 
