@@ -16,6 +16,7 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.moe_layer import (
     GROUPED_GEMM_STREAMS,
     grouped_gemm_time_s,
+    mtp_projection_s,
     permute_bytes,
     router_bytes,
     routing_times,
@@ -102,3 +103,40 @@ def test_moe_layer_time_carries_the_routing_kernels(monkeypatch):
     without = layer_time(QWEN, L, hw, True)
     assert float(with_routing.forward_s[0] - without.forward_s[0]) == pytest.approx(float(f[0]), rel=1e-9)
     assert float(with_routing.backward_s[0] - without.backward_s[0]) == pytest.approx(float(b[0]), rel=1e-9)
+
+
+def test_mtp_projection_is_three_gemms_of_the_2h_by_h_matrix():
+    # DeepSeek-V3 MTP projection M [h, 2h]: forward tokens x h/tp x 2h, backward dX (tokens x 2h x h/tp) and
+    # dW (2h x h/tp over tokens), in bf16.
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    dsv3 = ModelShapes.of(load_model("deepseek-v3"))
+    assert (dsv3.hidden, dsv3.mtp_layers) == (7168, 1)
+    L = _arrays(tp=2, dp=4, ep=4)
+    t, h = np.array([4096.0]), 7168.0
+    no = np.array([False])
+    want = (hw.gemm_time_s(t, h / 2, 2 * h, no) + hw.gemm_time_s(t, 2 * h, h / 2, no)
+            + hw.gemm_time_s(np.array([2 * h]), h / 2, t, no))
+    assert float(mtp_projection_s(dsv3, L, hw)[0]) == pytest.approx(float(want[0]), rel=1e-12)
+
+
+def test_mtp_module_is_one_more_layer_head_and_projection_on_the_last_stage():
+    # One stage (pp 1): the MTP module adds, per micro-batch, one average layer's compute, one LM head pass and the
+    # projection; its all-to-alls and TP traffic ride with the layer: (compute + tp + ep)(mtp=1) - (mtp=0) = m x that
+    # (the data-parallel exposure follows its own rules).
+    from dataclasses import replace
+
+    from clusterplan.hardware_db.stacks import get_stack
+    from clusterplan.models.training.step import layer_cost, step_time
+
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    stack = get_stack()
+    with_mtp = replace(QWEN, mtp_layers=1)
+    L = _arrays()
+    cost = layer_cost(QWEN, L, hw, stack)
+    extra = float(L.microbatches[0]) * float((cost.total_s + cost.head_s + cost.head_tp_s
+                                              + mtp_projection_s(QWEN, L, hw))[0])
+    base, more = (step_time(s, L, hw, stack) for s in (QWEN, with_mtp))
+    def busy(t):
+        return float((t.compute_s + t.tp_comm_s + t.ep_comm_s)[0])
+
+    assert busy(more) - busy(base) == pytest.approx(extra, rel=1e-9)

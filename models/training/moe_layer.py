@@ -83,3 +83,15 @@ def grouped_gemm_time_s(hw: HardwareRates, m: np.ndarray, n: np.ndarray | float,
     full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS)
     last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0))
     return turns * full + np.where(rest > 0, last, 0.0)
+
+
+def mtp_projection_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> np.ndarray:
+    """Forward + backward seconds of one multi-token-prediction module's projection M [h, 2h] of the concatenated
+    (normed hidden state, normed next-token embedding) (DeepSeek-V3 Sec. 2.2), column-parallel over tp: a
+    tokens x h/tp x 2h GEMM forward, its input- and weight-gradient GEMMs backward."""
+    tokens = L.seq * L.mbs / L.cp
+    fp8 = np.zeros_like(tokens, dtype=bool)  # Megatron-Core builds the MTP projection outside the fp8 autocast
+    h, two_h = float(shapes.hidden), 2.0 * shapes.hidden
+    out = h / L.tp
+    return (hw.gemm_time_s(tokens, out, two_h, fp8) + hw.gemm_time_s(tokens, two_h, out, fp8)
+            + hw.gemm_time_s(two_h, out, tokens, fp8))
