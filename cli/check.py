@@ -1,6 +1,6 @@
 """`clusterplan check CONFIG`: a CI gate in front of a training config.
 
-CONFIG is a clusterplan plan file, a torchtitan TOML or a Megatron-LM arguments file. Exit 0 with one summary line
+CONFIG is a clusterplan plan file, a torchtitan TOML or recipe, a Megatron-LM script or a DeepSpeed JSON. Exit 0 with one summary line
 when every rule holds; 1 with each violated rule and its fix; 2 when the input cannot be read.
 """
 
@@ -16,7 +16,7 @@ from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, stack_option
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
-from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.frameworks.read import config_kind, read_config
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
@@ -47,20 +47,22 @@ def suggest_fix(rule: str) -> str:
     return "change the layout so the rule holds"
 
 
-def _load(config: Path, model_ref: str | None, cluster_ref: str | None) -> tuple[ModelSpec, int, Any, Layout, str]:
+def _load(config: Path, model_ref: str | None, cluster_ref: str | None
+          ) -> tuple[ModelSpec, int, Any, Layout, str, tuple[str, ...], str | None]:
     kind = config_kind(config)
     if kind == "plan":
         plan = read_plan(config)
         model = load_model(model_ref) if model_ref else plan.model
         cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
-        return model, cluster.world_size, cluster, plan.layout, kind
+        return model, cluster.world_size, cluster, plan.layout, kind, (), None
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
                             "--cluster dgx-h100:32)")
     model, cluster = load_model(model_ref), load_cluster(cluster_ref)
-    world = cluster.world_size
-    layout = torchtitan_layout(config, world) if kind == "torchtitan" else megatron_layout(config, world, model)
-    return model, world, cluster, layout, kind
+    read = read_config(config, model, cluster.world_size)
+    for note in read.notes:
+        console.warn(note)
+    return model, cluster.world_size, cluster, read.layout, kind, read.mismatches, read.stack
 
 
 def violations(model: ModelSpec, cluster: Any, layout: Layout, min_mfu: float | None,
@@ -87,7 +89,7 @@ def violations(model: ModelSpec, cluster: Any, layout: Layout, min_mfu: float | 
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")
-@stack_option("megatron-core; torchtitan for a torchtitan TOML")
+@stack_option("the one the config runs: megatron-core, torchtitan (torchtitan-compile when compiled), deepspeed")
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
           stack_name: str | None, fmt: str) -> None:
@@ -96,10 +98,11 @@ def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu:
         raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
     if not 0 <= headroom_gib < float("inf"):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
-    model, world, cluster, layout, kind = _load(config, model_ref, cluster_ref)
-    stack = get_stack(stack_name or ("torchtitan" if kind == "torchtitan" else None))
+    model, world, cluster, layout, kind, mismatches, read_stack = _load(config, model_ref, cluster_ref)
+    stack = get_stack(stack_name or read_stack)
     found, est = violations(model, cluster, layout, min_mfu, headroom_gib, stack)
     require_finite(est)
+    found = [{"rule": m, "fix": "give the --model the config trains, or fix the config"} for m in mismatches] + found
     summary = f"{config.name} ({kind}): {model.name}, {layout.short()} on {world} GPUs"
     if est is not None:
         summary += f", peak {est['memory']['peak_gib']:.1f} GiB, MFU {est['mfu']:.3f}"
