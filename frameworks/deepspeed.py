@@ -1,6 +1,6 @@
 """DeepSpeed configs (`--to deepspeed`): the ds_config JSON with DeepSpeed's own constraints.
 
-Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research notes style-and-ecosystem.md B.2).
+Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research/style-and-ecosystem.md B.2).
 DeepSpeed checks train_batch_size == train_micro_batch_size_per_gpu * gradient_accumulation_steps * dp
 (`runtime/config.py::_batch_assertion`), with dp = world / (pp * sequence_parallel_size).
 """

@@ -1,6 +1,6 @@
 """torchtitan main's Python recipe (`--to torchtitan-py`): main dropped TOML for config functions (PR #2386).
 
-Field names of `ParallelismConfig` and `TrainingConfig` as research notes style-and-ecosystem.md B.2 lists them;
+Field names of `ParallelismConfig` and `TrainingConfig` as research/style-and-ecosystem.md B.2 lists them;
 batches are in tokens there: num_tokens_per_microbatch_per_dp_rank = mbs * seq, and the trainer accumulates
 num_tokens_per_train_step / (microbatch tokens * num_pp_microbatches * dp) gradients.
 The import paths follow recipes written against main; check them against your checkout.
