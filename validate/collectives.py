@@ -1,9 +1,11 @@
 """Count the collectives torch issues in one training step of validate's own runtime, per kind, group and bytes.
 
 One CPU process pretends to be rank 0 of the layout's world under torch's fake process group (collectives are
-no-ops, the compute is real) and runs validate's Trainer step (runtime/: DTensor TP/SP, FSDP2/HSDP, EP dispatch,
+no-ops, the compute is real; pipelines and expert dispatch, which need real data from their peers, run every rank
+under gloo) and runs validate's Trainer step (runtime/: DTensor TP/SP, FSDP2/HSDP, EP dispatch,
 torch.distributed.pipelining) under a dispatch mode that records every c10d and functional collective with the
-size of its group and its bytes in nccl-tests' convention (models/training/collectives.py). Running the same
+size of its group and its bytes in nccl-tests' convention (models/training/collectives.py); integer tensors (the
+dispatch's token counts and expert ids) are counted apart as `KIND/index`. Running the same
 layout with one and with two transformer layers and subtracting leaves exactly what one layer adds.
 """
 
@@ -57,6 +59,11 @@ def _bytes(arg: Any) -> int:
     return 0
 
 
+def _is_index(arg: Any) -> bool:
+    tensor = arg[0] if isinstance(arg, list | tuple) and arg else arg
+    return isinstance(tensor, torch.Tensor) and not tensor.is_floating_point()
+
+
 def _group_size(args: tuple, kwargs: dict) -> int:
     """Ranks in the collective's group: c10d ops carry the ProcessGroup, functional ops name it."""
     for arg in (*args, *kwargs.values()):
@@ -85,6 +92,8 @@ class _Recorder(TorchDispatchMode):
                 kind, index, times_group = _OPS[name]
                 group = _group_size(args, kwargs)
                 size = _bytes(args[index]) * (group if times_group else 1)
+                if _is_index(args[index]):  # routing metadata (token counts, expert ids), not activations
+                    kind += "/index"
                 self.calls[(kind, group)] += 1
                 self.size_bytes[(kind, group)] += size
             elif name not in _IGNORED:
@@ -111,9 +120,10 @@ def _step(spec: ModelSpec, layout: Layout) -> Issued:
 def issued_per_step(spec: ModelSpec, layout: Layout) -> Issued:
     """Collectives rank 0 issues in one training step of `spec` under `layout`.
 
-    Without pipeline parallelism one process plays rank 0 under the fake process group; a pipeline exchanges tensor
-    metadata between stages before its first step, so pp > 1 runs every rank as a real gloo process."""
-    if layout.pp > 1:
+    One process plays rank 0 under the fake process group, except where ranks must exchange real data: a pipeline
+    sends tensor metadata between stages before its first step, and the expert dispatch sizes its all-to-alls from
+    the token counts it receives; those layouts run every rank as a gloo process."""
+    if layout.pp > 1 or layout.ep > 1:
         return _gloo_run(spec, layout)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=layout.world)
     try:

@@ -19,8 +19,9 @@ from clusterplan.models.hardware.cluster import Cluster
 GEMM_HALF_TIME_S = 0.1e-3
 # Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach.
 # These two constants hold for every GPU and row; they were fitted once, jointly, to Narayanan et al. 2021 Table 1
-# and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
-# against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
+# and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py); Narayanan Table 2's
+# PTD-P rows were not used and stay within 11 %. Korthikanti Table 4's per-layer times are no held-out check (an
+# earlier fit used them). `clusterplan profile` replaces the curve. README "Fitted constants" lists every fit.
 TRAINING_GEMM_SHARE = 0.85
 
 

@@ -45,7 +45,8 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays) -> tuple[Collectives, .
     """Megatron tensor parallelism (Shoeybi et al. 2019): one all-reduce of b*s*h after the attention and one after
     the MLP forward, and one of each block's input gradient backward: 4 per layer (+2 with full recompute). With
     sequence parallelism each all-reduce becomes an all-gather + reduce-scatter of the same size (Korthikanti 2022)."""
-    size = activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden
+    tokens = L.seq * L.mbs / L.cp
+    size = activation_bytes(L) * tokens * shapes.hidden
     calls = np.where(L.tp > 1, 4.0 + 2.0 * _recompute_extra(L), 0.0)
     sp = L.sp.astype(bool)
     return (Collectives("tp", ALL_REDUCE, np.where(sp, 0.0, calls), size),
@@ -56,7 +57,8 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays) -> tuple[Collectives, .
 def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     """A MoE layer's token dispatch and combine all-to-alls forward and their gradients backward: 4 (+2 with full
     recompute) of tokens/tp x top_k x h per rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher)."""
-    size = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.top_k * shapes.hidden
+    tokens = L.seq * L.mbs / L.cp
+    size = activation_bytes(L) * tokens / L.tp * shapes.top_k * shapes.hidden
     calls = np.where(L.ep > 1, 4.0 + 2.0 * _recompute_extra(L), 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 

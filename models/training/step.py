@@ -17,10 +17,16 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import (
     OPT_ADAM_MASTER,
     OPT_SGD,
-    PREC_FP32,
     SCHEDULE_INTERLEAVED,
     SCHEDULE_ZB,
     LayoutArrays,
+)
+from clusterplan.models.training.collectives import (
+    Collectives,
+    activation_bytes,
+    ep_collectives,
+    pipeline_p2p,
+    tp_collectives,
 )
 from clusterplan.models.training.compute import head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
@@ -58,9 +64,12 @@ def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.nda
     return comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), np.where(n_out > 1, r.lat_out, r.lat_in))
 
 
-def activation_bytes(L: LayoutArrays) -> np.ndarray:
-    """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
-    return np.where(L.precision == PREC_FP32, 4.0, 2.0)
+def _priced(collectives: tuple[Collectives, ...], g: Group, hw: HardwareRates) -> np.ndarray:
+    """Time of every call of `collectives` over the group, one after another."""
+    total = np.zeros_like(g.size, dtype=float)
+    for c in collectives:
+        total = total + c.calls * _collective(c.kind, c.size_bytes, g, hw)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +92,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
     tp_group = Group(L.tp, np.ones_like(L.tp))
-    # Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (SP: all-gather + reduce-scatter, same bytes).
-    tp_one = _collective("all_reduce", act * tokens * shapes.hidden, tp_group, hw)
-    n_tp = 4.0 + np.where(L.recompute == 2, 2.0, 0.0)
-    tp = n_tp * tp_one
+    # Megatron TP / SP per layer (collectives.py; tests/test_validate_collectives.py counts them in torch).
+    tp = _priced(tp_collectives(shapes, L), tp_group, hw)
     cp_group = Group(L.cp, L.tp)
     # Ring attention: cp-1 exchanges of this rank's K/V forward, K/V + their grads backward, overlapped with the
     # attention core (Liu et al. 2023); Ulysses: 4 all-to-alls of q,k,v,out forward and 4 backward (Jacobs 2023).
@@ -100,10 +107,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bo
     cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
     ep = np.zeros_like(tp)
     if moe:
-        # Dispatch + combine all-to-all forward and backward of tokens x top_k x h (Lepikhin 2020, Megatron-Core).
-        ep_group = Group(L.ep, np.ones_like(L.ep))
-        one = _collective("all_to_all", act * tokens / L.tp * shapes.top_k * shapes.hidden, ep_group, hw)
-        ep = one * (4.0 + np.where(L.recompute == 2, 2.0, 0.0))
+        # Dispatch + combine all-to-all forward and backward (collectives.py ep_collectives).
+        ep = _priced((ep_collectives(shapes, L),), Group(L.ep, np.ones_like(L.ep)), hw)
     return tp, cp, ep
 
 
@@ -184,8 +189,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    p2p = _p2p(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, n_out, hw)
-    pp_comm = np.where(single, 0.0, 2 * (m * L.vpp + L.pp - 1) * p2p)
+    boundary = pipeline_p2p(shapes, L)  # 2 sends per boundary and micro-batch (collectives.py)
+    p2p = _p2p(boundary.size_bytes, n_out, hw)
+    pp_comm = np.where(single, 0.0, boundary.calls * (m * L.vpp + L.pp - 1) * p2p)
     # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
     # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
     bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
