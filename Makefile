@@ -3,12 +3,13 @@
 #   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest without the slow
 #               end-to-end checks (under 4 minutes on 2 quiet cores)
 #   make test-all  the same with the slow end-to-end checks (profile, validate, torchrun runs; what CI runs)
+#   make reference  regenerates reference/TABLES.md (our predictions against every published reference table)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ test-all: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+reference: $(VENV)/.installed
+	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md
 
 bench: $(VENV)/.installed
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done

@@ -25,6 +25,9 @@ def check_supported(spec: ModelSpec) -> None:
                                     "validate a GQA model or use `clusterplan estimate`")
     if spec.position == "alibi":
         raise UnsupportedModelError(f"model {spec.name}: ALiBi positions are not built by validate")
+    if spec.sliding_window is not None or spec.attn_sinks:
+        raise UnsupportedModelError(f"model {spec.name}: sliding-window attention and attention sinks are not built "
+                                    "by validate; use `clusterplan estimate`")
     if spec.is_moe and spec.linear_bias:
         raise UnsupportedModelError(f"model {spec.name}: MoE experts with biases are not built by validate")
 

@@ -54,7 +54,7 @@ class ModelShapes:
         kv_dim = (m.kv_lora_rank + m.qk_rope_head_dim) if m.is_mla else 2 * m.kv_heads * m.dim_head
         moe_dense = 0
         if m.is_moe:
-            moe_dense = m.hidden * m.n_experts + (m.mlp_params(m.shared_ffn) if m.shared_ffn else 0)
+            moe_dense = m.router_params() + (m.mlp_params(m.shared_ffn) if m.shared_ffn else 0)
             moe_dense += m.hidden if m.shared_expert_gate else 0
         return cls(
             n_layers=m.n_layers, n_moe_layers=m.n_moe_layers, hidden=m.hidden, n_heads=m.n_heads,

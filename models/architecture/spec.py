@@ -21,12 +21,12 @@ MAX_LAYERS = 10_000
 """Largest n_layers accepted: far above any published model, low enough that per-layer loops stay fast."""
 MAX_DIM = 10**9
 """Largest size of any dimension (products of several still fit a float)."""
-_OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim")
+_OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim", "sliding_window")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                      "qk_rope_head_dim", "v_head_dim")
+                      "qk_rope_head_dim", "v_head_dim", "full_attention_every")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
-          "dropout")
+          "dropout", "attn_sinks")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,6 +60,14 @@ class ModelSpec:
     """Per-head RMSNorm on queries and keys (Qwen3)."""
     dropout: bool = False
     """Dropout in training (attention probabilities and residuals), as the 2021-era Megatron GPT runs used."""
+    # Local attention (GPT-OSS, Mistral 7B v0.1, Gemma 2/3)
+    sliding_window: int | None = None
+    """Keys each query sees in the sliding-window layers (HF `sliding_window`); None = every layer attends fully."""
+    full_attention_every: int = 0
+    """With sliding_window: every n-th layer (index % n == n - 1) keeps full attention (GPT-OSS 2: sliding, full,
+    ...); 0 = every layer uses the window."""
+    attn_sinks: bool = False
+    """A learned sink logit per head in the softmax (GPT-OSS `sinks`): n_heads parameters per layer."""
     # Mixture of experts
     n_experts: int = 0
     """Routed experts per MoE layer; 0 for a dense model."""
@@ -115,6 +123,9 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: MoE needs expert_ffn_hidden > 0")
             if self.moe_every < 1 or not 0 <= self.first_dense_layers <= self.n_layers:
                 raise BadInputError(f"model {self.name}: moe_every >= 1 and 0 <= first_dense_layers <= n_layers")
+        if self.full_attention_every and self.sliding_window is None:
+            raise BadInputError(f"model {self.name}: full_attention_every needs sliding_window (the window of the "
+                                "other layers)")
         if self.is_mla and min(self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0:
             raise BadInputError(f"model {self.name}: MLA needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim > 0")
 
@@ -158,6 +169,12 @@ class ModelSpec:
             return 0
         return len([i for i in range(self.first_dense_layers, self.n_layers) if self.is_moe_layer(i)])
 
+    def is_sliding_layer(self, index: int) -> bool:
+        """Whether layer `index` attends over the sliding window only (HF `layer_types` "sliding_attention")."""
+        if self.sliding_window is None:
+            return False
+        return not self.full_attention_every or index % self.full_attention_every != self.full_attention_every - 1
+
     def is_moe_layer(self, index: int) -> bool:
         return self.is_moe and index >= self.first_dense_layers and (index - self.first_dense_layers) % self.moe_every == 0
 
@@ -199,6 +216,8 @@ class ModelSpec:
             params += h
         if self.qk_norm:
             params += 2 * d
+        if self.attn_sinks:
+            params += self.n_heads
         return params
 
     def mlp_params(self, ffn: int) -> int:
@@ -211,10 +230,14 @@ class ModelSpec:
     def norm_params(self) -> int:
         return self.hidden * (2 if self.norm == "layernorm" else 1)
 
+    def router_params(self) -> int:
+        """The router's linear layer (hidden x n_experts), with a bias when the model's linears have them (GPT-OSS)."""
+        return self.hidden * self.n_experts + (self.n_experts if self.linear_bias else 0)
+
     def moe_params(self, active: bool = False) -> int:
         """Router, routed experts (all, or top_k when `active`), shared experts of one MoE layer."""
         experts = self.top_k if active else self.n_experts
-        params = self.hidden * self.n_experts + experts * self.mlp_params(self.expert_ffn_hidden)
+        params = self.router_params() + experts * self.mlp_params(self.expert_ffn_hidden)
         if self.shared_ffn:
             params += self.mlp_params(self.shared_ffn)
         if self.shared_expert_gate:

@@ -1,0 +1,271 @@
+"""Our predictions against NVIDIA's published Megatron-Bridge 25.11 pre-training throughput (data/megatron_bridge_2511.csv).
+
+Each CSV row is mapped to the layout its performance recipe runs (scripts/performance in NVIDIA-NeMo/Megatron-Bridge,
+read through the repository's source): the CSV gives tp/pp/cp/vp/ep, fsdp, mbs, gbs and precision; the recipes add
+what the CSV does not say (recompute, uneven first/last pipeline stages, activation offloading). Rows the CLI cannot
+express are listed with the reason, never dropped. These rows are a check set: no constant is fitted to them.
+
+    python -m clusterplan.reference            # prints every reference table, this one included
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.errors import BadInputError
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster, load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.reference.report import read_rows
+
+BRIDGE_CSV = "megatron_bridge_2511.csv"
+
+MODELS = {
+    "LLAMA3_8B": "llama3.1-8b",
+    "LLAMA3_70B": "llama3.1-70b",
+    "LLAMA3.1_405B": "llama3.1-405b",
+    "DeepSeekV3": "deepseek-v3",
+    "GPT_OSS_120B": "gpt-oss-120b",
+    "Qwen3_30B_a3B": "qwen3-30b-a3b",
+    "Qwen3_235B_a22B": "qwen3-235b-a22b",
+}
+"""CSV model name -> our preset (Llama 3 8B/70B have the Llama 3.1 dimensions; only the RoPE scaling differs)."""
+
+SYSTEMS = {
+    # system -> (node preset, GPUs per node preset unit)
+    "DGX-GB300": ("gb300-nvl72", 4),
+    "DGX-GB200": ("gb200-nvl72", 4),
+    "DGX-B200": ("dgx-b200", 8),
+    "DGX-H100": ("dgx-h100", 8),
+}
+"""The GB systems are NVL72 racks counted in 4-GPU compute trays (hardware_db nodes.yaml)."""
+
+PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8"}
+"""FP8-CS (per-tensor current scaling) and FP8-MX (MXFP8) both map to our fp8 until the layout names the recipe."""
+
+# Models whose recipes set account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split: the
+# embedding and the loss each count as one layer when n_layers + 2 is split evenly over pp * vp chunks, so the first
+# and the last chunk hold one transformer layer fewer (Megatron-Core get_transformer_layer_offset).
+# Sources: Megatron-Bridge src/megatron/bridge/recipes/llama/llama31_405b.py (model_config defaults True) and
+# recipes/qwen/qwen3_moe.py qwen3_235b_a22b_pretrain_config (account_for_*_in_pipeline_split True).
+EMBEDDING_LOSS_SPLIT = frozenset({"llama3.1-405b", "qwen3-235b-a22b"})
+
+# DeepSeek-V3 pipeline layouts (Megatron-Bridge recipes/deepseek/deepseek_v3.py layout_map, keyed there by (pp, vp),
+# here by the number of model chunks pp * vp): transformer layers per chunk, first chunk also embedding, last chunk
+# also the MTP block and the loss. The 32-chunk layout is the H100 recipe's pp_layout "Et|(tt|)*30mL".
+DEEPSEEK_CHUNK_LAYERS = {
+    4: [16, 16, 16, 13],
+    8: [8] * 7 + [5],
+    16: [4] * 15 + [1],
+    32: [1] + [2] * 30 + [0],
+}
+
+DEEPSEEK_RECIPE_KEYS = frozenset({(4, 1), (8, 1), (4, 2), (16, 1), (8, 2), (4, 4), (8, 4)})
+"""(pp, vp) pairs the recipe names a layout for ((8, 4): the H100 workload config's pp_layout)."""
+
+# Recompute as the performance recipes set it. Llama 3 / 3.1, GPT-OSS and Qwen3-235B recipes set none
+# (recompute_granularity None). Qwen3-30B-A3B: qwen3_30b_a3b_pretrain_config enable_recompute=True -> full, uniform,
+# 1 layer per checkpoint (every layer). DeepSeek-V3: recompute_granularity "selective" with recompute_modules
+# (mla_up_proj / mlp / moe_act by system), which our layout cannot name: priced as selective (core attention).
+RECOMPUTE = {"qwen3-30b-a3b": "full", "deepseek-v3": "selective"}
+
+# Megatron-FSDP / activation offloading the recipes add (scripts/performance/configs/llama3/workload_base_configs.py):
+# cpu_offloading_num_layers moves that many layers' activations to Grace memory; not modelled (memory only).
+OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
+
+
+@dataclass(frozen=True)
+class BridgeRow:
+    """One CSV row, how we run it, and what we predict (None where the row cannot be expressed)."""
+
+    system: str
+    model: str
+    precision: str
+    gpus: int
+    preset: str
+    cluster: str
+    layout: Layout | None
+    notes: tuple[str, ...]
+    reason: str
+    """Why the CLI cannot express the row ('' when it can)."""
+    published_tokens_per_s: float
+    published_tflops: float
+    predicted_tokens_per_s: float | None = None
+    predicted_tflops: float | None = None
+    refused: str = ""
+    """The estimate's own reasons (out of memory) when it refuses the layout; the time is still compared."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.system.removeprefix('DGX-')} {self.model} {self.precision}"
+
+    @property
+    def expressible(self) -> bool:
+        return not self.reason
+
+    @property
+    def error(self) -> float:
+        """Predicted over published tokens/s per GPU, minus 1."""
+        if self.predicted_tokens_per_s is None:
+            raise ValueError(f"{self.label}: not expressible ({self.reason})")
+        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+    @property
+    def tflops_error(self) -> float:
+        if self.predicted_tflops is None:
+            raise ValueError(f"{self.label}: not expressible ({self.reason})")
+        return self.predicted_tflops / self.published_tflops - 1
+
+
+def stage_split(model: ModelSpec, pp: int, vp: int) -> tuple[int, int, str]:
+    """(first_stage_layers, last_stage_layers, note) per pipeline rank as the recipe splits the model; (0, 0) = even."""
+    chunks = pp * vp
+    if pp == 1:
+        return 0, 0, ""
+    if model.name == "deepseek-v3":
+        per_chunk = DEEPSEEK_CHUNK_LAYERS.get(chunks)
+        if per_chunk is None:
+            return 0, 0, f"no DeepSeek-V3 layout for {chunks} chunks in the recipe"
+        # Rank r holds chunks r, r + pp, r + 2 pp, ... (Megatron's interleaved assignment).
+        first = sum(per_chunk[0::pp])
+        last = sum(per_chunk[pp - 1::pp])
+        note = f"DeepSeek layout {per_chunk[0]}+E|{per_chunk[1]}|...|{per_chunk[-1]}+MTP+L layers per chunk"
+        if (pp, vp) not in DEEPSEEK_RECIPE_KEYS:
+            note += f" (pp{pp} vp{vp} is not a key of the recipe's map: its {chunks}-chunk layout assumed)"
+        return first, last, note
+    if model.name in EMBEDDING_LOSS_SPLIT:
+        if (model.n_layers + 2) % chunks:
+            return 0, 0, f"n_layers + 2 = {model.n_layers + 2} not divisible by {chunks} chunks"
+        per = (model.n_layers + 2) // chunks
+        return vp * per - 1, vp * per - 1, f"embedding/loss counted as layers: {per - 1}+E, {per}, ..., {per - 1}+L"
+    return 0, 0, ""
+
+
+def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]:
+    tp, pp, cp, ep = int(r["tp"]), int(r["pp"]), int(r["cp"]), int(r["ep"])
+    vp = int(r["vp"] or 1)
+    gpus, mbs, gbs = int(r["gpus"]), int(r["mbs"]), int(r["gbs"])
+    notes = []
+    first, last, split_note = stage_split(model, pp, vp)
+    if split_note:
+        notes.append(split_note)
+    fsdp = r["fsdp"] == "1"
+    recompute = RECOMPUTE.get(model.name, "none")
+    if model.name == "deepseek-v3":
+        notes.append("recipe recomputes named modules (mla_up_proj/mlp/moe_act): priced as selective")
+        notes.append("MTP block (1 extra MoE layer + head) not modelled")
+    key = (r["system"], r["model"], r["precision"])
+    if key in OFFLOAD_LAYERS:
+        notes.append(f"recipe offloads {OFFLOAD_LAYERS[key]} layers' activations to CPU: memory not checked")
+    if r["precision"] == "FP8-MX":
+        notes.append("MXFP8 priced as fp8 (recipe not distinguished)")
+    layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
+                    seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
+                    schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision=PRECISIONS[r["precision"]],
+                    flash_attn=True, first_stage_layers=first, last_stage_layers=last)
+    return layout, notes
+
+
+def bridge_cluster(system: str, gpus: int) -> tuple[str, Cluster | None, str]:
+    node, per = SYSTEMS[system]
+    ref = f"{node}:{gpus // per}"
+    try:
+        return ref, load_cluster(ref), ""
+    except BadInputError as exc:
+        return ref, None, f"no {system} preset ({str(exc).splitlines()[0]})"
+
+
+def bridge_rows() -> list[BridgeRow]:
+    out = []
+    for r in read_rows(BRIDGE_CSV):
+        gpus = int(r["gpus"])
+        preset = MODELS[r["model"]]
+        model = load_model(preset)
+        ref, cluster, reason = bridge_cluster(r["system"], gpus)
+        base = dict(system=r["system"], model=r["model"], precision=r["precision"], gpus=gpus, preset=preset,
+                    cluster=ref, published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
+                    published_tflops=float(r["model_tflops_per_gpu"]))
+        layout, notes = bridge_layout(r, model)
+        if int(r["gbs"]) != int(r["mbs"]) * int(r["ga"]) * layout.dp:
+            notes.append(f"gbs {r['gbs']} != mbs x ga x dp = {int(r['mbs']) * int(r['ga']) * layout.dp} in the "
+                         "source: gbs used")
+        if cluster is None:
+            out.append(BridgeRow(layout=layout, notes=tuple(notes), reason=reason, **base))
+            continue
+        problems = layout_problems(model, layout, cluster.world_size)
+        if problems:
+            out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="; ".join(problems), **base))
+            continue
+        est = estimate(model, cluster, layout)
+        js = est.to_json()
+        tokens = js["tokens_per_s"] / gpus
+        out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,
+                             predicted_tflops=js["tflops_per_gpu"], refused="; ".join(est.reasons), **base))
+    return out
+
+
+def layout_text(L: Layout) -> str:
+    parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
+             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision, f"rc:{L.recompute}"]
+    if L.first_stage_layers or L.last_stage_layers:
+        parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
+    return " ".join(parts)
+
+
+def summary(rows: list[BridgeRow]) -> tuple[int, float, float]:
+    """(expressible rows, median |error|, max |error|) of tokens/s per GPU."""
+    errors = sorted(abs(r.error) for r in rows if r.expressible)
+    if not errors:
+        return 0, float("nan"), float("nan")
+    n = len(errors)
+    median = errors[n // 2] if n % 2 else (errors[n // 2 - 1] + errors[n // 2]) / 2
+    return n, median, errors[-1]
+
+
+def print_table(rows: list[BridgeRow]) -> None:
+    print("\nMegatron-Bridge 25.11 (NeMo 25.11 performance summary): tokens/s and model TFLOP/s per GPU")
+    print(f"{'row':32} {'cluster':16} {'layout':62} {'tok/s pub':>9} {'pred':>9} {'err':>7} "
+          f"{'TFLOP/s pub':>11} {'pred':>7} {'err':>7}")
+    for r in rows:
+        lay = layout_text(r.layout) if r.layout else "-"
+        if r.expressible:
+            print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
+                  f"{r.predicted_tokens_per_s:9.0f} {r.error:+7.1%} {r.published_tflops:11.0f} "
+                  f"{r.predicted_tflops:7.0f} {r.tflops_error:+7.1%}")
+        else:
+            print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
+                  f"{'not expressible':>17}")
+    n, median, worst = summary(rows)
+    print(f"expressible {n} of {len(rows)}: median |error| {median:.1%}, max {worst:.1%} "
+          "(target: every row within 15 %, median within 8 %)")
+    for r in rows:
+        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        if not r.expressible:
+            print(f"  {r.label}: NOT EXPRESSIBLE: {r.reason}")
+        if extra:
+            print(f"  {r.label}: " + "; ".join(extra))
+
+
+def markdown_table(rows: list[BridgeRow]) -> str:
+    lines = ["| system | model | precision | GPUs | layout | tokens/s/GPU published | predicted | error | "
+             "TFLOP/s/GPU published | predicted | error | notes |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lay = layout_text(r.layout) if r.layout else "-"
+        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        if r.expressible:
+            cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
+                     f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}"]
+        else:
+            notes.insert(0, f"not expressible: {r.reason}")
+            cells = ["-", "-", f"{r.published_tflops:.0f}", "-", "-"]
+        lines.append(f"| {r.system} | {r.preset} | {r.precision} | {r.gpus} | {lay} | "
+                     f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
+                     f"{cells[4]} | {'; '.join(notes).replace('|', '/')} |")
+    n, median, worst = summary(rows)
+    lines.append("")
+    lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {median:.1%}, max {worst:.1%} "
+                 "(issue #13 target: every row within 15 %, median within 8 %).")
+    return "\n".join(lines)

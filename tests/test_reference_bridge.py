@@ -1,0 +1,113 @@
+"""NeMo 25.11 / Megatron-Bridge pre-training throughput (tests/reference/megatron_bridge_2511.csv) against `estimate`.
+
+Issue #13's target: every row the CLI can express within 15 % of the published tokens/s per GPU, median within 8 %.
+These rows are a check set: no model constant is fitted to them, and no per-row factor exists.
+
+The model does not reach the target yet. Each expressible row is asserted against the larger of the 15 % target and
+the error it reached when this test last landed plus 3 points (BOUNDS; measured 2026-12-03 on main 0f36a86 +
+GPT-OSS preset: median |error| 23.5 %, max 123.2 % over 14 of 31 rows), so the test fails when the model gets worse;
+tighten the bounds as the model improves. Rows the CLI cannot express are listed by `python -m clusterplan.reference`
+with their reason; here each such row must carry one, and the set of expressible rows may only grow.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.reference import bridge
+from clusterplan.reference.bridge import bridge_rows, summary
+from clusterplan.reference.report import main as report_main
+
+TARGET_ROW = 0.15
+TARGET_MEDIAN = 0.08
+
+BOUNDS = {
+    # row -> |error| bound of tokens/s per GPU (achieved + 3 points, at least the 15 % target); comment: achieved
+    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.22,  # +18.1%
+    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.28,  # +25.0%
+    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.21,  # +17.8%
+    ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.42,  # +38.6%
+    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): 0.25,  # +21.9%
+    ("DGX-B200", "LLAMA3_8B", "FP8-CS"): 0.21,  # +17.6%
+    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): 0.26,  # +22.0%
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): 1.24,  # +120.8%
+    ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.55,  # +51.1%
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.08,  # +104.6%
+    ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # +11.1%
+    ("DGX-H100", "LLAMA3_70B", "FP8-CS"): 0.15,  # -6.8%
+    ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.35,  # +31.9%
+    ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 1.27,  # +123.2%
+}
+MEDIAN_BOUND = 0.26  # achieved 23.5 %
+NEW_ROW_BOUND = max(BOUNDS.values())
+"""A row that becomes expressible later (a GB300 preset, uneven stages with vpp) is held to the worst stated bound
+until its own bound is added here."""
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[bridge.BridgeRow]:
+    return bridge_rows()
+
+
+def _key(r: bridge.BridgeRow) -> tuple[str, str, str]:
+    return (r.system, r.model, r.precision)
+
+
+def test_every_csv_row_is_reported_with_a_model_preset(rows):
+    assert len(rows) == 31
+    assert {r.model for r in rows} == set(bridge.MODELS)
+    for r in rows:
+        assert r.expressible or r.reason, f"{r.label}: neither predicted nor given a reason"
+        assert r.layout is not None and r.layout.world == r.gpus
+
+
+def test_expressible_rows_only_grow(rows):
+    expressible = {_key(r) for r in rows if r.expressible}
+    lost = set(BOUNDS) - expressible
+    assert not lost, f"rows no longer expressible: {sorted(lost)}"
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDS))
+def test_row_error_within_bound(rows, key):
+    row = next(r for r in rows if _key(r) == key)
+    assert BOUNDS[key] >= TARGET_ROW
+    assert abs(row.error) <= BOUNDS[key], (
+        f"{row.label}: predicted {row.predicted_tokens_per_s:.0f} tokens/s/GPU vs published "
+        f"{row.published_tokens_per_s:.0f} ({row.error:+.1%}), bound {BOUNDS[key]:.0%}")
+
+
+def test_rows_without_a_stated_bound_stay_within_the_worst_bound(rows):
+    for r in rows:
+        if r.expressible and _key(r) not in BOUNDS:
+            assert abs(r.error) <= NEW_ROW_BOUND, f"{r.label}: {r.error:+.1%}; add its bound to BOUNDS"
+
+
+def test_median_error_within_bound(rows):
+    n, median, _ = summary(rows)
+    assert n >= len(BOUNDS)
+    assert median <= MEDIAN_BOUND, f"median |error| {median:.1%} > {MEDIAN_BOUND:.0%} (target {TARGET_MEDIAN:.0%})"
+
+
+def test_recipe_stage_splits_match_hand_counts():
+    """Megatron's embedding/loss-aware split and DeepSeek-V3's recipe layouts, counted by hand per pipeline rank."""
+    from clusterplan.models.architecture.catalog import load_model
+
+    l405 = load_model("llama3.1-405b")
+    # 126 + 2 = 128 over pp 8 x vp 8 = 64 chunks of 2: rank 0 holds E+1, 2 x 7 = 15 layers; last rank 15; others 16.
+    assert bridge.stage_split(l405, 8, 8)[:2] == (15, 15)
+    # pp 16 x vp 4 = 64 chunks of 2: 4 chunks per rank, 7 layers on the end ranks.
+    assert bridge.stage_split(l405, 16, 4)[:2] == (7, 7)
+    ds = load_model("deepseek-v3")
+    # pp 16: [E+4, 4 x 14, 1+MTP+L]; pp 4 x vp 4: rank 0 chunks 0,4,8,12 = 16, rank 3 chunks 3,7,11,15 = 4+4+4+1.
+    assert bridge.stage_split(ds, 16, 1)[:2] == (4, 1)
+    assert bridge.stage_split(ds, 4, 4)[:2] == (16, 13)
+    assert bridge.stage_split(load_model("llama3.1-8b"), 1, 1) == (0, 0, "")
+
+
+def test_report_prints_the_bridge_table_and_writes_markdown(tmp_path, capsys):
+    assert report_main(["--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "Megatron-Bridge" in text and text.count("| DGX-") == 31
+    out = tmp_path / "reference.md"
+    assert report_main(["--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == text
