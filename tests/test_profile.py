@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def profile(*args: str, fault: str = "") -> tuple[int, str, str]:
     if fault:
         env[FAULT_ENV] = fault
     proc = subprocess.run([sys.executable, "-m", "clusterplan", "profile", *args], env=env, capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=900)  # a guard against a hung launcher, generous for a loaded host
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -128,8 +129,9 @@ def test_hung_rank_ends_the_run_within_the_timeout(tmp_path):
     code, out, err = profile("--nproc", "2", "--quick", "--out", str(tmp_path / "c.json"), "--timeout", "3",
                                      fault="1:16:hang")
     assert code == 2
-    # The watchdog, not the subprocess timeout (180 s), ended the run: it names the rank and its 3 s limit.
-    assert "rank 1 made no progress for 3 s" in err and err.count("\n") == 1
+    # The watchdog, not the subprocess timeout, ended the run: it names rank 1 and its 3 s limit. On a loaded host
+    # rank 0, waiting for rank 1 inside the collective, can be named beside it ("ranks 0, 1 made no progress").
+    assert re.search(r"ranks? (0, )?1 made no progress for 3 s", err) and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
