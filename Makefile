@@ -9,7 +9,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint bench clean reference
+.PHONY: demo test test-all fuzz lint bench clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: $(VENV)/.installed-dev
 test-all: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The long fuzzing run: 400 seeded examples per property instead of make test's 12 (same seeds every run).
+fuzz: $(VENV)/.installed-dev
+	CLUSTERPLAN_FUZZ_EXAMPLES=400 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ import click
 
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
+from clusterplan.fileio import require_finite
 from clusterplan.solver.check import check_config
 
 
@@ -28,6 +29,7 @@ def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu:
     """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
     result = check_config(config, model_ref, cluster_ref, min_mfu, headroom_gib)
     est = result.estimate
+    require_finite(est)
     summary = (f"{config.name} ({result.kind}): {result.model.name}, {result.layout.short()} on "
                f"{result.cluster.world_size} GPUs")
     if est is not None:

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
@@ -122,7 +122,7 @@ def engine_file(placement: Placement, model: ModelSpec, out_format: str, documen
 @click.option("--tokens-per-step", type=int, default=None,
               help="Tokens per step across the cluster [default: the statistics' own token count].")
 @click.option("--seed", type=int, default=0, help="CBC random seed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), callback=output_path,
               help="Write the placement file here.")
 @click.option("--out-format", type=click.Choice(["clusterplan", "sglang", "trtllm"]), default="clusterplan",
               help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
@@ -146,6 +146,7 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                            slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                            expert_groups=expert_groups, dispatch_dtype=dispatch_dtype,
                            tokens_per_step=tokens_per_step, seed=seed)
+    require_finite(result)
     _render(result, fmt)
     if out_path:
         write_atomic(out_path, engine_file(chosen, model, out_format, result["placement_file"]))
@@ -204,16 +205,22 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     if method in ("ilp", "both"):
         with console.status("solving the placement ILP"):
             ilp = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=time_limit_s, seed=seed))
-        console.info(f"ILP: {ilp.log.subproblems} subproblems in {ilp.solve_s:.1f} s, gap {ilp.gap:.2%}")
+        solved = stats.n_layers - len(ilp.unsolved_layers)
+        console.info(f"ILP: {solved} of {stats.n_layers} layers solved ({ilp.log.subproblems} subproblems) in "
+                     f"{ilp.solve_s:.1f} s, {_gap_words(ilp.gap, solved)}")
         placements["ilp"] = ilp.placement
         if ilp.free_placement is not None:
             placements["ilp-free"] = ilp.free_placement
+        # hit_time_limit counts CBC runs stopped on time and layers left unsolved because the time was up.
         result["solver"] = {"gap": ilp.gap, "objective_us": ilp.log.objective_us, "bound_us": ilp.log.bound_us,
                             "subproblems": ilp.log.subproblems, "proven_optimal": ilp.log.proven_optimal,
-                            "hit_time_limit": ilp.log.hit_time_limit, "fallback_layers": list(ilp.fallback_layers),
+                            "hit_time_limit": ilp.log.hit_time_limit + len(ilp.unsolved_layers),
+                            "solved_layers": solved, "unsolved_layer_count": len(ilp.unsolved_layers),
+                            "fallback_layers": list(ilp.fallback_layers),
                             "unsolved_layers": list(ilp.unsolved_layers), "node_locked": ilp.node_locked}
         if ilp.log.hit_time_limit or ilp.unsolved_layers:
-            console.warn("the ILP hit its time limit; results may differ between runs (raise --time-limit)")
+            console.warn(f"the ILP hit its time limit ({len(ilp.unsolved_layers)} of {stats.n_layers} layers unsolved, "
+                         "placed by balanced packing); results may differ between runs (raise --time-limit)")
     result["methods"] = _methods(placements, stats, fabric, scale)
     if "ilp" in placements and "eplb" in placements:
         result["ilp_improvement"] = _improvement(result["methods"]["eplb"]["summary"],
@@ -222,6 +229,13 @@ def run_placement(*, model_ref: str, cluster_ref: str, stats_path: str, slots_pe
     result["placement_file"] = placement_document(placements[chosen], method=chosen, model=model,
                                                   cluster_ref=cluster_ref)
     return result, placements[chosen], model
+
+
+def _gap_words(gap: float | None, solved_layers: int) -> str:
+    """The optimality gap over what was solved; no number when nothing was (packing proves nothing)."""
+    if gap is None:
+        return "no layer solved (no gap to report)"
+    return f"gap {gap:.2%} over the {solved_layers} solved layers"
 
 
 def _render(result: dict[str, Any], fmt: str) -> None:
@@ -241,8 +255,9 @@ def _render(result: dict[str, Any], fmt: str) -> None:
                          "all-to-all ms", "expert ms"], rows)
     if "solver" in result:
         sol = result["solver"]
-        console.text(f"ILP gap {sol['gap']:.2%} over {sol['subproblems']} subproblems "
-                     f"({sol['proven_optimal']} proven optimal); baseline kept for layers "
+        console.text(f"ILP {_gap_words(sol['gap'], sol['solved_layers'])}, {sol['subproblems']} subproblems "
+                     f"({sol['proven_optimal']} proven optimal, {sol['unsolved_layer_count']} layers unsolved); "
+                     "baseline kept for layers "
                      f"{sol['fallback_layers'] or 'none'}")
         if sol["node_locked"]:
             console.text("the free ILP (ilp-free) sent more bytes across nodes than EPLB, so ilp keeps EPLB's "
@@ -262,7 +277,7 @@ def _render(result: dict[str, Any], fmt: str) -> None:
 @click.option("--zipf", "zipf_exponent", type=float, default=0.8, help="Popularity exponent (rank^-s).")
 @click.option("--affinity", "affinity_logit", type=float, default=2.0, help="Cross-layer successor logit bonus.")
 @click.option("--seed", type=int, default=0)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out_path", required=True, callback=output_path, type=click.Path(dir_okay=False),
               help="Output file: .npz (recommended), .json, .csv (+ .transitions.csv) or .npy (no transitions).")
 @format_option
 def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_layers: int | None, n_tokens: int,

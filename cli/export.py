@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import nonempty_path
+from clusterplan.cli.options import output_path
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
 from clusterplan.models.training.planfile import read_plan
@@ -15,7 +15,7 @@ from clusterplan.models.training.planfile import read_plan
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--to", "target", required=True, type=click.Choice(list(EXPORTERS)),
               help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron, deepspeed.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the config to this file (atomically) instead of stdout.")
 def export(plan_path: str, target: str, out_path: str | None) -> None:
     """Write a plan file as a launch config with the command that starts it.

@@ -7,7 +7,9 @@ never imports torch and `--help` stays fast.
 from __future__ import annotations
 
 import importlib
+import io
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -61,30 +63,83 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+class _HeldStdout(io.StringIO):
+    """stdout held until the command ends: data reaches the real stdout only when the command succeeds (exit 0
+    or 1), so a refused run (exit 2) prints nothing there. Looks like the real stream to rich (width, TTY)."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__()
+        self.real = real
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.real, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.real, "encoding", None) or "utf-8"
+
+
+def one_line(text: str) -> str:
+    """A message as one line: newlines and other control characters (e.g. in a file name) escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _input_files(args: list[str]) -> list[str]:
+    from clusterplan.fileio import is_file, show
+
+    return [show(a) for a in args if not a.startswith("-") and is_file(a)]
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: expected failures print one line and exit 2; bugs show a traceback with --debug."""
     from clusterplan.cli.console import console
+    from clusterplan.fileio import NonFiniteResultError
 
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    real_stdout = sys.stdout
+    held = _HeldStdout(real_stdout)
+    code: int | str | None = 0
+    sys.stdout = held
     try:
-        return cli.main(args=args, prog_name="clusterplan", standalone_mode=False)
+        with warnings.catch_warnings():
+            # numpy overflow/invalid-value warnings would add lines to stderr; every result is checked for
+            # finiteness where it is rendered (fileio.require_finite), which names what went out of range
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return cli.main(args=args, prog_name="clusterplan", standalone_mode=False)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except click.Abort:
         console.error("aborted")
-        sys.exit(130)
+        code = 130
     except click.ClickException as exc:
-        console.error(" ".join(exc.format_message().split()))  # click lists choices on several lines
-        sys.exit(2)
+        console.error(one_line(" ".join(exc.format_message().split())))  # click lists choices on several lines
+        code = 2
+    except NonFiniteResultError as exc:
+        files = _input_files(args)
+        console.error(one_line(f"{exc}; check the numbers in {', '.join(files)}" if files else
+                               f"{exc}; check the numbers given on the command line"))
+        code = 2
     except ClusterplanError as exc:
-        console.error(str(exc))
-        sys.exit(2)
-    except SystemExit:
-        raise
+        console.error(one_line(str(exc)))
+        code = 2
+    except SystemExit as exc:
+        code = exc.code
+    except RecursionError:  # a bug, but one that would print thousands of frames
+        console.error("internal error: RecursionError (run with --debug for the traceback)")
+        code = 3
     except Exception as exc:  # an unexpected bug
         if debug:
             console.err.print_exception(suppress=[click])
         else:
-            console.error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-        sys.exit(3)
+            console.error(one_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"))
+        code = 3
+    finally:
+        sys.stdout = real_stdout
+        if code in (0, 1, None):
+            real_stdout.write(held.getvalue())
+            real_stdout.flush()
+    sys.exit(code)

@@ -14,3 +14,14 @@ def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None and not str(value).strip():
         raise click.BadParameter("give a file name, not an empty string")
     return value
+
+
+def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output file checked while the options are parsed, before any work: a name the OS takes, not a
+    directory, in a folder that is (or can be made) writable. A refused --out costs nothing and prints nothing."""
+    from clusterplan.fileio import check_output_path
+
+    value = nonempty_path(ctx, param, value)
+    if value is not None:
+        check_output_path(value, option=param.opts[0] if param.opts else "--out")
+    return value

@@ -8,20 +8,29 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, search, search_by_cost
 
+MAX_TOP = 1000
+"""Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
+each), and a table of 1,000 layouts is already beyond reading."""
+
 
 def parse_fix(text: str | None, world: int) -> dict:
     """`--fix "tp=8,recompute=full"`: the same keys as estimate's --layout, each pinned in the search."""
     if not text:
         return {}
-    keys = {item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()}
+    names = [item.split("=", 1)[0].strip() for item in text.split(",") if item.strip()]
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:
+        raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
+    keys = set(names)
     full = Layout.parse(text).to_dict()
     for key in ("gbs", "seq"):
         if key in keys:
@@ -39,7 +48,7 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
                    "time-to-train: fastest, with days for --tokens.")
 @click.option("--tokens", type=float, default=None, help="Token budget for --objective time-to-train (e.g. 15e12).")
-@click.option("--top", type=click.IntRange(min=1), default=5, help="How many plans to show.")
+@click.option("--top", type=click.IntRange(min=1, max=MAX_TOP), default=5, help="How many plans to show.")
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
@@ -47,7 +56,7 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--timing", is_flag=True,
               help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
                    "byte-identical JSON.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
@@ -81,6 +90,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     if out_path:
         write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
                    prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
+    require_finite(data)  # before --out is written and before anything is printed
     if fmt == "json":
         console.json(data)
     else:

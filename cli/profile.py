@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError
 
 
@@ -84,7 +84,7 @@ def _run(nproc: int, nodes: int, timeout_s: float, out: Path, worker_args: list[
 @click.option("--model", help="Measure this model's GEMM shapes too (preset, YAML or config.json).")
 @click.option("--layout", help='Layout for the model shapes, e.g. "tp=8,mbs=1,seq=8192".')
 @click.option("--quick", is_flag=True, help="Reduced sweep (CI: under a minute on CPU).")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("calibration.json"),
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=Path("calibration.json"), callback=output_path,
               help="Calibration file to write; rewritten atomically after every measurement.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run recorded in --out.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=300.0,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from clusterplan.cli.console import console
+from clusterplan.fileio import require_finite
 from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
 
 
 def render_estimate(data: dict[str, Any]) -> None:
+    require_finite(data)  # a table must not say "step inf s": the same check as the JSON
     console.text(f"{data['model']} on {data['cluster']}")
     lay = data["layout"]
     console.text("layout: " + ", ".join(f"{k}={v}" for k, v in lay.items()))

@@ -10,9 +10,9 @@ import click
 import numpy as np
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, output_path
 from clusterplan.errors import BadInputError, InfeasibleError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, show, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, knobs_for_gpu, serving_memory
@@ -21,6 +21,8 @@ from clusterplan.models.serving.traffic import load_trace, make_buckets, parse_l
 from clusterplan.solver.serve import Limits, Pool, ServePlan, Workload, melange_table, plan_colocated
 
 DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
+MAX_SLICE_FACTOR = 1000
+"""Most slices per request bucket in the mix ILP (Melange uses 4-8); the ILP grows linearly with it."""
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -89,6 +91,8 @@ def _workload(rate: float | None, input_len: str | None, output_len: str | None,
     if not (ttft_ms > 0 and tpot_ms > 0):  # NaN fails too
         raise BadInputError("--ttft-ms and --tpot-ms must be > 0")
     rng = np.random.default_rng(seed)
+    if rate is not None and not 0 < rate < math.inf:  # NaN fails too; checked before `rate or` can replace a 0
+        raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
     if trace:
         reqs = load_trace(trace)
         inp, out, gaps = np.asarray(reqs.input_tokens), np.asarray(reqs.output_tokens), reqs.unit_gaps()
@@ -196,7 +200,7 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
         costs = tuple(float(info[n].get("cost_per_hour", info[n].get("cost"))) for n in names)
         caps = tuple(tuple(float(v) for row in info[n]["tputs"] for v in row) for n in names)
         total = float(rate if rate is not None else data["total_request_rate"])
-        sf = slice_factor or int(data.get("slice_factor", 4))
+        sf = slice_factor or data.get("slice_factor", 4)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{path}: capacity table needs gpu_info.NAME.cost_per_hour and .tputs, workload_distribution "
                             f"and total_request_rate (or --rate) ({type(exc).__name__}: {exc})") from None
@@ -205,6 +209,10 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
             or sum(dist) <= 0 or min((v for row in caps for v in row), default=0) < 0 or total <= 0:
         raise BadInputError(f"{path}: capacity table numbers must be finite, cost_per_hour and total_request_rate "
                             "(or --rate) > 0, tputs and workload_distribution >= 0 with some traffic")
+    if isinstance(sf, bool) or not isinstance(sf, int) or not 1 <= sf <= MAX_SLICE_FACTOR:
+        # the ILP has one variable per slice, bucket and GPU type: 1e9 slices would exhaust memory
+        raise BadInputError(f"{show(path)}: capacity table slice_factor must be an integer from 1 to {MAX_SLICE_FACTOR} (as "
+                            f"--slice-factor), got {str(sf)[:40]}")
     rates = tuple(w * total for w in dist)
     mix = solve_mix(MixProblem(type_names=names, usd_per_hour=costs, capacity_rps=caps, bucket_rps=rates,
                                slice_factor=sf, max_gpus=max_gpus))
@@ -240,9 +248,9 @@ def _capacity_table_plan(path: str, rate: float | None, slice_factor: int | None
               help="Separate prefill and decode pools: on, off, or whichever is cheaper.")
 @click.option("--kv-link", default="ib-ndr", help="Link that carries KV caches from prefill to decode instances.")
 @click.option("--capacity-table", type=click.Path(dir_okay=False), help="Measured capacities (Melange JSON) instead of the model.")
-@click.option("--save-capacity", type=click.Path(dir_okay=False), callback=nonempty_path,
+@click.option("--save-capacity", type=click.Path(dir_okay=False), callback=output_path,
               help="Write the simulated colocated capacity table (Melange JSON, --capacity-table format).")
-@click.option("--slice-factor", type=click.IntRange(min=1, max=1000), help="Slices per request bucket in the ILP (default 4).")
+@click.option("--slice-factor", type=click.IntRange(min=1, max=MAX_SLICE_FACTOR), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
@@ -256,7 +264,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     if capacity_table:
-        data = _capacity_table_plan(capacity_table, rate, slice_factor, max_gpus)
+        data = require_finite(_capacity_table_plan(capacity_table, rate, slice_factor, max_gpus))
         if fmt == "json":
             console.json(data)
         else:
@@ -269,6 +277,11 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         return
     if not model_ref or ttft_ms is None or tpot_ms is None:
         raise BadInputError("give --model, --ttft-ms and --tpot-ms (or --capacity-table FILE)")
+    link = get_link(kv_link)  # a wrong name is refused whatever --disaggregate says
+    if disaggregate == "off" and click.get_current_context().get_parameter_source("kv_link") \
+            == click.core.ParameterSource.COMMANDLINE:
+        raise BadInputError(f"--kv-link {link.name} has no effect with --disaggregate off (no KV moves between "
+                            "instances); drop --kv-link or use --disaggregate on/auto")
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.models.hardware.calibration import load_calibration
 
@@ -304,6 +317,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         if over:
             console.warn(f"{pool['gpu']} tp{pool['tp']} ({pool['role']}) simulated on its whole request mix reaches "
                          f"p{percentile:g} {', '.join(over)}, over the target (capacities are per size bucket)")
+    require_finite(data)
     console.json(data) if fmt == "json" else _print_table(data)
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path
+from clusterplan.cli.options import format_option, nonempty_path, output_path
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic
+from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import read_plan
 
@@ -169,14 +169,15 @@ def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: 
 @click.option("--scale", default="auto", help="Divide model sizes by N, or `auto` to fit --budget-gib per rank.")
 @click.option("--budget-gib", type=float, default=1.0, help="Per-rank memory budget for --scale auto.")
 @click.option("--steps", type=int, default=3, help="Measured steps after one warm-up step.")
-@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Seconds before every rank is stopped.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, help="Seconds a rank may go without a heartbeat, and the run without progress, before every rank is "
+                   "stopped (the line names the rank).")
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None, help="Calibration from `profile`.")
 @click.option("--tolerance", type=float, default=None, help="Exit 1 when a rank's memory error exceeds this %.")
 @click.option("--time-tolerance", type=float, default=None, help="Exit 1 when the step-time error exceeds this %.")
 @click.option("--dry-run", is_flag=True, help="Full model, full world size, one CPU process (fake process group).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Also write the JSON result here.")
-@click.option("--write-job", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
+@click.option("--write-job", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the job for torchrun on several machines and exit (see README).")
 @click.option("--measured", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Compare a worker's result.json (from a torchrun launch) instead of spawning ranks.")
@@ -206,6 +207,7 @@ def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, s
     if time_tolerance is not None and t_err is not None and abs(t_err) > time_tolerance:
         failed.append(f"step-time error {t_err:+.1f}% > --time-tolerance {time_tolerance}%")
     result["ok"] = not failed
+    require_finite(result)
     if out:
         write_atomic(out, dumps_json(result))
     if fmt == "json":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import check_name, is_file, read_text, show
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout
 
@@ -27,12 +28,9 @@ def config_kind(path: Path) -> str:
 
 
 def _read(path: Path) -> str:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file; give a plan YAML, a torchtitan TOML or a Megatron-LM args file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot read ({exc})") from exc
+    if not is_file(check_name(path)):
+        raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or a Megatron-LM args file")
+    return read_text(path, "launch config")  # size-bounded, one-line errors (fileio)
 
 
 def _int(where: str, value: Any) -> int:
@@ -53,7 +51,10 @@ def torchtitan_layout(path: Path, world: int) -> Layout:
     try:
         doc = tomllib.loads(_read(path))
     except tomllib.TOMLDecodeError as exc:
-        raise BadInputError(f"{path}: malformed TOML ({exc}); fix the syntax") from exc
+        raise BadInputError(f"{show(path)}: malformed TOML ({exc}); fix the syntax") from exc
+    except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer
+        raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
+                            f"({type(exc).__name__}); is this a torchtitan config?") from None
     par, train, ac = doc.get("parallelism", {}), doc.get("training", {}), doc.get("activation_checkpoint", {})
     get = lambda table, key, default: _int(f"{path}: {key}", table.get(key, default))  # noqa: E731
     tp, pp, cp = get(par, "tensor_parallel_degree", 1), get(par, "pipeline_parallel_degree", 1), \

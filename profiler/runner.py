@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,14 @@ from pathlib import Path
 from typing import IO
 
 from clusterplan.errors import BadInputError, ClusterplanError
-from clusterplan.runtime.procs import free_port
+from clusterplan.runtime.procs import (
+    exit_words,
+    free_port,
+    is_stopped,
+    launcher_env,
+    stop_group,
+    worker_popen_kwargs,
+)
 
 STATE_ORDER = {"start-up": -1, "ready": 0, "begin": 1, "run": 2, "wait": 3, "done": 4}
 STARTUP_S = 120.0
@@ -57,6 +63,10 @@ class RankState:
     """When the rank itself failed (its wall clock, same machine): orders failures across ranks."""
     error: str = ""
     bad_input: bool = False
+    beat_s: float = field(default_factory=time.monotonic)
+    """When any line (progress or the worker's liveness pulse) last came from this rank (monotonic)."""
+    phase: str = "start-up"
+    """Start-up phase the rank last reported (start-up, rendezvous, planning)."""
 
     def failing(self) -> bool:
         return self.failed_s is not None or (self.exited_s is not None and self.proc.returncode != 0)
@@ -90,6 +100,12 @@ def _follow(state: RankState, stream: IO[str]) -> None:
             beat = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(beat, dict):
+            continue
+        state.beat_s = time.monotonic()
+        if beat.get("state") == "alive":
+            state.phase = str(beat.get("phase") or state.phase)
+            continue
         if beat.get("state") == "failed":
             state.failed_wall, state.error, state.bad_input = float(beat["at"]), beat["error"], beat["code"] == 2
             state.failed_s = time.monotonic()
@@ -115,21 +131,21 @@ def _last_error_line(path: Path, rank: int) -> str:
     return lines[-1].removeprefix(f"error: rank {rank}: ").removeprefix("error: ")
 
 
-def _exit_words(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
 def _stop(ranks: list[RankState]) -> None:
     for r in ranks:
-        if r.proc.poll() is None:
-            r.proc.kill()
+        stop_group(r.proc)
     for r in ranks:
         r.proc.wait()
+
+
+def _doing(r: RankState) -> str:
+    """What the rank was doing, for the error line: its start-up phase or the measurement."""
+    return f"during {r.phase}" if r.state == "start-up" else f"while measuring {r.label}"
+
+
+def _kept(out: str) -> str:
+    """The partial file, named only when it exists (a rank that died in start-up left none)."""
+    return f"; partial results kept in {out} (continue with --resume)" if Path(out).is_file() else ""
 
 
 def _allowed_s(state: RankState, timeout_s: float) -> float:
@@ -139,7 +155,7 @@ def _allowed_s(state: RankState, timeout_s: float) -> float:
 
 def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
     """True when all ranks finished; raises when one failed or hung."""
-    kept = f"partial results kept in {out} (continue with --resume)"
+    kept = _kept(out)
     failed = [r for r in ranks if r.failing()]
     if failed:
         seen_s = min(t for r in failed for t in (r.failed_s, r.exited_s) if t is not None)
@@ -157,20 +173,29 @@ def _check(ranks: list[RankState], timeout_s: float, out: str) -> bool:
                 code = first.proc.wait(timeout=EXIT_GRACE_S)
             except subprocess.TimeoutExpired:
                 code = None
-        how = "failed" if code is None else _exit_words(code)
-        raise ProfileError(f"rank {first.rank} {how} while measuring {first.label}{': ' + why if why else ''}; "
+        how = "failed" if code is None else exit_words(code)
+        raise ProfileError(f"rank {first.rank} {how} {_doing(first)}{': ' + why if why else ''}"
                            f"{kept}; log {first.log_path}")
     if all(r.exited_s is not None for r in ranks):
         return True
     running = [r for r in ranks if r.exited_s is None]
     now = time.monotonic()
+    # A rank the kernel shows stopped (SIGSTOP) is named timeout_s after its last heartbeat, whatever the phase.
+    # One that is merely silent (a busy host can starve a thread for seconds) gets the progress allowance, and
+    # only when it is behind the rest and they still beat (a rank ahead is waiting for the one behind).
+    stopped = [r for r in running if now - r.beat_s > timeout_s and is_stopped(r.proc.pid)]
+    behind = min(r.progress() for r in running)
+    silent = [r for r in running if now - r.beat_s > _allowed_s(r, timeout_s) and r.progress() == behind]
+    if stopped or (silent and len(silent) < len(running)):
+        r = min(stopped or silent, key=lambda x: x.beat_s)
+        how = "was stopped (SIGSTOP or SIGTSTP: process state T)" if stopped else "stopped responding"
+        raise ProfileError(f"rank {r.rank} {how} {_doing(r)}: no heartbeat for {now - r.beat_s:.0f} s "
+                           f"(--timeout {timeout_s:g}); stopped all ranks{kept}; log {r.log_path}")
     if all(now - r.changed_s > _allowed_s(r, timeout_s) for r in running):
-        behind = min(r.progress() for r in running)
         stuck = [r for r in running if r.progress() == behind]
         who = "rank " + str(stuck[0].rank) if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
-        raise ProfileError(f"{who} made no progress for {_allowed_s(stuck[0], timeout_s):g} s while measuring "
-                           f"{stuck[0].label}; "
-                           f"stopped all ranks; {kept}")
+        raise ProfileError(f"{who} made no progress for {_allowed_s(stuck[0], timeout_s):g} s {_doing(stuck[0])}; "
+                           f"stopped all ranks{kept}")
     return False
 
 
@@ -202,8 +227,9 @@ def _launch_once(worker_args: list[str], *, nproc: int, timeout_s: float, out: s
             log_path = log_dir / f"rank{rank}.log"
             with open(log_path, "w", encoding="utf-8") as log:
                 proc = subprocess.Popen([sys.executable, "-m", "clusterplan.profiler.worker", *args],
-                                        env=worker_env(rank, nproc, port, nodes), stdout=subprocess.PIPE, stderr=log,
-                                        stdin=subprocess.DEVNULL, text=True)
+                                        env={**worker_env(rank, nproc, port, nodes), **launcher_env()},
+                                        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                        **worker_popen_kwargs())
             state = RankState(rank=rank, proc=proc, log_path=log_path)
             ranks.append(state)
             threading.Thread(target=_follow, args=(state, proc.stdout), daemon=True).start()

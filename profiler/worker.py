@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 from clusterplan.errors import BadInputError, ClusterplanError
 from clusterplan.profiler import store
 from clusterplan.profiler.sweep import Measurement, SweepConfig, build_plan, level_groups
-from clusterplan.runtime.procs import exit_now
+from clusterplan.runtime.procs import Pulse, die_with_launcher, exit_now
 
 FAULT_ENV = "CLUSTERPLAN_PROFILE_FAULT"
 """Fault injection for tests: "RANK:INDEX:KIND" (KIND exit, hang or kill) before measurement INDEX (0-based)."""
@@ -64,26 +65,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Heartbeat:
-    """Progress: JSON lines on stdout for the launcher, or '[i/n] label' on rank 0's stderr under torchrun."""
+    """Progress: JSON lines on stdout for the launcher, or '[i/n] label' on rank 0's stderr under torchrun.
+
+    For the launcher, a thread also writes an "alive" line every HEARTBEAT_S with the start-up phase (start-up,
+    rendezvous), from before torch is imported: a rank that stops beating (SIGSTOP, a wedged process) is named
+    within the launcher's --timeout even while its peers wait for it in the rendezvous."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
         self.machine = os.environ.get(HEARTBEAT_ENV) == "1"
+        self.phase = "start-up"
+        self._lock = threading.Lock()
+        if self.machine:
+            Pulse(lambda: self._write({"rank": self.rank, "state": "alive", "phase": self.phase}))
+
+    def _write(self, line: dict[str, Any]) -> None:
+        data = (json.dumps(line) + "\n").encode("utf-8")
+        with self._lock:  # one os.write per line (< PIPE_BUF): lines from two threads never interleave
+            os.write(sys.stdout.fileno(), data)
 
     def __call__(self, state: str, index: int, total: int, label: str = "") -> None:
         if self.machine:
-            line = {"rank": self.rank, "state": state, "index": index, "total": total, "label": label}
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
+            self._write({"rank": self.rank, "state": state, "index": index, "total": total, "label": label})
         elif self.rank == 0 and state == "begin":
             print(f"[{index + 1}/{total}] {label}", file=sys.stderr, flush=True)
 
     def failed(self, error: str, code: int) -> None:
         """Tell the launcher first, before the traceback and teardown let peers notice and fail too."""
         if self.machine:
-            line = {"rank": self.rank, "state": "failed", "at": time.time(), "error": error, "code": code}
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
+            self._write({"rank": self.rank, "state": "failed", "at": time.time(), "error": error, "code": code})
+
+
+STARTUP_INDEX = -1
+"""inject_fault's index for start-up (before the rendezvous): FAULT_ENV "1:start-up:stop"."""
 
 
 def inject_fault(rank: int, index: int) -> None:
@@ -91,11 +105,14 @@ def inject_fault(rank: int, index: int) -> None:
     if not spec:
         return
     f_rank, f_index, kind = spec.split(":")
+    f_index = str(STARTUP_INDEX) if f_index == "start-up" else f_index
     if int(f_rank) == rank and int(f_index) == index:
         if kind == "hang":
             time.sleep(10**6)
         if kind == "kill":  # as the kernel's OOM killer would
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "stop":  # as `kill -STOP` or a debugger would: no progress, no heartbeat, no exit
+            os.kill(os.getpid(), signal.SIGSTOP)
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
@@ -169,10 +186,13 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
     from clusterplan.profiler.overlap import measure_overlap
 
     device = pick_device(args.device, env.local_rank)
+    inject_fault(env.rank, STARTUP_INDEX)
+    beat.phase = "rendezvous"
     # device_id binds NCCL to this rank's GPU up front (barriers then know their device).
     dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world_size,
                             timeout=dt.timedelta(seconds=args.timeout),
                             device_id=device if device.type == "cuda" else None)
+    beat.phase = "planning"
     pgs = level_process_groups(env)
     payload: list[Any] = [prepare(args, env, device, tuple(pgs)) if env.rank == 0 else None]
     dist.broadcast_object_list(payload, src=0)
@@ -212,6 +232,7 @@ def run(args: argparse.Namespace, env: RankEnv, beat: Heartbeat) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     args = parse_args(argv)
     rank = os.environ.get("RANK", "?")
     beat = Heartbeat(int(rank) if rank.isdigit() else -1)

@@ -196,13 +196,13 @@ def bridge_rows() -> list[BridgeRow]:
             continue
         problems = layout_problems(model, layout, cluster.world_size)
         if problems:
-            out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="; ".join(map(str, problems)), **base))
+            out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
             continue
         est = estimate(model, cluster, layout)
         js = est.to_json()
         tokens = js["tokens_per_s"] / gpus
         out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,
-                             predicted_tflops=js["tflops_per_gpu"], refused="; ".join(map(str, est.reasons)), **base))
+                             predicted_tflops=js["tflops_per_gpu"], refused="; ".join(str(p) for p in est.reasons), **base))
     return out
 
 

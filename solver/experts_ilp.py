@@ -83,8 +83,11 @@ class IlpResult:
     solve_s: float
 
     @property
-    def gap(self) -> float:
-        """Relative optimality gap of the subproblems together: (objective - bound) / objective."""
+    def gap(self) -> float | None:
+        """Relative optimality gap of the solved subproblems together: (objective - bound) / objective; None when
+        no subproblem was solved (a gap of 0 would claim optimality for layers only packed)."""
+        if self.log.subproblems == 0:
+            return None
         obj = self.log.objective_us
         return max(obj - self.log.bound_us, 0.0) / obj if obj > 0 else 0.0
 

@@ -28,7 +28,7 @@ def _same_shape(a, b) -> dict:
 @pytest.mark.parametrize(("fixture", "preset"), [
     ("llama3.1-8b", "llama3.1-8b"), ("mistral-7b", "mistral-7b"), ("mixtral-8x7b", "mixtral-8x7b"),
     ("qwen2.5-7b", "qwen2.5-7b"), ("qwen3-32b", "qwen3-32b"), ("qwen3-30b-a3b", "qwen3-30b-a3b"),
-    ("deepseek-v3", "deepseek-v3"), ("opt-13b", "opt-13b"),
+    ("deepseek-v3", "deepseek-v3"), ("opt-13b", "opt-13b"), ("gpt-oss-120b", "gpt-oss-120b"),
 ])
 def test_config_json_equals_preset(fixture, preset):
     loaded, spec = load_model(str(HF / fixture)), load_model(preset)

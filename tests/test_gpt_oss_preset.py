@@ -53,3 +53,18 @@ def test_router_bias_and_sinks_only_where_set():
     assert plain.router_params() == 64 * 4
     assert ModelSpec(**base, linear_bias=True).router_params() == 64 * 4 + 4
     assert ModelSpec(**base, attn_sinks=True).attention_params() == plain.attention_params() + 4
+
+
+def test_config_json_reads_to_the_preset():
+    """openai/gpt-oss-120b config.json fields (the ones the reader uses) give the preset's counts."""
+    from clusterplan.models.architecture.hf import spec_from_hf
+
+    cfg = {"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"], "num_hidden_layers": 36,
+           "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+           "intermediate_size": 2880, "vocab_size": 201088, "max_position_embeddings": 131072,
+           "num_local_experts": 128, "num_experts_per_tok": 4, "sliding_window": 128, "attention_bias": True,
+           "tie_word_embeddings": False, "layer_types": ["sliding_attention", "full_attention"] * 18}
+    spec = spec_from_hf(cfg, name="gpt-oss-120b")
+    preset = load_model("gpt-oss-120b")
+    assert spec.total_params() == preset.total_params() == 116_829_156_672
+    assert spec.full_attention_every == 2 and spec.sliding_window == 128 and spec.attn_sinks

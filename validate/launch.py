@@ -1,24 +1,44 @@
 """Spawn the ranks of a validation run on this machine and collect their measurements, never hanging.
 
 Each rank is `python -m clusterplan.validate.worker` with RANK/WORLD_SIZE/MASTER_* in its environment (torchrun's
-contract, so the same worker runs under torchrun on several machines). The launcher polls: the first rank that
-exits non-zero ends the run and its error is raised; a run longer than `timeout_s` kills every rank.
+contract, so the same worker runs under torchrun on several machines). The launcher polls: a rank that exits
+non-zero ends the run (the one killed by a signal, or whose error is its own, is named, with the signal by name);
+a rank without a heartbeat for `timeout_s` (stopped, wedged) or a run without progress for `timeout_s` (named: the
+rank furthest behind) stops every rank. Workers run in their own process group and die with the launcher.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import ClusterplanError
 from clusterplan.fileio import dumps_json
-from clusterplan.runtime.procs import free_port
+from clusterplan.runtime.procs import (
+    HEARTBEAT_FILE_ENV,
+    exit_words,
+    free_port,
+    is_stopped,
+    launcher_env,
+    read_file_heartbeat,
+    stop_group,
+    worker_popen_kwargs,
+)
+
+STARTUP_S = 120.0
+"""Least time start-up (importing torch) and the rendezvous get before ranks count as making no progress."""
+RENDEZVOUS_INDEX = 2
+"""FileHeartbeat phase index of the rendezvous (1 start-up, 2 rendezvous, 3 the first run)."""
+SETTLE_S = 1.0
+"""After the first rank exits non-zero, how long its peers get to exit too before the cause is picked."""
 
 
 class RankFailedError(ClusterplanError):
@@ -48,29 +68,88 @@ def _last_error(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _wait(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+PEER_LOSS = re.compile(r"closed by peer|reset by peer|remote worker|remote process|broken pipe|connection refused|"
+                       r"connection reset", re.IGNORECASE)
+"""What gloo and NCCL say on the ranks that lose a peer: those ranks are victims, not the cause."""
+
+
+@dataclass(kw_only=True)
+class _Rank:
+    rank: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    beat_file: Path
+    beat_wall: float = field(default_factory=time.time)
+    """Wall clock of the rank's last heartbeat (the file's mtime)."""
+    index: int = 0
+    phase: str = "start-up"
+    changed_wall: float = field(default_factory=time.time)
+    """Wall clock of the rank's last phase change (progress)."""
+
+    def refresh(self) -> None:
+        beat = read_file_heartbeat(self.beat_file)
+        if beat is not None:
+            self.beat_wall = max(self.beat_wall, beat[0])
+            if beat[1] != self.index:
+                self.index, self.phase, self.changed_wall = beat[1], beat[2], time.time()
+
+    def error(self) -> str:
+        return _last_error(self.log.read_text(encoding="utf-8", errors="replace")) if self.log.is_file() else ""
+
+
+def _failure(failed: list[_Rank]) -> RankFailedError:
+    """The rank that caused the failure: killed by a signal first, else the first whose error is its own."""
+    def key(r: _Rank) -> tuple[int, int, int]:
+        code = r.proc.returncode or 0
+        return (0 if code < 0 else 1, 1 if PEER_LOSS.search(r.error()) else 0, r.rank)
+
+    first = min(failed, key=key)
+    code = first.proc.returncode or 0
+    how = f"exit {code}" if code > 0 else exit_words(code).removeprefix("was ")
+    text = first.log.read_text(encoding="utf-8", errors="replace") if first.log.is_file() else ""
+    return RankFailedError(f"rank {first.rank} failed ({how}) during {first.phase}: {_last_error(text)}",
+                           log_tail=text[-8000:])
+
+
+def _wait(ranks: list[_Rank], timeout_s: float) -> None:
+    """Until every rank exits 0; raises naming the rank that failed, stopped, went silent or stalled the rest.
+    Every check is against timeout_s since that rank's last heartbeat or the run's last progress."""
     while True:
-        codes = [p.poll() for p in procs]
-        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        for r in ranks:
+            r.refresh()
+        codes = [r.proc.poll() for r in ranks]
+        failed = [r for r, c in zip(ranks, codes, strict=True) if c not in (None, 0)]
         if failed:
-            rank = failed[0]
-            text = logs[rank].read_text(encoding="utf-8", errors="replace")
-            raise RankFailedError(f"rank {rank} failed (exit {codes[rank]}): {_last_error(text)}",
-                                  log_tail=text[-8000:])
+            time.sleep(SETTLE_S)  # the cause and its victims exit within moments; see them all before naming one
+            return_codes = [r.proc.poll() for r in ranks]
+            raise _failure([r for r, c in zip(ranks, return_codes, strict=True) if c not in (None, 0)])
         if all(c == 0 for c in codes):
             return
-        if time.monotonic() > deadline:
-            waiting = [r for r, c in enumerate(codes) if c is None]
-            raise RankFailedError(f"timed out after {timeout_s:.0f} s waiting for rank(s) {waiting}; "
-                                  "raise --timeout or look for a hang in a collective")
+        now = time.time()
+        running = [r for r, c in zip(ranks, codes, strict=True) if c is None]
+        # Stopped (SIGSTOP): named timeout_s after its last beat. Merely silent (a busy host can starve a thread):
+        # the progress allowance, and only when behind the rest while they beat (the rest wait for it).
+        behind = min(r.index for r in running)
+        # Importing torch and the rendezvous may take longer than one step on a busy host.
+        allowed_s = max(timeout_s, STARTUP_S) if behind <= RENDEZVOUS_INDEX else timeout_s
+        stopped = [r for r in running if now - r.beat_wall > timeout_s and is_stopped(r.proc.pid)]
+        silent = [r for r in running if now - r.beat_wall > allowed_s and r.index == behind]
+        if stopped or (silent and len(silent) < len(running)):
+            r = min(stopped or silent, key=lambda x: x.beat_wall)
+            how = "was stopped (SIGSTOP or SIGTSTP: process state T)" if stopped else "stopped responding"
+            raise RankFailedError(f"rank {r.rank} {how} during {r.phase}: no heartbeat for {now - r.beat_wall:.0f} s "
+                                  f"(--timeout {timeout_s:g}); stopped all ranks")
+        if now - max(r.changed_wall for r in running) > allowed_s:
+            stuck = [r for r in running if r.index == behind]
+            who = f"rank {stuck[0].rank}" if len(stuck) == 1 else "ranks " + ", ".join(str(r.rank) for r in stuck)
+            raise RankFailedError(f"{who} made no progress for {allowed_s:g} s during {stuck[0].phase} (the others "
+                                  "wait for it); raise --timeout or look for a hang there")
         time.sleep(0.05)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
-        if p.poll() is None:
-            p.kill()
+        stop_group(p)
     for p in procs:
         p.wait()
 
@@ -93,15 +172,18 @@ def _spawn_once(runs: list[dict[str, Any]], nproc: int, timeout_s: float, thread
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(dumps_json({"runs": runs, "timeout_s": timeout_s}), encoding="utf-8")
         port = free_port()
-        logs = [Path(tmp) / f"rank{r}.log" for r in range(nproc)]
-        procs = []
+        ranks: list[_Rank] = []
         try:
             for rank in range(nproc):
-                with open(logs[rank], "wb") as log:
-                    procs.append(subprocess.Popen(
+                log, beat = Path(tmp) / f"rank{rank}.log", Path(tmp) / f"rank{rank}.beat"
+                with open(log, "wb") as fh:
+                    proc = subprocess.Popen(
                         [sys.executable, "-m", "clusterplan.validate.worker", str(job_path), str(out_path)],
-                        env=_env(rank, nproc, port, threads_per_rank), stdout=log, stderr=subprocess.STDOUT))
-            _wait(procs, logs, timeout_s)
+                        env={**_env(rank, nproc, port, threads_per_rank), **launcher_env(),
+                             HEARTBEAT_FILE_ENV: str(beat)},
+                        stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **worker_popen_kwargs())
+                ranks.append(_Rank(rank=rank, proc=proc, log=log, beat_file=beat))
+            _wait(ranks, timeout_s)
         finally:
-            _stop(procs)
+            _stop([r.proc for r in ranks])
         return json.loads(out_path.read_text(encoding="utf-8"))["runs"]

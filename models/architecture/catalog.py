@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping, path_exists
+from clusterplan.fileio import is_dir, is_file, load_mapping, show
 from clusterplan.models.architecture.spec import ModelSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -38,27 +38,27 @@ def load_model(ref: str) -> ModelSpec:
     from clusterplan.hardware_db.catalog import find_name
 
     path = Path(ref)
-    if path_exists(path) and path.is_dir() and (path / "config.json").is_file():
+    if is_dir(path) and is_file(path / "config.json"):
         path = path / "config.json"
-    if path.suffix in (".json", ".yaml", ".yml") or (path_exists(path) and path.is_file()):
+    if path.suffix in (".json", ".yaml", ".yml") or is_file(path):
         data = load_mapping(path)
         if "model_type" in data or "architectures" in data:
             from clusterplan.models.architecture.hf import spec_from_hf
 
             name = path.parent.name if path.name == "config.json" else path.stem
-            return spec_from_hf(data, name=name or "model", where=str(path))
+            return spec_from_hf(data, name=name or "model", where=show(path))
         inner = data.get("model", data)
         if not isinstance(inner, dict):
-            raise BadInputError(f"{path}: `model:` must be a mapping of model fields, got {type(inner).__name__}")
+            raise BadInputError(f"{show(path)}: `model:` must be a mapping of model fields, got {type(inner).__name__}")
         data = dict(inner)
         data.pop("aliases", None)
         data.setdefault("name", path.stem)
-        return ModelSpec.from_dict(data, where=str(path))
+        return ModelSpec.from_dict(data, where=show(path))
     specs, aliases = _presets()
     try:
         return find_name("model (preset name, or path of a config.json / YAML file)", ref, specs, aliases, "models list")
     except BadInputError:
-        if ref.strip() not in ("", ".") and path_exists(path) and path.is_dir():
-            raise BadInputError(f"{ref}: a directory without config.json; give a Hugging Face model directory, a "
+        if ref.strip() not in ("", ".") and is_dir(path):
+            raise BadInputError(f"{show(ref)}: a directory without config.json; give a Hugging Face model directory, a "
                                 "config.json, a model YAML or a preset (`clusterplan models list`)") from None
         raise

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from clusterplan.errors import BadInputError, UnsupportedModelError
-from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
-             "gpt_neox", "opt")
+             "gpt_neox", "opt", "gpt_oss")
 _MISSING = object()
 
 
@@ -24,14 +24,17 @@ class _Config:
         self.raw = raw
         self.where = where
 
-    def integer(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
-        """The first of `keys` that is set, as an integer >= minimum; `default` when none is set."""
+    def integer(self, *keys: str, default: Any = _MISSING, minimum: int = 1, maximum: int = MAX_DIM) -> int:
+        """The first of `keys` that is set, as an integer in [minimum, maximum]; `default` when none is set.
+
+        The maximum is checked here, before any loop over layers or experts (ModelSpec checks it again)."""
         for key in keys:
             value = self.raw.get(key)
             if value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise BadInputError(f"{self.where}: {key} must be an integer >= {minimum}, got {value!r}; fix config.json")
+            if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+                raise BadInputError(f"{self.where}: {key} must be an integer >= {minimum} and <= {maximum:,}, got {value!r}; "
+                                    "fix config.json")
             return value
         if default is _MISSING:
             raise BadInputError(f"{self.where}: config.json lacks {' / '.join(keys)}; is this a decoder LM config?")
@@ -57,7 +60,7 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
             "(or describe the model in clusterplan's YAML format, see `clusterplan models show llama3.1-8b --format yaml`)"
         )
     c = _Config(cfg, where)
-    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox}.get(mt, _llama_like)
+    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss}.get(mt, _llama_like)
     fields = builder(c)
     if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"):
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
@@ -72,7 +75,7 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
 def _gpt2(c: _Config) -> dict[str, Any]:
     # GPT2Model: c_attn/c_proj/c_fc all with biases, learned positions (n_positions), head tied to wte.
     h = c.integer("n_embd", "hidden_size")
-    return dict(n_layers=c.integer("n_layer", "num_hidden_layers"), hidden=h, n_heads=c.integer("n_head", "num_attention_heads"),
+    return dict(n_layers=c.integer("n_layer", "num_hidden_layers", maximum=MAX_LAYERS), hidden=h, n_heads=c.integer("n_head", "num_attention_heads"),
                 ffn_hidden=c.integer("n_inner", default=4 * h), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=True, norm="layernorm", position="learned",
                 max_positions=c.integer("n_positions", "max_position_embeddings"), attn_bias=True, linear_bias=True)
@@ -87,7 +90,7 @@ def _opt(c: _Config) -> dict[str, Any]:
             "project_out layers are not modelled); use an OPT size whose word_embed_proj_dim equals hidden_size")
     bias = c.flag("enable_bias", True)
     # OPTLearnedPositionalEmbedding keeps max_position_embeddings + 2 rows (an offset of 2).
-    return dict(n_layers=c.integer("num_hidden_layers"), hidden=h, n_heads=c.integer("num_attention_heads"),
+    return dict(n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=h, n_heads=c.integer("num_attention_heads"),
                 ffn_hidden=c.integer("ffn_dim"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", True), norm="layernorm", position="learned",
                 max_positions=c.integer("max_position_embeddings") + 2, attn_bias=bias, linear_bias=bias)
@@ -96,10 +99,37 @@ def _opt(c: _Config) -> dict[str, Any]:
 def _gpt_neox(c: _Config) -> dict[str, Any]:
     # GPTNeoXLayer: fused qkv and dense with biases (attention_bias, default true), 4h MLP with biases, untied embed_out.
     bias = c.flag("attention_bias", True)
-    return dict(n_layers=c.integer("num_hidden_layers"), hidden=c.integer("hidden_size"), n_heads=c.integer("num_attention_heads"),
+    return dict(n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=c.integer("hidden_size"), n_heads=c.integer("num_attention_heads"),
                 ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False), norm="layernorm", position="rope",
                 max_positions=c.integer("max_position_embeddings", default=2048), attn_bias=bias, linear_bias=bias)
+
+
+def _gpt_oss(c: _Config) -> dict[str, Any]:
+    """GptOssDecoderLayer: biased q/k/v/o (attention_bias), a sink logit per head, an MoE MLP on every layer with a
+    biased router and biased expert matrices, layers alternating sliding_attention / full_attention (layer_types)."""
+    n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers")
+    window = c.integer("sliding_window", default=None)
+    types = c.raw.get("layer_types") or ["sliding_attention", "full_attention"] * (n_layers // 2)
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    if window is None or not full:
+        every = 0
+    else:
+        every = full[0] + 1
+        if full != list(range(every - 1, n_layers, every)) or len(types) != n_layers:
+            raise UnsupportedModelError(f"{c.where}: layer_types is not a repeating (sliding..., full) pattern; "
+                                        "describe the model in the YAML format")
+    experts = c.integer("num_local_experts")
+    return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
+                n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
+                ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
+                tied_embeddings=c.flag("tie_word_embeddings", False),
+                max_positions=c.integer("max_position_embeddings", default=4096),
+                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True, sliding_window=window,
+                full_attention_every=every, n_experts=experts,
+                top_k=c.integer("num_experts_per_tok", "experts_per_token"),
+                expert_ffn_hidden=c.integer("intermediate_size"))
 
 
 def _llama_like(c: _Config) -> dict[str, Any]:
@@ -107,7 +137,7 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     mt = c.raw["model_type"]
     n_heads = c.integer("num_attention_heads")
     fields: dict[str, Any] = dict(
-        n_layers=c.integer("num_hidden_layers"), hidden=c.integer("hidden_size"), n_heads=n_heads,
+        n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=c.integer("hidden_size"), n_heads=n_heads,
         n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
         ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
         tied_embeddings=c.flag("tie_word_embeddings", False),
@@ -147,9 +177,10 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
         # Qwen2MoeDecoderLayer: MoE when layer not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0.
         step = c.integer("decoder_sparse_step", default=1)
         dense = c.raw.get("mlp_only_layers") or []
-        if not isinstance(dense, list) or not all(isinstance(i, int) for i in dense):
-            raise BadInputError(f"{c.where}: mlp_only_layers must be a list of layer indices, got {dense!r}")
-        moe = [i for i in range(n_layers) if i not in dense and (i + 1) % step == 0]
+        if not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
+            raise BadInputError(f"{c.where}: mlp_only_layers must be a list of layer indices, got {str(dense)[:80]}")
+        dense_set = set(dense)
+        moe = [i for i in range(n_layers) if i not in dense_set and (i + 1) % step == 0]
         fields = dict(n_experts=c.integer("num_experts"), top_k=c.integer("num_experts_per_tok"),
                       expert_ffn_hidden=c.integer("moe_intermediate_size"), **_moe_layout(moe, n_layers, c.where))
         shared = c.integer("shared_expert_intermediate_size", default=0, minimum=0) if mt == "qwen2_moe" else 0

@@ -118,11 +118,30 @@ class Calibration:
             return 1.0
 
 
+RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
+    # Physical ranges of what a profile can measure; outside them a time or rate in the cost models could
+    # overflow to infinity (1e308 s of latency, 1e-300 B/s), so the file is refused where it is read.
+    "max_tflops": (1e-6, 1e6),  # 1 MFLOP/s (any CPU) .. 1 EFLOP/s (50x a B200's sparse FP4 peak)
+    "half_flops": (1e-6, 1e18),  # a GEMM of 1e18 FLOPs takes minutes on any chip
+    "bwd_over_fwd": (1e-3, 1e3),
+    "latency_s": (0.0, 10.0),  # a collective step over 10 s is a hang, not a latency
+    "busbw_bytes_per_s": (1e3, 1e15),  # 1 kB/s .. 1 PB/s (500x NVLink 5)
+    "copy_bytes_per_s": (1e3, 1e15),
+    "decode_step_overhead_s": (0.0, 10.0),
+    "time_factor": (1e-3, 1e3),
+    "tp_overhead_s": (0.0, 10.0),
+})
+
+
 def _positive(where: str, raw: Mapping[str, Any], key: str, *, zero_ok: bool = False) -> float:
     value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < 0 or (value == 0 and not zero_ok):
+    low, high = RANGES.get(key, (0.0, 1e300))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, int) and value > 1e300) \
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
         raise BadInputError(f"{where}: {key} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}; "
+                            "re-run `clusterplan profile`")
+    if not (low <= value <= high or (value == 0 and zero_ok)):
+        raise BadInputError(f"{where}: {key} {value!r} is outside the measurable range {low:g}..{high:g}; "
                             "re-run `clusterplan profile`")
     return float(value)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping, path_exists
+from clusterplan.fileio import load_mapping, path_exists, show
 from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
 
 
@@ -131,7 +131,13 @@ class Cluster:
 
 
 MAX_COUNT = 10**9
-"""Most nodes in a group and most GPUs/NICs per node accepted; beyond it float arithmetic overflows."""
+"""Most GPUs/NICs per node accepted; beyond it float arithmetic overflows."""
+MAX_NODES = 2**17
+"""Most nodes in a cluster (all groups): 131,072 nodes is 1 M GPUs at 8 per node, 5x the largest cluster built
+(xAI Colossus, about 200 k GPUs in 2025). The planner keeps per-node tables (placement, node order), so a
+billion nodes would exhaust memory before any arithmetic overflowed."""
+MAX_WORLD = 2**24
+"""Most GPUs in a cluster: 16.7 M, 80x the largest built; per-rank loops (placement, expert maps) stay bounded."""
 
 
 def _finite(value: float) -> bool:
@@ -148,8 +154,9 @@ def _positive_int(overrides: dict[str, Any], key: str, default: int, where: str)
 
 def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> NodeGroup:
     node = get_node(preset)
-    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_COUNT:
-        raise BadInputError(f"{where}: node count must be a positive integer up to {MAX_COUNT:,}, got {count!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_NODES:
+        shown = count if not isinstance(count, int) or count < 10**30 else f"a {len(str(count))}-digit number"
+        raise BadInputError(f"{where}: node count must be a positive integer up to {MAX_NODES:,}, got {shown!r}")
     gpu = get_gpu(str(overrides.get("gpu", node.gpu)))
     gpus_per_node = _positive_int(overrides, "gpus_per_node", node.gpus_per_node, where)
     scale_up = get_link(str(overrides.get("scale_up_link", node.scale_up_link)))
@@ -186,6 +193,7 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
         groups.append(_group(str(raw["node"]), raw["count"], raw, f"{where}: groups[{i}]"))
     matrix = data.get("node_bandwidth_gb_per_s")
     n_nodes = sum(g.count for g in groups)
+    _check_size(groups, where)
     if matrix is not None:
         ok = isinstance(matrix, list) and len(matrix) == n_nodes and all(
             isinstance(row, list) and len(row) == n_nodes and all(
@@ -199,6 +207,14 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
     return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix)
 
 
+def _check_size(groups: Sequence[NodeGroup], where: str) -> None:
+    nodes = sum(g.count for g in groups)
+    gpus = sum(g.count * g.gpus_per_node for g in groups)
+    if nodes > MAX_NODES or gpus > MAX_WORLD:
+        raise BadInputError(f"{where}: {nodes:,} nodes with {gpus:,} GPUs; clusterplan plans up to {MAX_NODES:,} "
+                            f"nodes and {MAX_WORLD:,} GPUs")
+
+
 SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)$")
 
 
@@ -207,14 +223,19 @@ def load_cluster(ref: str) -> Cluster:
     m = SHORTHAND.match(ref.strip())
     exists = bool(ref.strip()) and path_exists(ref)
     if m and not exists:
-        count = int(m["count"])
+        digits = m["count"].lstrip("0")
+        if len(digits) > 12:  # no int() of a 5,000-digit count
+            raise BadInputError(f"--cluster {m['preset']}:<{len(digits)} digits>: node count must be a positive "
+                                f"integer up to {MAX_NODES:,}")
+        count = int(digits or "0")
         group = _group(m["preset"], count, {}, f"--cluster {ref}")
+        _check_size((group,), f"--cluster {ref}")
         return Cluster(name=ref, groups=(group,))
     if exists:
         data = load_mapping(ref)
         inner = data.get("cluster", data)
         if not isinstance(inner, dict):
-            raise BadInputError(f"{ref}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
-        return cluster_from_dict(inner, where=str(ref))
+            raise BadInputError(f"{show(ref)}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
+        return cluster_from_dict(inner, where=show(ref))
     raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets) "
                         "or the path of a cluster YAML file")

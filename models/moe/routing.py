@@ -19,15 +19,29 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import dumps_json, write_atomic, write_atomic_bytes
+from clusterplan.fileio import (
+    MAX_DATA_BYTES,
+    check_name,
+    dumps_json,
+    is_file,
+    loads_json,
+    read_text,
+    show,
+    write_atomic,
+    write_atomic_bytes,
+)
+from clusterplan.models.architecture.spec import MAX_LAYERS
 
 FORMATS = (".npz", ".npy", ".json", ".csv")
 
@@ -61,6 +75,12 @@ class RoutingStats:
 # ---- validation ---------------------------------------------------------------------------------
 MAX_COUNT = 1e30
 """Largest token count accepted."""
+MAX_EXPERTS = 2**16
+"""Most routed experts per layer in a statistics file: 65,536 is 170x the most a released model routes over
+(Kimi K2: 384); the placement's slot tables grow with it."""
+MAX_STATS_CELLS = 2**25
+"""Most numbers in one statistics file (all arrays): 33.5 M (256 MiB as float64) is 3.8x Kimi K2's full
+transitions (60 MoE layers x 384 x 384 = 8.8 M); checked on .npy/.npz headers before any array is read."""
 
 
 def _check_counts(arr: np.ndarray, what: str, where: str) -> None:
@@ -81,6 +101,7 @@ def make_stats(tokens_per_expert: object, transitions: object = None, *, where: 
         raise BadInputError(f"{where}: token counts must be numbers in rectangular arrays ({exc})") from exc
     if load.ndim != 2 or load.shape[0] < 1 or load.shape[1] < 1:
         raise BadInputError(f"{where}: tokens_per_expert must be a [layers, experts] table, got shape {load.shape}")
+    _check_shape(load.shape, where)
     _check_counts(load, "tokens_per_expert", where)
     if np.any(load.sum(axis=1) <= 0):
         raise BadInputError(f"{where}: a layer has no tokens at all; every MoE layer needs routed tokens")
@@ -94,6 +115,19 @@ def make_stats(tokens_per_expert: object, transitions: object = None, *, where: 
     return RoutingStats(tokens_per_expert=load, transitions=trans, source=where)
 
 
+def _check_shape(shape: tuple[int, ...], where: str) -> None:
+    """[layers, experts] within what any model has, before a table of that shape is made."""
+    if shape[0] > MAX_LAYERS or shape[1] > MAX_EXPERTS:
+        raise BadInputError(f"{where}: {shape[0]:,} layers x {shape[1]:,} experts; statistics hold at most "
+                            f"{MAX_LAYERS:,} layers and {MAX_EXPERTS:,} experts (indices count from 0)")
+
+
+def _check_cells(cells: int, where: str) -> None:
+    if cells > MAX_STATS_CELLS:
+        raise BadInputError(f"{where}: {cells:,} numbers, over the {MAX_STATS_CELLS:,} any model's statistics need; "
+                            "is this the right file?")
+
+
 def check_against_model(stats: RoutingStats, n_experts: int, n_moe_layers: int, model_name: str) -> None:
     """Stats must have the model's expert count and at most its number of MoE layers."""
     if stats.n_experts != n_experts:
@@ -105,83 +139,115 @@ def check_against_model(stats: RoutingStats, n_experts: int, n_moe_layers: int, 
 
 # ---- reading ------------------------------------------------------------------------------------
 def load_stats(path: str | os.PathLike[str]) -> RoutingStats:
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such file; give routing statistics as {', '.join(FORMATS)} "
+    p = check_name(path, "statistics")
+    where = show(p)
+    if not is_file(p):
+        raise BadInputError(f"{where}: no such file; give routing statistics as {', '.join(FORMATS)} "
                             "(or make some with `clusterplan experts synth`)")
     suffix = p.suffix.lower()
     if suffix not in FORMATS:
-        raise BadInputError(f"{p}: unknown statistics format {suffix!r}; use one of {', '.join(FORMATS)}")
+        raise BadInputError(f"{where}: unknown statistics format {ascii(suffix)}; use one of {', '.join(FORMATS)}")
     try:
+        if p.stat().st_size > MAX_DATA_BYTES:
+            raise BadInputError(f"{where}: over the {MAX_DATA_BYTES >> 20} MiB a statistics file may have")
         if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as data:
-                if "tokens_per_expert" not in data:
-                    raise BadInputError(f"{p}: missing array `tokens_per_expert` (found {', '.join(data.files)})")
-                trans = data["transitions"] if "transitions" in data else None
-                return make_stats(data["tokens_per_expert"], trans, where=str(p))
+            return _load_npz(p, where)
         if suffix == ".npy":
-            return make_stats(np.load(p, allow_pickle=False), where=str(p))
+            with p.open("rb") as fh:
+                _npy_header(fh, where)
+            return make_stats(np.load(p, allow_pickle=False), where=where)
         if suffix == ".json":
             return _load_json(p)
         return _load_csv(p)
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, BadInputError):
-            raise
-        raise BadInputError(f"{p}: cannot read statistics ({exc}); check the file is a valid {suffix} file") from exc
+    except BadInputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError, zipfile.BadZipFile, zlib.error) as exc:
+        raise BadInputError(f"{where}: cannot read statistics ({type(exc).__name__}: {exc}); check the file is a "
+                            f"valid {suffix} file") from None
+
+
+def _npy_header(fh: Any, where: str) -> tuple[int, ...]:
+    """Shape of one .npy array from its header, refused when not a numeric array of bounded size."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise BadInputError(f"{where}: .npy format version {version} is not supported; save with numpy.save")
+    if dtype.kind not in "biuf":
+        raise BadInputError(f"{where}: array of {dtype} values; token counts must be numbers")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise BadInputError(f"{where}: bad array shape {shape}")
+    _check_cells(math.prod(shape), where)
+    return shape
+
+
+def _load_npz(p: Path, where: str) -> RoutingStats:
+    with zipfile.ZipFile(p) as zf:
+        cells = 0
+        for info in zf.infolist():
+            with zf.open(info) as fh:
+                cells += math.prod(_npy_header(fh, f"{where}: {ascii(info.filename)}"))
+        _check_cells(cells, where)
+    with np.load(p, allow_pickle=False) as data:
+        if "tokens_per_expert" not in data:
+            raise BadInputError(f"{where}: missing array `tokens_per_expert` (found {', '.join(map(ascii, data.files))})")
+        trans = data["transitions"] if "transitions" in data else None
+        return make_stats(data["tokens_per_expert"], trans, where=where)
 
 
 def _load_json(p: Path) -> RoutingStats:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{p}: malformed JSON ({exc.msg} at line {exc.lineno}); fix the syntax") from exc
+    data = loads_json(read_text(p, "statistics JSON", MAX_DATA_BYTES), show(p))
     if not isinstance(data, dict) or "tokens_per_expert" not in data:
-        raise BadInputError(f"{p}: expected a JSON object with `tokens_per_expert` ([layers][experts] counts)")
-    return make_stats(data["tokens_per_expert"], data.get("transitions"), where=str(p))
+        raise BadInputError(f"{show(p)}: expected a JSON object with `tokens_per_expert` ([layers][experts] counts)")
+    return make_stats(data["tokens_per_expert"], data.get("transitions"), where=show(p))
 
 
 def _read_csv_rows(p: Path, columns: tuple[str, ...]) -> list[tuple[float, ...]]:
-    with p.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or any(c not in reader.fieldnames for c in columns):
-            raise BadInputError(f"{p}: CSV header must contain {','.join(columns)}; got {reader.fieldnames}")
-        rows = []
-        for n, row in enumerate(reader, start=2):
-            try:
-                rows.append(tuple(float(row[c]) for c in columns))
-            except (TypeError, ValueError) as exc:
-                raise BadInputError(f"{p}: line {n}: {','.join(columns)} must be numbers") from exc
+    reader = csv.DictReader(io.StringIO(read_text(p, "statistics CSV", MAX_DATA_BYTES), newline=""))
+    if reader.fieldnames is None or any(c not in reader.fieldnames for c in columns):
+        raise BadInputError(f"{show(p)}: CSV header must contain {','.join(columns)}; got {reader.fieldnames}")
+    rows = []
+    for n, row in enumerate(reader, start=2):
+        try:
+            rows.append(tuple(float(row[c]) for c in columns))
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{show(p)}: line {n}: {','.join(columns)} must be numbers") from exc
     if not rows:
-        raise BadInputError(f"{p}: no data rows")
+        raise BadInputError(f"{show(p)}: no data rows")
     return rows
 
 
-def _index(values: np.ndarray, p: Path, what: str) -> np.ndarray:
-    if np.any(values < 0) or np.any(values != np.round(values)):
-        raise BadInputError(f"{p}: {what} must be whole numbers >= 0")
+def _index(values: np.ndarray, p: Path, what: str, limit: int) -> np.ndarray:
+    """Whole numbers in [0, limit), checked as floats before they become int64 (1e20 would wrap around)."""
+    if not np.all((values >= 0) & (values < limit) & (values == np.round(values))):  # NaN fails too
+        raise BadInputError(f"{show(p)}: {what} must be whole numbers from 0 to {limit - 1:,} (indices counted from 0)")
     return values.astype(np.int64)
 
 
 def _load_csv(p: Path) -> RoutingStats:
     rows = np.array(_read_csv_rows(p, ("layer", "expert", "tokens")))
-    layer, expert = _index(rows[:, 0], p, "layer"), _index(rows[:, 1], p, "expert")
-    if (int(layer.max()) + 1) * (int(expert.max()) + 1) > 2**28:
-        raise BadInputError(f"{p}: layer {layer.max()} x expert {expert.max()} is far too large a table; "
+    layer, expert = _index(rows[:, 0], p, "layer", MAX_LAYERS), _index(rows[:, 1], p, "expert", MAX_EXPERTS)
+    if (int(layer.max()) + 1) * (int(expert.max()) + 1) > MAX_STATS_CELLS:
+        raise BadInputError(f"{show(p)}: layer {layer.max()} x expert {expert.max()} is far too large a table; "
                             "layer and expert are indices counted from 0")
     load = np.zeros((layer.max() + 1, expert.max() + 1))
     np.add.at(load, (layer, expert), rows[:, 2])
     companion = p.with_name(p.stem + ".transitions.csv")
     trans = None
-    if companion.is_file():
+    if is_file(companion):
         t = np.array(_read_csv_rows(companion, ("layer", "from_expert", "to_expert", "tokens")))
-        tl = _index(t[:, 0], companion, "layer")
-        ti, tj = _index(t[:, 1], companion, "from_expert"), _index(t[:, 2], companion, "to_expert")
+        tl = _index(t[:, 0], companion, "layer", MAX_LAYERS)
+        ti = _index(t[:, 1], companion, "from_expert", MAX_EXPERTS)
+        tj = _index(t[:, 2], companion, "to_expert", MAX_EXPERTS)
         if tl.max() >= load.shape[0] - 1 or max(ti.max(), tj.max()) >= load.shape[1]:
-            raise BadInputError(f"{companion}: layer or expert index outside {p.name}'s {load.shape[0]} layers x "
-                                f"{load.shape[1]} experts")
+            raise BadInputError(f"{show(companion)}: layer or expert index outside {show(p.name)}'s {load.shape[0]} "
+                                f"layers x {load.shape[1]} experts")
+        _check_cells((load.shape[0] - 1) * load.shape[1] ** 2, show(companion))
         trans = np.zeros((load.shape[0] - 1, load.shape[1], load.shape[1]))
         np.add.at(trans, (tl, ti, tj), t[:, 3])
-    return make_stats(load, trans, where=str(p))
+    return make_stats(load, trans, where=show(p))
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -259,6 +325,8 @@ class SynthConfig:
             raise BadInputError(f"synth: top_k ({self.top_k}) must be <= experts ({self.n_experts})")
         if not (self.zipf_exponent >= 0 and self.affinity_logit >= 0 and self.successors >= 0):  # NaN fails too
             raise BadInputError("synth: zipf exponent, affinity and successors must be >= 0")
+        if not (math.isfinite(self.zipf_exponent) and math.isfinite(self.affinity_logit)):
+            raise BadInputError("synth: zipf exponent and affinity must be finite (inf gives NaN popularities)")
         if self.seed < 0:
             raise BadInputError(f"synth: seed must be >= 0, got {self.seed}")
         # The simulation holds tokens x experts scores per layer and experts x experts transitions per layer.

@@ -10,9 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import MAX_DATA_BYTES, bounded_int, check_name, is_file, read_text, show
 
 MAX_TOKENS = 10**12
-"""Longest request sampled; far beyond any context window (the planner then reports it unservable)."""
+"""Longest request sampled or accepted; far beyond any context window (the planner then reports it unservable)."""
+MAX_LOG_MU = 500.0
+MAX_LOG_SIGMA = 30.0
+"""Lognormal MU and SIGMA accepted: exp(500 + 6 x 30) still fits a float (exp overflows past 709); samples over
+MAX_TOKENS are clipped to it, so the planner says such requests do not fit."""
+MAX_ARRIVAL_S = 1e9
+"""Latest arrival time in a trace, about 31 years in seconds; real traces (Azure, BurstGPT, Mooncake) span hours
+to months, and gaps of 1e308 s overflow every rate computed from them."""
 DIST_HELP = "give a token count (512), uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA or a histogram CSV (tokens,weight)"
 
 
@@ -44,23 +52,33 @@ class LengthDist:
 def parse_length(text: str, what: str) -> LengthDist:
     """`512`, `uniform:A:B`, `normal:MU:SIGMA`, `lognormal:MU:SIGMA`, or the path of a histogram CSV."""
     parts = text.strip().split(":")
+    if text.lower().endswith(".csv"):
+        check_name(text, f"{what} histogram")  # a name the OS refuses is one line, not an OSError
+    csv_file = is_file(text)
     try:
-        if len(parts) == 1 and not Path(text).is_file():
+        if len(parts) == 1 and not csv_file:
             value = float(parts[0])
-            if not 1 <= value < math.inf:
+            if not 1 <= value <= MAX_TOKENS:
                 raise ValueError
             return LengthDist(kind="fixed", params=(value,))
         if parts[0] in ("uniform", "normal", "lognormal") and len(parts) == 3:
             a, b = float(parts[1]), float(parts[2])
-            if (parts[0] == "uniform" and not 1 <= a <= b) or (parts[0] != "uniform" and b < 0) \
-                    or not (math.isfinite(a) and math.isfinite(b)):
+            if not (math.isfinite(a) and math.isfinite(b)):
+                raise ValueError
+            if parts[0] == "uniform" and not 1 <= a <= b <= MAX_TOKENS:
+                raise ValueError
+            if parts[0] == "normal" and not (abs(a) <= MAX_TOKENS and 0 <= b <= MAX_TOKENS):
+                raise ValueError
+            if parts[0] == "lognormal" and not (a <= MAX_LOG_MU and 0 <= b <= MAX_LOG_SIGMA):
                 raise ValueError
             return LengthDist(kind=parts[0], params=(a, b))
     except ValueError:
-        raise BadInputError(f"{what} {text!r} is not a valid length distribution; {DIST_HELP}") from None
-    if Path(text).is_file():
+        raise BadInputError(f"{what} {text[:200]!r} is not a valid length distribution; {DIST_HELP} "
+                            f"(lengths up to {MAX_TOKENS:.0e}, lognormal MU up to {MAX_LOG_MU:g}, SIGMA up to "
+                            f"{MAX_LOG_SIGMA:g})") from None
+    if csv_file:
         return _histogram(Path(text), what)
-    raise BadInputError(f"{what} {text!r} is not a valid length distribution; {DIST_HELP}")
+    raise BadInputError(f"{what} {text[:200]!r} is not a valid length distribution; {DIST_HELP}")
 
 
 def _histogram(path: Path, what: str) -> LengthDist:
@@ -71,18 +89,20 @@ def _histogram(path: Path, what: str) -> LengthDist:
             weights.append(float(row[1]) if len(row) > 1 else 1.0)
         except (ValueError, IndexError):
             if values:
-                raise BadInputError(f"{path}: bad histogram row {row!r}; expected tokens,weight") from None
-    if not values or not all(math.isfinite(v) for v in values + weights) or min(values) < 1 or min(weights) < 0 \
-            or sum(weights) <= 0:
-        raise BadInputError(f"{path}: {what} histogram needs rows tokens,weight with tokens >= 1 and weights >= 0")
+                raise BadInputError(f"{show(path)}: bad histogram row {str(row)[:80]}; expected tokens,weight") from None
+    try:
+        total = math.fsum(weights)
+    except OverflowError:  # weights summing past the float range
+        total = math.inf
+    if not values or not all(math.isfinite(v) for v in values + weights) or min(values) < 1 \
+            or max(values) > MAX_TOKENS or min(weights) < 0 or not 0 < total < math.inf:
+        raise BadInputError(f"{show(path)}: {what} histogram needs rows tokens,weight with tokens from 1 to "
+                            f"{MAX_TOKENS:.0e}, weights >= 0 and a finite, positive sum of weights")
     return LengthDist(kind="histogram", values=tuple(values), weights=tuple(weights))
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: cannot read ({exc}); give a UTF-8 CSV file") from None
+    return read_text(path, "CSV", MAX_DATA_BYTES).splitlines(keepends=True)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -106,21 +126,27 @@ class Requests:
 
 def load_trace(path: str | Path) -> Requests:
     """A CSV with columns arrival_s,input_tokens,output_tokens (header required, sorted or not)."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such trace file; give a CSV with arrival_s,input_tokens,output_tokens")
+    p = check_name(path, "trace")
+    if not is_file(p):
+        raise BadInputError(f"{show(p)}: no such trace file; give a CSV with arrival_s,input_tokens,output_tokens")
     reader = csv.DictReader(line for line in _lines(p) if not line.startswith("#"))
     need = {"arrival_s", "input_tokens", "output_tokens"}
     if not need <= set(reader.fieldnames or ()):
-        raise BadInputError(f"{p}: trace header must name arrival_s,input_tokens,output_tokens")
+        raise BadInputError(f"{show(p)}: trace header must name arrival_s,input_tokens,output_tokens")
     try:
-        rows = sorted((float(r["arrival_s"]), int(r["input_tokens"]), int(r["output_tokens"])) for r in reader)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(f"{p}: bad trace row ({exc}); arrival_s is seconds, token counts are integers") from None
-    if not all(math.isfinite(r[0]) for r in rows):
-        raise BadInputError(f"{p}: arrival_s must be a finite number of seconds in every row")
+        rows = sorted((float(r["arrival_s"]), bounded_int(r["input_tokens"], show(p)),
+                       bounded_int(r["output_tokens"], show(p))) for r in reader)
+    except BadInputError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"{show(p)}: bad trace row ({exc}); arrival_s is seconds, token counts are integers") from None
+    if not all(math.isfinite(r[0]) and abs(r[0]) <= MAX_ARRIVAL_S for r in rows):
+        raise BadInputError(f"{show(p)}: arrival_s must be a finite number of seconds up to {MAX_ARRIVAL_S:.0e} "
+                            "in every row")
     if len(rows) < 2 or min(min(r[1], r[2]) for r in rows) < 1:
-        raise BadInputError(f"{p}: a trace needs at least 2 requests with input and output tokens >= 1")
+        raise BadInputError(f"{show(p)}: a trace needs at least 2 requests with input and output tokens >= 1")
+    if max(max(r[1], r[2]) for r in rows) > MAX_TOKENS:
+        raise BadInputError(f"{show(p)}: token counts must be at most {MAX_TOKENS:.0e}")
     arr, inp, out = zip(*rows, strict=True)
     return Requests(arrival_s=tuple(a - arr[0] for a in arr), input_tokens=inp, output_tokens=out)
 

@@ -167,6 +167,8 @@ class Layout:
                 raise BadInputError(f"--layout: {item!r} is not key=value (e.g. tp=8,pp=4,mbs=1)")
             if key not in types:
                 raise BadInputError(f"--layout: unknown key {key!r}; known: {', '.join(sorted(types))}")
+            if key in data:
+                raise BadInputError(f"--layout: {key} is given twice; give each key once")
             data[key] = _convert(key, value, str(types[key]))
         return cls.from_dict(data, world=world, where="--layout")
 
