@@ -1,54 +1,49 @@
-"""Benchmark: DeepSeek-V3 expert placement on 64 H100s in 8 nodes, EPLB vs ILP (60 s limit).
+"""Benchmark: expert placement under each engine's dispatch rule, on the three cases of issue #17.
 
-256 routed experts, top-8, all 58 MoE layers, 5 slots per GPU (64 redundant experts), synthetic skewed
-statistics with cross-layer transitions (seed 0, 16384 tokens per layer). Prints the metrics of both
-placements, the ILP's optimality gap and its wall-clock time. Run: .venv/bin/python bench/bench_experts.py
+DeepSeek-V3 on 64 H100 (8 nodes, 5 slots/GPU, all 58 MoE layers), Qwen3-30B-A3B on 16, Mixtral-8x7B on 64; seeded
+synthetic statistics at the default (calibrated) skew. For each engine rule: worst max/mean, all-to-all and expert
+time of EPLB hierarchical (where the model has expert groups), EPLB global, the optimiser (balance; the ILP under
+the chained research model) and the chosen placement, with the wall time of the whole `plan_experts`.
+Run: .venv/bin/python bench/bench_experts.py [--quick]   (--quick: 8 layers per model)
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from clusterplan.models.architecture.catalog import load_model
-from clusterplan.models.hardware.cluster import load_cluster
-from clusterplan.models.moe.metrics import evaluate, fabric_for, summary
-from clusterplan.models.moe.routing import SynthConfig, synth_stats
-from clusterplan.solver.experts import eplb_placement
-from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
+from clusterplan.models.moe.routing import SynthConfig, save_stats, synth_stats
+from clusterplan.solver.experts_plan import ExpertsRequest, plan_experts
 
-TIME_LIMIT_S = 60.0
+CASES = (("deepseek-v3", "dgx-h100:8"), ("qwen3-30b-a3b", "dgx-h100:2"), ("mixtral-8x7b", "dgx-h100:8"))
+ENGINES = ("vllm", "trtllm", "sglang-static", "chained")
 
 
-def main() -> int:
-    model, cluster = load_model("deepseek-v3"), load_cluster("dgx-h100:8")
-    fabric = fabric_for(cluster, model, "bf16")
-    stats = synth_stats(SynthConfig(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
-                                    n_tokens=16384, seed=0))
-    start = time.monotonic()
-    base = eplb_placement(stats.tokens_per_expert, slots_per_gpu=5, n_gpus=fabric.n_gpus,
-                          gpus_per_node=fabric.gpus_per_node, n_groups=8)
-    eplb_s = time.monotonic() - start
-    result = ilp_placement(stats, fabric, base, IlpOptions(time_limit_s=TIME_LIMIT_S))
-    eplb, ilp = summary(evaluate(base, stats, fabric)), summary(evaluate(result.placement, stats, fabric))
-    print(f"DeepSeek-V3 on {cluster.describe()}, {stats.n_layers} MoE layers, {base.n_slots} slots per layer")
-    print(f"{'metric':<22}{'EPLB':>14}{'ILP':>14}{'ILP lower by':>14}")
-    for key, unit, factor in (("max_over_mean_worst", "", 1), ("max_over_mean_avg", "", 1),
-                              ("cross_node_bytes", " GB", 1e-9), ("cross_gpu_bytes", " GB", 1e-9),
-                              ("all_to_all_s", " ms", 1e3), ("expert_compute_s", " ms", 1e3)):
-        drop = 1 - ilp[key] / eplb[key] if eplb[key] else 0.0
-        print(f"{key + unit:<22}{eplb[key] * factor:>14.4f}{ilp[key] * factor:>14.4f}{drop:>14.2%}")
-    log = result.log
-    print(f"EPLB time {eplb_s:.2f} s; ILP time {result.solve_s:.1f} s (limit {TIME_LIMIT_S:.0f} s)")
-    print(f"ILP gap {result.gap:.2%} (objective {log.objective_us:.0f} us, bound {log.bound_us:.0f} us over "
-          f"{log.subproblems} subproblems, {log.proven_optimal} proven optimal, {log.hit_time_limit} stopped on time)")
-    print(f"layers kept from EPLB: {list(result.fallback_layers) or 'none'}; packed without a solve: "
-          f"{list(result.unsolved_layers) or 'none'}; EPLB's experts per node kept: {result.node_locked}")
-    within = result.solve_s <= TIME_LIMIT_S
-    never_worse = all(ilp[k] <= eplb[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "cross_node_bytes"))
-    print(f"within limit: {within}; never worse than EPLB on max/mean and cross-node bytes: {never_worse}")
-    return 0 if within and never_worse else 1
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_ref, cluster_ref in CASES:
+            model = load_model(model_ref)
+            layers = 8 if quick else model.n_moe_layers
+            path = Path(tmp) / f"{model_ref}.npz"
+            save_stats(synth_stats(SynthConfig(n_layers=layers, n_experts=model.n_experts, top_k=model.top_k,
+                                               seed=0)), path)
+            print(f"\n{model_ref} on {cluster_ref}, {layers} MoE layers")
+            print(f"{'engine':<15}{'method':<19}{'max/mean':>10}{'a2a ms':>10}{'expert ms':>11}{'wall s':>8}")
+            for engine in ENGINES:
+                start = time.monotonic()
+                result = plan_experts(ExpertsRequest(model_ref=model_ref, cluster_ref=cluster_ref,
+                                                     stats_path=str(path), engine=engine))
+                wall = time.monotonic() - start
+                for name, data in result.report["methods"].items():
+                    s = data["summary"]
+                    print(f"{engine:<15}{name:<19}{s['max_over_mean_worst']:>10.3f}{s['all_to_all_s'] * 1e3:>10.2f}"
+                          f"{s['expert_compute_s'] * 1e3:>11.3f}{wall if name == 'chosen' else float('nan'):>8.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,8 @@
-"""Benchmark: `clusterplan serve-plan` end to end on 6 GPU types x 3 tp options x 16 request buckets.
+"""Benchmark: `clusterplan serve-plan` end to end on 6 GPU types x 3 tp options (1, 2, 4) x 16 request buckets, and
+`clusterplan serve-estimate` on one configuration per load kind.
 
-Prints wall seconds per run (target < 2 s for the colocated plan). Run: .venv/bin/python bench/bench_serve.py
+Prints wall seconds per run (targets: serve-plan colocated < 2 s, serve-estimate < 1 s).
+Run: .venv/bin/python bench/bench_serve.py
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def run(args: list[str]) -> tuple[float, dict]:
     start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out):
         try:
-            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4,8", "--format", "json", *args])
+            # --provider any: all six GPU types priced (no one provider in the snapshot prices all six)
+            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4", "--provider", "any", "--format", "json", *args])
         except SystemExit as exc:
             if exc.code:
                 raise
@@ -40,7 +43,29 @@ def run(args: list[str]) -> tuple[float, dict]:
     return time.perf_counter() - start, time.process_time() - cpu, json.loads(out.getvalue())
 
 
+ESTIMATES = {
+    "serve-estimate llama3.1-70b H100 tp2, 32 clients 4000/500": ["--model", "llama3.1-70b", "--gpu", "H100", "--tp", "2",
+                                                              "--weight-dtype", "fp8", "--concurrency", "32",
+                                                              "--input-len", "4000", "--output-len", "500"],
+    "serve-estimate llama3.1-8b H100, Poisson 20 req/s, 1000 requests": ["--model", "llama3.1-8b", "--gpu", "H100",
+                                                                        "--rate", "20", "--input-len", "lognormal:6.5:1",
+                                                                        "--output-len", "lognormal:5:0.8"],
+}
+
+
+def run_estimate(args: list[str]) -> float:
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        main(["serve-estimate", "--format", "json", *args])
+    return time.perf_counter() - start
+
+
 def main_bench() -> None:
+    run_estimate(next(iter(ESTIMATES.values())))  # warm imports
+    for name, args in ESTIMATES.items():
+        wall = sorted(run_estimate(args) for _ in range(3))
+        print(f"{name}: wall {wall[0]:.2f} s best of 3 (median {wall[1]:.2f} s)")
     run(CASES["llama3.1-8b colocated (off)"])  # warm imports (pulp, numpy) once
     for name, args in CASES.items():
         runs = [run(args) for _ in range(3)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, stack_option
 from clusterplan.fileio import require_finite
 from clusterplan.solver.check import check_config
 
@@ -23,11 +23,12 @@ from clusterplan.solver.check import check_config
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")
+@stack_option("megatron-core; torchtitan for a torchtitan TOML")
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
-          fmt: str) -> None:
+          stack_name: str | None, fmt: str) -> None:
     """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
-    result = check_config(config, model_ref, cluster_ref, min_mfu, headroom_gib)
+    result = check_config(config, model_ref, cluster_ref, min_mfu, headroom_gib, stack_name)
     est = result.estimate
     require_finite(est)
     summary = (f"{config.name} ({result.kind}): {result.model.name}, {result.layout.short()} on "

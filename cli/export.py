@@ -5,10 +5,16 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import output_path
+from clusterplan.cli.options import output_path, stack_option
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
+from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.models.training.layout import stack_problems
 from clusterplan.models.training.planfile import read_plan
+
+STACK_OF_TARGET = {"megatron": "megatron-core", "torchtitan": "torchtitan", "torchtitan-py": "torchtitan",
+                   "deepspeed": "deepspeed"}
+"""The execution stack a target's config runs on, unless --stack says otherwise."""
 
 
 @click.command()
@@ -17,7 +23,8 @@ from clusterplan.models.training.planfile import read_plan
               help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron, deepspeed.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the config to this file (atomically) instead of stdout.")
-def export(plan_path: str, target: str, out_path: str | None) -> None:
+@stack_option("the target's: megatron-core for megatron, torchtitan for torchtitan*, deepspeed for deepspeed")
+def export(plan_path: str, target: str, out_path: str | None, stack_name: str | None) -> None:
     """Write a plan file as a launch config with the command that starts it.
 
     \b
@@ -27,6 +34,7 @@ def export(plan_path: str, target: str, out_path: str | None) -> None:
     Exits 2 when the plan cannot be read or the framework cannot run it (the line says why).
     """
     plan = read_plan(plan_path)
+    stack = get_stack(stack_name or STACK_OF_TARGET[target])
     result = export_plan(target, plan.model, plan.cluster, plan.layout)
     if out_path:
         write_atomic(out_path, result.text)
@@ -35,4 +43,6 @@ def export(plan_path: str, target: str, out_path: str | None) -> None:
         click.echo(result.text, nl=False)
     for note in result.notes:
         console.warn(note)
+    for problem in stack_problems(plan.layout, stack):  # the exporter mapped what it could; say what differs
+        console.warn(f"{problem} (re-plan with `clusterplan plan --stack {stack.name}` to search only what it runs)")
     console.info(f"launch: {result.launch}")

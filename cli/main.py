@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "plan": ("clusterplan.cli.plan", "plan", "Search training layouts and rank them by predicted step time."),
     "estimate": ("clusterplan.cli.estimate", "estimate", "Predict memory and step time of one training layout."),
     "serve-plan": ("clusterplan.cli.serve", "serve_plan", "Cheapest GPU mix that serves a workload within SLOs."),
+    "serve-estimate": ("clusterplan.cli.serve_estimate", "serve_estimate",
+                       "Latency percentiles and throughput of one serving configuration under one load."),
     "experts": ("clusterplan.cli.experts", "experts", "Place MoE experts on GPUs from routing statistics."),
     "profile": ("clusterplan.cli.profile", "profile", "Measure GEMM, memory and collectives; write a calibration."),
     "validate": ("clusterplan.cli.validate", "validate", "Run a plan with torch.distributed; report prediction error."),

@@ -25,3 +25,13 @@ def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is not None:
         check_output_path(value, option=param.opts[0] if param.opts else "--out")
     return value
+
+
+STACK_NAMES = "megatron-core, torchtitan, torchtitan-compile, deepspeed, megatron-lm-2021"
+
+
+def stack_option(default_help: str = "megatron-core"):  # noqa: ANN201 - a click decorator
+    """`--stack NAME`: the execution stack that runs the layout (hardware_db/data/stacks.yaml)."""
+    return click.option("--stack", "stack_name", default=None, metavar="NAME",
+                        help=f"Execution stack: {STACK_NAMES} (default {default_help}). It sets which communication "
+                             "overlaps, the collectives' granularity and what `plan` may choose.")

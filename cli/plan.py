@@ -8,9 +8,10 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path
+from clusterplan.cli.options import format_option, output_path, stack_option
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.solver.hetero import hetero_plan
@@ -52,6 +53,7 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--headroom-gib", type=click.FloatRange(min=0), default=2.0,
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
+@stack_option()
 @format_option
 @click.option("--timing", is_flag=True,
               help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
@@ -59,8 +61,8 @@ def parse_fix(text: str | None, world: int) -> dict:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the best plan as a plan file for check / validate / export.")
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
-         tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, fmt: str,
-         timing: bool, out_path: str | None) -> None:
+         tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, stack_name: str | None,
+         fmt: str, timing: bool, out_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -73,20 +75,21 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB (e.g. --headroom-gib 2)")
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
+    stack = get_stack(stack_name)
     with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
         if objective == "cost":
             result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                                    tokens=tokens, headroom_gib=headroom_gib)
+                                    tokens=tokens, headroom_gib=headroom_gib, stack=stack)
         else:
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                            objective=objective, tokens=tokens, headroom_gib=headroom_gib)
+                            objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
     result = rerank_on_links(result, calibration)
     data = result.to_json()
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
     if not cluster.is_homogeneous:
         with console.status("balancing pipeline stages across GPU types"):
-            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed).to_json()
+            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack).to_json()
     if out_path:
         write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
                    prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
@@ -100,6 +103,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     s = data["search"]
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
                  + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
+    for note in result.notes:  # what the stack cannot run, left out of the search
+        console.info(f"left out: {note}")
     if out_path:
         console.info(f"wrote {out_path}")
 
@@ -113,7 +118,8 @@ def _render(data: dict) -> None:
     for p in plans:
         lay = p["layout"]
         short = (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
+                                          if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]

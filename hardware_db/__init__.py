@@ -2,6 +2,7 @@
 
     from clusterplan.hardware_db import get_gpu, get_node, get_link
     get_gpu("H100").peak_tflops["bf16"]   # 989.4
+    get_stack("torchtitan").fsdp_granularity   # "block"
 """
 
 from clusterplan.hardware_db.catalog import (
@@ -12,9 +13,12 @@ from clusterplan.hardware_db.catalog import (
     load_db,
 )
 from clusterplan.hardware_db.schema import GPU, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.stacks import DEFAULT_STACK, ExecutionStack, get_stack, list_stacks
 
 __all__ = [
+    "DEFAULT_STACK",
     "GPU",
+    "ExecutionStack",
     "HardwareDB",
     "Link",
     "NodeType",
@@ -23,5 +27,7 @@ __all__ = [
     "get_gpu",
     "get_link",
     "get_node",
+    "get_stack",
+    "list_stacks",
     "load_db",
 ]

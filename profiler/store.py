@@ -112,6 +112,7 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
     """Eager layers measured against the cost model priced at this file's own fits (models/training/step.py layer_cost):
     time_factor = measured / modelled compute of a tp-1 layer; tp_overhead_s = what a tp-2 layer takes beyond
     time_factor x its modelled compute and its modelled TP all-reduces (DTensor dispatch, redistribution)."""
+    from clusterplan.hardware_db.stacks import get_stack
     from clusterplan.models.architecture.shapes import ModelShapes
     from clusterplan.models.architecture.spec import ModelSpec
     from clusterplan.models.hardware.rates import HardwareRates
@@ -134,7 +135,8 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
 
     def modelled(tp: int) -> tuple[float, float]:
         layout = Layout(tp=tp, mbs=ref["mbs"], gbs=ref["mbs"], seq=ref["seq"], precision=precision, recompute="none")
-        cost = layer_cost(shapes, LayoutArrays.from_layouts([layout]), hw)
+        # validate's runs are plain PyTorch layers, as torchtitan runs them in eager mode (no comm overlap).
+        cost = layer_cost(shapes, LayoutArrays.from_layouts([layout]), hw, get_stack("torchtitan"))
         return float(cost.compute_s[0]), float(cost.tp_s[0])
 
     compute1, _ = modelled(1)

@@ -13,14 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.report import read_rows
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
+STACK = "megatron-core"
+"""NeMo 25.11 runs Megatron-Core with Transformer Engine (hardware_db/data/stacks.yaml)."""
 
 MODELS = {
     "LLAMA3_8B": "llama3.1-8b",
@@ -194,11 +197,12 @@ def bridge_rows() -> list[BridgeRow]:
         if cluster is None:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason=reason, **base))
             continue
-        problems = layout_problems(model, layout, cluster.world_size)
+        stack = get_stack(STACK)
+        problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack)]
         if problems:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
             continue
-        est = estimate(model, cluster, layout)
+        est = estimate(model, cluster, layout, stack=stack)
         js = est.to_json()
         tokens = js["tokens_per_s"] / gpus
         out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,

@@ -14,12 +14,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data"
+STACK = "megatron-lm-2021"
+"""The stack these A100 runs used: Megatron-LM of 2021-22 (no TP/P2P overlap, unfused attention)."""
 
 
 def read_rows(name: str, directory: Path = REFERENCE_DIR) -> list[dict[str, str]]:
@@ -67,10 +70,10 @@ def table1() -> list[Comparison]:
             for vpp in (1, 2, 3, 4) if pp > 1 else (1,):
                 if b % (dp * mbs) or n % (pp * vpp):
                     continue
-                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp,
+                layout = Layout(tp=int(r["tp"]), pp=pp, dp=dp, mbs=mbs, gbs=b, seq=s, recompute="full", vpp=vpp, sp=False,
                                 schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision="fp16", zero=0,
                                 flash_attn=False)
-                est = estimate(gpt(h, a, n), selene(gpus), layout)
+                est = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK))
                 if est.feasible:
                     best = min(best, est.to_json()["step_time_s"])
         out.append(Comparison(f"{r['params_b']}B t{r['tp']} p{pp} d{dp}", measured, best, "s"))
@@ -84,10 +87,10 @@ def table2() -> list[Comparison]:
         h, a, n = int(r["hidden"]), int(r["heads"]), int(r["layers"])
         tp, pp, gpus, b = int(r["tp"]), int(r["pp"]), int(r["gpus"]), int(r["global_batch"])
         zero3 = r["scheme"] == "zero3"
-        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048,
+        layout = Layout(tp=tp, pp=pp, dp=gpus // (tp * pp), mbs=int(r["micro_batch"]), gbs=b, seq=2048, sp=False,
                         recompute="full", precision="fp16", zero=3 if zero3 else 0, flash_attn=False,
                         vpp=1, schedule="1f1b")
-        step = estimate(gpt(h, a, n), selene(gpus), layout).to_json()["step_time_s"]
+        step = estimate(gpt(h, a, n), selene(gpus), layout, stack=get_stack(STACK)).to_json()["step_time_s"]
         flops = 96 * b * 2048 * n * h * h * (1 + 2048 / (6 * h) + 51200 / (16 * n * h))
         out.append(Comparison(f"{r['scheme']} {r['params_b']}B {gpus} GPUs", float(r["measured_tflops_per_gpu"]),
                               flops / step / gpus / 1e12, "TFLOP/s"))
@@ -106,7 +109,7 @@ def korthikanti_times() -> list[Comparison]:
     for r in read_rows("korthikanti2022.csv"):
         model = gpt(int(r["hidden"]), int(r["heads"]), int(r["layers"]))
         for seqsel, key in ((False, "iter_s_full"), (True, "iter_s_seqsel")):
-            est = estimate(model, selene(int(r["gpus"])), korthikanti_layouts(r, seqsel))
+            est = estimate(model, selene(int(r["gpus"])), korthikanti_layouts(r, seqsel), stack=get_stack(STACK))
             out.append(Comparison(f"{r['model']} {'seq+sel' if seqsel else 'full'}", float(r[key]),
                                   est.to_json()["step_time_s"], "s"))
     return out
@@ -152,6 +155,9 @@ def markdown_report() -> str:
         out += ["", f"Median |error| {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}.", ""]
     out += ["#### NeMo 25.11 / Megatron-Bridge pre-training: tokens/s and model TFLOP/s per GPU", "",
             markdown_table(bridge_rows()), ""]
+    from clusterplan.reference.serving import serving_markdown
+
+    out += serving_markdown()
     return "\n".join(out)
 
 
@@ -170,6 +176,16 @@ def print_text_report() -> None:
     for label, rank, published, best in published_in_top5():
         print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
     print_table(bridge_rows())
+    serving_section()
+
+
+def serving_section() -> None:
+    """Serving: serve-estimate against published engine benchmarks (reference/serving.py)."""
+    from clusterplan.reference.serving import serving_table
+
+    print("\nServing: serve-estimate against published engine benchmarks (reference/data/serving_published.csv)")
+    for line in serving_table():
+        print(line)
 
 
 
@@ -184,9 +200,9 @@ def published_in_top5() -> list[tuple[str, int | None, float, float]]:
         cluster = selene(int(r["gpus"]))
         published = korthikanti_layouts(r, seqsel=True)
         result = search(model, cluster, published.gbs, published.seq, top=5,
-                        fixed={"flash_attn": False, "precision": "fp16", "zero": 0})
+                        fixed={"flash_attn": False, "precision": "fp16", "zero": 0}, stack=get_stack(STACK))
         rank = next((i + 1 for i, p in enumerate(result.plans) if p.layout == published), None)
-        out.append((f"{r['model']}", rank, estimate(model, cluster, published).to_json()["step_time_s"],
+        out.append((f"{r['model']}", rank, estimate(model, cluster, published, stack=get_stack(STACK)).to_json()["step_time_s"],
                     result.plans[0].to_json()["step_time_s"]))
     return out
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
@@ -63,12 +64,12 @@ def read_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
 
 
 def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: float | None,
-               headroom_gib: float) -> tuple[list[Rule], dict[str, Any] | None]:
+               headroom_gib: float, stack: ExecutionStack | None = None) -> tuple[list[Rule], dict[str, Any] | None]:
     """Every broken rule, and estimate()'s JSON when the layout is valid enough to estimate."""
     found = layout_problems(model, layout, cluster.world_size)
     if found:
         return found, None
-    est = estimate(model, cluster, layout)
+    est = estimate(model, cluster, layout, stack=stack)
     data = est.to_json()
     peak_b, capacity_b = float(est.evaluation.memory.peak[0]), est.evaluation.hw.memory_bytes
     if peak_b + headroom_gib * GIB > capacity_b:
@@ -82,13 +83,16 @@ def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: floa
 
 
 def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | None = None,
-                 min_mfu: float | None = None, headroom_gib: float = 0.0) -> CheckResult:
-    """Read `config` and check it against the divisibility, memory and MFU rules."""
+                 min_mfu: float | None = None, headroom_gib: float = 0.0,
+                 stack_name: str | None = None) -> CheckResult:
+    """Read `config` and check it against the divisibility, memory and MFU rules, priced on the execution stack
+    `stack_name` (default megatron-core; torchtitan for a torchtitan TOML)."""
     if min_mfu is not None and not 0 <= min_mfu <= 1:  # NaN fails too
         raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
     if not 0 <= headroom_gib < float("inf"):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
     kind, model, cluster, layout = read_config(config, model_ref, cluster_ref)
-    found, est = violations(model, cluster, layout, min_mfu, headroom_gib)
+    stack = get_stack(stack_name or ("torchtitan" if kind == "torchtitan" else None))
+    found, est = violations(model, cluster, layout, min_mfu, headroom_gib, stack)
     return CheckResult(config=config, kind=kind, model=model, cluster=cluster, layout=layout,
                        violations=tuple(found), estimate=est)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -136,8 +137,10 @@ def _split_result(order, per_layer_s, head_s, embed_s, layers, shapes, one, pp, 
 
 
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,
-                fixed: dict | None = None) -> HeteroPlan:
-    """The best stage-to-type assignment and layer split over tp, cp, dp, micro-batch and recompute."""
+                fixed: dict | None = None, stack: ExecutionStack | None = None) -> HeteroPlan:
+    """The best stage-to-type assignment and layer split over tp, cp, dp, micro-batch and recompute, as `stack`
+    (None: megatron-core) runs it."""
+    stack = stack or get_stack()
     if cluster.is_homogeneous:
         raise InfeasibleError("hetero_plan needs a cluster with more than one GPU type")
     shapes = ModelShapes.of(model)
@@ -161,7 +164,7 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
             if [p for p in layout_problems(model, layout, cluster.world_size) if p.code != RuleCode.LAYERS_PP]:
                 continue
             one = LayoutArrays.from_layouts([layout])
-            costs = [layer_cost(shapes, one, hw) for hw in rates]
+            costs = [layer_cost(shapes, one, hw, stack) for hw in rates]
             for order_idx in itertools.permutations(range(len(cluster.groups))):
                 result = _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster)
                 if result and (best is None or result[0].step_time_s < best[0]):
@@ -170,7 +173,7 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
         raise InfeasibleError(f"no pipeline split of {model.name} fits the GPU types of {cluster.describe()}")
     _, layout, balanced, even = best
     fast_i = max(range(len(cluster.groups)), key=lambda i: rates[i].gemm_max_flops)
-    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration)
+    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration, stack)
     return HeteroPlan(layout=layout, balanced=balanced, even=even, fastest_only_step_s=fast_step,
                       fastest_only_layout=fast_layout)
 
@@ -199,11 +202,12 @@ def _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster):
     return balanced, even
 
 
-def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration) -> tuple[float | None, Layout | None]:
+def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration,
+                  stack: ExecutionStack) -> tuple[float | None, Layout | None]:
     from clusterplan.solver.search import search
 
     try:
-        result = search(model, sub, gbs, seq, top=1, calibration=calibration)
+        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack)
     except InfeasibleError:
         return None, None
     return result.plans[0].to_json()["step_time_s"], result.plans[0].layout

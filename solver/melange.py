@@ -7,13 +7,19 @@ minimise sum_g cost_g y_g  s.t.  sum_g x[s, g] = 1  and  sum_s x[s, g] rate_s / 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.fileio import show
+
+MAX_SLICE_FACTOR = 1000
+"""Most slices per request bucket in the mix ILP (Melange uses 4-8); the ILP grows linearly with it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -112,3 +118,53 @@ def _mix(problem: MixProblem, slices: Sequence[tuple[int, float]], x: dict, y: l
     return Mix(counts={k: v for k, v in counts.items() if v > 0}, usd_per_hour=round(cost, 6),
                load={problem.type_names[g]: float(load[g]) for g in range(n_types) if load[g] > 0},
                share=tuple(tuple(float(v) for v in row) for row in share))
+
+
+def plan_from_capacity_table(data: Any, path: str, rate: float | None = None, slice_factor: int | None = None,
+                             max_gpus: int | None = None) -> dict:
+    """The mix for a Melange-format table {gpu_info: {NAME: {cost | cost_per_hour, tputs[i][j]}},
+    workload_distribution[i][j], total_request_rate[, slice_factor]} read from `path` (named in errors)."""
+    try:
+        info = data["gpu_info"]
+        names = tuple(sorted(info))
+        dist = [float(w) for row in data["workload_distribution"] for w in row]
+        costs = tuple(float(info[n].get("cost_per_hour", info[n].get("cost"))) for n in names)
+        caps = tuple(tuple(_capacity(v) for row in info[n]["tputs"] for v in row) for n in names)
+        total = float(rate if rate is not None else data["total_request_rate"])
+        sf = slice_factor or data.get("slice_factor", 4)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"{path}: capacity table needs gpu_info.NAME.cost_per_hour and .tputs, workload_distribution "
+                            f"and total_request_rate (or --rate) ({type(exc).__name__}: {exc})") from None
+    numbers = [*dist, *costs, *(v for row in caps for v in row), total]
+    if not all(math.isfinite(v) for v in numbers) or min(costs, default=1) <= 0 or min(dist, default=0) < 0 \
+            or sum(dist) <= 0 or min((v for row in caps for v in row), default=0) < 0 or total <= 0:
+        raise BadInputError(f"{path}: capacity table numbers must be finite, cost_per_hour and total_request_rate "
+                            "(or --rate) > 0, tputs and workload_distribution >= 0 with some traffic")
+    if isinstance(sf, bool) or not isinstance(sf, int) or not 1 <= sf <= MAX_SLICE_FACTOR:
+        # the ILP has one variable per slice, bucket and GPU type: 1e9 slices would exhaust memory
+        raise BadInputError(f"{show(path)}: capacity table slice_factor must be an integer from 1 to {MAX_SLICE_FACTOR} (as "
+                            f"--slice-factor), got {str(sf)[:40]}")
+    rates = tuple(w * total for w in dist)
+    mix = solve_mix(MixProblem(type_names=names, usd_per_hour=costs, capacity_rps=caps, bucket_rps=rates,
+                               slice_factor=sf, max_gpus=max_gpus))
+    singles = {}
+    for n, c, cap in zip(names, costs, caps, strict=True):
+        load = sum(r / v if v > 0 else math.inf for r, v in zip(rates, cap, strict=True) if r > 0)
+        if math.isfinite(load):
+            singles[n] = math.ceil(load - 1e-9) * c
+    best = min(singles.items(), key=lambda kv: (kv[1], kv[0])) if singles else None
+    return {"mode": "capacity-table", "rate_rps": total, "slice_factor": sf, "counts": mix.counts,
+            "usd_per_hour": round(mix.usd_per_hour, 4),
+            "utilisation": {n: round(mix.load[n] / mix.counts[n], 4) for n in mix.counts},
+            "best_single_type": None if best is None else {
+                "instance": best[0], "usd_per_hour": round(best[1], 4),
+                "saving_fraction": round(1 - mix.usd_per_hour / best[1], 4)}}
+
+
+NO_CAPACITY_RPS = 1e-9
+"""A tputs cell at or below this is a cell the instance cannot serve (solver/serve.py writes it for 0)."""
+
+
+def _capacity(value: Any) -> float:
+    rps = float(value)
+    return 0.0 if 0 <= rps <= NO_CAPACITY_RPS else rps

@@ -47,8 +47,9 @@ def placed_plan(plan: RankedPlan, calibration: Calibration | None = None) -> Ran
     where = placement(est.layout, est.cluster, physical=order.physical)
     if order.method == "default" and order.default_bottleneck_gb_per_s == float("inf"):
         return replace(plan, placement=replace(where, method=NO_MATRIX))
-    placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical)
-    default = estimate(est.model, est.cluster, est.layout, calibration)
+    stack = est.evaluation.stack if est.evaluation is not None else None
+    placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical, stack=stack)
+    default = estimate(est.model, est.cluster, est.layout, calibration, stack=stack)
     placed_s = placed.to_json()["step_time_s"]
     where = replace(where, method=order.method, node_order=tuple(order.physical),
                     bottleneck_gb_per_s=order.bottleneck_gb_per_s,

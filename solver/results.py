@@ -95,6 +95,8 @@ class SearchResult:
     """Layouts rejected per rule they break (the first, for structural rules)."""
     seconds: float
     objective: str
+    notes: tuple[str, ...] = ()
+    """What the execution stack cannot run and the search left out (printed, not in the JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         # Wall time goes to stderr only, so the same inputs give byte-identical JSON.

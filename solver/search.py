@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -30,15 +31,17 @@ OBJECTIVES = ("time", "cost", "time-to-train")
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
            calibration: Calibration | None = None, objective: str = "time", tokens: float | None = None,
-           headroom_gib: float = 0.0, suggest: bool = True) -> SearchResult:
-    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free.
+           headroom_gib: float = 0.0, suggest: bool = True, stack: ExecutionStack | None = None) -> SearchResult:
+    """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free, as `stack` runs them
+    (None: megatron-core).
 
     When none fits, the error suggests a fix (bigger cluster) unless `suggest` is False (the suggestion's own searches).
     """
     start = time.perf_counter()
+    stack = stack or get_stack()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
-    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed)
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack)
     rejected = Counter(space.rejected)
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
@@ -51,8 +54,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         if not suggest:
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
         raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration,
-                                            headroom_gib))
-    ev = evaluate(shapes, survivors, hw, cluster.world_size)
+                                            headroom_gib, stack))
+    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack)
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
     score = ev.time.step_s  # cost per token and time to train rank like step time on a fixed cluster
@@ -70,13 +73,15 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             usd_per_step=None if usd is None else round(usd, 6),
             usd_per_million_tokens=None if usd is None else round(usd / (gbs * seq) * 1e6, 6),
             days_to_train=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None))
+    notes = (f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items())),
+             ) if space.left_out else ()
     return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
-                        rejected=rejected, seconds=time.perf_counter() - start, objective=objective)
+                        rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
 def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None,
                    top: int = 5, calibration: Calibration | None = None, tokens: float | None = None,
-                   headroom_gib: float = 0.0) -> SearchResult:
+                   headroom_gib: float = 0.0, stack: ExecutionStack | None = None) -> SearchResult:
     """Cheapest layouts per token, allowing the job to use fewer of the cluster's nodes (every divisor count):
     a smaller job can be cheaper per token when communication or the bubble grows faster than compute shrinks."""
     if not cluster.is_homogeneous or len(cluster.groups) != 1:
@@ -87,24 +92,26 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                               "(use --objective time, or add `price:` to the GPU entry)")
     start = time.perf_counter()
     plans: list[RankedPlan] = []
-    candidates, feasible, rejected = 0, 0, Counter[RuleCode]()
+    candidates, feasible, rejected, notes = 0, 0, Counter[RuleCode](), ()
     for nodes in (n for n in range(1, cluster.n_nodes + 1) if cluster.n_nodes % n == 0):
         sub = replace(cluster, name=f"{cluster.primary.preset}:{nodes}",
                       groups=(replace(cluster.primary, count=nodes),))
         try:
             result = search(model, sub, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
-                            headroom_gib=headroom_gib, suggest=False)
+                            headroom_gib=headroom_gib, suggest=False, stack=stack)
         except InfeasibleError:
             continue
         plans += result.plans
+        notes = result.notes
         candidates, feasible = candidates + result.candidates, feasible + result.feasible
         rejected.update(result.rejected)
     if not plans:
         # Re-run on the whole cluster for the nearest-fit message.
-        search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib)
+        search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib,
+               stack=stack)
     plans.sort(key=lambda p: (p.usd_per_million_tokens, p.step_time_s))
     return SearchResult(plans=with_why_best(plans[:top], "cost"), candidates=candidates, feasible=feasible,
-                        rejected=rejected, seconds=time.perf_counter() - start, objective="cost")
+                        rejected=rejected, seconds=time.perf_counter() - start, objective="cost", notes=notes)
 
 
 def _dominant(data: dict) -> tuple[str, ...]:
@@ -143,7 +150,7 @@ def why_best(best: dict, runner: dict) -> str:
 
 
 def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration,
-                  headroom_gib: float) -> str:
+                  headroom_gib: float, stack: ExecutionStack) -> str:
     """One line: nothing fits, the closest layout's peak, and the smallest change that makes one fit."""
     if len(arrays):
         i = int(np.argmin(memory.peak))
@@ -164,7 +171,7 @@ def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays,
             break
         try:
             search(model, bigger, gbs, seq, fixed={k: v for k, v in (fixed or {}).items() if k != "dp"}, top=1,
-                   calibration=calibration, headroom_gib=headroom_gib, suggest=False)
+                   calibration=calibration, headroom_gib=headroom_gib, suggest=False, stack=stack)
             fixes.append(f"use {cluster.n_nodes * factor} nodes ({bigger.world_size} GPUs)")
             break
         except InfeasibleError:

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from clusterplan.errors import InfeasibleError
-from clusterplan.models.serving.model import ServingInstance, serving_memory, step_model
+from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.hardware_db import Link, get_gpu
+from clusterplan.hardware_db.engines import get_engine
+from clusterplan.hardware_db.prices import PriceChoice
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.model import (
+    DTYPE_BYTES,
+    ServingInstance,
+    knobs_for_gpu,
+    serving_memory,
+    step_model,
+)
 from clusterplan.models.serving.sim import (
     WARMUP_FRACTION,
     Engine,
@@ -22,8 +33,8 @@ from clusterplan.models.serving.sim import (
     simulate,
     slo_batch,
 )
-from clusterplan.models.serving.traffic import Bucket
-from clusterplan.solver.melange import Mix, MixProblem, solve_mix
+from clusterplan.models.serving.traffic import Bucket, load_trace, make_buckets, parse_length
+from clusterplan.solver.melange import NO_CAPACITY_RPS, Mix, MixProblem, solve_mix
 
 SIM_REQUESTS = 200
 """Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
@@ -100,8 +111,12 @@ def bucket_requests(bucket: Bucket, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[float, float] = (0.0, 0.0)) -> Engine:
     """The scheduler of an instance; `transfer` = (latency s, s per prompt token) of a KV hand-off after prefill."""
+    # A decode pool receives prefilled requests from the prefill pool: no HTTP/tokenizer time in front of it.
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, mode=mode, ttft_extra_s=transfer[0],
-                  ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens)
+                  ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens,
+                  request_overhead_s=inst.knobs.request_overhead_s if mode != "decode" else 0.0,
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill,
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",
@@ -273,22 +288,174 @@ def _within(pools: tuple[Pool, ...], limits: Limits) -> bool:
     return all(gpus.get(kind, 0) <= cap for kind, cap in limits.available_gpus)
 
 
+MELANGE_NO_CAPACITY_RPS = NO_CAPACITY_RPS
+"""Written for a cell no instance serves: Melange's solver divides by every tputs cell (melange/util.py
+tputs_to_loads_2d: load = 1 / tput), so 0 would crash it; 1e-9 req/s makes the cell cost 1e9 instances per
+req/s, which no optimum picks. Read back, cells at or below it count as 0."""
+
+
 def melange_table(table: CapacityTable, work: Workload) -> dict:
-    """The capacity table in Melange's input format, so it can be edited or replaced by measurements and fed
-    back with --capacity-table: tputs[i][j] per instance type over input bin i x output bin j."""
+    """The capacity table exactly as Melange's own solver reads it (tyler-griggs/melange-release,
+    melange/lib/runner.py: SolverRunner.Config(**json) takes gpu_info, workload_distribution,
+    total_request_rate and slice_factor, nothing else; melange/solver.py reads gpu_info[name]["cost"] and
+    ["tputs"][i][j], max req/s of one instance on input bin i x output bin j). Fed back with --capacity-table."""
     in_bins = sorted({b.input_edges for b in work.buckets})
     out_bins = sorted({b.output_edges for b in work.buckets})
     where = {(b.input_edges, b.output_edges): k for k, b in enumerate(work.buckets)}
 
-    def grid(values: list[float]) -> list[list[float]]:
-        return [[round(values[where[(i, o)]], 6) if (i, o) in where else 0.0 for o in out_bins] for i in in_bins]
+    def grid(values: list[float], floor: float) -> list[list[float]]:
+        return [[max(round(values[where[(i, o)]], 6), floor) if (i, o) in where else floor for o in out_bins]
+                for i in in_bins]
 
     return {
-        "source": "clusterplan serve-plan capacity table: max req/s per instance within the SLO, simulated",
-        "slo": {"ttft_ms": work.slo.ttft_s * 1e3, "tpot_ms": work.slo.tpot_s * 1e3, "percentile": work.slo.percentile},
-        "input_bins": [list(i) for i in in_bins], "output_bins": [list(o) for o in out_bins],
-        "gpu_info": {inst.label: {"cost_per_hour": round(inst.usd_per_hour, 6), "tputs": grid(list(caps))}
+        "gpu_info": {inst.label: {"cost": round(inst.usd_per_hour, 6), "tputs": grid(list(caps), MELANGE_NO_CAPACITY_RPS)}
                      for inst, caps in zip(table.instances, table.capacity_rps, strict=True)},
-        "workload_distribution": grid([b.share for b in work.buckets]),
+        "workload_distribution": grid([b.share for b in work.buckets], 0.0),
         "total_request_rate": work.rate_rps,
+        "slice_factor": 4,
     }
+
+
+# ---- candidate instances, workload, and the whole serve-plan answer (the CLI only parses and renders) --------
+
+def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple[int, ...], pps: tuple[int, ...],
+                        calibration: Any = None, weight_dtype: str = "bf16", kv_dtype: str = "bf16",
+                        explicit: bool = True, engine: str | None = None, prices: PriceChoice | None = None
+                        ) -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
+    """Every priced (GPU type, tp, pp) instance that holds the model with KV room, and warnings for GPUs left out.
+
+    `prices` (one provider's rows, hardware_db/prices.py) prices each GPU; a GPU it lacks is left out with a
+    warning. None prices with gpus.yaml. All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
+    capacity table can tell whether that pays (a tight TTFT target may be reachable at tp 8 alone).
+    Unknown GPU names raise when the user named them (`explicit`), else are skipped (a default list).
+    """
+    if not gpu_names:
+        raise BadInputError("--gpus: give GPU names, e.g. --gpus H100,A100-80GB")
+    profile = get_engine(engine)
+    out: list[ServingInstance] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for name in gpu_names:
+        try:
+            gpu = get_gpu(name)
+        except BadInputError:
+            if explicit:
+                raise
+            continue  # a default GPU the database does not have yet
+        if gpu.name in seen:
+            continue  # named twice (or by two aliases): one set of instances
+        seen.add(gpu.name)
+        usd = None
+        if prices is not None:
+            row = prices.rows.get(gpu.name)
+            if row is None:  # named by the user: say so; from the default list: the answer's price rows show it
+                if explicit:
+                    warnings.append(f"{gpu.name} has no {prices.pricing} price from provider {prices.provider}; left "
+                                    "out (--provider NAME, --provider any to mix providers, or --prices FILE)")
+                continue
+            usd = row.usd_per_gpu_hour
+        elif gpu.price is None:
+            warnings.append(f"{gpu.name} has no price in the hardware database; left out")
+            continue
+        for tp in tps:
+            knobs = knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp)
+            for pp in pps:
+                if model.n_heads % tp or pp > model.n_layers:
+                    continue
+                inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, weight_dtype=weight_dtype,
+                                       kv_dtype=kv_dtype, engine=profile.name, knobs=knobs,
+                                       max_batched_tokens=profile.chunk_tokens, usd_per_gpu_hour=usd)
+                if serving_memory(inst).kv_capacity_tokens > 0:
+                    out.append(inst)
+    if not out:
+        raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
+                              f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "
+                              "allow larger --tp or --pp or bigger GPUs")
+    return tuple(sorted(out, key=lambda i: (i.gpu.name, i.n_gpus, i.pp))), tuple(warnings)
+
+
+def make_workload(rate: float | None, input_len: str | None, output_len: str | None, trace: str | None,
+                  ttft_ms: float, tpot_ms: float, percentile: float, seed: int) -> Workload:
+    """The planned traffic: a trace (its lengths and gaps), or a rate with length distributions and Poisson gaps."""
+    if not 0 < percentile < 100:
+        raise BadInputError(f"--percentile {percentile}: give a percentile between 0 and 100, e.g. 50, 90 or 99")
+    if not (ttft_ms > 0 and tpot_ms > 0):  # NaN fails too
+        raise BadInputError("--ttft-ms and --tpot-ms must be > 0")
+    rng = np.random.default_rng(seed)
+    if rate is not None and not 0 < rate < math.inf:  # NaN fails too; checked before `rate or` can replace a 0
+        raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
+    if trace:
+        reqs = load_trace(trace)
+        inp, out, gaps = np.asarray(reqs.input_tokens), np.asarray(reqs.output_tokens), reqs.unit_gaps()
+        rate = rate or reqs.rate_rps
+    else:
+        if rate is None or input_len is None or output_len is None:
+            raise BadInputError("give --rate, --input-len and --output-len, or --trace FILE")
+        inp = parse_length(input_len, "--input-len").sample(rng, TRAFFIC_SAMPLES)
+        out = parse_length(output_len, "--output-len").sample(rng, TRAFFIC_SAMPLES)
+        gaps = rng.exponential(size=TRAFFIC_SAMPLES)  # Poisson arrivals
+    if not 0 < rate < math.inf:
+        raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
+    slo = Slo(ttft_s=ttft_ms / 1e3, tpot_s=tpot_ms / 1e3, percentile=percentile)
+    return Workload(rate_rps=float(rate), buckets=tuple(make_buckets(inp, out)), unit_gaps=tuple(gaps.tolist()),
+                    slo=slo, seed=seed)
+
+
+TRAFFIC_SAMPLES = 4000
+"""Requests drawn from the length distributions to form the buckets."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServingAnswer:
+    """serve-plan's result: the cheapest plan, the cost of each mode tried, and why a mode has no plan."""
+
+    chosen: ServePlan
+    modes_usd_per_hour: dict[str, float]
+    errors: dict[str, str]
+    alternatives: dict[str, float]
+    """Cost of the cheapest single-instance-type fleets, by instance label."""
+    verdict: str
+    capacity: CapacityTable | None
+    """The colocated capacity table (None when colocation was not planned)."""
+
+
+def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, disaggregate: str,
+                 kv_link: Link) -> ServingAnswer:
+    """Plan colocated and/or disaggregated serving and keep the cheaper (`disaggregate`: off, on or auto)."""
+    from clusterplan.solver.disagg import disagg_lower_bound_usd, plan_disaggregated
+
+    modes = {"off": ["colocated"], "on": ["disaggregated"], "auto": ["colocated", "disaggregated"]}[disaggregate]
+    plans: dict[str, ServePlan] = {}
+    errors: dict[str, str] = {}
+    table = None
+    for mode in modes:
+        try:
+            if mode == "colocated":
+                plans[mode], table = plan_colocated(instances, work, limits)
+                continue
+            if "colocated" in plans:  # skip simulating when even the rate bound costs more than colocation
+                bound = disagg_lower_bound_usd(instances, work)
+                if bound >= plans["colocated"].usd_per_hour:
+                    errors[mode] = f"cannot go below ${bound:.2f}/h (rate bound), above the colocated plan; not simulated"
+                    continue
+            plans[mode] = plan_disaggregated(instances, work, limits, kv_link)
+        except InfeasibleError as exc:
+            errors[mode] = str(exc)
+    if not plans:
+        raise InfeasibleError(next(iter(errors.values())))
+    chosen = min(plans.values(), key=lambda p: (p.usd_per_hour, p.mode))
+    others = {m: p.usd_per_hour for m, p in plans.items()} | {m: math.inf for m in errors}
+    singles = next((p.alternatives for p in plans.values() if p.alternatives), {})
+    return ServingAnswer(chosen=chosen, modes_usd_per_hour=others, errors=errors, alternatives=singles,
+                         verdict=_verdict(others, errors), capacity=table)
+
+
+def _verdict(others: dict[str, float], errors: dict[str, str]) -> str:
+    """When disaggregation wins and when colocation does, in one line."""
+    col, dis = others.get("colocated", math.inf), others.get("disaggregated", math.inf)
+    if math.isfinite(col) and math.isfinite(dis):
+        winner, loser, a, b = ("disaggregated", "colocated", dis, col) if dis < col else ("colocated", "disaggregated", col, dis)
+        return f"{winner} wins: ${a:.2f}/h vs {loser} ${b:.2f}/h ({1 - a / b:.0%} cheaper)"
+    for mode, why in errors.items():
+        return f"{mode}: {why}"
+    return f"only {next(iter(others))} was planned (--disaggregate)"

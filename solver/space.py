@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.batch import CODES, LayoutArrays
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.batch import CODES, LayoutArrays, ScheduleCode
+from clusterplan.models.training.layout import CHOICES, Layout, layout_problems
 from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
@@ -40,12 +42,16 @@ class Space:
     structures: int
     rejected: Counter[RuleCode]
     """Layouts rejected per broken rule (the first one each structure breaks)."""
+    left_out: Counter
+    """Structures (or layouts, for ZeRO stages) not generated because the stack cannot run them, by feature."""
 
 
 def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
     """(first_stage_layers, last_stage_layers) options: (0, 0) for an even split when layers divide, and uneven
     ends with fewer layers on the first/last stage, whose embedding and LM head take memory and time
-    (torchtitan's first/last_stage_less_layers; Llama 3's 126 layers on pp=16)."""
+    (torchtitan's first/last_stage_less_layers; Llama 3's 126 layers on pp=16). With vpp chunks the middle ranks
+    split evenly; the ends may hold fewer layers than chunks share evenly (e.g. 126 layers on pp 16 vpp 8: 7 + 14 x 8
+    + 7, Megatron's pipeline layout)."""
     splits = [(0, 0)] if n_layers % (pp * vpp) == 0 else []
     if pp < 3:
         return splits
@@ -54,8 +60,7 @@ def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
     rest = n_layers - (pp - 2) * mid
     for first in sorted({rest // 2, rest - mid, rest - rest // 2}):
         last = rest - first
-        if 1 <= first <= mid and 1 <= last <= mid and first % vpp == 0 and last % vpp == 0 \
-                and (first, last) != (mid, mid):
+        if 1 <= first <= mid and 1 <= last <= mid and (first, last) != (mid, mid):
             splits.append((first, last))
     return splits
 
@@ -69,7 +74,8 @@ def replicate_options(dp: int, domain: int) -> list[int]:
     return options
 
 
-def _structures(model: ModelSpec, world: int, domain: int, fixed: dict) -> Iterator[dict]:
+def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: ExecutionStack,
+                left_out: Counter) -> Iterator[dict]:
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     tps = pick("tp", divisors(world, at_most=domain))
     pps = pick("pp", divisors(world, at_most=model.n_layers))
@@ -79,22 +85,43 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict) -> Itera
         if world % (tp * pp * cp) or (pp == 1 and vpp > 1):
             continue
         dp = world // (tp * pp * cp)
-        schedules = ["interleaved-1f1b"] if vpp > 1 else (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
+        schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
+            (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        if pp > 1:
+            for name in [x for x in schedules if not stack.can_run("schedule", x)]:
+                left_out[f"schedule {name}"] += 1
+            schedules = [x for x in schedules if stack.can_run("schedule", x)]
         if "first_stage_layers" in fixed or "last_stage_layers" in fixed:
             splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
         else:
             splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
-        cp_kinds = pick("cp_kind", ("ring", "a2a") if cp > 1 else ("ring",))
+        cp_kinds = ["ring"]
+        if cp > 1:
+            # The K,V all-gather exposes what the ring hides, so it is searched only for a stack without the ring
+            # (pin cp_kind=allgather to price it); Ulysses and the ring each win somewhere (heads vs sequence).
+            runs = [k for k in CHOICES["cp_kind"] if stack.can_run("cp_kind", k)]
+            cp_kinds = [k for k in ("ring", "a2a") if k in runs] or runs
+            for name in [k for k in ("ring", "a2a") if k not in runs]:
+                left_out[f"cp_kind {name}"] += 1
         for schedule, (first, last), replicate, cp_kind in itertools.product(
-                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)), cp_kinds):
+                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),
+                pick("cp_kind", cp_kinds)):
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(fixed.get("sp", tp > 1)),
                        first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind)
 
 
 def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
-                    fixed: dict[str, object] | None = None) -> Space:
-    """Every layout of the model on `world` GPUs for one batch and sequence length, under the fixed keys."""
+                    fixed: dict[str, object] | None = None, stack: ExecutionStack | None = None) -> Space:
+    """Every layout of the model on `world` GPUs for one batch and sequence length, under the fixed keys, that
+    `stack` can run (None: megatron-core); Space.left_out counts what the stack cannot run, by feature."""
     fixed = dict(fixed or {})
+    stack = stack or get_stack()
+    left_out: Counter = Counter()
+    for key in ("schedule", "cp_kind", "zero"):
+        if key in fixed and not stack.can_run(key, fixed[key]):
+            raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
+                                f"unpin {key}")
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
@@ -105,9 +132,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
     flash = bool(fixed.get("flash_attn", True))
     recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
+    zero_options = [z for z in ZERO if stack.can_run("zero", z)]
     # Each rejected structure stands for every (zero, mbs, recompute) it would have expanded to.
-    expand = len(pick("zero", ZERO)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
-    for st in _structures(model, world, domain, fixed):
+    expand = len(pick("zero", zero_options)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
+    for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
             rejected[RuleCode.DP_REPLICATE] += expand
@@ -123,7 +151,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             columns[key].append(CODES[key][value] if key in ("schedule", "cp_kind") else float(value))
     base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
     n = len(base["tp"])
-    zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", ZERO), ("mbs", MICRO_BATCHES),
+    if "zero" not in fixed:
+        left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})
+    zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", zero_options), ("mbs", MICRO_BATCHES),
                                                           ("recompute", recompute_options)))
     grid = np.array(list(itertools.product(range(n), range(len(zero)), range(len(mbs)), range(len(rec)))), dtype=int)
     if not len(grid):
@@ -143,7 +173,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
     rejected[RuleCode.GBS_DP_MBS] += int((~ok).sum())
     m = arrays.microbatches
-    inter_bad = ok & (arrays.schedule == CODES["schedule"]["interleaved-1f1b"]) & (m % arrays.pp != 0)
+    inter_bad = ok & (arrays.schedule == ScheduleCode.INTERLEAVED) & (m % arrays.pp != 0)
     rejected[RuleCode.INTERLEAVED_MICROBATCHES] += int(inter_bad.sum())
-    keep = ok & ~inter_bad
-    return Space(arrays=arrays.take(np.nonzero(keep)[0]), structures=structures, rejected=rejected)
+    # The stack's own limits on combinations (DeepSpeed: ZeRO-2/3 do not run with pipeline parallelism).
+    stack_bad = ok & ~inter_bad & (arrays.pp > 1) & (arrays.zero > stack.pp_max_zero)
+    if stack_bad.any():
+        left_out[f"zero > {stack.pp_max_zero} with pp > 1"] += int(stack_bad.sum())
+    keep = ok & ~inter_bad & ~stack_bad
+    return Space(arrays=arrays.take(np.nonzero(keep)[0]), structures=structures, rejected=rejected,
+                 left_out=left_out)

@@ -137,7 +137,7 @@ def test_vocabulary_parallel_ends_all_reduce_too():
     # all-reduce over tp=2 the layer-independent part of tp_comm_s is exactly that, per micro-batch.
     calib = calibration()
     tp = {n: estimate(MODEL.scaled(name=f"m{n}", n_layers=n), CLUSTER,
-                      Layout.parse("tp=2,mbs=1,gbs=4,seq=256,precision=fp32"), calib).to_json()["time"]["tp_comm_s"]
+                      Layout.parse("tp=2,sp=0,mbs=1,gbs=4,seq=256,precision=fp32"), calib).to_json()["time"]["tp_comm_s"]
           for n in (2, 4)}
     per_layer = (tp[4] - tp[2]) / 2
     ends = tp[2] - 2 * per_layer

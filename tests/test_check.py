@@ -33,6 +33,7 @@ def test_bad_plan_lists_every_rule(run_cli):
         "kv heads(8) and tp(3): neither divides the other, so kv heads cannot be split or replicated evenly",
         "ffn_hidden(28672) % tp(3) != 0",
         "gbs(500) % (dp(8) * mbs(1)) != 0",
+        "sequence parallel needs seq(8192) % (tp(3) * cp(1)) == 0",  # sp is on with tp > 1 unless pinned off
     ]
 
 

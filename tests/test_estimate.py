@@ -8,6 +8,7 @@ import math
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
@@ -38,8 +39,10 @@ def test_estimate_json_has_the_stable_keys(run_cli):
     parts = sum(mem[f"{t}_gib"] for t in ("weights", "grads", "optimizer", "activations", "other"))
     assert math.isclose(parts, mem["peak_gib"], rel_tol=1e-4)
     assert data["layout"]["dp"] == 2 and data["feasible"]
-    # Llama-3 70B on H100 reaches 38-43% MFU in published runs (Meta, Llama 3 paper Table 4): we are in that band.
-    assert 0.35 < data["mfu"] < 0.5
+    # Llama-3 on H100 reaches 38-43% MFU in Meta's runs (Llama 3 paper Table 4); Megatron-Core (the default stack)
+    # hides TP comm under the GEMMs (TE userbuffers) and lands higher, NeMo's own 70B bf16 runs near 50%.
+    assert data["stack"] == "megatron-core"
+    assert 0.35 < data["mfu"] < 0.55
 
 
 def test_estimate_is_deterministic(run_cli):
@@ -69,6 +72,7 @@ def test_bad_layout_is_one_line_exit_2(run_cli):
 MODEL = load_model("llama3.1-8b")
 SHAPES = ModelShapes.of(MODEL)
 HW = HardwareRates.of(load_cluster("dgx-h100:64"))
+STACK = get_stack()
 
 
 @settings(max_examples=60, deadline=None)
@@ -93,7 +97,7 @@ def test_memory_never_rises_when_sharding_rises(tp, pp, dp, zero, mbs, sp, recom
 def test_time_is_positive_finite_and_adds_up(tp, pp, cp, dp, zero, vpp, schedule):
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=dp, zero=zero, gbs=32 * dp, seq=8192, vpp=vpp,
                     schedule="interleaved-1f1b" if vpp > 1 else schedule)
-    t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW)
+    t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW, STACK)
     terms = [t.compute_s, t.tp_comm_s, t.cp_comm_s, t.ep_comm_s, t.pp_comm_s, t.dp_comm_s, t.bubble_s, t.optimizer_s]
     assert all(float(x[0]) >= 0 and math.isfinite(float(x[0])) for x in terms)
     assert math.isclose(sum(float(x[0]) for x in terms), float(t.step_s[0]), rel_tol=1e-9)
@@ -124,5 +128,5 @@ def test_no_layout_beats_the_peak(tp, pp, cp, vpp, mbs, first, last):
                     last_stage_layers=last * vpp)
     world = tp * pp * cp
     assume(not layout_problems(MODEL, layout, world))
-    t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW)
+    t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW, STACK)
     assert float(t.model_flops[0]) / (float(t.compute_s[0]) * world * HW.peak_flops) < 1.0

@@ -27,18 +27,22 @@ def test_synth_is_deterministic(tmp_path, run_cli):
 def test_place_json_and_placement_file(tmp_path, run_cli, mixtral_stats):
     out_file = tmp_path / "placement.json"
     args = ("experts", "--model", "mixtral-8x7b", "--cluster", "dgx-h100:2", "--stats", str(mixtral_stats),
-            "--method", "both", "--time-limit", "60", "--format", "json", "--out", str(out_file))
+            "--method", "both", "--engine", "chained", "--time-limit", "60", "--format", "json",
+            "--out", str(out_file))
     code, out, err = run_cli(*args)
     assert code == 0, err
     data = json.loads(out)
     assert data["num_gpus"] == 16 and data["slots_per_gpu"] == 1  # 8 experts < 16 GPUs: one slot each
-    eplb, ilp = data["methods"]["eplb"]["summary"], data["methods"]["ilp"]["summary"]
-    assert ilp["max_over_mean_worst"] <= eplb["max_over_mean_worst"]
-    assert ilp["cross_node_bytes"] <= eplb["cross_node_bytes"]
+    assert data["dispatch_rule"]["name"] == "chained" and data["solver"]["optimiser"] == "ilp"
+    eplb, chosen = data["methods"]["eplb-global"]["summary"], data["methods"]["chosen"]["summary"]
+    assert "eplb-hierarchical" not in data["methods"]  # Mixtral has no expert groups
+    assert chosen["max_over_mean_worst"] <= eplb["max_over_mean_worst"]
+    assert chosen["all_to_all_s"] <= eplb["all_to_all_s"]
     assert len(data["methods"]["ilp"]["layers"]) == 3
     placement = json.loads(out_file.read_text())
     phy2log = np.array(placement["physical_to_logical_map"])
-    assert placement["method"] == "ilp" and phy2log.shape == (3, 16)
+    assert placement["method"] == "ilp+eplb-global" and placement["dispatch_rule"] == "chained"
+    assert phy2log.shape == (3, 16)
     assert placement["moe_layers"] == [0, 1, 2]
     for layer in range(3):  # every expert has a slot; replica counts match the map
         counts = np.bincount(phy2log[layer], minlength=8)
@@ -104,8 +108,8 @@ def test_tokens_per_step_scales_traffic(run_cli, mixtral_stats):
     # The statistics hold 2000 tokens per layer; --tokens-per-step 4000 doubles every token and byte count.
     common = ("experts", "--model", "mixtral-8x7b", "--cluster", "dgx-h100:2", "--stats", str(mixtral_stats),
               "--method", "eplb", "--format", "json")
-    one = json.loads(run_cli(*common)[1])["methods"]["eplb"]["summary"]
-    two = json.loads(run_cli(*common, "--tokens-per-step", "4000")[1])["methods"]["eplb"]["summary"]
+    one = json.loads(run_cli(*common)[1])["methods"]["eplb-global"]["summary"]
+    two = json.loads(run_cli(*common, "--tokens-per-step", "4000")[1])["methods"]["eplb-global"]["summary"]
     assert two["cross_node_bytes"] == pytest.approx(2 * one["cross_node_bytes"])
     assert two["expert_compute_s"] == pytest.approx(2 * one["expert_compute_s"])
     assert two["max_over_mean_worst"] == pytest.approx(one["max_over_mean_worst"])

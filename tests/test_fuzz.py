@@ -102,6 +102,8 @@ CASES: list[tuple[str, dict[str, str | bytes], tuple[str, ...], str]] = [
     ("deepseek_v3 layers 1e9", {"c.json": _hf("deepseek_v3", n_routed_experts=8, kv_lora_rank=16, qk_nope_head_dim=8,
                                               qk_rope_head_dim=8, v_head_dim=8)},
      ("models", "show", "c.json"), "num_hidden_layers must be an integer >= 1 and <= 10,000"),
+    ("gpt_oss layers 1e9", {"c.json": _hf("gpt_oss", num_local_experts=8, sliding_window=128)},
+     ("models", "show", "c.json"), "num_hidden_layers must be an integer >= 1 and <= 10,000"),
     ("capacity slice_factor 1e9", {"cap.json": json.dumps({"gpu_info": {"A": {"cost_per_hour": 1, "tputs": [[1, 1]]}},
                                                            "workload_distribution": [[0.5, 0.5]],
                                                            "total_request_rate": 1, "slice_factor": 10**9})},
@@ -188,9 +190,11 @@ def test_issue_16_class_is_one_line_exit_2_in_bounded_memory(tmp_path, files, ar
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-DOCS = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                     st.dictionaries(st.text(max_size=8), inner, max_size=5)),
-                    max_leaves=20)
+def _nested(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=5))
+
+
+DOCS = st.recursive(SCALARS, _nested, max_leaves=20)
 KEYS = {
     "model": ("name", "n_layers", "hidden", "n_heads", "n_kv_heads", "ffn_hidden", "vocab", "n_experts", "top_k",
               "expert_ffn_hidden", "model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",

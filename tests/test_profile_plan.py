@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clusterplan.errors import BadInputError
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.training.layout import Layout
 from clusterplan.profiler import store
@@ -161,7 +162,7 @@ def test_layer_fit_against_the_files_own_rates():
 
     def model_s(tp):
         cost = layer_cost(ModelShapes.of(spec), LayoutArrays.from_layouts(
-            [Layout(tp=tp, mbs=1, gbs=1, seq=seq, precision="fp32", recompute="none")]), hw)
+            [Layout(tp=tp, mbs=1, gbs=1, seq=seq, precision="fp32", recompute="none")]), hw, get_stack("torchtitan"))
         return float(cost.compute_s[0]), float(cost.tp_s[0])
 
     (c1, _), (c2, t2) = model_s(1), model_s(2)

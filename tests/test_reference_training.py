@@ -73,10 +73,11 @@ def test_korthikanti_layer_times():
     The backward is our weakest term: we price it at 2x the forward GEMMs plus 2x elementwise and unhidden tp
     all-reduces; the measured backward/forward ratio is 1.55.
     """
+    from clusterplan.hardware_db.stacks import get_stack
     from clusterplan.models.hardware.rates import HardwareRates
     from clusterplan.models.training.compute import layer_time
     from clusterplan.models.training.layout import Layout
-    from clusterplan.models.training.step import _layer_comm
+    from clusterplan.models.training.step import tp_comm_s
 
     shapes = ModelShapes.of(reference.gpt(6144, 64, 48))
     hw = HardwareRates.of(reference.selene(8))
@@ -88,7 +89,7 @@ def test_korthikanti_layer_times():
         arrays = LayoutArrays.from_layouts([Layout(tp=8, mbs=4, gbs=4, seq=2048, flash_attn=False, precision="fp16",
                                                    recompute=recompute, sp=sp)])
         t = layer_time(shapes, arrays, hw, False)
-        tp, _, _ = _layer_comm(shapes, arrays, hw, False, t.core_forward_s)
+        tp = tp_comm_s(shapes, arrays, hw, get_stack(reference.STACK), t.linear_s)
         tp_fwd = float(tp[0]) / (6 if recompute == "full" else 4) * 2
         forward_ms = (float(t.forward_s[0]) + tp_fwd) * 1e3
         backward_ms = (float(t.backward_s[0] + t.recompute_s[0] + tp[0]) - tp_fwd) * 1e3

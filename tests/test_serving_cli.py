@@ -34,12 +34,15 @@ def test_colocated_plan_is_deterministic_and_consistent(run_cli) -> None:
     data = json.loads(out)
     assert data["mode"] == "colocated" and data["buckets"] == 16
     assert data["usd_per_hour"] == pytest.approx(sum(p["usd_per_hour"] for p in data["pools"]))
-    assert sum(p["rate_rps"] for p in data["pools"]) == pytest.approx(12.0)
+    assert sum(p["rate_rps"] for p in data["pools"]) == pytest.approx(12.0, abs=1e-3)  # each pool rounds to 1e-4
     for pool in data["pools"]:
         assert pool["ttft_ms"] <= 600 and pool["tpot_ms"] <= 45 and 0 < pool["utilisation"] <= 1
         assert f"--tensor-parallel-size {pool['tp']} --pipeline-parallel-size {pool['pp']}" in pool["vllm"]
         assert f"--max-num-seqs {pool['max_batch']}" in pool["vllm"] and "--max-model-len" in pool["vllm"]
-        assert pool["sglang"].startswith("python -m sglang.launch_server --model-path llama3.1-8b --tp ")
+        assert pool["vllm"].startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct ")  # the HF repo, not our preset
+        assert pool["sglang"].startswith("python -m sglang.launch_server --model-path meta-llama/Llama-3.1-8B-Instruct "
+                                         f"--tp-size {pool['tp']} ")
+        assert pool["trtllm"].startswith(f"trtllm-serve meta-llama/Llama-3.1-8B-Instruct --backend pytorch --tp_size {pool['tp']}")
         assert f"--max-running-requests {pool['max_batch']}" in pool["sglang"]
     # $/1M output tokens = $/h * 1e6 / (3600 * rate * mean output tokens); lognormal(5, 0.6) mean ~ e^5.18.
     tokens_per_s = 1e6 * data["usd_per_hour"] / 3600 / data["usd_per_million_output_tokens"]
@@ -142,6 +145,13 @@ def test_saved_capacity_table_feeds_back_into_the_solver(run_cli, tmp_path) -> N
     table = json.loads(path.read_text(encoding="utf-8"))
     assert len(table["gpu_info"]) == 4 and all(len(v["tputs"]) == 4 for v in table["gpu_info"].values())
     assert sum(map(sum, table["workload_distribution"])) == pytest.approx(1.0)
+    # Melange's own solver reads it as it is: SolverRunner.Config(**json) accepts exactly these four keys
+    # (tyler-griggs/melange-release melange/lib/runner.py), MelangeSolver reads gpu_info[g]["cost"] and
+    # ["tputs"], and tputs_to_loads_2d divides by every cell (melange/util.py), so none may be 0.
+    assert set(table) == {"gpu_info", "workload_distribution", "total_request_rate", "slice_factor"}
+    for info in table["gpu_info"].values():
+        assert set(info) == {"cost", "tputs"} and info["cost"] > 0
+        assert all(1 / v > 0 for row in info["tputs"] for v in row)
     code, again, err = run_cli("serve-plan", "--capacity-table", str(path), "--format", "json")
     assert code == 0, err
     assert json.loads(again)["usd_per_hour"] == json.loads(out)["usd_per_hour"] == 3.03
@@ -150,14 +160,27 @@ def test_saved_capacity_table_feeds_back_into_the_solver(run_cli, tmp_path) -> N
 def test_disaggregation_wins_where_aiconfigurator_finds_it_does(run_cli) -> None:
     # aiconfigurator README (research/serving-models.md sec. 2.4): Qwen3-32B-FP8 on H200, ISL 4000 / OSL 500,
     # TTFT <= 300 ms, TPOT <= 10 ms: disaggregated wins, 1.67x the tokens/s/GPU of aggregated, with prefill
-    # workers at tp 2 and decode workers at tp 4. Ours (p90, no prefix caching): the same shapes, and colocated
-    # costs 1.62x as much for 50 req/s.
+    # workers at tp 2 and decode workers at tp 4. Ours (p90, no prefix caching, vLLM V1 engine profile):
+    # disaggregated wins with decode at tp 4; prefill goes to tp 4 because the profile's per-request overhead
+    # (29 ms, fitted on a vLLM 0.23 host, engines.yaml) takes a tenth of the TTFT budget, and colocation costs
+    # 1.17x (1.62x before the engine profiles: the 3 ms default step overhead priced colocated decode higher).
     code, out, err = run_cli("serve-plan", "--model", "qwen3-32b", "--gpus", "H200", "--weight-dtype", "fp8",
                              "--rate", "50", "--input-len", "4000", "--output-len", "500", "--ttft-ms", "300",
                              "--tpot-ms", "10", "--format", "json")
     assert code == 0, err
     data = json.loads(out)
     assert data["mode"] == "disaggregated"
-    assert {(p["role"], p["tp"]) for p in data["pools"]} == {("prefill", 2), ("decode", 4)}
+    assert ("decode", 4) in {(p["role"], p["tp"]) for p in data["pools"]}
     ratio = data["modes_usd_per_hour"]["colocated"] / data["modes_usd_per_hour"]["disaggregated"]
-    assert 1.4 < ratio < 1.9
+    assert 1.1 < ratio < 1.9
+
+
+def test_tight_ttft_finds_the_largest_tp_that_fits(run_cli) -> None:
+    # Qwen3-32B on H200, 2000-token prompts: p90 TTFT is ~256/150/98/74 ms at tp 1/2/4/8 (serve-estimate), so an
+    # 85 ms target is met at tp 8 only. The search keeps every tp that fits (it once kept the 3 smallest, tp 1-4,
+    # and answered "SLO unreachable").
+    code, out, err = run_cli("serve-plan", "--model", "qwen3-32b", "--gpus", "H200", "--rate", "1", "--input-len", "2000",
+                             "--output-len", "50", "--ttft-ms", "85", "--tpot-ms", "50", "--disaggregate", "off",
+                             "--format", "json")
+    assert code == 0, err
+    assert {p["tp"] for p in json.loads(out)["pools"]} == {8}

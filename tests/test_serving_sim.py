@@ -23,14 +23,25 @@ STEP = step_model(INST)
 KV = serving_memory(INST).kv_capacity_tokens
 
 
-def test_one_request_alone_costs_its_prefill_and_decode_steps() -> None:
+@pytest.mark.parametrize(("model", "gpu", "tp", "pp"), [
+    ("llama3.1-8b", "A100-80GB", 1, 1), ("llama3.1-70b", "H100", 2, 1), ("llama3.1-70b", "H100", 4, 1),
+    ("llama3.1-70b", "H100", 8, 1), ("llama3.1-70b", "H100", 4, 2), ("mixtral-8x7b", "H100", 2, 1),
+    ("mixtral-8x7b", "H100", 8, 1), ("mixtral-8x7b", "H100", 2, 2)])
+def test_one_request_alone_costs_its_prefill_and_decode_steps(model: str, gpu: str, tp: int, pp: int) -> None:
+    # The simulator prices steps with StepModel.time_s on floats; the closed forms below call it on numpy
+    # arrays (step_s/prefill_s/decode_s). Equal at every tp, pp and for MoE: one formula, two call paths.
+    inst = ServingInstance(model=load_model(model), gpu=get_gpu(gpu), tp=tp, pp=pp)
+    step, kv = step_model(inst), serving_memory(inst).kv_capacity_tokens
     inp, out = 1000, 64
-    res = simulate(STEP, Engine(kv_capacity_tokens=KV), np.array([0.0]), np.array([inp]), np.array([out]))
+    res = simulate(step, Engine(kv_capacity_tokens=kv), np.array([0.0]), np.array([inp]), np.array([out]))
     # TTFT = one prefill step of the whole prompt (it fits the 2048-token chunk).
-    assert res.ttft_s == pytest.approx(float(STEP.prefill_s(inp)), rel=1e-9)
+    assert res.ttft_s == pytest.approx(float(step.prefill_s(inp)), rel=1e-9)
     # TPOT = mean of the out-1 decode steps at contexts inp+1 .. inp+out-1 (the jump sums them exactly).
-    steps = [float(STEP.decode_s(1, inp + 1 + j)) for j in range(out - 1)]
+    steps = [float(step.decode_s(1, inp + 1 + j)) for j in range(out - 1)]
     assert res.tpot_s == pytest.approx(sum(steps) / len(steps), rel=1e-9)
+    # Float and array calls of the one formula agree on a mixed step (prompt chunk plus decodes).
+    mixed = (512.0, 512.0 * 700.0, 24.0, 24.0 * 3000.0)
+    assert step.time_s(*mixed) == pytest.approx(float(step.step_s(*mixed)), rel=1e-12)
 
 
 def test_prefill_queue_is_md1() -> None:

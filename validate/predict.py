@@ -9,6 +9,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -49,4 +50,6 @@ def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
                    calibration: Calibration | None) -> dict[str, Any]:
     """estimate()'s JSON for the run (step time and its terms), with the reasons it gives; the run's layers are
     eager PyTorch, so the calibration's eager-layer section applies."""
-    return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True).to_json()
+    # The runs are plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs them in eager mode.
+    return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True,
+                    stack=get_stack("torchtitan")).to_json()

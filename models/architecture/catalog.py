@@ -25,8 +25,26 @@ def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
             raw = dict(raw)
             for alias in raw.pop("aliases", []) or []:
                 aliases[alias] = name
+            raw.pop("hf_repo", None)  # serving metadata, read by hf_repo()
             specs[name] = ModelSpec.from_dict({"name": name, **raw}, where=f"{path.name}: {name}")
     return MappingProxyType(specs), MappingProxyType(aliases)
+
+
+@lru_cache(maxsize=1)
+def _hf_repos() -> Mapping[str, str]:
+    import yaml
+
+    out: dict[str, str] = {}
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        for name, raw in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).items():
+            if (raw or {}).get("hf_repo"):
+                out[name] = str(raw["hf_repo"])
+    return MappingProxyType(out)
+
+
+def hf_repo(name: str) -> str | None:
+    """The Hugging Face repository id an engine loads for a preset (the instruct/chat release where one exists)."""
+    return _hf_repos().get(name)
 
 
 def presets() -> Mapping[str, ModelSpec]:

@@ -109,9 +109,12 @@ def _gpt_oss(c: _Config) -> dict[str, Any]:
     """GptOssDecoderLayer: biased q/k/v/o (attention_bias), a sink logit per head, an MoE MLP on every layer with a
     biased router and biased expert matrices, layers alternating sliding_attention / full_attention (layer_types)."""
     n_heads = c.integer("num_attention_heads")
-    n_layers = c.integer("num_hidden_layers")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)  # bounded before the per-layer list below
     window = c.integer("sliding_window", default=None)
     types = c.raw.get("layer_types") or ["sliding_attention", "full_attention"] * (n_layers // 2)
+    if not isinstance(types, list) or len(types) > MAX_LAYERS or not all(isinstance(t, str) for t in types):
+        raise BadInputError(f"{c.where}: layer_types must be a list of layer kinds (sliding_attention / "
+                            "full_attention), one per layer")
     full = [i for i, t in enumerate(types) if t == "full_attention"]
     if window is None or not full:
         every = 0
@@ -191,7 +194,11 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
     moe = [i for i in range(n_layers) if i >= first_k and i % freq == 0]
     return dict(n_experts=c.integer("n_routed_experts"), top_k=c.integer("num_experts_per_tok"),
                 n_shared_experts=c.integer("n_shared_experts", default=0, minimum=0),
-                expert_ffn_hidden=c.integer("moe_intermediate_size"), **_moe_layout(moe, n_layers, c.where))
+                expert_ffn_hidden=c.integer("moe_intermediate_size"),
+                # Group-limited routing (DeepseekV3TopkRouter: n_group groups, topk_group of them per token).
+                expert_groups=c.integer("n_group", default=1, minimum=1),
+                expert_groups_per_token=c.integer("topk_group", default=0, minimum=0),
+                **_moe_layout(moe, n_layers, c.where))
 
 
 def _mla_fields(c: _Config) -> dict[str, Any]:

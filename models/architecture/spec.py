@@ -23,7 +23,7 @@ MAX_DIM = 10**9
 """Largest size of any dimension (products of several still fit a float)."""
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim", "sliding_window")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
-                      "first_dense_layers", "moe_every", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                      "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                       "qk_rope_head_dim", "v_head_dim", "full_attention_every")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks")
@@ -84,6 +84,11 @@ class ModelSpec:
     """Leading layers with a dense MLP (DeepSeek `first_k_dense_replace`)."""
     moe_every: int = 1
     """Every n-th layer after the dense ones is MoE (1 = all)."""
+    expert_groups: int = 1
+    """Groups the routed experts are split into for group-limited routing (DeepSeek-V3 `n_group` = 8); 1 = none.
+    EPLB's hierarchical policy packs whole groups onto nodes (deepseek-ai/EPLB)."""
+    expert_groups_per_token: int = 0
+    """Groups a token's experts may come from (DeepSeek-V3 `topk_group` = 4); 0 = no limit."""
     # Multi-head latent attention (DeepSeek-V2/V3)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
@@ -116,6 +121,14 @@ class ModelSpec:
             raise BadInputError(
                 f"model {self.name}: hidden({self.hidden}) % n_heads({self.n_heads}) != 0; give head_dim explicitly"
             )
+        if not isinstance(self.expert_groups, int) or isinstance(self.expert_groups, bool) or self.expert_groups < 1:
+            raise BadInputError(f"model {self.name}: expert_groups must be an integer >= 1, got {self.expert_groups!r}")
+        if self.n_experts and self.n_experts % self.expert_groups:
+            raise BadInputError(f"model {self.name}: {self.n_experts} experts do not split into expert_groups "
+                                f"({self.expert_groups}); give a divisor")
+        if self.expert_groups_per_token > self.expert_groups:
+            raise BadInputError(f"model {self.name}: expert_groups_per_token({self.expert_groups_per_token}) > "
+                                f"expert_groups({self.expert_groups})")
         if self.n_experts:
             if not 0 < self.top_k <= self.n_experts:
                 raise BadInputError(f"model {self.name}: top_k({self.top_k}) must be in 1..n_experts({self.n_experts})")

@@ -1,12 +1,15 @@
 """An expert placement (physical slot -> logical expert per MoE layer) and what it costs.
 
-Traffic model, per MoE layer l, from the routed tokens (not a uniform formula):
-- A logical expert's tokens are split evenly over its replicas (the assumption EPLB's output is built on).
-- Where a token is dispatched from: for the first layer (or without transitions) its home GPU, uniform over
-  all GPUs (data-parallel attention). For layer l > 0 with transitions, the GPUs of the layer l-1 experts it
-  came from, weighted by transitions[l-1, i, j] (the token's hidden state is where its last experts ran:
-  ExFlow's context-coherent expert parallelism, MoETuner's routing dependency).
-- Dispatch sends D[s, d] = sum_e tokens[e] * origin[e, s] * share[e, d]; combine returns the same tokens.
+Traffic model, per MoE layer l, from the routed tokens (not a uniform formula), under the dispatch rule of the
+engine that runs the placement (`DispatchRule`, `DISPATCH_RULES`):
+- Which replica a token goes to: split evenly over the expert's replicas (vLLM, TensorRT-LLM, SGLang's dynamic
+  dispatch: a random or rotating replica per token, even in expectation), or the nearest replica (SGLang's static
+  dispatch: a replica on the token's own GPU, else one on its node, else a fair draw over all of them).
+- Where a token is dispatched from: its home GPU, uniform over all GPUs (data-parallel attention; every engine
+  returns tokens to their rank after combine), or, under the `chained` research model only, the GPUs of the layer
+  l-1 experts it came from, weighted by transitions[l-1, i, j] (ExFlow's context-coherent expert parallelism,
+  MoETuner's routing dependency). Under home origin and even split the cross-node bytes do not depend on placement.
+- Dispatch sends D[s, d] = sum_e tokens[e] * origin[e, s] * share_s[e, d]; combine returns the same tokens.
 - Time: the busiest GPU's NIC (cross-node bytes, rail-optimised, one NIC per GPU) plus the busiest GPU's
   NVLink (cross-GPU bytes inside a node), as in comm.hierarchical_all_to_all_s, which this reproduces for
   uniform traffic.
@@ -15,6 +18,7 @@ Traffic model, per MoE layer l, from the routed tokens (not a uniform formula):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -24,6 +28,48 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.moe.routing import RoutingStats
 
 BYTES_PER_ELEMENT = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
+
+
+class ReplicaChoice(Enum):
+    EVEN = "even"
+    """Each expert's tokens split evenly over its replicas, whatever GPU they come from."""
+    NEAREST = "nearest"
+    """A replica on the token's GPU, else the node's replicas evenly, else all replicas evenly."""
+
+
+class TokenOrigin(Enum):
+    HOME = "home"
+    """Tokens start every MoE layer on their own rank (returned there after combine), uniform over GPUs."""
+    CHAINED = "chained"
+    """Tokens start where their previous layer's experts ran (research model; no engine runs this)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DispatchRule:
+    name: str
+    replica: ReplicaChoice
+    origin: TokenOrigin
+    source: str
+
+
+DISPATCH_RULES: dict[str, DispatchRule] = {rule.name: rule for rule in (
+    DispatchRule(name="sglang-static", replica=ReplicaChoice.NEAREST, origin=TokenOrigin.HOME,
+                 source="SGLang expert_location.py compute_logical_to_rank_dispatch_physical_map: the default "
+                        "ep_dispatch_algorithm with --init-expert-location; same-GPU replica, else same node, else "
+                        "a seeded fair choice; DeepEP combine returns tokens to their rank"),
+    DispatchRule(name="sglang-dynamic", replica=ReplicaChoice.EVEN, origin=TokenOrigin.HOME,
+                 source="SGLang --ep-dispatch-algorithm dynamic/random: a random replica per token"),
+    DispatchRule(name="trtllm", replica=ReplicaChoice.EVEN, origin=TokenOrigin.HOME,
+                 source="TensorRT-LLM wide-EP MoE load balancer: tokens spread over an expert's slots; combine "
+                        "returns them to their rank"),
+    DispatchRule(name="vllm", replica=ReplicaChoice.EVEN, origin=TokenOrigin.HOME,
+                 source="vLLM EPLB (vllm/distributed/eplb): each token takes one of the expert's replicas, even in "
+                        "expectation; combine returns tokens to their rank"),
+    DispatchRule(name="chained", replica=ReplicaChoice.EVEN, origin=TokenOrigin.CHAINED,
+                 source="research model (ExFlow, MoETuner): hidden states stay where their last experts ran"),
+)}
+DEFAULT_RULE_FOR_FORMAT = {"sglang": "sglang-static", "trtllm": "trtllm", "clusterplan": "vllm"}
+"""The dispatch rule a placement file is judged under when --engine is not given: the engine that reads it."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +123,35 @@ class Placement:
         """[E, G] fraction of each expert's tokens handled by each GPU (even split over replicas)."""
         counts = self.per_gpu(layer)
         return counts / counts.sum(axis=1, keepdims=True)
+
+    def nearest_share(self, layer: int) -> np.ndarray:
+        """[G_src, E, G_dst] where GPU s sends expert e's tokens under nearest dispatch (SGLang static): its own
+        replica, else its node's replicas evenly, else all replicas evenly."""
+        counts = self.per_gpu(layer).astype(float)  # [E, G]
+        n_gpus = counts.shape[1]
+        node = np.arange(n_gpus) // self.gpus_per_node
+        same_node = (node[:, None] == node[None, :]).astype(float)  # [G_src, G_dst]
+        node_counts = counts[None, :, :] * same_node[:, None, :]  # [G_src, E, G_dst] replicas on s's node
+        node_total = node_counts.sum(axis=2, keepdims=True)
+        all_share = (counts / counts.sum(axis=1, keepdims=True))[None, :, :]
+        out = np.where(node_total > 0, node_counts / np.maximum(node_total, 1e-300), all_share)
+        own = counts.T > 0  # [G_src, E]: s holds a replica of e
+        own_row = np.zeros((n_gpus, 1, n_gpus))
+        own_row[np.arange(n_gpus), 0, np.arange(n_gpus)] = 1.0
+        return np.where(own[:, :, None], own_row, out)
+
+    def dispatch_share(self, layer: int, rule: DispatchRule) -> np.ndarray:
+        """[G_src, E, G_dst] share of expert e's tokens from GPU s that GPU d handles under `rule`."""
+        if rule.replica is ReplicaChoice.NEAREST:
+            return self.nearest_share(layer)
+        return np.broadcast_to(self.share(layer)[None, :, :], (self.n_gpus, self.n_experts, self.n_gpus))
+
+    def handled_share(self, layer: int, rule: DispatchRule, origin_eg: np.ndarray) -> np.ndarray:
+        """[E, G] share of each expert's tokens that each GPU ends up handling (where the chained model's next
+        layer starts from)."""
+        if rule.replica is ReplicaChoice.EVEN:
+            return self.share(layer)
+        return np.einsum("es,sed->ed", origin_eg, self.nearest_share(layer))
 
     def logical_to_physical(self) -> np.ndarray:
         """[L, E, max replicas] slot ids of each expert, padded with -1 (vLLM's logical_to_physical_map)."""
@@ -153,9 +228,11 @@ def origin(prev_share: np.ndarray, transitions: np.ndarray) -> np.ndarray:
 
 
 def traffic(tokens: np.ndarray, origin_eg: np.ndarray, share_eg: np.ndarray) -> np.ndarray:
-    """[G, G] dispatch tokens from GPU s to GPU d: sum_e tokens[e] * origin[e, s] * share[e, d]."""
-    # Even split over replicas, independent of the source (EPLB's output assumption, moe-placement.md 4).
-    return (origin_eg * tokens[:, None]).T @ share_eg
+    """[G, G] dispatch tokens from GPU s to GPU d: sum_e tokens[e] * origin[e, s] * share[e, d]; `share` is [E, G]
+    (the same for every source: even split) or [G_src, E, G_dst] (source-dependent: nearest dispatch)."""
+    if share_eg.ndim == 2:
+        return (origin_eg * tokens[:, None]).T @ share_eg
+    return np.einsum("es,sed->sd", origin_eg * tokens[:, None], share_eg)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -208,29 +285,39 @@ def layer_metrics(d: np.ndarray, fabric: Fabric) -> LayerMetrics:
                         expert_compute_s=float(gpu_load.max()) * fabric.expert_s_per_token)
 
 
-def layer_traffic(placement: Placement, stats: RoutingStats, layer: int, prev_share: np.ndarray | None,
-                  scale: float = 1.0) -> np.ndarray:
+def layer_origin(placement: Placement, stats: RoutingStats, layer: int, prev_share: np.ndarray | None,
+                 rule: DispatchRule) -> np.ndarray:
+    """[E, G] where layer `layer`'s tokens of each expert start: home (uniform) or, chained, from `prev_share`."""
     trans = stats.transitions[layer - 1] if layer > 0 and stats.transitions is not None else None
-    share = placement.share(layer)
-    if trans is None or prev_share is None:
-        org = np.full(share.shape, 1.0 / placement.n_gpus)
-    else:
-        org = origin(prev_share, trans)
+    if rule.origin is TokenOrigin.HOME or trans is None or prev_share is None:
+        return np.full((placement.n_experts, placement.n_gpus), 1.0 / placement.n_gpus)
+    return origin(prev_share, trans)
+
+
+def layer_traffic(placement: Placement, stats: RoutingStats, layer: int, prev_share: np.ndarray | None,
+                  scale: float = 1.0, rule: DispatchRule | None = None) -> np.ndarray:
+    rule = rule or DISPATCH_RULES["chained"]
+    org = layer_origin(placement, stats, layer, prev_share, rule)
+    share = placement.share(layer) if rule.replica is ReplicaChoice.EVEN else placement.nearest_share(layer)
     return traffic(stats.tokens_per_expert[layer] * scale, org, share)
 
 
-def evaluate(placement: Placement, stats: RoutingStats, fabric: Fabric, scale: float = 1.0) -> list[LayerMetrics]:
-    """Metrics of every layer; `scale` converts the statistics' token counts to one step's."""
+def evaluate(placement: Placement, stats: RoutingStats, fabric: Fabric, scale: float = 1.0,
+             rule: DispatchRule | None = None) -> list[LayerMetrics]:
+    """Metrics of every layer under `rule` (default: the chained research model, even split); `scale` converts the
+    statistics' token counts to one step's."""
     if placement.n_layers != stats.n_layers or placement.n_experts != stats.n_experts:
         raise BadInputError(f"placement is {placement.n_layers} layers x {placement.n_experts} experts, statistics "
                             f"{stats.n_layers} x {stats.n_experts}; give a placement made for these statistics")
     if placement.n_gpus != fabric.n_gpus:
         raise BadInputError(f"placement spans {placement.n_gpus} GPUs, the cluster has {fabric.n_gpus}")
+    rule = rule or DISPATCH_RULES["chained"]
     out = []
     prev = None
     for layer in range(stats.n_layers):
-        out.append(layer_metrics(layer_traffic(placement, stats, layer, prev, scale), fabric))
-        prev = placement.share(layer)
+        out.append(layer_metrics(layer_traffic(placement, stats, layer, prev, scale, rule), fabric))
+        if rule.origin is TokenOrigin.CHAINED:
+            prev = placement.handled_share(layer, rule, layer_origin(placement, stats, layer, prev, rule))
     return out
 
 

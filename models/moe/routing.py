@@ -309,8 +309,11 @@ class SynthConfig:
     top_k: int
     n_tokens: int = 16384
     zipf_exponent: float = 0.8
-    """Expert popularity p ~ rank^-s, ranks shuffled per layer. 0.8 gives DeepSeek-V3 on EP32 (contiguous, no
-    EPLB) an imbalance ratio near the 1.56 TRT-LLM measured for DeepSeek-R1 (ep_load_balancer README)."""
+    """Expert popularity p ~ rank^-s, ranks shuffled per layer. 0.8 gives DeepSeek-V3 on EP32 (8 contiguous experts
+    per GPU, no EPLB, 4,096 tokens per step) an imbalance ratio (max - mean) / mean of about 1.5 averaged over
+    layers, against the 1.564 TensorRT-LLM measured for DeepSeek-R1 (examples/ep_load_balancer README, the same
+    definition: 0.115 after EPLB); i.e. the busiest GPU carries about 2.5x the mean. Held by
+    tests/test_experts_plan.py and tests/test_experts_routing.py."""
     affinity_logit: float = 2.0
     """Logit bonus at layer l+1 for each of a token's layer-l experts that lists the candidate as a successor."""
     successors: int = 0

@@ -12,18 +12,24 @@ per-sequence overhead that a calibration sets. Every function takes numbers or n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import GPU, get_link
+from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
 from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu
 
 GIB = 2**30
+MOE_READ_SHARE = 1.0
+"""Share of the weight-read rate that grouped expert GEMMs reach at a few tokens per expert (fused MoE kernels
+launch one tile per touched expert). Not fitted: no published MoE row isolates it yet; reported on the Mixtral
+row of reference/data/serving_published.csv."""
 MODEL_GEMM_SHARE = 0.77
 """Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
 Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
@@ -44,8 +50,16 @@ class ServingKnobs:
     prefill_overhead_s: float = 0.002
     """Extra fixed time of a step that carries prompt tokens: engines replay CUDA graphs for decode only,
     so prefill pays eager kernel launches (vLLM captures decode batch sizes only)."""
+    cuda_graph_max_batch: float = math.inf
+    """Largest decode batch the engine replays as a CUDA graph; a larger one runs eagerly and pays
+    prefill_overhead_s too (vLLM max_capture_size, SGLang --cuda-graph-max-bs)."""
     allreduce_latency_s: float | None = None
     """Per ring step latency of a tensor-parallel all-reduce (alpha); None = the scale-up link's."""
+    allreduce_call_s: float | None = None
+    """Latency of one decode-sized all-reduce call as the engine runs it (custom one-shot kernels, NCCL LL);
+    set from the engine profile's table by tp; None = the ring model with alpha."""
+    request_overhead_s: float = 0.0
+    """Time to first token outside the GPU steps (HTTP, tokenization, first detokenization)."""
     busbw_fraction: float | None = None
     """Achieved all-reduce bus bandwidth as a fraction of link line rate; None = the link's."""
     compute_fraction: float | None = None
@@ -54,6 +68,17 @@ class ServingKnobs:
     """Achieved fraction of peak memory bandwidth; None = the GPU's hbm_fraction."""
     memory_utilization: float = 0.9
     """Share of GPU memory the engine may use (vLLM --gpu-memory-utilization default 0.9)."""
+
+    @classmethod
+    def from_engine(cls, engine: EngineProfile, tp: int, **overrides: float) -> ServingKnobs:
+        """An engine profile's per-step costs at this tp; `overrides` (e.g. a calibration's) win."""
+        values: dict[str, Any] = {
+            "step_overhead_s": engine.step_overhead_s, "seq_overhead_s": engine.seq_overhead_s,
+            "prefill_overhead_s": engine.prefill_overhead_s, "request_overhead_s": engine.request_overhead_s,
+            "cuda_graph_max_batch": engine.cuda_graph_max_batch if engine.cuda_graphs else 0,
+            "allreduce_call_s": engine.allreduce_latency_s(tp) if tp > 1 else None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
     @classmethod
     def from_calibration(cls, calibration: Any = None, **overrides: float) -> ServingKnobs:
@@ -84,9 +109,19 @@ class ServingInstance:
     model: ModelSpec
     gpu: GPU
     tp: int = 1
+    """GPUs per pipeline stage."""
     pp: int = 1
+    ep: int = 1
+    """Expert-parallel size: experts split whole over ep of the tp GPUs (the rest split each expert); 1 = none."""
+    attention_dp: int = 1
+    """Data-parallel attention groups among the tp GPUs (DeepSeek-style DP attention): attention runs at
+    tp / attention_dp, each group on its own sequences and KV cache; 1 = attention split over all tp."""
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    engine: str = "vllm"
+    """Engine profile name (hardware_db/data/engines.yaml): which launch line realises the instance."""
+    usd_per_gpu_hour: float | None = None
+    """Price from the chosen price table (hardware_db/prices.py); None = the GPU's price in gpus.yaml."""
     knobs: ServingKnobs = field(default_factory=ServingKnobs)
     max_batched_tokens: int = 2048
     """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
@@ -95,6 +130,11 @@ class ServingInstance:
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
             raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
+        for what, size in (("--ep", self.ep), ("--attention-dp", self.attention_dp)):
+            if size < 1 or self.tp % size:
+                raise BadInputError(f"{what} {size} must divide --tp {self.tp} (the GPUs of one stage)")
+        if self.ep > 1 and not self.model.is_moe:
+            raise BadInputError(f"--ep {self.ep}: {self.model.name} has no experts; use --ep 1")
         for dtype in (self.weight_dtype, self.kv_dtype):
             if dtype not in DTYPE_BYTES:
                 raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
@@ -104,19 +144,44 @@ class ServingInstance:
         return self.tp * self.pp
 
     @property
+    def attention_tp(self) -> int:
+        return self.tp // self.attention_dp
+
+    @property
     def label(self) -> str:
-        return f"{self.gpu.name} tp{self.tp} pp{self.pp}"
+        extra = (f" ep{self.ep}" if self.ep > 1 else "") + (f" dp{self.attention_dp}" if self.attention_dp > 1 else "")
+        return f"{self.gpu.name} tp{self.tp} pp{self.pp}{extra}"
 
     @property
     def usd_per_hour(self) -> float:
+        if self.usd_per_gpu_hour is not None:
+            return self.usd_per_gpu_hour * self.n_gpus
         if self.gpu.price is None:
             raise BadInputError(f"GPU {self.gpu.name} has no price in the hardware database; give --capacity-table with costs")
         return self.gpu.price.usd_per_gpu_hour * self.n_gpus
 
 
+def weight_bytes_split(inst: ServingInstance) -> tuple[float, float]:
+    """(non-expert, expert) weight bytes on one GPU.
+
+    Experts split evenly over all tp x pp GPUs (ep whole experts per GPU times tp/ep shards each, the same bytes);
+    everything else (attention, embeddings, dense FFN) over attention_tp x pp, replicated across DP-attention
+    groups (SGLang --enable-dp-attention keeps a full attention copy per group).
+    """
+    spec = inst.model
+    w_bytes = DTYPE_BYTES[inst.weight_dtype]
+    expert_params = 0.0
+    if spec.is_moe:  # all experts of all MoE layers: the routed-out share scaled back to E experts
+        expert_params = (spec.moe_params() - spec.moe_params(active=True)) * spec.n_moe_layers
+        expert_params *= spec.n_experts / max(spec.n_experts - spec.top_k, 1)
+    dense = (spec.total_params() - expert_params) * w_bytes / (inst.attention_tp * inst.pp)
+    return dense, expert_params * w_bytes / inst.n_gpus
+
+
 def weights_bytes_per_gpu(inst: ServingInstance) -> float:
-    # Weights split evenly over tp x pp (vocab-parallel embeddings and head included).
-    return inst.model.total_params() * DTYPE_BYTES[inst.weight_dtype] / inst.n_gpus
+    # Weights split over tp x pp (vocab-parallel embeddings and head included); DP attention replicates the
+    # non-expert part per attention group.
+    return sum(weight_bytes_split(inst))
 
 
 def activation_bytes_per_gpu(inst: ServingInstance) -> float:
@@ -140,8 +205,9 @@ def serving_memory(inst: ServingInstance) -> ServingMemory:
     act = activation_bytes_per_gpu(inst)
     reserve = reserve_bytes_per_gpu(inst)
     free = budget - weights - act - reserve
-    per_token = kv_bytes_per_token_per_gpu(inst.model, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
-    tokens = int(max(free, 0.0) // per_token)
+    per_token = kv_bytes_per_token_per_gpu(inst.model, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
+    # Each DP-attention group caches its own sequences: the instance holds attention_dp times one group's tokens.
+    tokens = int(max(free, 0.0) // per_token) * inst.attention_dp
     return ServingMemory(weights_gib=weights / GIB, activation_gib=act / GIB, reserve_gib=reserve / GIB,
                          kv_gib=max(free, 0.0) / GIB, kv_capacity_tokens=tokens)
 
@@ -151,15 +217,40 @@ def max_batch(inst: ServingInstance, context_tokens: float) -> int:
     return int(serving_memory(inst).kv_capacity_tokens // max(context_tokens, 1.0))
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StepModel:
-    """Per-GPU constants of one instance, precomputed so a step costs a few numpy operations."""
+class StepTerms(NamedTuple):
+    """One step's parts; per pipeline stage for compute, memory and all-reduce (a token passes all pp stages).
+    A NamedTuple: the simulator builds one per step, and tuple construction is several times cheaper."""
 
     pp: int
+    overhead_s: ArrayLike
+    """Engine time per step: scheduler, launches, sampling (not overlapped with the GPU work)."""
+    compute_s: ArrayLike
+    memory_s: ArrayLike
+    allreduce_s: ArrayLike
+    p2p_s: ArrayLike
+
+    @property
+    def total_s(self) -> ArrayLike:
+        # t = t0 + pp [max(compute, memory) + all-reduces] + (pp-1) p2p; the max written so floats and arrays both work.
+        bound = (self.compute_s + self.memory_s + abs(self.compute_s - self.memory_s)) * 0.5
+        return self.overhead_s + self.pp * (bound + self.allreduce_s) + self.p2p_s
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepModel:
+    """Per-GPU constants of one instance, precomputed so a step costs a few arithmetic operations.
+
+    `time_s` is THE step-time formula (module docstring); the simulator calls it with floats, the capacity
+    bounds and tests with numpy arrays. Nothing else prices a step.
+    """
+
+    pp: int
+    tp: int
     step_overhead_s: float
     seq_overhead_s: float
     prefill_overhead_s: float
     compute_s_per_token: float
+    """Linear-layer FLOPs of one token over all layers, as time on the whole instance."""
     compute_s_per_pair: float
     """Attention score and value FLOPs per (query, key) pair over all layers, as time."""
     head_s_per_seq: float
@@ -169,30 +260,50 @@ class StepModel:
     """top_k / n_experts: chance one token routes to a given expert (0 for a dense model)."""
     kv_read_s_per_token: float
     ar_count_per_stage: float
-    tp: int
-    ar_busbw_bytes_per_s: float
-    ar_latency_s: float
-    activation_bytes_per_token: float
-    p2p_bytes_per_s: float
+    ar_fixed_s: float
+    """Latency part of one tensor-parallel all-reduce (0 at tp 1)."""
+    ar_s_per_token: float
+    """Bandwidth part of one tensor-parallel all-reduce per token of the step (0 at tp 1)."""
+    p2p_latency_s: float
+    p2p_s_per_token: float
+    """Pipeline send of one token's activations to the next stage."""
+    cuda_graph_max_batch: float = math.inf
+    """Decode batches above this run eagerly (prefill_overhead_s added, as for a prefill step)."""
+
+    coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
+
+    def __post_init__(self) -> None:
+        pp = self.pp
+        object.__setattr__(self, "coefficients", (
+            float(pp), self.compute_s_per_token, self.compute_s_per_pair / pp, self.head_s_per_seq / pp,
+            self.dense_weights_s, self.kv_read_s_per_token / pp, self.expert_weights_s, 1.0 - self.expert_hit_per_token,
+            self.ar_count_per_stage, self.ar_fixed_s, self.ar_s_per_token, self.p2p_latency_s, self.p2p_s_per_token,
+            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s, float(self.cuda_graph_max_batch)))
+
+    def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
+        """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
+        each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
+        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs = self.coefficients
+        tok = (n_p + b) / pp  # tokens each pipeline stage processes
+        compute = tok * ct + (pairs + ctx) * cp + b * ch
+        # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
+        memory = mw + ctx * mk + mx * (1.0 - miss ** tok)
+        allreduce = ar_n * (ar_0 + ar_t * tok)
+        p2p = (pp - 1) * (p2p_0 + p2p_t * tok)
+        # Eager launches when the step carries prompt tokens or its decode batch exceeds the captured CUDA graphs.
+        overhead = t0 + t_pre * ((n_p > 0) | (b > graphs)) + t_seq * b
+        return StepTerms(self.pp, overhead, compute, memory, allreduce, p2p)
+
+    def time_s(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> ArrayLike:
+        """Time of one engine step (arguments as `terms`): THE step formula; the simulator calls it with floats."""
+        return self.terms(n_p, pairs, b, ctx).total_s
 
     def step_s(self, prefill_tokens: ArrayLike = 0.0, prefill_pairs: ArrayLike = 0.0, decode_seqs: ArrayLike = 0.0,
                decode_context_tokens: ArrayLike = 0.0) -> ArrayLike:
-        """Time of one engine step (the module docstring has the formula)."""
-        n_p = np.asarray(prefill_tokens, dtype=float) / self.pp
-        n_b = np.asarray(decode_seqs, dtype=float) / self.pp
-        tokens = n_p + n_b
-        pairs = (np.asarray(prefill_pairs, dtype=float) + np.asarray(decode_context_tokens, dtype=float)) / self.pp
-        compute = tokens * self.compute_s_per_token + pairs * self.compute_s_per_pair + n_b * self.head_s_per_seq
-        # Experts touched by `tokens` routed tokens: 1 - (1 - k/E)^tokens of them are read (uniform routing).
-        expert_share = 1.0 - np.power(1.0 - self.expert_hit_per_token, tokens)
-        kv_read = np.asarray(decode_context_tokens, dtype=float) / self.pp * self.kv_read_s_per_token
-        memory = self.dense_weights_s + self.expert_weights_s * expert_share + kv_read
-        ar = self.ar_count_per_stage * all_reduce_s(tokens * self.activation_bytes_per_token, self.tp,
-                                                    self.ar_busbw_bytes_per_s, self.ar_latency_s)
-        p2p = (self.pp - 1) * (self.ar_latency_s + tokens * self.activation_bytes_per_token / self.p2p_bytes_per_s)
-        stage = np.maximum(compute, memory) + ar
-        fixed = self.step_overhead_s + np.where(n_p > 0, self.prefill_overhead_s, 0.0)
-        return fixed + self.seq_overhead_s * np.asarray(decode_seqs, dtype=float) + self.pp * stage + p2p
+        """`time_s` on numpy arrays, by keyword."""
+        return self.time_s(np.asarray(prefill_tokens, dtype=float), np.asarray(prefill_pairs, dtype=float),
+                           np.asarray(decode_seqs, dtype=float), np.asarray(decode_context_tokens, dtype=float))
 
     def prefill_s(self, prompt_tokens: ArrayLike, batch: ArrayLike = 1) -> ArrayLike:
         """Prefill of `batch` prompts of `prompt_tokens` each in one step (causal attention: l^2/2 pairs each)."""
@@ -212,46 +323,58 @@ def step_model(inst: ServingInstance) -> StepModel:
     flops_per_s = gpu.tflops(COMPUTE_DTYPE[inst.weight_dtype]) * 1e12
     flops_per_s *= knobs.compute_fraction or gpu.gemm_peak_fraction * MODEL_GEMM_SHARE
     hbm_bytes_per_s = gpu.hbm_bytes_per_s * (knobs.hbm_fraction or gpu.hbm_fraction)
+    weight_bytes_per_s = hbm_bytes_per_s  # a fitted decode read share came out at 1.0 (coord/serve.md)
     n_gpus = inst.n_gpus
     layer_params = spec.active_params() - spec.embedding_params() - spec.head_params()
-    expert_params = (spec.moe_params() - spec.moe_params(active=True)) * spec.n_moe_layers
-    expert_params = expert_params * spec.n_experts / max(spec.n_experts - spec.top_k, 1) if spec.is_moe else 0.0
-    w_bytes = DTYPE_BYTES[inst.weight_dtype]
-    total_weight_bytes = spec.total_params() * w_bytes / n_gpus
-    expert_bytes = expert_params * w_bytes / n_gpus
+    dense_bytes, expert_bytes = weight_bytes_split(inst)
     link = get_link(gpu.scale_up_link)
+    busbw = link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction)
+    alpha = knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6
+    act_bytes = spec.hidden * 2.0  # one token's hidden state in bf16
+    ring_fixed = float(all_reduce_s(0.0, inst.tp, busbw, alpha))
+    # A decode-sized all-reduce costs the engine's small-message kernel latency (one-shot custom all-reduce or
+    # NCCL LL) when the engine profile gives it, else the ring's 2 (tp - 1) alpha.
+    ar_fixed = knobs.allreduce_call_s if knobs.allreduce_call_s is not None and inst.tp > 1 else ring_fixed
+    kv_per_token = kv_bytes_per_token_per_gpu(spec, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
     return StepModel(
         pp=inst.pp,
+        tp=inst.tp,
         step_overhead_s=knobs.step_overhead_s,
         seq_overhead_s=knobs.seq_overhead_s,
         prefill_overhead_s=knobs.prefill_overhead_s,
+        cuda_graph_max_batch=knobs.cuda_graph_max_batch,
         # 2 FLOPs per parameter per token (Kaplan et al. 2020), split over tp x pp GPUs.
         compute_s_per_token=2.0 * layer_params / (n_gpus * flops_per_s),
         # QK^T and AV: 2 (q_dim + v_dim) FLOPs per (query, key) pair per layer (Narayanan et al. 2021 sec. 5.1).
         compute_s_per_pair=2.0 * (spec.q_dim + spec.v_dim) * spec.n_layers / (n_gpus * flops_per_s),
         head_s_per_seq=2.0 * spec.vocab * spec.hidden / (n_gpus * flops_per_s),
-        dense_weights_s=(total_weight_bytes - expert_bytes) / hbm_bytes_per_s,
-        expert_weights_s=expert_bytes / hbm_bytes_per_s,
+        dense_weights_s=dense_bytes / weight_bytes_per_s,
+        expert_weights_s=expert_bytes / (weight_bytes_per_s * MOE_READ_SHARE),
         expert_hit_per_token=spec.top_k / spec.n_experts if spec.is_moe else 0.0,
-        kv_read_s_per_token=kv_bytes_per_token_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[inst.kv_dtype]) / hbm_bytes_per_s,
+        # Each GPU reads the KV of its own DP-attention group: 1 / attention_dp of the batch's context.
+        kv_read_s_per_token=kv_per_token / inst.attention_dp / hbm_bytes_per_s,
         # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
         ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
-        tp=inst.tp,
-        ar_busbw_bytes_per_s=link.gb_per_s * 1e9 * (knobs.busbw_fraction or link.busbw_fraction),
-        ar_latency_s=knobs.allreduce_latency_s if knobs.allreduce_latency_s is not None else link.latency_us * 1e-6,
-        activation_bytes_per_token=spec.hidden * 2.0,
-        p2p_bytes_per_s=link.gb_per_s * 1e9 * link.busbw_fraction,
+        # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.
+        ar_fixed_s=ar_fixed,
+        ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ring_fixed,
+        p2p_latency_s=alpha,
+        p2p_s_per_token=act_bytes / (link.gb_per_s * 1e9 * link.busbw_fraction),
     )
 
 
-def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> ServingKnobs:
-    """ServingKnobs from a models.calibration.Calibration (duck-typed) measured on this GPU type, else defaults.
+def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16", engine: EngineProfile | None = None,
+                  tp: int = 1) -> ServingKnobs:
+    """ServingKnobs of an engine profile at this tp (None: the ServingKnobs defaults), overridden by a
+    models.calibration.Calibration (duck-typed) measured on this GPU type.
 
-    Fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM max_tflops,
-    copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and alpha.
+    Calibration fields named like ServingKnobs are taken as they are; a profile's decode_step_overhead_s, GEMM
+    max_tflops, copy bandwidth and scale-up all-reduce fit map onto step overhead, compute and HBM fractions and
+    alpha (a measured alpha replaces the engine's all-reduce table: the ring model then prices it).
     """
+    base = ServingKnobs.from_engine(engine, tp) if engine is not None else ServingKnobs()
     if calibration is None or not _measured_on(gpu, calibration):
-        return ServingKnobs()
+        return base
     extra: dict[str, float | None] = {"step_overhead_s": getattr(calibration, "decode_step_overhead_s", None)}
     curve = calibration.gemm_curve(dtype) if hasattr(calibration, "gemm_curve") else None
     if curve is not None:
@@ -262,7 +385,12 @@ def knobs_for_gpu(gpu: GPU, calibration: Any = None, dtype: str = "bf16") -> Ser
     fit = calibration.collective("all_reduce", "scale_up") if hasattr(calibration, "collective") else None
     if fit is not None:
         extra["allreduce_latency_s"] = fit.latency_s
-    return ServingKnobs.from_calibration(calibration, **extra)
+    measured = ServingKnobs.from_calibration(calibration, **extra)
+    changed = {name: getattr(measured, name) for name in ServingKnobs.__dataclass_fields__
+               if getattr(measured, name) != getattr(ServingKnobs(), name)}
+    if "allreduce_latency_s" in changed:
+        changed["allreduce_call_s"] = None
+    return replace(base, **changed)
 
 
 def _measured_on(gpu: GPU, calibration: Any) -> bool:

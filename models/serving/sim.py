@@ -40,11 +40,39 @@ class Engine:
     kv_capacity_tokens: int
     max_seqs: int = 256
     chunk_tokens: int = 2048
+    chunked_prefill: bool = True
+    """Split prompts across steps to fill the token budget (vLLM, SGLang); False: a step takes whole prompts
+    while they fit the budget, a longer prompt runs alone (TensorRT-LLM's default, enable_chunked_prefill off)."""
     mode: str = "colocated"
     """colocated, prefill (prompts only; TTFT adds `ttft_extra_s`, e.g. KV transfer) or decode (KV arrives)."""
     ttft_extra_s: float = 0.0
     ttft_extra_s_per_token: float = 0.0
     """TTFT added per prompt token (KV-cache transfer to a decode instance)."""
+    kv_block_tokens: int = 1
+    """KV-cache page size: a request reserves whole pages, ceil((prompt + output) / page) of them (vLLM 16,
+    TensorRT-LLM 32, SGLang 1)."""
+    request_overhead_s: float = 0.0
+    """Time from a request's arrival until the scheduler sees it (HTTP, tokenization): delays its admission,
+    so TTFT and end-to-end latency both include it."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SimTrace:
+    """What a recorded run saw, request by request (warm-up requests included; `warm` says how many lead)."""
+
+    arrival_s: tuple[float, ...]
+    ttft_s: tuple[float, ...]
+    tpot_s: tuple[float, ...]
+    """Mean time per output token after the first, per request (0 for one-token answers)."""
+    done_s: tuple[float, ...]
+    """Time each request finished."""
+    itl_steps: tuple[tuple[int, float, float, int], ...]
+    """Steps that emitted decode tokens: (count k, first step s, last step s, sequences b), step time linear
+    between first and last; every sequence of the b emits one token per step."""
+    kv_token_seconds: float
+    """Integral of reserved KV tokens over time (admission reserves prompt plus output)."""
+    kv_peak_tokens: int
+    warm: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,38 +82,33 @@ class SimResult:
     tpot_s: float
     met: bool
     finished: int
-
-
-def scalar_step(step: StepModel) -> Callable[[float, float, float, float], float]:
-    """StepModel.step_s folded into a few float coefficients (~30x faster than numpy for one step)."""
-    n, pp, a = float(step.tp), float(step.pp), step.activation_bytes_per_token
-    ar_fixed = 2 * (n - 1) * step.ar_latency_s if n > 1 else 0.0
-    ar_per_token = (2 * (n - 1) / n / step.ar_busbw_bytes_per_s if n > 1 else 0.0) * a * step.ar_count_per_stage
-    fixed = step.step_overhead_s + pp * step.ar_count_per_stage * ar_fixed + (pp - 1) * step.ar_latency_s
-    per_token = ar_per_token + (pp - 1) / pp * a / step.p2p_bytes_per_s
-    ct, cp, ch = step.compute_s_per_token / pp, step.compute_s_per_pair / pp, step.head_s_per_seq / pp
-    mw, mk, seq, pre = step.dense_weights_s, step.kv_read_s_per_token / pp, step.seq_overhead_s, step.prefill_overhead_s
-    hit, mx = step.expert_hit_per_token, step.expert_weights_s
-
-    def step_s(n_p: float, pairs: float, b: float, ctx: float) -> float:
-        tok = n_p + b
-        compute = ct * tok + cp * (pairs + ctx) + ch * b
-        memory = mw + mk * ctx + (mx * (1.0 - (1.0 - hit) ** (tok / pp)) if hit else 0.0)
-        return fixed + (pre if n_p else 0.0) + per_token * tok + seq * b + pp * (compute if compute > memory else memory)
-
-    return step_s
+    trace: SimTrace | None = None
 
 
 class _Run:
     """Mutable state of one simulation; slots keep attribute access cheap in the event loop."""
 
-    __slots__ = ("t", "g", "b", "base", "kv_used", "finished", "bad_ttft", "bad_tpot", "joined", "first", "heap")
+    __slots__ = ("t", "g", "b", "base", "kv_used", "finished", "bad_ttft", "bad_tpot", "joined", "first", "heap",
+                 "done", "steps", "kv_area", "kv_peak")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, record: bool = False) -> None:
         self.t, self.g, self.b, self.base, self.kv_used, self.finished = 0.0, 0, 0, 0, 0, 0
         self.bad_ttft = self.bad_tpot = 0
         self.joined, self.first = [0] * n, [0.0] * n
         self.heap: list[tuple[int, int]] = []  # (decode step at which it finishes, request)
+        self.done: list[float] = [0.0] * n
+        self.steps: list[tuple[int, float, float, int]] | None = [] if record else None
+        self.kv_area, self.kv_peak = 0.0, 0
+
+    def elapse(self, k: int, first_s: float, last_s: float) -> None:
+        """k steps whose times run linearly from first_s to last_s (recorded when asked)."""
+        dt = k * (first_s + last_s) / 2.0 if k > 1 else first_s
+        if self.steps is not None:
+            if self.b:
+                self.steps.append((k, first_s, last_s, self.b))
+            self.kv_area += self.kv_used * dt
+            self.kv_peak = max(self.kv_peak, self.kv_used)
+        self.t += dt
 
     def start_decode(self, r: int, inp: int, out: int) -> None:
         # Context of a running sequence at decode step g: inp + 1 + (g - joined); base sums inp + 1 - joined.
@@ -94,65 +117,87 @@ class _Run:
 
 
 def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_tokens: np.ndarray,
-             output_tokens: np.ndarray, slo: Slo | None = None) -> SimResult:
-    """Run the requests through one instance; stop early once the SLO can no longer be met."""
-    f = scalar_step(step)
+             output_tokens: np.ndarray, slo: Slo | None = None, clients: int = 0, record: bool = False) -> SimResult:
+    """Run the requests through one instance; stop early once the SLO can no longer be met.
+
+    Open loop (clients 0): request r arrives at arrival_s[r]. Closed loop (clients N > 0): the first N arrive
+    at arrival_s[:N]; each later one arrives the moment an earlier one finishes (N clients that each send
+    the next request when the last answer is complete; arrival_s[N:] is ignored). `record` keeps a SimTrace.
+    """
+    f = step.time_s  # the one step formula, called with floats
     arr, inp, out = arrival_s.tolist(), input_tokens.tolist(), output_tokens.tolist()
     if engine.mode == "prefill":
         out = [1] * len(out)
     n = len(arr)
+    known = min(clients, n) if clients > 0 else n  # arrivals known so far
+    page = max(engine.kv_block_tokens, 1)
+    need = [-(-(i + o) // page) * page for i, o in zip(inp, out, strict=True)]  # KV tokens reserved, whole pages
+    delay = engine.request_overhead_s
     warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
     allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
     limits = (slo.ttft_s, slo.tpot_s, warm) if slo else (math.inf, math.inf, warm)
     ttft, tpot = [0.0] * n, [0.0] * n
-    run, nxt = _Run(n), 0
+    run, nxt = _Run(n, record), 0
     waiting: deque[int] = deque()
     prefilling: deque[list[int]] = deque()  # [request, prompt tokens done]
     while run.finished < n:
-        while nxt < n and arr[nxt] <= run.t:
+        while nxt < known and arr[nxt] + delay <= run.t:
             waiting.append(nxt)
             nxt += 1
         if not (run.b or prefilling or waiting):
-            run.t = arr[nxt]
+            run.t = max(run.t, arr[nxt] + delay)
             continue
-        _admit(run, engine, waiting, prefilling, inp, out)
+        _admit(run, engine, waiting, prefilling, inp, out, need)
         if not (run.b or prefilling):
             if waiting and run.kv_used == 0:  # one request larger than the whole KV cache
                 return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
-            run.t = arr[nxt] if nxt < n else run.t
+            run.t = arr[nxt] + delay if nxt < known else run.t
             continue
-        n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b)
-        _advance(run, f, n_p, pairs, arr[nxt] if nxt < n and not waiting else None)
-        _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits)
-        _completions(run, inp, out, tpot, limits)
+        n_p, pairs, done = _chunk(prefilling, inp, engine.chunk_tokens - run.b, engine.chunked_prefill)
+        _advance(run, f, n_p, pairs, arr[nxt] + delay if nxt < known and not waiting else None)
+        _first_tokens(run, engine, done, prefilling, arr, inp, out, ttft, limits, need)
+        _completions(run, inp, out, tpot, limits, need)
         if run.bad_ttft > allowed or run.bad_tpot > allowed:
             return SimResult(ttft_s=math.inf, tpot_s=math.inf, met=False, finished=run.finished)
-    return _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, run.finished)
+        while clients and known < min(n, clients + run.finished):  # closed loop: a finished client sends again
+            arr[known] = run.t
+            known += 1
+    result = _result(ttft[warm:], tpot[warm:], out[warm:], engine, slo, run.finished)
+    if not record:
+        return result
+    trace = SimTrace(arrival_s=tuple(arr), ttft_s=tuple(ttft), tpot_s=tuple(tpot), done_s=tuple(run.done),
+                     itl_steps=tuple(run.steps or ()), kv_token_seconds=run.kv_area, kv_peak_tokens=run.kv_peak,
+                     warm=warm)
+    return replace(result, trace=trace)
 
 
 def _admit(run: _Run, engine: Engine, waiting: deque[int], prefilling: deque[list[int]], inp: list[int],
-           out: list[int]) -> None:
-    """FIFO admission while a sequence slot and KV room for prompt plus output are free (vLLM-style)."""
+           out: list[int], need: list[int]) -> None:
+    """FIFO admission while a sequence slot and KV room (whole pages) for prompt plus output are free (vLLM-style)."""
     while waiting and len(prefilling) + run.b < engine.max_seqs and \
-            run.kv_used + inp[waiting[0]] + out[waiting[0]] <= engine.kv_capacity_tokens:
+            run.kv_used + need[waiting[0]] <= engine.kv_capacity_tokens:
         r = waiting.popleft()
-        run.kv_used += inp[r] + out[r]
+        run.kv_used += need[r]
         if engine.mode != "decode":
             prefilling.append([r, 0])
         elif out[r] <= 1:  # decode pool, nothing left to decode
-            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - need[r]
+            run.done[r] = run.t
         else:  # decode pool: the prompt's KV arrives from a prefill instance
             run.start_decode(r, inp[r], out[r])
 
 
-def _chunk(prefilling: deque[list[int]], inp: list[int], budget: int) -> tuple[int, float, list[int]]:
+def _chunk(prefilling: deque[list[int]], inp: list[int], budget: int, chunked: bool = True
+           ) -> tuple[int, float, list[int]]:
     """Spend the step's token budget on queued prompts in order: (tokens, attention pairs, prompts completed)."""
     n_p, pairs, done = 0, 0.0, []
     for item in prefilling:
         if n_p >= budget:
             break
         r, have = item
-        take = min(inp[r] - have, budget - n_p)
+        if not chunked and n_p and n_p + inp[r] - have > budget:
+            break  # whole prompts only: this one waits for the next step
+        take = min(inp[r] - have, budget - n_p) if chunked else inp[r] - have
         pairs += take * (have + take / 2.0)  # causal: each new token attends to what came before it
         n_p += take
         item[1] = have + take
@@ -166,7 +211,8 @@ def _advance(run: _Run, f: Callable[[float, float, float, float], float], n_p: i
     """One step with prompt tokens, or a jump over pure decode steps to the next completion or arrival."""
     ctx = run.base + run.b * run.g
     if n_p:
-        run.t += f(n_p, pairs, run.b, ctx)
+        dt = f(n_p, pairs, run.b, ctx)
+        run.elapse(1, dt, dt)
         run.g += 1 if run.b else 0
         return
     k = run.heap[0][0] - run.g
@@ -175,32 +221,36 @@ def _advance(run: _Run, f: Callable[[float, float, float, float], float], n_p: i
         k = min(k, math.ceil((next_arrival - run.t) / d0))
     k = max(k, 1)
     # Step time is linear in context while the regime holds: k steps cost k times the mean of first and last.
-    run.t += k * (d0 + f(0, 0, run.b, ctx + (k - 1) * run.b)) / 2.0 if k > 1 else d0
+    run.elapse(k, d0, f(0, 0, run.b, ctx + (k - 1) * run.b) if k > 1 else d0)
     run.g += k
 
 
 def _first_tokens(run: _Run, engine: Engine, done: list[int], prefilling: deque[list[int]], arr: list[float],
-                  inp: list[int], out: list[int], ttft: list[float], limits: tuple[float, float, int]) -> None:
+                  inp: list[int], out: list[int], ttft: list[float], limits: tuple[float, float, int],
+                  need: list[int]) -> None:
     for r in done:
         prefilling.popleft()
         ttft[r] = run.t - arr[r] + engine.ttft_extra_s + engine.ttft_extra_s_per_token * inp[r]
         if ttft[r] > limits[0] and r >= limits[2]:
             run.bad_ttft += 1
         if out[r] <= 1:
-            run.finished, run.kv_used = run.finished + 1, run.kv_used - inp[r] - out[r]
+            run.finished, run.kv_used = run.finished + 1, run.kv_used - need[r]
+            run.done[r] = run.t
         else:
             run.start_decode(r, inp[r], out[r])
 
 
-def _completions(run: _Run, inp: list[int], out: list[int], tpot: list[float], limits: tuple[float, float, int]) -> None:
+def _completions(run: _Run, inp: list[int], out: list[int], tpot: list[float], limits: tuple[float, float, int],
+                 need: list[int]) -> None:
     heap = run.heap
     while heap and heap[0][0] <= run.g:
         _, r = heapq.heappop(heap)
         tpot[r] = (run.t - run.first[r]) / (out[r] - 1)
         if tpot[r] > limits[1] and r >= limits[2]:
             run.bad_tpot += 1
-        run.finished, run.b, run.kv_used = run.finished + 1, run.b - 1, run.kv_used - inp[r] - out[r]
+        run.finished, run.b, run.kv_used = run.finished + 1, run.b - 1, run.kv_used - need[r]
         run.base -= inp[r] + 1 - run.joined[r]
+        run.done[r] = run.t
 
 
 def _result(ttft: list[float], tpot: list[float], out: list[int], engine: Engine, slo: Slo | None,

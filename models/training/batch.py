@@ -8,16 +8,62 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from enum import IntEnum
 
 import numpy as np
 
 from clusterplan.models.training.layout import CHOICES, Layout
 
 CODES = {name: {v: i for i, v in enumerate(values)} for name, values in CHOICES.items()}
-RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = 0, 1, 2
-SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB = 0, 1, 2, 3
-OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = 0, 1, 2
-PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = 0, 1, 2, 3
+
+
+class RecomputeCode(IntEnum):
+    """LayoutArrays.recompute: the index of Layout.recompute in CHOICES["recompute"]."""
+
+    NONE = 0
+    SELECTIVE = 1
+    FULL = 2
+
+
+class ScheduleCode(IntEnum):
+    GPIPE = 0
+    ONE_F_ONE_B = 1
+    INTERLEAVED = 2
+    ZB = 3
+    """ZB-H1 (Qi et al. 2023): 1F1B with weight gradients moved into the bubble."""
+    ZBV = 4
+    """ZB-V (Qi et al. 2024; torchtitan ZBVZeroBubble): 2 chunks per rank in a V."""
+
+
+class PrecisionCode(IntEnum):
+    BF16 = 0
+    FP16 = 1
+    FP8 = 2
+    FP32 = 3
+
+
+class OptimizerCode(IntEnum):
+    ADAM_MASTER = 0
+    ADAM = 1
+    SGD = 2
+
+
+class CpKindCode(IntEnum):
+    RING = 0
+    A2A = 1
+    ALLGATHER = 2
+
+
+ENUMS: dict[str, type[IntEnum]] = {"recompute": RecomputeCode, "schedule": ScheduleCode, "precision": PrecisionCode,
+                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode}
+# The enums index CHOICES one to one (a new Layout choice needs its member, in the same place).
+assert all(len(ENUMS[k]) == len(CHOICES[k]) for k in CHOICES) and set(ENUMS) == set(CHOICES)
+
+# Short names kept for the modules that import them (each is the enum member, not a bare integer).
+RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = RecomputeCode
+SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV = ScheduleCode
+OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
+PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers")
@@ -66,6 +112,8 @@ class LayoutArrays:
         for f in fields(cls):
             if f.name in columns:
                 cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if f.name in CODES else float)
+            elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
+                cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
                 cols[f.name] = np.full(n, CODES[f.name][getattr(defaults, f.name)], dtype=np.int64)
             else:

@@ -17,6 +17,9 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.training.batch import PREC_FP32, RECOMPUTE_FULL, LayoutArrays
 from clusterplan.models.training.memory import bytes_per_param
 
+EP_ALL_TO_ALLS_PER_LAYER = 4
+"""Dispatch and combine forward, and their mirror images backward (Lepikhin 2020; Megatron-Core token dispatcher)."""
+
 ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, ALL_TO_ALL, SEND_RECV = (
     "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
@@ -59,7 +62,7 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     recompute) of tokens/tp x top_k x h per rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher)."""
     tokens = L.seq * L.mbs / L.cp
     size = activation_bytes(L) * tokens / L.tp * shapes.top_k * shapes.hidden
-    calls = np.where(L.ep > 1, 4.0 + 2.0 * _recompute_extra(L), 0.0)
+    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER + _recompute_extra(L) * EP_ALL_TO_ALLS_PER_LAYER / 2, 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
 

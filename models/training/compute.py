@@ -9,7 +9,7 @@ import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
+from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,10 @@ class LayerTime:
     """Extra forward work redone in backward (full: whole layer; selective: the attention core)."""
     core_forward_s: np.ndarray
     """Attention core (scores and weighted values) forward, the part ring context parallel overlaps with."""
+    linear_s: np.ndarray
+    """Weight GEMMs forward + backward (+ recompute): what tensor-parallel comm overlap hides under."""
+    weight_grad_s: np.ndarray
+    """The weight-gradient (dW) GEMMs of backward: zero-bubble schedules move them into the bubble."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
 
@@ -80,11 +84,13 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
     backward = 2 * t_linear + np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd, 2.0) * t_core + 2 * t_elem
     selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
-    recompute = np.select([L.recompute == 2, L.recompute == 1], [forward, selective_extra], 0.0)
+    full, selective = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
+    recompute = np.select([full, selective], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([L.recompute == 2, L.recompute == 1],
+    flops_recompute = np.select([full, selective],
                                 [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
+                     linear_s=t_linear * (3.0 + np.where(full, 1.0, 0.0)), weight_grad_s=t_linear,
                      hardware_flops=flops_exec + flops_recompute)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -38,6 +39,7 @@ class Evaluation:
     hw: HardwareRates
     tokens_per_step: np.ndarray
     world: int
+    stack: ExecutionStack
 
     @property
     def fits(self) -> np.ndarray:
@@ -56,9 +58,12 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
-def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int) -> Evaluation:
-    return Evaluation(memory=memory_breakdown(shapes, arrays), time=step_time(shapes, arrays, hw),
-                      hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world)
+def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
+             stack: ExecutionStack | None = None) -> Evaluation:
+    """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
+    stack = stack or get_stack()
+    return Evaluation(memory=memory_breakdown(shapes, arrays), time=step_time(shapes, arrays, hw, stack),
+                      hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ class Estimate:
             "hfu": _r(v(ev.hfu)),
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
+            "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })
         return out
@@ -114,17 +120,19 @@ def _r(x: float) -> float:
 
 
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
-             node_order: tuple[int, ...] | None = None, eager_layers: bool = False) -> Estimate:
+             node_order: tuple[int, ...] | None = None, eager_layers: bool = False,
+             stack: ExecutionStack | None = None) -> Estimate:
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
     (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
+    `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core).
     """
     reasons = layout_problems(model, layout, cluster.world_size)
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
-    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size)
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
     if not bool(ev.fits[0]):
         reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "

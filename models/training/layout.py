@@ -13,24 +13,25 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from clusterplan.errors import BadInputError, InfeasibleError
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.rules import Rule, RuleCode
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 Recompute = Literal["none", "selective", "full"]
-Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb"]
+Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"]
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
-CpKind = Literal["ring", "a2a"]
+CpKind = Literal["ring", "a2a", "allgather"]
 
 MAX_INT = 2**53
 """Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),
-    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb"),
+    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"),
     "precision": ("bf16", "fp16", "fp8", "fp32"),
     "optimizer": ("adam-master", "adam", "sgd"),
-    "cp_kind": ("ring", "a2a"),
+    "cp_kind": ("ring", "a2a", "allgather"),
 }
 
 
@@ -46,14 +47,16 @@ class Layout:
     """Virtual pipeline stages (model chunks) per pipeline rank; > 1 with the interleaved schedule."""
     cp: int = 1
     cp_kind: CpKind = "ring"
-    """Context parallel exchange: ring attention (p2p of K/V) or all-to-all (Ulysses)."""
+    """Context parallel exchange: ring attention (p2p of K/V blocks), all-to-all (Ulysses), or an all-gather of K/V
+    (Megatron --cp-comm-type allgather, torchtitan's default rotate method)."""
     ep: int = 1
     etp: int = 1
     """Tensor parallelism inside each expert."""
     flash_attn: bool = True
     """Fused (flash) attention: no s^2 score matrix is stored and the causal half is skipped."""
-    sp: bool = False
-    """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter)."""
+    sp: bool | None = None
+    """Megatron sequence parallelism (norms/dropout sharded over tp; all-gather/reduce-scatter). Unset: on when
+    tp > 1, as Megatron-Core, torchtitan and NeMo recipes run TP; give sp=0 to pin it off."""
     zero: int = 1
     """0 = DDP, 1 = optimizer states sharded (distributed optimizer), 2 = + gradients, 3 = + weights (FSDP)."""
     mbs: int = 1
@@ -84,6 +87,8 @@ class Layout:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > MAX_INT:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
+        if self.sp is None:
+            object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
         for name in ("sp", "flash_attn"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
@@ -126,7 +131,7 @@ class Layout:
         if self.dp_replicate > 1:
             parts[-1] += f"({self.dp_replicate}x{self.dp_shard})"
         if self.cp > 1:
-            parts.append(f"cp{self.cp}{'a2a' if self.cp_kind == 'a2a' else ''}")
+            parts.append(f"cp{self.cp}{'' if self.cp_kind == 'ring' else self.cp_kind}")
         if self.ep > 1:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
@@ -177,7 +182,7 @@ class Layout:
 
 
 def _convert(key: str, value: str, type_name: str) -> Any:
-    if type_name == "bool":
+    if type_name.startswith("bool"):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
@@ -238,13 +243,19 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
             add(RuleCode.STAGE_LAYERS_SUM,
                 f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
-        elif any(x % L.vpp for x in (first, per, last)):
-            add(RuleCode.STAGE_LAYERS_VPP, f"stage layers ({first}, {per}, {last}) not divisible by vpp({L.vpp})")
+        elif per % L.vpp:
+            # The first and last ranks may hold fewer layers than their vpp chunks share evenly (Megatron's
+            # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
+            add(RuleCode.STAGE_LAYERS_VPP, f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
         add(RuleCode.LAYERS_PP, f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
                                 "set first_stage_layers/last_stage_layers for an uneven split")
-    if L.vpp > 1 and L.schedule != "interleaved-1f1b":
-        add(RuleCode.VPP_SCHEDULE, f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b, got {L.schedule}")
+    if L.vpp > 1 and L.schedule not in ("interleaved-1f1b", "zbv"):
+        add(RuleCode.VPP_SCHEDULE,
+            f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b (or zbv with vpp 2), got {L.schedule}")
+    if L.schedule == "zbv" and (L.vpp != 2 or L.pp < 2):
+        add(RuleCode.ZBV_CHUNKS, f"schedule zbv runs exactly 2 chunks per pipeline rank (torchtitan ZBVZeroBubble): "
+                                 f"needs pp > 1 and vpp = 2, got pp({L.pp}) vpp({L.vpp})")
     if L.schedule == "interleaved-1f1b" and L.pp > 1 and L.microbatches % L.pp:
         add(RuleCode.INTERLEAVED_MICROBATCHES,
             f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")
@@ -271,4 +282,22 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
             f"ep({L.ep}) * etp({L.etp}) must divide dp_shard({L.dp_shard}) * cp({L.cp}) * tp({L.tp}) = {fold}")
     if model.expert_ffn_hidden % L.etp:
         add(RuleCode.EXPERT_FFN_ETP, f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
+    return problems
+
+
+def stack_problems(layout: Layout, stack: ExecutionStack) -> list[str]:
+    """What of the layout the execution stack cannot run (hardware_db/data/stacks.yaml). Empty = it runs."""
+    L, problems = layout, []
+    if L.pp > 1 and not stack.can_run("schedule", L.schedule):
+        problems.append(f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
+    if L.cp > 1 and not stack.can_run("cp_kind", L.cp_kind):
+        runs = ", ".join(stack.cp_kinds) or "no context parallelism"
+        problems.append(f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
+    if (L.dp > 1 or L.zero == 0) and not stack.can_run("zero", L.zero):
+        problems.append(f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
+    if L.pp > 1 and L.zero > stack.pp_max_zero:
+        problems.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
+                        f"got zero={L.zero}")
+    if L.precision == "fp8" and not stack.fp8_recipes:
+        problems.append(f"stack {stack.name} has no fp8 training recipe")
     return problems

@@ -20,6 +20,7 @@ from clusterplan.models.training.batch import (
     PREC_FP32,
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
+    RECOMPUTE_SELECTIVE,
     SCHEDULE_GPIPE,
     SCHEDULE_INTERLEAVED,
     LayoutArrays,
@@ -141,7 +142,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
-    scores = np.where((mode >= 1) & (L.flash_attn == 0), 0.0, scores)  # selective recomputes the attention core
+    scores = np.where((mode >= RECOMPUTE_SELECTIVE) & (L.flash_attn == 0), 0.0, scores)  # selective recomputes the attention core
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2

@@ -24,7 +24,8 @@ class RuleCode(str, Enum):
     STAGE_LAYERS_SUM = "stage layers != n_layers"
     STAGE_LAYERS_VPP = "stage layers % vpp"
     LAYERS_PP = "n_layers % (pp * vpp)"
-    VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b"
+    VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
+    ZBV_CHUNKS = "zbv needs pp > 1 and vpp = 2"
     INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
     GBS_DP_MBS = "gbs % (dp * mbs)"
     SP_SEQ = "seq % (tp * cp) (sequence parallel)"
@@ -50,9 +51,10 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.UNEVEN_NEEDS_PP: "drop first_stage_layers/last_stage_layers, or use pp > 1",
     RuleCode.NO_MIDDLE_LAYERS: "lower first_stage_layers/last_stage_layers so the middle stages keep layers",
     RuleCode.STAGE_LAYERS_SUM: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
-    RuleCode.STAGE_LAYERS_VPP: "pick stage layer counts divisible by vpp, or vpp = 1",
+    RuleCode.STAGE_LAYERS_VPP: "pick middle-stage layer counts divisible by vpp, or vpp = 1",
     RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
+    RuleCode.ZBV_CHUNKS: "use vpp = 2 with pp > 1 for zbv, or another schedule",
     RuleCode.INTERLEAVED_MICROBATCHES: "raise the global batch so micro-batches per pipeline are a multiple of pp",
     RuleCode.GBS_DP_MBS: "make the global batch a multiple of dp * micro-batch size",
     RuleCode.SP_SEQ: "make seq divisible by tp * cp",

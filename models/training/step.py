@@ -11,29 +11,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import (
-    OPT_ADAM_MASTER,
-    OPT_SGD,
-    SCHEDULE_INTERLEAVED,
-    SCHEDULE_ZB,
+    CODES,
+    CpKindCode,
     LayoutArrays,
+    OptimizerCode,
+    RecomputeCode,
+    ScheduleCode,
 )
 from clusterplan.models.training.collectives import (
+    EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
     Collectives,
     activation_bytes,
     ep_collectives,
     pipeline_p2p,
     tp_collectives,
 )
-from clusterplan.models.training.compute import head_time, layer_time, model_flops_per_step
+from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
 DP_OVERLAP_SHARE = 0.8
+
+
+POSITIONS = ("first", "middle", "last")
+"""Pipeline stage positions, in the order step_time stacks them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +72,7 @@ def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.nda
 
 
 def _priced(collectives: tuple[Collectives, ...], g: Group, hw: HardwareRates) -> np.ndarray:
-    """Time of every call of `collectives` over the group, one after another."""
+    """Time of every call of `collectives` (models/training/collectives.py) over the group, one after another."""
     total = np.zeros_like(g.size, dtype=float)
     for c in collectives:
         total = total + c.calls * _collective(c.kind, c.size_bytes, g, hw)
@@ -87,27 +94,92 @@ class StepTime:
     hardware_flops: np.ndarray
 
 
-def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, core_s: np.ndarray):
+def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(latency, transfer) seconds of one send/recv: the latency is the wait before the receiver can use the data,
+    the transfer the part that can run under compute."""
+    r = hw.link("send_recv")
+    lat = np.where(n_out > 1, r.lat_out, r.lat_in)
+    return lat, comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), lat) - lat
+
+
+def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+              linear_s: np.ndarray) -> np.ndarray:
+    """Exposed tensor-parallel traffic of one layer per micro-batch, forward + backward (+ recompute).
+
+    Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
+    bytes; Korthikanti 2022), 2 more when full recompute redoes the forward. TE userbuffers / async TP (both need
+    sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
+    """
+    # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
+    total = _priced(tp_collectives(shapes, L), Group(L.tp, np.ones_like(L.tp)), hw)
+    share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
+    return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
+
+
+def ring_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, n_out: np.ndarray, core_forward_s: np.ndarray,
+              recompute_full: np.ndarray, hw: HardwareRates) -> np.ndarray:
+    """Exposed ring-attention traffic of one layer per micro-batch (Liu et al. 2023; Megatron --cp-comm-type p2p).
+
+    Forward: cp - 1 steps, each sends this rank's K,V block (kv_bytes) to the next rank while the current block's
+    attention runs; with causal load balancing (each rank holds chunks i and 2cp-1-i: Megatron / torchtitan) every
+    step computes the same 1/cp of the rank's attention core. Backward: cp - 1 steps sending K,V onward and dK,dV
+    back (2 x kv_bytes) under 1/cp of the core's backward. A step exposes its latency (the next block waits for the
+    data) plus the transfer beyond its block's compute: exposed = sum_i [lat + max(0, transfer_i - compute_i)].
+    """
+    steps = np.maximum(cp - 1.0, 0.0)
+    o = hw.comm_overlap
+    lat_f, xfer_f = _p2p_parts(kv_bytes, n_out, hw)
+    lat_b, xfer_b = _p2p_parts(2.0 * kv_bytes, n_out, hw)
+    block_f = core_forward_s / cp
+    block_b = hw.attn_bwd_over_fwd * core_forward_s / cp
+    forward = steps * (lat_f + comm.exposed_s(xfer_f, block_f, o))
+    backward = steps * (lat_b + comm.exposed_s(xfer_b, block_b, o))
+    return np.where(cp > 1, (1.0 + recompute_full) * forward + backward, 0.0)
+
+
+def ulysses_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, group: Group,
+                 hw: HardwareRates) -> np.ndarray:
+    """DeepSpeed-Ulysses / Megatron a2a context parallelism of one layer per micro-batch (Jacobs et al. 2023).
+
+    Forward: 4 all-to-alls (q, k, v from sequence- to head-sharded, the output back), backward the 4 mirrored ones on
+    the gradients (same bytes), and the forward's 4 again under full recompute; none overlap (they sit between the
+    projections and the attention that need them). The old `2 * a2a(q+k+v+out bytes) * 4/3` counted the four tensors'
+    bytes and then 4/3 more: the bytes already hold all four; what the four collectives add is 4 latencies each way.
+    """
+    act = activation_bytes(L) / L.tp
+    widths = (shapes.q_dim, shapes.kv_dim / 2.0, shapes.kv_dim / 2.0, shapes.v_dim)
+    one_way = sum(_collective("all_to_all", act * tokens * w, group, hw) for w in widths)
+    return (2.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * one_way
+
+
+def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: HardwareRates) -> np.ndarray:
+    """K,V all-gather context parallelism of one layer per micro-batch (Megatron --cp-comm-type allgather,
+    torchtitan's default rotate method): forward all-gathers the whole sequence's K,V (S = seq x kv width), backward
+    reduce-scatters dK,dV of the same size; the attention needs the gathered K,V, so neither overlaps."""
+    gathered = activation_bytes(L) * L.seq * L.mbs * shapes.kv_dim / L.tp
+    ag = _collective("all_gather", gathered, group, hw)
+    return (1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * ag + _collective("reduce_scatter",
+                                                                                          gathered, group, hw)
+
+
+
+
+def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, moe: bool,
+                lt: LayerTime):
     """(tp, cp, ep) exposed communication of one layer per micro-batch, forward + backward (+ recompute)."""
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
-    tp_group = Group(L.tp, np.ones_like(L.tp))
-    # Megatron TP / SP per layer (collectives.py; tests/test_validate_collectives.py counts them in torch).
-    tp = _priced(tp_collectives(shapes, L), tp_group, hw)
+    full = np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
+    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s)
     cp_group = Group(L.cp, L.tp)
-    # Ring attention: cp-1 exchanges of this rank's K/V forward, K/V + their grads backward, overlapped with the
-    # attention core (Liu et al. 2023); Ulysses: 4 all-to-alls of q,k,v,out forward and 4 backward (Jacobs 2023).
-    kv_bytes = act * tokens * shapes.kv_dim / L.tp
-    n_in, n_out = comm.split_group(L.cp, L.tp, hw.domain)
-    ring_step = _p2p(kv_bytes, n_out, hw)
-    o = hw.comm_overlap
-    ring = comm.exposed_s((L.cp - 1) * ring_step, core_s, o) + comm.exposed_s(2 * (L.cp - 1) * ring_step, 2.5 * core_s, o)
-    a2a_bytes = act * tokens * (shapes.q_dim + shapes.kv_dim + shapes.v_dim) / L.tp
-    ulysses = 2 * _collective("all_to_all", a2a_bytes, cp_group, hw) * 4 / 3
-    cp = np.where(L.cp > 1, np.where(L.cp_kind == 1, ulysses, ring), 0.0)
+    _, n_out = comm.split_group(L.cp, L.tp, hw.domain)
+    ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
+    cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
+                   [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather_cp_s(shapes, L, cp_group, hw)], ring)
+    cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
     if moe:
-        # Dispatch + combine all-to-all forward and backward (collectives.py ep_collectives).
+        # tokens x top_k x h per all-to-all, each rank sending its 1/tp share (collectives.py ep_collectives).
         ep = _priced((ep_collectives(shapes, L),), Group(L.ep, np.ones_like(L.ep)), hw)
     return tp, cp, ep
 
@@ -121,6 +193,8 @@ class LayerCost:
     cp_s: np.ndarray
     ep_s: np.ndarray
     hardware_flops: np.ndarray
+    weight_grad_s: np.ndarray
+    """The weight-gradient GEMMs inside compute_s (what zero-bubble schedules move into the bubble)."""
     forward_s: np.ndarray
     backward_s: np.ndarray
     head_s: np.ndarray
@@ -136,26 +210,29 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s
 
 
-def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> LayerCost:
+def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
     moe_share = shapes.moe_fraction
     dense = layer_time(shapes, L, hw, False)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
     flops = (1 - moe_share) * dense.hardware_flops
-    tp_d, cp_d, _ = _layer_comm(shapes, L, hw, False, dense.core_forward_s)
+    weight_grad = (1 - moe_share) * dense.weight_grad_s
+    tp_d, cp_d, _ = _layer_comm(shapes, L, hw, stack, False, dense)
     tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
     if moe_share:
         sparse = layer_time(shapes, L, hw, True)
         compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
         flops = flops + moe_share * sparse.hardware_flops
-        tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, True, sparse.core_forward_s)
+        weight_grad = weight_grad + moe_share * sparse.weight_grad_s
+        tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
         tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
     head_f, head_b = head_time(shapes, L, hw)
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute
+    weight_grad = hw.layer_time_factor * weight_grad
     tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
     embed_tp, head_tp = _ends_tp_comm(shapes, L, hw)
-    return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops,
+    return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops, weight_grad_s=weight_grad,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp)
 
@@ -169,11 +246,11 @@ def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
     return embed, embed + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
 
 
-def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTime:
-    """Predicted time of one optimizer step with every term separate (they add up to step_s)."""
+def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> StepTime:
+    """Predicted time of one optimizer step, as `stack` runs it, with every term separate (they add up to step_s)."""
     m = L.microbatches
     layers = stage_layers(shapes, L)
-    cost = layer_cost(shapes, L, hw)
+    cost = layer_cost(shapes, L, hw, stack)
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
@@ -181,27 +258,19 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
     first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0) + first_tp
     middle = layers.middle * cost.total_s
     last = layers.last * cost.total_s + cost.head_s + cost.head_tp_s
-    slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # 0 first, 1 middle, 2 last
+    slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # index in POSITIONS
     stage = np.choose(slowest, [first, middle, last])
     slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
-    slow_head = np.where(single | (slowest == 2), cost.head_s, 0.0)
+    slow_head = np.where(single | (slowest == POSITIONS.index("last")), cost.head_s, 0.0)
     slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), cost.head_tp_s])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    boundary = pipeline_p2p(shapes, L)  # 2 sends per boundary and micro-batch (collectives.py)
-    p2p = _p2p(boundary.size_bytes, n_out, hw)
-    pp_comm = np.where(single, 0.0, boundary.calls * (m * L.vpp + L.pp - 1) * p2p)
-    # Bubble: (pp-1) stage times for GPipe/1F1B, / vpp interleaved (Narayanan 2021); ZB-H1 removes the
-    # weight-gradient third of backward from it (Qi et al. 2023): (pp-1)(t_f + t_b/2).
-    bubble_stages = np.where(L.schedule == SCHEDULE_INTERLEAVED, (L.pp - 1) / L.vpp, L.pp - 1.0)
-    zb_factor = np.where(L.schedule == SCHEDULE_ZB, 2.0 / 3.0, 1.0)
-    # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
-    # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
-    # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.
-    k = hw.host_oversubscription
-    bubble = np.where(single, 0.0, stage * np.maximum(0.0, (m + bubble_stages * zb_factor) / k - m))
-    dp_exposed = _dp_exposed(shapes, L, hw, slow_layers, cost.forward_s, cost.backward_s)
+    p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw)
+    pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
+    w_stage = slow_layers * cost.weight_grad_s
+    bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
+    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s)
     opt = _optimizer_s(shapes, L, hw, layers)
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s))
@@ -215,12 +284,50 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> StepTi
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
 
 
-def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_layers: np.ndarray,
-                layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
-    """Data-parallel traffic left exposed after overlap: gradient all-reduce (ZeRO-0), reduce-scatter + weight
-    all-gather (ZeRO-1/2, Megatron distributed optimizer) hidden under the last micro-batch's backward; ZeRO-3
-    gathers weights per layer in forward and backward and reduce-scatters gradients, each under that layer's compute
-    (with pp > 1 once per step, see below)."""
+def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionStack, stage: np.ndarray,
+              hw: HardwareRates) -> np.ndarray:
+    """Exposed pipeline send/recv per step: 2 (m vpp + pp - 1) transfers (forward activations, backward gradients;
+    Narayanan 2021). With the stack's P2P overlap (Megatron --overlap-p2p-comm under interleaving, torch pipelining's
+    async isend/irecv) the steady-state m vpp transfers each way run under one chunk's forward or backward (a stage's
+    per-micro-batch time / 2 vpp); the 2 (pp - 1) transfers of fill and drain stay on the critical path."""
+    serial = 2.0 * (m * L.vpp + L.pp - 1.0) * p2p
+    overlapped = (2.0 * (L.pp - 1.0) * p2p
+                  + 2.0 * m * L.vpp * comm.exposed_s(p2p, stage / (2.0 * L.vpp), hw.comm_overlap))
+    codes = [CODES["schedule"][name] for name in stack.pp_overlap_schedules] if stack.pp_overlap else []
+    return np.where(np.isin(L.schedule, codes), overlapped, serial)
+
+
+def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: LayoutArrays,
+             oversubscription: float) -> np.ndarray:
+    """Pipeline bubble per step from the slowest stage's per-micro-batch time `stage` = F + B + W (W: its
+    weight-gradient GEMMs, B the rest of backward).
+
+    GPipe / 1F1B: (pp-1)(F+B+W); interleaved over vpp chunks: (pp-1)(F+B+W)/vpp (Narayanan 2021); ZB-H1 moves W into
+    the bubble and starts B earlier: (pp-1)(F+B-W), a third of 1F1B's when F = B = W (Qi et al. 2023, section 2.1);
+    ZB-V, two chunks of half a stage in a V: (pp-1)(F'+B'-2W') over one chunk = (pp-1)(F+B+W - 3W)/2, zero when
+    F = B = W as the paper's comparison states. Uneven stages: `stage` is the slowest one (first/last lighter).
+    """
+    bubble = np.select(
+        [L.schedule == ScheduleCode.INTERLEAVED, L.schedule == ScheduleCode.ZB, L.schedule == ScheduleCode.ZBV],
+        [stage / L.vpp, stage - 2.0 * weight_grad, (stage - 3.0 * weight_grad) / 2.0], stage)
+    bubble = (L.pp - 1.0) * np.maximum(bubble, 0.0)
+    # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
+    # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
+    # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.
+    units = bubble / np.maximum(stage, 1e-300)
+    return stage * np.maximum(0.0, (m + units) / oversubscription - m)
+
+
+def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
+    """Data-parallel traffic left exposed after the stack's overlap.
+
+    ZeRO-0: gradient all-reduce; ZeRO-1/2 (Megatron distributed optimizer): gradient reduce-scatter, then the
+    updated weights' all-gather. The reduce hides under the last micro-batch's backward, the all-gather under the next
+    step's first forward (Megatron overlap_grad_reduce / overlap_param_gather), each under `dp_overlap_share` of
+    that compute; stacks that chunk it (dp_exposed_chunk) always expose the last chunk: one layer's share (one
+    virtual stage's under Megatron PP, one bucket's for DeepSpeed). ZeRO-3 / FSDP: see _zero3_exposed.
+    """
     _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
     shard = Group(L.dp_shard * L.cp, L.tp)
@@ -234,34 +341,76 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, slow_la
           + _collective("all_gather", params.expert * compute_wb, edp, hw))
     ar = _collective("all_reduce", dense_grad, shard, hw) + _collective("all_reduce", expert_grad, edp, hw)
     hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
-    zero12 = np.where(L.zero == 0, ar, rs + ag) + hsdp
-    o = hw.comm_overlap  # measured by `clusterplan profile` (1 without a calibration)
-    under_s = DP_OVERLAP_SHARE * slow_layers * layer_b
-    exposed12 = comm.exposed_s(zero12, under_s, o)
-    # ZeRO-3 / FSDP: per layer and micro-batch, all-gather under forward, all-gather + reduce-scatter (+ HSDP's
-    # all-reduce of the shard across replicas, FSDP2's post-backward) under backward.
+    o = hw.comm_overlap if stack.dp_overlap else 0.0  # comm_overlap: measured by `clusterplan profile` (else 1)
+    reduce = np.where(L.zero == 0, ar, rs) + hsdp
+    gather = np.where(L.zero == 0, 0.0, ag)
+    if stack.dp_bucket_bytes:
+        chunks = np.maximum(1.0, (dense_grad + expert_grad) / stack.dp_bucket_bytes)
+    elif stack.dp_chunk_under_pp == "virtual_stage":
+        chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
+    else:
+        chunks = np.maximum(slow_layers, 1.0)
+    exposed12 = (dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks)
+                 + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
+    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o)
+    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
+
+
+def dp_overlap_exposed_s(comm_s: np.ndarray, compute_s: np.ndarray, stack: ExecutionStack, overlap: float,
+                         chunks: np.ndarray) -> np.ndarray:
+    """Bucketed data-parallel traffic `comm_s` left exposed when it runs under `compute_s`: it hides under
+    stack.dp_overlap_share of that compute (as far as `overlap`, the measured comm/compute overlap, allows), and a
+    stack that chunks it (dp_exposed_chunk) always exposes the last of its `chunks` (Megatron-Bridge docs: 'exposes
+    only one DP communication chunk')."""
+    exposed = comm.exposed_s(comm_s, stack.dp_overlap_share * compute_s, overlap)
+    return np.maximum(exposed, comm_s / chunks) if stack.dp_exposed_chunk else exposed
+
+
+def zero3_collectives_per_layer(shapes: ModelShapes, L: LayoutArrays, stack: ExecutionStack,
+                                layer_weight_bytes: np.ndarray) -> np.ndarray:
+    """Separate all-gathers (and reduce-scatters) one layer's weights take: 1 for FSDP2 / Megatron FSDP (one flat
+    buffer per wrapped block), one per parameter tensor (ZeRO-3 of 2021), or one per prefetch bucket (DeepSpeed
+    stage3_prefetch_bucket_size)."""
+    if stack.fsdp_granularity == "block":
+        return np.ones_like(L.tp)
+    if stack.fsdp_granularity == "tensor":
+        return np.full_like(L.tp, float(shapes.tensors_per_layer))
+    return np.maximum(1.0, np.ceil(layer_weight_bytes / stack.fsdp_bucket_bytes))
+
+
+def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                   slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray, ag: np.ndarray, rs: np.ndarray,
+                   hsdp: np.ndarray, shard: Group, o: float) -> np.ndarray:
+    """ZeRO-3 / FSDP: per layer and micro-batch, the weights' all-gather under forward, all-gather + reduce-scatter
+    (+ HSDP's all-reduce of the shard across replicas, FSDP2's post-backward) under backward, each under one layer's
+    compute (prefetch one block ahead). The first all-gather and the last reduce-scatter have nothing to hide under
+    (dp_exposed_chunk). Beyond the first collective, each further one per layer (per tensor or bucket) adds its
+    (n-1) ring latency steps, which bandwidth overlap cannot hide: this is what makes per-tensor ZeRO-3 fall behind
+    as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not."""
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
-    # Each parameter tensor is its own ring collective (DeepSpeed ZeRO-3 granularity): (n-1) latency steps each for
-    # the forward gather, the recompute gather and the backward gather + reduce-scatter, which bandwidth overlap
-    # cannot hide. This is what makes ZeRO-3 fall behind as dp grows (Narayanan 2021 Table 2).
+    edge = 0.0
+    if stack.dp_exposed_chunk:
+        edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
     n_in, n_out = comm.split_group(shard.size, shard.stride, hw.domain)
     ag_link = hw.link("all_gather")
     step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
-    per_collective_lat = shapes.tensors_per_layer * (shard.size - 1) * step_lat
-    latency = (3.0 + np.where(L.recompute == 2, 1.0, 0.0)) * per_collective_lat
-    exposed3 = L.microbatches * slow_layers * (per_layer + latency)
+    one_layer = stage_params(shapes, L, np.ones_like(L.tp), False, False)
+    extra = zero3_collectives_per_layer(shapes, L, stack, (one_layer.dense + one_layer.expert) * activation_bytes(L))
+    extra = extra - 1.0 if stack.fsdp_granularity == "block" else extra  # the first is priced in per_layer
+    per_collective_lat = extra * (shard.size - 1) * step_lat
+    latency = (3.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * per_collective_lat
+    exposed = L.microbatches * (slow_layers * (per_layer + latency) + edge)
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
     once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
-    exposed3 = np.where(L.pp > 1, slow_layers * once, exposed3)
-    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
+    return np.where(L.pp > 1, slow_layers * once, exposed)
 
 
 def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers) -> np.ndarray:
     """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
     shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
-    per_param = np.select([L.optimizer == OPT_SGD, L.optimizer == OPT_ADAM_MASTER], [8.0, 32.0], 24.0)
+    per_param = np.select([L.optimizer == OptimizerCode.SGD, L.optimizer == OptimizerCode.ADAM_MASTER], [8.0, 32.0], 24.0)
     return (params.dense + params.expert) / shard * per_param / hw.hbm_bytes_per_s

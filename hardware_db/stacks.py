@@ -1,0 +1,178 @@
+"""Execution stacks as data: what each training framework overlaps, fuses and can run (hardware_db/data/stacks.yaml).
+
+    from clusterplan.hardware_db import get_stack
+    get_stack("torchtitan").fsdp_granularity   # "block"
+
+The cost model reads these fields instead of assuming one behaviour for every framework (issue #13); each entry
+names its sources. The field names are a contract other modules read (coord/STACK_CONTRACT.md): add, never rename.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db.catalog import _read, find_name
+
+DEFAULT_STACK = "megatron-core"
+TP_OVERLAPS = ("none", "bulk", "async_tp")
+FSDP_GRANULARITIES = ("block", "tensor", "bucket")
+DP_CHUNKS = ("layer", "virtual_stage")
+FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
+ATTENTION_KERNELS = ("fa2", "fa3", "cudnn", "sdpa", "unfused")
+FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
+SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
+CP_KINDS = ("ring", "a2a", "allgather")
+REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExecutionStack:
+    name: str
+    description: str
+    sources: Mapping[str, str]
+    """Source of each group of fields: overlap, fsdp, kernels, fp8, recompute, schedules, context_parallel."""
+    tp_overlap: str
+    """"none" | "bulk" (TE userbuffers comm-GEMM overlap, Megatron --tp-comm-overlap) | "async_tp" (torchtitan)."""
+    tp_overlap_share: float
+    """Share of TP communication hidden under the layer's GEMMs when overlapped (0 for "none")."""
+    pp_overlap: bool
+    """Pipeline send/recv runs under the next chunk's compute (Megatron --overlap-p2p-comm)."""
+    pp_overlap_schedules: tuple[str, ...]
+    """Schedules under which pp_overlap applies (Megatron-Bridge turns overlap_p2p_comm on only with vpp > 1)."""
+    dp_overlap: bool
+    """Bucketed gradient reduce (and parameter all-gather) overlapped with backward (forward)."""
+    dp_overlap_share: float
+    """Share of the backward compute under which data-parallel traffic can hide (replaces DP_OVERLAP_SHARE)."""
+    dp_exposed_chunk: bool
+    """The last gradient chunk (one layer's, or one bucket's) cannot overlap: it is always exposed."""
+    dp_bucket_bytes: float
+    """Gradient bucket of the bucketed reduce (0: one chunk per layer, as Megatron-Core and FSDP2 chunk it)."""
+    dp_chunk_under_pp: str
+    """Gradient chunk under pipeline parallelism: "layer" or "virtual_stage" (Megatron: the layers of one virtual
+    pipeline stage form one chunk, so vpp = 1 leaves the whole stage's reduce exposed)."""
+    fsdp_granularity: str
+    """"block" (one flat all-gather / reduce-scatter per wrapped block) | "tensor" (per parameter) | "bucket"."""
+    fsdp_bucket_bytes: float
+    """For "bucket": bytes per coalesced all-gather / reduce-scatter (DeepSpeed ZeRO-3 bucket sizes)."""
+    fused_kernels: frozenset[str]
+    attention_kernel: str
+    fp8_recipes: tuple[str, ...]
+    """fp8 recipes the stack runs; empty = no fp8."""
+    fp8_weight_copy: bool
+    """Keeps an fp8 copy of the weights beside the bf16 ones (Transformer Engine)."""
+    fp8_allgather: bool
+    """FSDP all-gathers weights in fp8 (torchtitan float8 all-gather)."""
+    selective_recompute: str
+    """What "selective" recomputes: "core_attn" (Megatron) | "op_sac" (torchtitan op-level SAC) | "none"."""
+    schedules: tuple[str, ...]
+    """Pipeline schedules the stack can run (Layout.schedule values)."""
+    compiled: bool
+    cp_kinds: tuple[str, ...]
+    """Context-parallel exchanges the stack runs (Layout.cp_kind values); empty = no context parallelism."""
+    zero_stages: tuple[int, ...]
+    """Layout.zero values the stack runs (0 DDP, 1 distributed optimizer, 2 + gradients, 3 FSDP / ZeRO-3)."""
+    pp_max_zero: int
+    """Highest ZeRO stage that runs together with pipeline parallelism (DeepSpeed: 1)."""
+
+    def can_run(self, feature: str, value: Any) -> bool:
+        """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
+        table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages}
+        return feature not in table or value in table[feature]
+
+
+def _choice(where: str, raw: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+    value = raw.get(key)
+    if value not in allowed:
+        raise BadInputError(f"{where}: {key}={value!r}; choose one of {', '.join(allowed)}")
+    return value
+
+
+def _subset(where: str, raw: Mapping[str, Any], key: str, allowed: tuple) -> tuple:
+    values = raw.get(key)
+    if values is None or not isinstance(values, list):
+        raise BadInputError(f"{where}: {key} must be a list (may be empty), got {values!r}")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise BadInputError(f"{where}: {key} has {bad}; allowed: {', '.join(map(str, allowed))}")
+    return tuple(values)
+
+
+def _share(where: str, raw: Mapping[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise BadInputError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _bytes(where: str, raw: Mapping[str, Any], key: str) -> float:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise BadInputError(f"{where}: {key} must be a number of bytes >= 0, got {value!r}")
+    return float(value)
+
+
+def _flag(where: str, raw: Mapping[str, Any], key: str) -> bool:
+    value = raw.get(key)
+    if not isinstance(value, bool):
+        raise BadInputError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
+    where = f"stacks.yaml: {name}"
+    sources = raw.get("sources") or {}
+    missing = [k for k in REQUIRED_SOURCES if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+    description = raw.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise BadInputError(f"{where}: missing description")
+    tp_overlap = _choice(where, raw, "tp_overlap", TP_OVERLAPS)
+    share = _share(where, raw, "tp_overlap_share")
+    if tp_overlap == "none" and share:
+        raise BadInputError(f"{where}: tp_overlap none with tp_overlap_share {share}; set the share to 0")
+    zero = raw.get("zero_stages")
+    if not isinstance(zero, list) or any(z not in (0, 1, 2, 3) for z in zero) or not zero:
+        raise BadInputError(f"{where}: zero_stages must be a non-empty list of 0, 1, 2, 3, got {zero!r}")
+    pp_max_zero = raw.get("pp_max_zero")
+    if pp_max_zero not in (0, 1, 2, 3):
+        raise BadInputError(f"{where}: pp_max_zero must be 0, 1, 2 or 3, got {pp_max_zero!r}")
+    return ExecutionStack(
+        name=name, description=description, sources=MappingProxyType({k: str(v) for k, v in sources.items()}),
+        tp_overlap=tp_overlap, tp_overlap_share=share,
+        pp_overlap=_flag(where, raw, "pp_overlap"),
+        pp_overlap_schedules=_subset(where, raw, "pp_overlap_schedules", SCHEDULES),
+        dp_overlap=_flag(where, raw, "dp_overlap"), dp_overlap_share=_share(where, raw, "dp_overlap_share"),
+        dp_exposed_chunk=_flag(where, raw, "dp_exposed_chunk"), dp_bucket_bytes=_bytes(where, raw, "dp_bucket_bytes"),
+        dp_chunk_under_pp=_choice(where, raw, "dp_chunk_under_pp", DP_CHUNKS),
+        fsdp_granularity=_choice(where, raw, "fsdp_granularity", FSDP_GRANULARITIES),
+        fsdp_bucket_bytes=_bytes(where, raw, "fsdp_bucket_bytes"),
+        fused_kernels=frozenset(_subset(where, raw, "fused_kernels", FUSED_KERNELS)),
+        attention_kernel=_choice(where, raw, "attention_kernel", ATTENTION_KERNELS),
+        fp8_recipes=_subset(where, raw, "fp8_recipes", FP8_RECIPES),
+        fp8_weight_copy=_flag(where, raw, "fp8_weight_copy"), fp8_allgather=_flag(where, raw, "fp8_allgather"),
+        selective_recompute=_choice(where, raw, "selective_recompute", SELECTIVE_RECOMPUTE),
+        schedules=_subset(where, raw, "schedules", SCHEDULES), compiled=_flag(where, raw, "compiled"),
+        cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero)
+
+
+@lru_cache(maxsize=1)
+def load_stacks() -> Mapping[str, ExecutionStack]:
+    raw = _read("stacks.yaml").get("stacks") or {}
+    return MappingProxyType({name: parse_stack(name, entry) for name, entry in raw.items()})
+
+
+def list_stacks() -> tuple[str, ...]:
+    """Names of the shipped stacks, in file order."""
+    return tuple(load_stacks())
+
+
+def get_stack(name: str | None = None) -> ExecutionStack:
+    """The stack called `name` (None: the default, megatron-core); unknown names suggest the closest."""
+    return find_name("execution stack", name or DEFAULT_STACK, load_stacks(), list_cmd="estimate --help")

@@ -1,0 +1,250 @@
+"""serve-estimate: latency and throughput of ONE serving configuration under one load.
+
+The load is an open loop (requests arrive at a rate, Poisson or a trace's gaps), a closed loop of N clients
+(each sends its next request when the last answer is complete, as `vllm bench serve --max-concurrency N` and
+most published benchmarks do), or a static batch (N requests at t = 0). The requests run through the same
+simulator and step formula as serve-plan (models/serving/sim.py, StepModel.time_s).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import get_gpu
+from clusterplan.hardware_db.engines import get_engine
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.model import (
+    ServingInstance,
+    StepModel,
+    StepTerms,
+    knobs_for_gpu,
+    serving_memory,
+    step_model,
+)
+from clusterplan.models.serving.sim import Engine, SimTrace, percentile, simulate
+from clusterplan.models.serving.traffic import load_trace, parse_length
+
+PERCENTILES = (50.0, 90.0, 99.0)
+ESTIMATE_REQUESTS = 1000
+"""Requests simulated for an open or closed loop: the first WARMUP_FRACTION are left out of the statistics."""
+CLOSED_LOOP_ROUNDS = 8
+"""A closed loop runs at least this many requests per client, so the steady state outweighs the start-up."""
+
+
+class LoadKind(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    STATIC = "static"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Load:
+    kind: LoadKind
+    rate_rps: float = 0.0
+    """Open loop: mean arrival rate."""
+    clients: int = 0
+    """Closed loop: concurrent clients; static: requests in the batch."""
+    unit_gaps: tuple[float, ...] = ()
+    """Open loop: inter-arrival gaps with mean 1 (a trace's); empty = Poisson drawn from the seed."""
+    requests: int = 0
+    """Requests to simulate (0 = the default for the load kind)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind is LoadKind.OPEN and not 0 < self.rate_rps < math.inf:
+            raise BadInputError(f"open-loop rate {self.rate_rps}: give --rate > 0 requests per second")
+        if self.kind is not LoadKind.OPEN and self.clients < 1:
+            raise BadInputError(f"{self.kind} load needs at least 1 request in flight (--concurrency / --batch >= 1)")
+
+    def n_requests(self) -> int:
+        if self.requests:
+            return self.requests
+        if self.kind is LoadKind.STATIC:
+            return self.clients
+        if self.kind is LoadKind.CLOSED:
+            return max(ESTIMATE_REQUESTS, CLOSED_LOOP_ROUNDS * self.clients)
+        return ESTIMATE_REQUESTS
+
+    def arrivals_s(self, n: int) -> np.ndarray:
+        """Arrival times of n requests (closed loop: the first `clients` at 0; the simulator sets the rest)."""
+        if self.kind is not LoadKind.OPEN:
+            return np.zeros(n)
+        if self.unit_gaps:
+            gaps = np.resize(np.asarray(self.unit_gaps, dtype=float), n - 1)
+        else:
+            gaps = np.random.default_rng([self.seed, 1]).exponential(size=n - 1)  # Poisson arrivals
+        return np.concatenate([[0.0], np.cumsum(gaps)]) / self.rate_rps
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stats:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: np.ndarray | list[float]) -> Stats:
+        v = [float(x) for x in values]
+        if not v:
+            return cls(mean=0.0, p50=0.0, p90=0.0, p99=0.0)
+        p = [percentile(v, q) for q in PERCENTILES]
+        return cls(mean=sum(v) / len(v), p50=p[0], p90=p[1], p99=p[2])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServingEstimate:
+    instance: ServingInstance
+    load: Load
+    requests: int
+    """Requests in the statistics (after the warm-up ones)."""
+    ttft_s: Stats
+    tpot_s: Stats
+    itl_s: Stats
+    """Inter-token latency: the gap before each output token after the first, over all tokens."""
+    e2e_s: Stats
+    request_throughput_rps: float
+    output_tokens_per_s: float
+    input_tokens_per_s: float
+    mean_running_batch: float
+    kv_capacity_tokens: int
+    kv_peak_fraction: float
+    kv_mean_fraction: float
+    prefill: StepTerms
+    """One step that prefills one prompt of the mean input length."""
+    decode: StepTerms
+    """One decode step of the mean running batch at the mean context."""
+    prefill_tokens: int
+    decode_batch: int
+    decode_context_tokens: int
+    max_seqs: int
+    """The engine's sequence cap the run used (for the launch line)."""
+    max_model_len: int
+    """Longest request simulated, rounded up to 256 tokens (for the launch line)."""
+
+    @property
+    def n_gpus(self) -> int:
+        return self.instance.n_gpus
+
+
+def itl_samples(trace: SimTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(step time, tokens emitted at that time) over every decode step; k steps of a jump are spread evenly."""
+    times, weights = [], []
+    for k, first, last, b in trace.itl_steps:
+        times.append(np.linspace(first, last, k) if k > 1 else np.array([first]))
+        weights.append(np.full(k, float(b)))
+    if not times:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(times), np.concatenate(weights)
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray) -> Stats:
+    """Percentiles of values repeated `weights` times (inverted CDF: the smallest value with cum weight >= q)."""
+    if not len(values):
+        return Stats(mean=0.0, p50=0.0, p90=0.0, p99=0.0)
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cdf = np.cumsum(w) / w.sum()
+    pick = [float(v[min(int(np.searchsorted(cdf, q / 100.0 - 1e-12)), len(v) - 1)]) for q in PERCENTILES]
+    return Stats(mean=float(np.dot(v, w) / w.sum()), p50=pick[0], p90=pick[1], p99=pick[2])
+
+
+def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_tokens: np.ndarray,
+                     output_tokens: np.ndarray, step: StepModel | None = None) -> ServingEstimate:
+    """Simulate `load` on one instance; input/output_tokens are the requests' lengths in order (cycled)."""
+    step = step or step_model(inst)
+    n = load.n_requests()
+    inp = np.resize(np.asarray(input_tokens, dtype=np.int64), n)
+    out = np.resize(np.asarray(output_tokens, dtype=np.int64), n)
+    if int((inp + out).max()) > engine.kv_capacity_tokens:
+        raise BadInputError(f"a request of {int((inp + out).max())} tokens does not fit the KV cache of "
+                            f"{engine.kv_capacity_tokens} tokens on {inst.label}; shorten it or raise --tp")
+    clients = load.clients if load.kind is LoadKind.CLOSED else 0
+    res = simulate(step, engine, load.arrivals_s(n), inp, out, clients=clients, record=True)
+    trace = res.trace
+    assert trace is not None  # record=True
+    warm = trace.warm if load.kind is not LoadKind.STATIC else 0
+    ttft = np.asarray(trace.ttft_s[warm:])
+    done = np.asarray(trace.done_s)
+    e2e = done[warm:] - np.asarray(trace.arrival_s[warm:])
+    decoded = out[warm:] > 1
+    tpot = np.asarray(trace.tpot_s[warm:])[decoded]
+    # Throughput over the measured window: from the warm-th completion (or t = 0) to the last one.
+    ordered = np.sort(done)
+    start = float(ordered[warm - 1]) if warm else 0.0
+    span = float(ordered[-1]) - start
+    counted = slice(warm, None)
+    rps = (n - warm) / span if span > 0 else math.inf
+    itl_t, itl_w = itl_samples(trace)
+    busy = float(np.dot(itl_t, itl_w)) / float(np.sum(itl_t)) if len(itl_t) else 0.0  # time-weighted batch
+    kv_cap = engine.kv_capacity_tokens
+    makespan = float(ordered[-1])
+    mean_in, mean_out = float(inp[counted].mean()), float(out[counted].mean())
+    batch = max(1, int(round(busy)))
+    ctx = int(round(mean_in + mean_out / 2.0))
+    prefill_len = int(round(mean_in))
+    return ServingEstimate(
+        instance=inst, load=load, requests=n - warm,
+        ttft_s=Stats.of(ttft), tpot_s=Stats.of(tpot), itl_s=weighted_stats(itl_t, itl_w), e2e_s=Stats.of(e2e),
+        request_throughput_rps=rps, output_tokens_per_s=rps * mean_out, input_tokens_per_s=rps * mean_in,
+        mean_running_batch=busy, kv_capacity_tokens=kv_cap,
+        kv_peak_fraction=trace.kv_peak_tokens / kv_cap if kv_cap else 0.0,
+        kv_mean_fraction=trace.kv_token_seconds / (makespan * kv_cap) if kv_cap and makespan > 0 else 0.0,
+        prefill=step.terms(float(prefill_len), prefill_len * prefill_len / 2.0, 0.0, 0.0),
+        decode=step.terms(0.0, 0.0, float(batch), float(batch * ctx)),
+        prefill_tokens=prefill_len, decode_batch=batch, decode_context_tokens=ctx, max_seqs=engine.max_seqs,
+        max_model_len=int(math.ceil(int((inp + out).max()) / 256) * 256))
+
+
+def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = None) -> Engine:
+    """The scheduler limits of one instance: its KV capacity, a sequence cap and a step token budget."""
+    return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
+                  chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
+                  chunked_prefill=get_engine(inst.engine).chunked_prefill,
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
+
+
+def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
+                 max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
+                 output_len: str | None = None, rate: float | None = None, trace: str | None = None, clients: int = 0,
+                 static: bool = False, requests: int = 0, calibration: Any = None, seed: int = 0) -> ServingEstimate:
+    """serve-estimate from its inputs as given: a trace or length distributions, and one load."""
+    gpu = get_gpu(gpu_name)
+    profile = get_engine(engine)
+    chunk_tokens = chunk_tokens or profile.chunk_tokens
+    max_batch = max_batch or profile.max_seqs
+    if model.n_heads % tp:
+        raise BadInputError(f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
+                            "use a divisor, e.g. 1, 2, 4 or 8")
+    inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=profile.name,
+                           knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
+                           max_batched_tokens=chunk_tokens)
+    engine = engine_of(inst, max_batch, chunk_tokens)
+    if engine.kv_capacity_tokens <= 0:
+        raise BadInputError(f"{model.name} does not fit on {inst.label} with room for a KV cache; raise --tp or --pp")
+    gaps: tuple[float, ...] = ()
+    if trace:
+        reqs = load_trace(trace)
+        inp, out, gaps = np.asarray(reqs.input_tokens), np.asarray(reqs.output_tokens), tuple(reqs.unit_gaps().tolist())
+        rate = rate or reqs.rate_rps
+        requests = requests or len(inp)
+    else:
+        if input_len is None or output_len is None:
+            raise BadInputError("give --input-len and --output-len (or --trace FILE)")
+        rng = np.random.default_rng([seed, 0])
+        n = requests or (clients if static else max(ESTIMATE_REQUESTS, CLOSED_LOOP_ROUNDS * clients))
+        inp = parse_length(input_len, "--input-len").sample(rng, n)
+        out = parse_length(output_len, "--output-len").sample(rng, n)
+    if rate is not None:
+        load = Load(kind=LoadKind.OPEN, rate_rps=float(rate), unit_gaps=gaps, requests=requests, seed=seed)
+    else:
+        load = Load(kind=LoadKind.STATIC if static else LoadKind.CLOSED, clients=clients, requests=requests, seed=seed)
+    return estimate_serving(inst, engine, load, inp, out)

@@ -1,0 +1,93 @@
+"""Launch lines that realise a serving configuration in vLLM, SGLang and TensorRT-LLM.
+
+Flag names as each engine's own argument parser defines them (tests/test_serving_launch.py cites the source
+of every flag): vLLM vllm/engine/arg_utils.py (EngineArgs.add_cli_args), SGLang python/sglang/srt/server_args.py
+(ServerArgs.add_cli_args), TensorRT-LLM tensorrt_llm/commands/serve.py (trtllm-serve click options; kv-cache
+dtype and attention DP live in the --extra_llm_api_options YAML there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VLLM_QUANTIZATION = {"fp8": "fp8", "int8": "compressed-tensors", "int4": "awq"}
+"""vLLM --quantization per weight format: fp8 quantizes a bf16 checkpoint on load; int8 (W8A8) and int4 (AWQ)
+need a checkpoint quantized ahead of time."""
+SGLANG_QUANTIZATION = {"fp8": "fp8", "int8": "w8a8_int8", "int4": "awq"}
+PRECOMPUTED_FORMATS = ("int8", "int4", "fp4")
+"""Weight formats that need a pre-quantized checkpoint (the line names the base repository; swap in the
+quantized release)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LaunchConfig:
+    repo: str
+    """Hugging Face repository id (or a local path) the engine loads."""
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    """Expert-parallel size (1 = experts sharded by tp)."""
+    attention_dp: int = 1
+    """Data-parallel attention ranks (DeepSeek-style DP attention with EP MoE); 1 = off."""
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    max_seqs: int = 256
+    max_model_len: int = 8192
+    chunk_tokens: int = 2048
+    memory_utilization: float = 0.9
+    role: str = "colocated"
+    """colocated, prefill or decode (disaggregated pools)."""
+
+
+def vllm_line(c: LaunchConfig) -> str:
+    line = (f"vllm serve {c.repo} --tensor-parallel-size {c.tp} --pipeline-parallel-size {c.pp} "
+            f"--max-num-seqs {c.max_seqs} --max-model-len {c.max_model_len} "
+            f"--gpu-memory-utilization {c.memory_utilization:g} "
+            f"--enable-chunked-prefill --max-num-batched-tokens {c.chunk_tokens}")
+    if c.attention_dp > 1:
+        line += f" --data-parallel-size {c.attention_dp}"
+    if c.ep > 1:  # vLLM's expert parallelism is a switch: EP width = tp x dp
+        line += " --enable-expert-parallel"
+    if c.weight_dtype in VLLM_QUANTIZATION:
+        line += f" --quantization {VLLM_QUANTIZATION[c.weight_dtype]}"
+    if c.kv_dtype == "fp8":
+        line += " --kv-cache-dtype fp8"
+    if c.role != "colocated":
+        line += ' --kv-transfer-config \'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
+    return line
+
+
+def sglang_line(c: LaunchConfig) -> str:
+    line = (f"python -m sglang.launch_server --model-path {c.repo} --tp-size {c.tp} --pp-size {c.pp} "
+            f"--max-running-requests {c.max_seqs} --context-length {c.max_model_len} "
+            f"--mem-fraction-static {c.memory_utilization:g} --chunked-prefill-size {c.chunk_tokens}")
+    if c.ep > 1:
+        line += f" --ep-size {c.ep}"
+    if c.attention_dp > 1:
+        line += f" --dp-size {c.attention_dp} --enable-dp-attention"
+    if c.weight_dtype in SGLANG_QUANTIZATION:
+        line += f" --quantization {SGLANG_QUANTIZATION[c.weight_dtype]}"
+    if c.kv_dtype == "fp8":
+        line += " --kv-cache-dtype fp8_e4m3"
+    if c.role != "colocated":
+        line += f" --disaggregation-mode {c.role}"
+    return line
+
+
+def trtllm_line(c: LaunchConfig) -> str:
+    """trtllm-serve (PyTorch backend). fp8 KV cache and attention DP go in the LLM API options YAML."""
+    line = (f"trtllm-serve {c.repo} --backend pytorch --tp_size {c.tp} --pp_size {c.pp} --ep_size {c.ep} "
+            f"--max_batch_size {c.max_seqs} --max_num_tokens {c.chunk_tokens} --max_seq_len {c.max_model_len} "
+            f"--kv_cache_free_gpu_memory_fraction {c.memory_utilization:g}")
+    extra = []
+    if c.kv_dtype == "fp8":
+        extra.append("kv_cache_config: {dtype: fp8}")
+    if c.attention_dp > 1:
+        extra.append("enable_attention_dp: true")
+    if extra:
+        line += f" --extra_llm_api_options extra.yaml  # extra.yaml: {'; '.join(extra)}"
+    return line
+
+
+def launch_lines(c: LaunchConfig) -> dict[str, str]:
+    return {"vllm": vllm_line(c), "sglang": sglang_line(c), "trtllm": trtllm_line(c)}

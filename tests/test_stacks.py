@@ -1,0 +1,112 @@
+"""Execution stacks (hardware_db/data/stacks.yaml): every entry loads, names its sources, and reaches the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import DEFAULT_STACK, get_stack, list_stacks
+from clusterplan.hardware_db.stacks import REQUIRED_SOURCES, parse_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, stack_problems
+
+CONTRACT = {"megatron-core", "torchtitan", "torchtitan-compile", "deepspeed", "megatron-lm-2021"}
+
+
+def test_every_contract_stack_loads_with_sources():
+    assert CONTRACT <= set(list_stacks())
+    for name in list_stacks():
+        stack = get_stack(name)
+        assert stack.name == name
+        assert all(stack.sources[k].strip() for k in REQUIRED_SOURCES), name
+        assert 0.0 <= stack.tp_overlap_share <= 1.0 and 0.0 <= stack.dp_overlap_share <= 1.0
+        assert (stack.tp_overlap == "none") == (stack.tp_overlap_share == 0.0), name
+        assert stack.schedules, name
+
+
+def test_default_is_megatron_core_and_names_are_forgiving():
+    assert DEFAULT_STACK == "megatron-core"
+    assert get_stack() is get_stack("megatron-core")
+    assert get_stack("TorchTitan").name == "torchtitan"
+
+
+def test_unknown_stack_suggests_one():
+    with pytest.raises(BadInputError, match="torchtitan"):
+        get_stack("torchtitn")
+
+
+def test_a_stack_without_sources_is_refused():
+    raw = {"description": "x", "sources": {"overlap": "somewhere"}}
+    with pytest.raises(BadInputError, match="without a source"):
+        parse_stack("bad", raw)
+
+
+def test_what_the_stacks_say_they_run():
+    """The differences issue #13 names: Megatron has no zero-bubble, torchtitan has ZBV, DeepSpeed 1F1B only and
+    ZeRO <= 1 under PP, the 2021 Megatron-LM no context parallelism."""
+    mcore, titan, ds, old = (get_stack(n) for n in ("megatron-core", "torchtitan", "deepspeed", "megatron-lm-2021"))
+    assert "zb" not in mcore.schedules and "zbv" in titan.schedules
+    assert ds.schedules == ("1f1b",) and ds.pp_max_zero == 1
+    assert old.cp_kinds == () and old.tp_overlap == "none" and old.attention_kernel == "unfused"
+    assert mcore.tp_overlap == "bulk" and get_stack("torchtitan-compile").tp_overlap == "async_tp"
+    assert titan.fsdp_granularity == "block" and ds.fsdp_granularity == "bucket"
+    layout = Layout(tp=8, pp=4, dp=2, schedule="zb", zero=1)
+    assert any("zb" in p for p in stack_problems(layout, mcore))
+    assert any("zero" in p for p in stack_problems(layout, titan))
+    assert stack_problems(layout.with_(schedule="1f1b"), mcore) == []
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_estimate_runs_under_every_stack(name):
+    est = estimate(load_model("llama3.1-8b"), load_cluster("dgx-h100:1"),
+                   Layout(tp=2, dp=4, sp=True, gbs=32, seq=4096), stack=get_stack(name))
+    data = est.to_json()
+    assert data["stack"] == name and data["step_time_s"] > 0
+
+
+def test_default_estimate_is_megatron_core():
+    est = estimate(load_model("llama3.1-8b"), load_cluster("dgx-h100:1"), Layout(tp=2, dp=4, gbs=32, seq=4096))
+    assert est.to_json()["stack"] == "megatron-core"
+
+
+def test_plan_searches_only_what_the_stack_runs_and_says_what_it_left_out():
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.solver.search import search
+
+    model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-h100:8")
+    ds = search(model, cluster, 512, 8192, top=50, stack=get_stack("deepspeed"))
+    for p in ds.plans:
+        assert p.layout.schedule == "1f1b" and p.layout.vpp == 1
+        assert p.layout.pp == 1 or p.layout.zero <= 1
+        assert p.layout.cp == 1 or p.layout.cp_kind == "a2a"
+    assert any("schedule interleaved-1f1b" in n for n in ds.notes)
+    mcore = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4}, stack=get_stack("megatron-core"))
+    assert all(p.layout.schedule in ("1f1b", "interleaved-1f1b") for p in mcore.plans)
+    assert any("schedule zb" in n for n in mcore.notes)
+    titan = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"},
+                   stack=get_stack("torchtitan"))
+    assert titan.plans and all(p.layout.schedule == "zbv" and p.layout.zero in (0, 3) for p in titan.plans)
+    with pytest.raises(BadInputError, match="cannot run"):
+        search(model, cluster, 512, 8192, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"}, stack=get_stack())
+
+
+def test_interleaved_schedule_over_uneven_stages():
+    """126 layers on pp 16 with vpp 8: 7 layers on the first and last ranks, 8 on each of the 14 middle ones
+    (Megatron's pipeline layout). The interleaved bubble is the slowest rank's (pp-1)/vpp, far below 1F1B's."""
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import layout_problems
+
+    model = load_model("llama3.1-405b")
+    assert model.n_layers == 126
+    layout = Layout(tp=8, pp=16, vpp=8, dp=16, schedule="interleaved-1f1b", first_stage_layers=7,
+                    last_stage_layers=7, gbs=2048, seq=8192, recompute="none")
+    assert layout_problems(model, layout, 2048) == []
+    assert any("middle stage layers" in p for p in layout_problems(model, layout.with_(first_stage_layers=14,
+                                                                                       last_stage_layers=14), 2048))
+    cluster = load_cluster("dgx-h100:256")
+    inter = estimate(model, cluster, layout).to_json()["time"]
+    flat = estimate(model, cluster, layout.with_(vpp=1, schedule="1f1b")).to_json()["time"]
+    assert inter["bubble_s"] < flat["bubble_s"] / 4
+    assert inter["pp_comm_s"] > 0
