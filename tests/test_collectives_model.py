@@ -27,8 +27,8 @@ def test_tensor_parallel_all_reduces():
     # b*s*h = 1 x 8192 x 4096 bf16 = 64 MiB per all-reduce; 2 forward + 2 backward, +2 when full recompute reruns
     # the forward.
     size = 2 * 8192 * 4096
-    assert _table(LLAMA, "tp=8,mbs=1,gbs=8,seq=8192,recompute=selective") == {("tp", "all_reduce"): (4, size)}
-    assert _table(LLAMA, "tp=8,mbs=1,gbs=8,seq=8192,recompute=full") == {("tp", "all_reduce"): (6, size)}
+    assert _table(LLAMA, "tp=8,sp=0,mbs=1,gbs=8,seq=8192,recompute=selective") == {("tp", "all_reduce"): (4, size)}
+    assert _table(LLAMA, "tp=8,sp=0,mbs=1,gbs=8,seq=8192,recompute=full") == {("tp", "all_reduce"): (6, size)}
 
 
 def test_sequence_parallel_splits_each_all_reduce():

@@ -47,8 +47,8 @@ def _nonzero(issued: Issued) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec, text", [
-    (DENSE, "tp=2,mbs=2,gbs=2,recompute=none"),  # TP: 2 all-reduces forward, 2 backward
-    (DENSE, "tp=2,mbs=2,gbs=2,recompute=full"),  # + the forward's 2 again in the recompute
+    (DENSE, "tp=2,sp=0,mbs=2,gbs=2,recompute=none"),  # TP: 2 all-reduces forward, 2 backward
+    (DENSE, "tp=2,sp=0,mbs=2,gbs=2,recompute=full"),  # + the forward's 2 again in the recompute
     (DENSE, "tp=2,sp=1,mbs=2,gbs=2,recompute=none"),  # SP: all-gather + reduce-scatter for each all-reduce
     (DENSE, "dp=2,zero=3,mbs=1,gbs=2,recompute=none"),  # FSDP: gather forward and backward, reduce-scatter
     (DENSE, "dp=4,dp_replicate=2,zero=3,mbs=1,gbs=4,recompute=none"),  # HSDP: + all-reduce of the shard
