@@ -22,7 +22,7 @@ def test_every_code_has_a_fix():
 
 def test_layout_problems_are_rules_printing_their_message():
     # tp=3: heads (32), kv heads (8) and ffn (14336 = 2^11 * 7) break; pp=3 leaves 32 layers uneven; 3*3*... != 16.
-    problems = layout_problems(MODEL, Layout(tp=3, pp=3, dp=1, gbs=8), 16)
+    problems = layout_problems(MODEL, Layout(tp=3, pp=3, dp=1, gbs=8, sp=False), 16)
     assert [p.code for p in problems] == [RuleCode.WORLD, RuleCode.HEADS_TP, RuleCode.KV_HEADS_TP, RuleCode.FFN_TP,
                                           RuleCode.LAYERS_PP]
     assert all(isinstance(p, Rule) and str(p) == p.message and p.fix == FIXES[p.code] for p in problems)
