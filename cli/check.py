@@ -23,12 +23,14 @@ from clusterplan.solver.check import check_config
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")
-@stack_option("megatron-core; torchtitan for a torchtitan TOML")
+@stack_option("the one the config runs: megatron-core, torchtitan (torchtitan-compile when compiled), deepspeed")
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
           stack_name: str | None, fmt: str) -> None:
     """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
     result = check_config(config, model_ref, cluster_ref, min_mfu, headroom_gib, stack_name)
+    for note in result.notes:
+        console.warn(note)
     est = result.estimate
     require_finite(est)
     summary = (f"{config.name} ({result.kind}): {result.model.name}, {result.layout.short()} on "

@@ -110,8 +110,11 @@ def _follow(state: RankState, stream: IO[str]) -> None:
             state.failed_wall, state.error, state.bad_input = float(beat["at"]), beat["error"], beat["code"] == 2
             state.failed_s = time.monotonic()
             continue
-        state.index, state.total = int(beat["index"]), int(beat["total"])
-        state.state, state.label = beat["state"], beat.get("label") or state.label
+        try:
+            state.index, state.total = int(beat["index"]), int(beat["total"])
+        except (KeyError, TypeError, ValueError):  # some library's JSON on the worker's stdout, not a beat
+            continue
+        state.state, state.label = str(beat.get("state")), beat.get("label") or state.label
         state.changed_s = time.monotonic()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.frameworks.read import config_kind, megatron_layout, torchtitan_layout
+from clusterplan.frameworks.read import config_kind, read_config
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
@@ -34,6 +34,8 @@ class CheckResult:
     violations: tuple[Rule, ...]
     estimate: dict[str, Any] | None
     """estimate()'s JSON when the layout passes the divisibility rules (None otherwise)."""
+    notes: tuple[str, ...] = ()
+    """What the config reader mapped approximately (printed as warnings)."""
 
     @property
     def ok(self) -> bool:
@@ -46,21 +48,34 @@ class CheckResult:
                 "estimate": self.estimate}
 
 
-def read_config(config: Path, model_ref: str | None, cluster_ref: str | None) -> tuple[str, ModelSpec, Cluster, Layout]:
-    """(kind, model, cluster, layout) of a config; a plan file names its own model and cluster unless overridden."""
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    kind: str
+    model: ModelSpec
+    cluster: Cluster
+    layout: Layout
+    stack: str | None
+    """The execution stack the config runs on (None for a plan file: the default)."""
+    notes: tuple[str, ...] = ()
+    mismatches: tuple[str, ...] = ()
+    """Where the config's model differs from --model (frameworks/read.py)."""
+
+
+def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) -> LoadedConfig:
+    """A config with its model and cluster; a plan file names its own model and cluster unless overridden."""
     kind = config_kind(config)
     if kind == "plan":
         plan = read_plan(config)
         model = load_model(model_ref) if model_ref else plan.model
         cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
-        return kind, model, cluster, plan.layout
+        return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=None)
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
                             "--cluster dgx-h100:32)")
     model, cluster = load_model(model_ref), load_cluster(cluster_ref)
-    world = cluster.world_size
-    layout = torchtitan_layout(config, world) if kind == "torchtitan" else megatron_layout(config, world, model)
-    return kind, model, cluster, layout
+    read = read_config(config, model, cluster.world_size)
+    return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=read.layout, stack=read.stack,
+                        notes=tuple(read.notes), mismatches=tuple(read.mismatches))
 
 
 def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: float | None,
@@ -86,13 +101,14 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
                  min_mfu: float | None = None, headroom_gib: float = 0.0,
                  stack_name: str | None = None) -> CheckResult:
     """Read `config` and check it against the divisibility, memory and MFU rules, priced on the execution stack
-    `stack_name` (default megatron-core; torchtitan for a torchtitan TOML)."""
+    `stack_name` (default: the one the config runs on)."""
     if min_mfu is not None and not 0 <= min_mfu <= 1:  # NaN fails too
         raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
     if not 0 <= headroom_gib < float("inf"):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
-    kind, model, cluster, layout = read_config(config, model_ref, cluster_ref)
-    stack = get_stack(stack_name or ("torchtitan" if kind == "torchtitan" else None))
-    found, est = violations(model, cluster, layout, min_mfu, headroom_gib, stack)
-    return CheckResult(config=config, kind=kind, model=model, cluster=cluster, layout=layout,
-                       violations=tuple(found), estimate=est)
+    loaded = load_config(config, model_ref, cluster_ref)
+    found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib,
+                            get_stack(stack_name or loaded.stack))
+    mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
+    return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
+                       layout=loaded.layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes)

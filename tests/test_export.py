@@ -149,7 +149,7 @@ def _call_kwargs(source: str, func: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(PLANS))
-def test_torchtitan_recipe_degrees_and_token_batches(tmp_path, name):
+def test_torchtitan_recipe_degrees_and_batches(tmp_path, name):
     text, plan = _export(name, "torchtitan-py", tmp_path)
     L = plan.layout
     par, train = _call_kwargs(text, "ParallelismConfig"), _call_kwargs(text, "TrainingConfig")
@@ -157,13 +157,15 @@ def test_torchtitan_recipe_degrees_and_token_batches(tmp_path, name):
     assert (par["tensor_parallel_degree"], par["pipeline_parallel_degree"], par["context_parallel_degree"]) == (
         L.tp, L.pp, L.cp)
     assert par["enable_sequence_parallel"] == (L.sp and L.tp > 1)
-    # The trainer accumulates step tokens / (microbatch tokens * pp micro-batches * dp) times (torchtitan trainer.py).
-    pp_microbatches = par.get("num_pp_microbatches", 1)
-    accumulation = train["num_tokens_per_train_step"] // (train["num_tokens_per_microbatch_per_dp_rank"]
-                                                          * pp_microbatches * L.dp)
-    assert accumulation * pp_microbatches == L.gbs // (L.dp * L.mbs)
+    # torchtitan 0.3 accumulates global / (local * dp) times; pp cuts local into local / microbatch_size micro-batches.
+    accumulation = train["global_batch_size"] // (train["local_batch_size"] * L.dp)
+    per_local = train["local_batch_size"] // par.get("pipeline_parallel_microbatch_size", train["local_batch_size"])
+    assert accumulation * per_local == L.gbs // (L.dp * L.mbs)
     assert accumulation == 1 or L.pp == 1  # with pp every micro-batch is in one pipeline schedule
-    assert train["num_tokens_per_microbatch_per_dp_rank"] == L.mbs * L.seq
+    assert train.get("disable_cuda_graphs", False) == (L.pp > 1 or L.ep > 1)  # CUDA graphs do not run with pp or ep
+    if L.pp > 1:
+        parts = par["module_fqns_per_model_part"]
+        assert len(parts) == L.pp * L.vpp and parts[-1][-1] == "lm_head"
 
 
 # ---- Megatron-LM -----------------------------------------------------------------------------------------------

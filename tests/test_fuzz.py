@@ -328,8 +328,52 @@ def test_fuzz_layout_fix_and_cluster_options(run_cli, tmp_path_factory, items, c
                   "--fix", text, "--top", "1", "--out", str(out), out_file=out)
 
 
+PLAN_KEYS = st.sampled_from(["format", "version", "model", "cluster", "layout", "tp", "pp", "dp", "gbs", "seq"])
+PLAN_VALUES = st.one_of(SCALARS, st.sampled_from(["clusterplan-plan", "llama3.1-8b", "dgx-h100:1"]),
+                        st.dictionaries(PLAN_KEYS, SCALARS, max_size=4))
+
+
+@FUZZ
+@given(doc=st.dictionaries(PLAN_KEYS, PLAN_VALUES, max_size=6),
+       toml=st.lists(st.tuples(st.sampled_from(["tensor_parallel_degree", "pipeline_parallel_degree",
+                                                "data_parallel_shard_degree", "local_batch_size", "seq_len"]),
+                               st.sampled_from(["0", "1", "8", "-1", "1e400", "9" * 30, '"x"', "[1]", "true"])),
+                     max_size=4),
+       args=st.lists(st.sampled_from(["--tensor-model-parallel-size", "--pipeline-model-parallel-size",
+                                      "--micro-batch-size", "--global-batch-size", "--seq-length", "8", "0", "-3",
+                                      "x", "9" * 30, "'", "\\"]), max_size=8))
+def test_fuzz_plan_files_and_launch_configs(run_cli, tmp_path_factory, doc, toml, args):
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("configs")
+    (tmp / "p.yaml").write_text(yaml.safe_dump(doc))
+    (tmp / "t.toml").write_text("[parallelism]\n" + "".join(f"{k} = {v}\n" for k, v in toml))
+    (tmp / "args.txt").write_text(" ".join(args))
+    out = tmp / "out.sh"
+    check_outcome(run_cli, "check", str(tmp / "p.yaml"))
+    check_outcome(run_cli, "export", str(tmp / "p.yaml"), "--to", "megatron", "--out", str(out), out_file=out)
+    for name in ("t.toml", "args.txt"):
+        check_outcome(run_cli, "check", str(tmp / name), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+
+
 def test_json_is_byte_identical_across_runs(run_cli):
     args = ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq", "4096", "--format",
             "json", "--top", "2")
     first, second = run_cli(*args), run_cli(*args)
     assert first[0] == 0 and first[1] == second[1]
+
+
+def test_experts_time_limit_reports_unsolved_layers_and_no_gap(run_cli, tmp_path):
+    # issue #16: `--time-limit` too short for any solve used to say "0 subproblems, gap 0.00 %", hit_time_limit 0.
+    (tmp_path / "moe.yaml").write_text(MOE_YAML)
+    (tmp_path / "s.npz").write_bytes(_npz_bytes())
+    code, out, err = run_cli("experts", "-m", str(tmp_path / "moe.yaml"), "-c", "dgx-h100:1", "--stats",
+                             str(tmp_path / "s.npz"), "--method", "ilp", "--time-limit", "0.000001", "--format", "json")
+    assert code == 0, err
+    solver = json.loads(out)["solver"]
+    assert solver["gap"] is None and solver["subproblems"] == 0
+    assert solver["solved_layers"] == 0 and len(solver["unsolved_layers"]) == 2
+    assert solver["hit_time_limit"] >= 2
+    code, out, err = run_cli("experts", "-m", str(tmp_path / "moe.yaml"), "-c", "dgx-h100:1", "--stats",
+                             str(tmp_path / "s.npz"), "--method", "ilp", "--time-limit", "0.000001")
+    assert code == 0 and "no layer solved (no gap to report)" in out, (out, err)

@@ -85,3 +85,46 @@ def test_worker_env_is_torchrun_like():
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["GROUP_RANK"]) == \
         ("3", "4", "1", "2", "1")
     assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == "29500"
+
+
+def test_stopped_rank_in_start_up_is_named_without_a_partial_file(tmp_path):
+    # A real process stopped with SIGSTOP (what the kernel shows as state T), silent for 20 s > --timeout 10,
+    # while its peer still beats: named at once, in its start-up phase; no file was written, so none is named.
+    import signal
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        sleeper.send_signal(signal.SIGSTOP)
+        for _ in range(100):  # the stop is asynchronous
+            if _is_stopped(sleeper.pid):
+                break
+            time.sleep(0.02)
+        stopped = _rank(1, tmp_path, state="start-up", idle_s=20)
+        stopped.proc, stopped.beat_s, stopped.phase = sleeper, time.monotonic() - 20, "start-up"
+        peer = _rank(0, tmp_path, state="start-up", idle_s=20)
+        peer.proc = subprocess.Popen(["sleep", "60"])
+        peer.phase = "rendezvous"
+        with pytest.raises(ProfileError, match=r"^rank 1 was stopped \(SIGSTOP.* during start-up: no heartbeat for 20 s") \
+                as info:
+            _check([peer, stopped], 10.0, str(tmp_path / "missing.json"))
+        assert "partial results" not in str(info.value)
+        peer.proc.kill()
+    finally:
+        sleeper.kill()
+
+
+def test_a_silent_rank_that_is_not_stopped_gets_the_start_up_allowance(tmp_path):
+    # A busy host can starve a rank's heartbeat thread for seconds while torch imports: not a fault before STARTUP_S.
+    slow = _rank(1, tmp_path, state="start-up", idle_s=30)
+    slow.beat_s = time.monotonic() - 30
+    slow.proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert _check([_rank(0, tmp_path, state="start-up", idle_s=30), slow], 10.0, "c.json") is False
+    finally:
+        slow.proc.kill()
+
+
+def _is_stopped(pid: int) -> bool:
+    from clusterplan.runtime.procs import is_stopped
+
+    return is_stopped(pid)

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import csv
 import io
+import lzma
 import math
 import os
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -161,7 +163,8 @@ def load_stats(path: str | os.PathLike[str]) -> RoutingStats:
         return _load_csv(p)
     except BadInputError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, IndexError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, ValueError, EOFError, KeyError, IndexError, NotImplementedError, RuntimeError, struct.error,
+            zipfile.BadZipFile, zlib.error, lzma.LZMAError) as exc:  # a damaged or foreign file (zip versions, encryption, headers)
         raise BadInputError(f"{where}: cannot read statistics ({type(exc).__name__}: {exc}); check the file is a "
                             f"valid {suffix} file") from None
 

@@ -37,6 +37,7 @@ class RuleCode(str, Enum):
     DP_REPLICATE = "dp % dp_replicate"
     OUT_OF_MEMORY = "out of memory"
     MIN_MFU = "MFU below --min-mfu"
+    MODEL_MISMATCH = "config model != --model"
 
     def __str__(self) -> str:
         return self.value
@@ -66,6 +67,7 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
     RuleCode.OUT_OF_MEMORY: "raise tp/pp, use zero=3 or more recompute, or lower the micro-batch size",
     RuleCode.MIN_MFU: "run `clusterplan plan` for a faster layout on this cluster",
+    RuleCode.MODEL_MISMATCH: "give the --model the config trains, or fix the config",
 }
 
 
