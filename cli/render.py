@@ -21,6 +21,7 @@ def render_estimate(data: dict[str, Any]) -> None:
         return
     console.text(f"step {data['step_time_s']:.3f} s   {data['tokens_per_s']:,.0f} tokens/s   "
                  f"{data['tflops_per_gpu']:.0f} TFLOP/s/GPU   MFU {data['mfu']:.1%}   HFU {data['hfu']:.1%}")
+    console.text(f"MFU basis: {data['mfu_basis']}")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import replace
 
+from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
     canonical,
@@ -35,6 +36,10 @@ def recompute_block(layout: Layout) -> int:
 def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     """The layout Megatron-LM runs for this plan."""
     L = canonical(model, layout)
+    if L.vpp > 1 and any(x % L.vpp for x in (L.first_stage_layers, L.last_stage_layers)):
+        raise InfeasibleError(f"Megatron-Core needs the first/last stage layers ({L.first_stage_layers}, "
+                              f"{L.last_stage_layers}) divisible by vpp({L.vpp}) (TransformerConfig.__post_init__); "
+                              "pick multiples of vpp or export --to torchtitan (per-chunk module lists)")
     schedule = L.schedule if L.schedule in ("1f1b", "interleaved-1f1b") else \
         "interleaved-1f1b" if L.vpp > 1 else "1f1b"  # zbv's two chunks per rank run interleaved
     recompute_layers = L.recompute_layers

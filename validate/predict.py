@@ -50,6 +50,8 @@ def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
                    calibration: Calibration | None) -> dict[str, Any]:
     """estimate()'s JSON for the run (step time and its terms), with the reasons it gives; the run's layers are
     eager PyTorch, so the calibration's eager-layer section applies."""
-    # The runs are plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs them in eager mode.
+    # The runs are plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs them in eager mode;
+    # their selective recompute checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC.
+    stack = replace(get_stack("torchtitan"), selective_recompute="core_attn")
     return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True,
-                    stack=get_stack("torchtitan")).to_json()
+                    stack=stack).to_json()

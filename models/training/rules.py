@@ -36,6 +36,7 @@ class RuleCode(str, Enum):
     EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
     DP_REPLICATE = "dp % dp_replicate"
     OUT_OF_MEMORY = "out of memory"
+    PRECISION = "precision the stack or GPU cannot run"
     MIN_MFU = "MFU below --min-mfu"
     MODEL_MISMATCH = "config model != --model"
 
@@ -65,6 +66,7 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
     RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
+    RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
     RuleCode.OUT_OF_MEMORY: "raise tp/pp, use zero=3 or more recompute, or lower the micro-batch size",
     RuleCode.MIN_MFU: "run `clusterplan plan` for a faster layout on this cluster",
     RuleCode.MODEL_MISMATCH: "give the --model the config trains, or fix the config",
