@@ -56,6 +56,8 @@ class ModelShapes:
     """Keys a query sees in the sliding-window layers (0: none)."""
     n_sliding_layers: int = 0
     """Layers that attend over the sliding window only (ModelSpec.is_sliding_layer)."""
+    mtp_layers: int = 0
+    """Multi-token-prediction modules on the last pipeline stage (ModelSpec.mtp_layers)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -77,6 +79,7 @@ class ModelShapes:
             tensors_per_layer=_tensors_per_layer(m), sliding_window=m.sliding_window or 0,
             mla_latent=(2 * m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim + m.kv_lora_rank) if m.is_mla else 0,
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
+            mtp_layers=m.mtp_layers,
         )
 
     @property

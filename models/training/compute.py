@@ -13,6 +13,7 @@ from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
+from clusterplan.models.training.moe_layer import grouped_gemm_time_s, routing_times
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
@@ -65,6 +66,8 @@ class Linear:
     in_features: np.ndarray | float
     out_features: np.ndarray | float
     count: np.ndarray | float = 1.0
+    streamed: bool = False
+    """The `count` GEMMs are a rank's local experts run by Transformer Engine's GroupedLinear (moe_layer)."""
 
 
 def linear_times(linears: list[Linear], hw: HardwareRates,
@@ -74,11 +77,15 @@ def linear_times(linears: list[Linear], hw: HardwareRates,
     fwd = bwd = wgrad = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
-        # `count` equal GEMMs (a rank's local experts) run as one grouped GEMM: their tiles share the waves.
-        fwd = fwd + hw.gemm_time_s(t, o, i, fp8, g.count)
-        dw = hw.gemm_time_s(i, o, t, fp8, g.count)
+        # `count` equal GEMMs share the waves: all at once, or GROUPED_GEMM_STREAMS at a time (local experts, TE).
+        def gemm(m, n, k, g=g):
+            if g.streamed:
+                return grouped_gemm_time_s(hw, m, n, k, fp8, g.count)
+            return hw.gemm_time_s(m, n, k, fp8, g.count)
+        fwd = fwd + gemm(t, o, i)
+        dw = gemm(i, o, t)
         wgrad = wgrad + dw
-        bwd = bwd + hw.gemm_time_s(t, i, o, fp8, g.count) + dw
+        bwd = bwd + gemm(t, i, o) + dw
     return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
 
 
@@ -108,12 +115,13 @@ def op_sac_recomputed_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -
 
 
 def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
-           count: np.ndarray | float = 1.0) -> list[Linear]:
+           count: np.ndarray | float = 1.0, streamed: bool = False) -> list[Linear]:
     """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
     has `inner` inputs, the input projections get the remaining parameters; both sharded by `shard` (Megatron TP:
     column- then row-parallel). The FLOPs equal 2 x tokens x params / shard exactly."""
     first = (params - inner * hidden) / hidden
-    return [Linear(tokens, hidden, first / shard, count), Linear(tokens, inner / shard, hidden, count)]
+    return [Linear(tokens, hidden, first / shard, count, streamed),
+            Linear(tokens, inner / shard, hidden, count, streamed)]
 
 
 def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
@@ -125,7 +133,7 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
         # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
         per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp)
         out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
-                      count=shapes.n_experts / L.ep)
+                      count=shapes.n_experts / L.ep, streamed=True)
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
     else:
         out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp)
@@ -195,8 +203,12 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
+    route_bwd = 0.0
+    if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
+        route_fwd, route_bwd = routing_times(shapes, L, hw)
+        forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
-    backward = t_linear_bwd + t_core_bwd + 2 * t_elem
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + route_bwd
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).

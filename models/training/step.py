@@ -26,6 +26,7 @@ from clusterplan.models.training.batch import (
 )
 from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
+from clusterplan.models.training.moe_layer import mtp_projection_s
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -249,15 +250,22 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
-    first_tp = cost.embed_tp_s + np.where(single, cost.head_tp_s, 0.0)
-    first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0) + first_tp
+    # Multi-token prediction (DeepSeek-V3): each module is one more layer, its projection and one more LM head pass
+    # on the last stage (moe_layer.mtp_projection_s).
+    mtp = float(shapes.mtp_layers)
+    head = (1.0 + mtp) * cost.head_s + (mtp * mtp_projection_s(shapes, L, hw) if mtp else 0.0)
+    head_tp = (1.0 + mtp) * cost.head_tp_s
+    first_layers = layers.first + np.where(single, mtp, 0.0)
+    last_layers = layers.last + mtp
+    first_tp = cost.embed_tp_s + np.where(single, head_tp, 0.0)
+    first = first_layers * cost.total_s + np.where(single, head, 0.0) + first_tp
     middle = layers.middle * cost.total_s
-    last = layers.last * cost.total_s + cost.head_s + cost.head_tp_s
+    last = last_layers * cost.total_s + head + head_tp
     slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # index in POSITIONS
     stage = np.choose(slowest, [first, middle, last])
-    slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
-    slow_head = np.where(single | (slowest == POSITIONS.index("last")), cost.head_s, 0.0)
-    slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), cost.head_tp_s])
+    slow_layers = np.choose(slowest, [first_layers, layers.middle, last_layers])
+    slow_head = np.where(single | (slowest == POSITIONS.index("last")), head, 0.0)
+    slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), head_tp])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
@@ -272,8 +280,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     tp_total = tp_total + m * slow_ends_tp
     step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
-    hardware = L.gbs / L.mbs * (cost.hardware_flops * shapes.n_layers * L.tp * L.cp
-                                + 6.0 * L.mbs * L.seq * shapes.vocab * shapes.hidden)
+    hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
+                                + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
+                                + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
