@@ -83,7 +83,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         else:
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                             objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
-    rerank_on_links(result, calibration)
+    result = rerank_on_links(result, calibration)
     data = result.to_json()
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)

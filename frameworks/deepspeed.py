@@ -1,6 +1,6 @@
 """DeepSpeed configs (`--to deepspeed`): the ds_config JSON with DeepSpeed's own constraints.
 
-Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research notes style-and-ecosystem.md B.2).
+Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research/style-and-ecosystem.md B.2).
 DeepSpeed checks train_batch_size == train_micro_batch_size_per_gpu * gradient_accumulation_steps * dp
 (`runtime/config.py::_batch_assertion`), with dp = world / (pp * sequence_parallel_size). The pipeline stages go in
 DeepSpeed's own `pipeline` section (`runtime/config.py::get_pipeline_config`); what the JSON has no key for (sequence
@@ -41,9 +41,10 @@ def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
     if L.cp > 1 and L.cp_kind != "a2a":
         raise InfeasibleError(f"DeepSpeed's sequence parallelism is Ulysses all-to-all, not ring attention (cp={L.cp}); "
                               "set cp_kind=a2a or export --to torchtitan")
-    if L.dp_replicate > 1 and L.zero != 3:
-        raise InfeasibleError(f"DeepSpeed shards ZeRO-{L.zero} over the whole dp group; dp_replicate({L.dp_replicate}) "
-                              "> 1 (hybrid sharding) needs zero=3 (MiCS)")
+    if L.dp_replicate > 1:
+        raise InfeasibleError(f"DeepSpeed shards ZeRO over the whole dp group: dp_replicate({L.dp_replicate}) > 1 "
+                              "(hybrid sharding) ran as MiCS, which DeepSpeed 0.19 removed (mics_shard_size is "
+                              "rejected); set dp_replicate=1 or export --to torchtitan")
     if L.pp > 1 and L.vpp > 1:
         raise InfeasibleError(f"DeepSpeed's pipeline engine runs one stage per rank (no interleaving), the plan has "
                               f"vpp={L.vpp}; set vpp=1 or export --to megatron")
@@ -68,8 +69,6 @@ def zero_section(layout: Layout) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": L.zero}
     if L.zero >= 1:
         zero.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True)
-    if L.zero == 3 and L.dp_replicate > 1:
-        zero["mics_shard_size"] = L.dp_shard  # MiCS: shard within groups of dp_shard ranks, replicate across them
     return zero
 
 

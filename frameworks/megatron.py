@@ -1,6 +1,6 @@
 """Megatron-LM launch scripts (`--to megatron`): bash arrays of `pretrain_gpt.py` arguments, as its examples group them.
 
-Flag names from `megatron/training/arguments.py` (research notes style-and-ecosystem.md B.2, and the Megatron-FSDP
+Flag names from `megatron/training/arguments.py` (research/style-and-ecosystem.md B.2, and the Megatron-FSDP
 README for ZeRO-2/3). Megatron derives dp = world / (tp * pp * cp) itself, so dp is never passed.
 
 `runs_as(model, layout)` is the layout `pretrain_gpt.py` runs for the plan (what `check` reads back): 1F1B for

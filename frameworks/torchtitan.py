@@ -1,7 +1,7 @@
 """torchtitan launch configs: the TOML of its v0.2 releases (`--to torchtitan`).
 
-Keys are the `JobConfig` dataclass fields of torchtitan v0.2.x (`torchtitan/config/job_config.py`; research notes
-style-and-ecosystem.md B.2). Degrees map one to one onto its mesh (pp, dp_replicate, dp_shard, cp, tp), which is
+Keys are the `JobConfig` dataclass fields of torchtitan v0.2.x (`torchtitan/config/job_config.py`;
+research/style-and-ecosystem.md B.2). Degrees map one to one onto its mesh (pp, dp_replicate, dp_shard, cp, tp), which is
 clusterplan's own axis order. Pipeline stages are given as explicit module lists so that the split is exactly the
 plan's; `pipeline_parallel_layers_per_stage` (with first/last_stage_less_layers 0, so the embedding and head do not
 count as layers) says the same for an even split.

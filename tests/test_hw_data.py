@@ -1,7 +1,7 @@
 """The shipped hardware data, checked against the published figures it was copied from.
 
 Each test names the datasheet or research note the expected numbers come from (research notes:
-../shared/research/hardware.md sections 1-4). These tests catch the classic database mistakes:
+research/hardware.md sections 1-4). These tests catch the classic database mistakes:
 sparse figures mixed with dense ones, bidirectional bandwidth stored as per-direction, prices
 without dates, and NIC counts that do not match the instance page.
 """

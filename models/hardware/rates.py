@@ -24,7 +24,8 @@ from clusterplan.models.hardware.gemm import GemmShapeModel
 # on top of their shape's wave/tile quantisation (models/hardware/gemm.py): the one fitted GEMM constant. It holds
 # for every GPU and row; it was refitted with the shape model (minimax |error|) jointly on Narayanan et al. 2021
 # Table 1 and Korthikanti et al. 2022 Table 5 on A100 (0.84: max 8.7%, 0.85: 7.6%, 0.86: 7.7%; errors in
-# tests/test_reference_training.py) and is checked against the held-out per-layer times of Korthikanti Table 4.
+# tests/test_reference_training.py); Korthikanti Table 4's per-layer times are no held-out check (an earlier fit
+# used them). README "Fitted constants" lists every fit.
 # `clusterplan profile` replaces it with a measured GEMM curve.
 TRAINING_GEMM_SHARE = 0.85
 # Power cap -> clock: dynamic power ~ C V^2 f with V rising about linearly with f over the DVFS range, so

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
+from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import placement_bottleneck_gb_per_s
 
@@ -79,10 +80,10 @@ class Estimate:
     model: ModelSpec
     cluster: Cluster
     layout: Layout
-    reasons: tuple[str, ...]
+    reasons: tuple[Rule, ...]
+    """Rules the layout breaks (divisibility, out of memory); empty = feasible."""
     evaluation: Evaluation | None
     index: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -94,7 +95,7 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         """The stable JSON shape other tools read (see README "estimate JSON")."""
         out: dict[str, Any] = {"layout": self.layout.to_dict(), "feasible": self.feasible,
-                               "reasons": list(self.reasons), "model": self.model.name,
+                               "reasons": [str(r) for r in self.reasons], "model": self.model.name,
                                "cluster": self.cluster.describe()}
         ev = self.evaluation
         if ev is None:
@@ -163,14 +164,14 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     """
     reasons = layout_problems(model, layout, cluster.world_size)
     stack = stack or get_stack()
-    reasons += precision_problems(cluster, layout, stack, fp8_recipe)
+    reasons += [Rule.broken(RuleCode.PRECISION, p) for p in precision_problems(cluster, layout, stack, fp8_recipe)]
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
         stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
     if not bool(ev.fits[0]):
-        reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
+        reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
-                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}")
+                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}"))
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)

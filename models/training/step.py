@@ -20,9 +20,16 @@ from clusterplan.models.training.batch import (
     CpKindCode,
     LayoutArrays,
     OptimizerCode,
-    PrecisionCode,
     RecomputeCode,
     ScheduleCode,
+)
+from clusterplan.models.training.collectives import (
+    EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
+    Collectives,
+    activation_bytes,
+    ep_collectives,
+    pipeline_p2p,
+    tp_collectives,
 )
 from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
@@ -65,9 +72,12 @@ def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.nda
     return comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), np.where(n_out > 1, r.lat_out, r.lat_in))
 
 
-def activation_bytes(L: LayoutArrays) -> np.ndarray:
-    """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
-    return np.where(L.precision == PrecisionCode.FP32, 4.0, 2.0)
+def _priced(collectives: tuple[Collectives, ...], g: Group, hw: HardwareRates) -> np.ndarray:
+    """Time of every call of `collectives` (models/training/collectives.py) over the group, one after another."""
+    total = np.zeros_like(g.size, dtype=float)
+    for c in collectives:
+        total = total + c.calls * _collective(c.kind, c.size_bytes, g, hw)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +111,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     bytes; Korthikanti 2022), 2 more when full recompute redoes the forward. TE userbuffers / async TP (both need
     sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
     """
-    tokens = L.seq * L.mbs / L.cp
-    one = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, Group(L.tp, np.ones_like(L.tp)), hw)
-    total = (4.0 + np.where(L.recompute == RecomputeCode.FULL, 2.0, 0.0)) * one
+    # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
+    total = _priced(tp_collectives(shapes, L), Group(L.tp, np.ones_like(L.tp)), hw)
     share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
@@ -154,8 +163,6 @@ def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: Hardw
                                                                                           gathered, group, hw)
 
 
-EP_ALL_TO_ALLS_PER_LAYER = 4
-"""Dispatch and combine forward, and their mirror images backward (Lepikhin 2020; Megatron-Core token dispatcher)."""
 
 
 def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, moe: bool,
@@ -173,10 +180,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
     if moe:
-        # tokens x top_k x h per all-to-all, each rank sending its 1/tp share of the tokens.
-        ep_group = Group(L.ep, np.ones_like(L.ep))
-        one = _collective("all_to_all", act * tokens / L.tp * shapes.top_k * shapes.hidden, ep_group, hw)
-        ep = one * (EP_ALL_TO_ALLS_PER_LAYER + full * EP_ALL_TO_ALLS_PER_LAYER / 2)
+        # tokens x top_k x h per all-to-all, each rank sending its 1/tp share (collectives.py ep_collectives).
+        ep = _priced((ep_collectives(shapes, L),), Group(L.ep, np.ones_like(L.ep)), hw)
     return tp, cp, ep
 
 
@@ -269,7 +274,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    p2p = _p2p(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, n_out, hw)
+    p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
