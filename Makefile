@@ -1,6 +1,8 @@
 # clusterplan: two commands do all set-up on a fresh machine.
 #   make demo   creates .venv, installs clusterplan, runs a real plan on built-in presets
-#   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest
+#   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest without the slow
+#               end-to-end checks (under 4 minutes on 2 quiet cores)
+#   make test-all  the same with the slow end-to-end checks (profile, validate, torchrun runs; what CI runs)
 #   make figures  regenerates the README's pictures into docs/img/
 #   make reference  regenerates reference/TABLES.md (our predictions against every published reference table)
 PYTHON ?= python3
@@ -8,7 +10,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test fuzz lint bench figures clean reference
+.PHONY: demo test test-all fuzz lint bench figures clean reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,10 @@ demo: $(VENV)/.installed
 	  --layout "tp=8,pp=4,mbs=1,gbs=512,seq=8192,sp=1,recompute=selective"
 
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -102,7 +102,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
             result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                             objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
     if objective != "pareto":
-        rerank_on_links(result, calibration)
+        result = rerank_on_links(result, calibration)
     data = result.to_json()
     for p in data["plans"]:
         attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path)

@@ -114,7 +114,7 @@ def _dry(plan: Any) -> dict[str, Any]:
 
     return {"model": plan.model.name, "layout": plan.layout.to_dict(), "world": plan.layout.world,
             "positions": positions, "rejected": rejected, "max_state_error_pct": max(errors, default=0.0),
-            "layout_problems": layout_problems(plan.model, plan.layout, plan.layout.world)}
+            "layout_problems": [str(r) for r in layout_problems(plan.model, plan.layout, plan.layout.world)]}
 
 
 def _print_dry(result: dict[str, Any]) -> None:

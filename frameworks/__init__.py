@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from clusterplan.errors import BadInputError
+from clusterplan.frameworks import deepspeed, megatron, torchtitan, torchtitan_py
 from clusterplan.frameworks.common import Export
 from clusterplan.frameworks.deepspeed import export_deepspeed
 from clusterplan.frameworks.megatron import export_megatron
+from clusterplan.frameworks.read import ReadConfig, read_config
 from clusterplan.frameworks.torchtitan import export_torchtitan
 from clusterplan.frameworks.torchtitan_py import export_torchtitan_py
 from clusterplan.models.architecture.spec import ModelSpec
@@ -24,6 +26,20 @@ EXPORTERS: dict[str, Callable[[ModelSpec, Cluster, Layout], Export]] = {
     "deepspeed": export_deepspeed,
 }
 
+RUNS_AS: dict[str, Callable[[ModelSpec, Layout], Layout]] = {
+    "torchtitan": torchtitan.runs_as,
+    "torchtitan-py": torchtitan_py.runs_as,
+    "megatron": megatron.runs_as,
+    "deepspeed": deepspeed.runs_as,
+}
+"""The layout each framework runs for a plan: what `check` reads back from the export (the round-trip law)."""
+
+
+def runs_as(target: str, model: ModelSpec, layout: Layout) -> Layout:
+    if target not in RUNS_AS:
+        raise BadInputError(f"--to {target!r}: choose one of {', '.join(RUNS_AS)}")
+    return RUNS_AS[target](model, layout)
+
 
 def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
     if target not in EXPORTERS:
@@ -31,4 +47,4 @@ def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout)
     return EXPORTERS[target](model, cluster, layout)
 
 
-__all__ = ["EXPORTERS", "Export", "export_plan"]
+__all__ = ["EXPORTERS", "RUNS_AS", "Export", "ReadConfig", "export_plan", "read_config", "runs_as"]

@@ -6,7 +6,7 @@ An exporter is a pure function (ModelSpec, Cluster, Layout) -> Export; it never 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
@@ -58,12 +58,27 @@ def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout) -> None
 def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
     """Transformer layers of each model chunk in model order; chunk c runs on pipeline rank c % pp.
 
-    Megatron-LM interleaving (Narayanan et al. 2021, Sec. 2.2): rank r holds chunks r, r + pp, r + 2pp, ...
+    Megatron-LM interleaving (Narayanan et al. 2021, Sec. 2.2): rank r holds chunks r, r + pp, r + 2pp, ... Middle
+    ranks split evenly; a first or last rank that holds fewer (or more) layers takes the difference in the chunk
+    with the embedding (chunk 0) or the head (the last chunk), as Megatron's --pipeline-model-parallel-layout does.
     """
     pp, vpp = layout.pp, layout.vpp
+    if pp == 1:
+        return [model.n_layers]
     first, middle, last = stage_layers(model, layout)
-    per_rank = [first] + [middle] * (pp - 2) + [last] if pp > 1 else [model.n_layers]
-    return [per_rank[c % pp] // vpp for c in range(pp * vpp)]
+    per_chunk = middle // vpp if pp > 2 or not (layout.first_stage_layers or layout.last_stage_layers) else \
+        max(first, last) // vpp
+    counts = [per_chunk] * (pp * vpp)
+    for rank, total, order in ((0, first, range(vpp)), (pp - 1, last, reversed(range(vpp)))):
+        diff = total - per_chunk * vpp
+        for v in order:  # chunk of this rank nearest the end it serves first
+            c = v * pp + rank
+            take = max(diff, -counts[c])
+            counts[c] += take
+            diff -= take
+            if diff == 0:
+                break
+    return counts
 
 
 def microbatches_per_step(layout: Layout) -> int:
@@ -75,3 +90,20 @@ def header_lines(model: ModelSpec, cluster: Cluster, layout: Layout, target: str
     """The provenance lines every exported file starts with (without comment markers)."""
     return [f"{target} config written by `clusterplan export` for {model.name} on {cluster.describe()}",
             f"layout: {layout.short()}, gbs {layout.gbs} x seq {layout.seq}, {layout.schedule}, {layout.precision}"]
+
+
+def canonical(model: ModelSpec, layout: Layout) -> Layout:
+    """One spelling per layout: stage sizes written out only when uneven, settings that have no effect reset.
+
+    Two layouts with the same canonical form get the same estimate; the round trip compares canonical forms.
+    """
+    L = layout
+    first, middle, last = stage_layers(model, L)
+    n, pp = model.n_layers, L.pp
+    even = pp == 1 or (n % pp == 0 and first == last == n // pp and (pp == 2 or middle == n // pp))
+    return replace(L, first_stage_layers=0 if even else first, last_stage_layers=0 if even else last,
+                   cp_kind="ring" if L.cp == 1 else L.cp_kind, sp=L.sp and L.tp > 1,
+                   dp_replicate=1 if L.zero == 0 or L.dp == 1 else L.dp_replicate,
+                   recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
+                   schedule="1f1b" if L.pp == 1 else L.schedule, vpp=1 if L.pp == 1 else L.vpp,
+                   etp=L.etp if model.is_moe else 1, ep=L.ep if model.is_moe else 1)

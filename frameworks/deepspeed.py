@@ -1,31 +1,37 @@
 """DeepSpeed configs (`--to deepspeed`): the ds_config JSON with DeepSpeed's own constraints.
 
-Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research notes style-and-ecosystem.md B.2).
+Keys from `deepspeed/runtime/constants.py` and `runtime/zero/config.py` (research/style-and-ecosystem.md B.2).
 DeepSpeed checks train_batch_size == train_micro_batch_size_per_gpu * gradient_accumulation_steps * dp
-(`runtime/config.py::_batch_assertion`), with dp = world / (pp * sequence_parallel_size).
+(`runtime/config.py::_batch_assertion`), with dp = world / (pp * sequence_parallel_size). The pipeline stages go in
+DeepSpeed's own `pipeline` section (`runtime/config.py::get_pipeline_config`); what the JSON has no key for (sequence
+length, expert parallel size, recompute granularity, attention kernel) goes in a `clusterplan` section that
+DeepSpeed ignores and train.py reads, so that `check` reads back the plan that was exported.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from clusterplan.errors import InfeasibleError
 from clusterplan.fileio import dumps_json
 from clusterplan.frameworks.common import (
     Export,
+    canonical,
     check_exportable,
     launch_shape,
     microbatches_per_step,
     slug,
 )
+from clusterplan.frameworks.read import PLAN_KEY
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 
 
-def refuse_unsupported(layout: Layout) -> None:
+def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
     """The layouts DeepSpeed alone cannot run, each with the way out."""
-    L = layout
+    L = canonical(model, layout)
     if L.tp > 1:
         raise InfeasibleError(f"DeepSpeed alone has no tensor parallelism for training (tp={L.tp}); it comes with "
                               "Megatron-DeepSpeed: export --to megatron, or plan with --fix tp=1")
@@ -35,12 +41,27 @@ def refuse_unsupported(layout: Layout) -> None:
     if L.cp > 1 and L.cp_kind != "a2a":
         raise InfeasibleError(f"DeepSpeed's sequence parallelism is Ulysses all-to-all, not ring attention (cp={L.cp}); "
                               "set cp_kind=a2a or export --to torchtitan")
-    if L.dp_replicate > 1 and L.zero != 3:
-        raise InfeasibleError(f"DeepSpeed shards ZeRO-{L.zero} over the whole dp group; dp_replicate({L.dp_replicate}) "
-                              "> 1 (hybrid sharding) needs zero=3 (MiCS)")
+    if L.dp_replicate > 1:
+        raise InfeasibleError(f"DeepSpeed shards ZeRO over the whole dp group: dp_replicate({L.dp_replicate}) > 1 "
+                              "(hybrid sharding) ran as MiCS, which DeepSpeed 0.19 removed (mics_shard_size is "
+                              "rejected); set dp_replicate=1 or export --to torchtitan")
+    if L.pp > 1 and L.vpp > 1:
+        raise InfeasibleError(f"DeepSpeed's pipeline engine runs one stage per rank (no interleaving), the plan has "
+                              f"vpp={L.vpp}; set vpp=1 or export --to megatron")
+    if L.pp > 1 and (L.first_stage_layers or L.last_stage_layers):
+        raise InfeasibleError("DeepSpeed's PipelineModule partitions layers by its partition_method (uniform or by "
+                              "parameters), not by given first/last stage sizes; use an even split or export --to megatron")
     if L.precision == "fp8":
         raise InfeasibleError("DeepSpeed's config has no FP8 training; set precision=bf16 (or use Transformer Engine "
                               "inside the model and export bf16)")
+
+
+def runs_as(model: ModelSpec, layout: Layout) -> Layout:
+    """The layout DeepSpeed runs: 1F1B pipeline (TrainSchedule) for any single-stage schedule, fp32 master weights."""
+    refuse_unsupported(model, layout)
+    L = canonical(model, layout)
+    return canonical(model, replace(L, schedule="1f1b", optimizer="adam-master" if L.optimizer == "adam" else
+                                    L.optimizer))
 
 
 def zero_section(layout: Layout) -> dict[str, Any]:
@@ -48,8 +69,6 @@ def zero_section(layout: Layout) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": L.zero}
     if L.zero >= 1:
         zero.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True)
-    if L.zero == 3 and L.dp_replicate > 1:
-        zero["mics_shard_size"] = L.dp_shard  # MiCS: shard within groups of dp_shard ranks, replicate across them
     return zero
 
 
@@ -68,9 +87,14 @@ def ds_config(model: ModelSpec, layout: Layout) -> dict[str, Any]:
     }
     if L.cp > 1:
         config["sequence_parallel_size"] = L.cp
+    if L.pp > 1:
+        config["pipeline"] = {"stages": L.pp, "partition": "uniform",
+                              "activation_checkpoint_interval": 1 if L.recompute == "full" else 0}
     if L.recompute == "full":
         config["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False,
                                               "cpu_checkpointing": False, "synchronize_checkpoint_boundary": False}
+    config[PLAN_KEY] = {"seq_len": L.seq, "recompute": L.recompute, "expert_parallel_size": L.ep,
+                        "flash_attn": L.flash_attn, "optimizer": L.optimizer}
     return config
 
 
@@ -97,7 +121,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
 def export_deepspeed(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
     """ds_config JSON; the `deepspeed` launch line goes to stderr (JSON has no comments)."""
     check_exportable(model, cluster, layout)
-    refuse_unsupported(layout)
+    refuse_unsupported(model, layout)
     shape = launch_shape(cluster)
     filename = f"ds_config_{slug(model.name)}.json"
     script_args = [f"--pipeline-parallel-size {layout.pp}"] if layout.pp > 1 else []

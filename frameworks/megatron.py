@@ -1,19 +1,59 @@
 """Megatron-LM launch scripts (`--to megatron`): bash arrays of `pretrain_gpt.py` arguments, as its examples group them.
 
-Flag names from `megatron/training/arguments.py` (research notes style-and-ecosystem.md B.2, and the Megatron-FSDP
+Flag names from `megatron/training/arguments.py` (research/style-and-ecosystem.md B.2, and the Megatron-FSDP
 README for ZeRO-2/3). Megatron derives dp = world / (tp * pp * cp) itself, so dp is never passed.
+
+`runs_as(model, layout)` is the layout `pretrain_gpt.py` runs for the plan (what `check` reads back): 1F1B for
+GPipe and zero-bubble plans, fp32 main weights, full recompute in whole blocks per model chunk.
 """
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
-from clusterplan.frameworks.common import Export, check_exportable, header_lines, launch_shape, slug
+from clusterplan.errors import InfeasibleError
+from clusterplan.frameworks.common import (
+    Export,
+    canonical,
+    check_exportable,
+    header_lines,
+    launch_shape,
+    slug,
+)
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout, stage_layers
 
 Args = list[str]
+
+
+def recompute_block(layout: Layout) -> int:
+    """`--recompute-num-layers` for block recompute: the first N layers of each model chunk recompute."""
+    return max(1, layout.recompute_layers // layout.vpp)
+
+
+def runs_as(model: ModelSpec, layout: Layout) -> Layout:
+    """The layout Megatron-LM runs for this plan."""
+    L = canonical(model, layout)
+    if L.vpp > 1 and any(x % L.vpp for x in (L.first_stage_layers, L.last_stage_layers)):
+        raise InfeasibleError(f"Megatron-Core needs the first/last stage layers ({L.first_stage_layers}, "
+                              f"{L.last_stage_layers}) divisible by vpp({L.vpp}) (TransformerConfig.__post_init__); "
+                              "pick multiples of vpp or export --to torchtitan (per-chunk module lists)")
+    schedule = L.schedule if L.schedule in ("1f1b", "interleaved-1f1b") else \
+        "interleaved-1f1b" if L.vpp > 1 else "1f1b"  # zbv's two chunks per rank run interleaved
+    recompute_layers = L.recompute_layers
+    if L.recompute == "full" and recompute_layers:
+        recompute_layers = recompute_block(L) * L.vpp
+        recompute_layers = 0 if recompute_layers >= model.n_layers // L.pp else recompute_layers
+    return canonical(model, replace(L, schedule=schedule, optimizer="adam-master" if L.optimizer == "adam"
+                                    else L.optimizer, recompute_layers=recompute_layers))
+
+
+def environment(layout: Layout) -> dict[str, str]:
+    """Variables Megatron-Core requires: one CUDA connection with tp or cp > 1, so that the communication kernels
+    are queued before the GEMMs they overlap with (Megatron-LM arguments.py asserts it on Hopper/Ampere)."""
+    return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"} if layout.tp > 1 or layout.cp > 1 else {}
 
 
 def model_args(model: ModelSpec, layout: Layout) -> Args:
@@ -93,7 +133,7 @@ def parallel_args(model: ModelSpec, layout: Layout) -> Args:
         args += ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))]
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:
-        args += ["--cp-comm-type", "a2a" if L.cp_kind == "a2a" else "p2p"]
+        args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather"}.get(L.cp_kind, "p2p")]
     if model.is_moe:
         args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
     if L.sp and L.tp > 1:
@@ -123,7 +163,7 @@ def training_args(layout: Layout) -> Args:
         args += ["--recompute-granularity", "selective"]
     elif L.recompute == "full":
         # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
-        method = ["block", str(max(1, L.recompute_layers // L.vpp))] if L.recompute_layers else ["uniform", "1"]
+        method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
     args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
@@ -169,6 +209,7 @@ def _array(name: str, args: Args) -> list[str]:
 def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
     """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node."""
     check_exportable(model, cluster, layout)
+    runs_as(model, layout)
     shape = launch_shape(cluster)
     filename = f"megatron_{slug(model.name)}.sh"
     launch = f"NODE_RANK=<0..{shape.nnodes - 1}> MASTER_ADDR=<head node> bash {filename}"
@@ -177,6 +218,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
              *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
+    lines += [f"export {k}={v}" for k, v in environment(layout).items()]
     distributed = ["--nproc-per-node", str(shape.gpus_per_node), "--nnodes", str(shape.nnodes),
                    "--node-rank", "${NODE_RANK:-0}", "--master-addr", "${MASTER_ADDR:-localhost}",
                    "--master-port", "${MASTER_PORT:-29500}"]

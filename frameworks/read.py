@@ -1,10 +1,21 @@
-"""Reading launch configs into a Layout: clusterplan plan files, torchtitan TOML (v0.2.x `[parallelism]` keys) and
-Megatron-LM command-line arguments (`megatron/training/arguments.py` names). No torch here; `check` uses it.
+"""Reading launch configs back into a Layout: clusterplan plan files, torchtitan TOML (v0.2.x `[parallelism]` keys),
+torchtitan 0.3 Python recipes, Megatron-LM launch scripts or argument files (`megatron/training/arguments.py` names,
+shell variables expanded from the script's own assignments) and DeepSpeed ds_config JSON. No torch here.
+
+    read_config(path, model, world) -> ReadConfig(layout, kind, stack, notes, mismatches)
+
+`check` reads every config through this; the round-trip law (tests/test_roundtrip.py) is
+read_config(export(plan)).layout == runs_as(plan) for every exporter.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +26,72 @@ from clusterplan.models.training.layout import Layout
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
 TORCHTITAN_SCHEDULES = {"1f1b": "1f1b", "gpipe": "gpipe", "interleaved1f1b": "interleaved-1f1b",
-                        "interleavedzerobubble": "zb", "zbvzerobubble": "zb"}
+                        "loopedbfs": "interleaved-1f1b", "interleavedzerobubble": "zb", "zbvzerobubble": "zbv",
+                        "dualpipev": "zbv"}
+SINGLE_STAGE_SCHEDULES = ("1f1b", "gpipe")
+"""torch's PipelineScheduleSingle subclasses: one stage per rank; every other schedule runs several (default 2)."""
+V_SCHEDULES = ("zbvzerobubble", "dualpipev")
+"""V-shaped schedules: rank r holds chunks r and 2 pp - 1 - r (torchtitan `stage_ids_this_rank`, style "v")."""
+TORCHTITAN_FP8_CONVERTERS = ("float8", "quantize.linear.float8", "mx", "quantize.linear.mx", "Float8LinearConverter",
+                             "MXFP8LinearConverter")
+TORCHTITAN_MODELS = {
+    # clusterplan preset -> (torchtitan model name, flavor) for the models torchtitan ships.
+    "llama3.1-8b": ("llama3", "8B"),
+    "llama3.1-70b": ("llama3", "70B"),
+    "llama3.1-405b": ("llama3", "405B"),
+    "deepseek-v3": ("deepseek_v3", "671B"),
+    "qwen3-32b": ("qwen3", "32B"),
+    "qwen3-30b-a3b": ("qwen3", "30B-A3B"),
+    "qwen3-235b-a22b": ("qwen3", "235B-A22B"),
+}
+MEGATRON_FSDP_STRATEGIES = {"no_shard": 0, "optim": 1, "optim_grads": 2, "optim_grads_params": 3}
+"""Megatron-FSDP `--data-parallel-sharding-strategy` -> ZeRO stage (Megatron-FSDP README)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReadConfig:
+    """What a launch config says: the layout it runs, the execution stack, and what does not match the model."""
+
+    layout: Layout
+    kind: str
+    """plan, torchtitan, torchtitan-py, megatron or deepspeed."""
+    stack: str
+    """ExecutionStack name (hardware_db/data/stacks.yaml) the config runs on."""
+    notes: tuple[str, ...] = ()
+    """Where the reading had to assume something (a default the config leaves to the framework)."""
+    mismatches: tuple[str, ...] = ()
+    """Model dimensions in the config that differ from the model given to check (a true reason to fail)."""
+    env: Mapping[str, str] | None = None
+    """Environment variables a launch script sets (Megatron)."""
 
 
 def config_kind(path: Path) -> str:
-    """`plan`, `torchtitan` or `megatron`, from the suffix and content."""
-    if path.suffix == ".toml":
+    """`plan`, `torchtitan`, `torchtitan-py`, `megatron` or `deepspeed`, from the suffix and content."""
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
         return "torchtitan"
-    if path.suffix in (".yaml", ".yml", ".json"):
+    if suffix == ".py":
+        return "torchtitan-py"
+    if suffix in (".yaml", ".yml"):
+        return "plan"
+    if suffix == ".json":
+        try:
+            doc = json.loads(_read(path))
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"{path}: malformed JSON ({exc}); fix the syntax") from exc
+        except RecursionError:
+            raise BadInputError(f"{path}: JSON nested too deeply") from None
+        if isinstance(doc, dict) and doc.get("format") != "clusterplan-plan" and (
+                {"train_batch_size", "train_micro_batch_size_per_gpu", "zero_optimization"} & set(doc)):
+            return "deepspeed"
         return "plan"
     return "megatron"
 
 
 def _read(path: Path) -> str:
     if not is_file(check_name(path)):
-        raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or a Megatron-LM args file")
+        raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or recipe, a Megatron-LM "
+                            "script or a DeepSpeed JSON")
     return read_text(path, "launch config")  # size-bounded, one-line errors (fileio)
 
 
@@ -42,8 +104,195 @@ def _int(where: str, value: Any) -> int:
     return value
 
 
-def torchtitan_layout(path: Path, world: int) -> Layout:
-    """A torchtitan job TOML: [parallelism], [training], [activation_checkpoint]."""
+def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A launch config of any kind but `plan` as the layout the framework runs."""
+    kind = config_kind(path)
+    if kind == "torchtitan":
+        return torchtitan_config(path, model, world)
+    if kind == "torchtitan-py":
+        return torchtitan_py_config(path, model, world)
+    if kind == "deepspeed":
+        return deepspeed_config(path, model, world)
+    if kind == "megatron":
+        return megatron_config(path, model, world)
+    raise BadInputError(f"{path}: a plan file; read it with read_plan")
+
+
+# ---- torchtitan ------------------------------------------------------------------------------------------------
+def pipeline_chunks(model: ModelSpec, par: Mapping[str, Any], pp: int, where: str) -> list[int]:
+    """Transformer layers of each pipeline chunk in model order, as torchtitan splits them.
+
+    An explicit `module_fqns_per_model_part` wins; else `pipeline_parallel_layers_per_stage` gives
+    ceil((n + first_less + last_less) / layers_per_stage) stages, else a single-stage schedule runs one stage per rank
+    and a looped one two (torchtitan distributed/pipeline_parallel.py `_get_pipeline_metadata`); the layers are dealt
+    as `_generate_llm_fqn_per_model_part` deals them, the embedding and head weighing first/last_less layers.
+    """
+    parts = par.get("module_fqns_per_model_part")
+    if parts:
+        if not isinstance(parts, list) or not all(isinstance(p, list) for p in parts):
+            raise BadInputError(f"{where}: module_fqns_per_model_part must be a list of lists of module names")
+        counts = [len([m for m in p if isinstance(m, str) and m.startswith("layers.")]) for p in parts]
+        if sum(counts) != model.n_layers:
+            raise BadInputError(f"{where}: module_fqns_per_model_part places {sum(counts)} layers, the model has "
+                                f"{model.n_layers}; list every layer once")
+        return counts
+    schedule = str(par.get("pipeline_parallel_schedule", "1F1B")).lower()
+    in_w = _int(f"{where}: first_stage_less_layers", par.get("pipeline_parallel_first_stage_less_layers", 1))
+    out_w = _int(f"{where}: last_stage_less_layers", par.get("pipeline_parallel_last_stage_less_layers", 1))
+    per_stage = par.get("pipeline_parallel_layers_per_stage")
+    if per_stage is not None:
+        per_stage = _int(f"{where}: pipeline_parallel_layers_per_stage", per_stage)
+        if per_stage < 1:
+            raise BadInputError(f"{where}: pipeline_parallel_layers_per_stage must be >= 1")
+        stages = -(-(model.n_layers + in_w + out_w) // per_stage)
+    else:
+        stages = pp * (1 if schedule in SINGLE_STAGE_SCHEDULES else 2)
+    effective = model.n_layers + in_w + out_w
+    base, extra = divmod(effective, stages)
+    if base < 1 or max(in_w, out_w) > base:
+        raise BadInputError(f"{where}: {stages} pipeline stages over {model.n_layers} layers leave a stage empty; "
+                            "raise pipeline_parallel_layers_per_stage")
+    counts, left = [], model.n_layers
+    for s in range(stages):
+        take = base + (1 if s < extra else 0) - (in_w if s == 0 else 0) - (out_w if s == stages - 1 else 0)
+        take = max(0, min(take, left))
+        counts.append(take)
+        left -= take
+    return counts
+
+
+def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: str,
+                        where: str) -> tuple[int, int, int, list[str]]:
+    """(vpp, first_stage_layers, last_stage_layers, notes) from torchtitan's chunks (0, 0: an even split).
+
+    The rank totals give the stage sizes; when the chunks inside a rank are not the split clusterplan prices
+    (frameworks.common.chunk_layers), the estimate uses the totals and says so.
+    """
+    from clusterplan.frameworks.common import canonical, chunk_layers  # frameworks.common imports this module
+
+    if pp == 1:
+        return 1, 0, 0, []
+    if len(counts) % pp:
+        raise BadInputError(f"{where}: {len(counts)} pipeline chunks do not divide over pipeline_parallel_degree({pp})")
+    vpp = len(counts) // pp
+    v_shape = schedule.lower() in V_SCHEDULES
+    totals = [0] * pp
+    for c, n in enumerate(counts):
+        totals[(c if c < pp else 2 * pp - 1 - c) if v_shape else c % pp] += n
+    if len(set(totals[1:-1])) > 1:
+        return vpp, 0, 0, [f"pipeline ranks hold {totals} layers; estimated as an even split (clusterplan prices "
+                           "uneven first and last ranks only)"]
+    trial = Layout(pp=pp, vpp=vpp, schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
+                   first_stage_layers=totals[0], last_stage_layers=totals[-1])
+    trial = canonical(model, trial)
+    notes = []
+    if not v_shape and chunk_layers(model, trial) != counts:
+        notes.append(f"pipeline chunks hold {counts} layers; estimated with the ranks' totals {totals}")
+    return vpp, trial.first_stage_layers, trial.last_stage_layers, notes
+
+
+def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: str) -> tuple[Layout, list[str]]:
+    """The layout of a torchtitan job config given as tables: parallelism, training, activation_checkpoint, model.
+
+    FSDP2 shards over dp_shard (and cp); fsdp_reshard_after_forward "always" frees gathered weights after each
+    forward (ZeRO-3), "never" keeps them to the backward with gradients reduce-scattered (ZeRO-2), "default" is
+    "always" without pp and "never" with it (torchtitan parallelize `get_fsdp_reshard_after_forward_policy`).
+    dp_shard 1 without cp applies no FSDP: DDP over dp_replicate, or nothing (ZeRO-0).
+    """
+    par, train = doc.get("parallelism", {}), doc.get("training", {})
+    ac, model_table = doc.get("activation_checkpoint", {}), doc.get("model", {})
+    get = lambda table, key, default: _int(f"{where}: {key}", table.get(key, default))  # noqa: E731
+    tp, pp, cp = get(par, "tensor_parallel_degree", 1), get(par, "pipeline_parallel_degree", 1), \
+        get(par, "context_parallel_degree", 1)
+    for key, value in (("tensor_parallel_degree", tp), ("pipeline_parallel_degree", pp),
+                       ("context_parallel_degree", cp)):
+        if value < 1:
+            raise BadInputError(f"{where}: {key} {value}: must be >= 1")
+    rep, shard = get(par, "data_parallel_replicate_degree", 1), get(par, "data_parallel_shard_degree", -1)
+    if shard == -1:  # torchtitan: -1 takes the leftover ranks
+        shard = max(1, world // max(1, rep * tp * pp * cp))
+    if rep < 1 or shard < 1:
+        raise BadInputError(f"{where}: data_parallel degrees must be >= 1 (or shard -1 for the leftover ranks)")
+    notes: list[str] = []
+    reshard = str(par.get("fsdp_reshard_after_forward", "default"))
+    if reshard not in ("default", "always", "never"):
+        raise BadInputError(f"{where}: fsdp_reshard_after_forward {reshard!r}; use default, always or never")
+    if shard == 1 and cp == 1:
+        zero = 0
+    elif reshard == "always" or (reshard == "default" and pp == 1):
+        zero = 3
+    else:
+        zero = 2
+    dp = rep * shard
+    local = get(train, "local_batch_size", 8)
+    gbs = get(train, "global_batch_size", -1)
+    mbs = get(par, "pipeline_parallel_microbatch_size", 1) if pp > 1 else local
+    sp = bool(par.get("enable_sequence_parallel", True)) and tp > 1
+    schedule_name = str(par.get("pipeline_parallel_schedule", "1F1B"))
+    if schedule_name.lower() not in TORCHTITAN_SCHEDULES:
+        raise BadInputError(f"{where}: pipeline_parallel_schedule {schedule_name!r}; known: "
+                            f"{', '.join(TORCHTITAN_SCHEDULES)}")
+    schedule = TORCHTITAN_SCHEDULES[schedule_name.lower()] if pp > 1 else "1f1b"
+    vpp, first, last = 1, 0, 0
+    if pp > 1:
+        counts = pipeline_chunks(model, par, pp, where)
+        vpp, first, last, more = _layout_from_chunks(model, counts, pp, schedule_name, where)
+        notes += more
+        if schedule == "zb":
+            vpp = 1  # clusterplan's zero-bubble schedule (one chunk per rank)
+        elif schedule == "zbv" and vpp != 2:
+            raise BadInputError(f"{where}: {schedule_name} runs 2 chunks per rank, the config gives {vpp}")
+        elif vpp == 1 and schedule == "interleaved-1f1b":
+            schedule = "1f1b"
+        elif vpp > 1 and schedule not in ("interleaved-1f1b", "zbv"):
+            raise BadInputError(f"{where}: {vpp} chunks per rank need a looped schedule (Interleaved1F1B), "
+                                f"not {schedule_name}")
+    mode = str(ac.get("mode", "selective"))
+    recompute, recompute_layers = {"selective": "selective", "full": "full", "none": "none",
+                                   "memory_budget": "selective"}.get(mode), 0
+    if recompute is None:
+        raise BadInputError(f"{where}: activation_checkpoint.mode {mode!r}; use none, selective or full")
+    if mode == "memory_budget":
+        notes.append("activation_checkpoint.mode memory_budget is estimated as selective recompute")
+    option = str(ac.get("selective_ac_option", "op"))
+    if recompute == "selective" and option.isdigit() and int(option) >= 1:
+        # every n-th layer fully checkpointed (torchtitan activation_checkpoint `_apply_layer_sac`)
+        per_rank = model.n_layers // pp
+        every = int(option)
+        recompute, recompute_layers = "full", per_rank // every
+        if recompute_layers == per_rank:
+            recompute_layers = 0
+        elif recompute_layers == 0:
+            recompute = "none"
+    converters = [str(c) for c in model_table.get("converters", [])]
+    mixed = str(train.get("mixed_precision_param", "bfloat16"))
+    precision = "fp8" if any(c in TORCHTITAN_FP8_CONVERTERS for c in converters) else \
+        "fp32" if mixed == "float32" else "bf16"
+    ep = get(par, "expert_parallel_degree", 1) if model.is_moe else 1
+    etp = get(par, "expert_tensor_parallel_degree", 1) if model.is_moe and ep > 1 else 1
+    layout = Layout(dp=dp, dp_replicate=rep if dp > 1 and zero > 0 else 1, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, sp=sp, zero=zero,
+                    mbs=mbs, gbs=gbs if gbs > 0 else local * dp, seq=get(train, "seq_len", 2048),
+                    recompute=recompute, recompute_layers=recompute_layers, schedule=schedule, vpp=vpp,
+                    precision=precision, first_stage_layers=first, last_stage_layers=last)
+    return layout, notes
+
+
+def _titan_mismatches(doc: Mapping[str, Any], model: ModelSpec) -> list[str]:
+    table = doc.get("model", {})
+    name, flavor = table.get("name"), table.get("flavor")
+    expected = TORCHTITAN_MODELS.get(model.name)
+    if expected and name is not None and (str(name), str(flavor)) != expected:
+        return [f"the config trains torchtitan {name} {flavor}, not {model.name} ({expected[0]} {expected[1]}); "
+                "check --model"]
+    return []
+
+
+def _titan_stack(doc: Mapping[str, Any]) -> str:
+    return "torchtitan-compile" if doc.get("compile", {}).get("enable") else "torchtitan"
+
+
+def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A torchtitan v0.2 job TOML."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -55,78 +304,264 @@ def torchtitan_layout(path: Path, world: int) -> Layout:
     except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer
         raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
                             f"({type(exc).__name__}); is this a torchtitan config?") from None
-    par, train, ac = doc.get("parallelism", {}), doc.get("training", {}), doc.get("activation_checkpoint", {})
-    get = lambda table, key, default: _int(f"{path}: {key}", table.get(key, default))  # noqa: E731
-    tp, pp, cp = get(par, "tensor_parallel_degree", 1), get(par, "pipeline_parallel_degree", 1), \
-        get(par, "context_parallel_degree", 1)
-    rep, shard = get(par, "data_parallel_replicate_degree", 1), get(par, "data_parallel_shard_degree", -1)
-    if shard == -1:  # torchtitan: -1 takes the leftover ranks
-        shard = max(1, world // max(1, rep * tp * pp * cp))
-    local = get(train, "local_batch_size", 8)
-    dp = rep * shard
-    gbs = get(train, "global_batch_size", -1)
-    mbs = get(par, "pipeline_parallel_microbatch_size", 1) if pp > 1 else local
-    sp = par.get("enable_sequence_parallel", doc.get("tensor_parallel", {}).get("enable_sequence_parallel", tp > 1))
-    schedule = str(par.get("pipeline_parallel_schedule", "1F1B")).lower()
-    if schedule not in TORCHTITAN_SCHEDULES:
-        raise BadInputError(f"{path}: pipeline_parallel_schedule {schedule!r}; known: {', '.join(TORCHTITAN_SCHEDULES)}")
-    mode = str(ac.get("mode", "selective"))
-    recompute = {"selective": "selective", "full": "full", "none": "none"}.get(mode)
-    if recompute is None:
-        raise BadInputError(f"{path}: activation_checkpoint.mode {mode!r}; use none, selective or full")
-    return Layout(dp=dp, dp_replicate=rep, tp=tp, pp=pp, cp=cp, ep=get(par, "expert_parallel_degree", 1),
-                  etp=get(par, "expert_tensor_parallel_degree", 1), sp=bool(sp) and tp > 1,
-                  zero=3 if shard > 1 else 0, mbs=mbs, gbs=gbs if gbs > 0 else local * dp,
-                  seq=get(train, "seq_len", 2048), recompute=recompute, schedule=TORCHTITAN_SCHEDULES[schedule],
-                  vpp=2 if TORCHTITAN_SCHEDULES[schedule] == "interleaved-1f1b" else 1)
+    layout, notes = titan_layout(doc, model, world, str(path))
+    return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=tuple(notes),
+                      mismatches=tuple(_titan_mismatches(doc, model)))
 
 
+# ---- torchtitan 0.3 Python recipe --------------------------------------------------------------------------------
+_RECIPE_TABLES = {"ParallelismConfig": "parallelism", "TrainingConfig": "training", "CompileConfig": "compile"}
+
+
+def _literal(node: ast.AST, where: str) -> Any:
+    """A recipe's keyword value: literals, lists, and + - * // of them (nothing is executed)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_literal(e, where) for e in node.elts]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_literal(node.operand, where)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Add | ast.Sub | ast.FloorDiv):
+        a, b = _literal(node.left, where), _literal(node.right, where)
+        ops = {ast.Mult: lambda: a * b, ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.FloorDiv: lambda: a // b}
+        return ops[type(node.op)]()
+    raise BadInputError(f"{where}: line {getattr(node, 'lineno', '?')}: only literal values can be read "
+                        f"({ast.unparse(node)}); write the number itself")
+
+
+def _call_name(node: ast.Call) -> str:
+    func = node.func
+    if isinstance(func, ast.Attribute):  # FullAC.Config -> FullAC
+        inner = func.value
+        return inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else ""
+    return func.id if isinstance(func, ast.Name) else ""
+
+
+def recipe_tables(source: str, where: str) -> dict[str, Any]:
+    """The first ParallelismConfig / TrainingConfig / CompileConfig / AC / converter / model_registry calls."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise BadInputError(f"{where}: not valid Python ({exc.msg}, line {exc.lineno})") from exc
+    doc: dict[str, Any] = {"model": {"converters": []}}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = _call_name(node)
+        if name in _RECIPE_TABLES and _RECIPE_TABLES[name] not in doc:
+            doc[_RECIPE_TABLES[name]] = {k.arg: _literal(k.value, where) for k in node.keywords if k.arg}
+        elif name in ("FullAC", "SelectiveAC") and "activation_checkpoint" not in doc:
+            mode = "full" if name == "FullAC" else "selective"
+            table = {"mode": mode}
+            for k in node.keywords:
+                if k.arg in ("selective_ac_option", "mode"):
+                    table["selective_ac_option" if k.arg == "selective_ac_option" else "sac_mode"] = \
+                        _literal(k.value, where)
+            doc["activation_checkpoint"] = table
+        elif name in ("Float8LinearConverter", "MXFP8LinearConverter"):
+            doc["model"]["converters"].append(name)
+        elif name == "model_registry" and "flavor" not in doc["model"] and node.args:
+            doc["model"]["flavor"] = _literal(node.args[0], where)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("torchtitan.models."):
+            if any(a.name == "model_registry" for a in node.names):
+                doc["model"]["name"] = node.module.split(".")[2]
+    doc.setdefault("activation_checkpoint", {"mode": "none"})
+    return doc
+
+
+def torchtitan_py_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A torchtitan 0.3 recipe module (`Trainer.Config(...)`), read without running it."""
+    doc = recipe_tables(_read(path), str(path))
+    layout, notes = titan_layout(doc, model, world, str(path))
+    return ReadConfig(layout=layout, kind="torchtitan-py", stack=_titan_stack(doc), notes=tuple(notes),
+                      mismatches=tuple(_titan_mismatches(doc, model)))
+
+
+# ---- Megatron-LM ------------------------------------------------------------------------------------------------
 MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel-size": "pp",
                 "--context-parallel-size": "cp", "--expert-model-parallel-size": "ep",
                 "--expert-tensor-parallel-size": "etp", "--micro-batch-size": "mbs", "--global-batch-size": "gbs",
                 "--seq-length": "seq", "--num-layers-per-virtual-pipeline-stage": "layers_per_vstage",
                 "--num-virtual-stages-per-pipeline-rank": "vstages",
                 "--decoder-first-pipeline-num-layers": "first_stage_layers",
-                "--decoder-last-pipeline-num-layers": "last_stage_layers"}
+                "--decoder-last-pipeline-num-layers": "last_stage_layers",
+                "--num-distributed-optimizer-instances": "dp_replicate", "--recompute-num-layers": "recompute_num",
+                "--num-layers": "n_layers", "--hidden-size": "hidden", "--num-attention-heads": "n_heads",
+                "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts"}
+MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
+                "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
+                "--attention-backend": "attention", "--optimizer": "optimizer"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
-                  "--recompute-activations": "recompute_activations"}  # the last one means selective
+                  "--recompute-activations": "recompute_activations",  # means selective
+                  "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
+                  "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash"}
+_VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
+_ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
 
 
-def _megatron_args(path: Path) -> dict[str, Any]:
-    text = " ".join(line.split("#", 1)[0] for line in _read(path).splitlines()).replace("\\", " ")
-    try:
-        tokens = shlex.split(text)
-    except ValueError as exc:
-        raise BadInputError(f"{path}: cannot split arguments ({exc})") from exc
+def _expand(word: str, env: Mapping[str, str]) -> str:
+    """$VAR, ${VAR} and ${VAR:-default} from the script's own assignments; unknown names stay as written."""
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        if name in env:
+            return env[name]
+        if m.group(2) is not None:
+            return _expand(m.group(2), env)
+        return m.group(0)
+    return _VAR.sub(sub, word)
+
+
+def shell_words(text: str, where: str) -> tuple[list[str], dict[str, str]]:
+    """The words of a launch script with variables expanded in script order, and the assignments it makes."""
+    joined = re.sub(r"\\\r?\n", " ", text)
+    words: list[str] = []
+    env: dict[str, str] = {}
+    for n, line in enumerate(joined.splitlines(), 1):
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise BadInputError(f"{where}: line {n}: cannot split arguments ({exc})") from exc
+        for i, tok in enumerate(tokens):
+            m = _ASSIGN.match(tok)
+            if m and (i == 0 or tokens[i - 1] in ("export", "local", "declare", "readonly") or _ASSIGN.match(tokens[0])):
+                if not m.group(2).startswith("("):
+                    env[m.group(1)] = _expand(m.group(2), env)
+                    continue
+                rest = m.group(2)[1:].strip()
+                if rest:
+                    words.append(_expand(rest, env))
+                continue
+            word = _expand(tok, env)
+            # "--fp8-format hybrid" inside an array expanded unquoted (${ARGS[@]}) is two arguments
+            words.extend(word.split() if word.startswith("--") else [word])
+    return words, env
+
+
+def megatron_args(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    words, env = shell_words(_read(path), str(path))
     values: dict[str, Any] = {}
-    for i, tok in enumerate(tokens):
-        key, _, inline = tok.partition("=")
+    for i, tok in enumerate(words):
+        key, eq, inline = tok.partition("=")
         if key in MEGATRON_FLAGS:
             values[MEGATRON_FLAGS[key]] = True
-        elif key in MEGATRON_INT or key == "--recompute-granularity":
-            raw = inline or (tokens[i + 1] if i + 1 < len(tokens) else "")
-            values[MEGATRON_INT.get(key, "recompute")] = raw if key == "--recompute-granularity" else \
-                _int(f"{path}: {key}", raw)
-    return values
+        elif key in MEGATRON_INT or key in MEGATRON_STR:
+            raw = inline if eq else (words[i + 1] if i + 1 < len(words) else "")
+            if "$" in raw:
+                name = _VAR.search(raw)
+                var = (name.group(1) or name.group(3)) if name else raw
+                raise BadInputError(f"{path}: {key} {raw}: ${var} is not assigned in the script; set {var}=... in it "
+                                    "or write the value")
+            if key in MEGATRON_INT:
+                values[MEGATRON_INT[key]] = _int(f"{path}: {key}", raw)
+            else:
+                values[MEGATRON_STR[key]] = raw
+    return values, env
 
 
-def megatron_layout(path: Path, world: int, model: ModelSpec) -> Layout:
-    """Megatron-LM arguments (a file of CLI flags, e.g. the MODEL_PARALLEL_ARGS of a launch script)."""
-    v = _megatron_args(path)
-    for flag, key in MEGATRON_INT.items():  # divided by below, before Layout checks them
-        if key in ("tp", "pp", "cp", "layers_per_vstage") and key in v and v[key] < 1:
+def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
+    expected = {"n_layers": ("--num-layers", model.n_layers), "hidden": ("--hidden-size", model.hidden),
+                "n_heads": ("--num-attention-heads", model.n_heads), "ffn_hidden": ("--ffn-hidden-size", model.ffn_hidden),
+                "n_experts": ("--num-experts", model.n_experts)}
+    if v.get("gqa") and not model.is_mla:
+        expected["kv_heads"] = ("--num-query-groups", model.kv_heads)
+    return [f"{flag} {v[key]} but {model.name} has {want}; check --model"
+            for key, (flag, want) in expected.items() if key in v and v[key] != want]
+
+
+def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
+    v, env = megatron_args(path)
+    for flag, key in MEGATRON_INT.items():
+        if key in ("tp", "pp", "cp", "layers_per_vstage", "vstages", "mbs", "gbs", "seq", "ep", "etp",
+                   "dp_replicate") and key in v and v[key] < 1:
             raise BadInputError(f"{path}: {flag} {v[key]}: must be >= 1")
     tp, pp, cp = v.get("tp", 1), v.get("pp", 1), v.get("cp", 1)
-    dp = max(1, world // (tp * pp * cp))
+    dp = max(1, world // (tp * pp * cp))  # Megatron derives dp itself
+    first, last = v.get("first_stage_layers", 0), v.get("last_stage_layers", 0)
     vpp = v.get("vstages", 1)
     if v.get("layers_per_vstage"):
-        vpp = max(1, model.n_layers // (pp * v["layers_per_vstage"]))
+        vpp = max(1, (model.n_layers // pp) // v["layers_per_vstage"])
+    notes: list[str] = []
+    if "megatron_fsdp" in v:
+        sharding = v.get("sharding", "optim_grads_params")
+        if sharding not in MEGATRON_FSDP_STRATEGIES:
+            raise BadInputError(f"{path}: --data-parallel-sharding-strategy {sharding!r}; use one of "
+                                f"{', '.join(MEGATRON_FSDP_STRATEGIES)}")
+        zero = MEGATRON_FSDP_STRATEGIES[sharding]
+    elif v.get("torch_fsdp2"):
+        zero = 3
+    else:
+        zero = 1 if v.get("distopt") else 0
     recompute = v.get("recompute", "selective" if v.get("recompute_activations") else "none")
     if recompute not in ("none", "selective", "full"):
         raise BadInputError(f"{path}: --recompute-granularity {recompute!r}; use full or selective")
+    recompute_layers = 0
+    if recompute == "full" and v.get("recompute_method") == "block":
+        # block N: the first N layers of each model chunk recompute
+        recompute_layers = v.get("recompute_num", 1) * vpp
+        if recompute_layers >= model.n_layers // pp:
+            recompute_layers = 0
+    precision = "fp8" if v.get("fp8") else "bf16" if v.get("bf16") else "fp16" if v.get("fp16") else "fp32"
     mbs = v.get("mbs", 1)
-    return Layout(dp=dp, tp=tp, pp=pp, cp=cp, vpp=vpp, ep=v.get("ep", 1), etp=v.get("etp", 1),
-                  sp=bool(v.get("sp")) and tp > 1, zero=1 if v.get("distopt") else 0, mbs=mbs,
-                  gbs=v.get("gbs", mbs * dp), seq=v.get("seq", 4096), recompute=recompute,
-                  schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
-                  first_stage_layers=v.get("first_stage_layers", 0), last_stage_layers=v.get("last_stage_layers", 0))
+    if "seq" not in v:
+        notes.append("no --seq-length: estimated at 4096 tokens")
+    layout = Layout(dp=dp, dp_replicate=v.get("dp_replicate", 1) if zero >= 1 else 1, tp=tp, pp=pp, cp=cp, vpp=vpp,
+                    ep=v.get("ep", 1) if model.is_moe else 1,
+                    etp=v.get("etp", tp) if model.is_moe and v.get("ep", 1) > 1 else 1,
+                    sp=bool(v.get("sp")) and tp > 1, zero=zero, mbs=mbs, gbs=v.get("gbs", mbs * dp),
+                    seq=v.get("seq", 4096), recompute=recompute, recompute_layers=recompute_layers,
+                    schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision=precision,
+                    flash_attn=v.get("attention", "auto") != "unfused",
+                    cp_kind={"a2a": "a2a", "all_gather": "allgather"}.get(v.get("cp_comm", "p2p"), "ring") if cp > 1
+                    else "ring",
+                    optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
+                    first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0)
+    return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
+                      mismatches=tuple(_megatron_mismatches(v, model)), env=env)
+
+
+# ---- DeepSpeed ----------------------------------------------------------------------------------------------------
+PLAN_KEY = "clusterplan"
+"""ds_config section with what DeepSpeed's JSON does not carry but train.py needs (DeepSpeed ignores unknown keys)."""
+
+
+def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A DeepSpeed ds_config: dp = world / (pp * sequence_parallel_size) (DeepSpeed's _batch_assertion)."""
+    where = str(path)
+    try:
+        doc = json.loads(_read(path))
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{where}: malformed JSON ({exc}); fix the syntax") from exc
+    except RecursionError:
+        raise BadInputError(f"{where}: JSON nested too deeply; is this a DeepSpeed config?") from None
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{where}: a ds_config is a JSON object")
+    extra = doc.get(PLAN_KEY, {})
+    pp = _int(f"{where}: pipeline.stages", doc.get("pipeline", {}).get("stages", extra.get("pipeline_parallel_size", 1)))
+    cp = _int(f"{where}: sequence_parallel_size", doc.get("sequence_parallel_size", 1))
+    if pp < 1 or cp < 1:
+        raise BadInputError(f"{where}: pipeline stages and sequence_parallel_size must be >= 1")
+    dp = max(1, world // (pp * cp))
+    mbs = _int(f"{where}: train_micro_batch_size_per_gpu", doc.get("train_micro_batch_size_per_gpu", 1))
+    gas = _int(f"{where}: gradient_accumulation_steps", doc.get("gradient_accumulation_steps", 1))
+    gbs = _int(f"{where}: train_batch_size", doc.get("train_batch_size", mbs * gas * dp))
+    zero_table = doc.get("zero_optimization", {})
+    zero = _int(f"{where}: zero_optimization.stage", zero_table.get("stage", 0))
+    mics = _int(f"{where}: mics_shard_size", zero_table.get("mics_shard_size", -1))
+    rep = dp // mics if zero == 3 and mics > 0 and dp % mics == 0 else 1
+    notes = []
+    if "seq_len" not in extra:
+        notes.append("a ds_config has no sequence length: estimated at 4096 tokens")
+    recompute = extra.get("recompute")
+    if recompute is None:
+        interval = doc.get("pipeline", {}).get("activation_checkpoint_interval", 0)
+        recompute = "full" if "activation_checkpointing" in doc or interval else "none"
+    precision = "bf16" if doc.get("bf16", {}).get("enabled") else "fp16" if doc.get("fp16", {}).get("enabled") \
+        else "fp32"
+    ep = _int(f"{where}: expert_parallel_size", extra.get("expert_parallel_size", 1)) if model.is_moe else 1
+    layout = Layout(dp=dp, dp_replicate=rep, pp=pp, cp=cp, cp_kind="a2a" if cp > 1 else "ring", ep=ep, zero=zero,
+                    mbs=mbs, gbs=gbs, seq=_int(f"{where}: seq_len", extra.get("seq_len", 4096)), recompute=recompute,
+                    flash_attn=bool(extra.get("flash_attn", True)), precision=precision,
+                    optimizer="sgd" if extra.get("optimizer") == "sgd" else "adam-master")
+    return ReadConfig(layout=layout, kind="deepspeed", stack="deepspeed", notes=tuple(notes))

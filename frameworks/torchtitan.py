@@ -1,41 +1,41 @@
 """torchtitan launch configs: the TOML of its v0.2 releases (`--to torchtitan`).
 
-Keys are the `JobConfig` dataclass fields of torchtitan v0.2.x (`torchtitan/config/job_config.py`; research notes
-style-and-ecosystem.md B.2). Degrees map one to one onto its mesh (pp, dp_replicate, dp_shard, cp, tp), which is
+Keys are the `JobConfig` dataclass fields of torchtitan v0.2.x (`torchtitan/config/job_config.py`;
+research/style-and-ecosystem.md B.2). Degrees map one to one onto its mesh (pp, dp_replicate, dp_shard, cp, tp), which is
 clusterplan's own axis order. Pipeline stages are given as explicit module lists so that the split is exactly the
-plan's (`pipeline_parallel_layers_per_stage` would also count the embedding and the head as layers).
+plan's; `pipeline_parallel_layers_per_stage` (with first/last_stage_less_layers 0, so the embedding and head do not
+count as layers) says the same for an even split.
+
+`runs_as(model, layout)` is the layout torchtitan runs for the plan (what `check` reads back from the file):
+sequence parallel whenever tp > 1, ring attention for cp, FSDP with reshard_after_forward "never" (ZeRO-2) for
+ZeRO-1/2, every n-th layer for a partial full recompute, fp32 master weights (FSDP mixed precision).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    canonical,
     check_exportable,
     chunk_layers,
     header_lines,
     launch_shape,
     slug,
 )
+from clusterplan.frameworks.read import TORCHTITAN_MODELS
 from clusterplan.frameworks.tomlfmt import Value, toml_text
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 
 # torch.distributed.pipelining.schedules.get_schedule_class names (B.2); zb runs torchtitan's V-shaped zero bubble.
-SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble"}
+SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble",
+             "zbv": "ZBVZeroBubble"}
 # clusterplan preset -> (torchtitan model name, flavor) for the models torchtitan ships.
-MODELS = {
-    "llama3.1-8b": ("llama3", "8B"),
-    "llama3.1-70b": ("llama3", "70B"),
-    "llama3.1-405b": ("llama3", "405B"),
-    "deepseek-v3": ("deepseek_v3", "671B"),
-    "qwen3-32b": ("qwen3", "32B"),
-    "qwen3-30b-a3b": ("qwen3", "30B-A3B"),
-    "qwen3-235b-a22b": ("qwen3", "235B-A22B"),
-}
+MODELS = TORCHTITAN_MODELS
 HF_ASSETS = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B", "llama3.1-405b": "Llama-3.1-405B"}
 
 
@@ -66,6 +66,47 @@ def data_parallel(layout: Layout) -> DataParallel:
                         reshard_after_forward="always" if L.zero == 3 else "never")
 
 
+def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "tp") -> None:
+    """The plans torchtitan cannot run, each with the way out."""
+    L = layout
+    if L.precision == "fp16":
+        raise InfeasibleError("torchtitan trains in bf16 (or fp32/fp8), not fp16; set precision=bf16 in the plan")
+    if L.optimizer == "sgd":
+        raise InfeasibleError("torchtitan's optimizers are Adam and AdamW, not SGD; set optimizer=adam-master")
+    allowed = (1, L.tp) if etp_choices == "tp" else (1,)
+    if model.is_moe and L.ep > 1 and L.etp not in allowed:
+        raise InfeasibleError(f"torchtitan supports expert_tensor_parallel_degree {' or '.join(map(str, allowed))}, "
+                              f"not etp({L.etp}); set etp={allowed[-1]} or export --to megatron")
+    if L.schedule in ("zb", "zbv") and L.pp > 1 and (model.n_layers % (2 * L.pp) or L.first_stage_layers
+                                                     or L.last_stage_layers):
+        raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "
+                              f"must divide by 2 * pp({L.pp}) with no uneven first/last stage")
+    data_parallel(L)
+
+
+def every_nth_layer(model: ModelSpec, layout: Layout) -> int:
+    """Full recompute of `recompute_layers` per rank as torchtitan's "every n-th layer" selective AC."""
+    per_rank = model.n_layers // layout.pp
+    return max(1, per_rank // layout.recompute_layers)
+
+
+def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool = False) -> Layout:
+    """The layout torchtitan runs for this plan (raises InfeasibleError for a plan it cannot run)."""
+    L = canonical(model, layout)
+    refuse_unsupported(model, L)
+    fsdp = L.zero >= 1 and (L.dp_shard > 1 or L.cp > 1)
+    zero = (3 if L.zero == 3 else 2) if fsdp else 0
+    recompute, recompute_layers = L.recompute, L.recompute_layers
+    if recompute == "full" and recompute_layers:
+        per_rank = model.n_layers // L.pp
+        recompute_layers = per_rank // every_nth_layer(model, L)
+        recompute_layers = 0 if recompute_layers >= per_rank else recompute_layers
+    return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind="ring",
+                                    flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
+                                    schedule="zbv" if L.schedule == "zb" else L.schedule,
+                                    vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp))
+
+
 def batch_sizes(layout: Layout) -> tuple[int, int]:
     """(local_batch_size, global_batch_size) in sequences.
 
@@ -77,13 +118,17 @@ def batch_sizes(layout: Layout) -> tuple[int, int]:
     return local, L.gbs
 
 
-def model_parts(model: ModelSpec, layout: Layout) -> list[list[str]]:
+def chunk_counts(model: ModelSpec, layout: Layout) -> list[int]:
+    """Transformer layers of each pipeline chunk in model order (ZBV: two even chunks per rank)."""
+    if layout.schedule in ("zb", "zbv"):
+        return [model.n_layers // (2 * layout.pp)] * (2 * layout.pp)
+    return chunk_layers(model, layout)
+
+
+def model_parts(model: ModelSpec, layout: Layout, head: str = "output") -> list[list[str]]:
     """Module names of each pipeline chunk in model order (llama3/deepseek_v3/qwen3 module names)."""
-    if layout.schedule == "zb":
-        if model.n_layers % (2 * layout.pp) or layout.first_stage_layers or layout.last_stage_layers:
-            raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "
-                                  f"must divide by 2 * pp({layout.pp}) with no uneven first/last stage")
-        counts = [model.n_layers // (2 * layout.pp)] * (2 * layout.pp)
+    if layout.schedule in ("zb", "zbv"):
+        counts = chunk_counts(model, layout)
     else:
         counts = chunk_layers(model, layout)
     parts, start = [], 0
@@ -91,8 +136,14 @@ def model_parts(model: ModelSpec, layout: Layout) -> list[list[str]]:
         parts.append([f"layers.{i}" for i in range(start, start + count)])
         start += count
     parts[0].insert(0, "tok_embeddings")
-    parts[-1] += ["norm", "output"]
+    parts[-1] += ["norm", head]
     return parts
+
+
+def even_layers_per_stage(model: ModelSpec, layout: Layout) -> int | None:
+    """pipeline_parallel_layers_per_stage when every chunk holds the same number of layers, else None."""
+    counts = chunk_counts(model, layout)
+    return counts[0] if len(set(counts)) == 1 else None
 
 
 def parallelism(model: ModelSpec, layout: Layout) -> dict[str, Value]:
@@ -108,6 +159,11 @@ def parallelism(model: ModelSpec, layout: Layout) -> dict[str, Value]:
     if L.pp > 1:
         table["pipeline_parallel_schedule"] = SCHEDULES[L.schedule]
         table["pipeline_parallel_microbatch_size"] = L.mbs
+        per_stage = even_layers_per_stage(model, L)
+        if per_stage is not None:
+            table["pipeline_parallel_layers_per_stage"] = per_stage
+            table["pipeline_parallel_first_stage_less_layers"] = 0
+            table["pipeline_parallel_last_stage_less_layers"] = 0
         table["module_fqns_per_model_part"] = model_parts(model, L)
     table["context_parallel_degree"] = L.cp
     if L.cp > 1:
@@ -123,9 +179,7 @@ def activation_checkpoint(model: ModelSpec, layout: Layout) -> dict[str, Value]:
     if L.recompute == "selective":
         return {"mode": "selective", "selective_ac_option": "op"}
     if L.recompute == "full" and L.recompute_layers:
-        per_rank = model.n_layers // L.pp
-        every = max(1, per_rank // L.recompute_layers)
-        return {"mode": "selective", "selective_ac_option": str(every)}
+        return {"mode": "selective", "selective_ac_option": str(every_nth_layer(model, L))}
     return {"mode": L.recompute}
 
 
@@ -146,13 +200,17 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
     if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:
         out.append(f"recompute_layers({L.recompute_layers}) does not divide the layers per stage; every n-th layer "
                    "is the nearest torchtitan option")
+    if L.zero in (1, 2) and L.dp_shard > 1:
+        out.append(f"ZeRO-{L.zero} runs as FSDP with fsdp_reshard_after_forward \"never\" (weights stay gathered from "
+                   "forward to backward, gradients reduce-scattered: ZeRO-2)")
+    if L.optimizer == "adam":
+        out.append("torchtitan keeps fp32 parameters under FSDP mixed precision (adam-master memory)")
     return out
 
 
 def sections(model: ModelSpec, layout: Layout) -> dict[str, dict[str, Value]]:
     L = layout
-    if L.precision == "fp16":
-        raise InfeasibleError("torchtitan trains in bf16 (or fp32/fp8), not fp16; set precision=bf16 in the plan")
+    refuse_unsupported(model, L)
     name, flavor = MODELS.get(model.name, (model.family, model.name))
     local, global_ = batch_sizes(L)
     model_table: dict[str, Value] = {"name": name, "flavor": flavor,

@@ -1,46 +1,92 @@
-"""torchtitan main's Python recipe (`--to torchtitan-py`): main dropped TOML for config functions (PR #2386).
+"""torchtitan 0.3 Python recipes (`--to torchtitan-py`): releases after v0.2 dropped TOML for config functions
+returning `Trainer.Config` (PR #2386), selected with `--module/--config`.
 
-Field names of `ParallelismConfig` and `TrainingConfig` as research notes style-and-ecosystem.md B.2 lists them;
-batches are in tokens there: num_tokens_per_microbatch_per_dp_rank = mbs * seq, and the trainer accumulates
-num_tokens_per_train_step / (microbatch tokens * num_pp_microbatches * dp) gradients.
-The import paths follow recipes written against main; check them against your checkout.
+Field names are those of torchtitan 0.3.0's `torchtitan/config/configs.py` (`TrainingConfig`, `ParallelismConfig`,
+`CompileConfig`) and its llama3 recipes (`models/llama3/config_registry.py`: `model_registry(flavor, converters=[
+Float8LinearConverter.Config(...)])`, `SelectiveAC.Config()`/`FullAC.Config()`). The batch is in sequences:
+local_batch_size per data-parallel rank, cut into local / pipeline_parallel_microbatch_size pipeline micro-batches.
+CUDA graphs (on by default) do not run with pipeline or expert parallelism (`Trainer.Config._validate_cuda_graphs`),
+so those exports turn them off. tests/test_framework_parsers.py builds every export with torchtitan's own classes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from clusterplan.errors import InfeasibleError
-from clusterplan.frameworks.common import (
-    Export,
-    check_exportable,
-    header_lines,
-    microbatches_per_step,
-    slug,
+from clusterplan.frameworks.common import Export, check_exportable, header_lines, slug
+from clusterplan.frameworks.torchtitan import (
+    HF_ASSETS,
+    MODELS,
+    SCHEDULES,
+    batch_sizes,
+    data_parallel,
+    even_layers_per_stage,
+    model_parts,
+    notes,
+    refuse_unsupported,
+    torchrun_prefix,
 )
-from clusterplan.frameworks.torchtitan import MODELS, SCHEDULES, data_parallel, notes, torchrun_prefix
+from clusterplan.frameworks.torchtitan import runs_as as titan_runs_as
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 
-AC_CONFIG = {"none": None, "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}
+HEAD_MODULE = "lm_head"
+"""The LM head's module name in torchtitan 0.3 decoders (`models/common/decoder.py`); v0.2 called it `output`."""
 
 
-def parallelism_fields(layout: Layout) -> list[tuple[str, str]]:
-    L = layout
-    dp = data_parallel(L)
-    items = [("data_parallel_replicate_degree", dp.replicate), ("data_parallel_shard_degree", dp.shard),
-             ("fsdp_reshard_after_forward", repr(dp.reshard_after_forward)), ("tensor_parallel_degree", L.tp),
-             ("enable_sequence_parallel", L.sp and L.tp > 1), ("pipeline_parallel_degree", L.pp)]
-    if L.pp > 1:
-        items += [("pipeline_parallel_schedule", repr(SCHEDULES[L.schedule])),
-                  ("num_pp_microbatches", microbatches_per_step(L))]
-    items += [("context_parallel_degree", L.cp), ("expert_parallel_degree", L.ep)]
-    return [(k, str(v)) for k, v in items]
+def runs_as(model: ModelSpec, layout: Layout) -> Layout:
+    """As the v0.2 TOML, except that 0.3 can turn sequence parallelism off, and experts are not tensor-parallel."""
+    if model.is_moe and layout.ep > 1 and layout.etp != 1:
+        raise InfeasibleError(f"torchtitan 0.3 folds expert parallelism over dp_shard * cp * tp without expert tensor "
+                              f"parallelism; the plan has etp({layout.etp}); set etp=1 or export --to megatron")
+    titan = titan_runs_as(model, layout, sequence_parallel_switch=True)
+    return replace(titan, recompute_layers=0)  # 0.3 checkpoints every block or none (FullAC), no every n-th layer
+
+
+def _fields(items: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    return [(k, repr(v)) for k, v in items]
 
 
 def training_fields(layout: Layout) -> list[tuple[str, str]]:
     L = layout
-    return [("num_tokens_per_microbatch_per_dp_rank", f"{L.mbs} * {L.seq}"),
-            ("num_tokens_per_train_step", f"{L.gbs} * {L.seq}"), ("max_context_length", str(L.seq))]
+    local, global_ = batch_sizes(L)
+    items: list[tuple[str, Any]] = [("local_batch_size", local), ("global_batch_size", global_), ("seq_len", L.seq)]
+    if L.precision == "fp32":
+        items.append(("mixed_precision_param", "float32"))
+    if L.pp > 1 or L.ep > 1:
+        items.append(("disable_cuda_graphs", True))
+    return _fields(items)
+
+
+def parallelism_fields(model: ModelSpec, layout: Layout) -> list[tuple[str, str]]:
+    L = layout
+    dp = data_parallel(L)
+    items: list[tuple[str, Any]] = [
+        ("data_parallel_replicate_degree", dp.replicate), ("data_parallel_shard_degree", dp.shard),
+        ("fsdp_reshard_after_forward", dp.reshard_after_forward), ("tensor_parallel_degree", L.tp),
+        ("enable_sequence_parallel", L.sp and L.tp > 1), ("pipeline_parallel_degree", L.pp)]
+    if L.pp > 1:
+        items += [("pipeline_parallel_schedule", SCHEDULES[L.schedule]),
+                  ("pipeline_parallel_microbatch_size", L.mbs)]
+        per_stage = even_layers_per_stage(model, L)
+        if per_stage is not None:
+            items += [("pipeline_parallel_layers_per_stage", per_stage),
+                      ("pipeline_parallel_first_stage_less_layers", 0), ("pipeline_parallel_last_stage_less_layers", 0)]
+        items.append(("module_fqns_per_model_part", model_parts(model, L, head=HEAD_MODULE)))
+    items += [("context_parallel_degree", L.cp), ("expert_parallel_degree", L.ep)]
+    return _fields(items)
+
+
+def ac_config(model: ModelSpec, layout: Layout) -> str | None:
+    L = layout
+    if L.recompute == "selective":
+        return "SelectiveAC.Config()"
+    if L.recompute == "full":
+        return "FullAC.Config()"
+    return None
 
 
 def _call(name: str, fields: list[tuple[str, str]], indent: str) -> list[str]:
@@ -48,32 +94,55 @@ def _call(name: str, fields: list[tuple[str, str]], indent: str) -> list[str]:
 
 
 def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, launch: str) -> str:
+    L = layout
     name, flavor = MODELS.get(model.name, (model.family, model.name))
-    ac = AC_CONFIG[layout.recompute]
-    lines = [*(f"# {h}" for h in header_lines(model, cluster, layout, "torchtitan main recipe")),
+    fp8 = L.precision == "fp8"
+    ac = ac_config(model, L)
+    configs = "CompileConfig, ParallelismConfig, TrainingConfig" if fp8 else "ParallelismConfig, TrainingConfig"
+    imports = [f"from torchtitan.config import {configs}",
+               "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
+               f"from torchtitan.models.{name} import model_registry",
+               "from torchtitan.trainer import Trainer"]
+    if fp8:
+        imports.insert(0, "from torchtitan.components.quantization import Float8LinearConverter")
+    lines = [*(f"# {h}" for h in header_lines(model, cluster, L, "torchtitan 0.3 recipe")),
              f"# launch (every node, {function}.py on PYTHONPATH): {launch}",
-             *(f"# note: {n}" for n in notes(model, layout)),
-             f'"""clusterplan recipe for {model.name}: {layout.short()}."""', "",
-             "from torchtitan.config import ParallelismConfig, TrainingConfig",
-             "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
-             f"from torchtitan.models.{name} import model_registry",
-             "from torchtitan.trainer import Trainer", "", "",
-             f"def {function}() -> Trainer.Config:", "    return Trainer.Config(",
-             f"        model_spec=model_registry({flavor!r}),"]
-    lines += _call("training=TrainingConfig", training_fields(layout), "        ")
-    lines += _call("parallelism=ParallelismConfig", parallelism_fields(layout), "        ")
+             *(f"# note: {n}" for n in py_notes(model, L)),
+             f'"""clusterplan recipe for {model.name}: {L.short()}."""', "", *imports, "", "",
+             f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
+    if fp8:  # tensorwise float8 on every linear but the LM head, compiled (torchtitan's 405B recipe)
+        lines += ["        model_spec=model_registry(", f"            {flavor!r},",
+                  "            converters=[Float8LinearConverter.Config(filter_fqns=['lm_head'], "
+                  "model_compile_enabled=True)],", "        ),"]
+    else:
+        lines.append(f"        model_spec=model_registry({flavor!r}),")
+    lines.append(f"        hf_assets_path={'./assets/hf/' + HF_ASSETS.get(model.name, model.name)!r},")
+    lines += _call("training=TrainingConfig", training_fields(L), "        ")
+    lines += _call("parallelism=ParallelismConfig", parallelism_fields(model, L), "        ")
     if ac is not None:
         lines.append(f"        activation_checkpoint={ac},")
+    if fp8:
+        lines.append("        compile=CompileConfig(enable=True, components=['model', 'loss']),")
     lines.append("    )")
     return "\n".join(lines) + "\n"
 
 
+def py_notes(model: ModelSpec, layout: Layout) -> list[str]:
+    L = layout
+    out = [n for n in notes(model, L) if "sequence parallel" not in n and "every n-th layer" not in n]
+    if L.recompute == "full" and L.recompute_layers:
+        out.append(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} layers per "
+                   "rank become all layers: less memory, more compute than planned")
+    return out
+
+
 def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """A recipe module; torchtitan main selects it with --module/--config."""
+    """A recipe module; torchtitan selects it with --module/--config."""
     check_exportable(model, cluster, layout)
-    if layout.precision == "fp16":
-        raise InfeasibleError("torchtitan trains in bf16 (or fp32/fp8), not fp16; set precision=bf16 in the plan")
+    refuse_unsupported(model, layout)
+    runs_as(model, layout)
     module = f"clusterplan_{slug(model.name)}"
     filename = f"{module}.py"
     launch = f"{torchrun_prefix(cluster)} -m torchtitan.train --module {module} --config {module}"
-    return Export(text=recipe(model, cluster, layout, module, launch), filename=filename, launch=launch, notes=tuple(notes(model, layout)))
+    return Export(text=recipe(model, cluster, layout, module, launch), filename=filename, launch=launch,
+                  notes=tuple(py_notes(model, layout)))

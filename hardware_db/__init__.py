@@ -7,23 +7,29 @@
 
 from clusterplan.hardware_db.catalog import (
     find_name,
+    get_attention_curves,
+    get_gemm_tiling,
     get_gpu,
     get_link,
     get_node,
     load_db,
 )
-from clusterplan.hardware_db.schema import GPU, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import GPU, AttentionCurve, GemmTiling, HardwareDB, Link, NodeType, Price
 from clusterplan.hardware_db.stacks import DEFAULT_STACK, ExecutionStack, get_stack, list_stacks
 
 __all__ = [
+    "AttentionCurve",
     "DEFAULT_STACK",
     "GPU",
     "ExecutionStack",
+    "GemmTiling",
     "HardwareDB",
     "Link",
     "NodeType",
     "Price",
     "find_name",
+    "get_attention_curves",
+    "get_gemm_tiling",
     "get_gpu",
     "get_link",
     "get_node",

@@ -10,7 +10,16 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db.schema import DTYPES, GPU, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import (
+    DTYPES,
+    GPU,
+    AttentionCurve,
+    GemmTiling,
+    HardwareDB,
+    Link,
+    NodeType,
+    Price,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 GPU_SOURCE_KEYS = ("tflops", "memory", "scale_up", "tdp", "achieved")
@@ -55,7 +64,7 @@ def _str(where: str, raw: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
+def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> GPU:
     where = f"gpus.yaml: {name}"
     sources = raw.get("sources") or {}
     missing = [k for k in GPU_SOURCE_KEYS if not str(sources.get(k, "")).strip()]
@@ -66,6 +75,11 @@ def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
     if bad or not tflops:
         raise BadInputError(f"{where}: tflops_dense needs dtypes from {DTYPES}, got {sorted(tflops)}")
     scale_up = raw.get("scale_up") or {}
+    if "gb_per_s" in scale_up:
+        raise BadInputError(f"{where}: scale_up takes the link's bandwidth from links.yaml; drop gb_per_s")
+    up_link = _str(where + " scale_up", scale_up, "link")
+    if up_link not in links:
+        raise BadInputError(f"{where}: unknown scale_up link {up_link!r}")
     price_raw = raw.get("price")
     price = None
     if price_raw:
@@ -83,8 +97,8 @@ def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
         peak_tflops=MappingProxyType({k: _num(where, tflops, k) for k in tflops}),
         memory_gib=_num(where, raw, "memory_gib"),
         memory_tb_per_s=_num(where, raw, "memory_tb_per_s"),
-        scale_up_link=_str(where + " scale_up", scale_up, "link"),
-        scale_up_gb_per_s=_num(where + " scale_up", scale_up, "gb_per_s"),
+        scale_up_link=up_link,
+        scale_up_gb_per_s=links[up_link].gb_per_s,
         scale_up_domain=int(_num(where + " scale_up", scale_up, "domain")),
         pcie_gen=int(_num(where, raw, "pcie_gen")),
         tdp_w=_num(where, raw, "tdp_w"),
@@ -92,6 +106,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any]) -> GPU:
         hbm_fraction=_num(where + " achieved", achieved, "hbm_fraction"),
         price=price,
         sources=MappingProxyType(dict(sources)),
+        mx_formats=bool(raw.get("mx_formats", False)),
     )
 
 
@@ -131,6 +146,59 @@ def _parse_node(name: str, raw: Mapping[str, Any]) -> NodeType:
     )
 
 
+def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
+    where = f"gemm.yaml: {name}"
+    sources = raw.get("sources") or {}
+    missing = [k for k in ("sm_count", "tile", "mamf") if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: numbers without a source: {', '.join(missing)}")
+    tile = raw.get("tile")
+    if not (isinstance(tile, list) and len(tile) == 2 and all(isinstance(t, int) and t > 0 for t in tile)):
+        raise BadInputError(f"{where}: tile must be [tile_m, tile_n] positive integers, got {tile!r}")
+    shape = raw.get("mamf_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(isinstance(t, int) and t > 0 for t in shape)):
+        raise BadInputError(f"{where}: mamf_shape must be [m, n, k] positive integers, got {shape!r}")
+    fp8 = raw.get("fp8_mamf_fraction")
+    return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
+                      mamf_shape=tuple(shape) if shape else None,
+                      fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
+                      sources=MappingProxyType(dict(sources)))
+
+
+ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
+
+
+def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[AttentionCurve, ...]:
+    curves = []
+    for i, raw in enumerate(data.get("rows") or []):
+        where = f"attention_kernels.yaml: rows[{i}]"
+        gpu, kernel = _str(where, raw, "gpu"), _str(where, raw, "kernel")
+        if gpu not in gpus or kernel not in ATTENTION_KERNELS:
+            raise BadInputError(f"{where}: unknown gpu {gpu!r} or kernel {kernel!r} (kernels: {ATTENTION_KERNELS})")
+        seq, tflops = raw.get("seq") or [], raw.get("tflops") or []
+        if (len(seq) != len(tflops) or len(seq) < 2 or sorted(seq) != list(seq)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in seq + tflops)):
+            raise BadInputError(f"{where}: seq and tflops must be equally long (>= 2) lists of positive numbers, "
+                                "seq increasing")
+        direction, causal = raw.get("direction"), raw.get("causal")
+        if direction not in ("forward", "backward") or not isinstance(causal, bool):
+            raise BadInputError(f"{where}: direction must be forward or backward and causal true or false")
+        curves.append(AttentionCurve(gpu=gpu, kernel=kernel, direction=direction, causal=causal,
+                                     head_dim=int(_num(where, raw, "head_dim")),
+                                     seq=tuple(int(v) for v in seq), tflops=tuple(float(v) for v in tflops),
+                                     source=_str(where, raw, "source")))
+    for measured, others in (data.get("also") or {}).items():
+        for other in others:
+            if other not in gpus:
+                raise BadInputError(f"attention_kernels.yaml: also: unknown GPU {other!r}")
+            curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
+                                      head_dim=c.head_dim, seq=c.seq, tflops=c.tflops,
+                                      source=f"{c.source} (measured on {measured}, same die and clocks)")
+                       for c in curves if c.gpu == measured]
+    return tuple(curves)
+
+
 def _read(name: str) -> Mapping[str, Any]:
     import yaml
 
@@ -142,17 +210,20 @@ def _read(name: str) -> Mapping[str, Any]:
 @lru_cache(maxsize=1)
 def load_db() -> HardwareDB:
     """Load and cross-check the shipped data (each node's GPU and links must exist)."""
-    gpus = {n: _parse_gpu(n, r) for n, r in _read("gpus.yaml")["gpus"].items()}
     links = {n: _parse_link(n, r) for n, r in _read("links.yaml")["links"].items()}
+    gpus = {n: _parse_gpu(n, r, links) for n, r in _read("gpus.yaml")["gpus"].items()}
     nodes = {n: _parse_node(n, r) for n, r in _read("nodes.yaml")["nodes"].items()}
-    for gpu in gpus.values():
-        if gpu.scale_up_link not in links:
-            raise BadInputError(f"gpus.yaml: {gpu.name}: unknown scale_up link {gpu.scale_up_link!r}")
+    gemm = {n: _parse_gemm(n, r) for n, r in _read("gemm.yaml")["gemm"].items()}
+    unknown = sorted(set(gemm) - set(gpus))
+    if unknown:
+        raise BadInputError(f"gemm.yaml: unknown GPU(s) {', '.join(unknown)}")
     for node in nodes.values():
         for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
             if ref not in table:
                 raise BadInputError(f"nodes.yaml: {node.name}: unknown reference {ref!r}")
-    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes))
+    attention = _parse_attention(_read("attention_kernels.yaml"), gpus)
+    return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm),
+                      attention)
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -166,6 +237,16 @@ def get_gpu(name: str) -> GPU:
 
 def get_link(name: str) -> Link:
     return find_name("link", name, load_db().links)
+
+
+def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
+    """The GEMM tiling of a GPU (by its record name), None when gemm.yaml has no entry for it."""
+    return load_db().gemm.get(gpu_name)
+
+
+def get_attention_curves(gpu_name: str) -> tuple[AttentionCurve, ...]:
+    """Published causal attention curves of a GPU (by its record name); empty when none is published."""
+    return tuple(c for c in load_db().attention if c.gpu == gpu_name)
 
 
 def get_node(name: str) -> NodeType:

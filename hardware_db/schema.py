@@ -36,7 +36,8 @@ class GPU:
     scale_up_link: str
     """Name of a link in links.yaml (`pcie4` when the GPU has no scale-up fabric)."""
     scale_up_gb_per_s: float
-    """Per-GPU scale-up bandwidth per direction."""
+    """Per-GPU scale-up bandwidth per direction: the line rate of `scale_up_link`, copied from links.yaml at load
+    (one source of each link bandwidth)."""
     scale_up_domain: int
     """GPUs reachable over the scale-up fabric (8 for an NVSwitch node, 72 for NVL72, 1 for none)."""
     pcie_gen: int
@@ -48,6 +49,13 @@ class GPU:
     price: Price | None
     sources: Mapping[str, str]
     """Source of each group of numbers: tflops, memory, scale_up, tdp, achieved."""
+    mx_formats: bool = False
+    """Tensor cores run microscaling formats (MXFP8) natively (Blackwell, CDNA 4)."""
+
+    @property
+    def has_fp8(self) -> bool:
+        """fp8 tensor cores (a dense fp8 peak is published)."""
+        return "fp8" in self.peak_tflops
 
     def tflops(self, dtype: str) -> float:
         """Dense peak TFLOP/s for `dtype`; fp8 falls back to bf16 on GPUs without fp8 units."""
@@ -102,8 +110,43 @@ class NodeType:
     usd_per_node_hour: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GemmTiling:
+    """How a GPU's GEMM library tiles a matmul (gemm.yaml), for the wave-quantisation model."""
+
+    gpu: str
+    sm_count: int
+    """Streaming multiprocessors (NVIDIA) or compute units (AMD): output tiles that run at once."""
+    tile_m: int
+    tile_n: int
+    mamf_shape: tuple[int, int, int] | None
+    """m, n, k at which the GPU's MAMF (GPU.gemm_peak_fraction) was measured; None when not published."""
+    fp8_mamf_fraction: float | None
+    """Measured fp8 MAMF over the dense fp8 peak; None: the bf16 fraction is assumed."""
+    sources: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttentionCurve:
+    """Published forward throughput of the causal attention core of one kernel on one GPU (attention_kernels.yaml)."""
+
+    gpu: str
+    kernel: str
+    """Kernel family: fa2, fa3 or cudnn."""
+    direction: str
+    """forward or backward."""
+    causal: bool
+    head_dim: int
+    seq: tuple[int, ...]
+    tflops: tuple[float, ...]
+    """FLOPs as executed per second, one per `seq`: forward 4 b h s^2 d (halved when causal), backward 2.5x that."""
+    source: str
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareDB:
     gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
     links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
     nodes: Mapping[str, NodeType] = field(default_factory=lambda: MappingProxyType({}))
+    gemm: Mapping[str, GemmTiling] = field(default_factory=lambda: MappingProxyType({}))
+    attention: tuple[AttentionCurve, ...] = ()

@@ -73,6 +73,10 @@ class ExecutionStack:
     schedules: tuple[str, ...]
     """Pipeline schedules the stack can run (Layout.schedule values)."""
     compiled: bool
+    sp_saves_gathered_inputs: bool
+    """Under sequence parallelism, the column-parallel linears keep their all-gathered (full-sequence) input for
+    backward: DTensor's redistribute in torchtitan's SequenceParallel plan. Megatron-Core keeps the sequence shard and
+    all-gathers it again in backward (Korthikanti et al. 2022, Sec. 4.2.2)."""
     cp_kinds: tuple[str, ...]
     """Context-parallel exchanges the stack runs (Layout.cp_kind values); empty = no context parallelism."""
     zero_stages: tuple[int, ...]
@@ -159,6 +163,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_weight_copy=_flag(where, raw, "fp8_weight_copy"), fp8_allgather=_flag(where, raw, "fp8_allgather"),
         selective_recompute=_choice(where, raw, "selective_recompute", SELECTIVE_RECOMPUTE),
         schedules=_subset(where, raw, "schedules", SCHEDULES), compiled=_flag(where, raw, "compiled"),
+        sp_saves_gathered_inputs=_flag(where, raw, "sp_saves_gathered_inputs"),
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clusterplan.profiler.fit import busbw_factor
+from clusterplan.models.hardware.comm import busbw_factor
 from clusterplan.profiler.sweep import MIB, Measurement
 from clusterplan.profiler.timer import summarize, time_runs
 
@@ -77,4 +77,4 @@ def measure_collective(meas: Measurement, *, group: Any, ranks: Sequence[int], r
     size = count * ELEMENT_BYTES
     algbw = size / timing.median_s
     return {"key": meas.key, "op": meas.op, "level": meas.level, "n_ranks": n, "size_bytes": size,
-            **timing.to_dict(), "algbw_bytes_per_s": algbw, "busbw_bytes_per_s": algbw * busbw_factor(meas.op, n)}
+            **timing.to_dict(), "algbw_bytes_per_s": algbw, "busbw_bytes_per_s": algbw * float(busbw_factor(meas.op, n))}

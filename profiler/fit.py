@@ -2,7 +2,8 @@
 
 GEMM: achieved TFLOP/s = max_tflops * F / (F + half_flops), F = 2*m*n*k (models/hardware/calibration.py GemmCurve),
 fitted in log space so small and large GEMMs weigh alike.
-Collectives: t = a + factor(op, n) * S / busbw (alpha-beta model, research/hardware.md section 6), fitted on
+Collectives: t = a + factor(op, n) * S / busbw (alpha-beta model, research/hardware.md section 6; the factor and the
+ring step counts come from models/hardware/comm.py), fitted on
 relative residuals with a soft-L1 loss so that one noisy size cannot drag the line.
 """
 
@@ -16,9 +17,9 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from clusterplan.errors import BadInputError
+from clusterplan.models.hardware.comm import busbw_factor, ring_steps
 
 MAX_BUSBW_OVER_OBSERVED = 2.0
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,25 +40,6 @@ class AlphaBetaFit:
     busbw_bytes_per_s: float
     rms_rel_error: float
     points: int
-
-
-def busbw_factor(op: str, n_ranks: int) -> float:
-    # nccl-tests doc/PERFORMANCE.md: all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all (n-1)/n; p2p 1.
-    if op not in OPS:
-        raise BadInputError(f"unknown collective {op!r}; expected one of {', '.join(OPS)}")
-    if op == "send_recv":
-        return 1.0
-    frac = (n_ranks - 1) / n_ranks
-    return 2 * frac if op == "all_reduce" else frac
-
-
-def latency_steps(op: str, n_ranks: int) -> int:
-    # Ring algorithms: all_reduce 2(n-1) steps, all_gather / reduce_scatter / pairwise all_to_all (n-1), p2p 1
-    # (Thakur, Rabenseifner & Gropp 2005; the same step counts as models/hardware/comm.py).
-    if op == "send_recv":
-        return 1
-    steps = max(n_ranks - 1, 1)
-    return 2 * steps if op == "all_reduce" else steps
 
 
 def gemm_tflops(flops: np.ndarray | float, max_tflops: float, half_flops: float) -> np.ndarray | float:
@@ -97,7 +79,7 @@ def fit_alpha_beta(op: str, n_ranks: int, size_bytes: Sequence[float], time_s: S
     s, t = s[keep], t[keep]
     if len(np.unique(s)) < 2:
         raise BadInputError(f"{op}: alpha-beta fit needs two or more message sizes, got {len(np.unique(s))}")
-    x = busbw_factor(op, n_ranks) * s
+    x = float(busbw_factor(op, n_ranks)) * s
     # Scale the unknowns to order one: a in units of the fastest time, b in units of the slowest slope.
     t_unit = float(t.min())
     b_unit = float((t / x).max())
@@ -112,5 +94,6 @@ def fit_alpha_beta(op: str, n_ranks: int, size_bytes: Sequence[float], time_s: S
                         loss="soft_l1", f_scale=0.05)
     a, b = float(sol.x[0] * t_unit), float(sol.x[1] * b_unit)
     rms = float(np.sqrt(np.mean(residual(sol.x) ** 2)))
-    return AlphaBetaFit(latency_total_s=a, latency_s=a / latency_steps(op, n_ranks), busbw_bytes_per_s=1.0 / b,
+    steps = max(float(ring_steps(op, n_ranks)), 1.0)
+    return AlphaBetaFit(latency_total_s=a, latency_s=a / steps, busbw_bytes_per_s=1.0 / b,
                         rms_rel_error=rms, points=len(s))

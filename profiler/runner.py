@@ -44,8 +44,6 @@ ProgressFn = Callable[[int, int, str], None]
 class ProfileError(ClusterplanError):
     """A worker rank died or hung; partial results stay in the output file."""
 
-    reason = "profile_failed"
-
 
 @dataclass(kw_only=True)
 class RankState:

@@ -17,7 +17,7 @@ from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
-from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.report import read_rows
 
@@ -46,7 +46,9 @@ SYSTEMS = {
 """The GB systems are NVL72 racks counted in 4-GPU compute trays (hardware_db nodes.yaml)."""
 
 PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8"}
-"""FP8-CS (per-tensor current scaling) and FP8-MX (MXFP8) both map to our fp8 until the layout names the recipe."""
+FP8_RECIPES = {"FP8-CS": "tensorwise", "FP8-MX": "mxfp8"}
+"""The stack's fp8 recipe per CSV precision: FP8-CS = per-tensor current scaling (tensorwise); FP8-MX = MXFP8 with
+32-element blocks on Blackwell, the DeepSeek-V3 128x128 / 1x128 blocks on H100 (blockwise; the CSV header)."""
 
 # Models whose recipes set account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split: the
 # embedding and the loss each count as one layer when n_layers + 2 is split evenly over pp * vp chunks, so the first
@@ -162,8 +164,6 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     key = (r["system"], r["model"], r["precision"])
     if key in OFFLOAD_LAYERS:
         notes.append(f"recipe offloads {OFFLOAD_LAYERS[key]} layers' activations to CPU: memory not checked")
-    if r["precision"] == "FP8-MX":
-        notes.append("MXFP8 priced as fp8 (recipe not distinguished)")
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
                     seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
                     schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision=PRECISIONS[r["precision"]],
@@ -178,6 +178,14 @@ def bridge_cluster(system: str, gpus: int) -> tuple[str, Cluster | None, str]:
         return ref, load_cluster(ref), ""
     except BadInputError as exc:
         return ref, None, f"no {system} preset ({str(exc).splitlines()[0]})"
+
+
+def fp8_recipe(precision: str, cluster: Cluster) -> str | None:
+    """The recipe a CSV precision runs on this cluster's GPUs (None for BF16)."""
+    recipe = FP8_RECIPES.get(precision)
+    if recipe == "mxfp8" and not all(g.gpu.mx_formats for g in cluster.groups):
+        return "blockwise"
+    return recipe
 
 
 def bridge_rows() -> list[BridgeRow]:
@@ -198,11 +206,13 @@ def bridge_rows() -> list[BridgeRow]:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason=reason, **base))
             continue
         stack = get_stack(STACK)
-        problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack)]
+        recipe = fp8_recipe(r["precision"], cluster)
+        problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),
+                    *precision_problems(cluster, layout, stack, recipe)]
         if problems:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
             continue
-        est = estimate(model, cluster, layout, stack=stack)
+        est = estimate(model, cluster, layout, stack=stack, fp8_recipe=recipe)
         js = est.to_json()
         tokens = js["tokens_per_s"] / gpus
         out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,

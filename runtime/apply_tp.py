@@ -40,19 +40,22 @@ def _layer_plan(layer: nn.Module, sp: bool) -> dict[str, object]:
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(output_layouts=residual),
     }
+    # The block's input enters as one DTensor, so q, k and v (and w1, w3) share it and their input gradients add up
+    # before one all-reduce (SP: reduce-scatter) per block backward, as Megatron's fused QKV and gate/up GEMMs do;
+    # converting it per linear would issue one all-reduce per linear, 7 per layer instead of 4
+    # (tests/test_validate_collectives.py counts them).
+    plan["attention"] = PrepareModuleInput(input_layouts=(residual, None, None),
+                                           desired_input_layouts=(Replicate(), None, None))
     if sp:
         plan["attention_norm"] = SequenceParallel()
         plan["ffn_norm"] = SequenceParallel()
-        plan["attention"] = PrepareModuleInput(input_layouts=(Shard(1), None, None),
-                                               desired_input_layouts=(Replicate(), None, None))
     if hasattr(layer.feed_forward, "router"):  # MoE: experts are split by expert parallelism (apply_ep), not here
         return plan
     plan["feed_forward.w1"] = ColwiseParallel()
     plan["feed_forward.w2"] = RowwiseParallel(output_layouts=residual)
     if layer.feed_forward.w3 is not None:
         plan["feed_forward.w3"] = ColwiseParallel()
-    if sp:
-        plan["feed_forward"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+    plan["feed_forward"] = PrepareModuleInput(input_layouts=(residual,), desired_input_layouts=(Replicate(),))
     return plan
 
 

@@ -33,6 +33,7 @@ from clusterplan.models.training.memory import (
     stage_params,
     state_bytes,
 )
+from clusterplan.models.training.rules import RuleCode
 from clusterplan.models.training.step import layer_cost, step_time
 
 
@@ -159,7 +160,8 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
                 continue
             layout = Layout(tp=tp, cp=cp, dp=dp, pp=pp, mbs=mbs, gbs=gbs, seq=seq, recompute=recompute, zero=zero,
                             sp=tp > 1)
-            if [p for p in layout_problems(model, layout, cluster.world_size) if "n_layers(" not in p]:
+            # The balanced split is uneven by design: only the even-split rule may break.
+            if [p for p in layout_problems(model, layout, cluster.world_size) if p.code != RuleCode.LAYERS_PP]:
                 continue
             one = LayoutArrays.from_layouts([layout])
             costs = [layer_cost(shapes, one, hw, stack) for hw in rates]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from clusterplan.errors import InfeasibleError
@@ -18,7 +18,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.estimate import Estimate
+from clusterplan.solver.results import RankedPlan
 from clusterplan.solver.search import sweep_nodes
 
 
@@ -26,7 +26,7 @@ from clusterplan.solver.search import sweep_nodes
 class Point:
     days: float
     usd: float
-    plan: Estimate
+    plan: RankedPlan
 
     @property
     def label(self) -> str:
@@ -72,20 +72,22 @@ class ParetoResult:
     feasible: int
     rejected: Counter
     seconds: float
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
 
     @property
-    def plans(self) -> list[Estimate]:
+    def plans(self) -> list[RankedPlan]:
         return [p.plan for p in self.front]
 
     def to_json(self) -> dict[str, Any]:
         plans = []
         for i, p in enumerate(self.front):
-            plans.append(p.plan.to_json() | p.plan.extra | {"rank": i + 1, "trade_off": trade_off(self.front, i)})
+            data = p.plan.to_json()
+            data.pop("why_best", None)
+            plans.append(data | {"rank": i + 1, "trade_off": trade_off(self.front, i)})
         return {"plans": plans,
                 "dominated": [{"cluster": p.plan.cluster.describe(), "gpus": p.plan.cluster.world_size,
-                               "layout": p.plan.layout.short(), "days": p.plan.extra["time_to_train"]["days"],
-                               "usd": p.plan.extra["time_to_train"]["usd"],
+                               "layout": p.plan.layout.short(), "days": p.plan.time_to_train["days"],
+                               "usd": p.plan.time_to_train["usd"],
                                "dominated_by": self.front.index(by) + 1} for p, by in self.dominated],
                 "search": {"candidates": self.candidates, "feasible": self.feasible,
                            "rejected": dict(sorted(self.rejected.items())), "objective": "pareto"}}
@@ -104,12 +106,10 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,
         headroom_gib=headroom_gib, objective="time-to-train", all_types=True, progress=progress, stack=stack)
     points = [Point(days=t["days"], usd=t["usd"], plan=e) for e in plans
-              if (t := e.extra["time_to_train"])["days"] is not None]
+              if (t := e.time_to_train) is not None and t["days"] is not None]
     if not points:
         raise InfeasibleError(f"no plan finishes {tokens:.3g} tokens: failures outpace progress on every node count "
                               "(lower the failure rates or restart time in the cluster file's `resilience:`)")
     front, dominated = frontier(points)
-    for p in (q for q in points):
-        p.plan.extra.pop("why_best", None)
     return ParetoResult(front=front, dominated=dominated, candidates=candidates, feasible=feasible,
                         rejected=rejected, seconds=time.perf_counter() - start, notes=notes)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.estimate import Estimate, estimate
+from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import MESH_AXES, Layout
 from clusterplan.solver.links import optimize_node_order
-from clusterplan.solver.search import SearchResult, why_best
+from clusterplan.solver.results import Placement, RankedPlan, SearchResult
+from clusterplan.solver.search import with_why_best
+
+NO_MATRIX = "default (no measured bandwidth matrix: torchtitan mesh order)"
 
 
 def coordinates(layout: Layout, rank: int) -> dict[str, int]:
@@ -21,7 +26,7 @@ def coordinates(layout: Layout, rank: int) -> dict[str, int]:
 
 
 def placement(layout: Layout, cluster: Cluster, max_nodes: int = 16,
-              physical: tuple[int, ...] | None = None) -> dict:
+              physical: tuple[int, ...] | None = None) -> Placement:
     """Per logical node: the physical node holding it and its GPUs' coordinates as ranges per axis (first
     `max_nodes` nodes; the pattern repeats)."""
     nodes = []
@@ -32,54 +37,42 @@ def placement(layout: Layout, cluster: Cluster, max_nodes: int = 16,
         rank += per
         nodes.append({"node": physical[node] if physical else node, "ranks": [rank - per, rank - 1],
                       **{axis: sorted({c[axis] for c in coords}) for axis in MESH_AXES}})
-    return {"mesh_order": list(MESH_AXES), "mesh": layout.mesh(), "nodes_total": cluster.n_nodes, "nodes": nodes}
+    return Placement(mesh_order=MESH_AXES, mesh=layout.mesh(), nodes_total=cluster.n_nodes, nodes=tuple(nodes))
 
 
-def placed_plan(est: Estimate, calibration: Calibration | None = None) -> tuple[Estimate, dict]:
-    """Place the plan's nodes on the cluster's measured links (if any) and re-price it there."""
+def placed_plan(plan: RankedPlan, calibration: Calibration | None = None) -> RankedPlan:
+    """The plan placed on the cluster's measured links (if any) and re-priced there: a new plan."""
+    est = plan.estimate
     order = optimize_node_order(est.layout, est.cluster)
-    info = placement(est.layout, est.cluster, physical=order.physical)
+    where = placement(est.layout, est.cluster, physical=order.physical)
     if order.method == "default" and order.default_bottleneck_gb_per_s == float("inf"):
-        info["method"] = "default (no measured bandwidth matrix: torchtitan mesh order)"
-        return est, info
+        return replace(plan, placement=replace(where, method=NO_MATRIX))
     stack = est.evaluation.stack if est.evaluation is not None else None
     placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical, stack=stack)
     default = estimate(est.model, est.cluster, est.layout, calibration, stack=stack)
-    info.update(method=order.method, node_order=list(order.physical),
-                bottleneck_gb_per_s=order.bottleneck_gb_per_s,
-                default_bottleneck_gb_per_s=order.default_bottleneck_gb_per_s,
-                step_time_default_order_s=default.to_json()["step_time_s"],
-                step_time_placed_s=placed.to_json()["step_time_s"])
-    placed.extra.update(est.extra)
-    return placed, info
+    placed_s = placed.to_json()["step_time_s"]
+    where = replace(where, method=order.method, node_order=tuple(order.physical),
+                    bottleneck_gb_per_s=order.bottleneck_gb_per_s,
+                    default_bottleneck_gb_per_s=order.default_bottleneck_gb_per_s,
+                    step_time_default_order_s=default.to_json()["step_time_s"], step_time_placed_s=placed_s)
+    # Cost scales with the step time the placement changes.
+    scale = placed_s / plan.step_time_s
+    usd = {key: round(getattr(plan, key) * scale, 6) for key in ("usd_per_step", "usd_per_million_tokens")
+           if getattr(plan, key) is not None}
+    return replace(plan, estimate=placed, placement=where, **usd)
 
 
-def rerank_on_links(result: SearchResult, calibration: Calibration | None = None) -> None:
-    """Place the top plans on the measured links and, when that changes their times, re-rank them.
+def rerank_on_links(result: SearchResult, calibration: Calibration | None = None) -> SearchResult:
+    """A new result: the top plans placed on the measured links and, when that changes their times, re-ranked.
 
     The search prices scale-out traffic at the cluster's slowest link (a bound every order meets); placement can
     only make a plan faster, so with a bandwidth matrix each top plan is re-priced on its own best node order.
+    Without one, only #1 is placed (in the default order, for the report).
     """
-    if all(est.cluster.node_bandwidth_gb_per_s is None for est in result.plans):
-        best, info = placed_plan(result.plans[0], calibration)
-        best.extra["placement"] = info
-        return
-    placed = []
-    for est in result.plans:
-        new, info = placed_plan(est, calibration)
-        new.extra["placement"] = info
-        if "usd_per_step" in est.extra:
-            scale = new.to_json()["step_time_s"] / est.to_json()["step_time_s"]
-            for key in ("usd_per_step", "usd_per_million_tokens"):
-                new.extra[key] = round(est.extra[key] * scale, 6)
-        placed.append(new)
-    key = "usd_per_million_tokens" if result.objective == "cost" else None
-    placed.sort(key=lambda e: (e.extra[key] if key else 0.0, e.to_json()["step_time_s"], e.extra.get("rank", 0)))
-    for rank, est in enumerate(placed, start=1):
-        est.extra["rank"] = rank
-        est.extra.pop("why_best", None)
-    if len(placed) > 1:
-        placed[0].extra["why_best"] = why_best(placed[0].to_json(), placed[1].to_json())
-    for est in placed[1:]:
-        est.extra.pop("placement", None)
-    result.plans[:] = placed
+    if all(p.cluster.node_bandwidth_gb_per_s is None for p in result.plans):
+        return replace(result, plans=(placed_plan(result.plans[0], calibration), *result.plans[1:]))
+    placed = [placed_plan(p, calibration) for p in result.plans]
+    by_cost = result.objective == "cost"
+    placed.sort(key=lambda p: (p.usd_per_million_tokens if by_cost else 0.0, p.step_time_s, p.rank))
+    ranked = with_why_best(placed, result.objective)
+    return replace(result, plans=(ranked[0], *(replace(p, placement=None) for p in ranked[1:])))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -20,31 +20,16 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate
+from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, stack_memory
 from clusterplan.models.training.goodput import time_to_train
-from clusterplan.models.training.memory import GIB, memory_breakdown
+from clusterplan.models.training.memory import GIB
+from clusterplan.models.training.rules import RuleCode
+from clusterplan.solver.results import RankedPlan, SearchResult
 from clusterplan.solver.space import enumerate_space
 
 OBJECTIVES = ("time", "cost", "time-to-train", "cost-to-train", "pareto")
 TOKEN_OBJECTIVES = ("time-to-train", "cost-to-train", "pareto")
 """Objectives that need --tokens: they rank by expected wall-clock or dollars with failures (models/training/goodput)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    plans: list[Estimate]
-    candidates: int
-    feasible: int
-    rejected: Counter
-    seconds: float
-    objective: str
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        # Wall time goes to stderr only, so the same inputs give byte-identical JSON.
-        return {"plans": [p.to_json() | p.extra for p in self.plans],
-                "search": {"candidates": self.candidates, "feasible": self.feasible,
-                           "rejected": dict(sorted(self.rejected.items())), "objective": self.objective}}
 
 
 def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None = None, top: int = 5,
@@ -64,9 +49,9 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
     # Memory first: only layouts that fit are timed.
-    memory = memory_breakdown(shapes, arrays)
+    memory = stack_memory(shapes, arrays, stack)
     fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
-    rejected["out of memory"] += int((~fits).sum())
+    rejected[RuleCode.OUT_OF_MEMORY] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])
     if not len(survivors):
         if not suggest:
@@ -89,21 +74,17 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     for rank, i in enumerate(order):
         layout = survivors.layout(int(i))
         est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
-        extra = {"rank": rank + 1, "dominant_terms": _dominant(est.to_json())}
-        if price:
-            usd = float(ev.time.step_s[i]) / 3600 * price
-            extra["usd_per_step"] = round(usd, 6)
-            extra["usd_per_million_tokens"] = round(usd / (gbs * seq) * 1e6, 6)
-        if train is not None:
-            extra["time_to_train"] = train.to_json(int(i))
-        est.extra.update(extra)
-        plans.append(est)
-    if len(plans) > 1:
-        plans[0].extra["why_best"] = why_best(plans[0].to_json(), plans[1].to_json())
-    notes = [f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items()))
-             ] if space.left_out else []
-    return SearchResult(plans=plans, candidates=candidates, feasible=len(survivors), rejected=rejected,
-                        seconds=time.perf_counter() - start, objective=objective, notes=notes)
+        usd = float(ev.time.step_s[i]) / 3600 * price if price else None
+        plans.append(RankedPlan(
+            estimate=est, rank=rank + 1, dominant_terms=_dominant(est.to_json()),
+            usd_per_step=None if usd is None else round(usd, 6),
+            usd_per_million_tokens=None if usd is None else round(usd / (gbs * seq) * 1e6, 6),
+            days_to_train=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None,
+            time_to_train=train.to_json(int(i)) if train is not None else None))
+    notes = (f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items())),
+             ) if space.left_out else ()
+    return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
+                        rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
@@ -123,9 +104,10 @@ def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
 def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dict | None, top: int,
                 calibration: Calibration | None, tokens: float | None, headroom_gib: float, objective: str,
                 all_types: bool = False, progress=None, stack: ExecutionStack | None = None
-                ) -> tuple[list[Estimate], int, int, Counter, list[str]]:
+                ) -> tuple[list[RankedPlan], int, int, Counter, tuple[str, ...]]:
     """The `top` plans of every sub-cluster (sub_clusters), with the search's counts summed and its notes."""
-    plans, candidates, feasible, rejected, notes = [], 0, 0, Counter(), []
+    plans: list[RankedPlan] = []
+    candidates, feasible, rejected, notes = 0, 0, Counter[RuleCode](), ()
     subs = sub_clusters(cluster, all_types=all_types)
     for k, sub in enumerate(subs):
         if progress is not None:
@@ -139,7 +121,6 @@ def sweep_nodes(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed
         notes = result.notes
         candidates, feasible = candidates + result.candidates, feasible + result.feasible
         rejected.update(result.rejected)
-        notes = result.notes
     if not plans:
         # Re-run on the whole cluster for the nearest-fit message.
         search(model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, headroom_gib=headroom_gib,
@@ -165,35 +146,35 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
         model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,
         headroom_gib=headroom_gib, objective=objective, all_types=to_train, progress=progress, stack=stack)
 
-    def key(e: Estimate) -> tuple[float, float]:
-        if to_train:
-            usd = e.extra["time_to_train"]["usd"]
-            return (usd if usd is not None else float("inf"), e.to_json()["step_time_s"])
-        return (e.extra["usd_per_million_tokens"], e.to_json()["step_time_s"])
+    def key(p: RankedPlan) -> tuple[float, float]:
+        if to_train and p.time_to_train is not None:
+            usd = p.time_to_train.get("usd")
+            return (usd if usd is not None else float("inf"), p.step_time_s)
+        return (p.usd_per_million_tokens, p.step_time_s)
 
     plans.sort(key=key)
-    plans = plans[:top]
-    for rank, est in enumerate(plans, start=1):
-        est.extra["rank"] = rank
-        est.extra.pop("why_best", None)
-    if len(plans) > 1:
-        a, b = plans[0], plans[1]
-        if to_train:
-            ta, tb = a.extra["time_to_train"], b.extra["time_to_train"]
-            head = (f"${ta['usd']:,.0f} to train on {a.cluster.world_size} GPUs (goodput {ta['goodput']:.1%}) vs "
-                    f"${tb['usd']:,.0f} for #2 on {b.cluster.world_size} GPUs ({tb['goodput']:.1%}); ")
-        else:
-            head = (f"${a.extra['usd_per_million_tokens']:.4g} per 1M tokens on {a.cluster.world_size} GPUs vs "
-                    f"${b.extra['usd_per_million_tokens']:.4g} for #2 on {b.cluster.world_size} GPUs; ")
-        plans[0].extra["why_best"] = head + why_best(a.to_json(), b.to_json())
-    return SearchResult(plans=plans, candidates=candidates, feasible=feasible, rejected=rejected,
-                        seconds=time.perf_counter() - start, objective=objective, notes=notes)
+    return SearchResult(plans=with_why_best(plans[:top], "cost"), candidates=candidates, feasible=feasible,
+                        rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
-def _dominant(data: dict) -> list[str]:
+def _dominant(data: dict) -> tuple[str, ...]:
     terms = sorted(TIME_TERMS, key=lambda t: -data["time"][t])
-    return [f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
-            if data["time"][t] > 0]
+    return tuple(f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
+                 if data["time"][t] > 0)
+
+
+def with_why_best(plans: list[RankedPlan], objective: str) -> tuple[RankedPlan, ...]:
+    """New plans ranked 1.. in the given order, #1 saying why it beats #2 (first in $ per token for the cost
+    objective, whose plans may run on different node counts)."""
+    ranked = [replace(p, rank=rank, why_best=None) for rank, p in enumerate(plans, start=1)]
+    if len(ranked) > 1:
+        a, b = ranked[0], ranked[1]
+        why = why_best(a.to_json(), b.to_json())
+        if objective == "cost" and a.usd_per_million_tokens is not None and b.usd_per_million_tokens is not None:
+            why = (f"${a.usd_per_million_tokens:.4g} per 1M tokens on {a.cluster.world_size} GPUs vs "
+                   f"${b.usd_per_million_tokens:.4g} for #2 on {b.cluster.world_size} GPUs; " + why)
+        ranked[0] = replace(a, why_best=why)
+    return tuple(ranked)
 
 
 def why_best(best: dict, runner: dict) -> str:

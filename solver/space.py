@@ -20,10 +20,12 @@ from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.batch import CODES, LayoutArrays, ScheduleCode
 from clusterplan.models.training.layout import CHOICES, Layout, layout_problems
+from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
 MICRO_BATCHES = (1, 2, 4, 8)
 RECOMPUTE = ("none", "selective", "full")
+BATCH_RULES = (RuleCode.GBS_DP_MBS, RuleCode.INTERLEAVED_MICROBATCHES)
 
 
 def divisors(n: int, at_most: int | None = None) -> list[int]:
@@ -38,15 +40,10 @@ def divisors(n: int, at_most: int | None = None) -> list[int]:
 class Space:
     arrays: LayoutArrays
     structures: int
-    rejected: Counter
+    rejected: Counter[RuleCode]
+    """Layouts rejected per broken rule (the first one each structure breaks)."""
     left_out: Counter
     """Structures (or layouts, for ZeRO stages) not generated because the stack cannot run them, by feature."""
-
-
-def _reason_key(problem: str) -> str:
-    """Short counting key of a layout rule: 'divisibility: n_heads % tp' style."""
-    head = problem.split("(")[0].strip() or problem
-    return f"divisibility: {head}"
 
 
 def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
@@ -126,32 +123,34 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
-    rejected: Counter = Counter()
+    rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
             "dp_replicate", "cp_kind")
     columns: dict[str, list] = {k: [] for k in keys}
     structures = 0
-    expand = len(pick("zero", ZERO)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", RECOMPUTE[:2]))
+    # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
+    # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
+    flash = bool(fixed.get("flash_attn", True))
+    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
+    zero_options = [z for z in ZERO if stack.can_run("zero", z)]
+    # Each rejected structure stands for every (zero, mbs, recompute) it would have expanded to.
+    expand = len(pick("zero", zero_options)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
-            rejected[f"divisibility: dp % dp_replicate({st['dp_replicate']})"] += expand
+            rejected[RuleCode.DP_REPLICATE] += expand
             continue
         probe = Layout(**st, gbs=gbs, seq=seq, mbs=1)
-        problems = [p for p in layout_problems(model, probe, world) if "gbs(" not in p and "micro-batches(" not in p]
+        # The batch rules depend on mbs, expanded below; they are counted per expanded layout there.
+        problems = [p for p in layout_problems(model, probe, world) if p.code not in BATCH_RULES]
         if problems:
-            rejected[_reason_key(problems[0])] += expand
+            rejected[problems[0].code] += expand
             continue
         for key in keys:
             value = st[key]
             columns[key].append(CODES[key][value] if key in ("schedule", "cp_kind") else float(value))
     base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
     n = len(base["tp"])
-    # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
-    # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
-    flash = bool(fixed.get("flash_attn", True))
-    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
-    zero_options = [z for z in ZERO if stack.can_run("zero", z)]
     if "zero" not in fixed:
         left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})
     zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", zero_options), ("mbs", MICRO_BATCHES),
@@ -172,10 +171,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             cols[key] = np.full(len(idx), float(fixed[key]))
     arrays = LayoutArrays.from_columns(**cols)
     ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
-    rejected["divisibility: gbs % (dp * mbs)"] += int((~ok).sum())
+    rejected[RuleCode.GBS_DP_MBS] += int((~ok).sum())
     m = arrays.microbatches
     inter_bad = ok & (arrays.schedule == ScheduleCode.INTERLEAVED) & (m % arrays.pp != 0)
-    rejected["divisibility: micro-batches % pp (interleaved)"] += int(inter_bad.sum())
+    rejected[RuleCode.INTERLEAVED_MICROBATCHES] += int(inter_bad.sum())
     # The stack's own limits on combinations (DeepSpeed: ZeRO-2/3 do not run with pipeline parallelism).
     stack_bad = ok & ~inter_bad & (arrays.pp > 1) & (arrays.zero > stack.pp_max_zero)
     if stack_bad.any():

@@ -38,11 +38,13 @@ def test_bad_plan_lists_every_rule(run_cli):
 
 
 def test_bad_torchtitan_toml(run_cli):
-    # dp = replicate 2 x shard 4 = 8; 3 * 8 * 8 = 192 GPUs of 256; 80 layers do not split over 3 stages.
-    assert _violations(run_cli, "bad_torchtitan.toml", *MC) == [
-        "pp(3) * dp(8) * cp(1) * tp(8) = 192 != world(256)",
-        "n_layers(80) % (pp(3) * vpp(1)) != 0; set first_stage_layers/last_stage_layers for an uneven split",
-    ]
+    # dp = replicate 2 x shard 4 = 8; 3 * 8 * 8 = 192 GPUs of 256. torchtitan deals 80 layers plus the embedding and
+    # head (one layer each) over 3 stages as 27, 27, 26 (`_generate_llm_fqn_per_model_part`), which is runnable.
+    code, out, _ = run_cli("check", str(FIX / "bad_torchtitan.toml"), *MC, "--format", "json")
+    assert code == 1
+    doc = json.loads(out)
+    assert [v["rule"] for v in doc["violations"]] == ["pp(3) * dp(8) * cp(1) * tp(8) = 192 != world(256)"]
+    assert (doc["layout"]["first_stage_layers"], doc["layout"]["last_stage_layers"]) == (27, 26)
 
 
 def test_bad_megatron_args(run_cli):

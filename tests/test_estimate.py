@@ -40,9 +40,11 @@ def test_estimate_json_has_the_stable_keys(run_cli):
     assert math.isclose(parts, mem["peak_gib"], rel_tol=1e-4)
     assert data["layout"]["dp"] == 2 and data["feasible"]
     # Llama-3 on H100 reaches 38-43% MFU in Meta's runs (Llama 3 paper Table 4); Megatron-Core (the default stack)
-    # hides TP comm under the GEMMs (TE userbuffers) and lands higher, NeMo's own 70B bf16 runs near 50%.
+    # hides TP comm under the GEMMs (TE userbuffers) and lands higher, NeMo's own 70B bf16 runs near 50%. With GEMMs
+    # priced by shape and cuDNN attention at its measured curve this layout predicts 55% (causal MFU basis); the
+    # same model predicts Megatron-Bridge's H100 70B fp8 row within 3.3% (tests/test_reference_bridge.py).
     assert data["stack"] == "megatron-core"
-    assert 0.35 < data["mfu"] < 0.55
+    assert 0.35 < data["mfu"] < 0.58
 
 
 def test_estimate_is_deterministic(run_cli):
@@ -111,8 +113,9 @@ def test_every_flop_counted_once_matches_6nd():
     est = estimate(model, load_cluster("dgx-h100:1"), layout.with_(dp=8, gbs=8))
     flops = est.evaluation.time.model_flops[0]
     non_embedding = model.total_params() - model.vocab * model.hidden  # input embedding does no matmul
-    attention = 6 * 2 * 2048 * (model.q_dim + model.v_dim) * model.n_layers  # 3 x fwd, full (non-causal) scores
-    assert math.isclose(flops, 6 * non_embedding * 8 * 2048 + attention * 8 * 2048 / 2, rel_tol=0.002)
+    # 3 x fwd of 2 s (q_dim + v_dim) per token and layer, halved: causal attention counted as executed (MFU_BASIS)
+    attention = 3 * 2 * 2048 * (model.q_dim + model.v_dim) * model.n_layers / 2
+    assert math.isclose(flops, 6 * non_embedding * 8 * 2048 + attention * 8 * 2048, rel_tol=0.002)
 
 
 @settings(max_examples=80, deadline=None)

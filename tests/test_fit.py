@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from clusterplan.errors import BadInputError
-from clusterplan.profiler.fit import busbw_factor, fit_alpha_beta, fit_gemm, gemm_tflops, latency_steps
+from clusterplan.models.hardware.comm import busbw_factor, ring_steps
+from clusterplan.profiler.fit import fit_alpha_beta, fit_gemm, gemm_tflops
 
 KIB = 1024
 
@@ -22,7 +23,7 @@ def test_busbw_factors_are_nccl_tests():
     assert busbw_factor("reduce_scatter", 4) == pytest.approx(0.75)
     assert busbw_factor("all_to_all", 2) == pytest.approx(0.5)
     assert busbw_factor("send_recv", 2) == 1.0
-    assert latency_steps("all_reduce", 8) == 14 and latency_steps("all_gather", 8) == 7
+    assert ring_steps("all_reduce", 8) == 14 and ring_steps("all_gather", 8) == 7 and ring_steps("send_recv", 8) == 1
     with pytest.raises(BadInputError):
         busbw_factor("broadcast", 8)
 

@@ -1,7 +1,7 @@
 """The shipped hardware data, checked against the published figures it was copied from.
 
 Each test names the datasheet or research note the expected numbers come from (research notes:
-../shared/research/hardware.md sections 1-4). These tests catch the classic database mistakes:
+research/hardware.md sections 1-4). These tests catch the classic database mistakes:
 sparse figures mixed with dense ones, bidirectional bandwidth stored as per-direction, prices
 without dates, and NIC counts that do not match the instance page.
 """
@@ -19,10 +19,10 @@ from clusterplan.models.hardware.cluster import load_cluster
 
 REQUIRED_GPUS = ("V100-SXM2-32GB", "A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCIe-80GB", "A10G", "L4", "L40S",
                  "H100-SXM5-80GB", "H100-PCIe", "H100-NVL", "H200-SXM-141GB", "H20", "B200", "GB200", "MI250X",
-                 "MI300X", "MI325X", "Gaudi3")
+                 "MI300X", "MI325X", "Gaudi3", "B300", "GB300", "GH200", "GH200-96GB", "MI355X")
 REQUIRED_NODES = ("dgx-a100-40g", "dgx-a100-80g", "dgx-h100", "hgx-h200", "dgx-b200", "gb200-nvl72", "p4d", "p4de",
                   "p5", "p5e", "g5", "g6", "g6e", "a2-highgpu-8g", "a2-ultragpu-8g", "a3-high", "a3-mega",
-                  "nd-h100-v5", "mi300x-8")
+                  "nd-h100-v5", "mi300x-8", "dgx-b300", "gb300-nvl72", "gh200-quad")
 
 
 def test_required_gpus_and_nodes_exist():
@@ -56,7 +56,8 @@ def test_aliases_are_unambiguous():
     ("A100-SXM4-80GB", 312, None), ("L4", 121, 242.5), ("L40S", 362.05, 733), ("H100-SXM5-80GB", 989.4, 1978.9),
     ("H100-PCIe", 756, 1513), ("H100-NVL", 835, 1670), ("H200", 989.4, 1978.9), ("H20", 148, 296),
     ("B200", 2250, 4500), ("GB200", 2500, 5000), ("MI300X", 1307.4, 2614.9), ("MI325X", 1307.4, 2614.9),
-    ("Gaudi3", 1677, 1677),
+    ("Gaudi3", 1677, 1677), ("B300", 2250, 4500), ("GB300", 2500, 5000), ("GH200", 989.4, 1978.9),
+    ("MI355X", 2516.6, 5033.2),
 ])
 def test_dense_peaks_match_datasheets(gpu, bf16, fp8):
     g = get_gpu(gpu)
@@ -81,6 +82,8 @@ def test_peaks_agree_with_clock_times_units():
     # research/hardware.md section 1: H100 1830 MHz x 528 tensor cores x 1024 FLOP/clk; MI300X 2100 MHz x 1216 x 512.
     assert abs(get_gpu("H100").peak_tflops["bf16"] - 1830e6 * 528 * 1024 / 1e12) < 0.1
     assert abs(get_gpu("MI300X").peak_tflops["bf16"] - 2100e6 * 1216 * 512 / 1e12) < 0.1
+    # MI355X: 256 CDNA 4 CUs x 4,096 bf16 FLOP/clk x 2,400 MHz (AMD; half the 8,192 fp8 FLOP/clk per CU).
+    assert abs(get_gpu("MI355X").peak_tflops["bf16"] - 2400e6 * 256 * 4096 / 1e12) < 0.1
 
 
 def test_tflops_has_an_answer_for_every_dtype():
@@ -113,6 +116,8 @@ def test_gpu_scale_up_matches_its_link():
     ("dgx-a100-80g", 8, 200), ("dgx-a100-40g", 8, 200), ("dgx-h100", 8, 400), ("hgx-h200", 8, 400),
     ("dgx-b200", 8, 400), ("gb200-nvl72", 4, 200), ("p4d", 8, 50), ("p5", 8, 400), ("p5en", 8, 400),
     ("a3-high", 8, 100), ("a3-mega", 8, 200), ("nd-h100-v5", 8, 400), ("mi300x-8", 8, 400),
+    # Blackwell Ultra systems carry one ConnectX-8 800 Gb/s (100 GB/s) per GPU; quad GH200: 4 x Slingshot 200 Gb/s.
+    ("dgx-b300", 8, 800), ("gb300-nvl72", 4, 400), ("gh200-quad", 4, 100),
 ])
 def test_node_nics(node, gpus, node_nic_gb_per_s):
     n = get_node(node)
@@ -157,6 +162,27 @@ def test_memory_is_gib_visible_not_marketing_gb():
     assert get_gpu("H100").memory_gib == pytest.approx(81559 / 1024, abs=0.05)
     assert get_gpu("H200").memory_gib == pytest.approx(143771 / 1024, abs=0.05)
     assert get_gpu("GB200").memory_gib == pytest.approx(189471 / 1024, abs=0.05)
+    # ai-dynamo/aiconfigurator: B300 275,040 MiB, GB300 284,208 MiB per nvidia-smi.
+    assert get_gpu("B300").memory_gib == pytest.approx(275040 / 1024, abs=0.05)
+    assert get_gpu("GB300").memory_gib == pytest.approx(284208 / 1024, abs=0.05)
+
+
+@pytest.mark.parametrize(("system", "node"), [
+    # The `system` column of the NeMo 25.11 Megatron-Bridge table (tests/reference megatron_bridge_2511.csv).
+    ("DGX-GB300", "gb300-nvl72"), ("DGX-GB200", "gb200-nvl72"), ("DGX-B200", "dgx-b200"), ("DGX-H100", "dgx-h100"),
+])
+def test_reference_system_names_resolve(system, node):
+    assert get_node(system).name == node
+
+
+def test_gpu_yaml_stores_no_link_bandwidth():
+    # One source of each link bandwidth: a GPU names its scale-up link; the rate is read from links.yaml.
+    import yaml
+
+    from clusterplan.hardware_db.catalog import DATA_DIR
+
+    raw = yaml.safe_load((DATA_DIR / "gpus.yaml").read_text())["gpus"]
+    assert all(set(r["scale_up"]) == {"link", "domain"} for r in raw.values())
 
 
 def test_hw_show_node_by_alias_json(run_cli):

@@ -93,7 +93,8 @@ def test_ep_four_all_to_alls_per_layer_worked_example():
     shapes = replace(ModelShapes.of(load_model("llama3.1-8b")), hidden=4096, top_k=2)
     L = arrays(ep=4, dp=4, seq=2048, mbs=1, gbs=4, recompute="none")
     z = np.zeros(1)
-    lt = LayerTime(forward_s=z, backward_s=z, recompute_s=z, core_forward_s=z, linear_s=z, weight_grad_s=z,
+    lt = LayerTime(forward_s=z, backward_s=z, recompute_s=z, core_forward_s=z, core_backward_s=z, linear_s=z,
+                       weight_grad_s=z,
                    hardware_flops=z)
     _, _, ep = _layer_comm(shapes, L, HW, get_stack(), True, lt)
     assert float(ep[0]) == pytest.approx(4 * 281.65824 * US, rel=1e-9)

@@ -9,15 +9,14 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import estimate, stack_memory
 from clusterplan.models.training.layout import Layout
-from clusterplan.models.training.memory import memory_breakdown
 
 POSITIONS = ("first", "middle", "last")
 MEASURED_TERMS = ("weights", "grads", "optimizer", "activations")
@@ -30,9 +29,16 @@ def position_of(pp_rank: int, pp: int) -> str:
     return "last" if pp_rank == pp - 1 else "middle"
 
 
+def runtime_stack() -> ExecutionStack:
+    """The stack validate's runs are: plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs
+    them in eager mode (DTensor sequence parallelism keeps the gathered linear inputs); their selective recompute
+    checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC."""
+    return replace(get_stack("torchtitan"), selective_recompute="core_attn")
+
+
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
     """Bytes per rank of each term at each pipeline position, from models/training/memory.py."""
-    mem = memory_breakdown(ModelShapes.of(model), LayoutArrays.from_layouts([layout]))
+    mem = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), runtime_stack())
     terms = ("weights", "grads", "optimizer", "activations", "other", "total")
     return {pos: {term: float(mem.by_position[i, j, 0]) for j, term in enumerate(terms)}
             for i, pos in enumerate(POSITIONS)}
@@ -50,6 +56,5 @@ def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
                    calibration: Calibration | None) -> dict[str, Any]:
     """estimate()'s JSON for the run (step time and its terms), with the reasons it gives; the run's layers are
     eager PyTorch, so the calibration's eager-layer section applies."""
-    # The runs are plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs them in eager mode.
     return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True,
-                    stack=get_stack("torchtitan")).to_json()
+                    stack=runtime_stack()).to_json()

@@ -198,6 +198,7 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
                 # Group-limited routing (DeepseekV3TopkRouter: n_group groups, topk_group of them per token).
                 expert_groups=c.integer("n_group", default=1, minimum=1),
                 expert_groups_per_token=c.integer("topk_group", default=0, minimum=0),
+                mtp_layers=c.integer("num_nextn_predict_layers", default=0, minimum=0),
                 **_moe_layout(moe, n_layers, c.where))
 
 

@@ -48,6 +48,16 @@ class ModelShapes:
     active_params: int
     tensors_per_layer: int
     """Parameter tensors of one layer (weights, biases, norm scales): ZeRO-3 gathers them one by one."""
+    mla_latent: int = 0
+    """MLA (DeepSeek-V2/V3) per-token widths of the low-rank intermediates a training layer keeps, not split over
+    tp (Megatron-Core builds the down projections duplicated): q_a and its norm (2 q_lora_rank), kv_a with the rope
+    key (kv_lora_rank + qk_rope_head_dim) and its norm (kv_lora_rank). 0 without MLA."""
+    sliding_window: int = 0
+    """Keys a query sees in the sliding-window layers (0: none)."""
+    n_sliding_layers: int = 0
+    """Layers that attend over the sliding window only (ModelSpec.is_sliding_layer)."""
+    mtp_layers: int = 0
+    """Multi-token-prediction modules on the last pipeline stage (ModelSpec.mtp_layers)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -66,7 +76,10 @@ class ModelShapes:
             norm_params=2 * m.norm_params(), embed_params=m.embedding_params(),
             head_params=m.vocab * m.hidden + m.norm_params(), tied=m.tied_embeddings, gated=m.gated_ffn,
             dropout=m.dropout, total_params=m.total_params(), active_params=m.active_params(),
-            tensors_per_layer=_tensors_per_layer(m),
+            tensors_per_layer=_tensors_per_layer(m), sliding_window=m.sliding_window or 0,
+            mla_latent=(2 * m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim + m.kv_lora_rank) if m.is_mla else 0,
+            n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
+            mtp_layers=m.mtp_layers,
         )
 
     @property

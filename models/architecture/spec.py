@@ -24,7 +24,7 @@ MAX_DIM = 10**9
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim", "sliding_window")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                      "qk_rope_head_dim", "v_head_dim", "full_attention_every")
+                      "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks")
 
@@ -89,6 +89,10 @@ class ModelSpec:
     EPLB's hierarchical policy packs whole groups onto nodes (deepseek-ai/EPLB)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (DeepSeek-V3 `topk_group` = 4); 0 = no limit."""
+    mtp_layers: int = 0
+    """Multi-token-prediction modules trained beside the model (DeepSeek-V3 `num_nextn_predict_layers`, Sec. 2.2):
+    each is one more transformer block, a 2h -> h projection and the shared LM head, run on the last pipeline stage.
+    Their parameters are not in the counts (the published 671B excludes the MTP module)."""
     # Multi-head latent attention (DeepSeek-V2/V3)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0

@@ -44,6 +44,9 @@ class NodeGroup:
     """Achieved scale-up bus bandwidth per GPU (link line rate x busbw fraction unless overridden)."""
     scale_out_busbw_gb_per_s: float
     """Achieved scale-out bandwidth per GPU: node NICs x achieved rate / GPUs per node (rail-optimised)."""
+    power_cap_w: float | None = None
+    """Per-GPU power limit (`nvidia-smi -pl`) below the GPU's TDP; None runs at TDP. Scales the tensor-core clock
+    (models/hardware/rates.py power_clock_scale)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,13 +179,19 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
                        ("scale_up_busbw_gb_per_s", up_bw), ("scale_out_busbw_gb_per_s", out_bw)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or not _finite(value):
             raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
+    cap = overrides.get("power_cap_w")
+    if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not _finite(cap)
+                            or not 0 < cap <= gpu.tdp_w):
+        raise BadInputError(f"{where}: power_cap_w must be a number of watts in (0, {gpu.tdp_w:g}] "
+                            f"({gpu.name}'s TDP), got {cap!r}")
     return NodeGroup(preset=node.name, gpu=gpu, count=count, gpus_per_node=gpus_per_node, scale_up=scale_up,
                      scale_up_domain=domain, nic=nic, nics_per_node=nics,
-                     scale_up_busbw_gb_per_s=float(up_bw), scale_out_busbw_gb_per_s=float(out_bw))
+                     scale_up_busbw_gb_per_s=float(up_bw), scale_out_busbw_gb_per_s=float(out_bw),
+                     power_cap_w=None if cap is None else float(cap))
 
 
 GROUP_KEYS = {"node", "count", "gpu", "gpus_per_node", "scale_up_link", "nic_link", "nics_per_node",
-              "scale_up_domain", "scale_up_busbw_gb_per_s", "scale_out_busbw_gb_per_s"}
+              "scale_up_domain", "scale_up_busbw_gb_per_s", "scale_out_busbw_gb_per_s", "power_cap_w"}
 
 
 def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluster:

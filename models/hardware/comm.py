@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from clusterplan.errors import BadInputError
+
 ArrayLike = float | np.ndarray
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
 
 def _frac(n: ArrayLike) -> ArrayLike:
@@ -19,16 +22,45 @@ def _frac(n: ArrayLike) -> ArrayLike:
     return np.where(n > 1, (n - 1) / np.maximum(n, 1), 0.0)
 
 
+def _check(op: str) -> None:
+    if op not in OPS:
+        raise BadInputError(f"unknown collective {op!r}; expected one of {', '.join(OPS)}")
+
+
+def ring_steps(op: str, n: ArrayLike) -> ArrayLike:
+    """Latency steps (alphas) of one call over n ranks: ring all-reduce 2(n-1) (Patarasuk & Yuan 2009), ring
+    all-gather / reduce-scatter and pairwise all-to-all (n-1) (Thakur, Rabenseifner & Gropp 2005), send/recv 1.
+    The one place these counts live: the cost model multiplies a per-step alpha by them, profiler/fit.py divides a
+    measured intercept by them."""
+    _check(op)
+    n = np.asarray(n, dtype=float)
+    if op == "send_recv":
+        return np.ones_like(n)
+    steps = np.maximum(n - 1, 0.0)
+    return 2 * steps if op == "all_reduce" else steps
+
+
+def busbw_factor(op: str, n: ArrayLike) -> ArrayLike:
+    """nccl-tests' bus-bandwidth factor (doc/PERFORMANCE.md): time = factor * S / busbw with all-reduce 2(n-1)/n,
+    all-gather, reduce-scatter and all-to-all (n-1)/n, send/recv 1."""
+    _check(op)
+    if op == "send_recv":
+        return np.ones_like(np.asarray(n, dtype=float))
+    return 2 * _frac(n) if op == "all_reduce" else _frac(n)
+
+
 def all_reduce_s(size_bytes: ArrayLike, n: ArrayLike, busbw_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
     # Ring all-reduce: 2(n-1) steps of alpha + 2(n-1)/n * S / B (Patarasuk & Yuan 2009; nccl-tests busbw).
     n = np.asarray(n, dtype=float)
-    return np.where(n > 1, 2 * (n - 1) * latency_s + 2 * _frac(n) * size_bytes / busbw_bytes_per_s, 0.0)
+    return np.where(n > 1, ring_steps("all_reduce", n) * latency_s
+                    + busbw_factor("all_reduce", n) * size_bytes / busbw_bytes_per_s, 0.0)
 
 
 def all_gather_s(size_bytes: ArrayLike, n: ArrayLike, busbw_bytes_per_s: ArrayLike, latency_s: ArrayLike) -> ArrayLike:
     # Ring all-gather: (n-1) steps of alpha + (n-1)/n * S / B (Thakur, Rabenseifner & Gropp 2005).
     n = np.asarray(n, dtype=float)
-    return np.where(n > 1, (n - 1) * latency_s + _frac(n) * size_bytes / busbw_bytes_per_s, 0.0)
+    return np.where(n > 1, ring_steps("all_gather", n) * latency_s
+                    + busbw_factor("all_gather", n) * size_bytes / busbw_bytes_per_s, 0.0)
 
 
 reduce_scatter_s = all_gather_s  # mirror image of all-gather, same cost (nccl-tests factor (n-1)/n)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+import numpy as np
+
+from clusterplan.hardware_db import get_attention_curves, get_gemm_tiling
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
     AttentionFit,
@@ -14,14 +18,28 @@ from clusterplan.models.hardware.calibration import (
     GemmCurve,
 )
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.gemm import GemmShapeModel
 
-# Fixed cost per GEMM launch and tail wave, expressed as FLOPs at the GEMM rate: half_flops = rate x 0.1 ms.
-GEMM_HALF_TIME_S = 0.1e-3
-# Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach.
-# These two constants hold for every GPU and row; they were fitted once, jointly, to Narayanan et al. 2021 Table 1
-# and Korthikanti et al. 2022 Table 5 on A100 (errors in tests/test_reference_training.py) and are checked
-# against the held-out per-layer times of Korthikanti Table 4. `clusterplan profile` replaces the curve.
+# Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach
+# on top of their shape's wave/tile quantisation (models/hardware/gemm.py): the one fitted GEMM constant. It holds
+# for every GPU and row; it was refitted with the shape model (minimax |error|) jointly on Narayanan et al. 2021
+# Table 1 and Korthikanti et al. 2022 Table 5 on A100 (0.84: max 8.7%, 0.85: 7.6%, 0.86: 7.7%; errors in
+# tests/test_reference_training.py); Korthikanti Table 4's per-layer times are no held-out check (an earlier fit
+# used them). README "Fitted constants" lists every fit.
+# `clusterplan profile` replaces it with a measured GEMM curve.
 TRAINING_GEMM_SHARE = 0.85
+# Power cap -> clock: dynamic power ~ C V^2 f with V rising about linearly with f over the DVFS range, so
+# f ~ P^(1/3) (first-order CMOS power model). Checked, not fitted, on same-die vendor pairs: MI350X 1,000 W /
+# 2,200 MHz vs MI355X 1,400 W / 2,400 MHz (exponent 0.26, AMD datasheets); B200 1,000 W / 2,250 TFLOP/s vs
+# GB200 1,200 W / 2,500 TFLOP/s (0.58, NVIDIA datasheets).
+POWER_CLOCK_EXPONENT = 1.0 / 3.0
+
+
+def power_clock_scale(power_cap_w: float | None, tdp_w: float) -> float:
+    """Tensor-core clock under a power cap relative to the clock at TDP (1 without a cap)."""
+    if power_cap_w is None:
+        return 1.0
+    return min(1.0, power_cap_w / tdp_w) ** POWER_CLOCK_EXPONENT
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -61,8 +79,9 @@ class HardwareRates:
     attn_max_flops: float | None = None
     """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
     attn_half_flops: float = 0.0
-    attn_bwd_over_fwd: float = 2.5
-    """Flash-attention backward over forward time (FlashAttention-2's convention 2.5, Dao 2023)."""
+    attn_bwd_over_fwd: float = ATTN_BWD_FLOPS_OVER_FWD
+    """Calibrated flash-attention backward over forward time (the `profile` fit); without a fit the core's backward
+    is priced from the kernel curves (models/training/compute.py flash_core_times)."""
     layer_time_factor: float = 1.0
     """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
     tp_layer_overhead_s: float = 0.0
@@ -71,6 +90,21 @@ class HardwareRates:
     """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
     calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
     calibrated: bool = False
+    attention: AttentionRates | None = None
+    """Published flash-attention kernel curves of this GPU (None or empty: the core is priced as its GEMMs)."""
+    gemm_shape: GemmShapeModel | None = None
+    """Datasheet pricing: GEMM time by shape (models/hardware/gemm.py). None with a calibrated GEMM curve, which
+    prices each GEMM as (FLOPs + gemm_half_flops) / rate as `profile` measured it."""
+
+    def gemm_time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
+                    batch: np.ndarray | float = 1.0) -> np.ndarray:
+        """Seconds of one GEMM C[m,n] = A[m,k] B[k,n] (x batch) at this hardware's rates."""
+        if self.gemm_shape is not None:
+            return self.gemm_shape.time_s(m, n, k, fp8, batch)
+        flops = 2.0 * np.asarray(m, float) * n * k * batch
+        rate = np.where(np.asarray(fp8, dtype=bool), self.gemm_max_flops_fp8, self.gemm_max_flops)
+        # Calibrated saturating curve, rate * F / (F + F_half) (Calculon-style size curve): time (F + F_half) / rate.
+        return np.where(flops > 0, (flops + self.gemm_half_flops) / rate, 0.0)
 
     @classmethod
     def of(cls, cluster: Cluster, calibration: Calibration | None = None,
@@ -83,8 +117,9 @@ class HardwareRates:
         group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
-        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE
-        curve = GemmCurve(max_tflops=rate / 1e12, half_flops=rate * GEMM_HALF_TIME_S)
+        clock = power_clock_scale(group.power_cap_w, gpu.tdp_w)
+        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock
+        curve = GemmCurve(max_tflops=rate / 1e12, half_flops=0.0)
         fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
         hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
         bw_in = group.scale_up_busbw_gb_per_s * 1e9
@@ -98,9 +133,16 @@ class HardwareRates:
                 bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
         calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
         attn = None
+        tiling = get_gemm_tiling(gpu.name)
+        fp8_fraction = tiling.fp8_mamf_fraction if tiling and tiling.fp8_mamf_fraction else gpu.gemm_peak_fraction
+        fp8_rate = gpu.tflops("fp8") * 1e12 * fp8_fraction * TRAINING_GEMM_SHARE * clock
+        shape = GemmShapeModel.of(tiling, best_shape_flops=rate, best_shape_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm)
         if calibration is not None:
             calibrated = True
-            curve = calibration.gemm_curve("bf16") or curve
+            measured_curve = calibration.gemm_curve("bf16")
+            if measured_curve is not None:
+                curve, shape = measured_curve, None
+                fp8_rate = curve.max_tflops * 1e12 * fp8_scale
             hbm = calibration.copy_bytes_per_s or hbm
             up = calibration.collective("all_reduce", "scale_up")
             if up:
@@ -121,9 +163,12 @@ class HardwareRates:
                         bw_in=op_up.busbw_bytes_per_s if op_up else bw_in, lat_in=op_up.latency_s if op_up else lat_in,
                         bw_out=op_out.busbw_bytes_per_s / group.gpus_per_node if op_out else bw_out,
                         lat_out=op_out.latency_s if op_out else lat_out)
+        if shape is not None:
+            shape = replace(shape, hbm_bytes_per_s=hbm)
         return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
-                   gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=curve.half_flops,
-                   gemm_max_flops_fp8=curve.max_tflops * 1e12 * fp8_scale, hbm_bytes_per_s=hbm,
+                   gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
+                   gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
+                   attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock),
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,

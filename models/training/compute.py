@@ -7,9 +7,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
+from clusterplan.models.training.memory import SELECTIVE_OP_SAC
+from clusterplan.models.training.moe_layer import grouped_gemm_time_s, routing_times
+
+FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
+DEFAULT_FP8_RECIPE = "tensorwise"
+"""Megatron-Bridge's FP8-CS: Transformer Engine per-tensor current scaling (Float8CurrentScaling)."""
+FP8_QUANT_BYTES_PER_ELEMENT = {
+    # amax pass (read bf16) + fused cast-transpose (read bf16, write row- and column-major fp8): TE current scaling
+    "tensorwise": 2.0 + 2.0 + 2.0,
+    # amax fused into the cast-transpose, scale taken from the amax history (TE DelayedScaling)
+    "delayed": 2.0 + 2.0,
+    # one read, row- and column-wise fp8 copies, one E8M0 scale byte per 32 elements each (OCP MX spec v1.0)
+    "mxfp8": 2.0 + 2.0 + 2.0 / 32,
+    # DeepSeek-V3 fine-grained: 1x128 activation / 128x128 weight tiles, one fp32 scale per 128 (DeepSeek-V3 Sec. 3.3)
+    "blockwise": 2.0 + 2.0 + 2 * 4.0 / 128,
+    # torchao float8 rowwise (torchtitan): the row-wise and the column-wise scaled copies are cast separately, each
+    # with its own amax read: 2 x (2 + 2 + 1)
+    "rowwise": 2 * (2.0 + 2.0 + 1.0),
+}
+"""HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +42,9 @@ class LayerTime:
     """Extra forward work redone in backward (full: whole layer; selective: the attention core)."""
     core_forward_s: np.ndarray
     """Attention core (scores and weighted values) forward, the part ring context parallel overlaps with."""
+    core_backward_s: np.ndarray
+    """Attention core backward (flash: its backward kernel at the measured rate; unfused: the gradient GEMMs), the
+    part ring context parallel's backward K/V traffic overlaps with."""
     linear_s: np.ndarray
     """Weight GEMMs forward + backward (+ recompute): what tensor-parallel comm overlap hides under."""
     weight_grad_s: np.ndarray
@@ -31,6 +56,88 @@ class LayerTime:
 def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | float, half_flops: float) -> np.ndarray:
     # Saturating efficiency in GEMM size, rate * F / (F + F_half) (Calculon-style size curve): time (F + F_half) / rate.
     return count * (flops + half_flops) / rate
+
+
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """One weight matrix's GEMM per rank: tokens x out_features, reduced over in_features (both already / tp)."""
+
+    tokens: np.ndarray
+    in_features: np.ndarray | float
+    out_features: np.ndarray | float
+    count: np.ndarray | float = 1.0
+    streamed: bool = False
+    """The `count` GEMMs are a rank's local experts run by Transformer Engine's GroupedLinear (moe_layer)."""
+
+
+def linear_times(linears: list[Linear], hw: HardwareRates,
+                 fp8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
+    dX = dY W^T and dW = X^T dY backward."""
+    fwd = bwd = wgrad = 0.0
+    for g in linears:
+        t, i, o = g.tokens, g.in_features, g.out_features
+        # `count` equal GEMMs share the waves: all at once, or GROUPED_GEMM_STREAMS at a time (local experts, TE).
+        def gemm(m, n, k, g=g):
+            if g.streamed:
+                return grouped_gemm_time_s(hw, m, n, k, fp8, g.count)
+            return hw.gemm_time_s(m, n, k, fp8, g.count)
+        fwd = fwd + gemm(t, o, i)
+        dw = gemm(i, o, t)
+        wgrad = wgrad + dw
+        bwd = bwd + gemm(t, i, o) + dw
+    return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
+
+
+def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
+                   weight_copy: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the fp8 quantisation kernels around `linears`: the input X and the weight W
+    forward, the output gradient dY backward, each FP8_QUANT_BYTES_PER_ELEMENT[recipe] at the HBM rate. A cached fp8
+    weight copy (Transformer Engine) quantises W once per optimizer step, i.e. 1/micro-batches per micro-batch."""
+    per_element = FP8_QUANT_BYTES_PER_ELEMENT[recipe] / hw.hbm_bytes_per_s
+    weight_share = 1.0 / L.microbatches if weight_copy else 1.0
+    fwd = bwd = 0.0
+    for g in linears:
+        fwd = fwd + g.count * (g.tokens * g.in_features + weight_share * g.in_features * g.out_features) * per_element
+        bwd = bwd + g.count * g.tokens * g.out_features * per_element
+    return np.asarray(fwd), np.asarray(bwd)
+
+
+def op_sac_recomputed_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
+    """The matmuls torchtitan's op-level SAC recomputes: of wq, wk, wv, wo, w1, w3, w2 every second one, i.e. wk,
+    wo and w3 (w2 for a two-matrix MLP); MoE expert grouped matmuls are not in the alternation."""
+    tokens = L.seq * L.mbs / L.cp
+    h = shapes.hidden
+    out = [Linear(tokens, h, shapes.kv_dim / 2 / L.tp), Linear(tokens, shapes.v_dim / L.tp, h)]
+    if not moe:
+        out.append(Linear(tokens, h, shapes.ffn / L.tp) if shapes.gated else Linear(tokens, shapes.ffn / L.tp, h))
+    return out
+
+
+def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
+           count: np.ndarray | float = 1.0, streamed: bool = False) -> list[Linear]:
+    """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
+    has `inner` inputs, the input projections get the remaining parameters; both sharded by `shard` (Megatron TP:
+    column- then row-parallel). The FLOPs equal 2 x tokens x params / shard exactly."""
+    first = (params - inner * hidden) / hidden
+    return [Linear(tokens, hidden, first / shard, count, streamed),
+            Linear(tokens, inner / shard, hidden, count, streamed)]
+
+
+def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
+    """The weight GEMMs of one layer on one rank, with their shapes (tokens = seq x mbs / cp)."""
+    tokens = L.seq * L.mbs / L.cp
+    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp)
+    if moe:
+        # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
+        # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
+        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp)
+        out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
+                      count=shapes.n_experts / L.ep, streamed=True)
+        out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
+    else:
+        out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp)
+    return out
 
 
 def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +154,17 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
     else:
         mlp = 2 * tokens * shapes.dense_mlp_params / t
     core_model = 2 * tokens * L.seq * (shapes.q_dim + shapes.v_dim) / t
-    core_exec = np.where(L.flash_attn > 0, 0.5, 1.0) * core_model
+    core_exec = np.where(L.flash_attn > 0, causal_share(shapes, L.seq), 1.0) * core_model
     return attn + mlp, core_exec
+
+
+def causal_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
+    """Share of the s x s score blocks a causal kernel computes, averaged over the layers: a full causal layer
+    1/2; a sliding-window layer (window w < s) sum_i min(i, w) / s^2 = w/s - w^2 / (2 s^2) (Beltagy 2020)."""
+    w = np.minimum(float(shapes.sliding_window or 0), seq) if shapes.sliding_window else seq
+    window = w / seq - w * w / (2 * seq * seq)
+    n_sl = shapes.n_sliding_layers
+    return ((shapes.n_layers - n_sl) * 0.5 + n_sl * window) / shapes.n_layers
 
 
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
@@ -68,49 +184,121 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
     return outside + act + rope + scores
 
 
-def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool) -> LayerTime:
-    """Forward, backward (2x the GEMMs: input and weight gradients) and recompute time of one layer."""
+def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
+               stack: ExecutionStack | None = None) -> LayerTime:
+    """Forward, backward (input- and weight-gradient GEMMs) and recompute time of one layer, as `stack` runs it
+    (None: megatron-core): its attention kernel, first fp8 recipe, fp8 weight cache and selective recompute."""
+    stack = stack or get_stack()
+    attention_kernel = stack.attention_kernel
+    fp8_recipe = stack.fp8_recipes[0] if stack.fp8_recipes else DEFAULT_FP8_RECIPE
+    fp8_weight_copy, selective = stack.fp8_weight_copy, stack.selective_recompute
     linear, core_exec = layer_flops(shapes, L, moe)
-    rate = np.where(L.precision == PREC_FP8, hw.gemm_max_flops_fp8, hw.gemm_max_flops)
-    n_linear = 4.0 + (1.0 if shapes.gated else 0.0)  # qkv, out, fc1 (+gate), fc2
-    per_gemm = linear / n_linear
-    t_linear = gemm_s(per_gemm, n_linear, rate, hw.gemm_half_flops)
-    # Attention core runs in bf16 even under fp8 recipes; with flash and a calibration, at the measured SDPA rate.
-    t_core = gemm_s(core_exec / 2, 2.0, hw.gemm_max_flops, hw.gemm_half_flops)
-    if hw.attn_max_flops is not None:
-        t_core = np.where(L.flash_attn > 0, gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops), t_core)
+    fp8 = L.precision == PREC_FP8
+    linears = layer_linears(shapes, L, moe)
+    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8)
+    cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
+    t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
+    t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
+    # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
+    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
     forward = t_linear + t_core + t_elem
-    # Backward: input- and weight-gradient GEMMs (2x), flash backward ~2.5x its forward, elementwise ~2x.
-    backward = 2 * t_linear + np.where(L.flash_attn > 0, hw.attn_bwd_over_fwd, 2.0) * t_core + 2 * t_elem
-    selective_extra = np.where(L.flash_attn > 0, 0.0, t_core + 0.5 * t_elem)
-    full, selective = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
-    recompute = np.select([full, selective], [forward, selective_extra], 0.0)
+    route_bwd = 0.0
+    if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
+        route_fwd, route_bwd = routing_times(shapes, L, hw)
+        forward = forward + route_fwd
+    # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + route_bwd
+    # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
+    # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
+    # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
+    selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
+    selective_flops = core_exec
+    if selective == SELECTIVE_OP_SAC:
+        # torchtitan op-level SAC reruns every other matmul (memory.py op_sac_bytes) and every elementwise op.
+        redo = op_sac_recomputed_linears(shapes, L, moe)
+        selective_extra = linear_times(redo, hw, fp8)[0] + t_elem
+        selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
+    full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
+    recompute = np.select([full, sel], [forward, selective_extra], 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([full, selective],
-                                [linear + core_exec, np.where(L.flash_attn > 0, 0.0, core_exec)], 0.0)
+    flops_recompute = np.select([full, sel], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
-                     linear_s=t_linear * (3.0 + np.where(full, 1.0, 0.0)), weight_grad_s=t_linear,
+                     core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
+                     weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute)
+
+
+def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
+                     attention_kernel: str) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) of one average layer's attention core.
+
+    Flash on, forward: a `profile` attention fit when calibrated; else the kernel's published curve
+    (models/hardware/attention.py) at the per-call key length, seq / cp for full layers and the window for
+    sliding-window layers, and the model's head dim; else its score/value GEMMs with only the causal share computed.
+    Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the forward's rate (the fit's own ratio when calibrated).
+    Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
+    t_gemm, t_gemm_bwd = core_gemm_times(shapes, L, hw)
+    flash = L.flash_attn > 0
+    fwd = causal_share(shapes, L.seq) * t_gemm
+    bwd_ratio = ATTN_BWD_FLOPS_OVER_FWD
+    if hw.attn_max_flops is not None:
+        fwd = gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops)
+        bwd_ratio = hw.attn_bwd_over_fwd
+    elif hw.attention is not None and hw.attention.has(attention_kernel):
+        head_dim = (shapes.q_dim + shapes.v_dim) / (2 * shapes.n_heads)
+        full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
+        n_sl = shapes.n_sliding_layers
+        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp)]
+        if n_sl:
+            w = np.minimum(float(shapes.sliding_window), L.seq)
+            parts.append((n_sl / shapes.n_layers * (w / L.seq - w * w / (2 * L.seq * L.seq)) * full_s, w))
+        att = hw.attention
+        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
+        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
+        return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
+    return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
+
+
+def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) of the attention core as batched GEMMs over mbs x heads / tp, all score blocks computed:
+    S = Q K^T [s/cp x s, inner d_qk] and O = P V [s/cp x d_v, inner s]; backward dQ, dK, dP, dV (Megatron-LM's
+    unfused core; flash attention is priced from its kernel measurements instead)."""
+    batch = L.mbs * shapes.n_heads / L.tp
+    q_len, kv_len = L.seq / L.cp, L.seq
+    d_qk, d_v = shapes.q_dim / shapes.n_heads, shapes.v_dim / shapes.n_heads
+    t = hw.gemm_time_s
+    forward = t(q_len, kv_len, d_qk, False, batch) + t(q_len, d_v, kv_len, False, batch)
+    backward = (t(q_len, d_qk, kv_len, False, batch) + t(kv_len, d_qk, q_len, False, batch)
+                + t(q_len, kv_len, d_v, False, batch) + t(kv_len, d_v, q_len, False, batch))
+    return forward, backward
 
 
 def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
     """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward)."""
     tokens = L.seq * L.mbs / L.cp
-    flops = 2 * tokens * shapes.vocab * shapes.hidden / L.tp
-    t_gemm = gemm_s(flops, 1.0, hw.gemm_max_flops, hw.gemm_half_flops)
+    t_gemm, t_gemm_bwd, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
+                                         np.zeros(len(L), bool))
     t_loss = 12.0 * tokens * shapes.vocab / L.tp / hw.hbm_bytes_per_s  # fp32 logits: softmax read/write, grad write
-    return t_gemm + t_loss, 2 * t_gemm + t_loss
+    return t_gemm + t_loss, t_gemm_bwd + t_loss
+
+
+MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "
+             "core with causal masking and sliding windows counted as executed, x3 for forward + backward; no "
+             "recompute) / (step time x GPUs x dense bf16 peak); fp8 runs are also measured against the bf16 peak")
+"""The one MFU definition (issue #13): Megatron/PaLM model FLOPs with causal attention counted as the half a causal
+kernel executes. HFU counts executed FLOPs (recompute, the flash backward's recomputed scores, unfused attention's
+masked half) over the same peak, so HFU >= MFU."""
 
 
 def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """Model FLOPs of one optimizer step, no recompute counted (Megatron/PaLM MFU definition): 3 x forward, with
-    forward = 2 x tokens x active matmul parameters + full (non-causal-halved) attention scores, as in
-    Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) for GPT."""
+    """Model FLOPs of one optimizer step (MFU_BASIS): 3 x forward, forward = 2 x tokens x active matmul parameters
+    + the attention core 2 x tokens x seq x (q_dim + v_dim) per layer times its causal share (1/2; windows less),
+    i.e. Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) with the s/6h attention term halved for causal masking."""
     tokens = L.gbs * L.seq
     matmul = (shapes.n_layers - shapes.n_moe_layers) * (shapes.attn_params + shapes.dense_mlp_params)
     matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params
                                              + shapes.top_k * shapes.expert_params)
     matmul = matmul + shapes.vocab * shapes.hidden
-    core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers
+    core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers * causal_share(shapes, L.seq)
     return 3 * tokens * (2 * matmul + core)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,10 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
+from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import placement_bottleneck_gb_per_s
 
@@ -57,11 +59,19 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
+def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack) -> MemoryBreakdown:
+    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies, what
+    its sequence parallelism saves)."""
+    return memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy,
+                            stack.sp_saves_gathered_inputs)
+
+
 def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
              stack: ExecutionStack | None = None) -> Evaluation:
     """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
     stack = stack or get_stack()
-    return Evaluation(memory=memory_breakdown(shapes, arrays), time=step_time(shapes, arrays, hw, stack),
+    return Evaluation(memory=stack_memory(shapes, arrays, stack),
+                      time=step_time(shapes, arrays, hw, stack),
                       hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 
 
@@ -70,10 +80,10 @@ class Estimate:
     model: ModelSpec
     cluster: Cluster
     layout: Layout
-    reasons: tuple[str, ...]
+    reasons: tuple[Rule, ...]
+    """Rules the layout breaks (divisibility, out of memory); empty = feasible."""
     evaluation: Evaluation | None
     index: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -85,7 +95,7 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         """The stable JSON shape other tools read (see README "estimate JSON")."""
         out: dict[str, Any] = {"layout": self.layout.to_dict(), "feasible": self.feasible,
-                               "reasons": list(self.reasons), "model": self.model.name,
+                               "reasons": [str(r) for r in self.reasons], "model": self.model.name,
                                "cluster": self.cluster.describe()}
         ev = self.evaluation
         if ev is None:
@@ -105,6 +115,7 @@ class Estimate:
             "tflops_per_gpu": _r(v(ev.time.model_flops) / v(ev.time.step_s) / ev.world / 1e12),
             "mfu": _r(v(ev.mfu)),
             "hfu": _r(v(ev.hfu)),
+            "mfu_basis": MFU_BASIS,
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
             "stack": ev.stack.name,
@@ -118,22 +129,49 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
+                       fp8_recipe: str | None = None) -> list[str]:
+    """fp8 needs a stack with an fp8 recipe and fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor
+    cores (Blackwell, CDNA 4)."""
+    if layout.precision != "fp8":
+        return []
+    if not stack.fp8_recipes:
+        return [f"precision fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or another --stack"]
+    fp8_recipe = fp8_recipe or stack.fp8_recipes[0]
+    if fp8_recipe not in stack.fp8_recipes:
+        return [f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}"]
+    gpus = {g.gpu.name: g.gpu for g in cluster.groups}
+    lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
+    if lacking:
+        return [f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision=bf16"]
+    no_mx = sorted(n for n, g in gpus.items() if not g.mx_formats)
+    if fp8_recipe == "mxfp8" and no_mx:
+        return [f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
+                "use the tensorwise or blockwise recipe"]
+    return []
+
+
 def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Calibration | None = None,
              node_order: tuple[int, ...] | None = None, eager_layers: bool = False,
-             stack: ExecutionStack | None = None) -> Estimate:
+             stack: ExecutionStack | None = None, fp8_recipe: str | None = None) -> Estimate:
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
     (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
-    `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core).
+    `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
+    `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
     """
     reasons = layout_problems(model, layout, cluster.world_size)
+    stack = stack or get_stack()
+    reasons += [Rule.broken(RuleCode.PRECISION, p) for p in precision_problems(cluster, layout, stack, fp8_recipe)]
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
+    if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
+        stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
     if not bool(ev.fits[0]):
-        reasons.append(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
+        reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
-                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}")
+                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}"))
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.rules import Rule, RuleCode
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 Recompute = Literal["none", "selective", "full"]
@@ -210,69 +211,77 @@ def stage_layers(model: ModelSpec, layout: Layout) -> tuple[int, int, int]:
     return (first or per), per, (last or per)
 
 
-def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[str]:
-    """Every divisibility and size rule the layout breaks, each printing its factors. Empty = valid."""
+def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
+    """Every divisibility and size rule the layout breaks (rules.py), each message printing its factors.
+    Empty = valid."""
     L = layout
-    problems: list[str] = []
+    problems: list[Rule] = []
+    add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
     if L.world != world:
-        problems.append(f"pp({L.pp}) * dp({L.dp}) * cp({L.cp}) * tp({L.tp}) = {L.world} != world({world})")
+        add(RuleCode.WORLD, f"pp({L.pp}) * dp({L.dp}) * cp({L.cp}) * tp({L.tp}) = {L.world} != world({world})")
     if model.n_heads % L.tp:
-        problems.append(f"n_heads({model.n_heads}) % tp({L.tp}) != 0")
+        add(RuleCode.HEADS_TP, f"n_heads({model.n_heads}) % tp({L.tp}) != 0")
     kv = model.kv_heads
     if not model.is_mla and kv % L.tp and L.tp % kv:
-        problems.append(f"kv heads({kv}) and tp({L.tp}): neither divides the other, so kv heads cannot be split "
-                        "or replicated evenly")
+        add(RuleCode.KV_HEADS_TP, f"kv heads({kv}) and tp({L.tp}): neither divides the other, so kv heads cannot be "
+                                  "split or replicated evenly")
     if model.ffn_hidden % L.tp:
-        problems.append(f"ffn_hidden({model.ffn_hidden}) % tp({L.tp}) != 0")
+        add(RuleCode.FFN_TP, f"ffn_hidden({model.ffn_hidden}) % tp({L.tp}) != 0")
     if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
-        problems.append(f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
+        add(RuleCode.A2A_HEADS,
+            f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
     chunks = L.pp * L.vpp
     uneven = L.first_stage_layers or L.last_stage_layers
     if L.pp == 1 and uneven:
-        problems.append("first_stage_layers/last_stage_layers need pp > 1")
+        add(RuleCode.UNEVEN_NEEDS_PP, "first_stage_layers/last_stage_layers need pp > 1")
     elif uneven:
         first, per, last = stage_layers(model, L)
         n_mid = L.pp - (1 if L.first_stage_layers else 0) - (1 if L.last_stage_layers else 0)
         if n_mid and per < 1 <= min(first, last):
-            problems.append(f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no layers for the "
-                            f"{n_mid} middle stages")
+            add(RuleCode.NO_MIDDLE_LAYERS, f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no "
+                                           f"layers for the {n_mid} middle stages")
         elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
-            problems.append(f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
+            add(RuleCode.STAGE_LAYERS_SUM,
+                f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
         elif per % L.vpp:
             # The first and last ranks may hold fewer layers than their vpp chunks share evenly (Megatron's
             # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
-            problems.append(f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
+            add(RuleCode.STAGE_LAYERS_VPP, f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
-        problems.append(f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
-                        "set first_stage_layers/last_stage_layers for an uneven split")
+        add(RuleCode.LAYERS_PP, f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
+                                "set first_stage_layers/last_stage_layers for an uneven split")
     if L.vpp > 1 and L.schedule not in ("interleaved-1f1b", "zbv"):
-        problems.append(f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b (or zbv with vpp 2), got {L.schedule}")
+        add(RuleCode.VPP_SCHEDULE,
+            f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b (or zbv with vpp 2), got {L.schedule}")
     if L.schedule == "zbv" and (L.vpp != 2 or L.pp < 2):
-        problems.append(f"schedule zbv runs exactly 2 chunks per pipeline rank (torchtitan ZBVZeroBubble): needs "
-                        f"pp > 1 and vpp = 2, got pp({L.pp}) vpp({L.vpp})")
+        add(RuleCode.ZBV_CHUNKS, f"schedule zbv runs exactly 2 chunks per pipeline rank (torchtitan ZBVZeroBubble): "
+                                 f"needs pp > 1 and vpp = 2, got pp({L.pp}) vpp({L.vpp})")
     if L.schedule == "interleaved-1f1b" and L.pp > 1 and L.microbatches % L.pp:
-        problems.append(f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")
+        add(RuleCode.INTERLEAVED_MICROBATCHES,
+            f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")
     if L.gbs % (L.dp * L.mbs):
-        problems.append(f"gbs({L.gbs}) % (dp({L.dp}) * mbs({L.mbs})) != 0")
+        add(RuleCode.GBS_DP_MBS, f"gbs({L.gbs}) % (dp({L.dp}) * mbs({L.mbs})) != 0")
     if L.sp and L.tp > 1 and L.seq % (L.tp * L.cp):
-        problems.append(f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
+        add(RuleCode.SP_SEQ, f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
     if L.cp > 1 and L.seq % (2 * L.cp):
-        problems.append(f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
+        add(RuleCode.CP_SEQ, f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
     problems += _moe_problems(model, L)
     return problems
 
 
-def _moe_problems(model: ModelSpec, L: Layout) -> list[str]:
+def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     if not model.is_moe:
-        return [f"ep({L.ep}) > 1 needs a mixture-of-experts model"] if L.ep > 1 else []
-    problems = []
+        return [Rule.broken(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")] if L.ep > 1 else []
+    problems: list[Rule] = []
+    add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
     if model.n_experts % L.ep:
-        problems.append(f"n_experts({model.n_experts}) % ep({L.ep}) != 0")
+        add(RuleCode.EXPERTS_EP, f"n_experts({model.n_experts}) % ep({L.ep}) != 0")
     fold = L.dp_shard * L.cp * L.tp
     if fold % (L.ep * L.etp):
-        problems.append(f"ep({L.ep}) * etp({L.etp}) must divide dp_shard({L.dp_shard}) * cp({L.cp}) * tp({L.tp}) = {fold}")
+        add(RuleCode.EP_FOLD,
+            f"ep({L.ep}) * etp({L.etp}) must divide dp_shard({L.dp_shard}) * cp({L.cp}) * tp({L.tp}) = {fold}")
     if model.expert_ffn_hidden % L.etp:
-        problems.append(f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
+        add(RuleCode.EXPERT_FFN_ETP, f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
     return problems
 
 

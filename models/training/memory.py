@@ -27,10 +27,15 @@ from clusterplan.models.training.batch import (
 )
 
 GIB = float(2**30)
+SELECTIVE_CORE_ATTN, SELECTIVE_OP_SAC = "core_attn", "op_sac"
+"""What `recompute=selective` means: Megatron-Core's core-attention checkpoint, torchtitan's op-level SAC."""
 # CUDA context + cuBLAS/cuDNN workspaces per process; Galvatron's default `pytorch_context_mem` is 1024 MB.
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 # NCCL buffers per communicator (NCCL_BUFFSIZE 4 MiB x channels x send/recv; aiconfigurator's `nccl_mem`).
 NCCL_BYTES_PER_GROUP = 0.125 * GIB
+# Transformer Engine caches each weight's fp8 copy in both layouts (row-wise for the forward GEMM, column-wise /
+# transposed for dgrad; MXFP8 likewise, plus 1/32 scales) across micro-batches: 2 B per parameter beside bf16.
+FP8_WEIGHT_COPY_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -56,15 +61,16 @@ def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
     return StageLayers(np.where(one, n, first), np.where(one, n, middle), np.where(one, n, last))
 
 
-def bytes_per_param(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bytes_per_param(L: LayoutArrays, fp8_weight_copy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
     Narayanan et al. 2021 / Korthikanti et al. 2022); plain Adam keeps grads in the weight dtype and fp32 m, v;
-    SGD keeps no state. fp8 adds a 1-byte fp8 weight copy (Transformer Engine); fp32 training needs no master.
+    SGD keeps no state. fp8 adds the cached fp8 weight copies (FP8_WEIGHT_COPY_BYTES); fp32 training needs no master.
     """
     fp32 = L.precision == PREC_FP32
-    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 3.0, 2.0))
+    copy = FP8_WEIGHT_COPY_BYTES if fp8_weight_copy else 0.0
+    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + copy, 2.0))
     grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
@@ -104,9 +110,10 @@ class StateBytes:
     under pipeline parallelism the whole stage's unsharded weights and gradients."""
 
 
-def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray) -> StateBytes:
+def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
+                fp8_weight_copy: bool = True) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
-    wb, gb, ob = bytes_per_param(L)
+    wb, gb, ob = bytes_per_param(L, fp8_weight_copy)
     dense_shard = L.dp_shard * L.cp
     expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
     p_dense, p_exp = params.dense, params.expert
@@ -125,33 +132,77 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
     return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
 
 
-def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray) -> np.ndarray:
+def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
+    """Bytes one layer keeps under torchtitan's op-level selective activation checkpointing (per micro-batch, one
+    rank): the layer input, the outputs of the ops in its save list (matmuls, SDPA with its log-sum-exp,
+    reduce-scatters) except every other matmul, which is recomputed with every elementwise op (torchtitan
+    `_op_sac_save_list`, policy "save every other mm"). Dense-layer matmul order wq, wk, wv, wo, w1, w3, w2 keeps
+    wq, wv, w1, w2; MoE experts run grouped matmuls outside the alternation and are kept with their gate/up outputs."""
+    h = shapes.hidden
+    tokens = L.seq * L.mbs / L.cp
+    t = L.tp
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    kv_half = shapes.kv_dim / 2  # the v projection (k and v are equally wide)
+    attn = tokens * (h / L.sp_div * act + act * (shapes.q_dim + kv_half + shapes.v_dim) / t
+                     + 4.0 * shapes.n_heads / t)
+    rs = np.where(L.sp > 0, 2.0 * tokens * h / L.sp_div * act, 0.0)  # SP reduce-scatter outputs are in the save list
+    if moe:
+        routed = tokens * shapes.top_k / L.sp_div
+        mlp = act * routed * shapes.expert_ffn * (2 if shapes.gated else 1) / L.etp + act * routed * h
+        if shapes.shared_ffn:
+            mlp = mlp + act * tokens * (shapes.shared_ffn + h) / t
+    else:
+        mlp = act * tokens * (shapes.ffn + h) / t  # w1 and w2 outputs (w3 is the recomputed one)
+    return attn + rs + mlp
+
+
+def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
+                           selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
-    `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input.
+    `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
+    selective keeps follows the stack (`selective`): Megatron's core_attn checkpoint or torchtitan's op-level SAC.
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
     tokens = L.seq * L.mbs / L.cp
     t, spd = L.tp, L.sp_div
-    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16 (fp8 GEMM inputs are still saved in bf16); fp32 runs 4
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16; fp32 runs 4
+    fp8 = L.precision == PREC_FP8
+    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (1 B, Float8Tensor) in place of
+    # the bf16 norm outputs and FFN product; the out-projection's fp8 copy comes on top of the attention output the
+    # attention core keeps in bf16.
+    lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
-    outside = tokens * h * (2 * act + act + act + 2 * drop) / spd  # two norm inputs, qkv in, mlp in, masks
+    # Two norm inputs and dropout masks on sequence shards under SP; the qkv and MLP inputs too (Megatron keeps the
+    # shard and re-gathers in backward), or whole when the stack's SP saves the gathered input (`sp_gathered`).
+    lin_div = 1.0 if sp_gathered else spd
+    outside = tokens * h * (2 * act + 2 * drop) / spd + tokens * h * 2 * lin_in / lin_div
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
-    attn_out = act * tokens * shapes.v_dim / t
+    if shapes.mla_latent:
+        # MLA trains on per-head tensors: q (heads x (nope + rope)), k expanded per head (same width), v (heads x
+        # v_head), plus the low-rank intermediates (DeepSeek-V2 Sec. 2.1; Megatron-Core MLA), not the cached latent.
+        qkv = act * tokens * ((2 * shapes.q_dim + shapes.v_dim) / t + shapes.mla_latent)
+    attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
-    scores = np.where((mode >= RECOMPUTE_SELECTIVE) & (L.flash_attn == 0), 0.0, scores)  # selective recomputes the attention core
+    # Selective (Megatron core_attn checkpoint) keeps the core's inputs q, k, v (kept above) and recomputes the rest:
+    # unfused, the s^2 softmax/dropout tensors (Korthikanti 2022); with flash only its log-sum-exp (the output is
+    # kept by the out-projection anyway).
+    scores = np.where(mode >= RECOMPUTE_SELECTIVE, 0.0, scores)
     if moe:
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
         mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
-               + (4 if shapes.gated else 2) * act * routed * shapes.expert_ffn / L.etp)
+               + ((3 if shapes.gated else 1) * act + lin_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
-            mlp = mlp + (4 if shapes.gated else 2) * act * tokens * shapes.shared_ffn / t
+            mlp = mlp + ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.shared_ffn / t
     else:
-        mlp = (4 if shapes.gated else 2) * act * tokens * shapes.ffn / t  # gate, up, act(gate), product
+        # gate, up, act(gate), product (the fc2 input: fp8 under fp8)
+        mlp = ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.ffn / t
     stored = outside + qkv + attn_out + scores + mlp
+    if selective == SELECTIVE_OP_SAC:
+        stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe), stored)
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
 
 
@@ -172,7 +223,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
 
 
-def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str) -> np.ndarray:
+def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
+                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
     working set of the layer being recomputed under full recompute."""
     full_layers = np.where(L.recompute == RECOMPUTE_FULL,
@@ -180,8 +232,9 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
-    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode)
-                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode) if moe_share else 0.0))
+    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered)
+                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered)
+                         if moe_share else 0.0))
     per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
     per_micro = full_layers * per_layer_full + (layers - full_layers) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
@@ -190,8 +243,9 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
 
 
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
-                          head: np.ndarray | bool) -> np.ndarray:
-    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage)."""
+                          head: np.ndarray | bool, sp_gathered: bool = False) -> np.ndarray:
+    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
+    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
@@ -200,7 +254,9 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     # fp32 training has no upcast: 4 bytes per logit.
     logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
               * shapes.vocab / L.tp)
-    return np.where(embed, embed_out, 0.0) + np.where(head, logits, 0.0)
+    head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
+        if sp_gathered else 0.0
+    return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
 
 
 def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
@@ -223,8 +279,10 @@ class MemoryBreakdown:
     """All terms at every position: [position (first, middle, last), term (as above, then total), candidate]."""
 
 
-def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
-    """Per-GPU memory (bytes) of the most loaded pipeline rank, by term."""
+def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
+                     fp8_weight_copy: bool = True, sp_gathered: bool = False) -> MemoryBreakdown:
+    """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
+    (selective_recompute, fp8_weight_copy, sp_saves_gathered_inputs); defaults are Megatron-Core's."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     rows = []
@@ -232,8 +290,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays) -> MemoryBreakdown:
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers)
-        acts = layers_activation_bytes(shapes, L, n_layers, position) + ends_activation_bytes(shapes, L, embed, head)
+        states = state_bytes(shapes, L, params, n_layers, fp8_weight_copy)
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered)
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))

@@ -20,12 +20,20 @@ from clusterplan.models.training.batch import (
     CpKindCode,
     LayoutArrays,
     OptimizerCode,
-    PrecisionCode,
     RecomputeCode,
     ScheduleCode,
 )
+from clusterplan.models.training.collectives import (
+    EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
+    Collectives,
+    activation_bytes,
+    ep_collectives,
+    pipeline_p2p,
+    tp_collectives,
+)
 from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
+from clusterplan.models.training.moe_layer import mtp_projection_s
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -64,9 +72,12 @@ def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.nda
     return comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), np.where(n_out > 1, r.lat_out, r.lat_in))
 
 
-def activation_bytes(L: LayoutArrays) -> np.ndarray:
-    """Bytes per activation element that TP/CP/EP/PP send: the compute dtype (fp32 runs send fp32, others 16-bit)."""
-    return np.where(L.precision == PrecisionCode.FP32, 4.0, 2.0)
+def _priced(collectives: tuple[Collectives, ...], g: Group, hw: HardwareRates) -> np.ndarray:
+    """Time of every call of `collectives` (models/training/collectives.py) over the group, one after another."""
+    total = np.zeros_like(g.size, dtype=float)
+    for c in collectives:
+        total = total + c.calls * _collective(c.kind, c.size_bytes, g, hw)
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +111,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     bytes; Korthikanti 2022), 2 more when full recompute redoes the forward. TE userbuffers / async TP (both need
     sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
     """
-    tokens = L.seq * L.mbs / L.cp
-    one = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, Group(L.tp, np.ones_like(L.tp)), hw)
-    total = (4.0 + np.where(L.recompute == RecomputeCode.FULL, 2.0, 0.0)) * one
+    # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
+    total = _priced(tp_collectives(shapes, L), Group(L.tp, np.ones_like(L.tp)), hw)
     share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
@@ -153,8 +163,6 @@ def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: Hardw
                                                                                           gathered, group, hw)
 
 
-EP_ALL_TO_ALLS_PER_LAYER = 4
-"""Dispatch and combine forward, and their mirror images backward (Lepikhin 2020; Megatron-Core token dispatcher)."""
 
 
 def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, moe: bool,
@@ -172,10 +180,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
     if moe:
-        # tokens x top_k x h per all-to-all, each rank sending its 1/tp share of the tokens.
-        ep_group = Group(L.ep, np.ones_like(L.ep))
-        one = _collective("all_to_all", act * tokens / L.tp * shapes.top_k * shapes.hidden, ep_group, hw)
-        ep = one * (EP_ALL_TO_ALLS_PER_LAYER + full * EP_ALL_TO_ALLS_PER_LAYER / 2)
+        # tokens x top_k x h per all-to-all, each rank sending its 1/tp share (collectives.py ep_collectives).
+        ep = _priced((ep_collectives(shapes, L),), Group(L.ep, np.ones_like(L.ep)), hw)
     return tp, cp, ep
 
 
@@ -207,14 +213,14 @@ class LayerCost:
 
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
     moe_share = shapes.moe_fraction
-    dense = layer_time(shapes, L, hw, False)
+    dense = layer_time(shapes, L, hw, False, stack)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
     flops = (1 - moe_share) * dense.hardware_flops
     weight_grad = (1 - moe_share) * dense.weight_grad_s
     tp_d, cp_d, _ = _layer_comm(shapes, L, hw, stack, False, dense)
     tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
     if moe_share:
-        sparse = layer_time(shapes, L, hw, True)
+        sparse = layer_time(shapes, L, hw, True, stack)
         compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
         flops = flops + moe_share * sparse.hardware_flops
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
@@ -249,19 +255,26 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
-    first_tp = cost.embed_tp_s + np.where(single, cost.head_tp_s, 0.0)
-    first = layers.first * cost.total_s + np.where(single, cost.head_s, 0.0) + first_tp
+    # Multi-token prediction (DeepSeek-V3): each module is one more layer, its projection and one more LM head pass
+    # on the last stage (moe_layer.mtp_projection_s).
+    mtp = float(shapes.mtp_layers)
+    head = (1.0 + mtp) * cost.head_s + (mtp * mtp_projection_s(shapes, L, hw) if mtp else 0.0)
+    head_tp = (1.0 + mtp) * cost.head_tp_s
+    first_layers = layers.first + np.where(single, mtp, 0.0)
+    last_layers = layers.last + mtp
+    first_tp = cost.embed_tp_s + np.where(single, head_tp, 0.0)
+    first = first_layers * cost.total_s + np.where(single, head, 0.0) + first_tp
     middle = layers.middle * cost.total_s
-    last = layers.last * cost.total_s + cost.head_s + cost.head_tp_s
+    last = last_layers * cost.total_s + head + head_tp
     slowest = np.argmax(np.stack([first, middle, last]), axis=0)  # index in POSITIONS
     stage = np.choose(slowest, [first, middle, last])
-    slow_layers = np.choose(slowest, [layers.first, layers.middle, layers.last])
-    slow_head = np.where(single | (slowest == POSITIONS.index("last")), cost.head_s, 0.0)
-    slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), cost.head_tp_s])
+    slow_layers = np.choose(slowest, [first_layers, layers.middle, last_layers])
+    slow_head = np.where(single | (slowest == POSITIONS.index("last")), head, 0.0)
+    slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), head_tp])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
     pp_group_inner = L.dp * L.cp * L.tp
     n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    p2p = _p2p(activation_bytes(L) * L.seq * L.mbs / L.cp * shapes.hidden / L.tp, n_out, hw)
+    p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
@@ -272,8 +285,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     tp_total = tp_total + m * slow_ends_tp
     step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
-    hardware = L.gbs / L.mbs * (cost.hardware_flops * shapes.n_layers * L.tp * L.cp
-                                + 6.0 * L.mbs * L.seq * shapes.vocab * shapes.hidden)
+    hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
+                                + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
+                                + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)

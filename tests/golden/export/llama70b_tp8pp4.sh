@@ -5,6 +5,7 @@
 # DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.
 set -euo pipefail
 
+export CUDA_DEVICE_MAX_CONNECTIONS=1
 DISTRIBUTED_ARGS=(
     --nproc-per-node 8
     --nnodes 8

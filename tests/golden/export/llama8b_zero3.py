@@ -1,4 +1,4 @@
-# torchtitan main recipe config written by `clusterplan export` for llama3.1-8b on 2 x dgx-h100 (8 x H100-SXM5-80GB) = 16 GPUs
+# torchtitan 0.3 recipe config written by `clusterplan export` for llama3.1-8b on 2 x dgx-h100 (8 x H100-SXM5-80GB) = 16 GPUs
 # layout: tp1 pp1 dp16(2x8) mbs2 z3 ful, gbs 256 x seq 4096, 1f1b, bf16
 # launch (every node, clusterplan_llama3_1_8b.py on PYTHONPATH): torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $HEAD_NODE_ADDR:29500 --rdzv-id clusterplan -m torchtitan.train --module clusterplan_llama3_1_8b --config clusterplan_llama3_1_8b
 """clusterplan recipe for llama3.1-8b: tp1 pp1 dp16(2x8) mbs2 z3 ful."""
@@ -12,10 +12,11 @@ from torchtitan.trainer import Trainer
 def clusterplan_llama3_1_8b() -> Trainer.Config:
     return Trainer.Config(
         model_spec=model_registry('8B'),
+        hf_assets_path='./assets/hf/Llama-3.1-8B',
         training=TrainingConfig(
-            num_tokens_per_microbatch_per_dp_rank=2 * 4096,
-            num_tokens_per_train_step=256 * 4096,
-            max_context_length=4096,
+            local_batch_size=2,
+            global_batch_size=256,
+            seq_len=4096,
         ),
         parallelism=ParallelismConfig(
             data_parallel_replicate_degree=2,

@@ -1,0 +1,70 @@
+"""The causal attention core priced from published kernel measurements (hardware_db/data/attention_kernels.yaml).
+
+A kernel's forward rate is interpolated linearly in log(seq) along each published head-dim curve (clamped at the
+curve's ends: the curves flatten by 8k-16k) and then linearly in log(head_dim) between the two nearest curves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.hardware_db import AttentionCurve
+
+KERNEL_FAMILY = {"fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn", "sdpa": "fa2"}
+"""Stack attention kernel -> measured family. PyTorch SDPA's flash backend is FlashAttention-2 (PyTorch 2.2 notes)."""
+ATTN_BWD_FLOPS_OVER_FWD = 2.5
+"""Flash backward FLOPs over forward: 5 GEMMs (recomputed S, dV, dP, dQ, dK) to 2 (Dao 2023, FlashAttention-2
+Sec. 4.1, the FLOP count its benchmarks use)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionRates:
+    curves: tuple[AttentionCurve, ...]
+    clock_scale: float = 1.0
+    """Tensor-core clock under a power cap (models/hardware/rates.py power_clock_scale)."""
+
+    def has(self, kernel: str) -> bool:
+        return bool(self._rows(kernel, "forward", True))
+
+    def _rows(self, kernel: str, direction: str, causal: bool) -> list[AttentionCurve]:
+        family = KERNEL_FAMILY.get(kernel)
+        return sorted((c for c in self.curves if c.kernel == family and c.direction == direction and c.causal == causal),
+                      key=lambda c: c.head_dim)
+
+    def rate(self, kernel: str, seq: np.ndarray, head_dim: float, direction: str = "forward",
+             causal: bool = True) -> np.ndarray:
+        """Published rate (executed FLOPs/s) of one curve family at per-call sequence length `seq`, interpolated."""
+        rows = self._rows(kernel, direction, causal)
+        if not rows:
+            raise ValueError(f"no published {direction} {'causal ' if causal else ''}{kernel} attention curve")
+        x = np.log(np.maximum(np.asarray(seq, dtype=float), 1.0))
+
+        def along(c: AttentionCurve) -> np.ndarray:
+            return np.interp(x, np.log(np.array(c.seq, dtype=float)), np.array(c.tflops))
+
+        dims = np.array([c.head_dim for c in rows], dtype=float)
+        if head_dim <= dims[0] or len(rows) == 1:
+            rate = along(rows[0])
+        elif head_dim >= dims[-1]:
+            rate = along(rows[-1])
+        else:
+            hi = int(np.searchsorted(dims, head_dim))
+            lo = hi - 1
+            w = (np.log(head_dim) - np.log(dims[lo])) / (np.log(dims[hi]) - np.log(dims[lo]))
+            rate = (1 - w) * along(rows[lo]) + w * along(rows[hi])
+        return rate * 1e12 * self.clock_scale
+
+    def forward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float) -> np.ndarray:
+        """Causal forward rate of `kernel` at per-call sequence length `seq` and `head_dim`."""
+        return self.rate(kernel, seq, head_dim)
+
+    def backward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float) -> np.ndarray:
+        """Causal backward rate: the causal forward rate x the measured non-causal backward/forward ratio (the
+        published backward curves have no causal mask); the forward rate where no backward curve is published."""
+        forward = self.rate(kernel, seq, head_dim)
+        if not (self._rows(kernel, "backward", False) and self._rows(kernel, "forward", False)):
+            return forward
+        return forward * (self.rate(kernel, seq, head_dim, "backward", False)
+                          / self.rate(kernel, seq, head_dim, "forward", False))

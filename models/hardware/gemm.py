@@ -1,0 +1,94 @@
+"""GEMM time by shape: wave and tile quantisation over the GPU's SMs on top of its measured best-shape rate (MAMF),
+bounded below by the HBM roofline. Vectorised over numpy arrays of m, n, k.
+
+A GEMM of m x n (x batch) output is cut into ceil(m/tile_m) x ceil(n/tile_n) tiles; the SMs run them one tile each
+per wave, so ceil(tiles / SMs) waves are paid for and the padded/idle share is lost (NVIDIA Deep Learning
+Performance guide, "Matrix Multiplication Background": tile and wave quantization). The library picks the better of
+the two tile orientations. Time is the larger of compute at that efficiency and the operand/result traffic at the
+achieved HBM rate (roofline, Williams et al. 2009).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.hardware_db import GemmTiling
+
+OUTPUT_BYTES = 2.0
+"""GEMM outputs are written in bf16/fp16 (fp8 recipes too: Transformer Engine returns the high-precision dtype)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GemmShapeModel:
+    sm_count: int | None
+    """Tiles one wave runs (None: no quantisation, e.g. a GPU without a gemm.yaml entry)."""
+    tile_m: int
+    tile_n: int
+    max_flops: float
+    """bf16 rate of a GEMM that fills every wave exactly (FLOP/s)."""
+    max_flops_fp8: float
+    hbm_bytes_per_s: float
+
+    @classmethod
+    def of(cls, tiling: GemmTiling | None, *, best_shape_flops: float, best_shape_flops_fp8: float,
+           hbm_bytes_per_s: float) -> GemmShapeModel:
+        """Anchor the model so that the MAMF shape runs at `best_shape_flops` (the measured MAMF rate x share)."""
+        if tiling is None:
+            return cls(sm_count=None, tile_m=1, tile_n=1, max_flops=best_shape_flops,
+                       max_flops_fp8=best_shape_flops_fp8, hbm_bytes_per_s=hbm_bytes_per_s)
+        model = cls(sm_count=tiling.sm_count, tile_m=tiling.tile_m, tile_n=tiling.tile_n, max_flops=1.0,
+                    max_flops_fp8=1.0, hbm_bytes_per_s=hbm_bytes_per_s)
+        at_best = 1.0
+        if tiling.mamf_shape is not None:
+            m, n, _ = tiling.mamf_shape
+            at_best = float(model.wave_efficiency(np.array([m], float), np.array([n], float))[0])
+        return cls(sm_count=tiling.sm_count, tile_m=tiling.tile_m, tile_n=tiling.tile_n,
+                   max_flops=best_shape_flops / at_best, max_flops_fp8=best_shape_flops_fp8 / at_best,
+                   hbm_bytes_per_s=hbm_bytes_per_s)
+
+    def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0) -> np.ndarray:
+        """Useful share of the SM-tile slots paid for, m n batch / (waves x SMs x tile area), for the best of the
+        library's tile and its half-height variant, in either orientation. The half tile reuses each loaded operand
+        over fewer outputs, so its per-SM rate is scaled by its reuse tm tn / (tm + tn) relative to the full tile's
+        (operand loads per MAC, the shared-memory roofline of a tiled GEMM)."""
+        if self.sm_count is None:
+            return np.ones_like(np.asarray(m, dtype=float))
+        sms = float(self.sm_count)
+        tm, tn = self.tile_m, self.tile_n
+        half = tm // 2
+        full_reuse = tm * tn / (tm + tn)
+        useful = m * n * batch
+        ceil_m = {d: np.ceil(m / d) for d in {tm, tn, half}}
+        ceil_n = {d: np.ceil(n / d) for d in {tm, tn, half}}
+        best = np.zeros_like(useful, dtype=float)
+        waves = np.empty_like(best)
+        for a, b in ((tm, tn), (tn, tm), (half, tn), (tn, half)):
+            # in place: these arrays span every candidate layout of a search
+            np.multiply(ceil_m[a], ceil_n[b], out=waves)
+            waves *= batch / sms
+            np.ceil(waves, out=waves)
+            np.maximum(waves, 1.0, out=waves)
+            scale = min(1.0, a * b / (a + b) / full_reuse) / (sms * a * b)
+            np.divide(scale, waves, out=waves)
+            np.maximum(best, waves, out=best)
+        best *= useful
+        return best
+
+    def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
+               batch: np.ndarray | float = 1.0) -> np.ndarray:
+        """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0."""
+        m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+        fp8 = np.asarray(fp8, dtype=bool)
+        flops = 2.0 * m * n * k * batch
+        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch),
+                                       flops.shape))
+        rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
+        eff *= rate
+        compute = np.divide(flops, eff, out=eff, where=flops > 0)
+        operand_bytes = np.where(fp8, 1.0, 2.0) if fp8.any() else 2.0
+        traffic = batch * ((m * k + k * n) * operand_bytes + m * n * OUTPUT_BYTES) / self.hbm_bytes_per_s
+        np.maximum(compute, traffic, out=compute)
+        compute[flops <= 0] = 0.0
+        return compute

@@ -1,0 +1,97 @@
+"""Per-micro-batch costs of a MoE layer's token routing that the expert GEMMs do not carry: the router's score,
+top-k and routing-map kernels over tokens x experts, and the memory-bound token permute / chunk sort / unpermute
+kernels over tokens x top_k x hidden around the expert-parallel all-to-alls (Megatron-Core MoEAlltoAllTokenDispatcher
+with moe_permute_fusion, Transformer Engine's fused permute/unpermute). Also how a rank's local experts' GEMMs share
+the GPU: Transformer Engine's GroupedLinear issues one cuBLAS GEMM per expert over a pool of compute streams.
+
+Everything here is priced from bytes moved at the GPU's achieved HBM rate (a memory-bound kernel's roofline,
+Williams et al. 2009); nothing is fitted. Vectorised over LayoutArrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+
+ROUTED_BYTES_PER_ELEMENT = 2.0
+"""Tokens are dispatched, sorted and combined in the 16-bit compute dtype (Megatron-Core quantises to fp8 only inside
+the expert GEMMs' input cast, which compute.fp8_cast_times prices)."""
+
+ROUTER_BYTES_PER_TOKEN_EXPERT = 4.0 + 4.0 + 4.0 + 4.0 + 1.0
+"""Router kernels per token and expert, fp32 logits: the score function (softmax / sigmoid) reads the logits and
+writes the scores (4 + 4), top-k reads the scores (4), and Megatron-Core's topk_softmax_with_capacity writes a dense
+routing_probs [tokens, experts] fp32 map (4) and a boolean routing_map (1)."""
+
+GROUPED_GEMM_STREAMS = 4
+"""Transformer Engine runs GroupedLinear (Megatron-Core TEGroupedMLP, moe_grouped_gemm) as one cuBLAS GEMM per local
+expert over nvte_get_num_compute_streams() = 4 streams (transformer_engine/common/util/multi_stream.cpp): at most four
+experts' tiles share a wave of the SMs; the rest follow in turn."""
+
+
+def routed_tokens(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Token-expert pairs a rank sends (and, balanced, receives) per micro-batch: its 1/tp share of the micro-batch's
+    tokens (Megatron-Core splits a tp group's tokens over its ranks before dispatch) times top_k."""
+    return L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+
+
+def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) HBM bytes of the dispatcher's memory-bound kernels per micro-batch on one rank.
+
+    Forward, with T tokens of this rank, k = top_k, h = hidden, 2 B each:
+      fused permute: read T h, write T k h (one copy of each token per chosen expert);
+      sort_chunks_by_idxs after the dispatch all-to-all (only with several local experts and ep > 1: the received
+      chunks arrive grouped by source rank and are regrouped by local expert): read + write T k h;
+      its inverse before the combine all-to-all: read + write T k h;
+      fused unpermute: read T k h (the experts' outputs, scaled by their probs), write T h (the k copies summed).
+    Backward runs each kernel's mirror image (the same bytes) and the unpermute's prob gradient reads the experts'
+    outputs once more (T k h): the probs multiply the expert outputs inside the unpermute."""
+    t = L.seq * L.mbs / L.cp / L.tp
+    tk = routed_tokens(shapes, L)
+    sorts = np.where((L.ep > 1) & (shapes.n_experts / L.ep > 1), 2.0, 0.0)
+    elements = 2 * t * shapes.hidden + (1.0 + 2.0 * sorts + 1.0) * tk * shapes.hidden
+    forward = ROUTED_BYTES_PER_ELEMENT * elements
+    backward = forward + ROUTED_BYTES_PER_ELEMENT * tk * shapes.hidden
+    return forward, backward
+
+
+def router_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """HBM bytes of the router's elementwise kernels per micro-batch forward on one rank (the logits GEMM itself is
+    priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params)."""
+    return L.seq * L.mbs / L.cp / L.tp * shapes.n_experts * ROUTER_BYTES_PER_TOKEN_EXPERT
+
+
+def routing_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of one MoE layer's router and permute/unpermute kernels per micro-batch on one
+    rank, at the achieved HBM rate. The router's backward mirrors its forward (softmax / top-k gradients over the
+    same tokens x experts maps)."""
+    perm_f, perm_b = permute_bytes(shapes, L)
+    router = router_bytes(shapes, L)
+    return (perm_f + router) / hw.hbm_bytes_per_s, (perm_b + router) / hw.hbm_bytes_per_s
+
+
+def grouped_gemm_time_s(hw: HardwareRates, m: np.ndarray, n: np.ndarray | float, k: np.ndarray | float,
+                        fp8: np.ndarray, local_experts: np.ndarray | float) -> np.ndarray:
+    """Seconds of a rank's `local_experts` equal GEMMs (m x n, depth k) run as Transformer Engine runs them:
+    GROUPED_GEMM_STREAMS at a time share the SMs' waves (one batched wave-quantised GEMM each turn), the remainder
+    in a last, smaller turn."""
+    n_local = np.asarray(local_experts, dtype=float)
+    turns = np.floor(n_local / GROUPED_GEMM_STREAMS)
+    rest = n_local - turns * GROUPED_GEMM_STREAMS
+    full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS)
+    last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0))
+    return turns * full + np.where(rest > 0, last, 0.0)
+
+
+def mtp_projection_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> np.ndarray:
+    """Forward + backward seconds of one multi-token-prediction module's projection M [h, 2h] of the concatenated
+    (normed hidden state, normed next-token embedding) (DeepSeek-V3 Sec. 2.2), column-parallel over tp: a
+    tokens x h/tp x 2h GEMM forward, its input- and weight-gradient GEMMs backward."""
+    tokens = L.seq * L.mbs / L.cp
+    fp8 = np.zeros_like(tokens, dtype=bool)  # Megatron-Core builds the MTP projection outside the fp8 autocast
+    h, two_h = float(shapes.hidden), 2.0 * shapes.hidden
+    out = h / L.tp
+    return (hw.gemm_time_s(tokens, out, two_h, fp8) + hw.gemm_time_s(tokens, two_h, out, fp8)
+            + hw.gemm_time_s(two_h, out, tokens, fp8))

@@ -1,0 +1,93 @@
+"""Rules a training layout must keep, as objects: a code to count by, a message that prints the factors, a fix.
+
+`layout_problems` (layout.py) returns the broken ones; the search counts rejections by `code`, `clusterplan check`
+prints `fix`, and `str(rule)` is the message. No caller reads the message text to tell rules apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class RuleCode(str, Enum):
+    """What a rule checks; the value is the key the search's rejection counts are printed under."""
+
+    WORLD = "tp * pp * cp * dp != world"
+    HEADS_TP = "n_heads % tp"
+    KV_HEADS_TP = "kv heads vs tp"
+    FFN_TP = "ffn_hidden % tp"
+    A2A_HEADS = "n_heads % (tp * cp) (all-to-all cp)"
+    UNEVEN_NEEDS_PP = "uneven stages need pp > 1"
+    NO_MIDDLE_LAYERS = "no layers left for middle stages"
+    STAGE_LAYERS_SUM = "stage layers != n_layers"
+    STAGE_LAYERS_VPP = "stage layers % vpp"
+    LAYERS_PP = "n_layers % (pp * vpp)"
+    VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
+    ZBV_CHUNKS = "zbv needs pp > 1 and vpp = 2"
+    INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
+    GBS_DP_MBS = "gbs % (dp * mbs)"
+    SP_SEQ = "seq % (tp * cp) (sequence parallel)"
+    CP_SEQ = "seq % (2 * cp) (context parallel)"
+    EP_DENSE = "ep > 1 on a dense model"
+    EXPERTS_EP = "n_experts % ep"
+    EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
+    EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
+    DP_REPLICATE = "dp % dp_replicate"
+    OUT_OF_MEMORY = "out of memory"
+    PRECISION = "precision the stack or GPU cannot run"
+    MIN_MFU = "MFU below --min-mfu"
+    MODEL_MISMATCH = "config model != --model"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FIXES: dict[RuleCode, str] = {
+    RuleCode.WORLD: "make tp * pp * cp * dp equal the number of GPUs",
+    RuleCode.HEADS_TP: "pick a tp that divides it (a divisor of the head and FFN sizes, usually 1, 2, 4 or 8)",
+    RuleCode.KV_HEADS_TP: "pick tp dividing the kv heads, or a multiple of them",
+    RuleCode.FFN_TP: "pick a tp that divides it (a divisor of the head and FFN sizes, usually 1, 2, 4 or 8)",
+    RuleCode.A2A_HEADS: "use ring context parallel (cp_kind=ring), or tp * cp dividing the attention heads",
+    RuleCode.UNEVEN_NEEDS_PP: "drop first_stage_layers/last_stage_layers, or use pp > 1",
+    RuleCode.NO_MIDDLE_LAYERS: "lower first_stage_layers/last_stage_layers so the middle stages keep layers",
+    RuleCode.STAGE_LAYERS_SUM: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
+    RuleCode.STAGE_LAYERS_VPP: "pick middle-stage layer counts divisible by vpp, or vpp = 1",
+    RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
+    RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
+    RuleCode.ZBV_CHUNKS: "use vpp = 2 with pp > 1 for zbv, or another schedule",
+    RuleCode.INTERLEAVED_MICROBATCHES: "raise the global batch so micro-batches per pipeline are a multiple of pp",
+    RuleCode.GBS_DP_MBS: "make the global batch a multiple of dp * micro-batch size",
+    RuleCode.SP_SEQ: "make seq divisible by tp * cp",
+    RuleCode.CP_SEQ: "make seq divisible by 2 * cp",
+    RuleCode.EP_DENSE: "use ep = 1 for a dense model",
+    RuleCode.EXPERTS_EP: "pick ep dividing the number of experts",
+    RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
+    RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
+    RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
+    RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
+    RuleCode.OUT_OF_MEMORY: "raise tp/pp, use zero=3 or more recompute, or lower the micro-batch size",
+    RuleCode.MIN_MFU: "run `clusterplan plan` for a faster layout on this cluster",
+    RuleCode.MODEL_MISMATCH: "give the --model the config trains, or fix the config",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One broken rule: `code` to count and compare by, `message` with the factors, `fix` to print."""
+
+    code: RuleCode
+    message: str
+    fix: str
+
+    @classmethod
+    def broken(cls, code: RuleCode, message: str) -> Rule:
+        """The rule `code`, broken as `message` says, with its standard fix."""
+        return cls(code=code, message=message, fix=FIXES[code])
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code.name.lower(), "rule": self.message, "fix": self.fix}

@@ -1,0 +1,235 @@
+"""Every export in the round-trip matrix is parsed and validated by the framework's own code, installed from PyPI on CPU.
+
+- torchtitan 0.3 (`--to torchtitan-py`): the recipe module is imported and its function called, which runs
+  `Trainer.Config.__post_init__` (micro-batch divisibility, CUDA graphs off with pp/ep); then
+  `ParallelDims.from_config` (mesh = world) and, with pp, `_get_pipeline_metadata` (stages per rank for the schedule),
+  and every module name of `module_fqns_per_model_part` names a module of the model config.
+- DeepSpeed (`--to deepspeed`): `deepspeed.runtime.config.DeepSpeedConfig` (batch assertion, ZeRO pydantic models
+  that forbid unknown keys, pipeline section); without a launcher it sees one rank, so the per-replica batch is given
+  (deepspeed.comm's CPU backend compiles oneCCL at init, which does not finish on a 2-core CI machine).
+- Megatron-Core (`--to megatron`): the flags that are fields of `ModelParallelConfig`/`TransformerConfig` build those
+  dataclasses (their `__post_init__` checks tp/pp/vpp/cp/ep, MoE, fp8, MLA and the uneven first/last stages).
+  Megatron-LM's `arguments.py` (the argument parser itself) is not in the megatron-core wheel, so the other flags
+  (training, data, DDP) are not parsed here.
+
+Each framework runs in one subprocess over all exports (torch imports stay out of the test process); a framework that
+is not installed skips its test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.frameworks import export_plan
+from clusterplan.frameworks.read import TORCHTITAN_MODELS
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+
+pytestmark = pytest.mark.slow
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _matrix():
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from test_roundtrip import plans
+    finally:
+        sys.path.pop(0)
+    return plans()
+
+
+def _exported(target: str, models: set[str] | None = None) -> list[tuple[str, str, object, str]]:
+    out = []
+    for model_name, cluster_ref, layout in _matrix():
+        if models is not None and model_name not in models:
+            continue
+        try:
+            text = export_plan(target, load_model(model_name), load_cluster(cluster_ref), layout).text
+        except InfeasibleError:
+            continue
+        out.append((model_name, cluster_ref, layout, text))
+    return out
+
+
+def _run(script: str, tmp_path: Path, timeout: int = 900) -> dict:
+    path = tmp_path / "check_script.py"
+    path.write_text(textwrap.dedent(script), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not (_installed("torchtitan") and _installed("triton")), reason="needs torchtitan 0.3 (and triton)")
+def test_torchtitan_builds_and_validates_every_recipe(tmp_path):
+    cases = _exported("torchtitan-py", set(TORCHTITAN_MODELS))
+    if not _installed("torchao"):  # torchtitan's float8 converter needs torchao to build the model config
+        cases = [c for c in cases if c[2].precision != "fp8"]
+    assert len(cases) >= 20
+    jobs = []
+    for i, (model_name, cluster_ref, layout, text) in enumerate(cases):
+        module = f"recipe_{i}"
+        (tmp_path / f"{module}.py").write_text(text, encoding="utf-8")
+        function = next(line.split()[1].split("(")[0] for line in text.splitlines() if line.startswith("def "))
+        jobs.append({"module": module, "function": function, "world": load_cluster(cluster_ref).world_size,
+                     "n_layers": load_model(model_name).n_layers, "what": f"{model_name} {layout.short()}"})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = _run("""
+        import importlib, json, re
+        from torchtitan.distributed.parallel_dims import ParallelDims
+        from torchtitan.distributed.pipeline_parallel import _get_pipeline_metadata
+        errors, done = [], 0
+        for job in json.load(open("jobs.json")):
+            try:
+                cfg = getattr(importlib.import_module(job["module"]), job["function"])()
+                dims = ParallelDims.from_config(cfg.parallelism, job["world"])
+                layers = len(cfg.model_spec.model.layers)
+                assert layers == job["n_layers"], (layers, job["n_layers"])
+                par = cfg.parallelism
+                if par.pipeline_parallel_degree > 1:
+                    stages, _, _, _ = _get_pipeline_metadata(dims, par, cfg.model_spec.model)
+                    parts = par.module_fqns_per_model_part
+                    assert len(parts) % par.pipeline_parallel_degree == 0
+                    if par.pipeline_parallel_layers_per_stage is not None:
+                        assert stages == len(parts), (stages, len(parts))
+                    names = [m for p in parts for m in p]
+                    want = ["tok_embeddings", *[f"layers.{i}" for i in range(layers)], "norm", "lm_head"]
+                    assert names == want, names[:3]
+                done += 1
+            except Exception as exc:  # noqa: BLE001 - reported per recipe
+                errors.append(f"{job['what']}: {type(exc).__name__}: {exc}")
+        print(json.dumps({"done": done, "errors": errors}))
+    """, tmp_path)
+    assert result["errors"] == []
+    assert result["done"] == len(cases)
+
+
+@pytest.mark.skipif(not _installed("deepspeed"), reason="needs deepspeed")
+def test_deepspeed_parses_every_ds_config(tmp_path):
+    cases = _exported("deepspeed")
+    assert len(cases) >= 20
+    jobs = []
+    for model_name, cluster_ref, layout, text in cases:
+        dp = load_cluster(cluster_ref).world_size // (layout.pp * layout.cp)
+        jobs.append({"config": json.loads(text), "dp": dp, "what": f"{model_name} {layout.short()}"})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = _run("""
+        import json
+        from deepspeed.runtime.config import DeepSpeedConfig
+        errors, done = [], 0
+        for job in json.load(open("jobs.json")):
+            try:
+                # Without a launcher DeepSpeedConfig sees one data-parallel rank, so the batch assertion is run
+                # with the per-replica batch (train_batch_size / dp); the roundtrip test checks the dp product.
+                config = dict(job["config"], train_batch_size=job["config"]["train_batch_size"] // job["dp"])
+                cfg = DeepSpeedConfig(config)
+                assert cfg.world_size == 1
+                assert cfg.zero_optimization_stage == job["config"]["zero_optimization"]["stage"]
+                assert cfg.pipeline["stages"] == job["config"].get("pipeline", {}).get("stages", "auto")
+                done += 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{job['what']}: {type(exc).__name__}: {exc}")
+        print(json.dumps({"done": done, "errors": errors}))
+    """, tmp_path)
+    assert result["errors"] == []
+    assert result["done"] == len(cases)
+
+
+def _flag_values(script: str) -> dict[str, str]:
+    tokens = shlex.split(script, comments=True)
+    flags: dict[str, str] = {}
+    for i, tok in enumerate(tokens):
+        if tok.startswith("--"):
+            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+            flags[tok] = "" if nxt.startswith("--") or nxt == ")" else nxt
+    return flags
+
+
+@pytest.mark.skipif(not _installed("megatron.core"), reason="needs megatron-core")
+def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
+    cases = _exported("megatron")
+    jobs = [{"flags": _flag_values(text), "what": f"{m} {L.short()}"} for m, _, L, text in cases]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = _run("""
+        import dataclasses, json
+        from megatron.core.transformer.transformer_config import TransformerConfig, MLATransformerConfig
+        # flag -> field where the names differ (megatron/training/arguments.py core_transformer_config_from_args)
+        RENAMED = {"num_experts": "num_moe_experts", "swiglu": "gated_linear_unit", "normalization": "normalization",
+                   "num_query_groups": "num_query_groups", "sequence_parallel": "sequence_parallel",
+                   "qk_layernorm": "qk_layernorm", "kv_channels": "kv_channels", "bf16": "bf16", "fp16": "fp16",
+                   "fp8_format": "fp8", "num_layers_per_virtual_pipeline_stage": None,
+                   "num_virtual_stages_per_pipeline_rank": "virtual_pipeline_model_parallel_size",
+                   "decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_stage",
+                   "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
+                   "moe_router_topk": "moe_router_topk", "moe_ffn_hidden_size": "moe_ffn_hidden_size",
+                   "moe_shared_expert_intermediate_size": "moe_shared_expert_intermediate_size",
+                   "moe_layer_freq": "moe_layer_freq", "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
+                   "qk_head_dim": "qk_head_dim", "qk_pos_emb_head_dim": "qk_pos_emb_head_dim",
+                   "v_head_dim": "v_head_dim", "recompute_granularity": "recompute_granularity",
+                   "recompute_method": "recompute_method", "recompute_num_layers": "recompute_num_layers",
+                   "add_qkv_bias": "add_qkv_bias", "disable_bias_linear": None, "fp8_recipe": "fp8_recipe",
+                   "moe_router_score_function": "moe_router_score_function",
+                   "moe_router_enable_expert_bias": "moe_router_enable_expert_bias",
+                   "moe_router_num_groups": "moe_router_num_groups",
+                   "moe_router_group_topk": "moe_router_group_topk",
+                   "moe_router_topk_scaling_factor": "moe_router_topk_scaling_factor",
+                   "mtp_num_layers": "mtp_num_layers", "rotary_base": None, "cp_comm_type": "cp_comm_type"}
+        errors, done = [], 0
+        for job in json.load(open("jobs.json")):
+            f = {k[2:].replace("-", "_"): v for k, v in job["flags"].items()}
+            cls = MLATransformerConfig if "multi_latent_attention" in f else TransformerConfig
+            fields = {x.name: x for x in dataclasses.fields(cls)}
+            kwargs = {}
+            for key, raw in f.items():
+                name = RENAMED.get(key, key)
+                if name is None or name not in fields:
+                    continue
+                if raw == "":
+                    value = True
+                elif name == "moe_layer_freq":
+                    value = eval(raw, {"__builtins__": {}})
+                else:
+                    try:
+                        value = int(raw)
+                    except ValueError:
+                        try:
+                            value = float(raw)
+                        except ValueError:
+                            value = raw
+                kwargs[name] = value
+            if kwargs.get("gated_linear_unit"):
+                import torch.nn.functional as F
+                kwargs["activation_func"] = F.silu
+            if "num_layers_per_virtual_pipeline_stage" in f:
+                per_rank = int(f["num_layers"]) // int(f["pipeline_model_parallel_size"])
+                kwargs["virtual_pipeline_model_parallel_size"] = per_rank // int(f["num_layers_per_virtual_pipeline_stage"])
+            if kwargs.get("virtual_pipeline_model_parallel_size") == 1:
+                kwargs.pop("virtual_pipeline_model_parallel_size")
+            if kwargs.get("recompute_granularity") == "selective":
+                kwargs.pop("recompute_method", None), kwargs.pop("recompute_num_layers", None)
+            kwargs["add_bias_linear"] = "disable_bias_linear" not in f
+            kwargs["pipeline_dtype"] = __import__("torch").bfloat16
+            try:
+                cls(**kwargs)
+                done += 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{job['what']}: {type(exc).__name__}: {exc}")
+        print(json.dumps({"done": done, "errors": errors}))
+    """, tmp_path)
+    assert result["errors"] == []
+    assert result["done"] == len(cases)

@@ -1,0 +1,142 @@
+"""MoE layer costs beside the expert GEMMs (models/training/moe_layer.py): router and token permute / sort /
+unpermute traffic, and Transformer Engine's four-stream grouped GEMM. Worked examples derived by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import layer_time
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.moe_layer import (
+    GROUPED_GEMM_STREAMS,
+    grouped_gemm_time_s,
+    mtp_projection_s,
+    permute_bytes,
+    router_bytes,
+    routing_times,
+)
+
+QWEN = ModelShapes.of(load_model("qwen3-30b-a3b"))  # hidden 2048, 128 experts, top-8, expert ffn 768
+
+
+def _arrays(**kw) -> LayoutArrays:
+    base = dict(dp=8, ep=8, mbs=1, seq=4096, gbs=512, precision="bf16", recompute="none")
+    return LayoutArrays.from_layouts([Layout(**{**base, **kw})])
+
+
+def test_qwen3_shapes_the_examples_use():
+    assert (QWEN.hidden, QWEN.n_experts, QWEN.top_k, QWEN.expert_ffn) == (2048, 128, 8, 768)
+
+
+def test_permute_bytes_worked_example():
+    # T = 4096 tokens, k = 8, h = 2048, 16 local experts at ep 8 (so both chunk sorts run), 2 B per element:
+    # forward = 2 x (2 T h + (1 + 2 + 2 + 1) T k h) = 2 x (16,777,216 + 402,653,184) = 838,860,800 B;
+    # backward adds the prob gradient's read of the experts' outputs, 2 x T k h = 134,217,728 B.
+    fwd, bwd = permute_bytes(QWEN, _arrays())
+    assert float(fwd[0]) == 838_860_800
+    assert float(bwd[0]) == 838_860_800 + 134_217_728
+
+
+def test_permute_without_expert_parallelism_skips_the_chunk_sorts():
+    # ep 1: no all-to-all, so no regrouping by source rank: 2 x (2 T h + 2 T k h) = 2 x (16,777,216 + 134,217,728).
+    fwd, _ = permute_bytes(QWEN, _arrays(ep=1))
+    assert float(fwd[0]) == 2 * (16_777_216 + 134_217_728)
+
+
+def test_permute_tokens_are_split_over_tensor_parallel_ranks():
+    # tp 2 (ETP 1): each rank dispatches half the micro-batch's tokens: exactly half the bytes.
+    full, _ = permute_bytes(QWEN, _arrays())
+    half, _ = permute_bytes(QWEN, _arrays(tp=2, dp=4, ep=4))
+    assert float(half[0]) == pytest.approx(float(full[0]) / 2, rel=1e-12)
+
+
+def test_router_bytes_worked_example():
+    # T E x (4 + 4 + 4 + 4 + 1) B = 4096 x 128 x 17 = 8,912,896 B.
+    assert float(router_bytes(QWEN, _arrays())[0]) == 8_912_896
+
+
+def test_routing_time_is_bytes_at_the_hbm_rate():
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    f, b = routing_times(QWEN, _arrays(), hw)
+    assert float(f[0]) == pytest.approx((838_860_800 + 8_912_896) / hw.hbm_bytes_per_s, rel=1e-12)
+    assert float(b[0]) == pytest.approx((838_860_800 + 134_217_728 + 8_912_896) / hw.hbm_bytes_per_s, rel=1e-12)
+
+
+class _CountingRates:
+    """gemm_time_s = batch + 10 (a per-call cost of 10 and 1 per GEMM in the batch): exposes the turn structure."""
+
+    def gemm_time_s(self, m, n, k, fp8=False, batch=1.0):
+        return np.asarray(batch, dtype=float) + 10.0
+
+
+def test_grouped_gemm_runs_four_experts_at_a_time():
+    assert GROUPED_GEMM_STREAMS == 4
+    hw = _CountingRates()
+    # 16 local experts: 4 turns of 4 -> 4 x (4 + 10) = 56; 6: one turn of 4 and one of 2 -> 14 + 12 = 26;
+    # 3: one turn of 3 -> 13; 1: 11.
+    got = grouped_gemm_time_s(hw, 1.0, 1.0, 1.0, False, np.array([16.0, 6.0, 3.0, 1.0]))
+    assert list(got) == [56.0, 26.0, 13.0, 11.0]
+
+
+def test_grouped_gemm_on_b200_is_four_turns_of_a_four_expert_batch():
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    m, n, k = np.array([2048.0]), 1536.0, 2048.0
+    four = hw.gemm_time_s(m, n, k, np.array([False]), 4)
+    assert float(grouped_gemm_time_s(hw, m, n, k, np.array([False]), 16.0)[0]) == pytest.approx(4 * float(four[0]))
+
+
+def test_moe_layer_time_carries_the_routing_kernels(monkeypatch):
+    # The MoE layer's forward grows by exactly the routing forward time, its backward by the routing backward.
+    from clusterplan.models.training import compute
+
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    L = _arrays()
+    with_routing = layer_time(QWEN, L, hw, True)
+    f, b = routing_times(QWEN, L, hw)
+    monkeypatch.setattr(compute, "routing_times", lambda *a: (np.zeros(1), np.zeros(1)))
+    without = layer_time(QWEN, L, hw, True)
+    assert float(with_routing.forward_s[0] - without.forward_s[0]) == pytest.approx(float(f[0]), rel=1e-9)
+    assert float(with_routing.backward_s[0] - without.backward_s[0]) == pytest.approx(float(b[0]), rel=1e-9)
+
+
+def test_mtp_projection_is_three_gemms_of_the_2h_by_h_matrix():
+    # DeepSeek-V3 MTP projection M [h, 2h]: forward tokens x h/tp x 2h, backward dX (tokens x 2h x h/tp) and
+    # dW (2h x h/tp over tokens), in bf16.
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    dsv3 = ModelShapes.of(load_model("deepseek-v3"))
+    assert (dsv3.hidden, dsv3.mtp_layers) == (7168, 1)
+    L = _arrays(tp=2, dp=4, ep=4)
+    t, h = np.array([4096.0]), 7168.0
+    no = np.array([False])
+    want = (hw.gemm_time_s(t, h / 2, 2 * h, no) + hw.gemm_time_s(t, 2 * h, h / 2, no)
+            + hw.gemm_time_s(np.array([2 * h]), h / 2, t, no))
+    assert float(mtp_projection_s(dsv3, L, hw)[0]) == pytest.approx(float(want[0]), rel=1e-12)
+
+
+def test_mtp_module_is_one_more_layer_head_and_projection_on_the_last_stage():
+    # One stage (pp 1): the MTP module adds, per micro-batch, one average layer's compute, one LM head pass and the
+    # projection; its all-to-alls and TP traffic ride with the layer: (compute + tp + ep)(mtp=1) - (mtp=0) = m x that
+    # (the data-parallel exposure follows its own rules).
+    from dataclasses import replace
+
+    from clusterplan.hardware_db.stacks import get_stack
+    from clusterplan.models.training.step import layer_cost, step_time
+
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    stack = get_stack()
+    with_mtp = replace(QWEN, mtp_layers=1)
+    L = _arrays()
+    cost = layer_cost(QWEN, L, hw, stack)
+    extra = float(L.microbatches[0]) * float((cost.total_s + cost.head_s + cost.head_tp_s
+                                              + mtp_projection_s(QWEN, L, hw))[0])
+    base, more = (step_time(s, L, hw, stack) for s in (QWEN, with_mtp))
+    def busy(t):
+        return float((t.compute_s + t.tp_comm_s + t.ep_comm_s)[0])
+
+    assert busy(more) - busy(base) == pytest.approx(extra, rel=1e-9)
