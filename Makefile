@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed
 	$(BIN)/clusterplan hw list
-	$(BIN)/clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192 --top 3
+	$(BIN)/clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192 --top 3 --tokens 1e12
 	$(BIN)/clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 \
 	  --layout "tp=8,pp=4,mbs=1,gbs=512,seq=8192,sp=1,recompute=selective"
 
