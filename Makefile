@@ -53,6 +53,11 @@ figures: $(VENV)/.installed
 	  --layout "tp=8,pp=4,mbs=1,gbs=32,seq=8192,sp=1,recompute=selective,schedule=zb" > /dev/null
 	$(BIN)/clusterplan plan --model llama3.1-70b --cluster dgx-h100:64 --gbs 512 --seq 8192 --tokens 15e12 \
 	  --objective pareto --quiet --plot docs/img/pareto.png > /dev/null
+	mkdir -p build
+	$(BIN)/clusterplan experts synth --model deepseek-v3 --layers 12 --out build/figures-ds.npz 2> /dev/null
+	$(BIN)/clusterplan experts --model deepseek-v3 --cluster dgx-h100:8 --stats build/figures-ds.npz \
+	  --plot docs/img/experts.png > /dev/null 2>&1
+
 reference: $(VENV)/.installed
 	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md
 	$(BIN)/python -m clusterplan.reference.intervals --write

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path
+from clusterplan.cli.options import format_option, output_path, plot_option
+from clusterplan.cli.plot import check_plot_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite, write_atomic
 from clusterplan.models.moe.metrics import BYTES_PER_ELEMENT, DISPATCH_RULES
@@ -58,11 +59,12 @@ from clusterplan.solver.experts_plan import (
               help="Placement file for clusterplan (JSON), SGLang --init-expert-location (JSON) or TensorRT-LLM "
                    "moe_config.load_balancer (YAML).")
 @format_option
+@plot_option
 @click.pass_context
 def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, stats_path: str | None,
             slots_per_gpu: int | None, method: str, engine: str | None, time_limit_s: float,
             expert_groups: int | None, dispatch_dtype: str, tokens_per_step: int | None, seed: int,
-            out_path: str | None, out_format: str, fmt: str) -> None:
+            out_path: str | None, out_format: str, fmt: str, plot_path: str | None) -> None:
     """Place MoE experts on GPUs: both EPLB policies and our optimiser, judged under the engine's dispatch."""
     if ctx.invoked_subcommand is not None:
         return
@@ -73,6 +75,7 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                             "--cluster dgx-h100:8 --stats stats.npz (make stats with `clusterplan experts synth`)")
     if not 0 < time_limit_s < math.inf:  # NaN and inf fail too
         raise BadInputError("--time-limit must be a finite number of seconds > 0")
+    check_plot_path(plot_path)  # before any work
     req = ExpertsRequest(model_ref=model_ref, cluster_ref=cluster_ref, stats_path=stats_path,
                          slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                          expert_groups=expert_groups, dispatch_dtype=dispatch_dtype, tokens_per_step=tokens_per_step,
@@ -80,6 +83,10 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
     with console.status("placing experts"):
         result = plan_experts(req)
     require_finite(result.report)
+    if plot_path:
+        from clusterplan.cli.plot import plot_experts
+
+        plot_experts(result.report, plot_path)
     if "solver" in result.report:
         console.info(f"{result.report['solver']['optimiser']}: {result.solve_s:.1f} s")
     _render(result.report, fmt)

@@ -182,3 +182,30 @@ def _short(p: dict[str, Any]) -> str:
     gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
     return (f"{gpus} GPUs tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
             + f" dp{lay['dp']}" + (f" cp{lay['cp']}" if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else ""))
+
+
+# ---- experts -----------------------------------------------------------------------------------------------------
+
+def plot_experts(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """Per MoE layer, the busiest GPU's load over the mean (max/mean) and the dispatch + combine time of every
+    method `experts` reports (both EPLB policies, the optimiser, the chosen placement), under its dispatch rule."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), squeeze=False)
+    plotted: dict[str, Any] = {"max_over_mean": {}, "all_to_all_ms": {}}
+    for name, method in data["methods"].items():
+        layers = method["layers"]
+        ratio = [row["max_over_mean"] for row in layers]
+        a2a = [row["all_to_all_s"] * 1e3 for row in layers]
+        style = {"linewidth": 2.2} if name == "chosen" else {"linewidth": 1.0, "alpha": 0.8}
+        axes[0][0].plot(range(len(ratio)), ratio, label=name, **style)
+        axes[0][1].plot(range(len(a2a)), a2a, label=name, **style)
+        plotted["max_over_mean"][name], plotted["all_to_all_ms"][name] = ratio, a2a
+    axes[0][0].set_ylabel("busiest GPU / mean load")
+    axes[0][1].set_ylabel("dispatch + combine, ms")
+    for ax in axes[0]:
+        ax.set_xlabel("MoE layer")
+        ax.legend(fontsize=7)
+    rule = data["dispatch_rule"]["name"]
+    fig.suptitle(f"{data['model']} on {data['cluster']} ({data['num_gpus']} GPUs), {rule} dispatch", fontsize=10)
+    _save(fig, path)
+    return plotted

@@ -95,3 +95,26 @@ def test_quiet_silences_diagnostics(run_cli, tmp_path):
     assert "searched" in run_cli(*args)[2]
     code, out, err = run_cli(*args, "--quiet", "--plot", str(tmp_path / "p.png"))
     assert code == 0 and err == "" and out and (tmp_path / "p.png").exists()
+
+
+def test_experts_plot_shows_the_json(run_cli, tmp_path):
+    # Per MoE layer, every method's max/mean and all-to-all time as the JSON has them.
+    from clusterplan.cli.plot import plot_experts
+
+    stats = tmp_path / "q.npz"
+    assert run_cli("experts", "synth", "--model", "qwen3-30b-a3b", "--layers", "3", "--tokens", "2048",
+                   "--out", str(stats))[0] == 0
+    path = tmp_path / "experts.png"
+    code, out, err = run_cli("experts", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--stats", str(stats),
+                             "--format", "json", "--plot", str(path))
+    assert code == 0, err
+    assert path.stat().st_size > 0
+    data = json.loads(out)
+    plotted = plot_experts(data, str(tmp_path / "again.svg"))
+    assert set(plotted["max_over_mean"]) == set(data["methods"]) >= {"eplb-global", "balance", "chosen"}
+    for name, method in data["methods"].items():
+        assert plotted["max_over_mean"][name] == [row["max_over_mean"] for row in method["layers"]]
+        assert plotted["all_to_all_ms"][name] == [row["all_to_all_s"] * 1e3 for row in method["layers"]]
+    code, out, err = run_cli("experts", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--stats", str(stats),
+                             "--plot", str(tmp_path / "x.jpg"))
+    assert code == 2 and out == "" and ".png or .svg" in err
