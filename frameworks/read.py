@@ -11,7 +11,6 @@ read_config(export(plan)).layout == runs_as(plan) for every exporter.
 from __future__ import annotations
 
 import ast
-import json
 import re
 import shlex
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import check_name, is_file, read_text, show
+from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout
 
@@ -75,12 +74,7 @@ def config_kind(path: Path) -> str:
     if suffix in (".yaml", ".yml"):
         return "plan"
     if suffix == ".json":
-        try:
-            doc = json.loads(_read(path))
-        except json.JSONDecodeError as exc:
-            raise BadInputError(f"{path}: malformed JSON ({exc}); fix the syntax") from exc
-        except RecursionError:
-            raise BadInputError(f"{path}: JSON nested too deeply") from None
+        doc = _json(path)
         if isinstance(doc, dict) and doc.get("format") != "clusterplan-plan" and (
                 {"train_batch_size", "train_micro_batch_size_per_gpu", "zero_optimization"} & set(doc)):
             return "deepspeed"
@@ -93,6 +87,11 @@ def _read(path: Path) -> str:
         raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or recipe, a Megatron-LM "
                             "script or a DeepSpeed JSON")
     return read_text(path, "launch config")  # size-bounded, one-line errors (fileio)
+
+
+def _json(path: Path) -> Any:
+    """A JSON launch config through the input layer (bounded depth and integers, no duplicate keys)."""
+    return loads_json(_read(path), show(path))
 
 
 def _int(where: str, value: Any) -> int:
@@ -529,12 +528,7 @@ PLAN_KEY = "clusterplan"
 def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A DeepSpeed ds_config: dp = world / (pp * sequence_parallel_size) (DeepSpeed's _batch_assertion)."""
     where = str(path)
-    try:
-        doc = json.loads(_read(path))
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{where}: malformed JSON ({exc}); fix the syntax") from exc
-    except RecursionError:
-        raise BadInputError(f"{where}: JSON nested too deeply; is this a DeepSpeed config?") from None
+    doc = _json(path)
     if not isinstance(doc, dict):
         raise BadInputError(f"{where}: a ds_config is a JSON object")
     extra = doc.get(PLAN_KEY, {})
