@@ -233,13 +233,9 @@ def eplb_policy(tokens_per_expert: np.ndarray, *, slots_per_gpu: int, n_gpus: in
 def eplb_placement(tokens_per_expert: np.ndarray, *, slots_per_gpu: int, n_gpus: int, gpus_per_node: int,
                    n_groups: int) -> Placement:
     """EPLB's rebalance_experts: hierarchical when groups divide over nodes (and slots per node fit), else global."""
-    n_layers, n_experts = tokens_per_expert.shape
-    n_nodes, n_slots = n_gpus // gpus_per_node, slots_per_gpu * n_gpus
-    check_shape(n_experts, n_slots, n_gpus, n_nodes, n_groups)
-    weight = tokens_per_expert.astype(np.float32)  # eplb.py works on weight.float()
-    if n_groups % n_nodes == 0:
-        phy2log, _ = rebalance_hierarchical(weight, n_slots, n_groups, n_nodes, n_gpus)
-    else:
-        phy2log, _ = rebalance_hierarchical(weight, n_slots, 1, 1, n_gpus)
-    return Placement(phy2log=phy2log.astype(np.int64), n_experts=n_experts, slots_per_gpu=slots_per_gpu,
-                     gpus_per_node=gpus_per_node)
+    n_nodes = n_gpus // gpus_per_node
+    check_shape(tokens_per_expert.shape[1], slots_per_gpu * n_gpus, n_gpus, n_nodes, n_groups)
+    if n_groups % n_nodes:
+        n_groups, n_nodes = 1, 1
+    return eplb_policy(tokens_per_expert, slots_per_gpu=slots_per_gpu, n_gpus=n_gpus, gpus_per_node=gpus_per_node,
+                       n_groups=n_groups, n_nodes=n_nodes)
