@@ -29,7 +29,6 @@ from clusterplan.models.moe.metrics import (
     DEFAULT_RULE_FOR_FORMAT,
     DISPATCH_RULES,
     DispatchRule,
-    Fabric,
     LayerMetrics,
     Placement,
     TokenOrigin,
@@ -203,11 +202,10 @@ def _better(mine: LayerMetrics, theirs: LayerMetrics) -> bool:
                                          or mine.all_to_all_s < theirs.all_to_all_s * (1 - 1e-9))
 
 
-def choose_layers(best: Placement, optimised: Placement, stats: RoutingStats, fabric: Fabric, scale: float,
-                  rule: DispatchRule) -> tuple[Placement, list[int]]:
-    """Per layer the optimiser's placement where it wins, else the best baseline's; returns the layers kept."""
-    mine = evaluate(optimised, stats, fabric, scale, rule)
-    theirs = evaluate(best, stats, fabric, scale, rule)
+def choose_layers(best: Placement, optimised: Placement, theirs: list[LayerMetrics],
+                  mine: list[LayerMetrics]) -> tuple[Placement, list[int]]:
+    """Per layer the optimiser's placement where it wins (`mine` against `theirs`, the best baseline's metrics),
+    else the best baseline's; returns the layers kept."""
     rows, kept = [], []
     for layer in range(best.n_layers):
         if _better(mine[layer], theirs[layer]):
@@ -215,22 +213,15 @@ def choose_layers(best: Placement, optimised: Placement, stats: RoutingStats, fa
         else:
             rows.append(best.phy2log[layer])
             kept.append(layer)
-    chosen = _layer_stack(rows, best)
-    if rule.origin is TokenOrigin.CHAINED and _worse_summary(chosen, best, stats, fabric, scale, rule):
-        return best, list(range(best.n_layers))  # chained layers interact: guard the whole
-    return chosen, kept
+    return _layer_stack(rows, best), kept
 
 
-def _worse_summary(mine: Placement, theirs: Placement, stats: RoutingStats, fabric: Fabric, scale: float,
-                   rule: DispatchRule) -> bool:
-    a = summary(evaluate(mine, stats, fabric, scale, rule))
-    b = summary(evaluate(theirs, stats, fabric, scale, rule))
-    return any(a[k] > b[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "all_to_all_s"))
+def _worse(mine: dict[str, float], theirs: dict[str, float]) -> bool:
+    return any(mine[k] > theirs[k] * (1 + 1e-9) for k in ("max_over_mean_worst", "all_to_all_s"))
 
 
-def _score(placement: Placement, stats: RoutingStats, fabric: Fabric, scale: float,
-           rule: DispatchRule) -> tuple[float, float]:
-    s = summary(evaluate(placement, stats, fabric, scale, rule))
+def _score(layers: list[LayerMetrics]) -> tuple[float, float]:
+    s = summary(layers)
     return s["all_to_all_s"] + s["expert_compute_s"], s["max_over_mean_worst"]
 
 
@@ -266,9 +257,16 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
     if groups > 1 and groups % fabric.n_nodes == 0:
         baselines["eplb-hierarchical"] = eplb_policy(stats.tokens_per_expert, n_groups=groups,
                                                      n_nodes=fabric.n_nodes, **shape)
-    best_name = min(sorted(baselines), key=lambda k: _score(baselines[k], stats, fabric, scale, rule))
-    best = baselines[best_name]
     placements: dict[str, Placement] = dict(baselines)
+    judged: dict[str, list[LayerMetrics]] = {}  # each placement evaluated once under the rule
+
+    def metrics(name: str) -> list[LayerMetrics]:
+        if name not in judged:
+            judged[name] = evaluate(placements[name], stats, fabric, scale, rule)
+        return judged[name]
+
+    best_name = min(sorted(baselines), key=lambda k: _score(metrics(k)))
+    best = baselines[best_name]
     report: dict[str, Any] = {
         "model": model.name, "cluster": req.cluster_ref, "stats": req.stats_path, "num_gpus": fabric.n_gpus,
         "num_nodes": fabric.n_nodes, "slots_per_gpu": spg, "expert_groups": groups, "layers": stats.n_layers,
@@ -298,8 +296,11 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
             report["solver"] = {"optimiser": "balance", "max_gap": max(gaps), "layers_at_bound":
                                 sum(1 for g in gaps if g <= 1e-9), "unsolved_layers": []}
         placements[optimiser] = optimised
-        chosen, kept = choose_layers(best, optimised, stats, fabric, scale, rule)
-        placements["chosen"] = chosen
+        placements["chosen"], kept = choose_layers(best, optimised, metrics(best_name), metrics(optimiser))
+        if rule.origin is TokenOrigin.CHAINED and _worse(summary(metrics("chosen")), summary(metrics(best_name))):
+            # chained layers interact (each starts where the last ran): guard the whole placement
+            placements["chosen"], kept = best, list(range(best.n_layers))
+            judged.pop("chosen")
         chosen_name = "chosen"
         report["solver"].update({"layers_kept_baseline": kept, "layers_won": stats.n_layers - len(kept)})
         solve_s = time.monotonic() - start
@@ -307,8 +308,7 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
         solve_s = 0.0
     methods = {}
     for name in sorted(placements):
-        layers = evaluate(placements[name], stats, fabric, scale, rule)
-        methods[name] = {"summary": summary(layers), "layers": [layer_row(m) for m in layers]}
+        methods[name] = {"summary": summary(metrics(name)), "layers": [layer_row(m) for m in metrics(name)]}
     report["methods"] = methods
     if chosen_name == "chosen":
         base, mine = methods[best_name]["summary"], methods["chosen"]["summary"]
