@@ -234,3 +234,33 @@ def test_models_show_and_estimate_read_the_config(run_cli, name):
                              "--layout", "tp=8,pp=2,gbs=16,seq=4096", "--format", "json")
     assert code in (0, 1), err  # 1: infeasible layout, with its reasons; 2 would be a refused model
     assert "step" in out
+
+
+# ---- windowed attention: the KV cache a served sequence holds -------------------------------------------------
+
+def test_windowed_layers_hold_only_their_window_of_kv():
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.serving.kv import kv_tokens_held, kv_window
+    from clusterplan.models.serving.model import ServingInstance, max_batch, serving_memory
+    from clusterplan.models.serving.sim import Engine
+
+    # Mistral 7B v0.1: every layer slides over 4096, so a 16384-token sequence keeps 4096 tokens of KV.
+    mistral = load_model("mistral-7b")
+    assert kv_window(mistral) == {"kv_window_tokens": 4096, "kv_windowed_share": 1.0}
+    assert float(kv_tokens_held(16384, **kv_window(mistral))) == 4096
+    # Gemma 3 12B at 32768: 8 of 48 layers keep everything, 40 keep 1024: 8/48 x 32768 + 40/48 x 1024 = 6314.67
+    # full-stack tokens; with vLLM's 16-token pages that reserves ceil(6314.67) = 6315 -> 395 pages = 6320 tokens.
+    gemma = load_model(str(HF / "gemma-3-12b-it"))
+    held = float(kv_tokens_held(32768, **kv_window(gemma)))
+    assert held == pytest.approx(8 / 48 * 32768 + 40 / 48 * 1024)
+    engine = Engine(kv_capacity_tokens=10**6, kv_block_tokens=16, **kv_window(gemma))
+    assert engine.kv_tokens(32768) == 6320
+    # A model without windows keeps every token, exactly as before (whole pages only).
+    assert kv_window(load_model("llama3.1-8b")) == {}
+    assert Engine(kv_capacity_tokens=10**6, kv_block_tokens=16).kv_tokens(1000) == 1008
+    # So a served Mistral fits 4x the 16k sequences the same cache would hold without its window.
+    inst = ServingInstance(model=mistral, gpu=get_gpu("H100-SXM5-80GB"), tp=1)
+    capacity = serving_memory(inst).kv_capacity_tokens
+    assert max_batch(inst, 16384) == capacity // 4096
+    assert max_batch(ServingInstance(model=mistral.scaled(sliding_window=None), gpu=get_gpu("H100-SXM5-80GB"), tp=1),
+                     16384) == capacity // 16384

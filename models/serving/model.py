@@ -23,7 +23,7 @@ from clusterplan.hardware_db import GPU, get_link
 from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
-from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu
+from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu, kv_tokens_held, kv_window
 
 GIB = 2**30
 MOE_READ_SHARE = 1.0
@@ -213,8 +213,10 @@ def serving_memory(inst: ServingInstance) -> ServingMemory:
 
 
 def max_batch(inst: ServingInstance, context_tokens: float) -> int:
-    """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does)."""
-    return int(serving_memory(inst).kv_capacity_tokens // max(context_tokens, 1.0))
+    """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does); windowed
+    layers hold at most their window (kv.kv_tokens_held)."""
+    held = float(kv_tokens_held(max(context_tokens, 1.0), **kv_window(inst.model)))
+    return int(serving_memory(inst).kv_capacity_tokens // held)
 
 
 class StepTerms(NamedTuple):
