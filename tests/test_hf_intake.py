@@ -264,3 +264,25 @@ def test_windowed_layers_hold_only_their_window_of_kv():
     assert max_batch(inst, 16384) == capacity // 4096
     assert max_batch(ServingInstance(model=mistral.scaled(sliding_window=None), gpu=get_gpu("H100-SXM5-80GB"), tp=1),
                      16384) == capacity // 16384
+
+
+def test_decode_step_reads_only_the_window():
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.serving.model import ServingInstance, step_model
+
+    # Mistral 7B v0.1 (every layer windowed at 4096): decoding 4 sequences of 16384 context reads and attends to
+    # 4 x 4096 keys per layer, the same step as 4 sequences of 4096 without the window; below the window nothing
+    # changes. Gemma 3 at 32768: 8/48 of the layers read 32768, 40/48 read 1024 -> a 6314.67-token step.
+    h100 = get_gpu("H100-SXM5-80GB")
+    mistral = load_model("mistral-7b")
+    windowed = step_model(ServingInstance(model=mistral, gpu=h100, tp=1))
+    full = step_model(ServingInstance(model=mistral.scaled(sliding_window=None), gpu=h100, tp=1))
+    assert float(windowed.decode_s(4, 16384)) == pytest.approx(float(full.decode_s(4, 4096)), rel=1e-12)
+    assert float(windowed.decode_s(4, 2048)) == float(full.decode_s(4, 2048))
+    assert float(windowed.decode_s(4, 16384)) < float(full.decode_s(4, 16384))
+    gemma = load_model(str(HF / "gemma-3-12b-it"))
+    g_win = step_model(ServingInstance(model=gemma, gpu=h100, tp=1))
+    g_full = step_model(ServingInstance(model=gemma.scaled(sliding_window=None, full_attention_every=0), gpu=h100,
+                                        tp=1))
+    assert float(g_win.decode_s(1, 32768)) == pytest.approx(float(g_full.decode_s(1, 8 / 48 * 32768 + 40 / 48 * 1024)),
+                                                            rel=1e-12)
