@@ -167,6 +167,11 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     result = _run("""
         import dataclasses, json
+        import megatron.core.utils as mcore_utils
+        from packaging.version import Version
+        # Transformer Engine does not install on CPU; TransformerConfig's version gates (fp8 with MoE grouped GEMM
+        # needs TE >= 1.7) are asked as on a GPU machine with a current TE, so the flags themselves are checked.
+        mcore_utils.get_te_version = lambda: Version("2.8.0")
         from megatron.core.transformer.transformer_config import TransformerConfig, MLATransformerConfig
         # flag -> field where the names differ (megatron/training/arguments.py core_transformer_config_from_args)
         RENAMED = {"num_experts": "num_moe_experts", "swiglu": "gated_linear_unit", "normalization": "normalization",
