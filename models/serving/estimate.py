@@ -19,6 +19,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.kv import kv_tokens_held, kv_window
 from clusterplan.models.serving.model import (
     ServingInstance,
     StepModel,
@@ -267,7 +268,8 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     n = load.n_requests()
     inp = np.resize(np.asarray(input_tokens, dtype=np.int64), n)
     out = np.resize(np.asarray(output_tokens, dtype=np.int64), n)
-    if int((inp + out).max()) > engine.kv_capacity_tokens:
+    longest = float(kv_tokens_held(int((inp + out).max()), engine.kv_window_tokens, engine.kv_windowed_share))
+    if longest > engine.kv_capacity_tokens:
         raise BadInputError(f"a request of {int((inp + out).max())} tokens does not fit the KV cache of "
                             f"{engine.kv_capacity_tokens} tokens on {inst.label}; shorten it or raise --tp")
     clients = load.clients if load.kind is LoadKind.CLOSED else 0
@@ -312,7 +314,7 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
                   chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
                   chunked_prefill=get_engine(inst.engine).chunked_prefill,
-                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_window(inst.model))
 
 
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
