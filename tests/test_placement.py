@@ -232,3 +232,23 @@ def test_readme_uneven_link_example(run_cli):
     pl = json.loads(out)["plans"][0]["placement"]
     assert pl["method"] == "ilp" and pl["gain_s"] > 0.1 * pl["step_time_default_order_s"]
     assert pl["axis_links_gb_per_s"]["pp"] == 380 and pl["default_axis_links_gb_per_s"]["pp"] == 5
+    # The README shows this run's placement lines verbatim.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = readme[readme.index("$ clusterplan plan --model llama3.1-8b --cluster tests/fixtures/clusters/slow_link"):]
+    shown = shown[:shown.index("```")]
+    lines = [ln.strip() for ln in shown.splitlines() if ln.strip().startswith(("placement of", "node order", "step "))]
+    assert len(lines) == 3
+    code, text, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", SLOW, "--gbs", "64", "--seq", "4096")
+    assert code == 0 and all(ln in text for ln in lines), text
+
+
+def test_readme_two_pods_example(run_cli):
+    code, out, _ = run_cli("plan", "--model", "llama3.1-70b", "--cluster", TWO_PODS, "--gbs", "256", "--seq", "8192",
+                           "--format", "json")
+    assert code == 0
+    pl = json.loads(out)["plans"][0]["placement"]
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert (f"step {pl['step_time_placed_s']:.6g} s vs {pl['step_time_default_order_s']:.6g} s, "
+            f"{pl['gain_s']:.6g} s ({pl['gain_s'] / pl['step_time_default_order_s']:.1%}) faster") in readme
+    assert pl["axis_links_gb_per_s"] == {"dp_shard": 380, "pp": 40}
+    assert pl["default_axis_links_gb_per_s"] == {"dp_shard": 40, "pp": 380}
