@@ -143,3 +143,28 @@ def test_recompute_modules_parse_and_round_trip():
         Layout(pp=2, offload_layers=4)
     assert stack_problems(L, get_stack("torchtitan"))
     assert not stack_problems(L, get_stack("megatron-core"))
+
+
+def test_fused_cross_entropy_keeps_the_bf16_logits_only():
+    # Llama-3.1-8B head (vocab 128256) at tp 2, 8192 tokens, bf16, 1F1B last stage: unfused, the bf16 logits and
+    # their fp32 upcast (6 B per logit); TE's fused cross-entropy keeps the bf16 logits (the gradient is written
+    # into them in place) and 3 fp32 per token.
+    from clusterplan.models.training.memory import ends_activation_bytes
+
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    L = _arrays(tp=2, pp=2, seq=8192, mbs=1, gbs=8, dp=2, recompute="none")
+    fused = float(ends_activation_bytes(shapes, L, False, True, fused_ce=True)[0])
+    unfused = float(ends_activation_bytes(shapes, L, False, True, fused_ce=False)[0])
+    assert fused == 2 * 8192 * 128256 / 2 + 12 * 8192
+    assert unfused == 6 * 8192 * 128256 / 2
+
+
+def test_distributed_optimizer_keeps_master_weight_remainders():
+    # Megatron-Core store_param_remainders: the distributed optimizer (ZeRO 1/2) keeps the fp32 master weight's low
+    # 16 bits (2 B) and Adam m, v (8 B): 10 B instead of 12; DDP (zero 0) and Megatron-FSDP (zero 3) keep 12.
+    arrays = LayoutArrays.from_layouts([Layout(zero=0), Layout(zero=1), Layout(zero=2), Layout(zero=3),
+                                        Layout(zero=1, optimizer="adam")])
+    _, _, opt = bytes_per_param(arrays, param_remainders=True)
+    assert list(opt) == [12.0, 10.0, 10.0, 12.0, 8.0]
+    _, _, plain = bytes_per_param(arrays)
+    assert list(plain) == [12.0, 12.0, 12.0, 12.0, 8.0]

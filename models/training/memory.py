@@ -43,6 +43,9 @@ FP8_WEIGHT_COPY_BYTES_ALL_LAYOUTS = 1.0
 # MXFP8 scales 1x32 blocks along the GEMM's reduction axis, so the weight is quantised twice (row-wise for fprop,
 # column-wise for dgrad/wgrad), each with one 1-B E8M0 scale per 32 elements (TE MXFP8Tensor).
 MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
+# The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
+# OptimizerConfig.store_param_remainders, default True).
+PARAM_REMAINDER_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -81,21 +84,26 @@ def fp8_weight_copy_bytes(recipe: str | None, all_layouts: bool, cached: bool = 
     return FP8_WEIGHT_COPY_BYTES
 
 
-def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
+                    param_remainders: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
     Narayanan et al. 2021 / Korthikanti et al. 2022); with `fp32_grads` off the main-gradient buffer is in the
     parameter dtype (Megatron-Core DDP: grad buffer dtype = fp32 only if grad_reduce_in_fp32): 2 + 2 + 12. Plain
     Adam keeps grads in the weight dtype and fp32 m, v; SGD keeps no state. fp8 adds the cached fp8 weight copies
-    (`fp8_copy_bytes`, see fp8_weight_copy_bytes); fp32 training needs no master.
+    (`fp8_copy_bytes`, see fp8_weight_copy_bytes); fp32 training needs no master. `param_remainders`: the stack's
+    distributed optimizer (ZeRO 1/2) keeps only the master weights' 16 low bits (2 B) beside the bf16 weights
+    (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state.
     """
     fp32 = L.precision == PREC_FP32
     weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + fp8_copy_bytes, 2.0))
     grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
+    if param_remainders:
+        remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2))
+        opt = np.where(remainder, PARAM_REMAINDER_BYTES + 8.0, opt)
     return weights, grads, opt
 
 
@@ -133,9 +141,9 @@ class StateBytes:
 
 
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
-                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES) -> StateBytes:
+                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
-    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes)
+    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders)
     dense_shard = L.dp_shard * L.cp
     expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
     p_dense, p_exp = params.dense, params.expert
@@ -319,17 +327,22 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
 
 
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
-                          head: np.ndarray | bool, sp_gathered: bool = False) -> np.ndarray:
+                          head: np.ndarray | bool, sp_gathered: bool = False, fused_ce: bool = False) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
-    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak)."""
+    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
+    `fused_ce`: the stack's fused cross-entropy keeps the logits in their own dtype."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
     # fp32 training has no upcast: 4 bytes per logit.
-    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
-              * shapes.vocab / L.tp)
+    # Fused (Transformer Engine's Triton cross-entropy, Megatron cross_entropy_fusion_impl "te", as Megatron-Bridge
+    # recipes set it): the forward keeps the bf16 logits and 3 fp32 per token (max, sum, target logit); the backward
+    # writes the gradient into the logits in place (TE pytorch/triton/cross_entropy.py): 2 B per logit.
+    per_logit = np.where(fp32, 4.0, 2.0 if fused_ce else 6.0)
+    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
+              + np.where(fused_ce, 12.0 * tokens, 0.0))
     head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
         if sp_gathered else 0.0
     return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
@@ -357,10 +370,12 @@ class MemoryBreakdown:
 
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
-                     fused_glu: bool = True) -> MemoryBreakdown:
+                     fused_glu: bool = True, fused_ce: bool = True,
+                     param_remainders: bool = True) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
-    sp_saves_gathered_inputs, swiglu in fused_kernels); defaults are Megatron-Core's on Hopper."""
+    sp_saves_gathered_inputs, swiglu and cross_entropy in fused_kernels, optimizer_param_remainders); defaults are
+    Megatron-Core's on Hopper."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     rows = []
@@ -368,9 +383,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes)
+        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu)
-                + ends_activation_bytes(shapes, L, embed, head, sp_gathered))
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, fused_ce))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))
