@@ -339,7 +339,7 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
         messages.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
                         f"got zero={L.zero}")
     if L.recompute_modules and stack.selective_recompute != "core_attn":
-        problems.append(f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its selective "
+        messages.append(f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its selective "
                         f"recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         messages.append(f"stack {stack.name} has no fp8 training recipe")
