@@ -20,7 +20,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, stack_memory
+from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, fp8_all_layouts, stack_memory
 from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -50,7 +50,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
     # Memory first: only layouts that fit are timed.
-    memory = stack_memory(shapes, arrays, stack)
+    memory = stack_memory(shapes, arrays, stack, fp8_all_layouts(cluster))
     fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
     rejected[RuleCode.OUT_OF_MEMORY] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])
@@ -59,7 +59,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
         raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration,
                                             headroom_gib, stack))
-    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack)
+    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster))
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
     score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster

@@ -21,7 +21,7 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
-from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
+from clusterplan.models.training.memory import GIB, MemoryBreakdown, fp8_weight_copy_bytes, memory_breakdown
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
@@ -59,18 +59,29 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
-def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack) -> MemoryBreakdown:
-    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies, what
-    its sequence parallelism saves)."""
-    return memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy,
-                            stack.sp_saves_gathered_inputs)
+def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack,
+                 fp8_all_layouts: bool = False) -> MemoryBreakdown:
+    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies under
+    its first fp8 recipe, what its sequence parallelism saves, whether it fuses the gated activation).
+    `fp8_all_layouts`: the GPUs run fp8 GEMMs in every layout (Blackwell; see fp8_weight_copy_bytes)."""
+    copy = fp8_weight_copy_bytes(stack.fp8_recipes[0] if stack.fp8_recipes else None, fp8_all_layouts,
+                                 stack.fp8_weight_copy)
+    return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
+                            fused_glu="swiglu" in stack.fused_kernels, fused_ce="cross_entropy" in stack.fused_kernels,
+                            param_remainders=stack.optimizer_param_remainders)
+
+
+def fp8_all_layouts(cluster: Cluster) -> bool:
+    """Every GPU runs fp8 GEMMs in every operand layout (TE is_non_tn_fp8_gemm_supported: Blackwell, sm100+; the
+    GPUs with microscaling tensor cores in hardware_db, mx_formats)."""
+    return all(g.gpu.mx_formats for g in cluster.groups)
 
 
 def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
-             stack: ExecutionStack | None = None) -> Evaluation:
+             stack: ExecutionStack | None = None, fp8_all_layouts: bool = False) -> Evaluation:
     """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
     stack = stack or get_stack()
-    return Evaluation(memory=stack_memory(shapes, arrays, stack),
+    return Evaluation(memory=stack_memory(shapes, arrays, stack, fp8_all_layouts),
                       time=step_time(shapes, arrays, hw, stack),
                       hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 
@@ -170,7 +181,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
         stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
-    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
+                  fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
         reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
