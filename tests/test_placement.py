@@ -239,7 +239,7 @@ def test_readme_uneven_link_example(run_cli):
     lines = [ln.strip() for ln in shown.splitlines() if ln.strip().startswith(("placement of", "node order", "step "))]
     assert len(lines) == 3
     code, text, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", SLOW, "--gbs", "64", "--seq", "4096")
-    assert code == 0 and all(ln in text for ln in lines), text
+    assert code == 0 and all(ln in text for ln in lines), f"README 'Uneven links' example is stale; the run prints:\n{text}"
 
 
 def test_readme_two_pods_example(run_cli):
@@ -249,6 +249,7 @@ def test_readme_two_pods_example(run_cli):
     pl = json.loads(out)["plans"][0]["placement"]
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert (f"step {pl['step_time_placed_s']:.6g} s vs {pl['step_time_default_order_s']:.6g} s, "
-            f"{pl['gain_s']:.6g} s ({pl['gain_s'] / pl['step_time_default_order_s']:.1%}) faster") in readme
+            f"{pl['gain_s']:.6g} s ({pl['gain_s'] / pl['step_time_default_order_s']:.1%}) faster") in readme, (
+        "README 'Uneven links' two-pod numbers are stale: rerun its command and copy the step line")
     assert pl["axis_links_gb_per_s"] == {"dp_shard": 380, "pp": 40}
     assert pl["default_axis_links_gb_per_s"] == {"dp_shard": 40, "pp": 380}
