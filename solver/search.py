@@ -77,7 +77,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
         usd = float(ev.time.step_s[i]) / 3600 * price if price else None
         plans.append(RankedPlan(
-            estimate=est, rank=rank + 1, dominant_terms=_dominant(est.to_json()),
+            estimate=est, rank=rank + 1, dominant_terms=dominant_terms_of(est.to_json()),
             usd_per_step=None if usd is None else round(usd, 6),
             usd_per_million_tokens=None if usd is None else round(usd / (gbs * seq) * 1e6, 6),
             days_to_train=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None,
@@ -174,7 +174,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
-def _dominant(data: dict) -> tuple[str, ...]:
+def dominant_terms_of(data: dict) -> tuple[str, ...]:
     terms = sorted(TIME_TERMS, key=lambda t: -data["time"][t])
     return tuple(f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
                  if data["time"][t] > 0)

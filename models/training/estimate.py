@@ -24,7 +24,7 @@ from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB, MemoryBreakdown, fp8_weight_copy_bytes, memory_breakdown
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
-from clusterplan.models.training.topology import placement_bottleneck_gb_per_s
+from clusterplan.models.training.topology import axis_links_gb_per_s
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s", "optimizer_s")
 MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
@@ -169,7 +169,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
-    (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
+    (default: nodes in order); each axis's scale-out traffic is priced at the slowest link its hops cross there.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
     `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
@@ -177,8 +177,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     reasons = layout_problems(model, layout, cluster.world_size)
     stack = stack or get_stack()
     reasons += precision_problems(cluster, layout, stack, fp8_recipe)
-    link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
-    hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
+    links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
+    hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
         stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
@@ -188,3 +188,16 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
                        f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}"))
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)
+
+
+def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,
+                        axis_links_gb_per_s: dict[str, np.ndarray], calibration: Calibration | None = None,
+                        stack: ExecutionStack | None = None) -> np.ndarray:
+    """Step time of `layout` under k sets of per-axis links (each axis an array of k whole-node GB/s, as
+    topology.links_of_orders gives for k node orders), in one vectorised evaluation: entry i equals
+    estimate(..., node_order=order i)'s step time. What the node-order optimiser (solver/links.py) compares."""
+    k = max((len(v) for v in axis_links_gb_per_s.values()), default=1)
+    one = LayoutArrays.from_layouts([layout])
+    arrays = replace(one, **{f: np.repeat(getattr(one, f), k) for f in one.__dataclass_fields__})
+    hw = HardwareRates.of(cluster, calibration, axis_links_gb_per_s)
+    return step_time(ModelShapes.of(model), arrays, hw, stack or get_stack()).step_s
