@@ -310,3 +310,10 @@ def test_torchtitan_builds_the_per_stage_recipe(tmp_path):
                                                 "lm_head"]}))
     """, tmp_path)
     assert result == {"stages": 6, "layers": list(SIX), "in_order": True}
+
+
+def test_validate_refuses_a_mixed_plan_with_one_line(run_cli, tmp_path):
+    path = tmp_path / "six.yaml"
+    write_plan(path, model_ref="llama3.1-70b", cluster_ref=MIXED, layout=SIX_LAYOUT, stages=SIX_STAGES)
+    code, out, err = run_cli("validate", str(path), "--dry-run")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "mixed-GPU plan (6 stages on 2 GPU types)" in err
