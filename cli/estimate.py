@@ -54,14 +54,14 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     """
     check_plot_path(plot_path)
     console.set_format(fmt)
-    if plan_path and layout_text:
+    if plan_path is not None and layout_text is not None:
         raise BadInputError("give --plan PLAN.yaml or --layout, not both (the plan file holds its layout)")
-    if not plan_path and not (model_ref and cluster_ref and layout_text):
+    if plan_path is None and None in (model_ref, cluster_ref, layout_text):
         raise BadInputError("estimate needs --model, --cluster and --layout (e.g. --layout \"tp=8,pp=4\"), or --plan "
                             "PLAN.yaml from `clusterplan plan --out`")
-    plan = read_plan(plan_path) if plan_path else None
-    model = load_model(model_ref) if model_ref else plan.model
-    cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
+    plan = read_plan(plan_path) if plan_path is not None else None
+    model = load_model(model_ref) if model_ref is not None else plan.model
+    cluster = load_cluster(cluster_ref) if cluster_ref is not None else plan.cluster
     calibration = load_calibration(calibration_path)
     stack = get_stack(stack_name)
     if plan is not None and plan.stages:
