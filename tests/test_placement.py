@@ -276,3 +276,29 @@ def test_readme_two_pods_example(run_cli):
         "README 'Uneven links' two-pod numbers are stale: rerun its command and copy the step line")
     assert pl["axis_links_gb_per_s"] == {"dp_shard": 380, "pp": 40}
     assert pl["default_axis_links_gb_per_s"] == {"dp_shard": 40, "pp": 380}
+
+
+# ---- cluster files describing pods ------------------------------------------------------------------------------
+
+
+def test_pods_describe_the_same_links_as_the_matrix():
+    pods = cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 8}],
+                              "pods": {"nodes": [[0, 2, 4, 6], [1, 3, 5, 7]], "inside_gb_per_s": 380,
+                                       "between_gb_per_s": 40}})
+    assert pods.node_bandwidth_gb_per_s == load_cluster(TWO_PODS).node_bandwidth_gb_per_s
+
+
+@pytest.mark.parametrize(("pods", "message"), [
+    ({"nodes": [[0, 1], [1]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
+    ({"nodes": [[0], [1, 2]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
+    ({"nodes": [[0], [1]], "inside_gb_per_s": 380}, "exactly one pod"),
+    ({"nodes": [[0], [1]], "inside_gb_per_s": 380, "between_gb_per_s": 0}, "numbers > 0"),
+    ({"nodes": [[0], [True]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
+])
+def test_bad_pods_are_one_line_errors(pods, message):
+    from clusterplan.errors import BadInputError
+    with pytest.raises(BadInputError, match=message):
+        cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 2}], "pods": pods})
+    with pytest.raises(BadInputError, match="not both"):
+        cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 2}], "pods": pods,
+                           "node_bandwidth_gb_per_s": [[0, 1], [1, 0]]})
