@@ -192,6 +192,10 @@ def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, s
     """Run PLAN for real (or --dry-run it at full scale) and report predicted against measured."""
     _check_numbers(nproc, steps, timeout_s, budget_gib, tolerance, time_tolerance)
     plan = read_plan(plan_path)
+    if plan.stages:
+        raise BadInputError(f"{plan_path}: a mixed-GPU plan ({len(plan.stages)} stages on "
+                            f"{len({st.gpu for st in plan.stages})} GPU types); validate runs one GPU type with an even "
+                            "split, so check it with `clusterplan check` or `clusterplan estimate --plan`")
     if dry_run:
         result = _dry(plan)
         error_pct = result["max_state_error_pct"]
