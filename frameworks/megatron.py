@@ -15,11 +15,15 @@ from dataclasses import replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Stages,
     canonical,
     check_exportable,
     header_lines,
     launch_shape,
+    rank_layers,
     slug,
+    stage_lines,
+    with_stage_ends,
 )
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
@@ -46,8 +50,12 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     if L.recompute == "full" and recompute_layers:
         recompute_layers = recompute_block(L) * L.vpp
         recompute_layers = 0 if recompute_layers >= model.n_layers // L.pp else recompute_layers
-    return canonical(model, replace(L, schedule=schedule, optimizer="adam-master" if L.optimizer == "adam"
-                                    else L.optimizer, recompute_layers=recompute_layers))
+    optimizer = "adam-master" if L.optimizer == "adam" else L.optimizer
+    # bf16 gradients are a choice only for adam-master under bf16/fp8 (--grad-reduce-in-bf16); activation offloading
+    # has no pretrain_gpt.py flag (notes() says how to set it), so the script runs without it.
+    fp32_grads = L.fp32_grads or not (optimizer == "adam-master" and L.precision in ("bf16", "fp8"))
+    return canonical(model, replace(L, schedule=schedule, optimizer=optimizer, recompute_layers=recompute_layers,
+                                    fp32_grads=fp32_grads, offload_layers=0))
 
 
 def environment(layout: Layout) -> dict[str, str]:
@@ -153,11 +161,31 @@ def moe_layer_pattern(m: ModelSpec) -> str:
     return "(" + "+".join(f"[{flag}]*{count}" for flag, count in runs) + ")"
 
 
-def parallel_args(model: ModelSpec, layout: Layout) -> Args:
+def first_last_expresses(ranks: list[int]) -> bool:
+    """Whether --decoder-first/last-pipeline-num-layers give this split: Megatron spreads the rest evenly over the
+    middle ranks (TransformerConfig num_layers_in_first/last_pipeline_stage)."""
+    return len(set(ranks[1:-1])) <= 1
+
+
+def pipeline_layout(model: ModelSpec, ranks: list[int]) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout for one chunk per rank: `Et*16|t*17|t*47L` (E embedding,
+    t transformer layer, m MTP layer, L loss; megatron/core/transformer/pipeline_parallel_layer_layout.py)."""
+    chunks = [f"t*{n}" for n in ranks]
+    chunks[0] = "E" + chunks[0]
+    chunks[-1] += "m" * model.mtp_layers + "L"
+    return "|".join(chunks)
+
+
+def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
     L = layout
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
     uneven = bool(L.first_stage_layers or L.last_stage_layers)
-    if uneven:
+    ranks = rank_layers(model, L, stages)
+    if stages and not first_last_expresses(ranks):
+        # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
+        # validate_args; not combined with --decoder-first/last-pipeline-num-layers)
+        args += ["--pipeline-model-parallel-layout", pipeline_layout(model, ranks)]
+    elif uneven:
         first, _, last = stage_layers(model, L)
         args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
     if L.vpp > 1 and uneven:
@@ -194,6 +222,8 @@ def training_args(layout: Layout) -> Args:
     args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
     if L.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
+        if L.recompute_modules:  # Megatron-LM --recompute-modules (nargs *): the layout's modules, '+' -> words
+            args += ["--recompute-modules", *L.recompute_modules.split("+")]
     elif L.recompute == "full":
         # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
@@ -202,6 +232,9 @@ def training_args(layout: Layout) -> Args:
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]
+    if not L.fp32_grads and L.optimizer == "adam-master" and L.precision in ("bf16", "fp8"):
+        # Megatron-LM turns fp32 gradient accumulation/reduce on for bf16 unless --grad-reduce-in-bf16 (arguments.py)
+        args += ["--grad-reduce-in-bf16"]
     return args
 
 
@@ -221,6 +254,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
         out.append("sequence parallel needs tp > 1; Megatron-LM turns it off at tp=1")
     if L.optimizer == "adam":
         out.append("Megatron-LM keeps fp32 main weights with bf16/fp16 training; optimizer memory is adam-master's")
+    if L.offload_layers:
+        out.append(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
+                   f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
+                   "(Megatron-Bridge model config) or the plan's activations will not fit")
     return out
 
 
@@ -239,9 +276,11 @@ def _array(name: str, args: Args) -> list[str]:
     return lines + [")"]
 
 
-def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node."""
-    check_exportable(model, cluster, layout)
+def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node. A mixed-GPU plan
+    (`stages`) carries its per-rank layers and says which node ranks start on which GPU type."""
+    check_exportable(model, cluster, layout, stages)
+    layout = with_stage_ends(layout, stages)
     runs_as(model, layout)
     shape = launch_shape(cluster)
     filename = f"megatron_{slug(model.name)}.sh"
@@ -249,6 +288,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
     found = notes(model, layout)
     lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-LM")),
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
+             *(f"# {h}" for h in stage_lines(cluster, layout, stages, "NODE_RANK")),
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
              *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
     lines += [f"export {k}={v}" for k, v in environment(layout).items()]
@@ -257,7 +297,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
                    "--master-port", "${MASTER_PORT:-29500}"]
     lines += _array("DISTRIBUTED_ARGS", distributed)
     lines += _array("MODEL_ARGS", model_args(model, layout))
-    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout))
+    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout, stages))
     lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",
                                                               "--lr-decay-style", "cosine"])
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])
