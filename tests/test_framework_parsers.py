@@ -155,8 +155,12 @@ def _flag_values(script: str) -> dict[str, str]:
     flags: dict[str, str] = {}
     for i, tok in enumerate(tokens):
         if tok.startswith("--"):
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-            flags[tok] = "" if nxt.startswith("--") or nxt == ")" else nxt
+            words = []  # every word up to the next flag: one value, or a list (--recompute-modules a b)
+            for nxt in tokens[i + 1:]:
+                if nxt.startswith("--") or nxt == ")":
+                    break
+                words.append(nxt)
+            flags[tok] = " ".join(words)
     return flags
 
 
@@ -208,6 +212,8 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
                     value = True
                 elif name == "moe_layer_freq":
                     value = eval(raw, {"__builtins__": {}})
+                elif name == "recompute_modules":
+                    value = raw.split()
                 else:
                     try:
                         value = int(raw)
