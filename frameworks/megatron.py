@@ -15,11 +15,15 @@ from dataclasses import replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Stages,
     canonical,
     check_exportable,
     header_lines,
     launch_shape,
+    rank_layers,
     slug,
+    stage_lines,
+    with_stage_ends,
 )
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
@@ -124,11 +128,31 @@ def moe_layer_pattern(m: ModelSpec) -> str:
     return "(" + "+".join(f"[{flag}]*{count}" for flag, count in runs) + ")"
 
 
-def parallel_args(model: ModelSpec, layout: Layout) -> Args:
+def first_last_expresses(ranks: list[int]) -> bool:
+    """Whether --decoder-first/last-pipeline-num-layers give this split: Megatron spreads the rest evenly over the
+    middle ranks (TransformerConfig num_layers_in_first/last_pipeline_stage)."""
+    return len(set(ranks[1:-1])) <= 1
+
+
+def pipeline_layout(model: ModelSpec, ranks: list[int]) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout for one chunk per rank: `Et*16|t*17|t*47L` (E embedding,
+    t transformer layer, m MTP layer, L loss; megatron/core/transformer/pipeline_parallel_layer_layout.py)."""
+    chunks = [f"t*{n}" for n in ranks]
+    chunks[0] = "E" + chunks[0]
+    chunks[-1] += "m" * model.mtp_layers + "L"
+    return "|".join(chunks)
+
+
+def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
     L = layout
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
     uneven = bool(L.first_stage_layers or L.last_stage_layers)
-    if uneven:
+    ranks = rank_layers(model, L, stages)
+    if stages and not first_last_expresses(ranks):
+        # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
+        # validate_args; not combined with --decoder-first/last-pipeline-num-layers)
+        args += ["--pipeline-model-parallel-layout", pipeline_layout(model, ranks)]
+    elif uneven:
         first, _, last = stage_layers(model, L)
         args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
     if L.vpp > 1 and uneven:
@@ -219,9 +243,11 @@ def _array(name: str, args: Args) -> list[str]:
     return lines + [")"]
 
 
-def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node."""
-    check_exportable(model, cluster, layout)
+def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node. A mixed-GPU plan
+    (`stages`) carries its per-rank layers and says which node ranks start on which GPU type."""
+    check_exportable(model, cluster, layout, stages)
+    layout = with_stage_ends(layout, stages)
     runs_as(model, layout)
     shape = launch_shape(cluster)
     filename = f"megatron_{slug(model.name)}.sh"
@@ -229,6 +255,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
     found = notes(model, layout)
     lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-LM")),
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
+             *(f"# {h}" for h in stage_lines(cluster, layout, stages, "NODE_RANK")),
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
              *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
     lines += [f"export {k}={v}" for k, v in environment(layout).items()]
@@ -237,7 +264,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
                    "--master-port", "${MASTER_PORT:-29500}"]
     lines += _array("DISTRIBUTED_ARGS", distributed)
     lines += _array("MODEL_ARGS", model_args(model, layout))
-    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout))
+    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout, stages))
     lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",
                                                               "--lr-decay-style", "cosine"])
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])

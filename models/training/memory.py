@@ -130,6 +130,16 @@ def stage_params(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, embed
     dense = (layers * per_layer_dense + np.where(embed, shapes.embed_params / L.tp, 0.0)
              + np.where(head, head_matrix + final_norm, 0.0))
     expert = layers * moe_share * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
+    if shapes.mtp_layers:
+        # DeepSeek-V3's MTP modules sit beside the LM head on the last stage (Sec. 2.2, ModelSpec.mtp_params): one
+        # more transformer block each, the 2h x h projection M_k (column-parallel over tp) and three RMSNorms.
+        mtp = np.where(head, float(shapes.mtp_layers), 0.0)
+        moe = shapes.mtp_layer_moe
+        block_dense = (shapes.attn_params + (shapes.moe_dense_part_params if moe else shapes.dense_mlp_params)
+                       + 2 * shapes.hidden * shapes.hidden) / L.tp + shapes.norm_params + 3 * shapes.hidden
+        dense = dense + mtp * block_dense
+        if moe:
+            expert = expert + mtp * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
     return StageParams(dense=dense, expert=expert)
 
 
