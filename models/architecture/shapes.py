@@ -52,6 +52,9 @@ class ModelShapes:
     """MLA (DeepSeek-V2/V3) per-token widths of the low-rank intermediates a training layer keeps, not split over
     tp (Megatron-Core builds the down projections duplicated): q_a and its norm (2 q_lora_rank), kv_a with the rope
     key (kv_lora_rank + qk_rope_head_dim) and its norm (kv_lora_rank). 0 without MLA."""
+    mla_up_proj: tuple[tuple[int, int], ...] = ()
+    """MLA's up projections as (in, out) features (DeepSeek-V2/V3 q_b: q_lora_rank -> heads x (nope + rope); kv_b:
+    kv_lora_rank -> heads x (nope + v)); out is split over tp. What Megatron's `mla_up_proj` recompute module reruns."""
     sliding_window: int = 0
     """Keys a query sees in the sliding-window layers (0: none)."""
     n_sliding_layers: int = 0
@@ -83,6 +86,9 @@ class ModelShapes:
             dropout=m.dropout, total_params=m.total_params(), active_params=m.active_params(),
             tensors_per_layer=_tensors_per_layer(m), sliding_window=m.sliding_window or 0,
             mla_latent=(2 * m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim + m.kv_lora_rank) if m.is_mla else 0,
+            mla_up_proj=tuple(p for p in ((m.q_lora_rank, m.n_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim)),
+                                          (m.kv_lora_rank, m.n_heads * (m.qk_nope_head_dim + m.v_head_dim)))
+                              if p[0]) if m.is_mla else (),
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
             chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),

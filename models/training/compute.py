@@ -247,6 +247,11 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
+    if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
+        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec)
+        named = L.recompute_modules > 0
+        selective_extra = np.where(named, extra, selective_extra)
+        selective_flops = np.where(named, flops, selective_flops)
     if selective == SELECTIVE_OP_SAC:
         # torchtitan op-level SAC reruns every other matmul (memory.py op_sac_bytes) and every elementwise op.
         redo = op_sac_recomputed_linears(shapes, L, moe)
@@ -260,6 +265,57 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
                      weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute)
+
+
+def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """HBM bytes of one layer's two norms forward (read + write h at 2 B each; the `outside` share of
+    elementwise_bytes)."""
+    return L.seq * L.mbs / L.cp * shapes.hidden * 8 / L.sp_div
+
+
+def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
+    """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
+    width at 2 B; the `act` share of elementwise_bytes)."""
+    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
+
+
+def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
+                     overlap: TpOverlap | None, linears: list[Linear], core_s: np.ndarray,
+                     core_flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(seconds, FLOPs) that backward reruns for Megatron-Core's selective recompute modules (TransformerConfig
+    recompute_modules; bit i of L.recompute_modules is layout.RECOMPUTE_MODULES[i]), per layer and micro-batch:
+    core_attn the attention core; moe_act the expert activation; layernorm the two norms; mla_up_proj MLA's q/kv
+    up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
+    shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
+    the experts [2:4] and the shared part [4:6]."""
+    def bit(i: int) -> np.ndarray:
+        return (L.recompute_modules.astype(np.int64) >> i & 1) > 0
+
+    def fwd(subset: list[Linear]) -> np.ndarray:
+        return linear_times(subset, hw, fp8, overlap)[0] if subset else np.zeros_like(L.tp)
+
+    def flops(subset: list[Linear]) -> np.ndarray:
+        return sum((2 * g.tokens * g.in_features * g.out_features * g.count for g in subset), np.zeros_like(L.tp))
+
+    tokens = L.seq * L.mbs / L.cp
+    act_s = activation_fn_bytes(shapes, L, moe) / hw.hbm_bytes_per_s
+    up = [Linear(tokens, k, n / L.tp) for k, n in shapes.mla_up_proj]
+    terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
+        (bit(0), core_s, core_flops),
+        (bit(1) & moe, act_s, 0.0),
+        (bit(2), norm_bytes(shapes, L) / hw.hbm_bytes_per_s, 0.0),
+        (bit(3), fwd(up), flops(up)),
+    ]
+    if moe:
+        route_s = routing_times(shapes, L, hw)[0]
+        terms += [(bit(5), fwd(linears[2:6]) + route_s + act_s, flops(linears[2:6])),
+                  (bit(6) & ~bit(5), fwd(linears[4:6]), flops(linears[4:6]))]
+    else:
+        terms.append((bit(4), fwd(linears[2:4]) + act_s, flops(linears[2:4])))
+    seconds = sum((np.where(on, t, 0.0) for on, t, _ in terms), np.zeros_like(L.tp))
+    executed = sum((np.where(on, f, 0.0) for on, _, f in terms), np.zeros_like(L.tp))
+    return seconds, executed
 
 
 def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
