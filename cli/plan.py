@@ -149,7 +149,8 @@ def _render(data: dict) -> None:
                  + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
                                           if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
-                 + (f" {lay['schedule']}" if lay["pp"] > 1 else ""))
+                 + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
+                 + (f" {lay['precision']}" if lay["precision"] != "bf16" else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
         rows.append((p["rank"], short, *([_gpus_label(p, gpus)] if by_size else []), f"{p['step_time_s']:.3f}",
                      f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",

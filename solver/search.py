@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from clusterplan.errors import InfeasibleError
+from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
@@ -44,7 +44,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     stack = stack or get_stack()
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
-    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack)
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack,
+                            precision_options(cluster, stack, fixed or {}))
     rejected = Counter(space.rejected)
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
@@ -85,6 +86,22 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
              ) if space.left_out else ()
     return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
+
+
+def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
+    """The precisions a search tries: bf16 everywhere, fp8 too where every GPU has fp8 tensor cores and the stack an
+    fp8 recipe (its first, e.g. Transformer Engine per-tensor current scaling for megatron-core). A pinned precision
+    the GPUs or the stack cannot run is bad input, said in one line."""
+    lacking = sorted({g.gpu.name for g in cluster.groups if not g.gpu.has_fp8})
+    if "precision" in fixed:
+        if fixed["precision"] == "fp8" and lacking:
+            raise BadInputError(f"--fix precision=fp8: {', '.join(lacking)} has no fp8 tensor cores; "
+                                "use precision=bf16 or a cluster of H100 / H200 / B200 class GPUs")
+        if fixed["precision"] == "fp8" and not stack.fp8_recipes:
+            raise BadInputError(f"--fix precision=fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or "
+                                "another --stack")
+        return (str(fixed["precision"]),)
+    return ("bf16", "fp8") if stack.fp8_recipes and not lacking else ("bf16",)
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:

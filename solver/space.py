@@ -112,9 +112,12 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
 
 
 def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
-                    fixed: dict[str, object] | None = None, stack: ExecutionStack | None = None) -> Space:
+                    fixed: dict[str, object] | None = None, stack: ExecutionStack | None = None,
+                    precisions: tuple[str, ...] = ("bf16",)) -> Space:
     """Every layout of the model on `world` GPUs for one batch and sequence length, under the fixed keys, that
-    `stack` can run (None: megatron-core); Space.left_out counts what the stack cannot run, by feature."""
+    `stack` can run (None: megatron-core); Space.left_out counts what the stack cannot run, by feature.
+    `precisions` are searched unless precision is pinned (the caller knows which the GPUs and the stack run:
+    solver.search.precision_options)."""
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
@@ -134,7 +137,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
     zero_options = [z for z in ZERO if stack.can_run("zero", z)]
     # Each rejected structure stands for every (zero, mbs, recompute) it would have expanded to.
-    expand = len(pick("zero", zero_options)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
+    precision_options = pick("precision", precisions)
+    expand = (len(pick("zero", zero_options)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
+              * len(precision_options))
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
@@ -155,17 +160,19 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})
     zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", zero_options), ("mbs", MICRO_BATCHES),
                                                           ("recompute", recompute_options)))
-    grid = np.array(list(itertools.product(range(n), range(len(zero)), range(len(mbs)), range(len(rec)))), dtype=int)
+    grid = np.array(list(itertools.product(range(n), range(len(zero)), range(len(mbs)), range(len(rec)),
+                                           range(len(precision_options)))), dtype=int)
     if not len(grid):
-        grid = np.zeros((0, 4), dtype=int)
+        grid = np.zeros((0, 5), dtype=int)
     idx = grid[:, 0]
     cols = {k: v[idx] for k, v in base.items()}
     cols.update(zero=zero[grid[:, 1]].astype(float), mbs=mbs[grid[:, 2]].astype(float),
                 recompute=np.array([CODES["recompute"][r] for r in rec])[grid[:, 3]] if len(grid) else np.zeros(0))
-    cols.update(gbs=np.full(len(idx), float(gbs)), seq=np.full(len(idx), float(seq)))
-    for key in ("precision", "optimizer"):
-        if key in fixed:
-            cols[key] = np.full(len(idx), CODES[key][fixed[key]])
+    cols.update(gbs=np.full(len(idx), float(gbs)), seq=np.full(len(idx), float(seq)),
+                precision=np.array([CODES["precision"][p] for p in precision_options])[grid[:, 4]]
+                if len(grid) else np.zeros(0))
+    if "optimizer" in fixed:
+        cols["optimizer"] = np.full(len(idx), CODES["optimizer"][fixed["optimizer"]])
     for key in ("etp", "recompute_layers", "flash_attn"):
         if key in fixed:
             cols[key] = np.full(len(idx), float(fixed[key]))

@@ -59,3 +59,28 @@ def test_fp8_memory_weight_copies_and_fp8_saved_inputs():
     diff = float(layer_activation_bytes(shapes, L16, False, mode)[0] - layer_activation_bytes(shapes, L8, False, mode)[0])
     assert diff == pytest.approx(4096 * (4096 + 4096 + 14336 - 4096))
 
+
+
+def test_plan_searches_fp8_where_every_gpu_and_the_stack_run_it(run_cli):
+    """Precision is a search axis: bf16 everywhere, fp8 too on fp8 tensor cores with a stack that has an fp8 recipe.
+    The same structures are searched once per precision, so the H100 space is exactly twice the A100 one."""
+    from clusterplan.hardware_db import get_stack
+    from clusterplan.solver.search import precision_options, search
+
+    model = load_model("llama3.1-8b")
+    h100, a100 = load_cluster("dgx-h100:1"), load_cluster("dgx-a100-80g:1")
+    assert precision_options(h100, get_stack("megatron-core"), {}) == ("bf16", "fp8")
+    assert precision_options(a100, get_stack("megatron-core"), {}) == ("bf16",)
+    assert precision_options(h100, get_stack("deepspeed"), {}) == ("bf16",)  # no fp8 recipe in the stack
+    assert precision_options(h100, get_stack("megatron-core"), {"precision": "bf16"}) == ("bf16",)
+    on_h100 = search(model, h100, 64, 8192, top=1000)
+    on_a100 = search(model, a100, 64, 8192, top=1000)
+    assert on_h100.candidates == 2 * on_a100.candidates
+    assert {p.layout.precision for p in on_h100.plans} == {"bf16", "fp8"}
+    assert {p.layout.precision for p in on_a100.plans} == {"bf16"}
+    # The same layout is faster in fp8 on H100 (GEMMs at the fp8 MAMF rate, casts priced), and fp8 ranks first.
+    assert on_h100.plans[0].layout.precision == "fp8"
+    # Pinning fp8 where the GPUs lack it is bad input: one line, exit 2.
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-a100-80g:1", "--gbs", "64",
+                             "--seq", "8192", "--fix", "precision=fp8")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "no fp8 tensor cores" in err

@@ -31,7 +31,8 @@ STACK = {"torchtitan": "torchtitan", "torchtitan-py": "torchtitan", "megatron": 
 # (model, cluster, gbs, seq, fixed layout keys, top): the searches whose top plans form the matrix.
 SEARCHES = [
     ("llama3.1-8b", "dgx-h100:1", 64, 8192, None, 6),
-    ("llama3.1-8b", "dgx-h100:2", 256, 4096, {"tp": 1}, 6),
+    ("llama3.1-8b", "dgx-h100:1", 64, 8192, {"precision": "bf16"}, 6),
+    ("llama3.1-8b", "dgx-h100:2", 256, 4096, {"tp": 1, "precision": "bf16"}, 6),
     ("llama3.1-8b", "dgx-h100:2", 128, 4096, {"precision": "fp8"}, 5),
     ("llama3.1-70b", "dgx-h100:8", 512, 8192, None, 6),
     ("llama3.1-70b", "dgx-h100:4", 256, 4096, {"pp": 4}, 5),
@@ -41,10 +42,10 @@ SEARCHES = [
     ("qwen3-30b-a3b", "dgx-h100:2", 128, 4096, None, 5),
     ("deepseek-v3", "dgx-h100:32", 1024, 4096, None, 4),
     ("llama3.1-405b", "dgx-h100:16", 512, 8192, {"precision": "fp8"}, 4),
-    # what DeepSpeed alone runs (no tp, no ring cp): the plans `plan --target deepspeed` would rank
-    ("llama3.1-8b", "dgx-h100:2", 256, 4096, {"tp": 1, "pp": 1, "cp": 1}, 6),
-    ("llama3.1-70b", "dgx-h100:8", 512, 4096, {"tp": 1, "pp": 1, "cp": 1}, 5),
-    ("qwen3-30b-a3b", "dgx-h100:4", 256, 4096, {"tp": 1, "cp": 1, "pp": 1}, 5),
+    # what DeepSpeed alone runs (no tp, no ring cp, no fp8 recipe): the plans `plan --stack deepspeed` would rank
+    ("llama3.1-8b", "dgx-h100:2", 256, 4096, {"tp": 1, "pp": 1, "cp": 1, "precision": "bf16"}, 6),
+    ("llama3.1-70b", "dgx-h100:8", 512, 4096, {"tp": 1, "pp": 1, "cp": 1, "precision": "bf16"}, 5),
+    ("qwen3-30b-a3b", "dgx-h100:4", 256, 4096, {"tp": 1, "cp": 1, "pp": 1, "precision": "bf16"}, 5),
 ]
 
 # Plans the search does not usually rank first, written by hand: each feature a config must carry.

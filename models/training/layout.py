@@ -135,6 +135,8 @@ class Layout:
         if self.ep > 1:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
+        if self.precision != "bf16":
+            parts.append(self.precision)
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
