@@ -160,10 +160,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})
     zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", zero_options), ("mbs", MICRO_BATCHES),
                                                           ("recompute", recompute_options)))
-    grid = np.array(list(itertools.product(range(n), range(len(zero)), range(len(mbs)), range(len(rec)),
-                                           range(len(precision_options)))), dtype=int)
-    if not len(grid):
-        grid = np.zeros((0, 5), dtype=int)
+    # Every (structure, zero, mbs, recompute, precision), the last varying fastest (itertools.product's order).
+    sizes = (n, len(zero), len(mbs), len(rec), len(precision_options))
+    grid = np.indices(sizes, dtype=int).reshape(len(sizes), -1).T
     idx = grid[:, 0]
     cols = {k: v[idx] for k, v in base.items()}
     cols.update(zero=zero[grid[:, 1]].astype(float), mbs=mbs[grid[:, 2]].astype(float),

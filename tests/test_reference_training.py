@@ -88,7 +88,7 @@ def test_korthikanti_layer_times():
         recompute, sp = cases[row["experiment"]]
         arrays = LayoutArrays.from_layouts([Layout(tp=8, mbs=4, gbs=4, seq=2048, flash_attn=False, precision="fp16",
                                                    recompute=recompute, sp=sp)])
-        t = layer_time(shapes, arrays, hw, False)
+        t = layer_time(shapes, arrays, hw, False, get_stack(reference.STACK))  # Megatron-LM 2022: no TP overlap
         tp = tp_comm_s(shapes, arrays, hw, get_stack(reference.STACK), t.linear_s)
         tp_fwd = float(tp[0]) / (6 if recompute == "full" else 4) * 2
         forward_ms = (float(t.forward_s[0]) + tp_fwd) * 1e3

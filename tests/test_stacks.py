@@ -11,6 +11,7 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, stack_problems
+from clusterplan.models.training.rules import RuleCode
 
 CONTRACT = {"megatron-core", "torchtitan", "torchtitan-compile", "deepspeed", "megatron-lm-2021"}
 
@@ -53,8 +54,9 @@ def test_what_the_stacks_say_they_run():
     assert mcore.tp_overlap == "bulk" and get_stack("torchtitan-compile").tp_overlap == "async_tp"
     assert titan.fsdp_granularity == "block" and ds.fsdp_granularity == "bucket"
     layout = Layout(tp=8, pp=4, dp=2, schedule="zb", zero=1)
-    assert any("zb" in p for p in stack_problems(layout, mcore))
-    assert any("zero" in p for p in stack_problems(layout, titan))
+    assert any("zb" in p.message for p in stack_problems(layout, mcore))
+    assert any("zero" in p.message for p in stack_problems(layout, titan))
+    assert {p.code for p in stack_problems(layout, mcore) + stack_problems(layout, titan)} == {RuleCode.STACK}
     assert stack_problems(layout.with_(schedule="1f1b"), mcore) == []
 
 

@@ -48,14 +48,15 @@ class GemmShapeModel:
                    max_flops=best_shape_flops / at_best, max_flops_fp8=best_shape_flops_fp8 / at_best,
                    hbm_bytes_per_s=hbm_bytes_per_s)
 
-    def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0) -> np.ndarray:
+    def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0,
+                        sm_margin: int = 0) -> np.ndarray:
         """Useful share of the SM-tile slots paid for, m n batch / (waves x SMs x tile area), for the best of the
         library's tile and its half-height variant, in either orientation. The half tile reuses each loaded operand
         over fewer outputs, so its per-SM rate is scaled by its reuse tm tn / (tm + tn) relative to the full tile's
         (operand loads per MAC, the shared-memory roofline of a tiled GEMM)."""
         if self.sm_count is None:
             return np.ones_like(np.asarray(m, dtype=float))
-        sms = float(self.sm_count)
+        sms = float(self.sm_count - sm_margin)
         tm, tn = self.tile_m, self.tile_n
         half = tm // 2
         full_reuse = tm * tn / (tm + tn)
@@ -77,14 +78,17 @@ class GemmShapeModel:
         return best
 
     def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
-               batch: np.ndarray | float = 1.0) -> np.ndarray:
+               batch: np.ndarray | float = 1.0, sm_margin: int = 0) -> np.ndarray:
         """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0."""
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         fp8 = np.asarray(fp8, dtype=bool)
         flops = 2.0 * m * n * k * batch
-        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch),
+        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch, sm_margin),
                                        flops.shape))
         rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
+        if sm_margin and self.sm_count:
+            # SMs held by a concurrent communication kernel: the GEMM runs on the rest at the same per-SM rate.
+            eff *= (self.sm_count - sm_margin) / self.sm_count
         eff *= rate
         compute = np.divide(flops, eff, out=eff, where=flops > 0)
         operand_bytes = np.where(fp8, 1.0, 2.0) if fp8.any() else 2.0

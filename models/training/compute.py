@@ -14,6 +14,7 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import grouped_gemm_time_s, routing_times
+from clusterplan.models.training.tp_overlap import TpRole, overlapped_times
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
@@ -68,12 +69,25 @@ class Linear:
     count: np.ndarray | float = 1.0
     streamed: bool = False
     """The `count` GEMMs are a rank's local experts run by Transformer Engine's GroupedLinear (moe_layer)."""
+    tp_role: TpRole = TpRole.NONE
+    """Column- or row-parallel GEMM of a tensor-parallel block (its communication may overlap it: tp_overlap.py)."""
 
 
-def linear_times(linears: list[Linear], hw: HardwareRates,
-                 fp8: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True, slots=True)
+class TpOverlap:
+    """Where tensor-parallel communication overlaps the GEMMs: the stack's kind ("bulk" TE userbuffers, "async_tp")
+    and the layouts it applies to (sequence parallel with tp > 1)."""
+
+    kind: str
+    active: np.ndarray
+    tp: np.ndarray
+
+
+def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
+                 overlap: TpOverlap | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
-    dX = dY W^T and dW = X^T dY backward."""
+    dX = dY W^T and dW = X^T dY backward. Where `overlap` is active, the tensor-parallel GEMMs run chunked as the
+    overlap issues them (tp_overlap.py)."""
     fwd = bwd = wgrad = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
@@ -82,10 +96,13 @@ def linear_times(linears: list[Linear], hw: HardwareRates,
             if g.streamed:
                 return grouped_gemm_time_s(hw, m, n, k, fp8, g.count)
             return hw.gemm_time_s(m, n, k, fp8, g.count)
-        fwd = fwd + gemm(t, o, i)
-        dw = gemm(i, o, t)
+        f, dx, dw = gemm(t, o, i), gemm(t, i, o), gemm(i, o, t)
+        if overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any():
+            of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp)
+            f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
+        fwd = fwd + f
         wgrad = wgrad + dw
-        bwd = bwd + gemm(t, i, o) + dw
+        bwd = bwd + dx + dw
     return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
 
 
@@ -115,19 +132,21 @@ def op_sac_recomputed_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -
 
 
 def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
-           count: np.ndarray | float = 1.0, streamed: bool = False) -> list[Linear]:
+           count: np.ndarray | float = 1.0, streamed: bool = False, tp_block: bool = False) -> list[Linear]:
     """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
     has `inner` inputs, the input projections get the remaining parameters; both sharded by `shard` (Megatron TP:
-    column- then row-parallel). The FLOPs equal 2 x tokens x params / shard exactly."""
+    column- then row-parallel; `tp_block`: their TP communication may overlap them). The FLOPs equal
+    2 x tokens x params / shard exactly."""
     first = (params - inner * hidden) / hidden
-    return [Linear(tokens, hidden, first / shard, count, streamed),
-            Linear(tokens, inner / shard, hidden, count, streamed)]
+    column, row = (TpRole.COLUMN, TpRole.ROW) if tp_block else (TpRole.NONE, TpRole.NONE)
+    return [Linear(tokens, hidden, first / shard, count, streamed, column),
+            Linear(tokens, inner / shard, hidden, count, streamed, row)]
 
 
 def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
     """The weight GEMMs of one layer on one rank, with their shapes (tokens = seq x mbs / cp)."""
     tokens = L.seq * L.mbs / L.cp
-    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp)
+    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp, tp_block=True)
     if moe:
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
         # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
@@ -136,7 +155,7 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
                       count=shapes.n_experts / L.ep, streamed=True)
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
     else:
-        out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp)
+        out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp, tp_block=True)
     return out
 
 
@@ -195,7 +214,10 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, moe)
-    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8)
+    overlap = None
+    if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
+        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
+    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
     cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)

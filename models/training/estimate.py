@@ -130,24 +130,25 @@ def _r(x: float) -> float:
 
 
 def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
-                       fp8_recipe: str | None = None) -> list[str]:
+                       fp8_recipe: str | None = None) -> list[Rule]:
     """fp8 needs a stack with an fp8 recipe and fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor
     cores (Blackwell, CDNA 4)."""
+    broken = lambda message: [Rule.broken(RuleCode.PRECISION, message)]  # noqa: E731
     if layout.precision != "fp8":
         return []
     if not stack.fp8_recipes:
-        return [f"precision fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or another --stack"]
+        return broken(f"precision fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or another --stack")
     fp8_recipe = fp8_recipe or stack.fp8_recipes[0]
     if fp8_recipe not in stack.fp8_recipes:
-        return [f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}"]
+        return broken(f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}")
     gpus = {g.gpu.name: g.gpu for g in cluster.groups}
     lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
     if lacking:
-        return [f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision=bf16"]
+        return broken(f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision=bf16")
     no_mx = sorted(n for n, g in gpus.items() if not g.mx_formats)
     if fp8_recipe == "mxfp8" and no_mx:
-        return [f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
-                "use the tensorwise or blockwise recipe"]
+        return broken(f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
+                      "use the tensorwise or blockwise recipe")
     return []
 
 
@@ -164,7 +165,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     """
     reasons = layout_problems(model, layout, cluster.world_size)
     stack = stack or get_stack()
-    reasons += [Rule.broken(RuleCode.PRECISION, p) for p in precision_problems(cluster, layout, stack, fp8_recipe)]
+    reasons += precision_problems(cluster, layout, stack, fp8_recipe)
     link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs

@@ -287,19 +287,19 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     return problems
 
 
-def stack_problems(layout: Layout, stack: ExecutionStack) -> list[str]:
+def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     """What of the layout the execution stack cannot run (hardware_db/data/stacks.yaml). Empty = it runs."""
-    L, problems = layout, []
+    L, messages = layout, []
     if L.pp > 1 and not stack.can_run("schedule", L.schedule):
-        problems.append(f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
+        messages.append(f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
     if L.cp > 1 and not stack.can_run("cp_kind", L.cp_kind):
         runs = ", ".join(stack.cp_kinds) or "no context parallelism"
-        problems.append(f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
+        messages.append(f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
     if (L.dp > 1 or L.zero == 0) and not stack.can_run("zero", L.zero):
-        problems.append(f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
+        messages.append(f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
     if L.pp > 1 and L.zero > stack.pp_max_zero:
-        problems.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
+        messages.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
                         f"got zero={L.zero}")
     if L.precision == "fp8" and not stack.fp8_recipes:
-        problems.append(f"stack {stack.name} has no fp8 training recipe")
-    return problems
+        messages.append(f"stack {stack.name} has no fp8 training recipe")
+    return [Rule.broken(RuleCode.STACK, m) for m in messages]

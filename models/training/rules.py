@@ -37,6 +37,7 @@ class RuleCode(str, Enum):
     DP_REPLICATE = "dp % dp_replicate"
     OUT_OF_MEMORY = "out of memory"
     PRECISION = "precision the stack or GPU cannot run"
+    STACK = "what the stack cannot run"
     MIN_MFU = "MFU below --min-mfu"
     MODEL_MISMATCH = "config model != --model"
 
@@ -67,6 +68,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
     RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
+    RuleCode.STACK: "re-plan with `clusterplan plan --stack NAME` to search only what the stack runs, or pick another "
+                    "--stack",
     RuleCode.OUT_OF_MEMORY: "raise tp/pp, use zero=3 or more recompute, or lower the micro-batch size",
     RuleCode.MIN_MFU: "run `clusterplan plan` for a faster layout on this cluster",
     RuleCode.MODEL_MISMATCH: "give the --model the config trains, or fix the config",
