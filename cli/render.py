@@ -79,7 +79,7 @@ def render_nearest(nearest: NearestFeasible) -> None:
                   ["#", "change", "layout", "GPUs", "step s", "tokens/s", "peak GiB", "memory freed GiB"],
                   [(k, ", ".join(map(str, o.changes)), o.layout.short(), f"{o.gpus_added:+d}" if o.gpus_added else "",
                     f"{o.step_time_s:.4g}", f"{o.tokens_per_s:,.0f}", f"{o.peak_gib:.1f} of {o.capacity_gib:.1f}",
-                    ", ".join(f"{t} {d:+.1f}" for t, d in sorted(o.memory_change_gib.items(), key=lambda kv: kv[1])
-                              if d < 0)[:60])
+                    ", ".join(f"{t} {d:+.1f}" for t, d in sorted(o.memory_change_gib.items(), key=lambda kv: kv[1])[:2]
+                              if d < 0))
                    for k, o in enumerate(nearest.options, start=1)],
                   justify_right=[True, False, False, True, True, True, True, False])

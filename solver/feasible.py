@@ -33,7 +33,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import MAX_NODES, Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.estimate import MEMORY_TERMS, Estimate, estimate, stack_memory
-from clusterplan.models.training.layout import CHOICES, Layout
+from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.search import precision_options, search
@@ -445,7 +445,11 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
     if model.is_moe:
         modifiers["ep"] = degree("ep", lambda c: divisors(model.n_experts, at_most=world))
 
+    runs_already = {str(r) for r in stack_problems(est.layout, stack)}
+
     def price(c: _Candidate) -> FeasibleOption | None:
+        if any(str(r) not in runs_already for r in stack_problems(c.layout, stack)):
+            return None  # a change the stack cannot run (e.g. zero 2 on torchtitan) is no option
         got = estimate(model, c.cluster, c.layout, calibration, stack=stack)
         return _option(got, c.changes, cluster, cause, 0.0) if got.feasible else None
 

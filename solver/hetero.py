@@ -207,7 +207,7 @@ def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration,
     from clusterplan.solver.search import search
 
     try:
-        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack)
+        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, suggest=False)
     except InfeasibleError:
         return None, None
     return result.plans[0].to_json()["step_time_s"], result.plans[0].layout

@@ -98,7 +98,7 @@ def test_70b_estimate_names_the_term_and_by_how_much(oom_70b):
 
 def test_70b_options_are_the_nearest_rungs_priced_by_estimate(oom_70b):
     model, cluster, layout, nearest = oom_70b
-    assert [tuple(map(str, o.changes)) for o in nearest.options] == [("cp 1 -> 8",), ("recompute none -> full",)]
+    assert sorted(tuple(map(str, o.changes)) for o in nearest.options) == [("cp 1 -> 8",), ("recompute none -> full",)]
     for option in nearest.options:  # every number is estimate() of the changed layout, not a guess
         again = estimate(model, cluster, option.layout).to_json()
         assert again["feasible"] and option.step_time_s == again["step_time_s"]
@@ -109,8 +109,8 @@ def test_70b_options_are_the_nearest_rungs_priced_by_estimate(oom_70b):
                    dict(zero=3), dict(pp=4, dp=4), dict(pp=8, dp=2)):
         assert not estimate(model, cluster, replace(layout, **change)).feasible, change
     # The faster change first at the same (zero) GPUs added; the freed memory is the activations.
-    assert nearest.options[0].step_time_s < nearest.options[1].step_time_s
-    assert min(nearest.options[1].memory_change_gib, key=nearest.options[1].memory_change_gib.get) == "activations"
+    assert nearest.options[0].step_time_s <= nearest.options[1].step_time_s
+    assert all(min(o.memory_change_gib, key=o.memory_change_gib.get) == "activations" for o in nearest.options)
 
 
 def test_estimate_tries_pairs_when_no_single_knob_fits():
@@ -175,7 +175,7 @@ def test_estimate_cli_carries_the_nearest_option(run_cli):
     assert code == 1
     near = json.loads(out)["nearest_feasible"]
     assert near["cause"]["largest_term"] == "activations"
-    assert [o["changes"][0]["knob"] for o in near["options"]] == ["cp", "recompute"]
+    assert sorted(o["changes"][0]["knob"] for o in near["options"]) == ["cp", "recompute"]
     assert all(math.isfinite(o["step_time_s"]) and o["peak_gib"] <= o["capacity_gib"] for o in near["options"])
     code, out, _ = run_cli(*args[:-1], "tp=8,pp=4,mbs=1,gbs=512,seq=8192,recompute=selective")
     assert code == 0 and "nearest_feasible" not in json.loads(out)
