@@ -57,6 +57,10 @@ figures: $(VENV)/.installed
 	$(BIN)/clusterplan experts synth --model deepseek-v3 --layers 12 --out build/figures-ds.npz 2> /dev/null
 	$(BIN)/clusterplan experts --model deepseek-v3 --cluster dgx-h100:8 --stats build/figures-ds.npz \
 	  --plot docs/img/experts.png > /dev/null 2>&1
+	$(BIN)/clusterplan serve-estimate --model llama3.1-70b --gpu H100 --tp 4 --rate 4 --input-len 2000 \
+	  --output-len 300 --quiet --plot docs/img/serve_estimate.png > /dev/null
+	$(BIN)/clusterplan serve-plan --model llama3.1-8b --rate 20 --input-len lognormal:6.5:0.8 --output-len 256 \
+	  --ttft-ms 500 --tpot-ms 50 --quiet --plot docs/img/serve_plan.png > /dev/null
 
 reference: $(VENV)/.installed
 	$(BIN)/python -m clusterplan.reference --out reference/TABLES.md

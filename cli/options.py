@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import click
 
+
+def _set_format(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Every command's --format tells the console too: JSON into a pipe keeps progress off stderr."""
+    from clusterplan.cli.console import console
+
+    console.set_format(value)
+    return value
+
+
 format_option = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format (data goes to stdout)."
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", callback=_set_format,
+    help="Output format (data goes to stdout)."
 )
 
 

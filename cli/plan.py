@@ -197,15 +197,27 @@ def _render(data: dict) -> None:
     console.text(f"placement of #1 (mesh {' x '.join(f'{k}{v}' for k, v in pl['mesh'].items())}, tp innermost; "
                  f"{pl['method']}):")
     if "node_order" in pl:
-        console.text(f"  slowest link used: {pl['bottleneck_gb_per_s']:g} GB/s (default order: "
-                     f"{pl['default_bottleneck_gb_per_s']:g} GB/s); step {pl['step_time_placed_s']:.4g} s vs "
-                     f"{pl['step_time_default_order_s']:.4g} s in default order")
+        _render_links(pl)
     shown = pl["nodes"][:4]
     console.table(None, ["node", "ranks", *pl["mesh_order"]],
                   [(n["node"], f"{n['ranks'][0]}-{n['ranks'][1]}",
                     *(_span(n[a]) for a in pl["mesh_order"])) for n in shown])
     if pl["nodes_total"] > len(shown):
         console.text(f"... {pl['nodes_total'] - len(shown)} more nodes follow the same pattern")
+
+
+def _render_links(pl: dict) -> None:
+    """Each axis's link under the chosen node order against the default one, and what that did to the step."""
+    base = pl["default_axis_links_gb_per_s"]
+    links = ", ".join(f"{axis} {gb:g}" + (f" (default {base[axis]:g})" if base.get(axis) != gb else "")
+                      for axis, gb in pl["axis_links_gb_per_s"].items())
+    console.text(f"  node order {' '.join(str(n) for n in pl['node_order'])}; slowest link per axis, GB/s: "
+                 + (links or "none crosses nodes"))
+    gain, default_s = pl["gain_s"], pl["step_time_default_order_s"]
+    terms = ", ".join(f"{term.removesuffix('_s')} {change:+.4g} s" for term, change in pl["time_change_s"].items())
+    console.text(f"  step {pl['step_time_placed_s']:.6g} s vs {default_s:.6g} s in default order: "
+                 + (f"{gain:.6g} s ({gain / default_s:.1%}) faster" if gain > 0 else "the default order is fastest")
+                 + (f" ({terms})" if terms else ""))
 
 
 def _gpus_label(p: dict, gpus: int) -> str:

@@ -209,3 +209,111 @@ def plot_experts(data: dict[str, Any], path: str) -> dict[str, Any]:
     fig.suptitle(f"{data['model']} on {data['cluster']} ({data['num_gpus']} GPUs), {rule} dispatch", fontsize=10)
     _save(fig, path)
     return plotted
+
+
+# ---- serve-estimate ----------------------------------------------------------------------------------------------
+
+QUANTILES = ("p50", "p90", "p99")
+
+
+def plot_serve_estimate(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """TTFT and TPOT percentiles and throughput against load (the JSON's load_sweep), saturation and the
+    requested load marked."""
+    plt = _pyplot()
+    sweep = data["load_sweep"]
+    points = sweep["points"]
+    loads = [p["load"] for p in points]
+    open_loop = sweep["load_unit"] == "requests_per_s"
+    unit = "requests per second (open loop)" if open_loop else \
+        f"requests in flight ({'closed loop' if sweep['kind'] == 'closed' else 'static batch'})"
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), squeeze=False)
+    plotted: dict[str, Any] = {"load": loads, "ttft_ms": {}, "tpot_ms": {},
+                               "requests_per_s": [p["requests_per_s"] for p in points],
+                               "saturation_load": sweep["saturation"]["load"], "requested": sweep["requested"]}
+    for ax, key, title in ((axes[0][0], "ttft_ms", "time to first token, ms"),
+                           (axes[0][1], "tpot_ms", "time per output token, ms")):
+        for q, color in zip(QUANTILES, ("#4C72B0", "#DD8452", "#C44E52"), strict=True):
+            values = [p[key][q] for p in points]
+            ax.plot(loads, values, marker="o", markersize=3, color=color, label=q)
+            plotted[key][q] = values
+        ax.set_ylabel(title)
+    axes[0][0].set_yscale("log")  # TTFT grows by orders of magnitude once the queue builds
+    axes[0][2].plot(loads, plotted["requests_per_s"], marker="o", markersize=3, color="#55A868",
+                    label="served (whole run; past saturation it counts the final drain)")
+    if open_loop:
+        axes[0][2].plot(loads, loads, color="#AAAAAA", linestyle=":", label="offered")
+    axes[0][2].axhline(sweep["saturation"]["requests_per_s"], color="black", linestyle="--", linewidth=0.8)
+    axes[0][2].set_ylabel("requests per second served (dashed: saturation)")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(unit)
+        ax.axvline(sweep["saturation"]["load"], color="black", linestyle="--", linewidth=1)
+        ax.axvline(sweep["requested"], color="#8172B2", linestyle=":", linewidth=1.5)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_title(f"saturation (dashed) at {sweep['saturation']['load']:.4g}, requested (dotted) "
+                         f"{sweep['requested']:g}", fontsize=9)
+    fig.suptitle(f"{data['model']} on {data['gpus']}x {data['gpu']} (tp {data['tp']}, pp {data['pp']}, "
+                 f"{data['engine']}): latency against load", fontsize=10)
+    _save(fig, path)
+    return plotted
+
+
+# ---- serve-plan --------------------------------------------------------------------------------------------------
+
+def plot_serve_plan(data: dict[str, Any], path: str) -> dict[str, Any]:
+    """$ per 1M output tokens against the SLO percentile's TTFT and TPOT (the JSON's cost_vs_slo): every
+    candidate instance type alone at rising loads (filled where it meets the SLO), the SLO line, the cheapest
+    cost at each target (the frontier, a staircase) and the chosen plan."""
+    plt = _pyplot()
+    f = data["cost_vs_slo"]
+    q = f"p{f['percentile']:g}"
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    gpus = sorted({c["gpu"] for c in f["candidates"]})
+    markers = ("o", "s", "^", "D", "v", "P", "X", "h")
+    tps = sorted({c["tp"] * c["pp"] for c in f["candidates"]})
+    plotted: dict[str, Any] = {"candidates": {}, "frontier": {}, "slo_ms": {}, "chosen": {}}
+    for panel, (ax, key, name) in enumerate(((axes[0][0], "ttft", "TTFT"), (axes[0][1], "tpot", "TPOT"))):
+        for cand in f["candidates"]:
+            xs = [p[f"{key}_ms"] for p in cand["points"]]
+            ys = [p["usd_per_million_output_tokens"] for p in cand["points"]]
+            ok = [p["meets_slo"] for p in cand["points"]]
+            color = cmap(gpus.index(cand["gpu"]) % 10)  # one colour per GPU type, one marker per GPU count
+            marker = markers[tps.index(cand["tp"] * cand["pp"]) % len(markers)]
+            ax.plot(xs, ys, color=color, linewidth=0.8, alpha=0.7, marker=marker, markersize=4, markerfacecolor="none",
+                    label=cand["instance"] if panel else None)
+            ax.scatter([x for x, k in zip(xs, ok, strict=True) if k], [y for y, k in zip(ys, ok, strict=True) if k],
+                       color=color, marker=marker, s=16, zorder=3)
+            plotted["candidates"].setdefault(cand["instance"], {})[key] = (xs, ys, ok)
+        refs = f[f"{key}_frontier"]
+        fx = [f["candidates"][c]["points"][k][f"{key}_ms"] for c, k in refs]
+        fy = [f["candidates"][c]["points"][k]["usd_per_million_output_tokens"] for c, k in refs]
+        if fx:
+            ax.step(fx + [max(fx) * 1.5], fy + [fy[-1]], where="post", color="black", linewidth=1.8,
+                    label="cheapest at each target" if panel else None)
+        plotted["frontier"][key] = (fx, fy)
+        slo = f[f"{key}_slo_ms"]
+        ax.axvline(slo, color="#C44E52", linestyle="--", linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        right = max(ax.get_xlim()[1], slo * 1.5)
+        ax.axvspan(slo, right, color="#C44E52", alpha=0.06)
+        ax.set_xlim(right=right)
+        ax.text(slo, ax.get_ylim()[1], f" {q} {name} target {slo:g} ms", color="#C44E52", fontsize=8, va="top")
+        plotted["slo_ms"][key] = slo
+        chosen = (data[f"{key}_ms"], data["usd_per_million_output_tokens"])
+        ax.scatter([chosen[0]], [chosen[1]], marker="*", s=220, color="gold", edgecolors="black", zorder=5,
+                   label=f"chosen plan ({data['mode']})" if panel else None)
+        plotted["chosen"][key] = chosen
+        ax.set_xlabel(f"{q} {name}, ms (log scale)")
+        ax.set_ylabel("$ per 1M output tokens (log scale)")
+    axes[0][0].set_title("filled: meets both targets; hollow: misses one; shaded: past the target", fontsize=9)
+    axes[0][1].set_title("each line: one instance type alone, load rising to the left", fontsize=9)
+    axes[0][1].legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"{data['model']} at {data['rate_rps']:g} req/s: cost against SLO", fontsize=10)
+    _save(fig, path)
+    return plotted

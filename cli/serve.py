@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path
+from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
@@ -25,6 +25,7 @@ from clusterplan.solver.serve import (
     melange_table,
     plan_serving,
 )
+from clusterplan.solver.serve_frontier import CostSloFrontier, cost_slo_frontier
 
 DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
 
@@ -105,6 +106,50 @@ def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: 
     }
 
 
+def frontier_json(f: CostSloFrontier) -> dict:
+    """Cost against SLO (solver/serve_frontier.py): each candidate's points and the two frontiers as
+    [candidate, point] indices."""
+    return {
+        "percentile": f.slo.percentile, "ttft_slo_ms": f.slo.ttft_s * 1e3, "tpot_slo_ms": f.slo.tpot_s * 1e3,
+        "candidates": [{"instance": c.instance.label, "gpu": c.instance.gpu.name, "tp": c.instance.tp,
+                        "pp": c.instance.pp, "gpus": c.instance.n_gpus, "usd_per_hour": round(c.instance.usd_per_hour, 4),
+                        "saturation_rps": round(c.saturation_rps, 4),
+                        "points": [{"rate_rps": round(p.rate_rps, 4), "ttft_ms": round(p.ttft_s * 1e3, 2),
+                                    "tpot_ms": round(p.tpot_s * 1e3, 3),
+                                    "usd_per_million_output_tokens": round(p.usd_per_million_output_tokens, 4),
+                                    "meets_slo": p.meets_slo} for p in c.points]}
+                       for c in f.candidates],
+        "ttft_frontier": [list(ref) for ref in f.ttft_frontier],
+        "tpot_frontier": [list(ref) for ref in f.tpot_frontier],
+    }
+
+
+def _print_frontier(f: dict) -> None:
+    """Each candidate's cheapest point within the SLO, and the cheapest cost at each TTFT target."""
+    q = f"p{f['percentile']:g}"
+    rows = []
+    for c in f["candidates"]:
+        ok = [p for p in c["points"] if p["meets_slo"]]
+        best = min(ok, key=lambda p: p["usd_per_million_output_tokens"]) if ok else None
+        rows.append((c["instance"], f"{c['usd_per_hour']:.2f}", f"{c['saturation_rps']:.2f}",
+                     f"{best['rate_rps']:.2f}" if best else "-", f"{best['ttft_ms']:.0f}" if best else "-",
+                     f"{best['tpot_ms']:.1f}" if best else "-",
+                     f"{best['usd_per_million_output_tokens']:.3f}" if best else "misses the SLO at every load"))
+    console.table(f"\ncost against SLO: each instance type alone at its busiest load within the SLO ({q})",
+                  ["instance", "$/h", "sat. req/s", "req/s", "TTFT ms", "TPOT ms", "$/1M out"], rows,
+                  justify_right=[False] + [True] * 6)
+    steps = [f["candidates"][c]["points"][k] | {"instance": f["candidates"][c]["instance"]} for c, k in f["ttft_frontier"]]
+    if steps:  # at most FRONTIER_ROWS steps, evenly spaced, the cheapest (loosest) one always shown
+        shown = sorted({round(i * (len(steps) - 1) / (FRONTIER_ROWS - 1)) for i in range(FRONTIER_ROWS)})
+        console.text(f"cheapest $/1M output tokens by {q} TTFT target (TPOT within target; {len(steps)} steps in the "
+                     "JSON's ttft_frontier): " + ", ".join(
+                         f"<= {steps[i]['ttft_ms']:.0f} ms ${steps[i]['usd_per_million_output_tokens']:.3f} "
+                         f"({steps[i]['instance']})" for i in shown))
+
+
+FRONTIER_ROWS = 5
+
+
 def _print_table(data: dict) -> None:
     slo = data["slo"]
     console.text(f"{data['model']} at {data['rate_rps']:g} req/s, p{slo['percentile']:g} TTFT <= {slo['ttft_ms']:g} ms, "
@@ -128,6 +173,8 @@ def _print_table(data: dict) -> None:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
         console.text(f"  [{p['role']} x{p['instances']}] {p['sglang']}")
         console.text(f"  [{p['role']} x{p['instances']}] {p['trtllm']}")
+    if "cost_vs_slo" in data:
+        _print_frontier(data["cost_vs_slo"])
 
 
 @click.command("serve-plan")
@@ -163,6 +210,10 @@ def _print_table(data: dict) -> None:
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
+@click.option("--frontier", is_flag=True, help="Also simulate every candidate instance type alone at loads up to "
+                                               "saturation: cost per token against TTFT/TPOT (implied by --plot).")
+@plot_option
+@quiet_option
 @format_option
 def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None, output_len: str | None,
                trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
@@ -170,8 +221,14 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
                calibration: str | None, engine_name: str, prices_path: str | None, provider: str | None,
                pricing: str,
-               weight_dtype: str, kv_dtype: str, seed: int, fmt: str) -> None:
+               weight_dtype: str, kv_dtype: str, seed: int, frontier: bool, plot_path: str | None, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
+    from clusterplan.cli.plot import check_plot_path
+
+    check_plot_path(plot_path)
+    if capacity_table and (plot_path or frontier):
+        raise BadInputError("--plot and --frontier simulate the model's instances; they do not work with "
+                            "--capacity-table (drop one)")
     if capacity_table:
         from clusterplan.fileio import load_mapping
         from clusterplan.solver.melange import plan_from_capacity_table
@@ -210,8 +267,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     for line in warnings:
         console.warn(line)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
-    with console.status(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets"):
-        answer = plan_serving(instances, work, limits, disaggregate, link)
+    with console.progress(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets") as progress:
+        answer = plan_serving(instances, work, limits, disaggregate, link, progress)
     if save_capacity and answer.capacity is not None:
         write_atomic(save_capacity, dumps_json(melange_table(answer.capacity, work)))
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
@@ -224,5 +281,13 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         if over:
             console.warn(f"{pool['gpu']} tp{pool['tp']} ({pool['role']}) simulated on its whole request mix reaches "
                          f"p{percentile:g} {', '.join(over)}, over the target (capacities are per size bucket)")
+    if frontier or plot_path:
+        with console.progress("cost against SLO") as progress:
+            data["cost_vs_slo"] = frontier_json(cost_slo_frontier(instances, work, progress))
     require_finite(data)
+    if plot_path:
+        from clusterplan.cli.plot import plot_serve_plan
+
+        plot_serve_plan(data, plot_path)
+        console.info(f"wrote {plot_path}")
     console.json(data) if fmt == "json" else _print_table(data)

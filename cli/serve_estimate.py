@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option
+from clusterplan.cli.options import format_option, plot_option, quiet_option
 from clusterplan.errors import BadInputError
 from clusterplan.models.architecture.catalog import hf_repo
-from clusterplan.models.serving.estimate import ServingEstimate, Stats, estimate_for
+from clusterplan.models.serving.estimate import LoadKind, LoadSweep, ServingEstimate, Stats, estimate_for
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines
 
 
@@ -24,8 +24,23 @@ def _terms_json(t: object) -> dict[str, float]:
     return {f"{k}_ms": round(float(getattr(t, f"{k}_s")) * 1e3, 4) for k in TERMS}
 
 
+def sweep_json(s: LoadSweep) -> dict:
+    """The latency-against-load sweep: `load` is req/s (open loop) or requests in flight (closed, static)."""
+    return {
+        "kind": str(s.kind), "load_unit": "requests_per_s" if s.kind is LoadKind.OPEN else "requests_in_flight",
+        "requested": s.requested, "saturation": {"load": round(s.saturation_load, 4), "running": s.saturation_running,
+                                                 "requests_per_s": round(s.saturation_rps, 5)},
+        "points": [{"load": p.load, "ttft_ms": _stats_json(p.ttft_s, 1e3, 3), "tpot_ms": _stats_json(p.tpot_s, 1e3, 4),
+                    "requests_per_s": round(p.request_throughput_rps, 5),
+                    "output_tokens_per_s": round(p.output_tokens_per_s, 3),
+                    "mean_running_batch": round(p.mean_running_batch, 3), "past_saturation": p.past_saturation}
+                   for p in s.points],
+    }
+
+
 def estimate_json(e: ServingEstimate) -> dict:
     inst, load, gpus = e.instance, e.load, e.n_gpus
+    sweep = {"load_sweep": sweep_json(e.load_sweep)} if e.load_sweep is not None else {}
     return {
         "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,
         "attention_dp": inst.attention_dp, "engine": inst.engine, "gpus": gpus,
@@ -50,7 +65,7 @@ def estimate_json(e: ServingEstimate) -> dict:
             attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
             max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
             memory_utilization=inst.knobs.memory_utilization)),
-    }
+    } | sweep
 
 
 def _render(d: dict) -> None:
@@ -79,6 +94,20 @@ def _render(d: dict) -> None:
                  "(max(compute, memory) + all-reduce) + p2p")
     engine = d["engine"] if d["engine"] in d["launch"] else {"vllm-v0": "vllm"}.get(d["engine"], "vllm")
     console.text(f"\nlaunch ({engine}): {d['launch'][engine]}")
+    if "load_sweep" in d:
+        _render_sweep(d["load_sweep"])
+
+
+def _render_sweep(s: dict) -> None:
+    open_loop = s["load_unit"] == "requests_per_s"
+    unit = "req/s" if open_loop else "in flight"
+    sat = s["saturation"]
+    console.table(f"\nlatency against load (saturation at {sat['load']:g} {unit}, {sat['requests_per_s']:.3f} req/s)",
+                  ["load " + unit, "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms", "TPOT p90 ms", "req/s", ""],
+                  [(f"{p['load']:g}", f"{p['ttft_ms']['p50']:.1f}", f"{p['ttft_ms']['p90']:.1f}",
+                    f"{p['tpot_ms']['p50']:.2f}", f"{p['tpot_ms']['p90']:.2f}", f"{p['requests_per_s']:.3f}",
+                    "requested" if p["load"] == s["requested"] else "past saturation" if p["past_saturation"] else "")
+                   for p in s["points"]], justify_right=[True] * 6 + [False])
 
 
 @click.command("serve-estimate")
@@ -108,11 +137,15 @@ def _render(d: dict) -> None:
 @click.option("--requests", type=click.IntRange(min=1, max=10**6), help="Requests to simulate (default 1000; a batch its size).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals.")
+@click.option("--sweep", is_flag=True, help="Also simulate loads around this one up to past saturation (latency "
+                                            "against load; implied by --plot).")
+@plot_option
+@quiet_option
 @format_option
 def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, attention_dp: int, engine_name: str,
                    weight_dtype: str, kv_dtype: str, max_batch: int | None, chunk: int | None, input_len: str | None, output_len: str | None, rate: float | None, trace: str | None,
                    concurrency: int | None, batch: int | None, requests: int | None, calibration: str | None,
-                   seed: int, fmt: str) -> None:
+                   seed: int, sweep: bool, plot_path: str | None, fmt: str) -> None:
     """Latency percentiles and throughput of one configuration under one load.
 
     Example: clusterplan serve-estimate --model llama3.1-70b --gpu H100 --tp 2 --concurrency 32 --input-len 4000 --output-len 500
@@ -122,13 +155,22 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, att
     if len(loads) != 1 and not (set(loads) == {"--rate", "--trace"}):
         raise BadInputError("give one load: --rate R (open loop), --trace FILE, --concurrency N (closed loop) "
                             f"or --batch N (static batch); got {', '.join(loads) or 'none'}")
+    from clusterplan.cli.plot import check_plot_path
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.models.hardware.calibration import load_calibration
 
-    est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
-                       engine=engine_name, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                       max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
-                       rate=rate, trace=trace, clients=concurrency or batch or 0, static=batch is not None,
-                       requests=requests or 0, calibration=load_calibration(calibration), seed=seed)
+    check_plot_path(plot_path)
+    with console.progress("latency against load") as progress:
+        est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                           engine=engine_name, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                           max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
+                           rate=rate, trace=trace, clients=concurrency or batch or 0, static=batch is not None,
+                           requests=requests or 0, calibration=load_calibration(calibration), seed=seed,
+                           sweep=sweep or plot_path is not None, progress=progress)
     data = estimate_json(est)
+    if plot_path:
+        from clusterplan.cli.plot import plot_serve_estimate
+
+        plot_serve_estimate(data, plot_path)
+        console.info(f"wrote {plot_path}")
     console.json(data) if fmt == "json" else _render(data)

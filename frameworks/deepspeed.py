@@ -61,7 +61,10 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     refuse_unsupported(model, layout)
     L = canonical(model, layout)
     return canonical(model, replace(L, schedule="1f1b", optimizer="adam-master" if L.optimizer == "adam" else
-                                    L.optimizer))
+                                    L.optimizer,
+                                    # no Megatron recompute modules; the bf16 optimizer accumulates fp32 gradients;
+                                    # no activation offloading in the exported config
+                                    recompute_modules="", fp32_grads=True, offload_layers=0))
 
 
 def zero_section(layout: Layout) -> dict[str, Any]:

@@ -46,8 +46,12 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     if L.recompute == "full" and recompute_layers:
         recompute_layers = recompute_block(L) * L.vpp
         recompute_layers = 0 if recompute_layers >= model.n_layers // L.pp else recompute_layers
-    return canonical(model, replace(L, schedule=schedule, optimizer="adam-master" if L.optimizer == "adam"
-                                    else L.optimizer, recompute_layers=recompute_layers))
+    optimizer = "adam-master" if L.optimizer == "adam" else L.optimizer
+    # bf16 gradients are a choice only for adam-master under bf16/fp8 (--grad-reduce-in-bf16); activation offloading
+    # has no pretrain_gpt.py flag (notes() says how to set it), so the script runs without it.
+    fp32_grads = L.fp32_grads or not (optimizer == "adam-master" and L.precision in ("bf16", "fp8"))
+    return canonical(model, replace(L, schedule=schedule, optimizer=optimizer, recompute_layers=recompute_layers,
+                                    fp32_grads=fp32_grads, offload_layers=0))
 
 
 def environment(layout: Layout) -> dict[str, str]:
@@ -161,6 +165,8 @@ def training_args(layout: Layout) -> Args:
     args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
     if L.recompute == "selective":
         args += ["--recompute-granularity", "selective"]
+        if L.recompute_modules:  # Megatron-LM --recompute-modules (nargs *): the layout's modules, '+' -> words
+            args += ["--recompute-modules", *L.recompute_modules.split("+")]
     elif L.recompute == "full":
         # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
@@ -169,6 +175,9 @@ def training_args(layout: Layout) -> Args:
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]
+    if not L.fp32_grads and L.optimizer == "adam-master" and L.precision in ("bf16", "fp8"):
+        # Megatron-LM turns fp32 gradient accumulation/reduce on for bf16 unless --grad-reduce-in-bf16 (arguments.py)
+        args += ["--grad-reduce-in-bf16"]
     return args
 
 
@@ -188,6 +197,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
         out.append("sequence parallel needs tp > 1; Megatron-LM turns it off at tp=1")
     if L.optimizer == "adam":
         out.append("Megatron-LM keeps fp32 main weights with bf16/fp16 training; optimizer memory is adam-master's")
+    if L.offload_layers:
+        out.append(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
+                   f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
+                   "(Megatron-Bridge model config) or the plan's activations will not fit")
     return out
 
 

@@ -394,7 +394,10 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
-                  "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash"}
+                  "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash",
+                  "--grad-reduce-in-bf16": "grad_bf16"}
+MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
+"""Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
 
@@ -444,6 +447,13 @@ def megatron_args(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         key, eq, inline = tok.partition("=")
         if key in MEGATRON_FLAGS:
             values[MEGATRON_FLAGS[key]] = True
+        elif key in MEGATRON_LISTS:
+            following = [inline] if eq else []
+            for word in words[i + 1:]:
+                if word.startswith("--"):
+                    break
+                following.append(word)
+            values[MEGATRON_LISTS[key]] = following
         elif key in MEGATRON_INT or key in MEGATRON_STR:
             raw = inline if eq else (words[i + 1] if i + 1 < len(words) else "")
             if "$" in raw:
@@ -515,7 +525,9 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     cp_kind={"a2a": "a2a", "all_gather": "allgather"}.get(v.get("cp_comm", "p2p"), "ring") if cp > 1
                     else "ring",
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
-                    first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0)
+                    first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
+                    recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
+                    fp32_grads=not v.get("grad_bf16"))
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env)
 

@@ -104,7 +104,9 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
     return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind="ring",
                                     flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
                                     schedule="zbv" if L.schedule == "zb" else L.schedule,
-                                    vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp))
+                                    vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp,
+                                    # its selective recompute is op-level SAC; FSDP2 reduces in fp32; no offloading
+                                    recompute_modules="", fp32_grads=True, offload_layers=0))
 
 
 def batch_sizes(layout: Layout) -> tuple[int, int]:

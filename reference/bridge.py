@@ -70,14 +70,34 @@ DEEPSEEK_CHUNK_LAYERS = {
 DEEPSEEK_RECIPE_KEYS = frozenset({(4, 1), (8, 1), (4, 2), (16, 1), (8, 2), (4, 4), (8, 4)})
 """(pp, vp) pairs the recipe names a layout for ((8, 4): the H100 workload config's pp_layout)."""
 
-# Recompute as the performance recipes set it. Llama 3 / 3.1, GPT-OSS and Qwen3-235B recipes set none
-# (recompute_granularity None). Qwen3-30B-A3B: qwen3_30b_a3b_pretrain_config enable_recompute=True -> full, uniform,
-# 1 layer per checkpoint (every layer). DeepSeek-V3: recompute_granularity "selective" with recompute_modules
-# (mla_up_proj / mlp / moe_act by system), which our layout cannot name: priced as selective (core attention).
-RECOMPUTE = {"qwen3-30b-a3b": "full", "deepseek-v3": "selective"}
+# Recompute as the performance recipes set it. Llama 3 / 3.1 and Qwen3-235B recipes set none (recompute_granularity
+# None). Qwen3-30B-A3B: qwen3_30b_a3b_pretrain_config enable_recompute=True -> full, uniform, 1 layer per checkpoint
+# (every layer). DeepSeek-V3 and GPT-OSS: recompute_granularity "selective" with named recompute_modules (below).
+RECOMPUTE = {"qwen3-30b-a3b": "full", "deepseek-v3": "selective", "gpt-oss-120b": "selective"}
+
+# Megatron-Core recompute_modules per (system, precision) (scripts/performance/configs/*/workload_base_configs.py):
+# GPT-OSS-120B H100 / B200 / GB200 recompute ["layernorm", "moe_act"], GB300 none (CUDA graphs instead).
+# DeepSeek-V3: the perf recipe's default is ["mla_up_proj"] (deepseek_v3 perf config: recompute_granularity
+# selective, recompute_modules ["mla_up_proj"]); the base configs name ["mla_up_proj"] for B200 (pp16 ep8), GB200 BF16
+# and GB300 FP8-MX, ["mla_up_proj", "mlp"] for GB200 FP8-MX. The GB300 BF16 base config names ["mlp", "moe_act"] at
+# pp4 vp4 ep64, not the published pp2 vp4 ep32: the recipe default is used there.
+RECOMPUTE_MODULES = {
+    ("DGX-H100", "GPT_OSS_120B"): "layernorm+moe_act",
+    ("DGX-B200", "GPT_OSS_120B"): "layernorm+moe_act",
+    ("DGX-GB200", "GPT_OSS_120B"): "layernorm+moe_act",
+    ("DGX-GB300", "DeepSeekV3", "BF16"): "mla_up_proj",
+    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): "mla_up_proj",
+    ("DGX-GB200", "DeepSeekV3", "BF16"): "mla_up_proj",
+    ("DGX-GB200", "DeepSeekV3", "FP8-MX"): "mla_up_proj+mlp",
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): "mla_up_proj",
+}
+
+FP32_GRADS = False
+"""Every performance recipe keeps main gradients in bf16: set_llama3_common_configs, set_gpt_oss_common_configs and
+the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = ddp.grad_reduce_in_fp32 = False."""
 
 # Megatron-FSDP / activation offloading the recipes add (scripts/performance/configs/llama3/workload_base_configs.py):
-# cpu_offloading_num_layers moves that many layers' activations to Grace memory; not modelled (memory only).
+# cpu_offloading_num_layers moves that many layers' activations to Grace memory (Layout.offload_layers).
 OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
 
 
@@ -157,17 +177,21 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     if split_note:
         notes.append(split_note)
     fsdp = r["fsdp"] == "1"
-    recompute = RECOMPUTE.get(model.name, "none")
-    if model.name == "deepseek-v3":
-        notes.append("recipe recomputes named modules (mla_up_proj/mlp/moe_act): priced as selective")
-        notes.append("MTP block (1 extra MoE layer + head) not modelled")
     key = (r["system"], r["model"], r["precision"])
-    if key in OFFLOAD_LAYERS:
-        notes.append(f"recipe offloads {OFFLOAD_LAYERS[key]} layers' activations to CPU: memory not checked")
+    modules = RECOMPUTE_MODULES.get(key, RECOMPUTE_MODULES.get(key[:2], ""))
+    recompute = RECOMPUTE.get(model.name, "none")
+    if recompute == "selective" and not modules:
+        recompute = "none"  # e.g. GPT-OSS on GB300: no recompute modules
+    if model.name == "deepseek-v3":
+        notes.append("MTP block (1 extra MoE layer + head) not modelled")
+    offload = OFFLOAD_LAYERS.get(key, 0)
+    if offload:
+        notes.append(f"recipe offloads {offload} layers' activations to CPU")
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
                     seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
-                    schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision=PRECISIONS[r["precision"]],
-                    flash_attn=True, first_stage_layers=first, last_stage_layers=last)
+                    recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
+                    precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
+                    last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload)
     return layout, notes
 
 
@@ -222,7 +246,8 @@ def bridge_rows() -> list[BridgeRow]:
 
 def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
-             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision, f"rc:{L.recompute}"]
+             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision,
+             f"rc:{L.recompute_modules or L.recompute}"]
     if L.first_stage_layers or L.last_stage_layers:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)

@@ -30,6 +30,9 @@ def check_supported(spec: ModelSpec) -> None:
                                     "by validate; use `clusterplan estimate`")
     if spec.is_moe and spec.linear_bias:
         raise UnsupportedModelError(f"model {spec.name}: MoE experts with biases are not built by validate")
+    if spec.norms_per_layer != 2 or spec.qk_norm_full_width:
+        raise UnsupportedModelError(f"model {spec.name}: Gemma's post-norms and OLMo 2's full-width q/k norms are not "
+                                    "built by validate; use `clusterplan estimate`")
 
 
 class _RMSNormFn(torch.autograd.Function):

@@ -16,6 +16,7 @@ from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_
 from clusterplan.models.serving.sim import rate_upper_bound_rps
 from clusterplan.solver.serve import (
     Limits,
+    ProgressFn,
     ServePlan,
     Workload,
     capacity_table,
@@ -38,11 +39,12 @@ def kv_transfer_terms(inst: ServingInstance, link: Link) -> tuple[float, float]:
     return link.latency_us * 1e-6, per_token
 
 
-def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, link: Link) -> ServePlan:
+def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, link: Link,
+                       progress: ProgressFn | None = None) -> ServePlan:
     """Cheapest prefill mix, then the cheapest decode mix within the GPUs the prefill pool left."""
     transfer = tuple(kv_transfer_terms(inst, link) for inst in instances)
-    prefill = capacity_table(instances, work, mode="prefill", transfer=transfer)
-    decode = capacity_table(instances, work, mode="decode")
+    prefill = capacity_table(instances, work, mode="prefill", transfer=transfer, progress=progress)
+    decode = capacity_table(instances, work, mode="decode", progress=progress)
     for table in (prefill, decode):
         if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
             raise InfeasibleError(unreachable_message(table, work))

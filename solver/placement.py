@@ -9,8 +9,8 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import MESH_AXES, Layout
 from clusterplan.solver.links import optimize_node_order
-from clusterplan.solver.results import Placement, RankedPlan, SearchResult
-from clusterplan.solver.search import with_why_best
+from clusterplan.solver.results import Placement, RankedPlan, SearchResult, _r
+from clusterplan.solver.search import dominant_terms_of, with_why_best
 
 NO_MATRIX = "default (no measured bandwidth matrix: torchtitan mesh order)"
 
@@ -43,30 +43,41 @@ def placement(layout: Layout, cluster: Cluster, max_nodes: int = 16,
 def placed_plan(plan: RankedPlan, calibration: Calibration | None = None) -> RankedPlan:
     """The plan placed on the cluster's measured links (if any) and re-priced there: a new plan."""
     est = plan.estimate
-    order = optimize_node_order(est.layout, est.cluster)
-    where = placement(est.layout, est.cluster, physical=order.physical)
-    if order.method == "default" and order.default_bottleneck_gb_per_s == float("inf"):
-        return replace(plan, placement=replace(where, method=NO_MATRIX))
+    if est.cluster.node_bandwidth_gb_per_s is None:
+        return replace(plan, placement=replace(placement(est.layout, est.cluster), method=NO_MATRIX))
     stack = est.evaluation.stack if est.evaluation is not None else None
+    order = optimize_node_order(est.model, est.layout, est.cluster, calibration, stack)
+    where = placement(est.layout, est.cluster, physical=order.physical)
     placed = estimate(est.model, est.cluster, est.layout, calibration, node_order=order.physical, stack=stack)
     default = estimate(est.model, est.cluster, est.layout, calibration, stack=stack)
-    placed_s = placed.to_json()["step_time_s"]
+    placed_json, default_json = placed.to_json(), default.to_json()
+    if "step_time_s" not in placed_json:  # infeasible plans are not placed
+        return replace(plan, placement=replace(where, method=order.method))
+    placed_s, default_s = placed_json["step_time_s"], default_json["step_time_s"]
+    links, base = order.axis_links_gb_per_s, order.default_axis_links_gb_per_s
     where = replace(where, method=order.method, node_order=tuple(order.physical),
-                    bottleneck_gb_per_s=order.bottleneck_gb_per_s,
-                    default_bottleneck_gb_per_s=order.default_bottleneck_gb_per_s,
-                    step_time_default_order_s=default.to_json()["step_time_s"], step_time_placed_s=placed_s)
+                    bottleneck_gb_per_s=min(links.values(), default=None),
+                    default_bottleneck_gb_per_s=min(base.values(), default=None),
+                    axis_links_gb_per_s=links, default_axis_links_gb_per_s=base,
+                    step_time_default_order_s=default_s, step_time_placed_s=placed_s,
+                    time_change_s={term: _r(placed_json["time"][term] - default_json["time"][term])
+                                   for term in placed_json["time"]
+                                   if placed_json["time"][term] != default_json["time"][term]})
     # Cost scales with the step time the placement changes.
     scale = placed_s / plan.step_time_s
     usd = {key: round(getattr(plan, key) * scale, 6) for key in ("usd_per_step", "usd_per_million_tokens")
            if getattr(plan, key) is not None}
-    return replace(plan, estimate=placed, placement=where, **usd)
+    days = {} if plan.days_to_train is None else {"days_to_train": round(plan.days_to_train * scale, 4)}
+    return replace(plan, estimate=placed, placement=where, dominant_terms=dominant_terms_of(placed_json), **usd,
+                   **days)
 
 
 def rerank_on_links(result: SearchResult, calibration: Calibration | None = None) -> SearchResult:
     """A new result: the top plans placed on the measured links and, when that changes their times, re-ranked.
 
     The search prices scale-out traffic at the cluster's slowest link (a bound every order meets); placement can
-    only make a plan faster, so with a bandwidth matrix each top plan is re-priced on its own best node order.
+    only make a plan faster, so with a bandwidth matrix each top plan is re-priced, each axis on the link it crosses,
+    in its own fastest node order (solver/links.py).
     Without one, only #1 is placed (in the default order, for the report).
     """
     if all(p.cluster.node_bandwidth_gb_per_s is None for p in result.plans):

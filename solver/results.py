@@ -17,6 +17,11 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.rules import RuleCode
 
 
+def _r(x: float) -> float:
+    """6 significant digits, as estimate JSON rounds."""
+    return float(f"{x:.6g}")
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Per logical node: the physical node holding it and its GPUs' mesh coordinates (ranges per axis)."""
@@ -32,8 +37,13 @@ class Placement:
     """With a measured bandwidth matrix: physical node of each logical node, and what it changed."""
     bottleneck_gb_per_s: float | None = None
     default_bottleneck_gb_per_s: float | None = None
+    axis_links_gb_per_s: dict[str, float] | None = None
+    """Slowest measured link each axis crossing nodes uses under node_order (GB/s per direction, whole node)."""
+    default_axis_links_gb_per_s: dict[str, float] | None = None
     step_time_default_order_s: float | None = None
     step_time_placed_s: float | None = None
+    time_change_s: dict[str, float] | None = None
+    """Step-time terms the node order changed: placed minus default order (s)."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mesh_order": list(self.mesh_order), "mesh": dict(self.mesh),
@@ -41,8 +51,12 @@ class Placement:
         if self.node_order is not None:
             out.update(node_order=list(self.node_order), bottleneck_gb_per_s=self.bottleneck_gb_per_s,
                        default_bottleneck_gb_per_s=self.default_bottleneck_gb_per_s,
+                       axis_links_gb_per_s=dict(self.axis_links_gb_per_s or {}),
+                       default_axis_links_gb_per_s=dict(self.default_axis_links_gb_per_s or {}),
                        step_time_default_order_s=self.step_time_default_order_s,
-                       step_time_placed_s=self.step_time_placed_s)
+                       step_time_placed_s=self.step_time_placed_s,
+                       gain_s=_r(self.step_time_default_order_s - self.step_time_placed_s),
+                       time_change_s=dict(self.time_change_s or {}))
         return out
 
 

@@ -19,7 +19,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, stack_memory
+from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, fp8_all_layouts, stack_memory
 from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -50,7 +50,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
     # Memory first: only layouts that fit are timed.
-    memory = stack_memory(shapes, arrays, stack)
+    memory = stack_memory(shapes, arrays, stack, fp8_all_layouts(cluster))
     fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
     rejected[RuleCode.OUT_OF_MEMORY] += int((~fits).sum())
     survivors = arrays.take(np.nonzero(fits)[0])
@@ -59,7 +59,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
         raise _nothing_fits(model, cluster, gbs, seq, fixed, calibration, headroom_gib, stack, objective, candidates,
                             rejected)
-    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack)
+    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster))
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
     score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster
@@ -77,7 +77,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
         usd = float(ev.time.step_s[i]) / 3600 * price if price else None
         plans.append(RankedPlan(
-            estimate=est, rank=rank + 1, dominant_terms=_dominant(est.to_json()),
+            estimate=est, rank=rank + 1, dominant_terms=dominant_terms_of(est.to_json()),
             usd_per_step=None if usd is None else round(usd, 6),
             usd_per_million_tokens=None if usd is None else round(usd / (gbs * seq) * 1e6, 6),
             days_to_train=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None,
@@ -174,7 +174,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
-def _dominant(data: dict) -> tuple[str, ...]:
+def dominant_terms_of(data: dict) -> tuple[str, ...]:
     terms = sorted(TIME_TERMS, key=lambda t: -data["time"][t])
     return tuple(f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
                  if data["time"][t] > 0)

@@ -7,6 +7,7 @@ from the Melange ILP (solver/melange.py); solver/disagg.py adds separate prefill
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice
 from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.kv import kv_window
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
     ServingInstance,
@@ -35,6 +37,9 @@ from clusterplan.models.serving.sim import (
 )
 from clusterplan.models.serving.traffic import Bucket, load_trace, make_buckets, parse_length
 from clusterplan.solver.melange import NO_CAPACITY_RPS, Mix, MixProblem, solve_mix
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(done, total, what) after each unit of a long computation (the CLI draws it on stderr)."""
 
 SIM_REQUESTS = 200
 """Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
@@ -116,11 +121,12 @@ def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[f
                   ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens,
                   request_overhead_s=inst.knobs.request_overhead_s if mode != "decode" else 0.0,
                   chunked_prefill=get_engine(inst.engine).chunked_prefill,
-                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_window(inst.model))
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",
-                   transfer: tuple[tuple[float, float], ...] | None = None) -> CapacityTable:
+                   transfer: tuple[tuple[float, float], ...] | None = None,
+                   progress: ProgressFn | None = None) -> CapacityTable:
     """Simulated capacity of each instance on each bucket (each cell a search over arrival rates)."""
     n = sim_requests(work.slo.percentile)
     gaps = np.resize(np.asarray(work.unit_gaps, dtype=float), n)
@@ -129,6 +135,8 @@ def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode:
     keys = [b.input_edges if mode == "prefill" else (b.input_edges, b.output_edges) for b in work.buckets]
     engines, caps, idles = [], [], []
     for g, inst in enumerate(instances):
+        if progress is not None:
+            progress(g, len(instances), f"{mode} {inst.label}")
         step = step_model(inst)
         engine = engine_for(inst, mode, transfer[g] if transfer else (0.0, 0.0))
         row, idle, seen = [], [], {}
@@ -250,9 +258,10 @@ def unreachable_message(table: CapacityTable, work: Workload) -> str:
     return "no GPU mix within --max-gpus / availability serves the rate; raise the limits or relax the SLO"
 
 
-def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits) -> tuple[ServePlan, CapacityTable]:
+def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits,
+                   progress: ProgressFn | None = None) -> tuple[ServePlan, CapacityTable]:
     """The ILP mix and the two cheapest single-type fleets, each checked on its whole request mix; cheapest wins."""
-    table = capacity_table(instances, work)
+    table = capacity_table(instances, work, progress=progress)
     if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
         raise InfeasibleError(unreachable_message(table, work))
     candidates = [describe_pools(table, solve_pools(table, work, limits), work, limits)]
@@ -420,7 +429,7 @@ class ServingAnswer:
 
 
 def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, disaggregate: str,
-                 kv_link: Link) -> ServingAnswer:
+                 kv_link: Link, progress: ProgressFn | None = None) -> ServingAnswer:
     """Plan colocated and/or disaggregated serving and keep the cheaper (`disaggregate`: off, on or auto)."""
     from clusterplan.solver.disagg import disagg_lower_bound_usd, plan_disaggregated
 
@@ -431,14 +440,14 @@ def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits:
     for mode in modes:
         try:
             if mode == "colocated":
-                plans[mode], table = plan_colocated(instances, work, limits)
+                plans[mode], table = plan_colocated(instances, work, limits, progress)
                 continue
             if "colocated" in plans:  # skip simulating when even the rate bound costs more than colocation
                 bound = disagg_lower_bound_usd(instances, work)
                 if bound >= plans["colocated"].usd_per_hour:
                     errors[mode] = f"cannot go below ${bound:.2f}/h (rate bound), above the colocated plan; not simulated"
                     continue
-            plans[mode] = plan_disaggregated(instances, work, limits, kv_link)
+            plans[mode] = plan_disaggregated(instances, work, limits, kv_link, progress)
         except InfeasibleError as exc:
             errors[mode] = str(exc)
     if not plans:

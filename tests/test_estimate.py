@@ -82,6 +82,9 @@ STACK = get_stack()
        zero=st.sampled_from([0, 1, 2, 3]), mbs=st.sampled_from([1, 2]), sp=st.booleans(),
        recompute=st.sampled_from(["none", "selective", "full"]), axis=st.sampled_from(["tp", "dp", "zero"]))
 def test_memory_never_rises_when_sharding_rises(tp, pp, dp, zero, mbs, sp, recompute, axis):
+    # At dp 1 a higher ZeRO stage shards nothing, and ZeRO 2 -> 3 trades the distributed optimizer's 2-B master
+    # remainders (store_param_remainders) for Megatron-FSDP's full fp32 main weights: not a sharding increase.
+    assume(axis != "zero" or dp > 1)
     base = Layout(tp=tp, pp=pp, dp=dp, zero=zero, mbs=mbs, gbs=64 * mbs, seq=4096, sp=sp, recompute=recompute)
     bigger = {"tp": base.with_(tp=tp * 2), "dp": base.with_(dp=dp * 2),
               "zero": base.with_(zero=min(3, zero + 1))}[axis]

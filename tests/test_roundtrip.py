@@ -76,6 +76,13 @@ HAND: list[tuple[str, str, dict]] = [
                                     "zero": 1}),
     ("deepseek-v3", "dgx-h100:32", {"pp": 8, "ep": 32, "mbs": 1, "gbs": 4096, "first_stage_layers": 5,
                                     "last_stage_layers": 8, "zero": 1}),
+    # Megatron recompute modules and bf16 main gradients (--recompute-modules, --grad-reduce-in-bf16); activation
+    # offloading, which only the model config can set (Megatron reads it back as none, with a note)
+    ("deepseek-v3", "dgx-h100:32", {"pp": 8, "ep": 32, "mbs": 1, "gbs": 4096, "first_stage_layers": 5,
+                                    "last_stage_layers": 8, "zero": 1, "recompute": "selective",
+                                    "recompute_modules": "mla_up_proj+moe_act", "fp32_grads": False}),
+    ("llama3.1-8b", "dgx-h100:1", {"dp": 8, "mbs": 1, "gbs": 64, "zero": 3, "recompute": "none", "offload_layers": 8,
+                                   "fp32_grads": False}),
 ]
 
 

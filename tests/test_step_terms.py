@@ -25,6 +25,7 @@ from clusterplan.models.training.step import (
     ring_cp_s,
     ulysses_cp_s,
 )
+from clusterplan.models.training.topology import Axis
 
 US = 1e-6
 HW = HardwareRates(gpu_name="synthetic", memory_bytes=80e9, peak_flops=1e15, gemm_max_flops=5e14,
@@ -78,10 +79,10 @@ def test_ulysses_four_all_to_alls_each_way_worked_example():
     """
     shapes = replace(ModelShapes.of(load_model("llama3.1-8b")), q_dim=4096, kv_dim=1024, v_dim=4096)
     L = arrays(cp=4, cp_kind="a2a", seq=4000, mbs=1, gbs=1, recompute="none")
-    got = ulysses_cp_s(shapes, L, L.seq / L.cp, Group(L.cp, L.tp), HW)
+    got = ulysses_cp_s(shapes, L, L.seq / L.cp, Group.of(L, Axis.CP), HW)
     assert float(got[0]) == pytest.approx(516.48 * US, rel=1e-9)
     L_full = arrays(cp=4, cp_kind="a2a", seq=4000, mbs=1, gbs=1, recompute="full")
-    assert float(ulysses_cp_s(shapes, L_full, L.seq / L.cp, Group(L.cp, L.tp), HW)[0]) == pytest.approx(
+    assert float(ulysses_cp_s(shapes, L_full, L.seq / L.cp, Group.of(L, Axis.CP), HW)[0]) == pytest.approx(
         3 * 258.24 * US, rel=1e-9)
 
 

@@ -2,7 +2,8 @@
 
 Field names and defaults follow each architecture's transformers configuration class and the modules its
 modelling code builds (so the parameter counts match a loaded checkpoint); multimodal configs that nest the
-language model under `text_config` are flattened first.
+language model under `text_config` are flattened first and only the language model is described (the vision or
+audio towers and their projector are named in the spec's source note, not counted).
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from clusterplan.errors import BadInputError, UnsupportedModelError
 from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
-             "gpt_neox", "opt", "gpt_oss")
+             "gpt_neox", "opt", "gpt_oss", "llama4", "gemma2", "gemma3", "phi3", "olmo2", "deepseek_v2")
+TEXT_MODEL_TYPES = {"llama4_text": "llama4", "gemma3_text": "gemma3"}
+"""The `model_type` of a multimodal release's nested text_config, and the family it belongs to."""
+_TOWERS = ("vision_config", "audio_config")
+_LOCAL_KINDS = ("sliding_attention", "chunked_attention")
 _MISSING = object()
 
 
@@ -48,28 +53,76 @@ class _Config:
             raise BadInputError(f"{self.where}: {key} must be true or false, got {value!r}; fix config.json")
         return value
 
+    def int_list(self, key: str, length: int) -> list[int] | None:
+        """A list of `length` integers (per-layer flags), or None when the key is absent or empty."""
+        value = self.raw.get(key)
+        if value is None or value == []:
+            return None
+        if (not isinstance(value, list) or len(value) != length
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise BadInputError(f"{self.where}: {key} must list one integer per layer ({length}), got "
+                                f"{str(value)[:80]}; fix config.json")
+        return value
+
+    def layer_kinds(self, n_layers: int) -> list[bool] | None:
+        """HF `layer_types` as one flag per layer (True: windowed), or None when the config does not list them."""
+        types = self.raw.get("layer_types")
+        if types is None:
+            return None
+        if (not isinstance(types, list) or len(types) != n_layers
+                or not all(t in (*_LOCAL_KINDS, "full_attention") for t in types)):
+            raise BadInputError(f"{self.where}: layer_types must list one of full_attention / sliding_attention / "
+                                f"chunked_attention per layer ({n_layers}), got {str(types)[:80]}; fix config.json")
+        return [t in _LOCAL_KINDS for t in types]
+
 
 def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") -> ModelSpec:
     """Normalise one config.json into a ModelSpec; unknown model types are refused with the list."""
+    note = ""
     if isinstance(cfg.get("text_config"), dict):
+        towers = [k for k in _TOWERS if cfg.get(k)]
+        if towers:
+            note = f"; language model only: {' and '.join(towers)} (tower and projector) not counted"
         cfg = {**cfg, **cfg["text_config"]}
     mt = cfg.get("model_type")
+    mt = TEXT_MODEL_TYPES.get(mt, mt) if isinstance(mt, str) else mt
     if mt not in SUPPORTED:
         raise UnsupportedModelError(
             f"{where}: model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED)} "
             "(or describe the model in clusterplan's YAML format, see `clusterplan models show llama3.1-8b --format yaml`)"
         )
-    c = _Config(cfg, where)
-    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss}.get(mt, _llama_like)
+    c = _Config({**cfg, "model_type": mt}, where)
+    builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
+               "gemma2": _gemma, "gemma3": _gemma}.get(mt, _llama_like)
     fields = builder(c)
-    if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"):
+    if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2"):
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
-    if mt == "deepseek_v3":
+    if mt in ("deepseek_v3", "deepseek_v2"):
         fields.update(_mla_fields(c))
     try:
-        return ModelSpec(name=name, family=mt, source=f"Hugging Face config.json ({where})", **fields)
+        return ModelSpec(name=name, family=mt, source=f"Hugging Face config.json ({where}){note}", **fields)
     except TypeError as exc:
         raise BadInputError(f"{where}: {exc}") from exc
+
+
+def _window_fields(c: _Config, windowed: list[bool], window: int | None, *, chunked: bool = False) -> dict[str, Any]:
+    """sliding_window, full_attention_every and full_attention_first_layers that reproduce the config's windowed
+    layers exactly (one flag per layer, as transformers' layer_types gives them); refused when no such pattern
+    exists."""
+    n = len(windowed)
+    if window is None or not any(windowed):
+        return {}
+    first = windowed.index(True)
+    full_after = [i for i in range(first, n) if not windowed[i]]
+    every = full_after[0] + 1 if full_after else 0
+    for start, step in ((first, every), (0, every)):
+        spec_like = [i >= start and (not step or i % step != step - 1) for i in range(n)]
+        if spec_like == windowed:
+            return dict(sliding_window=window, full_attention_every=step, full_attention_first_layers=start,
+                        **({"local_attention": "chunked"} if chunked else {}))
+    raise UnsupportedModelError(f"{c.where}: the windowed layers {[i for i in range(n) if windowed[i]][:12]}... are not "
+                                "every layer except every n-th (after a leading run of full layers); describe the "
+                                "model in the YAML format")
 
 
 def _gpt2(c: _Config) -> dict[str, Any]:
@@ -110,37 +163,100 @@ def _gpt_oss(c: _Config) -> dict[str, Any]:
     biased router and biased expert matrices, layers alternating sliding_attention / full_attention (layer_types)."""
     n_heads = c.integer("num_attention_heads")
     n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)  # bounded before the per-layer list below
-    window = c.integer("sliding_window", default=None)
-    types = c.raw.get("layer_types") or ["sliding_attention", "full_attention"] * (n_layers // 2)
-    if not isinstance(types, list) or len(types) > MAX_LAYERS or not all(isinstance(t, str) for t in types):
-        raise BadInputError(f"{c.where}: layer_types must be a list of layer kinds (sliding_attention / "
-                            "full_attention), one per layer")
-    full = [i for i, t in enumerate(types) if t == "full_attention"]
-    if window is None or not full:
-        every = 0
-    else:
-        every = full[0] + 1
-        if full != list(range(every - 1, n_layers, every)) or len(types) != n_layers:
-            raise UnsupportedModelError(f"{c.where}: layer_types is not a repeating (sliding..., full) pattern; "
-                                        "describe the model in the YAML format")
+    windowed = c.layer_kinds(n_layers) or [i % 2 == 0 for i in range(n_layers)]
     experts = c.integer("num_local_experts")
     return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
                 n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
                 ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False),
                 max_positions=c.integer("max_position_embeddings", default=4096),
-                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True, sliding_window=window,
-                full_attention_every=every, n_experts=experts,
+                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True,
+                **_window_fields(c, windowed, c.integer("sliding_window", default=None)), n_experts=experts,
                 top_k=c.integer("num_experts_per_tok", "experts_per_token"),
                 expert_ffn_hidden=c.integer("intermediate_size"))
 
 
+def _llama4(c: _Config) -> dict[str, Any]:
+    """Llama4TextModel (the language model of Llama 4 Scout / Maverick): GQA with head_dim, a parameter-free L2 q/k
+    norm, MoE layers every interleave_moe_layer_step-th layer (layer step-1, 2 step-1, ...; or the listed
+    moe_layers) with num_local_experts routed experts of intermediate_size, a bias-free router and one shared expert
+    of the same size; dense layers use intermediate_size_mlp. Layers that use RoPE (no_rope_layers[i] = 1; by
+    default all but every no_rope_layer_interval-th) attend within chunks of attention_chunk_size tokens, the NoPE
+    layers attend globally (Llama4TextConfig.layer_types)."""
+    n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    step = c.integer("interleave_moe_layer_step", default=1)
+    listed = c.raw.get("moe_layers")
+    if listed is not None and (not isinstance(listed, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_layers for i in listed)):
+        raise BadInputError(f"{c.where}: moe_layers must be a list of layer indices below {n_layers}, got "
+                            f"{str(listed)[:80]}; fix config.json")
+    moe = sorted(set(listed)) if listed is not None else list(range(step - 1, n_layers, step))
+    chunk = c.integer("attention_chunk_size", default=None)
+    interval = c.integer("no_rope_layer_interval", default=4)
+    rope = c.int_list("no_rope_layers", n_layers) or [int((i + 1) % interval != 0) for i in range(n_layers)]
+    windowed = c.layer_kinds(n_layers) or [bool(r) and chunk is not None for r in rope]
+    expert_ffn = c.integer("intermediate_size")
+    return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
+                n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
+                ffn_hidden=c.integer("intermediate_size_mlp"), vocab=c.integer("vocab_size"),
+                tied_embeddings=c.flag("tie_word_embeddings", False),
+                max_positions=c.integer("max_position_embeddings", default=4096),
+                attn_bias=c.flag("attention_bias", False),
+                **_window_fields(c, windowed, chunk, chunked=True),
+                n_experts=c.integer("num_local_experts"), top_k=c.integer("num_experts_per_tok"),
+                n_shared_experts=1, expert_ffn_hidden=expert_ffn, **_moe_layout(moe, n_layers, c.where))
+
+
+def _gemma(c: _Config) -> dict[str, Any]:
+    """Gemma 2 / Gemma 3 text decoders (defaults of Gemma2Config / Gemma3TextConfig where config.json leaves a field
+    out): head_dim apart from hidden / heads, four RMSNorms per layer (input, post-attention, pre- and post-
+    feedforward), a gated GELU MLP, embeddings tied by default; Gemma 3 adds per-head q/k norms. Layers alternate
+    sliding and full attention: Gemma 2 every other layer, Gemma 3 every sliding_window_pattern-th (default 6) is
+    full. The logit soft-caps, the sqrt(hidden) embedding scale and query_pre_attn_scalar carry no parameters."""
+    gemma3 = c.raw["model_type"] == "gemma3"
+    n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    if c.flag("use_bidirectional_attention", False):
+        raise UnsupportedModelError(f"{c.where}: use_bidirectional_attention makes this an encoder (embedding) model; "
+                                    "clusterplan plans decoder language models")
+    pattern = c.integer("sliding_window_pattern", "_sliding_window_pattern", default=6) if gemma3 else 2
+    windowed = c.layer_kinds(n_layers) or [(i + 1) % pattern != 0 for i in range(n_layers)]
+    if c.flag("mlp_bias", False):
+        raise UnsupportedModelError(f"{c.where}: Gemma with mlp_bias is not supported; use the YAML format")
+    return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
+                n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=256),
+                ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size", default=262_208 if gemma3 else 256_000),
+                tied_embeddings=c.flag("tie_word_embeddings", True),
+                max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
+                attn_bias=c.flag("attention_bias", False), qk_norm=gemma3, norms_per_layer=4,
+                **_window_fields(c, windowed, c.integer("sliding_window", default=4096)))
+
+
+def _qwen_windowed(c: _Config, mt: str, n_layers: int) -> list[bool]:
+    """Qwen's windowed layers (use_sliding_window): Qwen2 / Qwen3 window the layers from max_window_layers on,
+    Qwen2-MoE the even layers below max_window_layers, Qwen3-MoE every layer (their transformers configs)."""
+    if not c.flag("use_sliding_window", False):
+        return [False] * n_layers
+    cut = c.integer("max_window_layers", default=28, minimum=0, maximum=MAX_LAYERS)
+    if mt == "qwen3_moe":
+        return [True] * n_layers
+    if mt == "qwen2_moe":
+        return [(i + 1) % 2 != 0 and i < cut for i in range(n_layers)]
+    return [i >= cut for i in range(n_layers)]
+
+
 def _llama_like(c: _Config) -> dict[str, Any]:
-    """Llama-style decoders: RMSNorm, SwiGLU, RoPE, optional GQA; biases and qk-norm per family."""
+    """Llama-style decoders: RMSNorm, SwiGLU, RoPE, optional GQA; biases, qk-norm and windows per family.
+
+    Phi-3 / Phi-4 (phi3) fuse q/k/v into qkv_proj and gate/up into gate_up_proj: the same parameters as separate
+    matrices. OLMo 2 norms q and k over all heads' width and moves both norms after their sublayers (still two).
+    DeepSeek-V2's MLA and MoE fields are added by spec_from_hf."""
     mt = c.raw["model_type"]
     n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
     fields: dict[str, Any] = dict(
-        n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=c.integer("hidden_size"), n_heads=n_heads,
+        n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
         n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=None),
         ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
         tied_embeddings=c.flag("tie_word_embeddings", False),
@@ -149,13 +265,24 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     # Qwen2 / Qwen2-MoE always put biases on q, k and v (and nowhere else).
     attention_bias = mt in ("qwen2", "qwen2_moe") or c.flag("attention_bias", False)
     mlp_bias = c.flag("mlp_bias", False)
+    if mt in ("phi3", "olmo2", "deepseek_v2", "deepseek_v3") and attention_bias:
+        raise UnsupportedModelError(f"{c.where}: {mt} with attention_bias is not supported; use the YAML format")
     # Llama/Qwen3 `attention_bias` also biases o_proj, which ModelSpec ties to the MLP biases (linear_bias): with
     # attention_bias alone the count misses n_layers * hidden values (< 0.01 % of any real model).
     fields["attn_bias"] = attention_bias
     fields["linear_bias"] = mlp_bias and attention_bias
     if mlp_bias and not attention_bias:
         raise UnsupportedModelError(f"{c.where}: mlp_bias without attention_bias is not supported; use the YAML format")
-    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe")
+    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2")
+    if mt == "olmo2":
+        fields["qk_norm_full_width"] = True
+    if mt in ("mistral", "mixtral", "phi3"):
+        # Their attention applies config.sliding_window on every layer when it is set (Mistral 7B v0.1: 4096).
+        fields.update(_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
+    elif mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and c.flag("use_sliding_window", False):
+        # Without use_sliding_window the configs keep a placeholder sliding_window (Qwen2.5: 131072, Qwen2-MoE: 0).
+        windowed = c.layer_kinds(n_layers) or _qwen_windowed(c, mt, n_layers)
+        fields.update(_window_fields(c, windowed, c.integer("sliding_window") if any(windowed) else None))
     return fields
 
 
@@ -188,7 +315,8 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
                       expert_ffn_hidden=c.integer("moe_intermediate_size"), **_moe_layout(moe, n_layers, c.where))
         shared = c.integer("shared_expert_intermediate_size", default=0, minimum=0) if mt == "qwen2_moe" else 0
         return {**fields, "shared_expert_ffn_hidden": shared, "shared_expert_gate": shared > 0}
-    # DeepseekV3DecoderLayer: MoE when layer >= first_k_dense_replace and layer % moe_layer_freq == 0.
+    # DeepSeek-V2 / V3 (their released modelling code, DeepseekV3DecoderLayer): MoE when layer >=
+    # first_k_dense_replace and layer % moe_layer_freq == 0 (every released config has moe_layer_freq 1).
     first_k = c.integer("first_k_dense_replace", default=0, minimum=0)
     freq = c.integer("moe_layer_freq", default=1)
     moe = [i for i in range(n_layers) if i >= first_k and i % freq == 0]

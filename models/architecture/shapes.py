@@ -37,7 +37,7 @@ class ModelShapes:
     n_experts: int
     top_k: int
     norm_params: int
-    """Norm parameters of one layer (two norms)."""
+    """Norm parameters of one layer (its norms_per_layer norms)."""
     embed_params: int
     head_params: int
     """LM head matrix plus final norm (0 matrix when tied and pp == 1; see memory.py)."""
@@ -56,6 +56,9 @@ class ModelShapes:
     """Keys a query sees in the sliding-window layers (0: none)."""
     n_sliding_layers: int = 0
     """Layers that attend over the sliding window only (ModelSpec.is_sliding_layer)."""
+    chunked_attention: bool = False
+    """The windowed layers attend within aligned chunks of sliding_window tokens (Llama 4) instead of a sliding
+    window."""
     mtp_layers: int = 0
     """Multi-token-prediction modules on the last pipeline stage (ModelSpec.mtp_layers)."""
 
@@ -73,12 +76,13 @@ class ModelShapes:
             expert_ffn=m.expert_ffn_hidden, shared_ffn=m.shared_ffn,
             expert_params=m.mlp_params(m.expert_ffn_hidden) if m.is_moe else 0,
             moe_dense_part_params=moe_dense, n_experts=m.n_experts, top_k=m.top_k,
-            norm_params=2 * m.norm_params(), embed_params=m.embedding_params(),
+            norm_params=m.norms_per_layer * m.norm_params(), embed_params=m.embedding_params(),
             head_params=m.vocab * m.hidden + m.norm_params(), tied=m.tied_embeddings, gated=m.gated_ffn,
             dropout=m.dropout, total_params=m.total_params(), active_params=m.active_params(),
             tensors_per_layer=_tensors_per_layer(m), sliding_window=m.sliding_window or 0,
             mla_latent=(2 * m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim + m.kv_lora_rank) if m.is_mla else 0,
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
+            chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers,
         )
 
@@ -89,8 +93,8 @@ class ModelShapes:
 
 
 def _tensors_per_layer(m: ModelSpec) -> int:
-    """Fused qkv + out projection, 2 or 3 MLP matrices, 2 norms (+ their biases), and any linear biases."""
-    count = 2 + (3 if m.gated_ffn else 2) + (4 if m.norm == "layernorm" else 2)
+    """Fused qkv + out projection, 2 or 3 MLP matrices, the norms (+ their biases), and any linear biases."""
+    count = 2 + (3 if m.gated_ffn else 2) + m.norms_per_layer * (2 if m.norm == "layernorm" else 1)
     count += 1 if m.attn_bias else 0
     count += (3 if m.gated_ffn else 2) + 1 if m.linear_bias else 0
     count += 2 if m.qk_norm else 0

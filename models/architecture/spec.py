@@ -15,6 +15,7 @@ from clusterplan.errors import BadInputError
 
 NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "alibi"]
+LocalAttentionKind = Literal["sliding", "chunked"]
 
 
 MAX_LAYERS = 10_000
@@ -24,9 +25,12 @@ MAX_DIM = 10**9
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim", "sliding_window")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                      "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers")
+                      "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
-          "dropout", "attn_sinks")
+          "dropout", "attn_sinks", "qk_norm_full_width")
+_OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers")
+"""Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers: to_dict leaves them out while they hold
+their default, so the JSON of every model described before them stays byte-identical."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,7 +61,13 @@ class ModelSpec:
     embed_norm: bool = False
     """A norm right after the token embedding (BLOOM)."""
     qk_norm: bool = False
-    """Per-head RMSNorm on queries and keys (Qwen3)."""
+    """RMSNorm on queries and keys: one head_dim vector shared by the heads (Qwen3, Gemma 3)."""
+    qk_norm_full_width: bool = False
+    """With qk_norm: the q/k norms span all heads' width, RMSNorm(n_heads * head_dim) and RMSNorm(n_kv_heads *
+    head_dim) (OLMo 2's q_norm / k_norm)."""
+    norms_per_layer: int = 2
+    """Norm modules per layer: 2 (pre-attention, pre-MLP; OLMo 2's two post-norms count the same); 4 with Gemma 2/3's
+    extra post-attention and post-feedforward norms."""
     dropout: bool = False
     """Dropout in training (attention probabilities and residuals), as the 2021-era Megatron GPT runs used."""
     # Local attention (GPT-OSS, Mistral 7B v0.1, Gemma 2/3)
@@ -66,6 +76,12 @@ class ModelSpec:
     full_attention_every: int = 0
     """With sliding_window: every n-th layer (index % n == n - 1) keeps full attention (GPT-OSS 2: sliding, full,
     ...); 0 = every layer uses the window."""
+    local_attention: LocalAttentionKind = "sliding"
+    """How the windowed layers restrict keys: "sliding" (each query sees the last sliding_window keys; Mistral,
+    Gemma, GPT-OSS) or "chunked" (each query sees the keys of its own aligned block of sliding_window tokens;
+    Llama 4's attention_chunk_size)."""
+    full_attention_first_layers: int = 0
+    """With sliding_window: layers below this index keep full attention (Qwen2's max_window_layers)."""
     attn_sinks: bool = False
     """A learned sink logit per head in the softmax (GPT-OSS `sinks`): n_heads parameters per layer."""
     # Mixture of experts
@@ -92,7 +108,8 @@ class ModelSpec:
     mtp_layers: int = 0
     """Multi-token-prediction modules trained beside the model (DeepSeek-V3 `num_nextn_predict_layers`, Sec. 2.2):
     each is one more transformer block, a 2h -> h projection and the shared LM head, run on the last pipeline stage.
-    Their parameters are not in the counts (the published 671B excludes the MTP module)."""
+    Their parameters are not in total_params (the published 671B excludes the MTP module, and transformers does
+    not build it); mtp_params() counts them."""
     # Multi-head latent attention (DeepSeek-V2/V3)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
@@ -140,9 +157,14 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: MoE needs expert_ffn_hidden > 0")
             if self.moe_every < 1 or not 0 <= self.first_dense_layers <= self.n_layers:
                 raise BadInputError(f"model {self.name}: moe_every >= 1 and 0 <= first_dense_layers <= n_layers")
-        if self.full_attention_every and self.sliding_window is None:
-            raise BadInputError(f"model {self.name}: full_attention_every needs sliding_window (the window of the "
-                                "other layers)")
+        if not isinstance(self.norms_per_layer, int) or isinstance(self.norms_per_layer, bool) \
+                or self.norms_per_layer not in (2, 4):
+            raise BadInputError(f"model {self.name}: norms_per_layer must be 2 or 4, got {self.norms_per_layer!r}")
+        if self.qk_norm_full_width and not self.qk_norm:
+            raise BadInputError(f"model {self.name}: qk_norm_full_width needs qk_norm: true")
+        for f in ("full_attention_every", "full_attention_first_layers"):
+            if getattr(self, f) and self.sliding_window is None:
+                raise BadInputError(f"model {self.name}: {f} needs sliding_window (the window of the other layers)")
         if self.is_mla and min(self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0:
             raise BadInputError(f"model {self.name}: MLA needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim > 0")
 
@@ -159,7 +181,8 @@ class ModelSpec:
         for f in _BOOLS:
             if not isinstance(getattr(self, f), bool):
                 raise BadInputError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
-        for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi"))):
+        for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi")),
+                           ("local_attention", ("sliding", "chunked"))):
             if getattr(self, f) not in allowed:
                 raise BadInputError(f"model {self.name}: {f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
 
@@ -188,7 +211,7 @@ class ModelSpec:
 
     def is_sliding_layer(self, index: int) -> bool:
         """Whether layer `index` attends over the sliding window only (HF `layer_types` "sliding_attention")."""
-        if self.sliding_window is None:
+        if self.sliding_window is None or index < self.full_attention_first_layers:
             return False
         return not self.full_attention_every or index % self.full_attention_every != self.full_attention_every - 1
 
@@ -232,7 +255,7 @@ class ModelSpec:
         if self.linear_bias:
             params += h
         if self.qk_norm:
-            params += 2 * d
+            params += q_out + kv_out if self.qk_norm_full_width else 2 * d
         if self.attn_sinks:
             params += self.n_heads
         return params
@@ -263,7 +286,7 @@ class ModelSpec:
 
     def layer_params(self, index: int, active: bool = False) -> int:
         mlp = self.moe_params(active) if self.is_moe_layer(index) else self.mlp_params(self.ffn_hidden)
-        return self.attention_params() + mlp + 2 * self.norm_params()
+        return self.attention_params() + mlp + self.norms_per_layer * self.norm_params()
 
     def embedding_params(self) -> int:
         params = self.vocab * self.hidden
@@ -285,6 +308,14 @@ class ModelSpec:
         """Parameters touched per token (top_k routed experts instead of all)."""
         layers = sum(self.layer_params(i, active=True) for i in range(self.n_layers))
         return self.embedding_params() + layers + self.head_params()
+
+    def mtp_params(self) -> int:
+        """Parameters of the multi-token-prediction modules (DeepSeek-V3 Sec. 2.2, Fig. 3): each holds one more
+        transformer block (a layer with index n_layers + k: MoE in DeepSeek-V3), the projection M_k of the
+        concatenated [h; emb] (2h x h, no bias) and three RMSNorms (the two inputs and the shared head's norm); the
+        embedding and the output head are shared with the main model, so they are not counted again."""
+        return sum(self.layer_params(self.n_layers + k) + 2 * self.hidden * self.hidden + 3 * self.norm_params()
+                   for k in range(self.mtp_layers))
 
     def embedding_table_params(self) -> int:
         """The input token table plus learned positions (a lookup per token, not a matmul)."""
@@ -308,7 +339,11 @@ class ModelSpec:
 
     # ---- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for name in _OMITTED_AT_DEFAULT:
+            if data[name] == _DEFAULTS[name]:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "model") -> ModelSpec:
@@ -326,3 +361,6 @@ class ModelSpec:
 
     def scaled(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(ModelSpec)}

@@ -42,13 +42,17 @@ def power_clock_scale(power_cap_w: float | None, tdp_w: float) -> float:
     return min(1.0, power_cap_w / tdp_w) ** POWER_CLOCK_EXPONENT
 
 
+EVERY_AXIS = "*"
+"""axis_bw_out key of a cap on every axis (the search's bound: the slowest link of the matrix)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LinkRates:
     """Bus bandwidth (bytes/s) and per-step latency (s) of one collective inside a scale-up domain and across nodes."""
 
     bw_in: float
     lat_in: float
-    bw_out: float
+    bw_out: float | np.ndarray
     lat_out: float
 
 
@@ -86,6 +90,10 @@ class HardwareRates:
     """Eager-layer compute over the modelled compute (calibration `layer`, applied for validate's eager runs only)."""
     tp_layer_overhead_s: float = 0.0
     """Seconds per layer and micro-batch that an eager tensor-parallel layer adds (DTensor dispatch)."""
+    axis_bw_out: Mapping[str, float | np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
+    """On a measured link matrix under a node order: per mesh axis (models/training/topology.py Axis), the
+    per-GPU share of the slowest node-to-node link that axis's hops cross, bytes/s; it caps that axis's scale-out
+    bandwidth (EVERY_AXIS: all axes not named). Arrays price many node orders at once. Empty: every axis at bw_out."""
     host_oversubscription: float = 1.0
     """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
     calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
@@ -109,11 +117,14 @@ class HardwareRates:
 
     @classmethod
     def of(cls, cluster: Cluster, calibration: Calibration | None = None,
-           node_link_gb_per_s: float | None = None, eager_layers: bool = False) -> HardwareRates:
+           axis_links_gb_per_s: Mapping[str, float | np.ndarray] | None = None,
+           eager_layers: bool = False) -> HardwareRates:
         """Rates of the cluster's slowest node group (a mixed cluster is priced at its slowest member here).
 
-        With a measured node bandwidth matrix, scale-out traffic is priced at `node_link_gb_per_s` (the slowest
-        link the placement actually uses, see models/training/topology.py) or, when not given, the slowest link of all.
+        With a measured node bandwidth matrix, each axis's scale-out traffic is priced at its share of the slowest
+        link that axis crosses under the node order (`axis_links_gb_per_s`, whole-node GB/s per axis, from
+        models/training/topology.py axis_links_gb_per_s) or, when not given, all of it at the slowest link of all
+        (a bound every node order meets: what the search ranks by).
         """
         group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
         gpu = group.gpu
@@ -127,11 +138,15 @@ class HardwareRates:
         lat_in = group.scale_up.latency_us * 1e-6
         bw_out = min(g.scale_out_busbw_gb_per_s for g in cluster.groups) * 1e9
         lat_out = max(g.nic.latency_us for g in cluster.groups) * 1e-6
-        if cluster.node_bandwidth_gb_per_s is not None:
+        axis_caps: dict[str, float | np.ndarray] = {}
+        if cluster.node_bandwidth_gb_per_s is not None and axis_links_gb_per_s is not None:
+            # A node-to-node link is shared by the node's GPUs, one NIC rail each (as bw_out is the NICs' share).
+            axis_caps = {axis: np.asarray(link, dtype=float) * 1e9 / group.gpus_per_node
+                         for axis, link in axis_links_gb_per_s.items()}
+        elif cluster.node_bandwidth_gb_per_s is not None:
             off = [v for i, row in enumerate(cluster.node_bandwidth_gb_per_s) for j, v in enumerate(row) if i != j]
-            link = node_link_gb_per_s if node_link_gb_per_s is not None else (min(off) if off else None)
-            if link is not None and link != float("inf"):
-                bw_out = min(bw_out, link * 1e9 / group.gpus_per_node)
+            if off:
+                axis_caps = {EVERY_AXIS: min(off) * 1e9 / group.gpus_per_node}
         calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
         attn = None
         tiling = get_gemm_tiling(gpu.name)
@@ -173,7 +188,7 @@ class HardwareRates:
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
-                   calibrated=calibrated, **_attention_rates(attn))
+                   axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, **_attention_rates(attn))
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:
@@ -195,12 +210,14 @@ class HardwareRates:
                    per_op=MappingProxyType(per_op), comm_overlap=calibration.comm_overlap(),
                    calibrated=True, **_attention_rates(calibration.attention_fit()))
 
-    def link(self, op: str) -> LinkRates:
-        """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth)."""
+    def link(self, op: str, axis: str | None = None) -> LinkRates:
+        """The rates `op` runs at: its own calibrated fit, else all_reduce's (the datasheet's bus bandwidth); over
+        `axis`, scale-out capped by the measured link that axis crosses (axis_bw_out)."""
         rates = self.per_op.get(op)
-        if rates is not None:
-            return rates
-        return LinkRates(bw_in=self.bw_in, lat_in=self.lat_in, bw_out=self.bw_out, lat_out=self.lat_out)
+        if rates is None:
+            rates = LinkRates(bw_in=self.bw_in, lat_in=self.lat_in, bw_out=self.bw_out, lat_out=self.lat_out)
+        cap = self.axis_bw_out.get(axis, self.axis_bw_out.get(EVERY_AXIS)) if axis is not None else None
+        return rates if cap is None else replace(rates, bw_out=np.minimum(rates.bw_out, cap))
 
 
 def _attention_rates(fit: AttentionFit | None) -> dict[str, float]:

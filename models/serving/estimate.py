@@ -9,7 +9,8 @@ simulator and step formula as serve-plan (models/serving/sim.py, StepModel.time_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +20,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.serving.kv import kv_tokens_held, kv_window
 from clusterplan.models.serving.model import (
     ServingInstance,
     StepModel,
@@ -127,10 +129,117 @@ class ServingEstimate:
     """The engine's sequence cap the run used (for the launch line)."""
     max_model_len: int
     """Longest request simulated, rounded up to 256 tokens (for the launch line)."""
+    load_sweep: LoadSweep | None = None
+    """Latency against load around this one (serve-estimate --sweep / --plot)."""
 
     @property
     def n_gpus(self) -> int:
         return self.instance.n_gpus
+
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(done, total, what): called after each unit of a long computation (the CLI draws it on stderr)."""
+
+SWEEP_POINTS = 10
+"""Loads in a latency-against-load sweep, spaced geometrically (the requested load is added to them)."""
+SWEEP_BELOW = 0.25
+"""The sweep starts at this share of the lower of the requested load and the saturation load."""
+SWEEP_ABOVE = 1.25
+"""... and ends at this multiple of the higher of the two (past saturation the queue shows)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SweepPoint:
+    """The instance's latency and throughput at one load of a sweep."""
+
+    load: float
+    """Requests per second (open loop) or requests in flight (closed loop, static batch)."""
+    ttft_s: Stats
+    tpot_s: Stats
+    request_throughput_rps: float
+    output_tokens_per_s: float
+    mean_running_batch: float
+    past_saturation: bool
+    """Beyond the saturation load: an open loop's queue grows for as long as the run lasts, so its latencies
+    depend on the number of requests simulated; a closed loop queues for admission."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadSweep:
+    """Latency against load: the same instance, lengths and seed, re-simulated at loads around the requested one.
+
+    Saturation: the scheduler runs at most `running_cap` requests at once (saturation_running); a closed
+    loop of that many clients keeps it full, and its steady-state throughput (saturation_rps) is the most
+    the instance sustains for these lengths. An open loop saturates at that rate; a closed loop or a static
+    batch at running_cap requests in flight (more only queue for admission). Each point's throughput is
+    serve-estimate's own (whole measured window, which past saturation includes the final drain, when the
+    requests in flight finish faster than in steady state, so it can read above saturation_rps).
+    """
+
+    kind: LoadKind
+    requested: float
+    saturation_load: float
+    saturation_rps: float
+    saturation_running: int
+    points: tuple[SweepPoint, ...]
+
+
+def running_cap(engine: Engine, input_tokens: np.ndarray, output_tokens: np.ndarray) -> int:
+    """Most requests the scheduler runs at once: its sequence cap, or as many mean-sized requests as the KV
+    cache holds when each reserves prompt + output in whole pages (the admission rule of sim._admit)."""
+    page = max(engine.kv_block_tokens, 1)
+    reserved = np.ceil((np.asarray(input_tokens) + np.asarray(output_tokens)) / page) * page
+    return int(max(1, min(engine.max_seqs, engine.kv_capacity_tokens // float(reserved.mean()))))
+
+
+def steady_throughput_rps(step: StepModel, engine: Engine, clients: int, input_tokens: np.ndarray,
+                          output_tokens: np.ndarray) -> float:
+    """Requests per second of a closed loop of `clients` between the warm-up and the moment the last request
+    is sent (after it the loop drains with a shrinking batch, which a whole-run average would count)."""
+    n = max(ESTIMATE_REQUESTS, CLOSED_LOOP_ROUNDS * clients)
+    inp = np.resize(np.asarray(input_tokens, dtype=np.int64), n)
+    out = np.resize(np.asarray(output_tokens, dtype=np.int64), n)
+    trace = simulate(step, engine, np.zeros(n), inp, out, clients=clients, record=True).trace
+    assert trace is not None  # record=True
+    done = np.sort(np.asarray(trace.done_s))
+    first, last = trace.warm, n - clients  # the (n - clients)-th completion sends the last request
+    return float((last - first) / (done[last - 1] - done[first - 1])) if first else float(last / done[last - 1])
+
+
+def sweep_loads(requested: float, saturation: float, integer: bool) -> tuple[float, ...]:
+    """SWEEP_POINTS geometric loads from SWEEP_BELOW x min(requested, saturation) to SWEEP_ABOVE x the max,
+    plus the requested load; integers (at least 1) for requests in flight, 4 significant digits for rates."""
+    lo = max(SWEEP_BELOW * min(requested, saturation), 1.0 if integer else 0.0)
+    hi = max(SWEEP_ABOVE * max(requested, saturation), lo)
+    grid = np.geomspace(lo, hi, SWEEP_POINTS) if hi > lo else np.array([lo])
+    values = {float(round(v)) if integer else float(f"{v:.4g}") for v in grid} | {requested}
+    return tuple(sorted(v for v in values if v > 0))
+
+
+def sweep_load(inst: ServingInstance, engine: Engine, load: Load, input_tokens: np.ndarray,
+               output_tokens: np.ndarray, progress: ProgressFn | None = None) -> LoadSweep:
+    """Re-simulate `load`'s kind at the loads of sweep_loads (same lengths, gaps and seed at each)."""
+    step = step_model(inst)
+    cap = running_cap(engine, input_tokens, output_tokens)
+    sat_rps = steady_throughput_rps(step, engine, cap, input_tokens, output_tokens)
+    if load.kind is LoadKind.OPEN:
+        requested, sat_load = load.rate_rps, sat_rps
+    else:
+        requested, sat_load = float(load.clients), float(cap)
+    loads = sweep_loads(requested, sat_load, integer=load.kind is not LoadKind.OPEN)
+    points = []
+    for k, x in enumerate(loads):
+        if progress is not None:
+            progress(k, len(loads), f"load {x:g}")
+        at = replace(load, rate_rps=x) if load.kind is LoadKind.OPEN else replace(load, clients=int(x))
+        e = estimate_serving(inst, engine, at, input_tokens, output_tokens, step=step)
+        points.append(SweepPoint(load=x, ttft_s=e.ttft_s, tpot_s=e.tpot_s, request_throughput_rps=e.request_throughput_rps,
+                                 output_tokens_per_s=e.output_tokens_per_s, mean_running_batch=e.mean_running_batch,
+                                 past_saturation=x > sat_load))
+    if progress is not None:
+        progress(len(loads), len(loads), "done")
+    return LoadSweep(kind=load.kind, requested=requested, saturation_load=sat_load, saturation_rps=sat_rps,
+                     saturation_running=cap, points=tuple(points))
 
 
 def itl_samples(trace: SimTrace) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +271,8 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     n = load.n_requests()
     inp = np.resize(np.asarray(input_tokens, dtype=np.int64), n)
     out = np.resize(np.asarray(output_tokens, dtype=np.int64), n)
-    if int((inp + out).max()) > engine.kv_capacity_tokens:
+    longest = float(kv_tokens_held(int((inp + out).max()), engine.kv_window_tokens, engine.kv_windowed_share))
+    if longest > engine.kv_capacity_tokens:
         raise BadInputError(f"a request of {int((inp + out).max())} tokens does not fit the KV cache of "
                             f"{engine.kv_capacity_tokens} tokens on {inst.label}; shorten it or raise --tp")
     clients = load.clients if load.kind is LoadKind.CLOSED else 0
@@ -207,15 +317,17 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
                   chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
                   chunked_prefill=get_engine(inst.engine).chunked_prefill,
-                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens)
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_window(inst.model))
 
 
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
                  max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
                  output_len: str | None = None, rate: float | None = None, trace: str | None = None, clients: int = 0,
-                 static: bool = False, requests: int = 0, calibration: Any = None, seed: int = 0) -> ServingEstimate:
-    """serve-estimate from its inputs as given: a trace or length distributions, and one load."""
+                 static: bool = False, requests: int = 0, calibration: Any = None, seed: int = 0,
+                 sweep: bool = False, progress: ProgressFn | None = None) -> ServingEstimate:
+    """serve-estimate from its inputs as given: a trace or length distributions, and one load; with `sweep`,
+    also the latency at loads around it (LoadSweep)."""
     gpu = get_gpu(gpu_name)
     profile = get_engine(engine)
     chunk_tokens = chunk_tokens or profile.chunk_tokens
@@ -247,4 +359,7 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
         load = Load(kind=LoadKind.OPEN, rate_rps=float(rate), unit_gaps=gaps, requests=requests, seed=seed)
     else:
         load = Load(kind=LoadKind.STATIC if static else LoadKind.CLOSED, clients=clients, requests=requests, seed=seed)
-    return estimate_serving(inst, engine, load, inp, out)
+    est = estimate_serving(inst, engine, load, inp, out)
+    if not sweep:
+        return est
+    return replace(est, load_sweep=sweep_load(inst, engine, load, inp, out, progress))

@@ -17,6 +17,27 @@ def kv_bytes_per_token(spec: ModelSpec, kv_bytes: float = 2.0) -> float:
     return 2.0 * spec.n_layers * spec.kv_heads * spec.dim_head * kv_bytes
 
 
+def kv_window(spec: ModelSpec) -> dict[str, int | float]:
+    """The KV window of a model as the scheduler's Engine takes it: the tokens a windowed layer keeps at most
+    (sliding_window; a chunked layer keeps its current chunk, at most the same) and the share of layers that are
+    windowed; empty for a model whose every layer attends fully."""
+    n_windowed = sum(spec.is_sliding_layer(i) for i in range(spec.n_layers))
+    if not n_windowed or spec.sliding_window is None:
+        return {}
+    return {"kv_window_tokens": spec.sliding_window, "kv_windowed_share": n_windowed / spec.n_layers}
+
+
+def kv_tokens_held(context_tokens: ArrayLike, kv_window_tokens: int = 0, kv_windowed_share: float = 0.0) -> ArrayLike:
+    """KV one sequence of `context_tokens` holds, in tokens of a full-attention layer stack (kv_bytes_per_token
+    units): windowed layers keep only the last `kv_window_tokens` (vLLM's hybrid KV-cache manager frees the blocks that
+    leave a sliding window or an earlier attention chunk): (1 - f) ctx + f min(ctx, w) for a share f of windowed
+    layers (kv_window gives both for a model)."""
+    ctx = np.asarray(context_tokens, dtype=float)
+    if not kv_window_tokens:
+        return ctx
+    return (1.0 - kv_windowed_share) * ctx + kv_windowed_share * np.minimum(ctx, float(kv_window_tokens))
+
+
 def kv_bytes_per_token_per_gpu(spec: ModelSpec, tp: int, pp: int, kv_bytes: float = 2.0) -> float:
     """KV bytes one token occupies on one GPU of a tp x pp instance.
 

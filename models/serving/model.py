@@ -23,7 +23,7 @@ from clusterplan.hardware_db import GPU, get_link
 from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
-from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu
+from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu, kv_tokens_held, kv_window
 
 GIB = 2**30
 MOE_READ_SHARE = 1.0
@@ -213,8 +213,10 @@ def serving_memory(inst: ServingInstance) -> ServingMemory:
 
 
 def max_batch(inst: ServingInstance, context_tokens: float) -> int:
-    """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does)."""
-    return int(serving_memory(inst).kv_capacity_tokens // max(context_tokens, 1.0))
+    """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does); windowed
+    layers hold at most their window (kv.kv_tokens_held)."""
+    held = float(kv_tokens_held(max(context_tokens, 1.0), **kv_window(inst.model)))
+    return int(serving_memory(inst).kv_capacity_tokens // held)
 
 
 class StepTerms(NamedTuple):
@@ -269,6 +271,10 @@ class StepModel:
     """Pipeline send of one token's activations to the next stage."""
     cuda_graph_max_batch: float = math.inf
     """Decode batches above this run eagerly (prefill_overhead_s added, as for a prefill step)."""
+    kv_window_tokens: int = 0
+    """Keys a windowed layer attends to and reads at most (kv.kv_window); 0: every layer reads the whole context."""
+    kv_windowed_share: float = 0.0
+    """Share of the layers that are windowed."""
 
     coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
     """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
@@ -279,12 +285,19 @@ class StepModel:
             float(pp), self.compute_s_per_token, self.compute_s_per_pair / pp, self.head_s_per_seq / pp,
             self.dense_weights_s, self.kv_read_s_per_token / pp, self.expert_weights_s, 1.0 - self.expert_hit_per_token,
             self.ar_count_per_stage, self.ar_fixed_s, self.ar_s_per_token, self.p2p_latency_s, self.p2p_s_per_token,
-            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s, float(self.cuda_graph_max_batch)))
+            self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s, float(self.cuda_graph_max_batch),
+            float(self.kv_window_tokens), self.kv_windowed_share))
 
     def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
         """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
         each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
-        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs = self.coefficients
+        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs, w, f = \
+            self.coefficients
+        if f:
+            # Windowed layers attend to and read at most w keys per sequence: (1 - f) ctx + f min(ctx, b w) (kv.py
+            # kv_tokens_held summed over the batch; exact when every context is on the same side of w). The min is
+            # written so floats and arrays both work.
+            ctx = (1.0 - f) * ctx + f * 0.5 * (ctx + b * w - abs(ctx - b * w))
         tok = (n_p + b) / pp  # tokens each pipeline stage processes
         compute = tok * ct + (pairs + ctx) * cp + b * ch
         # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
@@ -353,6 +366,7 @@ def step_model(inst: ServingInstance) -> StepModel:
         expert_hit_per_token=spec.top_k / spec.n_experts if spec.is_moe else 0.0,
         # Each GPU reads the KV of its own DP-attention group: 1 / attention_dp of the batch's context.
         kv_read_s_per_token=kv_per_token / inst.attention_dp / hbm_bytes_per_s,
+        **kv_window(spec),
         # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
         ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
         # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from clusterplan.models.serving.kv import kv_tokens_held
 from clusterplan.models.serving.model import StepModel
 
 HEADROOM = 0.9
@@ -54,6 +55,16 @@ class Engine:
     request_overhead_s: float = 0.0
     """Time from a request's arrival until the scheduler sees it (HTTP, tokenization): delays its admission,
     so TTFT and end-to-end latency both include it."""
+    kv_window_tokens: int = 0
+    """Tokens a windowed layer keeps at most (models.serving.kv.kv_window); 0: every layer keeps every token."""
+    kv_windowed_share: float = 0.0
+    """Share of the layers that are windowed."""
+
+    def kv_tokens(self, tokens: float) -> int:
+        """KV tokens a sequence of `tokens` reserves: what its layers hold (kv.kv_tokens_held), in whole pages."""
+        held = math.ceil(float(kv_tokens_held(tokens, self.kv_window_tokens, self.kv_windowed_share)))
+        page = max(self.kv_block_tokens, 1)
+        return -(-held // page) * page
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,8 +141,7 @@ def simulate(step: StepModel, engine: Engine, arrival_s: np.ndarray, input_token
         out = [1] * len(out)
     n = len(arr)
     known = min(clients, n) if clients > 0 else n  # arrivals known so far
-    page = max(engine.kv_block_tokens, 1)
-    need = [-(-(i + o) // page) * page for i, o in zip(inp, out, strict=True)]  # KV tokens reserved, whole pages
+    need = [engine.kv_tokens(i + o) for i, o in zip(inp, out, strict=True)]  # KV tokens reserved, whole pages
     delay = engine.request_overhead_s
     warm = int(n * WARMUP_FRACTION) if n >= 40 else 0
     allowed = (n - warm) - math.ceil((n - warm) * (slo.percentile if slo else 100.0) / 100.0)
@@ -291,7 +301,9 @@ def rate_upper_bound_rps(step: StepModel, engine: Engine, input_tokens: float, o
 
 def slo_batch(step: StepModel, engine: Engine, input_tokens: float, output_tokens: float, slo: Slo) -> int:
     """Largest batch whose KV fits and whose decode step meets the TPOT target (0 when none does)."""
-    b_max = int(min(engine.max_seqs, engine.kv_capacity_tokens // max(input_tokens + output_tokens, 1.0)))
+    held = float(kv_tokens_held(max(input_tokens + output_tokens, 1.0), engine.kv_window_tokens,
+                                engine.kv_windowed_share))
+    b_max = int(min(engine.max_seqs, engine.kv_capacity_tokens // held))
     if b_max < 1:
         return 0
     batch = np.arange(1, b_max + 1, dtype=float)

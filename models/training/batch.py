@@ -12,7 +12,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from clusterplan.models.training.layout import CHOICES, Layout
+from clusterplan.models.training.layout import CHOICES, Layout, recompute_modules_mask, recompute_modules_text
 
 CODES = {name: {v: i for i, v in enumerate(values)} for name, values in CHOICES.items()}
 
@@ -66,8 +66,8 @@ OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
 PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
-              "recompute_layers", "first_stage_layers", "last_stage_layers")
-BOOL_FIELDS = ("sp", "flash_attn")
+              "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
+BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +87,17 @@ class LayoutArrays:
     recompute_layers: np.ndarray
     first_stage_layers: np.ndarray
     last_stage_layers: np.ndarray
+    offload_layers: np.ndarray
     sp: np.ndarray
     flash_attn: np.ndarray
+    fp32_grads: np.ndarray
     recompute: np.ndarray
     schedule: np.ndarray
     precision: np.ndarray
     optimizer: np.ndarray
     cp_kind: np.ndarray
+    recompute_modules: np.ndarray
+    """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
 
     @classmethod
     def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
@@ -102,6 +106,8 @@ class LayoutArrays:
             cols[name] = np.array([float(getattr(x, name)) for x in layouts])
         for name, codes in CODES.items():
             cols[name] = np.array([codes[getattr(x, name)] for x in layouts], dtype=np.int64)
+        cols["recompute_modules"] = np.array([recompute_modules_mask(x.recompute_modules) for x in layouts],
+                                             dtype=np.int64)
         return cls(**cols)
 
     @classmethod
@@ -111,7 +117,10 @@ class LayoutArrays:
         cols = {}
         for f in fields(cls):
             if f.name in columns:
-                cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if f.name in CODES else float)
+                integer = f.name in CODES or f.name == "recompute_modules"
+                cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if integer else float)
+            elif f.name == "recompute_modules":
+                cols[f.name] = np.zeros(n, dtype=np.int64)
             elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
                 cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
@@ -130,6 +139,7 @@ class LayoutArrays:
         values: dict = {name: int(getattr(self, name)[i]) for name in INT_FIELDS}
         values.update({name: bool(getattr(self, name)[i]) for name in BOOL_FIELDS})
         values.update({name: CHOICES[name][int(getattr(self, name)[i])] for name in CODES})
+        values["recompute_modules"] = recompute_modules_text(int(self.recompute_modules[i]))
         return Layout(**values)
 
     # derived columns

@@ -179,11 +179,22 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
 
 def causal_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
     """Share of the s x s score blocks a causal kernel computes, averaged over the layers: a full causal layer
-    1/2; a sliding-window layer (window w < s) sum_i min(i, w) / s^2 = w/s - w^2 / (2 s^2) (Beltagy 2020)."""
-    w = np.minimum(float(shapes.sliding_window or 0), seq) if shapes.sliding_window else seq
-    window = w / seq - w * w / (2 * seq * seq)
+    1/2; a windowed layer local_share."""
     n_sl = shapes.n_sliding_layers
-    return ((shapes.n_layers - n_sl) * 0.5 + n_sl * window) / shapes.n_layers
+    return ((shapes.n_layers - n_sl) * 0.5 + n_sl * local_share(shapes, seq)) / shapes.n_layers
+
+
+def local_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
+    """Share of the s x s score blocks one windowed layer computes. Sliding window w (< s): sum_i min(i, w) / s^2 =
+    w/s - w^2 / (2 s^2) (Beltagy 2020). Chunked (Llama 4, chunk c): each of the k = floor(s / c) whole chunks is a
+    causal c x c block and the remainder r = s - k c an r x r one: (k c^2 + r^2) / (2 s^2); both are 1/2 when the
+    window covers the sequence."""
+    w = np.minimum(float(shapes.sliding_window or 0), seq) if shapes.sliding_window else seq
+    if shapes.chunked_attention:
+        whole = np.floor(seq / w)
+        rest = seq - whole * w
+        return (whole * w * w + rest * rest) / (2 * seq * seq)
+    return w / seq - w * w / (2 * seq * seq)
 
 
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
@@ -274,7 +285,7 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp)]
         if n_sl:
             w = np.minimum(float(shapes.sliding_window), L.seq)
-            parts.append((n_sl / shapes.n_layers * (w / L.seq - w * w / (2 * L.seq * L.seq)) * full_s, w))
+            parts.append((n_sl / shapes.n_layers * local_share(shapes, L.seq) * full_s, w))
         att = hw.attention
         fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
         bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)

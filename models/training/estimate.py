@@ -21,10 +21,10 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
-from clusterplan.models.training.memory import GIB, MemoryBreakdown, memory_breakdown
+from clusterplan.models.training.memory import GIB, MemoryBreakdown, fp8_weight_copy_bytes, memory_breakdown
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
-from clusterplan.models.training.topology import placement_bottleneck_gb_per_s
+from clusterplan.models.training.topology import axis_links_gb_per_s
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s", "optimizer_s")
 MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
@@ -59,18 +59,29 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
-def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack) -> MemoryBreakdown:
-    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies, what
-    its sequence parallelism saves)."""
-    return memory_breakdown(shapes, arrays, stack.selective_recompute, stack.fp8_weight_copy,
-                            stack.sp_saves_gathered_inputs)
+def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack,
+                 fp8_all_layouts: bool = False) -> MemoryBreakdown:
+    """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies under
+    its first fp8 recipe, what its sequence parallelism saves, whether it fuses the gated activation).
+    `fp8_all_layouts`: the GPUs run fp8 GEMMs in every layout (Blackwell; see fp8_weight_copy_bytes)."""
+    copy = fp8_weight_copy_bytes(stack.fp8_recipes[0] if stack.fp8_recipes else None, fp8_all_layouts,
+                                 stack.fp8_weight_copy)
+    return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
+                            fused_glu="swiglu" in stack.fused_kernels, fused_ce="cross_entropy" in stack.fused_kernels,
+                            param_remainders=stack.optimizer_param_remainders)
+
+
+def fp8_all_layouts(cluster: Cluster) -> bool:
+    """Every GPU runs fp8 GEMMs in every operand layout (TE is_non_tn_fp8_gemm_supported: Blackwell, sm100+; the
+    GPUs with microscaling tensor cores in hardware_db, mx_formats)."""
+    return all(g.gpu.mx_formats for g in cluster.groups)
 
 
 def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
-             stack: ExecutionStack | None = None) -> Evaluation:
+             stack: ExecutionStack | None = None, fp8_all_layouts: bool = False) -> Evaluation:
     """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
     stack = stack or get_stack()
-    return Evaluation(memory=stack_memory(shapes, arrays, stack),
+    return Evaluation(memory=stack_memory(shapes, arrays, stack, fp8_all_layouts),
                       time=step_time(shapes, arrays, hw, stack),
                       hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 
@@ -158,7 +169,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     """Predict one layout; divisibility problems and out-of-memory are reasons, not exceptions.
 
     `node_order[logical node] = physical node` places the mesh on a cluster with a measured bandwidth matrix
-    (default: nodes in order); scale-out traffic is priced at the slowest link communicating nodes use.
+    (default: nodes in order); each axis's scale-out traffic is priced at the slowest link its hops cross there.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
     `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
@@ -166,13 +177,27 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     reasons = layout_problems(model, layout, cluster.world_size)
     stack = stack or get_stack()
     reasons += precision_problems(cluster, layout, stack, fp8_recipe)
-    link = placement_bottleneck_gb_per_s(layout, cluster, node_order) if not reasons else None
-    hw = HardwareRates.of(cluster, calibration, link, eager_layers=eager_layers)
+    links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
+    hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
         stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
-    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack)
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
+                  fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
         reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
                        f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
                        f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}"))
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)
+
+
+def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,
+                        axis_links_gb_per_s: dict[str, np.ndarray], calibration: Calibration | None = None,
+                        stack: ExecutionStack | None = None) -> np.ndarray:
+    """Step time of `layout` under k sets of per-axis links (each axis an array of k whole-node GB/s, as
+    topology.links_of_orders gives for k node orders), in one vectorised evaluation: entry i equals
+    estimate(..., node_order=order i)'s step time. What the node-order optimiser (solver/links.py) compares."""
+    k = max((len(v) for v in axis_links_gb_per_s.values()), default=1)
+    one = LayoutArrays.from_layouts([layout])
+    arrays = replace(one, **{f: np.repeat(getattr(one, f), k) for f in one.__dataclass_fields__})
+    hw = HardwareRates.of(cluster, calibration, axis_links_gb_per_s)
+    return step_time(ModelShapes.of(model), arrays, hw, stack or get_stack()).step_s

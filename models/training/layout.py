@@ -33,6 +33,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adam-master", "adam", "sgd"),
     "cp_kind": ("ring", "a2a", "allgather"),
 }
+RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
+"""Megatron-Core's selective recompute modules (TransformerConfig.recompute_modules, --recompute-modules): core
+attention, the experts' activation, norms not fused into a linear, MLA's q/kv up-projections, the dense MLP, the whole
+MoE block, the shared experts. Bit i of LayoutArrays.recompute_modules is module i."""
+
+
+def recompute_modules_mask(text: str) -> int:
+    """Bitmask of a '+'-separated module list (RECOMPUTE_MODULES order); '' = 0 (the stack's selective default)."""
+    mask = 0
+    for name in filter(None, (m.strip() for m in text.split("+"))):
+        if name not in RECOMPUTE_MODULES:
+            raise BadInputError(f"layout: recompute_modules {name!r} is not a module; use '+'-separated names from "
+                                f"{', '.join(RECOMPUTE_MODULES)}")
+        mask |= 1 << RECOMPUTE_MODULES.index(name)
+    return mask
+
+
+def recompute_modules_text(mask: int) -> str:
+    """The canonical '+'-separated list of a bitmask (RECOMPUTE_MODULES order)."""
+    return "+".join(m for i, m in enumerate(RECOMPUTE_MODULES) if mask >> i & 1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +95,15 @@ class Layout:
     """Layers on the first pipeline stage (0 = even split); the embedding lives there too."""
     last_stage_layers: int = 0
     """Layers on the last pipeline stage (0 = even split); the LM head and loss live there."""
+    recompute_modules: str = ""
+    """With recompute=selective: Megatron-Core's recompute modules, '+'-separated (e.g. mla_up_proj+moe_act, see
+    RECOMPUTE_MODULES); empty = the stack's own selective recompute (Megatron core_attn, torchtitan op-level SAC)."""
+    fp32_grads: bool = True
+    """adam-master main gradients in fp32 (Megatron-LM forces --accumulate-allreduce-grads-in-fp32 with bf16);
+    false = in the parameter dtype, as NeMo / Megatron-Bridge performance recipes run (grad_reduce_in_fp32=False)."""
+    offload_layers: int = 0
+    """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
+    cpu_offloading_num_layers; pipeline parallelism 1 only)."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
@@ -83,13 +112,13 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
             if value > MAX_INT:
                 raise BadInputError(f"layout: {name}({value}) is over 2**53; check the value")
-        for name in ("recompute_layers", "first_stage_layers", "last_stage_layers"):
+        for name in ("recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > MAX_INT:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
-        for name in ("sp", "flash_attn"):
+        for name in ("sp", "flash_attn", "fp32_grads"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
         if self.zero not in (0, 1, 2, 3):
@@ -97,6 +126,15 @@ class Layout:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise BadInputError(f"layout: {name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if not isinstance(self.recompute_modules, str):
+            raise BadInputError(f"layout: recompute_modules must be '+'-separated names, got {self.recompute_modules!r}")
+        object.__setattr__(self, "recompute_modules", recompute_modules_text(recompute_modules_mask(self.recompute_modules)))
+        if self.recompute_modules and self.recompute != "selective":
+            raise BadInputError(f"layout: recompute_modules={self.recompute_modules} needs recompute=selective, "
+                                f"got recompute={self.recompute}")
+        if self.offload_layers and self.pp > 1:
+            raise BadInputError(f"layout: offload_layers({self.offload_layers}) needs pp = 1 (Megatron-Core has no "
+                                "activation offloading with pipeline parallelism); set offload_layers=0 or pp=1")
         if self.dp % self.dp_replicate:
             raise BadInputError(f"layout: dp({self.dp}) % dp_replicate({self.dp_replicate}) != 0")
 
@@ -300,6 +338,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if L.pp > 1 and L.zero > stack.pp_max_zero:
         messages.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
                         f"got zero={L.zero}")
+    if L.recompute_modules and stack.selective_recompute != "core_attn":
+        messages.append(f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its selective "
+                        f"recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         messages.append(f"stack {stack.name} has no fp8 training recipe")
     return [Rule.broken(RuleCode.STACK, m) for m in messages]

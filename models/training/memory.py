@@ -25,6 +25,7 @@ from clusterplan.models.training.batch import (
     SCHEDULE_INTERLEAVED,
     LayoutArrays,
 )
+from clusterplan.models.training.layout import RECOMPUTE_MODULES
 
 GIB = float(2**30)
 SELECTIVE_CORE_ATTN, SELECTIVE_OP_SAC = "core_attn", "op_sac"
@@ -33,9 +34,18 @@ SELECTIVE_CORE_ATTN, SELECTIVE_OP_SAC = "core_attn", "op_sac"
 CUDA_CONTEXT_BYTES = 1.0 * GIB
 # NCCL buffers per communicator (NCCL_BUFFSIZE 4 MiB x channels x send/recv; aiconfigurator's `nccl_mem`).
 NCCL_BYTES_PER_GROUP = 0.125 * GIB
-# Transformer Engine caches each weight's fp8 copy in both layouts (row-wise for the forward GEMM, column-wise /
-# transposed for dgrad; MXFP8 likewise, plus 1/32 scales) across micro-batches: 2 B per parameter beside bf16.
+# Transformer Engine caches each weight's fp8 copy across micro-batches. On Hopper an fp8 GEMM takes only the TN
+# layout, so a per-tensor-scaled weight is kept row-wise and transposed: 2 B per parameter beside bf16.
 FP8_WEIGHT_COPY_BYTES = 2.0
+# Blackwell runs fp8 GEMMs in every layout: Float8Tensor drops the transpose (TE is_non_tn_fp8_gemm_supported(),
+# sm100+; Float8Tensor.update_usage needs_data_transpose = False): 1 B per parameter.
+FP8_WEIGHT_COPY_BYTES_ALL_LAYOUTS = 1.0
+# MXFP8 scales 1x32 blocks along the GEMM's reduction axis, so the weight is quantised twice (row-wise for fprop,
+# column-wise for dgrad/wgrad), each with one 1-B E8M0 scale per 32 elements (TE MXFP8Tensor).
+MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
+# The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
+# OptimizerConfig.store_param_remainders, default True).
+PARAM_REMAINDER_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -61,19 +71,39 @@ def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
     return StageLayers(np.where(one, n, first), np.where(one, n, middle), np.where(one, n, last))
 
 
-def bytes_per_param(L: LayoutArrays, fp8_weight_copy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fp8_weight_copy_bytes(recipe: str | None, all_layouts: bool, cached: bool = True) -> float:
+    """Bytes per parameter of the fp8 weight copies a stack caches beside the bf16 weights under fp8 `recipe`:
+    MXFP8 row- and column-wise with scales; per-tensor scaling (tensorwise/delayed) one copy on GPUs with fp8
+    GEMMs in every layout (`all_layouts`, Blackwell), two (row-wise + transposed) on Hopper; blockwise two."""
+    if not cached:
+        return 0.0
+    if recipe == "mxfp8":
+        return MXFP8_WEIGHT_COPY_BYTES
+    if all_layouts and recipe in ("tensorwise", "delayed"):
+        return FP8_WEIGHT_COPY_BYTES_ALL_LAYOUTS
+    return FP8_WEIGHT_COPY_BYTES
+
+
+def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
+                    param_remainders: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
-    Narayanan et al. 2021 / Korthikanti et al. 2022); plain Adam keeps grads in the weight dtype and fp32 m, v;
-    SGD keeps no state. fp8 adds the cached fp8 weight copies (FP8_WEIGHT_COPY_BYTES); fp32 training needs no master.
+    Narayanan et al. 2021 / Korthikanti et al. 2022); with `fp32_grads` off the main-gradient buffer is in the
+    parameter dtype (Megatron-Core DDP: grad buffer dtype = fp32 only if grad_reduce_in_fp32): 2 + 2 + 12. Plain
+    Adam keeps grads in the weight dtype and fp32 m, v; SGD keeps no state. fp8 adds the cached fp8 weight copies
+    (`fp8_copy_bytes`, see fp8_weight_copy_bytes); fp32 training needs no master. `param_remainders`: the stack's
+    distributed optimizer (ZeRO 1/2) keeps only the master weights' 16 low bits (2 B) beside the bf16 weights
+    (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state.
     """
     fp32 = L.precision == PREC_FP32
-    copy = FP8_WEIGHT_COPY_BYTES if fp8_weight_copy else 0.0
-    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + copy, 2.0))
-    grads = np.where(fp32 | (L.optimizer == OPT_ADAM_MASTER), 4.0, 2.0)
+    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + fp8_copy_bytes, 2.0))
+    grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
+    if param_remainders:
+        remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2))
+        opt = np.where(remainder, PARAM_REMAINDER_BYTES + 8.0, opt)
     return weights, grads, opt
 
 
@@ -111,9 +141,9 @@ class StateBytes:
 
 
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
-                fp8_weight_copy: bool = True) -> StateBytes:
+                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
-    wb, gb, ob = bytes_per_param(L, fp8_weight_copy)
+    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders)
     dense_shard = L.dp_shard * L.cp
     expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
     p_dense, p_exp = params.dense, params.expert
@@ -156,12 +186,31 @@ def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     return attn + rs + mlp
 
 
+def glu_saved_widths(shapes: ModelShapes, fused_glu: bool) -> float:
+    """FFN-wide tensors the activation keeps for backward: a fused (bias-)SwiGLU/GeGLU saves only its input, the
+    gate and up halves (Megatron-Core fusions/fused_bias_swiglu.py SwiGLUFunction: save_for_backward(input));
+    unfused, autograd keeps gate, up and act(gate) (silu saves its input, the product both factors); 1 ungated."""
+    if not shapes.gated:
+        return 1.0
+    return 2.0 if fused_glu else 3.0
+
+
+def selective_module(L: LayoutArrays, mode: np.ndarray, name: str) -> np.ndarray:
+    """Per candidate: does selective recompute (`mode`) recompute Megatron-Core module `name`? An empty module list
+    means Megatron's default, core_attn (TransformerConfig.recompute_modules default ["core_attn"])."""
+    bit = (L.recompute_modules.astype(np.int64) >> RECOMPUTE_MODULES.index(name)) & 1
+    on = (bit > 0) | ((L.recompute_modules == 0) & (name == "core_attn"))
+    return (mode == RECOMPUTE_SELECTIVE) & on
+
+
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
-                           selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
+                           selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
+                           fused_glu: bool = True) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
-    selective keeps follows the stack (`selective`): Megatron's core_attn checkpoint or torchtitan's op-level SAC.
+    selective keeps follows the stack (`selective`): Megatron's recompute modules (L.recompute_modules; default
+    core_attn) or torchtitan's op-level SAC. `fused_glu`: the stack fuses the gated activation (glu_saved_widths).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -174,15 +223,24 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # attention core keeps in bf16.
     lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
+    module = lambda name: selective_module(L, mode, name)  # noqa: E731
     # Two norm inputs and dropout masks on sequence shards under SP; the qkv and MLP inputs too (Megatron keeps the
     # shard and re-gathers in backward), or whole when the stack's SP saves the gathered input (`sp_gathered`).
     lin_div = 1.0 if sp_gathered else spd
-    outside = tokens * h * (2 * act + 2 * drop) / spd + tokens * h * 2 * lin_in / lin_div
+    norm_inputs = tokens * h * (2 * act + 2 * drop) / spd
+    # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
+    # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
+    attn_norm_out = tokens * h * lin_in / lin_div
+    if shapes.mla_latent:
+        attn_norm_out = np.where(module("layernorm"), 0.0, attn_norm_out)
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
     if shapes.mla_latent:
         # MLA trains on per-head tensors: q (heads x (nope + rope)), k expanded per head (same width), v (heads x
         # v_head), plus the low-rank intermediates (DeepSeek-V2 Sec. 2.1; Megatron-Core MLA), not the cached latent.
-        qkv = act * tokens * ((2 * shapes.q_dim + shapes.v_dim) / t + shapes.mla_latent)
+        # "mla_up_proj" recompute discards the up-projections' per-head outputs after the core attention and
+        # recomputes them from the kept latents (Megatron-Core MLA qkv_up_checkpoint).
+        per_head = act * tokens * (2 * shapes.q_dim + shapes.v_dim) / t
+        qkv = np.where(module("mla_up_proj"), 0.0, per_head) + act * tokens * shapes.mla_latent
     attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
@@ -190,17 +248,35 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # Selective (Megatron core_attn checkpoint) keeps the core's inputs q, k, v (kept above) and recomputes the rest:
     # unfused, the s^2 softmax/dropout tensors (Korthikanti 2022); with flash only its log-sum-exp (the output is
     # kept by the out-projection anyway).
-    scores = np.where(mode >= RECOMPUTE_SELECTIVE, 0.0, scores)
+    scores = np.where(module("core_attn"), 0.0, scores)
+    glu = glu_saved_widths(shapes, fused_glu)
     if moe:
+        # The pre-MLP norm is its own module here (the router and the dispatcher read it): the router keeps its
+        # output in bf16 for its weight gradient, unless "layernorm" recompute discards it.
+        mlp_norm_out = np.where(module("layernorm"), 0.0, act * tokens * h / lin_div)
         routed = tokens * shapes.top_k / spd  # tokens this rank's experts receive when load is balanced
-        mlp = (4.0 * tokens * shapes.n_experts / spd + act * routed * h * 2
-               + ((3 if shapes.gated else 1) * act + lin_in) * routed * shapes.expert_ffn / L.etp)
+        # Router probabilities (fp32 per expert); per routed token the grouped fc1 keeps its input (fp8 under fp8),
+        # the activation its input, fc2 its input. The router probabilities are applied inside the activation
+        # (Megatron-Core TEGroupedMLP weighted_bias_swiglu_impl), so the unpermute keeps no copy of the expert output.
+        # "moe_act" recompute discards the activation's output, fc2's input (TEGroupedMLP activation_checkpoint;
+        # under fp8 fc2 saves that original input, set_save_original_input).
+        fc2_in = np.where(module("moe_act"), 0.0, lin_in)
+        mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * h
+               + (glu * act + fc2_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
-            mlp = mlp + ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.shared_ffn / t
+            shared = (glu * act + lin_in) * tokens * shapes.shared_ffn / t
+            mlp = mlp + np.where(module("shared_experts"), 0.0, shared)
+        # "moe" recompute checkpoints the whole MoE block from the norm output (kept as the checkpoint's input).
+        mlp = np.where(module("moe"), 0.0, mlp)
+        mlp_norm_out = np.where(module("moe"), act * tokens * h / lin_div, mlp_norm_out)
     else:
-        # gate, up, act(gate), product (the fc2 input: fp8 under fp8)
-        mlp = ((3 if shapes.gated else 1) * act + lin_in) * tokens * shapes.ffn / t
-    stored = outside + qkv + attn_out + scores + mlp
+        mlp_norm_out = tokens * h * lin_in / lin_div
+        # the activation's saved input(s) and the fc2 input (fp8 under fp8)
+        mlp = (glu * act + lin_in) * tokens * shapes.ffn / t
+        # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
+        mlp = np.where(module("mlp"), 0.0, mlp)
+        mlp_norm_out = np.where(module("mlp"), 0.0, mlp_norm_out)
+    stored = norm_inputs + attn_norm_out + mlp_norm_out + qkv + attn_out + scores + mlp
     if selective == SELECTIVE_OP_SAC:
         stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe), stored)
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
@@ -224,36 +300,49 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 
 
 def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
-                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False) -> np.ndarray:
+                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
+                            fused_glu: bool = True) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
-    working set of the layer being recomputed under full recompute."""
+    working set of the layer being recomputed under full recompute, less the layers offloaded to host memory."""
     full_layers = np.where(L.recompute == RECOMPUTE_FULL,
                            np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
-    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered)
-                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered)
+    per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
+                                                               fused_glu)
+                      + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
+                                                            fused_glu)
                          if moe_share else 0.0))
     per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
-    per_micro = full_layers * per_layer_full + (layers - full_layers) * per_layer_kept
+    # Activation offloading (Megatron-Core cpu_offloading_num_layers through TE's CPU offload context, pp = 1): those
+    # layers' saved tensors move to host memory after their forward and return before their backward; the layer
+    # being copied out or back in stays on the GPU, one layer's set.
+    offloaded = np.minimum(L.offload_layers, layers - full_layers)
+    staged = np.where(offloaded > 0, 1.0, 0.0)
+    per_micro = full_layers * per_layer_full + (layers - full_layers - offloaded + staged) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
     # While a fully recomputed layer runs backward, its whole activation set is live once more.
     return held + np.where(full_layers > 0, per_layer_kept, 0.0)
 
 
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
-                          head: np.ndarray | bool, sp_gathered: bool = False) -> np.ndarray:
+                          head: np.ndarray | bool, sp_gathered: bool = False, fused_ce: bool = False) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
-    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak)."""
+    the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
+    `fused_ce`: the stack's fused cross-entropy keeps the logits in their own dtype."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
     # fp32 training has no upcast: 4 bytes per logit.
-    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * np.where(fp32, 4.0, 6.0) * tokens
-              * shapes.vocab / L.tp)
+    # Fused (Transformer Engine's Triton cross-entropy, Megatron cross_entropy_fusion_impl "te", as Megatron-Bridge
+    # recipes set it): the forward keeps the bf16 logits and 3 fp32 per token (max, sum, target logit); the backward
+    # writes the gradient into the logits in place (TE pytorch/triton/cross_entropy.py): 2 B per logit.
+    per_logit = np.where(fp32, 4.0, 2.0 if fused_ce else 6.0)
+    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
+              + np.where(fused_ce, 12.0 * tokens, 0.0))
     head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
         if sp_gathered else 0.0
     return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
@@ -280,9 +369,13 @@ class MemoryBreakdown:
 
 
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
-                     fp8_weight_copy: bool = True, sp_gathered: bool = False) -> MemoryBreakdown:
+                     fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
+                     fused_glu: bool = True, fused_ce: bool = True,
+                     param_remainders: bool = True) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
-    (selective_recompute, fp8_weight_copy, sp_saves_gathered_inputs); defaults are Megatron-Core's."""
+    (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
+    sp_saves_gathered_inputs, swiglu and cross_entropy in fused_kernels, optimizer_param_remainders); defaults are
+    Megatron-Core's on Hopper."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     rows = []
@@ -290,9 +383,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers, fp8_weight_copy)
-        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered)
-                + ends_activation_bytes(shapes, L, embed, head, sp_gathered))
+        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu)
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, fused_ce))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))

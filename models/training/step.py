@@ -34,6 +34,7 @@ from clusterplan.models.training.collectives import (
 from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
 from clusterplan.models.training.moe_layer import mtp_projection_s
+from clusterplan.models.training.topology import Axis, axis_groups
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -48,6 +49,15 @@ POSITIONS = ("first", "middle", "last")
 class Group:
     size: np.ndarray
     stride: np.ndarray
+    axis: Axis
+    """Which axis's link the group's scale-out traffic runs on (HardwareRates.axis_bw_out)."""
+
+    @classmethod
+    def of(cls, L: LayoutArrays, axis: Axis) -> Group:
+        """The axis's groups as models/training/topology.py axis_groups defines them (and places them on nodes)."""
+        size, stride = axis_groups(L)[axis]
+        return cls(np.asarray(size, dtype=float), np.broadcast_to(np.asarray(stride, dtype=float), np.shape(L.tp)),
+                   axis)
 
 
 def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) -> np.ndarray:
@@ -58,7 +68,7 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     """
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     inside = n_out <= 1
-    r = hw.link(kind)
+    r = hw.link(kind, g.axis)
     bw = np.where(inside, r.bw_in, np.minimum(r.bw_in, n_in * r.bw_out))
     lat = np.where(inside, r.lat_in, r.lat_out)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
@@ -66,9 +76,9 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
 
 
-def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> np.ndarray:
-    """One send/recv between two ranks, across nodes when the pair spans domains (n_out > 1)."""
-    r = hw.link("send_recv")
+def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis) -> np.ndarray:
+    """One send/recv between two ranks of `axis`, across nodes when the pair spans domains (n_out > 1)."""
+    r = hw.link("send_recv", axis)
     return comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), np.where(n_out > 1, r.lat_out, r.lat_in))
 
 
@@ -95,10 +105,11 @@ class StepTime:
     hardware_flops: np.ndarray
 
 
-def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
-    """(latency, transfer) seconds of one send/recv: the latency is the wait before the receiver can use the data,
-    the transfer the part that can run under compute."""
-    r = hw.link("send_recv")
+def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(latency, transfer) seconds of one send/recv over `axis`: the latency is the wait before the receiver can use
+    the data, the transfer the part that can run under compute."""
+    r = hw.link("send_recv", axis)
     lat = np.where(n_out > 1, r.lat_out, r.lat_in)
     return lat, comm.p2p_s(size_bytes, np.where(n_out > 1, r.bw_out, r.bw_in), lat) - lat
 
@@ -112,7 +123,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
-    total = _priced(tp_collectives(shapes, L), Group(L.tp, np.ones_like(L.tp)), hw)
+    total = _priced(tp_collectives(shapes, L), Group.of(L, Axis.TP), hw)
     share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
@@ -129,8 +140,8 @@ def ring_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, n_out: np.ndarray, core_forw
     """
     steps = np.maximum(cp - 1.0, 0.0)
     o = hw.comm_overlap
-    lat_f, xfer_f = _p2p_parts(kv_bytes, n_out, hw)
-    lat_b, xfer_b = _p2p_parts(2.0 * kv_bytes, n_out, hw)
+    lat_f, xfer_f = _p2p_parts(kv_bytes, n_out, hw, Axis.CP)
+    lat_b, xfer_b = _p2p_parts(2.0 * kv_bytes, n_out, hw, Axis.CP)
     block_f = core_forward_s / cp
     block_b = hw.attn_bwd_over_fwd * core_forward_s / cp
     forward = steps * (lat_f + comm.exposed_s(xfer_f, block_f, o))
@@ -172,8 +183,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     act = activation_bytes(L)
     full = np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
     tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s)
-    cp_group = Group(L.cp, L.tp)
-    _, n_out = comm.split_group(L.cp, L.tp, hw.domain)
+    cp_group = Group.of(L, Axis.CP)
+    _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
     cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
                    [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather_cp_s(shapes, L, cp_group, hw)], ring)
@@ -181,7 +192,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     ep = np.zeros_like(tp)
     if moe:
         # tokens x top_k x h per all-to-all, each rank sending its 1/tp share (collectives.py ep_collectives).
-        ep = _priced((ep_collectives(shapes, L),), Group(L.ep, np.ones_like(L.ep)), hw)
+        ep = _priced((ep_collectives(shapes, L),), Group.of(L, Axis.EP), hw)
     return tp, cp, ep
 
 
@@ -242,7 +253,7 @@ def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
     """(embedding, head) TP traffic per micro-batch: the vocabulary-parallel embedding all-reduces its output; the
     LM head all-reduces its input's gradient and the cross-entropy 3 floats per token (Megatron-LM)."""
     tokens = L.seq * L.mbs / L.cp
-    tp_group = Group(L.tp, np.ones_like(L.tp))
+    tp_group = Group.of(L, Axis.TP)
     embed = _collective("all_reduce", activation_bytes(L) * tokens * shapes.hidden, tp_group, hw)
     return embed, embed + 3 * _collective("all_reduce", 4.0 * tokens, tp_group, hw)
 
@@ -272,9 +283,10 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     slow_head = np.where(single | (slowest == POSITIONS.index("last")), head, 0.0)
     slow_ends_tp = np.choose(slowest, [first_tp, np.zeros_like(first_tp), head_tp])
     # Pipeline p2p: activations b*s*h (scatter-gather over tp, Narayanan 2021 section 4.1) per chunk boundary.
-    pp_group_inner = L.dp * L.cp * L.tp
-    n_in, n_out = comm.split_group(2.0, pp_group_inner, hw.domain)
-    p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw)
+    pp_group = Group.of(L, Axis.PP)
+    # The chain of pp stages: when it spans scale-up domains, its hops across them pace the pipeline.
+    n_in, n_out = comm.split_group(pp_group.size, pp_group.stride, hw.domain)
+    p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw, Axis.PP)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
@@ -339,12 +351,12 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     """
     _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
-    shard = Group(L.dp_shard * L.cp, L.tp)
-    replicate = Group(L.dp_replicate, L.tp * L.cp * L.dp_shard)
+    shard = Group.of(L, Axis.DP_SHARD)
+    replicate = Group.of(L, Axis.DP_REPLICATE)
     compute_wb = activation_bytes(L)
     dense_grad = params.dense * gb
     expert_grad = params.expert * gb
-    edp = Group(np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp)), L.ep * L.etp)
+    edp = Group.of(L, Axis.EDP)
     rs = _collective("reduce_scatter", dense_grad, shard, hw) + _collective("reduce_scatter", expert_grad, edp, hw)
     ag = (_collective("all_gather", params.dense * compute_wb, shard, hw)
           + _collective("all_gather", params.expert * compute_wb, edp, hw))

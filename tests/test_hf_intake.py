@@ -1,0 +1,288 @@
+"""Model intake for the model types users bring (issue 14 item 5): Llama 4 (language model of the multimodal
+release), Gemma 2, Gemma 3, Phi-3 / Phi-4, OLMo 2, DeepSeek-V2, DeepSeek-V3's MTP module, and windowed attention
+(Mistral / Phi-3 sliding window, Gemma's sliding:global pattern, Qwen2's use_sliding_window, Llama 4's chunks).
+
+The fixtures under tests/fixtures/hf/ are the published config.json files (each names its source in `_source`).
+Every parameter count equals transformers' own: the model built from the same config on the meta device (no
+memory), all parameters summed; for the multimodal Llama 4 / Gemma 3 the text-only CausalLM class of the
+text_config. Hand derivations pin the terms the new model types add (four norms, full-width q/k norms, shared
+expert, MTP module) and the window arithmetic of the attention FLOPs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clusterplan.errors import UnsupportedModelError
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.hf import spec_from_hf
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import causal_share, model_flops_per_step
+from clusterplan.models.training.layout import Layout
+
+HF = Path(__file__).parent / "fixtures" / "hf"
+NEW_TYPES = ("llama4-scout-17b-16e", "gemma-2-2b-it", "gemma-3-12b-it", "phi-3-mini-4k-instruct", "phi-4",
+             "olmo-2-1124-7b", "deepseek-v2-lite", "mistral-7b")
+EARLIER_TYPES = ("gpt-oss-120b", "deepseek-v3", "llama3.1-8b", "qwen2.5-7b", "qwen3-32b", "qwen3-30b-a3b",
+                 "qwen1.5-moe-a2.7b", "mixtral-8x7b")
+
+
+def _raw(name: str) -> dict:
+    raw = json.loads((HF / name / "config.json").read_text())
+    raw.pop("_source", None)
+    return raw
+
+
+def _transformers_count(raw: dict) -> int:
+    """Parameters of transformers' own model for this config, built on the meta device."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    text = {"llama4": ("Llama4TextConfig", "Llama4ForCausalLM"), "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
+    if raw["model_type"] in text:  # the language model of a multimodal release: its text-only CausalLM
+        config_cls, build = (getattr(transformers, n) for n in text[raw["model_type"]])
+        config = config_cls(**raw["text_config"])
+    else:
+        config, build = transformers.AutoConfig.for_model(**raw), transformers.AutoModelForCausalLM.from_config
+    with torch.device("meta"):
+        model = build(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NEW_TYPES + EARLIER_TYPES)
+def test_parameter_count_equals_transformers_on_meta_device(name):
+    spec = load_model(str(HF / name))
+    assert spec.total_params() == _transformers_count(_raw(name))
+
+
+def test_gemma2_four_norms_and_tied_embedding_by_hand():
+    # google/gemma-2-2b-it: h 2304, 8 heads x 256, 4 KV heads, ffn 9216, 26 layers, vocab 256000, tied by default.
+    # attention 2304 x (2048 + 1024 + 1024) + 2048 x 2304 = 14,155,776; gated MLP 3 x 2304 x 9216 = 63,700,992;
+    # four RMSNorms 4 x 2304 = 9,216 -> 77,865,984 per layer; x 26 = 2,024,515,584; + table 589,824,000 + final
+    # norm 2,304 = 2,614,341,888 (the hub's "2.61B").
+    m = load_model(str(HF / "gemma-2-2b-it"))
+    assert (m.norms_per_layer, m.tied_embeddings, m.dim_head) == (4, True, 256)
+    assert m.layer_params(0) == 77_865_984
+    assert m.total_params() == 2_614_341_888
+    # Layers alternate sliding (4096) and full attention: 0, 2, 4, ... slide (Gemma2Config.layer_types).
+    assert [m.is_sliding_layer(i) for i in range(4)] == [True, False, True, False]
+
+
+def test_gemma3_pattern_qk_norms_and_text_only_note():
+    m = load_model(str(HF / "gemma-3-12b-it"))
+    # 5 local : 1 global (sliding_window_pattern 6): layers 5, 11, ..., 47 are global, the other 40 slide over 1024.
+    assert [i for i in range(48) if not m.is_sliding_layer(i)] == list(range(5, 48, 6))
+    assert (m.sliding_window, m.family, m.qk_norm, m.qk_norm_full_width) == (1024, "gemma3", True, False)
+    # Per-head q/k norms add 2 x head_dim = 512 per layer: 3840 x (4096 + 2048 + 2048) + 4096 x 3840 + 512.
+    assert m.attention_params() == 3840 * 8192 + 4096 * 3840 + 512
+    assert "vision_config (tower and projector) not counted" in m.source
+
+
+def test_gemma3_config_that_leaves_out_the_defaults():
+    # The hub's gemma-3 text_config lists only the sizes; Gemma3TextConfig supplies head_dim 256, vocab 262208,
+    # 131072 positions and tied embeddings. A text-only gemma3_text config reads the same.
+    full = _raw("gemma-3-12b-it")
+    keep = ("hidden_size", "intermediate_size", "model_type", "num_attention_heads", "num_hidden_layers",
+            "num_key_value_heads", "sliding_window", "rope_scaling")
+    minimal = {**full, "text_config": {k: v for k, v in full["text_config"].items() if k in keep}}
+    assert spec_from_hf(minimal, name="g").total_params() == load_model(str(HF / "gemma-3-12b-it")).total_params()
+    assert spec_from_hf(full["text_config"], name="g").total_params() == _transformers_count(full)
+
+
+def test_olmo2_full_width_qk_norms_by_hand():
+    # allenai/OLMo-2-1124-7B: q_norm = RMSNorm(32 x 128), k_norm = RMSNorm(32 x 128): 8,192 per layer, not 2 x 128.
+    m = load_model(str(HF / "olmo-2-1124-7b"))
+    assert m.attention_params() == 4 * 4096 * 4096 + 8192
+    assert m.total_params() == 7_298_617_344
+
+
+def test_phi3_fused_projections_count_as_separate():
+    # Phi-3-mini: qkv_proj 3072 -> 3 x 3072 and gate_up_proj 3072 -> 2 x 8192 hold the same weights as separate
+    # q/k/v and gate/up: 3,821,079,552 (the model card's 3.8B). Every layer slides over 2047 keys.
+    m = load_model(str(HF / "phi-3-mini-4k-instruct"))
+    assert m.total_params() == 3_821_079_552
+    assert m.sliding_window == 2047 and all(m.is_sliding_layer(i) for i in range(m.n_layers))
+    assert load_model(str(HF / "phi-4")).sliding_window is None  # phi-4: sliding_window null
+
+
+def test_llama4_scout_shared_expert_by_hand():
+    # Scout text model: 48 layers, all MoE (interleave_moe_layer_step 1); attention 5120 x (5120 + 1024 + 1024)
+    # + 5120 x 5120 = 62,914,560; router 5120 x 16 = 81,920; 16 experts x 3 x 5120 x 8192 = 2,013,265,920; shared
+    # expert 125,829,120; two norms 10,240 -> 2,202,101,760 per layer. x 48 + untied table and head 2 x 202048 x
+    # 5120 + final norm = 107,769,861,120. Active: one routed + the shared expert: 314,664,960 per layer ->
+    # 17,172,894,720 ("17B active").
+    m = load_model(str(HF / "llama4-scout-17b-16e"))
+    assert m.layer_params(0) == 2_202_101_760
+    assert m.total_params() == 107_769_861_120
+    assert m.active_params() == 17_172_894_720
+    # RoPE layers attend in chunks of 8192; every 4th layer (NoPE) attends globally.
+    assert (m.local_attention, m.sliding_window) == ("chunked", 8192)
+    assert [i for i in range(48) if not m.is_sliding_layer(i)] == list(range(3, 48, 4))
+
+
+def test_llama4_interleaved_moe_and_listed_no_rope_layers():
+    # Maverick-style interleave_moe_layer_step 2: MoE layers 1, 3, 5, ... (Llama4TextConfig.moe_layers); the dense
+    # ones use intermediate_size_mlp.
+    raw = _raw("llama4-scout-17b-16e")
+    text = {**raw["text_config"], "num_hidden_layers": 4, "interleave_moe_layer_step": 2,
+            "no_rope_layers": [1, 1, 1, 0]}
+    m = spec_from_hf({**raw, "text_config": text}, name="m")
+    assert [m.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert m.ffn_hidden == 16384 and m.expert_ffn_hidden == 8192
+    assert m.total_params() == _transformers_count({**raw, "text_config": text})
+    # Without a chunk size every layer attends globally.
+    plain = spec_from_hf({**raw, "text_config": {**text, "attention_chunk_size": None}}, name="m")
+    assert plain.sliding_window is None
+
+
+def test_deepseek_v2_lite_mla_without_q_lora():
+    # q_lora_rank null -> a plain q_proj 2048 x 16 x 192; first_k_dense_replace 1 -> 26 MoE layers with 2 shared
+    # experts of 1408. DeepSeek-V2 paper App. B: 15.7B total, 2.4B activated (without the input table).
+    m = load_model(str(HF / "deepseek-v2-lite"))
+    assert (m.q_lora_rank, m.n_moe_layers, m.shared_ffn) == (0, 26, 2816)
+    assert m.attention_params() == (2048 * 16 * 192 + 2048 * (512 + 64) + 512 + 512 * 16 * (128 + 128)
+                                    + 16 * 128 * 2048)
+    assert round(m.total_params() / 1e9, 1) == 15.7
+    assert round(m.active_params_excluding_input_embedding() / 1e9, 1) == 2.5  # 2.45B, the paper rounds to 2.4
+
+
+def test_deepseek_v3_mtp_module_counted_apart():
+    # One MTP module (num_nextn_predict_layers 1): a MoE block like layers 3..60, M = 2h x h, three RMSNorms; the
+    # embedding and head are shared, so total_params (transformers builds no MTP) stays 671,026,404,352.
+    m = load_model(str(HF / "deepseek-v3"))
+    assert m.mtp_layers == 1 and m.total_params() == 671_026_404_352
+    moe_layer = m.layer_params(m.n_layers - 1)
+    assert m.mtp_params() == moe_layer + 2 * 7168 * 7168 + 3 * 7168 == 11_610_067_968
+    # The hub checkpoint stores the module with its own copies of the table and head: 671B + 14B = 685B ("the total
+    # size of DeepSeek-V3 models on Hugging Face is 685B, 671B main model + 14B MTP module").
+    stored = m.mtp_params() + 2 * m.vocab * m.hidden
+    assert round(stored / 1e9) == 13 and round((m.total_params() + stored) / 1e9) == 684
+
+
+def test_qwen2_use_sliding_window_from_max_window_layers():
+    # Qwen2Config: with use_sliding_window the layers from max_window_layers on slide; without it none do.
+    base = _raw("qwen2.5-7b")
+    assert spec_from_hf(base, name="q").sliding_window is None
+    on = spec_from_hf({**base, "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20}, name="q")
+    assert [i for i in range(28) if on.is_sliding_layer(i)] == list(range(20, 28))
+    assert on.full_attention_first_layers == 20
+
+
+def test_irregular_window_pattern_is_refused():
+    # Qwen2-MoE windows the even layers below max_window_layers: not a pattern ModelSpec describes.
+    raw = {**_raw("qwen1.5-moe-a2.7b"), "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 10}
+    with pytest.raises(UnsupportedModelError, match="windowed layers"):
+        spec_from_hf(raw, name="q")
+
+
+def test_earlier_models_serialise_as_before():
+    # The fields added here are left out of the JSON while they hold their defaults (byte-identical output for
+    # every earlier model); the new models carry them and load back from their own dump.
+    added = {"norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers"}
+    assert not added & set(load_model("llama3.1-8b").to_dict())
+    assert not added & set(load_model("gpt-oss-120b").to_dict())
+    for name in ("gemma-3-12b-it", "llama4-scout-17b-16e", "olmo-2-1124-7b"):
+        spec = load_model(str(HF / name))
+        assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+# ---- windowed attention: FLOPs -------------------------------------------------------------------------------
+
+def _core_flops(spec: ModelSpec, seq: int, gbs: int = 8) -> float:
+    L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=gbs, seq=seq, flash_attn=True)])
+    return float(model_flops_per_step(ModelShapes.of(spec), L)[0])
+
+
+def test_mistral_sliding_window_attention_flops_by_hand():
+    # Mistral 7B v0.1 at seq 8192, window 4096: a windowed layer computes 4096/8192 - 4096^2 / (2 x 8192^2) = 0.375
+    # of the score blocks instead of the causal 0.5. Model FLOPs per step lose 3 x 2 x tokens x seq x (q_dim + v_dim)
+    # x layers x 0.125 = 3 x 2 x (8 x 8192) x 8192 x 8192 x 32 x 0.125 = 3.377699720527872e15.
+    windowed = load_model("mistral-7b")
+    assert windowed.sliding_window == 4096
+    full = windowed.scaled(sliding_window=None)
+    assert float(causal_share(ModelShapes.of(windowed), np.array([8192.0]))[0]) == 0.375
+    assert _core_flops(full, 8192) - _core_flops(windowed, 8192) == pytest.approx(
+        3 * 2 * (8 * 8192) * 8192 * 8192 * 32 * 0.125, rel=1e-12)
+    # At seq <= window the window changes nothing.
+    assert _core_flops(full, 4096) == _core_flops(windowed, 4096)
+
+
+def test_gemma3_and_llama4_windows_by_hand():
+    # Gemma 3 12B at 8192: 40 layers slide over 1024 (1024/8192 - 1024^2 / (2 x 8192^2) = 0.1171875), 8 are causal.
+    gemma = ModelShapes.of(load_model(str(HF / "gemma-3-12b-it")))
+    assert float(causal_share(gemma, np.array([8192.0]))[0]) == pytest.approx((8 * 0.5 + 40 * 0.1171875) / 48)
+    # Llama 4 Scout at 20000 with chunks of 8192: two whole chunks and a 3616-token rest, (2 x 8192^2 + 3616^2) /
+    # (2 x 20000^2) in 36 chunked layers, 12 global.
+    scout = ModelShapes.of(load_model(str(HF / "llama4-scout-17b-16e")))
+    chunked = (2 * 8192**2 + 3616**2) / (2 * 20000**2)
+    assert float(causal_share(scout, np.array([20000.0]))[0]) == pytest.approx((12 * 0.5 + 36 * chunked) / 48)
+
+
+# ---- the CLI reads them -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NEW_TYPES)
+def test_models_show_and_estimate_read_the_config(run_cli, name):
+    code, out, err = run_cli("models", "show", str(HF / name / "config.json"), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["total_params"] == load_model(str(HF / name)).total_params()
+    code, out, err = run_cli("estimate", "--model", str(HF / name / "config.json"), "--cluster", "dgx-h100:2",
+                             "--layout", "tp=8,pp=2,gbs=16,seq=4096", "--format", "json")
+    assert code in (0, 1), err  # 1: infeasible layout, with its reasons; 2 would be a refused model
+    assert "step" in out
+
+
+# ---- windowed attention: the KV cache a served sequence holds -------------------------------------------------
+
+def test_windowed_layers_hold_only_their_window_of_kv():
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.serving.kv import kv_tokens_held, kv_window
+    from clusterplan.models.serving.model import ServingInstance, max_batch, serving_memory
+    from clusterplan.models.serving.sim import Engine
+
+    # Mistral 7B v0.1: every layer slides over 4096, so a 16384-token sequence keeps 4096 tokens of KV.
+    mistral = load_model("mistral-7b")
+    assert kv_window(mistral) == {"kv_window_tokens": 4096, "kv_windowed_share": 1.0}
+    assert float(kv_tokens_held(16384, **kv_window(mistral))) == 4096
+    # Gemma 3 12B at 32768: 8 of 48 layers keep everything, 40 keep 1024: 8/48 x 32768 + 40/48 x 1024 = 6314.67
+    # full-stack tokens; with vLLM's 16-token pages that reserves ceil(6314.67) = 6315 -> 395 pages = 6320 tokens.
+    gemma = load_model(str(HF / "gemma-3-12b-it"))
+    held = float(kv_tokens_held(32768, **kv_window(gemma)))
+    assert held == pytest.approx(8 / 48 * 32768 + 40 / 48 * 1024)
+    engine = Engine(kv_capacity_tokens=10**6, kv_block_tokens=16, **kv_window(gemma))
+    assert engine.kv_tokens(32768) == 6320
+    # A model without windows keeps every token, exactly as before (whole pages only).
+    assert kv_window(load_model("llama3.1-8b")) == {}
+    assert Engine(kv_capacity_tokens=10**6, kv_block_tokens=16).kv_tokens(1000) == 1008
+    # So a served Mistral fits 4x the 16k sequences the same cache would hold without its window.
+    inst = ServingInstance(model=mistral, gpu=get_gpu("H100-SXM5-80GB"), tp=1)
+    capacity = serving_memory(inst).kv_capacity_tokens
+    assert max_batch(inst, 16384) == capacity // 4096
+    assert max_batch(ServingInstance(model=mistral.scaled(sliding_window=None), gpu=get_gpu("H100-SXM5-80GB"), tp=1),
+                     16384) == capacity // 16384
+
+
+def test_decode_step_reads_only_the_window():
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.serving.model import ServingInstance, step_model
+
+    # Mistral 7B v0.1 (every layer windowed at 4096): decoding 4 sequences of 16384 context reads and attends to
+    # 4 x 4096 keys per layer, the same step as 4 sequences of 4096 without the window; below the window nothing
+    # changes. Gemma 3 at 32768: 8/48 of the layers read 32768, 40/48 read 1024 -> a 6314.67-token step.
+    h100 = get_gpu("H100-SXM5-80GB")
+    mistral = load_model("mistral-7b")
+    windowed = step_model(ServingInstance(model=mistral, gpu=h100, tp=1))
+    full = step_model(ServingInstance(model=mistral.scaled(sliding_window=None), gpu=h100, tp=1))
+    assert float(windowed.decode_s(4, 16384)) == pytest.approx(float(full.decode_s(4, 4096)), rel=1e-12)
+    assert float(windowed.decode_s(4, 2048)) == float(full.decode_s(4, 2048))
+    assert float(windowed.decode_s(4, 16384)) < float(full.decode_s(4, 16384))
+    gemma = load_model(str(HF / "gemma-3-12b-it"))
+    g_win = step_model(ServingInstance(model=gemma, gpu=h100, tp=1))
+    g_full = step_model(ServingInstance(model=gemma.scaled(sliding_window=None, full_attention_every=0), gpu=h100,
+                                        tp=1))
+    assert float(g_win.decode_s(1, 32768)) == pytest.approx(float(g_full.decode_s(1, 8 / 48 * 32768 + 40 / 48 * 1024)),
+                                                            rel=1e-12)
