@@ -1,8 +1,9 @@
 """Nearest feasible option (issue 14 item 6): when nothing fits, the smallest change that fits, priced by the model.
 
-Worked examples: Llama 3.1 405B on 12 DGX H100 at gbs 1024, seq 8192 with 2 GiB headroom (the closest layout peaks
-at 79.331 GiB of 79.6: the headroom is the real cause), and Llama 3.1 70B at tp4 pp2 mbs2 without recompute on
-8 nodes (169.5 GiB: activations 101.5 GiB on the first stage).
+Worked examples: Llama 3.1 405B on 11 DGX H100 at gbs 1024, seq 8192 with 4 GiB headroom (the closest layout peaks
+at 76.965 GiB of 79.6: the headroom is the real cause), and Llama 3.1 70B at tp4 pp2 mbs2 without recompute on
+8 nodes (149.1 GiB: activations 84.0 GiB on the first stage). The pinned peaks move with the memory model; the
+relations derived by hand below (limit, over, the headroom left) do not.
 """
 
 from __future__ import annotations
@@ -22,35 +23,36 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.solver.feasible import Change, FeasibleOption, NothingFits, nearest_layout, node_ladder
 from clusterplan.solver.search import search
 
-GBS, SEQ = 1024, 8192
+GBS, SEQ, NODES, HEADROOM_GIB = 1024, 8192, 11, 4.0
 
 
 @pytest.fixture(scope="module")
 def nothing_fits_405b() -> NothingFits:
     with pytest.raises(NothingFits) as info:
-        search(load_model("llama3.1-405b"), load_cluster("dgx-h100:12"), GBS, SEQ, headroom_gib=2.0)
+        search(load_model("llama3.1-405b"), load_cluster(f"dgx-h100:{NODES}"), GBS, SEQ, headroom_gib=HEADROOM_GIB)
     return info.value
 
 
-def test_405b_on_12_nodes_names_the_headroom_as_the_cause(nothing_fits_405b):
+def test_405b_on_11_nodes_names_the_headroom_as_the_cause(nothing_fits_405b):
     cause = nothing_fits_405b.nearest.cause
-    assert cause.layout.short() == "tp8 pp12 dp1 mbs1 z0 ful+sp"
-    # By hand: the limit is 79.6 - 2 = 77.6 GiB; the closest layout's 79.331 GiB is 1.731 over it and 0.269 under
+    assert cause.layout.short() == "tp8 pp11 dp1 mbs1 z1 ful+sp"
+    assert cause.peak_gib == pytest.approx(76.965, abs=1e-3)
+    # By hand: the limit is 79.6 - 4 = 75.6 GiB; the closest layout's 76.965 GiB is 1.365 over it and 2.635 under
     # the GPU's capacity, so the headroom (not the GPU) is what fails.
-    assert cause.limit_gib == pytest.approx(77.6)
-    assert cause.over_gib == pytest.approx(79.331 - 77.6, abs=1e-3)
+    assert cause.limit_gib == pytest.approx(75.6)
+    assert cause.over_gib == pytest.approx(76.965 - 75.6, abs=1e-3)
     assert cause.largest_term == "optimizer" and cause.stage == "middle"
-    assert "the 2 GiB headroom is what fails" in cause.describe()
+    assert "the 4 GiB headroom is what fails" in cause.describe()
 
 
 def test_405b_headroom_option_is_what_the_closest_layout_leaves(nothing_fits_405b):
     best = nothing_fits_405b.nearest.options[0]
-    # One knob, no GPU added: ranked first. floor((79.6 - 79.331) / 0.1) * 0.1 = 0.2 GiB.
-    assert best.changes == (Change("headroom_gib", 2.0, 0.2),) and best.gpus_added == 0
-    model, cluster = load_model("llama3.1-405b"), load_cluster("dgx-h100:12")
-    with pytest.raises(InfeasibleError):  # 0.269 GiB free: 0.3 would not fit, so the value is rounded down
-        search(model, cluster, GBS, SEQ, headroom_gib=0.3, suggest=False)
-    rerun = search(model, cluster, GBS, SEQ, headroom_gib=0.2, top=1).plans[0].to_json()
+    # One knob, no GPU added: ranked first. floor((79.6 - 76.965) / 0.1) * 0.1 = 2.6 GiB.
+    assert best.changes == (Change("headroom_gib", 4.0, 2.6),) and best.gpus_added == 0
+    model, cluster = load_model("llama3.1-405b"), load_cluster(f"dgx-h100:{NODES}")
+    with pytest.raises(InfeasibleError):  # 2.635 GiB free: 2.7 would not fit, so the value is rounded down
+        search(model, cluster, GBS, SEQ, headroom_gib=2.7, suggest=False)
+    rerun = search(model, cluster, GBS, SEQ, headroom_gib=2.6, top=1).plans[0].to_json()
     assert best.step_time_s == rerun["step_time_s"] and best.peak_gib == rerun["memory"]["peak_gib"]
     assert best.tokens_per_s == rerun["tokens_per_s"]
 
@@ -59,20 +61,20 @@ def test_405b_node_option_is_the_nearest_count_that_fits(nothing_fits_405b):
     nodes = [o for o in nothing_fits_405b.nearest.options if o.changes[0].knob == "nodes"]
     assert len(nodes) == 1
     option = nodes[0]
-    # 13 nodes fit at the same 2 GiB headroom (the old hint doubled to 24): 8 GPUs added, ranked after the
+    # 12 nodes fit at the same 4 GiB headroom (the old hint doubled to 22): 8 GPUs added, ranked after the
     # headroom change that adds none.
-    assert option.changes == (Change("nodes", 12, 13, 1),) and option.gpus_added == 8
+    assert option.changes == (Change("nodes", 11, 12, 1),) and option.gpus_added == 8
     assert nothing_fits_405b.nearest.options.index(option) == 1
-    rerun = search(load_model("llama3.1-405b"), load_cluster("dgx-h100:13"), GBS, SEQ, headroom_gib=2.0,
+    rerun = search(load_model("llama3.1-405b"), load_cluster("dgx-h100:12"), GBS, SEQ, headroom_gib=HEADROOM_GIB,
                    top=1).plans[0].to_json()
     assert option.step_time_s == rerun["step_time_s"] and option.peak_gib == rerun["memory"]["peak_gib"]
-    assert option.peak_gib <= 79.6 - 2.0
+    assert option.peak_gib <= 79.6 - HEADROOM_GIB
 
 
 def test_nearest_plan_line_and_counts(nothing_fits_405b):
     text = str(nothing_fits_405b)
-    assert text.startswith("no layout of llama3.1-405b fits 12 x dgx-h100")
-    assert "nearest that fits: headroom 2 -> 0.2 GiB" in text and "\n" not in text
+    assert text.startswith("no layout of llama3.1-405b fits 11 x dgx-h100")
+    assert "nearest that fits: headroom 4 -> 2.6 GiB" in text and "\n" not in text
     counts = nothing_fits_405b.counts
     assert counts["feasible"] == 0 and counts["candidates"] == sum(counts["rejected"].values())
 
@@ -89,11 +91,11 @@ def test_70b_estimate_names_the_term_and_by_how_much(oom_70b):
     *_, nearest = oom_70b
     cause = nearest.cause
     assert cause.stage == "first" and cause.largest_term == "activations"
-    assert cause.terms_gib["activations"] == pytest.approx(101.453, abs=1e-3)
-    # By hand: 169.506 GiB peak against 79.6 GiB with no headroom: 89.906 GiB over.
-    assert cause.over_gib == pytest.approx(169.506 - 79.6, abs=1e-3)
-    assert nearest.reason.startswith("peak 169.5 GiB on the first stage > 79.6 GiB, over by 89.9 GiB: "
-                                     "activations 101.5 GiB is the largest term")
+    assert cause.terms_gib["activations"] == pytest.approx(83.953, abs=1e-3)
+    # By hand: 149.077 GiB peak against 79.6 GiB with no headroom: 69.477 GiB over.
+    assert cause.over_gib == pytest.approx(149.077 - 79.6, abs=1e-3)
+    assert nearest.reason.startswith("peak 149.1 GiB on the first stage > 79.6 GiB, over by 69.5 GiB: "
+                                     "activations 84.0 GiB is the largest term")
 
 
 def test_70b_options_are_the_nearest_rungs_priced_by_estimate(oom_70b):
@@ -152,20 +154,21 @@ def test_node_ladder_is_nearest_first():
 
 
 def test_plan_cli_nothing_fits_json_and_exit_code(run_cli):
-    args = ("plan", "--model", "llama3.1-405b", "--cluster", "dgx-h100:12", "--gbs", str(GBS), "--seq", str(SEQ))
+    args = ("plan", "--model", "llama3.1-405b", "--cluster", f"dgx-h100:{NODES}", "--gbs", str(GBS), "--seq", str(SEQ),
+            "--headroom-gib", str(HEADROOM_GIB))
     code, out, err = run_cli(*args, "--format", "json")
-    assert code == 1 and err.count("\n") == 1 and "nearest that fits: headroom 2 -> 0.2 GiB" in err
+    assert code == 1 and err.count("\n") == 1 and "nearest that fits: headroom 4 -> 2.6 GiB" in err
     data = json.loads(out)
     assert data["plans"] == [] and data["feasible"] is False and data["search"]["feasible"] == 0
     near = data["nearest_feasible"]
-    assert near["cause"]["largest_term"] == "optimizer" and near["cause"]["over_gib"] == pytest.approx(1.731)
+    assert near["cause"]["largest_term"] == "optimizer" and near["cause"]["over_gib"] == pytest.approx(1.3648)
     first = near["options"][0]
-    assert first["changes"] == [{"knob": "headroom_gib", "from": 2.0, "to": 0.2, "steps": 1}]
+    assert first["changes"] == [{"knob": "headroom_gib", "from": 4.0, "to": 2.6, "steps": 1}]
     assert {"step_time_s", "tokens_per_s", "peak_gib", "layout", "gpus_added"} <= set(first)
-    assert near["options"][1]["changes"][0] == {"knob": "nodes", "from": 12, "to": 13, "steps": 1}
+    assert near["options"][1]["changes"][0] == {"knob": "nodes", "from": 11, "to": 12, "steps": 1}
     assert run_cli(*args, "--format", "json")[1] == out  # byte-identical
     code, text, _ = run_cli(*args)
-    assert code == 1 and "the 2 GiB headroom is what fails" in text and "13 nodes instead of 12" in text
+    assert code == 1 and "the 4 GiB headroom is what fails" in text and "12 nodes instead of 11" in text
 
 
 def test_estimate_cli_carries_the_nearest_option(run_cli):
