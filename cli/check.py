@@ -13,6 +13,7 @@ import click
 
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, stack_option
+from clusterplan.cli.render import render_stage_split
 from clusterplan.fileio import require_finite
 from clusterplan.solver.check import check_config
 
@@ -37,12 +38,18 @@ def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu:
                f"{result.cluster.world_size} GPUs")
     if est is not None:
         summary += f", peak {est['memory']['peak_gib']:.1f} GiB, MFU {est['mfu']:.3f}"
+    mixed = result.mixed
+    require_finite(mixed)
+    if mixed is not None:
+        summary += (f" of {len({st['gpu'] for st in mixed['stages']})} types, peak "
+                    + " / ".join(f"{st['peak_gib']:.1f}" for st in mixed["stages"])
+                    + f" GiB by stage, step {mixed['step_time_s']:.4g} s")
     if fmt == "json":
         console.json(result.to_json())
-    elif result.ok:
-        console.text(f"ok: {summary}")
     else:
-        console.text(f"FAIL: {summary}")
+        console.text(f"{'ok' if result.ok else 'FAIL'}: {summary}")
+        if mixed is not None:
+            render_stage_split(mixed)
         for rule in result.violations:
             console.text(f"  - {rule.message}\n    fix: {rule.fix}")
     if not result.ok:

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import click
 
-from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
+from clusterplan.cli.common import calibration_option
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, plot_option, quiet_option, stack_option, tokens_option
 from clusterplan.cli.plot import check_plot_path
-from clusterplan.cli.render import render_estimate, render_nearest, render_time_to_train
-from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.cli.render import render_estimate, render_nearest, render_stage_split, render_time_to_train
+from clusterplan.errors import BadInputError
+from clusterplan.fileio import require_finite
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.calibration import Calibration, load_calibration
+from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
+from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 
 
 @click.command()
-@model_option
-@cluster_option
-@click.option("--layout", "layout_text", required=True,
+@click.option("--model", "model_ref", default=None,
+              help="Preset name (`clusterplan models list`), config.json path, or model YAML (or the --plan file's).")
+@click.option("--cluster", "cluster_ref", default=None,
+              help="PRESET:NODES (e.g. dgx-h100:8) or a cluster YAML file (or the --plan file's).")
+@click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, optimizer, flash_attn, first_stage_layers, "
                    "last_stage_layers. dp defaults to world / (tp*pp*cp).")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="A plan file (`plan --out`) instead of --layout: its model, cluster and layout, and for a "
+                   "mixed-GPU plan its stages, priced stage by stage as `plan` printed them.")
 @calibration_option
 @click.option("--tokens", type=float, default=None, callback=tokens_option,
               help="Token budget: adds expected days and $ to train it, failures and checkpoints included.")
@@ -31,19 +44,32 @@ from clusterplan.solver.feasible import nearest_layout
 @format_option
 @plot_option
 @quiet_option
-def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_path: str | None,
-             tokens: float | None, stack_name: str | None, fmt: str, plot_path: str | None) -> None:
+def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | None, plan_path: str | None,
+             calibration_path: str | None, tokens: float | None, stack_name: str | None, fmt: str,
+             plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
+    or: clusterplan estimate --plan plan.yaml
     Exits 1 when the layout is infeasible (the reasons are printed; out of memory: the term that overflows and the
     nearest changes that fit, each priced), 2 on bad input.
     """
     check_plot_path(plot_path)
     console.set_format(fmt)
-    model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    if plan_path is not None and layout_text is not None:
+        raise BadInputError("give --plan PLAN.yaml or --layout, not both (the plan file holds its layout)")
+    if plan_path is None and None in (model_ref, cluster_ref, layout_text):
+        raise BadInputError("estimate needs --model, --cluster and --layout (e.g. --layout \"tp=8,pp=4\"), or --plan "
+                            "PLAN.yaml from `clusterplan plan --out`")
+    plan = read_plan(plan_path) if plan_path is not None else None
+    model = load_model(model_ref) if model_ref is not None else plan.model
+    cluster = load_cluster(cluster_ref) if cluster_ref is not None else plan.cluster
+    calibration = load_calibration(calibration_path)
     stack = get_stack(stack_name)
-    layout = Layout.parse(layout_text, world=cluster.world_size)
+    if plan is not None and plan.stages:
+        _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
+        return
+    layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size)
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
     result = est.to_json()
     nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced
@@ -66,4 +92,28 @@ def estimate(model_ref: str, cluster_ref: str, layout_text: str, calibration_pat
         plot_estimate(result, plot_path)
         console.info(f"wrote {plot_path}")
     if not result["feasible"]:
+        raise SystemExit(1)
+
+
+def _estimate_mixed(plan: PlanFile, model: ModelSpec, cluster: Cluster, calibration: Calibration | None, stack: ExecutionStack, fmt: str,
+                    tokens: float | None, plot_path: str | None) -> None:
+    """A mixed-GPU plan file: per-stage memory and step time on each stage's GPU type (solver/hetero.py)."""
+    if tokens is not None or plot_path:
+        raise BadInputError("--tokens and --plot take one GPU type; a mixed-GPU plan prints its stages only "
+                            "(drop --tokens/--plot)")
+    problems = mixed_problems(model, cluster, plan.layout)
+    if problems:
+        for rule in problems:
+            console.error(f"{rule.message} (fix: {rule.fix})")
+        raise SystemExit(1)
+    split = evaluate_stages(model, cluster, plan.layout, plan.stages, calibration, stack)
+    result = {"model": model.name, "cluster": cluster.describe(), "layout": plan.layout.to_dict(),
+              "feasible": split.fits, "mixed_gpu_types": split.to_json()}
+    require_finite(result)
+    if fmt == "json":
+        console.json(result)
+    else:
+        console.text(f"{model.name} on {cluster.describe()}: {plan.layout.short()}")
+        render_stage_split(result["mixed_gpu_types"])
+    if not split.fits:
         raise SystemExit(1)

@@ -35,7 +35,7 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     """
     plan = read_plan(plan_path)
     stack = get_stack(stack_name or STACK_OF_TARGET[target])
-    result = export_plan(target, plan.model, plan.cluster, plan.layout)
+    result = export_plan(target, plan.model, plan.cluster, plan.layout, plan.stages)
     if out_path:
         write_atomic(out_path, result.text)
         console.info(f"wrote {out_path}")

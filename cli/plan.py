@@ -10,7 +10,7 @@ from clusterplan.cli.common import calibration_option, cluster_option, load_inpu
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option, stack_option
 from clusterplan.cli.plot import check_plot_path, plot_plan
-from clusterplan.cli.render import fmt_duration, render_nearest
+from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, render_nearest, stage_rows
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
 from clusterplan.hardware_db.stacks import get_stack
@@ -115,13 +115,24 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
+    mixed = None
     if not cluster.is_homogeneous and objective != "pareto":
         with console.status("balancing pipeline stages across GPU types"):
-            data["mixed_gpu_types"] = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack).to_json()
-    if out_path:
-        write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
-                   prediction={k: v for k, v in result.plans[0].to_json().items() if k in ("step_time_s", "mfu", "memory")})
+            mixed = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack, headroom_gib)
+            data["mixed_gpu_types"] = mixed.to_json()
     require_finite(data)  # before --out is written and before anything is printed
+    saved = "plan #1"
+    if out_path:
+        best = result.plans[0].to_json()
+        if mixed is not None and objective == "time" and mixed.balanced.step_time_s < best["step_time_s"]:
+            saved = f"the mixed-GPU pipeline: {mixed.layout.pp} stages"
+            write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=mixed.layout,
+                       prediction={"step_time_s": round(mixed.balanced.step_time_s, 6),
+                                   "stage_peak_gib": [round(p, 3) for p in mixed.balanced.peak_gib]},
+                       stages=mixed.balanced.stages)
+        else:
+            write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
+                       prediction={k: v for k, v in best.items() if k in ("step_time_s", "mfu", "memory")})
     if fmt == "json":
         console.json(data)
     else:
@@ -136,7 +147,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     for note in result.notes:  # what the stack cannot run, left out of the search
         console.info(f"left out: {note}")
     if out_path:
-        console.info(f"wrote {out_path}")
+        console.info(f"wrote {out_path} ({saved})" if mixed is not None else f"wrote {out_path}")
     if plot_path:
         plot_plan(data, plot_path)
         console.info(f"wrote {plot_path}")
@@ -246,16 +257,20 @@ def _span(values: list[int]) -> str:
 
 
 def _render_mixed(mixed: dict) -> None:
-    lay = mixed["layout"]
+    lay, bal = mixed["layout"], mixed["balanced"]
     console.text("")
     console.text(f"mixed GPU types: pipeline of {lay['pp']} stages (tp{lay['tp']} dp{lay['dp']} mbs{lay['mbs']} "
-                 f"{lay['recompute']}), layers balanced by stage speed under each type's memory")
-    even = {i: st for i, st in enumerate(mixed["even_split"]["stages"])} if mixed["even_split"] else {}
-    console.table(None, ["stage", "GPU", "layers", "stage s", "peak GiB", "even split layers", "even peak GiB"], [
-        (i, st["gpu"], st["layers"], f"{st['stage_s']:.4f}", f"{st['peak_gib']:.1f}",
-         even.get(i, {}).get("layers", "-"), f"{even[i]['peak_gib']:.1f}" if i in even else "-")
-        for i, st in enumerate(mixed["balanced"]["stages"])], justify_right=[True, False, True, True, True, True, True])
-    parts = [f"step {mixed['balanced']['step_time_s']:.4g} s"]
+                 f"{lay['recompute']}), layers balanced by stage speed under each type's memory less "
+                 f"{bal['headroom_gib']:g} GiB headroom")
+    even = dict(enumerate(mixed["even_split"]["stages"])) if mixed["even_split"] else {}
+    rows = []
+    for row, ev in zip(stage_rows(bal), (even.get(i) for i in range(len(bal["stages"]))), strict=True):
+        rows.append((*row, ev["layers"] if ev else "-",
+                     (f"{ev['peak_gib']:.1f}" + ("" if ev["peak_gib"] + bal["headroom_gib"] <= ev["capacity_gib"]
+                                                 else " over")) if ev else "-"))
+    columns = [*STAGE_COLUMNS, "even split layers", "even peak GiB"]
+    console.table(None, columns, rows, justify_right=[c != "GPU" for c in columns])
+    parts = [f"step {bal['step_time_s']:.4g} s"]
     if mixed["even_split"]:
         ev = mixed["even_split"]
         parts.append(f"even split {ev['step_time_s']:.4g} s" + ("" if ev["fits"] else " but out of memory"))

@@ -69,6 +69,31 @@ def render_time_to_train(t: dict[str, Any]) -> None:
     console.text("  wall-clock: " + ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in t["wall_share"].items() if v))
 
 
+STAGE_COLUMNS = ["stage", "GPU", "layers", "stage s", "peak GiB", "of GiB", "free GiB"]
+"""A mixed-GPU plan's per-stage table (plan, check, estimate --plan print the same columns)."""
+
+
+def stage_layers_label(stage: dict[str, Any]) -> str:
+    """`16-32 (17)`: a stage's first and last transformer layer and how many."""
+    first = stage["first_layer"]
+    return f"{first}-{first + stage['layers'] - 1} ({stage['layers']})"
+
+
+def stage_rows(split: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One row per stage of StageSplit.to_json(): its GPU, layers, time per micro-batch, peak, capacity, free."""
+    return [(i, st["gpu"], stage_layers_label(st), f"{st['stage_s']:.4f}", f"{st['peak_gib']:.1f}",
+             f"{st['capacity_gib']:.1f}", f"{st['capacity_gib'] - st['peak_gib']:.1f}")
+            for i, st in enumerate(split["stages"])]
+
+
+def render_stage_split(split: dict[str, Any]) -> None:
+    """A mixed-GPU plan's stages and step time, as `plan` shows its balanced split."""
+    console.text(f"mixed GPU types: {len(split['stages'])} pipeline stages, each keeping {split['headroom_gib']:g} GiB "
+                 "headroom")
+    console.table(None, STAGE_COLUMNS, stage_rows(split), justify_right=[c not in ("GPU",) for c in STAGE_COLUMNS])
+    console.text(f"step {split['step_time_s']:.4g} s" + ("" if split["fits"] else "; out of memory on a stage"))
+
+
 def render_nearest(nearest: NearestFeasible) -> None:
     """The cause of an out-of-memory answer and the options that fit, smallest change first."""
     console.text(f"does not fit: {nearest.reason}")

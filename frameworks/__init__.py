@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from clusterplan.errors import BadInputError
 from clusterplan.frameworks import deepspeed, megatron, torchtitan, torchtitan_py
-from clusterplan.frameworks.common import Export
+from clusterplan.frameworks.common import Export, Stages
 from clusterplan.frameworks.deepspeed import export_deepspeed
 from clusterplan.frameworks.megatron import export_megatron
 from clusterplan.frameworks.read import ReadConfig, read_config
@@ -19,7 +19,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 
-EXPORTERS: dict[str, Callable[[ModelSpec, Cluster, Layout], Export]] = {
+EXPORTERS: dict[str, Callable[..., Export]] = {
     "torchtitan": export_torchtitan,
     "torchtitan-py": export_torchtitan_py,
     "megatron": export_megatron,
@@ -41,10 +41,11 @@ def runs_as(target: str, model: ModelSpec, layout: Layout) -> Layout:
     return RUNS_AS[target](model, layout)
 
 
-def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """`target`'s launch config of the plan; `stages` (a mixed-GPU plan's) adds the per-stage layers and GPU types."""
     if target not in EXPORTERS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
-    return EXPORTERS[target](model, cluster, layout)
+    return EXPORTERS[target](model, cluster, layout, stages)
 
 
 __all__ = ["EXPORTERS", "RUNS_AS", "Export", "ReadConfig", "export_plan", "read_config", "runs_as"]

@@ -12,6 +12,9 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout, layout_problems, stage_layers
+from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
+
+Stages = tuple[PipelineStage, ...]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,9 +49,13 @@ def launch_shape(cluster: Cluster) -> LaunchShape:
     return LaunchShape(nnodes=cluster.n_nodes, gpus_per_node=per_node.pop())
 
 
-def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout) -> None:
-    """Refuse a plan that the frameworks would reject at start-up: the first broken rule, with its factors."""
-    problems = layout_problems(model, layout, cluster.world_size)
+def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> None:
+    """Refuse a plan that the frameworks would reject at start-up: the first broken rule, with its factors.
+    A mixed-GPU plan's stages must fit the cluster's GPU types (planfile.stage_groups)."""
+    if stages:
+        stage_groups(model, cluster, layout, stages, "plan stages")
+    problems = stage_problems(model, layout, cluster.world_size) if stages else \
+        layout_problems(model, layout, cluster.world_size)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InfeasibleError(f"plan layout {layout.short()} is not runnable: {problems[0]}{more}; "
@@ -107,3 +114,44 @@ def canonical(model: ModelSpec, layout: Layout) -> Layout:
                    recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
                    schedule="1f1b" if L.pp == 1 else L.schedule, vpp=1 if L.pp == 1 else L.vpp,
                    etp=L.etp if model.is_moe else 1, ep=L.ep if model.is_moe else 1)
+
+
+def with_stage_ends(layout: Layout, stages: Stages) -> Layout:
+    """A mixed-GPU plan's layout with its first and last stage sizes written in (what the exporters' shared code
+    reads); the stages in between come from `stages` itself."""
+    if not stages:
+        return layout
+    return replace(layout, first_stage_layers=stages[0].layers, last_stage_layers=stages[-1].layers)
+
+
+def rank_layers(model: ModelSpec, layout: Layout, stages: Stages = ()) -> list[int]:
+    """Transformer layers of each pipeline rank: the mixed plan's stages, else the layout's first/middle/last."""
+    if stages:
+        return [st.layers for st in stages]
+    first, middle, last = stage_layers(model, layout)
+    return [first, *([middle] * (layout.pp - 2)), last] if layout.pp > 1 else [model.n_layers]
+
+
+def stage_lines(cluster: Cluster, layout: Layout, stages: Stages, launcher: str) -> list[str]:
+    """Comment lines (without markers) that say which nodes start which pipeline stage of a mixed-GPU plan.
+
+    torchtitan and Megatron-LM put pp outermost in the rank mesh (torchtitan ParallelDims pp, dp_replicate,
+    dp_shard, cp, tp; Megatron order tp-cp-ep-dp-pp), so stage s is global ranks s*K .. (s+1)*K - 1 with
+    K = tp * cp * dp, and global rank = node rank * GPUs per node + local rank. The frameworks do not know the GPU
+    types: only starting each node with the node rank listed here puts each stage on its GPU type.
+    `check` reads the `stage S:` lines back (frameworks/read.py STAGE_LINE).
+    """
+    if not stages:
+        return []
+    per_stage = layout.tp * layout.cp * layout.dp
+    per_node = launch_shape(cluster).gpus_per_node
+    lines = [f"mixed GPU types: stage s runs on global ranks s*{per_stage}..(s+1)*{per_stage}-1 (pp is the outermost "
+             "mesh axis); the framework does not see GPU types, so start every node with the node rank listed for "
+             f"its GPU type ({launcher}); a node started with another rank runs a stage sized for another GPU"]
+    for s, (st, first) in enumerate(zip(stages, first_layers(stages), strict=True)):
+        lo, hi = s * per_stage, (s + 1) * per_stage - 1
+        nodes = f"node rank {lo // per_node}" if lo // per_node == hi // per_node else \
+            f"node ranks {lo // per_node}-{hi // per_node}"
+        lines.append(f"stage {s}: layers {first}-{first + st.layers - 1} ({st.layers}) on {st.gpu} ({st.node}), "
+                     f"{nodes}, global ranks {lo}-{hi}")
+    return lines

@@ -17,6 +17,7 @@ from clusterplan.errors import InfeasibleError
 from clusterplan.fileio import dumps_json
 from clusterplan.frameworks.common import (
     Export,
+    Stages,
     canonical,
     check_exportable,
     launch_shape,
@@ -121,9 +122,13 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
     return out
 
 
-def export_deepspeed(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
+def export_deepspeed(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
     """ds_config JSON; the `deepspeed` launch line goes to stderr (JSON has no comments)."""
-    check_exportable(model, cluster, layout)
+    check_exportable(model, cluster, layout, stages)
+    if stages:
+        raise InfeasibleError("DeepSpeed's PipelineModule splits layers by its partition_method (uniform, by "
+                              "parameters or by layer type), not by a given layer count per stage, so the mixed-GPU "
+                              "plan's per-stage split cannot be written; export --to megatron or --to torchtitan")
     refuse_unsupported(model, layout)
     shape = launch_shape(cluster)
     filename = f"ds_config_{slug(model.name)}.json"

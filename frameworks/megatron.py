@@ -15,11 +15,15 @@ from dataclasses import replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Stages,
     canonical,
     check_exportable,
     header_lines,
     launch_shape,
+    rank_layers,
     slug,
+    stage_lines,
+    with_stage_ends,
 )
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
@@ -73,7 +77,7 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
     if m.gated_ffn:
         args.append("--swiglu")
     if m.position == "rope":
-        args += ["--position-embedding-type", "rope"]
+        args += ["--position-embedding-type", "rope", "--rotary-base", _number(m.rope_theta)] + rope_scaling_args(m)
     if not m.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
     if not m.linear_bias:
@@ -85,6 +89,24 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
     if not m.dropout:
         args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
     return args + mla_args(m) + moe_args(m)
+
+
+def _number(value: float) -> str:
+    """500000.0 -> "500000", 2.5 -> "2.5" (argparse reads both as the flag's type)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def rope_scaling_args(m: ModelSpec) -> Args:
+    """Long-context RoPE scaling as Megatron-LM's arguments.py names it: Llama 3.1's rule (--use-rope-scaling with
+    --rope-scaling-factor), YaRN (--rope-type yarn, --rotary-scaling-factor; MLA models), position interpolation
+    (--rotary-seq-len-interpolation-factor)."""
+    if m.rope_scaling == "llama3":
+        return ["--use-rope-scaling", "--rope-scaling-factor", _number(m.rope_scaling_factor)]
+    if m.rope_scaling == "yarn":
+        return ["--rope-type", "yarn", "--rotary-scaling-factor", _number(m.rope_scaling_factor)]
+    if m.rope_scaling == "linear":
+        return ["--rotary-seq-len-interpolation-factor", str(round(m.rope_scaling_factor))]
+    return []
 
 
 def mla_args(m: ModelSpec) -> Args:
@@ -105,6 +127,21 @@ def moe_args(m: ModelSpec) -> Args:
             "--moe-token-dispatcher-type", "alltoall"]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
+    # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
+    # auxiliary-loss-free expert bias, group-limited routing, the top-k weight scale; a softmax kept over all
+    # experts (no renormalisation over the top-k) is --moe-router-pre-softmax.
+    args += ["--moe-router-score-function", m.router_score]
+    if m.router_expert_bias:
+        args.append("--moe-router-enable-expert-bias")
+    if m.expert_groups > 1:
+        args += ["--moe-router-num-groups", str(m.expert_groups),
+                 "--moe-router-group-topk", str(m.expert_groups_per_token or m.expert_groups)]
+    if m.router_topk_scaling != 1.0:
+        args += ["--moe-router-topk-scaling-factor", _number(m.router_topk_scaling)]
+    if m.router_score == "softmax" and not m.router_renormalize:
+        args.append("--moe-router-pre-softmax")
+    if m.mtp_layers:
+        args += ["--mtp-num-layers", str(m.mtp_layers)]
     if m.first_dense_layers:
         args += ["--moe-layer-freq", moe_layer_pattern(m)]
     elif m.moe_every != 1:
@@ -124,11 +161,31 @@ def moe_layer_pattern(m: ModelSpec) -> str:
     return "(" + "+".join(f"[{flag}]*{count}" for flag, count in runs) + ")"
 
 
-def parallel_args(model: ModelSpec, layout: Layout) -> Args:
+def first_last_expresses(ranks: list[int]) -> bool:
+    """Whether --decoder-first/last-pipeline-num-layers give this split: Megatron spreads the rest evenly over the
+    middle ranks (TransformerConfig num_layers_in_first/last_pipeline_stage)."""
+    return len(set(ranks[1:-1])) <= 1
+
+
+def pipeline_layout(model: ModelSpec, ranks: list[int]) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout for one chunk per rank: `Et*16|t*17|t*47L` (E embedding,
+    t transformer layer, m MTP layer, L loss; megatron/core/transformer/pipeline_parallel_layer_layout.py)."""
+    chunks = [f"t*{n}" for n in ranks]
+    chunks[0] = "E" + chunks[0]
+    chunks[-1] += "m" * model.mtp_layers + "L"
+    return "|".join(chunks)
+
+
+def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
     L = layout
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
     uneven = bool(L.first_stage_layers or L.last_stage_layers)
-    if uneven:
+    ranks = rank_layers(model, L, stages)
+    if stages and not first_last_expresses(ranks):
+        # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
+        # validate_args; not combined with --decoder-first/last-pipeline-num-layers)
+        args += ["--pipeline-model-parallel-layout", pipeline_layout(model, ranks)]
+    elif uneven:
         first, _, last = stage_layers(model, L)
         args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
     if L.vpp > 1 and uneven:
@@ -219,9 +276,11 @@ def _array(name: str, args: Args) -> list[str]:
     return lines + [")"]
 
 
-def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node."""
-    check_exportable(model, cluster, layout)
+def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node. A mixed-GPU plan
+    (`stages`) carries its per-rank layers and says which node ranks start on which GPU type."""
+    check_exportable(model, cluster, layout, stages)
+    layout = with_stage_ends(layout, stages)
     runs_as(model, layout)
     shape = launch_shape(cluster)
     filename = f"megatron_{slug(model.name)}.sh"
@@ -229,6 +288,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
     found = notes(model, layout)
     lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-LM")),
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
+             *(f"# {h}" for h in stage_lines(cluster, layout, stages, "NODE_RANK")),
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
              *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
     lines += [f"export {k}={v}" for k, v in environment(layout).items()]
@@ -237,7 +297,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout) -> Expor
                    "--master-port", "${MASTER_PORT:-29500}"]
     lines += _array("DISTRIBUTED_ARGS", distributed)
     lines += _array("MODEL_ARGS", model_args(model, layout))
-    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout))
+    lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout, stages))
     lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",
                                                               "--lr-decay-style", "cosine"])
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])

@@ -62,6 +62,11 @@ class ReadConfig:
     """Model dimensions in the config that differ from the model given to check (a true reason to fail)."""
     env: Mapping[str, str] | None = None
     """Environment variables a launch script sets (Megatron)."""
+    rank_layers: tuple[int, ...] = ()
+    """Transformer layers of each pipeline rank when the config lists them (torchtitan module lists, Megatron's
+    --pipeline-model-parallel-layout), else empty (the layout's first/middle/last split says it)."""
+    stage_gpus: tuple[tuple[str, str], ...] = ()
+    """(GPU, node preset) of each pipeline stage from a mixed-GPU export's `# stage S: ...` lines, else empty."""
 
 
 def config_kind(path: Path) -> str:
@@ -103,18 +108,53 @@ def _int(where: str, value: Any) -> int:
     return value
 
 
+STAGE_LINE = re.compile(r"^\s*#\s*stage (\d+): layers (\d+)-(\d+) \((\d+)\) on (\S+) \(([^)\s]+)\)")
+"""A mixed-GPU export's stage line (frameworks/common.py stage_lines): `# stage 0: layers 0-15 (16) on GPU (node)`."""
+
+
+def stage_comments(text: str, where: str) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:
+    """((GPU, node) of each stage, layers of each stage) from a mixed-GPU export's stage lines; empty when none."""
+    found = [m for m in (STAGE_LINE.match(line) for line in text.splitlines()) if m]
+    if not found:
+        return (), ()
+    if [int(m.group(1)) for m in found] != list(range(len(found))):
+        raise BadInputError(f"{where}: `# stage S:` lines must run 0, 1, 2, ... in order, one per pipeline stage")
+    return tuple((m.group(5), m.group(6)) for m in found), tuple(int(m.group(4)) for m in found)
+
+
+def _with_stages(read: ReadConfig, text: str, where: str, model: ModelSpec) -> ReadConfig:
+    """A config read with its stage lines: per-stage GPU types, and a note where they disagree with its split."""
+    from dataclasses import replace
+
+    from clusterplan.models.training.layout import stage_layers
+
+    gpus, commented = stage_comments(text, where)
+    if not gpus:
+        return read
+    L = read.layout
+    if len(gpus) != L.pp or L.vpp != 1:
+        raise BadInputError(f"{where}: {len(gpus)} `# stage` lines for pipeline degree {L.pp} (vpp {L.vpp}); a "
+                            "mixed-GPU config has one chunk per pipeline rank and one line per stage")
+    notes = [n for n in read.notes if not n.startswith("pipeline ranks hold")]  # priced per stage, not evened out
+    ranks = read.rank_layers
+    if not ranks:
+        first, middle, last = stage_layers(model, L)
+        ranks = (first, *([middle] * (L.pp - 2)), last)
+    if commented != ranks:
+        notes.append(f"the `# stage` lines list {list(commented)} layers, the config splits {list(ranks)}; "
+                     "checked as the config runs")
+    return replace(read, stage_gpus=gpus, rank_layers=ranks, notes=tuple(notes))
+
+
 def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A launch config of any kind but `plan` as the layout the framework runs."""
     kind = config_kind(path)
-    if kind == "torchtitan":
-        return torchtitan_config(path, model, world)
-    if kind == "torchtitan-py":
-        return torchtitan_py_config(path, model, world)
-    if kind == "deepspeed":
-        return deepspeed_config(path, model, world)
-    if kind == "megatron":
-        return megatron_config(path, model, world)
-    raise BadInputError(f"{path}: a plan file; read it with read_plan")
+    readers = {"torchtitan": torchtitan_config, "torchtitan-py": torchtitan_py_config,
+               "deepspeed": deepspeed_config, "megatron": megatron_config}
+    if kind not in readers:
+        raise BadInputError(f"{path}: a plan file; read it with read_plan")
+    read = readers[kind](path, model, world)
+    return read if kind == "deepspeed" else _with_stages(read, _read(path), str(path), model)
 
 
 # ---- torchtitan ------------------------------------------------------------------------------------------------
@@ -161,8 +201,8 @@ def pipeline_chunks(model: ModelSpec, par: Mapping[str, Any], pp: int, where: st
 
 
 def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: str,
-                        where: str) -> tuple[int, int, int, list[str]]:
-    """(vpp, first_stage_layers, last_stage_layers, notes) from torchtitan's chunks (0, 0: an even split).
+                        where: str) -> tuple[int, int, int, list[str], tuple[int, ...]]:
+    """(vpp, first_stage_layers, last_stage_layers, notes, layers of each rank) from the chunks (0, 0: an even split).
 
     The rank totals give the stage sizes; when the chunks inside a rank are not the split clusterplan prices
     (frameworks.common.chunk_layers), the estimate uses the totals and says so.
@@ -170,7 +210,7 @@ def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: 
     from clusterplan.frameworks.common import canonical, chunk_layers  # frameworks.common imports this module
 
     if pp == 1:
-        return 1, 0, 0, []
+        return 1, 0, 0, [], ()
     if len(counts) % pp:
         raise BadInputError(f"{where}: {len(counts)} pipeline chunks do not divide over pipeline_parallel_degree({pp})")
     vpp = len(counts) // pp
@@ -180,17 +220,18 @@ def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: 
         totals[(c if c < pp else 2 * pp - 1 - c) if v_shape else c % pp] += n
     if len(set(totals[1:-1])) > 1:
         return vpp, 0, 0, [f"pipeline ranks hold {totals} layers; estimated as an even split (clusterplan prices "
-                           "uneven first and last ranks only)"]
+                           "uneven first and last ranks only)"], tuple(totals)
     trial = Layout(pp=pp, vpp=vpp, schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
                    first_stage_layers=totals[0], last_stage_layers=totals[-1])
     trial = canonical(model, trial)
     notes = []
     if not v_shape and chunk_layers(model, trial) != counts:
         notes.append(f"pipeline chunks hold {counts} layers; estimated with the ranks' totals {totals}")
-    return vpp, trial.first_stage_layers, trial.last_stage_layers, notes
+    return vpp, trial.first_stage_layers, trial.last_stage_layers, notes, tuple(totals)
 
 
-def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: str) -> tuple[Layout, list[str]]:
+def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
+                 where: str) -> tuple[Layout, list[str], tuple[int, ...]]:
     """The layout of a torchtitan job config given as tables: parallelism, training, activation_checkpoint, model.
 
     FSDP2 shards over dp_shard (and cp); fsdp_reshard_after_forward "always" frees gathered weights after each
@@ -232,10 +273,10 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: st
         raise BadInputError(f"{where}: pipeline_parallel_schedule {schedule_name!r}; known: "
                             f"{', '.join(TORCHTITAN_SCHEDULES)}")
     schedule = TORCHTITAN_SCHEDULES[schedule_name.lower()] if pp > 1 else "1f1b"
-    vpp, first, last = 1, 0, 0
+    vpp, first, last, ranks = 1, 0, 0, ()
     if pp > 1:
         counts = pipeline_chunks(model, par, pp, where)
-        vpp, first, last, more = _layout_from_chunks(model, counts, pp, schedule_name, where)
+        vpp, first, last, more, ranks = _layout_from_chunks(model, counts, pp, schedule_name, where)
         notes += more
         if schedule == "zb":
             vpp = 1  # clusterplan's zero-bubble schedule (one chunk per rank)
@@ -273,7 +314,7 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int, where: st
                     mbs=mbs, gbs=gbs if gbs > 0 else local * dp, seq=get(train, "seq_len", 2048),
                     recompute=recompute, recompute_layers=recompute_layers, schedule=schedule, vpp=vpp,
                     precision=precision, first_stage_layers=first, last_stage_layers=last)
-    return layout, notes
+    return layout, notes, ranks
 
 
 def _titan_mismatches(doc: Mapping[str, Any], model: ModelSpec) -> list[str]:
@@ -303,9 +344,9 @@ def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer
         raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
                             f"({type(exc).__name__}); is this a torchtitan config?") from None
-    layout, notes = titan_layout(doc, model, world, str(path))
+    layout, notes, ranks = titan_layout(doc, model, world, str(path))
     return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=tuple(notes),
-                      mismatches=tuple(_titan_mismatches(doc, model)))
+                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks)
 
 
 # ---- torchtitan 0.3 Python recipe --------------------------------------------------------------------------------
@@ -372,9 +413,9 @@ def recipe_tables(source: str, where: str) -> dict[str, Any]:
 def torchtitan_py_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A torchtitan 0.3 recipe module (`Trainer.Config(...)`), read without running it."""
     doc = recipe_tables(_read(path), str(path))
-    layout, notes = titan_layout(doc, model, world, str(path))
+    layout, notes, ranks = titan_layout(doc, model, world, str(path))
     return ReadConfig(layout=layout, kind="torchtitan-py", stack=_titan_stack(doc), notes=tuple(notes),
-                      mismatches=tuple(_titan_mismatches(doc, model)))
+                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks)
 
 
 # ---- Megatron-LM ------------------------------------------------------------------------------------------------
@@ -390,11 +431,14 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts"}
 MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
-                "--attention-backend": "attention", "--optimizer": "optimizer"}
+                "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
+                "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
+                "--pipeline-model-parallel-layout": "pp_layout"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
                   "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash",
+                  "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
                   "--grad-reduce-in-bf16": "grad_bf16"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
@@ -478,6 +522,33 @@ def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
             for key, (flag, want) in expected.items() if key in v and v[key] != want]
 
 
+def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
+    """Settings beyond the shapes where the script trains otherwise than the model's config (exports carry them):
+    notes, not failures, since pre-training may choose them (Megatron's own Llama 3 example sets its own base)."""
+    out: list[str] = []
+    if "rotary_base" in v and model.position == "rope" and _float(v["rotary_base"]) != model.rope_theta:
+        out.append(f"--rotary-base {v['rotary_base']} but {model.name} has rope_theta {model.rope_theta:g}; "
+                   "positions would be encoded with another base")
+    if model.is_moe and v.get("router_score", model.router_score) != model.router_score:
+        out.append(f"--moe-router-score-function {v['router_score']} but {model.name} routes with "
+                   f"{model.router_score}")
+    if model.is_moe and bool(v.get("expert_bias")) != model.router_expert_bias and model.router_expert_bias:
+        out.append(f"no --moe-router-enable-expert-bias but {model.name} balances experts with a routing bias")
+    if model.rope_scaling == "llama3" and not v.get("rope_scaling"):
+        out.append(f"no --use-rope-scaling but {model.name} scales RoPE (llama3, factor "
+                   f"{model.rope_scaling_factor:g})")
+    if "mtp_layers" in v and _float(v["mtp_layers"]) != model.mtp_layers:
+        out.append(f"--mtp-num-layers {v['mtp_layers']} but {model.name} has {model.mtp_layers} MTP layers")
+    return out
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return float("nan")
+
+
 def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
     v, env = megatron_args(path)
@@ -492,6 +563,15 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if v.get("layers_per_vstage"):
         vpp = max(1, (model.n_layers // pp) // v["layers_per_vstage"])
     notes: list[str] = []
+    ranks: tuple[int, ...] = ()
+    if "pp_layout" in v:
+        if any(k in v for k in ("first_stage_layers", "last_stage_layers", "vstages", "layers_per_vstage")):
+            raise BadInputError(f"{path}: --pipeline-model-parallel-layout cannot be combined with --decoder-first/"
+                                "last-pipeline-num-layers or virtual-stage flags (Megatron-LM validate_args); "
+                                "keep one of them")
+        counts = megatron_layout_chunks(v["pp_layout"], model, str(path))
+        vpp, first, last, more, ranks = _layout_from_chunks(model, counts, pp, "interleaved1f1b", str(path))
+        notes += more
     if "megatron_fsdp" in v:
         sharding = v.get("sharding", "optim_grads_params")
         if sharding not in MEGATRON_FSDP_STRATEGIES:
@@ -528,8 +608,44 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"))
+    notes += _megatron_model_notes(v, model)
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
-                      mismatches=tuple(_megatron_mismatches(v, model)), env=env)
+                      mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
+
+
+_LAYOUT_GROUP = re.compile(r"\(([^()]*)\)\*(\d+)")
+_LAYOUT_REPEAT = re.compile(r"(.)\*(\d+)")
+MAX_LAYOUT_CHARS = 1_000_000
+"""Most characters an unrolled --pipeline-model-parallel-layout may have (a 100k-layer model is far beyond any)."""
+
+
+def megatron_layout_chunks(text: str, model: ModelSpec, where: str) -> list[int]:
+    """Transformer layers of each chunk of a Megatron-Core --pipeline-model-parallel-layout, in chunk order.
+
+    Grammar (megatron/core/transformer/pipeline_parallel_layer_layout.py `parse_str_to_list`): E embedding,
+    t transformer layer, m MTP layer, L loss; `|` ends a chunk; `x*N` and `(...)*N` repeat; commas are cosmetic.
+    Chunk c runs on pipeline rank c % pp.
+    """
+    flat = text.replace(",", "").replace(" ", "")
+    for pattern in (_LAYOUT_GROUP, _LAYOUT_REPEAT):
+        def unroll(m: re.Match[str]) -> str:
+            if len(m.group(1)) * int(m.group(2)) > MAX_LAYOUT_CHARS:
+                raise BadInputError(f"{where}: --pipeline-model-parallel-layout repeats too much ({m.group(0)})")
+            return m.group(1) * int(m.group(2))
+        flat = pattern.sub(unroll, flat)
+    bad = sorted(set(flat) - set("EtmL|"))
+    if bad:
+        raise BadInputError(f"{where}: --pipeline-model-parallel-layout {text!r}: unknown layer character(s) "
+                            f"{''.join(bad)}; use E, t, m, L, | and x*N")
+    chunks = flat.split("|")
+    if flat.count("E") != 1 or flat.count("L") != 1 or not chunks[0].startswith("E") or not chunks[-1].endswith("L"):
+        raise BadInputError(f"{where}: --pipeline-model-parallel-layout {text!r}: the embedding E must open the "
+                            "first chunk and the loss L close the last, once each (Megatron-Core)")
+    counts = [c.count("t") for c in chunks]
+    if sum(counts) != model.n_layers:
+        raise BadInputError(f"{where}: --pipeline-model-parallel-layout places {sum(counts)} transformer layers, "
+                            f"{model.name} has {model.n_layers}; give each layer one t")
+    return counts
 
 
 # ---- DeepSpeed ----------------------------------------------------------------------------------------------------

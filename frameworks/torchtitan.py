@@ -18,12 +18,15 @@ from dataclasses import dataclass, replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Stages,
     canonical,
     check_exportable,
     chunk_layers,
     header_lines,
     launch_shape,
     slug,
+    stage_lines,
+    with_stage_ends,
 )
 from clusterplan.frameworks.read import TORCHTITAN_MODELS
 from clusterplan.frameworks.tomlfmt import Value, toml_text
@@ -127,9 +130,12 @@ def chunk_counts(model: ModelSpec, layout: Layout) -> list[int]:
     return chunk_layers(model, layout)
 
 
-def model_parts(model: ModelSpec, layout: Layout, head: str = "output") -> list[list[str]]:
-    """Module names of each pipeline chunk in model order (llama3/deepseek_v3/qwen3 module names)."""
-    if layout.schedule in ("zb", "zbv"):
+def model_parts(model: ModelSpec, layout: Layout, head: str = "output", stages: Stages = ()) -> list[list[str]]:
+    """Module names of each pipeline chunk in model order (llama3/deepseek_v3/qwen3 module names); a mixed-GPU
+    plan's chunks are its stages."""
+    if stages:
+        counts = [st.layers for st in stages]
+    elif layout.schedule in ("zb", "zbv"):
         counts = chunk_counts(model, layout)
     else:
         counts = chunk_layers(model, layout)
@@ -142,13 +148,13 @@ def model_parts(model: ModelSpec, layout: Layout, head: str = "output") -> list[
     return parts
 
 
-def even_layers_per_stage(model: ModelSpec, layout: Layout) -> int | None:
+def even_layers_per_stage(model: ModelSpec, layout: Layout, stages: Stages = ()) -> int | None:
     """pipeline_parallel_layers_per_stage when every chunk holds the same number of layers, else None."""
-    counts = chunk_counts(model, layout)
+    counts = [st.layers for st in stages] if stages else chunk_counts(model, layout)
     return counts[0] if len(set(counts)) == 1 else None
 
 
-def parallelism(model: ModelSpec, layout: Layout) -> dict[str, Value]:
+def parallelism(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str, Value]:
     L = layout
     dp = data_parallel(L)
     table: dict[str, Value] = {
@@ -161,12 +167,12 @@ def parallelism(model: ModelSpec, layout: Layout) -> dict[str, Value]:
     if L.pp > 1:
         table["pipeline_parallel_schedule"] = SCHEDULES[L.schedule]
         table["pipeline_parallel_microbatch_size"] = L.mbs
-        per_stage = even_layers_per_stage(model, L)
+        per_stage = even_layers_per_stage(model, L, stages)
         if per_stage is not None:
             table["pipeline_parallel_layers_per_stage"] = per_stage
             table["pipeline_parallel_first_stage_less_layers"] = 0
             table["pipeline_parallel_last_stage_less_layers"] = 0
-        table["module_fqns_per_model_part"] = model_parts(model, L)
+        table["module_fqns_per_model_part"] = model_parts(model, L, stages=stages)
     table["context_parallel_degree"] = L.cp
     if L.cp > 1:
         table["context_parallel_rotate_method"] = "allgather"
@@ -210,7 +216,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
     return out
 
 
-def sections(model: ModelSpec, layout: Layout) -> dict[str, dict[str, Value]]:
+def sections(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str, dict[str, Value]]:
     L = layout
     refuse_unsupported(model, L)
     name, flavor = MODELS.get(model.name, (model.family, model.name))
@@ -225,7 +231,7 @@ def sections(model: ModelSpec, layout: Layout) -> dict[str, dict[str, Value]]:
         "training": {"local_batch_size": local, "global_batch_size": global_, "seq_len": L.seq,
                      "mixed_precision_param": "float32" if L.precision == "fp32" else "bfloat16",
                      "dataset": "c4"},
-        "parallelism": parallelism(model, L),
+        "parallelism": parallelism(model, L, stages),
         "activation_checkpoint": activation_checkpoint(model, L),
     }
     if L.precision == "fp8":
@@ -236,21 +242,29 @@ def sections(model: ModelSpec, layout: Layout) -> dict[str, dict[str, Value]]:
     return out
 
 
-def torchrun_prefix(cluster: Cluster) -> str:
+def torchrun_prefix(cluster: Cluster, static: bool = False) -> str:
+    """torchrun's options; `static` fixes each node's rank (--node-rank), which a mixed-GPU plan needs: c10d
+    rendezvous numbers nodes in the order they join, so a stage could land on the other GPU type."""
     shape = launch_shape(cluster)
+    if static:
+        return (f"torchrun --nnodes {shape.nnodes} --nproc-per-node {shape.gpus_per_node} --node-rank $NODE_RANK "
+                "--master-addr $HEAD_NODE_ADDR --master-port 29500")
     if shape.nnodes == 1:
         return f"torchrun --standalone --nnodes 1 --nproc-per-node {shape.gpus_per_node}"
     return (f"torchrun --nnodes {shape.nnodes} --nproc-per-node {shape.gpus_per_node} --rdzv-backend c10d "
             "--rdzv-endpoint $HEAD_NODE_ADDR:29500 --rdzv-id clusterplan")
 
 
-def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """The v0.2 TOML with the torchrun line that starts it (run the same line on every node)."""
-    check_exportable(model, cluster, layout)
+def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """The v0.2 TOML with the torchrun line that starts it (run the same line on every node). A mixed-GPU plan
+    (`stages`) lists each stage's modules and says which node ranks start on which GPU type."""
+    check_exportable(model, cluster, layout, stages)
+    layout = with_stage_ends(layout, stages)
     filename = f"{slug(model.name)}.toml"
-    launch = f"{torchrun_prefix(cluster)} -m torchtitan.train --job.config_file {filename}"
-    body = sections(model, layout)
+    launch = f"{torchrun_prefix(cluster, static=bool(stages))} -m torchtitan.train --job.config_file {filename}"
+    body = sections(model, layout, stages)
     found = notes(model, layout)
     comments = [*header_lines(model, cluster, layout, "torchtitan v0.2"), f"launch (every node): {launch}",
+                *stage_lines(cluster, layout, stages, "NODE_RANK in the torchrun line"),
                 *(f"note: {n}" for n in found)]
     return Export(text=toml_text(body, comments), filename=filename, launch=launch, notes=tuple(found))

@@ -15,7 +15,15 @@ from dataclasses import replace
 from typing import Any
 
 from clusterplan.errors import InfeasibleError
-from clusterplan.frameworks.common import Export, check_exportable, header_lines, slug
+from clusterplan.frameworks.common import (
+    Export,
+    Stages,
+    check_exportable,
+    header_lines,
+    slug,
+    stage_lines,
+    with_stage_ends,
+)
 from clusterplan.frameworks.torchtitan import (
     HF_ASSETS,
     MODELS,
@@ -61,7 +69,7 @@ def training_fields(layout: Layout) -> list[tuple[str, str]]:
     return _fields(items)
 
 
-def parallelism_fields(model: ModelSpec, layout: Layout) -> list[tuple[str, str]]:
+def parallelism_fields(model: ModelSpec, layout: Layout, stages: Stages = ()) -> list[tuple[str, str]]:
     L = layout
     dp = data_parallel(L)
     items: list[tuple[str, Any]] = [
@@ -71,11 +79,11 @@ def parallelism_fields(model: ModelSpec, layout: Layout) -> list[tuple[str, str]
     if L.pp > 1:
         items += [("pipeline_parallel_schedule", SCHEDULES[L.schedule]),
                   ("pipeline_parallel_microbatch_size", L.mbs)]
-        per_stage = even_layers_per_stage(model, L)
+        per_stage = even_layers_per_stage(model, L, stages)
         if per_stage is not None:
             items += [("pipeline_parallel_layers_per_stage", per_stage),
                       ("pipeline_parallel_first_stage_less_layers", 0), ("pipeline_parallel_last_stage_less_layers", 0)]
-        items.append(("module_fqns_per_model_part", model_parts(model, L, head=HEAD_MODULE)))
+        items.append(("module_fqns_per_model_part", model_parts(model, L, head=HEAD_MODULE, stages=stages)))
     items += [("context_parallel_degree", L.cp), ("expert_parallel_degree", L.ep)]
     return _fields(items)
 
@@ -93,7 +101,8 @@ def _call(name: str, fields: list[tuple[str, str]], indent: str) -> list[str]:
     return [f"{indent}{name}(", *(f"{indent}    {k}={v}," for k, v in fields), f"{indent}),"]
 
 
-def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, launch: str) -> str:
+def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, launch: str,
+           stages: Stages = ()) -> str:
     L = layout
     name, flavor = MODELS.get(model.name, (model.family, model.name))
     fp8 = L.precision == "fp8"
@@ -107,6 +116,7 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
         imports.insert(0, "from torchtitan.components.quantization import Float8LinearConverter")
     lines = [*(f"# {h}" for h in header_lines(model, cluster, L, "torchtitan 0.3 recipe")),
              f"# launch (every node, {function}.py on PYTHONPATH): {launch}",
+             *(f"# {h}" for h in stage_lines(cluster, L, stages, "NODE_RANK in the torchrun line")),
              *(f"# note: {n}" for n in py_notes(model, L)),
              f'"""clusterplan recipe for {model.name}: {L.short()}."""', "", *imports, "", "",
              f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
@@ -118,7 +128,7 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
         lines.append(f"        model_spec=model_registry({flavor!r}),")
     lines.append(f"        hf_assets_path={'./assets/hf/' + HF_ASSETS.get(model.name, model.name)!r},")
     lines += _call("training=TrainingConfig", training_fields(L), "        ")
-    lines += _call("parallelism=ParallelismConfig", parallelism_fields(model, L), "        ")
+    lines += _call("parallelism=ParallelismConfig", parallelism_fields(model, L, stages), "        ")
     if ac is not None:
         lines.append(f"        activation_checkpoint={ac},")
     if fp8:
@@ -136,13 +146,16 @@ def py_notes(model: ModelSpec, layout: Layout) -> list[str]:
     return out
 
 
-def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout) -> Export:
-    """A recipe module; torchtitan selects it with --module/--config."""
-    check_exportable(model, cluster, layout)
+def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+    """A recipe module; torchtitan selects it with --module/--config. A mixed-GPU plan (`stages`) lists each
+    stage's modules and says which node ranks start on which GPU type."""
+    check_exportable(model, cluster, layout, stages)
+    layout = with_stage_ends(layout, stages)
     refuse_unsupported(model, layout)
     runs_as(model, layout)
     module = f"clusterplan_{slug(model.name)}"
     filename = f"{module}.py"
-    launch = f"{torchrun_prefix(cluster)} -m torchtitan.train --module {module} --config {module}"
-    return Export(text=recipe(model, cluster, layout, module, launch), filename=filename, launch=launch,
+    launch = (f"{torchrun_prefix(cluster, static=bool(stages))} -m torchtitan.train --module {module} "
+              f"--config {module}")
+    return Export(text=recipe(model, cluster, layout, module, launch, stages), filename=filename, launch=launch,
                   notes=tuple(py_notes(model, layout)))

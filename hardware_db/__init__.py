@@ -12,6 +12,7 @@ from clusterplan.hardware_db.catalog import (
     get_gpu,
     get_link,
     get_node,
+    get_sdpa_family,
     load_db,
 )
 from clusterplan.hardware_db.schema import GPU, AttentionCurve, GemmTiling, HardwareDB, Link, NodeType, Price
@@ -33,6 +34,7 @@ __all__ = [
     "get_gpu",
     "get_link",
     "get_node",
+    "get_sdpa_family",
     "get_stack",
     "list_stacks",
     "load_db",

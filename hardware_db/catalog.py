@@ -188,6 +188,7 @@ def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[
                                      head_dim=int(_num(where, raw, "head_dim")),
                                      seq=tuple(int(v) for v in seq), tflops=tuple(float(v) for v in tflops),
                                      source=_str(where, raw, "source")))
+    measured_curves = list(curves)
     for measured, others in (data.get("also") or {}).items():
         for other in others:
             if other not in gpus:
@@ -195,8 +196,29 @@ def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[
             curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
                                       head_dim=c.head_dim, seq=c.seq, tflops=c.tflops,
                                       source=f"{c.source} (measured on {measured}, same die and clocks)")
-                       for c in curves if c.gpu == measured]
+                       for c in measured_curves if c.gpu == measured]
+    for other, raw in (data.get("scaled") or {}).items():
+        measured = raw.get("from") if isinstance(raw, Mapping) else None
+        if other not in gpus or measured not in gpus or not isinstance(raw.get("why"), str):
+            raise BadInputError(f"attention_kernels.yaml: scaled: {other!r} needs a known GPU, `from` a known GPU "
+                                "and `why` a reason")
+        # Same die at another clock: the measured curve x the ratio of the dense BF16 peaks (yaml header).
+        scale = gpus[other].peak_tflops["bf16"] / gpus[measured].peak_tflops["bf16"]
+        curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
+                                  head_dim=c.head_dim, seq=c.seq, tflops=tuple(v * scale for v in c.tflops),
+                                  source=f"{c.source} (measured on {measured}, x {scale:.3f} BF16 peak ratio: "
+                                         f"{raw['why']})")
+                   for c in measured_curves if c.gpu == measured]
     return tuple(curves)
+
+
+def _parse_sdpa_backend(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Mapping[str, str]:
+    table = dict(data.get("sdpa_backend") or {})
+    for gpu, family in table.items():
+        if gpu not in gpus or family not in ATTENTION_KERNELS:
+            raise BadInputError(f"attention_kernels.yaml: sdpa_backend: unknown GPU {gpu!r} or kernel {family!r} "
+                                f"(kernels: {ATTENTION_KERNELS})")
+    return MappingProxyType(table)
 
 
 def _read(name: str) -> Mapping[str, Any]:
@@ -221,9 +243,10 @@ def load_db() -> HardwareDB:
         for ref, table in ((node.gpu, gpus), (node.scale_up_link, links), (node.nic_link, links)):
             if ref not in table:
                 raise BadInputError(f"nodes.yaml: {node.name}: unknown reference {ref!r}")
-    attention = _parse_attention(_read("attention_kernels.yaml"), gpus)
+    attention_data = _read("attention_kernels.yaml")
+    attention = _parse_attention(attention_data, gpus)
     return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm),
-                      attention)
+                      attention, _parse_sdpa_backend(attention_data, gpus))
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -247,6 +270,12 @@ def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
 def get_attention_curves(gpu_name: str) -> tuple[AttentionCurve, ...]:
     """Published causal attention curves of a GPU (by its record name); empty when none is published."""
     return tuple(c for c in load_db().attention if c.gpu == gpu_name)
+
+
+def get_sdpa_family(gpu_name: str) -> str:
+    """Kernel family PyTorch's scaled_dot_product_attention runs on a GPU (attention_kernels.yaml sdpa_backend):
+    cuDNN where PyTorch puts it first, else its FlashAttention-2 backend."""
+    return load_db().sdpa_backend.get(gpu_name, "fa2")
 
 
 def get_node(name: str) -> NodeType:

@@ -150,3 +150,5 @@ class HardwareDB:
     nodes: Mapping[str, NodeType] = field(default_factory=lambda: MappingProxyType({}))
     gemm: Mapping[str, GemmTiling] = field(default_factory=lambda: MappingProxyType({}))
     attention: tuple[AttentionCurve, ...] = ()
+    sdpa_backend: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """GPU -> kernel family PyTorch SDPA dispatches to (attention_kernels.yaml sdpa_backend); unlisted: fa2."""

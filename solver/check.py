@@ -2,11 +2,13 @@
 
 A config is a clusterplan plan file, a torchtitan TOML or a Megatron-LM arguments file (frameworks/read.py).
 Divisibility rules come from layout_problems; memory (with headroom) and a minimum MFU from estimate().
+A mixed-GPU plan (a plan file's `stages:`, or an export's `# stage S:` lines) is priced stage by stage on each
+stage's GPU type as `plan` priced it (solver/hetero.py evaluate_stages), memory checked per stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB
-from clusterplan.models.training.planfile import read_plan
+from clusterplan.models.training.planfile import PipelineStage, read_plan
 from clusterplan.models.training.rules import Rule, RuleCode
+from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +39,22 @@ class CheckResult:
     """estimate()'s JSON when the layout passes the divisibility rules (None otherwise)."""
     notes: tuple[str, ...] = ()
     """What the config reader mapped approximately (printed as warnings)."""
+    mixed: dict[str, Any] | None = None
+    """A mixed-GPU plan's per-stage memory and step time (StageSplit.to_json), as `plan` prints them; its
+    `estimate` is None (the homogeneous estimate would price every stage on one GPU type)."""
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": str(self.config), "kind": self.kind, "model": self.model.name,
-                "world": self.cluster.world_size, "layout": self.layout.to_dict(), "ok": self.ok,
-                "violations": [{"rule": v.message, "fix": v.fix} for v in self.violations],
-                "estimate": self.estimate}
+        out = {"config": str(self.config), "kind": self.kind, "model": self.model.name,
+               "world": self.cluster.world_size, "layout": self.layout.to_dict(), "ok": self.ok,
+               "violations": [{"rule": v.message, "fix": v.fix} for v in self.violations],
+               "estimate": self.estimate}
+        if self.mixed is not None:
+            out["mixed_gpu_types"] = self.mixed
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,8 @@ class LoadedConfig:
     notes: tuple[str, ...] = ()
     mismatches: tuple[str, ...] = ()
     """Where the config's model differs from --model (frameworks/read.py)."""
+    stages: tuple[PipelineStage, ...] = ()
+    """A mixed-GPU plan's stages (plan file `stages:`, or an export's stage lines with its per-rank layers)."""
 
 
 def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) -> LoadedConfig:
@@ -68,14 +79,20 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         plan = read_plan(config)
         model = load_model(model_ref) if model_ref else plan.model
         cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
-        return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=None)
+        return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=None,
+                            stages=plan.stages)
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
                             "--cluster dgx-h100:32)")
     model, cluster = load_model(model_ref), load_cluster(cluster_ref)
     read = read_config(config, model, cluster.world_size)
-    return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=read.layout, stack=read.stack,
-                        notes=tuple(read.notes), mismatches=tuple(read.mismatches))
+    layout, stages = read.layout, ()
+    if read.stage_gpus:  # the stages carry the split; first/last stage sizes in the layout would say it twice
+        stages = tuple(PipelineStage(gpu=g, node=n, layers=k)
+                       for (g, n), k in zip(read.stage_gpus, read.rank_layers, strict=True))
+        layout = replace(layout, first_stage_layers=0, last_stage_layers=0)
+    return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=layout, stack=read.stack,
+                        notes=tuple(read.notes), mismatches=tuple(read.mismatches), stages=stages)
 
 
 def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: float | None,
@@ -97,6 +114,26 @@ def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: floa
     return found, data
 
 
+def mixed_violations(model: ModelSpec, cluster: Cluster, layout: Layout, stages: tuple[PipelineStage, ...],
+                     min_mfu: float | None, headroom_gib: float,
+                     stack: ExecutionStack | None = None) -> tuple[list[Rule], dict[str, Any] | None]:
+    """Every broken rule of a mixed-GPU plan, and its per-stage memory and step time when it can be priced."""
+    if min_mfu is not None:
+        raise BadInputError("--min-mfu: a mixed-GPU plan has no single GPU peak to take MFU against; drop --min-mfu "
+                            "(check prints its step time)")
+    found = mixed_problems(model, cluster, layout)
+    if found:
+        return found, None
+    split = evaluate_stages(model, cluster, layout, stages, stack=stack, headroom_gib=headroom_gib)
+    for s, (gpu, n, peak, cap) in enumerate(zip(split.gpu, split.layers, split.peak_gib, split.capacity_gib,
+                                                strict=True)):
+        if peak + headroom_gib > cap:
+            found.append(Rule.broken(RuleCode.OUT_OF_MEMORY,
+                                     f"memory: stage {s} ({n} layers on {gpu}): peak {peak:.1f} GiB + headroom "
+                                     f"{headroom_gib:g} GiB > {cap:.1f} GiB per GPU"))
+    return found, split.to_json()
+
+
 def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | None = None,
                  min_mfu: float | None = None, headroom_gib: float = 0.0,
                  stack_name: str | None = None) -> CheckResult:
@@ -107,8 +144,15 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
     if not 0 <= headroom_gib < float("inf"):
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
     loaded = load_config(config, model_ref, cluster_ref)
-    found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib,
-                            get_stack(stack_name or loaded.stack))
+    stack = get_stack(stack_name or loaded.stack)
+    mixed = None
+    if loaded.stages:
+        found, mixed = mixed_violations(loaded.model, loaded.cluster, loaded.layout, loaded.stages, min_mfu,
+                                        headroom_gib, stack)
+        est = None
+    else:
+        found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib, stack)
     mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
     return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
-                       layout=loaded.layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes)
+                       layout=loaded.layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,
+                       mixed=mixed)

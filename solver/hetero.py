@@ -24,7 +24,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import (
     GIB,
     ends_activation_bytes,
@@ -33,19 +33,40 @@ from clusterplan.models.training.memory import (
     stage_params,
     state_bytes,
 )
-from clusterplan.models.training.rules import RuleCode
+from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
+from clusterplan.models.training.rules import Rule
 from clusterplan.models.training.step import layer_cost, step_time
 
 
 @dataclass(frozen=True, slots=True)
 class StageSplit:
     gpu: tuple[str, ...]
+    node: tuple[str, ...]
+    """Node preset of each stage's group."""
     layers: tuple[int, ...]
     stage_s: tuple[float, ...]
+    """Per micro-batch time of each stage, forward + backward: its layers, plus embedding (first) and head (last)."""
     peak_gib: tuple[float, ...]
+    capacity_gib: tuple[float, ...]
+    """Memory of each stage's GPU type."""
+    headroom_gib: float
+    """Memory each GPU keeps free beyond its peak (`--headroom-gib`)."""
     step_time_s: float
     fits: bool = True
-    """Every stage within its GPU's memory (a naive even split may not be)."""
+    """Every stage's peak + headroom within its GPU's memory (a naive even split may not be)."""
+
+    @property
+    def stages(self) -> tuple[PipelineStage, ...]:
+        return tuple(PipelineStage(gpu=g, node=n, layers=k) for g, n, k in zip(self.gpu, self.node, self.layers,
+                                                                              strict=True))
+
+    def to_json(self) -> dict:
+        starts = first_layers(self.stages)
+        return {"step_time_s": round(self.step_time_s, 6), "fits": self.fits, "headroom_gib": self.headroom_gib,
+                "stages": [{"gpu": g, "node": n, "layers": k, "first_layer": f, "stage_s": round(t, 6),
+                            "peak_gib": round(p, 3), "capacity_gib": round(c, 3)}
+                           for g, n, k, f, t, p, c in zip(self.gpu, self.node, self.layers, starts, self.stage_s,
+                                                          self.peak_gib, self.capacity_gib, strict=True)]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +80,8 @@ class HeteroPlan:
     fastest_only_layout: Layout | None
 
     def to_json(self) -> dict:
-        def split(s: StageSplit | None) -> dict | None:
-            if s is None:
-                return None
-            return {"step_time_s": round(s.step_time_s, 6), "fits": s.fits, "stages": [
-                {"gpu": g, "layers": n, "stage_s": round(t, 6), "peak_gib": round(p, 3)}
-                for g, n, t, p in zip(s.gpu, s.layers, s.stage_s, s.peak_gib, strict=True)]}
-        out = {"layout": self.layout.to_dict(), "balanced": split(self.balanced), "even_split": split(self.even),
-               "fastest_type_only": None}
+        out = {"layout": self.layout.to_dict(), "balanced": self.balanced.to_json(),
+               "even_split": self.even.to_json() if self.even is not None else None, "fastest_type_only": None}
         if self.fastest_only_step_s is not None and self.fastest_only_layout is not None:
             out["fastest_type_only"] = {"step_time_s": round(self.fastest_only_step_s, 6),
                                         "layout": self.fastest_only_layout.to_dict()}
@@ -126,26 +141,89 @@ def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: fl
     return layers if surplus == 0 and min(layers) >= 1 else None
 
 
-def _split_result(order, per_layer_s, head_s, embed_s, layers, shapes, one, pp, m, mem_of, caps) -> StageSplit:
-    stage_s = [n * per_layer_s[s] + (head_s[s] if s == pp - 1 else 0.0) + (embed_s[s] if s == 0 else 0.0)
-               for s, n in enumerate(layers)]
-    peaks = [float(mem_of(s, np.array([float(n)]))[0]) / GIB for s, n in enumerate(layers)]
-    # Pipeline: m micro-batches at the slowest stage's pace plus (pp-1) stage times of fill and drain.
-    step = (m + pp - 1) * max(stage_s)
-    return StageSplit(gpu=tuple(order), layers=tuple(int(n) for n in layers), stage_s=tuple(stage_s),
-                      peak_gib=tuple(peaks), step_time_s=step, fits=all(n <= c for n, c in zip(layers, caps, strict=True)))
+@dataclass(frozen=True, slots=True)
+class _Pipeline:
+    """A stage order on given GPU groups: per-layer, head and embedding times and memory of each stage.
+
+    hetero_plan balances layers over it; evaluate_stages prices a plan file's split with it, so that `check` and
+    `estimate --plan` print the numbers `plan` printed.
+    """
+
+    shapes: ModelShapes
+    one: LayoutArrays
+    names: tuple[str, ...]
+    nodes: tuple[str, ...]
+    per_layer_s: tuple[float, ...]
+    head_s: tuple[float, ...]
+    embed_s: tuple[float, ...]
+    capacity_b: tuple[float, ...]
+    headroom_b: float
+
+    @classmethod
+    def of(cls, stage_group: list[int], cluster: Cluster, costs: list, rates: list[HardwareRates],
+           shapes: ModelShapes, one: LayoutArrays, headroom_gib: float) -> _Pipeline:
+        return cls(shapes=shapes, one=one, names=tuple(cluster.groups[g].gpu.name for g in stage_group),
+                   nodes=tuple(cluster.groups[g].preset for g in stage_group),
+                   per_layer_s=tuple(float(costs[g].total_s[0]) for g in stage_group),
+                   # LM head, loss and their TP traffic (last stage); the embedding's TP all-reduce (first stage)
+                   head_s=tuple(float(costs[g].head_s[0] + costs[g].head_tp_s[0]) for g in stage_group),
+                   embed_s=tuple(float(costs[g].embed_tp_s[0]) for g in stage_group),
+                   capacity_b=tuple(float(rates[g].memory_bytes) for g in stage_group), headroom_b=headroom_gib * GIB)
+
+    @property
+    def pp(self) -> int:
+        return len(self.names)
+
+    def memory_b(self, stage: int, layers: np.ndarray) -> np.ndarray:
+        return _stage_memory(self.shapes, self.one, stage, self.pp, layers)
+
+    def fits_b(self, stage: int, peak_b: np.ndarray) -> np.ndarray:
+        """Peak plus the headroom within the stage's GPU memory (the one test for caps and for `fits`)."""
+        return peak_b + self.headroom_b <= self.capacity_b[stage]
+
+    def caps(self) -> list[int]:
+        """Most layers each stage holds within its GPU's memory less the headroom (0: not even one)."""
+        grid = np.arange(1, self.shapes.n_layers + 1, dtype=float)
+        out = []
+        for s in range(self.pp):
+            ok = self.fits_b(s, self.memory_b(s, grid))
+            out.append(int(grid[ok].max()) if ok.any() else 0)
+        return out
+
+    def split(self, layers: list[int] | tuple[int, ...]) -> StageSplit:
+        pp, m = self.pp, float(self.one.microbatches[0])
+        stage_s = [n * self.per_layer_s[s] + (self.head_s[s] if s == pp - 1 else 0.0)
+                   + (self.embed_s[s] if s == 0 else 0.0) for s, n in enumerate(layers)]
+        peaks_b = [float(self.memory_b(s, np.array([float(n)]))[0]) for s, n in enumerate(layers)]
+        # Pipeline: m micro-batches at the slowest stage's pace plus (pp-1) stage times of fill and drain.
+        step = (m + pp - 1) * max(stage_s)
+        return StageSplit(gpu=self.names, node=self.nodes, layers=tuple(int(n) for n in layers),
+                          stage_s=tuple(stage_s), peak_gib=tuple(p / GIB for p in peaks_b),
+                          capacity_gib=tuple(c / GIB for c in self.capacity_b), headroom_gib=self.headroom_b / GIB,
+                          step_time_s=step, fits=all(bool(self.fits_b(s, p)) for s, p in enumerate(peaks_b)))
+
+
+def _group_rates(cluster: Cluster, calibration: Calibration | None) -> list[HardwareRates]:
+    """Each node group priced alone (its own GPU, scale-up link and NICs)."""
+    return [HardwareRates.of(_sub_cluster(cluster, i), calibration) for i in range(len(cluster.groups))]
+
+
+def mixed_problems(model: ModelSpec, cluster: Cluster, layout: Layout) -> list[Rule]:
+    """The rules a mixed-GPU layout breaks: its split is given per stage, so only the even-split rule may break."""
+    return stage_problems(model, layout, cluster.world_size)
 
 
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,
-                fixed: dict | None = None, stack: ExecutionStack | None = None) -> HeteroPlan:
+                fixed: dict | None = None, stack: ExecutionStack | None = None,
+                headroom_gib: float = 0.0) -> HeteroPlan:
     """The best stage-to-type assignment and layer split over tp, cp, dp, micro-batch and recompute, as `stack`
-    (None: megatron-core) runs it."""
+    (None: megatron-core) runs it, every stage keeping `headroom_gib` of its GPU's memory free."""
     stack = stack or get_stack()
     if cluster.is_homogeneous:
         raise InfeasibleError("hetero_plan needs a cluster with more than one GPU type")
     shapes = ModelShapes.of(model)
     sizes = [g.count * g.gpus_per_node for g in cluster.groups]
-    rates = [HardwareRates.of(_sub_cluster(cluster, i), calibration) for i in range(len(cluster.groups))]
+    rates = _group_rates(cluster, calibration)
     domain = min(g.gpus_per_node for g in cluster.groups)
     best: tuple[float, Layout, StageSplit, StageSplit | None] | None = None
     fixed = fixed or {}
@@ -161,56 +239,63 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
             layout = Layout(tp=tp, cp=cp, dp=dp, pp=pp, mbs=mbs, gbs=gbs, seq=seq, recompute=recompute, zero=zero,
                             sp=tp > 1)
             # The balanced split is uneven by design: only the even-split rule may break.
-            if [p for p in layout_problems(model, layout, cluster.world_size) if p.code != RuleCode.LAYERS_PP]:
+            if mixed_problems(model, cluster, layout):
                 continue
             one = LayoutArrays.from_layouts([layout])
             costs = [layer_cost(shapes, one, hw, stack) for hw in rates]
             for order_idx in itertools.permutations(range(len(cluster.groups))):
-                result = _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster)
+                stage_group = [g for g in order_idx for _ in range(stages[g])]
+                result = _try_order(_Pipeline.of(stage_group, cluster, costs, rates, shapes, one, headroom_gib))
                 if result and (best is None or result[0].step_time_s < best[0]):
                     best = (result[0].step_time_s, layout, result[0], result[1])
     if best is None:
-        raise InfeasibleError(f"no pipeline split of {model.name} fits the GPU types of {cluster.describe()}")
+        raise InfeasibleError(f"no pipeline split of {model.name} fits the GPU types of {cluster.describe()} with "
+                              f"{headroom_gib:g} GiB headroom per GPU; lower --headroom-gib, or add nodes")
     _, layout, balanced, even = best
     fast_i = max(range(len(cluster.groups)), key=lambda i: rates[i].gemm_max_flops)
-    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration, stack)
+    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration, stack,
+                                           headroom_gib)
     return HeteroPlan(layout=layout, balanced=balanced, even=even, fastest_only_step_s=fast_step,
                       fastest_only_layout=fast_layout)
 
 
-def _try_order(order_idx, stages, costs, rates, shapes, one, layout, cluster):
-    pp, n_layers, m = layout.pp, shapes.n_layers, layout.microbatches
-    stage_group = [g for g in order_idx for _ in range(stages[g])]
-    per_layer = [float(costs[g].total_s[0]) for g in stage_group]
-    head = [float(costs[g].head_s[0] + costs[g].head_tp_s[0]) for g in stage_group]  # LM head, loss, their TP comm
-    embed = [float(costs[g].embed_tp_s[0]) for g in stage_group]
-    mem_of = lambda s, layers: _stage_memory(shapes, one, s, pp, layers)  # noqa: E731
-    grid = np.arange(1, n_layers + 1, dtype=float)
-    caps = []
-    for s, g in enumerate(stage_group):
-        fits = mem_of(s, grid) <= rates[g].memory_bytes
-        caps.append(int(grid[fits].max()) if fits.any() else 0)
+def _try_order(pipe: _Pipeline) -> tuple[StageSplit, StageSplit] | None:
+    n_layers, pp = pipe.shapes.n_layers, pipe.pp
+    caps = pipe.caps()
     if min(caps) < 1:
         return None
-    names = [cluster.groups[g].gpu.name for g in stage_group]
-    layers = _balance(per_layer, caps, n_layers, head[-1], embed[0])
+    layers = _balance(list(pipe.per_layer_s), caps, n_layers, pipe.head_s[-1], pipe.embed_s[0])
     if layers is None:
         return None
-    balanced = _split_result(names, per_layer, head, embed, layers, shapes, one, pp, m, mem_of, caps)
     even_layers = [n_layers // pp + (1 if s < n_layers % pp else 0) for s in range(pp)]
-    even = _split_result(names, per_layer, head, embed, even_layers, shapes, one, pp, m, mem_of, caps)
-    return balanced, even
+    return pipe.split(layers), pipe.split(even_layers)
 
 
-def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration,
-                  stack: ExecutionStack) -> tuple[float | None, Layout | None]:
+def evaluate_stages(model: ModelSpec, cluster: Cluster, layout: Layout, stages: tuple[PipelineStage, ...],
+                    calibration: Calibration | None = None, stack: ExecutionStack | None = None,
+                    headroom_gib: float = 0.0) -> StageSplit:
+    """Per-stage memory and the step time of a given mixed-GPU split (a plan file's `stages:`), priced exactly as
+    hetero_plan prices the split it chose. The layout must pass mixed_problems."""
+    stack = stack or get_stack()
+    groups = stage_groups(model, cluster, layout, stages)
+    shapes = ModelShapes.of(model)
+    one = LayoutArrays.from_layouts([layout])
+    rates = _group_rates(cluster, calibration)
+    costs = [layer_cost(shapes, one, hw, stack) for hw in rates]
+    return _Pipeline.of(list(groups), cluster, costs, rates, shapes, one, headroom_gib).split(
+        [st.layers for st in stages])
+
+
+def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration, stack: ExecutionStack,
+                  headroom_gib: float) -> tuple[float | None, Layout | None]:
     from clusterplan.solver.search import search
 
     try:
-        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, suggest=False)
+        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, headroom_gib=headroom_gib,
+                        suggest=False)
     except InfeasibleError:
         return None, None
     return result.plans[0].to_json()["step_time_s"], result.plans[0].layout
 
 
-__all__ = ["HeteroPlan", "StageSplit", "hetero_plan", "step_time"]
+__all__ = ["HeteroPlan", "StageSplit", "evaluate_stages", "hetero_plan", "mixed_problems", "step_time"]

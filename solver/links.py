@@ -25,7 +25,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import step_times_on_links
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.topology import Axis, axis_node_pairs, link_matrix, links_of_orders
 
 # Beyond this many nodes the ILP is not attempted and the default order is kept (reported as such).
@@ -43,8 +43,9 @@ class NodeOrder:
     physical: tuple[int, ...]
     """physical[logical node] = physical node index."""
     method: str
-    """`ilp` (proven fastest order), `ilp-coarse` (fastest over thinned link levels), `default` (not attempted:
-    no matrix, nothing crosses nodes, too many nodes, or the ILP budget ran out before a faster order was found)."""
+    """`ilp` (proven fastest order), `ilp-coarse` (fastest over thinned link levels), `ilp-time-limit` (an ILP
+    ran out of time: the order found is the fastest the others proved), `default` (not attempted: no matrix,
+    nothing crosses nodes, too many nodes, or the ILP budget ran out before a faster order was found)."""
     axis_links_gb_per_s: dict[str, float] = field(default_factory=dict)
     """Slowest link each axis crossing nodes uses under `physical`."""
     default_axis_links_gb_per_s: dict[str, float] = field(default_factory=dict)
@@ -63,8 +64,8 @@ def optimize_node_order(model: ModelSpec, layout: Layout, cluster: Cluster, cali
     n = cluster.n_nodes
     identity = tuple(range(n))
     matrix = link_matrix(cluster)
-    if matrix is None or layout.world != cluster.world_size:
-        return NodeOrder(identity, "default")
+    if matrix is None or layout.world != cluster.world_size or layout_problems(model, layout, cluster.world_size):
+        return NodeOrder(identity, "default")  # nothing to place (estimate prices such layouts at the bound)
     pairs = axis_node_pairs(layout, cluster, model.is_moe)
     base = _links(pairs, matrix, identity)
 
@@ -85,25 +86,68 @@ def optimize_node_order(model: ModelSpec, layout: Layout, cluster: Cluster, cali
     grid = np.array(list(itertools.product(levels, repeat=len(axes))), dtype=float)
     steps = price({str(a): grid[:, i] for i, a in enumerate(axes)})
     # Fastest first; among equal times the lowest thresholds (the easiest to meet) first.
-    tried = 0
+    # A vector at or above one proven impossible on every axis is impossible too: skipped without an ILP.
+    solves, impossible, proven = 0, np.empty((0, len(axes))), True
     for k in np.lexsort((grid.sum(axis=1), steps)):
-        if steps[k] >= base_s or tried >= MAX_ILP_SOLVES:
+        if steps[k] >= base_s:
             break
-        tried += 1
+        if (impossible <= grid[k]).all(axis=1).any():
+            continue
+        if solves >= MAX_ILP_SOLVES:
+            return default  # budget spent before a faster order was found
+        solves += 1
         perm = _assign(pairs, dict(zip(axes, grid[k], strict=True)), matrix, time_limit_s)
-        if perm is not None:
+        if perm is INFEASIBLE:
+            impossible = np.vstack([impossible, grid[k]])
+            if len(impossible) == 1:  # the fastest vector is out of reach: learn each axis's own ceiling first
+                ceilings, spent = _axis_ceilings(pairs, axes, levels, matrix, time_limit_s)
+                solves += spent
+                impossible = np.vstack([impossible, ceilings])
+        elif perm is None:
+            proven = False  # the time limit ran out: neither found nor ruled out
+        else:
             links = _links(pairs, matrix, perm)
             placed_s = float(price({a: np.array([v]) for a, v in links.items()})[0])
-            return NodeOrder(perm, method, links, base, placed_s, base_s)
-    if tried >= MAX_ILP_SOLVES:
-        return default
-    return NodeOrder(identity, method, base, base, base_s, base_s)  # proven: no order beats the default
+            return NodeOrder(perm, method if proven else "ilp-time-limit", links, base, placed_s, base_s)
+    # No faster vector can be met: the default order is optimal (over the levels tried).
+    return NodeOrder(identity, method if proven else "ilp-time-limit", base, base, base_s, base_s)
+
+
+def _axis_ceilings(pairs: dict[Axis, np.ndarray], axes: list[Axis], levels: np.ndarray, matrix: np.ndarray,
+                   time_limit_s: float) -> tuple[np.ndarray, int]:
+    """Per axis alone (the others at the lowest level, always met), the lowest level no node order reaches, by
+    bisection over the levels: rows of impossible threshold vectors, and the ILPs it took."""
+    rows, solves = [], 0
+    for i, axis in enumerate(axes):
+        lo, hi = 0, len(levels)  # levels[lo] is met (every link is at least the lowest level); levels[hi:] unknown
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            thresholds = {a: (levels[mid] if a == axis else levels[0]) for a in axes}
+            solves += 1
+            perm = _assign(pairs, thresholds, matrix, time_limit_s)
+            if perm is None:
+                break  # out of time: no ceiling learnt for this axis
+            if perm is INFEASIBLE:
+                hi = mid
+            else:
+                lo = mid
+        else:
+            if hi < len(levels):
+                row = np.full(len(axes), levels[0])
+                row[i] = levels[hi]
+                rows.append(row)
+    return np.array(rows).reshape(-1, len(axes)), solves
+
+
+INFEASIBLE = ()
+"""What _assign returns when CBC proves no node order meets the thresholds."""
 
 
 def _assign(pairs: dict[Axis, np.ndarray], thresholds: dict[Axis, float], matrix: np.ndarray,
             time_limit_s: float) -> tuple[int, ...] | None:
-    """A node order putting every hop of every axis on a link >= the axis's threshold, or None (ILP feasibility;
-    among feasible orders, one moving nodes the least distance in total from the default)."""
+    """A node order putting every hop of every axis on a link >= the axis's threshold (ILP feasibility; among
+    feasible orders, one moving nodes the least distance in total from the default); INFEASIBLE when proven
+    impossible, None when the time limit ran out first."""
     import pulp
 
     n = len(matrix)
@@ -125,7 +169,9 @@ def _assign(pairs: dict[Axis, np.ndarray], thresholds: dict[Axis, float], matrix
                 prob += x[b, p] == 0
             elif slow:  # a on p forbids b on any q slower than t from p (b sits on exactly one node)
                 prob += x[a, p] + pulp.lpSum(x[b, q] for q in slow) <= 1
-    status = prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1))
-    if pulp.LpStatus[status] != "Optimal":
+    status = pulp.LpStatus[prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1))]
+    if status == "Infeasible":
+        return INFEASIBLE
+    if status != "Optimal" or any(v.value() is None for v in x.values()):
         return None
     return tuple(next(p for p in range(n) if (x[i, p].value() or 0) > 0.5) for i in range(n))

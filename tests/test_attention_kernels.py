@@ -86,14 +86,85 @@ def test_sliding_window_share_worked_example():
 
 
 def test_gpu_without_curves_prices_the_causal_half_of_the_core_gemms():
-    b200 = HardwareRates.of(load_cluster("dgx-b200:1"))
-    assert not b200.attention.has("cudnn")
+    mi300x = HardwareRates.of(load_cluster("mi300x-8:1"))
+    assert not mi300x.attention.has("cudnn")
     shapes = _bench_model(128)
     L = LayoutArrays.from_layouts([Layout(mbs=2, gbs=2, seq=8192, flash_attn=True)])
     from clusterplan.models.training.compute import core_gemm_times
 
-    full, _ = core_gemm_times(shapes, L, b200)
+    full, _ = core_gemm_times(shapes, L, mi300x)
     _, core_exec = layer_flops(shapes, L, False)
-    fwd, bwd = flash_core_times(shapes, L, b200, core_exec, "cudnn")
+    fwd, bwd = flash_core_times(shapes, L, mi300x, core_exec, "cudnn")
     assert float(fwd[0]) == pytest.approx(0.5 * float(full[0]))
     assert float(bwd[0]) == pytest.approx(ATTN_BWD_FLOPS_OVER_FWD * float(fwd[0]))
+
+
+# Blackwell: NVIDIA cudnn-frontend benchmark/sdpa_benchmark_training artifacts (causal forward AND backward measured),
+# Llama-3.1-405B attention: batch 1, 128 query heads, 8 KV heads, head dim 128.
+BLACKWELL = {"B200": "dgx-b200:1", "GB200": "gb200-nvl72:1", "GB300": "gb300-nvl72:1"}
+BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu)]
+
+
+def _llama405_attention() -> ModelShapes:
+    return ModelShapes.of(ModelSpec(name="sdpa-bench-405b", n_layers=1, hidden=16384, n_heads=128, n_kv_heads=8,
+                                    head_dim=128, ffn_hidden=53248, vocab=128256))
+
+
+def test_blackwell_rows_are_the_published_cudnn_frontend_artifacts():
+    # cuDNN and FlashAttention-2, forward and backward, causal, on each of the three GPUs: 12 curves of 9 lengths.
+    assert len(BLACKWELL_CURVES) == 12
+    assert all(c.causal and c.head_dim == 128 and c.seq == tuple(512 * 2**i for i in range(9)) for c in BLACKWELL_CURVES)
+    assert all("sdpa_benchmark_training/artifacts/sdpa_bf16_benchmark_results_NVIDIA_" + c.gpu in c.source
+               for c in BLACKWELL_CURVES)
+    assert {(c.gpu, c.kernel, c.direction) for c in BLACKWELL_CURVES} == {
+        (g, k, d) for g in BLACKWELL for k in ("cudnn", "fa2") for d in ("forward", "backward")}
+
+
+@pytest.mark.parametrize("curve", BLACKWELL_CURVES, ids=lambda c: f"{c.gpu}-{c.kernel}-{c.direction}")
+def test_published_blackwell_points_within_10_percent(curve):
+    # The check: the layer model's flash core reproduces every published point within 10 % (forward
+    # FLOPs 4 b h s^2 d / 2, backward 2.5x, over the 128 query heads, as the benchmark counts them).
+    hw = HardwareRates.of(load_cluster(BLACKWELL[curve.gpu]))
+    shapes = _llama405_attention()
+    for seq, published in zip(curve.seq, curve.tflops, strict=True):
+        L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=seq, flash_attn=True)])
+        _, core_exec = layer_flops(shapes, L, False)
+        assert float(core_exec[0]) == pytest.approx(4 * 128 * seq**2 * 128 / 2)
+        fwd, bwd = flash_core_times(shapes, L, hw, core_exec, curve.kernel)
+        flops, t = ((float(core_exec[0]), float(fwd[0])) if curve.direction == "forward"
+                    else (ATTN_BWD_FLOPS_OVER_FWD * float(core_exec[0]), float(bwd[0])))
+        assert flops / t / 1e12 == pytest.approx(published, rel=0.10), (curve.gpu, curve.kernel, seq)
+
+
+def test_measured_causal_backward_is_used_as_published():
+    # B200 cuDNN at 8k: causal backward measured at 942.509 TFLOP/s (forward 1171.278): no forward x ratio.
+    b200 = HardwareRates.of(load_cluster("dgx-b200:1"))
+    rate = b200.attention.backward_flops_per_s("cudnn", np.array([8192.0]), 128.0)[0]
+    assert rate == pytest.approx(942.509e12)
+    # 6k sits at log2(6k/4k) = 0.585 between 4k (701.265) and 8k (942.509).
+    rate = b200.attention.backward_flops_per_s("cudnn", np.array([6144.0]), 128.0)[0] / 1e12
+    assert rate == pytest.approx(701.265 + np.log2(1.5) * (942.509 - 701.265))
+
+
+def test_b300_runs_the_gb300_curve_at_its_clock():
+    # Same Blackwell Ultra die; dense BF16 2,250 (HGX B300) vs 2,500 (GB300) TFLOP/s: the GB300 curve x 0.9.
+    b300 = HardwareRates.of(load_cluster("dgx-b300:1")).attention
+    gb300 = HardwareRates.of(load_cluster("gb300-nvl72:1")).attention
+    seq = np.array([1024.0, 8192.0, 65536.0])
+    for direction in ("forward", "backward"):
+        assert np.allclose(b300.rate("cudnn", seq, 128.0, direction), 0.9 * gb300.rate("cudnn", seq, 128.0, direction))
+    assert b300.forward_flops_per_s("cudnn", np.array([8192.0]), 128.0)[0] == pytest.approx(0.9 * 1495.674e12)
+    assert all("measured on GB300" in c.source for c in get_attention_curves("B300"))
+
+
+@pytest.mark.parametrize("gpu", ["B200", "GB200", "GB300"])
+def test_sdpa_runs_cudnn_on_blackwell(gpu):
+    # PyTorch SDPA puts cuDNN first on sm_100/sm_103 (sdp_utils.cpp check_prefer_cudnn_attention): torchtitan's
+    # `sdpa` prices the cuDNN curve there, FlashAttention-2 on H100 (test_sdpa_runs_the_flash_attention_2_curve).
+    hw = HardwareRates.of(load_cluster(BLACKWELL[gpu]))
+    shapes = _llama405_attention()
+    L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=8192, flash_attn=True)])
+    _, core_exec = layer_flops(shapes, L, False)
+    assert flash_core_times(shapes, L, hw, core_exec, "sdpa")[0] == flash_core_times(shapes, L, hw, core_exec,
+                                                                                       "cudnn")[0]
+    assert H100.attention.sdpa_family == "fa2"

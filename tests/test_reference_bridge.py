@@ -20,6 +20,10 @@ median |error| 12.1%, max 146.1% over 31 of 31 rows.
 trainmem (memory as the recipes run: bf16 main gradients, grad_reduce_in_fp32=False in every perf recipe, so the
 data-parallel gradient reduce moves 2 B per parameter; recompute modules): median 12.1 %, max 146.1 %; B200 GPT-OSS
 +55 -> +91 %, B200 405B +4 points, GB200 GPT-OSS -9 points (after the TP-overlap GEMM side: median 10.0 %).
+Blackwell attention curves (cudnn-frontend sdpa_benchmark_training: cuDNN and FA2, causal fwd/bwd, head dim 128, on
+B200/GB200/GB300; B300 = GB300 x clock): the flash core on Blackwell had been priced as its two GEMMs on the shape
+model (about 840 TFLOP/s for Llama at 8k) instead of the measured 1,170-1,580, so Blackwell predictions rise:
+median |error| 13.6 %, max 142.4 % over 31 of 31 rows.
 """
 
 from __future__ import annotations
@@ -41,25 +45,26 @@ BOUNDS = {
     ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -4.8%
     ("DGX-GB300", "DeepSeekV3", "BF16"): 0.15,  # -4.8%
     ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +9.6%
-    ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.31,  # +27.4%
+    ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.48,  # +44.4% (Blackwell attention curves; head dim 64 at the 128 curve)
     ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): 0.20,  # -16.8%
     ("DGX-GB300", "Qwen3_235B_a22B", "BF16"): 0.15,  # -7.9%
-    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.15,  # +3.7%
-    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.16,  # +12.1%
-    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.15,  # +9.8%
+    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.19,  # +15.5% (measured cuDNN 9.17 attention curve, was +3.7%)
+    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.29,  # +25.1% (measured cuDNN 9.17 attention curve, was +12.1%)
+    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.22,  # +18.6% (measured cuDNN 9.17 attention curve, was +9.9%)
     ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): 0.18,  # +14.2%
     ("DGX-GB200", "DeepSeekV3", "BF16"): 0.18,  # +14.7%
     ("DGX-GB200", "DeepSeekV3", "FP8-MX"): 0.15,  # -0.8%
-    ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.38,  # +34.5%
+    ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.68,  # +64.8% (Blackwell attention curves; head dim 64 at the 128 curve)
     ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): 0.15,  # +1.3%
     ("DGX-GB200", "Qwen3_235B_a22B", "BF16"): 0.15,  # +6.9%
     ("DGX-B200", "LLAMA3_8B", "FP8-CS"): 0.15,  # +3.9%
-    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): 0.15,  # +10.0%
+    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): 0.19,  # +15.2% (measured cuDNN 9.13 attention curve, was +10.0%)
     ("DGX-B200", "LLAMA3.1_405B", "FP8-CS"): 0.22,  # +18.3% (TP overlap -5.8, bf16 gradient reduce +4)
     ("DGX-B200", "LLAMA3.1_405B", "FP8-MX"): 0.30,  # +27.0% (TP overlap -6.4, bf16 gradient reduce +4)
     ("DGX-B200", "DeepSeekV3", "FP8-MX"): 0.62,  # +58.4%
-    ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.94,  # +91.1% (bf16 gradient reduce halves the cross-node expert
-    # gradient reduce-scatter over edp 8 that hid part of the compute side's over-prediction: was +55.2%)
+    ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.98,  # +94.3% (bf16 gradient reduce halves the cross-node expert
+    # gradient reduce-scatter over edp 8 that hid part of the compute side's over-prediction: was +55.2%; +91.1 ->
+    # +94.3 with the Blackwell attention curves)
     ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.50,  # +146.1%
     ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.98,  # +94.8%
     ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # -0.1%
@@ -68,7 +73,7 @@ BOUNDS = {
     ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.30,  # +26.5%
     ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 1.04,  # +100.5%
 }
-MEDIAN_BOUND = 0.16  # achieved 12.1 %
+MEDIAN_BOUND = 0.16  # achieved 13.6 % (Blackwell attention curves; was 10.0 %)
 NEW_ROW_BOUND = max(BOUNDS.values())
 """A row that becomes expressible later (a GB300 preset, uneven stages with vpp) is held to the worst stated bound
 until its own bound is added here."""

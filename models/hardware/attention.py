@@ -12,8 +12,9 @@ import numpy as np
 
 from clusterplan.hardware_db import AttentionCurve
 
-KERNEL_FAMILY = {"fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn", "sdpa": "fa2"}
-"""Stack attention kernel -> measured family. PyTorch SDPA's flash backend is FlashAttention-2 (PyTorch 2.2 notes)."""
+KERNEL_FAMILY = {"fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn"}
+"""Stack attention kernel -> measured family. `sdpa` (PyTorch SDPA) runs the GPU's `sdpa_family`: its FlashAttention-2
+backend (PyTorch 2.2 notes) unless PyTorch puts cuDNN first on that GPU (attention_kernels.yaml sdpa_backend)."""
 ATTN_BWD_FLOPS_OVER_FWD = 2.5
 """Flash backward FLOPs over forward: 5 GEMMs (recomputed S, dV, dP, dQ, dK) to 2 (Dao 2023, FlashAttention-2
 Sec. 4.1, the FLOP count its benchmarks use)."""
@@ -24,12 +25,18 @@ class AttentionRates:
     curves: tuple[AttentionCurve, ...]
     clock_scale: float = 1.0
     """Tensor-core clock under a power cap (models/hardware/rates.py power_clock_scale)."""
+    sdpa_family: str = "fa2"
+    """Measured family PyTorch SDPA dispatches to on this GPU (hardware_db get_sdpa_family)."""
 
     def has(self, kernel: str) -> bool:
         return bool(self._rows(kernel, "forward", True))
 
+    def family(self, kernel: str) -> str | None:
+        """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel)."""
+        return self.sdpa_family if kernel == "sdpa" else KERNEL_FAMILY.get(kernel)
+
     def _rows(self, kernel: str, direction: str, causal: bool) -> list[AttentionCurve]:
-        family = KERNEL_FAMILY.get(kernel)
+        family = self.family(kernel)
         return sorted((c for c in self.curves if c.kernel == family and c.direction == direction and c.causal == causal),
                       key=lambda c: c.head_dim)
 
@@ -61,8 +68,11 @@ class AttentionRates:
         return self.rate(kernel, seq, head_dim)
 
     def backward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float) -> np.ndarray:
-        """Causal backward rate: the causal forward rate x the measured non-causal backward/forward ratio (the
-        published backward curves have no causal mask); the forward rate where no backward curve is published."""
+        """Causal backward rate: the measured causal backward curve where one is published (the Blackwell rows);
+        else the causal forward rate x the measured non-causal backward/forward ratio (the FA3 paper publishes
+        backward curves without the causal mask only); the forward rate where no backward curve is published."""
+        if self._rows(kernel, "backward", True):
+            return self.rate(kernel, seq, head_dim, "backward", True)
         forward = self.rate(kernel, seq, head_dim)
         if not (self._rows(kernel, "backward", False) and self._rows(kernel, "forward", False)):
             return forward

@@ -210,6 +210,10 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
     matrix = data.get("node_bandwidth_gb_per_s")
     n_nodes = sum(g.count for g in groups)
     _check_size(groups, where)
+    if "pods" in data:
+        if matrix is not None:
+            raise BadInputError(f"{where}: give node_bandwidth_gb_per_s or pods, not both")
+        matrix = _pods_matrix(data["pods"], n_nodes, where)
     if matrix is not None:
         ok = isinstance(matrix, list) and len(matrix) == n_nodes and all(
             isinstance(row, list) and len(row) == n_nodes and all(
@@ -223,6 +227,37 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
     resilience = resilience_from_dict(data["resilience"], where) if "resilience" in data else None
     return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix,
                    resilience=resilience)
+
+
+POD_KEYS = {"nodes", "inside_gb_per_s", "between_gb_per_s"}
+MAX_POD_NODES = 1024
+"""Most nodes a `pods:` description expands to a full matrix for (a million entries; the node-order ILP itself
+stops at 64 nodes)."""
+
+
+def _pods_matrix(pods: Any, n_nodes: int, where: str) -> list[list[float]]:
+    """The node-to-node matrix of a cluster described by pods: `nodes` lists each pod's node indices (every node
+    once), `inside_gb_per_s` links nodes of one pod, `between_gb_per_s` nodes of different pods (GB/s per direction,
+    whole node, as node_bandwidth_gb_per_s)."""
+    usage = (f"{where}: pods must be {{nodes: [[0, 1, ...], [...]], inside_gb_per_s: N, between_gb_per_s: N}} "
+             f"with each of the {n_nodes} node indices in exactly one pod")
+    if not isinstance(pods, dict) or set(pods) != POD_KEYS:
+        raise BadInputError(usage)
+    if n_nodes > MAX_POD_NODES:
+        raise BadInputError(f"{where}: pods describe up to {MAX_POD_NODES:,} nodes, this cluster has {n_nodes:,}")
+    members = pods["nodes"]
+    if not isinstance(members, list) or not all(isinstance(m, list) and m for m in members):
+        raise BadInputError(usage)
+    flat = [i for m in members for i in m]
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in flat) or sorted(flat) != list(range(n_nodes)):
+        raise BadInputError(usage)
+    speeds = (pods["inside_gb_per_s"], pods["between_gb_per_s"])
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v > 0 for v in speeds):
+        raise BadInputError(f"{where}: pods inside_gb_per_s and between_gb_per_s must be numbers > 0, got "
+                            f"{speeds[0]!r} and {speeds[1]!r}")
+    pod = {i: k for k, m in enumerate(members) for i in m}
+    return [[0.0 if i == j else float(speeds[0] if pod[i] == pod[j] else speeds[1]) for j in range(n_nodes)]
+            for i in range(n_nodes)]
 
 
 def _check_size(groups: Sequence[NodeGroup], where: str) -> None:

@@ -7,11 +7,18 @@
     cluster: dgx-h100:8          # PRESET:NODES, a path, or an inline cluster mapping
     layout: {tp: 8, pp: 4, dp: 2, mbs: 1, gbs: 512, seq: 8192, recompute: selective, sp: true}
     prediction: {...}            # estimate's JSON when written by `plan`; informational
+    stages:                      # only in mixed-GPU plans: one entry per pipeline stage, in pipeline order
+      - {gpu: A100-SXM4-80GB, node: dgx-a100-80g, layers: 16}
+      - {gpu: H100-SXM5-80GB, node: dgx-h100, layers: 64}
+
+A mixed-GPU plan (`plan` on a cluster of several GPU types) runs pipeline stage s on the tp x cp x dp GPUs of ranks
+s*K .. (s+1)*K - 1 (K = tp * cp * dp; pp is the outermost mesh axis in torchtitan and Megatron-LM), every one of them
+a `gpu` of a `node` group, holding `layers` consecutive transformer layers. Homogeneous plans have no `stages:`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +27,38 @@ from clusterplan.fileio import load_mapping, write_atomic
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict, load_cluster
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.rules import Rule, RuleCode
 
 FORMAT = "clusterplan-plan"
 VERSION = 1
+
+
+STAGE_KEYS = ("gpu", "node", "layers")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PipelineStage:
+    """One pipeline stage of a mixed-GPU plan: the GPU type (and node preset) its ranks run on, and its layers."""
+
+    gpu: str
+    """GPU name as hardware_db spells it (e.g. H100-SXM5-80GB)."""
+    node: str
+    """Node preset of the cluster group that hosts the stage (e.g. dgx-h100)."""
+    layers: int
+    """Consecutive transformer layers the stage holds (stage 0 starts at layer 0)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, "node": self.node, "layers": self.layers}
+
+
+def first_layers(stages: tuple[PipelineStage, ...]) -> tuple[int, ...]:
+    """Index of each stage's first transformer layer."""
+    out, start = [], 0
+    for st in stages:
+        out.append(start)
+        start += st.layers
+    return tuple(out)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -34,6 +69,82 @@ class PlanFile:
     model_ref: Any
     cluster_ref: Any
     prediction: dict[str, Any] | None = None
+    stages: tuple[PipelineStage, ...] = ()
+    """Mixed-GPU plans only: the pipeline stages in order (empty for a homogeneous plan)."""
+
+
+def _group_key(group: Any) -> Any:
+    """A node group without its node count: two groups with the same key run a stage at the same speed."""
+    return replace(group, count=0)
+
+
+def stage_groups(model: ModelSpec, cluster: Cluster, layout: Layout, stages: tuple[PipelineStage, ...],
+                 where: str = "stages") -> tuple[int, ...]:
+    """The cluster group (index) hosting each stage; BadInputError (one line) when the stages do not fit the cluster.
+
+    Each stage takes K = tp * cp * dp GPUs of a group with its GPU and node preset, in stage order; every GPU of the
+    cluster must be used (the layout's world is the cluster's), and no stage spans two groups.
+    """
+    if layout.pp < 2 or len(stages) != layout.pp:
+        raise BadInputError(f"{where}: {len(stages)} stages for pp({layout.pp}); a mixed-GPU plan lists one stage "
+                            "per pipeline rank (pp >= 2)")
+    if layout.vpp != 1:
+        raise BadInputError(f"{where}: per-stage GPU types need vpp 1 (one chunk per pipeline rank), got vpp "
+                            f"{layout.vpp}")
+    if sum(st.layers for st in stages) != model.n_layers:
+        raise BadInputError(f"{where}: stages hold {sum(st.layers for st in stages)} layers, {model.name} has "
+                            f"{model.n_layers}; give every layer to one stage")
+    if layout.world != cluster.world_size:
+        raise BadInputError(f"{where}: layout {layout.short()} spans {layout.world} GPUs, the cluster has "
+                            f"{cluster.world_size}")
+    per_stage = layout.tp * layout.cp * layout.dp
+    free = [g.count * g.gpus_per_node for g in cluster.groups]
+    out = []
+    for i, st in enumerate(stages):
+        matching = [k for k, g in enumerate(cluster.groups) if g.gpu.name == st.gpu and g.preset == st.node]
+        if not matching:
+            have = ", ".join(sorted({f"{g.gpu.name} ({g.preset})" for g in cluster.groups}))
+            raise BadInputError(f"{where}: stage {i} runs on {st.gpu} ({st.node}), which {cluster.name} does not "
+                                f"have; it has {have}")
+        if any(_group_key(cluster.groups[k]) != _group_key(cluster.groups[matching[0]]) for k in matching):
+            raise BadInputError(f"{where}: stage {i}: several {st.node} groups of {st.gpu} differ (power cap or "
+                                "links); give each a distinct node preset in the cluster file")
+        host = next((k for k in matching if free[k] >= per_stage), None)
+        if host is None:
+            raise BadInputError(f"{where}: stage {i} needs {per_stage} more {st.gpu} GPUs (tp*cp*dp), the cluster "
+                                f"has no more left; list as many {st.gpu} stages as its GPUs hold")
+        free[host] -= per_stage
+        out.append(host)
+    unused = [(cluster.groups[k], n) for k, n in enumerate(free) if n]
+    if unused:
+        g, n = unused[0]
+        raise BadInputError(f"{where}: {n} {g.gpu.name} GPUs ({g.preset}) host no stage; list "
+                            f"{n // per_stage or 1} more {g.gpu.name} stage(s) or shrink the cluster")
+    return tuple(out)
+
+
+def stage_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
+    """The rules a mixed-GPU layout breaks: its split is given stage by stage, so the even-split rule does not apply
+    (nor do first/last stage sizes written into the layout)."""
+    flat = replace(layout, first_stage_layers=0, last_stage_layers=0)
+    return [p for p in layout_problems(model, flat, world) if p.code != RuleCode.LAYERS_PP]
+
+
+def _stages(raw: Any, where: str) -> tuple[PipelineStage, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise BadInputError(f"{where}: stages must be a list of {{gpu, node, layers}} mappings, one per pipeline rank")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != set(STAGE_KEYS):
+            raise BadInputError(f"{where}: stage {i} must be a mapping with exactly gpu, node and layers, got "
+                                f"{item!r}")
+        layers = item["layers"]
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise BadInputError(f"{where}: stage {i}: layers must be a positive integer, got {layers!r}")
+        if not all(isinstance(item[k], str) and item[k] for k in ("gpu", "node")):
+            raise BadInputError(f"{where}: stage {i}: gpu and node must be names (e.g. H100-SXM5-80GB, dgx-h100)")
+        out.append(PipelineStage(gpu=item["gpu"], node=item["node"], layers=layers))
+    return tuple(out)
 
 
 def _model(ref: Any, where: str) -> ModelSpec:
@@ -73,16 +184,23 @@ def read_plan(path: str | Path) -> PlanFile:
     if not isinstance(data["layout"], dict):
         raise BadInputError(f"{where}: layout must be a mapping of layout keys")
     layout = Layout.from_dict(data["layout"], world=cluster.world_size, where=f"{where}: layout")
+    stages: tuple[PipelineStage, ...] = ()
+    if "stages" in data:
+        stages = _stages(data["stages"], f"{where}: stages")
+        stage_groups(model, cluster, layout, stages, f"{where}: stages")
     return PlanFile(model=model, cluster=cluster, layout=layout, model_ref=data["model"],
-                    cluster_ref=data["cluster"], prediction=data.get("prediction"))
+                    cluster_ref=data["cluster"], prediction=data.get("prediction"), stages=stages)
 
 
 def write_plan(path: str | Path, *, model_ref: Any, cluster_ref: Any, layout: Layout,
-               prediction: dict[str, Any] | None = None) -> None:
+               prediction: dict[str, Any] | None = None, stages: tuple[PipelineStage, ...] = ()) -> None:
+    """Write a plan file atomically; `stages` (mixed-GPU plans) adds the per-stage GPU types and layers."""
     import yaml
 
     doc = {"format": FORMAT, "version": VERSION, "model": model_ref, "cluster": cluster_ref,
            "layout": layout.to_dict()}
     if prediction is not None:
         doc["prediction"] = prediction
+    if stages:
+        doc["stages"] = [st.to_dict() for st in stages]
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False))

@@ -34,7 +34,7 @@ from clusterplan.models.training.collectives import (
 from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
 from clusterplan.models.training.moe_layer import mtp_projection_s
-from clusterplan.models.training.topology import Axis, axis_groups
+from clusterplan.models.training.topology import Axis, axis_group
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -54,8 +54,8 @@ class Group:
 
     @classmethod
     def of(cls, L: LayoutArrays, axis: Axis) -> Group:
-        """The axis's groups as models/training/topology.py axis_groups defines them (and places them on nodes)."""
-        size, stride = axis_groups(L)[axis]
+        """The axis's groups as models/training/topology.py axis_group defines them (and places them on nodes)."""
+        size, stride = axis_group(L, axis)
         return cls(np.asarray(size, dtype=float), np.broadcast_to(np.asarray(stride, dtype=float), np.shape(L.tp)),
                    axis)
 

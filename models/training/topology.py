@@ -44,17 +44,21 @@ class Pattern(Enum):
     """Interleaved pipeline: also last stage -> first stage (the next virtual stage)."""
 
 
-def axis_groups(L: Any) -> dict[Axis, tuple[Any, Any]]:
-    """(size, stride) of each axis's groups, for a Layout or a LayoutArrays (the one definition step.py prices)."""
-    return {
-        Axis.TP: (L.tp, 1),
-        Axis.CP: (L.cp, L.tp),
-        Axis.DP_SHARD: (L.dp_shard * L.cp, L.tp),
-        Axis.DP_REPLICATE: (L.dp_replicate, L.tp * L.cp * L.dp_shard),
-        Axis.PP: (L.pp, L.dp * L.cp * L.tp),
-        Axis.EP: (L.ep, 1),
-        Axis.EDP: (np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp)), L.ep * L.etp),
-    }
+def axis_group(L: Any, axis: Axis) -> tuple[Any, Any]:
+    """(size, stride) of the axis's groups, for a Layout or a LayoutArrays (the one definition step.py prices)."""
+    if axis is Axis.TP:
+        return L.tp, 1
+    if axis is Axis.CP:
+        return L.cp, L.tp
+    if axis is Axis.DP_SHARD:
+        return L.dp_shard * L.cp, L.tp
+    if axis is Axis.DP_REPLICATE:
+        return L.dp_replicate, L.tp * L.cp * L.dp_shard
+    if axis is Axis.PP:
+        return L.pp, L.dp * L.cp * L.tp
+    if axis is Axis.EP:
+        return L.ep, 1
+    return np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp)), L.ep * L.etp
 
 
 def axis_patterns(layout: Layout, moe: bool) -> dict[Axis, Pattern]:
@@ -91,9 +95,8 @@ def axis_node_pairs(layout: Layout, cluster: Cluster, moe: bool = False) -> dict
     """Per axis, the distinct pairs of logical nodes (k x 2, low first) its hops cross; axes inside a node omitted."""
     node = _node_of_rank(cluster)
     out: dict[Axis, np.ndarray] = {}
-    groups = axis_groups(layout)
     for axis, pattern in axis_patterns(layout, moe).items():
-        size, stride = (int(round(float(v))) for v in groups[axis])
+        size, stride = (int(round(float(v))) for v in axis_group(layout, axis))
         if size <= 1:
             continue
         a, b = _rank_pairs(size, stride, layout.world, pattern)
