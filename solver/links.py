@@ -25,7 +25,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import step_times_on_links
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.topology import Axis, axis_node_pairs, link_matrix, links_of_orders
 
 # Beyond this many nodes the ILP is not attempted and the default order is kept (reported as such).
@@ -64,8 +64,8 @@ def optimize_node_order(model: ModelSpec, layout: Layout, cluster: Cluster, cali
     n = cluster.n_nodes
     identity = tuple(range(n))
     matrix = link_matrix(cluster)
-    if matrix is None or layout.world != cluster.world_size:
-        return NodeOrder(identity, "default")
+    if matrix is None or layout.world != cluster.world_size or layout_problems(model, layout, cluster.world_size):
+        return NodeOrder(identity, "default")  # nothing to place (estimate prices such layouts at the bound)
     pairs = axis_node_pairs(layout, cluster, model.is_moe)
     base = _links(pairs, matrix, identity)
 

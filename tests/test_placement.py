@@ -120,6 +120,16 @@ def test_pipeline_hop_sends_at_its_own_link():
     assert float(_p2p(np.array([8e6]), two, fast, Axis.PP)[0]) == pytest.approx(5e-6 + 8e6 / 47.5e9, rel=1e-12)
 
 
+def test_expert_all_to_all_across_pods_runs_at_the_pod_link():
+    """EP 16 over two nodes (stride 1: 8 GPUs per node): the group's 8 GPUs per node share the 40 GB/s link,
+    8 x 5 GB/s = 40 GB/s bus bandwidth (below NVLink's). All-to-all of S = 1 GB: (n-1) = 15 steps of 5 us +
+    (15/16) x 1e9 / 40e9 = 75 us + 23.4375 ms."""
+    hw = HardwareRates.of(load_cluster(TWO_PODS), None, {"ep": 40.0, "dp_shard": 380.0})
+    L = _arrays(dp=16, ep=16, gbs=64)
+    got = _collective("all_to_all", np.array([1e9]), Group.of(L, Axis.EP), hw)
+    assert float(got[0]) == pytest.approx(15 * 5e-6 + 15 / 16 * 1e9 / 40e9, rel=1e-12)
+
+
 def test_search_bound_prices_every_axis_at_the_slowest_link():
     hw = HardwareRates.of(load_cluster(TWO_PODS))
     assert [hw.link("all_gather", a).bw_out for a in ("tp", "pp", "dp_shard", "ep")] == [pytest.approx(5e9)] * 4
@@ -187,17 +197,20 @@ def _noisy_cluster(n: int, seed: int):
     return cluster_from_dict({"groups": [{"node": "dgx-h100", "count": n}], "node_bandwidth_gb_per_s": m.tolist()})
 
 
-@pytest.mark.parametrize("layout", [Layout(tp=8, pp=3, dp=2, gbs=48, seq=4096),
-                                    Layout(tp=4, pp=3, dp=2, cp=2, gbs=48, seq=4096),
-                                    Layout(tp=8, pp=2, dp=3, gbs=48, seq=4096)])
+@pytest.mark.parametrize("layout", [Layout(tp=8, pp=2, dp=3, gbs=48, seq=4096),
+                                    Layout(tp=4, pp=2, dp=3, cp=2, gbs=48, seq=4096),
+                                    Layout(tp=2, pp=2, dp=6, cp=2, gbs=48, seq=4096, zero=3)])
 def test_noisy_matrix_chosen_order_is_the_fastest_of_every_order(layout):
     # 15 distinct link speeds: many threshold vectors are out of reach, so the per-axis ceilings and the
     # impossible-vector pruning carry the search; still exactly the best of all 6! orders.
     model, cluster = load_model("llama3.1-8b"), _noisy_cluster(6, seed=1)
+    assert not estimate(model, cluster, layout).reasons
     _, steps = _every_order(model, cluster, layout)
     order = optimize_node_order(model, layout, cluster)
     assert order.method == "ilp"
     assert order.step_time_s == pytest.approx(float(steps.min()), rel=1e-12) and steps.min() < steps[0]
+    placed = estimate(model, cluster, layout, node_order=order.physical).to_json()["step_time_s"]
+    assert placed == float(f"{order.step_time_s:.6g}")
 
 
 def test_two_pods_contiguous_order_beats_the_interleaved_default():
@@ -302,3 +315,17 @@ def test_bad_pods_are_one_line_errors(pods, message):
     with pytest.raises(BadInputError, match="not both"):
         cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 2}], "pods": pods,
                            "node_bandwidth_gb_per_s": [[0, 1], [1, 0]]})
+
+
+def test_thinned_levels_are_reported_as_coarse(monkeypatch):
+    # With fewer candidate vectors allowed than the matrix has levels, the levels are thinned (method says so);
+    # the order is still a real one, priced by the model, and no slower than the default.
+    import clusterplan.solver.links as links
+
+    monkeypatch.setattr(links, "MAX_CANDIDATES", 16)
+    model, cluster, layout = load_model("llama3.1-8b"), _noisy_cluster(6, seed=1), Layout(tp=4, pp=2, dp=3, cp=2, gbs=48)
+    order = links.optimize_node_order(model, layout, cluster)
+    assert order.method == "ilp-coarse" and sorted(order.physical) == list(range(6))
+    assert order.step_time_s <= order.default_step_time_s
+    got = estimate(model, cluster, layout, node_order=order.physical).to_json()["step_time_s"]
+    assert got == float(f"{order.step_time_s:.6g}")
