@@ -69,7 +69,12 @@ class Console:
 
     @contextmanager
     def progress(self, text: str) -> Iterator[Callable[[int, int, str], None]]:
-        """A progress bar on stderr for loops that can take long: yields update(done, total, what)."""
+        """A progress bar on stderr for loops that can take long: yields update(done, total, what) (total 0:
+        unknown). The library code that loops takes it as an optional callable and never imports the CLI.
+
+        Drawn only on a terminal (`_live`): with --quiet, with --format json into a pipe, or when stderr is not
+        a terminal (a log file, CI, a program reading diagnostics) the update does nothing, so stderr there
+        carries only warnings and errors and no carriage-return frames; stdout is the same either way."""
         if not self._live:
             yield lambda done, total, what: None
             return
@@ -80,7 +85,7 @@ class Console:
             task = bar.add_task(text, total=None)
 
             def update(done: int, total: int, what: str) -> None:
-                bar.update(task, completed=done, total=total, description=f"{text}: {what}")
+                bar.update(task, completed=done, total=total or None, description=f"{text}: {what}")
 
             yield update
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path, plot_option
+from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option
 from clusterplan.cli.plot import check_plot_path
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite, write_atomic
@@ -60,6 +60,7 @@ from clusterplan.solver.experts_plan import (
                    "moe_config.load_balancer (YAML).")
 @format_option
 @plot_option
+@quiet_option
 @click.pass_context
 def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, stats_path: str | None,
             slots_per_gpu: int | None, method: str, engine: str | None, time_limit_s: float,
@@ -80,8 +81,8 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
                          slots_per_gpu=slots_per_gpu, method=method, time_limit_s=time_limit_s,
                          expert_groups=expert_groups, dispatch_dtype=dispatch_dtype, tokens_per_step=tokens_per_step,
                          seed=seed, engine=engine, out_format=out_format)
-    with console.status("placing experts"):
-        result = plan_experts(req)
+    with console.progress("placing experts") as progress:
+        result = plan_experts(req, progress)
     require_finite(result.report)
     if plot_path:
         from clusterplan.cli.plot import plot_experts

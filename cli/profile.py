@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path
+from clusterplan.cli.options import format_option, output_path, quiet_option
 from clusterplan.errors import BadInputError
 
 
@@ -61,21 +61,11 @@ def _summary_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _run(nproc: int, nodes: int, timeout_s: float, out: Path, worker_args: list[str]) -> None:
+    """Launch the workers; the bar follows the slowest rank's measurement (phase and shape)."""
     from clusterplan.profiler.runner import launch
 
-    if not console.err.is_terminal:
-        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), nodes=nodes)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console.err, transient=True) as bar:
-        task = bar.add_task("starting workers", total=None)
-
-        def on_progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total or None, description=label)
-
-        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), on_progress=on_progress, nodes=nodes)
+    with console.progress("profile") as progress:
+        launch(worker_args, nproc=nproc, timeout_s=timeout_s, out=str(out), on_progress=progress, nodes=nodes)
 
 
 @click.command()
@@ -93,6 +83,7 @@ def _run(nproc: int, nodes: int, timeout_s: float, out: Path, worker_args: list[
               help="cuda (NCCL) when torch sees GPUs, else cpu (gloo).")
 @click.option("--fake-nodes", type=click.IntRange(1, 64), default=1,
               help="Split the CPU processes into this many pretend nodes (tries the scale_out level on one machine).")
+@quiet_option
 @format_option
 def profile(nproc: int | None, model: str | None, layout: str | None, quick: bool, out: Path, resume: bool,
             timeout_s: float, device: str, fake_nodes: int, fmt: str) -> None:

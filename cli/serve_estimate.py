@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from clusterplan.cli.console import console
@@ -160,13 +162,14 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, att
     from clusterplan.models.hardware.calibration import load_calibration
 
     check_plot_path(plot_path)
-    with console.progress("latency against load") as progress:
+    sweeping = sweep or plot_path is not None  # one simulation alone takes well under a second: no bar
+    with console.progress("latency against load") if sweeping else contextlib.nullcontext(None) as progress:
         est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
                            engine=engine_name, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                            max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
                            rate=rate, trace=trace, clients=concurrency or batch or 0, static=batch is not None,
                            requests=requests or 0, calibration=load_calibration(calibration), seed=seed,
-                           sweep=sweep or plot_path is not None, progress=progress)
+                           sweep=sweeping, progress=progress)
     data = estimate_json(est)
     if plot_path:
         from clusterplan.cli.plot import plot_serve_estimate

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, nonempty_path, output_path
+from clusterplan.cli.options import format_option, nonempty_path, output_path, quiet_option
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.models.training.layout import Layout
@@ -80,7 +80,9 @@ def _real(plan: Any, nproc: int | None, scale: str, steps: int, timeout_s: float
     model, layout, factor = _prepare(plan, nproc, scale, budget_gib)
     console.info(f"validate: {model.name} ({model.total_params() / 1e6:.1f} M params), {layout.short()}, "
                  f"{layout.world} ranks")
-    runs = spawn([{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], layout.world, timeout_s)
+    with console.progress(f"validate {layout.short()}") as progress:
+        runs = spawn([{"model": model.to_dict(), "layout": layout.to_dict(), "steps": steps}], layout.world, timeout_s,
+                     on_progress=progress)
     return _compare(plan, runs[0], factor, calibration)
 
 
@@ -107,7 +109,8 @@ def _measured_run(path: str) -> dict[str, Any]:
 def _dry(plan: Any) -> dict[str, Any]:
     from clusterplan.validate.dryrun import dry_run
 
-    positions = dry_run(plan.model, plan.layout)
+    with console.progress(f"dry run {plan.layout.short()}") as progress:
+        positions = dry_run(plan.model, plan.layout, progress)
     errors = [abs(v["error_pct"]) for p in positions for v in p.get("terms", {}).values() if v["error_pct"] is not None]
     rejected = [f"{p['position']} stage: {p['rejected']}" for p in positions if "rejected" in p]
     from clusterplan.models.training.layout import layout_problems
@@ -181,6 +184,7 @@ def _check_numbers(nproc: int | None, steps: int, timeout_s: float, budget_gib: 
               help="Write the job for torchrun on several machines and exit (see README).")
 @click.option("--measured", type=click.Path(dir_okay=False), default=None, callback=nonempty_path,
               help="Compare a worker's result.json (from a torchrun launch) instead of spawning ranks.")
+@quiet_option
 @format_option
 def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, steps: int, timeout_s: float,
              calibration: str | None, tolerance: float | None, time_tolerance: float | None, dry_run: bool,

@@ -77,7 +77,7 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
     if m.gated_ffn:
         args.append("--swiglu")
     if m.position == "rope":
-        args += ["--position-embedding-type", "rope"]
+        args += ["--position-embedding-type", "rope", "--rotary-base", _number(m.rope_theta)] + rope_scaling_args(m)
     if not m.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
     if not m.linear_bias:
@@ -89,6 +89,24 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
     if not m.dropout:
         args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
     return args + mla_args(m) + moe_args(m)
+
+
+def _number(value: float) -> str:
+    """500000.0 -> "500000", 2.5 -> "2.5" (argparse reads both as the flag's type)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def rope_scaling_args(m: ModelSpec) -> Args:
+    """Long-context RoPE scaling as Megatron-LM's arguments.py names it: Llama 3.1's rule (--use-rope-scaling with
+    --rope-scaling-factor), YaRN (--rope-type yarn, --rotary-scaling-factor; MLA models), position interpolation
+    (--rotary-seq-len-interpolation-factor)."""
+    if m.rope_scaling == "llama3":
+        return ["--use-rope-scaling", "--rope-scaling-factor", _number(m.rope_scaling_factor)]
+    if m.rope_scaling == "yarn":
+        return ["--rope-type", "yarn", "--rotary-scaling-factor", _number(m.rope_scaling_factor)]
+    if m.rope_scaling == "linear":
+        return ["--rotary-seq-len-interpolation-factor", str(round(m.rope_scaling_factor))]
+    return []
 
 
 def mla_args(m: ModelSpec) -> Args:
@@ -109,6 +127,21 @@ def moe_args(m: ModelSpec) -> Args:
             "--moe-token-dispatcher-type", "alltoall"]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
+    # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
+    # auxiliary-loss-free expert bias, group-limited routing, the top-k weight scale; a softmax kept over all
+    # experts (no renormalisation over the top-k) is --moe-router-pre-softmax.
+    args += ["--moe-router-score-function", m.router_score]
+    if m.router_expert_bias:
+        args.append("--moe-router-enable-expert-bias")
+    if m.expert_groups > 1:
+        args += ["--moe-router-num-groups", str(m.expert_groups),
+                 "--moe-router-group-topk", str(m.expert_groups_per_token or m.expert_groups)]
+    if m.router_topk_scaling != 1.0:
+        args += ["--moe-router-topk-scaling-factor", _number(m.router_topk_scaling)]
+    if m.router_score == "softmax" and not m.router_renormalize:
+        args.append("--moe-router-pre-softmax")
+    if m.mtp_layers:
+        args += ["--mtp-num-layers", str(m.mtp_layers)]
     if m.first_dense_layers:
         args += ["--moe-layer-freq", moe_layer_pattern(m)]
     elif m.moe_every != 1:

@@ -431,12 +431,14 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts"}
 MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
-                "--attention-backend": "attention", "--optimizer": "optimizer",
+                "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
+                "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
                 "--pipeline-model-parallel-layout": "pp_layout"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
                   "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash",
+                  "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
                   "--grad-reduce-in-bf16": "grad_bf16"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
@@ -520,6 +522,33 @@ def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
             for key, (flag, want) in expected.items() if key in v and v[key] != want]
 
 
+def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
+    """Settings beyond the shapes where the script trains otherwise than the model's config (exports carry them):
+    notes, not failures, since pre-training may choose them (Megatron's own Llama 3 example sets its own base)."""
+    out: list[str] = []
+    if "rotary_base" in v and model.position == "rope" and _float(v["rotary_base"]) != model.rope_theta:
+        out.append(f"--rotary-base {v['rotary_base']} but {model.name} has rope_theta {model.rope_theta:g}; "
+                   "positions would be encoded with another base")
+    if model.is_moe and v.get("router_score", model.router_score) != model.router_score:
+        out.append(f"--moe-router-score-function {v['router_score']} but {model.name} routes with "
+                   f"{model.router_score}")
+    if model.is_moe and bool(v.get("expert_bias")) != model.router_expert_bias and model.router_expert_bias:
+        out.append(f"no --moe-router-enable-expert-bias but {model.name} balances experts with a routing bias")
+    if model.rope_scaling == "llama3" and not v.get("rope_scaling"):
+        out.append(f"no --use-rope-scaling but {model.name} scales RoPE (llama3, factor "
+                   f"{model.rope_scaling_factor:g})")
+    if "mtp_layers" in v and _float(v["mtp_layers"]) != model.mtp_layers:
+        out.append(f"--mtp-num-layers {v['mtp_layers']} but {model.name} has {model.mtp_layers} MTP layers")
+    return out
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return float("nan")
+
+
 def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
     v, env = megatron_args(path)
@@ -579,6 +608,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"))
+    notes += _megatron_model_notes(v, model)
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
 

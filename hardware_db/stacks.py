@@ -68,6 +68,8 @@ class ExecutionStack:
     """Keeps an fp8 copy of the weights beside the bf16 ones (Transformer Engine)."""
     fp8_allgather: bool
     """FSDP all-gathers weights in fp8 (torchtitan float8 all-gather)."""
+    loss_bytes_per_logit: float
+    """Peak bytes per logit at the loss (forward and the head's backward), as the stack computes the cross-entropy."""
     optimizer_param_remainders: bool
     """The distributed optimizer (ZeRO 1/2) keeps only the fp32 master weights' 16 low bits beside the bf16 weights
     (Megatron-Core store_param_remainders): 10 B of Adam state per parameter instead of 12."""
@@ -165,6 +167,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_recipes=_subset(where, raw, "fp8_recipes", FP8_RECIPES),
         fp8_weight_copy=_flag(where, raw, "fp8_weight_copy"), fp8_allgather=_flag(where, raw, "fp8_allgather"),
         optimizer_param_remainders=_flag(where, raw, "optimizer_param_remainders"),
+        loss_bytes_per_logit=_bytes(where, raw, "loss_bytes_per_logit"),
         selective_recompute=_choice(where, raw, "selective_recompute", SELECTIVE_RECOMPUTE),
         schedules=_subset(where, raw, "schedules", SCHEDULES), compiled=_flag(where, raw, "compiled"),
         sp_saves_gathered_inputs=_flag(where, raw, "sp_saves_gathered_inputs"),

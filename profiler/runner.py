@@ -15,12 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from clusterplan.errors import BadInputError, ClusterplanError
+from clusterplan.progress import ProgressFn
 from clusterplan.runtime.procs import (
     exit_words,
     free_port,
@@ -38,7 +38,6 @@ EXIT_GRACE_S = 5.0
 # What gloo and NCCL say on the ranks that lose a peer (pair.cc "Connection closed by peer", NCCL "remote process").
 PEER_LOSS = re.compile(r"closed by peer|reset by peer|remote worker|remote process|broken pipe|connection refused|"
                        r"timed out|timeout", re.IGNORECASE)
-ProgressFn = Callable[[int, int, str], None]
 
 
 class ProfileError(ClusterplanError):

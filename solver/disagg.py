@@ -14,9 +14,9 @@ from clusterplan.hardware_db import Link
 from clusterplan.models.serving.kv import kv_bytes_per_token
 from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
 from clusterplan.models.serving.sim import rate_upper_bound_rps
+from clusterplan.progress import ProgressFn
 from clusterplan.solver.serve import (
     Limits,
-    ProgressFn,
     ServePlan,
     Workload,
     capacity_table,

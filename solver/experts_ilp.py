@@ -38,6 +38,7 @@ from clusterplan.models.moe.metrics import (
     summary,
 )
 from clusterplan.models.moe.routing import RoutingStats
+from clusterplan.progress import ProgressFn
 from clusterplan.solver.experts import balanced_packing, replicate_experts
 
 
@@ -355,8 +356,10 @@ def _layer_input(stats: RoutingStats, layer: int, counts: np.ndarray, prev_share
     return _Layer(tokens=stats.tokens_per_expert[layer], count=counts[layer], origin_eg=org, has_next=has_next)
 
 
-def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts: IlpOptions) -> IlpResult:
-    """Place every layer in order (node ILP, then GPU ILP); never worse than `baseline` (see module doc)."""
+def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts: IlpOptions,
+                  progress: ProgressFn | None = None) -> IlpResult:
+    """Place every layer in order (node ILP, then GPU ILP); never worse than `baseline` (see module doc).
+    progress(layers solved, layers, what) after each layer (and each layer of the node-locked pass)."""
     start = time.monotonic()
     theirs = summary(evaluate(baseline, stats, fabric))
     # Keep as long again as that evaluation took for evaluating the ILP's placement at the end.
@@ -384,12 +387,14 @@ def ilp_placement(stats: RoutingStats, fabric: Fabric, baseline: Placement, opts
             rows.append(baseline.phy2log[layer])
             share = baseline.share(layer)
         prev_share = share
+        if progress is not None:
+            progress(layer + 1, stats.n_layers, f"layer {layer} placed")
     placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts, slots_per_gpu=spg,
                           gpus_per_node=fabric.gpus_per_node)
     if not _worse(summary(evaluate(placement, stats, fabric)), theirs):
         return IlpResult(placement=placement, log=log, fallback_layers=tuple(fallback), node_locked=False,
                          free_placement=None, unsolved_layers=tuple(unsolved), solve_s=time.monotonic() - start)
-    locked, log = _node_locked(stats, fabric, baseline, deadline, opts, log)
+    locked, log = _node_locked(stats, fabric, baseline, deadline, opts, log, progress)
     if _worse(summary(evaluate(locked, stats, fabric)), theirs):  # guard against rounding surprises
         locked = baseline
     return IlpResult(placement=locked, log=log, fallback_layers=tuple(fallback), node_locked=True,
@@ -401,7 +406,7 @@ def _worse(mine: dict[str, float], theirs: dict[str, float]) -> bool:
 
 
 def _node_locked(stats: RoutingStats, fabric: Fabric, baseline: Placement, deadline: float, opts: IlpOptions,
-                 log: SolveLog) -> tuple[Placement, SolveLog]:
+                 log: SolveLog, progress: ProgressFn | None = None) -> tuple[Placement, SolveLog]:
     """Keep the baseline's replicas per node in every layer (so node-level shares, origins and cross-node bytes
     are the baseline's exactly) and re-solve the GPU stage from the baseline's GPU packing (no GPU heavier)."""
     counts, gpn = baseline.replica_count(), fabric.gpus_per_node
@@ -417,6 +422,8 @@ def _node_locked(stats: RoutingStats, fabric: Fabric, baseline: Placement, deadl
             log = _add(log, solved)
         rows.append(slots_from_counts(per_gpu))
         prev = per_gpu / lay.count[:, None]
+        if progress is not None:
+            progress(layer + 1, stats.n_layers, f"layer {layer} re-placed within the baseline's nodes")
     placement = Placement(phy2log=np.array(rows, dtype=np.int64), n_experts=stats.n_experts,
                           slots_per_gpu=baseline.slots_per_gpu, gpus_per_node=gpn)
     return placement, log

@@ -38,6 +38,7 @@ from clusterplan.models.moe.metrics import (
     summary,
 )
 from clusterplan.models.moe.routing import RoutingStats, check_against_model, load_stats
+from clusterplan.progress import ProgressFn
 from clusterplan.solver.experts import eplb_policy
 from clusterplan.solver.experts_balance import balance_layer
 
@@ -176,7 +177,8 @@ def _layer_stack(rows: list[np.ndarray], like: Placement) -> Placement:
                      slots_per_gpu=like.slots_per_gpu, gpus_per_node=like.gpus_per_node)
 
 
-def balanced_placement(stats: RoutingStats, start: Placement) -> tuple[Placement, list[float]]:
+def balanced_placement(stats: RoutingStats, start: Placement,
+                       progress: ProgressFn | None = None) -> tuple[Placement, list[float]]:
     """Min-max balance every layer from `start`'s packing (same replica counts); returns the gaps per layer."""
     rows, gaps = [], []
     spg = start.slots_per_gpu
@@ -189,6 +191,8 @@ def balanced_placement(stats: RoutingStats, start: Placement) -> tuple[Placement
         np.add.at(per_gpu, (experts, done.gpu_of_replica), 1)
         rows.append(slots_from_counts(per_gpu))
         gaps.append(done.gap)
+        if progress is not None:
+            progress(layer + 1, start.n_layers, f"layer {layer} balanced")
     return _layer_stack(rows, start), gaps
 
 
@@ -225,8 +229,9 @@ def _score(layers: list[LayerMetrics]) -> tuple[float, float]:
     return s["all_to_all_s"] + s["expert_compute_s"], s["max_over_mean_worst"]
 
 
-def plan_experts(req: ExpertsRequest) -> ExpertsResult:
-    """Baselines, optimiser and chosen placement under the engine's dispatch rule (see module doc)."""
+def plan_experts(req: ExpertsRequest, progress: ProgressFn | None = None) -> ExpertsResult:
+    """Baselines, optimiser and chosen placement under the engine's dispatch rule (see module doc);
+    progress follows the optimiser layer by layer."""
     from clusterplan.solver.experts_ilp import IlpOptions, ilp_placement
 
     if req.method not in METHODS:
@@ -281,7 +286,8 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
     if optimiser is not None:
         start = time.monotonic()
         if optimiser == "ilp":
-            ilp = ilp_placement(stats, fabric, best, IlpOptions(time_limit_s=req.time_limit_s, seed=req.seed))
+            ilp = ilp_placement(stats, fabric, best, IlpOptions(time_limit_s=req.time_limit_s, seed=req.seed),
+                                progress)
             optimised = ilp.placement
             # gap over the solved layers only (None when none was solved); hit_time_limit counts CBC runs stopped on
             # time and layers left unsolved because the time was up.
@@ -292,7 +298,7 @@ def plan_experts(req: ExpertsRequest) -> ExpertsResult:
                                 "solved_layers": stats.n_layers - len(ilp.unsolved_layers),
                                 "unsolved_layers": list(ilp.unsolved_layers), "node_locked": ilp.node_locked}
         else:
-            optimised, gaps = balanced_placement(stats, best)
+            optimised, gaps = balanced_placement(stats, best, progress)
             report["solver"] = {"optimiser": "balance", "max_gap": max(gaps), "layers_at_bound":
                                 sum(1 for g in gaps if g <= 1e-9), "unsolved_layers": []}
         placements[optimiser] = optimised

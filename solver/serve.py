@@ -7,7 +7,6 @@ from the Melange ILP (solver/melange.py); solver/disagg.py adds separate prefill
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,10 +35,8 @@ from clusterplan.models.serving.sim import (
     slo_batch,
 )
 from clusterplan.models.serving.traffic import Bucket, load_trace, make_buckets, parse_length
+from clusterplan.progress import ProgressFn
 from clusterplan.solver.melange import NO_CAPACITY_RPS, Mix, MixProblem, solve_mix
-
-ProgressFn = Callable[[int, int, str], None]
-"""progress(done, total, what) after each unit of a long computation (the CLI draws it on stderr)."""
 
 SIM_REQUESTS = 200
 """Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""

@@ -17,8 +17,8 @@ import numpy as np
 
 from clusterplan.models.serving.model import ServingInstance, step_model
 from clusterplan.models.serving.sim import HEADROOM, Slo, rate_upper_bound_rps
+from clusterplan.progress import ProgressFn
 from clusterplan.solver.serve import (
-    ProgressFn,
     Workload,
     _mixture,
     _simulate_share,

@@ -330,3 +330,35 @@ def test_the_best_plan_of_clusterplan_plan_exports_to_every_framework(run_cli, t
     ds = json.loads(run_cli("export", str(plan_path), "--to", "deepspeed")[1])
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 16 == 256 == ds["train_batch_size"]
     assert ds["train_micro_batch_size_per_gpu"] == layout.mbs
+
+
+def test_megatron_export_carries_rope_and_router_settings_and_check_notes_a_different_base(tmp_path):
+    """Llama 3.1 trains with RoPE base 500,000 and its long-context scaling (factor 8); DeepSeek-V3 routes with
+    sigmoid scores, an expert bias, 8 groups of which 4 per token, weights x 2.5, and trains one MTP layer. The
+    Megatron script says so; `check` of a script with another base reads the same layout and notes the base."""
+    from clusterplan.frameworks import read_config
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import Layout
+
+    llama = load_model("llama3.1-8b")
+    layout = Layout(tp=1, dp=8, mbs=1, gbs=64, seq=8192)
+    text = export_plan("megatron", llama, load_cluster("dgx-h100:1"), layout).text
+    assert "--rotary-base 500000" in text and "--use-rope-scaling" in text and "--rope-scaling-factor 8" in text
+    ds = load_model("deepseek-v3")
+    ds_layout = Layout(pp=8, ep=32, dp=32, mbs=1, gbs=1024, seq=4096, first_stage_layers=5, last_stage_layers=8)
+    ds_text = export_plan("megatron", ds, load_cluster("dgx-h100:32"), ds_layout).text
+    for flag in ("--moe-router-score-function sigmoid", "--moe-router-enable-expert-bias",
+                 "--moe-router-num-groups 8", "--moe-router-group-topk 4", "--moe-router-topk-scaling-factor 2.5",
+                 "--mtp-num-layers 1", "--rope-type yarn", "--rotary-scaling-factor 40"):
+        assert flag in ds_text, flag
+    path = tmp_path / "other_base.sh"
+    path.write_text(text.replace("--rotary-base 500000", "--rotary-base 10000"), encoding="utf-8")
+    read = read_config(path, llama, 8)
+    assert read.layout == read_config(_write(tmp_path / "same.sh", text), llama, 8).layout and read.mismatches == ()
+    assert any("--rotary-base 10000" in n and "500000" in n for n in read.notes)
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path

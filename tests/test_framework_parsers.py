@@ -155,8 +155,12 @@ def _flag_values(script: str) -> dict[str, str]:
     flags: dict[str, str] = {}
     for i, tok in enumerate(tokens):
         if tok.startswith("--"):
-            nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-            flags[tok] = "" if nxt.startswith("--") or nxt == ")" else nxt
+            words = []  # every word up to the next flag: one value, or a list (--recompute-modules a b)
+            for nxt in tokens[i + 1:]:
+                if nxt.startswith("--") or nxt == ")":
+                    break
+                words.append(nxt)
+            flags[tok] = " ".join(words)
     return flags
 
 
@@ -167,6 +171,11 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     result = _run("""
         import dataclasses, json
+        import megatron.core.utils as mcore_utils
+        from packaging.version import Version
+        # Transformer Engine does not install on CPU; TransformerConfig's version gates (fp8 with MoE grouped GEMM
+        # needs TE >= 1.7) are asked as on a GPU machine with a current TE, so the flags themselves are checked.
+        mcore_utils.get_te_version = lambda: Version("2.8.0")
         from megatron.core.transformer.transformer_config import TransformerConfig, MLATransformerConfig
         # flag -> field where the names differ (megatron/training/arguments.py core_transformer_config_from_args)
         RENAMED = {"num_experts": "num_moe_experts", "swiglu": "gated_linear_unit", "normalization": "normalization",
@@ -203,6 +212,8 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
                     value = True
                 elif name == "moe_layer_freq":
                     value = eval(raw, {"__builtins__": {}})
+                elif name == "recompute_modules":
+                    value = raw.split()
                 else:
                     try:
                         value = int(raw)

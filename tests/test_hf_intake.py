@@ -286,3 +286,23 @@ def test_decode_step_reads_only_the_window():
                                         tp=1))
     assert float(g_win.decode_s(1, 32768)) == pytest.approx(float(g_full.decode_s(1, 8 / 48 * 32768 + 40 / 48 * 1024)),
                                                             rel=1e-12)
+
+
+def test_mtp_module_weights_sit_on_the_last_stage():
+    from clusterplan.models.training.memory import stage_params
+
+    # DeepSeek-V3 at tp 2, ep 64: the last rank holds, beside its layers and the head, one more MoE block (attention
+    # and router + shared expert split over tp, 256 experts over ep), M = 2 x 7168 x 7168 over tp and 3 + 2 norms.
+    m = load_model("deepseek-v3")
+    shapes = ModelShapes.of(m)
+    L = LayoutArrays.from_layouts([Layout.parse("tp=2,pp=16,ep=64,gbs=4096,seq=4096")])
+    with_mtp = stage_params(shapes, L, np.array([4.0]), False, True)
+    without = stage_params(ModelShapes.of(m.scaled(mtp_layers=0)), L, np.array([4.0]), False, True)
+    dense = (m.attention_params() + m.router_params() + m.mlp_params(m.shared_ffn) + 2 * 7168 * 7168) / 2 + 5 * 7168
+    assert float(with_mtp.dense[0] - without.dense[0]) == pytest.approx(dense, rel=1e-12)
+    assert float(with_mtp.expert[0] - without.expert[0]) == pytest.approx(256 * m.mlp_params(2048) / 64, rel=1e-12)
+    # The whole module, the tp-split part counted over both ranks and the norms once, is mtp_params().
+    assert (dense - 5 * 7168) * 2 + 5 * 7168 + 256 * m.mlp_params(2048) == m.mtp_params()
+    # Ranks without the head hold none of it.
+    assert float(stage_params(shapes, L, np.array([4.0]), False, False).dense[0]) == pytest.approx(
+        float(stage_params(ModelShapes.of(m.scaled(mtp_layers=0)), L, np.array([4.0]), False, False).dense[0]))

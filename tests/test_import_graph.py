@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower number = lower layer; a module may import its own layer's part or lower ones, never higher.
 LAYER = {
-    "errors": 0, "fileio": 0, "hardware_db": 1,
+    "errors": 0, "fileio": 0, "progress": 0, "hardware_db": 1,
     "models.architecture": 2, "models.hardware": 2,
     "models.training": 3, "models.serving": 3, "models.moe": 3,
     "frameworks": 4, "runtime": 4, "solver": 5, "profiler": 6, "validate": 6, "reference": 6,

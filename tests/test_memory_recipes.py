@@ -145,18 +145,21 @@ def test_recompute_modules_parse_and_round_trip():
     assert not stack_problems(L, get_stack("megatron-core"))
 
 
-def test_fused_cross_entropy_keeps_the_bf16_logits_only():
-    # Llama-3.1-8B head (vocab 128256) at tp 2, 8192 tokens, bf16, 1F1B last stage: unfused, the bf16 logits and
-    # their fp32 upcast (6 B per logit); TE's fused cross-entropy keeps the bf16 logits (the gradient is written
-    # into them in place) and 3 fp32 per token.
+def test_loss_logits_as_each_stack_computes_the_cross_entropy():
+    # Llama-3.1-8B head (vocab 128256) at tp 2, 8192 tokens, bf16, 1F1B last stage: Megatron-Core with TE's fused
+    # cross-entropy keeps the bf16 logits (2 B); Megatron's unfused one the bf16 logits and an fp32 copy (6 B);
+    # torchtitan's eager F.cross_entropy(logits.float()) peaks at 3 fp32 tensors in the head's backward (12 B), also
+    # when it compiles the blocks (the loss stays eager).
     from clusterplan.models.training.memory import ends_activation_bytes
 
     shapes = ModelShapes.of(load_model("llama3.1-8b"))
     L = _arrays(tp=2, pp=2, seq=8192, mbs=1, gbs=8, dp=2, recompute="none")
-    fused = float(ends_activation_bytes(shapes, L, False, True, fused_ce=True)[0])
-    unfused = float(ends_activation_bytes(shapes, L, False, True, fused_ce=False)[0])
-    assert fused == 2 * 8192 * 128256 / 2 + 12 * 8192
-    assert unfused == 6 * 8192 * 128256 / 2
+    logits = 8192 * 128256 / 2
+    for stack, per_logit in (("megatron-core", 2), ("megatron-lm-2021", 6), ("torchtitan", 12),
+                             ("torchtitan-compile", 12)):
+        got = float(ends_activation_bytes(shapes, L, False, True,
+                                          loss_bytes_per_logit=get_stack(stack).loss_bytes_per_logit)[0])
+        assert got == per_logit * logits, stack
 
 
 def test_distributed_optimizer_keeps_master_weight_remainders():

@@ -88,10 +88,11 @@ def test_table1_published_layout_fits_and_our_best_is_no_worse(row):
 
 
 def test_cost_objective_may_use_fewer_nodes(run_cli):
-    """$/token: 70B at a small batch is cheapest on half the cluster (less data-parallel traffic per token) when
+    """$/token: 70B at a small batch is cheapest on part of the cluster (less data-parallel traffic per token) when
     the stack cannot hide that traffic: DeepSpeed's ZeRO-3 (a latency chain per prefetch bucket). Megatron-Core and
-    FSDP2 hide it under compute, and there the full cluster costs the same per token."""
-    args = ("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:16", "--gbs", "128", "--seq", "8192",
+    FSDP2 hide it under compute, and there the full cluster costs the same per token. (gbs 64 x 4096 tokens: at
+    128 x 8192 the Hugging Face loss's fp32 logits leave the 64-GPU ZeRO-3 layouts no headroom.)"""
+    args = ("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:16", "--gbs", "64", "--seq", "4096",
             "--top", "3", "--format", "json", "--stack", "deepspeed")
     code, out, _ = run_cli(*args, "--objective", "cost")
     assert code == 0
@@ -100,7 +101,8 @@ def test_cost_objective_may_use_fewer_nodes(run_cli):
     assert costs == sorted(costs)
     fastest = json.loads(run_cli(*args)[1])["plans"][0]
     assert cheap[0]["usd_per_million_tokens"] <= fastest["usd_per_million_tokens"]
-    assert "= 64 GPUs" in cheap[0]["cluster"] and "= 128 GPUs" in fastest["cluster"]
+    gpus = lambda plan: int(plan["cluster"].rsplit("= ", 1)[1].split()[0])  # noqa: E731
+    assert gpus(cheap[0]) < gpus(fastest) == 128
 
 
 def test_timing_is_opt_in(run_cli):

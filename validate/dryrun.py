@@ -24,6 +24,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import bytes_per_param
+from clusterplan.progress import ProgressFn
 from clusterplan.runtime.parallelize import build_mesh, build_stages
 from clusterplan.validate.measure import local_bytes
 from clusterplan.validate.predict import position_of, predicted_bytes
@@ -85,15 +86,18 @@ def _state_bytes(layout: Layout, tp_elems: dict[str, Any], fsdp_elems: dict[str,
             "optimizer": ob * (sharded if z >= 3 else zero_part if z >= 1 else full)}
 
 
-def dry_run(model: ModelSpec, layout: Layout) -> list[dict[str, Any]]:
-    """One entry per distinct pipeline position: elements per rank, bytes vs the memory model, problems."""
+def dry_run(model: ModelSpec, layout: Layout, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """One entry per distinct pipeline position: elements per rank, bytes vs the memory model, problems.
+    progress(done, total, position) before each position is built."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
     predicted = predicted_bytes(model, layout)
     per_stage = layout.world // layout.pp
     pp_ranks = sorted({0, min(1, layout.pp - 1), layout.pp - 1})
     results = []
-    for pp_rank in pp_ranks:
+    for k, pp_rank in enumerate(pp_ranks):
         rank, pos = pp_rank * per_stage, position_of(pp_rank, layout.pp)
+        if progress is not None:
+            progress(k, len(pp_ranks), f"{pos} stage")
         entry: dict[str, Any] = {"rank": rank, "pp_rank": pp_rank, "position": pos}
         try:
             tp_elems = _stage_elements(model, layout, rank, pp_rank, fsdp=False)
@@ -111,4 +115,6 @@ def dry_run(model: ModelSpec, layout: Layout) -> list[dict[str, Any]]:
                                     "error_pct": error_pct(predicted[pos][t], measured[t])}
                                 for t in ("weights", "grads", "optimizer")}})
         results.append(entry)
+    if progress is not None:
+        progress(len(pp_ranks), len(pp_ranks), "done")
     return results

@@ -22,6 +22,7 @@ from typing import Any
 
 from clusterplan.errors import ClusterplanError
 from clusterplan.fileio import dumps_json
+from clusterplan.progress import ProgressFn
 from clusterplan.runtime.procs import (
     HEARTBEAT_FILE_ENV,
     exit_words,
@@ -111,12 +112,25 @@ def _failure(failed: list[_Rank]) -> RankFailedError:
                            log_tail=text[-8000:])
 
 
-def _wait(ranks: list[_Rank], timeout_s: float) -> None:
+def phase_count(runs: list[dict[str, Any]]) -> int:
+    """FileHeartbeat phases a worker goes through (validate/worker.py): start-up, rendezvous, per run its start,
+    each warm-up and measured step and the gather, and the teardown."""
+    return 2 + sum(2 + int(r.get("warmup_steps", 1)) + int(r.get("steps", 3)) for r in runs) + 1
+
+
+def _wait(ranks: list[_Rank], timeout_s: float, on_progress: ProgressFn | None = None, total: int = 0) -> None:
     """Until every rank exits 0; raises naming the rank that failed, stopped, went silent or stalled the rest.
-    Every check is against timeout_s since that rank's last heartbeat or the run's last progress."""
+    Every check is against timeout_s since that rank's last heartbeat or the run's last progress.
+    on_progress(phases done by the slowest rank, total, its phase) when that changes."""
+    shown = None
     while True:
         for r in ranks:
             r.refresh()
+        if on_progress is not None:
+            slowest = min(ranks, key=lambda x: (x.index, x.rank))
+            if (slowest.index, slowest.phase) != shown:
+                shown = (slowest.index, slowest.phase)
+                on_progress(slowest.index, total, f"rank {slowest.rank} {slowest.phase}")
         codes = [r.proc.poll() for r in ranks]
         failed = [r for r, c in zip(ranks, codes, strict=True) if c not in (None, 0)]
         if failed:
@@ -154,20 +168,23 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
-def spawn(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int = 1) -> list[dict[str, Any]]:
+def spawn(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int = 1,
+          on_progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """Run each of `runs` (model, layout, steps, ...) in turn on `nproc` local ranks; return, per run, rank 0's
     gathered results ({"device", "ranks": [...]}). A rendezvous port taken between picking and binding it (another
-    process won the race) is retried on a fresh port, twice at most."""
+    process won the race) is retried on a fresh port, twice at most. on_progress(done, total, what): the slowest
+    rank's phase (phase_count in all)."""
     for attempt in range(3):
         try:
-            return _spawn_once(runs, nproc, timeout_s, threads_per_rank)
+            return _spawn_once(runs, nproc, timeout_s, threads_per_rank, on_progress)
         except RankFailedError as exc:
             if attempt == 2 or "address already in use" not in exc.log_tail.lower():
                 raise
     raise AssertionError("unreachable")
 
 
-def _spawn_once(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int) -> list[dict[str, Any]]:
+def _spawn_once(runs: list[dict[str, Any]], nproc: int, timeout_s: float, threads_per_rank: int,
+                on_progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="clusterplan-validate-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_path.write_text(dumps_json({"runs": runs, "timeout_s": timeout_s}), encoding="utf-8")
@@ -183,7 +200,7 @@ def _spawn_once(runs: list[dict[str, Any]], nproc: int, timeout_s: float, thread
                              HEARTBEAT_FILE_ENV: str(beat)},
                         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **worker_popen_kwargs())
                 ranks.append(_Rank(rank=rank, proc=proc, log=log, beat_file=beat))
-            _wait(ranks, timeout_s)
+            _wait(ranks, timeout_s, on_progress, phase_count(runs))
         finally:
             _stop([r.proc for r in ranks])
         return json.loads(out_path.read_text(encoding="utf-8"))["runs"]

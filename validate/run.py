@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,15 +122,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_rank(run: RunSpec, device: torch.device) -> dict[str, Any]:
-    """Train warm-up + measured steps; return this rank's measurements."""
+def run_rank(run: RunSpec, device: torch.device,
+             on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train warm-up + measured steps; return this rank's measurements. on_step(i, n) before step i of n
+    (warm-up steps first, counted from 1)."""
     trainer = Trainer(run, device)
-    for _ in range(run.warmup_steps):
+    total = run.warmup_steps + run.steps
+    for i in range(run.warmup_steps):
+        if on_step is not None:
+            on_step(i + 1, total)
         trainer.step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tracker, times_s, loss = ActivationTracker(), [], None
-    for _ in range(run.steps):
+    for i in range(run.steps):
+        if on_step is not None:
+            on_step(run.warmup_steps + i + 1, total)
         dist.barrier()
         _sync(device)
         start = time.perf_counter()

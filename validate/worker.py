@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
             run = RunSpec(model=ModelSpec.from_dict(item["model"]), layout=Layout.from_dict(item["layout"]),
                           warmup_steps=int(item.get("warmup_steps", 1)), steps=int(item.get("steps", 3)),
                           seed=int(item.get("seed", 0)))
-            result = run_rank(run, device)
+            result = run_rank(run, device, on_step=lambda i, n, k=k: beat.phase(
+                f"run {k}/{len(job['runs'])} step {i}/{n}"))
             beat.phase(f"gather {k}/{len(job['runs'])}")
             gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
             dist.gather_object(result, gathered, dst=0)

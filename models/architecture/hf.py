@@ -99,6 +99,10 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
     if mt in ("deepseek_v3", "deepseek_v2"):
         fields.update(_mla_fields(c))
+    if fields.get("position", "rope") == "rope":
+        fields.update(_rope_fields(c))
+    if fields.get("n_experts"):
+        fields.update(_router_fields(c, mt))
     try:
         return ModelSpec(name=name, family=mt, source=f"Hugging Face config.json ({where}){note}", **fields)
     except TypeError as exc:
@@ -328,6 +332,53 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
                 expert_groups_per_token=c.integer("topk_group", default=0, minimum=0),
                 mtp_layers=c.integer("num_nextn_predict_layers", default=0, minimum=0),
                 **_moe_layout(moe, n_layers, c.where))
+
+
+ROPE_SCALING_TYPES = {"llama3": "llama3", "yarn": "yarn", "linear": "linear", "default": "none"}
+"""config.json rope_scaling.rope_type (older configs: .type) -> ModelSpec.rope_scaling; others are refused."""
+
+
+def _positive_number(c: _Config, key: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+        raise BadInputError(f"{c.where}: {key} must be a positive number, got {value!r}; fix config.json")
+    return float(value)
+
+
+def _rope_fields(c: _Config) -> dict[str, Any]:
+    """RoPE base and long-context scaling (transformers' rope_theta and rope_scaling): exports carry them."""
+    out: dict[str, Any] = {}
+    if c.raw.get("rope_theta") is not None:
+        out["rope_theta"] = _positive_number(c, "rope_theta", c.raw["rope_theta"])
+    scaling = c.raw.get("rope_scaling")
+    if isinstance(scaling, dict):
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ROPE_SCALING_TYPES:
+            raise UnsupportedModelError(f"{c.where}: rope_scaling type {kind!r} is not supported; supported: "
+                                        f"{', '.join(ROPE_SCALING_TYPES)}")
+        out["rope_scaling"] = ROPE_SCALING_TYPES[kind]
+        if out["rope_scaling"] != "none":
+            out["rope_scaling_factor"] = _positive_number(c, "rope_scaling.factor", scaling.get("factor", 1.0))
+    elif scaling is not None:
+        raise BadInputError(f"{c.where}: rope_scaling must be a mapping or null, got {str(scaling)[:60]}")
+    return out
+
+
+def _router_fields(c: _Config, mt: str) -> dict[str, Any]:
+    """The router's score function, expert bias, top-k weight scale and renormalisation (DeepSeek's scoring_func,
+    topk_method, routed_scaling_factor, norm_topk_prob; Mixtral and GPT-OSS renormalise over the top-k)."""
+    # Llama 4 (Llama4TextMoe): sigmoid of the top-k router logits, not renormalised.
+    score = c.raw.get("scoring_func", "sigmoid" if mt == "llama4" else "softmax")
+    if score not in ("softmax", "sigmoid"):
+        raise UnsupportedModelError(f"{c.where}: scoring_func {score!r} is not supported; supported: softmax, sigmoid")
+    out: dict[str, Any] = {"router_score": score, "router_expert_bias": c.raw.get("topk_method") == "noaux_tc"}
+    if c.raw.get("routed_scaling_factor") is not None:
+        out["router_topk_scaling"] = _positive_number(c, "routed_scaling_factor", c.raw["routed_scaling_factor"])
+    if mt in ("qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"):
+        # transformers' defaults when the key is absent: True only for DeepseekV3Config
+        out["router_renormalize"] = c.flag("norm_topk_prob", mt == "deepseek_v3")
+    elif mt == "llama4":
+        out["router_renormalize"] = False
+    return out
 
 
 def _mla_fields(c: _Config) -> dict[str, Any]:

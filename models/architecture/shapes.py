@@ -61,6 +61,8 @@ class ModelShapes:
     window."""
     mtp_layers: int = 0
     """Multi-token-prediction modules on the last pipeline stage (ModelSpec.mtp_layers)."""
+    mtp_layer_moe: bool = False
+    """The MTP modules' transformer block has an MoE MLP (it continues the layer pattern: DeepSeek-V3)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -83,7 +85,7 @@ class ModelShapes:
             mla_latent=(2 * m.q_lora_rank + m.kv_lora_rank + m.qk_rope_head_dim + m.kv_lora_rank) if m.is_mla else 0,
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
             chunked_attention=m.local_attention == "chunked",
-            mtp_layers=m.mtp_layers,
+            mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
         )
 
     @property

@@ -27,10 +27,16 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
                       "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                       "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
-          "dropout", "attn_sinks", "qk_norm_full_width")
-_OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers")
-"""Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers: to_dict leaves them out while they hold
-their default, so the JSON of every model described before them stays byte-identical."""
+          "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize")
+_POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
+_OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
+                       "rope_theta", "rope_scaling", "rope_scaling_factor", "router_score", "router_expert_bias",
+                       "router_topk_scaling", "router_renormalize")
+"""Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router settings that
+exports carry: to_dict leaves them out while they hold their default, so the JSON of every model described before
+them stays byte-identical."""
+RopeScalingKind = Literal["none", "llama3", "yarn", "linear"]
+RouterScoreKind = Literal["softmax", "sigmoid"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +60,13 @@ class ModelSpec:
     norm: NormKind = "rmsnorm"
     position: PositionKind = "rope"
     max_positions: int = 4096
+    rope_theta: float = 10000.0
+    """RoPE base (config.json `rope_theta`; Llama 3 500,000). Changes no count or time: exports carry it."""
+    rope_scaling: RopeScalingKind = "none"
+    """RoPE frequency scaling for long context: "llama3" (Llama 3.1's low/high-frequency rule), "yarn" (DeepSeek-V3),
+    "linear" (position interpolation); config.json `rope_scaling.rope_type`."""
+    rope_scaling_factor: float = 1.0
+    """config.json `rope_scaling.factor` (Llama 3.1: 8; DeepSeek-V3: 40)."""
     attn_bias: bool = False
     """Biases on the q/k/v projections (Qwen2, GPT-2, OPT, BLOOM)."""
     linear_bias: bool = False
@@ -105,6 +118,16 @@ class ModelSpec:
     EPLB's hierarchical policy packs whole groups onto nodes (deepseek-ai/EPLB)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (DeepSeek-V3 `topk_group` = 4); 0 = no limit."""
+    router_score: RouterScoreKind = "softmax"
+    """The router's score function: softmax (Mixtral, Qwen, DeepSeek-V2) or sigmoid (DeepSeek-V3 `scoring_func`)."""
+    router_expert_bias: bool = False
+    """Auxiliary-loss-free balancing: a per-expert bias added to the scores for top-k selection only (DeepSeek-V3
+    `topk_method: noaux_tc`, Sec. 2.1.2)."""
+    router_topk_scaling: float = 1.0
+    """Factor on the chosen experts' weights (DeepSeek `routed_scaling_factor`: V3 2.5)."""
+    router_renormalize: bool = True
+    """The chosen top-k weights are renormalised to sum to 1 (`norm_topk_prob`; equal to a softmax over the top-k
+    logits); False: the softmax over all experts is kept (DeepSeek-V2, Megatron --moe-router-pre-softmax)."""
     mtp_layers: int = 0
     """Multi-token-prediction modules trained beside the model (DeepSeek-V3 `num_nextn_predict_layers`, Sec. 2.2):
     each is one more transformer block, a 2h -> h projection and the shared LM head, run on the last pipeline stage.
@@ -181,8 +204,13 @@ class ModelSpec:
         for f in _BOOLS:
             if not isinstance(getattr(self, f), bool):
                 raise BadInputError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
+        for f in _POSITIVE_FLOATS:
+            value = getattr(self, f)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise BadInputError(f"model {self.name}: {f} must be a positive number, got {value!r}")
         for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi")),
-                           ("local_attention", ("sliding", "chunked"))):
+                           ("local_attention", ("sliding", "chunked")),
+                           ("rope_scaling", ("none", "llama3", "yarn", "linear")), ("router_score", ("softmax", "sigmoid"))):
             if getattr(self, f) not in allowed:
                 raise BadInputError(f"model {self.name}: {f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
 

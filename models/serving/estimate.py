@@ -9,7 +9,6 @@ simulator and step formula as serve-plan (models/serving/sim.py, StepModel.time_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -31,6 +30,7 @@ from clusterplan.models.serving.model import (
 )
 from clusterplan.models.serving.sim import Engine, SimTrace, percentile, simulate
 from clusterplan.models.serving.traffic import load_trace, parse_length
+from clusterplan.progress import ProgressFn
 
 PERCENTILES = (50.0, 90.0, 99.0)
 ESTIMATE_REQUESTS = 1000
@@ -136,9 +136,6 @@ class ServingEstimate:
     def n_gpus(self) -> int:
         return self.instance.n_gpus
 
-
-ProgressFn = Callable[[int, int, str], None]
-"""progress(done, total, what): called after each unit of a long computation (the CLI draws it on stderr)."""
 
 SWEEP_POINTS = 10
 """Loads in a latency-against-load sweep, spaced geometrically (the requested load is added to them)."""

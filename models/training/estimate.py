@@ -67,7 +67,7 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
     copy = fp8_weight_copy_bytes(stack.fp8_recipes[0] if stack.fp8_recipes else None, fp8_all_layouts,
                                  stack.fp8_weight_copy)
     return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
-                            fused_glu="swiglu" in stack.fused_kernels, fused_ce="cross_entropy" in stack.fused_kernels,
+                            fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
                             param_remainders=stack.optimizer_param_remainders)
 
 

@@ -46,6 +46,9 @@ MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
+# bf16 logits and the fp32 copy the vocabulary-parallel cross-entropy computes its softmax in, the gradient written
+# into that copy in place (Megatron-LM, Korthikanti 2022's 4sbh(1 + V/h) term): 6 B per logit.
+UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -127,6 +130,16 @@ def stage_params(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, embed
     dense = (layers * per_layer_dense + np.where(embed, shapes.embed_params / L.tp, 0.0)
              + np.where(head, head_matrix + final_norm, 0.0))
     expert = layers * moe_share * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
+    if shapes.mtp_layers:
+        # DeepSeek-V3's MTP modules sit beside the LM head on the last stage (Sec. 2.2, ModelSpec.mtp_params): one
+        # more transformer block each, the 2h x h projection M_k (column-parallel over tp) and three RMSNorms.
+        mtp = np.where(head, float(shapes.mtp_layers), 0.0)
+        moe = shapes.mtp_layer_moe
+        block_dense = (shapes.attn_params + (shapes.moe_dense_part_params if moe else shapes.dense_mlp_params)
+                       + 2 * shapes.hidden * shapes.hidden) / L.tp + shapes.norm_params + 3 * shapes.hidden
+        dense = dense + mtp * block_dense
+        if moe:
+            expert = expert + mtp * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
     return StageParams(dense=dense, expert=expert)
 
 
@@ -327,22 +340,22 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
 
 
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
-                          head: np.ndarray | bool, sp_gathered: bool = False, fused_ce: bool = False) -> np.ndarray:
+                          head: np.ndarray | bool, sp_gathered: bool = False,
+                          loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
     the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
-    `fused_ce`: the stack's fused cross-entropy keeps the logits in their own dtype."""
+    `loss_bytes_per_logit`: the peak bytes per logit of the stack's cross-entropy (ExecutionStack)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
     # fp32 training has no upcast: 4 bytes per logit.
-    # Fused (Transformer Engine's Triton cross-entropy, Megatron cross_entropy_fusion_impl "te", as Megatron-Bridge
-    # recipes set it): the forward keeps the bf16 logits and 3 fp32 per token (max, sum, target logit); the backward
-    # writes the gradient into the logits in place (TE pytorch/triton/cross_entropy.py): 2 B per logit.
-    per_logit = np.where(fp32, 4.0, 2.0 if fused_ce else 6.0)
-    logits = (np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
-              + np.where(fused_ce, 12.0 * tokens, 0.0))
+    # Mixed precision: as the stack computes the loss (hardware_db stacks.yaml loss_bytes_per_logit, each with its
+    # source: TE's fused cross-entropy 2 B, Megatron's vocab-parallel one on an fp32 copy 6 B, PyTorch's eager
+    # F.cross_entropy on logits.float() 12 B at the head's backward).
+    per_logit = np.where(fp32, 4.0, loss_bytes_per_logit)
+    logits = np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
     head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
         if sp_gathered else 0.0
     return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
@@ -370,12 +383,11 @@ class MemoryBreakdown:
 
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
-                     fused_glu: bool = True, fused_ce: bool = True,
+                     fused_glu: bool = True, loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
                      param_remainders: bool = True) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
-    sp_saves_gathered_inputs, swiglu and cross_entropy in fused_kernels, optimizer_param_remainders); defaults are
-    Megatron-Core's on Hopper."""
+    sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     rows = []
@@ -385,7 +397,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu)
-                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, fused_ce))
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
         rows.append((states.weights, states.grads, states.optimizer, acts, other, total))

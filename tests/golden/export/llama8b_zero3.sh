@@ -24,6 +24,9 @@ MODEL_ARGS=(
     --num-query-groups 8
     --swiglu
     --position-embedding-type rope
+    --rotary-base 500000
+    --use-rope-scaling
+    --rope-scaling-factor 8
     --untie-embeddings-and-output-weights
     --disable-bias-linear
     --attention-dropout 0

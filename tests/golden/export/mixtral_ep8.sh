@@ -24,6 +24,7 @@ MODEL_ARGS=(
     --num-query-groups 8
     --swiglu
     --position-embedding-type rope
+    --rotary-base 1000000
     --untie-embeddings-and-output-weights
     --disable-bias-linear
     --attention-dropout 0
@@ -33,6 +34,7 @@ MODEL_ARGS=(
     --moe-ffn-hidden-size 14336
     --moe-grouped-gemm
     --moe-token-dispatcher-type alltoall
+    --moe-router-score-function softmax
 )
 MODEL_PARALLEL_ARGS=(
     --tensor-model-parallel-size 1
