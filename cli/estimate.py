@@ -8,7 +8,7 @@ from clusterplan.cli.common import calibration_option
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, plot_option, quiet_option, stack_option, tokens_option
 from clusterplan.cli.plot import check_plot_path
-from clusterplan.cli.render import render_estimate, render_stage_split, render_time_to_train
+from clusterplan.cli.render import render_estimate, render_nearest, render_stage_split, render_time_to_train
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
@@ -21,6 +21,7 @@ from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
+from clusterplan.solver.feasible import nearest_layout
 from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 
 
@@ -50,7 +51,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
     or: clusterplan estimate --plan plan.yaml
-    Exits 1 when the layout is infeasible (the reasons are printed), 2 on bad input.
+    Exits 1 when the layout is infeasible (the reasons are printed; out of memory: the term that overflows and the
+    nearest changes that fit, each priced), 2 on bad input.
     """
     check_plot_path(plot_path)
     console.set_format(fmt)
@@ -70,6 +72,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size)
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
     result = est.to_json()
+    nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced
+    if nearest is not None:
+        result["nearest_feasible"] = nearest.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)
     attach_interval(result, cluster.gpu.name, model.is_moe, calibration_path)
@@ -77,6 +82,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         console.json(result)
     else:
         render_estimate(result)
+        if nearest is not None:
+            render_nearest(nearest)
         if "time_to_train" in result:
             render_time_to_train(result["time_to_train"])
     if plot_path and "step_time_s" in result:

@@ -6,7 +6,7 @@ never imports torch and `--help` stays fast.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import io
 import sys
 import warnings

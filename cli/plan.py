@@ -10,7 +10,7 @@ from clusterplan.cli.common import calibration_option, cluster_option, load_inpu
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option, stack_option
 from clusterplan.cli.plot import check_plot_path, plot_plan
-from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, stage_rows
+from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, render_nearest, stage_rows
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
 from clusterplan.hardware_db.stacks import get_stack
@@ -18,6 +18,7 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
+from clusterplan.solver.feasible import NothingFits
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.pareto import pareto
 from clusterplan.solver.placement import rerank_on_links
@@ -76,6 +77,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
+    Exits 1 when no layout fits (the cause and the nearest options that fit are printed), 2 on bad input.
     """
     if objective in TOKEN_OBJECTIVES and not tokens:
         raise BadInputError(f"--objective {objective} needs --tokens (e.g. --tokens 15e12)")
@@ -88,19 +90,23 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
-    if objective in ("pareto", "cost", "cost-to-train"):
-        with console.progress(f"searching {model.name} over node counts") as progress:
-            if objective == "pareto":
-                result = pareto(model, cluster, gbs, seq, tokens=tokens, fixed=fixed, calibration=calibration,
-                                headroom_gib=headroom_gib, progress=progress, stack=stack)
-            else:
-                result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                                        tokens=tokens, headroom_gib=headroom_gib, objective=objective,
-                                        progress=progress, stack=stack)
-    else:
-        with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
-            result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
-                            objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
+    try:
+        if objective in ("pareto", "cost", "cost-to-train"):
+            with console.progress(f"searching {model.name} over node counts") as progress:
+                if objective == "pareto":
+                    result = pareto(model, cluster, gbs, seq, tokens=tokens, fixed=fixed, calibration=calibration,
+                                    headroom_gib=headroom_gib, progress=progress, stack=stack)
+                else:
+                    result = search_by_cost(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                                            tokens=tokens, headroom_gib=headroom_gib, objective=objective,
+                                            progress=progress, stack=stack)
+        else:
+            with console.status(f"searching layouts of {model.name} on {cluster.world_size} GPUs"):
+                result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
+                                objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
+    except NothingFits as exc:  # an answer, not an error: the cause and the nearest options that fit; exit 1
+        _render_nothing_fits(exc, fmt)
+        raise SystemExit(1) from None
     if objective != "pareto":
         result = rerank_on_links(result, calibration)
     data = result.to_json()
@@ -145,6 +151,17 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     if plot_path:
         plot_plan(data, plot_path)
         console.info(f"wrote {plot_path}")
+
+
+def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
+    """No layout fits: the JSON (plans empty, `nearest_feasible`) or a table of the options; the one line on stderr."""
+    data = {"plans": [], "feasible": False, "nearest_feasible": exc.nearest.to_json(), "search": exc.counts}
+    require_finite(data)
+    if fmt == "json":
+        console.json(data)
+    else:
+        render_nearest(exc.nearest)
+    console.error(str(exc))
 
 
 def _render(data: dict) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from clusterplan.cli.console import console
 from clusterplan.fileio import require_finite
 from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
+from clusterplan.solver.feasible import NearestFeasible
 
 
 def render_estimate(data: dict[str, Any]) -> None:
@@ -91,3 +92,19 @@ def render_stage_split(split: dict[str, Any]) -> None:
                  "headroom")
     console.table(None, STAGE_COLUMNS, stage_rows(split), justify_right=[c not in ("GPU",) for c in STAGE_COLUMNS])
     console.text(f"step {split['step_time_s']:.4g} s" + ("" if split["fits"] else "; out of memory on a stage"))
+
+
+def render_nearest(nearest: NearestFeasible) -> None:
+    """The cause of an out-of-memory answer and the options that fit, smallest change first."""
+    console.text(f"does not fit: {nearest.reason}")
+    if not nearest.options:
+        console.text(nearest.summary())
+        return
+    console.table("nearest options that fit (fewest knobs changed, then fewest GPUs added, then fastest)",
+                  ["#", "change", "layout", "GPUs", "step s", "tokens/s", "peak GiB", "memory freed GiB"],
+                  [(k, ", ".join(map(str, o.changes)), o.layout.short(), f"{o.gpus_added:+d}" if o.gpus_added else "",
+                    f"{o.step_time_s:.4g}", f"{o.tokens_per_s:,.0f}", f"{o.peak_gib:.1f} of {o.capacity_gib:.1f}",
+                    ", ".join(f"{t} {d:+.1f}" for t, d in sorted(o.memory_change_gib.items(), key=lambda kv: kv[1])[:2]
+                              if d < 0))
+                   for k, o in enumerate(nearest.options, start=1)],
+                  justify_right=[True, False, False, True, True, True, True, False])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -184,18 +185,20 @@ def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[
         direction, causal = raw.get("direction"), raw.get("causal")
         if direction not in ("forward", "backward") or not isinstance(causal, bool):
             raise BadInputError(f"{where}: direction must be forward or backward and causal true or false")
+        window = raw.get("window")
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window <= 0
+                                   or not causal):
+            raise BadInputError(f"{where}: window must be a positive integer on a causal row")
         curves.append(AttentionCurve(gpu=gpu, kernel=kernel, direction=direction, causal=causal,
                                      head_dim=int(_num(where, raw, "head_dim")),
                                      seq=tuple(int(v) for v in seq), tflops=tuple(float(v) for v in tflops),
-                                     source=_str(where, raw, "source")))
+                                     source=_str(where, raw, "source"), window=window))
     measured_curves = list(curves)
     for measured, others in (data.get("also") or {}).items():
         for other in others:
             if other not in gpus:
                 raise BadInputError(f"attention_kernels.yaml: also: unknown GPU {other!r}")
-            curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
-                                      head_dim=c.head_dim, seq=c.seq, tflops=c.tflops,
-                                      source=f"{c.source} (measured on {measured}, same die and clocks)")
+            curves += [replace(c, gpu=other, source=f"{c.source} (measured on {measured}, same die and clocks)")
                        for c in measured_curves if c.gpu == measured]
     for other, raw in (data.get("scaled") or {}).items():
         measured = raw.get("from") if isinstance(raw, Mapping) else None
@@ -204,10 +207,8 @@ def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[
                                 "and `why` a reason")
         # Same die at another clock: the measured curve x the ratio of the dense BF16 peaks (yaml header).
         scale = gpus[other].peak_tflops["bf16"] / gpus[measured].peak_tflops["bf16"]
-        curves += [AttentionCurve(gpu=other, kernel=c.kernel, direction=c.direction, causal=c.causal,
-                                  head_dim=c.head_dim, seq=c.seq, tflops=tuple(v * scale for v in c.tflops),
-                                  source=f"{c.source} (measured on {measured}, x {scale:.3f} BF16 peak ratio: "
-                                         f"{raw['why']})")
+        curves += [replace(c, gpu=other, tflops=tuple(v * scale for v in c.tflops),
+                           source=f"{c.source} (measured on {measured}, x {scale:.3f} BF16 peak ratio: {raw['why']})")
                    for c in measured_curves if c.gpu == measured]
     return tuple(curves)
 

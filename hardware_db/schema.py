@@ -141,6 +141,9 @@ class AttentionCurve:
     tflops: tuple[float, ...]
     """FLOPs as executed per second, one per `seq`: forward 4 b h s^2 d (halved when causal), backward 2.5x that."""
     source: str
+    window: int | None = None
+    """Sliding window (keys per query) the curve was measured with; None: full causal. A window curve's FLOPs are those
+    of the band (4 b h s w d forward) and its `seq` the call's sequence length."""
 
 
 @dataclass(frozen=True, slots=True)

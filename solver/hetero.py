@@ -291,7 +291,8 @@ def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration, stack: E
     from clusterplan.solver.search import search
 
     try:
-        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, headroom_gib=headroom_gib)
+        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, headroom_gib=headroom_gib,
+                        suggest=False)
     except InfeasibleError:
         return None, None
     return result.plans[0].to_json()["step_time_s"], result.plans[0].layout

@@ -19,7 +19,6 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, fp8_all_layouts, stack_memory
 from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.memory import GIB
@@ -38,7 +37,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     """The `top` fastest layouts whose most loaded GPU keeps `headroom_gib` free, as `stack` runs them
     (None: megatron-core).
 
-    When none fits, the error suggests a fix (bigger cluster) unless `suggest` is False (the suggestion's own searches).
+    When none fits, NothingFits carries the nearest options that fit (solver/feasible.py) unless `suggest` is False
+    (the options' own searches raise a plain InfeasibleError).
     """
     start = time.perf_counter()
     stack = stack or get_stack()
@@ -57,8 +57,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     if not len(survivors):
         if not suggest:
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
-        raise InfeasibleError(_nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays, hw, calibration,
-                                            headroom_gib, stack))
+        raise _nothing_fits(model, cluster, gbs, seq, fixed, calibration, headroom_gib, stack, objective, candidates,
+                            rejected)
     ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster))
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
@@ -209,34 +209,20 @@ def why_best(best: dict, runner: dict) -> str:
             + f"; step {best['step_time_s']:.4g} s vs {runner['step_time_s']:.4g} s")
 
 
-def _nothing_fits(model, cluster, gbs, seq, fixed, memory, arrays: LayoutArrays, hw, calibration,
-                  headroom_gib: float, stack: ExecutionStack) -> str:
-    """One line: nothing fits, the closest layout's peak, and the smallest change that makes one fit."""
-    if len(arrays):
-        i = int(np.argmin(memory.peak))
-        closest = f"closest: {arrays.layout(i).short()} needs {float(memory.peak[i]) / GIB:.1f} GiB per GPU of " \
-                  f"{hw.memory_bytes / GIB:.1f}"
-    else:
-        closest = "no layout passes the divisibility rules"
-    fixes = []
-    relaxed = {k: v for k, v in (fixed or {}).items() if k not in ("recompute", "mbs", "zero")}
-    if relaxed != (fixed or {}):
-        fixes.append("unpin recompute/mbs/zero (e.g. recompute=full, mbs=1, zero=3)")
-    for factor in (2, 4, 8, 16, 32):
-        # The same nodes (GPUs per node and link overrides kept), `factor` times as many, no measured matrix.
-        bigger = replace(cluster, name=f"{cluster.primary.preset}:{cluster.n_nodes * factor}",
-                         groups=(replace(cluster.primary, count=cluster.n_nodes * factor),),
-                         node_bandwidth_gb_per_s=None) if cluster.is_homogeneous else None
-        if bigger is None:
-            break
-        try:
-            search(model, bigger, gbs, seq, fixed={k: v for k, v in (fixed or {}).items() if k != "dp"}, top=1,
-                   calibration=calibration, headroom_gib=headroom_gib, suggest=False, stack=stack)
-            fixes.append(f"use {cluster.n_nodes * factor} nodes ({bigger.world_size} GPUs)")
-            break
-        except InfeasibleError:
-            continue
-    fix = "; ".join(fixes) or ("use GPUs with more memory or a smaller sequence length" if len(arrays) else
-                               "pin fewer keys with --fix, or a --gbs that more data-parallel sizes divide; "
-                               "`clusterplan estimate --layout ...` names the rule a layout breaks")
-    return f"no layout of {model.name} fits {cluster.describe()} at gbs={gbs}, seq={seq} ({closest}); try: {fix}"
+def _nothing_fits(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, fixed: dict | None,
+                  calibration: Calibration | None, headroom_gib: float, stack: ExecutionStack, objective: str,
+                  candidates: int, rejected: Counter) -> InfeasibleError:
+    """The error `plan` answers with (solver/feasible.NothingFits): one line (the cause and the nearest option that
+    fits) and, for the output, every option found with the search's counts."""
+    from clusterplan.solver.feasible import NothingFits, nearest_plan  # feasible searches with search()
+
+    nearest = nearest_plan(model, cluster, gbs, seq, fixed=fixed, headroom_gib=headroom_gib, calibration=calibration,
+                           stack=stack)
+    hint = "" if nearest.options or nearest.cause is not None else (
+        "; pin fewer keys with --fix, or a --gbs that more data-parallel sizes divide; "
+        "`clusterplan estimate --layout ...` names the rule a layout breaks")
+    message = (f"no layout of {model.name} fits {cluster.describe()} at gbs={gbs}, seq={seq} ({nearest.reason}); "
+               f"{nearest.summary()}{hint}")
+    counts = {"candidates": candidates, "feasible": 0, "objective": objective,
+              "rejected": {str(code): n for code, n in sorted(rejected.items(), key=lambda kv: str(kv[0]))}}
+    return NothingFits(message, nearest, counts)

@@ -102,7 +102,8 @@ def test_gpu_without_curves_prices_the_causal_half_of_the_core_gemms():
 # Blackwell: NVIDIA cudnn-frontend benchmark/sdpa_benchmark_training artifacts (causal forward AND backward measured),
 # Llama-3.1-405B attention: batch 1, 128 query heads, 8 KV heads, head dim 128.
 BLACKWELL = {"B200": "dgx-b200:1", "GB200": "gb200-nvl72:1", "GB300": "gb300-nvl72:1"}
-BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu)]
+BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu) if c.window is None]
+WINDOW_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu) if c.window is not None]
 
 
 def _llama405_attention() -> ModelShapes:
@@ -111,7 +112,7 @@ def _llama405_attention() -> ModelShapes:
 
 
 def test_blackwell_rows_are_the_published_cudnn_frontend_artifacts():
-    # cuDNN and FlashAttention-2, forward and backward, causal, on each of the three GPUs: 12 curves of 9 lengths.
+    # cuDNN and FlashAttention-2, forward and backward, full causal, on each of the three GPUs: 12 curves of 9 lengths.
     assert len(BLACKWELL_CURVES) == 12
     assert all(c.causal and c.head_dim == 128 and c.seq == tuple(512 * 2**i for i in range(9)) for c in BLACKWELL_CURVES)
     assert all("sdpa_benchmark_training/artifacts/sdpa_bf16_benchmark_results_NVIDIA_" + c.gpu in c.source
@@ -168,3 +169,62 @@ def test_sdpa_runs_cudnn_on_blackwell(gpu):
     assert flash_core_times(shapes, L, hw, core_exec, "sdpa")[0] == flash_core_times(shapes, L, hw, core_exec,
                                                                                        "cudnn")[0]
     assert H100.attention.sdpa_family == "fa2"
+
+
+def _gpt_oss_attention(window: int | None = 128) -> ModelShapes:
+    # cudnn-frontend configs/gpt_oss.py: 128 query = 128 KV heads, head dim 64, every layer windowed at 128.
+    return ModelShapes.of(ModelSpec(name="sdpa-bench-gpt-oss", n_layers=1, hidden=8192, n_heads=128, n_kv_heads=128,
+                                    head_dim=64, ffn_hidden=2880, vocab=201088, sliding_window=window))
+
+
+def test_window_rows_are_the_published_gpt_oss_runs():
+    # GB200 and GB300, forward and backward, window 128, head dim 64, 2k-32k (cuDNN 9.22, run of 2026-04-24).
+    assert {(c.gpu, c.direction, c.window, c.head_dim) for c in WINDOW_CURVES} == {
+        (g, d, 128, 64) for g in ("GB200", "GB300") for d in ("forward", "backward")}
+    assert all("results/gpt_oss/" + c.gpu.lower() in c.source and c.seq == (2048, 4096, 8192, 16384, 32768)
+               for c in WINDOW_CURVES)
+
+
+@pytest.mark.parametrize("curve", WINDOW_CURVES, ids=lambda c: f"{c.gpu}-{c.direction}")
+def test_published_window_points_within_10_percent(curve):
+    # The benchmark counts the band's unmasked elements, diagonal included: N = s (w + 1) - w (w + 1) / 2, forward
+    # 2 b h N (d_qk + d_v) (backward 2.5x); its time is that over the published rate. The model counts s w - w^2 / 2
+    # per head; its time must come within 10 % of the published one at every length.
+    hw = HardwareRates.of(load_cluster(BLACKWELL[curve.gpu]))
+    shapes, w = _gpt_oss_attention(), 128
+    for seq, published in zip(curve.seq, curve.tflops, strict=True):
+        L = LayoutArrays.from_layouts([Layout(mbs=2, gbs=2, seq=seq, flash_attn=True)])
+        _, core_exec = layer_flops(shapes, L, False)
+        fwd, bwd = flash_core_times(shapes, L, hw, core_exec, "cudnn")
+        unmasked = seq * (w + 1) - w * (w + 1) / 2
+        bench_flops = 2 * 2 * 128 * unmasked * (64 + 64) * (1.0 if curve.direction == "forward" else 2.5)
+        model_s = float(fwd[0]) if curve.direction == "forward" else float(bwd[0])
+        assert model_s == pytest.approx(bench_flops / (published * 1e12), rel=0.10), (curve.gpu, seq)
+
+
+def test_window_curve_only_for_its_own_window():
+    # GB200 at 8k: window 128 runs its measured band rate (165 TFLOP/s forward); window 256 has no curve and runs the
+    # full-causal head-dim-128 curve at 256 keys (clamped to its 512 end: 408 TFLOP/s forward).
+    gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1"))
+    L = LayoutArrays.from_layouts([Layout(mbs=2, gbs=2, seq=8192, flash_attn=True)])
+    for window, rate in ((128, 165e12), (256, 408e12)):
+        shapes = _gpt_oss_attention(window)
+        _, core_exec = layer_flops(shapes, L, False)
+        fwd, _ = flash_core_times(shapes, L, gb200, core_exec, "cudnn")
+        assert float(core_exec[0]) / float(fwd[0]) == pytest.approx(rate)
+    # B200 has no window curve: the full-causal curve's 512 end (83.991 TFLOP/s).
+    b200 = HardwareRates.of(load_cluster("dgx-b200:1"))
+    shapes = _gpt_oss_attention(128)
+    _, core_exec = layer_flops(shapes, L, False)
+    fwd, _ = flash_core_times(shapes, L, b200, core_exec, "cudnn")
+    assert float(core_exec[0]) / float(fwd[0]) == pytest.approx(83.991e12)
+
+
+def test_window_needs_a_causal_row():
+    from clusterplan.errors import BadInputError
+    from clusterplan.hardware_db.catalog import _parse_attention, load_db
+
+    row = {"direction": "forward", "causal": False, "window": 128, "gpu": "GB200", "kernel": "cudnn", "head_dim": 64,
+           "seq": [2048, 4096], "tflops": [1.0, 2.0], "source": "x"}
+    with pytest.raises(BadInputError, match="window must be a positive integer on a causal row"):
+        _parse_attention({"rows": [row]}, load_db().gpus)

@@ -97,12 +97,23 @@ def test_empty_file_says_empty(run_cli, tmp_path):
 
 # ---- plan ---------------------------------------------------------------------------------------------------
 
+def one_line_exit_1(run_cli, *args: str, expect: str) -> str:
+    """Nothing fits: an answer, not bad input (issue 14 item 6): exit 1, the options on stdout, one line on stderr."""
+    code, out, err = run_cli(*args)
+    assert code == 1, (code, out, err)
+    assert err.count("\n") == 1 and err.startswith("error: no layout of "), err
+    assert "internal error" not in err and "Traceback" not in err and out
+    assert expect.lower() in err.lower(), err
+    return err
+
+
 def test_plan_with_no_valid_layout_answers_at_once(run_cli):
     # tp=3 divides no llama dimension: every bigger cluster tried for the hint used to search for its own hint,
-    # recursively (5 searches per level), which never finished.
-    err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+    # recursively (5 searches per level), which never finished. Now the nearest option unpins tp (to the search's
+    # choice) and no node count is named: memory is not what failed.
+    err = one_line_exit_1(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
                           "--seq", "4096", "--fix", "tp=3", expect="no layout passes the divisibility rules")
-    assert "pin fewer keys with --fix" in err  # not "more memory": memory is not what failed
+    assert "nearest that fits: tp 3 -> " in err and "nodes" not in err.split("nearest")[1]
 
 
 def test_plan_on_a_billion_gpus_answers_at_once(run_cli):
@@ -117,17 +128,19 @@ def test_plan_on_a_billion_gpus_answers_at_once(run_cli):
 
 
 def test_bigger_cluster_hint_keeps_the_node_shape(run_cli, tmp_path):
-    # One GPU per node: "use 2 nodes" means 2 GPUs, not 2 stock DGX nodes of 8.
+    # One GPU per node: "2 nodes" means 2 GPUs, not 2 stock DGX nodes of 8.
     path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 1, "gpus_per_node": 1}]})
-    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", path, "--gbs", "8", "--seq", "4096",
-                    expect="try: use 2 nodes (2 GPUs)")
+    one_line_exit_1(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", path, "--gbs", "8", "--seq", "4096",
+                    expect="nearest that fits: 2 nodes instead of 1 (+1 GPU)")
 
 
 def test_bigger_cluster_hint_keeps_the_headroom(run_cli):
-    # 100 GiB of headroom on an 80 GB GPU: no node count helps, so the hint must not name one.
-    err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+    # 100 GiB of headroom on an 80 GB GPU: no node count helps, so the hint must not name one; the headroom is
+    # what fails, and the answer says how much of it the closest layout leaves.
+    err = one_line_exit_1(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
                           "--seq", "4096", "--headroom-gib", "100", expect="no layout of llama3.1-8b fits")
-    assert "nodes (" not in err
+    assert "nodes instead" not in err and "the 100 GiB headroom is what fails" in err
+    assert "nearest that fits: headroom 100 -> " in err
 
 
 @pytest.mark.parametrize(("args", "expect"), [

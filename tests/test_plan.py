@@ -53,10 +53,12 @@ def test_fix_pins_dimensions_and_out_writes_plan(run_cli, tmp_path):
 
 
 def test_nothing_fits_names_the_smallest_change(run_cli):
+    # Nothing fits is an answer (exit 1, the options on stdout, one line on stderr), not bad input (exit 2).
     code, out, err = run_cli("plan", "--model", "llama3.1-405b", "--cluster", "dgx-h100:1", "--gbs", "64",
                              "--seq", "4096")
-    assert code == 2 and out == ""
-    assert "no layout of llama3.1-405b fits" in err and "try: use 16 nodes" in err and err.count("\n") == 1
+    assert code == 1 and "16 nodes instead of 1" in out
+    assert "no layout of llama3.1-405b fits" in err and "nearest that fits: 16 nodes instead of 1 (+120 GPUs)" in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("row", reference.read_rows("korthikanti2022.csv"), ids=lambda r: r["model"])

@@ -28,22 +28,23 @@ class AttentionRates:
     sdpa_family: str = "fa2"
     """Measured family PyTorch SDPA dispatches to on this GPU (hardware_db get_sdpa_family)."""
 
-    def has(self, kernel: str) -> bool:
-        return bool(self._rows(kernel, "forward", True))
+    def has(self, kernel: str, window: int | None = None) -> bool:
+        """Whether a causal forward curve of `kernel` is published (with `window`: one measured at that window)."""
+        return bool(self._rows(kernel, "forward", True, window))
 
     def family(self, kernel: str) -> str | None:
         """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel)."""
         return self.sdpa_family if kernel == "sdpa" else KERNEL_FAMILY.get(kernel)
 
-    def _rows(self, kernel: str, direction: str, causal: bool) -> list[AttentionCurve]:
+    def _rows(self, kernel: str, direction: str, causal: bool, window: int | None = None) -> list[AttentionCurve]:
         family = self.family(kernel)
-        return sorted((c for c in self.curves if c.kernel == family and c.direction == direction and c.causal == causal),
-                      key=lambda c: c.head_dim)
+        return sorted((c for c in self.curves if c.kernel == family and c.direction == direction and c.causal == causal
+                       and c.window == window), key=lambda c: c.head_dim)
 
     def rate(self, kernel: str, seq: np.ndarray, head_dim: float, direction: str = "forward",
-             causal: bool = True) -> np.ndarray:
+             causal: bool = True, window: int | None = None) -> np.ndarray:
         """Published rate (executed FLOPs/s) of one curve family at per-call sequence length `seq`, interpolated."""
-        rows = self._rows(kernel, direction, causal)
+        rows = self._rows(kernel, direction, causal, window)
         if not rows:
             raise ValueError(f"no published {direction} {'causal ' if causal else ''}{kernel} attention curve")
         x = np.log(np.maximum(np.asarray(seq, dtype=float), 1.0))
@@ -63,16 +64,21 @@ class AttentionRates:
             rate = (1 - w) * along(rows[lo]) + w * along(rows[hi])
         return rate * 1e12 * self.clock_scale
 
-    def forward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float) -> np.ndarray:
-        """Causal forward rate of `kernel` at per-call sequence length `seq` and `head_dim`."""
-        return self.rate(kernel, seq, head_dim)
+    def forward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float,
+                            window: int | None = None) -> np.ndarray:
+        """Causal forward rate of `kernel` at per-call sequence length `seq` and `head_dim` (`window`: the curve
+        measured with that sliding window)."""
+        return self.rate(kernel, seq, head_dim, window=window)
 
-    def backward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float) -> np.ndarray:
+    def backward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float,
+                             window: int | None = None) -> np.ndarray:
         """Causal backward rate: the measured causal backward curve where one is published (the Blackwell rows);
         else the causal forward rate x the measured non-causal backward/forward ratio (the FA3 paper publishes
         backward curves without the causal mask only); the forward rate where no backward curve is published."""
-        if self._rows(kernel, "backward", True):
-            return self.rate(kernel, seq, head_dim, "backward", True)
+        if self._rows(kernel, "backward", True, window):
+            return self.rate(kernel, seq, head_dim, "backward", True, window)
+        if window is not None:
+            return self.rate(kernel, seq, head_dim, window=window)
         forward = self.rate(kernel, seq, head_dim)
         if not (self._rows(kernel, "backward", False) and self._rows(kernel, "forward", False)):
             return forward

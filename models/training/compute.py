@@ -324,8 +324,10 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
 
     Flash on, forward: a `profile` attention fit when calibrated; else the kernel's published curve
     (models/hardware/attention.py) at the per-call key length, seq / cp for full layers and the window for
-    sliding-window layers, and the model's head dim; else its score/value GEMMs with only the causal share computed.
-    Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the forward's rate (the fit's own ratio when calibrated).
+    sliding-window layers (a curve measured at the layer's own window instead, at seq / cp), and the model's head dim;
+    else its score/value GEMMs with only the causal share computed.
+    Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the published backward rate (the fit's own ratio when
+    calibrated).
     Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
     t_gemm, t_gemm_bwd = core_gemm_times(shapes, L, hw)
     flash = L.flash_attn > 0
@@ -338,13 +340,19 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         head_dim = (shapes.q_dim + shapes.v_dim) / (2 * shapes.n_heads)
         full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
         n_sl = shapes.n_sliding_layers
-        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp)]
+        att = hw.attention
+        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp, None)]
         if n_sl:
             w = np.minimum(float(shapes.sliding_window), L.seq)
-            parts.append((n_sl / shapes.n_layers * local_share(shapes, L.seq) * full_s, w))
-        att = hw.attention
-        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
-        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim) for f, s in parts)
+            local = n_sl / shapes.n_layers * local_share(shapes, L.seq) * full_s
+            if not shapes.chunked_attention and att.has(attention_kernel, shapes.sliding_window):
+                # A curve measured at this sliding window: the band's FLOPs at the call's sequence length.
+                parts.append((local, L.seq / L.cp, shapes.sliding_window))
+            else:  # the full-causal curve at the window's key length
+                parts.append((local, w, None))
+        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts)
+        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
+                  for f, s, win in parts)
         return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
     return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
 
