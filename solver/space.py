@@ -160,21 +160,25 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})
     zero, mbs, rec = (np.asarray(pick(k, v)) for k, v in (("zero", zero_options), ("mbs", MICRO_BATCHES),
                                                           ("recompute", recompute_options)))
-    # Every (structure, zero, mbs, recompute, precision), the last varying fastest (itertools.product's order).
-    sizes = (n, len(zero), len(mbs), len(rec), len(precision_options))
-    grid = np.indices(sizes, dtype=int).reshape(len(sizes), -1).T
-    idx = grid[:, 0]
-    cols = {k: v[idx] for k, v in base.items()}
-    cols.update(zero=zero[grid[:, 1]].astype(float), mbs=mbs[grid[:, 2]].astype(float),
-                recompute=np.array([CODES["recompute"][r] for r in rec])[grid[:, 3]] if len(grid) else np.zeros(0))
-    cols.update(gbs=np.full(len(idx), float(gbs)), seq=np.full(len(idx), float(seq)),
-                precision=np.array([CODES["precision"][p] for p in precision_options])[grid[:, 4]]
-                if len(grid) else np.zeros(0))
+    # Every (structure, zero, mbs, recompute, precision), the last varying fastest (itertools.product's order):
+    # each dimension's values repeated by the sizes after it and tiled by the sizes before it.
+    dims = [np.arange(n), zero.astype(float), mbs.astype(float),
+            np.array([CODES["recompute"][r] for r in rec]), np.array([CODES["precision"][p] for p in precision_options])]
+    sizes = [len(d) for d in dims]
+    total = math.prod(sizes)
+
+    def expand(values: np.ndarray, axis: int) -> np.ndarray:
+        inner = math.prod(sizes[axis + 1:])
+        return np.tile(np.repeat(values, inner), total // (inner * sizes[axis])) if total else values[:0]
+
+    cols = {k: np.repeat(v, math.prod(sizes[1:])) for k, v in base.items()}
+    cols.update(zero=expand(dims[1], 1), mbs=expand(dims[2], 2), recompute=expand(dims[3], 3),
+                precision=expand(dims[4], 4), gbs=np.full(total, float(gbs)), seq=np.full(total, float(seq)))
     if "optimizer" in fixed:
-        cols["optimizer"] = np.full(len(idx), CODES["optimizer"][fixed["optimizer"]])
+        cols["optimizer"] = np.full(total, CODES["optimizer"][fixed["optimizer"]])
     for key in ("etp", "recompute_layers", "flash_attn"):
         if key in fixed:
-            cols[key] = np.full(len(idx), float(fixed[key]))
+            cols[key] = np.full(total, float(fixed[key]))
     arrays = LayoutArrays.from_columns(**cols)
     ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
     rejected[RuleCode.GBS_DP_MBS] += int((~ok).sum())
