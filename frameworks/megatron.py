@@ -103,7 +103,8 @@ def rope_scaling_args(m: ModelSpec) -> Args:
     if m.rope_scaling == "llama3":
         return ["--use-rope-scaling", "--rope-scaling-factor", _number(m.rope_scaling_factor)]
     if m.rope_scaling == "yarn":
-        return ["--rope-type", "yarn", "--rotary-scaling-factor", _number(m.rope_scaling_factor)]
+        mscale = ["--mscale-all-dim", _number(m.rope_mscale_all_dim)] if m.rope_mscale_all_dim else []
+        return ["--rope-type", "yarn", "--rotary-scaling-factor", _number(m.rope_scaling_factor), *mscale]
     if m.rope_scaling == "linear":
         return ["--rotary-seq-len-interpolation-factor", str(round(m.rope_scaling_factor))]
     return []

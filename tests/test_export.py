@@ -350,7 +350,7 @@ def test_megatron_export_carries_rope_and_router_settings_and_check_notes_a_diff
     ds_text = export_plan("megatron", ds, load_cluster("dgx-h100:32"), ds_layout).text
     for flag in ("--moe-router-score-function sigmoid", "--moe-router-enable-expert-bias",
                  "--moe-router-num-groups 8", "--moe-router-group-topk 4", "--moe-router-topk-scaling-factor 2.5",
-                 "--mtp-num-layers 1", "--rope-type yarn", "--rotary-scaling-factor 40"):
+                 "--mtp-num-layers 1", "--rope-type yarn", "--rotary-scaling-factor 40", "--mscale-all-dim 1"):
         assert flag in ds_text, flag
     path = tmp_path / "other_base.sh"
     path.write_text(text.replace("--rotary-base 500000", "--rotary-base 10000"), encoding="utf-8")

@@ -358,6 +358,8 @@ def _rope_fields(c: _Config) -> dict[str, Any]:
         out["rope_scaling"] = ROPE_SCALING_TYPES[kind]
         if out["rope_scaling"] != "none":
             out["rope_scaling_factor"] = _positive_number(c, "rope_scaling.factor", scaling.get("factor", 1.0))
+        if out["rope_scaling"] == "yarn" and scaling.get("mscale_all_dim"):
+            out["rope_mscale_all_dim"] = _positive_number(c, "rope_scaling.mscale_all_dim", scaling["mscale_all_dim"])
     elif scaling is not None:
         raise BadInputError(f"{c.where}: rope_scaling must be a mapping or null, got {str(scaling)[:60]}")
     return out

@@ -30,7 +30,7 @@ _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_nor
           "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
-                       "rope_theta", "rope_scaling", "rope_scaling_factor", "router_score", "router_expert_bias",
+                       "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router settings that
 exports carry: to_dict leaves them out while they hold their default, so the JSON of every model described before
@@ -66,6 +66,9 @@ class ModelSpec:
     """RoPE frequency scaling for long context: "llama3" (Llama 3.1's low/high-frequency rule), "yarn" (DeepSeek-V3),
     "linear" (position interpolation); config.json `rope_scaling.rope_type`."""
     rope_scaling_factor: float = 1.0
+    rope_mscale_all_dim: float = 0.0
+    """YaRN's attention-scale exponent applied over all dimensions (config.json `rope_scaling.mscale_all_dim`;
+    DeepSeek-V3 1.0): the softmax scale of MLA grows by (0.1 mscale_all_dim ln(factor) + 1)^2."""
     """config.json `rope_scaling.factor` (Llama 3.1: 8; DeepSeek-V3: 40)."""
     attn_bias: bool = False
     """Biases on the q/k/v projections (Qwen2, GPT-2, OPT, BLOOM)."""
@@ -204,6 +207,10 @@ class ModelSpec:
         for f in _BOOLS:
             if not isinstance(getattr(self, f), bool):
                 raise BadInputError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
+        if not isinstance(self.rope_mscale_all_dim, (int, float)) or isinstance(self.rope_mscale_all_dim, bool) \
+                or not 0 <= self.rope_mscale_all_dim < float("inf"):
+            raise BadInputError(f"model {self.name}: rope_mscale_all_dim must be a number >= 0, "
+                                f"got {self.rope_mscale_all_dim!r}")
         for f in _POSITIVE_FLOATS:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
