@@ -197,6 +197,19 @@ def local_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
     return w / seq - w * w / (2 * seq * seq)
 
 
+def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """HBM bytes of one layer's two norms forward (read + write h at 2 B each; the `outside` share of
+    elementwise_bytes)."""
+    return L.seq * L.mbs / L.cp * shapes.hidden * 8 / L.sp_div
+
+
+def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
+    """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
+    width at 2 B; the `act` share of elementwise_bytes)."""
+    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
+
+
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes the memory-bound kernels of one layer's forward move on one rank.
 
@@ -206,12 +219,10 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
     """
     tokens = L.seq * L.mbs / L.cp
     drop = 1.0 if shapes.dropout else 0.0
-    outside = tokens * shapes.hidden * (8 + 2 * (6 + drop)) / L.sp_div
-    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
-    act = tokens * ffn * (8 if shapes.gated else 4) / L.tp
+    residual_adds = tokens * shapes.hidden * 2 * (6 + drop) / L.sp_div
     rope = 4.0 * tokens * (shapes.q_dim + shapes.kv_dim) / L.tp
     scores = np.where(L.flash_attn > 0, 0.0, (4 + 5 * drop) * shapes.n_heads * tokens * L.seq / L.tp)
-    return outside + act + rope + scores
+    return norm_bytes(shapes, L) + residual_adds + activation_fn_bytes(shapes, L, moe) + rope + scores
 
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
@@ -265,19 +276,6 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
                      weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute)
-
-
-def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """HBM bytes of one layer's two norms forward (read + write h at 2 B each; the `outside` share of
-    elementwise_bytes)."""
-    return L.seq * L.mbs / L.cp * shapes.hidden * 8 / L.sp_div
-
-
-def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
-    """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
-    width at 2 B; the `act` share of elementwise_bytes)."""
-    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
-    return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
