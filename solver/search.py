@@ -19,8 +19,16 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.estimate import TIME_TERMS, Estimate, evaluate, fp8_all_layouts, stack_memory
+from clusterplan.models.training.estimate import (
+    TIME_TERMS,
+    Estimate,
+    evaluate,
+    fp8_all_layouts,
+    precision_problems,
+    stack_memory,
+)
 from clusterplan.models.training.goodput import time_to_train
+from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.results import RankedPlan, SearchResult
@@ -89,19 +97,15 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
 
 
 def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
-    """The precisions a search tries: bf16 everywhere, fp8 too where every GPU has fp8 tensor cores and the stack an
-    fp8 recipe (its first, e.g. Transformer Engine per-tensor current scaling for megatron-core). A pinned precision
-    the GPUs or the stack cannot run is bad input, said in one line."""
-    lacking = sorted({g.gpu.name for g in cluster.groups if not g.gpu.has_fp8})
+    """The precisions a search tries: bf16 everywhere, fp8 too where estimate's precision rule lets it run (every
+    GPU has fp8 tensor cores, the stack an fp8 recipe: its first, e.g. Transformer Engine per-tensor current scaling
+    for megatron-core). A pinned precision the GPUs or the stack cannot run is bad input, said in one line."""
+    fp8_problems = precision_problems(cluster, Layout(precision="fp8"), stack)
     if "precision" in fixed:
-        if fixed["precision"] == "fp8" and lacking:
-            raise BadInputError(f"--fix precision=fp8: {', '.join(lacking)} has no fp8 tensor cores; "
-                                "use precision=bf16 or a cluster of H100 / H200 / B200 class GPUs")
-        if fixed["precision"] == "fp8" and not stack.fp8_recipes:
-            raise BadInputError(f"--fix precision=fp8: stack {stack.name} has no fp8 recipe; use precision=bf16 or "
-                                "another --stack")
+        if fixed["precision"] == "fp8" and fp8_problems:
+            raise BadInputError(f"--fix {fp8_problems[0].message}")
         return (str(fixed["precision"]),)
-    return ("bf16", "fp8") if stack.fp8_recipes and not lacking else ("bf16",)
+    return ("bf16",) if fp8_problems else ("bf16", "fp8")
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
