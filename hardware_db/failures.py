@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -80,20 +80,27 @@ class Fleet:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ResilienceDefaults:
+class StorageAndRestart:
+    """Where checkpoints go and how long a restart takes: the numbers failures.yaml's `resilience` defaults give and
+    a cluster file's `resilience:` section may override (models/hardware/resilience.py)."""
+
     storage_write_gb_per_s_aggregate: float
     storage_read_gb_per_s_aggregate: float
     storage_write_gb_per_s_per_node: float
     storage_read_gb_per_s_per_node: float
     host_copy_gb_per_s_per_gpu: float
     restart_s: float
+    """Detection, rescheduling and re-rendezvous of the whole job after an interruption (checkpoint load apart)."""
     node_repair_s: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResilienceDefaults(StorageAndRestart):
     checkpoint: str
     sources: Mapping[str, str]
 
 
-NUMBER_KEYS = ("storage_write_gb_per_s_aggregate", "storage_read_gb_per_s_aggregate", "storage_write_gb_per_s_per_node",
-               "storage_read_gb_per_s_per_node", "host_copy_gb_per_s_per_gpu", "restart_s", "node_repair_s")
+NUMBER_KEYS = tuple(f.name for f in fields(StorageAndRestart))
 
 
 def _fleet(name: str, raw: Mapping[str, Any]) -> Fleet:

@@ -23,6 +23,7 @@ from clusterplan.hardware_db.failures import (
     CHECKPOINT_MODES,
     NUMBER_KEYS,
     FailureRates,
+    StorageAndRestart,
     failure_rates,
     resilience_defaults,
 )
@@ -35,20 +36,12 @@ KEYS = {"fleet", "checkpoint", "spare_nodes", "checkpoint_interval_s", *RATE_KEY
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Resilience:
+class Resilience(StorageAndRestart):
     rates: FailureRates
     checkpoint: str
     """sync: training waits for the storage write; async: only for the device-to-host copy (torch DCP async_save),
     the write finishes in the background; in-memory: the copy goes to a peer node's host memory over the
     scale-out network (Gemini, Wang et al. SOSP 2023), storage is not on the restart path."""
-    storage_write_gb_per_s_aggregate: float
-    storage_read_gb_per_s_aggregate: float
-    storage_write_gb_per_s_per_node: float
-    storage_read_gb_per_s_per_node: float
-    host_copy_gb_per_s_per_gpu: float
-    restart_s: float
-    """Detection, rescheduling and re-rendezvous of the whole job after an interruption (checkpoint load apart)."""
-    node_repair_s: float
     spare_nodes: int | None
     """Hot spares held (and paid for) beside the job; None: a replacement always comes from the scheduler's pool."""
     checkpoint_interval_s: float | None
