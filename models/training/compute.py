@@ -96,10 +96,15 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
             if g.streamed:
                 return grouped_gemm_time_s(hw, m, n, k, fp8, g.count)
             return hw.gemm_time_s(m, n, k, fp8, g.count)
-        f, dx, dw = gemm(t, o, i), gemm(t, i, o), gemm(i, o, t)
-        if overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any():
+        overlapped = overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any()
+        if overlapped:
             of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp)
-            f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
+        if overlapped and overlap.active.all():
+            f, dx, dw = of, odx, odw
+        else:  # whole GEMMs, where no overlap chunks them
+            f, dx, dw = gemm(t, o, i), gemm(t, i, o), gemm(i, o, t)
+            if overlapped:
+                f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
         fwd = fwd + f
         wgrad = wgrad + dw
         bwd = bwd + dx + dw
