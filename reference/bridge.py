@@ -100,6 +100,25 @@ the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = d
 # cpu_offloading_num_layers moves that many layers' activations to Grace memory (Layout.offload_layers).
 OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
 
+# CUDA graphs of the MoE recipes (Layout.cuda_graphs; what prices their MoE layers' host time, models/training/host.py).
+# The 25.11-era perf_matrix files name the published layouts (qwen3_30b_a3b_llm_pretrain.yaml: h100 pp2 vp24
+# cuda_graphs false, gb200 cuda_graphs true, no b200 entry, i.e. the recipe default, no graphs;
+# qwen3_235b_a22b_llm_pretrain.yaml: b200 pp8 vp2 cuda_graphs false, gb200 true, h100 false;
+# deepseek_v3_llm_pretrain.yaml: b200 fp8_mx true, gb200 true, h100 false). cuda_graphs true there sets
+# enable_cuda_graph (Megatron-Core's captured layers, which MoE layers take with the drop-and-pad dispatcher):
+# "full". GB300 rows are not in those files: the later workload_base_configs.py give Qwen3-30B and Qwen3-235B FP8
+# cuda_graph_impl local / full_iteration ("full"), Qwen3-235B BF16 none, DeepSeek-V3 BF16 transformer_engine / attn
+# ("attn"), DeepSeek-V3 FP8-MX none; GPT-OSS-120B runs local / full_iteration on every system (BASE_GPT_OSS_120B_CONFIG).
+CUDA_GRAPHS = {
+    ("DGX-GB300", "Qwen3_30B_a3B"): "full", ("DGX-GB200", "Qwen3_30B_a3B"): "full",
+    ("DGX-GB300", "Qwen3_235B_a22B", "FP8-MX"): "full", ("DGX-GB300", "Qwen3_235B_a22B", "FP8-CS"): "full",
+    ("DGX-GB200", "Qwen3_235B_a22B"): "full",
+    ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3"): "full",
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): "full",
+    ("DGX-GB300", "GPT_OSS_120B"): "full", ("DGX-GB200", "GPT_OSS_120B"): "full", ("DGX-B200", "GPT_OSS_120B"): "full",
+    ("DGX-H100", "GPT_OSS_120B"): "full",
+}
+
 
 @dataclass(frozen=True)
 class BridgeRow:
@@ -185,13 +204,15 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     if model.name == "deepseek-v3":
         notes.append("MTP block (1 extra MoE layer + head) not modelled")
     offload = OFFLOAD_LAYERS.get(key, 0)
+    graphs = CUDA_GRAPHS.get(key, CUDA_GRAPHS.get(key[:2], "none"))
     if offload:
         notes.append(f"recipe offloads {offload} layers' activations to CPU")
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
                     seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
-                    last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload)
+                    last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
+                    cuda_graphs=graphs)
     return layout, notes
 
 
@@ -248,6 +269,8 @@ def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
              f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision,
              f"rc:{L.recompute_modules or L.recompute}"]
+    if L.cuda_graphs != "none":
+        parts.append(f"cg:{L.cuda_graphs}")
     if L.first_stage_layers or L.last_stage_layers:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)

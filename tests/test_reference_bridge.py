@@ -24,6 +24,9 @@ Blackwell attention curves (cudnn-frontend sdpa_benchmark_training: cuDNN and FA
 B200/GB200/GB300; B300 = GB300 x clock): the flash core on Blackwell had been priced as its two GEMMs on the shape
 model (about 840 TFLOP/s for Llama at 8k) instead of the measured 1,170-1,580, so Blackwell predictions rise:
 median |error| 13.6 %, max 142.4 % over 31 of 31 rows.
+MoE host time (models/training/host.py: eager MoE layers issue their ops from the CPU, the dispatcher syncs once per
+layer; per-op host cost from TransformerEngine#2053, CUDA graphs per recipe): median 12.0 %, max 95.9 %; B200
+Qwen3-30B +142 -> -2 %, B200 Qwen3-235B +91 -> +67 %, H100 Qwen3-30B +100 -> +90 %, GB300 DeepSeek-V3 FP8-MX +13 -> +4 %.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ BOUNDS = {
     ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 0.15,  # +4.7%
     ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -4.8%
     ("DGX-GB300", "DeepSeekV3", "BF16"): 0.15,  # -4.8%
-    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +9.6%
+    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +3.5% (eager MoE host time on Grace: was +12.9%)
     ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.52,  # +48.2% (Blackwell attention curves; head dim 64 at the 128 curve;
     # window-128 layers at their measured band rate, 172/198 TFLOP/s, not the 55/95 of the 512-key point)
     ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): 0.20,  # -16.8%
@@ -67,15 +70,16 @@ BOUNDS = {
     ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.98,  # +94.3% (bf16 gradient reduce halves the cross-node expert
     # gradient reduce-scatter over edp 8 that hid part of the compute side's over-prediction: was +55.2%; +91.1 ->
     # +94.3 with the Blackwell attention curves)
-    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.50,  # +146.1%
-    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.98,  # +94.8%
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 0.15,  # -2.0% (eager MoE host time, recipe without CUDA graphs: was
+    # +142.4%)
+    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.70,  # +66.5% (eager MoE host time: was +91.4%)
     ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # -0.1%
     ("DGX-H100", "LLAMA3_70B", "FP8-CS"): 0.15,  # +3.3%
     ("DGX-H100", "LLAMA3.1_405B", "FP8-CS"): 0.23,  # +19.1%
     ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.30,  # +26.5%
-    ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 1.04,  # +100.5%
+    ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 0.93,  # +89.7% (eager MoE host time: was +100.5%)
 }
-MEDIAN_BOUND = 0.16  # achieved 13.6 % (Blackwell attention curves; was 10.0 %)
+MEDIAN_BOUND = 0.15  # achieved 12.0 % (MoE host time; 13.6 % with the Blackwell attention curves; was 10.0 %)
 NEW_ROW_BOUND = max(BOUNDS.values())
 """A row that becomes expressible later (a GB300 preset, uneven stages with vpp) is held to the worst stated bound
 until its own bound is added here."""

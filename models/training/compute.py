@@ -52,6 +52,10 @@ class LayerTime:
     """The weight-gradient (dW) GEMMs of backward: zero-bubble schedules move them into the bubble."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
+    experts_forward_s: np.ndarray | float = 0.0
+    """Of forward_s, the routed experts' GEMMs and fp8 casts (what GroupedLinear issues per expert; 0 dense)."""
+    experts_backward_s: np.ndarray | float = 0.0
+    """Of backward_s, the routed experts' gradient GEMMs and fp8 casts."""
 
 
 def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | float, half_flops: float) -> np.ndarray:
@@ -244,8 +248,18 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     overlap = None
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
         overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
-    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
-    cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
+    experts_f = experts_b = 0.0
+    if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
+        rest = linears[:2] + linears[4:]
+        ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap)
+        rf, rb, rw = linear_times(rest, hw, fp8, overlap)
+        ecf, ecb = fp8_cast_times(linears[2:4], L, hw, fp8_recipe, fp8_weight_copy)
+        rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
+        t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
+        experts_f, experts_b = ef + np.where(fp8, ecf, 0.0), eb + np.where(fp8, ecb, 0.0)
+    else:
+        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
+        cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
@@ -280,7 +294,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
                      weight_grad_s=t_weight_grad,
-                     hardware_flops=flops_exec + flops_recompute)
+                     hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
+                     experts_backward_s=experts_b)
 
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
