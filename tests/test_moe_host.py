@@ -45,10 +45,10 @@ def test_phase_ops_of_qwen3_30b_fp8_ep8():
     ops = phase_ops(h, shapes, _arrays(QWEN_B200))
     assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 4)  # 139.76
     assert ops["experts_backward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 6)  # 203.76
-    assert ops["rest"][0] == pytest.approx(5 * 5.38 + 7 + 1 * 5.38 + 14)  # 53.28
+    assert ops["rest"][0] == pytest.approx(5 * 5.38 + 7 + 1 * 5.38 + 23)  # 62.28
     assert ops["dispatch"][0] == 5 and ops["combine"][0] == 5
     attn = phase_ops(h, shapes, _arrays(QWEN_B200 + ",cuda_graphs=attn"))
-    assert attn["rest"][0] == pytest.approx(1 + 5.38 + 14)  # the attention block as one graph launch
+    assert attn["rest"][0] == pytest.approx(1 + 5.38 + 23)  # the attention block as one graph launch
     bf16 = phase_ops(h, shapes, _arrays(QWEN_B200.replace("fp8", "bf16")))
     assert bf16["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
 
@@ -56,7 +56,7 @@ def test_phase_ops_of_qwen3_30b_fp8_ep8():
 def test_exposed_host_by_hand():
     # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
     # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops
-    # 67.4 us, experts fwd 139.76 ops 1883.96 us, bwd 203.76 ops 2746.68 us, rest 53.28 ops 718.21 us.
+    # 67.4 us, experts fwd 139.76 ops 1883.96 us, bwd 203.76 ops 2746.68 us, rest 62.28 ops 839.53 us.
     stack = get_stack("megatron-core")
     shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
     hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
@@ -65,19 +65,19 @@ def test_exposed_host_by_hand():
                       rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
                       all_to_all_s=np.array([0.3e-3]))
     op = 13.48e-6
-    d, xf, xb, r = 5 * op, 139.76 * op, 203.76 * op, 53.28 * op
+    d, xf, xb, r = 5 * op, 139.76 * op, 203.76 * op, 62.28 * op
     # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / 139.76
     # (the GPU waits on the host); combine one all-to-all after its issue; rest 0.5e-3 after the combine.
     t = d + 0.3e-3
     t = max(t + 0.1e-3, d + xf + 0.1e-3 / 139.76)
     t = max(t + 0.3e-3, 2 * d + xf + 0.3e-3)
-    t = max(t + 0.5e-3, 2 * d + xf + r + 0.5e-3 / 53.28)
+    t = max(t + 0.5e-3, 2 * d + xf + r + 0.5e-3 / 62.28)
     forward = t - (0.3e-3 + 0.1e-3 + 0.3e-3 + 0.5e-3)
     # Full recompute: recomputed dispatch, experts, combine, then combine / experts / dispatch backward, the rest's
     # backward and the previous layer's recomputed rest, one stretch up to its sync.
     host = gpu_t = 0.0
     for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, 139.76), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, 203.76),
-                    (d, 0.3e-3, 1), (r, 1.0e-3, 53.28), (r, 0.5e-3, 53.28)]:
+                    (d, 0.3e-3, 1), (r, 1.0e-3, 62.28), (r, 0.5e-3, 62.28)]:
         host += h
         gpu_t = max(gpu_t + g, host + g / n)
     recompute = gpu_t - (0.3e-3 * 4 + 0.1e-3 + 0.3e-3 + 1.0e-3 + 0.5e-3)
