@@ -215,6 +215,27 @@ def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.n
     return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
 
+CLAMP_FORWARD_ELEMENTS = 2 * (1 + 1) + (2 + 2)
+"""Elements of the FFN width F moved per routed token by an eager input clamp of a gated activation (Megatron-Core
+megatron/core/fusions/fused_bias_geglu.py weighted_bias_quick_geglu_impl with clamp_value, GPT-OSS: the fc1 output
+is chunked, x_glu.clamp and x_linear.clamp each read and write F, torch.cat reads and writes 2F; only then does the
+jit-fused GLU kernel run). 2 B each (bf16)."""
+CLAMP_BACKWARD_ELEMENTS = 2 * (1 + 1 + 1) + (2 + 2)
+"""Its autograd backward: each ClampBackward reads the gradient and the saved input and writes F (where(mask, g, 0));
+the chunk's backward concatenates the two halves' gradients (reads and writes 2F)."""
+
+
+def clamp_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool) -> tuple[np.ndarray, float]:
+    """(forward, backward / forward) HBM bytes of the eager activation clamp of one layer on one rank
+    (CLAMP_FORWARD_ELEMENTS, CLAMP_BACKWARD_ELEMENTS at 2 B); 0 without a clamp or under torch.compile, which fuses
+    the clamp into the activation kernel."""
+    if not shapes.activation_clamp or compiled:
+        return np.zeros_like(L.tp, dtype=float), 0.0
+    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    forward = L.seq * L.mbs / L.cp * ffn * 2.0 * CLAMP_FORWARD_ELEMENTS / L.tp
+    return forward, CLAMP_BACKWARD_ELEMENTS / CLAMP_FORWARD_ELEMENTS
+
+
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes the memory-bound kernels of one layer's forward move on one rank.
 
@@ -251,20 +272,22 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
     t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
     t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
-    forward = t_linear + t_core + t_elem
+    clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
+    t_clamp = clamp_fwd / hw.hbm_bytes_per_s
+    forward = t_linear + t_core + t_elem + t_clamp
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
         route_fwd, route_bwd = routing_times(shapes, L, hw)
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
-    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + route_bwd
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
-        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec)
+        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp)
         named = L.recompute_modules > 0
         selective_extra = np.where(named, extra, selective_extra)
         selective_flops = np.where(named, flops, selective_flops)
@@ -285,13 +308,14 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
                      overlap: TpOverlap | None, linears: list[Linear], core_s: np.ndarray,
-                     core_flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     core_flops: np.ndarray, clamp_s: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, FLOPs) that backward reruns for Megatron-Core's selective recompute modules (TransformerConfig
     recompute_modules; bit i of L.recompute_modules is layout.RECOMPUTE_MODULES[i]), per layer and micro-batch:
     core_attn the attention core; moe_act the expert activation; layernorm the two norms; mla_up_proj MLA's q/kv
     up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
     shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
-    the experts [2:4] and the shared part [4:6]."""
+    the experts [2:4] and the shared part [4:6]. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
+    with moe_act / mlp / moe."""
     def bit(i: int) -> np.ndarray:
         return (L.recompute_modules.astype(np.int64) >> i & 1) > 0
 
@@ -303,6 +327,7 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
 
     tokens = L.seq * L.mbs / L.cp
     act_s = activation_fn_bytes(shapes, L, moe) / hw.hbm_bytes_per_s
+    act_s = act_s + clamp_s  # the checkpointed activation function includes its eager input clamp (clamp_bytes)
     up = [Linear(tokens, k, n / L.tp) for k, n in shapes.mla_up_proj]
     terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
         (bit(0), core_s, core_flops),
