@@ -24,6 +24,9 @@ Blackwell attention curves (cudnn-frontend sdpa_benchmark_training: cuDNN and FA
 B200/GB200/GB300; B300 = GB300 x clock): the flash core on Blackwell had been priced as its two GEMMs on the shape
 model (about 840 TFLOP/s for Llama at 8k) instead of the measured 1,170-1,580, so Blackwell predictions rise:
 median |error| 13.6 %, max 142.4 % over 31 of 31 rows.
+gptoss (GPT-OSS's eager swiglu_limit clamp around Megatron-Core's fused quick-GEGLU, priced as its HBM bytes; the
+TFLOP/s column now in Megatron-Bridge's own FLOP count): GPT-OSS GB300 +48.2 -> +39.8 %, GB200 +64.3 -> +51.7 %,
+B200 +95.9 -> +87.2 %, H100 +26.8 -> +18.0 %; no other row moves.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ BOUNDS = {
     ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -4.8%
     ("DGX-GB300", "DeepSeekV3", "BF16"): 0.15,  # -4.8%
     ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +9.6%
-    ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.52,  # +48.2% (Blackwell attention curves; head dim 64 at the 128 curve;
-    # window-128 layers at their measured band rate, 172/198 TFLOP/s, not the 55/95 of the 512-key point)
+    ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.43,  # +39.8% (was +48.2%: the eager swiglu_limit clamp of Megatron-Core's
+    # quick-GEGLU, compute.clamp_bytes; Blackwell attention curves; window-128 layers at their measured band rate)
     ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): 0.20,  # -16.8%
     ("DGX-GB300", "Qwen3_235B_a22B", "BF16"): 0.15,  # -7.9%
     ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.19,  # +15.5% (measured cuDNN 9.17 attention curve, was +3.7%)
@@ -55,8 +58,8 @@ BOUNDS = {
     ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): 0.18,  # +14.2%
     ("DGX-GB200", "DeepSeekV3", "BF16"): 0.22,  # +18.6% (recompute modules priced as the mla_up_proj GEMMs, not the core)
     ("DGX-GB200", "DeepSeekV3", "FP8-MX"): 0.15,  # -0.8%
-    ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.66,  # +62.7% (Blackwell attention curves; head dim 64 at the 128 curve;
-    # window-128 layers at their measured band rate, 165/187 TFLOP/s, not the 408/329 of the 512-key point)
+    ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.55,  # +51.7% (was +64.3%: the eager activation clamp, rerun by the
+    # moe_act recompute; Blackwell attention curves; window-128 layers at their measured band rate)
     ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): 0.15,  # +1.3%
     ("DGX-GB200", "Qwen3_235B_a22B", "BF16"): 0.15,  # +6.9%
     ("DGX-B200", "LLAMA3_8B", "FP8-CS"): 0.15,  # +3.9%
@@ -64,15 +67,15 @@ BOUNDS = {
     ("DGX-B200", "LLAMA3.1_405B", "FP8-CS"): 0.22,  # +18.3% (TP overlap -5.8, bf16 gradient reduce +4)
     ("DGX-B200", "LLAMA3.1_405B", "FP8-MX"): 0.30,  # +27.0% (TP overlap -6.4, bf16 gradient reduce +4)
     ("DGX-B200", "DeepSeekV3", "FP8-MX"): 0.62,  # +58.4%
-    ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.98,  # +94.3% (bf16 gradient reduce halves the cross-node expert
-    # gradient reduce-scatter over edp 8 that hid part of the compute side's over-prediction: was +55.2%; +91.1 ->
-    # +94.3 with the Blackwell attention curves)
+    ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.91,  # +87.2% (was +95.9%: the eager activation clamp; bf16 gradient
+    # reduce halves the cross-node expert gradient reduce-scatter over edp 8 that hid part of the compute side's
+    # over-prediction: was +55.2%; +91.1 -> +94.3 with the Blackwell attention curves)
     ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.50,  # +146.1%
     ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.98,  # +94.8%
     ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # -0.1%
     ("DGX-H100", "LLAMA3_70B", "FP8-CS"): 0.15,  # +3.3%
     ("DGX-H100", "LLAMA3.1_405B", "FP8-CS"): 0.23,  # +19.1%
-    ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.30,  # +26.5%
+    ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.21,  # +18.0% (was +26.8%: the eager activation clamp)
     ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 1.04,  # +100.5%
 }
 MEDIAN_BOUND = 0.16  # achieved 13.6 % (Blackwell attention curves; was 10.0 %)
