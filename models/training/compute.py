@@ -230,6 +230,47 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
     return norm_bytes(shapes, L) + residual_adds + activation_fn_bytes(shapes, L, moe) + rope + scores
 
 
+# HBM bytes per element of the eager PyTorch kernels a stack runs where it has no fused kernel (stack fused_kernels),
+# read + written, from the model code torchtitan ran for its published runs (torchtitan 9dec370, Dec 2024;
+# Hugging Face Llama under DeepSpeed runs the same sequences). RMSNorm, torchtitan models/norms.py RMSNorm.forward
+# `(x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).type_as(x) * weight`: x.float() 2 + 4, pow 4 + 4, mean 4,
+# x * rsqrt 4 + 4, type_as 4 + 2, * weight 2 + 2 = 36 (a fused kernel: 2 + 2).
+EAGER_RMSNORM_BYTES = 36.0
+FUSED_NORM_BYTES = 4.0
+# RoPE, torchtitan models/llama/model.py apply_rotary_emb on q and k: x.float() 2 + 4, complex multiply 4 + 4,
+# type_as 4 + 2 = 20 per element (fused: 2 + 2, compute.py elementwise_bytes's rope term).
+EAGER_ROPE_BYTES = 20.0
+FUSED_ROPE_BYTES = 4.0
+# SwiGLU, torchtitan FeedForward `w2(F.silu(w1(x)) * w3(x))`: silu 2 + 2, mul 2 + 2 + 2 = 10 per FFN element
+# (elementwise_bytes prices the fused kernel at 8).
+EAGER_SWIGLU_BYTES = 10.0
+FUSED_SWIGLU_BYTES = 8.0
+
+
+def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: ExecutionStack) -> np.ndarray:
+    """HBM bytes one layer's forward moves on one rank beyond elementwise_bytes' fused kernels, as `stack` runs it:
+    the eager RMSNorm / RoPE / SwiGLU sequences above where the stack lists no fused kernel for them, and, where its
+    attention is F.scaled_dot_product_attention called as torchtitan and Hugging Face call it, the layout copies
+    around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
+    2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
+    keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
+    Attention.forward)."""
+    tokens = L.seq * L.mbs / L.cp
+    fused = stack.fused_kernels
+    extra = np.zeros_like(L.tp, dtype=float)
+    if shapes.rms_norm and "rmsnorm" not in fused:
+        extra = extra + norm_bytes(shapes, L) * (EAGER_RMSNORM_BYTES / FUSED_NORM_BYTES - 1.0)
+    mha = not shapes.mla_latent
+    if shapes.rope and mha and "rope" not in fused:
+        extra = extra + (EAGER_ROPE_BYTES - FUSED_ROPE_BYTES) * tokens * (shapes.q_dim + shapes.kv_dim / 2) / L.tp
+    if shapes.gated and "swiglu" not in fused:
+        extra = extra + activation_fn_bytes(shapes, L, moe) * (EAGER_SWIGLU_BYTES / FUSED_SWIGLU_BYTES - 1.0)
+    if stack.attention_kernel == "sdpa" and mha:
+        repeat = 2.0 * (shapes.kv_dim + 2.0 * shapes.q_dim) if shapes.kv_heads < shapes.n_heads else 0.0
+        extra = extra + tokens * (repeat + 4.0 * shapes.v_dim) / L.tp
+    return extra
+
+
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
                stack: ExecutionStack | None = None) -> LayerTime:
     """Forward, backward (input- and weight-gradient GEMMs) and recompute time of one layer, as `stack` runs it
@@ -250,7 +291,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
     t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
-    t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
+    # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
+    t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     forward = t_linear + t_core + t_elem
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
