@@ -20,11 +20,14 @@ FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
 """Megatron-Bridge's FP8-CS: Transformer Engine per-tensor current scaling (Float8CurrentScaling)."""
 FP8_QUANT_BYTES_PER_ELEMENT = {
-    # amax pass (read bf16) + fused cast-transpose (read bf16, write row- and column-major fp8): TE current scaling
+    # TE current scaling reads the tensor twice, once for the amax and once to scale and cast (TE docs, FP8 Current
+    # Scaling, "Performance analysis"); on Hopper the cast writes row- and column-major (transposed) fp8 copies
     "tensorwise": 2.0 + 2.0 + 2.0,
     # amax fused into the cast-transpose, scale taken from the amax history (TE DelayedScaling)
     "delayed": 2.0 + 2.0,
-    # one read, row- and column-wise fp8 copies, one E8M0 scale byte per 32 elements each (OCP MX spec v1.0)
+    # one read; row- and column-wise copies, each with one E8M0 scale byte per 32 elements: the scaling blocks run
+    # along the GEMM's reduction axis, so the two are quantised separately from the bf16 data on every GPU (TE docs,
+    # MXFP8, "Handling transposes"; OCP MX spec v1.0)
     "mxfp8": 2.0 + 2.0 + 2.0 / 32,
     # DeepSeek-V3 fine-grained: 1x128 activation / 128x128 weight tiles, one fp32 scale per 128 (DeepSeek-V3 Sec. 3.3)
     "blockwise": 2.0 + 2.0 + 2 * 4.0 / 128,
@@ -32,7 +35,23 @@ FP8_QUANT_BYTES_PER_ELEMENT = {
     # with its own amax read: 2 x (2 + 2 + 1)
     "rowwise": 2 * (2.0 + 2.0 + 1.0),
 }
-"""HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe)."""
+"""HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe) on GPUs whose
+fp8 GEMMs take only the TN layout (Hopper, Ada)."""
+FP8_QUANT_BYTES_ALL_LAYOUTS = {
+    # Blackwell runs fp8 GEMMs in every layout, so one per-tensor scaled copy serves row- and column-wise use (TE docs,
+    # FP8 Current Scaling, "Transpose handling: Blackwell and later"): amax read + cast read + one 1-B write
+    "tensorwise": 2.0 + 2.0 + 1.0,
+    "delayed": 2.0 + 1.0,
+}
+"""Recipes whose quantisation writes less where the GPU runs fp8 GEMMs in every layout (HardwareRates.fp8_all_layouts);
+the others as FP8_QUANT_BYTES_PER_ELEMENT."""
+
+
+def fp8_quant_bytes_per_element(recipe: str, all_layouts: bool) -> float:
+    """HBM bytes per element of quantising one GEMM operand under `recipe` (see FP8_QUANT_BYTES_*)."""
+    if all_layouts and recipe in FP8_QUANT_BYTES_ALL_LAYOUTS:
+        return FP8_QUANT_BYTES_ALL_LAYOUTS[recipe]
+    return FP8_QUANT_BYTES_PER_ELEMENT[recipe]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +133,9 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
 def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
                    weight_copy: bool) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of the fp8 quantisation kernels around `linears`: the input X and the weight W
-    forward, the output gradient dY backward, each FP8_QUANT_BYTES_PER_ELEMENT[recipe] at the HBM rate. A cached fp8
+    forward, the output gradient dY backward, each fp8_quant_bytes_per_element(recipe) at the HBM rate. A cached fp8
     weight copy (Transformer Engine) quantises W once per optimizer step, i.e. 1/micro-batches per micro-batch."""
-    per_element = FP8_QUANT_BYTES_PER_ELEMENT[recipe] / hw.hbm_bytes_per_s
+    per_element = fp8_quant_bytes_per_element(recipe, hw.fp8_all_layouts) / hw.hbm_bytes_per_s
     weight_share = 1.0 / L.microbatches if weight_copy else 1.0
     fwd = bwd = 0.0
     for g in linears:
@@ -278,6 +297,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     stack = stack or get_stack()
     attention_kernel = stack.attention_kernel
     fp8_recipe = stack.fp8_recipes[0] if stack.fp8_recipes else DEFAULT_FP8_RECIPE
+    hw = hw.for_fp8_recipe(fp8_recipe)  # the recipe's fp8 GEMM rate (MXFP8 block-scaled GEMMs run slower)
     fp8_weight_copy, selective = stack.fp8_weight_copy, stack.selective_recompute
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
