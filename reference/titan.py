@@ -140,7 +140,9 @@ def titan_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]
         mbs = local // pp
         notes.append(f"{pp} micro-batches of {mbs} (torchtitan's default: pp degree; not published)")
     if cp > 1:
-        notes.append("CP all-gather of K/V (torch context_parallel's default rotate method)")
+        # torch/distributed/tensor/experimental/_attention.py: _ContextParallelOptions.rotate_method = ALL_GATHER,
+        # enable_load_balance = True (the torch context_parallel torchtitan called; no torchtitan option then).
+        notes.append("CP all-gather of K/V with causal load balancing (torch context_parallel's defaults)")
     if r["float8"] == "1":
         notes.append("float8 tensorwise (torchao default; recipe not published)")
     layout = Layout(dp=fsdp, tp=tp, pp=pp, vpp=vpp, cp=cp, cp_kind="allgather", zero=3, mbs=mbs, gbs=local * fsdp,

@@ -250,8 +250,10 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
 
 
 # HBM bytes per element of the eager PyTorch kernels a stack runs where it has no fused kernel (stack fused_kernels),
-# read + written, from the model code torchtitan ran for its published runs (torchtitan 9dec370, Dec 2024;
-# Hugging Face Llama under DeepSpeed runs the same sequences). RMSNorm, torchtitan models/norms.py RMSNorm.forward
+# read + written, from the model code torchtitan ran for its published runs (torchtitan 9dec370, Dec 2024).
+# Hugging Face Llama under DeepSpeed runs the same RMSNorm and SwiGLU sequences and the same repeat_kv / transpose
+# copies around SDPA; its rotate_half RoPE moves slightly more than the complex one (priced as the complex one).
+# RMSNorm, torchtitan models/norms.py RMSNorm.forward
 # `(x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).type_as(x) * weight`: x.float() 2 + 4, pow 4 + 4, mean 4,
 # x * rsqrt 4 + 4, type_as 4 + 2, * weight 2 + 2 = 36 (a fused kernel: 2 + 2).
 EAGER_RMSNORM_BYTES = 36.0
