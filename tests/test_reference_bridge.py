@@ -24,6 +24,10 @@ Blackwell attention curves (cudnn-frontend sdpa_benchmark_training: cuDNN and FA
 B200/GB200/GB300; B300 = GB300 x clock): the flash core on Blackwell had been priced as its two GEMMs on the shape
 model (about 840 TFLOP/s for Llama at 8k) instead of the measured 1,170-1,580, so Blackwell predictions rise:
 median |error| 13.6 %, max 142.4 % over 31 of 31 rows.
+MXFP8 priced from sources (TE GEMM Profiling Tutorial on B300: block-scaled GEMMs 1.051x the per-tensor fp8 time,
+operands pre-quantised; TE docs: per-tensor scaled fp8 keeps one copy on Blackwell, MXFP8 a row- and a column-wise
+one): the MXFP8 rows drop 3-5 points, current scaling on Blackwell rises about 1 point (5 B per cast element, not
+6): median |error| 13.1 %, max 139.9 % over 31 of 31 rows. MoE rows' bounds are left to the MoE work.
 gptoss (GPT-OSS's eager swiglu_limit clamp around Megatron-Core's fused quick-GEGLU, priced as its HBM bytes; the
 TFLOP/s column now in Megatron-Bridge's own FLOP count): GPT-OSS GB300 +48.2 -> +39.8 %, GB200 +64.3 -> +51.7 %,
 B200 +95.9 -> +87.2 %, H100 +26.8 -> +18.0 %; no other row moves.
@@ -42,43 +46,45 @@ TARGET_MEDIAN = 0.08
 
 BOUNDS = {
     # row -> |error| bound of tokens/s per GPU (achieved + 3 points, at least the 15 % target); comment: achieved
-    ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): 0.17,  # -13.0%
-    ("DGX-GB300", "LLAMA3_8B", "FP8-MX"): 0.15,  # -7.6%
-    ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 0.15,  # +4.7%
-    ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -4.8%
+    ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): 0.15,  # -3.3% (one fp8 copy per current-scaled tensor on Blackwell)
+    ("DGX-GB300", "LLAMA3_8B", "FP8-MX"): 0.15,  # -0.9% (MXFP8 GEMMs 1.051x per-tensor fp8, TE B300 table)
+    ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 0.15,  # +13.1%
+    ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -8.4%
     ("DGX-GB300", "DeepSeekV3", "BF16"): 0.15,  # -4.8%
-    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +9.6%
+    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # +10.8%
     ("DGX-GB300", "GPT_OSS_120B", "BF16"): 0.43,  # +39.8% (was +48.2%: the eager swiglu_limit clamp of Megatron-Core's
     # quick-GEGLU, compute.clamp_bytes; Blackwell attention curves; window-128 layers at their measured band rate)
-    ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): 0.20,  # -16.8%
+    ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): 0.20,  # -14.5%
     ("DGX-GB300", "Qwen3_235B_a22B", "BF16"): 0.15,  # -7.9%
-    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.19,  # +15.5% (measured cuDNN 9.17 attention curve, was +3.7%)
-    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.29,  # +25.1% (measured cuDNN 9.17 attention curve, was +12.1%)
-    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.22,  # +18.6% (measured cuDNN 9.17 attention curve, was +9.9%)
-    ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): 0.18,  # +14.2%
+    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): 0.19,  # +16.9% (measured cuDNN 9.17 attention curve, was +3.7%;
+    # +15.5 -> +16.9 with one fp8 copy per current-scaled tensor on Blackwell)
+    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.25,  # +21.8% (measured cuDNN 9.17 attention curve, was +12.1%;
+    # +25.1 -> +21.8 with MXFP8 GEMMs at 1.051x the per-tensor fp8 time)
+    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.22,  # +19.8% (measured cuDNN 9.17 attention curve, was +9.9%)
+    ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): 0.16,  # +12.6%
     ("DGX-GB200", "DeepSeekV3", "BF16"): 0.22,  # +18.6% (recompute modules priced as the mla_up_proj GEMMs, not the core)
-    ("DGX-GB200", "DeepSeekV3", "FP8-MX"): 0.15,  # -0.8%
+    ("DGX-GB200", "DeepSeekV3", "FP8-MX"): 0.15,  # +1.7%
     ("DGX-GB200", "GPT_OSS_120B", "BF16"): 0.55,  # +51.7% (was +64.3%: the eager activation clamp, rerun by the
     # moe_act recompute; Blackwell attention curves; window-128 layers at their measured band rate)
-    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): 0.15,  # +1.3%
+    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): 0.15,  # +7.3%
     ("DGX-GB200", "Qwen3_235B_a22B", "BF16"): 0.15,  # +6.9%
-    ("DGX-B200", "LLAMA3_8B", "FP8-CS"): 0.15,  # +3.9%
-    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): 0.19,  # +15.2% (measured cuDNN 9.13 attention curve, was +10.0%)
-    ("DGX-B200", "LLAMA3.1_405B", "FP8-CS"): 0.22,  # +18.3% (TP overlap -5.8, bf16 gradient reduce +4)
-    ("DGX-B200", "LLAMA3.1_405B", "FP8-MX"): 0.30,  # +27.0% (TP overlap -6.4, bf16 gradient reduce +4)
-    ("DGX-B200", "DeepSeekV3", "FP8-MX"): 0.62,  # +58.4%
+    ("DGX-B200", "LLAMA3_8B", "FP8-CS"): 0.15,  # +9.9%
+    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): 0.16,  # +12.3% (MXFP8 GEMMs 1.051x; +15.2% before)
+    ("DGX-B200", "LLAMA3.1_405B", "FP8-CS"): 0.21,  # +17.6% (TP overlap -5.8, bf16 gradient reduce +4)
+    ("DGX-B200", "LLAMA3.1_405B", "FP8-MX"): 0.24,  # +20.7% (MXFP8 GEMMs 1.051x; +25.3% before)
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): 0.62,  # +56.4%
     ("DGX-B200", "GPT_OSS_120B", "BF16"): 0.91,  # +87.2% (was +95.9%: the eager activation clamp; bf16 gradient
     # reduce halves the cross-node expert gradient reduce-scatter over edp 8 that hid part of the compute side's
     # over-prediction: was +55.2%; +91.1 -> +94.3 with the Blackwell attention curves)
-    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.50,  # +146.1%
-    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.98,  # +94.8%
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): 1.50,  # +139.9%
+    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.98,  # +88.7%
     ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # -0.1%
     ("DGX-H100", "LLAMA3_70B", "FP8-CS"): 0.15,  # +3.3%
     ("DGX-H100", "LLAMA3.1_405B", "FP8-CS"): 0.23,  # +19.1%
     ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.21,  # +18.0% (was +26.8%: the eager activation clamp)
     ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): 1.04,  # +100.5%
 }
-MEDIAN_BOUND = 0.16  # achieved 13.6 % (Blackwell attention curves; was 10.0 %)
+MEDIAN_BOUND = 0.16  # achieved 13.1 % (MXFP8 GEMM rate, Blackwell cast bytes; 13.6 % with the attention curves)
 NEW_ROW_BOUND = max(BOUNDS.values())
 """A row that becomes expressible later (a GB300 preset, uneven stages with vpp) is held to the worst stated bound
 until its own bound is added here."""
