@@ -127,6 +127,9 @@ class GemmTiling:
     fp8_mamf_fraction: float | None
     """Measured fp8 MAMF over the dense fp8 peak; None: the bf16 fraction is assumed."""
     sources: Mapping[str, str]
+    mxfp8_gemm_time_ratio: float = 1.0
+    """Time of an MXFP8 (1x32 block-scaled) GEMM over the same GEMM with per-tensor scaled fp8 operands, both
+    pre-quantised (sources: mxfp8); 1 where none is published."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

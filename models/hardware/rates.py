@@ -105,6 +105,21 @@ class HardwareRates:
     gemm_shape: GemmShapeModel | None = None
     """Datasheet pricing: GEMM time by shape (models/hardware/gemm.py). None with a calibrated GEMM curve, which
     prices each GEMM as (FLOPs + gemm_half_flops) / rate as `profile` measured it."""
+    fp8_all_layouts: bool = False
+    """The GPUs run fp8 GEMMs in every operand layout (Blackwell, sm100+: TE is_non_tn_fp8_gemm_supported), so a
+    per-tensor scaled fp8 tensor needs no transposed copy (hardware_db mx_formats, as estimate.fp8_all_layouts)."""
+    mxfp8_gemm_time_ratio: float = 1.0
+    """An MXFP8 GEMM's time over the per-tensor scaled fp8 GEMM (hardware_db gemm.yaml mxfp8_gemm_time_ratio)."""
+
+    def for_fp8_recipe(self, recipe: str) -> HardwareRates:
+        """These rates with the fp8 GEMMs at `recipe`'s rate: MXFP8's block-scaled GEMMs run
+        mxfp8_gemm_time_ratio slower than per-tensor scaled fp8 ones (TE GEMM Profiling Tutorial, B300)."""
+        if recipe != "mxfp8" or self.mxfp8_gemm_time_ratio == 1.0:
+            return self
+        r = self.mxfp8_gemm_time_ratio
+        shape = self.gemm_shape
+        return replace(self, gemm_max_flops_fp8=self.gemm_max_flops_fp8 / r,
+                       gemm_shape=None if shape is None else replace(shape, max_flops_fp8=shape.max_flops_fp8 / r))
 
     def gemm_time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
                     batch: np.ndarray | float = 1.0, sm_margin: int = 0) -> np.ndarray:
@@ -183,6 +198,9 @@ class HardwareRates:
                         lat_out=op_out.latency_s if op_out else lat_out)
         if shape is not None:
             shape = replace(shape, hbm_bytes_per_s=hbm)
+        all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
+        mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
+                       default=1.0)
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
                    memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
@@ -192,7 +210,8 @@ class HardwareRates:
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
-                   axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, **_attention_rates(attn))
+                   axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, fp8_all_layouts=all_layouts,
+                   mxfp8_gemm_time_ratio=mx_ratio, **_attention_rates(attn))
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:
