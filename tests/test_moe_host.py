@@ -107,3 +107,21 @@ def test_step_carries_the_host_term_and_dense_json_has_none():
     assert "cuda_graphs" not in eager["layout"] and graphs["layout"]["cuda_graphs"] == "full"
     dense = estimate(load_model("llama3.1-8b"), cluster, Layout.parse("tp=1,mbs=1,gbs=64", world=8)).to_json()
     assert "host_s" not in dense["time"]
+
+
+def test_plan_prices_a_pinned_cuda_graphs_and_the_stack_rule_refuses_it_elsewhere():
+    from clusterplan.cli.plan import parse_fix
+    from clusterplan.errors import BadInputError
+    from clusterplan.solver.search import search
+
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+    fixed = parse_fix("ep=8,mbs=1,recompute=full,precision=fp8,cuda_graphs=full", 8)
+    best = search(model, cluster, 512, 4096, fixed=fixed, top=1).plans[0]
+    assert best.layout.cuda_graphs == "full" and "graphs:full" in best.layout.short()
+    eager = search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,mbs=1,recompute=full,precision=fp8", 8),
+                   top=1).plans[0]
+    assert eager.layout.cuda_graphs == "none"
+    assert eager.to_json()["time"]["host_s"] > 0 and best.to_json()["time"]["host_s"] == 0.0
+    assert parse_fix("cuda_graphs=none", 8) == {"cuda_graphs": "none"}
+    with pytest.raises(BadInputError, match="cuda_graphs"):
+        search(model, cluster, 512, 4096, fixed=fixed, top=1, stack=get_stack("torchtitan"))

@@ -185,6 +185,8 @@ class Layout:
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
             parts.append(self.precision)
+        if self.cuda_graphs != "none":
+            parts.append(f"graphs:{self.cuda_graphs}")
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
