@@ -33,8 +33,8 @@ REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules
 
 
 HOST_CPUS = ("x86", "grace")
-MOE_HOST_COUNTS = ("attention_te_modules", "attention_ops", "router_te_modules", "router_ops", "dispatch_ops",
-                   "experts_te_modules", "experts_ops", "combine_ops")
+MOE_HOST_COUNTS = ("qk_norm_te_modules", "attention_ops", "router_te_modules", "router_ops", "dispatch_ops",
+                   "experts_te_modules", "experts_ops", "combine_ops", "shared_experts_te_modules", "shared_experts_ops")
 MOE_HOST_SOURCES = ("op_s", "te_module_ops", "te_fp8_factor", "counts", "dispatcher_sync")
 
 
@@ -49,7 +49,10 @@ class MoeHost:
     """Ops one Transformer Engine module call costs (bf16)."""
     te_fp8_factor: float
     """A TE module's host time under fp8 over bf16."""
-    attention_te_modules: float
+    attention_te_modules: Mapping[str, float]
+    """TE modules of the attention block by kind: "gqa" (MHA / GQA) or "mla" (multi-head latent attention)."""
+    qk_norm_te_modules: float
+    """More TE modules where the model norms q and k (Qwen3)."""
     attention_ops: float
     router_te_modules: float
     router_ops: float
@@ -61,6 +64,9 @@ class MoeHost:
     """Forward ops per local expert and expert linear, by compute dtype ("bf16", "fp8")."""
     expert_linear_backward_ops: Mapping[str, float]
     combine_ops: float
+    shared_experts_te_modules: float
+    shared_experts_ops: float
+    """The shared experts' TE linears and activation (models with shared experts), beside the routed ones."""
     dispatcher_sync: bool
     """The token dispatcher copies its split sizes to the host and synchronises once per MoE layer forward."""
     sources: Mapping[str, str]
@@ -89,6 +95,7 @@ def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
     return MoeHost(op_s=by("op_s", HOST_CPUS), te_module_ops=count(raw.get("te_module_ops"), "te_module_ops"),
                    te_fp8_factor=count(raw.get("te_fp8_factor"), "te_fp8_factor"),
                    **{k: count(raw.get(k), k) for k in MOE_HOST_COUNTS},
+                   attention_te_modules=by("attention_te_modules", ("gqa", "mla")),
                    expert_linear_ops=by("expert_linear_ops", ("bf16", "fp8")),
                    expert_linear_backward_ops=by("expert_linear_backward_ops", ("bf16", "fp8")),
                    dispatcher_sync=_flag(where, raw, "dispatcher_sync"),

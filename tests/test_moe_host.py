@@ -53,6 +53,20 @@ def test_phase_ops_of_qwen3_30b_fp8_ep8():
     assert bf16["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
 
 
+def test_phase_ops_of_mla_and_shared_experts():
+    # DeepSeek-V3 fp8, ep 8: 256 / 8 = 32 local experts; MLA's attention is 7 TE modules, no q/k norms; one shared
+    # expert adds its 2 TE linears and its activation beside the routed experts.
+    h = get_stack("megatron-core").moe_host
+    shapes = ModelShapes.of(load_model("deepseek-v3"))
+    ops = phase_ops(h, shapes, _arrays("tp=1,pp=16,ep=8,mbs=1,gbs=2048,seq=4096,precision=fp8", world=256))
+    assert ops["rest"][0] == pytest.approx(7 * 5.38 + 7 + 5.38 + 23)
+    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 5.38 + 1 + 2 * 32 * 4)
+    gpt = ModelShapes.of(load_model("gpt-oss-120b"))  # GQA without q/k norms, no shared experts
+    ops = phase_ops(h, gpt, _arrays("tp=1,ep=8,mbs=1,gbs=512,seq=4096", world=64))
+    assert ops["rest"][0] == pytest.approx(3 * 2.69 + 7 + 2.69 + 23)
+    assert ops["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
+
+
 def test_exposed_host_by_hand():
     # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
     # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops

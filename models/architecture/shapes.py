@@ -72,6 +72,8 @@ class ModelShapes:
     """Rotary position embedding on q and k (a stack without a fused RoPE runs it as several eager kernels)."""
     activation_clamp: float = 0.0
     """Clamp of the gated activation's inputs (ModelSpec.activation_clamp; GPT-OSS 7.0); 0 = none."""
+    qk_norm: bool = False
+    """Norms on q and k before attention (Qwen3; ModelSpec.qk_norm)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -99,6 +101,7 @@ class ModelShapes:
             chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
             rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
+            qk_norm=m.qk_norm,
         )
 
     @property

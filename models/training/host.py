@@ -77,10 +77,14 @@ def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays) -> dict[str, np.
     local = shapes.n_experts / L.ep
     linear_f = np.where(fp8, h.expert_linear_ops["fp8"], h.expert_linear_ops["bf16"])
     linear_b = np.where(fp8, h.expert_linear_backward_ops["fp8"], h.expert_linear_backward_ops["bf16"])
-    attention = h.attention_te_modules * te + h.attention_ops
+    modules = h.attention_te_modules["mla" if shapes.mla_up_proj else "gqa"]
+    modules += h.qk_norm_te_modules if shapes.qk_norm else 0.0
+    attention = modules * te + h.attention_ops
     attention = np.where(L.cuda_graphs == CudaGraphsCode.ATTN, GRAPH_LAUNCH_OPS, attention)
     rest = attention + h.router_te_modules * te + h.router_ops
     experts = h.experts_te_modules * te + h.experts_ops
+    if shapes.shared_ffn:  # the shared experts run beside the routed ones (SharedExpertMLP)
+        experts = experts + h.shared_experts_te_modules * te + h.shared_experts_ops
     return {"dispatch": np.full_like(local, h.dispatch_ops), "combine": np.full_like(local, h.combine_ops),
             "rest": rest, "experts_forward": experts + 2.0 * local * linear_f,
             "experts_backward": experts + 2.0 * local * linear_b}
