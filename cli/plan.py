@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import click
 
@@ -38,7 +39,7 @@ def parse_fix(text: str | None, world: int) -> dict:
     if twice:
         raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
     keys = set(names)
-    full = Layout.parse(text).to_dict()
+    full = asdict(Layout.parse(text))  # every field, also those to_dict leaves out at their defaults
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")

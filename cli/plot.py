@@ -19,7 +19,7 @@ from clusterplan.models.training.timeline import Timeline, simulate
 FORMATS = {".png": "png", ".svg": "svg"}
 COLORS = {"weights": "#4C72B0", "grads": "#55A868", "optimizer": "#C44E52", "activations": "#8172B2",
           "other": "#937860", "compute_s": "#4C72B0", "tp_comm_s": "#DD8452", "cp_comm_s": "#DA8BC3",
-          "ep_comm_s": "#8C8C8C", "pp_comm_s": "#CCB974", "dp_comm_s": "#64B5CD", "bubble_s": "#C44E52",
+          "ep_comm_s": "#8C8C8C", "host_s": "#B47CC7", "pp_comm_s": "#CCB974", "dp_comm_s": "#64B5CD", "bubble_s": "#C44E52",
           "optimizer_s": "#55A868", "F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
 
 
@@ -93,7 +93,7 @@ def plot_estimate(data: dict[str, Any], path: str) -> dict[str, Any]:
     ax.set_title("memory per pipeline stage")
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
-    terms = [t for t in TIME_TERMS if data["time"][t] > 0]
+    terms = [t for t in TIME_TERMS if data["time"].get(t, 0.0) > 0]
     values = [data["time"][t] for t in terms]
     plotted["time_s"] = dict(zip(terms, values, strict=True))
     ax.barh([t.removesuffix("_s") for t in terms], values, color=[COLORS[t] for t in terms])
@@ -139,7 +139,7 @@ def plot_plan(data: dict[str, Any], path: str) -> dict[str, Any]:
     plotted: dict[str, Any] = {"labels": labels, "time_s": {}}
     left = [0.0] * len(plans)
     for term in TIME_TERMS:
-        values = [p["time"][term] for p in plans]
+        values = [p["time"].get(term, 0.0) for p in plans]
         if not any(values):
             continue
         ax.barh(labels, values, left=left, color=COLORS[term], label=term.removesuffix("_s"))

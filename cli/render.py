@@ -28,7 +28,8 @@ def render_estimate(data: dict[str, Any]) -> None:
     console.text(f"MFU basis: {data['mfu_basis']}")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
-                  [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS])
+                  [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS
+                   if t in data["time"]])
     mem = data["memory"]
     stages = mem["by_stage"]
     rows = [(term, *(f"{stages[p][term + '_gib']:.2f}" for p in ("first", "middle", "last")))

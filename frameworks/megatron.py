@@ -54,8 +54,9 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     # bf16 gradients are a choice only for adam-master under bf16/fp8 (--grad-reduce-in-bf16); activation offloading
     # has no pretrain_gpt.py flag (notes() says how to set it), so the script runs without it.
     fp32_grads = L.fp32_grads or not (optimizer == "adam-master" and L.precision in ("bf16", "fp8"))
+    # CUDA graphs are written as a note (notes()): the script runs eager, as Megatron-LM's default.
     return canonical(model, replace(L, schedule=schedule, optimizer=optimizer, recompute_layers=recompute_layers,
-                                    fp32_grads=fp32_grads, offload_layers=0))
+                                    fp32_grads=fp32_grads, offload_layers=0, cuda_graphs="none"))
 
 
 def environment(layout: Layout) -> dict[str, str]:
@@ -259,6 +260,12 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
         out.append(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
                    f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
                    "(Megatron-Bridge model config) or the plan's activations will not fit")
+    if L.cuda_graphs != "none":
+        scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration (MoE layers: also "
+                         "--moe-pad-expert-input-to-capacity with a capacity factor)",
+                 "attn": "--cuda-graph-impl transformer_engine --cuda-graph-scope attn"}[L.cuda_graphs]
+        out.append(f"cuda_graphs={L.cuda_graphs}: the script runs eager; add {scope} (Megatron-Core >= 0.14) to run "
+                   "the plan's CUDA graphs, whose MoE host time the plan priced")
     return out
 
 

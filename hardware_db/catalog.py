@@ -65,6 +65,16 @@ def _str(where: str, raw: Mapping[str, Any], key: str) -> str:
     return value
 
 
+HOST_CPUS = ("x86", "grace")
+
+
+def _host_cpu(where: str, raw: Mapping[str, Any]) -> str:
+    value = raw.get("host_cpu", "x86")
+    if value not in HOST_CPUS:
+        raise BadInputError(f"{where}: host_cpu={value!r}; choose one of {', '.join(HOST_CPUS)}")
+    return value
+
+
 def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> GPU:
     where = f"gpus.yaml: {name}"
     sources = raw.get("sources") or {}
@@ -108,6 +118,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         price=price,
         sources=MappingProxyType(dict(sources)),
         mx_formats=bool(raw.get("mx_formats", False)),
+        host_cpu=_host_cpu(where, raw),
     )
 
 

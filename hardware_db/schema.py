@@ -51,6 +51,9 @@ class GPU:
     """Source of each group of numbers: tflops, memory, scale_up, tdp, achieved."""
     mx_formats: bool = False
     """Tensor cores run microscaling formats (MXFP8) natively (Blackwell, CDNA 4)."""
+    host_cpu: str = "x86"
+    """The CPU that launches this GPU's kernels: "x86" (DGX/HGX hosts) or "grace" (the superchips GH200, GB200,
+    GB300); prices the stack's per-op host time (stacks.yaml moe_host)."""
 
     @property
     def has_fp8(self) -> bool:

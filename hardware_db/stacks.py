@@ -28,7 +28,78 @@ FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
+CUDA_GRAPHS = ("none", "attn", "full")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
+
+
+HOST_CPUS = ("x86", "grace")
+MOE_HOST_COUNTS = ("qk_norm_te_modules", "attention_ops", "router_te_modules", "router_ops", "dispatch_ops",
+                   "experts_te_modules", "experts_ops", "combine_ops", "shared_experts_te_modules", "shared_experts_ops")
+MOE_HOST_SOURCES = ("op_s", "te_module_ops", "te_fp8_factor", "counts", "dispatcher_sync")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MoeHost:
+    """Host (CPU) cost of an eager MoE layer, in ops of one eager torch.nn.Linear forward's host time
+    (stacks.yaml moe_host; models/training/host.py prices it)."""
+
+    op_s: Mapping[str, float]
+    """Host seconds of one op per host CPU ("x86", "grace")."""
+    te_module_ops: float
+    """Ops one Transformer Engine module call costs (bf16)."""
+    te_fp8_factor: float
+    """A TE module's host time under fp8 over bf16."""
+    attention_te_modules: Mapping[str, float]
+    """TE modules of the attention block by kind: "gqa" (MHA / GQA) or "mla" (multi-head latent attention)."""
+    qk_norm_te_modules: float
+    """More TE modules where the model norms q and k (Qwen3)."""
+    attention_ops: float
+    router_te_modules: float
+    router_ops: float
+    """Router, aux loss and the dispatcher's preprocess (split sizes to the host) forward."""
+    dispatch_ops: float
+    experts_te_modules: float
+    experts_ops: float
+    expert_linear_ops: Mapping[str, float]
+    """Forward ops per local expert and expert linear, by compute dtype ("bf16", "fp8")."""
+    expert_linear_backward_ops: Mapping[str, float]
+    combine_ops: float
+    shared_experts_te_modules: float
+    shared_experts_ops: float
+    """The shared experts' TE linears and activation (models with shared experts), beside the routed ones."""
+    dispatcher_sync: bool
+    """The token dispatcher copies its split sizes to the host and synchronises once per MoE layer forward."""
+    sources: Mapping[str, str]
+
+
+def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
+    if raw is None:
+        return None
+    where = f"{where} moe_host"
+    sources = raw.get("sources") or {}
+    missing = [k for k in MOE_HOST_SOURCES if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+
+    def count(value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise BadInputError(f"{where}: {key} must be a number >= 0, got {value!r}")
+        return float(value)
+
+    def by(key: str, names: tuple[str, ...]) -> Mapping[str, float]:
+        table = raw.get(key)
+        if not isinstance(table, Mapping) or set(table) != set(names):
+            raise BadInputError(f"{where}: {key} must map {', '.join(names)} to numbers, got {table!r}")
+        return MappingProxyType({k: count(table[k], f"{key}.{k}") for k in names})
+
+    return MoeHost(op_s=by("op_s", HOST_CPUS), te_module_ops=count(raw.get("te_module_ops"), "te_module_ops"),
+                   te_fp8_factor=count(raw.get("te_fp8_factor"), "te_fp8_factor"),
+                   **{k: count(raw.get(k), k) for k in MOE_HOST_COUNTS},
+                   attention_te_modules=by("attention_te_modules", ("gqa", "mla")),
+                   expert_linear_ops=by("expert_linear_ops", ("bf16", "fp8")),
+                   expert_linear_backward_ops=by("expert_linear_backward_ops", ("bf16", "fp8")),
+                   dispatcher_sync=_flag(where, raw, "dispatcher_sync"),
+                   sources=MappingProxyType({k: str(v) for k, v in sources.items()}))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,10 +159,15 @@ class ExecutionStack:
     """Layout.zero values the stack runs (0 DDP, 1 distributed optimizer, 2 + gradients, 3 FSDP / ZeRO-3)."""
     pp_max_zero: int
     """Highest ZeRO stage that runs together with pipeline parallelism (DeepSpeed: 1)."""
+    moe_host: MoeHost | None = None
+    """Host cost of its eager MoE layers (None: not priced for this stack)."""
+    cuda_graphs: tuple[str, ...] = ("none",)
+    """Layout.cuda_graphs values the stack runs (absent in stacks.yaml: eager only)."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
-        table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages}
+        table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages,
+                 "cuda_graphs": self.cuda_graphs}
         return feature not in table or value in table[feature]
 
 
@@ -171,7 +247,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         selective_recompute=_choice(where, raw, "selective_recompute", SELECTIVE_RECOMPUTE),
         schedules=_subset(where, raw, "schedules", SCHEDULES), compiled=_flag(where, raw, "compiled"),
         sp_saves_gathered_inputs=_flag(where, raw, "sp_saves_gathered_inputs"),
-        cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero)
+        cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
+        moe_host=parse_moe_host(where, raw.get("moe_host")),
+        cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",))
 
 
 @lru_cache(maxsize=1)

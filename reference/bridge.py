@@ -10,7 +10,7 @@ express are listed with the reason, never dropped. These rows are a check set: n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_stack
@@ -100,6 +100,64 @@ the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = d
 # cpu_offloading_num_layers moves that many layers' activations to Grace memory (Layout.offload_layers).
 OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
 
+# CUDA graphs of the MoE recipes (Layout.cuda_graphs; what prices their MoE layers' host time, models/training/host.py).
+# The 25.11-era perf_matrix files name the published layouts (qwen3_30b_a3b_llm_pretrain.yaml: h100 pp2 vp24
+# cuda_graphs false, gb200 cuda_graphs true, no b200 entry, i.e. the recipe default, no graphs;
+# qwen3_235b_a22b_llm_pretrain.yaml: b200 pp8 vp2 cuda_graphs false, gb200 true, h100 false;
+# deepseek_v3_llm_pretrain.yaml: b200 fp8_mx true, gb200 true, h100 false). cuda_graphs true there sets
+# enable_cuda_graph (Megatron-Core's captured layers, which MoE layers take with the drop-and-pad dispatcher):
+# "full". GB300 rows are not in those files: the later workload_base_configs.py give Qwen3-30B and Qwen3-235B FP8
+# cuda_graph_impl local / full_iteration ("full"), Qwen3-235B BF16 none, DeepSeek-V3 BF16 transformer_engine / attn
+# ("attn"), DeepSeek-V3 FP8-MX none; GPT-OSS-120B runs local / full_iteration on every system (BASE_GPT_OSS_120B_CONFIG).
+CUDA_GRAPHS = {
+    ("DGX-GB300", "Qwen3_30B_a3B"): "full", ("DGX-GB200", "Qwen3_30B_a3B"): "full",
+    ("DGX-GB300", "Qwen3_235B_a22B", "FP8-MX"): "full", ("DGX-GB300", "Qwen3_235B_a22B", "FP8-CS"): "full",
+    ("DGX-GB200", "Qwen3_235B_a22B"): "full",
+    ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3"): "full",
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): "full",
+    ("DGX-GB300", "GPT_OSS_120B"): "full", ("DGX-GB200", "GPT_OSS_120B"): "full", ("DGX-B200", "GPT_OSS_120B"): "full",
+    ("DGX-H100", "GPT_OSS_120B"): "full",
+}
+
+
+VOCAB_DIVISIBLE_BY = 128
+"""Megatron-Bridge pads the vocabulary to a multiple of make_vocab_size_divisible_by (128) x tp
+(utils/vocab_utils.py calculate_padded_vocab_size) before counting the logit FLOPs."""
+
+
+def bridge_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
+    """Model FLOPs per token as Megatron-Bridge 25.11 counts them for its published TFLOP/s
+    (src/megatron/bridge/training/utils/flop_utils.py num_floating_point_operations, transformer_flops): 12 = 3 x 2 x 2
+    per matmul parameter pair; the MLP widths x 3/2 only when gated_linear_unit AND activation_func is F.silu, so
+    GPT-OSS's quick_gelu GLU experts count as two matrices, not three; GQA attention 12 h^2 (1 + g/n + s/(2h)) q/h
+    per layer (causal half of the core, every layer, no sliding window); MLA its q/kv low-rank terms and a causal
+    core; MTP layers as extra MoE layers with their norms and projection; logits 6 h V_padded per output head. No
+    biases, router, sinks or norms. Our own MFU (models/training/compute.py MFU_BASIS) counts what runs instead."""
+    h = model.hidden
+    layers = model.n_layers + model.mtp_layers
+    moe_layers = model.n_moe_layers + (model.mtp_layers if model.is_moe_layer(model.n_layers - 1) else 0)
+    glu = 1.5 if model.gated_ffn and model.family != "gpt_oss" else 1.0  # GPT-OSS: quick_gelu, not F.silu
+    if model.is_mla:
+        heads, qk, rope, v = model.n_heads, model.qk_nope_head_dim, model.qk_rope_head_dim, model.v_head_dim
+        q_term = model.q_lora_rank * (h + heads * (qk + rope) + 1) if model.q_lora_rank else h * heads * (qk + rope)
+        attn = 6 * layers * (q_term + model.kv_lora_rank * (h + heads * (qk + v) + 1) + h * rope + heads * v * h
+                             + seq * heads * (qk + rope) / 2 + seq * heads * v / 2)
+    else:
+        attn = 12 * layers * h * h * (1 + model.kv_heads / model.n_heads + seq / h / 2) * model.q_dim / h
+    shared = model.shared_ffn if model.is_moe else 0
+    mlp = 12 * h * glu * (model.ffn_hidden * (layers - moe_layers)
+                          + (model.expert_ffn_hidden * model.top_k + shared) * moe_layers)
+    mtp = 6 * model.mtp_layers * (3 * h + 2 * h * h)
+    multiple = VOCAB_DIVISIBLE_BY * tp
+    padded_vocab = -(-model.vocab // multiple) * multiple
+    return mlp + attn + mtp + 6 * h * padded_vocab * (model.mtp_layers + 1)
+
+
+TFLOPS_CONVENTION = ("TFLOP/s: `predicted` = predicted tokens/s x Megatron-Bridge's own FLOPs per token (flop_utils.py; "
+                     "GPT-OSS's GLU experts count as two matrices, every layer's attention as full causal), so its "
+                     "error is the throughput error; `ours (as executed)` is estimate's tflops_per_gpu (MFU basis: "
+                     "FLOPs as they run, windows and all three GLU matrices counted).")
+
 
 @dataclass(frozen=True)
 class BridgeRow:
@@ -119,6 +177,10 @@ class BridgeRow:
     published_tflops: float
     predicted_tokens_per_s: float | None = None
     predicted_tflops: float | None = None
+    """Predicted tokens/s per GPU x Megatron-Bridge's FLOPs per token (bridge_flops_per_token): the published
+    TFLOP/s' own convention, so its error is the throughput error seen through their count."""
+    model_tflops: float | None = None
+    """Our estimate's tflops_per_gpu (MFU_BASIS: FLOPs as executed, windows and GLU widths counted)."""
     refused: str = ""
     """The estimate's own reasons (out of memory) when it refuses the layout; the time is still compared."""
 
@@ -168,6 +230,25 @@ def stage_split(model: ModelSpec, pp: int, vp: int) -> tuple[int, int, str]:
     return 0, 0, ""
 
 
+CONVENTION_TOLERANCE = 0.01
+"""Published TFLOP/s and tokens/s are rounded; beyond 1 % the row was counted another way."""
+
+
+def flops_convention_note(model: ModelSpec, layout: Layout, tokens_per_s: float, tflops: float) -> str:
+    """'' when the published TFLOP/s equal the published tokens/s x bridge_flops_per_token within
+    CONVENTION_TOLERANCE; else what the published pair implies (a model with MTP checked without it)."""
+    per_token = bridge_flops_per_token(model, layout.seq, layout.tp)
+    if abs(tokens_per_s * per_token / 1e12 / tflops - 1) <= CONVENTION_TOLERANCE:
+        return ""
+    if model.mtp_layers:
+        without = bridge_flops_per_token(replace(model, mtp_layers=0), layout.seq, layout.tp)
+        if abs(tokens_per_s * without / 1e12 / tflops - 1) <= CONVENTION_TOLERANCE:
+            return ("published TFLOP/s = Megatron-Bridge's FLOPs count WITHOUT the MTP layer (mtp_num_layers unset in "
+                    "that run?); predicted here with MTP")
+    return (f"published TFLOP/s imply {tflops * 1e12 / tokens_per_s / 1e9:.2f} GFLOP/token; Megatron-Bridge's count "
+            f"gives {per_token / 1e9:.2f}")
+
+
 def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]:
     tp, pp, cp, ep = int(r["tp"]), int(r["pp"]), int(r["cp"]), int(r["ep"])
     vp = int(r["vp"] or 1)
@@ -185,13 +266,15 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     if model.name == "deepseek-v3":
         notes.append("MTP block (1 extra MoE layer + head) not modelled")
     offload = OFFLOAD_LAYERS.get(key, 0)
+    graphs = CUDA_GRAPHS.get(key, CUDA_GRAPHS.get(key[:2], "none"))
     if offload:
         notes.append(f"recipe offloads {offload} layers' activations to CPU")
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
                     seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
-                    last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload)
+                    last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
+                    cuda_graphs=graphs)
     return layout, notes
 
 
@@ -223,6 +306,9 @@ def bridge_rows() -> list[BridgeRow]:
                     cluster=ref, published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                     published_tflops=float(r["model_tflops_per_gpu"]))
         layout, notes = bridge_layout(r, model)
+        note = flops_convention_note(model, layout, base["published_tokens_per_s"], base["published_tflops"])
+        if note:
+            notes.append(note)
         if int(r["gbs"]) != int(r["mbs"]) * int(r["ga"]) * layout.dp:
             notes.append(f"gbs {r['gbs']} != mbs x ga x dp = {int(r['mbs']) * int(r['ga']) * layout.dp} in the "
                          "source: gbs used")
@@ -239,8 +325,10 @@ def bridge_rows() -> list[BridgeRow]:
         est = estimate(model, cluster, layout, stack=stack, fp8_recipe=recipe)
         js = est.to_json()
         tokens = js["tokens_per_s"] / gpus
+        nv_tflops = tokens * bridge_flops_per_token(model, layout.seq, layout.tp) / 1e12
         out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,
-                             predicted_tflops=js["tflops_per_gpu"], refused="; ".join(str(p) for p in est.reasons), **base))
+                             predicted_tflops=nv_tflops, model_tflops=js["tflops_per_gpu"],
+                             refused="; ".join(str(p) for p in est.reasons), **base))
     return out
 
 
@@ -248,6 +336,8 @@ def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
              f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision,
              f"rc:{L.recompute_modules or L.recompute}"]
+    if L.cuda_graphs != "none":
+        parts.append(f"cg:{L.cuda_graphs}")
     if L.first_stage_layers or L.last_stage_layers:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)
@@ -266,19 +356,20 @@ def summary(rows: list[BridgeRow]) -> tuple[int, float, float]:
 def print_table(rows: list[BridgeRow]) -> None:
     print("\nMegatron-Bridge 25.11 (NeMo 25.11 performance summary): tokens/s and model TFLOP/s per GPU")
     print(f"{'row':32} {'cluster':16} {'layout':62} {'tok/s pub':>9} {'pred':>9} {'err':>7} "
-          f"{'TFLOP/s pub':>11} {'pred':>7} {'err':>7}")
+          f"{'TFLOP/s pub':>11} {'pred':>7} {'err':>7} {'ours':>6}")
     for r in rows:
         lay = layout_text(r.layout) if r.layout else "-"
         if r.expressible:
             print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
                   f"{r.predicted_tokens_per_s:9.0f} {r.error:+7.1%} {r.published_tflops:11.0f} "
-                  f"{r.predicted_tflops:7.0f} {r.tflops_error:+7.1%}")
+                  f"{r.predicted_tflops:7.0f} {r.tflops_error:+7.1%} {r.model_tflops:6.0f}")
         else:
             print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
                   f"{'not expressible':>17}")
     n, median, worst = summary(rows)
     print(f"expressible {n} of {len(rows)}: median |error| {median:.1%}, max {worst:.1%} "
           "(target: every row within 15 %, median within 8 %)")
+    print(TFLOPS_CONVENTION)
     for r in rows:
         extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
         if not r.expressible:
@@ -289,22 +380,24 @@ def print_table(rows: list[BridgeRow]) -> None:
 
 def markdown_table(rows: list[BridgeRow]) -> str:
     lines = ["| system | model | precision | GPUs | layout | tokens/s/GPU published | predicted | error | "
-             "TFLOP/s/GPU published | predicted | error | notes |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "TFLOP/s/GPU published | predicted | error | ours (as executed) | notes |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lay = layout_text(r.layout) if r.layout else "-"
         notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
         if r.expressible:
             cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
-                     f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}"]
+                     f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"]
         else:
             notes.insert(0, f"not expressible: {r.reason}")
-            cells = ["-", "-", f"{r.published_tflops:.0f}", "-", "-"]
+            cells = ["-", "-", f"{r.published_tflops:.0f}", "-", "-", "-"]
         lines.append(f"| {r.system} | {r.preset} | {r.precision} | {r.gpus} | {lay} | "
                      f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                     f"{cells[4]} | {'; '.join(notes).replace('|', '/')} |")
+                     f"{cells[4]} | {cells[5]} | {'; '.join(notes).replace('|', '/')} |")
     n, median, worst = summary(rows)
     lines.append("")
     lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {median:.1%}, max {worst:.1%} "
                  "(issue #13 target: every row within 15 %, median within 8 %).")
+    lines.append("")
+    lines.append(TFLOPS_CONVENTION)
     return "\n".join(lines)

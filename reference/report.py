@@ -1,11 +1,11 @@
-"""Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022) and
-NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py).
+"""Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
+NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py) and torchtitan on H100 (reference/titan.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
-The same rows are asserted in tests/test_reference_training.py and tests/test_reference_bridge.py with the
-tolerances stated there.
+The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py and
+tests/test_reference_titan.py with the tolerances stated there.
 """
 
 from __future__ import annotations
@@ -155,6 +155,10 @@ def markdown_report() -> str:
         out += ["", f"Median |error| {errors[len(errors) // 2]:.1%}, max {errors[-1]:.1%}.", ""]
     out += ["#### NeMo 25.11 / Megatron-Bridge pre-training: tokens/s and model TFLOP/s per GPU", "",
             markdown_table(bridge_rows()), ""]
+    from clusterplan.reference import titan
+
+    out += ["#### torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511): tokens/s and peak memory per GPU", "",
+            titan.markdown_table(titan.titan_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -176,6 +180,9 @@ def print_text_report() -> None:
     for label, rank, published, best in published_in_top5():
         print(f"{label:6} rank {rank or '>5':>3}  published {published:8.2f} s  our best {best:8.2f} s")
     print_table(bridge_rows())
+    from clusterplan.reference import titan
+
+    titan.print_table(titan.titan_rows())
     serving_section()
 
 

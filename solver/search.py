@@ -179,7 +179,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
 
 
 def dominant_terms_of(data: dict) -> tuple[str, ...]:
-    terms = sorted(TIME_TERMS, key=lambda t: -data["time"][t])
+    terms = sorted((t for t in TIME_TERMS if t in data["time"]), key=lambda t: -data["time"][t])
     return tuple(f"{t.removesuffix('_s')} {data['time'][t] / data['step_time_s']:.0%}" for t in terms[:3]
                  if data["time"][t] > 0)
 
@@ -200,12 +200,12 @@ def with_why_best(plans: list[RankedPlan], objective: str) -> tuple[RankedPlan, 
 
 def why_best(best: dict, runner: dict) -> str:
     """The time terms where the best plan gains most over the runner-up, in seconds per step."""
-    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'][k]})" for k in best["layout"]
-               if best["layout"][k] != runner["layout"][k]]
+    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'].get(k)})" for k in best["layout"]
+               if best["layout"][k] != runner["layout"].get(k)]
     if abs(runner["step_time_s"] - best["step_time_s"]) <= 1e-6 * best["step_time_s"]:
         return (f"ties with #2 at {best['step_time_s']:.4g} s ({', '.join(changed)} predict the same time); "
                 "ties go to smaller tp, then pp, vpp, cp, micro-batch")
-    diffs = sorted(((runner["time"][t] - best["time"][t], t) for t in TIME_TERMS), reverse=True)
+    diffs = sorted(((runner["time"].get(t, 0.0) - best["time"].get(t, 0.0), t) for t in TIME_TERMS), reverse=True)
     gains = [f"{t.removesuffix('_s')} -{d:.3g} s" for d, t in diffs if d > 0][:2]
     losses = [f"{t.removesuffix('_s')} +{-d:.3g} s" for d, t in diffs if d < 0][-1:]
     return (f"{', '.join(changed) or 'same layout'}: saves {', '.join(gains) or 'nothing'}"

@@ -121,7 +121,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
-    for key in ("schedule", "cp_kind", "zero"):
+    for key in ("schedule", "cp_kind", "zero", "cuda_graphs"):
         if key in fixed and not stack.can_run(key, fixed[key]):
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
@@ -174,8 +174,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     cols = {k: np.repeat(v, math.prod(sizes[1:])) for k, v in base.items()}
     cols.update(zero=expand(dims[1], 1), mbs=expand(dims[2], 2), recompute=expand(dims[3], 3),
                 precision=expand(dims[4], 4), gbs=np.full(total, float(gbs)), seq=np.full(total, float(seq)))
-    if "optimizer" in fixed:
-        cols["optimizer"] = np.full(total, CODES["optimizer"][fixed["optimizer"]])
+    for key in ("optimizer", "cuda_graphs"):
+        if key in fixed:
+            cols[key] = np.full(total, CODES[key][fixed[key]])
     for key in ("etp", "recompute_layers", "flash_attn"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))

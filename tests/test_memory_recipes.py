@@ -48,22 +48,26 @@ def test_gpt_oss_moe_layer_worked_example_and_recompute_modules():
     # gated; tp 1, 4096 tokens, bf16, flash, no recompute. Per token (bytes):
     #   norm inputs 2 x 2 x 2880, attention norm output 2 x 2880, pre-MLP norm output (router input) 2 x 2880,
     #   q, k, v 2 x (4096 + 1024), attention output 2 x 4096, log-sum-exp 4 x 64, router probabilities 4 x 128,
-    #   per routed token (x 4): fc1 input 2 x 2880, fused activation input 2 x 2 x 2880, fc2 input 2 x 2880.
+    #   per routed token (x 4): fc1 input 2 x 2880, fused activation input 2 x 2 x 2880, fc2 input 2 x 2880, and
+    #   the eager swiglu_limit clamp's saved input (the fc1 output, 2 x 2 x 2880) next to the clamped copy the fused
+    #   activation saves (Megatron-Core fused_bias_geglu.py weighted_bias_quick_geglu_impl).
     shapes = ModelShapes.of(load_model("gpt-oss-120b"))
     T = 4096
     L = _arrays(seq=T, mbs=1, gbs=64, dp=64, ep=8, recompute="none")
+    clamp = 4 * (2 * 2 * 2880)
     per_token = (4 * 2880 + 2 * 2880 + 2 * 2880 + 2 * (4096 + 1024) + 2 * 4096 + 4 * 64 + 4 * 128
-                 + 4 * (2 * 2880 + 4 * 2880 + 2 * 2880))
+                 + 4 * (2 * 2880 + 4 * 2880 + 2 * 2880) + clamp)
     assert float(layer_activation_bytes(shapes, L, True, NONE)[0]) == T * per_token
     # The recipes' selective recompute of ["layernorm", "moe_act"] (H100/B200/GB200): the pre-MLP norm output and the
     # experts' fc2 inputs are discarded; core attention is not recomputed (the log-sum-exp stays).
     sel = _arrays(seq=T, mbs=1, gbs=64, dp=64, ep=8, recompute="selective", recompute_modules="moe_act+layernorm")
     kept = float(layer_activation_bytes(shapes, sel, True, SELECTIVE)[0])
-    assert kept == T * (per_token - 2 * 2880 - 4 * 2 * 2880)
+    # moe_act's checkpoint keeps only the fc1 output: the clamp's extra copy goes too.
+    assert kept == T * (per_token - 2 * 2880 - 4 * 2 * 2880 - clamp)
     # "moe" checkpoints the whole block from its input: the router, experts and their inputs all go.
     moe = _arrays(seq=T, mbs=1, gbs=64, dp=64, ep=8, recompute="selective", recompute_modules="moe")
     assert float(layer_activation_bytes(shapes, moe, True, SELECTIVE)[0]) == T * (
-        per_token - 4 * 128 - 4 * (2 * 2880 + 4 * 2880 + 2 * 2880))
+        per_token - 4 * 128 - 4 * (2 * 2880 + 4 * 2880 + 2 * 2880) - clamp)
 
 
 def test_moe_under_fp8_keeps_the_expert_inputs_in_fp8():
@@ -73,7 +77,7 @@ def test_moe_under_fp8_keeps_the_expert_inputs_in_fp8():
     T = 4096
     L = _arrays(seq=T, mbs=1, gbs=64, dp=64, ep=8, recompute="none", precision="fp8")
     per_token = (4 * 2880 + 1 * 2880 + 2 * 2880 + 2 * (4096 + 1024) + 3 * 4096 + 4 * 64 + 4 * 128
-                 + 4 * (1 * 2880 + 4 * 2880 + 1 * 2880))
+                 + 4 * (1 * 2880 + 4 * 2880 + 1 * 2880) + 4 * (2 * 2 * 2880))  # + the bf16 clamp copy (above)
     assert float(layer_activation_bytes(shapes, L, True, NONE)[0]) == T * per_token
 
 

@@ -121,7 +121,8 @@ def test_mtp_projection_is_three_gemms_of_the_2h_by_h_matrix():
 
 def test_mtp_module_is_one_more_layer_head_and_projection_on_the_last_stage():
     # One stage (pp 1): the MTP module adds, per micro-batch, one average layer's compute, one LM head pass and the
-    # projection; its all-to-alls and TP traffic ride with the layer: (compute + tp + ep)(mtp=1) - (mtp=0) = m x that
+    # projection; its all-to-alls, TP traffic and host time ride with the layer: (compute + tp + ep + host)(mtp=1)
+    # - (mtp=0) = m x that
     # (the data-parallel exposure follows its own rules).
     from dataclasses import replace
 
@@ -137,6 +138,6 @@ def test_mtp_module_is_one_more_layer_head_and_projection_on_the_last_stage():
                                               + mtp_projection_s(QWEN, L, hw))[0])
     base, more = (step_time(s, L, hw, stack) for s in (QWEN, with_mtp))
     def busy(t):
-        return float((t.compute_s + t.tp_comm_s + t.ep_comm_s)[0])
+        return float((t.compute_s + t.tp_comm_s + t.ep_comm_s + t.host_s)[0])  # host: the layer's MoE host time
 
     assert busy(more) - busy(base) == pytest.approx(extra, rel=1e-9)

@@ -177,7 +177,8 @@ def _gpt_oss(c: _Config) -> dict[str, Any]:
                 attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True,
                 **_window_fields(c, windowed, c.integer("sliding_window", default=None)), n_experts=experts,
                 top_k=c.integer("num_experts_per_tok", "experts_per_token"),
-                expert_ffn_hidden=c.integer("intermediate_size"))
+                expert_ffn_hidden=c.integer("intermediate_size"),
+                activation_clamp=_positive_number(c, "swiglu_limit", c.raw.get("swiglu_limit", 7.0)))
 
 
 def _llama4(c: _Config) -> dict[str, Any]:

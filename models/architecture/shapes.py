@@ -66,6 +66,14 @@ class ModelShapes:
     """Multi-token-prediction modules on the last pipeline stage (ModelSpec.mtp_layers)."""
     mtp_layer_moe: bool = False
     """The MTP modules' transformer block has an MoE MLP (it continues the layer pattern: DeepSeek-V3)."""
+    rms_norm: bool = False
+    """The layer norms are RMSNorm (a stack without a fused RMSNorm runs them as several eager kernels)."""
+    rope: bool = False
+    """Rotary position embedding on q and k (a stack without a fused RoPE runs it as several eager kernels)."""
+    activation_clamp: float = 0.0
+    """Clamp of the gated activation's inputs (ModelSpec.activation_clamp; GPT-OSS 7.0); 0 = none."""
+    qk_norm: bool = False
+    """Norms on q and k before attention (Qwen3; ModelSpec.qk_norm)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -92,6 +100,8 @@ class ModelShapes:
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
             chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
+            rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
+            qk_norm=m.qk_norm,
         )
 
     @property

@@ -31,7 +31,7 @@ _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_nor
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
-                       "router_topk_scaling", "router_renormalize")
+                       "router_topk_scaling", "router_renormalize", "activation_clamp")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router settings that
 exports carry: to_dict leaves them out while they hold their default, so the JSON of every model described before
 them stays byte-identical."""
@@ -100,6 +100,9 @@ class ModelSpec:
     """With sliding_window: layers below this index keep full attention (Qwen2's max_window_layers)."""
     attn_sinks: bool = False
     """A learned sink logit per head in the softmax (GPT-OSS `sinks`): n_heads parameters per layer."""
+    activation_clamp: float = 0.0
+    """Clamp of the gated activation's inputs (GPT-OSS config.json `swiglu_limit` 7.0: the gate half clamped to
+    <= limit, the linear half to [-limit, limit] before the GLU; transformers GptOssExperts); 0 = no clamp."""
     # Mixture of experts
     n_experts: int = 0
     """Routed experts per MoE layer; 0 for a dense model."""
@@ -207,10 +210,10 @@ class ModelSpec:
         for f in _BOOLS:
             if not isinstance(getattr(self, f), bool):
                 raise BadInputError(f"model {self.name}: {f} must be true or false, got {getattr(self, f)!r}")
-        if not isinstance(self.rope_mscale_all_dim, (int, float)) or isinstance(self.rope_mscale_all_dim, bool) \
-                or not 0 <= self.rope_mscale_all_dim < float("inf"):
-            raise BadInputError(f"model {self.name}: rope_mscale_all_dim must be a number >= 0, "
-                                f"got {self.rope_mscale_all_dim!r}")
+        for f in ("rope_mscale_all_dim", "activation_clamp"):
+            value = getattr(self, f)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+                raise BadInputError(f"model {self.name}: {f} must be a number >= 0, got {value!r}")
         for f in _POSITIVE_FLOATS:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):

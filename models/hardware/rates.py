@@ -78,6 +78,8 @@ class HardwareRates:
     """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
     from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
     comm_overlap: float = 1.0
+    host_cpu: str = "x86"
+    """The CPU that launches the kernels (GPU.host_cpu): prices the stack's per-op host time."""
     """How much communication hides under compute (models/hardware/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
     both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
     attn_max_flops: float | None = None
@@ -199,7 +201,8 @@ class HardwareRates:
         all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
         mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
                        default=1.0)
-        return cls(gpu_name=gpu.name, memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
+        return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
+                   memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
                    attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock,

@@ -54,8 +54,14 @@ class CpKindCode(IntEnum):
     ALLGATHER = 2
 
 
+class CudaGraphsCode(IntEnum):
+    NONE = 0
+    ATTN = 1
+    FULL = 2
+
+
 ENUMS: dict[str, type[IntEnum]] = {"recompute": RecomputeCode, "schedule": ScheduleCode, "precision": PrecisionCode,
-                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode}
+                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode, "cuda_graphs": CudaGraphsCode}
 # The enums index CHOICES one to one (a new Layout choice needs its member, in the same place).
 assert all(len(ENUMS[k]) == len(CHOICES[k]) for k in CHOICES) and set(ENUMS) == set(CHOICES)
 
@@ -96,6 +102,7 @@ class LayoutArrays:
     precision: np.ndarray
     optimizer: np.ndarray
     cp_kind: np.ndarray
+    cuda_graphs: np.ndarray
     recompute_modules: np.ndarray
     """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
 

@@ -71,6 +71,10 @@ class LayerTime:
     """The weight-gradient (dW) GEMMs of backward: zero-bubble schedules move them into the bubble."""
     hardware_flops: np.ndarray
     """FLOPs executed per micro-batch, forward + backward + recompute (for HFU)."""
+    experts_forward_s: np.ndarray | float = 0.0
+    """Of forward_s, the routed experts' GEMMs and fp8 casts (what GroupedLinear issues per expert; 0 dense)."""
+    experts_backward_s: np.ndarray | float = 0.0
+    """Of backward_s, the routed experts' gradient GEMMs and fp8 casts."""
 
 
 def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | float, half_flops: float) -> np.ndarray:
@@ -234,6 +238,27 @@ def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.n
     return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
 
+CLAMP_FORWARD_ELEMENTS = 2 * (1 + 1) + (2 + 2)
+"""Elements of the FFN width F moved per routed token by an eager input clamp of a gated activation (Megatron-Core
+megatron/core/fusions/fused_bias_geglu.py weighted_bias_quick_geglu_impl with clamp_value, GPT-OSS: the fc1 output
+is chunked, x_glu.clamp and x_linear.clamp each read and write F, torch.cat reads and writes 2F; only then does the
+jit-fused GLU kernel run). 2 B each (bf16)."""
+CLAMP_BACKWARD_ELEMENTS = 2 * (1 + 1 + 1) + (2 + 2)
+"""Its autograd backward: each ClampBackward reads the gradient and the saved input and writes F (where(mask, g, 0));
+the chunk's backward concatenates the two halves' gradients (reads and writes 2F)."""
+
+
+def clamp_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool) -> tuple[np.ndarray, float]:
+    """(forward, backward / forward) HBM bytes of the eager activation clamp of one layer on one rank
+    (CLAMP_FORWARD_ELEMENTS, CLAMP_BACKWARD_ELEMENTS at 2 B); 0 without a clamp or under torch.compile, which fuses
+    the clamp into the activation kernel."""
+    if not shapes.activation_clamp or compiled:
+        return np.zeros_like(L.tp, dtype=float), 0.0
+    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    forward = L.seq * L.mbs / L.cp * ffn * 2.0 * CLAMP_FORWARD_ELEMENTS / L.tp
+    return forward, CLAMP_BACKWARD_ELEMENTS / CLAMP_FORWARD_ELEMENTS
+
+
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes the memory-bound kernels of one layer's forward move on one rank.
 
@@ -247,6 +272,49 @@ def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.nda
     rope = 4.0 * tokens * (shapes.q_dim + shapes.kv_dim) / L.tp
     scores = np.where(L.flash_attn > 0, 0.0, (4 + 5 * drop) * shapes.n_heads * tokens * L.seq / L.tp)
     return norm_bytes(shapes, L) + residual_adds + activation_fn_bytes(shapes, L, moe) + rope + scores
+
+
+# HBM bytes per element of the eager PyTorch kernels a stack runs where it has no fused kernel (stack fused_kernels),
+# read + written, from the model code torchtitan ran for its published runs (torchtitan 9dec370, Dec 2024).
+# Hugging Face Llama under DeepSpeed runs the same RMSNorm and SwiGLU sequences and the same repeat_kv / transpose
+# copies around SDPA; its rotate_half RoPE moves slightly more than the complex one (priced as the complex one).
+# RMSNorm, torchtitan models/norms.py RMSNorm.forward
+# `(x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).type_as(x) * weight`: x.float() 2 + 4, pow 4 + 4, mean 4,
+# x * rsqrt 4 + 4, type_as 4 + 2, * weight 2 + 2 = 36 (a fused kernel: 2 + 2).
+EAGER_RMSNORM_BYTES = 36.0
+FUSED_NORM_BYTES = 4.0
+# RoPE, torchtitan models/llama/model.py apply_rotary_emb on q and k: x.float() 2 + 4, complex multiply 4 + 4,
+# type_as 4 + 2 = 20 per element (fused: 2 + 2, compute.py elementwise_bytes's rope term).
+EAGER_ROPE_BYTES = 20.0
+FUSED_ROPE_BYTES = 4.0
+# SwiGLU, torchtitan FeedForward `w2(F.silu(w1(x)) * w3(x))`: silu 2 + 2, mul 2 + 2 + 2 = 10 per FFN element
+# (elementwise_bytes prices the fused kernel at 8).
+EAGER_SWIGLU_BYTES = 10.0
+FUSED_SWIGLU_BYTES = 8.0
+
+
+def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: ExecutionStack) -> np.ndarray:
+    """HBM bytes one layer's forward moves on one rank beyond elementwise_bytes' fused kernels, as `stack` runs it:
+    the eager RMSNorm / RoPE / SwiGLU sequences above where the stack lists no fused kernel for them, and, where its
+    attention is F.scaled_dot_product_attention called as torchtitan and Hugging Face call it, the layout copies
+    around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
+    2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
+    keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
+    Attention.forward)."""
+    tokens = L.seq * L.mbs / L.cp
+    fused = stack.fused_kernels
+    extra = np.zeros_like(L.tp, dtype=float)
+    if shapes.rms_norm and "rmsnorm" not in fused:
+        extra = extra + norm_bytes(shapes, L) * (EAGER_RMSNORM_BYTES / FUSED_NORM_BYTES - 1.0)
+    mha = not shapes.mla_latent
+    if shapes.rope and mha and "rope" not in fused:
+        extra = extra + (EAGER_ROPE_BYTES - FUSED_ROPE_BYTES) * tokens * (shapes.q_dim + shapes.kv_dim / 2) / L.tp
+    if shapes.gated and "swiglu" not in fused:
+        extra = extra + activation_fn_bytes(shapes, L, moe) * (EAGER_SWIGLU_BYTES / FUSED_SWIGLU_BYTES - 1.0)
+    if stack.attention_kernel == "sdpa" and mha:
+        repeat = 2.0 * (shapes.kv_dim + 2.0 * shapes.q_dim) if shapes.kv_heads < shapes.n_heads else 0.0
+        extra = extra + tokens * (repeat + 4.0 * shapes.v_dim) / L.tp
+    return extra
 
 
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
@@ -264,27 +332,40 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     overlap = None
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
         overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
-    t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
-    cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
+    experts_f = experts_b = 0.0
+    if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
+        rest = linears[:2] + linears[4:]
+        ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap)
+        rf, rb, rw = linear_times(rest, hw, fp8, overlap)
+        ecf, ecb = fp8_cast_times(linears[2:4], L, hw, fp8_recipe, fp8_weight_copy)
+        rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
+        t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
+        experts_f, experts_b = ef + np.where(fp8, ecf, 0.0), eb + np.where(fp8, ecb, 0.0)
+    else:
+        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
+        cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
     t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
-    t_elem = elementwise_bytes(shapes, L, moe) / hw.hbm_bytes_per_s  # elementwise kernels stream at the achieved HBM rate
-    forward = t_linear + t_core + t_elem
+    # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
+    t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
+    clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
+    t_clamp = clamp_fwd / hw.hbm_bytes_per_s
+    forward = t_linear + t_core + t_elem + t_clamp
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
         route_fwd, route_bwd = routing_times(shapes, L, hw)
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
-    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + route_bwd
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
-        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec)
+        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp)
         named = L.recompute_modules > 0
         selective_extra = np.where(named, extra, selective_extra)
         selective_flops = np.where(named, flops, selective_flops)
@@ -300,18 +381,20 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
                      weight_grad_s=t_weight_grad,
-                     hardware_flops=flops_exec + flops_recompute)
+                     hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
+                     experts_backward_s=experts_b)
 
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
                      overlap: TpOverlap | None, linears: list[Linear], core_s: np.ndarray,
-                     core_flops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     core_flops: np.ndarray, clamp_s: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, FLOPs) that backward reruns for Megatron-Core's selective recompute modules (TransformerConfig
     recompute_modules; bit i of L.recompute_modules is layout.RECOMPUTE_MODULES[i]), per layer and micro-batch:
     core_attn the attention core; moe_act the expert activation; layernorm the two norms; mla_up_proj MLA's q/kv
     up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
     shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
-    the experts [2:4] and the shared part [4:6]."""
+    the experts [2:4] and the shared part [4:6]. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
+    with moe_act / mlp / moe."""
     def bit(i: int) -> np.ndarray:
         return (L.recompute_modules.astype(np.int64) >> i & 1) > 0
 
@@ -323,6 +406,7 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
 
     tokens = L.seq * L.mbs / L.cp
     act_s = activation_fn_bytes(shapes, L, moe) / hw.hbm_bytes_per_s
+    act_s = act_s + clamp_s  # the checkpointed activation function includes its eager input clamp (clamp_bytes)
     up = [Linear(tokens, k, n / L.tp) for k, n in shapes.mla_up_proj]
     terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
         (bit(0), core_s, core_flops),

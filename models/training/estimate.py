@@ -26,7 +26,10 @@ from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
 
-TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "pp_comm_s", "dp_comm_s", "bubble_s", "optimizer_s")
+TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s", "pp_comm_s", "dp_comm_s", "bubble_s",
+              "optimizer_s")
+DENSE_ABSENT_TERMS = ("host_s",)
+"""Terms only MoE layers have: left out of a dense model's JSON (its JSON is as before they existed)."""
 MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
 POSITIONS = ("first", "middle", "last")
 
@@ -128,7 +131,8 @@ class Estimate:
             "hfu": _r(v(ev.hfu)),
             "mfu_basis": MFU_BASIS,
             "memory": mem,
-            "time": {term: _r(v(getattr(ev.time, term.removesuffix("_s") + "_s"))) for term in TIME_TERMS},
+            "time": {term: _r(v(getattr(ev.time, term))) for term in TIME_TERMS
+                     if self.model.is_moe or term not in DENSE_ABSENT_TERMS},
             "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })

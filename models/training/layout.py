@@ -23,6 +23,7 @@ Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"]
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
 CpKind = Literal["ring", "a2a", "allgather"]
+CudaGraphs = Literal["none", "attn", "full"]
 
 MAX_INT = 2**53
 """Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
@@ -32,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("bf16", "fp16", "fp8", "fp32"),
     "optimizer": ("adam-master", "adam", "sgd"),
     "cp_kind": ("ring", "a2a", "allgather"),
+    "cuda_graphs": ("none", "attn", "full"),
 }
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
 """Megatron-Core's selective recompute modules (TransformerConfig.recompute_modules, --recompute-modules): core
@@ -104,6 +106,11 @@ class Layout:
     offload_layers: int = 0
     """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
     cpu_offloading_num_layers; pipeline parallelism 1 only)."""
+    cuda_graphs: CudaGraphs = "none"
+    """CUDA graphs (Megatron-Core cuda_graph_impl / cuda_graph_scope): none = eager, every kernel launched by the host;
+    attn = Transformer Engine graphs of the attention block (scope attn); full = the whole iteration captured
+    (cuda_graph_impl local, scope full_iteration; MoE layers then run the dispatcher's drop-and-pad path, no host
+    sync). Prices the host time of MoE layers (models/training/host.py)."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
@@ -162,7 +169,10 @@ class Layout:
                 "tp": self.tp}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["cuda_graphs"] == "none":  # left out at its default: layouts without it serialise as before
+            del out["cuda_graphs"]
+        return out
 
     def short(self) -> str:
         parts = [f"tp{self.tp}", f"pp{self.pp}" + (f"v{self.vpp}" if self.vpp > 1 else ""), f"dp{self.dp}"]
@@ -175,6 +185,8 @@ class Layout:
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
             parts.append(self.precision)
+        if self.cuda_graphs != "none":
+            parts.append(f"graphs:{self.cuda_graphs}")
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -343,4 +355,7 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
                         f"recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         messages.append(f"stack {stack.name} has no fp8 training recipe")
+    if not stack.can_run("cuda_graphs", L.cuda_graphs):
+        messages.append(f"stack {stack.name} has no cuda_graphs={L.cuda_graphs} (it runs {', '.join(stack.cuda_graphs)}); "
+                        "set cuda_graphs=none")
     return [Rule.broken(RuleCode.STACK, m) for m in messages]

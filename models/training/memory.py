@@ -274,8 +274,11 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # "moe_act" recompute discards the activation's output, fc2's input (TEGroupedMLP activation_checkpoint;
         # under fp8 fc2 saves that original input, set_save_original_input).
         fc2_in = np.where(module("moe_act"), 0.0, lin_in)
+        # An eager input clamp (GPT-OSS; compute.clamp_bytes) keeps the fc1 output alive for the clamps' backward
+        # and the fused activation saves the clamped copy: 2 more FFN widths, unless moe_act recompute drops both.
+        clamp_in = np.where(module("moe_act"), 0.0, 2.0 * act) if shapes.activation_clamp else 0.0
         mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * h
-               + (glu * act + fc2_in) * routed * shapes.expert_ffn / L.etp)
+               + (glu * act + clamp_in + fc2_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
             shared = (glu * act + lin_in) * tokens * shapes.shared_ffn / t
             mlp = mlp + np.where(module("shared_experts"), 0.0, shared)

@@ -31,7 +31,13 @@ from clusterplan.models.training.collectives import (
     pipeline_p2p,
     tp_collectives,
 )
-from clusterplan.models.training.compute import LayerTime, head_time, layer_time, model_flops_per_step
+from clusterplan.models.training.compute import (
+    LayerTime,
+    head_time,
+    layer_time,
+    model_flops_per_step,
+)
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
 from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
 from clusterplan.models.training.moe_layer import mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
@@ -97,6 +103,8 @@ class StepTime:
     tp_comm_s: np.ndarray
     cp_comm_s: np.ndarray
     ep_comm_s: np.ndarray
+    host_s: np.ndarray
+    """Host (CPU launch) time the MoE layers leave exposed (models/training/host.py)."""
     pp_comm_s: np.ndarray
     dp_comm_s: np.ndarray
     bubble_s: np.ndarray
@@ -204,6 +212,8 @@ class LayerCost:
     tp_s: np.ndarray
     cp_s: np.ndarray
     ep_s: np.ndarray
+    host_s: np.ndarray
+    """Exposed host time of the MoE layers (moe_share of one MoE layer's)."""
     hardware_flops: np.ndarray
     weight_grad_s: np.ndarray
     """The weight-gradient GEMMs inside compute_s (what zero-bubble schedules move into the bubble)."""
@@ -219,7 +229,7 @@ class LayerCost:
 
     @property
     def total_s(self) -> np.ndarray:
-        return self.compute_s + self.tp_s + self.cp_s + self.ep_s
+        return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
@@ -230,6 +240,7 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     weight_grad = (1 - moe_share) * dense.weight_grad_s
     tp_d, cp_d, _ = _layer_comm(shapes, L, hw, stack, False, dense)
     tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
+    host = np.zeros_like(tp_d)
     if moe_share:
         sparse = layer_time(shapes, L, hw, True, stack)
         compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
@@ -237,6 +248,9 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
         tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
         tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
+        if stack.moe_host is not None:
+            host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
+                                                                                        ep_s))
     head_f, head_b = head_time(shapes, L, hw)
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
@@ -244,9 +258,21 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     weight_grad = hw.layer_time_factor * weight_grad
     tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
     embed_tp, head_tp = _ends_tp_comm(shapes, L, hw)
-    return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, hardware_flops=flops, weight_grad_s=weight_grad,
+    return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, host_s=host, hardware_flops=flops,
+                     weight_grad_s=weight_grad,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp)
+
+
+def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                   sparse: LayerTime, ep_s: np.ndarray) -> MoeGpuTimes:
+    """One MoE layer's GPU time split as the host issues it: the experts (GroupedLinear), the rest of the layer, and
+    one token all-to-all (the layer's exposed EP time over its all-to-all calls)."""
+    experts_f, experts_b = sparse.experts_forward_s, sparse.experts_backward_s
+    calls = ep_collectives(shapes, L).calls
+    return MoeGpuTimes(experts_forward_s=experts_f, experts_backward_s=experts_b,
+                       rest_forward_s=sparse.forward_s - experts_f, rest_backward_s=sparse.backward_s - experts_b,
+                       all_to_all_s=np.where(calls > 0, ep_s / np.maximum(calls, 1.0), 0.0))
 
 
 def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
@@ -293,15 +319,16 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s)
     opt = _optimizer_s(shapes, L, hw, layers)
     compute = m * (slow_layers * cost.compute_s + slow_head)
-    tp_total, cp_total, ep_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s))
+    tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
+                                                                              cost.host_s))
     tp_total = tp_total + m * slow_ends_tp
-    step = compute + tp_total + cp_total + ep_total + pp_comm + bubble + dp_exposed + opt
+    step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
     hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
                                 + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
                                 + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
-                    pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
+                    host_s=host_total, pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
 
 

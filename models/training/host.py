@@ -1,0 +1,126 @@
+"""Host (CPU launch) time a MoE layer leaves exposed per micro-batch: the GPU waits on the CPU that issues its kernels.
+
+An eager MoE layer issues a few hundred small ops (router, aux loss, permutes, and per local expert a quantize and a
+GEMM per linear in Transformer Engine's GroupedLinear), and Megatron-Core's token dispatcher copies the all-to-all
+split sizes to the host and synchronises once per layer forward (stacks.yaml moe_host, with its sources). After that
+sync the GPU queue is empty: the GPU runs each kernel only once the host has issued it. Within the stretch between two
+syncs the host and the GPU form a two-stage pipeline over the layer's phases p (Lazowska et al. 1984, "Quantitative
+System Performance", ch. 3: a closed chain of two servers; here with a fixed sequence of jobs):
+
+    host_end_p = host_end_(p-1) + h_p
+    gpu_end_p  = max(gpu_end_(p-1) + g_p, host_end_p + g_p / n_p)
+
+with h_p the phase's host time (ops x the host's time per op), g_p its GPU time and n_p its kernels (the last one can
+start only when issued). The stretch lasts gpu_end of its last phase; what exceeds the GPU's own sum of g_p is the
+exposed host time. Phases in issue order, forward (from the dispatcher's sync to the next layer's): dispatch all-to-all,
+experts, combine all-to-all, then the next layer's attention, router and dispatch preprocess up to its sync. With full
+recompute the backward of a layer starts by re-running its forward (the sync included), so backward stretches are
+[recomputed dispatch, experts, combine, combine backward, experts backward, dispatch backward, attention/router
+backward, the previous layer's recomputed attention/router]. Without recompute backward has no sync: the host may run
+ahead, and only what its total exceeds the GPU's total is exposed.
+
+CUDA graphs (Layout.cuda_graphs): "full" captures the whole iteration (no host time, no sync); "attn" replays the
+attention block as one graph launch per pass. A stack without moe_host data prices nothing here. Vectorised over
+LayoutArrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.hardware_db.stacks import ExecutionStack, MoeHost
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import PREC_FP8, CudaGraphsCode, LayoutArrays, RecomputeCode
+
+ALL_TO_ALL_KERNELS = 1.0
+"""The dispatch / combine phase's GPU time is one all-to-all kernel (NCCL all_to_all_single)."""
+GRAPH_LAUNCH_OPS = 1.0
+"""A captured graph is replayed by one cudaGraphLaunch: counted as one op."""
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    host_s: np.ndarray
+    gpu_s: np.ndarray
+    kernels: np.ndarray | float
+
+
+@dataclass(frozen=True, slots=True)
+class MoeGpuTimes:
+    """GPU seconds of one MoE layer per micro-batch, split as the host phases split it."""
+
+    experts_forward_s: np.ndarray
+    experts_backward_s: np.ndarray
+    rest_forward_s: np.ndarray
+    """Everything else of the layer's forward: attention, norms, router, permutes."""
+    rest_backward_s: np.ndarray
+    all_to_all_s: np.ndarray
+    """One token all-to-all (dispatch or combine, either direction)."""
+
+
+def pipeline_s(phases: list[Phase]) -> np.ndarray:
+    """Seconds from a sync (host and GPU both idle) until the GPU ends the last phase (module docstring)."""
+    host = gpu = np.zeros_like(np.asarray(phases[0].gpu_s, dtype=float))
+    for p in phases:
+        host = host + p.host_s
+        gpu = np.maximum(gpu + p.gpu_s, host + p.gpu_s / np.maximum(p.kernels, 1.0))
+    return gpu
+
+
+def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays) -> dict[str, np.ndarray]:
+    """Host ops of each phase of one MoE layer, forward and backward (stacks.yaml moe_host counts)."""
+    fp8 = L.precision == PREC_FP8
+    te = h.te_module_ops * np.where(fp8, h.te_fp8_factor, 1.0)
+    local = shapes.n_experts / L.ep
+    linear_f = np.where(fp8, h.expert_linear_ops["fp8"], h.expert_linear_ops["bf16"])
+    linear_b = np.where(fp8, h.expert_linear_backward_ops["fp8"], h.expert_linear_backward_ops["bf16"])
+    modules = h.attention_te_modules["mla" if shapes.mla_up_proj else "gqa"]
+    modules += h.qk_norm_te_modules if shapes.qk_norm else 0.0
+    attention = modules * te + h.attention_ops
+    attention = np.where(L.cuda_graphs == CudaGraphsCode.ATTN, GRAPH_LAUNCH_OPS, attention)
+    rest = attention + h.router_te_modules * te + h.router_ops
+    experts = h.experts_te_modules * te + h.experts_ops
+    if shapes.shared_ffn:  # the shared experts run beside the routed ones (SharedExpertMLP)
+        experts = experts + h.shared_experts_te_modules * te + h.shared_experts_ops
+    return {"dispatch": np.full_like(local, h.dispatch_ops), "combine": np.full_like(local, h.combine_ops),
+            "rest": rest, "experts_forward": experts + 2.0 * local * linear_f,
+            "experts_backward": experts + 2.0 * local * linear_b}
+
+
+def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                       gpu: MoeGpuTimes) -> np.ndarray:
+    """Exposed host seconds of one MoE layer per micro-batch (forward, recompute and backward), as the module
+    docstring derives it; 0 under full-iteration CUDA graphs or for a stack without moe_host data."""
+    h = stack.moe_host
+    if h is None:
+        return np.zeros_like(gpu.rest_forward_s)
+    op_s = h.op_s[hw.host_cpu]
+    ops = phase_ops(h, shapes, L)
+    a2a = gpu.all_to_all_s
+
+    def phase(name: str, gpu_s: np.ndarray, kernels: np.ndarray | float | None = None) -> Phase:
+        return Phase(ops[name] * op_s, gpu_s, ops[name] if kernels is None else kernels)
+
+    # The all-to-all phases' GPU time is the one NCCL kernel's: it starts only when issued.
+    dispatch, combine = phase("dispatch", a2a, ALL_TO_ALL_KERNELS), phase("combine", a2a, ALL_TO_ALL_KERNELS)
+    experts_f, experts_b = phase("experts_forward", gpu.experts_forward_s), phase("experts_backward",
+                                                                                 gpu.experts_backward_s)
+    rest_f, rest_b = phase("rest", gpu.rest_forward_s), phase("rest", gpu.rest_backward_s)
+    forward_phases = [dispatch, combine, experts_f, rest_f]
+    backward_phases = [combine, experts_b, dispatch, rest_b]
+    gpu_f = sum(p.gpu_s for p in forward_phases)
+    gpu_b = sum(p.gpu_s for p in backward_phases)
+    if h.dispatcher_sync:
+        forward = pipeline_s([dispatch, experts_f, combine, rest_f]) - gpu_f
+        with_recompute = pipeline_s([dispatch, experts_f, combine, combine, experts_b, dispatch, rest_b,
+                                     rest_f]) - gpu_f - gpu_b
+    else:  # no sync anywhere: the host runs ahead; only its excess over the GPU shows
+        forward = np.maximum(0.0, sum(p.host_s for p in forward_phases) - gpu_f)
+        with_recompute = forward + np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
+    backward = np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
+    full = L.recompute == RecomputeCode.FULL
+    exposed = forward + np.where(full, with_recompute, backward)
+    return np.where(L.cuda_graphs == CudaGraphsCode.FULL, 0.0, np.maximum(exposed, 0.0))

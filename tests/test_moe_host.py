@@ -1,0 +1,141 @@
+"""MoE host (CPU launch) time, models/training/host.py: worked examples derived by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.host import MoeGpuTimes, Phase, moe_host_exposed_s, phase_ops, pipeline_s
+from clusterplan.models.training.layout import Layout
+
+QWEN_B200 = "tp=1,pp=1,ep=8,mbs=1,gbs=512,seq=4096,precision=fp8,recompute=full"
+
+
+def test_pipeline_of_host_and_gpu_by_hand():
+    # (h, g, kernels): a1 one all-to-all, 10 small expert kernels, a2 one all-to-all, 4 kernels of the rest.
+    # host 1 -> gpu max(0 + 3, 1 + 3/1) = 4; host 6 -> max(4 + 1, 6 + 1/10) = 6.1; host 7 -> max(6.1 + 3, 7 + 3) = 10;
+    # host 9 -> max(10 + 4, 9 + 4/4) = 14.
+    phases = [Phase(np.array([1.0]), np.array([3.0]), 1), Phase(np.array([5.0]), np.array([1.0]), 10),
+              Phase(np.array([1.0]), np.array([3.0]), 1), Phase(np.array([2.0]), np.array([4.0]), 4)]
+    assert pipeline_s(phases)[0] == pytest.approx(14.0)
+
+
+def test_gpu_bound_pipeline_shows_only_the_first_issue():
+    # A GPU-bound stretch: 0.1 of host before the first kernel, then the GPU's own 3 + 3.
+    phases = [Phase(np.array([0.1]), np.array([3.0]), 1), Phase(np.array([0.1]), np.array([3.0]), 1)]
+    assert pipeline_s(phases)[0] == pytest.approx(6.1)
+
+
+def _arrays(text: str, world: int = 8) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout.parse(text, world=world)])
+
+
+def test_phase_ops_of_qwen3_30b_fp8_ep8():
+    # 128 experts / ep 8 = 16 local; TE module 2.69 ops x 2 under fp8 = 5.38.
+    h = get_stack("megatron-core").moe_host
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    ops = phase_ops(h, shapes, _arrays(QWEN_B200))
+    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 4)  # 139.76
+    assert ops["experts_backward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 6)  # 203.76
+    assert ops["rest"][0] == pytest.approx(5 * 5.38 + 7 + 1 * 5.38 + 23)  # 62.28
+    assert ops["dispatch"][0] == 5 and ops["combine"][0] == 5
+    attn = phase_ops(h, shapes, _arrays(QWEN_B200 + ",cuda_graphs=attn"))
+    assert attn["rest"][0] == pytest.approx(1 + 5.38 + 23)  # the attention block as one graph launch
+    bf16 = phase_ops(h, shapes, _arrays(QWEN_B200.replace("fp8", "bf16")))
+    assert bf16["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
+
+
+def test_phase_ops_of_mla_and_shared_experts():
+    # DeepSeek-V3 fp8, ep 8: 256 / 8 = 32 local experts; MLA's attention is 7 TE modules, no q/k norms; one shared
+    # expert adds its 2 TE linears and its activation beside the routed experts.
+    h = get_stack("megatron-core").moe_host
+    shapes = ModelShapes.of(load_model("deepseek-v3"))
+    ops = phase_ops(h, shapes, _arrays("tp=1,pp=16,ep=8,mbs=1,gbs=2048,seq=4096,precision=fp8", world=256))
+    assert ops["rest"][0] == pytest.approx(7 * 5.38 + 7 + 5.38 + 23)
+    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 5.38 + 1 + 2 * 32 * 4)
+    gpt = ModelShapes.of(load_model("gpt-oss-120b"))  # GQA without q/k norms, no shared experts
+    ops = phase_ops(h, gpt, _arrays("tp=1,ep=8,mbs=1,gbs=512,seq=4096", world=64))
+    assert ops["rest"][0] == pytest.approx(3 * 2.69 + 7 + 2.69 + 23)
+    assert ops["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
+
+
+def test_exposed_host_by_hand():
+    # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
+    # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops
+    # 67.4 us, experts fwd 139.76 ops 1883.96 us, bwd 203.76 ops 2746.68 us, rest 62.28 ops 839.53 us.
+    stack = get_stack("megatron-core")
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
+                          Layout.parse(QWEN_B200, world=8)).evaluation.hw)
+    gpu = MoeGpuTimes(experts_forward_s=np.array([0.1e-3]), experts_backward_s=np.array([0.3e-3]),
+                      rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
+                      all_to_all_s=np.array([0.3e-3]))
+    op = 13.48e-6
+    d, xf, xb, r = 5 * op, 139.76 * op, 203.76 * op, 62.28 * op
+    # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / 139.76
+    # (the GPU waits on the host); combine one all-to-all after its issue; rest 0.5e-3 after the combine.
+    t = d + 0.3e-3
+    t = max(t + 0.1e-3, d + xf + 0.1e-3 / 139.76)
+    t = max(t + 0.3e-3, 2 * d + xf + 0.3e-3)
+    t = max(t + 0.5e-3, 2 * d + xf + r + 0.5e-3 / 62.28)
+    forward = t - (0.3e-3 + 0.1e-3 + 0.3e-3 + 0.5e-3)
+    # Full recompute: recomputed dispatch, experts, combine, then combine / experts / dispatch backward, the rest's
+    # backward and the previous layer's recomputed rest, one stretch up to its sync.
+    host = gpu_t = 0.0
+    for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, 139.76), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, 203.76),
+                    (d, 0.3e-3, 1), (r, 1.0e-3, 62.28), (r, 0.5e-3, 62.28)]:
+        host += h
+        gpu_t = max(gpu_t + g, host + g / n)
+    recompute = gpu_t - (0.3e-3 * 4 + 0.1e-3 + 0.3e-3 + 1.0e-3 + 0.5e-3)
+    got = moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, stack, gpu)[0]
+    assert got == pytest.approx(forward + recompute)
+    # Without recompute, backward has no sync: only the host's excess over the GPU, 2 d + xb + r - 1.9e-3.
+    no_rc = moe_host_exposed_s(shapes, _arrays(QWEN_B200.replace("full", "none")), hw, stack, gpu)[0]
+    assert no_rc == pytest.approx(forward + max(0.0, 2 * d + xb + r - (0.6e-3 + 0.3e-3 + 1.0e-3)))
+    full_graphs = moe_host_exposed_s(shapes, _arrays(QWEN_B200 + ",cuda_graphs=full"), hw, stack, gpu)[0]
+    assert full_graphs == 0.0
+    assert moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, get_stack("torchtitan"), gpu)[0] == 0.0
+
+
+def test_grace_host_prices_its_op():
+    h = get_stack("megatron-core").moe_host
+    assert h.op_s["grace"] / h.op_s["x86"] == pytest.approx(37.08 / 13.48)
+    assert load_cluster("gb200-nvl72:2").groups[0].gpu.host_cpu == "grace"
+    assert load_cluster("dgx-b200:1").groups[0].gpu.host_cpu == "x86"
+
+
+def test_step_carries_the_host_term_and_dense_json_has_none():
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+    eager = estimate(model, cluster, Layout.parse(QWEN_B200, world=8)).to_json()
+    graphs = estimate(model, cluster, Layout.parse(QWEN_B200 + ",cuda_graphs=full", world=8)).to_json()
+    assert eager["time"]["host_s"] > 0 and graphs["time"]["host_s"] == 0.0
+    assert eager["step_time_s"] == pytest.approx(graphs["step_time_s"] + eager["time"]["host_s"], rel=1e-5)
+    assert "cuda_graphs" not in eager["layout"] and graphs["layout"]["cuda_graphs"] == "full"
+    dense = estimate(load_model("llama3.1-8b"), cluster, Layout.parse("tp=1,mbs=1,gbs=64", world=8)).to_json()
+    assert "host_s" not in dense["time"]
+
+
+def test_plan_prices_a_pinned_cuda_graphs_and_the_stack_rule_refuses_it_elsewhere():
+    from clusterplan.cli.plan import parse_fix
+    from clusterplan.errors import BadInputError
+    from clusterplan.solver.search import search
+
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+    fixed = parse_fix("ep=8,mbs=1,recompute=full,precision=fp8,cuda_graphs=full", 8)
+    best = search(model, cluster, 512, 4096, fixed=fixed, top=1).plans[0]
+    assert best.layout.cuda_graphs == "full" and "graphs:full" in best.layout.short()
+    eager = search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,mbs=1,recompute=full,precision=fp8", 8),
+                   top=1).plans[0]
+    assert eager.layout.cuda_graphs == "none"
+    assert eager.to_json()["time"]["host_s"] > 0 and best.to_json()["time"]["host_s"] == 0.0
+    assert parse_fix("cuda_graphs=none", 8) == {"cuda_graphs": "none"}
+    with pytest.raises(BadInputError, match="cuda_graphs"):
+        search(model, cluster, 512, 4096, fixed=fixed, top=1, stack=get_stack("torchtitan"))
