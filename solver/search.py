@@ -61,13 +61,14 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     memory = stack_memory(shapes, arrays, stack, fp8_all_layouts(cluster))
     fits = memory.peak <= hw.memory_bytes - headroom_gib * GIB
     rejected[RuleCode.OUT_OF_MEMORY] += int((~fits).sum())
-    survivors = arrays.take(np.nonzero(fits)[0])
+    kept = np.nonzero(fits)[0]
+    survivors = arrays.take(kept)
     if not len(survivors):
         if not suggest:
             raise InfeasibleError(f"no layout of {model.name} fits {cluster.describe()}")
         raise _nothing_fits(model, cluster, gbs, seq, fixed, calibration, headroom_gib, stack, objective, candidates,
                             rejected)
-    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster))
+    ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster), memory.take(kept))
     price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
                 for g in cluster.groups)
     score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster

@@ -180,16 +180,18 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("etp", "recompute_layers", "flash_attn"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
-    arrays = LayoutArrays.from_columns(**cols)
-    ok = arrays.gbs % (arrays.dp * arrays.mbs) == 0
+    # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.
+    dp_mbs = cols["dp"] * cols["mbs"]
+    ok = cols["gbs"] % dp_mbs == 0
     rejected[RuleCode.GBS_DP_MBS] += int((~ok).sum())
-    m = arrays.microbatches
-    inter_bad = ok & (arrays.schedule == ScheduleCode.INTERLEAVED) & (m % arrays.pp != 0)
+    m = np.maximum(1.0, np.floor(cols["gbs"] / dp_mbs))  # LayoutArrays.microbatches
+    inter_bad = ok & (cols["schedule"] == ScheduleCode.INTERLEAVED) & (m % cols["pp"] != 0)
     rejected[RuleCode.INTERLEAVED_MICROBATCHES] += int(inter_bad.sum())
     # The stack's own limits on combinations (DeepSpeed: ZeRO-2/3 do not run with pipeline parallelism).
-    stack_bad = ok & ~inter_bad & (arrays.pp > 1) & (arrays.zero > stack.pp_max_zero)
+    stack_bad = ok & ~inter_bad & (cols["pp"] > 1) & (cols["zero"] > stack.pp_max_zero)
     if stack_bad.any():
         left_out[f"zero > {stack.pp_max_zero} with pp > 1"] += int(stack_bad.sum())
-    keep = ok & ~inter_bad & ~stack_bad
-    return Space(arrays=arrays.take(np.nonzero(keep)[0]), structures=structures, rejected=rejected,
+    keep = np.nonzero(ok & ~inter_bad & ~stack_bad)[0]
+    arrays = LayoutArrays.from_columns(**{k: v[keep] for k, v in cols.items()})
+    return Space(arrays=arrays, structures=structures, rejected=rejected,
                  left_out=left_out)

@@ -81,10 +81,12 @@ def fp8_all_layouts(cluster: Cluster) -> bool:
 
 
 def evaluate(shapes: ModelShapes, arrays: LayoutArrays, hw: HardwareRates, world: int,
-             stack: ExecutionStack | None = None, fp8_all_layouts: bool = False) -> Evaluation:
-    """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core)."""
+             stack: ExecutionStack | None = None, fp8_all_layouts: bool = False,
+             memory: MemoryBreakdown | None = None) -> Evaluation:
+    """Memory and step time of every layout in `arrays` as `stack` runs them (None: megatron-core). `memory`:
+    their stack_memory, when the caller has it already (a search filters by memory first)."""
     stack = stack or get_stack()
-    return Evaluation(memory=stack_memory(shapes, arrays, stack, fp8_all_layouts),
+    return Evaluation(memory=memory if memory is not None else stack_memory(shapes, arrays, stack, fp8_all_layouts),
                       time=step_time(shapes, arrays, hw, stack),
                       hw=hw, tokens_per_step=arrays.gbs * arrays.seq, world=world, stack=stack)
 

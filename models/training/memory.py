@@ -370,6 +370,10 @@ def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
     return CUDA_CONTEXT_BYTES + NCCL_BYTES_PER_GROUP * groups + ALLOCATOR_FRACTION * activations
 
 
+POSITION_NAMES = ("first", "middle", "last")
+BREAKDOWN_TERMS = ("weights", "grads", "optimizer", "activations", "other", "total")
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryBreakdown:
     weights: np.ndarray
@@ -383,6 +387,12 @@ class MemoryBreakdown:
     by_position: np.ndarray
     """All terms at every position: [position (first, middle, last), term (as above, then total), candidate]."""
 
+    def take(self, index: np.ndarray) -> MemoryBreakdown:
+        """The breakdown of the candidates at `index` (what a search keeps after the memory filter)."""
+        return MemoryBreakdown(self.weights[index], self.grads[index], self.optimizer[index],
+                               self.activations[index], self.other[index], self.peak[index],
+                               self.peak_position[index], self.by_position[:, :, index])
+
 
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
@@ -393,8 +403,10 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
-    rows = []
-    for position, n_layers in (("first", layers.first), ("middle", layers.middle), ("last", layers.last)):
+    # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
+    # twice.
+    stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
+    for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last))):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
@@ -403,8 +415,12 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                 + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
-        rows.append((states.weights, states.grads, states.optimizer, acts, other, total))
-    stacked = np.stack([np.stack(r) for r in rows])  # position x term x candidate
-    worst = np.argmax(stacked[:, 5, :], axis=0)
-    pick = stacked[worst, :, np.arange(len(L))].T
+        for j, term in enumerate((states.weights, states.grads, states.optimizer, acts, other, total)):
+            stacked[i, j] = term
+    first, middle, last = stacked[:, -1]
+    # argmax over the positions (the first of equal maxima wins), without a strided reduction.
+    worst = np.where(middle > first, 1, 0)
+    worst = np.where(last > np.maximum(first, middle), 2, worst)
+    pick = [np.where(worst == 2, stacked[2, j], np.where(worst == 1, stacked[1, j], stacked[0, j]))
+            for j in range(len(BREAKDOWN_TERMS))]
     return MemoryBreakdown(*pick, peak_position=worst, by_position=stacked)
