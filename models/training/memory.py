@@ -315,13 +315,11 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
 
 
-def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
-                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
-                            fused_glu: bool = True) -> np.ndarray:
-    """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
-    working set of the layer being recomputed under full recompute, less the layers offloaded to host memory."""
-    full_layers = np.where(L.recompute == RECOMPUTE_FULL,
-                           np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
+def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
+                               sp_gathered: bool = False, fused_glu: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
+    counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
+    position, so memory_breakdown computes them once."""
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
@@ -330,7 +328,20 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
                                                             fused_glu)
                          if moe_share else 0.0))
-    per_layer_full = layer_activation_bytes(shapes, L, False, full_mode)
+    return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode)
+
+
+def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
+                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
+                            fused_glu: bool = True,
+                            per_layer: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
+    working set of the layer being recomputed under full recompute, less the layers offloaded to host memory.
+    `per_layer`: per_layer_activation_bytes of the same arguments, when the caller has it."""
+    full_layers = np.where(L.recompute == RECOMPUTE_FULL,
+                           np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
+    per_layer_kept, per_layer_full = per_layer if per_layer is not None else per_layer_activation_bytes(
+        shapes, L, selective, sp_gathered, fused_glu)
     # Activation offloading (Megatron-Core cpu_offloading_num_layers through TE's CPU offload context, pp = 1): those
     # layers' saved tensors move to host memory after their forward and return before their backward; the layer
     # being copied out or back in stays on the GPU, one layer's set.
@@ -406,12 +417,13 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
-    for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last))):
+    per_layer = per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
-        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu)
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer)
                 + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit))
         other = other_bytes(L, acts) + states.fsdp_buffers
         total = states.weights + states.grads + states.optimizer + acts + other
