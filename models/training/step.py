@@ -7,7 +7,7 @@ product of the degrees inside it; each collective is priced on the links its gro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -232,9 +232,31 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
+LAYER_TIME_FIELDS = ("tp", "cp", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision", "recompute",
+                     "recompute_modules")
+"""The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp), etp besides;
+tests/test_plan_speed.py checks the list against what layer_time touches."""
+DEDUPE_MIN_ROWS = 4096
+"""Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
+
+
+def unique_layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
+                      stack: ExecutionStack) -> LayerTime:
+    """compute.layer_time, computed once per distinct combination of LAYER_TIME_FIELDS and broadcast back: each
+    candidate's value is the same numbers as layer_time on all rows (every term is elementwise per candidate). Runs
+    on all rows when the rates vary per candidate (per-axis link arrays) or the rows are few."""
+    per_candidate_rates = np.ndim(hw.bw_out) or any(np.ndim(v) for v in hw.axis_bw_out.values())
+    unique = None if per_candidate_rates or len(L) < DEDUPE_MIN_ROWS else L.unique_rows(LAYER_TIME_FIELDS)
+    if unique is None or len(unique[0]) == len(L):
+        return layer_time(shapes, L, hw, moe, stack)
+    first, inverse = unique
+    lt = layer_time(shapes, L.take(first), hw, moe, stack)
+    return LayerTime(**{f.name: (v[inverse] if np.ndim(v := getattr(lt, f.name)) else v) for f in fields(lt)})
+
+
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
     moe_share = shapes.moe_fraction
-    dense = layer_time(shapes, L, hw, False, stack)
+    dense = unique_layer_time(shapes, L, hw, False, stack)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
     flops = (1 - moe_share) * dense.hardware_flops
     weight_grad = (1 - moe_share) * dense.weight_grad_s
@@ -242,7 +264,7 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     tp, cp, ep = (1 - moe_share) * tp_d, (1 - moe_share) * cp_d, np.zeros_like(tp_d)
     host = np.zeros_like(tp_d)
     if moe_share:
-        sparse = layer_time(shapes, L, hw, True, stack)
+        sparse = unique_layer_time(shapes, L, hw, True, stack)
         compute = compute + moe_share * (sparse.forward_s + sparse.backward_s + sparse.recompute_s)
         flops = flops + moe_share * sparse.hardware_flops
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
