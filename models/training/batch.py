@@ -143,8 +143,9 @@ class LayoutArrays:
         return LayoutArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def unique_rows(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(first, inverse): the index of one row of each distinct combination of the columns `names` and, per row,
-        which of those it is (self.take(first).take(inverse) equals self in those columns); None when a column is not
+        """(first, inverse): the index of one row of each distinct combination of the columns `names` (in the order
+        of the combinations) and, per row, which of those it is (self.take(first).take(inverse) equals self in those
+        columns); None when a column is not
         integer-valued or the combinations overflow a 63-bit key. What a cost term that reads only those columns
         computes once per combination (a search's millions of candidates share a few thousand)."""
         key = np.zeros(len(self), dtype=np.int64)
@@ -161,8 +162,18 @@ class LayoutArrays:
                 return None
             key += (column - low).astype(np.int64) * radix
             radix *= span
-        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        return first, inverse.reshape(-1)
+        if radix > max(4 * len(self), 2**16):
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            return first, inverse.reshape(-1)
+        # Few combinations: a table over the key range, no sort (any row of a combination can represent it).
+        row_of = np.zeros(radix, dtype=np.int64)
+        row_of[key] = np.arange(len(self))
+        present = np.zeros(radix, dtype=bool)
+        present[key] = True
+        keys = np.nonzero(present)[0]
+        slot = np.zeros(radix, dtype=np.int64)
+        slot[keys] = np.arange(len(keys))
+        return row_of[keys], slot[key]
 
     def layout(self, i: int) -> Layout:
         values: dict = {name: int(getattr(self, name)[i]) for name in INT_FIELDS}

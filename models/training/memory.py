@@ -331,6 +331,26 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode)
 
 
+PER_LAYER_ACTIVATION_FIELDS = ("tp", "etp", "cp", "mbs", "seq", "sp", "flash_attn", "precision", "recompute",
+                               "recompute_modules")
+"""The LayoutArrays columns per_layer_activation_bytes reads (sp_div: sp, tp); tests/test_plan_speed.py checks it."""
+DEDUPE_MIN_ROWS = 4096
+"""Below this many candidates the per-layer activations are computed on every row."""
+
+
+def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
+                                      sp_gathered: bool = False,
+                                      fused_glu: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
+    same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
+    unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
+    if unique is None or len(unique[0]) == len(L):
+        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    first, inverse = unique
+    kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu)
+    return kept[inverse], full[inverse]
+
+
 def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
                             selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
                             fused_glu: bool = True,
@@ -417,7 +437,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
-    per_layer = per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
