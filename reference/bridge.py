@@ -96,6 +96,16 @@ FP32_GRADS = False
 """Every performance recipe keeps main gradients in bf16: set_llama3_common_configs, set_gpt_oss_common_configs and
 the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = ddp.grad_reduce_in_fp32 = False."""
 
+# DeepSeek-V3's multi-token-prediction layer per (system, model): rows not named here keep the preset's (1, as the
+# recipe sets it: recipes/deepseek/deepseek_v3.py _deepseek_v3_common mtp_num_layers = 1; no perf config found
+# overrides it). The GB300 (pp2 vp4) and GB200 (pp4 vp4, pp8 vp4) rows ran without it: their published TFLOP/s equal
+# the published tokens/s x Megatron-Bridge's own count (flop_utils.py, bridge_flops_per_token) within 0.3 % only with
+# mtp_num_layers unset (with it +4.1 to +4.4 %), and flop_utils counts the MTP term from the same cfg.model that builds
+# the model. The B200 row (pp16, the recipe's (16, 1) layout ending "decoder + mtp + loss") matches only WITH it
+# (-0.2 %; without -4.1 %). No stored perf config names the GB layouts as published (the 25.11 recipe's layout map has
+# no (2, 4) or (8, 4) key, the GB base configs of that time name pp4 vp4 gbs 2048): the published count is the evidence.
+MTP_LAYERS = {("DGX-GB300", "DeepSeekV3"): 0, ("DGX-GB200", "DeepSeekV3"): 0}
+
 # Megatron-FSDP / activation offloading the recipes add (scripts/performance/configs/llama3/workload_base_configs.py):
 # cpu_offloading_num_layers moves that many layers' activations to Grace memory (Layout.offload_layers).
 OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
@@ -218,7 +228,8 @@ def stage_split(model: ModelSpec, pp: int, vp: int) -> tuple[int, int, str]:
         # Rank r holds chunks r, r + pp, r + 2 pp, ... (Megatron's interleaved assignment).
         first = sum(per_chunk[0::pp])
         last = sum(per_chunk[pp - 1::pp])
-        note = f"DeepSeek layout {per_chunk[0]}+E|{per_chunk[1]}|...|{per_chunk[-1]}+MTP+L layers per chunk"
+        tail = "+MTP+L" if model.mtp_layers else "+L"
+        note = f"DeepSeek layout {per_chunk[0]}+E|{per_chunk[1]}|...|{per_chunk[-1]}{tail} layers per chunk"
         if (pp, vp) not in DEEPSEEK_RECIPE_KEYS:
             note += f" (pp{pp} vp{vp} is not a key of the recipe's map: its {chunks}-chunk layout assumed)"
         return first, last, note
@@ -244,9 +255,21 @@ def flops_convention_note(model: ModelSpec, layout: Layout, tokens_per_s: float,
         without = bridge_flops_per_token(replace(model, mtp_layers=0), layout.seq, layout.tp)
         if abs(tokens_per_s * without / 1e12 / tflops - 1) <= CONVENTION_TOLERANCE:
             return ("published TFLOP/s = Megatron-Bridge's FLOPs count WITHOUT the MTP layer (mtp_num_layers unset in "
-                    "that run?); predicted here with MTP")
+                    "that run?); predicted here with MTP (MTP_LAYERS sets it per row)")
     return (f"published TFLOP/s imply {tflops * 1e12 / tokens_per_s / 1e9:.2f} GFLOP/token; Megatron-Bridge's count "
             f"gives {per_token / 1e9:.2f}")
+
+
+def row_model(r: dict[str, str]) -> tuple[ModelSpec, str]:
+    """The model a CSV row ran (its preset with the row's MTP_LAYERS override) and a note on its MTP layers."""
+    model = load_model(MODELS[r["model"]])
+    mtp = MTP_LAYERS.get((r["system"], r["model"]))
+    if mtp is not None and mtp != model.mtp_layers:
+        return replace(model, mtp_layers=mtp), (
+            f"MTP layers {model.mtp_layers} -> {mtp}: the published TFLOP/s count none (MTP_LAYERS)")
+    if model.mtp_layers:
+        return model, f"{model.mtp_layers} MTP layer(s) on the last stage (the published TFLOP/s count it)"
+    return model, ""
 
 
 def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]:
@@ -263,8 +286,6 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     recompute = RECOMPUTE.get(model.name, "none")
     if recompute == "selective" and not modules:
         recompute = "none"  # e.g. GPT-OSS on GB300: no recompute modules
-    if model.name == "deepseek-v3":
-        notes.append("MTP block (1 extra MoE layer + head) not modelled")
     offload = OFFLOAD_LAYERS.get(key, 0)
     graphs = CUDA_GRAPHS.get(key, CUDA_GRAPHS.get(key[:2], "none"))
     if offload:
@@ -300,12 +321,14 @@ def bridge_rows() -> list[BridgeRow]:
     for r in read_rows(BRIDGE_CSV):
         gpus = int(r["gpus"])
         preset = MODELS[r["model"]]
-        model = load_model(preset)
+        model, mtp_note = row_model(r)
         ref, cluster, reason = bridge_cluster(r["system"], gpus)
         base = dict(system=r["system"], model=r["model"], precision=r["precision"], gpus=gpus, preset=preset,
                     cluster=ref, published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                     published_tflops=float(r["model_tflops_per_gpu"]))
         layout, notes = bridge_layout(r, model)
+        if mtp_note:
+            notes.append(mtp_note)
         note = flops_convention_note(model, layout, base["published_tokens_per_s"], base["published_tflops"])
         if note:
             notes.append(note)
