@@ -38,7 +38,13 @@ from clusterplan.models.training.compute import (
     model_flops_per_step,
 )
 from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
-from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
+from clusterplan.models.training.memory import (
+    StageLayers,
+    bytes_per_param,
+    stage_layers,
+    stage_params,
+    zero_shards,
+)
 from clusterplan.models.training.moe_layer import mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
 
@@ -457,8 +463,12 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
 
 
 def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers) -> np.ndarray:
-    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
+    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param.
+    Under ZeRO >= 1 each rank updates its shard: dense parameters over dp_shard * cp, routed experts over the
+    expert-data-parallel group (memory.zero_shards)."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
-    shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
+    dense_shard, expert_shard = zero_shards(L)
+    on = L.zero >= 1
     per_param = np.select([L.optimizer == OptimizerCode.SGD, L.optimizer == OptimizerCode.ADAM_MASTER], [8.0, 32.0], 24.0)
-    return (params.dense + params.expert) / shard * per_param / hw.hbm_bytes_per_s
+    updated = params.dense / np.where(on, dense_shard, 1.0) + params.expert / np.where(on, expert_shard, 1.0)
+    return updated * per_param / hw.hbm_bytes_per_s
