@@ -224,11 +224,21 @@ def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[
         if other not in gpus or measured not in gpus or not isinstance(raw.get("why"), str):
             raise BadInputError(f"attention_kernels.yaml: scaled: {other!r} needs a known GPU, `from` a known GPU "
                                 "and `why` a reason")
+        kernels = raw.get("kernels", ATTENTION_KERNELS)
+        if not isinstance(kernels, list | tuple) or not set(kernels) <= set(ATTENTION_KERNELS):
+            raise BadInputError(f"attention_kernels.yaml: scaled: {other!r} kernels must be a list of "
+                                f"{', '.join(ATTENTION_KERNELS)}, got {kernels!r}")
+        own = {(c.kernel, c.direction, c.causal, c.head_dim, c.window) for c in curves if c.gpu == other}
         # Same die at another clock: the measured curve x the ratio of the dense BF16 peaks (yaml header).
         scale = gpus[other].peak_tflops["bf16"] / gpus[measured].peak_tflops["bf16"]
+        taken = [c for c in measured_curves if c.gpu == measured and c.kernel in kernels]
+        clash = [c for c in taken if (c.kernel, c.direction, c.causal, c.head_dim, c.window) in own]
+        if clash:
+            raise BadInputError(f"attention_kernels.yaml: scaled: {other!r} has its own {clash[0].kernel} "
+                                f"{clash[0].direction} row; list only the kernels it lacks")
         curves += [replace(c, gpu=other, tflops=tuple(v * scale for v in c.tflops),
                            source=f"{c.source} (measured on {measured}, x {scale:.3f} BF16 peak ratio: {raw['why']})")
-                   for c in measured_curves if c.gpu == measured]
+                   for c in taken]
     return tuple(curves)
 
 

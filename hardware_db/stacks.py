@@ -28,6 +28,7 @@ FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
+CP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
@@ -168,6 +169,10 @@ class ExecutionStack:
     """Host cost of its eager MoE layers (None: not priced for this stack)."""
     cuda_graphs: tuple[str, ...] = ("none",)
     """Layout.cuda_graphs values the stack runs (absent in stacks.yaml: eager only)."""
+    cp_impl: str = "megatron"
+    """How its context parallelism runs attention: "megatron" (Megatron-Core / TE: per-step fused attention with
+    in-kernel softmax correction) | "torch" (torch.distributed.tensor.experimental context_parallel: one SDPA call
+    per KV block, logsumexp merges and fp32 gradient accumulation as separate elementwise ops; absent: megatron)."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
@@ -256,7 +261,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         sp_saves_gathered_inputs=_flag(where, raw, "sp_saves_gathered_inputs"),
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
-        cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",))
+        cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
+        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron")
 
 
 @lru_cache(maxsize=1)

@@ -102,7 +102,9 @@ def test_gpu_without_curves_prices_the_causal_half_of_the_core_gemms():
 # Blackwell: NVIDIA cudnn-frontend benchmark/sdpa_benchmark_training artifacts (causal forward AND backward measured),
 # Llama-3.1-405B attention: batch 1, 128 query heads, 8 KV heads, head dim 128.
 BLACKWELL = {"B200": "dgx-b200:1", "GB200": "gb200-nvl72:1", "GB300": "gb300-nvl72:1"}
-BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu) if c.window is None]
+BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu)
+                    if c.window is None and "measured on" not in c.source]
+"""The full-causal rows as measured on each GPU (GB200's cuDNN curve is B200's at its clock: see below)."""
 WINDOW_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu) if c.window is not None]
 
 
@@ -112,13 +114,31 @@ def _llama405_attention() -> ModelShapes:
 
 
 def test_blackwell_rows_are_the_published_cudnn_frontend_artifacts():
-    # cuDNN and FlashAttention-2, forward and backward, full causal, on each of the three GPUs: 12 curves of 9 lengths.
-    assert len(BLACKWELL_CURVES) == 12
+    # cuDNN and FlashAttention-2, forward and backward, full causal, on each of the three GPUs (GB200: FA2 only, its
+    # cuDNN 9.17 curve is not priced): 10 curves of 9 lengths.
+    assert len(BLACKWELL_CURVES) == 10
     assert all(c.causal and c.head_dim == 128 and c.seq == tuple(512 * 2**i for i in range(9)) for c in BLACKWELL_CURVES)
     assert all("sdpa_benchmark_training/artifacts/sdpa_bf16_benchmark_results_NVIDIA_" + c.gpu in c.source
                for c in BLACKWELL_CURVES)
     assert {(c.gpu, c.kernel, c.direction) for c in BLACKWELL_CURVES} == {
-        (g, k, d) for g in BLACKWELL for k in ("cudnn", "fa2") for d in ("forward", "backward")}
+        (g, k, d) for g in BLACKWELL for k in ("cudnn", "fa2") for d in ("forward", "backward")
+        if (g, k) != ("GB200", "cudnn")}
+
+
+def test_gb200_runs_b200s_cudnn_curve_at_its_clock():
+    """GB200's own artifact ran cuDNN 9.17.0, B200's and GB300's 9.13.1: GB200 prices B200's cuDNN curve x 2,500 /
+    2,250 (same sm_100 die, dense BF16 peak ratio). Cross-check at 8k from the other side: GB300's cuDNN 9.13.1 curve
+    x GB200 / GB300 both measured at cuDNN 9.22.0 (results/llama3.1/*/llama3.1_20260424_*.csv: forward 1,574 vs
+    1,856, backward 1,332 vs 1,435)."""
+    gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1")).attention
+    seq = np.array([8192.0])
+    fwd = gb200.forward_flops_per_s("cudnn", seq, 128.0)[0] / 1e12
+    bwd = gb200.backward_flops_per_s("cudnn", seq, 128.0)[0] / 1e12
+    assert fwd == pytest.approx(1171.278 * 2500 / 2250) and bwd == pytest.approx(942.509 * 2500 / 2250)
+    assert fwd == pytest.approx(1495.674 * 1574 / 1856, rel=0.03)
+    assert bwd == pytest.approx(1130.076 * 1332 / 1435, rel=0.01)
+    assert all("measured on B200" in c.source for c in get_attention_curves("GB200")
+               if c.kernel == "cudnn" and c.window is None)
 
 
 @pytest.mark.parametrize("curve", BLACKWELL_CURVES, ids=lambda c: f"{c.gpu}-{c.kernel}-{c.direction}")
@@ -204,10 +224,11 @@ def test_published_window_points_within_10_percent(curve):
 
 def test_window_curve_only_for_its_own_window():
     # GB200 at 8k: window 128 runs its measured band rate (165 TFLOP/s forward); window 256 has no curve and runs the
-    # full-causal head-dim-128 curve at 256 keys (clamped to its 512 end: 408 TFLOP/s forward).
+    # full-causal head-dim-128 curve at 256 keys (clamped to its 512 end: B200's 83.991 x 2,500 / 2,250 TFLOP/s
+    # forward, GB200's cuDNN curve being B200's at its clock).
     gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1"))
     L = LayoutArrays.from_layouts([Layout(mbs=2, gbs=2, seq=8192, flash_attn=True)])
-    for window, rate in ((128, 165e12), (256, 408e12)):
+    for window, rate in ((128, 165e12), (256, 83.991e12 * 2500 / 2250)):
         shapes = _gpt_oss_attention(window)
         _, core_exec = layer_flops(shapes, L, False)
         fwd, _ = flash_core_times(shapes, L, gb200, core_exec, "cudnn")
