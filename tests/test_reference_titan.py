@@ -11,9 +11,16 @@ with the reason in its commit message).
 History (tokens/s median / max |error|, 18 rows): on the Grand Teton preset (H100 96 GB HBM2e at 500 W) with elementwise
 kernels priced as fused for every stack: 21.0 % / 51.1 % (eager rows +37 .. +41 %); with the eager stack's unfused
 RMSNorm / RoPE / SwiGLU and SDPA's layout copies priced (compute.py unfused_extra_bytes): 17.6 % / 50.8 % (eager rows
-+14 .. +17 %; the compile-over-eager gain 15.7 % published, 18 % predicted).
-Left (not fitted): compiled 8B FSDP rows +13 .. +19 %; async TP's gain (published +5.7 % on 70B, predicted +29 %);
-CP at 128K-256K +32 .. +51 % (attention at those lengths); 70B / 405B 1F1B memory -11 .. -19 % (allocator reserve).
++14 .. +17 %; the compile-over-eager gain 15.7 % published, 18 % predicted); with torch context_parallel as its
+source runs it (step.py torch_allgather_cp_s / torch_cp_elementwise_bytes: repeat_kv'd K/V gathered twice, fp32 dK/dV
+permutes, the last exposed, the merges' elementwise passes): 17.6 % / 42.2 % (CP rows +34 .. +51 % -> +2 .. +42 %);
+with async TP priced per fused op (tp_overlap.py: the backward input-gradient reduce-scatters unfused, the fused
+reduce-scatter's reduction kernel, each pull hidden only under its own op's matmuls) and torchao's fp8 TP
+all-gathers: 15.0 % / 42.2 % (70B async TP +22.2 -> +11.4 %, vanilla TP +0.2 -> +6.8 %; 405B rows 1 .. 5 points
+closer; async TP gain 5.7 % published, 10.2 % predicted, was 29 %).
+Left (not fitted): compiled 8B FSDP rows +13 .. +19 %;
+CP at 128K-256K +22 .. +42 % (per-call SDPA shapes are the same at cp 2, 4 and 8, yet the published per-step time
+grows ~1.5x from cp 2 to cp 4: not explained by any priced term); 70B / 405B 1F1B and CP memory -9 .. -19 %.
 """
 
 from __future__ import annotations
@@ -30,22 +37,22 @@ BOUNDS = {
     "T1 8b 8 FSDP+compile": (0.20, 0.08),  # +15.9% / +0.3%
     "T1 8b 8 FSDP+compile+float8": (0.20, 0.08),  # +13.0% / +0.6%
     "T2 8b 8 FSDP+compile+float8+s32k": (0.20, 0.08),  # +14.1% / -2.6%
-    "T2 8b 8 FSDP+CP2+compile+float8+s64k": (0.20, 0.08),  # +7.5% / -2.8%
-    "T2 8b 8 FSDP+CP4+compile+float8+s128k": (0.48, 0.08),  # +44.1% / -2.6%
-    "T2 8b 8 CP8+compile+float8+s256k": (0.54, 0.08),  # +50.7% / -3.3%
+    "T2 8b 8 FSDP+CP2+compile+float8+s64k": (0.20, 0.08),  # +2.1% / -2.8%
+    "T2 8b 8 FSDP+CP4+compile+float8+s128k": (0.40, 0.08),  # +36.4% / -2.6%
+    "T2 8b 8 CP8+compile+float8+s256k": (0.46, 0.08),  # +42.2% / -3.3%
     "T3 8b 128 FSDP+eager": (0.21, 0.12),  # +17.4% / -8.3%
     "T3 8b 128 FSDP+compile": (0.23, 0.08),  # +19.4% / -0.9%
     "T3 8b 128 FSDP+compile+float8": (0.20, 0.08),  # +16.0% / -0.6%
-    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.20),  # +0.2% / -16.4%
-    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.26, 0.15),  # +22.2% / -11.1%
-    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B": (0.21, 0.20),  # +17.8% / -16.6%
-    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+Interleaved1F1B": (0.23, 0.08),  # +19.5% / -3.9%
-    "T6 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B+s32k": (0.20, 0.12),  # +13.2% / -8.6%
-    "T6 405b 512 FSDP+TP8+PP8+CP2+compile+float8+asyncTP+1F1B+s64k": (0.37, 0.13),  # +34.0% / -9.1%
-    "T6 405b 512 FSDP+TP8+PP8+CP4+compile+float8+asyncTP+1F1B+s128k": (0.36, 0.14),  # +32.2% / -10.5%
-    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.54, 0.22),  # +50.8% / -18.9%
+    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.20),  # +6.8% / -16.4% (fp8 TP all-gathers; was +0.2%)
+    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.20, 0.15),  # +11.4% / -11.1%
+    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B": (0.20, 0.20),  # +12.6% / -16.6%
+    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+Interleaved1F1B": (0.20, 0.08),  # +14.2% / -3.9%
+    "T6 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B+s32k": (0.20, 0.12),  # +9.5% / -8.6%
+    "T6 405b 512 FSDP+TP8+PP8+CP2+compile+float8+asyncTP+1F1B+s64k": (0.25, 0.13),  # +22.0% / -9.1%
+    "T6 405b 512 FSDP+TP8+PP8+CP4+compile+float8+asyncTP+1F1B+s128k": (0.24, 0.14),  # +20.4% / -10.5%
+    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.35, 0.22),  # +31.5% / -18.9%
 }
-MEDIAN_BOUNDS = (0.21, 0.08)  # achieved 17.6 % tokens/s, 5.1 % memory (targets 10 % / 8 %)
+MEDIAN_BOUNDS = (0.18, 0.08)  # achieved 15.0 % tokens/s, 5.1 % memory (targets 10 % / 8 %)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +97,19 @@ def test_compile_gain_over_eager_is_predicted(rows):
         published = compiled.published_tokens_per_s / eager.published_tokens_per_s
         predicted = compiled.predicted_tokens_per_s / eager.predicted_tokens_per_s
         assert predicted > 1.0 and abs(predicted - published) <= 0.05, (gpus, published, predicted)
+
+
+def test_async_tp_gain_is_predicted(rows):
+    """Table 4: async TP is +5.7 % over vanilla TP on 70B / 256 H100 in the source (829 -> 876 tokens/s/GPU); the
+    PyTorch async-TP post reports ~8 % end-to-end on 70B, torchtitan's June 2025 async-TP benchmark 1.16 (float8
+    tensorwise) and 1.09 (bf16) on a near-identical layout. Priced per fused op (tp_overlap.py), nothing fitted: the
+    predicted gain must be positive and within 5 points of this row's (it was 29 %, 23 points off)."""
+    by = {r.label: r for r in rows}
+    vanilla, overlapped = (by["T4 70b 256 FSDP+TP8+compile+float8"],
+                           by["T4 70b 256 FSDP+TP8+compile+float8+asyncTP"])
+    published = overlapped.published_tokens_per_s / vanilla.published_tokens_per_s
+    predicted = overlapped.predicted_tokens_per_s / vanilla.predicted_tokens_per_s
+    assert predicted > 1.0 and abs(predicted - published) <= 0.05, (published, predicted)
 
 
 def test_torchtitan_stage_split_matches_hand_count():
@@ -143,3 +163,48 @@ def test_unfused_kernels_worked_example():
     gpt_shapes = ModelShapes.of(gpt(2048, 16, 24))
     assert float(unfused_extra_bytes(gpt_shapes, L, False, get_stack("megatron-lm-2021"))[0]) == 0.0
     assert np.all(unfused_extra_bytes(shapes, L, False, get_stack("megatron-core")) == 0.0)
+
+
+def test_torch_context_parallel_worked_example():
+    """torch context_parallel's elementwise passes (step.py torch_cp_elementwise_bytes, counted by hand from
+    torch/distributed/tensor/experimental/_attention.py): Llama-3.1-8B at 262144 tokens on cp 8, tp 1, 32768 tokens per
+    rank; SDPA gets K and V after repeat_kv, so q = out = 32768 x 4096 = 134,217,728 elements and K + V = 2 x that.
+    Forward, last rank: copies 4 x kv x 8, fp32 casts 6 x out x 8, 7 merges 32 x out, final cast 6 x out
+    = 32 kv + 278 out = 45,902,462,976 B. Backward: q (4 + 10 x 8 + 6) = 90 q, kv (4 + 4 x 8 + 10 + 13 x 7 + 8 x 8 + 6)
+    = 207 kv = 67,645,734,912 B. cp 1: nothing."""
+    from clusterplan.hardware_db import get_stack
+    from clusterplan.models.training.step import torch_cp_elementwise_bytes
+
+    q = out = 32768 * 4096
+    kv = 2 * q
+    fwd, bwd = torch_cp_elementwise_bytes(np.array([q, q]), np.array([kv, kv]), np.array([out, out]),
+                                          np.array([8.0, 1.0]))
+    assert float(fwd[0]) == 32 * kv + 278 * out == 45_902_462_976
+    assert float(bwd[0]) == 90 * q + 207 * kv == 67_645_734_912
+    assert float(fwd[1]) == float(bwd[1]) == 0.0
+    # Only the torch stacks run context parallelism this way; Megatron-Core (TE's p2p ring) keeps its pricing.
+    assert get_stack("torchtitan").cp_impl == get_stack("torchtitan-compile").cp_impl == "torch"
+    assert get_stack("megatron-core").cp_impl == "megatron"
+
+
+def test_torch_allgather_exposure_worked_example():
+    """torch_allgather_cp_s by its waits: with no attention to hide under, forward exposes the whole all-gather (again
+    under full recompute), backward the second all-gather plus every fp32 dK/dV permute (latency + transfer, cp of
+    them); with attention far longer than the traffic only the latencies and the last permute stay exposed."""
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.step import Group, _collective, _p2p_parts, torch_allgather_cp_s
+    from clusterplan.models.training.topology import Axis
+
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    kv_bytes, cp = np.array([2.0 ** 30]), np.array([8.0])
+    group = Group(size=cp, stride=np.array([1.0]), axis=Axis.CP)
+    n_out = np.array([1.0])
+    ag = float(_collective("all_gather", cp * kv_bytes, group, hw)[0])
+    lat, xfer = (float(x[0]) for x in _p2p_parts(2.0 * kv_bytes, n_out, hw, Axis.CP))
+    zero = np.array([0.0])
+    bare = float(torch_allgather_cp_s(kv_bytes, cp, group, n_out, zero, zero, np.array([1.0]), hw)[0])
+    assert bare == pytest.approx(2 * ag + ag + 8 * (lat + xfer), rel=1e-12)
+    hidden = float(torch_allgather_cp_s(kv_bytes, cp, group, n_out, np.array([1e3]), np.array([1e3]), zero, hw)[0])
+    o = hw.comm_overlap
+    assert hidden == pytest.approx((1 - o) * (2 * ag + 7 * xfer) + 8 * lat + xfer, rel=1e-12)

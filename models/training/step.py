@@ -24,7 +24,9 @@ from clusterplan.models.training.batch import (
     ScheduleCode,
 )
 from clusterplan.models.training.collectives import (
+    ALL_GATHER,
     EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
+    REDUCE_SCATTER,
     Collectives,
     activation_bytes,
     ep_collectives,
@@ -47,6 +49,7 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.moe_layer import mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
+from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -129,16 +132,35 @@ def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axi
 
 
 def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
-              linear_s: np.ndarray) -> np.ndarray:
+              linear_s: np.ndarray, async_tp_blocks: tuple[AsyncTpBlock, ...] | None = None) -> np.ndarray:
     """Exposed tensor-parallel traffic of one layer per micro-batch, forward + backward (+ recompute).
 
     Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
-    bytes; Korthikanti 2022), 2 more when full recompute redoes the forward. TE userbuffers / async TP (both need
-    sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
+    bytes; Korthikanti 2022), 2 more when full recompute redoes the forward; fp8 all-gathers in fp8 where the stack
+    casts before the gather (fp8_tp_allgather_recipes). TE userbuffers (need sequence parallelism) hide
+    `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time. Async TP hides each fused
+    collective under its own op's chunked matmuls and leaves the unfused ones exposed
+    (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
-    total = _priced(tp_collectives(shapes, L), Group.of(L, Axis.TP), hw)
-    share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
+    fp8_gather = bool(stack.fp8_recipes) and stack.fp8_recipes[0] in stack.fp8_tp_allgather_recipes
+    colls = tp_collectives(shapes, L, fp8_gather)
+    group = Group.of(L, Axis.TP)
+    total = _priced(colls, group, hw)
+    sp = L.sp > 0
+    if stack.tp_overlap == "async_tp":
+        if async_tp_blocks is None:
+            raise ValueError("async TP is priced per fused op: pass LayerTime.async_tp_blocks")
+        _, gather, scatter = colls
+        tokens = L.seq * L.mbs / L.cp
+        # fused_matmul_reduce_scatter's torch.sum over the tp stacked partials: reads tokens x h, writes 1/tp of it.
+        reduction_s = activation_bytes(L) * tokens * shapes.hidden * (1.0 + 1.0 / L.tp) / hw.hbm_bytes_per_s
+        passes = 1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
+        exposed = async_tp_exposed_s(async_tp_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
+                                     _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
+                                     gather.calls, passes, L.tp, hw.comm_overlap)
+        return np.where(sp & (L.tp > 1), exposed, total)
+    share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
 
@@ -190,18 +212,97 @@ def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: Hardw
 
 
 
+# torch context_parallel's elementwise passes around its SDPA calls (torch/distributed/tensor/experimental/
+# _attention.py, _templated_ring_attention / _SDPAMerger / _templated_ring_attention_backward / _partial_update), in
+# HBM bytes per element read + written; bf16 = 2 B, fp32 = 4 B.
+TORCH_CP_COPY_BYTES = 4.0
+"""key/value .contiguous() at entry (a transposed SDPA input: read 2 + write 2), and torch.cat([k, v]) before each
+exchange (every step but the last; the all-gather rotater still concatenates though it gathers once)."""
+TORCH_CP_OUT_TO_F32_BYTES = 6.0
+"""_SDPAMerger.step: each block's output cast to fp32 (read 2 + write 4)."""
+TORCH_CP_MERGE_BYTES = 32.0
+"""One merge, out - sigmoid(lse_b - lse) * (out - out_b) in fp32: out - out_b (8 + 4), the scaled product (4 + 4),
+the subtraction (8 + 4)."""
+TORCH_CP_RESULT_CAST_BYTES = 6.0
+"""Merged fp32 output (or dQ / dK / dV) cast back to bf16 at the end (read 4 + write 2)."""
+TORCH_CP_ZEROS_BYTES = 4.0
+"""Backward: zeros_like fp32 accumulators for dQ, dK, dV."""
+TORCH_CP_ACCUM_BYTES = 10.0
+"""Backward: fp32 accumulator += bf16 block gradient (read 4 + 2, write 4)."""
+TORCH_CP_PARTIAL_ACCUM_BYTES = 13.0
+"""Backward, load-balanced step with half of the K/V chunk: _partial_update adds into one half (5 per element of the
+whole) and torch.cat rebuilds the whole tensor (read 4 + write 4)."""
+TORCH_CP_GRAD_CAT_BYTES = 8.0
+"""Backward: torch.cat([dK, dV]) in fp32 before each permute (read 4 + write 4)."""
+
+
+def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, cp: np.ndarray
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) HBM bytes of torch context_parallel's elementwise passes on the slowest rank of one layer
+    per micro-batch; q, kv, out: elements of the rank's query, key + value and output.
+
+    The last rank (cp - 1) does the most: with round-robin load balance its steps 1..cp-1 are all the `i <= rank`
+    case (whole query against half the K/V block: whole-output merges, partial dK/dV updates); rank 0's are all the
+    partial-query case (half-output merges). Forward: copies 4 x kv x cp, fp32 casts 6 x out x cp, cp - 1 merges
+    32 x out, the final cast 6 x out. Backward: zeros 4 x (q + kv), copies 4 x kv x cp, dK/dV 10 x kv (step 0) +
+    13 x kv (steps 1..cp-1), fp32 dK/dV cats 8 x kv x cp, dQ 10 x q x cp, final casts 6 x (q + kv)."""
+    steps = np.maximum(cp - 1.0, 0.0)
+    forward = (TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_OUT_TO_F32_BYTES * out * cp + TORCH_CP_MERGE_BYTES * out * steps
+               + TORCH_CP_RESULT_CAST_BYTES * out)
+    backward = (TORCH_CP_ZEROS_BYTES * (q + kv) + TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_ACCUM_BYTES * kv
+                + TORCH_CP_PARTIAL_ACCUM_BYTES * kv * steps + TORCH_CP_GRAD_CAT_BYTES * kv * cp
+                + TORCH_CP_ACCUM_BYTES * q * cp + TORCH_CP_RESULT_CAST_BYTES * (q + kv))
+    return np.where(cp > 1, forward, 0.0), np.where(cp > 1, backward, 0.0)
+
+
+def torch_allgather_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, group: Group, n_out: np.ndarray,
+                         core_forward_s: np.ndarray, core_backward_s: np.ndarray, recompute_full: np.ndarray,
+                         hw: HardwareRates) -> np.ndarray:
+    """Exposed K/V traffic of torch context_parallel with rotate_method ALL_GATHER (its default, torchtitan's) of one
+    layer per micro-batch; kv_bytes: this rank's K and V as the SDPA call receives them.
+
+    torch/distributed/tensor/experimental/_attention.py: forward all-gathers K/V once, issued before the first
+    (diagonal) SDPA call and waited after it; every call computes the same 1/cp of the rank's core (round-robin load
+    balance). Backward all-gathers K/V again (kv_rotater is the default rotater) under the first backward call, and
+    passes the fp32 dK/dV accumulators (2 x kv_bytes) to the next rank with permute_tensor after every call: each is
+    waited after the next call, the last one at the end, fully exposed."""
+    o = hw.comm_overlap
+    ag = _collective("all_gather", cp * kv_bytes, group, hw)
+    block_f, block_b = core_forward_s / cp, core_backward_s / cp
+    lat, xfer = _p2p_parts(2.0 * kv_bytes, n_out, hw, Axis.CP)
+    forward = comm.exposed_s(ag, block_f, o)
+    backward = (comm.exposed_s(ag, block_b, o) + np.maximum(cp - 1.0, 0.0) * (lat + comm.exposed_s(xfer, block_b, o))
+                + lat + xfer)
+    return np.where(cp > 1, (1.0 + recompute_full) * forward + backward, 0.0)
+
+
 def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, moe: bool,
                 lt: LayerTime):
     """(tp, cp, ep) exposed communication of one layer per micro-batch, forward + backward (+ recompute)."""
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
     full = np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
-    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s)
+    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks)
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
+    allgather = allgather_cp_s(shapes, L, cp_group, hw)
+    if stack.cp_impl == "torch":
+        # torch context_parallel hands the SDPA call's own K and V around: F.scaled_dot_product_attention stacks
+        # (torchtitan's Attention.forward) pass them after repeat_kv, at the query head count.
+        kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
+        kv_bytes = act * tokens * kv_width / L.tp
+        allgather = torch_allgather_cp_s(kv_bytes, L.cp, cp_group, n_out, lt.core_forward_s, lt.core_backward_s,
+                                         full, hw)
     cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
-                   [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather_cp_s(shapes, L, cp_group, hw)], ring)
+                   [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather], ring)
+    if stack.cp_impl == "torch":
+        # Its merges and fp32 gradient accumulation run on the compute stream between the SDPA calls (either rotate
+        # method): serial time, forward again under full recompute.
+        kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
+        fwd_b, bwd_b = torch_cp_elementwise_bytes(tokens * shapes.q_dim / L.tp, tokens * kv_width / L.tp,
+                                                  tokens * shapes.v_dim / L.tp, L.cp)
+        cp = cp + ((1.0 + full) * fwd_b + bwd_b) / hw.hbm_bytes_per_s
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
     if moe:
