@@ -112,7 +112,8 @@ class ExecutionStack:
     tp_overlap: str
     """"none" | "bulk" (TE userbuffers comm-GEMM overlap, Megatron --tp-comm-overlap) | "async_tp" (torchtitan)."""
     tp_overlap_share: float
-    """Share of TP communication hidden under the layer's GEMMs when overlapped (0 for "none")."""
+    """Share of TP communication hidden under the layer's GEMMs by "bulk" overlap (0 otherwise: "none" hides
+    nothing, "async_tp" is priced per fused op, models/training/tp_overlap.py)."""
     pp_overlap: bool
     """Pipeline send/recv runs under the next chunk's compute (Megatron --overlap-p2p-comm)."""
     pp_overlap_schedules: tuple[str, ...]
@@ -140,6 +141,10 @@ class ExecutionStack:
     """Keeps an fp8 copy of the weights beside the bf16 ones (Transformer Engine)."""
     fp8_allgather: bool
     """FSDP all-gathers weights in fp8 (torchtitan float8 all-gather)."""
+    fp8_tp_allgather_recipes: tuple[str, ...]
+    """fp8 recipes under which the sequence-parallel TP all-gathers (a block's input forward, the row-parallel
+    output's gradient backward) move fp8 data, cast before the gather (torchao Float8ColwiseParallel /
+    Float8RowwiseParallel / PrepareFloat8ModuleInput: tensorwise only); empty: they move the compute dtype."""
     loss_bytes_per_logit: float
     """Peak bytes per logit at the loss (forward and the head's backward), as the stack computes the cross-entropy."""
     optimizer_param_remainders: bool
@@ -225,8 +230,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         raise BadInputError(f"{where}: missing description")
     tp_overlap = _choice(where, raw, "tp_overlap", TP_OVERLAPS)
     share = _share(where, raw, "tp_overlap_share")
-    if tp_overlap == "none" and share:
-        raise BadInputError(f"{where}: tp_overlap none with tp_overlap_share {share}; set the share to 0")
+    if tp_overlap != "bulk" and share:
+        raise BadInputError(f"{where}: tp_overlap {tp_overlap} with tp_overlap_share {share}; set the share to 0 "
+                            "(only bulk overlap hides a share; async TP is priced per fused op)")
     zero = raw.get("zero_stages")
     if not isinstance(zero, list) or any(z not in (0, 1, 2, 3) for z in zero) or not zero:
         raise BadInputError(f"{where}: zero_stages must be a non-empty list of 0, 1, 2, 3, got {zero!r}")
@@ -247,6 +253,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         attention_kernel=_choice(where, raw, "attention_kernel", ATTENTION_KERNELS),
         fp8_recipes=_subset(where, raw, "fp8_recipes", FP8_RECIPES),
         fp8_weight_copy=_flag(where, raw, "fp8_weight_copy"), fp8_allgather=_flag(where, raw, "fp8_allgather"),
+        fp8_tp_allgather_recipes=_subset(where, raw, "fp8_tp_allgather_recipes", FP8_RECIPES),
         optimizer_param_remainders=_flag(where, raw, "optimizer_param_remainders"),
         loss_bytes_per_logit=_bytes(where, raw, "loss_bytes_per_logit"),
         selective_recompute=_choice(where, raw, "selective_recompute", SELECTIVE_RECOMPUTE),

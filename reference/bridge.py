@@ -70,13 +70,18 @@ DEEPSEEK_CHUNK_LAYERS = {
 DEEPSEEK_RECIPE_KEYS = frozenset({(4, 1), (8, 1), (4, 2), (16, 1), (8, 2), (4, 4), (8, 4)})
 """(pp, vp) pairs the recipe names a layout for ((8, 4): the H100 workload config's pp_layout)."""
 
-# Recompute as the performance recipes set it. Llama 3 / 3.1 and Qwen3-235B recipes set none (recompute_granularity
-# None). Qwen3-30B-A3B: qwen3_30b_a3b_pretrain_config enable_recompute=True -> full, uniform, 1 layer per checkpoint
-# (every layer). DeepSeek-V3 and GPT-OSS: recompute_granularity "selective" with named recompute_modules (below).
-RECOMPUTE = {"qwen3-30b-a3b": "full", "deepseek-v3": "selective", "gpt-oss-120b": "selective"}
+# Recompute as the performance recipes set it (per-row sources: ROW_SOURCES). Llama 3 / 3.1 recipes set none
+# (recipes/llama/llama3.py recompute_granularity None; the perf configs add none). Qwen3 MoE: every stored version of
+# the perf configs sets recompute_granularity / recompute_method / recompute_num_layers = None for Qwen3-30B-A3B and
+# Qwen3-235B-A22B (qwen3/qwen3_30b_a3b_llm_pretrain.yaml@48b5204a model section; qwen3_30b_a3b_llm_pretrain.py@4054233a
+# set_qwen3_30b_a3b_specific_overrides; the later qwen3_llm_pretrain.py set_qwen3_common_configs), overriding the
+# library recipe's enable_recompute=True: no recompute. DeepSeek-V3 and GPT-OSS: recompute_granularity "selective"
+# with named recompute_modules (below).
+RECOMPUTE = {"deepseek-v3": "selective", "gpt-oss-120b": "selective"}
 
-# Megatron-Core recompute_modules per (system, precision) (scripts/performance/configs/*/workload_base_configs.py):
-# GPT-OSS-120B H100 / B200 / GB200 recompute ["layernorm", "moe_act"], GB300 none (CUDA graphs instead).
+# Megatron-Core recompute_modules per (system, precision) (per-row files: ROW_SOURCES). GPT-OSS-120B H100 / B200 /
+# GB200 recompute ["layernorm", "moe_act"], GB300 none (TE attention graphs instead): gpt_oss workload base configs of
+# the *_BASE_CONFIG and V1/V2 generations (the @0fa501ac one sets no recompute but ep8 everywhere).
 # DeepSeek-V3: the perf recipe's default is ["mla_up_proj"] (deepseek_v3 perf config: recompute_granularity
 # selective, recompute_modules ["mla_up_proj"]); the base configs name ["mla_up_proj"] for B200 (pp16 ep8), GB200 BF16
 # and GB300 FP8-MX, ["mla_up_proj", "mlp"] for GB200 FP8-MX. The GB300 BF16 base config names ["mlp", "moe_act"] at
@@ -96,28 +101,163 @@ FP32_GRADS = False
 """Every performance recipe keeps main gradients in bf16: set_llama3_common_configs, set_gpt_oss_common_configs and
 the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = ddp.grad_reduce_in_fp32 = False."""
 
+# DeepSeek-V3's multi-token-prediction layer per (system, model): rows not named here keep the preset's (1, as the
+# recipe sets it: recipes/deepseek/deepseek_v3.py _deepseek_v3_common mtp_num_layers = 1; no perf config found
+# overrides it). The GB300 (pp2 vp4) and GB200 (pp4 vp4, pp8 vp4) rows ran without it: their published TFLOP/s equal
+# the published tokens/s x Megatron-Bridge's own count (flop_utils.py, bridge_flops_per_token) within 0.3 % only with
+# mtp_num_layers unset (with it +4.1 to +4.4 %), and flop_utils counts the MTP term from the same cfg.model that builds
+# the model. The B200 row (pp16, the recipe's (16, 1) layout ending "decoder + mtp + loss") matches only WITH it
+# (-0.2 %; without -4.1 %). No stored perf config names the GB layouts as published (the 25.11 recipe's layout map has
+# no (2, 4) or (8, 4) key, the GB base configs of that time name pp4 vp4 gbs 2048; the later GB200_BF16_V2, the
+# published pp4 vp4 ep64 gbs4096, leaves the recipe's MTP on): the published count is the only per-row evidence.
+MTP_LAYERS = {("DGX-GB300", "DeepSeekV3"): 0, ("DGX-GB200", "DeepSeekV3"): 0}
+
 # Megatron-FSDP / activation offloading the recipes add (scripts/performance/configs/llama3/workload_base_configs.py):
 # cpu_offloading_num_layers moves that many layers' activations to Grace memory (Layout.offload_layers).
 OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 40}
 
-# CUDA graphs of the MoE recipes (Layout.cuda_graphs; what prices their MoE layers' host time, models/training/host.py).
-# The 25.11-era perf_matrix files name the published layouts (qwen3_30b_a3b_llm_pretrain.yaml: h100 pp2 vp24
-# cuda_graphs false, gb200 cuda_graphs true, no b200 entry, i.e. the recipe default, no graphs;
-# qwen3_235b_a22b_llm_pretrain.yaml: b200 pp8 vp2 cuda_graphs false, gb200 true, h100 false;
-# deepseek_v3_llm_pretrain.yaml: b200 fp8_mx true, gb200 true, h100 false). cuda_graphs true there sets
-# enable_cuda_graph (Megatron-Core's captured layers, which MoE layers take with the drop-and-pad dispatcher):
-# "full". GB300 rows are not in those files: the later workload_base_configs.py give Qwen3-30B and Qwen3-235B FP8
-# cuda_graph_impl local / full_iteration ("full"), Qwen3-235B BF16 none, DeepSeek-V3 BF16 transformer_engine / attn
-# ("attn"), DeepSeek-V3 FP8-MX none; GPT-OSS-120B runs local / full_iteration on every system (BASE_GPT_OSS_120B_CONFIG).
+# CUDA graphs as each row's recipe sets them (Layout.cuda_graphs; it prices the MoE layers' host time,
+# models/training/host.py; dense rows carry it for the record only). Megatron-Core cuda_graph_impl local with scope
+# full_iteration (or the older cuda_graphs: true / enable_cuda_graph) -> "full"; cuda_graph_impl transformer_engine
+# with scope attn (+ moe_router, moe_preprocess: the router and the dispatch preprocessing captured, the experts
+# and the token exchange eager) -> "attn", the nearest Layout value; none -> "none". The 25.11 performance summary's
+# layouts match no single stored version of the perf configs: each row takes the version whose parallelism, mbs and
+# gbs match the published row; ROW_SOURCES names it, and says where only a later file matches.
 CUDA_GRAPHS = {
+    ("DGX-GB300", "LLAMA3_8B"): "full", ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): "full", ("DGX-B200", "LLAMA3_8B"): "full",
     ("DGX-GB300", "Qwen3_30B_a3B"): "full", ("DGX-GB200", "Qwen3_30B_a3B"): "full",
-    ("DGX-GB300", "Qwen3_235B_a22B", "FP8-MX"): "full", ("DGX-GB300", "Qwen3_235B_a22B", "FP8-CS"): "full",
-    ("DGX-GB200", "Qwen3_235B_a22B"): "full",
-    ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3"): "full",
-    ("DGX-B200", "DeepSeekV3", "FP8-MX"): "full",
-    ("DGX-GB300", "GPT_OSS_120B"): "full", ("DGX-GB200", "GPT_OSS_120B"): "full", ("DGX-B200", "GPT_OSS_120B"): "full",
-    ("DGX-H100", "GPT_OSS_120B"): "full",
+    ("DGX-B200", "Qwen3_30B_a3B"): "full",
+    ("DGX-GB300", "Qwen3_235B_a22B"): "attn", ("DGX-GB200", "Qwen3_235B_a22B"): "attn",
+    ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3", "BF16"): "attn",
+    ("DGX-GB200", "DeepSeekV3", "FP8-MX"): "full",
+    ("DGX-GB300", "GPT_OSS_120B"): "attn",
 }
+
+
+VERDICTS = ("ok", "changed", "unsure")
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where one CSV row's recipe settings come from, and the audit's verdict on them."""
+
+    verdict: str
+    """ok: every setting our Layout expresses agrees with the source whose layout matches the row; changed: the
+    2026-12-03 audit corrected a setting (before -> after in `source`); unsure: no stored source matches the
+    row's layout, the nearest one is used."""
+    source: str
+    """Files (scripts/performance/configs/..., src/megatron/bridge/recipes/... in NVIDIA-NeMo/Megatron-Bridge, commit
+    prefix where the stored copy names one) and what each sets; settings Layout cannot express are listed too."""
+    note: str = ""
+    """Shown in the row's notes: a setting taken from a file later than the 25.11 release."""
+
+
+_Q3 = "qwen3/qwen3_30b_a3b_llm_pretrain.{yaml@48b5204a,py@4054233a}; qwen3/workload_base_configs.py@0fa501ac"
+_Q3_RC = "recompute None in every version (was full: the library recipe's enable_recompute, which the perf configs override)"
+_DS_BASE = "deepseek/workload_base_configs.py@0fa501ac"
+_DS_LATER = "deepseek/deepseek_workload_base_configs.py@04264182 (V1/V2, later than 25.11)"
+_GO_LATER = "gpt_oss/gpt_oss_workload_base_configs.py V1/V2 (later than 25.11)"
+_L3 = "llama3/workload_base_configs.py@0fa501ac; llama/llama3_workload_base_configs.py@00919dcf (V1/V2)"
+_L31 = "llama31/workload_base_configs.py@0fa501ac; recipes/llama/llama31_405b.py (embedding/loss in the pipeline split)"
+NOT_IN_LAYOUT = ("not in Layout: token dispatcher (alltoall / flex with DeepEP or HybridEP), moe_permute_fusion, "
+               "moe_router_fusion, TP comm overlap userbuffers")
+_LATER_ONLY = "recipe setting from a later perf-config file than 25.11 (the only one matching this row's layout)"
+
+ROW_SOURCES = {
+    ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: mbs 4 there (2 published), cuda graphs local "
+                                                         "full_iteration (dense: no host term), no recompute"),
+    ("DGX-GB300", "LLAMA3_8B", "FP8-MX"): RowSource("ok", f"{_L3}: FP8_MX = FP8_CS config; as FP8-CS"),
+    ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): RowSource("ok", f"{_L3}: Megatron FSDP, cpu_offloading_num_layers 20, "
+                                                          "mbs 2 (V2: gbs 256 as published)"),
+    ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): RowSource("unsure", f"{_L31}: stored GB300 FP8_CS is tp2 FSDP with "
+                                                                 "10 offloaded layers at gbs 64, not the published "
+                                                                 "tp2 pp8 vp4 cp2 gbs 1536: no offload, no graphs"),
+    ("DGX-GB300", "DeepSeekV3", "BF16"): RowSource("unsure", f"{_DS_BASE} (pp4 vp4 ep64: mlp+moe_act, TE attn "
+                                                            f"graphs); {_DS_LATER} (pp4 vp4 ep64 moe_act) - neither "
+                                                            "is the published pp2 vp4 ep32: mla_up_proj, attn kept"),
+    ("DGX-GB300", "DeepSeekV3", "FP8-MX"): RowSource("unsure", f"{_DS_BASE} (pp4 vp4 ep64 gbs2048: mla_up_proj, no "
+                                                              f"graphs); {_DS_LATER} FP8_MX V2 (pp2 vp8 ep32 gbs4096: "
+                                                              "recompute [], cuda_graph_impl full_iteration) - "
+                                                              "neither matches pp2 vp4: kept"),
+    ("DGX-GB300", "GPT_OSS_120B", "BF16"): RowSource("changed", f"{_GO_LATER} GB300_BF16_V2 (ep64 gbs1280, the "
+                                                               "published layout): TE graphs attn+moe_router+"
+                                                               "moe_preprocess, no recompute; graphs full -> attn "
+                                                               "(full came from the ep8 BASE of gpt_oss/"
+                                                               "workload_base_configs.py@0fa501ac)", _LATER_ONLY),
+    ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; local full_iteration graphs "
+                                                                  "(mbs 8 there, 4 published)"),
+    ("DGX-GB300", "Qwen3_235B_a22B", "BF16"): RowSource("changed", "qwen/qwen3_workload_base_configs.py@01b2977e "
+                                                                  "GB300_BF16_V2 (256 GPUs pp4 gbs8192 mbs2, the "
+                                                                  "published layout but ep32 there): TE graphs attn+"
+                                                                  "moe_router+moe_preprocess, hybridep; graphs none "
+                                                                  "-> attn (none came from the 64-GPU tp2 ep64 "
+                                                                  "config); no recompute", _LATER_ONLY),
+    ("DGX-GB200", "LLAMA3_8B", "FP8-CS"): RowSource("unsure", f"{_L3}: 0fa501ac sets no graphs for GB200 FP8_CS, "
+                                                             "V1 local full_iteration (dense: no host term); none kept"),
+    ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): RowSource("ok", f"{_L3}: mbs 2, local full_iteration graphs"),
+    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): RowSource("ok", f"{_L3}: Megatron FSDP, cpu_offloading_num_layers 40, "
+                                                          "mbs 2 (V2 gbs 256 as published)"),
+    ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): RowSource("unsure", f"{_L31}: stored GB200 FP8_CS is tp2 FSDP with 95 "
+                                                                 "offloaded layers at gbs 64, not the published tp4 "
+                                                                 "pp16 vp4 gbs 1536: no offload, no graphs"),
+    ("DGX-GB200", "DeepSeekV3", "BF16"): RowSource("changed", f"{_DS_LATER} GB200_BF16_V2 (pp4 vp4 ep64 gbs4096 "
+                                                             "mbs1, the published layout): mla_up_proj, TE graphs "
+                                                             "attn+moe_router+moe_preprocess, hybridep; graphs full "
+                                                             "-> attn (full came from deepseek_v3_llm_pretrain.yaml"
+                                                             "@0aa7db37 at tp2; 25.11-era py configs: no graphs)",
+                                                  _LATER_ONLY),
+    ("DGX-GB200", "DeepSeekV3", "FP8-MX"): RowSource("unsure", f"{_DS_BASE} (pp4 vp4 ep64: mla_up_proj+mlp, no "
+                                                              f"graphs); {_DS_LATER} FP8_MX (pp4 vp4 ep64: "
+                                                              "mla_up_proj, full_iteration) - neither is the published "
+                                                              "pp8 vp4 ep32: mla_up_proj+mlp, full kept"),
+    ("DGX-GB200", "GPT_OSS_120B", "BF16"): RowSource("changed", f"{_GO_LATER} GB200_BF16_V2 (ep64 gbs1280, the "
+                                                               "published layout; the 25.11-era BASE_CONFIG file the "
+                                                               "same at gbs512): layernorm+moe_act, no graphs, "
+                                                               "hybridep; graphs full -> none"),
+    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; mbs 4, local full_iteration "
+                                                                  "graphs (yaml: cuda_graphs true)"),
+    ("DGX-GB200", "Qwen3_235B_a22B", "BF16"): RowSource("changed", "qwen/qwen3_workload_base_configs.py@01b2977e "
+                                                                  "GB200 V2 (256 GPUs pp8 gbs8192; vp3 ep32 as "
+                                                                  "published in FP8_MX_V2): TE graphs attn+moe_router+"
+                                                                  "moe_preprocess, hybridep; graphs full -> attn (full "
+                                                                  "came from the 64-GPU config); no recompute",
+                                                       _LATER_ONLY),
+    ("DGX-B200", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: mbs 2, local full_iteration graphs"),
+    ("DGX-B200", "LLAMA3_8B", "FP8-MX"): RowSource("ok", f"{_L3}: FP8_MX = FP8_CS config"),
+    ("DGX-B200", "LLAMA3.1_405B", "FP8-CS"): RowSource("ok", f"{_L31}: tp4 pp8 cp2 vp8 gbs64 as published; no "
+                                                            "recompute, offload or graphs"),
+    ("DGX-B200", "LLAMA3.1_405B", "FP8-MX"): RowSource("ok", f"{_L31}: FP8_MX = FP8_CS config"),
+    ("DGX-B200", "DeepSeekV3", "FP8-MX"): RowSource("changed", f"{_DS_BASE} and every stored py version at the "
+                                                              "published tp1 pp16 ep8 gbs2048: mla_up_proj, no CUDA "
+                                                              "graphs (early versions: DeepEP + a2a overlap); graphs "
+                                                              "full -> none (full came from deepseek_v3_llm_pretrain."
+                                                              "yaml@0aa7db37, whose b200 entry is tp2)"),
+    ("DGX-B200", "GPT_OSS_120B", "BF16"): RowSource("changed", "gpt_oss/workload_base_configs.py@0fa501ac (ep8 mbs8: "
+                                                              "local full_iteration, no recompute) vs the BASE_CONFIG "
+                                                              f"file and {_GO_LATER} (ep64 mbs4 or ep8 gbs1280: "
+                                                              "layernorm+moe_act, no graphs); none matches ep8 mbs4 "
+                                                              "gbs512: recompute and graphs now from the same file, "
+                                                              "graphs full -> none"),
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; CUDA graphs on B200 in every "
+                                                                 "py version (cuda_graphs True, then local "
+                                                                 "full_iteration at mbs 1 as published): graphs none "
+                                                                 "-> full (the yaml has no b200 entry)"),
+    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): RowSource("ok", "qwen3/workload_base_configs.py@0fa501ac B200_FP8_MX "
+                                                              "(pp8 vp2 ep8 gbs1024, the published layout): no "
+                                                              "recompute, no graphs; later V1: alltoall dispatcher"),
+    ("DGX-H100", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: Megatron FSDP (0fa501ac; V1 instead sets "
+                                                        "recompute_num_layers 5 without FSDP), no graphs"),
+    ("DGX-H100", "LLAMA3_70B", "FP8-CS"): RowSource("ok", f"{_L3}: tp4 pp8 vp5 as published; no recompute, graphs"),
+    ("DGX-H100", "LLAMA3.1_405B", "FP8-CS"): RowSource("ok", f"{_L31}: tp8 pp8 cp2 vp8 gbs512 as published"),
+    ("DGX-H100", "GPT_OSS_120B", "BF16"): RowSource("changed", f"{_GO_LATER} H100_BF16_V1 and the BASE_CONFIG file "
+                                                              "(pp4 ep8 gbs512, the published layout): "
+                                                              "layernorm+moe_act, no graphs; graphs full -> none"),
+    ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): RowSource("changed", f"{_Q3}: {_Q3_RC}; no graphs (yaml cuda_graphs "
+                                                                 "false; py versions none); vp 24 as the yaml, mbs 2 "
+                                                                 "as the py"),
+}
+"""Per CSV row (system, model, precision): the audit of its recipe settings against the perf-config sources
+(2026-12-03). Every row also runs settings our Layout cannot express (NOT_IN_LAYOUT)."""
 
 
 VOCAB_DIVISIBLE_BY = 128
@@ -218,7 +358,8 @@ def stage_split(model: ModelSpec, pp: int, vp: int) -> tuple[int, int, str]:
         # Rank r holds chunks r, r + pp, r + 2 pp, ... (Megatron's interleaved assignment).
         first = sum(per_chunk[0::pp])
         last = sum(per_chunk[pp - 1::pp])
-        note = f"DeepSeek layout {per_chunk[0]}+E|{per_chunk[1]}|...|{per_chunk[-1]}+MTP+L layers per chunk"
+        tail = "+MTP+L" if model.mtp_layers else "+L"
+        note = f"DeepSeek layout {per_chunk[0]}+E|{per_chunk[1]}|...|{per_chunk[-1]}{tail} layers per chunk"
         if (pp, vp) not in DEEPSEEK_RECIPE_KEYS:
             note += f" (pp{pp} vp{vp} is not a key of the recipe's map: its {chunks}-chunk layout assumed)"
         return first, last, note
@@ -244,9 +385,21 @@ def flops_convention_note(model: ModelSpec, layout: Layout, tokens_per_s: float,
         without = bridge_flops_per_token(replace(model, mtp_layers=0), layout.seq, layout.tp)
         if abs(tokens_per_s * without / 1e12 / tflops - 1) <= CONVENTION_TOLERANCE:
             return ("published TFLOP/s = Megatron-Bridge's FLOPs count WITHOUT the MTP layer (mtp_num_layers unset in "
-                    "that run?); predicted here with MTP")
+                    "that run?); predicted here with MTP (MTP_LAYERS sets it per row)")
     return (f"published TFLOP/s imply {tflops * 1e12 / tokens_per_s / 1e9:.2f} GFLOP/token; Megatron-Bridge's count "
             f"gives {per_token / 1e9:.2f}")
+
+
+def row_model(r: dict[str, str]) -> tuple[ModelSpec, str]:
+    """The model a CSV row ran (its preset with the row's MTP_LAYERS override) and a note on its MTP layers."""
+    model = load_model(MODELS[r["model"]])
+    mtp = MTP_LAYERS.get((r["system"], r["model"]))
+    if mtp is not None and mtp != model.mtp_layers:
+        return replace(model, mtp_layers=mtp), (
+            f"MTP layers {model.mtp_layers} -> {mtp}: the published TFLOP/s count none (MTP_LAYERS)")
+    if model.mtp_layers:
+        return model, f"{model.mtp_layers} MTP layer(s) on the last stage (the published TFLOP/s count it)"
+    return model, ""
 
 
 def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]:
@@ -263,12 +416,13 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     recompute = RECOMPUTE.get(model.name, "none")
     if recompute == "selective" and not modules:
         recompute = "none"  # e.g. GPT-OSS on GB300: no recompute modules
-    if model.name == "deepseek-v3":
-        notes.append("MTP block (1 extra MoE layer + head) not modelled")
     offload = OFFLOAD_LAYERS.get(key, 0)
     graphs = CUDA_GRAPHS.get(key, CUDA_GRAPHS.get(key[:2], "none"))
     if offload:
         notes.append(f"recipe offloads {offload} layers' activations to CPU")
+    source = ROW_SOURCES.get(key)
+    if source is not None and source.note:
+        notes.append(source.note)
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=mbs, gbs=gbs,
                     seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1, recompute=recompute,
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
@@ -300,12 +454,14 @@ def bridge_rows() -> list[BridgeRow]:
     for r in read_rows(BRIDGE_CSV):
         gpus = int(r["gpus"])
         preset = MODELS[r["model"]]
-        model = load_model(preset)
+        model, mtp_note = row_model(r)
         ref, cluster, reason = bridge_cluster(r["system"], gpus)
         base = dict(system=r["system"], model=r["model"], precision=r["precision"], gpus=gpus, preset=preset,
                     cluster=ref, published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                     published_tflops=float(r["model_tflops_per_gpu"]))
         layout, notes = bridge_layout(r, model)
+        if mtp_note:
+            notes.append(mtp_note)
         note = flops_convention_note(model, layout, base["published_tokens_per_s"], base["published_tflops"])
         if note:
             notes.append(note)

@@ -13,8 +13,12 @@ kernels priced as fused for every stack: 21.0 % / 51.1 % (eager rows +37 .. +41 
 RMSNorm / RoPE / SwiGLU and SDPA's layout copies priced (compute.py unfused_extra_bytes): 17.6 % / 50.8 % (eager rows
 +14 .. +17 %; the compile-over-eager gain 15.7 % published, 18 % predicted); with torch context_parallel as its
 source runs it (step.py torch_allgather_cp_s / torch_cp_elementwise_bytes: repeat_kv'd K/V gathered twice, fp32 dK/dV
-permutes, the last exposed, the merges' elementwise passes): 17.6 % / 42.2 % (CP rows +34 .. +51 % -> +2 .. +42 %).
-Left (not fitted): compiled 8B FSDP rows +13 .. +19 %; async TP's gain (published +5.7 % on 70B, predicted +29 %);
+permutes, the last exposed, the merges' elementwise passes): 17.6 % / 42.2 % (CP rows +34 .. +51 % -> +2 .. +42 %);
+with async TP priced per fused op (tp_overlap.py: the backward input-gradient reduce-scatters unfused, the fused
+reduce-scatter's reduction kernel, each pull hidden only under its own op's matmuls) and torchao's fp8 TP
+all-gathers: 15.0 % / 42.2 % (70B async TP +22.2 -> +11.4 %, vanilla TP +0.2 -> +6.8 %; 405B rows 1 .. 5 points
+closer; async TP gain 5.7 % published, 10.2 % predicted, was 29 %).
+Left (not fitted): compiled 8B FSDP rows +13 .. +19 %;
 CP at 128K-256K +22 .. +42 % (per-call SDPA shapes are the same at cp 2, 4 and 8, yet the published per-step time
 grows ~1.5x from cp 2 to cp 4: not explained by any priced term); 70B / 405B 1F1B and CP memory -9 .. -19 %.
 """
@@ -39,16 +43,16 @@ BOUNDS = {
     "T3 8b 128 FSDP+eager": (0.21, 0.12),  # +17.4% / -8.3%
     "T3 8b 128 FSDP+compile": (0.23, 0.08),  # +19.4% / -0.9%
     "T3 8b 128 FSDP+compile+float8": (0.20, 0.08),  # +16.0% / -0.6%
-    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.20),  # +0.2% / -16.4%
-    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.26, 0.15),  # +22.2% / -11.1%
-    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B": (0.21, 0.20),  # +17.8% / -16.6%
-    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+Interleaved1F1B": (0.23, 0.08),  # +19.5% / -3.9%
-    "T6 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B+s32k": (0.20, 0.12),  # +13.2% / -8.6%
-    "T6 405b 512 FSDP+TP8+PP8+CP2+compile+float8+asyncTP+1F1B+s64k": (0.28, 0.13),  # +24.8% / -9.1%
-    "T6 405b 512 FSDP+TP8+PP8+CP4+compile+float8+asyncTP+1F1B+s128k": (0.26, 0.14),  # +22.2% / -10.5%
-    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.36, 0.22),  # +32.6% / -18.9%
+    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.20),  # +6.8% / -16.4% (fp8 TP all-gathers; was +0.2%)
+    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.20, 0.15),  # +11.4% / -11.1%
+    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B": (0.20, 0.20),  # +12.6% / -16.6%
+    "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+Interleaved1F1B": (0.20, 0.08),  # +14.2% / -3.9%
+    "T6 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B+s32k": (0.20, 0.12),  # +9.5% / -8.6%
+    "T6 405b 512 FSDP+TP8+PP8+CP2+compile+float8+asyncTP+1F1B+s64k": (0.25, 0.13),  # +22.0% / -9.1%
+    "T6 405b 512 FSDP+TP8+PP8+CP4+compile+float8+asyncTP+1F1B+s128k": (0.24, 0.14),  # +20.4% / -10.5%
+    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.35, 0.22),  # +31.5% / -18.9%
 }
-MEDIAN_BOUNDS = (0.21, 0.08)  # achieved 17.6 % tokens/s, 5.1 % memory (targets 10 % / 8 %)
+MEDIAN_BOUNDS = (0.18, 0.08)  # achieved 15.0 % tokens/s, 5.1 % memory (targets 10 % / 8 %)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,19 @@ def test_compile_gain_over_eager_is_predicted(rows):
         published = compiled.published_tokens_per_s / eager.published_tokens_per_s
         predicted = compiled.predicted_tokens_per_s / eager.predicted_tokens_per_s
         assert predicted > 1.0 and abs(predicted - published) <= 0.05, (gpus, published, predicted)
+
+
+def test_async_tp_gain_is_predicted(rows):
+    """Table 4: async TP is +5.7 % over vanilla TP on 70B / 256 H100 in the source (829 -> 876 tokens/s/GPU); the
+    PyTorch async-TP post reports ~8 % end-to-end on 70B, torchtitan's June 2025 async-TP benchmark 1.16 (float8
+    tensorwise) and 1.09 (bf16) on a near-identical layout. Priced per fused op (tp_overlap.py), nothing fitted: the
+    predicted gain must be positive and within 5 points of this row's (it was 29 %, 23 points off)."""
+    by = {r.label: r for r in rows}
+    vanilla, overlapped = (by["T4 70b 256 FSDP+TP8+compile+float8"],
+                           by["T4 70b 256 FSDP+TP8+compile+float8+asyncTP"])
+    published = overlapped.published_tokens_per_s / vanilla.published_tokens_per_s
+    predicted = overlapped.predicted_tokens_per_s / vanilla.predicted_tokens_per_s
+    assert predicted > 1.0 and abs(predicted - published) <= 0.05, (published, predicted)
 
 
 def test_torchtitan_stage_split_matches_hand_count():

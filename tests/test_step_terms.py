@@ -146,3 +146,27 @@ def test_tp_overlap_hides_its_share_only_with_sequence_parallel():
     assert float(tp_comm_s(shapes, L_sp, HW, get_stack("megatron-core"), gemm)[0]) == pytest.approx(70.84 * US)
     assert float(tp_comm_s(shapes, L_no, HW, get_stack("megatron-core"), gemm)[0]) == pytest.approx(1133.44 * US)
     assert float(tp_comm_s(shapes, L_sp, HW, get_stack("megatron-lm-2021"), gemm)[0]) == pytest.approx(1133.44 * US)
+
+
+def test_optimizer_step_shards_experts_over_the_expert_data_parallel_group():
+    """Qwen3-30B-A3B (48 MoE layers, 128 experts of 3 x 2048 x 768 = 4,718,592 parameters) on tp 2, dp 8, ep 8, etp 1,
+    ZeRO-1, Adam with master weights (32 B per parameter through HBM at 3 TB/s).
+
+    This rank holds 48 x 128 / 8 = 768 experts' weights: E = 768 x 4,718,592 = 3,623,878,656 parameters. Dense
+    parameters (D) shard over dp_shard = 8, but each expert is held by dp x tp / (ep x etp) = 8 x 2 / 8 = 2 ranks (the
+    expert-data-parallel group, memory.zero_shards), so ZeRO-1 updates E / 2 of them here, not E / 8.
+    ZeRO-0 streams (D + E) x 32 / 3e12; ZeRO-1 (D / 8 + E / 2) x 32 / 3e12. Hence
+    8 x t(ZeRO-1) - t(ZeRO-0) = (4 E - E) x 32 / 3e12 = 3 x 3,623,878,656 x 32 / 3e12 = 0.115964116992 s
+    (0 s if experts were sharded over dp_shard like the dense parameters)."""
+    from clusterplan.models.training.memory import stage_layers
+    from clusterplan.models.training.step import _optimizer_s
+
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    assert (shapes.n_layers, shapes.n_experts, shapes.expert_params, shapes.moe_fraction) == (48, 128, 4_718_592, 1.0)
+
+    def t(zero: int) -> float:
+        L = arrays(tp=2, dp=8, ep=8, etp=1, mbs=1, gbs=8, seq=4096, zero=zero, sp=True)
+        return float(_optimizer_s(shapes, L, HW, stage_layers(shapes, L))[0])
+
+    assert 8 * t(1) - t(0) == pytest.approx(3 * 3_623_878_656 * 32 / 3e12, rel=1e-9)
+    assert 8 * t(1) - t(0) == pytest.approx(0.115964116992, rel=1e-9)

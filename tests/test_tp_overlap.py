@@ -59,8 +59,9 @@ def test_overlapped_gemms_worked_example(kind):
         # Row forward: TE pipeline, 4 chunks on 116 SMs; row dgrad: ring exchange of dY, tp chunks; wgrad whole.
         assert float(rf[0]) == pytest.approx(4 * CALL_S + flops(8192, row_o, row_i, 16))
     else:
-        # async TP: the backward's dgrad matmuls are chunked too (no SMs taken); the wgrad matmuls are not rewritten.
-        assert float(dx[0]) == pytest.approx(8 * CALL_S + flops(8192, col_i, col_o))
+        # async TP: the column dgrad runs whole (its reduce-scatter sums the q/k/v or w1/w3 dgrads, which the
+        # micro-pipeline pass does not fuse); the row dgrad is chunked under dY's all-gather; wgrad not rewritten.
+        assert float(dx[0]) == pytest.approx(CALL_S + flops(8192, col_i, col_o))
         assert float(dw[0]) == pytest.approx(CALL_S + flops(col_i, col_o, 8192))
         assert float(rf[0]) == pytest.approx(8 * CALL_S + flops(8192, row_o, row_i))
     assert float(rdx[0]) == pytest.approx(8 * CALL_S + flops(8192, row_i, row_o))
@@ -92,3 +93,56 @@ def test_a_layer_pays_the_overlap_only_where_it_runs():
         over += sum(float(x[0]) for x in parts)
     assert over > float(plain_f[0] + plain_b[0])
     assert float(mc.linear_s[0]) == pytest.approx(over, rel=1e-9)
+
+
+def test_async_tp_exposed_worked_example():
+    """Two blocks at tp 8 under full recompute (2 forward passes), all-gather 2 ms, reduce-scatter 5 ms, reduction
+    1 ms, overlap 1; every pull hides under 7/8 of its own op's chunked matmuls.
+    Attention block: column 2.0 ms -> 1.75 hidden, AG exposed 0.25; row 2.0 -> 1.75, RS exposed 3.25; + 1 reduction:
+    4.5 per forward pass. Backward: dY's AG under 7/8 x 2.0 = 1.75 -> 0.25; the qkv dgrad's RS whole, 5.
+    MLP block: column 16 and row 8 ms hide both (7 >= 5): 1 per forward pass (the reduction); backward 0 + 5.
+    Total 2 x 4.5 + 5.25 + 2 x 1 + 5 = 21.25 ms; the layer issues 6 all-gathers and 6 reduce-scatters, all in the
+    two blocks. A third all-gather + reduce-scatter pair outside the blocks (calls 7) adds 7 ms, exposed."""
+    from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s
+
+    ms = 1e-3
+
+    def one(x: float) -> np.ndarray:
+        return np.array([x * ms])
+
+    blocks = (AsyncTpBlock(column_forward_s=one(2.0), row_forward_s=one(2.0), row_dgrad_s=one(2.0)),
+              AsyncTpBlock(column_forward_s=one(16.0), row_forward_s=one(8.0), row_dgrad_s=one(8.0)))
+    args = dict(all_gather_s=one(2.0), reduce_scatter_s=one(5.0), reduction_s=one(1.0),
+                forward_passes=np.array([2.0]), tp=np.array([8.0]), overlap=1.0)
+    assert float(async_tp_exposed_s(blocks, calls=np.array([6.0]), **args)[0]) == pytest.approx(21.25 * ms)
+    assert float(async_tp_exposed_s(blocks, calls=np.array([7.0]), **args)[0]) == pytest.approx(28.25 * ms)
+
+
+def test_async_tp_layer_worked_example():
+    """Llama-3.1-70B, tp 8 with sp, one micro-batch of 16 x 8192 tokens, fp8 tensorwise, full recompute, on
+    torchtitan-compile. Bytes: the all-gathers move fp8 (torchao casts before the gather): 131072 x 8192 x 1 B
+    = 1,073,741,824; the reduce-scatters bf16, 2,147,483,648 B. With matmuls long enough to hide every fused pull,
+    what stays exposed is per block (attention, MLP) 2 forward passes x one reduction (read 131072 x 8192 x 2 B,
+    write 1/8 of it: 2,415,919,104 B at the HBM rate) and the backward's unfused reduce-scatter:
+    2 x (2 x 2,415,919,104 B / hbm + RS)."""
+    from clusterplan.models.training.collectives import tp_collectives
+    from clusterplan.models.training.step import Axis, Group, _collective, tp_comm_s
+    from clusterplan.models.training.tp_overlap import AsyncTpBlock
+
+    shapes = ModelShapes.of(load_model("llama3.1-70b"))
+    L = LayoutArrays.from_layouts([Layout(tp=8, sp=True, dp=1, mbs=16, gbs=16, seq=8192, precision="fp8",
+                                          recompute="full")])
+    _, ag, rs = tp_collectives(shapes, L, fp8_allgather=True)
+    assert float(ag.size_bytes[0]) == 1_073_741_824 and float(rs.size_bytes[0]) == 2_147_483_648
+    assert float(ag.calls[0]) == float(rs.calls[0]) == 6.0
+    # megatron-core keeps its all-gathers in bf16 (the Bridge table does not move): no fp8 TP all-gather recipe.
+    assert get_stack("megatron-core").fp8_tp_allgather_recipes == ()
+    assert get_stack("torchtitan-compile").fp8_tp_allgather_recipes == ("tensorwise",)
+    big = np.array([1e3])
+    blocks = (AsyncTpBlock(column_forward_s=big, row_forward_s=big, row_dgrad_s=big),) * 2
+    rs_s = float(_collective("reduce_scatter", rs.size_bytes, Group.of(L, Axis.TP), H100)[0])
+    stack = get_stack("torchtitan-compile")
+    got = float(tp_comm_s(shapes, L, H100, stack, big, blocks)[0])
+    assert got == pytest.approx(2 * (2 * 2_415_919_104 / H100.hbm_bytes_per_s + rs_s), rel=1e-12)
+    with pytest.raises(ValueError, match="async TP"):
+        tp_comm_s(shapes, L, H100, stack, big)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.training.batch import PREC_FP32, RECOMPUTE_FULL, LayoutArrays
+from clusterplan.models.training.batch import PREC_FP8, PREC_FP32, RECOMPUTE_FULL, LayoutArrays
 from clusterplan.models.training.memory import bytes_per_param
 
+FP8_BYTES = 1.0
+"""Bytes per fp8 (e4m3 / e5m2) element."""
 EP_ALL_TO_ALLS_PER_LAYER = 4
 """Dispatch and combine forward, and their mirror images backward (Lepikhin 2020; Megatron-Core token dispatcher)."""
 
@@ -44,16 +46,20 @@ def _recompute_extra(L: LayoutArrays) -> np.ndarray:
     return np.where(L.recompute == RECOMPUTE_FULL, 1.0, 0.0)
 
 
-def tp_collectives(shapes: ModelShapes, L: LayoutArrays) -> tuple[Collectives, ...]:
+def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = False) -> tuple[Collectives, ...]:
     """Megatron tensor parallelism (Shoeybi et al. 2019): one all-reduce of b*s*h after the attention and one after
     the MLP forward, and one of each block's input gradient backward: 4 per layer (+2 with full recompute). With
-    sequence parallelism each all-reduce becomes an all-gather + reduce-scatter of the same size (Korthikanti 2022)."""
+    sequence parallelism each all-reduce becomes an all-gather + reduce-scatter of the same size (Korthikanti 2022).
+    `fp8_allgather`: fp8 layouts all-gather fp8 data, 1 B per element (torchao's float8 TP styles cast a block's
+    input, and the row-parallel output's gradient, before the gather); the reduce-scatters stay in the compute
+    dtype (they sum GEMM outputs)."""
     tokens = L.seq * L.mbs / L.cp
     size = activation_bytes(L) * tokens * shapes.hidden
+    gathered = np.where((L.precision == PREC_FP8) & fp8_allgather, FP8_BYTES * tokens * shapes.hidden, size)
     calls = np.where(L.tp > 1, 4.0 + 2.0 * _recompute_extra(L), 0.0)
     sp = L.sp.astype(bool)
     return (Collectives("tp", ALL_REDUCE, np.where(sp, 0.0, calls), size),
-            Collectives("tp", ALL_GATHER, np.where(sp, calls, 0.0), size),
+            Collectives("tp", ALL_GATHER, np.where(sp, calls, 0.0), gathered),
             Collectives("tp", REDUCE_SCATTER, np.where(sp, calls, 0.0), size))
 
 

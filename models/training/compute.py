@@ -14,7 +14,7 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import grouped_gemm_time_s, routing_times
-from clusterplan.models.training.tp_overlap import TpRole, overlapped_times
+from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
@@ -75,6 +75,9 @@ class LayerTime:
     """Of forward_s, the routed experts' GEMMs and fp8 casts (what GroupedLinear issues per expert; 0 dense)."""
     experts_backward_s: np.ndarray | float = 0.0
     """Of backward_s, the routed experts' gradient GEMMs and fp8 casts."""
+    async_tp_blocks: tuple[AsyncTpBlock, ...] = ()
+    """The tensor-parallel blocks' chunked matmuls as async TP fuses them with its collectives (stack tp_overlap
+    "async_tp"; empty otherwise): what step.tp_comm_s hides each fused collective under."""
 
 
 def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | float, half_flops: float) -> np.ndarray:
@@ -132,6 +135,25 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
         wgrad = wgrad + dw
         bwd = bwd + dx + dw
     return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
+
+
+def async_tp_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
+                    tp: np.ndarray) -> tuple[AsyncTpBlock, ...]:
+    """Each tensor-parallel block's (column, row) GEMM pair of `linears` (layer_linears order) with the seconds of
+    the chunked matmuls async TP runs its collectives under (tp_overlap.py)."""
+    blocks = []
+    column = None
+    for g in linears:
+        if g.tp_role == TpRole.COLUMN:
+            column = g
+        elif g.tp_role == TpRole.ROW and column is not None:
+            cf, _, _ = overlapped_times(hw.gemm_time_s, TpRole.COLUMN, "async_tp", column.tokens,
+                                        column.in_features, column.out_features, fp8, tp)
+            rf, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
+                                          g.out_features, fp8, tp)
+            blocks.append(AsyncTpBlock(column_forward_s=cf, row_forward_s=rf, row_dgrad_s=rdx))
+            column = None
+    return tuple(blocks)
 
 
 def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
@@ -382,7 +404,9 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
                      weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
-                     experts_backward_s=experts_b)
+                     experts_backward_s=experts_b,
+                     async_tp_blocks=async_tp_blocks(linears, hw, fp8, L.tp) if stack.tp_overlap == "async_tp"
+                     else ())
 
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,

@@ -153,12 +153,19 @@ class StateBytes:
     under pipeline parallelism the whole stage's unsharded weights and gradients."""
 
 
+def zero_shards(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks a ZeRO stage (distributed optimizer) shards one rank's (dense, routed-expert) parameter states over: dense
+    parameters over their data-parallel group dp_shard * cp; routed experts over the expert-data-parallel group,
+    the ranks holding the same experts, dp_shard * cp * tp / (ep * etp) (Megatron-Core parallel_state: expert DP =
+    world / (pp * ep * etp); its distributed optimizer shards expert buffers over that group)."""
+    return L.dp_shard * L.cp, np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
+
+
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
                 fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
     wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders)
-    dense_shard = L.dp_shard * L.cp
-    expert_shard = np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
+    dense_shard, expert_shard = zero_shards(L)
     p_dense, p_exp = params.dense, params.expert
 
     def sharded(per_param: np.ndarray, from_stage: int) -> np.ndarray:

@@ -24,7 +24,9 @@ from clusterplan.models.training.batch import (
     ScheduleCode,
 )
 from clusterplan.models.training.collectives import (
+    ALL_GATHER,
     EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
+    REDUCE_SCATTER,
     Collectives,
     activation_bytes,
     ep_collectives,
@@ -38,9 +40,16 @@ from clusterplan.models.training.compute import (
     model_flops_per_step,
 )
 from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
-from clusterplan.models.training.memory import StageLayers, bytes_per_param, stage_layers, stage_params
+from clusterplan.models.training.memory import (
+    StageLayers,
+    bytes_per_param,
+    stage_layers,
+    stage_params,
+    zero_shards,
+)
 from clusterplan.models.training.moe_layer import mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
+from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -123,16 +132,35 @@ def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axi
 
 
 def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
-              linear_s: np.ndarray) -> np.ndarray:
+              linear_s: np.ndarray, async_tp_blocks: tuple[AsyncTpBlock, ...] | None = None) -> np.ndarray:
     """Exposed tensor-parallel traffic of one layer per micro-batch, forward + backward (+ recompute).
 
     Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
-    bytes; Korthikanti 2022), 2 more when full recompute redoes the forward. TE userbuffers / async TP (both need
-    sequence parallelism) hide `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time.
+    bytes; Korthikanti 2022), 2 more when full recompute redoes the forward; fp8 all-gathers in fp8 where the stack
+    casts before the gather (fp8_tp_allgather_recipes). TE userbuffers (need sequence parallelism) hide
+    `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time. Async TP hides each fused
+    collective under its own op's chunked matmuls and leaves the unfused ones exposed
+    (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
-    total = _priced(tp_collectives(shapes, L), Group.of(L, Axis.TP), hw)
-    share = np.where(L.sp > 0, stack.tp_overlap_share, 0.0)
+    fp8_gather = bool(stack.fp8_recipes) and stack.fp8_recipes[0] in stack.fp8_tp_allgather_recipes
+    colls = tp_collectives(shapes, L, fp8_gather)
+    group = Group.of(L, Axis.TP)
+    total = _priced(colls, group, hw)
+    sp = L.sp > 0
+    if stack.tp_overlap == "async_tp":
+        if async_tp_blocks is None:
+            raise ValueError("async TP is priced per fused op: pass LayerTime.async_tp_blocks")
+        _, gather, scatter = colls
+        tokens = L.seq * L.mbs / L.cp
+        # fused_matmul_reduce_scatter's torch.sum over the tp stacked partials: reads tokens x h, writes 1/tp of it.
+        reduction_s = activation_bytes(L) * tokens * shapes.hidden * (1.0 + 1.0 / L.tp) / hw.hbm_bytes_per_s
+        passes = 1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
+        exposed = async_tp_exposed_s(async_tp_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
+                                     _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
+                                     gather.calls, passes, L.tp, hw.comm_overlap)
+        return np.where(sp & (L.tp > 1), exposed, total)
+    share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
 
@@ -254,7 +282,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
     full = np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
-    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s)
+    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks)
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
@@ -558,8 +586,12 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
 
 
 def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers) -> np.ndarray:
-    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param."""
+    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param.
+    Under ZeRO >= 1 each rank updates its shard: dense parameters over dp_shard * cp, routed experts over the
+    expert-data-parallel group (memory.zero_shards)."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
-    shard = np.where(L.zero >= 1, L.dp_shard * L.cp, 1.0)
+    dense_shard, expert_shard = zero_shards(L)
+    on = L.zero >= 1
     per_param = np.select([L.optimizer == OptimizerCode.SGD, L.optimizer == OptimizerCode.ADAM_MASTER], [8.0, 32.0], 24.0)
-    return (params.dense + params.expert) / shard * per_param / hw.hbm_bytes_per_s
+    updated = params.dense / np.where(on, dense_shard, 1.0) + params.expert / np.where(on, expert_shard, 1.0)
+    return updated * per_param / hw.hbm_bytes_per_s

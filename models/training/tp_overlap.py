@@ -10,19 +10,35 @@ TE's initialize_ub (transformer_engine/pytorch/module/base.py, get_default_confi
       run on UB_COMM_SMS SMs while the next chunk computes; the GEMM is launched with that SM margin (set_sm_margin);
   bulk (qkv_dgrad, fc1_dgrad): the input all-gather runs under the dgrad GEMM and the dgrad's reduce-scatter under
       the wgrad GEMM, each on UB_COMM_SMS SMs the concurrent GEMM gives up.
-PyTorch async TP (torchtitan, stack tp_overlap "async_tp"): the micro-pipeline pass rewrites all-gather -> matmul
-and matmul -> reduce-scatter, forward and backward, into tp chunks of m/tp rows with copy-engine transfers
-(torch.distributed._symmetric_memory fused_all_gather_matmul / fused_matmul_reduce_scatter); the weight-gradient
-matmul is not rewritten.
+PyTorch async TP (torchtitan, stack tp_overlap "async_tp"): inductor's micro-pipeline pass
+(torch/_inductor/fx_passes/micro_pipeline_tp.py) rewrites, in the forward and backward graphs alike,
+  all-gather -> the matmuls that take the gathered tensor as their left operand (fuse_all_gather_matmul:
+      symm_mem.fused_all_gather_matmul / _scaled_mm variant), and
+  one matmul -> reduce-scatter (fuse_matmul_reduce_scatter: the scattered tensor must be a single mm / _scaled_mm
+      output, _find_producer_matmul; fused_matmul_reduce_scatter),
+into tp chunks of m/tp rows with copy-engine pulls between them (torch/distributed/_symmetric_memory/__init__.py):
+  forward: the block input's all-gather with qkv / fc1 (every step's pull runs under the previous chunk's matmul,
+      the first under the local shard's: the pulls hide under (tp-1)/tp of the chunked matmuls), and the proj /
+      fc2 output's reduce-scatter (_pipelined_produce_and_all2all: each chunk computed for a peer while the previous
+      one is pulled, the last pull under the local chunk, then one torch.sum over the tp stacked partials: hidden
+      under (tp-1)/tp of the matmuls, plus an exposed reduction that reads m x n and writes m/tp x n);
+  backward: the gradient dY of proj / fc2 is all-gathered and fused with their input-gradient matmul (the weight
+      gradient takes the gathered dY the fused op returns, whole); the input gradient of qkv / fc1 is the SUM of
+      the q, k, v (w1, w3) input-gradient matmuls, not one matmul, so its reduce-scatter is not rewritten: it runs
+      as a plain collective after them, exposed, and those matmuls run whole.
+The weight-gradient matmuls are never rewritten.
 Vectorised over LayoutArrays; nothing here is fitted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+
+from clusterplan.models.hardware.comm import exposed_s
 
 UB_PIPELINE_SPLITS = 4
 """TE initialize_ub default num_splits of a "pipeline" overlap (proj_fprop, fc2_fprop)."""
@@ -55,11 +71,47 @@ def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in
     """(forward, input-gradient, weight-gradient) seconds of one tensor-parallel GEMM run under `kind` overlap
     ("bulk": TE userbuffers, "async_tp": PyTorch async TP). Y = X W forward; dX = dY W^T, dW = X^T dY backward."""
     t, i, o = tokens, in_features, out_features
-    if kind == "async_tp":
-        return (chunked_s(gemm, t, o, i, fp8, tp), chunked_s(gemm, t, i, o, fp8, tp), gemm(i, o, t, fp8))
+    if kind == "async_tp":  # column dgrad whole: its reduce-scatter sums several matmuls and is not fused
+        dgrad = chunked_s(gemm, t, i, o, fp8, tp) if role == TpRole.ROW else gemm(t, i, o, fp8)
+        return (chunked_s(gemm, t, o, i, fp8, tp), dgrad, gemm(i, o, t, fp8))
     if role == TpRole.COLUMN:  # ring_exchange forward; bulk dgrad and wgrad on the SMs the comm kernels leave
         return (chunked_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8, sm_margin=UB_COMM_SMS),
                 gemm(i, o, t, fp8, sm_margin=UB_COMM_SMS))
     # ROW: pipeline forward with the SM margin; ring_exchange dgrad; wgrad as is
     return (chunked_s(gemm, t, o, i, fp8, UB_PIPELINE_SPLITS, UB_COMM_SMS), chunked_s(gemm, t, i, o, fp8, tp),
             gemm(i, o, t, fp8))
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncTpBlock:
+    """One tensor-parallel block (attention or MLP) as async TP fuses it: seconds of its chunked matmuls per
+    micro-batch, the ones its collectives' pulls run under."""
+
+    column_forward_s: np.ndarray
+    """qkv / fc1 forward: under the block input's all-gather."""
+    row_forward_s: np.ndarray
+    """proj / fc2 forward: under the output's reduce-scatter."""
+    row_dgrad_s: np.ndarray
+    """proj / fc2 input gradient: under the all-gather of their output gradient dY."""
+
+
+def async_tp_exposed_s(blocks: tuple[AsyncTpBlock, ...], all_gather_s: np.ndarray, reduce_scatter_s: np.ndarray,
+                       reduction_s: np.ndarray, calls: np.ndarray, forward_passes: np.ndarray, tp: np.ndarray,
+                       overlap: float) -> np.ndarray:
+    """Exposed async-TP traffic of one layer per micro-batch (module docstring: what the micro-pipeline pass fuses).
+
+    Per block and forward pass (1, or 2 under full recompute): the all-gather hides under (tp-1)/tp of the column
+    matmuls, the reduce-scatter under (tp-1)/tp of the row matmuls, plus the exposed reduction kernel
+    (`reduction_s`); backward: dY's all-gather hides under (tp-1)/tp of the row dgrad, the input gradient's
+    reduce-scatter stays whole. A layer's TP collectives outside these blocks (`calls` all-gathers and as many
+    reduce-scatters per layer in all, e.g. a MoE block's) stay exposed. `exposed = c - overlap x min(c, hidden)`
+    (comm.exposed_s) per fused collective: the pull of a chunk cannot hide under another matmul than its own op's."""
+    pipelined = (tp - 1.0) / tp
+    total = np.zeros_like(np.asarray(tp, dtype=float))
+    for b in blocks:
+        forward = (exposed_s(all_gather_s, pipelined * b.column_forward_s, overlap)
+                   + exposed_s(reduce_scatter_s, pipelined * b.row_forward_s, overlap) + reduction_s)
+        backward = exposed_s(all_gather_s, pipelined * b.row_dgrad_s, overlap) + reduce_scatter_s
+        total = total + forward_passes * forward + backward
+    fused_calls = len(blocks) * (forward_passes + 1.0)
+    return total + np.maximum(calls - fused_calls, 0.0) * (all_gather_s + reduce_scatter_s)
