@@ -5,6 +5,8 @@ Exact equality (assert_array_equal), not a tolerance: `plan` must print the same
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,7 @@ def test_layer_time_fields_cover_every_column_layer_time_reads(model):
     ("deepseek-v3", "dgx-h100:16", 512, 4096, "megatron-core"),
     ("mixtral-8x7b", "dgx-h100:4", 256, 4096, "torchtitan"),
     ("llama3.1-8b", "dgx-b200:4", 128, 8192, "megatron-core"),
+    ("llama3.1-8b", "dgx-h100:4", 128, 8192, "torchtitan-compile"),
 ])
 def test_unique_layer_time_equals_layer_time_on_every_row(model, cluster, gbs, seq, stack):
     spec, c = load_model(model), load_cluster(cluster)
@@ -81,9 +84,20 @@ def test_unique_layer_time_equals_layer_time_on_every_row(model, cluster, gbs, s
         np.testing.assert_array_equal(getattr(arrays, name)[first][inverse], getattr(arrays, name))
     for moe in {False, spec.is_moe}:
         fast, plain = unique_layer_time(shapes, arrays, hw, moe, st), layer_time(shapes, arrays, hw, moe, st)
-        for field in plain.__dataclass_fields__:
-            np.testing.assert_array_equal(np.broadcast_to(getattr(fast, field), (len(arrays),)),
-                                          np.broadcast_to(getattr(plain, field), (len(arrays),)), err_msg=field)
+        _assert_same(fast, plain, len(arrays), "LayerTime")
+
+
+def _assert_same(fast, plain, n: int, where: str) -> None:
+    """Equal in every array (broadcast to n rows), tuple and dataclass field."""
+    if dataclasses.is_dataclass(plain):
+        for f in dataclasses.fields(plain):
+            _assert_same(getattr(fast, f.name), getattr(plain, f.name), n, f"{where}.{f.name}")
+    elif isinstance(plain, tuple):
+        assert isinstance(fast, tuple) and len(fast) == len(plain), where
+        for i, (a, b) in enumerate(zip(fast, plain, strict=True)):
+            _assert_same(a, b, n, f"{where}[{i}]")
+    else:
+        np.testing.assert_array_equal(np.broadcast_to(fast, (n,)), np.broadcast_to(plain, (n,)), err_msg=where)
 
 
 def test_unique_rows_refuses_fractional_columns_and_handles_one_combination():

@@ -7,7 +7,7 @@ product of the degrees inside it; each collective is priced on the links its gro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
 
@@ -358,7 +358,16 @@ def unique_layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, m
         return layer_time(shapes, L, hw, moe, stack)
     first, inverse = unique
     lt = layer_time(shapes, L.take(first), hw, moe, stack)
-    return LayerTime(**{f.name: (v[inverse] if np.ndim(v := getattr(lt, f.name)) else v) for f in fields(lt)})
+    return _broadcast(lt, inverse)
+
+
+def _broadcast(value, inverse: np.ndarray):
+    """`value` (an array per distinct row, a scalar, or a tuple / dataclass of them) at every row: value[inverse]."""
+    if is_dataclass(value):
+        return replace(value, **{f.name: _broadcast(getattr(value, f.name), inverse) for f in fields(value)})
+    if isinstance(value, tuple):
+        return tuple(_broadcast(v, inverse) for v in value)
+    return value[inverse] if np.ndim(value) else value
 
 
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
