@@ -11,6 +11,7 @@ express are listed with the reason, never dropped. These rows are a check set: n
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from statistics import median
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_stack
@@ -504,9 +505,7 @@ def summary(rows: list[BridgeRow]) -> tuple[int, float, float]:
     errors = sorted(abs(r.error) for r in rows if r.expressible)
     if not errors:
         return 0, float("nan"), float("nan")
-    n = len(errors)
-    median = errors[n // 2] if n % 2 else (errors[n // 2 - 1] + errors[n // 2]) / 2
-    return n, median, errors[-1]
+    return len(errors), median(errors), errors[-1]
 
 
 def print_table(rows: list[BridgeRow]) -> None:
@@ -522,8 +521,8 @@ def print_table(rows: list[BridgeRow]) -> None:
         else:
             print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
                   f"{'not expressible':>17}")
-    n, median, worst = summary(rows)
-    print(f"expressible {n} of {len(rows)}: median |error| {median:.1%}, max {worst:.1%} "
+    n, med, worst = summary(rows)
+    print(f"expressible {n} of {len(rows)}: median |error| {med:.1%}, max {worst:.1%} "
           "(target: every row within 15 %, median within 8 %)")
     print(TFLOPS_CONVENTION)
     for r in rows:
@@ -550,9 +549,9 @@ def markdown_table(rows: list[BridgeRow]) -> str:
         lines.append(f"| {r.system} | {r.preset} | {r.precision} | {r.gpus} | {lay} | "
                      f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
                      f"{cells[4]} | {cells[5]} | {'; '.join(notes).replace('|', '/')} |")
-    n, median, worst = summary(rows)
+    n, med, worst = summary(rows)
     lines.append("")
-    lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {median:.1%}, max {worst:.1%} "
+    lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {med:.1%}, max {worst:.1%} "
                  "(issue #13 target: every row within 15 %, median within 8 %).")
     lines.append("")
     lines.append(TFLOPS_CONVENTION)

@@ -13,6 +13,7 @@ to these rows and no per-row factor exists; what the source leaves unsaid is ass
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from statistics import median
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.hardware_db.stacks import ExecutionStack
@@ -177,17 +178,11 @@ def titan_rows() -> list[TitanRow]:
     return out
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def summary(rows: list[TitanRow]) -> tuple[int, float, float, float, float]:
     """(rows, median |time error|, max |time error|, median |memory error|, max |memory error|)."""
     times = [abs(r.error) for r in rows]
     mems = [abs(r.memory_error) for r in rows]
-    return len(rows), _median(times), max(times), _median(mems), max(mems)
+    return len(rows), median(times), max(times), median(mems), max(mems)
 
 
 def _summary_line(rows: list[TitanRow]) -> str:
