@@ -30,6 +30,10 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
+OPTIMIZER_IMPLS = ("fused", "foreach")
+GRAD_CLIPS = ("none", "foreach")
+LOSS_IMPLS = ("fused", "eager_fp32")
+FSDP_IMPLS = ("flat", "fsdp2")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
@@ -173,6 +177,20 @@ class ExecutionStack:
     """How its context parallelism runs attention: "megatron" (Megatron-Core / TE: per-step fused attention with
     in-kernel softmax correction) | "torch" (torch.distributed.tensor.experimental context_parallel: one SDPA call
     per KV block, logsumexp merges and fp32 gradient accumulation as separate elementwise ops; absent: megatron)."""
+    optimizer_impl: str = "fused"
+    """How its Adam step runs: "fused" (one kernel per tensor group: Megatron/TE FusedAdam, torch fused=True) |
+    "foreach" (torch.optim multi-tensor AdamW, one _foreach pass per operation; models/training/step.py
+    FOREACH_ADAMW_BYTES_PER_PARAM). Absent: fused."""
+    grad_clip: str = "none"
+    """Gradient-norm clipping priced per step: "none" | "foreach" (torch _foreach_norm + _foreach_mul_ over the local
+    gradient shards, step.py FOREACH_CLIP_BYTES_PER_PARAM). Absent: none."""
+    loss_impl: str = "fused"
+    """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
+    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES). Absent: fused."""
+    fsdp_impl: str = "flat"
+    """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
+    kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and
+    reduce-scattered last, exposed; step.py fsdp2_extra_s). Absent: flat."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
@@ -262,7 +280,11 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
-        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron")
+        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
+        optimizer_impl=_choice(where, raw, "optimizer_impl", OPTIMIZER_IMPLS) if "optimizer_impl" in raw else "fused",
+        grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
+        loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
+        fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat")
 
 
 @lru_cache(maxsize=1)

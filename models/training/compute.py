@@ -502,13 +502,37 @@ def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> 
     return forward, backward
 
 
-def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
-    """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward)."""
+FUSED_LOSS_BYTES_PER_LOGIT = 12.0
+"""HBM bytes per logit of a fused cross-entropy, forward and again backward: fp32 logits, softmax read + write and
+the gradient write (Megatron-LM vocab-parallel cross-entropy; stack loss_impl "fused")."""
+EAGER_FP32_LOSS_FORWARD_BYTES = (2.0 + 4.0) + (3 * 4.0 + 4.0)
+"""Stack loss_impl "eager_fp32", forward, per logit: F.cross_entropy(logits.float()) as eager PyTorch runs it
+(torchtitan 9dec370 train.py): the cast reads bf16, writes fp32; log_softmax's cunn_SoftMaxForward
+(aten/src/ATen/native/cuda/SoftMax.cu; a 128k-vocabulary row fits no shared-memory path) reads the row for its max,
+again for the sum of exponentials and a third time to write the fp32 output. nll_loss gathers one value per row."""
+EAGER_FP32_LOSS_BACKWARD_BYTES = 4.0 + (3 * 4.0 + 4.0) + (4.0 + 2.0)
+"""Backward of the same, per logit: nll_loss_backward's zero-filled fp32 gradient (write), cunn_SoftMaxBackward
+(reads the gradient for its sum, then gradient and saved output again, writes the input gradient) and the cast's
+backward to bf16 (read fp32, write bf16)."""
+
+
+def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
+    """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
+    if stack is not None and stack.loss_impl == "eager_fp32":
+        return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
+    return FUSED_LOSS_BYTES_PER_LOGIT, FUSED_LOSS_BYTES_PER_LOGIT
+
+
+def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+              stack: ExecutionStack | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward); the loss
+    streams loss_bytes_per_logit(stack) at the achieved HBM rate (None: the fused loss)."""
     tokens = L.seq * L.mbs / L.cp
     t_gemm, t_gemm_bwd, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
                                          np.zeros(len(L), bool))
-    t_loss = 12.0 * tokens * shapes.vocab / L.tp / hw.hbm_bytes_per_s  # fp32 logits: softmax read/write, grad write
-    return t_gemm + t_loss, t_gemm_bwd + t_loss
+    fwd_bytes, bwd_bytes = loss_bytes_per_logit(stack)
+    logits = tokens * shapes.vocab / L.tp
+    return t_gemm + fwd_bytes * logits / hw.hbm_bytes_per_s, t_gemm_bwd + bwd_bytes * logits / hw.hbm_bytes_per_s
 
 
 MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "
