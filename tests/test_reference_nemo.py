@@ -7,8 +7,8 @@ held-out H100-era runs: tokens/s within 10 % median and 20 % max. Each row is as
 target (20 %) and the error it reached when this test last landed plus 3 points (BOUNDS), the median against
 MEDIAN_BOUND, so the test fails when a change moves these rows the wrong way; tighten the bounds as the model improves
 (a deliberate model change that moves a row past its bound updates BOUNDS with the reason in its commit message).
-History (expressible rows, tokens/s median / max |error|): 26 of 28 rows, 8.1 % / 28.8 % when first measured
-(2026-12-03). Worst: 25.09 DeepSeek-V3 on 1024 GPUs (ep64 over 8 nodes) +28.8 %; the small dense models at tp 1-2
+History (expressible rows, tokens/s median / max |error|): 26 of 28 rows, 8.1 % / 28.8 % when first measured; 8.1 % / 25.1 % with the MoE fp8 padding copies (36f7568)
+(2026-12-03). Worst: 25.09 DeepSeek-V3 on 1024 GPUs (ep64 over 8 nodes) +25.1 %; the small dense models at tp 1-2
 (Nemotron-8B +16 / +21 %, Llama 3 8B at cp2 in 24.09 +19 %, GPT3-5B / LLAMA2-7B / 13B +11 .. +13 %) predicted too
 fast; Nemotron-22B / 340B in 24.12 -16 / -15 % (the same layouts 24.09 ran 26-35 % slower and we match those within
 13 %); Nemotron-340B (tp8 pp8 vp12 mbs1) is refused as out of memory (82.9 GiB predicted on the first stage) though
@@ -49,7 +49,7 @@ BOUNDS = {
     "25.09 LLAMA3_8B 8": 0.20,  # +2.8%
     "25.09 LLAMA3_70B 64": 0.20,  # -4.2%
     "25.09 LLAMA3.1_405B 1024": 0.20,  # -1.2%
-    "25.09 DeepSeekV3 1024": 0.32,  # +28.8%
+    "25.09 DeepSeekV3 1024": 0.29,  # +25.1% (+28.8% before the MoE fp8 padding copies of 36f7568)
 }
 MEDIAN_BOUND = 0.11  # achieved 8.1 % (target 10 %)
 NOT_EXPRESSIBLE = {"25.09 Qwen3_30B_a3B 16", "25.09 Qwen3_235B_a22B 256"}  # token-dropping MoE
