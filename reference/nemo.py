@@ -1,5 +1,6 @@
-"""Our predictions against NVIDIA's earlier NeMo Framework performance summaries on DGX-H100
-(data/nemo_h100_2409_2509.csv: NeMo 24.09 (NeMo 1.0), the NeMo 2.0 table of 24.12, 25.02, Megatron-Bridge 25.09).
+"""Our predictions against NVIDIA's NeMo Framework performance summaries on DGX-H100 other than 25.11
+(data/nemo_h100_2409_2602.csv: NeMo 24.09 (NeMo 1.0), the NeMo 2.0 table of 24.12, 25.02, Megatron-Bridge 25.09 and,
+later than the 25.11 set, 26.02).
 
 A held-out check set for issue #13 (published H100-era runs: tokens/s within 10 % median, 20 % max). Each row runs
 `estimate` with the megatron-core stack on dgx-h100 nodes at the published layout; what the tables leave unsaid
@@ -24,7 +25,7 @@ from clusterplan.models.training.layout import Layout, layout_problems, stack_pr
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
 from clusterplan.reference.report import read_rows
 
-NEMO_CSV = "nemo_h100_2409_2509.csv"
+NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
 """Every release here runs Megatron-Core with Transformer Engine: NeMo 1.0 with mcore_gpt: True and
 transformer_engine: True (NeMo-Framework-Launcher conf/training/*), NeMo 2.0 and Megatron-Bridge natively."""
@@ -34,7 +35,7 @@ TARGET_TIME_MEDIAN = 0.10
 TARGET_TIME_MAX = 0.20
 """Issue #13's held-out target for published H100-era runs: time within 10 % median and 20 % max."""
 
-FP8_RECIPES = {"FP8-DS": "delayed", "FP8-CS": "tensorwise"}
+FP8_RECIPES = {"FP8-DS": "delayed", "FP8-CS": "tensorwise", "BF16": None}
 """FP8-DS: the NeMo 1.0 / 2.0 recipes before 25.04 (fp8_hybrid, fp8_amax_history_len 1024, fp8_amax_compute_algo max:
 launcher conf/training/nemotron/nemotron_8b.yaml and the others); FP8-CS: per-tensor current scaling."""
 
@@ -84,6 +85,7 @@ def _models() -> dict[str, ModelSpec]:
         "LLAMA3_70B": load_model("llama3.1-70b"),
         "LLAMA3.1_405B": load_model("llama3.1-405b"),
         "DeepSeekV3": load_model("deepseek-v3"),
+        "GPT_OSS_120B": load_model("gpt-oss-120b"),
         "Qwen3_30B_a3B": load_model("qwen3-30b-a3b"),
         "Qwen3_235B_a22B": load_model("qwen3-235b-a22b"),
     }
@@ -98,6 +100,8 @@ class Recipe:
     source: str
 
 
+BRIDGE_RELEASES = frozenset({"25.09", "26.02"})
+"""Megatron-Bridge releases: their recipes' stage split (bridge.stage_split) and FLOP count (bridge_flops_per_token)."""
 _LAUNCHER = "NeMo-Framework-Launcher launcher_scripts/conf/training"
 _NONE_NEMO1 = Recipe("none", "", f"{_LAUNCHER}: activations_checkpoint_granularity null, ub_tp_comm_overlap, "
                                  "overlap_p2p_comm, distributed_fused_adam with overlapped grad/param sync")
@@ -120,6 +124,11 @@ RECIPES = {
     # the perf recipe's default selective ["mla_up_proj"] (bridge.py RECOMPUTE_MODULES note).
     ("25.09", "DeepSeekV3"): Recipe("selective", "mla_up_proj", "Megatron-Bridge deepseek_v3 perf recipe default "
                                                                 "recompute_modules [mla_up_proj]; no CUDA graphs"),
+    # 26.02: GPT-OSS-120B on H100 as bridge.py's 25.11 row (gpt_oss workload base configs: recompute_modules
+    # [layernorm, moe_act], no CUDA graphs on H100).
+    ("26.02", "GPT_OSS_120B"): Recipe("selective", "layernorm+moe_act", "Megatron-Bridge gpt_oss H100 workload "
+                                                                        "configs (bridge.py): recompute [layernorm, "
+                                                                        "moe_act], no CUDA graphs"),
 }
 """Per (release, model) row group. Rows not named: the launcher's llama/nemotron defaults for 24.09 (_NONE_NEMO1),
 the NeMo 2.0 defaults for 24.12 / 25.02 (_NONE_NEMO2), bridge.py's H100 settings for 25.09 dense rows."""
@@ -131,9 +140,9 @@ def row_recipe(release: str, model: str) -> Recipe:
         return recipe
     if release == "24.09":
         return _NONE_NEMO1
-    if release == "25.09" and model.startswith("Qwen3"):
+    if release in BRIDGE_RELEASES and model.startswith("Qwen3"):
         return Recipe("none", "", "Megatron-Bridge qwen3 perf configs as for 25.11 H100 (bridge.py): no recompute")
-    if release == "25.09":
+    if release in BRIDGE_RELEASES:
         return Recipe("none", "", "Megatron-Bridge llama3 / llama31 perf configs as for 25.11 H100 (bridge.py): no "
                                   "recompute, no CUDA graphs")
     return _NONE_NEMO2
@@ -156,7 +165,7 @@ class NemoRow:
     megatron_gflops_per_token: float
     """Megatron's model FLOPs per token (bridge.bridge_flops_per_token) for this row's model, seq and tp."""
     release_gflops_per_token: float
-    """The release's own count: nemo_flops_per_token for NEMO_COUNT_RELEASES, Megatron's for 25.09."""
+    """The release's own count: nemo_flops_per_token for NEMO_COUNT_RELEASES, Megatron-Bridge's for 25.09 / 26.02."""
     predicted_tokens_per_s: float | None = None
     model_tflops: float | None = None
     """Our estimate's tflops_per_gpu (MFU basis: FLOPs as executed)."""
@@ -196,16 +205,18 @@ def nemo_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]
     recipe = row_recipe(r["release"], r["model"])
     notes = [recipe.source]
     first = last = 0
-    if r["release"] == "25.09":  # Megatron-Bridge: its recipes' uneven first/last stages (bridge.stage_split)
+    if r["release"] in BRIDGE_RELEASES:  # Megatron-Bridge recipes: uneven first/last stages (bridge.stage_split)
         first, last, split_note = stage_split(model, pp, vp)
         if split_note:
             notes.append(split_note)
     layout = Layout(tp=tp, pp=pp, cp=cp, dp=gpus // (tp * pp * cp), vpp=vp, ep=ep, etp=1, mbs=int(r["mbs"]),
                     gbs=int(r["gbs"]), seq=int(r["seq"]), sp=tp > 1, zero=3 if fsdp else 1,
                     recompute=recipe.recompute, recompute_modules=recipe.recompute_modules,
-                    schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision="fp8", flash_attn=True,
+                    schedule="interleaved-1f1b" if vp > 1 else "1f1b",
+                    precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                     first_stage_layers=first, last_stage_layers=last, fp32_grads=False)
-    notes.append(f"fp8 recipe {FP8_RECIPES[r['precision']]}")
+    if FP8_RECIPES[r["precision"]]:
+        notes.append(f"fp8 recipe {FP8_RECIPES[r['precision']]}")
     if r["ga"] and int(r["gbs"]) != int(r["mbs"]) * int(r["ga"]) * layout.dp:
         notes.append(f"gbs {r['gbs']} != mbs x ga x dp = {int(r['mbs']) * int(r['ga']) * layout.dp}: gbs used")
     return layout, notes
@@ -278,13 +289,13 @@ def _summary_line(rows: list[NemoRow]) -> str:
 
 
 TFLOPS_NOTE = ("TFLOP/s `predicted` = predicted tokens/s x the release's own FLOPs per token (24.09 / 24.12 / 25.02: "
-               "nemo_flops_per_token, Megatron's count with the full s x s attention; 25.09: Megatron-Bridge's "
+               "nemo_flops_per_token, Megatron's count with the full s x s attention; 25.09 / 26.02: Megatron-Bridge's "
                "count, bridge_flops_per_token), so its error is the tokens/s error; `GF/tok pub` = published TFLOP/s / "
                "tokens/s; `ours` = estimate's TFLOP/s per GPU as executed (MFU basis).")
 
 
 def print_table(rows: list[NemoRow]) -> None:
-    print("\nNeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09): "
+    print("\nNeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
           "tokens/s and model TFLOP/s per GPU")
     print(f"{'row':26} {'layout':64} {'tok/s pub':>9} {'pred':>7} {'err':>7} {'TFLOP/s pub':>11} {'pred':>5} "
           f"{'GF/tok pub':>10} {'release':>7} {'ours':>5}")

@@ -162,7 +162,7 @@ def markdown_report() -> str:
             titan.markdown_table(titan.titan_rows()), ""]
     from clusterplan.reference import nemo
 
-    out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09): "
+    out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
             "tokens/s and model TFLOP/s per GPU", "", nemo.markdown_table(nemo.nemo_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
