@@ -36,10 +36,11 @@ from clusterplan.models.training.collectives import (
 from clusterplan.models.training.compute import (
     LayerTime,
     head_time,
+    layer_linears,
     layer_time,
     model_flops_per_step,
 )
-from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops
 from clusterplan.models.training.memory import (
     StageLayers,
     bytes_per_param,
@@ -411,6 +412,71 @@ def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     return MoeGpuTimes(experts_forward_s=experts_f, experts_backward_s=experts_b,
                        rest_forward_s=sparse.forward_s - experts_f, rest_backward_s=sparse.backward_s - experts_b,
                        all_to_all_s=np.where(calls > 0, ep_s / np.maximum(calls, 1.0), 0.0))
+
+
+MOE_PHASES = ("dispatch", "experts_forward", "combine", "rest_forward", "combine_backward", "experts_backward",
+              "dispatch_backward", "rest_backward")
+"""One MoE layer's phases per micro-batch in issue order (models/training/host.py): the all-to-alls, the routed
+experts (GroupedLinear), and the rest (attention, norms, router, permutes) forward, then backward."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoePhase:
+    name: str
+    gpu_s: np.ndarray
+    host_ops: np.ndarray
+    host_s: np.ndarray
+    """host_ops at the host CPU's time per op (0 for a stack without moe_host data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoeLayerBreakdown:
+    """One MoE layer per micro-batch on one rank, as step_time prices it: GPU and host time per phase, the exposed
+    host time (host.moe_host_exposed_s) and the local experts' GEMM shapes."""
+
+    phases: tuple[MoePhase, ...]
+    exposed_host_s: np.ndarray
+    local_experts: np.ndarray
+    expert_gemms: tuple[tuple[str, np.ndarray, np.ndarray, np.ndarray], ...]
+    """(name, m tokens, n, k) of each local expert's forward GEMMs (fc1, fc2)."""
+
+    @property
+    def gpu_s(self) -> np.ndarray:
+        return sum((p.gpu_s for p in self.phases), np.zeros_like(self.exposed_host_s))
+
+    @property
+    def total_s(self) -> np.ndarray:
+        """GPU time of the layer plus its exposed host time (recompute not included)."""
+        return self.gpu_s + self.exposed_host_s
+
+
+def moe_layer_breakdown(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+                        stack: ExecutionStack) -> MoeLayerBreakdown:
+    """The terms layer_cost adds for one MoE layer, split by phase (a diagnostic view of the same numbers)."""
+    sparse = unique_layer_time(shapes, L, hw, True, stack)
+    _, _, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
+    gpu = _moe_gpu_times(shapes, L, hw, stack, sparse, ep_s)
+    zeros = np.zeros_like(np.asarray(gpu.rest_forward_s, dtype=float))
+    h = stack.moe_host
+    ops = phase_ops(h, shapes, L) if h is not None else {}
+    op_s = h.op_s[hw.host_cpu] if h is not None else 0.0
+
+    def phase(name: str, gpu_s: np.ndarray, op_name: str) -> MoePhase:
+        n = np.asarray(ops.get(op_name, zeros), dtype=float) + zeros
+        return MoePhase(name, np.asarray(gpu_s, dtype=float) + zeros, n, n * op_s)
+
+    a2a = gpu.all_to_all_s
+    parts = [(a2a, "dispatch"), (gpu.experts_forward_s, "experts_forward"), (a2a, "combine"),
+             (gpu.rest_forward_s, "rest"), (a2a, "combine"), (gpu.experts_backward_s, "experts_backward"),
+             (a2a, "dispatch"), (gpu.rest_backward_s, "rest")]
+    phases = tuple(phase(name, g, o) for name, (g, o) in zip(MOE_PHASES, parts, strict=True))
+    exposed = moe_host_exposed_s(shapes, L, hw, stack, gpu) if h is not None else zeros
+    expert_linears = layer_linears(shapes, L, True)[2:4]
+    gemms = tuple((name, g.tokens + zeros, np.asarray(g.out_features, dtype=float) + zeros,
+                   np.asarray(g.in_features, dtype=float) + zeros)
+                  for name, g in zip(("fc1", "fc2"), expert_linears, strict=True))
+    return MoeLayerBreakdown(phases=phases, exposed_host_s=exposed, local_experts=shapes.n_experts / L.ep + zeros,
+                             expert_gemms=gemms)
 
 
 def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
