@@ -29,6 +29,7 @@ SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
+PP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
@@ -173,6 +174,14 @@ class ExecutionStack:
     """How its context parallelism runs attention: "megatron" (Megatron-Core / TE: per-step fused attention with
     in-kernel softmax correction) | "torch" (torch.distributed.tensor.experimental context_parallel: one SDPA call
     per KV block, logsumexp merges and fp32 gradient accumulation as separate elementwise ops; absent: megatron)."""
+    loss_parallel_bytes_per_logit: float | None = None
+    """Peak bytes per logit of the cross-entropy when tp > 1 and the logits stay sharded over the vocabulary (torch
+    loss_parallel); None (absent in stacks.yaml): loss_bytes_per_logit at every tp."""
+    pp_impl: str = "megatron"
+    """How its pipeline stages hold their buffers: "megatron" (Megatron-Core schedules: one receive buffer per
+    transfer, output tensors' data freed after the send) | "torch" (torch.distributed.pipelining: one receive
+    buffer per micro-batch, stage outputs kept for backward, the last stage's outputs kept until the step's merge;
+    models/training/memory.py torch_pipeline_bytes). Absent: megatron."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
@@ -262,7 +271,10 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
-        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron")
+        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
+        loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")
+                                       if "loss_parallel_bytes_per_logit" in raw else None),
+        pp_impl=_choice(where, raw, "pp_impl", PP_IMPLS) if "pp_impl" in raw else "megatron")
 
 
 @lru_cache(maxsize=1)
