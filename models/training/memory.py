@@ -491,13 +491,15 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
     loss_parallel_bytes_per_logit, pp_impl: "torch" adds torch_pipeline_bytes, cp_impl: "torch" adds
-    torch_cp_gathered_kv_bytes)."""
+    torch_cp_gathered_kv_bytes, both to "other")."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
     per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
+    # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
@@ -506,10 +508,10 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer)
                 + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit,
-                                        loss_parallel_bytes_per_logit) + cp_gathered)
+                                        loss_parallel_bytes_per_logit))
+        other = other_bytes(L, acts) + states.fsdp_buffers + cp_gathered
         if pp_impl == "torch":
-            acts = acts + torch_pipeline_bytes(shapes, L, position)
-        other = other_bytes(L, acts) + states.fsdp_buffers
+            other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other
         for j, term in enumerate((states.weights, states.grads, states.optimizer, acts, other, total)):
             stacked[i, j] = term
