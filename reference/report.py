@@ -1,11 +1,12 @@
 """Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
-NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py) and torchtitan on H100 (reference/titan.py).
+NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
+and the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
-The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py and
-tests/test_reference_titan.py with the tolerances stated there.
+The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
+tests/test_reference_titan.py and tests/test_reference_nemo.py with the tolerances stated there.
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def markdown_report() -> str:
 
     out += ["#### torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511): tokens/s and peak memory per GPU", "",
             titan.markdown_table(titan.titan_rows()), ""]
+    from clusterplan.reference import nemo
+
+    out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
+            "tokens/s and model TFLOP/s per GPU", "", nemo.markdown_table(nemo.nemo_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -183,6 +188,9 @@ def print_text_report() -> None:
     from clusterplan.reference import titan
 
     titan.print_table(titan.titan_rows())
+    from clusterplan.reference import nemo
+
+    nemo.print_table(nemo.nemo_rows())
     serving_section()
 
 
