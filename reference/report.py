@@ -1,11 +1,12 @@
 """Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
-NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py) and torchtitan on H100 (reference/titan.py).
+NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
+and the Llama 3 405B pre-training runs on 8,192 and 16,384 H100 (reference/llama3.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
-The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py and
-tests/test_reference_titan.py with the tolerances stated there.
+The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
+tests/test_reference_titan.py and tests/test_reference_llama3.py with the tolerances stated there.
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ def markdown_report() -> str:
 
     out += ["#### torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511): tokens/s and peak memory per GPU", "",
             titan.markdown_table(titan.titan_rows()), ""]
+    from clusterplan.reference import llama3
+
+    out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
+            "TFLOP/s per GPU", "", llama3.markdown_table(llama3.llama3_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -183,6 +188,9 @@ def print_text_report() -> None:
     from clusterplan.reference import titan
 
     titan.print_table(titan.titan_rows())
+    from clusterplan.reference import llama3
+
+    llama3.print_table(llama3.llama3_rows())
     serving_section()
 
 
