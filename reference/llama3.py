@@ -64,6 +64,9 @@ NOT_ADDED = (
      "LAMB) and run MegaScale's own overlapped stack: ModelSpec has no parallel block, Layout no LAMB"),
     ("Llama 3 paper, 8B and 70B",
      "trained on the InfiniBand clusters; no layout or throughput is published for them"),
+    ("DeepSeek-V3 (arXiv 2412.19437), 2,048 H800, 180K GPU-hours per trillion tokens",
+     "PP 16 runs DualPipe (bidirectional, all-to-all overlapped inside forward/backward chunk pairs), which is not a "
+     "schedule Layout has (gpipe, 1f1b, interleaved-1f1b, zb, zbv), and hardware_db has no H800"),
 )
 """Published H100-era runs considered for this set and left out, with the reason (issue #13)."""
 
@@ -195,6 +198,30 @@ def llama3_rows() -> list[Llama3Row]:
     return out
 
 
+SENSITIVITY_CHUNKS = (4, 2)
+"""Other V (model chunks per rank) the error is shown at: V is the least certain setting (derived from the text, not
+published as a number), and the one the prediction moves with most (the bubble is (pp - 1) / (V M))."""
+
+
+def chunk_sensitivity(rows: list[Llama3Row]) -> dict[int, list[float]]:
+    """Each row's error (paper's count) with V = SENSITIVITY_CHUNKS chunks per rank instead of the mapped one, the
+    same layers on the first and last rank; nothing else changed."""
+    stack, _ = llama3_stack()
+    model = load_model(MODEL)
+    out: dict[int, list[float]] = {}
+    for vpp in SENSITIVITY_CHUNKS:
+        out[vpp] = []
+        for r in rows:
+            js = estimate(model, llama3_cluster(r.gpus), replace(r.layout, vpp=vpp), stack=stack).to_json()
+            out[vpp].append(js["tokens_per_s"] / r.gpus / r.published_tokens_per_s - 1)
+    return out
+
+
+def _sensitivity_line(rows: list[Llama3Row]) -> str:
+    parts = [f"V = {v}: " + ", ".join(f"{e:+.1%}" for e in errs) for v, errs in chunk_sensitivity(rows).items()]
+    return f"Error by row at other V (mapped V = {rows[0].layout.vpp}): " + "; ".join(parts)
+
+
 def summary(rows: list[Llama3Row]) -> tuple[int, float, float]:
     """(rows, median |error|, max |error|) of tokens/s per GPU in the paper's count."""
     errors = [abs(r.error) for r in rows]
@@ -222,6 +249,7 @@ def print_table(rows: list[Llama3Row]) -> None:
               f"{r.published_tokens_per_s:9.1f} {r.predicted_tokens_per_s:6.1f} {r.error:+7.1%} "
               f"{r.causal_error:+7.1%} {r.model_tflops:5.0f} {r.predicted_memory_gib:5.1f}")
     print(_summary_line(rows))
+    print(_sensitivity_line(rows))
     print(CONVENTION)
     for r in rows:
         extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
@@ -240,6 +268,6 @@ def markdown_table(rows: list[Llama3Row]) -> str:
                      f"{r.published_tokens_per_s:.1f} | {r.predicted_tokens_per_s:.1f} | {r.error:+.1%} | "
                      f"{r.causal_error:+.1%} | {r.model_tflops:.0f} | {r.predicted_memory_gib:.1f} | "
                      f"{'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + ".", "", CONVENTION, "", "Not added:"]
+    lines += ["", _summary_line(rows) + ".", "", _sensitivity_line(rows) + ".", "", CONVENTION, "", "Not added:"]
     lines += [f"- {source}: {reason}." for source, reason in NOT_ADDED]
     return "\n".join(lines)
