@@ -229,9 +229,10 @@ def summary(rows: list[Llama3Row]) -> tuple[int, float, float]:
 
 
 CONVENTION = ("Compared in the paper's FLOP count (PaLM 6N + 12LHQT, N = all 405.9B parameters, no causal discount): "
-              "`tok/s pub` = published TFLOP/s / that count, so the tokens/s and TFLOP/s errors are one number; "
-              "`causal` = the error if the paper had halved the attention term; `ours` = estimate's tflops_per_gpu "
-              "(MFU_BASIS, causal attention as executed). No memory is published; `GiB` is our predicted peak.")
+              "the published tokens/s per GPU are the published TFLOP/s over that count, so the tokens/s and TFLOP/s "
+              "errors are one number; the causal error is the one had the paper halved the attention term; ours = "
+              "estimate's tflops_per_gpu (MFU_BASIS, causal attention as executed). No memory is published; the GiB "
+              "are our predicted peak.")
 
 
 def _summary_line(rows: list[Llama3Row]) -> str:
