@@ -30,12 +30,17 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
+OPTIMIZER_IMPLS = ("fused", "foreach")
+GRAD_CLIPS = ("none", "foreach")
+LOSS_IMPLS = ("fused", "eager_fp32")
+FSDP_IMPLS = ("flat", "fsdp2")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
 HOST_CPUS = ("x86", "grace")
 MOE_HOST_COUNTS = ("qk_norm_te_modules", "attention_ops", "router_te_modules", "router_ops", "dispatch_ops",
-                   "experts_te_modules", "experts_ops", "combine_ops", "shared_experts_te_modules", "shared_experts_ops")
+                   "experts_te_modules", "experts_ops", "combine_ops", "shared_experts_te_modules", "shared_experts_ops",
+                   "fp8_padding_ops", "fp8_padding_backward_ops", "fp8_padding_backward_ops_per_expert")
 MOE_HOST_SOURCES = ("op_s", "te_module_ops", "te_fp8_factor", "counts", "dispatcher_sync")
 
 
@@ -68,6 +73,11 @@ class MoeHost:
     shared_experts_te_modules: float
     shared_experts_ops: float
     """The shared experts' TE linears and activation (models with shared experts), beside the routed ones."""
+    fp8_padding_ops: float
+    """Forward ops of the experts' fp8 padding / unpadding (stacks.yaml moe_host comment)."""
+    fp8_padding_backward_ops: float
+    fp8_padding_backward_ops_per_expert: float
+    """Backward ops of the padding's gradients: fixed, and per local expert (one row slice each)."""
     dispatcher_sync: bool
     """The token dispatcher copies its split sizes to the host and synchronises once per MoE layer forward."""
     sources: Mapping[str, str]
@@ -169,10 +179,28 @@ class ExecutionStack:
     """Host cost of its eager MoE layers (None: not priced for this stack)."""
     cuda_graphs: tuple[str, ...] = ("none",)
     """Layout.cuda_graphs values the stack runs (absent in stacks.yaml: eager only)."""
+    fp8_expert_padding: bool = False
+    """Under fp8 the MoE experts' input is padded to the fp8 GEMM row alignment per expert and the output unpadded,
+    two copies of the routed tokens each way (Megatron-Core TEGroupedMLP with TE Fp8Padding / Fp8Unpadding;
+    models/training/moe_layer.py fp8_padding_bytes; absent in stacks.yaml: false)."""
     cp_impl: str = "megatron"
     """How its context parallelism runs attention: "megatron" (Megatron-Core / TE: per-step fused attention with
     in-kernel softmax correction) | "torch" (torch.distributed.tensor.experimental context_parallel: one SDPA call
     per KV block, logsumexp merges and fp32 gradient accumulation as separate elementwise ops; absent: megatron)."""
+    optimizer_impl: str = "fused"
+    """How its Adam step runs: "fused" (one kernel per tensor group: Megatron/TE FusedAdam, torch fused=True) |
+    "foreach" (torch.optim multi-tensor AdamW, one _foreach pass per operation; models/training/step.py
+    FOREACH_ADAMW_BYTES_PER_PARAM). Absent: fused."""
+    grad_clip: str = "none"
+    """Gradient-norm clipping priced per step: "none" | "foreach" (torch _foreach_norm + _foreach_mul_ over the local
+    gradient shards, step.py FOREACH_CLIP_BYTES_PER_PARAM). Absent: none."""
+    loss_impl: str = "fused"
+    """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
+    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES). Absent: fused."""
+    fsdp_impl: str = "flat"
+    """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
+    kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and
+    reduce-scattered last, exposed; step.py fsdp2_extra_s). Absent: flat."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
@@ -262,7 +290,22 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
-        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron")
+        cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
+        optimizer_impl=_choice(where, raw, "optimizer_impl", OPTIMIZER_IMPLS) if "optimizer_impl" in raw else "fused",
+        grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
+        loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
+        fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat",
+        fp8_expert_padding=_padding_flag(where, raw))
+
+
+def _padding_flag(where: str, raw: Mapping[str, Any]) -> bool:
+    """fp8_expert_padding (absent: false); true needs its source under sources.fp8_expert_padding."""
+    if "fp8_expert_padding" not in raw:
+        return False
+    on = _flag(where, raw, "fp8_expert_padding")
+    if on and not str((raw.get("sources") or {}).get("fp8_expert_padding", "")).strip():
+        raise BadInputError(f"{where}: fp8_expert_padding without a source (add sources.fp8_expert_padding)")
+    return on
 
 
 @lru_cache(maxsize=1)

@@ -1,12 +1,14 @@
 """Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
 NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
-and the Llama 3 405B pre-training runs on 8,192 and 16,384 H100 (reference/llama3.py).
+the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py) and the Llama 3 405B pre-training runs
+on 8,192 and 16,384 H100 (reference/llama3.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
 The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
-tests/test_reference_titan.py and tests/test_reference_llama3.py with the tolerances stated there.
+tests/test_reference_titan.py, tests/test_reference_nemo.py and tests/test_reference_llama3.py with the tolerances stated
+there.
 """
 
 from __future__ import annotations
@@ -160,6 +162,10 @@ def markdown_report() -> str:
 
     out += ["#### torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511): tokens/s and peak memory per GPU", "",
             titan.markdown_table(titan.titan_rows()), ""]
+    from clusterplan.reference import nemo
+
+    out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
+            "tokens/s and model TFLOP/s per GPU", "", nemo.markdown_table(nemo.nemo_rows()), ""]
     from clusterplan.reference import llama3
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
@@ -188,6 +194,9 @@ def print_text_report() -> None:
     from clusterplan.reference import titan
 
     titan.print_table(titan.titan_rows())
+    from clusterplan.reference import nemo
+
+    nemo.print_table(nemo.nemo_rows())
     from clusterplan.reference import llama3
 
     llama3.print_table(llama3.llama3_rows())

@@ -39,12 +39,13 @@ def _arrays(text: str, world: int = 8) -> LayoutArrays:
 
 
 def test_phase_ops_of_qwen3_30b_fp8_ep8():
-    # 128 experts / ep 8 = 16 local; TE module 2.69 ops x 2 under fp8 = 5.38.
+    # 128 experts / ep 8 = 16 local; TE module 2.69 ops x 2 under fp8 = 5.38. fp8 padding: 7 ops forward, 8 + 2 per
+    # local expert backward (stacks.yaml moe_host fp8_padding_*).
     h = get_stack("megatron-core").moe_host
     shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
     ops = phase_ops(h, shapes, _arrays(QWEN_B200))
-    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 4)  # 139.76
-    assert ops["experts_backward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 6)  # 203.76
+    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 4 + 7)  # 146.76
+    assert ops["experts_backward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 16 * 6 + 8 + 2 * 16)  # 243.76
     assert ops["rest"][0] == pytest.approx(5 * 5.38 + 7 + 1 * 5.38 + 23)  # 62.28
     assert ops["dispatch"][0] == 5 and ops["combine"][0] == 5
     attn = phase_ops(h, shapes, _arrays(QWEN_B200 + ",cuda_graphs=attn"))
@@ -60,7 +61,7 @@ def test_phase_ops_of_mla_and_shared_experts():
     shapes = ModelShapes.of(load_model("deepseek-v3"))
     ops = phase_ops(h, shapes, _arrays("tp=1,pp=16,ep=8,mbs=1,gbs=2048,seq=4096,precision=fp8", world=256))
     assert ops["rest"][0] == pytest.approx(7 * 5.38 + 7 + 5.38 + 23)
-    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 5.38 + 1 + 2 * 32 * 4)
+    assert ops["experts_forward"][0] == pytest.approx(2 * 5.38 + 1 + 2 * 5.38 + 1 + 2 * 32 * 4 + 7)
     gpt = ModelShapes.of(load_model("gpt-oss-120b"))  # GQA without q/k norms, no shared experts
     ops = phase_ops(h, gpt, _arrays("tp=1,ep=8,mbs=1,gbs=512,seq=4096", world=64))
     assert ops["rest"][0] == pytest.approx(3 * 2.69 + 7 + 2.69 + 23)
@@ -70,7 +71,7 @@ def test_phase_ops_of_mla_and_shared_experts():
 def test_exposed_host_by_hand():
     # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
     # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops
-    # 67.4 us, experts fwd 139.76 ops 1883.96 us, bwd 203.76 ops 2746.68 us, rest 62.28 ops 839.53 us.
+    # 67.4 us, experts fwd 146.76 ops 1978.32 us, bwd 243.76 ops 3285.88 us, rest 62.28 ops 839.53 us.
     stack = get_stack("megatron-core")
     shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
     hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
@@ -79,18 +80,18 @@ def test_exposed_host_by_hand():
                       rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
                       all_to_all_s=np.array([0.3e-3]))
     op = 13.48e-6
-    d, xf, xb, r = 5 * op, 139.76 * op, 203.76 * op, 62.28 * op
-    # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / 139.76
+    d, xf, xb, r = 5 * op, 146.76 * op, 243.76 * op, 62.28 * op
+    # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / 146.76
     # (the GPU waits on the host); combine one all-to-all after its issue; rest 0.5e-3 after the combine.
     t = d + 0.3e-3
-    t = max(t + 0.1e-3, d + xf + 0.1e-3 / 139.76)
+    t = max(t + 0.1e-3, d + xf + 0.1e-3 / 146.76)
     t = max(t + 0.3e-3, 2 * d + xf + 0.3e-3)
     t = max(t + 0.5e-3, 2 * d + xf + r + 0.5e-3 / 62.28)
     forward = t - (0.3e-3 + 0.1e-3 + 0.3e-3 + 0.5e-3)
     # Full recompute: recomputed dispatch, experts, combine, then combine / experts / dispatch backward, the rest's
     # backward and the previous layer's recomputed rest, one stretch up to its sync.
     host = gpu_t = 0.0
-    for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, 139.76), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, 203.76),
+    for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, 146.76), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, 243.76),
                     (d, 0.3e-3, 1), (r, 1.0e-3, 62.28), (r, 0.5e-3, 62.28)]:
         host += h
         gpu_t = max(gpu_t + g, host + g / n)

@@ -15,6 +15,7 @@ from clusterplan.models.training.compute import layer_time
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.moe_layer import (
     GROUPED_GEMM_STREAMS,
+    fp8_padding_bytes,
     grouped_gemm_time_s,
     mtp_projection_s,
     permute_bytes,
@@ -103,6 +104,39 @@ def test_moe_layer_time_carries_the_routing_kernels(monkeypatch):
     without = layer_time(QWEN, L, hw, True)
     assert float(with_routing.forward_s[0] - without.forward_s[0]) == pytest.approx(float(f[0]), rel=1e-9)
     assert float(with_routing.backward_s[0] - without.backward_s[0]) == pytest.approx(float(b[0]), rel=1e-9)
+
+
+def test_fp8_padding_bytes_worked_example():
+    # H100 Qwen3-30B recipe shape: mbs 2 x s 4096 = 8192 tokens per rank, k = 8: 65,536 routed tokens, h = 2048.
+    # Two copies (pad the input, unpad the output), each reading and writing 2 B per element:
+    # 2 x 4 x 65,536 x 2048 = 1,073,741,824 B; the probs' pad, one 2 B element per routed token read and written:
+    # 4 x 65,536 = 262,144 B.
+    got = fp8_padding_bytes(QWEN, _arrays(mbs=2, precision="fp8"))
+    assert float(got[0]) == 1_073_741_824 + 262_144
+
+
+def test_fp8_padding_is_priced_for_megatron_core_fp8_moe_layers_only():
+    # The experts' forward and backward each grow by the padding bytes at the HBM rate under fp8 on megatron-core;
+    # bf16 layers, dense layers and a stack that does not pad (torchtitan) carry none.
+    from dataclasses import replace
+
+    from clusterplan.hardware_db import get_stack
+
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    mcore = get_stack("megatron-core")
+    off = replace(mcore, fp8_expert_padding=False)
+    assert mcore.fp8_expert_padding and not get_stack("torchtitan").fp8_expert_padding
+    fp8 = _arrays(mbs=2, precision="fp8")
+    pad_s = (1_073_741_824 + 262_144) / hw.for_fp8_recipe(mcore.fp8_recipes[0]).hbm_bytes_per_s
+    on_t, off_t = layer_time(QWEN, fp8, hw, True, mcore), layer_time(QWEN, fp8, hw, True, off)
+    assert float(on_t.forward_s[0] - off_t.forward_s[0]) == pytest.approx(pad_s, rel=1e-9)
+    assert float(on_t.backward_s[0] - off_t.backward_s[0]) == pytest.approx(pad_s, rel=1e-9)
+    assert float(on_t.experts_forward_s[0] - off_t.experts_forward_s[0]) == pytest.approx(pad_s, rel=1e-9)
+    bf16 = _arrays(mbs=2)
+    assert float(layer_time(QWEN, bf16, hw, True, mcore).forward_s[0]) == float(
+        layer_time(QWEN, bf16, hw, True, off).forward_s[0])
+    assert float(layer_time(QWEN, fp8, hw, False, mcore).forward_s[0]) == float(
+        layer_time(QWEN, fp8, hw, False, off).forward_s[0])
 
 
 def test_mtp_projection_is_three_gemms_of_the_2h_by_h_matrix():

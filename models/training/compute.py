@@ -13,7 +13,7 @@ from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
-from clusterplan.models.training.moe_layer import grouped_gemm_time_s, routing_times
+from clusterplan.models.training.moe_layer import fp8_padding_bytes, grouped_gemm_time_s, routing_times
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
@@ -355,6 +355,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
         overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
     experts_f = experts_b = 0.0
+    pad = 0.0
     if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
         rest = linears[:2] + linears[4:]
         ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap)
@@ -362,7 +363,10 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         ecf, ecb = fp8_cast_times(linears[2:4], L, hw, fp8_recipe, fp8_weight_copy)
         rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
         t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
-        experts_f, experts_b = ef + np.where(fp8, ecf, 0.0), eb + np.where(fp8, ecb, 0.0)
+        # fp8: the experts' padding / unpadding copies, the same bytes each way (moe_layer.fp8_padding_bytes).
+        pad = expert_padding_s(shapes, L, hw, stack)
+        cast_fwd, cast_bwd = cast_fwd + pad, cast_bwd + pad
+        experts_f, experts_b = ef + np.where(fp8, ecf + pad, 0.0), eb + np.where(fp8, ecb + pad, 0.0)
     else:
         t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
         cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
@@ -387,7 +391,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
-        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp)
+        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp,
+                                        np.where(fp8, pad, 0.0) if moe else 0.0)
         named = L.recompute_modules > 0
         selective_extra = np.where(named, extra, selective_extra)
         selective_flops = np.where(named, flops, selective_flops)
@@ -409,16 +414,27 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      else ())
 
 
+def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> np.ndarray:
+    """Seconds of one MoE layer's fp8 expert padding / unpadding copies per micro-batch, each way (forward; backward
+    the same), at the HBM rate, where the stack pads (ExecutionStack.fp8_expert_padding); callers apply it under
+    fp8 only."""
+    if not stack.fp8_expert_padding:
+        return np.zeros_like(L.tp, dtype=float)
+    return fp8_padding_bytes(shapes, L) / hw.hbm_bytes_per_s
+
+
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,
                      overlap: TpOverlap | None, linears: list[Linear], core_s: np.ndarray,
-                     core_flops: np.ndarray, clamp_s: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                     core_flops: np.ndarray, clamp_s: np.ndarray | float = 0.0,
+                     padding_s: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, FLOPs) that backward reruns for Megatron-Core's selective recompute modules (TransformerConfig
     recompute_modules; bit i of L.recompute_modules is layout.RECOMPUTE_MODULES[i]), per layer and micro-batch:
     core_attn the attention core; moe_act the expert activation; layernorm the two norms; mla_up_proj MLA's q/kv
     up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
     shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
     the experts [2:4] and the shared part [4:6]. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
-    with moe_act / mlp / moe."""
+    with moe_act / mlp / moe; `padding_s`: an fp8 MoE layer's expert padding copies (expert_padding_s), rerun with
+    moe."""
     def bit(i: int) -> np.ndarray:
         return (L.recompute_modules.astype(np.int64) >> i & 1) > 0
 
@@ -439,7 +455,7 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
         (bit(3), fwd(up), flops(up)),
     ]
     if moe:
-        route_s = routing_times(shapes, L, hw)[0]
+        route_s = routing_times(shapes, L, hw)[0] + padding_s
         terms += [(bit(5), fwd(linears[2:6]) + route_s + act_s, flops(linears[2:6])),
                   (bit(6) & ~bit(5), fwd(linears[4:6]), flops(linears[4:6]))]
     else:
@@ -502,13 +518,37 @@ def core_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> 
     return forward, backward
 
 
-def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
-    """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward)."""
+FUSED_LOSS_BYTES_PER_LOGIT = 12.0
+"""HBM bytes per logit of a fused cross-entropy, forward and again backward: fp32 logits, softmax read + write and
+the gradient write (Megatron-LM vocab-parallel cross-entropy; stack loss_impl "fused")."""
+EAGER_FP32_LOSS_FORWARD_BYTES = (2.0 + 4.0) + (3 * 4.0 + 4.0)
+"""Stack loss_impl "eager_fp32", forward, per logit: F.cross_entropy(logits.float()) as eager PyTorch runs it
+(torchtitan 9dec370 train.py): the cast reads bf16, writes fp32; log_softmax's cunn_SoftMaxForward
+(aten/src/ATen/native/cuda/SoftMax.cu; a 128k-vocabulary row fits no shared-memory path) reads the row for its max,
+again for the sum of exponentials and a third time to write the fp32 output. nll_loss gathers one value per row."""
+EAGER_FP32_LOSS_BACKWARD_BYTES = 4.0 + (3 * 4.0 + 4.0) + (4.0 + 2.0)
+"""Backward of the same, per logit: nll_loss_backward's zero-filled fp32 gradient (write), cunn_SoftMaxBackward
+(reads the gradient for its sum, then gradient and saved output again, writes the input gradient) and the cast's
+backward to bf16 (read fp32, write bf16)."""
+
+
+def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
+    """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
+    if stack is not None and stack.loss_impl == "eager_fp32":
+        return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
+    return FUSED_LOSS_BYTES_PER_LOGIT, FUSED_LOSS_BYTES_PER_LOGIT
+
+
+def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+              stack: ExecutionStack | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward); the loss
+    streams loss_bytes_per_logit(stack) at the achieved HBM rate (None: the fused loss)."""
     tokens = L.seq * L.mbs / L.cp
     t_gemm, t_gemm_bwd, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
                                          np.zeros(len(L), bool))
-    t_loss = 12.0 * tokens * shapes.vocab / L.tp / hw.hbm_bytes_per_s  # fp32 logits: softmax read/write, grad write
-    return t_gemm + t_loss, t_gemm_bwd + t_loss
+    fwd_bytes, bwd_bytes = loss_bytes_per_logit(stack)
+    logits = tokens * shapes.vocab / L.tp
+    return t_gemm + fwd_bytes * logits / hw.hbm_bytes_per_s, t_gemm_bwd + bwd_bytes * logits / hw.hbm_bytes_per_s
 
 
 MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "

@@ -85,9 +85,12 @@ def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays) -> dict[str, np.
     experts = h.experts_te_modules * te + h.experts_ops
     if shapes.shared_ffn:  # the shared experts run beside the routed ones (SharedExpertMLP)
         experts = experts + h.shared_experts_te_modules * te + h.shared_experts_ops
+    # fp8: the experts' padding / unpadding calls (stacks.yaml moe_host fp8_padding_*; moe_layer.fp8_padding_bytes).
+    pad_f = np.where(fp8, h.fp8_padding_ops, 0.0)
+    pad_b = np.where(fp8, h.fp8_padding_backward_ops + local * h.fp8_padding_backward_ops_per_expert, 0.0)
     return {"dispatch": np.full_like(local, h.dispatch_ops), "combine": np.full_like(local, h.combine_ops),
-            "rest": rest, "experts_forward": experts + 2.0 * local * linear_f,
-            "experts_backward": experts + 2.0 * local * linear_b}
+            "rest": rest, "experts_forward": experts + 2.0 * local * linear_f + pad_f,
+            "experts_backward": experts + 2.0 * local * linear_b + pad_b}
 
 
 def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,

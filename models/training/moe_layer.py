@@ -57,6 +57,26 @@ def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.
     return forward, backward
 
 
+FP8_PADDING_COPIES = 2.0
+"""Copies of the routed tokens x hidden a fp8 MoE layer makes around its expert GEMMs each way (forward and
+backward), when the per-expert token counts are not multiples of the fp8 GEMM alignment (16 rows; 32 for MXFP8):
+Megatron-Core's TEGroupedMLP.forward pads the permuted hidden states with Transformer Engine's Fp8Padding and unpads
+the fc2 output with Fp8Unpadding (megatron/core/transformer/moe/experts.py, under config.fp8); TE
+pytorch/module/fp8_padding.py and fp8_unpadding.py copy the rows (tex.fused_multi_row_padding forward, torch.split +
+torch.cat backward) and skip the copy only when every split is already aligned, which dropless routing leaves to
+chance (each of n local experts aligned with odds 1/16)."""
+
+
+def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """HBM bytes of one fp8 MoE layer's expert padding / unpadding per micro-batch on one rank, forward; backward
+    moves the same (the gradients' mirror copies). Each copy reads and writes the rank's routed tokens x hidden
+    (2 B elements: FP8_PADDING_COPIES of them) and the permuted probs, padded beside the hidden states (one 2 B
+    element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out."""
+    tk = routed_tokens(shapes, L)
+    per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
+    return FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk
+
+
 def router_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """HBM bytes of the router's elementwise kernels per micro-batch forward on one rank (the logits GEMM itself is
     priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params)."""

@@ -36,15 +36,17 @@ from clusterplan.models.training.collectives import (
 from clusterplan.models.training.compute import (
     LayerTime,
     head_time,
+    layer_linears,
     layer_time,
     model_flops_per_step,
 )
-from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops
 from clusterplan.models.training.memory import (
     StageLayers,
     bytes_per_param,
     stage_layers,
     stage_params,
+    unique_per_layer_activation_bytes,
     zero_shards,
 )
 from clusterplan.models.training.moe_layer import mtp_projection_s
@@ -120,6 +122,8 @@ class StepTime:
     optimizer_s: np.ndarray
     model_flops: np.ndarray
     hardware_flops: np.ndarray
+    offload_s: np.ndarray
+    """Activation offloading's host copies left exposed (offload_exposed_s; 0 without offload_layers)."""
 
 
 def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis
@@ -389,7 +393,7 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         if stack.moe_host is not None:
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
                                                                                         ep_s))
-    head_f, head_b = head_time(shapes, L, hw)
+    head_f, head_b = head_time(shapes, L, hw, stack)
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute
@@ -411,6 +415,71 @@ def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     return MoeGpuTimes(experts_forward_s=experts_f, experts_backward_s=experts_b,
                        rest_forward_s=sparse.forward_s - experts_f, rest_backward_s=sparse.backward_s - experts_b,
                        all_to_all_s=np.where(calls > 0, ep_s / np.maximum(calls, 1.0), 0.0))
+
+
+MOE_PHASES = ("dispatch", "experts_forward", "combine", "rest_forward", "combine_backward", "experts_backward",
+              "dispatch_backward", "rest_backward")
+"""One MoE layer's phases per micro-batch in issue order (models/training/host.py): the all-to-alls, the routed
+experts (GroupedLinear), and the rest (attention, norms, router, permutes) forward, then backward."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoePhase:
+    name: str
+    gpu_s: np.ndarray
+    host_ops: np.ndarray
+    host_s: np.ndarray
+    """host_ops at the host CPU's time per op (0 for a stack without moe_host data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoeLayerBreakdown:
+    """One MoE layer per micro-batch on one rank, as step_time prices it: GPU and host time per phase, the exposed
+    host time (host.moe_host_exposed_s) and the local experts' GEMM shapes."""
+
+    phases: tuple[MoePhase, ...]
+    exposed_host_s: np.ndarray
+    local_experts: np.ndarray
+    expert_gemms: tuple[tuple[str, np.ndarray, np.ndarray, np.ndarray], ...]
+    """(name, m tokens, n, k) of each local expert's forward GEMMs (fc1, fc2)."""
+
+    @property
+    def gpu_s(self) -> np.ndarray:
+        return sum((p.gpu_s for p in self.phases), np.zeros_like(self.exposed_host_s))
+
+    @property
+    def total_s(self) -> np.ndarray:
+        """GPU time of the layer plus its exposed host time (recompute not included)."""
+        return self.gpu_s + self.exposed_host_s
+
+
+def moe_layer_breakdown(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+                        stack: ExecutionStack) -> MoeLayerBreakdown:
+    """The terms layer_cost adds for one MoE layer, split by phase (a diagnostic view of the same numbers)."""
+    sparse = unique_layer_time(shapes, L, hw, True, stack)
+    _, _, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
+    gpu = _moe_gpu_times(shapes, L, hw, stack, sparse, ep_s)
+    zeros = np.zeros_like(np.asarray(gpu.rest_forward_s, dtype=float))
+    h = stack.moe_host
+    ops = phase_ops(h, shapes, L) if h is not None else {}
+    op_s = h.op_s[hw.host_cpu] if h is not None else 0.0
+
+    def phase(name: str, gpu_s: np.ndarray, op_name: str) -> MoePhase:
+        n = np.asarray(ops.get(op_name, zeros), dtype=float) + zeros
+        return MoePhase(name, np.asarray(gpu_s, dtype=float) + zeros, n, n * op_s)
+
+    a2a = gpu.all_to_all_s
+    parts = [(a2a, "dispatch"), (gpu.experts_forward_s, "experts_forward"), (a2a, "combine"),
+             (gpu.rest_forward_s, "rest"), (a2a, "combine"), (gpu.experts_backward_s, "experts_backward"),
+             (a2a, "dispatch"), (gpu.rest_backward_s, "rest")]
+    phases = tuple(phase(name, g, o) for name, (g, o) in zip(MOE_PHASES, parts, strict=True))
+    exposed = moe_host_exposed_s(shapes, L, hw, stack, gpu) if h is not None else zeros
+    expert_linears = layer_linears(shapes, L, True)[2:4]
+    gemms = tuple((name, g.tokens + zeros, np.asarray(g.out_features, dtype=float) + zeros,
+                   np.asarray(g.in_features, dtype=float) + zeros)
+                  for name, g in zip(("fc1", "fc2"), expert_linears, strict=True))
+    return MoeLayerBreakdown(phases=phases, exposed_host_s=exposed, local_experts=shapes.n_experts / L.ep + zeros,
+                             expert_gemms=gemms)
 
 
 def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
@@ -455,19 +524,43 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
     dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s)
-    opt = _optimizer_s(shapes, L, hw, layers)
+    opt = _optimizer_s(shapes, L, hw, layers, stack)
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
                                                                               cost.host_s))
     tp_total = tp_total + m * slow_ends_tp
-    step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt
+    offload = np.zeros_like(compute)
+    if np.any(L.offload_layers > 0):
+        kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
+                                                    stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels)
+        offloaded = np.minimum(L.offload_layers, slow_layers)
+        offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
+                                        hw.host_link_bytes_per_s)
+    step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt + offload
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
     hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
                                 + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
                                 + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     host_s=host_total, pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
-                    model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
+                    model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware, offload_s=offload)
+
+
+def offload_exposed_s(layer_bytes: np.ndarray, offloaded: np.ndarray, layers: np.ndarray, layer_forward_s: np.ndarray,
+                      layer_backward_s: np.ndarray, host_bytes_per_s: float) -> np.ndarray:
+    """Exposed time of activation offloading per micro-batch (Megatron-Core cpu_offloading_num_layers = `offloaded`
+    of the stage's `layers`), Transformer Engine's OffloadSynchronizer schedule (transformer_engine/pytorch/
+    cpu_offload.py, _default_offload_sync_init): layers 0..k-1 are offloaded, layer i's copy starts after its forward
+    and must finish before layer n-k+i's forward; in backward layer i's reload starts at layer n-1-k+i's backward and
+    must finish before its own. The copies run one after another on one stream, each `layer_bytes` / host rate (T);
+    with T beyond a layer's time the queue falls behind most at the last copy, which may start after layer 0 and is
+    due at layer n-1: the compute waits max(0, k T - (n-1) t) forward (t = a layer's forward) and as much backward
+    (t = its backward). Under TE's schedule the copies hide unless the host link is slow (PCIe) or k near n."""
+    copy_s = layer_bytes / host_bytes_per_s
+    slack = np.maximum(layers - 1.0, 0.0)
+    forward = np.maximum(0.0, offloaded * copy_s - slack * layer_forward_s)
+    backward = np.maximum(0.0, offloaded * copy_s - slack * layer_backward_s)
+    return np.where(offloaded > 0, forward + backward, 0.0)
 
 
 def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionStack, stage: np.ndarray,
@@ -588,19 +681,71 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     per_collective_lat = extra * (shard.size - 1) * step_lat
     latency = (3.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * per_collective_lat
     exposed = L.microbatches * (slow_layers * (per_layer + latency) + edge)
+    if stack.fsdp_impl == "fsdp2":
+        # FSDP2: the block's own gather / reduce-scatter at the edges (not the average layer's, which carries the
+        # embedding's share), the root module's and the copy-out kernels (fsdp2_extra_s).
+        block = np.ones_like(L.tp)
+        block_ag = _collective("all_gather", stage_params(shapes, L, block, False, False).dense
+                               * activation_bytes(L), shard, hw)
+        block_rs = _collective("reduce_scatter", stage_params(shapes, L, block, False, False).dense
+                               * bytes_per_param(L)[1], shard, hw)
+        fsdp2 = (L.microbatches * (slow_layers * (per_layer + latency) + block_ag + block_rs)
+                 + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
+        exposed = np.where(L.pp > 1, exposed, fsdp2)
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
     once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
     return np.where(L.pp > 1, slow_layers * once, exposed)
 
 
-def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers) -> np.ndarray:
-    """Optimizer step streams its states through HBM once: Adam with master weights reads/writes ~32 B/param.
-    Under ZeRO >= 1 each rank updates its shard: dense parameters over dp_shard * cp, routed experts over the
-    expert-data-parallel group (memory.zero_shards)."""
+FOREACH_ADAMW_BYTES_PER_PARAM = 8.0 + 12.0 + 8.0 + 16.0 + 8.0 + 8.0 + 8.0 + 16.0
+"""torch.optim AdamW with foreach=True (torch/optim/adamw.py _multi_tensor_adamw, capturable off), one pass over the
+fp32 tensors per op: _foreach_mul_(params) r+w 8, _foreach_lerp_(m, g) 2r+w 12, _foreach_mul_(v) 8,
+_foreach_addcmul_(v, g, g) 3r+w 16, _foreach_sqrt(v) 8, _foreach_div_ 8, _foreach_add_(eps) 8,
+_foreach_addcdiv_(params, m, denom) 3r+w 16: 84 B per parameter (a fused kernel: 32, as Adam with master weights)."""
+FOREACH_CLIP_BYTES_PER_PARAM = 4.0 + 8.0
+"""clip_grad_norm_(foreach=True) (torch/nn/utils/clip_grad.py): _foreach_norm reads each fp32 gradient (4 B), the
+clip coefficient is applied unconditionally by _foreach_mul_ (read + write, 8 B)."""
+
+
+def optimizer_bytes_per_param(L: LayoutArrays, stack: ExecutionStack | None = None) -> np.ndarray:
+    """HBM bytes one updated parameter costs the optimizer step (+ gradient clipping) as the stack runs it: fused Adam
+    with master weights ~32 B (reads/writes each state once), plain Adam 24, SGD 8; stack optimizer_impl "foreach"
+    prices Adam with master weights as FOREACH_ADAMW_BYTES_PER_PARAM, grad_clip "foreach" adds
+    FOREACH_CLIP_BYTES_PER_PARAM."""
+    master = L.optimizer == OptimizerCode.ADAM_MASTER
+    adam_master = FOREACH_ADAMW_BYTES_PER_PARAM if stack is not None and stack.optimizer_impl == "foreach" else 32.0
+    per_param = np.select([L.optimizer == OptimizerCode.SGD, master], [8.0, adam_master], 24.0)
+    clip = FOREACH_CLIP_BYTES_PER_PARAM if stack is not None and stack.grad_clip == "foreach" else 0.0
+    return per_param + clip
+
+
+def fsdp2_extra_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, shard: Group,
+                  slow_layers: np.ndarray) -> np.ndarray:
+    """What torch FSDP2 (stack fsdp_impl "fsdp2", pp 1) adds per step beyond the per-block gathers and
+    reduce-scatters (torch/distributed/_composable/fsdp/_fsdp_collectives.py, torchtitan apply_fsdp):
+    foreach_all_gather_copy_out copies each gathered block into its unsharded parameters on the compute stream
+    (reads the all-gather output, writes the parameters: 2 x the gathered bytes at the HBM rate), 2 n - 1 times per
+    micro-batch (forward, and backward for every block resharded after forward, all but the last); the root module's
+    own parameters (embeddings, final norm, LM head) are all-gathered before the first block and reduce-scattered
+    after the whole backward, with nothing to hide under, plus their copy-out once."""
+    block = stage_params(shapes, L, np.ones_like(L.tp), False, False).dense * activation_bytes(L)
+    root_params = stage_params(shapes, L, np.zeros_like(L.tp), True, True).dense
+    root = root_params * activation_bytes(L)
+    gathers = L.microbatches * np.maximum(2.0 * slow_layers - 1.0, 0.0)
+    copy_out = (gathers * 2.0 * block + 2.0 * root) / hw.hbm_bytes_per_s
+    root_comm = (_collective("all_gather", root, shard, hw)
+                 + _collective("reduce_scatter", root_params * bytes_per_param(L)[1], shard, hw))
+    return copy_out + root_comm
+
+
+def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers: StageLayers,
+                 stack: ExecutionStack | None = None) -> np.ndarray:
+    """Optimizer step streams its states through HBM (optimizer_bytes_per_param). Under ZeRO >= 1 each rank updates
+    its shard: dense parameters over dp_shard * cp, routed experts over the expert-data-parallel group
+    (memory.zero_shards)."""
     params = stage_params(shapes, L, layers.first, True, L.pp == 1)
     dense_shard, expert_shard = zero_shards(L)
     on = L.zero >= 1
-    per_param = np.select([L.optimizer == OptimizerCode.SGD, L.optimizer == OptimizerCode.ADAM_MASTER], [8.0, 32.0], 24.0)
     updated = params.dense / np.where(on, dense_shard, 1.0) + params.expert / np.where(on, expert_shard, 1.0)
-    return updated * per_param / hw.hbm_bytes_per_s
+    return updated * optimizer_bytes_per_param(L, stack) / hw.hbm_bytes_per_s
