@@ -76,6 +76,24 @@ def _host_cpu(where: str, raw: Mapping[str, Any]) -> str:
     return value
 
 
+def _host_link_gb_per_s(where: str, raw: Mapping[str, Any], links: Mapping[str, Link], host_cpu: str) -> float:
+    """Per-direction host-memory copy bandwidth of one GPU (GPU.host_link_gb_per_s): gpus.yaml host_link (with its
+    source) where given, which the superchips need (their CPU link is NVLink-C2C, not PCIe), else the PCIe x16
+    line rate of the GPU's generation (links.yaml pcie<gen>)."""
+    given = raw.get("host_link")
+    if given is not None:
+        if not str((raw.get("sources") or {}).get("host_link", "")).strip():
+            raise BadInputError(f"{where}: host_link without a source; add sources.host_link")
+        return _num(where + " host_link", given, "gb_per_s")
+    if host_cpu != "x86":
+        raise BadInputError(f"{where}: a {host_cpu} superchip copies to host memory over NVLink-C2C, not PCIe; "
+                            "add host_link: {gb_per_s: ...} with sources.host_link")
+    pcie = f"pcie{int(_num(where, raw, 'pcie_gen'))}"
+    if pcie not in links:
+        raise BadInputError(f"{where}: pcie_gen has no {pcie} entry in links.yaml; add it or give host_link")
+    return links[pcie].gb_per_s
+
+
 def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> GPU:
     where = f"gpus.yaml: {name}"
     sources = raw.get("sources") or {}
@@ -120,6 +138,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         sources=MappingProxyType(dict(sources)),
         mx_formats=bool(raw.get("mx_formats", False)),
         host_cpu=_host_cpu(where, raw),
+        host_link_gb_per_s=_host_link_gb_per_s(where, raw, links, _host_cpu(where, raw)),
     )
 
 

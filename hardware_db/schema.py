@@ -54,6 +54,10 @@ class GPU:
     host_cpu: str = "x86"
     """The CPU that launches this GPU's kernels: "x86" (DGX/HGX hosts) or "grace" (the superchips GH200, GB200,
     GB300); prices the stack's per-op host time (stacks.yaml moe_host)."""
+    host_link_gb_per_s: float = 0.0
+    """Host memory <-> GPU copy bandwidth per direction that one GPU gets while every GPU of its node copies at once
+    (line rates): its PCIe x16 link on x86 hosts (links.yaml pcie<gen>), its share of the NVLink-C2C link and of
+    the Grace CPU's LPDDR5X on the superchips (gpus.yaml host_link). Prices activation offloading's copies."""
 
     @property
     def has_fp8(self) -> bool:

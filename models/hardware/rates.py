@@ -83,10 +83,13 @@ class HardwareRates:
     """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
     from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
     comm_overlap: float = 1.0
-    host_cpu: str = "x86"
-    """The CPU that launches the kernels (GPU.host_cpu): prices the stack's per-op host time."""
     """How much communication hides under compute (models/hardware/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
     both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
+    host_cpu: str = "x86"
+    """The CPU that launches the kernels (GPU.host_cpu): prices the stack's per-op host time."""
+    host_link_bytes_per_s: float = float("inf")
+    """Host memory <-> GPU copy rate per direction of one GPU while all copy (GPU.host_link_gb_per_s, the slowest
+    group's): prices activation offloading (models/training/step.py offload_exposed_s); inf where unknown."""
     attn_max_flops: float | None = None
     """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
     attn_half_flops: float = 0.0
@@ -207,6 +210,7 @@ class HardwareRates:
         mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
                        default=1.0)
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
+                   host_link_bytes_per_s=min(g.gpu.host_link_gb_per_s for g in cluster.groups) * 1e9,
                    memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
