@@ -20,7 +20,7 @@ FORMATS = {".png": "png", ".svg": "svg"}
 COLORS = {"weights": "#4C72B0", "grads": "#55A868", "optimizer": "#C44E52", "activations": "#8172B2",
           "other": "#937860", "compute_s": "#4C72B0", "tp_comm_s": "#DD8452", "cp_comm_s": "#DA8BC3",
           "ep_comm_s": "#8C8C8C", "host_s": "#B47CC7", "pp_comm_s": "#CCB974", "dp_comm_s": "#64B5CD", "bubble_s": "#C44E52",
-          "optimizer_s": "#55A868", "F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
+          "optimizer_s": "#55A868", "offload_s": "#8172B2", "F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
 
 
 def check_plot_path(path: str | None) -> str | None:

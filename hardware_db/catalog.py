@@ -20,6 +20,7 @@ from clusterplan.hardware_db.schema import (
     Link,
     NodeType,
     Price,
+    SdpaFa2Measurement,
 )
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -75,6 +76,24 @@ def _host_cpu(where: str, raw: Mapping[str, Any]) -> str:
     return value
 
 
+def _host_link_gb_per_s(where: str, raw: Mapping[str, Any], links: Mapping[str, Link], host_cpu: str) -> float:
+    """Per-direction host-memory copy bandwidth of one GPU (GPU.host_link_gb_per_s): gpus.yaml host_link (with its
+    source) where given, which the superchips need (their CPU link is NVLink-C2C, not PCIe), else the PCIe x16
+    line rate of the GPU's generation (links.yaml pcie<gen>)."""
+    given = raw.get("host_link")
+    if given is not None:
+        if not str((raw.get("sources") or {}).get("host_link", "")).strip():
+            raise BadInputError(f"{where}: host_link without a source; add sources.host_link")
+        return _num(where + " host_link", given, "gb_per_s")
+    if host_cpu != "x86":
+        raise BadInputError(f"{where}: a {host_cpu} superchip copies to host memory over NVLink-C2C, not PCIe; "
+                            "add host_link: {gb_per_s: ...} with sources.host_link")
+    pcie = f"pcie{int(_num(where, raw, 'pcie_gen'))}"
+    if pcie not in links:
+        raise BadInputError(f"{where}: pcie_gen has no {pcie} entry in links.yaml; add it or give host_link")
+    return links[pcie].gb_per_s
+
+
 def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> GPU:
     where = f"gpus.yaml: {name}"
     sources = raw.get("sources") or {}
@@ -119,6 +138,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         sources=MappingProxyType(dict(sources)),
         mx_formats=bool(raw.get("mx_formats", False)),
         host_cpu=_host_cpu(where, raw),
+        host_link_gb_per_s=_host_link_gb_per_s(where, raw, links, _host_cpu(where, raw)),
     )
 
 
@@ -251,6 +271,25 @@ def _parse_sdpa_backend(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Map
     return MappingProxyType(table)
 
 
+def _parse_sdpa_fa2(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Mapping[str, SdpaFa2Measurement]:
+    """attention_kernels.yaml sdpa_fa2: one measurement per GPU whose fa2 / fa3 curves are the upstream kernels,
+    carried to the GPUs that use those curves as measured (`also`)."""
+    table: dict[str, SdpaFa2Measurement] = {}
+    for gpu, raw in (data.get("sdpa_fa2") or {}).items():
+        where = f"attention_kernels.yaml: sdpa_fa2: {gpu}"
+        if gpu not in gpus or not isinstance(raw, Mapping) or not isinstance(raw.get("causal"), bool):
+            raise BadInputError(f"{where}: needs a known GPU and seq, head_dim, causal, sdpa_tflops, fa3_tflops, "
+                                "source")
+        table[gpu] = SdpaFa2Measurement(gpu=gpu, seq=int(_num(where, raw, "seq")),
+                                        head_dim=int(_num(where, raw, "head_dim")), causal=raw["causal"],
+                                        sdpa_tflops=_num(where, raw, "sdpa_tflops"),
+                                        fa3_tflops=_num(where, raw, "fa3_tflops"), source=_str(where, raw, "source"))
+    for measured, others in (data.get("also") or {}).items():
+        if measured in table:
+            table.update({other: replace(table[measured], gpu=other) for other in others if other not in table})
+    return MappingProxyType(table)
+
+
 def _read(name: str) -> Mapping[str, Any]:
     import yaml
 
@@ -276,7 +315,7 @@ def load_db() -> HardwareDB:
     attention_data = _read("attention_kernels.yaml")
     attention = _parse_attention(attention_data, gpus)
     return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm),
-                      attention, _parse_sdpa_backend(attention_data, gpus))
+                      attention, _parse_sdpa_backend(attention_data, gpus), _parse_sdpa_fa2(attention_data, gpus))
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -300,6 +339,11 @@ def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
 def get_attention_curves(gpu_name: str) -> tuple[AttentionCurve, ...]:
     """Published causal attention curves of a GPU (by its record name); empty when none is published."""
     return tuple(c for c in load_db().attention if c.gpu == gpu_name)
+
+
+def get_sdpa_fa2_measurement(gpu_name: str) -> SdpaFa2Measurement | None:
+    """PyTorch SDPA's FA2-backend measurement for a GPU (attention_kernels.yaml sdpa_fa2); None where none applies."""
+    return load_db().sdpa_fa2.get(gpu_name)
 
 
 def get_sdpa_family(gpu_name: str) -> str:

@@ -54,6 +54,10 @@ class GPU:
     host_cpu: str = "x86"
     """The CPU that launches this GPU's kernels: "x86" (DGX/HGX hosts) or "grace" (the superchips GH200, GB200,
     GB300); prices the stack's per-op host time (stacks.yaml moe_host)."""
+    host_link_gb_per_s: float = 0.0
+    """Host memory <-> GPU copy bandwidth per direction that one GPU gets while every GPU of its node copies at once
+    (line rates): its PCIe x16 link on x86 hosts (links.yaml pcie<gen>), its share of the NVLink-C2C link and of
+    the Grace CPU's LPDDR5X on the superchips (gpus.yaml host_link). Prices activation offloading's copies."""
 
     @property
     def has_fp8(self) -> bool:
@@ -153,6 +157,21 @@ class AttentionCurve:
 
 
 @dataclass(frozen=True, slots=True)
+class SdpaFa2Measurement:
+    """PyTorch SDPA's FlashAttention-2 backend measured beside FlashAttention-3 in one run, forward, at one shape
+    (attention_kernels.yaml sdpa_fa2): with the FA2 and FA3 curves of the same GPU it gives the rate of PyTorch's
+    vendored FA2 relative to the FA2 the curves measure (models/hardware/attention.py sdpa_fa2_forward_ratio)."""
+
+    gpu: str
+    seq: int
+    head_dim: int
+    causal: bool
+    sdpa_tflops: float
+    fa3_tflops: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class HardwareDB:
     gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
     links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
@@ -161,3 +180,5 @@ class HardwareDB:
     attention: tuple[AttentionCurve, ...] = ()
     sdpa_backend: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """GPU -> kernel family PyTorch SDPA dispatches to (attention_kernels.yaml sdpa_backend); unlisted: fa2."""
+    sdpa_fa2: Mapping[str, SdpaFa2Measurement] = field(default_factory=lambda: MappingProxyType({}))
+    """GPU -> PyTorch SDPA FA2-backend measurement (attention_kernels.yaml sdpa_fa2, carried to its `also` GPUs)."""

@@ -8,7 +8,12 @@ from types import MappingProxyType
 
 import numpy as np
 
-from clusterplan.hardware_db import get_attention_curves, get_gemm_tiling, get_sdpa_family
+from clusterplan.hardware_db import (
+    get_attention_curves,
+    get_gemm_tiling,
+    get_sdpa_fa2_measurement,
+    get_sdpa_family,
+)
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
@@ -78,10 +83,13 @@ class HardwareRates:
     """Calibrated rates of each collective (all_gather, reduce_scatter, all_to_all, send_recv) where they differ
     from all_reduce's bw_in/lat_in/bw_out/lat_out; datasheet defaults use one rate for all."""
     comm_overlap: float = 1.0
-    host_cpu: str = "x86"
-    """The CPU that launches the kernels (GPU.host_cpu): prices the stack's per-op host time."""
     """How much communication hides under compute (models/hardware/comm.py exposed_s): 1 fully, 0 not at all, < 0 running
     both at once is slower than serial (CPU cores shared with gloo); `profile` measures it."""
+    host_cpu: str = "x86"
+    """The CPU that launches the kernels (GPU.host_cpu): prices the stack's per-op host time."""
+    host_link_bytes_per_s: float = float("inf")
+    """Host memory <-> GPU copy rate per direction of one GPU while all copy (GPU.host_link_gb_per_s, the slowest
+    group's): prices activation offloading (models/training/step.py offload_exposed_s); inf where unknown."""
     attn_max_flops: float | None = None
     """Calibrated causal flash-attention forward rate (None: priced as two GEMMs on the GEMM curve)."""
     attn_half_flops: float = 0.0
@@ -202,11 +210,13 @@ class HardwareRates:
         mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
                        default=1.0)
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
+                   host_link_bytes_per_s=min(g.gpu.host_link_gb_per_s for g in cluster.groups) * 1e9,
                    memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
                    attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock,
-                                            sdpa_family=get_sdpa_family(gpu.name)),
+                                            sdpa_family=get_sdpa_family(gpu.name),
+                                            sdpa_fa2=get_sdpa_fa2_measurement(gpu.name)),
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,

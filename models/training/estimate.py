@@ -27,9 +27,11 @@ from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s", "pp_comm_s", "dp_comm_s", "bubble_s",
-              "optimizer_s")
+              "optimizer_s", "offload_s")
 DENSE_ABSENT_TERMS = ("host_s",)
 """Terms only MoE layers have: left out of a dense model's JSON (its JSON is as before they existed)."""
+OFFLOAD_TERMS = ("offload_s",)
+"""Terms only layouts with activation offloading have: left out of the JSON of the others."""
 MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
 POSITIONS = ("first", "middle", "last")
 
@@ -136,7 +138,8 @@ class Estimate:
             "mfu_basis": MFU_BASIS,
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term))) for term in TIME_TERMS
-                     if self.model.is_moe or term not in DENSE_ABSENT_TERMS},
+                     if (self.model.is_moe or term not in DENSE_ABSENT_TERMS)
+                     and (self.layout.offload_layers or term not in OFFLOAD_TERMS)},
             "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })

@@ -46,6 +46,7 @@ from clusterplan.models.training.memory import (
     bytes_per_param,
     stage_layers,
     stage_params,
+    unique_per_layer_activation_bytes,
     zero_shards,
 )
 from clusterplan.models.training.moe_layer import mtp_projection_s
@@ -121,6 +122,8 @@ class StepTime:
     optimizer_s: np.ndarray
     model_flops: np.ndarray
     hardware_flops: np.ndarray
+    offload_s: np.ndarray
+    """Activation offloading's host copies left exposed (offload_exposed_s; 0 without offload_layers)."""
 
 
 def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis
@@ -526,14 +529,38 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
                                                                               cost.host_s))
     tp_total = tp_total + m * slow_ends_tp
-    step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt
+    offload = np.zeros_like(compute)
+    if np.any(L.offload_layers > 0):
+        kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
+                                                    stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels)
+        offloaded = np.minimum(L.offload_layers, slow_layers)
+        offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
+                                        hw.host_link_bytes_per_s)
+    step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt + offload
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
     hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
                                 + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
                                 + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     host_s=host_total, pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
-                    model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware)
+                    model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware, offload_s=offload)
+
+
+def offload_exposed_s(layer_bytes: np.ndarray, offloaded: np.ndarray, layers: np.ndarray, layer_forward_s: np.ndarray,
+                      layer_backward_s: np.ndarray, host_bytes_per_s: float) -> np.ndarray:
+    """Exposed time of activation offloading per micro-batch (Megatron-Core cpu_offloading_num_layers = `offloaded`
+    of the stage's `layers`), Transformer Engine's OffloadSynchronizer schedule (transformer_engine/pytorch/
+    cpu_offload.py, _default_offload_sync_init): layers 0..k-1 are offloaded, layer i's copy starts after its forward
+    and must finish before layer n-k+i's forward; in backward layer i's reload starts at layer n-1-k+i's backward and
+    must finish before its own. The copies run one after another on one stream, each `layer_bytes` / host rate (T);
+    with T beyond a layer's time the queue falls behind most at the last copy, which may start after layer 0 and is
+    due at layer n-1: the compute waits max(0, k T - (n-1) t) forward (t = a layer's forward) and as much backward
+    (t = its backward). Under TE's schedule the copies hide unless the host link is slow (PCIe) or k near n."""
+    copy_s = layer_bytes / host_bytes_per_s
+    slack = np.maximum(layers - 1.0, 0.0)
+    forward = np.maximum(0.0, offloaded * copy_s - slack * layer_forward_s)
+    backward = np.maximum(0.0, offloaded * copy_s - slack * layer_backward_s)
+    return np.where(offloaded > 0, forward + backward, 0.0)
 
 
 def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionStack, stage: np.ndarray,
