@@ -12,10 +12,20 @@ from clusterplan.hardware_db.catalog import (
     get_gpu,
     get_link,
     get_node,
+    get_sdpa_fa2_measurement,
     get_sdpa_family,
     load_db,
 )
-from clusterplan.hardware_db.schema import GPU, AttentionCurve, GemmTiling, HardwareDB, Link, NodeType, Price
+from clusterplan.hardware_db.schema import (
+    GPU,
+    AttentionCurve,
+    GemmTiling,
+    HardwareDB,
+    Link,
+    NodeType,
+    Price,
+    SdpaFa2Measurement,
+)
 from clusterplan.hardware_db.stacks import DEFAULT_STACK, ExecutionStack, get_stack, list_stacks
 
 __all__ = [
@@ -28,12 +38,14 @@ __all__ = [
     "Link",
     "NodeType",
     "Price",
+    "SdpaFa2Measurement",
     "find_name",
     "get_attention_curves",
     "get_gemm_tiling",
     "get_gpu",
     "get_link",
     "get_node",
+    "get_sdpa_fa2_measurement",
     "get_sdpa_family",
     "get_stack",
     "list_stacks",

@@ -20,6 +20,7 @@ from clusterplan.hardware_db.schema import (
     Link,
     NodeType,
     Price,
+    SdpaFa2Measurement,
 )
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -270,6 +271,25 @@ def _parse_sdpa_backend(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Map
     return MappingProxyType(table)
 
 
+def _parse_sdpa_fa2(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Mapping[str, SdpaFa2Measurement]:
+    """attention_kernels.yaml sdpa_fa2: one measurement per GPU whose fa2 / fa3 curves are the upstream kernels,
+    carried to the GPUs that use those curves as measured (`also`)."""
+    table: dict[str, SdpaFa2Measurement] = {}
+    for gpu, raw in (data.get("sdpa_fa2") or {}).items():
+        where = f"attention_kernels.yaml: sdpa_fa2: {gpu}"
+        if gpu not in gpus or not isinstance(raw, Mapping) or not isinstance(raw.get("causal"), bool):
+            raise BadInputError(f"{where}: needs a known GPU and seq, head_dim, causal, sdpa_tflops, fa3_tflops, "
+                                "source")
+        table[gpu] = SdpaFa2Measurement(gpu=gpu, seq=int(_num(where, raw, "seq")),
+                                        head_dim=int(_num(where, raw, "head_dim")), causal=raw["causal"],
+                                        sdpa_tflops=_num(where, raw, "sdpa_tflops"),
+                                        fa3_tflops=_num(where, raw, "fa3_tflops"), source=_str(where, raw, "source"))
+    for measured, others in (data.get("also") or {}).items():
+        if measured in table:
+            table.update({other: replace(table[measured], gpu=other) for other in others if other not in table})
+    return MappingProxyType(table)
+
+
 def _read(name: str) -> Mapping[str, Any]:
     import yaml
 
@@ -295,7 +315,7 @@ def load_db() -> HardwareDB:
     attention_data = _read("attention_kernels.yaml")
     attention = _parse_attention(attention_data, gpus)
     return HardwareDB(MappingProxyType(gpus), MappingProxyType(links), MappingProxyType(nodes), MappingProxyType(gemm),
-                      attention, _parse_sdpa_backend(attention_data, gpus))
+                      attention, _parse_sdpa_backend(attention_data, gpus), _parse_sdpa_fa2(attention_data, gpus))
 
 
 def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
@@ -319,6 +339,11 @@ def get_gemm_tiling(gpu_name: str) -> GemmTiling | None:
 def get_attention_curves(gpu_name: str) -> tuple[AttentionCurve, ...]:
     """Published causal attention curves of a GPU (by its record name); empty when none is published."""
     return tuple(c for c in load_db().attention if c.gpu == gpu_name)
+
+
+def get_sdpa_fa2_measurement(gpu_name: str) -> SdpaFa2Measurement | None:
+    """PyTorch SDPA's FA2-backend measurement for a GPU (attention_kernels.yaml sdpa_fa2); None where none applies."""
+    return load_db().sdpa_fa2.get(gpu_name)
 
 
 def get_sdpa_family(gpu_name: str) -> str:

@@ -157,6 +157,21 @@ class AttentionCurve:
 
 
 @dataclass(frozen=True, slots=True)
+class SdpaFa2Measurement:
+    """PyTorch SDPA's FlashAttention-2 backend measured beside FlashAttention-3 in one run, forward, at one shape
+    (attention_kernels.yaml sdpa_fa2): with the FA2 and FA3 curves of the same GPU it gives the rate of PyTorch's
+    vendored FA2 relative to the FA2 the curves measure (models/hardware/attention.py sdpa_fa2_forward_ratio)."""
+
+    gpu: str
+    seq: int
+    head_dim: int
+    causal: bool
+    sdpa_tflops: float
+    fa3_tflops: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class HardwareDB:
     gpus: Mapping[str, GPU] = field(default_factory=lambda: MappingProxyType({}))
     links: Mapping[str, Link] = field(default_factory=lambda: MappingProxyType({}))
@@ -165,3 +180,5 @@ class HardwareDB:
     attention: tuple[AttentionCurve, ...] = ()
     sdpa_backend: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """GPU -> kernel family PyTorch SDPA dispatches to (attention_kernels.yaml sdpa_backend); unlisted: fa2."""
+    sdpa_fa2: Mapping[str, SdpaFa2Measurement] = field(default_factory=lambda: MappingProxyType({}))
+    """GPU -> PyTorch SDPA FA2-backend measurement (attention_kernels.yaml sdpa_fa2, carried to its `also` GPUs)."""

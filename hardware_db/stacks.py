@@ -29,6 +29,7 @@ SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
+PP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
 OPTIMIZER_IMPLS = ("fused", "foreach")
 GRAD_CLIPS = ("none", "foreach")
@@ -187,6 +188,14 @@ class ExecutionStack:
     """How its context parallelism runs attention: "megatron" (Megatron-Core / TE: per-step fused attention with
     in-kernel softmax correction) | "torch" (torch.distributed.tensor.experimental context_parallel: one SDPA call
     per KV block, logsumexp merges and fp32 gradient accumulation as separate elementwise ops; absent: megatron)."""
+    loss_parallel_bytes_per_logit: float | None = None
+    """Peak bytes per logit of the cross-entropy when tp > 1 and the logits stay sharded over the vocabulary (torch
+    loss_parallel); None (absent in stacks.yaml): loss_bytes_per_logit at every tp."""
+    pp_impl: str = "megatron"
+    """How its pipeline stages hold their buffers: "megatron" (Megatron-Core schedules: one receive buffer per
+    transfer, output tensors' data freed after the send) | "torch" (torch.distributed.pipelining: one receive
+    buffer per micro-batch, stage outputs kept for backward, the last stage's outputs kept until the step's merge;
+    models/training/memory.py torch_pipeline_bytes). Absent: megatron."""
     optimizer_impl: str = "fused"
     """How its Adam step runs: "fused" (one kernel per tensor group: Megatron/TE FusedAdam, torch fused=True) |
     "foreach" (torch.optim multi-tensor AdamW, one _foreach pass per operation; models/training/step.py
@@ -291,6 +300,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
         cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
+        loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")
+                                       if "loss_parallel_bytes_per_logit" in raw else None),
+        pp_impl=_choice(where, raw, "pp_impl", PP_IMPLS) if "pp_impl" in raw else "megatron",
         optimizer_impl=_choice(where, raw, "optimizer_impl", OPTIMIZER_IMPLS) if "optimizer_impl" in raw else "fused",
         grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
         loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",

@@ -23,7 +23,7 @@ REQUIRED_GPUS = ("V100-SXM2-32GB", "A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCI
 REQUIRED_NODES = ("dgx-a100-40g", "dgx-a100-80g", "dgx-h100", "hgx-h200", "dgx-b200", "gb200-nvl72", "p4d", "p4de",
                   "p5", "p5e", "g5", "g6", "g6e", "a2-highgpu-8g", "a2-ultragpu-8g", "a3-high", "a3-mega",
                   "nd-h100-v5", "mi300x-8", "dgx-b300", "gb300-nvl72", "gh200-quad",
-                  "grand-teton-h100-96gb")
+                  "grand-teton-h100-96gb", "grand-teton-h100-80gb")
 
 
 def test_required_gpus_and_nodes_exist():

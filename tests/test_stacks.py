@@ -88,7 +88,9 @@ def test_plan_searches_only_what_the_stack_runs_and_says_what_it_left_out():
     mcore = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4}, stack=get_stack("megatron-core"))
     assert all(p.layout.schedule in ("1f1b", "interleaved-1f1b") for p in mcore.plans)
     assert any("schedule zb" in n for n in mcore.notes)
-    titan = search(model, cluster, 512, 8192, top=5, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"},
+    # gbs 256: torch.distributed.pipelining keeps every micro-batch's logits on the last stage until the step's end
+    # (memory.py torch_pipeline_bytes), so at 512 no torchtitan layout of this pipeline fits 64 GPUs.
+    titan = search(model, cluster, 256, 8192, top=5, fixed={"pp": 4, "vpp": 2, "schedule": "zbv"},
                    stack=get_stack("torchtitan"))
     assert titan.plans and all(p.layout.schedule == "zbv" and p.layout.zero in (0, 3) for p in titan.plans)
     with pytest.raises(BadInputError, match="cannot run"):

@@ -118,3 +118,27 @@ def test_fsdp2_terms_reach_the_step(shapes, hw):
     mcore = step_time(shapes, L, hw, get_stack("megatron-core"))
     assert float(titan.dp_comm_s[0]) > float(mcore.dp_comm_s[0]) > 0.0
     assert float(titan.optimizer_s[0]) == pytest.approx(3.0 * float(mcore.optimizer_s[0]), rel=1e-12)
+
+
+def test_sdpa_fa2_forward_ratio_worked_example(hw):
+    """PyTorch SDPA's FA2 backend (pytorch/pytorch#142132, H100, seq 4608, head dim 128, no causal mask): 329.483
+    TFLOP/s beside FA3's 631.827 -> 0.521476. The FA3 paper's curves at 4608 (log-interpolated, w = ln(4608 / 4096) /
+    ln 2 = 0.169925): FA2 368 + 2 w = 368.3399, FA3 638 + 8 w = 639.3594 -> 0.576107. Ratio 0.521476 / 0.576107 =
+    0.90517: SDPA's forward runs at the fa2 curve x 0.90517; its backward keeps the fa2 curve (the ratio cancels in
+    the causal forward x non-causal backward / forward rule); the upstream fa2 kernel is unchanged."""
+    from clusterplan.hardware_db import get_sdpa_fa2_measurement
+
+    w = np.log(4608 / 4096) / np.log(2)
+    expected = (329.483 / 631.827) / ((368 + 2 * w) / (638 + 8 * w))
+    att = hw.attention
+    assert att.sdpa_fa2_forward_ratio() == pytest.approx(expected, rel=1e-12)
+    assert att.sdpa_fa2_forward_ratio() == pytest.approx(0.90517, abs=5e-6)
+    seq = np.array([8192.0])
+    assert float(att.forward_flops_per_s("sdpa", seq, 128)[0]) == pytest.approx(
+        expected * float(att.forward_flops_per_s("fa2", seq, 128)[0]), rel=1e-12)
+    assert float(att.backward_flops_per_s("sdpa", seq, 128)[0]) == pytest.approx(
+        float(att.backward_flops_per_s("fa2", seq, 128)[0]), rel=1e-12)
+    # The H100 curves' `also` GPUs carry the measurement; Blackwell (SDPA on cuDNN, own FA2 rows) does not.
+    assert get_sdpa_fa2_measurement("H200-SXM-141GB") is not None
+    assert get_sdpa_fa2_measurement("H100-SXM5-96GB") is not None
+    assert get_sdpa_fa2_measurement("B200") is None and get_sdpa_fa2_measurement("GB200") is None

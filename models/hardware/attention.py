@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.hardware_db import AttentionCurve
+from clusterplan.hardware_db import AttentionCurve, SdpaFa2Measurement
 
 KERNEL_FAMILY = {"fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn"}
 """Stack attention kernel -> measured family. `sdpa` (PyTorch SDPA) runs the GPU's `sdpa_family`: its FlashAttention-2
@@ -27,6 +27,19 @@ class AttentionRates:
     """Tensor-core clock under a power cap (models/hardware/rates.py power_clock_scale)."""
     sdpa_family: str = "fa2"
     """Measured family PyTorch SDPA dispatches to on this GPU (hardware_db get_sdpa_family)."""
+    sdpa_fa2: SdpaFa2Measurement | None = None
+    """PyTorch SDPA's FA2 backend measured beside FA3 on this GPU (hardware_db get_sdpa_fa2_measurement); None: SDPA's
+    FA2 runs at the fa2 curve."""
+
+    def sdpa_fa2_forward_ratio(self) -> float:
+        """PyTorch SDPA's FA2-backend forward rate over the fa2 curve's (attention_kernels.yaml sdpa_fa2): the measured
+        SDPA / FA3 over the curves' FA2 / FA3 at the measured shape, so the run's clock cancels; 1 without one."""
+        m = self.sdpa_fa2
+        if m is None or not (self._rows("fa2", "forward", m.causal) and self._rows("fa3", "forward", m.causal)):
+            return 1.0
+        seq = np.array([float(m.seq)])
+        curves = self.rate("fa2", seq, m.head_dim, causal=m.causal) / self.rate("fa3", seq, m.head_dim, causal=m.causal)
+        return float(m.sdpa_tflops / m.fa3_tflops / curves[0])
 
     def has(self, kernel: str, window: int | None = None) -> bool:
         """Whether a causal forward curve of `kernel` is published (with `window`: one measured at that window)."""
@@ -62,6 +75,8 @@ class AttentionRates:
             lo = hi - 1
             w = (np.log(head_dim) - np.log(dims[lo])) / (np.log(dims[hi]) - np.log(dims[lo]))
             rate = (1 - w) * along(rows[lo]) + w * along(rows[hi])
+        if kernel == "sdpa" and self.family(kernel) == "fa2" and direction == "forward":
+            rate = rate * self.sdpa_fa2_forward_ratio()  # PyTorch's vendored FA2 forward (sdpa_fa2)
         return rate * 1e12 * self.clock_scale
 
     def forward_flops_per_s(self, kernel: str, seq: np.ndarray, head_dim: float,

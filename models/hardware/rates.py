@@ -8,7 +8,12 @@ from types import MappingProxyType
 
 import numpy as np
 
-from clusterplan.hardware_db import get_attention_curves, get_gemm_tiling, get_sdpa_family
+from clusterplan.hardware_db import (
+    get_attention_curves,
+    get_gemm_tiling,
+    get_sdpa_fa2_measurement,
+    get_sdpa_family,
+)
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
@@ -210,7 +215,8 @@ class HardwareRates:
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
                    attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock,
-                                            sdpa_family=get_sdpa_family(gpu.name)),
+                                            sdpa_family=get_sdpa_family(gpu.name),
+                                            sdpa_fa2=get_sdpa_fa2_measurement(gpu.name)),
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,

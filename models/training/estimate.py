@@ -73,7 +73,9 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                                  stack.fp8_weight_copy)
     return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
                             fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
-                            param_remainders=stack.optimizer_param_remainders)
+                            param_remainders=stack.optimizer_param_remainders,
+                            loss_parallel_bytes_per_logit=stack.loss_parallel_bytes_per_logit,
+                            pp_impl=stack.pp_impl, cp_impl=stack.cp_impl)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

@@ -380,12 +380,25 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     return held + np.where(full_layers > 0, per_layer_kept, 0.0)
 
 
+def loss_peak_bytes_per_logit(L: LayoutArrays, loss_bytes_per_logit: float,
+                              loss_parallel_bytes_per_logit: float | None = None) -> np.ndarray:
+    """Peak bytes per logit of the stack's cross-entropy: `loss_bytes_per_logit`, or under tp > 1
+    `loss_parallel_bytes_per_logit` when the stack keeps the logits vocabulary-sharded through the loss (torch
+    loss_parallel, torch/distributed/tensor/parallel/loss.py _nll_loss_and_log_softmax_backward: the saved fp32
+    log-softmax output, zeros_like(x), exp(x) and their sum live together, 4 B each: 16 B)."""
+    if loss_parallel_bytes_per_logit is None:
+        return np.full(len(L), loss_bytes_per_logit)
+    return np.where(L.tp > 1, loss_parallel_bytes_per_logit, loss_bytes_per_logit)
+
+
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
                           head: np.ndarray | bool, sp_gathered: bool = False,
-                          loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT) -> np.ndarray:
+                          loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
+                          loss_parallel_bytes_per_logit: float | None = None) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
     the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
-    `loss_bytes_per_logit`: the peak bytes per logit of the stack's cross-entropy (ExecutionStack)."""
+    `loss_bytes_per_logit`: the peak bytes per logit of the stack's cross-entropy (ExecutionStack), replaced under
+    tp > 1 by `loss_parallel_bytes_per_logit` when the stack has one (loss_peak_bytes_per_logit)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
@@ -395,11 +408,48 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     # Mixed precision: as the stack computes the loss (hardware_db stacks.yaml loss_bytes_per_logit, each with its
     # source: TE's fused cross-entropy 2 B, Megatron's vocab-parallel one on an fp32 copy 6 B, PyTorch's eager
     # F.cross_entropy on logits.float() 12 B at the head's backward).
-    per_logit = np.where(fp32, 4.0, loss_bytes_per_logit)
+    per_logit = np.where(fp32, 4.0, loss_peak_bytes_per_logit(L, loss_bytes_per_logit, loss_parallel_bytes_per_logit))
     logits = np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
     head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
         if sp_gathered else 0.0
     return np.where(embed, embed_out, 0.0) + np.where(head, logits + head_in, 0.0)
+
+
+def torch_pipeline_bytes(shapes: ModelShapes, L: LayoutArrays, position: str) -> np.ndarray:
+    """Bytes torch.distributed.pipelining holds on a pipeline rank beyond its layers' saved activations (pp > 1;
+    torch/distributed/pipelining/stage.py, PipelineStage). `io`: one micro-batch's stage input or output (the
+    residual stream, sequence-sharded under SP); m micro-batches; v stages per rank.
+    - one activation receive buffer per micro-batch and stage that has a previous stage (_prepare_forward_infra), of
+      which the in-flight micro-batches' are their first layer's saved input already: (m - in flight) io each;
+    - one gradient receive buffer per micro-batch and stage that has a next stage (_prepare_backward_infra);
+    - each in-flight micro-batch's stage output, kept in fwd_cache until its backward (no layer saves it);
+    - last stage: the receive buffers' .grad, kept until clear_runtime_states ((m - 1) io at the last backward), and
+      every micro-batch's output, the logits in the compute dtype, in output_chunks until the step's merge."""
+    if position not in POSITION_NAMES:
+        raise ValueError(f"position {position!r}: choose one of {', '.join(POSITION_NAMES)}")
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    tokens = L.seq * L.mbs / L.cp
+    io = act * tokens * shapes.hidden / L.sp_div
+    m = L.microbatches * 1.0
+    held = inflight_microbatches(L, position)
+    first, last = position == "first", position == "last"
+    recv_stages = L.vpp - (1.0 if first else 0.0)
+    grad_stages = L.vpp - (1.0 if last else 0.0)
+    buffers = (recv_stages * np.maximum(m - held, 0.0) + grad_stages * m + grad_stages * held) * io
+    if last:
+        logits = act * tokens * shapes.vocab / L.tp
+        buffers = buffers + (m - 1.0) * io + m * logits
+    return np.where(L.pp > 1, buffers, 0.0)
+
+
+def torch_cp_gathered_kv_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """The all-gathered K and V one layer's context-parallel attention holds while it runs (torch context_parallel
+    with rotate_method allgather, torch/distributed/tensor/experimental/_attention.py _AllGatherRotater: the whole
+    sequence's K and V, as SDPA receives them after torchtitan's repeat_kv: n_heads wide). Transient, one layer at
+    a time; the local chunk is counted with the layer's q, k, v. cp = 1: nothing."""
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    gathered = act * L.seq * L.mbs * (shapes.q_dim + shapes.v_dim) / L.tp
+    return np.where(L.cp > 1, gathered, 0.0)
 
 
 def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
@@ -435,24 +485,33 @@ class MemoryBreakdown:
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
                      fused_glu: bool = True, loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
-                     param_remainders: bool = True) -> MemoryBreakdown:
+                     param_remainders: bool = True, loss_parallel_bytes_per_logit: float | None = None,
+                     pp_impl: str = "megatron", cp_impl: str = "megatron") -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
-    sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders)."""
+    sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
+    loss_parallel_bytes_per_logit, pp_impl: "torch" adds torch_pipeline_bytes, cp_impl: "torch" adds
+    torch_cp_gathered_kv_bytes, both to "other")."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
     per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
+    # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
+    cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer)
-                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit))
-        other = other_bytes(L, acts) + states.fsdp_buffers
+                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit,
+                                        loss_parallel_bytes_per_logit))
+        other = other_bytes(L, acts) + states.fsdp_buffers + cp_gathered
+        if pp_impl == "torch":
+            other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other
         for j, term in enumerate((states.weights, states.grads, states.optimizer, acts, other, total)):
             stacked[i, j] = term
