@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.hardware_db import get_stack
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
@@ -35,10 +34,7 @@ from clusterplan.models.training.compute import (
     linear_times,
     unfused_extra_bytes,
 )
-from clusterplan.models.training.estimate import estimate
-from clusterplan.models.training.memory import stage_layers
-from clusterplan.reference import bridge
-from clusterplan.reference.report import read_rows
+from clusterplan.reference import layer_view
 
 PARTS = ("gemm", "fp8_cast", "attention", "elementwise")
 """The layer's compute parts, in layer_time's order."""
@@ -95,45 +91,19 @@ class RowBreakdown:
     parts: DenseLayerParts
 
 
-def row_key(r: dict[str, str]) -> str:
-    return f"{r['system']} {r['model']} {r['precision']}"
-
-
 def breakdowns(keys: list[str] | None = None) -> list[RowBreakdown]:
     """The dense rows of bridge.BRIDGE_CSV (those named by `keys`, 'SYSTEM MODEL PRECISION', when given)."""
-    out = []
-    for r in read_rows(bridge.BRIDGE_CSV):
-        if keys and row_key(r) not in keys:
-            continue
-        model, _ = bridge.row_model(r)
-        if model.is_moe:
-            continue
-        layout, _ = bridge.bridge_layout(r, model)
-        _, cluster, _ = bridge.bridge_cluster(r["system"], int(r["gpus"]))
-        if cluster is None:
-            continue
-        recipe = bridge.fp8_recipe(r["precision"], cluster)
-        stack = get_stack(bridge.STACK)
-        est = estimate(model, cluster, layout, stack=stack, fp8_recipe=recipe)
-        ran = est.evaluation.stack  # the stack with the row's fp8 recipe first, as estimate ran it
-        shapes, arrays = ModelShapes.of(model), LayoutArrays.from_layouts([layout])
-        layers = stage_layers(shapes, arrays)
-        most = float(max(layers.first[0], layers.middle[0], layers.last[0]))
-        units = float(arrays.microbatches[0]) * most
-        published_step = layout.gbs * layout.seq / (float(r["tokens_per_s_per_gpu"]) * int(r["gpus"]))
-        out.append(RowBreakdown(label=row_key(r), layout=bridge.layout_text(layout), gpu=est.evaluation.hw.gpu_name,
-                                published_layer_s=published_step / units,
-                                predicted_layer_s=float(est.evaluation.time.step_s[0]) / units,
-                                parts=dense_layer_parts(shapes, arrays, est.evaluation.hw, ran)))
-    return out
+    return [RowBreakdown(label=run.label, layout=run.layout, gpu=run.evaluation.hw.gpu_name,
+                         published_layer_s=run.published_layer_s, predicted_layer_s=run.predicted_layer_s,
+                         # the stack with the row's fp8 recipe first, as estimate ran it
+                         parts=dense_layer_parts(run.shapes, run.arrays, run.evaluation.hw, run.evaluation.stack))
+            for run in layer_view.row_runs(keys, moe=False)]
 
 
 def print_breakdown(rows: list[RowBreakdown]) -> None:
     for row in rows:
         p = row.parts
-        print(f"\n{row.label}  {row.layout}")
-        print(f"  per layer and micro-batch: published <= {row.published_layer_s * 1e3:.2f} ms, predicted "
-              f"{row.predicted_layer_s * 1e3:.2f} ms (step time over micro-batches x layers of the fullest rank)")
+        layer_view.print_layer_times(row.label, row.layout, row.published_layer_s, row.predicted_layer_s)
         print(f"  {'part':12} {'fwd ms':>8} {'bwd ms':>8} {'share':>6}")
         for part in PARTS:
             both = p.forward_s[part] + p.backward_s[part]
@@ -143,16 +113,7 @@ def print_breakdown(rows: list[RowBreakdown]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    keys = list(sys.argv[1:] if argv is None else argv)
-    rows = breakdowns(keys or None)
-    if keys and len(rows) != len(keys):
-        found = {r.label for r in rows}
-        missing = [k for k in keys if k not in found]
-        print(f"no dense row named {', '.join(missing)}; name rows as 'SYSTEM MODEL PRECISION', e.g. "
-              "'DGX-B200 LLAMA3_8B FP8-CS'", file=sys.stderr)
-        return 2
-    print_breakdown(rows)
-    return 0
+    return layer_view.run_cli(argv, "dense", "DGX-B200 LLAMA3_8B FP8-CS", breakdowns, print_breakdown)
 
 
 if __name__ == "__main__":
