@@ -684,14 +684,11 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     if stack.fsdp_impl == "fsdp2":
         # FSDP2: the block's own gather / reduce-scatter at the edges (not the average layer's, which carries the
         # embedding's share), the root module's and the copy-out kernels (fsdp2_extra_s).
-        block = np.ones_like(L.tp)
-        block_ag = _collective("all_gather", stage_params(shapes, L, block, False, False).dense
-                               * activation_bytes(L), shard, hw)
-        block_rs = _collective("reduce_scatter", stage_params(shapes, L, block, False, False).dense
-                               * bytes_per_param(L)[1], shard, hw)
-        fsdp2 = (L.microbatches * (slow_layers * (per_layer + latency) + block_ag + block_rs)
-                 + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
-        exposed = np.where(L.pp > 1, exposed, fsdp2)
+        # (pp > 1 rows are replaced by `once` below.)
+        block_ag = _collective("all_gather", one_layer.dense * activation_bytes(L), shard, hw)
+        block_rs = _collective("reduce_scatter", one_layer.dense * bytes_per_param(L)[1], shard, hw)
+        exposed = (L.microbatches * (slow_layers * (per_layer + latency) + block_ag + block_rs)
+                   + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
     once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
