@@ -107,6 +107,7 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
     scale_up = raw.get("scale_up") or {}
     if "gb_per_s" in scale_up:
         raise BadInputError(f"{where}: scale_up takes the link's bandwidth from links.yaml; drop gb_per_s")
+    host_cpu = _host_cpu(where, raw)
     up_link = _str(where + " scale_up", scale_up, "link")
     if up_link not in links:
         raise BadInputError(f"{where}: unknown scale_up link {up_link!r}")
@@ -137,8 +138,8 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         price=price,
         sources=MappingProxyType(dict(sources)),
         mx_formats=bool(raw.get("mx_formats", False)),
-        host_cpu=_host_cpu(where, raw),
-        host_link_gb_per_s=_host_link_gb_per_s(where, raw, links, _host_cpu(where, raw)),
+        host_cpu=host_cpu,
+        host_link_gb_per_s=_host_link_gb_per_s(where, raw, links, host_cpu),
     )
 
 
