@@ -31,7 +31,7 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
 
 LLAMA3_CSV = "llama3_405b_table4.csv"
 MODEL = "llama3.1-405b"
@@ -51,9 +51,6 @@ ZERO = 2
 reshard after forward computation': parameters gathered once per step and held through backward = ZeRO-2's traffic
 (one all-gather, one reduce-scatter per step) and its weight memory."""
 STACK = "megatron-core"
-TARGET_TIME_MEDIAN = 0.10
-TARGET_TIME_MAX = 0.20
-"""Issue #13's held-out target: time within 10 % median and 20 % max."""
 
 NOT_ADDED = (
     ("Megatron-LM README, GPT 2B-462B weak scaling on up to 6,144 H100",
@@ -80,8 +77,7 @@ def palm_flops_per_token(model: ModelSpec, seq: int) -> float:
 
 def causal_flops_per_token(model: ModelSpec, seq: int) -> float:
     """The same count with the attention term halved for the causal mask (6N + 6LHQT): the alternative reading."""
-    shapes = ModelShapes.of(model)
-    return 6.0 * shapes.total_params + 6.0 * model.n_layers * model.q_dim * seq
+    return palm_flops_per_token(model, seq) - 6.0 * model.n_layers * model.q_dim * seq
 
 
 def pipeline_chunks(model: ModelSpec, pp: int) -> tuple[int, int]:

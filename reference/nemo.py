@@ -23,7 +23,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -31,9 +31,6 @@ STACK = "megatron-core"
 transformer_engine: True (NeMo-Framework-Launcher conf/training/*), NeMo 2.0 and Megatron-Bridge natively."""
 NODE = "dgx-h100"
 GPUS_PER_NODE = 8
-TARGET_TIME_MEDIAN = 0.10
-TARGET_TIME_MAX = 0.20
-"""Issue #13's held-out target for published H100-era runs: time within 10 % median and 20 % max."""
 
 FP8_RECIPES = {"FP8-DS": "delayed", "FP8-CS": "tensorwise", "BF16": None}
 """FP8-DS: the NeMo 1.0 / 2.0 recipes before 25.04 (fp8_hybrid, fp8_amax_history_len 1024, fp8_amax_compute_algo max:

@@ -28,6 +28,12 @@ STACK = "megatron-lm-2021"
 """The stack these A100 runs used: Megatron-LM of 2021-22 (no TP/P2P overlap, unfused attention)."""
 
 
+TARGET_TIME_MEDIAN = 0.10
+TARGET_TIME_MAX = 0.20
+TARGET_MEMORY = 0.08
+"""Issue #13's target for held-out published H100-era runs: time within 10 % median and 20 % max, memory within 8 %."""
+
+
 def read_rows(name: str, directory: Path = REFERENCE_DIR) -> list[dict[str, str]]:
     with open(directory / name, encoding="utf-8") as fh:
         return list(csv.DictReader(line for line in fh if not line.startswith("#")))

@@ -23,7 +23,7 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import read_rows
+from clusterplan.reference.report import TARGET_MEMORY, TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
 
 TITAN_CSV = "torchtitan_h100_2412.csv"
 NODE = "grand-teton-h100-96gb"
@@ -36,10 +36,6 @@ SCHEDULES = {"1F1B": "1f1b", "Interleaved1F1B": "interleaved-1f1b"}
 STAGES_PER_RANK = {"1F1B": 1, "Interleaved1F1B": 2}
 """torchtitan generate_split_points (torchtitan/parallelisms/pipeline_llama.py at 9dec370): without explicit split
 points, 1 stage per rank for single-stage schedules and 2 for multi-stage (looped) ones."""
-TARGET_TIME_MEDIAN = 0.10
-TARGET_TIME_MAX = 0.20
-TARGET_MEMORY = 0.08
-"""Issue #13's held-out target: time within 10 % median and 20 % max, memory within 8 %."""
 
 
 @dataclass(frozen=True)
