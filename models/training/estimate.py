@@ -21,7 +21,14 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
-from clusterplan.models.training.memory import GIB, MemoryBreakdown, fp8_weight_copy_bytes, memory_breakdown
+from clusterplan.models.training.memory import (
+    EAGER_LOSS_FREED_LOGITS_BYTES,
+    FSDP_FP8_ALLGATHER_RECIPES,
+    GIB,
+    MemoryBreakdown,
+    fp8_weight_copy_bytes,
+    memory_breakdown,
+)
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
@@ -75,7 +82,12 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
                             param_remainders=stack.optimizer_param_remainders,
                             loss_parallel_bytes_per_logit=stack.loss_parallel_bytes_per_logit,
-                            pp_impl=stack.pp_impl, cp_impl=stack.cp_impl)
+                            pp_impl=stack.pp_impl, cp_impl=stack.cp_impl, compiled=stack.compiled,
+                            fp32_params=stack.fsdp_impl == "fsdp2",
+                            fp8_allgather=stack.fp8_allgather and bool(stack.fp8_recipes)
+                            and stack.fp8_recipes[0] in FSDP_FP8_ALLGATHER_RECIPES,
+                            freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
+                            if stack.loss_impl == "eager_fp32" else 0.0)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

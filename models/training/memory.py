@@ -46,9 +46,20 @@ MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
+# fp8 recipes whose weights torchao's FSDP2 float8 all-gather gathers in fp8 (Float8Linear with dynamic tensorwise
+# scaling only: torchao/float8/fsdp_utils.py WeightWithDynamicFloat8CastTensor).
+FSDP_FP8_ALLGATHER_RECIPES = ("tensorwise",)
+# An fp32 parameter, the master weight where the stack keeps one; an fp8 one (an fp8-gathered unsharded weight).
+FP32_PARAM_BYTES, FP8_PARAM_BYTES = 4.0, 1.0
 # bf16 logits and the fp32 copy the vocabulary-parallel cross-entropy computes its softmax in, the gradient written
 # into that copy in place (Megatron-LM, Korthikanti 2022's 4sbh(1 + V/h) term): 6 B per logit.
 UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
+# PyTorch's caching allocator at an eager F.cross_entropy(logits.float()) outside a pipeline schedule: `del pred`
+# (torchtitan train.py) frees the bf16 logits block (2 B per logit) before loss.backward(), whose allocations are all
+# fp32 logits-sized (the nll gradient, 4 B, takes the freed fp32 copy's block; log-softmax's input gradient, 4 B,
+# needs a new one); a cached block is split only for a smaller request and never merged with another segment
+# (c10/cuda/CUDACachingAllocator.cpp), so the bf16 block stays reserved beside the 12 B live at the peak.
+EAGER_LOSS_FREED_LOGITS_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
 
@@ -88,7 +99,8 @@ def fp8_weight_copy_bytes(recipe: str | None, all_layouts: bool, cached: bool = 
 
 
 def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
-                    param_remainders: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    param_remainders: bool = False,
+                    fp32_params: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
@@ -97,13 +109,20 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     Adam keeps grads in the weight dtype and fp32 m, v; SGD keeps no state. fp8 adds the cached fp8 weight copies
     (`fp8_copy_bytes`, see fp8_weight_copy_bytes); fp32 training needs no master. `param_remainders`: the stack's
     distributed optimizer (ZeRO 1/2) keeps only the master weights' 16 low bits (2 B) beside the bf16 weights
-    (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state.
+    (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state. `fp32_params`: the stack keeps the
+    (sharded) parameters themselves in fp32 and casts a bf16 copy only for compute (torch FSDP2: torchtitan builds
+    the model in fp32, MixedPrecisionPolicy(param_dtype=bf16) casts at the all-gather, fully_shard's sharded fp32
+    parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B.
     """
     fp32 = L.precision == PREC_FP32
     weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + fp8_copy_bytes, 2.0))
     grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), 4.0, 2.0)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
     opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
+    if fp32_params:
+        mixed = (L.optimizer == OPT_ADAM_MASTER) & ~fp32
+        weights = np.where(mixed, FP32_PARAM_BYTES + weights - 2.0, weights)
+        opt = np.where(mixed, opt - FP32_PARAM_BYTES, opt)
     if param_remainders:
         remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2))
         opt = np.where(remainder, PARAM_REMAINDER_BYTES + 8.0, opt)
@@ -162,9 +181,13 @@ def zero_shards(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
 
 
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
-                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False) -> StateBytes:
-    """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020)."""
-    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders)
+                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False,
+                fp32_params: bool = False, fp8_allgather: bool = False) -> StateBytes:
+    """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020).
+    `fp32_params`: see bytes_per_param; `fp8_allgather`: ZeRO-3 gathers fp8 weights under fp8, whose unsharded
+    copies are 1 B per parameter (torchao enable_fsdp_float8_all_gather: fsdp_post_all_gather wraps the gathered
+    bytes in a Float8Tensor, which the forward uses as the unsharded parameter)."""
+    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params)
     dense_shard, expert_shard = zero_shards(L)
     p_dense, p_exp = params.dense, params.expert
 
@@ -173,7 +196,8 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
         return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
 
     per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
-    compute_wb = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    compute_wb = np.where(L.precision == PREC_FP32, 4.0, np.where((L.precision == PREC_FP8) & fp8_allgather,
+                                                                    FP8_PARAM_BYTES, 2.0))
     # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
     # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
     # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
@@ -182,12 +206,20 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
     return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
 
 
-def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
+def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool = False) -> np.ndarray:
     """Bytes one layer keeps under torchtitan's op-level selective activation checkpointing (per micro-batch, one
     rank): the layer input, the outputs of the ops in its save list (matmuls, SDPA with its log-sum-exp,
     reduce-scatters) except every other matmul, which is recomputed with every elementwise op (torchtitan
-    `_op_sac_save_list`, policy "save every other mm"). Dense-layer matmul order wq, wk, wv, wo, w1, w3, w2 keeps
-    wq, wv, w1, w2; MoE experts run grouped matmuls outside the alternation and are kept with their gate/up outputs."""
+    `_save_list`, policy "save every other mm", parallelize_llama.py at 9dec370). Dense-layer matmul order wq, wk,
+    wv, wo, w1, w3, w2 marks wq, wv, w1, w2 MUST_SAVE; MoE experts run grouped matmuls outside the alternation and
+    are kept with their gate/up outputs.
+
+    Eager (`compiled` False) keeps every MUST_SAVE output, needed by a backward formula or not: torch/utils/
+    checkpoint.py _CachingTorchDispatchMode stores each one at forward and the recompute pops it when it replays the
+    block, so w2's local output (tokens x h, the partial sum before the reduce-scatter under TP) and the MLP's
+    reduce-scatter output stay until the block's backward. Compiled blocks keep only what the backward graph reads:
+    AOTAutograd's min-cut partitioner (torch/_functorch/partitioners.py) saves a MUST_SAVE node only when a backward
+    node depends on it, and nothing in a block's backward reads w2's output or the block output it reduces to."""
     h = shapes.hidden
     tokens = L.seq * L.mbs / L.cp
     t = L.tp
@@ -195,14 +227,17 @@ def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     kv_half = shapes.kv_dim / 2  # the v projection (k and v are equally wide)
     attn = tokens * (h / L.sp_div * act + act * (shapes.q_dim + kv_half + shapes.v_dim) / t
                      + 4.0 * shapes.n_heads / t)
-    rs = np.where(L.sp > 0, 2.0 * tokens * h / L.sp_div * act, 0.0)  # SP reduce-scatter outputs are in the save list
+    # SP reduce-scatter outputs are in the save list: the attention's (the residual the MLP norm is recomputed from)
+    # and, eager only, the MLP's (the block output).
+    rs = np.where(L.sp > 0, (1.0 if compiled else 2.0) * tokens * h / L.sp_div * act, 0.0)
     if moe:
         routed = tokens * shapes.top_k / L.sp_div
         mlp = act * routed * shapes.expert_ffn * (2 if shapes.gated else 1) / L.etp + act * routed * h
         if shapes.shared_ffn:
             mlp = mlp + act * tokens * (shapes.shared_ffn + h) / t
     else:
-        mlp = act * tokens * (shapes.ffn + h) / t  # w1 and w2 outputs (w3 is the recomputed one)
+        # w1's output (w3 is the recomputed one); eager also w2's local output, full width on every TP rank.
+        mlp = act * tokens * shapes.ffn / t + (0.0 if compiled else act * tokens * h)
     return attn + rs + mlp
 
 
@@ -225,12 +260,13 @@ def selective_module(L: LayoutArrays, mode: np.ndarray, name: str) -> np.ndarray
 
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
-                           fused_glu: bool = True) -> np.ndarray:
+                           fused_glu: bool = True, compiled: bool = False) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
     selective keeps follows the stack (`selective`): Megatron's recompute modules (L.recompute_modules; default
-    core_attn) or torchtitan's op-level SAC. `fused_glu`: the stack fuses the gated activation (glu_saved_widths).
+    core_attn) or torchtitan's op-level SAC (eager or `compiled`, op_sac_bytes). `fused_glu`: the stack fuses the
+    gated activation (glu_saved_widths).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -301,7 +337,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         mlp_norm_out = np.where(module("mlp"), 0.0, mlp_norm_out)
     stored = norm_inputs + attn_norm_out + mlp_norm_out + qkv + attn_out + scores + mlp
     if selective == SELECTIVE_OP_SAC:
-        stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe), stored)
+        stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe, compiled), stored)
     return np.where(mode == RECOMPUTE_FULL, act * tokens * h / spd, stored)
 
 
@@ -323,7 +359,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 
 
 def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
-                               sp_gathered: bool = False, fused_glu: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                               sp_gathered: bool = False, fused_glu: bool = True,
+                               compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
@@ -331,9 +368,9 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
     per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
-                                                               fused_glu)
+                                                               fused_glu, compiled)
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
-                                                            fused_glu)
+                                                            fused_glu, compiled)
                          if moe_share else 0.0))
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode)
 
@@ -346,29 +383,30 @@ DEDUPE_MIN_ROWS = 4096
 
 
 def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
-                                      sp_gathered: bool = False,
-                                      fused_glu: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                                      sp_gathered: bool = False, fused_glu: bool = True,
+                                      compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
     same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
     unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
     if unique is None or len(unique[0]) == len(L):
-        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled)
     first, inverse = unique
-    kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu)
+    kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled)
     return kept[inverse], full[inverse]
 
 
 def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, position: str,
                             selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
                             fused_glu: bool = True,
-                            per_layer: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                            per_layer: tuple[np.ndarray, np.ndarray] | None = None,
+                            compiled: bool = False, working_set: bool = True) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
-    working set of the layer being recomputed under full recompute, less the layers offloaded to host memory.
-    `per_layer`: per_layer_activation_bytes of the same arguments, when the caller has it."""
-    full_layers = np.where(L.recompute == RECOMPUTE_FULL,
-                           np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
+    working set of the layer being recomputed under full recompute (recompute_working_bytes; left out when
+    `working_set` is False), less the layers offloaded to host memory. `per_layer`: per_layer_activation_bytes of the
+    same arguments, when the caller has it."""
+    full_layers = full_recompute_layers(L, layers)
     per_layer_kept, per_layer_full = per_layer if per_layer is not None else per_layer_activation_bytes(
-        shapes, L, selective, sp_gathered, fused_glu)
+        shapes, L, selective, sp_gathered, fused_glu, compiled)
     # Activation offloading (Megatron-Core cpu_offloading_num_layers through TE's CPU offload context, pp = 1): those
     # layers' saved tensors move to host memory after their forward and return before their backward; the layer
     # being copied out or back in stays on the GPU, one layer's set.
@@ -376,8 +414,19 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     staged = np.where(offloaded > 0, 1.0, 0.0)
     per_micro = full_layers * per_layer_full + (layers - full_layers - offloaded + staged) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
-    # While a fully recomputed layer runs backward, its whole activation set is live once more.
-    return held + np.where(full_layers > 0, per_layer_kept, 0.0)
+    return held + recompute_working_bytes(L, layers, per_layer_kept) if working_set else held
+
+
+def full_recompute_layers(L: LayoutArrays, layers: np.ndarray) -> np.ndarray:
+    """Layers of a stage with `layers` layers that full recompute checkpoints (all, or recompute_layers of them)."""
+    return np.where(L.recompute == RECOMPUTE_FULL,
+                    np.where(L.recompute_layers > 0, np.minimum(L.recompute_layers, layers), layers), 0.0)
+
+
+def recompute_working_bytes(L: LayoutArrays, layers: np.ndarray, per_layer_kept: np.ndarray) -> np.ndarray:
+    """While a fully recomputed layer runs backward, its whole activation set is live once more: one layer's
+    `per_layer_kept` when the stage recomputes any layer in full."""
+    return np.where(full_recompute_layers(L, layers) > 0, per_layer_kept, 0.0)
 
 
 def loss_peak_bytes_per_logit(L: LayoutArrays, loss_bytes_per_logit: float,
@@ -394,11 +443,14 @@ def loss_peak_bytes_per_logit(L: LayoutArrays, loss_bytes_per_logit: float,
 def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarray | bool,
                           head: np.ndarray | bool, sp_gathered: bool = False,
                           loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
-                          loss_parallel_bytes_per_logit: float | None = None) -> np.ndarray:
+                          loss_parallel_bytes_per_logit: float | None = None,
+                          freed_logits_bytes_per_logit: float = 0.0) -> np.ndarray:
     """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
     the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
     `loss_bytes_per_logit`: the peak bytes per logit of the stack's cross-entropy (ExecutionStack), replaced under
-    tp > 1 by `loss_parallel_bytes_per_logit` when the stack has one (loss_peak_bytes_per_logit)."""
+    tp > 1 by `loss_parallel_bytes_per_logit` when the stack has one (loss_peak_bytes_per_logit);
+    `freed_logits_bytes_per_logit`: what the allocator keeps reserved beside it (EAGER_LOSS_FREED_LOGITS_BYTES), pp = 1
+    only: under a pipeline schedule the last stage keeps every micro-batch's logits (torch_pipeline_bytes)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
@@ -408,7 +460,8 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     # Mixed precision: as the stack computes the loss (hardware_db stacks.yaml loss_bytes_per_logit, each with its
     # source: TE's fused cross-entropy 2 B, Megatron's vocab-parallel one on an fp32 copy 6 B, PyTorch's eager
     # F.cross_entropy on logits.float() 12 B at the head's backward).
-    per_logit = np.where(fp32, 4.0, loss_peak_bytes_per_logit(L, loss_bytes_per_logit, loss_parallel_bytes_per_logit))
+    per_logit = np.where(fp32, 4.0, loss_peak_bytes_per_logit(L, loss_bytes_per_logit, loss_parallel_bytes_per_logit)
+                         + np.where(L.pp == 1, freed_logits_bytes_per_logit, 0.0))
     logits = np.where(L.schedule == SCHEDULE_GPIPE, L.microbatches, 1.0) * per_logit * tokens * shapes.vocab / L.tp
     head_in = np.where(L.sp > 0, tokens * shapes.hidden * np.where(fp32, 4.0, 2.0) * (1 - 1 / L.tp), 0.0) \
         if sp_gathered else 0.0
@@ -486,18 +539,22 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
                      fused_glu: bool = True, loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
                      param_remainders: bool = True, loss_parallel_bytes_per_logit: float | None = None,
-                     pp_impl: str = "megatron", cp_impl: str = "megatron") -> MemoryBreakdown:
+                     pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
+                     fp32_params: bool = False, fp8_allgather: bool = False,
+                     freed_logits_bytes_per_logit: float = 0.0) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
     loss_parallel_bytes_per_logit, pp_impl: "torch" adds torch_pipeline_bytes, cp_impl: "torch" adds
-    torch_cp_gathered_kv_bytes, both to "other")."""
+    torch_cp_gathered_kv_bytes, both to "other"; compiled: the blocks run torch.compile'd (op_sac_bytes);
+    fp32_params, fp8_allgather: torch FSDP2's fp32 sharded parameters and fp8 weight gathers (state_bytes);
+    freed_logits_bytes_per_logit: the eager loss's freed logits block (ends_activation_bytes))."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
-    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu)
+    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled)
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
@@ -505,11 +562,18 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders)
-        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer)
-                + ends_activation_bytes(shapes, L, embed, head, sp_gathered, loss_bytes_per_logit,
-                                        loss_parallel_bytes_per_logit))
-        other = other_bytes(L, acts) + states.fsdp_buffers + cp_gathered
+        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather)
+        ends = [ends_activation_bytes(shapes, L, e, h, sp_gathered, loss_bytes_per_logit, loss_parallel_bytes_per_logit,
+                                      freed_logits_bytes_per_logit) for e, h in ((embed, False), (False, head))]
+        # The loss's logits peak in the head's forward and backward, outside every layer, and are freed before the
+        # last layer's backward recomputes it: the transients of a running layer (the recompute working set, torch
+        # context_parallel's gathered K/V) and the logits are never live together; the larger peak counts.
+        working = recompute_working_bytes(L, n_layers, per_layer[0])
+        in_layer = working + cp_gathered > ends[1]
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer,
+                                        working_set=False)
+                + ends[0] + np.where(in_layer, working, ends[1]))
+        other = other_bytes(L, acts) + states.fsdp_buffers + np.where(in_layer, cp_gathered, 0.0)
         if pp_impl == "torch":
             other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other

@@ -532,7 +532,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     offload = np.zeros_like(compute)
     if np.any(L.offload_layers > 0):
         kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
-                                                    stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels)
+                                                    stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels,
+                                                    stack.compiled)
         offloaded = np.minimum(L.offload_layers, slow_layers)
         offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
                                         hw.host_link_bytes_per_s)
