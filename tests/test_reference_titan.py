@@ -33,9 +33,17 @@ Memory history (median / max |error|): 5.1 % / 18.9 % with every TP row under-pr
 1F1B -16.6 %, CP -9 .. -19 %); with the PyTorch-native terms priced (memory.py loss_peak_bytes_per_logit: loss_parallel's
 16 B per logit under TP; torch_pipeline_bytes: per-micro-batch receive buffers, held stage outputs, the last stage's
 output_chunks; torch_cp_gathered_kv_bytes): 3.0 % / 12.0 % (70B -5.0 / +1.1 %, 405B 1F1B -11.8 %, s32k / CP2 / CP4
--3.4 .. -4.2 %). Left: 405B 1F1B -11.8 % and Interleaved1F1B +11.7 % (published 82.5 vs 72.7 GiB at equal micro-batches
-in flight on the first rank; the accounting from source puts the interleaved last rank above the 1F1B one) and CP8
-s256k -12.0 % (published +7.8 GiB over CP4 at the same tokens per rank).
+-3.4 .. -4.2 %); with two over-counts and four missing distinctions fixed from source (memory.py: FSDP2's fp32 sharded
+parameters are the master, 16 B per parameter, not 18; torchao's fp8-gathered unsharded weights 1 B, not 2, on every PP
+stage; eager op-SAC keeps every MUST_SAVE output, w2's and the MLP reduce-scatter's included, compiled blocks only what
+the backward graph reads; the eager loss's freed bf16 logits block stays reserved at pp 1; the loss peak and a running
+layer's transients, the recompute working set and context_parallel's gathered K/V, counted as the larger, not the
+sum): 2.3 % / 22.9 % (8B eager -6.3 / -8.3 -> -3.6 / -2.3 %, compiled within 2.6 %, CP rows within 1.0 %; 70B -8.1 /
+-2.3 %; 405B interleaved +11.7 -> -2.1 %, 1F1B -11.8 -> -22.9 %, s32k .. CP8 -15 .. -23 %). Left: the 405B 1F1B rows
+(published 82.5 GiB at 4 x 8192 tokens per micro-batch vs 75.3 GiB at 1 x 32768 with the same layout, schedule and
+micro-batch count: no per-token term separates them, and the interleaved row, 72.7, is matched) and 70B vanilla TP
+(published 4.3 GiB over async TP, whose gathers live in symmetric memory outside the caching allocator, at a peak
+the loss dominates).
 """
 
 from __future__ import annotations
