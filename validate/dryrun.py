@@ -27,7 +27,7 @@ from clusterplan.models.training.memory import bytes_per_param
 from clusterplan.progress import ProgressFn
 from clusterplan.runtime.parallelize import build_mesh, build_stages
 from clusterplan.validate.measure import local_bytes
-from clusterplan.validate.predict import position_of, predicted_bytes
+from clusterplan.validate.predict import position_of, predicted_bytes, runtime_stack
 from clusterplan.validate.report import error_pct
 
 
@@ -73,8 +73,11 @@ def _stage_elements(model: ModelSpec, layout: Layout, rank: int, pp_rank: int, f
 
 
 def _state_bytes(layout: Layout, tp_elems: dict[str, Any], fsdp_elems: dict[str, Any] | None) -> dict[str, float]:
-    """Weights, grads and optimizer bytes of the rank under the plan's ZeRO stage."""
-    wb, gb, ob = (float(np.asarray(x)[0]) for x in bytes_per_param(LayoutArrays.from_layouts([layout])))
+    """Weights, grads and optimizer bytes of the rank under the plan's ZeRO stage, at the runtime's bytes per
+    parameter: its FSDP2 keeps the parameters in fp32 (runtime/apply_fsdp.py), so no separate master."""
+    fp32_params = runtime_stack().fsdp_impl == "fsdp2"
+    wb, gb, ob = (float(np.asarray(x)[0]) for x in bytes_per_param(LayoutArrays.from_layouts([layout]),
+                                                                   fp32_params=fp32_params))
     dense_shard = layout.dp_shard * layout.cp
     expert_shard = max(1.0, layout.dp_shard * layout.cp * layout.tp / (layout.ep * layout.etp))
     full = tp_elems["dense"] + tp_elems["expert"]
