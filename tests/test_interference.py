@@ -84,3 +84,18 @@ def test_fsdp_step_pays_interference_only_in_its_dp_term():
     # Upper bound by hand: at most 24/132 of all DP traffic of the step runs beside compute.
     assert added < 24.0 / 132.0 * float(without.step_s[0])
     assert np.isfinite(added)
+
+
+def test_a_profiled_overlap_already_holds_the_interference():
+    """`profile` measures the overlap with the collective and the GEMM running together (profiler/overlap.py), so a
+    calibration with an overlap level prices no CTA term on top of it; one without keeps the datasheet CTAs."""
+    from types import MappingProxyType
+
+    from clusterplan.models.hardware.calibration import Calibration, CollectiveFit
+
+    fits = MappingProxyType({("all_reduce", "scale_up"): CollectiveFit(latency_s=1e-5, busbw_bytes_per_s=1e11)})
+    measured = Calibration(collectives=fits, overlap=MappingProxyType({"scale_up": 0.7}))
+    unmeasured = Calibration(collectives=fits, overlap=MappingProxyType({}))
+    cluster = load_cluster("dgx-h100:1")
+    assert HardwareRates.of(cluster, measured).comm_ctas_in == 0.0
+    assert HardwareRates.of(cluster, unmeasured).comm_ctas_in == 24.0

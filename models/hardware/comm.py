@@ -130,7 +130,7 @@ def interference_s(concurrent_comm_s: ArrayLike, compute_s: ArrayLike, comm_ctas
     Returns the added seconds (0 without a CTA count or SM count)."""
     if not sm_count:
         return np.zeros_like(np.asarray(concurrent_comm_s, dtype=float))
-    c = np.asarray(concurrent_comm_s, dtype=float)
+    c = np.maximum(np.asarray(concurrent_comm_s, dtype=float), 0.0)
     share = np.minimum(np.asarray(comm_ctas, dtype=float) / sm_count, 1.0)
     return np.maximum(c, compute_s + share * c) - np.maximum(c, compute_s)
 

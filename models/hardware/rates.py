@@ -220,7 +220,9 @@ class HardwareRates:
         all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
         mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
                        default=1.0)
-        up_ctas = group.scale_up.nccl_ctas
+        # A profiled overlap (calibration `overlap`) was measured with the collective and the GEMM running together:
+        # it already holds what the collective's CTAs cost the GEMM, so the CTA term is not added on top of it.
+        up_ctas = None if calibration is not None and calibration.overlap else group.scale_up.nccl_ctas
         ctas_in = float(up_ctas or 0)
         ctas_out = float(NCCL_CTAS_PER_NIC * min(g.nics_per_node for g in cluster.groups) if up_ctas else 0)
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
