@@ -188,7 +188,7 @@ def markdown_table(rows: list[McoreMoeRow]) -> str:
              "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         cells = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"])
-        lines.append(f"| {r.source} | {r.system} | {r.model} | {r.precision} | {r.gpus} | "
+        lines.append(f"| {r.source} | {r.system.removeprefix('DGX-')} | {r.model} | {r.precision} | {r.gpus} | "
                      f"{bridge.layout_text(r.layout)} | {r.dispatcher} | {r.published_tokens_per_s:.0f} | {cells[0]} | "
                      f"{cells[1]} | {r.published_tflops:.0f} | {'; '.join(_notes(r)).replace('|', '/')} |")
     lines += ["", _summary_line(rows) + "."]
