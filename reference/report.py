@@ -1,5 +1,6 @@
 """Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
 NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
+and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py) and the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
 (reference/llama3.py).
@@ -169,6 +170,10 @@ def markdown_report() -> str:
 
     out += ["#### torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511): tokens/s and peak memory per GPU", "",
             titan.markdown_table(titan.titan_rows()), ""]
+    from clusterplan.reference import titan_community
+
+    out += ["#### torchtitan runs published since (H200, async TP on H100, A100, B200): tokens/s and peak memory per GPU",
+            "", titan_community.markdown_table(titan_community.community_rows()), ""]
     from clusterplan.reference import nemo
 
     out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
@@ -205,6 +210,9 @@ def print_text_report() -> None:
     from clusterplan.reference import titan
 
     titan.print_table(titan.titan_rows())
+    from clusterplan.reference import titan_community
+
+    titan_community.print_table(titan_community.community_rows())
     from clusterplan.reference import nemo
 
     nemo.print_table(nemo.nemo_rows())

@@ -118,6 +118,8 @@ class StepTime:
     """Host (CPU launch) time the MoE layers leave exposed (models/training/host.py)."""
     pp_comm_s: np.ndarray
     dp_comm_s: np.ndarray
+    """Data-parallel traffic left exposed, plus what its overlapped part costs the compute it runs under (its NCCL
+    CTAs hold SMs: comm.interference_s)."""
     bubble_s: np.ndarray
     optimizer_s: np.ndarray
     model_flops: np.ndarray
@@ -631,8 +633,23 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         chunks = np.maximum(slow_layers, 1.0)
     exposed12 = (dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks)
                  + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
+    # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
+    # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
+    ctas = nccl_ctas(shard, hw)
+    beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
+    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, ctas,
+                                          hw.sm_count)
+                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f, ctas,
+                                            hw.sm_count))
     exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o)
-    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
+    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
+
+
+def nccl_ctas(g: Group, hw: HardwareRates) -> np.ndarray:
+    """SMs one NCCL ring collective over the group holds: the scale-up link's CTAs inside a domain, the NIC rails'
+    across domains (HardwareRates.comm_ctas_in / comm_ctas_out; hardware_db/data/links.yaml)."""
+    _, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    return np.where(n_out > 1, hw.comm_ctas_out, hw.comm_ctas_in)
 
 
 def dp_overlap_exposed_s(comm_s: np.ndarray, compute_s: np.ndarray, stack: ExecutionStack, overlap: float,
@@ -669,6 +686,11 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
+    # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
+    ctas = nccl_ctas(shard, hw)
+    interference_f = comm.interference_s(o * ag_layer, layer_f, ctas, hw.sm_count)
+    per_layer = (per_layer + interference_f
+                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, ctas, hw.sm_count))
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
@@ -691,7 +713,8 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
                    + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
-    once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
+    once = (comm.exposed_s(ag_layer, layer_f, o) + interference_f + rs_layer + hsdp_layer
+            + 2.0 * per_collective_lat)
     return np.where(L.pp > 1, slow_layers * once, exposed)
 
 
