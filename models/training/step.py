@@ -14,7 +14,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
-from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
     CODES,
     CpKindCode,
@@ -81,16 +81,30 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     """Time of one collective over a mesh-axis group, flat inside a scale-up domain, ring across nodes.
 
     Across nodes, NCCL runs one ring per NIC rail, so the group's bus bandwidth is its n_in GPUs' share of the node
-    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576).
+    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576). An
+    all-to-all has no ring to spread over the rails: every GPU sends its remote share at once, each over its own NIC,
+    so across nodes it is priced as comm.hierarchical_all_to_all_s (cross_node_all_to_all_s).
     """
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     inside = n_out <= 1
     r = hw.link(kind, g.axis)
     bw = np.where(inside, r.bw_in, np.minimum(r.bw_in, n_in * r.bw_out))
     lat = np.where(inside, r.lat_in, r.lat_out)
+    if kind == "all_to_all":
+        flat = comm.all_to_all_s(size_bytes, g.size, bw, lat)
+        across = cross_node_all_to_all_s(size_bytes, n_in, n_out, r)
+        return np.where(g.size > 1, np.where(inside, flat, across), 0.0)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
-          "reduce_scatter": comm.reduce_scatter_s, "all_to_all": comm.all_to_all_s}[kind]
+          "reduce_scatter": comm.reduce_scatter_s}[kind]
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+
+
+def cross_node_all_to_all_s(size_bytes: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, r: LinkRates) -> np.ndarray:
+    """One all-to-all over n_out nodes x n_in GPUs, `size_bytes` sent per rank: the remote (n_out-1)/n_out share
+    leaves through the GPU's own NIC at bw_out, the local share rides the scale-up link (comm.hierarchical_all_to_all_s;
+    all-to-all cannot aggregate NICs, NVIDIA/nccl-tests#267). Checked, not fitted, on NCCL all-to-all dispatch/combine
+    measured on H100 at EP 8/16/32/64 (Yan et al. 2026, arXiv 2603.07685, Table 7; tests/test_ep_all_to_all.py)."""
+    return comm.hierarchical_all_to_all_s(size_bytes, n_in, n_out, r.bw_in, r.bw_out, r.lat_in, r.lat_out)
 
 
 def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis) -> np.ndarray:
