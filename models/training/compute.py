@@ -9,9 +9,9 @@ import numpy as np
 
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
+from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import fp8_padding_bytes, grouped_gemm_time_s, routing_times
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
@@ -373,7 +373,10 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
-    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
+    # Load-balanced ring context parallelism runs the core as cp calls (cp_block_core_times): torch context_parallel
+    # with either rotate method, Megatron-Core / TE with the p2p ring.
+    cp_blocks = (L.cp_kind == CpKindCode.RING) if stack.cp_impl != "torch" else np.ones(len(L), bool)
+    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_blocks)
     # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
@@ -465,14 +468,42 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     return seconds, executed
 
 
+def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq: np.ndarray, cp: np.ndarray,
+                        head_dim: float) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of a full causal layer's attention core under load-balanced ring context
+    parallelism, call by call; `flops`: the rank's executed causal forward FLOPs (half its query rows x all keys).
+
+    torch context_parallel (torch/distributed/tensor/experimental/_attention.py _templated_ring_attention and
+    _templated_ring_attention_backward, either rotate method) and Transformer Engine's AttnFuncWithCPAndKVP2P run cp
+    calls per rank, each 1/cp of `flops` (rank r holds chunks r and 2cp-1-r of c = seq / 2cp tokens): step 0 the
+    causal diagonal, q = kv = 2c; steps 1..r the whole query against the first K/V chunk (q 2c, kv c) and steps
+    r+1..cp-1 the second query chunk against the whole K/V (q c, kv 2c), both without a mask. The diagonal runs the
+    causal curves at 2c; an off-diagonal call the non-causal curve, forward at its key length (each query-block CTA
+    loops over the keys), backward at its query length (FA2's backward CTAs loop over the query blocks). The ranks
+    meet at every layer's K/V exchange, so each direction takes its slowest rank: the last one forward (every step at
+    kv c), rank 0 backward (every step at q c). A kernel without a published non-causal curve keeps the causal curve
+    at 2c for every call."""
+    c = seq / (2.0 * cp)
+    block = flops / cp
+    off = np.maximum(cp - 1.0, 0.0) * block
+    diag_f = att.forward_flops_per_s(kernel, 2.0 * c, head_dim)
+    diag_b = att.backward_flops_per_s(kernel, 2.0 * c, head_dim)
+    off_f = att.rate(kernel, c, head_dim, "forward", causal=False) if att.has_noncausal(kernel, "forward") else diag_f
+    off_b = att.rate(kernel, c, head_dim, "backward", causal=False) if att.has_noncausal(kernel, "backward") else diag_b
+    fwd = block / diag_f + off / off_f
+    bwd = ATTN_BWD_FLOPS_OVER_FWD * (block / diag_b + off / off_b)
+    return fwd, bwd
+
+
 def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
-                     attention_kernel: str) -> tuple[np.ndarray, np.ndarray]:
+                     attention_kernel: str, cp_blocks: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) of one average layer's attention core.
 
     Flash on, forward: a `profile` attention fit when calibrated; else the kernel's published curve
     (models/hardware/attention.py) at the per-call key length, seq / cp for full layers and the window for
     sliding-window layers (a curve measured at the layer's own window instead, at seq / cp), and the model's head dim;
-    else its score/value GEMMs with only the causal share computed.
+    full layers under load-balanced ring context parallelism (`cp_blocks`, per layout) call by call instead
+    (cp_block_core_times); else its score/value GEMMs with only the causal share computed.
     Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the published backward rate (the fit's own ratio when
     calibrated).
     Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
@@ -488,7 +519,14 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
         n_sl = shapes.n_sliding_layers
         att = hw.attention
-        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp, None)]
+        full_layers = (shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s
+        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp, head_dim)
+        if not np.all(np.asarray(cp_blocks) & (L.cp > 1)):  # the rest: one causal call at seq / cp
+            whole = L.seq / L.cp
+            fwd = np.where(cp_blocks, fwd, full_layers / att.forward_flops_per_s(attention_kernel, whole, head_dim))
+            bwd = np.where(cp_blocks, bwd, ATTN_BWD_FLOPS_OVER_FWD * full_layers
+                           / att.backward_flops_per_s(attention_kernel, whole, head_dim))
+        parts = []
         if n_sl:
             w = np.minimum(float(shapes.sliding_window), L.seq)
             local = n_sl / shapes.n_layers * local_share(shapes, L.seq) * full_s
@@ -497,9 +535,9 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
                 parts.append((local, L.seq / L.cp, shapes.sliding_window))
             else:  # the full-causal curve at the window's key length
                 parts.append((local, w, None))
-        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts)
-        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
-                  for f, s, win in parts)
+        fwd = fwd + sum((f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts), 0.0)
+        bwd = bwd + sum((ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
+                         for f, s, win in parts), 0.0)
         return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
     return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
 

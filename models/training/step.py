@@ -343,9 +343,10 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
-LAYER_TIME_FIELDS = ("tp", "cp", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision", "recompute",
-                     "recompute_modules")
-"""The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp), etp besides;
+LAYER_TIME_FIELDS = ("tp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision",
+                     "recompute", "recompute_modules")
+"""The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
+context-parallel attention runs its calls block by block), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
 DEDUPE_MIN_ROWS = 4096
 """Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
