@@ -240,8 +240,26 @@ TORCH_CP_GRAD_CAT_BYTES = 8.0
 """Backward: torch.cat([dK, dV]) in fp32 before each permute (read 4 + write 4)."""
 
 
-def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, cp: np.ndarray
-                               ) -> tuple[np.ndarray, np.ndarray]:
+TORCH_CP_TRACED_COPY_BYTES = 4.0
+"""Traced (torch.compile): key/value .contiguous() written straight into the first exchange's torch.cat buffer (one
+copy, read 2 + write 2); the later cats feed an all-gather rotater that no longer sends, so the graph drops them."""
+TORCH_CP_TRACED_MERGE_BYTES = 10.0
+"""Traced: one merge fused with its block's fp32 cast: read the fp32 running output 4 + the block's bf16 output 2,
+write fp32 4."""
+TORCH_CP_TRACED_MERGE_END_SAVING = 4.0
+"""Traced: the first merge reads step 0's output in bf16 (2 less) and the last writes the bf16 result (2 less)."""
+TORCH_CP_TRACED_FIRST_GRAD_BYTES = 6.0
+"""Traced backward: zeros_like + step 0's block gradient fused into one cast (read bf16 2, write fp32 4), for dK/dV
+written into the first permute's torch.cat buffer."""
+TORCH_CP_TRACED_PARTIAL_ACCUM_BYTES = 9.0
+"""Traced backward, load-balanced step: the received fp32 dK/dV (4), half of it plus the bf16 half-block gradient
+(1 per element of the whole), written whole into the next permute's buffer (4)."""
+TORCH_CP_TRACED_LAST_DQ_BYTES = 8.0
+"""Traced backward: the last dQ accumulation fused with the cast back to bf16 (read 4 + 2, write 2)."""
+
+
+def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, cp: np.ndarray,
+                               traced: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) HBM bytes of torch context_parallel's elementwise passes on the slowest rank of one layer
     per micro-batch; q, kv, out: elements of the rank's query, key + value and output.
 
@@ -249,8 +267,20 @@ def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, c
     case (whole query against half the K/V block: whole-output merges, partial dK/dV updates); rank 0's are all the
     partial-query case (half-output merges). Forward: copies 4 x kv x cp, fp32 casts 6 x out x cp, cp - 1 merges
     32 x out, the final cast 6 x out. Backward: zeros 4 x (q + kv), copies 4 x kv x cp, dK/dV 10 x kv (step 0) +
-    13 x kv (steps 1..cp-1), fp32 dK/dV cats 8 x kv x cp, dQ 10 x q x cp, final casts 6 x (q + kv)."""
+    13 x kv (steps 1..cp-1), fp32 dK/dV cats 8 x kv x cp, dQ 10 x q x cp, final casts 6 x (q + kv).
+    `traced`: the same code traced into a torch.compile graph, where inductor fuses each pointwise chain and drops the
+    unused cats (TORCH_CP_TRACED_*). Forward: one copy 4 x kv, cp - 1 fused merges 10 x out less 4 x out at the ends.
+    Backward: kv (4 copy + 6 first cast + 9 x (cp - 1) accumulations + 6 final cast), q (6 first cast + 10 x (cp - 2)
+    accumulations + 8 last one with the cast)."""
     steps = np.maximum(cp - 1.0, 0.0)
+    if traced:
+        forward = (TORCH_CP_TRACED_COPY_BYTES * kv
+                   + (TORCH_CP_TRACED_MERGE_BYTES * steps - TORCH_CP_TRACED_MERGE_END_SAVING) * out)
+        backward = (kv * (TORCH_CP_TRACED_COPY_BYTES + TORCH_CP_TRACED_FIRST_GRAD_BYTES
+                          + TORCH_CP_TRACED_PARTIAL_ACCUM_BYTES * steps + TORCH_CP_RESULT_CAST_BYTES)
+                    + q * (TORCH_CP_TRACED_FIRST_GRAD_BYTES + TORCH_CP_ACCUM_BYTES * np.maximum(cp - 2.0, 0.0)
+                           + TORCH_CP_TRACED_LAST_DQ_BYTES))
+        return np.where(cp > 1, forward, 0.0), np.where(cp > 1, backward, 0.0)
     forward = (TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_OUT_TO_F32_BYTES * out * cp + TORCH_CP_MERGE_BYTES * out * steps
                + TORCH_CP_RESULT_CAST_BYTES * out)
     backward = (TORCH_CP_ZEROS_BYTES * (q + kv) + TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_ACCUM_BYTES * kv
@@ -261,7 +291,7 @@ def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, c
 
 def torch_allgather_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, group: Group, n_out: np.ndarray,
                          core_forward_s: np.ndarray, core_backward_s: np.ndarray, recompute_full: np.ndarray,
-                         hw: HardwareRates) -> np.ndarray:
+                         hw: HardwareRates, traced: bool = False) -> np.ndarray:
     """Exposed K/V traffic of torch context_parallel with rotate_method ALL_GATHER (its default, torchtitan's) of one
     layer per micro-batch; kv_bytes: this rank's K and V as the SDPA call receives them.
 
@@ -269,8 +299,12 @@ def torch_allgather_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, group: Group, n_o
     (diagonal) SDPA call and waited after it; every call computes the same 1/cp of the rank's core (round-robin load
     balance). Backward all-gathers K/V again (kv_rotater is the default rotater) under the first backward call, and
     passes the fp32 dK/dV accumulators (2 x kv_bytes) to the next rank with permute_tensor after every call: each is
-    waited after the next call, the last one at the end, fully exposed."""
-    o = hw.comm_overlap
+    waited after the next call, the last one at the end, fully exposed.
+    `traced` (the attention inside a torch.compile graph): functional collectives wait right where they are issued
+    (torch/distributed/_functional_collectives.py _maybe_wrap_tensor returns wait_tensor(...) when tracing) and
+    inductor keeps that order (torch/_inductor/config.py reorder_for_compute_comm_overlap = False), so every
+    all-gather and permute is exposed."""
+    o = 0.0 if traced else hw.comm_overlap
     ag = _collective("all_gather", cp * kv_bytes, group, hw)
     block_f, block_b = core_forward_s / cp, core_backward_s / cp
     lat, xfer = _p2p_parts(2.0 * kv_bytes, n_out, hw, Axis.CP)
@@ -296,8 +330,10 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         # (torchtitan's Attention.forward) pass them after repeat_kv, at the query head count.
         kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
         kv_bytes = act * tokens * kv_width / L.tp
+        # A compiled stack traces the attention into each block's graph (torchtitan compiles every TransformerBlock
+        # with fullgraph=True; context_parallel's SDPA override runs inside it).
         allgather = torch_allgather_cp_s(kv_bytes, L.cp, cp_group, n_out, lt.core_forward_s, lt.core_backward_s,
-                                         full, hw)
+                                         full, hw, traced=stack.compiled)
     cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
                    [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather], ring)
     if stack.cp_impl == "torch":
@@ -305,7 +341,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         # method): serial time, forward again under full recompute.
         kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
         fwd_b, bwd_b = torch_cp_elementwise_bytes(tokens * shapes.q_dim / L.tp, tokens * kv_width / L.tp,
-                                                  tokens * shapes.v_dim / L.tp, L.cp)
+                                                  tokens * shapes.v_dim / L.tp, L.cp, traced=stack.compiled)
         cp = cp + ((1.0 + full) * fwd_b + bwd_b) / hw.hbm_bytes_per_s
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
