@@ -373,10 +373,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
-    # Load-balanced ring context parallelism runs the core as cp calls (cp_block_core_times): torch context_parallel
-    # with either rotate method, Megatron-Core / TE with the p2p ring.
-    cp_blocks = (L.cp_kind == CpKindCode.RING) if stack.cp_impl != "torch" else np.ones(len(L), bool)
-    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_blocks)
+    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_runs_blocks(L, stack))
     # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
@@ -493,6 +490,15 @@ def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq
     fwd = block / diag_f + off / off_f
     bwd = ATTN_BWD_FLOPS_OVER_FWD * (block / diag_b + off / off_b)
     return fwd, bwd
+
+
+def cp_runs_blocks(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
+    """Layouts whose context-parallel attention runs as load-balanced ring calls (cp_block_core_times): torch
+    context_parallel with either rotate method (the all-gather only moves K/V), Megatron-Core / TE with the p2p ring
+    (not its all-gather or all-to-all kinds)."""
+    if stack.cp_impl == "torch":
+        return np.ones(len(L), bool)
+    return L.cp_kind == CpKindCode.RING
 
 
 def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
