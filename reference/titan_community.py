@@ -1,0 +1,248 @@
+"""Our predictions against torchtitan runs published after the Dec 2024 set (data/torchtitan_community.csv): the H200
+multi-node baseline (Trainy / WhiteFiber, June 2025), the June 2025 async-TP benchmark on H100, torchtitan's 2024
+A100 numbers (docs/performance.md) and the B200 MXFP8 / float8 runs (docs/mxfp8.md = torchao mx_formats README).
+
+A held-out check set like reference/titan.py's: each row runs `estimate` with the stack its flags name (eager or
+compiled, async TP on or off, float8 all-gather on or off) on the node its source names, and is compared on tokens/s
+per GPU and, where published, peak memory per GPU. No constant is fitted to these rows and no per-row factor exists;
+what a source leaves unsaid is assumed in data/torchtitan_community.csv's header and noted per row. Published runs
+that cannot be expressed are listed in UNEXPRESSED with the reason.
+
+    python -m clusterplan.reference            # prints every reference table, these included
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from statistics import median
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.hardware_db.stacks import ExecutionStack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict, load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.reference.bridge import layout_text
+from clusterplan.reference.report import TARGET_MEMORY, TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+
+COMMUNITY_CSV = "torchtitan_community.csv"
+SETS = {
+    "h200-2506": "torchtitan on H200 (Trainy / WhiteFiber, June 2025; benchmarks/llama3_8b_h200_2025-06_torchtitan.md)",
+    "asynctp-h100-2506": "torchtitan async TP on H100 (June 2025; benchmarks/asyncTP_llama3_h100_2025-06_torchtitan.md, "
+                         "pull request #1299)",
+    "a100-2404": "torchtitan FSDP2 on 64 A100 (2024; docs/performance.md)",
+    "b200-2508": "torchtitan bf16 / float8 / MXFP8 on 8 B200 (Aug 2025; docs/mxfp8.md, torchao mx_formats README)",
+}
+"""Set id -> title; the order the report prints them in."""
+TIME_NOT_COMPARED = {
+    "b200-2508": "the B200s are 'power limited' to a limit the source does not state: tokens/s is shown at the "
+                 "1000 W TDP but not compared (peak memory does not depend on the clock and is)",
+}
+"""Sets whose tokens/s cannot be compared, with why; their rows are printed and their memory compared."""
+AC_EVERY_OTHER = "layer2"
+"""torchtitan selective_ac_option '2' ("selective layer"): every second TransformerBlock wrapped in checkpoint_wrapper
+(torchtitan parallelize_llama apply_ac, _apply_ac_to_transformer_block: ac_freq = int(selective_ac_option))."""
+AC_LAYER_FREQUENCY = 2
+UNEXPRESSED: tuple[tuple[str, str], ...] = (
+    ("asynctp-h100-2506: Llama 3.1 8B on 64 H100, FSDP 8 x TP 8, per-op SAC, local batch 12, bf16 / float8 "
+     "tensorwise / rowwise, vanilla and async TP (6 runs)",
+     "published only in assets/images/async-tp-perf-06-14-2025.png (no text table in the file or its pull request); "
+     "not transcribed"),
+    ("b200-2508 MoE: Llama 4 Scout on 64 GB200 trays (256 GPUs), FSDP 256 / EP 16, local batch 10, bf16 6169 and "
+     "mxfp8 7401 median tokens/s",
+     "Llama 4 Scout is not in the model catalog (interleaved chunked / global attention and its MoE layout are not "
+     "described there)"),
+)
+"""Runs the sources publish that no row here expresses, with why."""
+
+
+@dataclass(frozen=True)
+class CommunityRow:
+    """One CSV row, how we run it, and what we predict."""
+
+    set: str
+    model: str
+    gpus: int
+    node: str
+    techniques: str
+    stack: str
+    layout: Layout
+    notes: tuple[str, ...]
+    published_tokens_per_s: float
+    published_memory_gib: float | None
+    predicted_tokens_per_s: float
+    predicted_memory_gib: float
+    refused: str = ""
+    """The estimate's own reasons (e.g. out of memory) when it refuses the layout; time and memory still compared."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.set} {self.model.removeprefix('llama3.1-')} {self.gpus} {self.techniques}"
+
+    @property
+    def error(self) -> float:
+        """Predicted over published tokens/s per GPU, minus 1."""
+        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+    @property
+    def time_compared(self) -> bool:
+        return self.set not in TIME_NOT_COMPARED
+
+    @property
+    def memory_error(self) -> float | None:
+        """Predicted over published peak GiB per GPU, minus 1 (None where the source publishes no memory)."""
+        if self.published_memory_gib is None:
+            return None
+        return self.predicted_memory_gib / self.published_memory_gib - 1
+
+
+def techniques(r: dict[str, str]) -> str:
+    parts = [f"FSDP{r['fsdp']}", f"TP{r['tp']}" if r["tp"] != "1" else "",
+             "compile" if r["compile"] == "1" else "eager", r["variant"] or r["float8"],
+             "fp8AG" if r["fp8_allgather"] == "1" else "", "asyncTP" if r["async_tp"] == "1" else "",
+             f"ac-{r['ac']}", f"b{r['local_batch']}", f"s{int(r['seq']) // 1024}k"]
+    return "+".join(p for p in parts if p)
+
+
+def community_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
+    """The stack entry the row's flags name: torchtitan (eager) or torchtitan-compile; a compiled TP run without
+    async TP has its TP overlap off (as reference/titan.py); float8 without enable_fsdp_float8_all_gather gathers
+    bf16 weights (torchao float8 all-gather is opt-in: torchtitan [float8] enable_fsdp_float8_all_gather)."""
+    notes: list[str] = []
+    stack = get_stack("torchtitan-compile" if r["compile"] == "1" else "torchtitan")
+    if int(r["tp"]) > 1 and r["async_tp"] != "1":
+        stack = replace(stack, name=f"{stack.name}, async TP off", tp_overlap="none", tp_overlap_share=0.0)
+        notes.append(f"async TP off: stack {stack.name.split(',')[0]} with tp_overlap none")
+    if r["float8"] and r["fp8_allgather"] != "1" and stack.fp8_allgather:
+        stack = replace(stack, name=f"{stack.name}, bf16 FSDP gathers", fp8_allgather=False)
+        notes.append("enable_fsdp_float8_all_gather off: FSDP gathers bf16 weights")
+    return stack, notes
+
+
+def community_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]:
+    fsdp, tp, local, seq = int(r["fsdp"]), int(r["tp"]), int(r["local_batch"]), int(r["seq"])
+    notes: list[str] = []
+    recompute, layers = {"selective": ("selective", 0), "full": ("full", 0), "none": ("none", 0),
+                         AC_EVERY_OTHER: ("full", model.n_layers // AC_LAYER_FREQUENCY)}[r["ac"]]
+    if layers:
+        notes.append(f"selective layer AC: {layers} of {model.n_layers} blocks fully recomputed (every second block)")
+    if r["float8"] == "rowwise" and tp > 1:
+        notes.append("the source's note: low float8 rowwise vanilla-TP throughput, being addressed in "
+                     "pytorch/torchtitan#1207 (published rowwise ~ bf16); the model prices rowwise's fp8 GEMMs")
+    if r["variant"] == "mxfp8_cublas_rceil":
+        notes.append("mxfp8_cublas_rceil differs from mxfp8_cublas only in the scale's rounding mode: priced alike")
+    layout = Layout(dp=fsdp, tp=tp, zero=3, mbs=local, gbs=local * fsdp, seq=seq, recompute=recompute,
+                    recompute_layers=layers, precision="fp8" if r["float8"] else "bf16", flash_attn=True)
+    return layout, notes
+
+
+def community_cluster(r: dict[str, str]) -> tuple[Cluster, list[str]]:
+    node, gpus = r["node"], int(r["gpus"])
+    base = load_cluster(f"{node}:1")
+    per_node = base.groups[0].gpus_per_node
+    if not r["power_cap_w"]:
+        return load_cluster(f"{node}:{gpus // per_node}"), [f"power limit not published: {base.groups[0].gpu.name} "
+                                                            f"at its {base.groups[0].gpu.tdp_w:g} W TDP"]
+    cap = float(r["power_cap_w"])
+    return cluster_from_dict({"groups": [{"node": node, "count": gpus // per_node, "power_cap_w": cap}]},
+                             where=f"{node}:{gpus // per_node} at {cap:g} W"), []
+
+
+def community_rows() -> list[CommunityRow]:
+    out = []
+    for r in read_rows(COMMUNITY_CSV):
+        model = load_model(r["model"])
+        gpus = int(r["gpus"])
+        cluster, cluster_notes = community_cluster(r)
+        layout, notes = community_layout(r, model)
+        stack, stack_notes = community_stack(r)
+        est = estimate(model, cluster, layout, stack=stack, fp8_recipe=r["float8"] or None)
+        js = est.to_json()
+        out.append(CommunityRow(set=r["set"], model=r["model"], gpus=gpus, node=r["node"], techniques=techniques(r),
+                                stack=stack.name, layout=layout, notes=tuple(cluster_notes + stack_notes + notes),
+                                published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
+                                published_memory_gib=float(r["memory_gib"]) if r["memory_gib"] else None,
+                                predicted_tokens_per_s=js["tokens_per_s"] / gpus,
+                                predicted_memory_gib=js["memory"]["peak_gib"],
+                                refused="; ".join(str(p) for p in est.reasons)))
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and max |error| over the rows that compare tokens/s, and over those that publish memory."""
+
+    rows: int
+    time_rows: int
+    time_median: float | None
+    time_max: float | None
+    memory_rows: int
+    memory_median: float | None
+    memory_max: float | None
+
+
+def summary(rows: list[CommunityRow]) -> Summary:
+    times = [abs(r.error) for r in rows if r.time_compared]
+    mems = [abs(e) for r in rows if (e := r.memory_error) is not None]
+    return Summary(len(rows), len(times), median(times) if times else None, max(times) if times else None,
+                   len(mems), median(mems) if mems else None, max(mems) if mems else None)
+
+
+def _summary_line(rows: list[CommunityRow]) -> str:
+    s = summary(rows)
+    time = (f"tokens/s ({s.time_rows} rows) median |error| {s.time_median:.1%}, max {s.time_max:.1%}"
+            if s.time_median is not None and s.time_max is not None else "tokens/s not compared")
+    memory = (f"peak memory ({s.memory_rows} rows) median |error| {s.memory_median:.1%}, max {s.memory_max:.1%}"
+              if s.memory_median is not None and s.memory_max is not None else "peak memory not published")
+    why = [TIME_NOT_COMPARED[r.set] for r in rows[:1] if not r.time_compared]
+    return (f"{s.rows} rows: {time}; {memory} (issue #13 held-out target: time {TARGET_TIME_MEDIAN:.0%} median / "
+            f"{TARGET_TIME_MAX:.0%} max, memory {TARGET_MEMORY:.0%})" + (f"; {why[0]}" if why else ""))
+
+
+def by_set(rows: list[CommunityRow]) -> dict[str, list[CommunityRow]]:
+    return {s: [r for r in rows if r.set == s] for s in SETS if any(r.set == s for r in rows)}
+
+
+def _memory_cells(r: CommunityRow) -> tuple[str, str]:
+    if r.published_memory_gib is None or r.memory_error is None:
+        return "-", "-"
+    return f"{r.published_memory_gib:.1f}", f"{r.memory_error:+.1%}"
+
+
+def print_table(rows: list[CommunityRow]) -> None:
+    for s, part in by_set(rows).items():
+        print(f"\n{SETS[s]}: tokens/s and peak memory per GPU")
+        print(f"{'row':70} {'stack':44} {'layout':50} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'GiB pub':>7} "
+              f"{'pred':>6} {'err':>7}")
+        for r in part:
+            mem_pub, mem_err = _memory_cells(r)
+            print(f"{r.label:70} {r.stack:44} {layout_text(r.layout):50} {r.published_tokens_per_s:9.0f} "
+                  f"{r.predicted_tokens_per_s:8.0f} {r.error:+7.1%} {mem_pub:>7} {r.predicted_memory_gib:6.1f} "
+                  f"{mem_err:>7}")
+        print(_summary_line(part))
+        for r in part:
+            extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+            if extra:
+                print(f"  {r.label}: " + "; ".join(extra))
+    print("\ntorchtitan runs published but not expressed:")
+    for what, why in UNEXPRESSED:
+        print(f"  {what}: {why}")
+
+
+def markdown_table(rows: list[CommunityRow]) -> str:
+    lines: list[str] = []
+    for s, part in by_set(rows).items():
+        lines += [f"{SETS[s]}:", "",
+                  "| model | GPUs | node | techniques | stack | layout | tokens/s/GPU published | predicted | error | "
+                  "peak GiB published | predicted | error | notes |",
+                  "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in part:
+            mem_pub, mem_err = _memory_cells(r)
+            notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+            lines.append(f"| {r.model} | {r.gpus} | {r.node} | {r.techniques} | {r.stack} | {layout_text(r.layout)} | "
+                         f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
+                         f"{mem_pub} | {r.predicted_memory_gib:.1f} | {mem_err} | {'; '.join(notes).replace('|', '/')} |")
+        lines += ["", _summary_line(part) + ".", ""]
+    lines += ["Published but not expressed:", ""] + [f"- {what}: {why}" for what, why in UNEXPRESSED]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""torchtitan runs published after the Dec 2024 set (tests/reference/torchtitan_community.csv): Llama 3.1 8B on 32 / 64
+H200 (Trainy / WhiteFiber, June 2025), 70B async TP on/off x bf16 / float8 tensorwise / rowwise on 256 H100 at 500 W
+(June 2025, pull request #1299), torchtitan's FSDP2 runs on 64 A100 (docs/performance.md) and Llama 3 8B bf16 / float8 /
+MXFP8 on 8 power-limited B200 (docs/mxfp8.md), against `estimate` with the torchtitan stacks.
+
+A held-out check set: no model constant is fitted to these rows and no per-row factor exists. Each row is asserted
+against the larger of a floor (15 % tokens/s, 8 % memory) and the error it reached when this test landed plus 3 points
+(BOUNDS), so the test fails when a change moves these rows the wrong way; tighten the bounds as the model improves (a
+deliberate model change that moves a row past its bound updates BOUNDS with the reason in its commit message).
+At landing (tokens/s median / max |error| per set; memory where published):
+  h200-2506 (2 rows): 9.5 % / 10.5 %; memory 33.9 % / 34.7 % over-predicted (published 48.0 / 47.0 GiB).
+  asynctp-h100-2506 (6 rows, no memory): 15.5 % / 37.8 %: bf16 +13.4 / +17.6 %, float8 tensorwise +8.0 / +2.2 %,
+    rowwise +27.9 / +37.8 % (the source itself calls its rowwise vanilla-TP throughput a bug, torchtitan#1207:
+    rowwise ran at bf16 speed). Async TP's gain: published 1.09 (bf16) / 1.16 (tensorwise), predicted 1.13 / 1.10.
+  a100-2404 (8 rows, no memory): 6.5 % / 14.7 % (every row within 15 %; Llama 2 70B per-op SAC +14.7 %).
+  b200-2508 (4 rows): tokens/s not compared (power limit not published; at the 1000 W TDP the model is 2.3-2.7x the
+    published figures); memory 43.6 % / 45.4 % over-predicted (published 33.4 - 33.9 GiB).
+The memory over-prediction of the June 2025+ 8B runs (H200, B200) is not in the Dec 2024 set (8B rows within 3 %):
+see the final report of this set (not fitted here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.reference import titan_community as tc
+from clusterplan.reference.report import main as report_main
+
+TIME_FLOOR = 0.15
+MEMORY_FLOOR = 0.08
+BOUNDS = {
+    # row label -> (|tokens/s error| bound or None where not compared, |peak memory error| bound or None where not
+    # published): achieved + 3 points, at least 15 % / 8 %.
+    "h200-2506 8b 32 FSDP32+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.38),  # +6.9% / +34.7% (+8.5% before interference_s)
+    "h200-2506 8b 64 FSDP64+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.37),  # +8.9% / +33.1% (+10.5% before interference_s)
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+ac-full+b16+s8k": (0.16, None),  # +12.5% (+13.4% before interference_s)
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+asyncTP+ac-full+b16+s8k": (0.20, None),  # +16.6% (+17.6% before interference_s)
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+tensorwise+ac-full+b16+s8k": (0.15, None),  # +6.9%
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+tensorwise+asyncTP+ac-full+b16+s8k": (0.15, None),  # +1.1%
+    # rowwise: the source's vanilla-TP rowwise throughput is a known bug (torchtitan#1207), rowwise ran at bf16 speed.
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+rowwise+ac-full+b16+s8k": (0.30, None),  # +26.8% (+27.9% before interference_s)
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+rowwise+asyncTP+ac-full+b16+s8k": (0.40, None),  # +36.4% (+37.8% before interference_s)
+    "a100-2404 8b 64 FSDP64+eager+ac-layer2+b1+s8k": (0.15, None),  # -7.6% (-6.1% before interference_s: 24/108 SMs per FSDP CTA set)
+    "a100-2404 8b 64 FSDP64+eager+ac-selective+b1+s8k": (0.15, None),  # +3.8%
+    "a100-2404 70b 64 FSDP64+eager+ac-full+b1+s8k": (0.15, None),  # +2.5%
+    "a100-2404 llama2-13b 64 FSDP64+eager+ac-none+b2+s4k": (0.15, None),  # +5.1%
+    "a100-2404 llama2-13b 64 FSDP64+eager+ac-layer2+b2+s4k": (0.15, None),  # -9.4% (-7.8% before interference_s)
+    "a100-2404 llama2-13b 64 FSDP64+eager+ac-selective+b2+s4k": (0.15, None),  # +4.7%
+    "a100-2404 llama2-70b 64 FSDP64+eager+ac-selective+b1+s4k": (0.15, None),  # +10.1% (+14.7% before interference_s)
+    "a100-2404 llama2-70b 64 FSDP64+eager+ac-full+b2+s4k": (0.15, None),  # +0.8%
+    "b200-2508 8b 8 FSDP8+compile+ac-selective+b1+s8k": (None, 0.47),  # (+130.8%) / +43.9%
+    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas+ac-selective+b1+s8k": (None, 0.47),  # (+158.9%) / +43.2%
+    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas_rceil+ac-selective+b1+s8k": (None, 0.47),  # (+167.6%) / +43.2%
+    "b200-2508 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (None, 0.49),  # (+150.5%) / +45.4%
+}
+SET_MEDIAN_BOUNDS = {
+    # set -> (tokens/s median |error| bound, memory median bound): achieved + 3 points.
+    "h200-2506": (0.11, 0.37),  # 7.9 % / 33.9 % (9.5 % before interference_s)
+    "asynctp-h100-2506": (0.18, None),  # 14.5 % (15.5 % before interference_s)
+    "a100-2404": (0.08, None),  # 4.9 % (6.5 % before interference_s)
+    "b200-2508": (None, 0.47),  # - / 43.6 %
+}
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[tc.CommunityRow]:
+    return tc.community_rows()
+
+
+def test_every_csv_row_is_predicted_with_its_published_gpu_count(rows):
+    assert len(rows) == len(BOUNDS) == 20
+    assert {r.label for r in rows} == set(BOUNDS)
+    assert [s for s in tc.SETS] == list(tc.by_set(rows))
+    for r in rows:
+        assert r.layout.world == r.gpus and not r.refused, (r.label, r.refused)
+        assert r.stack.split(",")[0] in ("torchtitan", "torchtitan-compile")
+
+
+@pytest.mark.parametrize("label", sorted(BOUNDS))
+def test_row_within_bound(rows, label):
+    row = next(r for r in rows if r.label == label)
+    time_bound, memory_bound = BOUNDS[label]
+    assert (time_bound is None) == (not row.time_compared)
+    assert (memory_bound is None) == (row.memory_error is None)
+    if time_bound is not None:
+        assert time_bound >= TIME_FLOOR
+        assert abs(row.error) <= time_bound, (
+            f"{label}: predicted {row.predicted_tokens_per_s:.0f} tokens/s/GPU vs published "
+            f"{row.published_tokens_per_s:.0f} ({row.error:+.1%}), bound {time_bound:.0%}")
+    if memory_bound is not None and row.memory_error is not None:
+        assert memory_bound >= MEMORY_FLOOR
+        assert abs(row.memory_error) <= memory_bound, (
+            f"{label}: predicted {row.predicted_memory_gib:.1f} GiB vs published {row.published_memory_gib} "
+            f"({row.memory_error:+.1%}), bound {memory_bound:.0%}")
+
+
+def test_set_medians_within_bound(rows):
+    for s, part in tc.by_set(rows).items():
+        summ = tc.summary(part)
+        time_bound, memory_bound = SET_MEDIAN_BOUNDS[s]
+        assert (summ.time_median is None) == (time_bound is None), s
+        assert (summ.memory_median is None) == (memory_bound is None), s
+        if time_bound is not None and summ.time_median is not None:
+            assert summ.time_median <= time_bound, (s, summ.time_median)
+        if memory_bound is not None and summ.memory_median is not None:
+            assert summ.memory_median <= memory_bound, (s, summ.memory_median)
+
+
+def test_power_limited_b200_is_not_faster_than_its_tdp_prediction(rows):
+    """The B200 set's power limit is unstated, so its tokens/s is not compared; a cap only lowers the clock, so the
+    prediction at TDP must not fall below what the capped GPUs published."""
+    b200 = [r for r in rows if r.set == "b200-2508"]
+    assert len(b200) == 4 and all(not r.time_compared and r.error > 0 for r in b200)
+
+
+def test_async_tp_gain_sign(rows):
+    """June 2025: async TP over vanilla TP is 1.09 (bf16) and 1.16 (float8 tensorwise) published; the model's gain
+    (priced per fused op in tp_overlap.py, nothing fitted) must be a gain, within 10 points of each."""
+    by = {r.label: r for r in rows}
+    base = "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+"
+    for precision in ("", "tensorwise+"):
+        vanilla, overlapped = by[f"{base}{precision}ac-full+b16+s8k"], by[f"{base}{precision}asyncTP+ac-full+b16+s8k"]
+        published = overlapped.published_tokens_per_s / vanilla.published_tokens_per_s
+        predicted = overlapped.predicted_tokens_per_s / vanilla.predicted_tokens_per_s
+        assert predicted > 1.0 and abs(predicted - published) <= 0.10, (precision, published, predicted)
+
+
+def test_row_mapping_by_hand():
+    """How the CSV's flags become a layout and a stack, counted by hand: torchtitan's 'selective layer' AC (every
+    second block) on Llama 2 13B's 40 blocks is full recompute of 20; a float8 run without
+    enable_fsdp_float8_all_gather gathers bf16 weights; a TP run without async TP has no TP overlap; no power limit
+    runs at TDP, 500 W is carried as the cap."""
+    from clusterplan.models.architecture.catalog import load_model
+
+    row = {"set": "x", "model": "llama2-13b", "node": "grand-teton-h100-96gb", "gpus": "16", "power_cap_w": "500",
+           "compile": "1", "float8": "tensorwise", "fp8_allgather": "0", "async_tp": "0", "fsdp": "2", "tp": "8",
+           "local_batch": "4", "seq": "4096", "ac": "layer2", "variant": ""}
+    layout, _ = tc.community_layout(row, load_model("llama2-13b"))
+    assert (layout.recompute, layout.recompute_layers, layout.dp, layout.tp, layout.mbs, layout.gbs) == (
+        "full", 20, 2, 8, 4, 8)
+    assert layout.precision == "fp8" and layout.zero == 3
+    stack, notes = tc.community_stack(row)
+    assert not stack.fp8_allgather and stack.tp_overlap == "none" and len(notes) == 2
+    stack, notes = tc.community_stack({**row, "async_tp": "1", "fp8_allgather": "1"})
+    assert stack.fp8_allgather and stack.tp_overlap != "none" and not notes
+    cluster, notes = tc.community_cluster(row)
+    assert cluster.world_size == 16 and cluster.groups[0].power_cap_w == 500.0 and not notes
+    cluster, notes = tc.community_cluster({**row, "power_cap_w": ""})
+    assert cluster.groups[0].power_cap_w is None and "TDP" in notes[0]
+
+
+def test_unexpressed_runs_are_listed_with_reasons(capsys):
+    assert len(tc.UNEXPRESSED) == 2 and all(why for _, why in tc.UNEXPRESSED)
+    assert report_main(["--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "torchtitan runs published since" in text and "Published but not expressed" in text
+    assert text.count("| llama2-") == 5
