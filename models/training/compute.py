@@ -532,10 +532,22 @@ EAGER_FP32_LOSS_BACKWARD_BYTES = 4.0 + (3 * 4.0 + 4.0) + (4.0 + 2.0)
 backward to bf16 (read fp32, write bf16)."""
 
 
+COMPILED_LOSS_FORWARD_BYTES = 2.0
+"""Stack loss_impl "compiled", forward, per logit: torch.compile of F.cross_entropy(logits.float()) (torchtitan
+build_cross_entropy_loss since pytorch/torchtitan#1033) is one Inductor reduction per row that reads the bf16 logits
+once, the upcast fused into the read, max and sum of exponentials in one pass (torch/_inductor/config.py
+online_softmax, default on); the target's logit is one gather per row."""
+COMPILED_LOSS_BACKWARD_BYTES = 2.0 + 2.0
+"""Backward of the same, per logit: one kernel reads the saved bf16 logits and writes the bf16 input gradient
+(softmax minus the one-hot target, times the incoming gradient; the cast's backward fused)."""
+
+
 def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
     """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
     if stack is not None and stack.loss_impl == "eager_fp32":
         return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
+    if stack is not None and stack.loss_impl == "compiled":
+        return COMPILED_LOSS_FORWARD_BYTES, COMPILED_LOSS_BACKWARD_BYTES
     return FUSED_LOSS_BYTES_PER_LOGIT, FUSED_LOSS_BYTES_PER_LOGIT
 
 
