@@ -158,6 +158,7 @@ def _parse_link(name: str, raw: Mapping[str, Any]) -> Link:
         latency_us=_num(where, raw, "latency_us"),
         busbw_fraction=frac,
         source=_str(where, raw, "source"),
+        nccl_ctas=int(_num(where, raw, "nccl_ctas")) if raw.get("nccl_ctas") is not None else None,
     )
 
 

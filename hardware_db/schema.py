@@ -95,6 +95,9 @@ class Link:
     busbw_fraction: float
     """Achieved nccl-tests bus bandwidth at large messages as a fraction of line rate."""
     source: str
+    nccl_ctas: int | None = None
+    """Scale-up links: CTAs (one SM each) a large NCCL ring collective runs on over this link, as NCCL's topology
+    search sets them (links.yaml header); None where not derived (no interference is priced)."""
 
     @property
     def achieved_bytes_per_s(self) -> float:

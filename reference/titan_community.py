@@ -33,6 +33,8 @@ SETS = {
                          "pull request #1299)",
     "a100-2404": "torchtitan FSDP2 on 64 A100 (2024; docs/performance.md)",
     "b200-2508": "torchtitan bf16 / float8 / MXFP8 on 8 B200 (Aug 2025; docs/mxfp8.md, torchao mx_formats README)",
+    "torchao-h100-2502": "torchtitan bf16 / float8 on 8 H100 (early 2025; torchao float8 README)",
+    "torchao-mi300x-2508": "torchtitan bf16 / float8 on 8 MI300X (Aug 2025; torchao float8 README)",
 }
 """Set id -> title; the order the report prints them in."""
 TIME_NOT_COMPARED = {
@@ -44,6 +46,7 @@ LOSS_COMPILED_SETS = {
     "h200-2506": "torchtitan e7c0cae (2025-06-13)",
     "asynctp-h100-2506": "torchtitan 820504e (2025-06-13)",
     "b200-2508": "torchtitan 6fc499f (2025-08)",
+    "torchao-mi300x-2508": "torchtitan 2c8b594 (2025-08)",
 }
 """Sets run on a torchtitan that compiles the loss under --training.compile (pytorch/torchtitan#1033, April 2025,
 build_cross_entropy_loss): their compiled rows run stack torchtitan-compile-loss. The A100 set ran eager."""
@@ -60,6 +63,9 @@ UNEXPRESSED: tuple[tuple[str, str], ...] = (
      "mxfp8 7401 median tokens/s",
      "Llama 4 Scout is not in the model catalog (interleaved chunked / global attention and its MoE layout are not "
      "described there)"),
+    ("torchao-mi300x-2508: Llama 3 8B on 8 MI300X, float8 rowwise_with_gw_hp (6100 median tokens/s, 39.32 GB)",
+     "the recipe keeps the weight-gradient GEMM in bf16 (torchao Float8LinearRecipeName.ROWWISE_WITH_GW_HP): no fp8 "
+     "recipe here prices one GEMM of three in high precision"),
 )
 """Runs the sources publish that no row here expresses, with why."""
 

@@ -70,7 +70,8 @@ BOUNDS = {
     # row -> |error| bound of tokens/s per GPU (achieved + 3 points, at least the 15 % target); comment: achieved
     ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): 0.15,  # -3.3% (one fp8 copy per current-scaled tensor on Blackwell)
     ("DGX-GB300", "LLAMA3_8B", "FP8-MX"): 0.15,  # -0.9% (MXFP8 GEMMs 1.051x per-tensor fp8, TE B300 table)
-    ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 0.15,  # +13.1% (its 20 offloaded layers' host copies hide: offload_s 0)
+    ("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 0.15,  # +8.6% (its 20 offloaded layers' host copies hide: offload_s 0;
+    # +13.1 -> +8.6 with the FSDP collectives' NCCL CTAs taking SMs from the compute they overlap, interference_s)
     ("DGX-GB300", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # -8.4%
     ("DGX-GB300", "DeepSeekV3", "BF16"): 0.15,  # -4.0% (run without the MTP layer, bridge.MTP_LAYERS: was -4.3%)
     ("DGX-GB300", "DeepSeekV3", "FP8-MX"): 0.15,  # -2.8% (fp8 expert padding copies: was +1.0%; without MTP: was
@@ -85,7 +86,7 @@ BOUNDS = {
     # was +16.9% at its own cuDNN 9.17 curve)
     ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): 0.21,  # +17.6% (MXFP8 GEMMs 1.051x: +25.1 -> +21.8; GB200 attention at
     # B200's cuDNN 9.13.1 curve x clock: -> +17.6)
-    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.20,  # +16.8% (GB200 attention at B200's cuDNN 9.13.1 curve x clock;
+    ("DGX-GB200", "LLAMA3_70B", "FP8-CS"): 0.16,  # +12.3% (+16.8 -> +12.3: FSDP interference_s; GB200 attention at B200's cuDNN 9.13.1 curve x clock;
     # its 40 offloaded layers' host copies hide under TE's schedule at 225 GB/s: offload_s 0)
     ("DGX-GB200", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # +11.1%
     ("DGX-GB200", "DeepSeekV3", "BF16"): 0.16,  # +13.2% (without MTP: was +12.9%; recompute modules priced as the mla_up_proj GEMMs, not the core;
@@ -116,7 +117,8 @@ BOUNDS = {
     # B200 and no recompute; was -4.5% priced eager with full recompute, +139.9% before the MoE host time)
     ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): 0.59,  # +55.4% (fp8 expert padding copies: was +64.8%; eager MoE host
     # time: was +88.7%)
-    ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # +0.1%
+    ("DGX-H100", "LLAMA3_8B", "FP8-CS"): 0.15,  # -3.4% (+0.1 -> -3.4: its Megatron FSDP gathers now cost the
+    # overlapped compute 24 of 132 SMs, interference_s)
     ("DGX-H100", "LLAMA3_70B", "FP8-CS"): 0.15,  # -3.2%
     ("DGX-H100", "LLAMA3.1_405B", "FP8-CS"): 0.15,  # +2.2% (was +19.1% when its bound was set)
     ("DGX-H100", "GPT_OSS_120B", "BF16"): 0.21,  # +17.9% (was +26.8%: the eager activation clamp; no CUDA graphs)
@@ -124,7 +126,7 @@ BOUNDS = {
     # recipe sets no recompute: was +89.7% with full;
     # +100.5% before the MoE host time)
 }
-MEDIAN_BOUND = 0.15  # achieved 13.2 % (12.9 % before the GB DeepSeek-V3 rows lost their MTP layer, MTP_LAYERS)
+MEDIAN_BOUND = 0.15  # achieved 12.3 % (13.1 % before interference_s; 12.9 % before the GB DeepSeek-V3 rows lost MTP)
 NEW_ROW_BOUND = max(BOUNDS.values())
 """A row that becomes expressible later (a GB300 preset, uneven stages with vpp) is held to the worst stated bound
 until its own bound is added here."""

@@ -48,18 +48,18 @@ from clusterplan.reference.report import main as report_main
 
 BOUNDS = {
     # row label -> (|tokens/s error| bound, |peak memory error| bound): achieved + 3 points, at least 20 % / 8 %.
-    "T1 8b 8 FSDP+eager": (0.20, 0.10),  # +8.7% / -6.3%
-    "T1 8b 8 FSDP+compile": (0.20, 0.08),  # +10.0% / +0.3%
-    "T1 8b 8 FSDP+compile+float8": (0.20, 0.08),  # +6.0% / +0.6%
-    "T2 8b 8 FSDP+compile+float8+s32k": (0.20, 0.08),  # +9.3% / -2.6%
-    "T2 8b 8 FSDP+CP2+compile+float8+s64k": (0.20, 0.08),  # -1.9% / -1.7%
-    "T2 8b 8 FSDP+CP4+compile+float8+s128k": (0.35, 0.08),  # +31.0% / -0.2%
-    "T2 8b 8 CP8+compile+float8+s256k": (0.40, 0.08),  # +36.7% / +1.4%
-    "T3 8b 128 FSDP+eager": (0.20, 0.12),  # +13.3% / -8.3%
-    "T3 8b 128 FSDP+compile": (0.20, 0.08),  # +14.5% / -0.9%
-    "T3 8b 128 FSDP+compile+float8": (0.20, 0.08),  # +10.2% / -0.6%
-    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.08),  # +5.5% / -5.0% (fp8 TP all-gathers; was +0.2%)
-    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.20, 0.08),  # +9.9% / +1.1%
+    "T1 8b 8 FSDP+eager": (0.20, 0.10),  # +7.5% / -6.3% (+8.7% before interference_s)
+    "T1 8b 8 FSDP+compile": (0.20, 0.08),  # +8.7% / +0.3% (+10.0% before interference_s)
+    "T1 8b 8 FSDP+compile+float8": (0.20, 0.08),  # +4.4% / +0.6%
+    "T2 8b 8 FSDP+compile+float8+s32k": (0.20, 0.08),  # +8.9% / -2.6%
+    "T2 8b 8 FSDP+CP2+compile+float8+s64k": (0.20, 0.08),  # -2.2% / -1.7%
+    "T2 8b 8 FSDP+CP4+compile+float8+s128k": (0.34, 0.08),  # +30.9% / -0.2%
+    "T2 8b 8 CP8+compile+float8+s256k": (0.40, 0.08),  # +36.6% / +1.4%
+    "T3 8b 128 FSDP+eager": (0.20, 0.12),  # +12.4% / -8.3% (+13.3% before interference_s)
+    "T3 8b 128 FSDP+compile": (0.20, 0.08),  # +13.4% / -0.9% (+14.5% before interference_s)
+    "T3 8b 128 FSDP+compile+float8": (0.20, 0.08),  # +8.8% / -0.6%
+    "T4 70b 256 FSDP+TP8+compile+float8": (0.20, 0.08),  # +4.5% / -5.0% (fp8 TP all-gathers; was +0.2%)
+    "T4 70b 256 FSDP+TP8+compile+float8+asyncTP": (0.20, 0.08),  # +8.7% / +1.1%
     "T5 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B": (0.20, 0.15),  # +11.9% / -11.8%
     # Worse since torch.distributed.pipelining's buffers are priced (last rank: 8 micro-batches' logits in
     # output_chunks, receive buffers): -3.9% -> +11.7%; the same terms move every 1F1B row toward its published figure.
@@ -67,9 +67,9 @@ BOUNDS = {
     "T6 405b 512 FSDP+TP8+PP8+compile+float8+asyncTP+1F1B+s32k": (0.20, 0.08),  # +7.9% / -3.4%
     "T6 405b 512 FSDP+TP8+PP8+CP2+compile+float8+asyncTP+1F1B+s64k": (0.23, 0.08),  # +19.5% / -3.4%
     "T6 405b 512 FSDP+TP8+PP8+CP4+compile+float8+asyncTP+1F1B+s128k": (0.22, 0.08),  # +18.0% / -4.2%
-    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.32, 0.15),  # +28.1% / -12.0%
+    "T6 405b 512 TP8+PP8+CP8+compile+float8+asyncTP+1F1B+s256k": (0.31, 0.15),  # +28.0% / -12.0%
 }
-MEDIAN_BOUNDS = (0.15, 0.08)  # achieved 11.1 % tokens/s, 3.0 % memory (targets 10 % / 8 %)
+MEDIAN_BOUNDS = (0.14, 0.08)  # achieved 10.4 % tokens/s (11.1 % before interference_s), 3.0 % memory (targets 10 % / 8 %)
 
 
 @pytest.fixture(scope="module")

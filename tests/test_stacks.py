@@ -25,7 +25,8 @@ def test_every_contract_stack_loads_with_sources():
         assert 0.0 <= stack.tp_overlap_share <= 1.0 and 0.0 <= stack.dp_overlap_share <= 1.0
         # Only TE userbuffers ("bulk") hide a share; async TP is priced per fused op (models/training/tp_overlap.py).
         assert (stack.tp_overlap == "bulk") == (stack.tp_overlap_share > 0.0), name
-        assert stack.schedules, name
+        # An empty schedule list means no pipeline parallelism (llm-foundry): then pp > 1 is refused outright.
+        assert stack.schedules or stack.pp_max_zero == 0, name
 
 
 def test_default_is_megatron_core_and_names_are_forgiving():
@@ -115,3 +116,12 @@ def test_interleaved_schedule_over_uneven_stages():
     flat = estimate(model, cluster, layout.with_(vpp=1, schedule="1f1b")).to_json()["time"]
     assert inter["bubble_s"] < flat["bubble_s"] / 4
     assert inter["pp_comm_s"] > 0
+
+
+def test_a_stack_without_pipeline_parallelism_refuses_pp():
+    """llm-foundry (Composer FSDP) has no pipeline schedule: pp > 1 is refused with a one-line fix, pp = 1 runs."""
+    foundry = get_stack("llm-foundry")
+    assert foundry.schedules == () and foundry.cp_kinds == () and foundry.tp_overlap == "none"
+    problems = stack_problems(Layout(pp=2, dp=4, zero=3), foundry)
+    assert [p.message for p in problems] == ["stack llm-foundry has no pipeline parallelism; set pp=1"]
+    assert stack_problems(Layout(dp=8, zero=3, recompute="full"), foundry) == []

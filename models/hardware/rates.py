@@ -47,6 +47,11 @@ def power_clock_scale(power_cap_w: float | None, tdp_w: float) -> float:
     return min(1.0, power_cap_w / tdp_w) ** POWER_CLOCK_EXPONENT
 
 
+NCCL_CTAS_PER_NIC = 2
+"""NCCL's ring search finds one channel per NIC rail across nodes and ncclTopoPostset doubles the search channels into
+execution channels, one CTA each (hardware_db/data/links.yaml header: derivation and checks)."""
+
+
 EVERY_AXIS = "*"
 """axis_bw_out key of a cap on every axis (the search's bound: the slowest link of the matrix)."""
 
@@ -118,6 +123,12 @@ class HardwareRates:
     per-tensor scaled fp8 tensor needs no transposed copy (hardware_db mx_formats, as estimate.fp8_all_layouts)."""
     mxfp8_gemm_time_ratio: float = 1.0
     """An MXFP8 GEMM's time over the per-tensor scaled fp8 GEMM (hardware_db gemm.yaml mxfp8_gemm_time_ratio)."""
+    sm_count: int = 0
+    """SMs of the GPU (hardware_db gemm.yaml); 0 where unknown: no communication/computation interference priced."""
+    comm_ctas_in: float = 0.0
+    """CTAs (SMs) a large NCCL ring collective holds inside the scale-up domain (links.yaml nccl_ctas)."""
+    comm_ctas_out: float = 0.0
+    """CTAs a large NCCL ring collective holds when its group spans nodes: NCCL_CTAS_PER_NIC x NICs per node."""
 
     def for_fp8_recipe(self, recipe: str) -> HardwareRates:
         """These rates with the fp8 GEMMs at `recipe`'s rate: MXFP8's block-scaled GEMMs run
@@ -209,7 +220,13 @@ class HardwareRates:
         all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
         mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
                        default=1.0)
+        # A profiled overlap (calibration `overlap`) was measured with the collective and the GEMM running together:
+        # it already holds what the collective's CTAs cost the GEMM, so the CTA term is not added on top of it.
+        up_ctas = None if calibration is not None and calibration.overlap else group.scale_up.nccl_ctas
+        ctas_in = float(up_ctas or 0)
+        ctas_out = float(NCCL_CTAS_PER_NIC * min(g.nics_per_node for g in cluster.groups) if up_ctas else 0)
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
+                   sm_count=tiling.sm_count if tiling is not None else 0, comm_ctas_in=ctas_in, comm_ctas_out=ctas_out,
                    host_link_bytes_per_s=min(g.gpu.host_link_gb_per_s for g in cluster.groups) * 1e9,
                    memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,

@@ -340,14 +340,16 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
 def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     """What of the layout the execution stack cannot run (hardware_db/data/stacks.yaml). Empty = it runs."""
     L, messages = layout, []
-    if L.pp > 1 and not stack.can_run("schedule", L.schedule):
+    if L.pp > 1 and not stack.schedules:
+        messages.append(f"stack {stack.name} has no pipeline parallelism; set pp=1")
+    elif L.pp > 1 and not stack.can_run("schedule", L.schedule):
         messages.append(f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
     if L.cp > 1 and not stack.can_run("cp_kind", L.cp_kind):
         runs = ", ".join(stack.cp_kinds) or "no context parallelism"
         messages.append(f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
     if (L.dp > 1 or L.zero == 0) and not stack.can_run("zero", L.zero):
         messages.append(f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
-    if L.pp > 1 and L.zero > stack.pp_max_zero:
+    if L.pp > 1 and stack.schedules and L.zero > stack.pp_max_zero:
         messages.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
                         f"got zero={L.zero}")
     if L.recompute_modules and stack.selective_recompute != "core_attn":

@@ -14,7 +14,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
-from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
     CODES,
     CpKindCode,
@@ -81,16 +81,30 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     """Time of one collective over a mesh-axis group, flat inside a scale-up domain, ring across nodes.
 
     Across nodes, NCCL runs one ring per NIC rail, so the group's bus bandwidth is its n_in GPUs' share of the node
-    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576).
+    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576). An
+    all-to-all has no ring to spread over the rails: every GPU sends its remote share at once, each over its own NIC,
+    so across nodes it is priced as comm.hierarchical_all_to_all_s (cross_node_all_to_all_s).
     """
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     inside = n_out <= 1
     r = hw.link(kind, g.axis)
     bw = np.where(inside, r.bw_in, np.minimum(r.bw_in, n_in * r.bw_out))
     lat = np.where(inside, r.lat_in, r.lat_out)
+    if kind == "all_to_all":
+        flat = comm.all_to_all_s(size_bytes, g.size, bw, lat)
+        across = cross_node_all_to_all_s(size_bytes, n_in, n_out, r)
+        return np.where(g.size > 1, np.where(inside, flat, across), 0.0)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
-          "reduce_scatter": comm.reduce_scatter_s, "all_to_all": comm.all_to_all_s}[kind]
+          "reduce_scatter": comm.reduce_scatter_s}[kind]
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+
+
+def cross_node_all_to_all_s(size_bytes: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, r: LinkRates) -> np.ndarray:
+    """One all-to-all over n_out nodes x n_in GPUs, `size_bytes` sent per rank: the remote (n_out-1)/n_out share
+    leaves through the GPU's own NIC at bw_out, the local share rides the scale-up link (comm.hierarchical_all_to_all_s;
+    all-to-all cannot aggregate NICs, NVIDIA/nccl-tests#267). Checked, not fitted, on NCCL all-to-all dispatch/combine
+    measured on H100 at EP 8/16/32/64 (Yan et al. 2026, arXiv 2603.07685, Table 7; tests/test_ep_all_to_all.py)."""
+    return comm.hierarchical_all_to_all_s(size_bytes, n_in, n_out, r.bw_in, r.bw_out, r.lat_in, r.lat_out)
 
 
 def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis) -> np.ndarray:
@@ -118,6 +132,8 @@ class StepTime:
     """Host (CPU launch) time the MoE layers leave exposed (models/training/host.py)."""
     pp_comm_s: np.ndarray
     dp_comm_s: np.ndarray
+    """Data-parallel traffic left exposed, plus what its overlapped part costs the compute it runs under (its NCCL
+    CTAs hold SMs: comm.interference_s)."""
     bubble_s: np.ndarray
     optimizer_s: np.ndarray
     model_flops: np.ndarray
@@ -631,8 +647,23 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         chunks = np.maximum(slow_layers, 1.0)
     exposed12 = (dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks)
                  + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
+    # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
+    # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
+    ctas = nccl_ctas(shard, hw)
+    beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
+    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, ctas,
+                                          hw.sm_count)
+                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f, ctas,
+                                            hw.sm_count))
     exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o)
-    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12), 0.0)
+    return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
+
+
+def nccl_ctas(g: Group, hw: HardwareRates) -> np.ndarray:
+    """SMs one NCCL ring collective over the group holds: the scale-up link's CTAs inside a domain, the NIC rails'
+    across domains (HardwareRates.comm_ctas_in / comm_ctas_out; hardware_db/data/links.yaml)."""
+    _, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    return np.where(n_out > 1, hw.comm_ctas_out, hw.comm_ctas_in)
 
 
 def dp_overlap_exposed_s(comm_s: np.ndarray, compute_s: np.ndarray, stack: ExecutionStack, overlap: float,
@@ -669,6 +700,11 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
+    # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
+    ctas = nccl_ctas(shard, hw)
+    interference_f = comm.interference_s(o * ag_layer, layer_f, ctas, hw.sm_count)
+    per_layer = (per_layer + interference_f
+                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, ctas, hw.sm_count))
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
@@ -691,7 +727,8 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
                    + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
     # Under pp > 1 (torch.distributed.pipelining, torchtitan) a stage gathers its weights once, in the first
     # micro-batch's forward, and reduce-scatters once, after the last backward (its REDUCE_GRAD step, exposed).
-    once = comm.exposed_s(ag_layer, layer_f, o) + rs_layer + hsdp_layer + 2.0 * per_collective_lat
+    once = (comm.exposed_s(ag_layer, layer_f, o) + interference_f + rs_layer + hsdp_layer
+            + 2.0 * per_collective_lat)
     return np.where(L.pp > 1, slow_layers * once, exposed)
 
 

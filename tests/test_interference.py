@@ -1,0 +1,101 @@
+"""Communication/computation interference: a collective overlapped with compute holds SMs (its NCCL CTAs) that the
+compute then runs without (models/hardware/comm.py interference_s; CTA counts in hardware_db/data/links.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.comm import interference_s
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.step import Group, nccl_ctas, step_time
+from clusterplan.models.training.topology import Axis
+
+MS = 1e-3
+
+
+def test_interference_worked_examples():
+    """H100: 24 ring CTAs of 132 SMs, share 24/132 = 0.1818.
+    10 ms of all-gather beside 100 ms of compute: the compute does 0.818 of its work per second for 10 ms, so it ends
+    at 100 + 10 x 0.1818 = 101.818 ms: +1.818 ms.
+    100 ms of collective beside 90 ms of compute: the compute needs 90 + 100 x 0.1818 = 108.18 ms > 100, so the phase
+    ends at 108.18 ms instead of 100 ms: +8.18 ms.
+    100 ms of collective beside 50 ms of compute: 50 + 18.18 < 100, the compute finishes under the collective: +0."""
+    share = 24.0 / 132.0
+    assert float(interference_s(10 * MS, 100 * MS, 24, 132)) == pytest.approx(10 * MS * share)
+    assert float(interference_s(10 * MS, 100 * MS, 24, 132)) == pytest.approx(1.8182 * MS, rel=1e-4)
+    assert float(interference_s(100 * MS, 90 * MS, 24, 132)) == pytest.approx(8.1818 * MS, rel=1e-4)
+    assert float(interference_s(100 * MS, 50 * MS, 24, 132)) == 0.0
+    # Unknown SM count (CPU, calibrated rates without a GEMM tiling): nothing priced.
+    assert float(interference_s(10 * MS, 100 * MS, 24, 0)) == 0.0
+
+
+def test_interference_share_matches_the_measured_average_slowdown():
+    """Checked, not fitted: the ring CTA share on H100 (24 / 132 = 18.2 %) and A100 (24 / 108 = 22.2 %) against the
+    18.9 % average compute slowdown under overlap of Lee et al. 2025 (arXiv 2507.03114; max 40 %)."""
+    for cluster in ("dgx-h100:1", "dgx-a100-80g:1"):
+        hw = HardwareRates.of(load_cluster(cluster))
+        share = hw.comm_ctas_in / hw.sm_count
+        assert 0.15 < share < 0.25
+        assert share == pytest.approx(0.189, abs=0.04)
+
+
+@pytest.mark.parametrize("cluster, sms, ctas_in, ctas_out", [
+    ("dgx-h100:2", 132, 24, 16),     # NVLink4 ring: 6 x 60 GB/s -> 12 x 30 -> 24 CTAs; 8 NDR NICs -> 2 x 8
+    ("dgx-a100-80g:2", 108, 24, 16),  # NVLink3: 6 x 40 -> 12 x 20 -> 24 (NVIDIA/nccl#1225); 8 HDR NICs
+    ("dgx-b200:2", 148, 32, 16),     # NVLink5: 8 x 90 -> 16 x 45 -> 32
+])
+def test_rates_carry_the_nccl_cta_counts(cluster, sms, ctas_in, ctas_out):
+    hw = HardwareRates.of(load_cluster(cluster))
+    assert (hw.sm_count, hw.comm_ctas_in, hw.comm_ctas_out) == (sms, ctas_in, ctas_out)
+
+
+def test_a_group_across_nodes_holds_the_nic_rails_ctas():
+    hw = HardwareRates.of(load_cluster("dgx-h100:2"))
+    inside = LayoutArrays.from_layouts([Layout(dp=8, gbs=8, mbs=1, seq=2048)])
+    across = LayoutArrays.from_layouts([Layout(dp=16, gbs=16, mbs=1, seq=2048)])
+    assert float(nccl_ctas(Group.of(inside, Axis.DP_SHARD), hw)[0]) == 24.0
+    assert float(nccl_ctas(Group.of(across, Axis.DP_SHARD), hw)[0]) == 16.0
+
+
+def test_fsdp_step_pays_interference_only_in_its_dp_term():
+    """Llama 3.1 8B, FSDP (z3) on 8 H100: with the GPU's SM count the DP term grows by the interference, no other term
+    moves; every FSDP block's gather is far shorter than the block's compute, so per layer and micro-batch the
+    increase is (24 / 132) x the gathers and reduce-scatters that run beside compute."""
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    L = LayoutArrays.from_layouts([Layout(dp=8, zero=3, gbs=16, mbs=2, seq=8192, precision="bf16")])
+    stack = get_stack("torchtitan")
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    with_term = step_time(shapes, L, hw, stack)
+    without = step_time(shapes, L, replace(hw, sm_count=0), stack)
+    assert float(with_term.compute_s[0]) == float(without.compute_s[0])
+    assert float(with_term.bubble_s[0]) == float(without.bubble_s[0])
+    added = float(with_term.dp_comm_s[0] - without.dp_comm_s[0])
+    assert added > 0.0
+    assert float(with_term.step_s[0] - without.step_s[0]) == pytest.approx(added)
+    # Upper bound by hand: at most 24/132 of all DP traffic of the step runs beside compute.
+    assert added < 24.0 / 132.0 * float(without.step_s[0])
+    assert np.isfinite(added)
+
+
+def test_a_profiled_overlap_already_holds_the_interference():
+    """`profile` measures the overlap with the collective and the GEMM running together (profiler/overlap.py), so a
+    calibration with an overlap level prices no CTA term on top of it; one without keeps the datasheet CTAs."""
+    from types import MappingProxyType
+
+    from clusterplan.models.hardware.calibration import Calibration, CollectiveFit
+
+    fits = MappingProxyType({("all_reduce", "scale_up"): CollectiveFit(latency_s=1e-5, busbw_bytes_per_s=1e11)})
+    measured = Calibration(collectives=fits, overlap=MappingProxyType({"scale_up": 0.7}))
+    unmeasured = Calibration(collectives=fits, overlap=MappingProxyType({}))
+    cluster = load_cluster("dgx-h100:1")
+    assert HardwareRates.of(cluster, measured).comm_ctas_in == 0.0
+    assert HardwareRates.of(cluster, unmeasured).comm_ctas_in == 24.0
