@@ -16,7 +16,7 @@ History (tokens/s median / max |error| per set; memory where published):
   With the compiled loss of torchtitan since pytorch/torchtitan#1033 (stack torchtitan-compile-loss for the sets
   run on a torchtitan of April 2025 or later: 4 B per logit at the head's backward instead of the eager fp32
   loss's 12, 6 B of traffic per logit instead of 48; tests/test_compiled_loss.py), on top of interference_s:
-  h200-2506: 9.6 % / 10.6 % (+1.7 / +1.7 points: the loss's traffic is gone from rows already over-predicted);
+  h200-2506: 9.7 % / 10.7 % (+1.8 / +1.8 points: the loss's traffic is gone from rows already over-predicted);
     memory 1.2 % / 1.9 % (+0.4 / -1.9 %, were +34.7 / +33.1 %).
   asynctp-h100-2506 (6 rows, no memory): 14.8 % / 36.7 %: bf16 +12.7 / +16.8 %, float8 tensorwise +7.2 / +1.3 %,
     rowwise +27.1 / +36.7 % (the source itself calls its rowwise vanilla-TP throughput a bug, torchtitan#1207:
@@ -27,7 +27,7 @@ History (tokens/s median / max |error| per set; memory where published):
     local batch 1, while the same settings on MI300X a week earlier, 39.1 GiB, are predicted within 3.2 %: not
     explained, not fitted).
   Added with the compiled loss, the torchao float8 README's torchtitan runs (the same 8B, local batch 1, per-op SAC,
-  FSDP 8): torchao-h100-2502 (3 rows, early 2025, eager loss): tokens/s 29.2 % / 38.6 % over-predicted at the 700 W
+  FSDP 8): torchao-h100-2502 (3 rows, early 2025, eager loss): tokens/s 29.1 % / 38.5 % over-predicted at the 700 W
     TDP (the H100 variant and power limit are unstated; the bf16 rate, 6150, is below the Dec 2024 set's 500 W Grand
     Teton 6667 at local batch 2); memory 1.6 % / 1.8 %.
   torchao-mi300x-2508 (3 rows, Aug 2025, compiled loss): tokens/s 82.9 % / 85.4 % (bf16 +43.7 %, float8 +83 / +85 %:
@@ -48,44 +48,44 @@ MEMORY_FLOOR = 0.08
 BOUNDS = {
     # row label -> (|tokens/s error| bound or None where not compared, |peak memory error| bound or None where not
     # published): achieved + 3 points, at least 15 % / 8 %.
-    "h200-2506 8b 32 FSDP32+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.08),  # +8.6% / +0.4%
-    "h200-2506 8b 64 FSDP64+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.08),  # +10.6% / -1.9%
+    "h200-2506 8b 32 FSDP32+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.08),  # +8.7% / +0.4%
+    "h200-2506 8b 64 FSDP64+compile+tensorwise+fp8AG+ac-selective+b2+s8k": (0.15, 0.08),  # +10.7% / -1.9%
     "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+ac-full+b16+s8k": (0.16, None),  # +12.7%
     "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+asyncTP+ac-full+b16+s8k": (0.2, None),  # +16.8%
     "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+tensorwise+ac-full+b16+s8k": (0.15, None),  # +7.2%
     "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+tensorwise+asyncTP+ac-full+b16+s8k": (0.15, None),  # +1.3%
     # rowwise: the source's vanilla-TP rowwise throughput is a known bug (torchtitan#1207), rowwise ran at bf16 speed.
-    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+rowwise+ac-full+b16+s8k": (0.31, None),  # +27.1%
+    "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+rowwise+ac-full+b16+s8k": (0.31, None),  # +27.0%
     "asynctp-h100-2506 70b 256 FSDP32+TP8+compile+rowwise+asyncTP+ac-full+b16+s8k": (0.4, None),  # +36.7%
     "a100-2404 8b 64 FSDP64+eager+ac-layer2+b1+s8k": (0.15, None),  # -7.6%
     "a100-2404 8b 64 FSDP64+eager+ac-selective+b1+s8k": (0.15, None),  # +3.8%
-    "a100-2404 70b 64 FSDP64+eager+ac-full+b1+s8k": (0.15, None),  # +2.5%
+    "a100-2404 70b 64 FSDP64+eager+ac-full+b1+s8k": (0.15, None),  # +2.4%
     "a100-2404 llama2-13b 64 FSDP64+eager+ac-none+b2+s4k": (0.15, None),  # +5.1%
     "a100-2404 llama2-13b 64 FSDP64+eager+ac-layer2+b2+s4k": (0.15, None),  # -9.4%
     "a100-2404 llama2-13b 64 FSDP64+eager+ac-selective+b2+s4k": (0.15, None),  # +4.7%
-    "a100-2404 llama2-70b 64 FSDP64+eager+ac-selective+b1+s4k": (0.15, None),  # +10.1%
-    "a100-2404 llama2-70b 64 FSDP64+eager+ac-full+b2+s4k": (0.15, None),  # +0.8%
-    "b200-2508 8b 8 FSDP8+compile+ac-selective+b1+s8k": (None, 0.23),  # (+124.9%) / +19.6%
-    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas+ac-selective+b1+s8k": (None, 0.22),  # (+150.0%) / +19.0%
-    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas_rceil+ac-selective+b1+s8k": (None, 0.22),  # (+158.4%) / +19.0%
-    "b200-2508 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (None, 0.24),  # (+141.8%) / +20.7%
-    "b200-2508 8b 8 FSDP8+compile+rowwise+ac-selective+b1+s8k": (None, 0.23),  # (+175.8%) / +19.5%
+    "a100-2404 llama2-70b 64 FSDP64+eager+ac-selective+b1+s4k": (0.15, None),  # +10.0%
+    "a100-2404 llama2-70b 64 FSDP64+eager+ac-full+b2+s4k": (0.15, None),  # +0.7%
+    "b200-2508 8b 8 FSDP8+compile+ac-selective+b1+s8k": (None, 0.23),  # (+125.0%) / +19.6%
+    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas+ac-selective+b1+s8k": (None, 0.22),  # (+150.1%) / +19.0%
+    "b200-2508 8b 8 FSDP8+compile+mxfp8_cublas_rceil+ac-selective+b1+s8k": (None, 0.22),  # (+158.6%) / +19.0%
+    "b200-2508 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (None, 0.24),  # (+141.9%) / +20.7%
+    "b200-2508 8b 8 FSDP8+compile+rowwise+ac-selective+b1+s8k": (None, 0.23),  # (+175.9%) / +19.5%
     # torchao's H100 (variant and power limit unstated; run at the SXM5 80 GB's 700 W TDP): the published bf16 rate
     # is below the Dec 2024 set's 500 W Grand Teton one at twice the local batch.
-    "torchao-h100-2502 8b 8 FSDP8+compile+ac-selective+b1+s8k": (0.33, 0.08),  # +29.2% / +1.8%
-    "torchao-h100-2502 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (0.31, 0.08),  # +27.2% / +1.6%
-    "torchao-h100-2502 8b 8 FSDP8+compile+rowwise+ac-selective+b1+s8k": (0.42, 0.08),  # +38.6% / +1.5%
+    "torchao-h100-2502 8b 8 FSDP8+compile+ac-selective+b1+s8k": (0.33, 0.08),  # +29.1% / +1.8%
+    "torchao-h100-2502 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (0.31, 0.08),  # +27.0% / +1.6%
+    "torchao-h100-2502 8b 8 FSDP8+compile+rowwise+ac-selective+b1+s8k": (0.42, 0.08),  # +38.5% / +1.5%
     "torchao-mi300x-2508 8b 8 FSDP8+compile+ac-selective+b1+s8k": (0.47, 0.08),  # +43.7% / +3.1%
     "torchao-mi300x-2508 8b 8 FSDP8+compile+tensorwise+fp8AG+ac-selective+b1+s8k": (0.86, 0.08),  # +82.9% / +3.2%
     "torchao-mi300x-2508 8b 8 FSDP8+compile+rowwise+ac-selective+b1+s8k": (0.89, 0.08),  # +85.4% / +2.5%
 }
 SET_MEDIAN_BOUNDS = {
     # set -> (tokens/s median |error| bound, memory median bound): achieved + 3 points.
-    "h200-2506": (0.13, 0.05),  # 9.6% / 1.2%
-    "asynctp-h100-2506": (0.18, None),  # 14.8% / -
+    "h200-2506": (0.13, 0.05),  # 9.7% / 1.2%
+    "asynctp-h100-2506": (0.18, None),  # 14.7% / -
     "a100-2404": (0.08, None),  # 4.9% / -
     "b200-2508": (None, 0.23),  # - / 19.5%
-    "torchao-h100-2502": (0.33, 0.05),  # 29.2% / 1.6%
+    "torchao-h100-2502": (0.33, 0.05),  # 29.1% / 1.6%
     "torchao-mi300x-2508": (0.86, 0.07),  # 82.9% / 3.1%
 }
 
