@@ -389,6 +389,10 @@ class LayerCost:
     head_tp_s: np.ndarray
     """LM head: all-reduce of its input's gradient, backward, and the vocabulary-parallel cross-entropy's three
     all-reduces of one float per token (max, target logit, sum of exponentials; Megatron-LM) (last stage)."""
+    comm_slowdown_in: np.ndarray | float = 1.0
+    """forward_s / backward_s's slowdown beside a collective inside the scale-up domain (LayerTime's)."""
+    comm_slowdown_out: np.ndarray | float = 1.0
+    """... beside a collective across nodes."""
 
     @property
     def total_s(self) -> np.ndarray:
@@ -456,7 +460,8 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, host_s=host, hardware_flops=flops,
                      weight_grad_s=weight_grad,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
-                     embed_tp_s=embed_tp, head_tp_s=head_tp)
+                     embed_tp_s=embed_tp, head_tp_s=head_tp, comm_slowdown_in=dense.comm_slowdown_in,
+                     comm_slowdown_out=dense.comm_slowdown_out)
 
 
 def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
@@ -576,7 +581,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
-    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s)
+    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
+                             (cost.comm_slowdown_in, cost.comm_slowdown_out))
     opt = _optimizer_s(shapes, L, hw, layers, stack)
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
@@ -651,8 +657,11 @@ def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: Layou
 
 
 def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
-                slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
-    """Data-parallel traffic left exposed after the stack's overlap.
+                slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray,
+                slowdowns: tuple[np.ndarray | float, np.ndarray | float] = (1.0, 1.0)) -> np.ndarray:
+    """Data-parallel traffic left exposed after the stack's overlap, plus what its overlapped part costs the compute
+    it runs under (`slowdowns`: the layer's compute slowdown beside a collective inside / across scale-up domains,
+    LayerCost.comm_slowdown_in / _out).
 
     ZeRO-0: gradient all-reduce; ZeRO-1/2 (Megatron distributed optimizer): gradient reduce-scatter, then the
     updated weights' all-gather. The reduce hides under the last micro-batch's backward, the all-gather under the next
@@ -686,14 +695,20 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
                  + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
     # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
     # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
-    ctas = nccl_ctas(shard, hw)
+    slowdown = comm_slowdown(shard, hw, slowdowns)
     beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
-    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, ctas,
-                                          hw.sm_count)
-                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f, ctas,
-                                            hw.sm_count))
-    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o)
+    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, slowdown)
+                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
+                                            slowdown))
+    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
+
+
+def comm_slowdown(g: Group, hw: HardwareRates, slowdowns: tuple[np.ndarray | float, np.ndarray | float]
+                  ) -> np.ndarray:
+    """The compute slowdown beside one NCCL collective over the group: (inside, across) scale-up domains."""
+    _, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    return np.where(n_out > 1, slowdowns[1], slowdowns[0])
 
 
 def nccl_ctas(g: Group, hw: HardwareRates) -> np.ndarray:
@@ -727,7 +742,7 @@ def zero3_collectives_per_layer(shapes: ModelShapes, L: LayoutArrays, stack: Exe
 
 def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                    slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray, ag: np.ndarray, rs: np.ndarray,
-                   hsdp: np.ndarray, shard: Group, o: float) -> np.ndarray:
+                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float = 1.0) -> np.ndarray:
     """ZeRO-3 / FSDP: per layer and micro-batch, the weights' all-gather under forward, all-gather + reduce-scatter
     (+ HSDP's all-reduce of the shard across replicas, FSDP2's post-backward) under backward, each under one layer's
     compute (prefetch one block ahead). The first all-gather and the last reduce-scatter have nothing to hide under
@@ -738,10 +753,9 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
     # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
-    ctas = nccl_ctas(shard, hw)
-    interference_f = comm.interference_s(o * ag_layer, layer_f, ctas, hw.sm_count)
+    interference_f = comm.interference_s(o * ag_layer, layer_f, slowdown)
     per_layer = (per_layer + interference_f
-                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, ctas, hw.sm_count))
+                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, slowdown))
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
