@@ -33,7 +33,7 @@ PP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
 OPTIMIZER_IMPLS = ("fused", "foreach")
 GRAD_CLIPS = ("none", "foreach")
-LOSS_IMPLS = ("fused", "eager_fp32")
+LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
@@ -206,7 +206,8 @@ class ExecutionStack:
     gradient shards, step.py FOREACH_CLIP_BYTES_PER_PARAM). Absent: none."""
     loss_impl: str = "fused"
     """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
-    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES). Absent: fused."""
+    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES) | "compiled"
+    (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES). Absent: fused."""
     fsdp_impl: str = "flat"
     """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
     kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and

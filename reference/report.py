@@ -2,15 +2,15 @@
 NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
 and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
-on H100 and A100 (reference/foundry.py) and the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
-(reference/llama3.py).
+on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
+(reference/llama3.py) and the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
 The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
-tests/test_reference_titan.py, tests/test_reference_nemo.py, tests/test_reference_foundry.py and
-tests/test_reference_llama3.py with the tolerances stated there.
+tests/test_reference_titan.py, tests/test_reference_nemo.py, tests/test_reference_foundry.py,
+tests/test_reference_llama3.py and tests/test_reference_mcore_moe.py with the tolerances stated there.
 """
 
 from __future__ import annotations
@@ -186,6 +186,10 @@ def markdown_report() -> str:
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
             "TFLOP/s per GPU", "", llama3.markdown_table(llama3.llama3_rows()), ""]
+    from clusterplan.reference import mcore_moe
+
+    out += ["#### Megatron-Core MoE report (Yan et al. 2026, arXiv 2603.07685) and Megatron-MoE-ModelZoo runs on H100, "
+            "GB200, GB300: tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -222,6 +226,9 @@ def print_text_report() -> None:
     from clusterplan.reference import llama3
 
     llama3.print_table(llama3.llama3_rows())
+    from clusterplan.reference import mcore_moe
+
+    mcore_moe.print_table(mcore_moe.mcore_moe_rows())
     serving_section()
 
 

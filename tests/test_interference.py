@@ -15,6 +15,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.comm import interference_s
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import Linear, comm_sm_slowdown
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.step import Group, nccl_ctas, step_time
 from clusterplan.models.training.topology import Axis
@@ -23,19 +24,34 @@ MS = 1e-3
 
 
 def test_interference_worked_examples():
-    """H100: 24 ring CTAs of 132 SMs, share 24/132 = 0.1818.
-    10 ms of all-gather beside 100 ms of compute: the compute does 0.818 of its work per second for 10 ms, so it ends
-    at 100 + 10 x 0.1818 = 101.818 ms: +1.818 ms.
+    """H100 at the ideal slowdown f = 132 / (132 - 24): the compute does 1/f = 108/132 of its work per second beside
+    the collective, losing 1 - 1/f = 24/132 = 0.1818 of it.
+    10 ms of all-gather beside 100 ms of compute: it ends at 100 + 10 x 0.1818 = 101.818 ms: +1.818 ms.
     100 ms of collective beside 90 ms of compute: the compute needs 90 + 100 x 0.1818 = 108.18 ms > 100, so the phase
     ends at 108.18 ms instead of 100 ms: +8.18 ms.
     100 ms of collective beside 50 ms of compute: 50 + 18.18 < 100, the compute finishes under the collective: +0."""
-    share = 24.0 / 132.0
-    assert float(interference_s(10 * MS, 100 * MS, 24, 132)) == pytest.approx(10 * MS * share)
-    assert float(interference_s(10 * MS, 100 * MS, 24, 132)) == pytest.approx(1.8182 * MS, rel=1e-4)
-    assert float(interference_s(100 * MS, 90 * MS, 24, 132)) == pytest.approx(8.1818 * MS, rel=1e-4)
-    assert float(interference_s(100 * MS, 50 * MS, 24, 132)) == 0.0
-    # Unknown SM count (CPU, calibrated rates without a GEMM tiling): nothing priced.
-    assert float(interference_s(10 * MS, 100 * MS, 24, 0)) == 0.0
+    f = 132.0 / 108.0
+    assert float(interference_s(10 * MS, 100 * MS, f)) == pytest.approx(10 * MS * 24.0 / 132.0)
+    assert float(interference_s(10 * MS, 100 * MS, f)) == pytest.approx(1.8182 * MS, rel=1e-4)
+    assert float(interference_s(100 * MS, 90 * MS, f)) == pytest.approx(8.1818 * MS, rel=1e-4)
+    assert float(interference_s(100 * MS, 50 * MS, f)) == 0.0
+    # No slowdown (unknown SMs or CTAs): nothing priced.
+    assert float(interference_s(10 * MS, 100 * MS, 1.0)) == 0.0
+
+
+def test_gemm_waves_over_the_sms_the_collective_leaves():
+    """A 16384 x 4096 x 4096 bf16 GEMM on H100 (cuBLAS tile 128 x 256, gemm.yaml): 128 x 16 = 2,048 tiles fill
+    ceil(2048 / 132) = 16 waves on all SMs and ceil(2048 / 108) = 19 on the 108 that 24 ring CTAs leave: 19/16 =
+    1.1875 slower (the ideal share would say 132/108 = 1.222). Across nodes 16 CTAs leave 116: ceil(17.66) = 18
+    waves, 18/16 = 1.125."""
+    hw = HardwareRates.of(load_cluster("dgx-h100:2"))
+    lin = [Linear(tokens=np.array([16384.0]), in_features=4096.0, out_features=4096.0)]
+    bf16 = np.array([False])
+    assert float(comm_sm_slowdown(lin, hw, bf16, hw.comm_ctas_in)[0]) == pytest.approx(19.0 / 16.0)
+    assert float(comm_sm_slowdown(lin, hw, bf16, hw.comm_ctas_out)[0]) == pytest.approx(18.0 / 16.0)
+    assert comm_sm_slowdown(lin, replace(hw, sm_count=0), bf16, hw.comm_ctas_in) == 1.0
+    # A calibrated GEMM curve has no tiles: the ideal share.
+    assert comm_sm_slowdown(lin, replace(hw, gemm_shape=None), bf16, 24) == pytest.approx(132.0 / 108.0)
 
 
 def test_interference_share_matches_the_measured_average_slowdown():
@@ -69,7 +85,7 @@ def test_a_group_across_nodes_holds_the_nic_rails_ctas():
 def test_fsdp_step_pays_interference_only_in_its_dp_term():
     """Llama 3.1 8B, FSDP (z3) on 8 H100: with the GPU's SM count the DP term grows by the interference, no other term
     moves; every FSDP block's gather is far shorter than the block's compute, so per layer and micro-batch the
-    increase is (24 / 132) x the gathers and reduce-scatters that run beside compute."""
+    increase is at most (24 / 132) x the gathers and reduce-scatters that run beside compute."""
     shapes = ModelShapes.of(load_model("llama3.1-8b"))
     L = LayoutArrays.from_layouts([Layout(dp=8, zero=3, gbs=16, mbs=2, seq=8192, precision="bf16")])
     stack = get_stack("torchtitan")

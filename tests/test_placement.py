@@ -121,13 +121,17 @@ def test_pipeline_hop_sends_at_its_own_link():
 
 
 def test_expert_all_to_all_across_pods_runs_at_the_pod_link():
-    """EP 16 over two nodes (stride 1: 8 GPUs per node): the group's 8 GPUs per node share the 40 GB/s link,
-    8 x 5 GB/s = 40 GB/s bus bandwidth (below NVLink's). All-to-all of S = 1 GB: (n-1) = 15 steps of 5 us +
-    (15/16) x 1e9 / 40e9 = 75 us + 23.4375 ms."""
+    """EP 16 over two nodes (stride 1: 8 GPUs per node): the 8 GPUs per node share the 40 GB/s link, 5 GB/s each.
+    All-to-all of S = 1 GB per rank: every rank sends its remote half at once, so the link carries 8 x 0.5 GB per
+    node (step.cross_node_all_to_all_s): 1/2 x 1e9 / 5e9 + (16 - 8) x 5 us = 100.04 ms across, plus the local share
+    7/16 x 1e9 / 369e9 + 7 x 2 us = 1.1996 ms over NVLink. (The ring rule priced it at the group's 8 x 5 GB/s:
+    75 us + 23.4375 ms, a quarter of what the link can carry in that time.)"""
     hw = HardwareRates.of(load_cluster(TWO_PODS), None, {"ep": 40.0, "dp_shard": 380.0})
     L = _arrays(dp=16, ep=16, gbs=64)
     got = _collective("all_to_all", np.array([1e9]), Group.of(L, Axis.EP), hw)
-    assert float(got[0]) == pytest.approx(15 * 5e-6 + 15 / 16 * 1e9 / 40e9, rel=1e-12)
+    r = hw.link("all_to_all", Axis.EP)
+    assert (r.bw_in, r.lat_in, float(r.bw_out), r.lat_out) == pytest.approx((369e9, 2e-6, 5e9, 5e-6))
+    assert float(got[0]) == pytest.approx(0.5 * 1e9 / 5e9 + 8 * 5e-6 + 7 / 16 * 1e9 / 369e9 + 7 * 2e-6, rel=1e-12)
 
 
 def test_search_bound_prices_every_axis_at_the_slowest_link():

@@ -118,21 +118,18 @@ def exposed_s(comm_s: ArrayLike, compute_s: ArrayLike, overlap: float) -> ArrayL
     return comm_s - overlap * np.minimum(comm_s, compute_s)
 
 
-def interference_s(concurrent_comm_s: ArrayLike, compute_s: ArrayLike, comm_ctas: ArrayLike,
-                   sm_count: float) -> ArrayLike:
+def interference_s(concurrent_comm_s: ArrayLike, compute_s: ArrayLike, slowdown: ArrayLike) -> ArrayLike:
     """Time a collective running concurrently with compute adds to that compute (communication/computation
     interference). Each NCCL CTA holds one SM for the whole collective and shares it with no compute kernel
-    (NVIDIA/nccl#689), so for the `concurrent_comm_s` seconds the collective runs beside the compute phase of
-    `compute_s` seconds (at full SMs), that phase runs on sm_count - comm_ctas SMs: its waves spread over fewer SMs,
-    it does a share (S - c) / S of its work per second, and it ends at max(C, W + C c / S) instead of max(C, W).
-    Checked, not fitted: c / S = 24 / 132 = 18 % on H100 (ring over NVLink) against the 18.9 % average compute
-    slowdown under overlap that Lee et al. 2025 (arXiv 2507.03114, A100/H100, GPT and Llama layers) measure.
-    Returns the added seconds (0 without a CTA count or SM count)."""
-    if not sm_count:
-        return np.zeros_like(np.asarray(concurrent_comm_s, dtype=float))
+    (NVIDIA/nccl#689), so for the `concurrent_comm_s` seconds C the collective runs beside a compute phase of
+    `compute_s` seconds W (on all SMs), that phase runs `slowdown` f times slower (its waves over the SMs left:
+    compute.comm_sm_slowdown): it does C / f of its work under the collective and ends at max(C, W + C (1 - 1/f))
+    instead of max(C, W). Checked, not fitted: 1 - 1/f = 24 / 132 = 18 % on H100 at the ideal f (ring over NVLink)
+    against the 18.9 % average compute slowdown under overlap that Lee et al. 2025 (arXiv 2507.03114, A100/H100,
+    GPT and Llama layers) measure. Returns the added seconds (0 at f = 1)."""
     c = np.maximum(np.asarray(concurrent_comm_s, dtype=float), 0.0)
-    share = np.minimum(np.asarray(comm_ctas, dtype=float) / sm_count, 1.0)
-    return np.maximum(c, compute_s + share * c) - np.maximum(c, compute_s)
+    lost = 1.0 - 1.0 / np.maximum(np.asarray(slowdown, dtype=float), 1.0)
+    return np.maximum(c, compute_s + lost * c) - np.maximum(c, compute_s)
 
 
 def split_group(size: ArrayLike, stride: ArrayLike, domain: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

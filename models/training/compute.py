@@ -78,6 +78,11 @@ class LayerTime:
     async_tp_blocks: tuple[AsyncTpBlock, ...] = ()
     """The tensor-parallel blocks' chunked matmuls as async TP fuses them with its collectives (stack tp_overlap
     "async_tp"; empty otherwise): what step.tp_comm_s hides each fused collective under."""
+    comm_slowdown_in: np.ndarray | float = 1.0
+    """How much slower the layer's compute runs while a NCCL collective inside the scale-up domain holds
+    HardwareRates.comm_ctas_in SMs (comm_sm_slowdown; 1 where the GPU's SMs or CTAs are unknown)."""
+    comm_slowdown_out: np.ndarray | float = 1.0
+    """The same while a collective across nodes holds comm_ctas_out SMs."""
 
 
 def gemm_s(flops: np.ndarray, count: float | np.ndarray, rate: np.ndarray | float, half_flops: float) -> np.ndarray:
@@ -107,6 +112,25 @@ class TpOverlap:
     kind: str
     active: np.ndarray
     tp: np.ndarray
+
+
+def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, comm_ctas: float
+                     ) -> np.ndarray | float:
+    """Time of the layer's forward weight GEMMs on the SMs a concurrent collective's `comm_ctas` CTAs leave over their
+    time on all SMs: each GEMM's tiles fill ceil(tiles / (SMs - CTAs)) waves instead of ceil(tiles / SMs) (wave
+    quantisation over fewer SMs, models/hardware/gemm.py; NCCL CTAs share no SM with compute, NVIDIA/nccl#689).
+    Without a GEMM shape model (calibrated curve) the ideal SMs / (SMs - CTAs); 1 without SM or CTA counts."""
+    ctas = int(comm_ctas)
+    if not ctas or not hw.sm_count or ctas >= hw.sm_count:
+        return 1.0
+    if hw.gemm_shape is None:
+        return hw.sm_count / (hw.sm_count - ctas)
+    full = held = 0.0
+    for g in linears:
+        full = full + hw.gemm_time_s(g.tokens, g.out_features, g.in_features, fp8, g.count)
+        held = held + hw.gemm_time_s(g.tokens, g.out_features, g.in_features, fp8, g.count, sm_margin=ctas)
+    full = np.asarray(full, dtype=float)
+    return np.divide(held, full, out=np.ones_like(full), where=full > 0)
 
 
 def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
@@ -424,7 +448,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
                      experts_backward_s=experts_b,
                      async_tp_blocks=async_tp_blocks(linears, hw, fp8, L.tp) if stack.tp_overlap == "async_tp"
-                     else ())
+                     else (), comm_slowdown_in=comm_sm_slowdown(linears, hw, fp8, hw.comm_ctas_in),
+                     comm_slowdown_out=comm_sm_slowdown(linears, hw, fp8, hw.comm_ctas_out))
 
 
 def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> np.ndarray:
@@ -545,10 +570,22 @@ EAGER_FP32_LOSS_BACKWARD_BYTES = 4.0 + (3 * 4.0 + 4.0) + (4.0 + 2.0)
 backward to bf16 (read fp32, write bf16)."""
 
 
+COMPILED_LOSS_FORWARD_BYTES = 2.0
+"""Stack loss_impl "compiled", forward, per logit: torch.compile of F.cross_entropy(logits.float()) (torchtitan
+build_cross_entropy_loss since pytorch/torchtitan#1033) is one Inductor reduction per row that reads the bf16 logits
+once, the upcast fused into the read, max and sum of exponentials in one pass (torch/_inductor/config.py
+online_softmax, default on); the target's logit is one gather per row."""
+COMPILED_LOSS_BACKWARD_BYTES = 2.0 + 2.0
+"""Backward of the same, per logit: one kernel reads the saved bf16 logits and writes the bf16 input gradient
+(softmax minus the one-hot target, times the incoming gradient; the cast's backward fused)."""
+
+
 def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
     """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
     if stack is not None and stack.loss_impl == "eager_fp32":
         return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
+    if stack is not None and stack.loss_impl == "compiled":
+        return COMPILED_LOSS_FORWARD_BYTES, COMPILED_LOSS_BACKWARD_BYTES
     return FUSED_LOSS_BYTES_PER_LOGIT, FUSED_LOSS_BYTES_PER_LOGIT
 
 

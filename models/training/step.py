@@ -14,7 +14,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware import comm
-from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
     CODES,
     CpKindCode,
@@ -81,16 +81,30 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
     """Time of one collective over a mesh-axis group, flat inside a scale-up domain, ring across nodes.
 
     Across nodes, NCCL runs one ring per NIC rail, so the group's bus bandwidth is its n_in GPUs' share of the node
-    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576).
+    NICs, capped by the scale-up link: min(bw_in, n_in * bw_out) (8 x HDR -> 192 GB/s, NVIDIA/nccl#1576). An
+    all-to-all has no ring to spread over the rails: every GPU sends its remote share at once, each over its own NIC,
+    so across nodes it is priced as comm.hierarchical_all_to_all_s (cross_node_all_to_all_s).
     """
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     inside = n_out <= 1
     r = hw.link(kind, g.axis)
     bw = np.where(inside, r.bw_in, np.minimum(r.bw_in, n_in * r.bw_out))
     lat = np.where(inside, r.lat_in, r.lat_out)
+    if kind == "all_to_all":
+        flat = comm.all_to_all_s(size_bytes, g.size, bw, lat)
+        across = cross_node_all_to_all_s(size_bytes, n_in, n_out, r)
+        return np.where(g.size > 1, np.where(inside, flat, across), 0.0)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
-          "reduce_scatter": comm.reduce_scatter_s, "all_to_all": comm.all_to_all_s}[kind]
+          "reduce_scatter": comm.reduce_scatter_s}[kind]
     return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+
+
+def cross_node_all_to_all_s(size_bytes: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, r: LinkRates) -> np.ndarray:
+    """One all-to-all over n_out nodes x n_in GPUs, `size_bytes` sent per rank: the remote (n_out-1)/n_out share
+    leaves through the GPU's own NIC at bw_out, the local share rides the scale-up link (comm.hierarchical_all_to_all_s;
+    all-to-all cannot aggregate NICs, NVIDIA/nccl-tests#267). Checked, not fitted, on NCCL all-to-all dispatch/combine
+    measured on H100 at EP 8/16/32/64 (Yan et al. 2026, arXiv 2603.07685, Table 7; tests/test_ep_all_to_all.py)."""
+    return comm.hierarchical_all_to_all_s(size_bytes, n_in, n_out, r.bw_in, r.bw_out, r.lat_in, r.lat_out)
 
 
 def _p2p(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axis: Axis) -> np.ndarray:
@@ -339,6 +353,10 @@ class LayerCost:
     head_tp_s: np.ndarray
     """LM head: all-reduce of its input's gradient, backward, and the vocabulary-parallel cross-entropy's three
     all-reduces of one float per token (max, target logit, sum of exponentials; Megatron-LM) (last stage)."""
+    comm_slowdown_in: np.ndarray | float = 1.0
+    """forward_s / backward_s's slowdown beside a collective inside the scale-up domain (LayerTime's)."""
+    comm_slowdown_out: np.ndarray | float = 1.0
+    """... beside a collective across nodes."""
 
     @property
     def total_s(self) -> np.ndarray:
@@ -405,7 +423,8 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, host_s=host, hardware_flops=flops,
                      weight_grad_s=weight_grad,
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
-                     embed_tp_s=embed_tp, head_tp_s=head_tp)
+                     embed_tp_s=embed_tp, head_tp_s=head_tp, comm_slowdown_in=dense.comm_slowdown_in,
+                     comm_slowdown_out=dense.comm_slowdown_out)
 
 
 def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
@@ -525,7 +544,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
-    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s)
+    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
+                             (cost.comm_slowdown_in, cost.comm_slowdown_out))
     opt = _optimizer_s(shapes, L, hw, layers, stack)
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
@@ -600,8 +620,11 @@ def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: Layou
 
 
 def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
-                slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray) -> np.ndarray:
-    """Data-parallel traffic left exposed after the stack's overlap.
+                slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray,
+                slowdowns: tuple[np.ndarray | float, np.ndarray | float] = (1.0, 1.0)) -> np.ndarray:
+    """Data-parallel traffic left exposed after the stack's overlap, plus what its overlapped part costs the compute
+    it runs under (`slowdowns`: the layer's compute slowdown beside a collective inside / across scale-up domains,
+    LayerCost.comm_slowdown_in / _out).
 
     ZeRO-0: gradient all-reduce; ZeRO-1/2 (Megatron distributed optimizer): gradient reduce-scatter, then the
     updated weights' all-gather. The reduce hides under the last micro-batch's backward, the all-gather under the next
@@ -635,14 +658,20 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
                  + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
     # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
     # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
-    ctas = nccl_ctas(shard, hw)
+    slowdown = comm_slowdown(shard, hw, slowdowns)
     beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
-    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, ctas,
-                                          hw.sm_count)
-                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f, ctas,
-                                            hw.sm_count))
-    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o)
+    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, slowdown)
+                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
+                                            slowdown))
+    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
+
+
+def comm_slowdown(g: Group, hw: HardwareRates, slowdowns: tuple[np.ndarray | float, np.ndarray | float]
+                  ) -> np.ndarray:
+    """The compute slowdown beside one NCCL collective over the group: (inside, across) scale-up domains."""
+    _, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    return np.where(n_out > 1, slowdowns[1], slowdowns[0])
 
 
 def nccl_ctas(g: Group, hw: HardwareRates) -> np.ndarray:
@@ -676,7 +705,7 @@ def zero3_collectives_per_layer(shapes: ModelShapes, L: LayoutArrays, stack: Exe
 
 def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                    slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray, ag: np.ndarray, rs: np.ndarray,
-                   hsdp: np.ndarray, shard: Group, o: float) -> np.ndarray:
+                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float = 1.0) -> np.ndarray:
     """ZeRO-3 / FSDP: per layer and micro-batch, the weights' all-gather under forward, all-gather + reduce-scatter
     (+ HSDP's all-reduce of the shard across replicas, FSDP2's post-backward) under backward, each under one layer's
     compute (prefetch one block ahead). The first all-gather and the last reduce-scatter have nothing to hide under
@@ -694,9 +723,8 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
         backward = comm.exposed_s(beside_b, layer_b, o)
     per_layer = comm.exposed_s(ag_layer, layer_f, o) + backward
     # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
-    ctas = nccl_ctas(shard, hw)
-    interference_f = comm.interference_s(o * ag_layer, layer_f, ctas, hw.sm_count)
-    per_layer = per_layer + interference_f + comm.interference_s(o * beside_b, layer_b, ctas, hw.sm_count)
+    interference_f = comm.interference_s(o * ag_layer, layer_f, slowdown)
+    per_layer = per_layer + interference_f + comm.interference_s(o * beside_b, layer_b, slowdown)
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
