@@ -335,6 +335,12 @@ EAGER_ROPE_BYTES = 20.0
 FUSED_ROPE_BYTES = 4.0
 # SwiGLU, torchtitan FeedForward `w2(F.silu(w1(x)) * w3(x))`: silu 2 + 2, mul 2 + 2 + 2 = 10 per FFN element
 # (elementwise_bytes prices the fused kernel at 8).
+UNPAD_GATHER_BYTES = 2.0 + 2.0
+"""flash_attn.bert_padding IndexFirstAxis forward (unpad_input of q, k and v): torch.gather reads each 2 B element
+and writes it to the unpadded buffer (the index is an expanded, stride-0 view: no index traffic)."""
+PAD_SCATTER_BYTES = 2.0 + 2.0 + 2.0
+"""flash_attn.bert_padding IndexPutFirstAxis forward (pad_input of the attention output): a zero-filled output
+(write 2 B) and output[indices] = values (read 2 B, write 2 B) per element."""
 EAGER_SWIGLU_BYTES = 10.0
 FUSED_SWIGLU_BYTES = 8.0
 
@@ -346,7 +352,11 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
     2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
     keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
-    Attention.forward)."""
+    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's
+    flash_attn_fn), the gathers of q, k, v (UNPAD_GATHER_BYTES each element) and the output's scatter
+    (PAD_SCATTER_BYTES); backward carries them at the usual 2x of the forward elementwise traffic (by hand: the three
+    scatters' zero-fill + scatter 6 B, the output gather 4 B, autograd's cat of the q/k/v gradient chunks 4 B per
+    qkv element: 34 d B per token for d = q = k = v width, against 2 x 18 d)."""
     tokens = L.seq * L.mbs / L.cp
     fused = stack.fused_kernels
     extra = np.zeros_like(L.tp, dtype=float)
@@ -357,6 +367,9 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
         extra = extra + (EAGER_ROPE_BYTES - FUSED_ROPE_BYTES) * tokens * (shapes.q_dim + shapes.kv_dim / 2) / L.tp
     if shapes.gated and "swiglu" not in fused:
         extra = extra + activation_fn_bytes(shapes, L, moe) * (EAGER_SWIGLU_BYTES / FUSED_SWIGLU_BYTES - 1.0)
+    if stack.attention_unpad and mha:
+        extra = extra + tokens * (UNPAD_GATHER_BYTES * (shapes.q_dim + shapes.kv_dim)
+                                  + PAD_SCATTER_BYTES * shapes.v_dim) / L.tp
     if stack.attention_kernel == "sdpa" and mha:
         repeat = 2.0 * (shapes.kv_dim + 2.0 * shapes.q_dim) if shapes.kv_heads < shapes.n_heads else 0.0
         extra = extra + tokens * (repeat + 4.0 * shapes.v_dim) / L.tp

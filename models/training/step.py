@@ -751,11 +751,17 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not."""
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
-    per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
+    # Under backward the next block's gather runs beside the compute, unless BACKWARD_POST issues it after it.
+    beside_b = ag_layer + rs_layer + hsdp_layer
+    if stack.fsdp_backward_prefetch == "post":
+        backward = fsdp_post_prefetch_backward_s(ag_layer, rs_layer + hsdp_layer, layer_b, o)
+        beside_b = rs_layer + hsdp_layer
+    else:
+        backward = comm.exposed_s(beside_b, layer_b, o)
+    per_layer = comm.exposed_s(ag_layer, layer_f, o) + backward
     # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
     interference_f = comm.interference_s(o * ag_layer, layer_f, slowdown)
-    per_layer = (per_layer + interference_f
-                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, slowdown))
+    per_layer = per_layer + interference_f + comm.interference_s(o * beside_b, layer_b, slowdown)
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
@@ -781,6 +787,18 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     once = (comm.exposed_s(ag_layer, layer_f, o) + interference_f + rs_layer + hsdp_layer
             + 2.0 * per_collective_lat)
     return np.where(L.pp > 1, slow_layers * once, exposed)
+
+
+def fsdp_post_prefetch_backward_s(all_gather_s: np.ndarray, reduce_s: np.ndarray, compute_s: np.ndarray,
+                                  overlap: float) -> np.ndarray:
+    """Backward exposure of one FSDP1 block under BackwardPrefetch.BACKWARD_POST (stack fsdp_backward_prefetch
+    "post"). PyTorch docs/source/notes/fsdp.rst (FSDP Prefetch Nuances): all-gathers and reduce-scatters run serially
+    on one NCCL stream, in CPU issue order; BACKWARD_POST issues the next block's all-gather in the current block's
+    post-backward hook, i.e. once the current block's gradients are complete, followed by the current block's
+    reduce-scatter. The next block's backward (its recompute too) waits for its parameters, and no computation is
+    left to run under that gather: it is exposed whole; the reduce-scatter then runs under the next block's backward.
+    (BACKWARD_PRE issues the gather before the current block's gradient computation: both hide under it.)"""
+    return np.asarray(all_gather_s, dtype=float) + comm.exposed_s(reduce_s, compute_s, overlap)
 
 
 FOREACH_ADAMW_BYTES_PER_PARAM = 8.0 + 12.0 + 8.0 + 16.0 + 8.0 + 8.0 + 8.0 + 16.0
