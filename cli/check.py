@@ -24,7 +24,8 @@ from clusterplan.solver.check import check_config
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")
-@stack_option("the one the config runs: megatron-core, torchtitan (torchtitan-compile when compiled), deepspeed")
+@stack_option("the one the config runs: megatron-core, torchtitan (compiled: torchtitan-compile-loss, or "
+              "torchtitan-compile when compile.components leaves out the loss), deepspeed")
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
           stack_name: str | None, fmt: str) -> None:

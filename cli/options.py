@@ -57,7 +57,7 @@ def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
-STACK_NAMES = "megatron-core, torchtitan, torchtitan-compile, deepspeed, megatron-lm-2021"
+STACK_NAMES = "megatron-core, torchtitan, torchtitan-compile, torchtitan-compile-loss, deepspeed, megatron-lm-2021"
 
 
 def stack_option(default_help: str = "megatron-core"):  # noqa: ANN201 - a click decorator

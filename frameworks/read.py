@@ -327,8 +327,18 @@ def _titan_mismatches(doc: Mapping[str, Any], model: ModelSpec) -> list[str]:
     return []
 
 
+TITAN_COMPILE_COMPONENTS = ("model", "loss")
+"""torchtitan's default compile.components (torchtitan/config/job_config.py Compile: ["model", "loss"])."""
+
+
 def _titan_stack(doc: Mapping[str, Any]) -> str:
-    return "torchtitan-compile" if doc.get("compile", {}).get("enable") else "torchtitan"
+    """torchtitan (eager), torchtitan-compile (blocks compiled, eager loss) or torchtitan-compile-loss (the loss
+    compiled too: 'loss' in compile.components, the default; pytorch/torchtitan#1033)."""
+    compile_table = doc.get("compile", {})
+    if not compile_table.get("enable"):
+        return "torchtitan"
+    components = compile_table.get("components", TITAN_COMPILE_COMPONENTS)
+    return "torchtitan-compile-loss" if "loss" in components else "torchtitan-compile"
 
 
 def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:

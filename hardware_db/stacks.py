@@ -33,8 +33,9 @@ PP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
 OPTIMIZER_IMPLS = ("fused", "foreach")
 GRAD_CLIPS = ("none", "foreach")
-LOSS_IMPLS = ("fused", "eager_fp32")
+LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
+FSDP_BACKWARD_PREFETCHES = ("pre", "post")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
@@ -205,11 +206,21 @@ class ExecutionStack:
     gradient shards, step.py FOREACH_CLIP_BYTES_PER_PARAM). Absent: none."""
     loss_impl: str = "fused"
     """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
-    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES). Absent: fused."""
+    "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES) | "compiled"
+    (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES). Absent: fused."""
     fsdp_impl: str = "flat"
     """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
     kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and
     reduce-scattered last, exposed; step.py fsdp2_extra_s). Absent: flat."""
+    attention_unpad: bool = False
+    """The attention call first gathers q, k and v into unpadded (varlen) buffers and scatters its output back
+    (flash_attn.bert_padding unpad_input / index_first_axis and pad_input, as llm-foundry's flash_attn_fn calls
+    flash_attn_varlen_func); compute.py unfused_extra_bytes prices the copies. Absent: false."""
+    fsdp_backward_prefetch: str = "pre"
+    """When ZeRO-3 / FSDP issues a block's backward all-gather: "pre" (before the block after it in backward computes
+    its gradients, so the gather runs under that compute: FSDP1 BACKWARD_PRE, FSDP2's and Megatron FSDP's explicit
+    prefetch) | "post" (FSDP1 BACKWARD_POST: only once that block's gradients are complete, so nothing computes under
+    the gather; step.py fsdp_post_prefetch_backward_s). Absent: pre."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
@@ -307,6 +318,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
         loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
         fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat",
+        attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,
+        fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
+                                if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw))
 
 

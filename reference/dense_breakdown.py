@@ -26,6 +26,7 @@ from clusterplan.models.training.compute import (
     PREC_FP8,
     TpOverlap,
     clamp_bytes,
+    cp_runs_blocks,
     elementwise_bytes,
     flash_core_times,
     fp8_cast_times,
@@ -63,7 +64,7 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)
     _, core = layer_flops(shapes, L, False)
-    attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel)
+    attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel, cp_runs_blocks(L, stack))
     elem = (elementwise_bytes(shapes, L, False) + unfused_extra_bytes(shapes, L, False, stack)) / hw.hbm_bytes_per_s
     clamp_f, clamp_ratio = clamp_bytes(shapes, L, False, stack.compiled)
     clamp = clamp_f / hw.hbm_bytes_per_s

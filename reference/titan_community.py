@@ -33,6 +33,8 @@ SETS = {
                          "pull request #1299)",
     "a100-2404": "torchtitan FSDP2 on 64 A100 (2024; docs/performance.md)",
     "b200-2508": "torchtitan bf16 / float8 / MXFP8 on 8 B200 (Aug 2025; docs/mxfp8.md, torchao mx_formats README)",
+    "torchao-h100-2502": "torchtitan bf16 / float8 on 8 H100 (early 2025; torchao float8 README)",
+    "torchao-mi300x-2508": "torchtitan bf16 / float8 on 8 MI300X (Aug 2025; torchao float8 README)",
 }
 """Set id -> title; the order the report prints them in."""
 TIME_NOT_COMPARED = {
@@ -40,6 +42,14 @@ TIME_NOT_COMPARED = {
                  "1000 W TDP but not compared (peak memory does not depend on the clock and is)",
 }
 """Sets whose tokens/s cannot be compared, with why; their rows are printed and their memory compared."""
+LOSS_COMPILED_SETS = {
+    "h200-2506": "torchtitan e7c0cae (2025-06-13)",
+    "asynctp-h100-2506": "torchtitan 820504e (2025-06-13)",
+    "b200-2508": "torchtitan 6fc499f (2025-08)",
+    "torchao-mi300x-2508": "torchtitan 2c8b594 (2025-08)",
+}
+"""Sets run on a torchtitan that compiles the loss under --training.compile (pytorch/torchtitan#1033, April 2025,
+build_cross_entropy_loss): their compiled rows run stack torchtitan-compile-loss. The A100 set ran eager."""
 AC_EVERY_OTHER = "layer2"
 """torchtitan selective_ac_option '2' ("selective layer"): every second TransformerBlock wrapped in checkpoint_wrapper
 (torchtitan parallelize_llama apply_ac, _apply_ac_to_transformer_block: ac_freq = int(selective_ac_option))."""
@@ -53,6 +63,9 @@ UNEXPRESSED: tuple[tuple[str, str], ...] = (
      "mxfp8 7401 median tokens/s",
      "Llama 4 Scout is not in the model catalog (interleaved chunked / global attention and its MoE layout are not "
      "described there)"),
+    ("torchao-mi300x-2508: Llama 3 8B on 8 MI300X, float8 rowwise_with_gw_hp (6100 median tokens/s, 39.32 GB)",
+     "the recipe keeps the weight-gradient GEMM in bf16 (torchao Float8LinearRecipeName.ROWWISE_WITH_GW_HP): no fp8 "
+     "recipe here prices one GEMM of three in high precision"),
 )
 """Runs the sources publish that no row here expresses, with why."""
 
@@ -106,11 +119,15 @@ def techniques(r: dict[str, str]) -> str:
 
 
 def community_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
-    """The stack entry the row's flags name: torchtitan (eager) or torchtitan-compile; a compiled TP run without
+    """The stack entry the row's flags name: torchtitan (eager) or, compiled, torchtitan-compile-loss on a torchtitan
+    that compiles the loss too (LOSS_COMPILED_SETS), else torchtitan-compile; a compiled TP run without
     async TP has its TP overlap off (as reference/titan.py); float8 without enable_fsdp_float8_all_gather gathers
     bf16 weights (torchao float8 all-gather is opt-in: torchtitan [float8] enable_fsdp_float8_all_gather)."""
     notes: list[str] = []
-    stack = get_stack("torchtitan-compile" if r["compile"] == "1" else "torchtitan")
+    compiled = "torchtitan-compile-loss" if r["set"] in LOSS_COMPILED_SETS else "torchtitan-compile"
+    stack = get_stack(compiled if r["compile"] == "1" else "torchtitan")
+    if r["compile"] == "1" and r["set"] in LOSS_COMPILED_SETS:
+        notes.append(f"{LOSS_COMPILED_SETS[r['set']]} compiles the loss with the blocks (torchtitan#1033)")
     if int(r["tp"]) > 1 and r["async_tp"] != "1":
         stack = replace(stack, name=f"{stack.name}, async TP off", tp_overlap="none", tp_overlap_share=0.0)
         notes.append(f"async TP off: stack {stack.name.split(',')[0]} with tp_overlap none")

@@ -133,7 +133,8 @@ def test_check_reads_back_what_the_framework_runs(tmp_path, target):
         assert read.layout == expected, where
         assert read.mismatches == (), where
         fp8_compiled = target.startswith("torchtitan") and layout.precision == "fp8"
-        assert read.stack == ("torchtitan-compile" if fp8_compiled else STACK[target]), where
+        # The exported fp8 configs compile model and loss (compile.components): torchtitan-compile-loss.
+        assert read.stack == ("torchtitan-compile-loss" if fp8_compiled else STACK[target]), where
         exported += 1
         if expected == canonical(model, layout):
             exact += 1

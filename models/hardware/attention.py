@@ -45,6 +45,10 @@ class AttentionRates:
         """Whether a causal forward curve of `kernel` is published (with `window`: one measured at that window)."""
         return bool(self._rows(kernel, "forward", True, window))
 
+    def has_noncausal(self, kernel: str, direction: str) -> bool:
+        """Whether a curve of `kernel` without the causal mask is published in `direction`."""
+        return bool(self._rows(kernel, direction, False))
+
     def family(self, kernel: str) -> str | None:
         """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel)."""
         return self.sdpa_family if kernel == "sdpa" else KERNEL_FAMILY.get(kernel)

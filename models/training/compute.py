@@ -9,9 +9,9 @@ import numpy as np
 
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD
+from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.batch import PREC_FP8, LayoutArrays, RecomputeCode
+from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import fp8_padding_bytes, grouped_gemm_time_s, routing_times
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
@@ -335,6 +335,12 @@ EAGER_ROPE_BYTES = 20.0
 FUSED_ROPE_BYTES = 4.0
 # SwiGLU, torchtitan FeedForward `w2(F.silu(w1(x)) * w3(x))`: silu 2 + 2, mul 2 + 2 + 2 = 10 per FFN element
 # (elementwise_bytes prices the fused kernel at 8).
+UNPAD_GATHER_BYTES = 2.0 + 2.0
+"""flash_attn.bert_padding IndexFirstAxis forward (unpad_input of q, k and v): torch.gather reads each 2 B element
+and writes it to the unpadded buffer (the index is an expanded, stride-0 view: no index traffic)."""
+PAD_SCATTER_BYTES = 2.0 + 2.0 + 2.0
+"""flash_attn.bert_padding IndexPutFirstAxis forward (pad_input of the attention output): a zero-filled output
+(write 2 B) and output[indices] = values (read 2 B, write 2 B) per element."""
 EAGER_SWIGLU_BYTES = 10.0
 FUSED_SWIGLU_BYTES = 8.0
 
@@ -346,7 +352,11 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
     2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
     keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
-    Attention.forward)."""
+    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's
+    flash_attn_fn), the gathers of q, k, v (UNPAD_GATHER_BYTES each element) and the output's scatter
+    (PAD_SCATTER_BYTES); backward carries them at the usual 2x of the forward elementwise traffic (by hand: the three
+    scatters' zero-fill + scatter 6 B, the output gather 4 B, autograd's cat of the q/k/v gradient chunks 4 B per
+    qkv element: 34 d B per token for d = q = k = v width, against 2 x 18 d)."""
     tokens = L.seq * L.mbs / L.cp
     fused = stack.fused_kernels
     extra = np.zeros_like(L.tp, dtype=float)
@@ -357,6 +367,9 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
         extra = extra + (EAGER_ROPE_BYTES - FUSED_ROPE_BYTES) * tokens * (shapes.q_dim + shapes.kv_dim / 2) / L.tp
     if shapes.gated and "swiglu" not in fused:
         extra = extra + activation_fn_bytes(shapes, L, moe) * (EAGER_SWIGLU_BYTES / FUSED_SWIGLU_BYTES - 1.0)
+    if stack.attention_unpad and mha:
+        extra = extra + tokens * (UNPAD_GATHER_BYTES * (shapes.q_dim + shapes.kv_dim)
+                                  + PAD_SCATTER_BYTES * shapes.v_dim) / L.tp
     if stack.attention_kernel == "sdpa" and mha:
         repeat = 2.0 * (shapes.kv_dim + 2.0 * shapes.q_dim) if shapes.kv_heads < shapes.n_heads else 0.0
         extra = extra + tokens * (repeat + 4.0 * shapes.v_dim) / L.tp
@@ -397,7 +410,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
-    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel)
+    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_runs_blocks(L, stack))
     # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
@@ -490,14 +503,51 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     return seconds, executed
 
 
+def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq: np.ndarray, cp: np.ndarray,
+                        head_dim: float) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of a full causal layer's attention core under load-balanced ring context
+    parallelism, call by call; `flops`: the rank's executed causal forward FLOPs (half its query rows x all keys).
+
+    torch context_parallel (torch/distributed/tensor/experimental/_attention.py _templated_ring_attention and
+    _templated_ring_attention_backward, either rotate method) and Transformer Engine's AttnFuncWithCPAndKVP2P run cp
+    calls per rank, each 1/cp of `flops` (rank r holds chunks r and 2cp-1-r of c = seq / 2cp tokens): step 0 the
+    causal diagonal, q = kv = 2c; steps 1..r the whole query against the first K/V chunk (q 2c, kv c) and steps
+    r+1..cp-1 the second query chunk against the whole K/V (q c, kv 2c), both without a mask. The diagonal runs the
+    causal curves at 2c; an off-diagonal call the non-causal curve, forward at its key length (each query-block CTA
+    loops over the keys), backward at its query length (FA2's backward CTAs loop over the query blocks). The ranks
+    meet at every layer's K/V exchange, so each direction takes its slowest rank: the last one forward (every step at
+    kv c), rank 0 backward (every step at q c). A kernel without a published non-causal curve keeps the causal curve
+    at 2c for every call."""
+    c = seq / (2.0 * cp)
+    block = flops / cp
+    off = np.maximum(cp - 1.0, 0.0) * block
+    diag_f = att.forward_flops_per_s(kernel, 2.0 * c, head_dim)
+    diag_b = att.backward_flops_per_s(kernel, 2.0 * c, head_dim)
+    off_f = att.rate(kernel, c, head_dim, "forward", causal=False) if att.has_noncausal(kernel, "forward") else diag_f
+    off_b = att.rate(kernel, c, head_dim, "backward", causal=False) if att.has_noncausal(kernel, "backward") else diag_b
+    fwd = block / diag_f + off / off_f
+    bwd = ATTN_BWD_FLOPS_OVER_FWD * (block / diag_b + off / off_b)
+    return fwd, bwd
+
+
+def cp_runs_blocks(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
+    """Layouts whose context-parallel attention runs as load-balanced ring calls (cp_block_core_times): torch
+    context_parallel with either rotate method (the all-gather only moves K/V), Megatron-Core / TE with the p2p ring
+    (not its all-gather or all-to-all kinds)."""
+    if stack.cp_impl == "torch":
+        return np.ones(len(L), bool)
+    return L.cp_kind == CpKindCode.RING
+
+
 def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
-                     attention_kernel: str) -> tuple[np.ndarray, np.ndarray]:
+                     attention_kernel: str, cp_blocks: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) of one average layer's attention core.
 
     Flash on, forward: a `profile` attention fit when calibrated; else the kernel's published curve
     (models/hardware/attention.py) at the per-call key length, seq / cp for full layers and the window for
     sliding-window layers (a curve measured at the layer's own window instead, at seq / cp), and the model's head dim;
-    else its score/value GEMMs with only the causal share computed.
+    full layers under load-balanced ring context parallelism (`cp_blocks`, per layout) call by call instead
+    (cp_block_core_times); else its score/value GEMMs with only the causal share computed.
     Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the published backward rate (the fit's own ratio when
     calibrated).
     Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
@@ -513,7 +563,14 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
         n_sl = shapes.n_sliding_layers
         att = hw.attention
-        parts = [((shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s, L.seq / L.cp, None)]
+        full_layers = (shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s
+        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp, head_dim)
+        if not np.all(np.asarray(cp_blocks) & (L.cp > 1)):  # the rest: one causal call at seq / cp
+            whole = L.seq / L.cp
+            fwd = np.where(cp_blocks, fwd, full_layers / att.forward_flops_per_s(attention_kernel, whole, head_dim))
+            bwd = np.where(cp_blocks, bwd, ATTN_BWD_FLOPS_OVER_FWD * full_layers
+                           / att.backward_flops_per_s(attention_kernel, whole, head_dim))
+        parts = []
         if n_sl:
             w = np.minimum(float(shapes.sliding_window), L.seq)
             local = n_sl / shapes.n_layers * local_share(shapes, L.seq) * full_s
@@ -522,9 +579,9 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
                 parts.append((local, L.seq / L.cp, shapes.sliding_window))
             else:  # the full-causal curve at the window's key length
                 parts.append((local, w, None))
-        fwd = sum(f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts)
-        bwd = sum(ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
-                  for f, s, win in parts)
+        fwd = fwd + sum((f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts), 0.0)
+        bwd = bwd + sum((ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
+                         for f, s, win in parts), 0.0)
         return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
     return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
 
@@ -557,10 +614,22 @@ EAGER_FP32_LOSS_BACKWARD_BYTES = 4.0 + (3 * 4.0 + 4.0) + (4.0 + 2.0)
 backward to bf16 (read fp32, write bf16)."""
 
 
+COMPILED_LOSS_FORWARD_BYTES = 2.0
+"""Stack loss_impl "compiled", forward, per logit: torch.compile of F.cross_entropy(logits.float()) (torchtitan
+build_cross_entropy_loss since pytorch/torchtitan#1033) is one Inductor reduction per row that reads the bf16 logits
+once, the upcast fused into the read, max and sum of exponentials in one pass (torch/_inductor/config.py
+online_softmax, default on); the target's logit is one gather per row."""
+COMPILED_LOSS_BACKWARD_BYTES = 2.0 + 2.0
+"""Backward of the same, per logit: one kernel reads the saved bf16 logits and writes the bf16 input gradient
+(softmax minus the one-hot target, times the incoming gradient; the cast's backward fused)."""
+
+
 def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
     """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
     if stack is not None and stack.loss_impl == "eager_fp32":
         return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
+    if stack is not None and stack.loss_impl == "compiled":
+        return COMPILED_LOSS_FORWARD_BYTES, COMPILED_LOSS_BACKWARD_BYTES
     return FUSED_LOSS_BYTES_PER_LOGIT, FUSED_LOSS_BYTES_PER_LOGIT
 
 

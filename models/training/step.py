@@ -256,8 +256,26 @@ TORCH_CP_GRAD_CAT_BYTES = 8.0
 """Backward: torch.cat([dK, dV]) in fp32 before each permute (read 4 + write 4)."""
 
 
-def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, cp: np.ndarray
-                               ) -> tuple[np.ndarray, np.ndarray]:
+TORCH_CP_TRACED_COPY_BYTES = 4.0
+"""Traced (torch.compile): key/value .contiguous() written straight into the first exchange's torch.cat buffer (one
+copy, read 2 + write 2); the later cats feed an all-gather rotater that no longer sends, so the graph drops them."""
+TORCH_CP_TRACED_MERGE_BYTES = 10.0
+"""Traced: one merge fused with its block's fp32 cast: read the fp32 running output 4 + the block's bf16 output 2,
+write fp32 4."""
+TORCH_CP_TRACED_MERGE_END_SAVING = 4.0
+"""Traced: the first merge reads step 0's output in bf16 (2 less) and the last writes the bf16 result (2 less)."""
+TORCH_CP_TRACED_FIRST_GRAD_BYTES = 6.0
+"""Traced backward: zeros_like + step 0's block gradient fused into one cast (read bf16 2, write fp32 4), for dK/dV
+written into the first permute's torch.cat buffer."""
+TORCH_CP_TRACED_PARTIAL_ACCUM_BYTES = 9.0
+"""Traced backward, load-balanced step: the received fp32 dK/dV (4), half of it plus the bf16 half-block gradient
+(1 per element of the whole), written whole into the next permute's buffer (4)."""
+TORCH_CP_TRACED_LAST_DQ_BYTES = 8.0
+"""Traced backward: the last dQ accumulation fused with the cast back to bf16 (read 4 + 2, write 2)."""
+
+
+def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, cp: np.ndarray,
+                               traced: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) HBM bytes of torch context_parallel's elementwise passes on the slowest rank of one layer
     per micro-batch; q, kv, out: elements of the rank's query, key + value and output.
 
@@ -265,8 +283,20 @@ def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, c
     case (whole query against half the K/V block: whole-output merges, partial dK/dV updates); rank 0's are all the
     partial-query case (half-output merges). Forward: copies 4 x kv x cp, fp32 casts 6 x out x cp, cp - 1 merges
     32 x out, the final cast 6 x out. Backward: zeros 4 x (q + kv), copies 4 x kv x cp, dK/dV 10 x kv (step 0) +
-    13 x kv (steps 1..cp-1), fp32 dK/dV cats 8 x kv x cp, dQ 10 x q x cp, final casts 6 x (q + kv)."""
+    13 x kv (steps 1..cp-1), fp32 dK/dV cats 8 x kv x cp, dQ 10 x q x cp, final casts 6 x (q + kv).
+    `traced`: the same code traced into a torch.compile graph, where inductor fuses each pointwise chain and drops the
+    unused cats (TORCH_CP_TRACED_*). Forward: one copy 4 x kv, cp - 1 fused merges 10 x out less 4 x out at the ends.
+    Backward: kv (4 copy + 6 first cast + 9 x (cp - 1) accumulations + 6 final cast), q (6 first cast + 10 x (cp - 2)
+    accumulations + 8 last one with the cast)."""
     steps = np.maximum(cp - 1.0, 0.0)
+    if traced:
+        forward = (TORCH_CP_TRACED_COPY_BYTES * kv
+                   + (TORCH_CP_TRACED_MERGE_BYTES * steps - TORCH_CP_TRACED_MERGE_END_SAVING) * out)
+        backward = (kv * (TORCH_CP_TRACED_COPY_BYTES + TORCH_CP_TRACED_FIRST_GRAD_BYTES
+                          + TORCH_CP_TRACED_PARTIAL_ACCUM_BYTES * steps + TORCH_CP_RESULT_CAST_BYTES)
+                    + q * (TORCH_CP_TRACED_FIRST_GRAD_BYTES + TORCH_CP_ACCUM_BYTES * np.maximum(cp - 2.0, 0.0)
+                           + TORCH_CP_TRACED_LAST_DQ_BYTES))
+        return np.where(cp > 1, forward, 0.0), np.where(cp > 1, backward, 0.0)
     forward = (TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_OUT_TO_F32_BYTES * out * cp + TORCH_CP_MERGE_BYTES * out * steps
                + TORCH_CP_RESULT_CAST_BYTES * out)
     backward = (TORCH_CP_ZEROS_BYTES * (q + kv) + TORCH_CP_COPY_BYTES * kv * cp + TORCH_CP_ACCUM_BYTES * kv
@@ -277,7 +307,7 @@ def torch_cp_elementwise_bytes(q: np.ndarray, kv: np.ndarray, out: np.ndarray, c
 
 def torch_allgather_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, group: Group, n_out: np.ndarray,
                          core_forward_s: np.ndarray, core_backward_s: np.ndarray, recompute_full: np.ndarray,
-                         hw: HardwareRates) -> np.ndarray:
+                         hw: HardwareRates, traced: bool = False) -> np.ndarray:
     """Exposed K/V traffic of torch context_parallel with rotate_method ALL_GATHER (its default, torchtitan's) of one
     layer per micro-batch; kv_bytes: this rank's K and V as the SDPA call receives them.
 
@@ -285,8 +315,12 @@ def torch_allgather_cp_s(kv_bytes: np.ndarray, cp: np.ndarray, group: Group, n_o
     (diagonal) SDPA call and waited after it; every call computes the same 1/cp of the rank's core (round-robin load
     balance). Backward all-gathers K/V again (kv_rotater is the default rotater) under the first backward call, and
     passes the fp32 dK/dV accumulators (2 x kv_bytes) to the next rank with permute_tensor after every call: each is
-    waited after the next call, the last one at the end, fully exposed."""
-    o = hw.comm_overlap
+    waited after the next call, the last one at the end, fully exposed.
+    `traced` (the attention inside a torch.compile graph): functional collectives wait right where they are issued
+    (torch/distributed/_functional_collectives.py _maybe_wrap_tensor returns wait_tensor(...) when tracing) and
+    inductor keeps that order (torch/_inductor/config.py reorder_for_compute_comm_overlap = False), so every
+    all-gather and permute is exposed."""
+    o = 0.0 if traced else hw.comm_overlap
     ag = _collective("all_gather", cp * kv_bytes, group, hw)
     block_f, block_b = core_forward_s / cp, core_backward_s / cp
     lat, xfer = _p2p_parts(2.0 * kv_bytes, n_out, hw, Axis.CP)
@@ -312,8 +346,10 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         # (torchtitan's Attention.forward) pass them after repeat_kv, at the query head count.
         kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
         kv_bytes = act * tokens * kv_width / L.tp
+        # A compiled stack traces the attention into each block's graph (torchtitan compiles every TransformerBlock
+        # with fullgraph=True; context_parallel's SDPA override runs inside it).
         allgather = torch_allgather_cp_s(kv_bytes, L.cp, cp_group, n_out, lt.core_forward_s, lt.core_backward_s,
-                                         full, hw)
+                                         full, hw, traced=stack.compiled)
     cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
                    [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather], ring)
     if stack.cp_impl == "torch":
@@ -321,7 +357,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         # method): serial time, forward again under full recompute.
         kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
         fwd_b, bwd_b = torch_cp_elementwise_bytes(tokens * shapes.q_dim / L.tp, tokens * kv_width / L.tp,
-                                                  tokens * shapes.v_dim / L.tp, L.cp)
+                                                  tokens * shapes.v_dim / L.tp, L.cp, traced=stack.compiled)
         cp = cp + ((1.0 + full) * fwd_b + bwd_b) / hw.hbm_bytes_per_s
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
@@ -363,9 +399,10 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
-LAYER_TIME_FIELDS = ("tp", "cp", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision", "recompute",
-                     "recompute_modules")
-"""The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp), etp besides;
+LAYER_TIME_FIELDS = ("tp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision",
+                     "recompute", "recompute_modules")
+"""The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
+context-parallel attention runs its calls block by block), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
 DEDUPE_MIN_ROWS = 4096
 """Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
@@ -715,11 +752,17 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not."""
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
-    per_layer = comm.exposed_s(ag_layer, layer_f, o) + comm.exposed_s(ag_layer + rs_layer + hsdp_layer, layer_b, o)
+    # Under backward the next block's gather runs beside the compute, unless BACKWARD_POST issues it after it.
+    beside_b = ag_layer + rs_layer + hsdp_layer
+    if stack.fsdp_backward_prefetch == "post":
+        backward = fsdp_post_prefetch_backward_s(ag_layer, rs_layer + hsdp_layer, layer_b, o)
+        beside_b = rs_layer + hsdp_layer
+    else:
+        backward = comm.exposed_s(beside_b, layer_b, o)
+    per_layer = comm.exposed_s(ag_layer, layer_f, o) + backward
     # The prefetched gather (and the reduce-scatter) run beside the layer's compute on the SMs their CTAs leave.
     interference_f = comm.interference_s(o * ag_layer, layer_f, slowdown)
-    per_layer = (per_layer + interference_f
-                 + comm.interference_s(o * (ag_layer + rs_layer + hsdp_layer), layer_b, slowdown))
+    per_layer = per_layer + interference_f + comm.interference_s(o * beside_b, layer_b, slowdown)
     edge = 0.0
     if stack.dp_exposed_chunk:
         edge = (ag_layer - comm.exposed_s(ag_layer, layer_f, o)) + (rs_layer - comm.exposed_s(rs_layer, layer_b, o))
@@ -745,6 +788,18 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     once = (comm.exposed_s(ag_layer, layer_f, o) + interference_f + rs_layer + hsdp_layer
             + 2.0 * per_collective_lat)
     return np.where(L.pp > 1, slow_layers * once, exposed)
+
+
+def fsdp_post_prefetch_backward_s(all_gather_s: np.ndarray, reduce_s: np.ndarray, compute_s: np.ndarray,
+                                  overlap: float) -> np.ndarray:
+    """Backward exposure of one FSDP1 block under BackwardPrefetch.BACKWARD_POST (stack fsdp_backward_prefetch
+    "post"). PyTorch docs/source/notes/fsdp.rst (FSDP Prefetch Nuances): all-gathers and reduce-scatters run serially
+    on one NCCL stream, in CPU issue order; BACKWARD_POST issues the next block's all-gather in the current block's
+    post-backward hook, i.e. once the current block's gradients are complete, followed by the current block's
+    reduce-scatter. The next block's backward (its recompute too) waits for its parameters, and no computation is
+    left to run under that gather: it is exposed whole; the reduce-scatter then runs under the next block's backward.
+    (BACKWARD_PRE issues the gather before the current block's gradient computation: both hide under it.)"""
+    return np.asarray(all_gather_s, dtype=float) + comm.exposed_s(reduce_s, compute_s, overlap)
 
 
 FOREACH_ADAMW_BYTES_PER_PARAM = 8.0 + 12.0 + 8.0 + 16.0 + 8.0 + 8.0 + 8.0 + 16.0
