@@ -20,7 +20,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
-from clusterplan.reference.report import read_rows
+from clusterplan.reference.report import read_rows, row_notes
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
 STACK = "megatron-core"
@@ -526,7 +526,7 @@ def print_table(rows: list[BridgeRow]) -> None:
           "(target: every row within 15 %, median within 8 %)")
     print(TFLOPS_CONVENTION)
     for r in rows:
-        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        extra = row_notes(r.notes, r.refused)
         if not r.expressible:
             print(f"  {r.label}: NOT EXPRESSIBLE: {r.reason}")
         if extra:
@@ -539,7 +539,7 @@ def markdown_table(rows: list[BridgeRow]) -> str:
              "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lay = layout_text(r.layout) if r.layout else "-"
-        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        notes = row_notes(r.notes, r.refused)
         if r.expressible:
             cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
                      f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"]

@@ -22,7 +22,7 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
 
 FOUNDRY_CSV = "llmfoundry_mpt.csv"
 STACK = "llm-foundry"
@@ -202,7 +202,7 @@ def print_table(rows: list[FoundryRow]) -> None:
     for line in _summary_lines(rows):
         print(line)
     for r in rows:
-        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        extra = row_notes(r.notes, r.refused)
         if extra:
             print(f"  {r.label}: " + "; ".join(extra))
 
@@ -212,7 +212,7 @@ def markdown_table(rows: list[FoundryRow]) -> str:
              "predicted | notes |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        notes = row_notes(r.notes, r.refused)
         lines.append(f"| {r.section} | {r.size} | {r.seq} | {r.gpus} | {layout_text(r.layout)} | "
                      f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
                      f"{r.published_mfu:.1%} | {r.predicted_mfu:.1%} | {'; '.join(notes).replace('|', '/')} |")

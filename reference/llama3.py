@@ -31,7 +31,7 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
 
 LLAMA3_CSV = "llama3_405b_table4.csv"
 MODEL = "llama3.1-405b"
@@ -249,7 +249,7 @@ def print_table(rows: list[Llama3Row]) -> None:
     print(_sensitivity_line(rows))
     print(CONVENTION)
     for r in rows:
-        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        extra = row_notes(r.notes, r.refused)
         print(f"  {r.label}: " + "; ".join(extra))
     for source, reason in NOT_ADDED:
         print(f"  not added: {source}: {reason}")
@@ -260,7 +260,7 @@ def markdown_table(rows: list[Llama3Row]) -> str:
              "error if causal | ours (as executed) | peak GiB predicted | notes |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        notes = row_notes(r.notes, r.refused)
         lines.append(f"| {r.gpus} | {layout_text(r.layout)} | {r.published_tflops:.0f} | {r.predicted_tflops:.0f} | "
                      f"{r.published_tokens_per_s:.1f} | {r.predicted_tokens_per_s:.1f} | {r.error:+.1%} | "
                      f"{r.causal_error:+.1%} | {r.model_tflops:.0f} | {r.predicted_memory_gib:.1f} | "

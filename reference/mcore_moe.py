@@ -27,7 +27,7 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -164,7 +164,7 @@ def _summary_line(rows: list[McoreMoeRow]) -> str:
 
 
 def _notes(r: McoreMoeRow) -> list[str]:
-    extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+    extra = row_notes(r.notes, r.refused)
     return ([f"not expressible: {r.reason}"] if not r.expressible else []) + extra
 
 

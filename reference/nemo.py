@@ -23,7 +23,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -308,7 +308,7 @@ def print_table(rows: list[NemoRow]) -> None:
     print(_summary_line(rows))
     print(TFLOPS_NOTE)
     for r in rows:
-        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        extra = row_notes(r.notes, r.refused)
         if not r.expressible:
             print(f"  {r.label}: NOT EXPRESSIBLE: {r.reason}")
         print(f"  {r.label}: " + "; ".join(extra))
@@ -319,7 +319,7 @@ def markdown_table(rows: list[NemoRow]) -> str:
              "TFLOP/s/GPU published | predicted | GFLOP/token published | release's count | ours TFLOP/s | notes |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        notes = row_notes(r.notes, r.refused)
         if r.expressible:
             cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.predicted_tflops:.0f}",
                      f"{r.model_tflops:.0f}"]

@@ -52,6 +52,11 @@ def selene(gpus: int) -> Cluster:
     return load_cluster(f"dgx-a100-80g:{gpus // 8}")
 
 
+def row_notes(notes: tuple[str, ...] | list[str], refused: str | None) -> list[str]:
+    """A reference row's notes, with estimate's refusal of its layout (out of memory, ...) last when it refused it."""
+    return list(notes) + ([f"estimate refuses: {refused}"] if refused else [])
+
+
 @dataclass(frozen=True)
 class Comparison:
     label: str

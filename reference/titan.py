@@ -23,7 +23,13 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_MEMORY, TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import (
+    TARGET_MEMORY,
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    read_rows,
+    row_notes,
+)
 
 TITAN_CSV = "torchtitan_h100_2412.csv"
 NODE = "grand-teton-h100-96gb"
@@ -199,7 +205,7 @@ def print_table(rows: list[TitanRow]) -> None:
               f"{r.predicted_memory_gib:6.1f} {r.memory_error:+7.1%}")
     print(_summary_line(rows))
     for r in rows:
-        extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        extra = row_notes(r.notes, r.refused)
         if extra:
             print(f"  {r.label}: " + "; ".join(extra))
 
@@ -209,7 +215,7 @@ def markdown_table(rows: list[TitanRow]) -> str:
              "peak GiB published | predicted | error | notes |",
              "|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+        notes = row_notes(r.notes, r.refused)
         lines.append(f"| {r.table} | {r.model} | {r.gpus} | {r.techniques} | {r.stack} | {layout_text(r.layout)} | "
                      f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
                      f"{r.published_memory_gib:.1f} | {r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | "

@@ -24,7 +24,13 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict, load
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_MEMORY, TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows
+from clusterplan.reference.report import (
+    TARGET_MEMORY,
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    read_rows,
+    row_notes,
+)
 
 COMMUNITY_CSV = "torchtitan_community.csv"
 SETS = {
@@ -239,7 +245,7 @@ def print_table(rows: list[CommunityRow]) -> None:
                   f"{mem_err:>7}")
         print(_summary_line(part))
         for r in part:
-            extra = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+            extra = row_notes(r.notes, r.refused)
             if extra:
                 print(f"  {r.label}: " + "; ".join(extra))
     print("\ntorchtitan runs published but not expressed:")
@@ -256,7 +262,7 @@ def markdown_table(rows: list[CommunityRow]) -> str:
                   "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in part:
             mem_pub, mem_err = _memory_cells(r)
-            notes = list(r.notes) + ([f"estimate refuses: {r.refused}"] if r.refused else [])
+            notes = row_notes(r.notes, r.refused)
             lines.append(f"| {r.model} | {r.gpus} | {r.node} | {r.techniques} | {r.stack} | {layout_text(r.layout)} | "
                          f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
                          f"{mem_pub} | {r.predicted_memory_gib:.1f} | {mem_err} | {'; '.join(notes).replace('|', '/')} |")
