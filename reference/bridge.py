@@ -11,7 +11,6 @@ express are listed with the reason, never dropped. These rows are a check set: n
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from statistics import median
 
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_stack
@@ -20,7 +19,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
-from clusterplan.reference.report import read_rows, row_notes
+from clusterplan.reference.report import read_rows, row_notes, summary
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
 STACK = "megatron-core"
@@ -499,13 +498,6 @@ def layout_text(L: Layout) -> str:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)
 
-
-def summary(rows: list[BridgeRow]) -> tuple[int, float, float]:
-    """(expressible rows, median |error|, max |error|) of tokens/s per GPU."""
-    errors = sorted(abs(r.error) for r in rows if r.expressible)
-    if not errors:
-        return 0, float("nan"), float("nan")
-    return len(errors), median(errors), errors[-1]
 
 
 def print_table(rows: list[BridgeRow]) -> None:

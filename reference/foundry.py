@@ -14,7 +14,6 @@ assumed below and stated per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import median
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
@@ -22,7 +21,7 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
 
 FOUNDRY_CSV = "llmfoundry_mpt.csv"
 STACK = "llm-foundry"
@@ -172,13 +171,6 @@ def foundry_rows() -> list[FoundryRow]:
 GROUPS = {"H100 bf16": ("h100_bf16",), "H100 fp8": ("h100_fp8",), "A100": ("a100_80gb", "a100_40gb")}
 """How the summary groups the sections (issue #13 reports H100 bf16, H100 fp8 and A100 apart)."""
 
-
-def summary(rows: list[FoundryRow]) -> tuple[int, float, float]:
-    """(expressible rows, median |error|, max |error|) of tokens/s per GPU."""
-    errors = sorted(abs(r.error) for r in rows if r.expressible)
-    if not errors:
-        return 0, float("nan"), float("nan")
-    return len(errors), median(errors), errors[-1]
 
 
 def _summary_lines(rows: list[FoundryRow]) -> list[str]:

@@ -20,14 +20,13 @@ Every run uses force-balanced routing, which is what the model assumes (no load-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import median
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -148,13 +147,6 @@ def mcore_moe_rows() -> list[McoreMoeRow]:
                                refused="; ".join(js.get("reasons", [])), **base))
     return out
 
-
-def summary(rows: list[McoreMoeRow]) -> tuple[int, float, float]:
-    """(expressible rows, median |error|, max |error|) of tokens/s per GPU."""
-    errors = sorted(abs(r.error) for r in rows if r.expressible)
-    if not errors:
-        return 0, float("nan"), float("nan")
-    return len(errors), median(errors), errors[-1]
 
 
 def _summary_line(rows: list[McoreMoeRow]) -> str:

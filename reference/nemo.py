@@ -14,7 +14,6 @@ reason, never dropped. No constant is fitted to these rows and no per-row factor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import median
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.catalog import load_model
@@ -23,7 +22,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -270,13 +269,6 @@ def nemo_rows() -> list[NemoRow]:
                            model_tflops=js["tflops_per_gpu"], refused="; ".join(js.get("reasons", [])), **base))
     return out
 
-
-def summary(rows: list[NemoRow]) -> tuple[int, float, float]:
-    """(expressible rows, median |error|, max |error|) of tokens/s per GPU."""
-    errors = sorted(abs(r.error) for r in rows if r.expressible)
-    if not errors:
-        return 0, float("nan"), float("nan")
-    return len(errors), median(errors), errors[-1]
 
 
 def _summary_line(rows: list[NemoRow]) -> str:

@@ -16,8 +16,11 @@ tests/test_reference_llama3.py and tests/test_reference_mcore_moe.py with the to
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
+from typing import Protocol
 
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
@@ -50,6 +53,24 @@ def gpt(hidden: int, heads: int, layers: int, name: str = "gpt") -> ModelSpec:
 
 def selene(gpus: int) -> Cluster:
     return load_cluster(f"dgx-a100-80g:{gpus // 8}")
+
+
+class PublishedRow(Protocol):
+    """A published run compared with its prediction: bridge, foundry, mcore_moe and nemo rows."""
+
+    @property
+    def expressible(self) -> bool: ...
+
+    @property
+    def error(self) -> float: ...
+
+
+def summary(rows: Sequence[PublishedRow]) -> tuple[int, float, float]:
+    """(expressible rows, median |error|, max |error|) of a reference set's tokens/s per GPU."""
+    errors = sorted(abs(r.error) for r in rows if r.expressible)
+    if not errors:
+        return 0, float("nan"), float("nan")
+    return len(errors), median(errors), errors[-1]
 
 
 def row_notes(notes: tuple[str, ...] | list[str], refused: str | None) -> list[str]:
