@@ -17,7 +17,7 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import Linear, comm_sm_slowdown
 from clusterplan.models.training.layout import Layout
-from clusterplan.models.training.step import Group, nccl_ctas, step_time
+from clusterplan.models.training.step import Group, comm_slowdown, step_time
 from clusterplan.models.training.topology import Axis
 
 MS = 1e-3
@@ -78,8 +78,10 @@ def test_a_group_across_nodes_holds_the_nic_rails_ctas():
     hw = HardwareRates.of(load_cluster("dgx-h100:2"))
     inside = LayoutArrays.from_layouts([Layout(dp=8, gbs=8, mbs=1, seq=2048)])
     across = LayoutArrays.from_layouts([Layout(dp=16, gbs=16, mbs=1, seq=2048)])
-    assert float(nccl_ctas(Group.of(inside, Axis.DP_SHARD), hw)[0]) == 24.0
-    assert float(nccl_ctas(Group.of(across, Axis.DP_SHARD), hw)[0]) == 16.0
+    # comm_slowdown picks the (inside, across) value by where the group runs: handed the CTA counts, it gives the group's.
+    ctas = (hw.comm_ctas_in, hw.comm_ctas_out)
+    assert float(comm_slowdown(Group.of(inside, Axis.DP_SHARD), hw, ctas)[0]) == 24.0
+    assert float(comm_slowdown(Group.of(across, Axis.DP_SHARD), hw, ctas)[0]) == 16.0
 
 
 def test_fsdp_step_pays_interference_only_in_its_dp_term():

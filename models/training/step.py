@@ -712,12 +712,6 @@ def comm_slowdown(g: Group, hw: HardwareRates, slowdowns: tuple[np.ndarray | flo
     return np.where(n_out > 1, slowdowns[1], slowdowns[0])
 
 
-def nccl_ctas(g: Group, hw: HardwareRates) -> np.ndarray:
-    """SMs one NCCL ring collective over the group holds: the scale-up link's CTAs inside a domain, the NIC rails'
-    across domains (HardwareRates.comm_ctas_in / comm_ctas_out; hardware_db/data/links.yaml)."""
-    _, n_out = comm.split_group(g.size, g.stride, hw.domain)
-    return np.where(n_out > 1, hw.comm_ctas_out, hw.comm_ctas_in)
-
 
 def dp_overlap_exposed_s(comm_s: np.ndarray, compute_s: np.ndarray, stack: ExecutionStack, overlap: float,
                          chunks: np.ndarray) -> np.ndarray:
