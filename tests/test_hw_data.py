@@ -215,3 +215,28 @@ def test_h800_is_an_h100_die_with_8_nvlinks():
     # 8 NVLinks x 20.6 GB/s = 164.8: NCCL's ring search settles on 4 channels at 40 GB/s, doubled into 8 CTAs
     # (links.yaml header), a third of H100's 24.
     assert get_link("nvlink4-h800").nccl_ctas == 8
+
+
+def test_shipped_yaml_refuses_a_key_written_twice(tmp_path):
+    """yaml.safe_load keeps the later of two equal keys silently (how stacks.yaml once lost a source); the loader of
+    the package's own data refuses it, while a merge key's values may still be overridden by the mapping's own."""
+    from clusterplan.fileio import load_shipped_yaml
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("stack:\n  sources:\n    kernels: a\n    kernels: b\n")
+    with pytest.raises(ValueError, match=r"line 4: key 'kernels' appears twice"):
+        load_shipped_yaml(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base\n  a: 1\n  b: 2\nchild:\n  <<: *base\n  b: 3\n")
+    assert load_shipped_yaml(merged)["child"] == {"a": 1, "b": 3}
+
+
+def test_every_shipped_yaml_file_has_no_key_twice():
+    from clusterplan.fileio import load_shipped_yaml
+    from clusterplan.hardware_db.catalog import DATA_DIR
+    from clusterplan.models.architecture.catalog import PRESET_DIR
+
+    files = sorted(DATA_DIR.glob("*.yaml")) + sorted(PRESET_DIR.glob("*.yaml"))
+    assert len(files) >= 14
+    for path in files:
+        assert load_shipped_yaml(path) is not None, path
