@@ -125,7 +125,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
-    for key in ("schedule", "cp_kind", "zero", "cuda_graphs"):
+    if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
+        raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
+                            "another --stack or unpin it")
+    # The token dispatcher and the 1F1B all-to-all overlap are not searched: they stay at the NCCL all-to-all
+    # without overlap unless pinned (--fix moe_dispatcher=deepep,moe_a2a_overlap=1).
+    for key in ("schedule", "cp_kind", "zero", "cuda_graphs", "moe_dispatcher"):
         if key in fixed and not stack.can_run(key, fixed[key]):
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
@@ -178,10 +183,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     cols = {k: np.repeat(v, math.prod(sizes[1:])) for k, v in base.items()}
     cols.update(zero=expand(dims[1], 1), mbs=expand(dims[2], 2), recompute=expand(dims[3], 3),
                 precision=expand(dims[4], 4), gbs=np.full(total, float(gbs)), seq=np.full(total, float(seq)))
-    for key in ("optimizer", "cuda_graphs"):
+    for key in ("optimizer", "cuda_graphs", "moe_dispatcher"):
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
-    for key in ("etp", "recompute_layers", "flash_attn"):
+    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
     # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.

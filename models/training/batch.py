@@ -63,8 +63,15 @@ class CudaGraphsCode(IntEnum):
     FULL = 2
 
 
+class MoeDispatcherCode(IntEnum):
+    ALLTOALL = 0
+    DEEPEP = 1
+    HYBRIDEP = 2
+
+
 ENUMS: dict[str, type[IntEnum]] = {"recompute": RecomputeCode, "schedule": ScheduleCode, "precision": PrecisionCode,
-                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode, "cuda_graphs": CudaGraphsCode}
+                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode, "cuda_graphs": CudaGraphsCode,
+                                   "moe_dispatcher": MoeDispatcherCode}
 # The enums index CHOICES one to one (a new Layout choice needs its member, in the same place).
 assert all(len(ENUMS[k]) == len(CHOICES[k]) for k in CHOICES) and set(ENUMS) == set(CHOICES)
 
@@ -76,7 +83,7 @@ PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
-BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads")
+BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +107,14 @@ class LayoutArrays:
     sp: np.ndarray
     flash_attn: np.ndarray
     fp32_grads: np.ndarray
+    moe_a2a_overlap: np.ndarray
     recompute: np.ndarray
     schedule: np.ndarray
     precision: np.ndarray
     optimizer: np.ndarray
     cp_kind: np.ndarray
     cuda_graphs: np.ndarray
+    moe_dispatcher: np.ndarray
     recompute_modules: np.ndarray
     """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
 

@@ -36,6 +36,7 @@ class RuleCode(str, Enum):
     EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
     EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
     DP_REPLICATE = "dp % dp_replicate"
+    A2A_OVERLAP = "1F1B all-to-all overlap preconditions"
     OUT_OF_MEMORY = "out of memory"
     PRECISION = "precision the stack or GPU cannot run"
     STACK = "what the stack cannot run"
@@ -70,6 +71,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
     RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
+    RuleCode.A2A_OVERLAP: "set moe_a2a_overlap=0, or use ep > 1, the interleaved schedule (vpp > 1) when pp > 1 and "
+                          "selective recompute without the moe module",
     RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
     RuleCode.STACK: "re-plan with `clusterplan plan --stack NAME` to search only what the stack runs, or pick another "
                     "--stack",
