@@ -248,6 +248,37 @@ def loads_yaml(text: str, where: str) -> Any:
         raise BadInputError(f"{where}: nested too deeply; is this the right file?") from None
 
 
+def _shipped_yaml_loader(where: str) -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader for the data this package ships: anchors and merge keys (<<: *name) allowed, a key written
+        twice in one mapping refused (yaml.safe_load keeps the later one silently)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise ValueError(f"{where}: line {key_node.start_mark.line + 1}: key {key!r} appears twice in "
+                                     "one mapping; keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def load_shipped_yaml(path: str | os.PathLike[str]) -> Any:
+    """One of the package's own YAML data files (hardware_db/data, model presets): like yaml.safe_load, but a
+    duplicate key is an error. A shipped file's mistake is a bug of ours, so it raises ValueError, not BadInputError."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_shipped_yaml_loader(show(path)))  # noqa: S506 - a SafeLoader subclass
+
+
 def load_document(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTES) -> Any:
     """A YAML or JSON file (by extension: .json is JSON, anything else YAML) through the checks above."""
     is_json = Path(path).suffix == ".json"

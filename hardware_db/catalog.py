@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_shipped_yaml
 from clusterplan.hardware_db.schema import (
     DTYPES,
     GPU,
@@ -293,11 +294,7 @@ def _parse_sdpa_fa2(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> Mapping
 
 
 def _read(name: str) -> Mapping[str, Any]:
-    import yaml
-
-    with open(DATA_DIR / name, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return data or {}
+    return load_shipped_yaml(DATA_DIR / name) or {}
 
 
 @lru_cache(maxsize=1)

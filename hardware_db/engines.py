@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_shipped_yaml
 from clusterplan.hardware_db.catalog import DATA_DIR, find_name
 
 ENGINE_SOURCE_KEYS = ("step_overhead_s", "seq_overhead_s", "prefill_overhead_s", "request_overhead_s", "cuda_graphs",
@@ -88,9 +89,7 @@ def _parse(name: str, raw: Mapping[str, Any]) -> EngineProfile:
 
 @lru_cache(maxsize=1)
 def engines() -> Mapping[str, EngineProfile]:
-    import yaml
-
-    raw = yaml.safe_load((DATA_DIR / "engines.yaml").read_text(encoding="utf-8")) or {}
+    raw = load_shipped_yaml(DATA_DIR / "engines.yaml") or {}
     return MappingProxyType({name: _parse(name, body) for name, body in (raw.get("engines") or {}).items()})
 
 

@@ -193,3 +193,28 @@ def test_hw_show_node_by_alias_json(run_cli):
     # AWS p5en: 8x H200, 16 x 200 Gb/s EFA v3; $63.296/h on-demand (dstack PR #4110, 2026-08-06).
     assert (data["name"], data["gpu"], data["nics_per_node"], data["nic_link"]) == ("p5en", "H200-SXM-141GB", 16, "efa-200g")
     assert data["usd_per_node_hour"] == 63.296
+
+
+def test_shipped_yaml_refuses_a_key_written_twice(tmp_path):
+    """yaml.safe_load keeps the later of two equal keys silently (how stacks.yaml once lost a source); the loader of
+    the package's own data refuses it, while a merge key's values may still be overridden by the mapping's own."""
+    from clusterplan.fileio import load_shipped_yaml
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("stack:\n  sources:\n    kernels: a\n    kernels: b\n")
+    with pytest.raises(ValueError, match=r"line 4: key 'kernels' appears twice"):
+        load_shipped_yaml(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &base\n  a: 1\n  b: 2\nchild:\n  <<: *base\n  b: 3\n")
+    assert load_shipped_yaml(merged)["child"] == {"a": 1, "b": 3}
+
+
+def test_every_shipped_yaml_file_has_no_key_twice():
+    from clusterplan.fileio import load_shipped_yaml
+    from clusterplan.hardware_db.catalog import DATA_DIR
+    from clusterplan.models.architecture.catalog import PRESET_DIR
+
+    files = sorted(DATA_DIR.glob("*.yaml")) + sorted(PRESET_DIR.glob("*.yaml"))
+    assert len(files) >= 14
+    for path in files:
+        assert load_shipped_yaml(path) is not None, path

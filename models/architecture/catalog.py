@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import is_dir, is_file, load_mapping, show
+from clusterplan.fileio import is_dir, is_file, load_mapping, load_shipped_yaml, show
 from clusterplan.models.architecture.spec import ModelSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -16,12 +16,10 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 @lru_cache(maxsize=1)
 def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
-    import yaml
-
     specs: dict[str, ModelSpec] = {}
     aliases: dict[str, str] = {}
     for path in sorted(PRESET_DIR.glob("*.yaml")):
-        for name, raw in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).items():
+        for name, raw in (load_shipped_yaml(path) or {}).items():
             raw = dict(raw)
             for alias in raw.pop("aliases", []) or []:
                 aliases[alias] = name
@@ -32,11 +30,9 @@ def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
 
 @lru_cache(maxsize=1)
 def _hf_repos() -> Mapping[str, str]:
-    import yaml
-
     out: dict[str, str] = {}
     for path in sorted(PRESET_DIR.glob("*.yaml")):
-        for name, raw in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).items():
+        for name, raw in (load_shipped_yaml(path) or {}).items():
             if (raw or {}).get("hf_repo"):
                 out[name] = str(raw["hf_repo"])
     return MappingProxyType(out)

@@ -51,6 +51,10 @@ PARAM_REMAINDER_BYTES = 2.0
 FSDP_FP8_ALLGATHER_RECIPES = ("tensorwise",)
 # An fp32 parameter, the master weight where the stack keeps one; an fp8 one (an fp8-gathered unsharded weight).
 FP32_PARAM_BYTES, FP8_PARAM_BYTES = 4.0, 1.0
+# A bf16 (or fp16) parameter or gradient.
+BF16_PARAM_BYTES = 2.0
+# Adam's two moments, m and v, each an fp32 tensor the parameter's size (Kingma & Ba 2015; torch.optim.AdamW state).
+ADAM_MOMENTS_BYTES = 2 * FP32_PARAM_BYTES
 # bf16 logits and the fp32 copy the vocabulary-parallel cross-entropy computes its softmax in, the gradient written
 # into that copy in place (Megatron-LM, Korthikanti 2022's 4sbh(1 + V/h) term): 6 B per logit.
 UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
@@ -115,17 +119,19 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B.
     """
     fp32 = L.precision == PREC_FP32
-    weights = np.where(fp32, 4.0, np.where(L.precision == PREC_FP8, 2.0 + fp8_copy_bytes, 2.0))
-    grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), 4.0, 2.0)
+    bf16, fp32_b = BF16_PARAM_BYTES, FP32_PARAM_BYTES
+    weights = np.where(fp32, fp32_b, np.where(L.precision == PREC_FP8, bf16 + fp8_copy_bytes, bf16))
+    grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), fp32_b, bf16)
     # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
-    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, 8.0], 12.0)
-    if fp32_params:
+    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32],
+                    [0.0, ADAM_MOMENTS_BYTES], ADAM_MOMENTS_BYTES + fp32_b)
+    if fp32_params:  # the bf16 parameter becomes an fp32 one, which is also the master
         mixed = (L.optimizer == OPT_ADAM_MASTER) & ~fp32
-        weights = np.where(mixed, FP32_PARAM_BYTES + weights - 2.0, weights)
-        opt = np.where(mixed, opt - FP32_PARAM_BYTES, opt)
+        weights = np.where(mixed, weights - bf16 + fp32_b, weights)
+        opt = np.where(mixed, opt - fp32_b, opt)
     if param_remainders:
         remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2))
-        opt = np.where(remainder, PARAM_REMAINDER_BYTES + 8.0, opt)
+        opt = np.where(remainder, PARAM_REMAINDER_BYTES + ADAM_MOMENTS_BYTES, opt)
     return weights, grads, opt
 
 
