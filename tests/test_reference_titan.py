@@ -53,6 +53,17 @@ micro-batch count: no per-token term separates them, and the interleaved row, 72
 (published 4.3 GiB over async TP, whose gathers live in symmetric memory outside the caching allocator, at a peak
 the loss dominates). With torchtitan's float8 all-gather only at dp_shard > 1 (torchtitan/float8.py Float8Handler):
 2.3 % / 22.9 % (405B CP8, fsdp 1, -22.8 -> -15.9 %; 8B CP8 -1.0 -> -0.4 %).
+405B PP rows, read against torch 2.6.0 (pipelining/stage.py, schedules.py, fsdp/_fully_shard) and torchtitan of Dec
+2024: what the code keeps is priced (whole stage unsharded from the first forward, fp8 1 B; fp32 accumulated
+gradients 4 B, FSDPParam.to_accumulated_grad_if_needed; per-micro-batch receive / gradient buffers, output_chunks;
+8 micro-batches for both schedules, torchtitan PR #781 came after the runs). Counted tensor by tensor the live peak is
+lower still: 1F1B's first stage holds 7 micro-batches, not 8, once every gradient is accumulated (-1.9 GiB), and under
+Interleaved1F1B each virtual stage reduces, frees its gradients and reshards after its own last backward
+(PipelineScheduleMulti last_backward per stage), so the last rank peaks at ~59 GiB, not 71.2. Against that live
+accounting every published PP row is 12 .. 15 GiB higher, and the 1F1B 8K row 7 GiB higher again than the 32K row
+with the same tokens per micro-batch, layout and schedule: a difference no tensor explains, as expected of the caching
+allocator's reserved-but-free blocks (torchtitan logs the allocator's max reserved bytes). Not priced: no source
+gives its size, and fitting it to these rows is not allowed.
 """
 
 from __future__ import annotations
