@@ -40,6 +40,9 @@ def recompute_block(layout: Layout) -> int:
 def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     """The layout Megatron-LM runs for this plan."""
     L = canonical(model, layout)
+    if L.schedule == "dualpipe" and L.pp > 1:
+        raise InfeasibleError("Megatron-LM has no DualPipe schedule (pipeline_parallel/schedules.py runs 1F1B and "
+                              "interleaved 1F1B); set schedule=1f1b or interleaved-1f1b")
     if L.vpp > 1 and any(x % L.vpp for x in (L.first_stage_layers, L.last_stage_layers)):
         raise InfeasibleError(f"Megatron-Core needs the first/last stage layers ({L.first_stage_layers}, "
                               f"{L.last_stage_layers}) divisible by vpp({L.vpp}) (TransformerConfig.__post_init__); "

@@ -88,6 +88,10 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
             (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        # DualPipe (two stages per rank, even pp) only where the stack runs it (stacks.yaml schedules: hai-llm);
+        # no other stack counts it as left out.
+        if vpp == 1 and pp > 1 and pp % 2 == 0 and stack.can_run("schedule", "dualpipe"):
+            schedules = [*schedules, "dualpipe"]
         if pp > 1:
             for name in [x for x in schedules if not stack.can_run("schedule", x)]:
                 left_out[f"schedule {name}"] += 1

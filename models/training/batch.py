@@ -33,6 +33,9 @@ class ScheduleCode(IntEnum):
     """ZB-H1 (Qi et al. 2023): 1F1B with weight gradients moved into the bubble."""
     ZBV = 4
     """ZB-V (Qi et al. 2024; torchtitan ZBVZeroBubble): 2 chunks per rank in a V."""
+    DUALPIPE = 5
+    """DualPipe (DeepSeek-V3, arXiv 2412.19437 section 3.2.1): micro-batches fed from both pipeline ends; each rank
+    holds stages i and pp-1-i and overlaps one micro-batch's forward chunk with another's backward chunk."""
 
 
 class PrecisionCode(IntEnum):
@@ -74,7 +77,7 @@ assert all(len(ENUMS[k]) == len(CHOICES[k]) for k in CHOICES) and set(ENUMS) == 
 
 # Short names kept for the modules that import them (each is the enum member, not a bare integer).
 RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = RecomputeCode
-SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV = ScheduleCode
+SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV, SCHEDULE_DUALPIPE = ScheduleCode
 OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
 PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 

@@ -19,7 +19,7 @@ from clusterplan.models.training.rules import Rule, RuleCode
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 Recompute = Literal["none", "selective", "full"]
-Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"]
+Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"]
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
 CpKind = Literal["ring", "a2a", "allgather"]
@@ -30,7 +30,7 @@ MAX_INT = 2**53
 """Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),
-    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"),
+    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"),
     "precision": ("bf16", "fp16", "fp8", "fp32"),
     "optimizer": ("adam-master", "adam", "sgd"),
     "cp_kind": ("ring", "a2a", "allgather"),
@@ -327,6 +327,14 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.schedule == "zbv" and (L.vpp != 2 or L.pp < 2):
         add(RuleCode.ZBV_CHUNKS, f"schedule zbv runs exactly 2 chunks per pipeline rank (torchtitan ZBVZeroBubble): "
                                  f"needs pp > 1 and vpp = 2, got pp({L.pp}) vpp({L.vpp})")
+    if L.schedule == "dualpipe" and (L.pp < 2 or L.pp % 2 or L.vpp != 1 or L.microbatches % 2
+                                     or L.microbatches < 2 * L.pp):
+        # deepseek-ai/DualPipe dualpipe.py DualPipe.step: assert num_ranks % 2 == 0; num_chunks % 2 == 0 and
+        # num_chunks >= num_ranks * 2 (half the micro-batches enter from each end); its two stages per rank are
+        # the schedule's own, not virtual stages.
+        add(RuleCode.DUALPIPE_SHAPE, f"schedule dualpipe needs an even pp > 1, vpp = 1 and an even number of "
+                                     f"micro-batches >= 2 * pp; got pp({L.pp}) vpp({L.vpp}) "
+                                     f"micro-batches({L.microbatches})")
     if L.schedule == "interleaved-1f1b" and L.pp > 1 and L.microbatches % L.pp:
         add(RuleCode.INTERLEAVED_MICROBATCHES,
             f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")

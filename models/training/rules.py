@@ -26,6 +26,7 @@ class RuleCode(str, Enum):
     LAYERS_PP = "n_layers % (pp * vpp)"
     VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
     ZBV_CHUNKS = "zbv needs pp > 1 and vpp = 2"
+    DUALPIPE_SHAPE = "dualpipe needs even pp, vpp 1, even micro-batches >= 2 pp"
     INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
     GBS_DP_MBS = "gbs % (dp * mbs)"
     SP_SEQ = "seq % (tp * cp) (sequence parallel)"
@@ -59,6 +60,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
     RuleCode.ZBV_CHUNKS: "use vpp = 2 with pp > 1 for zbv, or another schedule",
+    RuleCode.DUALPIPE_SHAPE: "use an even pp with vpp = 1 and a global batch giving an even number of at least "
+                             "2 * pp micro-batches, or another schedule",
     RuleCode.INTERLEAVED_MICROBATCHES: "raise the global batch so micro-batches per pipeline are a multiple of pp",
     RuleCode.GBS_DP_MBS: "make the global batch a multiple of dp * micro-batch size",
     RuleCode.SP_SEQ: "make seq divisible by tp * cp",
