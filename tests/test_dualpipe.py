@@ -133,3 +133,17 @@ def test_estimate_runs_dualpipe_on_h800():
     assert dual.value(d.compute_s) == pytest.approx(one.value(o.compute_s), rel=1e-9)
     assert dual.value(d.bubble_s) < 0.5 * one.value(o.bubble_s)
     assert dual.value(d.ep_comm_s) < one.value(o.ep_comm_s)
+
+
+def test_search_keeps_dualpipes_micro_batch_rule_at_every_micro_batch_size():
+    """qwen3-30b-a3b on 16 GPUs at tp 1, pp 2, cp 1 (dp 8), gbs 32: mbs 1 gives 32 / 8 = 4 micro-batches = 2 x pp
+    (runs); mbs 2 gives 2 < 4 and mbs 4 gives 1 (DualPipe.step refuses both). Before the search checked the rule per
+    expanded mbs, `plan` offered the mbs 2 layout that `estimate` then called infeasible."""
+    from clusterplan.solver.space import enumerate_space
+    space = enumerate_space(load_model("qwen3-30b-a3b"), 16, 8, 32, 4096,
+                            {"tp": 1, "pp": 2, "cp": 1, "vpp": 1, "ep": 8, "schedule": "dualpipe"},
+                            stack=get_stack("hai-llm"))
+    assert set(space.arrays.mbs.tolist()) == {1.0}
+    assert space.rejected[RuleCode.DUALPIPE_SHAPE] > 0
+    for i in range(len(space.arrays)):
+        assert not layout_problems(load_model("qwen3-30b-a3b"), space.arrays.layout(i), 16)

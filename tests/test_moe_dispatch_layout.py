@@ -135,3 +135,16 @@ def test_other_frameworks_say_they_run_the_standard_all_to_all(target):
     notes = export_plan(target, model, cluster, layout).notes
     assert any("moe_dispatcher=deepep" in n for n in notes) and any("moe_a2a_overlap" in n for n in notes)
     assert not any("moe_dispatcher" in n for n in export_plan(target, model, cluster, Layout(dp=8, ep=8, gbs=64)).notes)
+
+
+def test_search_with_the_overlap_pinned_keeps_its_preconditions():
+    """--fix moe_a2a_overlap=1 on qwen3-30b-a3b, 32 GPUs, ep 8, pp 2: the search offers only interleaved layouts
+    without full recompute (before, it offered pp 2 1F1B with full recompute, which estimate then refused)."""
+    from clusterplan.solver.space import enumerate_space
+    model = load_model("qwen3-30b-a3b")
+    space = enumerate_space(model, 32, 8, 256, 4096, {"ep": 8, "pp": 2, "moe_a2a_overlap": True})
+    assert len(space.arrays) > 0
+    assert space.rejected[RuleCode.A2A_OVERLAP] > 0
+    for i in range(len(space.arrays)):
+        L = space.arrays.layout(i)
+        assert L.moe_a2a_overlap and not layout_problems(model, L, 32), L.short()
