@@ -148,3 +148,27 @@ def test_search_with_the_overlap_pinned_keeps_its_preconditions():
     for i in range(len(space.arrays)):
         L = space.arrays.layout(i)
         assert L.moe_a2a_overlap and not layout_problems(model, L, 32), L.short()
+
+
+def test_flex_dispatcher_needs_an_expert_group_of_two():
+    """Megatron-Core's MoEFlexTokenDispatcher asserts tp_size * ep_size > 1 over the expert tp x ep group: deepep at
+    ep 1, etp 1 is refused; ep 1 with etp 2, or ep 2, runs; alltoall at ep 1 is the plain dense-like case."""
+    model = load_model("qwen3-30b-a3b")
+    codes = lambda **kw: {p.code for p in layout_problems(model, Layout(**{"dp": 8, "gbs": 64, **kw}), 8)}  # noqa: E731
+    assert RuleCode.FLEX_DISPATCHER in codes(ep=1, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER in codes(ep=1, moe_dispatcher="hybridep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=2, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=1, etp=2, tp=2, dp=4, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=1)
+
+
+def test_dispatcher_and_overlap_on_a_dense_model_are_refused(run_cli):
+    """llama3.1-8b has no experts: --moe-dispatcher / --moe-a2a-overlap used to be priced as if absent (exit 0)."""
+    model = load_model("llama3.1-8b")
+    for change in (dict(moe_dispatcher="deepep"), dict(moe_a2a_overlap=True)):
+        problems = layout_problems(model, Layout(dp=8, gbs=64, **change), 8)
+        assert [p.code for p in problems] == [RuleCode.MOE_FIELDS_DENSE]
+    assert not layout_problems(model, Layout(dp=8, gbs=64), 8)
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                             "tp=1,gbs=64,seq=4096", "--moe-dispatcher", "deepep", "--format", "json")
+    assert code == 1 and "mixture-of-experts" in out
