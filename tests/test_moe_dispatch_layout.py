@@ -172,3 +172,10 @@ def test_dispatcher_and_overlap_on_a_dense_model_are_refused(run_cli):
     code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
                              "tp=1,gbs=64,seq=4096", "--moe-dispatcher", "deepep", "--format", "json")
     assert code == 1 and "mixture-of-experts" in out
+
+
+def test_stack_help_names_every_shipped_stack():
+    """--stack's help listed six of the eight stacks (hai-llm, added with DualPipe, and llm-foundry were missing)."""
+    from clusterplan.cli.options import STACK_NAMES
+    from clusterplan.hardware_db.stacks import list_stacks
+    assert tuple(STACK_NAMES.split(", ")) == list_stacks()
