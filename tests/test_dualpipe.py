@@ -14,7 +14,7 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.memory import inflight_microbatches, memory_breakdown
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.models.training.step import DUALPIPE_COMM_SMS, bubble_s, dualpipe_ep_exposed_s, pp_comm_s
@@ -147,3 +147,13 @@ def test_search_keeps_dualpipes_micro_batch_rule_at_every_micro_batch_size():
     assert space.rejected[RuleCode.DUALPIPE_SHAPE] > 0
     for i in range(len(space.arrays)):
         assert not layout_problems(load_model("qwen3-30b-a3b"), space.arrays.layout(i), 16)
+
+
+def test_hai_llm_runs_no_context_parallelism():
+    """The DeepSeek-V3 report describes no context parallelism: stacks.yaml hai-llm cp_kinds is empty, so cp = 1
+    runs (the reference row) and cp > 1 is a stack problem the search leaves out (it offered cp 8 ring first)."""
+    stack = get_stack("hai-llm")
+    assert stack.cp_kinds == ()
+    base = dict(pp=16, ep=64, zero=1, gbs=15360, seq=4096, schedule="dualpipe")
+    assert not stack_problems(Layout(dp=128, **base), stack)
+    assert [p.code for p in stack_problems(Layout(dp=16, cp=8, **base), stack)] == [RuleCode.STACK]
