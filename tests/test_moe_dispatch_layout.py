@@ -179,3 +179,18 @@ def test_stack_help_names_every_shipped_stack():
     from clusterplan.cli.options import STACK_NAMES
     from clusterplan.hardware_db.stacks import list_stacks
     assert tuple(STACK_NAMES.split(", ")) == list_stacks()
+
+
+def test_estimate_warns_what_the_stack_does_not_run(run_cli):
+    """estimate prices a layout as given, on any stack; what the stack would not run is a warning on stderr (as
+    export says it): DeepEP on torchtitan, DualPipe on megatron-core. The JSON on stdout is unchanged."""
+    args = ("estimate", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--format", "json", "--layout",
+            "tp=1,ep=8,zero=3,gbs=64,seq=4096,mbs=1")
+    code, out, err = run_cli(*args, "--stack", "torchtitan", "--moe-dispatcher", "deepep")
+    assert code in (0, 1) and json.loads(out)["layout"]["moe_dispatcher"] == "deepep"
+    assert err.count("\n") == 1 and err.startswith("warning: stack torchtitan has no deepep token dispatcher"), err
+    code, _, err = run_cli(*args, "--stack", "torchtitan")
+    assert "warning" not in err
+    code, _, err = run_cli("estimate", "--model", "qwen3-30b-a3b", "--cluster", "hgx-h800:2", "--format", "json",
+                           "--layout", "tp=1,pp=2,ep=8,gbs=64,seq=4096,mbs=1,schedule=dualpipe")
+    assert "warning: stack megatron-core has no dualpipe schedule" in err
