@@ -227,6 +227,10 @@ class ExecutionStack:
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
     """Runs the 1F1B all-to-all overlap (Layout.moe_a2a_overlap; absent: false)."""
+    eager_expert_bias: bool = False
+    """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
+    the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
+    absent: false (not priced)."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
@@ -331,7 +335,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_expert_padding=_padding_flag(where, raw),
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
-        moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False))
+        moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),
+        eager_expert_bias=_sourced(where, raw, "eager_expert_bias", lambda: _flag(where, raw, "eager_expert_bias"),
+                                   False))
 
 
 def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:

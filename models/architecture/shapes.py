@@ -74,6 +74,8 @@ class ModelShapes:
     """Clamp of the gated activation's inputs (ModelSpec.activation_clamp; GPT-OSS 7.0); 0 = none."""
     qk_norm: bool = False
     """Norms on q and k before attention (Qwen3; ModelSpec.qk_norm)."""
+    expert_bias: bool = False
+    """The routed experts' linears carry biases (an MoE model with ModelSpec.linear_bias: GPT-OSS)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -101,7 +103,7 @@ class ModelShapes:
             chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
             rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
-            qk_norm=m.qk_norm,
+            qk_norm=m.qk_norm, expert_bias=m.is_moe and m.linear_bias,
         )
 
     @property
