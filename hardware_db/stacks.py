@@ -36,6 +36,7 @@ GRAD_CLIPS = ("none", "foreach")
 LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
+FSDP_ROOTS = ("outer", "split")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
@@ -222,6 +223,14 @@ class ExecutionStack:
     prefetch) | "post" (FSDP1 BACKWARD_POST: only once that block's gradients are complete, so nothing computes under
     the gather; step.py fsdp_post_prefetch_backward_s). Absent: pre."""
 
+    fsdp_root: str = "outer"
+    """Under fsdp_impl "fsdp2", how the parameters outside the transformer blocks are wrapped: "outer" (the root
+    module holds the embedding, the final norm and the LM head, which FSDP2 keeps unsharded from forward through
+    backward; the last block is not resharded after forward: torchtitan apply_fsdp before pytorch/torchtitan#1094) |
+    "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
+    unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
+    outer."""
+
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
         table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages,
@@ -321,6 +330,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
+        fsdp_root=_choice(where, raw, "fsdp_root", FSDP_ROOTS) if "fsdp_root" in raw else "outer",
         fp8_expert_padding=_padding_flag(where, raw))
 
 
