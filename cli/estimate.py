@@ -18,7 +18,7 @@ from clusterplan.models.hardware.calibration import Calibration, load_calibratio
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import CHOICES, Layout
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
@@ -33,10 +33,17 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, optimizer, flash_attn, first_stage_layers, "
-                   "last_stage_layers. dp defaults to world / (tp*pp*cp).")
+                   "last_stage_layers, moe_dispatcher, moe_a2a_overlap. dp defaults to world / (tp*pp*cp).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A plan file (`plan --out`) instead of --layout: its model, cluster and layout, and for a "
                    "mixed-GPU plan its stages, priced stage by stage as `plan` printed them.")
+@click.option("--moe-dispatcher", "moe_dispatcher", type=click.Choice(CHOICES["moe_dispatcher"]), default=None,
+              help="MoE token dispatcher (overrides the layout's moe_dispatcher): alltoall = NCCL all-to-all, deepep / "
+                   "hybridep = Megatron-Core's flex dispatcher backends (one copy per destination GPU, one RDMA copy "
+                   "per destination node).")
+@click.option("--moe-a2a-overlap", "moe_a2a_overlap", is_flag=True, default=False,
+              help="Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm; needs ep > 1 and, "
+                   "with pp > 1, the interleaved schedule).")
 @calibration_option
 @click.option("--tokens", type=float, default=None, callback=tokens_option,
               help="Token budget: adds expected days and $ to train it, failures and checkpoints included.")
@@ -45,8 +52,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @plot_option
 @quiet_option
 def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | None, plan_path: str | None,
-             calibration_path: str | None, tokens: float | None, stack_name: str | None, fmt: str,
-             plot_path: str | None) -> None:
+             moe_dispatcher: str | None, moe_a2a_overlap: bool, calibration_path: str | None, tokens: float | None,
+             stack_name: str | None, fmt: str, plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
@@ -67,9 +74,16 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     calibration = load_calibration(calibration_path)
     stack = get_stack(stack_name)
     if plan is not None and plan.stages:
+        if moe_dispatcher is not None or moe_a2a_overlap:
+            raise BadInputError("--moe-dispatcher / --moe-a2a-overlap take a single-GPU-type plan; write them into "
+                                "the mixed plan's layout instead")
         _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
         return
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size)
+    if moe_dispatcher is not None:
+        layout = layout.with_(moe_dispatcher=moe_dispatcher)
+    if moe_a2a_overlap:
+        layout = layout.with_(moe_a2a_overlap=True)
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
     result = est.to_json()
     nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced

@@ -40,6 +40,9 @@ def recompute_block(layout: Layout) -> int:
 def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     """The layout Megatron-LM runs for this plan."""
     L = canonical(model, layout)
+    if L.schedule == "dualpipe" and L.pp > 1:
+        raise InfeasibleError("Megatron-LM has no DualPipe schedule (pipeline_parallel/schedules.py runs 1F1B and "
+                              "interleaved 1F1B); set schedule=1f1b or interleaved-1f1b")
     if L.vpp > 1 and any(x % L.vpp for x in (L.first_stage_layers, L.last_stage_layers)):
         raise InfeasibleError(f"Megatron-Core needs the first/last stage layers ({L.first_stage_layers}, "
                               f"{L.last_stage_layers}) divisible by vpp({L.vpp}) (TransformerConfig.__post_init__); "
@@ -89,7 +92,7 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
         args.append("--qk-layernorm")
     if not m.dropout:
         args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
-    return args + mla_args(m) + moe_args(m)
+    return args + mla_args(m) + moe_args(m, layout)
 
 
 def _number(value: float) -> str:
@@ -121,12 +124,20 @@ def mla_args(m: ModelSpec) -> Args:
     return args
 
 
-def moe_args(m: ModelSpec) -> Args:
+def dispatcher_args(layout: Layout) -> Args:
+    """The token dispatcher (Megatron-LM arguments.py _add_moe_args): the NCCL all-to-all, or the flex dispatcher
+    with its DeepEP / HybridEP backend (--moe-flex-dispatcher-backend; older releases: --moe-enable-deepep)."""
+    if layout.moe_dispatcher == "alltoall":
+        return ["--moe-token-dispatcher-type", "alltoall"]
+    return ["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", layout.moe_dispatcher]
+
+
+def moe_args(m: ModelSpec, layout: Layout | None = None) -> Args:
     if not m.is_moe:
         return []
     args = ["--num-experts", str(m.n_experts), "--moe-router-topk", str(m.top_k),
             "--moe-ffn-hidden-size", str(m.expert_ffn_hidden), "--moe-grouped-gemm",
-            "--moe-token-dispatcher-type", "alltoall"]
+            *dispatcher_args(layout or Layout())]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
     # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
@@ -199,6 +210,8 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
         args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather"}.get(L.cp_kind, "p2p")]
     if model.is_moe:
         args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
+        if L.moe_a2a_overlap:
+            args.append("--overlap-moe-expert-parallel-comm")
     if L.sp and L.tp > 1:
         args.append("--sequence-parallel")
     return args + data_parallel_args(L)

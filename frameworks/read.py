@@ -14,7 +14,7 @@ import ast
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -443,13 +443,15 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
                 "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
-                "--pipeline-model-parallel-layout": "pp_layout"}
+                "--pipeline-model-parallel-layout": "pp_layout", "--moe-token-dispatcher-type": "dispatcher",
+                "--moe-flex-dispatcher-backend": "flex_backend"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
                   "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash",
                   "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
-                  "--grad-reduce-in-bf16": "grad_bf16"}
+                  "--grad-reduce-in-bf16": "grad_bf16", "--moe-enable-deepep": "enable_deepep",
+                  "--overlap-moe-expert-parallel-comm": "a2a_overlap"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -618,9 +620,30 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"))
+    dispatcher, more = megatron_dispatcher(v, str(path))
+    notes += more
+    layout = replace(layout, moe_dispatcher=dispatcher if model.is_moe else "alltoall",
+                     moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe)
     notes += _megatron_model_notes(v, model)
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
+
+
+def megatron_dispatcher(v: Mapping[str, Any], where: str) -> tuple[str, list[str]]:
+    """Layout.moe_dispatcher of --moe-token-dispatcher-type alltoall | flex (+ --moe-flex-dispatcher-backend
+    deepep | hybridep, or the older --moe-enable-deepep) | allgather."""
+    kind = v.get("dispatcher", "allgather")
+    backend = v.get("flex_backend", "deepep" if v.get("enable_deepep") else None)
+    if kind == "flex":
+        if backend not in ("deepep", "hybridep"):
+            raise BadInputError(f"{where}: --moe-token-dispatcher-type flex needs --moe-flex-dispatcher-backend "
+                                f"deepep or hybridep, got {backend!r}")
+        return backend, []
+    if kind not in ("alltoall", "allgather"):
+        raise BadInputError(f"{where}: --moe-token-dispatcher-type {kind!r}; use alltoall, flex or allgather")
+    if v.get("enable_deepep"):
+        return "deepep", []
+    return "alltoall", []  # allgather (Megatron's default) is priced as the alltoall dispatcher, as before
 
 
 _LAYOUT_GROUP = re.compile(r"\(([^()]*)\)\*(\d+)")

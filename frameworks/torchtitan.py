@@ -80,6 +80,9 @@ def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "
     if model.is_moe and L.ep > 1 and L.etp not in allowed:
         raise InfeasibleError(f"torchtitan supports expert_tensor_parallel_degree {' or '.join(map(str, allowed))}, "
                               f"not etp({L.etp}); set etp={allowed[-1]} or export --to megatron")
+    if L.schedule == "dualpipe" and L.pp > 1:
+        raise InfeasibleError("torchtitan has no DualPipe (its ScheduleDualPipeV runs the V-shaped half on pp/2 "
+                              "ranks); set schedule=zbv with vpp=2, or 1f1b")
     if L.schedule in ("zb", "zbv") and L.pp > 1 and (model.n_layers % (2 * L.pp) or L.first_stage_layers
                                                      or L.last_stage_layers):
         raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "

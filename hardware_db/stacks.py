@@ -26,11 +26,12 @@ FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add
 ATTENTION_KERNELS = ("fa2", "fa3", "cudnn", "sdpa", "unfused")
 FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
-SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
 PP_IMPLS = ("megatron", "torch")
 CUDA_GRAPHS = ("none", "attn", "full")
+MOE_DISPATCHERS = ("alltoall", "deepep", "hybridep")
 OPTIMIZER_IMPLS = ("fused", "foreach")
 GRAD_CLIPS = ("none", "foreach")
 LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
@@ -230,11 +231,16 @@ class ExecutionStack:
     "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
     unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
     outer."""
+    moe_dispatchers: tuple[str, ...] = ("alltoall",)
+    """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
+    moe_a2a_overlap: bool = False
+    """Runs the 1F1B all-to-all overlap (Layout.moe_a2a_overlap; absent: false)."""
 
     def can_run(self, feature: str, value: Any) -> bool:
-        """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero)."""
+        """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
+        moe_dispatcher)."""
         table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages,
-                 "cuda_graphs": self.cuda_graphs}
+                 "cuda_graphs": self.cuda_graphs, "moe_dispatcher": self.moe_dispatchers}
         return feature not in table or value in table[feature]
 
 
@@ -330,8 +336,20 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
-        fsdp_root=_choice(where, raw, "fsdp_root", FSDP_ROOTS) if "fsdp_root" in raw else "outer",
-        fp8_expert_padding=_padding_flag(where, raw))
+        fp8_expert_padding=_padding_flag(where, raw),
+        fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
+        moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
+                                 lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
+        moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False))
+
+
+def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:
+    """An optional field (absent: `default`); given, it needs its own entry under sources."""
+    if key not in raw:
+        return default
+    if not str((raw.get("sources") or {}).get(key, "")).strip():
+        raise BadInputError(f"{where}: {key} without a source; add sources.{key}")
+    return parse()
 
 
 def _padding_flag(where: str, raw: Mapping[str, Any]) -> bool:

@@ -61,9 +61,6 @@ NOT_ADDED = (
      "LAMB) and run MegaScale's own overlapped stack: ModelSpec has no parallel block, Layout no LAMB"),
     ("Llama 3 paper, 8B and 70B",
      "trained on the InfiniBand clusters; no layout or throughput is published for them"),
-    ("DeepSeek-V3 (arXiv 2412.19437), 2,048 H800, 180K GPU-hours per trillion tokens",
-     "PP 16 runs DualPipe (bidirectional, all-to-all overlapped inside forward/backward chunk pairs), which is not a "
-     "schedule Layout has (gpipe, 1f1b, interleaved-1f1b, zb, zbv), and hardware_db has no H800"),
 )
 """Published H100-era runs considered for this set and left out, with the reason (issue #13)."""
 

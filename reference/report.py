@@ -212,8 +212,10 @@ def markdown_report() -> str:
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
             "TFLOP/s per GPU", "", llama3.markdown_table(llama3.llama3_rows()), ""]
-    from clusterplan.reference import mcore_moe
+    from clusterplan.reference import deepseek_v3, mcore_moe
 
+    out += ["#### DeepSeek-V3 pre-training on 2,048 H800 (DeepSeek-AI 2024, arXiv 2412.19437): tokens/s per GPU", "",
+            deepseek_v3.markdown_table(deepseek_v3.deepseek_rows()), ""]
     out += ["#### Megatron-Core MoE report (Yan et al. 2026, arXiv 2603.07685) and Megatron-MoE-ModelZoo runs on H100, "
             "GB200, GB300: tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
@@ -252,6 +254,9 @@ def print_text_report() -> None:
     from clusterplan.reference import llama3
 
     llama3.print_table(llama3.llama3_rows())
+    from clusterplan.reference import deepseek_v3
+
+    deepseek_v3.print_table(deepseek_v3.deepseek_rows())
     from clusterplan.reference import mcore_moe
 
     mcore_moe.print_table(mcore_moe.mcore_moe_rows())

@@ -88,6 +88,10 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
             (["1f1b", "zb"] if pp > 1 else ["1f1b"])
+        # DualPipe (two stages per rank, even pp) only where the stack runs it (stacks.yaml schedules: hai-llm);
+        # no other stack counts it as left out.
+        if vpp == 1 and pp > 1 and pp % 2 == 0 and stack.can_run("schedule", "dualpipe"):
+            schedules = [*schedules, "dualpipe"]
         if pp > 1:
             for name in [x for x in schedules if not stack.can_run("schedule", x)]:
                 left_out[f"schedule {name}"] += 1
@@ -121,7 +125,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
-    for key in ("schedule", "cp_kind", "zero", "cuda_graphs"):
+    if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
+        raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
+                            "another --stack or unpin it")
+    # The token dispatcher and the 1F1B all-to-all overlap are not searched: they stay at the NCCL all-to-all
+    # without overlap unless pinned (--fix moe_dispatcher=deepep,moe_a2a_overlap=1).
+    for key in ("schedule", "cp_kind", "zero", "cuda_graphs", "moe_dispatcher"):
         if key in fixed and not stack.can_run(key, fixed[key]):
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
@@ -174,10 +183,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     cols = {k: np.repeat(v, math.prod(sizes[1:])) for k, v in base.items()}
     cols.update(zero=expand(dims[1], 1), mbs=expand(dims[2], 2), recompute=expand(dims[3], 3),
                 precision=expand(dims[4], 4), gbs=np.full(total, float(gbs)), seq=np.full(total, float(seq)))
-    for key in ("optimizer", "cuda_graphs"):
+    for key in ("optimizer", "cuda_graphs", "moe_dispatcher"):
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
-    for key in ("etp", "recompute_layers", "flash_attn"):
+    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
     # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.

@@ -19,11 +19,12 @@ from clusterplan.models.hardware.cluster import load_cluster
 
 REQUIRED_GPUS = ("V100-SXM2-32GB", "A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCIe-80GB", "A10G", "L4", "L40S",
                  "H100-SXM5-80GB", "H100-PCIe", "H100-NVL", "H200-SXM-141GB", "H20", "B200", "GB200", "MI250X",
-                 "MI300X", "MI325X", "Gaudi3", "B300", "GB300", "GH200", "GH200-96GB", "MI355X", "H100-SXM5-96GB")
+                 "MI300X", "MI325X", "Gaudi3", "B300", "GB300", "GH200", "GH200-96GB", "MI355X", "H100-SXM5-96GB",
+                 "H800-SXM5-80GB")
 REQUIRED_NODES = ("dgx-a100-40g", "dgx-a100-80g", "dgx-h100", "hgx-h200", "dgx-b200", "gb200-nvl72", "p4d", "p4de",
                   "p5", "p5e", "g5", "g6", "g6e", "a2-highgpu-8g", "a2-ultragpu-8g", "a3-high", "a3-mega",
                   "nd-h100-v5", "mi300x-8", "dgx-b300", "gb300-nvl72", "gh200-quad",
-                  "grand-teton-h100-96gb", "grand-teton-h100-80gb")
+                  "grand-teton-h100-96gb", "grand-teton-h100-80gb", "hgx-h800")
 
 
 def test_required_gpus_and_nodes_exist():
@@ -58,7 +59,7 @@ def test_aliases_are_unambiguous():
     ("H100-PCIe", 756, 1513), ("H100-NVL", 835, 1670), ("H200", 989.4, 1978.9), ("H20", 148, 296),
     ("B200", 2250, 4500), ("GB200", 2500, 5000), ("MI300X", 1307.4, 2614.9), ("MI325X", 1307.4, 2614.9),
     ("Gaudi3", 1677, 1677), ("B300", 2250, 4500), ("GB300", 2500, 5000), ("GH200", 989.4, 1978.9),
-    ("MI355X", 2516.6, 5033.2),
+    ("MI355X", 2516.6, 5033.2), ("H800", 989.4, 1978.9),
 ])
 def test_dense_peaks_match_datasheets(gpu, bf16, fp8):
     g = get_gpu(gpu)
@@ -98,6 +99,7 @@ def test_tflops_has_an_answer_for_every_dtype():
 @pytest.mark.parametrize(("link", "per_direction_gb_per_s"), [
     # Marketing figures are bidirectional (600 / 900 / 1800 GB/s); the database stores one direction.
     ("nvlink2", 150), ("nvlink3", 300), ("nvlink4", 450), ("nvlink5", 900), ("pcie4", 31.5), ("pcie5", 63),
+    ("nvlink4-h800", 200),
     ("ib-hdr", 25), ("ib-ndr", 50), ("ib-xdr", 100), ("roce-100g", 12.5), ("roce-200g", 25), ("roce-400g", 50),
     ("eth-25g", 3.125), ("eth-100g", 12.5),
 ])
@@ -119,6 +121,8 @@ def test_gpu_scale_up_matches_its_link():
     ("a3-high", 8, 100), ("a3-mega", 8, 200), ("nd-h100-v5", 8, 400), ("mi300x-8", 8, 400),
     # Blackwell Ultra systems carry one ConnectX-8 800 Gb/s (100 GB/s) per GPU; quad GH200: 4 x Slingshot 200 Gb/s.
     ("dgx-b300", 8, 800), ("gb300-nvl72", 4, 400), ("gh200-quad", 4, 100),
+    # DeepSeek's H800 node: one CX7 400 Gb/s InfiniBand NIC per GPU (DeepEP README; arXiv 2505.09343).
+    ("hgx-h800", 8, 400),
 ])
 def test_node_nics(node, gpus, node_nic_gb_per_s):
     n = get_node(node)
@@ -193,6 +197,24 @@ def test_hw_show_node_by_alias_json(run_cli):
     # AWS p5en: 8x H200, 16 x 200 Gb/s EFA v3; $63.296/h on-demand (dstack PR #4110, 2026-08-06).
     assert (data["name"], data["gpu"], data["nics_per_node"], data["nic_link"]) == ("p5en", "H200-SXM-141GB", 16, "efa-200g")
     assert data["usd_per_node_hour"] == 63.296
+
+
+def test_h800_is_an_h100_die_with_8_nvlinks():
+    # arXiv 2505.09343: H800 SXM = Hopper as H100 with NVLink cut from 900 to 400 GB/s bidirectional; DeepSeek-V3
+    # report section 3.2.2: NVLink 160 GB/s achieved, 3.2x IB's 50 GB/s. Per GPU: 200 x 0.80 = 160 GB/s inside a
+    # node, 50 x 0.96 = 48 GB/s across nodes (one 400 Gb/s NIC per GPU).
+    h800, h100 = get_gpu("H800"), get_gpu("H100")
+    assert h800.peak_tflops == h100.peak_tflops and h800.memory_gib == h100.memory_gib
+    assert h800.scale_up_gb_per_s == 200 and h800.scale_up_domain == 8
+    assert get_node("dgx-h800").name == "hgx-h800"
+    cluster = load_cluster("hgx-h800:2")
+    inside = cluster.link_for(range(8))
+    assert inside.level == "scale_up" and abs(inside.busbw_bytes_per_s - 160e9) < 1e6
+    across = cluster.link_for([0, 8])
+    assert across.level == "scale_out" and abs(across.busbw_bytes_per_s - 48e9) < 1e6
+    # 8 NVLinks x 20.6 GB/s = 164.8: NCCL's ring search settles on 4 channels at 40 GB/s, doubled into 8 CTAs
+    # (links.yaml header), a third of H100's 24.
+    assert get_link("nvlink4-h800").nccl_ctas == 8
 
 
 def test_shipped_yaml_refuses_a_key_written_twice(tmp_path):

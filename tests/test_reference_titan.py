@@ -36,7 +36,9 @@ torchtitan benchmarks/llama3_8b_h200_2025-06_torchtitan.md, is +9 .. +11 % and o
 2024, +6 %, so the 500 W power-cap rule is not the main cause);
 8B CP4 / CP8 +40 / +48 % (per-call SDPA shapes are the same at cp 2, 4 and 8 and every torch context_parallel term
 scales with cp, yet on 8 GPUs the published per-step time grows 2.4x from cp 2 to cp 4 where the priced one grows 1.7x; the
-405B rows, whose CP crosses hosts, fit within 17 % once its traffic is exposed: not explained by any priced term).
+405B rows, whose CP crosses hosts, fit within 17 % once its traffic is exposed: not explained by any priced term;
+research/torch-context-parallel-2412.md decomposes it per layer: 83 ms more than priced per off-diagonal step at cp 4
+and 8, none at cp 2, and gives the error each candidate mechanism would leave).
 Memory history (median / max |error|): 5.1 % / 18.9 % with every TP row under-predicted (70B -16.4 / -11.1 %, 405B
 1F1B -16.6 %, CP -9 .. -19 %); with the PyTorch-native terms priced (memory.py loss_peak_bytes_per_logit: loss_parallel's
 16 B per logit under TP; torch_pipeline_bytes: per-micro-batch receive buffers, held stage outputs, the last stage's

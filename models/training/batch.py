@@ -33,6 +33,9 @@ class ScheduleCode(IntEnum):
     """ZB-H1 (Qi et al. 2023): 1F1B with weight gradients moved into the bubble."""
     ZBV = 4
     """ZB-V (Qi et al. 2024; torchtitan ZBVZeroBubble): 2 chunks per rank in a V."""
+    DUALPIPE = 5
+    """DualPipe (DeepSeek-V3, arXiv 2412.19437 section 3.2.1): micro-batches fed from both pipeline ends; each rank
+    holds stages i and pp-1-i and overlaps one micro-batch's forward chunk with another's backward chunk."""
 
 
 class PrecisionCode(IntEnum):
@@ -60,20 +63,27 @@ class CudaGraphsCode(IntEnum):
     FULL = 2
 
 
+class MoeDispatcherCode(IntEnum):
+    ALLTOALL = 0
+    DEEPEP = 1
+    HYBRIDEP = 2
+
+
 ENUMS: dict[str, type[IntEnum]] = {"recompute": RecomputeCode, "schedule": ScheduleCode, "precision": PrecisionCode,
-                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode, "cuda_graphs": CudaGraphsCode}
+                                   "optimizer": OptimizerCode, "cp_kind": CpKindCode, "cuda_graphs": CudaGraphsCode,
+                                   "moe_dispatcher": MoeDispatcherCode}
 # The enums index CHOICES one to one (a new Layout choice needs its member, in the same place).
 assert all(len(ENUMS[k]) == len(CHOICES[k]) for k in CHOICES) and set(ENUMS) == set(CHOICES)
 
 # Short names kept for the modules that import them (each is the enum member, not a bare integer).
 RECOMPUTE_NONE, RECOMPUTE_SELECTIVE, RECOMPUTE_FULL = RecomputeCode
-SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV = ScheduleCode
+SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV, SCHEDULE_DUALPIPE = ScheduleCode
 OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
 PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
-BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads")
+BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +107,14 @@ class LayoutArrays:
     sp: np.ndarray
     flash_attn: np.ndarray
     fp32_grads: np.ndarray
+    moe_a2a_overlap: np.ndarray
     recompute: np.ndarray
     schedule: np.ndarray
     precision: np.ndarray
     optimizer: np.ndarray
     cp_kind: np.ndarray
     cuda_graphs: np.ndarray
+    moe_dispatcher: np.ndarray
     recompute_modules: np.ndarray
     """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
 

@@ -19,21 +19,23 @@ from clusterplan.models.training.rules import Rule, RuleCode
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 Recompute = Literal["none", "selective", "full"]
-Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"]
+Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"]
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
 CpKind = Literal["ring", "a2a", "allgather"]
 CudaGraphs = Literal["none", "attn", "full"]
+MoeDispatcher = Literal["alltoall", "deepep", "hybridep"]
 
 MAX_INT = 2**53
 """Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),
-    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv"),
+    "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"),
     "precision": ("bf16", "fp16", "fp8", "fp32"),
     "optimizer": ("adam-master", "adam", "sgd"),
     "cp_kind": ("ring", "a2a", "allgather"),
     "cuda_graphs": ("none", "attn", "full"),
+    "moe_dispatcher": ("alltoall", "deepep", "hybridep"),
 }
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
 """Megatron-Core's selective recompute modules (TransformerConfig.recompute_modules, --recompute-modules): core
@@ -111,6 +113,15 @@ class Layout:
     attn = Transformer Engine graphs of the attention block (scope attn); full = the whole iteration captured
     (cuda_graph_impl local, scope full_iteration; MoE layers then run the dispatcher's drop-and-pad path, no host
     sync). Prices the host time of MoE layers (models/training/host.py)."""
+    moe_dispatcher: MoeDispatcher = "alltoall"
+    """MoE token dispatcher (Megatron-Core --moe-token-dispatcher-type alltoall, or flex with
+    --moe-flex-dispatcher-backend deepep | hybridep): alltoall = NCCL all-to-all of every routed token copy; deepep /
+    hybridep send a token once per destination GPU (once per destination node over RDMA, then NVLink forwarding)
+    on communication kernels that hold SMs (models/training/dispatch.py)."""
+    moe_a2a_overlap: bool = False
+    """Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm): one micro-batch's forward and
+    another's backward run merged layer by layer, each one's all-to-alls under the other's compute
+    (megatron/core/pipeline_parallel/combined_1f1b.py; models/training/dispatch.py)."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
@@ -125,7 +136,7 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
-        for name in ("sp", "flash_attn", "fp32_grads"):
+        for name in ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
         if self.zero not in (0, 1, 2, 3):
@@ -172,6 +183,10 @@ class Layout:
         out = asdict(self)
         if out["cuda_graphs"] == "none":  # left out at its default: layouts without it serialise as before
             del out["cuda_graphs"]
+        if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
+            del out["moe_dispatcher"]
+        if not out["moe_a2a_overlap"]:
+            del out["moe_a2a_overlap"]
         return out
 
     def short(self) -> str:
@@ -187,6 +202,10 @@ class Layout:
             parts.append(self.precision)
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
+        if self.moe_dispatcher != "alltoall":
+            parts.append(self.moe_dispatcher)
+        if self.moe_a2a_overlap:
+            parts.append("a2a-overlap")
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -308,6 +327,14 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.schedule == "zbv" and (L.vpp != 2 or L.pp < 2):
         add(RuleCode.ZBV_CHUNKS, f"schedule zbv runs exactly 2 chunks per pipeline rank (torchtitan ZBVZeroBubble): "
                                  f"needs pp > 1 and vpp = 2, got pp({L.pp}) vpp({L.vpp})")
+    if L.schedule == "dualpipe" and (L.pp < 2 or L.pp % 2 or L.vpp != 1 or L.microbatches % 2
+                                     or L.microbatches < 2 * L.pp):
+        # deepseek-ai/DualPipe dualpipe.py DualPipe.step: assert num_ranks % 2 == 0; num_chunks % 2 == 0 and
+        # num_chunks >= num_ranks * 2 (half the micro-batches enter from each end); its two stages per rank are
+        # the schedule's own, not virtual stages.
+        add(RuleCode.DUALPIPE_SHAPE, f"schedule dualpipe needs an even pp > 1, vpp = 1 and an even number of "
+                                     f"micro-batches >= 2 * pp; got pp({L.pp}) vpp({L.vpp}) "
+                                     f"micro-batches({L.microbatches})")
     if L.schedule == "interleaved-1f1b" and L.pp > 1 and L.microbatches % L.pp:
         add(RuleCode.INTERLEAVED_MICROBATCHES,
             f"interleaved 1F1B needs micro-batches({L.microbatches}) % pp({L.pp}) == 0 (Megatron-LM)")
@@ -334,7 +361,29 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
             f"ep({L.ep}) * etp({L.etp}) must divide dp_shard({L.dp_shard}) * cp({L.cp}) * tp({L.tp}) = {fold}")
     if model.expert_ffn_hidden % L.etp:
         add(RuleCode.EXPERT_FFN_ETP, f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
+    problems += a2a_overlap_problems(L)
     return problems
+
+
+def a2a_overlap_problems(L: Layout) -> list[Rule]:
+    """What --overlap-moe-expert-parallel-comm requires (Megatron-Core TransformerConfig.__post_init__): expert
+    parallelism, the interleaved schedule when pp > 1 (virtual_pipeline_model_parallel_size set), no full
+    recompute, a bf16 / fp16 model (fp8 runs keep bf16 weights), and no 'moe' recompute module (its recompute
+    re-runs the dispatch)."""
+    if not L.moe_a2a_overlap:
+        return []
+    broken = []
+    if L.ep < 2:
+        broken.append(f"needs ep > 1, got ep({L.ep})")
+    if L.pp > 1 and L.schedule != "interleaved-1f1b":
+        broken.append(f"with pp({L.pp}) > 1 needs schedule=interleaved-1f1b (vpp > 1), got {L.schedule}")
+    if L.recompute == "full":
+        broken.append("does not run with recompute=full")
+    if L.precision == "fp32":
+        broken.append("needs a bf16 / fp16 / fp8 model, got precision=fp32")
+    if "moe" in L.recompute_modules.split("+"):
+        broken.append("does not run with the 'moe' recompute module")
+    return [Rule.broken(RuleCode.A2A_OVERLAP, f"moe_a2a_overlap {b}") for b in broken]
 
 
 def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
@@ -357,6 +406,11 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
                         f"recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         messages.append(f"stack {stack.name} has no fp8 training recipe")
+    if not stack.can_run("moe_dispatcher", L.moe_dispatcher):
+        messages.append(f"stack {stack.name} has no {L.moe_dispatcher} token dispatcher (it runs "
+                        f"{', '.join(stack.moe_dispatchers)}); set moe_dispatcher=alltoall")
+    if L.moe_a2a_overlap and not stack.moe_a2a_overlap:
+        messages.append(f"stack {stack.name} has no 1F1B all-to-all overlap; set moe_a2a_overlap=0")
     if not stack.can_run("cuda_graphs", L.cuda_graphs):
         messages.append(f"stack {stack.name} has no cuda_graphs={L.cuda_graphs} (it runs {', '.join(stack.cuda_graphs)}); "
                         "set cuda_graphs=none")

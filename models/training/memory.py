@@ -7,7 +7,7 @@ gated FFNs, MoE, flash attention, sequence and context parallelism.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from clusterplan.models.training.batch import (
     RECOMPUTE_FULL,
     RECOMPUTE_NONE,
     RECOMPUTE_SELECTIVE,
+    SCHEDULE_DUALPIPE,
     SCHEDULE_GPIPE,
     SCHEDULE_INTERLEAVED,
     LayoutArrays,
@@ -399,7 +400,9 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     """Micro-batches whose activations a stage holds at its peak (Narayanan 2021; Megatron theoretical memory).
 
     GPipe: all m. 1F1B: pp - i on stage i (first stage: pp). Interleaved with v chunks: the first stage holds
-    pp * (1 + (pp-1)/(pp*v)) micro-batches of its layers. Capped by m. pp = 1: one at a time.
+    pp * (1 + (pp-1)/(pp*v)) micro-batches of its layers. DualPipe: pp + 1 on every rank, counted in one stage's
+    layers (pp - i of the forward direction's stage i, i + 1 of the reverse direction's stage pp-1-i; DeepSeek-V3,
+    arXiv 2412.19437 Table 2). Capped by m. pp = 1: one at a time.
     """
     m = L.microbatches
     index = {"first": 0.0, "middle": 1.0, "last": L.pp - 1}[position]
@@ -407,8 +410,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
     # Megatron's interleaved warm-up on pipeline rank i: (pp - i - 1) * 2 + (v - 1) * pp chunks, plus the one in
     # flight, each 1/v of the rank's layers; rank 0 gives pp + (pp-1)/v (measured by `clusterplan validate`).
     interleaved = np.minimum(((L.pp - index - 1) * 2 + (L.vpp - 1) * L.pp + 1) / L.vpp, m * 1.0)
-    held = np.select([L.schedule == SCHEDULE_GPIPE, L.schedule == SCHEDULE_INTERLEAVED], [m, interleaved],
-                     one_f_one_b)
+    held = np.select([L.schedule == SCHEDULE_GPIPE, L.schedule == SCHEDULE_INTERLEAVED,
+                      L.schedule == SCHEDULE_DUALPIPE], [m, interleaved, np.minimum(L.pp + 1.0, m)], one_f_one_b)
     return np.where(L.pp == 1, 1.0, np.maximum(held, 1.0))
 
 
@@ -623,6 +626,12 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather)
+        if np.any(L.schedule == SCHEDULE_DUALPIPE):
+            # DualPipe keeps two stages per rank (i and pp-1-i): 2x the parameters, their gradients and optimizer
+            # states (arXiv 2412.19437 Table 2), counted as twice this position's stage.
+            two = np.where(L.schedule == SCHEDULE_DUALPIPE, 2.0, 1.0)
+            states = replace(states, weights=two * states.weights, grads=two * states.grads,
+                             optimizer=two * states.optimizer)
         ends = [ends_activation_bytes(shapes, L, e, h, sp_gathered, loss_bytes_per_logit, loss_parallel_bytes_per_logit,
                                       freed_logits_bytes_per_logit) for e, h in ((embed, False), (False, head))]
         # The loss's logits peak in the head's forward and backward, outside every layer, and are freed before the

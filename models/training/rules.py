@@ -26,6 +26,7 @@ class RuleCode(str, Enum):
     LAYERS_PP = "n_layers % (pp * vpp)"
     VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
     ZBV_CHUNKS = "zbv needs pp > 1 and vpp = 2"
+    DUALPIPE_SHAPE = "dualpipe needs even pp, vpp 1, even micro-batches >= 2 pp"
     INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
     GBS_DP_MBS = "gbs % (dp * mbs)"
     SP_SEQ = "seq % (tp * cp) (sequence parallel)"
@@ -35,6 +36,7 @@ class RuleCode(str, Enum):
     EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
     EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
     DP_REPLICATE = "dp % dp_replicate"
+    A2A_OVERLAP = "1F1B all-to-all overlap preconditions"
     OUT_OF_MEMORY = "out of memory"
     PRECISION = "precision the stack or GPU cannot run"
     STACK = "what the stack cannot run"
@@ -58,6 +60,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
     RuleCode.ZBV_CHUNKS: "use vpp = 2 with pp > 1 for zbv, or another schedule",
+    RuleCode.DUALPIPE_SHAPE: "use an even pp with vpp = 1 and a global batch giving an even number of at least "
+                             "2 * pp micro-batches, or another schedule",
     RuleCode.INTERLEAVED_MICROBATCHES: "raise the global batch so micro-batches per pipeline are a multiple of pp",
     RuleCode.GBS_DP_MBS: "make the global batch a multiple of dp * micro-batch size",
     RuleCode.SP_SEQ: "make seq divisible by tp * cp",
@@ -67,6 +71,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
     RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
+    RuleCode.A2A_OVERLAP: "set moe_a2a_overlap=0, or use ep > 1, the interleaved schedule (vpp > 1) when pp > 1 and "
+                          "selective recompute without the moe module",
     RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
     RuleCode.STACK: "re-plan with `clusterplan plan --stack NAME` to search only what the stack runs, or pick another "
                     "--stack",

@@ -57,6 +57,11 @@ from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_expose
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
 DP_OVERLAP_SHARE = 0.8
 
+DUALPIPE_COMM_SMS = 20
+"""SMs DeepSeek-V3's dispatch/combine kernels hold while DualPipe overlaps them with the paired chunk's compute
+(arXiv 2412.19437 section 3.2.2: 'only 20 SMs are sufficient to fully utilize the bandwidths of IB and NVLink', of
+the H800's 132)."""
+
 
 POSITIONS = ("first", "middle", "last")
 """Pipeline stage positions, in the order step_time stacks them."""
@@ -447,6 +452,10 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
         tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
         tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
+        if np.any(L.schedule == ScheduleCode.DUALPIPE):
+            fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, 1e-300)
+            ep = np.where(L.schedule == ScheduleCode.DUALPIPE,
+                          dualpipe_ep_exposed_s(ep, compute, fwd_share, hw.comm_overlap, hw.sm_count), ep)
         if stack.moe_host is not None:
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
                                                                                         ep_s))
@@ -462,6 +471,22 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp, comm_slowdown_in=dense.comm_slowdown_in,
                      comm_slowdown_out=dense.comm_slowdown_out)
+
+
+def dualpipe_ep_exposed_s(ep_s: np.ndarray, compute_s: np.ndarray, forward_share: np.ndarray, overlap: float,
+                          sm_count: int) -> np.ndarray:
+    """A layer's expert-parallel all-to-alls under DualPipe (DeepSeek-V3, arXiv 2412.19437 section 3.2.1, Figure 4):
+    each rank runs one micro-batch's forward chunk beside another's backward chunk, so the forward's dispatch and
+    combine (half of `ep_s`) run under the backward's compute and the backward's two under the forward's. Exposed:
+    what each half exceeds its partner's compute by (comm.exposed_s), plus the compute the overlapped part slows,
+    its kernels holding DUALPIPE_COMM_SMS SMs (comm.interference_s at sm_count / (sm_count - 20); 1 without an SM
+    count). `compute_s`: the layer's forward + backward, `forward_share` of it forward."""
+    half = 0.5 * ep_s
+    forward, backward = forward_share * compute_s, (1.0 - forward_share) * compute_s
+    exposed = comm.exposed_s(half, backward, overlap) + comm.exposed_s(half, forward, overlap)
+    slowdown = sm_count / (sm_count - DUALPIPE_COMM_SMS) if sm_count > DUALPIPE_COMM_SMS else 1.0
+    hidden = ep_s - exposed
+    return exposed + comm.interference_s(hidden, compute_s, slowdown)
 
 
 def _moe_gpu_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
@@ -580,7 +605,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw, Axis.PP)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
-    bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription))
+    backward_share = cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, 1e-300)
+    bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
     dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
                              (cost.comm_slowdown_in, cost.comm_slowdown_out))
     opt = _optimizer_s(shapes, L, hw, layers, stack)
@@ -637,19 +663,25 @@ def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionS
 
 
 def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: LayoutArrays,
-             oversubscription: float) -> np.ndarray:
+             oversubscription: float, backward_share: np.ndarray | float = 2.0 / 3.0) -> np.ndarray:
     """Pipeline bubble per step from the slowest stage's per-micro-batch time `stage` = F + B + W (W: its
     weight-gradient GEMMs, B the rest of backward).
 
     GPipe / 1F1B: (pp-1)(F+B+W); interleaved over vpp chunks: (pp-1)(F+B+W)/vpp (Narayanan 2021); ZB-H1 moves W into
     the bubble and starts B earlier: (pp-1)(F+B-W), a third of 1F1B's when F = B = W (Qi et al. 2023, section 2.1);
     ZB-V, two chunks of half a stage in a V: (pp-1)(F'+B'-2W') over one chunk = (pp-1)(F+B+W - 3W)/2, zero when
-    F = B = W as the paper's comparison states. Uneven stages: `stage` is the slowest one (first/last lighter).
+    F = B = W as the paper's comparison states. DualPipe: (pp/2 - 1)(F&B + B - 3W) with B the full backward chunk and
+    F&B an overlapped forward + backward pair (DeepSeek-V3, arXiv 2412.19437 Table 2; deepseek-ai/DualPipe README),
+    F&B = `stage` (the pair's compute adds up; its all-to-alls run under it) and B = `backward_share` of it (the
+    layer's backward over forward + backward). Uneven stages: `stage` is the slowest one (first/last lighter).
     """
     bubble = np.select(
-        [L.schedule == ScheduleCode.INTERLEAVED, L.schedule == ScheduleCode.ZB, L.schedule == ScheduleCode.ZBV],
-        [stage / L.vpp, stage - 2.0 * weight_grad, (stage - 3.0 * weight_grad) / 2.0], stage)
-    bubble = (L.pp - 1.0) * np.maximum(bubble, 0.0)
+        [L.schedule == ScheduleCode.INTERLEAVED, L.schedule == ScheduleCode.ZB, L.schedule == ScheduleCode.ZBV,
+         L.schedule == ScheduleCode.DUALPIPE],
+        [stage / L.vpp, stage - 2.0 * weight_grad, (stage - 3.0 * weight_grad) / 2.0,
+         stage + backward_share * stage - 3.0 * weight_grad], stage)
+    steps = np.where(L.schedule == ScheduleCode.DUALPIPE, L.pp / 2.0 - 1.0, L.pp - 1.0)
+    bubble = steps * np.maximum(bubble, 0.0)
     # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
     # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
     # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.

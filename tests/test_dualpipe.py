@@ -1,0 +1,135 @@
+"""DualPipe (DeepSeek-V3, arXiv 2412.19437 section 3.2.1 and Table 2; deepseek-ai/DualPipe): each term pinned by a
+worked example derived by hand from the paper's table, and the schedule gated by stack data."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from clusterplan.errors import InfeasibleError
+from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.memory import inflight_microbatches, memory_breakdown
+from clusterplan.models.training.rules import RuleCode
+from clusterplan.models.training.step import DUALPIPE_COMM_SMS, bubble_s, dualpipe_ep_exposed_s, pp_comm_s
+from clusterplan.solver.space import _structures
+
+
+def arrays(**kw) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout(**kw)])
+
+
+def test_bubble_worked_example():
+    """pp = 8, a stage's micro-batch F = B = W = 1 s (our `stage` F + B + W = 3 s; the paper's full backward chunk
+    B + W = 2 s, so backward_share 2/3; F&B, an overlapped pair, = 3 s). DualPipe: (pp/2 - 1)(F&B + B - 3W)
+    = 3 x (3 + 2 - 3) = 6 s, against 1F1B's (pp - 1)(F + B + W) = 21 s and ZB-H1's (pp - 1)(F + B - W) = 7 s."""
+    stage, w = np.array([3.0]), np.array([1.0])
+    expected = {"dualpipe": 6.0, "1f1b": 21.0, "zb": 7.0}
+    for schedule, seconds in expected.items():
+        L = arrays(pp=8, schedule=schedule, gbs=20, mbs=1)
+        assert float(bubble_s(stage, w, L.microbatches, L, 1.0, 2.0 / 3.0)[0]) == pytest.approx(seconds, abs=1e-12)
+    # Backward twice the forward without a weight-gradient split (W = 0): 3 x (3 + 2) = 15 s; pp = 2 has none.
+    L = arrays(pp=8, schedule="dualpipe", gbs=20, mbs=1)
+    assert float(bubble_s(stage, np.array([0.0]), L.microbatches, L, 1.0, 2.0 / 3.0)[0]) == pytest.approx(15.0)
+    L = arrays(pp=2, schedule="dualpipe", gbs=4, mbs=1)
+    assert float(bubble_s(stage, w, L.microbatches, L, 1.0, 2.0 / 3.0)[0]) == 0.0
+
+
+def test_ep_all_to_alls_hide_under_the_paired_chunk():
+    """A layer: 4 s of all-to-alls, 6 s of compute, a third of it forward (F = 2, B = 4). The forward's 2 s of
+    dispatch + combine run under the backward's 4 s, the backward's 2 s under the forward's 2 s: nothing exposed.
+    The 4 s overlapped hold 20 of 132 SMs: the compute runs 132/112 slower beside them, ending at
+    max(4, 6 + 4 x 20/132) = 6.606 s instead of 6 s (comm.interference_s)."""
+    got = dualpipe_ep_exposed_s(np.array([4.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 132)
+    assert DUALPIPE_COMM_SMS == 20
+    assert float(got[0]) == pytest.approx(4.0 * 20.0 / 132.0, rel=1e-12)
+    # 10 s of all-to-alls: 5 s each way, under 4 s and 2 s: 1 + 3 = 4 s exposed; the 6 s hidden add 6 x 20/132.
+    got = dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 132)
+    assert float(got[0]) == pytest.approx(4.0 + 6.0 * 20.0 / 132.0, rel=1e-12)
+    # No SM count (GPU without gemm.yaml data): only what exceeds the partner's compute.
+    assert float(dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 0)[0]) == 4.0
+
+
+def test_memory_two_stages_and_pp_plus_one_microbatches():
+    """Table 2: 2x the parameters per rank (stages i and pp-1-i) and pp + 1 micro-batches of activations in flight
+    on every rank, in one stage's layers (1F1B: pp - i on stage i)."""
+    L = arrays(pp=8, schedule="dualpipe", gbs=32, mbs=1)
+    for position in ("first", "middle", "last"):
+        assert float(inflight_microbatches(L, position)[0]) == 9.0
+    one = arrays(pp=8, schedule="1f1b", gbs=32, mbs=1)
+    assert float(inflight_microbatches(one, "first")[0]) == 8.0
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    dual, base = memory_breakdown(shapes, L).by_position, memory_breakdown(shapes, one).by_position
+    # by_position[position, term]: terms weights, grads, optimizer first (BREAKDOWN_TERMS).
+    np.testing.assert_allclose(dual[:, :3, 0], 2.0 * base[:, :3, 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize(("kw", "ok"), [
+    ({"pp": 8, "gbs": 16}, True),             # 16 micro-batches = 2 pp: the smallest DualPipe.step accepts
+    ({"pp": 8, "gbs": 14}, False),            # fewer than 2 pp
+    ({"pp": 4, "gbs": 9}, False),             # odd micro-batches: half enter from each end
+    ({"pp": 1, "gbs": 8}, False),             # no pipeline
+    ({"pp": 8, "vpp": 2, "gbs": 32}, False),  # its two stages per rank are its own, not virtual stages
+])
+def test_shape_rules(kw, ok):
+    model = load_model("llama3.1-8b")
+    world = kw["pp"]
+    layout = Layout(schedule="dualpipe", mbs=1, seq=4096, **kw)
+    codes = {r.code for r in layout_problems(model, layout, world)}
+    assert (RuleCode.DUALPIPE_SHAPE not in codes) == ok, codes
+
+
+def test_pp_sends_overlap_under_hai_llm_only():
+    """hai-llm lists dualpipe in pp_overlap_schedules: its steady-state sends hide (only the 2 (pp - 1) of fill and
+    drain stay), 1 ms each: 14 ms; without the overlap all 2 (m + pp - 1) = 2 x 23 are exposed."""
+    L = arrays(pp=8, schedule="dualpipe", gbs=16, mbs=1)
+    p2p, stage = np.array([1e-3]), np.array([1.0])
+    hw = type("HW", (), {"comm_overlap": 1.0})()
+    assert float(pp_comm_s(p2p, L.microbatches, L, get_stack("hai-llm"), stage, hw)[0]) == pytest.approx(14e-3)
+    assert float(pp_comm_s(p2p, L.microbatches, L, get_stack("megatron-core"), stage, hw)[0]) == pytest.approx(46e-3)
+
+
+def test_search_offers_dualpipe_only_to_a_stack_that_runs_it():
+    model = load_model("deepseek-v3")
+    for name, offered in (("megatron-core", False), ("torchtitan", False), ("hai-llm", True)):
+        left_out: Counter = Counter()
+        found = {s["schedule"] for s in _structures(model, 64, 8, {"pp": 4, "tp": 1, "cp": 1, "vpp": 1},
+                                                    get_stack(name), left_out)}
+        assert ("dualpipe" in found) == offered, (name, found)
+        assert "schedule dualpipe" not in left_out
+    assert get_stack("hai-llm").can_run("schedule", "dualpipe")
+    assert not get_stack("megatron-core").can_run("schedule", "dualpipe")
+
+
+def test_exporters_refuse_dualpipe():
+    from clusterplan.frameworks.megatron import runs_as as megatron_runs_as
+    from clusterplan.frameworks.torchtitan import runs_as as titan_runs_as
+
+    model = load_model("llama3.1-8b")
+    layout = Layout(pp=4, dp=2, schedule="dualpipe", mbs=1, gbs=16, seq=4096)
+    with pytest.raises(InfeasibleError, match="no DualPipe"):
+        megatron_runs_as(model, layout)
+    with pytest.raises(InfeasibleError, match="no DualPipe"):
+        titan_runs_as(model, layout)
+
+
+def test_estimate_runs_dualpipe_on_h800():
+    from clusterplan.models.training.estimate import estimate
+
+    model = load_model("deepseek-v3")
+    cluster = load_cluster("hgx-h800:16")
+    base = dict(pp=8, ep=16, zero=1, mbs=1, gbs=512, seq=4096, precision="fp8", first_stage_layers=5,
+                last_stage_layers=8)
+    dual = estimate(model, cluster, Layout(schedule="dualpipe", **base), stack=get_stack("hai-llm"))
+    one = estimate(model, cluster, Layout(schedule="1f1b", **base), stack=get_stack("hai-llm"))
+    # Same work per rank; DualPipe's bubble is (pp/2 - 1)(F&B + B - 3W) against (pp - 1)(F + B + W).
+    d, o = dual.evaluation.time, one.evaluation.time
+    assert dual.value(d.compute_s) == pytest.approx(one.value(o.compute_s), rel=1e-9)
+    assert dual.value(d.bubble_s) < 0.5 * one.value(o.bubble_s)
+    assert dual.value(d.ep_comm_s) < one.value(o.ep_comm_s)
