@@ -233,3 +233,20 @@ def test_loss_peak_and_recompute_working_set_are_not_summed():
     with_cp, without = (memory_breakdown(L8, P, **kw, cp_impl=impl) for impl in ("torch", "megatron"))
     gathered = 131072 * (4096 + 4096) * 2  # 2,147,483,648 B
     assert float(with_cp.by_position[0, 4, 0] - without.by_position[0, 4, 0]) == gathered
+
+
+def test_fp8_allgather_needs_dp_shard_above_one():
+    # torchtitan/float8.py Float8Handler (Dec 2024): enable_fsdp_float8_all_gather = parallel_dims.dp_shard_enabled
+    # and the config flag. Llama-3.1-405B tp 8 pp 8 cp 8 with dp_shard 1 (Table 6's 256K row): FSDP2 still shards
+    # over the 8 cp ranks, but gathers bf16 weights: a middle rank's 6,375,866,368 unsharded parameters take 2 B each
+    # beside the 4-B fp32 accumulated gradients, 6 x 6,375,866,368 B; with dp_shard 2, cp 4 the fp8 gather: 5 x.
+    cp8 = _arrays(Layout(dp=1, cp=8, cp_kind="allgather", tp=8, pp=8, zero=3, mbs=1, gbs=8, seq=262144,
+                         recompute="full", precision="fp8"))
+    cp4 = _arrays(Layout(dp=2, cp=4, cp_kind="allgather", tp=8, pp=8, zero=3, mbs=1, gbs=16, seq=131072,
+                         recompute="full", precision="fp8"))
+    layers = np.array([16.0])
+    for L, per_param in ((cp8, 6), (cp4, 5)):
+        params = stage_params(L405, L, layers, False, False)
+        assert float(params.dense[0]) == 6_375_866_368
+        got = state_bytes(L405, L, params, layers, 0.0, False, True, True)
+        assert float(got.fsdp_buffers[0]) == per_param * 6_375_866_368

@@ -187,13 +187,24 @@ def zero_shards(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
     return L.dp_shard * L.cp, np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
 
 
+def fsdp_gathered_weight_bytes(L: LayoutArrays, fp8_allgather: bool) -> np.ndarray:
+    """Bytes per parameter of a block's weight as ZeRO-3 / FSDP gathers it: fp32 under fp32 training, fp8 under fp8
+    with the stack's fp8 all-gather, else bf16. torchtitan turns torchao's float8 all-gather on only when the batch is
+    sharded over data-parallel ranks (torchtitan/float8.py Float8Handler, Dec 2024: enable_fsdp_float8_all_gather =
+    parallel_dims.dp_shard_enabled and the config flag): with dp_shard 1 (FSDP over the cp ranks alone) FSDP2 gathers
+    bf16 weights."""
+    fp8_gathered = (L.precision == PREC_FP8) & fp8_allgather & (L.dp_shard > 1)
+    return np.where(L.precision == PREC_FP32, FP32_PARAM_BYTES, np.where(fp8_gathered, FP8_PARAM_BYTES,
+                                                                         BF16_PARAM_BYTES))
+
+
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
                 fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False,
                 fp32_params: bool = False, fp8_allgather: bool = False) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020).
-    `fp32_params`: see bytes_per_param; `fp8_allgather`: ZeRO-3 gathers fp8 weights under fp8, whose unsharded
-    copies are 1 B per parameter (torchao enable_fsdp_float8_all_gather: fsdp_post_all_gather wraps the gathered
-    bytes in a Float8Tensor, which the forward uses as the unsharded parameter)."""
+    `fp32_params`: see bytes_per_param; `fp8_allgather`: ZeRO-3 gathers fp8 weights under fp8 when dp_shard > 1,
+    whose unsharded copies are 1 B per parameter (torchao enable_fsdp_float8_all_gather: fsdp_post_all_gather wraps
+    the gathered bytes in a Float8Tensor, which the forward uses as the unsharded parameter)."""
     wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params)
     dense_shard, expert_shard = zero_shards(L)
     p_dense, p_exp = params.dense, params.expert
@@ -203,8 +214,7 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
         return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
 
     per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
-    compute_wb = np.where(L.precision == PREC_FP32, 4.0, np.where((L.precision == PREC_FP8) & fp8_allgather,
-                                                                    FP8_PARAM_BYTES, 2.0))
+    compute_wb = fsdp_gathered_weight_bytes(L, fp8_allgather)
     # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
     # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
     # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
@@ -245,8 +255,7 @@ def fsdp2_peak_buffers(shapes: ModelShapes, L: LayoutArrays, fsdp_root: str, fp8
     head = stage_params(shapes, L, np.zeros(n), False, True).dense
     fp32 = L.precision == PREC_FP32
     outer_wb = np.where(fp32, FP32_PARAM_BYTES, BF16_PARAM_BYTES)
-    block_wb = np.where(fp32, FP32_PARAM_BYTES, np.where((L.precision == PREC_FP8) & fp8_allgather,
-                                                         FP8_PARAM_BYTES, BF16_PARAM_BYTES))
+    block_wb = fsdp_gathered_weight_bytes(L, fp8_allgather)
     if fsdp_root == FSDP_ROOT_OUTER:
         held, last_block, largest = (embed + head) * outer_wb, block_params * block_wb, embed + head
     elif fsdp_root == FSDP_ROOT_SPLIT:
