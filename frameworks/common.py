@@ -155,3 +155,16 @@ def stage_lines(cluster: Cluster, layout: Layout, stages: Stages, launcher: str)
         lines.append(f"stage {s}: layers {first}-{first + st.layers - 1} ({st.layers}) on {st.gpu} ({st.node}), "
                      f"{nodes}, global ranks {lo}-{hi}")
     return lines
+
+
+def dispatcher_notes(layout: Layout, framework: str) -> list[str]:
+    """What a framework without Megatron-Core's flex dispatcher or 1F1B all-to-all overlap runs instead
+    (stacks.yaml moe_dispatchers / moe_a2a_overlap: alltoall only, no overlap)."""
+    out = []
+    if layout.ep > 1 and layout.moe_dispatcher != "alltoall":
+        out.append(f"moe_dispatcher={layout.moe_dispatcher}: {framework} runs its standard all-to-all here, every "
+                   "routed token copy sent, so the all-to-alls take longer than planned")
+    if layout.ep > 1 and layout.moe_a2a_overlap:
+        out.append(f"moe_a2a_overlap: {framework} has no 1F1B all-to-all overlap; the all-to-alls stay exposed")
+    return out
+

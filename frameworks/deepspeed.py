@@ -20,6 +20,7 @@ from clusterplan.frameworks.common import (
     Stages,
     canonical,
     check_exportable,
+    dispatcher_notes,
     launch_shape,
     microbatches_per_step,
     slug,
@@ -119,6 +120,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
                    f"k={model.top_k}) layers (passed as --ep-size)")
     if L.cp > 1:
         out.append("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)")
+    out += dispatcher_notes(L, "DeepSpeed")
     return out
 
 

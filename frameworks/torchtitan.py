@@ -22,6 +22,7 @@ from clusterplan.frameworks.common import (
     canonical,
     check_exportable,
     chunk_layers,
+    dispatcher_notes,
     header_lines,
     launch_shape,
     slug,
@@ -216,6 +217,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[str]:
                    "forward to backward, gradients reduce-scattered: ZeRO-2)")
     if L.optimizer == "adam":
         out.append("torchtitan keeps fp32 parameters under FSDP mixed precision (adam-master memory)")
+    out += dispatcher_notes(L, "torchtitan")
     return out
 
 

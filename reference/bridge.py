@@ -494,6 +494,10 @@ def layout_text(L: Layout) -> str:
              f"rc:{L.recompute_modules or L.recompute}"]
     if L.cuda_graphs != "none":
         parts.append(f"cg:{L.cuda_graphs}")
+    if L.moe_dispatcher != "alltoall":
+        parts.append(L.moe_dispatcher)
+    if L.moe_a2a_overlap:
+        parts.append("a2a-overlap")
     if L.first_stage_layers or L.last_stage_layers:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)

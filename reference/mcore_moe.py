@@ -3,16 +3,11 @@
 best_practice/qwen3/readme.md), DeepSeek-V3 and Qwen3-235B on DGX-H100, GB200 and GB300.
 
 A held-out check set for issue #13 (published runs with layouts: tokens/s within 10 % median, 20 % max). Each row runs
-`estimate` with the megatron-core stack at the published layout, recompute modules and CUDA-graph scope the source
-gives. What Layout cannot express is said per row, never dropped:
-- the 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm: merged forward/backward of two micro-batches on two
-  streams) hides most of the all-to-all; a row that runs it is listed, not priced;
-- DeepEP's cross-node dispatch sends a token once per destination node over RDMA and forwards it over NVLink, which the
-  NCCL all-to-all the model prices does not; a DeepEP row whose EP group spans nodes is listed, not priced;
-- DeepEP / HybridEP inside one NVLink domain are priced as the NCCL all-to-all there (the report's Table 7 measures
-  HybridEP at 0.52x NCCL's time at EP8 on H100 and 0.53-0.91x on GB200; DeepEP is not in that table), so those rows'
-  dispatch is priced on the slow side.
-Every run uses force-balanced routing, which is what the model assumes (no load-imbalance term). No constant is fitted.
+`estimate` with the megatron-core stack at the published layout, recompute modules, CUDA-graph scope, token dispatcher
+(Layout.moe_dispatcher: NCCL all-to-all, DeepEP or HybridEP, priced by models/training/dispatch.py: one copy per
+destination GPU, one RDMA copy per destination node) and 1F1B all-to-all overlap (Layout.moe_a2a_overlap) the source
+gives. Every run uses force-balanced routing, which is what the model assumes (no load-imbalance term). No constant
+is fitted.
 
     python -m clusterplan.reference            # prints every reference table, this one included
 """
@@ -32,8 +27,6 @@ MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
 FP8_RECIPES = {"FP8-MX": "mxfp8", "FP8-BLK": "blockwise", "BF16": None}
 """FP8-MX: MXFP8 on Blackwell; FP8-BLK: the DeepSeek-V3 128x128 / 1x128 blockwise recipe on Hopper (report Table 11)."""
-NVLINK_DOMAIN_GPUS = {"DGX-H100": 8, "DGX-GB200": 72, "DGX-GB300": 72}
-"""GPUs one NVLink domain holds: an HGX/DGX H100 board, a GB200/GB300 NVL72 rack."""
 FULL_RECOMPUTE = "full"
 
 
@@ -86,7 +79,7 @@ def _layout(r: dict[str, str], first: int, last: int) -> Layout:
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                   precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                   first_stage_layers=first, last_stage_layers=last, fp32_grads=bridge.FP32_GRADS,
-                  cuda_graphs=r["cuda_graphs"])
+                  cuda_graphs=r["cuda_graphs"], moe_dispatcher=r["dispatcher"], moe_a2a_overlap=r["a2a_overlap"] == "1")
 
 
 def _published_tokens(r: dict[str, str], count_gflops: float) -> tuple[float, str]:
@@ -99,15 +92,6 @@ def _published_tokens(r: dict[str, str], count_gflops: float) -> tuple[float, st
     tokens = float(r["published_tflops"]) * 1e3 / count_gflops
     return tokens, (f"tokens/s = published TFLOP/s / Megatron-Bridge's {count_gflops:.1f} GFLOP/token (no step time "
                     "published)")
-
-
-def _unexpressible(r: dict[str, str]) -> str:
-    reasons = []
-    if r["a2a_overlap"] == "1":
-        reasons.append("1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm) is not in Layout")
-    if r["dispatcher"] == "deepep" and int(r["ep"]) > NVLINK_DOMAIN_GPUS[r["system"]]:
-        reasons.append("DeepEP's cross-node dispatch (one RDMA copy per destination node) is not in Layout")
-    return "; ".join(reasons)
 
 
 def mcore_moe_rows() -> list[McoreMoeRow]:
@@ -124,9 +108,7 @@ def mcore_moe_rows() -> list[McoreMoeRow]:
         tokens, derived = _published_tokens(r, count)
         if derived:
             notes.append(derived)
-        reason = _unexpressible(r)
-        if r["dispatcher"] != "alltoall" and not reason:
-            notes.append(f"{r['dispatcher']} inside the NVLink domain priced as NCCL all-to-all")
+        reason = ""
         base = dict(source=r["source"], model=r["model"], system=r["system"], gpus=gpus, precision=r["precision"],
                     layout=layout, dispatcher=r["dispatcher"], a2a_overlap=r["a2a_overlap"] == "1",
                     published_tokens_per_s=tokens,

@@ -94,6 +94,8 @@ class Recipe:
     recompute: str
     recompute_modules: str
     source: str
+    moe_dispatcher: str = "alltoall"
+    moe_a2a_overlap: bool = False
 
 
 BRIDGE_RELEASES = frozenset({"25.09", "26.02"})
@@ -118,8 +120,14 @@ RECIPES = {
                                                    "overlap, defer_embedding_wgrad_compute"),
     # Megatron-Bridge 25.09: as the 25.11 H100 rows at the same layouts (reference/bridge.py ROW_SOURCES); DeepSeek-V3
     # the perf recipe's default selective ["mla_up_proj"] (bridge.py RECOMPUTE_MODULES note).
+    # Its dispatcher: Megatron-Bridge scripts/performance deepseek_v3 deepseek_v3_h100_1024gpus_fp8_config (the
+    # row's tp2 pp8 vp4 ep64 gbs 8192): enable_deepep and moe_a2a (1F1B all-to-all overlap) default True, force-
+    # balanced routing when not token-dropping.
     ("25.09", "DeepSeekV3"): Recipe("selective", "mla_up_proj", "Megatron-Bridge deepseek_v3 perf recipe default "
-                                                                "recompute_modules [mla_up_proj]; no CUDA graphs"),
+                                                                "recompute_modules [mla_up_proj]; no CUDA graphs; "
+                                                                "DeepEP + 1F1B all-to-all overlap (H100 1024-GPU perf "
+                                                                "config: enable_deepep, moe_a2a default True)",
+                                    moe_dispatcher="deepep", moe_a2a_overlap=True),
     # 26.02: GPT-OSS-120B on H100 as bridge.py's 25.11 row (gpt_oss workload base configs: recompute_modules
     # [layernorm, moe_act], no CUDA graphs on H100).
     ("26.02", "GPT_OSS_120B"): Recipe("selective", "layernorm+moe_act", "Megatron-Bridge gpt_oss H100 workload "
@@ -210,7 +218,8 @@ def nemo_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]
                     recompute=recipe.recompute, recompute_modules=recipe.recompute_modules,
                     schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
-                    first_stage_layers=first, last_stage_layers=last, fp32_grads=False)
+                    first_stage_layers=first, last_stage_layers=last, fp32_grads=False,
+                    moe_dispatcher=recipe.moe_dispatcher, moe_a2a_overlap=recipe.moe_a2a_overlap)
     if FP8_RECIPES[r["precision"]]:
         notes.append(f"fp8 recipe {FP8_RECIPES[r['precision']]}")
     if r["ga"] and int(r["gbs"]) != int(r["mbs"]) * int(r["ga"]) * layout.dp:

@@ -126,3 +126,12 @@ def test_plan_fix_pins_the_dispatcher_and_refuses_it_on_a_stack_without_it(run_c
     assert code == 0 and json.loads(out)["plans"][0]["layout"]["moe_dispatcher"] == "deepep"
     code, out, err = run_cli(*base, "--fix", "moe_dispatcher=deepep", "--stack", "torchtitan")
     assert code == 2 and "torchtitan" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("target", ["torchtitan", "deepspeed"])
+def test_other_frameworks_say_they_run_the_standard_all_to_all(target):
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-h100:1")
+    layout = Layout(dp=8, ep=8, gbs=64, moe_dispatcher="deepep", moe_a2a_overlap=True)
+    notes = export_plan(target, model, cluster, layout).notes
+    assert any("moe_dispatcher=deepep" in n for n in notes) and any("moe_a2a_overlap" in n for n in notes)
+    assert not any("moe_dispatcher" in n for n in export_plan(target, model, cluster, Layout(dp=8, ep=8, gbs=64)).notes)

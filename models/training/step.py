@@ -19,6 +19,7 @@ from clusterplan.models.training.batch import (
     CODES,
     CpKindCode,
     LayoutArrays,
+    MoeDispatcherCode,
     OptimizerCode,
     RecomputeCode,
     ScheduleCode,
@@ -39,6 +40,12 @@ from clusterplan.models.training.compute import (
     layer_linears,
     layer_time,
     model_flops_per_step,
+)
+from clusterplan.models.training.dispatch import (
+    a2a_overlap_exposed_s,
+    combined_1f1b_unmerged_share,
+    dedup_all_to_all_s,
+    dispatcher_slowdown,
 )
 from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops
 from clusterplan.models.training.memory import (
@@ -368,8 +375,21 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     ep = np.zeros_like(tp)
     if moe:
         # tokens x top_k x h per all-to-all, each rank sending its 1/tp share (collectives.py ep_collectives).
-        ep = _priced((ep_collectives(shapes, L),), Group.of(L, Axis.EP), hw)
+        colls = ep_collectives(shapes, L)
+        ep_group = Group.of(L, Axis.EP)
+        ep = _priced((colls,), ep_group, hw)
+        if np.any(L.moe_dispatcher != MoeDispatcherCode.ALLTOALL):
+            ep = np.where(L.moe_dispatcher == MoeDispatcherCode.ALLTOALL, ep,
+                          colls.calls * flex_dispatch_s(shapes, L, ep_group, hw))
     return tp, cp, ep
+
+
+def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: HardwareRates) -> np.ndarray:
+    """One DeepEP / HybridEP dispatch or combine over the EP group: each rank's tokens/tp (sequence-parallel share,
+    as ep_collectives) once per destination GPU / node (dispatch.dedup_all_to_all_s) on the all-to-all link rates."""
+    n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
+    token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.hidden
+    return dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, hw.link("all_to_all", g.axis))
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,14 +471,19 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         flops = flops + moe_share * sparse.hardware_flops
         weight_grad = weight_grad + moe_share * sparse.weight_grad_s
         tp_s, cp_s, ep_s = _layer_comm(shapes, L, hw, stack, True, sparse)
-        tp, cp, ep = tp + moe_share * tp_s, cp + moe_share * cp_s, moe_share * ep_s
+        tp, cp = tp + moe_share * tp_s, cp + moe_share * cp_s
+        # Under the 1F1B all-to-all overlap only the exposed all-to-all time is left on the compute stream for the
+        # host's launches to hide behind (host.py).
+        ep_layer = a2a_exposed_s(L, hw, sparse, ep_s)
+        ep = moe_share * ep_layer
         if np.any(L.schedule == ScheduleCode.DUALPIPE):
             fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, 1e-300)
             ep = np.where(L.schedule == ScheduleCode.DUALPIPE,
-                          dualpipe_ep_exposed_s(ep, compute, fwd_share, hw.comm_overlap, hw.sm_count), ep)
+                          dualpipe_ep_exposed_s(moe_share * ep_s, compute, fwd_share, hw.comm_overlap, hw.sm_count),
+                          ep)
         if stack.moe_host is not None:
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
-                                                                                        ep_s))
+                                                                                        ep_layer))
     head_f, head_b = head_time(shapes, L, hw, stack)
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
@@ -471,6 +496,21 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp, comm_slowdown_in=dense.comm_slowdown_in,
                      comm_slowdown_out=dense.comm_slowdown_out)
+
+
+def a2a_exposed_s(L: LayoutArrays, hw: HardwareRates, sparse: LayerTime, ep_s: np.ndarray) -> np.ndarray:
+    """One MoE layer's all-to-all time per micro-batch left on the critical path: all of it, or under the 1F1B
+    all-to-all overlap (Layout.moe_a2a_overlap) what dispatch.a2a_overlap_exposed_s leaves, its kernels slowing the
+    compute they run beside (DeepEP / HybridEP: their SMs; NCCL: the layer's slowdown beside NCCL CTAs)."""
+    if not np.any(L.moe_a2a_overlap > 0):
+        return ep_s
+    nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
+    slowdown = dispatcher_slowdown(L, hw.sm_count, nccl)
+    experts_f, experts_b = sparse.experts_forward_s, sparse.experts_backward_s
+    overlapped = a2a_overlap_exposed_s(ep_s, sparse.forward_s - experts_f,
+                                       sparse.backward_s + sparse.recompute_s - experts_b, experts_f, experts_b,
+                                       combined_1f1b_unmerged_share(L), hw.comm_overlap, slowdown)
+    return np.where(L.moe_a2a_overlap > 0, overlapped, ep_s)
 
 
 def dualpipe_ep_exposed_s(ep_s: np.ndarray, compute_s: np.ndarray, forward_share: np.ndarray, overlap: float,
