@@ -37,6 +37,7 @@ GRAD_CLIPS = ("none", "foreach")
 LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
+FSDP_ROOTS = ("outer", "split")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
@@ -223,6 +224,13 @@ class ExecutionStack:
     prefetch) | "post" (FSDP1 BACKWARD_POST: only once that block's gradients are complete, so nothing computes under
     the gather; step.py fsdp_post_prefetch_backward_s). Absent: pre."""
 
+    fsdp_root: str = "outer"
+    """Under fsdp_impl "fsdp2", how the parameters outside the transformer blocks are wrapped: "outer" (the root
+    module holds the embedding, the final norm and the LM head, which FSDP2 keeps unsharded from forward through
+    backward; the last block is not resharded after forward: torchtitan apply_fsdp before pytorch/torchtitan#1094) |
+    "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
+    unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
+    outer."""
     moe_dispatchers: tuple[str, ...] = ("alltoall",)
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
@@ -333,6 +341,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw),
+        fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
         moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),

@@ -137,3 +137,24 @@ def mtp_projection_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) ->
     out = h / L.tp
     return (hw.gemm_time_s(tokens, out, two_h, fp8) + hw.gemm_time_s(tokens, two_h, out, fp8)
             + hw.gemm_time_s(two_h, out, tokens, fp8))
+
+
+def max_destination_nodes(shapes: ModelShapes, n_out: np.ndarray | float) -> np.ndarray:
+    """Node-limited routing's cap on the nodes one token's routed experts sit on, for an EP group over `n_out` nodes.
+
+    DeepSeek-V3 'ensure[s] that each token will be sent to at most M nodes' (M = 4; arXiv 2412.19437 section 2.1.2,
+    3.2.2), which its router implements as group-limited routing: topk_group of n_group expert groups per token
+    (Hugging Face DeepseekV3TopkRouter; ModelShapes.expert_groups_per_token / expert_groups), the groups being the
+    nodes' expert blocks. Experts sit on the EP ranks in contiguous blocks, so with n_out dividing the groups each
+    node holds whole groups and a token reaches at most min(topk_group, n_out) nodes; with n_out a multiple of them
+    each group spans n_out / n_group nodes: at most topk_group x n_out / n_group. Without a group limit, or with
+    groups that straddle nodes, there is no cap (inf). Only a dispatcher that sends a token once per destination node
+    gains from it; an all-to-all of (token, expert) copies sends top_k copies whatever the nodes."""
+    n_out = np.asarray(n_out, dtype=float)
+    groups, per_token = shapes.expert_groups, shapes.expert_groups_per_token
+    if groups <= 1 or per_token <= 0:
+        return np.full_like(n_out, np.inf)
+    spans = n_out > groups
+    aligned = np.where(spans, n_out % groups == 0, groups % np.maximum(n_out, 1.0) == 0)
+    cap = np.where(spans, per_token * n_out / groups, np.minimum(per_token, n_out))
+    return np.where(aligned, cap, np.inf)
