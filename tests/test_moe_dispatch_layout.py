@@ -194,3 +194,13 @@ def test_estimate_warns_what_the_stack_does_not_run(run_cli):
     code, _, err = run_cli("estimate", "--model", "qwen3-30b-a3b", "--cluster", "hgx-h800:2", "--format", "json",
                            "--layout", "tp=1,pp=2,ep=8,gbs=64,seq=4096,mbs=1,schedule=dualpipe")
     assert "warning: stack megatron-core has no dualpipe schedule" in err
+
+
+def test_plan_table_shows_a_pinned_dispatcher_and_overlap(run_cli):
+    """The plan table's layout column named neither (only the JSON carried them)."""
+    code, out, _ = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                           "4096", "--top", "1", "--fix", "ep=8,pp=1,moe_dispatcher=deepep,moe_a2a_overlap=1")
+    assert code == 0 and " deepep a2a-overlap " in out
+    code, out, _ = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                           "4096", "--top", "1", "--fix", "ep=8,pp=1")
+    assert code == 0 and "deepep" not in out and "a2a-overlap" not in out
