@@ -37,6 +37,7 @@ GRAD_CLIPS = ("none", "foreach")
 LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
+FSDP_ROOTS = ("outer", "split")
 REQUIRED_SOURCES = ("overlap", "fsdp", "kernels", "fp8", "recompute", "schedules", "context_parallel")
 
 
@@ -223,10 +224,21 @@ class ExecutionStack:
     prefetch) | "post" (FSDP1 BACKWARD_POST: only once that block's gradients are complete, so nothing computes under
     the gather; step.py fsdp_post_prefetch_backward_s). Absent: pre."""
 
+    fsdp_root: str = "outer"
+    """Under fsdp_impl "fsdp2", how the parameters outside the transformer blocks are wrapped: "outer" (the root
+    module holds the embedding, the final norm and the LM head, which FSDP2 keeps unsharded from forward through
+    backward; the last block is not resharded after forward: torchtitan apply_fsdp before pytorch/torchtitan#1094) |
+    "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
+    unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
+    outer."""
     moe_dispatchers: tuple[str, ...] = ("alltoall",)
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
     """Runs the 1F1B all-to-all overlap (Layout.moe_a2a_overlap; absent: false)."""
+    eager_expert_bias: bool = False
+    """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
+    the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
+    absent: false (not priced)."""
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
@@ -329,9 +341,12 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw),
+        fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
-        moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False))
+        moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),
+        eager_expert_bias=_sourced(where, raw, "eager_expert_bias", lambda: _flag(where, raw, "eager_expert_bias"),
+                                   False))
 
 
 def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:

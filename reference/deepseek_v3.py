@@ -51,6 +51,8 @@ def deepseek_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
     seq, batch = int(r["seq"]), int(r["batch_seqs"])
     notes = [f"stack {STACK}: DualPipe with the EP all-to-alls and PP sends under the paired chunk (sec. 3.2.1), "
              "20 SMs for communication (3.2.2); kernels and DP overlap as megatron-core (HAI-LLM is not public)",
+             "dispatcher deepep: one IB copy per destination node, at most 4 nodes (node-limited routing, 2.1.2), "
+             "NVLink forwarding (3.2.2); dispatch priced in bf16 (DeepSeek dispatches fp8, 3.3.3: not expressible)",
              f"batch {batch} sequences (the last 14.3T of 14.8T tokens; the 3072 -> {batch} ramp over the first 469B "
              "tokens is not priced: at 3072, 24 micro-batches per pipeline are fewer than DualPipe's 2 x PP)",
              f"{batch // (dp * MICRO_BATCH)} micro-batches of {MICRO_BATCH} sequence per pipeline (not published)",
@@ -62,7 +64,7 @@ def deepseek_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
              "DualPipe's gradient sum between the two copies of each stage (ranks i and pp-1-i) not priced",
              "published rate = whole-run GPU-hours (ramp, checkpoints, evaluation inside), ours a steady-state step"]
     layout = Layout(tp=tp, pp=pp, dp=dp, ep=ep, zero=1, mbs=MICRO_BATCH, gbs=batch, seq=seq, recompute="selective",
-                    recompute_modules=RECOMPUTE_MODULES, schedule="dualpipe", precision="fp8",
+                    recompute_modules=RECOMPUTE_MODULES, schedule="dualpipe", precision="fp8", moe_dispatcher="deepep",
                     first_stage_layers=FIRST_STAGE_LAYERS, last_stage_layers=LAST_STAGE_LAYERS)
     return layout, notes
 

@@ -56,6 +56,14 @@ LOSS_COMPILED_SETS = {
 }
 """Sets run on a torchtitan that compiles the loss under --training.compile (pytorch/torchtitan#1033, April 2025,
 build_cross_entropy_loss): their compiled rows run stack torchtitan-compile-loss. The A100 set ran eager."""
+FSDP_SPLIT_ROOT_SETS = {
+    "b200-2508": "torchtitan 6fc499f (2025-08)",
+    "torchao-mi300x-2508": "torchtitan 2c8b594 (2025-08)",
+}
+"""Sets run on a torchtitan after pytorch/torchtitan#1094 ('improve reshard_after_forward logic', rebased to merge
+2025-07-29): apply_fsdp wraps tok_embeddings alone (resharded after forward) and [norm, output] together (kept
+unsharded), every block resharded; earlier ones leave the embedding, final norm and LM head to the root module, which
+FSDP2 never reshards, and keep the last block unsharded. Their stacks run fsdp_root "split" (memory.fsdp2_peak_buffers)."""
 AC_EVERY_OTHER = "layer2"
 """torchtitan selective_ac_option '2' ("selective layer"): every second TransformerBlock wrapped in checkpoint_wrapper
 (torchtitan parallelize_llama apply_ac, _apply_ac_to_transformer_block: ac_freq = int(selective_ac_option))."""
@@ -126,7 +134,8 @@ def techniques(r: dict[str, str]) -> str:
 
 def community_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
     """The stack entry the row's flags name: torchtitan (eager) or, compiled, torchtitan-compile-loss on a torchtitan
-    that compiles the loss too (LOSS_COMPILED_SETS), else torchtitan-compile; a compiled TP run without
+    that compiles the loss too (LOSS_COMPILED_SETS), else torchtitan-compile; FSDP2's outer groups wrapped apart from
+    the root on a torchtitan after #1094 (FSDP_SPLIT_ROOT_SETS); a compiled TP run without
     async TP has its TP overlap off (as reference/titan.py); float8 without enable_fsdp_float8_all_gather gathers
     bf16 weights (torchao float8 all-gather is opt-in: torchtitan [float8] enable_fsdp_float8_all_gather)."""
     notes: list[str] = []
@@ -134,6 +143,10 @@ def community_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
     stack = get_stack(compiled if r["compile"] == "1" else "torchtitan")
     if r["compile"] == "1" and r["set"] in LOSS_COMPILED_SETS:
         notes.append(f"{LOSS_COMPILED_SETS[r['set']]} compiles the loss with the blocks (torchtitan#1033)")
+    if r["set"] in FSDP_SPLIT_ROOT_SETS and stack.fsdp_root != "split":
+        stack = replace(stack, name=f"{stack.name}, split root", fsdp_root="split")
+        notes.append(f"{FSDP_SPLIT_ROOT_SETS[r['set']]} wraps tok_embeddings and [norm, output] apart from the root "
+                     "(torchtitan#1094): FSDP2 keeps only [norm, output] unsharded")
     if int(r["tp"]) > 1 and r["async_tp"] != "1":
         stack = replace(stack, name=f"{stack.name}, async TP off", tp_overlap="none", tp_overlap_share=0.0)
         notes.append(f"async TP off: stack {stack.name.split(',')[0]} with tp_overlap none")

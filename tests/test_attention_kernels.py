@@ -108,9 +108,11 @@ def test_gpu_without_curves_prices_the_causal_half_of_the_core_gemms():
 # Llama-3.1-405B attention: batch 1, 128 query heads, 8 KV heads, head dim 128.
 BLACKWELL = {"B200": "dgx-b200:1", "GB200": "gb200-nvl72:1", "GB300": "gb300-nvl72:1"}
 BLACKWELL_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu)
-                    if c.window is None and "measured on" not in c.source]
-"""The full-causal rows as measured on each GPU (GB200's cuDNN curve is B200's at its clock: see below)."""
-WINDOW_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu) if c.window is not None]
+                    if c.window is None and "measured on" not in c.source and not c.source.startswith("derived")]
+"""The full-causal rows as measured on each GPU (GB200's cuDNN curve is B200's at its clock: see below; B200's
+head-dim-64 rows are derived: test_head_dim_64_rows_are_b200s_curve_times_the_gb200_919_ratio)."""
+WINDOW_CURVES = [c for gpu in BLACKWELL for c in get_attention_curves(gpu)
+                 if c.window is not None and "measured on" not in c.source]
 
 
 def _llama405_attention() -> ModelShapes:
@@ -229,21 +231,67 @@ def test_published_window_points_within_10_percent(curve):
 
 def test_window_curve_only_for_its_own_window():
     # GB200 at 8k: window 128 runs its measured band rate (165 TFLOP/s forward); window 256 has no curve and runs the
-    # full-causal head-dim-128 curve at 256 keys (clamped to its 512 end: B200's 83.991 x 2,500 / 2,250 TFLOP/s
-    # forward, GB200's cuDNN curve being B200's at its clock).
+    # full-causal head-dim-64 curve at 256 keys (clamped to its 2k end: B200's derived 228.4 x 2,500 / 2,250 TFLOP/s
+    # forward, GB200's cuDNN curves being B200's at its clock).
     gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1"))
     L = LayoutArrays.from_layouts([Layout(mbs=2, gbs=2, seq=8192, flash_attn=True)])
-    for window, rate in ((128, 165e12), (256, 83.991e12 * 2500 / 2250)):
+    for window, rate in ((128, 165e12), (256, 228.4e12 * 2500 / 2250)):
         shapes = _gpt_oss_attention(window)
         _, core_exec = layer_flops(shapes, L, False)
         fwd, _ = flash_core_times(shapes, L, gb200, core_exec, "cudnn")
         assert float(core_exec[0]) / float(fwd[0]) == pytest.approx(rate)
-    # B200 has no window curve: the full-causal curve's 512 end (83.991 TFLOP/s).
+    # B200 runs GB200's measured window-128 band at its clock (same sm_100 die): 165 x 2,250 / 2,500.
     b200 = HardwareRates.of(load_cluster("dgx-b200:1"))
     shapes = _gpt_oss_attention(128)
     _, core_exec = layer_flops(shapes, L, False)
     fwd, _ = flash_core_times(shapes, L, b200, core_exec, "cudnn")
-    assert float(core_exec[0]) / float(fwd[0]) == pytest.approx(83.991e12)
+    assert float(core_exec[0]) / float(fwd[0]) == pytest.approx(165e12 * 2250 / 2500)
+
+
+# cudnn-frontend on GB200 at cuDNN 9.19.1 (results/gb200_919_only_cudnn): GPT-OSS attention (64 / 8 heads, head dim
+# 64, window 1024, gpt_oss_20260226_175022.csv) and Llama-3.1 attention (64 / 8 heads, head dim 128, full causal,
+# llama3.1_20260226_174648.csv), bf16 TFLOP/s at 2k, 4k, 8k, 16k, 32k, as published.
+GB200_919 = {
+    ("forward", 64): (497, 574, 609, 624, 632), ("backward", 64): (559, 617, 646, 658, 660),
+    ("forward", 128): (1042, 1335, 1598, 1687, 1720), ("backward", 128): (836, 1132, 1311, 1402, 1473),
+}
+
+
+def test_head_dim_64_rows_are_b200s_curve_times_the_gb200_919_ratio():
+    """B200's head-dim-64 full-causal cuDNN rows: its published cuDNN 9.13.1 head-dim-128 curve at 2k-32k x the
+    head-dim-64 / head-dim-128 rate of one cuDNN 9.19.1 run on GB200 (the same sm_100 die), e.g. 8k forward
+    1171.278 x 609 / 1598 = 446.4. GB200 takes them at its clock; Blackwell Ultra (GB300) has none."""
+    curves = {(c.direction, c.head_dim): c for c in get_attention_curves("B200")
+              if c.kernel == "cudnn" and c.window is None}
+    seq = (2048, 4096, 8192, 16384, 32768)
+    for direction in ("forward", "backward"):
+        d64, d128 = curves[(direction, 64)], curves[(direction, 128)]
+        assert d64.seq == seq and d64.source.startswith("derived")
+        base = [t for s, t in zip(d128.seq, d128.tflops, strict=True) if s in seq]
+        want = [b * lo / hi for b, lo, hi in zip(base, GB200_919[(direction, 64)], GB200_919[(direction, 128)],
+                                                   strict=True)]
+        assert d64.tflops == pytest.approx(want, abs=0.05)
+    assert curves[("forward", 64)].tflops[2] == pytest.approx(1171.278 * 609 / 1598, abs=0.05)
+    gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1")).attention
+    assert gb200.forward_flops_per_s("cudnn", np.array([8192.0]), 64.0)[0] == pytest.approx(446.4e12 * 2500 / 2250)
+    gb300 = HardwareRates.of(load_cluster("gb300-nvl72:1")).attention
+    assert not [c for c in get_attention_curves("GB300") if c.head_dim == 64 and c.window is None]
+    assert gb300.forward_flops_per_s("cudnn", np.array([8192.0]), 64.0)[0] == pytest.approx(1495.674e12)
+
+
+def test_gpt_oss_full_layer_core_on_gb200_worked_example():
+    # One full-attention GPT-OSS layer on GB200, mbs 1 x 8192 tokens, 64 heads of dim 64: causal forward FLOPs
+    # 4 x 64 x 8192^2 x 64 / 2 = 549.76 GFLOP at 446.4 x 2500 / 2250 = 496.0 TFLOP/s = 1.1084 ms; backward 2.5x the
+    # FLOPs at 464.4 x 2500 / 2250 = 516.0 TFLOP/s = 2.6636 ms (head dim 128 would have been 0.4224 + 1.3124 ms).
+    shapes = ModelShapes.of(ModelSpec(name="gpt-oss-full", n_layers=1, hidden=2880, n_heads=64, n_kv_heads=8,
+                                      head_dim=64, ffn_hidden=2880, vocab=201088))
+    gb200 = HardwareRates.of(load_cluster("gb200-nvl72:1"))
+    L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=8192, flash_attn=True)])
+    _, core_exec = layer_flops(shapes, L, False)
+    assert float(core_exec[0]) == pytest.approx(4 * 64 * 8192**2 * 64 / 2)
+    fwd, bwd = flash_core_times(shapes, L, gb200, core_exec, "cudnn")
+    assert float(fwd[0]) == pytest.approx(549.7558e9 / (446.4e12 * 2500 / 2250), rel=1e-6)
+    assert float(bwd[0]) == pytest.approx(2.5 * 549.7558e9 / (464.4e12 * 2500 / 2250), rel=1e-6)
 
 
 def test_window_needs_a_causal_row():

@@ -13,11 +13,12 @@ from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
-from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.batch import LayoutArrays, MoeDispatcherCode
+from clusterplan.models.training.dispatch import DISPATCHER_SMS, dispatcher_slowdown
+from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.memory import inflight_microbatches, memory_breakdown
 from clusterplan.models.training.rules import RuleCode
-from clusterplan.models.training.step import DUALPIPE_COMM_SMS, bubble_s, dualpipe_ep_exposed_s, pp_comm_s
+from clusterplan.models.training.step import bubble_s, dualpipe_ep_exposed_s, pp_comm_s
 from clusterplan.solver.space import _structures
 
 
@@ -45,15 +46,19 @@ def test_ep_all_to_alls_hide_under_the_paired_chunk():
     """A layer: 4 s of all-to-alls, 6 s of compute, a third of it forward (F = 2, B = 4). The forward's 2 s of
     dispatch + combine run under the backward's 4 s, the backward's 2 s under the forward's 2 s: nothing exposed.
     The 4 s overlapped hold 20 of 132 SMs: the compute runs 132/112 slower beside them, ending at
-    max(4, 6 + 4 x 20/132) = 6.606 s instead of 6 s (comm.interference_s)."""
-    got = dualpipe_ep_exposed_s(np.array([4.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 132)
-    assert DUALPIPE_COMM_SMS == 20
+    max(4, 6 + 4 x 20/132) = 6.606 s instead of 6 s (comm.interference_s). DeepEP's 20 SMs are the 20 DeepSeek-V3
+    reserves for communication (section 3.2.2)."""
+    L = arrays(pp=8, schedule="dualpipe", gbs=16, mbs=1, ep=8, dp=8, moe_dispatcher="deepep")
+    assert DISPATCHER_SMS[MoeDispatcherCode.DEEPEP] == 20
+    slowdown = dispatcher_slowdown(L, 132, 1.0)
+    assert float(slowdown[0]) == pytest.approx(132.0 / 112.0)
+    got = dualpipe_ep_exposed_s(np.array([4.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, slowdown)
     assert float(got[0]) == pytest.approx(4.0 * 20.0 / 132.0, rel=1e-12)
     # 10 s of all-to-alls: 5 s each way, under 4 s and 2 s: 1 + 3 = 4 s exposed; the 6 s hidden add 6 x 20/132.
-    got = dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 132)
+    got = dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, slowdown)
     assert float(got[0]) == pytest.approx(4.0 + 6.0 * 20.0 / 132.0, rel=1e-12)
-    # No SM count (GPU without gemm.yaml data): only what exceeds the partner's compute.
-    assert float(dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 0)[0]) == 4.0
+    # No slowdown (no SM count): only what exceeds the partner's compute.
+    assert float(dualpipe_ep_exposed_s(np.array([10.0]), np.array([6.0]), np.array([1.0 / 3.0]), 1.0, 1.0)[0]) == 4.0
 
 
 def test_memory_two_stages_and_pp_plus_one_microbatches():
@@ -133,3 +138,27 @@ def test_estimate_runs_dualpipe_on_h800():
     assert dual.value(d.compute_s) == pytest.approx(one.value(o.compute_s), rel=1e-9)
     assert dual.value(d.bubble_s) < 0.5 * one.value(o.bubble_s)
     assert dual.value(d.ep_comm_s) < one.value(o.ep_comm_s)
+
+
+def test_search_keeps_dualpipes_micro_batch_rule_at_every_micro_batch_size():
+    """qwen3-30b-a3b on 16 GPUs at tp 1, pp 2, cp 1 (dp 8), gbs 32: mbs 1 gives 32 / 8 = 4 micro-batches = 2 x pp
+    (runs); mbs 2 gives 2 < 4 and mbs 4 gives 1 (DualPipe.step refuses both). Before the search checked the rule per
+    expanded mbs, `plan` offered the mbs 2 layout that `estimate` then called infeasible."""
+    from clusterplan.solver.space import enumerate_space
+    space = enumerate_space(load_model("qwen3-30b-a3b"), 16, 8, 32, 4096,
+                            {"tp": 1, "pp": 2, "cp": 1, "vpp": 1, "ep": 8, "schedule": "dualpipe"},
+                            stack=get_stack("hai-llm"))
+    assert set(space.arrays.mbs.tolist()) == {1.0}
+    assert space.rejected[RuleCode.DUALPIPE_SHAPE] > 0
+    for i in range(len(space.arrays)):
+        assert not layout_problems(load_model("qwen3-30b-a3b"), space.arrays.layout(i), 16)
+
+
+def test_hai_llm_runs_no_context_parallelism():
+    """The DeepSeek-V3 report describes no context parallelism: stacks.yaml hai-llm cp_kinds is empty, so cp = 1
+    runs (the reference row) and cp > 1 is a stack problem the search leaves out (it offered cp 8 ring first)."""
+    stack = get_stack("hai-llm")
+    assert stack.cp_kinds == ()
+    base = dict(pp=16, ep=64, zero=1, gbs=15360, seq=4096, schedule="dualpipe")
+    assert not stack_problems(Layout(dp=128, **base), stack)
+    assert [p.code for p in stack_problems(Layout(dp=16, cp=8, **base), stack)] == [RuleCode.STACK]

@@ -14,7 +14,10 @@ from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import layer_time
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.moe_layer import (
+    EXPERT_BIAS_BACKWARD_BYTES,
+    EXPERT_BIAS_FORWARD_BYTES,
     GROUPED_GEMM_STREAMS,
+    expert_bias_bytes,
     fp8_padding_bytes,
     grouped_gemm_time_s,
     mtp_projection_s,
@@ -137,6 +140,53 @@ def test_fp8_padding_is_priced_for_megatron_core_fp8_moe_layers_only():
         layer_time(QWEN, bf16, hw, True, off).forward_s[0])
     assert float(layer_time(QWEN, fp8, hw, False, mcore).forward_s[0]) == float(
         layer_time(QWEN, fp8, hw, False, off).forward_s[0])
+
+
+GPT_OSS = ModelShapes.of(load_model("gpt-oss-120b"))  # hidden 2880, 128 experts, top-4, biased experts
+
+
+def test_expert_bias_bytes_worked_example():
+    # Megatron-Core TEGroupedMLP._apply_bias on the GB200 GPT-OSS row's micro-batch: 8192 tokens x top-4 = 32,768
+    # routed tokens x h 2880 = 94,371,840 elements. Forward: b * p written (2), t + bp read 2 + 2 and written 2,
+    # torch.cat read 2 and written 2 = 12 B per element: 1,132,462,080 B. Backward: bias grad g * p written, read
+    # back by the token sum (6), prob grad g * b the same (6), split's backward cat of the gradient (4) = 16 B:
+    # 1,509,949,440 B.
+    assert (GPT_OSS.hidden, GPT_OSS.top_k, GPT_OSS.expert_bias) == (2880, 4, True)
+    assert (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES) == (12.0, 16.0)
+    fwd, bwd = expert_bias_bytes(GPT_OSS, _arrays(dp=64, ep=64, seq=8192, gbs=1280))
+    assert (float(fwd[0]), float(bwd[0])) == (1_132_462_080, 1_509_949_440)
+    # Experts without biases (Qwen3) move none.
+    assert not QWEN.expert_bias
+    assert [float(x[0]) for x in expert_bias_bytes(QWEN, _arrays())] == [0.0, 0.0]
+
+
+def test_expert_bias_is_priced_in_the_experts_phase_on_megatron_core_only():
+    # The MoE layer's forward and its experts' forward grow by the forward bytes at the HBM rate, the backward by
+    # the backward bytes; a stack without the eager bias ops (torchtitan) and a model without expert biases carry
+    # none. moe_act recompute does not rerun it (outside the checkpoint); the moe module does.
+    from dataclasses import replace
+
+    from clusterplan.hardware_db import get_stack
+
+    hw = HardwareRates.of(load_cluster("dgx-b200:1"))
+    mcore = get_stack("megatron-core")
+    off = replace(mcore, eager_expert_bias=False)
+    assert mcore.eager_expert_bias and not get_stack("torchtitan").eager_expert_bias
+    L = _arrays(dp=64, ep=64, seq=8192, gbs=1280)
+    on_t, off_t = layer_time(GPT_OSS, L, hw, True, mcore), layer_time(GPT_OSS, L, hw, True, off)
+    f_s, b_s = 1_132_462_080 / hw.hbm_bytes_per_s, 1_509_949_440 / hw.hbm_bytes_per_s
+    assert float(on_t.forward_s[0] - off_t.forward_s[0]) == pytest.approx(f_s, rel=1e-9)
+    assert float(on_t.experts_forward_s[0] - off_t.experts_forward_s[0]) == pytest.approx(f_s, rel=1e-9)
+    assert float(on_t.backward_s[0] - off_t.backward_s[0]) == pytest.approx(b_s, rel=1e-9)
+    assert float(on_t.experts_backward_s[0] - off_t.experts_backward_s[0]) == pytest.approx(b_s, rel=1e-9)
+    act = _arrays(dp=64, ep=64, seq=8192, gbs=1280, recompute="selective", recompute_modules="moe_act")
+    assert float(layer_time(GPT_OSS, act, hw, True, mcore).recompute_s[0]) == pytest.approx(
+        float(layer_time(GPT_OSS, act, hw, True, off).recompute_s[0]), rel=1e-12)
+    moe = _arrays(dp=64, ep=64, seq=8192, gbs=1280, recompute="selective", recompute_modules="moe")
+    assert float(layer_time(GPT_OSS, moe, hw, True, mcore).recompute_s[0]
+                 - layer_time(GPT_OSS, moe, hw, True, off).recompute_s[0]) == pytest.approx(f_s, rel=1e-9)
+    assert float(layer_time(QWEN, _arrays(), hw, True, mcore).forward_s[0]) == float(
+        layer_time(QWEN, _arrays(), hw, True, off).forward_s[0])
 
 
 def test_mtp_projection_is_three_gemms_of_the_2h_by_h_matrix():

@@ -31,7 +31,8 @@ BOUNDS = {
     "report DGX-GB300 DeepSeekV3 FP8-MX 256 tp1 pp4v4 ep64 mbs1 hybridep +a2a-overlap": 0.20,  # +6.5%
     "report DGX-GB200 DeepSeekV3 FP8-MX 256 tp1 pp4v4 ep64 mbs1 hybridep": 0.20,  # +7.6% (estimate: out of memory)
     "report DGX-GB200 DeepSeekV3 BF16 256 tp1 pp8v4 ep32 mbs1 hybridep": 0.20,  # -2.2%
-    "report DGX-H100 DeepSeekV3 FP8-BLK 1024 tp2 pp8v4 ep64 mbs1 deepep +a2a-overlap": 0.206,  # +17.6%
+    "report DGX-H100 DeepSeekV3 FP8-BLK 1024 tp2 pp8v4 ep64 mbs1 deepep +a2a-overlap": 0.296,  # +26.6% with
+    # node-limited routing (4 of the EP group's 8 nodes per token; +17.6% with DeepEP's RDMA copies uncapped)
     "report DGX-GB300 Qwen3_235B_a22B FP8-MX 256 tp1 pp4v6 ep64 mbs2 hybridep": 0.20,  # -4.7%
     "report DGX-GB200 Qwen3_235B_a22B FP8-MX 256 tp1 pp4v6 ep64 mbs3 hybridep +a2a-overlap": 0.20,  # +15.3% (OOM)
     "report DGX-GB200 Qwen3_235B_a22B BF16 256 tp1 pp4v12 ep32 mbs1 hybridep +a2a-overlap": 0.266,  # +23.6%

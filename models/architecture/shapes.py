@@ -74,6 +74,12 @@ class ModelShapes:
     """Clamp of the gated activation's inputs (ModelSpec.activation_clamp; GPT-OSS 7.0); 0 = none."""
     qk_norm: bool = False
     """Norms on q and k before attention (Qwen3; ModelSpec.qk_norm)."""
+    expert_bias: bool = False
+    """The routed experts' linears carry biases (an MoE model with ModelSpec.linear_bias: GPT-OSS)."""
+    expert_groups: int = 1
+    """Groups the routed experts are split into for group-limited routing (ModelSpec.expert_groups; 1 = none)."""
+    expert_groups_per_token: int = 0
+    """Groups a token's experts may come from (ModelSpec.expert_groups_per_token; 0 = no limit)."""
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -101,7 +107,8 @@ class ModelShapes:
             chunked_attention=m.local_attention == "chunked",
             mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
             rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
-            qk_norm=m.qk_norm,
+            qk_norm=m.qk_norm, expert_bias=m.is_moe and m.linear_bias, expert_groups=m.expert_groups,
+            expert_groups_per_token=m.expert_groups_per_token,
         )
 
     @property

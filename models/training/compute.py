@@ -13,7 +13,12 @@ from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, Atten
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
-from clusterplan.models.training.moe_layer import fp8_padding_bytes, grouped_gemm_time_s, routing_times
+from clusterplan.models.training.moe_layer import (
+    expert_bias_bytes,
+    fp8_padding_bytes,
+    grouped_gemm_time_s,
+    routing_times,
+)
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
@@ -393,6 +398,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
     experts_f = experts_b = 0.0
     pad = 0.0
+    bias_f = bias_b = 0.0
     if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
         rest = linears[:2] + linears[4:]
         ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap)
@@ -404,6 +410,9 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         pad = expert_padding_s(shapes, L, hw, stack)
         cast_fwd, cast_bwd = cast_fwd + pad, cast_bwd + pad
         experts_f, experts_b = ef + np.where(fp8, ecf + pad, 0.0), eb + np.where(fp8, ecb + pad, 0.0)
+        if stack.eager_expert_bias:  # Megatron-Core TEGroupedMLP._apply_bias after fc2 (moe_layer.expert_bias_bytes)
+            bias_f, bias_b = (b / hw.hbm_bytes_per_s for b in expert_bias_bytes(shapes, L))
+            experts_f, experts_b = experts_f + bias_f, experts_b + bias_b
     else:
         t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
         cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
@@ -415,13 +424,13 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
     t_clamp = clamp_fwd / hw.hbm_bytes_per_s
-    forward = t_linear + t_core + t_elem + t_clamp
+    forward = t_linear + t_core + t_elem + t_clamp + bias_f
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
         route_fwd, route_bwd = routing_times(shapes, L, hw)
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
-    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd
+    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
@@ -429,7 +438,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
         extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp,
-                                        np.where(fp8, pad, 0.0) if moe else 0.0)
+                                        (np.where(fp8, pad, 0.0) if moe else 0.0) + bias_f)
         named = L.recompute_modules > 0
         selective_extra = np.where(named, extra, selective_extra)
         selective_flops = np.where(named, flops, selective_flops)
@@ -471,7 +480,8 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
     shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
     the experts [2:4] and the shared part [4:6]. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
-    with moe_act / mlp / moe; `padding_s`: an fp8 MoE layer's expert padding copies (expert_padding_s), rerun with
+    with moe_act / mlp / moe; `padding_s`: an fp8 MoE layer's expert padding copies (expert_padding_s) and its eager
+    expert-bias ops (moe_layer.expert_bias_bytes: outside the moe_act checkpoint, inside the moe one), rerun with
     moe."""
     def bit(i: int) -> np.ndarray:
         return (L.recompute_modules.astype(np.int64) >> i & 1) > 0

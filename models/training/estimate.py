@@ -87,7 +87,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             fp8_allgather=stack.fp8_allgather and bool(stack.fp8_recipes)
                             and stack.fp8_recipes[0] in FSDP_FP8_ALLGATHER_RECIPES,
                             freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
-                            if stack.loss_impl == "eager_fp32" else 0.0)
+                            if stack.loss_impl == "eager_fp32" else 0.0,
+                            fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

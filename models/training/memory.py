@@ -187,6 +187,17 @@ def zero_shards(L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
     return L.dp_shard * L.cp, np.maximum(1.0, L.dp_shard * L.cp * L.tp / (L.ep * L.etp))
 
 
+def fsdp_gathered_weight_bytes(L: LayoutArrays, fp8_allgather: bool) -> np.ndarray:
+    """Bytes per parameter of a block's weight as ZeRO-3 / FSDP gathers it: fp32 under fp32 training, fp8 under fp8
+    with the stack's fp8 all-gather, else bf16. torchtitan turns torchao's float8 all-gather on only when the batch is
+    sharded over data-parallel ranks (torchtitan/float8.py Float8Handler, Dec 2024: enable_fsdp_float8_all_gather =
+    parallel_dims.dp_shard_enabled and the config flag): with dp_shard 1 (FSDP over the cp ranks alone) FSDP2 gathers
+    bf16 weights."""
+    fp8_gathered = (L.precision == PREC_FP8) & fp8_allgather & (L.dp_shard > 1)
+    return np.where(L.precision == PREC_FP32, FP32_PARAM_BYTES, np.where(fp8_gathered, FP8_PARAM_BYTES,
+                                                                         BF16_PARAM_BYTES))
+
+
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
                 fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False,
                 fp32_params: bool = False, fp8_allgather: bool = False) -> StateBytes:
@@ -203,17 +214,60 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
         return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
 
     per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
-    # torchtitan turns torchao's float8 all-gather on only when the batch is sharded over data-parallel ranks
-    # (torchtitan/float8.py Float8Handler, Dec 2024: enable_fsdp_float8_all_gather = parallel_dims.dp_shard_enabled
-    # and the config flag): with dp_shard 1 (FSDP over the cp ranks alone) FSDP2 gathers bf16 weights.
-    fp8_gathered = (L.precision == PREC_FP8) & fp8_allgather & (L.dp_shard > 1)
-    compute_wb = np.where(L.precision == PREC_FP32, 4.0, np.where(fp8_gathered, FP8_PARAM_BYTES, 2.0))
+    compute_wb = fsdp_gathered_weight_bytes(L, fp8_allgather)
     # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
     # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
     # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
     whole_stage = (p_dense + p_exp) * (compute_wb + gb)
     fsdp = np.where(L.zero == 3, np.where(L.pp > 1, whole_stage, per_layer * (2 * compute_wb + gb)), 0.0)
     return StateBytes(weights=sharded(wb, 3), grads=sharded(gb, 2), optimizer=sharded(ob, 1), fsdp_buffers=fsdp)
+
+
+FSDP_ROOT_OUTER, FSDP_ROOT_SPLIT = "outer", "split"
+"""How torch FSDP2 wraps the parameters outside the blocks (stack fsdp_root; fsdp2_peak_buffers)."""
+
+
+def fsdp2_peak_buffers(shapes: ModelShapes, L: LayoutArrays, fsdp_root: str, fp8_allgather: bool,
+                       grad_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(at the head's loss, inside a block's backward): what torch FSDP2 holds on one rank at pp 1, ZeRO-3, beyond
+    the sharded states, in the caching allocator whose reserved bytes torchtitan logs as its peak memory
+    (torchtitan components/metrics.py DeviceMemoryMonitor: reserved_bytes.all.peak).
+    - The outer group's unsharded parameters, bf16 (fp32 under fp32 training; torchao's float8 converts only the
+      blocks' linears, filter_fqns ["output"]): `fsdp_root` "outer", the embedding + final norm + LM head, which
+      FSDP2 keeps unsharded from the forward through the backward (torch _fsdp_state.py _lazy_init: the root's
+      post_forward_mesh_info = None); "split", only [norm, output], wrapped with reshard_after_forward False
+      (pytorch/torchtitan#1094).
+    - At the loss: under "outer" the last block too, unsharded (torchtitan apply_fsdp: reshard_after_forward =
+      layer_id < n_layers - 1); no gradient exists yet. Inside a block's backward: the running block and the
+      prefetched one unsharded plus one block's unsharded gradients (`grad_bytes` per parameter), as state_bytes
+      prices the average layer, here with a block's own parameters.
+    - The all-gather stream's pool: foreach_all_gather allocates each all-gather output (and the shard cast to the
+      gather dtype, 1/N of it) under `with stream(all_gather_copy_in_stream)`, and the caching allocator reuses a
+      freed block only on the stream it was allocated on (c10/cuda/CUDACachingAllocator.cpp get_free_block), so
+      the compute stream never gets these bytes back: the largest outer group's output, held (AllGatherState, in
+      forward) until the first block's copy-out, plus that block's gather: G + max(G / N, B (1 + 1/N)) bytes,
+      G = the largest outer group's gathered bytes, B = a block's, N = the FSDP degree (dp_shard x cp).
+    """
+    n = len(L)
+    block = stage_params(shapes, L, np.ones(n), False, False)
+    block_params = block.dense + block.expert
+    embed = stage_params(shapes, L, np.zeros(n), True, False).dense
+    head = stage_params(shapes, L, np.zeros(n), False, True).dense
+    fp32 = L.precision == PREC_FP32
+    outer_wb = np.where(fp32, FP32_PARAM_BYTES, BF16_PARAM_BYTES)
+    block_wb = fsdp_gathered_weight_bytes(L, fp8_allgather)
+    if fsdp_root == FSDP_ROOT_OUTER:
+        held, last_block, largest = (embed + head) * outer_wb, block_params * block_wb, embed + head
+    elif fsdp_root == FSDP_ROOT_SPLIT:
+        held, last_block, largest = head * outer_wb, np.zeros(n), np.maximum(embed, head)
+    else:
+        raise ValueError(f"fsdp_root {fsdp_root!r}: choose {FSDP_ROOT_OUTER} or {FSDP_ROOT_SPLIT}")
+    shards = zero_shards(L)[0]
+    outer_gather, block_gather = largest * outer_wb, block_params * block_wb
+    pool = outer_gather + np.maximum(outer_gather / shards, block_gather * (1.0 + 1.0 / shards))
+    at_loss = held + last_block + pool
+    in_block = held + block_params * (2.0 * block_wb + grad_bytes) + pool
+    return at_loss, in_block
 
 
 def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool = False) -> np.ndarray:
@@ -553,14 +607,16 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      param_remainders: bool = True, loss_parallel_bytes_per_logit: float | None = None,
                      pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
                      fp32_params: bool = False, fp8_allgather: bool = False,
-                     freed_logits_bytes_per_logit: float = 0.0) -> MemoryBreakdown:
+                     freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
     loss_parallel_bytes_per_logit, pp_impl: "torch" adds torch_pipeline_bytes, cp_impl: "torch" adds
     torch_cp_gathered_kv_bytes, both to "other"; compiled: the blocks run torch.compile'd (op_sac_bytes);
     fp32_params, fp8_allgather: torch FSDP2's fp32 sharded parameters and fp8 weight gathers (state_bytes);
-    freed_logits_bytes_per_logit: the eager loss's freed logits block (ends_activation_bytes))."""
+    freed_logits_bytes_per_logit: the eager loss's freed logits block (ends_activation_bytes); fsdp_root: the stack
+    runs torch FSDP2 with this wrapping of the outer parameters, whose buffers replace state_bytes' average-layer
+    ones at pp 1 under ZeRO-3 (fsdp2_peak_buffers; None: state_bytes' everywhere))."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
@@ -570,6 +626,10 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
+    fsdp2 = (fsdp2_peak_buffers(shapes, L, fsdp_root, fp8_allgather,
+                                bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params)[1])
+             if fsdp_root is not None else None)
+    fsdp2_on = (L.pp == 1) & (L.zero == 3)
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
@@ -587,11 +647,15 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         # last layer's backward recomputes it: the transients of a running layer (the recompute working set, torch
         # context_parallel's gathered K/V) and the logits are never live together; the larger peak counts.
         working = recompute_working_bytes(L, n_layers, per_layer[0])
-        in_layer = working + cp_gathered > ends[1]
+        # FSDP buffers differ between the two moments under FSDP2 (fsdp2_peak_buffers), so they join the comparison.
+        fsdp_loss = fsdp_layer = states.fsdp_buffers
+        if fsdp2 is not None:
+            fsdp_loss, fsdp_layer = (np.where(fsdp2_on, b, states.fsdp_buffers) for b in fsdp2)
+        in_layer = working + cp_gathered + fsdp_layer > ends[1] + fsdp_loss
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer,
                                         working_set=False)
                 + ends[0] + np.where(in_layer, working, ends[1]))
-        other = other_bytes(L, acts) + states.fsdp_buffers + np.where(in_layer, cp_gathered, 0.0)
+        other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss)
         if pp_impl == "torch":
             other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other

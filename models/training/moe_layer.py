@@ -77,6 +77,28 @@ def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     return FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk
 
 
+EXPERT_BIAS_FORWARD_BYTES = 2.0 + (2.0 + 2.0 + 2.0) + (2.0 + 2.0)
+"""HBM bytes per routed token x hidden element of Megatron-Core TEGroupedMLP._apply_bias forward (the fc2 bias,
+scaled by the routing prob, added after the grouped GEMM as eager per-expert ops): b * p writes the broadcast product
+(2), t + (b * p) reads both and writes the sum (2 + 2 + 2), torch.cat of the experts' pieces reads and writes it
+(2 + 2); .to(dtype) is a no-op because the probs are bf16 like the activations (GPTOSSProvider leaves
+moe_router_dtype unset, so the router's logits and probs are in the bf16 compute dtype; fp32 probs would promote
+the sum to fp32)."""
+EXPERT_BIAS_BACKWARD_BYTES = (2.0 + 2.0 + 2.0) + (2.0 + 2.0 + 2.0) + (2.0 + 2.0)
+"""Its autograd backward per element: the bias gradient (g * p written, read back by sum_to_size over the tokens:
+2 + 2 + 2), the prob gradient (g * b written, summed over hidden: 2 + 2 + 2) and torch.split's backward, which
+concatenates the per-expert gradient pieces of the fc2 output (read + write 2 + 2); cat's and add's backward pass
+views on."""
+
+
+def expert_bias_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) HBM bytes of one MoE layer's eager expert-bias ops per micro-batch on one rank
+    (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES over the rank's routed tokens x hidden); zero for experts
+    without biases. Callers apply it where the stack runs it (ExecutionStack.eager_expert_bias)."""
+    elements = routed_tokens(shapes, L) * shapes.hidden * (1.0 if shapes.expert_bias else 0.0)
+    return EXPERT_BIAS_FORWARD_BYTES * elements, EXPERT_BIAS_BACKWARD_BYTES * elements
+
+
 def router_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """HBM bytes of the router's elementwise kernels per micro-batch forward on one rank (the logits GEMM itself is
     priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params)."""
@@ -115,3 +137,24 @@ def mtp_projection_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) ->
     out = h / L.tp
     return (hw.gemm_time_s(tokens, out, two_h, fp8) + hw.gemm_time_s(tokens, two_h, out, fp8)
             + hw.gemm_time_s(two_h, out, tokens, fp8))
+
+
+def max_destination_nodes(shapes: ModelShapes, n_out: np.ndarray | float) -> np.ndarray:
+    """Node-limited routing's cap on the nodes one token's routed experts sit on, for an EP group over `n_out` nodes.
+
+    DeepSeek-V3 'ensure[s] that each token will be sent to at most M nodes' (M = 4; arXiv 2412.19437 section 2.1.2,
+    3.2.2), which its router implements as group-limited routing: topk_group of n_group expert groups per token
+    (Hugging Face DeepseekV3TopkRouter; ModelShapes.expert_groups_per_token / expert_groups), the groups being the
+    nodes' expert blocks. Experts sit on the EP ranks in contiguous blocks, so with n_out dividing the groups each
+    node holds whole groups and a token reaches at most min(topk_group, n_out) nodes; with n_out a multiple of them
+    each group spans n_out / n_group nodes: at most topk_group x n_out / n_group. Without a group limit, or with
+    groups that straddle nodes, there is no cap (inf). Only a dispatcher that sends a token once per destination node
+    gains from it; an all-to-all of (token, expert) copies sends top_k copies whatever the nodes."""
+    n_out = np.asarray(n_out, dtype=float)
+    groups, per_token = shapes.expert_groups, shapes.expert_groups_per_token
+    if groups <= 1 or per_token <= 0:
+        return np.full_like(n_out, np.inf)
+    spans = n_out > groups
+    aligned = np.where(spans, n_out % groups == 0, groups % np.maximum(n_out, 1.0) == 0)
+    cap = np.where(spans, per_token * n_out / groups, np.minimum(per_token, n_out))
+    return np.where(aligned, cap, np.inf)

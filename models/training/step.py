@@ -56,19 +56,13 @@ from clusterplan.models.training.memory import (
     unique_per_layer_activation_bytes,
     zero_shards,
 )
-from clusterplan.models.training.moe_layer import mtp_projection_s
+from clusterplan.models.training.moe_layer import max_destination_nodes, mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
 DP_OVERLAP_SHARE = 0.8
-
-DUALPIPE_COMM_SMS = 20
-"""SMs DeepSeek-V3's dispatch/combine kernels hold while DualPipe overlaps them with the paired chunk's compute
-(arXiv 2412.19437 section 3.2.2: 'only 20 SMs are sufficient to fully utilize the bandwidths of IB and NVLink', of
-the H800's 132)."""
-
 
 POSITIONS = ("first", "middle", "last")
 """Pipeline stage positions, in the order step_time stacks them."""
@@ -386,10 +380,12 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
 
 def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: HardwareRates) -> np.ndarray:
     """One DeepEP / HybridEP dispatch or combine over the EP group: each rank's tokens/tp (sequence-parallel share,
-    as ep_collectives) once per destination GPU / node (dispatch.dedup_all_to_all_s) on the all-to-all link rates."""
+    as ep_collectives) once per destination GPU / node (dispatch.dedup_all_to_all_s) on the all-to-all link rates;
+    with node-limited routing at most moe_layer.max_destination_nodes RDMA copies per token (DeepSeek-V3: 4 nodes)."""
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.hidden
-    return dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, hw.link("all_to_all", g.axis))
+    return dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, hw.link("all_to_all", g.axis),
+                              max_destination_nodes(shapes, n_out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,8 +474,10 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         ep = moe_share * ep_layer
         if np.any(L.schedule == ScheduleCode.DUALPIPE):
             fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, 1e-300)
+            nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
             ep = np.where(L.schedule == ScheduleCode.DUALPIPE,
-                          dualpipe_ep_exposed_s(moe_share * ep_s, compute, fwd_share, hw.comm_overlap, hw.sm_count),
+                          dualpipe_ep_exposed_s(moe_share * ep_s, compute, fwd_share, hw.comm_overlap,
+                                                dispatcher_slowdown(L, hw.sm_count, nccl)),
                           ep)
         if stack.moe_host is not None:
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
@@ -514,17 +512,17 @@ def a2a_exposed_s(L: LayoutArrays, hw: HardwareRates, sparse: LayerTime, ep_s: n
 
 
 def dualpipe_ep_exposed_s(ep_s: np.ndarray, compute_s: np.ndarray, forward_share: np.ndarray, overlap: float,
-                          sm_count: int) -> np.ndarray:
+                          slowdown: np.ndarray | float) -> np.ndarray:
     """A layer's expert-parallel all-to-alls under DualPipe (DeepSeek-V3, arXiv 2412.19437 section 3.2.1, Figure 4):
     each rank runs one micro-batch's forward chunk beside another's backward chunk, so the forward's dispatch and
     combine (half of `ep_s`) run under the backward's compute and the backward's two under the forward's. Exposed:
-    what each half exceeds its partner's compute by (comm.exposed_s), plus the compute the overlapped part slows,
-    its kernels holding DUALPIPE_COMM_SMS SMs (comm.interference_s at sm_count / (sm_count - 20); 1 without an SM
-    count). `compute_s`: the layer's forward + backward, `forward_share` of it forward."""
+    what each half exceeds its partner's compute by (comm.exposed_s), plus the compute the overlapped part slows
+    beside the dispatcher's kernels (comm.interference_s at `slowdown`, dispatch.dispatcher_slowdown: DeepEP's 20
+    SMs, the count DeepSeek-V3 reserves, section 3.2.2: 'only 20 SMs are sufficient to fully utilize the bandwidths
+    of IB and NVLink'). `compute_s`: the layer's forward + backward, `forward_share` of it forward."""
     half = 0.5 * ep_s
     forward, backward = forward_share * compute_s, (1.0 - forward_share) * compute_s
     exposed = comm.exposed_s(half, backward, overlap) + comm.exposed_s(half, forward, overlap)
-    slowdown = sm_count / (sm_count - DUALPIPE_COMM_SMS) if sm_count > DUALPIPE_COMM_SMS else 1.0
     hidden = ep_s - exposed
     return exposed + comm.interference_s(hidden, compute_s, slowdown)
 
