@@ -251,7 +251,9 @@ def loads_yaml(text: str, where: str) -> Any:
 def _shipped_yaml_loader(where: str) -> type:
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    # libyaml's parser when PyYAML was built with it (the same safe constructors, several times faster on the model
+    # presets and hardware tables); the pure-Python SafeLoader otherwise.
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         """SafeLoader for the data this package ships: anchors and merge keys (<<: *name) allowed, a key written
         twice in one mapping refused (yaml.safe_load keeps the later one silently)."""
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import is_dir, is_file, load_mapping, load_shipped_yaml, show
@@ -15,27 +16,28 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 
 @lru_cache(maxsize=1)
+def _raw_presets() -> tuple[tuple[str, str, Mapping[str, Any]], ...]:
+    """(file name, preset name, raw entry) of every shipped preset, parsed once for _presets() and _hf_repos()."""
+    return tuple((path.name, name, MappingProxyType(dict(raw or {})))
+                 for path in sorted(PRESET_DIR.glob("*.yaml")) for name, raw in (load_shipped_yaml(path) or {}).items())
+
+
+@lru_cache(maxsize=1)
 def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
     specs: dict[str, ModelSpec] = {}
     aliases: dict[str, str] = {}
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        for name, raw in (load_shipped_yaml(path) or {}).items():
-            raw = dict(raw)
-            for alias in raw.pop("aliases", []) or []:
-                aliases[alias] = name
-            raw.pop("hf_repo", None)  # serving metadata, read by hf_repo()
-            specs[name] = ModelSpec.from_dict({"name": name, **raw}, where=f"{path.name}: {name}")
+    for file_name, name, entry in _raw_presets():
+        raw = dict(entry)
+        for alias in raw.pop("aliases", []) or []:
+            aliases[alias] = name
+        raw.pop("hf_repo", None)  # serving metadata, read by hf_repo()
+        specs[name] = ModelSpec.from_dict({"name": name, **raw}, where=f"{file_name}: {name}")
     return MappingProxyType(specs), MappingProxyType(aliases)
 
 
 @lru_cache(maxsize=1)
 def _hf_repos() -> Mapping[str, str]:
-    out: dict[str, str] = {}
-    for path in sorted(PRESET_DIR.glob("*.yaml")):
-        for name, raw in (load_shipped_yaml(path) or {}).items():
-            if (raw or {}).get("hf_repo"):
-                out[name] = str(raw["hf_repo"])
-    return MappingProxyType(out)
+    return MappingProxyType({name: str(entry["hf_repo"]) for _, name, entry in _raw_presets() if entry.get("hf_repo")})
 
 
 def hf_repo(name: str) -> str | None:
