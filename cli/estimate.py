@@ -18,7 +18,7 @@ from clusterplan.models.hardware.calibration import Calibration, load_calibratio
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
-from clusterplan.models.training.layout import CHOICES, Layout
+from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
@@ -87,6 +87,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
     result = est.to_json()
     nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced
+    for problem in stack_problems(layout, stack):  # priced as given; say what the stack would not run (as export)
+        console.warn(f"{problem} (priced as given; `clusterplan plan --stack {stack.name}` searches only what it runs)")
     if nearest is not None:
         result["nearest_feasible"] = nearest.to_json()
     if tokens is not None and est.feasible:

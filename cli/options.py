@@ -57,7 +57,9 @@ def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
-STACK_NAMES = "megatron-core, torchtitan, torchtitan-compile, torchtitan-compile-loss, deepspeed, megatron-lm-2021"
+STACK_NAMES = ("megatron-core, torchtitan, torchtitan-compile, torchtitan-compile-loss, deepspeed, llm-foundry, "
+               "megatron-lm-2021, hai-llm")
+"""The shipped stacks in stacks.yaml order (tests/test_moe_dispatch_layout.py checks it against list_stacks)."""
 
 
 def stack_option(default_help: str = "megatron-core"):  # noqa: ANN201 - a click decorator

@@ -179,7 +179,9 @@ def _render(data: dict) -> None:
                                           if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
-                 + (f" {lay['precision']}" if lay["precision"] != "bf16" else ""))
+                 + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
+                 + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
+                 + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
         rows.append((p["rank"], short, *([_gpus_label(p, gpus)] if by_size else []), f"{p['step_time_s']:.3f}",
                      f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",

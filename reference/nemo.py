@@ -70,9 +70,9 @@ def _models() -> dict[str, ModelSpec]:
         # nemotron_22b.yaml (num_query_groups null) and NeMo 2.0's Nemotron3Config22B (num_query_groups None); the
         # published TFLOP/s / tokens/s of both 22B rows equal the MHA count within 0.1 %.
         "Nemotron-8B": nemotron("nemotron3-8b", 32, 4096, 16384, 32, None),
-        "Nemotron-15B": nemotron("nemotron4-15b", 32, 6144, 24576, 48, 8),
+        "Nemotron-15B": load_model("nemotron4-15b"),
         "Nemotron-22B": nemotron("nemotron-22b", 40, 6144, 24576, 48, None),
-        "Nemotron-340B": nemotron("nemotron4-340b", 96, 18432, 73728, 96, 8),
+        "Nemotron-340B": load_model("nemotron4-340b"),
         # Llama 3 8B / 70B have the Llama 3.1 dimensions (only the RoPE scaling differs; reference/bridge.py).
         "LLAMA3-8B": load_model("llama3.1-8b"),
         "LLAMA3-70B": load_model("llama3.1-70b"),

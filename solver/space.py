@@ -18,7 +18,7 @@ import numpy as np
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.batch import CODES, LayoutArrays, ScheduleCode
+from clusterplan.models.training.batch import CODES, LayoutArrays, RecomputeCode, ScheduleCode
 from clusterplan.models.training.layout import CHOICES, Layout, layout_problems
 from clusterplan.models.training.rules import RuleCode
 
@@ -149,13 +149,17 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     precision_options = pick("precision", precisions)
     expand = (len(pick("zero", zero_options)) * len(pick("mbs", MICRO_BATCHES)) * len(pick("recompute", recompute_options))
               * len(precision_options))
+    # The pinned dispatcher / overlap go into the probe so their structural rules (A2A_OVERLAP: ep > 1, the
+    # interleaved schedule with pp > 1) reject here as estimate() would.
+    moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap") if k in fixed}
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
             rejected[RuleCode.DP_REPLICATE] += expand
             continue
-        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1)
-        # The batch rules depend on mbs, expanded below; they are counted per expanded layout there.
+        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields)
+        # The batch rules depend on mbs, expanded below; they are counted per expanded layout there. DualPipe's
+        # micro-batch count is largest at mbs 1: a structure it refuses here it refuses at every mbs.
         problems = [p for p in layout_problems(model, probe, world) if p.code not in BATCH_RULES]
         if problems:
             rejected[problems[0].code] += expand
@@ -196,11 +200,20 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     m = np.maximum(1.0, np.floor(cols["gbs"] / dp_mbs))  # LayoutArrays.microbatches
     inter_bad = ok & (cols["schedule"] == ScheduleCode.INTERLEAVED) & (m % cols["pp"] != 0)
     rejected[RuleCode.INTERLEAVED_MICROBATCHES] += int(inter_bad.sum())
+    # layout_problems' DUALPIPE_SHAPE per expanded mbs: an even number of micro-batches, at least 2 * pp.
+    dual_bad = ok & (cols["schedule"] == ScheduleCode.DUALPIPE) & ((m % 2 != 0) | (m < 2 * cols["pp"]))
+    if dual_bad.any():
+        rejected[RuleCode.DUALPIPE_SHAPE] += int(dual_bad.sum())
+    # A2A_OVERLAP per expanded recompute: a pinned 1F1B all-to-all overlap does not run with full recompute.
+    overlap_bad = ok & ~dual_bad & (cols["recompute"] == RecomputeCode.FULL) & bool(fixed.get("moe_a2a_overlap"))
+    if overlap_bad.any():
+        rejected[RuleCode.A2A_OVERLAP] += int(overlap_bad.sum())
+    batch_bad = inter_bad | dual_bad | overlap_bad
     # The stack's own limits on combinations (DeepSpeed: ZeRO-2/3 do not run with pipeline parallelism).
-    stack_bad = ok & ~inter_bad & (cols["pp"] > 1) & (cols["zero"] > stack.pp_max_zero)
+    stack_bad = ok & ~batch_bad & (cols["pp"] > 1) & (cols["zero"] > stack.pp_max_zero)
     if stack_bad.any():
         left_out[f"zero > {stack.pp_max_zero} with pp > 1"] += int(stack_bad.sum())
-    keep = np.nonzero(ok & ~inter_bad & ~stack_bad)[0]
+    keep = np.nonzero(ok & ~batch_bad & ~stack_bad)[0]
     arrays = LayoutArrays.from_columns(**{k: v[keep] for k, v in cols.items()})
     return Space(arrays=arrays, structures=structures, rejected=rejected,
                  left_out=left_out)

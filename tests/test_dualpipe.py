@@ -15,7 +15,7 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.batch import LayoutArrays, MoeDispatcherCode
 from clusterplan.models.training.dispatch import DISPATCHER_SMS, dispatcher_slowdown
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.memory import inflight_microbatches, memory_breakdown
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.models.training.step import bubble_s, dualpipe_ep_exposed_s, pp_comm_s
@@ -138,3 +138,27 @@ def test_estimate_runs_dualpipe_on_h800():
     assert dual.value(d.compute_s) == pytest.approx(one.value(o.compute_s), rel=1e-9)
     assert dual.value(d.bubble_s) < 0.5 * one.value(o.bubble_s)
     assert dual.value(d.ep_comm_s) < one.value(o.ep_comm_s)
+
+
+def test_search_keeps_dualpipes_micro_batch_rule_at_every_micro_batch_size():
+    """qwen3-30b-a3b on 16 GPUs at tp 1, pp 2, cp 1 (dp 8), gbs 32: mbs 1 gives 32 / 8 = 4 micro-batches = 2 x pp
+    (runs); mbs 2 gives 2 < 4 and mbs 4 gives 1 (DualPipe.step refuses both). Before the search checked the rule per
+    expanded mbs, `plan` offered the mbs 2 layout that `estimate` then called infeasible."""
+    from clusterplan.solver.space import enumerate_space
+    space = enumerate_space(load_model("qwen3-30b-a3b"), 16, 8, 32, 4096,
+                            {"tp": 1, "pp": 2, "cp": 1, "vpp": 1, "ep": 8, "schedule": "dualpipe"},
+                            stack=get_stack("hai-llm"))
+    assert set(space.arrays.mbs.tolist()) == {1.0}
+    assert space.rejected[RuleCode.DUALPIPE_SHAPE] > 0
+    for i in range(len(space.arrays)):
+        assert not layout_problems(load_model("qwen3-30b-a3b"), space.arrays.layout(i), 16)
+
+
+def test_hai_llm_runs_no_context_parallelism():
+    """The DeepSeek-V3 report describes no context parallelism: stacks.yaml hai-llm cp_kinds is empty, so cp = 1
+    runs (the reference row) and cp > 1 is a stack problem the search leaves out (it offered cp 8 ring first)."""
+    stack = get_stack("hai-llm")
+    assert stack.cp_kinds == ()
+    base = dict(pp=16, ep=64, zero=1, gbs=15360, seq=4096, schedule="dualpipe")
+    assert not stack_problems(Layout(dp=128, **base), stack)
+    assert [p.code for p in stack_problems(Layout(dp=16, cp=8, **base), stack)] == [RuleCode.STACK]

@@ -135,3 +135,72 @@ def test_other_frameworks_say_they_run_the_standard_all_to_all(target):
     notes = export_plan(target, model, cluster, layout).notes
     assert any("moe_dispatcher=deepep" in n for n in notes) and any("moe_a2a_overlap" in n for n in notes)
     assert not any("moe_dispatcher" in n for n in export_plan(target, model, cluster, Layout(dp=8, ep=8, gbs=64)).notes)
+
+
+def test_search_with_the_overlap_pinned_keeps_its_preconditions():
+    """--fix moe_a2a_overlap=1 on qwen3-30b-a3b, 32 GPUs, ep 8, pp 2: the search offers only interleaved layouts
+    without full recompute (before, it offered pp 2 1F1B with full recompute, which estimate then refused)."""
+    from clusterplan.solver.space import enumerate_space
+    model = load_model("qwen3-30b-a3b")
+    space = enumerate_space(model, 32, 8, 256, 4096, {"ep": 8, "pp": 2, "moe_a2a_overlap": True})
+    assert len(space.arrays) > 0
+    assert space.rejected[RuleCode.A2A_OVERLAP] > 0
+    for i in range(len(space.arrays)):
+        L = space.arrays.layout(i)
+        assert L.moe_a2a_overlap and not layout_problems(model, L, 32), L.short()
+
+
+def test_flex_dispatcher_needs_an_expert_group_of_two():
+    """Megatron-Core's MoEFlexTokenDispatcher asserts tp_size * ep_size > 1 over the expert tp x ep group: deepep at
+    ep 1, etp 1 is refused; ep 1 with etp 2, or ep 2, runs; alltoall at ep 1 is the plain dense-like case."""
+    model = load_model("qwen3-30b-a3b")
+    codes = lambda **kw: {p.code for p in layout_problems(model, Layout(**{"dp": 8, "gbs": 64, **kw}), 8)}  # noqa: E731
+    assert RuleCode.FLEX_DISPATCHER in codes(ep=1, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER in codes(ep=1, moe_dispatcher="hybridep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=2, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=1, etp=2, tp=2, dp=4, moe_dispatcher="deepep")
+    assert RuleCode.FLEX_DISPATCHER not in codes(ep=1)
+
+
+def test_dispatcher_and_overlap_on_a_dense_model_are_refused(run_cli):
+    """llama3.1-8b has no experts: --moe-dispatcher / --moe-a2a-overlap used to be priced as if absent (exit 0)."""
+    model = load_model("llama3.1-8b")
+    for change in (dict(moe_dispatcher="deepep"), dict(moe_a2a_overlap=True)):
+        problems = layout_problems(model, Layout(dp=8, gbs=64, **change), 8)
+        assert [p.code for p in problems] == [RuleCode.MOE_FIELDS_DENSE]
+    assert not layout_problems(model, Layout(dp=8, gbs=64), 8)
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                             "tp=1,gbs=64,seq=4096", "--moe-dispatcher", "deepep", "--format", "json")
+    assert code == 1 and "mixture-of-experts" in out
+
+
+def test_stack_help_names_every_shipped_stack():
+    """--stack's help listed six of the eight stacks (hai-llm, added with DualPipe, and llm-foundry were missing)."""
+    from clusterplan.cli.options import STACK_NAMES
+    from clusterplan.hardware_db.stacks import list_stacks
+    assert tuple(STACK_NAMES.split(", ")) == list_stacks()
+
+
+def test_estimate_warns_what_the_stack_does_not_run(run_cli):
+    """estimate prices a layout as given, on any stack; what the stack would not run is a warning on stderr (as
+    export says it): DeepEP on torchtitan, DualPipe on megatron-core. The JSON on stdout is unchanged."""
+    args = ("estimate", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--format", "json", "--layout",
+            "tp=1,ep=8,zero=3,gbs=64,seq=4096,mbs=1")
+    code, out, err = run_cli(*args, "--stack", "torchtitan", "--moe-dispatcher", "deepep")
+    assert code in (0, 1) and json.loads(out)["layout"]["moe_dispatcher"] == "deepep"
+    assert err.count("\n") == 1 and err.startswith("warning: stack torchtitan has no deepep token dispatcher"), err
+    code, _, err = run_cli(*args, "--stack", "torchtitan")
+    assert "warning" not in err
+    code, _, err = run_cli("estimate", "--model", "qwen3-30b-a3b", "--cluster", "hgx-h800:2", "--format", "json",
+                           "--layout", "tp=1,pp=2,ep=8,gbs=64,seq=4096,mbs=1,schedule=dualpipe")
+    assert "warning: stack megatron-core has no dualpipe schedule" in err
+
+
+def test_plan_table_shows_a_pinned_dispatcher_and_overlap(run_cli):
+    """The plan table's layout column named neither (only the JSON carried them)."""
+    code, out, _ = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                           "4096", "--top", "1", "--fix", "ep=8,pp=1,moe_dispatcher=deepep,moe_a2a_overlap=1")
+    assert code == 0 and " deepep a2a-overlap " in out
+    code, out, _ = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                           "4096", "--top", "1", "--fix", "ep=8,pp=1")
+    assert code == 0 and "deepep" not in out and "a2a-overlap" not in out

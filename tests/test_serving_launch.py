@@ -76,8 +76,8 @@ def test_quantized_weights_name_their_format() -> None:
 def test_presets_name_a_hugging_face_repo() -> None:
     assert hf_repo("llama3.1-70b") == "meta-llama/Llama-3.1-70B-Instruct"
     assert hf_repo("deepseek-v3") == "deepseek-ai/DeepSeek-V3"
-    # Every released open-weight preset has one; the Megatron-paper GPTs (never released) have none.
+    # Every released open-weight preset has one; the Megatron-paper GPTs and Nemotron-4 15B (never released) have none.
     for name in presets():
         repo = hf_repo(name)
-        assert (repo is None) == (name.startswith(("megatron-gpt", "gpt-22b", "gpt3-", "opt-175b"))), name
+        assert (repo is None) == (name.startswith(("megatron-gpt", "gpt-22b", "gpt3-", "opt-175b", "nemotron4-15b"))), name
         assert repo is None or re.fullmatch(r"[\w.-]+/[\w.-]+", repo)

@@ -349,10 +349,19 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
 
 
 def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
-    if not model.is_moe:
-        return [Rule.broken(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")] if L.ep > 1 else []
     problems: list[Rule] = []
     add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
+    if not model.is_moe:
+        if L.ep > 1:
+            add(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")
+        if L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap:
+            add(RuleCode.MOE_FIELDS_DENSE, f"moe_dispatcher={L.moe_dispatcher} / moe_a2a_overlap="
+                                           f"{int(L.moe_a2a_overlap)} need a mixture-of-experts model")
+        return problems
+    if L.moe_dispatcher != "alltoall" and L.ep * L.etp < 2:
+        # Megatron-Core MoEFlexTokenDispatcher.__init__: assert tp_size * ep_size > 1 (the expert tp x ep group).
+        add(RuleCode.FLEX_DISPATCHER, f"moe_dispatcher={L.moe_dispatcher} needs ep * etp > 1, got ep({L.ep}) "
+                                      f"etp({L.etp})")
     if model.n_experts % L.ep:
         add(RuleCode.EXPERTS_EP, f"n_experts({model.n_experts}) % ep({L.ep}) != 0")
     fold = L.dp_shard * L.cp * L.tp
