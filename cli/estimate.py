@@ -33,7 +33,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, optimizer, flash_attn, first_stage_layers, "
-                   "last_stage_layers, moe_dispatcher, moe_a2a_overlap. dp defaults to world / (tp*pp*cp).")
+                   "last_stage_layers, moe_dispatcher, moe_a2a_overlap. dp defaults to world / (tp*pp*cp); zero to 1, "
+                   "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A plan file (`plan --out`) instead of --layout: its model, cluster and layout, and for a "
                    "mixed-GPU plan its stages, priced stage by stage as `plan` printed them.")
@@ -79,7 +80,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
                                 "the mixed plan's layout instead")
         _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
         return
-    layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size)
+    layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size,
+                                                                  defaults={"zero": stack.default_zero})
     if moe_dispatcher is not None:
         layout = layout.with_(moe_dispatcher=moe_dispatcher)
     if moe_a2a_overlap:

@@ -240,6 +240,12 @@ class ExecutionStack:
     the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
     absent: false (not priced)."""
 
+    @property
+    def default_zero(self) -> int:
+        """Layout.zero when a layout names none: ZeRO-1 (Layout's default, Megatron's distributed optimizer) where the
+        stack runs it, else its highest stage (torchtitan, llm-foundry: 3, their default full sharding)."""
+        return 1 if 1 in self.zero_stages else max(self.zero_stages)
+
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
         moe_dispatcher)."""

@@ -204,3 +204,16 @@ def test_plan_table_shows_a_pinned_dispatcher_and_overlap(run_cli):
     code, out, _ = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
                            "4096", "--top", "1", "--fix", "ep=8,pp=1")
     assert code == 0 and "deepep" not in out and "a2a-overlap" not in out
+
+
+def test_estimate_defaults_zero_to_what_the_stack_runs(run_cli):
+    """A layout without zero= takes ZeRO-1 (Layout's default) on a stack that runs it, and the stack's highest stage
+    where it does not: torchtitan shards fully by default (data_parallel_shard_degree -1), so it gets zero 3 and no
+    warning; zero=1 written out is still priced as given, with the warning."""
+    args = ("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--format", "json", "--layout")
+    code, out, err = run_cli(*args, "gbs=64,seq=8192,mbs=1", "--stack", "torchtitan")
+    assert code == 0 and json.loads(out)["layout"]["zero"] == 3 and "warning" not in err, err
+    code, out, err = run_cli(*args, "gbs=64,seq=8192,mbs=1,zero=1", "--stack", "torchtitan")
+    assert json.loads(out)["layout"]["zero"] == 1 and "warning: stack torchtitan has no zero=1" in err
+    code, out, _ = run_cli(*args, "gbs=64,seq=8192,mbs=1")
+    assert json.loads(out)["layout"]["zero"] == 1

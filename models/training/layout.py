@@ -9,6 +9,7 @@ Expert parallelism folds over dp_shard * cp * tp (ep * etp must divide it), as i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
@@ -232,8 +233,9 @@ class Layout:
         return cls(**values)
 
     @classmethod
-    def parse(cls, text: str, *, world: int | None = None) -> Layout:
-        """Parse `key=value,key=value`; keys as the fields; booleans as 0/1/true/false."""
+    def parse(cls, text: str, *, world: int | None = None, defaults: Mapping[str, Any] | None = None) -> Layout:
+        """Parse `key=value,key=value`; keys as the fields; booleans as 0/1/true/false. `defaults` fill the keys
+        the text does not give (e.g. the stack's own ZeRO stage) before the fields' defaults."""
         types = {f.name: f.type for f in fields(cls)}
         data: dict[str, Any] = {}
         for item in filter(None, (p.strip() for p in text.split(","))):
@@ -246,7 +248,7 @@ class Layout:
             if key in data:
                 raise BadInputError(f"--layout: {key} is given twice; give each key once")
             data[key] = _convert(key, value, str(types[key]))
-        return cls.from_dict(data, world=world, where="--layout")
+        return cls.from_dict({**(defaults or {}), **data}, world=world, where="--layout")
 
     def with_(self, **changes: Any) -> Layout:
         return replace(self, **changes)

@@ -63,6 +63,11 @@ from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_expose
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
 DP_OVERLAP_SHARE = 0.8
+# Floor of a denominator that may be 0 (no layers, no stage time), so an empty term divides to 0 instead of NaN.
+TINY_S = 1e-300
+# Backward over forward + backward of a layer whose backward is twice its forward (two GEMMs per forward GEMM:
+# input and weight gradients; Narayanan et al. 2021, Sec. 5.1): the bubble's default when the caller has none.
+BACKWARD_SHARE_2X = 2.0 / 3.0
 
 POSITIONS = ("first", "middle", "last")
 """Pipeline stage positions, in the order step_time stacks them."""
@@ -473,7 +478,7 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         ep_layer = a2a_exposed_s(L, hw, sparse, ep_s)
         ep = moe_share * ep_layer
         if np.any(L.schedule == ScheduleCode.DUALPIPE):
-            fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, 1e-300)
+            fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, TINY_S)
             nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
             ep = np.where(L.schedule == ScheduleCode.DUALPIPE,
                           dualpipe_ep_exposed_s(moe_share * ep_s, compute, fwd_share, hw.comm_overlap,
@@ -643,7 +648,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw, Axis.PP)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
-    backward_share = cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, 1e-300)
+    backward_share = cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, TINY_S)
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
     dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
                              (cost.comm_slowdown_in, cost.comm_slowdown_out))
@@ -701,7 +706,7 @@ def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionS
 
 
 def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: LayoutArrays,
-             oversubscription: float, backward_share: np.ndarray | float = 2.0 / 3.0) -> np.ndarray:
+             oversubscription: float, backward_share: np.ndarray | float = BACKWARD_SHARE_2X) -> np.ndarray:
     """Pipeline bubble per step from the slowest stage's per-micro-batch time `stage` = F + B + W (W: its
     weight-gradient GEMMs, B the rest of backward).
 
@@ -723,7 +728,7 @@ def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: Layou
     # On a CPU shared by k rank threads per core (calibrated with every rank busy), ranks idle in the bubble lend
     # their cores to the busy ones: a stage's m micro-batches plus its bubble take (m + bubble) / k busy-rank times,
     # and only what exceeds m is lost; k = 1 (GPUs) is the usual bubble.
-    units = bubble / np.maximum(stage, 1e-300)
+    units = bubble / np.maximum(stage, TINY_S)
     return stage * np.maximum(0.0, (m + units) / oversubscription - m)
 
 
