@@ -620,8 +620,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"))
-    dispatcher, more = megatron_dispatcher(v, str(path))
-    notes += more
+    dispatcher = megatron_dispatcher(v, str(path))
     layout = replace(layout, moe_dispatcher=dispatcher if model.is_moe else "alltoall",
                      moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe)
     notes += _megatron_model_notes(v, model)
@@ -629,7 +628,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
 
 
-def megatron_dispatcher(v: Mapping[str, Any], where: str) -> tuple[str, list[str]]:
+def megatron_dispatcher(v: Mapping[str, Any], where: str) -> str:
     """Layout.moe_dispatcher of --moe-token-dispatcher-type alltoall | flex (+ --moe-flex-dispatcher-backend
     deepep | hybridep, or the older --moe-enable-deepep) | allgather."""
     kind = v.get("dispatcher", "allgather")
@@ -638,12 +637,12 @@ def megatron_dispatcher(v: Mapping[str, Any], where: str) -> tuple[str, list[str
         if backend not in ("deepep", "hybridep"):
             raise BadInputError(f"{where}: --moe-token-dispatcher-type flex needs --moe-flex-dispatcher-backend "
                                 f"deepep or hybridep, got {backend!r}")
-        return backend, []
+        return backend
     if kind not in ("alltoall", "allgather"):
         raise BadInputError(f"{where}: --moe-token-dispatcher-type {kind!r}; use alltoall, flex or allgather")
     if v.get("enable_deepep"):
-        return "deepep", []
-    return "alltoall", []  # allgather (Megatron's default) is priced as the alltoall dispatcher, as before
+        return "deepep"
+    return "alltoall"  # allgather (Megatron's default) is priced as the alltoall dispatcher, as before
 
 
 _LAYOUT_GROUP = re.compile(r"\(([^()]*)\)\*(\d+)")
