@@ -132,12 +132,12 @@ def dispatcher_args(layout: Layout) -> Args:
     return ["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", layout.moe_dispatcher]
 
 
-def moe_args(m: ModelSpec, layout: Layout | None = None) -> Args:
+def moe_args(m: ModelSpec, layout: Layout) -> Args:
     if not m.is_moe:
         return []
     args = ["--num-experts", str(m.n_experts), "--moe-router-topk", str(m.top_k),
             "--moe-ffn-hidden-size", str(m.expert_ffn_hidden), "--moe-grouped-gemm",
-            *dispatcher_args(layout or Layout())]
+            *dispatcher_args(layout)]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
     # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
