@@ -479,10 +479,9 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
         ep = moe_share * ep_layer
         if np.any(L.schedule == ScheduleCode.DUALPIPE):
             fwd_share = dense.forward_s / np.maximum(dense.forward_s + dense.backward_s, TINY_S)
-            nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
             ep = np.where(L.schedule == ScheduleCode.DUALPIPE,
                           dualpipe_ep_exposed_s(moe_share * ep_s, compute, fwd_share, hw.comm_overlap,
-                                                dispatcher_slowdown(L, hw.sm_count, nccl)),
+                                                ep_compute_slowdown(L, hw, sparse)),
                           ep)
         if stack.moe_host is not None:
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
@@ -507,13 +506,19 @@ def a2a_exposed_s(L: LayoutArrays, hw: HardwareRates, sparse: LayerTime, ep_s: n
     compute they run beside (DeepEP / HybridEP: their SMs; NCCL: the layer's slowdown beside NCCL CTAs)."""
     if not np.any(L.moe_a2a_overlap > 0):
         return ep_s
-    nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
-    slowdown = dispatcher_slowdown(L, hw.sm_count, nccl)
+    slowdown = ep_compute_slowdown(L, hw, sparse)
     experts_f, experts_b = sparse.experts_forward_s, sparse.experts_backward_s
     overlapped = a2a_overlap_exposed_s(ep_s, sparse.forward_s - experts_f,
                                        sparse.backward_s + sparse.recompute_s - experts_b, experts_f, experts_b,
                                        combined_1f1b_unmerged_share(L), hw.comm_overlap, slowdown)
     return np.where(L.moe_a2a_overlap > 0, overlapped, ep_s)
+
+
+def ep_compute_slowdown(L: LayoutArrays, hw: HardwareRates, sparse: LayerTime) -> np.ndarray:
+    """Slowdown of the compute an MoE layer's all-to-alls run beside: DeepEP / HybridEP's SMs, or the NCCL CTAs of
+    the EP group inside / across scale-up domains (dispatch.dispatcher_slowdown, comm_slowdown)."""
+    nccl = comm_slowdown(Group.of(L, Axis.EP), hw, (sparse.comm_slowdown_in, sparse.comm_slowdown_out))
+    return dispatcher_slowdown(L, hw.sm_count, nccl)
 
 
 def dualpipe_ep_exposed_s(ep_s: np.ndarray, compute_s: np.ndarray, forward_share: np.ndarray, overlap: float,
