@@ -653,7 +653,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     p2p = _p2p(pipeline_p2p(shapes, L).size_bytes, n_out, hw, Axis.PP)
     pp_comm = np.where(single, 0.0, pp_comm_s(p2p, m, L, stack, stage, hw))
     w_stage = slow_layers * cost.weight_grad_s
-    backward_share = cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, TINY_S)
+    # DualPipe's bubble reads the layer's backward share; no other schedule does (bubble_s).
+    backward_share = (cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, TINY_S)
+                      if np.any(L.schedule == ScheduleCode.DUALPIPE) else BACKWARD_SHARE_2X)
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
     dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
                              (cost.comm_slowdown_in, cost.comm_slowdown_out))
