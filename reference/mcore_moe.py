@@ -40,8 +40,7 @@ class McoreMoeRow:
     gpus: int
     precision: str
     layout: Layout
-    dispatcher: str
-    a2a_overlap: bool
+    """As the CLI runs it, the source's token dispatcher and 1F1B all-to-all overlap included."""
     notes: tuple[str, ...]
     reason: str
     """Why the CLI cannot express the row ('' when it can)."""
@@ -53,9 +52,9 @@ class McoreMoeRow:
     @property
     def label(self) -> str:
         L = self.layout
-        overlap = " +a2a-overlap" if self.a2a_overlap else ""
+        overlap = " +a2a-overlap" if L.moe_a2a_overlap else ""
         return (f"{self.source} {self.system} {self.model} {self.precision} {self.gpus} tp{L.tp} pp{L.pp}v{L.vpp} "
-                f"ep{L.ep} mbs{L.mbs} {self.dispatcher}{overlap}")
+                f"ep{L.ep} mbs{L.mbs} {L.moe_dispatcher}{overlap}")
 
     @property
     def expressible(self) -> bool:
@@ -108,15 +107,10 @@ def mcore_moe_rows() -> list[McoreMoeRow]:
         tokens, derived = _published_tokens(r, count)
         if derived:
             notes.append(derived)
-        reason = ""
         base = dict(source=r["source"], model=r["model"], system=r["system"], gpus=gpus, precision=r["precision"],
-                    layout=layout, dispatcher=r["dispatcher"], a2a_overlap=r["a2a_overlap"] == "1",
-                    published_tokens_per_s=tokens,
-                    published_tflops=float(r["published_tflops"]))
-        _, cluster, missing = bridge.bridge_cluster(r["system"], gpus)
-        if cluster is None:
-            reason = "; ".join(x for x in (reason, missing) if x)
-        if not reason:
+                    layout=layout, published_tokens_per_s=tokens, published_tflops=float(r["published_tflops"]))
+        _, cluster, reason = bridge.bridge_cluster(r["system"], gpus)
+        if cluster is not None:
             recipe = FP8_RECIPES[r["precision"]]
             problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),
                         *precision_problems(cluster, layout, stack, recipe)]
@@ -163,7 +157,7 @@ def markdown_table(rows: list[McoreMoeRow]) -> str:
     for r in rows:
         cells = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"])
         lines.append(f"| {r.source} | {r.system.removeprefix('DGX-')} | {r.model} | {r.precision} | {r.gpus} | "
-                     f"{bridge.layout_text(r.layout)} | {r.dispatcher} | {r.published_tokens_per_s:.0f} | {cells[0]} | "
+                     f"{bridge.layout_text(r.layout)} | {r.layout.moe_dispatcher} | {r.published_tokens_per_s:.0f} | {cells[0]} | "
                      f"{cells[1]} | {r.published_tflops:.0f} | {'; '.join(_notes(r)).replace('|', '/')} |")
     lines += ["", _summary_line(rows) + "."]
     return "\n".join(lines)
