@@ -420,6 +420,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # The recipe's fp8 GEMM rates: backward (MXFP8 block-scaled GEMMs run slower) and forward (rowwise's CUTLASS too).
     fhw = hw.for_fp8_recipe(fp8_recipe, forward=True)
     hw = hw.for_fp8_recipe(fp8_recipe)
+    if fhw.gemm_max_flops_fp8 == hw.gemm_max_flops_fp8:
+        fhw = hw  # one rate both ways (MXFP8, tensorwise): the forward GEMMs need no pricing of their own
     fp8_weight_copy, selective = stack.fp8_weight_copy, stack.selective_recompute
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
