@@ -402,6 +402,10 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     it is about. Empty = it runs."""
     L, broken = layout, []
     add = lambda field, message: broken.append(Rule.broken(RuleCode.STACK, message, field))  # noqa: E731
+    for field, degree in (("tp", L.tp), ("etp", L.etp)):
+        if stack.max_tp is not None and degree > stack.max_tp:
+            add(field, f"stack {stack.name} runs tensor parallelism up to {stack.max_tp} only (dense and expert), "
+                       f"got {field}={degree}; set {field}={stack.max_tp}")
     if L.pp > 1 and not stack.schedules:
         add("pp", f"stack {stack.name} has no pipeline parallelism; set pp=1")
     elif L.pp > 1 and not stack.can_run("schedule", L.schedule):
