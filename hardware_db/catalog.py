@@ -209,7 +209,7 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
                       sources=MappingProxyType(dict(sources)), mxfp8_gemm_time_ratio=mx_ratio)
 
 
-ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
+ATTENTION_KERNELS = ("fa1", "fa2", "fa3", "cudnn")
 
 
 def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[AttentionCurve, ...]:
