@@ -195,21 +195,27 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
                                   and all(isinstance(t, int) and t > 0 for t in shape)):
         raise BadInputError(f"{where}: mamf_shape must be [m, n, k] positive integers, got {shape!r}")
     fp8 = raw.get("fp8_mamf_fraction")
-    mx_ratio = 1.0
-    if raw.get("mxfp8_gemm_time_ratio") is not None:
-        if not str(sources.get("mxfp8", "")).strip():
-            raise BadInputError(f"{where}: numbers without a source: mxfp8")
-        mx_ratio = _num(where, raw, "mxfp8_gemm_time_ratio")
-        if mx_ratio < 1.0:
-            raise BadInputError(f"{where}: mxfp8_gemm_time_ratio must be >= 1 (block scaling adds work), "
-                                f"got {mx_ratio}")
+    ratios = {key: _slowdown_ratio(where, raw, sources, key, source)
+              for key, source in (("mxfp8_gemm_time_ratio", "mxfp8"), ("rowwise_gemm_time_ratio", "rowwise"))}
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
                       mamf_shape=tuple(shape) if shape else None,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
-                      sources=MappingProxyType(dict(sources)), mxfp8_gemm_time_ratio=mx_ratio)
+                      sources=MappingProxyType(dict(sources)), **ratios)
 
 
-ATTENTION_KERNELS = ("fa2", "fa3", "cudnn")
+def _slowdown_ratio(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:
+    """A GEMM time ratio of gemm.yaml (`key`, its source under sources[`source`]): 1 when absent, else >= 1."""
+    if raw.get(key) is None:
+        return 1.0
+    if not str(sources.get(source, "")).strip():
+        raise BadInputError(f"{where}: numbers without a source: {source}")
+    ratio = _num(where, raw, key)
+    if ratio < 1.0:
+        raise BadInputError(f"{where}: {key} must be >= 1 (the scaled GEMM does the same work and more), got {ratio}")
+    return ratio
+
+
+ATTENTION_KERNELS = ("fa1", "fa2", "fa3", "cudnn")
 
 
 def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[AttentionCurve, ...]:

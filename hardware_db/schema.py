@@ -137,6 +137,9 @@ class GemmTiling:
     mxfp8_gemm_time_ratio: float = 1.0
     """Time of an MXFP8 (1x32 block-scaled) GEMM over the same GEMM with per-tensor scaled fp8 operands, both
     pre-quantised (sources: mxfp8); 1 where none is published."""
+    rowwise_gemm_time_ratio: float = 1.0
+    """Time of a rowwise-scaled fp8 GEMM through torch._scaled_mm's CUTLASS kernel (fast accumulation) over the same
+    GEMM per-tensor scaled through cuBLAS (sources: rowwise); 1 where none is published."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -145,7 +148,7 @@ class AttentionCurve:
 
     gpu: str
     kernel: str
-    """Kernel family: fa2, fa3 or cudnn."""
+    """Kernel family: fa1, fa2, fa3 or cudnn."""
     direction: str
     """forward or backward."""
     causal: bool

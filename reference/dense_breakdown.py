@@ -35,6 +35,7 @@ from clusterplan.models.training.compute import (
     linear_times,
     unfused_extra_bytes,
 )
+from clusterplan.models.training.tp_overlap import async_tp_gathers_fused
 from clusterplan.reference import layer_view
 
 PARTS = ("gemm", "fp8_cast", "attention", "elementwise")
@@ -57,11 +58,13 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
                       stack: ExecutionStack) -> DenseLayerParts:
     """layer_time's forward and backward of a dense layer (first row of L), split into PARTS; recompute excluded."""
     recipe = stack.fp8_recipes[0] if stack.fp8_recipes else "tensorwise"
+    fhw = hw.for_fp8_recipe(recipe, forward=True)
     hw = hw.for_fp8_recipe(recipe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, False)
-    overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp) if stack.tp_overlap != "none" else None
-    gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap)
+    overlap = (TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
+               if stack.tp_overlap != "none" else None)
+    gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)
     _, core = layer_flops(shapes, L, False)
     attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel, cp_runs_blocks(L, stack))

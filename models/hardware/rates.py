@@ -123,6 +123,9 @@ class HardwareRates:
     per-tensor scaled fp8 tensor needs no transposed copy (hardware_db mx_formats, as estimate.fp8_all_layouts)."""
     mxfp8_gemm_time_ratio: float = 1.0
     """An MXFP8 GEMM's time over the per-tensor scaled fp8 GEMM (hardware_db gemm.yaml mxfp8_gemm_time_ratio)."""
+    rowwise_gemm_time_ratio: float = 1.0
+    """A rowwise-scaled fp8 GEMM's time through torch._scaled_mm's CUTLASS kernel over the per-tensor scaled cuBLAS
+    GEMM (hardware_db gemm.yaml rowwise_gemm_time_ratio)."""
     sm_count: int = 0
     """SMs of the GPU (hardware_db gemm.yaml); 0 where unknown: no communication/computation interference priced."""
     comm_ctas_in: float = 0.0
@@ -130,12 +133,21 @@ class HardwareRates:
     comm_ctas_out: float = 0.0
     """CTAs a large NCCL ring collective holds when its group spans nodes: NCCL_CTAS_PER_NIC x NICs per node."""
 
-    def for_fp8_recipe(self, recipe: str) -> HardwareRates:
-        """These rates with the fp8 GEMMs at `recipe`'s rate: MXFP8's block-scaled GEMMs run
-        mxfp8_gemm_time_ratio slower than per-tensor scaled fp8 ones (TE GEMM Profiling Tutorial, B300)."""
-        if recipe != "mxfp8" or self.mxfp8_gemm_time_ratio == 1.0:
+    def for_fp8_recipe(self, recipe: str, forward: bool = False) -> HardwareRates:
+        """These rates with the fp8 GEMMs at `recipe`'s rate, for the backward's gradient GEMMs or, `forward`, the
+        forward's: MXFP8's block-scaled GEMMs all run mxfp8_gemm_time_ratio slower than per-tensor scaled fp8 ones
+        (TE GEMM Profiling Tutorial, B300). torchao's rowwise recipe runs its forward GEMM with fast accumulation,
+        which torch._scaled_mm sends to its CUTLASS rowwise kernel (rowwise_gemm_time_ratio slower, pytorch/pytorch
+        #147971); its gradient GEMMs run without, which torchao sends to the per-tensor cuBLAS kernel with unit
+        scales and rescales after (torchao float8_ops.addmm_float8_unwrapped): at the per-tensor rate."""
+        if recipe == "mxfp8":
+            r = self.mxfp8_gemm_time_ratio
+        elif recipe == "rowwise" and forward:
+            r = self.rowwise_gemm_time_ratio
+        else:
+            r = 1.0
+        if r == 1.0:
             return self
-        r = self.mxfp8_gemm_time_ratio
         shape = self.gemm_shape
         return replace(self, gemm_max_flops_fp8=self.gemm_max_flops_fp8 / r,
                        gemm_shape=None if shape is None else replace(shape, max_flops_fp8=shape.max_flops_fp8 / r))
@@ -218,8 +230,9 @@ class HardwareRates:
         if shape is not None:
             shape = replace(shape, hbm_bytes_per_s=hbm)
         all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
-        mx_ratio = max((t.mxfp8_gemm_time_ratio for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))),
-                       default=1.0)
+        tilings = [t for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))]
+        mx_ratio = max((t.mxfp8_gemm_time_ratio for t in tilings), default=1.0)
+        rowwise_ratio = max((t.rowwise_gemm_time_ratio for t in tilings), default=1.0)
         # A profiled overlap (calibration `overlap`) was measured with the collective and the GEMM running together:
         # it already holds what the collective's CTAs cost the GEMM, so the CTA term is not added on top of it.
         up_ctas = None if calibration is not None and calibration.overlap else group.scale_up.nccl_ctas
@@ -238,7 +251,7 @@ class HardwareRates:
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
                    axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, fp8_all_layouts=all_layouts,
-                   mxfp8_gemm_time_ratio=mx_ratio, **_attention_rates(attn))
+                   mxfp8_gemm_time_ratio=mx_ratio, rowwise_gemm_time_ratio=rowwise_ratio, **_attention_rates(attn))
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:

@@ -19,7 +19,12 @@ from clusterplan.models.training.moe_layer import (
     grouped_gemm_time_s,
     routing_times,
 )
-from clusterplan.models.training.tp_overlap import AsyncTpBlock, TpRole, overlapped_times
+from clusterplan.models.training.tp_overlap import (
+    AsyncTpBlock,
+    TpRole,
+    async_tp_gathers_fused,
+    overlapped_times,
+)
 
 FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
@@ -50,6 +55,15 @@ FP8_QUANT_BYTES_ALL_LAYOUTS = {
 }
 """Recipes whose quantisation writes less where the GPU runs fp8 GEMMs in every layout (HardwareRates.fp8_all_layouts);
 the others as FP8_QUANT_BYTES_PER_ELEMENT."""
+FP8_GRAD_RESCALE_BYTES_PER_ELEMENT = {
+    # torchao rowwise: the gradient GEMMs (dX, dW) run without fast accumulation, which torchao sends to the per-tensor
+    # cuBLAS kernel with unit scales and then multiplies the bf16 output by the row and column scales
+    # (float8_ops.addmm_float8_unwrapped); Inductor emits one extra kernel per GEMM for it (pytorch/ao#2184):
+    # read + write 2 B per output element
+    "rowwise": 2.0 + 2.0,
+}
+"""HBM bytes per output element of the kernel that rescales each backward gradient GEMM's output after it ran, for
+recipes whose gradient GEMMs cannot apply their scales themselves; other recipes: none."""
 
 
 def fp8_quant_bytes_per_element(recipe: str, all_layouts: bool) -> float:
@@ -117,6 +131,8 @@ class TpOverlap:
     kind: str
     active: np.ndarray
     tp: np.ndarray
+    gather_fused: np.ndarray | bool = True
+    """Async TP: where its all-gathers fuse with their matmuls (tp_overlap.async_tp_gathers_fused)."""
 
 
 def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, comm_ctas: float
@@ -138,26 +154,32 @@ def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, 
     return np.divide(held, full, out=np.ones_like(full), where=full > 0)
 
 
-def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
-                 overlap: TpOverlap | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, overlap: TpOverlap | None = None,
+                 forward_hw: HardwareRates | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
-    dX = dY W^T and dW = X^T dY backward. Where `overlap` is active, the tensor-parallel GEMMs run chunked as the
-    overlap issues them (tp_overlap.py)."""
+    dX = dY W^T and dW = X^T dY backward, the forward at `forward_hw`'s rates where given (a recipe whose forward
+    GEMM runs another kernel: HardwareRates.for_fp8_recipe). Where `overlap` is active, the tensor-parallel GEMMs
+    run chunked as the overlap issues them (tp_overlap.py)."""
+    fhw = forward_hw or hw
     fwd = bwd = wgrad = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
         # `count` equal GEMMs share the waves: all at once, or GROUPED_GEMM_STREAMS at a time (local experts, TE).
-        def gemm(m, n, k, g=g):
+        def gemm(m, n, k, g=g, rates=hw):
             if g.streamed:
-                return grouped_gemm_time_s(hw, m, n, k, fp8, g.count)
-            return hw.gemm_time_s(m, n, k, fp8, g.count)
+                return grouped_gemm_time_s(rates, m, n, k, fp8, g.count)
+            return rates.gemm_time_s(m, n, k, fp8, g.count)
         overlapped = overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any()
         if overlapped:
-            of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp)
+            of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
+                                            overlap.gather_fused)
+            if fhw is not hw:
+                of = overlapped_times(fhw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
+                                      overlap.gather_fused)[0]
         if overlapped and overlap.active.all():
             f, dx, dw = of, odx, odw
         else:  # whole GEMMs, where no overlap chunks them
-            f, dx, dw = gemm(t, o, i), gemm(t, i, o), gemm(i, o, t)
+            f, dx, dw = gemm(t, o, i, rates=fhw), gemm(t, i, o), gemm(i, o, t)
             if overlapped:
                 f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
         fwd = fwd + f
@@ -167,19 +189,22 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
 
 
 def async_tp_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
-                    tp: np.ndarray) -> tuple[AsyncTpBlock, ...]:
+                    tp: np.ndarray, forward_hw: HardwareRates | None = None) -> tuple[AsyncTpBlock, ...]:
     """Each tensor-parallel block's (column, row) GEMM pair of `linears` (layer_linears order) with the seconds of
-    the chunked matmuls async TP runs its collectives under (tp_overlap.py)."""
+    the chunked matmuls async TP runs its collectives under (tp_overlap.py); forwards at `forward_hw`'s rates."""
+    fhw = forward_hw or hw
     blocks = []
     column = None
     for g in linears:
         if g.tp_role == TpRole.COLUMN:
             column = g
         elif g.tp_role == TpRole.ROW and column is not None:
-            cf, _, _ = overlapped_times(hw.gemm_time_s, TpRole.COLUMN, "async_tp", column.tokens,
+            cf, _, _ = overlapped_times(fhw.gemm_time_s, TpRole.COLUMN, "async_tp", column.tokens,
                                         column.in_features, column.out_features, fp8, tp)
-            rf, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
-                                          g.out_features, fp8, tp)
+            rf = overlapped_times(fhw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
+                                  g.out_features, fp8, tp)[0]
+            _, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
+                                         g.out_features, fp8, tp)
             blocks.append(AsyncTpBlock(column_forward_s=cf, row_forward_s=rf, row_dgrad_s=rdx))
             column = None
     return tuple(blocks)
@@ -188,14 +213,18 @@ def async_tp_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
 def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
                    weight_copy: bool) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of the fp8 quantisation kernels around `linears`: the input X and the weight W
-    forward, the output gradient dY backward, each fp8_quant_bytes_per_element(recipe) at the HBM rate. A cached fp8
-    weight copy (Transformer Engine) quantises W once per optimizer step, i.e. 1/micro-batches per micro-batch."""
+    forward, the output gradient dY backward, each fp8_quant_bytes_per_element(recipe) at the HBM rate; backward
+    also the recipe's rescale of the gradient GEMMs' outputs dX (tokens x in) and dW (in x out),
+    FP8_GRAD_RESCALE_BYTES_PER_ELEMENT. A cached fp8 weight copy (Transformer Engine) quantises W once per optimizer
+    step, i.e. 1/micro-batches per micro-batch."""
     per_element = fp8_quant_bytes_per_element(recipe, hw.fp8_all_layouts) / hw.hbm_bytes_per_s
+    rescale = FP8_GRAD_RESCALE_BYTES_PER_ELEMENT.get(recipe, 0.0) / hw.hbm_bytes_per_s
     weight_share = 1.0 / L.microbatches if weight_copy else 1.0
     fwd = bwd = 0.0
     for g in linears:
         fwd = fwd + g.count * (g.tokens * g.in_features + weight_share * g.in_features * g.out_features) * per_element
-        bwd = bwd + g.count * g.tokens * g.out_features * per_element
+        bwd = bwd + g.count * (g.tokens * g.out_features * per_element
+                               + (g.tokens * g.in_features + g.in_features * g.out_features) * rescale)
     return np.asarray(fwd), np.asarray(bwd)
 
 
@@ -357,7 +386,7 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
     2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
     keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
-    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's
+    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's attn_impl flash,
     flash_attn_fn), the gathers of q, k, v (UNPAD_GATHER_BYTES each element) and the output's scatter
     (PAD_SCATTER_BYTES); backward carries them at the usual 2x of the forward elementwise traffic (by hand: the three
     scatters' zero-fill + scatter 6 B, the output gather 4 B, autograd's cat of the q/k/v gradient chunks 4 B per
@@ -388,21 +417,23 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     stack = stack or get_stack()
     attention_kernel = stack.attention_kernel
     fp8_recipe = stack.fp8_recipes[0] if stack.fp8_recipes else DEFAULT_FP8_RECIPE
-    hw = hw.for_fp8_recipe(fp8_recipe)  # the recipe's fp8 GEMM rate (MXFP8 block-scaled GEMMs run slower)
+    # The recipe's fp8 GEMM rates: backward (MXFP8 block-scaled GEMMs run slower) and forward (rowwise's CUTLASS too).
+    fhw = hw.for_fp8_recipe(fp8_recipe, forward=True)
+    hw = hw.for_fp8_recipe(fp8_recipe)
     fp8_weight_copy, selective = stack.fp8_weight_copy, stack.selective_recompute
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, moe)
     overlap = None
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
-        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp)
+        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
     experts_f = experts_b = 0.0
     pad = 0.0
     bias_f = bias_b = 0.0
     if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
         rest = linears[:2] + linears[4:]
-        ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap)
-        rf, rb, rw = linear_times(rest, hw, fp8, overlap)
+        ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap, fhw)
+        rf, rb, rw = linear_times(rest, hw, fp8, overlap, fhw)
         ecf, ecb = fp8_cast_times(linears[2:4], L, hw, fp8_recipe, fp8_weight_copy)
         rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
         t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
@@ -414,7 +445,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
             bias_f, bias_b = (b / hw.hbm_bytes_per_s for b in expert_bias_bytes(shapes, L))
             experts_f, experts_b = experts_f + bias_f, experts_b + bias_b
     else:
-        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap)
+        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap, fhw)
         cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
@@ -437,7 +468,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
-        extra, flops = module_recompute(shapes, L, hw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp,
+        extra, flops = module_recompute(shapes, L, fhw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp,
                                         (np.where(fp8, pad, 0.0) if moe else 0.0) + bias_f)
         named = L.recompute_modules > 0
         selective_extra = np.where(named, extra, selective_extra)
@@ -445,7 +476,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     if selective == SELECTIVE_OP_SAC:
         # torchtitan op-level SAC reruns every other matmul (memory.py op_sac_bytes) and every elementwise op.
         redo = op_sac_recomputed_linears(shapes, L, moe)
-        selective_extra = linear_times(redo, hw, fp8)[0] + t_elem
+        selective_extra = linear_times(redo, fhw, fp8)[0] + t_elem
         selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
     full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
     recompute = np.select([full, sel], [forward, selective_extra], 0.0)
@@ -456,9 +487,9 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
                      experts_backward_s=experts_b,
-                     async_tp_blocks=async_tp_blocks(linears, hw, fp8, L.tp) if stack.tp_overlap == "async_tp"
-                     else (), comm_slowdown_in=comm_sm_slowdown(linears, hw, fp8, hw.comm_ctas_in),
-                     comm_slowdown_out=comm_sm_slowdown(linears, hw, fp8, hw.comm_ctas_out))
+                     async_tp_blocks=async_tp_blocks(linears, hw, fp8, L.tp, fhw) if stack.tp_overlap == "async_tp"
+                     else (), comm_slowdown_in=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_in),
+                     comm_slowdown_out=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_out))
 
 
 def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> np.ndarray:

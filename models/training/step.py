@@ -17,6 +17,7 @@ from clusterplan.models.hardware import comm
 from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
     CODES,
+    PREC_FP8,
     CpKindCode,
     LayoutArrays,
     MoeDispatcherCode,
@@ -58,7 +59,7 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.moe_layer import max_destination_nodes, mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
-from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s
+from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s, async_tp_gathers_fused
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -189,7 +190,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
         passes = 1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
         exposed = async_tp_exposed_s(async_tp_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
                                      _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
-                                     gather.calls, passes, L.tp, hw.comm_overlap)
+                                     gather.calls, passes, L.tp, hw.comm_overlap,
+                                     async_tp_gathers_fused(stack, L.precision == PREC_FP8))
         return np.where(sp & (L.tp > 1), exposed, total)
     share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total

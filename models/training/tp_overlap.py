@@ -26,7 +26,11 @@ into tp chunks of m/tp rows with copy-engine pulls between them (torch/distribut
       gradient takes the gathered dY the fused op returns, whole); the input gradient of qkv / fc1 is the SUM of
       the q, k, v (w1, w3) input-gradient matmuls, not one matmul, so its reduce-scatter is not rewritten: it runs
       as a plain collective after them, exposed, and those matmuls run whole.
-The weight-gradient matmuls are never rewritten.
+The weight-gradient matmuls are never rewritten. The all-gather is fused only with matmuls that take the gathered
+tensor itself (_find_consumer_matmuls): an fp8 recipe that gathers bf16 and casts after the gather (one the stack does
+not list in fp8_tp_allgather_recipes: torchtitan applies plain TP to torchao's rowwise recipe, whose row scales
+reduce over the gathered sequence) puts the cast kernels between, so neither all-gather is fused and its matmuls run
+whole (pytorch/pytorch#149990: rowwise all-gather-matmuls not fused, its matmul-reduce-scatters fused, #149247).
 Vectorised over LayoutArrays; nothing here is fitted.
 """
 
@@ -38,6 +42,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.hardware.comm import exposed_s
 
 UB_PIPELINE_SPLITS = 4
@@ -60,6 +65,13 @@ Gemm = Callable[..., np.ndarray]
 """hw.gemm_time_s(m, n, k, fp8, batch=1.0, sm_margin=0)."""
 
 
+def async_tp_gathers_fused(stack: ExecutionStack, fp8: np.ndarray) -> np.ndarray:
+    """Where async TP fuses the all-gathers with their matmuls (module docstring): bf16 layouts, and fp8 layouts whose
+    recipe (the stack's first) gathers fp8 (fp8_tp_allgather_recipes)."""
+    fp8_gather = bool(stack.fp8_recipes) and stack.fp8_recipes[0] in stack.fp8_tp_allgather_recipes
+    return ~np.asarray(fp8, dtype=bool) | fp8_gather
+
+
 def chunked_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, chunks: np.ndarray | float,
               sm_margin: int = 0) -> np.ndarray:
     """`chunks` GEMMs of m / chunks rows each, one after the other (each fills its own waves)."""
@@ -67,13 +79,22 @@ def chunked_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, chunks: np.ndarr
 
 
 def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in_features, out_features,
-                     fp8: np.ndarray, tp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     fp8: np.ndarray, tp: np.ndarray, gather_fused: np.ndarray | bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, input-gradient, weight-gradient) seconds of one tensor-parallel GEMM run under `kind` overlap
-    ("bulk": TE userbuffers, "async_tp": PyTorch async TP). Y = X W forward; dX = dY W^T, dW = X^T dY backward."""
+    ("bulk": TE userbuffers, "async_tp": PyTorch async TP). Y = X W forward; dX = dY W^T, dW = X^T dY backward.
+    Async TP: where `gather_fused` is False (async_tp_gathers_fused) the matmuls after an all-gather run whole."""
     t, i, o = tokens, in_features, out_features
     if kind == "async_tp":  # column dgrad whole: its reduce-scatter sums several matmuls and is not fused
-        dgrad = chunked_s(gemm, t, i, o, fp8, tp) if role == TpRole.ROW else gemm(t, i, o, fp8)
-        return (chunked_s(gemm, t, o, i, fp8, tp), dgrad, gemm(i, o, t, fp8))
+        if role == TpRole.ROW:  # forward before the fused reduce-scatter; dgrad after dY's all-gather
+            dgrad = chunked_s(gemm, t, i, o, fp8, tp)
+            if not np.all(gather_fused):
+                dgrad = np.where(gather_fused, dgrad, gemm(t, i, o, fp8))
+            return (chunked_s(gemm, t, o, i, fp8, tp), dgrad, gemm(i, o, t, fp8))
+        forward = chunked_s(gemm, t, o, i, fp8, tp)  # after the block input's all-gather
+        if not np.all(gather_fused):
+            forward = np.where(gather_fused, forward, gemm(t, o, i, fp8))
+        return (forward, gemm(t, i, o, fp8), gemm(i, o, t, fp8))
     if role == TpRole.COLUMN:  # ring_exchange forward; bulk dgrad and wgrad on the SMs the comm kernels leave
         return (chunked_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8, sm_margin=UB_COMM_SMS),
                 gemm(i, o, t, fp8, sm_margin=UB_COMM_SMS))
@@ -97,7 +118,7 @@ class AsyncTpBlock:
 
 def async_tp_exposed_s(blocks: tuple[AsyncTpBlock, ...], all_gather_s: np.ndarray, reduce_scatter_s: np.ndarray,
                        reduction_s: np.ndarray, calls: np.ndarray, forward_passes: np.ndarray, tp: np.ndarray,
-                       overlap: float) -> np.ndarray:
+                       overlap: float, gather_fused: np.ndarray | bool = True) -> np.ndarray:
     """Exposed async-TP traffic of one layer per micro-batch (module docstring: what the micro-pipeline pass fuses).
 
     Per block and forward pass (1, or 2 under full recompute): the all-gather hides under (tp-1)/tp of the column
@@ -105,13 +126,16 @@ def async_tp_exposed_s(blocks: tuple[AsyncTpBlock, ...], all_gather_s: np.ndarra
     (`reduction_s`); backward: dY's all-gather hides under (tp-1)/tp of the row dgrad, the input gradient's
     reduce-scatter stays whole. A layer's TP collectives outside these blocks (`calls` all-gathers and as many
     reduce-scatters per layer in all, e.g. a MoE block's) stay exposed. `exposed = c - overlap x min(c, hidden)`
-    (comm.exposed_s) per fused collective: the pull of a chunk cannot hide under another matmul than its own op's."""
+    (comm.exposed_s) per fused collective: the pull of a chunk cannot hide under another matmul than its own op's.
+    Where `gather_fused` is False (async_tp_gathers_fused) both all-gathers stay whole and exposed."""
     pipelined = (tp - 1.0) / tp
     total = np.zeros_like(np.asarray(tp, dtype=float))
     for b in blocks:
-        forward = (exposed_s(all_gather_s, pipelined * b.column_forward_s, overlap)
-                   + exposed_s(reduce_scatter_s, pipelined * b.row_forward_s, overlap) + reduction_s)
-        backward = exposed_s(all_gather_s, pipelined * b.row_dgrad_s, overlap) + reduce_scatter_s
+        gather_f = np.where(gather_fused, exposed_s(all_gather_s, pipelined * b.column_forward_s, overlap),
+                            all_gather_s)
+        gather_b = np.where(gather_fused, exposed_s(all_gather_s, pipelined * b.row_dgrad_s, overlap), all_gather_s)
+        forward = gather_f + exposed_s(reduce_scatter_s, pipelined * b.row_forward_s, overlap) + reduction_s
+        backward = gather_b + reduce_scatter_s
         total = total + forward_passes * forward + backward
     fused_calls = len(blocks) * (forward_passes + 1.0)
     return total + np.maximum(calls - fused_calls, 0.0) * (all_gather_s + reduce_scatter_s)
