@@ -97,12 +97,17 @@ class Console:
         self.out.print(text, markup=False)
 
     def table(self, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-              justify_right: Sequence[bool] | None = None) -> None:
+              justify_right: Sequence[bool] | None = None, wrap: Sequence[bool] | None = None) -> None:
+        """A borderless table on stdout. Columns never wrap, so names and numbers stay whole and copyable, except
+        those flagged in `wrap` (free text such as a description): when the table is wider than the console,
+        rich narrows and word-wraps only those, instead of cutting every column to "name…"."""
         table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, box=None,
                       header_style="bold")
         for i, col in enumerate(columns):
             right = justify_right[i] if justify_right else i > 0
-            table.add_column(col, justify="right" if right else "left", no_wrap=True)
+            wraps = bool(wrap and wrap[i])
+            table.add_column(col, justify="right" if right else "left", no_wrap=not wraps,
+                             overflow="fold" if wraps else "ellipsis")
         for row in rows:
             table.add_row(*[Text(str(c)) for c in row])  # Text: cells are data, never markup
         self.out.print(table)

@@ -41,8 +41,14 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
         console.info(f"wrote {out_path}")
     else:
         click.echo(result.text, nl=False)
-    for note in result.notes:
-        console.warn(note)
-    for problem in stack_problems(plan.layout, stack):  # the exporter mapped what it could; say what differs
-        console.warn(f"{problem} (re-plan with `clusterplan plan --stack {stack.name}` to search only what it runs)")
+    # Each difference once: the exporter's note says what the framework runs instead of a field; the stack's rule on
+    # the same field (Rule.field) would say it again, so its re-plan hint goes on the note and the rule is dropped.
+    replan = f"(re-plan with `clusterplan plan --stack {stack.name}` to search only what it runs)"
+    problems = stack_problems(plan.layout, stack)
+    stack_fields = {p.field for p in problems}
+    for note in result.noted:
+        console.warn(f"{note.text} {replan}" if note.field in stack_fields else note.text)
+    for problem in problems:
+        if problem.field not in result.noted_fields:
+            console.warn(f"{problem} {replan}")
     console.info(f"launch: {result.launch}")

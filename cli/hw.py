@@ -50,7 +50,7 @@ def hw_list(fmt: str) -> None:
     console.table("Node presets (--cluster NAME:NODES)", ["name", "GPUs", "scale-up", "NICs", "description"], [
         (n.name, f"{n.gpus_per_node} x {n.gpu}", f"{n.scale_up_link} x{n.scale_up_domain}",
          f"{n.nics_per_node} x {n.nic_link}", n.description) for n in db.nodes.values()],
-        justify_right=[False] * 5)
+        justify_right=[False] * 5, wrap=[False, False, False, False, True])
     console.text("")
     console.table("Links", ["name", "kind", "GB/s/dir", "latency us", "busbw fraction"], [
         (x.name, x.kind, f"{x.gb_per_s:g}", f"{x.latency_us:g}", f"{x.busbw_fraction:g}") for x in db.links.values()])

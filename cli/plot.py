@@ -14,6 +14,7 @@ from typing import Any
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import write_atomic_bytes
 from clusterplan.models.training.estimate import MEMORY_TERMS, POSITIONS, TIME_TERMS
+from clusterplan.models.training.step import BACKWARD_SHARE_2X
 from clusterplan.models.training.timeline import Timeline, simulate
 
 FORMATS = {".png": "png", ".svg": "svg"}
@@ -52,6 +53,10 @@ def _save(fig: Any, path: str) -> None:
 
 
 # ---- estimate ----------------------------------------------------------------------------------------------------
+FORWARD_SHARE_FULL_RECOMPUTE = 1.0 / 4.0
+"""Forward's share of a micro-batch under full recompute: forward 1, the recomputed forward 1, backward 2
+(BACKWARD_SHARE_2X's 2:1), so 1 : 3 of the time."""
+
 
 def timeline_of(data: dict[str, Any]) -> Timeline | None:
     """The pipeline timeline of an estimate's layout, from its JSON: each stage's compute and in-stage communication
@@ -63,7 +68,7 @@ def timeline_of(data: dict[str, Any]) -> Timeline | None:
     t = data["time"]
     m = lay["gbs"] // (lay["dp"] * lay["mbs"])
     per_mb = sum(t[k] for k in ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s")) / m
-    fwd_share = 0.25 if lay["recompute"] == "full" else 1 / 3
+    fwd_share = FORWARD_SHARE_FULL_RECOMPUTE if lay["recompute"] == "full" else 1.0 - BACKWARD_SHARE_2X
     v = lay["vpp"] if lay["schedule"] == "interleaved-1f1b" else 1
     hops = 2 * (m * v + lay["pp"] - 1)  # as the step model counts them (models/training/step.py)
     return simulate(lay["schedule"], lay["pp"], m, per_mb * fwd_share, per_mb * (1 - fwd_share), v=v,

@@ -1,6 +1,6 @@
 """Plans as launch configs: torchtitan (v0.2 TOML and main's Python recipe), Megatron-LM and DeepSpeed.
 
-    export_plan("megatron", model, cluster, layout) -> Export(text, filename, launch, notes)
+    export_plan("megatron", model, cluster, layout) -> Export(text, filename, launch, noted)
 """
 
 from __future__ import annotations

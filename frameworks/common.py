@@ -17,6 +17,15 @@ from clusterplan.models.training.planfile import PipelineStage, first_layers, st
 Stages = tuple[PipelineStage, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One difference between the plan and what the framework runs: `text` says what runs instead; `field` is the
+    Layout field it replaces where an execution stack's rule names the same field (stack_problems), else empty."""
+
+    text: str
+    field: str = ""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Export:
     """One exported launch config: the file's text, its suggested name, and the command that starts it."""
@@ -25,8 +34,18 @@ class Export:
     filename: str
     launch: str
     """The shell command that starts the job with this file (already inside `text` where the format allows)."""
-    notes: tuple[str, ...] = ()
+    noted: tuple[Note, ...] = ()
     """Where the framework cannot run the plan exactly as planned, what it runs instead (also inside `text`)."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(n.text for n in self.noted)
+
+    @property
+    def noted_fields(self) -> frozenset[str]:
+        """The Layout fields whose difference a note already says; a stack rule on one of them (stack_problems:
+        Rule.field) says the same again."""
+        return frozenset(n.field for n in self.noted if n.field)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -157,14 +176,15 @@ def stage_lines(cluster: Cluster, layout: Layout, stages: Stages, launcher: str)
     return lines
 
 
-def dispatcher_notes(layout: Layout, framework: str) -> list[str]:
+def dispatcher_notes(layout: Layout, framework: str) -> list[Note]:
     """What a framework without Megatron-Core's flex dispatcher or 1F1B all-to-all overlap runs instead
     (stacks.yaml moe_dispatchers / moe_a2a_overlap: alltoall only, no overlap)."""
     out = []
     if layout.ep > 1 and layout.moe_dispatcher != "alltoall":
-        out.append(f"moe_dispatcher={layout.moe_dispatcher}: {framework} runs its standard all-to-all here, every "
-                   "routed token copy sent, so the all-to-alls take longer than planned")
+        out.append(Note(f"moe_dispatcher={layout.moe_dispatcher}: {framework} runs its standard all-to-all here, "
+                        "every routed token copy sent, so the all-to-alls take longer than planned", "moe_dispatcher"))
     if layout.ep > 1 and layout.moe_a2a_overlap:
-        out.append(f"moe_a2a_overlap: {framework} has no 1F1B all-to-all overlap; the all-to-alls stay exposed")
+        out.append(Note(f"moe_a2a_overlap: {framework} has no 1F1B all-to-all overlap; the all-to-alls stay exposed",
+                        "moe_a2a_overlap"))
     return out
 

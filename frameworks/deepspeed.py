@@ -17,6 +17,7 @@ from clusterplan.errors import InfeasibleError
 from clusterplan.fileio import dumps_json
 from clusterplan.frameworks.common import (
     Export,
+    Note,
     Stages,
     canonical,
     check_exportable,
@@ -103,23 +104,23 @@ def ds_config(model: ModelSpec, layout: Layout) -> dict[str, Any]:
     return config
 
 
-def notes(model: ModelSpec, layout: Layout) -> list[str]:
+def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     L = layout
     out = []
     if L.recompute == "full":
-        out.append("activation_checkpointing takes effect where train.py wraps layers in "
-                   "deepspeed.checkpointing.checkpoint (or PipelineModule activation_checkpoint_interval=1)")
+        out.append(Note("activation_checkpointing takes effect where train.py wraps layers in "
+                        "deepspeed.checkpointing.checkpoint (or PipelineModule activation_checkpoint_interval=1)"))
     if L.recompute == "selective":
-        out.append("DeepSpeed has no selective recompute switch; use flash attention in the model (it recomputes "
-                   "the attention scores, which is what selective recompute saves)")
+        out.append(Note("DeepSpeed has no selective recompute switch; use flash attention in the model (it "
+                        "recomputes the attention scores, which is what selective recompute saves)"))
     if L.pp > 1:
-        out.append(f"train.py must build a deepspeed.pipe.PipelineModule with num_stages={L.pp} (passed as "
-                   "--pipeline-parallel-size)")
+        out.append(Note(f"train.py must build a deepspeed.pipe.PipelineModule with num_stages={L.pp} (passed as "
+                        "--pipeline-parallel-size)"))
     if L.ep > 1:
-        out.append(f"train.py must build deepspeed.moe.layer.MoE(num_experts={model.n_experts}, ep_size={L.ep}, "
-                   f"k={model.top_k}) layers (passed as --ep-size)")
+        out.append(Note(f"train.py must build deepspeed.moe.layer.MoE(num_experts={model.n_experts}, "
+                        f"ep_size={L.ep}, k={model.top_k}) layers (passed as --ep-size)"))
     if L.cp > 1:
-        out.append("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)")
+        out.append(Note("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)"))
     out += dispatcher_notes(L, "DeepSpeed")
     return out
 
@@ -139,4 +140,4 @@ def export_deepspeed(model: ModelSpec, cluster: Cluster, layout: Layout, stages:
     launch = " ".join([f"deepspeed --num_nodes {shape.nnodes} --num_gpus {shape.gpus_per_node} --hostfile hostfile",
                        "train.py --deepspeed", f"--deepspeed_config {filename}", *script_args])
     return Export(text=dumps_json(ds_config(model, layout)), filename=filename, launch=launch,
-                  notes=tuple(notes(model, layout)))
+                  noted=tuple(notes(model, layout)))

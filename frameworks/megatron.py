@@ -15,6 +15,7 @@ from dataclasses import replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Note,
     Stages,
     canonical,
     check_exportable,
@@ -253,32 +254,35 @@ def training_args(layout: Layout) -> Args:
     return args
 
 
-def notes(model: ModelSpec, layout: Layout) -> list[str]:
+def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     L = layout
     out = []
     if model.position == "alibi":
-        out.append("Megatron-LM GPT has no ALiBi positions; it trains with learned absolute positions instead")
+        out.append(Note("Megatron-LM GPT has no ALiBi positions; it trains with learned absolute positions instead"))
     if L.recompute == "full" and L.recompute_layers % L.vpp:
-        out.append(f"recompute_layers({L.recompute_layers}) per rank is not a multiple of vpp({L.vpp}); "
-                   f"Megatron recomputes {max(1, L.recompute_layers // L.vpp)} per model chunk")
+        out.append(Note(f"recompute_layers({L.recompute_layers}) per rank is not a multiple of vpp({L.vpp}); "
+                        f"Megatron recomputes {max(1, L.recompute_layers // L.vpp)} per model chunk"))
     if L.pp > 1 and L.schedule == "gpipe":
-        out.append("Megatron-LM has no GPipe schedule; it runs 1F1B, same bubble, fewer activations in flight")
+        out.append(Note("Megatron-LM has no GPipe schedule; it runs 1F1B, same bubble, fewer activations in flight",
+                        "schedule"))
     if L.pp > 1 and L.schedule == "zb":
-        out.append("Megatron-LM main has no zero-bubble schedule; it runs 1F1B, so the bubble is larger than planned")
+        out.append(Note("Megatron-LM main has no zero-bubble schedule; it runs 1F1B, so the bubble is larger than "
+                        "planned", "schedule"))
     if L.sp and L.tp == 1:
-        out.append("sequence parallel needs tp > 1; Megatron-LM turns it off at tp=1")
+        out.append(Note("sequence parallel needs tp > 1; Megatron-LM turns it off at tp=1"))
     if L.optimizer == "adam":
-        out.append("Megatron-LM keeps fp32 main weights with bf16/fp16 training; optimizer memory is adam-master's")
+        out.append(Note("Megatron-LM keeps fp32 main weights with bf16/fp16 training; optimizer memory is "
+                        "adam-master's"))
     if L.offload_layers:
-        out.append(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
-                   f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
-                   "(Megatron-Bridge model config) or the plan's activations will not fit")
+        out.append(Note(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
+                        f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
+                        "(Megatron-Bridge model config) or the plan's activations will not fit"))
     if L.cuda_graphs != "none":
         scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration (MoE layers: also "
                          "--moe-pad-expert-input-to-capacity with a capacity factor)",
                  "attn": "--cuda-graph-impl transformer_engine --cuda-graph-scope attn"}[L.cuda_graphs]
-        out.append(f"cuda_graphs={L.cuda_graphs}: the script runs eager; add {scope} (Megatron-Core >= 0.14) to run "
-                   "the plan's CUDA graphs, whose MoE host time the plan priced")
+        out.append(Note(f"cuda_graphs={L.cuda_graphs}: the script runs eager; add {scope} (Megatron-Core >= 0.14) to "
+                        "run the plan's CUDA graphs, whose MoE host time the plan priced"))
     return out
 
 
@@ -311,7 +315,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
              f"# launch (every node, from the Megatron-LM checkout): {launch}",
              *(f"# {h}" for h in stage_lines(cluster, layout, stages, "NODE_RANK")),
              "# DATA_ARGS train on mock data; replace them with --data-path and your tokenizer for real runs.",
-             *(f"# note: {n}" for n in found), "set -euo pipefail", ""]
+             *(f"# note: {n.text}" for n in found), "set -euo pipefail", ""]
     lines += [f"export {k}={v}" for k, v in environment(layout).items()]
     distributed = ["--nproc-per-node", str(shape.gpus_per_node), "--nnodes", str(shape.nnodes),
                    "--node-rank", "${NODE_RANK:-0}", "--master-addr", "${MASTER_ADDR:-localhost}",
@@ -324,4 +328,4 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])
     lines.append('torchrun "${DISTRIBUTED_ARGS[@]}" pretrain_gpt.py "${MODEL_ARGS[@]}" "${MODEL_PARALLEL_ARGS[@]}" \\')
     lines.append('    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}"')
-    return Export(text="\n".join(lines) + "\n", filename=filename, launch=launch, notes=tuple(found))
+    return Export(text="\n".join(lines) + "\n", filename=filename, launch=launch, noted=tuple(found))

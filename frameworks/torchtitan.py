@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Note,
     Stages,
     canonical,
     check_exportable,
@@ -195,28 +196,28 @@ def activation_checkpoint(model: ModelSpec, layout: Layout) -> dict[str, Value]:
     return {"mode": L.recompute}
 
 
-def notes(model: ModelSpec, layout: Layout) -> list[str]:
+def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     L = layout
     out = []
     if model.name not in MODELS:
-        out.append(f"torchtitan ships no {model.name}: register a model flavor with these dimensions "
-                   f"(hidden {model.hidden}, {model.n_layers} layers, {model.n_heads} heads) under this name")
+        out.append(Note(f"torchtitan ships no {model.name}: register a model flavor with these dimensions "
+                        f"(hidden {model.hidden}, {model.n_layers} layers, {model.n_heads} heads) under this name"))
     if L.tp > 1 and not L.sp:
-        out.append("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp off, "
-                   "so activations use less memory than planned")
+        out.append(Note("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp "
+                        "off, so activations use less memory than planned"))
     if L.cp > 1 and L.cp_kind == "a2a":
-        out.append("torchtitan's context parallel is ring attention; the plan's all-to-all (Ulysses) exchange runs as "
-                   "ring attention here")
+        out.append(Note("torchtitan's context parallel is ring attention; the plan's all-to-all (Ulysses) exchange "
+                        "runs as ring attention here", "cp_kind"))
     if L.ep > 1 and L.etp not in (1, L.tp):
-        out.append(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}")
+        out.append(Note(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}"))
     if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:
-        out.append(f"recompute_layers({L.recompute_layers}) does not divide the layers per stage; every n-th layer "
-                   "is the nearest torchtitan option")
+        out.append(Note(f"recompute_layers({L.recompute_layers}) does not divide the layers per stage; every n-th "
+                        "layer is the nearest torchtitan option"))
     if L.zero in (1, 2) and L.dp_shard > 1:
-        out.append(f"ZeRO-{L.zero} runs as FSDP with fsdp_reshard_after_forward \"never\" (weights stay gathered from "
-                   "forward to backward, gradients reduce-scattered: ZeRO-2)")
+        out.append(Note(f"ZeRO-{L.zero} runs as FSDP with fsdp_reshard_after_forward \"never\" (weights stay gathered "
+                        "from forward to backward, gradients reduce-scattered: ZeRO-2)", "zero"))
     if L.optimizer == "adam":
-        out.append("torchtitan keeps fp32 parameters under FSDP mixed precision (adam-master memory)")
+        out.append(Note("torchtitan keeps fp32 parameters under FSDP mixed precision (adam-master memory)"))
     out += dispatcher_notes(L, "torchtitan")
     return out
 
@@ -271,5 +272,5 @@ def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout, stages
     found = notes(model, layout)
     comments = [*header_lines(model, cluster, layout, "torchtitan v0.2"), f"launch (every node): {launch}",
                 *stage_lines(cluster, layout, stages, "NODE_RANK in the torchrun line"),
-                *(f"note: {n}" for n in found)]
-    return Export(text=toml_text(body, comments), filename=filename, launch=launch, notes=tuple(found))
+                *(f"note: {n.text}" for n in found)]
+    return Export(text=toml_text(body, comments), filename=filename, launch=launch, noted=tuple(found))

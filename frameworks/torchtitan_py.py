@@ -17,6 +17,7 @@ from typing import Any
 from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks.common import (
     Export,
+    Note,
     Stages,
     check_exportable,
     header_lines,
@@ -117,7 +118,7 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
     lines = [*(f"# {h}" for h in header_lines(model, cluster, L, "torchtitan 0.3 recipe")),
              f"# launch (every node, {function}.py on PYTHONPATH): {launch}",
              *(f"# {h}" for h in stage_lines(cluster, L, stages, "NODE_RANK in the torchrun line")),
-             *(f"# note: {n}" for n in py_notes(model, L)),
+             *(f"# note: {n.text}" for n in py_notes(model, L)),
              f'"""clusterplan recipe for {model.name}: {L.short()}."""', "", *imports, "", "",
              f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
     if fp8:  # tensorwise float8 on every linear but the LM head, compiled (torchtitan's 405B recipe)
@@ -137,12 +138,12 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
     return "\n".join(lines) + "\n"
 
 
-def py_notes(model: ModelSpec, layout: Layout) -> list[str]:
+def py_notes(model: ModelSpec, layout: Layout) -> list[Note]:
     L = layout
-    out = [n for n in notes(model, L) if "sequence parallel" not in n and "every n-th layer" not in n]
+    out = [n for n in notes(model, L) if "sequence parallel" not in n.text and "every n-th layer" not in n.text]
     if L.recompute == "full" and L.recompute_layers:
-        out.append(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} layers per "
-                   "rank become all layers: less memory, more compute than planned")
+        out.append(Note(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} "
+                        "layers per rank become all layers: less memory, more compute than planned"))
     return out
 
 
@@ -158,4 +159,4 @@ def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout, sta
     launch = (f"{torchrun_prefix(cluster, static=bool(stages))} -m torchtitan.train --module {module} "
               f"--config {module}")
     return Export(text=recipe(model, cluster, layout, module, launch, stages), filename=filename, launch=launch,
-                  notes=tuple(py_notes(model, layout)))
+                  noted=tuple(py_notes(model, layout)))

@@ -148,7 +148,7 @@ class AttentionCurve:
 
     gpu: str
     kernel: str
-    """Kernel family: fa2, fa3 or cudnn."""
+    """Kernel family: fa1, fa2, fa3 or cudnn."""
     direction: str
     """forward or backward."""
     causal: bool

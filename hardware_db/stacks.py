@@ -23,7 +23,7 @@ TP_OVERLAPS = ("none", "bulk", "async_tp")
 FSDP_GRANULARITIES = ("block", "tensor", "bucket")
 DP_CHUNKS = ("layer", "virtual_stage")
 FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
-ATTENTION_KERNELS = ("fa2", "fa3", "cudnn", "sdpa", "unfused")
+ATTENTION_KERNELS = ("fa1", "triton", "fa2", "fa3", "cudnn", "sdpa", "unfused")
 FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
@@ -231,6 +231,9 @@ class ExecutionStack:
     "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
     unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
     outer."""
+    max_tp: int | None = None
+    """Largest tensor-parallel degree the stack runs, for the dense layers (Layout.tp) and the experts (Layout.etp);
+    None (absent in stacks.yaml): no limit beyond the scale-up domain the search keeps tp in."""
     moe_dispatchers: tuple[str, ...] = ("alltoall",)
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
@@ -283,6 +286,13 @@ def _bytes(where: str, raw: Mapping[str, Any], key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise BadInputError(f"{where}: {key} must be a number of bytes >= 0, got {value!r}")
     return float(value)
+
+
+def _degree(where: str, raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInputError(f"{where}: {key} must be a whole number >= 1, got {value!r}")
+    return value
 
 
 def _flag(where: str, raw: Mapping[str, Any], key: str) -> bool:
@@ -348,6 +358,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
                                 if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw),
         fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
+        max_tp=_sourced(where, raw, "max_tp", lambda: _degree(where, raw, "max_tp"), None),
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
         moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),

@@ -144,7 +144,7 @@ class RowSource:
     verdict: str
     """ok: every setting our Layout expresses agrees with the source whose layout matches the row; changed: the
     2026-12-03 audit corrected a setting (before -> after in `source`); unsure: no stored source matches the
-    row's layout, the nearest one is used."""
+    row's layout, the nearest one is used, or the settings as recorded cannot run together (`source` says why)."""
     source: str
     """Files (scripts/performance/configs/..., src/megatron/bridge/recipes/... in NVIDIA-NeMo/Megatron-Bridge, commit
     prefix where the stored copy names one) and what each sets; settings Layout cannot express are listed too."""
@@ -162,6 +162,15 @@ _L31 = "llama31/workload_base_configs.py@0fa501ac; recipes/llama/llama31_405b.py
 NOT_IN_LAYOUT = ("not in Layout: token dispatcher (alltoall / flex with DeepEP or HybridEP), moe_permute_fusion, "
                "moe_router_fusion, TP comm overlap userbuffers")
 _LATER_ONLY = "recipe setting from a later perf-config file than 25.11 (the only one matching this row's layout)"
+_Q3_GRAPHS = ("unsure since 2026-12-04: a dropless MoE layer cannot be captured by 25.11 Megatron-Core's local "
+              "full_iteration graph (Megatron-Core moe/README.md 'CUDA Graph': dynamic shapes make MoE layers "
+              "uncapturable without moe_expert_capacity_factor + moe_pad_expert_input_to_capacity; token_dispatcher.py "
+              "_maybe_dtoh_and_synchronize syncs the host unless drop_and_pad; full-iteration capture of the dropless "
+              "Qwen3 MoE came with moe_paged_stash, Megatron-Bridge PR #4211, 2026-06), so the run was either "
+              "token-dropping with graphs (qwen3_30b_a3b_llm_pretrain.py@4054233a: use_tokendrop defaults to True "
+              "on every system, apply_moe_token_drop = capacity 1.0 + pad) or eager in its MoE layers; no stored "
+              "file says which; graphs kept (research/moe-x86-dgx.md: eager would give B200 +24 %, GB200 -30 %, "
+              "GB300 -42 %)")
 
 ROW_SOURCES = {
     ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: mbs 4 there (2 published), cuda graphs local "
@@ -184,8 +193,8 @@ ROW_SOURCES = {
                                                                "moe_preprocess, no recompute; graphs full -> attn "
                                                                "(full came from the ep8 BASE of gpt_oss/"
                                                                "workload_base_configs.py@0fa501ac)", _LATER_ONLY),
-    ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; local full_iteration graphs "
-                                                                  "(mbs 8 there, 4 published)"),
+    ("DGX-GB300", "Qwen3_30B_a3B", "FP8-MX"): RowSource("unsure", f"{_Q3}: {_Q3_RC}; local full_iteration graphs "
+                                                                 f"(mbs 8 there, 4 published); {_Q3_GRAPHS}"),
     ("DGX-GB300", "Qwen3_235B_a22B", "BF16"): RowSource("changed", "qwen/qwen3_workload_base_configs.py@01b2977e "
                                                                   "GB300_BF16_V2 (256 GPUs pp4 gbs8192 mbs2, the "
                                                                   "published layout but ep32 there): TE graphs attn+"
@@ -214,8 +223,8 @@ ROW_SOURCES = {
                                                                "published layout; the 25.11-era BASE_CONFIG file the "
                                                                "same at gbs512): layernorm+moe_act, no graphs, "
                                                                "hybridep; graphs full -> none"),
-    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; mbs 4, local full_iteration "
-                                                                  "graphs (yaml: cuda_graphs true)"),
+    ("DGX-GB200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("unsure", f"{_Q3}: {_Q3_RC}; mbs 4, local full_iteration "
+                                                                 f"graphs (yaml: cuda_graphs true); {_Q3_GRAPHS}"),
     ("DGX-GB200", "Qwen3_235B_a22B", "BF16"): RowSource("changed", "qwen/qwen3_workload_base_configs.py@01b2977e "
                                                                   "GB200 V2 (256 GPUs pp8 gbs8192; vp3 ep32 as "
                                                                   "published in FP8_MX_V2): TE graphs attn+moe_router+"
@@ -238,10 +247,10 @@ ROW_SOURCES = {
                                                               "layernorm+moe_act, no graphs); none matches ep8 mbs4 "
                                                               "gbs512: recompute and graphs now from the same file, "
                                                               "graphs full -> none"),
-    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; CUDA graphs on B200 in every "
-                                                                 "py version (cuda_graphs True, then local "
-                                                                 "full_iteration at mbs 1 as published): graphs none "
-                                                                 "-> full (the yaml has no b200 entry)"),
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("unsure", f"{_Q3}: {_Q3_RC}; CUDA graphs on B200 in every "
+                                                                "py version (cuda_graphs True, then local "
+                                                                "full_iteration at mbs 1 as published): graphs none "
+                                                                f"-> full (the yaml has no b200 entry); {_Q3_GRAPHS}"),
     ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): RowSource("ok", "qwen3/workload_base_configs.py@0fa501ac B200_FP8_MX "
                                                               "(pp8 vp2 ep8 gbs1024, the published layout): no "
                                                               "recompute, no graphs; later V1: alltoall dispatcher"),

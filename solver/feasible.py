@@ -9,11 +9,15 @@
 
 "Smallest change" (the order options are listed in; README "When nothing fits"):
   1. fewest knobs changed: one knob before two (pairs are tried only when no single knob fits);
-  2. least hardware added: GPUs added (a job on fewer nodes counts negative);
+  2. least hardware added: GPUs added, the one change that costs money by the hour (same GPU type: $/h grows with
+     the GPU count; a job on fewer nodes counts negative, so it comes first when it fits);
   3. the fastest predicted step.
 Within one knob the nearest value that fits is taken: the first on the knob's ladder (recompute none -> selective ->
 full, ZeRO up one stage at a time, micro-batch down through its divisors, tp/pp/cp/ep up through the next valid
-degrees, one node at a time, headroom down to what the closest layout leaves).
+degrees, headroom down to what the closest layout leaves). Node counts are two knobs, one per direction, each
+nearest first: fewer nodes (n-1 .. n-8) and more nodes (n+1 .. n+8, then 2n .. 32n). Fewer GPUs rarely fix an
+out-of-memory cause but can fix a divisibility one (a pinned tp * pp that the GPU count does not divide), and they
+cost less; with one ladder for both, more nodes came first and the first that fit hid a smaller job that fit too.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ class Knob:
 
     NODES = "nodes"
     HEADROOM = "headroom_gib"
+
+
+FEWER_NODES, MORE_NODES = "fewer nodes", "more nodes"
+"""The node-count knob's two ladders, tried as two knobs (NearestFeasible.tried names them; Change.knob is NODES)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +252,12 @@ def _resized(cluster: Cluster, nodes: int) -> Cluster | None:
                    groups=(replace(cluster.primary, count=nodes),), node_bandwidth_gb_per_s=None)
 
 
-def node_ladder(n: int) -> list[int]:
-    """Node counts to try, nearest first on each side: n+1..n+8, then 2n..32n; and n-1 down to n-8."""
+def node_ladders(n: int) -> dict[str, list[int]]:
+    """Node counts to try on each side of n, nearest first: fewer (n-1 down to n-8) and more (n+1..n+8, then
+    2n..32n). Each side is its own knob, so the first count that fits on one side never hides the other's."""
     more = [n + k for k in range(1, NODE_STEPS + 1)]
     more += [n * f for f in NODE_DOUBLINGS if n * f > more[-1]]
-    fewer = [n - k for k in range(1, NODE_STEPS + 1) if n - k >= 1]
-    return more + fewer
+    return {FEWER_NODES: [n - k for k in range(1, NODE_STEPS + 1) if n - k >= 1], MORE_NODES: more}
 
 
 # ---- plan: nothing fits -----------------------------------------------------------------------------------------
@@ -288,13 +296,15 @@ def nearest_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixe
             free = round(free, 1)
             yield replace(req, headroom_gib=free, changes=req.changes + (Change(Knob.HEADROOM, req.headroom_gib, free),))
 
-    def nodes(req: _Request) -> Iterator[_Request]:
-        n = req.cluster.n_nodes
-        for count in node_ladder(n):
-            bigger = _resized(req.cluster, count)
-            if bigger is not None:
-                yield replace(req, cluster=bigger, fixed={k: v for k, v in req.fixed.items() if k != "dp"},
-                              changes=req.changes + (Change(Knob.NODES, n, count, abs(count - n)),))
+    def nodes(side: str) -> Callable[[_Request], Iterator[_Request]]:
+        def gen(req: _Request) -> Iterator[_Request]:
+            n = req.cluster.n_nodes
+            for count in node_ladders(n)[side]:
+                resized = _resized(req.cluster, count)
+                if resized is not None:
+                    yield replace(req, cluster=resized, fixed={k: v for k, v in req.fixed.items() if k != "dp"},
+                                  changes=req.changes + (Change(Knob.NODES, n, count, abs(count - n)),))
+        return gen
 
     def unpin(key: str) -> Callable[[_Request], Iterator[_Request]]:
         def gen(req: _Request) -> Iterator[_Request]:
@@ -303,7 +313,8 @@ def nearest_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixe
                               changes=req.changes + (Change(key, req.fixed[key], "any"),))
         return gen
 
-    modifiers: dict[str, Callable[[_Request], Iterator[_Request]]] = {Knob.HEADROOM: headroom, Knob.NODES: nodes}
+    modifiers: dict[str, Callable[[_Request], Iterator[_Request]]] = {
+        Knob.HEADROOM: headroom, FEWER_NODES: nodes(FEWER_NODES), MORE_NODES: nodes(MORE_NODES)}
     modifiers |= {f"unpin {k}": unpin(k) for k in sorted(fixed)}
 
     def price(req: _Request) -> FeasibleOption | None:
@@ -335,6 +346,8 @@ def _first_fits(base, modifiers: dict[str, Callable], price: Callable, changes_o
         names = list(modifiers)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
+                if {a, b} == {FEWER_NODES, MORE_NODES}:  # one knob, two directions: not a pair
+                    continue
                 option = _first_pair(base, modifiers[a], modifiers[b], price)
                 if option is not None:
                     found.append(option)
@@ -423,13 +436,15 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
                     yield from step(c, key, d, k, **fields)
         return gen
 
-    def nodes(c: _Candidate) -> Iterator[_Candidate]:
-        n = c.cluster.n_nodes
-        for count in node_ladder(n):
-            other = _resized(c.cluster, count)
-            fields = dp_for(other.world_size, c.layout) if other is not None else None
-            if fields is not None:
-                yield from step(c, Knob.NODES, count, abs(count - n), cluster=other, **fields)
+    def nodes(side: str) -> Callable[[_Candidate], Iterator[_Candidate]]:
+        def gen(c: _Candidate) -> Iterator[_Candidate]:
+            n = c.cluster.n_nodes
+            for count in node_ladders(n)[side]:
+                other = _resized(c.cluster, count)
+                fields = dp_for(other.world_size, c.layout) if other is not None else None
+                if fields is not None:
+                    yield from step(c, Knob.NODES, count, abs(count - n), cluster=other, **fields)
+        return gen
 
     def replicate(c: _Candidate) -> Iterator[_Candidate]:
         if c.layout.dp_replicate > 1:
@@ -441,7 +456,7 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
         "tp": degree("tp", lambda c: divisors(c.cluster.world_size, at_most=domain)),
         "pp": degree("pp", lambda c: divisors(c.cluster.world_size, at_most=model.n_layers)),
         "cp": degree("cp", lambda c: [d for d in CP_DEGREES if c.cluster.world_size % d == 0]),
-        "dp_replicate": replicate, Knob.NODES: nodes}
+        "dp_replicate": replicate, FEWER_NODES: nodes(FEWER_NODES), MORE_NODES: nodes(MORE_NODES)}
     if model.is_moe:
         modifiers["ep"] = degree("ep", lambda c: divisors(model.n_experts, at_most=world))
 

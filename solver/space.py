@@ -84,6 +84,9 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
     for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, pick("vpp", (1, 2, 3, 4)), eps):
         if world % (tp * pp * cp) or (pp == 1 and vpp > 1):
             continue
+        if stack.max_tp is not None and tp > stack.max_tp:  # stacks.yaml max_tp (hai-llm: no TP)
+            left_out[f"tp > {stack.max_tp}"] += 1
+            continue
         dp = world // (tp * pp * cp)
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
@@ -134,6 +137,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed and not stack.can_run(key, fixed[key]):
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
+    for key in ("tp", "etp"):
+        if key in fixed and stack.max_tp is not None and int(fixed[key]) > stack.max_tp:
+            raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} runs tensor parallelism up to "
+                                f"{stack.max_tp} only; pick another --stack or set {key} <= {stack.max_tp}")
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",

@@ -18,7 +18,12 @@ from clusterplan.models.training.compute import causal_share, flash_core_times, 
 from clusterplan.models.training.layout import Layout
 
 H100 = HardwareRates.of(load_cluster("dgx-h100:1"))
-CAUSAL_FORWARD = [c for c in get_attention_curves("H100-SXM5-80GB") if c.direction == "forward" and c.causal]
+CAUSAL_FORWARD = [c for c in get_attention_curves("H100-SXM5-80GB") if c.direction == "forward" and c.causal
+                  and c.kernel != "fa1"]
+"""The measured FA3-paper curves; the derived fa1 rows are checked apart (test_fa1_rows_are_fa2_halved)."""
+FA1 = [c for c in get_attention_curves("H100-SXM5-80GB") if c.kernel == "fa1"]
+FA1_OVER_FA2 = 0.5
+"""FA2 paper (Dao 2023, arXiv 2307.08691) Sec. 4.1: FlashAttention-2 is around 2x faster than FlashAttention."""
 
 
 def _bench_model(head_dim: int, window: int | None = None) -> ModelShapes:
@@ -39,12 +44,46 @@ def test_every_curve_has_a_source_and_six_lengths():
     assert all("FA3 paper Fig. 5" in c.source and len(c.seq) == 6 for c in CAUSAL_FORWARD)
 
 
-@pytest.mark.parametrize("curve", CAUSAL_FORWARD, ids=lambda c: f"{c.kernel}-d{c.head_dim}")
+@pytest.mark.parametrize("curve", CAUSAL_FORWARD + [c for c in FA1 if c.direction == "forward" and c.causal],
+                         ids=lambda c: f"{c.kernel}-d{c.head_dim}")
 def test_published_causal_forward_points_within_10_percent(curve):
     shapes = _bench_model(curve.head_dim)
     for seq, published in zip(curve.seq, curve.tflops, strict=True):
         flops, fwd, _ = _core(shapes, seq, curve.kernel)
         assert flops / fwd / 1e12 == pytest.approx(published, rel=0.10), (curve.kernel, curve.head_dim, seq)
+
+
+def test_fa1_rows_are_fa2_halved():
+    """Every derived fa1 row is the FA3 paper's FlashAttention-2 row of the same direction, mask and head dim x 0.5, at
+    the same lengths, and names both sources; nothing else is derived (8 rows: 3 + 3 forward, 2 backward)."""
+    fa2 = {(c.direction, c.causal, c.head_dim): c for c in get_attention_curves("H100-SXM5-80GB") if c.kernel == "fa2"}
+    assert len(FA1) == len(fa2) == 8
+    for c in FA1:
+        ref = fa2[(c.direction, c.causal, c.head_dim)]
+        assert c.seq == ref.seq
+        assert c.tflops == pytest.approx([FA1_OVER_FA2 * v for v in ref.tflops], abs=1e-9)
+        assert c.source.startswith("derived: " + ref.source) and "FA2 paper Sec. 4.1" in c.source
+
+
+def test_triton_runs_the_fa1_rate_on_h100():
+    """llm-foundry's attn_impl triton (flash_attn_triton.py) is priced at the FlashAttention-1 rate: head dim 128, 16k
+    (the curves' last point): causal forward 335 / 2 = 167.5 TFLOP/s; backward at 2.5x the FLOPs and the causal
+    forward rate x the non-causal backward / forward ratio, (322 / 2) / (370 / 2), i.e. 167.5 x 161 / 185 = 145.8;
+    exactly twice the fa2 time in both directions."""
+    flops, fwd, bwd = _core(_bench_model(128), 16384, "triton")
+    assert flops / fwd == pytest.approx(167.5e12)
+    assert bwd == pytest.approx(ATTN_BWD_FLOPS_OVER_FWD * flops / (167.5e12 * 161 / 185))
+    _, fa2_f, fa2_b = _core(_bench_model(128), 16384, "fa2")
+    assert (fwd, bwd) == pytest.approx((2 * fa2_f, 2 * fa2_b))
+
+
+def test_triton_has_no_curve_on_a100():
+    """No FlashAttention-1 or Triton curve is published for A100 in text: the core stays on the GEMM shape model there,
+    as under fa2 (the A100 has no fa2 curve either)."""
+    a100 = HardwareRates.of(load_cluster("dgx-a100-80g:1"))
+    assert not a100.attention.has("triton") and not a100.attention.has("fa2")
+    shapes = _bench_model(128)
+    assert _core(shapes, 8192, "triton", a100) == _core(shapes, 8192, "fa2", a100)
 
 
 def test_backward_follows_the_measured_backward_forward_ratio():

@@ -162,3 +162,29 @@ def test_hai_llm_runs_no_context_parallelism():
     base = dict(pp=16, ep=64, zero=1, gbs=15360, seq=4096, schedule="dualpipe")
     assert not stack_problems(Layout(dp=128, **base), stack)
     assert [p.code for p in stack_problems(Layout(dp=16, cp=8, **base), stack)] == [RuleCode.STACK]
+
+
+def test_hai_llm_runs_no_tensor_parallelism(run_cli):
+    """The DeepSeek-V3 report trains 'without using costly Tensor Parallelism' (stacks.yaml hai-llm max_tp 1): the
+    search generates tp 1 only and says what it left out (before, `plan --stack hai-llm` picked tp4 when tp was not
+    pinned); estimate / export name tp or etp > 1 through stack_problems; a pinned tp > 1 is refused in one line.
+    megatron-core has no limit (max_tp absent: None)."""
+    from clusterplan.solver.space import enumerate_space
+
+    hai, mcore = get_stack("hai-llm"), get_stack("megatron-core")
+    assert (hai.max_tp, mcore.max_tp) == (1, None)
+    model = load_model("qwen3-30b-a3b")
+    space = enumerate_space(model, 16, 8, 64, 4096, stack=hai)
+    assert len(space.arrays.tp) and set(space.arrays.tp.tolist()) == {1.0} and space.left_out["tp > 1"] > 0
+    assert max(enumerate_space(model, 16, 8, 64, 4096, stack=mcore).arrays.tp.tolist()) == 8
+    base = dict(pp=2, ep=8, zero=1, gbs=64, seq=4096)
+    assert not stack_problems(Layout(dp=8, **base), hai)
+    assert [p.field for p in stack_problems(Layout(tp=2, dp=4, **base), hai)] == ["tp"]
+    assert [p.field for p in stack_problems(Layout(tp=2, etp=2, dp=4, **base), hai)] == ["tp", "etp"]
+    assert not stack_problems(Layout(tp=2, dp=4, **base), mcore)
+    args = ("plan", "--model", "qwen3-30b-a3b", "--cluster", "hgx-h800:2", "--stack", "hai-llm", "--gbs", "64",
+            "--seq", "4096", "--top", "1")
+    code, out, err = run_cli(*args)
+    assert code == 0 and "tp > 1 (" in err and " tp1 " in out
+    code, out, err = run_cli(*args, "--fix", "tp=2")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "up to 1 only" in err

@@ -362,3 +362,33 @@ def test_megatron_export_carries_rope_and_router_settings_and_check_notes_a_diff
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path
+
+
+_DEEPEP_OVERLAP = Layout(tp=2, dp=8, ep=8, zero=2, mbs=4, gbs=64, seq=4096, moe_dispatcher="deepep",
+                         moe_a2a_overlap=True)
+
+
+@pytest.mark.parametrize("model_ref, layout, target, differences", [
+    ("qwen3-30b-a3b", _DEEPEP_OVERLAP, "torchtitan", ("ZeRO-2 runs as FSDP", "moe_dispatcher=deepep", "moe_a2a_overlap")),
+    ("qwen3-30b-a3b", _DEEPEP_OVERLAP, "torchtitan-py", ("ZeRO-2 runs as FSDP", "moe_dispatcher=deepep",
+                                                         "moe_a2a_overlap")),
+    ("llama3.1-8b", Layout(dp=16, gbs=64, zero=1), "torchtitan", ("ZeRO-1 runs as FSDP",)),
+    ("llama3.1-8b", Layout(cp=2, cp_kind="a2a", dp=8, mbs=1, gbs=64, seq=16384, recompute="none"), "torchtitan",
+     ("(Ulysses) exchange runs as ring attention", "ZeRO-1 runs as FSDP")),
+    ("llama3.1-8b", Layout(pp=4, dp=4, gbs=64, schedule="zb"), "megatron", ("zero-bubble",)),
+])
+def test_export_says_each_difference_once(run_cli, tmp_path, model_ref, layout, target, differences):
+    """Where the exporter's note and the stack's rule are about the same field (the framework runs something else),
+    stderr says it once: the note, which says what runs instead, with the stack's re-plan hint. Before, the stack
+    rule followed as a second warning ("stack torchtitan has no zero=2", "... no deepep token dispatcher")."""
+    path, config = tmp_path / "plan.yaml", tmp_path / "config"
+    write_plan(path, model_ref=model_ref, cluster_ref="dgx-h100:2", layout=layout)
+    code, out, err = run_cli("export", str(path), "--to", target, "--out", str(config))
+    assert code == 0 and out == ""
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == len(differences), err
+    for difference in differences:
+        said = [w for w in warnings if difference in w]
+        assert len(said) == 1 and "re-plan with `clusterplan plan --stack" in said[0], err
+        assert config.read_text().count(difference) == 1  # the note stays in the file
+    assert "warning: stack " not in err

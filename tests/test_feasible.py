@@ -20,7 +20,15 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
-from clusterplan.solver.feasible import Change, FeasibleOption, NothingFits, nearest_layout, node_ladder
+from clusterplan.solver.feasible import (
+    FEWER_NODES,
+    MORE_NODES,
+    Change,
+    FeasibleOption,
+    NothingFits,
+    nearest_layout,
+    node_ladders,
+)
 from clusterplan.solver.search import search
 
 GBS, SEQ, NODES, HEADROOM_GIB = 1024, 8192, 11, 4.0
@@ -148,9 +156,27 @@ def test_smallest_change_ranking():
         (1, -8, 9.0), (1, 0, 2.0), (1, 0, 3.0), (1, 8, 1.0), (2, 0, 1.0)]
 
 
-def test_node_ladder_is_nearest_first():
-    assert node_ladder(12) == [13, 14, 15, 16, 17, 18, 19, 20, 24, 48, 96, 192, 384, 11, 10, 9, 8, 7, 6, 5, 4]
-    assert node_ladder(1) == [2, 3, 4, 5, 6, 7, 8, 9, 16, 32]
+def test_node_ladders_are_nearest_first_on_each_side():
+    assert node_ladders(12) == {FEWER_NODES: [11, 10, 9, 8, 7, 6, 5, 4],
+                                MORE_NODES: [13, 14, 15, 16, 17, 18, 19, 20, 24, 48, 96, 192, 384]}
+    assert node_ladders(1) == {FEWER_NODES: [], MORE_NODES: [2, 3, 4, 5, 6, 7, 8, 9, 16, 32]}
+
+
+def test_a_smaller_job_that_fits_is_offered_before_a_bigger_one():
+    """tp8 pp2 pinned on 3 nodes: 16 does not divide 24 GPUs. 2 nodes and 4 nodes both fit; before, one ladder tried
+    4 first and the first fit ended the node knob, so the cheaper 2-node job was never shown. Each direction is now
+    its own knob, and the ranking puts the job that costs less by the hour (8 GPUs fewer) first, then the one that
+    changes no hardware (pp 2 -> 3 on the 3 nodes), then the one that adds 8 GPUs."""
+    with pytest.raises(NothingFits) as info:
+        search(load_model("llama3.1-8b"), load_cluster("dgx-h100:3"), 64, 4096, fixed={"tp": 8, "pp": 2})
+    nearest = info.value.nearest
+    assert nearest.cause is None and nearest.tried[:3] == ("headroom_gib", FEWER_NODES, MORE_NODES)
+    assert [(tuple(map(str, o.changes)), o.gpus_added) for o in nearest.options] == [
+        (("2 nodes instead of 3",), -8), (("pp 2 -> 3",), 0), (("4 nodes instead of 3",), 8)]
+    assert str(info.value).endswith(nearest.options[0].describe())
+    # Every option is the search's best plan on the changed request, with the pins kept.
+    rerun = search(load_model("llama3.1-8b"), load_cluster("dgx-h100:2"), 64, 4096, fixed={"tp": 8, "pp": 2}, top=1)
+    assert nearest.options[0].step_time_s == rerun.plans[0].to_json()["step_time_s"]
 
 
 def test_plan_cli_nothing_fits_json_and_exit_code(run_cli):

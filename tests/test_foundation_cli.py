@@ -36,3 +36,24 @@ def test_models_show_counts_params(run_cli):
 def test_unknown_model_exit_2(run_cli):
     code, _, err = run_cli("models", "show", "no-such-model")
     assert code == 2 and "unknown model" in err and err.count("\n") == 1
+
+
+def _node_rows(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = lines.index("Node presets (--cluster NAME:NODES)") + 2  # past the title and the header
+    end = lines.index("", start)
+    return lines[start:end]
+
+
+def test_hw_list_shows_node_preset_names_whole_so_they_can_be_copied(run_cli, monkeypatch):
+    # Before, the long description column squeezed the name to "hgx…"; the description now wraps instead.
+    from clusterplan.cli.console import console
+    from clusterplan.hardware_db import load_db
+
+    names = set(load_db().nodes)
+    for width in (250, 100):  # 250: a pipe (console.py); 100: a narrow terminal
+        monkeypatch.setattr(console.out, "width", width)
+        code, out, _ = run_cli("hw", "list")
+        assert code == 0 and "…" not in "".join(_node_rows(out))
+        first_words = {row.split()[0] for row in _node_rows(out) if not row.startswith(" ")}
+        assert first_words == names

@@ -12,9 +12,11 @@ import numpy as np
 
 from clusterplan.hardware_db import AttentionCurve, SdpaFa2Measurement
 
-KERNEL_FAMILY = {"fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn"}
+KERNEL_FAMILY = {"fa1": "fa1", "triton": "fa1", "fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn"}
 """Stack attention kernel -> measured family. `sdpa` (PyTorch SDPA) runs the GPU's `sdpa_family`: its FlashAttention-2
-backend (PyTorch 2.2 notes) unless PyTorch puts cuDNN first on that GPU (attention_kernels.yaml sdpa_backend)."""
+backend (PyTorch 2.2 notes) unless PyTorch puts cuDNN first on that GPU (attention_kernels.yaml sdpa_backend).
+`triton` (llm-foundry attn_impl triton, flash_attn_triton.py) runs the FlashAttention-1 rate, its documented upper
+bound (flash_attn_triton.py docstring: forward + backward slightly slower than the CUDA FlashAttention)."""
 ATTN_BWD_FLOPS_OVER_FWD = 2.5
 """Flash backward FLOPs over forward: 5 GEMMs (recomputed S, dV, dP, dQ, dK) to 2 (Dao 2023, FlashAttention-2
 Sec. 4.1, the FLOP count its benchmarks use)."""

@@ -28,6 +28,9 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.moe.routing import RoutingStats
 
 BYTES_PER_ELEMENT = {"fp8": 1, "bf16": 2, "fp16": 2, "fp32": 4}
+# Floor of a token-count denominator that may be 0 (no replica on the node, no transition into an expert), so the
+# division stays finite where np.where then takes the fallback share (as step.py's TINY_S does for seconds).
+TINY_TOKENS = 1e-300
 
 
 class ReplicaChoice(Enum):
@@ -134,7 +137,7 @@ class Placement:
         node_counts = counts[None, :, :] * same_node[:, None, :]  # [G_src, E, G_dst] replicas on s's node
         node_total = node_counts.sum(axis=2, keepdims=True)
         all_share = (counts / counts.sum(axis=1, keepdims=True))[None, :, :]
-        out = np.where(node_total > 0, node_counts / np.maximum(node_total, 1e-300), all_share)
+        out = np.where(node_total > 0, node_counts / np.maximum(node_total, TINY_TOKENS), all_share)
         own = counts.T > 0  # [G_src, E]: s holds a replica of e
         own_row = np.zeros((n_gpus, 1, n_gpus))
         own_row[np.arange(n_gpus), 0, np.arange(n_gpus)] = 1.0
@@ -224,7 +227,7 @@ def origin(prev_share: np.ndarray, transitions: np.ndarray) -> np.ndarray:
     # Token state sits where its layer-l experts ran (ExFlow context-coherent EP; MoETuner routing dependency).
     weighted = transitions.T @ prev_share  # [E_j, G] = sum_i T[i, j] * share_prev[i, g]
     uniform = np.full_like(weighted, 1.0 / n_gpus)
-    return np.where(into[:, None] > 0, weighted / np.maximum(into, 1e-300)[:, None], uniform)
+    return np.where(into[:, None] > 0, weighted / np.maximum(into, TINY_TOKENS)[:, None], uniform)
 
 
 def traffic(tokens: np.ndarray, origin_eg: np.ndarray, share_eg: np.ndarray) -> np.ndarray:

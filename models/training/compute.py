@@ -386,7 +386,7 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     around it: repeat_kv materialises K and V at the query head count (expand + reshape: read 2 B x kv width, write
     2 B x q width each) and the output's transpose(1, 2).contiguous() (read + write 2 B x v width); torch.compile
     keeps both, SDPA being an extern kernel that needs materialised inputs (torchtitan models/llama/model.py
-    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's
+    Attention.forward). Where the stack unpads around its attention call (attention_unpad: llm-foundry's attn_impl flash,
     flash_attn_fn), the gathers of q, k, v (UNPAD_GATHER_BYTES each element) and the output's scatter
     (PAD_SCATTER_BYTES); backward carries them at the usual 2x of the forward elementwise traffic (by hand: the three
     scatters' zero-fill + scatter 6 B, the output gather 4 B, autograd's cat of the q/k/v gradient chunks 4 B per

@@ -398,31 +398,37 @@ def a2a_overlap_problems(L: Layout) -> list[Rule]:
 
 
 def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
-    """What of the layout the execution stack cannot run (hardware_db/data/stacks.yaml). Empty = it runs."""
-    L, messages = layout, []
+    """What of the layout the execution stack cannot run (hardware_db/data/stacks.yaml), each with the Layout field
+    it is about. Empty = it runs."""
+    L, broken = layout, []
+    add = lambda field, message: broken.append(Rule.broken(RuleCode.STACK, message, field))  # noqa: E731
+    for field, degree in (("tp", L.tp), ("etp", L.etp)):
+        if stack.max_tp is not None and degree > stack.max_tp:
+            add(field, f"stack {stack.name} runs tensor parallelism up to {stack.max_tp} only (dense and expert), "
+                       f"got {field}={degree}; set {field}={stack.max_tp}")
     if L.pp > 1 and not stack.schedules:
-        messages.append(f"stack {stack.name} has no pipeline parallelism; set pp=1")
+        add("pp", f"stack {stack.name} has no pipeline parallelism; set pp=1")
     elif L.pp > 1 and not stack.can_run("schedule", L.schedule):
-        messages.append(f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
+        add("schedule", f"stack {stack.name} has no {L.schedule} schedule; it runs {', '.join(stack.schedules)}")
     if L.cp > 1 and not stack.can_run("cp_kind", L.cp_kind):
         runs = ", ".join(stack.cp_kinds) or "no context parallelism"
-        messages.append(f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
+        add("cp_kind", f"stack {stack.name} has no cp_kind={L.cp_kind} context parallelism; it runs {runs}")
     if (L.dp > 1 or L.zero == 0) and not stack.can_run("zero", L.zero):
-        messages.append(f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
+        add("zero", f"stack {stack.name} has no zero={L.zero}; it runs zero {', '.join(map(str, stack.zero_stages))}")
     if L.pp > 1 and stack.schedules and L.zero > stack.pp_max_zero:
-        messages.append(f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
-                        f"got zero={L.zero}")
+        add("zero", f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
+                    f"got zero={L.zero}")
     if L.recompute_modules and stack.selective_recompute != "core_attn":
-        messages.append(f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its selective "
-                        f"recompute is {stack.selective_recompute}: drop recompute_modules")
+        add("recompute_modules", f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its "
+                                 f"selective recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
-        messages.append(f"stack {stack.name} has no fp8 training recipe")
+        add("precision", f"stack {stack.name} has no fp8 training recipe")
     if not stack.can_run("moe_dispatcher", L.moe_dispatcher):
-        messages.append(f"stack {stack.name} has no {L.moe_dispatcher} token dispatcher (it runs "
-                        f"{', '.join(stack.moe_dispatchers)}); set moe_dispatcher=alltoall")
+        add("moe_dispatcher", f"stack {stack.name} has no {L.moe_dispatcher} token dispatcher (it runs "
+                              f"{', '.join(stack.moe_dispatchers)}); set moe_dispatcher=alltoall")
     if L.moe_a2a_overlap and not stack.moe_a2a_overlap:
-        messages.append(f"stack {stack.name} has no 1F1B all-to-all overlap; set moe_a2a_overlap=0")
+        add("moe_a2a_overlap", f"stack {stack.name} has no 1F1B all-to-all overlap; set moe_a2a_overlap=0")
     if not stack.can_run("cuda_graphs", L.cuda_graphs):
-        messages.append(f"stack {stack.name} has no cuda_graphs={L.cuda_graphs} (it runs {', '.join(stack.cuda_graphs)}); "
-                        "set cuda_graphs=none")
-    return [Rule.broken(RuleCode.STACK, m) for m in messages]
+        add("cuda_graphs", f"stack {stack.name} has no cuda_graphs={L.cuda_graphs} (it runs "
+                           f"{', '.join(stack.cuda_graphs)}); set cuda_graphs=none")
+    return broken

@@ -93,11 +93,14 @@ class Rule:
     code: RuleCode
     message: str
     fix: str
+    field: str = ""
+    """The Layout field the rule is about where it is about one (a stack rule: the field the stack cannot run), so
+    a caller that has already said what runs instead of that field (an exporter's note) need not say it again."""
 
     @classmethod
-    def broken(cls, code: RuleCode, message: str) -> Rule:
+    def broken(cls, code: RuleCode, message: str, field: str = "") -> Rule:
         """The rule `code`, broken as `message` says, with its standard fix."""
-        return cls(code=code, message=message, fix=FIXES[code])
+        return cls(code=code, message=message, fix=FIXES[code], field=field)
 
     def __str__(self) -> str:
         return self.message
