@@ -64,6 +64,8 @@ def test_mi355x_mamf_shape_fills_whole_waves():
     assert hw.gemm_max_flops_fp8 == pytest.approx(5033.2e12 * 0.622 * TRAINING_GEMM_SHARE, rel=1e-9)
     # 4th-gen Infinity Fabric: 7 x 153.6 / 2 = 537.6 GB/s per direction at MI300X's measured RCCL fraction 0.707.
     assert hw.bw_in == pytest.approx(537.6e9 * 0.707, rel=1e-9)
+    # HBM3E 8.0 TB/s at MI300X's measured BabelStream fraction 0.775 (gpus.yaml: no MI355X stream benchmark).
+    assert hw.hbm_bytes_per_s == pytest.approx(8.0e12 * 0.775, rel=1e-9)
 
 
 def test_mi300x_hbm_is_the_measured_stream_rate(mi300x):
