@@ -118,3 +118,15 @@ def test_experts_plot_shows_the_json(run_cli, tmp_path):
     code, out, err = run_cli("experts", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--stats", str(stats),
                              "--plot", str(tmp_path / "x.jpg"))
     assert code == 2 and out == "" and ".png or .svg" in err
+
+
+@pytest.mark.parametrize(("recompute", "forward_share"), [("selective", 1 / 3), ("full", 1 / 4)])
+def test_timeline_splits_a_microbatch_by_hand(recompute, forward_share):
+    # 8 sequences / (dp 1 x mbs 1) = 8 micro-batches on 2 stages, 8 s of compute and in-stage comm = 1 s each:
+    # forward : backward = 1 : 2 (backward twice the forward), under full recompute 1 : 3 (the forward runs again).
+    data = {"layout": {"pp": 2, "dp": 1, "mbs": 1, "gbs": 8, "vpp": 1, "schedule": "1f1b", "recompute": recompute},
+            "time": {"compute_s": 6.0, "tp_comm_s": 1.0, "cp_comm_s": 0.5, "ep_comm_s": 0.5, "pp_comm_s": 0.0}}
+    tl = timeline_of(data)
+    for op in tl.ops:
+        share = forward_share if op.kind == "F" else 1 - forward_share
+        assert op.end_s - op.start_s == pytest.approx(share, rel=1e-9), op
