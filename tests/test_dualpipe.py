@@ -188,3 +188,18 @@ def test_hai_llm_runs_no_tensor_parallelism(run_cli):
     assert code == 0 and "tp > 1 (" in err and " tp1 " in out
     code, out, err = run_cli(*args, "--fix", "tp=2")
     assert code == 2 and out == "" and err.count("\n") == 1 and "up to 1 only" in err
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1"])
+def test_max_tp_must_be_a_whole_degree_with_a_source(bad):
+    """stacks.yaml max_tp: a whole number >= 1 with its source under sources.max_tp; else one line saying so."""
+    from clusterplan.errors import BadInputError
+    from clusterplan.hardware_db.stacks import _read, parse_stack
+
+    raw = dict(_read("stacks.yaml")["stacks"]["hai-llm"])
+    assert parse_stack("hai-llm", raw).max_tp == 1
+    with pytest.raises(BadInputError, match=r"^stacks.yaml: hai-llm: max_tp must be a whole number >= 1, got "):
+        parse_stack("hai-llm", {**raw, "max_tp": bad})
+    unsourced = {**raw, "sources": {k: v for k, v in raw["sources"].items() if k != "max_tp"}}
+    with pytest.raises(BadInputError, match=r"max_tp without a source; add sources.max_tp$"):
+        parse_stack("hai-llm", unsourced)
