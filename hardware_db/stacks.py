@@ -249,6 +249,12 @@ class ExecutionStack:
         stack runs it, else its highest stage (torchtitan, llm-foundry: 3, their default full sharding)."""
         return 1 if 1 in self.zero_stages else max(self.zero_stages)
 
+    @property
+    def fp8_tp_gathers_fp8(self) -> bool:
+        """Whether the stack's fp8 recipe (its first) casts before the tensor-parallel all-gather, so the gather
+        moves fp8 (fp8_tp_allgather_recipes); False without an fp8 recipe."""
+        return bool(self.fp8_recipes) and self.fp8_recipes[0] in self.fp8_tp_allgather_recipes
+
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
         moe_dispatcher)."""

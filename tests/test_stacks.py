@@ -125,3 +125,17 @@ def test_a_stack_without_pipeline_parallelism_refuses_pp():
     problems = stack_problems(Layout(pp=2, dp=4, zero=3), foundry)
     assert [p.message for p in problems] == ["stack llm-foundry has no pipeline parallelism; set pp=1"]
     assert stack_problems(Layout(dp=8, zero=3, recompute="full"), foundry) == []
+
+
+def test_fp8_tp_gathers_fp8_reads_the_stacks_first_recipe():
+    """torchtitan's first fp8 recipe, tensorwise, casts before the TP all-gather (fp8_tp_allgather_recipes); with
+    rowwise first it gathers bf16; megatron-core lists none; a stack without fp8 gathers no fp8."""
+    from dataclasses import replace
+
+    from clusterplan.hardware_db.stacks import get_stack
+
+    titan = get_stack("torchtitan")
+    assert titan.fp8_recipes[0] == "tensorwise" and titan.fp8_tp_gathers_fp8
+    assert not replace(titan, fp8_recipes=("rowwise", "tensorwise")).fp8_tp_gathers_fp8
+    assert not get_stack("megatron-core").fp8_tp_gathers_fp8
+    assert not get_stack("deepspeed").fp8_tp_gathers_fp8

@@ -175,8 +175,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
-    fp8_gather = bool(stack.fp8_recipes) and stack.fp8_recipes[0] in stack.fp8_tp_allgather_recipes
-    colls = tp_collectives(shapes, L, fp8_gather)
+    colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
     group = Group.of(L, Axis.TP)
     total = _priced(colls, group, hw)
     sp = L.sp > 0

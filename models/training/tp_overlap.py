@@ -68,8 +68,7 @@ Gemm = Callable[..., np.ndarray]
 def async_tp_gathers_fused(stack: ExecutionStack, fp8: np.ndarray) -> np.ndarray:
     """Where async TP fuses the all-gathers with their matmuls (module docstring): bf16 layouts, and fp8 layouts whose
     recipe (the stack's first) gathers fp8 (fp8_tp_allgather_recipes)."""
-    fp8_gather = bool(stack.fp8_recipes) and stack.fp8_recipes[0] in stack.fp8_tp_allgather_recipes
-    return ~np.asarray(fp8, dtype=bool) | fp8_gather
+    return ~np.asarray(fp8, dtype=bool) | stack.fp8_tp_gathers_fp8
 
 
 def chunked_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, chunks: np.ndarray | float,
