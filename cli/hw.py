@@ -80,4 +80,4 @@ def hw_show(name: str, fmt: str) -> None:
             rows.extend((f"{key}.{k}", v) for k, v in value.items())
         else:
             rows.append((key, value))
-    console.table(None, ["field", "value"], rows, justify_right=[False, False])
+    console.table(None, ["field", "value"], rows, justify_right=[False, False], wrap=[False, True])

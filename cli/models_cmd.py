@@ -65,4 +65,4 @@ def models_show(model: str, fmt: str) -> None:
         counts = {k: v for k, v in counts.items() if k in ("total_params", "non_embedding_params")}
     for key, value in counts.items():
         rows.append((key, value if key == "n_moe_layers" else f"{value:,} ({value / 1e9:.2f} B)"))
-    console.table(None, ["field", "value"], rows, justify_right=[False, False])
+    console.table(None, ["field", "value"], rows, justify_right=[False, False], wrap=[False, True])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_hw_list_json_lists_gpus_links_nodes(run_cli):
     code, out, _ = run_cli("hw", "list", "--format", "json")
@@ -57,3 +59,19 @@ def test_hw_list_shows_node_preset_names_whole_so_they_can_be_copied(run_cli, mo
         assert code == 0 and "…" not in "".join(_node_rows(out))
         first_words = {row.split()[0] for row in _node_rows(out) if not row.startswith(" ")}
         assert first_words == names
+
+
+@pytest.mark.parametrize("name", ["mi325x-8", "MI300X", "infinity-fabric-mi300"])
+def test_hw_show_keeps_field_names_and_sources_whole(run_cli, monkeypatch, name):
+    # A long source squeezed the field column to "gpus_pe…" and cut the source itself; the value column now wraps.
+    from clusterplan.cli.console import console
+
+    code, out, _ = run_cli("hw", "show", name, "--format", "json")
+    data = json.loads(out)
+    for width in (250, 100):
+        monkeypatch.setattr(console.out, "width", width)
+        code, out, _ = run_cli("hw", "show", name)
+        assert code == 0 and "…" not in out
+        fields = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+        assert {k for k, v in data.items() if not isinstance(v, dict)} <= fields
+        assert " ".join(str(data["source"] if "source" in data else "").split()) in " ".join(out.split())
