@@ -165,3 +165,29 @@ def test_gemm_yaml_rowwise_ratio_needs_a_source_and_at_least_one():
         _parse_gemm("X", {**base, "rowwise_gemm_time_ratio": 0.9, "sources": {**base["sources"], "rowwise": "src"}})
     ok = _parse_gemm("X", {**base, "rowwise_gemm_time_ratio": 1.05, "sources": {**base["sources"], "rowwise": "src"}})
     assert ok.rowwise_gemm_time_ratio == 1.05 and ok.mxfp8_gemm_time_ratio == 1.0
+
+
+def test_rowwise_forward_rate_reaches_recompute_and_async_tp_blocks():
+    """The forward GEMMs rowwise runs at 1.053x reach every place a forward matmul is priced: torchtitan's op-level
+    SAC reruns every other matmul in backward (their forward, so 0.053 x their tensorwise time more), and async TP
+    hides its reduce-scatters under the chunked row forward (1.053x) but dY's all-gather under the row dgrad, a
+    gradient GEMM at the per-tensor rate (unchanged). Llama 3.1 8B on H100, torchtitan-compile, tp 8, seq 8192."""
+    from clusterplan.models.training.compute import op_sac_recomputed_linears
+
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    stack = get_stack("torchtitan-compile")
+    L = LayoutArrays.from_layouts([Layout(tp=8, sp=True, mbs=1, gbs=1, dp=1, seq=8192, precision="fp8",
+                                          recompute="selective")])
+    tw = layer_time(shapes, L, H100, False, replace(stack, fp8_recipes=("tensorwise",)))
+    rw = layer_time(shapes, L, H100, False, replace(stack, fp8_recipes=("rowwise",)))
+    redo = float(linear_times(op_sac_recomputed_linears(shapes, L, False), H100, np.array([True]))[0][0])
+    assert float(rw.recompute_s[0] - tw.recompute_s[0]) == pytest.approx(0.053 * redo, rel=5e-3)
+    assert len(rw.async_tp_blocks) == len(tw.async_tp_blocks) == 2  # attention (qkv, o) and MLP (w1|w3, w2)
+    for r, t in zip(rw.async_tp_blocks, tw.async_tp_blocks, strict=True):
+        assert float(r.column_forward_s[0] / t.column_forward_s[0]) == pytest.approx(1.053, rel=5e-3)
+        assert float(r.row_dgrad_s[0]) == float(t.row_dgrad_s[0])
+    # Row forward chunks: w2's (1,024 x 1,792 -> 4,096) are compute-bound, 1.053x; o's (1,024 x 512 -> 4,096) are
+    # bound by their HBM traffic, which the CUTLASS kernel does not change.
+    attention, mlp = zip(rw.async_tp_blocks, tw.async_tp_blocks, strict=True)
+    assert float(mlp[0].row_forward_s[0] / mlp[1].row_forward_s[0]) == pytest.approx(1.053, rel=5e-3)
+    assert float(attention[0].row_forward_s[0]) == float(attention[1].row_forward_s[0])
