@@ -170,13 +170,18 @@ def test_gemm_model_against_te_profiling_table_on_b300():
     assert layer_ms(b300.for_fp8_recipe("mxfp8"), True) == pytest.approx(7.161, rel=0.03)
 
 
-def test_gemm_yaml_mxfp8_ratio_needs_a_source_and_at_least_one():
+@pytest.mark.parametrize(("key", "source", "other"), [("mxfp8_gemm_time_ratio", "mxfp8", "rowwise_gemm_time_ratio"),
+                                                      ("rowwise_gemm_time_ratio", "rowwise", "mxfp8_gemm_time_ratio")])
+def test_gemm_yaml_time_ratio_needs_a_source_and_at_least_one(key, source, other):
     from clusterplan.errors import BadInputError
     from clusterplan.hardware_db.catalog import _parse_gemm
 
     base = {"sm_count": 148, "tile": [128, 256], "sources": {"sm_count": "s", "tile": "t", "mamf": "m"}}
-    assert _parse_gemm("X", base).mxfp8_gemm_time_ratio == 1.0
-    with pytest.raises(BadInputError, match="without a source: mxfp8"):
-        _parse_gemm("X", {**base, "mxfp8_gemm_time_ratio": 1.05})
-    with pytest.raises(BadInputError, match=">= 1"):
-        _parse_gemm("X", {**base, "mxfp8_gemm_time_ratio": 0.9, "sources": {**base["sources"], "mxfp8": "src"}})
+    assert getattr(_parse_gemm("X", base), key) == 1.0
+    with pytest.raises(BadInputError, match=f"without a source: {source}$"):
+        _parse_gemm("X", {**base, key: 1.05})
+    sourced = {**base["sources"], source: "src"}
+    with pytest.raises(BadInputError, match=f"{key} must be >= 1"):
+        _parse_gemm("X", {**base, key: 0.9, "sources": sourced})
+    ok = _parse_gemm("X", {**base, key: 1.05, "sources": sourced})
+    assert getattr(ok, key) == 1.05 and getattr(ok, other) == 1.0

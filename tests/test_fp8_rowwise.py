@@ -153,20 +153,6 @@ def test_async_tp_unfused_gathers_run_their_matmuls_whole():
     assert float(fused[0][0]) == pytest.approx(chunked)
 
 
-def test_gemm_yaml_rowwise_ratio_needs_a_source_and_at_least_one():
-    from clusterplan.errors import BadInputError
-    from clusterplan.hardware_db.catalog import _parse_gemm
-
-    base = {"sm_count": 132, "tile": [128, 256], "sources": {"sm_count": "s", "tile": "t", "mamf": "m"}}
-    assert _parse_gemm("X", base).rowwise_gemm_time_ratio == 1.0
-    with pytest.raises(BadInputError, match="without a source: rowwise"):
-        _parse_gemm("X", {**base, "rowwise_gemm_time_ratio": 1.05})
-    with pytest.raises(BadInputError, match="rowwise_gemm_time_ratio must be >= 1"):
-        _parse_gemm("X", {**base, "rowwise_gemm_time_ratio": 0.9, "sources": {**base["sources"], "rowwise": "src"}})
-    ok = _parse_gemm("X", {**base, "rowwise_gemm_time_ratio": 1.05, "sources": {**base["sources"], "rowwise": "src"}})
-    assert ok.rowwise_gemm_time_ratio == 1.05 and ok.mxfp8_gemm_time_ratio == 1.0
-
-
 def test_rowwise_forward_rate_reaches_recompute_and_async_tp_blocks():
     """The forward GEMMs rowwise runs at 1.053x reach every place a forward matmul is priced: torchtitan's op-level
     SAC reruns every other matmul in backward (their forward, so 0.053 x their tensorwise time more), and async TP
