@@ -20,7 +20,8 @@ Stages = tuple[PipelineStage, ...]
 @dataclass(frozen=True, slots=True)
 class Note:
     """One difference between the plan and what the framework runs: `text` says what runs instead; `field` is the
-    Layout field it replaces where an execution stack's rule names the same field (stack_problems), else empty."""
+    Layout field it is about (an execution stack's rule on the same field, stack_problems, says it again), else
+    empty."""
 
     text: str
     field: str = ""

@@ -204,7 +204,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
                         f"(hidden {model.hidden}, {model.n_layers} layers, {model.n_heads} heads) under this name"))
     if L.tp > 1 and not L.sp:
         out.append(Note("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp "
-                        "off, so activations use less memory than planned"))
+                        "off, so activations use less memory than planned", "sp"))
     if L.cp > 1 and L.cp_kind == "a2a":
         out.append(Note("torchtitan's context parallel is ring attention; the plan's all-to-all (Ulysses) exchange "
                         "runs as ring attention here", "cp_kind"))
@@ -212,7 +212,7 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}"))
     if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:
         out.append(Note(f"recompute_layers({L.recompute_layers}) does not divide the layers per stage; every n-th "
-                        "layer is the nearest torchtitan option"))
+                        "layer is the nearest torchtitan option", "recompute_layers"))
     if L.zero in (1, 2) and L.dp_shard > 1:
         out.append(Note(f"ZeRO-{L.zero} runs as FSDP with fsdp_reshard_after_forward \"never\" (weights stay gathered "
                         "from forward to backward, gradients reduce-scattered: ZeRO-2)", "zero"))

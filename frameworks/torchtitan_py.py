@@ -140,7 +140,9 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
 
 def py_notes(model: ModelSpec, layout: Layout) -> list[Note]:
     L = layout
-    out = [n for n in notes(model, L) if "sequence parallel" not in n.text and "every n-th layer" not in n.text]
+    # The TOML exporter's notes this recipe leaves out, picked by field: sequence parallel and every-n-th-layer
+    # recompute (it says its own on recompute below).
+    out = [n for n in notes(model, L) if n.field not in ("sp", "recompute_layers")]
     if L.recompute == "full" and L.recompute_layers:
         out.append(Note(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} "
                         "layers per rank become all layers: less memory, more compute than planned"))
