@@ -19,7 +19,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
-from clusterplan.reference.report import read_rows, row_notes, summary
+from clusterplan.reference.report import read_rows, refusal, row_notes, summary
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
 STACK = "megatron-core"
@@ -493,7 +493,7 @@ def bridge_rows() -> list[BridgeRow]:
         nv_tflops = tokens * bridge_flops_per_token(model, layout.seq, layout.tp) / 1e12
         out.append(BridgeRow(layout=layout, notes=tuple(notes), reason="", predicted_tokens_per_s=tokens,
                              predicted_tflops=nv_tflops, model_tflops=js["tflops_per_gpu"],
-                             refused="; ".join(str(p) for p in est.reasons), **base))
+                             refused=refusal(est), **base))
     return out
 
 

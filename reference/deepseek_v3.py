@@ -22,7 +22,7 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, read_rows, row_notes
+from clusterplan.reference.report import TARGET_TIME_MAX, read_rows, refusal, row_notes
 
 DEEPSEEK_CSV = "deepseek_v3_pretrain.csv"
 MODEL = "deepseek-v3"
@@ -110,7 +110,7 @@ def deepseek_rows() -> list[DeepSeekRow]:
                                gpu_hours_per_trillion_tokens=float(r["gpu_hours_per_trillion_tokens"]),
                                predicted_tokens_per_s=js["tokens_per_s"] / gpus, predicted_mfu=js["mfu"],
                                predicted_memory_gib=js["memory"]["peak_gib"],
-                               refused="; ".join(str(p) for p in est.reasons)))
+                               refused=refusal(est)))
     return out
 
 

@@ -21,7 +21,14 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
+from clusterplan.reference.report import (
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    read_rows,
+    refusal,
+    row_notes,
+    summary,
+)
 
 FOUNDRY_CSV = "llmfoundry_mpt.csv"
 STACK = "llm-foundry"
@@ -164,7 +171,7 @@ def foundry_rows() -> list[FoundryRow]:
                               model_params=model.total_params(),
                               readme_flops_per_token=readme_flops_per_token(model, seq),
                               predicted_tokens_per_s=js["tokens_per_s"] / gpus,
-                              refused="; ".join(str(p) for p in est.reasons)))
+                              refused=refusal(est)))
     return out
 
 

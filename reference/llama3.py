@@ -31,7 +31,7 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, refusal, row_notes
 
 LLAMA3_CSV = "llama3_405b_table4.csv"
 MODEL = "llama3.1-405b"
@@ -187,7 +187,7 @@ def llama3_rows() -> list[Llama3Row]:
                              causal_flops_per_token=causal_flops_per_token(model, seq),
                              predicted_tokens_per_s=js["tokens_per_s"] / gpus, model_tflops=js["tflops_per_gpu"],
                              predicted_memory_gib=js["memory"]["peak_gib"],
-                             refused="; ".join(str(p) for p in est.reasons)))
+                             refused=refusal(est)))
     return out
 
 

@@ -25,7 +25,7 @@ from typing import Protocol
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
-from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import Estimate, estimate
 from clusterplan.models.training.layout import Layout
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data"
@@ -71,6 +71,11 @@ def summary(rows: Sequence[PublishedRow]) -> tuple[int, float, float]:
     if not errors:
         return 0, float("nan"), float("nan")
     return len(errors), median(errors), errors[-1]
+
+
+def refusal(est: Estimate) -> str:
+    """Why `estimate` refused a reference row's layout (out of memory, ...), its reasons joined; empty when it fits."""
+    return "; ".join(str(p) for p in est.reasons)
 
 
 def row_notes(notes: tuple[str, ...] | list[str], refused: str | None) -> list[str]:

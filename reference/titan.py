@@ -28,6 +28,7 @@ from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
     read_rows,
+    refusal,
     row_notes,
 )
 
@@ -179,7 +180,7 @@ def titan_rows() -> list[TitanRow]:
                             published_memory_gib=float(r["memory_gib"]),
                             predicted_tokens_per_s=js["tokens_per_s"] / gpus,
                             predicted_memory_gib=js["memory"]["peak_gib"],
-                            refused="; ".join(str(p) for p in est.reasons)))
+                            refused=refusal(est)))
     return out
 
 

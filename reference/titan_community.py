@@ -29,6 +29,7 @@ from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
     read_rows,
+    refusal,
     row_notes,
 )
 
@@ -201,7 +202,7 @@ def community_rows() -> list[CommunityRow]:
                                 published_memory_gib=float(r["memory_gib"]) if r["memory_gib"] else None,
                                 predicted_tokens_per_s=js["tokens_per_s"] / gpus,
                                 predicted_memory_gib=js["memory"]["peak_gib"],
-                                refused="; ".join(str(p) for p in est.reasons)))
+                                refused=refusal(est)))
     return out
 
 
