@@ -50,11 +50,15 @@ def package_sources(root: Path = ROOT) -> list[Path]:
     """The package's own modules: every .py file whose folders, up to the package root, are all packages (have an
     __init__.py), tests excluded. The package root is the repository root, so a virtual environment or build folder
     inside it (.venv with torch's tests, whose newer syntax this Python cannot parse) is not the package."""
-    def in_package(path: Path) -> bool:
-        rel = path.relative_to(root)
-        folders = [root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts))]
-        return "tests" not in rel.parts and all((f / "__init__.py").is_file() for f in folders)
-    return [p for p in sorted(root.rglob("*.py")) if in_package(p)]
+    found, folders = [], [root]
+    while folders:  # descend only into packages, so the .venv's thousands of files are never listed
+        folder = folders.pop()
+        for path in folder.iterdir():
+            if path.is_dir() and path.name != "tests" and (path / "__init__.py").is_file():
+                folders.append(path)
+            elif path.suffix == ".py" and path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
 def test_the_scan_reads_the_package_and_only_it(tmp_path):
