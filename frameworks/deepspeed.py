@@ -117,8 +117,12 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"train.py must build a deepspeed.pipe.PipelineModule with num_stages={L.pp} (passed as "
                         "--pipeline-parallel-size)"))
     if L.ep > 1:
+        # deepspeed/moe/layer.py MoE(capacity_factor=1.0, drop_tokens=True) drops by default: the plan's choice
+        # is written out (its capacity is per expert over the k-way gate, padded: sharded_moe.py).
+        drop = (f"capacity_factor={L.moe_capacity_factor:g}, drop_tokens=True" if L.moe_capacity_factor is not None
+                else "drop_tokens=False")
         out.append(Note(f"train.py must build deepspeed.moe.layer.MoE(num_experts={model.n_experts}, "
-                        f"ep_size={L.ep}, k={model.top_k}) layers (passed as --ep-size)"))
+                        f"ep_size={L.ep}, k={model.top_k}, {drop}) layers (passed as --ep-size)"))
     if L.cp > 1:
         out.append(Note("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)"))
     out += dispatcher_notes(L, "DeepSpeed")

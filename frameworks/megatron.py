@@ -133,12 +133,21 @@ def dispatcher_args(layout: Layout) -> Args:
     return ["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", layout.moe_dispatcher]
 
 
+def token_drop_args(layout: Layout) -> Args:
+    """Token-dropping MoE as the plan priced it (Layout.moe_capacity_factor): the capacity factor and padding to
+    capacity, Megatron-Core's drop-and-pad path (Megatron-LM arguments.py _add_moe_args --moe-expert-capacity-factor,
+    --moe-pad-expert-input-to-capacity; the drop policy stays at its default, probs). Nothing for dropless."""
+    if layout.moe_capacity_factor is None:
+        return []
+    return ["--moe-expert-capacity-factor", _number(layout.moe_capacity_factor), "--moe-pad-expert-input-to-capacity"]
+
+
 def moe_args(m: ModelSpec, layout: Layout) -> Args:
     if not m.is_moe:
         return []
     args = ["--num-experts", str(m.n_experts), "--moe-router-topk", str(m.top_k),
             "--moe-ffn-hidden-size", str(m.expert_ffn_hidden), "--moe-grouped-gemm",
-            *dispatcher_args(layout)]
+            *dispatcher_args(layout), *token_drop_args(layout)]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
     # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
@@ -278,8 +287,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
                         f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
                         "(Megatron-Bridge model config) or the plan's activations will not fit"))
     if L.cuda_graphs != "none":
-        scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration (MoE layers: also "
-                         "--moe-pad-expert-input-to-capacity with a capacity factor)",
+        dropless = model.is_moe and L.moe_capacity_factor is None
+        scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration" + (
+                     " (dropless MoE layers cannot be captured: set moe_capacity_factor to run the drop-and-pad path, "
+                     "or expect them eager)" if dropless else ""),
                  "attn": "--cuda-graph-impl transformer_engine --cuda-graph-scope attn"}[L.cuda_graphs]
         out.append(Note(f"cuda_graphs={L.cuda_graphs}: the script runs eager; add {scope} (Megatron-Core >= 0.14) to "
                         "run the plan's CUDA graphs, whose MoE host time the plan priced"))

@@ -444,14 +444,15 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
                 "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
                 "--pipeline-model-parallel-layout": "pp_layout", "--moe-token-dispatcher-type": "dispatcher",
-                "--moe-flex-dispatcher-backend": "flex_backend"}
+                "--moe-flex-dispatcher-backend": "flex_backend", "--moe-expert-capacity-factor": "capacity_factor"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
                   "--fp16": "fp16", "--group-query-attention": "gqa", "--use-flash-attn": "flash",
                   "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
                   "--grad-reduce-in-bf16": "grad_bf16", "--moe-enable-deepep": "enable_deepep",
-                  "--overlap-moe-expert-parallel-comm": "a2a_overlap"}
+                  "--overlap-moe-expert-parallel-comm": "a2a_overlap",
+                  "--moe-pad-expert-input-to-capacity": "pad_to_capacity"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -621,11 +622,34 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"))
     dispatcher = megatron_dispatcher(v, str(path))
+    capacity, more = megatron_capacity_factor(v, str(path))
+    notes += more
     layout = replace(layout, moe_dispatcher=dispatcher if model.is_moe else "alltoall",
-                     moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe)
+                     moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe,
+                     moe_capacity_factor=capacity if model.is_moe else None)
     notes += _megatron_model_notes(v, model)
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
+
+
+def megatron_capacity_factor(v: Mapping[str, Any], where: str) -> tuple[float | None, list[str]]:
+    """Layout.moe_capacity_factor of --moe-expert-capacity-factor C with --moe-pad-expert-input-to-capacity (the
+    drop-and-pad path); without padding Megatron-Core drops over capacity but keeps the dropless path's uneven
+    splits and host sync, which the balanced routing priced here makes dropless: read as dropless, with a note."""
+    raw = v.get("capacity_factor")
+    if raw is None:
+        if v.get("pad_to_capacity"):
+            raise BadInputError(f"{where}: --moe-pad-expert-input-to-capacity needs --moe-expert-capacity-factor "
+                                "(Megatron-LM validate_args); add it or drop the padding flag")
+        return None, []
+    value = _float(raw)
+    if not value > 0 or value == float("inf"):
+        raise BadInputError(f"{where}: --moe-expert-capacity-factor {raw}: must be a number > 0 (e.g. 1.0)")
+    if not v.get("pad_to_capacity"):
+        return None, [f"--moe-expert-capacity-factor {raw} without --moe-pad-expert-input-to-capacity: token "
+                      "dropping without padding keeps the dropless path's host sync and uneven splits (Layout has "
+                      "no unpadded token dropping): estimated dropless"]
+    return value, []
 
 
 def megatron_dispatcher(v: Mapping[str, Any], where: str) -> str:

@@ -219,6 +219,11 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     if L.optimizer == "adam":
         out.append(Note("torchtitan keeps fp32 parameters under FSDP mixed precision (adam-master memory)"))
     out += dispatcher_notes(L, "torchtitan")
+    if L.moe_capacity_factor is not None:
+        # torchtitan models/moe: TokenChoiceTopKRouter and TokenReorderer send every routed token to its experts.
+        out.append(Note(f"moe_capacity_factor={L.moe_capacity_factor:g}: torchtitan's MoE is dropless (no capacity "
+                        "factor); every routed token reaches its experts, with uneven splits and a host sync per "
+                        "layer, which the plan did not price", "moe_capacity_factor"))
     return out
 
 

@@ -238,6 +238,8 @@ class ExecutionStack:
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
     """Runs the 1F1B all-to-all overlap (Layout.moe_a2a_overlap; absent: false)."""
+    moe_token_drop: bool = False
+    """Runs token-dropping MoE with padding to capacity (Layout.moe_capacity_factor; absent: false, dropless only)."""
     eager_expert_bias: bool = False
     """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
     the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
@@ -368,6 +370,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
         moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),
+        moe_token_drop=_sourced(where, raw, "moe_token_drop", lambda: _flag(where, raw, "moe_token_drop"), False),
         eager_expert_bias=_sourced(where, raw, "eager_expert_bias", lambda: _flag(where, raw, "eager_expert_bias"),
                                    False))
 

@@ -243,6 +243,14 @@ def nemo_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
     return bridge_flops_per_token(model, seq, tp) + 6 * model.n_layers * seq * model.q_dim
 
 
+TOKEN_DROP_CAPACITY_FACTOR = 1.0
+"""The 25.09 table's "tokendrop" MoE rows: Megatron-Bridge's token-drop switch (scripts/performance --use_tokendrop;
+qwen3_30b_a3b_llm_pretrain.py@4054233a sets use_tokendrop on by default) calls apply_moe_token_drop with its
+defaults, moe_expert_capacity_factor 1.0 and moe_pad_expert_input_to_capacity True (the drop-and-pad path)."""
+TOKEN_DROP_NOTE = ("token-dropping MoE as the table labels it: capacity factor 1.0 with padding (Megatron-Bridge "
+                   "apply_moe_token_drop defaults)")
+
+
 def nemo_rows() -> list[NemoRow]:
     models = _models()
     stack = get_stack(STACK)
@@ -262,10 +270,9 @@ def nemo_rows() -> list[NemoRow]:
                     published_tokens_per_s=published_tokens, published_tflops=published_tflops,
                     megatron_gflops_per_token=megatron, release_gflops_per_token=count)
         if r["moe"] == "tokendrop":
-            out.append(NemoRow(notes=tuple(notes), reason="token-dropping MoE (capacity factor, dropped tokens skip "
-                                                           "the experts) is not in Layout: every row is dropless",
-                               **base))
-            continue
+            layout = layout.with_(moe_capacity_factor=TOKEN_DROP_CAPACITY_FACTOR)
+            base["layout"] = layout
+            notes.append(TOKEN_DROP_NOTE)
         cluster = load_cluster(f"{NODE}:{gpus // GPUS_PER_NODE}")
         recipe = FP8_RECIPES[r["precision"]]
         problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),

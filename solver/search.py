@@ -93,8 +93,14 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             time_to_train=train.to_json(int(i)) if train is not None else None))
     notes = (f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items())),
              ) if space.left_out else ()
+    if model.is_moe and (fixed or {}).get("moe_capacity_factor") is None and stack.moe_token_drop:
+        notes += (TOKEN_DROP_NOTE,)
     return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
+
+
+TOKEN_DROP_NOTE = ("token-dropping MoE not searched (every plan is dropless): a capacity factor changes what the "
+                   "model learns; pin --fix moe_capacity_factor=C to price it")
 
 
 def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:

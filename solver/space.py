@@ -131,6 +131,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")
+    if fixed.get("moe_capacity_factor") is not None and not stack.moe_token_drop:
+        raise BadInputError(f"--fix moe_capacity_factor={fixed['moe_capacity_factor']:g}: stack {stack.name} has no "
+                            "token-dropping MoE; pick another --stack or unpin it")
     # The token dispatcher and the 1F1B all-to-all overlap are not searched: they stay at the NCCL all-to-all
     # without overlap unless pinned (--fix moe_dispatcher=deepep,moe_a2a_overlap=1).
     for key in ("schedule", "cp_kind", "zero", "cuda_graphs", "moe_dispatcher"):
@@ -158,7 +161,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
               * len(precision_options))
     # The pinned dispatcher / overlap go into the probe so their structural rules (A2A_OVERLAP: ep > 1, the
     # interleaved schedule with pp > 1) reject here as estimate() would.
-    moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap") if k in fixed}
+    # A capacity factor is never searched (it changes what the model learns: dropped tokens skip their experts);
+    # a pinned one is priced.
+    moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap", "moe_capacity_factor") if k in fixed}
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
@@ -200,6 +205,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
+    if fixed.get("moe_capacity_factor") is not None:
+        cols["moe_capacity_factor"] = np.full(total, float(fixed["moe_capacity_factor"]))
     # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.
     dp_mbs = cols["dp"] * cols["mbs"]
     ok = cols["gbs"] % dp_mbs == 0

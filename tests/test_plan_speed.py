@@ -28,7 +28,8 @@ from clusterplan.models.training.memory import (
 from clusterplan.models.training.step import DEDUPE_MIN_ROWS, LAYER_TIME_FIELDS, unique_layer_time
 from clusterplan.solver.space import enumerate_space
 
-DERIVED = {"microbatches": ("gbs", "dp", "mbs"), "sp_div": ("sp", "tp"), "dp_shard": ("dp", "dp_replicate")}
+DERIVED = {"microbatches": ("gbs", "dp", "mbs"), "sp_div": ("sp", "tp"), "dp_shard": ("dp", "dp_replicate"),
+           "token_drop": ("moe_capacity_factor",)}
 
 
 class _Reading:

@@ -84,6 +84,8 @@ PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
 BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap")
+DROPLESS = 0.0
+"""LayoutArrays.moe_capacity_factor of a dropless layout (Layout.moe_capacity_factor None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ class LayoutArrays:
     moe_dispatcher: np.ndarray
     recompute_modules: np.ndarray
     """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
+    moe_capacity_factor: np.ndarray
+    """Layout.moe_capacity_factor; DROPLESS (0) for None."""
 
     @classmethod
     def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
@@ -127,6 +131,8 @@ class LayoutArrays:
             cols[name] = np.array([codes[getattr(x, name)] for x in layouts], dtype=np.int64)
         cols["recompute_modules"] = np.array([recompute_modules_mask(x.recompute_modules) for x in layouts],
                                              dtype=np.int64)
+        cols["moe_capacity_factor"] = np.array([DROPLESS if x.moe_capacity_factor is None else x.moe_capacity_factor
+                                                for x in layouts], dtype=float)
         return cls(**cols)
 
     @classmethod
@@ -140,6 +146,8 @@ class LayoutArrays:
                 cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if integer else float)
             elif f.name == "recompute_modules":
                 cols[f.name] = np.zeros(n, dtype=np.int64)
+            elif f.name == "moe_capacity_factor":
+                cols[f.name] = np.full(n, DROPLESS)
             elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
                 cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
@@ -192,6 +200,8 @@ class LayoutArrays:
         values.update({name: bool(getattr(self, name)[i]) for name in BOOL_FIELDS})
         values.update({name: CHOICES[name][int(getattr(self, name)[i])] for name in CODES})
         values["recompute_modules"] = recompute_modules_text(int(self.recompute_modules[i]))
+        cf = float(self.moe_capacity_factor[i])
+        values["moe_capacity_factor"] = None if cf == DROPLESS else cf
         return Layout(**values)
 
     # derived columns
@@ -202,6 +212,11 @@ class LayoutArrays:
     @property
     def microbatches(self) -> np.ndarray:
         return np.maximum(1.0, np.floor(self.gbs / (self.dp * self.mbs)))
+
+    @property
+    def token_drop(self) -> np.ndarray:
+        """Rows on Megatron-Core's drop-and-pad MoE path (Layout.moe_capacity_factor set)."""
+        return self.moe_capacity_factor != DROPLESS
 
     @property
     def sp_div(self) -> np.ndarray:

@@ -14,6 +14,8 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
+    MXFP8_ALIGN_ROWS,
+    capacity_ratio,
     expert_bias_bytes,
     fp8_padding_bytes,
     grouped_gemm_time_s,
@@ -258,7 +260,8 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
     if moe:
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
         # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
-        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp)
+        # Drop-and-pad: exactly capacity rows per expert from each rank (moe_layer.capacity_ratio).
+        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp) * capacity_ratio(shapes, L)
         out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
                       count=shapes.n_experts / L.ep, streamed=True)
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
@@ -276,7 +279,8 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
     attn = 2 * tokens * shapes.attn_params / t
     if moe:
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP).
-        routed = 2 * tokens * shapes.top_k * shapes.expert_params / L.tp
+        # Executed: drop-and-pad runs the padded rows too (moe_layer.capacity_ratio); model FLOPs (MFU) count top_k.
+        routed = 2 * tokens * shapes.top_k * shapes.expert_params / L.tp * capacity_ratio(shapes, L)
         mlp = routed + 2 * tokens * shapes.moe_dense_part_params / t
     else:
         mlp = 2 * tokens * shapes.dense_mlp_params / t
@@ -314,7 +318,7 @@ def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
 def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
     width at 2 B; the `act` share of elementwise_bytes)."""
-    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    ffn = shapes.top_k * shapes.expert_ffn * capacity_ratio(shapes, L) if moe else shapes.ffn
     return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
 
@@ -334,7 +338,7 @@ def clamp_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool)
     the clamp into the activation kernel."""
     if not shapes.activation_clamp or compiled:
         return np.zeros_like(L.tp, dtype=float), 0.0
-    ffn = shapes.top_k * shapes.expert_ffn if moe else shapes.ffn
+    ffn = shapes.top_k * shapes.expert_ffn * capacity_ratio(shapes, L) if moe else shapes.ffn
     forward = L.seq * L.mbs / L.cp * ffn * 2.0 * CLAMP_FORWARD_ELEMENTS / L.tp
     return forward, CLAMP_BACKWARD_ELEMENTS / CLAMP_FORWARD_ELEMENTS
 
@@ -440,7 +444,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
         t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
         # fp8: the experts' padding / unpadding copies, the same bytes each way (moe_layer.fp8_padding_bytes).
-        pad = expert_padding_s(shapes, L, hw, stack)
+        pad = expert_padding_s(shapes, L, hw, stack, fp8_recipe)
         cast_fwd, cast_bwd = cast_fwd + pad, cast_bwd + pad
         experts_f, experts_b = ef + np.where(fp8, ecf + pad, 0.0), eb + np.where(fp8, ecb + pad, 0.0)
         if stack.eager_expert_bias:  # Megatron-Core TEGroupedMLP._apply_bias after fc2 (moe_layer.expert_bias_bytes)
@@ -494,12 +498,15 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      comm_slowdown_out=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_out))
 
 
-def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> np.ndarray:
+def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                     fp8_recipe: str = DEFAULT_FP8_RECIPE) -> np.ndarray:
     """Seconds of one MoE layer's fp8 expert padding / unpadding copies per micro-batch, each way (forward; backward
     the same), at the HBM rate, where the stack pads (ExecutionStack.fp8_expert_padding); callers apply it under
-    fp8 only."""
+    fp8 only. The recipe sets the row alignment (moe_layer.FP8_ALIGN_ROWS / MXFP8_ALIGN_ROWS)."""
     if not stack.fp8_expert_padding:
         return np.zeros_like(L.tp, dtype=float)
+    if fp8_recipe == "mxfp8":
+        return fp8_padding_bytes(shapes, L, MXFP8_ALIGN_ROWS) / hw.hbm_bytes_per_s
     return fp8_padding_bytes(shapes, L) / hw.hbm_bytes_per_s
 
 

@@ -19,8 +19,9 @@ recompute the backward of a layer starts by re-running its forward (the sync inc
 backward, the previous layer's recomputed attention/router]. Without recompute backward has no sync: the host may run
 ahead, and only what its total exceeds the GPU's total is exposed.
 
-CUDA graphs (Layout.cuda_graphs): "full" captures the whole iteration (no host time, no sync); "attn" replays the
-attention block as one graph launch per pass. A stack without moe_host data prices nothing here. Vectorised over
+Token-dropping layers (Layout.moe_capacity_factor, the dispatcher's drop-and-pad path) have no sync: their host
+time is priced as the no-sync case above. CUDA graphs (Layout.cuda_graphs): "full" captures the whole iteration (no
+host time, no sync); "attn" replays the attention block as one graph launch per pass. A stack without moe_host data prices nothing here. Vectorised over
 LayoutArrays.
 """
 
@@ -116,13 +117,17 @@ def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, 
     backward_phases = [combine, experts_b, dispatch, rest_b]
     gpu_f = sum(p.gpu_s for p in forward_phases)
     gpu_b = sum(p.gpu_s for p in backward_phases)
+    # No sync anywhere: the host runs ahead; only its excess over the GPU shows.
+    forward = np.maximum(0.0, sum(p.host_s for p in forward_phases) - gpu_f)
+    with_recompute = forward + np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
     if h.dispatcher_sync:
-        forward = pipeline_s([dispatch, experts_f, combine, rest_f]) - gpu_f
-        with_recompute = pipeline_s([dispatch, experts_f, combine, combine, experts_b, dispatch, rest_b,
-                                     rest_f]) - gpu_f - gpu_b
-    else:  # no sync anywhere: the host runs ahead; only its excess over the GPU shows
-        forward = np.maximum(0.0, sum(p.host_s for p in forward_phases) - gpu_f)
-        with_recompute = forward + np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
+        # The drop-and-pad path (Layout.moe_capacity_factor) has fixed, equal splits and returns from
+        # MoEAlltoAllTokenDispatcher.preprocess before any device-to-host copy (cuda_sync_point stays "no_sync"):
+        # only the dropless rows sync.
+        sync = ~L.token_drop
+        forward = np.where(sync, pipeline_s([dispatch, experts_f, combine, rest_f]) - gpu_f, forward)
+        with_recompute = np.where(sync, pipeline_s([dispatch, experts_f, combine, combine, experts_b, dispatch,
+                                                    rest_b, rest_f]) - gpu_f - gpu_b, with_recompute)
     backward = np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
     full = L.recompute == RecomputeCode.FULL
     exposed = forward + np.where(full, with_recompute, backward)

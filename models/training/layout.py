@@ -9,6 +9,7 @@ Expert parallelism folds over dp_shard * cp * tp (ep * etp must divide it), as i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
@@ -123,6 +124,13 @@ class Layout:
     """Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm): one micro-batch's forward and
     another's backward run merged layer by layer, each one's all-to-alls under the other's compute
     (megatron/core/pipeline_parallel/combined_1f1b.py; models/training/dispatch.py)."""
+    moe_capacity_factor: float | None = None
+    """Token-dropping MoE (Megatron-Core --moe-expert-capacity-factor C with --moe-pad-expert-input-to-capacity, the
+    drop-and-pad path; Megatron-Bridge apply_moe_token_drop: C = 1.0 with padding): each expert takes exactly
+    capacity = ceil(C x tokens x top_k / n_experts) rows of every rank's tokens, the rest dropped, the gaps padded;
+    no device-to-host sync, so full-iteration CUDA graphs capture it. None = dropless (every routed token reaches its
+    experts). Padding is implied: a capacity factor without it keeps the dropless path's sync and, under the balanced
+    routing priced here, its row count (models/training/moe_layer.py capacity_rows)."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
@@ -140,6 +148,12 @@ class Layout:
         for name in ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
+        cf = self.moe_capacity_factor
+        if cf is not None:
+            if isinstance(cf, bool) or not isinstance(cf, int | float) or not math.isfinite(cf) or cf <= 0:
+                raise BadInputError(f"layout: moe_capacity_factor must be a number > 0 (e.g. 1.0) or unset for "
+                                    f"dropless MoE, got {cf!r}")
+            object.__setattr__(self, "moe_capacity_factor", float(cf))
         if self.zero not in (0, 1, 2, 3):
             raise BadInputError(f"layout: zero must be 0, 1, 2 or 3 (3 = FSDP), got {self.zero!r}")
         for name, allowed in CHOICES.items():
@@ -188,6 +202,8 @@ class Layout:
             del out["moe_dispatcher"]
         if not out["moe_a2a_overlap"]:
             del out["moe_a2a_overlap"]
+        if out["moe_capacity_factor"] is None:
+            del out["moe_capacity_factor"]
         return out
 
     def short(self) -> str:
@@ -207,6 +223,8 @@ class Layout:
             parts.append(self.moe_dispatcher)
         if self.moe_a2a_overlap:
             parts.append("a2a-overlap")
+        if self.moe_capacity_factor is not None:
+            parts.append(f"drop{self.moe_capacity_factor:g}")
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -266,6 +284,13 @@ def _convert(key: str, value: str, type_name: str) -> Any:
             return int(value)
         except ValueError:
             raise BadInputError(f"--layout: {key}={value!r} must be an integer") from None
+    if type_name.startswith("float"):
+        if value.lower() in ("none", "dropless", ""):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise BadInputError(f"--layout: {key}={value!r} must be a number (e.g. 1.0) or none") from None
     return value
 
 
@@ -356,10 +381,13 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     if not model.is_moe:
         if L.ep > 1:
             add(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")
-        if L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap:
+        if L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap or L.moe_capacity_factor is not None:
             add(RuleCode.MOE_FIELDS_DENSE, f"moe_dispatcher={L.moe_dispatcher} / moe_a2a_overlap="
-                                           f"{int(L.moe_a2a_overlap)} need a mixture-of-experts model")
+                                           f"{int(L.moe_a2a_overlap)} / moe_capacity_factor="
+                                           f"{L.moe_capacity_factor} need a mixture-of-experts model")
         return problems
+    if L.moe_capacity_factor is not None:
+        problems += token_drop_problems(model, L)
     if L.moe_dispatcher != "alltoall" and L.ep * L.etp < 2:
         # Megatron-Core MoEFlexTokenDispatcher.__init__: assert tp_size * ep_size > 1 (the expert tp x ep group).
         add(RuleCode.FLEX_DISPATCHER, f"moe_dispatcher={L.moe_dispatcher} needs ep * etp > 1, got ep({L.ep}) "
@@ -374,6 +402,21 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
         add(RuleCode.EXPERT_FFN_ETP, f"expert_ffn_hidden({model.expert_ffn_hidden}) % etp({L.etp}) != 0")
     problems += a2a_overlap_problems(L)
     return problems
+
+
+def token_drop_problems(model: ModelSpec, L: Layout) -> list[Rule]:
+    """What the drop-and-pad path requires (Megatron-Core): the alltoall dispatcher (TransformerConfig.__post_init__:
+    "Flex token dispatcher does not support moe_pad_expert_input_to_capacity"), and a capacity no larger than the
+    rank's tokens (topk_softmax_with_capacity keeps each expert's top `capacity` tokens with torch.topk over the
+    rank's tokens, which needs capacity <= tokens, i.e. C <= n_experts / top_k)."""
+    broken = []
+    if L.moe_dispatcher != "alltoall":
+        broken.append(f"runs on the alltoall dispatcher only, got moe_dispatcher={L.moe_dispatcher}")
+    cap_max = model.n_experts / model.top_k
+    if L.moe_capacity_factor is not None and L.moe_capacity_factor > cap_max:
+        broken.append(f"({L.moe_capacity_factor:g}) exceeds n_experts({model.n_experts}) / top_k({model.top_k}) = "
+                      f"{cap_max:g}: each expert's capacity would exceed the rank's tokens")
+    return [Rule.broken(RuleCode.TOKEN_DROP, f"moe_capacity_factor {b}") for b in broken]
 
 
 def a2a_overlap_problems(L: Layout) -> list[Rule]:
@@ -426,6 +469,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if not stack.can_run("moe_dispatcher", L.moe_dispatcher):
         add("moe_dispatcher", f"stack {stack.name} has no {L.moe_dispatcher} token dispatcher (it runs "
                               f"{', '.join(stack.moe_dispatchers)}); set moe_dispatcher=alltoall")
+    if L.moe_capacity_factor is not None and not stack.moe_token_drop:
+        add("moe_capacity_factor", f"stack {stack.name} has no token-dropping MoE (its experts are dropless); "
+                                   "drop moe_capacity_factor")
     if L.moe_a2a_overlap and not stack.moe_a2a_overlap:
         add("moe_a2a_overlap", f"stack {stack.name} has no 1F1B all-to-all overlap; set moe_a2a_overlap=0")
     if not stack.can_run("cuda_graphs", L.cuda_graphs):

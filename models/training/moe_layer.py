@@ -31,10 +31,30 @@ expert over nvte_get_num_compute_streams() = 4 streams (transformer_engine/commo
 experts' tiles share a wave of the SMs; the rest follow in turn."""
 
 
+def expert_capacity(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Rows each expert takes from one rank per micro-batch on the drop-and-pad path (Layout.moe_capacity_factor C):
+    Megatron-Core moe_utils.get_capacity(num_tokens = t x top_k, num_experts, C) = ceil(t x top_k / n_experts x C),
+    t = the rank's tokens (MoEAlltoAllTokenDispatcher.preprocess with drop_and_pad: routing_map rows x
+    moe_router_topk); 0 where dropless."""
+    per_expert = L.seq * L.mbs / L.cp / L.tp * shapes.top_k / max(shapes.n_experts, 1)
+    return np.where(L.token_drop, np.ceil(per_expert * L.moe_capacity_factor), 0.0)
+
+
 def routed_tokens(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """Token-expert pairs a rank sends (and, balanced, receives) per micro-batch: its 1/tp share of the micro-batch's
-    tokens (Megatron-Core splits a tp group's tokens over its ranks before dispatch) times top_k."""
-    return L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+    """Token-expert rows a rank sends (and, balanced, receives) per micro-batch: dropless, its 1/tp share of the
+    micro-batch's tokens (Megatron-Core splits a tp group's tokens over its ranks before dispatch) times top_k; on
+    the drop-and-pad path exactly capacity x n_experts, padded or dropped to it (MoEAlltoAllTokenDispatcher.preprocess:
+    num_out_tokens = capacity x num_experts, every split equal), whatever the routing."""
+    dropless = L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+    return np.where(L.token_drop, expert_capacity(shapes, L) * shapes.n_experts, dropless)
+
+
+def capacity_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Rows the experts process over the routed token-expert pairs: 1 dropless; capacity x n_experts /
+    (t x top_k) on the drop-and-pad path (C, rounded up to whole rows per expert). Scales every per-routed-row
+    term: expert GEMMs, activations, all-to-all bytes, permutes."""
+    dropless = L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+    return np.where(L.token_drop, routed_tokens(shapes, L) / np.maximum(dropless, 1e-30), 1.0)
 
 
 def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +87,24 @@ torch.cat backward) and skip the copy only when every split is already aligned, 
 chance (each of n local experts aligned with odds 1/16)."""
 
 
-def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+FP8_ALIGN_ROWS = 16
+"""Rows per expert an fp8 grouped GEMM needs a multiple of (Transformer Engine get_align_size_for_quantization:
+16 for per-tensor / blockwise fp8)."""
+MXFP8_ALIGN_ROWS = 32
+"""The same for MXFP8 (32-element scaling blocks along the rows)."""
+
+
+def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP8_ALIGN_ROWS) -> np.ndarray:
     """HBM bytes of one fp8 MoE layer's expert padding / unpadding per micro-batch on one rank, forward; backward
     moves the same (the gradients' mirror copies). Each copy reads and writes the rank's routed tokens x hidden
     (2 B elements: FP8_PADDING_COPIES of them) and the permuted probs, padded beside the hidden states (one 2 B
-    element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out."""
+    element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out.
+    On the drop-and-pad path every local expert gets capacity x ep x etp rows (MoEAlltoAllTokenDispatcher.preprocess
+    num_tokens_per_local_expert): Fp8Padding copies nothing when that is a multiple of `align_rows`."""
     tk = routed_tokens(shapes, L)
     per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
-    return FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk
+    aligned = L.token_drop & (np.mod(expert_capacity(shapes, L) * L.ep * L.etp, align_rows) == 0)
+    return np.where(aligned, 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk)
 
 
 EXPERT_BIAS_FORWARD_BYTES = 2.0 + (2.0 + 2.0 + 2.0) + (2.0 + 2.0)
@@ -99,10 +129,18 @@ def expert_bias_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray,
     return EXPERT_BIAS_FORWARD_BYTES * elements, EXPERT_BIAS_BACKWARD_BYTES * elements
 
 
+ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT = 4.0 + 4.0 + (4.0 + 1.0) + (4.0 + 1.0 + 4.0)
+"""The capacity step's kernels per token and expert (Megatron-Core topk_softmax_with_capacity with capacity_factor,
+pad_to_capacity): torch.topk over the tokens of the fp32 routing_probs map (read 4), the capacity mask (zeros_like
+and scatter: write 4), its .bool() (read 4, write 1), final_probs = probs x mask (read 4 + 1, write 4)."""
+
+
 def router_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """HBM bytes of the router's elementwise kernels per micro-batch forward on one rank (the logits GEMM itself is
-    priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params)."""
-    return L.seq * L.mbs / L.cp / L.tp * shapes.n_experts * ROUTER_BYTES_PER_TOKEN_EXPERT
+    priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params); with a
+    capacity factor also the capacity step (ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT)."""
+    per = ROUTER_BYTES_PER_TOKEN_EXPERT + np.where(L.token_drop, ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT, 0.0)
+    return L.seq * L.mbs / L.cp / L.tp * shapes.n_experts * per
 
 
 def routing_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:

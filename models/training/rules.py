@@ -39,6 +39,7 @@ class RuleCode(str, Enum):
     A2A_OVERLAP = "1F1B all-to-all overlap preconditions"
     MOE_FIELDS_DENSE = "moe_dispatcher / moe_a2a_overlap on a dense model"
     FLEX_DISPATCHER = "deepep / hybridep need ep * etp > 1"
+    TOKEN_DROP = "token-dropping MoE preconditions"
     OUT_OF_MEMORY = "out of memory"
     PRECISION = "precision the stack or GPU cannot run"
     STACK = "what the stack cannot run"
@@ -75,8 +76,10 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
     RuleCode.A2A_OVERLAP: "set moe_a2a_overlap=0, or use ep > 1, the interleaved schedule (vpp > 1) when pp > 1 and "
                           "selective recompute without the moe module",
-    RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher and moe_a2a_overlap: a dense model has no token dispatch",
+    RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher, moe_a2a_overlap and moe_capacity_factor: a dense model has no token dispatch",
     RuleCode.FLEX_DISPATCHER: "use ep > 1 (or etp > 1) with deepep / hybridep, or moe_dispatcher=alltoall",
+    RuleCode.TOKEN_DROP: "use moe_dispatcher=alltoall and a capacity factor <= n_experts / top_k, or drop "
+                         "moe_capacity_factor (dropless)",
     RuleCode.PRECISION: "pick a precision the stack and every GPU run (bf16 runs everywhere), or another --stack",
     RuleCode.STACK: "re-plan with `clusterplan plan --stack NAME` to search only what the stack runs, or pick another "
                     "--stack",

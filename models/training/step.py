@@ -427,7 +427,7 @@ class LayerCost:
 
 
 LAYER_TIME_FIELDS = ("tp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision",
-                     "recompute", "recompute_modules")
+                     "recompute", "recompute_modules", "moe_capacity_factor")
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
 context-parallel attention runs its calls block by block), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""

@@ -1,0 +1,214 @@
+"""Token-dropping MoE (Layout.moe_capacity_factor, Megatron-Core's drop-and-pad path): worked examples by hand.
+
+Qwen3-30B-A3B throughout: hidden 2048, expert FFN 768 (gated), 128 experts, top-8. At seq 4096, mbs 1, tp 1, cp 1 a
+rank holds t = 4096 tokens, t x k = 32,768 routed rows, t x k / n_experts = 256 rows per expert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.collectives import ep_collectives
+from clusterplan.models.training.compute import layer_flops, layer_linears
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
+from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
+from clusterplan.models.training.memory import layer_activation_bytes
+from clusterplan.models.training.moe_layer import (
+    ROUTER_BYTES_PER_TOKEN_EXPERT,
+    ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT,
+    capacity_ratio,
+    expert_capacity,
+    fp8_padding_bytes,
+    routed_tokens,
+    router_bytes,
+)
+from clusterplan.models.training.rules import RuleCode
+
+QWEN = "tp=1,ep=8,mbs=1,gbs=512,seq=4096,recompute=none"
+SHAPES = ModelShapes.of(load_model("qwen3-30b-a3b"))
+
+
+def _arrays(text: str, world: int = 8) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout.parse(text, world=world)])
+
+
+def test_layout_field_parses_validates_and_round_trips():
+    L = Layout.parse(QWEN + ",moe_capacity_factor=1.25", world=8)
+    assert L.moe_capacity_factor == 1.25 and "drop1.25" in L.short()
+    assert Layout.from_dict(L.to_dict()) == L
+    assert "moe_capacity_factor" not in Layout.parse(QWEN, world=8).to_dict()  # dropless: left out, JSON unchanged
+    assert Layout(moe_capacity_factor=1).moe_capacity_factor == 1.0  # a JSON integer reads as the float
+    arrays = LayoutArrays.from_layouts([L, Layout.parse(QWEN, world=8)])
+    assert arrays.layout(0) == L and arrays.layout(1).moe_capacity_factor is None
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        with pytest.raises(BadInputError, match="moe_capacity_factor"):
+            Layout.parse(QWEN + f",moe_capacity_factor={bad}", world=8)
+    with pytest.raises(BadInputError, match="moe_capacity_factor"):
+        Layout(moe_capacity_factor=True)
+
+
+def test_rules_dense_model_flex_dispatcher_capacity_bound_and_stack():
+    qwen = load_model("qwen3-30b-a3b")
+    codes = lambda model, text: [p.code for p in layout_problems(model, Layout.parse(text, world=8), 8)]  # noqa: E731
+    assert codes(qwen, QWEN + ",moe_capacity_factor=1") == []
+    assert RuleCode.MOE_FIELDS_DENSE in codes(load_model("llama3.1-8b"), "tp=1,gbs=64,moe_capacity_factor=1")
+    # Megatron-Core: "Flex token dispatcher does not support moe_pad_expert_input_to_capacity".
+    assert RuleCode.TOKEN_DROP in codes(qwen, QWEN + ",moe_capacity_factor=1,moe_dispatcher=deepep")
+    # torch.topk(k=capacity) over the rank's tokens: C <= n_experts / top_k = 128 / 8 = 16.
+    assert codes(qwen, QWEN + ",moe_capacity_factor=16") == []
+    assert RuleCode.TOKEN_DROP in codes(qwen, QWEN + ",moe_capacity_factor=16.5")
+    L = Layout.parse(QWEN + ",moe_capacity_factor=1", world=8)
+    assert stack_problems(L, get_stack("megatron-core")) == []
+    assert "moe_capacity_factor" in [p.field for p in stack_problems(L, get_stack("torchtitan"))]
+    assert "moe_capacity_factor" not in [p.field for p in stack_problems(L.with_(moe_capacity_factor=None),
+                                                                         get_stack("torchtitan"))]
+
+
+def test_capacity_rows_by_hand():
+    # C = 1: ceil(256 x 1.0) = 256 per expert, 256 x 128 = 32,768 rows = the routed count (ratio 1).
+    one = _arrays(QWEN + ",moe_capacity_factor=1")
+    assert expert_capacity(SHAPES, one)[0] == 256 and routed_tokens(SHAPES, one)[0] == 32768
+    assert capacity_ratio(SHAPES, one)[0] == 1.0
+    # C = 1.1: ceil(281.6) = 282 per expert, 36,096 rows, ratio 36096 / 32768 = 1.1015625.
+    more = _arrays(QWEN + ",moe_capacity_factor=1.1")
+    assert expert_capacity(SHAPES, more)[0] == 282 and routed_tokens(SHAPES, more)[0] == 36096
+    assert capacity_ratio(SHAPES, more)[0] == pytest.approx(1.1015625)
+    # tp 2 halves the rank's tokens before the capacity: ceil(128 x 1.1) = 141.
+    assert expert_capacity(SHAPES, _arrays(QWEN.replace("tp=1", "tp=2") + ",moe_capacity_factor=1.1"))[0] == 141
+    dropless = _arrays(QWEN)
+    assert expert_capacity(SHAPES, dropless)[0] == 0 and routed_tokens(SHAPES, dropless)[0] == 32768
+    assert capacity_ratio(SHAPES, dropless)[0] == 1.0
+
+
+def test_expert_gemms_and_executed_flops_run_the_padded_rows():
+    # Each local expert's GEMM has capacity x ep rows: 282 x 8 = 2,256 (dropless 256 x 8 = 2,048); the 16 local
+    # experts (layer_linears [2:4]).
+    padded = layer_linears(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1.1"), True)[2]
+    assert padded.tokens[0] == pytest.approx(2256) and padded.count[0] == pytest.approx(16)
+    assert layer_linears(SHAPES, _arrays(QWEN), True)[2].tokens[0] == pytest.approx(2048)
+    # Executed routed FLOPs: 2 x 4096 x 8 x expert_params x 1.1015625 (forward); model FLOPs (MFU) count top_k only.
+    f_drop = layer_flops(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1.1"), True)[0][0]
+    f_less = layer_flops(SHAPES, _arrays(QWEN), True)[0][0]
+    assert f_drop - f_less == pytest.approx(2 * 4096 * 8 * SHAPES.expert_params * 0.1015625)
+
+
+def test_all_to_all_bytes_on_the_padded_rows():
+    # bf16: 2 B x capacity x n_experts x hidden per all-to-all: C = 2 -> 2 x 512 x 128 x 2048 = 268,435,456.
+    colls = ep_collectives(SHAPES, _arrays(QWEN + ",moe_capacity_factor=2"))
+    assert colls.size_bytes[0] == 2 * 512 * 128 * 2048
+    assert ep_collectives(SHAPES, _arrays(QWEN)).size_bytes[0] == 2 * 32768 * 2048
+
+
+def test_expert_activations_on_the_padded_rows():
+    # bf16, no recompute: per routed row the grouped fc1 keeps its input (2 B x 2048), the fused SwiGLU its input
+    # (2 widths x 2 B x 768) and fc2 its input (2 B x 768): 4,096 + 3,072 + 1,536 = 8,704 B. C = 2 keeps 32,768 rows
+    # more than C = 1 (which equals dropless here: 256 rows per expert, no padding).
+    def kept(text: str) -> float:
+        L = _arrays(text)
+        return float(layer_activation_bytes(SHAPES, L, True, L.recompute)[0])
+    assert kept(QWEN + ",moe_capacity_factor=1") == kept(QWEN)
+    assert kept(QWEN + ",moe_capacity_factor=2") - kept(QWEN + ",moe_capacity_factor=1") == 32768 * 8704
+
+
+def test_router_capacity_step_bytes():
+    # 4096 tokens x 128 experts x (17 + 22) B with a capacity factor, x 17 B dropless.
+    assert ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT == 22.0 and ROUTER_BYTES_PER_TOKEN_EXPERT == 17.0
+    assert router_bytes(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1"))[0] == 4096 * 128 * 39
+    assert router_bytes(SHAPES, _arrays(QWEN))[0] == 4096 * 128 * 17
+
+
+def test_fp8_padding_copies_vanish_when_capacity_rows_are_aligned():
+    fp8 = QWEN + ",precision=fp8"
+    # Dropless: 2 copies x (read + write 2 B) x 32,768 x 2048 + the probs' 4 B x 32,768.
+    dropless = 2 * 4 * 32768 * 2048 + 4 * 32768
+    assert fp8_padding_bytes(SHAPES, _arrays(fp8))[0] == dropless
+    # C = 1: 256 x ep 8 = 2,048 rows per local expert, a multiple of 16 (and of MXFP8's 32): no copy.
+    assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1"))[0] == 0.0
+    assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1"), 32)[0] == 0.0
+    # C = 1.05: ceil(268.8) = 269 x 8 = 2,152 rows, 2152 % 16 = 8: Fp8Padding copies the 269 x 128 = 34,432 rows.
+    assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1.05"))[0] == 2 * 4 * 34432 * 2048 + 4 * 34432
+
+
+def test_drop_and_pad_has_no_dispatcher_sync():
+    """The host phases of tests/test_moe_host.py::test_exposed_host_by_hand: on the drop-and-pad path the forward
+    is the no-sync case, the host's excess over the GPU only: forward 2 d + xf + r - 1.2e-3, backward
+    2 d + xb + r - 1.9e-3 (recompute none)."""
+    stack = get_stack("megatron-core")
+    text = QWEN.replace("recompute=none", "recompute=none,precision=fp8")
+    hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
+                          Layout.parse(text, world=8)).evaluation.hw)
+    gpu = MoeGpuTimes(experts_forward_s=np.array([0.1e-3]), experts_backward_s=np.array([0.3e-3]),
+                      rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
+                      all_to_all_s=np.array([0.3e-3]))
+    op = 13.48e-6
+    d, xf, xb, r = 5 * op, 146.76 * op, 243.76 * op, 62.28 * op
+    want = max(0.0, 2 * d + xf + r - 1.2e-3) + max(0.0, 2 * d + xb + r - 1.9e-3)
+    got = moe_host_exposed_s(SHAPES, _arrays(text + ",moe_capacity_factor=1"), hw, stack, gpu)[0]
+    assert got == pytest.approx(want)
+    assert moe_host_exposed_s(SHAPES, _arrays(text), hw, stack, gpu)[0] > got  # dropless waits at its sync
+
+
+def test_estimate_json_carries_the_field_and_prices_faster_at_aligned_capacity():
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+    text = QWEN + ",precision=fp8"
+    drop = estimate(model, cluster, Layout.parse(text + ",moe_capacity_factor=1", world=8)).to_json()
+    less = estimate(model, cluster, Layout.parse(text, world=8)).to_json()
+    assert drop["layout"]["moe_capacity_factor"] == 1.0 and "moe_capacity_factor" not in less["layout"]
+    # C = 1 runs the dropless row count without the fp8 padding copies and without the sync.
+    assert drop["step_time_s"] < less["step_time_s"]
+
+
+def test_megatron_export_writes_and_reads_back_the_capacity_flags(tmp_path):
+    from clusterplan.frameworks.megatron import moe_args
+    from clusterplan.frameworks.read import megatron_config
+
+    model = load_model("qwen3-30b-a3b")
+    L = Layout.parse(QWEN + ",moe_capacity_factor=1.25", world=8)
+    args = moe_args(model, L)
+    i = args.index("--moe-expert-capacity-factor")
+    assert args[i + 1] == "1.25" and "--moe-pad-expert-input-to-capacity" in args
+    assert "--moe-expert-capacity-factor" not in moe_args(model, Layout.parse(QWEN, world=8))
+    script = tmp_path / "run.sh"
+    base = "--micro-batch-size 1 --global-batch-size 512 --seq-length 4096 --expert-model-parallel-size 8 "
+    script.write_text(f"torchrun pretrain_gpt.py {base}{' '.join(args)}\n")
+    assert megatron_config(script, model, 8).layout.moe_capacity_factor == 1.25
+    script.write_text(f"torchrun pretrain_gpt.py {base}--moe-expert-capacity-factor 1.0\n")
+    read = megatron_config(script, model, 8)
+    assert read.layout.moe_capacity_factor is None and any("without --moe-pad" in n for n in read.notes)
+    script.write_text(f"torchrun pretrain_gpt.py {base}--moe-pad-expert-input-to-capacity\n")
+    with pytest.raises(BadInputError, match="needs --moe-expert-capacity-factor"):
+        megatron_config(script, model, 8)
+
+
+def test_other_frameworks_say_what_they_run():
+    from clusterplan.frameworks import deepspeed, torchtitan
+
+    model = load_model("qwen3-30b-a3b")
+    L = Layout.parse(QWEN + ",moe_capacity_factor=1", world=8)
+    assert any(n.field == "moe_capacity_factor" and "dropless" in n.text for n in torchtitan.notes(model, L))
+    assert any("capacity_factor=1, drop_tokens=True" in n.text for n in deepspeed.notes(model, L))
+    assert any("drop_tokens=False" in n.text for n in deepspeed.notes(model, Layout.parse(QWEN, world=8)))
+
+
+def test_plan_prices_a_pinned_capacity_factor_and_never_searches_one():
+    from clusterplan.cli.plan import parse_fix
+    from clusterplan.solver.search import TOKEN_DROP_NOTE, search
+
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+    free = search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,mbs=1", 8), top=3)
+    assert all(p.layout.moe_capacity_factor is None for p in free.plans) and TOKEN_DROP_NOTE in free.notes
+    pinned = search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,mbs=1,moe_capacity_factor=1", 8), top=3)
+    assert all(p.layout.moe_capacity_factor == 1.0 for p in pinned.plans) and TOKEN_DROP_NOTE not in pinned.notes
+    with pytest.raises(BadInputError, match="no token-dropping MoE"):
+        search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,moe_capacity_factor=1", 8), top=1,
+               stack=get_stack("torchtitan"))
