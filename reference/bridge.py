@@ -507,6 +507,8 @@ def layout_text(L: Layout) -> str:
         parts.append(L.moe_dispatcher)
     if L.moe_a2a_overlap:
         parts.append("a2a-overlap")
+    if L.moe_capacity_factor is not None:
+        parts.append(f"drop:{L.moe_capacity_factor:g}")
     if L.first_stage_layers or L.last_stage_layers:
         parts.append(f"stages {L.first_stage_layers}/../{L.last_stage_layers}")
     return " ".join(parts)
