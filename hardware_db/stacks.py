@@ -45,7 +45,10 @@ HOST_CPUS = ("x86", "grace")
 MOE_HOST_COUNTS = ("qk_norm_te_modules", "attention_ops", "router_te_modules", "router_ops", "dispatch_ops",
                    "experts_te_modules", "experts_ops", "combine_ops", "shared_experts_te_modules", "shared_experts_ops",
                    "fp8_padding_ops", "fp8_padding_backward_ops", "fp8_padding_backward_ops_per_expert")
-MOE_HOST_SOURCES = ("op_s", "te_module_ops", "te_fp8_factor", "counts", "dispatcher_sync")
+MOE_HOST_SOURCES = ("op_s", "te_module_ops", "te_fp8_factor", "counts", "dispatcher_sync", "split_quantize_ops")
+SPLIT_QUANTIZE_RECIPES = ("fp8", "tensorwise")
+"""Keys of MoeHost.split_quantize_ops: "fp8" the count expert_linear_ops["fp8"] includes, "tensorwise" per-tensor
+current scaling's own."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -73,6 +76,12 @@ class MoeHost:
     expert_linear_ops: Mapping[str, float]
     """Forward ops per local expert and expert linear, by compute dtype ("bf16", "fp8")."""
     expert_linear_backward_ops: Mapping[str, float]
+    split_quantize_ops: Mapping[str, float]
+    """Ops of quantising one expert's split to fp8 (its kernels and output allocations): "fp8" as included in
+    expert_linear_ops["fp8"] / expert_linear_backward_ops["fp8"], "tensorwise" under per-tensor current scaling on a
+    GPU that runs every fp8 GEMM layout (one more allocation, the transpose, where fp8 GEMMs are TN only)."""
+    transpose_allocation_ops: float
+    """The transposed fp8 copy's allocation a tensorwise split adds on a GPU whose fp8 GEMMs are TN only (Hopper)."""
     combine_ops: float
     shared_experts_te_modules: float
     shared_experts_ops: float
@@ -107,12 +116,21 @@ def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
             raise BadInputError(f"{where}: {key} must map {', '.join(names)} to numbers, got {table!r}")
         return MappingProxyType({k: count(table[k], f"{key}.{k}") for k in names})
 
+    linear = by("expert_linear_ops", ("bf16", "fp8"))
+    linear_backward = by("expert_linear_backward_ops", ("bf16", "fp8"))
+    split_quantize = by("split_quantize_ops", SPLIT_QUANTIZE_RECIPES)
+    linear_fp8 = min(linear["fp8"], linear_backward["fp8"])
+    if split_quantize["fp8"] > linear_fp8:
+        raise BadInputError(f"{where}: split_quantize_ops.fp8 ({split_quantize['fp8']:g}) is part of "
+                            f"expert_linear_ops.fp8 and expert_linear_backward_ops.fp8 and cannot exceed "
+                            f"{linear_fp8:g}; lower it or raise those")
     return MoeHost(op_s=by("op_s", HOST_CPUS), te_module_ops=count(raw.get("te_module_ops"), "te_module_ops"),
                    te_fp8_factor=count(raw.get("te_fp8_factor"), "te_fp8_factor"),
                    **{k: count(raw.get(k), k) for k in MOE_HOST_COUNTS},
                    attention_te_modules=by("attention_te_modules", ("gqa", "mla")),
-                   expert_linear_ops=by("expert_linear_ops", ("bf16", "fp8")),
-                   expert_linear_backward_ops=by("expert_linear_backward_ops", ("bf16", "fp8")),
+                   expert_linear_ops=linear, expert_linear_backward_ops=linear_backward,
+                   split_quantize_ops=split_quantize,
+                   transpose_allocation_ops=count(raw.get("transpose_allocation_ops"), "transpose_allocation_ops"),
                    dispatcher_sync=_flag(where, raw, "dispatcher_sync"),
                    sources=MappingProxyType({k: str(v) for k, v in sources.items()}))
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from clusterplan.hardware_db import get_stack
 from clusterplan.models.training.step import MoeLayerBreakdown, moe_layer_breakdown
-from clusterplan.reference import bridge, layer_view
+from clusterplan.reference import layer_view
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,11 @@ class RowBreakdown:
 
 def breakdowns(keys: list[str] | None = None) -> list[RowBreakdown]:
     """The MoE rows of bridge.BRIDGE_CSV (those named by `keys`, 'SYSTEM MODEL PRECISION', when given)."""
-    stack = get_stack(bridge.STACK)
     return [RowBreakdown(label=run.label, layout=run.layout, published_layer_s=run.published_layer_s,
                          predicted_layer_s=run.predicted_layer_s,
-                         breakdown=moe_layer_breakdown(run.shapes, run.arrays, run.evaluation.hw, stack))
+                         # the stack with the row's fp8 recipe first, as estimate ran it (host ops and casts differ)
+                         breakdown=moe_layer_breakdown(run.shapes, run.arrays, run.evaluation.hw,
+                                                       run.evaluation.stack))
             for run in layer_view.row_runs(keys, moe=True)]
 
 

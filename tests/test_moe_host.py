@@ -7,7 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_stack
+from clusterplan.hardware_db.stacks import parse_moe_host
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
@@ -54,6 +56,43 @@ def test_phase_ops_of_qwen3_30b_fp8_ep8():
     assert bf16["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
 
 
+def test_current_scaling_quantises_each_split_in_several_ops():
+    # Per-tensor current scaling (tensorwise): each expert split's quantize is memset + amax + scale + cast = 4
+    # launches and 2 allocations (data, scale_inv) = 6 ops, + 1 for the transpose where fp8 GEMMs are TN only
+    # (Hopper), in place of the generic 3 (quantize + 2 outputs): + 3 ops per split on Blackwell, + 4 on Hopper.
+    # Qwen3-30B ep 8: 16 local experts x 2 linears, forward the input splits, backward the output gradients'.
+    h = get_stack("megatron-core").moe_host
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    L = _arrays(QWEN_B200)
+    generic = phase_ops(h, shapes, L)
+    hopper = phase_ops(h, shapes, L, "tensorwise", fp8_all_layouts=False)
+    blackwell = phase_ops(h, shapes, L, "tensorwise", fp8_all_layouts=True)
+    mxfp8 = phase_ops(h, shapes, L, "mxfp8", fp8_all_layouts=True)
+    assert hopper["experts_forward"][0] == pytest.approx(146.76 + 2 * 16 * 4)  # 274.76
+    assert hopper["experts_backward"][0] == pytest.approx(243.76 + 2 * 16 * 4)  # 371.76
+    assert blackwell["experts_forward"][0] == pytest.approx(146.76 + 2 * 16 * 3)  # 242.76
+    assert blackwell["experts_backward"][0] == pytest.approx(243.76 + 2 * 16 * 3)
+    for phases in (hopper, blackwell, mxfp8):
+        assert phases["rest"][0] == generic["rest"][0]  # only the expert splits
+    assert mxfp8["experts_forward"][0] == generic["experts_forward"][0] == pytest.approx(146.76)
+    bf16 = _arrays(QWEN_B200.replace("fp8", "bf16"))
+    assert phase_ops(h, shapes, bf16, "tensorwise")["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
+
+
+def test_split_quantize_count_cannot_exceed_the_per_expert_count():
+    # The generic split quantize is part of the per-expert fp8 count (4 forward, 6 backward): 5 cannot be.
+    raw = _raw_moe_host()
+    raw["split_quantize_ops"] = {"fp8": 5, "tensorwise": 6}
+    with pytest.raises(BadInputError, match="split_quantize_ops.fp8"):
+        parse_moe_host("megatron-core", raw)
+
+
+def _raw_moe_host() -> dict:
+    from clusterplan.hardware_db.stacks import _read
+
+    return dict(_read("stacks.yaml")["stacks"]["megatron-core"]["moe_host"])
+
+
 def test_phase_ops_of_mla_and_shared_experts():
     # DeepSeek-V3 fp8, ep 8: 256 / 8 = 32 local experts; MLA's attention is 7 TE modules, no q/k norms; one shared
     # expert adds its 2 TE linears and its activation beside the routed experts.
@@ -68,41 +107,51 @@ def test_phase_ops_of_mla_and_shared_experts():
     assert ops["experts_forward"][0] == pytest.approx(2 * 2.69 + 1 + 2 * 16 * 2)
 
 
-def test_exposed_host_by_hand():
-    # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
-    # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops
-    # 67.4 us, experts fwd 146.76 ops 1978.32 us, bwd 243.76 ops 3285.88 us, rest 62.28 ops 839.53 us.
-    stack = get_stack("megatron-core")
-    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
-    hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
-                          Layout.parse(QWEN_B200, world=8)).evaluation.hw)
-    gpu = MoeGpuTimes(experts_forward_s=np.array([0.1e-3]), experts_backward_s=np.array([0.3e-3]),
-                      rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
-                      all_to_all_s=np.array([0.3e-3]))
+def _exposed_by_hand(nf: float, nb: float) -> tuple[float, float]:
+    """(full recompute, no recompute) exposed host seconds of the hand example below, with nf / nb expert ops."""
     op = 13.48e-6
-    d, xf, xb, r = 5 * op, 146.76 * op, 243.76 * op, 62.28 * op
-    # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / 146.76
+    d, xf, xb, r = 5 * op, nf * op, nb * op, 62.28 * op
+    # Forward stretch: dispatch ends max(0.3e-3, d + 0.3e-3); experts end at host d + xf + 0.1e-3 / nf
     # (the GPU waits on the host); combine one all-to-all after its issue; rest 0.5e-3 after the combine.
     t = d + 0.3e-3
-    t = max(t + 0.1e-3, d + xf + 0.1e-3 / 146.76)
+    t = max(t + 0.1e-3, d + xf + 0.1e-3 / nf)
     t = max(t + 0.3e-3, 2 * d + xf + 0.3e-3)
     t = max(t + 0.5e-3, 2 * d + xf + r + 0.5e-3 / 62.28)
     forward = t - (0.3e-3 + 0.1e-3 + 0.3e-3 + 0.5e-3)
     # Full recompute: recomputed dispatch, experts, combine, then combine / experts / dispatch backward, the rest's
     # backward and the previous layer's recomputed rest, one stretch up to its sync.
     host = gpu_t = 0.0
-    for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, 146.76), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, 243.76),
+    for h, g, n in [(d, 0.3e-3, 1), (xf, 0.1e-3, nf), (d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, nb),
                     (d, 0.3e-3, 1), (r, 1.0e-3, 62.28), (r, 0.5e-3, 62.28)]:
         host += h
         gpu_t = max(gpu_t + g, host + g / n)
     recompute = gpu_t - (0.3e-3 * 4 + 0.1e-3 + 0.3e-3 + 1.0e-3 + 0.5e-3)
-    got = moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, stack, gpu)[0]
-    assert got == pytest.approx(forward + recompute)
     # Without recompute, backward has no sync: only the host's excess over the GPU, 2 d + xb + r - 1.9e-3.
-    no_rc = moe_host_exposed_s(shapes, _arrays(QWEN_B200.replace("full", "none")), hw, stack, gpu)[0]
-    assert no_rc == pytest.approx(forward + max(0.0, 2 * d + xb + r - (0.6e-3 + 0.3e-3 + 1.0e-3)))
-    full_graphs = moe_host_exposed_s(shapes, _arrays(QWEN_B200 + ",cuda_graphs=full"), hw, stack, gpu)[0]
-    assert full_graphs == 0.0
+    return forward + recompute, forward + max(0.0, 2 * d + xb + r - (0.6e-3 + 0.3e-3 + 1.0e-3))
+
+
+def test_exposed_host_by_hand():
+    # Qwen3-30B on B200 (x86, 13.48 us per op) with GPU phases chosen by hand (seconds):
+    # all-to-all 0.3e-3, experts 0.1e-3 / 0.3e-3, rest 0.5e-3 / 1.0e-3. Host per phase: dispatch/combine 5 ops
+    # 67.4 us, rest 62.28 ops 839.53 us; experts under MXFP8 fwd 146.76 ops 1978.32 us, bwd 243.76 ops 3285.88 us;
+    # under tensorwise (megatron-core's first recipe) each of the 2 x 16 splits costs 3 ops more each way on B200
+    # (every fp8 GEMM layout: no transpose): 242.76 and 339.76 ops.
+    stack = get_stack("megatron-core")
+    mxfp8 = replace(stack, fp8_recipes=("mxfp8", *(r for r in stack.fp8_recipes if r != "mxfp8")))
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
+                          Layout.parse(QWEN_B200, world=8)).evaluation.hw)
+    assert hw.fp8_all_layouts
+    gpu = MoeGpuTimes(experts_forward_s=np.array([0.1e-3]), experts_backward_s=np.array([0.3e-3]),
+                      rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
+                      all_to_all_s=np.array([0.3e-3]))
+    for run, nf, nb in ((mxfp8, 146.76, 243.76), (stack, 242.76, 339.76)):
+        full_rc, no_rc = _exposed_by_hand(nf, nb)
+        assert moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, run, gpu)[0] == pytest.approx(full_rc)
+        got = moe_host_exposed_s(shapes, _arrays(QWEN_B200.replace("full", "none")), hw, run, gpu)[0]
+        assert got == pytest.approx(no_rc)
+        full_graphs = moe_host_exposed_s(shapes, _arrays(QWEN_B200 + ",cuda_graphs=full"), hw, run, gpu)[0]
+        assert full_graphs == 0.0
     assert moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, get_stack("torchtitan"), gpu)[0] == 0.0
 
 

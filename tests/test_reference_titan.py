@@ -66,6 +66,9 @@ accounting every published PP row is 12 .. 15 GiB higher, and the 1F1B 8K row 7 
 with the same tokens per micro-batch, layout and schedule: a difference no tensor explains, as expected of the caching
 allocator's reserved-but-free blocks (torchtitan logs the allocator's max reserved bytes). Not priced: no source
 gives its size, and fitting it to these rows is not allowed.
+Re-read tensor by tensor against the schedules (research/torchtitan-pipeline-memory.md): with the gradient lifetime
+each schedule gives, every PP row is 12 .. 16 GiB above what its peak rank holds (the 8K 1F1B row 19.5), the 8K
+and 32K 1F1B rows hold the same tensors, and every missing source term lowers the prediction: left unpriced.
 With FSDP2's buffers at the loss peak from source (memory.fsdp2_peak_buffers: the root module's embedding + norm + LM
 head unsharded from forward through backward, the last block kept, the all-gather stream's pool the compute stream
 never gets back, in place of an average layer's; pp 1 only): 3.2 % / 22.9 % (8B within 3.4 %: T1 eager -3.6 ->

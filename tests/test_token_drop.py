@@ -20,7 +20,7 @@ from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.collectives import ep_collectives
 from clusterplan.models.training.compute import layer_flops, layer_linears
 from clusterplan.models.training.estimate import estimate
-from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.memory import layer_activation_bytes
 from clusterplan.models.training.moe_layer import (
@@ -142,7 +142,9 @@ def test_fp8_padding_copies_vanish_when_capacity_rows_are_aligned():
 def test_drop_and_pad_has_no_dispatcher_sync():
     """The host phases of tests/test_moe_host.py::test_exposed_host_by_hand: on the drop-and-pad path the forward
     is the no-sync case, the host's excess over the GPU only: forward 2 d + xf + r - 1.2e-3, backward
-    2 d + xb + r - 1.9e-3 (recompute none)."""
+    2 d + xb + r - 1.9e-3 (recompute none). B200, the stack's tensorwise recipe: experts forward 146.76 generic ops
+    + 3 per split x 32 = 242.76 (tests/test_moe_host.py), backward 243.76 + 96 = 339.76; at C = 1 the splits are
+    aligned (2,048 rows), so the fp8 padding calls go: forward - 7 = 235.76, backward - (8 + 2 x 16) = 299.76."""
     stack = get_stack("megatron-core")
     text = QWEN.replace("recompute=none", "recompute=none,precision=fp8")
     hw = replace(estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
@@ -151,11 +153,16 @@ def test_drop_and_pad_has_no_dispatcher_sync():
                       rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
                       all_to_all_s=np.array([0.3e-3]))
     op = 13.48e-6
-    d, xf, xb, r = 5 * op, 146.76 * op, 243.76 * op, 62.28 * op
+    d, xf, xb, r = 5 * op, 235.76 * op, 299.76 * op, 62.28 * op
     want = max(0.0, 2 * d + xf + r - 1.2e-3) + max(0.0, 2 * d + xb + r - 1.9e-3)
     got = moe_host_exposed_s(SHAPES, _arrays(text + ",moe_capacity_factor=1"), hw, stack, gpu)[0]
     assert got == pytest.approx(want)
     assert moe_host_exposed_s(SHAPES, _arrays(text), hw, stack, gpu)[0] > got  # dropless waits at its sync
+    h = stack.moe_host
+    ops = phase_ops(h, SHAPES, _arrays(text + ",moe_capacity_factor=1"), "tensorwise", True)
+    assert ops["experts_forward"][0] == pytest.approx(235.76) and ops["experts_backward"][0] == pytest.approx(299.76)
+    unaligned = phase_ops(h, SHAPES, _arrays(text + ",moe_capacity_factor=1.05"), "tensorwise", True)
+    assert unaligned["experts_forward"][0] == pytest.approx(242.76)  # 2,152 rows per expert: padded, as dropless
 
 
 def test_estimate_json_carries_the_field_and_prices_faster_at_aligned_capacity():

@@ -14,9 +14,9 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
-    MXFP8_ALIGN_ROWS,
     capacity_ratio,
     expert_bias_bytes,
+    fp8_align_rows,
     fp8_padding_bytes,
     grouped_gemm_time_s,
     routing_times,
@@ -502,12 +502,10 @@ def expert_padding_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, st
                      fp8_recipe: str = DEFAULT_FP8_RECIPE) -> np.ndarray:
     """Seconds of one MoE layer's fp8 expert padding / unpadding copies per micro-batch, each way (forward; backward
     the same), at the HBM rate, where the stack pads (ExecutionStack.fp8_expert_padding); callers apply it under
-    fp8 only. The recipe sets the row alignment (moe_layer.FP8_ALIGN_ROWS / MXFP8_ALIGN_ROWS)."""
+    fp8 only. The recipe sets the row alignment (moe_layer.fp8_align_rows)."""
     if not stack.fp8_expert_padding:
         return np.zeros_like(L.tp, dtype=float)
-    if fp8_recipe == "mxfp8":
-        return fp8_padding_bytes(shapes, L, MXFP8_ALIGN_ROWS) / hw.hbm_bytes_per_s
-    return fp8_padding_bytes(shapes, L) / hw.hbm_bytes_per_s
+    return fp8_padding_bytes(shapes, L, fp8_align_rows(fp8_recipe)) / hw.hbm_bytes_per_s
 
 
 def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool, fp8: np.ndarray,

@@ -35,6 +35,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack, MoeHost
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CudaGraphsCode, LayoutArrays, RecomputeCode
+from clusterplan.models.training.moe_layer import fp8_align_rows, fp8_padding_skipped
 
 ALL_TO_ALL_KERNELS = 1.0
 """The dispatch / combine phase's GPU time is one all-to-all kernel (NCCL all_to_all_single)."""
@@ -71,13 +72,31 @@ def pipeline_s(phases: list[Phase]) -> np.ndarray:
     return gpu
 
 
-def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays) -> dict[str, np.ndarray]:
-    """Host ops of each phase of one MoE layer, forward and backward (stacks.yaml moe_host counts)."""
+CURRENT_SCALING_RECIPE = "tensorwise"
+"""The fp8 recipe whose expert splits quantise one by one in several launches (stacks.yaml split_quantize_ops)."""
+
+
+def split_quantize_extra_ops(h: MoeHost, fp8_recipe: str | None, fp8_all_layouts: bool) -> float:
+    """Host ops one expert split's fp8 quantisation costs beyond the count the per-expert fp8 ops include
+    (stacks.yaml moe_host split_quantize_ops): per-tensor current scaling's memset, amax, scale and cast launches
+    and its data / scale_inv allocations, plus the transpose's where fp8 GEMMs are TN only; 0 for other recipes."""
+    if fp8_recipe != CURRENT_SCALING_RECIPE:
+        return 0.0
+    transpose = 0.0 if fp8_all_layouts else h.transpose_allocation_ops
+    return h.split_quantize_ops[CURRENT_SCALING_RECIPE] + transpose - h.split_quantize_ops["fp8"]
+
+
+def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays, fp8_recipe: str | None = None,
+              fp8_all_layouts: bool = False) -> dict[str, np.ndarray]:
+    """Host ops of each phase of one MoE layer, forward and backward (stacks.yaml moe_host counts), for the
+    stack's fp8 recipe (None: the recipe-independent count) on a GPU whose fp8 GEMMs take every layout or not."""
     fp8 = L.precision == PREC_FP8
     te = h.te_module_ops * np.where(fp8, h.te_fp8_factor, 1.0)
     local = shapes.n_experts / L.ep
-    linear_f = np.where(fp8, h.expert_linear_ops["fp8"], h.expert_linear_ops["bf16"])
-    linear_b = np.where(fp8, h.expert_linear_backward_ops["fp8"], h.expert_linear_backward_ops["bf16"])
+    # Forward quantises each expert linear's input split, backward its output gradient's (split_quantize_extra_ops).
+    quantize = split_quantize_extra_ops(h, fp8_recipe, fp8_all_layouts)
+    linear_f = np.where(fp8, h.expert_linear_ops["fp8"] + quantize, h.expert_linear_ops["bf16"])
+    linear_b = np.where(fp8, h.expert_linear_backward_ops["fp8"] + quantize, h.expert_linear_backward_ops["bf16"])
     modules = h.attention_te_modules["mla" if shapes.mla_up_proj else "gqa"]
     modules += h.qk_norm_te_modules if shapes.qk_norm else 0.0
     attention = modules * te + h.attention_ops
@@ -87,11 +106,19 @@ def phase_ops(h: MoeHost, shapes: ModelShapes, L: LayoutArrays) -> dict[str, np.
     if shapes.shared_ffn:  # the shared experts run beside the routed ones (SharedExpertMLP)
         experts = experts + h.shared_experts_te_modules * te + h.shared_experts_ops
     # fp8: the experts' padding / unpadding calls (stacks.yaml moe_host fp8_padding_*; moe_layer.fp8_padding_bytes).
-    pad_f = np.where(fp8, h.fp8_padding_ops, 0.0)
-    pad_b = np.where(fp8, h.fp8_padding_backward_ops + local * h.fp8_padding_backward_ops_per_expert, 0.0)
+    # Drop-and-pad with aligned splits: TE returns the input untouched (moe_layer.fp8_padding_skipped; the two
+    # module calls that find nothing to pad are left out).
+    padded = fp8 & ~fp8_padding_skipped(shapes, L, fp8_align_rows(fp8_recipe))
+    pad_f = np.where(padded, h.fp8_padding_ops, 0.0)
+    pad_b = np.where(padded, h.fp8_padding_backward_ops + local * h.fp8_padding_backward_ops_per_expert, 0.0)
     return {"dispatch": np.full_like(local, h.dispatch_ops), "combine": np.full_like(local, h.combine_ops),
             "rest": rest, "experts_forward": experts + 2.0 * local * linear_f + pad_f,
             "experts_backward": experts + 2.0 * local * linear_b + pad_b}
+
+
+def stack_fp8_recipe(stack: ExecutionStack) -> str | None:
+    """The fp8 recipe the stack runs (its first; estimate puts a requested recipe first), None without fp8."""
+    return stack.fp8_recipes[0] if stack.fp8_recipes else None
 
 
 def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
@@ -102,7 +129,7 @@ def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, 
     if h is None:
         return np.zeros_like(gpu.rest_forward_s)
     op_s = h.op_s[hw.host_cpu]
-    ops = phase_ops(h, shapes, L)
+    ops = phase_ops(h, shapes, L, stack_fp8_recipe(stack), hw.fp8_all_layouts)
     a2a = gpu.all_to_all_s
 
     def phase(name: str, gpu_s: np.ndarray, kernels: np.ndarray | float | None = None) -> Phase:

@@ -94,17 +94,27 @@ MXFP8_ALIGN_ROWS = 32
 """The same for MXFP8 (32-element scaling blocks along the rows)."""
 
 
+def fp8_align_rows(fp8_recipe: str | None) -> int:
+    """FP8_ALIGN_ROWS, or MXFP8_ALIGN_ROWS for the mxfp8 recipe."""
+    return MXFP8_ALIGN_ROWS if fp8_recipe == "mxfp8" else FP8_ALIGN_ROWS
+
+
+def fp8_padding_skipped(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP8_ALIGN_ROWS) -> np.ndarray:
+    """Rows where Transformer Engine's Fp8Padding / Fp8Unpadding copy nothing: on the drop-and-pad path every local
+    expert gets capacity x ep x etp rows (MoEAlltoAllTokenDispatcher.preprocess num_tokens_per_local_expert), and
+    TE returns its input when every split is already a multiple of `align_rows` (fp8_padding.py)."""
+    return L.token_drop & (np.mod(expert_capacity(shapes, L) * L.ep * L.etp, align_rows) == 0)
+
+
 def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP8_ALIGN_ROWS) -> np.ndarray:
     """HBM bytes of one fp8 MoE layer's expert padding / unpadding per micro-batch on one rank, forward; backward
     moves the same (the gradients' mirror copies). Each copy reads and writes the rank's routed tokens x hidden
     (2 B elements: FP8_PADDING_COPIES of them) and the permuted probs, padded beside the hidden states (one 2 B
     element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out.
-    On the drop-and-pad path every local expert gets capacity x ep x etp rows (MoEAlltoAllTokenDispatcher.preprocess
-    num_tokens_per_local_expert): Fp8Padding copies nothing when that is a multiple of `align_rows`."""
+    Nothing where the drop-and-pad splits are aligned (fp8_padding_skipped)."""
     tk = routed_tokens(shapes, L)
     per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
-    aligned = L.token_drop & (np.mod(expert_capacity(shapes, L) * L.ep * L.etp, align_rows) == 0)
-    return np.where(aligned, 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk)
+    return np.where(fp8_padding_skipped(shapes, L, align_rows), 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk)
 
 
 EXPERT_BIAS_FORWARD_BYTES = 2.0 + (2.0 + 2.0 + 2.0) + (2.0 + 2.0)

@@ -48,7 +48,7 @@ from clusterplan.models.training.dispatch import (
     dedup_all_to_all_s,
     dispatcher_slowdown,
 )
-from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops
+from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops, stack_fp8_recipe
 from clusterplan.models.training.memory import (
     StageLayers,
     bytes_per_param,
@@ -593,7 +593,7 @@ def moe_layer_breakdown(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     gpu = _moe_gpu_times(shapes, L, hw, stack, sparse, ep_s)
     zeros = np.zeros_like(np.asarray(gpu.rest_forward_s, dtype=float))
     h = stack.moe_host
-    ops = phase_ops(h, shapes, L) if h is not None else {}
+    ops = phase_ops(h, shapes, L, stack_fp8_recipe(stack), hw.fp8_all_layouts) if h is not None else {}
     op_s = h.op_s[hw.host_cpu] if h is not None else 0.0
 
     def phase(name: str, gpu_s: np.ndarray, op_name: str) -> MoePhase:
