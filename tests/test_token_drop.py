@@ -219,3 +219,20 @@ def test_plan_prices_a_pinned_capacity_factor_and_never_searches_one():
     with pytest.raises(BadInputError, match="no token-dropping MoE"):
         search(model, cluster, 512, 4096, fixed=parse_fix("ep=8,moe_capacity_factor=1", 8), top=1,
                stack=get_stack("torchtitan"))
+
+
+def test_validation_runs_the_plan_dropless():
+    from clusterplan.validate.rules import executed_layout
+
+    # The torch runtime's expert dispatch is dropless: the executed (and re-predicted) layout has no capacity factor.
+    assert executed_layout(Layout.parse(QWEN + ",moe_capacity_factor=1", world=8)).moe_capacity_factor is None
+
+
+def test_plan_file_round_trip(tmp_path):
+    from clusterplan.models.training.planfile import read_plan, write_plan
+
+    L = Layout.parse(QWEN + ",moe_capacity_factor=1.5", world=8)
+    path = tmp_path / "plan.yaml"
+    write_plan(path, model_ref="qwen3-30b-a3b", cluster_ref="dgx-b200:1", layout=L)
+    assert "moe_capacity_factor: 1.5" in path.read_text()
+    assert read_plan(path).layout == L

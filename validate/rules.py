@@ -22,8 +22,9 @@ def real_run_problems(model: ModelSpec, layout: Layout) -> list[str]:
 
 def executed_layout(layout: Layout) -> Layout:
     """The layout torch runs: fp32 parameters with AdamW (bf16 autocast on GPU); ZeRO-1/2 run as FSDP2 (zero 3),
-    since torch has no ZeRO-1/2 for DTensor models; zero 0 runs as replicate-only HSDP (DDP)."""
-    layout = layout.with_(precision="fp32", optimizer="adam")
+    since torch has no ZeRO-1/2 for DTensor models; zero 0 runs as replicate-only HSDP (DDP); MoE dropless
+    (runtime/expert_dispatch.py sends every routed token copy: no capacity factor)."""
+    layout = layout.with_(precision="fp32", optimizer="adam", moe_capacity_factor=None)
     if layout.dp == 1:
         return layout
     if layout.zero == 0:
