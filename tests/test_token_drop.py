@@ -28,7 +28,9 @@ from clusterplan.models.training.moe_layer import (
     ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT,
     capacity_ratio,
     expert_capacity,
+    fp8_align_rows,
     fp8_padding_bytes,
+    fp8_padding_skipped,
     routed_tokens,
     router_bytes,
 )
@@ -137,6 +139,22 @@ def test_fp8_padding_copies_vanish_when_capacity_rows_are_aligned():
     assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1"), 32)[0] == 0.0
     # C = 1.05: ceil(268.8) = 269 x 8 = 2,152 rows, 2152 % 16 = 8: Fp8Padding copies the 269 x 128 = 34,432 rows.
     assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1.05"))[0] == 2 * 4 * 34432 * 2048 + 4 * 34432
+
+
+def test_fp8_padding_alignment_counts_the_expert_tp_rows_and_the_recipe_block():
+    fp8 = QWEN + ",precision=fp8"
+    # C = 1.005: ceil(257.28) = 258 x ep 8 = 2,064 rows per local expert: 2064 % 16 = 0 (per-tensor fp8: no copy),
+    # 2064 % 32 = 16 (MXFP8's 32-row blocks: Fp8Padding copies the 258 x 128 = 33,024 rows).
+    assert fp8_align_rows("tensorwise") == 16 and fp8_align_rows(None) == 16 and fp8_align_rows("mxfp8") == 32
+    L = _arrays(fp8 + ",moe_capacity_factor=1.005")
+    assert fp8_padding_bytes(SHAPES, L, fp8_align_rows("tensorwise"))[0] == 0.0
+    assert fp8_padding_bytes(SHAPES, L, fp8_align_rows("mxfp8"))[0] == 2 * 4 * 33024 * 2048 + 4 * 33024
+    # tp 2, etp 2, ep 4: t = 2,048 tokens, 128 rows per expert; C = 1.01: ceil(129.28) = 130. Each local expert gets
+    # 130 x ep 4 x etp 2 = 1,040 rows (the expert-TP group's tokens gathered too): 1040 % 16 = 0, no copy; without
+    # etp it would be 520 (% 16 = 8).
+    etp = _arrays("tp=2,etp=2,ep=4,mbs=1,gbs=512,seq=4096,recompute=none,precision=fp8,moe_capacity_factor=1.01")
+    assert expert_capacity(SHAPES, etp)[0] == 130
+    assert fp8_padding_skipped(SHAPES, etp)[0] and fp8_padding_bytes(SHAPES, etp)[0] == 0.0
 
 
 def test_drop_and_pad_has_no_dispatcher_sync():
