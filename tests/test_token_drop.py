@@ -6,6 +6,7 @@ rank holds t = 4096 tokens, t x k = 32,768 routed rows, t x k / n_experts = 256 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -312,3 +313,14 @@ def test_json_with_a_capacity_factor_is_byte_identical_across_processes():
             assert proc.returncode in (0, 1), proc.stderr  # 1: estimate's infeasible (out of memory at 8 GPUs)
             outs.append(proc.stdout)
         assert outs[0] == outs[1] and "moe_capacity_factor" in outs[0], name
+
+
+def test_capacity_beyond_the_ranks_tokens_is_clamped_and_refused_by_name(run_cli):
+    # C = 16 = n_experts / top_k: ceil(256 x 16) = 4,096 = t, the largest runnable capacity. Beyond it the capacity
+    # is held at t (the price stays finite) and the TOKEN_DROP rule refuses the layout, up to C = 1e300.
+    for factor in ("16", "17", "1e300"):
+        assert expert_capacity(SHAPES, _arrays(QWEN + f",moe_capacity_factor={factor}"))[0] == 4096
+    code, out, err = run_cli(*ESTIMATE_QWEN, QWEN + ",moe_capacity_factor=1e300")
+    assert code == 1 and err == "", err
+    doc = json.loads(out)
+    assert doc["feasible"] is False and any("exceeds n_experts(128) / top_k(8) = 16" in r for r in doc["reasons"])

@@ -41,9 +41,12 @@ def expert_capacity(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """Rows each expert takes from one rank per micro-batch on the drop-and-pad path (Layout.moe_capacity_factor C):
     Megatron-Core moe_utils.get_capacity(num_tokens = t x top_k, num_experts, C) = ceil(t x top_k / n_experts x C),
     t = the rank's tokens (MoEAlltoAllTokenDispatcher.preprocess with drop_and_pad: routing_map rows x
-    moe_router_topk); 0 where dropless."""
-    per_expert = rank_tokens(L) * shapes.top_k / max(shapes.n_experts, 1)
-    return np.where(L.token_drop, np.ceil(per_expert * L.moe_capacity_factor), 0.0)
+    moe_router_topk); 0 where dropless. At most t: a larger capacity (C > n_experts / top_k) cannot run (torch.topk
+    over the rank's t tokens) and the TOKEN_DROP rule refuses it by name; the clamp keeps its price finite (an
+    overflowing factor would otherwise end in NaN before the rule is shown)."""
+    t = rank_tokens(L)
+    per_expert = t * shapes.top_k / max(shapes.n_experts, 1)
+    return np.where(L.token_drop, np.minimum(np.ceil(per_expert * L.moe_capacity_factor), t), 0.0)
 
 
 def routed_tokens(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
