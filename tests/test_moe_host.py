@@ -189,3 +189,25 @@ def test_plan_prices_a_pinned_cuda_graphs_and_the_stack_rule_refuses_it_elsewher
     assert parse_fix("cuda_graphs=none", 8) == {"cuda_graphs": "none"}
     with pytest.raises(BadInputError, match="cuda_graphs"):
         search(model, cluster, 512, 4096, fixed=fixed, top=1, stack=get_stack("torchtitan"))
+
+
+def test_readme_host_example_is_what_estimate_prints():
+    """README's Qwen3-30B-A3B B200 host example (eager at the CLI's tensorwise recipe and under MXFP8, then with
+    full-iteration graphs) is the estimate of QWEN_B200, to the README's 0.1 s."""
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    m = re.search(r"eager: ([\d.]+) s per step of which ([\d.]+) s is `host` at the CLI's fp8 recipe .*?\), "
+                  r"([\d.]+) s of which ([\d.]+) s under MXFP8 .*?with `cuda_graphs=full` ([\d.]+) s\.", readme)
+    assert m, "README host example not found"
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1")
+
+    def run(text: str, recipe: str | None = None) -> tuple[float, float]:
+        out = estimate(model, cluster, Layout.parse(text, world=8), fp8_recipe=recipe).to_json()
+        return round(out["step_time_s"], 1), round(out["time"]["host_s"], 1)
+
+    step, host = run(QWEN_B200)
+    mx_step, mx_host = run(QWEN_B200, "mxfp8")
+    graphs, _ = run(QWEN_B200 + ",cuda_graphs=full")
+    assert [float(g) for g in m.groups()] == [step, host, mx_step, mx_host, graphs]

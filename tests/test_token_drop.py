@@ -28,7 +28,9 @@ from clusterplan.models.training.moe_layer import (
     ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT,
     capacity_ratio,
     expert_capacity,
+    fp8_align_rows,
     fp8_padding_bytes,
+    fp8_padding_skipped,
     routed_tokens,
     router_bytes,
 )
@@ -139,6 +141,22 @@ def test_fp8_padding_copies_vanish_when_capacity_rows_are_aligned():
     assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1.05"))[0] == 2 * 4 * 34432 * 2048 + 4 * 34432
 
 
+def test_fp8_padding_alignment_counts_the_expert_tp_rows_and_the_recipe_block():
+    fp8 = QWEN + ",precision=fp8"
+    # C = 1.005: ceil(257.28) = 258 x ep 8 = 2,064 rows per local expert: 2064 % 16 = 0 (per-tensor fp8: no copy),
+    # 2064 % 32 = 16 (MXFP8's 32-row blocks: Fp8Padding copies the 258 x 128 = 33,024 rows).
+    assert fp8_align_rows("tensorwise") == 16 and fp8_align_rows(None) == 16 and fp8_align_rows("mxfp8") == 32
+    L = _arrays(fp8 + ",moe_capacity_factor=1.005")
+    assert fp8_padding_bytes(SHAPES, L, fp8_align_rows("tensorwise"))[0] == 0.0
+    assert fp8_padding_bytes(SHAPES, L, fp8_align_rows("mxfp8"))[0] == 2 * 4 * 33024 * 2048 + 4 * 33024
+    # tp 2, etp 2, ep 4: t = 2,048 tokens, 128 rows per expert; C = 1.01: ceil(129.28) = 130. Each local expert gets
+    # 130 x ep 4 x etp 2 = 1,040 rows (the expert-TP group's tokens gathered too): 1040 % 16 = 0, no copy; without
+    # etp it would be 520 (% 16 = 8).
+    etp = _arrays("tp=2,etp=2,ep=4,mbs=1,gbs=512,seq=4096,recompute=none,precision=fp8,moe_capacity_factor=1.01")
+    assert expert_capacity(SHAPES, etp)[0] == 130
+    assert fp8_padding_skipped(SHAPES, etp)[0] and fp8_padding_bytes(SHAPES, etp)[0] == 0.0
+
+
 def test_drop_and_pad_has_no_dispatcher_sync():
     """The host phases of tests/test_moe_host.py::test_exposed_host_by_hand: on the drop-and-pad path the forward
     is the no-sync case, the host's excess over the GPU only: forward 2 d + xf + r - 1.2e-3, backward
@@ -236,3 +254,61 @@ def test_plan_file_round_trip(tmp_path):
     write_plan(path, model_ref="qwen3-30b-a3b", cluster_ref="dgx-b200:1", layout=L)
     assert "moe_capacity_factor: 1.5" in path.read_text()
     assert read_plan(path).layout == L
+
+
+ESTIMATE_QWEN = ("estimate", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:1", "--format", "json", "--layout")
+
+
+@pytest.mark.parametrize("bad", ["nan", "-1", "0", "x", "inf", "1e400"])
+def test_cli_bad_capacity_factor_is_one_line_exit_2(run_cli, bad):
+    code, out, err = run_cli(*ESTIMATE_QWEN, QWEN + f",moe_capacity_factor={bad}")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "moe_capacity_factor" in err, err
+    assert "Traceback" not in err
+    code, out, err = run_cli("plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:1", "--gbs", "512", "--seq",
+                             "4096", "--fix", f"moe_capacity_factor={bad}")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "moe_capacity_factor" in err, err
+
+
+@pytest.mark.parametrize("flags", ["--moe-expert-capacity-factor nan --moe-pad-expert-input-to-capacity",
+                                   "--moe-expert-capacity-factor abc --moe-pad-expert-input-to-capacity",
+                                   "--moe-expert-capacity-factor -0.5 --moe-pad-expert-input-to-capacity",
+                                   "--moe-expert-capacity-factor inf --moe-pad-expert-input-to-capacity",
+                                   "--moe-expert-capacity-factor --moe-pad-expert-input-to-capacity",
+                                   "--moe-pad-expert-input-to-capacity",
+                                   "--moe-expert-capacity-factor $CF --moe-pad-expert-input-to-capacity"])
+def test_megatron_read_back_of_odd_capacity_flags_is_one_line_exit_2(run_cli, tmp_path, flags):
+    script = tmp_path / "run.sh"
+    script.write_text("torchrun pretrain_gpt.py --micro-batch-size 1 --global-batch-size 512 --seq-length 4096 "
+                      f"--expert-model-parallel-size 8 --num-experts 128 --moe-router-topk 8 --bf16 {flags}\n")
+    code, out, err = run_cli("check", str(script), "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:1")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "--moe-expert-capacity-factor" in err and "Traceback" not in err
+
+
+def test_megatron_read_back_beyond_the_capacity_bound_is_a_failed_check(run_cli, tmp_path):
+    # C = 1e300 reads (a finite number > 0) and fails the TOKEN_DROP rule C <= n_experts / top_k = 16 by name.
+    script = tmp_path / "run.sh"
+    script.write_text("torchrun pretrain_gpt.py --micro-batch-size 1 --global-batch-size 512 --seq-length 4096 "
+                      "--expert-model-parallel-size 8 --num-experts 128 --moe-router-topk 8 --bf16 "
+                      "--moe-expert-capacity-factor 1e300 --moe-pad-expert-input-to-capacity\n")
+    code, out, err = run_cli("check", str(script), "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:1")
+    assert code == 1 and "exceeds n_experts(128) / top_k(8) = 16" in out, (out, err)
+
+
+def test_json_with_a_capacity_factor_is_byte_identical_across_processes():
+    # Two interpreters with different hash seeds (set / dict iteration order): estimate and plan JSON byte-identical.
+    import os
+    import subprocess
+    import sys
+
+    runs = {"estimate": [*ESTIMATE_QWEN, QWEN + ",precision=fp8,moe_capacity_factor=1.1"],
+            "plan": ["plan", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "512", "--seq", "4096",
+                     "--fix", "moe_capacity_factor=1.25", "--format", "json", "--top", "2"]}
+    for name, args in runs.items():
+        outs = []
+        for seed in ("1", "2"):
+            proc = subprocess.run([sys.executable, "-m", "clusterplan", *args], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONHASHSEED": seed}, timeout=600)
+            assert proc.returncode in (0, 1), proc.stderr  # 1: estimate's infeasible (out of memory at 8 GPUs)
+            outs.append(proc.stdout)
+        assert outs[0] == outs[1] and "moe_capacity_factor" in outs[0], name

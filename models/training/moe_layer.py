@@ -31,21 +31,27 @@ expert over nvte_get_num_compute_streams() = 4 streams (transformer_engine/commo
 experts' tiles share a wave of the SMs; the rest follow in turn."""
 
 
+def rank_tokens(L: LayoutArrays) -> np.ndarray:
+    """Tokens one rank routes per micro-batch: its 1/tp share of the micro-batch's tokens (Megatron-Core splits a tp
+    group's tokens over its ranks before dispatch), over cp."""
+    return L.seq * L.mbs / L.cp / L.tp
+
+
 def expert_capacity(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """Rows each expert takes from one rank per micro-batch on the drop-and-pad path (Layout.moe_capacity_factor C):
     Megatron-Core moe_utils.get_capacity(num_tokens = t x top_k, num_experts, C) = ceil(t x top_k / n_experts x C),
     t = the rank's tokens (MoEAlltoAllTokenDispatcher.preprocess with drop_and_pad: routing_map rows x
     moe_router_topk); 0 where dropless."""
-    per_expert = L.seq * L.mbs / L.cp / L.tp * shapes.top_k / max(shapes.n_experts, 1)
+    per_expert = rank_tokens(L) * shapes.top_k / max(shapes.n_experts, 1)
     return np.where(L.token_drop, np.ceil(per_expert * L.moe_capacity_factor), 0.0)
 
 
 def routed_tokens(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """Token-expert rows a rank sends (and, balanced, receives) per micro-batch: dropless, its 1/tp share of the
-    micro-batch's tokens (Megatron-Core splits a tp group's tokens over its ranks before dispatch) times top_k; on
+    """Token-expert rows a rank sends (and, balanced, receives) per micro-batch: dropless, its tokens (rank_tokens)
+    times top_k; on
     the drop-and-pad path exactly capacity x n_experts, padded or dropped to it (MoEAlltoAllTokenDispatcher.preprocess:
     num_out_tokens = capacity x num_experts, every split equal), whatever the routing."""
-    dropless = L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+    dropless = rank_tokens(L) * shapes.top_k
     return np.where(L.token_drop, expert_capacity(shapes, L) * shapes.n_experts, dropless)
 
 
@@ -53,7 +59,7 @@ def capacity_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """Rows the experts process over the routed token-expert pairs: 1 dropless; capacity x n_experts /
     (t x top_k) on the drop-and-pad path (C, rounded up to whole rows per expert). Scales every per-routed-row
     term: expert GEMMs, activations, all-to-all bytes, permutes."""
-    dropless = L.seq * L.mbs / L.cp / L.tp * shapes.top_k
+    dropless = rank_tokens(L) * shapes.top_k
     return np.where(L.token_drop, routed_tokens(shapes, L) / np.maximum(dropless, 1e-30), 1.0)
 
 
@@ -68,7 +74,7 @@ def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.
       fused unpermute: read T k h (the experts' outputs, scaled by their probs), write T h (the k copies summed).
     Backward runs each kernel's mirror image (the same bytes) and the unpermute's prob gradient reads the experts'
     outputs once more (T k h): the probs multiply the expert outputs inside the unpermute."""
-    t = L.seq * L.mbs / L.cp / L.tp
+    t = rank_tokens(L)
     tk = routed_tokens(shapes, L)
     sorts = np.where((L.ep > 1) & (shapes.n_experts / L.ep > 1), 2.0, 0.0)
     elements = 2 * t * shapes.hidden + (1.0 + 2.0 * sorts + 1.0) * tk * shapes.hidden
@@ -150,7 +156,7 @@ def router_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     priced with the layer's other weight GEMMs: the router matrix is part of moe_dense_part_params); with a
     capacity factor also the capacity step (ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT)."""
     per = ROUTER_BYTES_PER_TOKEN_EXPERT + np.where(L.token_drop, ROUTER_CAPACITY_BYTES_PER_TOKEN_EXPERT, 0.0)
-    return L.seq * L.mbs / L.cp / L.tp * shapes.n_experts * per
+    return rank_tokens(L) * shapes.n_experts * per
 
 
 def routing_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
