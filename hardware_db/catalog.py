@@ -197,8 +197,13 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
     fp8 = raw.get("fp8_mamf_fraction")
     ratios = {key: _slowdown_ratio(where, raw, sources, key, source)
               for key, source in (("mxfp8_gemm_time_ratio", "mxfp8"), ("rowwise_gemm_time_ratio", "rowwise"))}
+    k_overhead = 0.0
+    if raw.get("fp8_k_overhead") is not None:
+        if not str(sources.get("k_depth", "")).strip():
+            raise BadInputError(f"{where}: fp8_k_overhead without a source: add sources.k_depth")
+        k_overhead = _num(where, raw, "fp8_k_overhead")
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
-                      mamf_shape=tuple(shape) if shape else None,
+                      mamf_shape=tuple(shape) if shape else None, fp8_k_overhead=k_overhead,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
                       sources=MappingProxyType(dict(sources)), **ratios)
 

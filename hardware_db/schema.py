@@ -140,6 +140,9 @@ class GemmTiling:
     rowwise_gemm_time_ratio: float = 1.0
     """Time of a rowwise-scaled fp8 GEMM through torch._scaled_mm's CUTLASS kernel (fast accumulation) over the same
     GEMM per-tensor scaled through cuBLAS (sources: rowwise); 1 where none is published."""
+    fp8_k_overhead: float = 0.0
+    """Reduction depth k_0 (elements) whose k-loop time equals an fp8 output tile's fixed prologue/epilogue: an fp8 GEMM
+    of depth k runs at k / (k + k_0) of its long-k rate (sources: k_depth); 0 where nothing is published."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -172,8 +172,9 @@ def test_rowwise_forward_rate_reaches_recompute_and_async_tp_blocks():
     for r, t in zip(rw.async_tp_blocks, tw.async_tp_blocks, strict=True):
         assert float(r.column_forward_s[0] / t.column_forward_s[0]) == pytest.approx(1.053, rel=5e-3)
         assert float(r.row_dgrad_s[0]) == float(t.row_dgrad_s[0])
-    # Row forward chunks: w2's (1,024 x 1,792 -> 4,096) are compute-bound, 1.053x; o's (1,024 x 512 -> 4,096) are
-    # bound by their HBM traffic, which the CUTLASS kernel does not change.
+    # Row forward chunks: w2's (1,024 x 1,792 -> 4,096) and o's (1,024 x 512 -> 4,096) are compute-bound, 1.053x (o's
+    # was bound by its HBM traffic until the fp8 k-depth term, gemm.yaml fp8_k_overhead: at k = 512 it runs at
+    # 512 / 1,232 of the long-k rate, now slower than its traffic).
     attention, mlp = zip(rw.async_tp_blocks, tw.async_tp_blocks, strict=True)
     assert float(mlp[0].row_forward_s[0] / mlp[1].row_forward_s[0]) == pytest.approx(1.053, rel=5e-3)
-    assert float(attention[0].row_forward_s[0]) == float(attention[1].row_forward_s[0])
+    assert float(attention[0].row_forward_s[0] / attention[1].row_forward_s[0]) == pytest.approx(1.053, rel=5e-3)
