@@ -197,15 +197,21 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
     fp8 = raw.get("fp8_mamf_fraction")
     ratios = {key: _slowdown_ratio(where, raw, sources, key, source)
               for key, source in (("mxfp8_gemm_time_ratio", "mxfp8"), ("rowwise_gemm_time_ratio", "rowwise"))}
-    k_overhead = 0.0
-    if raw.get("fp8_k_overhead") is not None:
-        if not str(sources.get("k_depth", "")).strip():
-            raise BadInputError(f"{where}: fp8_k_overhead without a source: add sources.k_depth")
-        k_overhead = _num(where, raw, "fp8_k_overhead")
+    k_overheads = {key: _k_overhead(where, raw, sources, key, source)
+                   for key, source in (("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"))}
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
-                      mamf_shape=tuple(shape) if shape else None, fp8_k_overhead=k_overhead,
+                      mamf_shape=tuple(shape) if shape else None, **k_overheads,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
                       sources=MappingProxyType(dict(sources)), **ratios)
+
+
+def _k_overhead(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:
+    """A reduction-depth k_0 of gemm.yaml (`key`, its source under sources[`source`]): 0 when absent, else > 0."""
+    if raw.get(key) is None:
+        return 0.0
+    if not str(sources.get(source, "")).strip():
+        raise BadInputError(f"{where}: {key} without a source: add sources.{source}")
+    return _num(where, raw, key)
 
 
 def _slowdown_ratio(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:

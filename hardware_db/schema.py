@@ -143,6 +143,8 @@ class GemmTiling:
     fp8_k_overhead: float = 0.0
     """Reduction depth k_0 (elements) whose k-loop time equals an fp8 output tile's fixed prologue/epilogue: an fp8 GEMM
     of depth k runs at k / (k + k_0) of its long-k rate (sources: k_depth); 0 where nothing is published."""
+    bf16_k_overhead: float = 0.0
+    """The same k_0 for bf16/fp16 GEMMs (sources: k_depth_bf16); 0 where nothing is published."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

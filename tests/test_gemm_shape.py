@@ -25,12 +25,21 @@ def test_mamf_shape_runs_at_mamf_times_share(h100):
     assert _t(h100, 2048, 2048, 13312) == pytest.approx(2 * 2048 * 2048 * 13312 / rate, rel=1e-9)
 
 
+BF16_K_0 = 128.0
+"""gemm.yaml bf16_k_overhead on GH100: a bf16 GEMM of depth k runs at k / (k + 128) of its long-k rate."""
+
+
+def k_term(k: float) -> float:
+    """The bf16 k-depth factor relative to the MAMF shape's k = 13312, at which the model is anchored."""
+    return (k / (k + BF16_K_0)) / (13312 / (13312 + BF16_K_0))
+
+
 def test_wave_quantisation_worked_example(h100):
     # H100: 132 SMs, 128x256 tiles. MAMF shape 2048x2048: 16 x 8 = 128 tiles in 1 wave -> 128/132 = 0.9697 useful.
     # 2304x2304: 18 x 9 = 162 tiles -> 2 waves of 132 -> 2304^2 / (264 x 32768) = 0.6136 useful.
     best_eff = 2048 * 2048 / (132 * 128 * 256)
     eff = 2304 * 2304 / (2 * 132 * 128 * 256)
-    rate = 989.4e12 * 0.803 * TRAINING_GEMM_SHARE / best_eff * eff
+    rate = 989.4e12 * 0.803 * TRAINING_GEMM_SHARE / best_eff * eff * k_term(8192)
     assert _t(h100, 2304, 2304, 8192) == pytest.approx(2 * 2304 * 2304 * 8192 / rate, rel=1e-9)
     # One more row of tiles than fits a wave costs a whole wave: 2304 is 35% slower per FLOP than 2048.
     per_flop = lambda m: _t(h100, m, m, 8192) / (2 * m * m * 8192)  # noqa: E731
@@ -42,7 +51,8 @@ def test_skinny_gemm_is_bound_by_hbm(h100):
     # the best tile (the half-height 64x256, reuse 51.2 of 85.3) fills 1 of 64 rows: 8192 / (132 x 64 x 256) x 0.6.
     traffic = (8192 + 8192 * 8192) * 2 + 8192 * 2
     best_eff = 2048 * 2048 / (132 * 128 * 256)
-    compute = 2 * 8192 * 8192 / (989.4e12 * 0.803 * TRAINING_GEMM_SHARE / best_eff * (8192 / (132 * 64 * 256)) * 0.6)
+    compute = 2 * 8192 * 8192 / (989.4e12 * 0.803 * TRAINING_GEMM_SHARE / best_eff * (8192 / (132 * 64 * 256)) * 0.6
+                                 * k_term(8192))
     assert _t(h100, 1, 8192, 8192) == pytest.approx(max(compute, traffic / (3.35e12 * 0.85)), rel=1e-9)
     assert _t(h100, 64, 8192, 8192) >= traffic / (3.35e12 * 0.85)
 

@@ -10,8 +10,8 @@ achieved HBM rate (roofline, Williams et al. 2009).
 Reduction depth: each output tile pays a fixed prologue (pipeline fill) and epilogue (accumulator conversion and store)
 beside its k-loop, so a GEMM of depth k runs at k / (k + k_0) of its long-k rate, k_0 being the depth whose k-loop
 takes as long as that fixed part (NVIDIA DL performance guide, "Matrix Multiplication Background": arithmetic
-intensity grows with k; k_0 from DeepGEMM's published H800 fp8 table, gemm.yaml fp8_k_overhead). Applied to fp8 GEMMs
-of the GPUs where it is published; bf16 has no published k sweep and keeps k_0 = 0.
+intensity grows with k). k_0 per precision where a k sweep is published: fp8 from DeepGEMM's H800 table (gemm.yaml
+fp8_k_overhead), bf16 from OpenXLA's H100 matmul table (bf16_k_overhead); 0 (no term) elsewhere.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class GemmShapeModel:
     hbm_bytes_per_s: float
     fp8_k_overhead: float = 0.0
     """k_0 of the fp8 k-depth term (elements of k); 0: no k-depth term."""
+    bf16_k_overhead: float = 0.0
+    """k_0 of the bf16 k-depth term; 0: none."""
 
     @classmethod
     def of(cls, tiling: GemmTiling | None, *, best_shape_flops: float, best_shape_flops_fp8: float,
@@ -48,16 +50,18 @@ class GemmShapeModel:
                        max_flops_fp8=best_shape_flops_fp8, hbm_bytes_per_s=hbm_bytes_per_s)
         model = cls(sm_count=tiling.sm_count, tile_m=tiling.tile_m, tile_n=tiling.tile_n, max_flops=1.0,
                     max_flops_fp8=1.0, hbm_bytes_per_s=hbm_bytes_per_s)
-        at_best, k_depth_at_best = 1.0, 1.0
+        at_best, k_depth_at_best, k_depth_at_best_fp8 = 1.0, 1.0, 1.0
         if tiling.mamf_shape is not None:
             m, n, k = tiling.mamf_shape
             at_best = float(model.wave_efficiency(np.array([m], float), np.array([n], float))[0])
+            k_depth_at_best = k / (k + tiling.bf16_k_overhead)
             # the fp8 MAMF was measured at a long k too (gemm.yaml sources.mamf), taken at the bf16 shape's k
-            k_depth_at_best = k / (k + tiling.fp8_k_overhead)
+            k_depth_at_best_fp8 = k / (k + tiling.fp8_k_overhead)
         return cls(sm_count=tiling.sm_count, tile_m=tiling.tile_m, tile_n=tiling.tile_n,
-                   max_flops=best_shape_flops / at_best,
-                   max_flops_fp8=best_shape_flops_fp8 / at_best / k_depth_at_best,
-                   hbm_bytes_per_s=hbm_bytes_per_s, fp8_k_overhead=tiling.fp8_k_overhead)
+                   max_flops=best_shape_flops / at_best / k_depth_at_best,
+                   max_flops_fp8=best_shape_flops_fp8 / at_best / k_depth_at_best_fp8,
+                   hbm_bytes_per_s=hbm_bytes_per_s, fp8_k_overhead=tiling.fp8_k_overhead,
+                   bf16_k_overhead=tiling.bf16_k_overhead)
 
     def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0,
                         sm_margin: int = 0) -> np.ndarray:
@@ -97,9 +101,10 @@ class GemmShapeModel:
         eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch, sm_margin),
                                        flops.shape))
         rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
-        if self.fp8_k_overhead and fp8.any():
-            # fixed per-tile prologue/epilogue over the k-loop (module docstring): k / (k + k_0) for fp8 GEMMs
-            eff *= np.where(fp8, k / np.maximum(k + self.fp8_k_overhead, 1.0), 1.0)
+        if (self.fp8_k_overhead and fp8.any()) or (self.bf16_k_overhead and not fp8.all()):
+            # fixed per-tile prologue/epilogue over the k-loop (module docstring): k / (k + k_0) of the GEMM's precision
+            k_0 = np.where(fp8, self.fp8_k_overhead, self.bf16_k_overhead) if fp8.any() else self.bf16_k_overhead
+            eff *= k / np.maximum(k + k_0, 1.0)
         if sm_margin and self.sm_count:
             # SMs held by a concurrent communication kernel: the GEMM runs on the rest at the same per-SM rate.
             eff *= (self.sm_count - sm_margin) / self.sm_count
