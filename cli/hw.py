@@ -9,7 +9,7 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db import get_gpu, get_link, get_node, load_db
+from clusterplan.hardware_db import get_gemm_tiling, get_gpu, get_link, get_node, load_db
 
 
 @click.group()
@@ -71,13 +71,21 @@ def hw_show(name: str, fmt: str) -> None:
     if record is None:
         get_gpu(name)  # raises with suggestions
     data = _jsonable(record)
+    tiling = get_gemm_tiling(record.name) if getter is get_gpu else None
+    if tiling is not None:
+        # gemm.yaml: the GEMM shape model's tiles, MAMF shape, fp8 fraction, k-depth k_0 and slowdowns, with sources
+        data["gemm"] = {k: v for k, v in _jsonable(tiling).items() if k != "gpu"}
     if fmt == "json":
         console.json(data)
         return
     rows = []
-    for key, value in data.items():
+
+    def flatten(prefix: str, value: object) -> None:
         if isinstance(value, dict):
-            rows.extend((f"{key}.{k}", v) for k, v in value.items())
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}" if prefix else k, v)
         else:
-            rows.append((key, value))
+            rows.append((prefix, value))
+
+    flatten("", data)
     console.table(None, ["field", "value"], rows, justify_right=[False, False], wrap=[False, True])

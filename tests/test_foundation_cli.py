@@ -75,3 +75,15 @@ def test_hw_show_keeps_field_names_and_sources_whole(run_cli, monkeypatch, name)
         fields = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
         assert {k for k, v in data.items() if not isinstance(v, dict)} <= fields
         assert " ".join(str(data["source"] if "source" in data else "").split()) in " ".join(out.split())
+
+
+def test_hw_show_gpu_includes_its_gemm_shape_model_with_sources(run_cli):
+    # gemm.yaml belongs to the GPU: its tile, MAMF shape and k-depth constants are shown with their sources.
+    code, out, _ = run_cli("hw", "show", "B200", "--format", "json")
+    gemm = json.loads(out)["gemm"]
+    assert code == 0 and gemm["sm_count"] == 148 and gemm["bf16_k_overhead"] == 190 and gemm["fp8_k_overhead"] == 577
+    assert "OpenXLA" in gemm["sources"]["k_depth_bf16"]
+    code, out, _ = run_cli("hw", "show", "B200")
+    assert code == 0 and "gemm.bf16_k_overhead" in out and "gemm.sources.k_depth_bf16" in out
+    code, out, _ = run_cli("hw", "show", "nvlink4", "--format", "json")  # links and nodes have none
+    assert code == 0 and "gemm" not in json.loads(out)
