@@ -15,7 +15,7 @@ from clusterplan.hardware_db import get_gemm_tiling
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.gemm import GemmShapeModel
 from clusterplan.models.hardware.rates import TRAINING_GEMM_SHARE, HardwareRates
-from clusterplan.reference.gemm_kdepth import HBM_BYTES_PER_S, fit_k_overhead, ptable_rows
+from clusterplan.reference.gemm_kdepth import HBM_BYTES_PER_S, PtableRows, fit_k_overhead, ptable_rows
 from clusterplan.reference.report import read_rows
 
 # DeepGEMM README, initial release (deepseek-ai/DeepGEMM, Feb 2025), H800 SXM5, fp8: (groups, m, n, k, TFLOP/s).
@@ -138,3 +138,22 @@ def test_planner_gemm_model_reproduces_the_unfitted_h100_rows():
 
     with_k, without_k = p90_error(tiling.bf16_k_overhead), p90_error(0.0)
     assert with_k < 0.09 and with_k < 0.7 * without_k
+
+
+TILELANG_H800_FP8 = ((256, 376.0), (512, 622.0), (1024, 927.0), (2048, 1174.0), (4096, 1378.0), (8192, 1461.0),
+                     (16384, 1523.0))
+"""TileLang's FP8 matmul benchmark (tile-ai/tilelang benchmark/matmul_fp8/README.md at 128a796), H800 SXM, M = N = 8192,
+k 256-16384, TFLOP/s (the README's column reads 0.376 .. 1.523: its latencies are in ms, 2 M N K / latency gives
+TFLOP/s). A third fp8 Hopper kernel family beside DeepGEMM and cuBLAS; not used for the constant."""
+
+
+def test_tilelang_h800_fp8_k_sweep_agrees_with_the_deepgemm_k_overhead():
+    # Fitted alike (one shape: its long-k rate, the per-kernel time and k_0 free, the HBM roofline as for the XLA rows):
+    # k_0 = 728 against gemm.yaml's 720 from DeepGEMM, residuals within 2.9 %.
+    k, tflops = (np.array(c, dtype=float) for c in zip(*TILELANG_H800_FP8, strict=True))
+    ones = np.ones_like(k)
+    rows = PtableRows(version="tilelang-128a796", sm="sm_90", dtype="fp8", batch=ones, m=8192 * ones, n=8192 * ones,
+                      k=k, flops_per_s=tflops * 1e12)
+    fit = fit_k_overhead(rows)
+    assert fit.k_overhead == pytest.approx(get_gemm_tiling("H800-SXM5-80GB").fp8_k_overhead, rel=0.1)
+    assert np.abs(fit.residuals).max() < 0.03
