@@ -157,3 +157,14 @@ def test_tilelang_h800_fp8_k_sweep_agrees_with_the_deepgemm_k_overhead():
     fit = fit_k_overhead(rows)
     assert fit.k_overhead == pytest.approx(get_gemm_tiling("H800-SXM5-80GB").fp8_k_overhead, rel=0.1)
     assert np.abs(fit.residuals).max() < 0.03
+
+
+def test_mixed_precision_arrays_take_each_gemms_own_k_overhead(h100):
+    # One vectorised call over fp8 and bf16 GEMMs (as the search prices them) equals the GEMM-by-GEMM calls: each
+    # element gets its precision's k_0 (720 fp8, 128 bf16), not the other's.
+    m, n, k = np.array([2048.0, 2048.0, 8192.0]), np.array([2048.0, 2048.0, 1024.0]), np.array([768.0, 768.0, 512.0])
+    fp8 = np.array([True, False, True])
+    together = h100.gemm_time_s(m, n, k, fp8)
+    apart = [_t(h100, m[i], n[i], k[i], bool(fp8[i])) for i in range(3)]
+    assert together == pytest.approx(apart, rel=1e-12)
+    assert together[0] / together[1] != pytest.approx(1.0)  # the same shape in fp8 and bf16: different k terms
