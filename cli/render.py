@@ -49,6 +49,23 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{seconds:.1f} s"
 
 
+def render_layer_gemms(g: dict[str, Any]) -> None:
+    """The `layer_gemms` block (estimate --gemms): each weight GEMM of one layer with its shape model factors."""
+    def factor(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    console.table(f"weight GEMMs of one layer and micro-batch on one rank of {g['gpu']} ({g['scope']})",
+                  ["layer", "matrix", "pass", "m", "n", "k", "count", "precision", "TFLOP/s", "wave eff",
+                   "k-depth", "ms"],
+                  [(r["layer"], r["matrix"], r["pass"], f"{r['m']:,.0f}", f"{r['n']:,.1f}".removesuffix(".0"),
+                    f"{r['k']:,.1f}".removesuffix(".0"), f"{r['count']:g}", r["precision"], f"{r['tflops_per_s']:,.0f}",
+                    factor(r["wave_efficiency"]), factor(r["k_depth"]), f"{r['time_s'] * 1e3:.3f}")
+                   for r in g["gemms"]],
+                  justify_right=[False, False, False] + [True] * 4 + [False] + [True] * 4)
+    for layer, seconds in g["layer_time_s"].items():
+        console.text(f"{layer} layer: {seconds * 1e3:.3f} ms of weight GEMMs per micro-batch")
+
+
 def render_time_to_train(t: dict[str, Any]) -> None:
     """The `time_to_train` block: days and dollars with failures, and where the wall-clock time goes."""
     days = "never (failures outpace progress)" if t["days"] is None else f"{t['days']:.1f} days"

@@ -1,0 +1,129 @@
+"""One transformer layer's weight GEMMs on one rank, as the GEMM shape model prices them (`estimate --gemms`).
+
+For each weight matrix of a layer (compute.layer_linears: attention in / out, MLP or experts in / out, shared experts)
+its three GEMMs per micro-batch: forward Y = X W (m = tokens, n = out, k = in), input gradient dX = dY W^T (m =
+tokens, n = in, k = out) and weight gradient dW = X^T dY (m = in, n = out, k = tokens), with the two factors of
+models/hardware/gemm.py behind each time: the wave / tile efficiency of its m x n over the SMs and the reduction-depth
+factor k / (k + k_0) of its precision. Whole GEMMs: tensor-parallel overlap runs some of them in chunks
+(tp_overlap.py), and recompute repeats forwards; the step's compute term prices both, this view shows neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
+from clusterplan.models.training.compute import Linear, layer_linears
+from clusterplan.models.training.estimate import Estimate
+from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS, grouped_gemm_time_s
+
+DENSE_MATRICES = ("attention in", "attention out", "mlp in", "mlp out")
+MOE_MATRICES = ("attention in", "attention out", "experts in", "experts out", "router + shared in", "shared out")
+"""Names of compute.layer_linears' entries, in its order (dense layer / MoE layer; the MoE layer's dense part is
+the router with any shared experts' input projection)."""
+PASSES = ("forward", "dgrad", "wgrad")
+
+
+@dataclass(frozen=True)
+class LayerGemm:
+    """One GEMM of one layer and micro-batch on one rank; `count` equal GEMMs (a rank's local experts) in one row."""
+
+    layer: str
+    matrix: str
+    gemm_pass: str
+    m: float
+    n: float
+    k: float
+    count: float
+    precision: str
+    time_s: float
+    wave_efficiency: float | None
+    """Useful share of the SM-tile slots paid for (gemm.py wave_efficiency); None on a calibrated GEMM curve."""
+    k_depth: float | None
+    """k / (k + k_0) of the GEMM's precision (1 where gemm.yaml has no k_0); None on a calibrated GEMM curve."""
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "matrix": self.matrix, "pass": self.gemm_pass, "m": round(self.m, 3),
+                "n": round(self.n, 3), "k": round(self.k, 3), "count": round(self.count, 3),
+                "precision": self.precision, "time_s": float(f"{self.time_s:.6g}"),
+                "tflops_per_s": float(f"{self.flops / self.time_s / 1e12:.6g}") if self.time_s > 0 else 0.0,
+                "wave_efficiency": None if self.wave_efficiency is None else round(self.wave_efficiency, 4),
+                "k_depth": None if self.k_depth is None else round(self.k_depth, 4)}
+
+
+@dataclass(frozen=True)
+class LayerGemms:
+    gpu: str
+    gemms: tuple[LayerGemm, ...]
+
+    def layer_time_s(self, layer: str) -> float:
+        return sum(g.time_s for g in self.gemms if g.layer == layer)
+
+    def to_json(self) -> dict:
+        layers = sorted({g.layer for g in self.gemms})
+        return {"gpu": self.gpu, "scope": "whole GEMMs: before tensor-parallel overlap chunking; recompute not repeated",
+                "layer_time_s": {layer: float(f"{self.layer_time_s(layer):.6g}") for layer in layers},
+                "gemms": [g.to_json() for g in self.gemms]}
+
+
+def _factors(hw: HardwareRates, m: float, n: float, k: float, batch: float,
+             fp8: bool) -> tuple[float | None, float | None]:
+    """(wave efficiency, k-depth factor) of one GEMM under the shape model; (None, None) on a calibrated curve."""
+    shape = hw.gemm_shape
+    if shape is None:
+        return None, None
+    wave = float(np.ravel(shape.wave_efficiency(np.array([m]), np.array([n]), batch))[0])
+    k_0 = shape.fp8_k_overhead if fp8 else shape.bf16_k_overhead
+    return wave, k / (k + k_0)
+
+
+def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates, hw: HardwareRates,
+                  fp8: bool) -> list[LayerGemm]:
+    tokens, fan_in, fan_out = (float(np.ravel(x)[0]) for x in (g.tokens, g.in_features, g.out_features))
+    count = float(np.ravel(g.count)[0])
+    batch = min(float(GROUPED_GEMM_STREAMS), count) if g.streamed else count
+    flag = np.array([fp8])
+    out = []
+    for gemm_pass, (m, n, k), rates in zip(PASSES, ((tokens, fan_out, fan_in), (tokens, fan_in, fan_out),
+                                                    (fan_in, fan_out, tokens)), (forward_hw, hw, hw), strict=True):
+        if g.streamed:
+            time_s = grouped_gemm_time_s(rates, np.array([m]), n, k, flag, count)
+        else:
+            time_s = rates.gemm_time_s(np.array([m]), np.array([n]), np.array([k]), flag, count)
+        wave, k_depth = _factors(rates, m, n, k, batch, fp8)
+        out.append(LayerGemm(layer=layer, matrix=matrix, gemm_pass=gemm_pass, m=m, n=n, k=k, count=count,
+                             precision="fp8" if fp8 else "bf16", time_s=float(np.ravel(time_s)[0]),
+                             wave_efficiency=wave, k_depth=k_depth))
+    return out
+
+
+def layer_gemms(est: Estimate) -> LayerGemms:
+    """The weight GEMMs of a dense and / or an MoE layer (those the model has) of `est`'s layout."""
+    ev = est.evaluation
+    shapes, arrays = ModelShapes.of(est.model), LayoutArrays.from_layouts([est.layout])
+    fp8 = bool(arrays.precision[0] == PREC_FP8)
+    hw = ev.hw
+    recipe = ev.stack.fp8_recipes[0] if (fp8 and ev.stack.fp8_recipes) else None
+    forward_hw = hw.for_fp8_recipe(recipe, forward=True) if recipe else hw
+    backward_hw = hw.for_fp8_recipe(recipe) if recipe else hw
+    kinds = []
+    if shapes.n_moe_layers < shapes.n_layers:
+        kinds.append(("dense", False, DENSE_MATRICES))
+    if shapes.n_moe_layers > 0:
+        kinds.append(("moe", True, MOE_MATRICES))
+    gemms: list[LayerGemm] = []
+    for layer, moe, names in kinds:
+        for name, linear in zip(names, layer_linears(shapes, arrays, moe), strict=True):
+            if float(np.ravel(linear.tokens)[0]) * float(np.ravel(linear.in_features)[0]) \
+                    * float(np.ravel(linear.out_features)[0]) <= 0:
+                continue  # e.g. no shared experts
+            gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8)
+    return LayerGemms(gpu=hw.gpu_name, gemms=tuple(gemms))
