@@ -17,16 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
+from clusterplan.hardware_db import get_gpu
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 from clusterplan.reference.report import read_rows
 
 PTABLE_CSV = "xla_matmul_ptable.csv"
 LARGE_MIN = 2048
 """Fit rows: m and n both at least this (60 of each table's 375 entries)."""
-HBM_BYTES_PER_S = {"sm_90": 3.35e12 * 0.85, "sm_100": 7.672e12 * 0.85}
-"""gpus.yaml H100-SXM5-80GB and B200 HBM bandwidth x their achieved fraction 0.85 (the roofline of each row)."""
+SM_GPU = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200"}
+"""The GPU whose HBM roofline prices each section's rows (XLA's hlo_op_profiles name sm_90 'NVIDIA H100 80GB HBM3')."""
+HBM_BYTES_PER_S = {sm: get_gpu(name).hbm_bytes_per_s * get_gpu(name).hbm_fraction for sm, name in SM_GPU.items()}
+"""gpus.yaml's HBM bandwidth x its achieved fraction, as models/hardware/rates.py prices it."""
 OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0}
-OUTPUT_BYTES = 2.0
-"""Both dtypes write bf16 results (the table's keys: bf16 x bf16 -> bf16, f8e4m3fn x f8e4m3fn -> bf16)."""
+"""Both dtypes write bf16 results (gemm.OUTPUT_BYTES; the table's keys: bf16 x bf16 -> bf16, f8e4m3fn x f8e4m3fn ->
+bf16)."""
 
 
 @dataclass(frozen=True)

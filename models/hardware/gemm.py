@@ -92,6 +92,12 @@ class GemmShapeModel:
         best *= useful
         return best
 
+    def k_depth(self, k: np.ndarray, fp8: np.ndarray) -> np.ndarray:
+        """k / (k + k_0) of each GEMM's precision: the fixed per-tile prologue/epilogue over its k-loop (module
+        docstring); 1 where that precision has no k_0."""
+        k_0 = np.where(fp8, self.fp8_k_overhead, self.bf16_k_overhead) if fp8.any() else self.bf16_k_overhead
+        return k / np.maximum(k + k_0, 1.0)
+
     def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
                batch: np.ndarray | float = 1.0, sm_margin: int = 0) -> np.ndarray:
         """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0."""
@@ -102,9 +108,7 @@ class GemmShapeModel:
                                        flops.shape))
         rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
         if (self.fp8_k_overhead and fp8.any()) or (self.bf16_k_overhead and not fp8.all()):
-            # fixed per-tile prologue/epilogue over the k-loop (module docstring): k / (k + k_0) of the GEMM's precision
-            k_0 = np.where(fp8, self.fp8_k_overhead, self.bf16_k_overhead) if fp8.any() else self.bf16_k_overhead
-            eff *= k / np.maximum(k + k_0, 1.0)
+            eff *= self.k_depth(k, fp8)
         if sm_margin and self.sm_count:
             # SMs held by a concurrent communication kernel: the GEMM runs on the rest at the same per-SM rate.
             eff *= (self.sm_count - sm_margin) / self.sm_count

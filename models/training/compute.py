@@ -156,6 +156,22 @@ def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, 
     return np.divide(held, full, out=np.ones_like(full), where=full > 0)
 
 
+def linear_gemm_shapes(tokens: np.ndarray | float, fan_in: np.ndarray | float, fan_out: np.ndarray | float
+                       ) -> tuple[tuple[np.ndarray | float, ...], ...]:
+    """(m, n, k) of a linear's three GEMMs: forward Y = X W (tokens, out, in), input gradient dX = dY W^T (tokens, in,
+    out) and weight gradient dW = X^T dY (in, out, tokens)."""
+    return (tokens, fan_out, fan_in), (tokens, fan_in, fan_out), (fan_in, fan_out, tokens)
+
+
+def linear_gemm_time_s(g: Linear, rates: HardwareRates, m: np.ndarray | float, n: np.ndarray | float, k: np.ndarray | float,
+                       fp8: np.ndarray) -> np.ndarray:
+    """Seconds of `g`'s `count` equal m x n x k GEMMs: all at once, or, for a rank's local experts,
+    GROUPED_GEMM_STREAMS at a time as Transformer Engine runs them (moe_layer.grouped_gemm_time_s)."""
+    if g.streamed:
+        return grouped_gemm_time_s(rates, m, n, k, fp8, g.count)
+    return rates.gemm_time_s(m, n, k, fp8, g.count)
+
+
 def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, overlap: TpOverlap | None = None,
                  forward_hw: HardwareRates | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
@@ -166,11 +182,6 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
     fwd = bwd = wgrad = 0.0
     for g in linears:
         t, i, o = g.tokens, g.in_features, g.out_features
-        # `count` equal GEMMs share the waves: all at once, or GROUPED_GEMM_STREAMS at a time (local experts, TE).
-        def gemm(m, n, k, g=g, rates=hw):
-            if g.streamed:
-                return grouped_gemm_time_s(rates, m, n, k, fp8, g.count)
-            return rates.gemm_time_s(m, n, k, fp8, g.count)
         overlapped = overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any()
         if overlapped:
             of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
@@ -181,7 +192,9 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
         if overlapped and overlap.active.all():
             f, dx, dw = of, odx, odw
         else:  # whole GEMMs, where no overlap chunks them
-            f, dx, dw = gemm(t, o, i, rates=fhw), gemm(t, i, o), gemm(i, o, t)
+            forward, dgrad, wgrad_shape = linear_gemm_shapes(t, i, o)
+            f, dx, dw = (linear_gemm_time_s(g, fhw, *forward, fp8), linear_gemm_time_s(g, hw, *dgrad, fp8),
+                         linear_gemm_time_s(g, hw, *wgrad_shape, fp8))
             if overlapped:
                 f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
         fwd = fwd + f

@@ -17,9 +17,9 @@ import numpy as np
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
-from clusterplan.models.training.compute import Linear, layer_linears
+from clusterplan.models.training.compute import Linear, layer_linears, linear_gemm_shapes, linear_gemm_time_s
 from clusterplan.models.training.estimate import Estimate
-from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS, grouped_gemm_time_s
+from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS
 
 DENSE_MATRICES = ("attention in", "attention out", "mlp in", "mlp out")
 MOE_MATRICES = ("attention in", "attention out", "experts in", "experts out", "router + shared in", "shared out")
@@ -80,24 +80,24 @@ def _factors(hw: HardwareRates, m: float, n: float, k: float, batch: float,
     shape = hw.gemm_shape
     if shape is None:
         return None, None
-    wave = float(np.ravel(shape.wave_efficiency(np.array([m]), np.array([n]), batch))[0])
-    k_0 = shape.fp8_k_overhead if fp8 else shape.bf16_k_overhead
-    return wave, k / (k + k_0)
+    wave = shape.wave_efficiency(np.array([m]), np.array([n]), batch)
+    return float(np.ravel(wave)[0]), float(np.ravel(shape.k_depth(np.array([k]), np.array([fp8])))[0])
 
 
 def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates, hw: HardwareRates,
                   fp8: bool) -> list[LayerGemm]:
+    """The linear's three GEMMs (compute.linear_gemm_shapes) timed as compute.linear_times times them; none for an
+    empty matrix (a MoE layer without shared experts has no 'shared out')."""
     tokens, fan_in, fan_out = (float(np.ravel(x)[0]) for x in (g.tokens, g.in_features, g.out_features))
+    if tokens * fan_in * fan_out <= 0:
+        return []
     count = float(np.ravel(g.count)[0])
     batch = min(float(GROUPED_GEMM_STREAMS), count) if g.streamed else count
     flag = np.array([fp8])
     out = []
-    for gemm_pass, (m, n, k), rates in zip(PASSES, ((tokens, fan_out, fan_in), (tokens, fan_in, fan_out),
-                                                    (fan_in, fan_out, tokens)), (forward_hw, hw, hw), strict=True):
-        if g.streamed:
-            time_s = grouped_gemm_time_s(rates, np.array([m]), n, k, flag, count)
-        else:
-            time_s = rates.gemm_time_s(np.array([m]), np.array([n]), np.array([k]), flag, count)
+    for gemm_pass, (m, n, k), rates in zip(PASSES, linear_gemm_shapes(tokens, fan_in, fan_out), (forward_hw, hw, hw),
+                                           strict=True):
+        time_s = linear_gemm_time_s(g, rates, np.array([m]), np.array([n]), np.array([k]), flag)
         wave, k_depth = _factors(rates, m, n, k, batch, fp8)
         out.append(LayerGemm(layer=layer, matrix=matrix, gemm_pass=gemm_pass, m=m, n=n, k=k, count=count,
                              precision="fp8" if fp8 else "bf16", time_s=float(np.ravel(time_s)[0]),
@@ -122,8 +122,5 @@ def layer_gemms(est: Estimate) -> LayerGemms:
     gemms: list[LayerGemm] = []
     for layer, moe, names in kinds:
         for name, linear in zip(names, layer_linears(shapes, arrays, moe), strict=True):
-            if float(np.ravel(linear.tokens)[0]) * float(np.ravel(linear.in_features)[0]) \
-                    * float(np.ravel(linear.out_features)[0]) <= 0:
-                continue  # e.g. no shared experts
             gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8)
     return LayerGemms(gpu=hw.gpu_name, gemms=tuple(gemms))
