@@ -1,7 +1,8 @@
-"""The README's shown outputs are what the CLI prints now: each example's command is run and every line the README
-shows must appear in its output (a line the README cut with '...' must begin an output line; the plan's timing line
-'searched N layouts in X s' is the machine's, not compared). A model change that moves a shown number fails here until
-the README is re-run (as the placement, host and check examples have their own tests)."""
+"""The README's shown outputs are what the CLI prints now: each example's command is run and the text of every line
+the README shows must appear in its output, whitespace-insensitive since the README wraps long lines (for a line cut
+with '...' the text before the cut, for a '(...)' elision both sides; the plan's timing line 'searched N layouts in
+X s' is the machine's, not compared). A model change that moves a shown number fails here until the README is re-run
+(the placement and host examples have their own tests in test_placement.py and test_moe_host.py)."""
 
 from __future__ import annotations
 
