@@ -198,7 +198,8 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
     ratios = {key: _slowdown_ratio(where, raw, sources, key, source)
               for key, source in (("mxfp8_gemm_time_ratio", "mxfp8"), ("rowwise_gemm_time_ratio", "rowwise"))}
     k_overheads = {key: _k_overhead(where, raw, sources, key, source)
-                   for key, source in (("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"))}
+                   for key, source in (("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"),
+                                         ("blockwise_fp8_k_overhead", "k_depth_blockwise"))}
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
                       mamf_shape=tuple(shape) if shape else None, **k_overheads,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),

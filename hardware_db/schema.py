@@ -145,6 +145,10 @@ class GemmTiling:
     of depth k runs at k / (k + k_0) of its long-k rate (sources: k_depth); 0 where nothing is published."""
     bf16_k_overhead: float = 0.0
     """The same k_0 for bf16/fp16 GEMMs (sources: k_depth_bf16); 0 where nothing is published."""
+    blockwise_fp8_k_overhead: float = 0.0
+    """The same k_0 for block-scaled fp8 GEMMs (1x128 / 128x128 scales: DeepGEMM, Transformer Engine's
+    Float8BlockScaling), which promote the tensor cores' partial sums to fp32 every 128 of k (DeepSeek-V3 report,
+    Sec. 3.3.2) (sources: k_depth_blockwise); 0: as fp8_k_overhead."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

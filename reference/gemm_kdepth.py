@@ -1,11 +1,16 @@
 """The reduction-depth constant k_0 of gemm.yaml (bf16_k_overhead, and fp8_k_overhead on sm_100) fitted on OpenXLA's
-published GEMM performance table (data/xla_matmul_ptable.csv), and its checks.
+published GEMM performance table (data/xla_matmul_ptable.csv); the per-tensor fp8 k_0 of Hopper (fp8_k_overhead on
+GH100) fitted on our own H200 sweep (data/h200_gemm_kdepth.csv, bench/bench_gemm_k.py); and their checks.
 
 Model of a measured batched GEMM b x (m x k) x (k x n), one per (b, m, n) shape family:
     time = kernel_s + max(2 b m n k / (rate_shape x k / (k + k_0)),  operand and result bytes / HBM)
 with each shape's long-k rate free (so the GPU's tile and wave losses, which the planner prices apart in
 models/hardware/gemm.py, do not leak into k_0), one per-kernel fixed time and one k_0, fitted by log least squares
 on the 60 entries whose m and n are 2,048 or 4,096 (the k-loop dominates; smaller shapes are launch- and wave-bound).
+
+Our own sweep is fitted the same way on all its rows (M = N = 4096 and 8192, k 128 .. 16,384, three passes), each
+rate divided by the reference GEMM timed around it and multiplied by the run's median reference (its header: the
+H200's clock moved with power, up to 20 % between passes).
 
     python -m clusterplan.reference.gemm_kdepth      # every fit and check, as gemm.yaml's sources quote them
 """
@@ -24,8 +29,10 @@ from clusterplan.reference.report import read_rows
 PTABLE_CSV = "xla_matmul_ptable.csv"
 LARGE_MIN = 2048
 """Fit rows: m and n both at least this (60 of each table's 375 entries)."""
-SM_GPU = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200"}
-"""The GPU whose HBM roofline prices each section's rows (XLA's hlo_op_profiles name sm_90 'NVIDIA H100 80GB HBM3')."""
+OWN_CSV = "h200_gemm_kdepth.csv"
+SM_GPU = {"sm_90": "H100-SXM5-80GB", "sm_100": "B200", "own_h200": "H200-SXM-141GB"}
+"""The GPU whose HBM roofline prices each section's rows (XLA's hlo_op_profiles name sm_90 'NVIDIA H100 80GB HBM3';
+own_h200: our own sweep)."""
 HBM_BYTES_PER_S = {sm: get_gpu(name).hbm_bytes_per_s * get_gpu(name).hbm_fraction for sm, name in SM_GPU.items()}
 """gpus.yaml's HBM bandwidth x its achieved fraction, as models/hardware/rates.py prices it."""
 OPERAND_BYTES = {"bf16": 2.0, "fp8": 1.0}
@@ -75,6 +82,21 @@ def ptable_rows(version: str, sm: str, dtype: str, *, large: bool = True) -> Pta
                       flops_per_s=cols["flops_per_s"])
 
 
+def own_rows(run: int, dtype: str, scaling: str, *, normalised: bool = True) -> PtableRows:
+    """One (run, dtype, scaling) slice of our own H200 sweep; `normalised`: each rate x the run's median reference rate
+    / the reference rate timed around it (run 3 only: the clock divided out)."""
+    rows = [r for r in read_rows(OWN_CSV) if (int(r["run"]), r["dtype"], r["scaling"]) == (run, dtype, scaling)]
+    if not rows:
+        raise ValueError(f"{OWN_CSV}: no rows for run {run}, {dtype}, {scaling}")
+    cols = {c: np.array([float(r[c]) for r in rows]) for c in ("m", "n", "k", "tflops")}
+    rate = cols["tflops"] * 1e12
+    if normalised:
+        ref = np.array([float(r["ref_tflops"]) for r in rows])
+        rate = rate * np.median(ref) / ref
+    return PtableRows(version=f"run{run}", sm="own_h200", dtype=dtype, batch=np.ones(len(rows)), m=cols["m"],
+                      n=cols["n"], k=cols["k"], flops_per_s=rate)
+
+
 def predicted_flops_per_s(rows: PtableRows, k_overhead: float, kernel_s: float,
                           shape_rates: np.ndarray, shape_index: np.ndarray) -> np.ndarray:
     """The module docstring's model of each row's measured rate."""
@@ -113,7 +135,21 @@ CHECKS = (("9bebee8", "sm_90", "bf16"), ("a305421", "sm_90", "bf16"))
 """Later re-measurements of the sm_90 bf16 table: fitted alike, not used for the constant."""
 
 
+OWN_FIT = (3, "fp8", "tensor")
+"""Our own H200 sweep's per-tensor fp8 slice (cuBLAS, clock divided out): fp8_k_overhead of the GH100 GPUs."""
+OWN_CHECKS = ((3, "bf16", "none", True), (3, "fp8", "row", True), (3, "fp8", "tensor", False), (2, "fp8", "tensor", False))
+"""Checks, not used for a constant: bf16 against the XLA fit (128), CUTLASS row-wise against DeepGEMM's block-scaled
+720, and the per-tensor fit without the clock division (run 3) and on the run without the reference GEMM (run 2)."""
+
+
 def main() -> None:
+    for label, (run, dtype, scaling, normalised) in (("fitted", (*OWN_FIT, True)),
+                                                     *(("checked", c) for c in OWN_CHECKS)):
+        f = fit_k_overhead(own_rows(run, dtype, scaling, normalised=normalised))
+        print(f"{label:8s} own H200 run {run} {dtype:4s} {scaling:6s} {'clock-divided' if normalised else 'raw':13s} "
+              f"rows {len(f.residuals)}: k_0 = {f.k_overhead:.0f}, kernel {f.kernel_s * 1e6:.1f} us, residuals "
+              f"{f.residuals.min():+.1%} .. {f.residuals.max():+.1%} (rms {f.rms():.1%}); without the k term rms "
+              f"{f.rms(without_k=True):.1%}")
     for label, slices in (("fitted", FITS), ("checked", CHECKS)):
         for version, sm, dtype in slices:
             f = fit_k_overhead(ptable_rows(version, sm, dtype))

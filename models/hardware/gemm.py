@@ -10,8 +10,10 @@ achieved HBM rate (roofline, Williams et al. 2009).
 Reduction depth: each output tile pays a fixed prologue (pipeline fill) and epilogue (accumulator conversion and store)
 beside its k-loop, so a GEMM of depth k runs at k / (k + k_0) of its long-k rate, k_0 being the depth whose k-loop
 takes as long as that fixed part (NVIDIA DL performance guide, "Matrix Multiplication Background": arithmetic
-intensity grows with k). k_0 per precision where a k sweep is published: fp8 from DeepGEMM's H800 table (gemm.yaml
-fp8_k_overhead), bf16 from OpenXLA's H100 matmul table (bf16_k_overhead); 0 (no term) elsewhere.
+intensity grows with k). k_0 per precision where a k sweep is published or measured: per-tensor scaled fp8 (cuBLAS)
+from our own H200 sweep on Hopper and OpenXLA's sm_100 table on Blackwell (gemm.yaml fp8_k_overhead), block-scaled
+fp8 from DeepGEMM's H800 table (blockwise_fp8_k_overhead), bf16 from OpenXLA's H100 and sm_100 tables
+(bf16_k_overhead); 0 (no term) elsewhere.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class GemmShapeModel:
     """k_0 of the fp8 k-depth term (elements of k); 0: no k-depth term."""
     bf16_k_overhead: float = 0.0
     """k_0 of the bf16 k-depth term; 0: none."""
+    blockwise_fp8_k_overhead: float = 0.0
+    """k_0 of block-scaled fp8 GEMMs (HardwareRates.for_fp8_recipe swaps it in for the blockwise recipe); 0: as
+    fp8_k_overhead."""
 
     @classmethod
     def of(cls, tiling: GemmTiling | None, *, best_shape_flops: float, best_shape_flops_fp8: float,
@@ -61,7 +66,7 @@ class GemmShapeModel:
                    max_flops=best_shape_flops / at_best / k_depth_at_best,
                    max_flops_fp8=best_shape_flops_fp8 / at_best / k_depth_at_best_fp8,
                    hbm_bytes_per_s=hbm_bytes_per_s, fp8_k_overhead=tiling.fp8_k_overhead,
-                   bf16_k_overhead=tiling.bf16_k_overhead)
+                   bf16_k_overhead=tiling.bf16_k_overhead, blockwise_fp8_k_overhead=tiling.blockwise_fp8_k_overhead)
 
     def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0,
                         sm_margin: int = 0) -> np.ndarray:

@@ -139,7 +139,13 @@ class HardwareRates:
         (TE GEMM Profiling Tutorial, B300). torchao's rowwise recipe runs its forward GEMM with fast accumulation,
         which torch._scaled_mm sends to its CUTLASS rowwise kernel (rowwise_gemm_time_ratio slower, pytorch/pytorch
         #147971); its gradient GEMMs run without, which torchao sends to the per-tensor cuBLAS kernel with unit
-        scales and rescales after (torchao float8_ops.addmm_float8_unwrapped): at the per-tensor rate."""
+        scales and rescales after (torchao float8_ops.addmm_float8_unwrapped): at the per-tensor rate. Block-scaled
+        GEMMs (the blockwise recipe, forward and gradients) pay their own reduction-depth k_0 (gemm.yaml
+        blockwise_fp8_k_overhead: the fp32 promotion every 128 of k) where one is given."""
+        shape = self.gemm_shape
+        if (recipe == "blockwise" and shape is not None and shape.blockwise_fp8_k_overhead
+                and shape.blockwise_fp8_k_overhead != shape.fp8_k_overhead):
+            return replace(self, gemm_shape=replace(shape, fp8_k_overhead=shape.blockwise_fp8_k_overhead))
         if recipe == "mxfp8":
             r = self.mxfp8_gemm_time_ratio
         elif recipe == "rowwise" and forward:
@@ -148,7 +154,6 @@ class HardwareRates:
             r = 1.0
         if r == 1.0:
             return self
-        shape = self.gemm_shape
         return replace(self, gemm_max_flops_fp8=self.gemm_max_flops_fp8 / r,
                        gemm_shape=None if shape is None else replace(shape, max_flops_fp8=shape.max_flops_fp8 / r))
 
