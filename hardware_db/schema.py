@@ -157,7 +157,7 @@ class AttentionCurve:
 
     gpu: str
     kernel: str
-    """Kernel family: fa1, fa2, fa3 or cudnn."""
+    """Kernel family: fa1, fa2, fa3, cudnn, or sdpa_fa2 (PyTorch SDPA's FlashAttention-2 backend as called)."""
     direction: str
     """forward or backward."""
     causal: bool

@@ -14,7 +14,8 @@ from clusterplan.hardware_db import AttentionCurve, SdpaFa2Measurement
 
 KERNEL_FAMILY = {"fa1": "fa1", "triton": "fa1", "fa2": "fa2", "fa3": "fa3", "cudnn": "cudnn"}
 """Stack attention kernel -> measured family. `sdpa` (PyTorch SDPA) runs the GPU's `sdpa_family`: its FlashAttention-2
-backend (PyTorch 2.2 notes) unless PyTorch puts cuDNN first on that GPU (attention_kernels.yaml sdpa_backend).
+backend (PyTorch 2.2 notes) unless PyTorch puts cuDNN first on that GPU (attention_kernels.yaml sdpa_backend); that
+backend's own measured curves (`sdpa_fa2` rows) where the GPU has them, else the fa2 curve x sdpa_fa2_forward_ratio.
 `triton` (llm-foundry attn_impl triton, flash_attn_triton.py) runs the FlashAttention-1 rate, its documented upper
 bound (flash_attn_triton.py docstring: forward + backward slightly slower than the CUDA FlashAttention)."""
 ATTN_BWD_FLOPS_OVER_FWD = 2.5
@@ -52,8 +53,13 @@ class AttentionRates:
         return bool(self._rows(kernel, direction, False))
 
     def family(self, kernel: str) -> str | None:
-        """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel)."""
-        return self.sdpa_family if kernel == "sdpa" else KERNEL_FAMILY.get(kernel)
+        """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel). PyTorch
+        SDPA on its FlashAttention-2 backend runs its own measured curves (sdpa_fa2) where the GPU has them."""
+        if kernel != "sdpa":
+            return KERNEL_FAMILY.get(kernel)
+        if self.sdpa_family == "fa2" and any(c.kernel == "sdpa_fa2" for c in self.curves):
+            return "sdpa_fa2"
+        return self.sdpa_family
 
     def _rows(self, kernel: str, direction: str, causal: bool, window: int | None = None) -> list[AttentionCurve]:
         family = self.family(kernel)
