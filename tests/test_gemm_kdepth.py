@@ -203,13 +203,17 @@ def test_own_h200_sweep_gives_the_per_tensor_fp8_k_overhead_of_every_hopper_gpu(
 
 
 def test_own_h200_sweep_checks():
-    # Not used for a constant. bf16 in the same run: k_0 = 116 against the OpenXLA H100 fit's 128 (within 10 %).
+    # Not used for a constant. Re-measured on a fresh machine of the same kind (run 4): k_0 = 569 against 566, bf16
+    # 125. bf16 in the same run: k_0 = 116 against the OpenXLA H100 fit's 128 (within 10 %).
     # The per-tensor fit without dividing out the clock (515) and on run 2, which had no reference GEMM (554): within
     # 10 % of 566, with residuals twice as wide (the clock moved 1,365-1,980 MHz). CUTLASS row-wise (697) sits with the
     # hand-written kernels (DeepGEMM 720), above cuBLAS's per-tensor kernel.
     k0 = get_gemm_tiling("H200-SXM-141GB")
-    bf16 = fit_k_overhead(own_rows(3, "bf16", "none"))
-    assert bf16.k_overhead == pytest.approx(k0.bf16_k_overhead, rel=0.10) and bf16.rms() < 0.03
+    rerun = fit_k_overhead(own_rows(4, "fp8", "tensor"))
+    assert rerun.k_overhead == pytest.approx(k0.fp8_k_overhead, rel=0.02) and rerun.rms() < 0.04
+    for run in (3, 4):
+        bf16 = fit_k_overhead(own_rows(run, "bf16", "none"))
+        assert bf16.k_overhead == pytest.approx(k0.bf16_k_overhead, rel=0.10) and bf16.rms() < 0.03
     for run in (3, 2):
         raw = fit_k_overhead(own_rows(run, "fp8", "tensor", normalised=False))
         assert raw.k_overhead == pytest.approx(k0.fp8_k_overhead, rel=0.10)

@@ -90,6 +90,22 @@ def test_foreach_adamw_and_clip_worked_example(shapes, hw):
     assert mcore * hw.hbm_bytes_per_s == pytest.approx(L8B_PARAMS / 8 * 32, rel=1e-12)
 
 
+def test_foreach_adamw_over_plain_adam_fp32_parameters():
+    """Plain Adam (no separate master copy: the fp32 parameters are it, as validate runs them) pays the same eight
+    foreach passes, 84 B, not fused plain Adam's 24; the unclipped validate stack adds no clip bytes. Checked on our own
+    H200 profile: 35.1 ms of AdamW kernels for GPT 1.7B's 1.65 B parameters, 34.0 ms modelled
+    (reference/step_profile.py)."""
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.step import optimizer_bytes_per_param
+    from clusterplan.validate.predict import runtime_stack
+
+    plain = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=2048, optimizer="adam", precision="fp32")])
+    assert float(optimizer_bytes_per_param(plain, get_stack("torchtitan"))[0]) == 84.0 + 12.0
+    assert float(optimizer_bytes_per_param(plain, runtime_stack())[0]) == 84.0
+    assert float(optimizer_bytes_per_param(plain, get_stack("megatron-core"))[0]) == 24.0
+
+
 def test_fsdp2_copy_out_and_root_worked_example(shapes, hw):
     """FSDP2 at dp 8 in one node, one micro-batch, 32 blocks: 2 x 32 - 1 = 63 block gathers, each copied out
     (read + write 2 B x 218,112,000), and the root's 1,050,677,248 parameters copied out once:

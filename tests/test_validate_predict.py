@@ -59,10 +59,11 @@ def test_a_gpu_result_is_priced_as_the_bf16_run_it_was(run_cli, tmp_path):
     code, out, err = run_cli("validate", str(plan_path), "--measured", str(result), "--format", "json")
     assert code == 0, err
     got = json.loads(out)
-    from clusterplan.hardware_db.stacks import get_stack
+    from clusterplan.validate.predict import runtime_stack
 
+    # validate's runs are eager PyTorch (torchtitan-like, no gradient clipping: validate.predict.runtime_stack)
     bf16 = estimate(plan.model, plan.cluster, layout.with_(precision="bf16"), eager_layers=True,
-                    stack=get_stack("torchtitan")).to_json()  # validate's runs are eager PyTorch (torchtitan-like)
+                    stack=runtime_stack()).to_json()
     assert got["time"]["predicted_s"] == bf16["step_time_s"] and got["time"]["measured_median_s"] == 0.01
     assert got["ranks"][0]["memory"]["gpu_peak"]["measured_bytes"] == 5000
 

@@ -32,8 +32,9 @@ def position_of(pp_rank: int, pp: int) -> str:
 def runtime_stack() -> ExecutionStack:
     """The stack validate's runs are: plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs
     them in eager mode (DTensor sequence parallelism keeps the gathered linear inputs); their selective recompute
-    checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC."""
-    return replace(get_stack("torchtitan"), selective_recompute="core_attn")
+    checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC; its step does not clip
+    gradients (validate/run.py Trainer.step)."""
+    return replace(get_stack("torchtitan"), selective_recompute="core_attn", grad_clip="none")
 
 
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
