@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_gemm_k import gpu_run_meta  # noqa: E402
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -79,16 +82,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    import torch
     from torch.nn.attention import SDPBackend
 
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing to measure (this bench is for a GPU machine)")
+    meta = gpu_run_meta()
+    if meta is None:
         return
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "date": dt.date.today().isoformat()}
     with args.out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()

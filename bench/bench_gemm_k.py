@@ -38,6 +38,17 @@ REPLAYS = 7
 SEED = 20261204
 
 
+def gpu_run_meta() -> dict[str, str] | None:
+    """The GPU, torch and CUDA versions and the date every GPU bench records; None (after saying so) without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing to measure (this bench is for a GPU machine)")
+        return None
+    return {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "date": dt.date.today().isoformat()}
+
+
 def gemm_closure(m: int, n: int, k: int, dtype: str, scaling: str, device: object):  # noqa: ANN201
     import torch
 
@@ -104,12 +115,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing to measure (this bench is for a GPU machine)")
+    meta = gpu_run_meta()
+    if meta is None:
         return
     device = torch.device("cuda", 0)
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "date": dt.date.today().isoformat()}
     warm = gemm_closure(8192, 8192, 8192, "bf16", "none", device)
     t_end = time.monotonic() + 2.0
     while time.monotonic() < t_end:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import random
 import sys
 from pathlib import Path
@@ -23,7 +22,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from bench_gemm_k import REF_REPLAYS, REF_SIDE, REPLAYS, SAMPLE_S, gemm_closure, graph_of, replay_times  # noqa: E402
+from bench_gemm_k import (  # noqa: E402
+    REF_REPLAYS,
+    REF_SIDE,
+    REPLAYS,
+    SAMPLE_S,
+    gemm_closure,
+    gpu_run_meta,
+    graph_of,
+    replay_times,
+)
 
 CLUSTER = "hgx-h200:1"
 CONFIGS = (
@@ -73,12 +81,10 @@ def main() -> None:
     import numpy as np
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing to measure (this bench is for a GPU machine)")
+    meta = gpu_run_meta()
+    if meta is None:
         return
     device = torch.device("cuda", 0)
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "date": dt.date.today().isoformat()}
     shapes = layer_shapes()
     distinct = sorted({(s["m"], s["n"], s["k"], s["precision"]) for s in shapes})
     random.Random(SEED).shuffle(distinct)

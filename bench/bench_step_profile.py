@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_gemm_k import gpu_run_meta  # noqa: E402
+
 PLANS = sorted((ROOT / "bench" / "gpu_plans").glob("*.yaml"))
 CATEGORIES = (
     ("attention", re.compile(r"flash|fmha|attention|sdpa", re.IGNORECASE)),
@@ -93,8 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing to measure (this bench is for a GPU machine)")
+    if gpu_run_meta() is None:
         return
     import torch.distributed as dist
 
