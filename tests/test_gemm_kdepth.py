@@ -236,3 +236,17 @@ def test_blockwise_recipe_prices_the_block_scaled_k_overhead(h100):
     # GPUs without a block-scaled k_0 (B200: OpenXLA's per-tensor 577 only) price blockwise at the per-tensor one
     b200 = HardwareRates.of(load_cluster("dgx-b200:1"))
     assert b200.for_fp8_recipe("blockwise") is b200
+
+
+@pytest.mark.parametrize(("key", "source"), [("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"),
+                                             ("blockwise_fp8_k_overhead", "k_depth_blockwise")])
+def test_gemm_yaml_k_overhead_needs_its_source(key, source):
+    # Every k_0 in gemm.yaml names the data it comes from; absent means no term (0).
+    from clusterplan.errors import BadInputError
+    from clusterplan.hardware_db.catalog import _parse_gemm
+
+    base = {"sm_count": 132, "tile": [128, 256], "sources": {"sm_count": "s", "tile": "t", "mamf": "m"}}
+    assert getattr(_parse_gemm("X", base), key) == 0.0
+    with pytest.raises(BadInputError, match=f"{key} without a source: add sources.{source}$"):
+        _parse_gemm("X", {**base, key: 566})
+    assert getattr(_parse_gemm("X", {**base, key: 566, "sources": {**base["sources"], source: "src"}}), key) == 566.0
