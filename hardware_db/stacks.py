@@ -23,7 +23,7 @@ TP_OVERLAPS = ("none", "bulk", "async_tp")
 FSDP_GRANULARITIES = ("block", "tensor", "bucket")
 DP_CHUNKS = ("layer", "virtual_stage")
 FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
-ATTENTION_KERNELS = ("fa1", "triton", "fa2", "fa3", "cudnn", "sdpa", "unfused")
+ATTENTION_KERNELS = ("fa1", "triton", "fa2", "fa3", "cudnn", "sdpa", "sdpa_cudnn_first", "unfused")
 FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
@@ -167,6 +167,8 @@ class ExecutionStack:
     """For "bucket": bytes per coalesced all-gather / reduce-scatter (DeepSpeed ZeRO-3 bucket sizes)."""
     fused_kernels: frozenset[str]
     attention_kernel: str
+    """The attention core's kernel (ATTENTION_KERNELS): a kernel family, or `sdpa` (F.scaled_dot_product_attention in
+    PyTorch's own backend order) / `sdpa_cudnn_first` (the same call with the cuDNN backend put first)."""
     fp8_recipes: tuple[str, ...]
     """fp8 recipes the stack runs; empty = no fp8."""
     fp8_weight_copy: bool
@@ -262,6 +264,12 @@ class ExecutionStack:
     """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
     the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
     absent: false (not priced)."""
+
+    @property
+    def torch_sdpa(self) -> bool:
+        """The attention is F.scaled_dot_product_attention (torchtitan's Attention: K/V repeat_kv'd to the query heads
+        and transposed before the call), whatever backend it picks."""
+        return self.attention_kernel in ("sdpa", "sdpa_cudnn_first")
 
     @property
     def default_zero(self) -> int:

@@ -93,12 +93,19 @@ def techniques(r: dict[str, str]) -> str:
     return "+".join(p for p in parts if p)
 
 
+def published_sdpa(stack: ExecutionStack) -> ExecutionStack:
+    """The stack as torchtitan ran before its cuDNN-first SDPA wrapper (stacks.yaml torchtitan sources.kernels): plain
+    F.scaled_dot_product_attention in PyTorch's own backend order, FlashAttention-2 on Hopper. Every torchtitan row
+    here (Dec 2024) and in titan_community.py (up to Aug 2025) was published before it."""
+    return replace(stack, attention_kernel="sdpa")
+
+
 def titan_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
     """The stack entry the row's techniques name: torchtitan (eager) or torchtitan-compile (compiled blocks, async TP);
     a compiled TP run without async TP is torchtitan-compile with its TP overlap off."""
     if r["compile"] != "1":
-        return get_stack("torchtitan"), []
-    stack = get_stack("torchtitan-compile")
+        return published_sdpa(get_stack("torchtitan")), []
+    stack = published_sdpa(get_stack("torchtitan-compile"))
     if int(r["tp"]) > 1 and r["async_tp"] != "1":
         return (replace(stack, name="torchtitan-compile, async TP off", tp_overlap="none", tp_overlap_share=0.0),
                 ["async TP off: stack torchtitan-compile with tp_overlap none"])

@@ -32,6 +32,7 @@ from clusterplan.reference.report import (
     refusal,
     row_notes,
 )
+from clusterplan.reference.titan import published_sdpa
 
 COMMUNITY_CSV = "torchtitan_community.csv"
 SETS = {
@@ -141,7 +142,7 @@ def community_stack(r: dict[str, str]) -> tuple[ExecutionStack, list[str]]:
     bf16 weights (torchao float8 all-gather is opt-in: torchtitan [float8] enable_fsdp_float8_all_gather)."""
     notes: list[str] = []
     compiled = "torchtitan-compile-loss" if r["set"] in LOSS_COMPILED_SETS else "torchtitan-compile"
-    stack = get_stack(compiled if r["compile"] == "1" else "torchtitan")
+    stack = published_sdpa(get_stack(compiled if r["compile"] == "1" else "torchtitan"))
     if r["compile"] == "1" and r["set"] in LOSS_COMPILED_SETS:
         notes.append(f"{LOSS_COMPILED_SETS[r['set']]} compiles the loss with the blocks (torchtitan#1033)")
     if r["set"] in FSDP_SPLIT_ROOT_SETS and stack.fsdp_root != "split":

@@ -405,3 +405,25 @@ def test_window_needs_a_causal_row():
            "seq": [2048, 4096], "tflops": [1.0, 2.0], "source": "x"}
     with pytest.raises(BadInputError, match="window must be a positive integer on a causal row"):
         _parse_attention({"rows": [row]}, load_db().gpus)
+
+
+def test_torchtitan_stacks_run_sdpa_with_cudnn_first():
+    """torchtitan's ScaledDotProductAttentionWrapper calls SDPA with cuDNN first (stacks.yaml torchtitan
+    sources.kernels): on H100 its core runs the cuDNN curve (head dim 128, 8k: 529 TFLOP/s forward), not the SDPA
+    FA2-backend one (313.5); the published torchtitan rows, older than the wrapper, keep plain `sdpa`
+    (reference/titan.py published_sdpa). Where no cuDNN curve exists (AMD: PyTorch on ROCm has no cuDNN backend) it
+    runs what plain SDPA runs."""
+    from clusterplan.hardware_db import get_stack
+    from clusterplan.reference.titan import published_sdpa
+
+    for name in ("torchtitan", "torchtitan-compile", "torchtitan-compile-loss"):
+        stack = get_stack(name)
+        assert stack.attention_kernel == "sdpa_cudnn_first" and stack.torch_sdpa
+        assert published_sdpa(stack).attention_kernel == "sdpa" and published_sdpa(stack).torch_sdpa
+    assert H100.attention.family("sdpa_cudnn_first") == "cudnn"
+    flops, fwd, _ = _core(_bench_model(128), 8192, "sdpa_cudnn_first")
+    assert flops / fwd == pytest.approx(529e12)
+    flops, fwd, _ = _core(_bench_model(128), 8192, "sdpa")
+    assert flops / fwd == pytest.approx(313.5e12)
+    mi300x = HardwareRates.of(load_cluster("mi300x-8:1")).attention
+    assert mi300x.family("sdpa_cudnn_first") == mi300x.family("sdpa")

@@ -55,6 +55,10 @@ class AttentionRates:
     def family(self, kernel: str) -> str | None:
         """The measured kernel family a stack's attention kernel runs on this GPU (None: not a flash kernel). PyTorch
         SDPA on its FlashAttention-2 backend runs its own measured curves (sdpa_fa2) where the GPU has them."""
+        if kernel == "sdpa_cudnn_first":
+            # PyTorch SDPA with the cuDNN backend first (sdpa_kernel(..., set_priority=True)): cuDNN where this GPU
+            # has cuDNN curves (NVIDIA), else whatever plain SDPA runs (ROCm has no cuDNN backend).
+            return "cudnn" if any(c.kernel == "cudnn" for c in self.curves) else self.family("sdpa")
         if kernel != "sdpa":
             return KERNEL_FAMILY.get(kernel)
         if self.sdpa_family == "fa2" and any(c.kernel == "sdpa_fa2" for c in self.curves):

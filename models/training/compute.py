@@ -421,7 +421,7 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     if stack.attention_unpad and mha:
         extra = extra + tokens * (UNPAD_GATHER_BYTES * (shapes.q_dim + shapes.kv_dim)
                                   + PAD_SCATTER_BYTES * shapes.v_dim) / L.tp
-    if stack.attention_kernel == "sdpa" and mha:
+    if stack.torch_sdpa and mha:
         repeat = 2.0 * (shapes.kv_dim + 2.0 * shapes.q_dim) if shapes.kv_heads < shapes.n_heads else 0.0
         extra = extra + tokens * (repeat + 4.0 * shapes.v_dim) / L.tp
     return extra

@@ -356,7 +356,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     if stack.cp_impl == "torch":
         # torch context_parallel hands the SDPA call's own K and V around: F.scaled_dot_product_attention stacks
         # (torchtitan's Attention.forward) pass them after repeat_kv, at the query head count.
-        kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
+        kv_width = shapes.q_dim + shapes.v_dim if stack.torch_sdpa else shapes.kv_dim
         kv_bytes = act * tokens * kv_width / L.tp
         # A compiled stack traces the attention into each block's graph (torchtitan compiles every TransformerBlock
         # with fullgraph=True; context_parallel's SDPA override runs inside it).
@@ -367,7 +367,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     if stack.cp_impl == "torch":
         # Its merges and fp32 gradient accumulation run on the compute stream between the SDPA calls (either rotate
         # method): serial time, forward again under full recompute.
-        kv_width = shapes.q_dim + shapes.v_dim if stack.attention_kernel == "sdpa" else shapes.kv_dim
+        kv_width = shapes.q_dim + shapes.v_dim if stack.torch_sdpa else shapes.kv_dim
         fwd_b, bwd_b = torch_cp_elementwise_bytes(tokens * shapes.q_dim / L.tp, tokens * kv_width / L.tp,
                                                   tokens * shapes.v_dim / L.tp, L.cp, traced=stack.compiled)
         cp = cp + ((1.0 + full) * fwd_b + bwd_b) / hw.hbm_bytes_per_s
