@@ -58,13 +58,14 @@ def main() -> None:
         for shape in SHAPES:
             elements = int(np.prod(shape))
             for op in OPS:
-                graph, inner = graph_of(op_closure(op, shape), sample_s=SAMPLE_S)
+                fn = op_closure(op, shape)  # holds the graph's input tensors while it replays
+                graph, inner = graph_of(fn, sample_s=SAMPLE_S)
                 median_s = float(np.median(replay_times(graph, inner, REPLAYS)))
                 rate = BYTES_PER_ELEMENT[op] * elements / median_s
                 writer.writerow({**meta, "op": op, "shape": "x".join(map(str, shape)), "elements": elements,
                                  "median_s": f"{median_s:.9g}", "inner": inner, "bytes_per_s": f"{rate:.4g}"})
                 print(f"{op:>18} {'x'.join(map(str, shape)):>12}: {rate / 1e12:6.2f} TB/s", flush=True)
-                del graph
+                del graph, fn
 
 
 if __name__ == "__main__":
