@@ -33,7 +33,8 @@ def runtime_stack() -> ExecutionStack:
     """The stack validate's runs are: plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs
     them in eager mode (DTensor sequence parallelism keeps the gathered linear inputs); their selective recompute
     checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC; its step does not clip
-    gradients (validate/run.py Trainer.step)."""
+    gradients (validate/run.py Trainer.step). Its attention is plain F.scaled_dot_product_attention, which PyTorch
+    2.11 runs cuDNN-first on Hopper and Blackwell (our H200 profile), as torchtitan's stack says (sdpa_cudnn_first)."""
     return replace(get_stack("torchtitan"), selective_recompute="core_attn", grad_clip="none")
 
 
