@@ -11,6 +11,7 @@ from clusterplan.cli.plot import check_plot_path
 from clusterplan.cli.render import (
     render_estimate,
     render_layer_gemms,
+    render_layer_parts,
     render_nearest,
     render_stage_split,
     render_time_to_train,
@@ -25,6 +26,7 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
 from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layer_gemms import layer_gemms
+from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
@@ -59,13 +61,16 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--gemms", "show_gemms", is_flag=True, default=False,
               help="Also list one layer's weight GEMMs (forward, input and weight gradient) with their shapes, TFLOP/s and "
                    "the two factors behind each time: wave/tile efficiency and the k-depth term (JSON: layer_gemms).")
+@click.option("--parts", "show_parts", is_flag=True, default=False,
+              help="Also split one dense layer's compute by part (weight GEMMs, fp8 casts, attention core, elementwise), "
+                   "forward and backward, and name the attention kernel curve that prices the core (JSON: layer_parts).")
 @stack_option()
 @format_option
 @plot_option
 @quiet_option
 def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | None, plan_path: str | None,
              moe_dispatcher: str | None, moe_a2a_overlap: bool, calibration_path: str | None, tokens: float | None,
-             show_gemms: bool, stack_name: str | None, fmt: str, plot_path: str | None) -> None:
+             show_gemms: bool, show_parts: bool, stack_name: str | None, fmt: str, plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
@@ -86,8 +91,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     calibration = load_calibration(calibration_path)
     stack = get_stack(stack_name)
     if plan is not None and plan.stages:
-        if moe_dispatcher is not None or moe_a2a_overlap or show_gemms:
-            raise BadInputError("--moe-dispatcher / --moe-a2a-overlap / --gemms take a single-GPU-type plan; write the "
+        if moe_dispatcher is not None or moe_a2a_overlap or show_gemms or show_parts:
+            raise BadInputError("--moe-dispatcher / --moe-a2a-overlap / --gemms / --parts take a single-GPU-type "
+                                "plan; write the "
                                 "first two into the mixed plan's layout, or estimate one stage's GPU type with --layout")
         _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
         return
@@ -108,6 +114,12 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         result["time_to_train"] = estimate_time_to_train(est, tokens)
     if show_gemms and "step_time_s" in result:
         result["layer_gemms"] = layer_gemms(est).to_json()
+    if show_parts and "step_time_s" in result:
+        parts = layer_parts(est)
+        if parts is None:
+            console.warn("--parts: the model has no dense layer (--gemms lists its MoE layer's GEMMs)")
+        else:
+            result["layer_parts"] = parts.to_json()
     attach_interval(result, cluster.gpu.name, model.is_moe, calibration_path)
     if fmt == "json":
         console.json(result)
@@ -119,6 +131,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
             render_time_to_train(result["time_to_train"])
         if "layer_gemms" in result:
             render_layer_gemms(result["layer_gemms"])
+        if "layer_parts" in result:
+            render_layer_parts(result["layer_parts"])
     if plot_path and "step_time_s" in result:
         from clusterplan.cli.plot import plot_estimate
 

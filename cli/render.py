@@ -66,6 +66,18 @@ def render_layer_gemms(g: dict[str, Any]) -> None:
         console.text(f"{layer} layer: {seconds * 1e3:.3f} ms of weight GEMMs per micro-batch")
 
 
+def render_layer_parts(p: dict[str, Any]) -> None:
+    """The `layer_parts` block (estimate --parts): one dense layer's compute by part, and the attention curve."""
+    fwd, bwd = p["forward_s"], p["backward_s"]
+    console.table(f"compute of {p['scope']} on {p['gpu']}", ["part", "forward ms", "backward ms", "total ms"],
+                  [(part, f"{fwd[part] * 1e3:.3f}", f"{bwd[part] * 1e3:.3f}", f"{(fwd[part] + bwd[part]) * 1e3:.3f}")
+                   for part in fwd],
+                  justify_right=[False, True, True, True])
+    curve = p["attention_curve"] or "none: priced as the core's GEMMs"
+    console.text(f"attention core: stack kernel {p['attention_kernel']}, priced on the {curve} curve "
+                 "(hardware_db/data/attention_kernels.yaml)")
+
+
 def render_time_to_train(t: dict[str, Any]) -> None:
     """The `time_to_train` block: days and dollars with failures, and where the wall-clock time goes."""
     days = "never (failures outpace progress)" if t["days"] is None else f"{t['days']:.1f} days"

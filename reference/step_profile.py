@@ -6,7 +6,7 @@ one H200 with PyTorch 2.11: the three plans of bench/gpu_plans/ as `validate` ru
 
 Per run: measured milliseconds per step of GEMM, attention, elementwise (+ copies and the loss) and optimizer kernels,
 the GPU's busy time and the step's wall time; beside them the model's layer parts on the H200 datasheet rates
-(reference/dense_breakdown.py dense_layer_parts x layers x micro-batches, the LM head and loss not included; the
+(models/training/layer_parts.py dense_layer_parts x layers x micro-batches, the LM head and loss not included; the
 recompute's forward where the run recomputes) and its optimizer term. A diagnostic view; nothing is fitted.
 """
 
@@ -20,8 +20,8 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layer_parts import dense_layer_parts
 from clusterplan.models.training.planfile import read_plan
-from clusterplan.reference.dense_breakdown import dense_layer_parts
 from clusterplan.validate.predict import predicted_step, runtime_stack
 from clusterplan.validate.rules import executed_layout
 from clusterplan.validate.scale import scale_model

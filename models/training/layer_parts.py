@@ -1,0 +1,107 @@
+"""The compute of one dense transformer layer per micro-batch on one rank, split by part as
+models/training/compute.py layer_time adds it: weight GEMMs, fp8 casts, the attention core at its kernel curve, and the
+elementwise kernels (norms, RoPE, activation, residuals) with any eager clamp (`estimate --parts`; the Megatron-Bridge
+rows' view in reference/dense_breakdown.py). Recompute excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from clusterplan.hardware_db.stacks import ExecutionStack
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import (
+    PREC_FP8,
+    TpOverlap,
+    clamp_bytes,
+    cp_runs_blocks,
+    elementwise_bytes,
+    flash_core_times,
+    fp8_cast_times,
+    layer_flops,
+    layer_linears,
+    linear_times,
+    unfused_extra_bytes,
+)
+from clusterplan.models.training.estimate import Estimate
+from clusterplan.models.training.tp_overlap import async_tp_gathers_fused
+
+PARTS = ("gemm", "fp8_cast", "attention", "elementwise")
+"""The layer's compute parts, in layer_time's order."""
+
+
+@dataclass(frozen=True)
+class DenseLayerParts:
+    """Forward and backward seconds of one dense layer per micro-batch on one rank, by part (PARTS)."""
+
+    forward_s: dict[str, float]
+    backward_s: dict[str, float]
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.forward_s.values()) + sum(self.backward_s.values())
+
+
+def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+                      stack: ExecutionStack) -> DenseLayerParts:
+    """layer_time's forward and backward of a dense layer (first row of L), split into PARTS; recompute excluded."""
+    recipe = stack.fp8_recipes[0] if stack.fp8_recipes else "tensorwise"
+    fhw = hw.for_fp8_recipe(recipe, forward=True)
+    hw = hw.for_fp8_recipe(recipe)
+    fp8 = L.precision == PREC_FP8
+    linears = layer_linears(shapes, L, False)
+    overlap = (TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
+               if stack.tp_overlap != "none" else None)
+    gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
+    cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)
+    _, core = layer_flops(shapes, L, False)
+    attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel, cp_runs_blocks(L, stack))
+    elem = (elementwise_bytes(shapes, L, False) + unfused_extra_bytes(shapes, L, False, stack)) / hw.hbm_bytes_per_s
+    clamp_f, clamp_ratio = clamp_bytes(shapes, L, False, stack.compiled)
+    clamp = clamp_f / hw.hbm_bytes_per_s
+
+    def first(x: np.ndarray | float) -> float:
+        return float(np.ravel(x)[0])
+
+    return DenseLayerParts(
+        forward_s={"gemm": first(gemm_f), "fp8_cast": first(np.where(fp8, cast_f, 0.0)),
+                   "attention": first(attn_f), "elementwise": first(elem + clamp)},
+        backward_s={"gemm": first(gemm_b), "fp8_cast": first(np.where(fp8, cast_b, 0.0)),
+                    "attention": first(attn_b), "elementwise": first(2 * elem + clamp_ratio * clamp)})
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """`estimate --parts`: one dense layer's forward and backward compute by part, and which attention curve priced
+    its core."""
+
+    gpu: str
+    attention_kernel: str
+    """The stack's attention kernel (stacks.yaml attention_kernel)."""
+    attention_curve: str | None
+    """The measured kernel family that prices it on this GPU (attention_kernels.yaml); None: priced as the core's
+    GEMMs (no curve for this GPU and kernel)."""
+    parts: DenseLayerParts
+
+    def to_json(self) -> dict:
+        return {"gpu": self.gpu, "attention_kernel": self.attention_kernel, "attention_curve": self.attention_curve,
+                "scope": "one dense layer, one micro-batch, one rank; recompute excluded",
+                "forward_s": {k: float(f"{v:.6g}") for k, v in self.parts.forward_s.items()},
+                "backward_s": {k: float(f"{v:.6g}") for k, v in self.parts.backward_s.items()}}
+
+
+def layer_parts(est: Estimate) -> LayerParts | None:
+    """The dense layer's parts of `est`'s layout as its stack runs it; None for a model without dense layers."""
+    shapes = ModelShapes.of(est.model)
+    if shapes.n_moe_layers >= shapes.n_layers:
+        return None
+    ev = est.evaluation
+    kernel = ev.stack.attention_kernel
+    att = ev.hw.attention
+    curve = att.family(kernel) if att is not None and att.has(kernel) else None
+    return LayerParts(gpu=ev.hw.gpu_name, attention_kernel=kernel, attention_curve=curve,
+                      parts=dense_layer_parts(shapes, LayoutArrays.from_layouts([est.layout]), ev.hw, ev.stack))
