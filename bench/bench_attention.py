@@ -13,14 +13,13 @@ seq^2 x head_dim, halved when causal; backward 2.5 x forward. Without a GPU it s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gemm_k import gpu_run_meta  # noqa: E402
+from bench_gemm_k import out_and_meta  # noqa: E402
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -79,17 +78,15 @@ def measure_case(backend: object, shape: tuple[int, int, int, int], causal: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    started = out_and_meta(__doc__)
+    if started is None:
+        return
+    out, meta = started
     from torch.nn.attention import SDPBackend
 
-    meta = gpu_run_meta()
-    if meta is None:
-        return
     backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    with args.out.open("w", newline="") as f:
+    with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for name in BACKENDS:

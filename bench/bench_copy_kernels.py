@@ -11,14 +11,13 @@ reads two). Without a GPU it says so and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_gemm_k import REPLAYS, SAMPLE_S, gpu_run_meta, graph_of, replay_times  # noqa: E402
+from bench_gemm_k import REPLAYS, SAMPLE_S, graph_of, out_and_meta, replay_times  # noqa: E402
 
 SHAPES = ((1 << 26,), (14336, 4096))
 OPS = ("copy_fp32", "cast_fp32_to_bf16", "cast_bf16_to_fp32", "add_fp32")
@@ -44,15 +43,13 @@ def op_closure(op: str, shape: tuple[int, ...]):  # noqa: ANN201
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    started = out_and_meta(__doc__)
+    if started is None:
+        return
+    out, meta = started
     import numpy as np
 
-    meta = gpu_run_meta()
-    if meta is None:
-        return
-    with args.out.open("w", newline="") as f:
+    with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for shape in SHAPES:

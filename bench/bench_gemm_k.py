@@ -49,6 +49,15 @@ def gpu_run_meta() -> dict[str, str] | None:
             "date": dt.date.today().isoformat()}
 
 
+def out_and_meta(doc: str) -> tuple[Path, dict[str, str]] | None:
+    """The --out path of a one-output GPU bench and its gpu_run_meta; None without a GPU (after saying so)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    out = parser.parse_args().out
+    meta = gpu_run_meta()
+    return None if meta is None else (out, meta)
+
+
 def gemm_closure(m: int, n: int, k: int, dtype: str, scaling: str, device: object):  # noqa: ANN201
     import torch
 

@@ -13,7 +13,6 @@ in a seeded random order. Without a GPU it says so and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import random
 import sys
@@ -28,8 +27,8 @@ from bench_gemm_k import (  # noqa: E402
     REPLAYS,
     SAMPLE_S,
     gemm_closure,
-    gpu_run_meta,
     graph_of,
+    out_and_meta,
     replay_times,
 )
 
@@ -75,15 +74,13 @@ def layer_shapes() -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    started = out_and_meta(__doc__)
+    if started is None:
+        return
+    out, meta = started
     import numpy as np
     import torch
 
-    meta = gpu_run_meta()
-    if meta is None:
-        return
     device = torch.device("cuda", 0)
     shapes = layer_shapes()
     distinct = sorted({(s["m"], s["n"], s["k"], s["precision"]) for s in shapes})
@@ -105,7 +102,7 @@ def main() -> None:
         print(f"{precision:>4} {m:>6} x {n:>6} x {k:>6}: {2 * m * n * k / median_s / 1e12:8.1f} TFLOP/s", flush=True)
         del graph, fn
         torch.cuda.empty_cache()
-    with args.out.open("w", newline="") as f:
+    with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for s in shapes:
@@ -113,7 +110,7 @@ def main() -> None:
             writer.writerow({**meta, **s, "median_s": f"{median_s:.9g}", "inner": inner,
                              "tflops": f"{2 * s['m'] * s['n'] * s['k'] / median_s / 1e12:.2f}",
                              "ref_tflops": f"{ref_tflops:.2f}"})
-    print(f"wrote {args.out} ({len(shapes)} layer GEMMs, {len(distinct)} distinct shapes)")
+    print(f"wrote {out} ({len(shapes)} layer GEMMs, {len(distinct)} distinct shapes)")
 
 
 if __name__ == "__main__":

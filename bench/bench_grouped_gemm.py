@@ -12,7 +12,6 @@ and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -25,8 +24,8 @@ from bench_gemm_k import (  # noqa: E402
     REPLAYS,
     SAMPLE_S,
     gemm_closure,
-    gpu_run_meta,
     graph_of,
+    out_and_meta,
     replay_times,
 )
 
@@ -76,18 +75,16 @@ def closure(variant: str, m: int, n: int, k: int, count: int):  # noqa: ANN201
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    started = out_and_meta(__doc__)
+    if started is None:
+        return
+    out, meta = started
     import numpy as np
     import torch
 
-    meta = gpu_run_meta()
-    if meta is None:
-        return
     ref_fn = gemm_closure(REF_SIDE, REF_SIDE, REF_SIDE, "bf16", "none", torch.device("cuda"))  # its operands live on
     ref_graph, ref_inner = graph_of(ref_fn, sample_s=SAMPLE_S)
-    with args.out.open("w", newline="") as f:
+    with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for s in expert_shapes():
