@@ -60,3 +60,22 @@ def test_model_against_our_own_h200_runs(result):
     memory_bound, time_bound = BOUNDS[result["plan"]]
     assert abs(peak["predicted_bytes"] / peak["measured_bytes"] - 1) < memory_bound
     assert abs(predicted_s / measured_s - 1) < time_bound
+
+
+def test_step_profile_terms_against_our_profiled_steps():
+    """The model's terms beside our torch.profiler kernel times of the same three validate steps
+    (reference/step_profile.py, datasheet rates, no calibration). Pinned where the model now matches what was measured:
+    the optimizer (foreach AdamW over fp32 parameters: 34.0 / 23.4 / 23.4 ms modelled against 35.1 / 24.2 / 24.2) and
+    the attention core (cuDNN first, as PyTorch 2.11 runs SDPA on Hopper: -13 / -1 / +1 %). Elementwise work is priced
+    at 26-51 % of the kernels' time (eager casts, fp32 residual adds; research/h200-own-measurements.md): pinned as a
+    known miss, so a change that prices it shows here."""
+    from clusterplan.reference.step_profile import step_profile_rows
+
+    rows = step_profile_rows()
+    assert [r.plan for r in rows] == [r["plan"] for r in RESULTS]
+    for row in rows:
+        m, p = row.measured_ms, row.modelled_ms
+        assert abs(p["optimizer"] / m["optimizer"] - 1) < 0.06
+        assert abs(p["attention"] / m["attention"] - 1) < 0.15
+        assert p["elementwise"] < 0.6 * m["elementwise"]
+        assert row.gpu_busy_ms < row.step_wall_ms
