@@ -8,6 +8,10 @@
 2. `clusterplan validate` runs each plan of bench/gpu_plans/ on one GPU (scaled to fit 60 GiB) with that calibration:
    the allocator's peak against the memory model, the step time against `estimate`; all of it goes to
    `<gpu>-x<N>-<date>-validate.json` and a table on stdout.
+3. Unless --no-kernels, the kernel benches whose data the model uses or is checked on (MEASUREMENTS: GEMM k depth,
+   training-layer GEMMs, attention backends, cast kernels, MoE expert GEMMs, the validate steps' kernel profile), each
+   into `<gpu>-x<N>-<date>-<name>.csv` / `.json`; one that fails is reported and the others still run (exit 1 at the
+   end). On one H200 the whole run takes about 4 minutes.
 
 Without a GPU it says so and exits 0.
 """
@@ -24,6 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = sorted((ROOT / "bench" / "gpu_plans").glob("*.yaml"))
+MEASUREMENTS = (("bench_gemm_k.py", "gemm-k.csv"), ("bench_gemm_shapes.py", "layer-gemms.csv"),
+                ("bench_attention.py", "sdpa-attention.csv"), ("bench_copy_kernels.py", "copy-kernels.csv"),
+                ("bench_grouped_gemm.py", "expert-gemms.csv"), ("bench_step_profile.py", "step-profile.json"))
+"""(script, output suffix): the kernel benches of step 3, as research/h200-own-measurements.md used them."""
+KERNEL_BENCH_TIMEOUT_S = 900
 
 
 def _cli(*args: str, timeout_s: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -38,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced profile sweep")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "hardware_db" / "data" / "calibration")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the kernel benches (step 3)")
     args = parser.parse_args()
     from clusterplan.profiler.runner import cuda_devices
 
@@ -71,6 +81,33 @@ def main() -> None:
     out = args.out_dir / f"{stem}-validate.json"
     out.write_text(json.dumps({"calibration": calib.name, "results": results}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {calib}, {out}")
+    if not args.no_kernels and not kernel_benches(args.out_dir, stem):
+        raise SystemExit(1)
+
+
+def kernel_benches(out_dir: Path, stem: str) -> bool:
+    """Step 3: each of MEASUREMENTS into out_dir; False when any failed (each failure printed, the rest still run)."""
+    ok = True
+    for script, suffix in MEASUREMENTS:
+        out = out_dir / f"{stem}-{suffix}"
+        try:
+            run = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--out", str(out)], capture_output=True,
+                                 text=True, timeout=KERNEL_BENCH_TIMEOUT_S, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            print(f"{script}: no result within {KERNEL_BENCH_TIMEOUT_S} s")
+            ok = False
+            continue
+        if run.returncode != 0:
+            tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{script}: failed (exit {run.returncode}): {tail}")
+            ok = False
+            continue
+        if not out.exists():
+            print(f"{script}: wrote nothing ({run.stdout.strip() or 'no output'})")
+            ok = False
+            continue
+        print(f"{script}: wrote {out}")
+    return ok
 
 
 if __name__ == "__main__":
