@@ -73,9 +73,11 @@ def render_layer_parts(p: dict[str, Any]) -> None:
                   [(part, f"{fwd[part] * 1e3:.3f}", f"{bwd[part] * 1e3:.3f}", f"{(fwd[part] + bwd[part]) * 1e3:.3f}")
                    for part in fwd],
                   justify_right=[False, True, True, True])
-    curve = p["attention_curve"] or "none: priced as the core's GEMMs"
-    console.text(f"attention core: stack kernel {p['attention_kernel']}, priced on the {curve} curve "
-                 "(hardware_db/data/attention_kernels.yaml)")
+    if p["attention_curve"] is not None:
+        console.text(f"attention core: stack kernel {p['attention_kernel']}, priced on the {p['attention_curve']} curve "
+                     "(hardware_db/data/attention_kernels.yaml)")
+    else:
+        console.text(f"attention core: stack kernel {p['attention_kernel']}, priced as {p['attention_source']}")
 
 
 def render_time_to_train(t: dict[str, Any]) -> None:

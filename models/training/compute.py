@@ -600,6 +600,20 @@ def cp_runs_blocks(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
     return L.cp_kind == CpKindCode.RING
 
 
+CORE_FROM_PROFILE = "the calibration's profile fit"
+CORE_FROM_GEMMS = "its score/value GEMMs (no curve for this GPU and kernel)"
+
+
+def flash_core_source(hw: HardwareRates, attention_kernel: str) -> str:
+    """What prices a flash attention core (flash_core_times): the calibration's `profile` attention fit, else the
+    measured curve family of the stack's kernel on this GPU (attention_kernels.yaml), else its score/value GEMMs."""
+    if hw.attn_max_flops is not None:
+        return CORE_FROM_PROFILE
+    if hw.attention is not None and hw.attention.has(attention_kernel):
+        return hw.attention.family(attention_kernel) or CORE_FROM_GEMMS
+    return CORE_FROM_GEMMS
+
+
 def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, core_exec: np.ndarray,
                      attention_kernel: str, cp_blocks: np.ndarray | bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) of one average layer's attention core.
@@ -616,10 +630,11 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
     flash = L.flash_attn > 0
     fwd = causal_share(shapes, L.seq) * t_gemm
     bwd_ratio = ATTN_BWD_FLOPS_OVER_FWD
-    if hw.attn_max_flops is not None:
+    source = flash_core_source(hw, attention_kernel)
+    if source == CORE_FROM_PROFILE:
         fwd = gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops)
         bwd_ratio = hw.attn_bwd_over_fwd
-    elif hw.attention is not None and hw.attention.has(attention_kernel):
+    elif source != CORE_FROM_GEMMS:
         head_dim = (shapes.q_dim + shapes.v_dim) / (2 * shapes.n_heads)
         full_s = 2 * L.seq * L.seq * (shapes.q_dim + shapes.v_dim) * L.mbs / (L.cp * L.tp)  # every block, one layer
         n_sl = shapes.n_sliding_layers

@@ -15,11 +15,15 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import (
+    CORE_FROM_GEMMS,
+    CORE_FROM_PROFILE,
+    DEFAULT_FP8_RECIPE,
     PREC_FP8,
     TpOverlap,
     clamp_bytes,
     cp_runs_blocks,
     elementwise_bytes,
+    flash_core_source,
     flash_core_times,
     fp8_cast_times,
     layer_flops,
@@ -49,7 +53,7 @@ class DenseLayerParts:
 def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
                       stack: ExecutionStack) -> DenseLayerParts:
     """layer_time's forward and backward of a dense layer (first row of L), split into PARTS; recompute excluded."""
-    recipe = stack.fp8_recipes[0] if stack.fp8_recipes else "tensorwise"
+    recipe = stack.fp8_recipes[0] if stack.fp8_recipes else DEFAULT_FP8_RECIPE
     fhw = hw.for_fp8_recipe(recipe, forward=True)
     hw = hw.for_fp8_recipe(recipe)
     fp8 = L.precision == PREC_FP8
@@ -74,6 +78,9 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
                     "attention": first(attn_b), "elementwise": first(2 * elem + clamp_ratio * clamp)})
 
 
+UNFUSED = "unfused GEMMs (flash attention off)"
+
+
 @dataclass(frozen=True)
 class LayerParts:
     """`estimate --parts`: one dense layer's forward and backward compute by part, and which attention curve priced
@@ -82,13 +89,19 @@ class LayerParts:
     gpu: str
     attention_kernel: str
     """The stack's attention kernel (stacks.yaml attention_kernel)."""
-    attention_curve: str | None
-    """The measured kernel family that prices it on this GPU (attention_kernels.yaml); None: priced as the core's
-    GEMMs (no curve for this GPU and kernel)."""
+    attention_source: str
+    """What priced the core (compute.flash_core_source): a measured curve family (attention_kernels.yaml), the
+    calibration's profile fit, the score/value GEMMs, or the unfused GEMMs with flash attention off."""
     parts: DenseLayerParts
+
+    @property
+    def attention_curve(self) -> str | None:
+        """The measured kernel family that priced the core; None when no curve did."""
+        return None if self.attention_source in (CORE_FROM_PROFILE, CORE_FROM_GEMMS, UNFUSED) else self.attention_source
 
     def to_json(self) -> dict:
         return {"gpu": self.gpu, "attention_kernel": self.attention_kernel, "attention_curve": self.attention_curve,
+                "attention_source": self.attention_source,
                 "scope": "one dense layer, one micro-batch, one rank; recompute excluded",
                 "forward_s": {k: float(f"{v:.6g}") for k, v in self.parts.forward_s.items()},
                 "backward_s": {k: float(f"{v:.6g}") for k, v in self.parts.backward_s.items()}}
@@ -101,7 +114,6 @@ def layer_parts(est: Estimate) -> LayerParts | None:
         return None
     ev = est.evaluation
     kernel = ev.stack.attention_kernel
-    att = ev.hw.attention
-    curve = att.family(kernel) if att is not None and att.has(kernel) else None
-    return LayerParts(gpu=ev.hw.gpu_name, attention_kernel=kernel, attention_curve=curve,
+    source = flash_core_source(ev.hw, kernel) if est.layout.flash_attn else UNFUSED
+    return LayerParts(gpu=ev.hw.gpu_name, attention_kernel=kernel, attention_source=source,
                       parts=dense_layer_parts(shapes, LayoutArrays.from_layouts([est.layout]), ev.hw, ev.stack))
