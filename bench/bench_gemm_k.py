@@ -58,6 +58,21 @@ def out_and_meta(doc: str) -> tuple[Path, dict[str, str]] | None:
     return None if meta is None else (out, meta)
 
 
+def estimated_gemms(cluster_name: str, configs: tuple[tuple[str, str], ...]) -> list[tuple[str, str, object]]:
+    """(model, layout, LayerGemm) for every weight GEMM `estimate --gemms` lists for each (model, layout) of configs
+    on the cluster: the shapes the GEMM benches time."""
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.estimate import estimate
+    from clusterplan.models.training.layer_gemms import layer_gemms
+    from clusterplan.models.training.layout import Layout
+
+    cluster = load_cluster(cluster_name)
+    return [(model, layout, g) for model, layout in configs
+            for g in layer_gemms(estimate(load_model(model), cluster,
+                                          Layout.parse(layout, world=cluster.world_size))).gemms]
+
+
 def gemm_closure(m: int, n: int, k: int, dtype: str, scaling: str, device: object):  # noqa: ANN201
     import torch
 

@@ -26,6 +26,7 @@ from bench_gemm_k import (  # noqa: E402
     REF_SIDE,
     REPLAYS,
     SAMPLE_S,
+    estimated_gemms,
     gemm_closure,
     graph_of,
     out_and_meta,
@@ -34,14 +35,14 @@ from bench_gemm_k import (  # noqa: E402
 
 CLUSTER = "hgx-h200:1"
 CONFIGS = (
-    ("llama3.1-8b", "tp=1,mbs=2,seq=8192"),
-    ("llama3.1-8b", "tp=2,sp=1,mbs=1,seq=4096"),
-    ("llama3.1-70b", "tp=4,sp=1,mbs=1,seq=8192"),
-    ("llama3.1-70b", "tp=8,sp=1,mbs=1,seq=8192"),
-    ("llama3.1-405b", "tp=8,sp=1,mbs=1,seq=8192"),
-    ("mistral-nemo-12b", "tp=2,sp=1,mbs=1,seq=4096"),
-    ("gemma2-9b", "tp=1,mbs=1,seq=8192"),
-    ("megatron-gpt-145.6b", "tp=8,sp=1,mbs=1,seq=2048"),
+    ("llama3.1-8b", "tp=1,mbs=2,seq=8192,dp=8,gbs=16"),
+    ("llama3.1-8b", "tp=2,sp=1,mbs=1,seq=4096,dp=4,gbs=4"),
+    ("llama3.1-70b", "tp=4,sp=1,mbs=1,seq=8192,dp=2,gbs=2"),
+    ("llama3.1-70b", "tp=8,sp=1,mbs=1,seq=8192,dp=1,gbs=1"),
+    ("llama3.1-405b", "tp=8,sp=1,mbs=1,seq=8192,dp=1,gbs=1"),
+    ("mistral-nemo-12b", "tp=2,sp=1,mbs=1,seq=4096,dp=4,gbs=4"),
+    ("gemma2-9b", "tp=1,mbs=1,seq=8192,dp=8,gbs=8"),
+    ("megatron-gpt-145.6b", "tp=8,sp=1,mbs=1,seq=2048,dp=1,gbs=1"),
 )
 """(model, layout) pairs: dense layers whose GEMMs span m, n, k from 1,792 to 53,248 (the mbs x seq tokens, the
 hidden and FFN widths over tp)."""
@@ -53,24 +54,9 @@ SEED = 20261204
 
 def layer_shapes() -> list[dict]:
     """Every (model, layout, precision) layer GEMM of CONFIGS, as estimate --gemms lists it."""
-    from clusterplan.models.architecture.catalog import load_model
-    from clusterplan.models.hardware.cluster import load_cluster
-    from clusterplan.models.training.estimate import estimate
-    from clusterplan.models.training.layer_gemms import layer_gemms
-    from clusterplan.models.training.layout import Layout
-
-    cluster = load_cluster(CLUSTER)
-    shapes = []
-    for model, layout in CONFIGS:
-        for precision in PRECISIONS:
-            tp = int(dict(kv.split("=") for kv in layout.split(","))["tp"])
-            dp = cluster.world_size // tp
-            text = f"{layout},dp={dp},gbs={dp * int(layout.split('mbs=')[1].split(',')[0])},precision={precision}"
-            est = estimate(load_model(model), cluster, Layout.parse(text, world=cluster.world_size))
-            for g in layer_gemms(est).gemms:
-                shapes.append({"model": model, "layout": text, "matrix": g.matrix, "pass": g.gemm_pass,
-                               "m": int(g.m), "n": int(g.n), "k": int(g.k), "precision": g.precision})
-    return shapes
+    configs = tuple((model, f"{layout},precision={precision}") for model, layout in CONFIGS for precision in PRECISIONS)
+    return [{"model": model, "layout": layout, "matrix": g.matrix, "pass": g.gemm_pass, "m": int(g.m), "n": int(g.n),
+             "k": int(g.k), "precision": g.precision} for model, layout, g in estimated_gemms(CLUSTER, configs)]
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from bench_gemm_k import (  # noqa: E402
     REF_SIDE,
     REPLAYS,
     SAMPLE_S,
+    estimated_gemms,
     gemm_closure,
     graph_of,
     out_and_meta,
@@ -42,21 +43,9 @@ FIELDS = ("gpu", "torch", "cuda", "date", "model", "matrix", "pass", "m", "n", "
 
 
 def expert_shapes() -> list[dict]:
-    from clusterplan.models.architecture.catalog import load_model
-    from clusterplan.models.hardware.cluster import load_cluster
-    from clusterplan.models.training.estimate import estimate
-    from clusterplan.models.training.layer_gemms import layer_gemms
-    from clusterplan.models.training.layout import Layout
-
-    cluster = load_cluster(CLUSTER)
-    rows = []
-    for model, layout in CONFIGS:
-        est = estimate(load_model(model), cluster, Layout.parse(layout, world=cluster.world_size))
-        for g in layer_gemms(est).gemms:
-            if g.matrix.startswith("experts"):
-                rows.append({"model": model, "matrix": g.matrix, "pass": g.gemm_pass, "m": int(g.m), "n": int(g.n),
-                             "k": int(g.k), "count": int(g.count)})
-    return rows
+    """The routed experts' GEMMs of CONFIGS, as estimate --gemms lists them."""
+    return [{"model": model, "matrix": g.matrix, "pass": g.gemm_pass, "m": int(g.m), "n": int(g.n), "k": int(g.k),
+             "count": int(g.count)} for model, _, g in estimated_gemms(CLUSTER, CONFIGS) if g.matrix.startswith("experts")]
 
 
 def closure(variant: str, m: int, n: int, k: int, count: int):  # noqa: ANN201
