@@ -95,10 +95,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget-gib", type=float, default=60.0)
     args = parser.parse_args()
-    import torch
-
-    if gpu_run_meta() is None:
+    meta = gpu_run_meta()
+    if meta is None:
         return
+    import torch
     import torch.distributed as dist
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -116,10 +116,9 @@ def main() -> None:
                   flush=True)
     finally:
         dist.destroy_process_group()
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

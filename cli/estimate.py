@@ -93,8 +93,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     if plan is not None and plan.stages:
         if moe_dispatcher is not None or moe_a2a_overlap or show_gemms or show_parts:
             raise BadInputError("--moe-dispatcher / --moe-a2a-overlap / --gemms / --parts take a single-GPU-type "
-                                "plan; write the "
-                                "first two into the mixed plan's layout, or estimate one stage's GPU type with --layout")
+                                "plan; write the first two into the mixed plan's layout, or estimate one stage's GPU "
+                                "type with --layout")
         _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
         return
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size,
