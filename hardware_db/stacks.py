@@ -34,6 +34,10 @@ CUDA_GRAPHS = ("none", "attn", "full")
 MOE_DISPATCHERS = ("alltoall", "deepep", "hybridep")
 OPTIMIZER_IMPLS = ("fused", "foreach")
 GRAD_CLIPS = ("none", "foreach")
+MIXED_PRECISION_PARAMS, MIXED_PRECISION_AUTOCAST = "params", "autocast"
+MIXED_PRECISIONS = (MIXED_PRECISION_PARAMS, MIXED_PRECISION_AUTOCAST)
+"""How a stack runs bf16 (ExecutionStack.mixed_precision): in its parameters' bf16 copy, or under torch.autocast over
+fp32 parameters."""
 LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
@@ -226,6 +230,11 @@ class ExecutionStack:
     grad_clip: str = "none"
     """Gradient-norm clipping priced per step: "none" | "foreach" (torch _foreach_norm + _foreach_mul_ over the local
     gradient shards, step.py FOREACH_CLIP_BYTES_PER_PARAM). Absent: none."""
+    mixed_precision: str = MIXED_PRECISION_PARAMS
+    """How bf16 runs: "params" (the compute uses the parameters' bf16 copy: Megatron-Core bf16 parameters, FSDP2's
+    MixedPrecisionPolicy, DeepSpeed bf16) | "autocast" (torch.autocast over fp32 parameters, as plain PyTorch AMP:
+    fp32 residual stream, per-use bf16 casts of each matmul's operands and cached bf16 weight copies;
+    models/training/memory.py autocast_weight_copy_bytes). Absent: params."""
     loss_impl: str = "fused"
     """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
     "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES) | "compiled"
@@ -385,6 +394,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         pp_impl=_choice(where, raw, "pp_impl", PP_IMPLS) if "pp_impl" in raw else "megatron",
         optimizer_impl=_choice(where, raw, "optimizer_impl", OPTIMIZER_IMPLS) if "optimizer_impl" in raw else "fused",
         grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
+        mixed_precision=(_choice(where, raw, "mixed_precision", MIXED_PRECISIONS) if "mixed_precision" in raw
+                         else MIXED_PRECISION_PARAMS),
         loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
         fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat",
         attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
+from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -29,18 +29,22 @@ def position_of(pp_rank: int, pp: int) -> str:
     return "last" if pp_rank == pp - 1 else "middle"
 
 
-def runtime_stack() -> ExecutionStack:
+def runtime_stack(fsdp: bool = False) -> ExecutionStack:
     """The stack validate's runs are: plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs
     them in eager mode (DTensor sequence parallelism keeps the gathered linear inputs); their selective recompute
     checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC; its step does not clip
     gradients (validate/run.py Trainer.step). Its attention is plain F.scaled_dot_product_attention, which PyTorch
-    2.11 runs cuDNN-first on Hopper and Blackwell (our H200 profile), as torchtitan's stack says (sdpa_cudnn_first)."""
-    return replace(get_stack("torchtitan"), selective_recompute="core_attn", grad_clip="none")
+    2.11 runs cuDNN-first on Hopper and Blackwell (our H200 profile), as torchtitan's stack says (sdpa_cudnn_first).
+    Its bf16 is torch.autocast around the step over fp32 parameters (validate/run.py Trainer.step); with `fsdp`
+    (dp > 1: runtime/apply_fsdp.py) FSDP2's MixedPrecisionPolicy casts the parameters and inputs to bf16 first, so
+    the compute runs in the parameters' copy as torchtitan's does."""
+    stack = replace(get_stack("torchtitan"), selective_recompute="core_attn", grad_clip="none")
+    return stack if fsdp else replace(stack, mixed_precision=MIXED_PRECISION_AUTOCAST)
 
 
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
     """Bytes per rank of each term at each pipeline position, from models/training/memory.py."""
-    mem = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), runtime_stack())
+    mem = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), runtime_stack(layout.dp > 1))
     terms = ("weights", "grads", "optimizer", "activations", "other", "total")
     return {pos: {term: float(mem.by_position[i, j, 0]) for j, term in enumerate(terms)}
             for i, pos in enumerate(POSITIONS)}
@@ -59,4 +63,4 @@ def predicted_step(model: ModelSpec, cluster: Cluster, layout: Layout,
     """estimate()'s JSON for the run (step time and its terms), with the reasons it gives; the run's layers are
     eager PyTorch, so the calibration's eager-layer section applies."""
     return estimate(model, cluster, layout, run_calibration(calibration, layout), eager_layers=True,
-                    stack=runtime_stack()).to_json()
+                    stack=runtime_stack(layout.dp > 1)).to_json()

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
+from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -88,7 +88,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             and stack.fp8_recipes[0] in FSDP_FP8_ALLGATHER_RECIPES,
                             freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
                             if stack.loss_impl == "eager_fp32" else 0.0,
-                            fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None)
+                            fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None,
+                            autocast=stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

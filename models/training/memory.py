@@ -68,6 +68,12 @@ UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
 EAGER_LOSS_FREED_LOGITS_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
+# Mixed precision by torch.autocast over fp32 parameters (MIXED_PRECISION_AUTOCAST) keeps the residual stream in fp32
+# and casts each matmul operand to bf16 where it is used (aten/src/ATen/autocast_mode.h cached_cast; linear and
+# matmul are on autocast's lower-precision list): a non-leaf input is cast anew by every linear that reads it, and
+# each linear saves its own cast for backward. The attention's q, k and v projections are three linears reading the
+# same norm output (torchtitan's llama3 Attention wq / wk / wv; runtime/model.py).
+AUTOCAST_ATTN_INPUT_CASTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,15 +329,37 @@ def selective_module(L: LayoutArrays, mode: np.ndarray, name: str) -> np.ndarray
     return (mode == RECOMPUTE_SELECTIVE) & on
 
 
+def half_autocast(L: LayoutArrays, autocast: bool) -> np.ndarray:
+    """Per candidate: does the run compute in bf16 under torch.autocast over fp32 parameters (the stack's
+    mixed_precision is autocast and the layout is not fp32)?"""
+    return np.asarray(autocast & (L.precision != PREC_FP32))
+
+
+def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, head: np.ndarray | bool,
+                               autocast: bool) -> np.ndarray:
+    """The bf16 copies torch.autocast makes of a stage's matmul weights: a parameter (a leaf that requires grad) is
+    cast once and cached until the outermost autocast region exits (aten/src/ATen/autocast_mode.cpp cached_cast;
+    torch.autocast.__exit__ clears the cache), so every layer's linear weights and the LM head's stay live in bf16
+    for the whole step, beside the fp32 parameters and whatever the recompute mode keeps: 2 B per matmul parameter,
+    once per step. Norm weights and the embedding table (a lookup, not a matmul) are not cast; a tied head casts the
+    shared table once."""
+    moe = shapes.moe_fraction
+    per_layer = (shapes.attn_params + (1 - moe) * shapes.dense_mlp_params + moe * shapes.moe_dense_part_params) / L.tp
+    experts = moe * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
+    matmul = layers * (per_layer + experts) + np.where(head, shapes.vocab * shapes.hidden / L.tp, 0.0)
+    return np.where(half_autocast(L, autocast), BF16_PARAM_BYTES * matmul, 0.0)
+
+
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
-                           fused_glu: bool = True, compiled: bool = False) -> np.ndarray:
+                           fused_glu: bool = True, compiled: bool = False, autocast: bool = False) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
     selective keeps follows the stack (`selective`): Megatron's recompute modules (L.recompute_modules; default
     core_attn) or torchtitan's op-level SAC (eager or `compiled`, op_sac_bytes). `fused_glu`: the stack fuses the
-    gated activation (glu_saved_widths).
+    gated activation (glu_saved_widths). `autocast`: the stack's mixed precision is torch.autocast over fp32
+    parameters (half_autocast: an fp32 residual stream, one bf16 cast of a norm output per linear reading it).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -345,13 +373,16 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
     module = lambda name: selective_module(L, mode, name)  # noqa: E731
+    casting = half_autocast(L, autocast)
     # Two norm inputs and dropout masks on sequence shards under SP; the qkv and MLP inputs too (Megatron keeps the
     # shard and re-gathers in backward), or whole when the stack's SP saves the gathered input (`sp_gathered`).
+    # Under autocast the residual stream, and so each norm's saved input, stays fp32.
     lin_div = 1.0 if sp_gathered else spd
-    norm_inputs = tokens * h * (2 * act + 2 * drop) / spd
+    norm_inputs = tokens * h * (2 * np.where(casting, FP32_PARAM_BYTES, act) + 2 * drop) / spd
     # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
     # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
-    attn_norm_out = tokens * h * lin_in / lin_div
+    # Under autocast the norm output is fp32 and each of q, k, v saves its own bf16 cast of it.
+    attn_norm_out = tokens * h * lin_in / lin_div * np.where(casting, AUTOCAST_ATTN_INPUT_CASTS, 1.0)
     if shapes.mla_latent:
         attn_norm_out = np.where(module("layernorm"), 0.0, attn_norm_out)
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
@@ -396,7 +427,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         mlp = np.where(module("moe"), 0.0, mlp)
         mlp_norm_out = np.where(module("moe"), act * tokens * h / lin_div, mlp_norm_out)
     else:
-        mlp_norm_out = tokens * h * lin_in / lin_div
+        # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output.
+        mlp_norm_out = tokens * h * lin_in / lin_div * np.where(casting, 2.0 if shapes.gated else 1.0, 1.0)
         # the activation's saved input(s) and the fc2 input (fp8 under fp8)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t
         # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
@@ -429,7 +461,7 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 
 def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                sp_gathered: bool = False, fused_glu: bool = True,
-                               compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                               compiled: bool = False, autocast: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
@@ -437,11 +469,11 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
     per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
-                                                               fused_glu, compiled)
+                                                               fused_glu, compiled, autocast)
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
-                                                            fused_glu, compiled)
+                                                            fused_glu, compiled, autocast)
                          if moe_share else 0.0))
-    return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode)
+    return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode, autocast=autocast)
 
 
 PER_LAYER_ACTIVATION_FIELDS = ("tp", "etp", "cp", "mbs", "seq", "sp", "flash_attn", "precision", "recompute",
@@ -453,14 +485,16 @@ DEDUPE_MIN_ROWS = 4096
 
 def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                       sp_gathered: bool = False, fused_glu: bool = True,
-                                      compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                                      compiled: bool = False, autocast: bool = False
+                                      ) -> tuple[np.ndarray, np.ndarray]:
     """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
     same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
     unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
     if unique is None or len(unique[0]) == len(L):
-        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled)
+        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast)
     first, inverse = unique
-    kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled)
+    kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled,
+                                            autocast)
     return kept[inverse], full[inverse]
 
 
@@ -513,8 +547,9 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
                           head: np.ndarray | bool, sp_gathered: bool = False,
                           loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
                           loss_parallel_bytes_per_logit: float | None = None,
-                          freed_logits_bytes_per_logit: float = 0.0) -> np.ndarray:
-    """Embedding output (first stage, per in-flight micro-batch) and loss logits (last stage); with `sp_gathered`
+                          freed_logits_bytes_per_logit: float = 0.0, autocast: bool = False) -> np.ndarray:
+    """Embedding output (first stage, per in-flight micro-batch; fp32 under `autocast`, half_autocast) and loss
+    logits (last stage); with `sp_gathered`
     the LM head also keeps its all-gathered input (last stage, one micro-batch in flight there at its peak);
     `loss_bytes_per_logit`: the peak bytes per logit of the stack's cross-entropy (ExecutionStack), replaced under
     tp > 1 by `loss_parallel_bytes_per_logit` when the stack has one (loss_peak_bytes_per_logit);
@@ -522,7 +557,8 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     only: under a pipeline schedule the last stage keeps every micro-batch's logits (torch_pipeline_bytes)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
-    embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (np.where(fp32, 4.0, 2.0) + shapes.dropout)
+    residual = np.where(fp32 | half_autocast(L, autocast), 4.0, 2.0)
+    embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (residual + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
     # fp32 training has no upcast: 4 bytes per logit.
@@ -610,7 +646,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      param_remainders: bool = True, loss_parallel_bytes_per_logit: float | None = None,
                      pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
                      fp32_params: bool = False, fp8_allgather: bool = False,
-                     freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None) -> MemoryBreakdown:
+                     freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,
+                     autocast: bool = False) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -619,13 +656,15 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     fp32_params, fp8_allgather: torch FSDP2's fp32 sharded parameters and fp8 weight gathers (state_bytes);
     freed_logits_bytes_per_logit: the eager loss's freed logits block (ends_activation_bytes); fsdp_root: the stack
     runs torch FSDP2 with this wrapping of the outer parameters, whose buffers replace state_bytes' average-layer
-    ones at pp 1 under ZeRO-3 (fsdp2_peak_buffers; None: state_bytes' everywhere))."""
+    ones at pp 1 under ZeRO-3 (fsdp2_peak_buffers; None: state_bytes' everywhere)); autocast: the stack's mixed
+    precision is torch.autocast over fp32 parameters (its casts in the layers' activations, the weights' bf16 copies,
+    autocast_weight_copy_bytes, with them)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
-    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled)
+    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast)
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
@@ -645,7 +684,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
             states = replace(states, weights=two * states.weights, grads=two * states.grads,
                              optimizer=two * states.optimizer)
         ends = [ends_activation_bytes(shapes, L, e, h, sp_gathered, loss_bytes_per_logit, loss_parallel_bytes_per_logit,
-                                      freed_logits_bytes_per_logit) for e, h in ((embed, False), (False, head))]
+                                      freed_logits_bytes_per_logit, autocast) for e, h in ((embed, False), (False, head))]
         # The loss's logits peak in the head's forward and backward, outside every layer, and are freed before the
         # last layer's backward recomputes it: the transients of a running layer (the recompute working set, torch
         # context_parallel's gathered K/V) and the logits are never live together; the larger peak counts.
@@ -657,7 +696,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         in_layer = working + cp_gathered + fsdp_layer > ends[1] + fsdp_loss
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer,
                                         working_set=False)
-                + ends[0] + np.where(in_layer, working, ends[1]))
+                + ends[0] + np.where(in_layer, working, ends[1])
+                + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))
         other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss)
         if pp_impl == "torch":
             other = other + torch_pipeline_bytes(shapes, L, position)
