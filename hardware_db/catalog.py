@@ -227,7 +227,7 @@ def _slowdown_ratio(where: str, raw: Mapping[str, Any], sources: Mapping[str, An
     return ratio
 
 
-ATTENTION_KERNELS = ("fa1", "fa2", "fa3", "cudnn", "sdpa_fa2")
+ATTENTION_KERNELS = ("fa1", "fa2", "fa3", "cudnn", "sdpa_fa2", "aotriton")
 
 
 def _parse_attention(data: Mapping[str, Any], gpus: Mapping[str, GPU]) -> tuple[AttentionCurve, ...]:

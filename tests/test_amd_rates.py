@@ -99,3 +99,48 @@ def test_mi325x_shape_model_against_amds_typical_attained_flops():
                 flops += 2 * m * n * k
                 time += _t(hw, m, n, k, fp8) * TRAINING_GEMM_SHARE
         assert abs(flops / time / taf - 1) <= bound, (fp8, flops / time / 1e12)
+
+
+# PyTorch SDPA on MI300X runs AOTriton's Triton attn_fwd (attention_kernels.yaml sdpa_backend), priced on the forward
+# curves midiareshadi/attn-dsl-bench published (PyTorch 2.10, ROCm 7.2.2, batch 16 x 16 heads, bf16, causal).
+AOTRITON_D128 = {1024: 164.07, 2048: 214.50, 4096: 256.90, 8192: 289.55, 16384: 306.54}
+
+
+def _llama8b_core(hw: HardwareRates, seq: int, kernel: str) -> tuple[float, float, float]:
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.architecture.spec import ModelSpec
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.compute import flash_core_times, layer_flops
+    from clusterplan.models.training.layout import Layout
+
+    shapes = ModelShapes.of(ModelSpec(name="l8-attn", n_layers=1, hidden=4096, n_heads=32, n_kv_heads=8,
+                                      ffn_hidden=14336, vocab=128256))
+    L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=1, seq=seq, flash_attn=True)])
+    _, core_exec = layer_flops(shapes, L, False)
+    fwd, bwd = flash_core_times(shapes, L, hw, core_exec, kernel)
+    return float(core_exec[0]), float(fwd[0]), float(bwd[0])
+
+
+@pytest.mark.parametrize("seq", sorted(AOTRITON_D128))
+def test_mi300x_sdpa_forward_is_aotritons_published_rate(mi300x, seq):
+    flops, fwd, _ = _llama8b_core(mi300x, seq, "sdpa")
+    assert flops / fwd / 1e12 == pytest.approx(AOTRITON_D128[seq], rel=1e-9)
+
+
+def test_mi300x_sdpa_backward_runs_at_the_forward_rate_without_a_published_backward(mi300x):
+    # Llama 3 8B at 8k: forward 4 x 8192^2 x 4096 / 2 = 549.8 GFLOP at 289.55 TFLOP/s = 1.899 ms; backward 2.5x.
+    flops, fwd, bwd = _llama8b_core(mi300x, 8192, "sdpa")
+    assert flops == pytest.approx(4 * 8192**2 * 4096 / 2)
+    assert fwd == pytest.approx(flops / 289.55e12, rel=1e-9)
+    assert bwd == pytest.approx(2.5 * fwd, rel=1e-9)
+
+
+def test_torchtitans_cudnn_first_sdpa_runs_aotriton_on_rocm(mi300x):
+    # ROCm has no cuDNN backend: sdpa_cudnn_first is plain SDPA there.
+    assert mi300x.attention.family("sdpa_cudnn_first") == "aotriton"
+    assert _llama8b_core(mi300x, 8192, "sdpa_cudnn_first") == _llama8b_core(mi300x, 8192, "sdpa")
+
+
+def test_mi355x_without_curves_prices_the_core_as_gemms():
+    mi355x = _rates("mi355x-8")
+    assert not mi355x.attention.has("sdpa")
