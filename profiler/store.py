@@ -112,13 +112,14 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
     """Eager layers measured against the cost model priced at this file's own fits (models/training/step.py layer_cost):
     time_factor = measured / modelled compute of a tp-1 layer; tp_overhead_s = what a tp-2 layer takes beyond
     time_factor x its modelled compute and its modelled TP all-reduces (DTensor dispatch, redistribution)."""
-    from clusterplan.hardware_db.stacks import get_stack
     from clusterplan.models.architecture.shapes import ModelShapes
     from clusterplan.models.architecture.spec import ModelSpec
     from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.autocast import accumulate_s, layer_matmul_params
     from clusterplan.models.training.batch import LayoutArrays
     from clusterplan.models.training.layout import Layout
     from clusterplan.models.training.step import layer_cost
+    from clusterplan.runtime.stack import runtime_stack
 
     recs = {r["tp"]: r for r in doc["raw"]["layer"]}
     if 1 not in recs:
@@ -135,9 +136,16 @@ def _layer_fit(doc: dict[str, Any]) -> dict[str, Any] | None:
 
     def modelled(tp: int) -> tuple[float, float]:
         layout = Layout(tp=tp, mbs=ref["mbs"], gbs=ref["mbs"], seq=ref["seq"], precision=precision, recompute="none")
-        # validate's runs are plain PyTorch layers, as torchtitan runs them in eager mode (no comm overlap).
-        cost = layer_cost(shapes, LayoutArrays.from_layouts([layout]), hw, get_stack("torchtitan"))
-        return float(cost.compute_s[0]), float(cost.tp_s[0])
+        arrays = LayoutArrays.from_layouts([layout])
+        # The layers validate runs, as validate prices them (plain PyTorch layers under torch.autocast over fp32
+        # parameters on GPU: validate.predict.runtime_stack). Each timed call is one micro-batch in its own autocast
+        # region whose gradients add to the last call's: its weights are cast (a one-micro-batch step) and their
+        # gradients accumulated every call.
+        cost = layer_cost(shapes, arrays, hw, runtime_stack())
+        accumulate = 0.0
+        if precision != "fp32":
+            accumulate = float(accumulate_s(layer_matmul_params(shapes, arrays, False), hw)[0])
+        return float(cost.compute_s[0]) + accumulate, float(cost.tp_s[0])
 
     compute1, _ = modelled(1)
     factor = ref["median_s"] / compute1

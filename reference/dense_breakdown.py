@@ -47,7 +47,7 @@ def print_breakdown(rows: list[RowBreakdown]) -> None:
         p = row.parts
         layer_view.print_layer_times(row.label, row.layout, row.published_layer_s, row.predicted_layer_s)
         print(f"  {'part':12} {'fwd ms':>8} {'bwd ms':>8} {'share':>6}")
-        for part in PARTS:
+        for part in p.forward_s:
             both = p.forward_s[part] + p.backward_s[part]
             print(f"  {part:12} {p.forward_s[part] * 1e3:8.3f} {p.backward_s[part] * 1e3:8.3f} "
                   f"{both / p.total_s:6.1%}")

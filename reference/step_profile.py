@@ -6,8 +6,9 @@ one H200 with PyTorch 2.11: the three plans of bench/gpu_plans/ as `validate` ru
 
 Per run: measured milliseconds per step of GEMM, attention, elementwise (+ copies and the loss) and optimizer kernels,
 the GPU's busy time and the step's wall time; beside them the model's layer parts on the H200 datasheet rates
-(models/training/layer_parts.py dense_layer_parts x layers x micro-batches, the LM head and loss not included; the
-recompute's forward where the run recomputes) and its optimizer term. A diagnostic view; nothing is fitted.
+(models/training/layer_parts.py dense_layer_parts x layers x micro-batches, the recompute's forward where the run
+recomputes; the LM head's GEMMs in `gemm` and its loss and casts in `elementwise`, compute.head_time x micro-batches)
+and its optimizer term. A diagnostic view; nothing is fitted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import Linear, head_time, linear_times
 from clusterplan.models.training.layer_parts import dense_layer_parts
 from clusterplan.models.training.planfile import read_plan
 from clusterplan.validate.predict import predicted_step, runtime_stack
@@ -32,6 +34,9 @@ CLUSTER = "hgx-h200:1"
 MEASURED_GROUPS = {"gemm": ("gemm",), "attention": ("attention",), "elementwise": ("elementwise", "copy", "loss"),
                    "optimizer": ("optimizer",)}
 """The model's parts and the profile categories (bench_step_profile.CATEGORIES) each is set against."""
+MODEL_GROUPS = {"gemm": ("gemm",), "attention": ("attention",),
+                "elementwise": ("elementwise", "autocast_cast", "autocast_weight")}
+"""layer_parts.PARTS summed into each group (the autocast casts run on copy and elementwise kernels)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,16 @@ def step_profile_rows() -> list[StepProfileRow]:
         parts = dense_layer_parts(ModelShapes.of(model), LayoutArrays.from_layouts([bf16]), hw, runtime_stack())
         scale_ms = model.n_layers * (bf16.gbs // bf16.mbs) * 1e3
         recompute = 1.0 if bf16.recompute == "full" else 0.0
-        modelled = {k: (parts.forward_s.get(k, 0.0) * (1.0 + recompute) + parts.backward_s.get(k, 0.0)) * scale_ms
-                    for k in ("gemm", "attention", "elementwise")}
+        modelled = {k: sum((parts.forward_s.get(p, 0.0) * (1.0 + (0.0 if p == "autocast_weight" else recompute))
+                            + parts.backward_s.get(p, 0.0)) for p in group) * scale_ms
+                    for k, group in MODEL_GROUPS.items()}
+        arrays = LayoutArrays.from_layouts([bf16])
+        head_f, head_b = head_time(ModelShapes.of(model), arrays, hw, runtime_stack())
+        gemm_f, gemm_b, _ = linear_times([Linear(arrays.seq * arrays.mbs, model.hidden, model.vocab)], hw,
+                                         arrays.precision < 0)
+        micro_ms = (bf16.gbs // bf16.mbs) * 1e3
+        modelled["gemm"] += float(gemm_f[0] + gemm_b[0]) * micro_ms
+        modelled["elementwise"] += float(head_f[0] + head_b[0] - gemm_f[0] - gemm_b[0]) * micro_ms
         modelled["optimizer"] = predicted_step(model, cluster, bf16, None)["time"]["optimizer_s"] * 1e3
         measured = {k: sum(r["by_category_ms"].get(c, 0.0) for c in cats) for k, cats in MEASURED_GROUPS.items()}
         rows.append(StepProfileRow(plan=r["plan"], measured_ms=measured, modelled_ms=modelled,

@@ -43,8 +43,9 @@ def test_the_attention_curve_follows_the_stack():
     assert (published.attention_kernel, published.attention_curve) == ("sdpa", "sdpa_fa2")
     assert published.parts.forward_s["attention"] > 1.5 * today.parts.forward_s["attention"]
     assert published.parts.forward_s["gemm"] == today.parts.forward_s["gemm"]
-    # no curve for the GPU (MI300X): the core is priced as its GEMMs, and the output says so
-    assert _parts("torchtitan", cluster="mi300x-8:1").attention_curve is None
+    # no curve for the GPU (MI355X): the core is priced as its GEMMs, and the output says so
+    assert _parts("torchtitan", cluster="mi355x-8:1").attention_curve is None
+    assert _parts("torchtitan", cluster="mi300x-8:1").attention_curve == "aotriton"
 
 
 def test_cli_prints_the_parts_and_json_carries_them(run_cli):
@@ -65,3 +66,20 @@ def test_a_model_without_dense_layers_says_so(run_cli):
                              "ep=8,dp=16,mbs=1,gbs=512,seq=4096", "--parts", "--format", "json")
     assert code == 0 and "layer_parts" not in json.loads(out)
     assert "--parts: the model has no dense layer" in err
+
+
+def test_autocast_parts_only_where_the_stack_autocasts():
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.layer_parts import dense_layer_parts
+    from clusterplan.runtime.stack import runtime_stack
+
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    L = LayoutArrays.from_layouts([Layout(tp=1, dp=8, mbs=1, gbs=32, seq=8192, precision="bf16")])
+    eager = dense_layer_parts(shapes, L, hw, runtime_stack())
+    fsdp = dense_layer_parts(shapes, L, hw, runtime_stack(fsdp=True))
+    assert eager.forward_s["autocast_cast"] > 0 and eager.backward_s["autocast_weight"] > 0
+    assert "autocast_cast" not in fsdp.forward_s
+    assert {k: v for k, v in eager.forward_s.items() if not k.startswith("autocast")} == fsdp.forward_s

@@ -9,7 +9,6 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -17,6 +16,7 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import estimate, stack_memory
 from clusterplan.models.training.layout import Layout
+from clusterplan.runtime.stack import runtime_stack
 
 POSITIONS = ("first", "middle", "last")
 MEASURED_TERMS = ("weights", "grads", "optimizer", "activations")
@@ -27,19 +27,6 @@ def position_of(pp_rank: int, pp: int) -> str:
     if pp_rank == 0:
         return "first"
     return "last" if pp_rank == pp - 1 else "middle"
-
-
-def runtime_stack(fsdp: bool = False) -> ExecutionStack:
-    """The stack validate's runs are: plain PyTorch layers under FSDP2 / DTensor / pipelining, as torchtitan runs
-    them in eager mode (DTensor sequence parallelism keeps the gathered linear inputs); their selective recompute
-    checkpoints the attention core (runtime/apply_ac.py), not torchtitan's op-level SAC; its step does not clip
-    gradients (validate/run.py Trainer.step). Its attention is plain F.scaled_dot_product_attention, which PyTorch
-    2.11 runs cuDNN-first on Hopper and Blackwell (our H200 profile), as torchtitan's stack says (sdpa_cudnn_first).
-    Its bf16 is torch.autocast around the step over fp32 parameters (validate/run.py Trainer.step); with `fsdp`
-    (dp > 1: runtime/apply_fsdp.py) FSDP2's MixedPrecisionPolicy casts the parameters and inputs to bf16 first, so
-    the compute runs in the parameters' copy as torchtitan's does."""
-    stack = replace(get_stack("torchtitan"), selective_recompute="core_attn", grad_clip="none")
-    return stack if fsdp else replace(stack, mixed_precision=MIXED_PRECISION_AUTOCAST)
 
 
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:

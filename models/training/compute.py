@@ -7,10 +7,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
+from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.autocast import (
+    CAST_BYTES,
+    UPCAST_RATE_SHARE,
+    activation_cast_times,
+    half_autocast,
+    layer_matmul_params,
+    weight_cast_times,
+)
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
@@ -475,12 +483,18 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
     t_clamp = clamp_fwd / hw.hbm_bytes_per_s
     forward = t_linear + t_core + t_elem + t_clamp + bias_f
+    # torch.autocast over fp32 parameters: the activations' casts run again in a recompute, the weights' do not.
+    casting = half_autocast(L, stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
+    cast_f, cast_b = activation_cast_times(shapes, L, hw, moe)
+    weight_f, weight_b = weight_cast_times(layer_matmul_params(shapes, L, moe), L, hw)
+    forward = forward + np.where(casting, cast_f, 0.0)
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
         route_fwd, route_bwd = routing_times(shapes, L, hw)
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
-    backward = t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
+    backward = (t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
+                + np.where(casting, cast_b + weight_b, 0.0))
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
@@ -499,6 +513,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
     full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
     recompute = np.select([full, sel], [forward, selective_extra], 0.0)
+    forward = forward + np.where(casting, weight_f, 0.0)
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
     flops_recompute = np.select([full, sel], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
@@ -718,7 +733,18 @@ def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
                                          np.zeros(len(L), bool))
     fwd_bytes, bwd_bytes = loss_bytes_per_logit(stack)
     logits = tokens * shapes.vocab / L.tp
-    return t_gemm + fwd_bytes * logits / hw.hbm_bytes_per_s, t_gemm_bwd + bwd_bytes * logits / hw.hbm_bytes_per_s
+    forward = t_gemm + fwd_bytes * logits / hw.hbm_bytes_per_s
+    backward = t_gemm_bwd + bwd_bytes * logits / hw.hbm_bytes_per_s
+    if stack is not None and stack.mixed_precision == MIXED_PRECISION_AUTOCAST:
+        # torch.autocast: the head's input cast (its gradient upcast in backward) and its weight's casts
+        # (models/training/autocast.py).
+        casting = half_autocast(L, True)
+        n = tokens * shapes.hidden / L.sp_div
+        weight_f, weight_b = weight_cast_times(shapes.vocab * shapes.hidden / L.tp, L, hw)
+        forward = forward + np.where(casting, CAST_BYTES * n / hw.hbm_bytes_per_s + weight_f, 0.0)
+        backward = backward + np.where(casting, CAST_BYTES * n / (UPCAST_RATE_SHARE * hw.hbm_bytes_per_s)
+                                       + weight_b, 0.0)
+    return forward, backward
 
 
 MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "

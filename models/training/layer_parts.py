@@ -1,7 +1,8 @@
 """The compute of one dense transformer layer per micro-batch on one rank, split by part as
 models/training/compute.py layer_time adds it: weight GEMMs, fp8 casts, the attention core at its kernel curve, and the
-elementwise kernels (norms, RoPE, activation, residuals) with any eager clamp (`estimate --parts`; the Megatron-Bridge
-rows' view in reference/dense_breakdown.py). Recompute excluded.
+elementwise kernels (norms, RoPE, activation, residuals) with any eager clamp, and under torch.autocast over fp32
+parameters its casts (models/training/autocast.py: the activations' and the weights') (`estimate --parts`; the
+Megatron-Bridge rows' view in reference/dense_breakdown.py). Recompute excluded.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import ExecutionStack
+from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.autocast import (
+    activation_cast_times,
+    half_autocast,
+    layer_matmul_params,
+    weight_cast_times,
+)
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import (
     CORE_FROM_GEMMS,
@@ -34,8 +41,10 @@ from clusterplan.models.training.compute import (
 from clusterplan.models.training.estimate import Estimate
 from clusterplan.models.training.tp_overlap import async_tp_gathers_fused
 
-PARTS = ("gemm", "fp8_cast", "attention", "elementwise")
-"""The layer's compute parts, in layer_time's order."""
+PARTS = ("gemm", "fp8_cast", "attention", "elementwise", "autocast_cast", "autocast_weight")
+"""The layer's compute parts, in layer_time's order: autocast_cast = the activations' casts (run again in a
+recompute), autocast_weight = the weights' (cast once per step, gradients upcast and accumulated); these two only
+where the stack runs torch.autocast over fp32 parameters."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +76,21 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     elem = (elementwise_bytes(shapes, L, False) + unfused_extra_bytes(shapes, L, False, stack)) / hw.hbm_bytes_per_s
     clamp_f, clamp_ratio = clamp_bytes(shapes, L, False, stack.compiled)
     clamp = clamp_f / hw.hbm_bytes_per_s
+    casting = half_autocast(L, stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
+    act_f, act_b = activation_cast_times(shapes, L, hw, False)
+    weight_f, weight_b = weight_cast_times(layer_matmul_params(shapes, L, False), L, hw)
 
     def first(x: np.ndarray | float) -> float:
         return float(np.ravel(x)[0])
 
-    return DenseLayerParts(
-        forward_s={"gemm": first(gemm_f), "fp8_cast": first(np.where(fp8, cast_f, 0.0)),
-                   "attention": first(attn_f), "elementwise": first(elem + clamp)},
-        backward_s={"gemm": first(gemm_b), "fp8_cast": first(np.where(fp8, cast_b, 0.0)),
-                    "attention": first(attn_b), "elementwise": first(2 * elem + clamp_ratio * clamp)})
+    forward = {"gemm": first(gemm_f), "fp8_cast": first(np.where(fp8, cast_f, 0.0)), "attention": first(attn_f),
+               "elementwise": first(elem + clamp)}
+    backward = {"gemm": first(gemm_b), "fp8_cast": first(np.where(fp8, cast_b, 0.0)), "attention": first(attn_b),
+                "elementwise": first(2 * elem + clamp_ratio * clamp)}
+    if bool(np.ravel(casting)[0]):  # the autocast parts only where the run autocasts
+        forward.update(autocast_cast=first(act_f), autocast_weight=first(weight_f))
+        backward.update(autocast_cast=first(act_b), autocast_weight=first(weight_b))
+    return DenseLayerParts(forward_s=forward, backward_s=backward)
 
 
 UNFUSED = "unfused GEMMs (flash attention off)"

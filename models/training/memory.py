@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.training.autocast import AUTOCAST_ATTN_INPUT_CASTS, half_autocast, mlp_input_casts
 from clusterplan.models.training.batch import (
     OPT_ADAM,
     OPT_ADAM_MASTER,
@@ -68,12 +69,6 @@ UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
 EAGER_LOSS_FREED_LOGITS_BYTES = 2.0
 # Caching-allocator fragmentation reserve on activations (Megatron's theoretical-memory note adds ~5%).
 ALLOCATOR_FRACTION = 0.05
-# Mixed precision by torch.autocast over fp32 parameters (MIXED_PRECISION_AUTOCAST) keeps the residual stream in fp32
-# and casts each matmul operand to bf16 where it is used (aten/src/ATen/autocast_mode.h cached_cast; linear and
-# matmul are on autocast's lower-precision list): a non-leaf input is cast anew by every linear that reads it, and
-# each linear saves its own cast for backward. The attention's q, k and v projections are three linears reading the
-# same norm output (torchtitan's llama3 Attention wq / wk / wv; runtime/model.py).
-AUTOCAST_ATTN_INPUT_CASTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,12 +324,6 @@ def selective_module(L: LayoutArrays, mode: np.ndarray, name: str) -> np.ndarray
     return (mode == RECOMPUTE_SELECTIVE) & on
 
 
-def half_autocast(L: LayoutArrays, autocast: bool) -> np.ndarray:
-    """Per candidate: does the run compute in bf16 under torch.autocast over fp32 parameters (the stack's
-    mixed_precision is autocast and the layout is not fp32)?"""
-    return np.asarray(autocast & (L.precision != PREC_FP32))
-
-
 def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, head: np.ndarray | bool,
                                autocast: bool) -> np.ndarray:
     """The bf16 copies torch.autocast makes of a stage's matmul weights: a parameter (a leaf that requires grad) is
@@ -381,7 +370,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     norm_inputs = tokens * h * (2 * np.where(casting, FP32_PARAM_BYTES, act) + 2 * drop) / spd
     # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
     # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
-    # Under autocast the norm output is fp32 and each of q, k, v saves its own bf16 cast of it.
+    # Under autocast (models/training/autocast.py) the norm output is fp32 and each of q, k, v saves its own bf16
+    # cast of it.
     attn_norm_out = tokens * h * lin_in / lin_div * np.where(casting, AUTOCAST_ATTN_INPUT_CASTS, 1.0)
     if shapes.mla_latent:
         attn_norm_out = np.where(module("layernorm"), 0.0, attn_norm_out)
@@ -428,7 +418,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         mlp_norm_out = np.where(module("moe"), act * tokens * h / lin_div, mlp_norm_out)
     else:
         # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output.
-        mlp_norm_out = tokens * h * lin_in / lin_div * np.where(casting, 2.0 if shapes.gated else 1.0, 1.0)
+        mlp_norm_out = tokens * h * lin_in / lin_div * np.where(casting, mlp_input_casts(shapes, False), 1.0)
         # the activation's saved input(s) and the fc2 input (fp8 under fp8)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t
         # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
