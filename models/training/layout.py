@@ -244,7 +244,8 @@ class Layout:
             if world % inner:
                 raise InfeasibleError(
                     f"{where}: tp({values.get('tp', 1)}) * pp({values.get('pp', 1)}) * cp({values.get('cp', 1)}) "
-                    f"= {inner} does not divide world({world})")
+                    f"= {inner} does not divide world({world}); use degrees whose product divides {world}, or a "
+                    f"cluster whose GPU count is a multiple of {inner}")
             values["dp"] = world // inner
         if values.get("schedule") is None and values.get("vpp", 1) > 1:
             values["schedule"] = "interleaved-1f1b"
