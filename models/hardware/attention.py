@@ -27,7 +27,7 @@ Sec. 4.1, the FLOP count its benchmarks use)."""
 class AttentionRates:
     curves: tuple[AttentionCurve, ...]
     clock_scale: float = 1.0
-    """Tensor-core clock under a power cap (models/hardware/rates.py power_clock_scale)."""
+    """Tensor-core clock under a power cap (models/hardware/power.py power_clock_scale)."""
     sdpa_family: str = "fa2"
     """Measured family PyTorch SDPA dispatches to on this GPU (hardware_db get_sdpa_family)."""
     sdpa_fa2: SdpaFa2Measurement | None = None

@@ -15,6 +15,7 @@ from typing import Any
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, path_exists, show
 from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
+from clusterplan.models.hardware.power import STATIC_POWER_SHARE
 from clusterplan.models.hardware.resilience import Resilience, resilience_from_dict
 
 
@@ -46,7 +47,7 @@ class NodeGroup:
     """Achieved scale-out bandwidth per GPU: node NICs x achieved rate / GPUs per node (rail-optimised)."""
     power_cap_w: float | None = None
     """Per-GPU power limit (`nvidia-smi -pl`) below the GPU's TDP; None runs at TDP. Scales the tensor-core clock
-    (models/hardware/rates.py power_clock_scale)."""
+    (models/hardware/power.py power_clock_scale)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -180,10 +181,12 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or not _finite(value):
             raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
     cap = overrides.get("power_cap_w")
+    floor_w = STATIC_POWER_SHARE * gpu.tdp_w
     if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not _finite(cap)
-                            or not 0 < cap <= gpu.tdp_w):
-        raise BadInputError(f"{where}: power_cap_w must be a number of watts in (0, {gpu.tdp_w:g}] "
-                            f"({gpu.name}'s TDP), got {cap!r}")
+                            or not floor_w < cap <= gpu.tdp_w):
+        raise BadInputError(f"{where}: power_cap_w must be a number of watts in ({floor_w:g}, {gpu.tdp_w:g}] "
+                            f"(above the {STATIC_POWER_SHARE:.0%} of {gpu.name}'s TDP that does not follow the clock, "
+                            f"up to its TDP), got {cap!r}")
     return NodeGroup(preset=node.name, gpu=gpu, count=count, gpus_per_node=gpus_per_node, scale_up=scale_up,
                      scale_up_domain=domain, nic=nic, nics_per_node=nics,
                      scale_up_busbw_gb_per_s=float(up_bw), scale_out_busbw_gb_per_s=float(out_bw),

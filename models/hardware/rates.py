@@ -24,6 +24,7 @@ from clusterplan.models.hardware.calibration import (
 )
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.gemm import GemmShapeModel
+from clusterplan.models.hardware.power import power_clock_scale
 
 # Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach
 # on top of their shape's wave/tile quantisation (models/hardware/gemm.py): the one fitted GEMM constant. It holds
@@ -33,20 +34,6 @@ from clusterplan.models.hardware.gemm import GemmShapeModel
 # used them). README "Fitted constants" lists every fit.
 # `clusterplan profile` replaces it with a measured GEMM curve.
 TRAINING_GEMM_SHARE = 0.85
-# Power cap -> clock: dynamic power ~ C V^2 f with V rising about linearly with f over the DVFS range, so
-# f ~ P^(1/3) (first-order CMOS power model). Checked, not fitted, on same-die vendor pairs: MI350X 1,000 W /
-# 2,200 MHz vs MI355X 1,400 W / 2,400 MHz (exponent 0.26, AMD datasheets); B200 1,000 W / 2,250 TFLOP/s vs
-# GB200 1,200 W / 2,500 TFLOP/s (0.58, NVIDIA datasheets).
-POWER_CLOCK_EXPONENT = 1.0 / 3.0
-
-
-def power_clock_scale(power_cap_w: float | None, tdp_w: float) -> float:
-    """Tensor-core clock under a power cap relative to the clock at TDP (1 without a cap)."""
-    if power_cap_w is None:
-        return 1.0
-    return min(1.0, power_cap_w / tdp_w) ** POWER_CLOCK_EXPONENT
-
-
 NCCL_CTAS_PER_NIC = 2
 """NCCL's ring search finds one channel per NIC rail across nodes and ncclTopoPostset doubles the search channels into
 execution channels, one CTA each (hardware_db/data/links.yaml header: derivation and checks)."""
