@@ -1,7 +1,7 @@
 # clusterplan: two commands do all set-up on a fresh machine.
 #   make demo   creates .venv, installs clusterplan, runs a real plan on built-in presets
 #   make test   creates .venv, installs with the torch and dev extras, runs ruff and pytest without the slow
-#               end-to-end checks (under 4 minutes on 2 quiet cores)
+#               end-to-end checks (about 5 minutes on 2 quiet cores)
 #   make test-all  the same with the slow end-to-end checks (profile, validate, torchrun runs; what CI runs)
 #   make figures  regenerates the README's pictures into docs/img/
 #   make reference  regenerates reference/TABLES.md (our predictions against every published reference table)
