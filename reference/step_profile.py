@@ -21,7 +21,7 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.compute import Linear, head_time, linear_times
+from clusterplan.models.training.compute import head_gemm_times, head_time
 from clusterplan.models.training.layer_parts import dense_layer_parts
 from clusterplan.models.training.planfile import read_plan
 from clusterplan.validate.predict import predicted_step, runtime_stack
@@ -66,8 +66,7 @@ def step_profile_rows() -> list[StepProfileRow]:
                     for k, group in MODEL_GROUPS.items()}
         arrays = LayoutArrays.from_layouts([bf16])
         head_f, head_b = head_time(ModelShapes.of(model), arrays, hw, runtime_stack())
-        gemm_f, gemm_b, _ = linear_times([Linear(arrays.seq * arrays.mbs, model.hidden, model.vocab)], hw,
-                                         arrays.precision < 0)
+        gemm_f, gemm_b = head_gemm_times(ModelShapes.of(model), arrays, hw)
         micro_ms = (bf16.gbs // bf16.mbs) * 1e3
         modelled["gemm"] += float(gemm_f[0] + gemm_b[0]) * micro_ms
         modelled["elementwise"] += float(head_f[0] + head_b[0] - gemm_f[0] - gemm_b[0]) * micro_ms

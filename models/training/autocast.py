@@ -54,6 +54,13 @@ def mlp_input_casts(shapes: ModelShapes, moe: bool) -> float:
     return 2.0 if shapes.gated else 1.0
 
 
+def cast_times(elements: np.ndarray | float, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of casting `elements` fp32 values to bf16 and, in backward, their gradients back
+    to fp32 (at UPCAST_RATE_SHARE of the HBM rate)."""
+    forward = np.asarray(CAST_BYTES * elements / hw.hbm_bytes_per_s)
+    return forward, forward / UPCAST_RATE_SHARE
+
+
 def activation_cast_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool
                           ) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of one layer's activation casts per micro-batch on one rank: each reader's cast of
@@ -62,10 +69,8 @@ def activation_cast_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRate
     n = L.seq * L.mbs / L.cp * shapes.hidden / L.sp_div
     readers = AUTOCAST_ATTN_INPUT_CASTS + mlp_input_casts(shapes, moe)
     sums = readers - 2.0  # a norm output read by r linears: r - 1 additions, for each of the two norms
-    forward = readers * CAST_BYTES * n / hw.hbm_bytes_per_s
-    backward = (readers * CAST_BYTES * n / (UPCAST_RATE_SHARE * hw.hbm_bytes_per_s)
-                + (sums * ACCUMULATE_BYTES + 2.0 * CAST_BYTES) * n / hw.hbm_bytes_per_s)
-    return forward, backward
+    forward, upcast = cast_times(readers * n, hw)
+    return forward, upcast + (sums * ACCUMULATE_BYTES + 2.0 * CAST_BYTES) * n / hw.hbm_bytes_per_s
 
 
 def weight_cast_times(params: np.ndarray | float, L: LayoutArrays, hw: HardwareRates
@@ -74,10 +79,8 @@ def weight_cast_times(params: np.ndarray | float, L: LayoutArrays, hw: HardwareR
     cast once per step (1/m of it per micro-batch), every micro-batch's gradient upcast and, from the second
     micro-batch on, its accumulation into .grad ((m - 1)/m per micro-batch)."""
     m = np.maximum(L.microbatches, 1.0)
-    forward = CAST_BYTES * params / m / hw.hbm_bytes_per_s
-    backward = (CAST_BYTES * params / (UPCAST_RATE_SHARE * hw.hbm_bytes_per_s)
-                + accumulate_s(params, hw) * (m - 1.0) / m)
-    return forward, backward
+    cast, upcast = cast_times(params, hw)
+    return cast / m, upcast + accumulate_s(params, hw) * (m - 1.0) / m
 
 
 def accumulate_s(params: np.ndarray | float, hw: HardwareRates) -> np.ndarray:

@@ -12,9 +12,8 @@ from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.autocast import (
-    CAST_BYTES,
-    UPCAST_RATE_SHARE,
     activation_cast_times,
+    cast_times,
     half_autocast,
     layer_matmul_params,
     weight_cast_times,
@@ -484,17 +483,20 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_clamp = clamp_fwd / hw.hbm_bytes_per_s
     forward = t_linear + t_core + t_elem + t_clamp + bias_f
     # torch.autocast over fp32 parameters: the activations' casts run again in a recompute, the weights' do not.
-    casting = half_autocast(L, stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
-    cast_f, cast_b = activation_cast_times(shapes, L, hw, moe)
-    weight_f, weight_b = weight_cast_times(layer_matmul_params(shapes, L, moe), L, hw)
-    forward = forward + np.where(casting, cast_f, 0.0)
+    cast_f = cast_b = weight_f = weight_b = 0.0
+    if stack.mixed_precision == MIXED_PRECISION_AUTOCAST:
+        casting = half_autocast(L, True)
+        cast_f, cast_b = (np.where(casting, t, 0.0) for t in activation_cast_times(shapes, L, hw, moe))
+        weight_f, weight_b = (np.where(casting, t, 0.0)
+                              for t in weight_cast_times(layer_matmul_params(shapes, L, moe), L, hw))
+    forward = forward + cast_f
     route_bwd = 0.0
     if moe:  # router and token permute / sort / unpermute kernels around the expert all-to-alls (moe_layer.py)
         route_fwd, route_bwd = routing_times(shapes, L, hw)
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
     backward = (t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
-                + np.where(casting, cast_b + weight_b, 0.0))
+                + cast_b + weight_b)
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
@@ -513,7 +515,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
     full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
     recompute = np.select([full, sel], [forward, selective_extra], 0.0)
-    forward = forward + np.where(casting, weight_f, 0.0)
+    forward = forward + weight_f
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
     flops_recompute = np.select([full, sel], [linear + core_exec, selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
@@ -729,8 +731,7 @@ def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     """LM head GEMM (vocab-parallel over tp) and the cross-entropy over the logits: (forward, backward); the loss
     streams loss_bytes_per_logit(stack) at the achieved HBM rate (None: the fused loss)."""
     tokens = L.seq * L.mbs / L.cp
-    t_gemm, t_gemm_bwd, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
-                                         np.zeros(len(L), bool))
+    t_gemm, t_gemm_bwd = head_gemm_times(shapes, L, hw)
     fwd_bytes, bwd_bytes = loss_bytes_per_logit(stack)
     logits = tokens * shapes.vocab / L.tp
     forward = t_gemm + fwd_bytes * logits / hw.hbm_bytes_per_s
@@ -739,11 +740,18 @@ def head_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
         # torch.autocast: the head's input cast (its gradient upcast in backward) and its weight's casts
         # (models/training/autocast.py).
         casting = half_autocast(L, True)
-        n = tokens * shapes.hidden / L.sp_div
+        input_f, input_b = cast_times(tokens * shapes.hidden / L.sp_div, hw)
         weight_f, weight_b = weight_cast_times(shapes.vocab * shapes.hidden / L.tp, L, hw)
-        forward = forward + np.where(casting, CAST_BYTES * n / hw.hbm_bytes_per_s + weight_f, 0.0)
-        backward = backward + np.where(casting, CAST_BYTES * n / (UPCAST_RATE_SHARE * hw.hbm_bytes_per_s)
-                                       + weight_b, 0.0)
+        forward = forward + np.where(casting, input_f + weight_f, 0.0)
+        backward = backward + np.where(casting, input_b + weight_b, 0.0)
+    return forward, backward
+
+
+def head_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the LM head's GEMMs on one rank (vocabulary-parallel over tp, bf16)."""
+    tokens = L.seq * L.mbs / L.cp
+    forward, backward, _ = linear_times([Linear(tokens, shapes.hidden, shapes.vocab / L.tp)], hw,
+                                        np.zeros(len(L), bool))
     return forward, backward
 
 

@@ -12,7 +12,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.training.autocast import AUTOCAST_ATTN_INPUT_CASTS, half_autocast, mlp_input_casts
+from clusterplan.models.training.autocast import (
+    AUTOCAST_ATTN_INPUT_CASTS,
+    half_autocast,
+    layer_matmul_params,
+    mlp_input_casts,
+)
 from clusterplan.models.training.batch import (
     OPT_ADAM,
     OPT_ADAM_MASTER,
@@ -332,10 +337,12 @@ def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.
     for the whole step, beside the fp32 parameters and whatever the recompute mode keeps: 2 B per matmul parameter,
     once per step. Norm weights and the embedding table (a lookup, not a matmul) are not cast; a tied head casts the
     shared table once."""
+    if not autocast:
+        return np.zeros(len(L))
     moe = shapes.moe_fraction
-    per_layer = (shapes.attn_params + (1 - moe) * shapes.dense_mlp_params + moe * shapes.moe_dense_part_params) / L.tp
-    experts = moe * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)
-    matmul = layers * (per_layer + experts) + np.where(head, shapes.vocab * shapes.hidden / L.tp, 0.0)
+    per_layer = (1 - moe) * layer_matmul_params(shapes, L, False) + (
+        moe * layer_matmul_params(shapes, L, True) if moe else 0.0)
+    matmul = layers * per_layer + np.where(head, shapes.vocab * shapes.hidden / L.tp, 0.0)
     return np.where(half_autocast(L, autocast), BF16_PARAM_BYTES * matmul, 0.0)
 
 
@@ -362,17 +369,20 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     lin_in = np.where(fp8, 1.0, act)
     drop = 1.0 if shapes.dropout else 0.0
     module = lambda name: selective_module(L, mode, name)  # noqa: E731
-    casting = half_autocast(L, autocast)
+    casting = half_autocast(L, autocast) if autocast else None
     # Two norm inputs and dropout masks on sequence shards under SP; the qkv and MLP inputs too (Megatron keeps the
     # shard and re-gathers in backward), or whole when the stack's SP saves the gathered input (`sp_gathered`).
     # Under autocast the residual stream, and so each norm's saved input, stays fp32.
     lin_div = 1.0 if sp_gathered else spd
-    norm_inputs = tokens * h * (2 * np.where(casting, FP32_PARAM_BYTES, act) + 2 * drop) / spd
+    residual = act if casting is None else np.where(casting, FP32_PARAM_BYTES, act)
+    norm_inputs = tokens * h * (2 * residual + 2 * drop) / spd
     # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
     # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
     # Under autocast (models/training/autocast.py) the norm output is fp32 and each of q, k, v saves its own bf16
     # cast of it.
-    attn_norm_out = tokens * h * lin_in / lin_div * np.where(casting, AUTOCAST_ATTN_INPUT_CASTS, 1.0)
+    attn_norm_out = tokens * h * lin_in / lin_div
+    if casting is not None:
+        attn_norm_out = attn_norm_out * np.where(casting, AUTOCAST_ATTN_INPUT_CASTS, 1.0)
     if shapes.mla_latent:
         attn_norm_out = np.where(module("layernorm"), 0.0, attn_norm_out)
     qkv = act * tokens * (shapes.q_dim + shapes.kv_dim) / t
@@ -418,7 +428,9 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         mlp_norm_out = np.where(module("moe"), act * tokens * h / lin_div, mlp_norm_out)
     else:
         # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output.
-        mlp_norm_out = tokens * h * lin_in / lin_div * np.where(casting, mlp_input_casts(shapes, False), 1.0)
+        mlp_norm_out = tokens * h * lin_in / lin_div
+        if casting is not None:
+            mlp_norm_out = mlp_norm_out * np.where(casting, mlp_input_casts(shapes, False), 1.0)
         # the activation's saved input(s) and the fc2 input (fp8 under fp8)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t
         # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
@@ -547,7 +559,7 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     only: under a pipeline schedule the last stage keeps every micro-batch's logits (torch_pipeline_bytes)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
-    residual = np.where(fp32 | half_autocast(L, autocast), 4.0, 2.0)
+    residual = np.where(fp32 | half_autocast(L, autocast) if autocast else fp32, 4.0, 2.0)
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (residual + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);
