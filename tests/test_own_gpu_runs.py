@@ -101,3 +101,15 @@ def test_step_profile_terms_against_our_profiled_steps():
         assert -0.26 < p["elementwise"] / m["elementwise"] - 1 < -0.12
         assert 0.15 < p["gemm"] / m["gemm"] - 1 < 0.32
         assert row.gpu_busy_ms < row.step_wall_ms
+
+
+def test_committed_eager_layer_factor_is_what_profile_fits_from_the_raw_record():
+    """The calibration's `layer` section (1.033 since torch.autocast's casts are priced; 1.247 before) is the profile's
+    own fit of the raw eager-layer timing it keeps: refitting the committed file reproduces it."""
+    from clusterplan.profiler.store import _layer_fit
+
+    doc = json.loads(CALIBRATION.read_text())
+    refit = _layer_fit(doc)
+    assert refit["reference"] == doc["layer"]["reference"]
+    for key in ("time_factor", "tp1_measured_s", "tp1_model_s"):
+        assert refit[key] == pytest.approx(doc["layer"][key], rel=1e-12)
