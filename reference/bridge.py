@@ -126,13 +126,19 @@ OFFLOAD_LAYERS = {("DGX-GB300", "LLAMA3_70B", "FP8-CS"): 20, ("DGX-GB200", "LLAM
 CUDA_GRAPHS = {
     ("DGX-GB300", "LLAMA3_8B"): "full", ("DGX-GB200", "LLAMA3_8B", "FP8-MX"): "full", ("DGX-B200", "LLAMA3_8B"): "full",
     ("DGX-GB300", "Qwen3_30B_a3B"): "full", ("DGX-GB200", "Qwen3_30B_a3B"): "full",
-    ("DGX-B200", "Qwen3_30B_a3B"): "full",
     ("DGX-GB300", "Qwen3_235B_a22B"): "attn", ("DGX-GB200", "Qwen3_235B_a22B"): "attn",
     ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3", "BF16"): "attn",
     ("DGX-GB200", "DeepSeekV3", "FP8-MX"): "full",
     ("DGX-GB300", "GPT_OSS_120B"): "attn",
 }
 
+# Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm; Layout.moe_a2a_overlap) where the 25.11
+# run had it though no stored perf config shows it: Megatron-Bridge PR #1760 (2025-12-17) fixed the B200 Qwen3-235B
+# recipe's "performance regression from 25.09. MXFP8 step time improved from 20.1s to 16.9s ... Disable
+# moe_a2a_overlap due to CPU overhead for BF16 and MXFP8. Disable VP for mxfp8", and issue #1705's QA note: "Fixed by
+# disabling EP A2A overlap in config (PR #1760). Recipe config change, not code bug". The published row is 64 GPUs x
+# 3,269 tokens/s = gbs 1024 x 4,096 tokens per 20.05 s: the 20.1 s run, with VP (pp8 vp2) and the overlap.
+A2A_OVERLAP = {("DGX-B200", "Qwen3_235B_a22B", "FP8-MX")}
 
 VERDICTS = ("ok", "changed", "unsure")
 
@@ -170,7 +176,7 @@ _Q3_GRAPHS = ("unsure since 2026-12-04: a dropless MoE layer cannot be captured 
               "token-dropping with graphs (qwen3_30b_a3b_llm_pretrain.py@4054233a: use_tokendrop defaults to True "
               "on every system, apply_moe_token_drop = capacity 1.0 + pad) or eager in its MoE layers; no stored "
               "file says which; graphs kept (research/moe-x86-dgx.md: eager would give B200 +24 %, GB200 -30 %, "
-              "GB300 -42 %)")
+              "GB300 -42 %); Megatron-Bridge issue #1998 names the 25.11 dropless regression on H100 and B200 only")
 
 ROW_SOURCES = {
     ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: mbs 4 there (2 published), cuda graphs local "
@@ -247,13 +253,26 @@ ROW_SOURCES = {
                                                               "layernorm+moe_act, no graphs); none matches ep8 mbs4 "
                                                               "gbs512: recompute and graphs now from the same file, "
                                                               "graphs full -> none"),
-    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("unsure", f"{_Q3}: {_Q3_RC}; CUDA graphs on B200 in every "
-                                                                "py version (cuda_graphs True, then local "
-                                                                "full_iteration at mbs 1 as published): graphs none "
-                                                                f"-> full (the yaml has no b200 entry); {_Q3_GRAPHS}"),
-    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): RowSource("ok", "qwen3/workload_base_configs.py@0fa501ac B200_FP8_MX "
-                                                              "(pp8 vp2 ep8 gbs1024, the published layout): no "
-                                                              "recompute, no graphs; later V1: alltoall dispatcher"),
+    ("DGX-B200", "Qwen3_30B_a3B", "FP8-MX"): RowSource("changed", f"{_Q3}: {_Q3_RC}; CUDA graphs on B200 in every "
+                                                                 "py version (cuda_graphs True, then local "
+                                                                 "full_iteration at mbs 1 as published), but the run "
+                                                                 "was dropless: Megatron-Bridge issue #1998 "
+                                                                 "(2026-01-20, a maintainer) 'We have 2X slower "
+                                                                 "performance in QWEN3 30B on H100 and B200 with the "
+                                                                 "dropless schedule ... the perf in 25.11 is 2X slower "
+                                                                 "than 25.09', and a dropless layer cannot be in a "
+                                                                 "25.11 full-iteration graph (Megatron-Core "
+                                                                 "moe/README.md 'CUDA Graph'; token_dispatcher.py "
+                                                                 "_maybe_dtoh_and_synchronize syncs the host unless "
+                                                                 "drop_and_pad); graphs full -> "
+                                                                 "none (2026-12-04; what replaced them is not "
+                                                                 "published: none is the recipe without its graphs)"),
+    ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"): RowSource("changed", "qwen3/workload_base_configs.py@0fa501ac "
+                                                                   "B200_FP8_MX (pp8 vp2 ep8 gbs1024, the published "
+                                                                   "layout): no recompute, no graphs; later V1: "
+                                                                   "alltoall dispatcher; a2a overlap off -> on "
+                                                                   "(2026-12-04): the 25.11 run had it, Megatron-Bridge "
+                                                                   "PR #1760 / issue #1705 (A2A_OVERLAP)"),
     ("DGX-H100", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: Megatron FSDP (0fa501ac; V1 instead sets "
                                                         "recompute_num_layers 5 without FSDP), no graphs"),
     ("DGX-H100", "LLAMA3_70B", "FP8-CS"): RowSource("ok", f"{_L3}: tp4 pp8 vp5 as published; no recompute, graphs"),
@@ -437,7 +456,7 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
                     last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
-                    cuda_graphs=graphs)
+                    cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP)
     return layout, notes
 
 

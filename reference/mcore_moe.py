@@ -107,8 +107,9 @@ def mcore_moe_rows() -> list[McoreMoeRow]:
         tokens, derived = _published_tokens(r, count)
         if derived:
             notes.append(derived)
+        tflops = float(r["published_tflops"]) if r["published_tflops"] else tokens * count / 1e3
         base = dict(source=r["source"], model=r["model"], system=r["system"], gpus=gpus, precision=r["precision"],
-                    layout=layout, published_tokens_per_s=tokens, published_tflops=float(r["published_tflops"]))
+                    layout=layout, published_tokens_per_s=tokens, published_tflops=tflops)
         _, cluster, reason = bridge.bridge_cluster(r["system"], gpus)
         if cluster is not None:
             recipe = FP8_RECIPES[r["precision"]]
@@ -137,7 +138,7 @@ def _notes(r: McoreMoeRow) -> list[str]:
 
 
 def print_table(rows: list[McoreMoeRow]) -> None:
-    print("\nMegatron-Core MoE report (arXiv 2603.07685) and Megatron-MoE-ModelZoo runs: tokens/s per GPU")
+    print("\nMegatron-Core MoE report (arXiv 2603.07685), Megatron-MoE-ModelZoo and Megatron-Bridge PR runs: tokens/s per GPU")
     print(f"{'row':92} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
     for r in rows:
         head = f"{r.label:92} {r.published_tokens_per_s:9.0f}"

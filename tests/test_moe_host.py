@@ -155,6 +155,39 @@ def test_exposed_host_by_hand():
     assert moe_host_exposed_s(shapes, _arrays(QWEN_B200), hw, get_stack("torchtitan"), gpu)[0] == 0.0
 
 
+def test_merged_passes_of_the_a2a_overlap_by_hand():
+    # The hand example above at no recompute, with the 1F1B all-to-all overlap: a merged pass issues, between two
+    # forward syncs, combine backward, dispatch, experts backward, dispatch backward, experts forward, combine, the
+    # rest backward and the next layer's rest forward (TransformerLayerSchedulePlan.run), so the backward's 339.76
+    # host ops (tensorwise) no longer run ahead. pp 1: the first forward and the last backward of the m = 512 / 8 = 64
+    # micro-batches run alone (1 / 64), priced as without the overlap.
+    stack = get_stack("megatron-core")
+    shapes = ModelShapes.of(load_model("qwen3-30b-a3b"))
+    hw = estimate(load_model("qwen3-30b-a3b"), load_cluster("dgx-b200:1"),
+                  Layout.parse(QWEN_B200, world=8)).evaluation.hw
+    gpu = MoeGpuTimes(experts_forward_s=np.array([0.1e-3]), experts_backward_s=np.array([0.3e-3]),
+                      rest_forward_s=np.array([0.5e-3]), rest_backward_s=np.array([1.0e-3]),
+                      all_to_all_s=np.array([0.3e-3]))
+    nf, nb, op = 242.76, 339.76, 13.48e-6
+    d, xf, xb, r = 5 * op, nf * op, nb * op, 62.28 * op
+    host = gpu_t = 0.0
+    for h, g, n in [(d, 0.3e-3, 1), (d, 0.3e-3, 1), (xb, 0.3e-3, nb), (d, 0.3e-3, 1), (xf, 0.1e-3, nf),
+                    (d, 0.3e-3, 1), (r, 1.0e-3, 62.28), (r, 0.5e-3, 62.28)]:
+        host += h
+        gpu_t = max(gpu_t + g, host + g / n)
+    merged = gpu_t - (0.3e-3 * 4 + 0.1e-3 + 0.3e-3 + 1.0e-3 + 0.5e-3)
+    _, alone = _exposed_by_hand(nf, nb)
+    no_rc = QWEN_B200.replace("full", "none")
+    got = moe_host_exposed_s(shapes, _arrays(no_rc + ",moe_a2a_overlap=1"), hw, stack, gpu)[0]
+    assert got == pytest.approx(alone / 64 + merged * 63 / 64)
+    assert merged > alone  # the overlap costs host time here: 9.8 ms of host per merged pass on 3.1 ms of GPU
+    assert moe_host_exposed_s(shapes, _arrays(no_rc), hw, stack, gpu)[0] == pytest.approx(alone)
+    # Token-dropping layers have no sync: nothing ends the backward's head start, the overlap changes nothing.
+    drop = no_rc + ",moe_capacity_factor=1"
+    assert moe_host_exposed_s(shapes, _arrays(drop + ",moe_a2a_overlap=1"), hw, stack, gpu)[0] == pytest.approx(
+        moe_host_exposed_s(shapes, _arrays(drop), hw, stack, gpu)[0])
+
+
 def test_grace_host_prices_its_op():
     h = get_stack("megatron-core").moe_host
     assert h.op_s["grace"] / h.op_s["x86"] == pytest.approx(37.08 / 13.48)

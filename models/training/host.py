@@ -19,6 +19,17 @@ recompute the backward of a layer starts by re-running its forward (the sync inc
 backward, the previous layer's recomputed attention/router]. Without recompute backward has no sync: the host may run
 ahead, and only what its total exceeds the GPU's total is exposed.
 
+Under Megatron-Core's 1F1B all-to-all overlap (Layout.moe_a2a_overlap) a merged pass issues one micro-batch's layer
+forward and another micro-batch's layer backward from the one Python thread (TransformerLayerSchedulePlan.run,
+megatron/core/models/common/model_chunk_schedule_plan.py: f.attn, b.combine_bwd, f.dispatch, b.mlp, b.dispatch_bwd,
+f.mlp, f.combine, b.attn), so each forward's dispatcher sync also ends the backward's head start: a merged pass is one
+stretch [combine backward, dispatch, experts backward, dispatch backward, experts forward, combine, the rest backward,
+the next layer's rest forward up to its sync], and the backward's host time no longer hides behind the whole backward.
+The warm-up and cool-down passes the schedule runs alone (dispatch.combined_1f1b_unmerged_share) keep the unmerged
+pricing. That the overlap costs host time is what NVIDIA reports: Megatron-Bridge PR #1760 ("Disable moe_a2a_overlap
+due to CPU overhead", Qwen3-235B on DGX-B200: 20.1 -> 16.9 s per step with VP also turned off), Megatron-LM PR #2168
+("EP Overlap brings extra cpu overhead and may cause GPU bubble during execution").
+
 Token-dropping layers (Layout.moe_capacity_factor, the dispatcher's drop-and-pad path) have no sync: their host
 time is priced as the no-sync case above. CUDA graphs (Layout.cuda_graphs): "full" captures the whole iteration (no
 host time, no sync); "attn" replays the attention block as one graph launch per pass. A stack without moe_host data prices nothing here. Vectorised over
@@ -35,6 +46,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack, MoeHost
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CudaGraphsCode, LayoutArrays, RecomputeCode
+from clusterplan.models.training.dispatch import combined_1f1b_unmerged_share
 from clusterplan.models.training.moe_layer import fp8_align_rows, fp8_padding_skipped
 
 ALL_TO_ALL_KERNELS = 1.0
@@ -158,4 +170,10 @@ def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, 
     backward = np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
     full = L.recompute == RecomputeCode.FULL
     exposed = forward + np.where(full, with_recompute, backward)
+    if h.dispatcher_sync and np.any(L.moe_a2a_overlap > 0):
+        merged = np.maximum(0.0, pipeline_s([combine, dispatch, experts_b, dispatch, experts_f, combine, rest_b,
+                                             rest_f]) - gpu_f - gpu_b)
+        alone = combined_1f1b_unmerged_share(L)
+        exposed = np.where((L.moe_a2a_overlap > 0) & ~L.token_drop & ~full,
+                           alone * exposed + (1.0 - alone) * merged, exposed)
     return np.where(L.cuda_graphs == CudaGraphsCode.FULL, 0.0, np.maximum(exposed, 0.0))
