@@ -282,7 +282,12 @@ ROW_SOURCES = {
                                                               "layernorm+moe_act, no graphs; graphs full -> none"),
     ("DGX-H100", "Qwen3_30B_a3B", "FP8-CS"): RowSource("changed", f"{_Q3}: {_Q3_RC}; no graphs (yaml cuda_graphs "
                                                                  "false; py versions none); vp 24 as the yaml, mbs 2 "
-                                                                 "as the py"),
+                                                                 "as the py; dropless with the alltoall dispatcher, "
+                                                                 "which NVIDIA calls a regression (Megatron-Bridge "
+                                                                 "issue #1998: 2x slower than 25.09's token-drop; "
+                                                                 "recovered by HybridEP at ep16, PR #5123: 299 "
+                                                                 "TFLOP/s on 16 H100 in BF16, priced +2.5 % in "
+                                                                 "reference/mcore_moe.py)"),
 }
 """Per CSV row (system, model, precision): the audit of its recipe settings against the perf-config sources
 (2026-12-03). Every row also runs settings our Layout cannot express (NOT_IN_LAYOUT)."""

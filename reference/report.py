@@ -222,8 +222,8 @@ def markdown_report() -> str:
     out += ["#### DeepSeek-V3 pre-training on 2,048 H800 (DeepSeek-AI 2024, arXiv 2412.19437): tokens/s per GPU", "",
             deepseek_v3.markdown_table(deepseek_v3.deepseek_rows()), ""]
     out += ["#### Megatron-Core MoE report (Yan et al. 2026, arXiv 2603.07685) and Megatron-MoE-ModelZoo runs on H100, "
-            "GB200, GB300; Megatron-Bridge pull requests' DGX-B200 runs (source pr: #2499 Qwen3-30B, #1760 "
-            "Qwen3-235B): tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
+            "GB200, GB300; Megatron-Bridge pull requests' runs at NVIDIA's fixed recipes (source pr: DGX-B200 #2499 "
+            "Qwen3-30B, #1760 Qwen3-235B, #1869 DeepSeek-V3; DGX-H100 #5123 Qwen3-30B): tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
