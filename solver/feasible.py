@@ -36,7 +36,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import MAX_NODES, Cluster
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.estimate import MEMORY_TERMS, Estimate, estimate, stack_memory
+from clusterplan.models.training.estimate import MEMORY_TERMS, Estimate, estimate, passes_rules, stack_memory
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -465,6 +465,8 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
     def price(c: _Candidate) -> FeasibleOption | None:
         if any(str(r) not in runs_already for r in stack_problems(c.layout, stack)):
             return None  # a change the stack cannot run (e.g. zero 2 on torchtitan) is no option
+        if not passes_rules(model, c.cluster, c.layout, stack):
+            return None  # most rungs still do not fit: their step time is not worth pricing
         got = estimate(model, c.cluster, c.layout, calibration, stack=stack)
         return _option(got, c.changes, cluster, cause, 0.0) if got.feasible else None
 

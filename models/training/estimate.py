@@ -215,6 +215,17 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)
 
 
+def passes_rules(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack | None = None) -> bool:
+    """Whether estimate(model, cluster, layout, stack=stack) would come out feasible, decided without pricing the
+    step: the same layout, precision and memory rules (memory needs no time or links). What a search for the nearest
+    fitting change runs before it prices a candidate (solver/feasible.py)."""
+    stack = stack or get_stack()
+    if layout_problems(model, layout, cluster.world_size) or precision_problems(cluster, layout, stack):
+        return False
+    memory = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), stack, fp8_all_layouts(cluster))
+    return bool(memory.peak[0] <= min(g.gpu.memory_bytes for g in cluster.groups))
+
+
 def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,
                         axis_links_gb_per_s: dict[str, np.ndarray], calibration: Calibration | None = None,
                         stack: ExecutionStack | None = None) -> np.ndarray:
