@@ -89,7 +89,7 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     model = load_model(model_ref) if model_ref is not None else plan.model
     cluster = load_cluster(cluster_ref) if cluster_ref is not None else plan.cluster
     calibration = load_calibration(calibration_path)
-    stack = get_stack(stack_name)
+    stack = get_stack(stack_name or (plan.stack if plan is not None else None))
     if plan is not None and plan.stages:
         if moe_dispatcher is not None or moe_a2a_overlap or show_gemms or show_parts:
             raise BadInputError("--moe-dispatcher / --moe-a2a-overlap / --gemms / --parts take a single-GPU-type "

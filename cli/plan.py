@@ -127,13 +127,13 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         best = result.plans[0].to_json()
         if mixed is not None and objective == "time" and mixed.balanced.step_time_s < best["step_time_s"]:
             saved = f"the mixed-GPU pipeline: {mixed.layout.pp} stages"
-            write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=mixed.layout,
+            write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=mixed.layout, stack=stack.name,
                        prediction={"step_time_s": round(mixed.balanced.step_time_s, 6),
                                    "stage_peak_gib": [round(p, 3) for p in mixed.balanced.peak_gib]},
                        stages=mixed.balanced.stages)
         else:
             write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
-                       prediction={k: v for k, v in best.items() if k in ("step_time_s", "mfu", "memory")})
+                       stack=stack.name, prediction={k: v for k, v in best.items() if k in ("step_time_s", "mfu", "memory")})
     if fmt == "json":
         console.json(data)
     else:

@@ -196,6 +196,10 @@ def validate(plan_path: str, nproc: int | None, scale: str, budget_gib: float, s
         raise BadInputError(f"{plan_path}: a mixed-GPU plan ({len(plan.stages)} stages on "
                             f"{len({st.gpu for st in plan.stages})} GPU types); validate runs one GPU type with an even "
                             "split, so check it with `clusterplan check` or `clusterplan estimate --plan`")
+    if not measured:  # a model the runtime cannot build is refused before any rank starts (one line, exit 2)
+        from clusterplan.runtime.supported import check_supported
+
+        check_supported(plan.model)
     if dry_run:
         result = _dry(plan)
         error_pct = result["max_state_error_pct"]

@@ -19,6 +19,7 @@ from clusterplan.frameworks.common import (
     Stages,
     canonical,
     check_exportable,
+    chunk_layers,
     header_lines,
     launch_shape,
     rank_layers,
@@ -44,10 +45,6 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     if L.schedule == "dualpipe" and L.pp > 1:
         raise InfeasibleError("Megatron-LM has no DualPipe schedule (pipeline_parallel/schedules.py runs 1F1B and "
                               "interleaved 1F1B); set schedule=1f1b or interleaved-1f1b")
-    if L.vpp > 1 and any(x % L.vpp for x in (L.first_stage_layers, L.last_stage_layers)):
-        raise InfeasibleError(f"Megatron-Core needs the first/last stage layers ({L.first_stage_layers}, "
-                              f"{L.last_stage_layers}) divisible by vpp({L.vpp}) (TransformerConfig.__post_init__); "
-                              "pick multiples of vpp or export --to torchtitan (per-chunk module lists)")
     schedule = L.schedule if L.schedule in ("1f1b", "interleaved-1f1b") else \
         "interleaved-1f1b" if L.vpp > 1 else "1f1b"  # zbv's two chunks per rank run interleaved
     recompute_layers = L.recompute_layers
@@ -190,13 +187,21 @@ def first_last_expresses(ranks: list[int]) -> bool:
     return len(set(ranks[1:-1])) <= 1
 
 
-def pipeline_layout(model: ModelSpec, ranks: list[int]) -> str:
-    """Megatron-Core's --pipeline-model-parallel-layout for one chunk per rank: `Et*16|t*17|t*47L` (E embedding,
+def pipeline_layout(model: ModelSpec, chunks: list[int]) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout for the transformer layers of each model chunk in model
+    order (one per rank, or pp x vpp interleaved: chunk c on rank c % pp): `Et*16|t*17|t*47L` (E embedding,
     t transformer layer, m MTP layer, L loss; megatron/core/transformer/pipeline_parallel_layer_layout.py)."""
-    chunks = [f"t*{n}" for n in ranks]
-    chunks[0] = "E" + chunks[0]
-    chunks[-1] += "m" * model.mtp_layers + "L"
-    return "|".join(chunks)
+    text = [f"t*{n}" if n > 1 else "t" * n for n in chunks]
+    text[0] = "E" + text[0]
+    text[-1] += "m" * model.mtp_layers + "L"
+    return "|".join(text)
+
+
+def first_last_per_chunk(layout: Layout) -> bool:
+    """Whether --decoder-first/last-pipeline-num-layers with virtual stages give this split: Megatron-Core needs the
+    first and last stage layers divisible by vpp (TransformerConfig.__post_init__); otherwise the per-chunk
+    --pipeline-model-parallel-layout says it (chunk_layers)."""
+    return layout.vpp == 1 or not any(x % layout.vpp for x in (layout.first_stage_layers, layout.last_stage_layers))
 
 
 def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
@@ -204,16 +209,19 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
     uneven = bool(L.first_stage_layers or L.last_stage_layers)
     ranks = rank_layers(model, L, stages)
+    per_chunk = uneven and not first_last_per_chunk(L)
     if stages and not first_last_expresses(ranks):
         # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
         # validate_args; not combined with --decoder-first/last-pipeline-num-layers)
         args += ["--pipeline-model-parallel-layout", pipeline_layout(model, ranks)]
+    elif per_chunk:  # uneven ends that vpp does not divide: every chunk's layers, which sets vpp too
+        args += ["--pipeline-model-parallel-layout", pipeline_layout(model, chunk_layers(model, L))]
     elif uneven:
         first, _, last = stage_layers(model, L)
         args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
-    if L.vpp > 1 and uneven:
+    if L.vpp > 1 and uneven and not per_chunk:
         args += ["--num-virtual-stages-per-pipeline-rank", str(L.vpp)]
-    elif L.vpp > 1:
+    elif L.vpp > 1 and not per_chunk:
         args += ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))]
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:

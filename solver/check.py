@@ -79,7 +79,7 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         plan = read_plan(config)
         model = load_model(model_ref) if model_ref else plan.model
         cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
-        return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=None,
+        return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=plan.stack,
                             stages=plan.stages)
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
@@ -103,6 +103,9 @@ def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: floa
         return found, None
     est = estimate(model, cluster, layout, stack=stack)
     data = est.to_json()
+    # estimate's other rules (fp8 on GPUs without fp8 tensor cores, a recipe the stack lacks); its memory rule is
+    # the headroom-aware one below
+    found += [r for r in est.reasons if r.code != RuleCode.OUT_OF_MEMORY]
     peak_b, capacity_b = float(est.evaluation.memory.peak[0]), est.evaluation.hw.memory_bytes
     if peak_b + headroom_gib * GIB > capacity_b:
         mem = data["memory"]

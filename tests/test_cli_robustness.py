@@ -434,3 +434,12 @@ def test_validate_empty_write_job_does_not_run_the_plan(run_cli, tmp_path):
 ])
 def test_empty_output_path(run_cli, args):
     one_line_exit_2(run_cli, *args, expect="give a file name, not an empty string")
+
+
+@pytest.mark.parametrize("model", ["gemma3-27b", "deepseek-v3"])
+def test_validate_refuses_a_model_the_runtime_cannot_build(run_cli, tmp_path, model):
+    # Sliding-window attention (Gemma 3) and MLA (DeepSeek-V3) used to reach the dry run, which printed an empty
+    # table, "largest state-bytes error: 0.00%" and two error lines, and exited 1.
+    plan = _write(tmp_path, "plan.yaml", {"format": "clusterplan-plan", "version": 1, "model": model,
+                                           "cluster": "dgx-h100:1", "layout": {"tp": 8}})
+    one_line_exit_2(run_cli, "validate", plan, "--dry-run", expect="not built by validate")

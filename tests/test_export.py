@@ -385,10 +385,86 @@ def test_export_says_each_difference_once(run_cli, tmp_path, model_ref, layout, 
     write_plan(path, model_ref=model_ref, cluster_ref="dgx-h100:2", layout=layout)
     code, out, err = run_cli("export", str(path), "--to", target, "--out", str(config))
     assert code == 0 and out == ""
-    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    warnings = [line for line in err.splitlines()
+                if line.startswith("warning: ") and not line.startswith("warning: the exported config as")]
     assert len(warnings) == len(differences), err
     for difference in differences:
         said = [w for w in warnings if difference in w]
         assert len(said) == 1 and "re-plan with `clusterplan plan --stack" in said[0], err
         assert config.read_text().count(difference) == 1  # the note stays in the file
     assert "warning: stack " not in err
+
+
+def test_export_prices_the_config_it_wrote_on_the_stack_that_runs_it(run_cli, tmp_path):
+    """A megatron-core plan (ZeRO-2, no recompute: 77 GiB on 80 GB H100) exported to torchtitan runs as FSDP with
+    the weights kept gathered and compiled loss: 153 GiB. `check` on the exported TOML says so; export now says it
+    before the job is launched, with the same number, and still writes the file. Planned for torchtitan, the warning
+    goes. fp8 on A100 is refused outright: no framework runs it."""
+    layout = Layout(tp=4, pp=4, vpp=3, dp=4, zero=2, mbs=1, gbs=512, seq=8192, recompute="none", sp=True,
+                    schedule="interleaved-1f1b", precision="fp8", first_stage_layers=19, last_stage_layers=19)
+    plan, toml = tmp_path / "plan.yaml", tmp_path / "job.toml"
+    write_plan(plan, model_ref="llama3.1-70b", cluster_ref="dgx-h100:8", layout=layout, stack="megatron-core")
+    assert run_cli("estimate", "--plan", str(plan), "--format", "json")[0] == 0  # fits where it was planned
+    code, _, err = run_cli("export", str(plan), "--to", "torchtitan", "--out", str(toml))
+    assert code == 0 and toml.exists()
+    said = [w for w in err.splitlines() if w.startswith("warning: the exported config as")]
+    assert len(said) == 1 and "(planned for megatron-core): out of memory: peak 153.1 GiB" in said[0], err
+    code, out, _ = run_cli("check", str(toml), "--model", "llama3.1-70b", "--cluster", "dgx-h100:8")
+    assert code == 1 and "peak 153.1 GiB" in out
+    fp8_a100 = tmp_path / "a100.yaml"
+    write_plan(fp8_a100, model_ref="llama3.1-8b", cluster_ref="dgx-a100-80g:1",
+               layout=Layout(tp=8, dp=1, gbs=64, seq=4096, precision="fp8"))
+    code, out, err = run_cli("export", str(fp8_a100), "--to", "megatron")
+    assert code == 2 and out == "" and "A100-SXM4-80GB has no fp8 tensor cores" in err
+    code, out, _ = run_cli("check", str(fp8_a100))
+    assert code == 1 and "has no fp8 tensor cores" in out
+
+
+def test_plan_file_names_its_stack_and_check_prices_it_there(run_cli, tmp_path):
+    """`plan --stack torchtitan --out` writes `stack: torchtitan`; `estimate --plan` and `check` price the plan on
+    it unless --stack says otherwise (they used to re-price every plan file on megatron-core)."""
+    import yaml
+
+    path = tmp_path / "plan.yaml"
+    code, _, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq", "4096",
+                         "--stack", "torchtitan", "--out", str(path), "--quiet")
+    assert code == 0 and yaml.safe_load(path.read_text())["stack"] == "torchtitan"
+    code, out, _ = run_cli("estimate", "--plan", str(path), "--format", "json")
+    assert code == 0 and json.loads(out)["stack"] == "torchtitan"
+    code, out, _ = run_cli("estimate", "--plan", str(path), "--stack", "megatron-core", "--format", "json")
+    assert json.loads(out)["stack"] == "megatron-core"
+    plan = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**plan, "stack": "no-such-stack"}))
+    code, _, err = run_cli("check", str(path))
+    assert code == 2 and "no-such-stack" in err
+
+
+def test_megatron_uneven_ends_that_vpp_does_not_divide_export_per_chunk(run_cli, tmp_path):
+    """`plan` on Llama 3.1 70B / 64 H100 picks tp4 pp4 vpp3 with 19 layers on the first and last rank: Megatron-Core's
+    --decoder-first/last-pipeline-num-layers need multiples of vpp, so export used to refuse the plan it was given.
+    It now writes every chunk's layers (--pipeline-model-parallel-layout, chunk c on rank c % pp): rank 0 holds
+    chunks 0, 4, 8 = 5 + 7 + 7 = 19, the middle ranks 3 x 7 = 21, the last 7 + 7 + 5 = 19; read back, the same
+    layout and peak."""
+    layout = Layout(tp=4, pp=4, vpp=3, dp=4, zero=2, mbs=1, gbs=512, seq=8192, recompute="none", sp=True,
+                    schedule="interleaved-1f1b", precision="fp8", first_stage_layers=19, last_stage_layers=19)
+    plan, script = tmp_path / "plan.yaml", tmp_path / "train.sh"
+    write_plan(plan, model_ref="llama3.1-70b", cluster_ref="dgx-h100:8", layout=layout, stack="megatron-core")
+    code, _, _ = run_cli("export", str(plan), "--to", "megatron", "--out", str(script))
+    assert code == 0
+    flags = _megatron_flags(script.read_text())
+    text = flags["--pipeline-model-parallel-layout"].strip("'")
+    assert text == "Et*5|" + "|".join(["t*7"] * 10) + "|t*5L"
+    assert not {"--num-virtual-stages-per-pipeline-rank", "--num-layers-per-virtual-pipeline-stage",
+                "--decoder-first-pipeline-num-layers"} & set(flags)
+    _, plan_out, _ = run_cli("check", str(plan))
+    code, out, _ = run_cli("check", str(script), "--model", "llama3.1-70b", "--cluster", "dgx-h100:8")
+    assert code == 0 and "tp4 pp4v3" in out and plan_out.split("): ", 1)[1] == out.split("): ", 1)[1]
+    try:  # Megatron-Core's own parser, where the test extra is installed
+        from megatron.core.transformer.enums import LayerType
+        from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+    except ImportError:
+        return
+    parsed = PipelineParallelLayerLayout(text, pipeline_model_parallel_size=4)
+    parsed.validate_layer_layout(num_layers=80, mtp_num_layers=0)
+    per_chunk = [[chunk.count(LayerType.decoder) for chunk in rank] for rank in parsed.layout]  # [pp rank][vpp stage]
+    assert per_chunk == [[5, 7, 7], [7, 7, 7], [7, 7, 7], [7, 7, 5]]

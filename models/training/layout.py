@@ -336,7 +336,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     elif uneven:
         first, per, last = stage_layers(model, L)
         n_mid = L.pp - (1 if L.first_stage_layers else 0) - (1 if L.last_stage_layers else 0)
-        if n_mid and per < 1 <= min(first, last):
+        if L.first_stage_layers + L.last_stage_layers > model.n_layers:
+            add(RuleCode.STAGE_LAYERS_SUM, f"first_stage_layers({L.first_stage_layers}) + last_stage_layers("
+                                           f"{L.last_stage_layers}) exceed n_layers({model.n_layers})")
+        elif n_mid and per < 1 <= min(first, last):
             add(RuleCode.NO_MIDDLE_LAYERS, f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no "
                                            f"layers for the {n_mid} middle stages")
         elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:

@@ -84,12 +84,14 @@ class StageLayers:
 
 
 def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
-    """Layers per pipeline rank at the first, middle and last position (uneven ends allowed)."""
+    """Layers per pipeline rank at the first, middle and last position (uneven ends allowed). Ends that leave the
+    middle ranks fewer than no layers (a layout the rules refuse: layout_problems) give them none, never a negative
+    count, so the refused layout's breakdown stays a sum of non-negative terms."""
     n = float(shapes.n_layers)
     even = n / L.pp
     has_first, has_last = L.first_stage_layers > 0, L.last_stage_layers > 0
     n_mid = L.pp - has_first - has_last
-    rest = n - L.first_stage_layers - L.last_stage_layers
+    rest = np.maximum(n - L.first_stage_layers - L.last_stage_layers, 0.0)
     middle = np.where(has_first | has_last, np.where(n_mid > 0, rest / np.maximum(n_mid, 1), 0.0), even)
     first = np.where(has_first, L.first_stage_layers, middle)
     last = np.where(has_last, L.last_stage_layers, middle)

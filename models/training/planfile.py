@@ -6,6 +6,8 @@
     model: llama3.1-70b          # a preset, a path, or an inline ModelSpec mapping
     cluster: dgx-h100:8          # PRESET:NODES, a path, or an inline cluster mapping
     layout: {tp: 8, pp: 4, dp: 2, mbs: 1, gbs: 512, seq: 8192, recompute: selective, sp: true}
+    stack: megatron-core         # the execution stack it was planned for (hardware_db/stacks.yaml); estimate
+                                 # --plan and check price it there unless --stack says otherwise; optional
     prediction: {...}            # estimate's JSON when written by `plan`; informational
     stages:                      # only in mixed-GPU plans: one entry per pipeline stage, in pipeline order
       - {gpu: A100-SXM4-80GB, node: dgx-a100-80g, layers: 16}
@@ -71,6 +73,8 @@ class PlanFile:
     prediction: dict[str, Any] | None = None
     stages: tuple[PipelineStage, ...] = ()
     """Mixed-GPU plans only: the pipeline stages in order (empty for a homogeneous plan)."""
+    stack: str | None = None
+    """The execution stack the plan was made for (`plan --stack`); None in plan files that do not say."""
 
 
 def _group_key(group: Any) -> Any:
@@ -188,17 +192,28 @@ def read_plan(path: str | Path) -> PlanFile:
     if "stages" in data:
         stages = _stages(data["stages"], f"{where}: stages")
         stage_groups(model, cluster, layout, stages, f"{where}: stages")
+    stack = data.get("stack")
+    if stack is not None:
+        if not isinstance(stack, str):
+            raise BadInputError(f"{where}: stack must be a stack name (clusterplan estimate --help lists them)")
+        from clusterplan.hardware_db.stacks import get_stack
+
+        get_stack(stack)  # an unknown name is bad input here, with the list of names
     return PlanFile(model=model, cluster=cluster, layout=layout, model_ref=data["model"],
-                    cluster_ref=data["cluster"], prediction=data.get("prediction"), stages=stages)
+                    cluster_ref=data["cluster"], prediction=data.get("prediction"), stages=stages, stack=stack)
 
 
 def write_plan(path: str | Path, *, model_ref: Any, cluster_ref: Any, layout: Layout,
-               prediction: dict[str, Any] | None = None, stages: tuple[PipelineStage, ...] = ()) -> None:
-    """Write a plan file atomically; `stages` (mixed-GPU plans) adds the per-stage GPU types and layers."""
+               prediction: dict[str, Any] | None = None, stages: tuple[PipelineStage, ...] = (),
+               stack: str | None = None) -> None:
+    """Write a plan file atomically; `stages` (mixed-GPU plans) adds the per-stage GPU types and layers, `stack`
+    the execution stack the plan was made for."""
     import yaml
 
     doc = {"format": FORMAT, "version": VERSION, "model": model_ref, "cluster": cluster_ref,
            "layout": layout.to_dict()}
+    if stack is not None:
+        doc["stack"] = stack
     if prediction is not None:
         doc["prediction"] = prediction
     if stages:
