@@ -124,7 +124,8 @@ def test_homogeneous_plan_files_have_no_stages(run_cli, tmp_path):
                          "--top", "1", "--out", str(out))
     assert code == 0
     doc = yaml.safe_load(out.read_text())
-    assert list(doc) == ["format", "version", "model", "cluster", "layout", "prediction"]
+    assert list(doc) == ["format", "version", "model", "cluster", "layout", "stack", "prediction"]
+    assert doc["stack"] == "megatron-core" and read_plan(out).stack == "megatron-core"
     assert read_plan(out).stages == ()
     assert os.listdir(tmp_path) == ["p.yaml"]  # written atomically: no temporary file left beside it
 
