@@ -39,7 +39,10 @@ def parse_fix(text: str | None, world: int) -> dict:
     if twice:
         raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
     keys = set(names)
-    full = asdict(Layout.parse(text))  # every field, also those to_dict leaves out at their defaults
+    try:
+        full = asdict(Layout.parse(text))  # every field, also those to_dict leaves out at their defaults
+    except BadInputError as exc:  # the layout parser names --layout; here the keys came from --fix
+        raise BadInputError(str(exc).replace("--layout", "--fix", 1)) from exc
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
@@ -89,6 +92,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    largest_gib = max(g.gpu.memory_bytes for g in cluster.groups) / 2**30
+    if headroom_gib >= largest_gib:
+        raise BadInputError(f"--headroom-gib {headroom_gib:g}: no GPU of the cluster has that much (the largest has "
+                            f"{largest_gib:.1f} GiB); give the GiB to keep free on each GPU, e.g. --headroom-gib 2")
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
     try:

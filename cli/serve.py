@@ -208,7 +208,7 @@ def _print_table(data: dict) -> None:
 @click.option("--pricing", default="on_demand", type=click.Choice(["on_demand", "spot", "reserved", "capacity_block"]),
               help="Pricing model of the rows used.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
-@click.option("--kv-dtype", default="bf16", help="KV-cache precision.")
+@click.option("--kv-dtype", default="bf16", help="KV-cache precision: fp32, bf16, fp16, fp8, int8, fp4, int4 (bytes per element as the name says).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
 @click.option("--frontier", is_flag=True, help="Also simulate every candidate instance type alone at loads up to "
                                                "saturation: cost per token against TTFT/TPOT (implied by --plot).")

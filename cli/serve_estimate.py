@@ -124,7 +124,7 @@ def _render_sweep(s: dict) -> None:
 @click.option("--engine", "engine_name", default="vllm",
               help="Engine profile (hardware_db engines.yaml): vllm, vllm-v0, sglang, trtllm.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int8, int4, fp4).")
-@click.option("--kv-dtype", default="bf16", help="KV-cache precision (bf16, fp8).")
+@click.option("--kv-dtype", default="bf16", help="KV-cache precision: fp32, bf16, fp16, fp8, int8, fp4, int4 (bytes per element as the name says).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=10**6),
               help="Most running sequences (vLLM --max-num-seqs, SGLang --max-running-requests); default: the engine's.")
 @click.option("--chunk", type=click.IntRange(min=1, max=10**7),

@@ -443,5 +443,8 @@ def list_stacks() -> tuple[str, ...]:
 
 
 def get_stack(name: str | None = None) -> ExecutionStack:
-    """The stack called `name` (None: the default, megatron-core); unknown names suggest the closest."""
+    """The stack called `name` (None: the default, megatron-core); unknown names suggest the closest, and an empty
+    name is bad input, not the default."""
+    if name is not None and not name.strip():
+        raise BadInputError(f"--stack '': give a stack name, one of {', '.join(load_stacks())}")
     return find_name("execution stack", name or DEFAULT_STACK, load_stacks(), list_cmd="estimate --help")

@@ -373,6 +373,10 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                                        max_batched_tokens=profile.chunk_tokens, usd_per_gpu_hour=usd)
                 if serving_memory(inst).kv_capacity_tokens > 0:
                     out.append(inst)
+    dividing = [tp for tp in tps if model.n_heads % tp == 0]
+    if not dividing:
+        raise InfeasibleError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
+                              f"among {[d for d in range(1, model.n_heads + 1) if model.n_heads % d == 0 and d <= 64]}")
     if not out:
         raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "

@@ -443,3 +443,22 @@ def test_validate_refuses_a_model_the_runtime_cannot_build(run_cli, tmp_path, mo
     plan = _write(tmp_path, "plan.yaml", {"format": "clusterplan-plan", "version": 1, "model": model,
                                            "cluster": "dgx-h100:1", "layout": {"tp": 8}})
     one_line_exit_2(run_cli, "validate", plan, "--dry-run", expect="not built by validate")
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--fix", "tp="), "--fix: tp='' must be an integer"),  # used to name --layout, which plan does not take
+    (("--stack", ""), "--stack '': give a stack name"),  # used to run as megatron-core
+    (("--headroom-gib", "1000"), "no gpu of the cluster has that much"),  # used to search, then exit 1 on -920 GiB
+])
+def test_plan_options_found_by_the_fuzz_run(run_cli, args, expect):
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq",
+                    "4096", *args, expect=expect)
+
+
+def test_serve_plan_tp_that_divides_no_head_count_says_so(run_cli):
+    # tp 3 and 5 divide none of Llama 3.1 8B's 32 heads: the message used to blame memory ("weights need 15 GiB ...
+    # allow larger --tp"), which sent the user the wrong way.
+    code, _, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--rate", "10", "--input-len", "512",
+                           "--output-len", "128", "--ttft-ms", "500", "--tpot-ms", "50", "--tp", "3,5")
+    assert code in (1, 2) and err.count("\n") == 1
+    assert "no --tp of (3, 5) divides its 32 attention heads; give tp among [1, 2, 4, 8, 16, 32]" in err
