@@ -355,6 +355,9 @@ def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
                             f"({type(exc).__name__}); is this a torchtitan config?") from None
     layout, notes, ranks = titan_layout(doc, model, world, str(path))
+    if not doc.get("parallelism") and not doc.get("training"):
+        notes.insert(0, "the file sets no [parallelism] or [training] keys: checked torchtitan's defaults (FSDP over "
+                        "every GPU, its default batch and sequence length)")
     return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=tuple(notes),
                       mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks)
 

@@ -462,3 +462,10 @@ def test_serve_plan_tp_that_divides_no_head_count_says_so(run_cli):
                            "--output-len", "128", "--ttft-ms", "500", "--tpot-ms", "50", "--tp", "3,5")
     assert code in (1, 2) and err.count("\n") == 1
     assert "no --tp of (3, 5) divides its 32 attention heads; give tp among [1, 2, 4, 8, 16, 32]" in err
+
+
+def test_check_of_an_empty_torchtitan_toml_says_it_checked_defaults(run_cli, tmp_path):
+    path = _write(tmp_path, "job.toml", "")
+    code, out, err = run_cli("check", path, "--model", "llama3.1-8b", "--cluster", "dgx-h100:4")
+    assert code == 0 and out.startswith("ok: ")
+    assert "sets no [parallelism] or [training] keys: checked torchtitan's defaults" in err
