@@ -92,10 +92,6 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
-    largest_gib = max(g.gpu.memory_bytes for g in cluster.groups) / 2**30
-    if headroom_gib >= largest_gib:
-        raise BadInputError(f"--headroom-gib {headroom_gib:g}: no GPU of the cluster has that much (the largest has "
-                            f"{largest_gib:.1f} GiB); give the GiB to keep free on each GPU, e.g. --headroom-gib 2")
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
     try:
