@@ -35,9 +35,14 @@ from clusterplan.models.training.layout import Layout
 def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
     """The layouts DeepSpeed alone cannot run, each with the way out."""
     L = canonical(model, layout)
-    if L.tp > 1:
-        raise InfeasibleError(f"DeepSpeed alone has no tensor parallelism for training (tp={L.tp}); it comes with "
-                              "Megatron-DeepSpeed: export --to megatron, or plan with --fix tp=1")
+    # Tensor parallelism is DeepSpeed's AutoTP training (tensor_parallel.autotp_size; stacks.yaml deepspeed
+    # tp_max_zero / tp_alone with their sources): ZeRO 0-2, beside data parallelism only.
+    if L.tp > 1 and L.zero > 2:
+        raise InfeasibleError(f"DeepSpeed AutoTP (tp={L.tp}) runs with ZeRO stage 0-2, the plan has zero={L.zero}; "
+                              "set zero=2 or tp=1")
+    if L.tp > 1 and max(L.pp, L.cp, L.ep) > 1:
+        raise InfeasibleError(f"DeepSpeed AutoTP (tp={L.tp}) runs beside data parallelism only, the plan has "
+                              f"pp={L.pp}, cp={L.cp}, ep={L.ep}; set tp=1 or export --to megatron")
     if L.pp > 1 and L.zero >= 2:
         raise InfeasibleError(f"DeepSpeed pipeline parallelism (PipelineModule, pp={L.pp}) runs with ZeRO stage 0 or 1 "
                               f"only, the plan has zero={L.zero}; set zero=1 or pp=1")
@@ -64,7 +69,7 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     refuse_unsupported(model, layout)
     L = canonical(model, layout)
     return canonical(model, replace(L, schedule="1f1b", optimizer="adam-master" if L.optimizer == "adam" else
-                                    L.optimizer,
+                                    L.optimizer, sp=False,  # AutoTP all-reduces whole activations
                                     # no Megatron recompute modules; the bf16 optimizer accumulates fp32 gradients;
                                     # no activation offloading in the exported config
                                     recompute_modules="", fp32_grads=True, offload_layers=0))
@@ -91,6 +96,8 @@ def ds_config(model: ModelSpec, layout: Layout) -> dict[str, Any]:
         "steps_per_print": 10,
         "wall_clock_breakdown": False,
     }
+    if L.tp > 1:
+        config["tensor_parallel"] = {"autotp_size": L.tp}
     if L.cp > 1:
         config["sequence_parallel_size"] = L.cp
     if L.pp > 1:
@@ -125,6 +132,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
                         f"ep_size={L.ep}, k={model.top_k}, {drop}) layers (passed as --ep-size)"))
     if L.cp > 1:
         out.append(Note("train.py must wrap attention in deepspeed.sequence.layer.DistributedAttention (Ulysses)"))
+    if L.tp > 1:
+        out.append(Note(f"tensor_parallel.autotp_size={L.tp} is DeepSpeed's AutoTP training (deepspeed >= 0.16.4, a "
+                        "Hugging Face model AutoTP shards; the data loader gives every rank of a TP group the same "
+                        "batch)"))
     out += dispatcher_notes(L, "DeepSpeed")
     return out
 

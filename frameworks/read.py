@@ -713,7 +713,8 @@ PLAN_KEY = "clusterplan"
 
 
 def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
-    """A DeepSpeed ds_config: dp = world / (pp * sequence_parallel_size) (DeepSpeed's _batch_assertion)."""
+    """A DeepSpeed ds_config: dp = world / (pp * sequence_parallel_size * autotp_size) (DeepSpeed's
+    _batch_assertion; AutoTP's tensor_parallel.autotp_size)."""
     where = str(path)
     doc = _json(path)
     if not isinstance(doc, dict):
@@ -721,9 +722,11 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     extra = doc.get(PLAN_KEY, {})
     pp = _int(f"{where}: pipeline.stages", doc.get("pipeline", {}).get("stages", extra.get("pipeline_parallel_size", 1)))
     cp = _int(f"{where}: sequence_parallel_size", doc.get("sequence_parallel_size", 1))
-    if pp < 1 or cp < 1:
-        raise BadInputError(f"{where}: pipeline stages and sequence_parallel_size must be >= 1")
-    dp = max(1, world // (pp * cp))
+    tp = _int(f"{where}: tensor_parallel.autotp_size", (doc.get("tensor_parallel") or {}).get("autotp_size", 1))
+    if pp < 1 or cp < 1 or tp < 1:
+        raise BadInputError(f"{where}: pipeline stages, sequence_parallel_size and tensor_parallel.autotp_size must "
+                            "be >= 1")
+    dp = max(1, world // (pp * cp * tp))
     mbs = _int(f"{where}: train_micro_batch_size_per_gpu", doc.get("train_micro_batch_size_per_gpu", 1))
     gas = _int(f"{where}: gradient_accumulation_steps", doc.get("gradient_accumulation_steps", 1))
     gbs = _int(f"{where}: train_batch_size", doc.get("train_batch_size", mbs * gas * dp))
@@ -741,7 +744,8 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     precision = "bf16" if doc.get("bf16", {}).get("enabled") else "fp16" if doc.get("fp16", {}).get("enabled") \
         else "fp32"
     ep = _int(f"{where}: expert_parallel_size", extra.get("expert_parallel_size", 1)) if model.is_moe else 1
-    layout = Layout(dp=dp, dp_replicate=rep, pp=pp, cp=cp, cp_kind="a2a" if cp > 1 else "ring", ep=ep, zero=zero,
+    layout = Layout(dp=dp, dp_replicate=rep, tp=tp, sp=False, pp=pp, cp=cp, cp_kind="a2a" if cp > 1 else "ring", ep=ep,
+                    zero=zero,
                     mbs=mbs, gbs=gbs, seq=_int(f"{where}: seq_len", extra.get("seq_len", 4096)), recompute=recompute,
                     flash_attn=bool(extra.get("flash_attn", True)), precision=precision,
                     optimizer="sgd" if extra.get("optimizer") == "sgd" else "adam-master")

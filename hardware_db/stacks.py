@@ -263,6 +263,14 @@ class ExecutionStack:
     max_tp: int | None = None
     """Largest tensor-parallel degree the stack runs, for the dense layers (Layout.tp) and the experts (Layout.etp);
     None (absent in stacks.yaml): no limit beyond the scale-up domain the search keeps tp in."""
+    tp_sequence_parallel: bool = True
+    """Its tensor parallelism can shard the sequence between the parallel regions (Megatron sequence parallelism,
+    Layout.sp); False: the TP regions all-reduce whole activations (DeepSpeed AutoTP), sp must be off. Absent: true."""
+    tp_max_zero: int | None = None
+    """Highest ZeRO stage that runs together with tp > 1 (DeepSpeed AutoTP: 2); None (absent): any."""
+    tp_alone: bool = False
+    """Tensor parallelism runs beside data parallelism only, not with pp, cp or ep > 1 (DeepSpeed AutoTP). Absent:
+    false."""
     moe_dispatchers: tuple[str, ...] = ("alltoall",)
     """Layout.moe_dispatcher values the stack runs (absent in stacks.yaml: the NCCL all-to-all only)."""
     moe_a2a_overlap: bool = False
@@ -329,6 +337,13 @@ def _bytes(where: str, raw: Mapping[str, Any], key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise BadInputError(f"{where}: {key} must be a number of bytes >= 0, got {value!r}")
     return float(value)
+
+
+def _zero_stage(where: str, raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if value not in (0, 1, 2, 3) or isinstance(value, bool):
+        raise BadInputError(f"{where}: {key} must be 0, 1, 2 or 3, got {value!r}")
+    return int(value)
 
 
 def _degree(where: str, raw: Mapping[str, Any], key: str) -> int:
@@ -404,6 +419,10 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_expert_padding=_padding_flag(where, raw),
         fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
         max_tp=_sourced(where, raw, "max_tp", lambda: _degree(where, raw, "max_tp"), None),
+        tp_sequence_parallel=_sourced(where, raw, "tp_sequence_parallel",
+                                      lambda: _flag(where, raw, "tp_sequence_parallel"), True),
+        tp_max_zero=_sourced(where, raw, "tp_max_zero", lambda: _zero_stage(where, raw, "tp_max_zero"), None),
+        tp_alone=_sourced(where, raw, "tp_alone", lambda: _flag(where, raw, "tp_alone"), False),
         moe_dispatchers=_sourced(where, raw, "moe_dispatchers",
                                  lambda: _subset(where, raw, "moe_dispatchers", MOE_DISPATCHERS), ("alltoall",)),
         moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),

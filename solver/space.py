@@ -87,6 +87,9 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         if stack.max_tp is not None and tp > stack.max_tp:  # stacks.yaml max_tp (hai-llm: no TP)
             left_out[f"tp > {stack.max_tp}"] += 1
             continue
+        if stack.tp_alone and tp > 1 and max(pp, cp, ep) > 1:  # stacks.yaml tp_alone (DeepSpeed AutoTP)
+            left_out["tp with pp, cp or ep"] += 1
+            continue
         dp = world // (tp * pp * cp)
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
@@ -114,7 +117,8 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         for schedule, (first, last), replicate, cp_kind in itertools.product(
                 pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),
                 pick("cp_kind", cp_kinds)):
-            yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule, sp=bool(fixed.get("sp", tp > 1)),
+            yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule,
+                       sp=bool(fixed.get("sp", tp > 1 and stack.tp_sequence_parallel)),
                        first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind)
 
 
@@ -227,6 +231,11 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     stack_bad = ok & ~batch_bad & (cols["pp"] > 1) & (cols["zero"] > stack.pp_max_zero)
     if stack_bad.any():
         left_out[f"zero > {stack.pp_max_zero} with pp > 1"] += int(stack_bad.sum())
+    if stack.tp_max_zero is not None:  # DeepSpeed AutoTP: no ZeRO-3 beside tensor parallelism
+        tp_bad = ok & ~batch_bad & ~stack_bad & (cols["tp"] > 1) & (cols["zero"] > stack.tp_max_zero)
+        if tp_bad.any():
+            left_out[f"zero > {stack.tp_max_zero} with tp > 1"] += int(tp_bad.sum())
+            stack_bad = stack_bad | tp_bad
     keep = np.nonzero(ok & ~batch_bad & ~stack_bad)[0]
     arrays = LayoutArrays.from_columns(**{k: v[keep] for k, v in cols.items()})
     return Space(arrays=arrays, structures=structures, rejected=rejected,

@@ -45,7 +45,8 @@ PLANS: dict[str, tuple[str, str, dict[str, Any]]] = {
                        "zero": 3}),
 }
 TARGETS = {"torchtitan": "toml", "torchtitan-py": "py", "megatron": "sh", "deepspeed": "json"}
-# DeepSpeed alone has no tensor parallelism, and no hybrid sharding since 0.19 removed MiCS
+# DeepSpeed's AutoTP runs tensor parallelism beside data parallelism only (not with pp), and no hybrid sharding since
+# 0.19 removed MiCS
 REFUSED = {("llama70b_tp8pp4", "deepspeed"), ("llama8b_zero3", "deepspeed")}
 
 
@@ -239,7 +240,7 @@ def test_deepspeed_refuses_hybrid_sharding():
 # ---- refusals: one line, exit 2 -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("layout", "target", "says"), [
     (Layout(pp=2, dp=8, gbs=64, zero=2), "deepspeed", "ZeRO stage 0 or 1"),
-    (Layout(tp=8, dp=2, gbs=64), "deepspeed", "no tensor parallelism"),
+    (Layout(tp=8, dp=2, gbs=64, zero=3), "deepspeed", "AutoTP (tp=8) runs with ZeRO stage 0-2"),
     (Layout(tp=2, dp=8, gbs=64, zero=0), "torchtitan", "DDP (zero=0)"),
     (Layout(dp=16, gbs=64, precision="fp16"), "torchtitan", "not fp16"),
     (Layout(tp=3, dp=5, gbs=60), "megatron", "tp(3) = 15 != world(16)"),  # the plan does not fill the cluster
@@ -471,3 +472,25 @@ def test_megatron_uneven_ends_that_vpp_does_not_divide_export_per_chunk(run_cli,
     parsed.validate_layer_layout(num_layers=80, mtp_num_layers=0)
     per_chunk = [[chunk.count(LayerType.decoder) for chunk in rank] for rank in parsed.layout]  # [pp rank][vpp stage]
     assert per_chunk == [[5, 7, 7], [7, 7, 7], [7, 7, 7], [7, 7, 5]]
+
+
+def test_deepspeed_autotp_plan_exports_and_reads_back(run_cli, tmp_path):
+    """plan --stack deepspeed searches DeepSpeed's AutoTP training (stacks.yaml tp_sequence_parallel false,
+    tp_max_zero 2, tp_alone): pinned tp 4, it offers ZeRO <= 2 without sequence parallelism; the export writes
+    tensor_parallel.autotp_size and `check` reads the same layout and peak back. ZeRO-3 or a pipeline beside it is
+    refused by name."""
+    plan, ds = tmp_path / "plan.yaml", tmp_path / "ds.json"
+    code, _, _ = run_cli("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--gbs", "512", "--seq", "8192",
+                         "--stack", "deepspeed", "--fix", "tp=4", "--out", str(plan), "--quiet")
+    assert code == 0
+    layout = read_plan(plan).layout
+    assert layout.tp == 4 and layout.zero <= 2 and not layout.sp and layout.pp == layout.cp == layout.ep == 1
+    code, _, _ = run_cli("export", str(plan), "--to", "deepspeed", "--out", str(ds))
+    assert code == 0 and json.loads(ds.read_text())["tensor_parallel"] == {"autotp_size": 4}
+    _, plan_out, _ = run_cli("check", str(plan))
+    code, out, _ = run_cli("check", str(ds), "--model", "llama3.1-70b", "--cluster", "dgx-h100:8")
+    assert code == 0 and plan_out.split("): ", 1)[1] == out.split("): ", 1)[1]
+    for bad, says in ((Layout(tp=4, dp=16, zero=3, gbs=512, seq=8192, sp=False), "runs with ZeRO stage 0-2"),
+                      (Layout(tp=4, pp=2, dp=8, zero=1, gbs=512, seq=8192, sp=False), "beside data parallelism only")):
+        with pytest.raises(InfeasibleError, match=says):
+            export_plan("deepspeed", load_model("llama3.1-70b"), load_cluster("dgx-h100:8"), bad)

@@ -125,7 +125,7 @@ def test_deepspeed_parses_every_ds_config(tmp_path):
     assert len(cases) >= 20
     jobs = []
     for model_name, cluster_ref, layout, text in cases:
-        dp = load_cluster(cluster_ref).world_size // (layout.pp * layout.cp)
+        dp = load_cluster(cluster_ref).world_size // (layout.pp * layout.cp * layout.tp)  # AutoTP: tp ranks share a batch
         jobs.append({"config": json.loads(text), "dp": dp, "what": f"{model_name} {layout.short()}"})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     result = _run("""
@@ -244,3 +244,22 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
     """, tmp_path)
     assert result["errors"] == []
     assert result["done"] == len(cases)
+
+
+@pytest.mark.skipif(not _installed("deepspeed"), reason="needs deepspeed")
+def test_deepspeed_parses_an_autotp_config(tmp_path):
+    """tp > 1 exports as DeepSpeed AutoTP training (tensor_parallel.autotp_size, ZeRO <= 2): DeepSpeed's own config
+    class reads the size back; the batch assertion runs per data-parallel replica (dp = 64 / 4 = 16)."""
+    from clusterplan.models.training.layout import Layout
+
+    layout = Layout(tp=4, dp=16, zero=2, mbs=1, gbs=512, seq=8192, sp=False, recompute="full")
+    config = json.loads(export_plan("deepspeed", load_model("llama3.1-70b"), load_cluster("dgx-h100:8"), layout).text)
+    assert config["tensor_parallel"] == {"autotp_size": 4}
+    (tmp_path / "job.json").write_text(json.dumps(dict(config, train_batch_size=config["train_batch_size"] // 16)))
+    result = _run("""
+        import json
+        from deepspeed.runtime.config import DeepSpeedConfig
+        cfg = DeepSpeedConfig(json.load(open("job.json")))
+        print(json.dumps({"autotp": cfg.tensor_parallel_config.autotp_size, "zero": cfg.zero_optimization_stage}))
+    """, tmp_path)
+    assert result == {"autotp": 4, "zero": 2}

@@ -182,7 +182,7 @@ def test_megatron_fsdp_is_read_as_zero_3(tmp_path):
 
 def test_refusals_name_the_reason():
     model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:2")
-    cases = [("deepspeed", Layout(tp=2, dp=8, gbs=64), "no tensor parallelism"),
+    cases = [("deepspeed", Layout(tp=2, dp=8, gbs=64, zero=3), "runs with ZeRO stage 0-2"),
              ("deepspeed", Layout(pp=2, vpp=2, dp=8, gbs=64, schedule="interleaved-1f1b"), "no interleaving"),
              ("torchtitan", Layout(dp=16, gbs=64, optimizer="sgd"), "not SGD"),
              ("torchtitan-py", Layout(dp=16, gbs=64, precision="fp16"), "not fp16")]

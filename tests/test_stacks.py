@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from clusterplan.errors import BadInputError
@@ -139,3 +141,19 @@ def test_fp8_tp_gathers_fp8_reads_the_stacks_first_recipe():
     assert not replace(titan, fp8_recipes=("rowwise", "tensorwise")).fp8_tp_gathers_fp8
     assert not get_stack("megatron-core").fp8_tp_gathers_fp8
     assert not get_stack("deepspeed").fp8_tp_gathers_fp8
+
+
+def test_deepspeed_autotp_rules():
+    """DeepSpeed AutoTP training (stacks.yaml deepspeed: tp_sequence_parallel false, tp_max_zero 2, tp_alone): tensor
+    parallelism all-reduces whole activations beside data parallelism under ZeRO 0-2; each other combination is a
+    stack rule on its own field, and megatron-core runs them all."""
+    from clusterplan.models.training.layout import Layout, stack_problems
+
+    ds, mcore = get_stack("deepspeed"), get_stack("megatron-core")
+    assert not stack_problems(Layout(tp=4, dp=16, zero=2, sp=False, gbs=64), ds)
+    for layout, field in ((Layout(tp=4, dp=16, zero=2, sp=True, gbs=64), "sp"),
+                          (Layout(tp=4, dp=16, zero=3, sp=False, gbs=64), "zero"),
+                          (Layout(tp=4, pp=2, dp=8, zero=1, sp=False, gbs=64), "tp"),
+                          (Layout(tp=4, cp=2, cp_kind="a2a", dp=8, zero=1, sp=False, gbs=64), "tp")):
+        assert [p.field for p in stack_problems(layout, ds)] == [field], layout
+        assert not stack_problems(replace(layout, cp_kind="ring"), mcore)

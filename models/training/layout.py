@@ -453,6 +453,15 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
         if stack.max_tp is not None and degree > stack.max_tp:
             add(field, f"stack {stack.name} runs tensor parallelism up to {stack.max_tp} only (dense and expert), "
                        f"got {field}={degree}; set {field}={stack.max_tp}")
+    if L.tp > 1 and L.sp and not stack.tp_sequence_parallel:
+        add("sp", f"stack {stack.name}'s tensor parallelism all-reduces whole activations (no sequence "
+                  "parallelism); set sp=0")
+    if L.tp > 1 and stack.tp_max_zero is not None and L.zero > stack.tp_max_zero:
+        add("zero", f"stack {stack.name} runs tensor parallelism with zero <= {stack.tp_max_zero} only, got "
+                    f"zero={L.zero}; set zero={stack.tp_max_zero} or tp=1")
+    if L.tp > 1 and stack.tp_alone and max(L.pp, L.cp, L.ep) > 1:
+        add("tp", f"stack {stack.name} runs tensor parallelism beside data parallelism only (pp={L.pp}, cp={L.cp}, "
+                  f"ep={L.ep}); set tp=1 or those to 1")
     if L.pp > 1 and not stack.schedules:
         add("pp", f"stack {stack.name} has no pipeline parallelism; set pp=1")
     elif L.pp > 1 and not stack.can_run("schedule", L.schedule):
