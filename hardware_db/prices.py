@@ -44,10 +44,15 @@ class PriceChoice:
 
 def load_prices(path: str | Path | None = None) -> tuple[tuple[PriceRow, ...], str]:
     """Rows of the packaged table (None) or of a user's YAML/JSON file of the same shape, and its snapshot label."""
-    from clusterplan.fileio import load_mapping
+    from clusterplan.fileio import load_document, load_mapping
 
     where = str(path) if path else "prices.yaml"
-    data: Any = load_mapping(path if path else DATA_DIR / "prices.yaml")
+    source = path if path else DATA_DIR / "prices.yaml"
+    doc = load_document(source)
+    if isinstance(doc, list):  # a bare list of rows is the likeliest slip: say where the rows go
+        raise BadInputError(f"{where}: put the rows under a `prices:` key (prices: [{{gpu, provider, region, "
+                            "pricing, usd_per_gpu_hour, date, source}, ...]), not at the top level")
+    data: Any = doc if isinstance(doc, dict) else load_mapping(source)  # load_mapping's one-line errors
     raw = data.get("prices") if isinstance(data, dict) else None
     if not isinstance(raw, list) or not raw:
         raise BadInputError(f"{where}: needs a `prices:` list of rows (gpu, provider, region, pricing, "

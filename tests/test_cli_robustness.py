@@ -468,3 +468,11 @@ def test_check_of_an_empty_torchtitan_toml_says_it_checked_defaults(run_cli, tmp
     code, out, err = run_cli("check", path, "--model", "llama3.1-8b", "--cluster", "dgx-h100:4")
     assert code == 0 and out.startswith("ok: ")
     assert "sets no [parallelism] or [training] keys: checked torchtitan's defaults" in err
+
+
+def test_serve_prices_as_a_bare_list_says_where_the_rows_go(run_cli, tmp_path):
+    path = _write(tmp_path, "prices.yaml", [{"gpu": "H100", "provider": "x", "pricing": "on_demand",
+                                              "usd_per_gpu_hour": 2, "date": "2026-01-01", "source": "me"}])
+    one_line_exit_2(run_cli, "serve-plan", "--model", "llama3.1-8b", "--rate", "10", "--input-len", "512",
+                    "--output-len", "128", "--ttft-ms", "500", "--tpot-ms", "50", "--prices", path,
+                    expect="put the rows under a `prices:` key")
