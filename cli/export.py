@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import click
 
 from clusterplan.cli.console import console
@@ -12,9 +9,9 @@ from clusterplan.cli.options import output_path, stack_option
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
-from clusterplan.frameworks.read import read_config
+from clusterplan.frameworks.readback import price_back
 from clusterplan.hardware_db.stacks import get_stack
-from clusterplan.models.training.estimate import estimate, precision_problems
+from clusterplan.models.training.estimate import precision_problems
 from clusterplan.models.training.layout import stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.models.training.rules import RuleCode
@@ -66,25 +63,13 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     console.info(f"launch: {result.launch}")
 
 
-SUFFIX_OF_TARGET = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "deepspeed": ".json"}
-"""The file suffix each target's config is read back by (frameworks/read.py config_kind)."""
-
-
 def _warn_if_out_of_memory(plan: PlanFile, target: str, text: str, replan: str) -> None:
-    """The exported config read back as `check` reads it and priced on the stack it runs: a plan made for another
-    stack (megatron-core's ZeRO-1 and selective recompute, say) can overflow where the target shards and recomputes
-    differently, and the warning says so before the job is launched."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"exported{SUFFIX_OF_TARGET[target]}"
-        path.write_text(text, encoding="utf-8")
-        try:
-            read = read_config(path, plan.model, plan.cluster.world_size)
-        except BadInputError as exc:  # the config is written; pricing it back is advice, not a condition
-            console.warn(f"the exported config was not priced back: {str(exc).splitlines()[0]}")
-            return
-    runs_on = get_stack(read.stack)
-    est = estimate(plan.model, plan.cluster, read.layout, stack=runs_on)
-    oom = [r for r in est.reasons if r.code == RuleCode.OUT_OF_MEMORY]
+    """Renders frameworks.readback.price_back: the exported config, as the stack that runs it prices it."""
+    back = price_back(plan.model, plan.cluster, target, text)
+    if back.unread:
+        console.warn(f"the exported config was not priced back: {back.unread}")
+        return
+    oom = [r for r in back.estimate.reasons if r.code == RuleCode.OUT_OF_MEMORY]
     if oom:
-        made_for = f" (planned for {plan.stack})" if plan.stack and plan.stack != runs_on.name else ""
-        console.warn(f"the exported config as {runs_on.name} runs it{made_for}: {oom[0]} {replan}")
+        made_for = f" (planned for {plan.stack})" if plan.stack and plan.stack != back.stack else ""
+        console.warn(f"the exported config as {back.stack} runs it{made_for}: {oom[0]} {replan}")
