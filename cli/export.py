@@ -6,12 +6,10 @@ import click
 
 from clusterplan.cli.console import console
 from clusterplan.cli.options import output_path, stack_option
-from clusterplan.errors import BadInputError
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
 from clusterplan.frameworks.readback import price_back
 from clusterplan.hardware_db.stacks import get_stack
-from clusterplan.models.training.estimate import precision_problems
 from clusterplan.models.training.layout import stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.models.training.rules import RuleCode
@@ -39,9 +37,6 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     """
     plan = read_plan(plan_path)
     stack = get_stack(stack_name or STACK_OF_TARGET[target])
-    precision = precision_problems(plan.cluster, plan.layout, stack)
-    if precision:
-        raise BadInputError(f"{plan_path}: {precision[0]} (a config for {target} would not run)")
     result = export_plan(target, plan.model, plan.cluster, plan.layout, plan.stages)
     if out_path:
         write_atomic(out_path, result.text)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.estimate import fp8_hardware_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stage_layers
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 
@@ -70,12 +71,14 @@ def launch_shape(cluster: Cluster) -> LaunchShape:
 
 
 def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> None:
-    """Refuse a plan that the frameworks would reject at start-up: the first broken rule, with its factors.
-    A mixed-GPU plan's stages must fit the cluster's GPU types (planfile.stage_groups)."""
+    """Refuse a plan that the frameworks would reject at start-up: the first broken rule, with its factors (fp8 on
+    GPUs without fp8 tensor cores included). A mixed-GPU plan's stages must fit the cluster's GPU types
+    (planfile.stage_groups)."""
     if stages:
         stage_groups(model, cluster, layout, stages, "plan stages")
     problems = stage_problems(model, layout, cluster.world_size) if stages else \
         layout_problems(model, layout, cluster.world_size)
+    problems += fp8_hardware_problems(cluster, layout)  # no framework runs fp8 without fp8 tensor cores
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InfeasibleError(f"plan layout {layout.short()} is not runnable: {problems[0]}{more}; "

@@ -177,6 +177,15 @@ def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
     fp8_recipe = fp8_recipe or stack.fp8_recipes[0]
     if fp8_recipe not in stack.fp8_recipes:
         return broken(f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}")
+    return fp8_hardware_problems(cluster, layout, fp8_recipe)
+
+
+def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | None = None) -> list[Rule]:
+    """The GPU side of precision_problems, whatever the stack: fp8 needs fp8 tensor cores on every GPU, the MXFP8
+    recipe microscaling ones (Blackwell, CDNA 4)."""
+    broken = lambda message: [Rule.broken(RuleCode.PRECISION, message)]  # noqa: E731
+    if layout.precision != "fp8":
+        return []
     gpus = {g.gpu.name: g.gpu for g in cluster.groups}
     lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
     if lacking:
