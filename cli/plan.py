@@ -39,10 +39,7 @@ def parse_fix(text: str | None, world: int) -> dict:
     if twice:
         raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
     keys = set(names)
-    try:
-        full = asdict(Layout.parse(text))  # every field, also those to_dict leaves out at their defaults
-    except BadInputError as exc:  # the layout parser names --layout; here the keys came from --fix
-        raise BadInputError(str(exc).replace("--layout", "--fix", 1)) from exc
+    full = asdict(Layout.parse(text, option="--fix"))  # every field, also those to_dict leaves out at their defaults
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")

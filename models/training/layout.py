@@ -252,46 +252,48 @@ class Layout:
         return cls(**values)
 
     @classmethod
-    def parse(cls, text: str, *, world: int | None = None, defaults: Mapping[str, Any] | None = None) -> Layout:
+    def parse(cls, text: str, *, world: int | None = None, defaults: Mapping[str, Any] | None = None,
+              option: str = "--layout") -> Layout:
         """Parse `key=value,key=value`; keys as the fields; booleans as 0/1/true/false. `defaults` fill the keys
-        the text does not give (e.g. the stack's own ZeRO stage) before the fields' defaults."""
+        the text does not give (e.g. the stack's own ZeRO stage) before the fields' defaults. `option` is what the
+        errors name (plan's --fix takes the same keys)."""
         types = {f.name: f.type for f in fields(cls)}
         data: dict[str, Any] = {}
         for item in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
             if not sep or not key:
-                raise BadInputError(f"--layout: {item!r} is not key=value (e.g. tp=8,pp=4,mbs=1)")
+                raise BadInputError(f"{option}: {item!r} is not key=value (e.g. tp=8,pp=4,mbs=1)")
             if key not in types:
-                raise BadInputError(f"--layout: unknown key {key!r}; known: {', '.join(sorted(types))}")
+                raise BadInputError(f"{option}: unknown key {key!r}; known: {', '.join(sorted(types))}")
             if key in data:
-                raise BadInputError(f"--layout: {key} is given twice; give each key once")
-            data[key] = _convert(key, value, str(types[key]))
-        return cls.from_dict({**(defaults or {}), **data}, world=world, where="--layout")
+                raise BadInputError(f"{option}: {key} is given twice; give each key once")
+            data[key] = _convert(key, value, str(types[key]), option)
+        return cls.from_dict({**(defaults or {}), **data}, world=world, where=option)
 
     def with_(self, **changes: Any) -> Layout:
         return replace(self, **changes)
 
 
-def _convert(key: str, value: str, type_name: str) -> Any:
+def _convert(key: str, value: str, type_name: str, option: str) -> Any:
     if type_name.startswith("bool"):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise BadInputError(f"--layout: {key}={value!r} must be 0/1 or true/false")
+        raise BadInputError(f"{option}: {key}={value!r} must be 0/1 or true/false")
     if type_name == "int":
         try:
             return int(value)
         except ValueError:
-            raise BadInputError(f"--layout: {key}={value!r} must be an integer") from None
+            raise BadInputError(f"{option}: {key}={value!r} must be an integer") from None
     if type_name.startswith("float"):
         if value.lower() in ("none", "dropless", ""):
             return None
         try:
             return float(value)
         except ValueError:
-            raise BadInputError(f"--layout: {key}={value!r} must be a number (e.g. 1.0) or none") from None
+            raise BadInputError(f"{option}: {key}={value!r} must be a number (e.g. 1.0) or none") from None
     return value
 
 
