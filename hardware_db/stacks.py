@@ -377,9 +377,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
     zero = raw.get("zero_stages")
     if not isinstance(zero, list) or any(z not in (0, 1, 2, 3) for z in zero) or not zero:
         raise BadInputError(f"{where}: zero_stages must be a non-empty list of 0, 1, 2, 3, got {zero!r}")
-    pp_max_zero = raw.get("pp_max_zero")
-    if pp_max_zero not in (0, 1, 2, 3):
-        raise BadInputError(f"{where}: pp_max_zero must be 0, 1, 2 or 3, got {pp_max_zero!r}")
+    pp_max_zero = _zero_stage(where, raw, "pp_max_zero")
     return ExecutionStack(
         name=name, description=description, sources=MappingProxyType({k: str(v) for k, v in sources.items()}),
         tp_overlap=tp_overlap, tp_overlap_share=share,

@@ -85,6 +85,11 @@ class Cluster:
     def gpu(self) -> GPU:
         return self.primary.gpu
 
+    @property
+    def min_memory_bytes(self) -> float:
+        """Memory of the smallest GPU: what every rank's peak must fit in (a uniform layout)."""
+        return min(g.gpu.memory_bytes for g in self.groups)
+
     def node_of(self, rank: int) -> int:
         if not 0 <= rank < self.world_size:
             raise BadInputError(f"rank {rank} outside the cluster's world size {self.world_size}")

@@ -233,7 +233,7 @@ class HardwareRates:
         return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
                    sm_count=tiling.sm_count if tiling is not None else 0, comm_ctas_in=ctas_in, comm_ctas_out=ctas_out,
                    host_link_bytes_per_s=min(g.gpu.host_link_gb_per_s for g in cluster.groups) * 1e9,
-                   memory_bytes=min(g.gpu.memory_bytes for g in cluster.groups), peak_flops=peak,
+                   memory_bytes=cluster.min_memory_bytes, peak_flops=peak,
                    gemm_max_flops=curve.max_tflops * 1e12, gemm_half_flops=0.0 if shape else curve.half_flops,
                    gemm_max_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm, gemm_shape=shape,
                    attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock,

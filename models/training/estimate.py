@@ -208,9 +208,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
     `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
     """
-    reasons = layout_problems(model, layout, cluster.world_size)
     stack = stack or get_stack()
-    reasons += precision_problems(cluster, layout, stack, fp8_recipe)
+    reasons = rule_problems(model, cluster, layout, stack, fp8_recipe)
     links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
     if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
@@ -224,15 +223,21 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)
 
 
+def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,
+                  fp8_recipe: str | None = None) -> list[Rule]:
+    """The rules estimate() applies before pricing: the layout's divisibility and the precision's."""
+    return layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
+
+
 def passes_rules(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack | None = None) -> bool:
     """Whether estimate(model, cluster, layout, stack=stack) would come out feasible, decided without pricing the
-    step: the same layout, precision and memory rules (memory needs no time or links). What a search for the nearest
-    fitting change runs before it prices a candidate (solver/feasible.py)."""
+    step: the same rules (rule_problems) and the memory rule (memory needs no time or links). What a search for the
+    nearest fitting change runs before it prices a candidate (solver/feasible.py)."""
     stack = stack or get_stack()
-    if layout_problems(model, layout, cluster.world_size) or precision_problems(cluster, layout, stack):
+    if rule_problems(model, cluster, layout, stack):
         return False
     memory = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), stack, fp8_all_layouts(cluster))
-    return bool(memory.peak[0] <= min(g.gpu.memory_bytes for g in cluster.groups))
+    return bool(memory.peak[0] <= cluster.min_memory_bytes)
 
 
 def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,

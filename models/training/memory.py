@@ -561,7 +561,7 @@ def ends_activation_bytes(shapes: ModelShapes, L: LayoutArrays, embed: np.ndarra
     only: under a pipeline schedule the last stage keeps every micro-batch's logits (torch_pipeline_bytes)."""
     tokens = L.seq * L.mbs / L.cp
     fp32 = L.precision == PREC_FP32
-    residual = np.where(fp32 | half_autocast(L, autocast) if autocast else fp32, 4.0, 2.0)
+    residual = np.where((fp32 | half_autocast(L, autocast)) if autocast else fp32, 4.0, 2.0)
     embed_out = (inflight_microbatches(L, "first") * tokens * shapes.hidden * (residual + shapes.dropout)
                  / L.sp_div)
     # bf16 logits + their fp32 upcast for the cross-entropy (Megatron: 4*s*b*h*(1+V/h) form, vocab-parallel);

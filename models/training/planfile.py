@@ -26,6 +26,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, write_atomic
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict, load_cluster
@@ -196,8 +197,6 @@ def read_plan(path: str | Path) -> PlanFile:
     if stack is not None:
         if not isinstance(stack, str):
             raise BadInputError(f"{where}: stack must be a stack name (clusterplan estimate --help lists them)")
-        from clusterplan.hardware_db.stacks import get_stack
-
         get_stack(stack)  # an unknown name is bad input here, with the list of names
     return PlanFile(model=model, cluster=cluster, layout=layout, model_ref=data["model"],
                     cluster_ref=data["cluster"], prediction=data.get("prediction"), stages=stages, stack=stack)
