@@ -27,6 +27,7 @@ from clusterplan.frameworks.common import (
     slug,
 )
 from clusterplan.frameworks.read import PLAN_KEY
+from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
@@ -35,12 +36,13 @@ from clusterplan.models.training.layout import Layout
 def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
     """The layouts DeepSpeed alone cannot run, each with the way out."""
     L = canonical(model, layout)
-    # Tensor parallelism is DeepSpeed's AutoTP training (tensor_parallel.autotp_size; stacks.yaml deepspeed
-    # tp_max_zero / tp_alone with their sources): ZeRO 0-2, beside data parallelism only.
-    if L.tp > 1 and L.zero > 2:
-        raise InfeasibleError(f"DeepSpeed AutoTP (tp={L.tp}) runs with ZeRO stage 0-2, the plan has zero={L.zero}; "
-                              "set zero=2 or tp=1")
-    if L.tp > 1 and max(L.pp, L.cp, L.ep) > 1:
+    # Tensor parallelism is DeepSpeed's AutoTP training (tensor_parallel.autotp_size), with the limits the deepspeed
+    # stack gives with their sources (stacks.yaml tp_max_zero, tp_alone).
+    autotp = get_stack("deepspeed")
+    if L.tp > 1 and autotp.tp_max_zero is not None and L.zero > autotp.tp_max_zero:
+        raise InfeasibleError(f"DeepSpeed AutoTP (tp={L.tp}) runs with ZeRO stage 0-{autotp.tp_max_zero}, the plan "
+                              f"has zero={L.zero}; set zero={autotp.tp_max_zero} or tp=1")
+    if L.tp > 1 and autotp.tp_alone and max(L.pp, L.cp, L.ep) > 1:
         raise InfeasibleError(f"DeepSpeed AutoTP (tp={L.tp}) runs beside data parallelism only, the plan has "
                               f"pp={L.pp}, cp={L.cp}, ep={L.ep}; set tp=1 or export --to megatron")
     if L.pp > 1 and L.zero >= 2:

@@ -197,11 +197,11 @@ def pipeline_layout(model: ModelSpec, chunks: list[int]) -> str:
     return "|".join(text)
 
 
-def first_last_per_chunk(layout: Layout) -> bool:
+def ends_divide_by_vpp(layout: Layout) -> bool:
     """Whether --decoder-first/last-pipeline-num-layers with virtual stages give this split: Megatron-Core needs the
     first and last stage layers divisible by vpp (TransformerConfig.__post_init__); otherwise the per-chunk
     --pipeline-model-parallel-layout says it (chunk_layers)."""
-    return layout.vpp == 1 or not any(x % layout.vpp for x in (layout.first_stage_layers, layout.last_stage_layers))
+    return not any(x % layout.vpp for x in (layout.first_stage_layers, layout.last_stage_layers))
 
 
 def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
@@ -209,7 +209,7 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
     uneven = bool(L.first_stage_layers or L.last_stage_layers)
     ranks = rank_layers(model, L, stages)
-    per_chunk = uneven and not first_last_per_chunk(L)
+    per_chunk = uneven and not ends_divide_by_vpp(L)
     if stages and not first_last_expresses(ranks):
         # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
         # validate_args; not combined with --decoder-first/last-pipeline-num-layers)
@@ -219,10 +219,9 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
     elif uneven:
         first, _, last = stage_layers(model, L)
         args += ["--decoder-first-pipeline-num-layers", str(first), "--decoder-last-pipeline-num-layers", str(last)]
-    if L.vpp > 1 and uneven and not per_chunk:
-        args += ["--num-virtual-stages-per-pipeline-rank", str(L.vpp)]
-    elif L.vpp > 1 and not per_chunk:
-        args += ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))]
+    if L.vpp > 1 and not per_chunk:  # the per-chunk layout sets vpp itself
+        args += (["--num-virtual-stages-per-pipeline-rank", str(L.vpp)] if uneven else
+                 ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))])
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:
         args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather"}.get(L.cp_kind, "p2p")]
