@@ -264,3 +264,25 @@ def test_deepseek_mtp_layer_per_row(rows):
     assert model.mtp_layers == 1
     assert any("1+MTP+L" in n for n in ds["DGX-B200"].notes)
     assert not any("MTP+L" in n for r in rows if r.model == "DeepSeekV3" and r.system != "DGX-B200" for n in r.notes)
+
+
+def test_b200_qwen3_235b_runs_slower_with_the_overlap_it_had(rows):
+    """README: the 25.11 B200 Qwen3-235B FP8-MX run had Megatron-Core's 1F1B all-to-all overlap (PR #1760), and with
+    each merged layer pair priced as one host/GPU stretch (models/training/host.py) the model, like NVIDIA, finds the
+    overlap slower on that layout: 4,570 tokens/s per GPU with it, 5,000 without (README "How good are the
+    predictions?")."""
+    from dataclasses import replace
+
+    from clusterplan.hardware_db import get_stack
+    from clusterplan.models.training.estimate import estimate
+
+    row = next(r for r in rows if (r.system, r.model, r.precision) == ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"))
+    assert row.layout.moe_a2a_overlap
+    assert row.predicted_tokens_per_s == pytest.approx(4570, rel=0.005)
+    csv = next(r for r in bridge.read_rows(bridge.BRIDGE_CSV)
+               if (r["system"], r["model"], r["precision"]) == ("DGX-B200", "Qwen3_235B_a22B", "FP8-MX"))
+    model, _ = bridge.row_model(csv)
+    _, cluster, _ = bridge.bridge_cluster(row.system, row.gpus)
+    without = estimate(model, cluster, replace(row.layout, moe_a2a_overlap=False), stack=get_stack("megatron-core"),
+                       fp8_recipe="mxfp8").to_json()["tokens_per_s"] / row.gpus
+    assert without == pytest.approx(5000, rel=0.005)
