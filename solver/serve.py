@@ -37,6 +37,7 @@ from clusterplan.models.serving.sim import (
 from clusterplan.models.serving.traffic import Bucket, load_trace, make_buckets, parse_length
 from clusterplan.progress import ProgressFn
 from clusterplan.solver.melange import NO_CAPACITY_RPS, Mix, MixProblem, solve_mix
+from clusterplan.solver.space import divisors
 
 SIM_REQUESTS = 200
 """Fewest requests per capacity simulation; percentiles of 200 requests move by a few % between seeds."""
@@ -376,7 +377,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     dividing = [tp for tp in tps if model.n_heads % tp == 0]
     if not dividing:
         raise InfeasibleError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
-                              f"among {[d for d in range(1, model.n_heads + 1) if model.n_heads % d == 0 and d <= 64]}")
+                              f"among {divisors(model.n_heads)}")
     if not out:
         raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "
