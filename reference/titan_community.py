@@ -45,6 +45,12 @@ SETS = {
     "torchao-mi300x-2508": "torchtitan bf16 / float8 on 8 MI300X (Aug 2025; torchao float8 README)",
 }
 """Set id -> title; the order the report prints them in."""
+POWER_CAP_INFERRED = {
+    "torchao-h100-2502": "power limit not published for these runs: 500 W, torchtitan's published default for Meta's "
+                         "H100 96 GB (benchmarks/llama3_h100_202412_torchtitan.md); the GPU from the same author's "
+                         "same-day log of the rowwise run (pytorch/ao #1802: 47.79 GiB = 50.30 % of a 95.0 GiB device)",
+}
+"""Sets whose power_cap_w the source does not state, with where the value comes from (printed as the row's note)."""
 TIME_NOT_COMPARED = {
     "b200-2508": "the B200s are 'power limited' to a limit the source does not state: tokens/s is shown at the "
                  "1000 W TDP but not compared (peak memory does not depend on the clock and is)",
@@ -185,8 +191,9 @@ def community_cluster(r: dict[str, str]) -> tuple[Cluster, list[str]]:
         return load_cluster(f"{node}:{gpus // per_node}"), [f"power limit not published: {base.groups[0].gpu.name} "
                                                             f"at its {base.groups[0].gpu.tdp_w:g} W TDP"]
     cap = float(r["power_cap_w"])
+    notes = [POWER_CAP_INFERRED[r["set"]]] if r["set"] in POWER_CAP_INFERRED else []
     return cluster_from_dict({"groups": [{"node": node, "count": gpus // per_node, "power_cap_w": cap}]},
-                             where=f"{node}:{gpus // per_node} at {cap:g} W"), []
+                             where=f"{node}:{gpus // per_node} at {cap:g} W"), notes
 
 
 def community_rows() -> list[CommunityRow]:
