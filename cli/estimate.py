@@ -43,7 +43,7 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, optimizer, flash_attn, first_stage_layers, "
                    "last_stage_layers, moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
-                   "dropless). dp defaults to world / (tp*pp*cp); zero to 1, "
+                   "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced). dp defaults to world / (tp*pp*cp); zero to 1, "
                    "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3.")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A plan file (`plan --out`) instead of --layout: its model, cluster and layout, and for a "

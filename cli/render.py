@@ -26,6 +26,8 @@ def render_estimate(data: dict[str, Any]) -> None:
         iv = data["step_time_interval"]
         console.text(f"  {iv['rate']:.0%} interval {iv['low_s']:.3g}-{iv['high_s']:.3g} s ({iv['source']})")
     console.text(f"MFU basis: {data['mfu_basis']}")
+    if "moe_routing" in data:
+        console.text(f"MoE routing: {data['moe_routing']}")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

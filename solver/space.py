@@ -211,6 +211,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             cols[key] = np.full(total, float(fixed[key]))
     if fixed.get("moe_capacity_factor") is not None:
         cols["moe_capacity_factor"] = np.full(total, float(fixed["moe_capacity_factor"]))
+    if "moe_imbalance" in fixed:  # a routing assumption, priced on every candidate (no effect where ep is 1)
+        cols["moe_imbalance"] = np.full(total, float(fixed["moe_imbalance"]))
     # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.
     dp_mbs = cols["dp"] * cols["mbs"]
     ok = cols["gbs"] % dp_mbs == 0

@@ -121,6 +121,8 @@ class LayoutArrays:
     """Bitmask of Layout.recompute_modules (bit i = layout.RECOMPUTE_MODULES[i]; 0 = the stack's default)."""
     moe_capacity_factor: np.ndarray
     """Layout.moe_capacity_factor; DROPLESS (0) for None."""
+    moe_imbalance: np.ndarray
+    """Layout.moe_imbalance (1 = force-balanced routing)."""
 
     @classmethod
     def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
@@ -133,6 +135,7 @@ class LayoutArrays:
                                              dtype=np.int64)
         cols["moe_capacity_factor"] = np.array([DROPLESS if x.moe_capacity_factor is None else x.moe_capacity_factor
                                                 for x in layouts], dtype=float)
+        cols["moe_imbalance"] = np.array([x.moe_imbalance for x in layouts], dtype=float)
         return cls(**cols)
 
     @classmethod
@@ -175,6 +178,8 @@ class LayoutArrays:
             if not len(column):
                 return None
             low, high = column.min(), column.max()
+            if low == high:  # one value in every row (a pinned float field too): it splits nothing
+                continue
             if not (np.all(column == np.floor(column)) and high - low < 2**31):
                 return None
             span = int(high - low) + 1
@@ -202,6 +207,7 @@ class LayoutArrays:
         values["recompute_modules"] = recompute_modules_text(int(self.recompute_modules[i]))
         cf = float(self.moe_capacity_factor[i])
         values["moe_capacity_factor"] = None if cf == DROPLESS else cf
+        values["moe_imbalance"] = float(self.moe_imbalance[i])
         return Layout(**values)
 
     # derived columns

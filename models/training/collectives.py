@@ -16,7 +16,7 @@ import numpy as np
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.training.batch import PREC_FP8, PREC_FP32, RECOMPUTE_FULL, LayoutArrays
 from clusterplan.models.training.memory import bytes_per_param
-from clusterplan.models.training.moe_layer import routed_tokens
+from clusterplan.models.training.moe_layer import imbalance, routed_tokens
 
 FP8_BYTES = 1.0
 """Bytes per fp8 (e4m3 / e5m2) element."""
@@ -68,7 +68,8 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     """A MoE layer's token dispatch and combine all-to-alls forward and their gradients backward: 4 (+2 with full
     recompute) of tokens/tp x top_k x h per rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher); on the
     drop-and-pad path capacity x n_experts rows, padding included (moe_layer.routed_tokens: equal splits)."""
-    size = activation_bytes(L) * routed_tokens(shapes, L) * shapes.hidden
+    # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
+    size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.hidden
     calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER + _recompute_extra(L) * EP_ALL_TO_ALLS_PER_LAYER / 2, 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 

@@ -21,6 +21,7 @@ from clusterplan.models.training.autocast import (
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
+    busiest_rank_ratio,
     capacity_ratio,
     expert_bias_bytes,
     fp8_align_rows,
@@ -281,7 +282,8 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
         # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
         # Drop-and-pad: exactly capacity rows per expert from each rank (moe_layer.capacity_ratio).
-        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp) * capacity_ratio(shapes, L)
+        # Imbalanced dropless routing: the busiest EP rank's rows, which every rank waits for (busiest_rank_ratio).
+        per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp) * busiest_rank_ratio(shapes, L)
         out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
                       count=shapes.n_experts / L.ep, streamed=True)
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
@@ -338,7 +340,7 @@ def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
 def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
     width at 2 B; the `act` share of elementwise_bytes)."""
-    ffn = shapes.top_k * shapes.expert_ffn * capacity_ratio(shapes, L) if moe else shapes.ffn
+    ffn = shapes.top_k * shapes.expert_ffn * busiest_rank_ratio(shapes, L) if moe else shapes.ffn
     return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
 
@@ -358,7 +360,7 @@ def clamp_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool)
     the clamp into the activation kernel."""
     if not shapes.activation_clamp or compiled:
         return np.zeros_like(L.tp, dtype=float), 0.0
-    ffn = shapes.top_k * shapes.expert_ffn * capacity_ratio(shapes, L) if moe else shapes.ffn
+    ffn = shapes.top_k * shapes.expert_ffn * busiest_rank_ratio(shapes, L) if moe else shapes.ffn
     forward = L.seq * L.mbs / L.cp * ffn * 2.0 * CLAMP_FORWARD_ELEMENTS / L.tp
     return forward, CLAMP_BACKWARD_ELEMENTS / CLAMP_FORWARD_ELEMENTS
 

@@ -29,6 +29,7 @@ from clusterplan.models.training.memory import (
     fp8_weight_copy_bytes,
     memory_breakdown,
 )
+from clusterplan.models.training.moe_layer import routing_basis
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import StepTime, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
@@ -157,6 +158,9 @@ class Estimate:
             "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
         })
+        if self.model.is_moe:
+            L = self.layout
+            out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
         return out
 
 

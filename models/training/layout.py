@@ -131,6 +131,14 @@ class Layout:
     no device-to-host sync, so full-iteration CUDA graphs capture it. None = dropless (every routed token reaches its
     experts). Padding is implied: a capacity factor without it keeps the dropless path's sync and, under the balanced
     routing priced here, its row count (models/training/moe_layer.py capacity_rows)."""
+    moe_imbalance: float = 1.0
+    """Routed token-expert rows the busiest expert-parallel rank receives over the mean, dropless (>= 1). 1.0 =
+    force-balanced routing (Megatron-Core --moe-router-force-load-balancing), as NVIDIA's MoE benchmarks run; a run
+    whose router learns (aux-loss or bias balancing) waits at every MoE layer for its busiest rank: that rank's expert
+    GEMMs, their activations, sorts and all-to-all bytes are priced at this multiple (moe_layer.busiest_rank_ratio;
+    moe_layer.DROPLESS_IMBALANCE_EARLY is what one early-training run measured). No effect with ep 1 (one rank holds
+    every expert and waits for no other) or on the drop-and-pad path (moe_capacity_factor), which pads every expert
+    to its capacity."""
 
     def __post_init__(self) -> None:
         for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
@@ -154,6 +162,11 @@ class Layout:
                 raise BadInputError(f"layout: moe_capacity_factor must be a number > 0 (e.g. 1.0) or unset for "
                                     f"dropless MoE, got {cf!r}")
             object.__setattr__(self, "moe_capacity_factor", float(cf))
+        imb = self.moe_imbalance
+        if isinstance(imb, bool) or not isinstance(imb, int | float) or not math.isfinite(imb) or imb < 1:
+            raise BadInputError(f"layout: moe_imbalance must be a number >= 1 (busiest expert-parallel rank's tokens "
+                                f"over the mean; 1 = force-balanced), got {imb!r}")
+        object.__setattr__(self, "moe_imbalance", float(imb))
         if self.zero not in (0, 1, 2, 3):
             raise BadInputError(f"layout: zero must be 0, 1, 2 or 3 (3 = FSDP), got {self.zero!r}")
         for name, allowed in CHOICES.items():
@@ -204,6 +217,8 @@ class Layout:
             del out["moe_a2a_overlap"]
         if out["moe_capacity_factor"] is None:
             del out["moe_capacity_factor"]
+        if out["moe_imbalance"] == 1.0:
+            del out["moe_imbalance"]
         return out
 
     def short(self) -> str:
@@ -225,6 +240,8 @@ class Layout:
             parts.append("a2a-overlap")
         if self.moe_capacity_factor is not None:
             parts.append(f"drop{self.moe_capacity_factor:g}")
+        if self.moe_imbalance != 1.0:
+            parts.append(f"imbalance{self.moe_imbalance:g}")
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -387,10 +404,12 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     if not model.is_moe:
         if L.ep > 1:
             add(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")
-        if L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap or L.moe_capacity_factor is not None:
+        if (L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap or L.moe_capacity_factor is not None
+                or L.moe_imbalance != 1.0):
             add(RuleCode.MOE_FIELDS_DENSE, f"moe_dispatcher={L.moe_dispatcher} / moe_a2a_overlap="
                                            f"{int(L.moe_a2a_overlap)} / moe_capacity_factor="
-                                           f"{L.moe_capacity_factor} need a mixture-of-experts model")
+                                           f"{L.moe_capacity_factor} / moe_imbalance={L.moe_imbalance:g} need a "
+                                           "mixture-of-experts model")
         return problems
     if L.moe_capacity_factor is not None:
         problems += token_drop_problems(model, L)

@@ -33,7 +33,7 @@ from clusterplan.models.training.batch import (
     LayoutArrays,
 )
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
-from clusterplan.models.training.moe_layer import capacity_ratio
+from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
 GIB = float(2**30)
 SELECTIVE_CORE_ATTN, SELECTIVE_OP_SAC = "core_attn", "op_sac"
@@ -304,7 +304,8 @@ def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool
     # and, eager only, the MLP's (the block output).
     rs = np.where(L.sp > 0, (1.0 if compiled else 2.0) * tokens * h / L.sp_div * act, 0.0)
     if moe:
-        routed = tokens * shapes.top_k / L.sp_div * capacity_ratio(shapes, L)  # drop-and-pad: padded rows
+        # drop-and-pad: padded rows; imbalanced dropless: the busiest rank's (moe_layer.busiest_rank_ratio)
+        routed = tokens * shapes.top_k / L.sp_div * busiest_rank_ratio(shapes, L)
         mlp = act * routed * shapes.expert_ffn * (2 if shapes.gated else 1) / L.etp + act * routed * h
         if shapes.shared_ffn:
             mlp = mlp + act * tokens * (shapes.shared_ffn + h) / t
@@ -408,9 +409,9 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # The pre-MLP norm is its own module here (the router and the dispatcher read it): the router keeps its
         # output in bf16 for its weight gradient, unless "layernorm" recompute discards it.
         mlp_norm_out = np.where(module("layernorm"), 0.0, act * tokens * h / lin_div)
-        # Rows this rank's experts receive when load is balanced; drop-and-pad: capacity x n_experts, padding
-        # included (moe_layer.capacity_ratio).
-        routed = tokens * shapes.top_k / spd * capacity_ratio(shapes, L)
+        # Rows this rank's experts receive; drop-and-pad: capacity x n_experts, padding included; imbalanced
+        # dropless: the busiest rank's, which sets the peak (moe_layer.busiest_rank_ratio).
+        routed = tokens * shapes.top_k / spd * busiest_rank_ratio(shapes, L)
         # Router probabilities (fp32 per expert); per routed token the grouped fc1 keeps its input (fp8 under fp8),
         # the activation its input, fc2 its input. The router probabilities are applied inside the activation
         # (Megatron-Core TEGroupedMLP weighted_bias_swiglu_impl), so the unpermute keeps no copy of the expert output.
@@ -480,8 +481,8 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode, autocast=autocast)
 
 
-PER_LAYER_ACTIVATION_FIELDS = ("tp", "etp", "cp", "mbs", "seq", "sp", "flash_attn", "precision", "recompute",
-                               "recompute_modules", "moe_capacity_factor")
+PER_LAYER_ACTIVATION_FIELDS = ("tp", "etp", "ep", "cp", "mbs", "seq", "sp", "flash_attn", "precision", "recompute",
+                               "recompute_modules", "moe_capacity_factor", "moe_imbalance")
 """The LayoutArrays columns per_layer_activation_bytes reads (sp_div: sp, tp); tests/test_plan_speed.py checks it."""
 DEDUPE_MIN_ROWS = 4096
 """Below this many candidates the per-layer activations are computed on every row."""

@@ -66,6 +66,45 @@ def capacity_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     return np.where(L.token_drop, routed_tokens(shapes, L) / np.maximum(dropless, 1e-30), 1.0)
 
 
+def imbalance(L: LayoutArrays) -> np.ndarray:
+    """How many times the mean routed rows the busiest expert-parallel rank receives: Layout.moe_imbalance on the
+    dropless path with ep > 1; 1 with one EP rank (no rank waits for another) and on the drop-and-pad path, which
+    pads every expert to its capacity (capacity_ratio)."""
+    return np.where(L.token_drop | (L.ep < 2), 1.0, L.moe_imbalance)
+
+
+def busiest_rank_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Rows the busiest expert-parallel rank's experts process over a rank's routed token-expert pairs:
+    capacity_ratio x imbalance. Every rank waits for that rank at each MoE layer's combine all-to-all, so it prices
+    what is done with the received rows: the expert GEMMs, their activation functions and saved activations, the
+    sorts, padding and bias ops around them and the all-to-all's bytes. What a rank does with its own tokens (router,
+    the permute before dispatch and the unpermute after combine) stays balanced, and FLOPs (MFU, HFU) count the mean
+    (capacity_ratio)."""
+    return capacity_ratio(shapes, L) * imbalance(L)
+
+
+DROPLESS_IMBALANCE_EARLY = 1.52
+"""FITTED (README "Fitted constants"): Layout.moe_imbalance of a dropless run whose router learns, at the start of
+training. Fitted on the forced-balance / dropless throughput ratios of Megatron-MoE-ModelZoo's long-context Qwen3-235B
+rows at 16K and 128K (256 H100, TP4 PP8 VPP4 EP8, DeepEP; best_practice/qwen3/readme.md @020b8136: "295 (forced
+balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64K rows (335 / 277, 368 / 320)
+(reference/mcore_moe.py, tests/test_moe_imbalance.py). A measured value for one model and EP layout early in training,
+not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given."""
+
+
+def routing_basis(moe_imbalance: float, ep: int, token_drop: bool) -> str:
+    """One line on how a MoE layout's routing balance is priced (estimate's JSON `moe_routing`)."""
+    if token_drop:
+        return "drop-and-pad: every expert takes exactly its capacity (balanced by construction)"
+    if ep < 2:
+        return "one expert-parallel rank holds every expert: routing balance does not change the step"
+    if moe_imbalance == 1.0:
+        return (f"force-balanced (moe_imbalance 1, as NVIDIA's MoE benchmarks run); a router that learns leaves its "
+                f"busiest expert-parallel rank more rows: moe_imbalance={DROPLESS_IMBALANCE_EARLY:g} matched one "
+                f"dropless run early in training (moe_layer.DROPLESS_IMBALANCE_EARLY)")
+    return f"the busiest expert-parallel rank receives {moe_imbalance:g} x the mean routed rows (moe_imbalance)"
+
+
 def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) HBM bytes of the dispatcher's memory-bound kernels per micro-batch on one rank.
 
@@ -80,7 +119,8 @@ def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.
     t = rank_tokens(L)
     tk = routed_tokens(shapes, L)
     sorts = np.where((L.ep > 1) & (shapes.n_experts / L.ep > 1), 2.0, 0.0)
-    elements = 2 * t * shapes.hidden + (1.0 + 2.0 * sorts + 1.0) * tk * shapes.hidden
+    # The sorts regroup the received rows (the busiest rank's: imbalance); permute and unpermute touch the own tokens.
+    elements = 2 * t * shapes.hidden + (1.0 + 2.0 * sorts * imbalance(L) + 1.0) * tk * shapes.hidden
     forward = ROUTED_BYTES_PER_ELEMENT * elements
     backward = forward + ROUTED_BYTES_PER_ELEMENT * tk * shapes.hidden
     return forward, backward
@@ -121,7 +161,7 @@ def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP
     (2 B elements: FP8_PADDING_COPIES of them) and the permuted probs, padded beside the hidden states (one 2 B
     element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out.
     Nothing where the drop-and-pad splits are aligned (fp8_padding_skipped)."""
-    tk = routed_tokens(shapes, L)
+    tk = routed_tokens(shapes, L) * imbalance(L)  # the received rows, the busiest rank's
     per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
     return np.where(fp8_padding_skipped(shapes, L, align_rows), 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk)
 
@@ -144,7 +184,7 @@ def expert_bias_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray,
     """(forward, backward) HBM bytes of one MoE layer's eager expert-bias ops per micro-batch on one rank
     (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES over the rank's routed tokens x hidden); zero for experts
     without biases. Callers apply it where the stack runs it (ExecutionStack.eager_expert_bias)."""
-    elements = routed_tokens(shapes, L) * shapes.hidden * (1.0 if shapes.expert_bias else 0.0)
+    elements = routed_tokens(shapes, L) * imbalance(L) * shapes.hidden * (1.0 if shapes.expert_bias else 0.0)
     return EXPERT_BIAS_FORWARD_BYTES * elements, EXPERT_BIAS_BACKWARD_BYTES * elements
 
 

@@ -76,7 +76,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
     RuleCode.A2A_OVERLAP: "set moe_a2a_overlap=0, or use ep > 1, the interleaved schedule (vpp > 1) when pp > 1 and "
                           "selective recompute without the moe module",
-    RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher, moe_a2a_overlap and moe_capacity_factor: a dense model has no token dispatch",
+    RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher, moe_a2a_overlap, moe_capacity_factor and moe_imbalance: a dense "
+                               "model has no token dispatch",
     RuleCode.FLEX_DISPATCHER: "use ep > 1 (or etp > 1) with deepep / hybridep, or moe_dispatcher=alltoall",
     RuleCode.TOKEN_DROP: "use moe_dispatcher=alltoall and a capacity factor <= n_experts / top_k, or drop "
                          "moe_capacity_factor (dropless)",

@@ -57,7 +57,7 @@ from clusterplan.models.training.memory import (
     unique_per_layer_activation_bytes,
     zero_shards,
 )
-from clusterplan.models.training.moe_layer import max_destination_nodes, mtp_projection_s
+from clusterplan.models.training.moe_layer import imbalance, max_destination_nodes, mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
 from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s, async_tp_gathers_fused
 
@@ -389,7 +389,8 @@ def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: Hardware
     as ep_collectives) once per destination GPU / node (dispatch.dedup_all_to_all_s) on the all-to-all link rates;
     with node-limited routing at most moe_layer.max_destination_nodes RDMA copies per token (DeepSeek-V3: 4 nodes)."""
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
-    token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.hidden
+    # Imbalanced dropless routing: the busiest destination's copies set the time (moe_layer.imbalance).
+    token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.hidden * imbalance(L)
     return dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, hw.link("all_to_all", g.axis),
                               max_destination_nodes(shapes, n_out))
 
@@ -427,7 +428,7 @@ class LayerCost:
 
 
 LAYER_TIME_FIELDS = ("tp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision",
-                     "recompute", "recompute_modules", "moe_capacity_factor")
+                     "recompute", "recompute_modules", "moe_capacity_factor", "moe_imbalance")
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
 context-parallel attention runs its calls block by block), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
