@@ -91,6 +91,8 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             left_out["tp with pp, cp or ep"] += 1
             continue
         dp = world // (tp * pp * cp)
+        if "dp" in fixed and dp != int(fixed["dp"]):  # a pinned dp leaves tp x pp x cp = world / dp
+            continue
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
             (["1f1b", "zb"] if pp > 1 else ["1f1b"])
@@ -148,6 +150,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed and stack.max_tp is not None and int(fixed[key]) > stack.max_tp:
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} runs tensor parallelism up to "
                                 f"{stack.max_tp} only; pick another --stack or set {key} <= {stack.max_tp}")
+    if "dp" in fixed and world % int(fixed["dp"]):
+        raise BadInputError(f"--fix dp={fixed['dp']}: dp must divide the {world} GPUs (world = pp x dp x cp x tp); "
+                            f"pick one of {', '.join(map(str, divisors(world)))}")
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
@@ -209,6 +214,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
+    if "recompute_layers" in fixed:  # it applies to full recompute only (RuleCode.RECOMPUTE_LAYERS)
+        cols["recompute_layers"] = np.where(cols["recompute"] == RecomputeCode.FULL, cols["recompute_layers"], 0.0)
     if fixed.get("moe_capacity_factor") is not None:
         cols["moe_capacity_factor"] = np.full(total, float(fixed["moe_capacity_factor"]))
     if "moe_imbalance" in fixed:  # a routing assumption, priced on every candidate (no effect where ep is 1)

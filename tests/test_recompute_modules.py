@@ -72,3 +72,25 @@ def test_mlp_reruns_a_dense_layers_mlp_and_core_attn_equals_the_default():
     # Naming core_attn prices exactly what the unnamed default (Megatron's selective = core_attn) prices.
     assert float(_layer("llama3.1-8b", "core_attn", False)[2].recompute_s[0]) == pytest.approx(
         float(_layer("llama3.1-8b", "", False)[2].recompute_s[0]), rel=1e-12)
+
+
+
+def test_full_recompute_of_some_layers_reruns_that_share_of_the_forward():
+    # Llama 3.1 8B, 32 layers on one pipeline rank: recompute_layers 8 / 16 reruns 8 / 16 of the 32 layers'
+    # forwards, so the average layer's recompute_s is 1/4 / 1/2 of its forward_s (LayoutArrays.full_recompute_share)
+    # and its executed FLOPs gain the same share of a forward's; 0 (every layer) and 32 rerun all of it. Memory keeps
+    # the other layers' activations (memory.full_recompute_layers); before 2026-12-04 the time charged every layer.
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+
+    def layer(recompute: str, n: int = 0):
+        L = LayoutArrays.from_layouts([Layout(mbs=1, gbs=8, dp=8, seq=4096, recompute=recompute, recompute_layers=n)])
+        return layer_time(shapes, L, H100, False, MCORE)
+
+    none, whole = layer("none"), layer("full")
+    np.testing.assert_allclose(whole.recompute_s, whole.forward_s, rtol=1e-12)  # bf16: no weight casts beside
+    for n, share in ((8, 0.25), (16, 0.5), (32, 1.0)):
+        part = layer("full", n)
+        np.testing.assert_allclose(part.recompute_s, share * whole.forward_s, rtol=1e-12)
+        np.testing.assert_allclose(part.hardware_flops,
+                                   none.hardware_flops + share * (whole.hardware_flops - none.hardware_flops),
+                                   rtol=1e-12)

@@ -162,6 +162,15 @@ class LayoutArrays:
     def __len__(self) -> int:
         return len(self.dp)
 
+    def full_recompute_share(self, n_layers: int) -> np.ndarray:
+        """Share of a pipeline rank's layers whose forward full recompute runs again in backward (with its forward
+        collectives): 1 with recompute_layers 0 (every layer), else min(recompute_layers, layers per rank) / layers
+        per rank at the average n_layers / pp (memory.full_recompute_layers keeps the same layers' inputs only);
+        0 without full recompute."""
+        per_rank = n_layers / self.pp
+        share = np.where(self.recompute_layers > 0, np.minimum(self.recompute_layers, per_rank) / per_rank, 1.0)
+        return np.where(self.recompute == RECOMPUTE_FULL, share, 0.0)
+
     def take(self, index: np.ndarray) -> LayoutArrays:
         return LayoutArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.training.batch import PREC_FP8, PREC_FP32, RECOMPUTE_FULL, LayoutArrays
+from clusterplan.models.training.batch import PREC_FP8, PREC_FP32, LayoutArrays
 from clusterplan.models.training.memory import bytes_per_param
 from clusterplan.models.training.moe_layer import imbalance, routed_tokens
 
@@ -42,9 +42,10 @@ def activation_bytes(L: LayoutArrays) -> np.ndarray:
     return np.where(L.precision == PREC_FP32, 4.0, 2.0)
 
 
-def _recompute_extra(L: LayoutArrays) -> np.ndarray:
-    # Full recompute runs each layer's forward again in backward, with its forward collectives (Korthikanti 2022).
-    return np.where(L.recompute == RECOMPUTE_FULL, 1.0, 0.0)
+def _recompute_extra(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    # Full recompute runs each recomputed layer's forward again in backward, with its forward collectives
+    # (Korthikanti 2022); recompute_layers of a rank's layers only (LayoutArrays.full_recompute_share).
+    return L.full_recompute_share(shapes.n_layers)
 
 
 def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = False) -> tuple[Collectives, ...]:
@@ -57,7 +58,7 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = F
     tokens = L.seq * L.mbs / L.cp
     size = activation_bytes(L) * tokens * shapes.hidden
     gathered = np.where((L.precision == PREC_FP8) & fp8_allgather, FP8_BYTES * tokens * shapes.hidden, size)
-    calls = np.where(L.tp > 1, 4.0 + 2.0 * _recompute_extra(L), 0.0)
+    calls = np.where(L.tp > 1, 4.0 + 2.0 * _recompute_extra(shapes, L), 0.0)
     sp = L.sp.astype(bool)
     return (Collectives("tp", ALL_REDUCE, np.where(sp, 0.0, calls), size),
             Collectives("tp", ALL_GATHER, np.where(sp, calls, 0.0), gathered),
@@ -70,7 +71,7 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     drop-and-pad path capacity x n_experts rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
     size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.hidden
-    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER + _recompute_extra(L) * EP_ALL_TO_ALLS_PER_LAYER / 2, 0.0)
+    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER + _recompute_extra(shapes, L) * EP_ALL_TO_ALLS_PER_LAYER / 2, 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
 

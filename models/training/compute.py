@@ -516,12 +516,14 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         selective_extra = linear_times(redo, fhw, fp8)[0] + t_elem
         selective_flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in redo)
     full, sel = L.recompute == RecomputeCode.FULL, L.recompute == RecomputeCode.SELECTIVE
-    recompute = np.select([full, sel], [forward, selective_extra], 0.0)
+    # Full recompute of recompute_layers of a rank's layers: that share of a layer's forward again, on average.
+    share = L.full_recompute_share(shapes.n_layers)
+    recompute = np.select([full, sel], [share * forward, selective_extra], 0.0)
     forward = forward + weight_f
     flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([full, sel], [linear + core_exec, selective_flops], 0.0)
+    flops_recompute = np.select([full, sel], [share * (linear + core_exec), selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
-                     core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + np.where(full, t_linear, 0.0),
+                     core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + share * t_linear,
                      weight_grad_s=t_weight_grad,
                      hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
                      experts_backward_s=experts_b,

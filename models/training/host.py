@@ -169,7 +169,8 @@ def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, 
                                                     rest_b, rest_f]) - gpu_f - gpu_b, with_recompute)
     backward = np.maximum(0.0, sum(p.host_s for p in backward_phases) - gpu_b)
     full = L.recompute == RecomputeCode.FULL
-    exposed = forward + np.where(full, with_recompute, backward)
+    share = L.full_recompute_share(shapes.n_layers)  # recompute_layers of a rank's layers recompute
+    exposed = forward + share * with_recompute + (1.0 - share) * backward
     if h.dispatcher_sync and np.any(L.moe_a2a_overlap > 0):
         merged = np.maximum(0.0, pipeline_s([combine, dispatch, experts_b, dispatch, experts_f, combine, rest_b,
                                              rest_f]) - gpu_f - gpu_b)

@@ -348,6 +348,11 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
         add(RuleCode.A2A_HEADS,
             f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
+    if L.recompute_layers and L.recompute != "full":
+        add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
+                                       f"recompute={L.recompute}")
+    elif L.recompute_layers > model.n_layers:
+        add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) > n_layers({model.n_layers})")
     chunks = L.pp * L.vpp
     uneven = L.first_stage_layers or L.last_stage_layers
     if L.pp == 1 and uneven:

@@ -30,6 +30,7 @@ class RuleCode(str, Enum):
     INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
     GBS_DP_MBS = "gbs % (dp * mbs)"
     SP_SEQ = "seq % (tp * cp) (sequence parallel)"
+    RECOMPUTE_LAYERS = "recompute_layers needs recompute=full and at most n_layers"
     CP_SEQ = "seq % (2 * cp) (context parallel)"
     EP_DENSE = "ep > 1 on a dense model"
     EXPERTS_EP = "n_experts % ep"
@@ -68,6 +69,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.INTERLEAVED_MICROBATCHES: "raise the global batch so micro-batches per pipeline are a multiple of pp",
     RuleCode.GBS_DP_MBS: "make the global batch a multiple of dp * micro-batch size",
     RuleCode.SP_SEQ: "make seq divisible by tp * cp",
+    RuleCode.RECOMPUTE_LAYERS: "give recompute=full with recompute_layers at most the layers a pipeline rank holds "
+                               "(0 = every layer), or drop recompute_layers",
     RuleCode.CP_SEQ: "make seq divisible by 2 * cp",
     RuleCode.EP_DENSE: "use ep = 1 for a dense model",
     RuleCode.EXPERTS_EP: "pick ep dividing the number of experts",

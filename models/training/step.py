@@ -22,7 +22,6 @@ from clusterplan.models.training.batch import (
     LayoutArrays,
     MoeDispatcherCode,
     OptimizerCode,
-    RecomputeCode,
     ScheduleCode,
 )
 from clusterplan.models.training.collectives import (
@@ -186,7 +185,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
         tokens = L.seq * L.mbs / L.cp
         # fused_matmul_reduce_scatter's torch.sum over the tp stacked partials: reads tokens x h, writes 1/tp of it.
         reduction_s = activation_bytes(L) * tokens * shapes.hidden * (1.0 + 1.0 / L.tp) / hw.hbm_bytes_per_s
-        passes = 1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
+        passes = 1.0 + L.full_recompute_share(shapes.n_layers)
         exposed = async_tp_exposed_s(async_tp_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
                                      _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
                                      gather.calls, passes, L.tp, hw.comm_overlap,
@@ -229,7 +228,7 @@ def ulysses_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, group
     act = activation_bytes(L) / L.tp
     widths = (shapes.q_dim, shapes.kv_dim / 2.0, shapes.kv_dim / 2.0, shapes.v_dim)
     one_way = sum(_collective("all_to_all", act * tokens * w, group, hw) for w in widths)
-    return (2.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * one_way
+    return (2.0 + L.full_recompute_share(shapes.n_layers)) * one_way
 
 
 def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: HardwareRates) -> np.ndarray:
@@ -238,7 +237,7 @@ def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: Hardw
     reduce-scatters dK,dV of the same size; the attention needs the gathered K,V, so neither overlaps."""
     gathered = activation_bytes(L) * L.seq * L.mbs * shapes.kv_dim / L.tp
     ag = _collective("all_gather", gathered, group, hw)
-    return (1.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * ag + _collective("reduce_scatter",
+    return (1.0 + L.full_recompute_share(shapes.n_layers)) * ag + _collective("reduce_scatter",
                                                                                           gathered, group, hw)
 
 
@@ -347,7 +346,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     """(tp, cp, ep) exposed communication of one layer per micro-batch, forward + backward (+ recompute)."""
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
-    full = np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)
+    full = L.full_recompute_share(shapes.n_layers)
     tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks)
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
@@ -427,8 +426,9 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
-LAYER_TIME_FIELDS = ("tp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn", "precision",
-                     "recompute", "recompute_modules", "moe_capacity_factor", "moe_imbalance")
+LAYER_TIME_FIELDS = ("tp", "pp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn",
+                     "precision", "recompute", "recompute_layers", "recompute_modules", "moe_capacity_factor",
+                     "moe_imbalance")
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
 context-parallel attention runs its calls block by block), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
@@ -851,7 +851,7 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     extra = zero3_collectives_per_layer(shapes, L, stack, (one_layer.dense + one_layer.expert) * activation_bytes(L))
     extra = extra - 1.0 if stack.fsdp_granularity == "block" else extra  # the first is priced in per_layer
     per_collective_lat = extra * (shard.size - 1) * step_lat
-    latency = (3.0 + np.where(L.recompute == RecomputeCode.FULL, 1.0, 0.0)) * per_collective_lat
+    latency = (3.0 + L.full_recompute_share(shapes.n_layers)) * per_collective_lat
     exposed = L.microbatches * (slow_layers * (per_layer + latency) + edge)
     if stack.fsdp_impl == "fsdp2":
         # FSDP2: the block's own gather / reduce-scatter at the edges (not the average layer's, which carries the
