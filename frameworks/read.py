@@ -568,6 +568,10 @@ def _float(raw: str) -> float:
 def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
     v, env = megatron_args(path)
+    if not v:  # an empty file, or one that is not a Megatron-LM launch (check names configs by suffix only)
+        raise BadInputError(f"{show(path)}: no Megatron-LM argument in it (e.g. --tensor-model-parallel-size, "
+                            "--micro-batch-size); give a Megatron-LM launch script, or name a torchtitan config .toml, "
+                            "a plan .yaml, a DeepSpeed config .json")
     for flag, key in MEGATRON_INT.items():
         if key in ("tp", "pp", "cp", "layers_per_vstage", "vstages", "mbs", "gbs", "seq", "ep", "etp",
                    "dp_replicate") and key in v and v[key] < 1:

@@ -269,3 +269,15 @@ def test_grok1_and_dbrx_by_hand():
     # DBRX: untied 100352-token tables, 16 gated experts of 10752, LayerNorm (weight and bias) twice per layer.
     layer = attention + h * 16 + 16 * 3 * h * 10752 + 2 * 2 * h
     assert load_model("dbrx").total_params() == 2 * 100352 * h + 40 * layer + 2 * h
+
+
+@pytest.mark.parametrize(("repo", "preset"), [
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"),  # the preset's hf_repo, as serve-plan's launch lines print it
+    ("meta-llama/Llama-3.1-8B", "llama3.1-8b"),  # the base release: same config.json
+    ("mistralai/Mixtral-8x7B-v0.1", "mixtral-8x7b"),  # -Instruct-v0.1's base
+    ("meta-llama/Llama-2-70b-hf", "llama2-70b"),  # -chat-hf's base
+    ("google/gemma-2-9b", "gemma2-9b"),  # -it's base
+    ("deepseek-ai/DeepSeek-V3", "deepseek-v3"),
+])
+def test_hugging_face_repo_ids_name_their_presets(repo, preset):
+    assert load_model(repo).name == preset

@@ -476,3 +476,14 @@ def test_serve_prices_as_a_bare_list_says_where_the_rows_go(run_cli, tmp_path):
     one_line_exit_2(run_cli, "serve-plan", "--model", "llama3.1-8b", "--rate", "10", "--input-len", "512",
                     "--output-len", "128", "--ttft-ms", "500", "--tpot-ms", "50", "--prices", path,
                     expect="put the rows under a `prices:` key")
+
+
+def test_check_of_a_file_with_no_megatron_argument_is_bad_input(run_cli, tmp_path):
+    # check names configs by suffix; anything not .toml / .py / .yaml / .json is read as a Megatron-LM launch. An
+    # empty or unrelated file used to be checked as Megatron's defaults (tp1 fp32, 158.6 GiB: FAIL, exit 1).
+    for name, text in (("empty.sh", ""), ("notes.txt", "hello world\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert f"{name}: no Megatron-LM argument in it" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -30,9 +31,25 @@ def _presets() -> tuple[Mapping[str, ModelSpec], Mapping[str, str]]:
         raw = dict(entry)
         for alias in raw.pop("aliases", []) or []:
             aliases[alias] = name
-        raw.pop("hf_repo", None)  # serving metadata, read by hf_repo()
+        repo = raw.pop("hf_repo", None)  # serving metadata, read by hf_repo(); its id names the preset too
+        if repo:
+            for alias in repo_aliases(str(repo)):
+                aliases.setdefault(alias, name)
         specs[name] = ModelSpec.from_dict({"name": name, **raw}, where=f"{file_name}: {name}")
     return MappingProxyType(specs), MappingProxyType(aliases)
+
+
+CHAT_RELEASE = re.compile(r"-(?:Instruct|instruct|Chat|chat|it)(?=$|-v[\d.]+$|-hf$)")
+"""The chat / instruct tag of a Hugging Face release id (Llama-3.1-8B-Instruct, Mixtral-8x7B-Instruct-v0.1,
+Llama-2-7b-chat-hf, gemma-2-9b-it); the base release (the tag dropped) has the same architecture (config.json)."""
+DATED_INSTRUCT = re.compile(r"-Instruct(?=-\d{4}$)")
+"""Mistral's dated releases name the base weights -Base- where the instruct ones say -Instruct- (Mistral-Nemo-Base-2407)."""
+
+
+def repo_aliases(repo: str) -> tuple[str, ...]:
+    """The Hugging Face ids a preset answers to: its hf_repo and, for a chat / instruct release, the base one's."""
+    base = DATED_INSTRUCT.sub("-Base", CHAT_RELEASE.sub("", repo, count=1), count=1)
+    return (repo,) if base == repo else (repo, base)
 
 
 @lru_cache(maxsize=1)
