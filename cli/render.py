@@ -34,11 +34,15 @@ def render_estimate(data: dict[str, Any]) -> None:
                    if t in data["time"]])
     mem = data["memory"]
     stages = mem["by_stage"]
-    rows = [(term, *(f"{stages[p][term + '_gib']:.2f}" for p in ("first", "middle", "last")))
-            for term in MEMORY_TERMS + ("total",)]
-    console.table(f"memory per GPU, GiB (peak {mem['peak_gib']:.1f} of {mem['capacity_gib']:.1f} on the "
-                  f"{mem['peak_stage']} stage, headroom {mem['headroom_gib']:.1f})",
-                  ["term", "first stage", "middle", "last stage"], rows)
+    # The stages that exist: pp 1 is one stage (the first position's, with the embedding and the head), pp 2 has
+    # no middle one. The JSON keeps all three positions.
+    pp = int(lay.get("pp", 1))
+    shown = (("first", "all layers"),) if pp == 1 else (("first", "first stage"), ("last", "last stage")) if pp == 2 \
+        else (("first", "first stage"), ("middle", "middle"), ("last", "last stage"))
+    rows = [(term, *(f"{stages[p][term + '_gib']:.2f}" for p, _ in shown)) for term in MEMORY_TERMS + ("total",)]
+    where = "" if pp == 1 else f" on the {mem['peak_stage']} stage"
+    console.table(f"memory per GPU, GiB (peak {mem['peak_gib']:.1f} of {mem['capacity_gib']:.1f}{where}, "
+                  f"headroom {mem['headroom_gib']:.1f})", ["term", *(label for _, label in shown)], rows)
 
 
 def fmt_duration(seconds: float | None) -> str:
