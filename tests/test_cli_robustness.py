@@ -487,3 +487,16 @@ def test_check_of_a_file_with_no_megatron_argument_is_bad_input(run_cli, tmp_pat
         code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
         assert code == 2 and out == "" and err.count("\n") == 1
         assert f"{name}: no Megatron-LM argument in it" in err
+
+
+def test_estimate_memory_table_shows_only_the_stages_that_exist(run_cli):
+    # pp 1 is one stage (one column, embedding and head both on it); pp 2 has no middle stage.
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           "tp=8,pp=1,gbs=8,seq=4096")
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("term"))
+    assert header.split() == ["term", "all", "layers"]
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           "tp=4,pp=2,gbs=8,seq=4096")
+    header = next(line for line in out.splitlines() if line.startswith("term"))
+    assert header.split() == ["term", "first", "stage", "last", "stage"]
