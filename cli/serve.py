@@ -19,6 +19,7 @@ from clusterplan.solver.serve import (
     Limits,
     Pool,
     ServePlan,
+    SloUnreachable,
     Workload,
     candidate_instances,
     make_workload,
@@ -267,8 +268,15 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     for line in warnings:
         console.warn(line)
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
-    with console.progress(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets") as progress:
-        answer = plan_serving(instances, work, limits, disaggregate, link, progress)
+    try:
+        with console.progress(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets") \
+                as progress:
+            answer = plan_serving(instances, work, limits, disaggregate, link, progress)
+    except SloUnreachable as exc:  # an answer, not an error: the nearest latencies any instance reaches; exit 1
+        if fmt == "json":
+            console.json({"pools": [], "feasible": False, "nearest_feasible": exc.nearest})
+        console.error(str(exc))
+        raise SystemExit(1) from None
     if save_capacity and answer.capacity is not None:
         write_atomic(save_capacity, dumps_json(melange_table(answer.capacity, work)))
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")

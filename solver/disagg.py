@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from clusterplan.errors import InfeasibleError
 from clusterplan.hardware_db import Link
 from clusterplan.models.serving.kv import kv_bytes_per_token
 from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
@@ -25,7 +24,7 @@ from clusterplan.solver.serve import (
     mean_output_tokens,
     pool_cost,
     solve_pools,
-    unreachable_message,
+    unreachable,
 )
 
 
@@ -47,7 +46,7 @@ def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, l
     decode = capacity_table(instances, work, mode="decode", progress=progress)
     for table in (prefill, decode):
         if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
-            raise InfeasibleError(unreachable_message(table, work))
+            raise unreachable(table, work)
     p_mix = solve_pools(prefill, work, limits)
     used: dict[str, int] = {}
     p_pools = describe_pools(prefill, p_mix, work, limits, role="prefill", used_gpus=used)

@@ -238,8 +238,17 @@ def mean_output_tokens(work: Workload) -> float:
     return sum(b.share * float(np.mean(b.output_tokens)) for b in work.buckets)
 
 
-def unreachable_message(table: CapacityTable, work: Workload) -> str:
-    """One line: which bucket no instance serves, and the lowest latencies any instance achieves there."""
+class SloUnreachable(InfeasibleError):
+    """No instance serves a request bucket within the SLO even unloaded: an answer (exit 1), with the nearest
+    latencies any instance reaches (`nearest`, the JSON's nearest_feasible)."""
+
+    def __init__(self, message: str, nearest: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.nearest = nearest
+
+
+def unreachable(table: CapacityTable, work: Workload) -> SloUnreachable:
+    """Which bucket no instance serves, and the lowest latencies any instance achieves there (one line, and as data)."""
     for b, bucket in enumerate(work.buckets):
         if any(row[b] > 0 for row in table.capacity_rps):
             continue
@@ -247,13 +256,20 @@ def unreachable_message(table: CapacityTable, work: Workload) -> str:
         ttft = min(cells, key=lambda c: c[0].ttft_s)
         tpot = min(cells, key=lambda c: c[0].tpot_s)
         q = work.slo.percentile
+        where = {"requests": bucket.label, "traffic_share": round(bucket.share, 6), "percentile": q}
         if not math.isfinite(ttft[0].ttft_s):  # infinite even unloaded: the request does not fit in any KV cache
-            return (f"no instance holds requests {bucket.label} ({bucket.share:.0%} of traffic) in its KV cache; "
-                    "shorten --input-len/--output-len or add GPUs with more memory (--gpus, larger --tp)")
-        return (f"SLO unreachable for requests {bucket.label} ({bucket.share:.0%} of traffic): lowest p{q:g} TTFT "
-                f"{ttft[0].ttft_s * 1e3:.0f} ms on {ttft[1]}, lowest p{q:g} TPOT {tpot[0].tpot_s * 1e3:.1f} ms on "
-                f"{tpot[1]} (even unloaded); relax --ttft-ms/--tpot-ms to these or add faster GPUs with --gpus")
-    return "no GPU mix within --max-gpus / availability serves the rate; raise the limits or relax the SLO"
+            return SloUnreachable(f"no instance holds requests {bucket.label} ({bucket.share:.0%} of traffic) in its "
+                                  "KV cache; shorten --input-len/--output-len or add GPUs with more memory (--gpus, "
+                                  "larger --tp)", where | {"fits_kv_cache": False})
+        return SloUnreachable(
+            f"SLO unreachable for requests {bucket.label} ({bucket.share:.0%} of traffic): lowest p{q:g} TTFT "
+            f"{ttft[0].ttft_s * 1e3:.0f} ms on {ttft[1]}, lowest p{q:g} TPOT {tpot[0].tpot_s * 1e3:.1f} ms on "
+            f"{tpot[1]} (even unloaded); relax --ttft-ms/--tpot-ms to these or add faster GPUs with --gpus",
+            where | {"fits_kv_cache": True,
+                     "lowest_ttft": {"ms": round(ttft[0].ttft_s * 1e3, 3), "instance": ttft[1]},
+                     "lowest_tpot": {"ms": round(tpot[0].tpot_s * 1e3, 3), "instance": tpot[1]}})
+    return SloUnreachable("no GPU mix within --max-gpus / availability serves the rate; raise the limits or relax "
+                          "the SLO", {"limits": True})
 
 
 def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits,
@@ -261,7 +277,7 @@ def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limit
     """The ILP mix and the two cheapest single-type fleets, each checked on its whole request mix; cheapest wins."""
     table = capacity_table(instances, work, progress=progress)
     if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
-        raise InfeasibleError(unreachable_message(table, work))
+        raise unreachable(table, work)
     candidates = [describe_pools(table, solve_pools(table, work, limits), work, limits)]
     singles = single_type_costs(table, work)
     alternatives = {}
@@ -438,6 +454,7 @@ def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits:
     modes = {"off": ["colocated"], "on": ["disaggregated"], "auto": ["colocated", "disaggregated"]}[disaggregate]
     plans: dict[str, ServePlan] = {}
     errors: dict[str, str] = {}
+    first_error: InfeasibleError | None = None
     table = None
     for mode in modes:
         try:
@@ -452,8 +469,9 @@ def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits:
             plans[mode] = plan_disaggregated(instances, work, limits, kv_link, progress)
         except InfeasibleError as exc:
             errors[mode] = str(exc)
+            first_error = first_error or exc
     if not plans:
-        raise InfeasibleError(next(iter(errors.values())))
+        raise first_error or InfeasibleError(next(iter(errors.values())))
     chosen = min(plans.values(), key=lambda p: (p.usd_per_hour, p.mode))
     others = {m: p.usd_per_hour for m, p in plans.items()} | {m: math.inf for m in errors}
     singles = next((p.alternatives for p in plans.values() if p.alternatives), {})

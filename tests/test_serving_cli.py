@@ -88,9 +88,17 @@ def test_trace_input(run_cli, tmp_path) -> None:
 def test_unreachable_slo_names_the_nearest_option(run_cli) -> None:
     code, out, err = run_cli(*BASE, "--rate", "1", "--input-len", "8000", "--output-len", "100", "--ttft-ms", "20",
                              "--tpot-ms", "50")
-    assert code == 2 and out == ""
+    # An answer, not bad input (README "When nothing fits"): exit 1, the one line on stderr; the JSON carries it.
+    assert code == 1 and out == ""
     assert "SLO unreachable" in err and "lowest p90 TTFT" in err and "A100-SXM4-80GB tp2" in err
     assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(*BASE, "--rate", "1", "--input-len", "8000", "--output-len", "100", "--ttft-ms", "20",
+                             "--tpot-ms", "50", "--format", "json")
+    data = json.loads(out)
+    assert code == 1 and data["feasible"] is False and data["pools"] == []
+    nearest = data["nearest_feasible"]
+    assert nearest["lowest_ttft"]["ms"] > 20 and "A100-SXM4-80GB tp2" in err
+    assert nearest["requests"] == "in 8000-8000 / out 100-100" and nearest["percentile"] == 90.0
 
 
 @pytest.mark.parametrize(("args", "needle"), [
