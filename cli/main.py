@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> Any:
         console.error("aborted")
         code = 130
     except click.ClickException as exc:
-        console.error(one_line(" ".join(exc.format_message().split())))  # click lists choices on several lines
+        message = " ".join(exc.format_message().split())  # click lists choices on several lines
+        if isinstance(exc, click.UsageError):  # unknown option or command, missing value: where the usage is
+            where = exc.ctx.command_path if exc.ctx is not None else "clusterplan"
+            message += f" (see `{where} --help`)"
+        console.error(one_line(message))
         code = 2
     except NonFiniteResultError as exc:
         files = _input_files(args)

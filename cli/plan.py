@@ -28,6 +28,9 @@ from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, sear
 MAX_TOP = 1000
 """Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
 each), and a table of 1,000 layouts is already beyond reading."""
+MAX_HEADROOM_GIB = 1024.0
+"""Most GiB --headroom-gib may keep free per GPU: above every GPU's memory (hardware_db gpus.yaml tops out near 300
+GiB), so a larger value is a typo, not a plan."""
 
 
 def parse_fix(text: str | None, world: int) -> dict:
@@ -84,8 +87,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         raise BadInputError(f"--objective {objective} needs --tokens (e.g. --tokens 15e12)")
     if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
         raise BadInputError(f"--tokens {tokens:g}: give a positive token budget (e.g. --tokens 15e12)")
-    if not math.isfinite(headroom_gib):
-        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB (e.g. --headroom-gib 2)")
+    if not math.isfinite(headroom_gib) or headroom_gib > MAX_HEADROOM_GIB:
+        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give GiB to keep free per GPU, at most "
+                            f"{MAX_HEADROOM_GIB:g} (e.g. --headroom-gib 2)")
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
@@ -143,8 +147,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         if "mixed_gpu_types" in data:
             _render_mixed(data["mixed_gpu_types"])
     s = data["search"]
-    console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit; rejected "
-                 + ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v))
+    rejected = ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v)
+    console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit"
+                 + (f"; rejected {rejected}" if rejected else ""))
     for note in result.notes:  # what the stack cannot run, left out of the search
         console.info(f"left out: {note}")
     if out_path:

@@ -146,7 +146,8 @@ def test_bigger_cluster_hint_keeps_the_headroom(run_cli):
 @pytest.mark.parametrize(("args", "expect"), [
     (("--objective", "time-to-train", "--tokens", "nan"), "give a positive token budget"),
     (("--objective", "time-to-train", "--tokens", "-5"), "give a positive token budget"),
-    (("--headroom-gib", "inf"), "give a finite number of GiB"),
+    (("--headroom-gib", "inf"), "give GiB to keep free per GPU, at most 1024"),
+    (("--headroom-gib", "1e26"), "give GiB to keep free per GPU, at most 1024"),
 ])
 def test_plan_number_options(run_cli, args, expect):
     one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
