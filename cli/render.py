@@ -79,6 +79,10 @@ def render_layer_parts(p: dict[str, Any]) -> None:
                   [(part, f"{fwd[part] * 1e3:.3f}", f"{bwd[part] * 1e3:.3f}", f"{(fwd[part] + bwd[part]) * 1e3:.3f}")
                    for part in fwd],
                   justify_right=[False, True, True, True])
+    gemm_ms, whole_ms = (fwd["gemm"] + bwd["gemm"]) * 1e3, p["whole_gemm_s"] * 1e3
+    if abs(gemm_ms - whole_ms) > 1e-3 * whole_ms:
+        console.text(f"gemm: {gemm_ms:.3f} ms as the stack's tensor-parallel overlap ({p['tp_overlap']}) runs them, "
+                     f"in chunks; {whole_ms:.3f} ms as whole GEMMs (estimate --gemms)")
     if p["attention_curve"] is not None:
         console.text(f"attention core: stack kernel {p['attention_kernel']}, priced on the {p['attention_curve']} curve "
                      "(hardware_db/data/attention_kernels.yaml)")

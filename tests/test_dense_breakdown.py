@@ -3,6 +3,8 @@ prices for every dense Megatron-Bridge row, and the published per-layer time is 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from clusterplan.hardware_db import get_stack
@@ -46,3 +48,20 @@ def test_published_layer_time_and_the_cli(capsys):
     assert dense_breakdown.main(["DGX-B200 no-such-model FP8-CS"]) == 2
     err = capsys.readouterr().err
     assert "no dense row named" in err and len(err.strip().splitlines()) == 1
+
+
+
+def test_parts_gemm_against_whole_gemms_names_the_tp_overlap_chunking(run_cli):
+    # estimate --parts' gemm part is the GEMMs as the stack's TP overlap chunks them; --gemms lists them whole. The
+    # two differ by design; the parts view says so and gives the whole figure (a fuzz run read them as a
+    # contradiction). Without TP (tp 1) they are the same GEMMs.
+    base = ("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--parts", "--layout")
+    code, out, _ = run_cli(*base, "tp=8,gbs=8,seq=4096", "--format", "json")
+    parts = json.loads(out)["layer_parts"]
+    assert code == 0 and parts["tp_overlap"] != "none"
+    assert parts["forward_s"]["gemm"] + parts["backward_s"]["gemm"] > parts["whole_gemm_s"]
+    code, out, _ = run_cli(*base, "tp=8,gbs=8,seq=4096")
+    assert code == 0 and "as whole GEMMs (estimate --gemms)" in out
+    code, out, _ = run_cli(*base, "tp=1,gbs=8,seq=4096", "--format", "json")
+    parts = json.loads(out)["layer_parts"]
+    assert parts["forward_s"]["gemm"] + parts["backward_s"]["gemm"] == pytest.approx(parts["whole_gemm_s"], rel=1e-5)

@@ -53,6 +53,9 @@ class DenseLayerParts:
 
     forward_s: dict[str, float]
     backward_s: dict[str, float]
+    whole_gemm_s: float = 0.0
+    """The weight GEMMs forward + backward as whole GEMMs (estimate --gemms' sum); `gemm` differs from it where the
+    stack's tensor-parallel overlap runs each GEMM as chunks (tp_overlap.py)."""
 
     @property
     def total_s(self) -> float:
@@ -70,6 +73,7 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     overlap = (TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
                if stack.tp_overlap != "none" else None)
     gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
+    whole_f, whole_b, _ = linear_times(linears, hw, fp8, None, fhw)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)
     _, core = layer_flops(shapes, L, False)
     attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel, cp_runs_blocks(L, stack))
@@ -90,7 +94,7 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     if bool(np.ravel(casting)[0]):  # the autocast parts only where the run autocasts
         forward.update(autocast_cast=first(act_f), autocast_weight=first(weight_f))
         backward.update(autocast_cast=first(act_b), autocast_weight=first(weight_b))
-    return DenseLayerParts(forward_s=forward, backward_s=backward)
+    return DenseLayerParts(forward_s=forward, backward_s=backward, whole_gemm_s=first(whole_f + whole_b))
 
 
 UNFUSED = "unfused GEMMs (flash attention off)"
@@ -108,6 +112,8 @@ class LayerParts:
     """What priced the core (compute.flash_core_source): a measured curve family (attention_kernels.yaml), the
     calibration's profile fit, the score/value GEMMs, or the unfused GEMMs with flash attention off."""
     parts: DenseLayerParts
+    tp_overlap: str = "none"
+    """The stack's tensor-parallel overlap (stacks.yaml tp_overlap): what chunks the `gemm` part's GEMMs."""
 
     @property
     def attention_curve(self) -> str | None:
@@ -119,7 +125,8 @@ class LayerParts:
                 "attention_source": self.attention_source,
                 "scope": "one dense layer, one micro-batch, one rank; recompute excluded",
                 "forward_s": {k: float(f"{v:.6g}") for k, v in self.parts.forward_s.items()},
-                "backward_s": {k: float(f"{v:.6g}") for k, v in self.parts.backward_s.items()}}
+                "backward_s": {k: float(f"{v:.6g}") for k, v in self.parts.backward_s.items()},
+                "tp_overlap": self.tp_overlap, "whole_gemm_s": float(f"{self.parts.whole_gemm_s:.6g}")}
 
 
 def layer_parts(est: Estimate) -> LayerParts | None:
@@ -131,4 +138,5 @@ def layer_parts(est: Estimate) -> LayerParts | None:
     kernel = ev.stack.attention_kernel
     source = flash_core_source(ev.hw, kernel) if est.layout.flash_attn else UNFUSED
     return LayerParts(gpu=ev.hw.gpu_name, attention_kernel=kernel, attention_source=source,
-                      parts=dense_layer_parts(shapes, LayoutArrays.from_layouts([est.layout]), ev.hw, ev.stack))
+                      parts=dense_layer_parts(shapes, LayoutArrays.from_layouts([est.layout]), ev.hw, ev.stack),
+                      tp_overlap=ev.stack.tp_overlap)
