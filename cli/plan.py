@@ -207,6 +207,8 @@ def _render(data: dict) -> None:
                         f"{plans[0]['time_to_train']['days_interval'][1]:.1f} days" if to_train and
                         "days_interval" in plans[0]["time_to_train"] else f"{iv['low_s']:.3g}-{iv['high_s']:.3g} s")
                      + f" ({iv['source']})")
+    if "moe_routing" in plans[0]:
+        console.text(f"MoE routing of #1: {plans[0]['moe_routing']}")
     if data.get("ties_with_best"):
         console.text(f"#{', #'.join(str(r) for r in data['ties_with_best'])} "
                      f"{'is' if len(data['ties_with_best']) == 1 else 'are'} within #1's interval: a tie, not a ranking")
