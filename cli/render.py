@@ -138,11 +138,13 @@ def render_stage_split(split: dict[str, Any]) -> None:
 
 def render_nearest(nearest: NearestFeasible) -> None:
     """The cause of an out-of-memory answer and the options that fit, smallest change first."""
-    console.text(f"does not fit: {nearest.reason}")
+    # A memory cause: it does not fit; none (fp8 on GPUs without fp8 tensor cores): it cannot run.
+    console.text(f"{'does not fit' if nearest.cause is not None else 'cannot run'}: {nearest.reason}")
     if not nearest.options:
         console.text(nearest.summary())
         return
-    console.table("nearest options that fit (fewest knobs changed, then fewest GPUs added, then fastest)",
+    console.table(f"nearest options that {'fit' if nearest.cause is not None else 'run'} (fewest knobs changed, "
+                  "then fewest GPUs added, then fastest)",
                   ["#", "change", "layout", "GPUs", "step s", "tokens/s", "peak GiB", "memory freed GiB"],
                   [(k, ", ".join(map(str, o.changes)), o.layout.short(), f"{o.gpus_added:+d}" if o.gpus_added else "",
                     f"{o.step_time_s:.4g}", f"{o.tokens_per_s:,.0f}", f"{o.peak_gib:.1f} of {o.capacity_gib:.1f}",

@@ -36,7 +36,14 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import MAX_NODES, Cluster
 from clusterplan.models.hardware.rates import HardwareRates
-from clusterplan.models.training.estimate import MEMORY_TERMS, Estimate, estimate, passes_rules, stack_memory
+from clusterplan.models.training.estimate import (
+    MEMORY_TERMS,
+    Estimate,
+    estimate,
+    fp8_hardware_problems,
+    passes_rules,
+    stack_memory,
+)
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -381,7 +388,15 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
                    stack: ExecutionStack) -> NearestFeasible | None:
     """For a layout that breaks only the memory rule: the term that overflows and the smallest changes of the
     layout (or its node count) that fit, each priced by estimate(). None when the layout breaks another rule
-    (its reasons already name the fix) or fits."""
+    (its reasons already name the fix) or fits. fp8 on GPUs without fp8 tensor cores (the PRECISION rule alone):
+    the same layout in bf16, priced, when it fits."""
+    if (est.reasons and est.layout.precision == "fp8" and all(r.code == RuleCode.PRECISION for r in est.reasons)
+            and fp8_hardware_problems(cluster, est.layout)):
+        twin = estimate(model, cluster, replace(est.layout, precision="bf16"), calibration, stack=stack)
+        if not twin.feasible:
+            return None
+        option = _option(twin, (Change("precision", "fp8", "bf16", 1),), cluster, None, 0.0)
+        return NearestFeasible(cause=None, reason=str(est.reasons[0]), options=(option,), tried=("precision",))
     if not est.reasons or any(r.code != RuleCode.OUT_OF_MEMORY for r in est.reasons) or est.evaluation is None:
         return None
     cause = memory_cause(est, 0.0)

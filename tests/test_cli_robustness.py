@@ -502,3 +502,17 @@ def test_estimate_memory_table_shows_only_the_stages_that_exist(run_cli):
                            "tp=4,pp=2,gbs=8,seq=4096")
     header = [line for line in out.splitlines() if line.startswith("term")][-1]
     assert header.split() == ["term", "first", "stage", "last", "stage"]
+
+
+def test_estimate_fp8_on_gpus_without_fp8_offers_the_bf16_twin_priced(run_cli):
+    # Impossible requests show the nearest option that runs, with its numbers: fp8 on A100 -> the same layout in
+    # bf16 (exit 1, an answer). It used to print only the fp8 price of a layout that cannot run.
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-a100-80g:1", "--layout",
+                             "tp=8,gbs=8,seq=2048,precision=fp8", "--format", "json")
+    data = json.loads(out)
+    option = data["nearest_feasible"]["options"][0]
+    assert code == 1 and data["feasible"] is False
+    assert option["changes"] == [{"knob": "precision", "from": "fp8", "to": "bf16", "steps": 1}]
+    code, bf16, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-a100-80g:1", "--layout",
+                            "tp=8,gbs=8,seq=2048,precision=bf16", "--format", "json")
+    assert code == 0 and option["step_time_s"] == json.loads(bf16)["step_time_s"]
