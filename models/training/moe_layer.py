@@ -89,7 +89,9 @@ training. Fitted on the forced-balance / dropless throughput ratios of Megatron-
 rows at 16K and 128K (256 H100, TP4 PP8 VPP4 EP8, DeepEP; best_practice/qwen3/readme.md @020b8136: "295 (forced
 balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64K rows (335 / 277, 368 / 320)
 (reference/mcore_moe.py, tests/test_moe_imbalance.py). A measured value for one model and EP layout early in training,
-not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given."""
+not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
+Mixtral-8x22B run script pairs about 445 dropless with 465 forced TFLOP/s (one expert per EP rank), which implies 1.03
+(research/mixtral-published-runs.md)."""
 
 
 def routing_basis(moe_imbalance: float, ep: int, token_drop: bool) -> str:
