@@ -53,6 +53,9 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     for problem in problems:
         if problem.field not in result.noted_fields:
             console.warn(f"{problem} {replan}")
+    if plan.layout.moe_imbalance != 1.0:  # a property of the router, not a setting any framework config carries
+        console.warn(f"moe_imbalance {plan.layout.moe_imbalance:g}: the plan priced its router's imbalance, which no "
+                     f"{target} setting carries; `check` of the exported file prices it force-balanced (faster)")
     if not plan.stages:
         _warn_if_out_of_memory(plan, target, result.text, replan)
     console.info(f"launch: {result.launch}")

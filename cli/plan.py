@@ -19,6 +19,7 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
+from clusterplan.solver.check import MAX_HEADROOM_GIB
 from clusterplan.solver.feasible import NothingFits
 from clusterplan.solver.hetero import hetero_plan
 from clusterplan.solver.pareto import pareto
@@ -28,9 +29,9 @@ from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, sear
 MAX_TOP = 1000
 """Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
 each), and a table of 1,000 layouts is already beyond reading."""
-MAX_HEADROOM_GIB = 1024.0
-"""Most GiB --headroom-gib may keep free per GPU: above every GPU's memory (hardware_db gpus.yaml tops out near 300
-GiB), so a larger value is a typo, not a plan."""
+MAX_TOKENS = 1e16
+"""Most tokens --tokens may budget: 250 times the largest public pre-training run (Llama 4 Behemoth's ~30-40T); more
+is a typo, and its days and dollars print as dozens of digits."""
 
 
 def parse_fix(text: str | None, world: int) -> dict:
@@ -83,10 +84,11 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
     Exits 1 when no layout fits (the cause and the nearest options that fit are printed), 2 on bad input.
     """
-    if objective in TOKEN_OBJECTIVES and not tokens:
+    if objective in TOKEN_OBJECTIVES and tokens is None:
         raise BadInputError(f"--objective {objective} needs --tokens (e.g. --tokens 15e12)")
-    if tokens is not None and not (math.isfinite(tokens) and tokens > 0):
-        raise BadInputError(f"--tokens {tokens:g}: give a positive token budget (e.g. --tokens 15e12)")
+    if tokens is not None and not 0 < tokens <= MAX_TOKENS:  # NaN fails too
+        raise BadInputError(f"--tokens {tokens:g}: give a positive token budget, at most {MAX_TOKENS:g} (e.g. "
+                            "--tokens 15e12)")
     if not math.isfinite(headroom_gib) or headroom_gib > MAX_HEADROOM_GIB:
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give GiB to keep free per GPU, at most "
                             f"{MAX_HEADROOM_GIB:g} (e.g. --headroom-gib 2)")

@@ -9,7 +9,7 @@ import click
 
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option
-from clusterplan.errors import BadInputError
+from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
@@ -262,19 +262,21 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     if not names:
         raise BadInputError(f"--gpus {gpus!r}: give GPU names, e.g. --gpus {DEFAULT_GPUS}")
     prices = choose_prices(_known_gpus(names, explicit=gpus != DEFAULT_GPUS), provider, pricing, prices_path)
-    instances, warnings = candidate_instances(model, names, _ints(tp_text, "--tp"), _ints(pp_text, "--pp"),
-                                              load_calibration(calibration), weight_dtype, kv_dtype,
-                                              explicit=gpus != DEFAULT_GPUS, engine=engine_name, prices=prices)
-    for line in warnings:
-        console.warn(line)
+    tps, pps = _ints(tp_text, "--tp"), _ints(pp_text, "--pp")
     limits = Limits(max_gpus=max_gpus, available_gpus=_available(available), slice_factor=slice_factor or 4)
     try:
+        instances, warnings = candidate_instances(model, names, tps, pps, load_calibration(calibration), weight_dtype,
+                                                  kv_dtype, explicit=gpus != DEFAULT_GPUS, engine=engine_name,
+                                                  prices=prices)
+        for line in warnings:
+            console.warn(line)
         with console.progress(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets") \
                 as progress:
             answer = plan_serving(instances, work, limits, disaggregate, link, progress)
-    except SloUnreachable as exc:  # an answer, not an error: the nearest latencies any instance reaches; exit 1
+    except InfeasibleError as exc:  # an answer, not bad input (README "When nothing fits"): exit 1
         if fmt == "json":
-            console.json({"pools": [], "feasible": False, "nearest_feasible": exc.nearest})
+            nearest = exc.nearest if isinstance(exc, SloUnreachable) else None
+            console.json({"pools": [], "feasible": False, "reason": str(exc), "nearest_feasible": nearest})
         console.error(str(exc))
         raise SystemExit(1) from None
     if save_capacity and answer.capacity is not None:

@@ -137,6 +137,11 @@ def mixed_violations(model: ModelSpec, cluster: Cluster, layout: Layout, stages:
     return found, split.to_json()
 
 
+MAX_HEADROOM_GIB = 1024.0
+"""Most GiB --headroom-gib may keep free per GPU (check and plan): above every GPU's memory (hardware_db gpus.yaml tops
+out near 300 GiB), so a larger value is a typo, not a check."""
+
+
 def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | None = None,
                  min_mfu: float | None = None, headroom_gib: float = 0.0,
                  stack_name: str | None = None) -> CheckResult:
@@ -144,8 +149,9 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
     `stack_name` (default: the one the config runs on)."""
     if min_mfu is not None and not 0 <= min_mfu <= 1:  # NaN fails too
         raise BadInputError(f"--min-mfu {min_mfu:g}: give a fraction between 0 and 1 (e.g. 0.35 for 35%)")
-    if not 0 <= headroom_gib < float("inf"):
-        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0")
+    if not 0 <= headroom_gib <= MAX_HEADROOM_GIB:  # NaN fails too
+        raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0, at most "
+                            f"{MAX_HEADROOM_GIB:g}")
     loaded = load_config(config, model_ref, cluster_ref)
     stack = get_stack(stack_name or loaded.stack)
     mixed = None

@@ -44,9 +44,9 @@ def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, l
     transfer = tuple(kv_transfer_terms(inst, link) for inst in instances)
     prefill = capacity_table(instances, work, mode="prefill", transfer=transfer, progress=progress)
     decode = capacity_table(instances, work, mode="decode", progress=progress)
-    for table in (prefill, decode):
+    for phase, table in (("prefill", prefill), ("decode", decode)):
         if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
-            raise unreachable(table, work)
+            raise unreachable(table, work, phase)
     p_mix = solve_pools(prefill, work, limits)
     used: dict[str, int] = {}
     p_pools = describe_pools(prefill, p_mix, work, limits, role="prefill", used_gpus=used)

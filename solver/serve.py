@@ -247,8 +247,9 @@ class SloUnreachable(InfeasibleError):
         self.nearest = nearest
 
 
-def unreachable(table: CapacityTable, work: Workload) -> SloUnreachable:
-    """Which bucket no instance serves, and the lowest latencies any instance achieves there (one line, and as data)."""
+def unreachable(table: CapacityTable, work: Workload, phase: str | None = None) -> SloUnreachable:
+    """Which bucket no instance serves, and the lowest latencies any instance achieves there (one line, and as data).
+    `phase` "prefill" / "decode": a disaggregated pool's table, which models only that phase's latency (TTFT / TPOT)."""
     for b, bucket in enumerate(work.buckets):
         if any(row[b] > 0 for row in table.capacity_rps):
             continue
@@ -261,13 +262,18 @@ def unreachable(table: CapacityTable, work: Workload) -> SloUnreachable:
             return SloUnreachable(f"no instance holds requests {bucket.label} ({bucket.share:.0%} of traffic) in its "
                                   "KV cache; shorten --input-len/--output-len or add GPUs with more memory (--gpus, "
                                   "larger --tp)", where | {"fits_kv_cache": False})
+        lowest, parts = {"fits_kv_cache": True}, []
+        if phase != "decode":
+            lowest["lowest_ttft"] = {"ms": round(ttft[0].ttft_s * 1e3, 3), "instance": ttft[1]}
+            parts.append(f"lowest p{q:g} TTFT {ttft[0].ttft_s * 1e3:.0f} ms on {ttft[1]}")
+        if phase != "prefill":
+            lowest["lowest_tpot"] = {"ms": round(tpot[0].tpot_s * 1e3, 3), "instance": tpot[1]}
+            parts.append(f"lowest p{q:g} TPOT {tpot[0].tpot_s * 1e3:.1f} ms on {tpot[1]}")
+        pool = f" by a {phase} pool" if phase else ""
+        flag = {"prefill": "--ttft-ms", "decode": "--tpot-ms"}.get(phase or "", "--ttft-ms/--tpot-ms")
         return SloUnreachable(
-            f"SLO unreachable for requests {bucket.label} ({bucket.share:.0%} of traffic): lowest p{q:g} TTFT "
-            f"{ttft[0].ttft_s * 1e3:.0f} ms on {ttft[1]}, lowest p{q:g} TPOT {tpot[0].tpot_s * 1e3:.1f} ms on "
-            f"{tpot[1]} (even unloaded); relax --ttft-ms/--tpot-ms to these or add faster GPUs with --gpus",
-            where | {"fits_kv_cache": True,
-                     "lowest_ttft": {"ms": round(ttft[0].ttft_s * 1e3, 3), "instance": ttft[1]},
-                     "lowest_tpot": {"ms": round(tpot[0].tpot_s * 1e3, 3), "instance": tpot[1]}})
+            f"SLO unreachable{pool} for requests {bucket.label} ({bucket.share:.0%} of traffic): {', '.join(parts)} "
+            f"(even unloaded); relax {flag} to these or add faster GPUs with --gpus", where | lowest)
     return SloUnreachable("no GPU mix within --max-gpus / availability serves the rate; raise the limits or relax "
                           "the SLO", {"limits": True})
 

@@ -172,7 +172,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # interleaved schedule with pp > 1) reject here as estimate() would.
     # A capacity factor is never searched (it changes what the model learns: dropped tokens skip their experts);
     # a pinned one is priced.
-    moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap", "moe_capacity_factor") if k in fixed}
+    moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap", "moe_capacity_factor", "moe_imbalance")
+                  if k in fixed}
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:

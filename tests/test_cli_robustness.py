@@ -146,6 +146,8 @@ def test_bigger_cluster_hint_keeps_the_headroom(run_cli):
 @pytest.mark.parametrize(("args", "expect"), [
     (("--objective", "time-to-train", "--tokens", "nan"), "give a positive token budget"),
     (("--objective", "time-to-train", "--tokens", "-5"), "give a positive token budget"),
+    (("--objective", "pareto", "--tokens", "1e300"), "give a positive token budget, at most 1e+16"),
+    (("--objective", "pareto", "--tokens", "0"), "give a positive token budget"),  # not "needs --tokens"
     (("--headroom-gib", "inf"), "give GiB to keep free per GPU, at most 1024"),
     (("--headroom-gib", "1e26"), "give GiB to keep free per GPU, at most 1024"),
 ])
@@ -323,6 +325,7 @@ def test_megatron_zero_tensor_parallel(run_cli, tmp_path):
     (("--min-mfu", "nan"), "give a fraction between 0 and 1"),
     (("--min-mfu", "35"), "give a fraction between 0 and 1"),  # a percentage where a fraction belongs
     (("--headroom-gib", "-5"), "give a finite number of GiB >= 0"),
+    (("--headroom-gib", "1e26"), "give a finite number of GiB >= 0, at most 1024"),
 ])
 def test_check_number_options(run_cli, tmp_path, args, expect):
     one_line_exit_2(run_cli, "check", _plan_file(tmp_path, {"tp": 8}), *args, expect=expect)

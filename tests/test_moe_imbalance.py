@@ -85,8 +85,8 @@ def test_a_dense_model_refuses_it_and_it_is_at_least_one():
     problems = estimate(load_model("llama3.1-8b"), load_cluster("dgx-h100:1"),
                         Layout(dp=8, gbs=8, seq=4096, moe_imbalance=1.5)).reasons
     assert any("moe_imbalance=1.5" in p.message for p in problems)
-    with pytest.raises(BadInputError, match="moe_imbalance must be a number >= 1"):
-        Layout(moe_imbalance=0.8)
+    with pytest.raises(BadInputError, match="moe_imbalance must be a number from 1 to 1024"):
+        Layout(moe_imbalance=0.8)  # below 1: the busiest rank holds at least the mean
 
 
 def test_it_round_trips_through_a_plan_file_and_leaves_balanced_layouts_unchanged():
@@ -142,3 +142,19 @@ def test_the_constant_reproduces_each_published_ratio():
     for s, case in _zoo_layouts().items():
         assert _ratio(case, DROPLESS_IMBALANCE_EARLY) == pytest.approx(FORCED_OVER_DROPLESS[s], rel=CHECK_TOLERANCE)
         assert _ratio(case, 1.0) == 1.0
+
+
+def test_an_imbalance_no_layout_can_reach_is_refused_by_rule():
+    # Mixtral-8x7B at ep 8: one expert per rank, top-2, so the busiest rank receives at most every token once:
+    # 8 x min(2, 1) / 2 = 4 times the mean. Qwen3-30B at ep 8: 16 experts per rank, top-8: 8 x 8 / 8 = 8.
+    from clusterplan.models.training.layout import layout_problems, max_imbalance
+    from clusterplan.models.training.rules import RuleCode
+
+    mixtral = load_model("mixtral-8x7b")
+    assert max_imbalance(mixtral, 8) == 4.0 and max_imbalance(QWEN_MODEL, 8) == 8.0
+    codes = lambda k: {p.code for p in layout_problems(mixtral, _layout(moe_imbalance=k), 8)}  # noqa: E731
+    assert RuleCode.IMBALANCE in codes(4.5) and RuleCode.IMBALANCE not in codes(4.0)
+    # ep 1: one rank holds every expert; the routing's imbalance does not change the step, so nothing is refused
+    assert RuleCode.IMBALANCE not in {p.code for p in layout_problems(mixtral, _layout(ep=1, moe_imbalance=2.0), 8)}
+    with pytest.raises(BadInputError, match="moe_imbalance must be a number from 1 to 1024"):
+        Layout(moe_imbalance=1e308)

@@ -192,3 +192,22 @@ def test_tight_ttft_finds_the_largest_tp_that_fits(run_cli) -> None:
                              "--format", "json")
     assert code == 0, err
     assert {p["tp"] for p in json.loads(out)["pools"]} == {8}
+
+
+def test_every_infeasible_serving_answer_exits_1_with_json(run_cli) -> None:
+    # Too few GPUs allowed for the rate, and a model that fits on none of the GPUs given: answers, not bad input.
+    for extra in (("--rate", "500", "--max-gpus", "1"), ("--rate", "1", "--gpus", "A10G", "--tp", "1")):
+        code, out, err = run_cli("serve-plan", "--model", "llama3.1-70b", "--input-len", "1000", "--output-len", "200",
+                                 "--ttft-ms", "2000", "--tpot-ms", "100", *extra, "--format", "json")
+        data = json.loads(out)
+        assert code == 1 and data["feasible"] is False and data["pools"] == [] and data["reason"] in err
+
+
+def test_a_disaggregated_pool_reports_only_the_latency_its_phase_has(run_cli) -> None:
+    # The decode pool's table models TPOT only: its near-zero TTFT is not an option to offer.
+    code, out, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--rate", "2", "--input-len", "1000",
+                             "--output-len", "200", "--ttft-ms", "2000", "--tpot-ms", "0.5", "--disaggregate", "on",
+                             "--format", "json")
+    nearest = json.loads(out)["nearest_feasible"]
+    assert code == 1 and "lowest_ttft" not in nearest and nearest["lowest_tpot"]["ms"] > 0.5
+    assert "by a decode pool" in err and "relax --tpot-ms" in err

@@ -61,6 +61,11 @@ def recompute_modules_text(mask: int) -> str:
     return "+".join(m for i, m in enumerate(RECOMPUTE_MODULES) if mask >> i & 1)
 
 
+MAX_IMBALANCE = 1024.0
+"""Most Layout.moe_imbalance can be on any model: the busiest of ep ranks holds at most ep times the mean, and ep is at
+most n_experts (no model has 1,024 experts per layer); each model's own bound is the IMBALANCE rule."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Layout:
     dp: int = 1
@@ -163,9 +168,10 @@ class Layout:
                                     f"dropless MoE, got {cf!r}")
             object.__setattr__(self, "moe_capacity_factor", float(cf))
         imb = self.moe_imbalance
-        if isinstance(imb, bool) or not isinstance(imb, int | float) or not math.isfinite(imb) or imb < 1:
-            raise BadInputError(f"layout: moe_imbalance must be a number >= 1 (busiest expert-parallel rank's tokens "
-                                f"over the mean; 1 = force-balanced), got {imb!r}")
+        if (isinstance(imb, bool) or not isinstance(imb, int | float) or not math.isfinite(imb) or imb < 1
+                or imb > MAX_IMBALANCE):
+            raise BadInputError(f"layout: moe_imbalance must be a number from 1 to {MAX_IMBALANCE:g} (busiest "
+                                f"expert-parallel rank's tokens over the mean; 1 = force-balanced), got {imb!r}")
         object.__setattr__(self, "moe_imbalance", float(imb))
         if self.zero not in (0, 1, 2, 3):
             raise BadInputError(f"layout: zero must be 0, 1, 2 or 3 (3 = FSDP), got {self.zero!r}")
@@ -351,8 +357,9 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.recompute_layers and L.recompute != "full":
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
                                        f"recompute={L.recompute}")
-    elif L.recompute_layers > model.n_layers:
-        add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) > n_layers({model.n_layers})")
+    elif L.recompute_layers > (most := max(1, *stage_layers(model, L))):
+        add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) > the {most} layers a pipeline rank "
+                                       f"holds (n_layers {model.n_layers}, pp {L.pp})")
     chunks = L.pp * L.vpp
     uneven = L.first_stage_layers or L.last_stage_layers
     if L.pp == 1 and uneven:
@@ -403,6 +410,12 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     return problems
 
 
+def max_imbalance(model: ModelSpec, ep: int) -> float:
+    """The most Layout.moe_imbalance can be: every token sends each of its top_k copies to one rank's
+    n_experts / ep experts where it can, min(top_k, n_experts / ep) copies, against top_k / ep on average."""
+    return ep * min(model.top_k, model.n_experts // ep) / model.top_k
+
+
 def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     problems: list[Rule] = []
     add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
@@ -424,6 +437,10 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
                                       f"etp({L.etp})")
     if model.n_experts % L.ep:
         add(RuleCode.EXPERTS_EP, f"n_experts({model.n_experts}) % ep({L.ep}) != 0")
+    elif L.ep > 1 and L.moe_imbalance > (most := max_imbalance(model, L.ep)):  # ep 1: no effect (moe_layer.imbalance)
+        add(RuleCode.IMBALANCE, f"moe_imbalance({L.moe_imbalance:g}) > {most:g}: the busiest of ep({L.ep}) ranks "
+                                f"receives at most ep x min(top_k({model.top_k}), experts per rank("
+                                f"{model.n_experts // L.ep})) / top_k times the mean")
     fold = L.dp_shard * L.cp * L.tp
     if fold % (L.ep * L.etp):
         add(RuleCode.EP_FOLD,

@@ -40,6 +40,7 @@ class RuleCode(str, Enum):
     A2A_OVERLAP = "1F1B all-to-all overlap preconditions"
     MOE_FIELDS_DENSE = "moe_dispatcher / moe_a2a_overlap on a dense model"
     FLEX_DISPATCHER = "deepep / hybridep need ep * etp > 1"
+    IMBALANCE = "moe_imbalance <= ep x min(top_k, experts per rank) / top_k"
     TOKEN_DROP = "token-dropping MoE preconditions"
     OUT_OF_MEMORY = "out of memory"
     PRECISION = "precision the stack or GPU cannot run"
@@ -81,6 +82,7 @@ FIXES: dict[RuleCode, str] = {
                           "selective recompute without the moe module",
     RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher, moe_a2a_overlap, moe_capacity_factor and moe_imbalance: a dense "
                                "model has no token dispatch",
+    RuleCode.IMBALANCE: "give a moe_imbalance the layout's ranks can reach (1 = force-balanced)",
     RuleCode.FLEX_DISPATCHER: "use ep > 1 (or etp > 1) with deepep / hybridep, or moe_dispatcher=alltoall",
     RuleCode.TOKEN_DROP: "use moe_dispatcher=alltoall and a capacity factor <= n_experts / top_k, or drop "
                          "moe_capacity_factor (dropless)",
