@@ -281,3 +281,12 @@ def test_grok1_and_dbrx_by_hand():
 ])
 def test_hugging_face_repo_ids_name_their_presets(repo, preset):
     assert load_model(repo).name == preset
+
+
+def test_a_path_that_does_not_exist_is_not_read_as_a_preset_name():
+    # "/meta-llama/Llama-3.1-8B" used to resolve to llama3.1-8b by its letters; a path names a file or nothing.
+    from clusterplan.errors import BadInputError
+
+    for ref in ("/meta-llama/Llama-3.1-8B", "./llama3.1-8b"):
+        with pytest.raises(BadInputError, match="no such file or directory"):
+            load_model(ref)

@@ -87,6 +87,9 @@ def load_model(ref: str) -> ModelSpec:
         data.pop("aliases", None)
         data.setdefault("name", path.stem)
         return ModelSpec.from_dict(data, where=show(path))
+    if ref.startswith(("/", "./", "../", "~")) and not is_dir(path):  # a path, not a name: never a preset's letters
+        raise BadInputError(f"{show(ref)}: no such file or directory; give a config.json (or its folder), a model "
+                            "YAML or a preset (`clusterplan models list`)")
     specs, aliases = _presets()
     try:
         return find_name("model (preset name, or path of a config.json / YAML file)", ref, specs, aliases, "models list")
