@@ -317,11 +317,17 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
     return layout, notes, ranks
 
 
+TORCHTITAN_DEFAULT_MODEL = ("llama3", "debugmodel")
+"""[model] name and flavor when a job config leaves them out: torchtitan's JobConfig `Model` dataclass defaults
+(torchtitan/config/job_config.py: name: str = "llama3", flavor: str = "debugmodel"), the debug model."""
+
+
 def _titan_mismatches(doc: Mapping[str, Any], model: ModelSpec) -> list[str]:
     table = doc.get("model", {})
-    name, flavor = table.get("name"), table.get("flavor")
+    name = table.get("name", TORCHTITAN_DEFAULT_MODEL[0])
+    flavor = table.get("flavor", TORCHTITAN_DEFAULT_MODEL[1])
     expected = TORCHTITAN_MODELS.get(model.name)
-    if expected and name is not None and (str(name), str(flavor)) != expected:
+    if expected and (str(name), str(flavor)) != expected:
         return [f"the config trains torchtitan {name} {flavor}, not {model.name} ({expected[0]} {expected[1]}); "
                 "check --model"]
     return []

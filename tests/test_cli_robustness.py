@@ -469,9 +469,12 @@ def test_serve_plan_tp_that_divides_no_head_count_says_so(run_cli):
 
 
 def test_check_of_an_empty_torchtitan_toml_says_it_checked_defaults(run_cli, tmp_path):
+    # An empty job config runs torchtitan's defaults, the [model] included: llama3 debugmodel (JobConfig Model), not
+    # the --model given, which check says (it used to pass it as Llama 3.1 8B).
     path = _write(tmp_path, "job.toml", "")
     code, out, err = run_cli("check", path, "--model", "llama3.1-8b", "--cluster", "dgx-h100:4")
-    assert code == 0 and out.startswith("ok: ")
+    assert code == 1 and out.startswith("FAIL: ")
+    assert "the config trains torchtitan llama3 debugmodel, not llama3.1-8b" in out
     assert "sets no [parallelism] or [training] keys: checked torchtitan's defaults" in err
 
 
