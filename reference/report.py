@@ -3,14 +3,16 @@ NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), 
 and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
-(reference/llama3.py) and the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py).
+(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py) and NVIDIA's
+MLPerf Training submissions (reference/mlperf.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
 The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
 tests/test_reference_titan.py, tests/test_reference_nemo.py, tests/test_reference_foundry.py,
-tests/test_reference_llama3.py and tests/test_reference_mcore_moe.py with the tolerances stated there.
+tests/test_reference_llama3.py, tests/test_reference_mcore_moe.py and tests/test_reference_mlperf.py with the
+tolerances stated there.
 """
 
 from __future__ import annotations
@@ -224,6 +226,10 @@ def markdown_report() -> str:
     out += ["#### Megatron-Core MoE report (Yan et al. 2026, arXiv 2603.07685) and Megatron-MoE-ModelZoo runs on H100, "
             "GB200, GB300; Megatron-Bridge pull requests' runs at NVIDIA's fixed recipes (source pr: DGX-B200 #2499 "
             "Qwen3-30B, #1760 Qwen3-235B, #1869 DeepSeek-V3; DGX-H100 #5123 Qwen3-30B): tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
+    from clusterplan.reference import mlperf
+
+    out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B submissions (v3.0-v5.0): tokens/s per GPU of "
+            "one training step", "", mlperf.markdown_table(mlperf.mlperf_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -266,6 +272,9 @@ def print_text_report() -> None:
     from clusterplan.reference import mcore_moe
 
     mcore_moe.print_table(mcore_moe.mcore_moe_rows())
+    from clusterplan.reference import mlperf
+
+    mlperf.print_table(mlperf.mlperf_rows())
     serving_section()
 
 

@@ -1,0 +1,137 @@
+"""Our predictions against NVIDIA's MLPerf Training submissions of GPT-3 175B and Llama 3.1 405B
+(data/mlperf_training.csv; research/mlperf-gpt3-runs.md): tokens/s per GPU of one training step, held out.
+
+Each row runs `estimate` with the megatron-core stack at the submission's layout (TP, PP, interleaved virtual stages,
+CP, micro-batch, global batch), fp8 with delayed scaling (the configs' FP8_HYBRID with an amax history), sequence
+parallelism on and no recompute (neither is stated in the files read). A row whose config sets no virtual stages is
+listed as not expressible: its bubble, the largest term the layout decides, cannot be priced without it. No constant
+is fitted.
+
+    python -m clusterplan.reference            # prints every reference table, this one included
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.reference import bridge
+from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
+
+MLPERF_CSV = "mlperf_training.csv"
+STACK = "megatron-core"
+FP8_RECIPE = "delayed"
+"""config_fp8.sh: FP8=True, FP8_HYBRID=True, FP8_AMAX_HISTORY=1024, FP8_AMAX_ALGO=max: Transformer Engine's delayed
+scaling."""
+NODES = {"DGX-H100": "dgx-h100", "DGX-B200": "dgx-b200"}
+NO_VP = "the config sets no interleaved virtual stages (config_common.sh, which may, is not stored): the bubble of " \
+        "pp {pp} over {m} micro-batches cannot be priced"
+
+
+@dataclass(frozen=True)
+class MlperfRow:
+    """One submission: its layout as the CLI runs it, the published tokens/s per GPU and our prediction."""
+
+    round: str
+    system: str
+    gpus: int
+    model: str
+    layout: Layout
+    published_tokens_per_s: float
+    notes: tuple[str, ...]
+    reason: str = ""
+    """Why the CLI cannot express the row ('' when it can)."""
+    predicted_tokens_per_s: float | None = None
+    refused: str = ""
+
+    @property
+    def label(self) -> str:
+        L = self.layout
+        cp = f" cp{L.cp}" if L.cp > 1 else ""
+        return (f"{self.round} {self.system} {self.model} {self.gpus} tp{L.tp} pp{L.pp}v{L.vpp}{cp} mbs{L.mbs} "
+                f"gbs{L.gbs}")
+
+    @property
+    def expressible(self) -> bool:
+        return not self.reason
+
+    @property
+    def error(self) -> float:
+        """Predicted over published tokens/s per GPU, minus 1."""
+        if self.predicted_tokens_per_s is None:
+            raise ValueError(f"{self.label}: not expressible ({self.reason})")
+        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+
+def mlperf_rows() -> list[MlperfRow]:
+    stack = get_stack(STACK)
+    out = []
+    for r in read_rows(MLPERF_CSV):
+        model = load_model(r["model"])
+        gpus, tp, pp, cp = int(r["gpus"]), int(r["tp"]), int(r["pp"]), int(r["cp"])
+        vp = int(r["vp"]) if r["vp"] else 1
+        first, last, split_note = bridge.stage_split(model, pp, vp)
+        dp = gpus // (tp * pp * cp)
+        layout = Layout(tp=tp, pp=pp, vpp=vp, cp=cp, dp=dp, mbs=int(r["mbs"]), gbs=int(r["gbs"]), seq=int(r["seq"]),
+                        sp=True, recompute="none", precision="fp8", flash_attn=True,
+                        schedule="interleaved-1f1b" if vp > 1 else "1f1b",
+                        first_stage_layers=first, last_stage_layers=last)
+        notes = [n for n in (split_note,) if n]
+        notes.append(f"{r['step_s']} s per step ({r['result']})")
+        if r["cg"] == "1":
+            notes.append("LAYER_CUDA_GRAPH=1: per-layer CUDA graphs (no MoE host time to remove in a dense model)")
+        if r["model"] == "gpt3-175b":
+            notes.append("gpt3-175b preset's vocabulary 51200 (the benchmark's tokenizer has 50257, padded)")
+        base = dict(round=r["round"], system=r["system"], gpus=gpus, model=r["model"], layout=layout,
+                    published_tokens_per_s=float(r["tokens_per_s_per_gpu"]))
+        if not r["vp"]:
+            m = layout.gbs // (dp * layout.mbs)
+            out.append(MlperfRow(notes=tuple(notes), reason=NO_VP.format(pp=pp, m=m), **base))
+            continue
+        cluster = load_cluster(f"{NODES[r['system']]}:{gpus // 8}")
+        problems = layout_problems(model, layout, cluster.world_size)
+        if problems:
+            out.append(MlperfRow(notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
+            continue
+        js = estimate(model, cluster, layout, stack=stack, fp8_recipe=FP8_RECIPE).to_json()
+        out.append(MlperfRow(notes=tuple(notes), predicted_tokens_per_s=js["tokens_per_s"] / gpus,
+                             refused="; ".join(js.get("reasons", [])), **base))
+    return out
+
+
+def _summary_line(rows: list[MlperfRow]) -> str:
+    n, med, worst = summary(rows)
+    return (f"expressible {n} of {len(rows)}: tokens/s median |error| {med:.1%}, max {worst:.1%} (issue #13 held-out "
+            f"target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
+
+
+def _notes(r: MlperfRow) -> list[str]:
+    return ([f"not expressible: {r.reason}"] if not r.expressible else []) + row_notes(r.notes, r.refused)
+
+
+def print_table(rows: list[MlperfRow]) -> None:
+    print("\nMLPerf Training (NVIDIA submissions): tokens/s per GPU of one training step")
+    print(f"{'row':64} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
+    for r in rows:
+        head = f"{r.label:64} {r.published_tokens_per_s:9.1f}"
+        print(f"{head} {r.predicted_tokens_per_s:7.1f} {r.error:+7.1%}" if r.expressible else
+              f"{head} {'not expressible':>15}")
+    print(_summary_line(rows))
+    for r in rows:
+        print(f"  {r.label}: " + "; ".join(_notes(r)))
+
+
+def markdown_table(rows: list[MlperfRow]) -> str:
+    lines = ["| round | system | model | GPUs | layout | tokens/s/GPU published | predicted | error | notes |",
+             "|---|---|---|---:|---|---:|---:|---:|---|"]
+    for r in rows:
+        cells = [f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]
+        lines.append(f"| {r.round} | {r.system.removeprefix('DGX-')} | {r.model} | {r.gpus} | "
+                     f"{bridge.layout_text(r.layout)} | {r.published_tokens_per_s:.1f} | {cells[0]} | {cells[1]} | "
+                     f"{'; '.join(_notes(r)).replace('|', '/')} |")
+    lines += ["", _summary_line(rows) + "."]
+    return "\n".join(lines)
