@@ -19,7 +19,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
-from clusterplan.reference.report import read_rows, refusal, row_notes, summary
+from clusterplan.reference.report import PricedRow, read_rows, refusal, row_notes, summary
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
 STACK = "megatron-core"
@@ -333,7 +333,7 @@ TFLOPS_CONVENTION = ("TFLOP/s: `predicted` = predicted tokens/s x Megatron-Bridg
 
 
 @dataclass(frozen=True)
-class BridgeRow:
+class BridgeRow(PricedRow):
     """One CSV row, how we run it, and what we predict (None where the row cannot be expressed)."""
 
     system: str
@@ -360,17 +360,6 @@ class BridgeRow:
     @property
     def label(self) -> str:
         return f"{self.system.removeprefix('DGX-')} {self.model} {self.precision}"
-
-    @property
-    def expressible(self) -> bool:
-        return not self.reason
-
-    @property
-    def error(self) -> float:
-        """Predicted over published tokens/s per GPU, minus 1."""
-        if self.predicted_tokens_per_s is None:
-            raise ValueError(f"{self.label}: not expressible ({self.reason})")
-        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
 
     @property
     def tflops_error(self) -> float:

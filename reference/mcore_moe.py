@@ -23,7 +23,14 @@ from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.moe_layer import DROPLESS_IMBALANCE_EARLY
 from clusterplan.reference import bridge
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
+from clusterplan.reference.report import (
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    PricedRow,
+    read_rows,
+    row_notes,
+    summary,
+)
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -37,7 +44,7 @@ refits it); their errors are shown but not counted in the held-out summary."""
 
 
 @dataclass(frozen=True)
-class McoreMoeRow:
+class McoreMoeRow(PricedRow):
     """One CSV row, how we run it, and what we predict (None where the row cannot be expressed)."""
 
     source: str
@@ -67,17 +74,6 @@ class McoreMoeRow:
         routing = f" {DROPLESS}" if self.routing == DROPLESS else ""
         return (f"{self.source} {self.system} {self.model} {self.precision} {self.gpus} tp{L.tp} pp{L.pp}v{L.vpp} "
                 f"ep{L.ep}{long} mbs{L.mbs} {L.moe_dispatcher}{overlap}{routing}")
-
-    @property
-    def expressible(self) -> bool:
-        return not self.reason
-
-    @property
-    def error(self) -> float:
-        """Predicted over published tokens/s per GPU, minus 1."""
-        if self.predicted_tokens_per_s is None:
-            raise ValueError(f"{self.label}: not expressible ({self.reason})")
-        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
 
 
 def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) -> Layout:

@@ -20,7 +20,14 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
+from clusterplan.reference.report import (
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    PricedRow,
+    read_rows,
+    row_notes,
+    summary,
+)
 
 MLPERF_CSV = "mlperf_training.csv"
 STACK = "megatron-core"
@@ -33,7 +40,7 @@ NO_VP = "the config sets no interleaved virtual stages (config_common.sh, which 
 
 
 @dataclass(frozen=True)
-class MlperfRow:
+class MlperfRow(PricedRow):
     """One submission: its layout as the CLI runs it, the published tokens/s per GPU and our prediction."""
 
     round: str
@@ -54,17 +61,6 @@ class MlperfRow:
         cp = f" cp{L.cp}" if L.cp > 1 else ""
         return (f"{self.round} {self.system} {self.model} {self.gpus} tp{L.tp} pp{L.pp}v{L.vpp}{cp} mbs{L.mbs} "
                 f"gbs{L.gbs}")
-
-    @property
-    def expressible(self) -> bool:
-        return not self.reason
-
-    @property
-    def error(self) -> float:
-        """Predicted over published tokens/s per GPU, minus 1."""
-        if self.predicted_tokens_per_s is None:
-            raise ValueError(f"{self.label}: not expressible ({self.reason})")
-        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
 
 
 def mlperf_rows() -> list[MlperfRow]:

@@ -67,6 +67,28 @@ class PublishedRow(Protocol):
     def error(self) -> float: ...
 
 
+class PricedRow:
+    """What a published row priced by `estimate` answers (a mixin of the frozen row dataclasses: bridge, mcore_moe,
+    mlperf), from its `reason` (why the CLI cannot express it, '' when it can), `label`, and published and predicted
+    tokens/s per GPU."""
+
+    reason: str
+    label: str
+    published_tokens_per_s: float
+    predicted_tokens_per_s: float | None
+
+    @property
+    def expressible(self) -> bool:
+        return not self.reason
+
+    @property
+    def error(self) -> float:
+        """Predicted over published tokens/s per GPU, minus 1."""
+        if self.predicted_tokens_per_s is None:
+            raise ValueError(f"{self.label}: not expressible ({self.reason})")
+        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+
 def summary(rows: Sequence[PublishedRow]) -> tuple[int, float, float]:
     """(expressible rows, median |error|, max |error|) of a reference set's tokens/s per GPU."""
     errors = sorted(abs(r.error) for r in rows if r.expressible)
