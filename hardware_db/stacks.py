@@ -150,6 +150,10 @@ class ExecutionStack:
     tp_overlap_share: float
     """Share of TP communication hidden under the layer's GEMMs by "bulk" overlap (0 otherwise: "none" hides
     nothing, "async_tp" is priced per fused op, models/training/tp_overlap.py)."""
+    tp_overlap_bulk_sm_margin: int = 16
+    """SMs a Transformer Engine userbuffers bulk overlap (qkv / fc1 dgrad and wgrad) takes from the GEMM beside it
+    (TE's set_sm_margin with num_sm): absent, TE's default, 16 (initialize_ub get_default_config); 0 where the stack's
+    recipes pass tuned configs with set_sm_margin False (NeMo / Megatron-Bridge userbuffers.py)."""
     pp_overlap: bool
     """Pipeline send/recv runs under the next chunk's compute (Megatron --overlap-p2p-comm)."""
     pp_overlap_schedules: tuple[str, ...]
@@ -353,6 +357,13 @@ def _degree(where: str, raw: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def _count(where: str, raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadInputError(f"{where}: {key} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def _flag(where: str, raw: Mapping[str, Any], key: str) -> bool:
     value = raw.get(key)
     if not isinstance(value, bool):
@@ -381,6 +392,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
     return ExecutionStack(
         name=name, description=description, sources=MappingProxyType({k: str(v) for k, v in sources.items()}),
         tp_overlap=tp_overlap, tp_overlap_share=share,
+        tp_overlap_bulk_sm_margin=_sourced(where, raw, "tp_overlap_bulk_sm_margin",
+                                           lambda: _count(where, raw, "tp_overlap_bulk_sm_margin"), 16),
         pp_overlap=_flag(where, raw, "pp_overlap"),
         pp_overlap_schedules=_subset(where, raw, "pp_overlap_schedules", SCHEDULES),
         dp_overlap=_flag(where, raw, "dp_overlap"), dp_overlap_share=_share(where, raw, "dp_overlap_share"),

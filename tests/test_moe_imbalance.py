@@ -137,7 +137,7 @@ def test_refit_on_the_16k_and_128k_rows_gives_the_constant_and_the_others_check(
 
 
 def test_the_constant_reproduces_each_published_ratio():
-    # Without the refit (fast): at 1.52 each of the four dropless rows' slowdown over its forced twin is within 2 %
+    # Without the refit (fast): at 1.51 each of the four dropless rows' slowdown over its forced twin is within 2 %
     # of the published one; at 1.0 (no imbalance priced) they would be off by 9 to 25 %.
     for s, case in _zoo_layouts().items():
         assert _ratio(case, DROPLESS_IMBALANCE_EARLY) == pytest.approx(FORCED_OVER_DROPLESS[s], rel=CHECK_TOLERANCE)

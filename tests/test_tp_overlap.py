@@ -86,8 +86,10 @@ def test_a_layer_pays_the_overlap_only_where_it_runs():
     over = 0.0
     for g in layer_linears(shapes, L, False):
         if g.tp_role != TpRole.NONE:
+            # megatron-core's recipes run the bulk overlaps without an SM margin (stacks.yaml
+            # tp_overlap_bulk_sm_margin 0, NeMo's tuned userbuffers configs)
             parts = overlapped_times(H100.gemm_time_s, g.tp_role, "bulk", g.tokens, g.in_features, g.out_features,
-                                     fp8, L.tp)
+                                     fp8, L.tp, bulk_sm_margin=get_stack("megatron-core").tp_overlap_bulk_sm_margin)
         else:
             parts = (H100.gemm_time_s(g.tokens, g.out_features, g.in_features, fp8),
                      H100.gemm_time_s(g.tokens, g.in_features, g.out_features, fp8),
@@ -148,3 +150,20 @@ def test_async_tp_layer_worked_example():
     assert got == pytest.approx(2 * (2 * 2_415_919_104 / H100.hbm_bytes_per_s + rs_s), rel=1e-12)
     with pytest.raises(ValueError, match="async TP"):
         tp_comm_s(shapes, L, H100, stack, big)
+
+
+def test_bulk_overlaps_take_the_sm_margin_the_stack_gives():
+    """Transformer Engine's default userbuffers config takes 16 SMs from the qkv / fc1 dgrad and wgrad GEMMs beside
+    their bulk all-gather / reduce-scatter (set_sm_margin); NVIDIA's tuned configs, which megatron-core's recipes
+    pass, take none (BulkOverlapCfg set_sm_margin=False): those two GEMMs are then exactly the whole GEMMs, and the
+    default's are slower. The forward (ring exchange: tp chunks) is the same either way."""
+    t, i, o = np.array([8192.0]), 8192, 3584
+    fp8 = np.zeros(1, dtype=bool)
+    tuned = overlapped_times(H100.gemm_time_s, TpRole.COLUMN, "bulk", t, i, o, fp8, np.array([8.0]), bulk_sm_margin=0)
+    default = overlapped_times(H100.gemm_time_s, TpRole.COLUMN, "bulk", t, i, o, fp8, np.array([8.0]))
+    assert float(tuned[1][0]) == pytest.approx(float(H100.gemm_time_s(t, i, o, fp8)[0]), rel=1e-12)
+    assert float(tuned[2][0]) == pytest.approx(float(H100.gemm_time_s(i, o, t, fp8)[0]), rel=1e-12)
+    assert float(default[1][0]) > float(tuned[1][0]) and float(default[2][0]) > float(tuned[2][0])
+    assert float(default[0][0]) == float(tuned[0][0])
+    assert get_stack("megatron-core").tp_overlap_bulk_sm_margin == 0
+    assert get_stack("megatron-lm-2021").tp_overlap_bulk_sm_margin == 16

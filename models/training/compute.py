@@ -30,6 +30,7 @@ from clusterplan.models.training.moe_layer import (
     routing_times,
 )
 from clusterplan.models.training.tp_overlap import (
+    UB_COMM_SMS,
     AsyncTpBlock,
     TpRole,
     async_tp_gathers_fused,
@@ -143,6 +144,8 @@ class TpOverlap:
     tp: np.ndarray
     gather_fused: np.ndarray | bool = True
     """Async TP: where its all-gathers fuse with their matmuls (tp_overlap.async_tp_gathers_fused)."""
+    bulk_sm_margin: int = UB_COMM_SMS
+    """SMs the userbuffers bulk overlaps take from their GEMMs (ExecutionStack.tp_overlap_bulk_sm_margin)."""
 
 
 def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, comm_ctas: float
@@ -193,10 +196,10 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
         overlapped = overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any()
         if overlapped:
             of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
-                                            overlap.gather_fused)
+                                            overlap.gather_fused, overlap.bulk_sm_margin)
             if fhw is not hw:
                 of = overlapped_times(fhw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
-                                      overlap.gather_fused)[0]
+                                      overlap.gather_fused, overlap.bulk_sm_margin)[0]
         if overlapped and overlap.active.all():
             f, dx, dw = of, odx, odw
         else:  # whole GEMMs, where no overlap chunks them
@@ -454,7 +457,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     linears = layer_linears(shapes, L, moe)
     overlap = None
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
-        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
+        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8),
+                            stack.tp_overlap_bulk_sm_margin)
     experts_f = experts_b = 0.0
     pad = 0.0
     bias_f = bias_b = 0.0

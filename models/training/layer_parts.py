@@ -70,8 +70,8 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     hw = hw.for_fp8_recipe(recipe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, False)
-    overlap = (TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8))
-               if stack.tp_overlap != "none" else None)
+    overlap = (TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8),
+                         stack.tp_overlap_bulk_sm_margin) if stack.tp_overlap != "none" else None)
     gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
     whole_f, whole_b, _ = linear_times(linears, hw, fp8, None, fhw)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)

@@ -83,7 +83,7 @@ def busiest_rank_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     return capacity_ratio(shapes, L) * imbalance(L)
 
 
-DROPLESS_IMBALANCE_EARLY = 1.52
+DROPLESS_IMBALANCE_EARLY = 1.51
 """FITTED (README "Fitted constants"): Layout.moe_imbalance of a dropless run whose router learns, at the start of
 training. Fitted on the forced-balance / dropless throughput ratios of Megatron-MoE-ModelZoo's long-context Qwen3-235B
 rows at 16K and 128K (256 H100, TP4 PP8 VPP4 EP8, DeepEP; best_practice/qwen3/readme.md @020b8136: "295 (forced

@@ -9,7 +9,8 @@ TE's initialize_ub (transformer_engine/pytorch/module/base.py, get_default_confi
   pipeline (proj_fprop, fc2_fprop): the GEMM is cut into UB_PIPELINE_SPLITS chunks of m/4 rows whose reduce-scatters
       run on UB_COMM_SMS SMs while the next chunk computes; the GEMM is launched with that SM margin (set_sm_margin);
   bulk (qkv_dgrad, fc1_dgrad): the input all-gather runs under the dgrad GEMM and the dgrad's reduce-scatter under
-      the wgrad GEMM, each on UB_COMM_SMS SMs the concurrent GEMM gives up.
+      the wgrad GEMM, each on UB_COMM_SMS SMs the concurrent GEMM gives up; NVIDIA's tuned configs, which the
+      megatron-core recipes pass, give up none (stack tp_overlap_bulk_sm_margin; research/tp-overlap-ub-configs.md).
 PyTorch async TP (torchtitan, stack tp_overlap "async_tp"): inductor's micro-pipeline pass
 (torch/_inductor/fx_passes/micro_pipeline_tp.py) rewrites, in the forward and backward graphs alike,
   all-gather -> the matmuls that take the gathered tensor as their left operand (fuse_all_gather_matmul:
@@ -78,11 +79,13 @@ def chunked_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, chunks: np.ndarr
 
 
 def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in_features, out_features,
-                     fp8: np.ndarray, tp: np.ndarray, gather_fused: np.ndarray | bool = True
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     fp8: np.ndarray, tp: np.ndarray, gather_fused: np.ndarray | bool = True,
+                     bulk_sm_margin: int = UB_COMM_SMS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, input-gradient, weight-gradient) seconds of one tensor-parallel GEMM run under `kind` overlap
     ("bulk": TE userbuffers, "async_tp": PyTorch async TP). Y = X W forward; dX = dY W^T, dW = X^T dY backward.
-    Async TP: where `gather_fused` is False (async_tp_gathers_fused) the matmuls after an all-gather run whole."""
+    Async TP: where `gather_fused` is False (async_tp_gathers_fused) the matmuls after an all-gather run whole.
+    `bulk_sm_margin`: SMs the bulk overlaps take from the column GEMMs' dgrad and wgrad (the stack's
+    tp_overlap_bulk_sm_margin: TE's default UB_COMM_SMS, 0 under NVIDIA's tuned configs)."""
     t, i, o = tokens, in_features, out_features
     if kind == "async_tp":  # column dgrad whole: its reduce-scatter sums several matmuls and is not fused
         if role == TpRole.ROW:  # forward before the fused reduce-scatter; dgrad after dY's all-gather
@@ -95,8 +98,8 @@ def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in
             forward = np.where(gather_fused, forward, gemm(t, o, i, fp8))
         return (forward, gemm(t, i, o, fp8), gemm(i, o, t, fp8))
     if role == TpRole.COLUMN:  # ring_exchange forward; bulk dgrad and wgrad on the SMs the comm kernels leave
-        return (chunked_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8, sm_margin=UB_COMM_SMS),
-                gemm(i, o, t, fp8, sm_margin=UB_COMM_SMS))
+        return (chunked_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8, sm_margin=bulk_sm_margin),
+                gemm(i, o, t, fp8, sm_margin=bulk_sm_margin))
     # ROW: pipeline forward with the SM margin; ring_exchange dgrad; wgrad as is
     return (chunked_s(gemm, t, o, i, fp8, UB_PIPELINE_SPLITS, UB_COMM_SMS), chunked_s(gemm, t, i, o, fp8, tp),
             gemm(i, o, t, fp8))
