@@ -23,14 +23,7 @@ from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.moe_layer import DROPLESS_IMBALANCE_EARLY
 from clusterplan.reference import bridge
-from clusterplan.reference.report import (
-    TARGET_TIME_MAX,
-    TARGET_TIME_MEDIAN,
-    PricedRow,
-    read_rows,
-    row_notes,
-    summary,
-)
+from clusterplan.reference.report import PricedRow, held_out_line, read_rows
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -151,15 +144,8 @@ def held_out(rows: list[McoreMoeRow]) -> list[McoreMoeRow]:
 
 def _summary_line(rows: list[McoreMoeRow]) -> str:
     counted = held_out(rows)
-    n, med, worst = summary(counted)
-    return (f"expressible {n} of {len(counted)} held out ({len(rows) - len(counted)} more fitted "
-            f"moe_layer.DROPLESS_IMBALANCE_EARLY: shown, not counted): tokens/s median |error| {med:.1%}, max "
-            f"{worst:.1%} (issue #13 held-out target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
-
-
-def _notes(r: McoreMoeRow) -> list[str]:
-    extra = row_notes(r.notes, r.refused)
-    return ([f"not expressible: {r.reason}"] if not r.expressible else []) + extra
+    return held_out_line(counted, f" held out ({len(rows) - len(counted)} more fitted "
+                                  "moe_layer.DROPLESS_IMBALANCE_EARLY: shown, not counted)")
 
 
 def print_table(rows: list[McoreMoeRow]) -> None:
@@ -173,7 +159,7 @@ def print_table(rows: list[McoreMoeRow]) -> None:
             print(f"{head} {'not expressible':>15}")
     print(_summary_line(rows))
     for r in rows:
-        print(f"  {r.label}: " + "; ".join(_notes(r)))
+        print(f"  {r.label}: " + "; ".join(r.shown_notes()))
 
 
 def markdown_table(rows: list[McoreMoeRow]) -> str:
@@ -184,6 +170,6 @@ def markdown_table(rows: list[McoreMoeRow]) -> str:
         cells = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"])
         lines.append(f"| {r.source} | {r.system.removeprefix('DGX-')} | {r.model} | {r.precision} | {r.gpus} | "
                      f"{bridge.layout_text(r.layout)} | {r.layout.moe_dispatcher} | {r.published_tokens_per_s:.0f} | {cells[0]} | "
-                     f"{cells[1]} | {r.published_tflops:.0f} | {'; '.join(_notes(r)).replace('|', '/')} |")
+                     f"{cells[1]} | {r.published_tflops:.0f} | {'; '.join(r.shown_notes()).replace('|', '/')} |")
     lines += ["", _summary_line(rows) + "."]
     return "\n".join(lines)

@@ -20,14 +20,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import (
-    TARGET_TIME_MAX,
-    TARGET_TIME_MEDIAN,
-    PricedRow,
-    read_rows,
-    row_notes,
-    summary,
-)
+from clusterplan.reference.report import PricedRow, held_out_line, read_rows
 
 MLPERF_CSV = "mlperf_training.csv"
 STACK = "megatron-core"
@@ -99,16 +92,6 @@ def mlperf_rows() -> list[MlperfRow]:
     return out
 
 
-def _summary_line(rows: list[MlperfRow]) -> str:
-    n, med, worst = summary(rows)
-    return (f"expressible {n} of {len(rows)}: tokens/s median |error| {med:.1%}, max {worst:.1%} (issue #13 held-out "
-            f"target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
-
-
-def _notes(r: MlperfRow) -> list[str]:
-    return ([f"not expressible: {r.reason}"] if not r.expressible else []) + row_notes(r.notes, r.refused)
-
-
 def print_table(rows: list[MlperfRow]) -> None:
     print("\nMLPerf Training (NVIDIA submissions): tokens/s per GPU of one training step")
     print(f"{'row':64} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
@@ -116,9 +99,9 @@ def print_table(rows: list[MlperfRow]) -> None:
         head = f"{r.label:64} {r.published_tokens_per_s:9.1f}"
         print(f"{head} {r.predicted_tokens_per_s:7.1f} {r.error:+7.1%}" if r.expressible else
               f"{head} {'not expressible':>15}")
-    print(_summary_line(rows))
+    print(held_out_line(rows))
     for r in rows:
-        print(f"  {r.label}: " + "; ".join(_notes(r)))
+        print(f"  {r.label}: " + "; ".join(r.shown_notes()))
 
 
 def markdown_table(rows: list[MlperfRow]) -> str:
@@ -128,6 +111,6 @@ def markdown_table(rows: list[MlperfRow]) -> str:
         cells = [f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]
         lines.append(f"| {r.round} | {r.system.removeprefix('DGX-')} | {r.model} | {r.gpus} | "
                      f"{bridge.layout_text(r.layout)} | {r.published_tokens_per_s:.1f} | {cells[0]} | {cells[1]} | "
-                     f"{'; '.join(_notes(r)).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + "."]
+                     f"{'; '.join(r.shown_notes()).replace('|', '/')} |")
+    lines += ["", held_out_line(rows) + "."]
     return "\n".join(lines)

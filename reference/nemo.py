@@ -22,7 +22,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, row_notes, summary
+from clusterplan.reference.report import held_out_line, read_rows, row_notes
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -287,12 +287,6 @@ def nemo_rows() -> list[NemoRow]:
 
 
 
-def _summary_line(rows: list[NemoRow]) -> str:
-    n, med, worst = summary(rows)
-    return (f"expressible {n} of {len(rows)}: tokens/s median |error| {med:.1%}, max {worst:.1%} (issue #13 held-out "
-            f"target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
-
-
 TFLOPS_NOTE = ("TFLOP/s `predicted` = predicted tokens/s x the release's own FLOPs per token (24.09 / 24.12 / 25.02: "
                "nemo_flops_per_token, Megatron's count with the full s x s attention; 25.09 / 26.02: Megatron-Bridge's "
                "count, bridge_flops_per_token), so its error is the tokens/s error; `GF/tok pub` = published TFLOP/s / "
@@ -313,7 +307,7 @@ def print_table(rows: list[NemoRow]) -> None:
         else:
             print(f"{head} {'not expressible':>15} {r.published_tflops:11.0f} {'-':>5} "
                   f"{r.published_gflops_per_token:10.1f} {r.release_gflops_per_token:7.1f}")
-    print(_summary_line(rows))
+    print(held_out_line(rows))
     print(TFLOPS_NOTE)
     for r in rows:
         extra = row_notes(r.notes, r.refused)
@@ -338,5 +332,5 @@ def markdown_table(rows: list[NemoRow]) -> str:
                      f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {r.published_tflops:.0f} | "
                      f"{cells[2]} | {r.published_gflops_per_token:.1f} | {r.release_gflops_per_token:.1f} | "
                      f"{cells[3]} | {'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + ".", "", TFLOPS_NOTE]
+    lines += ["", held_out_line(rows) + ".", "", TFLOPS_NOTE]
     return "\n".join(lines)

@@ -76,10 +76,18 @@ class PricedRow:
     label: str
     published_tokens_per_s: float
     predicted_tokens_per_s: float | None
+    notes: tuple[str, ...]
+    refused: str
+    """Why estimate refused the row's layout (out of memory, ...): '' when it fits."""
 
     @property
     def expressible(self) -> bool:
         return not self.reason
+
+    def shown_notes(self) -> list[str]:
+        """The row's notes as the tables print them: why it is not expressible first, estimate's refusal last."""
+        return ([f"not expressible: {self.reason}"] if not self.expressible else []) + row_notes(self.notes,
+                                                                                               self.refused)
 
     @property
     def error(self) -> float:
@@ -87,6 +95,14 @@ class PricedRow:
         if self.predicted_tokens_per_s is None:
             raise ValueError(f"{self.label}: not expressible ({self.reason})")
         return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+
+def held_out_line(rows: Sequence[PublishedRow], scope: str = "") -> str:
+    """A held-out set's summary: its expressible rows' tokens/s median and max |error| against issue #13's targets
+    (`scope` qualifies the rows counted, e.g. what was left out of them)."""
+    n, med, worst = summary(rows)
+    return (f"expressible {n} of {len(rows)}{scope}: tokens/s median |error| {med:.1%}, max {worst:.1%} (issue #13 "
+            f"held-out target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
 
 
 def summary(rows: Sequence[PublishedRow]) -> tuple[int, float, float]:

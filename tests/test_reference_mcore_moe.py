@@ -42,7 +42,7 @@ import pytest
 
 from clusterplan.models.training.moe_layer import DROPLESS_IMBALANCE_EARLY
 from clusterplan.reference import mcore_moe
-from clusterplan.reference.report import TARGET_TIME_MAX
+from clusterplan.reference.report import TARGET_TIME_MAX, summary
 
 BOUNDS = {
     "report DGX-GB300 DeepSeekV3 FP8-MX 256 tp1 pp4v4 ep64 mbs1 hybridep +a2a-overlap": 0.20,  # +6.5%
@@ -113,7 +113,7 @@ def test_row_tokens_per_s_within_its_bound(rows, label):
 
 
 def test_median_error(rows):
-    n, med, _ = mcore_moe.summary(mcore_moe.held_out(rows))
+    n, med, _ = summary(mcore_moe.held_out(rows))
     assert n == len(BOUNDS)
     assert med <= MEDIAN_BOUND
 

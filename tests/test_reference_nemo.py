@@ -28,6 +28,7 @@ from __future__ import annotations
 import pytest
 
 from clusterplan.reference import nemo
+from clusterplan.reference.report import TARGET_TIME_MAX, summary
 from clusterplan.reference.report import main as report_main
 
 BOUNDS = {
@@ -103,14 +104,14 @@ def test_token_dropping_rows_run_capacity_one_with_padding(rows):
 def test_row_within_bound(rows, label):
     row = next(r for r in rows if r.label == label)
     bound = BOUNDS[label]
-    assert bound >= nemo.TARGET_TIME_MAX
+    assert bound >= TARGET_TIME_MAX
     assert abs(row.error) <= bound, (
         f"{label}: predicted {row.predicted_tokens_per_s:.0f} tokens/s/GPU vs published "
         f"{row.published_tokens_per_s:.0f} ({row.error:+.1%}), bound {bound:.0%}")
 
 
 def test_median_within_bound(rows):
-    n, med, _ = nemo.summary(rows)
+    n, med, _ = summary(rows)
     assert n == len(BOUNDS)
     assert med <= MEDIAN_BOUND, f"tokens/s median |error| {med:.1%}"
 
