@@ -139,6 +139,11 @@ def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
                    sources=MappingProxyType({k: str(v) for k, v in sources.items()}))
 
 
+TE_UB_COMM_SMS = 16
+"""Transformer Engine's default userbuffers config (transformer_engine/pytorch/module/base.py initialize_ub,
+get_default_config): num_sm 16 with set_sm_margin for the "pipeline" and "bulk" overlaps, the SMs the GEMM gives up."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ExecutionStack:
     name: str
@@ -150,10 +155,10 @@ class ExecutionStack:
     tp_overlap_share: float
     """Share of TP communication hidden under the layer's GEMMs by "bulk" overlap (0 otherwise: "none" hides
     nothing, "async_tp" is priced per fused op, models/training/tp_overlap.py)."""
-    tp_overlap_bulk_sm_margin: int = 16
+    tp_overlap_bulk_sm_margin: int = TE_UB_COMM_SMS
     """SMs a Transformer Engine userbuffers bulk overlap (qkv / fc1 dgrad and wgrad) takes from the GEMM beside it
-    (TE's set_sm_margin with num_sm): absent, TE's default, 16 (initialize_ub get_default_config); 0 where the stack's
-    recipes pass tuned configs with set_sm_margin False (NeMo / Megatron-Bridge userbuffers.py)."""
+    (TE's set_sm_margin with num_sm): absent, TE's default, TE_UB_COMM_SMS; 0 where the stack's recipes pass tuned
+    configs with set_sm_margin False (NeMo / Megatron-Bridge userbuffers.py)."""
     pp_overlap: bool
     """Pipeline send/recv runs under the next chunk's compute (Megatron --overlap-p2p-comm)."""
     pp_overlap_schedules: tuple[str, ...]
@@ -393,7 +398,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         name=name, description=description, sources=MappingProxyType({k: str(v) for k, v in sources.items()}),
         tp_overlap=tp_overlap, tp_overlap_share=share,
         tp_overlap_bulk_sm_margin=_sourced(where, raw, "tp_overlap_bulk_sm_margin",
-                                           lambda: _count(where, raw, "tp_overlap_bulk_sm_margin"), 16),
+                                           lambda: _count(where, raw, "tp_overlap_bulk_sm_margin"), TE_UB_COMM_SMS),
         pp_overlap=_flag(where, raw, "pp_overlap"),
         pp_overlap_schedules=_subset(where, raw, "pp_overlap_schedules", SCHEDULES),
         dp_overlap=_flag(where, raw, "dp_overlap"), dp_overlap_share=_share(where, raw, "dp_overlap_share"),

@@ -43,12 +43,12 @@ from enum import IntEnum
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import ExecutionStack
+from clusterplan.hardware_db.stacks import TE_UB_COMM_SMS, ExecutionStack
 from clusterplan.models.hardware.comm import exposed_s
 
 UB_PIPELINE_SPLITS = 4
 """TE initialize_ub default num_splits of a "pipeline" overlap (proj_fprop, fc2_fprop)."""
-UB_COMM_SMS = 16
+UB_COMM_SMS = TE_UB_COMM_SMS
 """TE initialize_ub default num_sm of the "pipeline" and "bulk" overlaps, given up by the GEMM (set_sm_margin)."""
 
 
