@@ -187,6 +187,7 @@ def _render(data: dict) -> None:
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
                  + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
+                 + ("-params" if lay.get("fp8_params") else "")
                  + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
                  + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]

@@ -74,7 +74,7 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
                                     L.optimizer, sp=False,  # AutoTP all-reduces whole activations
                                     # no Megatron recompute modules; the bf16 optimizer accumulates fp32 gradients;
                                     # no activation offloading in the exported config
-                                    recompute_modules="", fp32_grads=True, offload_layers=0))
+                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False))
 
 
 def zero_section(layout: Layout) -> dict[str, Any]:

@@ -261,6 +261,8 @@ def training_args(layout: Layout) -> Args:
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
     args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
+    if L.fp8_params and L.precision == "fp8":
+        args += ["--fp8-param-gather"]
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]

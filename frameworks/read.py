@@ -461,7 +461,7 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
                   "--grad-reduce-in-bf16": "grad_bf16", "--moe-enable-deepep": "enable_deepep",
                   "--overlap-moe-expert-parallel-comm": "a2a_overlap",
-                  "--moe-pad-expert-input-to-capacity": "pad_to_capacity"}
+                  "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -633,7 +633,8 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
-                    fp32_grads=not v.get("grad_bf16"))
+                    fp32_grads=not v.get("grad_bf16"),
+                    fp8_params=bool(v.get("fp8_param_gather")) and precision == "fp8" and zero >= 1)
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more

@@ -113,8 +113,9 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
                                     flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
                                     schedule="zbv" if L.schedule == "zb" else L.schedule,
                                     vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp,
-                                    # its selective recompute is op-level SAC; FSDP2 reduces in fp32; no offloading
-                                    recompute_modules="", fp32_grads=True, offload_layers=0))
+                                    # its selective recompute is op-level SAC; FSDP2 reduces in fp32; no offloading;
+                                    # its fp8 weights are gathered by torchao's float8 all-gather, not fp8-only
+                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False))
 
 
 def batch_sizes(layout: Layout) -> tuple[int, int]:

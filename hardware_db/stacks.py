@@ -286,6 +286,9 @@ class ExecutionStack:
     """Runs the 1F1B all-to-all overlap (Layout.moe_a2a_overlap; absent: false)."""
     moe_token_drop: bool = False
     """Runs token-dropping MoE with padding to capacity (Layout.moe_capacity_factor; absent: false, dropless only)."""
+    fp8_param_gather: bool = False
+    """Can keep the parameters in fp8 only (Layout.fp8_params: Megatron-Core --fp8-param-gather, Transformer Engine
+    fp8_model_init); absent: false."""
     eager_expert_bias: bool = False
     """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
     the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
@@ -444,7 +447,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         moe_a2a_overlap=_sourced(where, raw, "moe_a2a_overlap", lambda: _flag(where, raw, "moe_a2a_overlap"), False),
         moe_token_drop=_sourced(where, raw, "moe_token_drop", lambda: _flag(where, raw, "moe_token_drop"), False),
         eager_expert_bias=_sourced(where, raw, "eager_expert_bias", lambda: _flag(where, raw, "eager_expert_bias"),
-                                   False))
+                                   False),
+        fp8_param_gather=_sourced(where, raw, "fp8_param_gather", lambda: _flag(where, raw, "fp8_param_gather"),
+                                  False))
 
 
 def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:

@@ -97,6 +97,12 @@ RECOMPUTE_MODULES = {
     ("DGX-B200", "DeepSeekV3", "FP8-MX"): "mla_up_proj",
 }
 
+FP8_PARAMS_RECIPES = ("tensorwise", "delayed", "mxfp8")
+"""fp8 recipes whose Megatron-Bridge mixed-precision config keeps the parameters in fp8 only (Layout.fp8_params):
+src/megatron/bridge/training/mixed_precision.py bf16_with_fp8_current_scaling_mixed, bf16_with_fp8_delayed_scaling_mixed
+and bf16_with_mxfp8_mixed set fp8_param_gather = True (the blockwise one False); the 25.11 performance scripts take
+them unchanged (scripts/performance/utils/helpers.py get_precision_config; nothing after it sets fp8_param_gather)."""
+
 FP32_GRADS = False
 """Every performance recipe keeps main gradients in bf16: set_llama3_common_configs, set_gpt_oss_common_configs and
 the Qwen3 / DeepSeek-V3 perf configs set mixed_precision.grad_reduce_in_fp32 = ddp.grad_reduce_in_fp32 = False."""
@@ -450,7 +456,8 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
                     last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
-                    cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP)
+                    cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP,
+                    fp8_params=FP8_RECIPES.get(r["precision"]) in FP8_PARAMS_RECIPES)
     return layout, notes
 
 
@@ -495,6 +502,7 @@ def bridge_rows() -> list[BridgeRow]:
             continue
         stack = get_stack(STACK)
         recipe = fp8_recipe(r["precision"], cluster)
+        layout = replace(layout, fp8_params=layout.fp8_params and recipe in FP8_PARAMS_RECIPES)
         problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),
                     *precision_problems(cluster, layout, stack, recipe)]
         if problems:
@@ -512,7 +520,7 @@ def bridge_rows() -> list[BridgeRow]:
 
 def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
-             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision,
+             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision + ("-params" if L.fp8_params else ""),
              f"rc:{L.recompute_modules or L.recompute}"]
     if L.cuda_graphs != "none":
         parts.append(f"cg:{L.cuda_graphs}")

@@ -69,6 +69,12 @@ class McoreMoeRow(PricedRow):
                 f"ep{L.ep}{long} mbs{L.mbs} {L.moe_dispatcher}{overlap}{routing}")
 
 
+FP8_PARAMS_SOURCE = ("Megatron-MoE-ModelZoo sbatch_benchmarking.sh (@78930f0c; Megatron-LM examples/moe-modelzoo "
+                     "@f13818d6): PR=fp8 / mxfp8 add --fp8-param-gather unless OPTIMIZER_OFFLOAD=1, which no row sets; "
+                     "the pr rows run Megatron-Bridge's fp8 recipes (bridge.FP8_PARAMS_RECIPES)")
+"""Why every fp8 row keeps its parameters in fp8 only (Layout.fp8_params)."""
+
+
 def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) -> Layout:
     tp, pp, cp, ep, vp = int(r["tp"]), int(r["pp"]), int(r["cp"]), int(r["ep"]), int(r["vp"])
     modules = r["recompute_modules"]
@@ -80,7 +86,7 @@ def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) ->
                   precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                   first_stage_layers=first, last_stage_layers=last, fp32_grads=bridge.FP32_GRADS,
                   cuda_graphs=r["cuda_graphs"], moe_dispatcher=r["dispatcher"], moe_a2a_overlap=r["a2a_overlap"] == "1",
-                  moe_imbalance=imbalance)
+                  moe_imbalance=imbalance, fp8_params=r["precision"] != "BF16")
 
 
 def _published_tokens(r: dict[str, str], count_gflops: float) -> tuple[float, str]:

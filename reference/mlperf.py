@@ -27,6 +27,23 @@ STACK = "megatron-core"
 FP8_RECIPE = "delayed"
 """config_fp8.sh: FP8=True, FP8_HYBRID=True, FP8_AMAX_HISTORY=1024, FP8_AMAX_ALGO=max: Transformer Engine's delayed
 scaling."""
+FP8_PARAMS = {
+    ("v4.0", "DGX-H100"): "FP8_PARAMS=True from a fork's copy of the round's config_common.sh (the mlcommons one is not "
+                      "stored)",
+    ("v4.1", "DGX-H100"): "FP8_PARAMS=True assumed: this config sources a config_common.sh that is not stored, the same "
+                      "round's B200 one and v4.0's H100 one set it",
+    ("v4.1", "DGX-B200"): "",
+    ("v5.0", "DGX-H100"): "",
+}
+"""Submissions whose configs keep the parameters in fp8 only (Layout.fp8_params), each with its row note (empty: read
+in its own files): config_common.sh `export FP8_PARAMS=True` (v4.1 b200_n8_preview_nemo @8821c70; v5.0 llama31_405b
+eos-dfw_n304_ngc25.01_nemo @0fdc28f, which the n64 config sources; v4.0 only in a fork's copy of it, @c7a8e8f8,
+edited for another cluster), fed to the model's fp8_params (conf/custom.yaml `fp8_params: ${oc.env:FP8_PARAMS,False}`,
+Megatron-Core fp8_param_gather). v3.0 / v3.1: not found (their rows are not expressible anyway)."""
+GRAD_SYNC_BF16_ROUNDS = frozenset({"v4.0"})
+"""Rounds whose optimizer reduces and keeps gradients in bf16 (Layout.fp32_grads off): conf/optim/
+distributed_fused_adam.yaml `grad_sync_dtype: bf16` (mlcommons training_results_v4.0 @62f111b7, Apex
+DistributedFusedAdam); the v4.1 / v5.0 optimizer configs are not stored."""
 NODES = {"DGX-H100": "dgx-h100", "DGX-B200": "dgx-b200"}
 NO_VP = "the config sets no interleaved virtual stages (config_common.sh, which may, is not stored): the bubble of " \
         "pp {pp} over {m} micro-batches cannot be priced"
@@ -68,8 +85,12 @@ def mlperf_rows() -> list[MlperfRow]:
         layout = Layout(tp=tp, pp=pp, vpp=vp, cp=cp, dp=dp, mbs=int(r["mbs"]), gbs=int(r["gbs"]), seq=int(r["seq"]),
                         sp=True, recompute="none", precision="fp8", flash_attn=True,
                         schedule="interleaved-1f1b" if vp > 1 else "1f1b",
-                        first_stage_layers=first, last_stage_layers=last)
-        notes = [n for n in (split_note,) if n]
+                        first_stage_layers=first, last_stage_layers=last,
+                        fp8_params=(r["round"], r["system"]) in FP8_PARAMS,
+                        fp32_grads=r["round"] not in GRAD_SYNC_BF16_ROUNDS)
+        notes = [n for n in (split_note, FP8_PARAMS.get((r["round"], r["system"]), "")) if n]
+        if not layout.fp32_grads:
+            notes.append("gradients reduced in bf16 (distributed_fused_adam.yaml grad_sync_dtype)")
         notes.append(f"{r['step_s']} s per step ({r['result']})")
         if r["cg"] == "1":
             notes.append("LAYER_CUDA_GRAPH=1: per-layer CUDA graphs (no MoE host time to remove in a dense model)")

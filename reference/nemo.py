@@ -35,6 +35,13 @@ FP8_RECIPES = {"FP8-DS": "delayed", "FP8-CS": "tensorwise", "BF16": None}
 """FP8-DS: the NeMo 1.0 / 2.0 recipes before 25.04 (fp8_hybrid, fp8_amax_history_len 1024, fp8_amax_compute_algo max:
 launcher conf/training/nemotron/nemotron_8b.yaml and the others); FP8-CS: per-tensor current scaling."""
 
+FP8_PARAMS_UNKNOWN = frozenset({"24.09"})
+"""Releases whose fp8 rows keep bf16 parameters beside TE's fp8 copies (Layout.fp8_params off) because what their
+configs set is not read: the NeMo 1.0 launcher's. NeMo 2.0 (24.12, 25.02) runs its fp8 plugins, whose
+bf16_with_fp8_mixed / current-scaling recipes set fp8_param_gather = True (nemo/collections/llm/recipes/precision/
+mixed_precision.py; the performance scripts' helpers.py use them unchanged); Megatron-Bridge (25.09, 26.02) likewise
+(bridge.FP8_PARAMS_RECIPES)."""
+
 NEMO_GPT3_VOCAB = 50257
 """GPT2BPETokenizer (launcher conf/training/gpt3/*.yaml tokenizer type), padded by Megatron to 128 x tp."""
 NEMOTRON_VOCAB = 256000
@@ -219,7 +226,8 @@ def nemo_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str]]
                     schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                     first_stage_layers=first, last_stage_layers=last, fp32_grads=False,
-                    moe_dispatcher=recipe.moe_dispatcher, moe_a2a_overlap=recipe.moe_a2a_overlap)
+                    moe_dispatcher=recipe.moe_dispatcher, moe_a2a_overlap=recipe.moe_a2a_overlap,
+                    fp8_params=r["precision"] != "BF16" and r["release"] not in FP8_PARAMS_UNKNOWN)
     if FP8_RECIPES[r["precision"]]:
         notes.append(f"fp8 recipe {FP8_RECIPES[r['precision']]}")
     if r["ga"] and int(r["gbs"]) != int(r["mbs"]) * int(r["ga"]) * layout.dp:

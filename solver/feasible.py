@@ -86,7 +86,8 @@ class Change:
             return f"headroom {self.old:g} -> {self.new:g} GiB"
         if self.knob == Knob.NODES:
             return f"{self.new} nodes instead of {self.old}"
-        return f"{self.knob} {self.old} -> {self.new}"
+        old, new = (int(v) if isinstance(v, bool) else v for v in (self.old, self.new))
+        return f"{self.knob} {old} -> {new}"
 
     def to_json(self) -> dict[str, Any]:
         return {"knob": self.knob, "from": self.old, "to": self.new, "steps": self.steps}
@@ -474,6 +475,12 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
         "dp_replicate": replicate, FEWER_NODES: nodes(FEWER_NODES), MORE_NODES: nodes(MORE_NODES)}
     if model.is_moe:
         modifiers["ep"] = degree("ep", lambda c: divisors(model.n_experts, at_most=world))
+    if est.layout.precision == "fp8" and not est.layout.fp8_params and stack.fp8_param_gather:
+        # fp8-only weights, as every Megatron-Bridge fp8 recipe runs them: 2 B per parameter less (Layout.fp8_params).
+        def fp8_params(c: _Candidate) -> Iterator[_Candidate]:
+            if c.layout.zero >= 1:
+                yield from step(c, "fp8_params", True, 1, fp8_params=True)
+        modifiers["fp8_params"] = fp8_params
 
     runs_already = {str(r) for r in stack_problems(est.layout, stack)}
 

@@ -23,10 +23,10 @@ from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
-    FSDP_FP8_ALLGATHER_RECIPES,
     GIB,
     MemoryBreakdown,
     fp8_weight_copy_bytes,
+    fsdp_fp8_allgather,
     memory_breakdown,
 )
 from clusterplan.models.training.moe_layer import routing_basis
@@ -77,16 +77,16 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
     """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies under
     its first fp8 recipe, what its sequence parallelism saves, whether it fuses the gated activation).
     `fp8_all_layouts`: the GPUs run fp8 GEMMs in every layout (Blackwell; see fp8_weight_copy_bytes)."""
-    copy = fp8_weight_copy_bytes(stack.fp8_recipes[0] if stack.fp8_recipes else None, fp8_all_layouts,
-                                 stack.fp8_weight_copy)
+    recipe = stack.fp8_recipes[0] if stack.fp8_recipes else None
+    copy = fp8_weight_copy_bytes(recipe, fp8_all_layouts, stack.fp8_weight_copy)
     return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
                             fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
                             param_remainders=stack.optimizer_param_remainders,
                             loss_parallel_bytes_per_logit=stack.loss_parallel_bytes_per_logit,
                             pp_impl=stack.pp_impl, cp_impl=stack.cp_impl, compiled=stack.compiled,
                             fp32_params=stack.fsdp_impl == "fsdp2",
-                            fp8_allgather=stack.fp8_allgather and bool(stack.fp8_recipes)
-                            and stack.fp8_recipes[0] in FSDP_FP8_ALLGATHER_RECIPES,
+                            fp8_allgather=fsdp_fp8_allgather(stack.fp8_allgather, recipe),
+                            fp8_param_bytes=fp8_weight_copy_bytes(recipe, fp8_all_layouts),
                             freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
                             if stack.loss_impl == "eager_fp32" else 0.0,
                             fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None,

@@ -112,6 +112,11 @@ class Layout:
     fp32_grads: bool = True
     """adam-master main gradients in fp32 (Megatron-LM forces --accumulate-allreduce-grads-in-fp32 with bf16);
     false = in the parameter dtype, as NeMo / Megatron-Bridge performance recipes run (grad_reduce_in_fp32=False)."""
+    fp8_params: bool = False
+    """Parameters kept in fp8 only (Megatron-LM --fp8-param-gather, Transformer Engine fp8_model_init; on in every
+    Megatron-Bridge / NeMo fp8 recipe: tensorwise, delayed, mxfp8): no bf16 copy beside TE's fp8 one, the distributed
+    optimizer's fp32 master shard requantised each step and all-gathered in fp8 (MXFP8: in bf16 through the gradient
+    buffer). Needs precision=fp8 and the distributed optimizer or FSDP (zero >= 1); false = Megatron-LM's default."""
     offload_layers: int = 0
     """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
     cpu_offloading_num_layers; pipeline parallelism 1 only)."""
@@ -158,7 +163,7 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
-        for name in ("sp", "flash_attn", "fp32_grads", "moe_a2a_overlap"):
+        for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "moe_a2a_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
         cf = self.moe_capacity_factor
@@ -217,6 +222,8 @@ class Layout:
         out = asdict(self)
         if out["cuda_graphs"] == "none":  # left out at its default: layouts without it serialise as before
             del out["cuda_graphs"]
+        if not out["fp8_params"]:
+            del out["fp8_params"]
         if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
             del out["moe_dispatcher"]
         if not out["moe_a2a_overlap"]:
@@ -237,7 +244,7 @@ class Layout:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
-            parts.append(self.precision)
+            parts.append(self.precision + ("-params" if self.fp8_params else ""))
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
         if self.moe_dispatcher != "alltoall":
@@ -406,6 +413,11 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.SP_SEQ, f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
     if L.cp > 1 and L.seq % (2 * L.cp):
         add(RuleCode.CP_SEQ, f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
+    if L.fp8_params and (L.precision != "fp8" or L.zero < 1):
+        # Megatron-LM arguments.py: "--fp8-param-gather only supported with distributed optimizer, torch fsdp2,
+        # megatron fsdp"; the parameters are fp8 tensors only under an fp8 recipe.
+        add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8 and zero >= 1 (the distributed optimizer or FSDP), "
+                                 f"got precision={L.precision} zero={L.zero}")
     problems += _moe_problems(model, L)
     return problems
 
@@ -522,6 +534,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
                                  f"selective recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         add("precision", f"stack {stack.name} has no fp8 training recipe")
+    if L.fp8_params and not stack.fp8_param_gather:
+        add("fp8_params", f"stack {stack.name} keeps no fp8-only parameters (Megatron-Core --fp8-param-gather); "
+                          "set fp8_params=0")
     if not stack.can_run("moe_dispatcher", L.moe_dispatcher):
         add("moe_dispatcher", f"stack {stack.name} has no {L.moe_dispatcher} token dispatcher (it runs "
                               f"{', '.join(stack.moe_dispatchers)}); set moe_dispatcher=alltoall")

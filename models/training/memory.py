@@ -112,9 +112,29 @@ def fp8_weight_copy_bytes(recipe: str | None, all_layouts: bool, cached: bool = 
     return FP8_WEIGHT_COPY_BYTES
 
 
+def fp8_param_gather_bytes(recipe: str | None) -> float:
+    """Bytes per parameter the distributed optimizer's all-gather of the updated weights moves for fp8-only
+    parameters (Layout.fp8_params): the fp8 data under per-tensor scaling (Megatron-Core gathers the uint8 param
+    buffer); bf16 under MXFP8, whose row- and column-wise block scales cannot be derived from one another, so each
+    rank requantises the gathered bf16 (Megatron-Core reuse_grad_buf_for_mxfp8_param_ag; Megatron-LM PR #5470)."""
+    return BF16_PARAM_BYTES if recipe == "mxfp8" else FP8_PARAM_BYTES
+
+
+def fsdp_fp8_allgather(fp8_allgather: bool, recipe: str | None) -> bool:
+    """The stack's FSDP gathers fp8 weights under this recipe (torchao's float8 all-gather: tensorwise only)."""
+    return fp8_allgather and recipe in FSDP_FP8_ALLGATHER_RECIPES
+
+
+def fp8_only_params(L: LayoutArrays) -> np.ndarray:
+    """Layouts whose parameters are fp8 tensors only (Layout.fp8_params under fp8; the FP8_PARAMS rule refuses it
+    elsewhere)."""
+    return (L.precision == PREC_FP8) & (L.fp8_params > 0)
+
+
 def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
                     param_remainders: bool = False,
-                    fp32_params: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    fp32_params: bool = False,
+                    fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     Mixed-precision Adam with fp32 master weights and fp32 main gradients: 2 + 4 + 12 = 18 bytes (Megatron-LM,
@@ -126,7 +146,10 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state. `fp32_params`: the stack keeps the
     (sharded) parameters themselves in fp32 and casts a bf16 copy only for compute (torch FSDP2: torchtitan builds
     the model in fp32, MixedPrecisionPolicy(param_dtype=bf16) casts at the all-gather, fully_shard's sharded fp32
-    parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B.
+    parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B. Layout.fp8_params: the
+    parameter is the fp8 tensor alone, `fp8_param_bytes` (fp8_weight_copy_bytes of the recipe: Hopper per-tensor
+    data + its transpose 2 B, Blackwell 1 B, MXFP8 both block-scaled copies), no bf16 copy; the master stays a full
+    fp32 shard (Megatron-Core keeps remainders of bf16 parameters only): 12 B.
     """
     fp32 = L.precision == PREC_FP32
     bf16, fp32_b = BF16_PARAM_BYTES, FP32_PARAM_BYTES
@@ -139,9 +162,11 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
         mixed = (L.optimizer == OPT_ADAM_MASTER) & ~fp32
         weights = np.where(mixed, weights - bf16 + fp32_b, weights)
         opt = np.where(mixed, opt - fp32_b, opt)
+    fp8_only = fp8_only_params(L)
     if param_remainders:
-        remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2))
+        remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2)) & ~fp8_only
         opt = np.where(remainder, PARAM_REMAINDER_BYTES + ADAM_MOMENTS_BYTES, opt)
+    weights = np.where(fp8_only, fp8_param_bytes, weights)
     return weights, grads, opt
 
 
@@ -207,14 +232,23 @@ def fsdp_gathered_weight_bytes(L: LayoutArrays, fp8_allgather: bool) -> np.ndarr
                                                                          BF16_PARAM_BYTES))
 
 
+def param_gather_bytes(L: LayoutArrays, fp8_allgather: bool, recipe: str | None) -> np.ndarray:
+    """Bytes per parameter of the data-parallel all-gather of weights (the distributed optimizer's updated weights,
+    ZeRO-3 / FSDP's per-block gathers): fp8_param_gather_bytes for fp8-only parameters, else as FSDP gathers them
+    (fsdp_gathered_weight_bytes: the compute dtype, fp8 under torchao's float8 all-gather)."""
+    return np.where(fp8_only_params(L), fp8_param_gather_bytes(recipe), fsdp_gathered_weight_bytes(L, fp8_allgather))
+
+
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
                 fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False,
-                fp32_params: bool = False, fp8_allgather: bool = False) -> StateBytes:
+                fp32_params: bool = False, fp8_allgather: bool = False,
+                fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020).
     `fp32_params`: see bytes_per_param; `fp8_allgather`: ZeRO-3 gathers fp8 weights under fp8 when dp_shard > 1,
     whose unsharded copies are 1 B per parameter (torchao enable_fsdp_float8_all_gather: fsdp_post_all_gather wraps
-    the gathered bytes in a Float8Tensor, which the forward uses as the unsharded parameter)."""
-    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params)
+    the gathered bytes in a Float8Tensor, which the forward uses as the unsharded parameter); `fp8_param_bytes`: an
+    fp8-only parameter (Layout.fp8_params), sharded and gathered as it is (bytes_per_param)."""
+    wb, gb, ob = bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params, fp8_param_bytes)
     dense_shard, expert_shard = zero_shards(L)
     p_dense, p_exp = params.dense, params.expert
 
@@ -223,7 +257,7 @@ def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layer
         return per_param * (np.where(on, p_dense / dense_shard, p_dense) + np.where(on, p_exp / expert_shard, p_exp))
 
     per_layer = (p_dense + p_exp) / np.maximum(layers, 1)
-    compute_wb = fsdp_gathered_weight_bytes(L, fp8_allgather)
+    compute_wb = np.where(fp8_only_params(L), fp8_param_bytes, fsdp_gathered_weight_bytes(L, fp8_allgather))
     # With pp > 1, torch.distributed.pipelining keeps an FSDP2 stage unsharded from its first forward to the
     # gradient reduction after its last backward (reshard_after_forward=False, as torchtitan sets it under PP;
     # no gradient sync between micro-batches): the whole stage's weights and gradients, not two layers.
@@ -652,7 +686,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
                      fp32_params: bool = False, fp8_allgather: bool = False,
                      freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,
-                     autocast: bool = False) -> MemoryBreakdown:
+                     autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -663,7 +697,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     runs torch FSDP2 with this wrapping of the outer parameters, whose buffers replace state_bytes' average-layer
     ones at pp 1 under ZeRO-3 (fsdp2_peak_buffers; None: state_bytes' everywhere)); autocast: the stack's mixed
     precision is torch.autocast over fp32 parameters (its casts in the layers' activations, the weights' bf16 copies,
-    autocast_weight_copy_bytes, with them)."""
+    autocast_weight_copy_bytes, with them); fp8_param_bytes: an fp8-only parameter's bytes under the recipe
+    (Layout.fp8_params; bytes_per_param)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
@@ -674,14 +709,15 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
     fsdp2 = (fsdp2_peak_buffers(shapes, L, fsdp_root, fp8_allgather,
-                                bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params)[1])
+                                bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params, fp8_param_bytes)[1])
              if fsdp_root is not None else None)
     fsdp2_on = (L.pp == 1) & (L.zero == 3)
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
-        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather)
+        states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather,
+                             fp8_param_bytes)
         if np.any(L.schedule == SCHEDULE_DUALPIPE):
             # DualPipe keeps two stages per rank (i and pp-1-i): 2x the parameters, their gradients and optimizer
             # states (arXiv 2412.19437 Table 2), counted as twice this position's stage.

@@ -51,6 +51,8 @@ from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, ph
 from clusterplan.models.training.memory import (
     StageLayers,
     bytes_per_param,
+    fsdp_fp8_allgather,
+    param_gather_bytes,
     stage_layers,
     stage_params,
     unique_per_layer_activation_bytes,
@@ -758,7 +760,8 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
     shard = Group.of(L, Axis.DP_SHARD)
     replicate = Group.of(L, Axis.DP_REPLICATE)
-    compute_wb = activation_bytes(L)
+    recipe = stack_fp8_recipe(stack)
+    compute_wb = param_gather_bytes(L, fsdp_fp8_allgather(stack.fp8_allgather, recipe), recipe)
     dense_grad = params.dense * gb
     expert_grad = params.expert * gb
     edp = Group.of(L, Axis.EDP)
@@ -785,7 +788,8 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, slowdown)
                       + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
                                             slowdown))
-    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown)
+    exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown,
+                              compute_wb)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
 
 
@@ -821,13 +825,16 @@ def zero3_collectives_per_layer(shapes: ModelShapes, L: LayoutArrays, stack: Exe
 
 def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                    slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray, ag: np.ndarray, rs: np.ndarray,
-                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float = 1.0) -> np.ndarray:
+                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float = 1.0,
+                   gather_bytes: np.ndarray | None = None) -> np.ndarray:
     """ZeRO-3 / FSDP: per layer and micro-batch, the weights' all-gather under forward, all-gather + reduce-scatter
     (+ HSDP's all-reduce of the shard across replicas, FSDP2's post-backward) under backward, each under one layer's
     compute (prefetch one block ahead). The first all-gather and the last reduce-scatter have nothing to hide under
     (dp_exposed_chunk). Beyond the first collective, each further one per layer (per tensor or bucket) adds its
     (n-1) ring latency steps, which bandwidth overlap cannot hide: this is what makes per-tensor ZeRO-3 fall behind
-    as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not."""
+    as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not. `gather_bytes`: bytes per
+    parameter the gathers move (memory.param_gather_bytes; None: the compute dtype's)."""
+    gather_bytes = activation_bytes(L) if gather_bytes is None else gather_bytes
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     # Under backward the next block's gather runs beside the compute, unless BACKWARD_POST issues it after it.
@@ -848,7 +855,7 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
     ag_link = hw.link("all_gather")
     step_lat = np.where(n_out > 1, ag_link.lat_out, ag_link.lat_in)
     one_layer = stage_params(shapes, L, np.ones_like(L.tp), False, False)
-    extra = zero3_collectives_per_layer(shapes, L, stack, (one_layer.dense + one_layer.expert) * activation_bytes(L))
+    extra = zero3_collectives_per_layer(shapes, L, stack, (one_layer.dense + one_layer.expert) * gather_bytes)
     extra = extra - 1.0 if stack.fsdp_granularity == "block" else extra  # the first is priced in per_layer
     per_collective_lat = extra * (shard.size - 1) * step_lat
     latency = (3.0 + L.full_recompute_share(shapes.n_layers)) * per_collective_lat
@@ -857,7 +864,7 @@ def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stac
         # FSDP2: the block's own gather / reduce-scatter at the edges (not the average layer's, which carries the
         # embedding's share), the root module's and the copy-out kernels (fsdp2_extra_s).
         # (pp > 1 rows are replaced by `once` below.)
-        block_ag = _collective("all_gather", one_layer.dense * activation_bytes(L), shard, hw)
+        block_ag = _collective("all_gather", one_layer.dense * gather_bytes, shard, hw)
         block_rs = _collective("reduce_scatter", one_layer.dense * bytes_per_param(L)[1], shard, hw)
         exposed = (L.microbatches * (slow_layers * (per_layer + latency) + block_ag + block_rs)
                    + fsdp2_extra_s(shapes, L, hw, shard, slow_layers))
