@@ -55,7 +55,8 @@ def parse_fix(text: str | None, world: int) -> dict:
 @cluster_option
 @click.option("--gbs", type=click.IntRange(min=1), required=True, help="Global batch size in sequences.")
 @click.option("--seq", type=click.IntRange(min=1), required=True, help="Sequence length in tokens.")
-@click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full".')
+@click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full" (the keys of estimate --layout, fp8_params and '
+                   'moe_imbalance among them; gbs and seq have their own options).')
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time",
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
                    "time-to-train: fewest expected days for --tokens, failures and checkpoints included; "
@@ -187,7 +188,7 @@ def _render(data: dict) -> None:
                  + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
                  + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
                  + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
-                 + ("-params" if lay.get("fp8_params") else "")
+                 + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
                  + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
                  + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]

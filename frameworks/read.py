@@ -634,7 +634,9 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"),
-                    fp8_params=bool(v.get("fp8_param_gather")) and precision == "fp8" and zero >= 1)
+                    # kept as the script gives it: without fp8 or the distributed optimizer / FSDP Megatron-LM
+                    # refuses it at launch, and so does the FP8_PARAMS rule
+                    fp8_params=bool(v.get("fp8_param_gather")))
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more

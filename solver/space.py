@@ -140,6 +140,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("fp8_params") and not stack.fp8_param_gather:
         raise BadInputError(f"--fix fp8_params=1: stack {stack.name} keeps no fp8-only parameters; pick another "
                             "--stack or unpin it")
+    if fixed.get("fp8_params") and (fixed.get("precision", "fp8") != "fp8" or fixed.get("zero", 1) < 1):
+        raise BadInputError(f"--fix fp8_params=1 needs precision=fp8 and zero >= 1 (the distributed optimizer or "
+                            f"FSDP), got precision={fixed.get('precision', 'fp8')} zero={fixed.get('zero', 1)}; "
+                            "unpin one of them")
     if fixed.get("moe_capacity_factor") is not None and not stack.moe_token_drop:
         raise BadInputError(f"--fix moe_capacity_factor={fixed['moe_capacity_factor']:g}: stack {stack.name} has no "
                             "token-dropping MoE; pick another --stack or unpin it")

@@ -143,3 +143,26 @@ def test_nearest_option_for_an_fp8_layout_that_overflows_is_fp8_params():
     first = near.options[0]
     assert [str(c) for c in first.changes] == ["fp8_params 0 -> 1"] and first.layout.fp8_params
     assert "fp8_params" in near.tried
+
+
+def test_check_names_the_rule_when_a_script_gathers_fp8_params_it_cannot_have(tmp_path, run_cli):
+    # Megatron-LM refuses --fp8-param-gather without fp8 ("fp8_param must be used together with fp8 mode") or without
+    # the distributed optimizer (arguments.py); check reads the flag as written and fails on the FP8_PARAMS rule.
+    model = load_model("llama3.1-8b")
+    layout = Layout(tp=2, dp=4, mbs=1, gbs=64, seq=8192, precision="fp8", fp8_params=True)
+    text = export_plan("megatron", model, load_cluster("dgx-h100:1"), layout).text
+    for name, edited in (("no_fp8.sh", text.replace("--fp8-format hybrid", "")),
+                         ("no_distopt.sh", text.replace("--use-distributed-optimizer", ""))):
+        path = tmp_path / name
+        path.write_text(edited, encoding="utf-8")
+        assert read_config(path, model, 8).layout.fp8_params is True
+        code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+        assert code == 1 and "fp8_params needs precision=fp8 and zero >= 1" in out + err, out + err
+
+
+def test_plan_refuses_contradictory_pins_in_one_line():
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:1")
+    for fixed in ({"fp8_params": True, "precision": "bf16"}, {"fp8_params": True, "zero": 0}):
+        with pytest.raises(BadInputError, match="fp8_params=1 needs precision=fp8 and zero >= 1"):
+            search(model, cluster, 64, 4096, fixed=fixed)
+    assert "fp8-params" in Layout(dp=8, fp8_params=True).short()  # a refused bf16 layout still names the key

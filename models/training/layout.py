@@ -244,7 +244,9 @@ class Layout:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
-            parts.append(self.precision + ("-params" if self.fp8_params else ""))
+            parts.append(self.precision + ("-params" if self.fp8_params and self.precision == "fp8" else ""))
+        if self.fp8_params and self.precision != "fp8":
+            parts.append("fp8-params")
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
         if self.moe_dispatcher != "alltoall":
