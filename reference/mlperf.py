@@ -40,10 +40,15 @@ in its own files): config_common.sh `export FP8_PARAMS=True` (v4.1 b200_n8_previ
 eos-dfw_n304_ngc25.01_nemo @0fdc28f, which the n64 config sources; v4.0 only in a fork's copy of it, @c7a8e8f8,
 edited for another cluster), fed to the model's fp8_params (conf/custom.yaml `fp8_params: ${oc.env:FP8_PARAMS,False}`,
 Megatron-Core fp8_param_gather). v3.0 / v3.1: not found (their rows are not expressible anyway)."""
-GRAD_SYNC_BF16_ROUNDS = frozenset({"v4.0"})
-"""Rounds whose optimizer reduces and keeps gradients in bf16 (Layout.fp32_grads off): conf/optim/
-distributed_fused_adam.yaml `grad_sync_dtype: bf16` (mlcommons training_results_v4.0 @62f111b7, Apex
-DistributedFusedAdam); the v4.1 / v5.0 optimizer configs are not stored."""
+GRAD_SYNC_BF16_ROUNDS = {
+    "v4.0": "gradients reduced in bf16 (distributed_fused_adam.yaml grad_sync_dtype)",
+    "v5.0": "gradients reduced in bf16 (pretrain.py grad_reduce_in_fp32=False)",
+}
+"""Rounds whose optimizer reduces and keeps gradients in bf16 (Layout.fp32_grads off), with the row note:
+v4.0 conf/optim/distributed_fused_adam.yaml `grad_sync_dtype: bf16` (mlcommons training_results_v4.0 @62f111b7, Apex
+DistributedFusedAdam); v5.0 llama31_405b pretrain.py `DistributedDataParallelConfig(grad_reduce_in_fp32=False, ...)`
+and `MegatronMixedPrecision(..., grad_reduce_in_fp32=False)` (prishajain1/training_results_v5.0 @0fdc28f,
+eos-dfw_n64_ngc25.01_nemo). The v4.1 optimizer config is not stored."""
 NODES = {"DGX-H100": "dgx-h100", "DGX-B200": "dgx-b200"}
 NO_VP = "the config sets no interleaved virtual stages (config_common.sh, which may, is not stored): the bubble of " \
         "pp {pp} over {m} micro-batches cannot be priced"
@@ -90,7 +95,7 @@ def mlperf_rows() -> list[MlperfRow]:
                         fp32_grads=r["round"] not in GRAD_SYNC_BF16_ROUNDS)
         notes = [n for n in (split_note, FP8_PARAMS.get((r["round"], r["system"]), "")) if n]
         if not layout.fp32_grads:
-            notes.append("gradients reduced in bf16 (distributed_fused_adam.yaml grad_sync_dtype)")
+            notes.append(GRAD_SYNC_BF16_ROUNDS[r["round"]])
         notes.append(f"{r['step_s']} s per step ({r['result']})")
         if r["cg"] == "1":
             notes.append("LAYER_CUDA_GRAPH=1: per-layer CUDA graphs (no MoE host time to remove in a dense model)")
