@@ -28,6 +28,8 @@ def render_estimate(data: dict[str, Any]) -> None:
     console.text(f"MFU basis: {data['mfu_basis']}")
     if "moe_routing" in data:
         console.text(f"MoE routing: {data['moe_routing']}")
+    if "fp8_weights" in data:
+        console.text(f"fp8 weights: {data['fp8_weights']}")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

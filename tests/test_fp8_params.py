@@ -166,3 +166,14 @@ def test_plan_refuses_contradictory_pins_in_one_line():
         with pytest.raises(BadInputError, match="fp8_params=1 needs precision=fp8 and zero >= 1"):
             search(model, cluster, 64, 4096, fixed=fixed)
     assert "fp8-params" in Layout(dp=8, fp8_params=True).short()  # a refused bf16 layout still names the key
+
+
+def test_estimate_says_how_fp8_weights_are_kept(run_cli):
+    base = "dp=8,mbs=1,gbs=64,seq=4096,precision=fp8,recompute=full"
+    for flag, words in (("0", "bf16 beside Transformer Engine's fp8 copies"), ("1", "fp8 only (fp8_params=1")):
+        code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                               f"{base},fp8_params={flag}")
+        assert code == 0 and f"fp8 weights: {words}" in out
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout", base,
+                           "--stack", "torchtitan")
+    assert "fp8 weights:" not in out  # torchtitan keeps no fp8-only parameters: nothing to choose

@@ -161,7 +161,17 @@ class Estimate:
         if self.model.is_moe:
             L = self.layout
             out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
+        if self.layout.precision == "fp8" and ev.stack.fp8_param_gather:
+            out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
         return out
+
+
+FP8_WEIGHTS = {
+    True: "fp8 only (fp8_params=1, Megatron-LM --fp8-param-gather): no bf16 copy, the weights all-gathered in fp8",
+    False: "bf16 beside Transformer Engine's fp8 copies (fp8_params=0, Megatron-LM's default); Megatron-Bridge's fp8 "
+           "recipes run fp8_params=1: 2 B per parameter less and half the weights' all-gather",
+}
+"""How an fp8 layout keeps its weights, said by estimate on a stack that can keep them fp8 only (Layout.fp8_params)."""
 
 
 def _r(x: float) -> float:
