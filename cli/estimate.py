@@ -140,6 +140,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         plot_estimate(result, plot_path)
         console.info(f"wrote {plot_path}")
     if not result["feasible"]:
+        # the one line on stderr, as plan gives it: why, and the nearest change that fits when one was priced
+        why = "; ".join(str(r) for r in est.reasons)
+        console.error(f"infeasible: {why}" + (f"; {nearest.summary()}" if nearest is not None else ""))
         raise SystemExit(1)
 
 

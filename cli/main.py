@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import sys
 import warnings
 from typing import Any
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> Any:
     finally:
         sys.stdout = real_stdout
         if code in (0, 1, None):
-            real_stdout.write(held.getvalue())
-            real_stdout.flush()
+            try:
+                real_stdout.write(held.getvalue())
+                real_stdout.flush()
+            except BrokenPipeError:  # the reader left (e.g. `| head`): nothing more to say, and no traceback at exit
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, real_stdout.fileno())
     sys.exit(code)

@@ -27,11 +27,14 @@ from clusterplan.frameworks.common import (
     stage_lines,
     with_stage_ends,
 )
+from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout, stage_layers
 
 Args = list[str]
+STACK = "megatron-core"
+"""The execution stack a Megatron-LM script runs on (its fp8 recipe is the one plans are priced with)."""
 
 
 def recompute_block(layout: Layout) -> int:
@@ -261,6 +264,8 @@ def training_args(layout: Layout) -> Args:
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
     args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
+    if L.precision == "fp8":  # the recipe the plan was priced with (the stack's first); Megatron-LM defaults to delayed
+        args += ["--fp8-recipe", get_stack(STACK).fp8_recipes[0]]
     if L.fp8_params and L.precision == "fp8":
         args += ["--fp8-param-gather"]
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]

@@ -65,6 +65,9 @@ class ReadConfig:
     rank_layers: tuple[int, ...] = ()
     """Transformer layers of each pipeline rank when the config lists them (torchtitan module lists, Megatron's
     --pipeline-model-parallel-layout), else empty (the layout's first/middle/last split says it)."""
+    fp8_recipe: str | None = None
+    """The fp8 recipe the config runs (Megatron-LM --fp8-recipe; its default delayed), None where it does not say or
+    trains without fp8."""
     stage_gpus: tuple[tuple[str, str], ...] = ()
     """(GPU, node preset) of each pipeline stage from a mixed-GPU export's `# stage S: ...` lines, else empty."""
 
@@ -453,7 +456,8 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
                 "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
                 "--pipeline-model-parallel-layout": "pp_layout", "--moe-token-dispatcher-type": "dispatcher",
-                "--moe-flex-dispatcher-backend": "flex_backend", "--moe-expert-capacity-factor": "capacity_factor"}
+                "--moe-flex-dispatcher-backend": "flex_backend", "--moe-expert-capacity-factor": "capacity_factor",
+                "--fp8-recipe": "fp8_recipe"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
@@ -644,8 +648,23 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                      moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe,
                      moe_capacity_factor=capacity if model.is_moe else None)
     notes += _megatron_model_notes(v, model)
+    if precision == "fp8" and "fp8_recipe" not in v:
+        notes.append("no --fp8-recipe: priced at Megatron-LM's default, delayed scaling")
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
-                      mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks)
+                      mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
+                      fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
+
+
+MEGATRON_FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
+"""Megatron-LM --fp8-recipe values clusterplan prices (arguments.py also takes custom)."""
+
+
+def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:
+    """The fp8 recipe of a Megatron-LM script: --fp8-recipe, or Megatron-LM's default (delayed) without it."""
+    recipe = v.get("fp8_recipe", "delayed")
+    if recipe not in MEGATRON_FP8_RECIPES:
+        raise BadInputError(f"{where}: --fp8-recipe {recipe!r}; use one of {', '.join(MEGATRON_FP8_RECIPES)}")
+    return recipe
 
 
 def megatron_capacity_factor(v: Mapping[str, Any], where: str) -> tuple[float | None, list[str]]:

@@ -18,6 +18,7 @@ tolerances stated there.
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
 
         text = markdown_report()
         if args.out:
-            write_atomic(args.out, text)
+            from clusterplan.errors import BadInputError
+
+            try:
+                write_atomic(args.out, text)
+            except BadInputError as exc:  # one line, exit 2, as the CLI reports a path it cannot write
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         else:
             print(text, end="")
         return 0

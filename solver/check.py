@@ -70,6 +70,8 @@ class LoadedConfig:
     """Where the config's model differs from --model (frameworks/read.py)."""
     stages: tuple[PipelineStage, ...] = ()
     """A mixed-GPU plan's stages (plan file `stages:`, or an export's stage lines with its per-rank layers)."""
+    fp8_recipe: str | None = None
+    """The fp8 recipe the config names (frameworks ReadConfig.fp8_recipe); None: the stack's first."""
 
 
 def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) -> LoadedConfig:
@@ -92,16 +94,19 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
                        for (g, n), k in zip(read.stage_gpus, read.rank_layers, strict=True))
         layout = replace(layout, first_stage_layers=0, last_stage_layers=0)
     return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=layout, stack=read.stack,
-                        notes=tuple(read.notes), mismatches=tuple(read.mismatches), stages=stages)
+                        notes=tuple(read.notes), mismatches=tuple(read.mismatches), stages=stages,
+                        fp8_recipe=read.fp8_recipe)
 
 
 def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: float | None,
-               headroom_gib: float, stack: ExecutionStack | None = None) -> tuple[list[Rule], dict[str, Any] | None]:
-    """Every broken rule, and estimate()'s JSON when the layout is valid enough to estimate."""
+               headroom_gib: float, stack: ExecutionStack | None = None,
+               fp8_recipe: str | None = None) -> tuple[list[Rule], dict[str, Any] | None]:
+    """Every broken rule, and estimate()'s JSON when the layout is valid enough to estimate (under the config's fp8
+    recipe when it names one: MXFP8 needs microscaling tensor cores)."""
     found = layout_problems(model, layout, cluster.world_size)
     if found:
         return found, None
-    est = estimate(model, cluster, layout, stack=stack)
+    est = estimate(model, cluster, layout, stack=stack, fp8_recipe=fp8_recipe)
     data = est.to_json()
     # estimate's other rules (fp8 on GPUs without fp8 tensor cores, a recipe the stack lacks); its memory rule is
     # the headroom-aware one below
@@ -160,7 +165,8 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
                                         headroom_gib, stack)
         est = None
     else:
-        found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib, stack)
+        found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib, stack,
+                                loaded.fp8_recipe)
     mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
     return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
                        layout=loaded.layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,

@@ -522,3 +522,24 @@ def test_estimate_fp8_on_gpus_without_fp8_offers_the_bf16_twin_priced(run_cli):
     code, bf16, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-a100-80g:1", "--layout",
                             "tp=8,gbs=8,seq=2048,precision=bf16", "--format", "json")
     assert code == 0 and option["step_time_s"] == json.loads(bf16)["step_time_s"]
+
+
+def test_reference_report_refuses_an_unwritable_out_path_in_one_line(tmp_path, capsys):
+    from clusterplan.reference.report import main as reference_main
+
+    assert reference_main(["--markdown", "--out", str(tmp_path)]) == 2  # a folder, not a file
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write" in err and "Traceback" not in err
+
+
+def test_a_reader_that_closes_stdout_before_the_first_write_gets_no_traceback():
+    import os
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "clusterplan")
+    r, w = os.pipe()
+    os.close(r)  # nobody will read: the first write raises BrokenPipeError
+    proc = subprocess.run([exe, "models", "list"], stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(w)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -136,3 +136,19 @@ def test_no_layout_beats_the_peak(tp, pp, cp, vpp, mbs, first, last):
     assume(not layout_problems(MODEL, layout, world))
     t = step_time(SHAPES, LayoutArrays.from_layouts([layout]), HW, STACK)
     assert float(t.model_flops[0]) / (float(t.compute_s[0]) * world * HW.peak_flops) < 1.0
+
+
+def test_one_uneven_end_leaves_the_other_stages_an_even_share():
+    # Llama 3.1 70B (80 layers) on pp 3 with first_stage_layers=26: the other two stages hold 27 each (26 + 2 x 27 =
+    # 80), as Megatron-LM runs --decoder-first-pipeline-num-layers alone. The unset end is one of the even stages,
+    # not a third "middle" stage on top of it.
+    from clusterplan.models.training.layout import Layout, layout_problems
+    from clusterplan.models.training.rules import RuleCode
+
+    model = load_model("llama3.1-70b")
+    for ends in ({"first_stage_layers": 26}, {"last_stage_layers": 26}, {"first_stage_layers": 26,
+                                                                          "last_stage_layers": 27}):
+        assert not layout_problems(model, Layout(tp=8, pp=3, gbs=1024, seq=8192, **ends), 24), ends
+    bad = layout_problems(model, Layout(tp=8, pp=3, gbs=1024, seq=8192, first_stage_layers=25), 24)
+    assert [r.code for r in bad] == [RuleCode.STAGE_LAYERS_SUM]
+    assert "first(25) + 2 stages x 27 != n_layers(80)" in str(bad[0])

@@ -177,3 +177,24 @@ def test_estimate_says_how_fp8_weights_are_kept(run_cli):
     code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout", base,
                            "--stack", "torchtitan")
     assert "fp8 weights:" not in out  # torchtitan keeps no fp8-only parameters: nothing to choose
+
+
+def test_megatron_scripts_carry_the_priced_fp8_recipe_and_check_prices_the_scripts_own(tmp_path, run_cli):
+    # Plans are priced at the stack's first fp8 recipe (megatron-core: per-tensor current scaling); Megatron-LM's own
+    # default is delayed scaling, so the export names the recipe, and check prices whatever a script names.
+    model = load_model("llama3.1-8b")
+    layout = Layout(dp=8, mbs=1, gbs=64, seq=4096, precision="fp8", recompute="full", fp8_params=True)
+    text = export_plan("megatron", model, load_cluster("dgx-h100:1"), layout).text
+    assert f"--fp8-recipe {get_stack('megatron-core').fp8_recipes[0]}" in text
+    path = tmp_path / "train.sh"
+    path.write_text(text, encoding="utf-8")
+    assert read_config(path, model, 8).fp8_recipe == "tensorwise"
+    path.write_text(text.replace("--fp8-recipe tensorwise", ""), encoding="utf-8")
+    read = read_config(path, model, 8)
+    assert read.fp8_recipe == "delayed" and any("Megatron-LM's default, delayed" in n for n in read.notes)
+    path.write_text(text.replace("--fp8-recipe tensorwise", "--fp8-recipe mxfp8"), encoding="utf-8")
+    code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+    assert code == 1 and "MXFP8" in out + err  # H100 has no microscaling tensor cores
+    path.write_text(text.replace("--fp8-recipe tensorwise", "--fp8-recipe bogus"), encoding="utf-8")
+    code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
+    assert code == 2 and "--fp8-recipe 'bogus'" in err and len(err.strip().splitlines()) == 1

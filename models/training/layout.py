@@ -382,9 +382,12 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         elif n_mid and per < 1 <= min(first, last):
             add(RuleCode.NO_MIDDLE_LAYERS, f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no "
                                            f"layers for the {n_mid} middle stages")
-        elif first + last + per * n_mid != model.n_layers or min(first, last) < 1:
-            add(RuleCode.STAGE_LAYERS_SUM,
-                f"first({first}) + {n_mid} middle x {per} + last({last}) != n_layers({model.n_layers})")
+        elif L.first_stage_layers + L.last_stage_layers + per * n_mid != model.n_layers or min(first, last) < 1:
+            # an end left unset is one of the n_mid stages that share the rest evenly (stage_layers)
+            parts = [f"first({L.first_stage_layers})"] if L.first_stage_layers else []
+            parts.append(f"{n_mid} {'stages' if n_mid != 1 else 'stage'} x {per}")
+            parts += [f"last({L.last_stage_layers})"] if L.last_stage_layers else []
+            add(RuleCode.STAGE_LAYERS_SUM, f"{' + '.join(parts)} != n_layers({model.n_layers})")
         elif per % L.vpp:
             # The first and last ranks may hold fewer layers than their vpp chunks share evenly (Megatron's
             # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
