@@ -134,6 +134,14 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
+    moe_pins = {"ep": fixed.get("ep", 1) != 1, "etp": fixed.get("etp", 1) != 1,
+                "moe_dispatcher": fixed.get("moe_dispatcher", "alltoall") != "alltoall",
+                "moe_a2a_overlap": bool(fixed.get("moe_a2a_overlap")),
+                "moe_capacity_factor": fixed.get("moe_capacity_factor") is not None,
+                "moe_imbalance": fixed.get("moe_imbalance", 1.0) != 1.0}
+    if not model.is_moe and any(moe_pins.values()):
+        keys = ", ".join(k for k, pinned in moe_pins.items() if pinned)
+        raise BadInputError(f"--fix {keys}: {model.name} is a dense model (no experts); drop {keys}")
     if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")

@@ -113,3 +113,13 @@ def test_timing_is_opt_in(run_cli):
     code, out, _ = run_cli(*ARGS, "--timing")
     assert code == 0 and json.loads(out)["search"]["seconds"] >= 0
     assert "seconds" not in json.loads(run_cli(*ARGS)[1])["search"]
+
+
+def test_pinning_expert_keys_on_a_dense_model_is_bad_input(run_cli):
+    # Every layout would break EP_DENSE / MOE_FIELDS_DENSE; the pin itself is the mistake, so it is named in one line.
+    for fix in ("ep=2", "moe_imbalance=1.5", "moe_dispatcher=deepep"):
+        code, out, err = run_cli("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--gbs", "512",
+                                 "--seq", "8192", "--fix", fix)
+        key = fix.split("=")[0]
+        assert code == 2 and out == "" and err.strip() == (f"error: --fix {key}: llama3.1-70b is a dense model (no "
+                                                           f"experts); drop {key}"), err
