@@ -18,7 +18,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
-from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import estimate, memory_knobs
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.planfile import PipelineStage, read_plan
@@ -114,9 +114,9 @@ def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: floa
     peak_b, capacity_b = float(est.evaluation.memory.peak[0]), est.evaluation.hw.memory_bytes
     if peak_b + headroom_gib * GIB > capacity_b:
         mem = data["memory"]
-        found.append(Rule.broken(RuleCode.OUT_OF_MEMORY,
-                                 f"memory: peak {mem['peak_gib']:.1f} GiB ({mem['peak_stage']} stage) + headroom "
-                                 f"{headroom_gib:g} GiB > {mem['capacity_gib']:.1f} GiB per GPU"))
+        found.append(Rule.out_of_memory(f"memory: peak {mem['peak_gib']:.1f} GiB ({mem['peak_stage']} stage) + "
+                                        f"headroom {headroom_gib:g} GiB > {mem['capacity_gib']:.1f} GiB per GPU",
+                                        **memory_knobs(layout, est.evaluation.stack)))
     if min_mfu is not None and data["mfu"] < min_mfu:
         found.append(Rule.broken(RuleCode.MIN_MFU, f"predicted MFU {data['mfu']:.3f} < --min-mfu {min_mfu:g}"))
     return found, data

@@ -99,3 +99,15 @@ def test_check_and_validate_commands_do_not_import_torch():
     code = "import sys, clusterplan.cli.check, clusterplan.cli.validate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_out_of_memory_fix_names_only_the_knobs_left():
+    # A layout already at ZeRO-3, full recompute and micro-batch 1 is not told to use them; an fp8 layout with bf16
+    # weight copies on a stack that can drop them is told so.
+    from clusterplan.models.training.rules import Rule
+
+    spent = Rule.out_of_memory("m", zero=3, recompute="full", mbs=1)
+    assert spent.fix == "raise tp/pp/cp"
+    fresh = Rule.out_of_memory("m", zero=1, recompute="none", mbs=2, fp8_params_off=True)
+    assert fresh.fix == ("raise tp/pp/cp, use zero=3, more recompute, lower the micro-batch size or keep the "
+                         "parameters in fp8 only (fp8_params=1)")

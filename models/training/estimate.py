@@ -231,10 +231,16 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
                   fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
-        reasons.append(Rule.broken(RuleCode.OUT_OF_MEMORY, f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
-                       f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
-                       f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}"))
+        reasons.append(Rule.out_of_memory(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "
+                                          f"{POSITIONS[int(ev.memory.peak_position[0])]} pipeline stage > "
+                                          f"{hw.memory_bytes / GIB:.1f} GiB of {hw.gpu_name}", **memory_knobs(layout, stack)))
     return Estimate(model=model, cluster=cluster, layout=layout, reasons=tuple(reasons), evaluation=ev)
+
+
+def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
+    """What of the layout an out-of-memory fix may still turn (Rule.out_of_memory)."""
+    return dict(zero=layout.zero, recompute=layout.recompute, mbs=layout.mbs,
+                fp8_params_off=layout.precision == "fp8" and not layout.fp8_params and stack.fp8_param_gather)
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

@@ -113,6 +113,18 @@ class Rule:
         """The rule `code`, broken as `message` says, with its standard fix."""
         return cls(code=code, message=message, fix=FIXES[code], field=field)
 
+    @classmethod
+    def out_of_memory(cls, message: str, *, zero: int, recompute: str, mbs: int, fp8_params_off: bool = False) -> Rule:
+        """OUT_OF_MEMORY with the fix narrowed to the knobs the layout has not used up (no "use zero=3" for a layout
+        at zero 3)."""
+        knobs = ["raise tp/pp/cp"]
+        knobs += ["use zero=3"] if zero < 3 else []
+        knobs += ["more recompute"] if recompute != "full" else []
+        knobs += ["lower the micro-batch size"] if mbs > 1 else []
+        knobs += ["keep the parameters in fp8 only (fp8_params=1)"] if fp8_params_off else []
+        fix = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
+        return cls(code=RuleCode.OUT_OF_MEMORY, message=message, fix=fix)
+
     def __str__(self) -> str:
         return self.message
 
