@@ -100,7 +100,7 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
     missing = sorted({g.gpu.name for g in cluster.groups if g.gpu.price is None})
     if missing:
         raise InfeasibleError(f"--objective pareto needs a price for {', '.join(missing)}; hardware_db has none "
-                              "(add `price:` to the GPU entry)")
+                              "(give yours in a cluster file: `usd_per_gpu_hour:` on the group)")
     start = time.perf_counter()
     plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,

@@ -167,8 +167,10 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
     to_train = objective == "cost-to-train"
     if any(g.gpu.price is None for g in cluster.groups):
         gpu = next(g.gpu for g in cluster.groups if g.gpu.price is None)
-        raise InfeasibleError(f"--objective {objective} needs a price for {gpu.name}; hardware_db has none "
-                              "(use --objective time, or add `price:` to the GPU entry)")
+        other = "time-to-train" if to_train else "time"
+        raise InfeasibleError(f"--objective {objective} needs a price for {gpu.name}; hardware_db has none (use "
+                              f"--objective {other}, or give yours in a cluster file: `usd_per_gpu_hour:` on the "
+                              "group)")
     start = time.perf_counter()
     plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, path_exists, show
-from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
+from clusterplan.hardware_db import GPU, Link, Price, get_gpu, get_link, get_node
 from clusterplan.models.hardware.power import STATIC_POWER_SHARE
 from clusterplan.models.hardware.resilience import Resilience, resilience_from_dict
 
@@ -185,6 +185,13 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
                        ("scale_up_busbw_gb_per_s", up_bw), ("scale_out_busbw_gb_per_s", out_bw)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or not _finite(value):
             raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
+    price = overrides.get("usd_per_gpu_hour")
+    if price is not None:  # the user's own price (a contract, a reservation) replaces hardware_db's observation
+        if not isinstance(price, (int, float)) or isinstance(price, bool) or not _finite(price) or not 0 < price < 1e6:
+            raise BadInputError(f"{where}: usd_per_gpu_hour must be a price in US dollars per GPU-hour > 0, got "
+                                f"{price!r}")
+        gpu = replace(gpu, price=Price(usd_per_gpu_hour=float(price), observed="given", provider="cluster file",
+                                       source=f"{where} usd_per_gpu_hour"))
     cap = overrides.get("power_cap_w")
     floor_w = STATIC_POWER_SHARE * gpu.tdp_w
     if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not _finite(cap)
@@ -199,7 +206,8 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
 
 
 GROUP_KEYS = {"node", "count", "gpu", "gpus_per_node", "scale_up_link", "nic_link", "nics_per_node",
-              "scale_up_domain", "scale_up_busbw_gb_per_s", "scale_out_busbw_gb_per_s", "power_cap_w"}
+              "scale_up_domain", "scale_up_busbw_gb_per_s", "scale_out_busbw_gb_per_s", "power_cap_w",
+              "usd_per_gpu_hour"}
 
 
 def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluster:
