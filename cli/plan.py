@@ -99,6 +99,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
     try:
+        if objective == "pareto" and click.get_current_context().get_parameter_source("top") \
+                == click.core.ParameterSource.COMMANDLINE:
+            console.warn("--top does not apply to --objective pareto: it lists every plan no other beats on both "
+                         "days and dollars")
         if objective in ("pareto", "cost", "cost-to-train"):
             with console.progress(f"searching {model.name} over node counts") as progress:
                 if objective == "pareto":

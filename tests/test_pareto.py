@@ -62,3 +62,12 @@ def test_token_objectives_need_tokens(run_cli):
         code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
                                "4096", "--objective", objective)
         assert code == 2 and f"--objective {objective} needs --tokens" in err
+
+
+def test_top_given_with_pareto_is_said_not_to_apply(run_cli):
+    args = ("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq", "4096",
+            "--objective", "pareto", "--tokens", "1e11")
+    _, _, err = run_cli(*args)
+    assert "--top does not apply" not in err
+    code, _, err = run_cli(*args, "--top", "3")
+    assert code == 0 and "warning: --top does not apply to --objective pareto" in err
