@@ -543,3 +543,11 @@ def test_a_reader_that_closes_stdout_before_the_first_write_gets_no_traceback():
     proc = subprocess.run([exe, "models", "list"], stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(w)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_unknown_layout_key_is_quoted_so_a_stray_space_shows():
+    from clusterplan.errors import BadInputError
+    from clusterplan.models.training.layout import Layout
+
+    with pytest.raises(BadInputError, match=r"unknown key\(s\) 'tp '; known: "):
+        Layout.from_dict({"tp ": 1})

@@ -265,7 +265,8 @@ class Layout:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise BadInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise BadInputError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: "
+                                f"{', '.join(sorted(known))}")
         values = dict(data)
         for key in ("tp", "pp", "cp", "vpp"):  # read below, before __post_init__ checks them
             value = values.get(key, 1)
