@@ -98,6 +98,9 @@ def _input_files(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: expected failures print one line and exit 2; bugs show a traceback with --debug."""
+    for name in ("stdout", "stderr"):  # a stream closed at launch (`>&-`): write into the void, not a traceback
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 (lives as long as the process)
     from clusterplan.cli.console import console
     from clusterplan.fileio import NonFiniteResultError
 

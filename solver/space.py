@@ -148,10 +148,15 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("fp8_params") and not stack.fp8_param_gather:
         raise BadInputError(f"--fix fp8_params=1: stack {stack.name} keeps no fp8-only parameters; pick another "
                             "--stack or unpin it")
-    if fixed.get("fp8_params") and (fixed.get("precision", "fp8") != "fp8" or fixed.get("zero", 1) < 1):
-        raise BadInputError(f"--fix fp8_params=1 needs precision=fp8 and zero >= 1 (the distributed optimizer or "
-                            f"FSDP), got precision={fixed.get('precision', 'fp8')} zero={fixed.get('zero', 1)}; "
-                            "unpin one of them")
+    if fixed.get("fp8_params") and (fixed.get("precision", "fp8") != "fp8" or fixed.get("zero", 1) < 1
+                                    or fixed.get("optimizer", "adam-master") != "adam-master"):
+        raise BadInputError(f"--fix fp8_params=1 needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
+                            f"optimizer=adam-master, got precision={fixed.get('precision', 'fp8')} "
+                            f"zero={fixed.get('zero', 1)} optimizer={fixed.get('optimizer', 'adam-master')}; unpin "
+                            "one of them")
+    if fixed.get("fp8_params") and "fp8" not in precisions and "precision" not in fixed:
+        raise BadInputError("--fix fp8_params=1 needs fp8 training, which these GPUs or this stack cannot run (no fp8 "
+                            "tensor cores, or no fp8 recipe); unpin fp8_params")
     if fixed.get("moe_capacity_factor") is not None and not stack.moe_token_drop:
         raise BadInputError(f"--fix moe_capacity_factor={fixed['moe_capacity_factor']:g}: stack {stack.name} has no "
                             "token-dropping MoE; pick another --stack or unpin it")
@@ -240,6 +245,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # fp8 recipe sets them, on a stack that has them: less memory and half the weight all-gather, nothing slower
     # (Layout.fp8_params); a pinned value is kept, and a pinned 1 refuses the layouts it cannot run on.
     can_fp8_params = (cols["precision"] == CODES["precision"]["fp8"]) & (cols["zero"] >= 1)
+    if "optimizer" in cols:  # the fp32 master of adam-master is the weights' only high-precision copy
+        can_fp8_params = can_fp8_params & (cols["optimizer"] == CODES["optimizer"]["adam-master"])
     if "fp8_params" in fixed:
         cols["fp8_params"] = np.full(total, float(bool(fixed["fp8_params"])))
     else:

@@ -551,3 +551,13 @@ def test_an_unknown_layout_key_is_quoted_so_a_stray_space_shows():
 
     with pytest.raises(BadInputError, match=r"unknown key\(s\) 'tp '; known: "):
         Layout.from_dict({"tp ": 1})
+
+
+def test_a_stdout_closed_at_launch_gets_no_traceback():
+    import os
+    import subprocess
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "clusterplan")
+    proc = subprocess.run(f"{exe} models list >&-", shell=True, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

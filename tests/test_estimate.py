@@ -152,3 +152,12 @@ def test_one_uneven_end_leaves_the_other_stages_an_even_share():
     bad = layout_problems(model, Layout(tp=8, pp=3, gbs=1024, seq=8192, first_stage_layers=25), 24)
     assert [r.code for r in bad] == [RuleCode.STAGE_LAYERS_SUM]
     assert "first(25) + 2 stages x 27 != n_layers(80)" in str(bad[0])
+
+
+def test_one_end_that_takes_every_layer_is_named_as_leaving_none():
+    from clusterplan.models.training.layout import Layout, layout_problems
+    from clusterplan.models.training.rules import RuleCode
+
+    bad = layout_problems(load_model("llama3.1-70b"), Layout(tp=8, pp=4, gbs=64, seq=4096, first_stage_layers=80), 32)
+    assert [r.code for r in bad] == [RuleCode.NO_MIDDLE_LAYERS]
+    assert str(bad[0]) == "first(80) of n_layers(80) leave no layers for the 3 other stages"

@@ -88,7 +88,7 @@ def test_rules_and_stacks():
     model = load_model("llama3.1-8b")
     ok = Layout(dp=8, gbs=8, precision="fp8", fp8_params=True)
     assert not layout_problems(model, ok, 8) and not stack_problems(ok, get_stack("megatron-core"))
-    for bad in (ok.with_(precision="bf16"), ok.with_(zero=0)):
+    for bad in (ok.with_(precision="bf16"), ok.with_(zero=0), ok.with_(optimizer="sgd"), ok.with_(optimizer="adam")):
         assert [r.code for r in layout_problems(model, bad, 8)] == [RuleCode.FP8_PARAMS]
     assert [r.field for r in stack_problems(ok.with_(zero=3), get_stack("torchtitan"))] == ["fp8_params"]
     assert Layout.parse("fp8_params=1,precision=fp8", world=8).fp8_params is True
@@ -157,13 +157,14 @@ def test_check_names_the_rule_when_a_script_gathers_fp8_params_it_cannot_have(tm
         path.write_text(edited, encoding="utf-8")
         assert read_config(path, model, 8).layout.fp8_params is True
         code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
-        assert code == 1 and "fp8_params needs precision=fp8 and zero >= 1" in out + err, out + err
+        assert code == 1 and "fp8_params needs precision=fp8, zero >= 1" in out + err, out + err
 
 
 def test_plan_refuses_contradictory_pins_in_one_line():
     model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:1")
-    for fixed in ({"fp8_params": True, "precision": "bf16"}, {"fp8_params": True, "zero": 0}):
-        with pytest.raises(BadInputError, match="fp8_params=1 needs precision=fp8 and zero >= 1"):
+    for fixed in ({"fp8_params": True, "precision": "bf16"}, {"fp8_params": True, "zero": 0},
+                  {"fp8_params": True, "optimizer": "sgd"}):
+        with pytest.raises(BadInputError, match="fp8_params=1 needs precision=fp8, zero >= 1"):
             search(model, cluster, 64, 4096, fixed=fixed)
     assert "fp8-params" in Layout(dp=8, fp8_params=True).short()  # a refused bf16 layout still names the key
 
@@ -198,3 +199,20 @@ def test_megatron_scripts_carry_the_priced_fp8_recipe_and_check_prices_the_scrip
     path.write_text(text.replace("--fp8-recipe tensorwise", "--fp8-recipe bogus"), encoding="utf-8")
     code, out, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
     assert code == 2 and "--fp8-recipe 'bogus'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_fp8_params_need_the_fp32_master_and_fp8_hardware():
+    # Megatron keeps the weights' only high-precision copy in adam-master's fp32 shard: plan leaves fp8_params off
+    # under a pinned sgd / plain adam, and a pin of fp8_params on GPUs without fp8 is bad input, in one line.
+    model = load_model("llama3.1-8b")
+    plans = search(model, load_cluster("dgx-h100:1"), 64, 4096, fixed={"precision": "fp8", "optimizer": "sgd"},
+                   top=3).plans
+    assert plans and not any(p.estimate.layout.fp8_params for p in plans)
+    with pytest.raises(BadInputError, match="needs fp8 training, which these GPUs or this stack cannot run"):
+        search(model, load_cluster("dgx-a100-80g:1"), 64, 4096, fixed={"fp8_params": True})
+    from clusterplan.models.training.estimate import memory_knobs
+
+    fp8 = Layout(dp=8, gbs=64, precision="fp8")
+    assert memory_knobs(fp8, get_stack("megatron-core"))["fp8_params_off"] is True
+    for other in (fp8.with_(zero=0), fp8.with_(optimizer="sgd")):  # fp8_params would break its rule there
+        assert memory_knobs(other, get_stack("megatron-core"))["fp8_params_off"] is False

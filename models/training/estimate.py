@@ -167,9 +167,11 @@ class Estimate:
 
 
 FP8_WEIGHTS = {
-    True: "fp8 only (fp8_params=1, Megatron-LM --fp8-param-gather): no bf16 copy, the weights all-gathered in fp8",
+    True: "fp8 only (fp8_params=1, Megatron-LM --fp8-param-gather): no bf16 copy, the weights all-gathered in fp8 "
+          "(in bf16 under MXFP8, then requantised)",
     False: "bf16 beside Transformer Engine's fp8 copies (fp8_params=0, Megatron-LM's default); Megatron-Bridge's fp8 "
-           "recipes run fp8_params=1: 2 B per parameter less and half the weights' all-gather",
+           "recipes run fp8_params=1: 2 B per parameter less, and half the weights' all-gather under per-tensor "
+           "scaling",
 }
 """How an fp8 layout keeps its weights, said by estimate on a stack that can keep them fp8 only (Layout.fp8_params)."""
 
@@ -240,7 +242,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
 def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
     """What of the layout an out-of-memory fix may still turn (Rule.out_of_memory)."""
     return dict(zero=layout.zero, recompute=layout.recompute, mbs=layout.mbs,
-                fp8_params_off=layout.precision == "fp8" and not layout.fp8_params and stack.fp8_param_gather)
+                fp8_params_off=layout.precision == "fp8" and not layout.fp8_params and stack.fp8_param_gather
+                and layout.zero >= 1 and layout.optimizer == "adam-master")
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

@@ -380,9 +380,12 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         if L.first_stage_layers + L.last_stage_layers > model.n_layers:
             add(RuleCode.STAGE_LAYERS_SUM, f"first_stage_layers({L.first_stage_layers}) + last_stage_layers("
                                            f"{L.last_stage_layers}) exceed n_layers({model.n_layers})")
-        elif n_mid and per < 1 <= min(first, last):
-            add(RuleCode.NO_MIDDLE_LAYERS, f"first({first}) + last({last}) of n_layers({model.n_layers}) leave no "
-                                           f"layers for the {n_mid} middle stages")
+        elif n_mid and per < 1 <= max(L.first_stage_layers, L.last_stage_layers):
+            given = " + ".join(f"{end}({n})" for end, n in (("first", L.first_stage_layers),
+                                                            ("last", L.last_stage_layers)) if n)
+            others = "middle" if L.first_stage_layers and L.last_stage_layers else "other"
+            add(RuleCode.NO_MIDDLE_LAYERS, f"{given} of n_layers({model.n_layers}) leave no layers for the {n_mid} "
+                                           f"{others} stages")
         elif L.first_stage_layers + L.last_stage_layers + per * n_mid != model.n_layers or min(first, last) < 1:
             # an end left unset is one of the n_mid stages that share the rest evenly (stage_layers)
             parts = [f"first({L.first_stage_layers})"] if L.first_stage_layers else []
@@ -419,11 +422,13 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.SP_SEQ, f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
     if L.cp > 1 and L.seq % (2 * L.cp):
         add(RuleCode.CP_SEQ, f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
-    if L.fp8_params and (L.precision != "fp8" or L.zero < 1):
+    if L.fp8_params and (L.precision != "fp8" or L.zero < 1 or L.optimizer != "adam-master"):
         # Megatron-LM arguments.py: "--fp8-param-gather only supported with distributed optimizer, torch fsdp2,
-        # megatron fsdp"; the parameters are fp8 tensors only under an fp8 recipe.
-        add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8 and zero >= 1 (the distributed optimizer or FSDP), "
-                                 f"got precision={L.precision} zero={L.zero}")
+        # megatron fsdp"; the parameters are fp8 tensors only under an fp8 recipe, and the distributed optimizer's
+        # fp32 master shard is the only high-precision copy of the weights.
+        add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
+                                 f"optimizer=adam-master (its fp32 master is the weights' only high-precision copy), "
+                                 f"got precision={L.precision} zero={L.zero} optimizer={L.optimizer}")
     problems += _moe_problems(model, L)
     return problems
 

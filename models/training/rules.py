@@ -32,7 +32,7 @@ class RuleCode(str, Enum):
     SP_SEQ = "seq % (tp * cp) (sequence parallel)"
     RECOMPUTE_LAYERS = "recompute_layers needs recompute=full and at most n_layers"
     CP_SEQ = "seq % (2 * cp) (context parallel)"
-    FP8_PARAMS = "fp8_params needs precision=fp8 and zero >= 1"
+    FP8_PARAMS = "fp8_params needs precision=fp8, zero >= 1 and adam-master"
     EP_DENSE = "ep > 1 on a dense model"
     EXPERTS_EP = "n_experts % ep"
     EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
@@ -74,7 +74,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.RECOMPUTE_LAYERS: "give recompute=full with recompute_layers at most the layers a pipeline rank holds "
                                "(0 = every layer), or drop recompute_layers",
     RuleCode.CP_SEQ: "make seq divisible by 2 * cp",
-    RuleCode.FP8_PARAMS: "set fp8_params=0, or train in fp8 with the distributed optimizer or FSDP (zero >= 1)",
+    RuleCode.FP8_PARAMS: "set fp8_params=0, or train in fp8 with the distributed optimizer or FSDP (zero >= 1) and "
+                         "optimizer=adam-master",
     RuleCode.EP_DENSE: "use ep = 1 for a dense model",
     RuleCode.EXPERTS_EP: "pick ep dividing the number of experts",
     RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
