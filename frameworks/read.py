@@ -20,6 +20,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
+from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout
 
@@ -655,15 +656,13 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                       fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
 
 
-MEGATRON_FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise")
-"""Megatron-LM --fp8-recipe values clusterplan prices (arguments.py also takes custom)."""
-
-
 def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:
-    """The fp8 recipe of a Megatron-LM script: --fp8-recipe, or Megatron-LM's default (delayed) without it."""
+    """The fp8 recipe of a Megatron-LM script: --fp8-recipe, or Megatron-LM's default (delayed) without it; one the
+    megatron-core stack prices (stacks.yaml fp8_recipes; Megatron-LM's arguments.py also takes custom)."""
     recipe = v.get("fp8_recipe", "delayed")
-    if recipe not in MEGATRON_FP8_RECIPES:
-        raise BadInputError(f"{where}: --fp8-recipe {recipe!r}; use one of {', '.join(MEGATRON_FP8_RECIPES)}")
+    priced = get_stack("megatron-core").fp8_recipes
+    if recipe not in priced:
+        raise BadInputError(f"{where}: --fp8-recipe {recipe!r}; use one of {', '.join(priced)}")
     return recipe
 
 

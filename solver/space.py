@@ -19,7 +19,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.batch import CODES, LayoutArrays, RecomputeCode, ScheduleCode
-from clusterplan.models.training.layout import CHOICES, Layout, layout_problems
+from clusterplan.models.training.layout import CHOICES, Layout, fp8_params_run, layout_problems
 from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
@@ -148,8 +148,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("fp8_params") and not stack.fp8_param_gather:
         raise BadInputError(f"--fix fp8_params=1: stack {stack.name} keeps no fp8-only parameters; pick another "
                             "--stack or unpin it")
-    if fixed.get("fp8_params") and (fixed.get("precision", "fp8") != "fp8" or fixed.get("zero", 1) < 1
-                                    or fixed.get("optimizer", "adam-master") != "adam-master"):
+    if fixed.get("fp8_params") and not fp8_params_run(str(fixed.get("precision", "fp8")), int(fixed.get("zero", 1)),
+                                                      str(fixed.get("optimizer", "adam-master"))):
         raise BadInputError(f"--fix fp8_params=1 needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
                             f"optimizer=adam-master, got precision={fixed.get('precision', 'fp8')} "
                             f"zero={fixed.get('zero', 1)} optimizer={fixed.get('optimizer', 'adam-master')}; unpin "

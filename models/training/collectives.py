@@ -42,12 +42,6 @@ def activation_bytes(L: LayoutArrays) -> np.ndarray:
     return np.where(L.precision == PREC_FP32, 4.0, 2.0)
 
 
-def _recompute_extra(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    # Full recompute runs each recomputed layer's forward again in backward, with its forward collectives
-    # (Korthikanti 2022); recompute_layers of a rank's layers only (LayoutArrays.full_recompute_share).
-    return L.full_recompute_share(shapes.n_layers)
-
-
 def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = False) -> tuple[Collectives, ...]:
     """Megatron tensor parallelism (Shoeybi et al. 2019): one all-reduce of b*s*h after the attention and one after
     the MLP forward, and one of each block's input gradient backward: 4 per layer (+2 with full recompute). With
@@ -58,7 +52,9 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = F
     tokens = L.seq * L.mbs / L.cp
     size = activation_bytes(L) * tokens * shapes.hidden
     gathered = np.where((L.precision == PREC_FP8) & fp8_allgather, FP8_BYTES * tokens * shapes.hidden, size)
-    calls = np.where(L.tp > 1, 4.0 + 2.0 * _recompute_extra(shapes, L), 0.0)
+    # Full recompute runs each recomputed layer's forward again in backward, with its forward collectives
+    # (Korthikanti 2022): recompute_layers of a rank's layers only (LayoutArrays.full_recompute_share).
+    calls = np.where(L.tp > 1, 4.0 + 2.0 * L.full_recompute_share(shapes.n_layers), 0.0)
     sp = L.sp.astype(bool)
     return (Collectives("tp", ALL_REDUCE, np.where(sp, 0.0, calls), size),
             Collectives("tp", ALL_GATHER, np.where(sp, calls, 0.0), gathered),
@@ -71,7 +67,7 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     drop-and-pad path capacity x n_experts rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
     size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.hidden
-    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER + _recompute_extra(shapes, L) * EP_ALL_TO_ALLS_PER_LAYER / 2, 0.0)
+    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER * (1.0 + L.full_recompute_share(shapes.n_layers) / 2), 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
 

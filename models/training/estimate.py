@@ -20,7 +20,8 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.host import stack_fp8_recipe
+from clusterplan.models.training.layout import Layout, fp8_params_run, layout_problems
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
     GIB,
@@ -77,7 +78,7 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
     """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies under
     its first fp8 recipe, what its sequence parallelism saves, whether it fuses the gated activation).
     `fp8_all_layouts`: the GPUs run fp8 GEMMs in every layout (Blackwell; see fp8_weight_copy_bytes)."""
-    recipe = stack.fp8_recipes[0] if stack.fp8_recipes else None
+    recipe = stack_fp8_recipe(stack)
     copy = fp8_weight_copy_bytes(recipe, fp8_all_layouts, stack.fp8_weight_copy)
     return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
                             fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
@@ -242,8 +243,8 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
 def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
     """What of the layout an out-of-memory fix may still turn (Rule.out_of_memory)."""
     return dict(zero=layout.zero, recompute=layout.recompute, mbs=layout.mbs,
-                fp8_params_off=layout.precision == "fp8" and not layout.fp8_params and stack.fp8_param_gather
-                and layout.zero >= 1 and layout.optimizer == "adam-master")
+                fp8_params_off=not layout.fp8_params and stack.fp8_param_gather
+                and fp8_params_run(layout.precision, layout.zero, layout.optimizer))
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

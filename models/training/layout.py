@@ -66,6 +66,14 @@ MAX_IMBALANCE = 1024.0
 most n_experts (no model has 1,024 experts per layer); each model's own bound is the IMBALANCE rule."""
 
 
+def fp8_params_run(precision: str, zero: int, optimizer: str) -> bool:
+    """Where fp8-only parameters (Layout.fp8_params) can run: fp8 training (the parameters are fp8 tensors only under
+    an fp8 recipe), the distributed optimizer or FSDP (Megatron-LM arguments.py: "--fp8-param-gather only supported
+    with distributed optimizer, torch fsdp2, megatron fsdp") and adam-master (its fp32 master shard is the weights'
+    only high-precision copy)."""
+    return precision == "fp8" and zero >= 1 and optimizer == "adam-master"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Layout:
     dp: int = 1
@@ -422,10 +430,7 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.SP_SEQ, f"sequence parallel needs seq({L.seq}) % (tp({L.tp}) * cp({L.cp})) == 0")
     if L.cp > 1 and L.seq % (2 * L.cp):
         add(RuleCode.CP_SEQ, f"context parallel needs seq({L.seq}) % (2 * cp({L.cp})) == 0 (load-balanced chunks)")
-    if L.fp8_params and (L.precision != "fp8" or L.zero < 1 or L.optimizer != "adam-master"):
-        # Megatron-LM arguments.py: "--fp8-param-gather only supported with distributed optimizer, torch fsdp2,
-        # megatron fsdp"; the parameters are fp8 tensors only under an fp8 recipe, and the distributed optimizer's
-        # fp32 master shard is the only high-precision copy of the weights.
+    if L.fp8_params and not fp8_params_run(L.precision, L.zero, L.optimizer):
         add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
                                  f"optimizer=adam-master (its fp32 master is the weights' only high-precision copy), "
                                  f"got precision={L.precision} zero={L.zero} optimizer={L.optimizer}")

@@ -825,16 +825,15 @@ def zero3_collectives_per_layer(shapes: ModelShapes, L: LayoutArrays, stack: Exe
 
 def _zero3_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                    slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray, ag: np.ndarray, rs: np.ndarray,
-                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float = 1.0,
-                   gather_bytes: np.ndarray | None = None) -> np.ndarray:
+                   hsdp: np.ndarray, shard: Group, o: float, slowdown: np.ndarray | float,
+                   gather_bytes: np.ndarray) -> np.ndarray:
     """ZeRO-3 / FSDP: per layer and micro-batch, the weights' all-gather under forward, all-gather + reduce-scatter
     (+ HSDP's all-reduce of the shard across replicas, FSDP2's post-backward) under backward, each under one layer's
     compute (prefetch one block ahead). The first all-gather and the last reduce-scatter have nothing to hide under
     (dp_exposed_chunk). Beyond the first collective, each further one per layer (per tensor or bucket) adds its
     (n-1) ring latency steps, which bandwidth overlap cannot hide: this is what makes per-tensor ZeRO-3 fall behind
     as dp grows (Narayanan 2021 Table 2) while FSDP2's per-block gather does not. `gather_bytes`: bytes per
-    parameter the gathers move (memory.param_gather_bytes; None: the compute dtype's)."""
-    gather_bytes = activation_bytes(L) if gather_bytes is None else gather_bytes
+    parameter the gathers move (memory.param_gather_bytes)."""
     n = np.maximum(slow_layers, 1.0)
     ag_layer, rs_layer, hsdp_layer = ag / n, rs / n, hsdp / n
     # Under backward the next block's gather runs beside the compute, unless BACKWARD_POST issues it after it.
