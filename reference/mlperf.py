@@ -22,7 +22,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import PricedRow, held_out_line, read_rows
+from clusterplan.reference.report import PricedRow, held_out_line, read_rows, refusal
 
 MLPERF_CSV = "mlperf_training.csv"
 STACK = "megatron-core"
@@ -131,9 +131,9 @@ def mlperf_rows() -> list[MlperfRow]:
         if problems:
             out.append(MlperfRow(notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
             continue
-        js = estimate(model, cluster, layout, stack=stack, fp8_recipe=r["fp8_recipe"]).to_json()
-        out.append(MlperfRow(notes=tuple(notes), predicted_tokens_per_s=js["tokens_per_s"] / gpus,
-                             refused="; ".join(js.get("reasons", [])), **base))
+        est = estimate(model, cluster, layout, stack=stack, fp8_recipe=r["fp8_recipe"])
+        out.append(MlperfRow(notes=tuple(notes), predicted_tokens_per_s=est.to_json()["tokens_per_s"] / gpus,
+                             refused=refusal(est), **base))
     return out
 
 
