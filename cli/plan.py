@@ -12,7 +12,7 @@ from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option, stack_option
 from clusterplan.cli.plot import check_plot_path, plot_plan
 from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, render_nearest, stage_rows
-from clusterplan.errors import BadInputError
+from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.layout import Layout
@@ -43,7 +43,12 @@ def parse_fix(text: str | None, world: int) -> dict:
     if twice:
         raise BadInputError(f"--fix: {', '.join(twice)} given twice; give each key once")
     keys = set(names)
-    full = asdict(Layout.parse(text, option="--fix"))  # every field, also those to_dict leaves out at their defaults
+    # HSDP's replicate degree pinned alone (dp searched) is checked against a dp it divides, not against dp = 1.
+    extra = ""
+    if "dp_replicate" in keys and "dp" not in keys:
+        extra = ",dp=" + next(item.split("=", 1)[1] for item in text.split(",")
+                              if "=" in item and item.split("=", 1)[0].strip() == "dp_replicate")
+    full = asdict(Layout.parse(text + extra, option="--fix"))  # every field, also those to_dict leaves out
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
@@ -128,10 +133,15 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)
     mixed = None
+    mixed_refused = ""
     if not cluster.is_homogeneous and objective != "pareto":
         with console.status("balancing pipeline stages across GPU types"):
-            mixed = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack, headroom_gib)
-            data["mixed_gpu_types"] = mixed.to_json()
+            try:
+                mixed = hetero_plan(model, cluster, gbs, seq, calibration, fixed, stack, headroom_gib)
+                data["mixed_gpu_types"] = mixed.to_json()
+            except InfeasibleError as exc:  # the plans above stand; the mixed pipeline is an addition to them
+                mixed_refused = str(exc)
+                data["mixed_gpu_types"] = {"refused": mixed_refused}
     require_finite(data)  # before --out is written and before anything is printed
     saved = "plan #1"
     if out_path:
@@ -151,7 +161,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         _render(data)
         if objective == "pareto":
             _render_pareto(data)
-        if "mixed_gpu_types" in data:
+        if mixed is not None:
             _render_mixed(data["mixed_gpu_types"])
     s = data["search"]
     rejected = ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v)
@@ -159,6 +169,11 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
                  + (f"; rejected {rejected}" if rejected else ""))
     for note in result.notes:  # what the stack cannot run, left out of the search
         console.info(f"left out: {note}")
+    if mixed is not None and mixed.pins_not_applied:
+        console.info(f"mixed GPU types: searched without the pins of {', '.join(mixed.pins_not_applied)} (its 1F1B "
+                     "pipeline of equal-width stages does not take them)")
+    if mixed_refused:
+        console.info(f"mixed GPU types: {mixed_refused}")
     if out_path:
         console.info(f"wrote {out_path} ({saved})" if mixed is not None else f"wrote {out_path}")
     if plot_path:
@@ -177,6 +192,19 @@ def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
     console.error(str(exc))
 
 
+def _layout_label(lay: dict) -> str:
+    """A layout's short label in the plan tables (the keys that differ between plans)."""
+    return (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
+            + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
+                                     if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+            + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
+            + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
+            + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
+            + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
+            + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
+            + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
+
+
 def _render(data: dict) -> None:
     plans = data["plans"]
     console.text(f"{plans[0]['model']} on {plans[0]['cluster']}")
@@ -186,15 +214,7 @@ def _render(data: dict) -> None:
     rows = []
     for p in plans:
         lay = p["layout"]
-        short = (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-                 + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
-                                          if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
-                 + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
-                 + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
-                 + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
-                 + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
-                 + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
-                 + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
+        short = _layout_label(lay)
         gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
         rows.append((p["rank"], short, *([_gpus_label(p, gpus)] if by_size else []), f"{p['step_time_s']:.3f}",
                      f"{p['tokens_per_s']:,.0f}", f"{p['mfu']:.1%}",
@@ -277,9 +297,8 @@ def _span(values: list[int]) -> str:
 def _render_mixed(mixed: dict) -> None:
     lay, bal = mixed["layout"], mixed["balanced"]
     console.text("")
-    console.text(f"mixed GPU types: pipeline of {lay['pp']} stages (tp{lay['tp']} dp{lay['dp']} mbs{lay['mbs']} "
-                 f"{lay['recompute']}), layers balanced by stage speed under each type's memory less "
-                 f"{bal['headroom_gib']:g} GiB headroom")
+    console.text(f"mixed GPU types: pipeline of {lay['pp']} stages ({_layout_label(lay)}), layers balanced by stage "
+                 f"speed under each type's memory less {bal['headroom_gib']:g} GiB headroom")
     even = dict(enumerate(mixed["even_split"]["stages"])) if mixed["even_split"] else {}
     rows = []
     for row, ev in zip(stage_rows(bal), (even.get(i) for i in range(len(bal["stages"]))), strict=True):
@@ -293,6 +312,7 @@ def _render_mixed(mixed: dict) -> None:
         ev = mixed["even_split"]
         parts.append(f"even split {ev['step_time_s']:.4g} s" + ("" if ev["fits"] else " but out of memory"))
     if mixed.get("fastest_type_only"):
-        parts.append(f"fastest type alone {mixed['fastest_type_only']['step_time_s']:.4g} s "
+        parts.append(f"fastest type alone ({mixed['fastest_type_only']['gpu']}) "
+                     f"{mixed['fastest_type_only']['step_time_s']:.4g} s "
                      f"(balanced mix is {mixed['gain_vs_fastest_only']:+.0%} faster)")
     console.text("; ".join(parts))

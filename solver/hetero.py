@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clusterplan.errors import InfeasibleError
+from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
@@ -24,10 +24,12 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.host import stack_fp8_recipe
+from clusterplan.models.training.layout import Layout, fp8_params_run
 from clusterplan.models.training.memory import (
     GIB,
     ends_activation_bytes,
+    fp8_weight_copy_bytes,
     layers_activation_bytes,
     other_bytes,
     stage_params,
@@ -76,14 +78,19 @@ class HeteroPlan:
     even: StageSplit | None
     """The same stages with layers split as evenly as integers allow (may not fit: see `fits`)."""
     fastest_only_step_s: float | None
-    """Best homogeneous layout on the fastest GPU type's nodes alone, same global batch (None if nothing fits)."""
+    """Best homogeneous layout on any one GPU type's nodes alone, same global batch and pins (None if nothing fits)."""
     fastest_only_layout: Layout | None
+    fastest_only_gpu: str | None = None
+    """The GPU type of that plan."""
+    pins_not_applied: tuple[str, ...] = ()
+    """Pinned layout keys the mixed pipeline does not take (mixed_pins_not_applied): it is searched without them."""
 
     def to_json(self) -> dict:
         out = {"layout": self.layout.to_dict(), "balanced": self.balanced.to_json(),
-               "even_split": self.even.to_json() if self.even is not None else None, "fastest_type_only": None}
+               "even_split": self.even.to_json() if self.even is not None else None, "fastest_type_only": None,
+               "pins_not_applied": list(self.pins_not_applied)}
         if self.fastest_only_step_s is not None and self.fastest_only_layout is not None:
-            out["fastest_type_only"] = {"step_time_s": round(self.fastest_only_step_s, 6),
+            out["fastest_type_only"] = {"gpu": self.fastest_only_gpu, "step_time_s": round(self.fastest_only_step_s, 6),
                                         "layout": self.fastest_only_layout.to_dict()}
             out["gain_vs_fastest_only"] = round(self.fastest_only_step_s / self.balanced.step_time_s - 1, 4)
         if self.even is not None and self.even.fits:
@@ -95,11 +102,15 @@ def _sub_cluster(cluster: Cluster, index: int) -> Cluster:
     return replace(cluster, groups=(cluster.groups[index],), node_bandwidth_gb_per_s=None)
 
 
-def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, layers: np.ndarray) -> np.ndarray:
-    """Peak bytes of pipeline stage `stage` holding `layers` layers (1F1B: pp - stage micro-batches in flight)."""
+def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, layers: np.ndarray,
+                  fp8_bytes: tuple[float, float]) -> np.ndarray:
+    """Peak bytes of pipeline stage `stage` holding `layers` layers (1F1B: pp - stage micro-batches in flight).
+    `fp8_bytes`: the stage GPU's (fp8 weight copy, fp8-only parameter) bytes per parameter (_fp8_bytes)."""
     first, last = stage == 0, stage == pp - 1
     arr = LayoutArrays.from_columns(**{f: np.repeat(getattr(one, f), len(layers)) for f in one.__dataclass_fields__})
-    st = state_bytes(shapes, arr, stage_params(shapes, arr, layers, first, last), layers)
+    copy_b, param_b = fp8_bytes
+    st = state_bytes(shapes, arr, stage_params(shapes, arr, layers, first, last), layers, fp8_copy_bytes=copy_b,
+                     fp8_param_bytes=param_b)
     per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last")  # one micro-batch in flight
     inflight = min(pp - stage, float(one.microbatches[0]))
     acts = inflight * per_layer * layers + ends_activation_bytes(shapes, arr, first, last)
@@ -158,11 +169,14 @@ class _Pipeline:
     embed_s: tuple[float, ...]
     capacity_b: tuple[float, ...]
     headroom_b: float
+    fp8_bytes: tuple[tuple[float, float], ...]
+    """Each stage's (fp8 weight copy, fp8-only parameter) bytes per parameter on its GPU type (_fp8_bytes)."""
 
     @classmethod
     def of(cls, stage_group: list[int], cluster: Cluster, costs: list, rates: list[HardwareRates],
-           shapes: ModelShapes, one: LayoutArrays, headroom_gib: float) -> _Pipeline:
+           shapes: ModelShapes, one: LayoutArrays, headroom_gib: float, stack: ExecutionStack) -> _Pipeline:
         return cls(shapes=shapes, one=one, names=tuple(cluster.groups[g].gpu.name for g in stage_group),
+                   fp8_bytes=tuple(_fp8_bytes(stack, cluster.groups[g].gpu.mx_formats) for g in stage_group),
                    nodes=tuple(cluster.groups[g].preset for g in stage_group),
                    per_layer_s=tuple(float(costs[g].total_s[0]) for g in stage_group),
                    # LM head, loss and their TP traffic (last stage); the embedding's TP all-reduce (first stage)
@@ -175,7 +189,7 @@ class _Pipeline:
         return len(self.names)
 
     def memory_b(self, stage: int, layers: np.ndarray) -> np.ndarray:
-        return _stage_memory(self.shapes, self.one, stage, self.pp, layers)
+        return _stage_memory(self.shapes, self.one, stage, self.pp, layers, self.fp8_bytes[stage])
 
     def fits_b(self, stage: int, peak_b: np.ndarray) -> np.ndarray:
         """Peak plus the headroom within the stage's GPU memory (the one test for caps and for `fits`)."""
@@ -203,6 +217,34 @@ class _Pipeline:
                           step_time_s=step, fits=all(bool(self.fits_b(s, p)) for s, p in enumerate(peaks_b)))
 
 
+def _fp8_bytes(stack: ExecutionStack, all_layouts: bool) -> tuple[float, float]:
+    """(fp8 weight copy, fp8-only parameter) bytes per parameter under the stack's fp8 recipe on a GPU that runs fp8
+    GEMMs in every layout or not (as estimate's stack_memory: memory.fp8_weight_copy_bytes)."""
+    recipe = stack_fp8_recipe(stack)
+    return (fp8_weight_copy_bytes(recipe, all_layouts, stack.fp8_weight_copy),
+            fp8_weight_copy_bytes(recipe, all_layouts))
+
+
+MIXED_PINS = frozenset({"tp", "cp", "dp", "pp", "mbs", "recompute", "zero", "precision", "fp8_params", "optimizer",
+                        "sp", "flash_attn", "fp32_grads"})
+"""Layout keys a pin of which the mixed-GPU pipeline search takes; it prices a 1F1B pipeline of equal-width
+stages, balanced layer counts and no experts' or context's variants, so pins of the other keys (vpp, schedule,
+ep, stage ends, ...) are named as not applied (mixed_pins_not_applied) rather than silently dropped."""
+
+
+def mixed_pins_not_applied(fixed: dict) -> tuple[str, ...]:
+    """The pinned keys (`plan --fix`) the mixed-GPU pipeline search does not take, sorted."""
+    return tuple(sorted(k for k in fixed if k not in MIXED_PINS))
+
+
+def _mixed_precisions(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
+    """Precisions the mixed pipeline tries: as the homogeneous search (solver.search.precision_options), fp8 only
+    where every GPU type and the stack run it."""
+    from clusterplan.solver.search import precision_options  # search imports this module's callers
+
+    return precision_options(cluster, stack, fixed)
+
+
 def _group_rates(cluster: Cluster, calibration: Calibration | None) -> list[HardwareRates]:
     """Each node group priced alone (its own GPU, scale-up link and NICs)."""
     return [HardwareRates.of(_sub_cluster(cluster, i), calibration) for i in range(len(cluster.groups))]
@@ -227,17 +269,27 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
     domain = min(g.gpus_per_node for g in cluster.groups)
     best: tuple[float, Layout, StageSplit, StageSplit | None] | None = None
     fixed = fixed or {}
-    for tp, cp, mbs, recompute, zero in itertools.product(
+    optimizer = str(fixed.get("optimizer", "adam-master"))
+    for tp, cp, mbs, recompute, zero, precision in itertools.product(
             [fixed["tp"]] if "tp" in fixed else [t for t in (1, 2, 4, 8) if t <= domain],
             [fixed.get("cp", 1)], [fixed["mbs"]] if "mbs" in fixed else (1, 2, 4),
-            [fixed["recompute"]] if "recompute" in fixed else ("none", "full"), [fixed.get("zero", 1)]):
+            [fixed["recompute"]] if "recompute" in fixed else ("none", "full"), [fixed.get("zero", 1)],
+            _mixed_precisions(cluster, stack, fixed)):
         for dp in (d for d in range(1, min(sizes) + 1) if all(n % (tp * cp * d) == 0 for n in sizes)):
             stages = [n // (tp * cp * dp) for n in sizes]
             pp = sum(stages)
-            if pp < 2 or pp > model.n_layers or gbs % (dp * mbs):
+            if pp < 2 or pp > model.n_layers or gbs % (dp * mbs) or fixed.get("dp", dp) != dp \
+                    or fixed.get("pp", pp) != pp:
+                continue
+            # fp8-only parameters wherever they run, as the homogeneous search turns them on (unless pinned).
+            fp8_params = bool(fixed.get("fp8_params", stack.fp8_param_gather
+                                        and fp8_params_run(precision, zero, optimizer)))
+            if fp8_params and not fp8_params_run(precision, zero, optimizer):
                 continue
             layout = Layout(tp=tp, cp=cp, dp=dp, pp=pp, mbs=mbs, gbs=gbs, seq=seq, recompute=recompute, zero=zero,
-                            sp=tp > 1)
+                            sp=bool(fixed.get("sp", tp > 1)), precision=precision, optimizer=optimizer,
+                            fp8_params=fp8_params, flash_attn=bool(fixed.get("flash_attn", True)),
+                            fp32_grads=bool(fixed.get("fp32_grads", True)))
             # The balanced split is uneven by design: only the even-split rule may break.
             if mixed_problems(model, cluster, layout):
                 continue
@@ -245,18 +297,26 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
             costs = [layer_cost(shapes, one, hw, stack) for hw in rates]
             for order_idx in itertools.permutations(range(len(cluster.groups))):
                 stage_group = [g for g in order_idx for _ in range(stages[g])]
-                result = _try_order(_Pipeline.of(stage_group, cluster, costs, rates, shapes, one, headroom_gib))
+                result = _try_order(_Pipeline.of(stage_group, cluster, costs, rates, shapes, one, headroom_gib,
+                                                 stack))
                 if result and (best is None or result[0].step_time_s < best[0]):
                     best = (result[0].step_time_s, layout, result[0], result[1])
     if best is None:
+        pinned = ", ".join(f"{k}={fixed[k]}" for k in sorted(fixed) if k in MIXED_PINS)
         raise InfeasibleError(f"no pipeline split of {model.name} fits the GPU types of {cluster.describe()} with "
-                              f"{headroom_gib:g} GiB headroom per GPU; lower --headroom-gib, or add nodes")
+                              f"{headroom_gib:g} GiB headroom per GPU" + (f" and {pinned}" if pinned else "")
+                              + "; lower --headroom-gib, unpin, or add nodes")
     _, layout, balanced, even = best
-    fast_i = max(range(len(cluster.groups)), key=lambda i: rates[i].gemm_max_flops)
-    fast_step, fast_layout = _fastest_only(model, _sub_cluster(cluster, fast_i), gbs, seq, calibration, stack,
-                                           headroom_gib)
+    # The fastest type alone: the best plan on any one group's nodes (types of one GEMM rate differ in memory and
+    # bandwidth), with the same pins but its own structure (dp and pp are the mix's).
+    fast_fixed = {k: v for k, v in fixed.items() if k not in ("dp", "pp")}
+    alone = [(*_fastest_only(model, _sub_cluster(cluster, i), gbs, seq, calibration, stack, headroom_gib, fast_fixed),
+              g.gpu.name) for i, g in enumerate(cluster.groups)]
+    fast_step, fast_layout, fast_gpu = min((a for a in alone if a[0] is not None), key=lambda a: a[0],
+                                           default=(None, None, None))
     return HeteroPlan(layout=layout, balanced=balanced, even=even, fastest_only_step_s=fast_step,
-                      fastest_only_layout=fast_layout)
+                      fastest_only_layout=fast_layout, fastest_only_gpu=fast_gpu,
+                      pins_not_applied=mixed_pins_not_applied(fixed))
 
 
 def _try_order(pipe: _Pipeline) -> tuple[StageSplit, StageSplit] | None:
@@ -282,20 +342,21 @@ def evaluate_stages(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
     one = LayoutArrays.from_layouts([layout])
     rates = _group_rates(cluster, calibration)
     costs = [layer_cost(shapes, one, hw, stack) for hw in rates]
-    return _Pipeline.of(list(groups), cluster, costs, rates, shapes, one, headroom_gib).split(
+    return _Pipeline.of(list(groups), cluster, costs, rates, shapes, one, headroom_gib, stack).split(
         [st.layers for st in stages])
 
 
 def _fastest_only(model, sub: Cluster, gbs: int, seq: int, calibration, stack: ExecutionStack,
-                  headroom_gib: float) -> tuple[float | None, Layout | None]:
+                  headroom_gib: float, fixed: dict) -> tuple[float | None, Layout | None]:
     from clusterplan.solver.search import search
 
     try:
-        result = search(model, sub, gbs, seq, top=1, calibration=calibration, stack=stack, headroom_gib=headroom_gib,
-                        suggest=False)
-    except InfeasibleError:
+        result = search(model, sub, gbs, seq, fixed=fixed, top=1, calibration=calibration, stack=stack,
+                        headroom_gib=headroom_gib, suggest=False)
+    except (InfeasibleError, BadInputError):  # a pin the fastest type's nodes alone cannot take: nothing to compare
         return None, None
     return result.plans[0].to_json()["step_time_s"], result.plans[0].layout
 
 
-__all__ = ["HeteroPlan", "StageSplit", "evaluate_stages", "hetero_plan", "mixed_problems", "step_time"]
+__all__ = ["MIXED_PINS", "HeteroPlan", "StageSplit", "evaluate_stages", "hetero_plan", "mixed_pins_not_applied",
+           "mixed_problems", "step_time"]

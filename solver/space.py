@@ -19,7 +19,13 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.batch import CODES, LayoutArrays, RecomputeCode, ScheduleCode
-from clusterplan.models.training.layout import CHOICES, Layout, fp8_params_run, layout_problems
+from clusterplan.models.training.layout import (
+    CHOICES,
+    Layout,
+    fp8_params_run,
+    layout_problems,
+    recompute_modules_mask,
+)
 from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
@@ -134,6 +140,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     fixed = dict(fixed or {})
     stack = stack or get_stack()
     left_out: Counter = Counter()
+    # Pins that narrow another key: named selective modules are selective recompute (Layout: recompute_modules needs
+    # recompute=selective), and activation offloading runs at pp 1 only (Layout.offload_layers).
+    if fixed.get("recompute_modules"):
+        fixed.setdefault("recompute", "selective")
+    if fixed.get("offload_layers"):
+        fixed.setdefault("pp", 1)
     moe_pins = {"ep": fixed.get("ep", 1) != 1, "etp": fixed.get("etp", 1) != 1,
                 "moe_dispatcher": fixed.get("moe_dispatcher", "alltoall") != "alltoall",
                 "moe_a2a_overlap": bool(fixed.get("moe_a2a_overlap")),
@@ -232,9 +244,11 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("optimizer", "cuda_graphs", "moe_dispatcher"):
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
-    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap"):
+    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap", "fp32_grads", "offload_layers"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
+    if fixed.get("recompute_modules"):  # recompute is pinned to selective above
+        cols["recompute_modules"] = np.full(total, float(recompute_modules_mask(str(fixed["recompute_modules"]))))
     if "recompute_layers" in fixed:  # it applies to full recompute only (RuleCode.RECOMPUTE_LAYERS)
         cols["recompute_layers"] = np.where(cols["recompute"] == RecomputeCode.FULL, cols["recompute_layers"], 0.0)
     if fixed.get("moe_capacity_factor") is not None:
