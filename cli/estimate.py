@@ -42,7 +42,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, fp8_params (fp8-only weights, Megatron "
-                   "--fp8-param-gather), optimizer, flash_attn, first_stage_layers, "
+                   "--fp8-param-gather), optimizer, bf16_moments (Adam m and v in bf16, Megatron "
+                   "--use-precision-aware-optimizer), flash_attn, first_stage_layers, "
                    "last_stage_layers, moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
                    "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced). dp defaults to world / (tp*pp*cp); zero to 1, "
                    "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3.")

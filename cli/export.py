@@ -14,6 +14,12 @@ from clusterplan.models.training.layout import stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.models.training.rules import RuleCode
 
+
+def _value(value: object) -> str:
+    """A layout value as --layout takes it (booleans 0/1, unset as none)."""
+    return "none" if value is None else str(int(value)) if isinstance(value, bool) else str(value)
+
+
 STACK_OF_TARGET = {"megatron": "megatron-core", "torchtitan": "torchtitan", "torchtitan-py": "torchtitan",
                    "deepspeed": "deepspeed"}
 """The execution stack a target's config runs on, unless --stack says otherwise."""
@@ -57,16 +63,24 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
         console.warn(f"moe_imbalance {plan.layout.moe_imbalance:g}: the plan priced its router's imbalance, which no "
                      f"{target} setting carries; `check` of the exported file prices it force-balanced (faster)")
     if not plan.stages:
-        _warn_if_out_of_memory(plan, target, result.text, replan)
+        said = set(result.noted_fields) | stack_fields | {"moe_imbalance"}
+        _warn_on_read_back(plan, target, result.text, replan, said)
     console.info(f"launch: {result.launch}")
 
 
-def _warn_if_out_of_memory(plan: PlanFile, target: str, text: str, replan: str) -> None:
-    """Renders frameworks.readback.price_back: the exported config, as the stack that runs it prices it."""
+def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said: set[str]) -> None:
+    """Renders frameworks.readback.price_back: the exported config, as `check` reads it and the stack that runs it
+    prices it: every layout key it runs differently from the plan that no note above named, and its memory."""
     back = price_back(plan.model, plan.cluster, target, text)
     if back.unread:
         console.warn(f"the exported config was not priced back: {back.unread}")
         return
+    planned, runs = plan.layout.to_dict(), back.estimate.layout.to_dict()
+    for key in sorted(set(planned) | set(runs)):
+        if key not in said and planned.get(key) != runs.get(key):
+            console.warn(f"the exported config runs {key}={_value(runs.get(key))} where the plan has "
+                         f"{key}={_value(planned.get(key))} ({target} has no setting for the plan's; `check` prices "
+                         "what runs)" + (f" {replan}" if plan.stack != back.stack else ""))
     oom = [r for r in back.estimate.reasons if r.code == RuleCode.OUT_OF_MEMORY]
     if oom:
         made_for = f" (planned for {plan.stack})" if plan.stack and plan.stack != back.stack else ""

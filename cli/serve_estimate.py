@@ -177,3 +177,7 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, att
         plot_serve_estimate(data, plot_path)
         console.info(f"wrote {plot_path}")
     console.json(data) if fmt == "json" else _render(data)
+    if ep > 1:  # said once, on stderr: the number it changes is the launch line's, not a time
+        console.info(f"--ep {ep}: each GPU holds the same expert weight bytes split whole ({ep} ways) as sliced, so "
+                     "the step is priced as tp; the token exchange in place of the all-reduce and the experts' load "
+                     "imbalance across ranks are not priced (the launch line carries --ep)")

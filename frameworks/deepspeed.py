@@ -72,9 +72,13 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     L = canonical(model, layout)
     return canonical(model, replace(L, schedule="1f1b", optimizer="adam-master" if L.optimizer == "adam" else
                                     L.optimizer, sp=False,  # AutoTP all-reduces whole activations
+                                    # activation checkpointing wraps every layer train.py checkpoints (no count in the
+                                    # ds_config); DeepSpeed-MoE shards experts over ep only (no expert TP)
+                                    recompute_layers=0, etp=1,
                                     # no Megatron recompute modules; the bf16 optimizer accumulates fp32 gradients;
                                     # no activation offloading in the exported config
-                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False))
+                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False,
+                                    bf16_moments=False))
 
 
 def zero_section(layout: Layout) -> dict[str, Any]:

@@ -271,7 +271,9 @@ def training_args(layout: Layout) -> Args:
     args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]
-    if not L.fp32_grads and L.optimizer == "adam-master" and L.precision in ("bf16", "fp8"):
+    if L.bf16_moments:  # Megatron-Core OptimizerConfig: Transformer Engine FusedAdam with bf16 m and v
+        args += ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"]
+    if not L.fp32_grads and L.optimizer in ("adam-master", "adam") and L.precision in ("bf16", "fp8"):
         # Megatron-LM turns fp32 gradient accumulation/reduce on for bf16 unless --grad-reduce-in-bf16 (arguments.py)
         args += ["--grad-reduce-in-bf16"]
     return args

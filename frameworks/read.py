@@ -103,6 +103,21 @@ def _json(path: Path) -> Any:
     return loads_json(_read(path), show(path))
 
 
+def _sections(doc: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Each of `keys` the config gives is a table (a JSON object / TOML table): one line, exit 2, otherwise."""
+    for key in keys:
+        if key in doc and doc[key] is not None and not isinstance(doc[key], Mapping):
+            raise BadInputError(f"{where}: {key} must be a section of settings ({{...}}), got "
+                                f"{type(doc[key]).__name__} {doc[key]!r}")
+
+
+TITAN_SECTIONS = ("parallelism", "training", "activation_checkpoint", "model", "compile", "job", "quantize",
+                  "float8", "mx", "optimizer")
+"""torchtitan job-config tables the reader looks into."""
+DEEPSPEED_SECTIONS = ("pipeline", "tensor_parallel", "zero_optimization", "bf16", "fp16", "activation_checkpointing")
+"""ds_config sections the reader looks into (and PLAN_KEY, the plan's own)."""
+
+
 def _int(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         try:
@@ -243,8 +258,9 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
     "always" without pp and "never" with it (torchtitan parallelize `get_fsdp_reshard_after_forward_policy`).
     dp_shard 1 without cp applies no FSDP: DDP over dp_replicate, or nothing (ZeRO-0).
     """
-    par, train = doc.get("parallelism", {}), doc.get("training", {})
-    ac, model_table = doc.get("activation_checkpoint", {}), doc.get("model", {})
+    _sections(doc, TITAN_SECTIONS, where)
+    par, train = doc.get("parallelism") or {}, doc.get("training") or {}
+    ac, model_table = doc.get("activation_checkpoint") or {}, doc.get("model") or {}
     get = lambda table, key, default: _int(f"{where}: {key}", table.get(key, default))  # noqa: E731
     tp, pp, cp = get(par, "tensor_parallel_degree", 1), get(par, "pipeline_parallel_degree", 1), \
         get(par, "context_parallel_degree", 1)
@@ -308,13 +324,24 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
             recompute_layers = 0
         elif recompute_layers == 0:
             recompute = "none"
-    converters = [str(c) for c in model_table.get("converters", [])]
+    raw_converters = model_table.get("converters", [])
+    if not isinstance(raw_converters, list):
+        raise BadInputError(f"{where}: model.converters must be a list (e.g. converters = [\"float8\"]), got "
+                            f"{raw_converters!r}")
+    converters = [str(c) for c in raw_converters]
     mixed = str(train.get("mixed_precision_param", "bfloat16"))
     precision = "fp8" if any(c in TORCHTITAN_FP8_CONVERTERS for c in converters) else \
         "fp32" if mixed == "float32" else "bf16"
     ep = get(par, "expert_parallel_degree", 1) if model.is_moe else 1
     etp = get(par, "expert_tensor_parallel_degree", 1) if model.is_moe and ep > 1 else 1
-    layout = Layout(dp=dp, dp_replicate=rep if dp > 1 and zero > 0 else 1, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp, sp=sp, zero=zero,
+    # torch context_parallel: "alltoall" passes K/V around a ring, "allgather" (the default, and torchtitan 0.3's
+    # only way) all-gathers them
+    rotate = str(par.get("context_parallel_rotate_method", "allgather"))
+    if rotate not in ("allgather", "alltoall"):
+        raise BadInputError(f"{where}: context_parallel_rotate_method {rotate!r}; use allgather or alltoall")
+    cp_kind = ("ring" if rotate == "alltoall" else "allgather") if cp > 1 else "ring"
+    layout = Layout(dp=dp, dp_replicate=rep if dp > 1 and zero > 0 else 1, tp=tp, pp=pp, cp=cp, cp_kind=cp_kind,
+                    ep=ep, etp=etp, sp=sp, zero=zero,
                     mbs=mbs, gbs=gbs if gbs > 0 else local * dp, seq=get(train, "seq_len", 2048),
                     recompute=recompute, recompute_layers=recompute_layers, schedule=schedule, vpp=vpp,
                     precision=precision, first_stage_layers=first, last_stage_layers=last)
@@ -327,7 +354,7 @@ TORCHTITAN_DEFAULT_MODEL = ("llama3", "debugmodel")
 
 
 def _titan_mismatches(doc: Mapping[str, Any], model: ModelSpec) -> list[str]:
-    table = doc.get("model", {})
+    table = doc.get("model") or {}
     name = table.get("name", TORCHTITAN_DEFAULT_MODEL[0])
     flavor = table.get("flavor", TORCHTITAN_DEFAULT_MODEL[1])
     expected = TORCHTITAN_MODELS.get(model.name)
@@ -341,10 +368,31 @@ TITAN_COMPILE_COMPONENTS = ("model", "loss")
 """torchtitan's default compile.components (torchtitan/config/job_config.py Compile: ["model", "loss"])."""
 
 
+def _titan_fp8_recipe(doc: Mapping[str, Any], where: str) -> tuple[str, list[str]]:
+    """The fp8 recipe a torchtitan config runs, and a note where it is priced as another: torchtitan 0.3's converter
+    call (recipe_tables: rowwise by default), else v0.2's [float8] / [quantize.linear.float8] recipe_name (None =
+    tensorwise) or an MX converter (mxfp8). rowwise_with_gw_hp keeps the weight-gradient GEMM in bf16, which no
+    recipe here prices: rowwise."""
+    model_table = doc.get("model") or {}
+    recipe = model_table.get("fp8_recipe")
+    if recipe is None:
+        quantize = ((doc.get("quantize") or {}).get("linear") or {})
+        table = doc.get("float8") or quantize.get("float8") or {}
+        converters = [str(c) for c in model_table.get("converters", [])]
+        mx = any(c in ("mx", "quantize.linear.mx") for c in converters)
+        recipe = "mxfp8" if mx else str(table.get("recipe_name") or "tensorwise")
+    if recipe not in ("tensorwise", "rowwise", "rowwise_with_gw_hp", "mxfp8"):
+        raise BadInputError(f"{where}: float8 recipe_name {recipe!r}; use tensorwise, rowwise or rowwise_with_gw_hp")
+    if recipe == "rowwise_with_gw_hp":
+        return "rowwise", ["float8 rowwise_with_gw_hp keeps the weight-gradient GEMM in bf16: priced as rowwise "
+                           "(every GEMM in fp8), faster than it runs"]
+    return recipe, []
+
+
 def _titan_stack(doc: Mapping[str, Any]) -> str:
     """torchtitan (eager), torchtitan-compile (blocks compiled, eager loss) or torchtitan-compile-loss (the loss
     compiled too: 'loss' in compile.components, the default; pytorch/torchtitan#1033)."""
-    compile_table = doc.get("compile", {})
+    compile_table = doc.get("compile") or {}
     if not compile_table.get("enable"):
         return "torchtitan"
     components = compile_table.get("components", TITAN_COMPILE_COMPONENTS)
@@ -368,8 +416,9 @@ def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if not doc.get("parallelism") and not doc.get("training"):
         notes.insert(0, "the file sets no [parallelism] or [training] keys: checked torchtitan's defaults (FSDP over "
                         "every GPU, its default batch and sequence length)")
-    return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=tuple(notes),
-                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks)
+    recipe, more = _titan_fp8_recipe(doc, str(path)) if layout.precision == "fp8" else (None, [])
+    return ReadConfig(layout=layout, kind="torchtitan", stack=_titan_stack(doc), notes=(*notes, *more),
+                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks, fp8_recipe=recipe)
 
 
 # ---- torchtitan 0.3 Python recipe --------------------------------------------------------------------------------
@@ -423,6 +472,10 @@ def recipe_tables(source: str, where: str) -> dict[str, Any]:
             doc["activation_checkpoint"] = table
         elif name in ("Float8LinearConverter", "MXFP8LinearConverter"):
             doc["model"]["converters"].append(name)
+            kwargs = {k.arg: _literal(k.value, where) for k in node.keywords if k.arg == "recipe_name"}
+            # torchtitan 0.3 Float8LinearConverter.Config.recipe_name: "rowwise" (default) or "rowwise_with_gw_hp"
+            doc["model"]["fp8_recipe"] = "mxfp8" if name == "MXFP8LinearConverter" else \
+                str(kwargs.get("recipe_name", "rowwise"))
         elif name == "model_registry" and "flavor" not in doc["model"] and node.args:
             doc["model"]["flavor"] = _literal(node.args[0], where)
     for node in ast.walk(tree):
@@ -437,8 +490,9 @@ def torchtitan_py_config(path: Path, model: ModelSpec, world: int) -> ReadConfig
     """A torchtitan 0.3 recipe module (`Trainer.Config(...)`), read without running it."""
     doc = recipe_tables(_read(path), str(path))
     layout, notes, ranks = titan_layout(doc, model, world, str(path))
-    return ReadConfig(layout=layout, kind="torchtitan-py", stack=_titan_stack(doc), notes=tuple(notes),
-                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks)
+    recipe, more = _titan_fp8_recipe(doc, str(path)) if layout.precision == "fp8" else (None, [])
+    return ReadConfig(layout=layout, kind="torchtitan-py", stack=_titan_stack(doc), notes=(*notes, *more),
+                      mismatches=tuple(_titan_mismatches(doc, model)), rank_layers=ranks, fp8_recipe=recipe)
 
 
 # ---- Megatron-LM ------------------------------------------------------------------------------------------------
@@ -458,7 +512,9 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--moe-router-score-function": "router_score", "--mtp-num-layers": "mtp_layers",
                 "--pipeline-model-parallel-layout": "pp_layout", "--moe-token-dispatcher-type": "dispatcher",
                 "--moe-flex-dispatcher-backend": "flex_backend", "--moe-expert-capacity-factor": "capacity_factor",
-                "--fp8-recipe": "fp8_recipe"}
+                "--fp8-recipe": "fp8_recipe", "--exp-avg-dtype": "exp_avg_dtype",
+                "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
+                "--main-params-dtype": "main_params_dtype"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
@@ -466,7 +522,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--use-rope-scaling": "rope_scaling", "--moe-router-enable-expert-bias": "expert_bias",
                   "--grad-reduce-in-bf16": "grad_bf16", "--moe-enable-deepep": "enable_deepep",
                   "--overlap-moe-expert-parallel-comm": "a2a_overlap",
-                  "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather"}
+                  "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather",
+                  "--use-precision-aware-optimizer": "precision_aware"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -623,25 +680,27 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         if recompute_layers >= model.n_layers // pp:
             recompute_layers = 0
     precision = "fp8" if v.get("fp8") else "bf16" if v.get("bf16") else "fp16" if v.get("fp16") else "fp32"
+    bf16_moments, more = megatron_moments(v)
+    notes += more
     mbs = v.get("mbs", 1)
     if "seq" not in v:
         notes.append("no --seq-length: estimated at 4096 tokens")
     layout = Layout(dp=dp, dp_replicate=v.get("dp_replicate", 1) if zero >= 1 else 1, tp=tp, pp=pp, cp=cp, vpp=vpp,
                     ep=v.get("ep", 1) if model.is_moe else 1,
-                    etp=v.get("etp", tp) if model.is_moe and v.get("ep", 1) > 1 else 1,
+                    # Megatron-LM shards the experts by --expert-tensor-parallel-size at any ep (default: tp)
+                    etp=v.get("etp", tp) if model.is_moe else 1,
                     sp=bool(v.get("sp")) and tp > 1, zero=zero, mbs=mbs, gbs=v.get("gbs", mbs * dp),
                     seq=v.get("seq", 4096), recompute=recompute, recompute_layers=recompute_layers,
                     schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision=precision,
                     flash_attn=v.get("attention", "auto") != "unfused",
-                    cp_kind={"a2a": "a2a", "all_gather": "allgather"}.get(v.get("cp_comm", "p2p"), "ring") if cp > 1
-                    else "ring",
+                    cp_kind=megatron_cp_kind(v, str(path), notes) if cp > 1 else "ring",
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"),
                     # kept as the script gives it: without fp8 or the distributed optimizer / FSDP Megatron-LM
                     # refuses it at launch, and so does the FP8_PARAMS rule
-                    fp8_params=bool(v.get("fp8_param_gather")))
+                    fp8_params=bool(v.get("fp8_param_gather")), bf16_moments=bf16_moments)
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more
@@ -654,6 +713,20 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
                       fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
+
+
+MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a+p2p": "a2a"}
+"""Megatron-LM --cp-comm-type choices (arguments.py) and the Layout.cp_kind each runs as."""
+
+
+def megatron_cp_kind(v: Mapping[str, Any], where: str, notes: list[str]) -> str:
+    """Layout.cp_kind of --cp-comm-type (default p2p); the hierarchical a2a+p2p is priced as a2a, with a note."""
+    comm = str(v.get("cp_comm", "p2p"))
+    if comm not in MEGATRON_CP_COMM:
+        raise BadInputError(f"{where}: --cp-comm-type {comm!r}; use one of {', '.join(MEGATRON_CP_COMM)}")
+    if comm == "a2a+p2p":
+        notes.append("--cp-comm-type a2a+p2p (all-to-all inside, ring across the a2a groups): priced as a2a")
+    return MEGATRON_CP_COMM[comm]
 
 
 def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:
@@ -684,6 +757,34 @@ def megatron_capacity_factor(v: Mapping[str, Any], where: str) -> tuple[float | 
                       "dropping without padding keeps the dropless path's host sync and uneven splits (Layout has "
                       "no unpadded token dropping): estimated dropless"]
     return value, []
+
+
+OPTIMIZER_STATE_DTYPES = ("fp32", "fp16", "bf16", "fp8")
+"""Megatron-LM --exp-avg-dtype / --exp-avg-sq-dtype choices (arguments.py)."""
+
+
+def megatron_moments(v: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """Layout.bf16_moments from Megatron-LM's precision-aware optimizer flags, and notes on what is not priced: only
+    bf16 m and v together are modelled; the dtypes do nothing without --use-precision-aware-optimizer (Megatron-Core
+    OptimizerConfig reads them only then); lower-precision main gradients or master weights are not priced."""
+    notes = []
+    dtypes = {k: str(v.get(k, "fp32")) for k in ("exp_avg_dtype", "exp_avg_sq_dtype", "main_grads_dtype",
+                                                  "main_params_dtype")}
+    for key, dtype in dtypes.items():
+        if dtype not in OPTIMIZER_STATE_DTYPES:
+            raise BadInputError(f"--{key.replace('_', '-')} {dtype!r}; use one of {', '.join(OPTIMIZER_STATE_DTYPES)}")
+    moments = (dtypes["exp_avg_dtype"], dtypes["exp_avg_sq_dtype"])
+    if not v.get("precision_aware"):
+        if moments != ("fp32", "fp32"):
+            notes.append("--exp-avg-dtype / --exp-avg-sq-dtype without --use-precision-aware-optimizer: Megatron-Core "
+                         "keeps the moments in fp32; priced so")
+        return False, notes
+    if moments not in (("bf16", "bf16"), ("fp32", "fp32")):
+        notes.append(f"Adam moments {moments[0]} / {moments[1]}: priced in fp32 (only bf16 for both is modelled)")
+    if (dtypes["main_grads_dtype"], dtypes["main_params_dtype"]) != ("fp32", "fp32"):
+        notes.append(f"main gradients {dtypes['main_grads_dtype']}, master weights {dtypes['main_params_dtype']}: "
+                     "priced in fp32 (not modelled)")
+    return moments == ("bf16", "bf16"), notes
 
 
 def megatron_dispatcher(v: Mapping[str, Any], where: str) -> str:
@@ -750,8 +851,9 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     doc = _json(path)
     if not isinstance(doc, dict):
         raise BadInputError(f"{where}: a ds_config is a JSON object")
-    extra = doc.get(PLAN_KEY, {})
-    pp = _int(f"{where}: pipeline.stages", doc.get("pipeline", {}).get("stages", extra.get("pipeline_parallel_size", 1)))
+    _sections(doc, (*DEEPSPEED_SECTIONS, PLAN_KEY), where)
+    extra = doc.get(PLAN_KEY) or {}
+    pp = _int(f"{where}: pipeline.stages", (doc.get("pipeline") or {}).get("stages", extra.get("pipeline_parallel_size", 1)))
     cp = _int(f"{where}: sequence_parallel_size", doc.get("sequence_parallel_size", 1))
     tp = _int(f"{where}: tensor_parallel.autotp_size", (doc.get("tensor_parallel") or {}).get("autotp_size", 1))
     if pp < 1 or cp < 1 or tp < 1:
@@ -761,7 +863,7 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     mbs = _int(f"{where}: train_micro_batch_size_per_gpu", doc.get("train_micro_batch_size_per_gpu", 1))
     gas = _int(f"{where}: gradient_accumulation_steps", doc.get("gradient_accumulation_steps", 1))
     gbs = _int(f"{where}: train_batch_size", doc.get("train_batch_size", mbs * gas * dp))
-    zero_table = doc.get("zero_optimization", {})
+    zero_table = (doc.get("zero_optimization") or {})
     zero = _int(f"{where}: zero_optimization.stage", zero_table.get("stage", 0))
     mics = _int(f"{where}: mics_shard_size", zero_table.get("mics_shard_size", -1))
     rep = dp // mics if zero == 3 and mics > 0 and dp % mics == 0 else 1
@@ -770,9 +872,9 @@ def deepspeed_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         notes.append("a ds_config has no sequence length: estimated at 4096 tokens")
     recompute = extra.get("recompute")
     if recompute is None:
-        interval = doc.get("pipeline", {}).get("activation_checkpoint_interval", 0)
+        interval = (doc.get("pipeline") or {}).get("activation_checkpoint_interval", 0)
         recompute = "full" if "activation_checkpointing" in doc or interval else "none"
-    precision = "bf16" if doc.get("bf16", {}).get("enabled") else "fp16" if doc.get("fp16", {}).get("enabled") \
+    precision = "bf16" if (doc.get("bf16") or {}).get("enabled") else "fp16" if (doc.get("fp16") or {}).get("enabled") \
         else "fp32"
     ep = _int(f"{where}: expert_parallel_size", extra.get("expert_parallel_size", 1)) if model.is_moe else 1
     layout = Layout(dp=dp, dp_replicate=rep, tp=tp, sp=False, pp=pp, cp=cp, cp_kind="a2a" if cp > 1 else "ring", ep=ep,

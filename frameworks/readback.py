@@ -38,4 +38,5 @@ def price_back(model: ModelSpec, cluster: Cluster, target: str, text: str) -> Pr
         except BadInputError as exc:
             return PricedBack(unread=str(exc).splitlines()[0])
     stack = get_stack(read.stack)
-    return PricedBack(stack=stack.name, estimate=estimate(model, cluster, read.layout, stack=stack))
+    return PricedBack(stack=stack.name, estimate=estimate(model, cluster, read.layout, stack=stack,
+                                                          fp8_recipe=read.fp8_recipe))

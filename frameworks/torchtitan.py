@@ -98,7 +98,16 @@ def every_nth_layer(model: ModelSpec, layout: Layout) -> int:
     return max(1, per_rank // layout.recompute_layers)
 
 
-def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool = False) -> Layout:
+def cp_rotate_kind(cp_kind: str, rotate_switch: bool = True) -> str:
+    """The Layout.cp_kind torch context_parallel runs: its ring with `context_parallel_rotate_method = "alltoall"`
+    (torchtitan v0.2's switch; each step passes K/V on), else its default all-gather of K/V (torch
+    _cp_options.rotate_method ALL_GATHER; torchtitan 0.3 has no switch, `rotate_switch` False). Ulysses (a2a) is not
+    torch's: it runs as the default."""
+    return "ring" if rotate_switch and cp_kind == "ring" else "allgather"
+
+
+def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool = False,
+            rotate_switch: bool = True) -> Layout:
     """The layout torchtitan runs for this plan (raises InfeasibleError for a plan it cannot run)."""
     L = canonical(model, layout)
     refuse_unsupported(model, L)
@@ -109,13 +118,15 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
         per_rank = model.n_layers // L.pp
         recompute_layers = per_rank // every_nth_layer(model, L)
         recompute_layers = 0 if recompute_layers >= per_rank else recompute_layers
-    return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind="ring",
+    cp_kind = cp_rotate_kind(L.cp_kind, rotate_switch) if L.cp > 1 else "ring"
+    return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind=cp_kind,
                                     flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
                                     schedule="zbv" if L.schedule == "zb" else L.schedule,
                                     vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp,
                                     # its selective recompute is op-level SAC; FSDP2 reduces in fp32; no offloading;
                                     # its fp8 weights are gathered by torchao's float8 all-gather, not fp8-only
-                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False))
+                                    recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False,
+                                    bf16_moments=False))
 
 
 def batch_sizes(layout: Layout) -> tuple[int, int]:
@@ -181,7 +192,7 @@ def parallelism(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[s
         table["module_fqns_per_model_part"] = model_parts(model, L, stages=stages)
     table["context_parallel_degree"] = L.cp
     if L.cp > 1:
-        table["context_parallel_rotate_method"] = "allgather"
+        table["context_parallel_rotate_method"] = "alltoall" if cp_rotate_kind(L.cp_kind) == "ring" else "allgather"
     table["expert_parallel_degree"] = L.ep
     table["expert_tensor_parallel_degree"] = L.etp
     return table
@@ -207,8 +218,8 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp "
                         "off, so activations use less memory than planned", "sp"))
     if L.cp > 1 and L.cp_kind == "a2a":
-        out.append(Note("torchtitan's context parallel is ring attention; the plan's all-to-all (Ulysses) exchange "
-                        "runs as ring attention here", "cp_kind"))
+        out.append(Note("torchtitan's context parallel is torch's ring attention; the plan's all-to-all (Ulysses) "
+                        "exchange runs as its default all-gather of K/V here", "cp_kind"))
     if L.ep > 1 and L.etp not in (1, L.tp):
         out.append(Note(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}"))
     if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:

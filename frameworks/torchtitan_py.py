@@ -51,7 +51,7 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     if model.is_moe and layout.ep > 1 and layout.etp != 1:
         raise InfeasibleError(f"torchtitan 0.3 folds expert parallelism over dp_shard * cp * tp without expert tensor "
                               f"parallelism; the plan has etp({layout.etp}); set etp=1 or export --to megatron")
-    titan = titan_runs_as(model, layout, sequence_parallel_switch=True)
+    titan = titan_runs_as(model, layout, sequence_parallel_switch=True, rotate_switch=False)
     return replace(titan, recompute_layers=0)  # 0.3 checkpoints every block or none (FullAC), no every n-th layer
 
 
@@ -121,9 +121,10 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
              *(f"# note: {n.text}" for n in py_notes(model, L)),
              f'"""clusterplan recipe for {model.name}: {L.short()}."""', "", *imports, "", "",
              f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
-    if fp8:  # tensorwise float8 on every linear but the LM head, compiled (torchtitan's 405B recipe)
+    if fp8:  # rowwise float8 (0.3 has no tensorwise: recipe_name rowwise or rowwise_with_gw_hp) on every linear but
+        # the LM head, compiled (torchtitan's 405B recipe)
         lines += ["        model_spec=model_registry(", f"            {flavor!r},",
-                  "            converters=[Float8LinearConverter.Config(filter_fqns=['lm_head'], "
+                  "            converters=[Float8LinearConverter.Config(recipe_name='rowwise', filter_fqns=['lm_head'], "
                   "model_compile_enabled=True)],", "        ),"]
     else:
         lines.append(f"        model_spec=model_registry({flavor!r}),")
@@ -146,6 +147,12 @@ def py_notes(model: ModelSpec, layout: Layout) -> list[Note]:
     if L.recompute == "full" and L.recompute_layers:
         out.append(Note(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} "
                         "layers per rank become all layers: less memory, more compute than planned"))
+    if L.precision == "fp8":
+        out.append(Note("torchtitan 0.3's Float8LinearConverter runs rowwise float8 (no tensorwise recipe): the plan "
+                        "priced its stack's first recipe; `check` of this file prices rowwise"))
+    if L.cp > 1 and L.cp_kind == "ring":
+        out.append(Note("torchtitan 0.3 has no context_parallel_rotate_method: torch context_parallel all-gathers "
+                        "K/V (its default) where the plan passed them around a ring", "cp_kind"))
     return out
 
 

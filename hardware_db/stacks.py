@@ -19,7 +19,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.catalog import _read, find_name
 
 DEFAULT_STACK = "megatron-core"
-TP_OVERLAPS = ("none", "bulk", "async_tp")
+TP_OVERLAPS = ("none", "bulk", "async_tp", "local_shard")
 FSDP_GRANULARITIES = ("block", "tensor", "bucket")
 DP_CHUNKS = ("layer", "virtual_stage")
 FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
@@ -151,7 +151,9 @@ class ExecutionStack:
     sources: Mapping[str, str]
     """Source of each group of fields: overlap, fsdp, kernels, fp8, recompute, schedules, context_parallel."""
     tp_overlap: str
-    """"none" | "bulk" (TE userbuffers comm-GEMM overlap, Megatron --tp-comm-overlap) | "async_tp" (torchtitan)."""
+    """"none" | "bulk" (TE userbuffers comm-GEMM overlap, Megatron --tp-comm-overlap) | "async_tp" (torchtitan) |
+    "local_shard" (nanotron tp_linear_async_communication: each all-gather under its local shard's matmul, the
+    input gradient's reduce-scatter under the weight gradient; models/training/tp_overlap.py)."""
     tp_overlap_share: float
     """Share of TP communication hidden under the layer's GEMMs by "bulk" overlap (0 otherwise: "none" hides
     nothing, "async_tp" is priced per fused op, models/training/tp_overlap.py)."""
@@ -289,6 +291,15 @@ class ExecutionStack:
     fp8_param_gather: bool = False
     """Can keep the parameters in fp8 only (Layout.fp8_params: Megatron-Core --fp8-param-gather, Transformer Engine
     fp8_model_init); absent: false."""
+    param_gather_overlap: bool = True
+    """The distributed optimizer's all-gather of the updated weights runs under the next step's forward (Megatron-Core
+    overlap_param_gather); false: after the optimizer step, exposed (nanotron). Absent: true, as dp_overlap says."""
+    activation_offload: bool = False
+    """Offloads the activations of whole layers to host memory between forward and backward (Layout.offload_layers:
+    Megatron-Core cpu_offloading_num_layers); absent: false."""
+    bf16_moments: bool = False
+    """Can keep Adam's moments in bf16 (Layout.bf16_moments: Megatron-Core's precision-aware optimizer, Transformer
+    Engine FusedAdam exp_avg_dtype / exp_avg_sq_dtype); absent: false."""
     eager_expert_bias: bool = False
     """Adds the routed experts' fc2 bias, scaled by each token's routing prob, as eager per-expert PyTorch ops after
     the grouped GEMM (Megatron-Core TEGroupedMLP._apply_bias; models/training/moe_layer.py expert_bias_bytes);
@@ -449,7 +460,12 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         eager_expert_bias=_sourced(where, raw, "eager_expert_bias", lambda: _flag(where, raw, "eager_expert_bias"),
                                    False),
         fp8_param_gather=_sourced(where, raw, "fp8_param_gather", lambda: _flag(where, raw, "fp8_param_gather"),
-                                  False))
+                                  False),
+        bf16_moments=_sourced(where, raw, "bf16_moments", lambda: _flag(where, raw, "bf16_moments"), False),
+        activation_offload=_sourced(where, raw, "activation_offload",
+                                    lambda: _flag(where, raw, "activation_offload"), False),
+        param_gather_overlap=_sourced(where, raw, "param_gather_overlap",
+                                      lambda: _flag(where, raw, "param_gather_overlap"), True))
 
 
 def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:

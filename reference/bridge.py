@@ -522,6 +522,8 @@ def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
              f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision + ("-params" if L.fp8_params else ""),
              f"rc:{L.recompute_modules or L.recompute}"]
+    if L.bf16_moments:
+        parts.append("bf16-moments")
     if L.cuda_graphs != "none":
         parts.append(f"cg:{L.cuda_graphs}")
     if L.moe_dispatcher != "alltoall":

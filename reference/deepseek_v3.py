@@ -57,15 +57,16 @@ def deepseek_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
              "tokens is not priced: at 3072, 24 micro-batches per pipeline are fewer than DualPipe's 2 x PP)",
              f"{batch // (dp * MICRO_BATCH)} micro-batches of {MICRO_BATCH} sequence per pipeline (not published)",
              f"{FIRST_STAGE_LAYERS}/4/{LAST_STAGE_LAYERS} layers on first/middle/last stage (not published)",
-             "fp8 blockwise (1x128 activations, 128x128 weights; sec. 3.3), fp32 master weights and gradients; the "
-             "BF16 AdamW moments (3.3.3) and fp8 activation caching are not expressible (memory only)",
+             "fp8 blockwise (1x128 activations, 128x128 weights; sec. 3.3), fp32 master weights and gradients, BF16 "
+             "AdamW moments (3.3.3, Layout.bf16_moments); the fp8 activation caching (3.3.3) is not expressible "
+             "(memory only)",
              "recompute RMSNorm and MLA up-projections (3.2.3); 1 MTP module (model preset)",
              "EP 64 over 8 nodes, ZeRO-1, no TP (3.2)",
              "DualPipe's gradient sum between the two copies of each stage (ranks i and pp-1-i) not priced",
              "published rate = whole-run GPU-hours (ramp, checkpoints, evaluation inside), ours a steady-state step"]
     layout = Layout(tp=tp, pp=pp, dp=dp, ep=ep, zero=1, mbs=MICRO_BATCH, gbs=batch, seq=seq, recompute="selective",
                     recompute_modules=RECOMPUTE_MODULES, schedule="dualpipe", precision="fp8", moe_dispatcher="deepep",
-                    first_stage_layers=FIRST_STAGE_LAYERS, last_stage_layers=LAST_STAGE_LAYERS)
+                    first_stage_layers=FIRST_STAGE_LAYERS, last_stage_layers=LAST_STAGE_LAYERS, bf16_moments=True)
     return layout, notes
 
 

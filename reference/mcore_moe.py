@@ -73,9 +73,15 @@ FP8_PARAMS_SOURCE = ("Megatron-MoE-ModelZoo sbatch_benchmarking.sh (@78930f0c; M
                      "@f13818d6): PR=fp8 / mxfp8 add --fp8-param-gather unless OPTIMIZER_OFFLOAD=1, which no row sets; "
                      "the pr rows run Megatron-Bridge's fp8 recipes (bridge.FP8_PARAMS_RECIPES)")
 """Why every fp8 row keeps its parameters in fp8 only (Layout.fp8_params)."""
+BF16_MOMENTS_SOURCE = ("Megatron-MoE-ModelZoo sbatch_benchmarking.sh (same commits): PR=fp8 and PR=mxfp8 both add "
+                       "--use-precision-aware-optimizer --main-grads-dtype fp32 --main-params-dtype fp32 "
+                       "--exp-avg-dtype bf16 --exp-avg-sq-dtype bf16; the pr rows run Megatron-Bridge's recipes, which "
+                       "leave Megatron-Core's fp32 moments")
+"""Why the report's and the ModelZoo's fp8 rows keep Adam's moments in bf16 (Layout.bf16_moments)."""
 
 
 def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) -> Layout:
+    fp8 = r["precision"] != "BF16"
     tp, pp, cp, ep, vp = int(r["tp"]), int(r["pp"]), int(r["cp"]), int(r["ep"]), int(r["vp"])
     modules = r["recompute_modules"]
     recompute = "full" if modules == FULL_RECOMPUTE else ("selective" if modules else "none")
@@ -86,7 +92,7 @@ def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) ->
                   precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                   first_stage_layers=first, last_stage_layers=last, fp32_grads=bridge.FP32_GRADS,
                   cuda_graphs=r["cuda_graphs"], moe_dispatcher=r["dispatcher"], moe_a2a_overlap=r["a2a_overlap"] == "1",
-                  moe_imbalance=imbalance, fp8_params=r["precision"] != "BF16")
+                  moe_imbalance=imbalance, fp8_params=fp8, bf16_moments=fp8 and r["source"] != "pr")
 
 
 def _published_tokens(r: dict[str, str], count_gflops: float) -> tuple[float, str]:

@@ -481,6 +481,12 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
             if c.layout.zero >= 1:
                 yield from step(c, "fp8_params", True, 1, fp8_params=True)
         modifiers["fp8_params"] = fp8_params
+    if not est.layout.bf16_moments and stack.bf16_moments and est.layout.optimizer == "adam-master":
+        # Adam's moments in bf16 (Megatron-Core's precision-aware optimizer): 4 B per parameter less, sharded.
+        def bf16_moments(c: _Candidate) -> Iterator[_Candidate]:
+            if c.layout.zero >= 1:
+                yield from step(c, "bf16_moments", True, 1, bf16_moments=True)
+        modifiers["bf16_moments"] = bf16_moments
 
     runs_already = {str(r) for r in stack_problems(est.layout, stack)}
 

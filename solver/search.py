@@ -24,6 +24,7 @@ from clusterplan.models.training.estimate import (
     Estimate,
     evaluate,
     fp8_all_layouts,
+    no_bf16_gpus,
     precision_problems,
     stack_memory,
 )
@@ -108,11 +109,14 @@ def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> t
     GPU has fp8 tensor cores, the stack an fp8 recipe: its first, e.g. Transformer Engine per-tensor current scaling
     for megatron-core). A pinned precision the GPUs or the stack cannot run is bad input, said in one line."""
     fp8_problems = precision_problems(cluster, Layout(precision="fp8"), stack)
+    half = "fp16" if no_bf16_gpus(cluster) else "bf16"  # GPUs without bf16 tensor cores (V100) train in fp16
     if "precision" in fixed:
-        if fixed["precision"] == "fp8" and fp8_problems:
-            raise BadInputError(f"--fix {fp8_problems[0].message}")
+        problems = fp8_problems if fixed["precision"] == "fp8" else precision_problems(
+            cluster, Layout(precision=str(fixed["precision"])), stack)
+        if problems:
+            raise BadInputError(f"--fix {problems[0].message}")
         return (str(fixed["precision"]),)
-    return ("bf16",) if fp8_problems else ("bf16", "fp8")
+    return (half,) if fp8_problems else (half, "fp8")
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:

@@ -364,6 +364,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     out: list[ServingInstance] = []
     warnings: list[str] = []
     seen: set[str] = set()
+    unpriced_defaults: list[str] = []
     for name in gpu_names:
         try:
             gpu = get_gpu(name)
@@ -377,10 +378,12 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         usd = None
         if prices is not None:
             row = prices.rows.get(gpu.name)
-            if row is None:  # named by the user: say so; from the default list: the answer's price rows show it
+            if row is None:  # named by the user: one line each; from the default list: one line for them all
                 if explicit:
                     warnings.append(f"{gpu.name} has no {prices.pricing} price from provider {prices.provider}; left "
                                     "out (--provider NAME, --provider any to mix providers, or --prices FILE)")
+                else:
+                    unpriced_defaults.append(gpu.name)
                 continue
             usd = row.usd_per_gpu_hour
         elif gpu.price is None:
@@ -404,6 +407,9 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "
                               "allow larger --tp or --pp or bigger GPUs")
+    if unpriced_defaults and prices is not None:
+        warnings.append(f"default GPUs without a {prices.pricing} price from provider {prices.provider} left out: "
+                        f"{', '.join(unpriced_defaults)} (--provider any to mix providers, or --gpus to name them)")
     return tuple(sorted(out, key=lambda i: (i.gpu.name, i.n_gpus, i.pp))), tuple(warnings)
 
 

@@ -22,6 +22,7 @@ from clusterplan.models.training.batch import CODES, LayoutArrays, RecomputeCode
 from clusterplan.models.training.layout import (
     CHOICES,
     Layout,
+    bf16_moments_run,
     fp8_params_run,
     layout_problems,
     recompute_modules_mask,
@@ -141,9 +142,14 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     stack = stack or get_stack()
     left_out: Counter = Counter()
     # Pins that narrow another key: named selective modules are selective recompute (Layout: recompute_modules needs
-    # recompute=selective), and activation offloading runs at pp 1 only (Layout.offload_layers).
+    # recompute=selective), a count of recomputed layers is full recompute (RuleCode.RECOMPUTE_LAYERS), and
+    # activation offloading runs at pp 1 only (Layout.offload_layers).
     if fixed.get("recompute_modules"):
         fixed.setdefault("recompute", "selective")
+    if fixed.get("recompute_layers"):
+        if fixed.setdefault("recompute", "full") != "full":
+            raise BadInputError(f"--fix recompute_layers={fixed['recompute_layers']} counts fully recomputed layers: "
+                                f"it needs recompute=full, got recompute={fixed['recompute']}; unpin one of them")
     if fixed.get("offload_layers"):
         fixed.setdefault("pp", 1)
     moe_pins = {"ep": fixed.get("ep", 1) != 1, "etp": fixed.get("etp", 1) != 1,
@@ -169,6 +175,17 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("fp8_params") and "fp8" not in precisions and "precision" not in fixed:
         raise BadInputError("--fix fp8_params=1 needs fp8 training, which these GPUs or this stack cannot run (no fp8 "
                             "tensor cores, or no fp8 recipe); unpin fp8_params")
+    if fixed.get("offload_layers") and not stack.activation_offload:
+        raise BadInputError(f"--fix offload_layers={fixed['offload_layers']}: stack {stack.name} offloads no "
+                            "activations to host memory; pick another --stack or unpin it")
+    if fixed.get("bf16_moments") and not stack.bf16_moments:
+        raise BadInputError(f"--fix bf16_moments=1: stack {stack.name} keeps Adam's moments in fp32 only; pick another "
+                            "--stack or unpin it")
+    if fixed.get("bf16_moments") and not bf16_moments_run(int(fixed.get("zero", 1)),
+                                                          str(fixed.get("optimizer", "adam-master"))):
+        raise BadInputError(f"--fix bf16_moments=1 needs optimizer=adam-master and zero >= 1 (Megatron-Core's "
+                            f"precision-aware optimizer), got zero={fixed.get('zero', 1)} "
+                            f"optimizer={fixed.get('optimizer', 'adam-master')}; unpin one of them")
     if fixed.get("moe_capacity_factor") is not None and not stack.moe_token_drop:
         raise BadInputError(f"--fix moe_capacity_factor={fixed['moe_capacity_factor']:g}: stack {stack.name} has no "
                             "token-dropping MoE; pick another --stack or unpin it")
@@ -244,7 +261,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     for key in ("optimizer", "cuda_graphs", "moe_dispatcher"):
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
-    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap", "fp32_grads", "offload_layers"):
+    for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap", "fp32_grads", "offload_layers",
+                "bf16_moments"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
     if fixed.get("recompute_modules"):  # recompute is pinned to selective above
@@ -273,6 +291,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fp8_params_bad.any():
         rejected[RuleCode.FP8_PARAMS] += int(fp8_params_bad.sum())
         ok = ok & ~fp8_params_bad
+    if fixed.get("bf16_moments"):  # the distributed optimizer only: the searched zero 0 rows refuse it
+        moments_bad = ok & (cols["zero"] < 1)
+        rejected[RuleCode.BF16_MOMENTS] += int(moments_bad.sum())
+        ok = ok & ~moments_bad
     m = np.maximum(1.0, np.floor(cols["gbs"] / dp_mbs))  # LayoutArrays.microbatches
     inter_bad = ok & (cols["schedule"] == ScheduleCode.INTERLEAVED) & (m % cols["pp"] != 0)
     rejected[RuleCode.INTERLEAVED_MICROBATCHES] += int(inter_bad.sum())

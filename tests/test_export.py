@@ -376,7 +376,7 @@ _DEEPEP_OVERLAP = Layout(tp=2, dp=8, ep=8, zero=2, mbs=4, gbs=64, seq=4096, moe_
                                                          "moe_a2a_overlap")),
     ("llama3.1-8b", Layout(dp=16, gbs=64, zero=1), "torchtitan", ("ZeRO-1 runs as FSDP",)),
     ("llama3.1-8b", Layout(cp=2, cp_kind="a2a", dp=8, mbs=1, gbs=64, seq=16384, recompute="none"), "torchtitan",
-     ("(Ulysses) exchange runs as ring attention", "ZeRO-1 runs as FSDP")),
+     ("(Ulysses) exchange runs as its default all-gather", "ZeRO-1 runs as FSDP")),
     ("llama3.1-8b", Layout(pp=4, dp=4, gbs=64, schedule="zb"), "megatron", ("zero-bubble",)),
 ])
 def test_export_says_each_difference_once(run_cli, tmp_path, model_ref, layout, target, differences):

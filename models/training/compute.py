@@ -32,6 +32,7 @@ from clusterplan.models.training.moe_layer import (
 from clusterplan.models.training.tp_overlap import (
     UB_COMM_SMS,
     AsyncTpBlock,
+    LocalShardBlock,
     TpRole,
     async_tp_gathers_fused,
     overlapped_times,
@@ -108,6 +109,9 @@ class LayerTime:
     async_tp_blocks: tuple[AsyncTpBlock, ...] = ()
     """The tensor-parallel blocks' chunked matmuls as async TP fuses them with its collectives (stack tp_overlap
     "async_tp"; empty otherwise): what step.tp_comm_s hides each fused collective under."""
+    local_shard_blocks: tuple[LocalShardBlock, ...] = ()
+    """The tensor-parallel blocks' matmuls nanotron's asynchronous TP runs its collectives under (stack tp_overlap
+    "local_shard"; empty otherwise)."""
     comm_slowdown_in: np.ndarray | float = 1.0
     """How much slower the layer's compute runs while a NCCL collective inside the scale-up domain holds
     HardwareRates.comm_ctas_in SMs (comm_sm_slowdown; 1 where the GPU's SMs or CTAs are unknown)."""
@@ -232,6 +236,26 @@ def async_tp_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
             _, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
                                          g.out_features, fp8, tp)
             blocks.append(AsyncTpBlock(column_forward_s=cf, row_forward_s=rf, row_dgrad_s=rdx))
+            column = None
+    return tuple(blocks)
+
+
+def local_shard_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, tp: np.ndarray,
+                       forward_hw: HardwareRates | None = None) -> tuple[LocalShardBlock, ...]:
+    """Each tensor-parallel block's (column, row) pair of `linears` with the seconds of the matmuls nanotron's
+    asynchronous TP issues its collectives beside (tp_overlap.py): the column forward's and the row input gradient's
+    local-shard rows, the column weight gradient; forwards at `forward_hw`'s rates."""
+    fhw = forward_hw or hw
+    blocks = []
+    column = None
+    for g in linears:
+        if g.tp_role == TpRole.COLUMN:
+            column = g
+        elif g.tp_role == TpRole.ROW and column is not None:
+            blocks.append(LocalShardBlock(
+                column_local_s=fhw.gemm_time_s(column.tokens / tp, column.out_features, column.in_features, fp8),
+                row_dgrad_local_s=hw.gemm_time_s(g.tokens / tp, g.in_features, g.out_features, fp8),
+                column_wgrad_s=hw.gemm_time_s(column.in_features, column.out_features, column.tokens, fp8)))
             column = None
     return tuple(blocks)
 
@@ -532,7 +556,9 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
                      hardware_flops=flops_exec + flops_recompute, experts_forward_s=experts_f,
                      experts_backward_s=experts_b,
                      async_tp_blocks=async_tp_blocks(linears, hw, fp8, L.tp, fhw) if stack.tp_overlap == "async_tp"
-                     else (), comm_slowdown_in=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_in),
+                     else (),
+                     local_shard_blocks=local_shard_blocks(linears, hw, fp8, L.tp, fhw)
+                     if stack.tp_overlap == "local_shard" else (), comm_slowdown_in=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_in),
                      comm_slowdown_out=comm_sm_slowdown(linears, fhw, fp8, hw.comm_ctas_out))
 
 
@@ -581,7 +607,8 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     if moe:
         route_s = routing_times(shapes, L, hw)[0] + padding_s
         terms += [(bit(5), fwd(linears[2:6]) + route_s + act_s, flops(linears[2:6])),
-                  (bit(6) & ~bit(5), fwd(linears[4:6]), flops(linears[4:6]))]
+                  # [4:6] is the router alone on a model without shared experts: nothing for shared_experts to rerun
+                  (bit(6) & ~bit(5) & (shapes.shared_ffn > 0), fwd(linears[4:6]), flops(linears[4:6]))]
     else:
         terms.append((bit(4), fwd(linears[2:4]) + act_s, flops(linears[2:4])))
     seconds = sum((np.where(on, t, 0.0) for on, t, _ in terms), np.zeros_like(L.tp))

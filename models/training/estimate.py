@@ -21,7 +21,7 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.host import stack_fp8_recipe
-from clusterplan.models.training.layout import Layout, fp8_params_run, layout_problems
+from clusterplan.models.training.layout import Layout, bf16_moments_run, fp8_params_run, layout_problems
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
     GIB,
@@ -187,6 +187,8 @@ def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
     """fp8 needs a stack with an fp8 recipe and fp8 tensor cores on every GPU; MXFP8 needs microscaling tensor
     cores (Blackwell, CDNA 4)."""
     broken = lambda message: [Rule.broken(RuleCode.PRECISION, message)]  # noqa: E731
+    if layout.precision == "bf16" and (lacking := no_bf16_gpus(cluster)):
+        return broken(f"precision bf16: {', '.join(lacking)} has no bf16 tensor cores; use precision=fp16")
     if layout.precision != "fp8":
         return []
     if not stack.fp8_recipes:
@@ -195,6 +197,11 @@ def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
     if fp8_recipe not in stack.fp8_recipes:
         return broken(f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}")
     return fp8_hardware_problems(cluster, layout, fp8_recipe)
+
+
+def no_bf16_gpus(cluster: Cluster) -> list[str]:
+    """The cluster's GPUs without bf16 tensor cores (no published bf16 peak: V100), sorted: they train in fp16."""
+    return sorted({g.gpu.name for g in cluster.groups if "bf16" not in g.gpu.peak_tflops})
 
 
 def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | None = None) -> list[Rule]:
@@ -206,7 +213,8 @@ def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | No
     gpus = {g.gpu.name: g.gpu for g in cluster.groups}
     lacking = sorted(n for n, g in gpus.items() if not g.has_fp8)
     if lacking:
-        return broken(f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision=bf16")
+        instead = "fp16" if no_bf16_gpus(cluster) else "bf16"
+        return broken(f"precision fp8: {', '.join(lacking)} has no fp8 tensor cores; use precision={instead}")
     no_mx = sorted(n for n, g in gpus.items() if not g.mx_formats)
     if fp8_recipe == "mxfp8" and no_mx:
         return broken(f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
@@ -244,7 +252,9 @@ def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
     """What of the layout an out-of-memory fix may still turn (Rule.out_of_memory)."""
     return dict(zero=layout.zero, recompute=layout.recompute, mbs=layout.mbs,
                 fp8_params_off=not layout.fp8_params and stack.fp8_param_gather
-                and fp8_params_run(layout.precision, layout.zero, layout.optimizer))
+                and fp8_params_run(layout.precision, layout.zero, layout.optimizer),
+                bf16_moments_off=not layout.bf16_moments and stack.bf16_moments
+                and bf16_moments_run(layout.zero, layout.optimizer))
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

@@ -74,6 +74,13 @@ def fp8_params_run(precision: str, zero: int, optimizer: str) -> bool:
     return precision == "fp8" and zero >= 1 and optimizer == "adam-master"
 
 
+def bf16_moments_run(zero: int, optimizer: str) -> bool:
+    """Where bf16 Adam moments (Layout.bf16_moments) can run: Megatron-Core OptimizerConfig.__post_init__ asserts
+    "--use-precision-aware-optimizer only supported with adam" (Megatron's adam keeps fp32 master weights:
+    adam-master) and "... only supported with distributed optimizer" (zero >= 1)."""
+    return zero >= 1 and optimizer == "adam-master"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Layout:
     dp: int = 1
@@ -125,6 +132,12 @@ class Layout:
     Megatron-Bridge / NeMo fp8 recipe: tensorwise, delayed, mxfp8): no bf16 copy beside TE's fp8 one, the distributed
     optimizer's fp32 master shard requantised each step and all-gathered in fp8 (MXFP8: in bf16 through the gradient
     buffer). Needs precision=fp8 and the distributed optimizer or FSDP (zero >= 1); false = Megatron-LM's default."""
+    bf16_moments: bool = False
+    """Adam's first and second moments kept in bf16, the fp32 master and main gradients unchanged (Megatron-Core
+    --use-precision-aware-optimizer --exp-avg-dtype bf16 --exp-avg-sq-dtype bf16 through Transformer Engine's
+    FusedAdam; DeepSeek-V3, arXiv 2412.19437 Sec. 3.3.3; the Megatron-MoE-ModelZoo launcher sets it on every fp8 and
+    MXFP8 run): 4 B of optimizer state per parameter instead of 8. Needs Megatron's adam (adam-master) and the
+    distributed optimizer (zero >= 1: OptimizerConfig.__post_init__ asserts both); false = fp32 moments."""
     offload_layers: int = 0
     """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
     cpu_offloading_num_layers; pipeline parallelism 1 only)."""
@@ -171,7 +184,7 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
-        for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "moe_a2a_overlap"):
+        for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
         cf = self.moe_capacity_factor
@@ -232,6 +245,8 @@ class Layout:
             del out["cuda_graphs"]
         if not out["fp8_params"]:
             del out["fp8_params"]
+        if not out["bf16_moments"]:
+            del out["bf16_moments"]
         if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
             del out["moe_dispatcher"]
         if not out["moe_a2a_overlap"]:
@@ -255,6 +270,8 @@ class Layout:
             parts.append(self.precision + ("-params" if self.fp8_params and self.precision == "fp8" else ""))
         if self.fp8_params and self.precision != "fp8":
             parts.append("fp8-params")
+        if self.bf16_moments:
+            parts.append("bf16-moments")
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
         if self.moe_dispatcher != "alltoall":
@@ -407,6 +424,9 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     elif model.n_layers % chunks:
         add(RuleCode.LAYERS_PP, f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
                                 "set first_stage_layers/last_stage_layers for an uneven split")
+    if L.pp == 1 and (L.vpp > 1 or L.schedule in ("gpipe", "interleaved-1f1b", "zb")):
+        add(RuleCode.SCHEDULE_NEEDS_PP, f"vpp({L.vpp}) and schedule {L.schedule} need pp > 1: one stage runs no "
+                                        "pipeline schedule")
     if L.vpp > 1 and L.schedule not in ("interleaved-1f1b", "zbv"):
         add(RuleCode.VPP_SCHEDULE,
             f"vpp({L.vpp}) > 1 needs schedule=interleaved-1f1b (or zbv with vpp 2), got {L.schedule}")
@@ -434,6 +454,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
                                  f"optimizer=adam-master (its fp32 master is the weights' only high-precision copy), "
                                  f"got precision={L.precision} zero={L.zero} optimizer={L.optimizer}")
+    if L.bf16_moments and not bf16_moments_run(L.zero, L.optimizer):
+        add(RuleCode.BF16_MOMENTS, f"bf16_moments needs optimizer=adam-master and zero >= 1 (Megatron-Core's "
+                                   f"precision-aware optimizer: adam with the distributed optimizer), got "
+                                   f"zero={L.zero} optimizer={L.optimizer}")
     problems += _moe_problems(model, L)
     return problems
 
@@ -448,8 +472,8 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     problems: list[Rule] = []
     add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
     if not model.is_moe:
-        if L.ep > 1:
-            add(RuleCode.EP_DENSE, f"ep({L.ep}) > 1 needs a mixture-of-experts model")
+        if L.ep > 1 or L.etp > 1:
+            add(RuleCode.EP_DENSE, f"ep({L.ep}) / etp({L.etp}) > 1 need a mixture-of-experts model")
         if (L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap or L.moe_capacity_factor is not None
                 or L.moe_imbalance != 1.0):
             add(RuleCode.MOE_FIELDS_DENSE, f"moe_dispatcher={L.moe_dispatcher} / moe_a2a_overlap="
@@ -550,6 +574,12 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
                                  f"selective recompute is {stack.selective_recompute}: drop recompute_modules")
     if L.precision == "fp8" and not stack.fp8_recipes:
         add("precision", f"stack {stack.name} has no fp8 training recipe")
+    if L.offload_layers and not stack.activation_offload:
+        add("offload_layers", f"stack {stack.name} offloads no activations to host memory (Megatron-Core "
+                              "cpu_offloading_num_layers); set offload_layers=0")
+    if L.bf16_moments and not stack.bf16_moments:
+        add("bf16_moments", f"stack {stack.name} keeps Adam's moments in fp32 only (no precision-aware optimizer); "
+                            "set bf16_moments=0")
     if L.fp8_params and not stack.fp8_param_gather:
         add("fp8_params", f"stack {stack.name} keeps no fp8-only parameters (Megatron-Core --fp8-param-gather); "
                           "set fp8_params=0")

@@ -63,6 +63,8 @@ FP32_PARAM_BYTES, FP8_PARAM_BYTES = 4.0, 1.0
 BF16_PARAM_BYTES = 2.0
 # Adam's two moments, m and v, each an fp32 tensor the parameter's size (Kingma & Ba 2015; torch.optim.AdamW state).
 ADAM_MOMENTS_BYTES = 2 * FP32_PARAM_BYTES
+BF16_ADAM_MOMENTS_BYTES = 2 * BF16_PARAM_BYTES
+"""Adam's m and v in bf16 (Layout.bf16_moments: Megatron-Core precision-aware optimizer, DeepSeek-V3 Sec. 3.3.3)."""
 # bf16 logits and the fp32 copy the vocabulary-parallel cross-entropy computes its softmax in, the gradient written
 # into that copy in place (Megatron-LM, Korthikanti 2022's 4sbh(1 + V/h) term): 6 B per logit.
 UNFUSED_LOSS_BYTES_PER_LOGIT = 6.0
@@ -149,15 +151,17 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B. Layout.fp8_params: the
     parameter is the fp8 tensor alone, `fp8_param_bytes` (fp8_weight_copy_bytes of the recipe: Hopper per-tensor
     data + its transpose 2 B, Blackwell 1 B, MXFP8 both block-scaled copies), no bf16 copy; the master stays a full
-    fp32 shard (Megatron-Core keeps remainders of bf16 parameters only): 12 B.
+    fp32 shard (Megatron-Core keeps remainders of bf16 parameters only): 12 B. Layout.bf16_moments: m and v in bf16,
+    4 B less in each case (8 B beside a full master, 6 B beside remainders).
     """
     fp32 = L.precision == PREC_FP32
     bf16, fp32_b = BF16_PARAM_BYTES, FP32_PARAM_BYTES
     weights = np.where(fp32, fp32_b, np.where(L.precision == PREC_FP8, bf16 + fp8_copy_bytes, bf16))
     grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), fp32_b, bf16)
-    # Adam m, v in fp32 (8 B); with master weights +4 B, unless training is fp32 already.
-    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32],
-                    [0.0, ADAM_MOMENTS_BYTES], ADAM_MOMENTS_BYTES + fp32_b)
+    # Adam m, v in fp32 (8 B), in bf16 under Layout.bf16_moments (4 B); with master weights +4 B, unless training is
+    # fp32 already.
+    moments = np.where(L.bf16_moments > 0, BF16_ADAM_MOMENTS_BYTES, ADAM_MOMENTS_BYTES)
+    opt = np.select([L.optimizer == OPT_SGD, (L.optimizer == OPT_ADAM) | fp32], [0.0, moments], moments + fp32_b)
     if fp32_params:  # the bf16 parameter becomes an fp32 one, which is also the master
         mixed = (L.optimizer == OPT_ADAM_MASTER) & ~fp32
         weights = np.where(mixed, weights - bf16 + fp32_b, weights)
@@ -165,7 +169,7 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     fp8_only = fp8_only_params(L)
     if param_remainders:
         remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2)) & ~fp8_only
-        opt = np.where(remainder, PARAM_REMAINDER_BYTES + ADAM_MOMENTS_BYTES, opt)
+        opt = np.where(remainder, PARAM_REMAINDER_BYTES + moments, opt)
     weights = np.where(fp8_only, fp8_param_bytes, weights)
     return weights, grads, opt
 

@@ -25,6 +25,7 @@ class RuleCode(str, Enum):
     STAGE_LAYERS_VPP = "stage layers % vpp"
     LAYERS_PP = "n_layers % (pp * vpp)"
     VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
+    SCHEDULE_NEEDS_PP = "vpp > 1 or a pipeline schedule needs pp > 1"
     ZBV_CHUNKS = "zbv needs pp > 1 and vpp = 2"
     DUALPIPE_SHAPE = "dualpipe needs even pp, vpp 1, even micro-batches >= 2 pp"
     INTERLEAVED_MICROBATCHES = "micro-batches % pp (interleaved)"
@@ -33,7 +34,8 @@ class RuleCode(str, Enum):
     RECOMPUTE_LAYERS = "recompute_layers needs recompute=full and at most n_layers"
     CP_SEQ = "seq % (2 * cp) (context parallel)"
     FP8_PARAMS = "fp8_params needs precision=fp8, zero >= 1 and adam-master"
-    EP_DENSE = "ep > 1 on a dense model"
+    BF16_MOMENTS = "bf16_moments needs zero >= 1 and adam-master"
+    EP_DENSE = "ep or etp > 1 on a dense model"
     EXPERTS_EP = "n_experts % ep"
     EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
     EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
@@ -65,6 +67,7 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.STAGE_LAYERS_VPP: "pick middle-stage layer counts divisible by vpp, or vpp = 1",
     RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
+    RuleCode.SCHEDULE_NEEDS_PP: "set pp > 1, or drop vpp and schedule (pp 1 runs 1f1b, one stage)",
     RuleCode.ZBV_CHUNKS: "use vpp = 2 with pp > 1 for zbv, or another schedule",
     RuleCode.DUALPIPE_SHAPE: "use an even pp with vpp = 1 and a global batch giving an even number of at least "
                              "2 * pp micro-batches, or another schedule",
@@ -76,7 +79,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.CP_SEQ: "make seq divisible by 2 * cp",
     RuleCode.FP8_PARAMS: "set fp8_params=0, or train in fp8 with the distributed optimizer or FSDP (zero >= 1) and "
                          "optimizer=adam-master",
-    RuleCode.EP_DENSE: "use ep = 1 for a dense model",
+    RuleCode.BF16_MOMENTS: "set bf16_moments=0, or use optimizer=adam-master with the distributed optimizer (zero >= 1)",
+    RuleCode.EP_DENSE: "use ep = 1 and etp = 1 for a dense model",
     RuleCode.EXPERTS_EP: "pick ep dividing the number of experts",
     RuleCode.EP_FOLD: "pick ep * etp dividing dp_shard * cp * tp",
     RuleCode.EXPERT_FFN_ETP: "pick etp dividing the expert FFN hidden size",
@@ -115,7 +119,8 @@ class Rule:
         return cls(code=code, message=message, fix=FIXES[code], field=field)
 
     @classmethod
-    def out_of_memory(cls, message: str, *, zero: int, recompute: str, mbs: int, fp8_params_off: bool = False) -> Rule:
+    def out_of_memory(cls, message: str, *, zero: int, recompute: str, mbs: int, fp8_params_off: bool = False,
+                      bf16_moments_off: bool = False) -> Rule:
         """OUT_OF_MEMORY with the fix narrowed to the knobs the layout has not used up (no "use zero=3" for a layout
         at zero 3)."""
         knobs = ["raise tp/pp/cp"]
@@ -123,6 +128,7 @@ class Rule:
         knobs += ["more recompute"] if recompute != "full" else []
         knobs += ["lower the micro-batch size"] if mbs > 1 else []
         knobs += ["keep the parameters in fp8 only (fp8_params=1)"] if fp8_params_off else []
+        knobs += ["keep Adam's moments in bf16 (bf16_moments=1)"] if bf16_moments_off else []
         fix = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
         return cls(code=RuleCode.OUT_OF_MEMORY, message=message, fix=fix)
 

@@ -60,7 +60,13 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.moe_layer import imbalance, max_destination_nodes, mtp_projection_s
 from clusterplan.models.training.topology import Axis, axis_group
-from clusterplan.models.training.tp_overlap import AsyncTpBlock, async_tp_exposed_s, async_tp_gathers_fused
+from clusterplan.models.training.tp_overlap import (
+    AsyncTpBlock,
+    LocalShardBlock,
+    async_tp_exposed_s,
+    async_tp_gathers_fused,
+    local_shard_exposed_s,
+)
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
 # Megatron-Core's overlap_grad_reduce and FSDP2 do; Galvatron models the residual slowdown with 1.3x).
@@ -70,6 +76,8 @@ TINY_S = 1e-300
 # Backward over forward + backward of a layer whose backward is twice its forward (two GEMMs per forward GEMM:
 # input and weight gradients; Narayanan et al. 2021, Sec. 5.1): the bubble's default when the caller has none.
 BACKWARD_SHARE_2X = 2.0 / 3.0
+# HBM bytes bf16 Adam moments save per updated parameter: m and v each read and written once, 2 B less per access.
+BF16_MOMENTS_SAVED_BYTES_PER_PARAM = 4 * 2.0
 
 POSITIONS = ("first", "middle", "last")
 """Pipeline stage positions, in the order step_time stacks them."""
@@ -165,7 +173,8 @@ def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axi
 
 
 def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
-              linear_s: np.ndarray, async_tp_blocks: tuple[AsyncTpBlock, ...] | None = None) -> np.ndarray:
+              linear_s: np.ndarray, async_tp_blocks: tuple[AsyncTpBlock, ...] | None = None,
+              local_shard_blocks: tuple[LocalShardBlock, ...] | None = None) -> np.ndarray:
     """Exposed tensor-parallel traffic of one layer per micro-batch, forward + backward (+ recompute).
 
     Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
@@ -173,7 +182,9 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     casts before the gather (fp8_tp_allgather_recipes). TE userbuffers (need sequence parallelism) hide
     `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time. Async TP hides each fused
     collective under its own op's chunked matmuls and leaves the unfused ones exposed
-    (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime).
+    (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime). nanotron's asynchronous TP hides each
+    all-gather under its local shard's matmul and the input gradient's reduce-scatter under the weight gradient
+    (tp_overlap.local_shard_exposed_s; `local_shard_blocks` from LayerTime).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
     colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
@@ -192,6 +203,14 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                      _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
                                      gather.calls, passes, L.tp, hw.comm_overlap,
                                      async_tp_gathers_fused(stack, L.precision == PREC_FP8))
+        return np.where(sp & (L.tp > 1), exposed, total)
+    if stack.tp_overlap == "local_shard":
+        if local_shard_blocks is None:
+            raise ValueError("nanotron's asynchronous TP is priced per block: pass LayerTime.local_shard_blocks")
+        _, gather, scatter = colls
+        exposed = local_shard_exposed_s(local_shard_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
+                                        _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), gather.calls,
+                                        1.0 + L.full_recompute_share(shapes.n_layers), hw.comm_overlap)
         return np.where(sp & (L.tp > 1), exposed, total)
     share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
@@ -349,7 +368,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
     full = L.full_recompute_share(shapes.n_layers)
-    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks)
+    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks, lt.local_shard_blocks)
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
@@ -779,14 +798,18 @@ def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
     else:
         chunks = np.maximum(slow_layers, 1.0)
-    exposed12 = (dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks)
-                 + dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks))
+    # A stack whose distributed optimizer gathers the updated weights after its step, before the next forward
+    # (param_gather_overlap off: nanotron's ZeroDistributedOptimizer all_gather_coalesced), exposes all of it.
+    gather_exposed = (dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks)
+                      if stack.param_gather_overlap else gather)
+    exposed12 = dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks) + gather_exposed
     # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
     # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
     slowdown = comm_slowdown(shard, hw, slowdowns)
     beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
+    gather_beside = beside if stack.param_gather_overlap else 0.0
     interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, slowdown)
-                      + comm.interference_s(beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
+                      + comm.interference_s(gather_beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
                                             slowdown))
     exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown,
                               compute_wb)
@@ -902,12 +925,15 @@ def optimizer_bytes_per_param(L: LayoutArrays, stack: ExecutionStack | None = No
     runs one pass per op over the fp32 tensors AdamW updates, FOREACH_ADAMW_BYTES_PER_PARAM, with master weights and
     with plain Adam, whose parameters are then the fp32 copy (validate's runs: fp32 parameters under bf16 autocast;
     our H200 profile, 35.1 ms of AdamW kernels for 1.65 B parameters = 88 B at 4.15 TB/s, reference/step_profile.py);
-    grad_clip "foreach" adds FOREACH_CLIP_BYTES_PER_PARAM."""
+    grad_clip "foreach" adds FOREACH_CLIP_BYTES_PER_PARAM. bf16 moments (Layout.bf16_moments) read and write m and v
+    in 2 B instead of 4: BF16_MOMENTS_SAVED_BYTES_PER_PARAM less."""
     master = L.optimizer == OptimizerCode.ADAM_MASTER
     foreach = stack is not None and stack.optimizer_impl == "foreach"
     adam_master, plain_adam = (FOREACH_ADAMW_BYTES_PER_PARAM,) * 2 if foreach else (32.0, 24.0)
     per_param = np.select([L.optimizer == OptimizerCode.SGD, master, L.optimizer == OptimizerCode.ADAM],
                           [8.0, adam_master, plain_adam], 24.0)
+    per_param = per_param - np.where((L.bf16_moments > 0) & (L.optimizer != OptimizerCode.SGD),
+                                     BF16_MOMENTS_SAVED_BYTES_PER_PARAM, 0.0)
     clip = FOREACH_CLIP_BYTES_PER_PARAM if stack is not None and stack.grad_clip == "foreach" else 0.0
     return per_param + clip
 

@@ -27,6 +27,16 @@ into tp chunks of m/tp rows with copy-engine pulls between them (torch/distribut
       gradient takes the gathered dY the fused op returns, whole); the input gradient of qkv / fc1 is the SUM of
       the q, k, v (w1, w3) input-gradient matmuls, not one matmul, so its reduce-scatter is not rewritten: it runs
       as a plain collective after them, exposed, and those matmuls run whole.
+nanotron's asynchronous tensor parallelism (stack tp_overlap "local_shard"; nanotron
+src/nanotron/parallel/tensor_parallel/functional.py, tp_mode REDUCE_SCATTER with tp_linear_async_communication,
+adapted from Megatron-LM's LinearWithGradAccumulationAndAsyncCommunication), per column / row pair:
+  column forward (_ColumnLinearAsyncCommunication): the input all-gather is issued async and the matmul of the local
+      shard's rows (m/tp) runs under it, then the other rows (the matmuls before and after the local shard);
+  row forward (_RowLinearAsyncCommunication): the matmul, then its reduce-scatter, exposed;
+  row backward: dY's all-gather async under the local shard's input-gradient matmul, then the other rows, then the
+      weight gradient;
+  column backward: the input re-gathered (tp_recompute_allgather) under the input-gradient matmul, and that input
+      gradient's reduce-scatter async under the weight-gradient matmul (CUDA_DEVICE_MAX_CONNECTIONS=1 orders them).
 The weight-gradient matmuls are never rewritten. The all-gather is fused only with matmuls that take the gathered
 tensor itself (_find_consumer_matmuls): an fp8 recipe that gathers bf16 and casts after the gather (one the stack does
 not list in fp8_tp_allgather_recipes: torchtitan applies plain TP to torchao's rowwise recipe, whose row scales
@@ -78,6 +88,12 @@ def chunked_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, chunks: np.ndarr
     return chunks * gemm(m / chunks, n, k, fp8, sm_margin=sm_margin)
 
 
+def split_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, tp: np.ndarray) -> np.ndarray:
+    """The local shard's m / tp rows, then the rest as one more GEMM (nanotron's before / after shards, priced as one:
+    at most one of them is short)."""
+    return gemm(m / tp, n, k, fp8) + gemm(m - m / tp, n, k, fp8)
+
+
 def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in_features, out_features,
                      fp8: np.ndarray, tp: np.ndarray, gather_fused: np.ndarray | bool = True,
                      bulk_sm_margin: int = UB_COMM_SMS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,6 +103,10 @@ def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in
     `bulk_sm_margin`: SMs the bulk overlaps take from the column GEMMs' dgrad and wgrad (the stack's
     tp_overlap_bulk_sm_margin: TE's default UB_COMM_SMS, 0 under NVIDIA's tuned configs)."""
     t, i, o = tokens, in_features, out_features
+    if kind == "local_shard":  # the column forward and the row input gradient split at the local shard
+        if role == TpRole.ROW:
+            return gemm(t, o, i, fp8), split_s(gemm, t, i, o, fp8, tp), gemm(i, o, t, fp8)
+        return split_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8), gemm(i, o, t, fp8)
     if kind == "async_tp":  # column dgrad whole: its reduce-scatter sums several matmuls and is not fused
         if role == TpRole.ROW:  # forward before the fused reduce-scatter; dgrad after dY's all-gather
             dgrad = chunked_s(gemm, t, i, o, fp8, tp)
@@ -116,6 +136,37 @@ class AsyncTpBlock:
     """proj / fc2 forward: under the output's reduce-scatter."""
     row_dgrad_s: np.ndarray
     """proj / fc2 input gradient: under the all-gather of their output gradient dY."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalShardBlock:
+    """One tensor-parallel block (attention or MLP) as nanotron's asynchronous TP runs it: seconds per micro-batch of
+    the matmuls its collectives run under."""
+
+    column_local_s: np.ndarray
+    """qkv / fc1 forward of the local shard's rows: under the block input's all-gather."""
+    row_dgrad_local_s: np.ndarray
+    """proj / fc2 input gradient of the local shard's rows: under dY's all-gather."""
+    column_wgrad_s: np.ndarray
+    """qkv / fc1 weight gradient: under the input gradient's reduce-scatter."""
+
+
+def local_shard_exposed_s(blocks: tuple[LocalShardBlock, ...], all_gather_s: np.ndarray,
+                          reduce_scatter_s: np.ndarray, calls: np.ndarray, forward_passes: np.ndarray,
+                          overlap: float) -> np.ndarray:
+    """Exposed traffic of one layer per micro-batch under nanotron's asynchronous TP (module docstring). Per block and
+    forward pass (1, or 2 under full recompute): the all-gather beyond its local shard's matmul, the reduce-scatter
+    whole; backward: dY's all-gather beyond the local shard's input-gradient matmul, the input gradient's
+    reduce-scatter beyond the weight-gradient matmul. TP collectives outside these blocks (`calls` all-gathers and as
+    many reduce-scatters per layer in all) stay exposed."""
+    total = np.zeros_like(np.asarray(forward_passes, dtype=float))
+    for b in blocks:
+        forward = exposed_s(all_gather_s, b.column_local_s, overlap) + reduce_scatter_s
+        backward = (exposed_s(all_gather_s, b.row_dgrad_local_s, overlap)
+                    + exposed_s(reduce_scatter_s, b.column_wgrad_s, overlap))
+        total = total + forward_passes * forward + backward
+    covered = len(blocks) * (forward_passes + 1.0)
+    return total + np.maximum(calls - covered, 0.0) * (all_gather_s + reduce_scatter_s)
 
 
 def async_tp_exposed_s(blocks: tuple[AsyncTpBlock, ...], all_gather_s: np.ndarray, reduce_scatter_s: np.ndarray,

@@ -1,0 +1,83 @@
+"""The nanotron execution stack (hardware_db/data/stacks.yaml `nanotron`, the Ultra-Scale Playbook's runs): its
+asynchronous tensor parallelism (tp_overlap "local_shard") and its ZeRO-1 weight all-gather after the optimizer step
+(param_gather_overlap false), as worked examples."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.tp_overlap import (
+    LocalShardBlock,
+    TpRole,
+    local_shard_exposed_s,
+    overlapped_times,
+)
+
+
+def test_local_shard_exposure_by_hand():
+    # One block: the all-gather (2 s) hides under the local shard's forward matmul (1 s) -> 1 s exposed; the forward
+    # reduce-scatter (2 s) is exposed whole; dY's all-gather (2 s) under the local input-gradient matmul (0.5 s)
+    # -> 1.5 s; the input gradient's reduce-scatter (2 s) under the weight gradient (3 s) -> 0. 4.5 s per block.
+    block = LocalShardBlock(column_local_s=np.array([1.0]), row_dgrad_local_s=np.array([0.5]),
+                            column_wgrad_s=np.array([3.0]))
+    ag, rs = np.array([2.0]), np.array([2.0])
+    one_pass = local_shard_exposed_s((block, block), ag, rs, calls=np.array([4.0]), forward_passes=np.array([1.0]),
+                                     overlap=1.0)
+    assert float(one_pass[0]) == pytest.approx(9.0)
+    # Full recompute runs the forward collectives again (3 s more per block); collectives outside the blocks (a 5th
+    # and 6th call pair) stay exposed: 2 x (2 + 2).
+    recomputed = local_shard_exposed_s((block, block), ag, rs, calls=np.array([6.0]), forward_passes=np.array([2.0]),
+                                       overlap=1.0)
+    assert float(recomputed[0]) == pytest.approx(2 * (3.0 + 4.5))
+
+
+def test_local_shard_gemms_split_at_the_local_shard():
+    calls = []
+
+    def gemm(m, n, k, fp8, sm_margin=0):
+        calls.append((float(np.asarray(m).ravel()[0]), n, k))
+        return np.asarray(m, dtype=float) * n * k * 1e-12
+
+    tokens, tp = np.array([8192.0]), np.array([4.0])
+    forward, dgrad, wgrad = overlapped_times(gemm, TpRole.COLUMN, "local_shard", tokens, 4096, 3072, False, tp)
+    assert calls[:2] == [(2048.0, 3072, 4096), (6144.0, 3072, 4096)]  # the local shard's rows, then the rest
+    assert float(forward[0]) == pytest.approx(8192 * 3072 * 4096 * 1e-12)  # the same work in two GEMMs
+
+
+def _step(stack_name: str, layout: Layout, **stack_changes):
+    stack = replace(get_stack(stack_name), **stack_changes)
+    return estimate(load_model("llama3.1-8b"), load_cluster("dgx-h100:2"), layout, stack=stack).to_json()["time"]
+
+
+def test_async_tp_hides_part_of_the_tp_traffic():
+    layout = Layout(tp=8, dp=2, zero=0, mbs=1, gbs=64, seq=4096, recompute="none")
+    nanotron = _step("nanotron", layout)["tp_comm_s"]
+    exposed = _step("nanotron", layout, tp_overlap="none")["tp_comm_s"]
+    assert 0.0 < nanotron < exposed
+    # Without sequence parallelism (tp_mode ALL_REDUCE) nothing is overlapped: the all-reduces are exposed whole.
+    no_sp = layout.with_(sp=False)
+    assert _step("nanotron", no_sp)["tp_comm_s"] == _step("nanotron", no_sp, tp_overlap="none")["tp_comm_s"]
+
+
+def test_zero1_weight_gather_after_the_step_is_exposed():
+    layout = Layout(tp=1, dp=16, zero=1, mbs=1, gbs=64, seq=4096, recompute="none")
+    after_step = _step("nanotron", layout)["dp_comm_s"]
+    overlapped = _step("nanotron", layout, param_gather_overlap=True)["dp_comm_s"]
+    assert after_step > overlapped
+    # ZeRO-0 gathers nothing: the switch changes nothing there.
+    plain = layout.with_(zero=0)
+    assert _step("nanotron", plain)["dp_comm_s"] == _step("nanotron", plain, param_gather_overlap=True)["dp_comm_s"]
+
+
+def test_nanotron_runs_only_what_it_has(run_cli):
+    code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                           "4096", "--stack", "nanotron", "--fix", "zero=3")
+    assert code == 2 and "nanotron" in err
