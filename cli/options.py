@@ -58,7 +58,7 @@ def output_path(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 STACK_NAMES = ("megatron-core, torchtitan, torchtitan-compile, torchtitan-compile-loss, deepspeed, llm-foundry, "
-               "megatron-lm-2021, hai-llm")
+               "megatron-lm-2021, nanotron, hai-llm")
 """The shipped stacks in stacks.yaml order (tests/test_moe_dispatch_layout.py checks it against list_stacks)."""
 
 

@@ -291,6 +291,10 @@ class ExecutionStack:
     fp8_param_gather: bool = False
     """Can keep the parameters in fp8 only (Layout.fp8_params: Megatron-Core --fp8-param-gather, Transformer Engine
     fp8_model_init); absent: false."""
+    grad_accum_bytes_per_param: float = 0.0
+    """HBM bytes per parameter of a separate gradient-accumulation pass after each micro-batch's backward (nanotron's
+    FP32GradientAccumulator: fp32_grad += bf16 grad, 2 + 4 read, 4 written); 0 (absent): accumulated inside the
+    weight-gradient GEMM (Megatron-Core gradient_accumulation_fusion) or not priced."""
     param_gather_overlap: bool = True
     """The distributed optimizer's all-gather of the updated weights runs under the next step's forward (Megatron-Core
     overlap_param_gather); false: after the optimizer step, exposed (nanotron). Absent: true, as dp_overlap says."""
@@ -465,7 +469,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",
-                                      lambda: _flag(where, raw, "param_gather_overlap"), True))
+                                      lambda: _flag(where, raw, "param_gather_overlap"), True),
+        grad_accum_bytes_per_param=_sourced(where, raw, "grad_accum_bytes_per_param",
+                                            lambda: float(raw["grad_accum_bytes_per_param"]), 0.0))
 
 
 def _sourced(where: str, raw: Mapping[str, Any], key: str, parse: Any, default: Any) -> Any:

@@ -260,6 +260,10 @@ def markdown_report() -> str:
 
     out += ["#### MosaicML llm-foundry MPT training benchmarks (scripts/train/benchmarking/README.md): tokens/s and MFU "
             "per GPU", "", foundry.markdown_table(foundry.foundry_rows()), ""]
+    from clusterplan.reference import ultrascale
+
+    out += ["#### Hugging Face Ultra-Scale Playbook sweep (nanotron, 1 node of 8 H100, seq 4096, 1M-token batch): "
+            "tokens/s and rank-0 memory per GPU", "", ultrascale.markdown_table(ultrascale.ultrascale_rows()), ""]
     from clusterplan.reference import llama3
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
@@ -308,6 +312,9 @@ def print_text_report() -> None:
     from clusterplan.reference import foundry
 
     foundry.print_table(foundry.foundry_rows())
+    from clusterplan.reference import ultrascale
+
+    ultrascale.print_table(ultrascale.ultrascale_rows())
     from clusterplan.reference import llama3
 
     llama3.print_table(llama3.llama3_rows())

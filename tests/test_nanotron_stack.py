@@ -81,3 +81,19 @@ def test_nanotron_runs_only_what_it_has(run_cli):
     code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
                            "4096", "--stack", "nanotron", "--fix", "zero=3")
     assert code == 2 and "nanotron" in err
+
+
+def test_fp32_gradient_accumulation_pass_by_hand():
+    # Llama 3.1 8B, dp 16 (tp 1, pp 1): every micro-batch adds each layer's bf16 gradients into the fp32 buffer,
+    # 10 B per parameter (2 + 4 read, 4 written) at the HBM rate: m x 32 layers x 218.1M parameters x 10 B / rate.
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.architecture.shapes import ModelShapes
+
+    layout = Layout(dp=16, zero=1, mbs=1, gbs=64, seq=4096, recompute="none")
+    with_pass = _step("nanotron", layout)["compute_s"]
+    without = _step("nanotron", layout, grad_accum_bytes_per_param=0.0)["compute_s"]
+    gpu = get_gpu("H100-SXM5-80GB")
+    shapes = ModelShapes.of(load_model("llama3.1-8b"))
+    layer_params = shapes.attn_params + shapes.dense_mlp_params + shapes.norm_params
+    expected = layout.microbatches * 32 * layer_params * 10.0 / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
+    assert with_pass - without == pytest.approx(expected, rel=1e-3)

@@ -510,6 +510,11 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
                                                                                         ep_layer))
     head_f, head_b = head_time(shapes, L, hw, stack)
+    if stack.grad_accum_bytes_per_param:
+        # A gradient accumulation pass of its own per micro-batch over the layer's parameters on this rank (stack
+        # grad_accum_bytes_per_param; Megatron-Core fuses it into the weight-gradient GEMM instead).
+        one = stage_params(shapes, L, np.ones_like(L.tp), False, False)
+        compute = compute + (one.dense + one.expert) * stack.grad_accum_bytes_per_param / hw.hbm_bytes_per_s
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute

@@ -1,0 +1,227 @@
+"""Our predictions against the Hugging Face Ultra-Scale Playbook's benchmark sweep (data/ultrascale_playbook.csv):
+nanotron runs of Llama-shaped 1.34B / 3.57B / 8.86B models on one node of 8 H100 80 GB at sequence 4096 and a
+global batch of 256 sequences, every combination of dp x tp x pp = 8, micro-batch, gradient accumulation and ZeRO 0/1
+that ran, with the measured tokens/s per GPU and the memory of rank 0.
+
+A held-out set for issue #13 (published H100-era runs: tokens/s within 10 % median, 20 % max; memory within 8 %). Each
+row runs `estimate` with the nanotron stack (hardware_db/data/stacks.yaml `nanotron`: asynchronous TP, 1F1B, 25 MiB
+DDP buckets in fp32, ZeRO-1's weight all-gather after the step, FlashAttention-2) on one DGX H100 node (the playbook
+names 8 x H100 per node and no more: the node's NVLink is the DGX H100's). One node only: the playbook's measured
+collectives fall from 362 GB/s all-reduce bus bandwidth on 2 nodes to 33 GB/s on 64 (pp_comm_bandwidth.html), a
+fabric no node preset here describes, so the multi-node points are not compared. Nothing is fitted to these rows.
+
+    python -m clusterplan.reference            # prints every reference table, this one included
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.reference.report import (
+    TARGET_MEMORY,
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    read_rows,
+    refusal,
+    row_notes,
+)
+
+ULTRASCALE_CSV = "ultrascale_playbook.csv"
+STACK = "nanotron"
+NODE = "dgx-h100"
+SEQ = 4096
+PRINTED_GBS = 256
+"""The hover text prints GBS 256 on every point (1,048,576 tokens per step at sequence 4096)."""
+
+MODELS: dict[str, tuple[int, int, int, int, bool]] = {
+    "1B": (16, 2048, 32, 8192, True),
+    "3B": (28, 3072, 32, 8192, True),
+    "8B": (32, 4096, 32, 14336, False),
+}
+"""(layers, hidden, heads, intermediate, tied embeddings) of huggingface/nanotron scripts/scaling_benchmarks.py at
+0e0a27ea (its model table; NUM_KEY_VALUE_HEADS None: every head its own K and V; VOCAB_SIZES [131072];
+tie_word_embeddings when the intermediate size is under 10,000). Their parameter counts reproduce the sweep's
+heatmap axis (nanotron docs/benchmark_summary.svg: 1.34, 3.57, 8.86 billion; tests/test_reference_ultrascale.py)."""
+VOCAB = 131072
+
+NOT_COMPARABLE = {
+    ("1B", 1, 128, 1, 8, 1, 1): "0.6 % MFU, 485 tokens/s per GPU: 57 x below the same pipeline at ZeRO-0 (27,437); "
+                                "ZeRO-1 over one data-parallel rank, which scaling_benchmarks.py itself skips: a "
+                                "failed run, not a layout's speed",
+}
+"""Points listed but not compared, keyed (model, mbs, ga, dp, pp, tp, zero), with the reason."""
+
+
+def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
+    """(decoder layers, holds the LM head) of each pipeline rank as nanotron splits the model: its pipeline blocks
+    [embedding, decoder x n, final norm, LM head, fp32 cast, loss] with costs 4 h^2 + 3 h I per decoder layer and V h
+    for the LM head (LlamaForTraining.get_block_compute_costs), each block on the current rank, which advances once
+    the cumulative cost exceeds rank x total / pp (nanotron models/base.py build_model)."""
+    layer = 4 * model.hidden * model.hidden + 3 * model.ffn_hidden * model.hidden
+    blocks = ["embedding", *(["decoder"] * model.n_layers), "norm", "head", "cast", "loss"]
+    costs = [0, *([layer] * model.n_layers), 0, model.vocab * model.hidden, 0, 0]
+    total = sum(costs)
+    stages: list[list[str]] = [[] for _ in range(pp)]
+    rank, cumulative = 0, 0
+    for block, cost in zip(blocks, costs, strict=True):
+        cumulative += cost
+        stages[rank].append(block)
+        if cumulative > total * (rank + 1) / pp:
+            rank += 1
+    return [(s.count("decoder"), "head" in s) for s in stages]
+
+
+def ultrascale_model(size: str) -> ModelSpec:
+    layers, hidden, heads, ffn, tied = MODELS[size]
+    return ModelSpec(name=f"ultrascale-{size.lower()}", family="llama", n_layers=layers, hidden=hidden,
+                     n_heads=heads, n_kv_heads=heads, ffn_hidden=ffn, vocab=VOCAB, tied_embeddings=tied,
+                     max_positions=SEQ, source="huggingface/nanotron scripts/scaling_benchmarks.py (Ultra-Scale "
+                     "Playbook sweep)")
+
+
+@dataclass(frozen=True)
+class UltrascaleRow:
+    """One sweep point, how we run it, and what we predict."""
+
+    model: str
+    layout: Layout
+    zero: int
+    notes: tuple[str, ...]
+    published_tokens_per_s: float
+    published_mfu: float
+    published_memory_gib: float
+    predicted_tokens_per_s: float
+    predicted_memory_gib: float
+    """Rank 0's peak (the first pipeline stage), as the published figure reads rank 0."""
+    refused: str = ""
+    reason: str = ""
+    """Why the point is not compared ('' when it is)."""
+
+    @property
+    def label(self) -> str:
+        L = self.layout
+        return f"{self.model} dp{L.dp} tp{L.tp} pp{L.pp} mbs{L.mbs} ga{L.microbatches} z{self.zero}"
+
+    @property
+    def expressible(self) -> bool:
+        return not self.reason
+
+    @property
+    def error(self) -> float:
+        """Predicted over published tokens/s per GPU, minus 1."""
+        return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
+
+    @property
+    def memory_error(self) -> float:
+        return self.predicted_memory_gib / self.published_memory_gib - 1
+
+
+def ultrascale_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
+    mbs, ga, dp, pp, tp, zero = (int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero"))
+    notes = []
+    gbs = dp * mbs * ga
+    if gbs != PRINTED_GBS:
+        notes.append(f"GBS printed {PRINTED_GBS}, but dp x mbs x ga = {gbs}: priced at {gbs}")
+    first = last = 0
+    if pp > 1:
+        split = nanotron_stage_layers(ultrascale_model(r["model"]), pp)
+        layers = [n for n, _ in split]
+        middle = layers[1:-1]
+        text = "/".join(str(n) for n in layers)
+        if split[-1][1] and min(layers) >= 1 and len(set(middle)) <= 1:
+            first, last = layers[0], layers[-1]
+            notes.append(f"nanotron's cost-balanced split {text} decoder layers, the LM head on the last rank")
+        else:
+            notes.append(f"nanotron's cost-balanced split {text} decoder layers (the LM head with "
+                         f"{split[[h for _, h in split].index(True)][0]} of them) is not expressible as first / "
+                         "middle / last stages: priced with an even split and the head on the last stage")
+    # nanotron's sequence parallelism (tp_mode REDUCE_SCATTER) is the sweep's default with tp > 1; no recompute.
+    return Layout(dp=dp, tp=tp, pp=pp, zero=zero, mbs=mbs, gbs=gbs, seq=SEQ, sp=tp > 1, recompute="none",
+                  schedule="1f1b", precision="bf16", fp32_grads=True, first_stage_layers=first,
+                  last_stage_layers=last), notes
+
+
+def ultrascale_rows() -> list[UltrascaleRow]:
+    stack = get_stack(STACK)
+    cluster = load_cluster(f"{NODE}:1")
+    out = []
+    for r in read_rows(ULTRASCALE_CSV):
+        size = r["model"]
+        layout, notes = ultrascale_layout(r)
+        key = (size, *(int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero")))
+        est = estimate(ultrascale_model(size), cluster, layout, stack=stack)
+        js = est.to_json()
+        out.append(UltrascaleRow(model=size, layout=layout, zero=layout.zero, notes=tuple(notes),
+                                 published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
+                                 published_mfu=float(r["mfu_percent"]) / 100.0,
+                                 published_memory_gib=float(r["gpu_memory_gib"]),
+                                 predicted_tokens_per_s=js["tokens_per_s"] / layout.world,
+                                 predicted_memory_gib=js["memory"]["by_stage"]["first"]["total_gib"]
+                                 if "by_stage" in js["memory"] else js["memory"]["peak_gib"],
+                                 refused=refusal(est), reason=NOT_COMPARABLE.get(key, "")))
+    return out
+
+
+def _stats(values: list[float]) -> tuple[int, float, float]:
+    from statistics import median
+
+    errors = sorted(abs(v) for v in values)
+    return (len(errors), median(errors), errors[-1]) if errors else (0, float("nan"), float("nan"))
+
+
+def summary_lines(rows: list[UltrascaleRow]) -> list[str]:
+    compared = [r for r in rows if r.expressible]
+    out = []
+    for size in MODELS:
+        n, med, worst = _stats([r.error for r in compared if r.model == size])
+        mn, mmed, mworst = _stats([r.memory_error for r in compared if r.model == size])
+        out.append(f"{size}: {n} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; memory median "
+                   f"{mmed:.1%}, max {mworst:.1%}")
+    n, med, worst = _stats([r.error for r in compared])
+    _, mmed, mworst = _stats([r.memory_error for r in compared])
+    out.append(f"all: {n} of {len(rows)} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; rank-0 memory "
+               f"median {mmed:.1%}, max {mworst:.1%} (issue #13 held-out target: time {TARGET_TIME_MEDIAN:.0%} "
+               f"median / {TARGET_TIME_MAX:.0%} max, memory {TARGET_MEMORY:.0%})")
+    return out
+
+
+def _layout_cell(L: Layout) -> str:
+    return f"dp{L.dp} tp{L.tp} pp{L.pp} z{L.zero} mbs{L.mbs} ga{L.microbatches}" + (" sp" if L.sp and L.tp > 1 else "")
+
+
+def print_table(rows: list[UltrascaleRow]) -> None:
+    print("\nUltra-Scale Playbook sweep (nanotron, 1 node of 8 H100, seq 4096, 1M-token batch): tokens/s and rank-0 "
+          "memory per GPU")
+    print(f"{'model':6} {'layout':34} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'GiB pub':>7} {'pred':>6} {'err':>7}")
+    for r in rows:
+        err = f"{r.error:+7.1%}" if r.expressible else "    n/a"
+        print(f"{r.model:6} {_layout_cell(r.layout):34} {r.published_tokens_per_s:9.0f} {r.predicted_tokens_per_s:8.0f} "
+              f"{err} {r.published_memory_gib:7.1f} {r.predicted_memory_gib:6.1f} {r.memory_error:+7.1%}")
+    for line in summary_lines(rows):
+        print(line)
+    for r in rows:
+        extra = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
+        if extra:
+            print(f"  {r.label}: " + "; ".join(extra))
+
+
+def markdown_table(rows: list[UltrascaleRow]) -> str:
+    lines = ["| model | layout | tokens/s/GPU published | predicted | error | MFU published | rank-0 GiB published | "
+             "predicted | error | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        notes = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
+        err = f"{r.error:+.1%}" if r.expressible else "-"
+        lines.append(f"| {r.model} | {_layout_cell(r.layout)} | {r.published_tokens_per_s:.0f} | "
+                     f"{r.predicted_tokens_per_s:.0f} | {err} | {r.published_mfu:.1%} | {r.published_memory_gib:.1f} | "
+                     f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
+    lines += [""] + [line + "." for line in summary_lines(rows)]
+    lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB, "
+                  "max_memory_allocated or max_memory_reserved (nanotron logs both; the figure does not say which); "
+                  "`predicted` is our peak of the first stage."]
+    return "\n".join(lines)
