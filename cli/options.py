@@ -26,12 +26,18 @@ def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+MAX_TOKENS = 1e16
+"""Most tokens --tokens may budget: 250 times the largest public pre-training run (Llama 4 Behemoth's ~30-40T); more
+is a typo, and its days and dollars print as dozens of digits."""
+
+
 def tokens_option(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """`--tokens 15e12`: a positive, finite token budget."""
+    """`--tokens 15e12`: a positive, finite token budget of at most MAX_TOKENS."""
     import math
 
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"{value:g}: give a positive token budget (e.g. --tokens 15e12)")
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TOKENS):
+        raise click.BadParameter(f"{value:g}: give a positive token budget of at most {MAX_TOKENS:g} (e.g. "
+                                 "--tokens 15e12)")
     return value
 
 

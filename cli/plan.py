@@ -9,12 +9,20 @@ import click
 
 from clusterplan.cli.common import calibration_option, cluster_option, load_inputs, model_option
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option, stack_option
+from clusterplan.cli.options import (
+    MAX_TOKENS,
+    format_option,
+    output_path,
+    plot_option,
+    quiet_option,
+    stack_option,
+)
 from clusterplan.cli.plot import check_plot_path, plot_plan
 from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, render_nearest, stage_rows
 from clusterplan.errors import BadInputError, InfeasibleError
-from clusterplan.fileio import require_finite
+from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
@@ -29,9 +37,6 @@ from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, sear
 MAX_TOP = 1000
 """Most plans shown: with a measured bandwidth matrix each one is re-placed on the links (up to 10 s of search
 each), and a table of 1,000 layouts is already beyond reading."""
-MAX_TOKENS = 1e16
-"""Most tokens --tokens may budget: 250 times the largest public pre-training run (Llama 4 Behemoth's ~30-40T); more
-is a typo, and its days and dollars print as dozens of digits."""
 
 
 def parse_fix(text: str | None, world: int) -> dict:
@@ -153,8 +158,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
                                    "stage_peak_gib": [round(p, 3) for p in mixed.balanced.peak_gib]},
                        stages=mixed.balanced.stages)
         else:
-            write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=result.plans[0].layout,
-                       stack=stack.name, prediction={k: v for k, v in best.items() if k in ("step_time_s", "mfu", "memory")})
+            write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster,
+                                                                                    result.plans[0].cluster),
+                       layout=result.plans[0].layout, stack=stack.name,
+                       prediction={k: v for k, v in best.items() if k in ("step_time_s", "mfu", "memory")})
     if fmt == "json":
         console.json(data)
     else:
@@ -179,6 +186,20 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     if plot_path:
         plot_plan(data, plot_path)
         console.info(f"wrote {plot_path}")
+
+
+def _plan_cluster_ref(cluster_ref: str, cluster: Cluster, chosen: Cluster) -> str | dict:
+    """The cluster a saved plan runs on: the given one, or the node count of it the cost objectives chose (a
+    PRESET:NODES, or the cluster file's own mapping with its one group's count changed, prices and failure rates
+    kept)."""
+    if chosen.n_nodes == cluster.n_nodes:
+        return cluster_ref
+    if not path_exists(cluster_ref):
+        return chosen.name  # sub_clusters names a one-group preset cluster PRESET:NODES
+    doc = dict(load_mapping(cluster_ref))
+    groups = [dict(g) for g in doc["groups"]]
+    groups[0]["count"] = chosen.n_nodes
+    return {**doc, "groups": groups, "name": f"{doc.get('name', 'cluster')} ({chosen.n_nodes} node{'s' if chosen.n_nodes != 1 else ''})"}
 
 
 def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
@@ -229,11 +250,12 @@ def _render(data: dict) -> None:
         console.text(f"why #1: {plans[0]['why_best']}")
     if "step_time_interval" in plans[0]:
         iv = plans[0]["step_time_interval"]
-        what = "days" if to_train else "step time"
+        days = to_train and "days_interval" in plans[0]["time_to_train"]
+        what = "days" if days else "step time"
         console.text(f"{iv['rate']:.0%} interval of #1's {what}: "
                      + (f"{plans[0]['time_to_train']['days_interval'][0]:.1f}-"
-                        f"{plans[0]['time_to_train']['days_interval'][1]:.1f} days" if to_train and
-                        "days_interval" in plans[0]["time_to_train"] else f"{iv['low_s']:.3g}-{iv['high_s']:.3g} s")
+                        f"{plans[0]['time_to_train']['days_interval'][1]:.1f} days" if days
+                        else f"{iv['low_s']:.3g}-{iv['high_s']:.3g} s")
                      + f" ({iv['source']})")
     if "moe_routing" in plans[0]:
         console.text(f"MoE routing of #1: {plans[0]['moe_routing']}")

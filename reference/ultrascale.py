@@ -1,7 +1,8 @@
 """Our predictions against the Hugging Face Ultra-Scale Playbook's benchmark sweep (data/ultrascale_playbook.csv):
 nanotron runs of Llama-shaped 1.34B / 3.57B / 8.86B models on one node of 8 H100 80 GB at sequence 4096 and a
 global batch of 256 sequences, every combination of dp x tp x pp = 8, micro-batch, gradient accumulation and ZeRO 0/1
-that ran, with the measured tokens/s per GPU and the memory of rank 0.
+that ran, with the measured tokens/s per GPU and the memory of rank 0, and every point that crashed (1B-80B), against
+estimate's memory verdict.
 
 A held-out set for issue #13 (published H100-era runs: tokens/s within 10 % median, 20 % max; memory within 8 %). Each
 row runs `estimate` with the nanotron stack (hardware_db/data/stacks.yaml `nanotron`: asynchronous TP, 1F1B, 25 MiB
@@ -42,11 +43,13 @@ MODELS: dict[str, tuple[int, int, int, int, bool]] = {
     "1B": (16, 2048, 32, 8192, True),
     "3B": (28, 3072, 32, 8192, True),
     "8B": (32, 4096, 32, 14336, False),
+    "80B": (80, 8192, 64, 28672, False),
 }
 """(layers, hidden, heads, intermediate, tied embeddings) of huggingface/nanotron scripts/scaling_benchmarks.py at
 0e0a27ea (its model table; NUM_KEY_VALUE_HEADS None: every head its own K and V; VOCAB_SIZES [131072];
 tie_word_embeddings when the intermediate size is under 10,000). Their parameter counts reproduce the sweep's
-heatmap axis (nanotron docs/benchmark_summary.svg: 1.34, 3.57, 8.86 billion; tests/test_reference_ultrascale.py)."""
+heatmap axis (nanotron docs/benchmark_summary.svg: 1.34, 3.57, 8.86, 80.0 billion; tests/test_reference_ultrascale.py).
+The 80B ("70B" in the script: Llama 3 70B's shape with every head its own K and V) ran on no single node."""
 VOCAB = 131072
 
 NOT_COMPARABLE = {
@@ -151,6 +154,8 @@ def ultrascale_rows() -> list[UltrascaleRow]:
     cluster = load_cluster(f"{NODE}:1")
     out = []
     for r in read_rows(ULTRASCALE_CSV):
+        if r["status"] != "ran":
+            continue
         size = r["model"]
         layout, notes = ultrascale_layout(r)
         key = (size, *(int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero")))
@@ -167,6 +172,42 @@ def ultrascale_rows() -> list[UltrascaleRow]:
     return out
 
 
+@dataclass(frozen=True)
+class CrashedPoint:
+    """A sweep point that ran out of memory or failed otherwise, and whether estimate refuses it for memory."""
+
+    label: str
+    verdict: str
+    """"out of memory" (estimate refuses it for memory), "fits" (estimate prices it: it failed for a reason not
+    priced, or the memory is under-predicted) or "other rule" (estimate refuses it for another reason)."""
+
+
+def crashed_points() -> list[CrashedPoint]:
+    from clusterplan.models.training.rules import RuleCode
+
+    stack = get_stack(STACK)
+    cluster = load_cluster(f"{NODE}:1")
+    out = []
+    for r in read_rows(ULTRASCALE_CSV):
+        if r["status"] != "crashed":
+            continue
+        layout, _ = ultrascale_layout(r)
+        codes = {p.code for p in estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack).reasons}
+        verdict = ("other rule" if codes - {RuleCode.OUT_OF_MEMORY} else "out of memory" if codes else "fits")
+        out.append(CrashedPoint(label=f"{r['model']} dp{layout.dp} tp{layout.tp} pp{layout.pp} mbs{layout.mbs} "
+                                      f"z{layout.zero}", verdict=verdict))
+    return out
+
+
+def feasibility_line(rows: list[UltrascaleRow], crashed: list[CrashedPoint]) -> str:
+    """Whether estimate's memory verdict agrees with what ran and what crashed."""
+    ran_refused = sum(1 for r in rows if r.refused and "out of memory" in r.refused)
+    counts = {v: sum(1 for c in crashed if c.verdict == v) for v in ("out of memory", "fits", "other rule")}
+    return (f"feasibility: of {len(rows)} points that ran, estimate refuses {ran_refused} for memory; of "
+            f"{len(crashed)} that crashed (out of memory or another failure), it refuses {counts['out of memory']} for "
+            f"memory, {counts['other rule']} by another rule, and prices {counts['fits']} as fitting")
+
+
 def _stats(values: list[float]) -> tuple[int, float, float]:
     from statistics import median
 
@@ -177,7 +218,7 @@ def _stats(values: list[float]) -> tuple[int, float, float]:
 def summary_lines(rows: list[UltrascaleRow]) -> list[str]:
     compared = [r for r in rows if r.expressible]
     out = []
-    for size in MODELS:
+    for size in (s for s in MODELS if any(r.model == s for r in compared)):
         n, med, worst = _stats([r.error for r in compared if r.model == size])
         mn, mmed, mworst = _stats([r.memory_error for r in compared if r.model == size])
         out.append(f"{size}: {n} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; memory median "
@@ -204,6 +245,7 @@ def print_table(rows: list[UltrascaleRow]) -> None:
               f"{err} {r.published_memory_gib:7.1f} {r.predicted_memory_gib:6.1f} {r.memory_error:+7.1%}")
     for line in summary_lines(rows):
         print(line)
+    print(feasibility_line(rows, crashed_points()))
     for r in rows:
         extra = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
         if extra:
@@ -220,7 +262,7 @@ def markdown_table(rows: list[UltrascaleRow]) -> str:
         lines.append(f"| {r.model} | {_layout_cell(r.layout)} | {r.published_tokens_per_s:.0f} | "
                      f"{r.predicted_tokens_per_s:.0f} | {err} | {r.published_mfu:.1%} | {r.published_memory_gib:.1f} | "
                      f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
-    lines += [""] + [line + "." for line in summary_lines(rows)]
+    lines += [""] + [line + "." for line in (*summary_lines(rows), feasibility_line(rows, crashed_points()))]
     lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB, "
                   "max_memory_allocated or max_memory_reserved (nanotron logs both; the figure does not say which); "
                   "`predicted` is our peak of the first stage."]

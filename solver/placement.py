@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.layout import MESH_AXES, Layout
 from clusterplan.solver.links import optimize_node_order
 from clusterplan.solver.results import Placement, RankedPlan, SearchResult, _r
-from clusterplan.solver.search import dominant_terms_of, with_why_best
+from clusterplan.solver.search import TOKEN_OBJECTIVES, dominant_terms_of, with_why_best
 
 NO_MATRIX = "default (no measured bandwidth matrix: torchtitan mesh order)"
 
@@ -68,6 +72,11 @@ def placed_plan(plan: RankedPlan, calibration: Calibration | None = None) -> Ran
     usd = {key: round(getattr(plan, key) * scale, 6) for key in ("usd_per_step", "usd_per_million_tokens")
            if getattr(plan, key) is not None}
     days = {} if plan.days_to_train is None else {"days_to_train": round(plan.days_to_train * scale, 4)}
+    if plan.time_to_train is not None:  # failures, checkpoints and dollars at the placed step time
+        ev = placed.evaluation
+        train = time_to_train(float(plan.time_to_train["tokens"]), ev.tokens_per_s, ModelShapes.of(est.model),
+                              LayoutArrays.from_layouts([est.layout]), ev.memory, est.cluster)
+        days["time_to_train"] = train.to_json(0)
     return replace(plan, estimate=placed, placement=where, dominant_terms=dominant_terms_of(placed_json), **usd,
                    **days)
 
@@ -83,7 +92,14 @@ def rerank_on_links(result: SearchResult, calibration: Calibration | None = None
     if all(p.cluster.node_bandwidth_gb_per_s is None for p in result.plans):
         return replace(result, plans=(placed_plan(result.plans[0], calibration), *result.plans[1:]))
     placed = [placed_plan(p, calibration) for p in result.plans]
-    by_cost = result.objective == "cost"
-    placed.sort(key=lambda p: (p.usd_per_million_tokens if by_cost else 0.0, p.step_time_s, p.rank))
+
+    def key(p: RankedPlan) -> tuple[float, float, int]:
+        if result.objective in TOKEN_OBJECTIVES and p.time_to_train is not None:  # expected days / dollars
+            train = p.time_to_train
+            first = train.get("usd") if result.objective == "cost-to-train" else train.get("days")
+            return (math.inf if first is None else float(first), p.step_time_s, p.rank)
+        return (p.usd_per_million_tokens or 0.0 if result.objective == "cost" else 0.0, p.step_time_s, p.rank)
+
+    placed.sort(key=key)
     ranked = with_why_best(placed, result.objective)
     return replace(result, plans=(ranked[0], *(replace(p, placement=None) for p in ranked[1:])))

@@ -28,7 +28,7 @@ from clusterplan.models.training.estimate import (
     precision_problems,
     stack_memory,
 )
-from clusterplan.models.training.goodput import time_to_train
+from clusterplan.models.training.goodput import cluster_usd_per_hour, time_to_train
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -70,17 +70,21 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         raise _nothing_fits(model, cluster, gbs, seq, fixed, calibration, headroom_gib, stack, objective, candidates,
                             rejected)
     ev = evaluate(shapes, survivors, hw, cluster.world_size, stack, fp8_all_layouts(cluster), memory.take(kept))
-    price = sum(g.count * g.gpus_per_node * (g.gpu.price.usd_per_gpu_hour if g.gpu.price else 0.0)
-                for g in cluster.groups)
+    # The cluster's hourly price, its spare nodes included (they are paid for while they wait); none where a GPU type
+    # has no price (a partial sum would understate the cost).
+    price = cluster_usd_per_hour(cluster, cluster.reliability.spare_nodes)
     score = ev.time.step_s  # cost per token ranks like step time on a fixed cluster
+    never = np.zeros(len(score))
     train = time_to_train(tokens, ev.tokens_per_s, shapes, survivors, ev.memory, cluster) if tokens else None
     if train is not None and objective in TOKEN_OBJECTIVES:
         # Expected wall-clock with failures (and so its dollars on this cluster): checkpoint size differs by layout.
-        score = np.where(np.isinf(train.wall_s), np.finfo(float).max, train.wall_s)
-    # Deterministic order: score, then the layout's own fields as tie-breakers.
+        # A plan that never finishes (failures outpace its progress) ranks after every one that does, by step time.
+        never = np.isinf(train.wall_s).astype(float)
+        score = np.where(never > 0, ev.time.step_s, train.wall_s)
+    # Deterministic order: finishing first, score, then the layout's own fields as tie-breakers.
     keys = [survivors.tp, survivors.pp, survivors.vpp, survivors.cp, survivors.mbs, survivors.zero,
             survivors.recompute, survivors.schedule, survivors.ep]
-    order = np.lexsort(tuple(reversed([np.round(score, 12)] + keys)))[:top]
+    order = np.lexsort(tuple(reversed([never, np.round(score, 12)] + keys)))[:top]
     plans = []
     for rank, i in enumerate(order):
         layout = survivors.layout(int(i))
