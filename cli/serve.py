@@ -13,7 +13,7 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
-from clusterplan.models.serving.launch import LaunchConfig, launch_lines
+from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
 from clusterplan.solver.melange import MAX_SLICE_FACTOR
 from clusterplan.solver.serve import (
     Limits,
@@ -62,7 +62,7 @@ def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
             "gpus": pool.count * inst.n_gpus, "max_batch": pool.max_batch, "rate_rps": round(pool.rate_rps, 4),
             "utilisation": round(pool.utilisation, 4), "ttft_ms": round(pool.ttft_s * 1e3, 2),
             "tpot_ms": round(pool.tpot_s * 1e3, 3), "usd_per_hour": round(pool.count * inst.usd_per_hour, 4),
-            **launch_lines(launch)}
+            **launch_lines(launch), "launch_notes": launch_notes(launch)}
 
 
 def _known_gpus(names: tuple[str, ...], explicit: bool) -> tuple[str, ...]:
@@ -174,8 +174,16 @@ def _print_table(data: dict) -> None:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
         console.text(f"  [{p['role']} x{p['instances']}] {p['sglang']}")
         console.text(f"  [{p['role']} x{p['instances']}] {p['trtllm']}")
+    for note in sorted({n for p in data["pools"] for n in p["launch_notes"]}):
+        console.info(f"launch note: {note}")
     if "cost_vs_slo" in data:
         _print_frontier(data["cost_vs_slo"])
+
+
+CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_ms", "tpot_ms", "gpus", "tp_text",
+                         "pp_text", "available", "disaggregate", "kv_link", "save_capacity", "calibration",
+                         "engine_name", "prices_path", "provider", "pricing", "weight_dtype", "kv_dtype", "seed")
+"""serve-plan parameters a --capacity-table plan does not read (it takes --rate, --slice-factor and --max-gpus)."""
 
 
 @click.command("serve-plan")
@@ -230,6 +238,17 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     if capacity_table and (plot_path or frontier):
         raise BadInputError("--plot and --frontier simulate the model's instances; they do not work with "
                             "--capacity-table (drop one)")
+    if capacity_table:  # the table holds the capacities: options that pick or simulate instances do nothing
+        ctx = click.get_current_context()
+        flag = {p.name: p.opts[0] for p in ctx.command.params}
+        unused = [flag[name] for name in CAPACITY_TABLE_UNUSED
+                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if unused:
+            raise BadInputError(f"{', '.join(unused)}: --capacity-table plans from the table's measured capacities "
+                                "(with --rate, --slice-factor, --max-gpus); drop them")
+    if save_capacity and disaggregate == "on":
+        raise BadInputError("--save-capacity writes the colocated instances' capacity table; --disaggregate on plans "
+                            "no colocated instances: use --disaggregate auto or off")
     if capacity_table:
         from clusterplan.fileio import load_mapping
         from clusterplan.solver.melange import plan_from_capacity_table

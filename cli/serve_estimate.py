@@ -11,7 +11,7 @@ from clusterplan.cli.options import format_option, plot_option, quiet_option
 from clusterplan.errors import BadInputError
 from clusterplan.models.architecture.catalog import hf_repo
 from clusterplan.models.serving.estimate import LoadKind, LoadSweep, ServingEstimate, Stats, estimate_for
-from clusterplan.models.serving.launch import LaunchConfig, launch_lines
+from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
 
 
 def _stats_json(s: Stats, scale: float, digits: int) -> dict[str, float]:
@@ -42,6 +42,10 @@ def sweep_json(s: LoadSweep) -> dict:
 
 def estimate_json(e: ServingEstimate) -> dict:
     inst, load, gpus = e.instance, e.load, e.n_gpus
+    launch = LaunchConfig(repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
+                          attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
+                          max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
+                          memory_utilization=inst.knobs.memory_utilization)
     sweep = {"load_sweep": sweep_json(e.load_sweep)} if e.load_sweep is not None else {}
     return {
         "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,
@@ -62,11 +66,8 @@ def estimate_json(e: ServingEstimate) -> dict:
                      "mean_fraction": round(e.kv_mean_fraction, 5)},
         "prefill_step": {"prompt_tokens": e.prefill_tokens} | _terms_json(e.prefill),
         "decode_step": {"batch": e.decode_batch, "context_tokens": e.decode_context_tokens} | _terms_json(e.decode),
-        "launch": launch_lines(LaunchConfig(
-            repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
-            attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
-            max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
-            memory_utilization=inst.knobs.memory_utilization)),
+        "launch": launch_lines(launch),
+        "launch_notes": launch_notes(launch),
     } | sweep
 
 
@@ -96,6 +97,8 @@ def _render(d: dict) -> None:
                  "(max(compute, memory) + all-reduce) + p2p")
     engine = d["engine"] if d["engine"] in d["launch"] else {"vllm-v0": "vllm"}.get(d["engine"], "vllm")
     console.text(f"\nlaunch ({engine}): {d['launch'][engine]}")
+    for note in d["launch_notes"]:
+        console.info(f"launch note: {note}")
     if "load_sweep" in d:
         _render_sweep(d["load_sweep"])
 

@@ -164,7 +164,8 @@ def single_type_costs(table: CapacityTable, work: Workload) -> dict[str, float]:
     out = {}
     for inst, caps in zip(table.instances, table.capacity_rps, strict=True):
         load = sum(b.share * work.rate_rps / c if c > 0 else math.inf for b, c in zip(work.buckets, caps, strict=True))
-        out[inst.label] = math.ceil(load - 1e-9) * inst.usd_per_hour if math.isfinite(load) else math.inf
+        # a vanishing rate still needs one instance
+        out[inst.label] = max(1, math.ceil(load - 1e-9)) * inst.usd_per_hour if math.isfinite(load) else math.inf
     return out
 
 
@@ -292,6 +293,8 @@ def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limit
         alternatives[label] = pool_cost(pools)
         if _within(pools, limits):
             candidates.append(pools)
+    # A positive rate needs one instance at least: a mix of none (the solver's answer to a vanishing rate) is no plan.
+    candidates = [pools for pools in candidates if pools] or candidates
     best = min(candidates, key=lambda pools: (pool_cost(pools), len(pools)))
     plan = ServePlan(mode="colocated", pools=best, usd_per_hour=pool_cost(best),
                      output_tokens_per_s=work.rate_rps * mean_output_tokens(work), alternatives=alternatives)
@@ -302,7 +305,7 @@ def single_type_mix(table: CapacityTable, work: Workload, label: str) -> Mix:
     """All traffic on one instance type: ceil(sum_b rate_b / cap_b) instances."""
     g = [i.label for i in table.instances].index(label)
     load = sum(b.share * work.rate_rps / c for b, c in zip(work.buckets, table.capacity_rps[g], strict=True))
-    count = math.ceil(load - 1e-9)
+    count = max(1, math.ceil(load - 1e-9)) if load > 0 else 0  # a vanishing rate still needs one instance
     share = tuple(tuple(1.0 if h == g else 0.0 for _ in work.buckets) for h in range(len(table.instances)))
     return Mix(counts={label: count}, usd_per_hour=count * table.instances[g].usd_per_hour, load={label: load},
                share=share)
@@ -478,7 +481,11 @@ def plan_serving(instances: tuple[ServingInstance, ...], work: Workload, limits:
                 if bound >= plans["colocated"].usd_per_hour:
                     errors[mode] = f"cannot go below ${bound:.2f}/h (rate bound), above the colocated plan; not simulated"
                     continue
-            plans[mode] = plan_disaggregated(instances, work, limits, kv_link, progress)
+            disagg = plan_disaggregated(instances, work, limits, kv_link, progress)
+            if not disagg.pools:  # a vanishing rate: pools of no instances are no plan
+                errors[mode] = "no prefill / decode pool needed at this rate; the colocated plan serves it"
+                continue
+            plans[mode] = disagg
         except InfeasibleError as exc:
             errors[mode] = str(exc)
             first_error = first_error or exc

@@ -41,8 +41,10 @@ def _flags(line: str) -> set[str]:
 
 
 def test_golden_lines_dp_attention_ep_fp8() -> None:
+    # vLLM runs --data-parallel-size engines of --tensor-parallel-size GPUs each: its DeepSeek-V3 recipe serves 8 H200
+    # as "--data-parallel-size 8 --enable-expert-parallel" (docs.vllm.ai recipes DeepSeek-V3, DP8+EP), tp 1.
     assert vllm_line(DEEPSEEK) == (
-        "vllm serve deepseek-ai/DeepSeek-V3 --tensor-parallel-size 8 --pipeline-parallel-size 1 --max-num-seqs 128 "
+        "vllm serve deepseek-ai/DeepSeek-V3 --tensor-parallel-size 1 --pipeline-parallel-size 1 --max-num-seqs 128 "
         "--max-model-len 8192 --gpu-memory-utilization 0.85 --enable-chunked-prefill --max-num-batched-tokens 4096 "
         "--data-parallel-size 8 --enable-expert-parallel --quantization fp8 --kv-cache-dtype fp8")
     assert sglang_line(DEEPSEEK) == (

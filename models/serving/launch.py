@@ -40,7 +40,10 @@ class LaunchConfig:
 
 
 def vllm_line(c: LaunchConfig) -> str:
-    line = (f"vllm serve {c.repo} --tensor-parallel-size {c.tp} --pipeline-parallel-size {c.pp} "
+    # vLLM's data-parallel attention runs --data-parallel-size ranks of --tensor-parallel-size GPUs each: the
+    # instance's tp GPUs are tp / attention_dp per rank (vllm/config/parallel.py world_size = tp x pp x dp).
+    tp = c.tp // c.attention_dp if c.attention_dp > 1 else c.tp
+    line = (f"vllm serve {c.repo} --tensor-parallel-size {tp} --pipeline-parallel-size {c.pp} "
             f"--max-num-seqs {c.max_seqs} --max-model-len {c.max_model_len} "
             f"--gpu-memory-utilization {c.memory_utilization:g} "
             f"--enable-chunked-prefill --max-num-batched-tokens {c.chunk_tokens}")
@@ -91,3 +94,25 @@ def trtllm_line(c: LaunchConfig) -> str:
 
 def launch_lines(c: LaunchConfig) -> dict[str, str]:
     return {"vllm": vllm_line(c), "sglang": sglang_line(c), "trtllm": trtllm_line(c)}
+
+
+LAUNCH_KV_DTYPES = ("bf16", "fp16", "fp8")
+"""KV-cache dtypes every launch line carries (the checkpoint's own, or an fp8 cache)."""
+
+
+def launch_notes(c: LaunchConfig) -> list[str]:
+    """What the launch lines cannot carry of the priced configuration, one line each."""
+    notes = []
+    if c.kv_dtype not in LAUNCH_KV_DTYPES:
+        notes.append(f"KV cache {c.kv_dtype}: priced, but no line sets it (the engines' flags take fp8 at the "
+                     "lowest); the lines launch the checkpoint's own KV dtype")
+    if c.weight_dtype in PRECOMPUTED_FORMATS:
+        notes.append(f"weights {c.weight_dtype}: need a checkpoint quantized ahead of time; the lines name the base "
+                     "repository: swap in its quantized release")
+    elif c.weight_dtype in ("fp16", "fp32"):
+        notes.append(f"weights {c.weight_dtype}: the lines load the checkpoint's own dtype (add vLLM / SGLang "
+                     f"--dtype {'float16' if c.weight_dtype == 'fp16' else 'float32'})")
+    if c.ep > 1 and c.ep != c.tp:
+        notes.append(f"ep {c.ep}: vLLM's --enable-expert-parallel spans all {c.tp} GPUs of the instance (EP = tp x "
+                     "dp), not the priced ep")
+    return notes

@@ -135,6 +135,12 @@ class ServingInstance:
                 raise BadInputError(f"{what} {size} must divide --tp {self.tp} (the GPUs of one stage)")
         if self.ep > 1 and not self.model.is_moe:
             raise BadInputError(f"--ep {self.ep}: {self.model.name} has no experts; use --ep 1")
+        if self.ep > 1 and self.model.n_experts % self.ep:
+            raise BadInputError(f"--ep {self.ep}: {self.model.name}'s {self.model.n_experts} experts split whole over "
+                                "ep GPUs; pick an ep dividing them")
+        if self.pp > self.model.n_layers:
+            raise BadInputError(f"--pp {self.pp}: {self.model.name} has {self.model.n_layers} layers to split; use "
+                                f"--pp {self.model.n_layers} at most")
         for dtype in (self.weight_dtype, self.kv_dtype):
             if dtype not in DTYPE_BYTES:
                 raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
