@@ -230,6 +230,11 @@ def _yaml_loader(where: str) -> type:
             return super().construct_mapping(node, deep=deep)
 
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    # YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-3 and 1.0e12 as strings (its float needs a dot and a signed
+    # exponent); a cluster file's `failures_per_gpu_hour: 1e-3` is a number.
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
     return Loader
 
 

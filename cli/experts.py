@@ -96,7 +96,7 @@ def experts(ctx: click.Context, model_ref: str | None, cluster_ref: str | None, 
         covered = f"{result.chosen.n_layers} of {result.model.n_moe_layers} MoE layers"
         console.info(f"wrote {out_path} ({result.placement_file['method']} placement, {out_format} format, "
                      f"{covered})")
-        flags = launch_flags(result.chosen, result.model, out_format, out_path)
+        flags = launch_flags(result.chosen, result.model, out_format, out_path, result.report["dispatch_rule"]["name"])
         if flags:
             console.info("launch with: " + " ".join(flags))
 

@@ -16,12 +16,13 @@ fabric no node preset here describes, so the multi-node points are not compared.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
-from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import Estimate, estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.report import (
     TARGET_MEMORY,
@@ -149,17 +150,21 @@ def ultrascale_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
                   last_stage_layers=last), notes
 
 
-def ultrascale_rows() -> list[UltrascaleRow]:
+def _priced(status: str) -> Iterator[tuple[dict[str, str], Layout, list[str], Estimate]]:
+    """Each sweep point of `status` (ran / crashed) with its layout, notes and estimate on one DGX H100 node."""
     stack = get_stack(STACK)
     cluster = load_cluster(f"{NODE}:1")
-    out = []
     for r in read_rows(ULTRASCALE_CSV):
-        if r["status"] != "ran":
-            continue
+        if r["status"] == status:
+            layout, notes = ultrascale_layout(r)
+            yield r, layout, notes, estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack)
+
+
+def ultrascale_rows() -> list[UltrascaleRow]:
+    out = []
+    for r, layout, notes, est in _priced("ran"):
         size = r["model"]
-        layout, notes = ultrascale_layout(r)
         key = (size, *(int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero")))
-        est = estimate(ultrascale_model(size), cluster, layout, stack=stack)
         js = est.to_json()
         out.append(UltrascaleRow(model=size, layout=layout, zero=layout.zero, notes=tuple(notes),
                                  published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
@@ -185,14 +190,9 @@ class CrashedPoint:
 def crashed_points() -> list[CrashedPoint]:
     from clusterplan.models.training.rules import RuleCode
 
-    stack = get_stack(STACK)
-    cluster = load_cluster(f"{NODE}:1")
     out = []
-    for r in read_rows(ULTRASCALE_CSV):
-        if r["status"] != "crashed":
-            continue
-        layout, _ = ultrascale_layout(r)
-        codes = {p.code for p in estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack).reasons}
+    for r, layout, _, est in _priced("crashed"):
+        codes = {p.code for p in est.reasons}
         verdict = ("other rule" if codes - {RuleCode.OUT_OF_MEMORY} else "out of memory" if codes else "fits")
         out.append(CrashedPoint(label=f"{r['model']} dp{layout.dp} tp{layout.tp} pp{layout.pp} mbs{layout.mbs} "
                                       f"z{layout.zero}", verdict=verdict))

@@ -115,10 +115,19 @@ def placement_document(placement: Placement, *, method: str, model: ModelSpec, c
     }
 
 
+ENGINE_FORMATS = {"sglang-static": "sglang", "sglang-dynamic": "sglang", "trtllm": "trtllm"}
+"""The placement file each engine's dispatch rule is read from (the others, vllm and chained, judge a clusterplan
+file): a placement judged under one engine's rule and written for another would launch under a rule it was not
+judged by."""
+
+
 def dispatch_rule(engine: str | None, out_format: str) -> DispatchRule:
     name = engine or DEFAULT_RULE_FOR_FORMAT[out_format]
     if name not in DISPATCH_RULES:
         raise BadInputError(f"--engine {name!r}: choose one of {', '.join(DISPATCH_RULES)}")
+    if out_format in ("sglang", "trtllm") and ENGINE_FORMATS.get(name) != out_format:
+        raise BadInputError(f"--engine {name} with --out-format {out_format}: the file launches under "
+                            f"{out_format}'s dispatch, not {name}'s; give a matching --engine (or drop it)")
     return DISPATCH_RULES[name]
 
 
@@ -130,14 +139,17 @@ def check_target(model: ModelSpec, out_format: str) -> None:
                             "clusterplan")
 
 
-def launch_flags(placement: Placement, model: ModelSpec, out_format: str, path: str) -> list[str]:
-    """The flags that make the engine load the placement file (checked against each engine's arguments)."""
+def launch_flags(placement: Placement, model: ModelSpec, out_format: str, path: str,
+                 rule: str | None = None) -> list[str]:
+    """The flags that make the engine load the placement file (checked against each engine's arguments); `rule`:
+    the dispatch rule the placement was judged under (sglang-static or sglang-dynamic for SGLang)."""
     redundant = placement.n_slots - placement.n_experts
     if out_format == "sglang":
         # sglang/srt/server_args.py: --ep-size, --ep-num-redundant-experts, --init-expert-location,
-        # --ep-dispatch-algorithm (static: the rule this placement was judged under).
+        # --ep-dispatch-algorithm (the rule this placement was judged under).
+        algorithm = "dynamic" if rule == "sglang-dynamic" else "static"
         return ["--ep-size", str(placement.n_gpus), "--ep-num-redundant-experts", str(redundant),
-                "--init-expert-location", path, "--ep-dispatch-algorithm", "static"]
+                "--init-expert-location", path, "--ep-dispatch-algorithm", algorithm]
     if out_format == "trtllm":
         # trtllm-serve --extra_llm_api_options FILE, whose moe_config.load_balancer names this YAML.
         return ["--ep_size", str(placement.n_gpus), "--extra_llm_api_options", "<options.yaml with "

@@ -73,3 +73,16 @@ def test_estimate_caps_the_token_budget(run_cli):
     code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout", "dp=8,gbs=64",
                            "--tokens", "1e30")
     assert code == 2 and "at most" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cluster_files_read_exponent_numbers(tmp_path, run_cli):
+    # YAML 1.1 (PyYAML) reads 1e-3 as a string; a failure rate written so is a number here (YAML 1.2 floats).
+    from clusterplan.fileio import loads_yaml
+
+    assert loads_yaml("a: 1e-3\nb: 1.0e12\nc: '1e-3'\n", "x") == {"a": 0.001, "b": 1e12, "c": "1e-3"}
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("name: r\ngroups:\n  - {node: dgx-h100, count: 2}\nresilience: {failures_per_gpu_hour: 1e-4}\n",
+                       encoding="utf-8")
+    code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", str(cluster), "--gbs", "64", "--seq", "4096",
+                           "--tokens", "1e11")
+    assert code == 0, err

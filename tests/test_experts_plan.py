@@ -123,3 +123,17 @@ def test_synth_default_matches_the_published_imbalance():
     stats = synth_stats(SynthConfig(n_layers=20, n_experts=256, top_k=8, n_tokens=4096, seed=0))
     per_gpu = stats.tokens_per_expert.reshape(20, 32, 8).sum(-1)
     assert abs(float((per_gpu.max(1) / per_gpu.mean(1) - 1).mean()) - 1.564) < 0.15
+
+
+def test_placement_launches_under_the_rule_it_was_judged_by(tmp_path, run_cli):
+    # A placement judged under SGLang's dynamic dispatch launches with --ep-dispatch-algorithm dynamic; one judged
+    # under another engine's rule cannot be written for SGLang or TensorRT-LLM (it would launch under theirs).
+    stats = tmp_path / "q.npz"
+    assert run_cli("experts", "synth", "--model", "qwen3-30b-a3b", "--layers", "2", "--out", str(stats))[0] == 0
+    common = ("experts", "--model", "qwen3-30b-a3b", "--cluster", "dgx-h100:2", "--stats", str(stats))
+    code, _, err = run_cli(*common, "--out-format", "sglang", "--engine", "sglang-dynamic", "--out",
+                           str(tmp_path / "s.json"))
+    assert code == 0 and "--ep-dispatch-algorithm dynamic" in err
+    for engine, fmt in (("vllm", "sglang"), ("sglang-static", "trtllm")):
+        code, _, err = run_cli(*common, "--out-format", fmt, "--engine", engine, "--out", str(tmp_path / "x.json"))
+        assert code == 2 and "matching --engine" in err and len(err.strip().splitlines()) == 1

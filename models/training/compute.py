@@ -218,25 +218,33 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
     return np.asarray(fwd), np.asarray(bwd), np.asarray(wgrad)
 
 
+def tp_block_pairs(linears: list[Linear]) -> list[tuple[Linear, Linear]]:
+    """The (column, row) GEMM pair of each tensor-parallel block of `linears` (layer_linears order)."""
+    pairs = []
+    column = None
+    for g in linears:
+        if g.tp_role == TpRole.COLUMN:
+            column = g
+        elif g.tp_role == TpRole.ROW and column is not None:
+            pairs.append((column, g))
+            column = None
+    return pairs
+
+
 def async_tp_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray,
                     tp: np.ndarray, forward_hw: HardwareRates | None = None) -> tuple[AsyncTpBlock, ...]:
     """Each tensor-parallel block's (column, row) GEMM pair of `linears` (layer_linears order) with the seconds of
     the chunked matmuls async TP runs its collectives under (tp_overlap.py); forwards at `forward_hw`'s rates."""
     fhw = forward_hw or hw
     blocks = []
-    column = None
-    for g in linears:
-        if g.tp_role == TpRole.COLUMN:
-            column = g
-        elif g.tp_role == TpRole.ROW and column is not None:
-            cf, _, _ = overlapped_times(fhw.gemm_time_s, TpRole.COLUMN, "async_tp", column.tokens,
-                                        column.in_features, column.out_features, fp8, tp)
-            rf = overlapped_times(fhw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
-                                  g.out_features, fp8, tp)[0]
-            _, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
-                                         g.out_features, fp8, tp)
-            blocks.append(AsyncTpBlock(column_forward_s=cf, row_forward_s=rf, row_dgrad_s=rdx))
-            column = None
+    for column, g in tp_block_pairs(linears):
+        cf, _, _ = overlapped_times(fhw.gemm_time_s, TpRole.COLUMN, "async_tp", column.tokens,
+                                    column.in_features, column.out_features, fp8, tp)
+        rf = overlapped_times(fhw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
+                              g.out_features, fp8, tp)[0]
+        _, rdx, _ = overlapped_times(hw.gemm_time_s, TpRole.ROW, "async_tp", g.tokens, g.in_features,
+                                     g.out_features, fp8, tp)
+        blocks.append(AsyncTpBlock(column_forward_s=cf, row_forward_s=rf, row_dgrad_s=rdx))
     return tuple(blocks)
 
 
@@ -246,18 +254,11 @@ def local_shard_blocks(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray
     asynchronous TP issues its collectives beside (tp_overlap.py): the column forward's and the row input gradient's
     local-shard rows, the column weight gradient; forwards at `forward_hw`'s rates."""
     fhw = forward_hw or hw
-    blocks = []
-    column = None
-    for g in linears:
-        if g.tp_role == TpRole.COLUMN:
-            column = g
-        elif g.tp_role == TpRole.ROW and column is not None:
-            blocks.append(LocalShardBlock(
-                column_local_s=fhw.gemm_time_s(column.tokens / tp, column.out_features, column.in_features, fp8),
-                row_dgrad_local_s=hw.gemm_time_s(g.tokens / tp, g.in_features, g.out_features, fp8),
-                column_wgrad_s=hw.gemm_time_s(column.in_features, column.out_features, column.tokens, fp8)))
-            column = None
-    return tuple(blocks)
+    return tuple(LocalShardBlock(
+        column_local_s=fhw.gemm_time_s(column.tokens / tp, column.out_features, column.in_features, fp8),
+        row_dgrad_local_s=hw.gemm_time_s(row.tokens / tp, row.in_features, row.out_features, fp8),
+        column_wgrad_s=hw.gemm_time_s(column.in_features, column.out_features, column.tokens, fp8))
+        for column, row in tp_block_pairs(linears))
 
 
 def fp8_cast_times(linears: list[Linear], L: LayoutArrays, hw: HardwareRates, recipe: str,
