@@ -197,9 +197,14 @@ def _plan_cluster_ref(cluster_ref: str, cluster: Cluster, chosen: Cluster) -> st
     if not path_exists(cluster_ref):
         return chosen.name  # sub_clusters names a one-group preset cluster PRESET:NODES
     doc = dict(load_mapping(cluster_ref))
-    groups = [dict(g) for g in doc["groups"]]
-    groups[0]["count"] = chosen.n_nodes
-    return {**doc, "groups": groups, "name": f"{doc.get('name', 'cluster')} ({chosen.n_nodes} node{'s' if chosen.n_nodes != 1 else ''})"}
+    # the one group the plan runs on (sub_clusters keeps a group's preset and GPU), at its chosen node count; a
+    # measured bandwidth matrix or pods of the whole cluster describe nodes the plan no longer has
+    pick = chosen.groups[0]
+    index = next(i for i, g in enumerate(cluster.groups) if g.preset == pick.preset and g.gpu.name == pick.gpu.name)
+    group = dict(doc["groups"][index]) | {"count": chosen.n_nodes}
+    kept = {k: v for k, v in doc.items() if k not in ("groups", "node_bandwidth_gb_per_s", "pods", "name")}
+    nodes = f"{chosen.n_nodes} node{'s' if chosen.n_nodes != 1 else ''}"
+    return {"name": f"{doc.get('name', 'cluster')} ({nodes})", **kept, "groups": [group]}
 
 
 def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:

@@ -180,7 +180,8 @@ def _print_table(data: dict) -> None:
         _print_frontier(data["cost_vs_slo"])
 
 
-CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_ms", "tpot_ms", "gpus", "tp_text",
+CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_ms", "tpot_ms", "percentile", "gpus",
+                         "tp_text",
                          "pp_text", "available", "disaggregate", "kv_link", "save_capacity", "calibration",
                          "engine_name", "prices_path", "provider", "pricing", "weight_dtype", "kv_dtype", "seed")
 """serve-plan parameters a --capacity-table plan does not read (it takes --rate, --slice-factor and --max-gpus)."""

@@ -680,7 +680,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         if recompute_layers >= model.n_layers // pp:
             recompute_layers = 0
     precision = "fp8" if v.get("fp8") else "bf16" if v.get("bf16") else "fp16" if v.get("fp16") else "fp32"
-    bf16_moments, more = megatron_moments(v)
+    bf16_moments, more = megatron_moments(v, str(path))
     notes += more
     mbs = v.get("mbs", 1)
     if "seq" not in v:
@@ -763,7 +763,7 @@ OPTIMIZER_STATE_DTYPES = ("fp32", "fp16", "bf16", "fp8")
 """Megatron-LM --exp-avg-dtype / --exp-avg-sq-dtype choices (arguments.py)."""
 
 
-def megatron_moments(v: Mapping[str, Any]) -> tuple[bool, list[str]]:
+def megatron_moments(v: Mapping[str, Any], where: str) -> tuple[bool, list[str]]:
     """Layout.bf16_moments from Megatron-LM's precision-aware optimizer flags, and notes on what is not priced: only
     bf16 m and v together are modelled; the dtypes do nothing without --use-precision-aware-optimizer (Megatron-Core
     OptimizerConfig reads them only then); lower-precision main gradients or master weights are not priced."""
@@ -772,7 +772,8 @@ def megatron_moments(v: Mapping[str, Any]) -> tuple[bool, list[str]]:
                                                   "main_params_dtype")}
     for key, dtype in dtypes.items():
         if dtype not in OPTIMIZER_STATE_DTYPES:
-            raise BadInputError(f"--{key.replace('_', '-')} {dtype!r}; use one of {', '.join(OPTIMIZER_STATE_DTYPES)}")
+            raise BadInputError(f"{where}: --{key.replace('_', '-')} {dtype!r}; use one of "
+                                f"{', '.join(OPTIMIZER_STATE_DTYPES)}")
     moments = (dtypes["exp_avg_dtype"], dtypes["exp_avg_sq_dtype"])
     if not v.get("precision_aware"):
         if moments != ("fp32", "fp32"):

@@ -25,7 +25,7 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.host import stack_fp8_recipe
-from clusterplan.models.training.layout import Layout, fp8_params_run
+from clusterplan.models.training.layout import Layout, fp8_params_run, stack_problems
 from clusterplan.models.training.memory import (
     GIB,
     ends_activation_bytes,
@@ -263,6 +263,9 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
     stack = stack or get_stack()
     if cluster.is_homogeneous:
         raise InfeasibleError("hetero_plan needs a cluster with more than one GPU type")
+    if "1f1b" not in stack.schedules:
+        raise InfeasibleError(f"stack {stack.name} runs no 1F1B pipeline, so no pipeline across GPU types; the plans "
+                              "above run on the cluster as one type")
     shapes = ModelShapes.of(model)
     sizes = [g.count * g.gpus_per_node for g in cluster.groups]
     rates = _group_rates(cluster, calibration)
@@ -270,10 +273,12 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
     best: tuple[float, Layout, StageSplit, StageSplit | None] | None = None
     fixed = fixed or {}
     optimizer = str(fixed.get("optimizer", "adam-master"))
+    # The distributed optimizer where the stack runs it, else its first ZeRO stage (torchtitan: 0 or FSDP).
+    zero_stage = int(fixed.get("zero", 1 if stack.can_run("zero", 1) else min(stack.zero_stages)))
     for tp, cp, mbs, recompute, zero, precision in itertools.product(
             [fixed["tp"]] if "tp" in fixed else [t for t in (1, 2, 4, 8) if t <= domain],
             [fixed.get("cp", 1)], [fixed["mbs"]] if "mbs" in fixed else (1, 2, 4),
-            [fixed["recompute"]] if "recompute" in fixed else ("none", "full"), [fixed.get("zero", 1)],
+            [fixed["recompute"]] if "recompute" in fixed else ("none", "full"), [zero_stage],
             _mixed_precisions(cluster, stack, fixed)):
         for dp in (d for d in range(1, min(sizes) + 1) if all(n % (tp * cp * d) == 0 for n in sizes)):
             stages = [n // (tp * cp * dp) for n in sizes]
@@ -287,12 +292,14 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
             if fp8_params and not fp8_params_run(precision, zero, optimizer):
                 continue
             layout = Layout(tp=tp, cp=cp, dp=dp, pp=pp, mbs=mbs, gbs=gbs, seq=seq, recompute=recompute, zero=zero,
-                            sp=bool(fixed.get("sp", tp > 1)), precision=precision, optimizer=optimizer,
+                            sp=bool(fixed.get("sp", tp > 1 and stack.tp_sequence_parallel)), precision=precision,
+                            optimizer=optimizer,
                             fp8_params=fp8_params, flash_attn=bool(fixed.get("flash_attn", True)),
                             fp32_grads=bool(fixed.get("fp32_grads", True)),
                             bf16_moments=bool(fixed.get("bf16_moments", False)))
-            # The balanced split is uneven by design: only the even-split rule may break.
-            if mixed_problems(model, cluster, layout):
+            # The balanced split is uneven by design: only the even-split rule may break; and only what the stack
+            # runs (a pipeline at all, ZeRO with pp, tensor parallelism beside it).
+            if mixed_problems(model, cluster, layout) or stack_problems(layout, stack):
                 continue
             one = LayoutArrays.from_layouts([layout])
             costs = [layer_cost(shapes, one, hw, stack) for hw in rates]

@@ -175,6 +175,10 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("fp8_params") and "fp8" not in precisions and "precision" not in fixed:
         raise BadInputError("--fix fp8_params=1 needs fp8 training, which these GPUs or this stack cannot run (no fp8 "
                             "tensor cores, or no fp8 recipe); unpin fp8_params")
+    if fixed.get("recompute_modules") and stack.selective_recompute != "core_attn":
+        raise BadInputError(f"--fix recompute_modules={fixed['recompute_modules']}: stack {stack.name} has no "
+                            f"Megatron recompute modules (its selective recompute is {stack.selective_recompute}); "
+                            "pick another --stack or unpin it")
     if fixed.get("offload_layers") and not stack.activation_offload:
         raise BadInputError(f"--fix offload_layers={fixed['offload_layers']}: stack {stack.name} offloads no "
                             "activations to host memory; pick another --stack or unpin it")
@@ -223,12 +227,16 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # a pinned one is priced.
     moe_fields = {k: fixed[k] for k in ("moe_dispatcher", "moe_a2a_overlap", "moe_capacity_factor", "moe_imbalance")
                   if k in fixed}
+    # A pinned count of recomputed layers is checked per structure against the layers a pipeline rank holds
+    # (RuleCode.RECOMPUTE_LAYERS), as estimate() checks it.
+    recompute_fields = ({"recompute": "full", "recompute_layers": int(fixed["recompute_layers"])}
+                        if fixed.get("recompute_layers") else {})
     for st in _structures(model, world, domain, fixed, stack, left_out):
         structures += 1
         if st["dp"] % st["dp_replicate"]:
             rejected[RuleCode.DP_REPLICATE] += expand
             continue
-        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields)
+        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields, **recompute_fields)
         # The batch rules depend on mbs, expanded below; they are counted per expanded layout there. DualPipe's
         # micro-batch count is largest at mbs 1: a structure it refuses here it refuses at every mbs.
         problems = [p for p in layout_problems(model, probe, world) if p.code not in BATCH_RULES]

@@ -86,3 +86,18 @@ def test_cluster_files_read_exponent_numbers(tmp_path, run_cli):
     code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", str(cluster), "--gbs", "64", "--seq", "4096",
                            "--tokens", "1e11")
     assert code == 0, err
+
+
+def test_the_saved_sub_cluster_keeps_only_what_the_plan_runs_on(run_cli, tmp_path):
+    # A mixed cluster file with a price on each group: cost-to-train picks one group's node count; the saved plan
+    # holds that group alone (and no bandwidth matrix of the whole cluster), so `estimate --plan` reads it back.
+    cluster = tmp_path / "mixed.yaml"
+    cluster.write_text("name: mixed\ngroups:\n  - {node: dgx-h100, count: 2, usd_per_gpu_hour: 2.0}\n"
+                       "  - {node: hgx-h200, count: 2, usd_per_gpu_hour: 3.0}\n", encoding="utf-8")
+    path = tmp_path / "plan.yaml"
+    _plans(run_cli, "--model", "llama3.1-8b", "--cluster", str(cluster), "--gbs", "256", "--seq", "4096", "--tokens",
+           "1e11", "--objective", "cost-to-train", "--out", str(path))
+    saved = read_plan(path)
+    assert len(saved.cluster.groups) == 1
+    code, _, err = run_cli("estimate", "--plan", str(path), "--format", "json")
+    assert code == 0, err

@@ -112,3 +112,21 @@ def test_mixed_pin_no_split_can_take_leaves_the_plans_standing(run_cli):
 def test_mixed_a100_cluster_stays_bf16():
     plan = hetero_plan(load_model("llama3.1-70b"), load_cluster(MIXED_A100), 256, 4096)
     assert plan.layout.precision == "bf16"
+
+
+@pytest.mark.parametrize(("stack", "check"), [
+    ("deepspeed", lambda lay: lay.tp == 1 or lay.pp == 1),       # AutoTP beside data parallelism only
+    ("torchtitan", lambda lay: lay.zero in (0, 3)),              # FSDP2 or none: no ZeRO-1
+])
+def test_the_mixed_pipeline_runs_only_what_the_stack_runs(stack, check):
+    from clusterplan.hardware_db import get_stack
+
+    plan = hetero_plan(load_model("llama3.1-70b"), load_cluster(HOPPER), 256, 4096, stack=get_stack(stack))
+    assert check(plan.layout)
+
+
+def test_a_stack_without_pipelines_has_no_mixed_pipeline():
+    from clusterplan.hardware_db import get_stack
+
+    with pytest.raises(InfeasibleError, match="no 1F1B pipeline"):
+        hetero_plan(load_model("llama3.1-70b"), load_cluster(HOPPER), 256, 4096, stack=get_stack("llm-foundry"))

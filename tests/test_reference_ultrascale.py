@@ -1,5 +1,5 @@
-"""The Hugging Face Ultra-Scale Playbook's benchmark sweep (tests/reference/ultrascale_playbook.csv: every successful
-1-node point of its interactive figure, nanotron on 8 H100) against `estimate` with the nanotron stack
+"""The Hugging Face Ultra-Scale Playbook's benchmark sweep (tests/reference/ultrascale_playbook.csv, a link to
+reference/data/: every 1-node point of its interactive figure, nanotron on 8 H100) against `estimate` with the nanotron stack
 (reference/ultrascale.py).
 
 A held-out check set: nothing is fitted to these rows. First measured 2026-12-05: tokens/s median |error| 30.4 %, max
