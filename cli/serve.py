@@ -192,7 +192,7 @@ CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_
 @click.option("--rate", type=float, help="Offered load in requests per second.")
 @click.option("--input-len", help="Prompt tokens: 512, uniform:LOW:HIGH, normal:MEAN:STD, lognormal:MU:SIGMA (of the log) or a CSV tokens,weight.")
 @click.option("--output-len", help="Output tokens, same forms as --input-len.")
-@click.option("--trace", type=click.Path(dir_okay=False), help="CSV arrival_s,input_tokens,output_tokens (replaces the above).")
+@click.option("--trace", type=click.Path(dir_okay=False), help="CSV arrival_s,input_tokens,output_tokens: its lengths replace --input-len / --output-len, its arrivals set the rate (with --rate, its arrival pattern is rescaled to that rate).")
 @click.option("--ttft-ms", type=float, help="Time-to-first-token target at the percentile.")
 @click.option("--tpot-ms", type=float, help="Time-per-output-token target at the percentile.")
 @click.option("--percentile", type=float, default=90.0, help="SLO percentile (50, 90, 99, ...).")

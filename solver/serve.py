@@ -426,6 +426,8 @@ def make_workload(rate: float | None, input_len: str | None, output_len: str | N
     rng = np.random.default_rng(seed)
     if rate is not None and not 0 < rate < math.inf:  # NaN fails too; checked before `rate or` can replace a 0
         raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
+    if trace and (input_len is not None or output_len is not None):
+        raise BadInputError("--trace gives each request's lengths; drop --input-len / --output-len")
     if trace:
         reqs = load_trace(trace)
         inp, out, gaps = np.asarray(reqs.input_tokens), np.asarray(reqs.output_tokens), reqs.unit_gaps()

@@ -70,3 +70,19 @@ def test_save_capacity_needs_colocated_instances(run_cli, tmp_path):
                            "--input-len", "100", "--output-len", "10", "--disaggregate", "on", "--save-capacity",
                            str(tmp_path / "cap.json"))
     assert code == 2 and "--disaggregate auto or off" in err
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--batch", "4", "--requests", "10", "--input-len", "100", "--output-len", "10"), "static batch"),
+])
+def test_serve_estimate_refuses_loads_that_contradict_themselves(run_cli, extra, says):
+    code, _, err = run_cli("serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", *extra)
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_trace_gives_the_lengths(run_cli, tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0.0,100,10\n0.5,200,20\n1.0,150,15\n", encoding="utf-8")
+    code, _, err = run_cli("serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--trace", str(trace),
+                           "--input-len", "5000", "--output-len", "5000")
+    assert code == 2 and "--trace gives each request's lengths" in err

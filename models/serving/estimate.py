@@ -340,6 +340,11 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
     if engine.kv_capacity_tokens <= 0:
         raise BadInputError(f"{model.name} does not fit on {inst.label} with room for a KV cache; raise --tp or --pp")
     gaps: tuple[float, ...] = ()
+    if trace and (input_len is not None or output_len is not None):
+        raise BadInputError("--trace gives each request's lengths; drop --input-len / --output-len")
+    if static and requests and requests != clients:
+        raise BadInputError(f"--batch {clients} is a static batch of that many requests at t = 0; drop --requests "
+                            f"{requests} (or give --batch {requests})")
     if trace:
         reqs = load_trace(trace)
         inp, out, gaps = np.asarray(reqs.input_tokens), np.asarray(reqs.output_tokens), tuple(reqs.unit_gaps().tolist())
