@@ -23,6 +23,7 @@ def test_vllm_data_parallel_attention_splits_the_instance_gpus():
     (LaunchConfig(repo="r", weight_dtype="fp4"), "quantized ahead of time"),
     (LaunchConfig(repo="r", weight_dtype="fp16"), "--dtype float16"),
     (LaunchConfig(repo="r", tp=4, ep=2), "spans all 4 GPUs"),
+    (LaunchConfig(repo="r", chunk_tokens=100, max_seqs=256), "vLLM refuses it"),
 ])
 def test_what_no_launch_line_carries_is_a_note(config, says):
     assert any(says in n for n in launch_notes(config))

@@ -112,6 +112,11 @@ def launch_notes(c: LaunchConfig) -> list[str]:
     elif c.weight_dtype in ("fp16", "fp32"):
         notes.append(f"weights {c.weight_dtype}: the lines load the checkpoint's own dtype (add vLLM / SGLang "
                      f"--dtype {'float16' if c.weight_dtype == 'fp16' else 'float32'})")
+    if c.chunk_tokens < c.max_seqs:
+        notes.append(f"--max-num-batched-tokens {c.chunk_tokens} < --max-num-seqs {c.max_seqs}: vLLM refuses it "
+                     "(vllm/config/scheduler.py SchedulerConfig._verify_args: max_num_batched_tokens >= max_num_seqs); raise the "
+                     "chunk to "
+                     f"{c.max_seqs} or more")
     if c.ep > 1 and c.ep != c.tp:
         notes.append(f"ep {c.ep}: vLLM's --enable-expert-parallel spans all {c.tp} GPUs of the instance (EP = tp x "
                      "dp), not the priced ep")
