@@ -100,6 +100,59 @@ class MoeHost:
     sources: Mapping[str, str]
 
 
+DENSE_HOST_CALLS = ("kernel_op", "aten_call", "triton_launch", "autograd_function")
+"""Kinds of host call an eager dense layer makes (DenseHost.call_s keys): an ATen or NCCL call that launches a kernel,
+an ATen call that launches none (views, allocations, splits), a Triton kernel launch, an autograd.Function's own
+apply / Python backward (its inner calls counted apart)."""
+DENSE_HOST_TIERS = ("tp1", "tp2", "tp_middle")
+"""Rows of DenseHost.forward / backward: one layer at tp 1; at tp >= 2 on a rank at an end of the TP group (every rank
+at tp 2); on a middle rank (tp >= 3), whose ring-ordered linears issue one more GEMM per split."""
+DENSE_HOST_SOURCES = ("call_s", "counts")
+
+
+@dataclass(frozen=True, slots=True)
+class DenseHost:
+    """Host (CPU) calls one eager dense decoder layer issues per micro-batch, forward and backward, and what each costs
+    per host CPU (stacks.yaml dense_host; models/training/host.py dense_host_exposed_s prices it)."""
+
+    call_s: Mapping[str, Mapping[str, float]]
+    """Host seconds of one call, by host CPU ("x86", "grace") and kind (DENSE_HOST_CALLS)."""
+    forward: Mapping[str, Mapping[str, float]]
+    """Calls of one layer's forward, by tier (DENSE_HOST_TIERS) and kind."""
+    backward: Mapping[str, Mapping[str, float]]
+    sources: Mapping[str, str]
+
+
+def parse_dense_host(where: str, raw: Mapping[str, Any] | None) -> DenseHost | None:
+    if raw is None:
+        return None
+    where = f"{where} dense_host"
+    sources = raw.get("sources") or {}
+    missing = [k for k in DENSE_HOST_SOURCES if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+
+    def table(key: str, rows: tuple[str, ...]) -> Mapping[str, Mapping[str, float]]:
+        value = raw.get(key)
+        if not isinstance(value, Mapping) or set(value) != set(rows):
+            raise BadInputError(f"{where}: {key} must have the rows {', '.join(rows)}, got {value!r}")
+        out = {}
+        for row in rows:
+            calls = value[row]
+            if not isinstance(calls, Mapping) or set(calls) != set(DENSE_HOST_CALLS):
+                raise BadInputError(f"{where}: {key}.{row} must map {', '.join(DENSE_HOST_CALLS)} to numbers, "
+                                    f"got {calls!r}")
+            for k, v in calls.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise BadInputError(f"{where}: {key}.{row}.{k} must be a number >= 0, got {v!r}")
+            out[row] = MappingProxyType({k: float(calls[k]) for k in DENSE_HOST_CALLS})
+        return MappingProxyType(out)
+
+    return DenseHost(call_s=table("call_s", HOST_CPUS), forward=table("forward", DENSE_HOST_TIERS),
+                     backward=table("backward", DENSE_HOST_TIERS),
+                     sources=MappingProxyType({k: str(v) for k, v in sources.items()}))
+
+
 def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
     if raw is None:
         return None
@@ -216,6 +269,16 @@ class ExecutionStack:
     """Highest ZeRO stage that runs together with pipeline parallelism (DeepSpeed: 1)."""
     moe_host: MoeHost | None = None
     """Host cost of its eager MoE layers (None: not priced for this stack)."""
+    dense_host: DenseHost | None = None
+    """Host calls of its eager dense layers (None: not priced for this stack: the host is taken to keep ahead)."""
+    attention_kv_copies: int = 0
+    """More copies of K and V each layer's attention keeps for backward beside the packed q, k, v (nanotron: 1, the
+    contiguous K/V it hands FlashAttention while q stays a view of the packed projection; absent: 0)."""
+    ddp_bucket_bytes_per_param: float = 0.0
+    """PyTorch DDP's flat gradient buckets beside the .grad tensors, bytes per parameter (dp > 1, ZeRO < 3; absent: 0,
+    the stack's data parallelism reduces from the gradient buffer itself)."""
+    tp_gather_buffers: int = 0
+    """Persistent full-sequence [tokens, hidden] buffers its TP linears all-gather into (absent: 0, transient)."""
     cuda_graphs: tuple[str, ...] = ("none",)
     """Layout.cuda_graphs values the stack runs (absent in stacks.yaml: eager only)."""
     fp8_expert_padding: bool = False
@@ -436,6 +499,11 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         sp_saves_gathered_inputs=_flag(where, raw, "sp_saves_gathered_inputs"),
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
+        dense_host=parse_dense_host(where, raw.get("dense_host")),
+        attention_kv_copies=_count(where, raw, "attention_kv_copies") if "attention_kv_copies" in raw else 0,
+        ddp_bucket_bytes_per_param=_bytes(where, raw, "ddp_bucket_bytes_per_param")
+        if "ddp_bucket_bytes_per_param" in raw else 0.0,
+        tp_gather_buffers=_count(where, raw, "tp_gather_buffers") if "tp_gather_buffers" in raw else 0,
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
         cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
         loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import Estimate, estimate
 from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.memory import GIB, outside_allocator_bytes
 from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
@@ -65,7 +67,12 @@ def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
     """(decoder layers, holds the LM head) of each pipeline rank as nanotron splits the model: its pipeline blocks
     [embedding, decoder x n, final norm, LM head, fp32 cast, loss] with costs 4 h^2 + 3 h I per decoder layer and V h
     for the LM head (LlamaForTraining.get_block_compute_costs), each block on the current rank, which advances once
-    the cumulative cost exceeds rank x total / pp (nanotron models/base.py build_model)."""
+    the cumulative cost reaches (rank + 1) x total / pp (nanotron models/base.py build_model). build_model's test
+    reads "exceeds", but the 1B's power-of-two costs meet its thresholds exactly and the sweep's own per-rank
+    parameter counts put the tie on the next rank: rank 0 holds the embedding and 10 / 5 / 3 decoder layers at pp 2 /
+    4 / 8 (939.5M / 604M / 470M, the raw sweep log's "Local Params", eyao600/Rapid-LLM
+    validation_scripts/huggingface_data/bench_final2_mod_add.csv @24ef24c6; "exceeds" gives 11 / 6 / 3). Integer
+    arithmetic, so a tie is a tie. The 3B's and 8B's costs meet no threshold."""
     layer = 4 * model.hidden * model.hidden + 3 * model.ffn_hidden * model.hidden
     blocks = ["embedding", *(["decoder"] * model.n_layers), "norm", "head", "cast", "loss"]
     costs = [0, *([layer] * model.n_layers), 0, model.vocab * model.hidden, 0, 0]
@@ -75,7 +82,7 @@ def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
     for block, cost in zip(blocks, costs, strict=True):
         cumulative += cost
         stages[rank].append(block)
-        if cumulative > total * (rank + 1) / pp:
+        if cumulative * pp >= total * (rank + 1) and rank < pp - 1:
             rank += 1
     return [(s.count("decoder"), "head" in s) for s in stages]
 
@@ -160,6 +167,16 @@ def _priced(status: str) -> Iterator[tuple[dict[str, str], Layout, list[str], Es
             yield r, layout, notes, estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack)
 
 
+def reserved_gib(js: dict, layout: Layout) -> float:
+    """Rank 0's predicted peak as the published figure measures it: torch.cuda.max_memory_reserved, which holds
+    neither the CUDA context nor NCCL's buffers (memory.outside_allocator_bytes; research/nanotron-memory.md:
+    nanotron's log_throughput writes "Mem Res (GB)" of world rank 0, and the sweep's raw log matches the figure on
+    that column). Our peak of the first stage less those two terms."""
+    first = js["memory"]["by_stage"]["first"]["total_gib"] if "by_stage" in js["memory"] else js["memory"]["peak_gib"]
+    outside = float(outside_allocator_bytes(LayoutArrays.from_layouts([layout]))[0]) / GIB
+    return first - outside
+
+
 def ultrascale_rows() -> list[UltrascaleRow]:
     out = []
     for r, layout, notes, est in _priced("ran"):
@@ -171,8 +188,7 @@ def ultrascale_rows() -> list[UltrascaleRow]:
                                  published_mfu=float(r["mfu_percent"]) / 100.0,
                                  published_memory_gib=float(r["gpu_memory_gib"]),
                                  predicted_tokens_per_s=js["tokens_per_s"] / layout.world,
-                                 predicted_memory_gib=js["memory"]["by_stage"]["first"]["total_gib"]
-                                 if "by_stage" in js["memory"] else js["memory"]["peak_gib"],
+                                 predicted_memory_gib=reserved_gib(js, layout),
                                  refused=refusal(est), reason=NOT_COMPARABLE.get(key, "")))
     return out
 
@@ -263,7 +279,8 @@ def markdown_table(rows: list[UltrascaleRow]) -> str:
                      f"{r.predicted_tokens_per_s:.0f} | {err} | {r.published_mfu:.1%} | {r.published_memory_gib:.1f} | "
                      f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
     lines += [""] + [line + "." for line in (*summary_lines(rows), feasibility_line(rows, crashed_points()))]
-    lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB, "
-                  "max_memory_allocated or max_memory_reserved (nanotron logs both; the figure does not say which); "
-                  "`predicted` is our peak of the first stage."]
+    lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB: "
+                  "torch.cuda.max_memory_reserved at step 4 (nanotron's log_throughput \"Mem Res (GB)\", which the "
+                  "sweep's raw log matches on this column; research/nanotron-memory.md), so it holds neither the CUDA "
+                  "context nor NCCL's buffers; `predicted` is our peak of the first stage less those two terms."]
     return "\n".join(lines)

@@ -38,7 +38,8 @@ from clusterplan.models.training.topology import axis_links_gb_per_s
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s", "pp_comm_s", "dp_comm_s", "bubble_s",
               "optimizer_s", "offload_s")
 DENSE_ABSENT_TERMS = ("host_s",)
-"""Terms only MoE layers have: left out of a dense model's JSON (its JSON is as before they existed)."""
+"""Terms only MoE layers, or a stack that prices its dense layers' host calls (stacks.yaml dense_host), have: left out
+of the JSON of a dense model on any other stack (its JSON is as before they existed)."""
 OFFLOAD_TERMS = ("offload_s",)
 """Terms only layouts with activation offloading have: left out of the JSON of the others."""
 MEMORY_TERMS = ("weights", "grads", "optimizer", "activations", "other")
@@ -91,7 +92,10 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
                             if stack.loss_impl == "eager_fp32" else 0.0,
                             fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None,
-                            autocast=stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
+                            autocast=stack.mixed_precision == MIXED_PRECISION_AUTOCAST,
+                            kv_copies=stack.attention_kv_copies,
+                            ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
+                            tp_gather_buffers=stack.tp_gather_buffers)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:
@@ -154,7 +158,7 @@ class Estimate:
             "mfu_basis": MFU_BASIS,
             "memory": mem,
             "time": {term: _r(v(getattr(ev.time, term))) for term in TIME_TERMS
-                     if (self.model.is_moe or term not in DENSE_ABSENT_TERMS)
+                     if (self.model.is_moe or ev.stack.dense_host is not None or term not in DENSE_ABSENT_TERMS)
                      and (self.layout.offload_layers or term not in OFFLOAD_TERMS)},
             "stack": ev.stack.name,
             "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},

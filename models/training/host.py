@@ -1,4 +1,14 @@
-"""Host (CPU launch) time a MoE layer leaves exposed per micro-batch: the GPU waits on the CPU that issues its kernels.
+"""Host (CPU launch) time a layer leaves exposed per micro-batch: the GPU waits on the CPU that issues its kernels.
+
+Dense layers (dense_host_exposed_s): an eager dense layer has no host-device sync between the step's ends (stacks.yaml
+dense_host, with its sources), so the host runs ahead of the GPU and its issue time shows only where it exceeds the GPU
+time of the same work: exposed = max(0, host - GPU) per layer and micro-batch, the two-stage pipeline below with no
+sync inside the step (the layers repeat, so the per-layer excess is the step's). The host time is the layer's calls
+(kernel launches, ATen calls that launch nothing, Triton launches, autograd.Function applies) at the host CPU's time
+per call; under full recompute the backward re-issues the forward's calls. Small layers over wide tensor parallelism at
+one sequence per micro-batch are where this binds (research/nanotron-host.md).
+
+MoE layers:
 
 An eager MoE layer issues a few hundred small ops (router, aux loss, permutes, and per local expert a quantize and a
 GEMM per linear in Transformer Engine's GroupedLinear), and Megatron-Core's token dispatcher copies the all-to-all
@@ -38,11 +48,12 @@ LayoutArrays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import ExecutionStack, MoeHost
+from clusterplan.hardware_db.stacks import DenseHost, ExecutionStack, MoeHost
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, CudaGraphsCode, LayoutArrays, RecomputeCode
@@ -178,3 +189,33 @@ def moe_host_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, 
         exposed = np.where((L.moe_a2a_overlap > 0) & ~L.token_drop & ~full,
                            alone * exposed + (1.0 - alone) * merged, exposed)
     return np.where(L.cuda_graphs == CudaGraphsCode.FULL, 0.0, np.maximum(exposed, 0.0))
+
+
+def dense_layer_calls(h: DenseHost, tp: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Host calls of one dense layer per micro-batch, forward and backward, by kind (stacks.yaml dense_host): the tp1
+    row at tp 1, the tp2 row at tp 2 (every rank ends the TP group), the tp_middle row at tp >= 3 (the step waits on
+    the slowest rank, a middle one, at every collective)."""
+    def pick(rows: Mapping[str, Mapping[str, float]]) -> dict[str, np.ndarray]:
+        return {k: np.where(tp <= 1, rows["tp1"][k], np.where(tp == 2, rows["tp2"][k], rows["tp_middle"][k]))
+                for k in rows["tp1"]}
+    return pick(h.forward), pick(h.backward)
+
+
+def dense_layer_host_s(h: DenseHost, tp: np.ndarray, host_cpu: str) -> tuple[np.ndarray, np.ndarray]:
+    """Host seconds of one dense layer per micro-batch, forward and backward: its calls at the CPU's time per call."""
+    call_s = h.call_s[host_cpu]
+    forward, backward = dense_layer_calls(h, tp)
+    return (sum(n * call_s[k] for k, n in forward.items()), sum(n * call_s[k] for k, n in backward.items()))
+
+
+def dense_host_exposed_s(L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, n_layers: int,
+                         gpu_s: np.ndarray) -> np.ndarray:
+    """Exposed host seconds of one dense layer per micro-batch: max(0, host - GPU) (module docstring), with gpu_s the
+    layer's GPU time (compute, recompute and exposed communication); 0 under full-iteration CUDA graphs or for a stack
+    without dense_host data."""
+    h = stack.dense_host
+    if h is None:
+        return np.zeros_like(gpu_s)
+    forward, backward = dense_layer_host_s(h, L.tp, hw.host_cpu)
+    host = forward + backward + L.full_recompute_share(n_layers) * forward
+    return np.where(L.cuda_graphs == CudaGraphsCode.FULL, 0.0, np.maximum(0.0, host - gpu_s))

@@ -389,7 +389,8 @@ def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.
 
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
-                           fused_glu: bool = True, compiled: bool = False, autocast: bool = False) -> np.ndarray:
+                           fused_glu: bool = True, compiled: bool = False, autocast: bool = False,
+                           kv_copies: float = 0.0) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
@@ -397,6 +398,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     core_attn) or torchtitan's op-level SAC (eager or `compiled`, op_sac_bytes). `fused_glu`: the stack fuses the
     gated activation (glu_saved_widths). `autocast`: the stack's mixed precision is torch.autocast over fp32
     parameters (half_autocast: an fp32 residual stream, one bf16 cast of a norm output per linear reading it).
+    `kv_copies`: more copies of K and V the stack's attention keeps beside the packed q, k, v (stacks.yaml
+    attention_kv_copies).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -434,6 +437,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # recomputes them from the kept latents (Megatron-Core MLA qkv_up_checkpoint).
         per_head = act * tokens * (2 * shapes.q_dim + shapes.v_dim) / t
         qkv = np.where(module("mla_up_proj"), 0.0, per_head) + act * tokens * shapes.mla_latent
+    if kv_copies:
+        qkv = qkv + kv_copies * act * tokens * shapes.kv_dim / t
     attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
@@ -504,7 +509,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 
 def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                sp_gathered: bool = False, fused_glu: bool = True,
-                               compiled: bool = False, autocast: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                               compiled: bool = False, autocast: bool = False,
+                               kv_copies: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
@@ -512,9 +518,9 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
     per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
-                                                               fused_glu, compiled, autocast)
+                                                               fused_glu, compiled, autocast, kv_copies)
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
-                                                            fused_glu, compiled, autocast)
+                                                            fused_glu, compiled, autocast, kv_copies)
                          if moe_share else 0.0))
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode, autocast=autocast)
 
@@ -528,16 +534,17 @@ DEDUPE_MIN_ROWS = 4096
 
 def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                       sp_gathered: bool = False, fused_glu: bool = True,
-                                      compiled: bool = False, autocast: bool = False
+                                      compiled: bool = False, autocast: bool = False, kv_copies: float = 0.0
                                       ) -> tuple[np.ndarray, np.ndarray]:
     """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
     same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
     unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
     if unique is None or len(unique[0]) == len(L):
-        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast)
+        return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
+                                          kv_copies)
     first, inverse = unique
     kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled,
-                                            autocast)
+                                            autocast, kv_copies)
     return kept[inverse], full[inverse]
 
 
@@ -653,10 +660,31 @@ def torch_cp_gathered_kv_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarr
     return np.where(L.cp > 1, gathered, 0.0)
 
 
+def outside_allocator_bytes(L: LayoutArrays) -> np.ndarray:
+    """The CUDA context and NCCL's buffers of each process group in use: device memory PyTorch's caching allocator
+    does not hold (torch.cuda.max_memory_reserved leaves them out)."""
+    groups = sum((getattr(L, axis) > 1).astype(float) for axis in ("tp", "pp", "dp", "cp", "ep"))
+    return CUDA_CONTEXT_BYTES + NCCL_BYTES_PER_GROUP * groups
+
+
 def other_bytes(L: LayoutArrays, activations: np.ndarray) -> np.ndarray:
     """CUDA context, NCCL buffers of each process group in use, allocator reserve: explicit, documented terms."""
-    groups = sum((getattr(L, axis) > 1).astype(float) for axis in ("tp", "pp", "dp", "cp", "ep"))
-    return CUDA_CONTEXT_BYTES + NCCL_BYTES_PER_GROUP * groups + ALLOCATOR_FRACTION * activations
+    return outside_allocator_bytes(L) + ALLOCATOR_FRACTION * activations
+
+
+def ddp_bucket_bytes(L: LayoutArrays, params: StageParams, bytes_per_param: float) -> np.ndarray:
+    """PyTorch DistributedDataParallel's flat gradient buckets: the reducer allocates a bucket buffer beside the
+    parameters' .grad tensors (gradient_as_bucket_view=False, the default; torch/nn/parallel/distributed.py), in the
+    gradients' dtype, whenever there is more than one data-parallel rank. FSDP (ZeRO-3) has no DDP wrapper."""
+    return np.where((L.dp > 1) & (L.zero < 3), bytes_per_param * (params.dense + params.expert), 0.0)
+
+
+def tp_gather_buffer_bytes(shapes: ModelShapes, L: LayoutArrays, buffers: float) -> np.ndarray:
+    """Persistent full-sequence buffers the stack's tensor-parallel linears gather into, [tokens of one micro-batch,
+    hidden] each, in the activation dtype (nanotron's MemoryBuffer "allgather" and "allgather2": grown, never freed);
+    tp = 1: none."""
+    act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
+    return np.where(L.tp > 1, buffers * act * L.seq * L.mbs / L.cp * shapes.hidden, 0.0)
 
 
 POSITION_NAMES = ("first", "middle", "last")
@@ -690,7 +718,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
                      fp32_params: bool = False, fp8_allgather: bool = False,
                      freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,
-                     autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> MemoryBreakdown:
+                     autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES,
+                     kv_copies: float = 0.0, ddp_bucket_bytes_per_param: float = 0.0,
+                     tp_gather_buffers: float = 0.0) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -702,13 +732,18 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     ones at pp 1 under ZeRO-3 (fsdp2_peak_buffers; None: state_bytes' everywhere)); autocast: the stack's mixed
     precision is torch.autocast over fp32 parameters (its casts in the layers' activations, the weights' bf16 copies,
     autocast_weight_copy_bytes, with them); fp8_param_bytes: an fp8-only parameter's bytes under the recipe
-    (Layout.fp8_params; bytes_per_param)."""
+    (Layout.fp8_params; bytes_per_param); kv_copies: more K / V copies each layer's attention keeps
+    (layer_activation_bytes); ddp_bucket_bytes_per_param: PyTorch DDP's flat gradient buckets beside the .grad
+    tensors (ddp_bucket_bytes); tp_gather_buffers: persistent full-sequence all-gather buffers under TP
+    (tp_gather_buffer_bytes)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
-    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast)
+    per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
+                                                  kv_copies)
+    gather_buffers = tp_gather_buffer_bytes(shapes, L, tp_gather_buffers)
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
     cp_gathered = torch_cp_gathered_kv_bytes(shapes, L) if cp_impl == "torch" else 0.0
@@ -722,6 +757,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather,
                              fp8_param_bytes)
+        if ddp_bucket_bytes_per_param:
+            states = replace(states, grads=states.grads + ddp_bucket_bytes(L, params, ddp_bucket_bytes_per_param))
         if np.any(L.schedule == SCHEDULE_DUALPIPE):
             # DualPipe keeps two stages per rank (i and pp-1-i): 2x the parameters, their gradients and optimizer
             # states (arXiv 2412.19437 Table 2), counted as twice this position's stage.
@@ -743,7 +780,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                                         working_set=False)
                 + ends[0] + np.where(in_layer, working, ends[1])
                 + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))
-        other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss)
+        other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss) + gather_buffers
         if pp_impl == "torch":
             other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other

@@ -47,7 +47,13 @@ from clusterplan.models.training.dispatch import (
     dedup_all_to_all_s,
     dispatcher_slowdown,
 )
-from clusterplan.models.training.host import MoeGpuTimes, moe_host_exposed_s, phase_ops, stack_fp8_recipe
+from clusterplan.models.training.host import (
+    MoeGpuTimes,
+    dense_host_exposed_s,
+    moe_host_exposed_s,
+    phase_ops,
+    stack_fp8_recipe,
+)
 from clusterplan.models.training.memory import (
     StageLayers,
     bytes_per_param,
@@ -520,6 +526,10 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
     compute = hw.layer_time_factor * compute
     weight_grad = hw.layer_time_factor * weight_grad
     tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
+    if stack.dense_host is not None and moe_share < 1:
+        # The dense layers' host calls show where they outlast the layer's GPU time (host.dense_host_exposed_s).
+        dense_gpu = (hw.layer_time_factor * (dense.forward_s + dense.backward_s + dense.recompute_s) + tp_d + cp_d)
+        host = host + (1 - moe_share) * dense_host_exposed_s(L, hw, stack, shapes.n_layers, dense_gpu)
     embed_tp, head_tp = _ends_tp_comm(shapes, L, hw)
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, host_s=host, hardware_flops=flops,
                      weight_grad_s=weight_grad,
@@ -696,7 +706,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     if np.any(L.offload_layers > 0):
         kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
                                                     stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels,
-                                                    stack.compiled)
+                                                    stack.compiled, kv_copies=stack.attention_kv_copies)
         offloaded = np.minimum(L.offload_layers, slow_layers)
         offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
                                         hw.host_link_bytes_per_s)

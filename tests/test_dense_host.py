@@ -1,0 +1,115 @@
+"""Dense-layer host (CPU launch) time, models/training/host.py dense_host_exposed_s: worked examples derived by hand
+from the nanotron stack's counts (stacks.yaml dense_host; research/nanotron-host.md)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import get_stack
+from clusterplan.hardware_db.stacks import parse_dense_host
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.host import dense_host_exposed_s, dense_layer_calls, dense_layer_host_s
+from clusterplan.models.training.layout import Layout
+from clusterplan.reference.ultrascale import ultrascale_layout, ultrascale_model
+
+NANOTRON = get_stack("nanotron")
+US = 1e-6
+
+
+def _arrays(text: str, world: int = 8) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout.parse(text, world=world)])
+
+
+def test_nanotron_layer_host_time_by_hand():
+    # x86: kernel_op 13.48 us, aten_call 2 us, triton_launch 40 us, autograd_function 17 us.
+    # tp 2 forward: 24 kernel ops, 78 ATen calls, 4 Triton launches, 11 Functions
+    #   = 323.52 + 156 + 160 + 187 = 826.52 us; backward: 41, 83, 4, 9 = 552.68 + 166 + 160 + 153 = 1031.68 us.
+    tp = np.array([1, 2, 4, 8])
+    forward, backward = dense_layer_host_s(NANOTRON.dense_host, tp, "x86")
+    assert forward[1] / US == pytest.approx(826.52) and backward[1] / US == pytest.approx(1031.68)
+    # A middle rank (tp >= 3) issues one more GEMM per split of each column forward and row backward: 2 + 2 more.
+    assert forward[2] / US == pytest.approx(826.52 + 2 * 13.48) and backward[3] / US == pytest.approx(1031.68 + 26.96)
+    # tp 1: no collectives, one GEMM per linear, no TP Functions: 18 x 13.48 + 38 x 2 + 160 + 5 x 17 = 563.64 us.
+    assert forward[0] / US == pytest.approx(563.64)
+    calls_f, calls_b = dense_layer_calls(NANOTRON.dense_host, tp)
+    assert calls_f["kernel_op"].tolist() == [18, 24, 26, 26] and calls_b["triton_launch"].tolist() == [4, 4, 4, 4]
+
+
+def test_grace_prices_each_call_at_its_own_rate():
+    forward, _ = dense_layer_host_s(NANOTRON.dense_host, np.array([2]), "grace")
+    # 24 x 37.08 + 78 x 5.5 + 4 x 110 + 11 x 46.8 = 889.92 + 429 + 440 + 514.8 = 2273.72 us
+    assert forward[0] / US == pytest.approx(2273.72)
+
+
+def _rates() -> HardwareRates:
+    return HardwareRates.of(load_cluster("dgx-h100:1"))
+
+
+def test_exposed_is_what_the_host_outlasts_the_gpu():
+    # tp 8: host 826.52 + 26.96 + 1031.68 + 26.96 = 1912.12 us per layer and micro-batch.
+    L = _arrays("tp=8,mbs=1,gbs=8,seq=4096,sp=1")
+    hw = _rates()
+    exposed = dense_host_exposed_s(L, hw, NANOTRON, 16, np.array([1.0e-3]))
+    assert exposed[0] / US == pytest.approx(1912.12 - 1000.0)
+    assert dense_host_exposed_s(L, hw, NANOTRON, 16, np.array([2.5e-3]))[0] == 0.0  # GPU-bound: the host runs ahead
+    # Full recompute re-issues the forward's calls in the backward: + 853.48 us.
+    full = _arrays("tp=8,mbs=1,gbs=8,seq=4096,sp=1,recompute=full")
+    assert dense_host_exposed_s(full, hw, NANOTRON, 16, np.array([1.0e-3]))[0] / US == pytest.approx(
+        1912.12 + 853.48 - 1000.0)
+    # A stack without dense_host data prices nothing.
+    assert dense_host_exposed_s(L, hw, get_stack("megatron-core"), 16, np.array([1.0e-4]))[0] == 0.0
+    graphs = replace(NANOTRON, cuda_graphs=("none", "full"))
+    assert dense_host_exposed_s(_arrays("tp=8,mbs=1,gbs=8,seq=4096,sp=1,cuda_graphs=full"), hw, graphs, 16,
+                                np.array([1.0e-4]))[0] == 0.0
+
+
+def _ultrascale(model: str, dp: int, tp: int, mbs: int) -> dict:
+    row = {"model": model, "mbs": str(mbs), "ga": str(256 // (dp * mbs)), "dp": str(dp), "pp": "1", "tp": str(tp),
+           "zero": "0"}
+    layout, _ = ultrascale_layout(row)
+    return estimate(ultrascale_model(model), load_cluster("dgx-h100:1"), layout, stack=NANOTRON).to_json()
+
+
+def test_small_layers_over_wide_tp_are_host_bound():
+    # The Ultra-Scale 1B (16 layers) at tp 8, one sequence per micro-batch: the layer's GPU time is under its
+    # 1.912 ms of host calls, so each of the 256 micro-batches takes at least 16 x 1.912 = 30.6 ms of host time.
+    est = _ultrascale("1B", 1, 8, 1)
+    per_micro_batch = est["step_time_s"] / 256
+    assert est["time"]["host_s"] > 0
+    assert per_micro_batch >= 16 * 1912.12 * US
+    # At 16 sequences per micro-batch the GPU outlasts the host: nothing exposed.
+    assert _ultrascale("1B", 1, 8, 16)["time"]["host_s"] == 0.0
+    # tp 1 at one sequence: GPU-bound, the tp1 row's 1.23 ms per layer hides.
+    assert _ultrascale("1B", 8, 1, 1)["time"]["host_s"] == 0.0
+
+
+def test_dense_model_json_has_host_only_on_a_stack_that_prices_it():
+    assert "host_s" in _ultrascale("1B", 8, 1, 1)["time"]
+    other = estimate(ultrascale_model("1B"), load_cluster("dgx-h100:1"),
+                     Layout.parse("tp=1,mbs=1,gbs=64,seq=4096", world=8)).to_json()
+    assert "host_s" not in other["time"]
+
+
+def test_dense_host_data_is_checked():
+    raw = {"call_s": {cpu: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
+                      for cpu in ("x86", "grace")},
+           "forward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
+                       for t in ("tp1", "tp2", "tp_middle")},
+           "backward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
+                        for t in ("tp1", "tp2", "tp_middle")},
+           "sources": {"call_s": "a", "counts": "b"}}
+    assert parse_dense_host("s", raw).forward["tp2"]["kernel_op"] == 1.0
+    with pytest.raises(BadInputError, match="without a source: counts"):
+        parse_dense_host("s", {**raw, "sources": {"call_s": "a"}})
+    with pytest.raises(BadInputError, match="forward must have the rows"):
+        parse_dense_host("s", {**raw, "forward": {"tp1": raw["forward"]["tp1"]}})
+    bad = {**raw, "backward": {**raw["backward"], "tp2": {**raw["backward"]["tp2"], "kernel_op": -1}}}
+    with pytest.raises(BadInputError, match="backward.tp2.kernel_op must be a number >= 0"):
+        parse_dense_host("s", bad)

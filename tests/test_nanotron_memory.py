@@ -1,0 +1,83 @@
+"""nanotron's memory beyond the Megatron-style terms (stacks.yaml nanotron: attention_kv_copies,
+ddp_bucket_bytes_per_param, tp_gather_buffers; research/nanotron-memory.md), and the published figure's basis
+(torch.cuda.max_memory_reserved: memory.outside_allocator_bytes left out): worked examples derived by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.memory import (
+    GIB,
+    ddp_bucket_bytes,
+    layer_activation_bytes,
+    outside_allocator_bytes,
+    stage_params,
+    tp_gather_buffer_bytes,
+)
+from clusterplan.reference.ultrascale import ultrascale_model
+
+NANOTRON = get_stack("nanotron")
+ONE_B = ultrascale_model("1B")  # 16 layers, hidden 2048, 32 heads (MHA), intermediate 8192, vocab 131072, tied
+
+
+def _arrays(text: str, world: int = 8) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout.parse(text, world=world)])
+
+
+def test_the_stack_declares_the_terms():
+    assert (NANOTRON.attention_kv_copies, NANOTRON.ddp_bucket_bytes_per_param, NANOTRON.tp_gather_buffers) == (1, 2.0, 2)
+    megatron = get_stack("megatron-core")
+    assert (megatron.attention_kv_copies, megatron.ddp_bucket_bytes_per_param, megatron.tp_gather_buffers) == (0, 0.0, 0)
+
+
+def test_ddp_buckets_are_two_bytes_per_parameter_with_data_parallelism():
+    shapes = ModelShapes.of(ONE_B)
+    L = _arrays("dp=8,tp=1,mbs=1,gbs=256,seq=4096")
+    params = stage_params(shapes, L, L.pp * 0 + 16, True, True)
+    n = float(params.dense[0] + params.expert[0])
+    assert n == pytest.approx(1.342e9, rel=1e-3)
+    assert ddp_bucket_bytes(L, params, 2.0)[0] == pytest.approx(2.0 * n)
+    one = _arrays("dp=1,tp=8,mbs=1,gbs=256,seq=4096")
+    assert ddp_bucket_bytes(one, stage_params(shapes, one, one.pp * 0 + 16, True, True), 2.0)[0] == 0.0
+    fsdp = _arrays("dp=8,tp=1,zero=3,mbs=1,gbs=256,seq=4096")
+    assert ddp_bucket_bytes(fsdp, params, 2.0)[0] == 0.0
+
+
+def test_persistent_gather_buffers_are_two_full_sequence_tensors():
+    # tp 8, 16 sequences of 4096: 2 buffers x 2 B x 65,536 tokens x 2048 = 0.5 GiB; none at tp 1.
+    shapes = ModelShapes.of(ONE_B)
+    assert tp_gather_buffer_bytes(shapes, _arrays("tp=8,mbs=16,gbs=256,seq=4096,sp=1"), 2)[0] == 0.5 * GIB
+    assert tp_gather_buffer_bytes(shapes, _arrays("dp=8,mbs=16,gbs=256,seq=4096"), 2)[0] == 0.0
+
+
+def test_a_second_kv_copy_adds_the_kv_width_per_token():
+    # MHA: K and V are 2 x 2048 wide; one more bf16 copy of one 4096-token sequence at tp 2 = 2 x 4096 x 4096 / 2 B.
+    shapes = ModelShapes.of(ONE_B)
+    L = _arrays("dp=4,tp=2,mbs=1,gbs=256,seq=4096,sp=1")
+    none = L.recompute
+    base = layer_activation_bytes(shapes, L, False, none, fused_glu=False)
+    more = layer_activation_bytes(shapes, L, False, none, fused_glu=False, kv_copies=1)
+    assert (more - base)[0] == 2.0 * 4096 * 4096 / 2
+
+
+def test_reserved_memory_leaves_out_the_context_and_nccl():
+    # CUDA context 1 GiB + NCCL 0.125 GiB for each of the tp and dp groups in use.
+    assert outside_allocator_bytes(_arrays("dp=4,tp=2,mbs=1,gbs=256,seq=4096,sp=1"))[0] == 1.25 * GIB
+    assert outside_allocator_bytes(_arrays("dp=1,tp=1,mbs=1,gbs=8,seq=4096", world=1))[0] == 1.0 * GIB
+
+
+def test_static_memory_matches_the_sweeps_allocated_column():
+    # The sweep's raw log (eyao600/Rapid-LLM validation_scripts/huggingface_data/bench_final2_mod_add.csv @24ef24c6)
+    # logs "Mem Alloc (GB)", max_memory_allocated after the step, 25.07 GiB for 1B dp8 tp1 ZeRO-0: bf16 weights 2 B,
+    # DDP buckets 2, fp32 accumulated gradients 4, fp32 master 4, Adam 8 = 20 B per parameter = 25.0 GiB.
+    layout = Layout(dp=8, tp=1, pp=1, zero=0, mbs=2, gbs=256, seq=4096, recompute="none", schedule="1f1b",
+                    precision="bf16", fp32_grads=True)
+    mem = estimate(ONE_B, load_cluster("dgx-h100:1"), layout, stack=NANOTRON).to_json()["memory"]
+    static = mem["weights_gib"] + mem["grads_gib"] + mem["optimizer_gib"]
+    assert static == pytest.approx(25.07, rel=0.01)
