@@ -1,4 +1,4 @@
-"""`clusterplan hw list|show`: the hardware database."""
+"""`clusterplan hw list|show`: the hardware database and the execution stacks."""
 
 from __future__ import annotations
 
@@ -9,38 +9,50 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db import get_gemm_tiling, get_gpu, get_link, get_node, load_db
+from clusterplan.hardware_db import (
+    get_gemm_tiling,
+    get_gpu,
+    get_link,
+    get_node,
+    get_stack,
+    list_stacks,
+    load_db,
+)
+from clusterplan.hardware_db.stacks import ExecutionStack
 
 
 @click.group()
 def hw() -> None:
-    """GPUs, links and node presets, each number with its source."""
+    """GPUs, links, node presets and execution stacks, each number with its source."""
+
+
+def _plain(value: object) -> object:
+    """A value as plain JSON types, at any depth: mappings become dicts, records dicts, tuples and frozensets lists."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}  # type: ignore[union-attr]
+    if is_dataclass(value):
+        return _jsonable(value)
+    if isinstance(value, (tuple, frozenset)):
+        return [_plain(v) for v in (sorted(value) if isinstance(value, frozenset) else value)]
+    return value
 
 
 def _jsonable(record: object) -> dict:
     """A record as plain JSON types (mappings become dicts, nested records dicts, tuples lists)."""
-    out = {}
-    for f in fields(record):  # type: ignore[arg-type]
-        value = getattr(record, f.name)
-        if hasattr(value, "items"):
-            value = dict(value)
-        elif is_dataclass(value):
-            value = _jsonable(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+    return {f.name: _plain(getattr(record, f.name)) for f in fields(record)}  # type: ignore[arg-type]
 
 
 @hw.command("list")
 @format_option
 def hw_list(fmt: str) -> None:
-    """List GPUs, links and node presets."""
+    """List GPUs, links, node presets and execution stacks."""
     db = load_db()
+    stacks = [get_stack(n) for n in list_stacks()]
     if fmt == "json":
         console.json({"gpus": {n: _jsonable(g) for n, g in db.gpus.items()},
                       "links": {n: _jsonable(x) for n, x in db.links.items()},
-                      "nodes": {n: _jsonable(x) for n, x in db.nodes.items()}})
+                      "nodes": {n: _jsonable(x) for n, x in db.nodes.items()},
+                      "stacks": {s.name: _jsonable(s) for s in stacks}})
         return
     console.table("GPUs", ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s", "scale-up", "$/GPU-h"], [
         (g.name, f"{g.tflops('bf16'):g}", f"{g.peak_tflops['fp8']:g}" if "fp8" in g.peak_tflops else "-",
@@ -54,15 +66,26 @@ def hw_list(fmt: str) -> None:
     console.text("")
     console.table("Links", ["name", "kind", "GB/s/dir", "latency us", "busbw fraction"], [
         (x.name, x.kind, f"{x.gb_per_s:g}", f"{x.latency_us:g}", f"{x.busbw_fraction:g}") for x in db.links.values()])
+    console.text("")
+    console.table("Execution stacks (--stack NAME; `hw show NAME` for every field and its source)",
+                  ["name", "attention", "TP overlap", "ZeRO", "schedules", "fp8", "host priced"],
+                  [_stack_row(x) for x in stacks], justify_right=[False] * 7)
+
+
+def _stack_row(stack: ExecutionStack) -> tuple[str, ...]:
+    """One line of `hw list`'s stack table: what the stack runs and which layers' host time it prices."""
+    host = [kind for kind, data in (("moe", stack.moe_host), ("dense", stack.dense_host)) if data is not None]
+    return (stack.name, stack.attention_kernel, stack.tp_overlap, ",".join(str(z) for z in stack.zero_stages),
+            ",".join(stack.schedules), ",".join(stack.fp8_recipes) or "-", ",".join(host) or "-")
 
 
 @hw.command("show")
 @click.argument("name")
 @format_option
 def hw_show(name: str, fmt: str) -> None:
-    """Show one GPU, link or node preset with the source of every number."""
+    """Show one GPU, link, node preset or execution stack with the source of every number."""
     record = None
-    for getter in (get_gpu, get_node, get_link):
+    for getter in (get_gpu, get_node, get_link, get_stack):
         try:
             record = getter(name)
             break
@@ -71,6 +94,8 @@ def hw_show(name: str, fmt: str) -> None:
     if record is None:
         get_gpu(name)  # raises with suggestions
     data = _jsonable(record)
+    if getter is get_stack:
+        data = {k: v for k, v in data.items() if v is not None}
     tiling = get_gemm_tiling(record.name) if getter is get_gpu else None
     if tiling is not None:
         # gemm.yaml: the GEMM shape model's tiles, MAMF shape, fp8 fraction, k-depth k_0 and slowdowns, with sources

@@ -87,3 +87,20 @@ def test_hw_show_gpu_includes_its_gemm_shape_model_with_sources(run_cli):
     assert code == 0 and "gemm.bf16_k_overhead" in out and "gemm.sources.k_depth_bf16" in out
     code, out, _ = run_cli("hw", "show", "nvlink4", "--format", "json")  # links and nodes have none
     assert code == 0 and "gemm" not in json.loads(out)
+
+
+def test_hw_lists_and_shows_the_execution_stacks_with_their_sources(run_cli):
+    # The fourth input, as data: `hw list` has a line per stack, `hw show NAME` every field and its source.
+    code, out, _ = run_cli("hw", "list", "--format", "json")
+    stacks = json.loads(out)["stacks"]
+    assert code == 0 and {"megatron-core", "torchtitan", "deepspeed", "nanotron"} <= set(stacks)
+    assert stacks["nanotron"]["dense_host"]["forward"]["tp2"]["kernel_op"] == 24
+    code, out, _ = run_cli("hw", "list")
+    row = next(line for line in out.splitlines() if line.startswith("nanotron "))
+    assert code == 0 and row.split()[1:4] == ["fa2", "local_shard", "0,1"] and row.split()[-1] == "dense"
+    code, out, _ = run_cli("hw", "show", "nanotron", "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["tp_gather_buffers"] == 2 and "TransformerEngine#2053" in data["dense_host"]["sources"]["call_s"]
+    assert "moe_host" not in data  # a stack without MoE host data shows no empty record
+    code, out, _ = run_cli("hw", "show", "nanotron")
+    assert code == 0 and "dense_host.call_s.x86.triton_launch" in out and "sources.memory" in out
