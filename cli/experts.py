@@ -135,9 +135,16 @@ def _render(result: dict[str, Any], fmt: str) -> None:
                      f"is kept where it cannot win ({len(kept)} layers)")
     if "improvement_over_best_baseline" in result:
         imp = result["improvement_over_best_baseline"]
-        console.text(f"chosen vs {result['best_baseline']}: worst max/mean {imp['max_over_mean_worst']:.1%} lower, "
-                     f"all-to-all time {imp['all_to_all_s']:.1%} lower, expert time "
-                     f"{imp['expert_compute_s']:.1%} lower, cross-node bytes {imp['cross_node_bytes']:.1%} lower")
+        console.text(f"chosen vs {result['best_baseline']}: worst max/mean {_lower(imp['max_over_mean_worst'])}, "
+                     f"all-to-all time {_lower(imp['all_to_all_s'])}, expert time "
+                     f"{_lower(imp['expert_compute_s'])}, cross-node bytes {_lower(imp['cross_node_bytes'])}")
+
+
+def _lower(share: float) -> str:
+    """An improvement share as words: '12.0% lower', '0.1% higher' (not '-0.1% lower'), 'the same'."""
+    if abs(share) < 5e-4:
+        return "the same"
+    return f"{share:.1%} lower" if share > 0 else f"{-share:.1%} higher"
 
 
 @experts.command("synth")

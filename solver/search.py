@@ -191,7 +191,7 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
         return (p.usd_per_million_tokens, p.step_time_s)
 
     plans.sort(key=key)
-    return SearchResult(plans=with_why_best(plans[:top], "cost"), candidates=candidates, feasible=feasible,
+    return SearchResult(plans=with_why_best(plans[:top], objective), candidates=candidates, feasible=feasible,
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
 
@@ -202,17 +202,33 @@ def dominant_terms_of(data: dict) -> tuple[str, ...]:
 
 
 def with_why_best(plans: list[RankedPlan], objective: str) -> tuple[RankedPlan, ...]:
-    """New plans ranked 1.. in the given order, #1 saying why it beats #2 (first in $ per token for the cost
-    objective, whose plans may run on different node counts)."""
+    """New plans ranked 1.. in the given order, #1 saying why it beats #2, first in what the objective ranks by: $ per
+    1M tokens (cost), expected dollars or days to train with failures (cost-to-train, time-to-train); plans of these
+    objectives may run on different node counts."""
     ranked = [replace(p, rank=rank, why_best=None) for rank, p in enumerate(plans, start=1)]
     if len(ranked) > 1:
         a, b = ranked[0], ranked[1]
         why = why_best(a.to_json(), b.to_json())
-        if objective == "cost" and a.usd_per_million_tokens is not None and b.usd_per_million_tokens is not None:
-            why = (f"${a.usd_per_million_tokens:.4g} per 1M tokens on {a.cluster.world_size} GPUs vs "
-                   f"${b.usd_per_million_tokens:.4g} for #2 on {b.cluster.world_size} GPUs; " + why)
-        ranked[0] = replace(a, why_best=why)
+        lead = _objective_lead(a, b, objective)
+        ranked[0] = replace(a, why_best=lead + why if lead else why)
     return tuple(ranked)
+
+
+def _objective_lead(a: RankedPlan, b: RankedPlan, objective: str) -> str:
+    """What #1 and #2 score on the objective's own measure, when it is not the step time ('' otherwise)."""
+    gpus = f"on {a.cluster.world_size} GPUs vs "
+    if objective == "cost" and a.usd_per_million_tokens is not None and b.usd_per_million_tokens is not None:
+        return (f"${a.usd_per_million_tokens:.4g} per 1M tokens {gpus}${b.usd_per_million_tokens:.4g} for #2 on "
+                f"{b.cluster.world_size} GPUs; ")
+    key = {"cost-to-train": "usd", "time-to-train": "days"}.get(objective)
+    if key is None or a.time_to_train is None or b.time_to_train is None:
+        return ""
+    x, y = a.time_to_train.get(key), b.time_to_train.get(key)
+    if x is None or y is None:
+        return ""
+    what = "expected $ to train" if key == "usd" else "expected days to train"
+    fmt = (lambda v: f"${v:,.0f}") if key == "usd" else (lambda v: f"{v:.4g} days")  # noqa: E731
+    return f"{what} {fmt(x)} {gpus}{fmt(y)} for #2 on {b.cluster.world_size} GPUs; "
 
 
 def why_best(best: dict, runner: dict) -> str:

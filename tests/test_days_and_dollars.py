@@ -101,3 +101,23 @@ def test_the_saved_sub_cluster_keeps_only_what_the_plan_runs_on(run_cli, tmp_pat
     assert len(saved.cluster.groups) == 1
     code, _, err = run_cli("estimate", "--plan", str(path), "--format", "json")
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("objective", "key", "lead"), [("cost-to-train", "usd", "expected $ to train $"),
+                                                         ("time-to-train", "days", "expected days to train ")])
+def test_why_first_names_what_the_objective_ranks_by(run_cli, objective, key, lead):
+    # "why #1" under a to-train objective quoted the step-time terms only (and $ per 1M tokens under cost-to-train's
+    # cost branch); it now leads with the expected dollars / days of #1 and #2, the numbers the ranking compares.
+    plans = _plans(run_cli, "--model", "llama3.1-8b", "--cluster", "dgx-h100:4", "--gbs", "512", "--seq", "8192",
+                   "--tokens", "1e11", "--objective", objective)
+    why = plans[0]["why_best"]
+    first, second = plans[0]["time_to_train"][key], plans[1]["time_to_train"][key]
+    assert why.startswith(lead) and first <= second
+    shown = f"${first:,.0f}" if key == "usd" else f"{first:.4g} days"
+    assert shown in why and "per 1M tokens" not in why
+
+
+def test_experts_improvement_words_a_worse_share_as_higher():
+    from clusterplan.cli.experts import _lower
+
+    assert _lower(0.123) == "12.3% lower" and _lower(-0.001) == "0.1% higher" and _lower(0.0001) == "the same"
