@@ -170,7 +170,14 @@ def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_lay
     """Write seeded synthetic routing statistics (Zipf-like load, cross-layer affinity; or drifting windows)."""
     if model_ref:
         model = moe_model(model_ref)
-        n_experts, top_k = n_experts or model.n_experts, top_k or model.top_k
+        for flag, given, own in (("--experts", n_experts, model.n_experts), ("--top-k", top_k, model.top_k)):
+            if given is not None and given != own:
+                raise BadInputError(f"experts synth: {flag} {given} contradicts {model.name}'s {own}; drop {flag} "
+                                    "(the model gives it) or --model (to write statistics of another shape)")
+        if n_layers is not None and n_layers > model.n_moe_layers:
+            raise BadInputError(f"experts synth: --layers {n_layers} is more than {model.name}'s "
+                                f"{model.n_moe_layers} MoE layers; give at most {model.n_moe_layers}, or drop --layers")
+        n_experts, top_k = model.n_experts, model.top_k
         n_layers = n_layers or model.n_moe_layers
     if n_experts is None or top_k is None or n_layers is None:
         raise BadInputError("experts synth: give --model, or all of --experts, --top-k and --layers")

@@ -287,13 +287,20 @@ def test_experts_csv_with_absurd_indices(run_cli, moe_stats, tmp_path):
 
 @pytest.mark.parametrize(("args", "expect"), [
     (("--tokens", "1000000000000"), "too large to simulate"),  # MemoryError before
-    (("--layers", "100000"), "too large to simulate"),  # ran for minutes before
+    (("--layers", "100000"), "MoE layers; give at most"),  # ran for minutes before; now more than the model has
+    (("--top-k", "3"), "contradicts"),  # silently replaced the model's top-k before
+    (("--experts", "3"), "contradicts"),
     (("--seed", "-1"), "seed must be >= 0"),
     (("--zipf", "nan"), "must be >= 0"),
 ])
 def test_synth_options(run_cli, tmp_path, args, expect):
     model = _write(tmp_path, "moe.yaml", MOE)
     one_line_exit_2(run_cli, "experts", "synth", "-m", model, "--out", str(tmp_path / "x.npz"), *args, expect=expect)
+
+
+def test_synth_without_a_model_still_refuses_what_it_cannot_simulate(run_cli, tmp_path):
+    one_line_exit_2(run_cli, "experts", "synth", "--experts", "8", "--top-k", "2", "--layers", "100000", "--out",
+                    str(tmp_path / "x.npz"), expect="too large to simulate")
 
 
 # ---- check, export, validate, profile ----------------------------------------------------------------------
