@@ -13,7 +13,8 @@ Sources (flag spellings as each parser declares them):
   --kv-cache-dtype (auto, fp8_e5m2, fp8_e4m3), --disaggregation-mode (null, prefill, decode).
 - TensorRT-LLM: NVIDIA/TensorRT-LLM tensorrt_llm/commands/serve.py, trtllm-serve click options: --backend,
   --tp_size, --pp_size, --ep_size, --max_batch_size, --max_num_tokens, --max_seq_len,
-  --kv_cache_free_gpu_memory_fraction, --extra_llm_api_options (YAML: kv_cache_config.dtype, enable_attention_dp).
+  --kv_cache_free_gpu_memory_fraction, --extra_llm_api_options (YAML: kv_cache_config.dtype, enable_attention_dp,
+  enable_chunked_prefill, cache_transceiver_config.backend: tensorrt_llm/llmapi/llm_args.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,25 @@ def test_golden_lines_dp_attention_ep_fp8() -> None:
     assert trtllm_line(DEEPSEEK) == (
         "trtllm-serve deepseek-ai/DeepSeek-V3 --backend pytorch --tp_size 8 --pp_size 1 --ep_size 8 --max_batch_size 128 "
         "--max_num_tokens 4096 --max_seq_len 8192 --kv_cache_free_gpu_memory_fraction 0.85 --extra_llm_api_options "
-        "extra.yaml  # extra.yaml: kv_cache_config: {dtype: fp8}; enable_attention_dp: true")
+        "extra.yaml  # extra.yaml: kv_cache_config: {dtype: fp8}; enable_attention_dp: true; "
+        "enable_chunked_prefill: true")
+
+
+def test_trtllm_chunks_prefill_and_configures_a_disaggregated_pools_kv_transfer() -> None:
+    # TensorRT-LLM's LLM API (tensorrt_llm/llmapi/llm_args.py): enable_chunked_prefill defaults to False, so a prompt
+    # longer than --max_num_tokens needs it; a context / generation server sets cache_transceiver_config.backend
+    # (DEFAULT, UCX, NIXL or MPI: docs/source/features/disagg-serving.md). The pools are joined by `trtllm-serve
+    # disaggregated -c` (a launch note).
+    whole = LaunchConfig(repo="r", chunk_tokens=8192, max_model_len=8192)
+    assert "--extra_llm_api_options" not in trtllm_line(whole)
+    prefill = LaunchConfig(repo="r", role="prefill")
+    assert trtllm_line(prefill).endswith(
+        "--extra_llm_api_options extra.yaml  # extra.yaml: enable_chunked_prefill: true; "
+        "cache_transceiver_config: {backend: DEFAULT}")
+    from clusterplan.models.serving.launch import launch_notes
+
+    assert any("trtllm-serve disaggregated -c" in n for n in launch_notes(prefill))
+    assert not any("front end" in n for n in launch_notes(whole))
 
 
 def test_every_flag_is_one_the_engine_parses() -> None:

@@ -3,7 +3,8 @@
 Flag names as each engine's own argument parser defines them (tests/test_serving_launch.py cites the source
 of every flag): vLLM vllm/engine/arg_utils.py (EngineArgs.add_cli_args), SGLang python/sglang/srt/server_args.py
 (ServerArgs.add_cli_args), TensorRT-LLM tensorrt_llm/commands/serve.py (trtllm-serve click options; kv-cache
-dtype and attention DP live in the --extra_llm_api_options YAML there).
+dtype, attention DP, chunked prefill and the disaggregated KV transfer live in the --extra_llm_api_options YAML there:
+tensorrt_llm/llmapi/llm_args.py enable_chunked_prefill (default False), cache_transceiver_config.backend).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def sglang_line(c: LaunchConfig) -> str:
 
 
 def trtllm_line(c: LaunchConfig) -> str:
-    """trtllm-serve (PyTorch backend). fp8 KV cache and attention DP go in the LLM API options YAML."""
+    """trtllm-serve (PyTorch backend). fp8 KV cache, attention DP, chunked prefill and a disaggregated pool's KV
+    transfer go in the LLM API options YAML."""
     line = (f"trtllm-serve {c.repo} --backend pytorch --tp_size {c.tp} --pp_size {c.pp} --ep_size {c.ep} "
             f"--max_batch_size {c.max_seqs} --max_num_tokens {c.chunk_tokens} --max_seq_len {c.max_model_len} "
             f"--kv_cache_free_gpu_memory_fraction {c.memory_utilization:g}")
@@ -87,6 +89,13 @@ def trtllm_line(c: LaunchConfig) -> str:
         extra.append("kv_cache_config: {dtype: fp8}")
     if c.attention_dp > 1:
         extra.append("enable_attention_dp: true")
+    if c.chunk_tokens < c.max_model_len:
+        # The priced prefill runs in chunks of --max_num_tokens; TRT-LLM chunks only with enable_chunked_prefill (off
+        # by default) and otherwise cannot schedule a prompt longer than --max_num_tokens.
+        extra.append("enable_chunked_prefill: true")
+    if c.role != "colocated":
+        # A context (prefill) or generation (decode) server sends / receives KV caches through its cache transceiver.
+        extra.append("cache_transceiver_config: {backend: DEFAULT}")
     if extra:
         line += f" --extra_llm_api_options extra.yaml  # extra.yaml: {'; '.join(extra)}"
     return line
@@ -117,6 +126,10 @@ def launch_notes(c: LaunchConfig) -> list[str]:
                      "(vllm/config/scheduler.py SchedulerConfig._verify_args: max_num_batched_tokens >= max_num_seqs); raise the "
                      "chunk to "
                      f"{c.max_seqs} or more")
+    if c.role != "colocated":
+        notes.append(f"{c.role} pool: each engine needs a front end that pairs the pools: TensorRT-LLM `trtllm-serve "
+                     "disaggregated -c <config>` with the servers' URLs under context_servers / generation_servers; "
+                     "SGLang its router in PD mode; vLLM a proxy in front of the NixlConnector instances")
     if c.ep > 1 and c.ep != c.tp:
         notes.append(f"ep {c.ep}: vLLM's --enable-expert-parallel spans all {c.tp} GPUs of the instance (EP = tp x "
                      "dp), not the priced ep")
