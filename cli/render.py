@@ -9,6 +9,10 @@ from clusterplan.fileio import require_finite
 from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
 from clusterplan.solver.feasible import NearestFeasible
 
+HOST_CALL_NAMES = {"kernel_op": "kernel launches", "aten_call": "ATen calls", "triton_launch": "Triton launches",
+                   "autograd_function": "autograd Functions"}
+"""How estimate's text names each kind of dense host call (hardware_db.stacks DENSE_HOST_CALLS)."""
+
 
 def render_estimate(data: dict[str, Any]) -> None:
     require_finite(data)  # a table must not say "step inf s": the same check as the JSON
@@ -30,6 +34,12 @@ def render_estimate(data: dict[str, Any]) -> None:
         console.text(f"MoE routing: {data['moe_routing']}")
     if "fp8_weights" in data:
         console.text(f"fp8 weights: {data['fp8_weights']}")
+    if "dense_host" in data:
+        h = data["dense_host"]
+        calls = ", ".join(f"{h['calls_forward'][k]:g} + {h['calls_backward'][k]:g} {HOST_CALL_NAMES.get(k, k)} at "
+                          f"{h['call_us'][k]:g} us" for k in h["calls_forward"])
+        console.text(f"dense host calls per layer and micro-batch ({h['host_cpu']}; forward + backward): {calls} = "
+                     f"{h['forward_ms'] + h['backward_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

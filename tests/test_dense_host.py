@@ -113,3 +113,18 @@ def test_dense_host_data_is_checked():
     bad = {**raw, "backward": {**raw["backward"], "tp2": {**raw["backward"]["tp2"], "kernel_op": -1}}}
     with pytest.raises(BadInputError, match="backward.tp2.kernel_op must be a number >= 0"):
         parse_dense_host("s", bad)
+
+
+def test_estimate_shows_the_calls_behind_the_host_term(run_cli):
+    # JSON: the calls per layer and their host time (826.52 + 26.96 + 1031.68 + 26.96 us at tp 8); text: one line.
+    est = _ultrascale("1B", 1, 8, 1)
+    h = est["dense_host"]
+    assert h["host_cpu"] == "x86" and h["calls_forward"]["kernel_op"] == 26 and h["call_us"]["triton_launch"] == 40
+    assert h["forward_ms"] + h["backward_ms"] == pytest.approx(1.91212)
+    mega = estimate(ultrascale_model("1B"), load_cluster("dgx-h100:1"),
+                    Layout.parse("tp=8,mbs=1,gbs=64,seq=4096", world=8)).to_json()
+    assert "dense_host" not in mega
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
+                           "--layout", "tp=8,mbs=1,gbs=64,seq=4096,zero=0")
+    assert code == 0 and "dense host calls per layer and micro-batch (x86; forward + backward): 26 + 43 kernel " \
+                         "launches at 13.48 us" in out

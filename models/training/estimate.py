@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
+from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, DenseHost, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -20,7 +20,7 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
-from clusterplan.models.training.host import stack_fp8_recipe
+from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import Layout, bf16_moments_run, fp8_params_run, layout_problems
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
@@ -168,7 +168,21 @@ class Estimate:
             out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
         if self.layout.precision == "fp8" and ev.stack.fp8_param_gather:
             out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
+        if ev.stack.dense_host is not None and not self.model.is_moe:
+            out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu)
         return out
+
+
+def dense_host_json(h: DenseHost, tp: int, host_cpu: str) -> dict[str, Any]:
+    """One dense layer's host calls per micro-batch as the stack counts them (stacks.yaml dense_host) and their host
+    time on this CPU: what time.host_s exposes where it outlasts the layer's GPU time (host.dense_host_exposed_s)."""
+    tps = np.array([tp])
+    forward, backward = dense_layer_calls(h, tps)
+    forward_s, backward_s = dense_layer_host_s(h, tps, host_cpu)
+    return {"host_cpu": host_cpu, "call_us": {k: _r(v * 1e6) for k, v in h.call_s[host_cpu].items()},
+            "calls_forward": {k: _r(float(v[0])) for k, v in forward.items()},
+            "calls_backward": {k: _r(float(v[0])) for k, v in backward.items()},
+            "forward_ms": _r(float(forward_s[0]) * 1e3), "backward_ms": _r(float(backward_s[0]) * 1e3)}
 
 
 FP8_WEIGHTS = {
