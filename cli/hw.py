@@ -18,6 +18,7 @@ from clusterplan.hardware_db import (
     list_stacks,
     load_db,
 )
+from clusterplan.hardware_db.catalog import unknown_record
 from clusterplan.hardware_db.stacks import ExecutionStack
 
 
@@ -76,7 +77,7 @@ def _stack_row(stack: ExecutionStack) -> tuple[str, ...]:
     """One line of `hw list`'s stack table: what the stack runs and which layers' host time it prices."""
     host = [kind for kind, data in (("moe", stack.moe_host), ("dense", stack.dense_host)) if data is not None]
     return (stack.name, stack.attention_kernel, stack.tp_overlap, ",".join(str(z) for z in stack.zero_stages),
-            ",".join(stack.schedules), ",".join(stack.fp8_recipes) or "-", ",".join(host) or "-")
+            ",".join(stack.schedules) or "-", ",".join(stack.fp8_recipes) or "-", ",".join(host) or "-")
 
 
 @hw.command("show")
@@ -92,7 +93,7 @@ def hw_show(name: str, fmt: str) -> None:
         except BadInputError:
             continue
     if record is None:
-        get_gpu(name)  # raises with suggestions
+        raise unknown_record(name, list_stacks())
     data = _jsonable(record)
     if getter is get_stack:
         data = {k: v for k, v in data.items() if v is not None}

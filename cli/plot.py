@@ -67,7 +67,8 @@ def timeline_of(data: dict[str, Any]) -> Timeline | None:
         return None
     t = data["time"]
     m = lay["gbs"] // (lay["dp"] * lay["mbs"])
-    per_mb = sum(t[k] for k in ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s")) / m
+    # the exposed host time (MoE layers; dense layers on a stack that prices them) lengthens each micro-batch too
+    per_mb = sum(t.get(k, 0.0) for k in ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s")) / m
     fwd_share = FORWARD_SHARE_FULL_RECOMPUTE if lay["recompute"] == "full" else 1.0 - BACKWARD_SHARE_2X
     v = lay["vpp"] if lay["schedule"] == "interleaved-1f1b" else 1
     hops = 2 * (m * v + lay["pp"] - 1)  # as the step model counts them (models/training/step.py)

@@ -339,6 +339,19 @@ def _aliases(table: Mapping[str, Any]) -> dict[str, str]:
     return {alias: name for name, rec in table.items() for alias in rec.aliases}
 
 
+def unknown_record(name: str, stack_names: tuple[str, ...]) -> BadInputError:
+    """The one-line error for a name that is no GPU, node preset, link or stack, naming the closest of every kind
+    (GPU and node aliases included)."""
+    db = load_db()
+    try:
+        find_name("GPU, node preset, link or stack", name, {**db.gpus, **db.nodes, **db.links,
+                                                             **{n: n for n in stack_names}},
+                  {**_aliases(db.gpus), **_aliases(db.nodes)})
+    except BadInputError as err:
+        return err
+    return BadInputError(f"{name!r}: found only under another kind; `clusterplan hw list` shows all")
+
+
 def get_gpu(name: str) -> GPU:
     db = load_db()
     return find_name("GPU", name, db.gpus, _aliases(db.gpus))

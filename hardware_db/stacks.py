@@ -500,10 +500,11 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         dense_host=parse_dense_host(where, raw.get("dense_host")),
-        attention_kv_copies=_count(where, raw, "attention_kv_copies") if "attention_kv_copies" in raw else 0,
-        ddp_bucket_bytes_per_param=_bytes(where, raw, "ddp_bucket_bytes_per_param")
-        if "ddp_bucket_bytes_per_param" in raw else 0.0,
-        tp_gather_buffers=_count(where, raw, "tp_gather_buffers") if "tp_gather_buffers" in raw else 0,
+        attention_kv_copies=_sourced(where, raw, "attention_kv_copies",
+                                     lambda: _count(where, raw, "attention_kv_copies"), 0),
+        ddp_bucket_bytes_per_param=_sourced(where, raw, "ddp_bucket_bytes_per_param",
+                                            lambda: _bytes(where, raw, "ddp_bucket_bytes_per_param"), 0.0),
+        tp_gather_buffers=_sourced(where, raw, "tp_gather_buffers", lambda: _count(where, raw, "tp_gather_buffers"), 0),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
         cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
         loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")

@@ -36,6 +36,9 @@ from clusterplan.reference.report import (
 )
 
 ULTRASCALE_CSV = "ultrascale_playbook.csv"
+RAW_LOG_CSV = "ultrascale_raw_log.csv"
+"""The sweep's raw log (data/ultrascale_raw_log.csv): each run's max_memory_allocated after the step and rank 0's
+parameter count beside the figure's values."""
 STACK = "nanotron"
 NODE = "dgx-h100"
 SEQ = 4096
@@ -63,7 +66,7 @@ NOT_COMPARABLE = {
 """Points listed but not compared, keyed (model, mbs, ga, dp, pp, tp, zero), with the reason."""
 
 
-def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
+def nanotron_stage_layers(model: ModelSpec, pp: int, ties_advance: bool = True) -> list[tuple[int, bool]]:
     """(decoder layers, holds the LM head) of each pipeline rank as nanotron splits the model: its pipeline blocks
     [embedding, decoder x n, final norm, LM head, fp32 cast, loss] with costs 4 h^2 + 3 h I per decoder layer and V h
     for the LM head (LlamaForTraining.get_block_compute_costs), each block on the current rank, which advances once
@@ -72,7 +75,9 @@ def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
     parameter counts put the tie on the next rank: rank 0 holds the embedding and 10 / 5 / 3 decoder layers at pp 2 /
     4 / 8 (939.5M / 604M / 470M, the raw sweep log's "Local Params", eyao600/Rapid-LLM
     validation_scripts/huggingface_data/bench_final2_mod_add.csv @24ef24c6; "exceeds" gives 11 / 6 / 3). Integer
-    arithmetic, so a tie is a tie. The 3B's and 8B's costs meet no threshold."""
+    arithmetic, so a tie is a tie. The 3B's and 8B's costs meet no threshold. Two 1B runs of the log count rank 0 as
+    build_model's "exceeds" does (tp2 pp2 ZeRO-1 mbs1: 503M = 11 layers; pp4 gbs 16: 671M = 6 layers): `ties_advance`
+    False gives that split; ultrascale_layout takes whichever the run's own count says."""
     layer = 4 * model.hidden * model.hidden + 3 * model.ffn_hidden * model.hidden
     blocks = ["embedding", *(["decoder"] * model.n_layers), "norm", "head", "cast", "loss"]
     costs = [0, *([layer] * model.n_layers), 0, model.vocab * model.hidden, 0, 0]
@@ -82,7 +87,8 @@ def nanotron_stage_layers(model: ModelSpec, pp: int) -> list[tuple[int, bool]]:
     for block, cost in zip(blocks, costs, strict=True):
         cumulative += cost
         stages[rank].append(block)
-        if cumulative * pp >= total * (rank + 1) and rank < pp - 1:
+        reached = cumulative * pp >= total * (rank + 1) if ties_advance else cumulative * pp > total * (rank + 1)
+        if reached and rank < pp - 1:
             rank += 1
     return [(s.count("decoder"), "head" in s) for s in stages]
 
@@ -109,6 +115,11 @@ class UltrascaleRow:
     predicted_tokens_per_s: float
     predicted_memory_gib: float
     """Rank 0's peak (the first pipeline stage), as the published figure reads rank 0."""
+    logged_allocated_gib: float = float("nan")
+    """The run's max_memory_allocated at step 4 (raw log): after the step's forward / backward, what the optimizer
+    step, the gradient sync and the clipping hold."""
+    predicted_state_gib: float = float("nan")
+    """Our rank-0 weights, gradients and optimizer state (first stage)."""
     refused: str = ""
     reason: str = ""
     """Why the point is not compared ('' when it is)."""
@@ -123,6 +134,11 @@ class UltrascaleRow:
         return not self.reason
 
     @property
+    def state_error(self) -> float:
+        """Predicted state over the logged allocated memory after the step, minus 1."""
+        return self.predicted_state_gib / self.logged_allocated_gib - 1
+
+    @property
     def error(self) -> float:
         """Predicted over published tokens/s per GPU, minus 1."""
         return self.predicted_tokens_per_s / self.published_tokens_per_s - 1
@@ -132,7 +148,30 @@ class UltrascaleRow:
         return self.predicted_memory_gib / self.published_memory_gib - 1
 
 
-def ultrascale_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
+def point_key(r: dict[str, str]) -> tuple[str, int, int, int, int, int, int]:
+    """(model, mbs, ga, dp, pp, tp, zero): a sweep point in the figure and in the raw log."""
+    return (r["model"], *(int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero")))
+
+
+def raw_log() -> dict[tuple[str, int, int, int, int, int, int], dict[str, str]]:
+    """The raw log's row of each point that ran (data/ultrascale_raw_log.csv)."""
+    return {point_key(r): r for r in read_rows(RAW_LOG_CSV)}
+
+
+def params_count(text: str) -> float:
+    """'940M', '2.21G' (the log's Local Params) as a number."""
+    return float(text[:-1]) * {"M": 1e6, "G": 1e9}[text[-1]]
+
+
+def logged_rank0_layers(model: ModelSpec, tp: int, local_params: str) -> int:
+    """Decoder layers on pipeline rank 0 from its logged parameter count: (local x tp - the embedding) / one
+    layer's parameters (the log rounds to 3 figures; a layer is 5-6 % of rank 0's count at the smallest)."""
+    layer = 4 * model.hidden * model.hidden + 3 * model.ffn_hidden * model.hidden + 2 * model.hidden
+    return round((params_count(local_params) * tp - model.vocab * model.hidden) / layer)
+
+
+def ultrascale_layout(r: dict[str, str], log: dict[str, str] | None = None) -> tuple[Layout, list[str]]:
+    """How one sweep point runs; `log`: its raw-log row, whose rank-0 parameter count picks nanotron's split."""
     mbs, ga, dp, pp, tp, zero = (int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero"))
     notes = []
     gbs = dp * mbs * ga
@@ -140,7 +179,15 @@ def ultrascale_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
         notes.append(f"GBS printed {PRINTED_GBS}, but dp x mbs x ga = {gbs}: priced at {gbs}")
     first = last = 0
     if pp > 1:
-        split = nanotron_stage_layers(ultrascale_model(r["model"]), pp)
+        model = ultrascale_model(r["model"])
+        split = nanotron_stage_layers(model, pp)
+        if log is not None:
+            logged = logged_rank0_layers(model, tp, log["local_params"])
+            strict = nanotron_stage_layers(model, pp, ties_advance=False)
+            if logged != split[0][0] and logged == strict[0][0]:
+                split = strict
+                notes.append(f"rank 0 holds {logged} decoder layers as this run's log counts them (Local Params "
+                             f"{log['local_params']}): build_model's 'exceeds' split")
         layers = [n for n, _ in split]
         middle = layers[1:-1]
         text = "/".join(str(n) for n in layers)
@@ -161,9 +208,10 @@ def _priced(status: str) -> Iterator[tuple[dict[str, str], Layout, list[str], Es
     """Each sweep point of `status` (ran / crashed) with its layout, notes and estimate on one DGX H100 node."""
     stack = get_stack(STACK)
     cluster = load_cluster(f"{NODE}:1")
+    log = raw_log()
     for r in read_rows(ULTRASCALE_CSV):
         if r["status"] == status:
-            layout, notes = ultrascale_layout(r)
+            layout, notes = ultrascale_layout(r, log.get(point_key(r)))
             yield r, layout, notes, estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack)
 
 
@@ -179,16 +227,20 @@ def reserved_gib(js: dict, layout: Layout) -> float:
 
 def ultrascale_rows() -> list[UltrascaleRow]:
     out = []
+    log = raw_log()
     for r, layout, notes, est in _priced("ran"):
         size = r["model"]
-        key = (size, *(int(r[k]) for k in ("mbs", "ga", "dp", "pp", "tp", "zero")))
+        key = point_key(r)
         js = est.to_json()
+        first = js["memory"]["by_stage"]["first"] if "by_stage" in js["memory"] else js["memory"]
         out.append(UltrascaleRow(model=size, layout=layout, zero=layout.zero, notes=tuple(notes),
                                  published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                                  published_mfu=float(r["mfu_percent"]) / 100.0,
                                  published_memory_gib=float(r["gpu_memory_gib"]),
                                  predicted_tokens_per_s=js["tokens_per_s"] / layout.world,
                                  predicted_memory_gib=reserved_gib(js, layout),
+                                 logged_allocated_gib=float(log[key]["mem_alloc_gib"]),
+                                 predicted_state_gib=first["weights_gib"] + first["grads_gib"] + first["optimizer_gib"],
                                  refused=refusal(est), reason=NOT_COMPARABLE.get(key, "")))
     return out
 
@@ -244,7 +296,23 @@ def summary_lines(rows: list[UltrascaleRow]) -> list[str]:
     out.append(f"all: {n} of {len(rows)} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; rank-0 memory "
                f"median {mmed:.1%}, max {mworst:.1%} (issue #13 held-out target: time {TARGET_TIME_MEDIAN:.0%} "
                f"median / {TARGET_TIME_MAX:.0%} max, memory {TARGET_MEMORY:.0%})")
+    out.append(state_line(compared))
     return out
+
+
+def state_line(rows: list[UltrascaleRow]) -> str:
+    """Our weights + gradients + optimizer state against each run's logged max_memory_allocated after the step."""
+    from statistics import median
+
+    parts = []
+    for zero in (0, 1):
+        errors = [r.state_error for r in rows if r.zero == zero]
+        if errors:
+            parts.append(f"ZeRO-{zero} {len(errors)} points, median {median(errors):+.1%}, median |error| "
+                         f"{median(abs(e) for e in errors):.1%}")
+    return ("state after the step (the raw log's max_memory_allocated at step 4 against our rank-0 weights + "
+            "gradients + optimizer state): " + "; ".join(parts) + " (ZeRO-1 holds the coalesced all-gather of the "
+            "updated weights' flat copies during the step, about 2 + 2/dp B per parameter, not in the state)")
 
 
 def _layout_cell(L: Layout) -> str:
@@ -270,17 +338,21 @@ def print_table(rows: list[UltrascaleRow]) -> None:
 
 def markdown_table(rows: list[UltrascaleRow]) -> str:
     lines = ["| model | layout | tokens/s/GPU published | predicted | error | MFU published | rank-0 GiB published | "
-             "predicted | error | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "predicted | error | state GiB logged | predicted | error | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         notes = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
         err = f"{r.error:+.1%}" if r.expressible else "-"
         lines.append(f"| {r.model} | {_layout_cell(r.layout)} | {r.published_tokens_per_s:.0f} | "
                      f"{r.predicted_tokens_per_s:.0f} | {err} | {r.published_mfu:.1%} | {r.published_memory_gib:.1f} | "
-                     f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
+                     f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {r.logged_allocated_gib:.2f} | "
+                     f"{r.predicted_state_gib:.2f} | {r.state_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
     lines += [""] + [line + "." for line in (*summary_lines(rows), feasibility_line(rows, crashed_points()))]
     lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB: "
                   "torch.cuda.max_memory_reserved at step 4 (nanotron's log_throughput \"Mem Res (GB)\", which the "
                   "sweep's raw log matches on this column; research/nanotron-memory.md), so it holds neither the CUDA "
-                  "context nor NCCL's buffers; `predicted` is our peak of the first stage less those two terms."]
+                  "context nor NCCL's buffers; `predicted` is our peak of the first stage less those two terms. "
+                  "`state GiB logged`: the same run's torch.cuda.max_memory_allocated at step 4 (the sweep's raw log, "
+                  "data/ultrascale_raw_log.csv), the peak after the forward / backward, when the activations are "
+                  "freed: against our first stage's weights + gradients + optimizer state."]
     return "\n".join(lines)

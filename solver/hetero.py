@@ -28,12 +28,15 @@ from clusterplan.models.training.host import stack_fp8_recipe
 from clusterplan.models.training.layout import Layout, fp8_params_run, stack_problems
 from clusterplan.models.training.memory import (
     GIB,
+    ddp_bucket_bytes,
     ends_activation_bytes,
     fp8_weight_copy_bytes,
     layers_activation_bytes,
     other_bytes,
+    per_layer_activation_bytes,
     stage_params,
     state_bytes,
+    tp_gather_buffer_bytes,
 )
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 from clusterplan.models.training.rules import Rule
@@ -103,18 +106,22 @@ def _sub_cluster(cluster: Cluster, index: int) -> Cluster:
 
 
 def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, layers: np.ndarray,
-                  fp8_bytes: tuple[float, float]) -> np.ndarray:
+                  fp8_bytes: tuple[float, float], stack: ExecutionStack) -> np.ndarray:
     """Peak bytes of pipeline stage `stage` holding `layers` layers (1F1B: pp - stage micro-batches in flight).
-    `fp8_bytes`: the stage GPU's (fp8 weight copy, fp8-only parameter) bytes per parameter (_fp8_bytes)."""
+    `fp8_bytes`: the stage GPU's (fp8 weight copy, fp8-only parameter) bytes per parameter (_fp8_bytes); the stack's
+    extra K/V copies, DDP buckets and persistent gather buffers count as in estimate's stack_memory."""
     first, last = stage == 0, stage == pp - 1
     arr = LayoutArrays.from_columns(**{f: np.repeat(getattr(one, f), len(layers)) for f in one.__dataclass_fields__})
     copy_b, param_b = fp8_bytes
-    st = state_bytes(shapes, arr, stage_params(shapes, arr, layers, first, last), layers, fp8_copy_bytes=copy_b,
-                     fp8_param_bytes=param_b)
-    per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last")  # one micro-batch in flight
+    params = stage_params(shapes, arr, layers, first, last)
+    st = state_bytes(shapes, arr, params, layers, fp8_copy_bytes=copy_b, fp8_param_bytes=param_b)
+    kept = per_layer_activation_bytes(shapes, arr, kv_copies=stack.attention_kv_copies)
+    per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last", per_layer=kept)  # one in flight
     inflight = min(pp - stage, float(one.microbatches[0]))
     acts = inflight * per_layer * layers + ends_activation_bytes(shapes, arr, first, last)
-    return st.weights + st.grads + st.optimizer + st.fsdp_buffers + acts + other_bytes(arr, acts)
+    extra = ddp_bucket_bytes(arr, params, stack.ddp_bucket_bytes_per_param) + tp_gather_buffer_bytes(
+        shapes, arr, stack.tp_gather_buffers)
+    return st.weights + st.grads + st.optimizer + st.fsdp_buffers + acts + other_bytes(arr, acts) + extra
 
 
 def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: float,
@@ -171,6 +178,7 @@ class _Pipeline:
     headroom_b: float
     fp8_bytes: tuple[tuple[float, float], ...]
     """Each stage's (fp8 weight copy, fp8-only parameter) bytes per parameter on its GPU type (_fp8_bytes)."""
+    stack: ExecutionStack
 
     @classmethod
     def of(cls, stage_group: list[int], cluster: Cluster, costs: list, rates: list[HardwareRates],
@@ -182,14 +190,15 @@ class _Pipeline:
                    # LM head, loss and their TP traffic (last stage); the embedding's TP all-reduce (first stage)
                    head_s=tuple(float(costs[g].head_s[0] + costs[g].head_tp_s[0]) for g in stage_group),
                    embed_s=tuple(float(costs[g].embed_tp_s[0]) for g in stage_group),
-                   capacity_b=tuple(float(rates[g].memory_bytes) for g in stage_group), headroom_b=headroom_gib * GIB)
+                   capacity_b=tuple(float(rates[g].memory_bytes) for g in stage_group), headroom_b=headroom_gib * GIB,
+                   stack=stack)
 
     @property
     def pp(self) -> int:
         return len(self.names)
 
     def memory_b(self, stage: int, layers: np.ndarray) -> np.ndarray:
-        return _stage_memory(self.shapes, self.one, stage, self.pp, layers, self.fp8_bytes[stage])
+        return _stage_memory(self.shapes, self.one, stage, self.pp, layers, self.fp8_bytes[stage], self.stack)
 
     def fits_b(self, stage: int, peak_b: np.ndarray) -> np.ndarray:
         """Peak plus the headroom within the stage's GPU memory (the one test for caps and for `fits`)."""

@@ -128,3 +128,15 @@ def test_estimate_shows_the_calls_behind_the_host_term(run_cli):
                            "--layout", "tp=8,mbs=1,gbs=64,seq=4096,zero=0")
     assert code == 0 and "dense host calls per layer and micro-batch (x86; forward + backward): 26 + 43 kernel " \
                          "launches at 13.48 us" in out
+
+
+def test_a_host_bound_layer_takes_exactly_its_host_time():
+    # When the host outlasts the GPU, one layer per micro-batch takes the host's 1.912 ms: compute (with nanotron's
+    # gradient accumulation pass, whose 6 adds the host counts include) + exposed communication + exposed host.
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.training.step import layer_cost
+
+    L = _arrays("tp=8,mbs=1,gbs=256,seq=4096,sp=1,zero=0")
+    cost = layer_cost(ModelShapes.of(ultrascale_model("1B")), L, _rates(), NANOTRON)
+    assert cost.host_s[0] > 0
+    assert (cost.compute_s + cost.tp_s + cost.cp_s + cost.host_s)[0] == pytest.approx(1912.12 * US, rel=1e-9)

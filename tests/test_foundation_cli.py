@@ -103,4 +103,4 @@ def test_hw_lists_and_shows_the_execution_stacks_with_their_sources(run_cli):
     assert code == 0 and data["tp_gather_buffers"] == 2 and "TransformerEngine#2053" in data["dense_host"]["sources"]["call_s"]
     assert "moe_host" not in data  # a stack without MoE host data shows no empty record
     code, out, _ = run_cli("hw", "show", "nanotron")
-    assert code == 0 and "dense_host.call_s.x86.triton_launch" in out and "sources.memory" in out
+    assert code == 0 and "dense_host.call_s.x86.triton_launch" in out and "sources.tp_gather_buffers" in out

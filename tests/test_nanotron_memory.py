@@ -81,3 +81,27 @@ def test_static_memory_matches_the_sweeps_allocated_column():
     mem = estimate(ONE_B, load_cluster("dgx-h100:1"), layout, stack=NANOTRON).to_json()["memory"]
     static = mem["weights_gib"] + mem["grads_gib"] + mem["optimizer_gib"]
     assert static == pytest.approx(25.07, rel=0.01)
+
+
+def test_gather_buffers_need_sequence_parallelism():
+    # nanotron gathers into its MemoryBuffer only in tp_mode REDUCE_SCATTER; ALL_REDUCE (sp off) has none.
+    shapes = ModelShapes.of(ONE_B)
+    assert tp_gather_buffer_bytes(shapes, _arrays("tp=8,mbs=16,gbs=256,seq=4096,sp=0"), 2)[0] == 0.0
+
+
+def test_mixed_gpu_stages_count_the_stacks_memory_terms():
+    # The mixed-GPU pipeline's stage memory (solver/hetero.py) adds the DDP buckets, gather buffers and K/V copy the
+    # homogeneous estimate adds (it left them out: a first stage ~20 % low on nanotron).
+    import numpy as np
+
+    from clusterplan.solver.hetero import _stage_memory
+
+    shapes = ModelShapes.of(ONE_B)
+    one = _arrays("dp=2,tp=2,pp=2,mbs=1,gbs=256,seq=4096,sp=1")
+    layers = np.array([8.0])
+    plain = _stage_memory(shapes, one, 0, 2, layers, (0.0, 1.0), get_stack("megatron-core"))[0]
+    nano = _stage_memory(shapes, one, 0, 2, layers, (0.0, 1.0), NANOTRON)[0]
+    params = stage_params(shapes, one, layers, True, False)
+    kv = 2 * 2.0 * 4096 * 4096 / 2 * 8  # one more bf16 K/V per layer (tp 2): 8 layers x 2 micro-batches in flight
+    expected = 2.0 * float(params.dense[0] + params.expert[0]) + 2 * 2.0 * 4096 * 2048 + kv
+    assert nano - plain == pytest.approx(expected, rel=0.02)

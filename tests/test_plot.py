@@ -130,3 +130,16 @@ def test_timeline_splits_a_microbatch_by_hand(recompute, forward_share):
     for op in tl.ops:
         share = forward_share if op.kind == "F" else 1 - forward_share
         assert op.end_s - op.start_s == pytest.approx(share, rel=1e-9), op
+
+
+def test_timeline_stages_include_the_exposed_host_time(run_cli):
+    # A host-bound pipeline (nanotron, 1B-shaped llama at tp 4, one sequence per micro-batch): the drawn stages are
+    # busy for the host time too, or the timeline comes out short of the step.
+    code, out, err = run_cli("estimate", "--model", "llama3.2-1b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
+                             "--format", "json", "--layout", "tp=4,pp=2,mbs=1,gbs=64,seq=4096,sp=1,zero=0")
+    assert code == 0, err
+    data = json.loads(out)
+    t = data["time"]
+    assert t["host_s"] > 0
+    busy = sum(t[k] for k in ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s"))
+    assert timeline_of(data).busy_s == pytest.approx(busy, rel=1e-9)

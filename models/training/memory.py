@@ -681,10 +681,10 @@ def ddp_bucket_bytes(L: LayoutArrays, params: StageParams, bytes_per_param: floa
 
 def tp_gather_buffer_bytes(shapes: ModelShapes, L: LayoutArrays, buffers: float) -> np.ndarray:
     """Persistent full-sequence buffers the stack's tensor-parallel linears gather into, [tokens of one micro-batch,
-    hidden] each, in the activation dtype (nanotron's MemoryBuffer "allgather" and "allgather2": grown, never freed);
-    tp = 1: none."""
+    hidden] each, in the activation dtype (nanotron's MemoryBuffer "allgather" and "allgather2": grown, never freed;
+    only its sequence-parallel linears, tp_mode REDUCE_SCATTER, gather); tp = 1 or no sequence parallelism: none."""
     act = np.where(L.precision == PREC_FP32, 4.0, 2.0)
-    return np.where(L.tp > 1, buffers * act * L.seq * L.mbs / L.cp * shapes.hidden, 0.0)
+    return np.where((L.tp > 1) & (L.sp > 0), buffers * act * L.seq * L.mbs / L.cp * shapes.hidden, 0.0)
 
 
 POSITION_NAMES = ("first", "middle", "last")

@@ -430,7 +430,8 @@ class LayerCost:
     cp_s: np.ndarray
     ep_s: np.ndarray
     host_s: np.ndarray
-    """Exposed host time of the MoE layers (moe_share of one MoE layer's)."""
+    """Exposed host time of one layer: the MoE layers' (moe_share of one MoE layer's) and, on a stack with dense_host
+    data, the dense layers' (host.py)."""
     hardware_flops: np.ndarray
     weight_grad_s: np.ndarray
     """The weight-gradient GEMMs inside compute_s (what zero-bubble schedules move into the bubble)."""
@@ -516,19 +517,25 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
             host = moe_share * moe_host_exposed_s(shapes, L, hw, stack, _moe_gpu_times(shapes, L, hw, stack, sparse,
                                                                                         ep_layer))
     head_f, head_b = head_time(shapes, L, hw, stack)
+    accumulate = np.zeros_like(compute)
     if stack.grad_accum_bytes_per_param:
         # A gradient accumulation pass of its own per micro-batch over the layer's parameters on this rank (stack
         # grad_accum_bytes_per_param; Megatron-Core fuses it into the weight-gradient GEMM instead).
         one = stage_params(shapes, L, np.ones_like(L.tp), False, False)
-        compute = compute + (one.dense + one.expert) * stack.grad_accum_bytes_per_param / hw.hbm_bytes_per_s
+        accumulate = (one.dense + one.expert) * stack.grad_accum_bytes_per_param / hw.hbm_bytes_per_s
+        compute = compute + accumulate
     # Eager layers (validate's runs, with a calibration's `layer` section): unfused kernels scale the compute,
     # DTensor dispatch adds a fixed time per tensor-parallel layer; 1 and 0 otherwise.
     compute = hw.layer_time_factor * compute
     weight_grad = hw.layer_time_factor * weight_grad
-    tp = tp + np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
+    tp_overhead = np.where(L.tp > 1, hw.tp_layer_overhead_s, 0.0)
+    tp = tp + tp_overhead
     if stack.dense_host is not None and moe_share < 1:
-        # The dense layers' host calls show where they outlast the layer's GPU time (host.dense_host_exposed_s).
-        dense_gpu = (hw.layer_time_factor * (dense.forward_s + dense.backward_s + dense.recompute_s) + tp_d + cp_d)
+        # The dense layers' host calls show where they outlast the layer's GPU time (host.dense_host_exposed_s): its
+        # compute with the accumulation pass (whose adds the host counts include), its exposed communication and a
+        # calibration's measured per-layer TP overhead.
+        dense_gpu = (hw.layer_time_factor * (dense.forward_s + dense.backward_s + dense.recompute_s + accumulate)
+                     + tp_d + cp_d + tp_overhead)
         host = host + (1 - moe_share) * dense_host_exposed_s(L, hw, stack, shapes.n_layers, dense_gpu)
     embed_tp, head_tp = _ends_tp_comm(shapes, L, hw)
     return LayerCost(compute_s=compute, tp_s=tp, cp_s=cp, ep_s=ep, host_s=host, hardware_flops=flops,
