@@ -277,6 +277,9 @@ class ExecutionStack:
     ddp_bucket_bytes_per_param: float = 0.0
     """PyTorch DDP's flat gradient buckets beside the .grad tensors, bytes per parameter (dp > 1, ZeRO < 3; absent: 0,
     the stack's data parallelism reduces from the gradient buffer itself)."""
+    zero1_gather_flat_copies: bool = False
+    """ZeRO-1 gathers the updated weights through flat copies during the optimizer step (memory.zero1_gather_flat_bytes;
+    absent: false, the gather writes in place)."""
     tp_gather_buffers: int = 0
     """Persistent full-sequence [tokens, hidden] buffers its TP linears all-gather into (absent: 0, transient)."""
     cuda_graphs: tuple[str, ...] = ("none",)
@@ -505,6 +508,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         ddp_bucket_bytes_per_param=_sourced(where, raw, "ddp_bucket_bytes_per_param",
                                             lambda: _bytes(where, raw, "ddp_bucket_bytes_per_param"), 0.0),
         tp_gather_buffers=_sourced(where, raw, "tp_gather_buffers", lambda: _count(where, raw, "tp_gather_buffers"), 0),
+        zero1_gather_flat_copies=_sourced(where, raw, "zero1_gather_flat_copies",
+                                          lambda: _flag(where, raw, "zero1_gather_flat_copies"), False),
         cuda_graphs=_subset(where, raw, "cuda_graphs", CUDA_GRAPHS) if "cuda_graphs" in raw else ("none",),
         cp_impl=_choice(where, raw, "cp_impl", CP_IMPLS) if "cp_impl" in raw else "megatron",
         loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")

@@ -20,12 +20,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import Estimate, estimate
 from clusterplan.models.training.layout import Layout
-from clusterplan.models.training.memory import GIB, outside_allocator_bytes
+from clusterplan.models.training.memory import (
+    GIB,
+    outside_allocator_bytes,
+    stage_layers,
+    stage_params,
+    zero1_gather_flat_bytes,
+)
 from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
@@ -119,7 +126,7 @@ class UltrascaleRow:
     """The run's max_memory_allocated at step 4 (raw log): after the step's forward / backward, what the optimizer
     step, the gradient sync and the clipping hold."""
     predicted_state_gib: float = float("nan")
-    """Our rank-0 weights, gradients and optimizer state (first stage)."""
+    """Our rank-0 weights, gradients and optimizer state (first stage), with ZeRO-1's flat gather copies of the step."""
     refused: str = ""
     reason: str = ""
     """Why the point is not compared ('' when it is)."""
@@ -225,6 +232,16 @@ def reserved_gib(js: dict, layout: Layout) -> float:
     return first - outside
 
 
+def step_state_gib(first: dict, model: ModelSpec, layout: Layout) -> float:
+    """What rank 0 holds during the optimizer step, after the activations are freed: its weights, gradients and
+    optimizer state, and ZeRO-1's flat all-gather copies of the updated weights (memory.zero1_gather_flat_bytes)."""
+    L = LayoutArrays.from_layouts([layout])
+    shapes = ModelShapes.of(model)
+    params = stage_params(shapes, L, stage_layers(shapes, L).first, True, L.pp == 1)
+    flat = float(zero1_gather_flat_bytes(L, params)[0]) if get_stack(STACK).zero1_gather_flat_copies else 0.0
+    return first["weights_gib"] + first["grads_gib"] + first["optimizer_gib"] + flat / GIB
+
+
 def ultrascale_rows() -> list[UltrascaleRow]:
     out = []
     log = raw_log()
@@ -240,7 +257,7 @@ def ultrascale_rows() -> list[UltrascaleRow]:
                                  predicted_tokens_per_s=js["tokens_per_s"] / layout.world,
                                  predicted_memory_gib=reserved_gib(js, layout),
                                  logged_allocated_gib=float(log[key]["mem_alloc_gib"]),
-                                 predicted_state_gib=first["weights_gib"] + first["grads_gib"] + first["optimizer_gib"],
+                                 predicted_state_gib=step_state_gib(first, ultrascale_model(size), layout),
                                  refused=refusal(est), reason=NOT_COMPARABLE.get(key, "")))
     return out
 
@@ -311,8 +328,8 @@ def state_line(rows: list[UltrascaleRow]) -> str:
             parts.append(f"ZeRO-{zero} {len(errors)} points, median {median(errors):+.1%}, median |error| "
                          f"{median(abs(e) for e in errors):.1%}")
     return ("state after the step (the raw log's max_memory_allocated at step 4 against our rank-0 weights + "
-            "gradients + optimizer state): " + "; ".join(parts) + " (ZeRO-1 holds the coalesced all-gather of the "
-            "updated weights' flat copies during the step, about 2 + 2/dp B per parameter, not in the state)")
+            "gradients + optimizer state, and under ZeRO-1 the all-gather's flat copies of the updated weights, "
+            "2 + 2/dp B per parameter): " + "; ".join(parts))
 
 
 def _layout_cell(L: Layout) -> str:

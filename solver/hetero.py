@@ -33,10 +33,12 @@ from clusterplan.models.training.memory import (
     fp8_weight_copy_bytes,
     layers_activation_bytes,
     other_bytes,
+    outside_allocator_bytes,
     per_layer_activation_bytes,
     stage_params,
     state_bytes,
     tp_gather_buffer_bytes,
+    zero1_gather_flat_bytes,
 )
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 from clusterplan.models.training.rules import Rule
@@ -119,9 +121,13 @@ def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, l
     per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last", per_layer=kept)  # one in flight
     inflight = min(pp - stage, float(one.microbatches[0]))
     acts = inflight * per_layer * layers + ends_activation_bytes(shapes, arr, first, last)
-    extra = ddp_bucket_bytes(arr, params, stack.ddp_bucket_bytes_per_param) + tp_gather_buffer_bytes(
-        shapes, arr, stack.tp_gather_buffers)
-    return st.weights + st.grads + st.optimizer + st.fsdp_buffers + acts + other_bytes(arr, acts) + extra
+    buffers = tp_gather_buffer_bytes(shapes, arr, stack.tp_gather_buffers)
+    state = st.weights + st.grads + st.optimizer + st.fsdp_buffers + ddp_bucket_bytes(
+        arr, params, stack.ddp_bucket_bytes_per_param)
+    peak = state + acts + other_bytes(arr, acts) + buffers
+    if stack.zero1_gather_flat_copies:  # the optimizer step's own moment (memory.memory_breakdown)
+        peak = np.maximum(peak, state + zero1_gather_flat_bytes(arr, params) + outside_allocator_bytes(arr) + buffers)
+    return peak
 
 
 def _balance(per_layer_s: list[float], cap: list[int], n_layers: int, head_s: float,

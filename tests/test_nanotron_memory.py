@@ -105,3 +105,22 @@ def test_mixed_gpu_stages_count_the_stacks_memory_terms():
     kv = 2 * 2.0 * 4096 * 4096 / 2 * 8  # one more bf16 K/V per layer (tp 2): 8 layers x 2 micro-batches in flight
     expected = 2.0 * float(params.dense[0] + params.expert[0]) + 2 * 2.0 * 4096 * 2048 + kv
     assert nano - plain == pytest.approx(expected, rel=0.02)
+
+
+def test_zero1_step_holds_the_gathers_flat_copies():
+    # 1B dp8 ZeRO-1: 1.342e9 parameters x 2 B x (1 + 1/8) = 3.02e9 B of flat copies during the optimizer step.
+    from clusterplan.models.training.memory import zero1_gather_flat_bytes
+
+    shapes = ModelShapes.of(ONE_B)
+    L = _arrays("dp=8,tp=1,zero=1,mbs=1,gbs=256,seq=4096")
+    params = stage_params(shapes, L, L.pp * 0 + 16, True, True)
+    n = float(params.dense[0] + params.expert[0])
+    assert zero1_gather_flat_bytes(L, params)[0] == pytest.approx(2.0 * n * 1.125)
+    assert zero1_gather_flat_bytes(_arrays("dp=8,tp=1,zero=0,mbs=1,gbs=256,seq=4096"), params)[0] == 0.0
+    # At 256-token sequences the step outlasts the forward / backward: the peak is the state, the copies, the CUDA
+    # context and NCCL's dp buffers, with "other" taking the difference.
+    layout = Layout(dp=8, tp=1, pp=1, zero=1, mbs=1, gbs=256, seq=256, recompute="none", schedule="1f1b",
+                    precision="bf16", fp32_grads=True)
+    mem = estimate(ONE_B, load_cluster("dgx-h100:1"), layout, stack=NANOTRON).to_json()["memory"]
+    state = mem["weights_gib"] + mem["grads_gib"] + mem["optimizer_gib"]
+    assert mem["peak_gib"] == pytest.approx(state + 2.0 * n * 1.125 / GIB + 1.125, abs=2e-3)

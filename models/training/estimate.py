@@ -95,7 +95,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             autocast=stack.mixed_precision == MIXED_PRECISION_AUTOCAST,
                             kv_copies=stack.attention_kv_copies,
                             ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
-                            tp_gather_buffers=stack.tp_gather_buffers)
+                            tp_gather_buffers=stack.tp_gather_buffers,
+                            zero1_gather_flat_copies=stack.zero1_gather_flat_copies)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

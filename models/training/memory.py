@@ -679,6 +679,14 @@ def ddp_bucket_bytes(L: LayoutArrays, params: StageParams, bytes_per_param: floa
     return np.where((L.dp > 1) & (L.zero < 3), bytes_per_param * (params.dense + params.expert), 0.0)
 
 
+def zero1_gather_flat_bytes(L: LayoutArrays, params: StageParams) -> np.ndarray:
+    """ZeRO-1's all-gather of the updated weights through flat buffers (nanotron optim/zero.py _all_gather_params ->
+    nanotron.distributed.all_gather_coalesced: this rank's shards flattened into one buffer, 2/dp B per parameter in
+    bf16, every rank's output slices flattened into another, 2 B, before the all-gather and the copy back), held
+    during the optimizer step on top of the state; one data-parallel rank gathers nothing."""
+    return np.where((L.zero == 1) & (L.dp > 1), 2.0 * (params.dense + params.expert) * (1.0 + 1.0 / L.dp), 0.0)
+
+
 def tp_gather_buffer_bytes(shapes: ModelShapes, L: LayoutArrays, buffers: float) -> np.ndarray:
     """Persistent full-sequence buffers the stack's tensor-parallel linears gather into, [tokens of one micro-batch,
     hidden] each, in the activation dtype (nanotron's MemoryBuffer "allgather" and "allgather2": grown, never freed;
@@ -720,7 +728,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,
                      autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES,
                      kv_copies: float = 0.0, ddp_bucket_bytes_per_param: float = 0.0,
-                     tp_gather_buffers: float = 0.0) -> MemoryBreakdown:
+                     tp_gather_buffers: float = 0.0, zero1_gather_flat_copies: bool = False) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -735,7 +743,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     (Layout.fp8_params; bytes_per_param); kv_copies: more K / V copies each layer's attention keeps
     (layer_activation_bytes); ddp_bucket_bytes_per_param: PyTorch DDP's flat gradient buckets beside the .grad
     tensors (ddp_bucket_bytes); tp_gather_buffers: persistent full-sequence all-gather buffers under TP
-    (tp_gather_buffer_bytes)."""
+    (tp_gather_buffer_bytes); zero1_gather_flat_copies: ZeRO-1's weight all-gather copies into flat buffers during
+    the optimizer step (zero1_gather_flat_bytes), a moment of its own: where the state and those copies outlast the
+    forward / backward peak, "other" takes the difference)."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
@@ -781,6 +791,12 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                 + ends[0] + np.where(in_layer, working, ends[1])
                 + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))
         other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss) + gather_buffers
+        if zero1_gather_flat_copies:
+            # The optimizer step's moment: the state, the flat gather copies, the buffers no step frees.
+            step = (states.weights + states.grads + states.optimizer + zero1_gather_flat_bytes(L, params)
+                    + outside_allocator_bytes(L) + gather_buffers)
+            activation_moment = states.weights + states.grads + states.optimizer + acts + other
+            other = other + np.maximum(0.0, step - activation_moment)
         if pp_impl == "torch":
             other = other + torch_pipeline_bytes(shapes, L, position)
         total = states.weights + states.grads + states.optimizer + acts + other
