@@ -145,7 +145,9 @@ def parse_dense_host(where: str, raw: Mapping[str, Any] | None) -> DenseHost | N
             for k, v in calls.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                     raise BadInputError(f"{where}: {key}.{row}.{k} must be a number >= 0, got {v!r}")
-            out[row] = MappingProxyType({k: float(calls[k]) for k in DENSE_HOST_CALLS})
+            # counts stay whole numbers where the file gives them so (hw show prints 24, not 24.0)
+            out[row] = MappingProxyType({k: calls[k] if isinstance(calls[k], int) else float(calls[k])
+                                         for k in DENSE_HOST_CALLS})
         return MappingProxyType(out)
 
     return DenseHost(call_s=table("call_s", HOST_CPUS), forward=table("forward", DENSE_HOST_TIERS),

@@ -74,8 +74,8 @@ def test_every_point_but_the_failed_run_is_compared(rows):
 def test_memory_verdicts_agree_with_what_ran_and_what_crashed(rows):
     # Every point that ran fits by estimate's memory but one: 8B dp4 tp1 pp2 ZeRO-1, priced 80.0 GiB on the first stage
     # (78.8 GiB reserved) against the 79.6 GiB of an H100, where the run reserved 71.5 GiB; the same run is 2.7x
-    # slower than the 8B's other pipeline points (+219 % priced), so it ran otherwise than its neighbours in a way the
-    # log does not say. It fitted (68.5 GiB) before nanotron's DDP buckets (2 B per parameter, 9.2 GiB here; seen at
+    # slower than the 8B's other pipeline points (+219 % priced), and the sweep's raw log marks it oom_error True
+    # (data/ultrascale_raw_log.csv header). It fitted (68.5 GiB) before nanotron's DDP buckets (2 B per parameter, 9.2 GiB here; seen at
     # ZeRO-0 in the sweep's allocated column) and second K/V copy (2.3 GiB) were priced. Of the 176 that crashed (out
     # of memory or another failure, the figure does not say which) estimate refuses 151 for memory at landing (the 80B
     # model's 57 among them): a bound.
