@@ -100,7 +100,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         _estimate_mixed(plan, model, cluster, calibration, stack, fmt, tokens, plot_path)
         return
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size,
-                                                                  defaults={"zero": stack.default_zero})
+                                                                  defaults={"zero": stack.default_zero,
+                                                                            "recompute": stack.default_recompute})
     if moe_dispatcher is not None:
         layout = layout.with_(moe_dispatcher=moe_dispatcher)
     if moe_a2a_overlap:

@@ -168,6 +168,12 @@ def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_lay
           zipf_exponent: float, affinity_logit: float, seed: int, n_windows: int | None, drift: float,
           out_path: str, fmt: str) -> None:
     """Write seeded synthetic routing statistics (Zipf-like load, cross-layer affinity; or drifting windows)."""
+    if n_layers is not None and n_layers < 1:
+        raise BadInputError(f"experts synth: --layers {n_layers}: give at least 1 MoE layer (or drop --layers with "
+                            "--model for all of them)")
+    if n_windows is None and click.get_current_context().get_parameter_source("drift") \
+            == click.core.ParameterSource.COMMANDLINE:
+        raise BadInputError("experts synth: --drift shapes drifting windows; give --windows W with it, or drop --drift")
     if model_ref:
         model = moe_model(model_ref)
         for flag, given, own in (("--experts", n_experts, model.n_experts), ("--top-k", top_k, model.top_k)):

@@ -38,8 +38,10 @@ def render_estimate(data: dict[str, Any]) -> None:
         h = data["dense_host"]
         calls = ", ".join(f"{h['calls_forward'][k]:g} + {h['calls_backward'][k]:g} {HOST_CALL_NAMES.get(k, k)} at "
                           f"{h['call_us'][k]:g} us" for k in h["calls_forward"])
-        console.text(f"dense host calls per layer and micro-batch ({h['host_cpu']}; forward + backward): {calls} = "
-                     f"{h['forward_ms'] + h['backward_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
+        again = (f" + the recomputed forward on {h['recompute_share']:.0%} of the layers"
+                 if h.get("recompute_share") else "")
+        console.text(f"dense host calls per layer and micro-batch ({h['host_cpu']}; forward + backward): {calls}"
+                     f"{again} = {h['layer_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

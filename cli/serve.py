@@ -12,6 +12,7 @@ from clusterplan.cli.options import format_option, output_path, plot_option, qui
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
+from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
 from clusterplan.solver.melange import MAX_SLICE_FACTOR
@@ -57,7 +58,8 @@ def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
     launch = LaunchConfig(repo=model_ref, tp=inst.tp, pp=inst.pp, weight_dtype=inst.weight_dtype,
                           kv_dtype=inst.kv_dtype, max_seqs=pool.max_batch, max_model_len=max_len,
                           chunk_tokens=inst.max_batched_tokens, memory_utilization=inst.knobs.memory_utilization,
-                          role=pool.role if disagg else "colocated")
+                          role=pool.role if disagg else "colocated",
+                          chunked_prefill=get_engine(inst.engine).chunked_prefill)
     return {"role": pool.role, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "instances": pool.count,
             "gpus": pool.count * inst.n_gpus, "max_batch": pool.max_batch, "rate_rps": round(pool.rate_rps, 4),
             "utilisation": round(pool.utilisation, 4), "ttft_ms": round(pool.ttft_s * 1e3, 2),
@@ -277,7 +279,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     from clusterplan.models.hardware.calibration import load_calibration
 
     model = load_model(model_ref)
-    work = make_workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, seed)
+    work = make_workload(rate, input_len, output_len, trace, ttft_ms, tpot_ms, percentile, seed, model)
     names = tuple(g.strip() for g in gpus.split(",") if g.strip())
     if not names:
         raise BadInputError(f"--gpus {gpus!r}: give GPU names, e.g. --gpus {DEFAULT_GPUS}")

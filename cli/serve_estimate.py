@@ -9,6 +9,7 @@ import click
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, plot_option, quiet_option
 from clusterplan.errors import BadInputError
+from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.catalog import hf_repo
 from clusterplan.models.serving.estimate import LoadKind, LoadSweep, ServingEstimate, Stats, estimate_for
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
@@ -45,7 +46,8 @@ def estimate_json(e: ServingEstimate) -> dict:
     launch = LaunchConfig(repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
                           attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
                           max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
-                          memory_utilization=inst.knobs.memory_utilization)
+                          memory_utilization=inst.knobs.memory_utilization,
+                          chunked_prefill=get_engine(inst.engine).chunked_prefill)
     sweep = {"load_sweep": sweep_json(e.load_sweep)} if e.load_sweep is not None else {}
     return {
         "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,

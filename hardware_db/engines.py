@@ -94,5 +94,8 @@ def engines() -> Mapping[str, EngineProfile]:
 
 
 def get_engine(name: str | None = None) -> EngineProfile:
-    """An engine profile by name (vllm, vllm-v0, sglang, trtllm); None = vllm."""
+    """An engine profile by name (vllm, vllm-v0, sglang, trtllm); None = vllm; an empty name is bad input, not the
+    default."""
+    if name is not None and not name.strip():
+        raise BadInputError(f"--engine '': give an engine name, one of {', '.join(engines())}")
     return find_name("serving engine", name or DEFAULT_ENGINE, engines(), list_cmd="serve-estimate --help")

@@ -397,10 +397,23 @@ class ExecutionStack:
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,
-        moe_dispatcher)."""
+        moe_dispatcher, recompute)."""
         table = {"schedule": self.schedules, "cp_kind": self.cp_kinds, "zero": self.zero_stages,
-                 "cuda_graphs": self.cuda_graphs, "moe_dispatcher": self.moe_dispatchers}
+                 "cuda_graphs": self.cuda_graphs, "moe_dispatcher": self.moe_dispatchers,
+                 "recompute": self.recompute_modes}
         return feature not in table or value in table[feature]
+
+    @property
+    def recompute_modes(self) -> tuple[str, ...]:
+        """Layout.recompute values the stack runs: every stack runs none and whole-layer (full) recompute; selective
+        only where it has a selective mode (selective_recompute is not "none")."""
+        return ("none", "full") if self.selective_recompute == "none" else ("none", "selective", "full")
+
+    @property
+    def default_recompute(self) -> str:
+        """Layout.recompute when a layout names none: selective (Layout's default) where the stack runs it, else
+        none (nanotron, DeepSpeed, llm-foundry checkpoint whole layers only when asked)."""
+        return "selective" if "selective" in self.recompute_modes else "none"
 
 
 def _choice(where: str, raw: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:

@@ -17,7 +17,7 @@ from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS
+from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context
 from clusterplan.models.serving.kv import kv_window
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
@@ -426,8 +426,10 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
 
 
 def make_workload(rate: float | None, input_len: str | None, output_len: str | None, trace: str | None,
-                  ttft_ms: float, tpot_ms: float, percentile: float, seed: int) -> Workload:
-    """The planned traffic: a trace (its lengths and gaps), or a rate with length distributions and Poisson gaps."""
+                  ttft_ms: float, tpot_ms: float, percentile: float, seed: int,
+                  model: ModelSpec | None = None) -> Workload:
+    """The planned traffic: a trace (its lengths and gaps), or a rate with length distributions and Poisson gaps;
+    with `model`, traffic none of whose requests fits its context is bad input (serving.estimate.check_context)."""
     if not 0 < percentile < 100:
         raise BadInputError(f"--percentile {percentile}: give a percentile between 0 and 100, e.g. 50, 90 or 99")
     if not (ttft_ms > 0 and tpot_ms > 0):  # NaN fails too
@@ -449,6 +451,8 @@ def make_workload(rate: float | None, input_len: str | None, output_len: str | N
         gaps = rng.exponential(size=TRAFFIC_SAMPLES)  # Poisson arrivals
     if not 0 < rate < math.inf:
         raise BadInputError(f"--rate {rate}: give a finite request rate > 0 (requests per second)")
+    if model is not None:
+        check_context(model, inp, out)
     slo = Slo(ttft_s=ttft_ms / 1e3, tpot_s=tpot_ms / 1e3, percentile=percentile)
     return Workload(rate_rps=float(rate), buckets=tuple(make_buckets(inp, out)), unit_gaps=tuple(gaps.tolist()),
                     slo=slo, seed=seed)

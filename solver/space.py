@@ -195,7 +195,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
                             "token-dropping MoE; pick another --stack or unpin it")
     # The token dispatcher and the 1F1B all-to-all overlap are not searched: they stay at the NCCL all-to-all
     # without overlap unless pinned (--fix moe_dispatcher=deepep,moe_a2a_overlap=1).
-    for key in ("schedule", "cp_kind", "zero", "cuda_graphs", "moe_dispatcher"):
+    for key in ("schedule", "cp_kind", "zero", "cuda_graphs", "moe_dispatcher", "recompute"):
         if key in fixed and not stack.can_run(key, fixed[key]):
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} cannot run it; pick another --stack or "
                                 f"unpin {key}")
@@ -215,7 +215,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
     # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
     flash = bool(fixed.get("flash_attn", True))
-    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective"))
+    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective") and stack.can_run("recompute", r))
     zero_options = [z for z in ZERO if stack.can_run("zero", z)]
     # Each rejected structure stands for every (zero, mbs, recompute) it would have expanded to.
     precision_options = pick("precision", precisions)

@@ -184,9 +184,18 @@ def test_serve_nan_slo_is_bad_input_not_unreachable(run_cli):
 
 
 def test_serve_wide_lognormal_says_requests_do_not_fit(run_cli):
-    # exp(100)-token prompts used to overflow int64 (numpy warnings, then an internal error).
-    # Nothing serves them: an answer (exit 1, one line), not bad input.
+    # exp(100)-token prompts used to overflow int64 (numpy warnings, then an internal error). Every one is longer
+    # than the model's context, so no engine accepts them whatever the hardware: bad input (exit 2, one line naming
+    # the context); a prompt within the context that fits no KV cache stays an answer (exit 1, next test).
     code, out, err = run_cli(*SERVE_8B, "--rate", "1", "--input-len", "lognormal:100:5", "--output-len", "128")
+    errors = [line for line in err.splitlines() if not line.startswith("warning: default GPUs without")]
+    assert code == 2 and out == "" and len(errors) == 1 and "context of 131,072 tokens" in errors[0]
+
+
+def test_serve_prompts_within_the_context_that_fit_no_kv_cache_are_an_answer(run_cli):
+    # 120K-token prompts fit llama3.1-8b's context; on an L4 alone no KV cache holds one: exit 1, one line.
+    code, out, err = run_cli(*SERVE_8B, "--rate", "1", "--input-len", "120000", "--output-len", "128", "--gpus", "L4",
+                             "--tp", "1")
     errors = [line for line in err.splitlines() if not line.startswith("warning: default GPUs without")]
     assert code == 1 and out == "" and len(errors) == 1 and "in its KV cache" in errors[0]
 
@@ -569,3 +578,21 @@ def test_a_stdout_closed_at_launch_gets_no_traceback():
     exe = os.path.join(os.path.dirname(sys.executable), "clusterplan")
     proc = subprocess.run(f"{exe} models list >&-", shell=True, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("--layers", "0"), "give at least 1 MoE layer"),  # with --model it silently meant every layer
+    (("--drift", "0.2"), "give --windows W with it"),  # silently ignored without --windows
+])
+def test_synth_refuses_what_it_would_ignore(run_cli, tmp_path, args, expect):
+    model = _write(tmp_path, "moe.yaml", MOE)
+    one_line_exit_2(run_cli, "experts", "synth", "-m", model, "--out", str(tmp_path / "x.npz"), *args, expect=expect)
+
+
+def test_serving_refuses_requests_longer_than_the_context_and_an_empty_engine(run_cli):
+    one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--rate", "1",
+                    "--input-len", "200000", "--output-len", "64", expect="longer than llama3.1-8b's context")
+    one_line_exit_2(run_cli, "serve-plan", "--model", "llama3.1-8b", "--rate", "1", "--input-len", "200000",
+                    "--output-len", "64", "--ttft-ms", "9999", "--tpot-ms", "99", expect="context of 131,072")
+    one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--rate", "1",
+                    "--input-len", "512", "--output-len", "64", "--engine", "", expect="give an engine name")

@@ -140,3 +140,22 @@ def test_a_host_bound_layer_takes_exactly_its_host_time():
     cost = layer_cost(ModelShapes.of(ultrascale_model("1B")), L, _rates(), NANOTRON)
     assert cost.host_s[0] > 0
     assert (cost.compute_s + cost.tp_s + cost.cp_s + cost.host_s)[0] == pytest.approx(1912.12 * US, rel=1e-9)
+
+
+def test_a_mixed_cluster_launches_from_its_slowest_host(tmp_path):
+    # GB200 trays (Grace) beside DGX H100 nodes (x86): the step waits on the slower host, Grace (2.75x x86 per op).
+    path = tmp_path / "mixed.yaml"
+    path.write_text("name: mixed\ngroups:\n  - {node: gb200-nvl72, count: 2}\n  - {node: dgx-h100, count: 1}\n",
+                    encoding="utf-8")
+    assert HardwareRates.of(load_cluster(str(path))).host_cpu == "grace"
+    assert HardwareRates.of(load_cluster("dgx-h100:2")).host_cpu == "x86"
+
+
+def test_full_recompute_shows_the_reissued_forward():
+    # recompute=full: the backward re-issues the forward's calls; layer_ms = 0.85348 + 1.05864 + 0.85348 ms at tp 8.
+    row = {"model": "1B", "mbs": "1", "ga": "256", "dp": "1", "pp": "1", "tp": "8", "zero": "0"}
+    layout, _ = ultrascale_layout(row)
+    est = estimate(ultrascale_model("1B"), load_cluster("dgx-h100:1"), replace(layout, recompute="full"),
+                   stack=NANOTRON).to_json()
+    h = est["dense_host"]
+    assert h["recompute_share"] == 1.0 and h["layer_ms"] == pytest.approx(2 * 0.85348 + 1.05864, abs=1e-5)

@@ -102,3 +102,17 @@ def test_presets_name_a_hugging_face_repo() -> None:
         repo = hf_repo(name)
         assert (repo is None) == (name.startswith(("megatron-gpt", "gpt-22b", "gpt3-", "opt-175b", "nemotron4-15b"))), name
         assert repo is None or re.fullmatch(r"[\w.-]+/[\w.-]+", repo)
+
+
+def test_trtllm_line_launches_the_prefill_that_was_priced() -> None:
+    # Priced on TensorRT-LLM itself (engines.yaml trtllm chunked_prefill false: whole prompts, a longer one alone), the
+    # line keeps TRT-LLM's default and a note says --max_num_tokens must hold the longest prompt; priced on a chunking
+    # engine, it turns chunked prefill on.
+    from clusterplan.models.serving.launch import launch_notes
+
+    whole = LaunchConfig(repo="r", chunk_tokens=8192, max_model_len=32768, chunked_prefill=False)
+    assert "enable_chunked_prefill" not in trtllm_line(whole)
+    assert any("whole-prompt prefill" in n and "--max_num_tokens 8192" in n for n in launch_notes(whole))
+    chunked = LaunchConfig(repo="r", chunk_tokens=8192, max_model_len=32768)
+    assert "enable_chunked_prefill: true" in trtllm_line(chunked)
+    assert not any("whole-prompt" in n for n in launch_notes(chunked))

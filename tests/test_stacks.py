@@ -124,7 +124,7 @@ def test_a_stack_without_pipeline_parallelism_refuses_pp():
     """llm-foundry (Composer FSDP) has no pipeline schedule: pp > 1 is refused with a one-line fix, pp = 1 runs."""
     foundry = get_stack("llm-foundry")
     assert foundry.schedules == () and foundry.cp_kinds == () and foundry.tp_overlap == "none"
-    problems = stack_problems(Layout(pp=2, dp=4, zero=3), foundry)
+    problems = stack_problems(Layout(pp=2, dp=4, zero=3, recompute="none"), foundry)
     assert [p.message for p in problems] == ["stack llm-foundry has no pipeline parallelism; set pp=1"]
     assert stack_problems(Layout(dp=8, zero=3, recompute="full"), foundry) == []
 
@@ -150,10 +150,37 @@ def test_deepspeed_autotp_rules():
     from clusterplan.models.training.layout import Layout, stack_problems
 
     ds, mcore = get_stack("deepspeed"), get_stack("megatron-core")
-    assert not stack_problems(Layout(tp=4, dp=16, zero=2, sp=False, gbs=64), ds)
-    for layout, field in ((Layout(tp=4, dp=16, zero=2, sp=True, gbs=64), "sp"),
-                          (Layout(tp=4, dp=16, zero=3, sp=False, gbs=64), "zero"),
-                          (Layout(tp=4, pp=2, dp=8, zero=1, sp=False, gbs=64), "tp"),
-                          (Layout(tp=4, cp=2, cp_kind="a2a", dp=8, zero=1, sp=False, gbs=64), "tp")):
+    # recompute="none": DeepSpeed has no selective recompute (a rule of its own, test below)
+    assert not stack_problems(Layout(tp=4, dp=16, zero=2, sp=False, gbs=64, recompute="none"), ds)
+    for layout, field in ((Layout(tp=4, dp=16, zero=2, sp=True, gbs=64, recompute="none"), "sp"),
+                          (Layout(tp=4, dp=16, zero=3, sp=False, gbs=64, recompute="none"), "zero"),
+                          (Layout(tp=4, pp=2, dp=8, zero=1, sp=False, gbs=64, recompute="none"), "tp"),
+                          (Layout(tp=4, cp=2, cp_kind="a2a", dp=8, zero=1, sp=False, gbs=64, recompute="none"),
+                           "tp")):
         assert [p.field for p in stack_problems(layout, ds)] == [field], layout
         assert not stack_problems(replace(layout, cp_kind="ring"), mcore)
+
+
+def test_stacks_without_selective_recompute_refuse_it_and_default_to_none():
+    # nanotron, DeepSpeed and llm-foundry checkpoint whole layers only (selective_recompute: none): recompute=selective
+    # is a stack problem, plan does not search it, and a layout that names no recompute runs none there.
+    for name in ("nanotron", "deepspeed", "llm-foundry"):
+        stack = get_stack(name)
+        assert stack.recompute_modes == ("none", "full") and stack.default_recompute == "none"
+        problems = stack_problems(Layout(dp=8, zero=stack.default_zero, recompute="selective"), stack)
+        assert [p.field for p in problems] == ["recompute"] and "recompute=none or recompute=full" in problems[0].message
+    assert get_stack("megatron-core").default_recompute == "selective"
+
+
+def test_sequence_parallelism_at_tp_1_changes_no_memory():
+    # At tp 1 there is nothing to shard: sp=1 keeps what sp=0 keeps (torchtitan's op-level SAC save list added the
+    # SP reduce-scatter outputs, 4 GiB at Llama 3.1 8B, seq 8192, before).
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.estimate import estimate
+    from clusterplan.models.training.layout import Layout
+
+    model, cluster, titan = load_model("llama3.1-8b"), load_cluster("dgx-h100:1"), get_stack("torchtitan")
+    mem = [estimate(model, cluster, Layout.parse(f"tp=1,mbs=1,gbs=8,seq=8192,sp={sp}", world=8, defaults={"zero": 3}),
+                    stack=titan).to_json()["memory"]["peak_gib"] for sp in (0, 1)]
+    assert mem[0] == mem[1]

@@ -14,6 +14,7 @@ from clusterplan.hardware_db import (
     get_sdpa_fa2_measurement,
     get_sdpa_family,
 )
+from clusterplan.hardware_db.catalog import HOST_CPUS
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
@@ -230,7 +231,10 @@ class HardwareRates:
         up_ctas = None if calibration is not None and calibration.overlap else group.scale_up.nccl_ctas
         ctas_in = float(up_ctas or 0)
         ctas_out = float(NCCL_CTAS_PER_NIC * min(g.nics_per_node for g in cluster.groups) if up_ctas else 0)
-        return cls(gpu_name=gpu.name, host_cpu=gpu.host_cpu,
+        # The slowest host of the cluster launches for the step (HOST_CPUS: fastest per op first; Grace's per-op host
+        # time is 2.75x x86's, TransformerEngine#2053): a mixed cluster waits on it as on its slowest GPU.
+        host_cpu = max((g.gpu.host_cpu for g in cluster.groups), key=HOST_CPUS.index)
+        return cls(gpu_name=gpu.name, host_cpu=host_cpu,
                    sm_count=tiling.sm_count if tiling is not None else 0, comm_ctas_in=ctas_in, comm_ctas_out=ctas_out,
                    host_link_bytes_per_s=min(g.gpu.host_link_gb_per_s for g in cluster.groups) * 1e9,
                    memory_bytes=cluster.min_memory_bytes, peak_flops=peak,

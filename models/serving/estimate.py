@@ -309,6 +309,16 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
         max_model_len=int(math.ceil(int((inp + out).max()) / 256) * 256))
 
 
+def check_context(model: ModelSpec, input_tokens: np.ndarray, output_tokens: np.ndarray) -> None:
+    """Every request longer than the model's context is bad input: an engine refuses it (vLLM's --max-model-len is at
+    most the model's max_position_embeddings), so nothing would be served."""
+    total = np.asarray(input_tokens) + np.asarray(output_tokens)
+    if len(total) and int(total.min()) > model.max_positions:
+        raise BadInputError(f"every request is longer than {model.name}'s context of {model.max_positions:,} tokens "
+                            f"(the shortest is {int(total.min()):,} with its output); shorten --input-len / "
+                            "--output-len (or the trace's lengths)")
+
+
 def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = None) -> Engine:
     """The scheduler limits of one instance: its KV capacity, a sequence cap and a step token budget."""
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
@@ -357,6 +367,7 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
         n = requests or (clients if static else max(ESTIMATE_REQUESTS, CLOSED_LOOP_ROUNDS * clients))
         inp = parse_length(input_len, "--input-len").sample(rng, n)
         out = parse_length(output_len, "--output-len").sample(rng, n)
+    check_context(model, inp, out)
     if rate is not None:
         load = Load(kind=LoadKind.OPEN, rate_rps=float(rate), unit_gaps=gaps, requests=requests, seed=seed)
     else:

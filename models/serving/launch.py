@@ -38,6 +38,9 @@ class LaunchConfig:
     memory_utilization: float = 0.9
     role: str = "colocated"
     """colocated, prefill or decode (disaggregated pools)."""
+    chunked_prefill: bool = True
+    """The priced engine splits prompts across steps to fill chunk_tokens (engines.yaml chunked_prefill: vLLM and
+    SGLang do; TensorRT-LLM by default does not, a longer prompt running alone)."""
 
 
 def vllm_line(c: LaunchConfig) -> str:
@@ -89,9 +92,9 @@ def trtllm_line(c: LaunchConfig) -> str:
         extra.append("kv_cache_config: {dtype: fp8}")
     if c.attention_dp > 1:
         extra.append("enable_attention_dp: true")
-    if c.chunk_tokens < c.max_model_len:
-        # The priced prefill runs in chunks of --max_num_tokens; TRT-LLM chunks only with enable_chunked_prefill (off
-        # by default) and otherwise cannot schedule a prompt longer than --max_num_tokens.
+    if c.chunk_tokens < c.max_model_len and c.chunked_prefill:
+        # Priced in chunks of --max_num_tokens (an engine that chunks): TRT-LLM chunks only with enable_chunked_prefill
+        # (off by default; without it, it cannot schedule a prompt longer than --max_num_tokens).
         extra.append("enable_chunked_prefill: true")
     if c.role != "colocated":
         # A context (prefill) or generation (decode) server sends / receives KV caches through its cache transceiver.
@@ -126,6 +129,10 @@ def launch_notes(c: LaunchConfig) -> list[str]:
                      "(vllm/config/scheduler.py SchedulerConfig._verify_args: max_num_batched_tokens >= max_num_seqs); raise the "
                      "chunk to "
                      f"{c.max_seqs} or more")
+    if c.chunk_tokens < c.max_model_len and not c.chunked_prefill:
+        notes.append(f"priced with whole-prompt prefill (TensorRT-LLM's default), a prompt over the {c.chunk_tokens}-"
+                     f"token budget running alone; trtllm-serve refuses a prompt longer than --max_num_tokens "
+                     f"{c.chunk_tokens}: raise it to {c.max_model_len} for such prompts, or price a chunking engine")
     if c.role != "colocated":
         notes.append(f"{c.role} pool: each engine needs a front end that pairs the pools: TensorRT-LLM `trtllm-serve "
                      "disaggregated -c <config>` with the servers' URLs under context_servers / generation_servers; "

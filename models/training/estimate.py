@@ -170,20 +170,25 @@ class Estimate:
         if self.layout.precision == "fp8" and ev.stack.fp8_param_gather:
             out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
         if ev.stack.dense_host is not None and not self.model.is_moe:
-            out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu)
+            share = float(LayoutArrays.from_layouts([self.layout]).full_recompute_share(self.model.n_layers)[0])
+            out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu, share)
         return out
 
 
-def dense_host_json(h: DenseHost, tp: int, host_cpu: str) -> dict[str, Any]:
+def dense_host_json(h: DenseHost, tp: int, host_cpu: str, recompute_share: float = 0.0) -> dict[str, Any]:
     """One dense layer's host calls per micro-batch as the stack counts them (stacks.yaml dense_host) and their host
-    time on this CPU: what time.host_s exposes where it outlasts the layer's GPU time (host.dense_host_exposed_s)."""
+    time on this CPU: what time.host_s exposes where it outlasts the layer's GPU time (host.dense_host_exposed_s).
+    `recompute_share`: the layers fully recomputed, whose backward re-issues the forward's calls (layer_ms counts
+    them)."""
     tps = np.array([tp])
     forward, backward = dense_layer_calls(h, tps)
     forward_s, backward_s = dense_layer_host_s(h, tps, host_cpu)
+    f, b = float(forward_s[0]), float(backward_s[0])
     return {"host_cpu": host_cpu, "call_us": {k: _r(v * 1e6) for k, v in h.call_s[host_cpu].items()},
             "calls_forward": {k: _r(float(v[0])) for k, v in forward.items()},
             "calls_backward": {k: _r(float(v[0])) for k, v in backward.items()},
-            "forward_ms": _r(float(forward_s[0]) * 1e3), "backward_ms": _r(float(backward_s[0]) * 1e3)}
+            "forward_ms": _r(f * 1e3), "backward_ms": _r(b * 1e3), "recompute_share": _r(recompute_share),
+            "layer_ms": _r((f + b + recompute_share * f) * 1e3)}
 
 
 FP8_WEIGHTS = {

@@ -569,6 +569,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if L.pp > 1 and stack.schedules and L.zero > stack.pp_max_zero:
         add("zero", f"stack {stack.name} runs pipeline parallelism with zero <= {stack.pp_max_zero} only, "
                     f"got zero={L.zero}")
+    if not stack.can_run("recompute", L.recompute):
+        add("recompute", f"stack {stack.name} has no selective recompute (it checkpoints whole layers only); set "
+                         "recompute=none or recompute=full")
     if L.recompute_modules and stack.selective_recompute != "core_attn":
         add("recompute_modules", f"stack {stack.name} has no Megatron recompute modules ({L.recompute_modules}); its "
                                  f"selective recompute is {stack.selective_recompute}: drop recompute_modules")

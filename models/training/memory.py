@@ -340,7 +340,7 @@ def op_sac_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool
                      + 4.0 * shapes.n_heads / t)
     # SP reduce-scatter outputs are in the save list: the attention's (the residual the MLP norm is recomputed from)
     # and, eager only, the MLP's (the block output).
-    rs = np.where(L.sp > 0, (1.0 if compiled else 2.0) * tokens * h / L.sp_div * act, 0.0)
+    rs = np.where((L.sp > 0) & (L.tp > 1), (1.0 if compiled else 2.0) * tokens * h / L.sp_div * act, 0.0)  # tp 1: no SP
     if moe:
         # drop-and-pad: padded rows; imbalanced dropless: the busiest rank's (moe_layer.busiest_rank_ratio)
         routed = tokens * shapes.top_k / L.sp_div * busiest_rank_ratio(shapes, L)
