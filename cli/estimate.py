@@ -46,7 +46,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
                    "--use-precision-aware-optimizer), flash_attn, first_stage_layers, "
                    "last_stage_layers, moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
                    "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced). dp defaults to world / (tp*pp*cp); zero to 1, "
-                   "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3.")
+                   "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3; recompute to "
+                   "selective, or none on a stack without selective recompute (nanotron, deepspeed, llm-foundry).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
               help="A plan file (`plan --out`) instead of --layout: its model, cluster and layout, and for a "
                    "mixed-GPU plan its stages, priced stage by stage as `plan` printed them.")
