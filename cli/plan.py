@@ -18,7 +18,7 @@ from clusterplan.cli.options import (
     stack_option,
 )
 from clusterplan.cli.plot import check_plot_path, plot_plan
-from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, render_nearest, stage_rows
+from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, mixed_step_label, render_nearest, stage_rows
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
@@ -334,7 +334,7 @@ def _render_mixed(mixed: dict) -> None:
                                                  else " over")) if ev else "-"))
     columns = [*STAGE_COLUMNS, "even split layers", "even peak GiB"]
     console.table(None, columns, rows, justify_right=[c != "GPU" for c in columns])
-    parts = [f"step {bal['step_time_s']:.4g} s"]
+    parts = [f"step {mixed_step_label(bal)}"]
     if mixed["even_split"]:
         ev = mixed["even_split"]
         parts.append(f"even split {ev['step_time_s']:.4g} s" + ("" if ev["fits"] else " but out of memory"))

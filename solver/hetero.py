@@ -42,7 +42,15 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 from clusterplan.models.training.rules import Rule
-from clusterplan.models.training.step import layer_cost, step_time
+from clusterplan.models.training.step import (
+    LayerCost,
+    cross_node_p2p_s,
+    dp_exposed_s,
+    layer_cost,
+    optimizer_step_s,
+    pp_comm_s,
+    step_time,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,15 @@ class StageSplit:
     headroom_gib: float
     """Memory each GPU keeps free beyond its peak (`--headroom-gib`)."""
     step_time_s: float
+    """pipeline_s + pp_comm_s + the slowest stage's dp_comm_s + optimizer_s."""
+    pipeline_s: float
+    """m micro-batches at the slowest stage's pace plus pp - 1 stage times of fill and drain (1F1B)."""
+    pp_comm_s: float
+    """Exposed stage-to-stage sends (step.pp_comm_s), every hop priced across nodes at the slowest group's link."""
+    dp_comm_s: tuple[float, ...]
+    """Each stage's data-parallel traffic left exposed after its last backward (step.dp_exposed_s on its GPUs)."""
+    optimizer_s: tuple[float, ...]
+    """Each stage's optimizer step over its own parameters on its GPUs' HBM (step.optimizer_step_s)."""
     fits: bool = True
     """Every stage's peak + headroom within its GPU's memory (a naive even split may not be)."""
 
@@ -69,11 +86,20 @@ class StageSplit:
 
     def to_json(self) -> dict:
         starts = first_layers(self.stages)
-        return {"step_time_s": round(self.step_time_s, 6), "fits": self.fits, "headroom_gib": self.headroom_gib,
+        return {"step_time_s": round(self.step_time_s, 6), "pipeline_s": round(self.pipeline_s, 6),
+                "pp_comm_s": round(self.pp_comm_s, 6), "tail_s": round(self.tail_s, 6), "fits": self.fits,
+                "headroom_gib": self.headroom_gib,
                 "stages": [{"gpu": g, "node": n, "layers": k, "first_layer": f, "stage_s": round(t, 6),
+                            "dp_comm_s": round(d, 6), "optimizer_s": round(o, 6),
                             "peak_gib": round(p, 3), "capacity_gib": round(c, 3)}
-                           for g, n, k, f, t, p, c in zip(self.gpu, self.node, self.layers, starts, self.stage_s,
-                                                          self.peak_gib, self.capacity_gib, strict=True)]}
+                           for g, n, k, f, t, d, o, p, c in zip(self.gpu, self.node, self.layers, starts, self.stage_s,
+                                                                self.dp_comm_s, self.optimizer_s, self.peak_gib,
+                                                                self.capacity_gib, strict=True)]}
+
+    @property
+    def tail_s(self) -> float:
+        """After the pipeline drains: the slowest stage's exposed gradient sync plus optimizer step."""
+        return max(d + o for d, o in zip(self.dp_comm_s, self.optimizer_s, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +211,10 @@ class _Pipeline:
     fp8_bytes: tuple[tuple[float, float], ...]
     """Each stage's (fp8 weight copy, fp8-only parameter) bytes per parameter on its GPU type (_fp8_bytes)."""
     stack: ExecutionStack
+    rates: tuple[HardwareRates, ...]
+    """Each stage's GPU group priced alone."""
+    costs: tuple[LayerCost, ...]
+    """Each stage's layer cost on its GPU group."""
 
     @classmethod
     def of(cls, stage_group: list[int], cluster: Cluster, costs: list, rates: list[HardwareRates],
@@ -197,7 +227,7 @@ class _Pipeline:
                    head_s=tuple(float(costs[g].head_s[0] + costs[g].head_tp_s[0]) for g in stage_group),
                    embed_s=tuple(float(costs[g].embed_tp_s[0]) for g in stage_group),
                    capacity_b=tuple(float(rates[g].memory_bytes) for g in stage_group), headroom_b=headroom_gib * GIB,
-                   stack=stack)
+                   stack=stack, rates=tuple(rates[g] for g in stage_group), costs=tuple(costs[g] for g in stage_group))
 
     @property
     def pp(self) -> int:
@@ -225,11 +255,34 @@ class _Pipeline:
                    + (self.embed_s[s] if s == 0 else 0.0) for s, n in enumerate(layers)]
         peaks_b = [float(self.memory_b(s, np.array([float(n)]))[0]) for s, n in enumerate(layers)]
         # Pipeline: m micro-batches at the slowest stage's pace plus (pp-1) stage times of fill and drain.
-        step = (m + pp - 1) * max(stage_s)
+        pace = max(stage_s)
+        pipeline = (m + pp - 1) * pace
+        pp_comm = self.pp_comm_s(pace)
+        dp_comm, opt = zip(*(self.tail(s, n) for s, n in enumerate(layers)), strict=True)
+        tail = max(d + o for d, o in zip(dp_comm, opt, strict=True))
         return StageSplit(gpu=self.names, node=self.nodes, layers=tuple(int(n) for n in layers),
                           stage_s=tuple(stage_s), peak_gib=tuple(p / GIB for p in peaks_b),
                           capacity_gib=tuple(c / GIB for c in self.capacity_b), headroom_gib=self.headroom_b / GIB,
-                          step_time_s=step, fits=all(bool(self.fits_b(s, p)) for s, p in enumerate(peaks_b)))
+                          step_time_s=pipeline + pp_comm + tail, pipeline_s=pipeline, pp_comm_s=pp_comm,
+                          dp_comm_s=tuple(dp_comm), optimizer_s=tuple(opt),
+                          fits=all(bool(self.fits_b(s, p)) for s, p in enumerate(peaks_b)))
+
+    def pp_comm_s(self, pace_s: float) -> float:
+        """Exposed sends of the pipeline whose slowest stage takes `pace_s` per micro-batch: a chain over several node
+        groups spans scale-up domains, so its cross-node hops pace it (as step_time), at the slowest group's link."""
+        hops = [float(cross_node_p2p_s(self.shapes, self.one, hw)[0]) for hw in self.rates]
+        slow = int(np.argmax(hops))
+        return float(pp_comm_s(np.array([hops[slow]]), self.one.microbatches, self.one, self.stack,
+                               np.array([pace_s]), self.rates[slow])[0])
+
+    def tail(self, stage: int, n_layers: int) -> tuple[float, float]:
+        """(exposed gradient sync, optimizer step) of stage `stage` holding `n_layers` layers, on its own GPUs: what
+        it runs after its last backward, as step_time prices the slowest stage's (dp_exposed_s, optimizer_step_s)."""
+        hw, cost, layers = self.rates[stage], self.costs[stage], np.array([float(n_layers)])
+        dp = dp_exposed_s(self.shapes, self.one, hw, self.stack, layers, cost.forward_s, cost.backward_s,
+                          (cost.comm_slowdown_in, cost.comm_slowdown_out))
+        params = stage_params(self.shapes, self.one, layers, stage == 0, stage == self.pp - 1)
+        return float(dp[0]), float(optimizer_step_s(params, self.one, hw, self.stack)[0])
 
 
 def _fp8_bytes(stack: ExecutionStack, all_layouts: bool) -> tuple[float, float]:

@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,3 +59,34 @@ def test_plan_cli_reports_mixed_types(run_cli):
     assert code == 0
     mixed = json.loads(out)["mixed_gpu_types"]
     assert mixed["gain_vs_fastest_only"] > 0 and mixed["balanced"]["fits"]
+
+
+def test_mixed_step_adds_sends_gradient_sync_and_optimizer_worked_example():
+    """The mixed pipeline's step is its 1F1B pipeline plus what step_time adds to a homogeneous one: the
+    stage-to-stage sends and, after the drain, the slowest stage's exposed gradient sync and optimizer step."""
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.step import cross_node_p2p_s
+    from clusterplan.solver.hetero import _sub_cluster
+
+    model, cluster = load_model("llama3.1-70b"), load_cluster(MIXED)
+    plan = hetero_plan(model, cluster, 256, 4096)
+    bal, lay = plan.balanced, plan.layout
+    m = lay.gbs // (lay.dp * lay.mbs)
+    assert bal.pipeline_s == (m + lay.pp - 1) * max(bal.stage_s)
+    assert bal.step_time_s == bal.pipeline_s + bal.pp_comm_s + bal.tail_s
+    # Sends (1F1B, no P2P overlap in megatron-core outside interleaving): 2 (m + pp - 1) hops, each across nodes on
+    # the slower group's NICs (A100 nodes: 200 Gb/s per GPU against H100's 400).
+    shapes, one = ModelShapes.of(model), LayoutArrays.from_layouts([lay])
+    hops = [float(cross_node_p2p_s(shapes, one, HardwareRates.of(_sub_cluster(cluster, i)))[0]) for i in (0, 1)]
+    assert bal.pp_comm_s == pytest.approx(2 * (m + lay.pp - 1) * max(hops), rel=1e-12)
+    # Optimizer step by hand on the first H100 stage: its layers' parameters over tp, the norms whole, sharded over
+    # dp by the distributed optimizer, 32 B each through the H100's HBM (fused Adam with fp32 master weights).
+    i = bal.gpu.index("H100-SXM5-80GB")
+    h100 = HardwareRates.of(_sub_cluster(cluster, [g.gpu.name for g in cluster.groups].index("H100-SXM5-80GB")))
+    per_layer = (shapes.attn_params + shapes.dense_mlp_params) / lay.tp + shapes.norm_params
+    assert lay.zero == 1 and lay.optimizer == "adam-master" and 0 < i < lay.pp - 1
+    expected = bal.layers[i] * per_layer / lay.dp * 32.0 / h100.hbm_bytes_per_s
+    assert bal.optimizer_s[i] == pytest.approx(expected, rel=1e-9)
+    assert all(d >= 0 for d in bal.dp_comm_s) and bal.tail_s > 0

@@ -99,7 +99,10 @@ def test_plan_out_saves_the_mixed_pipeline_and_check_prints_the_same_numbers(run
     lay = plan.layout
     m = 256 // (lay.dp * lay.mbs)
     slowest = max(st["stage_s"] for st in balanced["stages"])
-    assert balanced["step_time_s"] == pytest.approx((m + lay.pp - 1) * slowest, rel=1e-5)
+    assert balanced["pipeline_s"] == pytest.approx((m + lay.pp - 1) * slowest, rel=1e-5)
+    # ... and the step adds the sends and the slowest stage's gradient sync + optimizer step after the drain.
+    tail = max(st["dp_comm_s"] + st["optimizer_s"] for st in balanced["stages"])
+    assert balanced["step_time_s"] == pytest.approx(balanced["pipeline_s"] + balanced["pp_comm_s"] + tail, abs=3e-6)
     # The text check prints the stage table and the step as plan did.
     code, out, _ = run_cli("check", str(path))
     assert code == 0 and f"step {balanced['step_time_s']:.4g} s" in out and "A100-SXM4-80GB" in out

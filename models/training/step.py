@@ -56,6 +56,7 @@ from clusterplan.models.training.host import (
 )
 from clusterplan.models.training.memory import (
     StageLayers,
+    StageParams,
     bytes_per_param,
     fsdp_fp8_allgather,
     param_gather_bytes,
@@ -702,7 +703,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     backward_share = (cost.backward_s / np.maximum(cost.forward_s + cost.backward_s, TINY_S)
                       if np.any(L.schedule == ScheduleCode.DUALPIPE) else BACKWARD_SHARE_2X)
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
-    dp_exposed = _dp_exposed(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
+    dp_exposed = dp_exposed_s(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
                              (cost.comm_slowdown_in, cost.comm_slowdown_out))
     opt = _optimizer_s(shapes, L, hw, layers, stack)
     compute = m * (slow_layers * cost.compute_s + slow_head)
@@ -742,6 +743,12 @@ def offload_exposed_s(layer_bytes: np.ndarray, offloaded: np.ndarray, layers: np
     forward = np.maximum(0.0, offloaded * copy_s - slack * layer_forward_s)
     backward = np.maximum(0.0, offloaded * copy_s - slack * layer_backward_s)
     return np.where(offloaded > 0, forward + backward, 0.0)
+
+
+def cross_node_p2p_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> np.ndarray:
+    """One pipeline send/recv of a micro-batch's boundary activation between nodes (collectives.pipeline_p2p): the
+    hop that paces a chain of stages spanning scale-up domains, as step_time prices it."""
+    return _p2p(pipeline_p2p(shapes, L).size_bytes, np.full(np.shape(L.tp), 2.0), hw, Axis.PP)
 
 
 def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionStack, stage: np.ndarray,
@@ -784,7 +791,7 @@ def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: Layou
     return stage * np.maximum(0.0, (m + units) / oversubscription - m)
 
 
-def _dp_exposed(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                 slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray,
                 slowdowns: tuple[np.ndarray | float, np.ndarray | float] = (1.0, 1.0)) -> np.ndarray:
     """Data-parallel traffic left exposed after the stack's overlap, plus what its overlapped part costs the compute
@@ -984,7 +991,14 @@ def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers
     """Optimizer step streams its states through HBM (optimizer_bytes_per_param). Under ZeRO >= 1 each rank updates
     its shard: dense parameters over dp_shard * cp, routed experts over the expert-data-parallel group
     (memory.zero_shards)."""
-    params = stage_params(shapes, L, layers.first, True, L.pp == 1)
+    return optimizer_step_s(stage_params(shapes, L, layers.first, True, L.pp == 1), L, hw, stack)
+
+
+def optimizer_step_s(params: StageParams, L: LayoutArrays, hw: HardwareRates,
+                     stack: ExecutionStack | None = None) -> np.ndarray:
+    """One rank's optimizer step over a stage's `params` (memory.stage_params): under ZeRO >= 1 it updates its
+    shard, dense parameters over dp_shard * cp, routed experts over the expert-data-parallel group
+    (memory.zero_shards), streaming optimizer_bytes_per_param through HBM."""
     dense_shard, expert_shard = zero_shards(L)
     on = L.zero >= 1
     updated = params.dense / np.where(on, dense_shard, 1.0) + params.expert / np.where(on, expert_shard, 1.0)
