@@ -44,7 +44,7 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
                    "recompute, recompute_layers, schedule, precision, fp8_params (fp8-only weights, Megatron "
                    "--fp8-param-gather), optimizer, bf16_moments (Adam m and v in bf16, Megatron "
                    "--use-precision-aware-optimizer), flash_attn, first_stage_layers, "
-                   "last_stage_layers, moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
+                   "last_stage_layers, pp_layers (layers of each pipeline rank, e.g. 6/5/5/0), moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
                    "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced). dp defaults to world / (tp*pp*cp); zero to 1, "
                    "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3; recompute to "
                    "selective, or none on a stack without selective recompute (nanotron, deepspeed, llm-foundry).")

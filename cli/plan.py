@@ -57,6 +57,10 @@ def parse_fix(text: str | None, world: int) -> dict:
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
+    if "pp_layers" in keys:
+        raise BadInputError("--fix pp_layers: plan searches first/last stage sizes with the rest even, not per-rank "
+                            "lists; pin first_stage_layers/last_stage_layers, or price the list with `clusterplan "
+                            "estimate --layout ...,pp_layers=...`")
     return {k: full[k] for k in keys}
 
 

@@ -52,11 +52,18 @@ def render_estimate(data: dict[str, Any]) -> None:
     # no middle one. The JSON keeps all three positions.
     pp = int(lay.get("pp", 1))
     shown = (("first", "all layers"),) if pp == 1 else (("first", "first stage"), ("last", "last stage")) if pp == 2 \
-        else (("first", "first stage"), ("middle", "middle"), ("last", "last stage"))
+        else (("first", "first stage"), ("middle", _middle_label(lay)), ("last", "last stage"))
     rows = [(term, *(f"{stages[p][term + '_gib']:.2f}" for p, _ in shown)) for term in MEMORY_TERMS + ("total",)]
     where = "" if pp == 1 else f" on the {mem['peak_stage']} stage"
     console.table(f"memory per GPU, GiB (peak {mem['peak_gib']:.1f} of {mem['capacity_gib']:.1f}{where}, "
                   f"headroom {mem['headroom_gib']:.1f})", ["term", *(label for _, label in shown)], rows)
+
+
+def _middle_label(lay: dict[str, Any]) -> str:
+    """The middle column's name: the heaviest middle rank's layers under a per-rank list (Layout.pp_layers), priced
+    with the second rank's micro-batches in flight (an upper bound for the other middle ranks)."""
+    ranks = lay.get("pp_layers") or []
+    return f"heaviest middle ({max(ranks[1:-1])} layers)" if len(ranks) > 2 else "middle"
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -12,7 +12,7 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import fp8_hardware_problems
-from clusterplan.models.training.layout import Layout, layout_problems, stage_layers
+from clusterplan.models.training.layout import Layout, layout_problems, rank_layer_counts, stage_layers
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 
 Stages = tuple[PipelineStage, ...]
@@ -96,9 +96,14 @@ def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
     if pp == 1:
         return [model.n_layers]
     first, middle, last = stage_layers(model, layout)
-    per_chunk = middle // vpp if pp > 2 or not (layout.first_stage_layers or layout.last_stage_layers) else \
-        max(first, last) // vpp
+    uneven = layout.first_stage_layers or layout.last_stage_layers or layout.pp_layers
+    per_chunk = middle // vpp if pp > 2 or not uneven else max(first, last) // vpp
     counts = [per_chunk] * (pp * vpp)
+    if layout.pp_layers:  # each middle rank's own layers over its chunks, a remainder to its earliest ones
+        for rank in range(1, pp - 1):
+            base, extra = divmod(layout.pp_layers[rank], vpp)
+            for v in range(vpp):
+                counts[v * pp + rank] = base + (1 if v < extra else 0)
     for rank, total, order in ((0, first, range(vpp)), (pp - 1, last, reversed(range(vpp)))):
         diff = total - per_chunk * vpp
         for v in order:  # chunk of this rank nearest the end it serves first
@@ -131,7 +136,11 @@ def canonical(model: ModelSpec, layout: Layout) -> Layout:
     first, middle, last = stage_layers(model, L)
     n, pp = model.n_layers, L.pp
     even = pp == 1 or (n % pp == 0 and first == last == n // pp and (pp == 2 or middle == n // pp))
-    return replace(L, first_stage_layers=0 if even else first, last_stage_layers=0 if even else last,
+    # A per-rank list stays one only where first/last and an even middle cannot say it (frameworks read either).
+    # (an end of 0 layers is a list too: first/last_stage_layers 0 means an even share)
+    listed = pp > 1 and bool(L.pp_layers) and (len(set(L.pp_layers[1:-1])) > 1 or 0 in (first, last))
+    return replace(L, first_stage_layers=0 if even or listed else first,
+                   last_stage_layers=0 if even or listed else last, pp_layers=L.pp_layers if listed else (),
                    cp_kind="ring" if L.cp == 1 else L.cp_kind, sp=L.sp and L.tp > 1,
                    dp_replicate=1 if L.zero == 0 or L.dp == 1 else L.dp_replicate,
                    recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
@@ -151,8 +160,7 @@ def rank_layers(model: ModelSpec, layout: Layout, stages: Stages = ()) -> list[i
     """Transformer layers of each pipeline rank: the mixed plan's stages, else the layout's first/middle/last."""
     if stages:
         return [st.layers for st in stages]
-    first, middle, last = stage_layers(model, layout)
-    return [first, *([middle] * (layout.pp - 2)), last] if layout.pp > 1 else [model.n_layers]
+    return rank_layer_counts(model, layout)
 
 
 def stage_lines(cluster: Cluster, layout: Layout, stages: Stages, launcher: str) -> list[str]:

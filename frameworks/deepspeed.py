@@ -58,7 +58,7 @@ def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
     if L.pp > 1 and L.vpp > 1:
         raise InfeasibleError(f"DeepSpeed's pipeline engine runs one stage per rank (no interleaving), the plan has "
                               f"vpp={L.vpp}; set vpp=1 or export --to megatron")
-    if L.pp > 1 and (L.first_stage_layers or L.last_stage_layers):
+    if L.pp > 1 and (L.first_stage_layers or L.last_stage_layers or L.pp_layers):
         raise InfeasibleError("DeepSpeed's PipelineModule partitions layers by its partition_method (uniform or by "
                               "parameters), not by given first/last stage sizes; use an even split or export --to megatron")
     if L.precision == "fp8":

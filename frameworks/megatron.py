@@ -210,9 +210,10 @@ def ends_divide_by_vpp(layout: Layout) -> bool:
 def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args:
     L = layout
     args = ["--tensor-model-parallel-size", str(L.tp), "--pipeline-model-parallel-size", str(L.pp)]
-    uneven = bool(L.first_stage_layers or L.last_stage_layers)
+    uneven = bool(L.first_stage_layers or L.last_stage_layers or L.pp_layers)
     ranks = rank_layers(model, L, stages)
-    per_chunk = uneven and not ends_divide_by_vpp(L)
+    # a per-rank list (Layout.pp_layers) is always written as the layout string: chunk by chunk, ends of 0 layers too
+    per_chunk = uneven and (bool(L.pp_layers) or not ends_divide_by_vpp(L))
     if stages and not first_last_expresses(ranks):
         # per-rank layer lists beyond first/last: Megatron-LM's --pipeline-model-parallel-layout (arguments.py
         # validate_args; not combined with --decoder-first/last-pipeline-num-layers)

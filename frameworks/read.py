@@ -220,8 +220,9 @@ def pipeline_chunks(model: ModelSpec, par: Mapping[str, Any], pp: int, where: st
 
 
 def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: str,
-                        where: str) -> tuple[int, int, int, list[str], tuple[int, ...]]:
-    """(vpp, first_stage_layers, last_stage_layers, notes, layers of each rank) from the chunks (0, 0: an even split).
+                        where: str) -> tuple[int, int, int, tuple[int, ...], list[str], tuple[int, ...]]:
+    """(vpp, first_stage_layers, last_stage_layers, pp_layers, notes, layers of each rank) from the chunks (0, 0, ():
+    an even split; pp_layers where first/last and an even middle cannot say the ranks' totals).
 
     The rank totals give the stage sizes; when the chunks inside a rank are not the split clusterplan prices
     (frameworks.common.chunk_layers), the estimate uses the totals and says so.
@@ -229,7 +230,7 @@ def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: 
     from clusterplan.frameworks.common import canonical, chunk_layers  # frameworks.common imports this module
 
     if pp == 1:
-        return 1, 0, 0, [], ()
+        return 1, 0, 0, (), [], ()
     if len(counts) % pp:
         raise BadInputError(f"{where}: {len(counts)} pipeline chunks do not divide over pipeline_parallel_degree({pp})")
     vpp = len(counts) // pp
@@ -237,16 +238,12 @@ def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: 
     totals = [0] * pp
     for c, n in enumerate(counts):
         totals[(c if c < pp else 2 * pp - 1 - c) if v_shape else c % pp] += n
-    if len(set(totals[1:-1])) > 1:
-        return vpp, 0, 0, [f"pipeline ranks hold {totals} layers; estimated as an even split (clusterplan prices "
-                           "uneven first and last ranks only)"], tuple(totals)
-    trial = Layout(pp=pp, vpp=vpp, schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
-                   first_stage_layers=totals[0], last_stage_layers=totals[-1])
-    trial = canonical(model, trial)
+    trial = canonical(model, Layout(pp=pp, vpp=vpp, schedule="interleaved-1f1b" if vpp > 1 else "1f1b",
+                                    pp_layers=tuple(totals)))
     notes = []
     if not v_shape and chunk_layers(model, trial) != counts:
         notes.append(f"pipeline chunks hold {counts} layers; estimated with the ranks' totals {totals}")
-    return vpp, trial.first_stage_layers, trial.last_stage_layers, notes, tuple(totals)
+    return vpp, trial.first_stage_layers, trial.last_stage_layers, trial.pp_layers, notes, tuple(totals)
 
 
 def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
@@ -293,10 +290,10 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
         raise BadInputError(f"{where}: pipeline_parallel_schedule {schedule_name!r}; known: "
                             f"{', '.join(TORCHTITAN_SCHEDULES)}")
     schedule = TORCHTITAN_SCHEDULES[schedule_name.lower()] if pp > 1 else "1f1b"
-    vpp, first, last, ranks = 1, 0, 0, ()
+    vpp, first, last, pp_layers, ranks = 1, 0, 0, (), ()
     if pp > 1:
         counts = pipeline_chunks(model, par, pp, where)
-        vpp, first, last, more, ranks = _layout_from_chunks(model, counts, pp, schedule_name, where)
+        vpp, first, last, pp_layers, more, ranks = _layout_from_chunks(model, counts, pp, schedule_name, where)
         notes += more
         if schedule == "zb":
             vpp = 1  # clusterplan's zero-bubble schedule (one chunk per rank)
@@ -344,7 +341,7 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
                     ep=ep, etp=etp, sp=sp, zero=zero,
                     mbs=mbs, gbs=gbs if gbs > 0 else local * dp, seq=get(train, "seq_len", 2048),
                     recompute=recompute, recompute_layers=recompute_layers, schedule=schedule, vpp=vpp,
-                    precision=precision, first_stage_layers=first, last_stage_layers=last)
+                    precision=precision, first_stage_layers=first, last_stage_layers=last, pp_layers=pp_layers)
     return layout, notes, ranks
 
 
@@ -652,13 +649,15 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         vpp = max(1, (model.n_layers // pp) // v["layers_per_vstage"])
     notes: list[str] = []
     ranks: tuple[int, ...] = ()
+    pp_layers: tuple[int, ...] = ()
     if "pp_layout" in v:
         if any(k in v for k in ("first_stage_layers", "last_stage_layers", "vstages", "layers_per_vstage")):
             raise BadInputError(f"{path}: --pipeline-model-parallel-layout cannot be combined with --decoder-first/"
                                 "last-pipeline-num-layers or virtual-stage flags (Megatron-LM validate_args); "
                                 "keep one of them")
         counts = megatron_layout_chunks(v["pp_layout"], model, str(path))
-        vpp, first, last, more, ranks = _layout_from_chunks(model, counts, pp, "interleaved1f1b", str(path))
+        vpp, first, last, pp_layers, more, ranks = _layout_from_chunks(model, counts, pp, "interleaved1f1b",
+                                                                       str(path))
         notes += more
     if "megatron_fsdp" in v:
         sharding = v.get("sharding", "optim_grads_params")
@@ -696,6 +695,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     cp_kind=megatron_cp_kind(v, str(path), notes) if cp > 1 else "ring",
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
+                    pp_layers=pp_layers if pp > 1 else (),
                     recompute_modules="+".join(v.get("recompute_modules", [])) if recompute == "selective" else "",
                     fp32_grads=not v.get("grad_bf16"),
                     # kept as the script gives it: without fp8 or the distributed optimizer / FSDP Megatron-LM

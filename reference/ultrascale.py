@@ -185,6 +185,7 @@ def ultrascale_layout(r: dict[str, str], log: dict[str, str] | None = None) -> t
     if gbs != PRINTED_GBS:
         notes.append(f"GBS printed {PRINTED_GBS}, but dp x mbs x ga = {gbs}: priced at {gbs}")
     first = last = 0
+    ranks: tuple[int, ...] = ()
     if pp > 1:
         model = ultrascale_model(r["model"])
         split = nanotron_stage_layers(model, pp)
@@ -201,6 +202,10 @@ def ultrascale_layout(r: dict[str, str], log: dict[str, str] | None = None) -> t
         if split[-1][1] and min(layers) >= 1 and len(set(middle)) <= 1:
             first, last = layers[0], layers[-1]
             notes.append(f"nanotron's cost-balanced split {text} decoder layers, the LM head on the last rank")
+        elif split[-1][1]:  # middle ranks that differ, or the head alone on the last rank: a per-rank list
+            ranks = tuple(layers)
+            notes.append(f"nanotron's cost-balanced split {text} decoder layers, the LM head on the last rank "
+                         "(pp_layers)")
         else:
             notes.append(f"nanotron's cost-balanced split {text} decoder layers (the LM head with "
                          f"{split[[h for _, h in split].index(True)][0]} of them) is not expressible as first / "
@@ -208,7 +213,7 @@ def ultrascale_layout(r: dict[str, str], log: dict[str, str] | None = None) -> t
     # nanotron's sequence parallelism (tp_mode REDUCE_SCATTER) is the sweep's default with tp > 1; no recompute.
     return Layout(dp=dp, tp=tp, pp=pp, zero=zero, mbs=mbs, gbs=gbs, seq=SEQ, sp=tp > 1, recompute="none",
                   schedule="1f1b", precision="bf16", fp32_grads=True, first_stage_layers=first,
-                  last_stage_layers=last), notes
+                  last_stage_layers=last, pp_layers=ranks), notes
 
 
 def _priced(status: str) -> Iterator[tuple[dict[str, str], Layout, list[str], Estimate]]:

@@ -83,6 +83,12 @@ HAND: list[tuple[str, str, dict]] = [
                                     "recompute_modules": "mla_up_proj+moe_act", "fp32_grads": False}),
     ("llama3.1-8b", "dgx-h100:1", {"dp": 8, "mbs": 1, "gbs": 64, "zero": 3, "recompute": "none", "offload_layers": 8,
                                    "fp32_grads": False}),
+    # per-rank layer lists (Layout.pp_layers): middle ranks that differ, the LM head alone on the last rank, and
+    # uneven middle ranks over virtual stages (Megatron --pipeline-model-parallel-layout, torchtitan module lists)
+    ("llama3.1-8b", "dgx-h100:2", {"pp": 4, "mbs": 1, "gbs": 64, "zero": 1, "pp_layers": [6, 9, 10, 7]}),
+    ("llama3.1-8b", "dgx-h100:2", {"pp": 4, "mbs": 1, "gbs": 64, "zero": 1, "pp_layers": [11, 11, 10, 0]}),
+    ("llama3.1-70b", "dgx-h100:8", {"tp": 8, "pp": 4, "vpp": 2, "mbs": 1, "gbs": 512, "seq": 8192, "sp": True,
+                                    "schedule": "interleaved-1f1b", "pp_layers": [19, 22, 20, 19]}),
 ]
 
 

@@ -60,3 +60,15 @@ def test_uneven_first_and_last_stages():
     spec = load_model("llama3.1-8b").scaled(n_layers=10)
     assert [len(ids) for ids in stage_layer_ids(spec, layout)] == [1, 3, 3, 3]
     assert stage_layer_ids(spec, layout)[0] == [0] and stage_layer_ids(spec, layout)[3] == [7, 8, 9]
+
+
+def test_per_rank_lists_build_the_stages_as_listed():
+    # pp_layers 2/4/3/1 of 10 layers: every layer once, in order; over vpp 2 a rank's odd count gives its
+    # earliest chunk the extra layer (rank 2: chunks 2 and 6 hold 2 and 1).
+    spec = load_model("llama3.1-8b").scaled(n_layers=10)
+    flat = Layout.parse("pp=4,pp_layers=2/4/3/1,gbs=4")
+    assert [len(ids) for ids in stage_layer_ids(spec, flat)] == [2, 4, 3, 1]
+    looped = Layout.parse("pp=4,vpp=2,schedule=interleaved-1f1b,pp_layers=2/4/3/1,gbs=8")
+    sizes = [len(ids) for ids in stage_layer_ids(spec, looped)]
+    assert sizes == [1, 2, 2, 1, 1, 2, 1, 0] and sum(sizes) == 10
+    assert [i for ids in stage_layer_ids(spec, looped) for i in ids] == list(range(10))

@@ -125,6 +125,11 @@ class LayoutArrays:
     """Layout.moe_capacity_factor; DROPLESS (0) for None."""
     moe_imbalance: np.ndarray
     """Layout.moe_imbalance (1 = force-balanced routing)."""
+    pp_layers_listed: np.ndarray
+    """1 where Layout.pp_layers gives each rank's layers: first_stage_layers / last_stage_layers then hold the end
+    ranks' counts as given (0 = no layers, not an even share) and middle_stage_layers the heaviest middle rank's."""
+    middle_stage_layers: np.ndarray
+    """The heaviest middle rank's layers under Layout.pp_layers (0 otherwise, or with no middle rank)."""
 
     @classmethod
     def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
@@ -138,6 +143,13 @@ class LayoutArrays:
         cols["moe_capacity_factor"] = np.array([DROPLESS if x.moe_capacity_factor is None else x.moe_capacity_factor
                                                 for x in layouts], dtype=float)
         cols["moe_imbalance"] = np.array([x.moe_imbalance for x in layouts], dtype=float)
+        listed = [bool(x.pp_layers) and x.pp > 1 for x in layouts]
+        cols["pp_layers_listed"] = np.array(listed, dtype=float)
+        for name, pick in (("first_stage_layers", lambda r: r[0]), ("last_stage_layers", lambda r: r[-1]),
+                           ("middle_stage_layers", lambda r: max(r[1:-1], default=0))):
+            cols[name] = np.array([float(pick(x.pp_layers)) if on else (0.0 if name == "middle_stage_layers" else
+                                                                        cols[name][i])
+                                   for i, (x, on) in enumerate(zip(layouts, listed, strict=True))])
         return cls(**cols)
 
     @classmethod
@@ -153,6 +165,8 @@ class LayoutArrays:
                 cols[f.name] = np.zeros(n, dtype=np.int64)
             elif f.name == "moe_capacity_factor":
                 cols[f.name] = np.full(n, DROPLESS)
+            elif f.name in ("pp_layers_listed", "middle_stage_layers"):  # no per-rank list: first/last and even
+                cols[f.name] = np.zeros(n)
             elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
                 cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:

@@ -121,6 +121,13 @@ class Layout:
     """Layers on the first pipeline stage (0 = even split); the embedding lives there too."""
     last_stage_layers: int = 0
     """Layers on the last pipeline stage (0 = even split); the LM head and loss live there."""
+    pp_layers: tuple[int, ...] = ()
+    """Transformer layers of each pipeline rank, all its virtual chunks together (torchtitan's per-stage module
+    lists, Megatron-Core's --pipeline-model-parallel-layout, nanotron's cost-balanced split): pp counts summing to
+    n_layers; the first rank also holds the embedding, the last the LM head and loss (either may hold 0 layers).
+    Empty = first_stage_layers / last_stage_layers and the rest split evenly. Priced exactly for the slowest rank's
+    time; the middle ranks' memory at the heaviest middle rank with the second rank's micro-batches in flight (the
+    most any middle rank holds under 1F1B), an upper bound."""
     recompute_modules: str = ""
     """With recompute=selective: Megatron-Core's recompute modules, '+'-separated (e.g. mla_up_proj+moe_act, see
     RECOMPUTE_MODULES); empty = the stack's own selective recompute (Megatron core_attn, torchtitan op-level SAC)."""
@@ -182,6 +189,7 @@ class Layout:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > MAX_INT:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
+        object.__setattr__(self, "pp_layers", parse_pp_layers(self.pp_layers, "layout: pp_layers"))
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
         for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap"):
@@ -255,6 +263,10 @@ class Layout:
             del out["moe_capacity_factor"]
         if out["moe_imbalance"] == 1.0:
             del out["moe_imbalance"]
+        if out["pp_layers"]:
+            out["pp_layers"] = list(out["pp_layers"])
+        else:
+            del out["pp_layers"]
         return out
 
     def short(self) -> str:
@@ -282,6 +294,8 @@ class Layout:
             parts.append(f"drop{self.moe_capacity_factor:g}")
         if self.moe_imbalance != 1.0:
             parts.append(f"imbalance{self.moe_imbalance:g}")
+        if self.pp_layers:
+            parts.append("layers " + "/".join(map(str, self.pp_layers)))
         return " ".join(parts)
 
     # ---- parsing ----------------------------------------------------------------------------
@@ -333,7 +347,25 @@ class Layout:
         return replace(self, **changes)
 
 
+def parse_pp_layers(value: Any, where: str) -> tuple[int, ...]:
+    """Layout.pp_layers from a list / tuple of counts or text `6/5/5/0` (what --layout and --fix take)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace(":", "/").split("/")] if value.strip() else []
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise BadInputError(f"{where}: {value!r} must be layer counts per pipeline rank separated by '/', "
+                                "e.g. 6/5/5/0") from None
+    if not isinstance(value, list | tuple) or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
+                                                  or n > MAX_INT for n in value):
+        raise BadInputError(f"{where}: must be layer counts >= 0, one per pipeline rank (e.g. 6/5/5/0), got "
+                            f"{value!r}")
+    return tuple(value)
+
+
 def _convert(key: str, value: str, type_name: str, option: str) -> Any:
+    if key == "pp_layers":
+        return parse_pp_layers(value, f"{option}: pp_layers")
     if type_name.startswith("bool"):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -360,6 +392,9 @@ def stage_layers(model: ModelSpec, layout: Layout) -> tuple[int, int, int]:
     pp, n = layout.pp, model.n_layers
     if pp == 1:
         return n, n, n
+    if layout.pp_layers:  # the heaviest middle rank stands for the middle (Layout.pp_layers); none at pp 2
+        ranks = layout.pp_layers
+        return ranks[0], max(ranks[1:-1], default=0), ranks[-1]
     first, last = layout.first_stage_layers, layout.last_stage_layers
     if not first and not last:
         per = n // pp
@@ -368,6 +403,17 @@ def stage_layers(model: ModelSpec, layout: Layout) -> tuple[int, int, int]:
     n_middle = pp - (1 if first else 0) - (1 if last else 0)
     per = middle_total // n_middle if n_middle else 0
     return (first or per), per, (last or per)
+
+
+def rank_layer_counts(model: ModelSpec, layout: Layout) -> list[int]:
+    """Transformer layers of each pipeline rank, all its virtual chunks together: Layout.pp_layers as given, else the
+    first / middle / last split (stage_layers) written out rank by rank."""
+    if layout.pp > 1 and layout.pp_layers:
+        return list(layout.pp_layers)
+    if layout.pp == 1:
+        return [model.n_layers]
+    first, middle, last = stage_layers(model, layout)
+    return [first, *([middle] * (layout.pp - 2)), last]
 
 
 def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
@@ -397,7 +443,9 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
                                        f"holds (n_layers {model.n_layers}, pp {L.pp})")
     chunks = L.pp * L.vpp
     uneven = L.first_stage_layers or L.last_stage_layers
-    if L.pp == 1 and uneven:
+    if L.pp_layers:
+        problems += pp_layers_problems(model, L)
+    elif L.pp == 1 and uneven:
         add(RuleCode.UNEVEN_NEEDS_PP, "first_stage_layers/last_stage_layers need pp > 1")
     elif uneven:
         first, per, last = stage_layers(model, L)
@@ -459,6 +507,30 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
                                    f"precision-aware optimizer: adam with the distributed optimizer), got "
                                    f"zero={L.zero} optimizer={L.optimizer}")
     problems += _moe_problems(model, L)
+    return problems
+
+
+def pp_layers_problems(model: ModelSpec, L: Layout) -> list[Rule]:
+    """What a per-rank layer list (Layout.pp_layers) must keep: pp > 1, one count per rank, the counts summing to
+    n_layers, every middle rank holding a layer in each of its vpp chunks (the ends may hold the embedding or the
+    head alone), and no first/last_stage_layers beside it. A middle rank's layers need not divide by vpp: its
+    earliest chunks take the remainder (frameworks.common.chunk_layers), as torchtitan's default split does."""
+    ranks, problems = L.pp_layers, []
+    add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
+    text = "/".join(map(str, ranks))
+    if L.pp == 1:
+        add(RuleCode.UNEVEN_NEEDS_PP, f"pp_layers({text}) needs pp > 1")
+        return problems
+    if L.first_stage_layers or L.last_stage_layers:
+        add(RuleCode.PP_LAYERS, f"pp_layers({text}) and first_stage_layers({L.first_stage_layers}) / "
+                                f"last_stage_layers({L.last_stage_layers}) both given")
+    if len(ranks) != L.pp:
+        add(RuleCode.PP_LAYERS, f"pp_layers({text}) has {len(ranks)} counts for pp({L.pp}) ranks")
+    elif sum(ranks) != model.n_layers:
+        add(RuleCode.PP_LAYERS, f"pp_layers({text}) sum to {sum(ranks)} != n_layers({model.n_layers})")
+    elif min(ranks[1:-1], default=L.vpp) < L.vpp:
+        add(RuleCode.PP_LAYERS, f"pp_layers({text}) leave a middle pipeline rank fewer layers than its vpp({L.vpp}) "
+                                "chunks")
     return problems
 
 

@@ -97,6 +97,10 @@ def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
     middle = np.where(has_first | has_last, np.where(n_mid > 0, rest / np.maximum(n_mid, 1), 0.0), even)
     first = np.where(has_first, L.first_stage_layers, middle)
     last = np.where(has_last, L.last_stage_layers, middle)
+    listed = L.pp_layers_listed > 0  # Layout.pp_layers: the ends as given, the heaviest middle rank
+    first, middle, last = (np.where(listed, given, derived) for given, derived in
+                           ((L.first_stage_layers, first), (L.middle_stage_layers, middle),
+                            (L.last_stage_layers, last)))
     one = L.pp == 1
     return StageLayers(np.where(one, n, first), np.where(one, n, middle), np.where(one, n, last))
 

@@ -132,7 +132,7 @@ def stage_groups(model: ModelSpec, cluster: Cluster, layout: Layout, stages: tup
 def stage_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     """The rules a mixed-GPU layout breaks: its split is given stage by stage, so the even-split rule does not apply
     (nor do first/last stage sizes written into the layout)."""
-    flat = replace(layout, first_stage_layers=0, last_stage_layers=0)
+    flat = replace(layout, first_stage_layers=0, last_stage_layers=0, pp_layers=())
     return [p for p in layout_problems(model, flat, world) if p.code != RuleCode.LAYERS_PP]
 
 

@@ -23,6 +23,7 @@ class RuleCode(str, Enum):
     NO_MIDDLE_LAYERS = "no layers left for middle stages"
     STAGE_LAYERS_SUM = "stage layers != n_layers"
     STAGE_LAYERS_VPP = "stage layers % vpp"
+    PP_LAYERS = "pp_layers: one count per rank summing to n_layers"
     LAYERS_PP = "n_layers % (pp * vpp)"
     VPP_SCHEDULE = "vpp > 1 needs interleaved-1f1b or zbv"
     SCHEDULE_NEEDS_PP = "vpp > 1 or a pipeline schedule needs pp > 1"
@@ -65,6 +66,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.NO_MIDDLE_LAYERS: "lower first_stage_layers/last_stage_layers so the middle stages keep layers",
     RuleCode.STAGE_LAYERS_SUM: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.STAGE_LAYERS_VPP: "pick middle-stage layer counts divisible by vpp, or vpp = 1",
+    RuleCode.PP_LAYERS: "give pp_layers one count per pipeline rank (e.g. 6/5/5/0), summing to n_layers, every "
+                        "middle rank >= 1 and no first/last_stage_layers beside it; or drop it for an even split",
     RuleCode.LAYERS_PP: "pick pp * vpp dividing n_layers, or set uneven first/last stage layers",
     RuleCode.VPP_SCHEDULE: "use the interleaved 1F1B schedule, or vpp = 1",
     RuleCode.SCHEDULE_NEEDS_PP: "set pp > 1, or drop vpp and schedule (pp 1 runs 1f1b, one stage)",
