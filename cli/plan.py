@@ -57,10 +57,6 @@ def parse_fix(text: str | None, world: int) -> dict:
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
-    if "pp_layers" in keys:
-        raise BadInputError("--fix pp_layers: plan searches first/last stage sizes with the rest even, not per-rank "
-                            "lists; pin first_stage_layers/last_stage_layers, or price the list with `clusterplan "
-                            "estimate --layout ...,pp_layers=...`")
     return {k: full[k] for k in keys}
 
 
@@ -232,7 +228,8 @@ def _layout_label(lay: dict) -> str:
             + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
             + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
-            + (" a2a-overlap" if lay.get("moe_a2a_overlap") else ""))
+            + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
+            + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))
 
 
 def _render(data: dict) -> None:

@@ -30,6 +30,7 @@ SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
 CP_KINDS = ("ring", "a2a", "allgather")
 CP_IMPLS = ("megatron", "torch")
 PP_IMPLS = ("megatron", "torch")
+PP_SPLITS = ("even", "cost_balanced")
 CUDA_GRAPHS = ("none", "attn", "full")
 MOE_DISPATCHERS = ("alltoall", "deepep", "hybridep")
 OPTIMIZER_IMPLS = ("fused", "foreach")
@@ -297,6 +298,10 @@ class ExecutionStack:
     loss_parallel_bytes_per_logit: float | None = None
     """Peak bytes per logit of the cross-entropy when tp > 1 and the logits stay sharded over the vocabulary (torch
     loss_parallel); None (absent in stacks.yaml): loss_bytes_per_logit at every tp."""
+    pp_split: str = "even"
+    """How it splits layers over pipeline ranks when the layout gives no split: "even" (n_layers / pp, the ends as
+    first/last_stage_layers say) | "cost_balanced" (nanotron's build_model: by cumulative block cost, the LM head
+    counted; models/training/pipeline_split.py). Absent: even."""
     pp_impl: str = "megatron"
     """How its pipeline stages hold their buffers: "megatron" (Megatron-Core schedules: one receive buffer per
     transfer, output tensors' data freed after the send) | "torch" (torch.distributed.pipelining: one receive
@@ -530,6 +535,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         loss_parallel_bytes_per_logit=(_bytes(where, raw, "loss_parallel_bytes_per_logit")
                                        if "loss_parallel_bytes_per_logit" in raw else None),
         pp_impl=_choice(where, raw, "pp_impl", PP_IMPLS) if "pp_impl" in raw else "megatron",
+        pp_split=_sourced(where, raw, "pp_split", lambda: _choice(where, raw, "pp_split", PP_SPLITS), "even"),
         optimizer_impl=_choice(where, raw, "optimizer_impl", OPTIMIZER_IMPLS) if "optimizer_impl" in raw else "fused",
         grad_clip=_choice(where, raw, "grad_clip", GRAD_CLIPS) if "grad_clip" in raw else "none",
         mixed_precision=(_choice(where, raw, "mixed_precision", MIXED_PRECISIONS) if "mixed_precision" in raw

@@ -33,6 +33,7 @@ from clusterplan.models.training.memory import (
     stage_params,
     zero1_gather_flat_bytes,
 )
+from clusterplan.models.training.pipeline_split import cost_balanced_ranks as nanotron_stage_layers
 from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
@@ -71,33 +72,6 @@ NOT_COMPARABLE = {
                                 "failed run, not a layout's speed",
 }
 """Points listed but not compared, keyed (model, mbs, ga, dp, pp, tp, zero), with the reason."""
-
-
-def nanotron_stage_layers(model: ModelSpec, pp: int, ties_advance: bool = True) -> list[tuple[int, bool]]:
-    """(decoder layers, holds the LM head) of each pipeline rank as nanotron splits the model: its pipeline blocks
-    [embedding, decoder x n, final norm, LM head, fp32 cast, loss] with costs 4 h^2 + 3 h I per decoder layer and V h
-    for the LM head (LlamaForTraining.get_block_compute_costs), each block on the current rank, which advances once
-    the cumulative cost reaches (rank + 1) x total / pp (nanotron models/base.py build_model). build_model's test
-    reads "exceeds", but the 1B's power-of-two costs meet its thresholds exactly and the sweep's own per-rank
-    parameter counts put the tie on the next rank: rank 0 holds the embedding and 10 / 5 / 3 decoder layers at pp 2 /
-    4 / 8 (939.5M / 604M / 470M, the raw sweep log's "Local Params", eyao600/Rapid-LLM
-    validation_scripts/huggingface_data/bench_final2_mod_add.csv @24ef24c6; "exceeds" gives 11 / 6 / 3). Integer
-    arithmetic, so a tie is a tie. The 3B's and 8B's costs meet no threshold. Two 1B runs of the log count rank 0 as
-    build_model's "exceeds" does (tp2 pp2 ZeRO-1 mbs1: 503M = 11 layers; pp4 gbs 16: 671M = 6 layers): `ties_advance`
-    False gives that split; ultrascale_layout takes whichever the run's own count says."""
-    layer = 4 * model.hidden * model.hidden + 3 * model.ffn_hidden * model.hidden
-    blocks = ["embedding", *(["decoder"] * model.n_layers), "norm", "head", "cast", "loss"]
-    costs = [0, *([layer] * model.n_layers), 0, model.vocab * model.hidden, 0, 0]
-    total = sum(costs)
-    stages: list[list[str]] = [[] for _ in range(pp)]
-    rank, cumulative = 0, 0
-    for block, cost in zip(blocks, costs, strict=True):
-        cumulative += cost
-        stages[rank].append(block)
-        reached = cumulative * pp >= total * (rank + 1) if ties_advance else cumulative * pp > total * (rank + 1)
-        if reached and rank < pp - 1:
-            rank += 1
-    return [(s.count("decoder"), "head" in s) for s in stages]
 
 
 def ultrascale_model(size: str) -> ModelSpec:

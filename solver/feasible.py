@@ -86,7 +86,8 @@ class Change:
             return f"headroom {self.old:g} -> {self.new:g} GiB"
         if self.knob == Knob.NODES:
             return f"{self.new} nodes instead of {self.old}"
-        old, new = (int(v) if isinstance(v, bool) else v for v in (self.old, self.new))
+        old, new = (int(v) if isinstance(v, bool) else "/".join(map(str, v)) or "even" if isinstance(v, tuple)
+                    else v for v in (self.old, self.new))
         return f"{self.knob} {old} -> {new}"
 
     def to_json(self) -> dict[str, Any]:

@@ -18,7 +18,14 @@ import numpy as np
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.batch import CODES, LayoutArrays, RecomputeCode, ScheduleCode
+from clusterplan.models.training.batch import (
+    CODES,
+    LayoutArrays,
+    RecomputeCode,
+    ScheduleCode,
+    pp_layers_columns,
+    tuple_column,
+)
 from clusterplan.models.training.layout import (
     CHOICES,
     Layout,
@@ -27,6 +34,7 @@ from clusterplan.models.training.layout import (
     layout_problems,
     recompute_modules_mask,
 )
+from clusterplan.models.training.pipeline_split import stack_pp_layers
 from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
@@ -72,6 +80,18 @@ def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
     return splits
 
 
+def stack_split(model: ModelSpec, pp: int, fixed: dict, stack: ExecutionStack) -> tuple[int, ...]:
+    """The per-rank list a structure of `pp` ranks runs: a pinned pp_layers, else the stack's own split where it is
+    not even (pipeline_split.stack_pp_layers: nanotron's cost-balanced split) and no first/last size is pinned."""
+    if pp < 2:
+        return ()
+    if "pp_layers" in fixed:
+        return tuple(fixed["pp_layers"])
+    if "first_stage_layers" in fixed or "last_stage_layers" in fixed:
+        return ()
+    return stack_pp_layers(model, pp, stack.pp_split)
+
+
 def replicate_options(dp: int, domain: int) -> list[int]:
     """dp_replicate for HSDP: 1 (shard over all of dp) or shards of 1..8 scale-up domains."""
     options = [1]
@@ -111,7 +131,10 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             for name in [x for x in schedules if not stack.can_run("schedule", x)]:
                 left_out[f"schedule {name}"] += 1
             schedules = [x for x in schedules if stack.can_run("schedule", x)]
-        if "first_stage_layers" in fixed or "last_stage_layers" in fixed:
+        ranks = stack_split(model, pp, fixed, stack)
+        if ranks or pp == 1 and "pp_layers" in fixed:  # a per-rank list: its ends are in it (layout_problems checks)
+            splits = [(0, 0)]
+        elif "first_stage_layers" in fixed or "last_stage_layers" in fixed:
             splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
         else:
             splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
@@ -128,7 +151,8 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
                 pick("cp_kind", cp_kinds)):
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule,
                        sp=bool(fixed.get("sp", tp > 1 and stack.tp_sequence_parallel)),
-                       first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind)
+                       first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind,
+                       pp_layers=ranks or (tuple(fixed["pp_layers"]) if "pp_layers" in fixed else ()))
 
 
 def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: int,
@@ -209,7 +233,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
-            "dp_replicate", "cp_kind")
+            "dp_replicate", "cp_kind", "pp_layers")
     columns: dict[str, list] = {k: [] for k in keys}
     structures = 0
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
@@ -245,8 +269,11 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             continue
         for key in keys:
             value = st[key]
-            columns[key].append(CODES[key][value] if key in ("schedule", "cp_kind") else float(value))
-    base = {k: np.asarray(v, dtype=float) for k, v in columns.items()}
+            columns[key].append(value if key == "pp_layers" else
+                                CODES[key][value] if key in ("schedule", "cp_kind") else float(value))
+    base = {k: np.asarray(v, dtype=float) for k, v in columns.items() if k != "pp_layers"}
+    base.update(pp_layers_columns(tuple_column(columns["pp_layers"]), base["pp"], base["first_stage_layers"],
+                                  base["last_stage_layers"]))
     n = len(base["tp"])
     if "zero" not in fixed:
         left_out.update({f"zero {z}": 1 for z in ZERO if z not in zero_options})

@@ -105,3 +105,38 @@ def test_interleaved_middle_ranks_give_their_remainder_to_the_earliest_chunk():
     layout = Layout(tp=8, pp=4, vpp=2, dp=8, schedule="interleaved-1f1b", pp_layers=(20, 21, 20, 19))
     assert chunk_layers(model, layout) == [10, 11, 10, 10, 10, 10, 10, 9]
     assert layout_problems(model, layout, 256) == []
+
+
+def test_plan_keeps_a_pinned_list_in_every_plan(run_cli):
+    import json
+
+    code, out, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "128", "--seq",
+                           "4096", "--fix", "pp=4,pp_layers=6/9/10/7", "--top", "5", "--format", "json")
+    assert code == 0
+    plans = json.loads(out)["plans"]
+    assert plans and all(p["layout"]["pp_layers"] == [6, 9, 10, 7] for p in plans)
+    # A list that cannot run is refused with the nearest layout that can: the even split.
+    code, _, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "128", "--seq",
+                           "4096", "--fix", "pp=4,pp_layers=6/9/10", "--top", "1")
+    assert code == 1 and "pp_layers 6/9/10 -> even" in err
+
+
+def test_nanotron_plans_and_estimates_run_its_cost_balanced_split(run_cli):
+    """nanotron's build_model splits Llama 3.1 8B (32 layers of 4 h^2 + 3 h I = 243.3M cost, an LM head of
+    V h = 525.3M = 2.2 layers) by cumulative cost: a quarter of the 8,311M total is 8.5 layers' worth, so rank 0
+    closes after 9 layers, rank 1 after 18 (half: 17.1), rank 2 after 26 (25.6), and the last holds 6 with the head
+    (stack pp_split)."""
+    import json
+
+    from clusterplan.models.training.pipeline_split import stack_pp_layers
+
+    assert stack_pp_layers(LLAMA8, 4, "cost_balanced") == (9, 9, 8, 6)
+    assert stack_pp_layers(LLAMA8, 2, "cost_balanced") == (18, 14)
+    assert stack_pp_layers(LLAMA8, 4, "even") == ()
+    code, out, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "256", "--seq",
+                           "4096", "--stack", "nanotron", "--fix", "pp=4", "--top", "3", "--format", "json")
+    assert code == 0
+    assert all(p["layout"]["pp_layers"] == [9, 9, 8, 6] for p in json.loads(out)["plans"])
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
+                             "--layout", "tp=2,pp=4,mbs=1,gbs=64,seq=4096", "--format", "json")
+    assert code == 0 and json.loads(out)["layout"]["pp_layers"] == [9, 9, 8, 6] and "9/9/8/6" in err

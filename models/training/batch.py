@@ -88,6 +88,26 @@ DROPLESS = 0.0
 """LayoutArrays.moe_capacity_factor of a dropless layout (Layout.moe_capacity_factor None)."""
 
 
+def tuple_column(values: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """An object array of tuples, one per row (numpy would otherwise make a 2-D array of equal-length tuples)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = tuple(v)
+    return out
+
+
+def pp_layers_columns(pp_layers: np.ndarray, pp: np.ndarray, first: np.ndarray,
+                      last: np.ndarray) -> dict[str, np.ndarray]:
+    """The numeric columns a per-rank list (Layout.pp_layers) is priced by: pp_layers_listed, the end ranks' counts
+    as given in first/last_stage_layers (0 = none there, not an even share) and the heaviest middle rank's."""
+    listed = np.array([bool(r) for r in pp_layers], dtype=bool) & (np.asarray(pp) > 1)
+    pick = lambda f: np.array([float(f(r)) if on else 0.0 for r, on in zip(pp_layers, listed, strict=True)])  # noqa: E731
+    return {"pp_layers": pp_layers, "pp_layers_listed": listed.astype(float),
+            "first_stage_layers": np.where(listed, pick(lambda r: r[0]), first),
+            "last_stage_layers": np.where(listed, pick(lambda r: r[-1]), last),
+            "middle_stage_layers": pick(lambda r: max(r[1:-1], default=0))}
+
+
 @dataclass(frozen=True, slots=True)
 class LayoutArrays:
     dp: np.ndarray
@@ -130,6 +150,9 @@ class LayoutArrays:
     ranks' counts as given (0 = no layers, not an even share) and middle_stage_layers the heaviest middle rank's."""
     middle_stage_layers: np.ndarray
     """The heaviest middle rank's layers under Layout.pp_layers (0 otherwise, or with no middle rank)."""
+    pp_layers: np.ndarray
+    """Layout.pp_layers of each row, tuples in an object array (() = none): what layout(i) gives back; the
+    pricing reads the numeric columns above (pp_layers_columns)."""
 
     @classmethod
     def from_layouts(cls, layouts: Sequence[Layout]) -> LayoutArrays:
@@ -143,13 +166,8 @@ class LayoutArrays:
         cols["moe_capacity_factor"] = np.array([DROPLESS if x.moe_capacity_factor is None else x.moe_capacity_factor
                                                 for x in layouts], dtype=float)
         cols["moe_imbalance"] = np.array([x.moe_imbalance for x in layouts], dtype=float)
-        listed = [bool(x.pp_layers) and x.pp > 1 for x in layouts]
-        cols["pp_layers_listed"] = np.array(listed, dtype=float)
-        for name, pick in (("first_stage_layers", lambda r: r[0]), ("last_stage_layers", lambda r: r[-1]),
-                           ("middle_stage_layers", lambda r: max(r[1:-1], default=0))):
-            cols[name] = np.array([float(pick(x.pp_layers)) if on else (0.0 if name == "middle_stage_layers" else
-                                                                        cols[name][i])
-                                   for i, (x, on) in enumerate(zip(layouts, listed, strict=True))])
+        cols.update(pp_layers_columns(tuple_column([x.pp_layers for x in layouts]), cols["pp"],
+                                      cols["first_stage_layers"], cols["last_stage_layers"]))
         return cls(**cols)
 
     @classmethod
@@ -158,7 +176,9 @@ class LayoutArrays:
         defaults = Layout()
         cols = {}
         for f in fields(cls):
-            if f.name in columns:
+            if f.name == "pp_layers" and f.name in columns:
+                cols[f.name] = tuple_column(list(columns[f.name]))
+            elif f.name in columns:
                 integer = f.name in CODES or f.name == "recompute_modules"
                 cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if integer else float)
             elif f.name == "recompute_modules":
@@ -167,6 +187,8 @@ class LayoutArrays:
                 cols[f.name] = np.full(n, DROPLESS)
             elif f.name in ("pp_layers_listed", "middle_stage_layers"):  # no per-rank list: first/last and even
                 cols[f.name] = np.zeros(n)
+            elif f.name == "pp_layers":
+                cols[f.name] = tuple_column([()] * n)
             elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
                 cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
@@ -233,6 +255,9 @@ class LayoutArrays:
         cf = float(self.moe_capacity_factor[i])
         values["moe_capacity_factor"] = None if cf == DROPLESS else cf
         values["moe_imbalance"] = float(self.moe_imbalance[i])
+        values["pp_layers"] = tuple(self.pp_layers[i])
+        if values["pp_layers"] and self.pp_layers_listed[i]:  # the ends live in the list, not in first/last
+            values["first_stage_layers"] = values["last_stage_layers"] = 0
         return Layout(**values)
 
     # derived columns
