@@ -81,3 +81,16 @@ def test_gpu_bench_plans_scale_to_one_gpu(run_cli, tmp_path):
         assert code == 0, err
         run = json.loads(job.read_text())["runs"][0]
         assert run["layout"]["tp"] == run["layout"]["pp"] == 1 and run["model"]["n_layers"] >= 8
+
+
+def test_a_listed_middle_rank_is_priced_with_its_own_layers():
+    # pp_layers 1/3/2/1 of 7 layers: rank 1 holds 3 and rank 2 holds 2 layers; a middle rank holds no embedding or
+    # head, so its weights are its layers' and the two ranks' differ by exactly 2 / 3.
+    from clusterplan.validate.predict import rank_layout
+
+    spec = ModelSpec(name="tiny7", n_layers=7, hidden=64, n_heads=4, n_kv_heads=2, ffn_hidden=192, vocab=128)
+    layout = Layout.parse("pp=4,pp_layers=1/3/2/1,mbs=1,gbs=4,seq=64")
+    one, two = (predicted_bytes(spec, rank_layout(layout, r))["middle"]["weights"] for r in (1, 2))
+    assert two == 2 / 3 * one
+    assert rank_layout(layout, 0) == layout and rank_layout(layout, 3) == layout
+    assert predicted_bytes(spec, layout)["middle"]["weights"] == one  # the heaviest stands for the middle

@@ -27,7 +27,7 @@ from clusterplan.models.training.memory import bytes_per_param
 from clusterplan.progress import ProgressFn
 from clusterplan.runtime.parallelize import build_mesh, build_stages
 from clusterplan.validate.measure import local_bytes
-from clusterplan.validate.predict import position_of, predicted_bytes, runtime_stack
+from clusterplan.validate.predict import position_of, predicted_bytes, rank_layout, runtime_stack
 from clusterplan.validate.report import error_pct
 
 
@@ -93,12 +93,15 @@ def dry_run(model: ModelSpec, layout: Layout, progress: ProgressFn | None = None
     """One entry per distinct pipeline position: elements per rank, bytes vs the memory model, problems.
     progress(done, total, position) before each position is built."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-    predicted = predicted_bytes(model, layout)
     per_stage = layout.world // layout.pp
-    pp_ranks = sorted({0, min(1, layout.pp - 1), layout.pp - 1})
+    # the middle position's rank: the second, or under a per-rank list the heaviest middle rank (what it prices)
+    middle = 1 + max(range(layout.pp - 2), key=lambda i: layout.pp_layers[i + 1]) \
+        if layout.pp_layers and layout.pp > 2 else min(1, layout.pp - 1)
+    pp_ranks = sorted({0, middle, layout.pp - 1})
     results = []
     for k, pp_rank in enumerate(pp_ranks):
         rank, pos = pp_rank * per_stage, position_of(pp_rank, layout.pp)
+        predicted = predicted_bytes(model, rank_layout(layout, pp_rank))
         if progress is not None:
             progress(k, len(pp_ranks), f"{pos} stage")
         entry: dict[str, Any] = {"rank": rank, "pp_rank": pp_rank, "position": pos}

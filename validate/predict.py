@@ -29,6 +29,16 @@ def position_of(pp_rank: int, pp: int) -> str:
     return "last" if pp_rank == pp - 1 else "middle"
 
 
+def rank_layout(layout: Layout, pp_rank: int) -> Layout:
+    """The layout whose `middle` position prices pipeline rank `pp_rank`: under a per-rank list (Layout.pp_layers)
+    every middle rank takes this rank's layers, so its weights, gradients and optimizer state are its own (its
+    activations keep the second rank's micro-batches in flight, an upper bound past rank 1); else the layout."""
+    ranks = layout.pp_layers
+    if not ranks or layout.pp < 3 or pp_rank in (0, layout.pp - 1):
+        return layout
+    return replace(layout, pp_layers=(ranks[0], *([ranks[pp_rank]] * (layout.pp - 2)), ranks[-1]))
+
+
 def predicted_bytes(model: ModelSpec, layout: Layout) -> dict[str, dict[str, float]]:
     """Bytes per rank of each term at each pipeline position, from models/training/memory.py."""
     mem = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), runtime_stack(layout.dp > 1))

@@ -6,7 +6,7 @@ from typing import Any
 
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout
-from clusterplan.validate.predict import MEASURED_TERMS, position_of, predicted_bytes
+from clusterplan.validate.predict import MEASURED_TERMS, position_of, predicted_bytes, rank_layout
 
 
 def error_pct(predicted: float, measured: float) -> float | None:
@@ -20,14 +20,18 @@ def rank_rows(model: ModelSpec, layout: Layout, ranks: list[dict[str, Any]],
 
     `activation_layout` prices activations differently from the states: on GPU the run keeps fp32 parameters and
     AdamW states (precision fp32) but saves bf16 activations under autocast (precision bf16)."""
-    predicted = predicted_bytes(model, layout)
-    if activation_layout is not None:
-        acts = predicted_bytes(model, activation_layout)
-        for pos in predicted:
-            predicted[pos]["activations"] = acts[pos]["activations"]
+    def predicted_at(pp_rank: int) -> dict[str, dict[str, float]]:  # per-rank lists: the rank's own layers
+        predicted = predicted_bytes(model, rank_layout(layout, pp_rank))
+        if activation_layout is not None:
+            acts = predicted_bytes(model, rank_layout(activation_layout, pp_rank))
+            for pos in predicted:
+                predicted[pos]["activations"] = acts[pos]["activations"]
+        return predicted
+
     rows = []
     for r in sorted(ranks, key=lambda r: r["rank"]):
         pos = position_of(r["coords"]["pp"], layout.pp)
+        predicted = predicted_at(r["coords"]["pp"])
         terms = {}
         for term in MEASURED_TERMS:
             p, m = predicted[pos][term], float(r["bytes"][term])
