@@ -57,6 +57,9 @@ def parse_fix(text: str | None, world: int) -> dict:
     for key in ("gbs", "seq"):
         if key in keys:
             raise BadInputError(f"--fix: give {key} with --{key}, not in --fix")
+    if "pp_layers" in keys and keys & {"first_stage_layers", "last_stage_layers"}:
+        raise BadInputError("--fix: pp_layers holds the first and last ranks' layers too; drop "
+                            "first_stage_layers/last_stage_layers")
     return {k: full[k] for k in keys}
 
 
