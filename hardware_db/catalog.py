@@ -42,6 +42,8 @@ def find_name(
     for alias, target in (aliases or {}).items():
         index.setdefault(_norm(alias), target)
     key = index.get(_norm(name))
+    if key is None and not _norm(name):  # nothing to match: no list of every name
+        raise BadInputError(f"empty {kind} name; give one (`clusterplan {list_cmd}` shows all)")
     if key is None:
         close = difflib.get_close_matches(_norm(name), list(index), n=3, cutoff=0.5)
         hint = ", ".join(sorted({index[c] for c in close})) if close else ", ".join(sorted(table))

@@ -222,7 +222,8 @@ class Layout:
             raise BadInputError(f"layout: offload_layers({self.offload_layers}) needs pp = 1 (Megatron-Core has no "
                                 "activation offloading with pipeline parallelism); set offload_layers=0 or pp=1")
         if self.dp % self.dp_replicate:
-            raise BadInputError(f"layout: dp({self.dp}) % dp_replicate({self.dp_replicate}) != 0")
+            raise BadInputError(f"layout: dp({self.dp}) % dp_replicate({self.dp_replicate}) != 0; pick a "
+                                f"dp_replicate that divides dp (HSDP replicas of dp / dp_replicate shards each)")
 
     # ---- derived ----------------------------------------------------------------------------
     @property
