@@ -28,7 +28,7 @@ from clusterplan.models.training.goodput import estimate_time_to_train
 from clusterplan.models.training.layer_gemms import layer_gemms
 from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
-from clusterplan.models.training.pipeline_split import stack_pp_layers
+from clusterplan.models.training.pipeline_split import with_stack_split
 from clusterplan.models.training.planfile import PlanFile, read_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
@@ -104,12 +104,12 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size,
                                                                   defaults={"zero": stack.default_zero,
                                                                             "recompute": stack.default_recompute})
-    if plan is None and not (layout.pp_layers or layout.first_stage_layers or layout.last_stage_layers):
-        ranks = stack_pp_layers(model, layout.pp, stack.pp_split)  # the split the stack makes of its own
-        if ranks:
-            layout = layout.with_(pp_layers=ranks)
-            console.info(f"stack {stack.name} splits pipeline ranks by block cost ({stack.pp_split}): layers "
-                         f"{'/'.join(map(str, ranks))} (give pp_layers or first/last_stage_layers to price another)")
+    split = with_stack_split(model, layout, stack.pp_split)  # the split the stack makes of its own
+    if split != layout:
+        layout = split
+        console.info(f"stack {stack.name} splits pipeline ranks by block cost ({stack.pp_split}): layers "
+                     f"{'/'.join(map(str, layout.pp_layers))} (give pp_layers or first/last_stage_layers to price "
+                     "another)")
     if moe_dispatcher is not None:
         layout = layout.with_(moe_dispatcher=moe_dispatcher)
     if moe_a2a_overlap:

@@ -8,6 +8,7 @@ from clusterplan.cli.console import console
 from clusterplan.cli.options import output_path, stack_option
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
+from clusterplan.frameworks.common import canonical
 from clusterplan.frameworks.readback import price_back
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.layout import stack_problems
@@ -75,7 +76,8 @@ def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said
     if back.unread:
         console.warn(f"the exported config was not priced back: {back.unread}")
         return
-    planned, runs = plan.layout.to_dict(), back.estimate.layout.to_dict()
+    # one spelling each (a per-rank list first/last can say is written as first/last: frameworks.common.canonical)
+    planned, runs = (canonical(plan.model, x).to_dict() for x in (plan.layout, back.estimate.layout))
     for key in sorted(set(planned) | set(runs)):
         if key not in said and planned.get(key) != runs.get(key):
             console.warn(f"the exported config runs {key}={_value(runs.get(key))} where the plan has "

@@ -138,7 +138,9 @@ def canonical(model: ModelSpec, layout: Layout) -> Layout:
     even = pp == 1 or (n % pp == 0 and first == last == n // pp and (pp == 2 or middle == n // pp))
     # A per-rank list stays one only where first/last and an even middle cannot say it (frameworks read either).
     # (an end of 0 layers is a list too: first/last_stage_layers 0 means an even share)
-    listed = pp > 1 and bool(L.pp_layers) and (len(set(L.pp_layers[1:-1])) > 1 or 0 in (first, last))
+    # and one whose equal middle ranks vpp does not divide (STAGE_LAYERS_VPP would refuse the first/last form)
+    listed = pp > 1 and bool(L.pp_layers) and (len(set(L.pp_layers[1:-1])) > 1 or 0 in (first, last)
+                                                or any(n % L.vpp for n in L.pp_layers[1:-1]))
     return replace(L, first_stage_layers=0 if even or listed else first,
                    last_stage_layers=0 if even or listed else last, pp_layers=L.pp_layers if listed else (),
                    cp_kind="ring" if L.cp == 1 else L.cp_kind, sp=L.sp and L.tp > 1,

@@ -87,8 +87,9 @@ def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "
                               "ranks); set schedule=zbv with vpp=2, or 1f1b")
     if L.schedule in ("zb", "zbv") and L.pp > 1 and (model.n_layers % (2 * L.pp) or L.first_stage_layers
                                                      or L.last_stage_layers or L.pp_layers):
-        raise InfeasibleError(f"torchtitan's ZBVZeroBubble runs two even chunks per rank: n_layers({model.n_layers}) "
-                              f"must divide by 2 * pp({L.pp}) with no uneven first/last stage")
+        raise InfeasibleError(f"the torchtitan export runs ZBVZeroBubble as two even chunks per rank: "
+                              f"n_layers({model.n_layers}) must divide by 2 * pp({L.pp}), with no uneven first/last "
+                              "stage or per-rank list (pp_layers); drop those, or export --to megatron")
     data_parallel(L)
 
 

@@ -39,7 +39,7 @@ MIXED_PRECISION_PARAMS, MIXED_PRECISION_AUTOCAST = "params", "autocast"
 MIXED_PRECISIONS = (MIXED_PRECISION_PARAMS, MIXED_PRECISION_AUTOCAST)
 """How a stack runs bf16 (ExecutionStack.mixed_precision): in its parameters' bf16 copy, or under torch.autocast over
 fp32 parameters."""
-LOSS_IMPLS = ("fused", "eager_fp32", "compiled")
+LOSS_IMPLS = ("fused", "eager_fp32", "compiled", "sharded_fp32")
 FSDP_IMPLS = ("flat", "fsdp2")
 FSDP_BACKWARD_PREFETCHES = ("pre", "post")
 FSDP_ROOTS = ("outer", "split")
@@ -322,11 +322,21 @@ class ExecutionStack:
     loss_impl: str = "fused"
     """How its cross-entropy streams the logits: "fused" (compute.py FUSED_LOSS_BYTES_PER_LOGIT each way) |
     "eager_fp32" (F.cross_entropy(logits.float()) as eager PyTorch kernels, EAGER_FP32_LOSS_*_BYTES) | "compiled"
-    (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES). Absent: fused."""
+    (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES) | "sharded_fp32"
+    (Megatron-style vocab-parallel cross-entropy as eager ops over fp32 logits, nanotron's _ShardedCrossEntropy:
+    SHARDED_FP32_LOSS_*_BYTES). Absent: fused."""
     fsdp_impl: str = "flat"
     """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
     kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and
     reduce-scattered last, exposed; step.py fsdp2_extra_s). Absent: flat."""
+    qkv_layout_copies: bool = False
+    """Its attention reorders the packed q, k, v projection from sequence-first to batch-first with a contiguous copy,
+    concatenates K and V and copies them again into one KV tensor for the rotary kernel, and with more than one
+    sequence per micro-batch copies the attention output back to sequence-first for the output projection
+    (nanotron's CausalSelfAttention); compute.py unfused_extra_bytes prices the copies. Absent: false."""
+    glu_split_cat: bool = False
+    """Its gated MLP runs one merged gate-and-up projection and splits the output in halves, so backward concatenates
+    the halves' gradients (nanotron's MLP); compute.py glu_split_backward_s prices the copy. Absent: false."""
     attention_unpad: bool = False
     """The attention call first gathers q, k and v into unpadded (varlen) buffers and scatters its output back
     (flash_attn.bert_padding unpad_input / index_first_axis and pad_input, as llm-foundry's flash_attn_fn calls
@@ -543,6 +553,9 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
         fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat",
         attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,
+        qkv_layout_copies=_sourced(where, raw, "qkv_layout_copies", lambda: _flag(where, raw, "qkv_layout_copies"),
+                                   False),
+        glu_split_cat=_sourced(where, raw, "glu_split_cat", lambda: _flag(where, raw, "glu_split_cat"), False),
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw),

@@ -21,6 +21,7 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, memory_knobs
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.memory import GIB
+from clusterplan.models.training.pipeline_split import with_stack_split
 from clusterplan.models.training.planfile import PipelineStage, read_plan
 from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.solver.hetero import evaluate_stages, mixed_problems
@@ -164,10 +165,12 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
         found, mixed = mixed_violations(loaded.model, loaded.cluster, loaded.layout, loaded.stages, min_mfu,
                                         headroom_gib, stack)
         est = None
-    else:
-        found, est = violations(loaded.model, loaded.cluster, loaded.layout, min_mfu, headroom_gib, stack,
+    layout = loaded.layout
+    if not loaded.stages:  # the stack's own pipeline split where the config gives none (nanotron: by block cost)
+        layout = with_stack_split(loaded.model, layout, stack.pp_split)
+        found, est = violations(loaded.model, loaded.cluster, layout, min_mfu, headroom_gib, stack,
                                 loaded.fp8_recipe)
     mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
     return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
-                       layout=loaded.layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,
+                       layout=layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,
                        mixed=mixed)

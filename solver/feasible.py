@@ -446,7 +446,7 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
                     schedule = c.layout.schedule if c.layout.pp > 1 else "1f1b"
                     for first, last in layer_splits(model.n_layers, d, c.layout.vpp) or [(0, 0)]:
                         yield from step(c, key, d, k, **fields, schedule=schedule, first_stage_layers=first,
-                                        last_stage_layers=last)
+                                        last_stage_layers=last, pp_layers=())  # a per-rank list is pp's own
                 elif key == "tp":  # sequence parallelism comes with tp unless the layout pinned it off
                     yield from step(c, key, d, k, **fields, sp=c.layout.sp or c.layout.tp == 1)
                 else:

@@ -97,3 +97,53 @@ def test_fp32_gradient_accumulation_pass_by_hand():
     layer_params = shapes.attn_params + shapes.dense_mlp_params + shapes.norm_params
     expected = layout.microbatches * 32 * layer_params * 10.0 / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
     assert with_pass - without == pytest.approx(expected, rel=1e-3)
+
+
+def test_sharded_fp32_cross_entropy_bytes_by_hand():
+    # nanotron's _ShardedCrossEntropy over fp32 logits, per logit: forward cast 2 + 4, max 4, subtract 4 + 4, exp in
+    # place 4 + 4, sum 4, div_ 4 + 4 = 38 B; backward mul_ 4 + 4 and the cast back 4 + 2 = 14 B, against the fused
+    # loss's 12 + 12. Llama 3.1 8B at mbs 1, seq 4096, tp 1: 4,096 x 128,256 logits per micro-batch, m of them.
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.training.compute import loss_bytes_per_logit
+
+    assert loss_bytes_per_logit(get_stack("nanotron")) == (38.0, 14.0)
+    layout = Layout(dp=8, zero=1, mbs=1, gbs=64, seq=4096, recompute="none")
+    sharded = _step("nanotron", layout)["compute_s"]
+    fused = _step("nanotron", layout, loss_impl="fused")["compute_s"]
+    gpu = get_gpu("H100-SXM5-80GB")
+    logits = 4096 * 128256
+    expected = layout.microbatches * logits * (38.0 + 14.0 - 24.0) / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
+    assert sharded - fused == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("mbs", [1, 2])
+def test_qkv_layout_copies_by_hand(mbs):
+    # nanotron's attention around flash-attn, per token and layer (Llama 3.1 8B: q = v = 4096, kv = 1024 wide; tp 1):
+    # forward the packed q, k, v copy (4 x 6,144 B), K and V concatenated and permuted (2 x 4 x 2,048 B) and, with
+    # two or more sequences per micro-batch, the output copied for o_proj (4 x 4,096 B); backward the stack and the
+    # reshape of the packed gradient (2 x 4 x 6,144), the split's cat (4 x 2,048) and, with two or more sequences,
+    # the output gradient's reshape and o_proj's contiguous() of its saved input (2 x 4 x 4,096).
+    from clusterplan.hardware_db import get_gpu
+
+    layout = Layout(dp=8, zero=1, mbs=mbs, gbs=64, seq=4096, recompute="none")
+    with_copies = _step("nanotron", layout)["compute_s"]
+    without = _step("nanotron", layout, qkv_layout_copies=False)["compute_s"]
+    output = 4 * 4096 if mbs > 1 else 0
+    forward = 4 * 6144 + 2 * 4 * 2048 + output
+    backward = 2 * 4 * 6144 + 4 * 2048 + 2 * output
+    gpu = get_gpu("H100-SXM5-80GB")
+    expected = layout.microbatches * 32 * mbs * 4096 * (forward + backward) / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
+    assert with_copies - without == pytest.approx(expected, rel=1e-3)
+
+
+def test_merged_glu_split_backward_by_hand():
+    # nanotron's gate_up_proj is one linear split in halves; backward concatenates the two gradients: read + write 2 B
+    # of 2 x 14,336 FFN elements per token and layer (Llama 3.1 8B, tp 1), 32 layers, m micro-batches of 4,096 tokens.
+    from clusterplan.hardware_db import get_gpu
+
+    layout = Layout(dp=8, zero=1, mbs=1, gbs=64, seq=4096, recompute="none")
+    with_cat = _step("nanotron", layout)["compute_s"]
+    without = _step("nanotron", layout, glu_split_cat=False)["compute_s"]
+    gpu = get_gpu("H100-SXM5-80GB")
+    expected = layout.microbatches * 32 * 4096 * 8 * 14336 / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
+    assert with_cat - without == pytest.approx(expected, rel=1e-3)

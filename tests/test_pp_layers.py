@@ -140,3 +140,49 @@ def test_nanotron_plans_and_estimates_run_its_cost_balanced_split(run_cli):
     code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
                              "--layout", "tp=2,pp=4,mbs=1,gbs=64,seq=4096", "--format", "json")
     assert code == 0 and json.loads(out)["layout"]["pp_layers"] == [9, 9, 8, 6] and "9/9/8/6" in err
+
+
+def test_the_optimizer_step_waits_for_the_rank_with_the_most_parameters():
+    """0/11/11/10: the first rank holds the embedding alone, the last 10 layers and the 525M-parameter LM head, the
+    most; its step (ZeRO-1 over dp 4, fused Adam with fp32 master weights: 32 B per parameter) sets the term."""
+    shapes = ModelShapes.of(LLAMA8)
+    hw = HardwareRates.of(CLUSTER)
+    opt = _est(pp_layers=(0, 11, 11, 10))["time"]["optimizer_s"]
+    last = 10 * (shapes.attn_params + shapes.dense_mlp_params + shapes.norm_params) + shapes.head_params
+    assert opt == pytest.approx(last / 4 * 32.0 / hw.hbm_bytes_per_s, rel=1e-4)
+
+
+def test_a_plan_file_with_stages_and_a_list_is_refused(run_cli, tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("format: clusterplan-plan\nversion: 1\nmodel: llama3.1-70b\n"
+                    "cluster: tests/fixtures/clusters/mixed_h100_a100.yaml\n"
+                    "layout: {tp: 4, pp: 3, dp: 4, mbs: 1, gbs: 64, seq: 4096, pp_layers: [20, 30, 30]}\n"
+                    "stages: [{gpu: A100-SXM4-80GB, layers: 20}, {gpu: A100-SXM4-80GB, layers: 30}, "
+                    "{gpu: H100-SXM5-80GB, layers: 30}]\n")
+    code, _, err = run_cli("estimate", "--plan", str(path))
+    assert code == 2 and "pp_layers" in err and "Traceback" not in err
+
+
+def test_nearest_options_may_change_pp_without_the_old_list(run_cli):
+    # A list holds the stages of one pp; an option that changes pp runs the new pp's own split (not a list of the
+    # wrong length, which every new pp would refuse).
+    import json
+
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "hai-llm",
+                           "--layout", "tp=1,pp=4,dp=2,mbs=1,gbs=64,seq=4096,schedule=dualpipe,pp_layers=9/8/8/7",
+                           "--format", "json")
+    assert code == 1
+    options = json.loads(out)["nearest_feasible"]["options"]
+    pp = [o for o in options if [c["knob"] for c in o["changes"]] == ["pp"]]
+    assert pp and all("pp_layers" not in o["layout"] for o in pp)
+
+
+def test_nanotron_split_falls_back_to_even_where_it_cannot_be_priced_as_run():
+    from clusterplan.models.training.pipeline_split import cost_balanced_ranks, stack_pp_layers
+
+    # pp 16: the head lands on rank 14 beside 2 layers, the last rank holds only the cast and the loss
+    ranks = cost_balanced_ranks(LLAMA8, 16)
+    assert ranks[-2] == (2, True) and ranks[-1] == (0, False)
+    assert stack_pp_layers(LLAMA8, 16, "cost_balanced") == ()
+    # pp 32: middle ranks would hold no layer; never a list the user did not give that the rules refuse
+    assert stack_pp_layers(LLAMA8, 32, "cost_balanced") == ()

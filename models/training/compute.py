@@ -464,6 +464,47 @@ def unfused_extra_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, stack: 
     return extra
 
 
+def qkv_layout_copy_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
+                          stack: ExecutionStack) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the layout copies around nanotron's attention on one rank (stack
+    qkv_layout_copies; 0 elsewhere or with MLA), each copy reading and writing 2 B per element
+    (huggingface/nanotron src/nanotron/models/llama.py CausalSelfAttention.forward, training branch).
+
+    Forward: the packed projection viewed [s, b, 3, heads, d] and .permute(2, 1, 0, 3, 4).contiguous() to batch-first
+    (q + kv elements, kv = K and V together; the GQA branch's three transpose(0, 1).contiguous() move the same),
+    torch.cat of K and V and its .permute(1, 2, 0, 3, 4).contiguous() for flash-attn's rotary (kv, twice), and the
+    output's .transpose(0, 1)
+    back to sequence-first, which the output projection's matmul copies when a micro-batch holds more than one sequence
+    (v; one sequence's transpose is a view). Backward, by autograd's nodes: contiguous() passes its gradient through;
+    unbinding q, k and v is undone by a stack (q + kv) and the permuted gradient reshaped for the projection (q + kv
+    again); torch.split of the KV tensor by a cat (kv), torch.cat by views; the output's copy by one reshape (v, more
+    than one sequence), and o_proj's backward makes its saved transposed input contiguous for the weight gradient (v
+    again, more than one sequence: parallel/tensor_parallel/functional.py _RowLinearAsyncCommunication.backward).
+    So 4 (q + kv) + 8 kv (+ 4 v) B per token forward, 8 (q + kv) + 4 kv (+ 8 v) backward: not the 2x of the fused
+    elementwise kernels."""
+    if not stack.qkv_layout_copies or shapes.mla_latent:
+        zero = np.zeros_like(L.tp, dtype=float)
+        return zero, zero
+    tokens = L.seq * L.mbs / L.cp / L.tp
+    packed = 4.0 * (shapes.q_dim + shapes.kv_dim)  # kv_dim: K and V together
+    kv = 4.0 * shapes.kv_dim
+    output = np.where(L.mbs > 1, 4.0 * shapes.v_dim, 0.0)
+    forward = tokens * (packed + 2.0 * kv + output) / hw.hbm_bytes_per_s
+    backward = tokens * (2.0 * packed + kv + 2.0 * output) / hw.hbm_bytes_per_s
+    return forward, backward
+
+
+def glu_split_backward_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
+                         moe: bool) -> np.ndarray:
+    """Backward seconds of a merged gate-and-up projection split into halves (stack glu_split_cat: nanotron's MLP,
+    gate_up_proj then torch.split, huggingface/nanotron src/nanotron/models/llama.py): autograd's SplitBackward
+    concatenates the two halves' gradients, reading and writing 2 B of both (8 B per FFN element per token) on one
+    rank; dense gated layers only (0 elsewhere)."""
+    if not stack.glu_split_cat or moe or not shapes.gated:
+        return np.zeros_like(L.tp, dtype=float)
+    return L.seq * L.mbs / L.cp * 8.0 * shapes.ffn / L.tp / hw.hbm_bytes_per_s
+
+
 def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
                stack: ExecutionStack | None = None) -> LayerTime:
     """Forward, backward (input- and weight-gradient GEMMs) and recompute time of one layer, as `stack` runs it
@@ -512,7 +553,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
     t_clamp = clamp_fwd / hw.hbm_bytes_per_s
-    forward = t_linear + t_core + t_elem + t_clamp + bias_f
+    copy_f, copy_b = qkv_layout_copy_times(shapes, L, hw, stack)
+    forward = t_linear + t_core + t_elem + t_clamp + bias_f + copy_f
     # torch.autocast over fp32 parameters: the activations' casts run again in a recompute, the weights' do not.
     cast_f = cast_b = weight_f = weight_b = 0.0
     if stack.mixed_precision == MIXED_PRECISION_AUTOCAST:
@@ -527,7 +569,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
     backward = (t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
-                + cast_b + weight_b)
+                + cast_b + weight_b + copy_b + glu_split_backward_s(shapes, L, hw, stack, moe))
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
@@ -753,8 +795,20 @@ COMPILED_LOSS_BACKWARD_BYTES = 2.0 + 2.0
 (softmax minus the one-hot target, times the incoming gradient; the cast's backward fused)."""
 
 
+SHARDED_FP32_LOSS_FORWARD_BYTES = (2.0 + 4.0) + 4.0 + (4.0 + 4.0) + (4.0 + 4.0) + 4.0 + (4.0 + 4.0)
+"""Stack loss_impl "sharded_fp32", forward, per logit: nanotron's sharded_cross_entropy(..., dtype=torch.float)
+(huggingface/nanotron src/nanotron/parallel/tensor_parallel/functional.py _ShardedCrossEntropy.forward): the cast
+to fp32 (read bf16, write fp32), torch.max over the row (read), logits - max into a new tensor (read, write),
+torch.exp in place (read, write), the sum (read), and div_ by the sum in place to keep the softmax (read, write)."""
+SHARDED_FP32_LOSS_BACKWARD_BYTES = (4.0 + 4.0) + (4.0 + 2.0)
+"""Backward of the same, per logit: grad_input.mul_(grad_output) over the saved softmax in place (read, write; the
+one-hot subtraction touches one element per row) and the cast's backward to bf16 (read fp32, write bf16)."""
+
+
 def loss_bytes_per_logit(stack: ExecutionStack | None) -> tuple[float, float]:
     """(forward, backward) HBM bytes per logit of the stack's cross-entropy (ExecutionStack.loss_impl)."""
+    if stack is not None and stack.loss_impl == "sharded_fp32":
+        return SHARDED_FP32_LOSS_FORWARD_BYTES, SHARDED_FP32_LOSS_BACKWARD_BYTES
     if stack is not None and stack.loss_impl == "eager_fp32":
         return EAGER_FP32_LOSS_FORWARD_BYTES, EAGER_FP32_LOSS_BACKWARD_BYTES
     if stack is not None and stack.loss_impl == "compiled":

@@ -33,9 +33,11 @@ from clusterplan.models.training.compute import (
     flash_core_source,
     flash_core_times,
     fp8_cast_times,
+    glu_split_backward_s,
     layer_flops,
     layer_linears,
     linear_times,
+    qkv_layout_copy_times,
     unfused_extra_bytes,
 )
 from clusterplan.models.training.estimate import Estimate
@@ -80,6 +82,7 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     elem = (elementwise_bytes(shapes, L, False) + unfused_extra_bytes(shapes, L, False, stack)) / hw.hbm_bytes_per_s
     clamp_f, clamp_ratio = clamp_bytes(shapes, L, False, stack.compiled)
     clamp = clamp_f / hw.hbm_bytes_per_s
+    copy_f, copy_b = qkv_layout_copy_times(shapes, L, hw, stack)
     casting = half_autocast(L, stack.mixed_precision == MIXED_PRECISION_AUTOCAST)
     act_f, act_b = activation_cast_times(shapes, L, hw, False)
     weight_f, weight_b = weight_cast_times(layer_matmul_params(shapes, L, False), L, hw)
@@ -88,9 +91,10 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
         return float(np.ravel(x)[0])
 
     forward = {"gemm": first(gemm_f), "fp8_cast": first(np.where(fp8, cast_f, 0.0)), "attention": first(attn_f),
-               "elementwise": first(elem + clamp)}
+               "elementwise": first(elem + clamp + copy_f)}
     backward = {"gemm": first(gemm_b), "fp8_cast": first(np.where(fp8, cast_b, 0.0)), "attention": first(attn_b),
-                "elementwise": first(2 * elem + clamp_ratio * clamp)}
+                "elementwise": first(2 * elem + clamp_ratio * clamp + copy_b
+                                     + glu_split_backward_s(shapes, L, hw, stack, False))}
     if bool(np.ravel(casting)[0]):  # the autocast parts only where the run autocasts
         forward.update(autocast_cast=first(act_f), autocast_weight=first(weight_f))
         backward.update(autocast_cast=first(act_b), autocast_weight=first(weight_b))

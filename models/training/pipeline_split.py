@@ -8,7 +8,10 @@ rank's share (research/nanotron-memory.md).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from clusterplan.models.architecture.spec import ModelSpec
+from clusterplan.models.training.layout import Layout
 
 
 def cost_balanced_ranks(model: ModelSpec, pp: int, ties_advance: bool = True) -> list[tuple[int, bool]]:
@@ -35,10 +38,25 @@ def cost_balanced_ranks(model: ModelSpec, pp: int, ties_advance: bool = True) ->
 
 
 def stack_pp_layers(model: ModelSpec, pp: int, split: str) -> tuple[int, ...]:
-    """Layout.pp_layers of a stack whose pipeline split is `split` (ExecutionStack.pp_split), () for even. A
-    cost-balanced split whose LM head lands on the second-to-last rank (the last then holds only the fp32 cast and
-    the loss) is priced with the head on the last rank, as the model places it: the head's rank is then priced
-    lighter than it runs."""
+    """Layout.pp_layers of a stack whose pipeline split is `split` (ExecutionStack.pp_split), () for even.
+
+    A cost-balanced split is returned where the model can price it as it runs: the LM head on the last rank and
+    every middle rank holding a layer. Past that (many ranks for the layers: Llama 3.1 8B at pp 16 puts the head on
+    rank 14 beside 2 layers and leaves the last rank the fp32 cast and the loss; at pp >= 22 middle ranks get none)
+    it is () and the even split is priced: its last rank holds n / pp layers and the head, which is what the head's
+    rank holds there (2 + the head at pp 16)."""
     if split != "cost_balanced" or pp < 2 or pp > model.n_layers:
         return ()
-    return tuple(n for n, _ in cost_balanced_ranks(model, pp))
+    ranks = cost_balanced_ranks(model, pp)
+    if not ranks[-1][1] or min(n for n, _ in ranks[1:-1] or [(1, False)]) < 1:
+        return ()
+    return tuple(n for n, _ in ranks)
+
+
+def with_stack_split(model: ModelSpec, layout: Layout, split: str) -> Layout:
+    """`layout` with the stack's own pipeline split (stack_pp_layers) where it gives none of its own (no
+    pp_layers, no first/last_stage_layers); else unchanged."""
+    if layout.pp_layers or layout.first_stage_layers or layout.last_stage_layers:
+        return layout
+    ranks = stack_pp_layers(model, layout.pp, split)
+    return replace(layout, pp_layers=ranks) if ranks else layout

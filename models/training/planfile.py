@@ -192,6 +192,9 @@ def read_plan(path: str | Path) -> PlanFile:
     layout = Layout.from_dict(data["layout"], world=cluster.world_size, where=f"{where}: layout")
     stages: tuple[PipelineStage, ...] = ()
     if "stages" in data:
+        if layout.pp_layers:
+            raise BadInputError(f"{where}: both `stages:` and layout pp_layers give the layers per stage; keep the "
+                                "stages (a mixed-GPU plan) or pp_layers, not both")
         stages = _stages(data["stages"], f"{where}: stages")
         stage_groups(model, cluster, layout, stages, f"{where}: stages")
     stack = data.get("stack")

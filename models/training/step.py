@@ -991,7 +991,12 @@ def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers
     """Optimizer step streams its states through HBM (optimizer_bytes_per_param). Under ZeRO >= 1 each rank updates
     its shard: dense parameters over dp_shard * cp, routed experts over the expert-data-parallel group
     (memory.zero_shards)."""
-    return optimizer_step_s(stage_params(shapes, L, layers.first, True, L.pp == 1), L, hw, stack)
+    # every rank steps at once: the one with the most parameters ends last (the first with the embedding, the last
+    # with the LM head, or the heaviest middle rank under a per-rank list)
+    single = L.pp == 1
+    return np.maximum.reduce([optimizer_step_s(stage_params(shapes, L, n, embed, head), L, hw, stack)
+                              for n, embed, head in ((layers.first, True, single), (layers.middle, False, False),
+                                                     (layers.last, single, True))])
 
 
 def optimizer_step_s(params: StageParams, L: LayoutArrays, hw: HardwareRates,
