@@ -136,6 +136,8 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             splits = [(0, 0)]
         elif "first_stage_layers" in fixed or "last_stage_layers" in fixed:
             splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
+        elif stack.pp_split != "even":  # a stack that splits by its own rule, where it prices as even (stack_split)
+            splits = [(0, 0)]
         else:
             splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
         cp_kinds = ["ring"]

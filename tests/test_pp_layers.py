@@ -186,3 +186,16 @@ def test_nanotron_split_falls_back_to_even_where_it_cannot_be_priced_as_run():
     assert stack_pp_layers(LLAMA8, 16, "cost_balanced") == ()
     # pp 32: middle ranks would hold no layer; never a list the user did not give that the rules refuse
     assert stack_pp_layers(LLAMA8, 32, "cost_balanced") == ()
+
+
+def test_nanotron_plans_where_its_split_falls_back_search_only_the_even_split(run_cli):
+    # pp 16 on Llama 3.1 8B: nanotron's split cannot be priced as run, the even split stands in for it, and the
+    # search tries no first/last stage sizes (nanotron has no setting for them).
+    import json
+
+    code, out, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "256", "--seq",
+                           "4096", "--stack", "nanotron", "--fix", "pp=16", "--top", "5", "--format", "json")
+    assert code == 0
+    for p in json.loads(out)["plans"]:
+        lay = p["layout"]
+        assert "pp_layers" not in lay and lay["first_stage_layers"] == lay["last_stage_layers"] == 0
