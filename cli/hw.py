@@ -69,15 +69,17 @@ def hw_list(fmt: str) -> None:
         (x.name, x.kind, f"{x.gb_per_s:g}", f"{x.latency_us:g}", f"{x.busbw_fraction:g}") for x in db.links.values()])
     console.text("")
     console.table("Execution stacks (--stack NAME; `hw show NAME` for every field and its source)",
-                  ["name", "attention", "TP overlap", "ZeRO", "schedules", "fp8", "host priced"],
-                  [_stack_row(x) for x in stacks], justify_right=[False] * 7)
+                  ["name", "attention", "TP overlap", "ZeRO", "schedules", "fp8", "loss", "pp split", "host priced"],
+                  [_stack_row(x) for x in stacks], justify_right=[False] * 9)
 
 
 def _stack_row(stack: ExecutionStack) -> tuple[str, ...]:
-    """One line of `hw list`'s stack table: what the stack runs and which layers' host time it prices."""
+    """One line of `hw list`'s stack table: what the stack runs, its cross-entropy (loss_impl), how it splits layers
+    over pipeline ranks (pp_split) and which layers' host time it prices."""
     host = [kind for kind, data in (("moe", stack.moe_host), ("dense", stack.dense_host)) if data is not None]
     return (stack.name, stack.attention_kernel, stack.tp_overlap, ",".join(str(z) for z in stack.zero_stages),
-            ",".join(stack.schedules) or "-", ",".join(stack.fp8_recipes) or "-", ",".join(host) or "-")
+            ",".join(stack.schedules) or "-", ",".join(stack.fp8_recipes) or "-", stack.loss_impl, stack.pp_split,
+            ",".join(host) or "-")
 
 
 @hw.command("show")
