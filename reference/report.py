@@ -264,6 +264,10 @@ def markdown_report() -> str:
 
     out += ["#### Hugging Face Ultra-Scale Playbook sweep (nanotron, 1 node of 8 H100, seq 4096, 1M-token batch): "
             "tokens/s and rank-0 memory per GPU", "", ultrascale.markdown_table(ultrascale.ultrascale_rows()), ""]
+    from clusterplan.reference import smol
+
+    out += ["#### Hugging Face nanotron runs on H100 (SmolLM3 pre-training on 384 GPUs, the Smol Training Playbook's 1B "
+            "baseline): tokens/s per GPU", "", smol.markdown_table(smol.smol_rows()), ""]
     from clusterplan.reference import llama3
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
@@ -315,6 +319,9 @@ def print_text_report() -> None:
     from clusterplan.reference import ultrascale
 
     ultrascale.print_table(ultrascale.ultrascale_rows())
+    from clusterplan.reference import smol
+
+    smol.print_table(smol.smol_rows())
     from clusterplan.reference import llama3
 
     llama3.print_table(llama3.llama3_rows())
