@@ -39,6 +39,19 @@ def test_local_shard_exposure_by_hand():
     assert float(recomputed[0]) == pytest.approx(2 * (3.0 + 4.5))
 
 
+def test_local_shard_matmuls_slow_beside_the_hidden_collectives():
+    # The same block with the matmuls 1.25 x slower beside NCCL (1 - 1/1.25 = 20 % of their SMs held):
+    # all-gather 2 s over the 1 s local matmul: 1 s hidden, the matmul ends at max(1, 1 + 0.2 x 1) = 1.2 s, inside
+    # the 2 s collective, so nothing more shows; dY's all-gather over 0.5 s: the same; the reduce-scatter (2 s) under
+    # the 3 s weight gradient: all hidden, the matmul ends at 3 + 0.2 x 2 = 3.4 s, 0.4 s more per block.
+    block = LocalShardBlock(column_local_s=np.array([1.0]), row_dgrad_local_s=np.array([0.5]),
+                            column_wgrad_s=np.array([3.0]))
+    ag, rs = np.array([2.0]), np.array([2.0])
+    slowed = local_shard_exposed_s((block,), ag, rs, calls=np.array([2.0]), forward_passes=np.array([1.0]),
+                                   overlap=1.0, slowdown=1.25)
+    assert float(slowed[0]) == pytest.approx(4.5 + 0.4)
+
+
 def test_local_shard_gemms_split_at_the_local_shard():
     calls = []
 

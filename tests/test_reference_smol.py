@@ -4,7 +4,8 @@ pre-training on 384 GPUs and the Smol Training Playbook's 1B baseline, against `
 
 A held-out check set: nothing is fitted to these rows. First measured 2026-12-05, with nanotron's loss, attention
 copies and merged gate_up split priced from its code: SmolLM3 +21.3 %, the 1B baseline +15.3 % (median 18.3 %), the
-same direction and size as the Ultra-Scale sweep's tp 2 and tp 1 points. The bounds are the landing's plus 3 points,
+same direction and size as the Ultra-Scale sweep's tp 2 and tp 1 points; with the TP matmuls slowed beside the NCCL
+kernels they overlap, SmolLM3 +20.5 % (median 17.9 %). The bounds are the landing's plus 3 points,
 to fail when a change moves the set the wrong way; tighten them as the model improves.
 """
 
@@ -14,8 +15,8 @@ import pytest
 
 from clusterplan.reference import smol
 
-MEDIAN_TIME_BOUND = 0.213  # 18.3 % + 3 points
-MAX_TIME_BOUND = 0.243  # 21.3 % + 3 points
+MEDIAN_TIME_BOUND = 0.209  # 17.9 % + 3 points
+MAX_TIME_BOUND = 0.235  # 20.5 % + 3 points
 
 
 @pytest.fixture(scope="module")

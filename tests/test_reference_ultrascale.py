@@ -18,7 +18,8 @@ nanotron's splits that first / middle / last cannot say priced as per-rank lists
 median 27.6 % (the even splits' errors had partly cancelled). With nanotron's cross-entropy as its code runs it (eager
 ops over fp32 logits, 38 + 14 B per logit against a fused loss's 24: stacks.yaml loss_impl sharded_fp32) and the
 layout copies around its attention and its merged gate-and-up split (qkv_layout_copies, glu_split_cat) the time
-median is 20.0 % (the tp 1 points +23 -> +11 % median). The bounds
+median is 20.0 % (the tp 1 points +23 -> +11 % median); with its TP matmuls slowed beside the NCCL kernels they
+overlap (tp_overlap.local_shard_exposed_s, as the data-parallel overlap prices it) 19.0 %. The bounds
 are the landing's plus 3 points, to fail when a change moves the set the wrong way; tighten them as the model
 improves.
 """
@@ -29,7 +30,7 @@ import pytest
 
 from clusterplan.reference import ultrascale as U
 
-MEDIAN_TIME_BOUND = 0.230  # 20.0 % + 3 points
+MEDIAN_TIME_BOUND = 0.220  # 19.0 % + 3 points
 MEDIAN_MEMORY_BOUND = 0.106  # 7.6 % + 3 points
 PEAK_H100_BF16 = 989e12
 """The sweep's MFU divides by the H100 SXM dense bf16 peak (checked on every row below)."""

@@ -181,7 +181,8 @@ def _p2p_parts(size_bytes: np.ndarray, n_out: np.ndarray, hw: HardwareRates, axi
 
 def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
               linear_s: np.ndarray, async_tp_blocks: tuple[AsyncTpBlock, ...] | None = None,
-              local_shard_blocks: tuple[LocalShardBlock, ...] | None = None) -> np.ndarray:
+              local_shard_blocks: tuple[LocalShardBlock, ...] | None = None,
+              slowdown_in: np.ndarray | float = 1.0) -> np.ndarray:
     """Exposed tensor-parallel traffic of one layer per micro-batch, forward + backward (+ recompute).
 
     Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
@@ -191,7 +192,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     collective under its own op's chunked matmuls and leaves the unfused ones exposed
     (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime). nanotron's asynchronous TP hides each
     all-gather under its local shard's matmul and the input gradient's reduce-scatter under the weight gradient
-    (tp_overlap.local_shard_exposed_s; `local_shard_blocks` from LayerTime).
+    (tp_overlap.local_shard_exposed_s; `local_shard_blocks` from LayerTime), the matmuls slowed `slowdown_in` times
+    beside the NCCL kernels (LayerTime.comm_slowdown_in).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
     colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
@@ -217,7 +219,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
         _, gather, scatter = colls
         exposed = local_shard_exposed_s(local_shard_blocks, _collective(ALL_GATHER, gather.size_bytes, group, hw),
                                         _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), gather.calls,
-                                        1.0 + L.full_recompute_share(shapes.n_layers), hw.comm_overlap)
+                                        1.0 + L.full_recompute_share(shapes.n_layers), hw.comm_overlap,
+                                        slowdown_in)
         return np.where(sp & (L.tp > 1), exposed, total)
     share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
@@ -375,7 +378,8 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     tokens = L.seq * L.mbs / L.cp
     act = activation_bytes(L)
     full = L.full_recompute_share(shapes.n_layers)
-    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks, lt.local_shard_blocks)
+    tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks, lt.local_shard_blocks,
+                   lt.comm_slowdown_in)
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)

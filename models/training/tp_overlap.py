@@ -54,7 +54,7 @@ from enum import IntEnum
 import numpy as np
 
 from clusterplan.hardware_db.stacks import TE_UB_COMM_SMS, ExecutionStack
-from clusterplan.models.hardware.comm import exposed_s
+from clusterplan.models.hardware.comm import exposed_s, interference_s
 
 UB_PIPELINE_SPLITS = 4
 """TE initialize_ub default num_splits of a "pipeline" overlap (proj_fprop, fc2_fprop)."""
@@ -153,17 +153,23 @@ class LocalShardBlock:
 
 def local_shard_exposed_s(blocks: tuple[LocalShardBlock, ...], all_gather_s: np.ndarray,
                           reduce_scatter_s: np.ndarray, calls: np.ndarray, forward_passes: np.ndarray,
-                          overlap: float) -> np.ndarray:
+                          overlap: float, slowdown: np.ndarray | float = 1.0) -> np.ndarray:
     """Exposed traffic of one layer per micro-batch under nanotron's asynchronous TP (module docstring). Per block and
     forward pass (1, or 2 under full recompute): the all-gather beyond its local shard's matmul, the reduce-scatter
     whole; backward: dY's all-gather beyond the local shard's input-gradient matmul, the input gradient's
     reduce-scatter beyond the weight-gradient matmul. TP collectives outside these blocks (`calls` all-gathers and as
-    many reduce-scatters per layer in all) stay exposed."""
+    many reduce-scatters per layer in all) stay exposed. The hidden part of each collective is NCCL kernels on their
+    own SMs beside the matmul, which runs `slowdown` times slower meanwhile (comm.interference_s; LayerTime's
+    comm_slowdown_in, as the data-parallel overlap prices it); 1 = no slowdown."""
     total = np.zeros_like(np.asarray(forward_passes, dtype=float))
+
+    def under(comm_s: np.ndarray, compute_s: np.ndarray) -> np.ndarray:
+        # the overlapped share of the collective runs beside the matmul for its whole length
+        return exposed_s(comm_s, compute_s, overlap) + interference_s(overlap * comm_s, compute_s, slowdown)
+
     for b in blocks:
-        forward = exposed_s(all_gather_s, b.column_local_s, overlap) + reduce_scatter_s
-        backward = (exposed_s(all_gather_s, b.row_dgrad_local_s, overlap)
-                    + exposed_s(reduce_scatter_s, b.column_wgrad_s, overlap))
+        forward = under(all_gather_s, b.column_local_s) + reduce_scatter_s
+        backward = under(all_gather_s, b.row_dgrad_local_s) + under(reduce_scatter_s, b.column_wgrad_s)
         total = total + forward_passes * forward + backward
     covered = len(blocks) * (forward_passes + 1.0)
     return total + np.maximum(calls - covered, 0.0) * (all_gather_s + reduce_scatter_s)
