@@ -12,7 +12,12 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import fp8_hardware_problems
-from clusterplan.models.training.layout import Layout, layout_problems, rank_layer_counts, stage_layers
+from clusterplan.models.training.layout import (
+    Layout,
+    layout_problems,
+    rank_layer_counts,
+    stage_layers,
+)
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
 
 Stages = tuple[PipelineStage, ...]
@@ -83,37 +88,6 @@ def check_exportable(model: ModelSpec, cluster: Cluster, layout: Layout, stages:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InfeasibleError(f"plan layout {layout.short()} is not runnable: {problems[0]}{more}; "
                               "fix the layout (`clusterplan estimate` lists every rule it breaks)")
-
-
-def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
-    """Transformer layers of each model chunk in model order; chunk c runs on pipeline rank c % pp.
-
-    Megatron-LM interleaving (Narayanan et al. 2021, Sec. 2.2): rank r holds chunks r, r + pp, r + 2pp, ... Middle
-    ranks split evenly; a first or last rank that holds fewer (or more) layers takes the difference in the chunk
-    with the embedding (chunk 0) or the head (the last chunk), as Megatron's --pipeline-model-parallel-layout does.
-    """
-    pp, vpp = layout.pp, layout.vpp
-    if pp == 1:
-        return [model.n_layers]
-    first, middle, last = stage_layers(model, layout)
-    uneven = layout.first_stage_layers or layout.last_stage_layers or layout.pp_layers
-    per_chunk = middle // vpp if pp > 2 or not uneven else max(first, last) // vpp
-    counts = [per_chunk] * (pp * vpp)
-    if layout.pp_layers:  # each middle rank's own layers over its chunks, a remainder to its earliest ones
-        for rank in range(1, pp - 1):
-            base, extra = divmod(layout.pp_layers[rank], vpp)
-            for v in range(vpp):
-                counts[v * pp + rank] = base + (1 if v < extra else 0)
-    for rank, total, order in ((0, first, range(vpp)), (pp - 1, last, reversed(range(vpp)))):
-        diff = total - per_chunk * vpp
-        for v in order:  # chunk of this rank nearest the end it serves first
-            c = v * pp + rank
-            take = max(diff, -counts[c])
-            counts[c] += take
-            diff -= take
-            if diff == 0:
-                break
-    return counts
 
 
 def microbatches_per_step(layout: Layout) -> int:

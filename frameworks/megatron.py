@@ -19,7 +19,6 @@ from clusterplan.frameworks.common import (
     Stages,
     canonical,
     check_exportable,
-    chunk_layers,
     header_lines,
     launch_shape,
     rank_layers,
@@ -30,7 +29,7 @@ from clusterplan.frameworks.common import (
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, stage_layers
+from clusterplan.models.training.layout import Layout, chunk_layers, stage_layers
 
 Args = list[str]
 STACK = "megatron-core"

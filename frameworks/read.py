@@ -22,7 +22,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, chunk_layers
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
 TORCHTITAN_SCHEDULES = {"1f1b": "1f1b", "gpipe": "gpipe", "interleaved1f1b": "interleaved-1f1b",
@@ -225,9 +225,9 @@ def _layout_from_chunks(model: ModelSpec, counts: list[int], pp: int, schedule: 
     an even split; pp_layers where first/last and an even middle cannot say the ranks' totals).
 
     The rank totals give the stage sizes; when the chunks inside a rank are not the split clusterplan prices
-    (frameworks.common.chunk_layers), the estimate uses the totals and says so.
+    (layout.chunk_layers), the estimate uses the totals and says so.
     """
-    from clusterplan.frameworks.common import canonical, chunk_layers  # frameworks.common imports this module
+    from clusterplan.frameworks.common import canonical  # frameworks.common imports this module
 
     if pp == 1:
         return 1, 0, 0, (), [], ()

@@ -22,7 +22,6 @@ from clusterplan.frameworks.common import (
     Stages,
     canonical,
     check_exportable,
-    chunk_layers,
     dispatcher_notes,
     header_lines,
     launch_shape,
@@ -34,7 +33,7 @@ from clusterplan.frameworks.read import TORCHTITAN_MODELS
 from clusterplan.frameworks.tomlfmt import Value, toml_text
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, chunk_layers
 
 # torch.distributed.pipelining.schedules.get_schedule_class names (B.2); zb runs torchtitan's V-shaped zero bubble.
 SCHEDULES = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved-1f1b": "Interleaved1F1B", "zb": "ZBVZeroBubble",

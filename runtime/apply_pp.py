@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.layout import Layout, rank_layer_counts
+from clusterplan.models.training.layout import Layout, chunk_layers
 
 SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b": "ScheduleInterleaved1F1B"}
 
@@ -22,14 +22,9 @@ SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved-1f1b
 def stage_layer_ids(spec: ModelSpec, layout: Layout) -> list[list[int]]:
     """Layer indices of each of the pp * vpp stages, in order (ranks may be uneven: first/last stage layers or a
     per-rank list, Layout.pp_layers)."""
-    n_stages = layout.pp * layout.vpp
     if layout.pp == 1:
         return [list(range(spec.n_layers))]
-    sizes = [0] * n_stages
-    for rank, layers in enumerate(rank_layer_counts(spec, layout)):  # a rank's layers over its vpp chunks,
-        base, extra = divmod(layers, layout.vpp)  # a remainder to its earliest ones
-        for chunk in range(layout.vpp):
-            sizes[chunk * layout.pp + rank] = base + (1 if chunk < extra else 0)
+    sizes = chunk_layers(spec, layout)  # the chunks the exported configs run (Megatron's layout, torchtitan's lists)
     ids, start = [], 0
     for size in sizes:
         ids.append(list(range(start, start + size)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clusterplan.errors import BadInputError
-from clusterplan.frameworks.common import canonical, chunk_layers
+from clusterplan.frameworks.common import canonical
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
@@ -14,7 +14,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import estimate
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout, chunk_layers, layout_problems
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.models.training.step import layer_cost, step_time
 

@@ -63,12 +63,14 @@ def test_uneven_first_and_last_stages():
 
 
 def test_per_rank_lists_build_the_stages_as_listed():
-    # pp_layers 2/4/3/1 of 10 layers: every layer once, in order; over vpp 2 a rank's odd count gives its
-    # earliest chunk the extra layer (rank 2: chunks 2 and 6 hold 2 and 1).
+    # pp_layers 2/4/3/1 of 10 layers: every layer once, in order. Over vpp 2 the chunks are the exported ones
+    # (layout.chunk_layers): a middle rank's odd count gives its earliest chunk the extra layer (rank 2: chunks 2 and
+    # 6 hold 2 and 1), the end ranks take their difference in the outer chunks (chunk 0 the embedding alone, chunk 7
+    # the head alone), as Megatron's pipeline layout and torchtitan's module lists write them.
     spec = load_model("llama3.1-8b").scaled(n_layers=10)
     flat = Layout.parse("pp=4,pp_layers=2/4/3/1,gbs=4")
     assert [len(ids) for ids in stage_layer_ids(spec, flat)] == [2, 4, 3, 1]
     looped = Layout.parse("pp=4,vpp=2,schedule=interleaved-1f1b,pp_layers=2/4/3/1,gbs=8")
     sizes = [len(ids) for ids in stage_layer_ids(spec, looped)]
-    assert sizes == [1, 2, 2, 1, 1, 2, 1, 0] and sum(sizes) == 10
+    assert sizes == [0, 2, 2, 1, 2, 2, 1, 0] and sum(sizes) == 10
     assert [i for ids in stage_layer_ids(spec, looped) for i in ids] == list(range(10))

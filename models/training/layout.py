@@ -417,6 +417,37 @@ def rank_layer_counts(model: ModelSpec, layout: Layout) -> list[int]:
     return [first, *([middle] * (layout.pp - 2)), last]
 
 
+def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
+    """Transformer layers of each model chunk in model order; chunk c runs on pipeline rank c % pp.
+
+    Megatron-LM interleaving (Narayanan et al. 2021, Sec. 2.2): rank r holds chunks r, r + pp, r + 2pp, ... Middle
+    ranks split evenly; a first or last rank that holds fewer (or more) layers takes the difference in the chunk
+    with the embedding (chunk 0) or the head (the last chunk), as Megatron's --pipeline-model-parallel-layout does.
+    """
+    pp, vpp = layout.pp, layout.vpp
+    if pp == 1:
+        return [model.n_layers]
+    first, middle, last = stage_layers(model, layout)
+    uneven = layout.first_stage_layers or layout.last_stage_layers or layout.pp_layers
+    per_chunk = middle // vpp if pp > 2 or not uneven else max(first, last) // vpp
+    counts = [per_chunk] * (pp * vpp)
+    if layout.pp_layers:  # each middle rank's own layers over its chunks, a remainder to its earliest ones
+        for rank in range(1, pp - 1):
+            base, extra = divmod(layout.pp_layers[rank], vpp)
+            for v in range(vpp):
+                counts[v * pp + rank] = base + (1 if v < extra else 0)
+    for rank, total, order in ((0, first, range(vpp)), (pp - 1, last, reversed(range(vpp)))):
+        diff = total - per_chunk * vpp
+        for v in order:  # chunk of this rank nearest the end it serves first
+            c = v * pp + rank
+            take = max(diff, -counts[c])
+            counts[c] += take
+            diff -= take
+            if diff == 0:
+                break
+    return counts
+
+
 def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     """Every divisibility and size rule the layout breaks (rules.py), each message printing its factors.
     Empty = valid."""
@@ -515,7 +546,7 @@ def pp_layers_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     """What a per-rank layer list (Layout.pp_layers) must keep: pp > 1, one count per rank, the counts summing to
     n_layers, every middle rank holding a layer in each of its vpp chunks (the ends may hold the embedding or the
     head alone), and no first/last_stage_layers beside it. A middle rank's layers need not divide by vpp: its
-    earliest chunks take the remainder (frameworks.common.chunk_layers), as torchtitan's default split does."""
+    earliest chunks take the remainder (chunk_layers), as torchtitan's default split does."""
     ranks, problems = L.pp_layers, []
     add = lambda code, message: problems.append(Rule.broken(code, message))  # noqa: E731
     text = "/".join(map(str, ranks))
