@@ -333,7 +333,7 @@ class ExecutionStack:
     """Its attention reorders the packed q, k, v projection from sequence-first to batch-first with a contiguous copy,
     concatenates K and V and copies them again into one KV tensor for the rotary kernel, and with more than one
     sequence per micro-batch copies the attention output back to sequence-first for the output projection
-    (nanotron's CausalSelfAttention); compute.py unfused_extra_bytes prices the copies. Absent: false."""
+    (nanotron's CausalSelfAttention); compute.py qkv_layout_copy_times prices the copies. Absent: false."""
     glu_split_cat: bool = False
     """Its gated MLP runs one merged gate-and-up projection and splits the output in halves, so backward concatenates
     the halves' gradients (nanotron's MLP); compute.py glu_split_backward_s prices the copy. Absent: false."""

@@ -79,7 +79,7 @@ def smol_rows() -> list[SmolRow]:
         est = estimate(smol_model(r["model"]), load_cluster(cluster), layout, stack=stack)
         js = est.to_json()
         out.append(SmolRow(label=f"{r['run']} {gpus} H100", gpus=gpus, cluster=cluster, layout=layout,
-                           notes=tuple(NOTES[r["model"].removesuffix("-ablation")]),
+                           notes=tuple(NOTES[r["model"]]),
                            published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                            predicted_tokens_per_s=js["tokens_per_s"] / gpus, predicted_mfu=js["mfu"],
                            predicted_memory_gib=js["memory"]["peak_gib"], refused=refusal(est)))

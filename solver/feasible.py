@@ -46,6 +46,7 @@ from clusterplan.models.training.estimate import (
 )
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.memory import GIB
+from clusterplan.models.training.pipeline_split import stack_pp_layers
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.search import precision_options, search
 from clusterplan.solver.space import divisors, enumerate_space, layer_splits
@@ -444,9 +445,12 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
                     continue
                 if key == "pp":  # the new pipeline's stage split: even, or the search's uneven ends
                     schedule = c.layout.schedule if c.layout.pp > 1 else "1f1b"
-                    for first, last in layer_splits(model.n_layers, d, c.layout.vpp) or [(0, 0)]:
+                    own = stack_pp_layers(model, d, stack.pp_split)  # a stack that splits by its own rule
+                    splits = ([(0, 0)] if stack.pp_split != "even" else
+                              layer_splits(model.n_layers, d, c.layout.vpp) or [(0, 0)])
+                    for first, last in splits:
                         yield from step(c, key, d, k, **fields, schedule=schedule, first_stage_layers=first,
-                                        last_stage_layers=last, pp_layers=())  # a per-rank list is pp's own
+                                        last_stage_layers=last, pp_layers=own)  # a per-rank list is pp's own
                 elif key == "tp":  # sequence parallelism comes with tp unless the layout pinned it off
                     yield from step(c, key, d, k, **fields, sp=c.layout.sp or c.layout.tp == 1)
                 else:

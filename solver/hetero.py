@@ -67,7 +67,7 @@ class StageSplit:
     headroom_gib: float
     """Memory each GPU keeps free beyond its peak (`--headroom-gib`)."""
     step_time_s: float
-    """pipeline_s + pp_comm_s + the slowest stage's dp_comm_s + optimizer_s."""
+    """pipeline_s + pp_comm_s + tail_s (the stage whose gradient sync + optimizer step ends last)."""
     pipeline_s: float
     """m micro-batches at the slowest stage's pace plus pp - 1 stage times of fill and drain (1F1B)."""
     pp_comm_s: float
@@ -277,7 +277,9 @@ class _Pipeline:
 
     def tail(self, stage: int, n_layers: int) -> tuple[float, float]:
         """(exposed gradient sync, optimizer step) of stage `stage` holding `n_layers` layers, on its own GPUs: what
-        it runs after its last backward, as step_time prices the slowest stage's (dp_exposed_s, optimizer_step_s)."""
+        it runs after its last backward (step.dp_exposed_s, step.optimizer_step_s). The mix's tail is the stage
+        where the two end last; step_time, whose stages share one GPU type, adds the slowest stage's sync and the
+        heaviest rank's step."""
         hw, cost, layers = self.rates[stage], self.costs[stage], np.array([float(n_layers)])
         dp = dp_exposed_s(self.shapes, self.one, hw, self.stack, layers, cost.forward_s, cost.backward_s,
                           (cost.comm_slowdown_in, cost.comm_slowdown_out))

@@ -203,3 +203,19 @@ def test_max_tp_must_be_a_whole_degree_with_a_source(bad):
     unsourced = {**raw, "sources": {k: v for k, v in raw["sources"].items() if k != "max_tp"}}
     with pytest.raises(BadInputError, match=r"max_tp without a source; add sources.max_tp$"):
         parse_stack("hai-llm", unsourced)
+
+
+def test_dualpipe_updates_two_stages_per_rank():
+    # DualPipe keeps stages i and pp-1-i on rank i (arXiv 2412.19437 Table 2): its optimizer step updates twice the
+    # parameters of the same layout under 1F1B, as its memory counts twice the states.
+    from clusterplan.hardware_db import get_stack
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.estimate import estimate
+    from clusterplan.models.training.layout import Layout
+
+    model, cluster, stack = load_model("llama3.1-8b"), load_cluster("dgx-h100:1"), get_stack("hai-llm")
+    times = {s: estimate(model, cluster, Layout(pp=4, dp=2, zero=1, mbs=1, gbs=64, seq=4096, recompute="none",
+                                                schedule=s), stack=stack).to_json()["time"]["optimizer_s"]
+             for s in ("1f1b", "dualpipe")}
+    assert times["dualpipe"] == pytest.approx(2 * times["1f1b"], rel=1e-9)

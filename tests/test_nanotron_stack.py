@@ -131,11 +131,12 @@ def test_sharded_fp32_cross_entropy_bytes_by_hand():
 
 @pytest.mark.parametrize("mbs", [1, 2])
 def test_qkv_layout_copies_by_hand(mbs):
-    # nanotron's attention around flash-attn, per token and layer (Llama 3.1 8B: q = v = 4096, kv = 1024 wide; tp 1):
-    # forward the packed q, k, v copy (4 x 6,144 B), K and V concatenated and permuted (2 x 4 x 2,048 B) and, with
-    # two or more sequences per micro-batch, the output copied for o_proj (4 x 4,096 B); backward the stack and the
-    # reshape of the packed gradient (2 x 4 x 6,144), the split's cat (4 x 2,048) and, with two or more sequences,
-    # the output gradient's reshape and o_proj's contiguous() of its saved input (2 x 4 x 4,096).
+    # nanotron's attention around flash-attn, per token and layer (Llama 3.1 8B: q and v 4,096 wide, K and V 1,024
+    # each, 2,048 together; tp 1): forward the packed q, k, v copy (4 x 6,144 B), K and V concatenated and permuted
+    # (2 x 4 x 2,048 B) and, with two or more sequences per micro-batch, the output copied for o_proj (4 x 4,096 B);
+    # backward (grouped K/V heads: nanotron's GQA branch) one cat of the q, k, v gradients (4 x 6,144), the KV
+    # split's cat (4 x 2,048) and, with two or more sequences, the output gradient's reshape and o_proj's contiguous()
+    # of its saved input (2 x 4 x 4,096).
     from clusterplan.hardware_db import get_gpu
 
     layout = Layout(dp=8, zero=1, mbs=mbs, gbs=64, seq=4096, recompute="none")
@@ -143,10 +144,28 @@ def test_qkv_layout_copies_by_hand(mbs):
     without = _step("nanotron", layout, qkv_layout_copies=False)["compute_s"]
     output = 4 * 4096 if mbs > 1 else 0
     forward = 4 * 6144 + 2 * 4 * 2048 + output
-    backward = 2 * 4 * 6144 + 4 * 2048 + 2 * output
+    backward = 4 * 6144 + 4 * 2048 + 2 * output
     gpu = get_gpu("H100-SXM5-80GB")
     expected = layout.microbatches * 32 * mbs * 4096 * (forward + backward) / (gpu.hbm_bytes_per_s * gpu.hbm_fraction)
     assert with_copies - without == pytest.approx(expected, rel=1e-3)
+
+
+def test_mha_unpacking_copies_its_gradient_twice():
+    # With every head its own K and V (the Ultra-Scale models) backward undoes the unbind with a stack and reshapes
+    # the permuted gradient for the projection: 2 x 4 (q + kv) B per token against GQA's one cat.
+    from clusterplan.models.architecture.shapes import ModelShapes
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import LayoutArrays
+    from clusterplan.models.training.compute import qkv_layout_copy_times
+    from clusterplan.reference.ultrascale import ultrascale_model
+
+    shapes = ModelShapes.of(ultrascale_model("1B"))  # 32 heads, 32 K/V heads, hidden 2,048: q 2,048, kv 4,096
+    layout = LayoutArrays.from_layouts([Layout(dp=8, zero=0, mbs=1, gbs=64, seq=4096, recompute="none")])
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    forward, backward = qkv_layout_copy_times(shapes, layout, hw, get_stack("nanotron"))
+    per_token = 4096 / hw.hbm_bytes_per_s
+    assert float(forward[0]) == pytest.approx(per_token * (4 * 6144 + 8 * 4096), rel=1e-12)
+    assert float(backward[0]) == pytest.approx(per_token * (8 * 6144 + 4 * 4096), rel=1e-12)
 
 
 def test_merged_glu_split_backward_by_hand():

@@ -199,3 +199,21 @@ def test_nanotron_plans_where_its_split_falls_back_search_only_the_even_split(ru
     for p in json.loads(out)["plans"]:
         lay = p["layout"]
         assert "pp_layers" not in lay and lay["first_stage_layers"] == lay["last_stage_layers"] == 0
+
+
+def test_nanotron_nearest_pp_option_runs_nanotrons_split(run_cli):
+    # Llama 3.1 8B at pp 1 does not fit one node under nanotron; the nearest "pp 1 -> 2" option is priced with the
+    # 18/14 split nanotron runs, the numbers `estimate` prints for that layout itself.
+    import json
+
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
+                           "--layout", "tp=1,mbs=1,gbs=64,seq=4096", "--format", "json")
+    assert code == 1
+    options = json.loads(out)["nearest_feasible"]["options"]
+    pp = next(o for o in options if [c["knob"] for c in o["changes"]] == ["pp"])
+    assert pp["layout"]["pp_layers"] == [18, 14]
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--stack", "nanotron",
+                           "--layout", "tp=1,pp=2,mbs=1,gbs=64,seq=4096", "--format", "json")
+    direct = json.loads(out)
+    assert pp["step_time_s"] == pytest.approx(direct["step_time_s"], rel=1e-5)
+    assert pp["peak_gib"] == pytest.approx(direct["memory"]["peak_gib"], rel=1e-5)

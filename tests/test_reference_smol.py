@@ -5,7 +5,9 @@ pre-training on 384 GPUs and the Smol Training Playbook's 1B baseline, against `
 A held-out check set: nothing is fitted to these rows. First measured 2026-12-05, with nanotron's loss, attention
 copies and merged gate_up split priced from its code: SmolLM3 +21.3 %, the 1B baseline +15.3 % (median 18.3 %), the
 same direction and size as the Ultra-Scale sweep's tp 2 and tp 1 points; with the TP matmuls slowed beside the NCCL
-kernels they overlap, SmolLM3 +20.5 % (median 17.9 %). The bounds are the landing's plus 3 points,
+kernels they overlap, SmolLM3 +20.5 % (median 17.9 %); with nanotron's GQA branch's one backward cat of the
+q, k, v gradients (two copies were priced, as its MHA branch makes) +20.8 % / +15.7 % (median 18.2 %). The bounds are
+the landing's plus 3 points,
 to fail when a change moves the set the wrong way; tighten them as the model improves.
 """
 

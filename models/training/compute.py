@@ -476,12 +476,14 @@ def qkv_layout_copy_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRate
     output's .transpose(0, 1)
     back to sequence-first, which the output projection's matmul copies when a micro-batch holds more than one sequence
     (v; one sequence's transpose is a view). Backward, by autograd's nodes: contiguous() passes its gradient through;
-    unbinding q, k and v is undone by a stack (q + kv) and the permuted gradient reshaped for the projection (q + kv
-    again); torch.split of the KV tensor by a cat (kv), torch.cat by views; the output's copy by one reshape (v, more
-    than one sequence), and o_proj's backward makes its saved transposed input contiguous for the weight gradient (v
-    again, more than one sequence: parallel/tensor_parallel/functional.py _RowLinearAsyncCommunication.backward).
-    So 4 (q + kv) + 8 kv (+ 4 v) B per token forward, 8 (q + kv) + 4 kv (+ 8 v) backward: not the 2x of the fused
-    elementwise kernels."""
+    with every head its own K and V (nanotron's MHA branch) unbinding q, k and v is undone by a stack (q + kv) and the
+    permuted gradient reshaped for the projection (q + kv again); with grouped K/V heads (the GQA branch: torch.split,
+    then each part's transpose(0, 1).contiguous()) one cat of the three gradients (q + kv); torch.split of the KV
+    tensor by a cat (kv), torch.cat by views; the output's copy by one reshape (v, more than one sequence), and
+    o_proj's backward makes its saved transposed input contiguous for the weight gradient (v again, more than one
+    sequence: parallel/tensor_parallel/functional.py _RowLinearAsyncCommunication.backward). So 4 (q + kv) + 8 kv
+    (+ 4 v) B per token forward, 8 (q + kv) + 4 kv (+ 8 v) backward with MHA, 4 (q + kv) + 4 kv (+ 8 v) with GQA
+    (replayed through autograd on CPU by a reviewer): not the 2x of the fused elementwise kernels."""
     if not stack.qkv_layout_copies or shapes.mla_latent:
         zero = np.zeros_like(L.tp, dtype=float)
         return zero, zero
@@ -490,7 +492,8 @@ def qkv_layout_copy_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRate
     kv = 4.0 * shapes.kv_dim
     output = np.where(L.mbs > 1, 4.0 * shapes.v_dim, 0.0)
     forward = tokens * (packed + 2.0 * kv + output) / hw.hbm_bytes_per_s
-    backward = tokens * (2.0 * packed + kv + 2.0 * output) / hw.hbm_bytes_per_s
+    unbind = 2.0 if shapes.kv_heads == shapes.n_heads else 1.0  # MHA: stack + reshape; GQA: one cat
+    backward = tokens * (unbind * packed + kv + 2.0 * output) / hw.hbm_bytes_per_s
     return forward, backward
 
 

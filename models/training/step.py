@@ -193,7 +193,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime). nanotron's asynchronous TP hides each
     all-gather under its local shard's matmul and the input gradient's reduce-scatter under the weight gradient
     (tp_overlap.local_shard_exposed_s; `local_shard_blocks` from LayerTime), the matmuls slowed `slowdown_in` times
-    beside the NCCL kernels (LayerTime.comm_slowdown_in).
+    beside the NCCL kernels (the TP group's comm_slowdown: LayerTime's inside or across scale-up domains).
     """
     # The calls and bytes are collectives.py's (tests/test_validate_collectives.py counts them in torch).
     colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
@@ -379,7 +379,7 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
     act = activation_bytes(L)
     full = L.full_recompute_share(shapes.n_layers)
     tp = tp_comm_s(shapes, L, hw, stack, lt.linear_s, lt.async_tp_blocks, lt.local_shard_blocks,
-                   lt.comm_slowdown_in)
+                   comm_slowdown(Group.of(L, Axis.TP), hw, (lt.comm_slowdown_in, lt.comm_slowdown_out)))
     cp_group = Group.of(L, Axis.CP)
     _, n_out = comm.split_group(cp_group.size, cp_group.stride, hw.domain)
     ring = ring_cp_s(act * tokens * shapes.kv_dim / L.tp, L.cp, n_out, lt.core_forward_s, full, hw)
@@ -998,9 +998,12 @@ def _optimizer_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, layers
     # every rank steps at once: the one with the most parameters ends last (the first with the embedding, the last
     # with the LM head, or the heaviest middle rank under a per-rank list)
     single = L.pp == 1
-    return np.maximum.reduce([optimizer_step_s(stage_params(shapes, L, n, embed, head), L, hw, stack)
-                              for n, embed, head in ((layers.first, True, single), (layers.middle, False, False),
-                                                     (layers.last, single, True))])
+    heaviest = np.maximum.reduce([optimizer_step_s(stage_params(shapes, L, n, embed, head), L, hw, stack)
+                                  for n, embed, head in ((layers.first, True, single), (layers.middle, False, False),
+                                                         (layers.last, single, True))])
+    # DualPipe keeps two stages per rank (i and pp-1-i; arXiv 2412.19437 Table 2): twice the parameters to update,
+    # priced as twice the heaviest position's, as memory_breakdown counts its states.
+    return np.where(L.schedule == ScheduleCode.DUALPIPE, 2.0, 1.0) * heaviest
 
 
 def optimizer_step_s(params: StageParams, L: LayoutArrays, hw: HardwareRates,
