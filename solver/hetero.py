@@ -336,6 +336,10 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
     if "1f1b" not in stack.schedules:
         raise InfeasibleError(f"stack {stack.name} runs no 1F1B pipeline, so no pipeline across GPU types; the plans "
                               "above run on the cluster as one type")
+    if stack.pp_split != "even":  # stacks.yaml pp_split: the stack places layers itself (nanotron: by block cost)
+        raise InfeasibleError(f"stack {stack.name} splits its pipeline by its own rule ({stack.pp_split}) and takes no "
+                              "per-stage layer counts to balance across GPU types; the plans above run on the cluster "
+                              "as one type")
     shapes = ModelShapes.of(model)
     sizes = [g.count * g.gpus_per_node for g in cluster.groups]
     rates = _group_rates(cluster, calibration)

@@ -90,3 +90,12 @@ def test_mixed_step_adds_sends_gradient_sync_and_optimizer_worked_example():
     expected = bal.layers[i] * per_layer / lay.dp * 32.0 / h100.hbm_bytes_per_s
     assert bal.optimizer_s[i] == pytest.approx(expected, rel=1e-9)
     assert all(d >= 0 for d in bal.dp_comm_s) and bal.tail_s > 0
+
+
+def test_a_stack_that_splits_by_its_own_rule_builds_no_mixed_pipeline(run_cli):
+    # nanotron places layers by block cost (stacks.yaml pp_split): it cannot run a split balanced across GPU types,
+    # so plan says why on stderr and keeps the plans on the cluster as one type.
+    code, out, err = run_cli("plan", "--model", "llama3.1-70b", "--cluster", MIXED, "--gbs", "256", "--seq", "4096",
+                             "--stack", "nanotron", "--top", "1", "--format", "json")
+    assert code == 0
+    assert "splits its pipeline by its own rule" in json.loads(out)["mixed_gpu_types"]["refused"]
