@@ -124,14 +124,20 @@ class DenseHost:
     sources: Mapping[str, str]
 
 
+def _required_sources(where: str, raw: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """The block's `sources:`, refusing it when one of `keys` has no source."""
+    sources = raw.get("sources") or {}
+    missing = [k for k in keys if not str(sources.get(k, "")).strip()]
+    if missing:
+        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+    return sources
+
+
 def parse_dense_host(where: str, raw: Mapping[str, Any] | None) -> DenseHost | None:
     if raw is None:
         return None
     where = f"{where} dense_host"
-    sources = raw.get("sources") or {}
-    missing = [k for k in DENSE_HOST_SOURCES if not str(sources.get(k, "")).strip()]
-    if missing:
-        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+    sources = _required_sources(where, raw, DENSE_HOST_SOURCES)
 
     def table(key: str, rows: tuple[str, ...]) -> Mapping[str, Mapping[str, float]]:
         value = raw.get(key)
@@ -160,10 +166,7 @@ def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:
     if raw is None:
         return None
     where = f"{where} moe_host"
-    sources = raw.get("sources") or {}
-    missing = [k for k in MOE_HOST_SOURCES if not str(sources.get(k, "")).strip()]
-    if missing:
-        raise BadInputError(f"{where}: fields without a source: {', '.join(missing)}")
+    sources = _required_sources(where, raw, MOE_HOST_SOURCES)
 
     def count(value: Any, key: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

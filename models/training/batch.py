@@ -88,11 +88,21 @@ DROPLESS = 0.0
 """LayoutArrays.moe_capacity_factor of a dropless layout (Layout.moe_capacity_factor None)."""
 
 
-def tuple_column(values: Sequence[tuple[int, ...]]) -> np.ndarray:
-    """An object array of tuples, one per row (numpy would otherwise make a 2-D array of equal-length tuples)."""
+def tuple_column(values: Sequence[tuple[int, ...]] | np.ndarray) -> np.ndarray:
+    """An object array of tuples, one per row (numpy would otherwise make a 2-D array of equal-length tuples); an
+    object array is taken as it is (a search's millions of rows are not copied one by one)."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return values
     out = np.empty(len(values), dtype=object)
     for i, v in enumerate(values):
         out[i] = tuple(v)
+    return out
+
+
+def empty_tuple_column(n: int) -> np.ndarray:
+    """`n` rows without a per-rank list (Layout.pp_layers ())."""
+    out = np.empty(n, dtype=object)
+    out.fill(())
     return out
 
 
@@ -177,7 +187,7 @@ class LayoutArrays:
         cols = {}
         for f in fields(cls):
             if f.name == "pp_layers" and f.name in columns:
-                cols[f.name] = tuple_column(list(columns[f.name]))
+                cols[f.name] = tuple_column(columns[f.name])
             elif f.name in columns:
                 integer = f.name in CODES or f.name == "recompute_modules"
                 cols[f.name] = np.asarray(columns[f.name], dtype=np.int64 if integer else float)
@@ -188,7 +198,7 @@ class LayoutArrays:
             elif f.name in ("pp_layers_listed", "middle_stage_layers"):  # no per-rank list: first/last and even
                 cols[f.name] = np.zeros(n)
             elif f.name == "pp_layers":
-                cols[f.name] = tuple_column([()] * n)
+                cols[f.name] = empty_tuple_column(n)
             elif f.name == "sp":  # unset sequence parallelism follows tp (Layout.sp)
                 cols[f.name] = (np.asarray(columns.get("tp", np.ones(n)), dtype=float) > 1).astype(float)
             elif f.name in CODES:
