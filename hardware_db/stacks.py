@@ -328,6 +328,11 @@ class ExecutionStack:
     (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES) | "sharded_fp32"
     (Megatron-style vocab-parallel cross-entropy as eager ops over fp32 logits, nanotron's _ShardedCrossEntropy:
     SHARDED_FP32_LOSS_*_BYTES). Absent: fused."""
+    loss_frees_logits: bool = False
+    """Its train loop drops the bf16 logits (`del pred`) between the eager fp32 loss's forward and backward, so the
+    caching allocator keeps their freed block reserved beside the loss's peak (memory.py
+    EAGER_LOSS_FREED_LOGITS_BYTES, pp = 1). Separate from loss_impl, which prices the loss's time: another eager fp32
+    loss (DeepSpeed's Hugging Face models) keeps its logits in the model output. Absent: false."""
     fsdp_impl: str = "flat"
     """ZeRO-3 as "flat" buffers priced per average layer | "fsdp2" (torch fully_shard: the all-gather copy-out
     kernel on the compute stream per gather, and the root module's embedding + head + final norm gathered first and
@@ -554,6 +559,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         mixed_precision=(_choice(where, raw, "mixed_precision", MIXED_PRECISIONS) if "mixed_precision" in raw
                          else MIXED_PRECISION_PARAMS),
         loss_impl=_choice(where, raw, "loss_impl", LOSS_IMPLS) if "loss_impl" in raw else "fused",
+        loss_frees_logits=_sourced(where, raw, "loss_frees_logits", lambda: _flag(where, raw, "loss_frees_logits"),
+                                   False),
         fsdp_impl=_choice(where, raw, "fsdp_impl", FSDP_IMPLS) if "fsdp_impl" in raw else "flat",
         attention_unpad=_flag(where, raw, "attention_unpad") if "attention_unpad" in raw else False,
         qkv_layout_copies=_sourced(where, raw, "qkv_layout_copies", lambda: _flag(where, raw, "qkv_layout_copies"),

@@ -33,7 +33,8 @@ def test_the_compiled_stack_differs_from_torchtitan_compile_only_in_its_loss():
     assert (compiled.loss_impl, compiled.loss_bytes_per_logit) == ("compiled", 4.0)
     assert (blocks_only.loss_impl, blocks_only.loss_bytes_per_logit) == ("eager_fp32", 12.0)
     same = replace(compiled, name=blocks_only.name, description=blocks_only.description, sources=blocks_only.sources,
-                   loss_impl=blocks_only.loss_impl, loss_bytes_per_logit=blocks_only.loss_bytes_per_logit)
+                   loss_impl=blocks_only.loss_impl, loss_bytes_per_logit=blocks_only.loss_bytes_per_logit,
+                   loss_frees_logits=blocks_only.loss_frees_logits)
     assert same == blocks_only
     # Under loss_parallel (tp > 1) the DTensor loss keeps its own backward: 16 B as the other torchtitan stacks.
     assert compiled.loss_parallel_bytes_per_logit == 16.0
@@ -72,3 +73,32 @@ def test_compiled_loss_traffic_worked_example():
                           for s in ("torchtitan-compile-loss", "torchtitan-compile"))
     assert float(fe[0] - fc[0]) == pytest.approx(20.0 * LOGITS / hw.hbm_bytes_per_s, rel=1e-9)
     assert float(be[0] - bc[0]) == pytest.approx(22.0 * LOGITS / hw.hbm_bytes_per_s, rel=1e-9)
+
+
+def test_deepspeed_prices_the_eager_fp32_loss_time_without_torchtitans_freed_logits_block():
+    """DeepSpeed trains a Hugging Face model whose loss upcasts the logits and runs F.cross_entropy eagerly: its time
+    streams the eager loss's bytes (22 B forward, 26 B backward per logit: compute.EAGER_FP32_LOSS_*), as torchtitan's;
+    its memory holds the 12 B at the head's backward but not the 2 B freed-logits block, which comes from torchtitan's
+    `del pred` (stacks.yaml loss_frees_logits). At tp 1, 16,384 tokens: 2,101,346,304 logits, the peak's loss term
+    12 x 2,101,346,304 x 1.05 B = 24.6586 GiB against torchtitan's 14 x ... = 28.7683 GiB."""
+    deepspeed, titan = get_stack("deepspeed"), get_stack("torchtitan")
+    assert loss_bytes_per_logit(deepspeed) == loss_bytes_per_logit(titan) == (22.0, 26.0)
+    assert (deepspeed.loss_frees_logits, titan.loss_frees_logits) == (False, True)
+    layout = Layout(dp=8, zero=1, mbs=2, gbs=64, seq=8192, recompute="full")
+    cluster = load_cluster("dgx-h100:1")
+    fused = replace(deepspeed, loss_impl="fused")
+    L = LayoutArrays.from_layouts([layout])
+    hw = HardwareRates.of(cluster)
+    (fwd, bwd), (fwd_fused, bwd_fused) = (head_time(L8, L, hw, s) for s in (deepspeed, fused))
+    # eager - fused, per micro-batch: (22 - 12) B forward and (26 - 12) B backward per logit at the HBM rate.
+    assert float(fwd[0] - fwd_fused[0]) == pytest.approx(10 * LOGITS / hw.hbm_bytes_per_s, rel=1e-9)
+    assert float(bwd[0] - bwd_fused[0]) == pytest.approx(14 * LOGITS / hw.hbm_bytes_per_s, rel=1e-9)
+    # The step carries it once per micro-batch (4 of 2 sequences; step_time_s is rounded to 1e-4 s in the JSON).
+    times = [estimate(load_model("llama3.1-8b"), cluster, layout, stack=s).to_json()["step_time_s"]
+             for s in (deepspeed, fused)]
+    assert times[0] - times[1] == pytest.approx(4 * 24 * LOGITS / hw.hbm_bytes_per_s, abs=1e-4)
+    loss_term = [float(ends_activation_bytes(L8, L, False, True, False, s.loss_bytes_per_logit,
+                                             s.loss_parallel_bytes_per_logit,
+                                             EAGER_LOSS_FREED_LOGITS_BYTES if s.loss_frees_logits else 0.0)[0])
+                 for s in (deepspeed, titan)]
+    assert [b * (1 + ALLOCATOR_FRACTION) / GIB for b in loss_term] == pytest.approx([24.6586, 28.7683], abs=1e-4)

@@ -90,7 +90,7 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             fp8_allgather=fsdp_fp8_allgather(stack.fp8_allgather, recipe),
                             fp8_param_bytes=fp8_weight_copy_bytes(recipe, fp8_all_layouts),
                             freed_logits_bytes_per_logit=EAGER_LOSS_FREED_LOGITS_BYTES
-                            if stack.loss_impl == "eager_fp32" else 0.0,
+                            if stack.loss_frees_logits else 0.0,
                             fsdp_root=stack.fsdp_root if stack.fsdp_impl == "fsdp2" else None,
                             autocast=stack.mixed_precision == MIXED_PRECISION_AUTOCAST,
                             kv_copies=stack.attention_kv_copies,
