@@ -34,7 +34,7 @@ from clusterplan.models.training.layout import (
     layout_problems,
     recompute_modules_mask,
 )
-from clusterplan.models.training.pipeline_split import stack_pp_layers
+from clusterplan.models.training.pipeline_split import split_to_price
 from clusterplan.models.training.rules import RuleCode
 
 ZERO = (0, 1, 2, 3)
@@ -81,15 +81,9 @@ def layer_splits(n_layers: int, pp: int, vpp: int) -> list[tuple[int, int]]:
 
 
 def stack_split(model: ModelSpec, pp: int, fixed: dict, stack: ExecutionStack) -> tuple[int, ...]:
-    """The per-rank list a structure of `pp` ranks runs: a pinned pp_layers, else the stack's own split where it is
-    not even (pipeline_split.stack_pp_layers: nanotron's cost-balanced split) and no first/last size is pinned."""
-    if pp < 2:
-        return ()
-    if "pp_layers" in fixed:
-        return tuple(fixed["pp_layers"])
-    if "first_stage_layers" in fixed or "last_stage_layers" in fixed:
-        return ()
-    return stack_pp_layers(model, pp, stack.pp_split)
+    """The per-rank list a structure of `pp` ranks runs under `fixed` (pipeline_split.split_to_price)."""
+    return split_to_price(model, pp, stack.pp_split, tuple(fixed.get("pp_layers", ())),
+                          pinned_ends="first_stage_layers" in fixed or "last_stage_layers" in fixed)
 
 
 def replicate_options(dp: int, domain: int) -> list[int]:

@@ -53,10 +53,19 @@ def stack_pp_layers(model: ModelSpec, pp: int, split: str) -> tuple[int, ...]:
     return tuple(n for n, _ in ranks)
 
 
+def split_to_price(model: ModelSpec, pp: int, split: str, pp_layers: tuple[int, ...] = (),
+                   pinned_ends: bool = False) -> tuple[int, ...]:
+    """The per-rank list a pipeline of `pp` ranks runs: a pinned `pp_layers` wins; pinned first/last stage sizes
+    (`pinned_ends`) keep the even split with those ends (()); else the stack's own split (stack_pp_layers)."""
+    if pp < 2:
+        return ()
+    if pp_layers:
+        return tuple(pp_layers)
+    return () if pinned_ends else stack_pp_layers(model, pp, split)
+
+
 def with_stack_split(model: ModelSpec, layout: Layout, split: str) -> Layout:
-    """`layout` with the stack's own pipeline split (stack_pp_layers) where it gives none of its own (no
-    pp_layers, no first/last_stage_layers); else unchanged."""
-    if layout.pp_layers or layout.first_stage_layers or layout.last_stage_layers:
-        return layout
-    ranks = stack_pp_layers(model, layout.pp, split)
-    return replace(layout, pp_layers=ranks) if ranks else layout
+    """`layout` with the stack's own pipeline split where it gives none of its own (split_to_price); else unchanged."""
+    ranks = split_to_price(model, layout.pp, split, layout.pp_layers,
+                           pinned_ends=bool(layout.first_stage_layers or layout.last_stage_layers))
+    return replace(layout, pp_layers=ranks) if ranks != layout.pp_layers else layout
