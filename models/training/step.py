@@ -805,8 +805,9 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     ZeRO-0: gradient all-reduce; ZeRO-1/2 (Megatron distributed optimizer): gradient reduce-scatter, then the
     updated weights' all-gather. The reduce hides under the last micro-batch's backward, the all-gather under the next
     step's first forward (Megatron overlap_grad_reduce / overlap_param_gather), each under `dp_overlap_share` of
-    that compute; stacks that chunk it (dp_exposed_chunk) always expose the last chunk: one layer's share (one
-    virtual stage's under Megatron PP, one bucket's for DeepSpeed). ZeRO-3 / FSDP: see _zero3_exposed.
+    that compute; stacks that chunk it (dp_exposed_chunk) always expose the last chunk: Megatron-Core's last DDP
+    bucket (megatron_dp_chunks), DeepSpeed's last bucket (dp_bucket_bytes), else one layer's share (one virtual
+    stage's where dp_chunk_under_pp says so). ZeRO-3 / FSDP: see _zero3_exposed.
     """
     _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
@@ -825,7 +826,9 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     o = hw.comm_overlap if stack.dp_overlap else 0.0  # comm_overlap: measured by `clusterplan profile` (else 1)
     reduce = np.where(L.zero == 0, ar, rs) + hsdp
     gather = np.where(L.zero == 0, 0.0, ag)
-    if stack.dp_bucket_bytes:
+    if stack.dp_bucket_min_params or stack.dp_bucket_params_per_dp_rank:
+        chunks = megatron_dp_chunks(params.dense + params.expert, L, stack)
+    elif stack.dp_bucket_bytes:
         chunks = np.maximum(1.0, (dense_grad + expert_grad) / stack.dp_bucket_bytes)
     elif stack.dp_chunk_under_pp == "virtual_stage":
         chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
@@ -847,6 +850,19 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown,
                               compute_wb)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
+
+
+def megatron_dp_chunks(stage_params: np.ndarray, L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
+    """How many pieces the rank's gradient reduce (and parameter all-gather) comes in, as seen from the one piece
+    that cannot overlap. Megatron-Core DistributedDataParallel buckets each model chunk's gradients in reverse order
+    into buckets of max(40M, 1M x |dp x cp|) parameters (distributed_data_parallel.py: "make buckets larger to ensure
+    that chunks used in NCCL ring-reduce implementations are large enough to remain bandwidth-bound"), and get_model
+    passes disable_bucketing=(model_chunk_idx > 0): the later virtual stages reduce as one bucket each, under the
+    first chunk's remaining backward. The first chunk finishes its backward last; its last bucket (the smaller of one
+    bucket and the whole chunk) is what no compute hides."""
+    bucket = np.maximum(stack.dp_bucket_min_params, stack.dp_bucket_params_per_dp_rank * L.dp * L.cp)
+    first_chunk = np.where(L.pp > 1, stage_params / L.vpp, stage_params)
+    return np.maximum(1.0, stage_params / np.maximum(np.minimum(bucket, first_chunk), 1.0))
 
 
 def comm_slowdown(g: Group, hw: HardwareRates, slowdowns: tuple[np.ndarray | float, np.ndarray | float]
