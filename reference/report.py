@@ -3,15 +3,16 @@ NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), 
 and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
-(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py) and NVIDIA's
-MLPerf Training submissions (reference/mlperf.py).
+(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), NVIDIA's
+MLPerf Training submissions (reference/mlperf.py) and its DGX Cloud Benchmarking recipes (reference/dgxc.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
 
 The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
 tests/test_reference_titan.py, tests/test_reference_nemo.py, tests/test_reference_foundry.py,
-tests/test_reference_llama3.py, tests/test_reference_mcore_moe.py and tests/test_reference_mlperf.py with the
+tests/test_reference_llama3.py, tests/test_reference_mcore_moe.py, tests/test_reference_mlperf.py and
+tests/test_reference_dgxc.py with the
 tolerances stated there.
 """
 
@@ -283,6 +284,11 @@ def markdown_report() -> str:
 
     out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B submissions (v3.0-v5.0): tokens/s per GPU of "
             "one training step", "", mlperf.markdown_table(mlperf.mlperf_rows()), ""]
+    from clusterplan.reference import dgxc
+
+    out += ["#### NVIDIA DGX Cloud Benchmarking recipes (dgxc-benchmarking, NeMo 24.05-25.04 containers): Llama 3.1, "
+            "Nemotron-4, GPT-3, Grok-1, DeepSeek-V3, Llama 4 Maverick on 8-2,048 H100 and 128-512 GB200: tokens/s per "
+            "GPU", "", dgxc.markdown_table(dgxc.dgxc_rows()), ""]
     from clusterplan.reference.serving import serving_markdown
 
     out += serving_markdown()
@@ -334,6 +340,9 @@ def print_text_report() -> None:
     from clusterplan.reference import mlperf
 
     mlperf.print_table(mlperf.mlperf_rows())
+    from clusterplan.reference import dgxc
+
+    dgxc.print_table(dgxc.dgxc_rows())
     serving_section()
 
 

@@ -1,0 +1,115 @@
+"""NVIDIA's DGX Cloud Benchmarking recipes (tests/reference/dgxc_benchmarking.csv; research/dgxc-recipes.md): Llama 3.1
+8B / 70B / 405B, Nemotron-4 15B / 340B, GPT-3 175B, Grok-1, DeepSeek-V3 and Llama 4 Maverick pre-training step times on
+8 to 2,048 H100 and 128 to 512 GB200, against `estimate` with the megatron-core stack at each published layout and the
+settings the pinned NeMo commits set (reference/dgxc.py).
+
+A held-out check set: no model constant is fitted to these rows and no per-row factor exists. Issue #13's target for
+held-out runs: tokens/s within 10 % median and 20 % max. Each (model, system, precision) group's worst row is asserted
+against the larger of that max (20 %) and the error it reached when this test landed plus 3 points (BOUNDS); the
+median against MEDIAN_BOUND (landed + 1 point).
+History (2026-12-05, first measured): 107 of 114 rows priced (the 7 Nemotron-H rows are hybrid Mamba), median 7.0 %,
+max 207 %; the 74 H100 rows median 3.8 % (every dense H100 group within -12 .. +18 %), the 33 GB200 rows median 25 %
+(the sm_100 over-prediction of research/blackwell-dense.md, 10-15 points larger on fp8 rows), DeepSeek-V3 in NeMo 25.04
++30 / +34 % on H100 and +195 .. +207 % on GB200 (its GB200 rows ran at 10 % MFU, 3.3x below Megatron-Bridge 25.11's).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import median
+
+import pytest
+
+from clusterplan.reference import dgxc
+from clusterplan.reference.report import TARGET_TIME_MAX, read_rows
+
+BOUNDS = {
+    ("llama3.1-8b", "H100", "BF16"): 0.20,  # +1.5 .. +2.1 %
+    ("llama3.1-8b", "H100", "FP8"): 0.20,  # +2.0 .. +4.5 %
+    ("llama3.1-70b", "H100", "BF16"): 0.20,  # +2.4 .. +2.6 %
+    ("llama3.1-70b", "H100", "FP8"): 0.20,  # -3.7 .. -0.8 %
+    ("llama3.1-405b", "H100", "BF16"): 0.20,  # -2.8 .. +0.5 %
+    ("llama3.1-405b", "H100", "FP8"): 0.20,  # -6.5 .. -2.5 %
+    ("llama3.1-405b", "GB200", "BF16"): 0.218,  # +16.6 .. +18.7 %
+    ("llama3.1-405b", "GB200", "FP8"): 0.339,  # +28.2 .. +30.8 %
+    ("nemotron4-15b", "H100", "BF16"): 0.20,  # +2.9 .. +6.9 %
+    ("nemotron4-15b", "H100", "FP8"): 0.20,  # +6.5 .. +11.7 %
+    ("nemotron4-340b", "H100", "BF16"): 0.20,  # -12.0 .. -11.7 %
+    ("nemotron4-340b", "H100", "FP8"): 0.20,  # -11.0 .. -9.0 %
+    ("nemotron4-340b", "GB200", "BF16"): 0.20,  # +9.8 .. +15.8 %
+    ("nemotron4-340b", "GB200", "FP8"): 0.362,  # +22.1 .. +33.1 %
+    ("gpt3-175b", "H100", "BF16"): 0.20,  # +3.0 .. +4.8 %
+    ("gpt3-175b", "H100", "FP8"): 0.214,  # +4.7 .. +18.4 % (published 636 / 610 / 656 at 512 / 1,024 / 2,048)
+    ("deepseek-v3", "H100", "BF16"): 0.371,  # +30.0 / +34.1 %
+    ("deepseek-v3", "GB200", "BF16"): 2.105,  # +194.9 .. +207.4 %
+    ("grok1-314b", "GB200", "BF16"): 0.20,  # +7.5 .. +8.7 %
+    ("grok1-314b", "GB200", "FP8"): 0.283,  # +22.9 .. +25.3 %
+    ("grok1-314b", "H100", "BF16"): 0.20,  # -1.5 %
+    ("grok1-314b", "H100", "FP8"): 0.20,  # +16.5 %
+    ("llama4-maverick-17b-128e", "GB200", "BF16"): 0.33,  # +26.6 .. +30.0 %
+    ("llama4-maverick-17b-128e", "GB200", "FP8"): 0.463,  # +38.0 .. +43.3 %
+    ("llama4-maverick-17b-128e", "H100", "BF16"): 0.20,  # +7.0 %
+    ("llama4-maverick-17b-128e", "H100", "FP8"): 0.20,  # +15.5 %
+}
+MEDIAN_BOUND = 0.08  # 7.0 % over 107 rows when it landed
+H100_MEDIAN_BOUND = 0.048  # 3.8 % over the 74 H100 rows
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dgxc.DgxcRow]:
+    return dgxc.dgxc_rows()
+
+
+def test_every_csv_row_is_priced_or_says_why(rows):
+    assert len(rows) == len(read_rows(dgxc.DGXC_CSV)) == 114
+    not_priced = [r for r in rows if not r.expressible]
+    assert {r.model for r in not_priced} == {"nemotron-h-56b"} and len(not_priced) == 7
+    assert all("Mamba" in r.reason for r in not_priced)
+
+
+def test_published_step_times_agree_with_published_throughput():
+    """The transcription's own check: seq x gbs / step time is the printed tokens/s within 1 %, except the Grok-1
+    512-GB200 rows, whose printed tokens/s repeat the 256-GPU ones (a copy error in the README: their step times
+    match the weak-scaling series, which is what the table is priced from)."""
+    off = []
+    for r in read_rows(dgxc.DGXC_CSV):
+        derived = float(r["gbs"]) * float(r["seq"]) / float(r["step_time_s"])
+        if abs(derived / float(r["tokens_per_s_total"]) - 1) > 0.01:
+            off.append((r["model"], r["system"], r["gpus"], r["precision"]))
+    assert off == [("grok1-314b", "GB200", "512", "BF16"), ("grok1-314b", "GB200", "512", "FP8")]
+
+
+def test_each_group_within_its_bound(rows):
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.expressible:
+            groups[(r.model, r.system, r.precision)].append(r.error)
+    assert set(groups) == set(BOUNDS)
+    for key, errors in groups.items():
+        assert BOUNDS[key] >= TARGET_TIME_MAX
+        assert max(abs(e) for e in errors) <= BOUNDS[key], (key, errors)
+
+
+def test_median(rows):
+    priced = [abs(r.error) for r in rows if r.expressible]
+    assert median(priced) <= MEDIAN_BOUND
+    assert median(abs(r.error) for r in rows if r.expressible and r.system == "H100") <= H100_MEDIAN_BOUND
+
+
+def test_recipe_settings_reach_the_layout(rows):
+    """What the pinned NeMo scripts set, as each row runs it: DeepSeek-V3's token drop, selective recompute and first /
+    last stage sizes (64 // pp - 1, 64 // pp - 2), Llama 3.1 405B's embedding / loss counted in the split, Llama 4's
+    fp8-only CUDA graphs on H100, fp8 parameters on every fp8 row."""
+    by = {(r.model, r.system, r.precision, r.gpus): r.layout for r in rows}
+    ds = by[("deepseek-v3", "H100", "BF16", 512)]
+    assert (ds.moe_capacity_factor, ds.recompute, ds.recompute_modules) == (1.0, "selective", "mla_up_proj")
+    assert (ds.pp, ds.first_stage_layers, ds.last_stage_layers) == (8, 7, 6)
+    assert (by[("deepseek-v3", "GB200", "BF16", 256)].first_stage_layers,
+            by[("deepseek-v3", "GB200", "BF16", 256)].recompute_modules) == (15, "core_attn")
+    l405 = by[("llama3.1-405b", "H100", "BF16", 512)]
+    assert (l405.pp, l405.vpp, l405.first_stage_layers, l405.last_stage_layers) == (8, 8, 15, 15)
+    assert by[("llama3.1-405b", "H100", "BF16", 64)].first_stage_layers == 7  # 30-layer proxy: (30 + 2) / 32 = 1
+    assert by[("llama4-maverick-17b-128e", "H100", "FP8", 512)].cuda_graphs == "full"
+    assert by[("llama4-maverick-17b-128e", "H100", "BF16", 512)].cuda_graphs == "none"
+    assert by[("nemotron4-340b", "H100", "BF16", 256)].vpp == 12
+    assert all(r.layout.fp8_params == (r.precision == "FP8") for r in rows if r.expressible)
