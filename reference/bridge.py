@@ -19,7 +19,15 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
-from clusterplan.reference.report import PricedRow, read_rows, refusal, row_notes, summary
+from clusterplan.reference.report import (
+    PricedRow,
+    markdown_rows,
+    notes_cell,
+    read_rows,
+    refusal,
+    row_notes,
+    summary,
+)
 
 BRIDGE_CSV = "megatron_bridge_2511.csv"
 STACK = "megatron-core"
@@ -564,21 +572,18 @@ def print_table(rows: list[BridgeRow]) -> None:
 
 
 def markdown_table(rows: list[BridgeRow]) -> str:
-    lines = ["| system | model | precision | GPUs | layout | tokens/s/GPU published | predicted | error | "
-             "TFLOP/s/GPU published | predicted | error | ours (as executed) | notes |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    columns = [("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
+               ("predicted", "r"), ("error", "r"), ("ours (as executed)", "r"), ("notes", "l")]
+    cells = []
     for r in rows:
-        lay = layout_text(r.layout) if r.layout else "-"
-        notes = row_notes(r.notes, r.refused)
-        if r.expressible:
-            cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
-                     f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"]
-        else:
-            notes.insert(0, f"not expressible: {r.reason}")
-            cells = ["-", "-", f"{r.published_tflops:.0f}", "-", "-", "-"]
-        lines.append(f"| {r.system} | {r.preset} | {r.precision} | {r.gpus} | {lay} | "
-                     f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                     f"{cells[4]} | {cells[5]} | {'; '.join(notes).replace('|', '/')} |")
+        notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
+        priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
+                   f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"] if r.expressible
+                  else ["-", "-", f"{r.published_tflops:.0f}", "-", "-", "-"])
+        cells.append([r.system, r.preset, r.precision, f"{r.gpus}", layout_text(r.layout) if r.layout else "-",
+                      f"{r.published_tokens_per_s:.0f}", *priced, notes_cell(notes)])
+    lines = markdown_rows(columns, cells)
     n, med, worst = summary(rows)
     lines.append("")
     lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {med:.1%}, max {worst:.1%} "

@@ -22,7 +22,14 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, read_rows, refusal, row_notes
+from clusterplan.reference.report import (
+    TARGET_TIME_MAX,
+    markdown_rows,
+    notes_cell,
+    read_rows,
+    refusal,
+    row_notes,
+)
 
 DEEPSEEK_CSV = "deepseek_v3_pretrain.csv"
 MODEL = "deepseek-v3"
@@ -137,13 +144,11 @@ def print_table(rows: list[DeepSeekRow]) -> None:
 
 
 def markdown_table(rows: list[DeepSeekRow]) -> str:
-    lines = ["| run | layout | GPU-hours per 1T tokens published | tokens/s/GPU implied | predicted | error | "
-             "MFU predicted | peak GiB predicted | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        lines.append(f"| {r.label} | {_layout_text(r.layout)} | {r.gpu_hours_per_trillion_tokens:,.0f} | "
-                     f"{r.published_tokens_per_s:.1f} | {r.predicted_tokens_per_s:.1f} | {r.error:+.1%} | "
-                     f"{r.predicted_mfu:.1%} | {r.predicted_memory_gib:.1f} | {'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("run", "l"), ("layout", "l"), ("GPU-hours per 1T tokens published", "r"),
+               ("tokens/s/GPU implied", "r"), ("predicted", "r"), ("error", "r"), ("MFU predicted", "r"),
+               ("peak GiB predicted", "r"), ("notes", "l")]
+    cells = ([r.label, _layout_text(r.layout), f"{r.gpu_hours_per_trillion_tokens:,.0f}",
+              f"{r.published_tokens_per_s:.1f}", f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}",
+              f"{r.predicted_mfu:.1%}", f"{r.predicted_memory_gib:.1f}", notes_cell(row_notes(r.notes, r.refused))]
+             for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

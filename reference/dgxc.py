@@ -25,7 +25,14 @@ from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import CudaGraphs, Layout, layout_problems, stack_problems
 from clusterplan.reference import bridge
 from clusterplan.reference.nemo import nemo_gpt3
-from clusterplan.reference.report import PricedRow, held_out_line, read_rows, refusal
+from clusterplan.reference.report import (
+    PricedRow,
+    held_out_line,
+    markdown_rows,
+    notes_cell,
+    read_rows,
+    refusal,
+)
 
 DGXC_CSV = "dgxc_benchmarking.csv"
 STACK = "megatron-core"
@@ -210,12 +217,10 @@ def print_table(rows: list[DgxcRow]) -> None:
 
 
 def markdown_table(rows: list[DgxcRow]) -> str:
-    lines = ["| release | system | model | precision | GPUs | layout | tokens/s/GPU published | predicted | error | "
-             "notes |", "|---|---|---|---|---:|---|---:|---:|---:|---|"]
-    for r in rows:
-        cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]
-        lines.append(f"| {r.release} | {r.system} | {r.model} | {r.precision} | {r.gpus} | "
-                     f"{bridge.layout_text(r.layout)} | {r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | "
-                     f"{'; '.join(r.shown_notes()).replace('|', '/')} |")
-    lines += ["", held_out_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("release", "l"), ("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
+    cells = ([r.release, r.system, r.model, r.precision, f"{r.gpus}", bridge.layout_text(r.layout),
+              f"{r.published_tokens_per_s:.0f}",
+              *([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
+              notes_cell(r.shown_notes())] for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])

@@ -24,6 +24,8 @@ from clusterplan.reference.bridge import layout_text
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
     read_rows,
     refusal,
     row_notes,
@@ -207,15 +209,13 @@ def print_table(rows: list[FoundryRow]) -> None:
 
 
 def markdown_table(rows: list[FoundryRow]) -> str:
-    lines = ["| section | model | seq | GPUs | layout | tokens/s/GPU published | predicted | error | MFU published | "
-             "predicted | notes |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        lines.append(f"| {r.section} | {r.size} | {r.seq} | {r.gpus} | {layout_text(r.layout)} | "
-                     f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
-                     f"{r.published_mfu:.1%} | {r.predicted_mfu:.1%} | {'; '.join(notes).replace('|', '/')} |")
-    lines += [""] + [line + "." for line in _summary_lines(rows)]
+    columns = [("section", "l"), ("model", "l"), ("seq", "r"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("MFU published", "r"),
+               ("predicted", "r"), ("notes", "l")]
+    cells = ([r.section, r.size, f"{r.seq}", f"{r.gpus}", layout_text(r.layout), f"{r.published_tokens_per_s:.0f}",
+              f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_mfu:.1%}", f"{r.predicted_mfu:.1%}",
+              notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    lines = [*markdown_rows(columns, cells), ""] + [line + "." for line in _summary_lines(rows)]
     lines += ["", "MFU as the README counts it (readme_flops_per_token: 6 N + 12 n_layers d_model seq per token over "
                   "Composer's GPU_AVAILABLE_FLOPS); `predicted` applies it to our tokens/s."]
     return "\n".join(lines)

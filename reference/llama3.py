@@ -31,7 +31,15 @@ from clusterplan.models.hardware.cluster import Cluster, cluster_from_dict
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
-from clusterplan.reference.report import TARGET_TIME_MAX, TARGET_TIME_MEDIAN, read_rows, refusal, row_notes
+from clusterplan.reference.report import (
+    TARGET_TIME_MAX,
+    TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
+    read_rows,
+    refusal,
+    row_notes,
+)
 
 LLAMA3_CSV = "llama3_405b_table4.csv"
 MODEL = "llama3.1-405b"
@@ -253,15 +261,14 @@ def print_table(rows: list[Llama3Row]) -> None:
 
 
 def markdown_table(rows: list[Llama3Row]) -> str:
-    lines = ["| GPUs | layout | TFLOP/s/GPU published | predicted | tokens/s/GPU implied | predicted | error | "
-             "error if causal | ours (as executed) | peak GiB predicted | notes |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        lines.append(f"| {r.gpus} | {layout_text(r.layout)} | {r.published_tflops:.0f} | {r.predicted_tflops:.0f} | "
-                     f"{r.published_tokens_per_s:.1f} | {r.predicted_tokens_per_s:.1f} | {r.error:+.1%} | "
-                     f"{r.causal_error:+.1%} | {r.model_tflops:.0f} | {r.predicted_memory_gib:.1f} | "
-                     f"{'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + ".", "", _sensitivity_line(rows) + ".", "", CONVENTION, "", "Not added:"]
+    columns = [("GPUs", "r"), ("layout", "l"), ("TFLOP/s/GPU published", "r"), ("predicted", "r"),
+               ("tokens/s/GPU implied", "r"), ("predicted", "r"), ("error", "r"), ("error if causal", "r"),
+               ("ours (as executed)", "r"), ("peak GiB predicted", "r"), ("notes", "l")]
+    cells = ([f"{r.gpus}", layout_text(r.layout), f"{r.published_tflops:.0f}", f"{r.predicted_tflops:.0f}",
+              f"{r.published_tokens_per_s:.1f}", f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}",
+              f"{r.causal_error:+.1%}", f"{r.model_tflops:.0f}", f"{r.predicted_memory_gib:.1f}",
+              notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    lines = [*markdown_rows(columns, cells), "", _summary_line(rows) + ".", "", _sensitivity_line(rows) + ".", "",
+             CONVENTION, "", "Not added:"]
     lines += [f"- {source}: {reason}." for source, reason in NOT_ADDED]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.moe_layer import DROPLESS_IMBALANCE_EARLY
 from clusterplan.reference import bridge
-from clusterplan.reference.report import PricedRow, held_out_line, read_rows
+from clusterplan.reference.report import PricedRow, held_out_line, markdown_rows, notes_cell, read_rows
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -175,13 +175,11 @@ def print_table(rows: list[McoreMoeRow]) -> None:
 
 
 def markdown_table(rows: list[McoreMoeRow]) -> str:
-    lines = ["| source | system | model | precision | GPUs | layout | dispatcher | tokens/s/GPU published | predicted | "
-             "error | TFLOP/s/GPU published | notes |",
-             "|---|---|---|---|---:|---|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        cells = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"])
-        lines.append(f"| {r.source} | {r.system.removeprefix('DGX-')} | {r.model} | {r.precision} | {r.gpus} | "
-                     f"{bridge.layout_text(r.layout)} | {r.layout.moe_dispatcher} | {r.published_tokens_per_s:.0f} | {cells[0]} | "
-                     f"{cells[1]} | {r.published_tflops:.0f} | {'; '.join(r.shown_notes()).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("source", "l"), ("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("dispatcher", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"),
+               ("TFLOP/s/GPU published", "r"), ("notes", "l")]
+    cells = ([r.source, r.system.removeprefix("DGX-"), r.model, r.precision, f"{r.gpus}",
+              bridge.layout_text(r.layout), r.layout.moe_dispatcher, f"{r.published_tokens_per_s:.0f}",
+              *([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
+              f"{r.published_tflops:.0f}", notes_cell(r.shown_notes())] for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

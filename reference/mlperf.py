@@ -22,7 +22,14 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.reference import bridge
-from clusterplan.reference.report import PricedRow, held_out_line, read_rows, refusal
+from clusterplan.reference.report import (
+    PricedRow,
+    held_out_line,
+    markdown_rows,
+    notes_cell,
+    read_rows,
+    refusal,
+)
 
 MLPERF_CSV = "mlperf_training.csv"
 STACK = "megatron-core"
@@ -150,12 +157,10 @@ def print_table(rows: list[MlperfRow]) -> None:
 
 
 def markdown_table(rows: list[MlperfRow]) -> str:
-    lines = ["| round | system | model | GPUs | layout | tokens/s/GPU published | predicted | error | notes |",
-             "|---|---|---|---:|---|---:|---:|---:|---|"]
-    for r in rows:
-        cells = [f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]
-        lines.append(f"| {r.round} | {r.system.removeprefix('DGX-')} | {r.model} | {r.gpus} | "
-                     f"{bridge.layout_text(r.layout)} | {r.published_tokens_per_s:.1f} | {cells[0]} | {cells[1]} | "
-                     f"{'; '.join(r.shown_notes()).replace('|', '/')} |")
-    lines += ["", held_out_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("round", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
+    cells = ([r.round, r.system.removeprefix("DGX-"), r.model, f"{r.gpus}", bridge.layout_text(r.layout),
+              f"{r.published_tokens_per_s:.1f}",
+              *([f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
+              notes_cell(r.shown_notes())] for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])

@@ -22,7 +22,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import held_out_line, read_rows, row_notes
+from clusterplan.reference.report import held_out_line, markdown_rows, notes_cell, read_rows, row_notes
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -325,20 +325,17 @@ def print_table(rows: list[NemoRow]) -> None:
 
 
 def markdown_table(rows: list[NemoRow]) -> str:
-    lines = ["| release | model | GPUs | precision | layout | tokens/s/GPU published | predicted | error | "
-             "TFLOP/s/GPU published | predicted | GFLOP/token published | release's count | ours TFLOP/s | notes |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    columns = [("release", "l"), ("model", "l"), ("GPUs", "r"), ("precision", "l"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
+               ("predicted", "r"), ("GFLOP/token published", "r"), ("release's count", "r"), ("ours TFLOP/s", "r"),
+               ("notes", "l")]
+    cells = []
     for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        if r.expressible:
-            cells = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.predicted_tflops:.0f}",
-                     f"{r.model_tflops:.0f}"]
-        else:
-            notes.insert(0, f"not expressible: {r.reason}")
-            cells = ["-", "-", "-", "-"]
-        lines.append(f"| {r.release} | {r.model} | {r.gpus} | {r.precision} | {layout_text(r.layout)} | "
-                     f"{r.published_tokens_per_s:.0f} | {cells[0]} | {cells[1]} | {r.published_tflops:.0f} | "
-                     f"{cells[2]} | {r.published_gflops_per_token:.1f} | {r.release_gflops_per_token:.1f} | "
-                     f"{cells[3]} | {'; '.join(notes).replace('|', '/')} |")
-    lines += ["", held_out_line(rows) + ".", "", TFLOPS_NOTE]
-    return "\n".join(lines)
+        notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
+        priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.predicted_tflops:.0f}",
+                   f"{r.model_tflops:.0f}"] if r.expressible else ["-"] * 4)
+        cells.append([r.release, r.model, f"{r.gpus}", r.precision, layout_text(r.layout),
+                      f"{r.published_tokens_per_s:.0f}", *priced[:2], f"{r.published_tflops:.0f}", priced[2],
+                      f"{r.published_gflops_per_token:.1f}", f"{r.release_gflops_per_token:.1f}", priced[3],
+                      notes_cell(notes)])
+    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + ".", "", TFLOPS_NOTE])

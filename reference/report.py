@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -113,6 +113,27 @@ def summary(rows: Sequence[PublishedRow]) -> tuple[int, float, float]:
     if not errors:
         return 0, float("nan"), float("nan")
     return len(errors), median(errors), errors[-1]
+
+
+Column = tuple[str, str]
+"""A markdown table column: (header, "l" | "r" alignment)."""
+
+
+def markdown_rows(columns: Sequence[Column], rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a reference table in markdown: the header, the alignment row, then one line per row of cells,
+    a cell's '|' written as '/' (the notes quote layouts and sources)."""
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |",
+             "|" + "|".join("---:" if align == "r" else "---" for _, align in columns) + "|"]
+    for cells in rows:
+        if len(cells) != len(columns):
+            raise ValueError(f"{len(cells)} cells for {len(columns)} columns: {cells!r}")
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return lines
+
+
+def notes_cell(notes: Sequence[str]) -> str:
+    """A row's notes as one table cell."""
+    return "; ".join(notes)
 
 
 def refusal(est: Estimate) -> str:

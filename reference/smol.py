@@ -23,6 +23,8 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
     read_rows,
     refusal,
     row_notes,
@@ -116,12 +118,9 @@ def print_table(rows: list[SmolRow]) -> None:
 
 
 def markdown_table(rows: list[SmolRow]) -> str:
-    lines = ["| run | cluster | layout | tokens/s/GPU published | predicted | error | MFU predicted | peak GiB predicted "
-             "| notes |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        lines.append(f"| {r.label} | {r.cluster} | {r.layout.short()} | {r.published_tokens_per_s:,.0f} | "
-                     f"{r.predicted_tokens_per_s:,.0f} | {r.error:+.1%} | {r.predicted_mfu:.1%} | "
-                     f"{r.predicted_memory_gib:.1f} | {'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("run", "l"), ("cluster", "l"), ("layout", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"),
+               ("error", "r"), ("MFU predicted", "r"), ("peak GiB predicted", "r"), ("notes", "l")]
+    cells = ([r.label, r.cluster, r.layout.short(), f"{r.published_tokens_per_s:,.0f}",
+              f"{r.predicted_tokens_per_s:,.0f}", f"{r.error:+.1%}", f"{r.predicted_mfu:.1%}",
+              f"{r.predicted_memory_gib:.1f}", notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

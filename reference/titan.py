@@ -27,6 +27,8 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
     read_rows,
     refusal,
     row_notes,
@@ -222,14 +224,11 @@ def print_table(rows: list[TitanRow]) -> None:
 
 
 def markdown_table(rows: list[TitanRow]) -> str:
-    lines = ["| table | model | GPUs | techniques | stack | layout | tokens/s/GPU published | predicted | error | "
-             "peak GiB published | predicted | error | notes |",
-             "|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = row_notes(r.notes, r.refused)
-        lines.append(f"| {r.table} | {r.model} | {r.gpus} | {r.techniques} | {r.stack} | {layout_text(r.layout)} | "
-                     f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
-                     f"{r.published_memory_gib:.1f} | {r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | "
-                     f"{'; '.join(notes).replace('|', '/')} |")
-    lines += ["", _summary_line(rows) + "."]
-    return "\n".join(lines)
+    columns = [("table", "r"), ("model", "l"), ("GPUs", "r"), ("techniques", "l"), ("stack", "l"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("peak GiB published", "r"),
+               ("predicted", "r"), ("error", "r"), ("notes", "l")]
+    cells = ([f"{r.table}", r.model, f"{r.gpus}", r.techniques, r.stack, layout_text(r.layout),
+              f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}",
+              f"{r.published_memory_gib:.1f}", f"{r.predicted_memory_gib:.1f}", f"{r.memory_error:+.1%}",
+              notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

@@ -28,6 +28,8 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
     read_rows,
     refusal,
     row_notes,
@@ -278,18 +280,15 @@ def print_table(rows: list[CommunityRow]) -> None:
 
 
 def markdown_table(rows: list[CommunityRow]) -> str:
+    columns = [("model", "l"), ("GPUs", "r"), ("node", "l"), ("techniques", "l"), ("stack", "l"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("peak GiB published", "r"),
+               ("predicted", "r"), ("error", "r"), ("notes", "l")]
     lines: list[str] = []
     for s, part in by_set(rows).items():
-        lines += [f"{SETS[s]}:", "",
-                  "| model | GPUs | node | techniques | stack | layout | tokens/s/GPU published | predicted | error | "
-                  "peak GiB published | predicted | error | notes |",
-                  "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-        for r in part:
-            mem_pub, mem_err = _memory_cells(r)
-            notes = row_notes(r.notes, r.refused)
-            lines.append(f"| {r.model} | {r.gpus} | {r.node} | {r.techniques} | {r.stack} | {layout_text(r.layout)} | "
-                         f"{r.published_tokens_per_s:.0f} | {r.predicted_tokens_per_s:.0f} | {r.error:+.1%} | "
-                         f"{mem_pub} | {r.predicted_memory_gib:.1f} | {mem_err} | {'; '.join(notes).replace('|', '/')} |")
-        lines += ["", _summary_line(part) + ".", ""]
+        cells = ([r.model, f"{r.gpus}", r.node, r.techniques, r.stack, layout_text(r.layout),
+                  f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}",
+                  *_memory_cells(r)[:1], f"{r.predicted_memory_gib:.1f}", *_memory_cells(r)[1:],
+                  notes_cell(row_notes(r.notes, r.refused))] for r in part)
+        lines += [f"{SETS[s]}:", "", *markdown_rows(columns, cells), "", _summary_line(part) + ".", ""]
     lines += ["Published but not expressed:", ""] + [f"- {what}: {why}" for what, why in UNEXPRESSED]
     return "\n".join(lines)

@@ -38,6 +38,8 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    markdown_rows,
+    notes_cell,
     read_rows,
     refusal,
     row_notes,
@@ -333,16 +335,16 @@ def print_table(rows: list[UltrascaleRow]) -> None:
 
 
 def markdown_table(rows: list[UltrascaleRow]) -> str:
-    lines = ["| model | layout | tokens/s/GPU published | predicted | error | MFU published | rank-0 GiB published | "
-             "predicted | error | state GiB logged | predicted | error | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        notes = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
-        err = f"{r.error:+.1%}" if r.expressible else "-"
-        lines.append(f"| {r.model} | {_layout_cell(r.layout)} | {r.published_tokens_per_s:.0f} | "
-                     f"{r.predicted_tokens_per_s:.0f} | {err} | {r.published_mfu:.1%} | {r.published_memory_gib:.1f} | "
-                     f"{r.predicted_memory_gib:.1f} | {r.memory_error:+.1%} | {r.logged_allocated_gib:.2f} | "
-                     f"{r.predicted_state_gib:.2f} | {r.state_error:+.1%} | {'; '.join(notes).replace('|', '/')} |")
+    columns = [("model", "l"), ("layout", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"),
+               ("MFU published", "r"), ("rank-0 GiB published", "r"), ("predicted", "r"), ("error", "r"),
+               ("state GiB logged", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
+    cells = ([r.model, _layout_cell(r.layout), f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}",
+              f"{r.error:+.1%}" if r.expressible else "-", f"{r.published_mfu:.1%}", f"{r.published_memory_gib:.1f}",
+              f"{r.predicted_memory_gib:.1f}", f"{r.memory_error:+.1%}", f"{r.logged_allocated_gib:.2f}",
+              f"{r.predicted_state_gib:.2f}", f"{r.state_error:+.1%}",
+              notes_cell(([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused))]
+             for r in rows)
+    lines = markdown_rows(columns, cells)
     lines += [""] + [line + "." for line in (*summary_lines(rows), feasibility_line(rows, crashed_points()))]
     lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB: "
                   "torch.cuda.max_memory_reserved at step 4 (nanotron's log_throughput \"Mem Res (GB)\", which the "
