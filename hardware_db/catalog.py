@@ -202,8 +202,10 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
     k_overheads = {key: _k_overhead(where, raw, sources, key, source)
                    for key, source in (("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"),
                                          ("blockwise_fp8_k_overhead", "k_depth_blockwise"))}
+    sustained = {key: _fraction(where, raw, sources, key, "sustained")
+                 for key in ("sustained_fraction_bf16", "sustained_fraction_fp8")}
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
-                      mamf_shape=tuple(shape) if shape else None, **k_overheads,
+                      mamf_shape=tuple(shape) if shape else None, **k_overheads, **sustained,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
                       sources=MappingProxyType(dict(sources)), **ratios)
 
@@ -215,6 +217,18 @@ def _k_overhead(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], 
     if not str(sources.get(source, "")).strip():
         raise BadInputError(f"{where}: {key} without a source: add sources.{source}")
     return _num(where, raw, key)
+
+
+def _fraction(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:
+    """A measured fraction of gemm.yaml (`key`, its source under sources[`source`]): 0 when absent, else in (0, 1]."""
+    if raw.get(key) is None:
+        return 0.0
+    if not str(sources.get(source, "")).strip():
+        raise BadInputError(f"{where}: {key} without a source: add sources.{source}")
+    value = _num(where, raw, key)
+    if not 0.0 < value <= 1.0:
+        raise BadInputError(f"{where}: {key} must be in (0, 1], got {value}")
+    return value
 
 
 def _slowdown_ratio(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:

@@ -52,11 +52,12 @@ def test_leave_one_out_coverage_on_the_reference_sets():
 
 def test_intervals_follow_the_regime():
     # A100 dense 16-bit rows (Narayanan, Korthikanti: the model within 8 %) give a narrow interval; Blackwell fp8 MoE
-    # rows (Megatron-Bridge: +9 .. +75 % off) a wide one: 0.97 .. 1.48 x the prediction, a 1.53 ratio (above 2
-    # while the B200 Qwen3-30B row was priced with graphs its dropless run cannot have had, +185 %; 2026-12-04).
+    # rows (Megatron-Bridge: +9 .. +72 % off) a wide one: 0.97 .. 1.44 x the prediction, a 1.48 ratio (1.53 before
+    # B200's measured sustained GEMM rate moved its rows 1-6 points; above 2 while the B200 Qwen3-30B row was priced
+    # with graphs its dropless run cannot have had, +185 %; 2026-12-04). A width check, not an accuracy bound.
     a100 = interval_for({"generation": "ampere", "moe": "dense", "precision": "16-bit", "seq": "short", "scale": "large"})
     moe = interval_for({"generation": "blackwell", "moe": "moe", "precision": "fp8", "seq": "short", "scale": "pod"})
-    assert a100.high_ratio / a100.low_ratio < 1.25 < 1.5 < moe.high_ratio / moe.low_ratio
+    assert a100.high_ratio / a100.low_ratio < 1.25 < 1.45 < moe.high_ratio / moe.low_ratio
     assert a100.rows >= 4 and "generation" in a100.matched_on
 
 

@@ -15,6 +15,7 @@ from clusterplan.hardware_db import (
     get_sdpa_family,
 )
 from clusterplan.hardware_db.catalog import HOST_CPUS
+from clusterplan.hardware_db.schema import GemmTiling
 from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
 from clusterplan.models.hardware.calibration import (
     COLLECTIVES,
@@ -35,6 +36,10 @@ from clusterplan.models.hardware.power import power_clock_scale
 # used them). README "Fitted constants" lists every fit.
 # `clusterplan profile` replaces it with a measured GEMM curve.
 TRAINING_GEMM_SHARE = 0.85
+SUSTAINED_REFERENCE_GPU = "H200-SXM-141GB"
+"""The GPU whose measured sustained / burst matmul ratio TRAINING_GEMM_SHARE already holds: the share was fitted on A100
+and reproduces the GH100 rows (H100 / H200) held out within a few per cent, and H200 is the GH100 part measured under
+full-node load (gemm.yaml sustained_fraction_*)."""
 NCCL_CTAS_PER_NIC = 2
 """NCCL's ring search finds one channel per NIC rail across nodes and ncclTopoPostset doubles the search channels into
 execution channels, one CTA each (hardware_db/data/links.yaml header: derivation and checks)."""
@@ -42,6 +47,19 @@ execution channels, one CTA each (hardware_db/data/links.yaml header: derivation
 
 EVERY_AXIS = "*"
 """axis_bw_out key of a cap on every axis (the search's bound: the slowest link of the matrix)."""
+
+
+def sustained_scale(tiling: GemmTiling | None, dtype: str) -> float:
+    """A GPU's GEMM rate under full-node training load relative to what TRAINING_GEMM_SHARE holds: its measured
+    sustained / burst matmul ratio (gemm.yaml sustained_fraction_*) over the GH100 reference's
+    (SUSTAINED_REFERENCE_GPU); 1 where it was not measured under that load. B200 bf16: 0.828 / 0.888 = 0.932."""
+    if tiling is None:
+        return 1.0
+    own = tiling.sustained_fraction_bf16 if dtype == "bf16" else tiling.sustained_fraction_fp8
+    reference = get_gemm_tiling(SUSTAINED_REFERENCE_GPU)
+    if not own or reference is None:
+        return 1.0
+    return own / (reference.sustained_fraction_bf16 if dtype == "bf16" else reference.sustained_fraction_fp8)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -171,7 +189,8 @@ class HardwareRates:
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
         clock = power_clock_scale(group.power_cap_w, gpu.tdp_w)
-        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock
+        rate = (peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock
+                * sustained_scale(get_gemm_tiling(gpu.name), "bf16"))
         curve = GemmCurve(max_tflops=rate / 1e12, half_flops=0.0)
         fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
         hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
@@ -192,7 +211,8 @@ class HardwareRates:
         attn = None
         tiling = get_gemm_tiling(gpu.name)
         fp8_fraction = tiling.fp8_mamf_fraction if tiling and tiling.fp8_mamf_fraction else gpu.gemm_peak_fraction
-        fp8_rate = gpu.tflops("fp8") * 1e12 * fp8_fraction * TRAINING_GEMM_SHARE * clock
+        fp8_rate = (gpu.tflops("fp8") * 1e12 * fp8_fraction * TRAINING_GEMM_SHARE * clock
+                    * sustained_scale(tiling, "fp8"))
         shape = GemmShapeModel.of(tiling, best_shape_flops=rate, best_shape_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm)
         if calibration is not None:
             calibrated = True

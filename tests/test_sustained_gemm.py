@@ -1,0 +1,38 @@
+"""A GPU's GEMM rate under full-node training load (gemm.yaml sustained_fraction_*; models/hardware/rates.py
+sustained_scale), worked by hand.
+
+stas00/ml-engineering's mamf-finder measures, with every GPU of an 8-GPU node running matmuls, the maximum sustainable
+matmul FLOPS (MSMF) beside the burst MAMF: B200 bf16 1,439 / 1,737 = 0.828, fp8 2,788 / 3,350 = 0.832 at its
+1,000 W cap; H200 (GH100) 755 / 850 = 0.888 in both. TRAINING_GEMM_SHARE (fitted on A100) reproduces the GH100 rows,
+so it holds GH100's sustained loss; a GPU measured under the same load runs at its ratio over GH100's."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterplan.hardware_db import get_gemm_tiling
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import SUSTAINED_REFERENCE_GPU, HardwareRates, sustained_scale
+
+
+def test_b200_runs_its_measured_sustained_ratio_over_gh100s():
+    b200 = get_gemm_tiling("B200")
+    assert (b200.sustained_fraction_bf16, b200.sustained_fraction_fp8) == (0.828, 0.832)
+    assert SUSTAINED_REFERENCE_GPU == "H200-SXM-141GB"
+    assert sustained_scale(b200, "bf16") == pytest.approx(0.828 / 0.888)  # 0.9324
+    assert sustained_scale(b200, "fp8") == pytest.approx(0.832 / 0.888)  # 0.9369
+
+
+@pytest.mark.parametrize("gpu", ["H100-SXM5-80GB", "H200-SXM-141GB", "GB200", "GB300", "B300", "MI300X"])
+def test_unmeasured_gpus_and_the_reference_keep_the_share(gpu):
+    # Not measured with the whole node busy (GB200 / GB300 have no MSMF; B300's was one GPU alone): unscaled.
+    assert sustained_scale(get_gemm_tiling(gpu), "bf16") == sustained_scale(get_gemm_tiling(gpu), "fp8") == 1.0
+
+
+def test_the_b200_best_shape_rate_carries_the_scale():
+    """B200: 2,250 TFLOP/s dense bf16 x MAMF fraction 1,745 / 2,250 x TRAINING_GEMM_SHARE 0.85 x 0.9324 = 1,383.0
+    TFLOP/s at the best shape (before: 1,483.3); fp8 4,500 x 0.763 x 0.85 x 0.9369 = 2,734.3."""
+    rates = HardwareRates.of(load_cluster("dgx-b200:1"))
+    assert rates.gemm_max_flops / 1e12 == pytest.approx(1745 * 0.85 * 0.828 / 0.888, rel=1e-3)
+    assert rates.gemm_shape.max_flops_fp8 / 1e12 == pytest.approx(4500 * 0.763 * 0.85 * 0.832 / 0.888,
+                                                                            rel=1e-3)
