@@ -20,9 +20,11 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.report import (
+    Column,
     PricedRow,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -546,32 +548,17 @@ def layout_text(L: Layout) -> str:
 
 
 
+TITLE = "Megatron-Bridge 25.11 (NeMo 25.11 performance summary): tokens/s and model TFLOP/s per GPU"
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[BridgeRow]) -> None:
-    print("\nMegatron-Bridge 25.11 (NeMo 25.11 performance summary): tokens/s and model TFLOP/s per GPU")
-    print(f"{'row':32} {'cluster':16} {'layout':62} {'tok/s pub':>9} {'pred':>9} {'err':>7} "
-          f"{'TFLOP/s pub':>11} {'pred':>7} {'err':>7} {'ours':>6}")
-    for r in rows:
-        lay = layout_text(r.layout) if r.layout else "-"
-        if r.expressible:
-            print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
-                  f"{r.predicted_tokens_per_s:9.0f} {r.error:+7.1%} {r.published_tflops:11.0f} "
-                  f"{r.predicted_tflops:7.0f} {r.tflops_error:+7.1%} {r.model_tflops:6.0f}")
-        else:
-            print(f"{r.label:32} {r.cluster:16} {lay:62} {r.published_tokens_per_s:9.0f} "
-                  f"{'not expressible':>17}")
-    n, med, worst = summary(rows)
-    print(f"expressible {n} of {len(rows)}: median |error| {med:.1%}, max {worst:.1%} "
-          "(target: every row within 15 %, median within 8 %)")
-    print(TFLOPS_CONVENTION)
-    for r in rows:
-        extra = row_notes(r.notes, r.refused)
-        if not r.expressible:
-            print(f"  {r.label}: NOT EXPRESSIBLE: {r.reason}")
-        if extra:
-            print(f"  {r.label}: " + "; ".join(extra))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [_expressible_line(rows), TFLOPS_CONVENTION])
 
 
-def markdown_table(rows: list[BridgeRow]) -> str:
+def table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
                ("predicted", "r"), ("error", "r"), ("ours (as executed)", "r"), ("notes", "l")]
@@ -583,11 +570,15 @@ def markdown_table(rows: list[BridgeRow]) -> str:
                   else ["-", "-", f"{r.published_tflops:.0f}", "-", "-", "-"])
         cells.append([r.system, r.preset, r.precision, f"{r.gpus}", layout_text(r.layout) if r.layout else "-",
                       f"{r.published_tokens_per_s:.0f}", *priced, notes_cell(notes)])
-    lines = markdown_rows(columns, cells)
+    return columns, [list(c) for c in cells]
+
+
+def _expressible_line(rows: list[BridgeRow]) -> str:
     n, med, worst = summary(rows)
-    lines.append("")
-    lines.append(f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {med:.1%}, max {worst:.1%} "
-                 "(issue #13 target: every row within 15 %, median within 8 %).")
-    lines.append("")
-    lines.append(TFLOPS_CONVENTION)
-    return "\n".join(lines)
+    return (f"Expressible rows: {n} of {len(rows)}; median |error| of tokens/s {med:.1%}, max {worst:.1%} "
+            "(issue #13 target: every row within 15 %, median within 8 %).")
+
+
+def markdown_table(rows: list[BridgeRow]) -> str:
+    columns, cells = table(rows)
+    return "\n".join([*markdown_rows(columns, cells), "", _expressible_line(rows), "", TFLOPS_CONVENTION])

@@ -24,8 +24,10 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import layout_text
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -132,18 +134,17 @@ def _summary_line(rows: list[DeepSeekRow]) -> str:
             "row)")
 
 
+TITLE = "DeepSeek-V3 pre-training on 2,048 H800 (DeepSeek-AI 2024, arXiv 2412.19437): tokens/s per GPU"
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[DeepSeekRow]) -> None:
-    print("\nDeepSeek-V3 pre-training on 2,048 H800 (DeepSeek-AI 2024, arXiv 2412.19437): tokens/s per GPU")
-    print(f"{'row':34} {'layout':92} {'tok/s pub':>9} {'pred':>6} {'err':>7} {'MFU':>6} {'GiB':>5}")
-    for r in rows:
-        print(f"{r.label:34} {_layout_text(r.layout):92} {r.published_tokens_per_s:9.1f} "
-              f"{r.predicted_tokens_per_s:6.1f} {r.error:+7.1%} {r.predicted_mfu:6.1%} {r.predicted_memory_gib:5.1f}")
-    print(_summary_line(rows))
-    for r in rows:
-        print(f"  {r.label}: " + "; ".join(row_notes(r.notes, r.refused)))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [_summary_line(rows)])
 
 
-def markdown_table(rows: list[DeepSeekRow]) -> str:
+def table(rows: list[DeepSeekRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("run", "l"), ("layout", "l"), ("GPU-hours per 1T tokens published", "r"),
                ("tokens/s/GPU implied", "r"), ("predicted", "r"), ("error", "r"), ("MFU predicted", "r"),
                ("peak GiB predicted", "r"), ("notes", "l")]
@@ -151,4 +152,9 @@ def markdown_table(rows: list[DeepSeekRow]) -> str:
               f"{r.published_tokens_per_s:.1f}", f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}",
               f"{r.predicted_mfu:.1%}", f"{r.predicted_memory_gib:.1f}", notes_cell(row_notes(r.notes, r.refused))]
              for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[DeepSeekRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

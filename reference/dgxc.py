@@ -26,10 +26,12 @@ from clusterplan.models.training.layout import CudaGraphs, Layout, layout_proble
 from clusterplan.reference import bridge
 from clusterplan.reference.nemo import nemo_gpt3
 from clusterplan.reference.report import (
+    Column,
     PricedRow,
     held_out_line,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
 )
@@ -204,23 +206,26 @@ def dgxc_rows() -> list[DgxcRow]:
     return out
 
 
+TITLE = "NVIDIA DGX Cloud Benchmarking recipes (H100, GB200): tokens/s per GPU"
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[DgxcRow]) -> None:
-    print("\nNVIDIA DGX Cloud Benchmarking recipes (H100, GB200): tokens/s per GPU")
-    print(f"{'row':52} {'layout':70} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
-    for r in rows:
-        head = f"{r.label:52} {bridge.layout_text(r.layout):70} {r.published_tokens_per_s:9.0f}"
-        print(f"{head} {r.predicted_tokens_per_s:7.0f} {r.error:+7.1%}" if r.expressible else
-              f"{head} {'not expressible':>15}")
-    print(held_out_line(rows))
-    for r in rows:
-        print(f"  {r.label}: " + "; ".join(r.shown_notes()))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [held_out_line(rows)])
 
 
-def markdown_table(rows: list[DgxcRow]) -> str:
+def table(rows: list[DgxcRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("release", "l"), ("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
     cells = ([r.release, r.system, r.model, r.precision, f"{r.gpus}", bridge.layout_text(r.layout),
               f"{r.published_tokens_per_s:.0f}",
               *([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
               notes_cell(r.shown_notes())] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[DgxcRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])

@@ -24,8 +24,10 @@ from clusterplan.reference.bridge import layout_text
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -193,28 +195,29 @@ def _summary_lines(rows: list[FoundryRow]) -> list[str]:
     return out
 
 
+TITLE = ("MosaicML llm-foundry MPT training benchmarks (scripts/train/benchmarking/README.md): tokens/s and "
+         "MFU per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[FoundryRow]) -> None:
-    print("\nMosaicML llm-foundry MPT training benchmarks (scripts/train/benchmarking/README.md): tokens/s and MFU per "
-          "GPU")
-    print(f"{'row':40} {'layout':70} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'MFU pub':>7} {'pred':>6}")
-    for r in rows:
-        print(f"{r.label:40} {layout_text(r.layout):70} {r.published_tokens_per_s:9.0f} "
-              f"{r.predicted_tokens_per_s:8.0f} {r.error:+7.1%} {r.published_mfu:7.1%} {r.predicted_mfu:6.1%}")
-    for line in _summary_lines(rows):
-        print(line)
-    for r in rows:
-        extra = row_notes(r.notes, r.refused)
-        if extra:
-            print(f"  {r.label}: " + "; ".join(extra))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], _summary_lines(rows))
 
 
-def markdown_table(rows: list[FoundryRow]) -> str:
+def table(rows: list[FoundryRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("section", "l"), ("model", "l"), ("seq", "r"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("MFU published", "r"),
                ("predicted", "r"), ("notes", "l")]
     cells = ([r.section, r.size, f"{r.seq}", f"{r.gpus}", layout_text(r.layout), f"{r.published_tokens_per_s:.0f}",
               f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_mfu:.1%}", f"{r.predicted_mfu:.1%}",
               notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[FoundryRow]) -> str:
+    columns, cells = table(rows)
     lines = [*markdown_rows(columns, cells), ""] + [line + "." for line in _summary_lines(rows)]
     lines += ["", "MFU as the README counts it (readme_flops_per_token: 6 N + 12 n_layers d_model seq per token over "
                   "Composer's GPU_AVAILABLE_FLOPS); `predicted` applies it to our tokens/s."]

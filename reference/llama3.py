@@ -34,8 +34,10 @@ from clusterplan.reference.bridge import layout_text
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -242,25 +244,19 @@ def _summary_line(rows: list[Llama3Row]) -> str:
             f"{TARGET_TIME_MEDIAN:.0%} median / {TARGET_TIME_MAX:.0%} max)")
 
 
+TITLE = "Llama 3 405B pre-training on H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): TFLOP/s per GPU"
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[Llama3Row]) -> None:
-    print("\nLlama 3 405B pre-training on H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): TFLOP/s per GPU")
-    print(f"{'row':22} {'layout':78} {'TFLOP/s pub':>11} {'pred':>5} {'tok/s pub':>9} {'pred':>6} {'err':>7} "
-          f"{'causal':>7} {'ours':>5} {'GiB':>5}")
-    for r in rows:
-        print(f"{r.label:22} {layout_text(r.layout):78} {r.published_tflops:11.0f} {r.predicted_tflops:5.0f} "
-              f"{r.published_tokens_per_s:9.1f} {r.predicted_tokens_per_s:6.1f} {r.error:+7.1%} "
-              f"{r.causal_error:+7.1%} {r.model_tflops:5.0f} {r.predicted_memory_gib:5.1f}")
-    print(_summary_line(rows))
-    print(_sensitivity_line(rows))
-    print(CONVENTION)
-    for r in rows:
-        extra = row_notes(r.notes, r.refused)
-        print(f"  {r.label}: " + "; ".join(extra))
-    for source, reason in NOT_ADDED:
-        print(f"  not added: {source}: {reason}")
+    columns, cells = table(rows)
+    footer = [_summary_line(rows), _sensitivity_line(rows), CONVENTION,
+              *(f"not added: {source}: {reason}" for source, reason in NOT_ADDED)]
+    print_rows(TITLE, columns, cells, [r.label for r in rows], footer)
 
 
-def markdown_table(rows: list[Llama3Row]) -> str:
+def table(rows: list[Llama3Row]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("GPUs", "r"), ("layout", "l"), ("TFLOP/s/GPU published", "r"), ("predicted", "r"),
                ("tokens/s/GPU implied", "r"), ("predicted", "r"), ("error", "r"), ("error if causal", "r"),
                ("ours (as executed)", "r"), ("peak GiB predicted", "r"), ("notes", "l")]
@@ -268,6 +264,11 @@ def markdown_table(rows: list[Llama3Row]) -> str:
               f"{r.published_tokens_per_s:.1f}", f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}",
               f"{r.causal_error:+.1%}", f"{r.model_tflops:.0f}", f"{r.predicted_memory_gib:.1f}",
               notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[Llama3Row]) -> str:
+    columns, cells = table(rows)
     lines = [*markdown_rows(columns, cells), "", _summary_line(rows) + ".", "", _sensitivity_line(rows) + ".", "",
              CONVENTION, "", "Not added:"]
     lines += [f"- {source}: {reason}." for source, reason in NOT_ADDED]

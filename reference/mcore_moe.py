@@ -23,7 +23,15 @@ from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.moe_layer import DROPLESS_IMBALANCE_EARLY
 from clusterplan.reference import bridge
-from clusterplan.reference.report import PricedRow, held_out_line, markdown_rows, notes_cell, read_rows
+from clusterplan.reference.report import (
+    Column,
+    PricedRow,
+    held_out_line,
+    markdown_rows,
+    notes_cell,
+    print_rows,
+    read_rows,
+)
 
 MCORE_MOE_CSV = "mcore_moe_2603.csv"
 STACK = "megatron-core"
@@ -160,21 +168,18 @@ def _summary_line(rows: list[McoreMoeRow]) -> str:
                                   "moe_layer.DROPLESS_IMBALANCE_EARLY: shown, not counted)")
 
 
+TITLE = ("Megatron-Core MoE report (arXiv 2603.07685), Megatron-MoE-ModelZoo and Megatron-Bridge PR runs: "
+         "tokens/s per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[McoreMoeRow]) -> None:
-    print("\nMegatron-Core MoE report (arXiv 2603.07685), Megatron-MoE-ModelZoo and Megatron-Bridge PR runs: tokens/s per GPU")
-    print(f"{'row':92} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
-    for r in rows:
-        head = f"{r.label:92} {r.published_tokens_per_s:9.0f}"
-        if r.expressible:
-            print(f"{head} {r.predicted_tokens_per_s:7.0f} {r.error:+7.1%}")
-        else:
-            print(f"{head} {'not expressible':>15}")
-    print(_summary_line(rows))
-    for r in rows:
-        print(f"  {r.label}: " + "; ".join(r.shown_notes()))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [_summary_line(rows)])
 
 
-def markdown_table(rows: list[McoreMoeRow]) -> str:
+def table(rows: list[McoreMoeRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("source", "l"), ("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
                ("dispatcher", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"),
                ("TFLOP/s/GPU published", "r"), ("notes", "l")]
@@ -182,4 +187,9 @@ def markdown_table(rows: list[McoreMoeRow]) -> str:
               bridge.layout_text(r.layout), r.layout.moe_dispatcher, f"{r.published_tokens_per_s:.0f}",
               *([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
               f"{r.published_tflops:.0f}", notes_cell(r.shown_notes())] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[McoreMoeRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

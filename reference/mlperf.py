@@ -23,10 +23,12 @@ from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.reference import bridge
 from clusterplan.reference.report import (
+    Column,
     PricedRow,
     held_out_line,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
 )
@@ -144,23 +146,26 @@ def mlperf_rows() -> list[MlperfRow]:
     return out
 
 
+TITLE = "MLPerf Training (NVIDIA submissions): tokens/s per GPU of one training step"
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[MlperfRow]) -> None:
-    print("\nMLPerf Training (NVIDIA submissions): tokens/s per GPU of one training step")
-    print(f"{'row':64} {'tok/s pub':>9} {'pred':>7} {'err':>7}")
-    for r in rows:
-        head = f"{r.label:64} {r.published_tokens_per_s:9.1f}"
-        print(f"{head} {r.predicted_tokens_per_s:7.1f} {r.error:+7.1%}" if r.expressible else
-              f"{head} {'not expressible':>15}")
-    print(held_out_line(rows))
-    for r in rows:
-        print(f"  {r.label}: " + "; ".join(r.shown_notes()))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [held_out_line(rows)])
 
 
-def markdown_table(rows: list[MlperfRow]) -> str:
+def table(rows: list[MlperfRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("round", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
     cells = ([r.round, r.system.removeprefix("DGX-"), r.model, f"{r.gpus}", bridge.layout_text(r.layout),
               f"{r.published_tokens_per_s:.1f}",
               *([f"{r.predicted_tokens_per_s:.1f}", f"{r.error:+.1%}"] if r.expressible else ["-", "-"]),
               notes_cell(r.shown_notes())] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[MlperfRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])

@@ -22,7 +22,15 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate, precision_problems
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.reference.bridge import bridge_flops_per_token, layout_text, stage_split
-from clusterplan.reference.report import held_out_line, markdown_rows, notes_cell, read_rows, row_notes
+from clusterplan.reference.report import (
+    Column,
+    held_out_line,
+    markdown_rows,
+    notes_cell,
+    print_rows,
+    read_rows,
+    row_notes,
+)
 
 NEMO_CSV = "nemo_h100_2409_2602.csv"
 STACK = "megatron-core"
@@ -301,30 +309,18 @@ TFLOPS_NOTE = ("TFLOP/s `predicted` = predicted tokens/s x the release's own FLO
                "tokens/s; `ours` = estimate's TFLOP/s per GPU as executed (MFU basis).")
 
 
+TITLE = ("NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, "
+         "26.02): tokens/s and model TFLOP/s per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[NemoRow]) -> None:
-    print("\nNeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
-          "tokens/s and model TFLOP/s per GPU")
-    print(f"{'row':26} {'layout':64} {'tok/s pub':>9} {'pred':>7} {'err':>7} {'TFLOP/s pub':>11} {'pred':>5} "
-          f"{'GF/tok pub':>10} {'release':>7} {'ours':>5}")
-    for r in rows:
-        head = f"{r.label:26} {layout_text(r.layout):64} {r.published_tokens_per_s:9.0f}"
-        if r.expressible:
-            print(f"{head} {r.predicted_tokens_per_s:7.0f} {r.error:+7.1%} {r.published_tflops:11.0f} "
-                  f"{r.predicted_tflops:5.0f} {r.published_gflops_per_token:10.1f} {r.release_gflops_per_token:7.1f} "
-                  f"{r.model_tflops:5.0f}")
-        else:
-            print(f"{head} {'not expressible':>15} {r.published_tflops:11.0f} {'-':>5} "
-                  f"{r.published_gflops_per_token:10.1f} {r.release_gflops_per_token:7.1f}")
-    print(held_out_line(rows))
-    print(TFLOPS_NOTE)
-    for r in rows:
-        extra = row_notes(r.notes, r.refused)
-        if not r.expressible:
-            print(f"  {r.label}: NOT EXPRESSIBLE: {r.reason}")
-        print(f"  {r.label}: " + "; ".join(extra))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [held_out_line(rows), TFLOPS_NOTE])
 
 
-def markdown_table(rows: list[NemoRow]) -> str:
+def table(rows: list[NemoRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("release", "l"), ("model", "l"), ("GPUs", "r"), ("precision", "l"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
                ("predicted", "r"), ("GFLOP/token published", "r"), ("release's count", "r"), ("ours TFLOP/s", "r"),
@@ -338,4 +334,9 @@ def markdown_table(rows: list[NemoRow]) -> str:
                       f"{r.published_tokens_per_s:.0f}", *priced[:2], f"{r.published_tflops:.0f}", priced[2],
                       f"{r.published_gflops_per_token:.1f}", f"{r.release_gflops_per_token:.1f}", priced[3],
                       notes_cell(notes)])
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[NemoRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + ".", "", TFLOPS_NOTE])

@@ -131,6 +131,31 @@ def markdown_rows(columns: Sequence[Column], rows: Iterable[Sequence[str]]) -> l
     return lines
 
 
+def text_rows(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The same table for the console: each column padded to its widest cell, aligned as in markdown."""
+    widths = [max([len(header), *(len(cells[i]) for cells in rows)]) for i, (header, _) in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(width) if align == "r" else cell.ljust(width)
+                         for cell, width, (_, align) in zip(cells, widths, columns, strict=True)).rstrip()
+
+    return [line([header for header, _ in columns]), *(line(cells) for cells in rows)]
+
+
+def print_rows(title: str, columns: Sequence[Column], rows: Sequence[Sequence[str]], labels: Sequence[str],
+               footer: Sequence[str] = ()) -> None:
+    """A reference table on the console: its title, the table without its last column (the notes), the footer lines
+    (summaries), then each row's notes under its label."""
+    print(f"\n{title}")
+    for line in text_rows(columns[:-1], [cells[:-1] for cells in rows]):
+        print(line)
+    for line in footer:
+        print(line)
+    for label, cells in zip(labels, rows, strict=True):
+        if cells[-1]:
+            print(f"  {label}: {cells[-1]}")
+
+
 def notes_cell(notes: Sequence[str]) -> str:
     """A row's notes as one table cell."""
     return "; ".join(notes)

@@ -23,8 +23,10 @@ from clusterplan.models.training.layout import Layout
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -105,22 +107,26 @@ def _summary_line(rows: list[SmolRow]) -> str:
             f"target: {TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
 
 
+TITLE = ("Hugging Face nanotron runs on H100 (SmolLM3 pre-training, the Smol Training Playbook's 1B baseline): "
+         "tokens/s per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[SmolRow]) -> None:
-    print("\nHugging Face nanotron runs on H100 (SmolLM3 pre-training, the Smol Training Playbook's 1B baseline): "
-          "tokens/s per GPU")
-    print(f"{'run':42} {'cluster':8} {'layout':44} {'tok/s pub':>9} {'pred':>7} {'err':>7} {'MFU':>6} {'GiB':>5}")
-    for r in rows:
-        print(f"{r.label:42} {r.cluster:8} {r.layout.short():44} {r.published_tokens_per_s:9.0f} "
-              f"{r.predicted_tokens_per_s:7.0f} {r.error:+7.1%} {r.predicted_mfu:6.1%} {r.predicted_memory_gib:5.1f}")
-    print(_summary_line(rows))
-    for r in rows:
-        print(f"  {r.label}: " + "; ".join(row_notes(r.notes, r.refused)))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [_summary_line(rows)])
 
 
-def markdown_table(rows: list[SmolRow]) -> str:
+def table(rows: list[SmolRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("run", "l"), ("cluster", "l"), ("layout", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"),
                ("error", "r"), ("MFU predicted", "r"), ("peak GiB predicted", "r"), ("notes", "l")]
     cells = ([r.label, r.cluster, r.layout.short(), f"{r.published_tokens_per_s:,.0f}",
               f"{r.predicted_tokens_per_s:,.0f}", f"{r.error:+.1%}", f"{r.predicted_mfu:.1%}",
               f"{r.predicted_memory_gib:.1f}", notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[SmolRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

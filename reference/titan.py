@@ -27,8 +27,10 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -207,23 +209,18 @@ def _summary_line(rows: list[TitanRow]) -> str:
             f"{TARGET_TIME_MAX:.0%} max, memory {TARGET_MEMORY:.0%})")
 
 
+TITLE = ("torchtitan on H100 (Liang et al. 2024, arXiv 2410.06511; torchtitan benchmarks, Dec 2024): tokens/s "
+         "and peak memory per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[TitanRow]) -> None:
-    print("\ntorchtitan on H100 (Liang et al. 2024, arXiv 2410.06511; torchtitan benchmarks, Dec 2024): "
-          "tokens/s and peak memory per GPU")
-    print(f"{'row':44} {'stack':32} {'layout':62} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'GiB pub':>7} "
-          f"{'pred':>6} {'err':>7}")
-    for r in rows:
-        print(f"{r.label:44} {r.stack:32} {layout_text(r.layout):62} {r.published_tokens_per_s:9.0f} "
-              f"{r.predicted_tokens_per_s:8.0f} {r.error:+7.1%} {r.published_memory_gib:7.1f} "
-              f"{r.predicted_memory_gib:6.1f} {r.memory_error:+7.1%}")
-    print(_summary_line(rows))
-    for r in rows:
-        extra = row_notes(r.notes, r.refused)
-        if extra:
-            print(f"  {r.label}: " + "; ".join(extra))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [_summary_line(rows)])
 
 
-def markdown_table(rows: list[TitanRow]) -> str:
+def table(rows: list[TitanRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("table", "r"), ("model", "l"), ("GPUs", "r"), ("techniques", "l"), ("stack", "l"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("peak GiB published", "r"),
                ("predicted", "r"), ("error", "r"), ("notes", "l")]
@@ -231,4 +228,9 @@ def markdown_table(rows: list[TitanRow]) -> str:
               f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}",
               f"{r.published_memory_gib:.1f}", f"{r.predicted_memory_gib:.1f}", f"{r.memory_error:+.1%}",
               notes_cell(row_notes(r.notes, r.refused))] for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[TitanRow]) -> str:
+    columns, cells = table(rows)
     return "\n".join([*markdown_rows(columns, cells), "", _summary_line(rows) + "."])

@@ -28,8 +28,10 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -259,36 +261,31 @@ def _memory_cells(r: CommunityRow) -> tuple[str, str]:
     return f"{r.published_memory_gib:.1f}", f"{r.memory_error:+.1%}"
 
 
+COLUMNS: list[Column] = [("model", "l"), ("GPUs", "r"), ("node", "l"), ("techniques", "l"), ("stack", "l"),
+                         ("layout", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"),
+                         ("peak GiB published", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
+
+
+def table_cells(part: list[CommunityRow]) -> list[list[str]]:
+    """Each row's cells under COLUMNS, its notes last: what markdown_table and print_table show."""
+    return [[r.model, f"{r.gpus}", r.node, r.techniques, r.stack, layout_text(r.layout),
+             f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}",
+             *_memory_cells(r)[:1], f"{r.predicted_memory_gib:.1f}", *_memory_cells(r)[1:],
+             notes_cell(row_notes(r.notes, r.refused))] for r in part]
+
+
 def print_table(rows: list[CommunityRow]) -> None:
     for s, part in by_set(rows).items():
-        print(f"\n{SETS[s]}: tokens/s and peak memory per GPU")
-        print(f"{'row':70} {'stack':44} {'layout':50} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'GiB pub':>7} "
-              f"{'pred':>6} {'err':>7}")
-        for r in part:
-            mem_pub, mem_err = _memory_cells(r)
-            print(f"{r.label:70} {r.stack:44} {layout_text(r.layout):50} {r.published_tokens_per_s:9.0f} "
-                  f"{r.predicted_tokens_per_s:8.0f} {r.error:+7.1%} {mem_pub:>7} {r.predicted_memory_gib:6.1f} "
-                  f"{mem_err:>7}")
-        print(_summary_line(part))
-        for r in part:
-            extra = row_notes(r.notes, r.refused)
-            if extra:
-                print(f"  {r.label}: " + "; ".join(extra))
+        print_rows(f"{SETS[s]}: tokens/s and peak memory per GPU", COLUMNS, table_cells(part),
+                   [r.label for r in part], [_summary_line(part)])
     print("\ntorchtitan runs published but not expressed:")
     for what, why in UNEXPRESSED:
         print(f"  {what}: {why}")
 
 
 def markdown_table(rows: list[CommunityRow]) -> str:
-    columns = [("model", "l"), ("GPUs", "r"), ("node", "l"), ("techniques", "l"), ("stack", "l"), ("layout", "l"),
-               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("peak GiB published", "r"),
-               ("predicted", "r"), ("error", "r"), ("notes", "l")]
     lines: list[str] = []
     for s, part in by_set(rows).items():
-        cells = ([r.model, f"{r.gpus}", r.node, r.techniques, r.stack, layout_text(r.layout),
-                  f"{r.published_tokens_per_s:.0f}", f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}",
-                  *_memory_cells(r)[:1], f"{r.predicted_memory_gib:.1f}", *_memory_cells(r)[1:],
-                  notes_cell(row_notes(r.notes, r.refused))] for r in part)
-        lines += [f"{SETS[s]}:", "", *markdown_rows(columns, cells), "", _summary_line(part) + ".", ""]
+        lines += [f"{SETS[s]}:", "", *markdown_rows(COLUMNS, table_cells(part)), "", _summary_line(part) + ".", ""]
     lines += ["Published but not expressed:", ""] + [f"- {what}: {why}" for what, why in UNEXPRESSED]
     return "\n".join(lines)

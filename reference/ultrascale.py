@@ -38,8 +38,10 @@ from clusterplan.reference.report import (
     TARGET_MEMORY,
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
+    Column,
     markdown_rows,
     notes_cell,
+    print_rows,
     read_rows,
     refusal,
     row_notes,
@@ -317,24 +319,19 @@ def _layout_cell(L: Layout) -> str:
     return f"dp{L.dp} tp{L.tp} pp{L.pp} z{L.zero} mbs{L.mbs} ga{L.microbatches}" + (" sp" if L.sp and L.tp > 1 else "")
 
 
+TITLE = ("Ultra-Scale Playbook sweep (nanotron, 1 node of 8 H100, seq 4096, 1M-token batch): tokens/s and "
+         "rank-0 memory per GPU")
+"""The table's heading on the console (print_table)."""
+
+
 def print_table(rows: list[UltrascaleRow]) -> None:
-    print("\nUltra-Scale Playbook sweep (nanotron, 1 node of 8 H100, seq 4096, 1M-token batch): tokens/s and rank-0 "
-          "memory per GPU")
-    print(f"{'model':6} {'layout':34} {'tok/s pub':>9} {'pred':>8} {'err':>7} {'GiB pub':>7} {'pred':>6} {'err':>7}")
-    for r in rows:
-        err = f"{r.error:+7.1%}" if r.expressible else "    n/a"
-        print(f"{r.model:6} {_layout_cell(r.layout):34} {r.published_tokens_per_s:9.0f} {r.predicted_tokens_per_s:8.0f} "
-              f"{err} {r.published_memory_gib:7.1f} {r.predicted_memory_gib:6.1f} {r.memory_error:+7.1%}")
-    for line in summary_lines(rows):
-        print(line)
-    print(feasibility_line(rows, crashed_points()))
-    for r in rows:
-        extra = ([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused)
-        if extra:
-            print(f"  {r.label}: " + "; ".join(extra))
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows],
+               [*summary_lines(rows), feasibility_line(rows, crashed_points())])
 
 
-def markdown_table(rows: list[UltrascaleRow]) -> str:
+def table(rows: list[UltrascaleRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
     columns = [("model", "l"), ("layout", "l"), ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"),
                ("MFU published", "r"), ("rank-0 GiB published", "r"), ("predicted", "r"), ("error", "r"),
                ("state GiB logged", "r"), ("predicted", "r"), ("error", "r"), ("notes", "l")]
@@ -344,6 +341,11 @@ def markdown_table(rows: list[UltrascaleRow]) -> str:
               f"{r.predicted_state_gib:.2f}", f"{r.state_error:+.1%}",
               notes_cell(([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused))]
              for r in rows)
+    return columns, [list(c) for c in cells]
+
+
+def markdown_table(rows: list[UltrascaleRow]) -> str:
+    columns, cells = table(rows)
     lines = markdown_rows(columns, cells)
     lines += [""] + [line + "." for line in (*summary_lines(rows), feasibility_line(rows, crashed_points()))]
     lines += ["", "Memory: the published figure is rank 0's (the first pipeline stage, the first TP rank) in GiB: "
