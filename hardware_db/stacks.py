@@ -233,8 +233,8 @@ class ExecutionStack:
     dp_bucket_bytes: float
     """Gradient bucket of the bucketed reduce (0: one chunk per layer, as Megatron-Core and FSDP2 chunk it)."""
     dp_chunk_under_pp: str
-    """Gradient chunk under pipeline parallelism: "layer" or "virtual_stage" (Megatron: the layers of one virtual
-    pipeline stage form one chunk, so vpp = 1 leaves the whole stage's reduce exposed)."""
+    """Gradient chunk under pipeline parallelism, for a stack without dp_bucket_params / dp_bucket_bytes: "layer" or
+    "virtual_stage" (the layers of one virtual pipeline stage form one chunk)."""
     fsdp_granularity: str
     """"block" (one flat all-gather / reduce-scatter per wrapped block) | "tensor" (per parameter) | "bucket"."""
     fsdp_bucket_bytes: float
@@ -328,12 +328,10 @@ class ExecutionStack:
     (the same under torch.compile: Inductor reads the bf16 logits, COMPILED_LOSS_*_BYTES) | "sharded_fp32"
     (Megatron-style vocab-parallel cross-entropy as eager ops over fp32 logits, nanotron's _ShardedCrossEntropy:
     SHARDED_FP32_LOSS_*_BYTES). Absent: fused."""
-    dp_bucket_min_params: float = 0.0
-    dp_bucket_params_per_dp_rank: float = 0.0
-    """Megatron-Core DDP's default gradient bucket, in parameters: max(dp_bucket_min_params,
-    dp_bucket_params_per_dp_rank x the data-parallel group with context parallelism); only the first model chunk is
-    bucketed, the later virtual stages are one bucket each (step.megatron_dp_chunks). 0 (absent): the stack chunks as
-    dp_bucket_bytes / dp_chunk_under_pp say."""
+    dp_bucket_params: float = 0.0
+    """Megatron-Core DDP's gradient bucket, in parameters, as the stack's recipes set it (NeMo 2.0 / Megatron-Bridge
+    CommOverlapConfig: 128 Mi with dp > 1). Megatron-Core buckets only the first pipeline stage's first model chunk
+    (step.megatron_dp_chunks). 0 (absent): the stack chunks as dp_bucket_bytes / dp_chunk_under_pp say."""
     loss_frees_logits: bool = False
     """Its train loop drops the bf16 logits (`del pred`) between the eager fp32 loss's forward and backward, so the
     caching allocator keeps their freed block reserved beside the loss's peak (memory.py
@@ -534,10 +532,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         dp_chunk_under_pp=_choice(where, raw, "dp_chunk_under_pp", DP_CHUNKS),
         fsdp_granularity=_choice(where, raw, "fsdp_granularity", FSDP_GRANULARITIES),
         fsdp_bucket_bytes=_bytes(where, raw, "fsdp_bucket_bytes"),
-        dp_bucket_min_params=_sourced(where, raw, "dp_bucket_min_params",
-                                      lambda: _count(where, raw, "dp_bucket_min_params"), 0.0),
-        dp_bucket_params_per_dp_rank=_sourced(where, raw, "dp_bucket_params_per_dp_rank",
-                                              lambda: _count(where, raw, "dp_bucket_params_per_dp_rank"), 0.0),
+        dp_bucket_params=_sourced(where, raw, "dp_bucket_params", lambda: _count(where, raw, "dp_bucket_params"), 0.0),
         fused_kernels=frozenset(_subset(where, raw, "fused_kernels", FUSED_KERNELS)),
         attention_kernel=_choice(where, raw, "attention_kernel", ATTENTION_KERNELS),
         fp8_recipes=_subset(where, raw, "fp8_recipes", FP8_RECIPES),

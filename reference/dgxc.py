@@ -6,8 +6,9 @@ A held-out check set for issue #13 (published runs: tokens/s within 10 % median,
 with the megatron-core stack at the published layout; what the README tables leave unsaid follows the NeMo commit the
 recipe's setup.sh pins, as read for each workload (RECIPES, research/dgxc-recipes.md): fp8 rows run Transformer
 Engine's delayed scaling with fp8 parameters (NeMo bf16_with_fp8_mixed / the NeMo 1.0 launcher's fp8_hybrid, the only
-recipe any of these releases passes), gradients reduced in bf16, sequence parallelism with tp > 1, no recompute unless
-named. Rows the CLI cannot express are listed with the reason, never dropped. No constant is fitted to these rows and
+recipe any of these releases passes), gradients reduced in bf16 on fp8 rows and where a bf16 recipe says so, else in
+fp32 (NeMo 2.0's bf16_mixed default, grad_reduce_in_fp32 = True), sequence parallelism with tp > 1, no recompute
+unless named. Rows the CLI cannot express are listed with the reason, never dropped. No constant is fitted to these rows and
 no per-row factor exists.
 
     python -m clusterplan.reference            # prints every reference table, this one included
@@ -68,6 +69,10 @@ class Recipe:
     pipeline_split: str = ""
     """"" = even; "deepseek" = the script's first / last stage sizes 64 / pp - 1 and 64 / pp - 2; "bridge" =
     embedding and loss counted as layers (bridge.stage_split)."""
+    bf16_grad_reduce: bool = False
+    """The recipe reduces a bf16 run's gradients in bf16 (grad_reduce_in_fp32 = False); else NeMo 2.0's bf16_mixed
+    default, fp32 (Layout.fp32_grads). fp8 rows reduce in bf16 in every script (bf16_with_fp8_mixed, then
+    grad_reduce_in_fp32 = False)."""
 
 
 _NEMO2_LLAMA = "NeMo scripts/performance/llm/pretrain_llama31.py with the llama31 recipes (NeMo 2.2-2.3)"
@@ -76,9 +81,11 @@ RECIPES = {
     ("llama3.1-8b", "H100"): Recipe(f"{_NEMO2_LLAMA}: no recompute, no TP overlap (tp 1)"),
     ("llama3.1-70b", "H100"): Recipe(f"{_NEMO2_LLAMA}: no recompute, TP overlap (userbuffers h8192 tp4)"),
     ("llama3.1-405b", "H100"): Recipe(f"{_NEMO2_LLAMA}: no recompute, TP overlap (userbuffers h16384 tp8 cp2), "
-                                      "account_for_embedding / loss_in_pipeline_split", pipeline_split="bridge"),
+                                      "account_for_embedding / loss_in_pipeline_split, grad_reduce_in_fp32 False", pipeline_split="bridge",
+                                      bf16_grad_reduce=True),
     ("llama3.1-405b", "GB200"): Recipe(f"{_NEMO2_LLAMA}: no recompute, TP overlap (userbuffers b200 h16384 tp4 cp2), "
-                                       "account_for_embedding / loss_in_pipeline_split", pipeline_split="bridge"),
+                                       "account_for_embedding / loss_in_pipeline_split, grad_reduce_in_fp32 False", pipeline_split="bridge",
+                                       bf16_grad_reduce=True),
     ("nemotron4-15b", "H100"): Recipe("NeMo pretrain_nemotron4_15b.py (DGXC gsw_nemo.patch, NeMo @d2b21556): no "
                                       "recompute, TP overlap (TE default userbuffers)"),
     ("nemotron4-340b", "H100"): Recipe("NeMo pretrain_nemotron4_340b.py (@d2b21556): no recompute, TP overlap (TE "
@@ -87,7 +94,8 @@ RECIPES = {
                                         "(userbuffers b200 h18432 tp8), per-layer CUDA graphs (--cuda_graphs true; "
                                         "a dense model has no MoE host time to remove)"),
     ("gpt3-175b", "H100"): Recipe("NeMo-Framework-Launcher gpt3 175b (DGXC gpt3_175b_hydra.yaml, NeMo 24.05): no "
-                                  "recompute, TP overlap, overlap_p2p_comm"),
+                                  "recompute, TP overlap, overlap_p2p_comm, distributed_fused_adam grad_sync_dtype bf16",
+                                  bf16_grad_reduce=True),
     ("deepseek-v3", "H100"): Recipe(f"NeMo pretrain_deepseek_v3.py @7a8f1cc7: recompute_modules [mla_up_proj], "
                                     f"alltoall, {_TOKEN_DROP}, 1 MTP layer, no TP overlap",
                                     recompute="selective", recompute_modules="mla_up_proj", token_drop=True,
@@ -102,9 +110,11 @@ RECIPES = {
                                     "per-layer CUDA graphs (grok1/launch.sh CUDA_GRAPH=true)", token_drop=True,
                                     cuda_graphs="full"),
     ("llama4-maverick-17b-128e", "H100"): Recipe(f"NeMo pretrain_llama4_e128.py @7a8f1cc7: no recompute, alltoall, "
-                                                 f"{_TOKEN_DROP}, TP overlap (TE default)", token_drop=True),
+                                                 f"{_TOKEN_DROP}, TP overlap (TE default), grad_reduce_in_fp32 False",
+                                                 token_drop=True, bf16_grad_reduce=True),
     ("llama4-maverick-17b-128e", "GB200"): Recipe(f"NeMo pretrain_llama4_e128.py @7a8f1cc7: no recompute, alltoall, "
-                                                  f"{_TOKEN_DROP}", token_drop=True),
+                                                  f"{_TOKEN_DROP}, grad_reduce_in_fp32 False", token_drop=True,
+                                                  bf16_grad_reduce=True),
 }
 """Per (model, system). CUDA graphs "full" stands for Megatron-Core's per-layer graphs of a token-dropping MoE model:
 each layer is one graph launch with no host sync, so its host time is what a full-iteration capture leaves (none).
@@ -140,7 +150,7 @@ class DgxcRow(PricedRow):
 
     @property
     def label(self) -> str:
-        return f"{self.release} {self.system} {self.model} {self.precision} {self.gpus}"
+        return f"{self.release} {self.system} {self.model} {self.precision} {self.gpus} gbs{self.layout.gbs}"
 
 
 def dgxc_layout(r: dict[str, str], model: ModelSpec, recipe: Recipe) -> tuple[Layout, list[str]]:
@@ -163,13 +173,14 @@ def dgxc_layout(r: dict[str, str], model: ModelSpec, recipe: Recipe) -> tuple[La
                     gbs=int(r["gbs"]), seq=int(r["seq"]), sp=tp > 1, zero=1, recompute=recipe.recompute,
                     recompute_modules=recipe.recompute_modules,
                     schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision="fp8" if fp8 else "bf16",
-                    flash_attn=True, first_stage_layers=first, last_stage_layers=last, fp32_grads=False,
+                    flash_attn=True, first_stage_layers=first, last_stage_layers=last,
+                    fp32_grads=not fp8 and not recipe.bf16_grad_reduce,
                     fp8_params=fp8, cuda_graphs=graphs,
                     moe_capacity_factor=TOKEN_DROP_CAPACITY_FACTOR if recipe.token_drop else None)
     if fp8:
         notes.append(f"fp8 recipe {FP8_RECIPE}, fp8 parameters")
     if r["layers"]:
-        notes.append(f"proxy of {r['layers']} of {load_model(r['model']).n_layers} layers")
+        notes.append(f"proxy of {r['layers']} of {_model(r['model']).n_layers} layers")
     if r["notes"]:
         notes.append(r["notes"])
     return layout, notes

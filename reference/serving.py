@@ -18,6 +18,7 @@ from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.serving.estimate import Load, LoadKind, ServingEstimate, engine_of, estimate_serving
 from clusterplan.models.serving.model import ServingInstance, knobs_for_gpu
+from clusterplan.reference.report import markdown_rows
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data"
 SERVING_CSV = "serving_published.csv"
@@ -105,10 +106,10 @@ def serving_table() -> list[str]:
 def serving_markdown() -> list[str]:
     """The serving section for `python -m clusterplan.reference --markdown` (README tables)."""
     rows = serving_comparisons()
-    out = ["#### Serving: serve-estimate against published engine benchmarks", "",
-           "| row | metric | measured | predicted | error | role |", "|---|---|---:|---:|---:|---|"]
-    out += [f"| {c.label} | {c.metric} | {c.measured:.1f} | {c.predicted:.1f} | {c.error:+.1%} | "
-            f"{'fitted' if c.fitted else 'held out'} |" for c in rows]
+    columns = [("row", "l"), ("metric", "l"), ("measured", "r"), ("predicted", "r"), ("error", "r"), ("role", "l")]
+    cells = [[c.label, c.metric, f"{c.measured:.1f}", f"{c.predicted:.1f}", f"{c.error:+.1%}",
+              "fitted" if c.fitted else "held out"] for c in rows]
+    out = ["#### Serving: serve-estimate against published engine benchmarks", "", *markdown_rows(columns, cells)]
     for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
         held = [abs(c.error) for c in rows if c.metric == metric and not c.fitted]
         if held:

@@ -8,7 +8,8 @@ held-out runs: tokens/s within 10 % median and 20 % max. Each (model, system, pr
 against the larger of that max (20 %) and the error it reached when this test landed plus 3 points (BOUNDS); the
 median against MEDIAN_BOUND (landed + 1 point).
 History (2026-12-05, first measured): 107 of 114 rows priced (the 7 Nemotron-H rows are hybrid Mamba), median 7.0 %,
-max 207 %; the 74 H100 rows median 3.8 % (every dense H100 group within -12 .. +18 %), the 33 GB200 rows median 25 %
+max 207 % (the same after the bf16 rows reduced gradients in fp32 as NeMo 2.0's bf16_mixed sets, and Megatron-Core's
+buckets were sized as the recipes set them); the 74 H100 rows median 3.8 % (every dense H100 group within -12 .. +18 %), the 33 GB200 rows median 25 %
 (the sm_100 over-prediction of research/blackwell-dense.md, 10-15 points larger on fp8 rows), DeepSeek-V3 in NeMo 25.04
 +30 / +34 % on H100 and +195 .. +207 % on GB200 (its GB200 rows ran at 10 % MFU, 3.3x below Megatron-Bridge 25.11's).
 """
@@ -24,17 +25,17 @@ from clusterplan.reference import dgxc
 from clusterplan.reference.report import TARGET_TIME_MAX, read_rows
 
 BOUNDS = {
-    ("llama3.1-8b", "H100", "BF16"): 0.20,  # +1.5 .. +2.1 %
+    ("llama3.1-8b", "H100", "BF16"): 0.20,  # +1.4 .. +2.1 %
     ("llama3.1-8b", "H100", "FP8"): 0.20,  # +2.0 .. +4.5 %
-    ("llama3.1-70b", "H100", "BF16"): 0.20,  # +2.4 .. +2.6 %
+    ("llama3.1-70b", "H100", "BF16"): 0.20,  # +2.2 .. +2.4 %
     ("llama3.1-70b", "H100", "FP8"): 0.20,  # -3.7 .. -0.8 %
     ("llama3.1-405b", "H100", "BF16"): 0.20,  # -2.8 .. +0.5 %
     ("llama3.1-405b", "H100", "FP8"): 0.20,  # -6.5 .. -2.5 %
     ("llama3.1-405b", "GB200", "BF16"): 0.218,  # +16.6 .. +18.7 %
     ("llama3.1-405b", "GB200", "FP8"): 0.339,  # +28.2 .. +30.8 %
-    ("nemotron4-15b", "H100", "BF16"): 0.20,  # +2.9 .. +6.9 %
-    ("nemotron4-15b", "H100", "FP8"): 0.20,  # +6.5 .. +11.7 %
-    ("nemotron4-340b", "H100", "BF16"): 0.20,  # -12.0 .. -11.7 %
+    ("nemotron4-15b", "H100", "BF16"): 0.20,  # +2.5 .. +7.3 %
+    ("nemotron4-15b", "H100", "FP8"): 0.20,  # +6.4 .. +12.8 %
+    ("nemotron4-340b", "H100", "BF16"): 0.20,  # -15.2 .. -14.4 %
     ("nemotron4-340b", "H100", "FP8"): 0.20,  # -11.0 .. -9.0 %
     ("nemotron4-340b", "GB200", "BF16"): 0.20,  # +9.8 .. +15.8 %
     ("nemotron4-340b", "GB200", "FP8"): 0.362,  # +22.1 .. +33.1 %
@@ -42,9 +43,9 @@ BOUNDS = {
     ("gpt3-175b", "H100", "FP8"): 0.214,  # +4.7 .. +18.4 % (published 636 / 610 / 656 at 512 / 1,024 / 2,048)
     ("deepseek-v3", "H100", "BF16"): 0.371,  # +30.0 / +34.1 %
     ("deepseek-v3", "GB200", "BF16"): 2.105,  # +194.9 .. +207.4 %
-    ("grok1-314b", "GB200", "BF16"): 0.20,  # +7.5 .. +8.7 %
+    ("grok1-314b", "GB200", "BF16"): 0.20,  # +6.4 .. +7.9 %
     ("grok1-314b", "GB200", "FP8"): 0.283,  # +22.9 .. +25.3 %
-    ("grok1-314b", "H100", "BF16"): 0.20,  # -1.5 %
+    ("grok1-314b", "H100", "BF16"): 0.20,  # -2.6 %
     ("grok1-314b", "H100", "FP8"): 0.20,  # +16.5 %
     ("llama4-maverick-17b-128e", "GB200", "BF16"): 0.33,  # +26.6 .. +30.0 %
     ("llama4-maverick-17b-128e", "GB200", "FP8"): 0.463,  # +38.0 .. +43.3 %

@@ -52,7 +52,10 @@ BOUNDS = {
     "v5.0 DGX-H100 llama3.1-405b 8192 tp8 pp8v8 cp2 mbs1 gbs1536": 0.20,  # -0.0%
     "v5.0 DGX-GB200 llama3.1-405b 256 tp4 pp8v8 cp2 mbs1 gbs448": 0.206,  # +17.6%
     "v5.0 DGX-GB200 llama3.1-405b 512 tp4 pp8v8 cp2 mbs1 gbs896": 0.236,  # +20.6%
-    "v5.1 DGX-GB300 llama3.1-8b 512 tp2 pp1v1 cp4 mbs1 gbs64": 0.867,  # +83.7%
+    # +86.9% (re-based from 0.867 / +83.7% on 2026-12-05: a dense model's reduce-scatter had carried the ring latency
+    # of an empty expert-data-parallel buffer over dp x cp = 256 ranks, a collective Megatron-Core never issues;
+    # step._collective prices a zero-byte collective at 0, which made this, already the worst row, 3 points worse)
+    "v5.1 DGX-GB300 llama3.1-8b 512 tp2 pp1v1 cp4 mbs1 gbs64": 0.899,
     "v5.1 DGX-GB300 llama3.1-8b 72 tp1 pp1v1 cp2 mbs1 gbs36": 0.20,  # +3.7%
     "v5.1 DGX-GB200 llama3.1-8b 512 tp2 pp1v1 cp4 mbs1 gbs64": 0.764,  # +73.4%
     "v5.1 DGX-GB200 llama3.1-8b 72 tp1 pp1v1 cp2 mbs1 gbs36": 0.20,  # +9.5%
@@ -111,7 +114,8 @@ def test_every_expressible_row_fits_in_memory(rows):
 
 def test_fp8_params_and_bf16_grad_sync_are_what_moved_the_largest_runs(rows):
     # GPT-3 on 10,752 H100 (dp 448, 6 micro-batches): the same layout with bf16 weights beside the fp8 copies and
-    # fp32 gradient sync is the -18.7 % row this set first printed.
+    # fp32 gradient sync is the -18.7 % row this set first printed (-17.4 % since a dense model's empty expert buffer
+    # issues no collective: step._collective).
     from dataclasses import replace
 
     from clusterplan.hardware_db import get_stack
@@ -124,4 +128,4 @@ def test_fp8_params_and_bf16_grad_sync_are_what_moved_the_largest_runs(rows):
     plain = replace(row.layout, fp8_params=False, fp32_grads=True)
     js = estimate(load_model("gpt3-175b"), load_cluster("dgx-h100:1344"), plain, stack=get_stack(mlperf.STACK),
                   fp8_recipe=mlperf.FP8_RECIPE).to_json()
-    assert js["tokens_per_s"] / row.gpus / row.published_tokens_per_s - 1 == pytest.approx(-0.187, abs=0.005)
+    assert js["tokens_per_s"] / row.gpus / row.published_tokens_per_s - 1 == pytest.approx(-0.174, abs=0.005)

@@ -36,3 +36,14 @@ def test_the_b200_best_shape_rate_carries_the_scale():
     assert rates.gemm_max_flops / 1e12 == pytest.approx(1745 * 0.85 * 0.828 / 0.888, rel=1e-3)
     assert rates.gemm_shape.max_flops_fp8 / 1e12 == pytest.approx(4500 * 0.763 * 0.85 * 0.832 / 0.888,
                                                                             rel=1e-3)
+
+
+def test_a_mixed_cluster_is_priced_at_its_slowest_group_as_trained():
+    """B200 and B300 share the 2,250 TFLOP/s dense bf16 peak; under training load B200's GEMMs run at 1,745 x 0.85 x
+    0.932 = 1,383 TFLOP/s and B300's at its MAMF x 0.85 (no sustained measurement under full-node load): a cluster of
+    both is priced at the slower B200 whichever group comes first."""
+    from clusterplan.models.hardware.cluster import cluster_from_dict
+
+    for order in (["dgx-b200", "dgx-b300"], ["dgx-b300", "dgx-b200"]):
+        mixed = cluster_from_dict({"groups": [{"node": n, "count": 1} for n in order]})
+        assert HardwareRates.of(mixed).gpu_name == "B200"

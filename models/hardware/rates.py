@@ -24,7 +24,7 @@ from clusterplan.models.hardware.calibration import (
     CollectiveFit,
     GemmCurve,
 )
-from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.cluster import Cluster, NodeGroup
 from clusterplan.models.hardware.gemm import GemmShapeModel
 from clusterplan.models.hardware.power import power_clock_scale
 
@@ -49,10 +49,21 @@ EVERY_AXIS = "*"
 """axis_bw_out key of a cap on every axis (the search's bound: the slowest link of the matrix)."""
 
 
+def _training_gemm_rate(group: NodeGroup) -> float:
+    """A node group's best-shape bf16 GEMM rate as a training step runs it (peak x MAMF fraction x power-cap clock x
+    sustained scale): the slowest group prices a mixed cluster."""
+    gpu = group.gpu
+    return (gpu.tflops("bf16") * gpu.gemm_peak_fraction * power_clock_scale(group.power_cap_w, gpu.tdp_w)
+            * sustained_scale(get_gemm_tiling(gpu.name), "bf16"))
+
+
 def sustained_scale(tiling: GemmTiling | None, dtype: str) -> float:
     """A GPU's GEMM rate under full-node training load relative to what TRAINING_GEMM_SHARE holds: its measured
     sustained / burst matmul ratio (gemm.yaml sustained_fraction_*) over the GH100 reference's
-    (SUSTAINED_REFERENCE_GPU); 1 where it was not measured under that load. B200 bf16: 0.828 / 0.888 = 0.932."""
+    (SUSTAINED_REFERENCE_GPU); 1 where it was not measured under that load. B200 bf16: 0.828 / 0.888 = 0.932.
+    Scales the training GEMM rate only: the attention curves come from benchmark loops that already run kernels back
+    to back, serving prices its own share (models/serving/model.py), and a `clusterplan profile` calibration replaces
+    the rate with what it measured (run it with the whole node busy for a training-load number)."""
     if tiling is None:
         return 1.0
     own = tiling.sustained_fraction_bf16 if dtype == "bf16" else tiling.sustained_fraction_fp8
@@ -185,7 +196,7 @@ class HardwareRates:
         models/training/topology.py axis_links_gb_per_s) or, when not given, all of it at the slowest link of all
         (a bound every node order meets: what the search ranks by).
         """
-        group = min(cluster.groups, key=lambda g: g.gpu.tflops("bf16"))
+        group = min(cluster.groups, key=_training_gemm_rate)
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
         clock = power_clock_scale(group.power_cap_w, gpu.tdp_w)

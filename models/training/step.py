@@ -124,7 +124,8 @@ def _collective(kind: str, size_bytes: np.ndarray, g: Group, hw: HardwareRates) 
         return np.where(g.size > 1, np.where(inside, flat, across), 0.0)
     fn = {"all_reduce": comm.all_reduce_s, "all_gather": comm.all_gather_s,
           "reduce_scatter": comm.reduce_scatter_s}[kind]
-    return np.where(g.size > 1, fn(size_bytes, g.size, bw, lat), 0.0)
+    # A collective with nothing to move is not issued (a dense model's empty expert buffer).
+    return np.where((g.size > 1) & (np.asarray(size_bytes) > 0), fn(size_bytes, g.size, bw, lat), 0.0)
 
 
 def cross_node_all_to_all_s(size_bytes: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, r: LinkRates) -> np.ndarray:
@@ -806,8 +807,8 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     updated weights' all-gather. The reduce hides under the last micro-batch's backward, the all-gather under the next
     step's first forward (Megatron overlap_grad_reduce / overlap_param_gather), each under `dp_overlap_share` of
     that compute; stacks that chunk it (dp_exposed_chunk) always expose the last chunk: Megatron-Core's last DDP
-    bucket (megatron_dp_chunks), DeepSpeed's last bucket (dp_bucket_bytes), else one layer's share (one virtual
-    stage's where dp_chunk_under_pp says so). ZeRO-3 / FSDP: see _zero3_exposed.
+    bucket of each buffer (megatron_dp_chunks), DeepSpeed's last bucket (dp_bucket_bytes), else one layer's share (one
+    virtual stage's where dp_chunk_under_pp says so). ZeRO-3 / FSDP: see _zero3_exposed.
     """
     _, gb, _ = bytes_per_param(L)
     params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
@@ -818,25 +819,39 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     dense_grad = params.dense * gb
     expert_grad = params.expert * gb
     edp = Group.of(L, Axis.EDP)
-    rs = _collective("reduce_scatter", dense_grad, shard, hw) + _collective("reduce_scatter", expert_grad, edp, hw)
-    ag = (_collective("all_gather", params.dense * compute_wb, shard, hw)
-          + _collective("all_gather", params.expert * compute_wb, edp, hw))
-    ar = _collective("all_reduce", dense_grad, shard, hw) + _collective("all_reduce", expert_grad, edp, hw)
+    rs_dense, rs_expert = (_collective("reduce_scatter", dense_grad, shard, hw),
+                           _collective("reduce_scatter", expert_grad, edp, hw))
+    ag_dense, ag_expert = (_collective("all_gather", params.dense * compute_wb, shard, hw),
+                           _collective("all_gather", params.expert * compute_wb, edp, hw))
+    ar_dense, ar_expert = (_collective("all_reduce", dense_grad, shard, hw),
+                           _collective("all_reduce", expert_grad, edp, hw))
+    rs, ag, ar = rs_dense + rs_expert, ag_dense + ag_expert, ar_dense + ar_expert
     hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
     o = hw.comm_overlap if stack.dp_overlap else 0.0  # comm_overlap: measured by `clusterplan profile` (else 1)
     reduce = np.where(L.zero == 0, ar, rs) + hsdp
     gather = np.where(L.zero == 0, 0.0, ag)
-    if stack.dp_bucket_min_params or stack.dp_bucket_params_per_dp_rank:
-        chunks = megatron_dp_chunks(params.dense + params.expert, L, stack)
+    if stack.dp_bucket_params:
+        # Dense and expert gradients sit in separate buffers, each exposing its own last bucket: the chunk count
+        # is the one that leaves that sum exposed.
+        dense_chunks = megatron_dp_chunks(params.dense, L, stack)
+        expert_chunks = megatron_dp_chunks(params.expert, L, stack)
+        last_reduce = (np.where(L.zero == 0, ar_dense, rs_dense) + hsdp) / dense_chunks \
+            + np.where(L.zero == 0, ar_expert, rs_expert) / expert_chunks
+        last_gather = ag_dense / dense_chunks + ag_expert / expert_chunks
+        chunks = np.where(last_reduce > 0, np.maximum(1.0, reduce / np.maximum(last_reduce, TINY_S)), 1.0)
+        gather_chunks = np.where(last_gather > 0, np.maximum(1.0, gather / np.maximum(last_gather, TINY_S)), chunks)
     elif stack.dp_bucket_bytes:
         chunks = np.maximum(1.0, (dense_grad + expert_grad) / stack.dp_bucket_bytes)
+        gather_chunks = chunks
     elif stack.dp_chunk_under_pp == "virtual_stage":
         chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
+        gather_chunks = chunks
     else:
         chunks = np.maximum(slow_layers, 1.0)
+        gather_chunks = chunks
     # A stack whose distributed optimizer gathers the updated weights after its step, before the next forward
     # (param_gather_overlap off: nanotron's ZeroDistributedOptimizer all_gather_coalesced), exposes all of it.
-    gather_exposed = (dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, chunks)
+    gather_exposed = (dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, gather_chunks)
                       if stack.param_gather_overlap else gather)
     exposed12 = dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks) + gather_exposed
     # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
@@ -852,17 +867,16 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
 
 
-def megatron_dp_chunks(stage_params: np.ndarray, L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
-    """How many pieces the rank's gradient reduce (and parameter all-gather) comes in, as seen from the one piece
-    that cannot overlap. Megatron-Core DistributedDataParallel buckets each model chunk's gradients in reverse order
-    into buckets of max(40M, 1M x |dp x cp|) parameters (distributed_data_parallel.py: "make buckets larger to ensure
-    that chunks used in NCCL ring-reduce implementations are large enough to remain bandwidth-bound"), and get_model
-    passes disable_bucketing=(model_chunk_idx > 0): the later virtual stages reduce as one bucket each, under the
-    first chunk's remaining backward. The first chunk finishes its backward last; its last bucket (the smaller of one
-    bucket and the whole chunk) is what no compute hides."""
-    bucket = np.maximum(stack.dp_bucket_min_params, stack.dp_bucket_params_per_dp_rank * L.dp * L.cp)
-    first_chunk = np.where(L.pp > 1, stage_params / L.vpp, stage_params)
-    return np.maximum(1.0, stage_params / np.maximum(np.minimum(bucket, first_chunk), 1.0))
+def megatron_dp_chunks(buffer_params: np.ndarray, L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
+    """How many pieces one gradient buffer's reduce (and its parameter all-gather) comes in, seen from the one piece no
+    compute hides. Megatron-Core DistributedDataParallel fills buckets of stack.dp_bucket_params parameters in reverse
+    order, on the first pipeline stage's first model chunk only ('Turn off bucketing if we are on a pipeline stage
+    that is not the first (since data-parallel communication on these stages is not on the critical path)'; later
+    virtual stages: disable_bucketing). That chunk finishes its backward last; its last bucket, or the whole chunk
+    when smaller, is exposed. `buffer_params`: the rank's parameters in the buffer (dense or expert), 0 for none."""
+    first_chunk = np.where(L.pp > 1, buffer_params / L.vpp, buffer_params)
+    piece = np.minimum(stack.dp_bucket_params, first_chunk)
+    return np.where(buffer_params > 0, np.maximum(1.0, buffer_params / np.maximum(piece, 1.0)), 1.0)
 
 
 def comm_slowdown(g: Group, hw: HardwareRates, slowdowns: tuple[np.ndarray | float, np.ndarray | float]
