@@ -221,12 +221,8 @@ def _k_overhead(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], 
 
 def _fraction(where: str, raw: Mapping[str, Any], sources: Mapping[str, Any], key: str, source: str) -> float:
     """A measured fraction of gemm.yaml (`key`, its source under sources[`source`]): 0 when absent, else in (0, 1]."""
-    if raw.get(key) is None:
-        return 0.0
-    if not str(sources.get(source, "")).strip():
-        raise BadInputError(f"{where}: {key} without a source: add sources.{source}")
-    value = _num(where, raw, key)
-    if not 0.0 < value <= 1.0:
+    value = _k_overhead(where, raw, sources, key, source)  # the same "absent: 0, given: needs its source" rule
+    if raw.get(key) is not None and not 0.0 < value <= 1.0:
         raise BadInputError(f"{where}: {key} must be in (0, 1], got {value}")
     return value
 
