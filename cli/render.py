@@ -30,6 +30,14 @@ def render_estimate(data: dict[str, Any]) -> None:
         iv = data["step_time_interval"]
         console.text(f"  {iv['rate']:.0%} interval {iv['low_s']:.3g}-{iv['high_s']:.3g} s ({iv['source']})")
     console.text(f"MFU basis: {data['mfu_basis']}")
+    hw = data.get("hardware", {})
+    if "gemm_best_shape_tflops" in hw:
+        rates = hw["gemm_best_shape_tflops"]
+        basis = ("measured by clusterplan profile" if hw.get("calibrated") else
+                 "MAMF x training share" + (f" x {hw['gemm_sustained_scale']:.3f} sustained under full-node load"
+                                            if hw.get("gemm_sustained_scale", 1.0) != 1.0 else ""))
+        console.text(f"GEMM rate at the best shape: {rates['bf16']:,.0f} TFLOP/s bf16, {rates['fp8']:,.0f} fp8 "
+                     f"({hw['gpu']}: {basis})")
     if "moe_routing" in data:
         console.text(f"MoE routing: {data['moe_routing']}")
     if "fp8_weights" in data:

@@ -47,3 +47,18 @@ def test_a_mixed_cluster_is_priced_at_its_slowest_group_as_trained():
     for order in (["dgx-b200", "dgx-b300"], ["dgx-b300", "dgx-b200"]):
         mixed = cluster_from_dict({"groups": [{"node": n, "count": 1} for n in order]})
         assert HardwareRates.of(mixed).gpu_name == "B200"
+
+
+def test_estimate_shows_the_gemm_rate_it_priced(run_cli):
+    """`estimate` says which best-shape GEMM rate it priced and why: B200 at MAMF x share x 0.932 (its measured
+    sustained ratio over GH100's), in the JSON and on the table."""
+    import json
+
+    args = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-b200:1", "--layout",
+            "tp=1,dp=8,mbs=2,gbs=128,seq=8192,precision=fp8,recompute=none"]
+    code, out, _ = run_cli(*args, "--format", "json")
+    hw = json.loads(out)["hardware"]
+    assert code == 0 and hw["gemm_sustained_scale"] == pytest.approx(0.828 / 0.888, abs=1e-4)
+    assert hw["gemm_best_shape_tflops"]["bf16"] == pytest.approx(1383.8, abs=0.5)
+    code, text, _ = run_cli(*args)
+    assert "GEMM rate at the best shape: 1,384 TFLOP/s bf16" in text and "x 0.932 sustained under full-node load" in text

@@ -130,6 +130,8 @@ class HardwareRates:
     """CPU runs: rank threads per CPU core when every rank is busy (4 ranks x 1 thread on 2 cores: 2). The
     calibrated rates were measured that way; a pipeline's idle ranks lend their cores to the busy ones."""
     calibrated: bool = False
+    gemm_sustained_scale: float = 1.0
+    """The sustained / burst scale in the GEMM rates (sustained_scale, bf16); 1 when a calibration measured them."""
     attention: AttentionRates | None = None
     """Published flash-attention kernel curves of this GPU (None or empty: the core is priced as its GEMMs)."""
     gemm_shape: GemmShapeModel | None = None
@@ -225,11 +227,12 @@ class HardwareRates:
         fp8_rate = (gpu.tflops("fp8") * 1e12 * fp8_fraction * TRAINING_GEMM_SHARE * clock
                     * sustained_scale(tiling, "fp8"))
         shape = GemmShapeModel.of(tiling, best_shape_flops=rate, best_shape_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm)
+        sustained = sustained_scale(tiling, "bf16")
         if calibration is not None:
             calibrated = True
             measured_curve = calibration.gemm_curve("bf16")
             if measured_curve is not None:
-                curve, shape = measured_curve, None
+                curve, shape, sustained = measured_curve, None, 1.0
                 fp8_rate = curve.max_tflops * 1e12 * fp8_scale
             hbm = calibration.copy_bytes_per_s or hbm
             up = calibration.collective("all_reduce", "scale_up")
@@ -277,7 +280,8 @@ class HardwareRates:
                    domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
-                   axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, fp8_all_layouts=all_layouts,
+                   axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, gemm_sustained_scale=sustained,
+                   fp8_all_layouts=all_layouts,
                    mxfp8_gemm_time_ratio=mx_ratio, rowwise_gemm_time_ratio=rowwise_ratio, **_attention_rates(attn))
 
     @classmethod

@@ -162,7 +162,10 @@ class Estimate:
                      if (self.model.is_moe or ev.stack.dense_host is not None or term not in DENSE_ABSENT_TERMS)
                      and (self.layout.offload_layers or term not in OFFLOAD_TERMS)},
             "stack": ev.stack.name,
-            "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap)},
+            "hardware": {"gpu": ev.hw.gpu_name, "calibrated": ev.hw.calibrated, "comm_overlap": _r(ev.hw.comm_overlap),
+                         "gemm_best_shape_tflops": {"bf16": _r(ev.hw.gemm_max_flops / 1e12),
+                                                    "fp8": _r(ev.hw.gemm_max_flops_fp8 / 1e12)},
+                         "gemm_sustained_scale": _r(ev.hw.gemm_sustained_scale)},
         })
         if self.model.is_moe:
             L = self.layout
