@@ -427,3 +427,19 @@ def test_torchtitan_stacks_run_sdpa_with_cudnn_first():
     assert flops / fwd == pytest.approx(313.5e12)
     mi300x = HardwareRates.of(load_cluster("mi300x-8:1")).attention
     assert mi300x.family("sdpa_cudnn_first") == mi300x.family("sdpa")
+
+
+def test_flash_backward_counts_the_value_head_dim_apart():
+    """Flash backward recomputes S and computes dQ, dK (inner d_qk) and dV, dP (inner d_v) against the forward's S
+    (d_qk) and O (d_v): (3 d_qk + 2 d_v) / (d_qk + d_v). Equal head dims: 5 / 2 = 2.5 (Dao 2023); DeepSeek-V3's MLA,
+    192 / 128: (576 + 256) / 320 = 2.6, as NVIDIA's cudnn-frontend DeepSeek-V3 attention benchmark counts it."""
+    from clusterplan.models.hardware.attention import flash_backward_flops_over_forward
+
+    assert flash_backward_flops_over_forward(128, 128) == ATTN_BWD_FLOPS_OVER_FWD == 2.5
+    assert flash_backward_flops_over_forward(192, 128) == pytest.approx(2.6)
+    # In the priced layer: DeepSeek-V3's attention backward is 2.6 x its forward FLOPs at the backward curve.
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.architecture.shapes import ModelShapes
+
+    shapes = ModelShapes.of(load_model("deepseek-v3"))
+    assert (shapes.q_dim / shapes.n_heads, shapes.v_dim / shapes.n_heads) == (192, 128)

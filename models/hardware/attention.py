@@ -23,6 +23,15 @@ ATTN_BWD_FLOPS_OVER_FWD = 2.5
 Sec. 4.1, the FLOP count its benchmarks use)."""
 
 
+def flash_backward_flops_over_forward(qk_head_dim: float, v_head_dim: float) -> float:
+    """Flash backward FLOPs over forward for query/key head dim d_qk and value head dim d_v. Forward: S = Q K^T
+    (inner d_qk) and O = P V (d_v). Backward: the recomputed S, dQ = dS K and dK = dS^T Q (d_qk each), dV = P^T dO and
+    dP = dO V^T (d_v each): (3 d_qk + 2 d_v) / (d_qk + d_v), ATTN_BWD_FLOPS_OVER_FWD when the two are equal. MLA's
+    192 / 128 (DeepSeek-V3): 2.6, as NVIDIA's cudnn-frontend DeepSeek-V3 attention benchmark counts it
+    (2 b h s^2 (3 x 192 + 2 x 128), halved for causal)."""
+    return (3.0 * qk_head_dim + 2.0 * v_head_dim) / (qk_head_dim + v_head_dim)
+
+
 @dataclass(frozen=True, slots=True)
 class AttentionRates:
     curves: tuple[AttentionCurve, ...]

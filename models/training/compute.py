@@ -9,7 +9,7 @@ import numpy as np
 
 from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
-from clusterplan.models.hardware.attention import ATTN_BWD_FLOPS_OVER_FWD, AttentionRates
+from clusterplan.models.hardware.attention import AttentionRates, flash_backward_flops_over_forward
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.autocast import (
     activation_cast_times,
@@ -663,7 +663,7 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
 
 
 def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq: np.ndarray, cp: np.ndarray,
-                        head_dim: float) -> tuple[np.ndarray, np.ndarray]:
+                        head_dim: float, bwd_over_fwd: float) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of a full causal layer's attention core under load-balanced ring context
     parallelism, call by call; `flops`: the rank's executed causal forward FLOPs (half its query rows x all keys).
 
@@ -685,7 +685,7 @@ def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq
     off_f = att.rate(kernel, c, head_dim, "forward", causal=False) if att.has_noncausal(kernel, "forward") else diag_f
     off_b = att.rate(kernel, c, head_dim, "backward", causal=False) if att.has_noncausal(kernel, "backward") else diag_b
     fwd = block / diag_f + off / off_f
-    bwd = ATTN_BWD_FLOPS_OVER_FWD * (block / diag_b + off / off_b)
+    bwd = bwd_over_fwd * (block / diag_b + off / off_b)
     return fwd, bwd
 
 
@@ -721,13 +721,13 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
     sliding-window layers (a curve measured at the layer's own window instead, at seq / cp), and the model's head dim;
     full layers under load-balanced ring context parallelism (`cp_blocks`, per layout) call by call instead
     (cp_block_core_times); else its score/value GEMMs with only the causal share computed.
-    Backward: ATTN_BWD_FLOPS_OVER_FWD x the forward FLOPs at the published backward rate (the fit's own ratio when
-    calibrated).
+    Backward: flash_backward_flops_over_forward x the forward FLOPs at the published backward rate (the fit's own
+    ratio when calibrated).
     Flash off: the unfused GEMMs (every score block computed, the score matrix through HBM)."""
     t_gemm, t_gemm_bwd = core_gemm_times(shapes, L, hw)
     flash = L.flash_attn > 0
     fwd = causal_share(shapes, L.seq) * t_gemm
-    bwd_ratio = ATTN_BWD_FLOPS_OVER_FWD
+    bwd_ratio = flash_backward_flops_over_forward(shapes.q_dim / shapes.n_heads, shapes.v_dim / shapes.n_heads)
     source = flash_core_source(hw, attention_kernel)
     if source == CORE_FROM_PROFILE:
         fwd = gemm_s(core_exec, 1.0, hw.attn_max_flops, hw.attn_half_flops)
@@ -738,11 +738,11 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         n_sl = shapes.n_sliding_layers
         att = hw.attention
         full_layers = (shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s
-        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp, head_dim)
+        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp, head_dim, bwd_ratio)
         if not np.all(np.asarray(cp_blocks) & (L.cp > 1)):  # the rest: one causal call at seq / cp
             whole = L.seq / L.cp
             fwd = np.where(cp_blocks, fwd, full_layers / att.forward_flops_per_s(attention_kernel, whole, head_dim))
-            bwd = np.where(cp_blocks, bwd, ATTN_BWD_FLOPS_OVER_FWD * full_layers
+            bwd = np.where(cp_blocks, bwd, bwd_ratio * full_layers
                            / att.backward_flops_per_s(attention_kernel, whole, head_dim))
         parts = []
         if n_sl:
@@ -754,7 +754,7 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
             else:  # the full-causal curve at the window's key length
                 parts.append((local, w, None))
         fwd = fwd + sum((f / att.forward_flops_per_s(attention_kernel, s, head_dim, win) for f, s, win in parts), 0.0)
-        bwd = bwd + sum((ATTN_BWD_FLOPS_OVER_FWD * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
+        bwd = bwd + sum((bwd_ratio * f / att.backward_flops_per_s(attention_kernel, s, head_dim, win)
                          for f, s, win in parts), 0.0)
         return np.where(flash, fwd, t_gemm), np.where(flash, bwd, t_gemm_bwd)
     return np.where(flash, fwd, t_gemm), np.where(flash, bwd_ratio * fwd, t_gemm_bwd)
