@@ -28,7 +28,7 @@ def test_blocks_by_hand_h100_fa2():
     2.027027 = 2.773296 s. Backward: 2.5 x (2.5e14 / (335 x 322 / 370) + 7.5e14 / 322) = 2.5 x (0.857513 +
     2.329193) = 7.966765 s."""
     att = H100.attention
-    fwd, bwd = cp_block_core_times(att, "fa2", np.array([1e15]), np.array([131072.0]), np.array([4.0]), 128.0)
+    fwd, bwd = cp_block_core_times(att, "fa2", np.array([1e15]), np.array([131072.0]), np.array([4.0]), 128.0, 2.5)
     assert float(fwd[0]) == pytest.approx(2.773296, rel=1e-5)
     assert float(bwd[0]) == pytest.approx(7.966765, rel=1e-5)
 
@@ -36,7 +36,7 @@ def test_blocks_by_hand_h100_fa2():
 def test_cp1_is_the_causal_call():
     """cp = 1: one call, the causal diagonal over the whole sequence (no off-diagonal term)."""
     att = H100.attention
-    fwd, bwd = cp_block_core_times(att, "fa2", np.array([1e15]), np.array([8192.0]), np.array([1.0]), 128.0)
+    fwd, bwd = cp_block_core_times(att, "fa2", np.array([1e15]), np.array([8192.0]), np.array([1.0]), 128.0, 2.5)
     assert float(fwd[0]) == pytest.approx(1e15 / float(att.forward_flops_per_s("fa2", np.array([8192.0]), 128.0)[0]))
     assert float(bwd[0]) == pytest.approx(ATTN_BWD_FLOPS_OVER_FWD * 1e15
                                           / float(att.backward_flops_per_s("fa2", np.array([8192.0]), 128.0)[0]))
@@ -47,7 +47,7 @@ def test_short_blocks_take_the_short_curve_point():
     the off-diagonal call without mask at 2048 = 362 (FA3 paper Fig. 5(c)/(d)); 2e12 FLOPs, 1e12 per call:
     1e12 / 319e12 + 1e12 / 362e12 = 5.8972 ms."""
     att = H100.attention
-    fwd, _ = cp_block_core_times(att, "fa2", np.array([2e12]), np.array([8192.0]), np.array([2.0]), 128.0)
+    fwd, _ = cp_block_core_times(att, "fa2", np.array([2e12]), np.array([8192.0]), np.array([2.0]), 128.0, 2.5)
     assert float(fwd[0]) == pytest.approx(1 / 319 + 1 / 362, rel=1e-6)
 
 
