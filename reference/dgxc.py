@@ -153,7 +153,8 @@ class DgxcRow(PricedRow):
         return f"{self.release} {self.system} {self.model} {self.precision} {self.gpus} gbs{self.layout.gbs}"
 
 
-def dgxc_layout(r: dict[str, str], model: ModelSpec, recipe: Recipe) -> tuple[Layout, list[str]]:
+def dgxc_layout(r: dict[str, str], model: ModelSpec, recipe: Recipe, full_layers: int) -> tuple[Layout, list[str]]:
+    """The row's layout and notes; `model` may be a proxy with fewer layers than the full model's `full_layers`."""
     tp, pp, cp, vp, ep, etp = (int(r[k]) for k in ("tp", "pp", "cp", "vp", "ep", "etp"))
     gpus, fp8 = int(r["gpus"]), r["precision"] != "BF16"
     notes = [recipe.source]
@@ -180,7 +181,7 @@ def dgxc_layout(r: dict[str, str], model: ModelSpec, recipe: Recipe) -> tuple[La
     if fp8:
         notes.append(f"fp8 recipe {FP8_RECIPE}, fp8 parameters")
     if r["layers"]:
-        notes.append(f"proxy of {r['layers']} of {_model(r['model']).n_layers} layers")
+        notes.append(f"proxy of {r['layers']} of {full_layers} layers")
     if r["notes"]:
         notes.append(r["notes"])
     return layout, notes
@@ -199,10 +200,9 @@ def dgxc_rows() -> list[DgxcRow]:
                             seq=int(r["seq"]))
             out.append(DgxcRow(layout=layout, notes=(r["notes"],), reason=NOT_EXPRESSIBLE[r["model"]], **base))
             continue
-        model = _model(r["model"])
-        if r["layers"]:
-            model = replace(model, n_layers=int(r["layers"]))
-        layout, notes = dgxc_layout(r, model, RECIPES[(r["model"], r["system"])])
+        full = _model(r["model"])
+        model = replace(full, n_layers=int(r["layers"])) if r["layers"] else full
+        layout, notes = dgxc_layout(r, model, RECIPES[(r["model"], r["system"])], full.n_layers)
         node, per = SYSTEMS[r["system"]]
         cluster = load_cluster(f"{node}:{gpus // per}")
         recipe = FP8_RECIPE if layout.precision == "fp8" else None

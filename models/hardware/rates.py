@@ -202,8 +202,9 @@ class HardwareRates:
         gpu = group.gpu
         peak = gpu.tflops("bf16") * 1e12
         clock = power_clock_scale(group.power_cap_w, gpu.tdp_w)
-        rate = (peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock
-                * sustained_scale(get_gemm_tiling(gpu.name), "bf16"))
+        tiling = get_gemm_tiling(gpu.name)
+        sustained = sustained_scale(tiling, "bf16")
+        rate = peak * gpu.gemm_peak_fraction * TRAINING_GEMM_SHARE * clock * sustained
         curve = GemmCurve(max_tflops=rate / 1e12, half_flops=0.0)
         fp8_scale = gpu.tflops("fp8") / gpu.tflops("bf16")
         hbm = gpu.hbm_bytes_per_s * gpu.hbm_fraction
@@ -222,12 +223,10 @@ class HardwareRates:
                 axis_caps = {EVERY_AXIS: min(off) * 1e9 / group.gpus_per_node}
         calibrated, overlap, per_op, factor, tp_overhead, oversub = False, 1.0, {}, 1.0, 0.0, 1.0
         attn = None
-        tiling = get_gemm_tiling(gpu.name)
         fp8_fraction = tiling.fp8_mamf_fraction if tiling and tiling.fp8_mamf_fraction else gpu.gemm_peak_fraction
         fp8_rate = (gpu.tflops("fp8") * 1e12 * fp8_fraction * TRAINING_GEMM_SHARE * clock
                     * sustained_scale(tiling, "fp8"))
         shape = GemmShapeModel.of(tiling, best_shape_flops=rate, best_shape_flops_fp8=fp8_rate, hbm_bytes_per_s=hbm)
-        sustained = sustained_scale(tiling, "bf16")
         if calibration is not None:
             calibrated = True
             measured_curve = calibration.gemm_curve("bf16")

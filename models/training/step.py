@@ -840,14 +840,13 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
         last_gather = ag_dense / dense_chunks + ag_expert / expert_chunks
         chunks = np.where(last_reduce > 0, np.maximum(1.0, reduce / np.maximum(last_reduce, TINY_S)), 1.0)
         gather_chunks = np.where(last_gather > 0, np.maximum(1.0, gather / np.maximum(last_gather, TINY_S)), chunks)
-    elif stack.dp_bucket_bytes:
-        chunks = np.maximum(1.0, (dense_grad + expert_grad) / stack.dp_bucket_bytes)
-        gather_chunks = chunks
-    elif stack.dp_chunk_under_pp == "virtual_stage":
-        chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
-        gather_chunks = chunks
     else:
-        chunks = np.maximum(slow_layers, 1.0)
+        if stack.dp_bucket_bytes:
+            chunks = np.maximum(1.0, (dense_grad + expert_grad) / stack.dp_bucket_bytes)
+        elif stack.dp_chunk_under_pp == "virtual_stage":
+            chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
+        else:
+            chunks = np.maximum(slow_layers, 1.0)
         gather_chunks = chunks
     # A stack whose distributed optimizer gathers the updated weights after its step, before the next forward
     # (param_gather_overlap off: nanotron's ZeroDistributedOptimizer all_gather_coalesced), exposes all of it.
