@@ -23,9 +23,31 @@ def test_b200_runs_its_measured_sustained_ratio_over_gh100s():
     assert sustained_scale(b200, "fp8") == pytest.approx(0.832 / 0.888)  # 0.9369
 
 
-@pytest.mark.parametrize("gpu", ["H100-SXM5-80GB", "H200-SXM-141GB", "GB200", "GB300", "B300", "MI300X"])
+def test_gb200_sustains_b200s_rate_at_its_higher_power_cap():
+    """GB200 is B200's die at 1,200 W instead of 1,000 W. B200's sustained rate, 0.828 x 2,250 x 0.776 = 1,446
+    TFLOP/s bf16, is GB200's under a 1,000 of 1,200 W cap; the cap -> clock rule gives 0.924 of the clock at 1,200 W
+    ((1000 / 1200 - 0.21) / 0.79) ** (1 / 3), so GB200 sustains 1,446 / 0.924 = 1,565 of its 2,500 x 0.729 = 1,823
+    burst: 0.858 (fp8: 0.832 x 4,500 x 0.763 / 0.924 / (5,000 x 0.723) = 0.855). Fails when any input moves."""
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.hardware.power import power_clock_scale
+
+    b200, gb200 = get_gpu("B200"), get_gpu("GB200")
+    clock = power_clock_scale(b200.tdp_w, gb200.tdp_w)
+    assert (b200.tdp_w, gb200.tdp_w) == (1000, 1200) and clock == pytest.approx(0.924, abs=5e-4)
+    b200_tiling, tiling = get_gemm_tiling("B200"), get_gemm_tiling("GB200")
+    b200_sustained_bf16 = b200_tiling.sustained_fraction_bf16 * b200.tflops("bf16") * b200.gemm_peak_fraction
+    b200_sustained_fp8 = b200_tiling.sustained_fraction_fp8 * b200.tflops("fp8") * b200_tiling.fp8_mamf_fraction
+    assert tiling.sustained_fraction_bf16 == pytest.approx(
+        b200_sustained_bf16 / clock / (gb200.tflops("bf16") * gb200.gemm_peak_fraction), abs=5e-4)  # 0.8584
+    assert tiling.sustained_fraction_fp8 == pytest.approx(
+        b200_sustained_fp8 / clock / (gb200.tflops("fp8") * tiling.fp8_mamf_fraction), abs=5e-4)  # 0.8552
+    assert sustained_scale(tiling, "bf16") == pytest.approx(0.858 / 0.888)  # 0.966: 3.4 % below the share
+
+
+@pytest.mark.parametrize("gpu", ["H100-SXM5-80GB", "H200-SXM-141GB", "GB300", "B300", "MI300X"])
 def test_unmeasured_gpus_and_the_reference_keep_the_share(gpu):
-    # Not measured with the whole node busy (GB200 / GB300 have no MSMF; B300's was one GPU alone): unscaled.
+    # Not measured with the whole node busy (GB300 has no MSMF, nor a same-die part that has one; B300's was one GPU
+    # alone): unscaled.
     assert sustained_scale(get_gemm_tiling(gpu), "bf16") == sustained_scale(get_gemm_tiling(gpu), "fp8") == 1.0
 
 
