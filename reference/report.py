@@ -3,7 +3,8 @@ NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), 
 and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
-(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), NVIDIA's
+(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), Megatron-Core's
+published Mixtral runs on H100 (reference/mixtral.py), NVIDIA's
 MLPerf Training submissions (reference/mlperf.py) and its DGX Cloud Benchmarking recipes (reference/dgxc.py).
 
     python -m clusterplan.reference                     # prints every comparison table
@@ -11,7 +12,8 @@ MLPerf Training submissions (reference/mlperf.py) and its DGX Cloud Benchmarking
 
 The same rows are asserted in tests/test_reference_training.py, tests/test_reference_bridge.py,
 tests/test_reference_titan.py, tests/test_reference_nemo.py, tests/test_reference_foundry.py,
-tests/test_reference_llama3.py, tests/test_reference_mcore_moe.py, tests/test_reference_mlperf.py and
+tests/test_reference_llama3.py, tests/test_reference_mcore_moe.py, tests/test_reference_mixtral.py,
+tests/test_reference_mlperf.py and
 tests/test_reference_dgxc.py with the
 tolerances stated there.
 """
@@ -319,13 +321,14 @@ def markdown_report() -> str:
 
     out += ["#### Llama 3 405B pre-training on 8,192 and 16,384 H100 (Dubey et al. 2024, arXiv 2407.21783, Table 4): "
             "TFLOP/s per GPU", "", llama3.markdown_table(llama3.llama3_rows()), ""]
-    from clusterplan.reference import deepseek_v3, mcore_moe
+    from clusterplan.reference import deepseek_v3, mcore_moe, mixtral
 
     out += ["#### DeepSeek-V3 pre-training on 2,048 H800 (DeepSeek-AI 2024, arXiv 2412.19437): tokens/s per GPU", "",
             deepseek_v3.markdown_table(deepseek_v3.deepseek_rows()), ""]
     out += ["#### Megatron-Core MoE report (Yan et al. 2026, arXiv 2603.07685) and Megatron-MoE-ModelZoo runs on H100, "
             "GB200, GB300; Megatron-Bridge pull requests' runs at NVIDIA's fixed recipes (source pr: DGX-B200 #2499 "
             "Qwen3-30B, #1760 Qwen3-235B, #1869 DeepSeek-V3; DGX-H100 #5123 Qwen3-30B): tokens/s per GPU", "", mcore_moe.markdown_table(mcore_moe.mcore_moe_rows()), ""]
+    out += [f"#### {mixtral.TITLE}", "", mixtral.markdown_table(mixtral.mixtral_rows()), ""]
     from clusterplan.reference import mlperf
 
     out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B submissions (v3.0-v5.0): tokens/s per GPU of "
@@ -383,6 +386,9 @@ def print_text_report() -> None:
     from clusterplan.reference import mcore_moe
 
     mcore_moe.print_table(mcore_moe.mcore_moe_rows())
+    from clusterplan.reference import mixtral
+
+    mixtral.print_table(mixtral.mixtral_rows())
     from clusterplan.reference import mlperf
 
     mlperf.print_table(mlperf.mlperf_rows())
