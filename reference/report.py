@@ -73,7 +73,7 @@ class PublishedRow(Protocol):
 
 class PricedRow:
     """What a published row priced by `estimate` answers (a mixin of the frozen row dataclasses: bridge, mcore_moe,
-    mlperf), from its `reason` (why the CLI cannot express it, '' when it can), `label`, and published and predicted
+    mixtral, mlperf), from its `reason` (why the CLI cannot express it, '' when it can), `label`, and published and predicted
     tokens/s per GPU."""
 
     reason: str
