@@ -224,6 +224,10 @@ class ExecutionStack:
     """Pipeline send/recv runs under the next chunk's compute (Megatron --overlap-p2p-comm)."""
     pp_overlap_schedules: tuple[str, ...]
     """Schedules under which pp_overlap applies (Megatron-Bridge turns overlap_p2p_comm on only with vpp > 1)."""
+    pp_warmup_exposed: bool = False
+    """Under an overlapped interleaved schedule, every warm-up forward and cool-down backward chunk pass sends and
+    receives on the critical path, not only the 2 (pp - 1) transfers of the fill and drain (Megatron-Core's
+    overlap_p2p_comm_warmup_flush off, its default)."""
     dp_overlap: bool
     """Bucketed gradient reduce (and parameter all-gather) overlapped with backward (forward)."""
     dp_overlap_share: float
@@ -527,6 +531,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
                                            lambda: _count(where, raw, "tp_overlap_bulk_sm_margin"), TE_UB_COMM_SMS),
         pp_overlap=_flag(where, raw, "pp_overlap"),
         pp_overlap_schedules=_subset(where, raw, "pp_overlap_schedules", SCHEDULES),
+        pp_warmup_exposed=_sourced(where, raw, "pp_warmup_exposed", lambda: _flag(where, raw, "pp_warmup_exposed"),
+                                   False),
         dp_overlap=_flag(where, raw, "dp_overlap"), dp_overlap_share=_share(where, raw, "dp_overlap_share"),
         dp_exposed_chunk=_flag(where, raw, "dp_exposed_chunk"), dp_bucket_bytes=_bytes(where, raw, "dp_bucket_bytes"),
         dp_chunk_under_pp=_choice(where, raw, "dp_chunk_under_pp", DP_CHUNKS),

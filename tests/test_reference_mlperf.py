@@ -117,7 +117,8 @@ def test_every_expressible_row_fits_in_memory(rows):
 def test_fp8_params_and_bf16_grad_sync_are_what_moved_the_largest_runs(rows):
     # GPT-3 on 10,752 H100 (dp 448, 6 micro-batches): the same layout with bf16 weights beside the fp8 copies and
     # fp32 gradient sync is the -18.7 % row this set first printed (-17.4 % since a dense model's empty expert buffer
-    # issues no collective: step._collective).
+    # issues no collective: step._collective; -19.1 % since Megatron-Core's warm-up and cool-down sends are exposed,
+    # stacks.yaml pp_warmup_exposed: at 6 micro-batches x 8 virtual stages every pass is warm-up or cool-down).
     from dataclasses import replace
 
     from clusterplan.hardware_db import get_stack
@@ -130,4 +131,4 @@ def test_fp8_params_and_bf16_grad_sync_are_what_moved_the_largest_runs(rows):
     plain = replace(row.layout, fp8_params=False, fp32_grads=True)
     js = estimate(load_model("gpt3-175b"), load_cluster("dgx-h100:1344"), plain, stack=get_stack(mlperf.STACK),
                   fp8_recipe=mlperf.FP8_RECIPE).to_json()
-    assert js["tokens_per_s"] / row.gpus / row.published_tokens_per_s - 1 == pytest.approx(-0.174, abs=0.005)
+    assert js["tokens_per_s"] / row.gpus / row.published_tokens_per_s - 1 == pytest.approx(-0.191, abs=0.005)

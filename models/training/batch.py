@@ -219,6 +219,14 @@ class LayoutArrays:
         share = np.where(self.recompute_layers > 0, np.minimum(self.recompute_layers, per_rank) / per_rank, 1.0)
         return np.where(self.recompute == RECOMPUTE_FULL, share, 0.0)
 
+    def interleaved_warmup_passes(self) -> np.ndarray:
+        """Forward chunk passes pipeline rank 0 runs before its first backward under the interleaved schedule, at
+        most all m x vpp (Megatron-Core schedules.py get_pp_rank_microbatches with microbatch_group_size_per_vp_stage
+        = pp, its default; torch.distributed.pipelining's Interleaved1F1B warms up alike): 2 (pp - 1) + (vpp - 1) pp.
+        The cool-down runs as many backward passes alone."""
+        warmup = (self.pp - 1.0) * 2.0 + (self.vpp - 1.0) * self.pp
+        return np.minimum(warmup, self.microbatches * self.vpp)
+
     def take(self, index: np.ndarray) -> LayoutArrays:
         return LayoutArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 

@@ -92,8 +92,7 @@ def combined_1f1b_unmerged_share(L: LayoutArrays) -> np.ndarray:
     Interleaved (schedules.py get_pp_rank_microbatches, rank 0, microbatch_group_size_per_vp_stage = pp):
     (pp - 1) x 2 + (vpp - 1) x pp + 1 warm-up passes (the + 1 is the a2a overlap's) of m x vpp, at most all."""
     m = L.microbatches
-    warmup = (L.pp - 1.0) * 2.0 + (L.vpp - 1.0) * L.pp + 1.0
-    interleaved = np.minimum(warmup, m * L.vpp) / (m * L.vpp)
+    interleaved = np.minimum(L.interleaved_warmup_passes() + 1.0, m * L.vpp) / (m * L.vpp)
     return np.where(L.pp > 1, interleaved, 1.0 / m)
 
 

@@ -761,10 +761,18 @@ def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionS
     """Exposed pipeline send/recv per step: 2 (m vpp + pp - 1) transfers (forward activations, backward gradients;
     Narayanan 2021). With the stack's P2P overlap (Megatron --overlap-p2p-comm under interleaving, torch pipelining's
     async isend/irecv) the steady-state m vpp transfers each way run under one chunk's forward or backward (a stage's
-    per-micro-batch time / 2 vpp); the 2 (pp - 1) transfers of fill and drain stay on the critical path."""
+    per-micro-batch time / 2 vpp); the 2 (pp - 1) transfers of fill and drain stay on the critical path. A stack whose
+    warm-up and cool-down passes send and receive unoverlapped (pp_warmup_exposed: Megatron-Core, "The PP send/recv
+    in warmup and flush are exposed by default", Megatron-Bridge docs/performance-guide.md) exposes the transfers of
+    all rank 0's warm-up forward and cool-down backward passes (LayoutArrays.interleaved_warmup_passes), 2 (pp - 1)
+    + (vpp - 1) pp each way, the rest of the m vpp overlapped: the P2P cost that grows with vpp and "cancels off the
+    reduced pipeline bubbles" (NeMo docs, communication_overlap.rst)."""
     serial = 2.0 * (m * L.vpp + L.pp - 1.0) * p2p
-    overlapped = (2.0 * (L.pp - 1.0) * p2p
-                  + 2.0 * m * L.vpp * comm.exposed_s(p2p, stage / (2.0 * L.vpp), hw.comm_overlap))
+    steady = 2.0 * comm.exposed_s(p2p, stage / (2.0 * L.vpp), hw.comm_overlap)
+    overlapped = 2.0 * (L.pp - 1.0) * p2p + m * L.vpp * steady
+    if stack.pp_warmup_exposed:
+        alone = L.interleaved_warmup_passes()
+        overlapped = 2.0 * alone * p2p + (m * L.vpp - alone) * steady
     codes = [CODES["schedule"][name] for name in stack.pp_overlap_schedules] if stack.pp_overlap else []
     return np.where(np.isin(L.schedule, codes), overlapped, serial)
 
