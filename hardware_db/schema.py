@@ -149,7 +149,8 @@ class GemmTiling:
     sustained_fraction_fp8: float = 0.0
     """Maximum sustainable matmul FLOPS over the burst MAMF, bf16 / fp8, measured with every GPU of the node running
     matmuls (stas00/ml-engineering mamf-finder-all-gpus.py "MSMF": the power-capped steady clock a training step runs
-    at; sources: sustained); 0 where not measured under that load (models/hardware/rates.py sustained_scale)."""
+    at; sources: sustained), or derived from the same die's measurement at another power cap (GB200 from B200); 0
+    where neither (models/hardware/rates.py sustained_scale)."""
     blockwise_fp8_k_overhead: float = 0.0
     """The same k_0 for block-scaled fp8 GEMMs (1x128 / 128x128 scales: DeepGEMM, Transformer Engine's
     Float8BlockScaling), which promote the tensor cores' partial sums to fp32 every 128 of k (DeepSeek-V3 report,

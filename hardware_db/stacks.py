@@ -225,9 +225,9 @@ class ExecutionStack:
     pp_overlap_schedules: tuple[str, ...]
     """Schedules under which pp_overlap applies (Megatron-Bridge turns overlap_p2p_comm on only with vpp > 1)."""
     pp_warmup_exposed: bool = False
-    """Under an overlapped interleaved schedule, every warm-up forward and cool-down backward chunk pass sends and
-    receives on the critical path, not only the 2 (pp - 1) transfers of the fill and drain (Megatron-Core's
-    overlap_p2p_comm_warmup_flush off, its default)."""
+    """Under an overlapped interleaved schedule, every warm-up forward and cool-down backward chunk pass also sends
+    and receives on the critical path, besides the 2 (pp - 1) transfers of the fill and drain (Megatron-Core's
+    overlap_p2p_comm_warmup_flush off, its default), and there is no overlap without virtual stages."""
     dp_overlap: bool
     """Bucketed gradient reduce (and parameter all-gather) overlapped with backward (forward)."""
     dp_overlap_share: float

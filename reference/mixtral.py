@@ -22,6 +22,7 @@ from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.reference.bridge import bridge_flops_per_token
+from clusterplan.reference.mcore_moe import FP8_RECIPES
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
@@ -37,21 +38,34 @@ from clusterplan.reference.report import (
 
 MIXTRAL_CSV = "mixtral_h100.csv"
 STACK = "megatron-core"
-FP8_RECIPES = {"FP8-BLK": "blockwise", "BF16": None}
-"""FP8-BLK: the ModelZoo's PR=fp8, --fp8-recipe blockwise (128 x 128 weights, 1 x 128 activations) on Hopper."""
 NODE = "dgx-h100"
+GPUS_PER_NODE = 8
+"""DGX H100: 8 GPUs per node (the sources' "8xH100 80GB HBM3" servers)."""
+FP32_GRADS_SOURCE = ("Megatron-LM megatron/training/arguments.py: with --bf16, 'bfloat16 requires gradient "
+                     "accumulation and all-reduce to be done in fp32' sets accumulate_allreduce_grads_in_fp32 (every "
+                     "row runs Megatron-LM's pretrain_gpt.py; none passes --grad-reduce-in-bf16)")
+"""Why every row accumulates and reduces its gradients in fp32 (Layout.fp32_grads). The fp8 row's fp8-only
+parameters and bf16 Adam moments: mcore_moe.FP8_PARAMS_SOURCE and mcore_moe.BF16_MOMENTS_SOURCE (the same
+sbatch_benchmarking.sh PR=fp8 flags)."""
 ROUTING_NOTES = {
-    "dropless": "the router's own routing, its imbalance not published (the ModelZoo loads a trained checkpoint, "
-                "PRETRAIN=0): priced balanced, an upper bound on throughput",
-    "forced": "force-balanced (--moe-router-force-load-balancing)",
-    "drop": "token drop: capacity factor 1.0, padded",
+    ("readme", "dropless"): "the router's own routing, its imbalance not published (nor whether the README's run "
+                            "loaded a checkpoint): priced balanced, an upper bound on throughput",
+    ("zoo", "dropless"): "the router's own routing from a trained checkpoint (runtime.conf PRETRAIN=0), its imbalance "
+                         "not published: priced balanced, an upper bound on throughput (the source's own dropless "
+                         "and force-balanced figures differ by 4 %)",
+    ("zoo", "forced"): "force-balanced (--moe-router-force-load-balancing)",
+    ("zoo", "drop"): "token drop: capacity factor 1.0, padded",
 }
+"""Each row's routing, keyed (source family, routing)."""
+FLOP_COUNTS = ("causal", "full")
 
 
 def megatron_flops_per_token(model: ModelSpec, seq: int, tp: int, count: str) -> float:
     """Megatron-LM's num_floating_point_operations per token: `causal` as Megatron-Bridge copies it (the attention
     core's causal half, bridge.bridge_flops_per_token); `full` as Megatron-LM counted it before its MLA-era rewrite,
     the whole s x s core: 6 L s q_dim FLOPs per token more (12 L h^2 (s / 2h) q_dim / h)."""
+    if count not in FLOP_COUNTS:
+        raise ValueError(f"FLOP count {count!r}: one of {FLOP_COUNTS}")
     causal = bridge_flops_per_token(model, seq, tp)
     return causal if count == "causal" else causal + 6 * model.n_layers * seq * model.q_dim
 
@@ -62,7 +76,7 @@ def mixtral_layout(r: dict[str, str], vp: int) -> Layout:
     return Layout(tp=tp, pp=pp, dp=int(r["gpus"]) // (tp * pp), vpp=vp, ep=ep, etp=1, mbs=int(r["mbs"]),
                   gbs=int(r["gbs"]), seq=int(r["seq"]), sp=tp > 1, zero=1, recompute="none",
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision="fp8" if fp8 else "bf16",
-                  flash_attn=True, fp32_grads=True, moe_dispatcher="alltoall",
+                  flash_attn=True, fp32_grads=True, moe_dispatcher="alltoall",  # FP32_GRADS_SOURCE
                   moe_capacity_factor=1.0 if r["routing"] == "drop" else None, fp8_params=fp8, bf16_moments=fp8)
 
 
@@ -89,7 +103,7 @@ class MixtralRow(PricedRow):
 
 
 def _predicted_tokens_per_gpu(model: ModelSpec, layout: Layout, gpus: int, precision: str) -> tuple[float, str]:
-    est = estimate(model, load_cluster(f"{NODE}:{gpus // 8}"), layout, stack=get_stack(STACK),
+    est = estimate(model, load_cluster(f"{NODE}:{gpus // GPUS_PER_NODE}"), layout, stack=get_stack(STACK),
                    fp8_recipe=FP8_RECIPES[precision])
     return est.to_json()["tokens_per_s"] / gpus, refusal(est)
 
@@ -104,12 +118,17 @@ def mixtral_rows() -> list[MixtralRow]:
         predicted, refused = _predicted_tokens_per_gpu(model, layout, gpus, r["precision"])
         other_vp = int(r["other_vp"])
         other = mixtral_layout(r, other_vp)
-        other_predicted, _ = _predicted_tokens_per_gpu(model, other, gpus, r["precision"])
-        notes = [ROUTING_NOTES[r["routing"]], f"Megatron-LM's {r['flops_count']} attention count: "
+        other_predicted, other_refused = _predicted_tokens_per_gpu(model, other, gpus, r["precision"])
+        family = r["source"].split("-")[0]
+        notes = [ROUTING_NOTES[(family, r["routing"])], f"Megatron-LM's {r['flops_count']} attention count: "
                  f"{count / 1e9:.1f} GFLOP/token"]
         if r["precision"] != "BF16":
+            notes.append("fp8-only parameters and bf16 Adam moments: sbatch_benchmarking.sh PR=fp8 "
+                         "(mcore_moe.FP8_PARAMS_SOURCE, mcore_moe.BF16_MOMENTS_SOURCE)")
             notes.append("--moe-router-padding-for-fp8 not expressible: Transformer Engine's fp8 padding copies "
                          "are priced")
+        if other_refused:
+            notes.append(f"at vp {other_vp} estimate refuses: {other_refused}")
         out.append(MixtralRow(reason="", label=f"{r['source']} {r['model']} {r['precision']} {r['routing']}",
                               published_tokens_per_s=published, predicted_tokens_per_s=predicted,
                               notes=tuple(notes), refused=refused, source=r["source"], model=r["model"],

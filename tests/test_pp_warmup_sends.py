@@ -23,11 +23,13 @@ STAGE_S = np.array([1.0])
 
 
 class _FullOverlap:
-    comm_overlap = 1.0
+    """The HardwareRates field pp_comm_s reads: a transfer shorter than the compute it runs under hides entirely."""
+
+    comm_overlap: float = 1.0
 
 
-def arrays(**kw) -> LayoutArrays:
-    return LayoutArrays.from_layouts([Layout(schedule="interleaved-1f1b", mbs=1, seq=4096, **kw)])
+def arrays(schedule: str = "interleaved-1f1b", **kw: int) -> LayoutArrays:
+    return LayoutArrays.from_layouts([Layout(schedule=schedule, mbs=1, seq=4096, **kw)])
 
 
 def exposed_ms(L: LayoutArrays, stack: str) -> float:
@@ -35,28 +37,33 @@ def exposed_ms(L: LayoutArrays, stack: str) -> float:
 
 
 def test_megatron_core_exposes_every_warm_up_and_cool_down_pass():
-    """pp 4, vpp 2, 8 micro-batches: rank 0 warms up with 2 x 3 + 1 x 4 = 10 of its 16 forward passes and cools down
-    with 10 backward passes, each with one 1-ms transfer: 20 ms; the 6 steady passes each way hide. Without the rule
-    (torchtitan's stack) only the 2 (pp - 1) = 6 transfers of fill and drain are exposed: 6 ms."""
+    """pp 4, vpp 2, 8 micro-batches: the fill and drain hops, 2 (pp - 1) = 6 transfers, and rank 0's warm-up of
+    2 x 3 + 1 x 4 = 10 of its 16 forward passes and as many cool-down backward passes, one 1-ms transfer each:
+    6 + 20 = 26 ms; the 6 steady passes each way hide. Without the rule (torchtitan's stack) only the 6 ms of fill and
+    drain are exposed; with no overlap at all every transfer is, 2 (m vpp + pp - 1) = 38 ms, more than either."""
     L = arrays(pp=4, vpp=2, dp=1, gbs=8)
     assert float(L.interleaved_warmup_passes()[0]) == 10.0
     assert get_stack("megatron-core").pp_warmup_exposed and not get_stack("torchtitan").pp_warmup_exposed
-    assert exposed_ms(L, "megatron-core") == pytest.approx(20.0)
+    assert exposed_ms(L, "megatron-core") == pytest.approx(26.0)
     assert exposed_ms(L, "torchtitan") == pytest.approx(6.0)
+    assert exposed_ms(L, "megatron-lm-2021") == pytest.approx(38.0)  # pp_overlap false: the serial count
 
 
 def test_a_batch_all_warm_up_exposes_every_transfer():
     """MLPerf GPT-3 175B on 10,752 H100 ran pp 6 with 8 virtual stages and 6 micro-batches: the warm-up would be
-    2 x 5 + 7 x 6 = 52 passes, more than the 48 a rank runs, so every pass is warm-up or cool-down: 2 x 48 = 96
-    transfers exposed."""
+    2 x 5 + 7 x 6 = 52 passes, more than the 48 a rank runs, so every pass is warm-up or cool-down: the serial count,
+    2 (pp - 1) + 2 x 48 = 106 transfers."""
     L = arrays(pp=6, vpp=8, dp=1, gbs=6)
     assert float(L.interleaved_warmup_passes()[0]) == 48.0
-    assert exposed_ms(L, "megatron-core") == pytest.approx(96.0)
+    assert exposed_ms(L, "megatron-core") == pytest.approx(106.0)
 
 
 def test_the_cost_grows_with_the_virtual_stages():
     """NeMo's docs: the PP traffic that grows with the virtual-pipeline size 'cancels off the reduced pipeline
-    bubbles'. pp 8 with 32 micro-batches: vpp 1 (plain 1F1B: every send serial, 2 (32 + 7) = 78 ms) is not this rule;
-    vpp 2 exposes 2 (14 + 8) = 44 ms, vpp 7 2 (14 + 48) = 124 ms."""
-    assert exposed_ms(arrays(pp=8, vpp=2, dp=1, gbs=32), "megatron-core") == pytest.approx(44.0)
-    assert exposed_ms(arrays(pp=8, vpp=7, dp=1, gbs=32), "megatron-core") == pytest.approx(124.0)
+    bubbles'. pp 8 with 32 micro-batches: vpp 2 exposes 2 x 7 + 2 (14 + 8) = 58 ms, vpp 7 2 x 7 + 2 (14 + 48) =
+    138 ms. Without virtual stages Megatron-Core overlaps nothing: plain 1F1B and a one-chunk interleaved layout both
+    pay every transfer, 2 (32 + 7) = 78 ms."""
+    assert exposed_ms(arrays(pp=8, vpp=2, dp=1, gbs=32), "megatron-core") == pytest.approx(58.0)
+    assert exposed_ms(arrays(pp=8, vpp=7, dp=1, gbs=32), "megatron-core") == pytest.approx(138.0)
+    assert exposed_ms(arrays(pp=8, vpp=1, dp=1, gbs=32), "megatron-core") == pytest.approx(78.0)
+    assert exposed_ms(arrays("1f1b", pp=8, vpp=1, dp=1, gbs=32), "megatron-core") == pytest.approx(78.0)

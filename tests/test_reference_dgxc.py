@@ -14,6 +14,8 @@ buckets were sized as the recipes set them); the 74 H100 rows median 3.8 % (ever
 +30 / +34 % on H100 and +195 .. +207 % on GB200 (its GB200 rows ran at 10 % MFU, 3.3x below Megatron-Bridge 25.11's).
 Stop 36: GB200's GEMMs at the sustained rate derived from B200's at GB200's 1,200 W cap (gemm.yaml): the 33 GB200
 rows 3-4 points faster, median 21.7 % (+3.5 .. +40.5 %, DeepSeek-V3 +190 .. +200 %); all rows median 6.5 %, max 200 %.
+Then Megatron-Core's warm-up and cool-down pipeline sends exposed (pp_warmup_exposed): every interleaved row 0-3 points
+slower; GB200 median 20.5 % (+3.5 .. +37.9 %), H100 3.7 % (Nemotron-4 340B -11 .. -17 %); all 6.7 %.
 """
 
 from __future__ import annotations
@@ -26,36 +28,38 @@ import pytest
 from clusterplan.reference import dgxc
 from clusterplan.reference.report import TARGET_TIME_MAX, read_rows
 
-BOUNDS = {
+BOUNDS = {  # group -> bound (landed worst + 3 points, at least 20 %); comment: the group's range now (stop 36's two
+    # changes: GB200's sustained GEMM rate, then Megatron-Core's exposed warm-up sends) and, where it moved, when landed
     ("llama3.1-8b", "H100", "BF16"): 0.20,  # +1.4 .. +2.1 %
     ("llama3.1-8b", "H100", "FP8"): 0.20,  # +2.0 .. +4.5 %
-    ("llama3.1-70b", "H100", "BF16"): 0.20,  # +2.2 .. +2.4 %
-    ("llama3.1-70b", "H100", "FP8"): 0.20,  # -3.7 .. -0.8 %
-    ("llama3.1-405b", "H100", "BF16"): 0.20,  # -2.8 .. +0.5 %
-    ("llama3.1-405b", "H100", "FP8"): 0.20,  # -6.5 .. -2.5 %
-    ("llama3.1-405b", "GB200", "BF16"): 0.20,  # +13.1 .. +15.1 % (+16.6 .. +18.7 % before GB200's sustained rate)
-    ("llama3.1-405b", "GB200", "FP8"): 0.299,  # +24.4 .. +26.9 % (+28.2 .. +30.8 %)
+    ("llama3.1-70b", "H100", "BF16"): 0.20,  # +2.1 .. +2.3 % (+2.2 .. +2.4 %)
+    ("llama3.1-70b", "H100", "FP8"): 0.20,  # -4.3 .. -1.4 % (-3.7 .. -0.8 %)
+    ("llama3.1-405b", "H100", "BF16"): 0.20,  # -3.0 .. +0.2 % (-2.8 .. +0.5 %)
+    ("llama3.1-405b", "H100", "FP8"): 0.20,  # -6.7 .. -2.9 % (-6.5 .. -2.5 %)
+    ("llama3.1-405b", "GB200", "BF16"): 0.20,  # +11.7 .. +13.8 % (+16.6 .. +18.7 %)
+    ("llama3.1-405b", "GB200", "FP8"): 0.299,  # +21.9 .. +24.4 % (+28.2 .. +30.8 %)
     ("nemotron4-15b", "H100", "BF16"): 0.20,  # +2.5 .. +7.3 %
     ("nemotron4-15b", "H100", "FP8"): 0.20,  # +6.4 .. +12.8 %
-    ("nemotron4-340b", "H100", "BF16"): 0.20,  # -15.2 .. -14.4 %
-    ("nemotron4-340b", "H100", "FP8"): 0.20,  # -11.0 .. -9.0 %
-    ("nemotron4-340b", "GB200", "BF16"): 0.20,  # +6.3 .. +11.9 % (+9.8 .. +15.8 %)
-    ("nemotron4-340b", "GB200", "FP8"): 0.318,  # +18.2 .. +28.8 % (+22.1 .. +33.1 %)
-    ("gpt3-175b", "H100", "BF16"): 0.20,  # +3.0 .. +4.8 %
-    ("gpt3-175b", "H100", "FP8"): 0.214,  # +4.7 .. +18.4 % (published 636 / 610 / 656 at 512 / 1,024 / 2,048)
-    ("deepseek-v3", "H100", "BF16"): 0.371,  # +30.0 / +34.1 %
+    ("nemotron4-340b", "H100", "BF16"): 0.20,  # -16.5 .. -15.7 % (-15.2 .. -14.4 %)
+    ("nemotron4-340b", "H100", "FP8"): 0.20,  # -13.1 .. -11.1 % (-11.0 .. -9.0 %)
+    ("nemotron4-340b", "GB200", "BF16"): 0.20,  # +6.1 .. +9.7 % (+9.8 .. +15.8 %)
+    ("nemotron4-340b", "GB200", "FP8"): 0.318,  # +17.9 .. +24.7 % (+22.1 .. +33.1 %)
+    ("gpt3-175b", "H100", "BF16"): 0.20,  # +2.4 .. +4.2 % (+3.0 .. +4.8 %)
+    ("gpt3-175b", "H100", "FP8"): 0.214,  # +3.7 .. +17.3 % (+4.7 .. +18.4 %; published 636 / 610 / 656 at 512 /
+    # 1,024 / 2,048 GPUs)
+    ("deepseek-v3", "H100", "BF16"): 0.371,  # +29.7 .. +33.8 % (+30.0 / +34.1 %)
     ("deepseek-v3", "GB200", "BF16"): 2.028,  # +189.5 .. +199.8 % (+194.9 .. +207.4 %)
     ("grok1-314b", "GB200", "BF16"): 0.20,  # +3.5 .. +5.0 % (+6.4 .. +7.9 %)
     ("grok1-314b", "GB200", "FP8"): 0.247,  # +19.5 .. +21.7 % (+22.9 .. +25.3 %)
-    ("grok1-314b", "H100", "BF16"): 0.20,  # -2.6 %
-    ("grok1-314b", "H100", "FP8"): 0.20,  # +16.5 %
-    ("llama4-maverick-17b-128e", "GB200", "BF16"): 0.296,  # +23.4 .. +26.6 % (+26.6 .. +30.0 %)
-    ("llama4-maverick-17b-128e", "GB200", "FP8"): 0.435,  # +35.3 .. +40.5 % (+38.0 .. +43.3 %)
+    ("grok1-314b", "H100", "BF16"): 0.20,  # -2.8 % (-2.6 %)
+    ("grok1-314b", "H100", "FP8"): 0.20,  # +16.1 % (+16.5 %)
+    ("llama4-maverick-17b-128e", "GB200", "BF16"): 0.296,  # +21.7 .. +25.0 % (+26.6 .. +30.0 %)
+    ("llama4-maverick-17b-128e", "GB200", "FP8"): 0.435,  # +32.8 .. +37.9 % (+38.0 .. +43.3 %)
     ("llama4-maverick-17b-128e", "H100", "BF16"): 0.20,  # +7.0 %
-    ("llama4-maverick-17b-128e", "H100", "FP8"): 0.20,  # +15.5 %
+    ("llama4-maverick-17b-128e", "H100", "FP8"): 0.20,  # +15.4 % (+15.5 %)
 }
-MEDIAN_BOUND = 0.075  # 6.5 % over 107 rows (7.0 % when it landed, before GB200's sustained GEMM rate)
-H100_MEDIAN_BOUND = 0.048  # 3.8 % over the 74 H100 rows
+MEDIAN_BOUND = 0.077  # 6.7 % over 107 rows (6.5 % before pp_warmup_exposed; 7.0 % when it landed, before GB200's sustained rate)
+H100_MEDIAN_BOUND = 0.048  # 3.7 % over the 74 H100 rows (3.8 % when it landed)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,9 @@ priced rows 3.8 %, max 83.7 %.
   and 7 ms weight all-gather under that step's backward and forward, while the published step is about their sum with
   the compute. Not explained; no constant fitted.
 Stop 36, GB200's GEMMs at the sustained rate derived from B200's at GB200's 1,200 W cap (gemm.yaml): the GB200 rows
-3 points faster (405B +14.1 / +17.1 %, 8B +8.0 / +70.7 %); the median stays 4.0 %.
+3 points faster (405B +14.1 / +17.1 %, 8B +8.0 / +70.7 %); the median stays 4.0 %. The same stop, Megatron-Core's
+warm-up and cool-down pipeline sends exposed (stacks.yaml pp_warmup_exposed): GPT-3 on 10,752 / 11,616 H100 +0.7 / +0.8 %,
+the 405B rows 0.3-1 point slower (GB200 +13.5 / +16.4 %); median 4.2 %.
 """
 
 from __future__ import annotations

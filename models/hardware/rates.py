@@ -60,7 +60,8 @@ def _training_gemm_rate(group: NodeGroup) -> float:
 def sustained_scale(tiling: GemmTiling | None, dtype: str) -> float:
     """A GPU's GEMM rate under full-node training load relative to what TRAINING_GEMM_SHARE holds: its measured
     sustained / burst matmul ratio (gemm.yaml sustained_fraction_*) over the GH100 reference's
-    (SUSTAINED_REFERENCE_GPU); 1 where it was not measured under that load. B200 bf16: 0.828 / 0.888 = 0.932.
+    (SUSTAINED_REFERENCE_GPU); 1 where it was neither measured under that load nor derived from a same-die
+    measurement (GB200 from B200 at its power cap, gemm.yaml). B200 bf16: 0.828 / 0.888 = 0.932; GB200 0.858 / 0.888.
     Scales the training GEMM rate only: the attention curves come from benchmark loops that already run kernels back
     to back, serving prices its own share (models/serving/model.py), and a `clusterplan profile` calibration replaces
     the rate with what it measured (run it with the whole node busy for a training-load number)."""

@@ -763,18 +763,23 @@ def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionS
     async isend/irecv) the steady-state m vpp transfers each way run under one chunk's forward or backward (a stage's
     per-micro-batch time / 2 vpp); the 2 (pp - 1) transfers of fill and drain stay on the critical path. A stack whose
     warm-up and cool-down passes send and receive unoverlapped (pp_warmup_exposed: Megatron-Core, "The PP send/recv
-    in warmup and flush are exposed by default", Megatron-Bridge docs/performance-guide.md) exposes the transfers of
-    all rank 0's warm-up forward and cool-down backward passes (LayoutArrays.interleaved_warmup_passes), 2 (pp - 1)
-    + (vpp - 1) pp each way, the rest of the m vpp overlapped: the P2P cost that grows with vpp and "cancels off the
-    reduced pipeline bubbles" (NeMo docs, communication_overlap.rst)."""
+    in warmup and flush are exposed by default", Megatron-Bridge docs/performance-guide.md) also exposes the transfers
+    of rank 0's warm-up forward and cool-down backward passes (LayoutArrays.interleaved_warmup_passes), 2 (pp - 1)
+    + (vpp - 1) pp each way, only the rest of the m vpp overlapped (when every pass is warm-up or cool-down, the
+    serial count): the P2P cost that grows with vpp and "cancels off the reduced pipeline bubbles" (NeMo docs,
+    communication_overlap.rst); such a stack overlaps only with virtual stages (Megatron-Core sets overlap_p2p_comm
+    with vpp > 1 only)."""
     serial = 2.0 * (m * L.vpp + L.pp - 1.0) * p2p
     steady = 2.0 * comm.exposed_s(p2p, stage / (2.0 * L.vpp), hw.comm_overlap)
-    overlapped = 2.0 * (L.pp - 1.0) * p2p + m * L.vpp * steady
+    fill = 2.0 * (L.pp - 1.0) * p2p
+    overlapped = fill + m * L.vpp * steady
+    overlaps = np.isin(L.schedule, [CODES["schedule"][name] for name in stack.pp_overlap_schedules]
+                       if stack.pp_overlap else [])
     if stack.pp_warmup_exposed:
         alone = L.interleaved_warmup_passes()
-        overlapped = 2.0 * alone * p2p + (m * L.vpp - alone) * steady
-    codes = [CODES["schedule"][name] for name in stack.pp_overlap_schedules] if stack.pp_overlap else []
-    return np.where(np.isin(L.schedule, codes), overlapped, serial)
+        overlapped = fill + 2.0 * alone * p2p + (m * L.vpp - alone) * steady
+        overlaps = overlaps & (L.vpp > 1)
+    return np.where(overlaps, overlapped, serial)
 
 
 def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: LayoutArrays,
