@@ -86,6 +86,15 @@ BF16_MOMENTS_SOURCE = ("Megatron-MoE-ModelZoo sbatch_benchmarking.sh (same commi
                        "--exp-avg-dtype bf16 --exp-avg-sq-dtype bf16; the pr rows run Megatron-Bridge's recipes, which "
                        "leave Megatron-Core's fp32 moments")
 """Why the report's and the ModelZoo's fp8 rows keep Adam's moments in bf16 (Layout.bf16_moments)."""
+FP32_GRADS_SOURCE = ("Megatron-LM megatron/training/arguments.py: with --bf16, 'bfloat16 requires gradient "
+                     "accumulation and all-reduce to be done in fp32' sets accumulate_allreduce_grads_in_fp32; the "
+                     "ModelZoo's model configs pass --bf16 and no --grad-reduce-in-bf16 "
+                     "(model_configs/benchmarking/*.yaml), and its fp8 runs add --main-grads-dtype fp32; the pr rows "
+                     "run Megatron-Bridge's recipes, which reduce in bf16 (bridge.FP32_GRADS); the Megatron-FSDP row "
+                     "(its command is not published) is read as the Megatron-FSDP user guide recommends, "
+                     "--grad-reduce-in-bf16 (Megatron-LM docs/discussions/megatron-fsdp-user-guide)")
+"""Why the report's and the ModelZoo's rows (Megatron-LM's pretrain_gpt.py) accumulate and reduce gradients in fp32
+(Layout.fp32_grads), except the Megatron-FSDP one."""
 
 
 def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) -> Layout:
@@ -98,7 +107,8 @@ def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) ->
                   recompute=recompute, recompute_modules="" if recompute != "selective" else modules,
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                   precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
-                  first_stage_layers=first, last_stage_layers=last, fp32_grads=bridge.FP32_GRADS,
+                  first_stage_layers=first, last_stage_layers=last,
+                  fp32_grads=bridge.FP32_GRADS if r["source"] == "pr" or r["fsdp"] == "1" else True,  # FP32_GRADS_SOURCE
                   cuda_graphs=r["cuda_graphs"], moe_dispatcher=r["dispatcher"], moe_a2a_overlap=r["a2a_overlap"] == "1",
                   moe_imbalance=imbalance, fp8_params=fp8, bf16_moments=fp8 and r["source"] != "pr")
 

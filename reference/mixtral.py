@@ -41,12 +41,9 @@ STACK = "megatron-core"
 NODE = "dgx-h100"
 GPUS_PER_NODE = 8
 """DGX H100: 8 GPUs per node (the sources' "8xH100 80GB HBM3" servers)."""
-FP32_GRADS_SOURCE = ("Megatron-LM megatron/training/arguments.py: with --bf16, 'bfloat16 requires gradient "
-                     "accumulation and all-reduce to be done in fp32' sets accumulate_allreduce_grads_in_fp32 (every "
-                     "row runs Megatron-LM's pretrain_gpt.py; none passes --grad-reduce-in-bf16)")
-"""Why every row accumulates and reduces its gradients in fp32 (Layout.fp32_grads). The fp8 row's fp8-only
-parameters and bf16 Adam moments: mcore_moe.FP8_PARAMS_SOURCE and mcore_moe.BF16_MOMENTS_SOURCE (the same
-sbatch_benchmarking.sh PR=fp8 flags)."""
+# Every row runs Megatron-LM's pretrain_gpt.py with --bf16: gradients accumulated and reduced in fp32
+# (mcore_moe.FP32_GRADS_SOURCE); the fp8 row's fp8-only parameters and bf16 Adam moments as mcore_moe.FP8_PARAMS_SOURCE
+# and mcore_moe.BF16_MOMENTS_SOURCE (the same sbatch_benchmarking.sh PR=fp8 flags).
 ROUTING_NOTES = {
     ("readme", "dropless"): "the router's own routing, its imbalance not published (nor whether the README's run "
                             "loaded a checkpoint): priced balanced, an upper bound on throughput",
@@ -76,7 +73,7 @@ def mixtral_layout(r: dict[str, str], vp: int) -> Layout:
     return Layout(tp=tp, pp=pp, dp=int(r["gpus"]) // (tp * pp), vpp=vp, ep=ep, etp=1, mbs=int(r["mbs"]),
                   gbs=int(r["gbs"]), seq=int(r["seq"]), sp=tp > 1, zero=1, recompute="none",
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision="fp8" if fp8 else "bf16",
-                  flash_attn=True, fp32_grads=True, moe_dispatcher="alltoall",  # FP32_GRADS_SOURCE
+                  flash_attn=True, fp32_grads=True, moe_dispatcher="alltoall",  # mcore_moe.FP32_GRADS_SOURCE
                   moe_capacity_factor=1.0 if r["routing"] == "drop" else None, fp8_params=fp8, bf16_moments=fp8)
 
 
