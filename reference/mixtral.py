@@ -1,10 +1,10 @@
-"""Our predictions against Megatron-Core's published Mixtral throughput on H100 (data/mixtral_h100.csv): the MCore MoE
-README's Mixtral 8x7B on 64 GPUs (v0.8 and v0.9) and the Megatron-MoE-ModelZoo's Mixtral 8x22B on 128 GPUs (dropless,
-force-balanced, token-dropping, blockwise fp8).
+"""Our predictions against Megatron-Core's published Mixtral throughput (data/mixtral_runs.csv): the MCore MoE README's
+Mixtral 8x7B on 64 H100 (v0.8 and v0.9), the Megatron-MoE-ModelZoo's Mixtral 8x22B on 128 H100 (dropless,
+force-balanced, token-dropping, blockwise fp8) and the NeMo 25.04 performance summary's Mixtral 8x7B on 64 GB200.
 
 A held-out check for issue #13 (published H100-era runs: tokens/s within 10 % median, 20 % max) of the megatron-core
-stack on MoE layers that hold one expert per GPU (8 experts over ep 8): each row runs `estimate` on dgx-h100 with the
-layout its source gives, and the published TFLOP/s become tokens/s through the FLOP count Megatron-LM used when the
+stack on MoE layers that hold one expert per GPU (8 experts over ep 8): each row runs `estimate` on its system's
+preset (dgx-h100, gb200-nvl72) with the layout its source gives, and the published TFLOP/s become tokens/s through the FLOP count Megatron-LM used when the
 figure was written (the CSV header says which and why). Where a source leaves the virtual-pipeline reading open, the
 row is priced at the reading its header gives and the other reading's error is shown beside it. Nothing is fitted.
 
@@ -21,8 +21,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
-from clusterplan.reference.bridge import bridge_flops_per_token
-from clusterplan.reference.mcore_moe import FP8_RECIPES
+from clusterplan.reference import bridge, mcore_moe
 from clusterplan.reference.report import (
     TARGET_TIME_MAX,
     TARGET_TIME_MEDIAN,
@@ -36,11 +35,13 @@ from clusterplan.reference.report import (
     summary,
 )
 
-MIXTRAL_CSV = "mixtral_h100.csv"
+MIXTRAL_CSV = "mixtral_runs.csv"
 STACK = "megatron-core"
-NODE = "dgx-h100"
-GPUS_PER_NODE = 8
-"""DGX H100: 8 GPUs per node (the sources' "8xH100 80GB HBM3" servers)."""
+FP8_RECIPES = {**bridge.FP8_RECIPES, **mcore_moe.FP8_RECIPES}
+"""The fp8 recipe per CSV precision: FP8-CS per-tensor current scaling (Megatron-Bridge's map), FP8-BLK the
+ModelZoo's blockwise recipe on Hopper (mcore_moe's)."""
+GPUS_PER_NODE = {"dgx-h100": 8, "gb200-nvl72": 4}
+"""GPUs per node preset: the sources' "8xH100 80GB HBM3" servers; a GB200 NVL72 compute tray holds 4."""
 # Every row runs Megatron-LM's pretrain_gpt.py with --bf16: gradients accumulated and reduced in fp32
 # (mcore_moe.FP32_GRADS_SOURCE); the fp8 row's fp8-only parameters and bf16 Adam moments as mcore_moe.FP8_PARAMS_SOURCE
 # and mcore_moe.BF16_MOMENTS_SOURCE (the same sbatch_benchmarking.sh PR=fp8 flags).
@@ -52,6 +53,8 @@ ROUTING_NOTES = {
                          "and force-balanced figures differ by 4 %)",
     ("zoo", "forced"): "force-balanced (--moe-router-force-load-balancing)",
     ("zoo", "drop"): "token drop: capacity factor 1.0, padded",
+    ("nemo", "drop"): "token drop at capacity 1.0, padded, with CUDA graphs: read from NeMo's main-branch perf scripts, "
+                      "not stated for this release",
 }
 """Each row's routing, keyed (source family, routing)."""
 FLOP_COUNTS = ("causal", "full")
@@ -63,7 +66,7 @@ def megatron_flops_per_token(model: ModelSpec, seq: int, tp: int, count: str) ->
     the whole s x s core: 6 L s q_dim FLOPs per token more (12 L h^2 (s / 2h) q_dim / h)."""
     if count not in FLOP_COUNTS:
         raise ValueError(f"FLOP count {count!r}: one of {FLOP_COUNTS}")
-    causal = bridge_flops_per_token(model, seq, tp)
+    causal = bridge.bridge_flops_per_token(model, seq, tp)
     return causal if count == "causal" else causal + 6 * model.n_layers * seq * model.q_dim
 
 
@@ -71,10 +74,13 @@ def mixtral_layout(r: dict[str, str], vp: int) -> Layout:
     tp, pp, ep = int(r["tp"]), int(r["pp"]), int(r["ep"])
     fp8 = r["precision"] != "BF16"
     return Layout(tp=tp, pp=pp, dp=int(r["gpus"]) // (tp * pp), vpp=vp, ep=ep, etp=1, mbs=int(r["mbs"]),
+                  cuda_graphs=r["cuda_graphs"],
                   gbs=int(r["gbs"]), seq=int(r["seq"]), sp=tp > 1, zero=1, recompute="none",
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b", precision="fp8" if fp8 else "bf16",
                   flash_attn=True, fp32_grads=True, moe_dispatcher="alltoall",  # mcore_moe.FP32_GRADS_SOURCE
-                  moe_capacity_factor=1.0 if r["routing"] == "drop" else None, fp8_params=fp8, bf16_moments=fp8)
+                  moe_capacity_factor=1.0 if r["routing"] == "drop" else None, fp8_params=fp8,
+                  # the ModelZoo's PR=fp8 keeps Adam's moments in bf16; NeMo's recipes leave Megatron-Core's fp32 ones
+                  bf16_moments=fp8 and not r["source"].startswith("nemo"))
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class MixtralRow(PricedRow):
     model: str
     precision: str
     routing: str
+    system: str
+    """The cluster preset's node (dgx-h100, gb200-nvl72)."""
     gpus: int
     layout: Layout
     published_tflops: float
@@ -99,8 +107,9 @@ class MixtralRow(PricedRow):
     other_vp_error: float
 
 
-def _predicted_tokens_per_gpu(model: ModelSpec, layout: Layout, gpus: int, precision: str) -> tuple[float, str]:
-    est = estimate(model, load_cluster(f"{NODE}:{gpus // GPUS_PER_NODE}"), layout, stack=get_stack(STACK),
+def _predicted_tokens_per_gpu(model: ModelSpec, layout: Layout, system: str, gpus: int,
+                              precision: str) -> tuple[float, str]:
+    est = estimate(model, load_cluster(f"{system}:{gpus // GPUS_PER_NODE[system]}"), layout, stack=get_stack(STACK),
                    fp8_recipe=FP8_RECIPES[precision])
     return est.to_json()["tokens_per_s"] / gpus, refusal(est)
 
@@ -112,10 +121,10 @@ def mixtral_rows() -> list[MixtralRow]:
         layout = mixtral_layout(r, int(r["vp"]))
         count = megatron_flops_per_token(model, layout.seq, layout.tp, r["flops_count"])
         published = float(r["published_tflops"]) * 1e12 / count
-        predicted, refused = _predicted_tokens_per_gpu(model, layout, gpus, r["precision"])
+        predicted, refused = _predicted_tokens_per_gpu(model, layout, r["system"], gpus, r["precision"])
         other_vp = int(r["other_vp"])
         other = mixtral_layout(r, other_vp)
-        other_predicted, other_refused = _predicted_tokens_per_gpu(model, other, gpus, r["precision"])
+        other_predicted, other_refused = _predicted_tokens_per_gpu(model, other, r["system"], gpus, r["precision"])
         family = r["source"].split("-")[0]
         notes = [ROUTING_NOTES[(family, r["routing"])], f"Megatron-LM's {r['flops_count']} attention count: "
                  f"{count / 1e9:.1f} GFLOP/token"]
@@ -126,10 +135,11 @@ def mixtral_rows() -> list[MixtralRow]:
                          "are priced")
         if other_refused:
             notes.append(f"at vp {other_vp} estimate refuses: {other_refused}")
-        out.append(MixtralRow(reason="", label=f"{r['source']} {r['model']} {r['precision']} {r['routing']}",
+        out.append(MixtralRow(reason="", label=f"{r['source']} {r['system']} {r['model']} {r['precision']} {r['routing']}",
                               published_tokens_per_s=published, predicted_tokens_per_s=predicted,
                               notes=tuple(notes), refused=refused, source=r["source"], model=r["model"],
-                              precision=r["precision"], routing=r["routing"], gpus=gpus, layout=layout,
+                              precision=r["precision"], routing=r["routing"], system=r["system"], gpus=gpus,
+                              layout=layout,
                               published_tflops=float(r["published_tflops"]), flops_per_token=count,
                               other_vp=other_vp, other_vp_error=other_predicted / published - 1))
     return out
@@ -149,7 +159,8 @@ def _summary_line(rows: list[MixtralRow]) -> str:
             f"{TARGET_TIME_MEDIAN:.0%} median, {TARGET_TIME_MAX:.0%} max)")
 
 
-TITLE = ("Megatron-Core Mixtral on H100 (MCore MoE README 8x7B, Megatron-MoE-ModelZoo 8x22B): tokens/s per GPU")
+TITLE = ("Megatron-Core Mixtral on H100 and GB200 (MCore MoE README 8x7B, Megatron-MoE-ModelZoo 8x22B, NeMo 25.04 "
+         "GB200 8x7B): tokens/s per GPU")
 """The table's heading on the console (print_table) and in the markdown report."""
 
 
@@ -160,7 +171,8 @@ def table(rows: list[MixtralRow]) -> tuple[list[Column], list[list[str]]]:
                ("error at the other VP reading", "r"), ("notes", "l")]
     cells = ([r.source, r.model, r.precision, r.routing, str(r.gpus), r.layout.short(), f"{r.published_tflops:.0f}",
               f"{r.published_tokens_per_s:,.0f}", f"{r.predicted_tokens_per_s:,.0f}", f"{r.error:+.1%}",
-              f"vp{r.other_vp}: {r.other_vp_error:+.1%}", notes_cell(r.shown_notes())] for r in rows)
+              f"vp{r.other_vp}: {r.other_vp_error:+.1%}" if r.other_vp != r.layout.vpp else "-",
+              notes_cell(r.shown_notes())] for r in rows)
     return columns, [list(c) for c in cells]
 
 
