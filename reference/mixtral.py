@@ -42,9 +42,19 @@ FP8_RECIPES = {**bridge.FP8_RECIPES, **mcore_moe.FP8_RECIPES}
 ModelZoo's blockwise recipe on Hopper (mcore_moe's)."""
 GPUS_PER_NODE = {"dgx-h100": 8, "gb200-nvl72": 4}
 """GPUs per node preset: the sources' "8xH100 80GB HBM3" servers; a GB200 NVL72 compute tray holds 4."""
-# Every row runs Megatron-LM's pretrain_gpt.py with --bf16: gradients accumulated and reduced in fp32
-# (mcore_moe.FP32_GRADS_SOURCE); the fp8 row's fp8-only parameters and bf16 Adam moments as mcore_moe.FP8_PARAMS_SOURCE
-# and mcore_moe.BF16_MOMENTS_SOURCE (the same sbatch_benchmarking.sh PR=fp8 flags).
+# The README and ModelZoo rows run Megatron-LM's pretrain_gpt.py with --bf16: gradients accumulated and reduced in fp32
+# (mcore_moe.FP32_GRADS_SOURCE), the ModelZoo fp8 row's fp8-only parameters and bf16 Adam moments as
+# mcore_moe.FP8_PARAMS_SOURCE and mcore_moe.BF16_MOMENTS_SOURCE (sbatch_benchmarking.sh PR=fp8); the NeMo row as its
+# CSV header reads NeMo 2.0's defaults (fp32 gradients and moments, fp8 parameters).
+FP8_NOTES = {
+    "zoo": ("fp8-only parameters and bf16 Adam moments: sbatch_benchmarking.sh PR=fp8 (mcore_moe.FP8_PARAMS_SOURCE, "
+            "mcore_moe.BF16_MOMENTS_SOURCE)", "--moe-router-padding-for-fp8 not expressible: Transformer Engine's fp8 "
+            "padding copies are priced"),
+    "nemo": ("fp8-only parameters assumed (NeMo 2.0's fp8 perf recipes set fp8_param_gather), fp32 Adam moments",),
+}
+"""Each source family's fp8 settings, as the row's notes say them."""
+COUNT_NAMES = {"readme": "Megatron-LM's", "zoo": "Megatron-LM's", "nemo": "NeMo's mixtral()"}
+"""Whose FLOP formula each source family's TFLOP/s used (the CSV header)."""
 ROUTING_NOTES = {
     ("readme", "dropless"): "the router's own routing, its imbalance not published (nor whether the README's run "
                             "loaded a checkpoint): priced balanced, an upper bound on throughput",
@@ -123,17 +133,16 @@ def mixtral_rows() -> list[MixtralRow]:
         published = float(r["published_tflops"]) * 1e12 / count
         predicted, refused = _predicted_tokens_per_gpu(model, layout, r["system"], gpus, r["precision"])
         other_vp = int(r["other_vp"])
-        other = mixtral_layout(r, other_vp)
-        other_predicted, other_refused = _predicted_tokens_per_gpu(model, other, r["system"], gpus, r["precision"])
+        other_predicted, other_refused = predicted, refused
+        if other_vp != layout.vpp:
+            other_predicted, other_refused = _predicted_tokens_per_gpu(model, mixtral_layout(r, other_vp), r["system"],
+                                                                       gpus, r["precision"])
         family = r["source"].split("-")[0]
-        notes = [ROUTING_NOTES[(family, r["routing"])], f"Megatron-LM's {r['flops_count']} attention count: "
+        notes = [ROUTING_NOTES[(family, r["routing"])], f"{COUNT_NAMES[family]} {r['flops_count']} attention count: "
                  f"{count / 1e9:.1f} GFLOP/token"]
         if r["precision"] != "BF16":
-            notes.append("fp8-only parameters and bf16 Adam moments: sbatch_benchmarking.sh PR=fp8 "
-                         "(mcore_moe.FP8_PARAMS_SOURCE, mcore_moe.BF16_MOMENTS_SOURCE)")
-            notes.append("--moe-router-padding-for-fp8 not expressible: Transformer Engine's fp8 padding copies "
-                         "are priced")
-        if other_refused:
+            notes.extend(FP8_NOTES[family])
+        if other_refused and other_vp != layout.vpp:
             notes.append(f"at vp {other_vp} estimate refuses: {other_refused}")
         out.append(MixtralRow(reason="", label=f"{r['source']} {r['system']} {r['model']} {r['precision']} {r['routing']}",
                               published_tokens_per_s=published, predicted_tokens_per_s=predicted,
