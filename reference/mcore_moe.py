@@ -108,7 +108,8 @@ def _layout(r: dict[str, str], first: int, last: int, imbalance: float = 1.0) ->
                   schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                   precision="bf16" if r["precision"] == "BF16" else "fp8", flash_attn=True,
                   first_stage_layers=first, last_stage_layers=last,
-                  fp32_grads=bridge.FP32_GRADS if r["source"] == "pr" or r["fsdp"] == "1" else True,  # FP32_GRADS_SOURCE
+                  # FP32_GRADS_SOURCE: Megatron-LM's bf16 default, except Bridge recipes and Megatron-FSDP
+                  fp32_grads=bridge.FP32_GRADS if r["source"] == "pr" or r["fsdp"] == "1" else True,
                   cuda_graphs=r["cuda_graphs"], moe_dispatcher=r["dispatcher"], moe_a2a_overlap=r["a2a_overlap"] == "1",
                   moe_imbalance=imbalance, fp8_params=fp8, bf16_moments=fp8 and r["source"] != "pr")
 

@@ -63,8 +63,8 @@ ROUTING_NOTES = {
                          "and force-balanced figures differ by 4 %)",
     ("zoo", "forced"): "force-balanced (--moe-router-force-load-balancing)",
     ("zoo", "drop"): "token drop: capacity factor 1.0, padded",
-    ("nemo", "drop"): "token drop at capacity 1.0, padded, with CUDA graphs: read from NeMo's main-branch perf scripts, "
-                      "not stated for this release",
+    ("nemo", "drop"): "token drop at capacity 1.0, padded, with CUDA graphs: read from NeMo's main-branch perf "
+                      "scripts, not stated for this release",
 }
 """Each row's routing, keyed (source family, routing)."""
 FLOP_COUNTS = ("causal", "full")
@@ -144,7 +144,8 @@ def mixtral_rows() -> list[MixtralRow]:
             notes.extend(FP8_NOTES[family])
         if other_refused and other_vp != layout.vpp:
             notes.append(f"at vp {other_vp} estimate refuses: {other_refused}")
-        out.append(MixtralRow(reason="", label=f"{r['source']} {r['system']} {r['model']} {r['precision']} {r['routing']}",
+        label = f"{r['source']} {r['system']} {r['model']} {r['precision']} {r['routing']}"
+        out.append(MixtralRow(reason="", label=label,
                               published_tokens_per_s=published, predicted_tokens_per_s=predicted,
                               notes=tuple(notes), refused=refused, source=r["source"], model=r["model"],
                               precision=r["precision"], routing=r["routing"], system=r["system"], gpus=gpus,

@@ -3,9 +3,9 @@ NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), 
 and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
-(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), Megatron-Core's
-published Mixtral runs on H100 (reference/mixtral.py), NVIDIA's
-MLPerf Training submissions (reference/mlperf.py) and its DGX Cloud Benchmarking recipes (reference/dgxc.py).
+(reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), the
+published Mixtral runs on H100 and GB200 (reference/mixtral.py), NVIDIA's MLPerf Training submissions
+(reference/mlperf.py) and its DGX Cloud Benchmarking recipes (reference/dgxc.py).
 
     python -m clusterplan.reference                     # prints every comparison table
     python -m clusterplan.reference --markdown [--out F] # the same tables as markdown (README; `make reference`)
@@ -73,8 +73,8 @@ class PublishedRow(Protocol):
 
 class PricedRow:
     """What a published row priced by `estimate` answers (a mixin of the frozen row dataclasses: bridge, mcore_moe,
-    mixtral, mlperf), from its `reason` (why the CLI cannot express it, '' when it can), `label`, and published and predicted
-    tokens/s per GPU."""
+    mixtral, mlperf), from its `reason` (why the CLI cannot express it, '' when it can), `label`, and published and
+    predicted tokens/s per GPU."""
 
     reason: str
     label: str

@@ -89,8 +89,8 @@ training. Fitted on the forced-balance / dropless throughput ratios of Megatron-
 rows at 16K and 128K (256 H100, TP4 PP8 VPP4 EP8, DeepEP; best_practice/qwen3/readme.md @020b8136: "295 (forced
 balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64K rows (335 / 277, 368 / 320)
 (reference/mcore_moe.py, tests/test_moe_imbalance.py; 1.52 since those rows reduce gradients in fp32 as Megatron-LM
-does with --bf16, mcore_moe.FP32_GRADS_SOURCE: 1.51 with bf16 gradients). A measured value for one model and EP layout early in training,
-not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
+does with --bf16, mcore_moe.FP32_GRADS_SOURCE: 1.51 with bf16 gradients). A measured value for one model and EP
+layout early in training, not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
 Mixtral-8x22B run script pairs about 445 dropless with 465 forced TFLOP/s (one expert per EP rank), which implies 1.03
 (research/mixtral-published-runs.md)."""
 

@@ -771,13 +771,11 @@ def pp_comm_s(p2p: np.ndarray, m: np.ndarray, L: LayoutArrays, stack: ExecutionS
     with vpp > 1 only)."""
     serial = 2.0 * (m * L.vpp + L.pp - 1.0) * p2p
     steady = 2.0 * comm.exposed_s(p2p, stage / (2.0 * L.vpp), hw.comm_overlap)
-    fill = 2.0 * (L.pp - 1.0) * p2p
-    overlapped = fill + m * L.vpp * steady
+    alone = L.interleaved_warmup_passes() if stack.pp_warmup_exposed else 0.0
+    overlapped = 2.0 * (L.pp - 1.0) * p2p + 2.0 * alone * p2p + (m * L.vpp - alone) * steady
     overlaps = np.isin(L.schedule, [CODES["schedule"][name] for name in stack.pp_overlap_schedules]
                        if stack.pp_overlap else [])
     if stack.pp_warmup_exposed:
-        alone = L.interleaved_warmup_passes()
-        overlapped = fill + 2.0 * alone * p2p + (m * L.vpp - alone) * steady
         overlaps = overlaps & (L.vpp > 1)
     return np.where(overlaps, overlapped, serial)
 
