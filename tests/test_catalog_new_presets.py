@@ -290,3 +290,39 @@ def test_a_path_that_does_not_exist_is_not_read_as_a_preset_name():
     for ref in ("/meta-llama/Llama-3.1-8B", "./llama3.1-8b"):
         with pytest.raises(BadInputError, match="no such file or directory"):
             load_model(ref)
+
+
+# ---- batch 3 (stop 37): OLMoE, Granite 3, StarCoder2, Minitron, Gemma (1) --------------------------------------
+
+@pytest.mark.parametrize(("fixture", "preset"), [
+    ("olmoe-1b-7b-0924", "olmoe-1b-7b"), ("granite-3.0-3b-a800m-base", "granite-3.0-3b-a800m"),
+    ("granite-3.1-8b-instruct", "granite-3.1-8b"), ("starcoder2-15b", "starcoder2-15b"),
+    ("minitron-8b-base", "minitron-8b"), ("gemma-7b", "gemma-7b"),
+])
+def test_batch3_presets_equal_their_config_json(fixture, preset):
+    loaded, spec = load_model(str(HF / fixture)), load_model(preset)
+    a, b = loaded.to_dict(), spec.to_dict()
+    assert {k: (a[k], b[k]) for k in a if k not in ("name", "source") and a[k] != b[k]} == {}
+
+
+@pytest.mark.parametrize(("alias", "preset"), [
+    ("allenai/OLMoE-1B-7B-0924", "olmoe-1b-7b"), ("olmoe", "olmoe-1b-7b"),
+    ("ibm-granite/granite-3.0-3b-a800m-base", "granite-3.0-3b-a800m"), ("ibm-granite/granite-3.1-8b-base", "granite-3.1-8b"),
+    ("bigcode/starcoder2-15b", "starcoder2-15b"), ("nvidia/Minitron-8B-Base", "minitron-8b"),
+    ("google/gemma-7b", "gemma-7b"),
+])
+def test_batch3_aliases_resolve(alias, preset):
+    assert load_model(alias).name == preset
+
+
+@pytest.mark.parametrize(("preset", "published_b", "active_b"), [
+    ("olmoe-1b-7b", 6.9, 1.3),            # AI2 OLMoE: 6.9B total, 1.3B active (both tables counted)
+    ("granite-3.0-3b-a800m", 3.3, 0.8),   # IBM model card: 3.3B total, 800M active (active without the tied table)
+    ("granite-3.1-8b", 8.1, None),        # IBM model card (granite-3.0-8b-base): 8.1B; counted 8.17B
+])
+def test_batch3_totals_within_the_printed_digit(preset, published_b, active_b):
+    m = load_model(preset)
+    assert abs(m.total_params() / B - published_b) <= 0.1
+    if active_b is not None:
+        active = m.active_params() - (m.vocab * m.hidden if m.tied_embeddings else 0)
+        assert abs(active / B - active_b) <= 0.1

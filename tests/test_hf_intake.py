@@ -1,6 +1,7 @@
 """Model intake for the model types users bring (issue 14 item 5): Llama 4 (language model of the multimodal
 release), Gemma 2, Gemma 3, Phi-3 / Phi-4, OLMo 2, DeepSeek-V2, DeepSeek-V3's MTP module, and windowed attention
-(Mistral / Phi-3 sliding window, Gemma's sliding:global pattern, Qwen2's use_sliding_window, Llama 4's chunks).
+(Mistral / Phi-3 sliding window, Gemma's sliding:global pattern, Qwen2's use_sliding_window, Llama 4's chunks);
+since stop 37 also OLMoE, Granite 3 (dense and MoE), StarCoder2, Nemotron, Gemma (1) and GLM-4.5.
 
 The fixtures under tests/fixtures/hf/ are the published config.json files (each names its source in `_source`).
 Every parameter count equals transformers' own: the model built from the same config on the meta device (no
@@ -29,6 +30,10 @@ from clusterplan.models.training.layout import Layout
 HF = Path(__file__).parent / "fixtures" / "hf"
 NEW_TYPES = ("llama4-scout-17b-16e", "gemma-2-2b-it", "gemma-3-12b-it", "phi-3-mini-4k-instruct", "phi-4",
              "olmo-2-1124-7b", "deepseek-v2-lite", "mistral-7b")
+TRAINED_ON_H100_TYPES = ("olmoe-1b-7b-0924", "granite-3.0-3b-a800m-base", "granite-3.1-8b-instruct", "starcoder2-15b",
+                         "minitron-8b-base", "gemma-7b", "intellect-3-base")
+"""OLMoE, Granite 3 dense and MoE, StarCoder2, Nemotron (Minitron), Gemma (1) and GLM-4.5 (Air's architecture):
+model types of published H100-era training runs (stop 37)."""
 EARLIER_TYPES = ("gpt-oss-120b", "deepseek-v3", "llama3.1-8b", "qwen2.5-7b", "qwen3-32b", "qwen3-30b-a3b",
                  "qwen1.5-moe-a2.7b", "mixtral-8x7b")
 
@@ -54,7 +59,7 @@ def _transformers_count(raw: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", NEW_TYPES + EARLIER_TYPES)
+@pytest.mark.parametrize("name", NEW_TYPES + TRAINED_ON_H100_TYPES + EARLIER_TYPES)
 def test_parameter_count_equals_transformers_on_meta_device(name):
     spec = load_model(str(HF / name))
     assert spec.total_params() == _transformers_count(_raw(name))
@@ -164,6 +169,74 @@ def test_deepseek_v3_mtp_module_counted_apart():
     assert round(stored / 1e9) == 13 and round((m.total_params() + stored) / 1e9) == 684
 
 
+def test_olmoe_experts_and_full_width_qk_norms_by_hand():
+    # allenai/OLMoE-1B-7B-0924: attention 4 x 2048^2 = 16,777,216, full-width q/k norms 2 x 2048, router 64 x 2048,
+    # 64 experts x 3 x 2048 x 1024 = 402,653,184, two norms 4,096 -> 419,569,664 per layer; x 16 + untied table and
+    # head 2 x 50304 x 2048 + final norm = 6,919,161,856. Active (8 of 64 experts): 67,248,128 per layer ->
+    # 1,282,017,280. AI2: 6.9B total, 1.3B active.
+    m = load_model(str(HF / "olmoe-1b-7b-0924"))
+    assert (m.qk_norm_full_width, m.n_experts, m.top_k, m.router_renormalize) == (True, 64, 8, False)
+    assert m.layer_params(0) == 419_569_664
+    assert m.total_params() == 6_919_161_856 and m.active_params() == 1_282_017_280
+
+
+def test_granite_moe_tied_forty_experts_by_hand():
+    # ibm-granite/granite-3.0-3b-a800m-base: attention 2 x 1536^2 + 2 x 1536 x 512 = 6,291,456, router 40 x 1536,
+    # 40 experts x 3 x 1536 x 512 = 94,371,840, norms 3,072 -> 100,727,808 per layer; x 32 + one tied table
+    # 49152 x 1536 + final norm = 3,298,788,864 ("3.3B"). Granite's embedding / attention / residual multipliers and
+    # logits scaling carry no parameters. Active without the table: 807,372,288 ("800M active").
+    m = load_model(str(HF / "granite-3.0-3b-a800m-base"))
+    assert m.tied_embeddings and m.layer_params(0) == 100_727_808
+    assert m.total_params() == 3_298_788_864
+    assert m.active_params() - m.vocab * m.hidden == 807_372_288
+    dense = load_model(str(HF / "granite-3.1-8b-instruct"))
+    assert (dense.family, dense.total_params()) == ("granite", 8_170_848_256)  # README: 8.1B
+
+
+def test_starcoder2_biases_layernorm_and_window_by_hand():
+    # bigcode/starcoder2-15b: q/k/v/o 2 x 6144^2 + 2 x 6144 x 512 with biases 6144 + 512 + 512 + 6144; GELU MLP
+    # 2 x 6144 x 24576 with biases 24576 + 6144; two LayerNorms with bias 4 x 6144 -> 383,847,424 per layer; x 40 +
+    # untied table and head 2 x 49152 x 6144 + final LayerNorm 2 x 6144 = 15,957,889,024. Every layer slides over
+    # 4096 keys (Starcoder2Attention passes config.sliding_window on every layer).
+    m = load_model(str(HF / "starcoder2-15b"))
+    assert (m.norm, m.gated_ffn, m.attn_bias, m.linear_bias) == ("layernorm", False, True, True)
+    assert m.layer_params(0) == 383_847_424 and m.total_params() == 15_957_889_024
+    assert m.sliding_window == 4096 and all(m.is_sliding_layer(i) for i in range(m.n_layers))
+
+
+def test_nemotron_head_dim_apart_from_hidden_and_squared_relu_mlp():
+    # nvidia/Minitron-8B-Base: 48 heads of 128 (q width 6144) on hidden 4096, 8 KV heads: attention
+    # 4096 x (6144 + 1024 + 1024) + 6144 x 4096 = 58,720,256; squared-ReLU MLP (not gated) 2 x 4096 x 16384;
+    # LayerNorm1P with bias 4 x 4096 -> 192,954,368 per layer; x 32 + untied 2 x 256000 x 4096 + final norm
+    # = 8,271,699,968.
+    m = load_model(str(HF / "minitron-8b-base"))
+    assert (m.dim_head, m.q_dim, m.gated_ffn, m.norm) == (128, 6144, False, "layernorm")
+    assert m.layer_params(0) == 192_954_368 and m.total_params() == 8_271_699_968
+
+
+def test_gemma_7b_non_embedding_count_is_the_report():
+    # google/gemma-7b: 16 heads of 256 on hidden 3072, GeGLU 3 x 3072 x 24576, two RMSNorms, tied table. The Gemma
+    # report's non-embedding count for 7B is 7,751,248,896 (its embedding count uses a 256,128-row table; config.json
+    # has 256,000 rows).
+    m = load_model(str(HF / "gemma-7b"))
+    assert (m.norms_per_layer, m.tied_embeddings, m.sliding_window, m.qk_norm) == (2, True, None, False)
+    assert m.non_embedding_params() == 7_751_248_896
+
+
+def test_glm45_air_biases_shared_expert_and_corrected_sigmoid_router():
+    # GLM-4.5-Air's architecture (INTELLECT-3-Base config): q/k/v biased, o_proj never (Glm4MoeAttention), 96 heads
+    # of 128 on hidden 4096, one dense layer then 45 MoE layers of 128 routed experts (top 8) of 1408 and one shared
+    # expert of 1408; sigmoid scores with e_score_correction_bias (a buffer, not a parameter) for selection.
+    m = load_model(str(HF / "intellect-3-base"))
+    assert m.attention_params() == 4096 * (12288 + 1024 + 1024) + 12288 * 4096 + (12288 + 1024 + 1024)
+    assert (m.first_dense_layers, m.n_moe_layers, m.shared_ffn) == (1, 45, 1408)
+    assert (m.router_score, m.router_expert_bias, m.router_renormalize, m.mtp_layers) == ("sigmoid", True, True, 1)
+    # 106B total, 12B active without the two 151552 x 4096 tables (transformers' glm4_moe docs); the MTP layer is
+    # counted apart, as DeepSeek-V3's (transformers drops its weights on load).
+    assert round(m.total_params() / 1e9) == 107  # 106.85B
+    assert round((m.active_params() - 2 * m.vocab * m.hidden) / 1e9) == 12
+
+
 def test_qwen2_use_sliding_window_from_max_window_layers():
     # Qwen2Config: with use_sliding_window the layers from max_window_layers on slide; without it none do.
     base = _raw("qwen2.5-7b")
@@ -225,7 +298,7 @@ def test_gemma3_and_llama4_windows_by_hand():
 
 # ---- the CLI reads them -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", NEW_TYPES)
+@pytest.mark.parametrize("name", NEW_TYPES + TRAINED_ON_H100_TYPES)
 def test_models_show_and_estimate_read_the_config(run_cli, name):
     code, out, err = run_cli("models", "show", str(HF / name / "config.json"), "--format", "json")
     assert code == 0, err

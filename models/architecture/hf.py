@@ -14,7 +14,10 @@ from clusterplan.errors import BadInputError, UnsupportedModelError
 from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
-             "gpt_neox", "opt", "gpt_oss", "llama4", "gemma2", "gemma3", "phi3", "olmo2", "deepseek_v2")
+             "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
+             "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe")
+"""The model types whose config names routed experts (their fields: _moe_fields)."""
 TEXT_MODEL_TYPES = {"llama4_text": "llama4", "gemma3_text": "gemma3"}
 """The `model_type` of a multimodal release's nested text_config, and the family it belongs to."""
 _TOWERS = ("vision_config", "audio_config")
@@ -93,9 +96,9 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
         )
     c = _Config({**cfg, "model_type": mt}, where)
     builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
-               "gemma2": _gemma, "gemma3": _gemma}.get(mt, _llama_like)
+               "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2}.get(mt, _llama_like)
     fields = builder(c)
-    if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2"):
+    if mt in MOE_TYPES:
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
     if mt in ("deepseek_v3", "deepseek_v2"):
         fields.update(_mla_fields(c))
@@ -214,28 +217,48 @@ def _llama4(c: _Config) -> dict[str, Any]:
 
 
 def _gemma(c: _Config) -> dict[str, Any]:
-    """Gemma 2 / Gemma 3 text decoders (defaults of Gemma2Config / Gemma3TextConfig where config.json leaves a field
+    """Gemma, Gemma 2 and Gemma 3 text decoders (defaults of Gemma2Config / Gemma3TextConfig where config.json leaves a field
     out): head_dim apart from hidden / heads, four RMSNorms per layer (input, post-attention, pre- and post-
-    feedforward), a gated GELU MLP, embeddings tied by default; Gemma 3 adds per-head q/k norms. Layers alternate
+    feedforward), a gated GELU MLP, embeddings tied by default; Gemma 3 adds per-head q/k norms. Gemma (1) has the
+    same attention and MLP with two norms per layer and no windows (GemmaConfig, GemmaDecoderLayer). Layers alternate
     sliding and full attention: Gemma 2 every other layer, Gemma 3 every sliding_window_pattern-th (default 6) is
     full. The logit soft-caps, the sqrt(hidden) embedding scale and query_pre_attn_scalar carry no parameters."""
+    gemma1 = c.raw["model_type"] == "gemma"
     gemma3 = c.raw["model_type"] == "gemma3"
     n_heads = c.integer("num_attention_heads")
     n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
     if c.flag("use_bidirectional_attention", False):
         raise UnsupportedModelError(f"{c.where}: use_bidirectional_attention makes this an encoder (embedding) model; "
                                     "clusterplan plans decoder language models")
-    pattern = c.integer("sliding_window_pattern", "_sliding_window_pattern", default=6) if gemma3 else 2
-    windowed = c.layer_kinds(n_layers) or [(i + 1) % pattern != 0 for i in range(n_layers)]
     if c.flag("mlp_bias", False):
         raise UnsupportedModelError(f"{c.where}: Gemma with mlp_bias is not supported; use the YAML format")
+    fields = dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
+                  n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=256),
+                  ffn_hidden=c.integer("intermediate_size"),
+                  vocab=c.integer("vocab_size", default=262_208 if gemma3 else 256_000),
+                  tied_embeddings=c.flag("tie_word_embeddings", True),
+                  max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
+                  attn_bias=c.flag("attention_bias", False), qk_norm=gemma3)
+    if gemma1:  # GemmaDecoderLayer: the input and post-attention norms only, every layer global
+        return fields
+    pattern = c.integer("sliding_window_pattern", "_sliding_window_pattern", default=6) if gemma3 else 2
+    windowed = c.layer_kinds(n_layers) or [(i + 1) % pattern != 0 for i in range(n_layers)]
+    return dict(fields, norms_per_layer=4, **_window_fields(c, windowed, c.integer("sliding_window", default=4096)))
+
+
+def _starcoder2(c: _Config) -> dict[str, Any]:
+    """Starcoder2DecoderLayer: LayerNorm with bias, q/k/v/o and the MLP's c_fc / c_proj biased (use_bias, default
+    true), a GELU MLP (not gated), GQA, config.sliding_window on every layer, embeddings tied by default
+    (Starcoder2Config)."""
+    n_heads = c.integer("num_attention_heads")
+    n_layers = c.integer("num_hidden_layers", maximum=MAX_LAYERS)
+    bias = c.flag("use_bias", True)
     return dict(n_layers=n_layers, hidden=c.integer("hidden_size"), n_heads=n_heads,
-                n_kv_heads=c.integer("num_key_value_heads", default=n_heads), head_dim=c.integer("head_dim", default=256),
-                ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size", default=262_208 if gemma3 else 256_000),
-                tied_embeddings=c.flag("tie_word_embeddings", True),
-                max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
-                attn_bias=c.flag("attention_bias", False), qk_norm=gemma3, norms_per_layer=4,
-                **_window_fields(c, windowed, c.integer("sliding_window", default=4096)))
+                n_kv_heads=c.integer("num_key_value_heads", default=n_heads),
+                ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
+                tied_embeddings=c.flag("tie_word_embeddings", True), norm="layernorm",
+                max_positions=c.integer("max_position_embeddings", default=4096), attn_bias=bias, linear_bias=bias,
+                **_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
 
 
 def _qwen_windowed(c: _Config, mt: str, n_layers: int) -> list[bool]:
@@ -270,7 +293,7 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     # Qwen2 / Qwen2-MoE always put biases on q, k and v (and nowhere else).
     attention_bias = mt in ("qwen2", "qwen2_moe") or c.flag("attention_bias", False)
     mlp_bias = c.flag("mlp_bias", False)
-    if mt in ("phi3", "olmo2", "deepseek_v2", "deepseek_v3") and attention_bias:
+    if mt in ("phi3", "olmo2", "olmoe", "deepseek_v2", "deepseek_v3") and attention_bias:
         raise UnsupportedModelError(f"{c.where}: {mt} with attention_bias is not supported; use the YAML format")
     # Llama/Qwen3 `attention_bias` also biases o_proj, which ModelSpec ties to the MLP biases (linear_bias): with
     # attention_bias alone the count misses n_layers * hidden values (< 0.01 % of any real model).
@@ -278,9 +301,14 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     fields["linear_bias"] = mlp_bias and attention_bias
     if mlp_bias and not attention_bias:
         raise UnsupportedModelError(f"{c.where}: mlp_bias without attention_bias is not supported; use the YAML format")
-    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2")
-    if mt == "olmo2":
+    # GLM-4.5 norms q and k per head when use_qk_norm is set (Glm4MoeAttention).
+    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2", "olmoe") or (mt == "glm4_moe"
+                                                                         and c.flag("use_qk_norm", False))
+    if mt in ("olmo2", "olmoe"):
         fields["qk_norm_full_width"] = True
+    if mt == "nemotron":
+        # NemotronDecoderLayer: LayerNorm1P (weight and bias), a squared-ReLU MLP of up_proj / down_proj (not gated).
+        fields.update(norm="layernorm", gated_ffn=False)
     if mt in ("mistral", "mixtral", "phi3"):
         # Their attention applies config.sliding_window on every layer when it is set (Mistral 7B v0.1: 4096).
         fields.update(_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
@@ -308,6 +336,14 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
     if mt == "mixtral":
         return dict(n_experts=c.integer("num_local_experts"), top_k=c.integer("num_experts_per_tok"),
                     expert_ffn_hidden=c.integer("intermediate_size"))
+    if mt == "olmoe":  # OlmoeSparseMoeBlock on every layer: num_experts experts of intermediate_size
+        return dict(n_experts=c.integer("num_experts"), top_k=c.integer("num_experts_per_tok"),
+                    expert_ffn_hidden=c.integer("intermediate_size"))
+    if mt == "granitemoe":
+        # GraniteMoeMoE on every layer: num_local_experts experts of intermediate_size (input_linear / output_linear,
+        # no biases), a bias-free router whose top-k logits are softmaxed (weights renormalised).
+        return dict(n_experts=c.integer("num_local_experts"), top_k=c.integer("num_experts_per_tok"),
+                    expert_ffn_hidden=c.integer("intermediate_size"))
     if mt in ("qwen2_moe", "qwen3_moe"):
         # Qwen2MoeDecoderLayer: MoE when layer not in mlp_only_layers and (layer + 1) % decoder_sparse_step == 0.
         step = c.integer("decoder_sparse_step", default=1)
@@ -320,8 +356,9 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
                       expert_ffn_hidden=c.integer("moe_intermediate_size"), **_moe_layout(moe, n_layers, c.where))
         shared = c.integer("shared_expert_intermediate_size", default=0, minimum=0) if mt == "qwen2_moe" else 0
         return {**fields, "shared_expert_ffn_hidden": shared, "shared_expert_gate": shared > 0}
-    # DeepSeek-V2 / V3 (their released modelling code, DeepseekV3DecoderLayer): MoE when layer >=
-    # first_k_dense_replace and layer % moe_layer_freq == 0 (every released config has moe_layer_freq 1).
+    # DeepSeek-V2 / V3 (their released modelling code, DeepseekV3DecoderLayer) and GLM-4.5 (Glm4MoeDecoderLayer,
+    # the same block with n_shared_experts shared experts): MoE when layer >= first_k_dense_replace and layer %
+    # moe_layer_freq == 0 (every released config has moe_layer_freq 1; Glm4MoeConfig has none).
     first_k = c.integer("first_k_dense_replace", default=0, minimum=0)
     freq = c.integer("moe_layer_freq", default=1)
     moe = [i for i in range(n_layers) if i >= first_k and i % freq == 0]
@@ -369,16 +406,18 @@ def _rope_fields(c: _Config) -> dict[str, Any]:
 def _router_fields(c: _Config, mt: str) -> dict[str, Any]:
     """The router's score function, expert bias, top-k weight scale and renormalisation (DeepSeek's scoring_func,
     topk_method, routed_scaling_factor, norm_topk_prob; Mixtral and GPT-OSS renormalise over the top-k)."""
-    # Llama 4 (Llama4TextMoe): sigmoid of the top-k router logits, not renormalised.
-    score = c.raw.get("scoring_func", "sigmoid" if mt == "llama4" else "softmax")
+    # Llama 4 (Llama4TextMoe): sigmoid of the top-k router logits, not renormalised. GLM-4.5 (Glm4MoeTopkRouter):
+    # sigmoid scores with a correction bias for selection (e_score_correction_bias), as DeepSeek-V3's noaux_tc.
+    score = c.raw.get("scoring_func", "sigmoid" if mt in ("llama4", "glm4_moe") else "softmax")
     if score not in ("softmax", "sigmoid"):
         raise UnsupportedModelError(f"{c.where}: scoring_func {score!r} is not supported; supported: softmax, sigmoid")
-    out: dict[str, Any] = {"router_score": score, "router_expert_bias": c.raw.get("topk_method") == "noaux_tc"}
+    out: dict[str, Any] = {"router_score": score,
+                           "router_expert_bias": mt == "glm4_moe" or c.raw.get("topk_method") == "noaux_tc"}
     if c.raw.get("routed_scaling_factor") is not None:
         out["router_topk_scaling"] = _positive_number(c, "routed_scaling_factor", c.raw["routed_scaling_factor"])
-    if mt in ("qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3"):
-        # transformers' defaults when the key is absent: True only for DeepseekV3Config
-        out["router_renormalize"] = c.flag("norm_topk_prob", mt == "deepseek_v3")
+    if mt in ("qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "olmoe", "glm4_moe"):
+        # transformers' defaults when the key is absent: True for DeepseekV3Config and Glm4MoeConfig
+        out["router_renormalize"] = c.flag("norm_topk_prob", mt in ("deepseek_v3", "glm4_moe"))
     elif mt == "llama4":
         out["router_renormalize"] = False
     return out
