@@ -78,8 +78,7 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
         args += ["--group-query-attention", "--num-query-groups", str(m.kv_heads)]
     if m.head_dim is not None and not m.is_mla:
         args += ["--kv-channels", str(m.head_dim)]
-    if m.gated_ffn:
-        args.append("--swiglu")
+    args += activation_args(m)
     if m.position == "rope":
         args += ["--position-embedding-type", "rope", "--rotary-base", _number(m.rope_theta)] + rope_scaling_args(m)
     if not m.tied_embeddings:
@@ -92,7 +91,42 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
         args.append("--qk-layernorm")
     if not m.dropout:
         args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
-    return args + mla_args(m) + moe_args(m, layout)
+    return args + window_args(m) + mla_args(m) + moe_args(m, layout)
+
+
+def activation_args(m: ModelSpec) -> Args:
+    """The MLP's activation as Megatron-LM's arguments.py names it (_add_network_size_args): --swiglu (SiLU GLU),
+    --squared-relu, --quick-geglu with GPT-OSS's input clamp and (x_linear + 1) offset (--activation-func-clamp-value,
+    --glu-linear-offset; transformers GptOssExperts: (up + 1) * glu), default GELU. A gated GELU (GeGLU: Gemma, Grok-1)
+    and ReLU (OPT) have no flag: the script keeps the MLP's shape (--swiglu for a gated one) and notes() says so."""
+    fn = m.activation_fn
+    if m.gated_ffn and fn == "quick_gelu":
+        clamp = ["--activation-func-clamp-value", _number(m.activation_clamp), "--glu-linear-offset", "1"] \
+            if m.activation_clamp else []
+        return ["--quick-geglu", *clamp]
+    if m.gated_ffn:
+        return ["--swiglu"]
+    return ["--squared-relu"] if fn == "relu2" else []
+
+
+def window_args(m: ModelSpec) -> Args:
+    """Sliding-window attention and attention sinks (Megatron-LM arguments.py --window-size, --window-attn-skip-freq,
+    --softmax-type): a window of W keys is (W - 1, 0) to Transformer Engine (query i attends keys i - W + 1 .. i, as
+    transformers' sliding-window mask i - j < W; Megatron-Bridge's GPT-OSS provider (sliding_window - 1, 0)); every
+    full_attention_every-th layer full is --window-attn-skip-freq N (Megatron-Core: layer_number % N == 0 attends
+    globally, 1-based: the same layers), any other pattern the explicit per-layer list (1 = window, 0 = full).
+    Llama 4's chunked attention has no flag (notes())."""
+    args: Args = ["--softmax-type", "learnable"] if m.attn_sinks else []
+    if m.sliding_window is None or m.local_attention != "sliding":
+        return args
+    args += ["--window-size", f"{m.sliding_window - 1},0"]
+    pattern = [1 if m.is_sliding_layer(i) else 0 for i in range(m.n_layers)]
+    if all(pattern):
+        return args
+    every = m.full_attention_every
+    if every and not m.full_attention_first_layers:
+        return args + ["--window-attn-skip-freq", str(every)]
+    return args + ["--window-attn-skip-freq", "[" + ",".join(map(str, pattern)) + "]"]
 
 
 def _number(value: float) -> str:
@@ -284,6 +318,17 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     out = []
     if model.position == "alibi":
         out.append(Note("Megatron-LM GPT has no ALiBi positions; it trains with learned absolute positions instead"))
+    fn = model.activation_fn
+    if (model.gated_ffn and fn not in ("silu", "quick_gelu")) or (not model.gated_ffn and fn not in ("gelu", "relu2")):
+        kind = f"a gated {fn.upper()} MLP (GeGLU)" if model.gated_ffn and fn == "gelu" else f"{fn} activation"
+        runs = "SwiGLU (--swiglu, the same matrices)" if model.gated_ffn else "GELU (the default)"
+        out.append(Note(f"{model.name} has {kind}, which pretrain_gpt.py has no flag for (arguments.py: --swiglu, "
+                        f"--squared-relu, --quick-geglu); the script trains {runs}: set activation_func in a "
+                        "Megatron-Bridge model provider to train the model itself"))
+    if model.sliding_window is not None and model.local_attention == "chunked":
+        out.append(Note(f"{model.name} attends in chunks of {model.sliding_window} tokens on its local layers; "
+                        "pretrain_gpt.py has no chunked-attention flag, so the script attends over the whole sequence "
+                        "(more attention work than planned)"))
     if L.recompute == "full" and L.recompute_layers % L.vpp:
         out.append(Note(f"recompute_layers({L.recompute_layers}) per rank is not a multiple of vpp({L.vpp}); "
                         f"Megatron recomputes {max(1, L.recompute_layers // L.vpp)} per model chunk"))

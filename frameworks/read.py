@@ -511,7 +511,8 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--moe-flex-dispatcher-backend": "flex_backend", "--moe-expert-capacity-factor": "capacity_factor",
                 "--fp8-recipe": "fp8_recipe", "--exp-avg-dtype": "exp_avg_dtype",
                 "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
-                "--main-params-dtype": "main_params_dtype"}
+                "--main-params-dtype": "main_params_dtype", "--window-size": "window_size",
+                "--window-attn-skip-freq": "window_skip"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
@@ -520,7 +521,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--grad-reduce-in-bf16": "grad_bf16", "--moe-enable-deepep": "enable_deepep",
                   "--overlap-moe-expert-parallel-comm": "a2a_overlap",
                   "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather",
-                  "--use-precision-aware-optimizer": "precision_aware"}
+                  "--use-precision-aware-optimizer": "precision_aware", "--swiglu": "swiglu",
+                  "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -620,7 +622,47 @@ def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
                    f"{model.rope_scaling_factor:g})")
     if "mtp_layers" in v and _float(v["mtp_layers"]) != model.mtp_layers:
         out.append(f"--mtp-num-layers {v['mtp_layers']} but {model.name} has {model.mtp_layers} MTP layers")
+    runs = megatron_activation(v)
+    if runs != _megatron_activation_of(model):
+        out.append(f"the script trains a {runs} MLP but {model.name} has a {_mlp_name(model)} one")
+    window = _megatron_window(v)
+    want = model.sliding_window if model.local_attention == "sliding" else None
+    if window != want:
+        has = f"a {want}-token window" if want else "no window"
+        out.append(f"the script attends {f'over {window}-token windows' if window else 'over the whole sequence'} "
+                   f"but {model.name} has {has} on its local layers")
     return out
+
+
+def megatron_activation(v: Mapping[str, Any]) -> str:
+    """The MLP pretrain_gpt.py builds from the activation flags (arguments.py core_transformer_config_from_args):
+    --swiglu gated SiLU, --quick-geglu gated quick GELU, --squared-relu, else plain GELU."""
+    return ("gated silu" if v.get("swiglu") else "gated quick_gelu" if v.get("quick_geglu")
+            else "relu2" if v.get("squared_relu") else "gelu")
+
+
+def _megatron_activation_of(model: ModelSpec) -> str:
+    """What megatron_activation reads back from the model's own export (a GeGLU exports as SwiGLU, ReLU as GELU)."""
+    fn = model.activation_fn
+    if model.gated_ffn:
+        return "gated quick_gelu" if fn == "quick_gelu" else "gated silu"
+    return "relu2" if fn == "relu2" else "gelu"
+
+
+def _mlp_name(model: ModelSpec) -> str:
+    return f"{'gated ' if model.gated_ffn else ''}{model.activation_fn}"
+
+
+def _megatron_window(v: Mapping[str, Any]) -> int | None:
+    """Keys a windowed layer attends to: --window-size left,right (left + 1; Transformer Engine's window)."""
+    raw = v.get("window_size")
+    if raw is None:
+        return None
+    try:
+        left = int(str(raw).strip("()").split(",")[0])
+    except ValueError:
+        return None
+    return left + 1 if left >= 0 else None
 
 
 def _float(raw: str) -> float:

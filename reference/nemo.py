@@ -69,8 +69,9 @@ def nemotron(name: str, layers: int, hidden: int, ffn: int, heads: int, kv_heads
     """Nemotron-3/4 (NeMo nemo/collections/llm/gpt/model/nemotron.py NemotronConfig; launcher conf/training/nemotron):
     squared-ReLU MLP (not gated), LayerNorm1p, no biases, RoPE on half the head, untied embeddings, no dropout."""
     return ModelSpec(name=name, family="nemotron", n_layers=layers, hidden=hidden, n_heads=heads, n_kv_heads=kv_heads,
-                     ffn_hidden=ffn, gated_ffn=False, vocab=NEMOTRON_VOCAB, tied_embeddings=False, norm="layernorm",
-                     position="rope", max_positions=4096, source=f"NeMo NemotronConfig / launcher ({name})")
+                     ffn_hidden=ffn, gated_ffn=False, activation="relu2", vocab=NEMOTRON_VOCAB, tied_embeddings=False,
+                     norm="layernorm", position="rope", max_positions=4096,
+                     source=f"NeMo NemotronConfig / launcher ({name})")
 
 
 def _models() -> dict[str, ModelSpec]:

@@ -361,6 +361,40 @@ def test_megatron_export_carries_rope_and_router_settings_and_check_notes_a_diff
     assert any("--rotary-base 10000" in n and "500000" in n for n in read.notes)
 
 
+def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
+    """The MLP's activation and the attention's windows and sinks, as Megatron-LM's arguments.py names them: GPT-OSS
+    runs a clamped quick GEGLU with (x_linear + 1) (transformers GptOssExperts), learnable sink logits and a 128-key
+    window on every other layer (window (127, 0): query i attends keys i - 127 .. i, 128 of them); Nemotron a squared
+    ReLU; Gemma 2 a GeGLU, which has no flag: the script keeps its three matrices (--swiglu) and says it trains SwiGLU.
+    A script that drops them reads back with notes (tests/test_framework_parsers.py builds each in Megatron-Core)."""
+    from clusterplan.frameworks import read_config
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import Layout
+
+    cluster, layout = load_cluster("dgx-h100:1"), Layout(dp=8, mbs=1, gbs=8, seq=4096)
+    oss = load_model("gpt-oss-120b")
+    exported = export_plan("megatron", oss, cluster, layout)
+    f = _megatron_flags(exported.text)
+    assert (f["--quick-geglu"], f["--activation-func-clamp-value"], f["--glu-linear-offset"]) == ("", "7", "1")
+    assert (f["--softmax-type"], f["--window-size"], f["--window-attn-skip-freq"]) == ("learnable", "127,0", "2")
+    assert "--swiglu" not in f and not exported.notes
+    nemotron = _megatron_flags(export_plan("megatron", load_model("nemotron4-15b"), cluster, layout).text)
+    assert "--squared-relu" in nemotron and "--swiglu" not in nemotron and "--window-size" not in nemotron
+    gemma = export_plan("megatron", load_model("gemma2-2b"), cluster, layout)
+    assert "--swiglu" in _megatron_flags(gemma.text)
+    assert any("GeGLU" in n and "trains SwiGLU" in n for n in gemma.notes)
+    llama = _megatron_flags(export_plan("megatron", load_model("llama3.1-8b"), cluster, layout).text)
+    assert "--swiglu" in llama and not {"--window-size", "--squared-relu", "--softmax-type"} & set(llama)
+    # A hand-written GPT-OSS script with SwiGLU and no windows: the same layout, two notes.
+    plain = exported.text.replace("--quick-geglu", "--swiglu").replace("--window-size 127,0", "")
+    read = read_config(_write(tmp_path / "plain.sh", plain), oss, 8)
+    assert read.layout == read_config(_write(tmp_path / "same.sh", exported.text), oss, 8).layout
+    assert any("gated silu MLP but gpt-oss-120b has a gated quick_gelu" in n for n in read.notes)
+    assert any("over the whole sequence but gpt-oss-120b has a 128-token window" in n for n in read.notes)
+    assert not read_config(tmp_path / "same.sh", oss, 8).notes
+
+
 def _write(path, text):
     path.write_text(text, encoding="utf-8")
     return path

@@ -263,3 +263,68 @@ def test_deepspeed_parses_an_autotp_config(tmp_path):
         print(json.dumps({"autotp": cfg.tensor_parallel_config.autotp_size, "zero": cfg.zero_optimization_stage}))
     """, tmp_path)
     assert result == {"autotp": 4, "zero": 2}
+
+
+@pytest.mark.skipif(not _installed("megatron.core"), reason="needs megatron-core")
+def test_megatron_core_builds_each_activation_and_window_pattern(tmp_path):
+    # The architecture flags the round-trip matrix (Llama, Mixtral, Qwen3, DeepSeek) never carries: GPT-OSS's clamped
+    # quick GEGLU, sinks and every-other-layer windows, Nemotron's squared ReLU, Gemma 2's alternating windows, a
+    # StarCoder2 window on every layer, and a leading run of full layers (the explicit list). Each builds
+    # TransformerConfig as core_transformer_config_from_args would, and Megatron-Core's own is_layer_window_attention
+    # must window exactly the layers the model windows.
+    from dataclasses import replace
+
+    from clusterplan.models.training.layout import Layout
+    leading = replace(load_model("gemma2-2b"), name="leading-full", full_attention_every=0,
+                      full_attention_first_layers=3)
+    models = [load_model(n) for n in ("gpt-oss-120b", "nemotron4-15b", "gemma2-2b", "starcoder2-15b")] + [leading]
+    cluster = load_cluster("dgx-h100:1")
+    jobs = []
+    for m in models:
+        text = export_plan("megatron", m, cluster, Layout(dp=8, mbs=1, gbs=8, seq=4096)).text
+        jobs.append({"flags": _flag_values(text), "what": m.name,
+                     "windowed": [m.is_sliding_layer(i) for i in range(m.n_layers)]})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = _run("""
+        import json
+        import torch.nn.functional as F
+        from megatron.core.activations import quick_gelu, squared_relu
+        from megatron.core.transformer.transformer_config import TransformerConfig
+        from megatron.core.transformer.utils import is_layer_window_attention
+        errors, done = [], 0
+        for job in json.load(open("jobs.json")):
+            f = job["flags"]
+            kw = dict(num_layers=int(f["--num-layers"]), hidden_size=int(f["--hidden-size"]),
+                      num_attention_heads=int(f["--num-attention-heads"]),
+                      ffn_hidden_size=int(f["--ffn-hidden-size"]))
+            # megatron/training/arguments.py core_transformer_config_from_args
+            if "--swiglu" in f:
+                kw.update(gated_linear_unit=True, activation_func=F.silu)
+            elif "--quick-geglu" in f:
+                kw.update(gated_linear_unit=True, activation_func=quick_gelu)
+            elif "--squared-relu" in f:
+                kw.update(activation_func=squared_relu)
+            for flag, field in (("--activation-func-clamp-value", "activation_func_clamp_value"),
+                                ("--glu-linear-offset", "glu_linear_offset")):
+                if flag in f:
+                    kw[field] = float(f[flag])
+            if "--softmax-type" in f:
+                kw["softmax_type"] = f["--softmax-type"]
+            if "--window-size" in f:
+                kw["window_size"] = tuple(int(x) for x in f["--window-size"].strip("()").split(","))
+            skip = f.get("--window-attn-skip-freq")
+            if skip is not None:
+                kw["window_attn_skip_freq"] = eval(skip, {"__builtins__": {}}) if "[" in skip else int(skip)
+            try:
+                cfg = TransformerConfig(**kw)
+                got = [is_layer_window_attention(cfg.window_size, cfg.window_attn_skip_freq, i + 1)
+                       for i in range(cfg.num_layers)]
+                if got != job["windowed"]:
+                    errors.append(f"{job['what']}: windowed layers {got[:8]}... != {job['windowed'][:8]}...")
+                done += 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{job['what']}: {type(exc).__name__}: {exc}")
+        print(json.dumps({"done": done, "errors": errors}))
+    """, tmp_path)
+    assert result["errors"] == []
+    assert result["done"] == len(models)

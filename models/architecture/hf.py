@@ -112,6 +112,23 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
         raise BadInputError(f"{where}: {exc}") from exc
 
 
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu", "gelu_fast": "gelu",
+                  "gelu_pytorch_tanh": "gelu", "gelu_python": "gelu", "gelu_accurate": "gelu", "relu": "relu",
+                  "relu2": "relu2", "quick_gelu": "quick_gelu"}
+"""transformers' ACT2FN names -> ModelSpec.activation (the tanh approximations of GELU count as gelu)."""
+
+
+def _activation_field(c: _Config, gated: bool, *keys: str, default: str) -> dict[str, Any]:
+    """{"activation": ...} from the first of `keys` the config sets (else `default`, the configuration class's), left
+    out where it is the default of the MLP's kind (silu gated, gelu plain) so earlier models serialise as before."""
+    raw = next((c.raw[k] for k in keys if c.raw.get(k) is not None), default)
+    if raw not in HF_ACTIVATIONS:
+        raise UnsupportedModelError(f"{c.where}: activation {raw!r} is not supported; supported: "
+                                    f"{', '.join(HF_ACTIVATIONS)} (or describe the model in the YAML format)")
+    act = HF_ACTIVATIONS[raw]
+    return {} if act == ("silu" if gated else "gelu") else {"activation": act}
+
+
 def _window_fields(c: _Config, windowed: list[bool], window: int | None, *, chunked: bool = False) -> dict[str, Any]:
     """sliding_window, full_attention_every and full_attention_first_layers that reproduce the config's windowed
     layers exactly (one flag per layer, as transformers' layer_types gives them); refused when no such pattern
@@ -138,7 +155,8 @@ def _gpt2(c: _Config) -> dict[str, Any]:
     return dict(n_layers=c.integer("n_layer", "num_hidden_layers", maximum=MAX_LAYERS), hidden=h, n_heads=c.integer("n_head", "num_attention_heads"),
                 ffn_hidden=c.integer("n_inner", default=4 * h), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=True, norm="layernorm", position="learned",
-                max_positions=c.integer("n_positions", "max_position_embeddings"), attn_bias=True, linear_bias=True)
+                max_positions=c.integer("n_positions", "max_position_embeddings"), attn_bias=True, linear_bias=True,
+                **_activation_field(c, False, "activation_function", default="gelu_new"))
 
 
 def _opt(c: _Config) -> dict[str, Any]:
@@ -153,7 +171,8 @@ def _opt(c: _Config) -> dict[str, Any]:
     return dict(n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=h, n_heads=c.integer("num_attention_heads"),
                 ffn_hidden=c.integer("ffn_dim"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", True), norm="layernorm", position="learned",
-                max_positions=c.integer("max_position_embeddings") + 2, attn_bias=bias, linear_bias=bias)
+                max_positions=c.integer("max_position_embeddings") + 2, attn_bias=bias, linear_bias=bias,
+                **_activation_field(c, False, "activation_function", default="relu"))
 
 
 def _gpt_neox(c: _Config) -> dict[str, Any]:
@@ -162,7 +181,8 @@ def _gpt_neox(c: _Config) -> dict[str, Any]:
     return dict(n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=c.integer("hidden_size"), n_heads=c.integer("num_attention_heads"),
                 ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False), norm="layernorm", position="rope",
-                max_positions=c.integer("max_position_embeddings", default=2048), attn_bias=bias, linear_bias=bias)
+                max_positions=c.integer("max_position_embeddings", default=2048), attn_bias=bias, linear_bias=bias,
+                **_activation_field(c, False, "hidden_act", default="gelu"))
 
 
 def _gpt_oss(c: _Config) -> dict[str, Any]:
@@ -177,7 +197,7 @@ def _gpt_oss(c: _Config) -> dict[str, Any]:
                 ffn_hidden=c.integer("intermediate_size"), vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False),
                 max_positions=c.integer("max_position_embeddings", default=4096),
-                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True,
+                attn_bias=c.flag("attention_bias", True), linear_bias=True, attn_sinks=True, activation="quick_gelu",
                 **_window_fields(c, windowed, c.integer("sliding_window", default=None)), n_experts=experts,
                 top_k=c.integer("num_experts_per_tok", "experts_per_token"),
                 expert_ffn_hidden=c.integer("intermediate_size"),
@@ -210,7 +230,7 @@ def _llama4(c: _Config) -> dict[str, Any]:
                 ffn_hidden=c.integer("intermediate_size_mlp"), vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False),
                 max_positions=c.integer("max_position_embeddings", default=4096),
-                attn_bias=c.flag("attention_bias", False),
+                attn_bias=c.flag("attention_bias", False), **_activation_field(c, True, "hidden_act", default="silu"),
                 **_window_fields(c, windowed, chunk, chunked=True),
                 n_experts=c.integer("num_local_experts"), top_k=c.integer("num_experts_per_tok"),
                 n_shared_experts=1, expert_ffn_hidden=expert_ffn, **_moe_layout(moe, n_layers, c.where))
@@ -238,7 +258,10 @@ def _gemma(c: _Config) -> dict[str, Any]:
                   vocab=c.integer("vocab_size", default=262_208 if gemma3 else 256_000),
                   tied_embeddings=c.flag("tie_word_embeddings", True),
                   max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
-                  attn_bias=c.flag("attention_bias", False), qk_norm=gemma3)
+                  attn_bias=c.flag("attention_bias", False), qk_norm=gemma3,
+                  # GemmaConfig / Gemma2Config / Gemma3TextConfig: hidden_activation (tanh GELU by default; the legacy
+                  # hidden_act is ignored): a GeGLU MLP
+                  **_activation_field(c, True, "hidden_activation", default="gelu_pytorch_tanh"))
     if gemma1:  # GemmaDecoderLayer: the input and post-attention norms only, every layer global
         return fields
     pattern = c.integer("sliding_window_pattern", "_sliding_window_pattern", default=6) if gemma3 else 2
@@ -258,6 +281,7 @@ def _starcoder2(c: _Config) -> dict[str, Any]:
                 ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", True), norm="layernorm",
                 max_positions=c.integer("max_position_embeddings", default=4096), attn_bias=bias, linear_bias=bias,
+                **_activation_field(c, False, "hidden_act", default="gelu_pytorch_tanh"),
                 **_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
 
 
@@ -309,6 +333,8 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     if mt == "nemotron":
         # NemotronDecoderLayer: LayerNorm1P (weight and bias), a squared-ReLU MLP of up_proj / down_proj (not gated).
         fields.update(norm="layernorm", gated_ffn=False)
+    gated = fields.get("gated_ffn", True)
+    fields.update(_activation_field(c, gated, "hidden_act", default="relu2" if mt == "nemotron" else "silu"))
     if mt in ("mistral", "mixtral", "phi3"):
         # Their attention applies config.sliding_window on every layer when it is set (Mistral 7B v0.1: 4096).
         fields.update(_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))

@@ -16,6 +16,12 @@ from clusterplan.errors import BadInputError
 NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "alibi"]
 LocalAttentionKind = Literal["sliding", "chunked"]
+ActivationKind = Literal["", "silu", "gelu", "relu", "relu2", "quick_gelu"]
+ACTIVATIONS = ("", "silu", "gelu", "relu", "relu2", "quick_gelu")
+"""The MLP's activation function: silu (SwiGLU when gated), gelu (exact or tanh-approximated: the same kernel cost;
+GeGLU when gated), relu (OPT), relu2 (squared ReLU, Nemotron), quick_gelu (x * sigmoid(1.702 x), GPT-OSS's gated
+form); "" = the family default, silu when gated, gelu when not. It changes neither parameters nor FLOPs; exports
+name it (frameworks/megatron.py)."""
 
 
 MAX_LAYERS = 10_000
@@ -31,10 +37,10 @@ _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_nor
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
-                       "router_topk_scaling", "router_renormalize", "activation_clamp")
-"""Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router settings that
-exports carry: to_dict leaves them out while they hold their default, so the JSON of every model described before
-them stays byte-identical."""
+                       "router_topk_scaling", "router_renormalize", "activation_clamp", "activation")
+"""Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
+settings that exports carry: to_dict leaves them out while they hold their default, so the JSON of every model
+described before them stays byte-identical."""
 RopeScalingKind = Literal["none", "llama3", "yarn", "linear"]
 RouterScoreKind = Literal["softmax", "sigmoid"]
 
@@ -100,6 +106,8 @@ class ModelSpec:
     """With sliding_window: layers below this index keep full attention (Qwen2's max_window_layers)."""
     attn_sinks: bool = False
     """A learned sink logit per head in the softmax (GPT-OSS `sinks`): n_heads parameters per layer."""
+    activation: ActivationKind = ""
+    """The MLP's activation (ACTIVATIONS; "" = silu when gated, gelu when not): activation_fn resolves it."""
     activation_clamp: float = 0.0
     """Clamp of the gated activation's inputs (GPT-OSS config.json `swiglu_limit` 7.0: the gate half clamped to
     <= limit, the linear half to [-limit, limit] before the GLU; transformers GptOssExperts); 0 = no clamp."""
@@ -220,11 +228,18 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: {f} must be a positive number, got {value!r}")
         for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi")),
                            ("local_attention", ("sliding", "chunked")),
-                           ("rope_scaling", ("none", "llama3", "yarn", "linear")), ("router_score", ("softmax", "sigmoid"))):
+                           ("rope_scaling", ("none", "llama3", "yarn", "linear")), ("router_score", ("softmax", "sigmoid")),
+                           ("activation", ACTIVATIONS)):
             if getattr(self, f) not in allowed:
-                raise BadInputError(f"model {self.name}: {f} must be one of {', '.join(allowed)}, got {getattr(self, f)!r}")
+                names = ", ".join(a or "'' (the default)" for a in allowed)
+                raise BadInputError(f"model {self.name}: {f} must be one of {names}, got {getattr(self, f)!r}")
 
     # ---- derived shape -------------------------------------------------------------------------
+    @property
+    def activation_fn(self) -> str:
+        """The MLP's activation function: `activation`, or the default of the MLP's kind (silu gated, gelu plain)."""
+        return self.activation or ("silu" if self.gated_ffn else "gelu")
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
