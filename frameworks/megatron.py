@@ -81,6 +81,8 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
     args += activation_args(m)
     if m.position == "rope":
         args += ["--position-embedding-type", "rope", "--rotary-base", _number(m.rope_theta)] + rope_scaling_args(m)
+        if m.rotary_fraction != 1.0:  # arguments.py --rotary-percent: the share of each head RoPE rotates
+            args += ["--rotary-percent", _number(m.rotary_fraction)]
     if not m.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
     if not m.linear_bias:

@@ -512,6 +512,7 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--fp8-recipe": "fp8_recipe", "--exp-avg-dtype": "exp_avg_dtype",
                 "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
                 "--main-params-dtype": "main_params_dtype", "--window-size": "window_size",
+                "--rotary-percent": "rotary_percent",
                 "--window-attn-skip-freq": "window_skip"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
@@ -622,6 +623,9 @@ def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
                    f"{model.rope_scaling_factor:g})")
     if "mtp_layers" in v and _float(v["mtp_layers"]) != model.mtp_layers:
         out.append(f"--mtp-num-layers {v['mtp_layers']} but {model.name} has {model.mtp_layers} MTP layers")
+    if model.position == "rope" and _float(v.get("rotary_percent", "1")) != model.rotary_fraction:
+        out.append(f"--rotary-percent {v.get('rotary_percent', '1.0 (the default)')} but {model.name} rotates "
+                   f"{model.rotary_fraction:g} of each head")
     runs = megatron_activation(v)
     if runs != _megatron_activation_of(model):
         out.append(f"the script trains a {runs} MLP but {model.name} has a {_mlp_name(model)} one")

@@ -379,3 +379,15 @@ def test_mtp_module_weights_sit_on_the_last_stage():
     # Ranks without the head hold none of it.
     assert float(stage_params(shapes, L, np.array([4.0]), False, False).dense[0]) == pytest.approx(
         float(stage_params(ModelShapes.of(m.scaled(mtp_layers=0)), L, np.array([4.0]), False, False).dense[0]))
+
+
+def test_partial_rotary_from_config_or_family_default():
+    # Minitron (Nemotron) and GLM-4.5 state partial_rotary_factor 0.5, Pythia rotary_pct 0.25; a Llama rotates the
+    # whole head and keeps the field out of its JSON. NemotronConfig defaults the factor to 0.5 when it is left out.
+    assert load_model(str(HF / "minitron-8b-base")).rotary_fraction == 0.5
+    assert load_model(str(HF / "intellect-3-base")).rotary_fraction == 0.5
+    assert load_model(str(HF / "pythia-1.4b")).rotary_fraction == 0.25
+    llama = load_model(str(HF / "llama3.1-8b"))
+    assert llama.rotary_fraction == 1.0 and "rotary_fraction" not in llama.to_dict()
+    raw = {k: v for k, v in _raw("minitron-8b-base").items() if k != "partial_rotary_factor"}
+    assert spec_from_hf(raw, name="m").rotary_fraction == 0.5

@@ -413,6 +413,15 @@ def _rope_fields(c: _Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if c.raw.get("rope_theta") is not None:
         out["rope_theta"] = _positive_number(c, "rope_theta", c.raw["rope_theta"])
+    # Partial rotary: NemotronConfig and Glm4MoeConfig default partial_rotary_factor to 0.5, GPTNeoXConfig rotary_pct
+    # to 0.25; every other family rotates the whole head unless its config says otherwise.
+    default = {"nemotron": 0.5, "glm4_moe": 0.5, "gpt_neox": 0.25}.get(c.raw["model_type"], 1.0)
+    key = "rotary_pct" if c.raw["model_type"] == "gpt_neox" else "partial_rotary_factor"
+    fraction = _positive_number(c, key, c.raw[key]) if c.raw.get(key) is not None else default
+    if not fraction <= 1.0:
+        raise BadInputError(f"{c.where}: {key} must be in (0, 1], got {fraction!r}; fix config.json")
+    if fraction != 1.0:
+        out["rotary_fraction"] = fraction
     scaling = c.raw.get("rope_scaling")
     if isinstance(scaling, dict):
         kind = scaling.get("rope_type", scaling.get("type"))

@@ -37,7 +37,7 @@ _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_nor
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
-                       "router_topk_scaling", "router_renormalize", "activation_clamp", "activation")
+                       "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
 settings that exports carry: to_dict leaves them out while they hold their default, so the JSON of every model
 described before them stays byte-identical."""
@@ -68,6 +68,10 @@ class ModelSpec:
     max_positions: int = 4096
     rope_theta: float = 10000.0
     """RoPE base (config.json `rope_theta`; Llama 3 500,000). Changes no count or time: exports carry it."""
+    rotary_fraction: float = 1.0
+    """Share of each head's dimensions RoPE rotates (config.json `partial_rotary_factor`, GPT-NeoX `rotary_pct`:
+    Nemotron and GLM-4.5 0.5, Pythia 0.25). Changes no count or time (a fused RoPE kernel reads and writes the whole
+    head either way): exports carry it."""
     rope_scaling: RopeScalingKind = "none"
     """RoPE frequency scaling for long context: "llama3" (Llama 3.1's low/high-frequency rule), "yarn" (DeepSeek-V3),
     "linear" (position interpolation); config.json `rope_scaling.rope_type`."""
@@ -222,6 +226,10 @@ class ModelSpec:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
                 raise BadInputError(f"model {self.name}: {f} must be a number >= 0, got {value!r}")
+        if not isinstance(self.rotary_fraction, (int, float)) or isinstance(self.rotary_fraction, bool) \
+                or not 0 < self.rotary_fraction <= 1:
+            raise BadInputError(f"model {self.name}: rotary_fraction must be a number in (0, 1], got "
+                                f"{self.rotary_fraction!r}")
         for f in _POSITIVE_FLOATS:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
