@@ -327,6 +327,14 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"{model.name} has {kind}, which pretrain_gpt.py has no flag for (arguments.py: --swiglu, "
                         f"--squared-relu, --quick-geglu); the script trains {runs}: set activation_func in a "
                         "Megatron-Bridge model provider to train the model itself"))
+    if model.norms_per_layer == 4:
+        out.append(Note(f"{model.name} norms each sublayer's output as well as its input (four norms per layer); "
+                        "pretrain_gpt.py builds the two pre-norms only: set post_self_attn_layernorm / "
+                        "post_mlp_layernorm in a Megatron-Bridge layer spec to train the model itself"))
+    if model.qk_norm and model.qk_norm_full_width:
+        out.append(Note(f"{model.name} norms q and k over all heads at once; --qk-layernorm norms each head"))
+    if model.embed_norm:
+        out.append(Note(f"{model.name} norms the token embedding; pretrain_gpt.py has no embedding norm"))
     if model.sliding_window is not None and model.local_attention == "chunked":
         out.append(Note(f"{model.name} attends in chunks of {model.sliding_window} tokens on its local layers; "
                         "pretrain_gpt.py has no chunked-attention flag, so the script attends over the whole sequence "
