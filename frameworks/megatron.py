@@ -62,9 +62,19 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
                                     fp32_grads=fp32_grads, offload_layers=0, cuda_graphs="none"))
 
 
+A2A_OVERLAP_CONNECTIONS = "32"
+"""CUDA_DEVICE_MAX_CONNECTIONS under the 1F1B all-to-all overlap: the Megatron-MoE-ModelZoo's sbatch_benchmarking.sh
+exports 32 whenever A2A_OVERLAP=1; one connection serialises the two streams on one hardware queue (Megatron-LM PR
+#6311: the overlap's gain +3.7 % with 1 against +7.8 % with 32; research/moe-a2a-overlap.md)."""
+
+
 def environment(layout: Layout) -> dict[str, str]:
     """Variables Megatron-Core requires: one CUDA connection with tp or cp > 1, so that the communication kernels
-    are queued before the GEMMs they overlap with (Megatron-LM arguments.py asserts it on Hopper/Ampere)."""
+    are queued before the GEMMs they overlap with (Megatron-LM arguments.py asserts it on Hopper/Ampere); many under
+    the 1F1B all-to-all overlap, whose two streams must run side by side (A2A_OVERLAP_CONNECTIONS; notes() says what
+    that costs TP overlap on Hopper)."""
+    if layout.moe_a2a_overlap:
+        return {"CUDA_DEVICE_MAX_CONNECTIONS": A2A_OVERLAP_CONNECTIONS}
     return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"} if layout.tp > 1 or layout.cp > 1 else {}
 
 
@@ -267,7 +277,9 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
     if model.is_moe:
         args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
         if L.moe_a2a_overlap:
-            args.append("--overlap-moe-expert-parallel-comm")
+            # The merged passes as priced (dispatch.merged_layer_exposed_s): the experts' weight gradients run
+            # after their backward all-to-all is issued (--delay-wgrad-compute; the ModelZoo adds it with the overlap)
+            args += ["--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"]
     if L.sp and L.tp > 1:
         args.append("--sequence-parallel")
     return args + data_parallel_args(L)
@@ -357,6 +369,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"offload_layers({L.offload_layers}): pretrain_gpt.py has no activation-offloading flag; set "
                         f"TransformerConfig cpu_offloading=True, cpu_offloading_num_layers={L.offload_layers} "
                         "(Megatron-Bridge model config) or the plan's activations will not fit"))
+    if L.moe_a2a_overlap and (L.tp > 1 or L.cp > 1):
+        out.append(Note(f"the all-to-all overlap runs with CUDA_DEVICE_MAX_CONNECTIONS={A2A_OVERLAP_CONNECTIONS}; on "
+                        "Hopper tp/cp > 1 want 1 for their own overlap (Megatron-LM arguments.py warns that the two do "
+                        "not combine well): expect some of the TP/CP communication exposed"))
     if L.cuda_graphs != "none":
         dropless = model.is_moe and L.moe_capacity_factor is None
         scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration" + (

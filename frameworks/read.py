@@ -523,7 +523,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--overlap-moe-expert-parallel-comm": "a2a_overlap",
                   "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather",
                   "--use-precision-aware-optimizer": "precision_aware", "--swiglu": "swiglu",
-                  "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu"}
+                  "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu",
+                  "--delay-wgrad-compute": "delay_wgrad"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -754,11 +755,26 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                      moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe,
                      moe_capacity_factor=capacity if model.is_moe else None)
     notes += _megatron_model_notes(v, model)
+    if layout.moe_a2a_overlap:
+        notes += a2a_overlap_notes(v, env)
     if precision == "fp8" and "fp8_recipe" not in v:
         notes.append("no --fp8-recipe: priced at Megatron-LM's default, delayed scaling")
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
                       fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
+
+
+def a2a_overlap_notes(v: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """What a script with --overlap-moe-expert-parallel-comm leaves out of the overlap the plan priced
+    (frameworks/megatron.py exports both): delayed weight gradients, and more than one CUDA connection."""
+    out = []
+    if not v.get("delay_wgrad"):
+        out.append("--overlap-moe-expert-parallel-comm without --delay-wgrad-compute: the experts' weight gradients "
+                   "run before the backward all-to-all is issued, so less of it hides than planned")
+    if env.get("CUDA_DEVICE_MAX_CONNECTIONS") == "1":
+        out.append("CUDA_DEVICE_MAX_CONNECTIONS=1 runs the all-to-all overlap's two streams on one hardware queue "
+                   "(Megatron-LM PR #6311: about half the overlap's gain); the ModelZoo sets 32 with it")
+    return out
 
 
 MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a+p2p": "a2a"}

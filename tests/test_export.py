@@ -532,3 +532,26 @@ def test_deepspeed_autotp_plan_exports_and_reads_back(run_cli, tmp_path):
                       (Layout(tp=4, pp=2, dp=8, zero=1, gbs=512, seq=8192, sp=False), "beside data parallelism only")):
         with pytest.raises(InfeasibleError, match=says):
             export_plan("deepspeed", load_model("llama3.1-70b"), load_cluster("dgx-h100:8"), bad)
+
+
+def test_a2a_overlap_exports_delayed_wgrads_and_many_connections(tmp_path):
+    """The 1F1B all-to-all overlap as the plan priced it: the experts' weight gradients after the backward all-to-all
+    is issued (--delay-wgrad-compute) and the two streams on separate hardware queues (CUDA_DEVICE_MAX_CONNECTIONS=32,
+    as the Megatron-MoE-ModelZoo runs it; Megatron-LM PR #6311: half the gain with 1). A script with one connection
+    and no delayed weight gradients reads back with two notes."""
+    from clusterplan.frameworks import read_config
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+
+    model, cluster = load_model("qwen3-30b-a3b"), load_cluster("dgx-h100:2")
+    exported = export_plan("megatron", model, cluster, _DEEPEP_OVERLAP)
+    f = _megatron_flags(exported.text)
+    assert "--overlap-moe-expert-parallel-comm" in f and "--delay-wgrad-compute" in f
+    assert "CUDA_DEVICE_MAX_CONNECTIONS=32" in exported.text
+    assert any("CUDA_DEVICE_MAX_CONNECTIONS=32" in n and "Hopper" in n for n in exported.notes)  # tp 2
+    assert not read_config(_write(tmp_path / "same.sh", exported.text), model, 16).notes
+    plain = exported.text.replace("--delay-wgrad-compute", "").replace("CUDA_DEVICE_MAX_CONNECTIONS=32",
+                                                                       "CUDA_DEVICE_MAX_CONNECTIONS=1")
+    notes = read_config(_write(tmp_path / "plain.sh", plain), model, 16).notes
+    assert any("without --delay-wgrad-compute" in n for n in notes)
+    assert any("one hardware queue" in n for n in notes)
