@@ -124,10 +124,13 @@ def activation_args(m: ModelSpec) -> Args:
 def window_args(m: ModelSpec) -> Args:
     """Sliding-window attention and attention sinks (Megatron-LM arguments.py --window-size, --window-attn-skip-freq,
     --softmax-type): a window of W keys is (W - 1, 0) to Transformer Engine (query i attends keys i - W + 1 .. i, as
-    transformers' sliding-window mask i - j < W; Megatron-Bridge's GPT-OSS provider (sliding_window - 1, 0)); every
+    transformers' sliding-window mask i - j < W; Megatron-Bridge's GPT-OSS provider passed (128, 0) in 25.11 and
+    (sliding_window - 1, 0) later, research/gpt-oss-2511.md); every
     full_attention_every-th layer full is --window-attn-skip-freq N (Megatron-Core: layer_number % N == 0 attends
     globally, 1-based: the same layers), any other pattern the explicit per-layer list (1 = window, 0 = full).
     Llama 4's chunked attention has no flag (notes())."""
+    # Sinks run on Transformer Engine's fused (cuDNN) backend only (TE's backend table: FlashAttention 2 / 3 / 4 take
+    # no softmax_type but "vanilla"; Megatron-Core asserts TE >= 2.8 for it): --attention-backend fused beside it.
     args: Args = ["--softmax-type", "learnable"] if m.attn_sinks else []
     if m.sliding_window is None or m.local_attention != "sliding":
         return args
@@ -300,7 +303,15 @@ def data_parallel_args(layout: Layout) -> Args:
     return args
 
 
-def training_args(layout: Layout) -> Args:
+def attention_backend(model: ModelSpec, layout: Layout) -> str:
+    """--attention-backend: flash, or fused (cuDNN) where the model has attention sinks (window_args), unfused
+    without flash attention."""
+    if not layout.flash_attn:
+        return "unfused"
+    return "fused" if model.attn_sinks else "flash"
+
+
+def training_args(layout: Layout, backend: str = "flash") -> Args:
     L = layout
     args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
     if L.recompute == "selective":
@@ -316,7 +327,7 @@ def training_args(layout: Layout) -> Args:
         args += ["--fp8-recipe", get_stack(STACK).fp8_recipes[0]]
     if L.fp8_params and L.precision == "fp8":
         args += ["--fp8-param-gather"]
-    args += ["--attention-backend", "flash" if L.flash_attn else "unfused"]
+    args += ["--attention-backend", backend if L.flash_attn else "unfused"]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]
     if L.bf16_moments:  # Megatron-Core OptimizerConfig: Transformer Engine FusedAdam with bf16 m and v
@@ -421,8 +432,8 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
     lines += _array("DISTRIBUTED_ARGS", distributed)
     lines += _array("MODEL_ARGS", model_args(model, layout))
     lines += _array("MODEL_PARALLEL_ARGS", parallel_args(model, layout, stages))
-    lines += _array("TRAINING_ARGS", training_args(layout) + ["--train-iters", "100", "--lr", "3e-4",
-                                                              "--lr-decay-style", "cosine"])
+    lines += _array("TRAINING_ARGS", training_args(layout, attention_backend(model, layout))
+                    + ["--train-iters", "100", "--lr", "3e-4", "--lr-decay-style", "cosine"])
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])
     lines.append('torchrun "${DISTRIBUTED_ARGS[@]}" pretrain_gpt.py "${MODEL_ARGS[@]}" "${MODEL_PARALLEL_ARGS[@]}" \\')
     lines.append('    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}"')

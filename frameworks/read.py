@@ -512,7 +512,7 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--fp8-recipe": "fp8_recipe", "--exp-avg-dtype": "exp_avg_dtype",
                 "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
                 "--main-params-dtype": "main_params_dtype", "--window-size": "window_size",
-                "--rotary-percent": "rotary_percent",
+                "--rotary-percent": "rotary_percent", "--softmax-type": "softmax_type",
                 "--window-attn-skip-freq": "window_skip"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
@@ -636,7 +636,33 @@ def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
         has = f"a {want}-token window" if want else "no window"
         out.append(f"the script attends {f'over {window}-token windows' if window else 'over the whole sequence'} "
                    f"but {model.name} has {has} on its local layers")
+    elif window is not None:
+        windowed = _megatron_windowed_layers(v.get("window_skip"), model.n_layers)
+        if windowed is None:
+            out.append(f"--window-attn-skip-freq {v['window_skip']}: not read (an integer or a list of 0 / 1, "
+                       "optionally [..]*n); the windowed layers are not checked")
+        elif windowed != [model.is_sliding_layer(i) for i in range(model.n_layers)]:
+            out.append(f"the script windows layers {[i for i, w in enumerate(windowed) if w][:8]}... but "
+                       f"{model.name} windows {[i for i in range(model.n_layers) if model.is_sliding_layer(i)][:8]}...")
+    if model.attn_sinks and v.get("softmax_type") != "learnable":
+        out.append(f"no --softmax-type learnable but {model.name} has a learned sink logit per head")
     return out
+
+
+def _megatron_windowed_layers(raw: str | None, n_layers: int) -> list[bool] | None:
+    """Which layers --window-attn-skip-freq windows (Megatron-Core is_layer_window_attention, 1-based layer_number):
+    none given, every layer; an integer N, all but every N-th; a 0 / 1 list (or [..]*n), the listed ones. None when
+    the value is another expression."""
+    if raw is None:
+        return [True] * n_layers
+    text = str(raw).replace(" ", "")
+    if text.isdigit() and int(text) > 0:
+        return [(i + 1) % int(text) != 0 for i in range(n_layers)]
+    m = re.fullmatch(r"\(?\[([01,]*)\]\)?(?:\*(\d+))?", text)
+    if not m:
+        return None
+    pattern = [c == "1" for c in m.group(1).split(",") if c] * int(m.group(2) or 1)
+    return pattern if len(pattern) == n_layers else None
 
 
 def megatron_activation(v: Mapping[str, Any]) -> str:

@@ -390,6 +390,7 @@ def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
     assert "--qk-layernorm" in _megatron_flags(olmoe.text) and any("over all heads" in n for n in olmoe.notes)
     llama = _megatron_flags(export_plan("megatron", load_model("llama3.1-8b"), cluster, layout).text)
     assert "--swiglu" in llama and not {"--window-size", "--squared-relu", "--softmax-type", "--rotary-percent"} & set(llama)
+    assert llama["--attention-backend"] == "flash"
     # A hand-written GPT-OSS script with SwiGLU and no windows: the same layout, two notes.
     plain = exported.text.replace("--quick-geglu", "--swiglu").replace("--window-size 127,0", "")
     read = read_config(_write(tmp_path / "plain.sh", plain), oss, 8)
@@ -397,6 +398,16 @@ def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
     assert any("gated silu MLP but gpt-oss-120b has a gated quick_gelu" in n for n in read.notes)
     assert any("over the whole sequence but gpt-oss-120b has a 128-token window" in n for n in read.notes)
     assert not read_config(tmp_path / "same.sh", oss, 8).notes
+    # GPT-OSS's sinks need Transformer Engine's fused (cuDNN) attention: FlashAttention takes no learnable softmax.
+    assert f["--attention-backend"] == "fused"
+    # Every layer windowed, or no sinks: the windows and sinks the script runs are read back against the model's.
+    every = exported.text.replace("--window-attn-skip-freq 2", "")
+    assert any("windows layers [0, 1, 2" in n for n in read_config(_write(tmp_path / "every.sh", every), oss, 8).notes)
+    listed = exported.text.replace("--window-attn-skip-freq 2", "--window-attn-skip-freq [1,0]*18")
+    assert not read_config(_write(tmp_path / "listed.sh", listed), oss, 8).notes
+    sinkless = exported.text.replace("--softmax-type learnable", "")
+    assert any("sink logit" in n for n in read_config(_write(tmp_path / "sinkless.sh", sinkless), oss, 8).notes)
+
 
 
 def _write(path, text):

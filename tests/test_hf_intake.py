@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clusterplan.errors import UnsupportedModelError
+from clusterplan.errors import BadInputError, UnsupportedModelError
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.hf import spec_from_hf
 from clusterplan.models.architecture.shapes import ModelShapes
@@ -391,3 +391,28 @@ def test_partial_rotary_from_config_or_family_default():
     assert llama.rotary_fraction == 1.0 and "rotary_fraction" not in llama.to_dict()
     raw = {k: v for k, v in _raw("minitron-8b-base").items() if k != "partial_rotary_factor"}
     assert spec_from_hf(raw, name="m").rotary_fraction == 0.5
+
+
+def test_activation_names_outside_the_model_kinds_are_noted_not_refused():
+    # An activation ModelSpec has no name for changes no count or time: the model keeps its kind's default and says
+    # so; a name that is not a string is bad input (one line); a stated default reads as the default.
+    raw = _raw("llama3.1-8b")
+    odd = spec_from_hf({**raw, "hidden_act": "mish"}, name="m")
+    assert odd.activation_fn == "silu" and "activation 'mish' not modelled" in odd.source
+    assert odd.total_params() == load_model(str(HF / "llama3.1-8b")).total_params()
+    with pytest.raises(BadInputError, match="hidden_act must be an activation name"):
+        spec_from_hf({**raw, "hidden_act": ["silu"]}, name="m")
+    assert ModelSpec.from_dict({**load_model("llama3.1-8b").to_dict(), "activation": "silu"}).activation == ""
+
+
+def test_glm45_defaults_and_transformers5_rope_parameters():
+    # Glm4MoeConfig defaults first_k_dense_replace, n_shared_experts and num_nextn_predict_layers to 1: a config that
+    # leaves them out counts as transformers does. transformers 5 keeps rope_theta and partial_rotary_factor in
+    # rope_parameters.
+    raw = {k: v for k, v in _raw("intellect-3-base").items()
+           if k not in ("first_k_dense_replace", "n_shared_experts", "num_nextn_predict_layers")}
+    assert spec_from_hf(raw, name="g").total_params() == load_model(str(HF / "intellect-3-base")).total_params()
+    v5 = {k: v for k, v in _raw("minitron-8b-base").items() if k not in ("rope_theta", "partial_rotary_factor")}
+    m = spec_from_hf({**v5, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.25}}, name="m")
+    assert (m.rope_theta, m.rotary_fraction, m.rope_scaling) == (10000.0, 0.25, "none")

@@ -98,6 +98,9 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
     builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
                "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2}.get(mt, _llama_like)
     fields = builder(c)
+    activation_note = fields.pop("_activation_note", "")
+    if activation_note:
+        note = f"{note}; {activation_note}"
     if mt in MOE_TYPES:
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
     if mt in ("deepseek_v3", "deepseek_v2"):
@@ -113,18 +116,23 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
 
 
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu", "gelu_fast": "gelu",
-                  "gelu_pytorch_tanh": "gelu", "gelu_python": "gelu", "gelu_accurate": "gelu", "relu": "relu",
-                  "relu2": "relu2", "quick_gelu": "quick_gelu"}
-"""transformers' ACT2FN names -> ModelSpec.activation (the tanh approximations of GELU count as gelu)."""
+                  "gelu_pytorch_tanh": "gelu", "gelu_python": "gelu", "gelu_python_tanh": "gelu", "gelu_accurate": "gelu",
+                  "gelu_10": "gelu", "relu": "relu", "relu2": "relu2", "quick_gelu": "quick_gelu"}
+"""transformers' ACT2FN names -> ModelSpec.activation (the tanh approximations and the clipped GELU count as gelu)."""
 
 
 def _activation_field(c: _Config, gated: bool, *keys: str, default: str) -> dict[str, Any]:
     """{"activation": ...} from the first of `keys` the config sets (else `default`, the configuration class's), left
-    out where it is the default of the MLP's kind (silu gated, gelu plain) so earlier models serialise as before."""
+    out where it is the default of the MLP's kind (silu gated, gelu plain) so earlier models serialise as before. An
+    activation ModelSpec has no name for (mish, xielu, ...) changes no count or time: the model keeps its kind's default
+    and says so in its source (exports then name that default)."""
     raw = next((c.raw[k] for k in keys if c.raw.get(k) is not None), default)
+    if not isinstance(raw, str):
+        raise BadInputError(f"{c.where}: {keys[0]} must be an activation name such as \"silu\", got {str(raw)[:40]}; "
+                            "fix config.json")
     if raw not in HF_ACTIVATIONS:
-        raise UnsupportedModelError(f"{c.where}: activation {raw!r} is not supported; supported: "
-                                    f"{', '.join(HF_ACTIVATIONS)} (or describe the model in the YAML format)")
+        return {"_activation_note": f"activation {raw!r} not modelled: counted, priced and exported as the "
+                                    f"{'gated silu' if gated else 'gelu'} MLP"}
     act = HF_ACTIVATIONS[raw]
     return {} if act == ("silu" if gated else "gelu") else {"activation": act}
 
@@ -259,9 +267,10 @@ def _gemma(c: _Config) -> dict[str, Any]:
                   tied_embeddings=c.flag("tie_word_embeddings", True),
                   max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
                   attn_bias=c.flag("attention_bias", False), qk_norm=gemma3,
-                  # GemmaConfig / Gemma2Config / Gemma3TextConfig: hidden_activation (tanh GELU by default; the legacy
-                  # hidden_act is ignored): a GeGLU MLP
-                  **_activation_field(c, True, "hidden_activation", default="gelu_pytorch_tanh"))
+                  # A GeGLU MLP: GemmaMLP applies config.hidden_act, Gemma2MLP / Gemma3MLP config.hidden_activation
+                  # (transformers 5), tanh GELU by default
+                  **_activation_field(c, True, "hidden_act" if gemma1 else "hidden_activation",
+                                      default="gelu_pytorch_tanh"))
     if gemma1:  # GemmaDecoderLayer: the input and post-attention norms only, every layer global
         return fields
     pattern = c.integer("sliding_window_pattern", "_sliding_window_pattern", default=6) if gemma3 else 2
@@ -385,16 +394,18 @@ def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
     # DeepSeek-V2 / V3 (their released modelling code, DeepseekV3DecoderLayer) and GLM-4.5 (Glm4MoeDecoderLayer,
     # the same block with n_shared_experts shared experts): MoE when layer >= first_k_dense_replace and layer %
     # moe_layer_freq == 0 (every released config has moe_layer_freq 1; Glm4MoeConfig has none).
-    first_k = c.integer("first_k_dense_replace", default=0, minimum=0)
+    # Glm4MoeConfig defaults first_k_dense_replace, n_shared_experts and num_nextn_predict_layers to 1
+    glm = 1 if mt == "glm4_moe" else 0
+    first_k = c.integer("first_k_dense_replace", default=glm, minimum=0)
     freq = c.integer("moe_layer_freq", default=1)
     moe = [i for i in range(n_layers) if i >= first_k and i % freq == 0]
     return dict(n_experts=c.integer("n_routed_experts"), top_k=c.integer("num_experts_per_tok"),
-                n_shared_experts=c.integer("n_shared_experts", default=0, minimum=0),
+                n_shared_experts=c.integer("n_shared_experts", default=glm, minimum=0),
                 expert_ffn_hidden=c.integer("moe_intermediate_size"),
                 # Group-limited routing (DeepseekV3TopkRouter: n_group groups, topk_group of them per token).
                 expert_groups=c.integer("n_group", default=1, minimum=1),
                 expert_groups_per_token=c.integer("topk_group", default=0, minimum=0),
-                mtp_layers=c.integer("num_nextn_predict_layers", default=0, minimum=0),
+                mtp_layers=c.integer("num_nextn_predict_layers", default=glm, minimum=0),
                 **_moe_layout(moe, n_layers, c.where))
 
 
@@ -411,18 +422,25 @@ def _positive_number(c: _Config, key: str, value: Any) -> float:
 def _rope_fields(c: _Config) -> dict[str, Any]:
     """RoPE base and long-context scaling (transformers' rope_theta and rope_scaling): exports carry them."""
     out: dict[str, Any] = {}
-    if c.raw.get("rope_theta") is not None:
-        out["rope_theta"] = _positive_number(c, "rope_theta", c.raw["rope_theta"])
+    # transformers 5 writes rope_theta, partial_rotary_factor and the scaling into one rope_parameters mapping
+    params = c.raw.get("rope_parameters")
+    params = params if isinstance(params, dict) else {}
+    theta = c.raw.get("rope_theta", params.get("rope_theta"))
+    if theta is not None:
+        out["rope_theta"] = _positive_number(c, "rope_theta", theta)
     # Partial rotary: NemotronConfig and Glm4MoeConfig default partial_rotary_factor to 0.5, GPTNeoXConfig rotary_pct
     # to 0.25; every other family rotates the whole head unless its config says otherwise.
     default = {"nemotron": 0.5, "glm4_moe": 0.5, "gpt_neox": 0.25}.get(c.raw["model_type"], 1.0)
     key = "rotary_pct" if c.raw["model_type"] == "gpt_neox" else "partial_rotary_factor"
-    fraction = _positive_number(c, key, c.raw[key]) if c.raw.get(key) is not None else default
+    raw_fraction = c.raw.get(key, params.get(key))
+    fraction = _positive_number(c, key, raw_fraction) if raw_fraction is not None else default
     if not fraction <= 1.0:
         raise BadInputError(f"{c.where}: {key} must be in (0, 1], got {fraction!r}; fix config.json")
     if fraction != 1.0:
         out["rotary_fraction"] = fraction
     scaling = c.raw.get("rope_scaling")
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = params
     if isinstance(scaling, dict):
         kind = scaling.get("rope_type", scaling.get("type"))
         if kind not in ROPE_SCALING_TYPES:

@@ -39,8 +39,9 @@ _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
-settings that exports carry: to_dict leaves them out while they hold their default, so the JSON of every model
-described before them stays byte-identical."""
+settings that exports carry: to_dict leaves them out while they hold their default, so a model whose settings are
+the defaults serialises as before; those that are not carry them (since stop 37: the activation of Nemotron, Gemma,
+Grok-1, GPT-OSS, OPT and the rotary share of Nemotron, GLM-4.5, Pythia)."""
 RopeScalingKind = Literal["none", "llama3", "yarn", "linear"]
 RouterScoreKind = Literal["softmax", "sigmoid"]
 
@@ -163,6 +164,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         self._check_field_types()
+        if self.activation == ("silu" if self.gated_ffn else "gelu"):  # the kind's default, named: one spelling
+            object.__setattr__(self, "activation", "")
         for f in ("n_layers", "hidden", "n_heads", "ffn_hidden", "vocab", "max_positions"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -230,6 +233,9 @@ class ModelSpec:
                 or not 0 < self.rotary_fraction <= 1:
             raise BadInputError(f"model {self.name}: rotary_fraction must be a number in (0, 1], got "
                                 f"{self.rotary_fraction!r}")
+        if self.rotary_fraction != 1 and self.position != "rope":
+            raise BadInputError(f"model {self.name}: rotary_fraction needs position: rope (it is the share of each "
+                                "head RoPE rotates); drop it")
         for f in _POSITIVE_FLOATS:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
