@@ -311,6 +311,17 @@ def attention_backend(model: ModelSpec, layout: Layout) -> str:
     return "fused" if model.attn_sinks else "flash"
 
 
+FAMILY_SCALARS = {
+    "granite": "its embeddings, attention, residuals and logits by constants (GraniteConfig embedding_multiplier, "
+               "attention_multiplier, residual_multiplier, logits_scaling)",
+    "granitemoe": "its embeddings, attention, residuals and logits by constants (GraniteMoeConfig multipliers)",
+    "gemma": "its embeddings by sqrt(hidden) (GemmaModel)",
+    "gemma2": "its embeddings by sqrt(hidden) and caps attention and final logits (Gemma2Config softcapping)",
+    "gemma3": "its embeddings by sqrt(hidden) and its queries by query_pre_attn_scalar (Gemma3TextConfig)",
+}
+"""Families whose parameter-free scalings Megatron-LM's GPT has no flag for (the model cards' config classes)."""
+
+
 def training_args(layout: Layout, backend: str = "flash") -> Args:
     L = layout
     args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
@@ -354,6 +365,9 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"{model.name} norms each sublayer's output as well as its input (four norms per layer); "
                         "pretrain_gpt.py builds the two pre-norms only: set post_self_attn_layernorm / "
                         "post_mlp_layernorm in a Megatron-Bridge layer spec to train the model itself"))
+    if model.family in FAMILY_SCALARS:
+        out.append(Note(f"{model.name} scales {FAMILY_SCALARS[model.family]}, which pretrain_gpt.py has no flags for: "
+                        "the script trains without them"))
     if model.qk_norm and model.qk_norm_full_width:
         out.append(Note(f"{model.name} norms q and k over all heads at once; --qk-layernorm norms each head"))
     if model.embed_norm:

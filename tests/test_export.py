@@ -386,6 +386,9 @@ def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
     assert "--swiglu" in _megatron_flags(gemma.text)
     assert any("GeGLU" in n and "trains SwiGLU" in n for n in gemma.notes)
     assert any("four norms per layer" in n for n in gemma.notes)  # Gemma 2's post-sublayer norms
+    assert any("softcapping" in n for n in gemma.notes)
+    granite = export_plan("megatron", load_model("granite-3.1-8b"), cluster, layout)
+    assert any("multiplier" in n for n in granite.notes)
     olmoe = export_plan("megatron", load_model("olmoe-1b-7b"), cluster, layout)
     assert "--qk-layernorm" in _megatron_flags(olmoe.text) and any("over all heads" in n for n in olmoe.notes)
     llama = _megatron_flags(export_plan("megatron", load_model("llama3.1-8b"), cluster, layout).text)
