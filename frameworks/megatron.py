@@ -84,6 +84,8 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
             "--num-attention-heads", str(m.n_heads), "--seq-length", str(layout.seq),
             "--max-position-embeddings", str(max(m.max_positions, layout.seq)),
             "--normalization", "RMSNorm" if m.norm == "rmsnorm" else "LayerNorm"]
+    if m.norm_zero_centered:  # arguments.py --apply-layernorm-1p: TENorm's zero_centered_gamma, LayerNorm or RMSNorm
+        args.append("--apply-layernorm-1p")
     if m.kv_heads != m.n_heads and not m.is_mla:
         args += ["--group-query-attention", "--num-query-groups", str(m.kv_heads)]
     if m.head_dim is not None and not m.is_mla:

@@ -524,7 +524,7 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather",
                   "--use-precision-aware-optimizer": "precision_aware", "--swiglu": "swiglu",
                   "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu",
-                  "--delay-wgrad-compute": "delay_wgrad"}
+                  "--delay-wgrad-compute": "delay_wgrad", "--apply-layernorm-1p": "layernorm_1p"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -644,6 +644,9 @@ def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
         elif windowed != [model.is_sliding_layer(i) for i in range(model.n_layers)]:
             out.append(f"the script windows layers {[i for i, w in enumerate(windowed) if w][:8]}... but "
                        f"{model.name} windows {[i for i in range(model.n_layers) if model.is_sliding_layer(i)][:8]}...")
+    if bool(v.get("layernorm_1p")) != model.norm_zero_centered:
+        out.append(f"{'--apply-layernorm-1p' if v.get('layernorm_1p') else 'no --apply-layernorm-1p'} but {model.name}'s "
+                   f"norms scale by {'1 + weight' if model.norm_zero_centered else 'their weight'}")
     if model.attn_sinks and v.get("softmax_type") != "learnable":
         out.append(f"no --softmax-type learnable but {model.name} has a learned sink logit per head")
     return out

@@ -70,7 +70,7 @@ def nemotron(name: str, layers: int, hidden: int, ffn: int, heads: int, kv_heads
     squared-ReLU MLP (not gated), LayerNorm1p, no biases, RoPE on half the head, untied embeddings, no dropout."""
     return ModelSpec(name=name, family="nemotron", n_layers=layers, hidden=hidden, n_heads=heads, n_kv_heads=kv_heads,
                      ffn_hidden=ffn, gated_ffn=False, activation="relu2", vocab=NEMOTRON_VOCAB, tied_embeddings=False,
-                     norm="layernorm", position="rope", rotary_fraction=0.5, max_positions=4096,
+                     norm="layernorm", norm_zero_centered=True, position="rope", rotary_fraction=0.5, max_positions=4096,
                      source=f"NeMo NemotronConfig / launcher ({name})")
 
 

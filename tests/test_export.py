@@ -382,6 +382,11 @@ def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
     nemotron = _megatron_flags(export_plan("megatron", load_model("nemotron4-15b"), cluster, layout).text)
     assert "--squared-relu" in nemotron and "--swiglu" not in nemotron and "--window-size" not in nemotron
     assert nemotron["--rotary-percent"] == "0.5"  # NemotronConfig partial_rotary_factor: RoPE on half the head
+    assert "--apply-layernorm-1p" in nemotron  # LayerNorm1P: scales by 1 + weight (TENorm zero_centered_gamma)
+    nemo_text = export_plan("megatron", load_model("nemotron4-15b"), cluster, layout).text
+    plain_norm = read_config(_write(tmp_path / "ln.sh", nemo_text.replace("--apply-layernorm-1p", "")),
+                             load_model("nemotron4-15b"), 8).notes
+    assert any("no --apply-layernorm-1p" in n for n in plain_norm)
     gemma = export_plan("megatron", load_model("gemma2-2b"), cluster, layout)
     assert "--swiglu" in _megatron_flags(gemma.text)
     assert any("GeGLU" in n and "trains SwiGLU" in n for n in gemma.notes)
@@ -393,7 +398,7 @@ def test_megatron_export_names_the_activation_windows_and_sinks(tmp_path):
     assert "--qk-layernorm" in _megatron_flags(olmoe.text) and any("over all heads" in n for n in olmoe.notes)
     llama = _megatron_flags(export_plan("megatron", load_model("llama3.1-8b"), cluster, layout).text)
     assert "--swiglu" in llama and not {"--window-size", "--squared-relu", "--softmax-type", "--rotary-percent"} & set(llama)
-    assert llama["--attention-backend"] == "flash"
+    assert llama["--attention-backend"] == "flash" and "--apply-layernorm-1p" not in llama
     # A hand-written GPT-OSS script with SwiGLU and no windows: the same layout, two notes.
     plain = exported.text.replace("--quick-geglu", "--swiglu").replace("--window-size 127,0", "")
     read = read_config(_write(tmp_path / "plain.sh", plain), oss, 8)

@@ -266,7 +266,7 @@ def _gemma(c: _Config) -> dict[str, Any]:
                   vocab=c.integer("vocab_size", default=262_208 if gemma3 else 256_000),
                   tied_embeddings=c.flag("tie_word_embeddings", True),
                   max_positions=c.integer("max_position_embeddings", default=131_072 if gemma3 else 8192),
-                  attn_bias=c.flag("attention_bias", False), qk_norm=gemma3,
+                  attn_bias=c.flag("attention_bias", False), qk_norm=gemma3, norm_zero_centered=True,
                   # A GeGLU MLP: GemmaMLP applies config.hidden_act, Gemma2MLP / Gemma3MLP config.hidden_activation
                   # (transformers 5), tanh GELU by default
                   **_activation_field(c, True, "hidden_act" if gemma1 else "hidden_activation",
@@ -340,8 +340,9 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     if mt in ("olmo2", "olmoe"):
         fields["qk_norm_full_width"] = True
     if mt == "nemotron":
-        # NemotronDecoderLayer: LayerNorm1P (weight and bias), a squared-ReLU MLP of up_proj / down_proj (not gated).
-        fields.update(norm="layernorm", gated_ffn=False)
+        # NemotronDecoderLayer: LayerNorm1P (weight and bias, scaling by 1 + weight), a squared-ReLU MLP of up_proj /
+        # down_proj (not gated).
+        fields.update(norm="layernorm", gated_ffn=False, norm_zero_centered=True)
     gated = fields.get("gated_ffn", True)
     fields.update(_activation_field(c, gated, "hidden_act", default="relu2" if mt == "nemotron" else "silu"))
     if mt in ("mistral", "mixtral", "phi3"):

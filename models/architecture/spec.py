@@ -33,15 +33,16 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
                       "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
                       "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
-          "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize")
+          "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
-                       "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction")
+                       "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
+                       "norm_zero_centered")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
 settings that exports carry: to_dict leaves them out while they hold their default, so a model whose settings are
 the defaults serialises as before; those that are not carry them (since stop 37: the activation of Nemotron, Gemma,
-Grok-1, GPT-OSS, OPT and the rotary share of Nemotron, GLM-4.5, Pythia)."""
+Grok-1, GPT-OSS, OPT, the rotary share of Nemotron, GLM-4.5, Pythia and the zero-centred norms of Nemotron, Gemma)."""
 RopeScalingKind = Literal["none", "llama3", "yarn", "linear"]
 RouterScoreKind = Literal["softmax", "sigmoid"]
 
@@ -65,6 +66,9 @@ class ModelSpec:
     vocab: int
     tied_embeddings: bool = False
     norm: NormKind = "rmsnorm"
+    norm_zero_centered: bool = False
+    """The norms scale by (1 + weight), the weight stored centred on zero: Nemotron's LayerNorm1P, Gemma's RMSNorm
+    (transformers NemotronLayerNorm1P, GemmaRMSNorm). The same parameters; Megatron-LM's --apply-layernorm-1p."""
     position: PositionKind = "rope"
     max_positions: int = 4096
     rope_theta: float = 10000.0
