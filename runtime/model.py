@@ -124,19 +124,32 @@ class Attention(nn.Module):
         return self.wo(self.core(q, k, v).reshape(bs, seq, -1))
 
 
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()  # squared ReLU (Nemotron; transformers ACT2FN "relu2")
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)  # transformers ACT2FN "quick_gelu"
+
+
+ACTIVATION_FNS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "relu2": _relu2, "quick_gelu": _quick_gelu}
+"""ModelSpec.activation_fn -> the function the MLP applies (to the gate of a gated MLP)."""
+
+
 class FeedForward(nn.Module):
     def __init__(self, spec: ModelSpec, ffn: int) -> None:
         super().__init__()
         bias = spec.linear_bias
         self.gated = spec.gated_ffn
+        self.act = ACTIVATION_FNS[spec.activation_fn]
         self.w1 = nn.Linear(spec.hidden, ffn, bias=bias)
         self.w2 = nn.Linear(ffn, spec.hidden, bias=bias)
         self.w3 = nn.Linear(spec.hidden, ffn, bias=False) if spec.gated_ffn else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w3 is None:
-            return self.w2(F.gelu(self.w1(x)))
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(self.act(self.w1(x)))
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
 
 
 class GroupedExperts(nn.Module):
@@ -148,6 +161,7 @@ class GroupedExperts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(e, f, h))
         self.w2 = nn.Parameter(torch.empty(e, h, f))
         self.w3 = nn.Parameter(torch.empty(e, f, h)) if spec.gated_ffn else None
+        self.act = ACTIVATION_FNS[spec.activation_fn]
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor) -> torch.Tensor:
         """Row i of x (rows, hidden) through local expert expert_ids[i]. Every expert runs, even on no rows, so
@@ -158,7 +172,7 @@ class GroupedExperts(nn.Module):
             idx = (expert_ids == j).nonzero(as_tuple=True)[0]
             rows = x[idx]
             hidden = rows @ w1[j].t()
-            hidden = F.silu(hidden) * (rows @ w3[j].t()) if w3 is not None else F.gelu(hidden)
+            hidden = self.act(hidden) * (rows @ w3[j].t()) if w3 is not None else self.act(hidden)
             out = out.index_add(0, idx, hidden @ w2[j].t())
         return out
 

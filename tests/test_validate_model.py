@@ -74,3 +74,20 @@ def test_per_rank_lists_build_the_stages_as_listed():
     sizes = [len(ids) for ids in stage_layer_ids(spec, looped)]
     assert sizes == [0, 2, 2, 1, 2, 2, 1, 0] and sum(sizes) == 10
     assert [i for ids in stage_layer_ids(spec, looped) for i in ids] == list(range(10))
+
+
+def test_the_mlp_applies_the_models_activation():
+    # A squared-ReLU MLP (Nemotron) and a GeGLU (Gemma) run their own activation, not GELU / SiLU by kind; a 1-unit MLP
+    # with unit weights at x = -2 and 3: relu(x)^2 = 0, 9; gelu(x) * x = 0.0910, 8.9880.
+    from dataclasses import replace
+
+    from clusterplan.runtime.model import FeedForward
+    x = torch.tensor([[-2.0], [3.0]])
+    for name, want in (("minitron-8b", [0.0, 9.0]), ("gemma-7b", [0.0910, 8.9880])):
+        mlp = FeedForward(replace(load_model(name), hidden=1), 1)
+        for layer in (mlp.w1, mlp.w2, mlp.w3):
+            if layer is not None:
+                torch.nn.init.ones_(layer.weight)
+                if layer.bias is not None:
+                    torch.nn.init.zeros_(layer.bias)
+        assert mlp(x).flatten().tolist() == pytest.approx(want, abs=1e-3), name
