@@ -24,7 +24,8 @@ REQUIRED_GPUS = ("V100-SXM2-32GB", "A100-SXM4-40GB", "A100-SXM4-80GB", "A100-PCI
 REQUIRED_NODES = ("dgx-a100-40g", "dgx-a100-80g", "dgx-h100", "hgx-h200", "dgx-b200", "gb200-nvl72", "p4d", "p4de",
                   "p5", "p5e", "g5", "g6", "g6e", "a2-highgpu-8g", "a2-ultragpu-8g", "a3-high", "a3-mega",
                   "nd-h100-v5", "mi300x-8", "dgx-b300", "gb300-nvl72", "gh200-quad",
-                  "grand-teton-h100-96gb", "grand-teton-h100-80gb", "hgx-h800")
+                  "grand-teton-h100-96gb", "grand-teton-h100-80gb", "hgx-h800", "p6-b200", "a3-ultra", "a4", "a4x",
+                  "nd-h200-v5", "nd-gb200-v6", "nd-mi300x-v5")
 
 
 def test_required_gpus_and_nodes_exist():
@@ -123,6 +124,10 @@ def test_gpu_scale_up_matches_its_link():
     ("dgx-b300", 8, 800), ("gb300-nvl72", 4, 400), ("gh200-quad", 4, 100),
     # DeepSeek's H800 node: one CX7 400 Gb/s InfiniBand NIC per GPU (DeepEP README; arXiv 2505.09343).
     ("hgx-h800", 8, 400),
+    # Cloud nodes (stop 37; each preset's source): AWS p6-b200 3,200 Gb/s over 8 network cards; GCP A3 Ultra / A4
+    # 8 x CX-7 400 Gb/s RDMA, A4X 4; Azure ND H200 v5 / ND MI300X v5 8 x 400 Gb/s NDR, ND GB200 v6 4 (GB/s here).
+    ("p6-b200", 8, 400), ("a3-ultra", 8, 400), ("a4", 8, 400), ("a4x", 4, 200), ("nd-h200-v5", 8, 400),
+    ("nd-gb200-v6", 4, 200), ("nd-mi300x-v5", 8, 400),
 ])
 def test_node_nics(node, gpus, node_nic_gb_per_s):
     n = get_node(node)
