@@ -131,8 +131,6 @@ def window_args(m: ModelSpec) -> Args:
     full_attention_every-th layer full is --window-attn-skip-freq N (Megatron-Core: layer_number % N == 0 attends
     globally, 1-based: the same layers), any other pattern the explicit per-layer list (1 = window, 0 = full).
     Llama 4's chunked attention has no flag (notes())."""
-    # Sinks run on Transformer Engine's fused (cuDNN) backend only (TE's backend table: FlashAttention 2 / 3 / 4 take
-    # no softmax_type but "vanilla"; Megatron-Core asserts TE >= 2.8 for it): --attention-backend fused beside it.
     args: Args = ["--softmax-type", "learnable"] if m.attn_sinks else []
     if m.sliding_window is None or m.local_attention != "sliding":
         return args
@@ -306,8 +304,9 @@ def data_parallel_args(layout: Layout) -> Args:
 
 
 def attention_backend(model: ModelSpec, layout: Layout) -> str:
-    """--attention-backend: flash, or fused (cuDNN) where the model has attention sinks (window_args), unfused
-    without flash attention."""
+    """--attention-backend: flash; fused (cuDNN) where the model has attention sinks (window_args' --softmax-type
+    learnable: Transformer Engine's FlashAttention 2 / 3 / 4 take no softmax_type but "vanilla", and Megatron-Core
+    asserts TE >= 2.8 for it); unfused without flash attention."""
     if not layout.flash_attn:
         return "unfused"
     return "fused" if model.attn_sinks else "flash"
@@ -324,7 +323,8 @@ FAMILY_SCALARS = {
 """Families whose parameter-free scalings Megatron-LM's GPT has no flag for (the model cards' config classes)."""
 
 
-def training_args(layout: Layout, backend: str = "flash") -> Args:
+def training_args(layout: Layout, backend: str) -> Args:
+    """Batch, recompute, precision, optimizer and gradient flags; `backend`: attention_backend's choice."""
     L = layout
     args = ["--micro-batch-size", str(L.mbs), "--global-batch-size", str(L.gbs)]
     if L.recompute == "selective":
@@ -340,7 +340,7 @@ def training_args(layout: Layout, backend: str = "flash") -> Args:
         args += ["--fp8-recipe", get_stack(STACK).fp8_recipes[0]]
     if L.fp8_params and L.precision == "fp8":
         args += ["--fp8-param-gather"]
-    args += ["--attention-backend", backend if L.flash_attn else "unfused"]
+    args += ["--attention-backend", backend]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]
     if L.bf16_moments:  # Megatron-Core OptimizerConfig: Transformer Engine FusedAdam with bf16 m and v

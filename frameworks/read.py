@@ -20,6 +20,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
+from clusterplan.frameworks.megatron import activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout, chunk_layers
@@ -628,8 +629,11 @@ def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
         out.append(f"--rotary-percent {v.get('rotary_percent', '1.0 (the default)')} but {model.name} rotates "
                    f"{model.rotary_fraction:g} of each head")
     runs = megatron_activation(v)
-    if runs != _megatron_activation_of(model):
-        out.append(f"the script trains a {runs} MLP but {model.name} has a {_mlp_name(model)} one")
+    # What the model's own export writes (a GeGLU exports as SwiGLU, ReLU as GELU: export notes say so)
+    exported = megatron_activation({MEGATRON_FLAGS[a]: True for a in activation_args(model) if a in MEGATRON_FLAGS})
+    if runs != exported:
+        out.append(f"the script trains a {runs} MLP but {model.name} has a "
+                   f"{'gated ' if model.gated_ffn else ''}{model.activation_fn} one")
     window = _megatron_window(v)
     want = model.sliding_window if model.local_attention == "sliding" else None
     if window != want:
@@ -673,18 +677,6 @@ def megatron_activation(v: Mapping[str, Any]) -> str:
     --swiglu gated SiLU, --quick-geglu gated quick GELU, --squared-relu, else plain GELU."""
     return ("gated silu" if v.get("swiglu") else "gated quick_gelu" if v.get("quick_geglu")
             else "relu2" if v.get("squared_relu") else "gelu")
-
-
-def _megatron_activation_of(model: ModelSpec) -> str:
-    """What megatron_activation reads back from the model's own export (a GeGLU exports as SwiGLU, ReLU as GELU)."""
-    fn = model.activation_fn
-    if model.gated_ffn:
-        return "gated quick_gelu" if fn == "quick_gelu" else "gated silu"
-    return "relu2" if fn == "relu2" else "gelu"
-
-
-def _mlp_name(model: ModelSpec) -> str:
-    return f"{'gated ' if model.gated_ffn else ''}{model.activation_fn}"
 
 
 def _megatron_window(v: Mapping[str, Any]) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from clusterplan.errors import BadInputError, UnsupportedModelError
-from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec
+from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec, default_activation
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
              "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
@@ -132,9 +132,9 @@ def _activation_field(c: _Config, gated: bool, *keys: str, default: str) -> dict
                             "fix config.json")
     if raw not in HF_ACTIVATIONS:
         return {"_activation_note": f"activation {raw!r} not modelled: counted, priced and exported as the "
-                                    f"{'gated silu' if gated else 'gelu'} MLP"}
+                                    f"{'gated ' if gated else ''}{default_activation(gated)} MLP"}
     act = HF_ACTIVATIONS[raw]
-    return {} if act == ("silu" if gated else "gelu") else {"activation": act}
+    return {} if act == default_activation(gated) else {"activation": act}
 
 
 def _window_fields(c: _Config, windowed: list[bool], window: int | None, *, chunked: bool = False) -> dict[str, Any]:

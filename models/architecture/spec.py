@@ -9,7 +9,7 @@ of a GPT with biases, learned positions and tied embeddings.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from clusterplan.errors import BadInputError
 
@@ -17,11 +17,16 @@ NormKind = Literal["rmsnorm", "layernorm"]
 PositionKind = Literal["rope", "learned", "alibi"]
 LocalAttentionKind = Literal["sliding", "chunked"]
 ActivationKind = Literal["", "silu", "gelu", "relu", "relu2", "quick_gelu"]
-ACTIVATIONS = ("", "silu", "gelu", "relu", "relu2", "quick_gelu")
+ACTIVATIONS: tuple[str, ...] = get_args(ActivationKind)
 """The MLP's activation function: silu (SwiGLU when gated), gelu (exact or tanh-approximated: the same kernel cost;
 GeGLU when gated), relu (OPT), relu2 (squared ReLU, Nemotron), quick_gelu (x * sigmoid(1.702 x), GPT-OSS's gated
 form); "" = the family default, silu when gated, gelu when not. It changes neither parameters nor FLOPs; exports
 name it (frameworks/megatron.py)."""
+
+
+def default_activation(gated: bool) -> str:
+    """The activation an MLP of this kind has when nothing names another: SiLU gated (SwiGLU), GELU plain."""
+    return "silu" if gated else "gelu"
 
 
 MAX_LAYERS = 10_000
@@ -168,7 +173,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         self._check_field_types()
-        if self.activation == ("silu" if self.gated_ffn else "gelu"):  # the kind's default, named: one spelling
+        if self.activation == default_activation(self.gated_ffn):  # the kind's default, named: one spelling
             object.__setattr__(self, "activation", "")
         for f in ("n_layers", "hidden", "n_heads", "ffn_hidden", "vocab", "max_positions"):
             value = getattr(self, f)
@@ -256,7 +261,7 @@ class ModelSpec:
     @property
     def activation_fn(self) -> str:
         """The MLP's activation function: `activation`, or the default of the MLP's kind (silu gated, gelu plain)."""
-        return self.activation or ("silu" if self.gated_ffn else "gelu")
+        return self.activation or default_activation(self.gated_ffn)
 
     @property
     def kv_heads(self) -> int:
