@@ -9,7 +9,7 @@ from clusterplan.cli.options import output_path, stack_option
 from clusterplan.fileio import write_atomic
 from clusterplan.frameworks import EXPORTERS, export_plan
 from clusterplan.frameworks.common import canonical
-from clusterplan.frameworks.readback import price_back
+from clusterplan.frameworks.readback import named_recipe, price_back
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.training.layout import stack_problems
 from clusterplan.models.training.planfile import PlanFile, read_plan
@@ -77,7 +77,8 @@ def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said
         console.warn(f"the exported config was not priced back: {back.unread}")
         return
     # one spelling each (a per-rank list first/last can say is written as first/last: frameworks.common.canonical)
-    planned, runs = (canonical(plan.model, x).to_dict() for x in (plan.layout, back.estimate.layout))
+    planned, runs = (canonical(plan.model, named_recipe(x, stack)).to_dict()
+                     for x, stack in ((plan.layout, plan.stack), (back.estimate.layout, back.stack)))
     for key in sorted(set(planned) | set(runs)):
         if key not in said and planned.get(key) != runs.get(key):
             console.warn(f"the exported config runs {key}={_value(runs.get(key))} where the plan has "

@@ -229,6 +229,7 @@ def _layout_label(lay: dict) -> str:
             + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
             + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
+            + (f":{lay['fp8_recipe']}" if lay.get("fp8_recipe") else "")
             + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")

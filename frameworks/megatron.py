@@ -337,7 +337,7 @@ def training_args(layout: Layout, backend: str) -> Args:
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
     args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
     if L.precision == "fp8":  # the recipe the plan was priced with (the stack's first); Megatron-LM defaults to delayed
-        args += ["--fp8-recipe", get_stack(STACK).fp8_recipes[0]]
+        args += ["--fp8-recipe", L.fp8_recipe or get_stack(STACK).fp8_recipes[0]]
     if L.fp8_params and L.precision == "fp8":
         args += ["--fp8-param-gather"]
     args += ["--attention-backend", backend]

@@ -70,6 +70,11 @@ def data_parallel(layout: Layout) -> DataParallel:
                         reshard_after_forward="always" if L.zero == 3 else "never")
 
 
+TITAN_FP8_RECIPES = ("", "tensorwise", "rowwise", "mxfp8")
+"""Layout.fp8_recipe values torchtitan runs ("" = the torchtitan stack's first, tensorwise): torchao's float8
+recipe_name (tensorwise, rowwise) and its MX converter (quantize.linear.mx, mxfp8_cublas)."""
+
+
 def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "tp") -> None:
     """The plans torchtitan cannot run, each with the way out."""
     L = layout
@@ -81,6 +86,9 @@ def refuse_unsupported(model: ModelSpec, layout: Layout, *, etp_choices: str = "
     if model.is_moe and L.ep > 1 and L.etp not in allowed:
         raise InfeasibleError(f"torchtitan supports expert_tensor_parallel_degree {' or '.join(map(str, allowed))}, "
                               f"not etp({L.etp}); set etp={allowed[-1]} or export --to megatron")
+    if L.precision == "fp8" and L.fp8_recipe not in TITAN_FP8_RECIPES:
+        raise InfeasibleError(f"torchtitan's float8 runs {', '.join(TITAN_FP8_RECIPES[1:])}, not fp8_recipe="
+                              f"{L.fp8_recipe}; pick one of those or export --to megatron")
     if L.schedule == "dualpipe" and L.pp > 1:
         raise InfeasibleError("torchtitan has no DualPipe (its ScheduleDualPipeV runs the V-shaped half on pp/2 "
                               "ranks); set schedule=zbv with vpp=2, or 1f1b")
@@ -246,8 +254,9 @@ def sections(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str,
     local, global_ = batch_sizes(L)
     model_table: dict[str, Value] = {"name": name, "flavor": flavor,
                                      "hf_assets_path": f"./assets/hf/{HF_ASSETS.get(model.name, model.name)}"}
+    mx = L.precision == "fp8" and L.fp8_recipe == "mxfp8"
     if L.precision == "fp8":
-        model_table["converters"] = ["quantize.linear.float8"]
+        model_table["converters"] = ["quantize.linear.mx" if mx else "quantize.linear.float8"]
     out: dict[str, dict[str, Value]] = {
         "job": {"dump_folder": "./outputs", "description": f"{model.name} {L.short()} (clusterplan)"},
         "model": model_table,
@@ -259,9 +268,17 @@ def sections(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str,
     }
     if L.precision == "fp8":
         out["compile"] = {"enable": True, "components": ["model", "loss"]}
-        out["quantize.linear.float8"] = {"enable_fsdp_float8_all_gather": L.dp_shard > 1,
-                                         "precompute_float8_dynamic_scale_for_fsdp": L.dp_shard > 1,
+    if mx:  # torchtitan v0.2 MXLinear: cuBLAS MXFP8 GEMMs, the CUDA dim-1 cast its docs recommend, LM head in bf16
+        out["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "mxfp8_dim1_cast_kernel_choice": "cuda",
+                                     "filter_fqns": ["output"]}
+    elif L.precision == "fp8":
+        # torchao's float8 all-gather runs under tensorwise scaling only (memory.FSDP_FP8_ALLGATHER_RECIPES)
+        gather = L.dp_shard > 1 and L.fp8_recipe in ("", "tensorwise")
+        out["quantize.linear.float8"] = {"enable_fsdp_float8_all_gather": gather,
+                                         "precompute_float8_dynamic_scale_for_fsdp": gather,
                                          "filter_fqns": ["output"]}
+        if L.fp8_recipe == "rowwise":
+            out["quantize.linear.float8"]["recipe_name"] = "rowwise"
     return out
 
 

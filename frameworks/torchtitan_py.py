@@ -113,16 +113,21 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
                "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
                f"from torchtitan.models.{name} import model_registry",
                "from torchtitan.trainer import Trainer"]
+    mx = fp8 and L.fp8_recipe == "mxfp8"
     if fp8:
-        imports.insert(0, "from torchtitan.components.quantization import Float8LinearConverter")
+        converter = "MXFP8LinearConverter" if mx else "Float8LinearConverter"
+        imports.insert(0, f"from torchtitan.components.quantization import {converter}")
     lines = [*(f"# {h}" for h in header_lines(model, cluster, L, "torchtitan 0.3 recipe")),
              f"# launch (every node, {function}.py on PYTHONPATH): {launch}",
              *(f"# {h}" for h in stage_lines(cluster, L, stages, "NODE_RANK in the torchrun line")),
              *(f"# note: {n.text}" for n in py_notes(model, L)),
              f'"""clusterplan recipe for {model.name}: {L.short()}."""', "", *imports, "", "",
              f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
-    if fp8:  # rowwise float8 (0.3 has no tensorwise: recipe_name rowwise or rowwise_with_gw_hp) on every linear but
-        # the LM head, compiled (torchtitan's 405B recipe)
+    if mx:  # MXFP8 on every linear (0.3's MXFP8LinearConverter: fqns, empty = all), compiled
+        lines += ["        model_spec=model_registry(", f"            {flavor!r},",
+                  "            converters=[MXFP8LinearConverter.Config(model_compile_enabled=True)],", "        ),"]
+    elif fp8:  # rowwise float8 (0.3 has no tensorwise: recipe_name rowwise or rowwise_with_gw_hp) on every linear
+        # but the LM head, compiled (torchtitan's 405B recipe)
         lines += ["        model_spec=model_registry(", f"            {flavor!r},",
                   "            converters=[Float8LinearConverter.Config(recipe_name='rowwise', filter_fqns=['lm_head'], "
                   "model_compile_enabled=True)],", "        ),"]
@@ -147,9 +152,12 @@ def py_notes(model: ModelSpec, layout: Layout) -> list[Note]:
     if L.recompute == "full" and L.recompute_layers:
         out.append(Note(f"torchtitan 0.3 recomputes every block (FullAC) or none; the plan's {L.recompute_layers} "
                         "layers per rank become all layers: less memory, more compute than planned"))
-    if L.precision == "fp8":
+    if L.precision == "fp8" and L.fp8_recipe in ("", "tensorwise"):
         out.append(Note("torchtitan 0.3's Float8LinearConverter runs rowwise float8 (no tensorwise recipe): the plan "
-                        "priced its stack's first recipe; `check` of this file prices rowwise"))
+                        "priced tensorwise; `check` of this file prices rowwise", "fp8_recipe"))
+    if L.precision == "fp8" and L.fp8_recipe == "mxfp8":
+        out.append(Note("torchtitan 0.3's MXFP8LinearConverter converts the LM head too (its fqns select, none "
+                        "excludes), where the plan priced it in bf16 as Megatron and torchtitan v0.2 keep it", "fp8_recipe"))
     if L.cp > 1 and L.cp_kind == "ring":
         out.append(Note("torchtitan 0.3 has no context_parallel_rotate_method: torch context_parallel all-gathers "
                         "K/V (its default) where the plan passed them around a ring", "cp_kind"))

@@ -10,7 +10,7 @@ names its sources. The field names are a contract other modules read (coord/STAC
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -425,6 +425,13 @@ class ExecutionStack:
         """Whether the stack's fp8 recipe (its first) casts before the tensor-parallel all-gather, so the gather
         moves fp8 (fp8_tp_allgather_recipes); False without an fp8 recipe."""
         return bool(self.fp8_recipes) and self.fp8_recipes[0] in self.fp8_tp_allgather_recipes
+
+    def running(self, fp8_recipe: str | None) -> ExecutionStack:
+        """This stack running `fp8_recipe` (one of its fp8_recipes; Layout.fp8_recipe): the recipe moved first, where
+        every cost term reads it; None or "" = the stack as it is (its first recipe, its default)."""
+        if not fp8_recipe or fp8_recipe not in self.fp8_recipes or fp8_recipe == self.fp8_recipes[0]:
+            return self
+        return replace(self, fp8_recipes=(fp8_recipe, *(r for r in self.fp8_recipes if r != fp8_recipe)))
 
     def can_run(self, feature: str, value: Any) -> bool:
         """Whether the stack runs Layout field `feature` = `value` (schedule, cp_kind, zero, cuda_graphs,

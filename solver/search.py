@@ -50,7 +50,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     (the options' own searches raise a plain InfeasibleError).
     """
     start = time.perf_counter()
-    stack = stack or get_stack()
+    stack = recipe_stack(cluster, stack or get_stack(), fixed or {})
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
     space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack,
@@ -87,7 +87,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     order = np.lexsort(tuple(reversed([never, np.round(score, 12)] + keys)))[:top]
     plans = []
     for rank, i in enumerate(order):
-        layout = survivors.layout(int(i))
+        layout = with_pinned_recipe(survivors.layout(int(i)), fixed or {})
         est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
         usd = float(ev.time.step_s[i]) / 3600 * price if price else None
         plans.append(RankedPlan(
@@ -108,10 +108,38 @@ TOKEN_DROP_NOTE = ("token-dropping MoE not searched (every plan is dropless): a 
                    "model learns; pin --fix moe_capacity_factor=C to price it")
 
 
+def recipe_stack(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> ExecutionStack:
+    """The stack running the pinned fp8 recipe (--fix fp8_recipe=X, Layout.fp8_recipe), which the stack and every
+    GPU must run; the stack as it is when none is pinned. A search prices one recipe: the stack's first unless
+    pinned (the recipes differ in numerics, not only in speed: MXFP8's block scales are the accuracy choice NVIDIA's
+    Blackwell recipes make, at a cost the model prices)."""
+    recipe = str(fixed.get("fp8_recipe") or "")
+    if not recipe:
+        return stack
+    if fixed.get("precision", "fp8") != "fp8":
+        raise BadInputError(f"--fix fp8_recipe={recipe} needs precision=fp8, got precision={fixed['precision']}; "
+                            "unpin one of them")
+    problems = precision_problems(cluster, Layout(precision="fp8", fp8_recipe=recipe), stack, recipe)
+    if problems:
+        raise BadInputError(f"--fix {problems[0].message}")
+    return stack.running(recipe)
+
+
+def with_pinned_recipe(layout: Layout, fixed: dict) -> Layout:
+    """A searched layout with the pinned fp8 recipe written in (the search's columns do not carry it: one recipe
+    per search, recipe_stack)."""
+    recipe = str(fixed.get("fp8_recipe") or "")
+    return replace(layout, fp8_recipe=recipe) if recipe and layout.precision == "fp8" else layout
+
+
 def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
     """The precisions a search tries: bf16 everywhere, fp8 too where estimate's precision rule lets it run (every
     GPU has fp8 tensor cores, the stack an fp8 recipe: its first, e.g. Transformer Engine per-tensor current scaling
-    for megatron-core). A pinned precision the GPUs or the stack cannot run is bad input, said in one line."""
+    for megatron-core, or the pinned one). A pinned precision the GPUs or the stack cannot run is bad input, said in
+    one line; a pinned fp8 recipe pins fp8."""
+    if fixed.get("fp8_recipe"):
+        recipe_stack(cluster, stack, fixed)  # the recipe's own checks, in one line
+        return ("fp8",)
     fp8_problems = precision_problems(cluster, Layout(precision="fp8"), stack)
     half = "fp16" if no_bf16_gpus(cluster) else "bf16"  # GPUs without bf16 tensor cores (V100) train in fp16
     if "precision" in fixed:

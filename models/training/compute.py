@@ -38,7 +38,6 @@ from clusterplan.models.training.tp_overlap import (
     overlapped_times,
 )
 
-FP8_RECIPES = ("tensorwise", "delayed", "mxfp8", "blockwise", "rowwise")
 DEFAULT_FP8_RECIPE = "tensorwise"
 """Megatron-Bridge's FP8-CS: Transformer Engine per-tensor current scaling (Float8CurrentScaling)."""
 FP8_QUANT_BYTES_PER_ELEMENT = {

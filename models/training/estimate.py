@@ -258,14 +258,15 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     (default: nodes in order); each axis's scale-out traffic is priced at the slowest link its hops cross there.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
-    `fp8_recipe` picks one of the stack's fp8 recipes (None: its first).
+    `fp8_recipe` picks one of the stack's fp8 recipes (None: the layout's, Layout.fp8_recipe, else the stack's first).
     """
     stack = stack or get_stack()
+    fp8_recipe = fp8_recipe or layout.fp8_recipe or None
     reasons = rule_problems(model, cluster, layout, stack, fp8_recipe)
     links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
-    if layout.precision == "fp8" and fp8_recipe in stack.fp8_recipes:  # the chosen recipe first: what runs
-        stack = replace(stack, fp8_recipes=(fp8_recipe, *(r for r in stack.fp8_recipes if r != fp8_recipe)))
+    if layout.precision == "fp8":  # the chosen recipe first: what runs
+        stack = stack.running(fp8_recipe)
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
                   fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
@@ -295,8 +296,10 @@ def passes_rules(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exec
     step: the same rules (rule_problems) and the memory rule (memory needs no time or links). What a search for the
     nearest fitting change runs before it prices a candidate (solver/feasible.py)."""
     stack = stack or get_stack()
-    if rule_problems(model, cluster, layout, stack):
+    if rule_problems(model, cluster, layout, stack, layout.fp8_recipe or None):
         return False
+    if layout.precision == "fp8":
+        stack = stack.running(layout.fp8_recipe)
     memory = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), stack, fp8_all_layouts(cluster))
     return bool(memory.peak[0] <= cluster.min_memory_bytes)
 
@@ -311,4 +314,6 @@ def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,
     one = LayoutArrays.from_layouts([layout])
     arrays = replace(one, **{f: np.repeat(getattr(one, f), k) for f in one.__dataclass_fields__})
     hw = HardwareRates.of(cluster, calibration, axis_links_gb_per_s)
-    return step_time(ModelShapes.of(model), arrays, hw, stack or get_stack()).step_s
+    stack = stack or get_stack()
+    return step_time(ModelShapes.of(model), arrays, hw,
+                     stack.running(layout.fp8_recipe) if layout.precision == "fp8" else stack).step_s

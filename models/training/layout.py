@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from clusterplan.errors import BadInputError, InfeasibleError
-from clusterplan.hardware_db.stacks import ExecutionStack
+from clusterplan.hardware_db.stacks import FP8_RECIPES, ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.rules import Rule, RuleCode
 
@@ -116,6 +116,11 @@ class Layout:
     """With recompute=full: layers per pipeline rank that recompute (0 = all)."""
     schedule: Schedule = "1f1b"
     precision: Precision = "bf16"
+    fp8_recipe: str = ""
+    """With precision=fp8: the scaling recipe its GEMMs run (hardware_db.stacks.FP8_RECIPES: tensorwise = Transformer
+    Engine per-tensor current scaling, delayed, mxfp8 = 1x32 microscaling on Blackwell, blockwise = DeepSeek-V3's
+    1x128 / 128x128 tiles, rowwise = torchao's); "" = the stack's first (stacks.yaml fp8_recipes, e.g. tensorwise for
+    megatron-core). Megatron-LM --fp8-recipe; a `plan` searches the stack's first unless pinned (--fix fp8_recipe=X)."""
     optimizer: Optimizer = "adam-master"
     first_stage_layers: int = 0
     """Layers on the first pipeline stage (0 = even split); the embedding lives there too."""
@@ -212,6 +217,12 @@ class Layout:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise BadInputError(f"layout: {name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.fp8_recipe not in ("", *FP8_RECIPES):
+            raise BadInputError(f"layout: fp8_recipe={self.fp8_recipe!r}; choose one of {', '.join(FP8_RECIPES)} "
+                                "(or leave it out for the stack's first)")
+        if self.fp8_recipe and self.precision != "fp8":
+            raise BadInputError(f"layout: fp8_recipe={self.fp8_recipe} needs precision=fp8, got "
+                                f"precision={self.precision}; set precision=fp8 or drop fp8_recipe")
         if not isinstance(self.recompute_modules, str):
             raise BadInputError(f"layout: recompute_modules must be '+'-separated names, got {self.recompute_modules!r}")
         object.__setattr__(self, "recompute_modules", recompute_modules_text(recompute_modules_mask(self.recompute_modules)))
@@ -254,6 +265,8 @@ class Layout:
             del out["cuda_graphs"]
         if not out["fp8_params"]:
             del out["fp8_params"]
+        if not out["fp8_recipe"]:  # the stack's first: left out, so layouts without one serialise as before
+            del out["fp8_recipe"]
         if not out["bf16_moments"]:
             del out["bf16_moments"]
         if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
@@ -280,7 +293,8 @@ class Layout:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
-            parts.append(self.precision + ("-params" if self.fp8_params and self.precision == "fp8" else ""))
+            parts.append(self.precision + (f":{self.fp8_recipe}" if self.fp8_recipe else "")
+                         + ("-params" if self.fp8_params and self.precision == "fp8" else ""))
         if self.fp8_params and self.precision != "fp8":
             parts.append("fp8-params")
         if self.bf16_moments:
@@ -322,6 +336,8 @@ class Layout:
             values["dp"] = world // inner
         if values.get("schedule") is None and values.get("vpp", 1) > 1:
             values["schedule"] = "interleaved-1f1b"
+        if values.get("fp8_recipe") and "precision" not in values:  # a recipe names fp8 training
+            values["precision"] = "fp8"
         return cls(**values)
 
     @classmethod
