@@ -42,7 +42,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
               help="PRESET:NODES (e.g. dgx-h100:8) or a cluster YAML file (or the --plan file's).")
 @click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
-                   "recompute, recompute_layers, schedule, precision, fp8_params (fp8-only weights, Megatron "
+                   "recompute, recompute_layers, schedule, precision, fp8_recipe (tensorwise, delayed, mxfp8, blockwise, "
+                   "rowwise, nvfp4; implies precision=fp8; default the stack's first), fp8_params (fp8-only weights, Megatron "
                    "--fp8-param-gather), optimizer, bf16_moments (Adam m and v in bf16, Megatron "
                    "--use-precision-aware-optimizer), flash_attn, first_stage_layers, "
                    "last_stage_layers, pp_layers (layers of each pipeline rank, e.g. 6/5/5/0), moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "

@@ -335,9 +335,14 @@ def training_args(layout: Layout, backend: str) -> Args:
         # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
-    args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"], "fp32": []}[L.precision]
-    if L.precision == "fp8":  # the recipe the plan was priced with (the stack's first); Megatron-LM defaults to delayed
-        args += ["--fp8-recipe", L.fp8_recipe or get_stack(STACK).fp8_recipes[0]]
+    recipe = (L.fp8_recipe or get_stack(STACK).fp8_recipes[0]) if L.precision == "fp8" else ""
+    if recipe == "nvfp4":  # Megatron-LM --fp4-format e2m1 --fp4-recipe nvfp4 (TE NVFP4BlockScaling); fp8 flags exclude it
+        args += ["--bf16", "--fp4-format", "e2m1", "--fp4-recipe", "nvfp4"]
+    else:
+        args += {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", "hybrid"],
+                 "fp32": []}[L.precision]
+    if recipe and recipe != "nvfp4":  # the recipe the plan was priced with; Megatron-LM defaults to delayed
+        args += ["--fp8-recipe", recipe]
     if L.fp8_params and L.precision == "fp8":
         args += ["--fp8-param-gather"]
     args += ["--attention-backend", backend]

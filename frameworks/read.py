@@ -174,6 +174,9 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if kind not in readers:
         raise BadInputError(f"{path}: a plan file; read it with read_plan")
     read = readers[kind](path, model, world)
+    # the recipe the config names, in the layout it runs ("" where it is the stack's first: Layout.fp8_recipe)
+    if read.layout.precision == "fp8" and read.fp8_recipe and read.fp8_recipe != get_stack(read.stack).fp8_recipes[0]:
+        read = replace(read, layout=replace(read.layout, fp8_recipe=read.fp8_recipe))
     return read if kind == "deepspeed" else _with_stages(read, _read(path), str(path), model)
 
 
@@ -514,7 +517,7 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
                 "--main-params-dtype": "main_params_dtype", "--window-size": "window_size",
                 "--rotary-percent": "rotary_percent", "--softmax-type": "softmax_type",
-                "--window-attn-skip-freq": "window_skip"}
+                "--window-attn-skip-freq": "window_skip", "--fp4-format": "fp4", "--fp4-recipe": "fp4_recipe"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
@@ -746,7 +749,9 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         recompute_layers = v.get("recompute_num", 1) * vpp
         if recompute_layers >= model.n_layers // pp:
             recompute_layers = 0
-    precision = "fp8" if v.get("fp8") else "bf16" if v.get("bf16") else "fp16" if v.get("fp16") else "fp32"
+    # --fp4-format e2m1 (Megatron-Core's fp4 and fp8 exclude each other): NVFP4 GEMMs, priced as fp8 with that recipe
+    precision = "fp8" if v.get("fp8") or v.get("fp4") else "bf16" if v.get("bf16") else "fp16" if v.get("fp16") \
+        else "fp32"
     bf16_moments, more = megatron_moments(v, str(path))
     notes += more
     mbs = v.get("mbs", 1)
@@ -778,7 +783,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     notes += _megatron_model_notes(v, model)
     if layout.moe_a2a_overlap:
         notes += a2a_overlap_notes(v, env)
-    if precision == "fp8" and "fp8_recipe" not in v:
+    if precision == "fp8" and "fp8_recipe" not in v and not v.get("fp4"):
         notes.append("no --fp8-recipe: priced at Megatron-LM's default, delayed scaling")
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
@@ -815,6 +820,14 @@ def megatron_cp_kind(v: Mapping[str, Any], where: str, notes: list[str]) -> str:
 def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:
     """The fp8 recipe of a Megatron-LM script: --fp8-recipe, or Megatron-LM's default (delayed) without it; one the
     megatron-core stack prices (stacks.yaml fp8_recipes; Megatron-LM's arguments.py also takes custom)."""
+    if v.get("fp4"):  # --fp4-format e2m1 with --fp4-recipe (Megatron-LM's default and only choice: nvfp4)
+        if v.get("fp8"):
+            raise BadInputError(f"{where}: --fp4-format and --fp8-format together; Megatron-Core runs one of them "
+                                "(TransformerConfig: fp4 and fp8 exclude each other)")
+        fp4 = (str(v["fp4"]), str(v.get("fp4_recipe", "nvfp4")))
+        if fp4 != ("e2m1", "nvfp4"):
+            raise BadInputError(f"{where}: --fp4-format {fp4[0]} --fp4-recipe {fp4[1]}; use e2m1 with nvfp4")
+        return "nvfp4"
     recipe = v.get("fp8_recipe", "delayed")
     priced = get_stack("megatron-core").fp8_recipes
     if recipe not in priced:

@@ -52,7 +52,9 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
         raise InfeasibleError(f"torchtitan 0.3 folds expert parallelism over dp_shard * cp * tp without expert tensor "
                               f"parallelism; the plan has etp({layout.etp}); set etp=1 or export --to megatron")
     titan = titan_runs_as(model, layout, sequence_parallel_switch=True, rotate_switch=False)
-    return replace(titan, recompute_layers=0)  # 0.3 checkpoints every block or none (FullAC), no every n-th layer
+    # 0.3's float8 converter runs rowwise (it has no tensorwise recipe); MXFP8 stays MXFP8
+    recipe = titan.fp8_recipe if titan.precision != "fp8" or titan.fp8_recipe == "mxfp8" else "rowwise"
+    return replace(titan, recompute_layers=0, fp8_recipe=recipe)  # 0.3: FullAC on every block or none
 
 
 def _fields(items: list[tuple[str, Any]]) -> list[tuple[str, str]]:

@@ -204,6 +204,8 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
                                          ("blockwise_fp8_k_overhead", "k_depth_blockwise"))}
     sustained = {key: _fraction(where, raw, sources, key, "sustained")
                  for key in ("sustained_fraction_bf16", "sustained_fraction_fp8")}
+    # an NVFP4 GEMM does the fp8 GEMM's work on tensor cores of two to three times its peak: a ratio in (0, 1]
+    sustained["nvfp4_gemm_time_ratio"] = _fraction(where, raw, sources, "nvfp4_gemm_time_ratio", "nvfp4")
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
                       mamf_shape=tuple(shape) if shape else None, **k_overheads, **sustained,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),

@@ -64,6 +64,12 @@ class GPU:
         """fp8 tensor cores (a dense fp8 peak is published)."""
         return "fp8" in self.peak_tflops
 
+    @property
+    def has_nvfp4(self) -> bool:
+        """NVFP4 tensor cores: an NVIDIA GPU with a published dense fp4 peak (Blackwell; Transformer Engine's
+        NVFP4BlockScaling trains on SM 10.0 / 10.3 only)."""
+        return self.vendor == "nvidia" and "fp4" in self.peak_tflops
+
     def tflops(self, dtype: str) -> float:
         """Dense peak TFLOP/s for `dtype`; fp8 falls back to bf16 on GPUs without fp8 units."""
         if dtype in self.peak_tflops:
@@ -137,6 +143,10 @@ class GemmTiling:
     mxfp8_gemm_time_ratio: float = 1.0
     """Time of an MXFP8 (1x32 block-scaled) GEMM over the same GEMM with per-tensor scaled fp8 operands, both
     pre-quantised (sources: mxfp8); 1 where none is published."""
+    nvfp4_gemm_time_ratio: float = 0.0
+    """Time of an NVFP4 GEMM (E2M1 operands, one E4M3 scale per 16 elements along k) over the same GEMM with
+    per-tensor scaled fp8 operands, both pre-quantised (sources: nvfp4); 0 where none is published (NVFP4 is then
+    not priced on this GPU)."""
     rowwise_gemm_time_ratio: float = 1.0
     """Time of a rowwise-scaled fp8 GEMM through torch._scaled_mm's CUTLASS kernel (fast accumulation) over the same
     GEMM per-tensor scaled through cuBLAS (sources: rowwise); 1 where none is published."""

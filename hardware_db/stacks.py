@@ -24,7 +24,10 @@ FSDP_GRANULARITIES = ("block", "tensor", "bucket")
 DP_CHUNKS = ("layer", "virtual_stage")
 FUSED_KERNELS = ("rmsnorm", "swiglu", "rope", "cross_entropy", "bias_dropout_add", "softmax")
 ATTENTION_KERNELS = ("fa1", "triton", "fa2", "fa3", "cudnn", "sdpa", "sdpa_cudnn_first", "unfused")
-FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise")
+FP8_RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "blockwise", "nvfp4")
+"""Low-precision GEMM recipes (Layout.fp8_recipe with precision=fp8): per-tensor current (tensorwise) or delayed
+scaling, torchao's rowwise, MXFP8 (1x32 E8M0 blocks), DeepSeek-V3's blockwise, and NVFP4 (Transformer Engine's 4-bit
+E2M1 with 1x16 E4M3 block scales: its GEMMs run on fp4 tensor cores, everything else as under fp8)."""
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
 CP_KINDS = ("ring", "a2a", "allgather")
@@ -425,6 +428,13 @@ class ExecutionStack:
         """Whether the stack's fp8 recipe (its first) casts before the tensor-parallel all-gather, so the gather
         moves fp8 (fp8_tp_allgather_recipes); False without an fp8 recipe."""
         return bool(self.fp8_recipes) and self.fp8_recipes[0] in self.fp8_tp_allgather_recipes
+
+    @property
+    def keeps_fp8_params(self) -> bool:
+        """Whether fp8-only parameters (Layout.fp8_params) run under the stack's fp8 recipe (its first): where it has
+        them (fp8_param_gather), under every recipe but NVFP4 (Megatron-Bridge mixed_precision.py: 'fp4_param and
+        fp4_param_gather are not supported for now')."""
+        return self.fp8_param_gather and bool(self.fp8_recipes) and self.fp8_recipes[0] != "nvfp4"
 
     def running(self, fp8_recipe: str | None) -> ExecutionStack:
         """This stack running `fp8_recipe` (one of its fp8_recipes; Layout.fp8_recipe): the recipe moved first, where

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db import get_stack
+from clusterplan.hardware_db import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
@@ -55,8 +55,8 @@ SYSTEMS = {
 }
 """The GB systems are NVL72 racks counted in 4-GPU compute trays (hardware_db nodes.yaml)."""
 
-PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8"}
-FP8_RECIPES = {"FP8-CS": "tensorwise", "FP8-MX": "mxfp8"}
+PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8", "NVFP4": "fp8"}
+FP8_RECIPES = {"FP8-CS": "tensorwise", "FP8-MX": "mxfp8", "NVFP4": "nvfp4"}
 """The stack's fp8 recipe per CSV precision: FP8-CS = per-tensor current scaling (tensorwise); FP8-MX = MXFP8 with
 32-element blocks on Blackwell, the DeepSeek-V3 128x128 / 1x128 blocks on H100 (blockwise; the CSV header)."""
 
@@ -112,6 +112,11 @@ FP8_PARAMS_RECIPES = ("tensorwise", "delayed", "mxfp8")
 src/megatron/bridge/training/mixed_precision.py bf16_with_fp8_current_scaling_mixed, bf16_with_fp8_delayed_scaling_mixed
 and bf16_with_mxfp8_mixed set fp8_param_gather = True (the blockwise one False); the 25.11 performance scripts take
 them unchanged (scripts/performance/utils/helpers.py get_precision_config; nothing after it sets fp8_param_gather)."""
+
+NO_TP_OVERLAP = {"NVFP4": "TP comm overlap off (the Llama NVFP4 performance configs set tp_comm_overlap=False: "
+                          "research/nvfp4-training.md)"}
+"""CSV precisions whose performance recipes turn Transformer Engine's TP communication overlap off, with the row note:
+priced on megatron-core with tp_overlap none."""
 
 FP32_GRADS = False
 """Every performance recipe keeps main gradients in bf16: set_llama3_common_configs, set_gpt_oss_common_configs and
@@ -368,6 +373,8 @@ class BridgeRow(PricedRow):
     predicted_tflops: float | None = None
     """Predicted tokens/s per GPU x Megatron-Bridge's FLOPs per token (bridge_flops_per_token): the published
     TFLOP/s' own convention, so its error is the throughput error seen through their count."""
+    release: str = ""
+    """The performance summary's release where the CSV has a release column (data/megatron_bridge_nvfp4.csv)."""
     model_tflops: float | None = None
     """Our estimate's tflops_per_gpu (MFU_BASIS: FLOPs as executed, windows and GLU widths counted)."""
     refused: str = ""
@@ -488,14 +495,24 @@ def fp8_recipe(precision: str, cluster: Cluster) -> str | None:
     return recipe
 
 
-def bridge_rows() -> list[BridgeRow]:
+def row_stack(precision: str) -> tuple[ExecutionStack, str]:
+    """The stack a CSV precision's recipe runs on, and its row note ('' for the stack as it is)."""
+    stack = get_stack(STACK)
+    if precision in NO_TP_OVERLAP:
+        return (replace(stack, name=f"{STACK}, TP comm overlap off", tp_overlap="none", tp_overlap_share=0.0),
+                NO_TP_OVERLAP[precision])
+    return stack, ""
+
+
+def bridge_rows(csv_name: str = BRIDGE_CSV) -> list[BridgeRow]:
     out = []
-    for r in read_rows(BRIDGE_CSV):
+    for r in read_rows(csv_name):
         gpus = int(r["gpus"])
         preset = MODELS[r["model"]]
         model, mtp_note = row_model(r)
         ref, cluster, reason = bridge_cluster(r["system"], gpus)
         base = dict(system=r["system"], model=r["model"], precision=r["precision"], gpus=gpus, preset=preset,
+                    release=r.get("release", ""),
                     cluster=ref, published_tokens_per_s=float(r["tokens_per_s_per_gpu"]),
                     published_tflops=float(r["model_tflops_per_gpu"]))
         layout, notes = bridge_layout(r, model)
@@ -510,9 +527,12 @@ def bridge_rows() -> list[BridgeRow]:
         if cluster is None:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason=reason, **base))
             continue
-        stack = get_stack(STACK)
+        stack, stack_note = row_stack(r["precision"])
+        if stack_note:
+            notes.append(stack_note)
         recipe = fp8_recipe(r["precision"], cluster)
-        layout = replace(layout, fp8_params=layout.fp8_params and recipe in FP8_PARAMS_RECIPES)
+        layout = replace(layout, fp8_params=layout.fp8_params and recipe in FP8_PARAMS_RECIPES,
+                         fp8_recipe=recipe if layout.precision == "fp8" and recipe else "")
         problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),
                     *precision_problems(cluster, layout, stack, recipe)]
         if problems:
@@ -530,7 +550,8 @@ def bridge_rows() -> list[BridgeRow]:
 
 def layout_text(L: Layout) -> str:
     parts = [f"tp{L.tp}", f"pp{L.pp}" + (f"v{L.vpp}" if L.vpp > 1 else ""), f"cp{L.cp}", f"ep{L.ep}", f"dp{L.dp}",
-             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}", L.precision + ("-params" if L.fp8_params else ""),
+             f"z{L.zero}", f"mbs{L.mbs}", f"gbs{L.gbs}", f"s{L.seq}",
+             L.precision + (f":{L.fp8_recipe}" if L.fp8_recipe else "") + ("-params" if L.fp8_params else ""),
              f"rc:{L.recompute_modules or L.recompute}"]
     if L.bf16_moments:
         parts.append("bf16-moments")

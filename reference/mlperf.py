@@ -64,8 +64,11 @@ v4.0 conf/optim/distributed_fused_adam.yaml `grad_sync_dtype: bf16` (mlcommons t
 DistributedFusedAdam); v5.0 llama31_405b pretrain.py `DistributedDataParallelConfig(grad_reduce_in_fp32=False, ...)`
 and `MegatronMixedPrecision(..., grad_reduce_in_fp32=False)` (prishajain1/training_results_v5.0 @0fdc28f,
 eos-dfw_n64_ngc25.01_nemo). The v4.1 optimizer config is not stored."""
-UNPRICED_RECIPES = {"nvfp4": "NVFP4 (config_common_fp4.sh, not stored): clusterplan prices bf16 and fp8 training only"}
-"""fp8_recipe values of the CSV whose rows are listed, not priced."""
+NVFP4_NOTE = ("NVFP4 (the config sources config_common_fp4.sh, not stored): priced as Transformer Engine's "
+              "NVFP4BlockScaling defaults on every linear (RHT on wgrad operands, stochastic rounding of gradients, 2D "
+              "weight blocks), bf16 parameters (fp8_params off: Megatron-Bridge refuses fp4_param); any layers the file "
+              "keeps in bf16 are not priced")
+"""The v5.1 Llama 3.1 405B runs' recipe (CSV fp8_recipe nvfp4): priced since stop 38 (research/nvfp4-training.md)."""
 CUDA_GRAPH_NOTES = {
     "1": "LAYER_CUDA_GRAPH=1: per-layer CUDA graphs (no MoE host time to remove in a dense model)",
     "full": "FULL_CUDA_GRAPH=True: the whole iteration in CUDA graphs (no MoE host time to remove in a dense model)",
@@ -113,9 +116,10 @@ def mlperf_rows() -> list[MlperfRow]:
                         sp=tp > 1, recompute="none", precision="fp8", flash_attn=True,
                         schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                         first_stage_layers=first, last_stage_layers=last,
-                        fp8_params=(r["round"], r["system"]) in FP8_PARAMS,
-                        fp32_grads=r["round"] not in GRAD_SYNC_BF16_ROUNDS)
-        notes = [n for n in (split_note, FP8_PARAMS.get((r["round"], r["system"]), "")) if n]
+                        fp8_params=(r["round"], r["system"]) in FP8_PARAMS and r["fp8_recipe"] != "nvfp4",
+                        fp32_grads=r["round"] not in GRAD_SYNC_BF16_ROUNDS, fp8_recipe=r["fp8_recipe"])
+        notes = [n for n in (split_note, FP8_PARAMS.get((r["round"], r["system"]), "") if layout.fp8_params else "",
+                             NVFP4_NOTE if r["fp8_recipe"] == "nvfp4" else "") if n]
         if not layout.fp32_grads:
             notes.append(GRAD_SYNC_BF16_ROUNDS[r["round"]])
         notes.append(f"{r['step_s']} s per step ({r['result']})")
@@ -131,16 +135,13 @@ def mlperf_rows() -> list[MlperfRow]:
             m = layout.gbs // (dp * layout.mbs)
             out.append(MlperfRow(notes=tuple(notes), reason=NO_VP.format(pp=pp, m=m), **base))
             continue
-        if r["fp8_recipe"] in UNPRICED_RECIPES:
-            out.append(MlperfRow(notes=tuple(notes), reason=UNPRICED_RECIPES[r["fp8_recipe"]], **base))
-            continue
         node, per_node = bridge.SYSTEMS[r["system"]]
         cluster = load_cluster(f"{node}:{gpus // per_node}")
         problems = layout_problems(model, layout, cluster.world_size)
         if problems:
             out.append(MlperfRow(notes=tuple(notes), reason="; ".join(str(p) for p in problems), **base))
             continue
-        est = estimate(model, cluster, layout, stack=stack, fp8_recipe=r["fp8_recipe"])
+        est = estimate(model, cluster, layout, stack=stack)
         out.append(MlperfRow(notes=tuple(notes), predicted_tokens_per_s=est.to_json()["tokens_per_s"] / gpus,
                              refused=refusal(est), **base))
     return out

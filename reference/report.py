@@ -331,8 +331,11 @@ def markdown_report() -> str:
     out += [f"#### {mixtral.TITLE}", "", mixtral.markdown_table(mixtral.mixtral_rows()), ""]
     from clusterplan.reference import mlperf
 
-    out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B submissions (v3.0-v5.0): tokens/s per GPU of "
+    out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B / 8B submissions (v3.0-v5.1): tokens/s per GPU of "
             "one training step", "", mlperf.markdown_table(mlperf.mlperf_rows()), ""]
+    from clusterplan.reference import bridge_nvfp4
+
+    out += [f"#### {bridge_nvfp4.TITLE}", "", bridge_nvfp4.markdown_table(bridge_nvfp4.nvfp4_rows()), ""]
     from clusterplan.reference import dgxc
 
     out += ["#### NVIDIA DGX Cloud Benchmarking recipes (dgxc-benchmarking, NeMo 24.05-25.04 containers): Llama 3.1, "
@@ -392,6 +395,9 @@ def print_text_report() -> None:
     from clusterplan.reference import mlperf
 
     mlperf.print_table(mlperf.mlperf_rows())
+    from clusterplan.reference import bridge_nvfp4
+
+    bridge_nvfp4.print_table(bridge_nvfp4.nvfp4_rows())
     from clusterplan.reference import dgxc
 
     dgxc.print_table(dgxc.dgxc_rows())

@@ -481,7 +481,7 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
         "dp_replicate": replicate, FEWER_NODES: nodes(FEWER_NODES), MORE_NODES: nodes(MORE_NODES)}
     if model.is_moe:
         modifiers["ep"] = degree("ep", lambda c: divisors(model.n_experts, at_most=world))
-    if est.layout.precision == "fp8" and not est.layout.fp8_params and stack.fp8_param_gather:
+    if est.layout.precision == "fp8" and not est.layout.fp8_params and stack.keeps_fp8_params:
         # fp8-only weights, as every Megatron-Bridge fp8 recipe runs them: 2 B per parameter less (Layout.fp8_params).
         def fp8_params(c: _Candidate) -> Iterator[_Candidate]:
             if c.layout.zero >= 1:

@@ -361,7 +361,7 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
                     or fixed.get("pp", pp) != pp:
                 continue
             # fp8-only parameters wherever they run, as the homogeneous search turns them on (unless pinned).
-            fp8_params = bool(fixed.get("fp8_params", stack.fp8_param_gather
+            fp8_params = bool(fixed.get("fp8_params", stack.keeps_fp8_params
                                         and fp8_params_run(precision, zero, optimizer)))
             if fp8_params and not fp8_params_run(precision, zero, optimizer):
                 continue

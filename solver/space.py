@@ -183,9 +183,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")
-    if fixed.get("fp8_params") and not stack.fp8_param_gather:
-        raise BadInputError(f"--fix fp8_params=1: stack {stack.name} keeps no fp8-only parameters; pick another "
-                            "--stack or unpin it")
+    if fixed.get("fp8_params") and not stack.keeps_fp8_params:
+        why = "NVFP4 keeps bf16 parameters" if stack.fp8_param_gather else f"stack {stack.name} keeps no fp8-only parameters"
+        raise BadInputError(f"--fix fp8_params=1: {why}; pick another --stack or recipe, or unpin it")
     if fixed.get("fp8_params") and not fp8_params_run(str(fixed.get("precision", "fp8")), int(fixed.get("zero", 1)),
                                                       str(fixed.get("optimizer", "adam-master"))):
         raise BadInputError(f"--fix fp8_params=1 needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
@@ -313,7 +313,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if "fp8_params" in fixed:
         cols["fp8_params"] = np.full(total, float(bool(fixed["fp8_params"])))
     else:
-        cols["fp8_params"] = (can_fp8_params & stack.fp8_param_gather).astype(float)
+        cols["fp8_params"] = (can_fp8_params & stack.keeps_fp8_params).astype(float)
     # The batch rules and the stack's limits read a few columns: filter before the full LayoutArrays is built.
     dp_mbs = cols["dp"] * cols["mbs"]
     ok = cols["gbs"] % dp_mbs == 0

@@ -143,6 +143,9 @@ class HardwareRates:
     per-tensor scaled fp8 tensor needs no transposed copy (hardware_db mx_formats, as estimate.fp8_all_layouts)."""
     mxfp8_gemm_time_ratio: float = 1.0
     """An MXFP8 GEMM's time over the per-tensor scaled fp8 GEMM (hardware_db gemm.yaml mxfp8_gemm_time_ratio)."""
+    nvfp4_gemm_time_ratio: float = 0.0
+    """An NVFP4 GEMM's time over the per-tensor scaled fp8 GEMM (gemm.yaml nvfp4_gemm_time_ratio); 0: not published
+    for these GPUs (estimate's precision rule refuses NVFP4 there)."""
     rowwise_gemm_time_ratio: float = 1.0
     """A rowwise-scaled fp8 GEMM's time through torch._scaled_mm's CUTLASS kernel over the per-tensor scaled cuBLAS
     GEMM (hardware_db gemm.yaml rowwise_gemm_time_ratio)."""
@@ -156,7 +159,8 @@ class HardwareRates:
     def for_fp8_recipe(self, recipe: str, forward: bool = False) -> HardwareRates:
         """These rates with the fp8 GEMMs at `recipe`'s rate, for the backward's gradient GEMMs or, `forward`, the
         forward's: MXFP8's block-scaled GEMMs all run mxfp8_gemm_time_ratio slower than per-tensor scaled fp8 ones
-        (TE GEMM Profiling Tutorial, B300). torchao's rowwise recipe runs its forward GEMM with fast accumulation,
+        (TE GEMM Profiling Tutorial, B300); NVFP4's (fprop, dgrad and wgrad all on 4-bit operands: TE
+        NVFP4BlockScaling) take nvfp4_gemm_time_ratio of their time. torchao's rowwise recipe runs its forward GEMM with fast accumulation,
         which torch._scaled_mm sends to its CUTLASS rowwise kernel (rowwise_gemm_time_ratio slower, pytorch/pytorch
         #147971); its gradient GEMMs run without, which torchao sends to the per-tensor cuBLAS kernel with unit
         scales and rescales after (torchao float8_ops.addmm_float8_unwrapped): at the per-tensor rate. Block-scaled
@@ -168,12 +172,18 @@ class HardwareRates:
             return replace(self, gemm_shape=replace(shape, fp8_k_overhead=shape.blockwise_fp8_k_overhead))
         if recipe == "mxfp8":
             r = self.mxfp8_gemm_time_ratio
+        elif recipe == "nvfp4" and self.nvfp4_gemm_time_ratio > 0:
+            r = self.nvfp4_gemm_time_ratio  # below 1: 4-bit tensor cores, every GEMM of the three
         elif recipe == "rowwise" and forward:
             r = self.rowwise_gemm_time_ratio
         else:
             r = 1.0
         if r == 1.0:
             return self
+        if shape is not None and recipe == "nvfp4":
+            # The k-loop runs 1 / r times faster per element of k while each output tile's prologue and epilogue keep
+            # their time: the depth k_0 whose loop equals them grows by 1 / r (gemm.py k_depth).
+            shape = replace(shape, fp8_k_overhead=shape.fp8_k_overhead / r)
         return replace(self, gemm_max_flops_fp8=self.gemm_max_flops_fp8 / r,
                        gemm_shape=None if shape is None else replace(shape, max_flops_fp8=shape.max_flops_fp8 / r))
 
@@ -259,6 +269,9 @@ class HardwareRates:
         all_layouts = all(g.gpu.mx_formats for g in cluster.groups)
         tilings = [t for g in cluster.groups if (t := get_gemm_tiling(g.gpu.name))]
         mx_ratio = max((t.mxfp8_gemm_time_ratio for t in tilings), default=1.0)
+        # the slowest GPU's NVFP4 ratio; none where a GPU of the cluster has no published one
+        fp4_ratio = (max(t.nvfp4_gemm_time_ratio for t in tilings)
+                     if len(tilings) == len(cluster.groups) and all(t.nvfp4_gemm_time_ratio for t in tilings) else 0.0)
         rowwise_ratio = max((t.rowwise_gemm_time_ratio for t in tilings), default=1.0)
         # A profiled overlap (calibration `overlap`) was measured with the collective and the GEMM running together:
         # it already holds what the collective's CTAs cost the GEMM, so the CTA term is not added on top of it.
@@ -282,7 +295,8 @@ class HardwareRates:
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
                    axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, gemm_sustained_scale=sustained,
                    fp8_all_layouts=all_layouts,
-                   mxfp8_gemm_time_ratio=mx_ratio, rowwise_gemm_time_ratio=rowwise_ratio, **_attention_rates(attn))
+                   mxfp8_gemm_time_ratio=mx_ratio, rowwise_gemm_time_ratio=rowwise_ratio,
+                   nvfp4_gemm_time_ratio=fp4_ratio, **_attention_rates(attn))
 
     @classmethod
     def measured(cls, calibration: Calibration, *, dtype: str, domain: int) -> HardwareRates | None:

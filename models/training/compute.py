@@ -55,6 +55,11 @@ FP8_QUANT_BYTES_PER_ELEMENT = {
     # torchao float8 rowwise (torchtitan): the row-wise and the column-wise scaled copies are cast separately, each
     # with its own amax read: 2 x (2 + 2 + 1)
     "rowwise": 2 * (2.0 + 2.0 + 1.0),
+    # TE NVFP4BlockScaling (quantizer.cpp NVFP4Quantizer): one pass reads the bf16 tensor for the row-wise amax and the
+    # post-Hadamard column-wise amax (nvte_hadamard_transform_amax), a second reads it again and writes both 4-bit
+    # copies, each 0.5 B + one E4M3 scale per 16 elements (nvte_quantize_with_hadamard_transform; weights: amax then
+    # one quantize_transpose, the same bytes): the GEMM takes only the TN layout on every GPU
+    "nvfp4": 2.0 + 2.0 + 2 * (0.5 + 1.0 / 16),
 }
 """HBM bytes per element of quantising one GEMM operand to fp8 (the cast/amax kernels of each recipe) on GPUs whose
 fp8 GEMMs take only the TN layout (Hopper, Ada)."""

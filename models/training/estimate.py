@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from clusterplan.hardware_db import get_gemm_tiling
 from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, DenseHost, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
@@ -26,6 +27,7 @@ from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
     GIB,
     MemoryBreakdown,
+    fp8_saved_input_bytes,
     fp8_weight_copy_bytes,
     fsdp_fp8_allgather,
     memory_breakdown,
@@ -96,7 +98,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             kv_copies=stack.attention_kv_copies,
                             ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
                             tp_gather_buffers=stack.tp_gather_buffers,
-                            zero1_gather_flat_copies=stack.zero1_gather_flat_copies)
+                            zero1_gather_flat_copies=stack.zero1_gather_flat_copies,
+                            fp8_input_bytes=fp8_saved_input_bytes(recipe))
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:
@@ -170,7 +173,7 @@ class Estimate:
         if self.model.is_moe:
             L = self.layout
             out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
-        if self.layout.precision == "fp8" and ev.stack.fp8_param_gather:
+        if self.layout.precision == "fp8" and ev.stack.keeps_fp8_params:
             out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
         if ev.stack.dense_host is not None and not self.model.is_moe:
             share = float(LayoutArrays.from_layouts([self.layout]).full_recompute_share(self.model.n_layers)[0])
@@ -246,6 +249,18 @@ def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | No
     if fp8_recipe == "mxfp8" and no_mx:
         return broken(f"fp8 recipe mxfp8: {', '.join(no_mx)} has no MXFP8 tensor cores (Blackwell / CDNA 4 only); "
                       "use the tensorwise or blockwise recipe")
+    if fp8_recipe == "nvfp4":
+        no_fp4 = sorted(n for n, g in gpus.items() if not g.has_nvfp4)
+        if no_fp4:
+            return broken(f"fp8 recipe nvfp4: {', '.join(no_fp4)} has no NVFP4 tensor cores (NVIDIA Blackwell only); "
+                          "use the tensorwise recipe")
+        unpriced = sorted(n for n in gpus if not ((t := get_gemm_tiling(n)) and t.nvfp4_gemm_time_ratio))
+        if unpriced:
+            return broken(f"fp8 recipe nvfp4: no NVFP4 GEMM rate is published for {', '.join(unpriced)} "
+                          "(hardware_db gemm.yaml nvfp4_gemm_time_ratio); use the tensorwise recipe")
+        if layout.fp8_params:
+            return broken("fp8 recipe nvfp4 keeps bf16 parameters (Megatron-Bridge: 'fp4_param and "
+                          "fp4_param_gather are not supported for now'); set fp8_params=0")
     return []
 
 
@@ -279,7 +294,7 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
 def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
     """What of the layout an out-of-memory fix may still turn (Rule.out_of_memory)."""
     return dict(zero=layout.zero, recompute=layout.recompute, mbs=layout.mbs,
-                fp8_params_off=not layout.fp8_params and stack.fp8_param_gather
+                fp8_params_off=not layout.fp8_params and stack.keeps_fp8_params
                 and fp8_params_run(layout.precision, layout.zero, layout.optimizer),
                 bf16_moments_off=not layout.bf16_moments and stack.bf16_moments
                 and bf16_moments_run(layout.zero, layout.optimizer))

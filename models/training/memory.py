@@ -51,6 +51,19 @@ FP8_WEIGHT_COPY_BYTES_ALL_LAYOUTS = 1.0
 # MXFP8 scales 1x32 blocks along the GEMM's reduction axis, so the weight is quantised twice (row-wise for fprop,
 # column-wise for dgrad/wgrad), each with one 1-B E8M0 scale per 32 elements (TE MXFP8Tensor).
 MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
+# NVFP4 keeps the weight row- and column-wise too (its GEMM takes only the TN layout), each 0.5 B per element and an E4M3
+# scale per 16 (TE NVFP4Tensor; docs/features/low_precision_training/nvfp4).
+NVFP4_WEIGHT_COPY_BYTES = 2.0 * (0.5 + 1.0 / 16)
+# What a Transformer Engine linear saves of its input for the weight gradient under fp8: the quantised copy, 1 B per
+# element (Float8Tensor; MXFP8's scales, 1/32 B, neglected); NVFP4 saves its column-wise 4-bit copy with an E4M3 scale per
+# 16 (NVFP4Tensor: the wgrad operand, Hadamard-transformed).
+FP8_SAVED_INPUT_BYTES = 1.0
+NVFP4_SAVED_INPUT_BYTES = 0.5 + 1.0 / 16
+
+
+def fp8_saved_input_bytes(recipe: str | None) -> float:
+    """Bytes per element of a linear's saved input under fp8 `recipe` (FP8_SAVED_INPUT_BYTES / NVFP4_...)."""
+    return NVFP4_SAVED_INPUT_BYTES if recipe == "nvfp4" else FP8_SAVED_INPUT_BYTES
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
@@ -107,12 +120,14 @@ def stage_layers(shapes: ModelShapes, L: LayoutArrays) -> StageLayers:
 
 def fp8_weight_copy_bytes(recipe: str | None, all_layouts: bool, cached: bool = True) -> float:
     """Bytes per parameter of the fp8 weight copies a stack caches beside the bf16 weights under fp8 `recipe`:
-    MXFP8 row- and column-wise with scales; per-tensor scaling (tensorwise/delayed) one copy on GPUs with fp8
-    GEMMs in every layout (`all_layouts`, Blackwell), two (row-wise + transposed) on Hopper; blockwise two."""
+    MXFP8 and NVFP4 row- and column-wise with scales; per-tensor scaling (tensorwise/delayed) one copy on GPUs with
+    fp8 GEMMs in every layout (`all_layouts`, Blackwell), two (row-wise + transposed) on Hopper; blockwise two."""
     if not cached:
         return 0.0
     if recipe == "mxfp8":
         return MXFP8_WEIGHT_COPY_BYTES
+    if recipe == "nvfp4":
+        return NVFP4_WEIGHT_COPY_BYTES
     if all_layouts and recipe in ("tensorwise", "delayed"):
         return FP8_WEIGHT_COPY_BYTES_ALL_LAYOUTS
     return FP8_WEIGHT_COPY_BYTES
@@ -394,7 +409,7 @@ def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
                            fused_glu: bool = True, compiled: bool = False, autocast: bool = False,
-                           kv_copies: float = 0.0) -> np.ndarray:
+                           kv_copies: float = 0.0, fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
@@ -403,7 +418,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     gated activation (glu_saved_widths). `autocast`: the stack's mixed precision is torch.autocast over fp32
     parameters (half_autocast: an fp32 residual stream, one bf16 cast of a norm output per linear reading it).
     `kv_copies`: more copies of K and V the stack's attention keeps beside the packed q, k, v (stacks.yaml
-    attention_kv_copies).
+    attention_kv_copies). `fp8_input_bytes`: a linear's saved input under fp8 (fp8_saved_input_bytes of the recipe).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -411,10 +426,10 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     t, spd = L.tp, L.sp_div
     act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16; fp32 runs 4
     fp8 = L.precision == PREC_FP8
-    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (1 B, Float8Tensor) in place of
+    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (fp8_input_bytes) in place of
     # the bf16 norm outputs and FFN product; the out-projection's fp8 copy comes on top of the attention output the
     # attention core keeps in bf16.
-    lin_in = np.where(fp8, 1.0, act)
+    lin_in = np.where(fp8, fp8_input_bytes, act)
     drop = 1.0 if shapes.dropout else 0.0
     module = lambda name: selective_module(L, mode, name)  # noqa: E731
     casting = half_autocast(L, autocast) if autocast else None
@@ -443,7 +458,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         qkv = np.where(module("mla_up_proj"), 0.0, per_head) + act * tokens * shapes.mla_latent
     if kv_copies:
         qkv = qkv + kv_copies * act * tokens * shapes.kv_dim / t
-    attn_out = (act + np.where(fp8, 1.0, 0.0)) * tokens * shapes.v_dim / t
+    attn_out = (act + np.where(fp8, fp8_input_bytes, 0.0)) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
@@ -514,7 +529,8 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                sp_gathered: bool = False, fused_glu: bool = True,
                                compiled: bool = False, autocast: bool = False,
-                               kv_copies: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                               kv_copies: float = 0.0, fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES
+                               ) -> tuple[np.ndarray, np.ndarray]:
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
@@ -522,9 +538,10 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
     per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
-                                                               fused_glu, compiled, autocast, kv_copies)
+                                                               fused_glu, compiled, autocast, kv_copies,
+                                                               fp8_input_bytes)
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
-                                                            fused_glu, compiled, autocast, kv_copies)
+                                                            fused_glu, compiled, autocast, kv_copies, fp8_input_bytes)
                          if moe_share else 0.0))
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode, autocast=autocast)
 
@@ -538,17 +555,18 @@ DEDUPE_MIN_ROWS = 4096
 
 def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                       sp_gathered: bool = False, fused_glu: bool = True,
-                                      compiled: bool = False, autocast: bool = False, kv_copies: float = 0.0
+                                      compiled: bool = False, autocast: bool = False, kv_copies: float = 0.0,
+                                      fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES
                                       ) -> tuple[np.ndarray, np.ndarray]:
     """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
     same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
     unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
     if unique is None or len(unique[0]) == len(L):
         return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
-                                          kv_copies)
+                                          kv_copies, fp8_input_bytes)
     first, inverse = unique
     kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled,
-                                            autocast, kv_copies)
+                                            autocast, kv_copies, fp8_input_bytes)
     return kept[inverse], full[inverse]
 
 
@@ -732,7 +750,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,
                      autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES,
                      kv_copies: float = 0.0, ddp_bucket_bytes_per_param: float = 0.0,
-                     tp_gather_buffers: float = 0.0, zero1_gather_flat_copies: bool = False) -> MemoryBreakdown:
+                     tp_gather_buffers: float = 0.0, zero1_gather_flat_copies: bool = False,
+                     fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -749,14 +768,15 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     tensors (ddp_bucket_bytes); tp_gather_buffers: persistent full-sequence all-gather buffers under TP
     (tp_gather_buffer_bytes); zero1_gather_flat_copies: ZeRO-1's weight all-gather copies into flat buffers during
     the optimizer step (zero1_gather_flat_bytes), a moment of its own: where the state and those copies outlast the
-    forward / backward peak, "other" takes the difference)."""
+    forward / backward peak, "other" takes the difference); fp8_input_bytes: a linear's saved input under the fp8
+    recipe (fp8_saved_input_bytes))."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
     per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
-                                                  kv_copies)
+                                                  kv_copies, fp8_input_bytes)
     gather_buffers = tp_gather_buffer_bytes(shapes, L, tp_gather_buffers)
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.

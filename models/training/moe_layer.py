@@ -146,9 +146,13 @@ MXFP8_ALIGN_ROWS = 32
 """The same for MXFP8 (32-element scaling blocks along the rows)."""
 
 
+NVFP4_ALIGN_ROWS = 128
+"""The same for NVFP4 (Megatron-Core fp4_utils.get_fp4_align_size: 128)."""
+
+
 def fp8_align_rows(fp8_recipe: str | None) -> int:
-    """FP8_ALIGN_ROWS, or MXFP8_ALIGN_ROWS for the mxfp8 recipe."""
-    return MXFP8_ALIGN_ROWS if fp8_recipe == "mxfp8" else FP8_ALIGN_ROWS
+    """FP8_ALIGN_ROWS, or the mxfp8 / nvfp4 recipe's own."""
+    return {"mxfp8": MXFP8_ALIGN_ROWS, "nvfp4": NVFP4_ALIGN_ROWS}.get(fp8_recipe or "", FP8_ALIGN_ROWS)
 
 
 def fp8_padding_skipped(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP8_ALIGN_ROWS) -> np.ndarray:

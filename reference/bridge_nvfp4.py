@@ -1,0 +1,54 @@
+"""Our predictions against NVIDIA's published Megatron-Bridge NVFP4 pre-training throughput (releases 26.02, 26.04,
+26.06; data/megatron_bridge_nvfp4.csv): Llama 3 70B on 64 and Llama 3.1 405B on 256 GB300 / GB200, each row priced
+as bridge.py prices the 25.11 rows (same model presets, clusters, stage splits and recipe defaults), with the NVFP4
+recipe (Layout.fp8_recipe nvfp4: gemm.yaml nvfp4_gemm_time_ratio, compute.FP8_QUANT_BYTES_PER_ELEMENT) and TP
+communication overlap off as those recipes run it. Held out: no constant is fitted to these rows.
+
+    python -m clusterplan.reference            # prints every reference table, this one included
+"""
+
+from __future__ import annotations
+
+from clusterplan.reference.bridge import BridgeRow, bridge_rows, layout_text
+from clusterplan.reference.report import (
+    Column,
+    held_out_line,
+    markdown_rows,
+    notes_cell,
+    print_rows,
+    row_notes,
+)
+
+NVFP4_CSV = "megatron_bridge_nvfp4.csv"
+TITLE = ("Megatron-Bridge NVFP4 pre-training (performance summaries 26.02, 26.04, 26.06): tokens/s and model TFLOP/s "
+         "per GPU")
+
+
+def nvfp4_rows() -> list[BridgeRow]:
+    return bridge_rows(NVFP4_CSV)
+
+
+def table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
+    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
+    columns = [("release", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
+               ("predicted", "r"), ("notes", "l")]
+    cells = []
+    for r in rows:
+        notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
+        priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
+                   f"{r.predicted_tflops:.0f}"] if r.expressible else ["-", "-", f"{r.published_tflops:.0f}", "-"])
+        cells.append([r.release, r.system.removeprefix("DGX-"), r.preset, f"{r.gpus}",
+                      layout_text(r.layout) if r.layout else "-", f"{r.published_tokens_per_s:.0f}", *priced,
+                      notes_cell(notes)])
+    return columns, cells
+
+
+def print_table(rows: list[BridgeRow]) -> None:
+    columns, cells = table(rows)
+    print_rows(TITLE, columns, cells, [r.label for r in rows], [held_out_line(rows)])
+
+
+def markdown_table(rows: list[BridgeRow]) -> str:
+    columns, cells = table(rows)
+    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])
