@@ -197,7 +197,8 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
                    "moe_router_num_groups": "moe_router_num_groups",
                    "moe_router_group_topk": "moe_router_group_topk",
                    "moe_router_topk_scaling_factor": "moe_router_topk_scaling_factor",
-                   "mtp_num_layers": "mtp_num_layers", "rotary_base": None, "cp_comm_type": "cp_comm_type"}
+                   "mtp_num_layers": "mtp_num_layers", "rotary_base": None, "cp_comm_type": "cp_comm_type",
+                   "fp4_format": "fp4", "fp4_recipe": "fp4_recipe"}
         errors, done = [], 0
         for job in json.load(open("jobs.json")):
             f = {k[2:].replace("-", "_"): v for k, v in job["flags"].items()}

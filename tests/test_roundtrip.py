@@ -89,6 +89,11 @@ HAND: list[tuple[str, str, dict]] = [
     ("llama3.1-8b", "dgx-h100:2", {"pp": 4, "mbs": 1, "gbs": 64, "zero": 1, "pp_layers": [11, 11, 10, 0]}),
     ("llama3.1-70b", "dgx-h100:8", {"tp": 8, "pp": 4, "vpp": 2, "mbs": 1, "gbs": 512, "seq": 8192, "sp": True,
                                     "schedule": "interleaved-1f1b", "pp_layers": [19, 22, 20, 19]}),
+    # the fp8 recipe as part of the plan (Layout.fp8_recipe): MXFP8 and NVFP4 on Blackwell (Megatron --fp8-recipe /
+    # --fp4-format; torchtitan's MX converter; NVFP4 refused by torchtitan and DeepSpeed)
+    ("llama3.1-8b", "dgx-b200:2", {"mbs": 1, "gbs": 64, "seq": 8192, "zero": 1, "fp8_recipe": "mxfp8"}),
+    ("llama3.1-8b", "dgx-b200:2", {"tp": 2, "mbs": 1, "gbs": 64, "seq": 8192, "sp": True, "zero": 1,
+                                   "fp8_recipe": "nvfp4"}),
     # equal middle ranks vpp does not divide: first/last cannot say it (stage layers % vpp), so it stays a list
     ("llama3.1-8b", "dgx-h100:1", {"pp": 4, "vpp": 2, "mbs": 1, "gbs": 64, "zero": 1,
                                    "schedule": "interleaved-1f1b", "pp_layers": [7, 9, 9, 7]}),
