@@ -36,8 +36,9 @@ def render_estimate(data: dict[str, Any]) -> None:
         basis = ("measured by clusterplan profile" if hw.get("calibrated") else
                  "MAMF x training share" + (f" x {hw['gemm_sustained_scale']:.3f} sustained under full-node load"
                                             if hw.get("gemm_sustained_scale", 1.0) != 1.0 else ""))
-        console.text(f"GEMM rate at the best shape: {rates['bf16']:,.0f} TFLOP/s bf16, {rates['fp8']:,.0f} fp8 "
-                     f"({hw['gpu']}: {basis})")
+        recipes = "".join(f", {rates[r]:,.0f} {r}" for r in ("mxfp8", "nvfp4") if r in rates)
+        console.text(f"GEMM rate at the best shape: {rates['bf16']:,.0f} TFLOP/s bf16, {rates['fp8']:,.0f} fp8"
+                     f"{recipes} ({hw['gpu']}: {basis})")
     if "moe_routing" in data:
         console.text(f"MoE routing: {data['moe_routing']}")
     if "fp8_weights" in data:

@@ -309,10 +309,11 @@ def mixed_pins_not_applied(fixed: dict) -> tuple[str, ...]:
 
 def _mixed_precisions(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
     """Precisions the mixed pipeline tries: as the homogeneous search (solver.search.precision_options), fp8 only
-    where every GPU type and the stack run it."""
+    where every GPU type and the stack run it. A pinned fp8 recipe is not applied here (MIXED_PINS: it is named as
+    not applied), so it narrows nothing."""
     from clusterplan.solver.search import precision_options  # search imports this module's callers
 
-    return precision_options(cluster, stack, fixed)
+    return precision_options(cluster, stack, {k: v for k, v in fixed.items() if k != "fp8_recipe"})
 
 
 def _group_rates(cluster: Cluster, calibration: Calibration | None) -> list[HardwareRates]:

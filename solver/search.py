@@ -53,8 +53,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     stack = recipe_stack(cluster, stack or get_stack(), fixed or {})
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
-    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack,
-                            precision_options(cluster, stack, fixed or {}))
+    precisions = precision_options(cluster, stack, fixed or {})
+    space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack, precisions)
     rejected = Counter(space.rejected)
     arrays = space.arrays
     candidates = len(arrays) + sum(rejected.values())
@@ -100,6 +100,12 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
              ) if space.left_out else ()
     if model.is_moe and (fixed or {}).get("moe_capacity_factor") is None and stack.moe_token_drop:
         notes += (TOKEN_DROP_NOTE,)
+    if "fp8" in precisions and not (fixed or {}).get("fp8_recipe"):
+        others = [r for r in stack.fp8_recipes[1:]
+                  if not precision_problems(cluster, Layout(precision="fp8"), stack, r)]
+        if others:
+            notes += (f"fp8 runs priced with recipe {stack.fp8_recipes[0]}; not searched: {', '.join(others)} (a recipe "
+                      "changes the numerics as well as the speed): pin --fix fp8_recipe=R to price one",)
     return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 

@@ -115,6 +115,10 @@ def test_nvfp4_is_faster_than_current_scaling_on_b200_and_says_which_recipe_ran(
     assert fp4["layout"]["fp8_recipe"] == "nvfp4" and "fp8_recipe" not in cs["layout"]
     assert fp4["step_time_s"] < 0.85 * cs["step_time_s"]
     assert fp4["memory"]["peak_gib"] < cs["memory"]["peak_gib"] + 4  # bf16 weights + 1.125 B cache vs + 1 B
+    # the output names the 4-bit GEMMs' best-shape rate beside bf16 and fp8: fp8's over B200's ratio 0.497
+    rates = fp4["hardware"]["gemm_best_shape_tflops"]
+    assert rates["nvfp4"] == pytest.approx(rates["fp8"] / 0.497, rel=1e-4) and "nvfp4" not in \
+        cs["hardware"]["gemm_best_shape_tflops"]
 
 
 def test_plan_pins_a_recipe_and_never_turns_fp8_params_on_under_nvfp4(run_cli, tmp_path):

@@ -170,6 +170,10 @@ class Estimate:
                                                     "fp8": _r(ev.hw.gemm_max_flops_fp8 / 1e12)},
                          "gemm_sustained_scale": _r(ev.hw.gemm_sustained_scale)},
         })
+        recipe = stack_fp8_recipe(ev.stack) if self.layout.precision == "fp8" else None
+        if recipe in ("mxfp8", "nvfp4"):  # block-scaled GEMMs at their own rate (HardwareRates.for_fp8_recipe)
+            rates = out["hardware"]["gemm_best_shape_tflops"]
+            rates[recipe] = _r(ev.hw.for_fp8_recipe(recipe).gemm_max_flops_fp8 / 1e12)
         if self.model.is_moe:
             L = self.layout
             out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
