@@ -331,7 +331,8 @@ def table(rows: list[NemoRow]) -> tuple[list[Column], list[list[str]]]:
         notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
         priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.predicted_tflops:.0f}",
                    f"{r.model_tflops:.0f}"] if r.expressible else ["-"] * 4)
-        cells.append([r.release, r.model, f"{r.gpus}", r.precision, layout_text(r.layout),
+        shown = layout_text(r.layout) if r.layout.world == r.gpus else "-"  # no layout published (nemo_long.py)
+        cells.append([r.release, r.model, f"{r.gpus or '-'}", r.precision, shown,
                       f"{r.published_tokens_per_s:.0f}", *priced[:2], f"{r.published_tflops:.0f}", priced[2],
                       f"{r.published_gflops_per_token:.1f}", f"{r.release_gflops_per_token:.1f}", priced[3],
                       notes_cell(notes)])

@@ -333,6 +333,9 @@ def markdown_report() -> str:
 
     out += ["#### MLPerf Training, NVIDIA's GPT-3 175B and Llama 3.1 405B / 8B submissions (v3.0-v5.1): tokens/s per GPU of "
             "one training step", "", mlperf.markdown_table(mlperf.mlperf_rows()), ""]
+    from clusterplan.reference import nemo_long
+
+    out += [f"#### {nemo_long.TITLE}", "", nemo_long.markdown_table(nemo_long.long_rows()), ""]
     from clusterplan.reference import bridge_nvfp4
 
     out += [f"#### {bridge_nvfp4.TITLE}", "", bridge_nvfp4.markdown_table(bridge_nvfp4.nvfp4_rows()), ""]
@@ -395,6 +398,9 @@ def print_text_report() -> None:
     from clusterplan.reference import mlperf
 
     mlperf.print_table(mlperf.mlperf_rows())
+    from clusterplan.reference import nemo_long
+
+    nemo_long.print_table(nemo_long.long_rows())
     from clusterplan.reference import bridge_nvfp4
 
     bridge_nvfp4.print_table(bridge_nvfp4.nvfp4_rows())
