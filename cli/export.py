@@ -44,7 +44,8 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     """
     plan = read_plan(plan_path)
     stack = get_stack(stack_name or STACK_OF_TARGET[target])
-    result = export_plan(target, plan.model, plan.cluster, plan.layout, plan.stages)
+    # the recipe the plan was priced with, named: "" means the plan's stack's first, not the target's
+    result = export_plan(target, plan.model, plan.cluster, named_recipe(plan.layout, plan.stack), plan.stages)
     if out_path:
         write_atomic(out_path, result.text)
         console.info(f"wrote {out_path}")
@@ -84,6 +85,9 @@ def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said
             console.warn(f"the exported config runs {key}={_value(runs.get(key))} where the plan has "
                          f"{key}={_value(planned.get(key))} ({target} has no setting for the plan's; `check` prices "
                          "what runs)" + (f" {replan}" if plan.stack != back.stack else ""))
+    for rule in back.estimate.reasons:  # what the config runs that the stack or these GPUs cannot
+        if rule.code in (RuleCode.PRECISION, RuleCode.FP8_PARAMS):
+            console.warn(f"the exported config as {back.stack} runs it: {rule}")
     oom = [r for r in back.estimate.reasons if r.code == RuleCode.OUT_OF_MEMORY]
     if oom:
         made_for = f" (planned for {plan.stack})" if plan.stack and plan.stack != back.stack else ""

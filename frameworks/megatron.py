@@ -344,6 +344,9 @@ def training_args(layout: Layout, backend: str) -> Args:
     if recipe and recipe != "nvfp4":  # the recipe the plan was priced with; Megatron-LM defaults to delayed
         args += ["--fp8-recipe", recipe]
     if L.fp8_params and L.precision == "fp8":
+        if recipe == "nvfp4":
+            raise InfeasibleError("NVFP4 keeps bf16 parameters (Megatron-Bridge refuses fp4_param); set "
+                                  "fp8_params=0 in the plan")
         args += ["--fp8-param-gather"]
     args += ["--attention-backend", backend]
     if L.optimizer == "sgd":

@@ -23,7 +23,7 @@ from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
 from clusterplan.frameworks.megatron import activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.layout import Layout, chunk_layers
+from clusterplan.models.training.layout import Layout, canonical_fp8_recipe, chunk_layers
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
 TORCHTITAN_SCHEDULES = {"1f1b": "1f1b", "gpipe": "gpipe", "interleaved1f1b": "interleaved-1f1b",
@@ -174,9 +174,10 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if kind not in readers:
         raise BadInputError(f"{path}: a plan file; read it with read_plan")
     read = readers[kind](path, model, world)
-    # the recipe the config names, in the layout it runs ("" where it is the stack's first: Layout.fp8_recipe)
-    if read.layout.precision == "fp8" and read.fp8_recipe and read.fp8_recipe != get_stack(read.stack).fp8_recipes[0]:
-        read = replace(read, layout=replace(read.layout, fp8_recipe=read.fp8_recipe))
+    # the recipe the config names, in the layout it runs, in its one spelling ("" where it is the stack's first)
+    if read.layout.precision == "fp8" and read.fp8_recipe:
+        read = replace(read, layout=replace(read.layout,
+                                            fp8_recipe=canonical_fp8_recipe(read.fp8_recipe, get_stack(read.stack))))
     return read if kind == "deepspeed" else _with_stages(read, _read(path), str(path), model)
 
 
@@ -528,7 +529,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--moe-pad-expert-input-to-capacity": "pad_to_capacity", "--fp8-param-gather": "fp8_param_gather",
                   "--use-precision-aware-optimizer": "precision_aware", "--swiglu": "swiglu",
                   "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu",
-                  "--delay-wgrad-compute": "delay_wgrad", "--apply-layernorm-1p": "layernorm_1p"}
+                  "--delay-wgrad-compute": "delay_wgrad", "--apply-layernorm-1p": "layernorm_1p",
+                  "--fp4-param-gather": "fp4_param_gather", "--first-last-layers-bf16": "first_last_bf16"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
@@ -773,7 +775,10 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     fp32_grads=not v.get("grad_bf16"),
                     # kept as the script gives it: without fp8 or the distributed optimizer / FSDP Megatron-LM
                     # refuses it at launch, and so does the FP8_PARAMS rule
-                    fp8_params=bool(v.get("fp8_param_gather")), bf16_moments=bf16_moments)
+                    # --fp4-param-gather keeps NVFP4 parameters only (Megatron-LM dest fp4_param): the FP8_PARAMS
+                    # rule then says NVFP4 is priced with bf16 ones
+                    fp8_params=bool(v.get("fp8_param_gather") or v.get("fp4_param_gather")),
+                    bf16_moments=bf16_moments)
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more
@@ -785,6 +790,10 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         notes += a2a_overlap_notes(v, env)
     if precision == "fp8" and "fp8_recipe" not in v and not v.get("fp4"):
         notes.append("no --fp8-recipe: priced at Megatron-LM's default, delayed scaling")
+    if precision == "fp8" and v.get("first_last_bf16"):
+        notes.append("--first-last-layers-bf16: the first / last layers (--num-layers-at-start/end-in-bf16, default 1 "
+                     "each) run bf16 GEMMs (Megatron-Core get_fp4_context / get_fp8_context); priced in the recipe "
+                     "throughout, faster than it runs")
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
                       fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
@@ -825,6 +834,9 @@ def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:
             raise BadInputError(f"{where}: --fp4-format and --fp8-format together; Megatron-Core runs one of them "
                                 "(TransformerConfig: fp4 and fp8 exclude each other)")
         fp4 = (str(v["fp4"]), str(v.get("fp4_recipe", "nvfp4")))
+        if fp4[0].startswith("-") or fp4[1].startswith("-"):
+            raise BadInputError(f"{where}: --fp4-format and --fp4-recipe need a value; use --fp4-format e2m1 "
+                                "--fp4-recipe nvfp4")
         if fp4 != ("e2m1", "nvfp4"):
             raise BadInputError(f"{where}: --fp4-format {fp4[0]} --fp4-recipe {fp4[1]}; use e2m1 with nvfp4")
         return "nvfp4"

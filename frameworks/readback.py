@@ -13,7 +13,7 @@ from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import Estimate, estimate
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, named_fp8_recipe
 
 SUFFIX_OF_TARGET = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "deepspeed": ".json"}
 """The file suffix each target's config is read back by (frameworks/read.py config_kind)."""
@@ -39,13 +39,11 @@ def price_back(model: ModelSpec, cluster: Cluster, target: str, text: str) -> Pr
         except BadInputError as exc:
             return PricedBack(unread=str(exc).splitlines()[0])
     stack = get_stack(read.stack)
-    layout = replace(read.layout, fp8_recipe=read.fp8_recipe or "") if read.layout.precision == "fp8" else read.layout
-    return PricedBack(stack=stack.name, estimate=estimate(model, cluster, layout, stack=stack))
+    return PricedBack(stack=stack.name, estimate=estimate(model, cluster, read.layout, stack=stack))
 
 
 def named_recipe(layout: Layout, stack: str) -> Layout:
-    """`layout` with its fp8 recipe written out: "" (the stack's first) as the recipe `stack` runs first, so a plan
-    and its read-back compare recipe to recipe."""
-    if layout.precision != "fp8" or layout.fp8_recipe or not get_stack(stack or None).fp8_recipes:
-        return layout
-    return replace(layout, fp8_recipe=get_stack(stack or None).fp8_recipes[0])
+    """`layout` with its fp8 recipe written out ("" = the first of `stack`: named_fp8_recipe), so a plan and its
+    read-back, or a plan and its export, name the same recipe whatever stack each defaults to."""
+    recipe = named_fp8_recipe(layout, get_stack(stack or None))
+    return replace(layout, fp8_recipe=recipe) if recipe else layout

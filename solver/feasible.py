@@ -228,7 +228,7 @@ def memory_cause(est: Estimate, headroom_gib: float) -> MemoryCause:
 def closest_layout(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, fixed: dict | None,
                    stack: ExecutionStack) -> tuple[Layout, float] | None:
     """The layout of the search space with the smallest peak (bytes), or None when none passes the rules."""
-    stack = recipe_stack(cluster, stack, fixed or {})
+    given, stack = stack, recipe_stack(cluster, stack, fixed or {})
     hw = HardwareRates.of(cluster)
     space = enumerate_space(model, cluster.world_size, hw.domain, gbs, seq, fixed, stack,
                             precision_options(cluster, stack, fixed or {}))
@@ -236,7 +236,7 @@ def closest_layout(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, fixed
         return None
     peak = stack_memory(ModelShapes.of(model), space.arrays, stack).peak
     i = int(np.argmin(peak))
-    return with_pinned_recipe(space.arrays.layout(i), fixed or {}), float(peak[i])
+    return with_pinned_recipe(space.arrays.layout(i), fixed or {}, given), float(peak[i])
 
 
 def _option(est: Estimate, changes: tuple[Change, ...], base: Cluster, cause: MemoryCause | None,

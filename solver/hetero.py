@@ -24,8 +24,9 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.estimate import fp8_hardware_problems
 from clusterplan.models.training.host import stack_fp8_recipe
-from clusterplan.models.training.layout import Layout, fp8_params_run, stack_problems
+from clusterplan.models.training.layout import Layout, fp8_params_run, stack_for, stack_problems
 from clusterplan.models.training.memory import (
     GIB,
     ddp_bucket_bytes,
@@ -322,8 +323,10 @@ def _group_rates(cluster: Cluster, calibration: Calibration | None) -> list[Hard
 
 
 def mixed_problems(model: ModelSpec, cluster: Cluster, layout: Layout) -> list[Rule]:
-    """The rules a mixed-GPU layout breaks: its split is given per stage, so only the even-split rule may break."""
-    return stage_problems(model, layout, cluster.world_size)
+    """The rules a mixed-GPU layout breaks: its split is given per stage, so only the even-split rule may break;
+    and its precision where a GPU type lacks it (fp8, MXFP8, NVFP4 tensor cores: fp8_hardware_problems)."""
+    return stage_problems(model, layout, cluster.world_size) + fp8_hardware_problems(cluster, layout,
+                                                                                     layout.fp8_recipe or None)
 
 
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,
@@ -419,7 +422,7 @@ def evaluate_stages(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
                     headroom_gib: float = 0.0) -> StageSplit:
     """Per-stage memory and the step time of a given mixed-GPU split (a plan file's `stages:`), priced exactly as
     hetero_plan prices the split it chose. The layout must pass mixed_problems."""
-    stack = stack or get_stack()
+    stack = stack_for(layout, stack or get_stack())  # the layout's fp8 recipe, as estimate runs it
     groups = stage_groups(model, cluster, layout, stages)
     shapes = ModelShapes.of(model)
     one = LayoutArrays.from_layouts([layout])

@@ -29,7 +29,7 @@ from clusterplan.models.training.estimate import (
     stack_memory,
 )
 from clusterplan.models.training.goodput import cluster_usd_per_hour, time_to_train
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, canonical_fp8_recipe
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.results import RankedPlan, SearchResult
@@ -50,7 +50,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     (the options' own searches raise a plain InfeasibleError).
     """
     start = time.perf_counter()
-    stack = recipe_stack(cluster, stack or get_stack(), fixed or {})
+    given = stack or get_stack()
+    stack = recipe_stack(cluster, given, fixed or {})
     hw = HardwareRates.of(cluster, calibration)
     shapes = ModelShapes.of(model)
     precisions = precision_options(cluster, stack, fixed or {})
@@ -87,7 +88,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
     order = np.lexsort(tuple(reversed([never, np.round(score, 12)] + keys)))[:top]
     plans = []
     for rank, i in enumerate(order):
-        layout = with_pinned_recipe(survivors.layout(int(i)), fixed or {})
+        layout = with_pinned_recipe(survivors.layout(int(i)), fixed or {}, given)
         est = Estimate(model=model, cluster=cluster, layout=layout, reasons=(), evaluation=ev, index=int(i))
         usd = float(ev.time.step_s[i]) / 3600 * price if price else None
         plans.append(RankedPlan(
@@ -104,8 +105,8 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
         others = [r for r in stack.fp8_recipes[1:]
                   if not precision_problems(cluster, Layout(precision="fp8"), stack, r)]
         if others:
-            notes += (f"fp8 runs priced with recipe {stack.fp8_recipes[0]}; not searched: {', '.join(others)} (a recipe "
-                      "changes the numerics as well as the speed): pin --fix fp8_recipe=R to price one",)
+            notes += (f"fp8 recipes {', '.join(others)} ({stack.fp8_recipes[0]} priced; a recipe changes the numerics "
+                      "as well as the speed): pin --fix fp8_recipe=R to price one",)
     return SearchResult(plans=with_why_best(plans, objective), candidates=candidates, feasible=len(survivors),
                         rejected=rejected, seconds=time.perf_counter() - start, objective=objective, notes=notes)
 
@@ -131,11 +132,12 @@ def recipe_stack(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> Execut
     return stack.running(recipe)
 
 
-def with_pinned_recipe(layout: Layout, fixed: dict) -> Layout:
+def with_pinned_recipe(layout: Layout, fixed: dict, stack: ExecutionStack) -> Layout:
     """A searched layout with the pinned fp8 recipe written in (the search's columns do not carry it: one recipe
-    per search, recipe_stack)."""
+    per search, recipe_stack), in its one spelling on `stack` (the stack as given, not recipe_stack's)."""
     recipe = str(fixed.get("fp8_recipe") or "")
-    return replace(layout, fp8_recipe=recipe) if recipe and layout.precision == "fp8" else layout
+    return replace(layout, fp8_recipe=canonical_fp8_recipe(recipe, stack)) if recipe and layout.precision == "fp8" \
+        else layout
 
 
 def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
@@ -143,8 +145,7 @@ def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> t
     GPU has fp8 tensor cores, the stack an fp8 recipe: its first, e.g. Transformer Engine per-tensor current scaling
     for megatron-core, or the pinned one). A pinned precision the GPUs or the stack cannot run is bad input, said in
     one line; a pinned fp8 recipe pins fp8."""
-    if fixed.get("fp8_recipe"):
-        recipe_stack(cluster, stack, fixed)  # the recipe's own checks, in one line
+    if fixed.get("fp8_recipe"):  # recipe_stack checked it (search, closest_layout call it first)
         return ("fp8",)
     fp8_problems = precision_problems(cluster, Layout(precision="fp8"), stack)
     half = "fp16" if no_bf16_gpus(cluster) else "bf16"  # GPUs without bf16 tensor cores (V100) train in fp16

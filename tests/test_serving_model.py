@@ -250,3 +250,15 @@ def test_weight_formats_set_bytes_and_compute_rate() -> None:
     assert by_dtype["int4"].dense_weights_s == pytest.approx(by_dtype["bf16"].dense_weights_s / 4)
     assert by_dtype["fp8"].compute_s_per_token == pytest.approx(by_dtype["bf16"].compute_s_per_token / 2, rel=0.01)
     assert by_dtype["int4"].compute_s_per_token == pytest.approx(by_dtype["bf16"].compute_s_per_token)
+
+
+def test_fp4_weights_multiply_at_the_fp4_peak_on_blackwell_ultra() -> None:
+    # fp4 weights multiply on fp4 tensor cores where the GPU publishes a dense fp4 peak: B200 9,000 TFLOP/s (2x fp8),
+    # B300 13,500 (3x fp8; DGX B300 datasheet, gpus.yaml since stop 38, before which B300 fell back to its bf16 rate
+    # and came out slower than B200). Prefill compute per token scales with 1 / peak.
+    b200, b300 = get_gpu("B200"), get_gpu("B300")
+    assert b300.tflops("fp4") == 3 * b300.tflops("fp8") == 13500 and b200.tflops("fp4") == 9000
+    fp4 = {g.name: step_model(ServingInstance(model=LLAMA2_70B, gpu=g, tp=4, weight_dtype="fp4")) for g in (b200, b300)}
+    fp8 = step_model(ServingInstance(model=LLAMA2_70B, gpu=b300, tp=4, weight_dtype="fp8"))
+    assert fp4["B300"].compute_s_per_token < fp4["B200"].compute_s_per_token
+    assert fp4["B300"].compute_s_per_token == pytest.approx(fp8.compute_s_per_token / 3, rel=0.01)

@@ -22,7 +22,14 @@ from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
-from clusterplan.models.training.layout import Layout, bf16_moments_run, fp8_params_run, layout_problems
+from clusterplan.models.training.layout import (
+    Layout,
+    bf16_moments_run,
+    canonical_fp8_recipe,
+    fp8_params_run,
+    layout_problems,
+    stack_for,
+)
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
     GIB,
@@ -262,9 +269,9 @@ def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | No
         if unpriced:
             return broken(f"fp8 recipe nvfp4: no NVFP4 GEMM rate is published for {', '.join(unpriced)} "
                           "(hardware_db gemm.yaml nvfp4_gemm_time_ratio); use the tensorwise recipe")
-        if layout.fp8_params:
-            return broken("fp8 recipe nvfp4 keeps bf16 parameters (Megatron-Bridge: 'fp4_param and "
-                          "fp4_param_gather are not supported for now'); set fp8_params=0")
+        if layout.fp8_params:  # a rule on fp8_params: its fix is to drop them, not another precision
+            return [Rule.broken(RuleCode.FP8_PARAMS, "fp8 recipe nvfp4 keeps bf16 parameters (Megatron-Bridge: "
+                                "'fp4_param and fp4_param_gather are not supported for now'); set fp8_params=0")]
     return []
 
 
@@ -277,15 +284,16 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     (default: nodes in order); each axis's scale-out traffic is priced at the slowest link its hops cross there.
     `eager_layers` applies the calibration's eager-layer section (validate's plain-PyTorch runs).
     `stack` is the execution stack that runs the layout (hardware_db/stacks.yaml; None: megatron-core);
-    `fp8_recipe` picks one of the stack's fp8 recipes (None: the layout's, Layout.fp8_recipe, else the stack's first).
+    `fp8_recipe` picks one of the stack's fp8 recipes and is written into the layout (None: the layout's,
+    Layout.fp8_recipe, else the stack's first).
     """
     stack = stack or get_stack()
-    fp8_recipe = fp8_recipe or layout.fp8_recipe or None
-    reasons = rule_problems(model, cluster, layout, stack, fp8_recipe)
+    if fp8_recipe and layout.precision == "fp8":  # the recipe asked for is the layout's: one place says what ran
+        layout = replace(layout, fp8_recipe=canonical_fp8_recipe(fp8_recipe, stack))
+    reasons = rule_problems(model, cluster, layout, stack, layout.fp8_recipe or None)
     links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
-    if layout.precision == "fp8":  # the chosen recipe first: what runs
-        stack = stack.running(fp8_recipe)
+    stack = stack_for(layout, stack)  # the chosen recipe first: what runs
     ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
                   fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
@@ -317,8 +325,7 @@ def passes_rules(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exec
     stack = stack or get_stack()
     if rule_problems(model, cluster, layout, stack, layout.fp8_recipe or None):
         return False
-    if layout.precision == "fp8":
-        stack = stack.running(layout.fp8_recipe)
+    stack = stack_for(layout, stack)
     memory = stack_memory(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), stack, fp8_all_layouts(cluster))
     return bool(memory.peak[0] <= cluster.min_memory_bytes)
 
@@ -333,6 +340,4 @@ def step_times_on_links(model: ModelSpec, cluster: Cluster, layout: Layout,
     one = LayoutArrays.from_layouts([layout])
     arrays = replace(one, **{f: np.repeat(getattr(one, f), k) for f in one.__dataclass_fields__})
     hw = HardwareRates.of(cluster, calibration, axis_links_gb_per_s)
-    stack = stack or get_stack()
-    return step_time(ModelShapes.of(model), arrays, hw,
-                     stack.running(layout.fp8_recipe) if layout.precision == "fp8" else stack).step_s
+    return step_time(ModelShapes.of(model), arrays, hw, stack_for(layout, stack or get_stack())).step_s

@@ -74,6 +74,24 @@ def fp8_params_run(precision: str, zero: int, optimizer: str) -> bool:
     return precision == "fp8" and zero >= 1 and optimizer == "adam-master"
 
 
+def named_fp8_recipe(layout: Layout, stack: ExecutionStack) -> str:
+    """The fp8 recipe `layout` runs on `stack`: its own, else the stack's first; "" for a layout that is not fp8 or
+    a stack without fp8."""
+    if layout.precision != "fp8":
+        return ""
+    return layout.fp8_recipe or (stack.fp8_recipes[0] if stack.fp8_recipes else "")
+
+
+def canonical_fp8_recipe(recipe: str | None, stack: ExecutionStack) -> str:
+    """Layout.fp8_recipe's one spelling of `recipe` on `stack`: "" where it is the stack's first (its default)."""
+    return "" if not recipe or (stack.fp8_recipes and recipe == stack.fp8_recipes[0]) else recipe
+
+
+def stack_for(layout: Layout, stack: ExecutionStack) -> ExecutionStack:
+    """`stack` running the layout's fp8 recipe (ExecutionStack.running), where the layout trains in fp8."""
+    return stack.running(layout.fp8_recipe) if layout.precision == "fp8" else stack
+
+
 def bf16_moments_run(zero: int, optimizer: str) -> bool:
     """Where bf16 Adam moments (Layout.bf16_moments) can run: Megatron-Core OptimizerConfig.__post_init__ asserts
     "--use-precision-aware-optimizer only supported with adam" (Megatron's adam keeps fp32 master weights:
