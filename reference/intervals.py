@@ -58,10 +58,12 @@ def scale_band(gpus: int) -> str:
     return "node" if gpus <= 8 else "pod" if gpus <= 256 else "large"
 
 
-def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int) -> dict[str, str]:
-    return {"generation": generation(gpu_name), "moe": "moe" if moe else "dense",
-            "precision": "fp8" if precision.startswith("fp8") else "16-bit", "seq": seq_band(seq),
-            "scale": scale_band(gpus)}
+def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int, fp8_recipe: str = "") -> dict[str, str]:
+    """A row's or prediction's regime; an NVFP4 one is its own precision, "fp4", which no residual row has yet (the
+    NVFP4 rows are held out), so its interval relaxes precision and draws on every precision of its generation."""
+    label = "fp4" if fp8_recipe == "nvfp4" else "fp8" if precision.startswith("fp8") else "16-bit"
+    return {"generation": generation(gpu_name), "moe": "moe" if moe else "dense", "precision": label,
+            "seq": seq_band(seq), "scale": scale_band(gpus)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def calibration_interval(path: str) -> Interval | None:
 def regime_of(plan: dict[str, Any], gpu_name: str, moe: bool) -> dict[str, str]:
     lay = plan["layout"]
     gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
-    return regime(gpu_name, moe, lay["precision"], lay["seq"], gpus)
+    return regime(gpu_name, moe, lay["precision"], lay["seq"], gpus, lay.get("fp8_recipe", ""))
 
 
 def attach(plan: dict[str, Any], gpu_name: str, moe: bool, calibration_path: str | None = None) -> None:

@@ -200,3 +200,21 @@ def test_torchtitan_exports_its_own_recipes_and_refuses_nvfp4():
     assert table["recipe_name"] == "rowwise" and table["enable_fsdp_float8_all_gather"] is False
     with pytest.raises(InfeasibleError, match="not fp8_recipe=nvfp4"):
         export_plan("torchtitan", model, cluster, layout.with_(fp8_recipe="nvfp4"))
+
+
+def test_nvfp4_interval_does_not_borrow_the_fp8_rows_alone():
+    """No residual row is NVFP4 (those rows are held out), so an NVFP4 prediction's interval relaxes precision and
+    draws on its generation's rows of every precision instead of claiming the fp8 rows' spread."""
+    from clusterplan.reference.intervals import regime
+
+    assert regime("B200", False, "fp8", 8192, 64, "nvfp4")["precision"] == "fp4"
+    assert regime("B200", False, "fp8", 8192, 64, "mxfp8")["precision"] == "fp8"
+    model, cluster = load_model("llama3.1-70b"), load_cluster("dgx-b200:8")
+    base = Layout.parse("tp=2,pp=4,vpp=5,mbs=1,gbs=256,seq=8192,precision=fp8,recompute=none", world=64)
+    from clusterplan.reference.intervals import attach
+
+    fp4, fp8 = (estimate(model, cluster, base.with_(fp8_recipe=r)).to_json() for r in ("nvfp4", ""))
+    for js in (fp4, fp8):
+        attach(js, "B200", False)
+    assert "precision" not in fp4["step_time_interval"]["matched_on"]
+    assert "precision=fp8" in fp8["step_time_interval"]["source"]
