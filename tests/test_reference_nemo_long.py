@@ -12,6 +12,8 @@ History (stop 38, first measured): 16 of 35 expressible, median 29.0 %, max 68.4
   without CP; at 1M the priced step is 99.5 % attention core at 596 / 514 TFLOP/s forward / backward.
 - Llama 3 8B on B200 (NeMo 25.04): +18 to +25 % at 32K-1M, flat in the sequence.
 - Mixtral-8x22B at 64K (cp 8): +48.8 % (B200), +32.9 % (GB200).
+Priced on FlashAttention-2's curves instead, the 8 H100 rows come within -1.1 .. +6.5 % (research/nemo-long-context.md);
+which kernel NeMo 24.03 ran is not published, so the table stays on megatron-core's cuDNN.
 The Llama rows publish TFLOP/s only; tokens/s are taken at NeMo's full s x s count, fixed a priori (the count the
 24.09-25.02 summaries use); at the causal count the long rows' published tokens/s would be up to 1.95x larger.
 """
