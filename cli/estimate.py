@@ -41,7 +41,8 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--cluster", "cluster_ref", default=None,
               help="PRESET:NODES (e.g. dgx-h100:8) or a cluster YAML file (or the --plan file's).")
 @click.option("--layout", "layout_text", default=None,
-              help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind, ep, etp, sp, zero, mbs, gbs, seq, "
+              help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind (ring, a2a, allgather, a2a+p2p), cp_a2a "
+                   "(a2a+p2p's all-to-all group), ep, etp, sp, zero, mbs, gbs, seq, "
                    "recompute, recompute_layers, schedule, precision, fp8_recipe (tensorwise, delayed, mxfp8, blockwise, "
                    "rowwise, nvfp4; implies precision=fp8; default the stack's first), fp8_params (fp8-only weights, Megatron "
                    "--fp8-param-gather), optimizer, bf16_moments (Adam m and v in bf16, Megatron "

@@ -224,7 +224,9 @@ def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
 def _layout_label(lay: dict) -> str:
     """A layout's short label in the plan tables (the keys that differ between plans)."""
     return (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-            + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else lay["cp_kind"])
+            + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else
+                                                        f"a2a{lay['cp_a2a']}+p2p{lay['cp'] // lay['cp_a2a']}"
+                                                        if lay["cp_kind"] == "a2a+p2p" else lay["cp_kind"])
                                      if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
             + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")

@@ -117,7 +117,8 @@ def canonical(model: ModelSpec, layout: Layout) -> Layout:
                                                 or any(n % L.vpp for n in L.pp_layers[1:-1]))
     return replace(L, first_stage_layers=0 if even or listed else first,
                    last_stage_layers=0 if even or listed else last, pp_layers=L.pp_layers if listed else (),
-                   cp_kind="ring" if L.cp == 1 else L.cp_kind, sp=L.sp and L.tp > 1,
+                   cp_kind="ring" if L.cp == 1 else L.cp_kind, cp_a2a=1 if L.cp == 1 else L.cp_a2a,
+                   sp=L.sp and L.tp > 1,
                    dp_replicate=1 if L.zero == 0 or L.dp == 1 else L.dp_replicate,
                    recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
                    schedule="1f1b" if L.pp == 1 else L.schedule, vpp=1 if L.pp == 1 else L.vpp,

@@ -276,7 +276,9 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
                  ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))])
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:
-        args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather"}.get(L.cp_kind, "p2p")]
+        args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather", "a2a+p2p": "a2a+p2p"}.get(L.cp_kind, "p2p")]
+        if L.cp_kind == "a2a+p2p":  # TransformerConfig.hierarchical_context_parallel_sizes: the a2a group first
+            args += ["--hierarchical-context-parallel-sizes", str(L.cp_a2a), str(L.cp // L.cp_a2a)]
     if model.is_moe:
         args += ["--expert-model-parallel-size", str(L.ep), "--expert-tensor-parallel-size", str(L.etp)]
         if L.moe_a2a_overlap:
@@ -425,10 +427,12 @@ def _word(arg: str) -> str:
 
 
 def _array(name: str, args: Args) -> list[str]:
-    """A bash array, one flag (with its value) per line."""
+    """A bash array, one flag (with its values: several for an nargs flag) per line."""
     lines, i = [f"{name}=("], 0
     while i < len(args):
-        take = 2 if i + 1 < len(args) and not args[i + 1].startswith("--") else 1
+        take = 1
+        while i + take < len(args) and not args[i + take].startswith("--"):
+            take += 1
         lines.append("    " + " ".join(_word(a) for a in args[i:i + take]))
         i += take
     return lines + [")"]

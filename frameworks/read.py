@@ -531,7 +531,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu",
                   "--delay-wgrad-compute": "delay_wgrad", "--apply-layernorm-1p": "layernorm_1p",
                   "--fp4-param-gather": "fp4_param_gather", "--first-last-layers-bf16": "first_last_bf16"}
-MEGATRON_LISTS = {"--recompute-modules": "recompute_modules"}
+MEGATRON_LISTS = {"--recompute-modules": "recompute_modules",
+                  "--hierarchical-context-parallel-sizes": "hierarchical_cp_sizes"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
 _VAR = re.compile(r"\$\{(\w+)(?::?[-=]([^}]*))?\}|\$(\w+)")
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(.*)$", re.S)
@@ -759,6 +760,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     mbs = v.get("mbs", 1)
     if "seq" not in v:
         notes.append("no --seq-length: estimated at 4096 tokens")
+    cp_kind, cp_a2a = megatron_cp_kind(v, str(path), cp) if cp > 1 else ("ring", 1)
     layout = Layout(dp=dp, dp_replicate=v.get("dp_replicate", 1) if zero >= 1 else 1, tp=tp, pp=pp, cp=cp, vpp=vpp,
                     ep=v.get("ep", 1) if model.is_moe else 1,
                     # Megatron-LM shards the experts by --expert-tensor-parallel-size at any ep (default: tp)
@@ -767,7 +769,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     seq=v.get("seq", 4096), recompute=recompute, recompute_layers=recompute_layers,
                     schedule="interleaved-1f1b" if vpp > 1 else "1f1b", precision=precision,
                     flash_attn=v.get("attention", "auto") != "unfused",
-                    cp_kind=megatron_cp_kind(v, str(path), notes) if cp > 1 else "ring",
+                    cp_kind=cp_kind, cp_a2a=cp_a2a,
                     optimizer="sgd" if v.get("optimizer") == "sgd" else "adam-master",
                     first_stage_layers=first if pp > 1 else 0, last_stage_layers=last if pp > 1 else 0,
                     pp_layers=pp_layers if pp > 1 else (),
@@ -812,18 +814,29 @@ def a2a_overlap_notes(v: Mapping[str, Any], env: Mapping[str, str]) -> list[str]
     return out
 
 
-MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a+p2p": "a2a"}
+MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a+p2p": "a2a+p2p"}
 """Megatron-LM --cp-comm-type choices (arguments.py) and the Layout.cp_kind each runs as."""
 
 
-def megatron_cp_kind(v: Mapping[str, Any], where: str, notes: list[str]) -> str:
-    """Layout.cp_kind of --cp-comm-type (default p2p); the hierarchical a2a+p2p is priced as a2a, with a note."""
+def megatron_cp_kind(v: Mapping[str, Any], where: str, cp: int) -> tuple[str, int]:
+    """(Layout.cp_kind, Layout.cp_a2a) of --cp-comm-type (default p2p) and, for the hierarchical a2a+p2p, its
+    --hierarchical-context-parallel-sizes A cp/A (the all-to-all group first; Megatron-Core asserts their product is
+    the context parallel size)."""
     comm = str(v.get("cp_comm", "p2p"))
     if comm not in MEGATRON_CP_COMM:
         raise BadInputError(f"{where}: --cp-comm-type {comm!r}; use one of {', '.join(MEGATRON_CP_COMM)}")
-    if comm == "a2a+p2p":
-        notes.append("--cp-comm-type a2a+p2p (all-to-all inside, ring across the a2a groups): priced as a2a")
-    return MEGATRON_CP_COMM[comm]
+    if comm != "a2a+p2p":
+        return MEGATRON_CP_COMM[comm], 1
+    sizes = v.get("hierarchical_cp_sizes", [])
+    try:
+        a2a, ring = (int(x) for x in sizes)
+    except ValueError:
+        raise BadInputError(f"{where}: --cp-comm-type a2a+p2p needs --hierarchical-context-parallel-sizes A "
+                            f"{{cp/A}} (two integers whose product is cp({cp})), got {' '.join(sizes) or 'none'}") from None
+    if a2a * ring != cp:
+        raise BadInputError(f"{where}: --hierarchical-context-parallel-sizes {a2a} {ring}: product {a2a * ring} != "
+                            f"--context-parallel-size {cp}")
+    return "a2a+p2p", a2a
 
 
 def megatron_fp8_recipe(v: Mapping[str, Any], where: str) -> str:

@@ -128,6 +128,7 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
         recompute_layers = 0 if recompute_layers >= per_rank else recompute_layers
     cp_kind = cp_rotate_kind(L.cp_kind, rotate_switch) if L.cp > 1 else "ring"
     return canonical(model, replace(L, zero=zero, sp=L.sp if sequence_parallel_switch else L.tp > 1, cp_kind=cp_kind,
+                                    cp_a2a=1,
                                     flash_attn=True, optimizer="adam-master", recompute_layers=recompute_layers,
                                     schedule="zbv" if L.schedule == "zb" else L.schedule,
                                     vpp=2 if L.schedule in ("zb", "zbv") and L.pp > 1 else L.vpp,
@@ -225,9 +226,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     if L.tp > 1 and not L.sp:
         out.append(Note("torchtitan always shards norms and dropout over tp (sequence parallel); the plan had sp "
                         "off, so activations use less memory than planned", "sp"))
-    if L.cp > 1 and L.cp_kind == "a2a":
-        out.append(Note("torchtitan's context parallel is torch's ring attention; the plan's all-to-all (Ulysses) "
-                        "exchange runs as its default all-gather of K/V here", "cp_kind"))
+    if L.cp > 1 and L.cp_kind in ("a2a", "a2a+p2p"):
+        exchange = {"a2a": "all-to-all (Ulysses)", "a2a+p2p": "hierarchical all-to-all + ring (a2a+p2p)"}[L.cp_kind]
+        out.append(Note(f"torchtitan's context parallel is torch's ring attention; the plan's {exchange} exchange "
+                        "runs as its default all-gather of K/V here", "cp_kind"))
     if L.ep > 1 and L.etp not in (1, L.tp):
         out.append(Note(f"torchtitan supports expert_tensor_parallel_degree 1 or tp({L.tp}), not {L.etp}"))
     if L.recompute == "full" and L.recompute_layers and (model.n_layers // L.pp) % L.recompute_layers:

@@ -30,7 +30,7 @@ scaling, torchao's rowwise, MXFP8 (1x32 E8M0 blocks), DeepSeek-V3's blockwise, a
 E2M1 with 1x16 E4M3 block scales: its GEMMs run on fp4 tensor cores, everything else as under fp8)."""
 SELECTIVE_RECOMPUTE = ("core_attn", "op_sac", "none")
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe")
-CP_KINDS = ("ring", "a2a", "allgather")
+CP_KINDS = ("ring", "a2a", "allgather", "a2a+p2p")
 CP_IMPLS = ("megatron", "torch")
 PP_IMPLS = ("megatron", "torch")
 PP_SPLITS = ("even", "cost_balanced")

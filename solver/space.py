@@ -146,6 +146,7 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
                 pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),
                 pick("cp_kind", cp_kinds)):
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule,
+                       cp_a2a=int(fixed.get("cp_a2a", 1)) if cp_kind == "a2a+p2p" else 1,
                        sp=bool(fixed.get("sp", tp > 1 and stack.tp_sequence_parallel)),
                        first_stage_layers=first, last_stage_layers=last, dp_replicate=replicate, cp_kind=cp_kind,
                        pp_layers=ranks or (tuple(fixed["pp_layers"]) if "pp_layers" in fixed else ()))
@@ -224,13 +225,16 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed and stack.max_tp is not None and int(fixed[key]) > stack.max_tp:
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} runs tensor parallelism up to "
                                 f"{stack.max_tp} only; pick another --stack or set {key} <= {stack.max_tp}")
+    if (fixed.get("cp_kind") == "a2a+p2p") != (int(fixed.get("cp_a2a", 1)) > 1):
+        raise BadInputError("--fix cp_kind=a2a+p2p and cp_a2a=A go together (A: the all-to-all group of the "
+                            "hierarchical context parallelism, e.g. the CP ranks inside one node); pin both or neither")
     if "dp" in fixed and world % int(fixed["dp"]):
         raise BadInputError(f"--fix dp={fixed['dp']}: dp must divide the {world} GPUs (world = pp x dp x cp x tp); "
                             f"pick one of {', '.join(map(str, divisors(world)))}")
     pick = lambda key, options: [fixed[key]] if key in fixed else list(options)  # noqa: E731
     rejected: Counter[RuleCode] = Counter()
     keys = ("tp", "pp", "cp", "vpp", "ep", "dp", "schedule", "sp", "first_stage_layers", "last_stage_layers",
-            "dp_replicate", "cp_kind", "pp_layers")
+            "dp_replicate", "cp_kind", "cp_a2a", "pp_layers")
     columns: dict[str, list] = {k: [] for k in keys}
     structures = 0
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective

@@ -198,7 +198,8 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
                    "moe_router_group_topk": "moe_router_group_topk",
                    "moe_router_topk_scaling_factor": "moe_router_topk_scaling_factor",
                    "mtp_num_layers": "mtp_num_layers", "rotary_base": None, "cp_comm_type": "cp_comm_type",
-                   "fp4_format": "fp4", "fp4_recipe": "fp4_recipe"}
+                   "fp4_format": "fp4", "fp4_recipe": "fp4_recipe",
+                   "hierarchical_context_parallel_sizes": "hierarchical_context_parallel_sizes"}
         errors, done = [], 0
         for job in json.load(open("jobs.json")):
             f = {k[2:].replace("-", "_"): v for k, v in job["flags"].items()}
@@ -215,6 +216,8 @@ def test_megatron_core_builds_the_transformer_config_of_every_script(tmp_path):
                     value = eval(raw, {"__builtins__": {}})
                 elif name == "recompute_modules":
                     value = raw.split()
+                elif name == "hierarchical_context_parallel_sizes":
+                    value = [int(x) for x in raw.split()]
                 else:
                     try:
                         value = int(raw)

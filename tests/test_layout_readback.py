@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterplan.errors import BadInputError
 from clusterplan.frameworks import export_plan, read_config, runs_as
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.hardware.cluster import load_cluster
@@ -143,13 +144,18 @@ def test_malformed_configs_are_one_line_exit_2(run_cli, tmp_path, name, text, sa
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1
 
 
-def test_megatron_hierarchical_cp_is_priced_as_a2a_with_a_note(tmp_path):
+def test_megatron_hierarchical_cp_is_read_with_its_group_sizes(tmp_path):
+    # Since stop 38 priced as itself (tests/test_hierarchical_cp.py); it was priced as a2a, with a note, before.
     path = tmp_path / "train.sh"
-    path.write_text("torchrun pretrain_gpt.py --tensor-model-parallel-size 2 --context-parallel-size 2 "
-                    "--cp-comm-type a2a+p2p --micro-batch-size 1 --global-batch-size 64 --seq-length 8192\n",
-                    encoding="utf-8")
+    script = ("torchrun pretrain_gpt.py --tensor-model-parallel-size 2 --context-parallel-size 4 "
+              "--cp-comm-type a2a+p2p --hierarchical-context-parallel-sizes 2 2 --micro-batch-size 1 "
+              "--global-batch-size 64 --seq-length 8192\n")
+    path.write_text(script, encoding="utf-8")
     read = read_config(path, load_model("llama3.1-8b"), 16)
-    assert read.layout.cp_kind == "a2a" and any("a2a+p2p" in n for n in read.notes)
+    assert read.layout.cp_kind == "a2a+p2p" and read.layout.cp_a2a == 2
+    path.write_text(script.replace("--hierarchical-context-parallel-sizes 2 2 ", ""), encoding="utf-8")
+    with pytest.raises(BadInputError, match="needs --hierarchical-context-parallel-sizes"):
+        read_config(path, load_model("llama3.1-8b"), 16)
 
 
 # ---- serving ------------------------------------------------------------------------------------------------------

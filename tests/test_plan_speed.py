@@ -29,7 +29,8 @@ from clusterplan.models.training.step import DEDUPE_MIN_ROWS, LAYER_TIME_FIELDS,
 from clusterplan.solver.space import enumerate_space
 
 DERIVED = {"microbatches": ("gbs", "dp", "mbs"), "sp_div": ("sp", "tp"), "dp_shard": ("dp", "dp_replicate"),
-           "token_drop": ("moe_capacity_factor",), "full_recompute_share": ("pp", "recompute", "recompute_layers")}
+           "token_drop": ("moe_capacity_factor",), "full_recompute_share": ("pp", "recompute", "recompute_layers"),
+           "cp_ring": ("cp", "cp_kind", "cp_a2a")}
 
 
 class _Reading:

@@ -94,6 +94,9 @@ HAND: list[tuple[str, str, dict]] = [
     ("llama3.1-8b", "dgx-b200:2", {"mbs": 1, "gbs": 64, "seq": 8192, "zero": 1, "fp8_recipe": "mxfp8"}),
     ("llama3.1-8b", "dgx-b200:2", {"tp": 2, "mbs": 1, "gbs": 64, "seq": 8192, "sp": True, "zero": 1,
                                    "fp8_recipe": "nvfp4"}),
+    # Megatron's hierarchical context parallelism: all-to-all inside groups of 2, a ring of 2 across them
+    ("llama3.1-8b", "dgx-h100:2", {"tp": 2, "cp": 4, "cp_kind": "a2a+p2p", "cp_a2a": 2, "mbs": 1, "gbs": 64,
+                                   "seq": 32768, "sp": True, "zero": 1, "recompute": "none"}),
     # equal middle ranks vpp does not divide: first/last cannot say it (stage layers % vpp), so it stays a list
     ("llama3.1-8b", "dgx-h100:1", {"pp": 4, "vpp": 2, "mbs": 1, "gbs": 64, "zero": 1,
                                    "schedule": "interleaved-1f1b", "pp_layers": [7, 9, 9, 7]}),

@@ -55,6 +55,8 @@ class CpKindCode(IntEnum):
     RING = 0
     A2A = 1
     ALLGATHER = 2
+    A2A_P2P = 3
+    """Megatron's hierarchical CP: all-to-all inside groups of cp_a2a ranks, a ring across them."""
 
 
 class CudaGraphsCode(IntEnum):
@@ -81,7 +83,7 @@ SCHEDULE_GPIPE, SCHEDULE_1F1B, SCHEDULE_INTERLEAVED, SCHEDULE_ZB, SCHEDULE_ZBV, 
 OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
 PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
-INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "zero", "mbs", "gbs", "seq",
+INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "cp_a2a", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
 BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap")
 DROPLESS = 0.0
@@ -126,6 +128,8 @@ class LayoutArrays:
     pp: np.ndarray
     vpp: np.ndarray
     cp: np.ndarray
+    cp_a2a: np.ndarray
+    """Layout.cp_a2a: the all-to-all group of hierarchical (a2a+p2p) context parallelism; 1 otherwise."""
     ep: np.ndarray
     etp: np.ndarray
     zero: np.ndarray
@@ -286,6 +290,12 @@ class LayoutArrays:
     @property
     def microbatches(self) -> np.ndarray:
         return np.maximum(1.0, np.floor(self.gbs / (self.dp * self.mbs)))
+
+    @property
+    def cp_ring(self) -> np.ndarray:
+        """Ranks of the ring a context-parallel rank passes K/V blocks around, where its kind runs one: cp / cp_a2a
+        under hierarchical a2a+p2p (the ring runs across the all-to-all groups), else cp."""
+        return np.where(self.cp_kind == CpKindCode.A2A_P2P, self.cp / self.cp_a2a, self.cp)
 
     @property
     def token_drop(self) -> np.ndarray:

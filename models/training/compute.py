@@ -696,10 +696,11 @@ def cp_block_core_times(att: AttentionRates, kernel: str, flops: np.ndarray, seq
 def cp_runs_blocks(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray:
     """Layouts whose context-parallel attention runs as load-balanced ring calls (cp_block_core_times): torch
     context_parallel with either rotate method (the all-gather only moves K/V), Megatron-Core / TE with the p2p ring
-    (not its all-gather or all-to-all kinds)."""
+    and with the hierarchical a2a+p2p, whose ring across the all-to-all groups runs cp / cp_a2a calls (not its
+    all-gather or all-to-all kinds)."""
     if stack.cp_impl == "torch":
         return np.ones(len(L), bool)
-    return L.cp_kind == CpKindCode.RING
+    return (L.cp_kind == CpKindCode.RING) | (L.cp_kind == CpKindCode.A2A_P2P)
 
 
 CORE_FROM_PROFILE = "the calibration's profile fit"
@@ -742,7 +743,9 @@ def flash_core_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, co
         n_sl = shapes.n_sliding_layers
         att = hw.attention
         full_layers = (shapes.n_layers - n_sl) / shapes.n_layers * 0.5 * full_s
-        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp, head_dim, bwd_ratio)
+        # ring calls: cp of them, or cp / cp_a2a under hierarchical a2a+p2p (its all-to-all first gathers each group's
+        # sequence chunks onto fewer heads)
+        fwd, bwd = cp_block_core_times(att, attention_kernel, full_layers, L.seq, L.cp_ring, head_dim, bwd_ratio)
         if not np.all(np.asarray(cp_blocks) & (L.cp > 1)):  # the rest: one causal call at seq / cp
             whole = L.seq / L.cp
             fwd = np.where(cp_blocks, fwd, full_layers / att.forward_flops_per_s(attention_kernel, whole, head_dim))

@@ -24,7 +24,7 @@ Recompute = Literal["none", "selective", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"]
 Precision = Literal["bf16", "fp16", "fp8", "fp32"]
 Optimizer = Literal["adam-master", "adam", "sgd"]
-CpKind = Literal["ring", "a2a", "allgather"]
+CpKind = Literal["ring", "a2a", "allgather", "a2a+p2p"]
 CudaGraphs = Literal["none", "attn", "full"]
 MoeDispatcher = Literal["alltoall", "deepep", "hybridep"]
 
@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"),
     "precision": ("bf16", "fp16", "fp8", "fp32"),
     "optimizer": ("adam-master", "adam", "sgd"),
-    "cp_kind": ("ring", "a2a", "allgather"),
+    "cp_kind": ("ring", "a2a", "allgather", "a2a+p2p"),
     "cuda_graphs": ("none", "attn", "full"),
     "moe_dispatcher": ("alltoall", "deepep", "hybridep"),
 }
@@ -111,8 +111,12 @@ class Layout:
     """Virtual pipeline stages (model chunks) per pipeline rank; > 1 with the interleaved schedule."""
     cp: int = 1
     cp_kind: CpKind = "ring"
-    """Context parallel exchange: ring attention (p2p of K/V blocks), all-to-all (Ulysses), or an all-gather of K/V
-    (Megatron --cp-comm-type allgather, torchtitan's default rotate method)."""
+    """Context parallel exchange: ring attention (p2p of K/V blocks), all-to-all (Ulysses), an all-gather of K/V
+    (Megatron --cp-comm-type allgather, torchtitan's default rotate method), or Megatron's hierarchical a2a+p2p: an
+    all-to-all inside groups of cp_a2a ranks, a ring across the cp / cp_a2a groups."""
+    cp_a2a: int = 1
+    """With cp_kind=a2a+p2p: ranks of each all-to-all group (Megatron --hierarchical-context-parallel-sizes cp_a2a
+    cp/cp_a2a: adjacent CP ranks, e.g. those inside one node); 1 otherwise."""
     ep: int = 1
     etp: int = 1
     """Tensor parallelism inside each expert."""
@@ -202,7 +206,7 @@ class Layout:
     to its capacity."""
 
     def __post_init__(self) -> None:
-        for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "gbs", "seq"):
+        for name in ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "cp_a2a", "ep", "etp", "mbs", "gbs", "seq"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
@@ -235,6 +239,9 @@ class Layout:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise BadInputError(f"layout: {name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.cp_a2a != 1 and self.cp_kind != "a2a+p2p":
+            raise BadInputError(f"layout: cp_a2a={self.cp_a2a} is the all-to-all group of cp_kind=a2a+p2p, got "
+                                f"cp_kind={self.cp_kind}; set cp_kind=a2a+p2p or drop cp_a2a")
         if self.fp8_recipe not in ("", *FP8_RECIPES):
             raise BadInputError(f"layout: fp8_recipe={self.fp8_recipe!r}; choose one of {', '.join(FP8_RECIPES)} "
                                 "(or leave it out for the stack's first)")
@@ -285,6 +292,8 @@ class Layout:
             del out["fp8_params"]
         if not out["fp8_recipe"]:  # the stack's first: left out, so layouts without one serialise as before
             del out["fp8_recipe"]
+        if out["cp_a2a"] == 1:
+            del out["cp_a2a"]
         if not out["bf16_moments"]:
             del out["bf16_moments"]
         if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
@@ -306,7 +315,9 @@ class Layout:
         if self.dp_replicate > 1:
             parts[-1] += f"({self.dp_replicate}x{self.dp_shard})"
         if self.cp > 1:
-            parts.append(f"cp{self.cp}{'' if self.cp_kind == 'ring' else self.cp_kind}")
+            kind = (f"a2a{self.cp_a2a}+p2p{self.cp // self.cp_a2a}" if self.cp_kind == "a2a+p2p" else
+                    "" if self.cp_kind == "ring" else self.cp_kind)
+            parts.append(f"cp{self.cp}{kind}")
         if self.ep > 1:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
@@ -501,6 +512,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
         add(RuleCode.A2A_HEADS,
             f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
+    if L.cp_kind == "a2a+p2p" and (not 1 < L.cp_a2a < L.cp or L.cp % L.cp_a2a
+                                   or model.n_heads % (L.tp * L.cp_a2a)):
+        add(RuleCode.CP_HIERARCHY, f"hierarchical context parallel needs 1 < cp_a2a({L.cp_a2a}) < cp({L.cp}), "
+                                   f"cp % cp_a2a == 0 and n_heads({model.n_heads}) % (tp({L.tp}) * cp_a2a) == 0")
     if L.recompute_layers and L.recompute != "full":
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
                                        f"recompute={L.recompute}")

@@ -264,6 +264,22 @@ def ulysses_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, group
     return (2.0 + L.full_recompute_share(shapes.n_layers)) * one_way
 
 
+def hierarchical_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, cp_group: Group,
+                      core_forward_s: np.ndarray, recompute_full: np.ndarray, hw: HardwareRates) -> np.ndarray:
+    """Megatron-Core's hierarchical context parallelism (--cp-comm-type a2a+p2p, --hierarchical-context-parallel-sizes
+    cp_a2a cp/cp_a2a; Transformer Engine AttnFuncWithCPAndKVP2P under an all-to-all) of one layer per micro-batch:
+    the all-to-alls of Ulysses inside each group of cp_a2a adjacent CP ranks (ulysses_cp_s: q, k, v from sequence- to
+    head-sharded and the output back, none overlapped), then a load-balanced ring across the cp / cp_a2a groups
+    (ring_cp_s) whose K/V blocks are the group's sequence chunk on 1 / cp_a2a of the heads: the same bytes per rank as
+    a plain ring's, in cp / cp_a2a - 1 steps under 1 / (cp / cp_a2a) of the core each."""
+    a2a = Group(size=np.asarray(L.cp_a2a, dtype=float), stride=cp_group.stride, axis=Axis.CP)
+    ring_size = L.cp_ring
+    _, n_out = comm.split_group(ring_size, cp_group.stride * L.cp_a2a, hw.domain)
+    kv_bytes = activation_bytes(L) * tokens * shapes.kv_dim / L.tp
+    return ulysses_cp_s(shapes, L, tokens, a2a, hw) + ring_cp_s(kv_bytes, ring_size, n_out, core_forward_s,
+                                                                recompute_full, hw)
+
+
 def allgather_cp_s(shapes: ModelShapes, L: LayoutArrays, group: Group, hw: HardwareRates) -> np.ndarray:
     """K,V all-gather context parallelism of one layer per micro-batch (Megatron --cp-comm-type allgather,
     torchtitan's default rotate method): forward all-gathers the whole sequence's K,V (S = seq x kv width), backward
@@ -395,8 +411,12 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         # with fullgraph=True; context_parallel's SDPA override runs inside it).
         allgather = torch_allgather_cp_s(kv_bytes, L.cp, cp_group, n_out, lt.core_forward_s, lt.core_backward_s,
                                          full, hw, traced=stack.compiled)
-    cp = np.select([L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER],
-                   [ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather], ring)
+    kinds, costs = [L.cp_kind == CpKindCode.A2A, L.cp_kind == CpKindCode.ALLGATHER], [
+        ulysses_cp_s(shapes, L, tokens, cp_group, hw), allgather]
+    if np.any(L.cp_kind == CpKindCode.A2A_P2P):
+        kinds.append(L.cp_kind == CpKindCode.A2A_P2P)
+        costs.append(hierarchical_cp_s(shapes, L, tokens, cp_group, lt.core_forward_s, full, hw))
+    cp = np.select(kinds, costs, ring)
     if stack.cp_impl == "torch":
         # Its merges and fp32 gradient accumulation run on the compute stream between the SDPA calls (either rotate
         # method): serial time, forward again under full recompute.
@@ -461,7 +481,7 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
-LAYER_TIME_FIELDS = ("tp", "pp", "cp", "cp_kind", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn",
+LAYER_TIME_FIELDS = ("tp", "pp", "cp", "cp_kind", "cp_a2a", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn",
                      "precision", "recompute", "recompute_layers", "recompute_modules", "moe_capacity_factor",
                      "moe_imbalance")
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which

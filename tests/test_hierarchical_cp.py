@@ -1,0 +1,123 @@
+"""Megatron's hierarchical context parallelism (--cp-comm-type a2a+p2p --hierarchical-context-parallel-sizes A cp/A;
+Layout cp_kind=a2a+p2p with cp_a2a=A), as worked examples.
+
+Megatron-Core (parallel_state.create_hierarchical_groups) builds the level-1 (all-to-all) groups from adjacent CP ranks
+and the level-2 (p2p ring) groups at stride A; Transformer Engine first runs the all-to-alls of Ulysses inside each
+level-1 group (sequence- to head-sharded), then its KV P2P ring across the level-2 groups. Priced as
+step.hierarchical_cp_s (the all-to-alls: ulysses_cp_s on A ranks; the ring: ring_cp_s on cp / A ranks, the same K/V
+bytes per rank as a plain ring's) and, for the attention core, cp / A load-balanced ring calls
+(compute.cp_block_core_times).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clusterplan.errors import BadInputError
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware import comm
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.collectives import activation_bytes
+from clusterplan.models.training.compute import cp_block_core_times, layer_time
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.rules import RuleCode
+from clusterplan.models.training.step import Group, hierarchical_cp_s, ring_cp_s, ulysses_cp_s
+from clusterplan.models.training.topology import Axis
+
+MODEL = load_model("llama3.1-8b")  # 32 heads, 8 kv heads, head dim 128
+CLUSTER = load_cluster("dgx-h100:16")  # 128 GPUs, 8 per NVLink domain
+HW = HardwareRates.of(CLUSTER)
+HIER = Layout(tp=2, cp=16, dp=4, cp_kind="a2a+p2p", cp_a2a=4, mbs=1, gbs=8, seq=131072, recompute="none")
+
+
+def test_groups_and_exposed_time_worked_example():
+    """tp 2, cp 16 = 4 x 4: each all-to-all group is 4 CP ranks at stride tp = 2, the 8 GPUs of one node; the ring
+    runs over 4 such groups at stride 8, one per node, so every ring step crosses nodes (n_out = 4). Per rank 8,192
+    tokens (131,072 / 16) of K and V at 8 kv heads x 128 x 2 / tp 2 = 1,024 bf16 values each: 16 MiB, the plain
+    ring's block, sent in 3 steps instead of 15."""
+    L = LayoutArrays.from_layouts([HIER])
+    shapes = ModelShapes.of(MODEL)
+    assert float(L.cp_ring[0]) == 4.0
+    tokens = L.seq * L.mbs / L.cp
+    kv_bytes = activation_bytes(L) * tokens * shapes.kv_dim / L.tp
+    assert float(kv_bytes[0]) == 8192 * 1024 * 2 == 16 * 2**20
+    cp_group = Group.of(L, Axis.CP)
+    assert float(cp_group.size[0]) == 16 and float(cp_group.stride[0]) == 2
+    a2a = Group(size=np.array([4.0]), stride=cp_group.stride, axis=Axis.CP)
+    n_in, n_out = comm.split_group(np.array([4.0]), cp_group.stride * 4, HW.domain)
+    assert (float(n_in[0]), float(n_out[0])) == (1.0, 4.0)
+    core_f = np.array([0.05])
+    full = np.zeros(1)
+    expected = ulysses_cp_s(shapes, L, tokens, a2a, HW) + ring_cp_s(kv_bytes, np.array([4.0]), n_out, core_f, full, HW)
+    got = hierarchical_cp_s(shapes, L, tokens, cp_group, core_f, full, HW)
+    assert float(got[0]) == pytest.approx(float(expected[0]), rel=1e-12)
+    # the all-to-all stays inside the node: no scale-out latency in it
+    assert float(comm.split_group(a2a.size, a2a.stride, HW.domain)[1][0]) == 1.0
+
+
+def test_core_runs_cp_over_a2a_ring_calls():
+    """The attention core: after the all-to-all a rank holds its group's 4 chunks on a quarter of the heads, so the
+    ring runs 4 load-balanced calls of 1/4 of the rank's work (c = seq / 8 tokens), not 16 of 1/16 (c = seq / 32).
+    The first is the causal diagonal at 2c, so a quarter of the work runs at the causal rate instead of a sixteenth:
+    here the longer calls do not make up for it (7.58 against 7.29 ms forward)."""
+    shapes = ModelShapes.of(MODEL)
+    stack = get_stack("megatron-core")
+    hier = layer_time(shapes, LayoutArrays.from_layouts([HIER]), HW, False, stack)
+    ring = layer_time(shapes, LayoutArrays.from_layouts([HIER.with_(cp_kind="ring", cp_a2a=1)]), HW, False, stack)
+    att = HW.attention
+    flops = 0.5 * 2 * 131072 * 131072 * (shapes.q_dim + shapes.v_dim) / (16 * 2)  # this rank's causal half
+    head_dim = (shapes.q_dim + shapes.v_dim) / (2 * shapes.n_heads)
+    f4, _ = cp_block_core_times(att, stack.attention_kernel, np.array([flops]), np.array([131072.0]), np.array([4.0]),
+                                head_dim, 2.5)
+    f16, _ = cp_block_core_times(att, stack.attention_kernel, np.array([flops]), np.array([131072.0]),
+                                 np.array([16.0]), head_dim, 2.5)
+    assert float(hier.core_forward_s[0]) == pytest.approx(float(f4[0]), rel=1e-9)
+    assert float(ring.core_forward_s[0]) == pytest.approx(float(f16[0]), rel=1e-9)
+    assert float(f4[0]) > float(f16[0])
+
+
+def test_rules_and_bad_input():
+    ok = layout_problems(MODEL, HIER, 128)
+    assert not ok
+    for bad in (HIER.with_(cp_a2a=3), HIER.with_(cp_a2a=16), HIER.with_(tp=8, dp=1, cp=16, cp_a2a=8)):
+        assert any(p.code == RuleCode.CP_HIERARCHY for p in layout_problems(MODEL, bad, 128)), bad.short()
+    with pytest.raises(BadInputError, match="cp_kind=a2a\\+p2p"):
+        Layout(cp=4, cp_a2a=2)
+    assert HIER.short().startswith("tp2 pp1 dp4 cp16a2a4+p2p4")
+    assert "cp_a2a" not in Layout().to_dict() and HIER.to_dict()["cp_a2a"] == 4
+
+
+def test_plan_prices_it_when_pinned_with_its_group(run_cli):
+    base = ["plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:16", "--gbs", "8", "--seq", "131072"]
+    code, out, err = run_cli(*base, "--fix", "cp_kind=a2a+p2p")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cp_a2a" in err
+    code, out, _ = run_cli(*base, "--fix", "tp=2,cp=16,cp_kind=a2a+p2p,cp_a2a=4", "--format", "json")
+    assert code == 0 and '"cp_a2a": 4' in out and '"cp_kind": "a2a+p2p"' in out
+    est = estimate(MODEL, CLUSTER, HIER).to_json()
+    assert est["feasible"] and est["time"]["cp_comm_s"] > 0
+
+
+def test_megatron_export_and_read_back(tmp_path):
+    from clusterplan.frameworks import export_plan
+    from clusterplan.frameworks.read import read_config
+
+    text = export_plan("megatron", MODEL, CLUSTER, HIER).text
+    assert "--cp-comm-type a2a+p2p" in text and "--hierarchical-context-parallel-sizes 4 4" in text
+    path = tmp_path / "train.sh"
+    path.write_text(text)
+    read = read_config(path, MODEL, 128)
+    assert read.layout.cp_kind == "a2a+p2p" and read.layout.cp_a2a == 4
+    bad = tmp_path / "bad.sh"
+    bad.write_text(text.replace("--hierarchical-context-parallel-sizes 4 4", ""))
+    with pytest.raises(BadInputError, match="needs --hierarchical-context-parallel-sizes"):
+        read_config(bad, MODEL, 128)
+    bad = tmp_path / "product.sh"
+    bad.write_text(text.replace("--hierarchical-context-parallel-sizes 4 4", "--hierarchical-context-parallel-sizes 2 4"))
+    with pytest.raises(BadInputError, match="product 8 != --context-parallel-size 16"):
+        read_config(bad, MODEL, 128)
