@@ -49,8 +49,8 @@ def refuse_unsupported(model: ModelSpec, layout: Layout) -> None:
         raise InfeasibleError(f"DeepSpeed pipeline parallelism (PipelineModule, pp={L.pp}) runs with ZeRO stage 0 or 1 "
                               f"only, the plan has zero={L.zero}; set zero=1 or pp=1")
     if L.cp > 1 and L.cp_kind != "a2a":
-        raise InfeasibleError(f"DeepSpeed's sequence parallelism is Ulysses all-to-all, not ring attention (cp={L.cp}); "
-                              "set cp_kind=a2a or export --to torchtitan")
+        raise InfeasibleError(f"DeepSpeed's sequence parallelism is Ulysses all-to-all, not cp_kind={L.cp_kind} "
+                              f"(cp={L.cp}); set cp_kind=a2a or export --to torchtitan")
     if L.dp_replicate > 1:
         raise InfeasibleError(f"DeepSpeed shards ZeRO over the whole dp group: dp_replicate({L.dp_replicate}) > 1 "
                               "(hybrid sharding) ran as MiCS, which DeepSpeed 0.19 removed (mics_shard_size is "

@@ -760,7 +760,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     mbs = v.get("mbs", 1)
     if "seq" not in v:
         notes.append("no --seq-length: estimated at 4096 tokens")
-    cp_kind, cp_a2a = megatron_cp_kind(v, str(path), cp) if cp > 1 else ("ring", 1)
+    cp_kind, cp_a2a = megatron_cp_kind(v, str(path), cp, notes) if cp > 1 else ("ring", 1)
     layout = Layout(dp=dp, dp_replicate=v.get("dp_replicate", 1) if zero >= 1 else 1, tp=tp, pp=pp, cp=cp, vpp=vpp,
                     ep=v.get("ep", 1) if model.is_moe else 1,
                     # Megatron-LM shards the experts by --expert-tensor-parallel-size at any ep (default: tp)
@@ -818,7 +818,7 @@ MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a
 """Megatron-LM --cp-comm-type choices (arguments.py) and the Layout.cp_kind each runs as."""
 
 
-def megatron_cp_kind(v: Mapping[str, Any], where: str, cp: int) -> tuple[str, int]:
+def megatron_cp_kind(v: Mapping[str, Any], where: str, cp: int, notes: list[str]) -> tuple[str, int]:
     """(Layout.cp_kind, Layout.cp_a2a) of --cp-comm-type (default p2p) and, for the hierarchical a2a+p2p, its
     --hierarchical-context-parallel-sizes A cp/A (the all-to-all group first; Megatron-Core asserts their product is
     the context parallel size)."""
@@ -836,6 +836,11 @@ def megatron_cp_kind(v: Mapping[str, Any], where: str, cp: int) -> tuple[str, in
     if a2a * ring != cp:
         raise BadInputError(f"{where}: --hierarchical-context-parallel-sizes {a2a} {ring}: product {a2a * ring} != "
                             f"--context-parallel-size {cp}")
+    if 1 in (a2a, ring):  # Transformer Engine attn_forward_func_with_cp runs a one-rank level as the other alone
+        kind = "ring" if a2a == 1 else "a2a"
+        notes.append(f"--hierarchical-context-parallel-sizes {a2a} {ring}: one level of one rank, which Transformer "
+                     f"Engine runs as {'p2p' if a2a == 1 else 'a2a'} alone: priced as cp_kind={kind}")
+        return kind, 1
     return "a2a+p2p", a2a
 
 

@@ -318,15 +318,18 @@ def nearest_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixe
         return gen
 
     def unpin(key: str) -> Callable[[_Request], Iterator[_Request]]:
+        # hierarchical CP's all-to-all group goes with its exchange (enumerate_space: pinned both or neither)
+        gone = (key, "cp_a2a") if key == "cp_kind" else (key,)
+
         def gen(req: _Request) -> Iterator[_Request]:
             if key in req.fixed:
-                yield replace(req, fixed={k: v for k, v in req.fixed.items() if k != key},
+                yield replace(req, fixed={k: v for k, v in req.fixed.items() if k not in gone},
                               changes=req.changes + (Change(key, req.fixed[key], "any"),))
         return gen
 
     modifiers: dict[str, Callable[[_Request], Iterator[_Request]]] = {
         Knob.HEADROOM: headroom, FEWER_NODES: nodes(FEWER_NODES), MORE_NODES: nodes(MORE_NODES)}
-    modifiers |= {f"unpin {k}": unpin(k) for k in sorted(fixed)}
+    modifiers |= {f"unpin {k}": unpin(k) for k in sorted(fixed) if not (k == "cp_a2a" and "cp_kind" in fixed)}
 
     def price(req: _Request) -> FeasibleOption | None:
         try:

@@ -27,7 +27,7 @@ from clusterplan.models.training.compute import cp_block_core_times, layer_time
 from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout, layout_problems
 from clusterplan.models.training.rules import RuleCode
-from clusterplan.models.training.step import Group, hierarchical_cp_s, ring_cp_s, ulysses_cp_s
+from clusterplan.models.training.step import Group, _collective, hierarchical_cp_s, ring_cp_s, ulysses_cp_s
 from clusterplan.models.training.topology import Axis
 
 MODEL = load_model("llama3.1-8b")  # 32 heads, 8 kv heads, head dim 128
@@ -54,7 +54,11 @@ def test_groups_and_exposed_time_worked_example():
     assert (float(n_in[0]), float(n_out[0])) == (1.0, 4.0)
     core_f = np.array([0.05])
     full = np.zeros(1)
-    expected = ulysses_cp_s(shapes, L, tokens, a2a, HW) + ring_cp_s(kv_bytes, np.array([4.0]), n_out, core_f, full, HW)
+    # Ulysses' 4 + 4 all-to-alls, one more in backward (the output beside dout: TE AttnFuncWithCPAndKVP2P.backward),
+    # and the ring
+    out_back = _collective("all_to_all", activation_bytes(L) / L.tp * tokens * shapes.v_dim, a2a, HW)
+    expected = (ulysses_cp_s(shapes, L, tokens, a2a, HW) + out_back
+                + ring_cp_s(kv_bytes, np.array([4.0]), n_out, core_f, full, HW))
     got = hierarchical_cp_s(shapes, L, tokens, cp_group, core_f, full, HW)
     assert float(got[0]) == pytest.approx(float(expected[0]), rel=1e-12)
     # the all-to-all stays inside the node: no scale-out latency in it
@@ -85,12 +89,22 @@ def test_core_runs_cp_over_a2a_ring_calls():
 def test_rules_and_bad_input():
     ok = layout_problems(MODEL, HIER, 128)
     assert not ok
-    for bad in (HIER.with_(cp_a2a=3), HIER.with_(cp_a2a=16), HIER.with_(tp=8, dp=1, cp=16, cp_a2a=8)):
+    # a group that does not divide cp, one as wide as cp, heads 32 % (8 x 8), and llama3.1-8b's 8 kv heads over tp 4
+    # (2 per rank) split into 4 (Transformer Engine's all-to-all views k and v as cp_a2a head groups)
+    for bad in (HIER.with_(cp_a2a=3), HIER.with_(cp_a2a=16), HIER.with_(tp=8, dp=1, cp=16, cp_a2a=8),
+                HIER.with_(tp=4, dp=2, cp=16, cp_a2a=4)):
         assert any(p.code == RuleCode.CP_HIERARCHY for p in layout_problems(MODEL, bad, 128)), bad.short()
     with pytest.raises(BadInputError, match="cp_kind=a2a\\+p2p"):
         Layout(cp=4, cp_a2a=2)
     assert HIER.short().startswith("tp2 pp1 dp4 cp16a2a4+p2p4")
     assert "cp_a2a" not in Layout().to_dict() and HIER.to_dict()["cp_a2a"] == 4
+
+
+def test_nearest_options_unpin_the_exchange_with_its_group(run_cli):
+    # Nothing fits on one node; the nearest options unpin cp_kind and cp_a2a together (pinned both or neither).
+    code, out, err = run_cli("plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:1", "--gbs", "8", "--seq",
+                             "131072", "--fix", "cp_kind=a2a+p2p,cp_a2a=2")
+    assert code == 1 and "nearest options that fit" in out and "pin both or neither" not in err
 
 
 def test_plan_prices_it_when_pinned_with_its_group(run_cli):
@@ -117,7 +131,21 @@ def test_megatron_export_and_read_back(tmp_path):
     bad.write_text(text.replace("--hierarchical-context-parallel-sizes 4 4", ""))
     with pytest.raises(BadInputError, match="needs --hierarchical-context-parallel-sizes"):
         read_config(bad, MODEL, 128)
+    one = tmp_path / "one.sh"  # a level of one rank: Transformer Engine runs the other level alone
+    one.write_text(text.replace("--hierarchical-context-parallel-sizes 4 4", "--hierarchical-context-parallel-sizes 1 16"))
+    read = read_config(one, MODEL, 128)
+    assert read.layout.cp_kind == "ring" and any("p2p alone" in n for n in read.notes)
     bad = tmp_path / "product.sh"
     bad.write_text(text.replace("--hierarchical-context-parallel-sizes 4 4", "--hierarchical-context-parallel-sizes 2 4"))
     with pytest.raises(BadInputError, match="product 8 != --context-parallel-size 16"):
         read_config(bad, MODEL, 128)
+
+
+def test_placement_sees_all_pairs_inside_the_groups_and_a_ring_across():
+    # tp 1, cp 32 = 16 x 2 on 4 DGX nodes: the all-to-all groups are ranks 0-15 (nodes 0, 1) and 16-31 (nodes 2, 3);
+    # the ring pairs rank r with r + 16 (node 0 with 2, 1 with 3). A plain ring of 32 would pair 0-1, 1-2, 2-3, 3-0.
+    from clusterplan.models.training.topology import communicating_node_pairs
+
+    layout = Layout(cp=32, cp_kind="a2a+p2p", cp_a2a=16, mbs=1, gbs=8, seq=131072)
+    pairs = communicating_node_pairs(layout, load_cluster("dgx-h100:4"))
+    assert pairs["cp"] == {(0, 1), (2, 3), (0, 2), (1, 3)}

@@ -512,10 +512,18 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
         add(RuleCode.A2A_HEADS,
             f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
+    # Transformer Engine's all-to-all splits each rank's q and k/v heads into cp_a2a groups (context_parallel.py
+    # flash_attn_a2a_communicate): the local kv heads (kv / tp, or 1 where tp replicates them) must divide too
+    local_kv = max(1, kv // L.tp) if not model.is_mla else model.n_heads // L.tp
     if L.cp_kind == "a2a+p2p" and (not 1 < L.cp_a2a < L.cp or L.cp % L.cp_a2a
-                                   or model.n_heads % (L.tp * L.cp_a2a)):
+                                   or model.n_heads % (L.tp * L.cp_a2a) or local_kv % L.cp_a2a):
         add(RuleCode.CP_HIERARCHY, f"hierarchical context parallel needs 1 < cp_a2a({L.cp_a2a}) < cp({L.cp}), "
-                                   f"cp % cp_a2a == 0 and n_heads({model.n_heads}) % (tp({L.tp}) * cp_a2a) == 0")
+                                   f"cp % cp_a2a == 0, n_heads({model.n_heads}) % (tp({L.tp}) * cp_a2a) == 0 and "
+                                   f"the {local_kv} local kv heads % cp_a2a == 0")
+    if L.cp_kind == "a2a+p2p" and L.cp > 1 and model.sliding_window is not None:
+        add(RuleCode.CP_HIERARCHY, "hierarchical context parallel has no sliding-window attention (Transformer "
+                                   "Engine attn_forward_func_with_cp: windows with a2a or all_gather only); use "
+                                   "cp_kind=a2a or allgather")
     if L.recompute_layers and L.recompute != "full":
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
                                        f"recompute={L.recompute}")

@@ -30,6 +30,7 @@ from clusterplan.models.training.batch import (
     SCHEDULE_DUALPIPE,
     SCHEDULE_GPIPE,
     SCHEDULE_INTERLEAVED,
+    CpKindCode,
     LayoutArrays,
 )
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
@@ -686,6 +687,9 @@ def outside_allocator_bytes(L: LayoutArrays) -> np.ndarray:
     """The CUDA context and NCCL's buffers of each process group in use: device memory PyTorch's caching allocator
     does not hold (torch.cuda.max_memory_reserved leaves them out)."""
     groups = sum((getattr(L, axis) > 1).astype(float) for axis in ("tp", "pp", "dp", "cp", "ep"))
+    # hierarchical CP builds its all-to-all and ring groups beside the CP group (parallel_state
+    # create_hierarchical_groups)
+    groups = groups + 2.0 * (L.cp_kind == CpKindCode.A2A_P2P)
     return CUDA_CONTEXT_BYTES + NCCL_BYTES_PER_GROUP * groups
 
 

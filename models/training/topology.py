@@ -100,6 +100,10 @@ def axis_node_pairs(layout: Layout, cluster: Cluster, moe: bool = False) -> dict
         if size <= 1:
             continue
         a, b = _rank_pairs(size, stride, layout.world, pattern)
+        if axis is Axis.CP and layout.cp_kind == "a2a+p2p":  # all pairs inside each a2a group, a ring across them
+            a1, b1 = _rank_pairs(layout.cp_a2a, stride, layout.world, Pattern.ALL_PAIRS)
+            a2, b2 = _rank_pairs(size // layout.cp_a2a, stride * layout.cp_a2a, layout.world, Pattern.RING)
+            a, b = np.concatenate([a1, a2]), np.concatenate([b1, b2])
         na, nb = node[a], node[b]
         cross = na != nb
         if not cross.any():
