@@ -149,3 +149,11 @@ def test_placement_sees_all_pairs_inside_the_groups_and_a_ring_across():
     layout = Layout(cp=32, cp_kind="a2a+p2p", cp_a2a=16, mbs=1, gbs=8, seq=131072)
     pairs = communicating_node_pairs(layout, load_cluster("dgx-h100:4"))
     assert pairs["cp"] == {(0, 1), (2, 3), (0, 2), (1, 3)}
+
+
+def test_plain_all_to_all_cp_needs_the_local_kv_heads_to_split_too():
+    # llama3.1-8b: 8 kv heads; tp 2 leaves 4 per rank, which cp 8 cannot split (TE flash_attn_a2a_communicate views
+    # k and v as cp head groups); cp 4 can.
+    bad = Layout(tp=2, cp=8, dp=1, cp_kind="a2a", mbs=1, gbs=8, seq=65536)
+    assert any(p.code == RuleCode.A2A_HEADS for p in layout_problems(MODEL, bad, 16))
+    assert not layout_problems(MODEL, bad.with_(cp=4, dp=2), 16)

@@ -509,12 +509,14 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
                                   "split or replicated evenly")
     if model.ffn_hidden % L.tp:
         add(RuleCode.FFN_TP, f"ffn_hidden({model.ffn_hidden}) % tp({L.tp}) != 0")
-    if L.cp_kind == "a2a" and L.cp > 1 and model.n_heads % (L.tp * L.cp):
-        add(RuleCode.A2A_HEADS,
-            f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0")
-    # Transformer Engine's all-to-all splits each rank's q and k/v heads into cp_a2a groups (context_parallel.py
-    # flash_attn_a2a_communicate): the local kv heads (kv / tp, or 1 where tp replicates them) must divide too
+    # Transformer Engine's all-to-all (context_parallel.py flash_attn_a2a_communicate) and DeepSpeed-Ulysses scatter
+    # k and v by heads too: each rank's kv heads (kv / tp, or 1 where tp replicates them) split over cp
     local_kv = max(1, kv // L.tp) if not model.is_mla else model.n_heads // L.tp
+    if L.cp_kind == "a2a" and L.cp > 1 and (model.n_heads % (L.tp * L.cp) or local_kv % L.cp):
+        add(RuleCode.A2A_HEADS,
+            f"all-to-all context parallel needs n_heads({model.n_heads}) % (tp({L.tp}) * cp({L.cp})) == 0 and the "
+            f"{local_kv} local kv heads % cp == 0")
+    # the same all-to-all over the cp_a2a ranks of each group
     if L.cp_kind == "a2a+p2p" and (not 1 < L.cp_a2a < L.cp or L.cp % L.cp_a2a
                                    or model.n_heads % (L.tp * L.cp_a2a) or local_kv % L.cp_a2a):
         add(RuleCode.CP_HIERARCHY, f"hierarchical context parallel needs 1 < cp_a2a({L.cp_a2a}) < cp({L.cp}), "
