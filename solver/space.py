@@ -28,6 +28,7 @@ from clusterplan.models.training.batch import (
 )
 from clusterplan.models.training.layout import (
     CHOICES,
+    RING_CP_KINDS,
     Layout,
     bf16_moments_run,
     fp8_params_run,
@@ -139,9 +140,12 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             # The K,V all-gather exposes what the ring hides, so it is searched only for a stack without the ring
             # (pin cp_kind=allgather to price it); Ulysses and the ring each win somewhere (heads vs sequence).
             runs = [k for k in CHOICES["cp_kind"] if stack.can_run("cp_kind", k)]
+            windowed = stack.cp_impl == "megatron" and model.sliding_window is not None  # estimate.cp_window_problems
+            for name in [k for k in ("ring", "a2a") if k not in runs or windowed and k in RING_CP_KINDS]:
+                left_out[f"cp_kind {name}" + (" with sliding windows" if name in runs else "")] += 1
+            if windowed:
+                runs = [k for k in runs if k not in RING_CP_KINDS]
             cp_kinds = [k for k in ("ring", "a2a") if k in runs] or runs
-            for name in [k for k in ("ring", "a2a") if k not in runs]:
-                left_out[f"cp_kind {name}"] += 1
         for schedule, (first, last), replicate, cp_kind in itertools.product(
                 pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),
                 pick("cp_kind", cp_kinds)):

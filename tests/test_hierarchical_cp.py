@@ -157,3 +157,25 @@ def test_plain_all_to_all_cp_needs_the_local_kv_heads_to_split_too():
     bad = Layout(tp=2, cp=8, dp=1, cp_kind="a2a", mbs=1, gbs=8, seq=65536)
     assert any(p.code == RuleCode.A2A_HEADS for p in layout_problems(MODEL, bad, 16))
     assert not layout_problems(MODEL, bad.with_(cp=4, dp=2), 16)
+
+
+def test_sliding_windows_run_ring_cp_nowhere_in_megatron(run_cli):
+    """Transformer Engine's attn_forward_func_with_cp: "The context parallel running configs cannot support sliding
+    window attention!" unless cp_comm_type is a2a (or all_gather on flash-attn). GPT-OSS alternates windowed layers:
+    estimate refuses ring CP for it on megatron-core, plan searches a2a only and says why; torchtitan's own CP is not
+    Transformer Engine's, so the rule is megatron-core's."""
+    from clusterplan.models.training.estimate import cp_window_problems
+
+    gpt_oss = load_model("gpt-oss-120b")
+    ring = Layout(tp=4, cp=2, dp=8, ep=8, mbs=1, gbs=64, seq=32768)
+    assert [p.code for p in cp_window_problems(gpt_oss, ring, get_stack("megatron-core"))] == [RuleCode.CP_WINDOW]
+    assert not cp_window_problems(gpt_oss, ring.with_(cp_kind="a2a"), get_stack("megatron-core"))
+    assert not cp_window_problems(MODEL, ring, get_stack("megatron-core"))  # no windows
+    assert not cp_window_problems(gpt_oss, ring, get_stack("torchtitan"))
+    code, out, err = run_cli("plan", "--model", "gpt-oss-120b", "--cluster", "dgx-h100:8", "--gbs", "64", "--seq",
+                             "65536", "--top", "3", "--format", "json")
+    import json
+
+    plans = json.loads(out)["plans"]
+    assert code == 0 and all(p["layout"]["cp_kind"] == "a2a" for p in plans if p["layout"]["cp"] > 1)
+    assert any(p["layout"]["cp"] > 1 for p in plans)

@@ -23,6 +23,7 @@ from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import (
+    RING_CP_KINDS,
     Layout,
     bf16_moments_run,
     canonical_fp8_recipe,
@@ -314,8 +315,21 @@ def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,
                   fp8_recipe: str | None = None) -> list[Rule]:
-    """The rules estimate() applies before pricing: the layout's divisibility and the precision's."""
-    return layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
+    """The rules estimate() applies before pricing: the layout's divisibility, the precision's and what the stack's
+    context parallelism cannot run for this model."""
+    return (layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
+            + cp_window_problems(model, layout, stack))
+
+
+def cp_window_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:
+    """Megatron-Core's context parallelism runs Transformer Engine's, whose attn_forward_func_with_cp asserts "The
+    context parallel running configs cannot support sliding window attention!" for every cp_comm_type but a2a (and
+    all_gather on flash-attn): a model with sliding-window layers cannot run ring or a2a+p2p CP there."""
+    if (stack.cp_impl != "megatron" or layout.cp == 1 or model.sliding_window is None
+            or layout.cp_kind not in RING_CP_KINDS):
+        return []
+    return [Rule.broken(RuleCode.CP_WINDOW, f"{model.name} has sliding-window layers, which Transformer Engine's "
+                                            f"context parallelism runs under a2a only, not cp_kind={layout.cp_kind}")]
 
 
 def passes_rules(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack | None = None) -> bool:

@@ -19,6 +19,7 @@ class RuleCode(str, Enum):
     KV_HEADS_TP = "kv heads vs tp"
     FFN_TP = "ffn_hidden % tp"
     A2A_HEADS = "n_heads % (tp * cp), local kv heads % cp (all-to-all cp)"
+    CP_WINDOW = "sliding windows under ring context parallel (Transformer Engine)"
     CP_HIERARCHY = "a2a+p2p: 1 < cp_a2a < cp, cp % cp_a2a, heads and local kv heads % cp_a2a, no windows"
     UNEVEN_NEEDS_PP = "uneven stages need pp > 1"
     NO_MIDDLE_LAYERS = "no layers left for middle stages"
@@ -64,6 +65,7 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.FFN_TP: "pick a tp that divides it (a divisor of the head and FFN sizes, usually 1, 2, 4 or 8)",
     RuleCode.A2A_HEADS: "use ring context parallel (cp_kind=ring), or tp * cp dividing the attention heads and cp "
                         "the kv heads each tp rank holds",
+    RuleCode.CP_WINDOW: "use cp_kind=a2a for a model with sliding-window layers (or cp=1)",
     RuleCode.CP_HIERARCHY: "give cp_a2a, the all-to-all group (e.g. the CP ranks inside one node), dividing cp and "
                            "with tp * cp_a2a dividing the attention heads; or cp_kind=ring / a2a",
     RuleCode.UNEVEN_NEEDS_PP: "drop first_stage_layers/last_stage_layers, or use pp > 1",
