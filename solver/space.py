@@ -28,7 +28,6 @@ from clusterplan.models.training.batch import (
 )
 from clusterplan.models.training.layout import (
     CHOICES,
-    RING_CP_KINDS,
     Layout,
     bf16_moments_run,
     fp8_params_run,
@@ -141,10 +140,10 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             # (pin cp_kind=allgather to price it); Ulysses and the ring each win somewhere (heads vs sequence).
             runs = [k for k in CHOICES["cp_kind"] if stack.can_run("cp_kind", k)]
             windowed = stack.cp_impl == "megatron" and model.sliding_window is not None  # estimate.cp_window_problems
-            for name in [k for k in ("ring", "a2a") if k not in runs or windowed and k in RING_CP_KINDS]:
+            for name in [k for k in ("ring", "a2a") if k not in runs or windowed and k != "a2a"]:
                 left_out[f"cp_kind {name}" + (" with sliding windows" if name in runs else "")] += 1
             if windowed:
-                runs = [k for k in runs if k not in RING_CP_KINDS]
+                runs = [k for k in runs if k == "a2a"]
             cp_kinds = [k for k in ("ring", "a2a") if k in runs] or runs
         for schedule, (first, last), replicate, cp_kind in itertools.product(
                 pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),

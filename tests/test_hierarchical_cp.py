@@ -170,6 +170,8 @@ def test_sliding_windows_run_ring_cp_nowhere_in_megatron(run_cli):
     ring = Layout(tp=4, cp=2, dp=8, ep=8, mbs=1, gbs=64, seq=32768)
     assert [p.code for p in cp_window_problems(gpt_oss, ring, get_stack("megatron-core"))] == [RuleCode.CP_WINDOW]
     assert not cp_window_problems(gpt_oss, ring.with_(cp_kind="a2a"), get_stack("megatron-core"))
+    # all_gather only on flash-attn; megatron-core runs cuDNN's FusedAttention
+    assert cp_window_problems(gpt_oss, ring.with_(cp_kind="allgather"), get_stack("megatron-core"))
     assert not cp_window_problems(MODEL, ring, get_stack("megatron-core"))  # no windows
     assert not cp_window_problems(gpt_oss, ring, get_stack("torchtitan"))
     code, out, err = run_cli("plan", "--model", "gpt-oss-120b", "--cluster", "dgx-h100:8", "--gbs", "64", "--seq",

@@ -23,7 +23,6 @@ from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import MFU_BASIS
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import (
-    RING_CP_KINDS,
     Layout,
     bf16_moments_run,
     canonical_fp8_recipe,
@@ -323,10 +322,10 @@ def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exe
 
 def cp_window_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:
     """Megatron-Core's context parallelism runs Transformer Engine's, whose attn_forward_func_with_cp asserts "The
-    context parallel running configs cannot support sliding window attention!" for every cp_comm_type but a2a (and
-    all_gather on flash-attn): a model with sliding-window layers cannot run ring or a2a+p2p CP there."""
-    if (stack.cp_impl != "megatron" or layout.cp == 1 or model.sliding_window is None
-            or layout.cp_kind not in RING_CP_KINDS):
+    context parallel running configs cannot support sliding window attention!" for every cp_comm_type but a2a
+    (all_gather only on flash-attn, and the stack runs cuDNN's FusedAttention): a model with sliding-window layers
+    runs a2a CP there, nothing else."""
+    if stack.cp_impl != "megatron" or layout.cp == 1 or model.sliding_window is None or layout.cp_kind == "a2a":
         return []
     return [Rule.broken(RuleCode.CP_WINDOW, f"{model.name} has sliding-window layers, which Transformer Engine's "
                                             f"context parallelism runs under a2a only, not cp_kind={layout.cp_kind}")]

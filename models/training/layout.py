@@ -39,8 +39,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cuda_graphs": ("none", "attn", "full"),
     "moe_dispatcher": ("alltoall", "deepep", "hybridep"),
 }
-RING_CP_KINDS = ("ring", "a2a+p2p")
-"""Context-parallel kinds that pass K/V blocks around a ring (Megatron --cp-comm-type p2p and a2a+p2p)."""
 RECOMPUTE_MODULES = ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts")
 """Megatron-Core's selective recompute modules (TransformerConfig.recompute_modules, --recompute-modules): core
 attention, the experts' activation, norms not fused into a linear, MLA's q/kv up-projections, the dense MLP, the whole
