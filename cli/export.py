@@ -88,7 +88,7 @@ def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said
                          f"{key}={_value(planned.get(key))} ({target} has no setting for the plan's; `check` prices "
                          "what runs)" + (f" {replan}" if plan.stack != back.stack else ""))
     for rule in back.estimate.reasons:  # what the config runs that the stack or these GPUs cannot
-        if rule.code in (RuleCode.PRECISION, RuleCode.FP8_PARAMS):
+        if rule.code in (RuleCode.PRECISION, RuleCode.FP8_PARAMS, RuleCode.CP_WINDOW):
             console.warn(f"the exported config as {back.stack} runs it: {rule}")
     oom = [r for r in back.estimate.reasons if r.code == RuleCode.OUT_OF_MEMORY]
     if oom:

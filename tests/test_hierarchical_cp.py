@@ -181,3 +181,14 @@ def test_sliding_windows_run_ring_cp_nowhere_in_megatron(run_cli):
     plans = json.loads(out)["plans"]
     assert code == 0 and all(p["layout"]["cp_kind"] == "a2a" for p in plans if p["layout"]["cp"] > 1)
     assert any(p["layout"]["cp"] > 1 for p in plans)
+
+
+def test_export_warns_when_the_config_runs_ring_cp_under_windows(run_cli, tmp_path):
+    from clusterplan.models.training.planfile import write_plan
+
+    plan = tmp_path / "plan.yaml"
+    write_plan(plan, model_ref="gpt-oss-120b", cluster_ref="dgx-h100:8",
+               layout=Layout(tp=4, cp=2, dp=8, ep=8, mbs=1, gbs=64, seq=32768, recompute="full"),
+               stack="megatron-core")
+    code, _, err = run_cli("export", str(plan), "--to", "megatron")
+    assert code == 0 and "runs under a2a only, not cp_kind=ring" in err
