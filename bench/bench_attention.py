@@ -4,7 +4,8 @@ benchmark setting, to set beside hardware_db/data/attention_kernels.yaml's publi
     python bench/bench_attention.py --out attention.csv
 
 Setting (FA3 paper Sec. 4.1): batch x seq = 16k tokens, hidden 2048 (heads = 2048 / head_dim), bf16, causal and not,
-seq 512 .. 16k, head dim 64 and 128. Each of torch's SDPA backends (flash = FlashAttention-2 in PyTorch, cudnn,
+seq 512 .. 16k, head dim 64 and 128, and causal head dim 128 at 32k and 64k (one sequence; LONG_SEQS). Each of torch's
+SDPA backends (flash = FlashAttention-2 in PyTorch, cudnn,
 efficient = xformers' memory-efficient kernel) is timed with CUDA events over back-to-back calls, median of 7
 samples of at least 2 ms: forward under no_grad; backward as autograd.grad of the output (retain_graph, as the
 FlashAttention benchmark's benchmark_backward times it). FLOPs as the papers count them: forward 4 x batch x heads x
@@ -26,6 +27,10 @@ HIDDEN = 2048
 SEQS = (512, 1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS = (64, 128)
 BACKENDS = ("flash", "cudnn", "efficient")
+LONG_SEQS = (32768, 65536)
+"""Beyond the FA3 paper's 16k, causal head dim 128 only, one sequence of 16 heads, FlashAttention-2 and cuDNN: where
+attention_kernels.yaml holds the 16k rate flat and the long-sequence reference rows (reference/nemo_long.py) run."""
+LONG_BACKENDS = ("flash", "cudnn")
 BWD_OVER_FWD_FLOPS = 2.5
 """FlashAttention-2 paper Sec. 4.1: the backward pass is 2.5x the forward's matmul FLOPs."""
 SAMPLE_S = 2e-3
@@ -89,28 +94,28 @@ def main() -> None:
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        for name in BACKENDS:
-            for head_dim in HEAD_DIMS:
-                for causal in (True, False):
-                    for seq in SEQS:
-                        batch, heads = TOKENS // seq, HIDDEN // head_dim
-                        fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if causal else 1)
-                        try:
-                            fwd, bwd = measure_case(backend[name], (batch, heads, seq, head_dim), causal)
-                        except (RuntimeError, TypeError, NotImplementedError) as exc:
-                            print(f"{name} hd{head_dim} causal={causal} seq {seq}: not run "
-                                  f"({str(exc).splitlines()[0][:120]})", file=sys.stderr)
-                            continue
-                        for direction, (median_s, p10_s, p90_s, inner), flops in (
-                                ("forward", fwd, fwd_flops), ("backward", bwd, BWD_OVER_FWD_FLOPS * fwd_flops)):
-                            tflops = flops / median_s / 1e12
-                            writer.writerow({**meta, "backend": name, "direction": direction, "causal": causal,
-                                             "head_dim": head_dim, "seq": seq, "batch": batch, "heads": heads,
-                                             "median_s": f"{median_s:.9g}", "p10_s": f"{p10_s:.9g}",
-                                             "p90_s": f"{p90_s:.9g}", "inner": inner, "tflops": f"{tflops:.1f}"})
-                            print(f"{name:>9} {direction:>8} hd {head_dim:>3} causal {causal!s:>5} seq {seq:>5}: "
-                                  f"{tflops:6.1f} TFLOP/s", flush=True)
-                        f.flush()
+        cases = [(name, head_dim, causal, seq) for name in BACKENDS for head_dim in HEAD_DIMS
+                 for causal in (True, False) for seq in SEQS]
+        cases += [(name, 128, True, seq) for name in LONG_BACKENDS for seq in LONG_SEQS]
+        for name, head_dim, causal, seq in cases:
+            batch, heads = max(1, TOKENS // seq), HIDDEN // head_dim
+            fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if causal else 1)
+            try:
+                fwd, bwd = measure_case(backend[name], (batch, heads, seq, head_dim), causal)
+            except (RuntimeError, TypeError, NotImplementedError) as exc:
+                print(f"{name} hd{head_dim} causal={causal} seq {seq}: not run "
+                      f"({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+                continue
+            for direction, (median_s, p10_s, p90_s, inner), flops in (
+                    ("forward", fwd, fwd_flops), ("backward", bwd, BWD_OVER_FWD_FLOPS * fwd_flops)):
+                tflops = flops / median_s / 1e12
+                writer.writerow({**meta, "backend": name, "direction": direction, "causal": causal,
+                                 "head_dim": head_dim, "seq": seq, "batch": batch, "heads": heads,
+                                 "median_s": f"{median_s:.9g}", "p10_s": f"{p10_s:.9g}",
+                                 "p90_s": f"{p90_s:.9g}", "inner": inner, "tflops": f"{tflops:.1f}"})
+                print(f"{name:>9} {direction:>8} hd {head_dim:>3} causal {causal!s:>5} seq {seq:>5}: "
+                      f"{tflops:6.1f} TFLOP/s", flush=True)
+            f.flush()
 
 
 if __name__ == "__main__":
