@@ -113,6 +113,7 @@ def test_nvfp4_is_faster_than_current_scaling_on_b200_and_says_which_recipe_ran(
     cs = estimate(model, cluster, base).to_json()
     fp4 = estimate(model, cluster, base.with_(fp8_recipe="nvfp4")).to_json()
     assert fp4["layout"]["fp8_recipe"] == "nvfp4" and "fp8_recipe" not in cs["layout"]
+    assert (fp4["fp8_recipe"], cs["fp8_recipe"]) == ("nvfp4", "tensorwise")  # named though the layout leaves it out
     assert fp4["step_time_s"] < 0.85 * cs["step_time_s"]
     assert fp4["memory"]["peak_gib"] < cs["memory"]["peak_gib"] + 4  # bf16 weights + 1.125 B cache vs + 1 B
     # the output names the 4-bit GEMMs' best-shape rate beside bf16 and fp8: fp8's over B200's ratio 0.497

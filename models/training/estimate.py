@@ -178,6 +178,8 @@ class Estimate:
                          "gemm_sustained_scale": _r(ev.hw.gemm_sustained_scale)},
         })
         recipe = stack_fp8_recipe(ev.stack) if self.layout.precision == "fp8" else None
+        if recipe:  # the recipe priced, named also where the layout leaves it to the stack ("")
+            out["fp8_recipe"] = recipe
         if recipe in ("mxfp8", "nvfp4"):  # block-scaled GEMMs at their own rate (HardwareRates.for_fp8_recipe)
             rates = out["hardware"]["gemm_best_shape_tflops"]
             rates[recipe] = _r(ev.hw.for_fp8_recipe(recipe).gemm_max_flops_fp8 / 1e12)
