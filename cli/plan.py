@@ -23,7 +23,7 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.layout import Layout, cp_label, precision_label
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
@@ -224,15 +224,12 @@ def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
 def _layout_label(lay: dict) -> str:
     """A layout's short label in the plan tables (the keys that differ between plans)."""
     return (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-            + f" dp{lay['dp']}" + (f" cp{lay['cp']}" + ("" if lay["cp_kind"] == "ring" else
-                                                        f"a2a{lay['cp_a2a']}+p2p{lay['cp'] // lay['cp_a2a']}"
-                                                        if lay["cp_kind"] == "a2a+p2p" else lay["cp_kind"])
-                                     if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+            + f" dp{lay['dp']}" + (" " + cp_label(lay["cp"], lay["cp_kind"], lay.get("cp_a2a", 1))
+                                   if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
             + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
-            + (f" {lay['precision']}" if lay["precision"] != "bf16" else "")
-            + (f":{lay['fp8_recipe']}" if lay.get("fp8_recipe") else "")
-            + ("-params" if lay.get("fp8_params") and lay["precision"] == "fp8" else "")
+            + (" " + precision_label(lay["precision"], lay.get("fp8_recipe", ""), lay.get("fp8_params", False))
+               if lay["precision"] != "bf16" else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
             + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))

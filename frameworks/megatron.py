@@ -29,11 +29,13 @@ from clusterplan.frameworks.common import (
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, chunk_layers, stage_layers
+from clusterplan.models.training.layout import Layout, chunk_layers, named_fp8_recipe, stage_layers
 
 Args = list[str]
 STACK = "megatron-core"
 """The execution stack a Megatron-LM script runs on (its fp8 recipe is the one plans are priced with)."""
+CP_COMM_TYPE = {"ring": "p2p", "allgather": "all_gather", "a2a": "a2a", "a2a+p2p": "a2a+p2p"}
+"""Layout.cp_kind -> Megatron-LM --cp-comm-type (arguments.py choices); frameworks.read inverts it."""
 
 
 def recompute_block(layout: Layout) -> int:
@@ -276,7 +278,7 @@ def parallel_args(model: ModelSpec, layout: Layout, stages: Stages = ()) -> Args
                  ["--num-layers-per-virtual-pipeline-stage", str(model.n_layers // (L.pp * L.vpp))])
     args += ["--context-parallel-size", str(L.cp)]
     if L.cp > 1:
-        args += ["--cp-comm-type", {"a2a": "a2a", "allgather": "all_gather", "a2a+p2p": "a2a+p2p"}.get(L.cp_kind, "p2p")]
+        args += ["--cp-comm-type", CP_COMM_TYPE[L.cp_kind]]
         if L.cp_kind == "a2a+p2p":  # TransformerConfig.hierarchical_context_parallel_sizes: the a2a group first
             args += ["--hierarchical-context-parallel-sizes", str(L.cp_a2a), str(L.cp // L.cp_a2a)]
     if model.is_moe:
@@ -337,7 +339,7 @@ def training_args(layout: Layout, backend: str) -> Args:
         # block N recomputes the first N layers of each model chunk; the plan counts layers per pipeline rank
         method = ["block", str(recompute_block(L))] if L.recompute_layers else ["uniform", "1"]
         args += ["--recompute-granularity", "full", "--recompute-method", method[0], "--recompute-num-layers", method[1]]
-    recipe = (L.fp8_recipe or get_stack(STACK).fp8_recipes[0]) if L.precision == "fp8" else ""
+    recipe = named_fp8_recipe(L, get_stack(STACK))
     if recipe == "nvfp4":  # Megatron-LM --fp4-format e2m1 --fp4-recipe nvfp4 (TE NVFP4BlockScaling); fp8 flags exclude it
         args += ["--bf16", "--fp4-format", "e2m1", "--fp4-recipe", "nvfp4"]
     else:

@@ -20,7 +20,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
-from clusterplan.frameworks.megatron import activation_args
+from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout, canonical_fp8_recipe, chunk_layers
@@ -814,7 +814,7 @@ def a2a_overlap_notes(v: Mapping[str, Any], env: Mapping[str, str]) -> list[str]
     return out
 
 
-MEGATRON_CP_COMM = {"p2p": "ring", "all_gather": "allgather", "a2a": "a2a", "a2a+p2p": "a2a+p2p"}
+MEGATRON_CP_COMM = {comm: kind for kind, comm in CP_COMM_TYPE.items()}
 """Megatron-LM --cp-comm-type choices (arguments.py) and the Layout.cp_kind each runs as."""
 
 

@@ -249,7 +249,8 @@ def no_bf16_gpus(cluster: Cluster) -> list[str]:
 
 def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | None = None) -> list[Rule]:
     """The GPU side of precision_problems, whatever the stack: fp8 needs fp8 tensor cores on every GPU, the MXFP8
-    recipe microscaling ones (Blackwell, CDNA 4)."""
+    recipe microscaling ones (Blackwell, CDNA 4), the NVFP4 recipe FP4 ones with a published GEMM rate (gemm.yaml)
+    and bf16 parameters (an FP8_PARAMS rule, not a PRECISION one)."""
     broken = lambda message: [Rule.broken(RuleCode.PRECISION, message)]  # noqa: E731
     if layout.precision != "fp8":
         return []

@@ -74,6 +74,18 @@ def fp8_params_run(precision: str, zero: int, optimizer: str) -> bool:
     return precision == "fp8" and zero >= 1 and optimizer == "adam-master"
 
 
+def cp_label(cp: int, cp_kind: str, cp_a2a: int) -> str:
+    """A layout's context parallelism in its labels (Layout.short, plan tables): cp16, cp16a2a, cp16a2a4+p2p4."""
+    kind = f"a2a{cp_a2a}+p2p{cp // cp_a2a}" if cp_kind == "a2a+p2p" else "" if cp_kind == "ring" else cp_kind
+    return f"cp{cp}{kind}"
+
+
+def precision_label(precision: str, fp8_recipe: str, fp8_params: bool) -> str:
+    """A layout's precision in its labels: fp8, fp8:mxfp8, fp8:nvfp4, fp8-params (fp8 weights kept between steps)."""
+    return (precision + (f":{fp8_recipe}" if fp8_recipe else "")
+            + ("-params" if fp8_params and precision == "fp8" else ""))
+
+
 def named_fp8_recipe(layout: Layout, stack: ExecutionStack) -> str:
     """The fp8 recipe `layout` runs on `stack`: its own, else the stack's first; "" for a layout that is not fp8 or
     a stack without fp8."""
@@ -315,15 +327,12 @@ class Layout:
         if self.dp_replicate > 1:
             parts[-1] += f"({self.dp_replicate}x{self.dp_shard})"
         if self.cp > 1:
-            kind = (f"a2a{self.cp_a2a}+p2p{self.cp // self.cp_a2a}" if self.cp_kind == "a2a+p2p" else
-                    "" if self.cp_kind == "ring" else self.cp_kind)
-            parts.append(f"cp{self.cp}{kind}")
+            parts.append(cp_label(self.cp, self.cp_kind, self.cp_a2a))
         if self.ep > 1:
             parts.append(f"ep{self.ep}" + (f"etp{self.etp}" if self.etp > 1 else ""))
         parts += [f"mbs{self.mbs}", f"z{self.zero}", self.recompute[:3] + ("+sp" if self.sp else "")]
         if self.precision != "bf16":
-            parts.append(self.precision + (f":{self.fp8_recipe}" if self.fp8_recipe else "")
-                         + ("-params" if self.fp8_params and self.precision == "fp8" else ""))
+            parts.append(precision_label(self.precision, self.fp8_recipe, self.fp8_params))
         if self.fp8_params and self.precision != "fp8":
             parts.append("fp8-params")
         if self.bf16_moments:

@@ -269,9 +269,10 @@ def hierarchical_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, 
     """Megatron-Core's hierarchical context parallelism (--cp-comm-type a2a+p2p, --hierarchical-context-parallel-sizes
     cp_a2a cp/cp_a2a; Transformer Engine AttnFuncWithCPAndKVP2P under an all-to-all) of one layer per micro-batch:
     the all-to-alls of Ulysses inside each group of cp_a2a adjacent CP ranks (ulysses_cp_s: q, k, v from sequence- to
-    head-sharded and the output back, none overlapped; backward one more, the output beside dout), then a load-balanced ring across the cp / cp_a2a groups
-    (ring_cp_s) whose K/V blocks are the group's sequence chunk on 1 / cp_a2a of the heads: the same bytes per rank as
-    a plain ring's, in cp / cp_a2a - 1 steps under 1 / (cp / cp_a2a) of the core each."""
+    head-sharded and the output back, none overlapped; backward one more, the output beside dout), then a
+    load-balanced ring across the cp / cp_a2a groups (ring_cp_s) whose K/V blocks are the group's sequence chunk on
+    1 / cp_a2a of the heads: the same bytes per rank as a plain ring's, in cp / cp_a2a - 1 steps under
+    1 / (cp / cp_a2a) of the core each."""
     a2a = Group(size=np.asarray(L.cp_a2a, dtype=float), stride=cp_group.stride, axis=Axis.CP)
     ring_size = L.cp_ring
     _, n_out = comm.split_group(ring_size, cp_group.stride * L.cp_a2a, hw.domain)
