@@ -26,6 +26,7 @@ from clusterplan.models.training.batch import (
     pp_layers_columns,
     tuple_column,
 )
+from clusterplan.models.training.estimate import cp_window_problems
 from clusterplan.models.training.layout import (
     CHOICES,
     Layout,
@@ -138,10 +139,13 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         if cp > 1:
             # The K,V all-gather exposes what the ring hides, so it is searched only for a stack without the ring
             # (pin cp_kind=allgather to price it); Ulysses and the ring each win somewhere (heads vs sequence).
+            # A pinned kind is not filtered here: what it cannot run is rejected per structure, by rule code
+            # (estimate.cp_window_problems), as estimate() refuses it.
             runs = [k for k in CHOICES["cp_kind"] if stack.can_run("cp_kind", k)]
             windowed = stack.cp_impl == "megatron" and model.sliding_window is not None  # estimate.cp_window_problems
-            for name in [k for k in ("ring", "a2a") if k not in runs or windowed and k != "a2a"]:
-                left_out[f"cp_kind {name}" + (" with sliding windows" if name in runs else "")] += 1
+            if "cp_kind" not in fixed:
+                for name in [k for k in ("ring", "a2a") if k not in runs or windowed and k != "a2a"]:
+                    left_out[f"cp_kind {name}" + (" with sliding windows" if name in runs else "")] += 1
             if windowed:
                 runs = [k for k in runs if k == "a2a"]
             cp_kinds = [k for k in ("ring", "a2a") if k in runs] or runs
@@ -267,7 +271,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields, **recompute_fields)
         # The batch rules depend on mbs, expanded below; they are counted per expanded layout there. DualPipe's
         # micro-batch count is largest at mbs 1: a structure it refuses here it refuses at every mbs.
-        problems = [p for p in layout_problems(model, probe, world) if p.code not in BATCH_RULES]
+        problems = [p for p in layout_problems(model, probe, world) + cp_window_problems(model, probe, stack)
+                    if p.code not in BATCH_RULES]
         if problems:
             rejected[problems[0].code] += expand
             continue

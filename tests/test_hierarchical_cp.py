@@ -183,6 +183,27 @@ def test_sliding_windows_run_ring_cp_nowhere_in_megatron(run_cli):
     assert any(p["layout"]["cp"] > 1 for p in plans)
 
 
+def test_a_pinned_cp_kind_that_cannot_run_windows_is_rejected_by_the_rule_not_priced(run_cli):
+    """plan --fix cp_kind=ring (or a2a+p2p) on GPT-OSS under megatron-core: every structure with cp > 1 breaks
+    CP_WINDOW, counted under that rule (not as 'left out', not priced), and the nearest option turns cp_kind to a2a;
+    a2a+p2p is refused by the same rule, which is the stack's: layout_problems (stack-free) no longer has it."""
+    import json
+
+    for pins in ("cp=4,cp_kind=ring", "cp=4,cp_kind=a2a+p2p,cp_a2a=2"):
+        code, out, err = run_cli("plan", "--model", "gpt-oss-120b", "--cluster", "dgx-h100:8", "--gbs", "256", "--seq",
+                                 "32768", "--top", "2", "--fix", pins, "--format", "json")
+        doc = json.loads(out)
+        assert not doc["feasible"] and not doc["plans"], pins
+        rejected = doc["search"]["rejected"]
+        assert rejected[RuleCode.CP_WINDOW.value] > 0, pins
+        first = doc["nearest_feasible"]["options"][0]
+        assert first["changes"] == [{"knob": "cp_kind", "from": pins.split("cp_kind=")[1].split(",")[0], "to": "a2a",
+                                     "steps": 1}], pins
+    gpt_oss = load_model("gpt-oss-120b")
+    hier = Layout(tp=2, cp=4, cp_kind="a2a+p2p", cp_a2a=2, dp=8, ep=8, mbs=1, gbs=64, seq=32768)
+    assert not layout_problems(gpt_oss, hier, 64)  # the window rule is the stack's (estimate.cp_window_problems)
+
+
 def test_export_warns_when_the_config_runs_ring_cp_under_windows(run_cli, tmp_path):
     from clusterplan.models.training.planfile import write_plan
 

@@ -531,10 +531,6 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.CP_HIERARCHY, f"hierarchical context parallel needs 1 < cp_a2a({L.cp_a2a}) < cp({L.cp}), "
                                    f"cp % cp_a2a == 0, n_heads({model.n_heads}) % (tp({L.tp}) * cp_a2a) == 0 and "
                                    f"the {local_kv} local kv heads % cp_a2a == 0")
-    if L.cp_kind == "a2a+p2p" and L.cp > 1 and model.sliding_window is not None:
-        add(RuleCode.CP_HIERARCHY, "hierarchical context parallel has no sliding-window attention (Transformer "
-                                   "Engine attn_forward_func_with_cp: windows with a2a or all_gather only); use "
-                                   "cp_kind=a2a or allgather")
     if L.recompute_layers and L.recompute != "full":
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
                                        f"recompute={L.recompute}")

@@ -20,7 +20,7 @@ class RuleCode(str, Enum):
     FFN_TP = "ffn_hidden % tp"
     A2A_HEADS = "n_heads % (tp * cp), local kv heads % cp (all-to-all cp)"
     CP_WINDOW = "sliding windows under context parallelism other than a2a (Transformer Engine)"
-    CP_HIERARCHY = "a2a+p2p: 1 < cp_a2a < cp, cp % cp_a2a, heads and local kv heads % cp_a2a, no windows"
+    CP_HIERARCHY = "a2a+p2p: 1 < cp_a2a < cp, cp % cp_a2a, heads and local kv heads % cp_a2a"
     UNEVEN_NEEDS_PP = "uneven stages need pp > 1"
     NO_MIDDLE_LAYERS = "no layers left for middle stages"
     STAGE_LAYERS_SUM = "stage layers != n_layers"
