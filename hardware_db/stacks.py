@@ -59,6 +59,11 @@ SPLIT_QUANTIZE_RECIPES = ("fp8", "tensorwise")
 current scaling's own."""
 
 
+NVFP4_KEEPS_BF16_PARAMS = ("NVFP4 keeps bf16 parameters (Megatron-Bridge mixed_precision.py: 'fp4_param and "
+                           "fp4_param_gather are not supported for now')")
+"""Why fp8_params never run under the nvfp4 recipe (ExecutionStack.fp8_params_refusal, estimate's FP8_PARAMS rule)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MoeHost:
     """Host (CPU) cost of an eager MoE layer, in ops of one eager torch.nn.Linear forward's host time
@@ -432,9 +437,15 @@ class ExecutionStack:
     @property
     def keeps_fp8_params(self) -> bool:
         """Whether fp8-only parameters (Layout.fp8_params) run under the stack's fp8 recipe (its first): where it has
-        them (fp8_param_gather), under every recipe but NVFP4 (Megatron-Bridge mixed_precision.py: 'fp4_param and
-        fp4_param_gather are not supported for now')."""
-        return self.fp8_param_gather and bool(self.fp8_recipes) and self.fp8_recipes[0] != "nvfp4"
+        them (fp8_param_gather), under every recipe but NVFP4 (fp8_params_refusal says why not)."""
+        return not self.fp8_params_refusal
+
+    @property
+    def fp8_params_refusal(self) -> str:
+        """Why fp8-only parameters cannot run under the stack's first fp8 recipe, in words; "" where they can."""
+        if not self.fp8_param_gather or not self.fp8_recipes:
+            return f"stack {self.name} keeps no fp8-only parameters"
+        return NVFP4_KEEPS_BF16_PARAMS if self.fp8_recipes[0] == "nvfp4" else ""
 
     def running(self, fp8_recipe: str | None) -> ExecutionStack:
         """This stack running `fp8_recipe` (one of its fp8_recipes; Layout.fp8_recipe): the recipe moved first, where

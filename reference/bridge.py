@@ -583,15 +583,20 @@ def table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
     columns = [("system", "l"), ("model", "l"), ("precision", "l"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
                ("predicted", "r"), ("error", "r"), ("ours (as executed)", "r"), ("notes", "l")]
-    cells = []
-    for r in rows:
-        notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
-        priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
-                   f"{r.predicted_tflops:.0f}", f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"] if r.expressible
-                  else ["-", "-", f"{r.published_tflops:.0f}", "-", "-", "-"])
-        cells.append([r.system, r.preset, r.precision, f"{r.gpus}", layout_text(r.layout) if r.layout else "-",
-                      f"{r.published_tokens_per_s:.0f}", *priced, notes_cell(notes)])
-    return columns, [list(c) for c in cells]
+    cells = [[r.system, r.preset, r.precision, f"{r.gpus}", *row_cells(r, tflops_error_and_ours=True)] for r in rows]
+    return columns, cells
+
+
+def row_cells(r: BridgeRow, *, tflops_error_and_ours: bool) -> list[str]:
+    """A row's cells from its layout on: layout, tokens/s published, predicted, error, TFLOP/s published, predicted
+    (with tflops_error_and_ours: the TFLOP/s error and estimate's own TFLOP/s), and its notes last ("-" where the
+    row is not expressible). What this table and bridge_nvfp4's share."""
+    notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
+    priced = [f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
+              f"{r.predicted_tflops:.0f}"] if r.expressible else ["-", "-", f"{r.published_tflops:.0f}", "-"]
+    if tflops_error_and_ours:
+        priced += [f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"] if r.expressible else ["-", "-"]
+    return [layout_text(r.layout) if r.layout else "-", f"{r.published_tokens_per_s:.0f}", *priced, notes_cell(notes)]
 
 
 def _expressible_line(rows: list[BridgeRow]) -> str:

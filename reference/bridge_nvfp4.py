@@ -9,14 +9,12 @@ communication overlap off as those recipes run it. Held out: no constant is fitt
 
 from __future__ import annotations
 
-from clusterplan.reference.bridge import BridgeRow, bridge_rows, layout_text
+from clusterplan.reference.bridge import BridgeRow, bridge_rows, row_cells
 from clusterplan.reference.report import (
     Column,
     held_out_line,
     markdown_rows,
-    notes_cell,
     print_rows,
-    row_notes,
 )
 
 NVFP4_CSV = "megatron_bridge_nvfp4.csv"
@@ -33,14 +31,8 @@ def table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
     columns = [("release", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
                ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
                ("predicted", "r"), ("notes", "l")]
-    cells = []
-    for r in rows:
-        notes = ([] if r.expressible else [f"not expressible: {r.reason}"]) + row_notes(r.notes, r.refused)
-        priced = ([f"{r.predicted_tokens_per_s:.0f}", f"{r.error:+.1%}", f"{r.published_tflops:.0f}",
-                   f"{r.predicted_tflops:.0f}"] if r.expressible else ["-", "-", f"{r.published_tflops:.0f}", "-"])
-        cells.append([r.release, r.system.removeprefix("DGX-"), r.preset, f"{r.gpus}",
-                      layout_text(r.layout) if r.layout else "-", f"{r.published_tokens_per_s:.0f}", *priced,
-                      notes_cell(notes)])
+    cells = [[r.release, r.system.removeprefix("DGX-"), r.preset, f"{r.gpus}",
+              *row_cells(r, tflops_error_and_ours=False)] for r in rows]
     return columns, cells
 
 

@@ -192,9 +192,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")
     if fixed.get("fp8_params") and not stack.keeps_fp8_params:
-        nvfp4 = stack.fp8_param_gather and stack.fp8_recipes[:1] == ("nvfp4",)
-        why = "NVFP4 keeps bf16 parameters" if nvfp4 else f"stack {stack.name} keeps no fp8-only parameters"
-        raise BadInputError(f"--fix fp8_params=1: {why}; pick another --stack or recipe, or unpin it")
+        raise BadInputError(f"--fix fp8_params=1: {stack.fp8_params_refusal}; pick another --stack or recipe, or "
+                            "unpin it")
     if fixed.get("fp8_params") and not fp8_params_run(str(fixed.get("precision", "fp8")), int(fixed.get("zero", 1)),
                                                       str(fixed.get("optimizer", "adam-master"))):
         raise BadInputError(f"--fix fp8_params=1 needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from clusterplan.hardware_db import get_gemm_tiling
-from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, DenseHost, ExecutionStack, get_stack
+from clusterplan.hardware_db.stacks import (
+    MIXED_PRECISION_AUTOCAST,
+    NVFP4_KEEPS_BF16_PARAMS,
+    DenseHost,
+    ExecutionStack,
+    get_stack,
+)
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
@@ -273,8 +279,7 @@ def fp8_hardware_problems(cluster: Cluster, layout: Layout, fp8_recipe: str | No
             return broken(f"fp8 recipe nvfp4: no NVFP4 GEMM rate is published for {', '.join(unpriced)} "
                           "(hardware_db gemm.yaml nvfp4_gemm_time_ratio); use the tensorwise recipe")
         if layout.fp8_params:  # a rule on fp8_params: its fix is to drop them, not another precision
-            return [Rule.broken(RuleCode.FP8_PARAMS, "fp8 recipe nvfp4 keeps bf16 parameters (Megatron-Bridge: "
-                                "'fp4_param and fp4_param_gather are not supported for now'); set fp8_params=0")]
+            return [Rule.broken(RuleCode.FP8_PARAMS, f"fp8 recipe nvfp4: {NVFP4_KEEPS_BF16_PARAMS}; set fp8_params=0")]
     return []
 
 
