@@ -15,6 +15,7 @@ from clusterplan.frameworks.megatron import export_megatron
 from clusterplan.frameworks.read import ReadConfig, read_config
 from clusterplan.frameworks.torchtitan import export_torchtitan
 from clusterplan.frameworks.torchtitan_py import export_torchtitan_py
+from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import Layout
@@ -45,6 +46,7 @@ def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout,
     """`target`'s launch config of the plan; `stages` (a mixed-GPU plan's) adds the per-stage layers and GPU types."""
     if target not in EXPORTERS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
+    require_priced(model)  # a launch config carries the plan's prices: none for a hybrid Mamba model yet
     return EXPORTERS[target](model, cluster, layout, stages)
 
 

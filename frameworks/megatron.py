@@ -97,6 +97,8 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
         args += ["--position-embedding-type", "rope", "--rotary-base", _number(m.rope_theta)] + rope_scaling_args(m)
         if m.rotary_fraction != 1.0:  # arguments.py --rotary-percent: the share of each head RoPE rotates
             args += ["--rotary-percent", _number(m.rotary_fraction)]
+    elif m.position == "none":  # arguments.py --position-embedding-type: learned_absolute unless told otherwise
+        args += ["--position-embedding-type", "none"]
     if not m.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
     if not m.linear_bias:

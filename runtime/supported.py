@@ -12,6 +12,9 @@ def check_supported(spec: ModelSpec) -> None:
     if spec.is_mla:
         raise UnsupportedModelError(f"model {spec.name}: multi-head latent attention (MLA) is not built by validate; "
                                     "validate a GQA model or use `clusterplan estimate`")
+    if spec.is_hybrid:
+        raise UnsupportedModelError(f"model {spec.name}: hybrid Mamba-2 / attention blocks (hybrid_pattern) are not "
+                                    "built by validate; `clusterplan models show` gives its sizes")
     if spec.position == "alibi":
         raise UnsupportedModelError(f"model {spec.name}: ALiBi positions are not built by validate")
     if spec.sliding_window is not None or spec.attn_sinks:

@@ -16,6 +16,7 @@ from clusterplan.errors import BadInputError
 from clusterplan.frameworks.read import config_kind, read_config
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, memory_knobs
@@ -159,6 +160,7 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
         raise BadInputError(f"--headroom-gib {headroom_gib:g}: give a finite number of GiB >= 0, at most "
                             f"{MAX_HEADROOM_GIB:g}")
     loaded = load_config(config, model_ref, cluster_ref)
+    require_priced(loaded.model)  # before the layout rules: a hybrid Mamba model gets the one line, not half a check
     stack = get_stack(stack_name or loaded.stack)
     mixed = None
     if loaded.stages:

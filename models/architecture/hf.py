@@ -15,7 +15,7 @@ from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec,
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
              "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
-             "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe")
+             "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe", "nemotron_h")
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe")
 """The model types whose config names routed experts (their fields: _moe_fields)."""
 TEXT_MODEL_TYPES = {"llama4_text": "llama4", "gemma3_text": "gemma3"}
@@ -96,7 +96,8 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
         )
     c = _Config({**cfg, "model_type": mt}, where)
     builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
-               "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2}.get(mt, _llama_like)
+               "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2,
+               "nemotron_h": _nemotron_h}.get(mt, _llama_like)
     fields = builder(c)
     activation_note = fields.pop("_activation_note", "")
     if activation_note:
@@ -107,7 +108,7 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
         fields.update(_mla_fields(c))
     if fields.get("position", "rope") == "rope":
         fields.update(_rope_fields(c))
-    if fields.get("n_experts"):
+    if fields.get("n_experts") and mt != "nemotron_h":  # _nemotron_h sets its router itself
         fields.update(_router_fields(c, mt))
     try:
         return ModelSpec(name=name, family=mt, source=f"Hugging Face config.json ({where}){note}", **fields)
@@ -292,6 +293,82 @@ def _starcoder2(c: _Config) -> dict[str, Any]:
                 max_positions=c.integer("max_position_embeddings", default=4096), attn_bias=bias, linear_bias=bias,
                 **_activation_field(c, False, "hidden_act", default="gelu_pytorch_tanh"),
                 **_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
+
+
+NEMOTRON_H_BLOCKS = {"linear_attention": "M", "mamba": "M", "full_attention": "*", "attention": "*", "mlp": "-",
+                     "moe": "E"}
+"""transformers NemotronHConfig layers_block_type names (and the legacy mamba / attention that
+remap_legacy_layer_types renames) -> ModelSpec.hybrid_pattern characters (NemotronHConfig._list_to_pattern)."""
+
+
+def _nemotron_h_pattern(c: _Config) -> str:
+    """The block pattern as NemotronHConfig reads it: layers_block_type (alias layer_types) wins over the older
+    hybrid_override_pattern string; num_hidden_layers is ignored (transformers derives it from the pattern)."""
+    listed = c.raw.get("layers_block_type", c.raw.get("layer_types"))
+    if listed is not None:
+        if (not isinstance(listed, list) or not listed or len(listed) > MAX_LAYERS
+                or not all(isinstance(t, str) and t in NEMOTRON_H_BLOCKS for t in listed)):
+            raise BadInputError(f"{c.where}: layers_block_type must list one of {', '.join(NEMOTRON_H_BLOCKS)} per "
+                                f"layer, got {str(listed)[:80]}; fix config.json")
+        return "".join(NEMOTRON_H_BLOCKS[t] for t in listed)
+    pattern = c.raw.get("hybrid_override_pattern")
+    if pattern is None:
+        raise BadInputError(f"{c.where}: config.json lacks hybrid_override_pattern / layers_block_type; a nemotron_h "
+                            "config names its blocks")
+    if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_LAYERS or set(pattern) - set("M*-E"):
+        raise BadInputError(f"{c.where}: hybrid_override_pattern must be a string of M, *, -, E (one per layer), got "
+                            f"{str(pattern)[:80]}; fix config.json")
+    return pattern
+
+
+def _nemotron_h(c: _Config) -> dict[str, Any]:
+    """NemotronHForCausalLM (Nemotron-H, Nemotron Nano 2, Nemotron 3): a pattern of single-purpose blocks, each an
+    RMSNorm then one mixer (NemotronHBlock): a Mamba-2 mixer of mamba_num_heads x mamba_head_dim, GQA attention
+    with head_dim and no bias or rotary, a squared-ReLU MLP (up / down, not gated), or an MoE of non-gated experts
+    with a sigmoid router (e_score_correction_bias, a buffer) and one shared expert. Defaults are NemotronHConfig's
+    (transformers 5: ssm_state_size 128, mamba_num_heads 128, mamba_head_dim 64, n_groups 8, conv_kernel 4,
+    chunk_size 128, intermediate_size 21504, vocab_size 131072, 32 heads / 8 KV heads of 128, untied)."""
+    pattern = _nemotron_h_pattern(c)
+    for key, default, why in (("use_bias", False, "biased Mamba in_proj / out_proj"),
+                              ("mlp_bias", False, "biased MLP and expert matrices"),
+                              ("use_conv_bias", True, "a conv1d without bias")):
+        if c.flag(key, default) != default:
+            raise UnsupportedModelError(f"{c.where}: nemotron_h with {key} {not default} ({why}) is not modelled; "
+                                        "use the YAML format")
+    if c.raw.get("moe_latent_size") is not None:  # Nemotron 3 Super: experts run at the latent width
+        raise UnsupportedModelError(f"{c.where}: nemotron_h with moe_latent_size (experts behind h <-> latent "
+                                    "projections, Nemotron 3 Super) is not modelled yet")
+    if c.integer("num_nextn_predict_layers", default=0, minimum=0):
+        raise UnsupportedModelError(f"{c.where}: nemotron_h with num_nextn_predict_layers (MTP blocks of their own "
+                                    "pattern) is not modelled yet")
+    fields: dict[str, Any] = dict(
+        n_layers=len(pattern), hybrid_pattern=pattern, hidden=c.integer("hidden_size", default=4096),
+        n_heads=c.integer("num_attention_heads", default=32), n_kv_heads=c.integer("num_key_value_heads", default=8),
+        head_dim=c.integer("head_dim", default=128), ffn_hidden=c.integer("intermediate_size", default=21504),
+        gated_ffn=False, vocab=c.integer("vocab_size", default=131_072),
+        tied_embeddings=c.flag("tie_word_embeddings", False), position="none",
+        max_positions=c.integer("max_position_embeddings", default=4096),
+        **_activation_field(c, False, "mlp_hidden_act", default="relu2"),
+        mamba_heads=c.integer("mamba_num_heads", default=128), mamba_head_dim=c.integer("mamba_head_dim", default=64),
+        mamba_groups=c.integer("n_groups", "mamba_n_groups", default=8),
+        mamba_state_dim=c.integer("ssm_state_size", default=128),
+        mamba_conv_kernel=c.integer("conv_kernel", "mamba_d_conv", default=4),
+        mamba_chunk=c.integer("chunk_size", "mamba_chunk_size", default=128))
+    if "E" not in pattern:
+        return fields
+    # NemotronHMoE: n_routed_experts non-gated experts of moe_intermediate_size, one shared NemotronHMLP of
+    # moe_shared_expert_intermediate_size (whatever n_shared_experts says), NemotronHTopkRouter (sigmoid, weights
+    # renormalised when norm_topk_prob, times routed_scaling_factor; group-limited with n_group / topk_group).
+    groups = c.integer("n_group", default=1)
+    scaling = c.raw.get("routed_scaling_factor")
+    return dict(fields, n_experts=c.integer("n_routed_experts", "num_local_experts", default=8),
+                top_k=c.integer("num_experts_per_tok", default=2),
+                expert_ffn_hidden=c.integer("moe_intermediate_size", default=7688),
+                shared_expert_ffn_hidden=c.integer("moe_shared_expert_intermediate_size", default=7688, minimum=0),
+                expert_groups=groups,  # topk_group limits nothing with one group (NemotronHConfig: 1 and 1)
+                expert_groups_per_token=c.integer("topk_group", default=1) if groups > 1 else 0,
+                router_score="sigmoid", router_expert_bias=True, router_renormalize=c.flag("norm_topk_prob", True),
+                router_topk_scaling=1.0 if scaling is None else _positive_number(c, "routed_scaling_factor", scaling))
 
 
 def _qwen_windowed(c: _Config, mt: str, n_layers: int) -> list[bool]:

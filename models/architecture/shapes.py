@@ -7,7 +7,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clusterplan.errors import BadInputError
 from clusterplan.models.architecture.spec import ModelSpec
+
+
+def require_priced(m: ModelSpec) -> None:
+    """Refuse, in one line, a model whose blocks the cost models cannot price yet: a hybrid Mamba-2 / attention
+    stack (ModelSpec.hybrid_pattern). The training models (via ModelShapes.of) and the serving models (via
+    ServingInstance) both call it, so every estimate, plan and serving plan stops here before pricing a layer as
+    attention + MLP."""
+    if m.is_hybrid:
+        counts = m.block_counts
+        raise BadInputError(
+            f"model {m.name}: hybrid Mamba layers (pattern {'/'.join(counts)}: "
+            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the training or serving cost "
+            f"models; `clusterplan models show {m.name}` shows its sizes")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +97,7 @@ class ModelShapes:
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
+        require_priced(m)
         kv_dim = (m.kv_lora_rank + m.qk_rope_head_dim) if m.is_mla else 2 * m.kv_heads * m.dim_head
         moe_dense = 0
         if m.is_moe:

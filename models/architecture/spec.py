@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from clusterplan.errors import BadInputError
 
 NormKind = Literal["rmsnorm", "layernorm"]
-PositionKind = Literal["rope", "learned", "alibi"]
+PositionKind = Literal["rope", "learned", "alibi", "none"]
 LocalAttentionKind = Literal["sliding", "chunked"]
 ActivationKind = Literal["", "silu", "gelu", "relu", "relu2", "quick_gelu"]
 ACTIVATIONS: tuple[str, ...] = get_args(ActivationKind)
@@ -40,14 +40,21 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
+_MAMBA_SIZES = ("mamba_heads", "mamba_head_dim", "mamba_groups", "mamba_state_dim")
+"""The Mamba-2 mixer's sizes a pattern with an `M` needs (0 = not given): H, P, G, N of research/hybrid-mamba.md."""
+HYBRID_BLOCKS = {"M": "Mamba-2 mixer", "*": "attention", "-": "MLP", "E": "MoE"}
+"""Megatron-Core's hybrid_override_pattern symbols (ssm/mamba_hybrid_layer_allocation.py `Symbols`), in the order
+counts are shown: each character is one residual block with its own pre-norm."""
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
-                       "norm_zero_centered")
+                       "norm_zero_centered", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
+                       "mamba_state_dim", "mamba_conv_kernel", "mamba_chunk")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
 settings that exports carry: to_dict leaves them out while they hold their default, so a model whose settings are
 the defaults serialises as before; those that are not carry them (since stop 37: the activation of Nemotron, Gemma,
-Grok-1, GPT-OSS, OPT, the rotary share of Nemotron, GLM-4.5, Pythia and the zero-centred norms of Nemotron, Gemma)."""
+Grok-1, GPT-OSS, OPT, the rotary share of Nemotron, GLM-4.5, Pythia and the zero-centred norms of Nemotron, Gemma);
+also the hybrid pattern and Mamba-2 sizes, so every model without Mamba blocks serialises byte-identically."""
 RopeScalingKind = Literal["none", "llama3", "yarn", "linear"]
 RouterScoreKind = Literal["softmax", "sigmoid"]
 
@@ -75,6 +82,9 @@ class ModelSpec:
     """The norms scale by (1 + weight), the weight stored centred on zero: Nemotron's LayerNorm1P, Gemma's RMSNorm
     (transformers NemotronLayerNorm1P, GemmaRMSNorm). The same parameters; Megatron-LM's --apply-layernorm-1p."""
     position: PositionKind = "rope"
+    """How token positions enter: rope, learned absolute table, alibi, or "none" (Nemotron-H and Nemotron 3 have
+    no position embedding: Megatron-Core MambaModel's position_embedding_type default "none", transformers
+    NemotronHAttention applies no rotary)."""
     max_positions: int = 4096
     rope_theta: float = 10000.0
     """RoPE base (config.json `rope_theta`; Llama 3 500,000). Changes no count or time: exports carry it."""
@@ -168,6 +178,24 @@ class ModelSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # Hybrid Mamba-2 / attention stacks (Nemotron-H, Nemotron Nano 2, Nemotron 3; research/hybrid-mamba.md)
+    hybrid_pattern: str = ""
+    """Megatron-Core's hybrid_override_pattern: one character per residual block, each with its own pre-norm
+    (HYBRID_BLOCKS): `M` a Mamba-2 mixer, `*` attention only, `-` the dense MLP only, `E` the MoE MLP only; its
+    length is n_layers, so a Nemotron-H "layer" is half a transformer layer. "" = an ordinary transformer whose
+    every layer is attention + MLP."""
+    mamba_heads: int = 0
+    """Mamba-2 heads H (config.json `mamba_num_heads`); the inner width d_in is H x mamba_head_dim."""
+    mamba_head_dim: int = 0
+    """Mamba-2 head dimension P (`mamba_head_dim`: 64 Nemotron-H, 80 Nemotron Nano 2)."""
+    mamba_groups: int = 0
+    """Groups G that share one B and one C (`n_groups`; 8 in every Nemotron); also the gated norm's groups."""
+    mamba_state_dim: int = 0
+    """SSM state size N (`ssm_state_size`: 128, 256 in the 47B / 56B)."""
+    mamba_conv_kernel: int = 4
+    """Depthwise causal conv1d width K (`conv_kernel`; Megatron-Core's d_conv 4)."""
+    mamba_chunk: int = 128
+    """SSD chunk length (`chunk_size`; MambaMixer's default 128): no parameters, the scan's work per token."""
     source: str = ""
     """Where the dimensions come from (a config.json, a paper table)."""
 
@@ -220,6 +248,45 @@ class ModelSpec:
                 raise BadInputError(f"model {self.name}: {f} needs sliding_window (the window of the other layers)")
         if self.is_mla and min(self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0:
             raise BadInputError(f"model {self.name}: MLA needs qk_nope_head_dim, qk_rope_head_dim, v_head_dim > 0")
+        self._check_hybrid()
+
+    def _check_hybrid(self) -> None:
+        """The pattern and the Mamba-2 sizes agree with each other and with the rest of the model (Megatron-Core's
+        _allocate_override and MambaMixer asserts, research/hybrid-mamba.md sec. 1)."""
+        pattern, name = self.hybrid_pattern, self.name
+        if not isinstance(pattern, str):
+            raise BadInputError(f"model {name}: hybrid_pattern must be a string such as \"M-M*-\", got {pattern!r}")
+        if not pattern:
+            if any(getattr(self, f) for f in _MAMBA_SIZES):
+                raise BadInputError(f"model {name}: mamba_* sizes need a hybrid_pattern with M blocks; add the "
+                                    "pattern or drop them")
+            return
+        if len(pattern) != self.n_layers:
+            raise BadInputError(f"model {name}: hybrid_pattern has {len(pattern)} blocks but n_layers is "
+                                f"{self.n_layers}; one character per layer (set n_layers to {len(pattern)})")
+        odd = sorted(set(pattern) - set(HYBRID_BLOCKS))
+        if odd:
+            raise BadInputError(f"model {name}: hybrid_pattern has {''.join(odd)!r}; use only M (Mamba), * "
+                                "(attention), - (MLP), E (MoE)")
+        if ("E" in pattern) != self.is_moe:
+            raise BadInputError(f"model {name}: E blocks need n_experts > 0 and n_experts needs E blocks; "
+                                f"pattern has {pattern.count('E')} E, n_experts is {self.n_experts}")
+        if self.first_dense_layers or self.moe_every != 1 or self.mtp_layers:
+            raise BadInputError(f"model {name}: with hybrid_pattern the E blocks place the MoE layers; drop "
+                                "first_dense_layers, moe_every and mtp_layers")
+        for f in ("mamba_conv_kernel", "mamba_chunk"):
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BadInputError(f"model {name}: {f} must be a positive integer, got {value!r}")
+        if "M" not in pattern:
+            return
+        missing = [f for f in _MAMBA_SIZES if getattr(self, f) <= 0]
+        if missing:
+            raise BadInputError(f"model {name}: M blocks need {', '.join(missing)} > 0 (config.json mamba_num_heads, "
+                                "mamba_head_dim, n_groups, ssm_state_size)")
+        if self.mamba_heads % self.mamba_groups:
+            raise BadInputError(f"model {name}: mamba_heads({self.mamba_heads}) % mamba_groups({self.mamba_groups}) "
+                                "!= 0; each group must hold whole heads")
 
     def _check_field_types(self) -> None:
         """One-line errors for wrongly typed fields (a string where a number belongs, a negative count)."""
@@ -227,7 +294,7 @@ class ModelSpec:
             value = getattr(self, f)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise BadInputError(f"model {self.name}: {f} must be a positive integer or left out, got {value!r}")
-        for f in _NON_NEGATIVE_INTS:
+        for f in (*_NON_NEGATIVE_INTS, *_MAMBA_SIZES):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadInputError(f"model {self.name}: {f} must be an integer >= 0, got {value!r}")
@@ -249,7 +316,7 @@ class ModelSpec:
             value = getattr(self, f)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
                 raise BadInputError(f"model {self.name}: {f} must be a positive number, got {value!r}")
-        for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi")),
+        for f, allowed in (("norm", ("rmsnorm", "layernorm")), ("position", ("rope", "learned", "alibi", "none")),
                            ("local_attention", ("sliding", "chunked")),
                            ("rope_scaling", ("none", "llama3", "yarn", "linear")), ("router_score", ("softmax", "sigmoid")),
                            ("activation", ACTIVATIONS)):
@@ -280,6 +347,23 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def is_hybrid(self) -> bool:
+        """A stack of single-purpose blocks (hybrid_pattern) rather than attention + MLP layers."""
+        return bool(self.hybrid_pattern)
+
+    @property
+    def block_counts(self) -> dict[str, int]:
+        """Blocks of each kind in the hybrid pattern, in HYBRID_BLOCKS order, kinds absent left out ({} for an
+        ordinary transformer). Nemotron-H 56B: {"M": 54, "*": 10, "-": 54}."""
+        return {c: self.hybrid_pattern.count(c) for c in HYBRID_BLOCKS if c in self.hybrid_pattern}
+
+    @property
+    def mamba_inner(self) -> int:
+        """The Mamba-2 mixer's inner width d_in = H x P (transformers NemotronHMamba2Mixer.intermediate_size;
+        Nemotron Nano 2: 128 x 80 = 10240, not 2 x hidden)."""
+        return self.mamba_heads * self.mamba_head_dim
+
+    @property
     def n_moe_layers(self) -> int:
         if not self.is_moe:
             return 0
@@ -292,6 +376,8 @@ class ModelSpec:
         return not self.full_attention_every or index % self.full_attention_every != self.full_attention_every - 1
 
     def is_moe_layer(self, index: int) -> bool:
+        if self.is_hybrid:  # the pattern's E blocks (no MTP block follows a hybrid stack here)
+            return 0 <= index < self.n_layers and self.hybrid_pattern[index] == "E"
         return self.is_moe and index >= self.first_dense_layers and (index - self.first_dense_layers) % self.moe_every == 0
 
     @property
@@ -360,7 +446,29 @@ class ModelSpec:
             params += self.hidden
         return params
 
+    def mamba_params(self) -> int:
+        """One `M` block: the pre-norm fused into in_proj, in_proj h -> 2 d_in + 2GN + H (z, x, B, C, dt; no bias),
+        the depthwise conv1d over x, B, C with bias, dt_bias / A_log / D of H each, the gated group RMSNorm of d_in
+        and out_proj d_in -> h: h + h(2d_in + 2GN + H) + (d_in + 2GN)(K + 1) + 3H + d_in + d_in h (Megatron-Core
+        ssm/mamba_mixer.py; transformers NemotronHMamba2Mixer; research/hybrid-mamba.md sec. 1)."""
+        h, d_in, heads = self.hidden, self.mamba_inner, self.mamba_heads
+        bc = 2 * self.mamba_groups * self.mamba_state_dim
+        return (self.norm_params() + h * (2 * d_in + bc + heads) + (d_in + bc) * (self.mamba_conv_kernel + 1)
+                + 3 * heads + d_in + d_in * h)
+
+    def hybrid_block_params(self, kind: str, active: bool = False) -> int:
+        """One block of a hybrid pattern, each with its own pre-norm (Megatron-Core mamba_stack_spec: `*` a
+        TransformerLayer with self-attention only, `-` an MLPLayer, `E` a MoETransformerLayer; transformers
+        NemotronHBlock: norm + mixer)."""
+        if kind == "M":
+            return self.mamba_params()
+        body = {"*": self.attention_params, "-": lambda: self.mlp_params(self.ffn_hidden),
+                "E": lambda: self.moe_params(active)}[kind]()
+        return body + self.norm_params()
+
     def layer_params(self, index: int, active: bool = False) -> int:
+        if self.is_hybrid:
+            return self.hybrid_block_params(self.hybrid_pattern[index], active)
         mlp = self.moe_params(active) if self.is_moe_layer(index) else self.mlp_params(self.ffn_hidden)
         return self.attention_params() + mlp + self.norms_per_layer * self.norm_params()
 

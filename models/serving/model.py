@@ -21,6 +21,7 @@ import numpy as np
 from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import GPU, get_link
 from clusterplan.hardware_db.engines import EngineProfile
+from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
 from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu, kv_tokens_held, kv_window
@@ -128,6 +129,7 @@ class ServingInstance:
     (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size; 2048 is vLLM's chunked-prefill default)."""
 
     def __post_init__(self) -> None:
+        require_priced(self.model)  # a hybrid Mamba model: not priced yet, refused in one line
         if self.tp < 1 or self.pp < 1:
             raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
         for what, size in (("--ep", self.ep), ("--attention-dp", self.attention_dp)):
