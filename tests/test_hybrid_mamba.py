@@ -198,7 +198,7 @@ def test_existing_presets_serialise_as_before_and_hybrids_round_trip():
 # ---- the cost models refuse, `models` shows ------------------------------------------------------------------------
 
 REFUSAL = ("model nemotron-h-56b: hybrid Mamba layers (pattern M/*/-: 54/10/54 blocks) are not priced yet by the "
-           "training or serving cost models; `clusterplan models show nemotron-h-56b` shows its sizes")
+           "training or serving cost models; `clusterplan models show` gives its sizes")
 
 
 def test_shapes_and_serving_refuse_a_hybrid():
@@ -251,3 +251,29 @@ def test_show_yaml_of_a_hybrid_loads_back(run_cli, tmp_path):
     path.write_text(out, encoding="utf-8")
     again = load_model(str(path))
     assert again.to_dict() == {**load_model("nemotron-3-nano-30b-a3b").to_dict(), "name": again.name}
+
+
+def test_no_position_embedding_exports_as_none():
+    # position "none" (Nemotron-H's MambaModel default) must not fall back to Megatron-LM's learned_absolute default:
+    # a transformer described without positions exports --position-embedding-type none and no RoPE flags.
+    from clusterplan.frameworks.megatron import model_args
+    from clusterplan.models.training.layout import Layout
+
+    args = model_args(load_model("llama3.1-8b").scaled(position="none", rope_scaling="none", rope_scaling_factor=1.0),
+                      Layout(tp=8, gbs=64, seq=8192))
+    at = args.index("--position-embedding-type")
+    assert args[at + 1] == "none" and "--rotary-base" not in args
+
+
+def test_check_and_export_refuse_before_their_rules(run_cli, tmp_path):
+    # A plan file or a Megatron-LM args file naming a hybrid: the one line, not layout rules priced as a transformer
+    # nor a framework's notes first.
+    plan = tmp_path / "plan.yaml"
+    text = (Path(__file__).parent / "fixtures" / "check" / "good_plan.yaml").read_text()
+    plan.write_text("\n".join("model: nemotron-h-56b" if line.startswith("model:") else line
+                              for line in text.splitlines()) + "\n")
+    megatron = Path(__file__).parent / "fixtures" / "check" / "good_megatron.txt"
+    for args in (("check", str(plan)), ("check", str(megatron), "--model", "nemotron-h-56b", "--cluster", "dgx-h100:1"),
+                 ("export", str(plan), "--to", "torchtitan"), ("export", str(plan), "--to", "megatron")):
+        code, out, err = run_cli(*args)
+        assert (code, out, err.strip().splitlines()) == (2, "", [f"error: {REFUSAL}"]), args

@@ -13,15 +13,15 @@ from clusterplan.models.architecture.spec import ModelSpec
 
 def require_priced(m: ModelSpec) -> None:
     """Refuse, in one line, a model whose blocks the cost models cannot price yet: a hybrid Mamba-2 / attention
-    stack (ModelSpec.hybrid_pattern). The training models (via ModelShapes.of) and the serving models (via
-    ServingInstance) both call it, so every estimate, plan and serving plan stops here before pricing a layer as
-    attention + MLP."""
+    stack (ModelSpec.hybrid_pattern). The training models (via ModelShapes.of), the serving models (via
+    ServingInstance), `check` (solver.check.check_config, before its layout rules) and `export` (frameworks.export_plan,
+    before a framework's notes) call it, so each stops here instead of pricing a block as attention + MLP."""
     if m.is_hybrid:
         counts = m.block_counts
         raise BadInputError(
             f"model {m.name}: hybrid Mamba layers (pattern {'/'.join(counts)}: "
             f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the training or serving cost "
-            f"models; `clusterplan models show {m.name}` shows its sizes")
+            "models; `clusterplan models show` gives its sizes")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
