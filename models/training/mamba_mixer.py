@@ -1,0 +1,124 @@
+"""The Mamba-2 mixer of a hybrid model (Nemotron-H) as Megatron-Core trains it: the kernels between in_proj and
+out_proj, priced as a memory roofline.
+
+Megatron-Core's MambaMixer (ssm/mamba_mixer.py `_ssm_training`, the default mem-eff path) runs mamba_ssm's
+`mamba_split_conv1d_scan_combined` on the in_proj output zxBCdt (causal conv1d, then the SSD chunked scan with the D
+skip and the z gate fused in), then its group RMSNorm on the gated output, then out_proj. in_proj and out_proj are
+Transformer Engine linears (priced as the block's GEMMs, fp8 where the recipe runs it); everything in between is
+Triton / CUDA kernels in bf16 and fp32 whose arithmetic intensity (21-29 FLOP/B) is far below any GPU's ridge, so
+they are priced as the HBM bytes they move at the achieved HBM rate, or their tensor-core FLOPs at the bf16 rate
+where that is longer (it never is on the GPUs in hardware_db). Every count below is derived kernel by kernel from the
+code in research/mamba-ssd-traffic.md (state-spaces/mamba ssd_combined.py @ d757aef1 and its kernels,
+Dao-AILab/causal-conv1d); nothing is fitted.
+
+Per tensor-parallel rank (MambaMixer shards heads and groups over tp): d = d_in / tp, H = heads / tp, G = groups / tp,
+N the state size, Q the chunk, S = H P N / Q the chunk-state elements per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BF16_BYTES = 2.0
+FP32_BYTES = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class MixerSizes:
+    """One rank's share of a Mamba-2 mixer (research/mamba-ssd-traffic.md notation), per layout."""
+
+    inner: np.ndarray
+    """d: the inner width d_in = heads x head_dim, over tp."""
+    heads: np.ndarray
+    """H: heads over tp."""
+    groups: np.ndarray
+    """G: B/C groups over tp (MambaMixer asserts each rank gets at least one)."""
+    state: int
+    """N: the SSM state size."""
+    chunk: int
+    """Q: the SSD chunk length (MambaMixer chunk_size, 128)."""
+
+    @property
+    def chunk_states(self) -> np.ndarray:
+        """S = H P N / Q = d N / Q: chunk-state elements per token ([b, chunks, H, P, N] over b s tokens)."""
+        return self.inner * self.state / self.chunk
+
+    @property
+    def in_proj_width(self) -> np.ndarray:
+        """W = 2 d + 2 G N + H: the in_proj output zxBCdt per token (z, x, B, C, dt)."""
+        return 2 * self.inner + 2 * self.groups * self.state + self.heads
+
+
+def mixer_sizes(inner: int, heads: int, groups: int, state: int, chunk: int, tp: np.ndarray) -> MixerSizes:
+    return MixerSizes(inner=inner / tp, heads=heads / tp, groups=groups / tp, state=state, chunk=chunk)
+
+
+def ssd_splits(m: MixerSizes, tokens: np.ndarray, sm_count: int) -> np.ndarray:
+    """ns: the partial-sum splits of the dB / dC / dCB backward kernels (mamba_ssm _chunk_state_bwd_db,
+    _chunk_scan_bwd_dC, _chunk_scan_bwd_dcb: nheads_per_program = clamp(ceil(b chunks H / #SM), 1, H / G), nsplits =
+    ceil((H / G) / nheads_per_program)); 1 where the SM count is not known."""
+    per_group = np.maximum(m.heads / m.groups, 1.0)
+    if not sm_count:
+        return np.ones_like(per_group)
+    per_program = np.clip(np.ceil(tokens / m.chunk * m.heads / sm_count), 1.0, per_group)
+    return np.ceil(per_group / per_program)
+
+
+def forward_bytes(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray) -> np.ndarray:
+    """HBM bytes of one Mamba layer's mixer forward on one rank, per micro-batch of `tokens` (= mbs x seq) tokens:
+    18 d + 16 G N + 26 H + 12 S + 8 G Q + 4 G per token over the seven kernels (conv1d 4d + 8GN, chunk_cumsum 10H,
+    chunk_state 2d + 2GN + 8H + 4S (fp32 states), state_passing 6S, bmm C B^T 4GN + 4GQ (fp32), chunk_scan with D
+    and z 8d + 2GN + 4GQ + 2S + 8H, group RMSNorm 4d + 4G; research/mamba-ssd-traffic.md sec. 3), plus Megatron's
+    two layout copies rearrange(...).contiguous() of zxBCdt and y when mbs > 1 (4 W + 4 d)."""
+    d, g, h, n, q = m.inner, m.groups, m.heads, m.state, m.chunk
+    per_token = 18 * d + 16 * g * n + 26 * h + 12 * m.chunk_states + 8 * g * q + 4 * g
+    copies = np.where(mbs > 1, 4 * m.in_proj_width + 4 * d, 0.0)
+    return tokens * (per_token + copies)
+
+
+def backward_bytes(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray, sm_count: int) -> np.ndarray:
+    """HBM bytes of its backward: the norm's backward, then MambaSplitConv1dScanCombinedFn.backward, which recomputes
+    conv1d, C B^T, the chunk states and their passing (in fp32) before the dz, dstates, state-passing, dx, dB, dC,
+    dCB, ddA, cumsum and conv backward kernels: 50 d + (58 + 16 ns) G N + 34 S + (24 + 8 ns) G Q + (146 + 4 ceil(Q /
+    32) + 4 ceil(Q / 64)) H + 4 G per token (research/mamba-ssd-traffic.md sec. 4; 190 H at Q = 128), plus the
+    layout copies' gradients when mbs > 1 (as forward)."""
+    d, g, h, n, q = m.inner, m.groups, m.heads, m.state, m.chunk
+    ns = ssd_splits(m, tokens, sm_count)
+    per_head = 146 + 4 * math.ceil(q / 32) + 4 * math.ceil(q / 64)
+    per_token = (50 * d + (58 + 16 * ns) * g * n + 34 * m.chunk_states + (24 + 8 * ns) * g * q + per_head * h
+                 + 4 * g)
+    copies = np.where(mbs > 1, 4 * m.in_proj_width + 4 * d, 0.0)
+    return tokens * (per_token + copies)
+
+
+def ssd_flops(m: MixerSizes, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) tensor-core FLOPs of the SSD's chunked matmuls on one rank per micro-batch, as executed:
+    forward chunk_state 2dN, the states' contribution to the output 2dN, C B^T 2GNQ, the intra-chunk (C B^T) x 2dQ;
+    backward 10dN + 6dQ + 6GNQ (recomputed states and C B^T, dstates, dx, dB, dC, dCB, ddA;
+    research/mamba-ssd-traffic.md sec. 6). Upper bounds: the causal kernels skip about half of the dQ blocks."""
+    d, g, n, q = m.inner, m.groups, m.state, m.chunk
+    return (tokens * (4 * d * n + 2 * d * q + 2 * g * n * q),
+            tokens * (10 * d * n + 6 * d * q + 6 * g * n * q))
+
+
+def saved_bytes(m: MixerSizes, tokens: np.ndarray, out_proj_input_bytes: np.ndarray | float) -> np.ndarray:
+    """Bytes one Mamba layer keeps for backward on one rank per micro-batch, beyond its block input and in_proj's
+    saved input: the combined function's ctx.save_for_backward (zxBCdt 2 W, out_x 2 d), the group RMSNorm's input y
+    (2 d) and rstd (fp32 per group), and out_proj's input (d elements at `out_proj_input_bytes`: 2 in bf16, the
+    recipe's saved-input bytes under fp8) (research/mamba-ssd-traffic.md sec. 9)."""
+    d = m.inner
+    return tokens * (BF16_BYTES * m.in_proj_width + BF16_BYTES * d + BF16_BYTES * d + FP32_BYTES * m.groups
+                     + out_proj_input_bytes * d)
+
+
+def mixer_times(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray, hbm_bytes_per_s: float, bf16_flops_per_s: float,
+                sm_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds of the mixer kernels on one rank per micro-batch: the roofline's longer side,
+    bytes at the achieved HBM rate or FLOPs at the bf16 GEMM rate."""
+    f_flops, b_flops = ssd_flops(m, tokens)
+    forward = np.maximum(forward_bytes(m, tokens, mbs) / hbm_bytes_per_s, f_flops / bf16_flops_per_s)
+    backward = np.maximum(backward_bytes(m, tokens, mbs, sm_count) / hbm_bytes_per_s, b_flops / bf16_flops_per_s)
+    return forward, backward
