@@ -130,10 +130,12 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     if show_parts and "step_time_s" in result:
         parts = layer_parts(est)
         if parts is None:
-            console.warn("--parts: the model has no dense layer (--gemms lists its MoE layer's GEMMs)")
+            console.warn("--parts: a hybrid's blocks are not split by part (--gemms lists each block kind's GEMMs)"
+                         if est.model.is_hybrid else
+                         "--parts: the model has no dense layer (--gemms lists its MoE layer's GEMMs)")
         else:
             result["layer_parts"] = parts.to_json()
-    attach_interval(result, cluster.gpu.name, model.is_moe, calibration_path)
+    attach_interval(result, cluster.gpu.name, model.is_moe, calibration_path, hybrid=model.is_hybrid)
     if fmt == "json":
         console.json(result)
     else:

@@ -405,6 +405,9 @@ class ExecutionStack:
     param_gather_overlap: bool = True
     """The distributed optimizer's all-gather of the updated weights runs under the next step's forward (Megatron-Core
     overlap_param_gather); false: after the optimizer step, exposed (nanotron). Absent: true, as dp_overlap says."""
+    mamba_blocks: bool = False
+    """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
+    absent: false."""
     activation_offload: bool = False
     """Offloads the activations of whole layers to host memory between forward and backward (Layout.offload_layers:
     Megatron-Core cpu_offloading_num_layers); absent: false."""
@@ -623,6 +626,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_param_gather=_sourced(where, raw, "fp8_param_gather", lambda: _flag(where, raw, "fp8_param_gather"),
                                   False),
         bf16_moments=_sourced(where, raw, "bf16_moments", lambda: _flag(where, raw, "bf16_moments"), False),
+        mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",

@@ -46,10 +46,12 @@ SYSTEMS = {"H100": ("dgx-h100", 8), "GB200": ("gb200-nvl72", 4)}
 FP8_RECIPE = "delayed"
 """NeMo 2.0 bf16_with_fp8_mixed (fp8 "hybrid", amax history 1024, max) and the launcher's fp8_hybrid; the llmb-era
 scripts' fp8_recipe argument defaults to it and no DGXC launch passes another (research/dgxc-recipes.md)."""
-NOT_EXPRESSIBLE = {"nemotron-h-56b": "hybrid Mamba-2 / attention layers: ModelSpec has no Mamba mixer"}
+NOT_EXPRESSIBLE: dict[str, str] = {}
+"""Models whose rows the CLI cannot express, with why (Nemotron-H 56B left it when hybrid Mamba blocks were priced)."""
 
 
-def _model(name: str) -> ModelSpec:
+def dgxc_model(name: str) -> ModelSpec:
+    """The model a dgxc row names: a preset, or NeMo's GPT-3 175B built here."""
     if name == "gpt3-175b":
         # NeMo's GPT-3 175B (launcher conf/training/gpt3/175b.yaml: GPT-2 BPE vocabulary, seq 2048, biases).
         return nemo_gpt3("nemo-gpt3-175b", 96, 12288, 96)
@@ -96,6 +98,10 @@ RECIPES = {
     ("gpt3-175b", "H100"): Recipe("NeMo-Framework-Launcher gpt3 175b (DGXC gpt3_175b_hydra.yaml, NeMo 24.05): no "
                                   "recompute, TP overlap, overlap_p2p_comm, distributed_fused_adam grad_sync_dtype bf16",
                                   bf16_grad_reduce=True),
+    ("nemotron-h-56b", "H100"): Recipe("NeMo scripts/performance/llm/pretrain_nemotronh_56b.py with recipes/"
+                                       "nemotronh_56b.py pretrain_recipe(performance_mode=True): no recompute, TP "
+                                       "overlap (MegatronCommOverlapCallback), overlap_param_gather False (priced "
+                                       "overlapped)"),
     ("deepseek-v3", "H100"): Recipe(f"NeMo pretrain_deepseek_v3.py @7a8f1cc7: recompute_modules [mla_up_proj], "
                                     f"alltoall, {_TOKEN_DROP}, 1 MTP layer, no TP overlap",
                                     recompute="selective", recompute_modules="mla_up_proj", token_drop=True,
@@ -200,7 +206,7 @@ def dgxc_rows() -> list[DgxcRow]:
                             seq=int(r["seq"]))
             out.append(DgxcRow(layout=layout, notes=(r["notes"],), reason=NOT_EXPRESSIBLE[r["model"]], **base))
             continue
-        full = _model(r["model"])
+        full = dgxc_model(r["model"])
         model = replace(full, n_layers=int(r["layers"])) if r["layers"] else full
         layout, notes = dgxc_layout(r, model, RECIPES[(r["model"], r["system"])], full.n_layers)
         node, per = SYSTEMS[r["system"]]

@@ -188,6 +188,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if not model.is_moe and any(moe_pins.values()):
         keys = ", ".join(k for k, pinned in moe_pins.items() if pinned)
         raise BadInputError(f"--fix {keys}: {model.name} is a dense model (no experts); drop {keys}")
+    if model.is_hybrid and not stack.mamba_blocks:  # estimate.hybrid_stack_problems
+        raise BadInputError(f"--stack {stack.name} has no Mamba blocks for hybrid {model.name}; use --stack "
+                            "megatron-core")
     if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")

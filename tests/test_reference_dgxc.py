@@ -16,6 +16,9 @@ Stop 36: GB200's GEMMs at the sustained rate derived from B200's at GB200's 1,20
 rows 3-4 points faster, median 21.7 % (+3.5 .. +40.5 %, DeepSeek-V3 +190 .. +200 %); all rows median 6.5 %, max 200 %.
 Then Megatron-Core's warm-up and cool-down pipeline sends exposed (pp_warmup_exposed): every interleaved row 0-3 points
 slower; GB200 median 20.5 % (+3.5 .. +37.9 %), H100 3.7 % (Nemotron-4 340B -11 .. -17 %); all 6.7 %.
+Stop 39: hybrid Mamba blocks priced (the mixer at its memory roofline, research/mamba-ssd-traffic.md): the 7
+Nemotron-H 56B rows are expressible and come out +29.5 .. +36.7 % too fast, every dense row unchanged; all 114 rows
+median 7.1 %, the 81 H100 rows 4.2 %.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ BOUNDS = {  # group -> bound (landed worst + 3 points, at least 20 %); comment: 
     ("llama4-maverick-17b-128e", "GB200", "FP8"): 0.435,  # +32.8 .. +37.9 % (+38.0 .. +43.3 %)
     ("llama4-maverick-17b-128e", "H100", "BF16"): 0.20,  # +7.0 %
     ("llama4-maverick-17b-128e", "H100", "FP8"): 0.20,  # +15.4 % (+15.5 %)
+    ("nemotron-h-56b", "H100", "FP8"): 0.397,  # +29.5 .. +36.7 % when hybrid Mamba blocks were priced
 }
-MEDIAN_BOUND = 0.077  # 6.7 % over 107 rows (6.5 % before pp_warmup_exposed; 7.0 % when it landed, before GB200's sustained rate)
-H100_MEDIAN_BOUND = 0.048  # 3.7 % over the 74 H100 rows (3.8 % when it landed)
+MEDIAN_BOUND = 0.081  # 7.1 % over 114 rows (6.7 % over the 107 before the Nemotron-H rows; 7.0 % when it landed)
+H100_MEDIAN_BOUND = 0.052  # 4.2 % over the 81 H100 rows (3.7 % over the 74 before Nemotron-H; 3.8 % when it landed)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +73,7 @@ def rows() -> list[dgxc.DgxcRow]:
 
 def test_every_csv_row_is_priced_or_says_why(rows):
     assert len(rows) == len(read_rows(dgxc.DGXC_CSV)) == 114
-    not_priced = [r for r in rows if not r.expressible]
-    assert {r.model for r in not_priced} == {"nemotron-h-56b"} and len(not_priced) == 7
-    assert all("Mamba" in r.reason for r in not_priced)
+    assert all(r.expressible for r in rows)  # the Nemotron-H rows since hybrid Mamba blocks are priced
 
 
 def test_published_step_times_agree_with_published_throughput():

@@ -5,23 +5,35 @@ Computed once per model (scalars), then combined with layout arrays in compute.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from clusterplan.errors import BadInputError
 from clusterplan.models.architecture.spec import ModelSpec
 
+BlockKind = Literal["layer", "attention", "mlp", "mamba"]
+"""What one layer of a ModelShapes is: a transformer layer (attention + MLP, or attention + MoE), or one block of a
+hybrid pattern (ModelSpec.hybrid_pattern `*`, `-`, `M`), each a residual block with its own pre-norm."""
+HYBRID_BLOCK_KINDS: dict[str, BlockKind] = {"M": "mamba", "*": "attention", "-": "mlp"}
+"""The hybrid pattern's symbols the training cost models price (E, an MoE block, is not yet)."""
+MAMBA_TENSORS = 9
+"""Parameter tensors of one Mamba block: in_proj with its fused norm weight (2), conv1d weight and bias, dt_bias,
+A_log, D, the gated norm's weight, out_proj (Megatron-Core ssm/mamba_mixer.py)."""
 
-def require_priced(m: ModelSpec) -> None:
-    """Refuse, in one line, a model whose blocks the cost models cannot price yet: a hybrid Mamba-2 / attention
-    stack (ModelSpec.hybrid_pattern). The training models (via ModelShapes.of), the serving models (via
-    ServingInstance), `check` (solver.check.check_config, before its layout rules) and `export` (frameworks.export_plan,
-    before a framework's notes) call it, so each stops here instead of pricing a block as attention + MLP."""
-    if m.is_hybrid:
+
+def require_priced(m: ModelSpec, serving: bool = False) -> None:
+    """Refuse, in one line, a model whose blocks the cost models cannot price yet: a hybrid pattern with MoE (E)
+    blocks in training, and any hybrid Mamba-2 / attention stack in serving (its KV cache and Mamba state). The
+    training models (via ModelShapes.of), the serving models (via ServingInstance, `serving`), `check`
+    (solver.check.check_config, before its layout rules) and `export` (frameworks.export_plan, before a framework's
+    notes) call it, so each stops here instead of pricing a block as something it is not."""
+    if m.is_hybrid and (serving or "E" in m.block_counts):
         counts = m.block_counts
+        what = "serving cost models" if serving else "training cost models (MoE blocks in a hybrid pattern)"
         raise BadInputError(
             f"model {m.name}: hybrid Mamba layers (pattern {'/'.join(counts)}: "
-            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the training or serving cost "
-            "models; `clusterplan models show` gives its sizes")
+            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the {what}; "
+            "`clusterplan models show` gives its sizes")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -37,9 +49,9 @@ class ModelShapes:
     """Width of K plus V per token as stored for attention (GQA: 2 * kv_heads * head_dim; MLA: latent + rope)."""
     v_dim: int
     vocab: int
-    attn_params: int
+    attn_params: float
     """Attention parameters of one layer (matmuls + biases + qk norms)."""
-    dense_mlp_params: int
+    dense_mlp_params: float
     """Dense MLP parameters of one dense layer."""
     ffn: int
     expert_ffn: int
@@ -50,7 +62,7 @@ class ModelShapes:
     """Per MoE layer: router + shared experts (+ gate), which are not expert-parallel."""
     n_experts: int
     top_k: int
-    norm_params: int
+    norm_params: float
     """Norm parameters of one layer (its norms_per_layer norms)."""
     embed_params: int
     head_params: int
@@ -60,7 +72,7 @@ class ModelShapes:
     dropout: bool
     total_params: int
     active_params: int
-    tensors_per_layer: int
+    tensors_per_layer: float
     """Parameter tensors of one layer (weights, biases, norm scales): ZeRO-3 gathers them one by one."""
     mla_latent: int = 0
     """MLA (DeepSeek-V2/V3) per-token widths of the low-rank intermediates a training layer keeps, not split over
@@ -94,10 +106,48 @@ class ModelShapes:
     """Groups the routed experts are split into for group-limited routing (ModelSpec.expert_groups; 1 = none)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (ModelSpec.expert_groups_per_token; 0 = no limit)."""
+    block: BlockKind = "layer"
+    """What one of the n_layers is (BlockKind): a transformer layer, or one hybrid block, whose shapes then hold only
+    that block's parts (attention: no MLP; mlp and mamba: no attention; mamba: in_proj / out_proj as its two
+    linears, ffn = the inner width d_in)."""
+    blocks: tuple[tuple[float, ModelShapes], ...] = ()
+    """A hybrid stack: each block kind's share of the n_layers and its shapes (block set). The cost models price a
+    hybrid's average layer as these blocks mixed by share; the scalar fields here are per-layer averages over the
+    blocks for the parameter, optimizer-state and collective terms (attn_params, dense_mlp_params, norm_params,
+    tensors_per_layer)."""
+    mamba_inner: int = 0
+    """Mamba-2 inner width d_in = heads x head_dim (ModelSpec.mamba_inner); 0 outside a mamba block."""
+    mamba_heads: int = 0
+    mamba_groups: int = 0
+    mamba_state: int = 0
+    mamba_chunk: int = 0
+
+    @property
+    def has_attention(self) -> bool:
+        """Its layer holds an attention block (a transformer layer, or a hybrid's `*` block)."""
+        return self.block in ("layer", "attention")
+
+    @property
+    def blocks_per_layer(self) -> int:
+        """Residual blocks, each with a pre-norm, a residual add and (under TP) a gather / scatter pair, in one of
+        its layers: 2 in a transformer layer, 1 in a hybrid block."""
+        return 2 if self.block == "layer" else 1
+
+    @property
+    def attention_layers(self) -> float:
+        """Layers with an attention core: n_layers, or a hybrid's `*` blocks."""
+        if self.blocks:
+            return sum(share * self.n_layers for share, b in self.blocks if b.has_attention)
+        return float(self.n_layers) if self.has_attention else 0.0
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
         require_priced(m)
+        layer = cls._of_layers(m)
+        return hybrid_shapes(m, layer) if m.is_hybrid else layer
+
+    @classmethod
+    def _of_layers(cls, m: ModelSpec) -> ModelShapes:
         kv_dim = (m.kv_lora_rank + m.qk_rope_head_dim) if m.is_mla else 2 * m.kv_heads * m.dim_head
         moe_dense = 0
         if m.is_moe:
@@ -130,6 +180,38 @@ class ModelShapes:
     def moe_fraction(self) -> float:
         """Share of layers that are MoE (the rest have a dense MLP)."""
         return self.n_moe_layers / self.n_layers
+
+
+def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
+    """A hybrid stack's shapes (ModelSpec.hybrid_pattern: research/hybrid-mamba.md sec. 1): one ModelShapes per block
+    kind, each holding only its block (`layer`, the model's transformer-layer shapes, gives the attention and MLP
+    sizes), and the per-layer averages the parameter terms read. A Mamba block's linears are in_proj h -> 2 d_in +
+    2GN + H (its norm fused in) and out_proj d_in -> h; its conv1d, dt_bias, A_log, D and gated-norm weights are
+    TP-sharded with the heads (Megatron-Core MambaMixer) and counted with the block's parameters, not its GEMMs."""
+    counts, n, norm = m.block_counts, m.n_layers, m.norm_params()
+    no_attention = dict(attn_params=0, q_dim=0, kv_dim=0, v_dim=0, rope=False, qk_norm=False)
+    in_out = m.hidden * (2 * m.mamba_inner + 2 * m.mamba_groups * m.mamba_state_dim + m.mamba_heads) + m.mamba_inner * m.hidden
+    # Parameter tensors per block (_tensors_per_layer's, split): the norm's, then the block's matrices and biases.
+    norm_tensors = 2 if m.norm == "layernorm" else 1
+    matrices = 3 if m.gated_ffn else 2
+    kinds = {
+        "attention": replace(layer, block="attention", ffn=0, dense_mlp_params=0, gated=False, norm_params=norm,
+                             tensors_per_layer=2 + norm_tensors + (1 if m.attn_bias else 0) + (2 if m.qk_norm else 0)
+                             + (1 if m.linear_bias else 0)),
+        "mlp": replace(layer, block="mlp", norm_params=norm,
+                       tensors_per_layer=matrices + norm_tensors + (matrices if m.linear_bias else 0),
+                       **no_attention),
+        "mamba": replace(layer, block="mamba", dense_mlp_params=in_out, ffn=m.mamba_inner, gated=False,
+                         norm_params=norm, tensors_per_layer=MAMBA_TENSORS, mamba_inner=m.mamba_inner,
+                         mamba_heads=m.mamba_heads, mamba_groups=m.mamba_groups, mamba_state=m.mamba_state_dim,
+                         mamba_chunk=m.mamba_chunk, activation_clamp=0.0, **no_attention),
+    }
+    blocks = tuple((counts[c] / n, kinds[kind]) for c, kind in HYBRID_BLOCK_KINDS.items() if c in counts)
+    share = {kind: counts.get(c, 0) / n for c, kind in HYBRID_BLOCK_KINDS.items()}
+    mamba_rest = m.mamba_params() - norm - in_out if "M" in counts else 0
+    return replace(layer, blocks=blocks, attn_params=share["attention"] * layer.attn_params,
+                   dense_mlp_params=share["mlp"] * layer.dense_mlp_params + share["mamba"] * (in_out + mamba_rest),
+                   norm_params=norm, tensors_per_layer=sum(s * b.tensors_per_layer for s, b in blocks))
 
 
 def _tensors_per_layer(m: ModelSpec) -> int:

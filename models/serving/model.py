@@ -129,7 +129,7 @@ class ServingInstance:
     (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size; 2048 is vLLM's chunked-prefill default)."""
 
     def __post_init__(self) -> None:
-        require_priced(self.model)  # a hybrid Mamba model: not priced yet, refused in one line
+        require_priced(self.model, serving=True)  # a hybrid Mamba model: not priced yet, refused in one line
         if self.tp < 1 or self.pp < 1:
             raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
         for what, size in (("--ep", self.ep), ("--attention-dp", self.attention_dp)):

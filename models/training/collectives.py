@@ -54,7 +54,8 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = F
     gathered = np.where((L.precision == PREC_FP8) & fp8_allgather, FP8_BYTES * tokens * shapes.hidden, size)
     # Full recompute runs each recomputed layer's forward again in backward, with its forward collectives
     # (Korthikanti 2022): recompute_layers of a rank's layers only (LayoutArrays.full_recompute_share).
-    calls = np.where(L.tp > 1, 4.0 + 2.0 * L.full_recompute_share(shapes.n_layers), 0.0)
+    # (one pair per residual block: 2 per transformer layer, 1 per hybrid block)
+    calls = np.where(L.tp > 1, (2.0 + L.full_recompute_share(shapes.n_layers)) * shapes.blocks_per_layer, 0.0)
     sp = L.sp.astype(bool)
     return (Collectives("tp", ALL_REDUCE, np.where(sp, 0.0, calls), size),
             Collectives("tp", ALL_GATHER, np.where(sp, calls, 0.0), gathered),

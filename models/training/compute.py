@@ -19,6 +19,7 @@ from clusterplan.models.training.autocast import (
     weight_cast_times,
 )
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
+from clusterplan.models.training.mamba_mixer import mixer_sizes, mixer_times, ssd_flops
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
     busiest_rank_ratio,
@@ -309,7 +310,11 @@ def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: 
 def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
     """The weight GEMMs of one layer on one rank, with their shapes (tokens = seq x mbs / cp)."""
     tokens = L.seq * L.mbs / L.cp
-    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp, tp_block=True)
+    # A hybrid block holds one of the two (ModelShapes.block): a Mamba block's in_proj / out_proj are its MLP pair.
+    out = _block(tokens, shapes.hidden, shapes.attn_params, shapes.v_dim, L.tp, tp_block=True) \
+        if shapes.has_attention else []
+    if shapes.block == "attention":
+        return out
     if moe:
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP);
         # each of the n_experts / ep local experts receives tokens x top_k x ep / n_experts of them.
@@ -364,14 +369,17 @@ def local_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
 
 
 def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
-    """HBM bytes of one layer's two norms forward (read + write h at 2 B each; the `outside` share of
-    elementwise_bytes)."""
-    return L.seq * L.mbs / L.cp * shapes.hidden * 8 / L.sp_div
+    """HBM bytes of one layer's norms forward, one per block (read + write h at 2 B each; the `outside` share of
+    elementwise_bytes): two in a transformer layer, one in a hybrid block."""
+    return L.seq * L.mbs / L.cp * shapes.hidden * 4 * shapes.blocks_per_layer / L.sp_div
 
 
 def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
-    width at 2 B; the `act` share of elementwise_bytes)."""
+    width at 2 B; the `act` share of elementwise_bytes). None in a hybrid's attention or Mamba block (the Mamba
+    mixer's SiLU runs inside its conv1d kernel: mamba_mixer.forward_bytes)."""
+    if shapes.block in ("attention", "mamba"):
+        return np.zeros_like(L.tp, dtype=float)
     ffn = shapes.top_k * shapes.expert_ffn * busiest_rank_ratio(shapes, L) if moe else shapes.ffn
     return L.seq * L.mbs / L.cp * ffn * (8 if shapes.gated else 4) / L.tp
 
@@ -400,15 +408,17 @@ def clamp_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, compiled: bool)
 def elementwise_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes the memory-bound kernels of one layer's forward move on one rank.
 
-    Norms read+write h (2 x 4 B/token-hidden), two bias-dropout-add (7 each with masks, else 6), activation read+write
+    Norms read+write h (4 B/token-hidden each, one per block), a bias-dropout-add per block (7 with masks, else 6),
+    activation read+write
     of the FFN width (gated: 3 reads + 1 write), rotary on q/k, and without flash the fused softmax
     (+ dropout) over the score matrix (read+write 2 B, mask 1 B): the fused kernels of Megatron-LM.
     """
     tokens = L.seq * L.mbs / L.cp
     drop = 1.0 if shapes.dropout else 0.0
-    residual_adds = tokens * shapes.hidden * 2 * (6 + drop) / L.sp_div
+    residual_adds = tokens * shapes.hidden * shapes.blocks_per_layer * (6 + drop) / L.sp_div
     rope = 4.0 * tokens * (shapes.q_dim + shapes.kv_dim) / L.tp
-    scores = np.where(L.flash_attn > 0, 0.0, (4 + 5 * drop) * shapes.n_heads * tokens * L.seq / L.tp)
+    scores = np.where((L.flash_attn > 0) | (not shapes.has_attention), 0.0,
+                      (4 + 5 * drop) * shapes.n_heads * tokens * L.seq / L.tp)
     return norm_bytes(shapes, L) + residual_adds + activation_fn_bytes(shapes, L, moe) + rope + scores
 
 
@@ -555,13 +565,25 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)
     # Attention core runs in bf16 even under fp8 recipes (Transformer Engine and torchao keep DPA in bf16).
-    t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_runs_blocks(L, stack))
+    if shapes.has_attention:
+        t_core, t_core_bwd = flash_core_times(shapes, L, hw, core_exec, attention_kernel, cp_runs_blocks(L, stack))
+    else:  # a hybrid's MLP or Mamba block
+        t_core = t_core_bwd = np.zeros_like(L.tp, dtype=float)
+    # A Mamba block's mixer kernels between in_proj and out_proj (conv1d, the SSD chunked scan, its group RMSNorm),
+    # bf16 / fp32 under every recipe, at their memory roofline (mamba_mixer.py).
+    mixer_f = mixer_b = mixer_flops_f = mixer_flops_b = 0.0
+    if shapes.block == "mamba":
+        mixer = mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
+                            shapes.mamba_chunk, L.tp)
+        tokens = L.seq * L.mbs / L.cp
+        mixer_f, mixer_b = mixer_times(mixer, tokens, L.mbs, hw.hbm_bytes_per_s, hw.gemm_max_flops, hw.sm_count)
+        mixer_flops_f, mixer_flops_b = ssd_flops(mixer, tokens)
     # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).
     t_elem = (elementwise_bytes(shapes, L, moe) + unfused_extra_bytes(shapes, L, moe, stack)) / hw.hbm_bytes_per_s
     clamp_fwd, clamp_bwd_ratio = clamp_bytes(shapes, L, moe, stack.compiled)
     t_clamp = clamp_fwd / hw.hbm_bytes_per_s
     copy_f, copy_b = qkv_layout_copy_times(shapes, L, hw, stack)
-    forward = t_linear + t_core + t_elem + t_clamp + bias_f + copy_f
+    forward = t_linear + t_core + t_elem + t_clamp + bias_f + copy_f + mixer_f
     # torch.autocast over fp32 parameters: the activations' casts run again in a recompute, the weights' do not.
     cast_f = cast_b = weight_f = weight_b = 0.0
     if stack.mixed_precision == MIXED_PRECISION_AUTOCAST:
@@ -576,11 +598,11 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
         forward = forward + route_fwd
     # Backward: input- and weight-gradient GEMMs, the core's gradient GEMMs (flash: its backward kernel), elementwise ~2x.
     backward = (t_linear_bwd + t_core_bwd + 2 * t_elem + clamp_bwd_ratio * t_clamp + route_bwd + bias_b
-                + cast_b + weight_b + copy_b + glu_split_backward_s(shapes, L, hw, stack, moe))
+                + cast_b + weight_b + copy_b + glu_split_backward_s(shapes, L, hw, stack, moe) + mixer_b)
     # Selective = Megatron's core_attn checkpoint: the attention core's forward runs again in backward (unfused:
     # with its softmax/dropout kernels, about half the layer's elementwise traffic; Korthikanti 2022 Sec. 4.2);
     # with flash attention too, although it then frees only the core's row log-sum-exp (memory.py).
-    selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem)
+    selective_extra = np.where(L.flash_attn > 0, t_core, t_core + 0.5 * t_elem) if shapes.has_attention else 0.0
     selective_flops = core_exec
     if np.any(L.recompute_modules):  # Megatron-Core --recompute-modules: what the listed modules' forward costs
         extra, flops = module_recompute(shapes, L, fhw, moe, fp8, overlap, linears, selective_extra, core_exec, t_clamp,
@@ -598,8 +620,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     share = L.full_recompute_share(shapes.n_layers)
     recompute = np.select([full, sel], [share * forward, selective_extra], 0.0)
     forward = forward + weight_f
-    flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0)
-    flops_recompute = np.select([full, sel], [share * (linear + core_exec), selective_flops], 0.0)
+    flops_exec = linear * 3 + core_exec * np.where(L.flash_attn > 0, 3.5, 3.0) + mixer_flops_f + mixer_flops_b
+    flops_recompute = np.select([full, sel], [share * (linear + core_exec + mixer_flops_f), selective_flops], 0.0)
     return LayerTime(forward_s=forward, backward_s=backward, recompute_s=recompute, core_forward_s=t_core,
                      core_backward_s=t_core_bwd, linear_s=t_linear + t_linear_bwd + share * t_linear,
                      weight_grad_s=t_weight_grad,
@@ -868,9 +890,25 @@ def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     + the attention core 2 x tokens x seq x (q_dim + v_dim) per layer times its causal share (1/2; windows less),
     i.e. Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) with the s/6h attention term halved for causal masking."""
     tokens = L.gbs * L.seq
+    if shapes.blocks:  # a hybrid: each block kind's own (model_layer_flops_per_token), by its count
+        layers = sum(share * shapes.n_layers * model_flops_per_token(b, L.seq) for share, b in shapes.blocks)
+        return 3 * tokens * (layers + 2.0 * shapes.vocab * shapes.hidden)
     matmul = (shapes.n_layers - shapes.n_moe_layers) * (shapes.attn_params + shapes.dense_mlp_params)
     matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params
                                              + shapes.top_k * shapes.expert_params)
     matmul = matmul + shapes.vocab * shapes.hidden
     core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers * causal_share(shapes, L.seq)
     return 3 * tokens * (2 * matmul + core)
+
+
+def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
+    """Forward model FLOPs per token of one dense layer or hybrid block: 2 x its matmul parameters, its attention
+    core's causal share (model_flops_per_step), and a Mamba block's SSD matmuls as they run (mamba_mixer.ssd_flops,
+    unsharded)."""
+    core = 2 * seq * (shapes.q_dim + shapes.v_dim) * causal_share(shapes, seq) if shapes.has_attention else 0.0
+    ssd = 0.0
+    if shapes.block == "mamba":
+        one = np.ones_like(np.asarray(seq, dtype=float))
+        ssd = ssd_flops(mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
+                                    shapes.mamba_chunk, one), one)[0]
+    return 2 * (shapes.attn_params + shapes.dense_mlp_params) + core + ssd

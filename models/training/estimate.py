@@ -325,7 +325,16 @@ def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exe
     """The rules estimate() applies before pricing: the layout's divisibility, the precision's and what the stack's
     context parallelism cannot run for this model."""
     return (layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
-            + cp_window_problems(model, layout, stack))
+            + cp_window_problems(model, layout, stack) + hybrid_stack_problems(model, stack))
+
+
+def hybrid_stack_problems(model: ModelSpec, stack: ExecutionStack) -> list[Rule]:
+    """A hybrid Mamba-2 / attention stack trains on a stack with Mamba blocks only (stacks.yaml mamba_blocks:
+    Megatron-Core)."""
+    if not model.is_hybrid or stack.mamba_blocks:
+        return []
+    return [Rule.broken(RuleCode.STACK, f"stack {stack.name} has no Mamba blocks for hybrid {model.name}; use --stack "
+                                        "megatron-core")]
 
 
 def cp_window_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:

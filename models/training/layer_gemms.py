@@ -22,6 +22,8 @@ from clusterplan.models.training.estimate import Estimate
 from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS
 
 DENSE_MATRICES = ("attention in", "attention out", "mlp in", "mlp out")
+BLOCK_MATRICES = {"attention": DENSE_MATRICES[:2], "mlp": DENSE_MATRICES[2:], "mamba": ("in_proj", "out_proj")}
+"""A hybrid block's linears (ModelShapes.block): Megatron-Core MambaMixer's in_proj (its norm fused) and out_proj."""
 MOE_MATRICES = ("attention in", "attention out", "experts in", "experts out", "router + shared in", "shared out")
 """Names of compute.layer_linears' entries, in its order (dense layer / MoE layer; the MoE layer's dense part is
 the router with any shared experts' input projection)."""
@@ -106,7 +108,8 @@ def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates,
 
 
 def layer_gemms(est: Estimate) -> LayerGemms:
-    """The weight GEMMs of a dense and / or an MoE layer (those the model has) of `est`'s layout."""
+    """The weight GEMMs of a dense and / or an MoE layer (those the model has), or of each block kind of a hybrid, of
+    `est`'s layout."""
     ev = est.evaluation
     shapes, arrays = ModelShapes.of(est.model), LayoutArrays.from_layouts([est.layout])
     fp8 = bool(arrays.precision[0] == PREC_FP8)
@@ -115,12 +118,14 @@ def layer_gemms(est: Estimate) -> LayerGemms:
     forward_hw = hw.for_fp8_recipe(recipe, forward=True) if recipe else hw
     backward_hw = hw.for_fp8_recipe(recipe) if recipe else hw
     kinds = []
-    if shapes.n_moe_layers < shapes.n_layers:
-        kinds.append(("dense", False, DENSE_MATRICES))
-    if shapes.n_moe_layers > 0:
-        kinds.append(("moe", True, MOE_MATRICES))
+    if shapes.blocks:  # a hybrid: each block kind's own linears (compute.layer_linears of its shapes)
+        kinds = [(block.block, block, False, BLOCK_MATRICES[block.block]) for _, block in shapes.blocks]
+    if not shapes.blocks and shapes.n_moe_layers < shapes.n_layers:
+        kinds.append(("dense", shapes, False, DENSE_MATRICES))
+    if not shapes.blocks and shapes.n_moe_layers > 0:
+        kinds.append(("moe", shapes, True, MOE_MATRICES))
     gemms: list[LayerGemm] = []
-    for layer, moe, names in kinds:
-        for name, linear in zip(names, layer_linears(shapes, arrays, moe), strict=True):
+    for layer, kind_shapes, moe, names in kinds:
+        for name, linear in zip(names, layer_linears(kind_shapes, arrays, moe), strict=True):
             gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8)
     return LayerGemms(gpu=hw.gpu_name, gemms=tuple(gemms))

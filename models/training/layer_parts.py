@@ -134,9 +134,10 @@ class LayerParts:
 
 
 def layer_parts(est: Estimate) -> LayerParts | None:
-    """The dense layer's parts of `est`'s layout as its stack runs it; None for a model without dense layers."""
+    """The dense layer's parts of `est`'s layout as its stack runs it; None for a model without dense layers, or a
+    hybrid, whose blocks are not split by part."""
     shapes = ModelShapes.of(est.model)
-    if shapes.n_moe_layers >= shapes.n_layers:
+    if shapes.n_moe_layers >= shapes.n_layers or shapes.blocks:
         return None
     ev = est.evaluation
     kernel = ev.stack.attention_kernel

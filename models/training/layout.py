@@ -531,6 +531,8 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.CP_HIERARCHY, f"hierarchical context parallel needs 1 < cp_a2a({L.cp_a2a}) < cp({L.cp}), "
                                    f"cp % cp_a2a == 0, n_heads({model.n_heads}) % (tp({L.tp}) * cp_a2a) == 0 and "
                                    f"the {local_kv} local kv heads % cp_a2a == 0")
+    if model.is_hybrid:
+        problems += hybrid_problems(model, L)
     if L.recompute_layers and L.recompute != "full":
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) needs recompute=full, got "
                                        f"recompute={L.recompute}")
@@ -604,6 +606,23 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
                                    f"zero={L.zero} optimizer={L.optimizer}")
     problems += _moe_problems(model, L)
     return problems
+
+
+def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
+    """What a hybrid Mamba-2 / attention stack cannot run: MambaMixer asserts each tp rank gets whole heads and at
+    least one group (mamba_heads % tp, mamba_groups % tp); Megatron-Core 0.16's MambaStack asserts no virtual
+    pipeline; Mamba context parallelism (ssm/mamba_context_parallel.py all-to-alls) and Megatron's recompute modules
+    (named for transformer sub-modules) are not priced here (research/hybrid-mamba.md sec. 1)."""
+    broken = []
+    if model.mamba_heads and (model.mamba_heads % L.tp or model.mamba_groups % L.tp):
+        broken.append(f"mamba_heads({model.mamba_heads}) and mamba_groups({model.mamba_groups}) % tp({L.tp}) != 0")
+    if L.cp > 1:
+        broken.append(f"cp({L.cp}) > 1: Mamba context parallelism is not priced")
+    if L.vpp > 1:
+        broken.append(f"vpp({L.vpp}) > 1: Megatron-Core's MambaStack runs no interleaved pipeline")
+    if L.recompute_modules:
+        broken.append(f"recompute_modules({L.recompute_modules}) name transformer sub-modules")
+    return [Rule.broken(RuleCode.HYBRID, f"hybrid {model.name}: {b}") for b in broken]
 
 
 def pp_layers_problems(model: ModelSpec, L: Layout) -> list[Rule]:

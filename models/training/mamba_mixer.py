@@ -17,13 +17,19 @@ N the state size, Q the chunk, S = H P N / Q the chunk-state elements per token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
+REFERENCE_CHUNK = 128
+"""MambaMixer's default chunk_size, at which research/mamba-ssd-traffic.md totals the backward."""
+BACKWARD_HEAD_BYTES = 146
+"""Backward bytes per token and head of the per-head vectors (dt, dA cumsum, ddt, ddA and their casts and sums;
+research/mamba-ssd-traffic.md sec. 4)."""
+BACKWARD_DDA_PARTIAL_BYTES = 44
+"""... and of _chunk_scan_bwd_ddAcs_stable's fp32 column-block partials and their sum at Q = 128 (sec. 4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +88,13 @@ def forward_bytes(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray) -> np.ndar
 def backward_bytes(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray, sm_count: int) -> np.ndarray:
     """HBM bytes of its backward: the norm's backward, then MambaSplitConv1dScanCombinedFn.backward, which recomputes
     conv1d, C B^T, the chunk states and their passing (in fp32) before the dz, dstates, state-passing, dx, dB, dC,
-    dCB, ddA, cumsum and conv backward kernels: 50 d + (58 + 16 ns) G N + 34 S + (24 + 8 ns) G Q + (146 + 4 ceil(Q /
-    32) + 4 ceil(Q / 64)) H + 4 G per token (research/mamba-ssd-traffic.md sec. 4; 190 H at Q = 128), plus the
-    layout copies' gradients when mbs > 1 (as forward)."""
+    dCB, ddA, cumsum and conv backward kernels: 50 d + (58 + 16 ns) G N + 34 S + (24 + 8 ns) G Q + 190 H + 4 G per
+    token at Q = 128 (research/mamba-ssd-traffic.md sec. 4: 146 H of per-head vectors and 44 H of the ddA kernel's
+    column-block partial sums, taken here to scale with Q), plus the layout copies' gradients when mbs > 1 (as
+    forward)."""
     d, g, h, n, q = m.inner, m.groups, m.heads, m.state, m.chunk
     ns = ssd_splits(m, tokens, sm_count)
-    per_head = 146 + 4 * math.ceil(q / 32) + 4 * math.ceil(q / 64)
+    per_head = BACKWARD_HEAD_BYTES + BACKWARD_DDA_PARTIAL_BYTES * q / REFERENCE_CHUNK
     per_token = (50 * d + (58 + 16 * ns) * g * n + 34 * m.chunk_states + (24 + 8 * ns) * g * q + per_head * h
                  + 4 * g)
     copies = np.where(mbs > 1, 4 * m.in_proj_width + 4 * d, 0.0)

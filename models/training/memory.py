@@ -34,6 +34,8 @@ from clusterplan.models.training.batch import (
     LayoutArrays,
 )
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
+from clusterplan.models.training.mamba_mixer import mixer_sizes
+from clusterplan.models.training.mamba_mixer import saved_bytes as mixer_saved_bytes
 from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
 GIB = float(2**30)
@@ -439,12 +441,12 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # Under autocast the residual stream, and so each norm's saved input, stays fp32.
     lin_div = 1.0 if sp_gathered else spd
     residual = act if casting is None else np.where(casting, FP32_PARAM_BYTES, act)
-    norm_inputs = tokens * h * (2 * residual + 2 * drop) / spd
+    norm_inputs = tokens * h * shapes.blocks_per_layer * (residual + drop) / spd  # one norm per residual block
     # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
     # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
     # Under autocast (models/training/autocast.py) the norm output is fp32 and each of q, k, v saves its own bf16
     # cast of it.
-    attn_norm_out = tokens * h * lin_in / lin_div
+    attn_norm_out = tokens * h * lin_in / lin_div if shapes.has_attention else 0.0
     if casting is not None:
         attn_norm_out = attn_norm_out * np.where(casting, AUTOCAST_ATTN_INPUT_CASTS, 1.0)
     if shapes.mla_latent:
@@ -466,7 +468,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # Selective (Megatron core_attn checkpoint) keeps the core's inputs q, k, v (kept above) and recomputes the rest:
     # unfused, the s^2 softmax/dropout tensors (Korthikanti 2022); with flash only its log-sum-exp (the output is
     # kept by the out-projection anyway).
-    scores = np.where(module("core_attn"), 0.0, scores)
+    scores = np.where(module("core_attn") | (not shapes.has_attention), 0.0, scores)
     glu = glu_saved_widths(shapes, fused_glu)
     if moe:
         # The pre-MLP norm is its own module here (the router and the dispatcher read it): the router keeps its
@@ -492,13 +494,18 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # "moe" recompute checkpoints the whole MoE block from the norm output (kept as the checkpoint's input).
         mlp = np.where(module("moe"), 0.0, mlp)
         mlp_norm_out = np.where(module("moe"), act * tokens * h / lin_div, mlp_norm_out)
+    elif shapes.block == "attention":  # a hybrid's attention block: no MLP
+        mlp_norm_out = mlp = 0.0
     else:
         # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output.
         mlp_norm_out = tokens * h * lin_in / lin_div
         if casting is not None:
             mlp_norm_out = mlp_norm_out * np.where(casting, mlp_input_casts(shapes, False), 1.0)
-        # the activation's saved input(s) and the fc2 input (fp8 under fp8)
-        mlp = (glu * act + lin_in) * tokens * shapes.ffn / t
+        # the activation's saved input(s) and the fc2 input (fp8 under fp8); a Mamba block (in_proj's input is the
+        # norm output above): its mixer's saved tensors and out_proj's input (mamba_mixer.saved_bytes)
+        mlp = (glu * act + lin_in) * tokens * shapes.ffn / t if shapes.block != "mamba" else mixer_saved_bytes(
+            mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
+                        shapes.mamba_chunk, t), tokens, lin_in)
         # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
         mlp = np.where(module("mlp"), 0.0, mlp)
         mlp_norm_out = np.where(module("mlp"), 0.0, mlp_norm_out)
@@ -535,6 +542,10 @@ def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: 
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
+    if shapes.blocks:  # a hybrid: its block kinds by their share of the layers
+        parts = [(share, per_layer_activation_bytes(block, L, selective, sp_gathered, fused_glu, compiled, autocast,
+                                                    kv_copies, fp8_input_bytes)) for share, block in shapes.blocks]
+        return (sum(share * kept for share, (kept, _) in parts), sum(share * full for share, (_, full) in parts))
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
@@ -590,7 +601,13 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
     staged = np.where(offloaded > 0, 1.0, 0.0)
     per_micro = full_layers * per_layer_full + (layers - full_layers - offloaded + staged) * per_layer_kept
     held = inflight_microbatches(L, position) * per_micro
-    return held + recompute_working_bytes(L, layers, per_layer_kept) if working_set else held
+    if not working_set:
+        return held
+    recomputed = per_layer_kept
+    if shapes.blocks:  # a hybrid recomputes block by block: the largest block's set is the one live at the peak
+        recomputed = np.max([per_layer_activation_bytes(block, L, selective, sp_gathered, fused_glu, compiled)[0]
+                             for _, block in shapes.blocks], axis=0)
+    return held + recompute_working_bytes(L, layers, recomputed)
 
 
 def full_recompute_layers(L: LayoutArrays, layers: np.ndarray) -> np.ndarray:

@@ -519,6 +519,8 @@ def _broadcast(value, inverse: np.ndarray):
 
 
 def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> LayerCost:
+    if shapes.blocks:  # a hybrid's average layer: its block kinds' costs mixed by their share of the layers
+        return mixed_layer_cost([(share, layer_cost(block, L, hw, stack)) for share, block in shapes.blocks])
     moe_share = shapes.moe_fraction
     dense = unique_layer_time(shapes, L, hw, False, stack)
     compute = (1 - moe_share) * (dense.forward_s + dense.backward_s + dense.recompute_s)
@@ -574,6 +576,18 @@ def layer_cost(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: E
                      forward_s=dense.forward_s, backward_s=dense.backward_s, head_s=head_f + head_b,
                      embed_tp_s=embed_tp, head_tp_s=head_tp, comm_slowdown_in=dense.comm_slowdown_in,
                      comm_slowdown_out=dense.comm_slowdown_out)
+
+
+def mixed_layer_cost(parts: list[tuple[float, LayerCost]]) -> LayerCost:
+    """The average of several layers' costs, each weighted by its share of the layers (the shares sum to 1): what
+    a hybrid stack's average layer costs (ModelShapes.blocks). The ends' terms (LM head, embedding and head TP) are
+    the same in every part, so the average keeps them."""
+    mixed = {f.name: sum(share * getattr(cost, f.name) for share, cost in parts) for f in fields(LayerCost)}
+    # The compute slowdowns beside a collective are ratios of GEMM times: weighted by each part's forward time.
+    forward = np.maximum(mixed["forward_s"], TINY_S)
+    for name in ("comm_slowdown_in", "comm_slowdown_out"):
+        mixed[name] = sum(share * getattr(cost, name) * cost.forward_s for share, cost in parts) / forward
+    return LayerCost(**mixed)
 
 
 def a2a_exposed_s(L: LayoutArrays, hw: HardwareRates, sparse: LayerTime, ep_s: np.ndarray) -> np.ndarray:

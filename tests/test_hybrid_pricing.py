@@ -1,0 +1,163 @@
+"""Hybrid Mamba-2 / attention stacks (Nemotron-H) priced: the Mamba mixer's memory roofline against its kernel-by-kernel
+derivation (research/mamba-ssd-traffic.md), the block mixture against the transformer it spells out, the rules
+Megatron-Core's MambaStack imposes, and the MFU basis against Megatron-Bridge's own hybrid FLOP count."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.cluster import load_cluster
+from clusterplan.models.training import mamba_mixer
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.compute import model_flops_per_step
+from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.memory import GIB
+from clusterplan.models.training.rules import RuleCode
+
+H100_SMS = 132
+SEQ = 8192
+
+
+@pytest.mark.parametrize("model, tp, forward, backward, saved, flops_f, flops_b", [
+    # research/mamba-ssd-traffic.md sec. 7 / 10 (s 8192, b 1, Q 128, 132 SMs); ns = 2 only for 56B at tp 8
+    ("nemotron-h-56b", 8, 91_972, 275_908, 21_572, 2.69e6, 7.01e6),
+    ("nemotron-h-56b", 2, 367_888, 1_083_152, 86_288, 10.75e6, 28.05e6),
+    ("nemotron-h-8b", 1, 273_696, 821_024, 86_304, 6.55e6, 17.56e6),
+    ("nemotron-h-8b", 4, 68_424, 205_256, 21_576, 1.64e6, 4.39e6),
+])
+def test_mixer_bytes_are_the_kernel_by_kernel_derivation(model, tp, forward, backward, saved, flops_f, flops_b):
+    m = load_model(model)
+    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+                                    np.array([float(tp)]))
+    tokens, mbs = np.array([float(SEQ)]), np.array([1.0])
+    assert mamba_mixer.forward_bytes(sizes, tokens, mbs)[0] / SEQ == forward
+    assert mamba_mixer.backward_bytes(sizes, tokens, mbs, H100_SMS)[0] / SEQ == backward
+    assert mamba_mixer.saved_bytes(sizes, tokens, 2.0)[0] / SEQ == saved  # out_proj's input in bf16
+    f, b = mamba_mixer.ssd_flops(sizes, tokens)
+    assert f[0] / SEQ == pytest.approx(flops_f, rel=0.005) and b[0] / SEQ == pytest.approx(flops_b, rel=0.005)
+
+
+def test_ssd_splits_by_hand():
+    # 56B at tp 8: H 32, G 1; b (s / Q) H = 64 chunks x 32 heads = 2,048 programs over 132 SMs -> ceil(15.5) = 16
+    # heads per program, ceil(32 / 16) = 2 splits; at two micro-batch sequences 32 per program, 1 split.
+    m = load_model("nemotron-h-56b")
+    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+                                    np.array([8.0]))
+    assert mamba_mixer.ssd_splits(sizes, np.array([8192.0, 16384.0]), H100_SMS).tolist() == [2.0, 1.0]
+    assert mamba_mixer.ssd_splits(sizes, np.array([8192.0]), 0).tolist() == [1.0]  # SM count unknown
+
+
+def test_mbs_above_one_adds_megatrons_layout_copies():
+    # _ssm_training's rearrange(...).contiguous() of zxBCdt in and y out: 4 W + 4 d more per token each way, W = 2d +
+    # 2GN + H = 4,096 + 512 + 32 = 4,640 at 56B tp 8: 4 x 4,640 + 4 x 2,048 = 26,752 B.
+    m = load_model("nemotron-h-56b")
+    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+                                    np.array([8.0, 8.0]))
+    one = mamba_mixer.forward_bytes(sizes, np.array([2.0 * SEQ, 2.0 * SEQ]), np.array([1.0, 2.0]))
+    assert (one[1] - one[0]) / (2 * SEQ) == 26_752
+
+
+def test_alternating_attention_and_mlp_blocks_price_as_the_transformer_they_spell():
+    """A transformer layer is an attention block then an MLP block, each with its pre-norm and residual add, and one
+    all-gather / reduce-scatter pair each under TP with SP: Llama 3.1 8B written as the hybrid pattern "*-" x 32
+    (64 blocks) has the same parameters, model FLOPs, compute and TP time and (without full recompute) peak memory
+    as the model itself. What may differ, and why: the data-parallel reduce's last bucket follows the parameters of
+    one layer (here one block), within 0.05 % of the step; full recompute checkpoints each block's input (32 more
+    than the layers' 32), so its memory is not compared."""
+    llama = load_model("llama3.1-8b")
+    spelled = llama.scaled(name="llama3.1-8b-blocks", n_layers=64, hybrid_pattern="*-" * 32)
+    assert spelled.total_params() == llama.total_params()
+    cluster = load_cluster("dgx-h100:1")
+    for layout in (Layout(tp=2, dp=4, mbs=1, gbs=32, seq=8192, sp=True, precision="fp8", fp8_params=True),
+                   Layout(tp=1, dp=8, mbs=2, gbs=64, seq=4096, recompute="full"),
+                   Layout(tp=4, pp=2, dp=1, mbs=1, gbs=16, seq=8192, sp=True, zero=1)):
+        a, b = (estimate(m, cluster, layout).evaluation for m in (llama, spelled))
+        for term in ("compute_s", "tp_comm_s", "pp_comm_s", "bubble_s", "optimizer_s"):
+            assert getattr(b.time, term)[0] == pytest.approx(getattr(a.time, term)[0], rel=1e-9), (term, layout)
+        assert b.time.model_flops[0] == pytest.approx(a.time.model_flops[0], rel=1e-12)
+        assert b.time.step_s[0] == pytest.approx(a.time.step_s[0], rel=5e-4), layout.short()
+        if layout.recompute != "full":
+            assert b.memory.peak[0] == pytest.approx(a.memory.peak[0], rel=1e-9), layout.short()
+
+
+def test_a_mamba_block_by_hand():
+    """Nemotron-H 56B, tp 8, one 8,192-token micro-batch: in_proj 8,192 -> (2 x 16,384 + 2 x 8 x 256 + 256) / 8 =
+    4,640 and out_proj 2,048 -> 8,192 per rank, 2 x 8,192 x (8,192 x 4,640 + 2,048 x 8,192) = 898.6 GFLOP forward;
+    its mixer 91,972 B/token forward and 275,908 backward at the achieved HBM rate; the block keeps its input and
+    norm output (bf16, SP shards of h), the mixer's 21,572 B/token and nothing for attention."""
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.compute import layer_flops, layer_linears, layer_time
+    from clusterplan.models.training.memory import layer_activation_bytes
+
+    shapes = ModelShapes.of(load_model("nemotron-h-56b"))
+    mamba = next(b for _, b in shapes.blocks if b.block == "mamba")
+    L = LayoutArrays.from_layouts([Layout(tp=8, dp=1, mbs=1, gbs=8, seq=SEQ, sp=True)])
+    assert [(g.in_features, g.out_features) for g in layer_linears(mamba, L, False)] == [(8192, 4640), (2048, 8192)]
+    linear, core = layer_flops(mamba, L, False)
+    assert linear[0] == 2 * SEQ * (8192 * 4640 + 2048 * 8192) and core[0] == 0
+    hw = HardwareRates.of(load_cluster("dgx-h100:1"))
+    with_mixer = layer_time(mamba, L, hw, False, get_stack("megatron-core"))
+    # the same linears as an MLP block (whose plain activation moves 4 B per inner element) less the mixer
+    as_mlp = layer_time(replace(mamba, block="mlp"), L, hw, False, get_stack("megatron-core"))
+    activation_bytes = 4.0 * SEQ * 16384 / 8
+    assert with_mixer.forward_s[0] - as_mlp.forward_s[0] == pytest.approx((91_972 * SEQ - activation_bytes)
+                                                                          / hw.hbm_bytes_per_s)
+    assert with_mixer.backward_s[0] - as_mlp.backward_s[0] == pytest.approx((275_908 * SEQ - 2 * activation_bytes)
+                                                                            / hw.hbm_bytes_per_s)
+    kept = layer_activation_bytes(mamba, L, False, np.array([0]))
+    # one norm input (bf16, SP shard), in_proj's saved input (the norm output, SP shard), the mixer's tensors
+    assert kept[0] == SEQ * 8192 * 2 / 8 + SEQ * 8192 * 2 / 8 + 21_572 * SEQ
+
+
+def test_mfu_basis_agrees_with_megatron_bridges_hybrid_flops():
+    """Megatron-Bridge flop_utils.hybrid_flops gives Nemotron-H 56B 340.2 GFLOP per token at s 8192
+    (research/hybrid-mamba.md sec. 3): in_proj / out_proj / MLP / attention projections 6 x matmul parameters, the
+    causal attention core, an SSD term 7 d N (ours: the chunked scan's 4 d N + 2 d Q + 2 G N Q) and the LM head."""
+    shapes = ModelShapes.of(load_model("nemotron-h-56b"))
+    L = LayoutArrays.from_layouts([Layout(tp=8, dp=1, mbs=1, gbs=1, seq=SEQ, sp=True)])
+    per_token = model_flops_per_step(shapes, L)[0] / SEQ
+    assert per_token == pytest.approx(340.2e9, rel=0.01)
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(tp=16, dp=1), "mamba_groups(8) % tp(16)"),
+    (dict(cp=2, dp=4), "Mamba context parallelism is not priced"),
+    (dict(pp=2, vpp=2, dp=4, schedule="interleaved-1f1b"), "no interleaved pipeline"),
+    (dict(recompute="selective", recompute_modules="core_attn"), "name transformer sub-modules"),
+])
+def test_what_megatron_cores_mamba_stack_cannot_run(change, says):
+    model = load_model("nemotron-h-56b")
+    layout = Layout(**{**dict(tp=8, dp=2, mbs=1, gbs=16, seq=SEQ, sp=True), **change})
+    problems = [p for p in layout_problems(model, layout, 16) if p.code == RuleCode.HYBRID]
+    assert len(problems) == 1 and says in problems[0].message
+
+
+def test_only_megatron_core_trains_hybrids(run_cli):
+    code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--gbs", "96", "--seq",
+                             "8192", "--stack", "torchtitan")
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        "error: --stack torchtitan has no Mamba blocks for hybrid nemotron-h-56b; use --stack megatron-core"]
+    est = estimate(load_model("nemotron-h-56b"), load_cluster("dgx-h100:4"),
+                   Layout(tp=8, dp=4, mbs=1, gbs=96, seq=SEQ, sp=True), stack=get_stack("torchtitan"))
+    assert any(r.code == RuleCode.STACK and "no Mamba blocks" in r.message for r in est.reasons)
+
+
+def test_plan_searches_a_hybrid_within_its_rules(run_cli):
+    import json
+
+    code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--gbs", "96", "--seq",
+                             "8192", "--top", "3", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["plans"]
+    for p in doc["plans"]:
+        lay = p["layout"]
+        assert lay["cp"] == 1 and lay["vpp"] == 1 and 8 % lay["tp"] == 0
+        assert p["memory"]["peak_gib"] * GIB <= load_cluster("dgx-h100:4").min_memory_bytes
+    assert doc["search"]["rejected"][RuleCode.HYBRID.value] > 0
