@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from clusterplan.errors import BadInputError
+from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.frameworks import deepspeed, megatron, torchtitan, torchtitan_py
 from clusterplan.frameworks.common import Export, Stages
 from clusterplan.frameworks.deepspeed import export_deepspeed
@@ -39,14 +39,24 @@ RUNS_AS: dict[str, Callable[[ModelSpec, Layout], Layout]] = {
 def runs_as(target: str, model: ModelSpec, layout: Layout) -> Layout:
     if target not in RUNS_AS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(RUNS_AS)}")
+    require_mamba_blocks(target, model)
     return RUNS_AS[target](model, layout)
+
+
+def require_mamba_blocks(target: str, model: ModelSpec) -> None:
+    """A hybrid Mamba-2 / attention stack runs on Megatron-LM's pretrain_mamba.py only (stacks.yaml mamba_blocks:
+    torchtitan and DeepSpeed build no Mamba blocks)."""
+    if model.is_hybrid and target != "megatron":
+        raise InfeasibleError(f"--to {target}: {target} has no Mamba blocks for hybrid {model.name}; export --to "
+                              "megatron (pretrain_mamba.py)")
 
 
 def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
     """`target`'s launch config of the plan; `stages` (a mixed-GPU plan's) adds the per-stage layers and GPU types."""
     if target not in EXPORTERS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
-    require_priced(model)  # a launch config carries the plan's prices: none for a hybrid Mamba model yet
+    require_priced(model)  # a launch config carries the plan's prices
+    require_mamba_blocks(target, model)
     return EXPORTERS[target](model, cluster, layout, stages)
 
 

@@ -1,4 +1,5 @@
-"""Megatron-LM launch scripts (`--to megatron`): bash arrays of `pretrain_gpt.py` arguments, as its examples group them.
+"""Megatron-LM launch scripts (`--to megatron`): bash arrays of `pretrain_gpt.py` arguments (`pretrain_mamba.py` for a
+hybrid Mamba-2 / attention stack), as its examples group them.
 
 Flag names from `megatron/training/arguments.py` (research/style-and-ecosystem.md B.2, and the Megatron-FSDP
 README for ZeRO-2/3). Megatron derives dp = world / (tp * pp * cp) itself, so dp is never passed.
@@ -109,7 +110,35 @@ def model_args(model: ModelSpec, layout: Layout) -> Args:
         args.append("--qk-layernorm")
     if not m.dropout:
         args += ["--attention-dropout", "0", "--hidden-dropout", "0"]
-    return args + window_args(m) + mla_args(m) + moe_args(m, layout)
+    return args + window_args(m) + mla_args(m) + moe_args(m, layout) + hybrid_args(m)
+
+
+MAMBA_SPEC = ("megatron.core.models.mamba.mamba_layer_specs", "mamba_stack_spec")
+"""--spec of a hybrid run: Megatron-Core's MambaStack layer spec (Megatron-LM examples/mamba, pretrain_mamba.py)."""
+MAMBA_CHUNK = 128
+MAMBA_CONV_KERNEL = 4
+"""MambaMixer's chunk_size and d_conv defaults (megatron/core/ssm/mamba_mixer.py), which no flag changes."""
+
+
+def hybrid_args(m: ModelSpec) -> Args:
+    """A hybrid Mamba-2 / attention stack as pretrain_mamba.py builds it (Megatron-LM arguments.py: --is-hybrid-model,
+    --hybrid-override-pattern, --mamba-num-heads / --mamba-head-dim / --mamba-state-dim / --mamba-num-groups, the
+    TransformerConfig fields of the same names; --spec the MambaStack spec). A pattern that starts with "-" is
+    written --flag=value so that argparse does not read it as an option."""
+    if not m.is_hybrid:
+        return []
+    pattern = (f"--hybrid-override-pattern={m.hybrid_pattern}",) if m.hybrid_pattern.startswith("-") else \
+        ("--hybrid-override-pattern", m.hybrid_pattern)
+    args = ["--is-hybrid-model", *pattern]
+    if m.mamba_heads:
+        args += ["--mamba-num-heads", str(m.mamba_heads), "--mamba-head-dim", str(m.mamba_head_dim),
+                 "--mamba-state-dim", str(m.mamba_state_dim), "--mamba-num-groups", str(m.mamba_groups)]
+    return args + ["--spec", *MAMBA_SPEC]
+
+
+def entry_point(model: ModelSpec) -> str:
+    """The Megatron-LM training script: pretrain_mamba.py for a hybrid stack, pretrain_gpt.py otherwise."""
+    return "pretrain_mamba.py" if model.is_hybrid else "pretrain_gpt.py"
 
 
 def activation_args(m: ModelSpec) -> Args:
@@ -414,6 +443,10 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"the all-to-all overlap runs with CUDA_DEVICE_MAX_CONNECTIONS={A2A_OVERLAP_CONNECTIONS}; on "
                         "Hopper tp/cp > 1 want 1 for their own overlap (Megatron-LM arguments.py warns that the two do "
                         "not combine well): expect some of the TP/CP communication exposed"))
+    if model.is_hybrid and (model.mamba_chunk, model.mamba_conv_kernel) != (MAMBA_CHUNK, MAMBA_CONV_KERNEL):
+        out.append(Note(f"{model.name}'s Mamba mixer has chunk {model.mamba_chunk} and conv kernel "
+                        f"{model.mamba_conv_kernel}; MambaMixer builds {MAMBA_CHUNK} and {MAMBA_CONV_KERNEL} (no "
+                        "pretrain_mamba.py flag): set chunk_size / d_conv in the Mamba layer spec"))
     if L.cuda_graphs != "none":
         dropless = model.is_moe and L.moe_capacity_factor is None
         scope = {"full": "--cuda-graph-impl local --cuda-graph-scope full_iteration" + (
@@ -443,7 +476,8 @@ def _array(name: str, args: Args) -> list[str]:
 
 
 def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
-    """A bash script that runs `pretrain_gpt.py` with the plan on mock data; run it on every node. A mixed-GPU plan
+    """A bash script that runs `pretrain_gpt.py` (a hybrid Mamba stack: `pretrain_mamba.py`) with the plan on mock
+    data; run it on every node. A mixed-GPU plan
     (`stages`) carries its per-rank layers and says which node ranks start on which GPU type."""
     check_exportable(model, cluster, layout, stages)
     layout = with_stage_ends(layout, stages)
@@ -467,6 +501,7 @@ def export_megatron(model: ModelSpec, cluster: Cluster, layout: Layout, stages: 
     lines += _array("TRAINING_ARGS", training_args(layout, attention_backend(model, layout))
                     + ["--train-iters", "100", "--lr", "3e-4", "--lr-decay-style", "cosine"])
     lines += _array("DATA_ARGS", ["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(model.vocab)])
-    lines.append('torchrun "${DISTRIBUTED_ARGS[@]}" pretrain_gpt.py "${MODEL_ARGS[@]}" "${MODEL_PARALLEL_ARGS[@]}" \\')
+    lines.append(f'torchrun "${{DISTRIBUTED_ARGS[@]}}" {entry_point(model)} "${{MODEL_ARGS[@]}}" '
+                 '"${MODEL_PARALLEL_ARGS[@]}" \\')
     lines.append('    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}"')
     return Export(text="\n".join(lines) + "\n", filename=filename, launch=launch, noted=tuple(found))

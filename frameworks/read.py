@@ -507,7 +507,9 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--decoder-last-pipeline-num-layers": "last_stage_layers",
                 "--num-distributed-optimizer-instances": "dp_replicate", "--recompute-num-layers": "recompute_num",
                 "--num-layers": "n_layers", "--hidden-size": "hidden", "--num-attention-heads": "n_heads",
-                "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts"}
+                "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts",
+                "--mamba-num-heads": "mamba_heads", "--mamba-head-dim": "mamba_head_dim",
+                "--mamba-state-dim": "mamba_state_dim", "--mamba-num-groups": "mamba_groups"}
 MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
@@ -518,7 +520,8 @@ MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "r
                 "--exp-avg-sq-dtype": "exp_avg_sq_dtype", "--main-grads-dtype": "main_grads_dtype",
                 "--main-params-dtype": "main_params_dtype", "--window-size": "window_size",
                 "--rotary-percent": "rotary_percent", "--softmax-type": "softmax_type",
-                "--window-attn-skip-freq": "window_skip", "--fp4-format": "fp4", "--fp4-recipe": "fp4_recipe"}
+                "--window-attn-skip-freq": "window_skip", "--fp4-format": "fp4", "--fp4-recipe": "fp4_recipe",
+                "--hybrid-override-pattern": "hybrid_pattern"}
 MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "distopt",
                   "--recompute-activations": "recompute_activations",  # means selective
                   "--use-megatron-fsdp": "megatron_fsdp", "--use-torch-fsdp2": "torch_fsdp2", "--bf16": "bf16",
@@ -530,7 +533,8 @@ MEGATRON_FLAGS = {"--sequence-parallel": "sp", "--use-distributed-optimizer": "d
                   "--use-precision-aware-optimizer": "precision_aware", "--swiglu": "swiglu",
                   "--squared-relu": "squared_relu", "--quick-geglu": "quick_geglu",
                   "--delay-wgrad-compute": "delay_wgrad", "--apply-layernorm-1p": "layernorm_1p",
-                  "--fp4-param-gather": "fp4_param_gather", "--first-last-layers-bf16": "first_last_bf16"}
+                  "--fp4-param-gather": "fp4_param_gather", "--first-last-layers-bf16": "first_last_bf16",
+                  "--is-hybrid-model": "hybrid"}
 MEGATRON_LISTS = {"--recompute-modules": "recompute_modules",
                   "--hierarchical-context-parallel-sizes": "hierarchical_cp_sizes"}
 """Flags that take every following word up to the next flag (argparse nargs='*')."""
@@ -610,8 +614,18 @@ def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
                 "n_experts": ("--num-experts", model.n_experts)}
     if v.get("gqa") and not model.is_mla:
         expected["kv_heads"] = ("--num-query-groups", model.kv_heads)
-    return [f"{flag} {v[key]} but {model.name} has {want}; check --model"
-            for key, (flag, want) in expected.items() if key in v and v[key] != want]
+    # a hybrid Mamba stack (pretrain_mamba.py): its block pattern and Mamba-2 sizes
+    expected.update({"hybrid_pattern": ("--hybrid-override-pattern", model.hybrid_pattern or "none"),
+                     "mamba_heads": ("--mamba-num-heads", model.mamba_heads),
+                     "mamba_head_dim": ("--mamba-head-dim", model.mamba_head_dim),
+                     "mamba_state_dim": ("--mamba-state-dim", model.mamba_state_dim),
+                     "mamba_groups": ("--mamba-num-groups", model.mamba_groups)})
+    found = [f"{flag} {v[key]} but {model.name} has {want}; check --model"
+             for key, (flag, want) in expected.items() if key in v and v[key] != want]
+    if model.is_hybrid and "hybrid_pattern" not in v:
+        found.append(f"no --hybrid-override-pattern but {model.name} is a hybrid Mamba stack "
+                     f"({model.hybrid_pattern}); check --model")
+    return found
 
 
 def _megatron_model_notes(v: Mapping[str, Any], model: ModelSpec) -> list[str]:

@@ -216,6 +216,47 @@ def test_megatron_script_is_valid_bash(tmp_path, name):
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
 
+# ---- hybrid Mamba stacks: Megatron-LM pretrain_mamba.py -----------------------------------------------------------
+HYBRID_PLAN = ("nemotron-h-56b", "dgx-h100:4", {"tp": 8, "dp": 4, "mbs": 1, "gbs": 96, "seq": 8192, "sp": True,
+                                                "precision": "fp8", "fp8_params": True, "recompute": "none", "zero": 1})
+
+
+def test_hybrid_exports_as_pretrain_mamba_and_matches_golden(run_cli, tmp_path):
+    """Nemotron-H 56B as NVIDIA's DGXC recipe lays it out (tp 8, fp8): pretrain_mamba.py with the MambaStack spec,
+    the block pattern and the Mamba-2 sizes as Megatron-LM's arguments.py names them; byte-identical to the golden
+    file, and `check` reads the script back as the plan."""
+    model, cluster, layout = HYBRID_PLAN
+    path = tmp_path / "nemotronh.yaml"
+    write_plan(path, model_ref=model, cluster_ref=cluster, layout=Layout.from_dict(layout))
+    code, out, err = run_cli("export", str(path), "--to", "megatron")
+    assert code == 0, err
+    golden = GOLDEN / "nemotronh56b_tp8.sh"
+    if REGEN:
+        golden.write_text(out, encoding="utf-8")
+    assert out == golden.read_text(encoding="utf-8"), f"regenerate with CLUSTERPLAN_REGEN_GOLDEN=1 if intended: {golden}"
+    f = _megatron_flags(out)
+    m = load_model(model)
+    assert "--is-hybrid-model" in f and f["--hybrid-override-pattern"] == m.hybrid_pattern
+    assert (f["--mamba-num-heads"], f["--mamba-head-dim"], f["--mamba-state-dim"], f["--mamba-num-groups"]) == (
+        "256", "64", "256", "8")
+    assert "--spec megatron.core.models.mamba.mamba_layer_specs mamba_stack_spec" in out
+    assert "pretrain_mamba.py" in out and "pretrain_gpt.py" not in out
+    assert "--squared-relu" in f and f["--position-embedding-type"] == "none"
+    script = tmp_path / "run.sh"
+    script.write_text(out, encoding="utf-8")
+    code, out, err = run_cli("check", str(script), "--model", model, "--cluster", cluster)
+    assert code == 0 and out.startswith("ok:"), err
+    code, out, err = run_cli("check", str(script), "--model", "nemotron-h-8b", "--cluster", cluster)
+    assert code != 0 and "--mamba-num-heads 256 but nemotron-h-8b has 128" in out + err
+
+
+def test_a_pattern_starting_with_an_mlp_block_is_one_argparse_word():
+    from clusterplan.frameworks.megatron import hybrid_args
+
+    m = load_model("nemotron-h-8b").scaled(name="mlp-first", n_layers=3, hybrid_pattern="-M*")
+    assert hybrid_args(m)[:2] == ["--is-hybrid-model", "--hybrid-override-pattern=-M*"]
+
+
 # ---- DeepSpeed --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mixtral_ep8"])
 def test_deepspeed_config_batches_and_zero(tmp_path, name):

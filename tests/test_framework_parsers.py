@@ -332,3 +332,25 @@ def test_megatron_core_builds_each_activation_and_window_pattern(tmp_path):
     """, tmp_path)
     assert result["errors"] == []
     assert result["done"] == len(models)
+
+
+@pytest.mark.skipif(not _installed("megatron.core"), reason="needs megatron-core")
+def test_megatron_core_allocates_each_hybrid_scripts_layers_as_its_pattern(tmp_path):
+    """A hybrid's pretrain_mamba.py script: Megatron-Core's own allocator (ssm/mamba_hybrid_layer_allocation.py
+    allocate_layers, which MambaStack calls with --num-layers and --hybrid-override-pattern) accepts the pattern and
+    returns one layer per character, the blocks the plan priced."""
+    cases = [c for c in _exported("megatron") if load_model(c[0]).is_hybrid]
+    assert len(cases) >= 2
+    jobs = [{"flags": _flag_values(text), "pattern": load_model(m).hybrid_pattern} for m, _, _, text in cases]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    result = _run("""
+        import json
+        from megatron.core.ssm.mamba_hybrid_layer_allocation import allocate_layers
+        out = []
+        for job in json.load(open("jobs.json")):
+            f = job["flags"]
+            layers = allocate_layers(int(f["--num-layers"]), 0.0, 0.0, f["--hybrid-override-pattern"])
+            out.append("".join(layers) == job["pattern"])
+        print(json.dumps({"same": out}))
+    """, tmp_path)
+    assert result["same"] == [True] * len(cases)
