@@ -136,7 +136,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
         result = rerank_on_links(result, calibration)
     data = result.to_json()
     for p in data["plans"]:
-        attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path)
+        attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path, hybrid=model.is_hybrid)
     data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
     if timing:
         data["search"]["seconds"] = round(result.seconds, 4)

@@ -3,7 +3,8 @@
 Method (README "How sure is a prediction?"):
 - Residual of a reference row: r = ln(predicted time / measured time) (throughput rows: ln(published tokens/s /
   predicted tokens/s)). Rows: Narayanan et al. 2021 Table 1, Korthikanti et al. 2022 Table 5, NeMo 25.11 /
-  Megatron-Bridge (H100, B200, GB200; the expressible rows of reference/bridge.py).
+  Megatron-Bridge (H100, B200, GB200; the expressible rows of reference/bridge.py); for hybrid Mamba stacks, the
+  dgxc Nemotron-H 56B rows (reference/dgxc.py), the only published hybrid runs.
 - Regime of a row or a prediction: GPU generation, dense or MoE, precision (16-bit or fp8), sequence band and
   scale band. A prediction uses the residuals of the rows that share the most of its regime, relaxing the
   attributes in the order scale, sequence, precision, generation, dense/MoE until at least MIN_ROWS rows match.
@@ -58,12 +59,15 @@ def scale_band(gpus: int) -> str:
     return "node" if gpus <= 8 else "pod" if gpus <= 256 else "large"
 
 
-def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int, fp8_recipe: str = "") -> dict[str, str]:
+def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int, fp8_recipe: str = "",
+           hybrid: bool = False) -> dict[str, str]:
     """A row's or prediction's regime; an NVFP4 one is its own precision, "fp4", which no residual row has yet (the
-    NVFP4 rows are held out), so its interval relaxes precision and draws on every precision of its generation."""
+    NVFP4 rows are held out), so its interval relaxes precision and draws on every precision of its generation. A
+    hybrid Mamba stack is its own model kind ("hybrid" in the moe key): its interval draws on the hybrid rows."""
     label = "fp4" if fp8_recipe == "nvfp4" else "fp8" if precision.startswith("fp8") else "16-bit"
-    return {"generation": generation(gpu_name), "moe": "moe" if moe else "dense", "precision": label,
-            "seq": seq_band(seq), "scale": scale_band(gpus)}
+    kind = "hybrid" if hybrid else "moe" if moe else "dense"
+    return {"generation": generation(gpu_name), "moe": kind, "precision": label, "seq": seq_band(seq),
+            "scale": scale_band(gpus)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,20 +159,22 @@ def calibration_interval(path: str) -> Interval | None:
                     source=f"calibration {path}: largest RMS log error of its fits {rms:.3g} over {n} points")
 
 
-def regime_of(plan: dict[str, Any], gpu_name: str, moe: bool) -> dict[str, str]:
+def regime_of(plan: dict[str, Any], gpu_name: str, moe: bool, hybrid: bool = False) -> dict[str, str]:
     lay = plan["layout"]
     gpus = lay["tp"] * lay["pp"] * lay["dp"] * lay["cp"]
-    return regime(gpu_name, moe, lay["precision"], lay["seq"], gpus, lay.get("fp8_recipe", ""))
+    return regime(gpu_name, moe, lay["precision"], lay["seq"], gpus, lay.get("fp8_recipe", ""), hybrid)
 
 
-def attach(plan: dict[str, Any], gpu_name: str, moe: bool, calibration_path: str | None = None) -> None:
-    """Add `step_time_interval` (and interval bounds of days and $ to train) to one plan's or estimate's JSON."""
+def attach(plan: dict[str, Any], gpu_name: str, moe: bool, calibration_path: str | None = None,
+           hybrid: bool = False) -> None:
+    """Add `step_time_interval` (and interval bounds of days and $ to train) to one plan's or estimate's JSON;
+    `hybrid`: the model is a hybrid Mamba stack (ModelSpec.is_hybrid)."""
     if "step_time_s" not in plan:
         return
     iv = calibration_interval(calibration_path) if calibration_path else None
-    iv = iv or interval_for(regime_of(plan, gpu_name, moe))
+    iv = iv or interval_for(regime_of(plan, gpu_name, moe, hybrid))
     out = iv.to_json(plan["step_time_s"])
-    out["regime"] = regime_of(plan, gpu_name, moe)
+    out["regime"] = regime_of(plan, gpu_name, moe, hybrid)
     plan["step_time_interval"] = out
     t = plan.get("time_to_train")
     if t and t.get("days") is not None:
@@ -195,6 +201,7 @@ def ties(plans: list[dict[str, Any]]) -> list[int]:
 def compute_rows() -> list[dict[str, Any]]:
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.reference.bridge import bridge_rows
+    from clusterplan.reference.dgxc import dgxc_model, dgxc_rows
     from clusterplan.reference.report import korthikanti_times, read_rows, table1
 
     rows = []
@@ -214,6 +221,12 @@ def compute_rows() -> list[dict[str, Any]]:
         rows.append({"set": "megatron-bridge-2511", "label": f"{b.label} {b.gpus} GPUs",
                      "residual": math.log(b.published_tokens_per_s / b.predicted_tokens_per_s),
                      "regime": regime(gpu, load_model(b.preset).is_moe, b.layout.precision, b.layout.seq, b.gpus)})
+    # The only published hybrid Mamba runs (dgxc Nemotron-H 56B): the residuals of hybrid predictions' intervals.
+    for d in dgxc_rows():
+        if d.expressible and dgxc_model(d.model).is_hybrid:
+            rows.append({"set": "dgxc-hybrid", "label": f"dgxc {d.label}",
+                         "residual": math.log(d.published_tokens_per_s / d.predicted_tokens_per_s),
+                         "regime": regime(d.system, False, d.layout.precision, d.layout.seq, d.gpus, hybrid=True)})
     for row in rows:
         row["residual"] = _r(row["residual"])
     return rows
