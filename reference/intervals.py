@@ -63,9 +63,10 @@ def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int, fp8_re
            hybrid: bool = False) -> dict[str, str]:
     """A row's or prediction's regime; an NVFP4 one is its own precision, "fp4", which no residual row has yet (the
     NVFP4 rows are held out), so its interval relaxes precision and draws on every precision of its generation. A
-    hybrid Mamba stack is its own model kind ("hybrid" in the moe key): its interval draws on the hybrid rows."""
+    dense hybrid Mamba stack is its own model kind ("hybrid" in the moe key): its interval draws on the hybrid rows;
+    one with MoE blocks on the MoE rows."""
     label = "fp4" if fp8_recipe == "nvfp4" else "fp8" if precision.startswith("fp8") else "16-bit"
-    kind = "hybrid" if hybrid else "moe" if moe else "dense"
+    kind = "moe" if moe else "hybrid" if hybrid else "dense"  # a hybrid with MoE blocks draws on the MoE rows
     return {"generation": generation(gpu_name), "moe": kind, "precision": label, "seq": seq_band(seq),
             "scale": scale_band(gpus)}
 

@@ -199,42 +199,35 @@ def test_existing_presets_serialise_as_before_and_hybrids_round_trip():
 
 SERVING_REFUSAL = ("model nemotron-h-56b: hybrid Mamba layers (pattern M/*/-: 54/10/54 blocks) are not priced yet "
                    "by the serving cost models; `clusterplan models show` gives its sizes")
-MOE_REFUSAL = ("model nemotron-3-nano-30b-a3b: hybrid Mamba layers (pattern M/*/E: 23/6/23 blocks) are not priced yet "
-               "by the training cost models (MoE blocks in a hybrid pattern); `clusterplan models show` gives its "
-               "sizes")
 EXPORT_REFUSAL = ("--to torchtitan: torchtitan has no Mamba blocks for hybrid nemotron-h-56b; export --to megatron "
                   "(pretrain_mamba.py)")
 
 
-def test_training_prices_dense_hybrids_and_refuses_moe_ones_serving_refuses_both():
+def test_training_prices_hybrids_serving_refuses_them():
     from clusterplan.hardware_db import get_gpu
     from clusterplan.models.serving.model import ServingInstance
 
     m = load_model("nemotron-h-56b")
     assert [(round(share * 118), b.block) for share, b in ModelShapes.of(m).blocks] == [
         (54, "mamba"), (10, "attention"), (54, "mlp")]
-    with pytest.raises(BadInputError) as info:
-        ModelShapes.of(load_model("nemotron-3-nano-30b-a3b"))
-    assert str(info.value) == MOE_REFUSAL
+    nano = ModelShapes.of(load_model("nemotron-3-nano-30b-a3b"))
+    assert [(round(share * 52), b.block, b.n_moe_layers) for share, b in nano.blocks] == [
+        (23, "mamba", 0), (6, "attention", 0), (23, "moe", 52)] and nano.n_moe_layers == 23
     with pytest.raises(BadInputError) as info:
         ServingInstance(model=m, gpu=get_gpu("H100"), tp=8)
     assert str(info.value) == SERVING_REFUSAL
 
 
-@pytest.mark.parametrize("args, refusal", [
-    (("estimate", "--model", "nemotron-3-nano-30b-a3b", "--cluster", "dgx-h100:2", "--layout",
-      "tp=1,ep=8,mbs=1,gbs=64,seq=8192"), MOE_REFUSAL),
-    (("plan", "--model", "nemotron-3-nano-30b-a3b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq", "8192"),
-     MOE_REFUSAL),
-    (("serve-plan", "--model", "nemotron-h-56b", "--rate", "2", "--input-len", "1024", "--output-len", "256",
-      "--ttft-ms", "2000", "--tpot-ms", "100"), SERVING_REFUSAL),
-    (("serve-estimate", "--model", "nemotron-h-56b", "--gpu", "H100", "--tp", "8", "--concurrency", "8",
-      "--input-len", "1000", "--output-len", "100"), SERVING_REFUSAL),
+@pytest.mark.parametrize("args", [
+    ("serve-plan", "--model", "nemotron-h-56b", "--rate", "2", "--input-len", "1024", "--output-len", "256",
+     "--ttft-ms", "2000", "--tpot-ms", "100"),
+    ("serve-estimate", "--model", "nemotron-h-56b", "--gpu", "H100", "--tp", "8", "--concurrency", "8",
+     "--input-len", "1000", "--output-len", "100"),
 ])
-def test_cli_refusals_exit_2_with_one_line(run_cli, args, refusal):
+def test_serving_refuses_a_hybrid_in_one_line(run_cli, args):
     code, out, err = run_cli(*args)
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == [f"error: {refusal}"]
+    assert err.strip().splitlines() == [f"error: {SERVING_REFUSAL}"]
 
 
 def test_models_list_and_show_give_the_blocks(run_cli):
@@ -275,21 +268,14 @@ def test_no_position_embedding_exports_as_none():
     assert args[at + 1] == "none" and "--rotary-base" not in args
 
 
-def test_check_and_export_refuse_before_their_rules(run_cli, tmp_path):
-    # A plan file or a Megatron-LM args file naming a hybrid with MoE blocks: the one line, not layout rules priced
-    # as a transformer nor a framework's notes first; a dense hybrid exports to Megatron-LM only.
+def test_export_refuses_a_hybrid_where_the_framework_has_no_mamba_blocks(run_cli, tmp_path):
+    # A plan file naming a hybrid: Megatron-LM exports it (pretrain_mamba.py); torchtitan and DeepSpeed refuse in
+    # one line, before any framework note.
     text = (Path(__file__).parent / "fixtures" / "check" / "good_plan.yaml").read_text()
-    plans = {}
-    for name in ("nemotron-3-nano-30b-a3b", "nemotron-h-56b"):
-        plans[name] = tmp_path / f"{name}.yaml"
-        plans[name].write_text("\n".join(f"model: {name}" if line.startswith("model:") else line
-                                         for line in text.splitlines()) + "\n")
-    megatron = Path(__file__).parent / "fixtures" / "check" / "good_megatron.txt"
-    for args, refusal in ((("check", str(plans["nemotron-3-nano-30b-a3b"])), MOE_REFUSAL),
-                          (("check", str(megatron), "--model", "nemotron-3-nano-30b-a3b", "--cluster",
-                            "dgx-h100:1"), MOE_REFUSAL),
-                          (("export", str(plans["nemotron-h-56b"]), "--to", "torchtitan"), EXPORT_REFUSAL),
-                          (("export", str(plans["nemotron-h-56b"]), "--to", "deepspeed"),
-                           EXPORT_REFUSAL.replace("torchtitan", "deepspeed"))):
-        code, out, err = run_cli(*args)
-        assert (code, out, err.strip().splitlines()) == (2, "", [f"error: {refusal}"]), args
+    plan = tmp_path / "nemotron-h-56b.yaml"
+    plan.write_text("\n".join("model: nemotron-h-56b" if line.startswith("model:") else line
+                              for line in text.splitlines()) + "\n")
+    for target in ("torchtitan", "deepspeed"):
+        code, out, err = run_cli("export", str(plan), "--to", target)
+        assert (code, out, err.strip().splitlines()) == (
+            2, "", [f"error: {EXPORT_REFUSAL.replace('torchtitan', target)}"]), target

@@ -11,28 +11,27 @@ from typing import Literal
 from clusterplan.errors import BadInputError
 from clusterplan.models.architecture.spec import ModelSpec
 
-BlockKind = Literal["layer", "attention", "mlp", "mamba"]
+BlockKind = Literal["layer", "attention", "mlp", "mamba", "moe"]
 """What one layer of a ModelShapes is: a transformer layer (attention + MLP, or attention + MoE), or one block of a
-hybrid pattern (ModelSpec.hybrid_pattern `*`, `-`, `M`), each a residual block with its own pre-norm."""
-HYBRID_BLOCK_KINDS: dict[str, BlockKind] = {"M": "mamba", "*": "attention", "-": "mlp"}
-"""The hybrid pattern's symbols the training cost models price (E, an MoE block, is not yet)."""
+hybrid pattern (ModelSpec.hybrid_pattern `*`, `-`, `M`, `E`), each a residual block with its own pre-norm."""
+HYBRID_BLOCK_KINDS: dict[str, BlockKind] = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+"""The hybrid pattern's symbols (Megatron-Core ssm/mamba_hybrid_layer_allocation.py Symbols) -> BlockKind."""
 MAMBA_TENSORS = 9
 """Parameter tensors of one Mamba block: in_proj with its fused norm weight (2), conv1d weight and bias, dt_bias,
 A_log, D, the gated norm's weight, out_proj (Megatron-Core ssm/mamba_mixer.py)."""
 
 
 def require_priced(m: ModelSpec, serving: bool = False) -> None:
-    """Refuse, in one line, a model whose blocks the cost models cannot price yet: a hybrid pattern with MoE (E)
-    blocks in training, and any hybrid Mamba-2 / attention stack in serving (its KV cache and Mamba state). The
-    training models (via ModelShapes.of), the serving models (via ServingInstance, `serving`), `check`
-    (solver.check.check_config, before its layout rules) and `export` (frameworks.export_plan, before a framework's
-    notes) call it, so each stops here instead of pricing a block as something it is not."""
-    if m.is_hybrid and (serving or "E" in m.block_counts):
+    """Refuse, in one line, a model whose blocks the cost models cannot price yet: any hybrid Mamba-2 / attention
+    stack in serving (its KV cache and Mamba state). The serving models (via ServingInstance, `serving`), the
+    training models (via ModelShapes.of), `check` (solver.check.check_config, before its layout rules) and `export`
+    (frameworks.export_plan, before a framework's notes) call it, so each stops here instead of pricing a block as
+    something it is not."""
+    if m.is_hybrid and serving:
         counts = m.block_counts
-        what = "serving cost models" if serving else "training cost models (MoE blocks in a hybrid pattern)"
         raise BadInputError(
             f"model {m.name}: hybrid Mamba layers (pattern {'/'.join(counts)}: "
-            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the {what}; "
+            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the serving cost models; "
             "`clusterplan models show` gives its sizes")
 
 
@@ -190,6 +189,7 @@ def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
     TP-sharded with the heads (Megatron-Core MambaMixer) and counted with the block's parameters, not its GEMMs."""
     counts, n, norm = m.block_counts, m.n_layers, m.norm_params()
     no_attention = dict(attn_params=0, q_dim=0, kv_dim=0, v_dim=0, rope=False, qk_norm=False)
+    layer = replace(layer, n_moe_layers=0)  # only the E blocks are MoE (their kind sets it back)
     in_out = m.hidden * (2 * m.mamba_inner + 2 * m.mamba_groups * m.mamba_state_dim + m.mamba_heads) + m.mamba_inner * m.hidden
     # Parameter tensors per block (_tensors_per_layer's, split): the norm's, then the block's matrices and biases.
     norm_tensors = 2 if m.norm == "layernorm" else 1
@@ -205,12 +205,19 @@ def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
                          norm_params=norm, tensors_per_layer=MAMBA_TENSORS, mamba_inner=m.mamba_inner,
                          mamba_heads=m.mamba_heads, mamba_groups=m.mamba_groups, mamba_state=m.mamba_state_dim,
                          mamba_chunk=m.mamba_chunk, activation_clamp=0.0, **no_attention),
+        # an MoE block: router, routed and shared experts, all of its layers MoE (moe_fraction 1)
+        "moe": replace(layer, block="moe", n_moe_layers=n, norm_params=norm,
+                       tensors_per_layer=norm_tensors + 1 + (matrices if m.shared_ffn else 0), **no_attention),
     }
     blocks = tuple((counts[c] / n, kinds[kind]) for c, kind in HYBRID_BLOCK_KINDS.items() if c in counts)
     share = {kind: counts.get(c, 0) / n for c, kind in HYBRID_BLOCK_KINDS.items()}
     mamba_rest = m.mamba_params() - norm - in_out if "M" in counts else 0
-    return replace(layer, blocks=blocks, attn_params=share["attention"] * layer.attn_params,
-                   dense_mlp_params=share["mlp"] * layer.dense_mlp_params + share["mamba"] * (in_out + mamba_rest),
+    # The parameter terms read (1 - moe_fraction) x dense_mlp_params + moe_fraction x the MoE block's dense part
+    # (memory.stage_params): the MLP and Mamba blocks' parameters go in over the non-MoE share.
+    non_moe = 1.0 - share["moe"]
+    dense = share["mlp"] * layer.dense_mlp_params + share["mamba"] * (in_out + mamba_rest)
+    return replace(layer, blocks=blocks, n_moe_layers=m.n_moe_layers, attn_params=share["attention"] * layer.attn_params,
+                   dense_mlp_params=dense / non_moe if non_moe else 0.0,
                    norm_params=norm, tensors_per_layer=sum(s * b.tensors_per_layer for s, b in blocks))
 
 

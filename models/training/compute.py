@@ -545,11 +545,12 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     experts_f = experts_b = 0.0
     pad = 0.0
     bias_f = bias_b = 0.0
-    if moe:  # the routed experts' part (layer_linears [2:4]) kept apart: the host issues it per expert (host.py)
-        rest = linears[:2] + linears[4:]
-        ef, eb, ew = linear_times(linears[2:4], hw, fp8, overlap, fhw)
+    if moe:  # the routed experts' part (the streamed linears) kept apart: the host issues it per expert (host.py)
+        experts = [g for g in linears if g.streamed]
+        rest = [g for g in linears if not g.streamed]
+        ef, eb, ew = linear_times(experts, hw, fp8, overlap, fhw)
         rf, rb, rw = linear_times(rest, hw, fp8, overlap, fhw)
-        ecf, ecb = fp8_cast_times(linears[2:4], L, hw, fp8_recipe, fp8_weight_copy)
+        ecf, ecb = fp8_cast_times(experts, L, hw, fp8_recipe, fp8_weight_copy)
         rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
         t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
         # fp8: the experts' padding / unpadding copies, the same bytes each way (moe_layer.fp8_padding_bytes).
@@ -652,8 +653,8 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     recompute_modules; bit i of L.recompute_modules is layout.RECOMPUTE_MODULES[i]), per layer and micro-batch:
     core_attn the attention core; moe_act the expert activation; layernorm the two norms; mla_up_proj MLA's q/kv
     up-projection GEMMs; mlp a dense layer's MLP; moe an MoE layer's whole MoE block (router, permutes, experts,
-    shared experts); shared_experts those alone. layer_linears' order: attention [0:2], then the dense MLP [2:4] or
-    the experts [2:4] and the shared part [4:6]. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
+    shared experts); shared_experts those alone. layer_linears' order: attention [0:2] (none in a hybrid's MLP,
+    Mamba or MoE block), then the dense MLP or the experts and the shared part. `clamp_s`: the activation's eager input clamp (clamp_bytes), rerun
     with moe_act / mlp / moe; `padding_s`: an fp8 MoE layer's expert padding copies (expert_padding_s) and its eager
     expert-bias ops (moe_layer.expert_bias_bytes: outside the moe_act checkpoint, inside the moe one), rerun with
     moe."""
@@ -676,13 +677,15 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
         (bit(2), norm_bytes(shapes, L) / hw.hbm_bytes_per_s, 0.0),
         (bit(3), fwd(up), flops(up)),
     ]
+    # After the attention pair (none in a hybrid's MLP, Mamba or MoE block): the MLP, or the experts and the shared part.
+    a = 2 if shapes.has_attention else 0
     if moe:
         route_s = routing_times(shapes, L, hw)[0] + padding_s
-        terms += [(bit(5), fwd(linears[2:6]) + route_s + act_s, flops(linears[2:6])),
-                  # [4:6] is the router alone on a model without shared experts: nothing for shared_experts to rerun
-                  (bit(6) & ~bit(5) & (shapes.shared_ffn > 0), fwd(linears[4:6]), flops(linears[4:6]))]
-    else:
-        terms.append((bit(4), fwd(linears[2:4]) + act_s, flops(linears[2:4])))
+        terms += [(bit(5), fwd(linears[a:a + 4]) + route_s + act_s, flops(linears[a:a + 4])),
+                  # the router alone on a model without shared experts: nothing for shared_experts to rerun
+                  (bit(6) & ~bit(5) & (shapes.shared_ffn > 0), fwd(linears[a + 2:a + 4]), flops(linears[a + 2:a + 4]))]
+    elif shapes.block != "mamba":  # Megatron's "mlp" module is a dense MLP's, not a Mamba mixer's projections
+        terms.append((bit(4), fwd(linears[a:a + 2]) + act_s, flops(linears[a:a + 2])))
     seconds = sum((np.where(on, t, 0.0) for on, t, _ in terms), np.zeros_like(L.tp))
     executed = sum((np.where(on, f, 0.0) for on, _, f in terms), np.zeros_like(L.tp))
     return seconds, executed
@@ -911,4 +914,6 @@ def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
         one = np.ones_like(np.asarray(seq, dtype=float))
         ssd = ssd_flops(mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
                                     shapes.mamba_chunk, one), one)[0]
+    if shapes.block == "moe":  # router and shared experts, and the top_k routed experts a token runs
+        return 2 * (shapes.moe_dense_part_params + shapes.top_k * shapes.expert_params)
     return 2 * (shapes.attn_params + shapes.dense_mlp_params) + core + ssd

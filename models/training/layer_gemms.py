@@ -22,11 +22,13 @@ from clusterplan.models.training.estimate import Estimate
 from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS
 
 DENSE_MATRICES = ("attention in", "attention out", "mlp in", "mlp out")
-BLOCK_MATRICES = {"attention": DENSE_MATRICES[:2], "mlp": DENSE_MATRICES[2:], "mamba": ("in_proj", "out_proj")}
-"""A hybrid block's linears (ModelShapes.block): Megatron-Core MambaMixer's in_proj (its norm fused) and out_proj."""
 MOE_MATRICES = ("attention in", "attention out", "experts in", "experts out", "router + shared in", "shared out")
 """Names of compute.layer_linears' entries, in its order (dense layer / MoE layer; the MoE layer's dense part is
 the router with any shared experts' input projection)."""
+BLOCK_MATRICES = {"attention": DENSE_MATRICES[:2], "mlp": DENSE_MATRICES[2:], "mamba": ("in_proj", "out_proj"),
+                  "moe": MOE_MATRICES[2:]}
+"""A hybrid block's linears (ModelShapes.block): Megatron-Core MambaMixer's in_proj (its norm fused) and out_proj."""
+
 PASSES = ("forward", "dgrad", "wgrad")
 
 
@@ -119,7 +121,7 @@ def layer_gemms(est: Estimate) -> LayerGemms:
     backward_hw = hw.for_fp8_recipe(recipe) if recipe else hw
     kinds = []
     if shapes.blocks:  # a hybrid: each block kind's own linears (compute.layer_linears of its shapes)
-        kinds = [(block.block, block, False, BLOCK_MATRICES[block.block]) for _, block in shapes.blocks]
+        kinds = [(block.block, block, block.block == "moe", BLOCK_MATRICES[block.block]) for _, block in shapes.blocks]
     if not shapes.blocks and shapes.n_moe_layers < shapes.n_layers:
         kinds.append(("dense", shapes, False, DENSE_MATRICES))
     if not shapes.blocks and shapes.n_moe_layers > 0:

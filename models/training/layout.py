@@ -611,8 +611,9 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
 def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     """What a hybrid Mamba-2 / attention stack cannot run: MambaMixer asserts each tp rank gets whole heads and at
     least one group (mamba_heads % tp, mamba_groups % tp); Megatron-Core 0.16's MambaStack asserts no virtual
-    pipeline; Mamba context parallelism (ssm/mamba_context_parallel.py all-to-alls) and Megatron's recompute modules
-    (named for transformer sub-modules) are not priced here (research/hybrid-mamba.md sec. 1)."""
+    pipeline; Mamba context parallelism (ssm/mamba_context_parallel.py all-to-alls) is not priced here
+    (research/hybrid-mamba.md sec. 1). Recompute modules act inside the attention, MLP and MoE blocks, as in a
+    transformer's layers."""
     broken = []
     if model.mamba_heads and (model.mamba_heads % L.tp or model.mamba_groups % L.tp):
         broken.append(f"mamba_heads({model.mamba_heads}) and mamba_groups({model.mamba_groups}) % tp({L.tp}) != 0")
@@ -620,8 +621,6 @@ def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
         broken.append(f"cp({L.cp}) > 1: Mamba context parallelism is not priced")
     if L.vpp > 1:
         broken.append(f"vpp({L.vpp}) > 1: Megatron-Core's MambaStack runs no interleaved pipeline")
-    if L.recompute_modules:
-        broken.append(f"recompute_modules({L.recompute_modules}) name transformer sub-modules")
     return [Rule.broken(RuleCode.HYBRID, f"hybrid {model.name}: {b}") for b in broken]
 
 
