@@ -22,6 +22,7 @@ from clusterplan.models.training.layout import Layout, layout_problems, stack_pr
 from clusterplan.reference.report import (
     Column,
     PricedRow,
+    held_out_line,
     markdown_rows,
     notes_cell,
     print_rows,
@@ -43,6 +44,7 @@ MODELS = {
     "GPT_OSS_120B": "gpt-oss-120b",
     "Qwen3_30B_a3B": "qwen3-30b-a3b",
     "Qwen3_235B_a22B": "qwen3-235b-a22b",
+    "Nemotron_3_Nano": "nemotron-3-nano-30b-a3b",
 }
 """CSV model name -> our preset (Llama 3 8B/70B have the Llama 3.1 dimensions; only the RoPE scaling differs)."""
 
@@ -51,14 +53,16 @@ SYSTEMS = {
     "DGX-GB300": ("gb300-nvl72", 4),
     "DGX-GB200": ("gb200-nvl72", 4),
     "DGX-B200": ("dgx-b200", 8),
+    "DGX-B300": ("dgx-b300", 8),
     "DGX-H100": ("dgx-h100", 8),
 }
 """The GB systems are NVL72 racks counted in 4-GPU compute trays (hardware_db nodes.yaml)."""
 
-PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8", "NVFP4": "fp8"}
-FP8_RECIPES = {"FP8-CS": "tensorwise", "FP8-MX": "mxfp8", "NVFP4": "nvfp4"}
+PRECISIONS = {"BF16": "bf16", "FP8-CS": "fp8", "FP8-MX": "fp8", "NVFP4": "fp8", "FP8": "fp8", "MXFP8": "fp8"}
+FP8_RECIPES = {"FP8-CS": "tensorwise", "FP8-MX": "mxfp8", "NVFP4": "nvfp4", "FP8": "tensorwise", "MXFP8": "mxfp8"}
 """The stack's fp8 recipe per CSV precision: FP8-CS = per-tensor current scaling (tensorwise); FP8-MX = MXFP8 with
-32-element blocks on Blackwell, the DeepSeek-V3 128x128 / 1x128 blocks on H100 (blockwise; the CSV header)."""
+32-element blocks on Blackwell, the DeepSeek-V3 128x128 / 1x128 blocks on H100 (blockwise; the CSV header). FP8
+and MXFP8 are the 26.x summaries' spellings of FP8-CS and FP8-MX (research/nemotron3-nano-recipes.md)."""
 
 # Models whose recipes set account_for_embedding_in_pipeline_split and account_for_loss_in_pipeline_split: the
 # embedding and the loss each count as one layer when n_layers + 2 is split evenly over pp * vp chunks, so the first
@@ -87,7 +91,7 @@ DEEPSEEK_RECIPE_KEYS = frozenset({(4, 1), (8, 1), (4, 2), (16, 1), (8, 2), (4, 4
 # set_qwen3_30b_a3b_specific_overrides; the later qwen3_llm_pretrain.py set_qwen3_common_configs), overriding the
 # library recipe's enable_recompute=True: no recompute. DeepSeek-V3 and GPT-OSS: recompute_granularity "selective"
 # with named recompute_modules (below).
-RECOMPUTE = {"deepseek-v3": "selective", "gpt-oss-120b": "selective"}
+RECOMPUTE = {"deepseek-v3": "selective", "gpt-oss-120b": "selective", "nemotron-3-nano-30b-a3b": "selective"}
 
 # Megatron-Core recompute_modules per (system, precision) (per-row files: ROW_SOURCES). GPT-OSS-120B H100 / B200 /
 # GB200 recompute ["layernorm", "moe_act"], GB300 none (TE attention graphs instead): gpt_oss workload base configs of
@@ -105,6 +109,9 @@ RECOMPUTE_MODULES = {
     ("DGX-GB200", "DeepSeekV3", "BF16"): "mla_up_proj",
     ("DGX-GB200", "DeepSeekV3", "FP8-MX"): "mla_up_proj+mlp",
     ("DGX-B200", "DeepSeekV3", "FP8-MX"): "mla_up_proj",
+    # Nemotron 3 Nano on H100 (nemotron_3_workload_base_configs.py, research/nemotron3-nano-recipes.md); none on
+    # GB300 / GB200 / B300
+    ("DGX-H100", "Nemotron_3_Nano"): "moe+layernorm+core_attn+moe_act",
 }
 
 FP8_PARAMS_RECIPES = ("tensorwise", "delayed", "mxfp8")
@@ -151,7 +158,15 @@ CUDA_GRAPHS = {
     ("DGX-GB300", "DeepSeekV3", "BF16"): "attn", ("DGX-GB200", "DeepSeekV3", "BF16"): "attn",
     ("DGX-GB200", "DeepSeekV3", "FP8-MX"): "full",
     ("DGX-GB300", "GPT_OSS_120B"): "attn",
+    # Nemotron 3 Nano: TE graphs of attn, mamba, moe_router and moe_preprocess on GB300 / GB200 / B300; of mamba
+    # only on H100 (no Layout value: the Mamba blocks' host time is not priced, so "none")
+    ("DGX-GB300", "Nemotron_3_Nano"): "attn", ("DGX-GB200", "Nemotron_3_Nano"): "attn",
+    ("DGX-B300", "Nemotron_3_Nano"): "attn",
 }
+
+MOE_DISPATCHERS = {"Nemotron_3_Nano": "hybridep"}
+"""Token dispatcher per CSV model where the recipe sets one (Layout.moe_dispatcher; alltoall elsewhere): the Nemotron
+3 Nano configs run the flex dispatcher with the hybridep backend on every system (research/nemotron3-nano-recipes.md)."""
 
 # Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm; Layout.moe_a2a_overlap) where the 25.11
 # run had it though no stored perf config shows it: Megatron-Bridge PR #1760 (2025-12-17) fixed the B200 Qwen3-235B
@@ -199,6 +214,7 @@ _Q3_GRAPHS = ("unsure since 2026-12-04: a dropless MoE layer cannot be captured 
               "file says which; graphs kept (research/moe-x86-dgx.md: eager would give B200 +24 %, GB200 -30 %, "
               "GB300 -42 %); Megatron-Bridge issue #1998 names the 25.11 dropless regression on H100 and B200 only")
 
+_N3 = "configs/nemotronh/nemotron_3_workload_base_configs.py @f601ba97 / @06e8da4"
 ROW_SOURCES = {
     ("DGX-GB300", "LLAMA3_8B", "FP8-CS"): RowSource("ok", f"{_L3}: mbs 4 there (2 published), cuda graphs local "
                                                          "full_iteration (dense: no host term), no recompute"),
@@ -309,6 +325,17 @@ ROW_SOURCES = {
                                                                  "recovered by HybridEP at ep16, PR #5123: 299 "
                                                                  "TFLOP/s on 16 H100 in BF16, priced +2.5 % in "
                                                                  "reference/mcore_moe.py)"),
+    # Nemotron 3 Nano (the 26.04 / 26.06 rows of data/megatron_bridge_hybrid.csv; research/nemotron3-nano-recipes.md:
+    # every stored version of the Nano section of nemotron_3_workload_base_configs.py is the same)
+    **{(system, "Nemotron_3_Nano", "MXFP8"): RowSource(
+        "ok", f"{_N3}: no recompute, TE graphs attn+mamba+moe_router+moe_preprocess, flex hybridep, mxfp8 params, "
+              "grads reduced in bf16, force-balanced", "TE graphs of attn, mamba, moe_router, moe_preprocess: cg:attn "
+                                                       "(the Mamba blocks' host time is not priced)")
+       for system in ("DGX-GB300", "DGX-GB200", "DGX-B300")},
+    ("DGX-H100", "Nemotron_3_Nano", "FP8"): RowSource(
+        "ok", f"{_N3}: selective recompute moe+layernorm+core_attn+moe_act, TE graphs of mamba only, flex hybridep, "
+              "current-scaling fp8 params; 26.06 may have graphed all four scopes (PR #4628)",
+        "TE graphs of mamba only: cg:none (the Mamba blocks' host time is not priced)"),
 }
 """Per CSV row (system, model, precision): the audit of its recipe settings against the perf-config sources
 (2026-12-03). Every row also runs settings our Layout cannot express (NOT_IN_LAYOUT)."""
@@ -327,6 +354,8 @@ def bridge_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
     per layer (causal half of the core, every layer, no sliding window); MLA its q/kv low-rank terms and a causal
     core; MTP layers as extra MoE layers with their norms and projection; logits 6 h V_padded per output head. No
     biases, router, sinks or norms. Our own MFU (models/training/compute.py MFU_BASIS) counts what runs instead."""
+    if model.is_hybrid:
+        return bridge_hybrid_flops_per_token(model, seq, tp)
     h = model.hidden
     layers = model.n_layers + model.mtp_layers
     moe_layers = model.n_moe_layers + (model.mtp_layers if model.is_moe_layer(model.n_layers - 1) else 0)
@@ -345,6 +374,27 @@ def bridge_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
     multiple = VOCAB_DIVISIBLE_BY * tp
     padded_vocab = -(-model.vocab // multiple) * multiple
     return mlp + attn + mtp + 6 * h * padded_vocab * (model.mtp_layers + 1)
+
+
+def bridge_hybrid_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
+    """Megatron-Bridge's count for a hybrid Mamba stack (flop_utils.py hybrid_flops; research/hybrid-mamba.md sec. 3:
+    it reproduces the published Nemotron 3 Nano / Super TFLOP/s to 0.1 %), 3 x the forward per token: a Mamba block
+    2h(2d + 2GN + H) + 7dN + 2dh with d = 2h whatever the heads x head dim; an attention block 4 h p (h + h g / n +
+    s / 2), p = kv_channels n / h; an MLP block 4 f h (x 3/2 when gated); an MoE block 4 h (f_expert top_k +
+    f_shared); the logits 2 h V_padded."""
+    h, counts = model.hidden, model.block_counts
+    d = 2 * h
+    mamba = 2 * h * (2 * d + 2 * model.mamba_groups * model.mamba_state_dim + model.mamba_heads) \
+        + 7 * d * model.mamba_state_dim + 2 * d * h
+    p = model.dim_head * model.n_heads / h
+    attention = 4 * h * p * (h + h * model.kv_heads / model.n_heads + seq / 2)
+    mlp = 4 * model.ffn_hidden * h * (1.5 if model.gated_ffn else 1.0)
+    moe = 4 * h * (model.expert_ffn_hidden * model.top_k + model.shared_ffn)
+    multiple = VOCAB_DIVISIBLE_BY * tp
+    padded_vocab = -(-model.vocab // multiple) * multiple
+    blocks = (counts.get("M", 0) * mamba + counts.get("*", 0) * attention + counts.get("-", 0) * mlp
+              + counts.get("E", 0) * moe)
+    return 3 * (blocks + 2 * h * padded_vocab)
 
 
 TFLOPS_CONVENTION = ("TFLOP/s: `predicted` = predicted tokens/s x Megatron-Bridge's own FLOPs per token (flop_utils.py; "
@@ -474,6 +524,7 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
                     last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
                     cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP,
+                    moe_dispatcher=MOE_DISPATCHERS.get(r["model"], "alltoall"),
                     fp8_params=FP8_RECIPES.get(r["precision"]) in FP8_PARAMS_RECIPES)
     return layout, notes
 
@@ -597,6 +648,27 @@ def row_cells(r: BridgeRow, *, tflops_error_and_ours: bool) -> list[str]:
     if tflops_error_and_ours:
         priced += [f"{r.tflops_error:+.1%}", f"{r.model_tflops:.0f}"] if r.expressible else ["-", "-"]
     return [layout_text(r.layout) if r.layout else "-", f"{r.published_tokens_per_s:.0f}", *priced, notes_cell(notes)]
+
+
+def release_table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
+    """A later release's table (a CSV with a release column: bridge_nvfp4, bridge_hybrid): release, system, model,
+    GPUs, then row_cells without our own TFLOP/s."""
+    columns = [("release", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
+               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
+               ("predicted", "r"), ("notes", "l")]
+    cells = [[r.release, r.system.removeprefix("DGX-"), r.preset, f"{r.gpus}",
+              *row_cells(r, tflops_error_and_ours=False)] for r in rows]
+    return columns, cells
+
+
+def print_release_table(title: str, rows: list[BridgeRow]) -> None:
+    columns, cells = release_table(rows)
+    print_rows(title, columns, cells, [r.label for r in rows], [held_out_line(rows)])
+
+
+def release_markdown(rows: list[BridgeRow]) -> str:
+    columns, cells = release_table(rows)
+    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])
 
 
 def _expressible_line(rows: list[BridgeRow]) -> str:

@@ -9,13 +9,7 @@ communication overlap off as those recipes run it. Held out: no constant is fitt
 
 from __future__ import annotations
 
-from clusterplan.reference.bridge import BridgeRow, bridge_rows, row_cells
-from clusterplan.reference.report import (
-    Column,
-    held_out_line,
-    markdown_rows,
-    print_rows,
-)
+from clusterplan.reference.bridge import BridgeRow, bridge_rows, print_release_table, release_markdown
 
 NVFP4_CSV = "megatron_bridge_nvfp4.csv"
 TITLE = ("Megatron-Bridge NVFP4 pre-training (performance summaries 26.02, 26.04, 26.06): tokens/s and model TFLOP/s "
@@ -26,21 +20,9 @@ def nvfp4_rows() -> list[BridgeRow]:
     return bridge_rows(NVFP4_CSV)
 
 
-def table(rows: list[BridgeRow]) -> tuple[list[Column], list[list[str]]]:
-    """The columns, and each row's cells with its notes last: what markdown_table and print_table show."""
-    columns = [("release", "l"), ("system", "l"), ("model", "l"), ("GPUs", "r"), ("layout", "l"),
-               ("tokens/s/GPU published", "r"), ("predicted", "r"), ("error", "r"), ("TFLOP/s/GPU published", "r"),
-               ("predicted", "r"), ("notes", "l")]
-    cells = [[r.release, r.system.removeprefix("DGX-"), r.preset, f"{r.gpus}",
-              *row_cells(r, tflops_error_and_ours=False)] for r in rows]
-    return columns, cells
-
-
 def print_table(rows: list[BridgeRow]) -> None:
-    columns, cells = table(rows)
-    print_rows(TITLE, columns, cells, [r.label for r in rows], [held_out_line(rows)])
+    print_release_table(TITLE, rows)
 
 
 def markdown_table(rows: list[BridgeRow]) -> str:
-    columns, cells = table(rows)
-    return "\n".join([*markdown_rows(columns, cells), "", held_out_line(rows) + "."])
+    return release_markdown(rows)

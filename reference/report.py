@@ -339,6 +339,9 @@ def markdown_report() -> str:
     from clusterplan.reference import bridge_nvfp4
 
     out += [f"#### {bridge_nvfp4.TITLE}", "", bridge_nvfp4.markdown_table(bridge_nvfp4.nvfp4_rows()), ""]
+    from clusterplan.reference import bridge_hybrid
+
+    out += [f"#### {bridge_hybrid.TITLE}", "", bridge_hybrid.markdown_table(bridge_hybrid.hybrid_rows()), ""]
     from clusterplan.reference import dgxc
 
     out += ["#### NVIDIA DGX Cloud Benchmarking recipes (dgxc-benchmarking, NeMo 24.05-25.04 containers): Llama 3.1, "
@@ -404,6 +407,9 @@ def print_text_report() -> None:
     from clusterplan.reference import bridge_nvfp4
 
     bridge_nvfp4.print_table(bridge_nvfp4.nvfp4_rows())
+    from clusterplan.reference import bridge_hybrid
+
+    bridge_hybrid.print_table(bridge_hybrid.hybrid_rows())
     from clusterplan.reference import dgxc
 
     dgxc.print_table(dgxc.dgxc_rows())
