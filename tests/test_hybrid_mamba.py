@@ -134,6 +134,21 @@ def test_fixture_equals_preset_and_transformers(name):
     assert loaded.total_params() == _transformers_count(_raw(name))
 
 
+def test_a_latent_moe_config_reads_and_counts_as_transformers():
+    # Nemotron 3 Super's moe_latent_size: the experts behind h <-> latent projections (transformers NemotronHMoE
+    # fc1_latent_proj / fc2_latent_proj). The Nano fixture with a latent width of 1,024: our count equals
+    # transformers' own, and the experts shrink from 2688 x 1856 to 1024 x 1856 each.
+    raw = {**_raw("nemotron-3-nano-30b-a3b"), "moe_latent_size": 1024}
+    path = HF / "nemotron-3-nano-30b-a3b"
+    tmp = Path(pytest.importorskip("tempfile").mkdtemp()) / "config.json"
+    tmp.write_text(json.dumps(raw))
+    latent = load_model(str(tmp))
+    assert latent.moe_latent == 1024 and latent.expert_params() == 2 * 1024 * 1856
+    assert latent.total_params() == _transformers_count(raw)
+    assert load_model(str(path)).total_params() - latent.total_params() == 23 * (
+        128 * 2 * (2688 - 1024) * 1856 - 2 * 2688 * 1024)
+
+
 def test_layers_block_type_list_and_legacy_names_read_as_the_pattern():
     # transformers 5 writes layers_block_type (its alias layer_types); older lists say mamba / attention.
     raw = _raw("nemotron-nano-9b-v2")
@@ -154,7 +169,6 @@ def test_layers_block_type_list_and_legacy_names_read_as_the_pattern():
     ({"hybrid_override_pattern": "M-X"}, BadInputError, "string of M, \\*, -, E"),
     ({"layers_block_type": ["mamba", "conv"]}, BadInputError, "layers_block_type must list one of"),
     ({"use_bias": True}, UnsupportedModelError, "use_bias True"),
-    ({"moe_latent_size": 1024}, UnsupportedModelError, "moe_latent_size"),
     ({"num_nextn_predict_layers": 2}, UnsupportedModelError, "num_nextn_predict_layers"),
     ({"mamba_num_heads": 100}, BadInputError, "mamba_heads\\(100\\) % mamba_groups\\(8\\)"),
 ])

@@ -187,3 +187,29 @@ def test_plan_searches_a_hybrid_within_its_rules(run_cli):
                              "8192", "--fix", "cp=2", "--format", "json")
     doc = json.loads(out)
     assert not doc["plans"] and doc["search"]["rejected"][RuleCode.HYBRID.value] > 0
+
+
+def test_a_latent_moe_layer_by_hand():
+    """Nemotron 3 Super's latent MoE (Megatron-Core MoELayer fc1_latent_proj / fc2_latent_proj): the router and the
+    shared expert read h = 4,096; the tokens are projected to 1,024 before the dispatch, so the all-to-all carries
+    1,024 elements per routed token and each expert is 1,024 -> 2,688 -> 1,024 (squared ReLU, 2 matrices);
+    latent -> h after the combine. At ep 64, one 8,192-token micro-batch, 512 experts top 22: 8 local experts of
+    8,192 x 22 x 64 / 512 = 22,528 rows each."""
+    from clusterplan.models.training.collectives import ep_collectives
+    from clusterplan.models.training.compute import layer_linears
+
+    m = load_model("nemotron-h-8b").scaled(
+        name="latent", n_layers=2, hybrid_pattern="*E", n_experts=512, top_k=22, expert_ffn_hidden=2688,
+        shared_expert_ffn_hidden=5376, moe_latent=1024, hidden=4096, router_score="sigmoid", router_expert_bias=True,
+        mamba_heads=0, mamba_head_dim=0, mamba_groups=0, mamba_state_dim=0)
+    assert m.expert_params() == 2 * 1024 * 2688 and m.latent_projection_params() == 2 * 4096 * 1024
+    assert m.moe_params() == 4096 * 512 + 512 * 2 * 1024 * 2688 + 2 * 4096 * 1024 + 2 * 4096 * 5376
+    moe = next(b for _, b in ModelShapes.of(m).blocks if b.block == "moe")
+    L = LayoutArrays.from_layouts([Layout(tp=1, dp=64, ep=64, mbs=1, gbs=64, seq=SEQ)])
+    linears = layer_linears(moe, L, True)
+    experts = [g for g in linears if g.streamed]
+    assert [(g.tokens[0], g.in_features, g.out_features, g.count) for g in experts] == [
+        (22_528, 1024, 2688, 8), (22_528, 2688, 1024, 8)]
+    assert [(g.in_features, g.out_features) for g in linears[-2:]] == [(4096, 1024), (1024, 4096)]
+    a2a = ep_collectives(moe, L)
+    assert a2a.size_bytes[0] == 2 * SEQ * 22 * 1024  # bf16, every routed copy at the latent width

@@ -335,9 +335,6 @@ def _nemotron_h(c: _Config) -> dict[str, Any]:
         if c.flag(key, default) != default:
             raise UnsupportedModelError(f"{c.where}: nemotron_h with {key} {not default} ({why}) is not modelled; "
                                         "use the YAML format")
-    if c.raw.get("moe_latent_size") is not None:  # Nemotron 3 Super: experts run at the latent width
-        raise UnsupportedModelError(f"{c.where}: nemotron_h with moe_latent_size (experts behind h <-> latent "
-                                    "projections, Nemotron 3 Super) is not modelled yet")
     if c.integer("num_nextn_predict_layers", default=0, minimum=0):
         raise UnsupportedModelError(f"{c.where}: nemotron_h with num_nextn_predict_layers (MTP blocks of their own "
                                     "pattern) is not modelled yet")
@@ -368,7 +365,10 @@ def _nemotron_h(c: _Config) -> dict[str, Any]:
                 expert_groups=groups,  # topk_group limits nothing with one group (NemotronHConfig: 1 and 1)
                 expert_groups_per_token=c.integer("topk_group", default=1) if groups > 1 else 0,
                 router_score="sigmoid", router_expert_bias=True, router_renormalize=c.flag("norm_topk_prob", True),
-                router_topk_scaling=1.0 if scaling is None else _positive_number(c, "routed_scaling_factor", scaling))
+                router_topk_scaling=1.0 if scaling is None else _positive_number(c, "routed_scaling_factor", scaling),
+                # Nemotron 3 Super: the experts behind h <-> latent projections (transformers NemotronHMoE
+                # fc1_latent_proj / fc2_latent_proj)
+                moe_latent=c.integer("moe_latent_size", default=0, minimum=0))
 
 
 def _qwen_windowed(c: _Config, mt: str, n_layers: int) -> list[bool]:

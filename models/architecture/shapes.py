@@ -105,6 +105,10 @@ class ModelShapes:
     """Groups the routed experts are split into for group-limited routing (ModelSpec.expert_groups; 1 = none)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (ModelSpec.expert_groups_per_token; 0 = no limit)."""
+    moe_latent: int = 0
+    """Width the routed experts run and travel at (ModelSpec.moe_latent); 0 = hidden."""
+    latent_params: int = 0
+    """Per MoE layer: the h <-> latent projections (ModelSpec.latent_projection_params), duplicated over tp."""
     block: BlockKind = "layer"
     """What one of the n_layers is (BlockKind): a transformer layer, or one hybrid block, whose shapes then hold only
     that block's parts (attention: no MLP; mlp and mamba: no attention; mamba: in_proj / out_proj as its two
@@ -120,6 +124,11 @@ class ModelShapes:
     mamba_groups: int = 0
     mamba_state: int = 0
     mamba_chunk: int = 0
+
+    @property
+    def routed_width(self) -> int:
+        """Elements per routed token: what the dispatch moves and the experts read (the latent width, or hidden)."""
+        return self.moe_latent or self.hidden
 
     @property
     def has_attention(self) -> bool:
@@ -157,7 +166,8 @@ class ModelShapes:
             kv_heads=m.kv_heads, q_dim=m.q_dim, kv_dim=kv_dim, v_dim=m.v_dim, vocab=m.vocab,
             attn_params=m.attention_params(), dense_mlp_params=m.mlp_params(m.ffn_hidden), ffn=m.ffn_hidden,
             expert_ffn=m.expert_ffn_hidden, shared_ffn=m.shared_ffn,
-            expert_params=m.mlp_params(m.expert_ffn_hidden) if m.is_moe else 0,
+            expert_params=m.expert_params() if m.is_moe else 0, moe_latent=m.moe_latent,
+            latent_params=m.latent_projection_params(),
             moe_dense_part_params=moe_dense, n_experts=m.n_experts, top_k=m.top_k,
             norm_params=m.norms_per_layer * m.norm_params(), embed_params=m.embedding_params(),
             head_params=m.vocab * m.hidden + m.norm_params(), tied=m.tied_embeddings, gated=m.gated_ffn,

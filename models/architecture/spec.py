@@ -36,7 +36,8 @@ MAX_DIM = 10**9
 _OPTIONAL_POSITIVE_INTS = ("n_kv_heads", "head_dim", "sliding_window")
 _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidden", "shared_expert_ffn_hidden",
                       "first_dense_layers", "moe_every", "expert_groups_per_token", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                      "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers")
+                      "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers",
+                      "moe_latent")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
@@ -48,7 +49,7 @@ counts are shown: each character is one residual block with its own pre-norm."""
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
-                       "norm_zero_centered", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
+                       "norm_zero_centered", "moe_latent", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
                        "mamba_state_dim", "mamba_conv_kernel", "mamba_chunk")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
 settings that exports carry: to_dict leaves them out while they hold their default, so a model whose settings are
@@ -145,6 +146,10 @@ class ModelSpec:
     """Intermediate size of one routed expert."""
     shared_expert_ffn_hidden: int = 0
     """Intermediate size of the shared-expert block (all shared experts together); 0 means n_shared * expert size."""
+    moe_latent: int = 0
+    """Width the routed experts run at (Megatron-Core moe_latent_size; Nemotron 3 Super 1024): a duplicated h ->
+    latent projection before the dispatch and latent -> h after the combine, so the tokens travel and the experts
+    compute at this width; the router and the shared expert stay at hidden. 0 = hidden (no projections)."""
     shared_expert_gate: bool = False
     """A sigmoid gate of size hidden on the shared expert (Qwen2-MoE)."""
     first_dense_layers: int = 0
@@ -223,6 +228,9 @@ class ModelSpec:
             raise BadInputError(
                 f"model {self.name}: hidden({self.hidden}) % n_heads({self.n_heads}) != 0; give head_dim explicitly"
             )
+        if self.moe_latent and not self.n_experts:
+            raise BadInputError(f"model {self.name}: moe_latent({self.moe_latent}) is the routed experts' width; it "
+                                "needs n_experts > 0, or drop it")
         if not isinstance(self.expert_groups, int) or isinstance(self.expert_groups, bool) or self.expert_groups < 1:
             raise BadInputError(f"model {self.name}: expert_groups must be an integer >= 1, got {self.expert_groups!r}")
         if self.n_experts and self.n_experts % self.expert_groups:
@@ -422,12 +430,24 @@ class ModelSpec:
             params += self.n_heads
         return params
 
-    def mlp_params(self, ffn: int) -> int:
-        h = self.hidden
+    def mlp_params(self, ffn: int, width: int = 0) -> int:
+        """An MLP hidden -> ffn -> hidden (or `width` -> ffn -> `width`: a latent MoE's experts)."""
+        h = width or self.hidden
         params = (3 if self.gated_ffn else 2) * h * ffn
         if self.linear_bias:
             params += (2 if self.gated_ffn else 1) * ffn + h
         return params
+
+    def expert_params(self) -> int:
+        """One routed expert, at the latent width where the model has one (moe_latent)."""
+        return self.mlp_params(self.expert_ffn_hidden, self.moe_latent)
+
+    def latent_projection_params(self) -> int:
+        """A latent MoE layer's h -> latent and latent -> h projections (Megatron-Core MoELayer fc1_latent_proj /
+        fc2_latent_proj, duplicated over tensor parallelism; with biases when the model's linears have them)."""
+        if not self.moe_latent:
+            return 0
+        return 2 * self.hidden * self.moe_latent + ((self.moe_latent + self.hidden) if self.linear_bias else 0)
 
     def norm_params(self) -> int:
         return self.hidden * (2 if self.norm == "layernorm" else 1)
@@ -439,7 +459,7 @@ class ModelSpec:
     def moe_params(self, active: bool = False) -> int:
         """Router, routed experts (all, or top_k when `active`), shared experts of one MoE layer."""
         experts = self.top_k if active else self.n_experts
-        params = self.router_params() + experts * self.mlp_params(self.expert_ffn_hidden)
+        params = self.router_params() + experts * self.expert_params() + self.latent_projection_params()
         if self.shared_ffn:
             params += self.mlp_params(self.shared_ffn)
         if self.shared_expert_gate:

@@ -67,7 +67,7 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     recompute) of tokens/tp x top_k x h per rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher); on the
     drop-and-pad path capacity x n_experts rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
-    size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.hidden
+    size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width
     calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER * (1.0 + L.full_recompute_share(shapes.n_layers) / 2), 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
@@ -80,7 +80,7 @@ def fsdp_collectives(shapes: ModelShapes, L: LayoutArrays) -> tuple[Collectives,
     _, grad_b, _ = bytes_per_param(L)
     moe_share = shapes.moe_fraction
     layer = (shapes.attn_params + (1 - moe_share) * shapes.dense_mlp_params
-             + moe_share * shapes.moe_dense_part_params) / L.tp + shapes.norm_params
+             + moe_share * shapes.moe_dense_part_params) / L.tp + shapes.norm_params + moe_share * shapes.latent_params
     sharded = (L.zero == 3) & (L.dp_shard * L.cp > 1)
     one = np.where(sharded, 1.0, 0.0)
     hsdp = np.where(sharded & (L.dp_replicate > 1), 1.0, 0.0)

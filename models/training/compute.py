@@ -321,9 +321,12 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
         # Drop-and-pad: exactly capacity rows per expert from each rank (moe_layer.capacity_ratio).
         # Imbalanced dropless routing: the busiest EP rank's rows, which every rank waits for (busiest_rank_ratio).
         per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp) * busiest_rank_ratio(shapes, L)
-        out += _block(per_expert, shapes.hidden, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
+        out += _block(per_expert, shapes.routed_width, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
                       count=shapes.n_experts / L.ep, streamed=True)
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
+        if shapes.moe_latent:  # h -> latent before the dispatch, latent -> h after the combine, on the rank's tokens
+            out += [Linear(tokens / L.tp, shapes.hidden, shapes.moe_latent),
+                    Linear(tokens / L.tp, shapes.moe_latent, shapes.hidden)]
     else:
         out += _block(tokens, shapes.hidden, shapes.dense_mlp_params, shapes.ffn, L.tp, tp_block=True)
     return out
@@ -340,7 +343,7 @@ def layer_flops(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> tuple[np.nda
         # Balanced routing: a tp group's tokens are split over its ranks for the experts (Megatron-Core EP/ETP).
         # Executed: drop-and-pad runs the padded rows too (moe_layer.capacity_ratio); model FLOPs (MFU) count top_k.
         routed = 2 * tokens * shapes.top_k * shapes.expert_params / L.tp * capacity_ratio(shapes, L)
-        mlp = routed + 2 * tokens * shapes.moe_dense_part_params / t
+        mlp = routed + 2 * tokens * shapes.moe_dense_part_params / t + 2 * tokens * shapes.latent_params / t
     else:
         mlp = 2 * tokens * shapes.dense_mlp_params / t
     core_model = 2 * tokens * L.seq * (shapes.q_dim + shapes.v_dim) / t
@@ -681,7 +684,7 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     a = 2 if shapes.has_attention else 0
     if moe:
         route_s = routing_times(shapes, L, hw)[0] + padding_s
-        terms += [(bit(5), fwd(linears[a:a + 4]) + route_s + act_s, flops(linears[a:a + 4])),
+        terms += [(bit(5), fwd(linears[a:]) + route_s + act_s, flops(linears[a:])),  # with any latent projections
                   # the router alone on a model without shared experts: nothing for shared_experts to rerun
                   (bit(6) & ~bit(5) & (shapes.shared_ffn > 0), fwd(linears[a + 2:a + 4]), flops(linears[a + 2:a + 4]))]
     elif shapes.block != "mamba":  # Megatron's "mlp" module is a dense MLP's, not a Mamba mixer's projections
@@ -898,7 +901,7 @@ def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
         return 3 * tokens * (layers + 2.0 * shapes.vocab * shapes.hidden)
     matmul = (shapes.n_layers - shapes.n_moe_layers) * (shapes.attn_params + shapes.dense_mlp_params)
     matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params
-                                             + shapes.top_k * shapes.expert_params)
+                                             + shapes.top_k * shapes.expert_params + shapes.latent_params)
     matmul = matmul + shapes.vocab * shapes.hidden
     core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers * causal_share(shapes, L.seq)
     return 3 * tokens * (2 * matmul + core)
@@ -915,5 +918,5 @@ def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
         ssd = ssd_flops(mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
                                     shapes.mamba_chunk, one), one)[0]
     if shapes.block == "moe":  # router and shared experts, and the top_k routed experts a token runs
-        return 2 * (shapes.moe_dense_part_params + shapes.top_k * shapes.expert_params)
+        return 2 * (shapes.moe_dense_part_params + shapes.top_k * shapes.expert_params + shapes.latent_params)
     return 2 * (shapes.attn_params + shapes.dense_mlp_params) + core + ssd

@@ -29,6 +29,9 @@ BLOCK_MATRICES = {"attention": DENSE_MATRICES[:2], "mlp": DENSE_MATRICES[2:], "m
                   "moe": MOE_MATRICES[2:]}
 """A hybrid block's linears (ModelShapes.block): Megatron-Core MambaMixer's in_proj (its norm fused) and out_proj."""
 
+LATENT_MATRICES = ("latent down", "latent up")
+"""A latent MoE layer's h -> latent and latent -> h projections (compute.layer_linears appends them last)."""
+
 PASSES = ("forward", "dgrad", "wgrad")
 
 
@@ -127,6 +130,8 @@ def layer_gemms(est: Estimate) -> LayerGemms:
     if not shapes.blocks and shapes.n_moe_layers > 0:
         kinds.append(("moe", shapes, True, MOE_MATRICES))
     gemms: list[LayerGemm] = []
+    kinds = [(layer, kind_shapes, moe, names + (LATENT_MATRICES if moe and kind_shapes.moe_latent else ()))
+             for layer, kind_shapes, moe, names in kinds]
     for layer, kind_shapes, moe, names in kinds:
         for name, linear in zip(names, layer_linears(kind_shapes, arrays, moe), strict=True):
             gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8)

@@ -209,7 +209,8 @@ def stage_params(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, embed
     """Parameters held by one rank of a stage with `layers` layers, the embedding and/or the LM head."""
     moe_share = shapes.moe_fraction
     per_layer_dense = (shapes.attn_params + (1 - moe_share) * shapes.dense_mlp_params
-                       + moe_share * shapes.moe_dense_part_params) / L.tp + shapes.norm_params
+                       + moe_share * shapes.moe_dense_part_params) / L.tp + shapes.norm_params \
+        + moe_share * shapes.latent_params  # a latent MoE's projections: duplicated over tp
     # A tied head needs its own copy on the last stage when pp > 1 (Megatron keeps both in sync).
     head_matrix = np.where(shapes.tied & (L.pp == 1), 0.0, shapes.vocab * shapes.hidden) / L.tp
     final_norm = shapes.head_params - shapes.vocab * shapes.hidden
@@ -486,7 +487,9 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # An eager input clamp (GPT-OSS; compute.clamp_bytes) keeps the fc1 output alive for the clamps' backward
         # and the fused activation saves the clamped copy: 2 more FFN widths, unless moe_act recompute drops both.
         clamp_in = np.where(module("moe_act"), 0.0, 2.0 * act) if shapes.activation_clamp else 0.0
-        mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * h
+        # A latent MoE's experts read the latent width, and its latent -> h projection keeps its input.
+        latent_out = act * tokens * shapes.moe_latent / spd
+        mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * shapes.routed_width + latent_out
                + (glu * act + clamp_in + fc2_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
             shared = (glu * act + lin_in) * tokens * shapes.shared_ffn / t

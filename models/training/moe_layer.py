@@ -123,9 +123,10 @@ def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.
     tk = routed_tokens(shapes, L)
     sorts = np.where((L.ep > 1) & (shapes.n_experts / L.ep > 1), 2.0, 0.0)
     # The sorts regroup the received rows (the busiest rank's: imbalance); permute and unpermute touch the own tokens.
-    elements = 2 * t * shapes.hidden + (1.0 + 2.0 * sorts * imbalance(L) + 1.0) * tk * shapes.hidden
+    w = shapes.routed_width  # a latent MoE permutes after its h -> latent projection
+    elements = 2 * t * w + (1.0 + 2.0 * sorts * imbalance(L) + 1.0) * tk * w
     forward = ROUTED_BYTES_PER_ELEMENT * elements
-    backward = forward + ROUTED_BYTES_PER_ELEMENT * tk * shapes.hidden
+    backward = forward + ROUTED_BYTES_PER_ELEMENT * tk * w
     return forward, backward
 
 
@@ -170,7 +171,7 @@ def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP
     Nothing where the drop-and-pad splits are aligned (fp8_padding_skipped)."""
     tk = routed_tokens(shapes, L) * imbalance(L)  # the received rows, the busiest rank's
     per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
-    return np.where(fp8_padding_skipped(shapes, L, align_rows), 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.hidden + per_copy * tk)
+    return np.where(fp8_padding_skipped(shapes, L, align_rows), 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.routed_width + per_copy * tk)
 
 
 EXPERT_BIAS_FORWARD_BYTES = 2.0 + (2.0 + 2.0 + 2.0) + (2.0 + 2.0)
@@ -191,7 +192,7 @@ def expert_bias_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray,
     """(forward, backward) HBM bytes of one MoE layer's eager expert-bias ops per micro-batch on one rank
     (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES over the rank's routed tokens x hidden); zero for experts
     without biases. Callers apply it where the stack runs it (ExecutionStack.eager_expert_bias)."""
-    elements = routed_tokens(shapes, L) * imbalance(L) * shapes.hidden * (1.0 if shapes.expert_bias else 0.0)
+    elements = routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width * (1.0 if shapes.expert_bias else 0.0)
     return EXPERT_BIAS_FORWARD_BYTES * elements, EXPERT_BIAS_BACKWARD_BYTES * elements
 
 
