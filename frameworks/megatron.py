@@ -231,6 +231,8 @@ def moe_args(m: ModelSpec, layout: Layout) -> Args:
             *dispatcher_args(layout), *token_drop_args(layout)]
     if m.shared_ffn:
         args += ["--moe-shared-expert-intermediate-size", str(m.shared_ffn)]
+    if m.moe_latent:  # arguments.py --moe-latent-size (TransformerConfig moe_latent_size)
+        args += ["--moe-latent-size", str(m.moe_latent)]
     # The router as the model trains it (Megatron-LM arguments.py _add_moe_args): score function, DeepSeek-V3's
     # auxiliary-loss-free expert bias, group-limited routing, the top-k weight scale; a softmax kept over all
     # experts (no renormalisation over the top-k) is --moe-router-pre-softmax.
@@ -244,7 +246,7 @@ def moe_args(m: ModelSpec, layout: Layout) -> Args:
         args += ["--moe-router-topk-scaling-factor", _number(m.router_topk_scaling)]
     if m.router_score == "softmax" and not m.router_renormalize:
         args.append("--moe-router-pre-softmax")
-    if m.mtp_layers:
+    if m.mtp_layers and not m.is_hybrid:  # a hybrid's MTP: notes()
         args += ["--mtp-num-layers", str(m.mtp_layers)]
     if m.first_dense_layers:
         args += ["--moe-layer-freq", moe_layer_pattern(m)]
@@ -443,6 +445,12 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"the all-to-all overlap runs with CUDA_DEVICE_MAX_CONNECTIONS={A2A_OVERLAP_CONNECTIONS}; on "
                         "Hopper tp/cp > 1 want 1 for their own overlap (Megatron-LM arguments.py warns that the two do "
                         "not combine well): expect some of the TP/CP communication exposed"))
+    if model.is_hybrid and model.mtp_layers:
+        out.append(Note(f"{model.name} trains {model.mtp_layers} MTP depths of '*{'E' if model.is_moe else '-'}'"
+                        f"{' sharing one module' if model.mtp_shared else ''}, priced in the plan; pretrain_mamba.py "
+                        "on Megatron-Core 0.16 builds no MTP for a hybrid stack (newer Megatron-LM: the pattern's '/' "
+                        "depths with --mtp-num-layers and --mtp-use-repeated-layer), so the script trains without "
+                        "them"))
     if model.is_hybrid and (model.mamba_chunk, model.mamba_conv_kernel) != (MAMBA_CHUNK, MAMBA_CONV_KERNEL):
         out.append(Note(f"{model.name}'s Mamba mixer has chunk {model.mamba_chunk} and conv kernel "
                         f"{model.mamba_conv_kernel}; MambaMixer builds {MAMBA_CHUNK} and {MAMBA_CONV_KERNEL} (no "

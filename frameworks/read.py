@@ -509,7 +509,8 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--num-layers": "n_layers", "--hidden-size": "hidden", "--num-attention-heads": "n_heads",
                 "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts",
                 "--mamba-num-heads": "mamba_heads", "--mamba-head-dim": "mamba_head_dim",
-                "--mamba-state-dim": "mamba_state_dim", "--mamba-num-groups": "mamba_groups"}
+                "--mamba-state-dim": "mamba_state_dim", "--mamba-num-groups": "mamba_groups",
+                "--moe-latent-size": "moe_latent"}
 MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
@@ -619,7 +620,8 @@ def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:
                      "mamba_heads": ("--mamba-num-heads", model.mamba_heads),
                      "mamba_head_dim": ("--mamba-head-dim", model.mamba_head_dim),
                      "mamba_state_dim": ("--mamba-state-dim", model.mamba_state_dim),
-                     "mamba_groups": ("--mamba-num-groups", model.mamba_groups)})
+                     "mamba_groups": ("--mamba-num-groups", model.mamba_groups),
+                     "moe_latent": ("--moe-latent-size", model.moe_latent)})
     found = [f"{flag} {v[key]} but {model.name} has {want}; check --model"
              for key, (flag, want) in expected.items() if key in v and v[key] != want]
     if model.is_hybrid and "hybrid_pattern" not in v:

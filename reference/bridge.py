@@ -45,6 +45,7 @@ MODELS = {
     "Qwen3_30B_a3B": "qwen3-30b-a3b",
     "Qwen3_235B_a22B": "qwen3-235b-a22b",
     "Nemotron_3_Nano": "nemotron-3-nano-30b-a3b",
+    "Nemotron_3_Super": "nemotron-3-super-120b-a12b",
 }
 """CSV model name -> our preset (Llama 3 8B/70B have the Llama 3.1 dimensions; only the RoPE scaling differs)."""
 
@@ -91,7 +92,8 @@ DEEPSEEK_RECIPE_KEYS = frozenset({(4, 1), (8, 1), (4, 2), (16, 1), (8, 2), (4, 4
 # set_qwen3_30b_a3b_specific_overrides; the later qwen3_llm_pretrain.py set_qwen3_common_configs), overriding the
 # library recipe's enable_recompute=True: no recompute. DeepSeek-V3 and GPT-OSS: recompute_granularity "selective"
 # with named recompute_modules (below).
-RECOMPUTE = {"deepseek-v3": "selective", "gpt-oss-120b": "selective", "nemotron-3-nano-30b-a3b": "selective"}
+RECOMPUTE = {"deepseek-v3": "selective", "gpt-oss-120b": "selective", "nemotron-3-nano-30b-a3b": "selective",
+             "nemotron-3-super-120b-a12b": "selective"}
 
 # Megatron-Core recompute_modules per (system, precision) (per-row files: ROW_SOURCES). GPT-OSS-120B H100 / B200 /
 # GB200 recompute ["layernorm", "moe_act"], GB300 none (TE attention graphs instead): gpt_oss workload base configs of
@@ -112,6 +114,10 @@ RECOMPUTE_MODULES = {
     # Nemotron 3 Nano on H100 (nemotron_3_workload_base_configs.py, research/nemotron3-nano-recipes.md); none on
     # GB300 / GB200 / B300
     ("DGX-H100", "Nemotron_3_Nano"): "moe+layernorm+core_attn+moe_act",
+    # Nemotron 3 Super: moe_act and layernorm on B300 NVFP4 and B200 MXFP8, none elsewhere
+    # (research/nemotron3-super-recipes.md)
+    ("DGX-B300", "Nemotron_3_Super", "NVFP4"): "moe_act+layernorm",
+    ("DGX-B200", "Nemotron_3_Super", "MXFP8"): "moe_act+layernorm",
 }
 
 FP8_PARAMS_RECIPES = ("tensorwise", "delayed", "mxfp8")
@@ -162,11 +168,15 @@ CUDA_GRAPHS = {
     # only on H100 (no Layout value: the Mamba blocks' host time is not priced, so "none")
     ("DGX-GB300", "Nemotron_3_Nano"): "attn", ("DGX-GB200", "Nemotron_3_Nano"): "attn",
     ("DGX-B300", "Nemotron_3_Nano"): "attn",
+    # Nemotron 3 Super: the same four TE scopes on every row but B200 MXFP8 (none)
+    ("DGX-GB300", "Nemotron_3_Super"): "attn", ("DGX-GB200", "Nemotron_3_Super"): "attn",
+    ("DGX-B300", "Nemotron_3_Super"): "attn", ("DGX-B200", "Nemotron_3_Super", "NVFP4"): "attn",
 }
 
-MOE_DISPATCHERS = {"Nemotron_3_Nano": "hybridep"}
+MOE_DISPATCHERS = {"Nemotron_3_Nano": "hybridep", "Nemotron_3_Super": "hybridep"}
 """Token dispatcher per CSV model where the recipe sets one (Layout.moe_dispatcher; alltoall elsewhere): the Nemotron
-3 Nano configs run the flex dispatcher with the hybridep backend on every system (research/nemotron3-nano-recipes.md)."""
+3 Nano and Super configs run the flex dispatcher with the hybridep backend on every system
+(research/nemotron3-nano-recipes.md, research/nemotron3-super-recipes.md)."""
 
 # Megatron-Core's 1F1B all-to-all overlap (--overlap-moe-expert-parallel-comm; Layout.moe_a2a_overlap) where the 25.11
 # run had it though no stored perf config shows it: Megatron-Bridge PR #1760 (2025-12-17) fixed the B200 Qwen3-235B
@@ -336,6 +346,18 @@ ROW_SOURCES = {
         "ok", f"{_N3}: selective recompute moe+layernorm+core_attn+moe_act, TE graphs of mamba only, flex hybridep, "
               "current-scaling fp8 params; 26.06 may have graphed all four scopes (PR #4628)",
         "TE graphs of mamba only: cg:none (the Mamba blocks' host time is not priced)"),
+    # Nemotron 3 Super (research/nemotron3-super-recipes.md: nemotron_3_workload_base_configs.py, index id
+    # 66800225295, matches the 26.04 table; no GB300 / GB200 change before 26.06)
+    **{(system, "Nemotron_3_Super", precision): RowSource(
+        "unsure" if precision == "NVFP4" else "ok",
+        f"{_N3}: hybridep, mtp 2 depths of *E repeated, latent 1024, " + (
+            "NVFP4 with bf16 params, the last 14 layers and (te_quant.cfg) the attention and latent projections in "
+            "bf16 (PR #3095; whether it made 26.04 is not known)" if precision == "NVFP4" else "MXFP8 params"),
+        "NVFP4 on every layer priced: the recipe's bf16 last 14 layers and bf16 attention / latent projections are "
+        "not" if precision == "NVFP4" else "")
+       for system, precision in (("DGX-GB300", "NVFP4"), ("DGX-GB200", "NVFP4"), ("DGX-B300", "NVFP4"),
+                                 ("DGX-B200", "NVFP4"), ("DGX-GB300", "MXFP8"), ("DGX-GB200", "MXFP8"),
+                                 ("DGX-B300", "MXFP8"), ("DGX-B200", "MXFP8"))},
 }
 """Per CSV row (system, model, precision): the audit of its recipe settings against the perf-config sources
 (2026-12-03). Every row also runs settings our Layout cannot express (NOT_IN_LAYOUT)."""
@@ -381,7 +403,8 @@ def bridge_hybrid_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
     it reproduces the published Nemotron 3 Nano / Super TFLOP/s to 0.1 %), 3 x the forward per token: a Mamba block
     2h(2d + 2GN + H) + 7dN + 2dh with d = 2h whatever the heads x head dim; an attention block 4 h p (h + h g / n +
     s / 2), p = kv_channels n / h; an MLP block 4 f h (x 3/2 when gated); an MoE block 4 h (f_expert top_k +
-    f_shared); the logits 2 h V_padded."""
+    f_shared), with a latent width L 4 L f_expert top_k + 4 h L + 4 h f_shared; each MTP depth its "*E" blocks and
+    the logits once more; the logits 2 h V_padded."""
     h, counts = model.hidden, model.block_counts
     d = 2 * h
     mamba = 2 * h * (2 * d + 2 * model.mamba_groups * model.mamba_state_dim + model.mamba_heads) \
@@ -392,9 +415,13 @@ def bridge_hybrid_flops_per_token(model: ModelSpec, seq: int, tp: int) -> float:
     moe = 4 * h * (model.expert_ffn_hidden * model.top_k + model.shared_ffn)
     multiple = VOCAB_DIVISIBLE_BY * tp
     padded_vocab = -(-model.vocab // multiple) * multiple
+    moe = moe + (4 * h * model.moe_latent - 4 * h * model.expert_ffn_hidden * model.top_k
+                 + 4 * model.moe_latent * model.expert_ffn_hidden * model.top_k if model.moe_latent else 0)
     blocks = (counts.get("M", 0) * mamba + counts.get("*", 0) * attention + counts.get("-", 0) * mlp
               + counts.get("E", 0) * moe)
-    return 3 * (blocks + 2 * h * padded_vocab)
+    # MTP depths add their pattern's blocks ("*E" or "*-") and one more logits pass each
+    mtp = model.mtp_layers * (attention + (moe if model.is_moe else mlp))
+    return 3 * (blocks + mtp + 2 * h * padded_vocab * (1 + model.mtp_layers))
 
 
 TFLOPS_CONVENTION = ("TFLOP/s: `predicted` = predicted tokens/s x Megatron-Bridge's own FLOPs per token (flop_utils.py; "
@@ -546,12 +573,17 @@ def fp8_recipe(precision: str, cluster: Cluster) -> str | None:
     return recipe
 
 
-def row_stack(precision: str) -> tuple[ExecutionStack, str]:
-    """The stack a CSV precision's recipe runs on, and its row note ('' for the stack as it is)."""
+NO_TP_OVERLAP_MODELS = {"Nemotron_3_Super": "TP comm overlap off (the Super recipe leaves comm_overlap unset: "
+                                            "research/nemotron3-super-recipes.md)"}
+"""CSV models whose recipes run without Transformer Engine's TP communication overlap, whatever the precision."""
+
+
+def row_stack(precision: str, model: str = "") -> tuple[ExecutionStack, str]:
+    """The stack a CSV precision's (and model's) recipe runs on, and its row note ('' for the stack as it is)."""
     stack = get_stack(STACK)
-    if precision in NO_TP_OVERLAP:
-        return (replace(stack, name=f"{STACK}, TP comm overlap off", tp_overlap="none", tp_overlap_share=0.0),
-                NO_TP_OVERLAP[precision])
+    note = NO_TP_OVERLAP_MODELS.get(model) or NO_TP_OVERLAP.get(precision)
+    if note:
+        return replace(stack, name=f"{STACK}, TP comm overlap off", tp_overlap="none", tp_overlap_share=0.0), note
     return stack, ""
 
 
@@ -578,7 +610,7 @@ def bridge_rows(csv_name: str = BRIDGE_CSV) -> list[BridgeRow]:
         if cluster is None:
             out.append(BridgeRow(layout=layout, notes=tuple(notes), reason=reason, **base))
             continue
-        stack, stack_note = row_stack(r["precision"])
+        stack, stack_note = row_stack(r["precision"], r["model"])
         if stack_note:
             notes.append(stack_note)
         recipe = fp8_recipe(r["precision"], cluster)

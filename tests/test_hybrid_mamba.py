@@ -27,9 +27,9 @@ from clusterplan.models.architecture.spec import ModelSpec
 HF = Path(__file__).parent / "fixtures" / "hf"
 B = 1e9
 HYBRID_PRESETS = ("nemotron-h-8b", "nemotron-h-47b", "nemotron-h-56b", "nemotron-nano-9b-v2", "nemotron-nano-12b-v2",
-                  "nemotron-3-nano-30b-a3b")
+                  "nemotron-3-nano-30b-a3b", "nemotron-3-super-120b-a12b")
 NEW_FIELDS = ("hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups", "mamba_state_dim",
-              "mamba_conv_kernel", "mamba_chunk")
+              "mamba_conv_kernel", "mamba_chunk", "moe_latent", "mtp_shared")
 
 
 def _tiny(**changes) -> ModelSpec:
@@ -293,3 +293,15 @@ def test_export_refuses_a_hybrid_where_the_framework_has_no_mamba_blocks(run_cli
         code, out, err = run_cli("export", str(plan), "--to", target)
         assert (code, out, err.strip().splitlines()) == (
             2, "", [f"error: {EXPORT_REFUSAL.replace('torchtitan', target)}"]), target
+
+
+def test_nemotron_3_super_counts_and_its_shared_mtp_module():
+    """Nemotron 3 Super: 120,668,687,360 parameters (transformers' NemotronHForCausalLM on this config, built on the
+    meta device, gives the same; research/hybrid-mamba.md 120.67B), 12.77B active. Its 2 MTP depths of "*E" run one
+    shared module (mtp_use_repeated_layer): an attention block, a latent MoE block, the 2h x h projection and three
+    norms, counted once: 2,942,324,736."""
+    m = load_model("nemotron-3-super-120b-a12b")
+    assert (m.total_params(), m.active_params()) == (120_668_687_360, 12_770_216_960)
+    block = m.hybrid_block_params("*") + m.hybrid_block_params("E")
+    assert m.mtp_params() == block + 2 * 4096 * 4096 + 3 * 4096 == 2_942_324_736
+    assert m.scaled(mtp_shared=False).mtp_params() == 2 * m.mtp_params()

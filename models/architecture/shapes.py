@@ -105,6 +105,11 @@ class ModelShapes:
     """Groups the routed experts are split into for group-limited routing (ModelSpec.expert_groups; 1 = none)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (ModelSpec.expert_groups_per_token; 0 = no limit)."""
+    mtp_shared: bool = False
+    """The MTP depths share one module's parameters (ModelSpec.mtp_shared)."""
+    mtp_layer: ModelShapes | None = None
+    """A hybrid's MTP block as one transformer layer (attention + its MoE or MLP block; ModelSpec.mtp_block_params):
+    what each MTP depth costs. None outside hybrids (their MTP depth costs one of their layers)."""
     moe_latent: int = 0
     """Width the routed experts run and travel at (ModelSpec.moe_latent); 0 = hidden."""
     latent_params: int = 0
@@ -179,7 +184,8 @@ class ModelShapes:
                               if p[0]) if m.is_mla else (),
             n_sliding_layers=sum(m.is_sliding_layer(i) for i in range(m.n_layers)),
             chunked_attention=m.local_attention == "chunked",
-            mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers),
+            mtp_layers=m.mtp_layers, mtp_layer_moe=m.is_moe_layer(m.n_layers) or (m.is_hybrid and m.is_moe),
+            mtp_shared=m.mtp_shared,
             rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
             qk_norm=m.qk_norm, expert_bias=m.is_moe and m.linear_bias, expert_groups=m.expert_groups,
             expert_groups_per_token=m.expert_groups_per_token,
@@ -199,6 +205,8 @@ def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
     TP-sharded with the heads (Megatron-Core MambaMixer) and counted with the block's parameters, not its GEMMs."""
     counts, n, norm = m.block_counts, m.n_layers, m.norm_params()
     no_attention = dict(attn_params=0, q_dim=0, kv_dim=0, v_dim=0, rope=False, qk_norm=False)
+    # An MTP depth's "*E" (or "*-") block: the transformer layer of this attention and MoE (or MLP).
+    mtp_layer = replace(layer, n_moe_layers=layer.n_layers if m.is_moe else 0) if m.mtp_layers else None
     layer = replace(layer, n_moe_layers=0)  # only the E blocks are MoE (their kind sets it back)
     in_out = m.hidden * (2 * m.mamba_inner + 2 * m.mamba_groups * m.mamba_state_dim + m.mamba_heads) + m.mamba_inner * m.hidden
     # Parameter tensors per block (_tensors_per_layer's, split): the norm's, then the block's matrices and biases.
@@ -226,7 +234,8 @@ def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
     # (memory.stage_params): the MLP and Mamba blocks' parameters go in over the non-MoE share.
     non_moe = 1.0 - share["moe"]
     dense = share["mlp"] * layer.dense_mlp_params + share["mamba"] * (in_out + mamba_rest)
-    return replace(layer, blocks=blocks, n_moe_layers=m.n_moe_layers, attn_params=share["attention"] * layer.attn_params,
+    return replace(layer, blocks=blocks, n_moe_layers=m.n_moe_layers, mtp_layer=mtp_layer,
+                   attn_params=share["attention"] * layer.attn_params,
                    dense_mlp_params=dense / non_moe if non_moe else 0.0,
                    norm_params=norm, tensors_per_layer=sum(s * b.tensors_per_layer for s, b in blocks))
 

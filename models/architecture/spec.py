@@ -39,7 +39,8 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
                       "qk_rope_head_dim", "v_head_dim", "full_attention_every", "mtp_layers", "full_attention_first_layers",
                       "moe_latent")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
-          "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered")
+          "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered",
+          "mtp_shared")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _MAMBA_SIZES = ("mamba_heads", "mamba_head_dim", "mamba_groups", "mamba_state_dim")
 """The Mamba-2 mixer's sizes a pattern with an `M` needs (0 = not given): H, P, G, N of research/hybrid-mamba.md."""
@@ -49,7 +50,7 @@ counts are shown: each character is one residual block with its own pre-norm."""
 _OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
-                       "norm_zero_centered", "moe_latent", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
+                       "norm_zero_centered", "moe_latent", "mtp_shared", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
                        "mamba_state_dim", "mamba_conv_kernel", "mamba_chunk")
 """Fields added for Gemma 2/3, OLMo 2, Llama 4 and Qwen2's windowed layers, and the RoPE / router / activation
 settings that exports carry: to_dict leaves them out while they hold their default, so a model whose settings are
@@ -171,6 +172,9 @@ class ModelSpec:
     router_renormalize: bool = True
     """The chosen top-k weights are renormalised to sum to 1 (`norm_topk_prob`; equal to a softmax over the top-k
     logits); False: the softmax over all experts is kept (DeepSeek-V2, Megatron --moe-router-pre-softmax)."""
+    mtp_shared: bool = False
+    """The MTP depths run one shared module (Megatron-Bridge mtp_use_repeated_layer: Nemotron 3 Super): its
+    parameters counted once, its compute per depth."""
     mtp_layers: int = 0
     """Multi-token-prediction modules trained beside the model (DeepSeek-V3 `num_nextn_predict_layers`, Sec. 2.2):
     each is one more transformer block, a 2h -> h projection and the shared LM head, run on the last pipeline stage.
@@ -279,9 +283,9 @@ class ModelSpec:
         if ("E" in pattern) != self.is_moe:
             raise BadInputError(f"model {name}: E blocks need n_experts > 0 and n_experts needs E blocks; "
                                 f"pattern has {pattern.count('E')} E, n_experts is {self.n_experts}")
-        if self.first_dense_layers or self.moe_every != 1 or self.mtp_layers:
+        if self.first_dense_layers or self.moe_every != 1:
             raise BadInputError(f"model {name}: with hybrid_pattern the E blocks place the MoE layers; drop "
-                                "first_dense_layers, moe_every and mtp_layers")
+                                "first_dense_layers and moe_every")
         for f in ("mamba_conv_kernel", "mamba_chunk"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -518,8 +522,17 @@ class ModelSpec:
         transformer block (a layer with index n_layers + k: MoE in DeepSeek-V3), the projection M_k of the
         concatenated [h; emb] (2h x h, no bias) and three RMSNorms (the two inputs and the shared head's norm); the
         embedding and the output head are shared with the main model, so they are not counted again."""
-        return sum(self.layer_params(self.n_layers + k) + 2 * self.hidden * self.hidden + 3 * self.norm_params()
-                   for k in range(self.mtp_layers))
+        depths = min(self.mtp_layers, 1) if self.mtp_shared else self.mtp_layers
+        return sum(self.mtp_block_params(k) + 2 * self.hidden * self.hidden + 3 * self.norm_params()
+                   for k in range(depths))
+
+    def mtp_block_params(self, k: int) -> int:
+        """The transformer block of MTP depth k: a layer with index n_layers + k, or, after a hybrid pattern, an
+        attention block and the pattern's MoE (or MLP) block (Megatron-Bridge's mtp_hybrid_override_pattern "*E":
+        Nemotron 3 Super)."""
+        if self.is_hybrid:
+            return self.hybrid_block_params("*") + self.hybrid_block_params("E" if self.is_moe else "-")
+        return self.layer_params(self.n_layers + k)
 
     def embedding_table_params(self) -> int:
         """The input token table plus learned positions (a lookup per token, not a matmul)."""

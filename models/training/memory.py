@@ -220,10 +220,14 @@ def stage_params(shapes: ModelShapes, L: LayoutArrays, layers: np.ndarray, embed
     if shapes.mtp_layers:
         # DeepSeek-V3's MTP modules sit beside the LM head on the last stage (Sec. 2.2, ModelSpec.mtp_params): one
         # more transformer block each, the 2h x h projection M_k (column-parallel over tp) and three RMSNorms.
-        mtp = np.where(head, float(shapes.mtp_layers), 0.0)
+        # A shared module (ModelSpec.mtp_shared) holds one depth's parameters; a hybrid's MTP block is its
+        # transformer layer (ModelShapes.mtp_layer), not its average block.
+        mtp = np.where(head, float(min(shapes.mtp_layers, 1) if shapes.mtp_shared else shapes.mtp_layers), 0.0)
         moe = shapes.mtp_layer_moe
-        block_dense = (shapes.attn_params + (shapes.moe_dense_part_params if moe else shapes.dense_mlp_params)
-                       + 2 * shapes.hidden * shapes.hidden) / L.tp + shapes.norm_params + 3 * shapes.hidden
+        src = shapes.mtp_layer or shapes
+        block_dense = (src.attn_params + (src.moe_dense_part_params if moe else src.dense_mlp_params)
+                       + 2 * shapes.hidden * shapes.hidden) / L.tp + src.norm_params + 3 * shapes.hidden \
+            + (src.latent_params if moe else 0.0)
         dense = dense + mtp * block_dense
         if moe:
             expert = expert + mtp * shapes.n_experts * shapes.expert_params / (L.ep * L.etp)

@@ -725,8 +725,16 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     mtp = float(shapes.mtp_layers)
     head = (1.0 + mtp) * cost.head_s + (mtp * mtp_projection_s(shapes, L, hw) if mtp else 0.0)
     head_tp = (1.0 + mtp) * cost.head_tp_s
-    first_layers = layers.first + np.where(single, mtp, 0.0)
-    last_layers = layers.last + mtp
+    # Each MTP depth runs one more layer: one of the model's own, or a hybrid's MTP block (ModelShapes.mtp_layer),
+    # counted here in the model's average layers.
+    mtp_layers = mtp
+    mtp_flops = mtp * cost.hardware_flops
+    if mtp and shapes.mtp_layer is not None:
+        block = layer_cost(shapes.mtp_layer, L, hw, stack)
+        mtp_layers = mtp * block.total_s / np.maximum(cost.total_s, TINY_S)
+        mtp_flops = mtp * block.hardware_flops
+    first_layers = layers.first + np.where(single, mtp_layers, 0.0)
+    last_layers = layers.last + mtp_layers
     first_tp = cost.embed_tp_s + np.where(single, head_tp, 0.0)
     first = first_layers * cost.total_s + np.where(single, head, 0.0) + first_tp
     middle = layers.middle * cost.total_s
@@ -765,7 +773,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                         hw.host_link_bytes_per_s)
     step = compute + tp_total + cp_total + ep_total + host_total + pp_comm + bubble + dp_exposed + opt + offload
     # Executed FLOPs over all GPUs: per-rank layer FLOPs x tp x cp ranks sharing a micro-batch, plus the LM head.
-    hardware = L.gbs / L.mbs * (cost.hardware_flops * (shapes.n_layers + mtp) * L.tp * L.cp
+    hardware = L.gbs / L.mbs * ((cost.hardware_flops * shapes.n_layers + mtp_flops) * L.tp * L.cp
                                 + 6.0 * L.mbs * L.seq * shapes.hidden * (1.0 + mtp) * shapes.vocab
                                 + 6.0 * L.mbs * L.seq * mtp * 2.0 * shapes.hidden * shapes.hidden)
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
