@@ -213,3 +213,20 @@ def test_a_latent_moe_layer_by_hand():
     assert [(g.in_features, g.out_features) for g in linears[-2:]] == [(4096, 1024), (1024, 4096)]
     a2a = ep_collectives(moe, L)
     assert a2a.size_bytes[0] == 2 * SEQ * 22 * 1024  # bf16, every routed copy at the latent width
+
+
+def test_a_hybrid_mtp_depth_prices_as_the_transformers_mtp_layer():
+    """An MTP depth after a hybrid pattern is its attention + MoE block pair (Megatron-Bridge's "*E"; ModelShapes
+    .mtp_layer), so Mixtral with one MTP module and Mixtral spelled "*E" x 32 with one MTP depth price alike: the
+    same parameters, model FLOPs and compute, the MTP projection and one more LM head pass on the last stage."""
+    mixtral = load_model("mixtral-8x7b").scaled(name="mixtral-mtp", mtp_layers=1)
+    spelled = mixtral.scaled(name="mixtral-mtp-blocks", n_layers=64, hybrid_pattern="*E" * 32)
+    assert spelled.mtp_params() == mixtral.mtp_params() > 0
+    cluster = load_cluster("dgx-h100:2")
+    layout = Layout(tp=2, pp=2, dp=4, ep=4, mbs=1, gbs=64, seq=4096, sp=True)
+    a, b = (estimate(m, cluster, layout).evaluation for m in (mixtral, spelled))
+    base = estimate(load_model("mixtral-8x7b"), cluster, layout).evaluation
+    assert a.time.step_s[0] > base.time.step_s[0]  # the MTP module costs time
+    for term in ("compute_s", "tp_comm_s", "ep_comm_s", "model_flops"):
+        assert getattr(b.time, term)[0] == pytest.approx(getattr(a.time, term)[0], rel=1e-9), term
+    assert b.memory.peak[0] == pytest.approx(a.memory.peak[0], rel=1e-9)
