@@ -18,11 +18,11 @@ from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context
-from clusterplan.models.serving.kv import kv_window
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
     ServingInstance,
     knobs_for_gpu,
+    kv_accounting,
     serving_memory,
     step_model,
 )
@@ -128,7 +128,7 @@ def engine_for(inst: ServingInstance, mode: str = "colocated", transfer: tuple[f
                   ttft_extra_s_per_token=transfer[1], chunk_tokens=inst.max_batched_tokens,
                   request_overhead_s=inst.knobs.request_overhead_s if mode != "decode" else 0.0,
                   chunked_prefill=get_engine(inst.engine).chunked_prefill,
-                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_window(inst.model))
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_accounting(inst))
 
 
 def capacity_table(instances: tuple[ServingInstance, ...], work: Workload, mode: str = "colocated",

@@ -230,3 +230,40 @@ def test_a_hybrid_mtp_depth_prices_as_the_transformers_mtp_layer():
     for term in ("compute_s", "tp_comm_s", "ep_comm_s", "model_flops"):
         assert getattr(b.time, term)[0] == pytest.approx(getattr(a.time, term)[0], rel=1e-9), term
     assert b.memory.peak[0] == pytest.approx(a.memory.peak[0], rel=1e-9)
+
+
+def test_serving_a_hybrid_by_hand():
+    """Nemotron-H 56B served at tp 8 on H100: only its 10 attention blocks keep a KV cache, 2 (K, V) x 10 x 8 kv heads
+    x 128 x 2 B = 40,960 B per token over the model (5,120 per GPU: one kv head each); each of its 54 Mamba blocks
+    keeps a fixed state per sequence, the SSM state 256 x 64 x 256 and the conv's last 3 inputs of x, B, C
+    (16,384 + 2 x 8 x 256): 4,255,744 elements, bf16, split over tp: 54 x 4,255,744 / 8 x 2 = 57,452,544 B per GPU,
+    11,222 KV tokens of the same GPU, which every running sequence reserves; a decode step reads and writes it."""
+    from clusterplan.hardware_db import get_gpu
+    from clusterplan.models.serving.kv import (
+        kv_bytes_per_token,
+        kv_bytes_per_token_per_gpu,
+        mamba_state_bytes_per_seq_per_gpu,
+        state_tokens_per_seq,
+    )
+    from clusterplan.models.serving.model import (
+        ServingInstance,
+        kv_accounting,
+        max_batch,
+        serving_memory,
+        step_model,
+    )
+
+    m = load_model("nemotron-h-56b")
+    assert kv_bytes_per_token(m) == 40_960 and kv_bytes_per_token_per_gpu(m, 8, 1) == 5_120
+    assert m.mamba_state_elements() == 256 * 64 * 256 + 3 * (16_384 + 2 * 8 * 256) == 4_255_744
+    assert mamba_state_bytes_per_seq_per_gpu(m, 8, 1) == 57_452_544
+    assert state_tokens_per_seq(m, 8, 8, 1) == 11_222
+    inst = ServingInstance(model=m, gpu=get_gpu("H100"), tp=8)
+    assert kv_accounting(inst) == {"state_tokens_per_seq": 11_222}
+    capacity = serving_memory(inst).kv_capacity_tokens
+    assert max_batch(inst, 2048) == capacity // (2048 + 11_222)
+    step = step_model(inst)
+    hbm = inst.gpu.hbm_bytes_per_s * inst.gpu.hbm_fraction
+    one, two = (float(step.terms(0.0, 0.0, b, b * 2048.0).memory_s) for b in (1.0, 2.0))
+    # one more sequence: its KV (2,048 tokens x 5,120 B) read, its state read and written
+    assert two - one == pytest.approx((2048 * 5_120 + 2 * 57_452_544) / hbm, rel=1e-9)

@@ -22,16 +22,16 @@ A_log, D, the gated norm's weight, out_proj (Megatron-Core ssm/mamba_mixer.py)."
 
 
 def require_priced(m: ModelSpec, serving: bool = False) -> None:
-    """Refuse, in one line, a model whose blocks the cost models cannot price yet: any hybrid Mamba-2 / attention
-    stack in serving (its KV cache and Mamba state). The serving models (via ServingInstance, `serving`), the
+    """Refuse, in one line, a model whose blocks the cost models cannot price yet: in serving, a hybrid stack without
+    attention blocks (the serving model sizes batches by KV tokens). The serving models (via ServingInstance, `serving`), the
     training models (via ModelShapes.of), `check` (solver.check.check_config, before its layout rules) and `export`
     (frameworks.export_plan, before a framework's notes) call it, so each stops here instead of pricing a block as
     something it is not."""
-    if m.is_hybrid and serving:
+    if m.is_hybrid and serving and not m.n_attention_layers:
         counts = m.block_counts
         raise BadInputError(
-            f"model {m.name}: hybrid Mamba layers (pattern {'/'.join(counts)}: "
-            f"{'/'.join(str(n) for n in counts.values())} blocks) are not priced yet by the serving cost models; "
+            f"model {m.name}: a hybrid stack without attention blocks (pattern {'/'.join(counts)}: "
+            f"{'/'.join(str(n) for n in counts.values())} blocks) has no KV cache to size serving by; "
             "`clusterplan models show` gives its sizes")
 
 

@@ -370,6 +370,20 @@ class ModelSpec:
         return {c: self.hybrid_pattern.count(c) for c in HYBRID_BLOCKS if c in self.hybrid_pattern}
 
     @property
+    def n_attention_layers(self) -> int:
+        """Layers with attention (and a KV cache): every layer, or a hybrid pattern's `*` blocks."""
+        return self.hybrid_pattern.count("*") if self.is_hybrid else self.n_layers
+
+    def mamba_state_elements(self) -> int:
+        """The recurrent state one sequence keeps per Mamba layer while it decodes: the SSM state H x P x N and the
+        causal conv's last K - 1 inputs of x, B and C, (K - 1)(d_in + 2GN) (vLLM MambaMixer2 / mamba_ssm
+        selective_state_update, causal_conv1d_update). 0 without Mamba blocks."""
+        if "M" not in self.hybrid_pattern:
+            return 0
+        conv = (self.mamba_conv_kernel - 1) * (self.mamba_inner + 2 * self.mamba_groups * self.mamba_state_dim)
+        return self.mamba_heads * self.mamba_head_dim * self.mamba_state_dim + conv
+
+    @property
     def mamba_inner(self) -> int:
         """The Mamba-2 mixer's inner width d_in = H x P (transformers NemotronHMamba2Mixer.intermediate_size;
         Nemotron Nano 2: 128 x 80 = 10240, not 2 x hidden)."""

@@ -19,12 +19,13 @@ from clusterplan.errors import BadInputError
 from clusterplan.hardware_db import get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.serving.kv import kv_tokens_held, kv_window
+from clusterplan.models.serving.kv import kv_tokens_held
 from clusterplan.models.serving.model import (
     ServingInstance,
     StepModel,
     StepTerms,
     knobs_for_gpu,
+    kv_accounting,
     serving_memory,
     step_model,
 )
@@ -185,7 +186,7 @@ def running_cap(engine: Engine, input_tokens: np.ndarray, output_tokens: np.ndar
     """Most requests the scheduler runs at once: its sequence cap, or as many mean-sized requests as the KV
     cache holds when each reserves prompt + output in whole pages (the admission rule of sim._admit)."""
     page = max(engine.kv_block_tokens, 1)
-    reserved = np.ceil((np.asarray(input_tokens) + np.asarray(output_tokens)) / page) * page
+    reserved = np.ceil((np.asarray(input_tokens) + np.asarray(output_tokens) + engine.state_tokens_per_seq) / page) * page
     return int(max(1, min(engine.max_seqs, engine.kv_capacity_tokens // float(reserved.mean()))))
 
 
@@ -324,7 +325,7 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
     return Engine(kv_capacity_tokens=serving_memory(inst).kv_capacity_tokens, max_seqs=max_seqs,
                   chunk_tokens=chunk_tokens or inst.max_batched_tokens, request_overhead_s=inst.knobs.request_overhead_s,
                   chunked_prefill=get_engine(inst.engine).chunked_prefill,
-                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_window(inst.model))
+                  kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_accounting(inst))
 
 
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,

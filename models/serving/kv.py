@@ -13,8 +13,9 @@ def kv_bytes_per_token(spec: ModelSpec, kv_bytes: float = 2.0) -> float:
     if spec.is_mla:
         # MLA caches the compressed latent plus the shared RoPE key per layer (DeepSeek-V2 paper sec. 2.1.3).
         return spec.n_layers * (spec.kv_lora_rank + spec.qk_rope_head_dim) * kv_bytes
-    # Keys and values of every KV head of every layer: 2 * L * n_kv * d_h * b (research/serving-models.md sec. 4.2).
-    return 2.0 * spec.n_layers * spec.kv_heads * spec.dim_head * kv_bytes
+    # Keys and values of every KV head of every attention layer: 2 * L * n_kv * d_h * b (research/serving-models.md
+    # sec. 4.2); a hybrid's attention blocks only (its Mamba blocks keep a fixed state instead: mamba_state_bytes).
+    return 2.0 * spec.n_attention_layers * spec.kv_heads * spec.dim_head * kv_bytes
 
 
 def kv_window(spec: ModelSpec) -> dict[str, int | float]:
@@ -44,11 +45,19 @@ def kv_bytes_per_token_per_gpu(spec: ModelSpec, tp: int, pp: int, kv_bytes: floa
     GQA heads are split over tp ranks and replicated once tp exceeds the KV-head count (vLLM); the MLA
     latent is replicated on every tp rank (vLLM and SGLang without DP attention). Layers split over pp.
     """
-    layers_per_stage = -(-spec.n_layers // pp)
+    layers_per_stage = -(-spec.n_attention_layers // pp)
     if spec.is_mla:
         return layers_per_stage * (spec.kv_lora_rank + spec.qk_rope_head_dim) * kv_bytes
     heads_per_gpu = max(spec.kv_heads / tp, 1.0)
     return 2.0 * layers_per_stage * heads_per_gpu * spec.dim_head * kv_bytes
+
+
+def mamba_state_bytes_per_seq_per_gpu(spec: ModelSpec, tp: int, pp: int, state_bytes: float = 2.0) -> float:
+    """Bytes of recurrent state one running sequence keeps on one GPU of a tp x pp instance: its Mamba layers' SSM
+    and conv states (ModelSpec.mamba_state_elements), heads and groups split over tp (vLLM MambaMixer2), layers
+    over pp; at the model dtype (vLLM mamba_ssm_cache_dtype "auto"). Fixed per sequence, whatever its length."""
+    n_mamba = spec.hybrid_pattern.count("M")
+    return -(-n_mamba // pp) * spec.mamba_state_elements() / tp * state_bytes
 
 
 def kv_transfer_s(spec: ModelSpec, tokens: ArrayLike, link_bytes_per_s: float, latency_s: float,
@@ -60,3 +69,14 @@ def kv_transfer_s(spec: ModelSpec, tokens: ArrayLike, link_bytes_per_s: float, l
     """
     size_bytes = np.asarray(tokens, dtype=float) * kv_bytes_per_token(spec, kv_bytes)
     return p2p_s(size_bytes, link_bytes_per_s * max(parallel_links, 1), latency_s)
+
+
+def state_tokens_per_seq(spec: ModelSpec, tp: int, attention_tp: int, pp: int, kv_bytes: float = 2.0,
+                         state_bytes: float = 2.0) -> int:
+    """A hybrid's per-sequence Mamba state (mamba_state_bytes_per_seq_per_gpu) in KV-token units of the same GPU,
+    rounded up: what a running sequence reserves on top of its KV (vLLM's hybrid allocator keeps one state slot per
+    sequence in the same pool). 0 without Mamba blocks."""
+    state = mamba_state_bytes_per_seq_per_gpu(spec, tp, pp, state_bytes)
+    if not state:
+        return 0
+    return -(-int(state) // int(kv_bytes_per_token_per_gpu(spec, attention_tp, pp, kv_bytes)))

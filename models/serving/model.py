@@ -24,7 +24,14 @@ from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
-from clusterplan.models.serving.kv import kv_bytes_per_token_per_gpu, kv_tokens_held, kv_window
+from clusterplan.models.serving.kv import (
+    kv_bytes_per_token_per_gpu,
+    kv_tokens_held,
+    kv_window,
+    mamba_state_bytes_per_seq_per_gpu,
+    state_tokens_per_seq,
+)
+from clusterplan.models.training.mamba_mixer import forward_bytes, mixer_sizes
 
 GIB = 2**30
 MOE_READ_SHARE = 1.0
@@ -34,6 +41,8 @@ row of reference/data/serving_published.csv."""
 MODEL_GEMM_SHARE = 0.77
 """Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
 Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
+MAMBA_STATE_DTYPE = "bf16"
+"""The Mamba state's dtype in serving: vLLM's mamba_ssm_cache_dtype / mamba_cache_dtype "auto" take the model's."""
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
 # Tensor-core rate each weight format runs at: W8A8 int8 at the 8-bit rate; int4 weight-only (AWQ/GPTQ) kernels
 # dequantise to bf16 and multiply there.
@@ -129,7 +138,7 @@ class ServingInstance:
     (vLLM --max-num-batched-tokens, SGLang --chunked-prefill-size; 2048 is vLLM's chunked-prefill default)."""
 
     def __post_init__(self) -> None:
-        require_priced(self.model, serving=True)  # a hybrid Mamba model: not priced yet, refused in one line
+        require_priced(self.model, serving=True)  # a hybrid without attention blocks: refused in one line
         if self.tp < 1 or self.pp < 1:
             raise BadInputError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
         for what, size in (("--ep", self.ep), ("--attention-dp", self.attention_dp)):
@@ -220,10 +229,23 @@ def serving_memory(inst: ServingInstance) -> ServingMemory:
                          kv_gib=max(free, 0.0) / GIB, kv_capacity_tokens=tokens)
 
 
+def kv_accounting(inst: ServingInstance) -> dict[str, int | float]:
+    """What a sequence reserves beside its KV tokens, as the scheduler (sim.Engine) takes it: the model's attention
+    window (kv.kv_window) and a hybrid's Mamba state in KV-token units (kv.state_tokens_per_seq)."""
+    out: dict[str, int | float] = dict(kv_window(inst.model))
+    state = state_tokens_per_seq(inst.model, inst.tp, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype],
+                                 DTYPE_BYTES[MAMBA_STATE_DTYPE])
+    if state:
+        out["state_tokens_per_seq"] = state
+    return out
+
+
 def max_batch(inst: ServingInstance, context_tokens: float) -> int:
     """Largest number of sequences whose KV at `context_tokens` each fits (0 when not even one does); windowed
-    layers hold at most their window (kv.kv_tokens_held)."""
-    held = float(kv_tokens_held(max(context_tokens, 1.0), **kv_window(inst.model)))
+    layers hold at most their window (kv.kv_tokens_held), a hybrid's sequences their Mamba state too."""
+    acc = kv_accounting(inst)
+    state = float(acc.pop("state_tokens_per_seq", 0))
+    held = float(kv_tokens_held(max(context_tokens, 1.0), **acc)) + state
     return int(serving_memory(inst).kv_capacity_tokens // held)
 
 
@@ -283,6 +305,12 @@ class StepModel:
     """Keys a windowed layer attends to and reads at most (kv.kv_window); 0: every layer reads the whole context."""
     kv_windowed_share: float = 0.0
     """Share of the layers that are windowed."""
+    state_s_per_seq: float = 0.0
+    """A hybrid's Mamba state of one decoding sequence read and written once per step (selective_state_update,
+    causal_conv1d_update), as time on one GPU."""
+    ssd_s_per_prefill_token: float = 0.0
+    """A hybrid's Mamba mixer kernels per prompt token at their memory roofline (training.mamba_mixer.forward_bytes:
+    conv1d, the chunked scan, the group norm), as time on one GPU."""
 
     coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
     """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
@@ -294,12 +322,13 @@ class StepModel:
             self.dense_weights_s, self.kv_read_s_per_token / pp, self.expert_weights_s, 1.0 - self.expert_hit_per_token,
             self.ar_count_per_stage, self.ar_fixed_s, self.ar_s_per_token, self.p2p_latency_s, self.p2p_s_per_token,
             self.step_overhead_s, self.prefill_overhead_s, self.seq_overhead_s, float(self.cuda_graph_max_batch),
-            float(self.kv_window_tokens), self.kv_windowed_share))
+            float(self.kv_window_tokens), self.kv_windowed_share, self.state_s_per_seq / pp,
+            self.ssd_s_per_prefill_token / pp))
 
     def terms(self, n_p: ArrayLike, pairs: ArrayLike, b: ArrayLike, ctx: ArrayLike) -> StepTerms:
         """The parts of one engine step: n_p prompt tokens with `pairs` causal (query, key) pairs, plus one token of
         each of b running sequences whose contexts sum to ctx. Floats or numpy arrays (broadcast)."""
-        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs, w, f = \
+        pp, ct, cp, ch, mw, mk, mx, miss, ar_n, ar_0, ar_t, p2p_0, p2p_t, t0, t_pre, t_seq, graphs, w, f, ms, cs = \
             self.coefficients
         if f:
             # Windowed layers attend to and read at most w keys per sequence: (1 - f) ctx + f min(ctx, b w) (kv.py
@@ -307,9 +336,11 @@ class StepModel:
             # written so floats and arrays both work.
             ctx = (1.0 - f) * ctx + f * 0.5 * (ctx + b * w - abs(ctx - b * w))
         tok = (n_p + b) / pp  # tokens each pipeline stage processes
-        compute = tok * ct + (pairs + ctx) * cp + b * ch
+        # A hybrid's Mamba mixers: the prompt tokens' chunked scan, and each decoding sequence's state read and
+        # written (ms, cs: 0 for a transformer).
+        compute = tok * ct + (pairs + ctx) * cp + b * ch + n_p * cs
         # Experts touched by `tok` routed tokens: 1 - (1 - k/E)^tok of them are read (uniform routing).
-        memory = mw + ctx * mk + mx * (1.0 - miss ** tok)
+        memory = mw + ctx * mk + mx * (1.0 - miss ** tok) + b * ms
         allreduce = ar_n * (ar_0 + ar_t * tok)
         p2p = (pp - 1) * (p2p_0 + p2p_t * tok)
         # Eager launches when the step carries prompt tokens or its decode batch exceeds the captured CUDA graphs.
@@ -357,6 +388,13 @@ def step_model(inst: ServingInstance) -> StepModel:
     # NCCL LL) when the engine profile gives it, else the ring's 2 (tp - 1) alpha.
     ar_fixed = knobs.allreduce_call_s if knobs.allreduce_call_s is not None and inst.tp > 1 else ring_fixed
     kv_per_token = kv_bytes_per_token_per_gpu(spec, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
+    state_bytes = mamba_state_bytes_per_seq_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[MAMBA_STATE_DTYPE])
+    ssd_bytes = 0.0
+    if state_bytes:  # per prompt token on one GPU: the stage's Mamba layers' mixer forward (one token, mbs 1)
+        one = np.ones(1)
+        sizes = mixer_sizes(spec.mamba_inner, spec.mamba_heads, spec.mamba_groups, spec.mamba_state_dim,
+                            spec.mamba_chunk, one * inst.tp)
+        ssd_bytes = -(-spec.hybrid_pattern.count("M") // inst.pp) * float(forward_bytes(sizes, one, one)[0])
     return StepModel(
         pp=inst.pp,
         tp=inst.tp,
@@ -367,7 +405,7 @@ def step_model(inst: ServingInstance) -> StepModel:
         # 2 FLOPs per parameter per token (Kaplan et al. 2020), split over tp x pp GPUs.
         compute_s_per_token=2.0 * layer_params / (n_gpus * flops_per_s),
         # QK^T and AV: 2 (q_dim + v_dim) FLOPs per (query, key) pair per layer (Narayanan et al. 2021 sec. 5.1).
-        compute_s_per_pair=2.0 * (spec.q_dim + spec.v_dim) * spec.n_layers / (n_gpus * flops_per_s),
+        compute_s_per_pair=2.0 * (spec.q_dim + spec.v_dim) * spec.n_attention_layers / (n_gpus * flops_per_s),
         head_s_per_seq=2.0 * spec.vocab * spec.hidden / (n_gpus * flops_per_s),
         dense_weights_s=dense_bytes / weight_bytes_per_s,
         expert_weights_s=expert_bytes / (weight_bytes_per_s * MOE_READ_SHARE),
@@ -375,8 +413,11 @@ def step_model(inst: ServingInstance) -> StepModel:
         # Each GPU reads the KV of its own DP-attention group: 1 / attention_dp of the batch's context.
         kv_read_s_per_token=kv_per_token / inst.attention_dp / hbm_bytes_per_s,
         **kv_window(spec),
-        # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019).
-        ar_count_per_stage=2.0 * spec.n_layers / inst.pp,
+        # Megatron tensor parallelism: two all-reduces of the hidden state per layer (Shoeybi et al. 2019); one per
+        # block of a hybrid pattern.
+        ar_count_per_stage=(1.0 if spec.is_hybrid else 2.0) * spec.n_layers / inst.pp,
+        state_s_per_seq=2.0 * state_bytes / hbm_bytes_per_s,
+        ssd_s_per_prefill_token=ssd_bytes / hbm_bytes_per_s,
         # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.
         ar_fixed_s=ar_fixed,
         ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ring_fixed,

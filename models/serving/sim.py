@@ -55,14 +55,19 @@ class Engine:
     request_overhead_s: float = 0.0
     """Time from a request's arrival until the scheduler sees it (HTTP, tokenization): delays its admission,
     so TTFT and end-to-end latency both include it."""
+    state_tokens_per_seq: int = 0
+    """What each running sequence reserves beyond its KV, in KV tokens: a hybrid's Mamba state
+    (models.serving.kv.state_tokens_per_seq); 0 for a transformer."""
     kv_window_tokens: int = 0
     """Tokens a windowed layer keeps at most (models.serving.kv.kv_window); 0: every layer keeps every token."""
     kv_windowed_share: float = 0.0
     """Share of the layers that are windowed."""
 
     def kv_tokens(self, tokens: float) -> int:
-        """KV tokens a sequence of `tokens` reserves: what its layers hold (kv.kv_tokens_held), in whole pages."""
+        """KV tokens a sequence of `tokens` reserves: what its layers hold (kv.kv_tokens_held) and any Mamba state,
+        in whole pages."""
         held = math.ceil(float(kv_tokens_held(tokens, self.kv_window_tokens, self.kv_windowed_share)))
+        held += self.state_tokens_per_seq
         page = max(self.kv_block_tokens, 1)
         return -(-held // page) * page
 
@@ -302,7 +307,7 @@ def rate_upper_bound_rps(step: StepModel, engine: Engine, input_tokens: float, o
 def slo_batch(step: StepModel, engine: Engine, input_tokens: float, output_tokens: float, slo: Slo) -> int:
     """Largest batch whose KV fits and whose decode step meets the TPOT target (0 when none does)."""
     held = float(kv_tokens_held(max(input_tokens + output_tokens, 1.0), engine.kv_window_tokens,
-                                engine.kv_windowed_share))
+                                engine.kv_windowed_share)) + engine.state_tokens_per_seq
     b_max = int(min(engine.max_seqs, engine.kv_capacity_tokens // held))
     if b_max < 1:
         return 0
