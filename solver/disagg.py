@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from clusterplan.hardware_db import Link
-from clusterplan.models.serving.kv import kv_bytes_per_token
-from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
+from clusterplan.models.serving.kv import kv_bytes_per_token, mamba_state_bytes_per_seq_per_gpu
+from clusterplan.models.serving.model import DTYPE_BYTES, MAMBA_STATE_DTYPE, ServingInstance, step_model
 from clusterplan.models.serving.sim import rate_upper_bound_rps
 from clusterplan.progress import ProgressFn
 from clusterplan.solver.serve import (
@@ -31,11 +31,14 @@ from clusterplan.solver.serve import (
 def kv_transfer_terms(inst: ServingInstance, link: Link) -> tuple[float, float]:
     """(latency s, s per prompt token) of sending a prompt's KV from this prefill instance.
 
-    Each of the instance's tp x pp GPUs sends its shard over its own NIC: t = alpha + I kv_tok / (n B).
+    Each of the instance's tp x pp GPUs sends its shard over its own NIC: t = alpha + I kv_tok / (n B); a hybrid's
+    Mamba state goes with it once per request (the same on every GPU's link: kv.mamba_state_bytes_per_seq_per_gpu).
     """
     bytes_per_s = link.achieved_bytes_per_s * inst.n_gpus
     per_token = kv_bytes_per_token(inst.model, DTYPE_BYTES[inst.kv_dtype]) / bytes_per_s
-    return link.latency_us * 1e-6, per_token
+    state_s = mamba_state_bytes_per_seq_per_gpu(inst.model, inst.tp, inst.pp, DTYPE_BYTES[MAMBA_STATE_DTYPE]) \
+        / link.achieved_bytes_per_s
+    return link.latency_us * 1e-6 + state_s, per_token
 
 
 def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits, link: Link,
