@@ -267,3 +267,29 @@ def test_serving_a_hybrid_by_hand():
     one, two = (float(step.terms(0.0, 0.0, b, b * 2048.0).memory_s) for b in (1.0, 2.0))
     # one more sequence: its KV (2,048 tokens x 5,120 B) read, its state read and written
     assert two - one == pytest.approx((2048 * 5_120 + 2 * 57_452_544) / hbm, rel=1e-9)
+
+
+def test_a_hybrids_pipeline_stages_hold_their_slice_of_the_pattern():
+    """Megatron-Core's MambaStack gives each pipeline rank its count of pattern characters, whatever their kind: Llama
+    3.1 8B written "*" x 32 + "-" x 32 on pp 2 puts every attention block on rank 0 and every MLP block on rank 1,
+    so the stages are priced as 32 attention blocks and 32 MLP blocks (in the average block's units), not 32
+    average blocks each; an even "*-" x 32 split keeps the average."""
+    from clusterplan.hardware_db.stacks import get_stack
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.memory import stage_layers
+    from clusterplan.models.training.step import hybrid_stage_layers, layer_cost
+
+    llama = load_model("llama3.1-8b")
+    hw, stack = HardwareRates.of(load_cluster("dgx-h100:1")), get_stack("megatron-core")
+    L = LayoutArrays.from_layouts([Layout(tp=2, pp=2, dp=2, mbs=1, gbs=16, seq=8192, sp=True)])
+    for pattern, split in (("*" * 32 + "-" * 32, True), ("*-" * 32, False)):
+        shapes = ModelShapes.of(llama.scaled(name="x", n_layers=64, hybrid_pattern=pattern))
+        cost = layer_cost(shapes, L, hw, stack)
+        kinds = {b.block: layer_cost(b, L, hw, stack).total_s[0] for _, b in shapes.blocks}
+        got = hybrid_stage_layers(shapes, L, stage_layers(shapes, L), cost, hw, stack)
+        average = cost.total_s[0]
+        if split:
+            assert got.first[0] == pytest.approx(32 * kinds["attention"] / average)
+            assert got.last[0] == pytest.approx(32 * kinds["mlp"] / average)
+        else:
+            assert got.first[0] == pytest.approx(32.0) and got.last[0] == pytest.approx(32.0)

@@ -105,6 +105,8 @@ class ModelShapes:
     """Groups the routed experts are split into for group-limited routing (ModelSpec.expert_groups; 1 = none)."""
     expert_groups_per_token: int = 0
     """Groups a token's experts may come from (ModelSpec.expert_groups_per_token; 0 = no limit)."""
+    pattern: str = ""
+    """A hybrid's blocks in order (ModelSpec.hybrid_pattern): which kinds each pipeline stage holds."""
     mtp_shared: bool = False
     """The MTP depths share one module's parameters (ModelSpec.mtp_shared)."""
     mtp_layer: ModelShapes | None = None
@@ -234,7 +236,7 @@ def hybrid_shapes(m: ModelSpec, layer: ModelShapes) -> ModelShapes:
     # (memory.stage_params): the MLP and Mamba blocks' parameters go in over the non-MoE share.
     non_moe = 1.0 - share["moe"]
     dense = share["mlp"] * layer.dense_mlp_params + share["mamba"] * (in_out + mamba_rest)
-    return replace(layer, blocks=blocks, n_moe_layers=m.n_moe_layers, mtp_layer=mtp_layer,
+    return replace(layer, blocks=blocks, n_moe_layers=m.n_moe_layers, mtp_layer=mtp_layer, pattern=m.hybrid_pattern,
                    attn_params=share["attention"] * layer.attn_params,
                    dense_mlp_params=dense / non_moe if non_moe else 0.0,
                    norm_params=norm, tensors_per_layer=sum(s * b.tensors_per_layer for s, b in blocks))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 import numpy as np
 
 from clusterplan.hardware_db.stacks import ExecutionStack
-from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.hardware import comm
 from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
@@ -717,6 +717,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     m = L.microbatches
     layers = stage_layers(shapes, L)
     cost = layer_cost(shapes, L, hw, stack)
+    if shapes.blocks and np.any(L.pp > 1):  # a hybrid's stages hold its pattern's blocks as they come, not its mix
+        layers = hybrid_stage_layers(shapes, L, layers, cost, hw, stack)
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
@@ -779,6 +781,41 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     host_s=host_total, pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware, offload_s=offload)
+
+
+def rank_block_counts(n_layers: int, pp: int, first: float, middle: float, last: float,
+                      listed: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Blocks each pipeline rank holds, in order (Megatron-Core MambaStack: by count of pattern characters,
+    regardless of kind; the ends' own counts where given): the listed counts, or first, the middles, last; None
+    where they do not add up to the model (a layout the rules refuse)."""
+    counts = tuple(listed) if listed else (round(first), *(round(middle),) * (pp - 2), round(last))
+    return counts if len(counts) == pp and sum(counts) == n_layers and min(counts) >= 0 else None
+
+
+def hybrid_stage_layers(shapes: ModelShapes, L: LayoutArrays, layers: StageLayers, cost: LayerCost,
+                        hw: HardwareRates, stack: ExecutionStack) -> StageLayers:
+    """A hybrid's first, slowest middle and last pipeline ranks in units of its average layer (cost.total_s): each
+    rank's blocks as its slice of the pattern holds them (rank_block_counts), priced by kind. What the stage
+    times read; a layout whose counts do not add up keeps the average."""
+    kinds = {block.block: layer_cost(block, L, hw, stack).total_s for _, block in shapes.blocks}
+    symbol = {kind: sym for sym, kind in HYBRID_BLOCK_KINDS.items()}
+    first, middle, last = (np.array(x, dtype=float, copy=True) for x in (layers.first, layers.middle, layers.last))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in np.nonzero(L.pp > 1)[0]:
+        counts = rank_block_counts(shapes.n_layers, int(L.pp[i]), float(layers.first[i]), float(layers.middle[i]),
+                                   float(layers.last[i]), tuple(L.pp_layers[i]) if L.pp_layers_listed[i] else ())
+        if counts is not None:
+            groups.setdefault(counts, []).append(int(i))
+    average = np.maximum(cost.total_s, TINY_S)
+    for counts, members in groups.items():
+        idx = np.array(members)
+        starts = np.cumsum((0, *counts[:-1]))
+        units = [sum(shapes.pattern[s:s + c].count(symbol[k]) * kinds[k][idx] for k in kinds) / average[idx]
+                 for s, c in zip(starts, counts, strict=True)]
+        first[idx], last[idx] = units[0], units[-1]
+        if len(units) > 2:
+            middle[idx] = np.max(units[1:-1], axis=0)
+    return StageLayers(first, middle, last)
 
 
 def offload_exposed_s(layer_bytes: np.ndarray, offloaded: np.ndarray, layers: np.ndarray, layer_forward_s: np.ndarray,
