@@ -110,8 +110,9 @@ def test_attention_and_moe_blocks_price_as_the_moe_transformer_they_spell():
 def test_a_mamba_block_by_hand():
     """Nemotron-H 56B, tp 8, one 8,192-token micro-batch: in_proj 8,192 -> (2 x 16,384 + 2 x 8 x 256 + 256) / 8 =
     4,640 and out_proj 2,048 -> 8,192 per rank, 2 x 8,192 x (8,192 x 4,640 + 2,048 x 8,192) = 898.6 GFLOP forward;
-    its mixer 91,972 B/token forward and 275,908 backward at the achieved HBM rate; the block keeps its input and
-    norm output (bf16, SP shards of h), the mixer's 21,572 B/token and nothing for attention."""
+    its mixer 91,972 B/token forward and 275,908 backward; the block keeps its input and
+    norm output (bf16, SP shards of h), the mixer's 21,572 B/token and nothing for attention. The mixer's bytes move
+    at SSD_KERNEL_COPY_SHARE (0.46) of the copy rate: vLLM PR #27299's H100 measurement of these kernels."""
     from clusterplan.models.hardware.rates import HardwareRates
     from clusterplan.models.training.compute import layer_flops, layer_linears, layer_time
     from clusterplan.models.training.memory import layer_activation_bytes
@@ -127,10 +128,12 @@ def test_a_mamba_block_by_hand():
     # the same linears as an MLP block (whose plain activation moves 4 B per inner element) less the mixer
     as_mlp = layer_time(replace(mamba, block="mlp"), L, hw, False, get_stack("megatron-core"))
     activation_bytes = 4.0 * SEQ * 16384 / 8
-    assert with_mixer.forward_s[0] - as_mlp.forward_s[0] == pytest.approx((91_972 * SEQ - activation_bytes)
-                                                                          / hw.hbm_bytes_per_s)
-    assert with_mixer.backward_s[0] - as_mlp.backward_s[0] == pytest.approx((275_908 * SEQ - 2 * activation_bytes)
-                                                                            / hw.hbm_bytes_per_s)
+    # the mixer's bytes at the SSD kernels' measured share of the copy rate, less the MLP activation's at the copy rate
+    ssd_rate = mamba_mixer.SSD_KERNEL_COPY_SHARE * hw.hbm_bytes_per_s
+    assert with_mixer.forward_s[0] - as_mlp.forward_s[0] == pytest.approx(
+        91_972 * SEQ / ssd_rate - activation_bytes / hw.hbm_bytes_per_s)
+    assert with_mixer.backward_s[0] - as_mlp.backward_s[0] == pytest.approx(
+        275_908 * SEQ / ssd_rate - 2 * activation_bytes / hw.hbm_bytes_per_s)
     kept = layer_activation_bytes(mamba, L, False, np.array([0]))
     # one norm input (bf16, SP shard), in_proj's saved input (the norm output, SP shard), the mixer's tensors
     assert kept[0] == SEQ * 8192 * 2 / 8 + SEQ * 8192 * 2 / 8 + 21_572 * SEQ

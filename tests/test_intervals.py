@@ -76,10 +76,11 @@ def test_stored_residuals_match_the_model():
 
 def test_a_hybrid_prediction_draws_on_the_hybrid_rows_alone():
     """A hybrid Mamba stack's interval comes from the published hybrid runs (dgxc Nemotron-H 56B, +29.5 .. +36.7 %
-    too fast): it lies above the prediction, where the measured times were; a dense prediction never draws on them."""
+    too fast at the roofline, +13.8 .. +20.1 % at the SSD kernels' measured rate): it lies above the prediction,
+    where the measured times were; a dense prediction never draws on them."""
     want = {"generation": "hopper", "moe": "hybrid", "precision": "16-bit", "seq": "long", "scale": "node"}
     iv = interval_for(want)
-    assert "moe" in iv.matched_on and iv.rows == 7 and 1.2 < iv.low_ratio < iv.high_ratio < 1.5
+    assert "moe" in iv.matched_on and iv.rows == 7 and 1.1 < iv.low_ratio < iv.high_ratio < 1.3
     dense = interval_for({**want, "moe": "dense"})
     assert "moe" in dense.matched_on and dense.rows > 7 and dense.low_ratio < 1.0
 

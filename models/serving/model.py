@@ -31,7 +31,7 @@ from clusterplan.models.serving.kv import (
     mamba_state_bytes_per_seq_per_gpu,
     state_tokens_per_seq,
 )
-from clusterplan.models.training.mamba_mixer import forward_bytes, mixer_sizes
+from clusterplan.models.training.mamba_mixer import SSD_KERNEL_COPY_SHARE, forward_bytes, mixer_sizes
 
 GIB = 2**30
 MOE_READ_SHARE = 1.0
@@ -309,8 +309,8 @@ class StepModel:
     """A hybrid's Mamba state of one decoding sequence read and written once per step (selective_state_update,
     causal_conv1d_update), as time on one GPU."""
     ssd_s_per_prefill_token: float = 0.0
-    """A hybrid's Mamba mixer kernels per prompt token at their memory roofline (training.mamba_mixer.forward_bytes:
-    conv1d, the chunked scan, the group norm), as time on one GPU."""
+    """A hybrid's Mamba mixer kernels per prompt token (training.mamba_mixer.forward_bytes: conv1d, the chunked scan,
+    the group norm) at the SSD kernels' measured HBM share (SSD_KERNEL_COPY_SHARE), as time on one GPU."""
 
     coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)
     """The fields above folded per pipeline stage, read in one unpacking by `terms` (the simulator's hot path)."""
@@ -417,7 +417,7 @@ def step_model(inst: ServingInstance) -> StepModel:
         # block of a hybrid pattern.
         ar_count_per_stage=(1.0 if spec.is_hybrid else 2.0) * spec.n_layers / inst.pp,
         state_s_per_seq=2.0 * state_bytes / hbm_bytes_per_s,
-        ssd_s_per_prefill_token=ssd_bytes / hbm_bytes_per_s,
+        ssd_s_per_prefill_token=ssd_bytes / (SSD_KERNEL_COPY_SHARE * hbm_bytes_per_s),
         # The ring all-reduce of models/hardware/comm.py, split into its latency and per-byte parts.
         ar_fixed_s=ar_fixed,
         ar_s_per_token=float(all_reduce_s(act_bytes, inst.tp, busbw, alpha)) - ring_fixed,

@@ -6,8 +6,9 @@ Megatron-Core's MambaMixer (ssm/mamba_mixer.py `_ssm_training`, the default mem-
 skip and the z gate fused in), then its group RMSNorm on the gated output, then out_proj. in_proj and out_proj are
 Transformer Engine linears (priced as the block's GEMMs, fp8 where the recipe runs it); everything in between is
 Triton / CUDA kernels in bf16 and fp32 whose arithmetic intensity (21-29 FLOP/B) is far below any GPU's ridge, so
-they are priced as the HBM bytes they move at the achieved HBM rate, or their tensor-core FLOPs at the bf16 rate
-where that is longer (it never is on the GPUs in hardware_db). Every count below is derived kernel by kernel from the
+they are priced as the HBM bytes they move at the rate such kernels were measured to reach (SSD_KERNEL_COPY_SHARE of
+the achieved HBM rate), or their tensor-core FLOPs at the bf16 rate where that is longer (it never is on the GPUs in
+hardware_db). Every count below is derived kernel by kernel from the
 code in research/mamba-ssd-traffic.md (state-spaces/mamba ssd_combined.py @ d757aef1 and its kernels,
 Dao-AILab/causal-conv1d); nothing is fitted.
 
@@ -21,6 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SSD_KERNEL_COPY_SHARE = 0.46
+"""The rate the mamba_ssm SSD kernels move their bytes at, over the GPU's achieved copy rate (hbm_bytes_per_s):
+measured, not fitted. vLLM PR #27299 timed the five-kernel `_mamba_chunk_scan_combined_fwd` on one H100 (b 1,
+s 8192, 128 heads x 64, 1 group, state 128, chunk 256, fp16): 1.262e7 tokens/s x 104,704 B per token (this module's
+forward bytes less conv, norm and z) = 1.32 TB/s, 0.395 of the 3.35 TB/s peak and 0.46 of H100's achieved copy rate
+(x 0.85). Forward only: the backward (the same Triton family) and other GPUs and shapes are assumed alike
+(research/mamba-training-throughput.md, its K1; K2, a bf16 fla benchmark, gives 0.27 of an H100's peak)."""
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
 REFERENCE_CHUNK = 128
@@ -124,8 +132,10 @@ def saved_bytes(m: MixerSizes, tokens: np.ndarray, out_proj_input_bytes: np.ndar
 def mixer_times(m: MixerSizes, tokens: np.ndarray, mbs: np.ndarray, hbm_bytes_per_s: float, bf16_flops_per_s: float,
                 sm_count: int) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds of the mixer kernels on one rank per micro-batch: the roofline's longer side,
-    bytes at the achieved HBM rate or FLOPs at the bf16 GEMM rate."""
+    bytes at the SSD kernels' measured share of the achieved HBM rate (SSD_KERNEL_COPY_SHARE) or FLOPs at the bf16
+    GEMM rate."""
     f_flops, b_flops = ssd_flops(m, tokens)
-    forward = np.maximum(forward_bytes(m, tokens, mbs) / hbm_bytes_per_s, f_flops / bf16_flops_per_s)
-    backward = np.maximum(backward_bytes(m, tokens, mbs, sm_count) / hbm_bytes_per_s, b_flops / bf16_flops_per_s)
+    rate = SSD_KERNEL_COPY_SHARE * hbm_bytes_per_s
+    forward = np.maximum(forward_bytes(m, tokens, mbs) / rate, f_flops / bf16_flops_per_s)
+    backward = np.maximum(backward_bytes(m, tokens, mbs, sm_count) / rate, b_flops / bf16_flops_per_s)
     return forward, backward
