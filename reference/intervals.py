@@ -189,12 +189,14 @@ def ties(plans: list[dict[str, Any]]) -> list[int]:
     """Ranks of the plans whose predicted time lies inside #1's interval: a tie with #1, not a ranking."""
     if not plans or "step_time_interval" not in plans[0]:
         return []
+    # Inside means between both bounds: an interval that sits above the prediction (a regime the model predicts too
+    # fast) may hold none of the other plans.
     key = "days" if all(p.get("time_to_train", {}).get("days") for p in plans) else None
     if key:
-        hi = plans[0]["time_to_train"]["days_interval"][1]
-        return [p["rank"] for p in plans[1:] if p["time_to_train"]["days"] <= hi]
-    hi = plans[0]["step_time_interval"]["high_s"]
-    return [p["rank"] for p in plans[1:] if p["step_time_s"] <= hi]
+        lo, hi = plans[0]["time_to_train"]["days_interval"]
+        return [p["rank"] for p in plans[1:] if lo <= p["time_to_train"]["days"] <= hi]
+    lo, hi = plans[0]["step_time_interval"]["low_s"], plans[0]["step_time_interval"]["high_s"]
+    return [p["rank"] for p in plans[1:] if lo <= p["step_time_s"] <= hi]
 
 
 # ---- generating the residuals -----------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ def plan_rebalance(req: RebalanceRequest) -> tuple[dict[str, Any], list[Any]]:
             return base
         return balanced_placement(windows.window(i), base)[0]
 
-    expert_bytes = model.mlp_params(model.expert_ffn_hidden) * req.weight_bytes
+    expert_bytes = model.expert_params() * req.weight_bytes
     rows = compare_intervals(windows, place, list(req.intervals), fabric, rule, expert_bytes, req.steps_per_window)
     online = [r for r in rows if r.interval != "oracle"]
     best = min(online, key=lambda r: r.total_s_per_step)

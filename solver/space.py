@@ -254,7 +254,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     # With flash attention, selective recompute keeps exactly what no recompute keeps (Korthikanti's selective
     # set is the s^2 score matrix flash never stores), so it is a duplicate unless pinned.
     flash = bool(fixed.get("flash_attn", True))
-    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective") and stack.can_run("recompute", r))
+    recompute_options = tuple(r for r in RECOMPUTE if not (flash and r == "selective") and stack.can_run("recompute", r)
+                              and not (model.is_hybrid and r == "full"))  # layout.hybrid_problems: no full recompute
     zero_options = [z for z in ZERO if stack.can_run("zero", z)]
     # Each rejected structure stands for every (zero, mbs, recompute) it would have expanded to.
     precision_options = pick("precision", precisions)

@@ -153,6 +153,8 @@ def test_mfu_basis_agrees_with_megatron_bridges_hybrid_flops():
     (dict(tp=16, dp=1), "mamba_groups(8) % tp(16)"),
     (dict(cp=2, dp=4), "Mamba context parallelism is not priced"),
     (dict(pp=2, vpp=2, dp=4, schedule="interleaved-1f1b"), "no interleaved pipeline"),
+    (dict(recompute="full"), "no full recompute"),
+    (dict(pp=2, dp=1, pp_layers=(60, 58)), "no per-rank layout"),
 ])
 def test_what_megatron_cores_mamba_stack_cannot_run(change, says):
     model = load_model("nemotron-h-56b")
@@ -296,3 +298,52 @@ def test_a_hybrids_pipeline_stages_hold_their_slice_of_the_pattern():
             assert got.last[0] == pytest.approx(32 * kinds["mlp"] / average)
         else:
             assert got.first[0] == pytest.approx(32.0) and got.last[0] == pytest.approx(32.0)
+
+
+def test_recompute_modules_leave_the_mamba_blocks_alone():
+    """Megatron-Core's MambaLayer is no TransformerLayer: the "mlp" module checkpoints the MLP blocks only (their
+    activations freed, their forward run again), "layernorm" charges no Mamba norm (fused into in_proj); a Mamba
+    block keeps and costs the same under every module set."""
+    from clusterplan.hardware_db.stacks import get_stack
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.batch import RecomputeCode
+    from clusterplan.models.training.compute import layer_time
+    from clusterplan.models.training.layout import RECOMPUTE_MODULES
+    from clusterplan.models.training.memory import layer_activation_bytes
+
+    shapes = ModelShapes.of(load_model("nemotron-h-8b"))
+    blocks = {b.block: b for _, b in shapes.blocks}
+    hw, stack = HardwareRates.of(load_cluster("dgx-h100:1")), get_stack("megatron-core")
+    base = LayoutArrays.from_layouts([Layout(tp=2, dp=4, mbs=1, gbs=8, seq=SEQ, sp=True, recompute="none")])
+    for modules in ("mlp", "layernorm", "mlp+layernorm+core_attn"):
+        L = LayoutArrays.from_layouts([Layout(tp=2, dp=4, mbs=1, gbs=8, seq=SEQ, sp=True, recompute="selective",
+                                              recompute_modules=modules)])
+        mode = np.array([RecomputeCode.SELECTIVE])
+        assert layer_activation_bytes(blocks["mamba"], L, False, mode)[0] == \
+            layer_activation_bytes(blocks["mamba"], base, False, np.array([RecomputeCode.NONE]))[0], modules
+        assert layer_time(blocks["mamba"], L, hw, False, stack).recompute_s[0] == 0.0, modules
+    L = LayoutArrays.from_layouts([Layout(tp=2, dp=4, mbs=1, gbs=8, seq=SEQ, sp=True, recompute="selective",
+                                          recompute_modules="mlp")])
+    assert layer_activation_bytes(blocks["mlp"], L, False, np.array([RecomputeCode.SELECTIVE]))[0] < \
+        layer_activation_bytes(blocks["mlp"], base, False, np.array([RecomputeCode.NONE]))[0]
+    assert layer_time(blocks["mlp"], L, hw, False, stack).recompute_s[0] > 0.0
+    assert "mlp" in RECOMPUTE_MODULES
+
+
+def test_serving_sizes_each_stage_by_its_slice_of_the_pattern():
+    """Nemotron Nano 2 9B (4 attention blocks in 56) at pp 4: the stages hold 0, 2, 2 and 0 attention blocks, so the
+    busiest stage sizes the KV cache by 2 of them, not 4 / 4 = 1; its Mamba state by the busiest stage's 8."""
+    from clusterplan.models.serving.kv import busiest_stage_layers, kv_bytes_per_token_per_gpu
+
+    m = load_model("nemotron-nano-9b-v2")
+    assert [m.hybrid_pattern[round(i * 56 / 4):round((i + 1) * 56 / 4)].count("*") for i in range(4)] == [0, 2, 2, 0]
+    assert busiest_stage_layers(m, 4, "*") == 2 and busiest_stage_layers(m, 4, "M") == 8
+    assert kv_bytes_per_token_per_gpu(m, 1, 4) == 2 * 2 * m.kv_heads * m.dim_head * 2
+
+
+def test_expert_placement_moves_a_latent_moes_tokens_at_the_latent_width():
+    from clusterplan.models.moe.metrics import fabric_for
+
+    super_ = load_model("nemotron-3-super-120b-a12b")
+    fabric = fabric_for(load_cluster("dgx-h100:8"), super_, "bf16")
+    assert fabric.dispatch_bytes_per_token == fabric.combine_bytes_per_token == 1024 * 2

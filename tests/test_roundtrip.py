@@ -54,7 +54,7 @@ HAND: list[tuple[str, str, dict]] = [
     ("nemotron-h-56b", "dgx-h100:4", {"tp": 8, "mbs": 1, "gbs": 96, "seq": 8192, "sp": True, "precision": "fp8",
                                       "fp8_params": True, "recompute": "none"}),
     ("nemotron-h-8b", "dgx-h100:2", {"tp": 2, "pp": 2, "mbs": 2, "gbs": 64, "seq": 8192, "sp": True,
-                                     "recompute": "full"}),
+                                     "recompute": "selective", "recompute_modules": "core_attn+mlp"}),
     ("llama3.1-70b", "dgx-h100:8", {"tp": 8, "pp": 4, "vpp": 2, "mbs": 1, "gbs": 512, "seq": 8192, "sp": True,
                                     "schedule": "interleaved-1f1b"}),
     ("llama3.1-70b", "dgx-h100:8", {"tp": 8, "pp": 4, "mbs": 1, "gbs": 512, "seq": 8192, "sp": True,

@@ -122,9 +122,9 @@ class ModelShapes:
     linears, ffn = the inner width d_in)."""
     blocks: tuple[tuple[float, ModelShapes], ...] = ()
     """A hybrid stack: each block kind's share of the n_layers and its shapes (block set). The cost models price a
-    hybrid's average layer as these blocks mixed by share; the scalar fields here are per-layer averages over the
-    blocks for the parameter, optimizer-state and collective terms (attn_params, dense_mlp_params, norm_params,
-    tensors_per_layer)."""
+    hybrid's average layer as these blocks mixed by share; of the hybrid's own scalar fields, attn_params,
+    dense_mlp_params (over the non-MoE share), norm_params and tensors_per_layer are per-layer averages over the
+    blocks, for the parameter, optimizer-state and collective terms; the others are the model's."""
     mamba_inner: int = 0
     """Mamba-2 inner width d_in = heads x head_dim (ModelSpec.mamba_inner); 0 outside a mamba block."""
     mamba_heads: int = 0
@@ -147,13 +147,6 @@ class ModelShapes:
         """Residual blocks, each with a pre-norm, a residual add and (under TP) a gather / scatter pair, in one of
         its layers: 2 in a transformer layer, 1 in a hybrid block."""
         return 2 if self.block == "layer" else 1
-
-    @property
-    def attention_layers(self) -> float:
-        """Layers with an attention core: n_layers, or a hybrid's `*` blocks."""
-        if self.blocks:
-            return sum(share * self.n_layers for share, b in self.blocks if b.has_attention)
-        return float(self.n_layers) if self.has_attention else 0.0
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:

@@ -204,14 +204,16 @@ def fabric_for(cluster: Cluster, model: ModelSpec, dispatch_dtype: str = "bf16")
         raise BadInputError(f"cluster {cluster.name} mixes node kinds; expert placement needs one kind of node")
     g = cluster.primary
     # 2 FLOPs per parameter per token for a forward pass (Kaplan et al. 2020).
-    flops = 2 * model.mlp_params(model.expert_ffn_hidden)
+    # a latent MoE dispatches, computes and combines at its latent width (ModelSpec.moe_latent)
+    flops = 2 * model.expert_params()
+    width = model.moe_latent or model.hidden
     return Fabric(
         n_gpus=cluster.world_size, gpus_per_node=g.gpus_per_node,
         scale_up_busbw_bytes_per_s=g.scale_up_busbw_gb_per_s * 1e9,
         scale_out_busbw_bytes_per_s=g.scale_out_busbw_gb_per_s * 1e9,
         scale_up_latency_s=g.scale_up.latency_us * 1e-6, scale_out_latency_s=g.nic.latency_us * 1e-6,
-        dispatch_bytes_per_token=model.hidden * BYTES_PER_ELEMENT[dispatch_dtype],
-        combine_bytes_per_token=model.hidden * BYTES_PER_ELEMENT["bf16"],
+        dispatch_bytes_per_token=width * BYTES_PER_ELEMENT[dispatch_dtype],
+        combine_bytes_per_token=width * BYTES_PER_ELEMENT["bf16"],
         expert_s_per_token=flops / (g.gpu.tflops("bf16") * 1e12),
     )
 

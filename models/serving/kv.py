@@ -45,7 +45,7 @@ def kv_bytes_per_token_per_gpu(spec: ModelSpec, tp: int, pp: int, kv_bytes: floa
     GQA heads are split over tp ranks and replicated once tp exceeds the KV-head count (vLLM); the MLA
     latent is replicated on every tp rank (vLLM and SGLang without DP attention). Layers split over pp.
     """
-    layers_per_stage = -(-spec.n_attention_layers // pp)
+    layers_per_stage = busiest_stage_layers(spec, pp, "*") if spec.is_hybrid else -(-spec.n_layers // pp)
     if spec.is_mla:
         return layers_per_stage * (spec.kv_lora_rank + spec.qk_rope_head_dim) * kv_bytes
     heads_per_gpu = max(spec.kv_heads / tp, 1.0)
@@ -56,8 +56,16 @@ def mamba_state_bytes_per_seq_per_gpu(spec: ModelSpec, tp: int, pp: int, state_b
     """Bytes of recurrent state one running sequence keeps on one GPU of a tp x pp instance: its Mamba layers' SSM
     and conv states (ModelSpec.mamba_state_elements), heads and groups split over tp (vLLM MambaMixer2), layers
     over pp; at the model dtype (vLLM mamba_ssm_cache_dtype "auto"). Fixed per sequence, whatever its length."""
-    n_mamba = spec.hybrid_pattern.count("M")
-    return -(-n_mamba // pp) * spec.mamba_state_elements() / tp * state_bytes
+    return busiest_stage_layers(spec, pp, "M") * spec.mamba_state_elements() / tp * state_bytes
+
+
+def busiest_stage_layers(spec: ModelSpec, pp: int, symbol: str) -> int:
+    """The most `symbol` blocks of a hybrid pattern one of pp pipeline stages holds, the pattern cut into pp
+    consecutive slices of near-equal length (cut at round(i n / pp)) as engines split layers (vLLM
+    get_pp_indices): what that stage's memory is sized by."""
+    n = len(spec.hybrid_pattern)
+    bounds = [round(i * n / pp) for i in range(pp + 1)]
+    return max(spec.hybrid_pattern[a:b].count(symbol) for a, b in zip(bounds, bounds[1:], strict=False))
 
 
 def kv_transfer_s(spec: ModelSpec, tokens: ArrayLike, link_bytes_per_s: float, latency_s: float,

@@ -677,7 +677,8 @@ def module_recompute(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, mo
     terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [
         (bit(0), core_s, core_flops),
         (bit(1) & moe, act_s, 0.0),
-        (bit(2), norm_bytes(shapes, L) / hw.hbm_bytes_per_s, 0.0),
+        # a Mamba block's norm is fused into its in_proj and outside every recompute module
+        (bit(2) & (shapes.block != "mamba"), norm_bytes(shapes, L) / hw.hbm_bytes_per_s, 0.0),
         (bit(3), fwd(up), flops(up)),
     ]
     # After the attention pair (none in a hybrid's MLP, Mamba or MoE block): the MLP, or the experts and the shared part.

@@ -611,9 +611,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
 def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     """What a hybrid Mamba-2 / attention stack cannot run: MambaMixer asserts each tp rank gets whole heads and at
     least one group (mamba_heads % tp, mamba_groups % tp); Megatron-Core 0.16's MambaStack asserts no virtual
-    pipeline; Mamba context parallelism (ssm/mamba_context_parallel.py all-to-alls) is not priced here
-    (research/hybrid-mamba.md sec. 1). Recompute modules act inside the attention, MLP and MoE blocks, as in a
-    transformer's layers."""
+    pipeline, has no full (whole-block) recompute (ssm/mamba_block.py checkpoints nothing) and splits the pipeline
+    by count only (num_layers_in_first / last_pipeline_stage, no per-rank layout); Mamba context parallelism
+    (ssm/mamba_context_parallel.py all-to-alls) is not priced here (research/hybrid-mamba.md sec. 1). Selective
+    recompute modules act inside the attention, MLP and MoE blocks (TransformerLayer), not the Mamba blocks."""
     broken = []
     if model.mamba_heads and (model.mamba_heads % L.tp or model.mamba_groups % L.tp):
         broken.append(f"mamba_heads({model.mamba_heads}) and mamba_groups({model.mamba_groups}) % tp({L.tp}) != 0")
@@ -621,6 +622,10 @@ def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
         broken.append(f"cp({L.cp}) > 1: Mamba context parallelism is not priced")
     if L.vpp > 1:
         broken.append(f"vpp({L.vpp}) > 1: Megatron-Core's MambaStack runs no interleaved pipeline")
+    if L.recompute == "full":
+        broken.append("recompute=full: Megatron-Core's MambaStack has no full recompute")
+    if L.pp_layers:
+        broken.append("pp_layers: Megatron-Core's MambaStack takes first / last stage counts, no per-rank layout")
     return [Rule.broken(RuleCode.HYBRID, f"hybrid {model.name}: {b}") for b in broken]
 
 

@@ -513,9 +513,11 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t if shapes.block != "mamba" else mixer_saved_bytes(
             mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
                         shapes.mamba_chunk, t), tokens, lin_in)
-        # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input.
-        mlp = np.where(module("mlp"), 0.0, mlp)
-        mlp_norm_out = np.where(module("mlp"), 0.0, mlp_norm_out)
+        # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input; no recompute
+        # module reaches a Mamba block (Megatron-Core's MambaLayer is not a TransformerLayer).
+        if shapes.block != "mamba":
+            mlp = np.where(module("mlp"), 0.0, mlp)
+            mlp_norm_out = np.where(module("mlp"), 0.0, mlp_norm_out)
     stored = norm_inputs + attn_norm_out + mlp_norm_out + qkv + attn_out + scores + mlp
     if selective == SELECTIVE_OP_SAC:
         stored = np.where(mode == RECOMPUTE_SELECTIVE, op_sac_bytes(shapes, L, moe, compiled), stored)
