@@ -344,6 +344,10 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
         raise InfeasibleError(f"stack {stack.name} splits its pipeline by its own rule ({stack.pp_split}) and takes no "
                               "per-stage layer counts to balance across GPU types; the plans above run on the cluster "
                               "as one type")
+    if model.is_hybrid:  # layout.hybrid_problems: MambaStack takes first / last stage counts, no per-stage split
+        raise InfeasibleError(f"{model.name} is a hybrid Mamba stack, whose pipeline Megatron-Core splits by count "
+                              "(first / last stage only), not per stage to balance across GPU types; the plans above "
+                              "run on the cluster as one type")
     shapes = ModelShapes.of(model)
     sizes = [g.count * g.gpus_per_node for g in cluster.groups]
     rates = _group_rates(cluster, calibration)

@@ -347,3 +347,12 @@ def test_expert_placement_moves_a_latent_moes_tokens_at_the_latent_width():
     super_ = load_model("nemotron-3-super-120b-a12b")
     fabric = fabric_for(load_cluster("dgx-h100:8"), super_, "bf16")
     assert fabric.dispatch_bytes_per_token == fabric.combine_bytes_per_token == 1024 * 2
+
+
+def test_no_mixed_gpu_pipeline_for_a_hybrid(run_cli):
+    # A mixed-GPU plan balances per-stage layer counts, which Megatron-Core's MambaStack does not take: plan says so
+    # and keeps its single-type plans.
+    code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster",
+                             "tests/fixtures/clusters/mixed_h100_a100.yaml", "--gbs", "256", "--seq", "8192", "--top", "1")
+    assert code == 0 and "hybrid Mamba stack, whose pipeline Megatron-Core splits by count" in err
+    assert "stage  GPU" not in out
