@@ -12,8 +12,8 @@ import pytest
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware import mamba_kernels
 from clusterplan.models.hardware.cluster import load_cluster
-from clusterplan.models.training import mamba_mixer
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.compute import model_flops_per_step
 from clusterplan.models.training.estimate import estimate
@@ -34,13 +34,13 @@ SEQ = 8192
 ])
 def test_mixer_bytes_are_the_kernel_by_kernel_derivation(model, tp, forward, backward, saved, flops_f, flops_b):
     m = load_model(model)
-    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+    sizes = mamba_kernels.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
                                     np.array([float(tp)]))
     tokens, mbs = np.array([float(SEQ)]), np.array([1.0])
-    assert mamba_mixer.forward_bytes(sizes, tokens, mbs)[0] / SEQ == forward
-    assert mamba_mixer.backward_bytes(sizes, tokens, mbs, H100_SMS)[0] / SEQ == backward
-    assert mamba_mixer.saved_bytes(sizes, tokens, 2.0)[0] / SEQ == saved  # out_proj's input in bf16
-    f, b = mamba_mixer.ssd_flops(sizes, tokens)
+    assert mamba_kernels.forward_bytes(sizes, tokens, mbs)[0] / SEQ == forward
+    assert mamba_kernels.backward_bytes(sizes, tokens, mbs, H100_SMS)[0] / SEQ == backward
+    assert mamba_kernels.saved_bytes(sizes, tokens, 2.0)[0] / SEQ == saved  # out_proj's input in bf16
+    f, b = mamba_kernels.ssd_flops(sizes, tokens)
     assert f[0] / SEQ == pytest.approx(flops_f, rel=0.005) and b[0] / SEQ == pytest.approx(flops_b, rel=0.005)
 
 
@@ -48,19 +48,19 @@ def test_ssd_splits_by_hand():
     # 56B at tp 8: H 32, G 1; b (s / Q) H = 64 chunks x 32 heads = 2,048 programs over 132 SMs -> ceil(15.5) = 16
     # heads per program, ceil(32 / 16) = 2 splits; at two micro-batch sequences 32 per program, 1 split.
     m = load_model("nemotron-h-56b")
-    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+    sizes = mamba_kernels.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
                                     np.array([8.0]))
-    assert mamba_mixer.ssd_splits(sizes, np.array([8192.0, 16384.0]), H100_SMS).tolist() == [2.0, 1.0]
-    assert mamba_mixer.ssd_splits(sizes, np.array([8192.0]), 0).tolist() == [1.0]  # SM count unknown
+    assert mamba_kernels.ssd_splits(sizes, np.array([8192.0, 16384.0]), H100_SMS).tolist() == [2.0, 1.0]
+    assert mamba_kernels.ssd_splits(sizes, np.array([8192.0]), 0).tolist() == [1.0]  # SM count unknown
 
 
 def test_mbs_above_one_adds_megatrons_layout_copies():
     # _ssm_training's rearrange(...).contiguous() of zxBCdt in and y out: 4 W + 4 d more per token each way, W = 2d +
     # 2GN + H = 4,096 + 512 + 32 = 4,640 at 56B tp 8: 4 x 4,640 + 4 x 2,048 = 26,752 B.
     m = load_model("nemotron-h-56b")
-    sizes = mamba_mixer.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
+    sizes = mamba_kernels.mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk,
                                     np.array([8.0, 8.0]))
-    one = mamba_mixer.forward_bytes(sizes, np.array([2.0 * SEQ, 2.0 * SEQ]), np.array([1.0, 2.0]))
+    one = mamba_kernels.forward_bytes(sizes, np.array([2.0 * SEQ, 2.0 * SEQ]), np.array([1.0, 2.0]))
     assert (one[1] - one[0]) / (2 * SEQ) == 26_752
 
 
@@ -129,7 +129,7 @@ def test_a_mamba_block_by_hand():
     as_mlp = layer_time(replace(mamba, block="mlp"), L, hw, False, get_stack("megatron-core"))
     activation_bytes = 4.0 * SEQ * 16384 / 8
     # the mixer's bytes at the SSD kernels' measured share of the copy rate, less the MLP activation's at the copy rate
-    ssd_rate = mamba_mixer.SSD_KERNEL_COPY_SHARE * hw.hbm_bytes_per_s
+    ssd_rate = mamba_kernels.SSD_KERNEL_COPY_SHARE * hw.hbm_bytes_per_s
     assert with_mixer.forward_s[0] - as_mlp.forward_s[0] == pytest.approx(
         91_972 * SEQ / ssd_rate - activation_bytes / hw.hbm_bytes_per_s)
     assert with_mixer.backward_s[0] - as_mlp.backward_s[0] == pytest.approx(

@@ -14,7 +14,7 @@ Grace at micro-batch 2, moe_host's 37 us per op). The same split as the 25.11 Mo
 x86 row too fast, the Grace rows' host pricing the swing. Super 12 of 12, median 9.2 %, max 56.4 %: GB200 -1.9 ..
 -4.7 %, B300 -1.6 / -3.1 %, GB300 +13.7 .. +20.7 %, B200 +29.4 % (MXFP8) / +56.4 % (NVFP4, whose recipe keeps the last
 14 layers and the attention / latent projections in bf16, not priced). All 19: median 13.7 %.
-Then the Mamba mixer at the SSD kernels' measured rate (mamba_mixer.SSD_KERNEL_COPY_SHARE, vLLM PR #27299's H100
+Then the Mamba mixer at the SSD kernels' measured rate (mamba_kernels.SSD_KERNEL_COPY_SHARE, vLLM PR #27299's H100
 timing, not these rows): all 19 median 8.2 %, max 46.4 %; Nano median 2.8 % (H100 +2.2 / +0.8 %, GB300 +2.8 /
 -1.4 %, B300 +20.1 %, GB200 -20.2 / -22.1 %); Super median 8.4 % (GB300 +4.9 .. +11.0 %, GB200 -6.6 .. -9.1 %, B300
 -6.0 / -7.4 %, B200 +21.7 / +46.4 %); the Mamba blocks then charged no layernorm recompute (fused into in_proj).

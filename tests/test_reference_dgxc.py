@@ -18,7 +18,7 @@ Then Megatron-Core's warm-up and cool-down pipeline sends exposed (pp_warmup_exp
 slower; GB200 median 20.5 % (+3.5 .. +37.9 %), H100 3.7 % (Nemotron-4 340B -11 .. -17 %); all 6.7 %.
 Stop 39: hybrid Mamba blocks priced (the mixer at its memory roofline, research/mamba-ssd-traffic.md): the 7
 Nemotron-H 56B rows are expressible and come out +29.5 .. +36.7 % too fast, every dense row unchanged; all 114 rows
-median 7.1 %, the 81 H100 rows 4.2 %. The Mamba mixer then at the SSD kernels' measured rate (mamba_mixer
+median 7.1 %, the 81 H100 rows 4.2 %. The Mamba mixer then at the SSD kernels' measured rate (mamba_kernels
 SSD_KERNEL_COPY_SHARE, vLLM PR #27299's H100 timing): +13.8 .. +20.1 %, medians unchanged.
 """
 

@@ -24,6 +24,7 @@ from clusterplan.hardware_db.engines import EngineProfile
 from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.comm import ArrayLike, all_reduce_s
+from clusterplan.models.hardware.mamba_kernels import SSD_KERNEL_COPY_SHARE, forward_bytes, mixer_sizes
 from clusterplan.models.serving.kv import (
     kv_bytes_per_token_per_gpu,
     kv_tokens_held,
@@ -31,7 +32,6 @@ from clusterplan.models.serving.kv import (
     mamba_state_bytes_per_seq_per_gpu,
     state_tokens_per_seq,
 )
-from clusterplan.models.training.mamba_mixer import SSD_KERNEL_COPY_SHARE, forward_bytes, mixer_sizes
 
 GIB = 2**30
 MOE_READ_SHARE = 1.0
@@ -309,7 +309,7 @@ class StepModel:
     """A hybrid's Mamba state of one decoding sequence read and written once per step (selective_state_update,
     causal_conv1d_update), as time on one GPU."""
     ssd_s_per_prefill_token: float = 0.0
-    """A hybrid's Mamba mixer kernels per prompt token (training.mamba_mixer.forward_bytes: conv1d, the chunked scan,
+    """A hybrid's Mamba mixer kernels per prompt token (hardware.mamba_kernels.forward_bytes: conv1d, the chunked scan,
     the group norm) at the SSD kernels' measured HBM share (SSD_KERNEL_COPY_SHARE), as time on one GPU."""
 
     coefficients: tuple[float, ...] = field(init=False, repr=False, compare=False)

@@ -10,6 +10,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.attention import AttentionRates, flash_backward_flops_over_forward
+from clusterplan.models.hardware.mamba_kernels import mixer_sizes, mixer_times, ssd_flops
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.autocast import (
     activation_cast_times,
@@ -19,7 +20,6 @@ from clusterplan.models.training.autocast import (
     weight_cast_times,
 )
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
-from clusterplan.models.training.mamba_mixer import mixer_sizes, mixer_times, ssd_flops
 from clusterplan.models.training.memory import SELECTIVE_OP_SAC
 from clusterplan.models.training.moe_layer import (
     busiest_rank_ratio,
@@ -380,7 +380,7 @@ def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
 def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:
     """HBM bytes of one layer's MLP / expert activation function forward (gated: 3 reads + 1 write of the FFN
     width at 2 B; the `act` share of elementwise_bytes). None in a hybrid's attention or Mamba block (the Mamba
-    mixer's SiLU runs inside its conv1d kernel: mamba_mixer.forward_bytes)."""
+    mixer's SiLU runs inside its conv1d kernel: hardware.mamba_kernels.forward_bytes)."""
     if shapes.block in ("attention", "mamba"):
         return np.zeros_like(L.tp, dtype=float)
     ffn = shapes.top_k * shapes.expert_ffn * busiest_rank_ratio(shapes, L) if moe else shapes.ffn
@@ -574,7 +574,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     else:  # a hybrid's MLP or Mamba block
         t_core = t_core_bwd = np.zeros_like(L.tp, dtype=float)
     # A Mamba block's mixer kernels between in_proj and out_proj (conv1d, the SSD chunked scan, its group RMSNorm),
-    # bf16 / fp32 under every recipe, at their memory roofline (mamba_mixer.py).
+    # bf16 / fp32 under every recipe, at their memory roofline (models/hardware/mamba_kernels.py).
     mixer_f = mixer_b = mixer_flops_f = mixer_flops_b = 0.0
     if shapes.block == "mamba":
         mixer = mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
@@ -910,7 +910,7 @@ def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
 
 def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
     """Forward model FLOPs per token of one dense layer or hybrid block: 2 x its matmul parameters, its attention
-    core's causal share (model_flops_per_step), and a Mamba block's SSD matmuls as they run (mamba_mixer.ssd_flops,
+    core's causal share (model_flops_per_step), and a Mamba block's SSD matmuls as they run (mamba_kernels.ssd_flops,
     unsharded)."""
     core = 2 * seq * (shapes.q_dim + shapes.v_dim) * causal_share(shapes, seq) if shapes.has_attention else 0.0
     ssd = 0.0

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.mamba_kernels import mixer_sizes
+from clusterplan.models.hardware.mamba_kernels import saved_bytes as mixer_saved_bytes
 from clusterplan.models.training.autocast import (
     AUTOCAST_ATTN_INPUT_CASTS,
     half_autocast,
@@ -34,8 +36,6 @@ from clusterplan.models.training.batch import (
     LayoutArrays,
 )
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
-from clusterplan.models.training.mamba_mixer import mixer_sizes
-from clusterplan.models.training.mamba_mixer import saved_bytes as mixer_saved_bytes
 from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
 GIB = float(2**30)
@@ -509,7 +509,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         if casting is not None:
             mlp_norm_out = mlp_norm_out * np.where(casting, mlp_input_casts(shapes, False), 1.0)
         # the activation's saved input(s) and the fc2 input (fp8 under fp8); a Mamba block (in_proj's input is the
-        # norm output above): its mixer's saved tensors and out_proj's input (mamba_mixer.saved_bytes)
+        # norm output above): its mixer's saved tensors and out_proj's input (mamba_kernels.saved_bytes)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t if shapes.block != "mamba" else mixer_saved_bytes(
             mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
                         shapes.mamba_chunk, t), tokens, lin_in)

@@ -1,5 +1,6 @@
-"""The Mamba-2 mixer of a hybrid model (Nemotron-H) as Megatron-Core trains it: the kernels between in_proj and
-out_proj, priced as a memory roofline.
+"""The Mamba-2 mixer's kernels (Nemotron-H, as Megatron-Core trains it and engines serve it): the kernels between
+in_proj and out_proj, their HBM bytes, FLOPs and saved tensors per token, and the rate they run at. Training
+(models/training) and serving (models/serving) both price them from here.
 
 Megatron-Core's MambaMixer (ssm/mamba_mixer.py `_ssm_training`, the default mem-eff path) runs mamba_ssm's
 `mamba_split_conv1d_scan_combined` on the in_proj output zxBCdt (causal conv1d, then the SSD chunked scan with the D
