@@ -53,6 +53,18 @@ def render_estimate(data: dict[str, Any]) -> None:
                  if h.get("recompute_share") else "")
         console.text(f"dense host calls per layer and micro-batch ({h['host_cpu']}; forward + backward): {calls}"
                      f"{again} = {h['layer_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
+    if "hybrid_blocks" in data:
+        blocks = data["hybrid_blocks"]
+        console.table("hybrid blocks, one micro-batch on one rank (forward / backward ms; the Mamba mixer's part)",
+                      ["block", "count", "forward", "backward", "mixer fwd", "mixer bwd", "mixer B/token"],
+                      [(kind, b["count"], f"{b['forward_ms']:.3f}", f"{b['backward_ms']:.3f}",
+                        f"{b['mixer_forward_ms']:.3f}" if "mixer_forward_ms" in b else "",
+                        f"{b['mixer_backward_ms']:.3f}" if "mixer_backward_ms" in b else "",
+                        (f"{b['mixer_bytes_per_token']['forward']:,.0f} + {b['mixer_bytes_per_token']['backward']:,.0f}"
+                         if "mixer_bytes_per_token" in b else "")) for kind, b in blocks.items()])
+        if "mamba" in blocks:
+            console.text(f"Mamba mixer bytes move at {blocks['mamba']['mixer_rate_share']:.2f} of the HBM copy rate "
+                         "(mamba_ssm's SSD kernels as measured; models/hardware/mamba_kernels.py)")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

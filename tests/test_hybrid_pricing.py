@@ -356,3 +356,27 @@ def test_no_mixed_gpu_pipeline_for_a_hybrid(run_cli):
                              "tests/fixtures/clusters/mixed_h100_a100.yaml", "--gbs", "256", "--seq", "8192", "--top", "1")
     assert code == 0 and "hybrid Mamba stack, whose pipeline Megatron-Core splits by count" in err
     assert "stage  GPU" not in out
+
+
+def test_estimate_shows_the_blocks_behind_a_hybrids_average_layer(run_cli):
+    """estimate's hybrid_blocks: each kind's count and one block's forward / backward, and the Mamba mixer's part at
+    its bytes per token (the derivation's) over SSD_KERNEL_COPY_SHARE of the copy rate."""
+    import json
+
+    from clusterplan.models.hardware.rates import HardwareRates
+
+    code, out, err = run_cli("estimate", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--layout",
+                             "tp=8,mbs=1,gbs=96,seq=8192,sp=1,precision=fp8,fp8_params=1,recompute=none",
+                             "--format", "json")
+    assert code == 0, err
+    blocks = json.loads(out)["hybrid_blocks"]
+    assert {k: b["count"] for k, b in blocks.items()} == {"mamba": 54, "attention": 10, "mlp": 54}
+    mamba = blocks["mamba"]
+    assert mamba["mixer_bytes_per_token"] == {"forward": 91_972, "backward": 275_908}
+    hbm = HardwareRates.of(load_cluster("dgx-h100:4")).hbm_bytes_per_s
+    assert mamba["mixer_forward_ms"] == pytest.approx(91_972 * SEQ / (mamba_kernels.SSD_KERNEL_COPY_SHARE * hbm) * 1e3,
+                                                      rel=1e-5)
+    assert mamba["mixer_forward_ms"] < mamba["forward_ms"] and mamba["mixer_backward_ms"] < mamba["backward_ms"]
+    code, out, err = run_cli("estimate", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--layout",
+                             "tp=8,mbs=1,gbs=96,seq=8192,sp=1,precision=fp8,fp8_params=1,recompute=none")
+    assert "hybrid blocks, one micro-batch on one rank" in out and "91,972 + 275,908" in out

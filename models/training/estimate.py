@@ -20,13 +20,20 @@ from clusterplan.hardware_db.stacks import (
     ExecutionStack,
     get_stack,
 )
-from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.mamba_kernels import (
+    SSD_KERNEL_COPY_SHARE,
+    backward_bytes,
+    forward_bytes,
+    mixer_sizes,
+    mixer_times,
+)
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.compute import MFU_BASIS
+from clusterplan.models.training.compute import MFU_BASIS, layer_time
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import (
     Layout,
@@ -194,10 +201,38 @@ class Estimate:
             out["moe_routing"] = routing_basis(L.moe_imbalance, L.ep, L.moe_capacity_factor is not None)
         if self.layout.precision == "fp8" and ev.stack.keeps_fp8_params:
             out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
+        if self.model.is_hybrid:
+            out["hybrid_blocks"] = hybrid_blocks_json(self.model, self.layout, ev.hw, ev.stack)
         if ev.stack.dense_host is not None and not self.model.is_moe:
             share = float(LayoutArrays.from_layouts([self.layout]).full_recompute_share(self.model.n_layers)[0])
             out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu, share)
         return out
+
+
+def hybrid_blocks_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stack: ExecutionStack) -> dict[str, Any]:
+    """A hybrid's blocks by kind, one micro-batch on one rank: their count, each block's forward and backward time
+    (recompute and exposed communication left out) and, for a Mamba block, its mixer kernels' share of both with
+    the bytes they move per token (hardware.mamba_kernels): the breakdown behind the average layer."""
+    L = LayoutArrays.from_layouts([layout])
+    counts = dict(zip(HYBRID_BLOCK_KINDS.values(), (model.hybrid_pattern.count(c) for c in HYBRID_BLOCK_KINDS),
+                      strict=True))
+    out: dict[str, Any] = {}
+    for _, block in ModelShapes.of(model).blocks:
+        lt = layer_time(block, L, hw, block.block == "moe", stack_for(layout, stack))
+        entry = {"count": counts[block.block], "forward_ms": _r(float(lt.forward_s[0]) * 1e3),
+                 "backward_ms": _r(float(lt.backward_s[0]) * 1e3)}
+        if block.block == "mamba":
+            sizes = mixer_sizes(block.mamba_inner, block.mamba_heads, block.mamba_groups, block.mamba_state,
+                                block.mamba_chunk, L.tp)
+            tokens = L.seq * L.mbs / L.cp
+            f, b = mixer_times(sizes, tokens, L.mbs, hw.hbm_bytes_per_s, hw.gemm_max_flops, hw.sm_count)
+            entry.update(mixer_forward_ms=_r(float(f[0]) * 1e3), mixer_backward_ms=_r(float(b[0]) * 1e3),
+                         mixer_bytes_per_token={"forward": _r(float(forward_bytes(sizes, tokens, L.mbs)[0] / tokens[0])),
+                                                "backward": _r(float(backward_bytes(sizes, tokens, L.mbs, hw.sm_count)[0]
+                                                                     / tokens[0]))},
+                         mixer_rate_share=SSD_KERNEL_COPY_SHARE)
+        out[block.block] = entry
+    return out
 
 
 def dense_host_json(h: DenseHost, tp: int, host_cpu: str, recompute_share: float = 0.0) -> dict[str, Any]:
