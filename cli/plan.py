@@ -23,7 +23,7 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, cp_label, precision_label
+from clusterplan.models.training.layout import Layout, bf16_layers_label, cp_label, precision_label
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
@@ -230,6 +230,8 @@ def _layout_label(lay: dict) -> str:
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
             + (" " + precision_label(lay["precision"], lay.get("fp8_recipe", ""), lay.get("fp8_params", False))
                if lay["precision"] != "bf16" else "")
+            + (" " + bf16_layers_label(lay.get("bf16_first_layers", 0), lay.get("bf16_last_layers", 0))
+               if lay.get("bf16_first_layers") or lay.get("bf16_last_layers") else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
             + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))

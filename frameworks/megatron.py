@@ -385,6 +385,9 @@ def training_args(layout: Layout, backend: str) -> Args:
             raise InfeasibleError("NVFP4 keeps bf16 parameters (Megatron-Bridge refuses fp4_param); set "
                                   "fp8_params=0 in the plan")
         args += ["--fp8-param-gather"]
+    if L.bf16_first_layers or L.bf16_last_layers:  # Megatron-Core first_last_layers_bf16 (defaults 1 and 1)
+        args += ["--first-last-layers-bf16", "--num-layers-at-start-in-bf16", str(L.bf16_first_layers),
+                 "--num-layers-at-end-in-bf16", str(L.bf16_last_layers)]
     args += ["--attention-backend", backend]
     if L.optimizer == "sgd":
         args += ["--optimizer", "sgd"]

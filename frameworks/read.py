@@ -510,7 +510,8 @@ MEGATRON_INT = {"--tensor-model-parallel-size": "tp", "--pipeline-model-parallel
                 "--ffn-hidden-size": "ffn_hidden", "--num-query-groups": "kv_heads", "--num-experts": "n_experts",
                 "--mamba-num-heads": "mamba_heads", "--mamba-head-dim": "mamba_head_dim",
                 "--mamba-state-dim": "mamba_state_dim", "--mamba-num-groups": "mamba_groups",
-                "--moe-latent-size": "moe_latent"}
+                "--moe-latent-size": "moe_latent", "--num-layers-at-start-in-bf16": "bf16_start",
+                "--num-layers-at-end-in-bf16": "bf16_end"}
 MEGATRON_STR = {"--recompute-granularity": "recompute", "--recompute-method": "recompute_method",
                 "--data-parallel-sharding-strategy": "sharding", "--fp8-format": "fp8", "--cp-comm-type": "cp_comm",
                 "--attention-backend": "attention", "--optimizer": "optimizer", "--rotary-base": "rotary_base",
@@ -796,7 +797,7 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
                     # --fp4-param-gather keeps NVFP4 parameters only (Megatron-LM dest fp4_param): the FP8_PARAMS
                     # rule then says NVFP4 is priced with bf16 ones
                     fp8_params=bool(v.get("fp8_param_gather") or v.get("fp4_param_gather")),
-                    bf16_moments=bf16_moments)
+                    bf16_moments=bf16_moments, **megatron_bf16_layers(v, precision, str(path)))
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more
@@ -808,13 +809,24 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         notes += a2a_overlap_notes(v, env)
     if precision == "fp8" and "fp8_recipe" not in v and not v.get("fp4"):
         notes.append("no --fp8-recipe: priced at Megatron-LM's default, delayed scaling")
-    if precision == "fp8" and v.get("first_last_bf16"):
-        notes.append("--first-last-layers-bf16: the first / last layers (--num-layers-at-start/end-in-bf16, default 1 "
-                     "each) run bf16 GEMMs (Megatron-Core get_fp4_context / get_fp8_context); priced in the recipe "
-                     "throughout, faster than it runs")
+    if precision != "fp8" and v.get("first_last_bf16"):
+        notes.append("--first-last-layers-bf16 without fp8 / fp4 training: no effect (every layer is bf16)")
     return ReadConfig(layout=layout, kind="megatron", stack="megatron-core", notes=tuple(notes),
                       mismatches=tuple(_megatron_mismatches(v, model)), env=env, rank_layers=ranks,
                       fp8_recipe=megatron_fp8_recipe(v, str(path)) if precision == "fp8" else None)
+
+
+def megatron_bf16_layers(v: Mapping[str, Any], precision: str, path: str) -> dict[str, int]:
+    """Layout.bf16_first_layers / bf16_last_layers from --first-last-layers-bf16 with --num-layers-at-start-in-bf16
+    / --num-layers-at-end-in-bf16 (Megatron-LM defaults 1 and 1); none without the flag or without fp8 / fp4."""
+    if not v.get("first_last_bf16") or precision != "fp8":
+        return {}
+    counts = {"bf16_first_layers": v.get("bf16_start", 1), "bf16_last_layers": v.get("bf16_end", 1)}
+    for name, count in counts.items():
+        if count < 0:
+            raise BadInputError(f"{path}: --num-layers-at-{'start' if 'first' in name else 'end'}-in-bf16 {count}; "
+                                "give a count >= 0")
+    return counts
 
 
 def a2a_overlap_notes(v: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:

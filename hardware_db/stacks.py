@@ -411,6 +411,9 @@ class ExecutionStack:
     activation_offload: bool = False
     """Offloads the activations of whole layers to host memory between forward and backward (Layout.offload_layers:
     Megatron-Core cpu_offloading_num_layers); absent: false."""
+    bf16_end_layers: bool = False
+    """Can keep the model's first / last layers' GEMMs in bf16 under fp8 (Layout.bf16_first_layers /
+    bf16_last_layers: Megatron-Core first_last_layers_bf16); absent: false."""
     bf16_moments: bool = False
     """Can keep Adam's moments in bf16 (Layout.bf16_moments: Megatron-Core's precision-aware optimizer, Transformer
     Engine FusedAdam exp_avg_dtype / exp_avg_sq_dtype); absent: false."""
@@ -626,6 +629,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         fp8_param_gather=_sourced(where, raw, "fp8_param_gather", lambda: _flag(where, raw, "fp8_param_gather"),
                                   False),
         bf16_moments=_sourced(where, raw, "bf16_moments", lambda: _flag(where, raw, "bf16_moments"), False),
+        bf16_end_layers=_sourced(where, raw, "bf16_end_layers", lambda: _flag(where, raw, "bf16_end_layers"), False),
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),

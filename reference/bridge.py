@@ -353,14 +353,21 @@ ROW_SOURCES = {
         f"{_N3}: hybridep, mtp 2 depths of *E repeated, latent 1024, " + (
             "NVFP4 with bf16 params, the last 14 layers and (te_quant.cfg) the attention and latent projections in "
             "bf16 (PR #3095; whether it made 26.04 is not known)" if precision == "NVFP4" else "MXFP8 params"),
-        "NVFP4 on every layer priced: the recipe's bf16 last 14 layers and bf16 attention / latent projections are "
-        "not" if precision == "NVFP4" else "")
+        "the last 14 layers priced in bf16 (bf16_last_layers=14); te_quant.cfg's bf16 attention / latent "
+        "projections are not" if precision == "NVFP4" else "")
        for system, precision in (("DGX-GB300", "NVFP4"), ("DGX-GB200", "NVFP4"), ("DGX-B300", "NVFP4"),
                                  ("DGX-B200", "NVFP4"), ("DGX-GB300", "MXFP8"), ("DGX-GB200", "MXFP8"),
                                  ("DGX-B300", "MXFP8"), ("DGX-B200", "MXFP8"))},
 }
 """Per CSV row (system, model, precision): the audit of its recipe settings against the perf-config sources
 (2026-12-03). Every row also runs settings our Layout cannot express (NOT_IN_LAYOUT)."""
+
+
+BF16_LAST_LAYERS = {("Nemotron_3_Super", "NVFP4"): 14}
+"""(model, precision) -> the last layers its recipe keeps in bf16 (Layout.bf16_last_layers): Megatron-Bridge
+mixed_precision.py nemotron_3_super_bf16_with_nvfp4_mixed sets first_last_layers_bf16=True,
+num_layers_at_start_in_bf16=0, num_layers_at_end_in_bf16=14 (PR #3095; research/nemotron3-super-recipes.md sec. 2).
+Every other recipe here leaves first_last_layers_bf16 False."""
 
 
 VOCAB_DIVISIBLE_BY = 128
@@ -539,6 +546,7 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
     if recompute == "selective" and not modules:
         recompute = "none"  # e.g. GPT-OSS on GB300: no recompute modules
     offload = OFFLOAD_LAYERS.get(key, 0)
+    bf16_last = BF16_LAST_LAYERS.get(key[1:], 0)
     graphs = CUDA_GRAPHS.get(key, CUDA_GRAPHS.get(key[:2], "none"))
     if offload:
         notes.append(f"recipe offloads {offload} layers' activations to CPU")
@@ -550,7 +558,7 @@ def bridge_layout(r: dict[str, str], model: ModelSpec) -> tuple[Layout, list[str
                     recompute_modules=modules, schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                     precision=PRECISIONS[r["precision"]], flash_attn=True, first_stage_layers=first,
                     last_stage_layers=last, fp32_grads=FP32_GRADS, offload_layers=offload,
-                    cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP,
+                    cuda_graphs=graphs, moe_a2a_overlap=key in A2A_OVERLAP, bf16_last_layers=bf16_last,
                     moe_dispatcher=MOE_DISPATCHERS.get(r["model"], "alltoall"),
                     fp8_params=FP8_RECIPES.get(r["precision"]) in FP8_PARAMS_RECIPES)
     return layout, notes

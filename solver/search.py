@@ -140,6 +140,10 @@ def with_pinned_recipe(layout: Layout, fixed: dict, stack: ExecutionStack) -> La
         else layout
 
 
+BF16_LAYER_KEYS = ("bf16_first_layers", "bf16_last_layers")
+"""Layout keys that keep layers in bf16 under fp8 (Layout.bf16_first_layers / bf16_last_layers)."""
+
+
 def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> tuple[str, ...]:
     """The precisions a search tries: bf16 everywhere, fp8 too where estimate's precision rule lets it run (every
     GPU has fp8 tensor cores, the stack an fp8 recipe: its first, e.g. Transformer Engine per-tensor current scaling
@@ -148,13 +152,19 @@ def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> t
     if fixed.get("fp8_recipe"):  # recipe_stack checked it (search, closest_layout call it first)
         return ("fp8",)
     fp8_problems = precision_problems(cluster, Layout(precision="fp8"), stack)
+    bf16_layers = [k for k in BF16_LAYER_KEYS if fixed.get(k)]
+    # Layers kept out of fp8 pin fp8 training.
+    pinned = fixed.get("precision", "fp8" if bf16_layers else None)
+    if bf16_layers and pinned != "fp8":
+        raise BadInputError(f"--fix {bf16_layers[0]}={fixed[bf16_layers[0]]} keeps layers out of fp8 and needs "
+                            f"precision=fp8, got precision={pinned}; unpin one of them")
     half = "fp16" if no_bf16_gpus(cluster) else "bf16"  # GPUs without bf16 tensor cores (V100) train in fp16
-    if "precision" in fixed:
-        problems = fp8_problems if fixed["precision"] == "fp8" else precision_problems(
-            cluster, Layout(precision=str(fixed["precision"])), stack)
+    if pinned is not None:
+        problems = fp8_problems if pinned == "fp8" else precision_problems(cluster, Layout(precision=str(pinned)),
+                                                                           stack)
         if problems:
             raise BadInputError(f"--fix {problems[0].message}")
-        return (str(fixed["precision"]),)
+        return (str(pinned),)
     return (half,) if fp8_problems else (half, "fp8")
 
 

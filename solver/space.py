@@ -218,6 +218,18 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if fixed.get("offload_layers") and not stack.activation_offload:
         raise BadInputError(f"--fix offload_layers={fixed['offload_layers']}: stack {stack.name} offloads no "
                             "activations to host memory; pick another --stack or unpin it")
+    bf16_layers = {k: int(fixed[k]) for k in ("bf16_first_layers", "bf16_last_layers") if fixed.get(k)}
+    if bf16_layers and not stack.bf16_end_layers:
+        raise BadInputError(f"--fix {', '.join(bf16_layers)}: stack {stack.name} keeps no layers out of fp8 by "
+                            "position (Megatron-Core --first-last-layers-bf16); pick another --stack or unpin them")
+    if bf16_layers and (fixed.get("precision", "fp8") != "fp8" or precisions != ("fp8",)):
+        raise BadInputError(f"--fix {', '.join(bf16_layers)} keeps layers out of fp8 and needs fp8 training only; pin "
+                            "precision=fp8 (on GPUs and a stack that run it)")
+    if bf16_layers and stack.fp8_recipes[:1] == ("delayed",):  # estimate.precision_problems' BF16_LAYERS
+        raise BadInputError(f"--fix {', '.join(bf16_layers)}: Megatron-Core keeps no first / last layers in bf16 "
+                            "under delayed scaling; pin another fp8_recipe or unpin them")
+    if bf16_layers:
+        fixed.setdefault("precision", "fp8")
     if fixed.get("bf16_moments") and not stack.bf16_moments:
         raise BadInputError(f"--fix bf16_moments=1: stack {stack.name} keeps Adam's moments in fp32 only; pick another "
                             "--stack or unpin it")
@@ -276,7 +288,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if st["dp"] % st["dp_replicate"]:
             rejected[RuleCode.DP_REPLICATE] += expand
             continue
-        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields, **recompute_fields)
+        probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields, **recompute_fields,
+                       **({"precision": "fp8", **bf16_layers} if bf16_layers else {}))
         # The batch rules depend on mbs, expanded below; they are counted per expanded layout there. DualPipe's
         # micro-batch count is largest at mbs 1: a structure it refuses here it refuses at every mbs.
         problems = [p for p in layout_problems(model, probe, world) + cp_window_problems(model, probe, stack)
@@ -314,7 +327,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
     for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap", "fp32_grads", "offload_layers",
-                "bf16_moments"):
+                "bf16_moments", "bf16_first_layers", "bf16_last_layers"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
     if fixed.get("recompute_modules"):  # recompute is pinned to selective above

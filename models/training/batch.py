@@ -84,7 +84,8 @@ OPT_ADAM_MASTER, OPT_ADAM, OPT_SGD = OptimizerCode
 PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "cp_a2a", "ep", "etp", "zero", "mbs", "gbs", "seq",
-              "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers")
+              "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers", "bf16_first_layers",
+              "bf16_last_layers")
 BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap")
 DROPLESS = 0.0
 """LayoutArrays.moe_capacity_factor of a dropless layout (Layout.moe_capacity_factor None)."""
@@ -140,6 +141,8 @@ class LayoutArrays:
     first_stage_layers: np.ndarray
     last_stage_layers: np.ndarray
     offload_layers: np.ndarray
+    bf16_first_layers: np.ndarray
+    bf16_last_layers: np.ndarray
     sp: np.ndarray
     flash_attn: np.ndarray
     fp32_grads: np.ndarray

@@ -280,6 +280,11 @@ def precision_problems(cluster: Cluster, layout: Layout, stack: ExecutionStack,
     fp8_recipe = fp8_recipe or stack.fp8_recipes[0]
     if fp8_recipe not in stack.fp8_recipes:
         return broken(f"fp8 recipe {fp8_recipe!r}: stack {stack.name} runs {', '.join(stack.fp8_recipes)}")
+    if fp8_recipe == "delayed" and (layout.bf16_first_layers or layout.bf16_last_layers):
+        # Megatron-Core TransformerConfig.__post_init__: "Delayed scaling does not support first / last layer in BF16."
+        return [Rule.broken(RuleCode.BF16_LAYERS, "fp8 recipe delayed: Megatron-Core keeps no first / last layers in "
+                                                  "bf16 under delayed scaling; use the tensorwise recipe or set "
+                                                  "bf16_first_layers=0 and bf16_last_layers=0")]
     return fp8_hardware_problems(cluster, layout, fp8_recipe)
 
 

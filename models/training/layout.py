@@ -86,6 +86,11 @@ def precision_label(precision: str, fp8_recipe: str, fp8_params: bool) -> str:
             + ("-params" if fp8_params and precision == "fp8" else ""))
 
 
+def bf16_layers_label(first: int, last: int) -> str:
+    """The short label of layers kept in bf16 under fp8 (Layout.bf16_first_layers / bf16_last_layers): "" = none."""
+    return f"bf16-layers:{first}+{last}" if first or last else ""
+
+
 def named_fp8_recipe(layout: Layout, stack: ExecutionStack) -> str:
     """The fp8 recipe `layout` runs on `stack`: its own, else the stack's first; "" for a layout that is not fp8 or
     a stack without fp8."""
@@ -155,6 +160,13 @@ class Layout:
     Engine per-tensor current scaling, delayed, mxfp8 = 1x32 microscaling on Blackwell, blockwise = DeepSeek-V3's
     1x128 / 128x128 tiles, rowwise = torchao's); "" = the stack's first (stacks.yaml fp8_recipes, e.g. tensorwise for
     megatron-core). Megatron-LM --fp8-recipe; a `plan` searches the stack's first unless pinned (--fix fp8_recipe=X)."""
+    bf16_first_layers: int = 0
+    """With precision=fp8: the model's first layers that keep their GEMMs in bf16 (Megatron-Core
+    first_last_layers_bf16 with num_layers_at_start_in_bf16: fp8_utils.get_fp8_context / fp4_utils.get_fp4_context
+    return a null context for them); 0 = none. Counted in global layer order (a hybrid's pattern characters)."""
+    bf16_last_layers: int = 0
+    """With precision=fp8: the model's last layers kept in bf16 (num_layers_at_end_in_bf16; Megatron-Bridge's
+    Nemotron 3 Super NVFP4 recipe keeps 14); 0 = none."""
     optimizer: Optimizer = "adam-master"
     first_stage_layers: int = 0
     """Layers on the first pipeline stage (0 = even split); the embedding lives there too."""
@@ -224,7 +236,8 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
             if value > MAX_INT:
                 raise BadInputError(f"layout: {name}({value}) is over 2**53; check the value")
-        for name in ("recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers"):
+        for name in ("recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers",
+                     "bf16_first_layers", "bf16_last_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > MAX_INT:
                 raise BadInputError(f"layout: {name} must be an integer >= 0 (and <= 2**53), got {value!r}")
@@ -260,6 +273,9 @@ class Layout:
         if self.fp8_recipe and self.precision != "fp8":
             raise BadInputError(f"layout: fp8_recipe={self.fp8_recipe} needs precision=fp8, got "
                                 f"precision={self.precision}; set precision=fp8 or drop fp8_recipe")
+        if (self.bf16_first_layers or self.bf16_last_layers) and self.precision != "fp8":
+            raise BadInputError(f"layout: bf16_first_layers / bf16_last_layers keep layers out of fp8 and need "
+                                f"precision=fp8, got precision={self.precision}; set precision=fp8 or drop them")
         if not isinstance(self.recompute_modules, str):
             raise BadInputError(f"layout: recompute_modules must be '+'-separated names, got {self.recompute_modules!r}")
         object.__setattr__(self, "recompute_modules", recompute_modules_text(recompute_modules_mask(self.recompute_modules)))
@@ -308,6 +324,9 @@ class Layout:
             del out["cp_a2a"]
         if not out["bf16_moments"]:
             del out["bf16_moments"]
+        for name in ("bf16_first_layers", "bf16_last_layers"):  # 0: left out, so other layouts serialise as before
+            if not out[name]:
+                del out[name]
         if out["moe_dispatcher"] == "alltoall":  # likewise at their defaults
             del out["moe_dispatcher"]
         if not out["moe_a2a_overlap"]:
@@ -335,6 +354,8 @@ class Layout:
             parts.append(precision_label(self.precision, self.fp8_recipe, self.fp8_params))
         if self.fp8_params and self.precision != "fp8":
             parts.append("fp8-params")
+        if self.bf16_first_layers or self.bf16_last_layers:
+            parts.append(bf16_layers_label(self.bf16_first_layers, self.bf16_last_layers))
         if self.bf16_moments:
             parts.append("bf16-moments")
         if self.cuda_graphs != "none":
@@ -374,7 +395,8 @@ class Layout:
             values["dp"] = world // inner
         if values.get("schedule") is None and values.get("vpp", 1) > 1:
             values["schedule"] = "interleaved-1f1b"
-        if values.get("fp8_recipe") and "precision" not in values:  # a recipe names fp8 training
+        if ((values.get("fp8_recipe") or values.get("bf16_first_layers") or values.get("bf16_last_layers"))
+                and "precision" not in values):  # a recipe, or layers kept out of fp8, name fp8 training
             values["precision"] = "fp8"
         return cls(**values)
 
@@ -444,7 +466,12 @@ def _convert(key: str, value: str, type_name: str, option: str) -> Any:
 
 def stage_layers(model: ModelSpec, layout: Layout) -> tuple[int, int, int]:
     """Transformer layers on the (first, middle, last) pipeline ranks, all virtual chunks together."""
-    pp, n = layout.pp, model.n_layers
+    return layer_split(model.n_layers, layout)
+
+
+def layer_split(n: int, layout: Layout) -> tuple[int, int, int]:
+    """stage_layers for a model of `n` layers."""
+    pp = layout.pp
     if pp == 1:
         return n, n, n
     if layout.pp_layers:  # the heaviest middle rank stands for the middle (Layout.pp_layers); none at pp 2
@@ -478,10 +505,15 @@ def chunk_layers(model: ModelSpec, layout: Layout) -> list[int]:
     ranks split evenly; a first or last rank that holds fewer (or more) layers takes the difference in the chunk
     with the embedding (chunk 0) or the head (the last chunk), as Megatron's --pipeline-model-parallel-layout does.
     """
+    return chunk_layer_counts(model.n_layers, layout)
+
+
+def chunk_layer_counts(n_layers: int, layout: Layout) -> list[int]:
+    """chunk_layers for a model of `n_layers` layers (all it reads of the model)."""
     pp, vpp = layout.pp, layout.vpp
     if pp == 1:
-        return [model.n_layers]
-    first, middle, last = stage_layers(model, layout)
+        return [n_layers]
+    first, middle, last = layer_split(n_layers, layout)
     uneven = layout.first_stage_layers or layout.last_stage_layers or layout.pp_layers
     per_chunk = middle // vpp if pp > 2 or not uneven else max(first, last) // vpp
     counts = [per_chunk] * (pp * vpp)
@@ -539,6 +571,11 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     elif L.recompute_layers > (most := max(1, *stage_layers(model, L))):
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) > the {most} layers a pipeline rank "
                                        f"holds (n_layers {model.n_layers}, pp {L.pp})")
+    most_bf16 = model.n_layers // L.pp  # Megatron-Core TransformerConfig.__post_init__: per pipeline stage at most
+    for name in ("bf16_first_layers", "bf16_last_layers"):
+        if getattr(L, name) > most_bf16:
+            add(RuleCode.BF16_LAYERS, f"{name}({getattr(L, name)}) > n_layers({model.n_layers}) // pp({L.pp}) = "
+                                      f"{most_bf16} (Megatron-Core's limit per pipeline stage)")
     chunks = L.pp * L.vpp
     uneven = L.first_stage_layers or L.last_stage_layers
     if L.pp_layers:
@@ -771,6 +808,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if L.offload_layers and not stack.activation_offload:
         add("offload_layers", f"stack {stack.name} offloads no activations to host memory (Megatron-Core "
                               "cpu_offloading_num_layers); set offload_layers=0")
+    if (L.bf16_first_layers or L.bf16_last_layers) and not stack.bf16_end_layers:
+        add("bf16_first_layers", f"stack {stack.name} keeps no layers out of fp8 by position (Megatron-Core "
+                                 "--first-last-layers-bf16); set bf16_first_layers=0 and bf16_last_layers=0")
     if L.bf16_moments and not stack.bf16_moments:
         add("bf16_moments", f"stack {stack.name} keeps Adam's moments in fp32 only (no precision-aware optimizer); "
                             "set bf16_moments=0")

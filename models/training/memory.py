@@ -35,6 +35,7 @@ from clusterplan.models.training.batch import (
     CpKindCode,
     LayoutArrays,
 )
+from clusterplan.models.training.bf16_layers import as_bf16, bf16_position_counts
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
 from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
@@ -815,12 +816,27 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                                 bytes_per_param(L, fp8_copy_bytes, param_remainders, fp32_params, fp8_param_bytes)[1])
              if fsdp_root is not None else None)
     fsdp2_on = (L.pp == 1) & (L.zero == 3)
+    # Layers kept in bf16 under fp8 (Layout.bf16_first_layers / bf16_last_layers): bf16 saved inputs, no fp8 weight
+    # copies (and bf16 parameters under fp8_params: Megatron-Core builds them outside the fp8 init context).
+    bf16_counts = bf16_position_counts(shapes.n_layers, L)
+    if bf16_counts is not None:
+        as_bf16_rows = as_bf16(L)
+        bf16_kept = unique_per_layer_activation_bytes(shapes, as_bf16_rows, selective, sp_gathered, fused_glu,
+                                                      compiled, autocast, kv_copies, fp8_input_bytes)[0]
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather,
                              fp8_param_bytes)
+        if bf16_counts is not None:
+            count = bf16_counts[i]
+            ends_params = stage_params(shapes, L, count, False, False)
+            as_fp8, as_bf16_state = (state_bytes(shapes, rows, ends_params, count, fp8_copy_bytes, param_remainders,
+                                                 fp32_params, fp8_allgather, fp8_param_bytes)
+                                     for rows in (L, as_bf16_rows))
+            states = replace(states, **{name: getattr(states, name) + getattr(as_bf16_state, name)
+                                        - getattr(as_fp8, name) for name in ("weights", "grads", "optimizer")})
         if ddp_bucket_bytes_per_param:
             states = replace(states, grads=states.grads + ddp_bucket_bytes(L, params, ddp_bucket_bytes_per_param))
         if np.any(L.schedule == SCHEDULE_DUALPIPE):
@@ -844,6 +860,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                                         working_set=False)
                 + ends[0] + np.where(in_layer, working, ends[1])
                 + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))
+        if bf16_counts is not None:  # kept layers only: a fully recomputed layer keeps its input, bf16 either way
+            kept_bf16 = np.maximum(bf16_counts[i] - full_recompute_layers(L, n_layers), 0.0)
+            acts = acts + inflight_microbatches(L, position) * kept_bf16 * (bf16_kept - per_layer[0])
         other = other_bytes(L, acts) + np.where(in_layer, fsdp_layer + cp_gathered, fsdp_loss) + gather_buffers
         if zero1_gather_flat_copies:
             # The optimizer step's moment: the state, the flat gather copies, the buffers no step frees.

@@ -39,6 +39,7 @@ class RuleCode(str, Enum):
     CP_SEQ = "seq % (2 * cp) (context parallel)"
     FP8_PARAMS = "fp8_params needs precision=fp8, zero >= 1 and adam-master"
     BF16_MOMENTS = "bf16_moments needs zero >= 1 and adam-master"
+    BF16_LAYERS = "bf16 first / last layers: at most n_layers // pp each, not under delayed scaling"
     EP_DENSE = "ep or etp > 1 on a dense model"
     EXPERTS_EP = "n_experts % ep"
     EP_FOLD = "(dp_shard * cp * tp) % (ep * etp)"
@@ -90,6 +91,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.RECOMPUTE_LAYERS: "give recompute=full with recompute_layers at most the layers a pipeline rank holds "
                                "(0 = every layer), or drop recompute_layers",
     RuleCode.CP_SEQ: "make seq divisible by 2 * cp",
+    RuleCode.BF16_LAYERS: "keep bf16_first_layers and bf16_last_layers at most n_layers // pp each (Megatron-Core "
+                          "TransformerConfig), under a current-scaling, MXFP8 or NVFP4 recipe; or set them to 0",
     RuleCode.FP8_PARAMS: "set fp8_params=0, or train in fp8 with the distributed optimizer or FSDP (zero >= 1) and "
                          "optimizer=adam-master",
     RuleCode.BF16_MOMENTS: "set bf16_moments=0, or use optimizer=adam-master with the distributed optimizer (zero >= 1)",

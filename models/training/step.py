@@ -24,6 +24,7 @@ from clusterplan.models.training.batch import (
     OptimizerCode,
     ScheduleCode,
 )
+from clusterplan.models.training.bf16_layers import as_bf16, bf16_rows, bf16_stage_layers
 from clusterplan.models.training.collectives import (
     ALL_GATHER,
     EP_ALL_TO_ALLS_PER_LAYER,  # noqa: F401  (re-exported: tests/test_step_terms.py pins it)
@@ -715,10 +716,13 @@ def _ends_tp_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
 def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack) -> StepTime:
     """Predicted time of one optimizer step, as `stack` runs it, with every term separate (they add up to step_s)."""
     m = L.microbatches
-    layers = stage_layers(shapes, L)
+    layers = counts = stage_layers(shapes, L)  # `layers` becomes average-layer times below, `counts` stays counts
     cost = layer_cost(shapes, L, hw, stack)
     if shapes.blocks and np.any(L.pp > 1):  # a hybrid's stages hold its pattern's blocks as they come, not its mix
         layers = hybrid_stage_layers(shapes, L, layers, cost, hw, stack)
+    if len(rows := bf16_rows(L)):  # layers kept in bf16 under fp8 (Layout.bf16_first_layers / bf16_last_layers)
+        layers = StageLayers(*bf16_stage_layers(shapes, L, (layers.first, layers.middle, layers.last), cost.total_s,
+                                                bf16_layer_times(shapes, L, rows, hw, stack)))
     # Per micro-batch time of each stage (the last, or the only one, also runs the LM head and loss); the slowest
     # stage sets the pipeline's pace.
     single = L.pp == 1
@@ -758,8 +762,10 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                       if np.any(L.schedule == ScheduleCode.DUALPIPE) else BACKWARD_SHARE_2X)
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
     dp_exposed = dp_exposed_s(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
-                             (cost.comm_slowdown_in, cost.comm_slowdown_out))
-    opt = _optimizer_s(shapes, L, hw, layers, stack)
+                             (cost.comm_slowdown_in, cost.comm_slowdown_out),
+                             np.choose(slowest, [counts.first + np.where(single, mtp, 0.0), counts.middle,
+                                                 counts.last + mtp]))  # MTP modules: a layer's parameters each
+    opt = _optimizer_s(shapes, L, hw, counts, stack)  # the stages' parameters: layer counts, not times
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
                                                                               cost.host_s))
@@ -781,6 +787,21 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     return StepTime(step_s=step, compute_s=compute, tp_comm_s=tp_total, cp_comm_s=cp_total, ep_comm_s=ep_total,
                     host_s=host_total, pp_comm_s=pp_comm, dp_comm_s=dp_exposed, bubble_s=bubble, optimizer_s=opt,
                     model_flops=model_flops_per_step(shapes, L), hardware_flops=hardware, offload_s=offload)
+
+
+def bf16_layer_times(shapes: ModelShapes, L: LayoutArrays, rows: np.ndarray, hw: HardwareRates,
+                     stack: ExecutionStack) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(fp8, bf16) time of one layer of each kind at `rows` (0 elsewhere): the model's layer ("layer"), or each of
+    a hybrid's block kinds; what bf16_layers.bf16_stage_layers prices a bf16 layer by."""
+    sub = L.take(rows)
+    blocks = [(block.block, block) for _, block in shapes.blocks] if shapes.blocks else [("layer", shapes)]
+    out = {}
+    for kind, block in blocks:
+        fp8, bf16 = np.zeros(len(L)), np.zeros(len(L))
+        fp8[rows] = layer_cost(block, sub, hw, stack).total_s
+        bf16[rows] = layer_cost(block, as_bf16(sub), hw, stack).total_s
+        out[kind] = (fp8, bf16)
+    return out
 
 
 def rank_block_counts(n_layers: int, pp: int, first: float, middle: float, last: float,
@@ -894,7 +915,8 @@ def bubble_s(stage: np.ndarray, weight_grad: np.ndarray, m: np.ndarray, L: Layou
 
 def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack,
                 slow_layers: np.ndarray, layer_f: np.ndarray, layer_b: np.ndarray,
-                slowdowns: tuple[np.ndarray | float, np.ndarray | float] = (1.0, 1.0)) -> np.ndarray:
+                slowdowns: tuple[np.ndarray | float, np.ndarray | float] = (1.0, 1.0),
+                param_layers: np.ndarray | None = None) -> np.ndarray:
     """Data-parallel traffic left exposed after the stack's overlap, plus what its overlapped part costs the compute
     it runs under (`slowdowns`: the layer's compute slowdown beside a collective inside / across scale-up domains,
     LayerCost.comm_slowdown_in / _out).
@@ -907,7 +929,10 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     virtual stage's where dp_chunk_under_pp says so). ZeRO-3 / FSDP: see _zero3_exposed.
     """
     _, gb, _ = bytes_per_param(L)
-    params = stage_params(shapes, L, slow_layers, L.pp == 1, L.pp == 1)
+    # The stage's parameters by its layer count (`param_layers`), where slow_layers counts average-layer times (a
+    # hybrid's blocks, bf16 layers under fp8).
+    param_layers = slow_layers if param_layers is None else param_layers
+    params = stage_params(shapes, L, param_layers, L.pp == 1, L.pp == 1)
     shard = Group.of(L, Axis.DP_SHARD)
     replicate = Group.of(L, Axis.DP_REPLICATE)
     recipe = stack_fp8_recipe(stack)
