@@ -106,10 +106,10 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
     for tp, pp, cp, vpp, ep in itertools.product(tps, pps, cps, pick("vpp", (1, 2, 3, 4)), eps):
         if world % (tp * pp * cp) or (pp == 1 and vpp > 1):
             continue
-        # layout.hybrid_problems: Mamba CP is not priced, Megatron-Core's MambaStack has no virtual pipeline (a
-        # pinned one is rejected by the rule instead)
-        if model.is_hybrid and (cp > 1 and "cp" not in fixed or vpp > 1 and "vpp" not in fixed):
-            left_out["cp or vpp > 1 with Mamba blocks"] += 1
+        # layout.hybrid_problems: Megatron-Core's MambaStack has no virtual pipeline (a pinned one is rejected by the
+        # rule instead)
+        if model.is_hybrid and vpp > 1 and "vpp" not in fixed:
+            left_out["vpp > 1 with Mamba blocks"] += 1
             continue
         if stack.max_tp is not None and tp > stack.max_tp:  # stacks.yaml max_tp (hai-llm: no TP)
             left_out[f"tp > {stack.max_tp}"] += 1

@@ -151,7 +151,7 @@ def test_mfu_basis_agrees_with_megatron_bridges_hybrid_flops():
 
 @pytest.mark.parametrize("change, says", [
     (dict(tp=16, dp=1), "mamba_groups(8) % tp(16)"),
-    (dict(cp=2, dp=4), "Mamba context parallelism is not priced"),
+    (dict(tp=8, cp=64, dp=1), "mamba_heads / tp (32) % cp(64) == 0"),
     (dict(pp=2, vpp=2, dp=4, schedule="interleaved-1f1b"), "no interleaved pipeline"),
     (dict(recompute="full"), "no full recompute"),
     (dict(pp=2, dp=1, pp_layers=(60, 58)), "no per-rank layout"),
@@ -182,16 +182,47 @@ def test_plan_searches_a_hybrid_within_its_rules(run_cli):
     assert code == 0 and doc["plans"]
     for p in doc["plans"]:
         lay = p["layout"]
-        assert lay["cp"] == 1 and lay["vpp"] == 1 and 8 % lay["tp"] == 0
+        assert lay["vpp"] == 1 and 8 % lay["tp"] == 0 and (256 // lay["tp"]) % lay["cp"] == 0
         assert p["memory"]["peak_gib"] * GIB <= load_cluster("dgx-h100:4").min_memory_bytes
-    # cp and vpp > 1 are not searched for Mamba blocks (said in the notes); tp 16 breaks the groups rule
+    # vpp > 1 is not searched for Mamba blocks (said in the notes); tp 16 breaks the groups rule
     code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--gbs", "96", "--seq",
                              "8192", "--top", "1")
-    assert code == 0 and "cp or vpp > 1 with Mamba blocks" in err
+    assert code == 0 and "vpp > 1 with Mamba blocks" in err
     code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--gbs", "96", "--seq",
-                             "8192", "--fix", "cp=2", "--format", "json")
+                             "8192", "--fix", "vpp=2", "--format", "json")
     doc = json.loads(out)
     assert not doc["plans"] and doc["search"]["rejected"][RuleCode.HYBRID.value] > 0
+    # At 128K context parallelism runs (Megatron-Core's Mamba all-to-alls; mamba_cp_s): the plans use it.
+    code, out, err = run_cli("plan", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:8", "--gbs", "64", "--seq",
+                             "131072", "--top", "3", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["plans"] and all(p["layout"]["cp"] > 1 for p in doc["plans"])
+    assert all(p["time"]["cp_comm_s"] > 0 for p in doc["plans"])
+
+
+def test_mamba_context_parallelism_by_hand():
+    """Megatron-Core MambaContextParallel (ssm/mamba_context_parallel.py): per Mamba block and micro-batch, six
+    all-to-alls each way (z, x, B, C, dt to head sharding, y back) and the copies around them. Nemotron-H 56B
+    (d_in 16,384, 256 heads, 8 groups, state 256) at tp 4, cp 2, seq 8,192 on one DGX H100: 4,096 local tokens;
+    widths z = x = y = 4,096, B = C = max(8 / 4, 2) x 256 = 512, dt = 64: 13,376 elements, 2 B each, 109,576,192 B
+    per direction, each all-to-all 1 step of latency and half its bytes over the NVLink bus rate. Copies: 3 passes
+    over zxBCdt (9,280) and 2 over y (4,096), each a read and a write: 72,064 elements per token, 590,348,288 B."""
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.step import Group, mamba_cp_s
+    from clusterplan.models.training.topology import Axis
+
+    model, cluster = load_model("nemotron-h-56b"), load_cluster("dgx-h100:1")
+    shapes = {b.block: b for _, b in ModelShapes.of(model).blocks}["mamba"]
+    L = LayoutArrays.from_layouts([Layout(tp=4, cp=2, dp=1, mbs=1, gbs=1, seq=SEQ, sp=True)])
+    hw = HardwareRates.of(cluster)
+    link = hw.link("all_to_all", Axis.CP)
+    one_way = 6 * link.lat_in + 0.5 * 109_576_192 / link.bw_in + 590_348_288 / hw.hbm_bytes_per_s
+    got = mamba_cp_s(shapes, L, L.seq * L.mbs / L.cp, Group.of(L, Axis.CP), hw)[0]
+    assert got == pytest.approx(2 * one_way, rel=1e-9)
+    assert 2 * one_way == pytest.approx(735.6e-6, rel=0.001)  # 2 us latency, 369 GB/s, 2.85 TB/s HBM (hardware_db)
+    # The rule Megatron-Core asserts: whole heads per cp rank (256 / 8 = 32 heads at tp 8: cp 64 is refused).
+    ok = Layout(tp=8, cp=2, dp=1, mbs=1, gbs=1, seq=SEQ, sp=True)
+    assert not [p for p in layout_problems(model, ok, 16) if p.code == RuleCode.HYBRID]
 
 
 def test_a_latent_moe_layer_by_hand():

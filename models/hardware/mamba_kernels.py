@@ -67,8 +67,40 @@ class MixerSizes:
         return 2 * self.inner + 2 * self.groups * self.state + self.heads
 
 
-def mixer_sizes(inner: int, heads: int, groups: int, state: int, chunk: int, tp: np.ndarray) -> MixerSizes:
-    return MixerSizes(inner=inner / tp, heads=heads / tp, groups=groups / tp, state=state, chunk=chunk)
+def mixer_sizes(inner: int, heads: int, groups: int, state: int, chunk: int, tp: np.ndarray,
+                cp: np.ndarray | float = 1.0) -> MixerSizes:
+    """One rank's mixer under tensor and context parallelism. Megatron-Core's Mamba context parallelism
+    (ssm/mamba_context_parallel.py MambaContextParallel) runs the conv1d and the SSD scan over the whole sequence on
+    heads / (tp cp) heads: the caller prices it at the full sequence's tokens. Where a tp rank holds fewer groups than
+    cp ranks, each group's B / C is repeated so every cp rank gets one (group_repeat_count): max(G / tp, cp) / cp."""
+    return MixerSizes(inner=inner / (tp * cp), heads=heads / (tp * cp),
+                      groups=np.maximum(groups / tp, cp) / cp, state=state, chunk=chunk)
+
+
+CP_IN_PROJ_COPY_PASSES = 3
+"""Copies of the in_proj output zxBCdt per direction under Mamba context parallelism (MambaContextParallel
+.pre_conv_ssm): each tensor's torch.split / torch.cat into the all-to-all's layout (_all_to_all_cp2hp), the
+torch.cat of z, x, B, C, dt after it, and _undo_attention_load_balancing's reorder of the 2 cp chunks; each a read
+and a write of the exchanged width."""
+CP_OUT_COPY_PASSES = 2
+"""Copies of the mixer output y per direction: _redo_attention_load_balancing's reorder and _all_to_all_hp2cp's
+split / cat back to the sequence layout."""
+
+
+def cp_all_to_all_widths(inner: int, heads: int, groups: int, state: int, tp: np.ndarray,
+                         cp: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Elements per local token of the six all-to-alls one Mamba block runs each way under context parallelism
+    (MambaContextParallel: z, x, B, C, dt from sequence to head sharding before the conv1d, y back after the scan);
+    B and C after group_repeat_count, max(G / tp, cp) groups' states."""
+    repeated = np.maximum(groups / tp, cp) * state
+    return inner / tp, inner / tp, repeated, repeated, heads / tp, inner / tp
+
+
+def cp_copy_elements(inner: int, heads: int, groups: int, state: int, tp: np.ndarray, cp: np.ndarray) -> np.ndarray:
+    """Elements per local token read and written by the copies around those all-to-alls, one direction
+    (CP_IN_PROJ_COPY_PASSES over zxBCdt as exchanged, CP_OUT_COPY_PASSES over y)."""
+    z, x, b, c, dt, y = cp_all_to_all_widths(inner, heads, groups, state, tp, cp)
+    return 2.0 * (CP_IN_PROJ_COPY_PASSES * (z + x + b + c + dt) + CP_OUT_COPY_PASSES * y)
 
 
 def ssd_splits(m: MixerSizes, tokens: np.ndarray, sm_count: int) -> np.ndarray:

@@ -577,9 +577,10 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     # bf16 / fp32 under every recipe, at their memory roofline (models/hardware/mamba_kernels.py).
     mixer_f = mixer_b = mixer_flops_f = mixer_flops_b = 0.0
     if shapes.block == "mamba":
+        # Under context parallelism the mixer runs the whole sequence on its share of the heads (mixer_sizes).
         mixer = mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
-                            shapes.mamba_chunk, L.tp)
-        tokens = L.seq * L.mbs / L.cp
+                            shapes.mamba_chunk, L.tp, L.cp)
+        tokens = L.seq * L.mbs
         mixer_f, mixer_b = mixer_times(mixer, tokens, L.mbs, hw.hbm_bytes_per_s, hw.gemm_max_flops, hw.sm_count)
         mixer_flops_f, mixer_flops_b = ssd_flops(mixer, tokens)
     # Elementwise kernels stream at the achieved HBM rate (eager stacks: their unfused kernels too).

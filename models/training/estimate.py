@@ -223,8 +223,8 @@ def hybrid_blocks_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stac
                  "backward_ms": _r(float(lt.backward_s[0]) * 1e3)}
         if block.block == "mamba":
             sizes = mixer_sizes(block.mamba_inner, block.mamba_heads, block.mamba_groups, block.mamba_state,
-                                block.mamba_chunk, L.tp)
-            tokens = L.seq * L.mbs / L.cp
+                                block.mamba_chunk, L.tp, L.cp)
+            tokens = L.seq * L.mbs  # the mixer runs the whole sequence under context parallelism (mixer_sizes)
             f, b = mixer_times(sizes, tokens, L.mbs, hw.hbm_bytes_per_s, hw.gemm_max_flops, hw.sm_count)
             entry.update(mixer_forward_ms=_r(float(f[0]) * 1e3), mixer_backward_ms=_r(float(b[0]) * 1e3),
                          mixer_bytes_per_token={"forward": _r(float(forward_bytes(sizes, tokens, L.mbs)[0] / tokens[0])),

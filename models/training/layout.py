@@ -650,13 +650,18 @@ def hybrid_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     least one group (mamba_heads % tp, mamba_groups % tp); Megatron-Core 0.16's MambaStack asserts no virtual
     pipeline, has no full (whole-block) recompute (ssm/mamba_block.py checkpoints nothing) and splits the pipeline
     by count only (num_layers_in_first / last_pipeline_stage, no per-rank layout); Mamba context parallelism
-    (ssm/mamba_context_parallel.py all-to-alls) is not priced here (research/hybrid-mamba.md sec. 1). Selective
-    recompute modules act inside the attention, MLP and MoE blocks (TransformerLayer), not the Mamba blocks."""
+    (ssm/mamba_context_parallel.py MambaContextParallel) asserts each cp rank whole heads (mamba_heads / tp % cp) and
+    whole groups, or a whole number of cp ranks per group (groups / tp % cp, or cp % groups / tp) (research/
+    hybrid-mamba.md sec. 1). Selective recompute modules act inside the attention, MLP and MoE blocks
+    (TransformerLayer), not the Mamba blocks."""
     broken = []
     if model.mamba_heads and (model.mamba_heads % L.tp or model.mamba_groups % L.tp):
         broken.append(f"mamba_heads({model.mamba_heads}) and mamba_groups({model.mamba_groups}) % tp({L.tp}) != 0")
-    if L.cp > 1:
-        broken.append(f"cp({L.cp}) > 1: Mamba context parallelism is not priced")
+    elif model.mamba_heads and L.cp > 1:
+        heads, groups = model.mamba_heads // L.tp, model.mamba_groups // L.tp
+        if heads % L.cp or (groups % L.cp if groups >= L.cp else L.cp % groups):
+            broken.append(f"Mamba context parallelism needs mamba_heads / tp ({heads}) % cp({L.cp}) == 0 and "
+                          f"mamba_groups / tp ({groups}) and cp dividing one another")
     if L.vpp > 1:
         broken.append(f"vpp({L.vpp}) > 1: Megatron-Core's MambaStack runs no interleaved pipeline")
     if L.recompute == "full":

@@ -513,7 +513,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         # norm output above): its mixer's saved tensors and out_proj's input (mamba_kernels.saved_bytes)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t if shapes.block != "mamba" else mixer_saved_bytes(
             mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
-                        shapes.mamba_chunk, t), tokens, lin_in)
+                        shapes.mamba_chunk, t, L.cp), tokens * L.cp, lin_in)  # whole sequence, heads / cp
         # "mlp" recompute checkpoints the dense MLP (its fused norm included) from the residual input; no recompute
         # module reaches a Mamba block (Megatron-Core's MambaLayer is not a TransformerLayer).
         if shapes.block != "mamba":

@@ -21,7 +21,7 @@ class RuleCode(str, Enum):
     A2A_HEADS = "n_heads % (tp * cp), local kv heads % cp (all-to-all cp)"
     CP_WINDOW = "sliding windows under context parallelism other than a2a (Transformer Engine)"
     CP_HIERARCHY = "a2a+p2p: 1 < cp_a2a < cp, cp % cp_a2a, heads and local kv heads % cp_a2a"
-    HYBRID = "hybrid Mamba: tp divides Mamba heads and groups; cp 1, vpp 1, no full recompute or pp_layers"
+    HYBRID = "hybrid Mamba: tp (and cp) divide Mamba heads and groups; vpp 1, no full recompute or pp_layers"
     UNEVEN_NEEDS_PP = "uneven stages need pp > 1"
     NO_MIDDLE_LAYERS = "no layers left for middle stages"
     STAGE_LAYERS_SUM = "stage layers != n_layers"
@@ -70,8 +70,9 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.CP_WINDOW: "use cp_kind=a2a for a model with sliding-window layers (or cp=1)",
     RuleCode.CP_HIERARCHY: "give cp_a2a, the all-to-all group (e.g. the CP ranks inside one node), dividing cp and "
                            "with tp * cp_a2a dividing the attention heads; or cp_kind=ring / a2a",
-    RuleCode.HYBRID: "pick tp dividing the Mamba heads and groups (Megatron-Core MambaMixer), cp=1 (Mamba context "
-                     "parallelism is not priced), vpp=1 (MambaStack has no interleaved pipeline), recompute none or "
+    RuleCode.HYBRID: "pick tp dividing the Mamba heads and groups (Megatron-Core MambaMixer) and cp dividing the heads "
+                     "per tp rank, with the groups per tp rank and cp dividing one another (MambaContextParallel), "
+                     "vpp=1 (MambaStack has no interleaved pipeline), recompute none or "
                      "selective (no full recompute there) and first/last_stage_layers instead of pp_layers",
     RuleCode.UNEVEN_NEEDS_PP: "drop first_stage_layers/last_stage_layers, or use pp > 1",
     RuleCode.NO_MIDDLE_LAYERS: "lower first_stage_layers/last_stage_layers so the middle stages keep layers",

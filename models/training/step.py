@@ -14,6 +14,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.hardware import comm
+from clusterplan.models.hardware.mamba_kernels import cp_all_to_all_widths, cp_copy_elements
 from clusterplan.models.hardware.rates import HardwareRates, LinkRates
 from clusterplan.models.training.batch import (
     CODES,
@@ -429,6 +430,10 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
         fwd_b, bwd_b = torch_cp_elementwise_bytes(tokens * shapes.q_dim / L.tp, tokens * kv_width / L.tp,
                                                   tokens * shapes.v_dim / L.tp, L.cp, traced=stack.compiled)
         cp = cp + ((1.0 + full) * fwd_b + bwd_b) / hw.hbm_bytes_per_s
+    if shapes.block == "mamba":  # Megatron-Core's Mamba context parallelism, whatever the attention's kind
+        cp = mamba_cp_s(shapes, L, tokens, cp_group, hw)
+    elif shapes.block in ("mlp", "moe"):  # a hybrid's MLP and MoE blocks exchange nothing over cp
+        cp = np.zeros_like(tp)
     cp = np.where(L.cp > 1, cp, 0.0)
     ep = np.zeros_like(tp)
     if moe:
@@ -440,6 +445,22 @@ def _layer_comm(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: 
             ep = np.where(L.moe_dispatcher == MoeDispatcherCode.ALLTOALL, ep,
                           colls.calls * flex_dispatch_s(shapes, L, ep_group, hw))
     return tp, cp, ep
+
+
+def mamba_cp_s(shapes: ModelShapes, L: LayoutArrays, tokens: np.ndarray, group: Group,
+               hw: HardwareRates) -> np.ndarray:
+    """One Mamba block's context-parallel time per micro-batch, forward + backward: Megatron-Core's
+    MambaContextParallel moves z, x, B, C and dt from sequence to head sharding before the conv1d and y back after
+    the scan, six all-to-alls each way (autograd's _AllToAll backward is an all-to-all of the gradient), synchronous
+    on the compute stream; and the copies around them at the HBM rate (mamba_kernels.cp_copy_elements). A rank sends
+    (cp - 1) / cp of each tensor (Ulysses' volume, as ulysses_cp_s)."""
+    act = activation_bytes(L)
+    widths = cp_all_to_all_widths(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
+                                  L.tp, L.cp)
+    one_way = sum(_collective("all_to_all", act * tokens * w, group, hw) for w in widths)
+    copies = act * tokens * cp_copy_elements(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups,
+                                             shapes.mamba_state, L.tp, L.cp) / hw.hbm_bytes_per_s
+    return 2.0 * (one_way + copies)
 
 
 def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: HardwareRates) -> np.ndarray:
