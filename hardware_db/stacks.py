@@ -411,6 +411,9 @@ class ExecutionStack:
     activation_offload: bool = False
     """Offloads the activations of whole layers to host memory between forward and backward (Layout.offload_layers:
     Megatron-Core cpu_offloading_num_layers); absent: false."""
+    hybrid_mtp_bf16: bool = False
+    """Runs a hybrid's MTP block (ModelShapes.mtp_layer) in bf16 under fp8 (Megatron-Bridge keep_mtp_spec_in_bf16);
+    absent: false (in the layers' recipe)."""
     bf16_end_layers: bool = False
     """Can keep the model's first / last layers' GEMMs in bf16 under fp8 (Layout.bf16_first_layers /
     bf16_last_layers: Megatron-Core first_last_layers_bf16); absent: false."""
@@ -630,6 +633,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
                                   False),
         bf16_moments=_sourced(where, raw, "bf16_moments", lambda: _flag(where, raw, "bf16_moments"), False),
         bf16_end_layers=_sourced(where, raw, "bf16_end_layers", lambda: _flag(where, raw, "bf16_end_layers"), False),
+        hybrid_mtp_bf16=_sourced(where, raw, "hybrid_mtp_bf16", lambda: _flag(where, raw, "hybrid_mtp_bf16"), False),
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),

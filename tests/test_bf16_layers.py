@@ -153,3 +153,20 @@ def test_plan_pins_fp8_and_searches_around_them(run_cli):
     code, _, err = run_cli("plan", "--model", "llama3-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq", "8192",
                            "--fix", "bf16_last_layers=2", "--stack", "torchtitan")
     assert code == 2 and "torchtitan" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hybrids_mtp_block_runs_in_bf16_where_the_stack_keeps_it():
+    # Megatron-Bridge keep_mtp_spec_in_bf16 (stacks.yaml hybrid_mtp_bf16): Nemotron 3 Super's 2 MTP depths of "*E"
+    # each cost the bf16 block's time, not the MXFP8 one's: step(on) - step(off) = m x 2 x (bf16 - fp8 block).
+    model, cluster = load_model("nemotron-3-super-120b-a12b"), load_cluster("gb300-nvl72:16")
+    shapes, hw = ModelShapes.of(model), HardwareRates.of(cluster)
+    on = get_stack().running("mxfp8")
+    assert on.hybrid_mtp_bf16
+    off = replace(on, hybrid_mtp_bf16=False)
+    L = LayoutArrays.from_layouts([fp8(dp=64, ep=64, gbs=512, seq=8192, recompute="none", fp8_recipe="mxfp8",
+                                       moe_dispatcher="hybridep", cuda_graphs="attn")])
+    block = shapes.mtp_layer
+    delta = layer_cost(block, as_bf16(L), hw, on).total_s - layer_cost(block, L, hw, on).total_s
+    steps = step_time(shapes, L, hw, on).step_s - step_time(shapes, L, hw, off).step_s
+    assert steps[0] == pytest.approx(L.microbatches[0] * 2 * delta[0], rel=1e-6)
+    assert not get_stack("torchtitan").hybrid_mtp_bf16

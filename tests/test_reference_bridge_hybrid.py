@@ -19,7 +19,8 @@ timing, not these rows): all 19 median 8.2 %, max 46.4 %; Nano median 2.8 % (H10
 -1.4 %, B300 +20.1 %, GB200 -20.2 / -22.1 %); Super median 8.4 % (GB300 +4.9 .. +11.0 %, GB200 -6.6 .. -9.1 %, B300
 -6.0 / -7.4 %, B200 +21.7 / +46.4 %); the Mamba blocks then charged no layernorm recompute (fused into in_proj).
 Then the NVFP4 recipe's last 14 layers in bf16 (Layout.bf16_last_layers): all 19 median 7.6 %, max 40.9 %; Super
-median 7.9 % (NVFP4 GB300 +10.7 / +7.6 %, GB200 -2.4 / -4.5 %, B300 -1.4 %, B200 +40.9 %).
+median 7.9 % (NVFP4 GB300 +10.7 / +7.6 %, GB200 -2.4 / -4.5 %, B300 -1.4 %, B200 +40.9 %). Then the MTP block in bf16
+(keep_mtp_spec_in_bf16, stacks.yaml hybrid_mtp_bf16): all 19 median 7.2 %, max 39.8 %; Super median 7.3 %.
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ BOUNDS = {  # landed + 3 points, at least 20 %; comment: the rows now (at the SS
     "GB200 Nemotron_3_Nano MXFP8": (0.232, 0.251),  # -20.2 %, -22.1 % (-13.7 / -15.7 %)
     "B300 Nemotron_3_Nano MXFP8": (0.231,),  # +20.1 % (+37.5 %)
     "H100 Nemotron_3_Nano FP8": (0.20, 0.20),  # +2.2 %, +0.8 % (+11.8 / +10.1 %)
-    "GB300 Nemotron_3_Super NVFP4": (0.20, 0.20),  # 26.04 +10.7 %, 26.06 +7.6 % (+20.7 / +17.4 %)
-    "GB200 Nemotron_3_Super NVFP4": (0.20, 0.20),  # -2.4 %, -4.5 % (-1.9 / -4.0 %)
-    "B300 Nemotron_3_Super NVFP4": (0.20,),  # -1.4 % (-1.6 %)
-    "B200 Nemotron_3_Super NVFP4": (0.439,),  # +40.9 % (+56.4 %)
-    "GB300 Nemotron_3_Super MXFP8": (0.20, 0.20),  # +9.6 %, +5.0 % (+18.7 / +13.7 %)
-    "GB200 Nemotron_3_Super MXFP8": (0.20, 0.20),  # -8.2 %, -9.1 % (-3.7 / -4.7 %)
-    "B300 Nemotron_3_Super MXFP8": (0.20,),  # -7.3 % (-3.1 %)
-    "B200 Nemotron_3_Super MXFP8": (0.246,),  # +21.7 % (+29.4 %)
+    "GB300 Nemotron_3_Super NVFP4": (0.20, 0.20),  # 26.04 +10.5 %, 26.06 +7.4 % (+20.7 / +17.4 %)
+    "GB200 Nemotron_3_Super NVFP4": (0.20, 0.20),  # -1.2 %, -3.4 % (-1.9 / -4.0 %)
+    "B300 Nemotron_3_Super NVFP4": (0.20,),  # -0.1 % (-1.6 %)
+    "B200 Nemotron_3_Super NVFP4": (0.428,),  # +39.8 % (+56.4 %)
+    "GB300 Nemotron_3_Super MXFP8": (0.20, 0.20),  # +9.5 %, +4.9 % (+18.7 / +13.7 %)
+    "GB200 Nemotron_3_Super MXFP8": (0.20, 0.20),  # -7.2 %, -8.1 % (-3.7 / -4.7 %)
+    "B300 Nemotron_3_Super MXFP8": (0.20,),  # -6.1 % (-3.1 %)
+    "B200 Nemotron_3_Super MXFP8": (0.242,),  # +21.2 % (+29.4 %)
 }
-MEDIAN_BOUND = 0.086  # achieved 7.6 % over the 19 rows (8.2 % before the NVFP4 bf16 layers; 13.7 % at the roofline)
+MEDIAN_BOUND = 0.082  # achieved 7.2 % over the 19 rows (8.2 % before the bf16 layers and MTP; 13.7 % at the roofline)
 
 
 @pytest.fixture(scope="module")

@@ -757,7 +757,8 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     mtp_layers = mtp
     mtp_flops = mtp * cost.hardware_flops
     if mtp and shapes.mtp_layer is not None:
-        block = layer_cost(shapes.mtp_layer, L, hw, stack)
+        # in bf16 under fp8 where the stack keeps it there (stacks.yaml hybrid_mtp_bf16)
+        block = layer_cost(shapes.mtp_layer, as_bf16(L) if stack.hybrid_mtp_bf16 else L, hw, stack)
         mtp_layers = mtp * block.total_s / np.maximum(cost.total_s, TINY_S)
         mtp_flops = mtp * block.hardware_flops
     first_layers = layers.first + np.where(single, mtp_layers, 0.0)
