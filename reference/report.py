@@ -1,6 +1,7 @@
 """Our predictions against published runs: A100 (Narayanan et al. 2021 Tables 1-2, Korthikanti et al. 2022),
 NeMo 25.11 / Megatron-Bridge on H100, B200, GB200, GB300 (reference/bridge.py), torchtitan on H100 (reference/titan.py)
-and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py),
+and its later H200 / async-TP / A100 / B200 runs (reference/titan_community.py), OLMo-core's README rows
+(reference/olmo_core.py),
 the earlier NeMo performance summaries on H100 (24.09 - 25.09, reference/nemo.py), MosaicML llm-foundry's MPT benchmarks
 on H100 and A100 (reference/foundry.py), the Llama 3 405B pre-training runs on 8,192 and 16,384 H100
 (reference/llama3.py), the Megatron-Core MoE report's and ModelZoo's MoE runs (reference/mcore_moe.py), the
@@ -301,6 +302,9 @@ def markdown_report() -> str:
 
     out += ["#### torchtitan runs published since (H200, async TP on H100, A100, B200): tokens/s and peak memory per GPU",
             "", titan_community.markdown_table(titan_community.community_rows()), ""]
+    from clusterplan.reference import olmo_core
+
+    out += [f"#### {olmo_core.TITLE}", "", olmo_core.markdown_table(olmo_core.olmo_core_rows()), ""]
     from clusterplan.reference import nemo
 
     out += ["#### NeMo Framework performance summaries on DGX-H100 (24.09, 24.12, 25.02, Megatron-Bridge 25.09, 26.02): "
@@ -374,6 +378,9 @@ def print_text_report() -> None:
     from clusterplan.reference import titan_community
 
     titan_community.print_table(titan_community.community_rows())
+    from clusterplan.reference import olmo_core
+
+    olmo_core.print_table(olmo_core.olmo_core_rows())
     from clusterplan.reference import nemo
 
     nemo.print_table(nemo.nemo_rows())
