@@ -15,6 +15,7 @@ from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
+from clusterplan.models.serving.model import MAMBA_SSM_DTYPES
 from clusterplan.solver.melange import MAX_SLICE_FACTOR
 from clusterplan.solver.serve import (
     Limits,
@@ -56,7 +57,7 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
 def _pool_json(pool: Pool, model_ref: str, max_len: int, disagg: bool) -> dict:
     inst = pool.instance
     launch = LaunchConfig(repo=model_ref, tp=inst.tp, pp=inst.pp, weight_dtype=inst.weight_dtype,
-                          kv_dtype=inst.kv_dtype, max_seqs=pool.max_batch, max_model_len=max_len,
+                          kv_dtype=inst.kv_dtype, mamba_ssm_dtype=inst.mamba_ssm_dtype, max_seqs=pool.max_batch, max_model_len=max_len,
                           chunk_tokens=inst.max_batched_tokens, memory_utilization=inst.knobs.memory_utilization,
                           role=pool.role if disagg else "colocated",
                           chunked_prefill=get_engine(inst.engine).chunked_prefill)
@@ -185,7 +186,8 @@ def _print_table(data: dict) -> None:
 CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_ms", "tpot_ms", "percentile", "gpus",
                          "tp_text",
                          "pp_text", "available", "disaggregate", "kv_link", "save_capacity", "calibration",
-                         "engine_name", "prices_path", "provider", "pricing", "weight_dtype", "kv_dtype", "seed")
+                         "engine_name", "prices_path", "provider", "pricing", "weight_dtype", "kv_dtype",
+                         "mamba_ssm_dtype", "seed")
 """serve-plan parameters a --capacity-table plan does not read (it takes --rate, --slice-factor and --max-gpus)."""
 
 
@@ -221,6 +223,9 @@ CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_
               help="Pricing model of the rows used.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision: fp32, bf16, fp16, fp8, int8, fp4, int4 (bytes per element as the name says).")
+@click.option("--mamba-ssm-dtype", type=click.Choice(MAMBA_SSM_DTYPES), default="bf16",
+              help="A hybrid's SSM state dtype: bf16 (the model's) or fp32 (vLLM --mamba-ssm-cache-dtype float32, "
+                   "SGLang --mamba-ssm-dtype float32).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of sampled lengths and arrivals (same seed, same plan).")
 @click.option("--frontier", is_flag=True, help="Also simulate every candidate instance type alone at loads up to "
                                                "saturation: cost per token against TTFT/TPOT (implied by --plot).")
@@ -233,7 +238,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
                calibration: str | None, engine_name: str, prices_path: str | None, provider: str | None,
                pricing: str,
-               weight_dtype: str, kv_dtype: str, seed: int, frontier: bool, plot_path: str | None, fmt: str) -> None:
+               weight_dtype: str, kv_dtype: str, mamba_ssm_dtype: str, seed: int, frontier: bool,
+               plot_path: str | None, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
     from clusterplan.cli.plot import check_plot_path
 
@@ -289,7 +295,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
     try:
         instances, warnings = candidate_instances(model, names, tps, pps, load_calibration(calibration), weight_dtype,
                                                   kv_dtype, explicit=gpus != DEFAULT_GPUS, engine=engine_name,
-                                                  prices=prices)
+                                                  prices=prices, mamba_ssm_dtype=mamba_ssm_dtype)
         for line in warnings:
             console.warn(line)
         with console.progress(f"simulating {len(instances)} instance types x {len(work.buckets)} request buckets") \

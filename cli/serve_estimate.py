@@ -13,6 +13,7 @@ from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.catalog import hf_repo
 from clusterplan.models.serving.estimate import LoadKind, LoadSweep, ServingEstimate, Stats, estimate_for
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
+from clusterplan.models.serving.model import MAMBA_SSM_DTYPES
 
 
 def _stats_json(s: Stats, scale: float, digits: int) -> dict[str, float]:
@@ -45,7 +46,7 @@ def estimate_json(e: ServingEstimate) -> dict:
     inst, load, gpus = e.instance, e.load, e.n_gpus
     launch = LaunchConfig(repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
                           attention_dp=inst.attention_dp, weight_dtype=inst.weight_dtype, kv_dtype=inst.kv_dtype,
-                          max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
+                          mamba_ssm_dtype=inst.mamba_ssm_dtype, max_seqs=e.max_seqs, max_model_len=e.max_model_len, chunk_tokens=inst.max_batched_tokens,
                           memory_utilization=inst.knobs.memory_utilization,
                           chunked_prefill=get_engine(inst.engine).chunked_prefill)
     sweep = {"load_sweep": sweep_json(e.load_sweep)} if e.load_sweep is not None else {}
@@ -53,6 +54,7 @@ def estimate_json(e: ServingEstimate) -> dict:
         "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,
         "attention_dp": inst.attention_dp, "engine": inst.engine, "gpus": gpus,
         "weight_dtype": inst.weight_dtype, "kv_dtype": inst.kv_dtype,
+        **({"mamba_ssm_dtype": inst.mamba_ssm_dtype} if inst.mamba_ssm_dtype != "bf16" else {}),
         "load": {"kind": str(load.kind), "rate_rps": load.rate_rps or None, "clients": load.clients or None,
                  "requests_measured": e.requests, "seed": load.seed},
         "ttft_ms": _stats_json(e.ttft_s, 1e3, 3), "tpot_ms": _stats_json(e.tpot_s, 1e3, 4),
@@ -130,6 +132,9 @@ def _render_sweep(s: dict) -> None:
               help="Engine profile (hardware_db engines.yaml): vllm, vllm-v0, sglang, trtllm.")
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int8, int4, fp4).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision: fp32, bf16, fp16, fp8, int8, fp4, int4 (bytes per element as the name says).")
+@click.option("--mamba-ssm-dtype", type=click.Choice(MAMBA_SSM_DTYPES), default="bf16",
+              help="A hybrid's SSM state dtype: bf16 (the model's) or fp32 (vLLM --mamba-ssm-cache-dtype float32, "
+                   "SGLang --mamba-ssm-dtype float32, as NVIDIA's Nemotron serving recipes set it).")
 @click.option("--max-batch", type=click.IntRange(min=1, max=10**6),
               help="Most running sequences (vLLM --max-num-seqs, SGLang --max-running-requests); default: the engine's.")
 @click.option("--chunk", type=click.IntRange(min=1, max=10**7),
@@ -150,7 +155,7 @@ def _render_sweep(s: dict) -> None:
 @quiet_option
 @format_option
 def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, attention_dp: int, engine_name: str,
-                   weight_dtype: str, kv_dtype: str, max_batch: int | None, chunk: int | None, input_len: str | None, output_len: str | None, rate: float | None, trace: str | None,
+                   weight_dtype: str, kv_dtype: str, mamba_ssm_dtype: str, max_batch: int | None, chunk: int | None, input_len: str | None, output_len: str | None, rate: float | None, trace: str | None,
                    concurrency: int | None, batch: int | None, requests: int | None, calibration: str | None,
                    seed: int, sweep: bool, plot_path: str | None, fmt: str) -> None:
     """Latency percentiles and throughput of one configuration under one load.
@@ -171,7 +176,7 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, att
     with console.progress("latency against load") if sweeping else contextlib.nullcontext(None) as progress:
         est = estimate_for(load_model(model_ref), gpu_name, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
                            engine=engine_name, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                           max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
+                           mamba_ssm_dtype=mamba_ssm_dtype, max_batch=max_batch, chunk_tokens=chunk, input_len=input_len, output_len=output_len,
                            rate=rate, trace=trace, clients=concurrency or batch or 0, static=batch is not None,
                            requests=requests or 0, calibration=load_calibration(calibration), seed=seed,
                            sweep=sweeping, progress=progress)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from clusterplan.hardware_db import Link
-from clusterplan.models.serving.kv import kv_bytes_per_token, mamba_state_bytes_per_seq_per_gpu
-from clusterplan.models.serving.model import DTYPE_BYTES, MAMBA_STATE_DTYPE, ServingInstance, step_model
+from clusterplan.models.serving.kv import kv_bytes_per_token
+from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
 from clusterplan.models.serving.sim import rate_upper_bound_rps
 from clusterplan.progress import ProgressFn
 from clusterplan.solver.serve import (
@@ -36,8 +36,7 @@ def kv_transfer_terms(inst: ServingInstance, link: Link) -> tuple[float, float]:
     """
     bytes_per_s = link.achieved_bytes_per_s * inst.n_gpus
     per_token = kv_bytes_per_token(inst.model, DTYPE_BYTES[inst.kv_dtype]) / bytes_per_s
-    state_s = mamba_state_bytes_per_seq_per_gpu(inst.model, inst.tp, inst.pp, DTYPE_BYTES[MAMBA_STATE_DTYPE]) \
-        / link.achieved_bytes_per_s
+    state_s = inst.mamba_state_bytes_per_seq / link.achieved_bytes_per_s
     return link.latency_us * 1e-6 + state_s, per_token
 
 

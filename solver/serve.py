@@ -361,8 +361,8 @@ def melange_table(table: CapacityTable, work: Workload) -> dict:
 
 def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple[int, ...], pps: tuple[int, ...],
                         calibration: Any = None, weight_dtype: str = "bf16", kv_dtype: str = "bf16",
-                        explicit: bool = True, engine: str | None = None, prices: PriceChoice | None = None
-                        ) -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
+                        explicit: bool = True, engine: str | None = None, prices: PriceChoice | None = None,
+                        mamba_ssm_dtype: str = "bf16") -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
     """Every priced (GPU type, tp, pp) instance that holds the model with KV room, and warnings for GPUs left out.
 
     `prices` (one provider's rows, hardware_db/prices.py) prices each GPU; a GPU it lacks is left out with a
@@ -407,7 +407,8 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                 if model.n_heads % tp or pp > model.n_layers:
                     continue
                 inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, weight_dtype=weight_dtype,
-                                       kv_dtype=kv_dtype, engine=profile.name, knobs=knobs,
+                                       kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype, engine=profile.name,
+                                       knobs=knobs,
                                        max_batched_tokens=profile.chunk_tokens, usd_per_gpu_hour=usd)
                 if serving_memory(inst).kv_capacity_tokens > 0:
                     out.append(inst)

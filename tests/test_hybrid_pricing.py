@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from clusterplan.errors import BadInputError
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
@@ -303,6 +304,23 @@ def test_serving_a_hybrid_by_hand():
     one, two = (float(step.terms(0.0, 0.0, b, b * 2048.0).memory_s) for b in (1.0, 2.0))
     # one more sequence: its KV (2,048 tokens x 5,120 B) read, its state read and written
     assert two - one == pytest.approx((2048 * 5_120 + 2 * 57_452_544) / hbm, rel=1e-9)
+    # The SSM state in fp32 (vLLM --mamba-ssm-cache-dtype float32, NVIDIA's Nemotron serving recipes): the 4,194,304
+    # SSM elements at 4 B, the 61,440 conv ones at 2 B: 54 x (16,777,216 + 122,880) / 8 = 114,075,648 B per GPU,
+    # 22,281 KV tokens; the launch lines carry the flag.
+    assert m.mamba_ssm_state_elements() == 4_194_304 and m.mamba_conv_state_elements() == 61_440
+    fp32 = ServingInstance(model=m, gpu=get_gpu("H100"), tp=8, mamba_ssm_dtype="fp32")
+    assert fp32.mamba_state_bytes_per_seq == 114_075_648
+    assert kv_accounting(fp32) == {"state_tokens_per_seq": 22_281}
+    step32 = step_model(fp32)
+    one, two = (float(step32.terms(0.0, 0.0, b, b * 2048.0).memory_s) for b in (1.0, 2.0))
+    assert two - one == pytest.approx((2048 * 5_120 + 2 * 114_075_648) / hbm, rel=1e-9)
+    from clusterplan.models.serving.launch import LaunchConfig, launch_lines
+
+    lines = launch_lines(LaunchConfig(repo="x", tp=8, mamba_ssm_dtype="fp32"))
+    assert "--mamba-ssm-cache-dtype float32" in lines["vllm"] and "--mamba-ssm-dtype float32" in lines["sglang"]
+    assert "mamba" not in launch_lines(LaunchConfig(repo="x", tp=8))["vllm"]
+    with pytest.raises(BadInputError, match="mamba-ssm-dtype"):
+        ServingInstance(model=m, gpu=get_gpu("H100"), tp=8, mamba_ssm_dtype="fp8")
 
 
 def test_a_hybrids_pipeline_stages_hold_their_slice_of_the_pattern():

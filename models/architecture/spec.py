@@ -378,10 +378,19 @@ class ModelSpec:
         """The recurrent state one sequence keeps per Mamba layer while it decodes: the SSM state H x P x N and the
         causal conv's last K - 1 inputs of x, B and C, (K - 1)(d_in + 2GN) (vLLM MambaMixer2 / mamba_ssm
         selective_state_update, causal_conv1d_update). 0 without Mamba blocks."""
+        return self.mamba_ssm_state_elements() + self.mamba_conv_state_elements()
+
+    def mamba_ssm_state_elements(self) -> int:
+        """The SSM (temporal) state H x P x N of one sequence per Mamba layer: what vLLM's mamba_ssm_cache_dtype
+        (SGLang --mamba-ssm-dtype) sets the dtype of. 0 without Mamba blocks."""
+        return self.mamba_heads * self.mamba_head_dim * self.mamba_state_dim if "M" in self.hybrid_pattern else 0
+
+    def mamba_conv_state_elements(self) -> int:
+        """The causal conv's last K - 1 inputs of x, B and C, (K - 1)(d_in + 2GN), per sequence and Mamba layer (kept
+        at mamba_cache_dtype, the model's by default). 0 without Mamba blocks."""
         if "M" not in self.hybrid_pattern:
             return 0
-        conv = (self.mamba_conv_kernel - 1) * (self.mamba_inner + 2 * self.mamba_groups * self.mamba_state_dim)
-        return self.mamba_heads * self.mamba_head_dim * self.mamba_state_dim + conv
+        return (self.mamba_conv_kernel - 1) * (self.mamba_inner + 2 * self.mamba_groups * self.mamba_state_dim)
 
     @property
     def mamba_inner(self) -> int:

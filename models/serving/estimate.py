@@ -330,7 +330,7 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
 
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
-                 max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
+                 mamba_ssm_dtype: str = "bf16", max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
                  output_len: str | None = None, rate: float | None = None, trace: str | None = None, clients: int = 0,
                  static: bool = False, requests: int = 0, calibration: Any = None, seed: int = 0,
                  sweep: bool = False, progress: ProgressFn | None = None) -> ServingEstimate:
@@ -344,8 +344,8 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
         raise BadInputError(f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
                             "use a divisor, e.g. 1, 2, 4 or 8")
     inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
-                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=profile.name,
-                           knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
+                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype,
+                           engine=profile.name, knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
                            max_batched_tokens=chunk_tokens)
     engine = engine_of(inst, max_batch, chunk_tokens)
     if engine.kv_capacity_tokens <= 0:

@@ -52,11 +52,16 @@ def kv_bytes_per_token_per_gpu(spec: ModelSpec, tp: int, pp: int, kv_bytes: floa
     return 2.0 * layers_per_stage * heads_per_gpu * spec.dim_head * kv_bytes
 
 
-def mamba_state_bytes_per_seq_per_gpu(spec: ModelSpec, tp: int, pp: int, state_bytes: float = 2.0) -> float:
+def mamba_state_bytes_per_seq_per_gpu(spec: ModelSpec, tp: int, pp: int, state_bytes: float = 2.0,
+                                      ssm_state_bytes: float | None = None) -> float:
     """Bytes of recurrent state one running sequence keeps on one GPU of a tp x pp instance: its Mamba layers' SSM
-    and conv states (ModelSpec.mamba_state_elements), heads and groups split over tp (vLLM MambaMixer2), layers
-    over pp; at the model dtype (vLLM mamba_ssm_cache_dtype "auto"). Fixed per sequence, whatever its length."""
-    return busiest_stage_layers(spec, pp, "M") * spec.mamba_state_elements() / tp * state_bytes
+    and conv states (ModelSpec.mamba_ssm_state_elements / mamba_conv_state_elements), heads and groups split over tp
+    (vLLM MambaMixer2), layers over pp; the conv state at `state_bytes` (the model dtype), the SSM state at
+    `ssm_state_bytes` (vLLM mamba_ssm_cache_dtype: "auto" = the model's, None here; float32 as NVIDIA's Nemotron
+    recipes set it). Fixed per sequence, whatever its length."""
+    ssm = state_bytes if ssm_state_bytes is None else ssm_state_bytes
+    per_layer = spec.mamba_conv_state_elements() * state_bytes + spec.mamba_ssm_state_elements() * ssm
+    return busiest_stage_layers(spec, pp, "M") * per_layer / tp
 
 
 def busiest_stage_layers(spec: ModelSpec, pp: int, symbol: str) -> int:
@@ -80,11 +85,11 @@ def kv_transfer_s(spec: ModelSpec, tokens: ArrayLike, link_bytes_per_s: float, l
 
 
 def state_tokens_per_seq(spec: ModelSpec, tp: int, attention_tp: int, pp: int, kv_bytes: float = 2.0,
-                         state_bytes: float = 2.0) -> int:
+                         state_bytes: float = 2.0, ssm_state_bytes: float | None = None) -> int:
     """A hybrid's per-sequence Mamba state (mamba_state_bytes_per_seq_per_gpu) in KV-token units of the same GPU,
     rounded up: what a running sequence reserves on top of its KV (vLLM's hybrid allocator keeps one state slot per
     sequence in the same pool). 0 without Mamba blocks."""
-    state = mamba_state_bytes_per_seq_per_gpu(spec, tp, pp, state_bytes)
+    state = mamba_state_bytes_per_seq_per_gpu(spec, tp, pp, state_bytes, ssm_state_bytes)
     if not state:
         return 0
     return -(-int(state) // int(kv_bytes_per_token_per_gpu(spec, attention_tp, pp, kv_bytes)))

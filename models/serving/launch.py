@@ -32,6 +32,8 @@ class LaunchConfig:
     """Data-parallel attention ranks (DeepSeek-style DP attention with EP MoE); 1 = off."""
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    mamba_ssm_dtype: str = "bf16"
+    """A hybrid's SSM state dtype (ServingInstance.mamba_ssm_dtype): fp32 sets the engines' flags."""
     max_seqs: int = 256
     max_model_len: int = 8192
     chunk_tokens: int = 2048
@@ -59,6 +61,8 @@ def vllm_line(c: LaunchConfig) -> str:
         line += f" --quantization {VLLM_QUANTIZATION[c.weight_dtype]}"
     if c.kv_dtype == "fp8":
         line += " --kv-cache-dtype fp8"
+    if c.mamba_ssm_dtype == "fp32":  # vLLM --mamba-ssm-cache-dtype {auto, float32, ...}
+        line += " --mamba-ssm-cache-dtype float32"
     if c.role != "colocated":
         line += ' --kv-transfer-config \'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\''
     return line
@@ -76,6 +80,8 @@ def sglang_line(c: LaunchConfig) -> str:
         line += f" --quantization {SGLANG_QUANTIZATION[c.weight_dtype]}"
     if c.kv_dtype == "fp8":
         line += " --kv-cache-dtype fp8_e4m3"
+    if c.mamba_ssm_dtype == "fp32":  # SGLang --mamba-ssm-dtype
+        line += " --mamba-ssm-dtype float32"
     if c.role != "colocated":
         line += f" --disaggregation-mode {c.role}"
     return line
@@ -118,6 +124,9 @@ def launch_notes(c: LaunchConfig) -> list[str]:
     if c.kv_dtype not in LAUNCH_KV_DTYPES:
         notes.append(f"KV cache {c.kv_dtype}: priced, but no line sets it (the engines' flags take fp8 at the "
                      "lowest); the lines launch the checkpoint's own KV dtype")
+    if c.mamba_ssm_dtype == "fp32":
+        notes.append("SSM state fp32: the vLLM and SGLang lines set it; the TensorRT-LLM line carries no flag for it: "
+                     "set its Mamba cache dtype by hand")
     if c.weight_dtype in PRECOMPUTED_FORMATS:
         notes.append(f"weights {c.weight_dtype}: need a checkpoint quantized ahead of time; the lines name the base "
                      "repository: swap in its quantized release")

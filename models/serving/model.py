@@ -42,7 +42,10 @@ MODEL_GEMM_SHARE = 0.77
 """Share of the best large-GEMM rate a whole forward pass reaches: A100 prefill fits 0.67 of peak in both the
 Splitwise and DistServe data (tests/test_serving_model.py) against a 0.869 MAMF GEMM fraction."""
 MAMBA_STATE_DTYPE = "bf16"
-"""The Mamba state's dtype in serving: vLLM's mamba_ssm_cache_dtype / mamba_cache_dtype "auto" take the model's."""
+"""The Mamba conv state's dtype in serving: vLLM's mamba_cache_dtype "auto" takes the model's."""
+MAMBA_SSM_DTYPES = ("bf16", "fp32")
+"""What ServingInstance.mamba_ssm_dtype takes: the model's (bf16) or float32 (vLLM --mamba-ssm-cache-dtype
+float32, SGLang --mamba-ssm-dtype float32; NVIDIA's Nemotron Nano 2 / Nemotron 3 serving recipes set it)."""
 DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5}
 # Tensor-core rate each weight format runs at: W8A8 int8 at the 8-bit rate; int4 weight-only (AWQ/GPTQ) kernels
 # dequantise to bf16 and multiply there.
@@ -128,6 +131,8 @@ class ServingInstance:
     tp / attention_dp, each group on its own sequences and KV cache; 1 = attention split over all tp."""
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    mamba_ssm_dtype: str = "bf16"
+    """A hybrid's SSM state dtype (MAMBA_SSM_DTYPES); the conv state stays at MAMBA_STATE_DTYPE."""
     engine: str = "vllm"
     """Engine profile name (hardware_db/data/engines.yaml): which launch line realises the instance."""
     usd_per_gpu_hour: float | None = None
@@ -155,6 +160,15 @@ class ServingInstance:
         for dtype in (self.weight_dtype, self.kv_dtype):
             if dtype not in DTYPE_BYTES:
                 raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_BYTES)}")
+        if self.mamba_ssm_dtype not in MAMBA_SSM_DTYPES:
+            raise BadInputError(f"--mamba-ssm-dtype {self.mamba_ssm_dtype!r}; use one of {', '.join(MAMBA_SSM_DTYPES)}")
+
+    @property
+    def mamba_state_bytes_per_seq(self) -> float:
+        """One running sequence's Mamba state on one GPU (kv.mamba_state_bytes_per_seq_per_gpu): the conv state at
+        MAMBA_STATE_DTYPE, the SSM state at mamba_ssm_dtype; 0 without Mamba blocks."""
+        return mamba_state_bytes_per_seq_per_gpu(self.model, self.tp, self.pp, DTYPE_BYTES[MAMBA_STATE_DTYPE],
+                                                 DTYPE_BYTES[self.mamba_ssm_dtype])
 
     @property
     def n_gpus(self) -> int:
@@ -234,7 +248,7 @@ def kv_accounting(inst: ServingInstance) -> dict[str, int | float]:
     window (kv.kv_window) and a hybrid's Mamba state in KV-token units (kv.state_tokens_per_seq)."""
     out: dict[str, int | float] = dict(kv_window(inst.model))
     state = state_tokens_per_seq(inst.model, inst.tp, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype],
-                                 DTYPE_BYTES[MAMBA_STATE_DTYPE])
+                                 DTYPE_BYTES[MAMBA_STATE_DTYPE], DTYPE_BYTES[inst.mamba_ssm_dtype])
     if state:
         out["state_tokens_per_seq"] = state
     return out
@@ -388,7 +402,7 @@ def step_model(inst: ServingInstance) -> StepModel:
     # NCCL LL) when the engine profile gives it, else the ring's 2 (tp - 1) alpha.
     ar_fixed = knobs.allreduce_call_s if knobs.allreduce_call_s is not None and inst.tp > 1 else ring_fixed
     kv_per_token = kv_bytes_per_token_per_gpu(spec, inst.attention_tp, inst.pp, DTYPE_BYTES[inst.kv_dtype])
-    state_bytes = mamba_state_bytes_per_seq_per_gpu(spec, inst.tp, inst.pp, DTYPE_BYTES[MAMBA_STATE_DTYPE])
+    state_bytes = inst.mamba_state_bytes_per_seq
     ssd_bytes = 0.0
     if state_bytes:  # per prompt token on one GPU: the stage's Mamba layers' mixer forward (one token, mbs 1)
         one = np.ones(1)
