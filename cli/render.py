@@ -45,6 +45,11 @@ def render_estimate(data: dict[str, Any]) -> None:
         console.text(f"MoE routing: {data['moe_routing']}")
     if "fp8_weights" in data:
         console.text(f"fp8 weights: {data['fp8_weights']}")
+    if "bf16_layers" in data:
+        b = data["bf16_layers"]
+        extra = ", ".join(f"{kind} {ms:+.3f} ms" for kind, ms in b["extra_ms_per_layer"].items())
+        console.text(f"bf16 layers under fp8: first {b['first']}, last {b['last']} (per pipeline rank "
+                     f"{'/'.join(map(str, b['per_rank']))}); one costs its fp8 self {extra} per micro-batch")
     if "dense_host" in data:
         h = data["dense_host"]
         calls = ", ".join(f"{h['calls_forward'][k]:g} + {h['calls_backward'][k]:g} {HOST_CALL_NAMES.get(k, k)} at "

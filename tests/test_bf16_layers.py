@@ -170,3 +170,16 @@ def test_a_hybrids_mtp_block_runs_in_bf16_where_the_stack_keeps_it():
     steps = step_time(shapes, L, hw, on).step_s - step_time(shapes, L, hw, off).step_s
     assert steps[0] == pytest.approx(L.microbatches[0] * 2 * delta[0], rel=1e-6)
     assert not get_stack("torchtitan").hybrid_mtp_bf16
+
+
+def test_estimate_shows_where_they_run_and_what_one_costs(run_cli):
+    code, out, _ = run_cli("estimate", "--model", "llama3-70b", "--cluster", "dgx-h100:8", "--layout",
+                           "tp=4,pp=4,dp=4,gbs=128,seq=8192,fp8_params=1,bf16_first_layers=2,bf16_last_layers=2", "--format",
+                           "json")
+    assert code == 0
+    b = json.loads(out)["bf16_layers"]
+    assert (b["first"], b["last"], b["per_rank"]) == (2, 2, [2, 0, 0, 2])
+    assert b["extra_ms_per_layer"]["layer"] > 0  # bf16 GEMMs on H100 run at half the fp8 rate
+    code, out, _ = run_cli("estimate", "--model", "llama3-70b", "--cluster", "dgx-h100:8", "--layout",
+                           "tp=4,pp=4,dp=4,gbs=128,seq=8192,precision=fp8,fp8_params=1", "--format", "json")
+    assert code == 0 and "bf16_layers" not in json.loads(out)

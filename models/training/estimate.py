@@ -33,6 +33,7 @@ from clusterplan.models.hardware.mamba_kernels import (
 )
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.bf16_layers import as_bf16, bf16_layers_by_rank
 from clusterplan.models.training.compute import MFU_BASIS, layer_time
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import (
@@ -54,7 +55,7 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.moe_layer import routing_basis
 from clusterplan.models.training.rules import Rule, RuleCode
-from clusterplan.models.training.step import StepTime, step_time
+from clusterplan.models.training.step import StepTime, layer_cost, step_time
 from clusterplan.models.training.topology import axis_links_gb_per_s
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s", "pp_comm_s", "dp_comm_s", "bubble_s",
@@ -203,10 +204,26 @@ class Estimate:
             out["fp8_weights"] = FP8_WEIGHTS[self.layout.fp8_params]
         if self.model.is_hybrid:
             out["hybrid_blocks"] = hybrid_blocks_json(self.model, self.layout, ev.hw, ev.stack)
+        if self.layout.precision == "fp8" and (self.layout.bf16_first_layers or self.layout.bf16_last_layers):
+            out["bf16_layers"] = bf16_layers_json(self.model, self.layout, ev.hw, ev.stack)
         if ev.stack.dense_host is not None and not self.model.is_moe:
             share = float(LayoutArrays.from_layouts([self.layout]).full_recompute_share(self.model.n_layers)[0])
             out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu, share)
         return out
+
+
+def bf16_layers_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stack: ExecutionStack) -> dict[str, Any]:
+    """Layers kept in bf16 under fp8 (bf16_layers.py): how many each pipeline rank runs (model order of the global
+    layer numbers, Megatron-Core is_first_last_bf16_layer) and what one costs over its fp8 self per micro-batch, by
+    kind for a hybrid: the breakdown behind the stage times' bf16 term."""
+    shapes, L = ModelShapes.of(model), LayoutArrays.from_layouts([layout])
+    running = stack_for(layout, stack)
+    kinds = [(b.block, b) for _, b in shapes.blocks] if shapes.blocks else [("layer", shapes)]
+    extra = {kind: _r(float(layer_cost(b, as_bf16(L), hw, running).total_s[0]
+                            - layer_cost(b, L, hw, running).total_s[0]) * 1e3) for kind, b in kinds}
+    return {"first": layout.bf16_first_layers, "last": layout.bf16_last_layers,
+            "per_rank": [len(r) for r in bf16_layers_by_rank(model.n_layers, layout)],
+            "extra_ms_per_layer": extra}
 
 
 def hybrid_blocks_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stack: ExecutionStack) -> dict[str, Any]:
