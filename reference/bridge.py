@@ -367,7 +367,9 @@ BF16_LAST_LAYERS = {("Nemotron_3_Super", "NVFP4"): 14}
 """(model, precision) -> the last layers its recipe keeps in bf16 (Layout.bf16_last_layers): Megatron-Bridge
 mixed_precision.py nemotron_3_super_bf16_with_nvfp4_mixed sets first_last_layers_bf16=True,
 num_layers_at_start_in_bf16=0, num_layers_at_end_in_bf16=14 (PR #3095; research/nemotron3-super-recipes.md sec. 2).
-Every other recipe here leaves first_last_layers_bf16 False."""
+Every other recipe here leaves first_last_layers_bf16 False. (Megatron-Core 0.16.1's MambaStack.forward enters the
+fp8 context only, ssm/mamba_block.py: a hybrid's NVFP4 is the newer Megatron-Core of the 26.x containers these rows
+ran.)"""
 
 
 VOCAB_DIVISIBLE_BY = 128

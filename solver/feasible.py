@@ -399,7 +399,9 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
     the same layout in bf16, priced, when it fits."""
     if (est.reasons and est.layout.precision == "fp8" and all(r.code == RuleCode.PRECISION for r in est.reasons)
             and fp8_hardware_problems(cluster, est.layout)):
-        twin = estimate(model, cluster, replace(est.layout, precision="bf16"), calibration, stack=stack)
+        # bf16 training: no fp8 recipe and no layers kept out of fp8 (they are all bf16)
+        twin = estimate(model, cluster, replace(est.layout, precision="bf16", fp8_recipe="", bf16_first_layers=0,
+                                                bf16_last_layers=0), calibration, stack=stack)
         if not twin.feasible:
             return None
         option = _option(twin, (Change("precision", "fp8", "bf16", 1),), cluster, None, 0.0)

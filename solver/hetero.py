@@ -42,7 +42,7 @@ from clusterplan.models.training.memory import (
     zero1_gather_flat_bytes,
 )
 from clusterplan.models.training.planfile import PipelineStage, first_layers, stage_groups, stage_problems
-from clusterplan.models.training.rules import Rule
+from clusterplan.models.training.rules import Rule, RuleCode
 from clusterplan.models.training.step import (
     LayerCost,
     cross_node_p2p_s,
@@ -325,8 +325,11 @@ def _group_rates(cluster: Cluster, calibration: Calibration | None) -> list[Hard
 def mixed_problems(model: ModelSpec, cluster: Cluster, layout: Layout) -> list[Rule]:
     """The rules a mixed-GPU layout breaks: its split is given per stage, so only the even-split rule may break;
     and its precision where a GPU type lacks it (fp8, MXFP8, NVFP4 tensor cores: fp8_hardware_problems)."""
-    return stage_problems(model, layout, cluster.world_size) + fp8_hardware_problems(cluster, layout,
-                                                                                     layout.fp8_recipe or None)
+    bf16_layers = ([Rule.broken(RuleCode.BF16_LAYERS, "bf16_first_layers / bf16_last_layers are not priced on a "
+                                                      "pipeline across GPU types; set them to 0 or run one GPU type")]
+                   if layout.bf16_first_layers or layout.bf16_last_layers else [])
+    return (stage_problems(model, layout, cluster.world_size) + bf16_layers
+            + fp8_hardware_problems(cluster, layout, layout.fp8_recipe or None))
 
 
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,

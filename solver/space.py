@@ -289,7 +289,8 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             rejected[RuleCode.DP_REPLICATE] += expand
             continue
         probe = Layout(**st, gbs=gbs, seq=seq, mbs=1, **moe_fields, **recompute_fields,
-                       **({"precision": "fp8", **bf16_layers} if bf16_layers else {}))
+                       **({"precision": "fp8", "fp8_recipe": str(fixed.get("fp8_recipe") or ""), **bf16_layers}
+                          if bf16_layers else {}))
         # The batch rules depend on mbs, expanded below; they are counted per expanded layout there. DualPipe's
         # micro-batch count is largest at mbs 1: a structure it refuses here it refuses at every mbs.
         problems = [p for p in layout_problems(model, probe, world) + cp_window_problems(model, probe, stack)

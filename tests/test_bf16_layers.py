@@ -183,3 +183,47 @@ def test_estimate_shows_where_they_run_and_what_one_costs(run_cli):
     code, out, _ = run_cli("estimate", "--model", "llama3-70b", "--cluster", "dgx-h100:8", "--layout",
                            "tp=4,pp=4,dp=4,gbs=128,seq=8192,precision=fp8,fp8_params=1", "--format", "json")
     assert code == 0 and "bf16_layers" not in json.loads(out)
+
+
+def test_a_middle_rank_pays_for_the_bf16_layers_spilled_onto_it():
+    # 32 layers on pp 3 with a 2-layer first stage: 3 bf16 first layers put one on rank 1, a middle rank (15 layers),
+    # which adds 0.5 of an average layer to the slowest middle.
+    L = LayoutArrays.from_layouts([fp8(dp=2, pp=3, first_stage_layers=2, bf16_first_layers=3)])
+    shapes = ModelShapes.of(load_model("llama3-8b"))
+    one = np.ones(1)
+    first, middle, last = bf16_stage_layers(shapes, L, (2 * one, 15 * one, 15 * one), one,
+                                            {"layer": (one, 1.5 * one)})
+    assert (first[0], middle[0], last[0]) == (3.0, 15.5, 15.0)
+
+
+def test_uneven_ends_with_virtual_stages_hold_their_own_layers():
+    # Megatron-Core splits a 14-layer end rank's layers evenly over its 2 virtual chunks
+    # (get_transformer_layer_offset with --decoder-first/last-pipeline-num-layers): 80 layers on pp 4 vpp 2 give
+    # chunks 7 / 13 / 13 / 7 / 7 / 13 / 13 / 7, so the first 3 and last 3 layers sit on the end ranks.
+    layout = fp8(tp=8, pp=4, vpp=2, dp=1, schedule="interleaved-1f1b", first_stage_layers=14, last_stage_layers=14,
+                 bf16_first_layers=3, bf16_last_layers=3)
+    assert bf16_layers_by_rank(80, layout) == [(0, 1, 2), (), (), (77, 78, 79)]
+
+
+def test_nvfp4_has_no_per_stage_limit_and_a100_offers_bf16(run_cli):
+    # Megatron-Core checks n_layers // pp (and delayed scaling) under fp8 only; fp4 training keeps any count.
+    model = load_model("llama3-8b")
+    nvfp4 = fp8(dp=2, pp=4, fp8_recipe="nvfp4", bf16_last_layers=9)
+    assert RuleCode.BF16_LAYERS not in {p.code for p in layout_problems(model, nvfp4, 8)}
+    assert RuleCode.BF16_LAYERS in {p.code for p in layout_problems(model, replace(nvfp4, fp8_recipe=""), 8)}
+    # On GPUs without fp8 the nearest option is bf16 training, the bf16 layers dropped with it (exit 1, not 2).
+    code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-a100-80g:1", "--layout",
+                           "tp=8,gbs=64,seq=4096,precision=fp8,bf16_last_layers=1")
+    assert code == 1 and "no fp8 tensor cores" in err and "precision fp8 -> bf16" in err
+
+
+def test_a_pipeline_across_gpu_types_refuses_them():
+    # solver/hetero.py prices stages by type without them: a mixed-GPU layout with bf16 layers is refused in one rule.
+    from pathlib import Path
+
+    from clusterplan.solver.hetero import mixed_problems
+
+    cluster = load_cluster(str(Path(__file__).parent / "fixtures" / "clusters" / "mixed_h100_a100.yaml"))
+    layout = Layout(tp=8, pp=6, dp=1, gbs=64, seq=4096, bf16_last_layers=2, precision="fp8")
+    codes = [p.code for p in mixed_problems(load_model("llama3-70b"), cluster, layout)]
+    assert RuleCode.BF16_LAYERS in codes

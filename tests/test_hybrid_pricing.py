@@ -429,3 +429,48 @@ def test_estimate_shows_the_blocks_behind_a_hybrids_average_layer(run_cli):
     code, out, err = run_cli("estimate", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:4", "--layout",
                              "tp=8,mbs=1,gbs=96,seq=8192,sp=1,precision=fp8,fp8_params=1,recompute=none")
     assert "hybrid blocks, one micro-batch on one rank" in out and "91,972 + 275,908" in out
+
+
+def test_mamba_context_parallelism_runs_the_whole_sequence_on_fewer_heads():
+    """Under MambaContextParallel a rank scans all 8,192 tokens on heads / (tp cp): Nemotron-H 56B at tp 4 cp 2 runs
+    the same mixer as at tp 8 cp 1 (32 heads, one group each way: at tp 8 a group per rank, at tp 4 cp 2 the 2 groups
+    per tp rank split over 2 cp ranks). At tp 8 cp 2 a tp rank's one group is repeated for both cp ranks
+    (group_repeat_count 2): each holds a whole group of 16 heads, and B and C cross the all-to-all twice over."""
+    from clusterplan.models.hardware.mamba_kernels import cp_all_to_all_widths, mixer_sizes
+    from clusterplan.models.hardware.rates import HardwareRates
+    from clusterplan.models.training.estimate import hybrid_blocks_json
+
+    model = load_model("nemotron-h-56b")
+    hw, stack = HardwareRates.of(load_cluster("dgx-h100:2")), get_stack()
+    mixer = {}
+    for tp, cp in ((8, 1), (4, 2)):
+        lay = Layout(tp=tp, cp=cp, dp=16 // (tp * cp), mbs=1, gbs=16, seq=SEQ, sp=True)
+        b = hybrid_blocks_json(model, lay, hw, stack)["mamba"]
+        mixer[(tp, cp)] = (b["mixer_forward_ms"], b["mixer_backward_ms"])
+    assert mixer[(4, 2)] == mixer[(8, 1)]
+    s = mixer_sizes(model.mamba_inner, model.mamba_heads, model.mamba_groups, model.mamba_state_dim,
+                    model.mamba_chunk, np.array([8.0]), np.array([2.0]))
+    assert (s.heads[0], s.groups[0], s.inner[0]) == (16.0, 1.0, 1024.0)
+    widths = cp_all_to_all_widths(model.mamba_inner, model.mamba_heads, model.mamba_groups, model.mamba_state_dim,
+                                  np.array([8.0]), np.array([2.0]))
+    assert [float(w[0]) for w in widths] == [2048.0, 2048.0, 512.0, 512.0, 32.0, 2048.0]
+
+
+def test_mamba_context_parallelism_needs_groups_and_cp_to_divide():
+    """MambaContextParallel asserts the groups per tp rank and cp divide one another: 8 groups on cp 3 do not, though
+    the 192 heads split into 3."""
+    model = replace(load_model("nemotron-h-56b"), mamba_heads=192)
+    layout = Layout(tp=1, cp=3, dp=1, mbs=1, gbs=1, seq=3 * 2 * 1024)
+    problems = [p.message for p in layout_problems(model, layout, 3) if p.code == RuleCode.HYBRID]
+    assert len(problems) == 1 and "mamba_groups / tp (8) and cp dividing one another" in problems[0]
+    assert not [p for p in layout_problems(model, replace(layout, cp=4, seq=8192), 4) if p.code == RuleCode.HYBRID]
+
+
+def test_serving_past_the_groups_replicates_one_per_gpu():
+    """vLLM's MambaMixer2 replicates B / C groups when tp exceeds them: Nemotron-H 8B's 8 groups at tp 16 leave each
+    GPU one whole group (mixer_sizes' max(G / tp, cp) / cp at cp 1), not half of one."""
+    from clusterplan.models.hardware.mamba_kernels import mixer_sizes
+
+    m = load_model("nemotron-h-8b")
+    s = mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk, np.array([16.0]))
+    assert (m.mamba_groups, float(s.groups[0])) == (8, 1.0)

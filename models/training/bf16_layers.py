@@ -14,7 +14,7 @@ import numpy as np
 
 from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.training.batch import PREC_BF16, PREC_FP8, LayoutArrays
-from clusterplan.models.training.layout import Layout, chunk_layer_counts
+from clusterplan.models.training.layout import Layout, chunk_layer_counts, layer_split
 
 Positions = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Per row: the first, (slowest or heaviest) middle and last pipeline rank's value (memory.StageLayers' order)."""
@@ -23,14 +23,30 @@ TINY_S = 1e-30
 """Guards a division by a layer time of 0 (a model without layers of a kind)."""
 
 
+def megatron_chunk_counts(n_layers: int, layout: Layout) -> list[int]:
+    """Layers of each model chunk in model order as Megatron-Core runs the layout (chunk c on rank c % pp): uneven
+    ends with virtual stages that divide them (--decoder-first/last-pipeline-num-layers with
+    --num-virtual-stages-per-pipeline-rank, as the Megatron export writes them) split every rank's layers evenly over
+    its chunks (transformer_layer.get_transformer_layer_offset); any other split is the per-chunk layout the export
+    writes (layout.chunk_layer_counts)."""
+    pp, vpp = layout.pp, layout.vpp
+    uneven_ends = layout.first_stage_layers or layout.last_stage_layers
+    if pp > 1 and vpp > 1 and uneven_ends and not layout.pp_layers and not (
+            layout.first_stage_layers % vpp or layout.last_stage_layers % vpp):
+        first, middle, last = layer_split(n_layers, layout)
+        ranks = [first, *([middle] * (pp - 2)), last]
+        return [ranks[r] // vpp for _ in range(vpp) for r in range(pp)]
+    return chunk_layer_counts(n_layers, layout)
+
+
 def bf16_layers_by_rank(n_layers: int, layout: Layout) -> list[tuple[int, ...]]:
     """Global indices (0-based, model order) of the layers each pipeline rank runs in bf16: the first
-    bf16_first_layers and the last bf16_last_layers, found in the rank's chunks (layout.chunk_layer_counts: chunk c on
+    bf16_first_layers and the last bf16_last_layers, found in the rank's chunks (megatron_chunk_counts: chunk c on
     rank c % pp, Megatron-LM interleaving)."""
     start, end = layout.bf16_first_layers, layout.bf16_last_layers
     ranks: list[list[int]] = [[] for _ in range(layout.pp)]
     first_index = 0
-    for chunk, count in enumerate(chunk_layer_counts(n_layers, layout)):
+    for chunk, count in enumerate(megatron_chunk_counts(n_layers, layout)):
         ranks[chunk % layout.pp] += [i for i in range(first_index, first_index + count)
                                      if i < start or i >= n_layers - end]
         first_index += count
@@ -74,7 +90,8 @@ def bf16_stage_layers(shapes: ModelShapes, L: LayoutArrays, layers: Positions, a
     layers counted at their bf16 time: each adds (bf16 time - fp8 time) / average_s. `kind_s[kind]` = (fp8, bf16)
     time of one layer of that kind per row ("layer" for a model of one kind; a hybrid's block kinds, read from its
     pattern). A non-hybrid MoE model's bf16 layers are priced as its average layer (its leading dense layers are
-    not told apart). The middle ranks take the largest addition of any of them on top of the slowest middle (an
+    not told apart). The addition is in average-layer units, so the stage's terms (compute, tp, ep, host) take it
+    in the fp8 layer's proportions: the step is right, its split between terms approximate. The middle ranks take the largest addition of any of them on top of the slowest middle (an
     upper bound; no middle rank holds a bf16 layer unless the ends' chunks are shorter than the counts)."""
     rows = bf16_rows(L)
     if not len(rows):

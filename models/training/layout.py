@@ -571,9 +571,11 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     elif L.recompute_layers > (most := max(1, *stage_layers(model, L))):
         add(RuleCode.RECOMPUTE_LAYERS, f"recompute_layers({L.recompute_layers}) > the {most} layers a pipeline rank "
                                        f"holds (n_layers {model.n_layers}, pp {L.pp})")
-    most_bf16 = model.n_layers // L.pp  # Megatron-Core TransformerConfig.__post_init__: per pipeline stage at most
+    # Megatron-Core TransformerConfig.__post_init__, under fp8 only (fp4 training runs no fp8: no limit there): per
+    # pipeline stage at most n_layers // pp
+    most_bf16 = model.n_layers // L.pp
     for name in ("bf16_first_layers", "bf16_last_layers"):
-        if getattr(L, name) > most_bf16:
+        if getattr(L, name) > most_bf16 and L.fp8_recipe != "nvfp4":
             add(RuleCode.BF16_LAYERS, f"{name}({getattr(L, name)}) > n_layers({model.n_layers}) // pp({L.pp}) = "
                                       f"{most_bf16} (Megatron-Core's limit per pipeline stage)")
     chunks = L.pp * L.vpp

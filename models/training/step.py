@@ -785,8 +785,10 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     bubble = np.where(single, 0.0, bubble_s(stage, w_stage, m, L, hw.host_oversubscription, backward_share))
     dp_exposed = dp_exposed_s(shapes, L, hw, stack, slow_layers, cost.forward_s, cost.backward_s,
                              (cost.comm_slowdown_in, cost.comm_slowdown_out),
-                             np.choose(slowest, [counts.first + np.where(single, mtp, 0.0), counts.middle,
-                                                 counts.last + mtp]))  # MTP modules: a layer's parameters each
+                             # MTP modules on a last stage of pp > 1: a layer's parameters each (at pp 1 stage_params
+                             # counts them with the head)
+                             np.choose(slowest, [counts.first, counts.middle,
+                                                 counts.last + np.where(single, 0.0, mtp)]))
     opt = _optimizer_s(shapes, L, hw, counts, stack)  # the stages' parameters: layer counts, not times
     compute = m * (slow_layers * cost.compute_s + slow_head)
     tp_total, cp_total, ep_total, host_total = (m * slow_layers * x for x in (cost.tp_s, cost.cp_s, cost.ep_s,
