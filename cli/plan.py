@@ -68,8 +68,8 @@ def parse_fix(text: str | None, world: int) -> dict:
 @cluster_option
 @click.option("--gbs", type=click.IntRange(min=1), required=True, help="Global batch size in sequences.")
 @click.option("--seq", type=click.IntRange(min=1), required=True, help="Sequence length in tokens.")
-@click.option("--fix", "fix_text", default=None, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full" (the keys of estimate --layout, fp8_params and '
-                   'moe_imbalance among them; gbs and seq have their own options).')
+@click.option("--fix", "fix_texts", multiple=True, help='Pin layout keys, e.g. "tp=8,pp=8,recompute=full" (the keys of estimate --layout, fp8_params and '
+                   'moe_imbalance among them; gbs and seq have their own options); repeat it or separate by commas.')
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time",
               help="time: fastest step on the whole cluster; cost: cheapest per token, possibly on fewer nodes; "
                    "time-to-train: fewest expected days for --tokens, failures and checkpoints included; "
@@ -90,7 +90,7 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="Write the best plan as a plan file for check / validate / export.")
 @plot_option
 @quiet_option
-def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | None, objective: str,
+def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[str, ...], objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, stack_name: str | None,
          fmt: str, timing: bool, out_path: str | None, plot_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
@@ -109,6 +109,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_text: str | N
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    fix_text = ",".join(t for t in fix_texts if t.strip()) or None  # --fix repeated: one pin list
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
     try:

@@ -227,3 +227,15 @@ def test_a_pipeline_across_gpu_types_refuses_them():
     layout = Layout(tp=8, pp=6, dp=1, gbs=64, seq=4096, bf16_last_layers=2, precision="fp8")
     codes = [p.code for p in mixed_problems(load_model("llama3-70b"), cluster, layout)]
     assert RuleCode.BF16_LAYERS in codes
+
+
+def test_repeated_fix_options_pin_together(run_cli):
+    # `--fix a --fix b` is one pin list (click would otherwise keep the last): a bf16 pin is not dropped silently.
+    code, _, err = run_cli("plan", "--model", "llama3-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq", "8192",
+                           "--fix", "bf16_last_layers=2", "--fix", "precision=bf16")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "need precision=fp8" in err
+    code, out, _ = run_cli("plan", "--model", "llama3-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq", "8192",
+                           "--fix", "tp=2", "--fix", "bf16_last_layers=2", "--format", "json")
+    assert code == 0
+    plans = json.loads(out)["plans"]
+    assert plans and all(p["layout"]["tp"] == 2 and p["layout"]["bf16_last_layers"] == 2 for p in plans)
