@@ -454,6 +454,12 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
                         "on Megatron-Core 0.16 builds no MTP for a hybrid stack (newer Megatron-LM: the pattern's '/' "
                         "depths with --mtp-num-layers and --mtp-use-repeated-layer), so the script trains without "
                         "them"))
+    if model.is_hybrid and L.precision == "fp8" and named_fp8_recipe(L, get_stack(STACK)) == "nvfp4":
+        # megatron/core/ssm/mamba_block.py MambaStack.forward enters get_fp8_context only (config.fp8), never the fp4
+        # one: on Megatron-Core 0.16 the --fp4-format flags leave every block in bf16
+        out.append(Note(f"NVFP4 on a hybrid: Megatron-Core 0.16's MambaStack enters no fp4 context, so "
+                        f"pretrain_mamba.py there trains {model.name} in bf16; the plan's NVFP4 needs the newer "
+                        "Megatron-Core of the 26.x containers (Megatron-Bridge's Nemotron 3 Super recipes)"))
     if model.is_hybrid and (model.mamba_chunk, model.mamba_conv_kernel) != (MAMBA_CHUNK, MAMBA_CONV_KERNEL):
         out.append(Note(f"{model.name}'s Mamba mixer has chunk {model.mamba_chunk} and conv kernel "
                         f"{model.mamba_conv_kernel}; MambaMixer builds {MAMBA_CHUNK} and {MAMBA_CONV_KERNEL} (no "

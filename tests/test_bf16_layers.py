@@ -239,3 +239,33 @@ def test_repeated_fix_options_pin_together(run_cli):
     assert code == 0
     plans = json.loads(out)["plans"]
     assert plans and all(p["layout"]["tp"] == 2 and p["layout"]["bf16_last_layers"] == 2 for p in plans)
+
+
+def test_the_hybrid_mtp_block_keeps_no_fp8_weight_copies():
+    # Under hybrid_mtp_bf16 the MTP module's weights are bf16 alone: the last stage's weights drop the fp8 copies of
+    # the MTP parameters it holds (Hopper per-tensor scaling: 2 B per parameter, row-wise and transposed).
+    from clusterplan.models.training.estimate import stack_memory
+    from clusterplan.models.training.memory import fp8_weight_copy_bytes
+
+    model = load_model("nemotron-3-super-120b-a12b")
+    shapes = ModelShapes.of(model)
+    L = LayoutArrays.from_layouts([fp8(dp=64, ep=64, gbs=512, seq=8192, recompute="none")])
+    on = get_stack().running("tensorwise")
+    off = replace(on, hybrid_mtp_bf16=False)
+    with_mtp = stage_params(shapes, L, np.zeros(1), False, True)
+    without = stage_params(replace(shapes, mtp_layers=0), L, np.zeros(1), False, True)
+    mtp_params = float(with_mtp.dense[0] - without.dense[0] + with_mtp.expert[0] - without.expert[0])
+    assert mtp_params > 1e8  # one shared "*E" block: attention, shared expert, 512 / 64 experts, eh-proj
+    drop = float(stack_memory(shapes, L, off).weights[0] - stack_memory(shapes, L, on).weights[0])
+    assert drop == pytest.approx(mtp_params * fp8_weight_copy_bytes("tensorwise", False), rel=1e-9)
+
+
+def test_megatron_export_says_a_hybrids_nvfp4_needs_a_newer_megatron_core():
+    # megatron/core/ssm/mamba_block.py (0.16.1) MambaStack.forward enters get_fp8_context only: --fp4-format leaves
+    # a hybrid in bf16 there, so the export says so.
+    model, cluster = load_model("nemotron-3-super-120b-a12b"), load_cluster("gb300-nvl72:16")
+    layout = fp8(dp=64, ep=64, gbs=512, seq=8192, recompute="none", fp8_recipe="nvfp4", bf16_last_layers=14)
+    notes = " ".join(str(n) for n in export_plan("megatron", model, cluster, layout).notes)
+    assert "MambaStack enters no fp4 context" in notes
+    mxfp8 = export_plan("megatron", model, cluster, replace(layout, fp8_recipe="mxfp8", bf16_last_layers=0))
+    assert "fp4 context" not in " ".join(str(n) for n in mxfp8.notes)

@@ -120,7 +120,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
                             tp_gather_buffers=stack.tp_gather_buffers,
                             zero1_gather_flat_copies=stack.zero1_gather_flat_copies,
-                            fp8_input_bytes=fp8_saved_input_bytes(recipe))
+                            fp8_input_bytes=fp8_saved_input_bytes(recipe),
+                            mtp_bf16=stack.hybrid_mtp_bf16 and shapes.mtp_layer is not None)
 
 
 def fp8_all_layouts(cluster: Cluster) -> bool:

@@ -772,6 +772,21 @@ class MemoryBreakdown:
                                self.peak_position[index], self.by_position[:, :, index])
 
 
+def mtp_bf16_states(shapes: ModelShapes, L: LayoutArrays, states: StateBytes, head: np.ndarray | bool,
+                    *state_args) -> StateBytes:
+    """`states` with the head stage's MTP modules held in bf16 under fp8 (stacks.yaml hybrid_mtp_bf16): their
+    weights, gradients and optimizer state as bf16 training keeps them, no fp8 copies. `state_args`: state_bytes'
+    keywords after `layers`, in order."""
+    zero = np.zeros(len(L))
+    with_mtp = stage_params(shapes, L, zero, False, head)
+    without = stage_params(replace(shapes, mtp_layers=0), L, zero, False, head)
+    mtp = StageParams(dense=with_mtp.dense - without.dense, expert=with_mtp.expert - without.expert)
+    ones = np.ones(len(L))
+    fp8, bf16 = (state_bytes(shapes, rows, mtp, ones, *state_args) for rows in (L, as_bf16(L)))
+    return replace(states, **{name: getattr(states, name) + getattr(bf16, name) - getattr(fp8, name)
+                              for name in ("weights", "grads", "optimizer")})
+
+
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
                      fused_glu: bool = True, loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
@@ -782,7 +797,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES,
                      kv_copies: float = 0.0, ddp_bucket_bytes_per_param: float = 0.0,
                      tp_gather_buffers: float = 0.0, zero1_gather_flat_copies: bool = False,
-                     fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES) -> MemoryBreakdown:
+                     fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES, mtp_bf16: bool = False) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -800,7 +815,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     (tp_gather_buffer_bytes); zero1_gather_flat_copies: ZeRO-1's weight all-gather copies into flat buffers during
     the optimizer step (zero1_gather_flat_bytes), a moment of its own: where the state and those copies outlast the
     forward / backward peak, "other" takes the difference); fp8_input_bytes: a linear's saved input under the fp8
-    recipe (fp8_saved_input_bytes))."""
+    recipe (fp8_saved_input_bytes); mtp_bf16: the MTP modules' weights are bf16 under fp8, no fp8 copies (stacks.yaml
+    hybrid_mtp_bf16))."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
     # Written in place (position x term x candidate): a search prices millions of candidates, so no row is copied
@@ -829,6 +845,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         params = stage_params(shapes, L, n_layers, embed, head)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather,
                              fp8_param_bytes)
+        if mtp_bf16 and np.any(head):  # the head stage's MTP modules, held in bf16 (no fp8 copies)
+            states = mtp_bf16_states(shapes, L, states, head, fp8_copy_bytes, param_remainders, fp32_params,
+                                     fp8_allgather, fp8_param_bytes)
         if bf16_counts is not None:
             count = bf16_counts[i]
             ends_params = stage_params(shapes, L, count, False, False)
