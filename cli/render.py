@@ -70,6 +70,9 @@ def render_estimate(data: dict[str, Any]) -> None:
         if "mamba" in blocks:
             console.text(f"Mamba mixer bytes move at {blocks['mamba']['mixer_rate_share']:.2f} of the HBM copy rate "
                          "(mamba_ssm's SSD kernels as measured; models/hardware/mamba_kernels.py)")
+            if "cp_all_to_all_ms" in blocks["mamba"]:
+                console.text(f"Mamba context parallelism: {blocks['mamba']['cp_all_to_all_ms']:.3f} ms per block and "
+                             "micro-batch (six all-to-alls each way and their copies, in cp_comm)")
     step = data["step_time_s"]
     console.table("time per step", ["term", "seconds", "share"],
                   [(t.removesuffix("_s"), f"{data['time'][t]:.4f}", f"{data['time'][t] / step:.1%}") for t in TIME_TERMS

@@ -474,3 +474,17 @@ def test_serving_past_the_groups_replicates_one_per_gpu():
     m = load_model("nemotron-h-8b")
     s = mixer_sizes(m.mamba_inner, m.mamba_heads, m.mamba_groups, m.mamba_state_dim, m.mamba_chunk, np.array([16.0]))
     assert (m.mamba_groups, float(s.groups[0])) == (8, 1.0)
+
+
+def test_estimate_shows_the_mamba_all_to_alls_behind_cp_comm(run_cli):
+    import json
+
+    code, out, _ = run_cli("estimate", "--model", "nemotron-h-56b", "--cluster", "dgx-h100:8", "--layout",
+                           "tp=8,cp=2,zero=2,gbs=64,seq=32768,precision=fp8,fp8_params=1", "--format", "json")
+    assert code == 0
+    d = json.loads(out)
+    mamba = d["hybrid_blocks"]["mamba"]
+    # 54 Mamba blocks x 16 micro-batches (64 sequences over dp 4) of all-to-alls: cp_comm, less the 10 attention
+    # blocks' ring exchange (K / V of 16K local tokens, mostly under their attention core)
+    mamba_s = mamba["count"] * 16 * mamba["cp_all_to_all_ms"] / 1e3
+    assert mamba_s <= d["time"]["cp_comm_s"] <= 1.02 * mamba_s

@@ -55,8 +55,8 @@ from clusterplan.models.training.memory import (
 )
 from clusterplan.models.training.moe_layer import routing_basis
 from clusterplan.models.training.rules import Rule, RuleCode
-from clusterplan.models.training.step import StepTime, layer_cost, step_time
-from clusterplan.models.training.topology import axis_links_gb_per_s
+from clusterplan.models.training.step import Group, StepTime, layer_cost, mamba_cp_s, step_time
+from clusterplan.models.training.topology import Axis, axis_links_gb_per_s
 
 TIME_TERMS = ("compute_s", "tp_comm_s", "cp_comm_s", "ep_comm_s", "host_s", "pp_comm_s", "dp_comm_s", "bubble_s",
               "optimizer_s", "offload_s")
@@ -249,6 +249,9 @@ def hybrid_blocks_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stac
                                                 "backward": _r(float(backward_bytes(sizes, tokens, L.mbs, hw.sm_count)[0]
                                                                      / tokens[0]))},
                          mixer_rate_share=SSD_KERNEL_COPY_SHARE)
+            if layout.cp > 1:  # Megatron-Core MambaContextParallel's all-to-alls and copies (step.mamba_cp_s)
+                cp_s = mamba_cp_s(block, L, tokens / L.cp, Group.of(L, Axis.CP), hw)
+                entry["cp_all_to_all_ms"] = _r(float(cp_s[0]) * 1e3)
         out[block.block] = entry
     return out
 
