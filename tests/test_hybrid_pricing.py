@@ -488,3 +488,30 @@ def test_estimate_shows_the_mamba_all_to_alls_behind_cp_comm(run_cli):
     # blocks' ring exchange (K / V of 16K local tokens, mostly under their attention core)
     mamba_s = mamba["count"] * 16 * mamba["cp_all_to_all_ms"] / 1e3
     assert mamba_s <= d["time"]["cp_comm_s"] <= 1.02 * mamba_s
+
+
+def test_a_hybrids_pipeline_ranks_hold_their_own_blocks_in_memory():
+    """Llama 3.1 8B written "*" x 32 + "-" x 32 on pp 2: rank 0 holds the 32 attention blocks, rank 1 the 32 MLP
+    blocks. Rank 0's layers keep 32 attention blocks' activations for its 2 micro-batches in flight (the embedding's
+    output on top) and rank 1's 32 MLP blocks' for 1; the weights split as the blocks do and add up to the even
+    pattern's. An even "*-" x 32 split keeps the model's mix."""
+    from clusterplan.models.training.memory import (
+        inflight_microbatches,
+        memory_breakdown,
+        per_layer_activation_bytes,
+    )
+
+    llama = load_model("llama3.1-8b")
+    L = LayoutArrays.from_layouts([Layout(tp=2, pp=2, dp=2, mbs=1, gbs=16, seq=SEQ, sp=True, recompute="none")])
+    split, even = (ModelShapes.of(llama.scaled(name="x", n_layers=64, hybrid_pattern=p))
+                   for p in ("*" * 32 + "-" * 32, "*-" * 32))
+    blocks = {b.block: b for _, b in split.blocks}
+    attention, mlp = (per_layer_activation_bytes(blocks[k], L)[0][0] for k in ("attention", "mlp"))
+    m, e = memory_breakdown(split, L).by_position, memory_breakdown(even, L).by_position
+    first, last = 0, 2
+    embed_out = m[first, 3, 0] - 32 * attention * inflight_microbatches(L, "first")[0]
+    assert 0 < embed_out < 0.01 * m[first, 3, 0]  # the embedding's output, a sliver of the stage
+    mixed = (attention + mlp) / 2
+    assert e[first, 3, 0] - embed_out == pytest.approx(32 * mixed * inflight_microbatches(L, "first")[0], rel=1e-9)
+    assert m[first, 0, 0] + m[last, 0, 0] == pytest.approx(e[first, 0, 0] + e[last, 0, 0], rel=1e-9)
+    assert m[first, 0, 0] < e[first, 0, 0] < m[last, 0, 0]  # the MLP blocks are the heavier weights

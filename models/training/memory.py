@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.hardware.mamba_kernels import mixer_sizes
 from clusterplan.models.hardware.mamba_kernels import saved_bytes as mixer_saved_bytes
 from clusterplan.models.training.autocast import (
@@ -772,6 +772,69 @@ class MemoryBreakdown:
                                self.peak_position[index], self.by_position[:, :, index])
 
 
+def rank_block_counts(n_layers: int, pp: int, first: float, middle: float, last: float,
+                      listed: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Blocks each pipeline rank holds, in order (Megatron-Core MambaStack: by count of pattern characters,
+    regardless of kind; the ends' own counts where given): the listed counts, or first, the middles, last; None
+    where they do not add up to the model (a layout the rules refuse)."""
+    counts = tuple(listed) if listed else (round(first), *(round(middle),) * (pp - 2), round(last))
+    return counts if len(counts) == pp and sum(counts) == n_layers and min(counts) >= 0 else None
+
+
+def hybrid_position_shares(shapes: ModelShapes, L: LayoutArrays, layers: StageLayers) -> dict[str, tuple] | None:
+    """A hybrid's blocks by kind on its first, middle and last pipeline ranks, as shares of each rank's blocks (its
+    slice of the pattern: rank_block_counts), per row; None for a model of one kind or where no row has pp > 1. The
+    middle is the middle rank holding the most attention blocks (their saved K / V make it the heaviest), ties to the
+    earliest. Rows at pp 1, or whose counts do not add up, keep the model's mix."""
+    if not shapes.blocks or not np.any(L.pp > 1):
+        return None
+    symbol = {kind: sym for sym, kind in HYBRID_BLOCK_KINDS.items()}
+    kinds = [block.block for _, block in shapes.blocks]
+    shares = {k: tuple(np.full(len(L), share) for _ in range(3)) for k, (share, _) in
+              zip(kinds, shapes.blocks, strict=True)}
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in np.nonzero(L.pp > 1)[0]:
+        counts = rank_block_counts(shapes.n_layers, int(L.pp[i]), float(layers.first[i]), float(layers.middle[i]),
+                                   float(layers.last[i]), tuple(L.pp_layers[i]) if L.pp_layers_listed[i] else ())
+        if counts is not None:
+            groups.setdefault(counts, []).append(int(i))
+    for counts, members in groups.items():
+        starts = np.cumsum((0, *counts[:-1]))
+        slices = [shapes.pattern[s:s + c] for s, c in zip(starts, counts, strict=True)]
+        middle = max(slices[1:-1], key=lambda p: p.count(symbol["attention"]), default=slices[0])
+        for k in kinds:
+            for position, part in enumerate((slices[0], middle, slices[-1])):
+                shares[k][position][members] = part.count(symbol[k]) / len(part) if part else 0.0
+    return shares
+
+
+def hybrid_composition(shapes: ModelShapes, L: LayoutArrays, layers: StageLayers, activation_args: tuple
+                       ) -> list[tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] | None:
+    """Per position (first, middle, last): a hybrid rank's per-layer (kept, full) activation bytes mixed by its own
+    blocks' shares (hybrid_position_shares), and the ratio of its blocks' (dense, expert) parameters per layer to the
+    model mix's, which scales the average stage_params; None for a model of one kind or pp 1 everywhere.
+    `activation_args`: per_layer_activation_bytes' arguments after L."""
+    shares = hybrid_position_shares(shapes, L, layers)
+    if shares is None:
+        return None
+    blocks = {block.block: (share, block) for share, block in shapes.blocks}
+    acts = {k: per_layer_activation_bytes(b, L, *activation_args) for k, (_, b) in blocks.items()}
+    one = np.ones(len(L))
+    params = {k: stage_params(b, L, one, False, False) for k, (_, b) in blocks.items()}
+    model_dense = sum(s * params[k].dense for k, (s, _) in blocks.items())
+    model_expert = sum(s * params[k].expert for k, (s, _) in blocks.items())
+    out = []
+    for position in range(3):
+        kept = sum(shares[k][position] * acts[k][0] for k in blocks)
+        full = sum(shares[k][position] * acts[k][1] for k in blocks)
+        dense = sum(shares[k][position] * params[k].dense for k in blocks)
+        expert = sum(shares[k][position] * params[k].expert for k in blocks)
+        ratio = (np.where(model_dense > 0, dense / np.maximum(model_dense, 1e-30), 1.0),
+                 np.where(model_expert > 0, expert / np.maximum(model_expert, 1e-30), 1.0))
+        out.append(((kept, full), ratio))
+    return out
+
+
 def mtp_bf16_states(shapes: ModelShapes, L: LayoutArrays, states: StateBytes, head: np.ndarray | bool,
                     *state_args) -> StateBytes:
     """`states` with the head stage's MTP modules held in bf16 under fp8 (stacks.yaml hybrid_mtp_bf16): their
@@ -839,10 +902,18 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         as_bf16_rows = as_bf16(L)
         bf16_kept = unique_per_layer_activation_bytes(shapes, as_bf16_rows, selective, sp_gathered, fused_glu,
                                                       compiled, autocast, kv_copies, fp8_input_bytes)[0]
+    composition = hybrid_composition(shapes, L, layers, (selective, sp_gathered, fused_glu, compiled, autocast,
+                                                         kv_copies, fp8_input_bytes))
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"
         params = stage_params(shapes, L, n_layers, embed, head)
+        position_per_layer = per_layer
+        if composition is not None:  # a hybrid rank's own blocks (its slice of the pattern), not the model's mix
+            position_per_layer, (dense_ratio, expert_ratio) = composition[i]
+            ends = stage_params(shapes, L, np.zeros(len(L)), embed, head)
+            params = StageParams(dense=ends.dense + (params.dense - ends.dense) * dense_ratio,
+                                 expert=ends.expert + (params.expert - ends.expert) * expert_ratio)
         states = state_bytes(shapes, L, params, n_layers, fp8_copy_bytes, param_remainders, fp32_params, fp8_allgather,
                              fp8_param_bytes)
         if mtp_bf16 and np.any(head):  # the head stage's MTP modules, held in bf16 (no fp8 copies)
@@ -869,13 +940,14 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
         # The loss's logits peak in the head's forward and backward, outside every layer, and are freed before the
         # last layer's backward recomputes it: the transients of a running layer (the recompute working set, torch
         # context_parallel's gathered K/V) and the logits are never live together; the larger peak counts.
-        working = recompute_working_bytes(L, n_layers, per_layer[0])
+        working = recompute_working_bytes(L, n_layers, position_per_layer[0])
         # FSDP buffers differ between the two moments under FSDP2 (fsdp2_peak_buffers), so they join the comparison.
         fsdp_loss = fsdp_layer = states.fsdp_buffers
         if fsdp2 is not None:
             fsdp_loss, fsdp_layer = (np.where(fsdp2_on, b, states.fsdp_buffers) for b in fsdp2)
         in_layer = working + cp_gathered + fsdp_layer > ends[1] + fsdp_loss
-        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu, per_layer,
+        acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu,
+                                        position_per_layer,
                                         working_set=False)
                 + ends[0] + np.where(in_layer, working, ends[1])
                 + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))

@@ -63,6 +63,7 @@ from clusterplan.models.training.memory import (
     fp8_saved_input_bytes,
     fsdp_fp8_allgather,
     param_gather_bytes,
+    rank_block_counts,
     stage_layers,
     stage_params,
     unique_per_layer_activation_bytes,
@@ -826,15 +827,6 @@ def bf16_layer_times(shapes: ModelShapes, L: LayoutArrays, rows: np.ndarray, hw:
         bf16[rows] = layer_cost(block, as_bf16(sub), hw, stack).total_s
         out[kind] = (fp8, bf16)
     return out
-
-
-def rank_block_counts(n_layers: int, pp: int, first: float, middle: float, last: float,
-                      listed: tuple[int, ...]) -> tuple[int, ...] | None:
-    """Blocks each pipeline rank holds, in order (Megatron-Core MambaStack: by count of pattern characters,
-    regardless of kind; the ends' own counts where given): the listed counts, or first, the middles, last; None
-    where they do not add up to the model (a layout the rules refuse)."""
-    counts = tuple(listed) if listed else (round(first), *(round(middle),) * (pp - 2), round(last))
-    return counts if len(counts) == pp and sum(counts) == n_layers and min(counts) >= 0 else None
 
 
 def hybrid_stage_layers(shapes: ModelShapes, L: LayoutArrays, layers: StageLayers, cost: LayerCost,
