@@ -12,7 +12,7 @@ from clusterplan.models.hardware.cluster import Cluster, load_cluster
 model_option = click.option("--model", "model_ref", required=True,
                             help="Preset name (`clusterplan models list`), config.json path, or model YAML.")
 cluster_option = click.option("--cluster", "cluster_ref", required=True,
-                              help="PRESET:NODES (e.g. dgx-h100:8) or a cluster YAML file.")
+                              help="PRESET:NODES (e.g. dgx-h100:8), PRESET:NODESxGPUS for GPUS of each node (dgx-h100:1x4) or a cluster YAML file.")
 calibration_option = click.option("--calibration", "calibration_path", type=click.Path(dir_okay=False),
                                   default=None, help="Calibration file from `clusterplan profile`.")
 

@@ -39,7 +39,7 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 @click.option("--model", "model_ref", default=None,
               help="Preset name (`clusterplan models list`), config.json path, or model YAML (or the --plan file's).")
 @click.option("--cluster", "cluster_ref", default=None,
-              help="PRESET:NODES (e.g. dgx-h100:8) or a cluster YAML file (or the --plan file's).")
+              help="PRESET:NODES (e.g. dgx-h100:8), PRESET:NODESxGPUS for GPUS of each node (dgx-h100:1x4) or a cluster YAML file (or the --plan file's).")
 @click.option("--layout", "layout_text", default=None,
               help="key=value list: dp, dp_replicate, tp, pp, vpp, cp, cp_kind (ring, a2a, allgather, a2a+p2p), cp_a2a "
                    "(a2a+p2p's all-to-all group), ep, etp, sp, zero, mbs, gbs, seq, "

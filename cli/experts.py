@@ -35,7 +35,7 @@ from clusterplan.solver.experts_plan import (
 
 @click.group("experts", invoke_without_command=True)
 @click.option("--model", "-m", "model_ref", help="MoE model: preset, config.json or YAML.")
-@click.option("--cluster", "-c", "cluster_ref", help="Cluster: PRESET:NODES (e.g. dgx-h100:8) or a YAML file.")
+@click.option("--cluster", "-c", "cluster_ref", help="Cluster: PRESET:NODES (e.g. dgx-h100:8), PRESET:NODESxGPUS (dgx-h100:1x4) or a YAML file.")
 @click.option("--stats", "stats_path", help="Routing statistics (.npz, .npy, .json, .csv; see README).")
 @click.option("--slots-per-gpu", type=int, default=None, help="Expert slots per GPU [default: experts/GPUs + 1 spare].")
 @click.option("--method", type=click.Choice(list(METHODS)), default="both",
@@ -214,7 +214,7 @@ def synth(model_ref: str | None, n_experts: int | None, top_k: int | None, n_lay
 
 @experts.command("rebalance")
 @click.option("--model", "-m", "model_ref", required=True, help="MoE model: preset, config.json or YAML.")
-@click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster: PRESET:NODES or a YAML file.")
+@click.option("--cluster", "-c", "cluster_ref", required=True, help="Cluster: PRESET:NODES[xGPUS] or a YAML file.")
 @click.option("--stats", "windows_path", required=True, help="Windows of routing statistics (.npz, [W, L, E]).")
 @click.option("--intervals", default="1,2,4,8", help="Windows between rebalances to compare, comma-separated.")
 @click.option("--policy", type=click.Choice(list(REBALANCE_POLICIES)), default="eplb-global",

@@ -88,11 +88,9 @@ def long_rows() -> list[NemoRow]:
         node, per_node = SYSTEMS[system]
         row = dict(gpus=gpus, layout=layout, published_tokens_per_s=tokens, megatron_gflops_per_token=megatron,
                    release_gflops_per_token=count, **base)
-        if gpus % per_node:
-            out.append(NemoRow(notes=tuple(notes), reason=f"{gpus} GPUs: part of one {node} node, no preset",
-                               **row))
-            continue
-        cluster = load_cluster(f"{node}:{gpus // per_node}")
+        if gpus % per_node:  # a job on part of one node (the page's 2 and 4 GPU rows): PRESET:1xGPUS
+            notes.append(f"{gpus} of one {node}'s {per_node} GPUs")
+        cluster = load_cluster(f"{node}:1x{gpus}" if gpus < per_node else f"{node}:{gpus // per_node}")
         problems = [*layout_problems(model, layout, cluster.world_size), *stack_problems(layout, stack),
                     *precision_problems(cluster, layout, stack, FP8_RECIPE)]
         if problems:

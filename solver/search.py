@@ -17,7 +17,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
-from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.hardware.cluster import Cluster, preset_ref
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.estimate import (
     TIME_TERMS,
@@ -177,7 +177,7 @@ def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
     for group in cluster.groups if all_types else cluster.groups[:1]:
         for nodes in (n for n in range(1, group.count + 1) if group.count % n == 0):
             whole = len(cluster.groups) == 1 and nodes == group.count
-            out.append(replace(cluster, name=f"{group.preset}:{nodes}", groups=(replace(group, count=nodes),),
+            out.append(replace(cluster, name=preset_ref(group, nodes), groups=(replace(group, count=nodes),),
                                node_bandwidth_gb_per_s=cluster.node_bandwidth_gb_per_s if whole else None))
     return out
 

@@ -12,6 +12,8 @@ History (stop 38, first measured): 16 of 35 expressible, median 29.0 %, max 68.4
   without CP; at 1M the priced step is 99.5 % attention core at 596 / 514 TFLOP/s forward / backward.
 - Llama 3 8B on B200 (NeMo 25.04): +18 to +25 % at 32K-1M, flat in the sequence.
 - Mixtral-8x22B at 64K (cp 8): +48.8 % (B200), +32.9 % (GB200).
+Stop 40: the 2 / 4 GPU rows (part of one node) are expressed as PRESET:1xGPUS: B200 +8.9 % (8K), +10.8 % (16K); H100
++9.7 % (4K): 19 of 35, median 24.5 %.
 Priced on FlashAttention-2's curves instead, the 8 H100 rows come within -1.1 .. +6.5 % (research/nemo-long-context.md);
 which kernel NeMo 24.03 ran is not published, so the table stays on megatron-core's cuDNN.
 The Llama rows publish TFLOP/s only; tokens/s are taken at NeMo's full s x s count, fixed a priori (the count the
@@ -26,12 +28,15 @@ from clusterplan.reference import nemo_long
 from clusterplan.reference.report import TARGET_TIME_MAX, summary
 
 BOUNDS = {
+    "25.04.rc2 LLAMA3-8B 2": 0.20,  # +8.9 % (2 of one DGX B200's 8 GPUs, dgx-b200:1x2)
+    "25.04.rc2 LLAMA3-8B 4": 0.20,  # +10.8 %
     "25.04.rc2 LLAMA3-8B 8": 0.209,  # +17.9 %
     "25.04.rc2 LLAMA3-8B 16": 0.234,  # +20.4 %
     "25.04.rc2 LLAMA3-8B 32": 0.275,  # +24.5 %
     "25.04.rc2 LLAMA3-8B 64": 0.241,  # +21.1 %
     "25.04.rc2 LLAMA3-8B 128": 0.230,  # +20.0 %
     "25.04.rc2 LLAMA3-8B 256": 0.244,  # +21.4 %
+    "24.03.01 LLAMA2-7B 4": 0.20,  # +9.7 % (dgx-h100:1x4)
     "24.03.01 LLAMA2-7B 8": 0.20,  # +13.7 %
     "24.03.01 LLAMA2-7B 16": 0.281,  # +25.1 %
     "24.03.01 LLAMA2-7B 32": 0.424,  # +39.4 %
@@ -43,7 +48,7 @@ BOUNDS = {
     "25.02 Mixtral-8x22B 256": 0.518,  # +48.8 %
     "25.04 Mixtral-8x22B 256": 0.359,  # +32.9 %
 }
-MEDIAN_BOUND = 0.32  # achieved 29.0 %
+MEDIAN_BOUND = 0.32  # achieved 29.0 % over 16 rows (stop 38), 24.5 % over 19 (stop 40)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def test_each_row_within_its_bound(rows):
 
 def test_median_error(rows):
     n, med, _ = summary(rows)
-    assert n == 16 and med <= MEDIAN_BOUND
+    assert n == 19 and med <= MEDIAN_BOUND
 
 
 def test_tokens_come_from_tflops_at_nemos_full_attention_count(rows):

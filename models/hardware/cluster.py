@@ -142,8 +142,23 @@ class Cluster:
         return len({n // per_domain for n in nodes}) == 1 and all(self.group_of_node(n) is g for n in nodes)
 
     def describe(self) -> str:
-        parts = [f"{g.count} x {g.preset} ({g.gpus_per_node} x {g.gpu.name})" for g in self.groups]
+        parts = [f"{g.count} x {g.preset} ({_used_of(g)}{g.gpu.name})" for g in self.groups]
         return " + ".join(parts) + f" = {self.world_size} GPUs"
+
+
+def preset_ref(group: NodeGroup, count: int) -> str:
+    """The --cluster shorthand of `count` of the group's nodes: PRESET:NODES, or PRESET:NODESxGPUS on part of each."""
+    if group.gpus_per_node < get_node(group.preset).gpus_per_node:
+        return f"{group.preset}:{count}x{group.gpus_per_node}"
+    return f"{group.preset}:{count}"
+
+
+def _used_of(group: NodeGroup) -> str:
+    """"4 of 8 x " for a job on part of each node, "8 x " for whole nodes (and for a cluster file's own machine)."""
+    node_gpus = get_node(group.preset).gpus_per_node
+    if group.gpus_per_node < node_gpus:
+        return f"{group.gpus_per_node} of {node_gpus} x "
+    return f"{group.gpus_per_node} x "
 
 
 MAX_COUNT = 10**9
@@ -168,6 +183,22 @@ def _positive_int(overrides: dict[str, Any], key: str, default: int, where: str)
     return value
 
 
+def partial_node_shares(node_gpus: int, node_nics: int, node_domain: int, gpus_used: int) -> tuple[int, int]:
+    """NICs and scale-up domain (GPUs) of a node of which a job uses `gpus_used` of its `node_gpus` GPUs.
+
+    A job on part of each node (torchrun --nproc-per-node 4 on an 8-GPU node) keeps each GPU's own share of the
+    node's NICs (rail-optimised nodes give every GPU the NICs on its PCIe switch: ceil, so a node's one NIC serves
+    its used GPUs) and spans the same number of nodes per NVLink domain as the whole node did: an 8-GPU DGX's domain
+    becomes the used GPUs, an NVL72 tray's 18 trays stay one domain (72 x used / 4 GPUs). A node described with
+    more GPUs than its preset (a cluster file's other machine) keeps the preset's NICs and domain as given."""
+    if gpus_used >= node_gpus:
+        return node_nics, node_domain
+    nics = -(-node_nics * gpus_used // node_gpus)
+    if node_domain <= node_gpus:
+        return nics, min(node_domain, gpus_used)
+    return nics, node_domain // node_gpus * gpus_used
+
+
 def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> NodeGroup:
     node = get_node(preset)
     if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_NODES:
@@ -177,8 +208,10 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
     gpus_per_node = _positive_int(overrides, "gpus_per_node", node.gpus_per_node, where)
     scale_up = get_link(str(overrides.get("scale_up_link", node.scale_up_link)))
     nic = get_link(str(overrides.get("nic_link", node.nic_link)))
-    nics = _positive_int(overrides, "nics_per_node", node.nics_per_node, where)
-    domain = _positive_int(overrides, "scale_up_domain", node.scale_up_domain, where)
+    nics_used, domain_used = partial_node_shares(node.gpus_per_node, node.nics_per_node, node.scale_up_domain,
+                                                 gpus_per_node)
+    nics = _positive_int(overrides, "nics_per_node", nics_used, where)
+    domain = _positive_int(overrides, "scale_up_domain", domain_used, where)
     up_bw = overrides.get("scale_up_busbw_gb_per_s", scale_up.achieved_bytes_per_s / 1e9)
     out_bw = overrides.get("scale_out_busbw_gb_per_s", nics * nic.achieved_bytes_per_s / 1e9 / gpus_per_node)
     for key, value in (("gpus_per_node", gpus_per_node), ("nics_per_node", nics), ("scale_up_domain", domain),
@@ -284,20 +317,35 @@ def _check_size(groups: Sequence[NodeGroup], where: str) -> None:
                             f"nodes and {MAX_WORLD:,} GPUs")
 
 
-SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)$")
+SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)(?:x(?P<gpus>\d+))?$")
+"""PRESET:NODES, or PRESET:NODESxGPUS for a job on GPUS of each node's GPUs (dgx-h100:1x4)."""
+
+
+def _shorthand_int(digits: str, what: str, ref: str, most: int) -> int:
+    digits = digits.lstrip("0")
+    if len(digits) > 12:  # no int() of a 5,000-digit count
+        raise BadInputError(f"--cluster {ref[:40]}: {what} must be a positive integer up to {most:,}, got a "
+                            f"{len(digits)}-digit number")
+    return int(digits or "0")
 
 
 def load_cluster(ref: str) -> Cluster:
-    """`PRESET:NODES` (e.g. `dgx-h100:64`) or the path of a cluster YAML/JSON file."""
+    """`PRESET:NODES` (e.g. `dgx-h100:64`), `PRESET:NODESxGPUS` (GPUS of each node's GPUs: `dgx-h100:1x4`) or the
+    path of a cluster YAML/JSON file."""
     m = SHORTHAND.match(ref.strip())
     exists = bool(ref.strip()) and path_exists(ref)
     if m and not exists:
-        digits = m["count"].lstrip("0")
-        if len(digits) > 12:  # no int() of a 5,000-digit count
-            raise BadInputError(f"--cluster {m['preset']}:<{len(digits)} digits>: node count must be a positive "
-                                f"integer up to {MAX_NODES:,}")
-        count = int(digits or "0")
-        group = _group(m["preset"], count, {}, f"--cluster {ref}")
+        count = _shorthand_int(m["count"], "node count", ref, MAX_NODES)
+        overrides: dict[str, Any] = {}
+        if m["gpus"] is not None:
+            node_gpus = get_node(m["preset"]).gpus_per_node
+            used = _shorthand_int(m["gpus"], "GPUs per node", ref, node_gpus)
+            if not 0 < used <= node_gpus:
+                raise BadInputError(f"--cluster {ref}: {m['preset']} has {node_gpus} GPUs per node, so a job uses 1 "
+                                    f"to {node_gpus} of them (e.g. {m['preset']}:{count or 1}x{max(1, node_gpus // 2)}); "
+                                    f"got {used}")
+            overrides["gpus_per_node"] = used
+        group = _group(m["preset"], count, overrides, f"--cluster {ref}")
         _check_size((group,), f"--cluster {ref}")
         return Cluster(name=ref, groups=(group,))
     if exists:
@@ -306,5 +354,5 @@ def load_cluster(ref: str) -> Cluster:
         if not isinstance(inner, dict):
             raise BadInputError(f"{show(ref)}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
         return cluster_from_dict(inner, where=show(ref))
-    raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets) "
-                        "or the path of a cluster YAML file")
+    raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets), "
+                        "PRESET:NODESxGPUS for GPUS of each node (dgx-h100:1x4) or the path of a cluster YAML file")

@@ -4,7 +4,7 @@
     format: clusterplan-plan
     version: 1
     model: llama3.1-70b          # a preset, a path, or an inline ModelSpec mapping
-    cluster: dgx-h100:8          # PRESET:NODES, a path, or an inline cluster mapping
+    cluster: dgx-h100:8          # PRESET:NODES[xGPUS], a path, or an inline cluster mapping
     layout: {tp: 8, pp: 4, dp: 2, mbs: 1, gbs: 512, seq: 8192, recompute: selective, sp: true}
     stack: megatron-core         # the execution stack it was planned for (hardware_db/stacks.yaml); estimate
                                  # --plan and check price it there unless --stack says otherwise; optional
