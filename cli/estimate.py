@@ -49,7 +49,10 @@ from clusterplan.solver.hetero import evaluate_stages, mixed_problems
                    "--use-precision-aware-optimizer), bf16_first_layers / bf16_last_layers (layers kept in bf16 under fp8, Megatron "
                    "--first-last-layers-bf16; imply precision=fp8), flash_attn, first_stage_layers, "
                    "last_stage_layers, pp_layers (layers of each pipeline rank, e.g. 6/5/5/0), moe_dispatcher, moe_a2a_overlap, moe_capacity_factor (token-dropping MoE; unset = "
-                   "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced). dp defaults to world / (tp*pp*cp); zero to 1, "
+                   "dropless), moe_imbalance (busiest EP rank's routed rows over the mean; 1 = force-balanced), "
+                   "recompute_modules (Megatron --recompute-modules, '+'-separated: core_attn, moe_act, layernorm, "
+                   "mla_up_proj, mlp, moe, shared_experts), fp32_grads (0 = gradients reduced in bf16), offload_layers "
+                   "(activations offloaded to the host, pp 1), cuda_graphs (none, attn, full). dp defaults to world / (tp*pp*cp); zero to 1, "
                    "or on a stack without ZeRO-1 (torchtitan, llm-foundry) to its full sharding, 3; recompute to "
                    "selective, or none on a stack without selective recompute (nanotron, deepspeed, llm-foundry).")
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
