@@ -15,8 +15,10 @@ from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec,
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
              "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
-             "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe", "nemotron_h")
-MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe")
+             "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe", "nemotron_h",
+             "smollm3", "olmo3", "ministral", "exaone4", "seed_oss", "ernie4_5", "glm4", "phimoe")
+MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe",
+             "phimoe")
 """The model types whose config names routed experts (their fields: _moe_fields)."""
 TEXT_MODEL_TYPES = {"llama4_text": "llama4", "gemma3_text": "gemma3"}
 """The `model_type` of a multimodal release's nested text_config, and the family it belongs to."""
@@ -99,9 +101,9 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
                "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2,
                "nemotron_h": _nemotron_h}.get(mt, _llama_like)
     fields = builder(c)
-    activation_note = fields.pop("_activation_note", "")
-    if activation_note:
-        note = f"{note}; {activation_note}"
+    for extra in (fields.pop("_activation_note", ""), fields.pop("_note", "")):
+        if extra:
+            note = f"{note}; {extra}"
     if mt in MOE_TYPES:
         fields.update(_moe_fields(c, mt, fields["n_layers"]))
     if mt in ("deepseek_v3", "deepseek_v2"):
@@ -400,10 +402,16 @@ def _llama_like(c: _Config) -> dict[str, Any]:
         tied_embeddings=c.flag("tie_word_embeddings", False),
         max_positions=c.integer("max_position_embeddings", default=4096),
     )
-    # Qwen2 / Qwen2-MoE always put biases on q, k and v (and nowhere else).
-    attention_bias = mt in ("qwen2", "qwen2_moe") or c.flag("attention_bias", False)
-    mlp_bias = c.flag("mlp_bias", False)
-    if mt in ("phi3", "olmo2", "olmoe", "deepseek_v2", "deepseek_v3") and attention_bias:
+    # Qwen2 / Qwen2-MoE always put biases on q, k and v (and nowhere else); ERNIE 4.5's use_bias biases q, k, v, o and
+    # the MLP (Ernie4_5Attention, Ernie4_5MLP); GLM-4 (Glm4Attention) and Seed-OSS (SeedOssAttention) bias q, k and v
+    # only (Seed-OSS's o_proj follows attention_out_bias).
+    ernie_bias = mt == "ernie4_5" and c.flag("use_bias", False)
+    attention_bias = mt in ("qwen2", "qwen2_moe") or ernie_bias or c.flag("attention_bias", False)
+    mlp_bias = ernie_bias or c.flag("mlp_bias", False)
+    if mt == "seed_oss" and c.flag("attention_out_bias", False) != mlp_bias:
+        raise UnsupportedModelError(f"{c.where}: seed_oss with attention_out_bias != mlp_bias is not supported; use the "
+                                    "YAML format")
+    if mt in ("phi3", "olmo2", "olmo3", "olmoe", "deepseek_v2", "deepseek_v3", "exaone4") and attention_bias:
         raise UnsupportedModelError(f"{c.where}: {mt} with attention_bias is not supported; use the YAML format")
     # Llama/Qwen3 `attention_bias` also biases o_proj, which ModelSpec ties to the MLP biases (linear_bias): with
     # attention_bias alone the count misses n_layers * hidden values (< 0.01 % of any real model).
@@ -412,19 +420,42 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     if mlp_bias and not attention_bias:
         raise UnsupportedModelError(f"{c.where}: mlp_bias without attention_bias is not supported; use the YAML format")
     # GLM-4.5 norms q and k per head when use_qk_norm is set (Glm4MoeAttention).
-    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2", "olmoe") or (mt == "glm4_moe"
-                                                                         and c.flag("use_qk_norm", False))
-    if mt in ("olmo2", "olmoe"):
+    # EXAONE 4 norms q and k per head (Exaone4Attention q_norm / k_norm of head_dim), OLMo 3 over all heads as OLMo 2.
+    fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "olmoe", "exaone4") or (
+        mt == "glm4_moe" and c.flag("use_qk_norm", False))
+    if mt in ("olmo2", "olmo3", "olmoe"):
         fields["qk_norm_full_width"] = True
+    if mt == "glm4":
+        # Glm4DecoderLayer: input, post-attention, post-self-attention and post-MLP RMSNorms (gate_up_proj fused: the
+        # same parameters as gate and up apart).
+        fields["norms_per_layer"] = 4
+    if mt == "phimoe":
+        # PhimoeDecoderLayer: LayerNorm with weight and bias (the final norm too); PhimoeAttention's attention_bias
+        # also biases o_proj, and lm_head_bias the LM head: ModelSpec has no field for either alone.
+        fields["norm"] = "layernorm"
+        missed = [f"o_proj bias ({n_layers} x hidden)" if attention_bias else "",
+                  "lm_head bias (vocab)" if c.flag("lm_head_bias", False) else ""]
+        fields["_note"] = "; ".join(filter(None, ["sparsemixer top-2 routing priced as softmax top-2",
+                                                  *(f"{m} not counted" for m in missed if m)]))
+    if mt == "smollm3":
+        fields["_note"] = "NoPE layers (no_rope_layers 0) priced with RoPE, its elementwise share"
     if mt == "nemotron":
         # NemotronDecoderLayer: LayerNorm1P (weight and bias, scaling by 1 + weight), a squared-ReLU MLP of up_proj /
         # down_proj (not gated).
         fields.update(norm="layernorm", gated_ffn=False, norm_zero_centered=True)
     gated = fields.get("gated_ffn", True)
     fields.update(_activation_field(c, gated, "hidden_act", default="relu2" if mt == "nemotron" else "silu"))
-    if mt in ("mistral", "mixtral", "phi3"):
+    if mt in ("mistral", "mixtral", "phi3", "phimoe"):
         # Their attention applies config.sliding_window on every layer when it is set (Mistral 7B v0.1: 4096).
         fields.update(_window_fields(c, [True] * n_layers, c.integer("sliding_window", default=None)))
+    elif mt in ("ministral", "olmo3", "exaone4") or (mt == "smollm3" and c.flag("use_sliding_window", False)):
+        # layer_types names each layer's attention (Ministral: every layer sliding; OLMo 3 / EXAONE 4: three sliding
+        # layers, then a full one); SmolLM3 windows only with use_sliding_window.
+        windowed = c.layer_kinds(n_layers)
+        if windowed is None:
+            every = c.integer("sliding_window_pattern", default=4) if mt in ("olmo3", "exaone4") else 0
+            windowed = [not every or (i + 1) % every != 0 for i in range(n_layers)]
+        fields.update(_window_fields(c, windowed, c.integer("sliding_window", default=None)))
     elif mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe") and c.flag("use_sliding_window", False):
         # Without use_sliding_window the configs keep a placeholder sliding_window (Qwen2.5: 131072, Qwen2-MoE: 0).
         windowed = c.layer_kinds(n_layers) or _qwen_windowed(c, mt, n_layers)
@@ -446,7 +477,7 @@ def _moe_layout(moe_layers: list[int], n_layers: int, where: str) -> dict[str, i
 
 
 def _moe_fields(c: _Config, mt: str, n_layers: int) -> dict[str, Any]:
-    if mt == "mixtral":
+    if mt in ("mixtral", "phimoe"):  # PhimoeSparseMoeBlock: Mixtral's block (its sparsemixer router has no weights)
         return dict(n_experts=c.integer("num_local_experts"), top_k=c.integer("num_experts_per_tok"),
                     expert_ffn_hidden=c.integer("intermediate_size"))
     if mt == "olmoe":  # OlmoeSparseMoeBlock on every layer: num_experts experts of intermediate_size
@@ -506,9 +537,9 @@ def _rope_fields(c: _Config) -> dict[str, Any]:
     theta = c.raw.get("rope_theta", params.get("rope_theta"))
     if theta is not None:
         out["rope_theta"] = _positive_number(c, "rope_theta", theta)
-    # Partial rotary: NemotronConfig and Glm4MoeConfig default partial_rotary_factor to 0.5, GPTNeoXConfig rotary_pct
-    # to 0.25; every other family rotates the whole head unless its config says otherwise.
-    default = {"nemotron": 0.5, "glm4_moe": 0.5, "gpt_neox": 0.25}.get(c.raw["model_type"], 1.0)
+    # Partial rotary: NemotronConfig, Glm4Config and Glm4MoeConfig default partial_rotary_factor to 0.5, GPTNeoXConfig
+    # rotary_pct to 0.25; every other family rotates the whole head unless its config says otherwise.
+    default = {"nemotron": 0.5, "glm4_moe": 0.5, "glm4": 0.5, "gpt_neox": 0.25}.get(c.raw["model_type"], 1.0)
     key = "rotary_pct" if c.raw["model_type"] == "gpt_neox" else "partial_rotary_factor"
     raw_fraction = c.raw.get(key, params.get(key))
     fraction = _positive_number(c, key, raw_fraction) if raw_fraction is not None else default
