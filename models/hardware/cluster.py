@@ -317,7 +317,7 @@ def _check_size(groups: Sequence[NodeGroup], where: str) -> None:
                             f"nodes and {MAX_WORLD:,} GPUs")
 
 
-SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)(?:x(?P<gpus>\d+))?$")
+SHORTHAND = re.compile(r"^(?P<preset>[\w.\-]+):(?P<count>\d+)(?:[xX](?P<gpus>\d+))?$")
 """PRESET:NODES, or PRESET:NODESxGPUS for a job on GPUS of each node's GPUs (dgx-h100:1x4)."""
 
 
