@@ -29,7 +29,8 @@ from clusterplan.solver.check import check_config
 @format_option
 def check(config: Path, model_ref: str | None, cluster_ref: str | None, min_mfu: float | None, headroom_gib: float,
           stack_name: str | None, fmt: str) -> None:
-    """Check a plan, torchtitan TOML or Megatron-LM args against divisibility, memory and MFU rules."""
+    """Check a plan, torchtitan TOML or recipe, Megatron-LM args, Megatron-Bridge config YAML or DeepSpeed JSON against
+    divisibility, memory and MFU rules."""
     result = check_config(config, model_ref, cluster_ref, min_mfu, headroom_gib, stack_name)
     for note in result.notes:
         console.warn(note)

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import check_name, is_file, loads_json, read_text, show
+from clusterplan.fileio import check_name, is_file, load_mapping, loads_json, read_text, show
+from clusterplan.frameworks.bridge import bridge_values, looks_like_bridge
 from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import Layout, canonical_fp8_recipe, chunk_layers
+from clusterplan.models.training.planfile import FORMAT as PLAN_FORMAT
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
 TORCHTITAN_SCHEDULES = {"1f1b": "1f1b", "gpipe": "gpipe", "interleaved1f1b": "interleaved-1f1b",
@@ -55,7 +57,7 @@ class ReadConfig:
 
     layout: Layout
     kind: str
-    """plan, torchtitan, torchtitan-py, megatron or deepspeed."""
+    """plan, torchtitan, torchtitan-py, megatron, megatron-bridge or deepspeed."""
     stack: str
     """ExecutionStack name (hardware_db/data/stacks.yaml) the config runs on."""
     notes: tuple[str, ...] = ()
@@ -75,14 +77,16 @@ class ReadConfig:
 
 
 def config_kind(path: Path) -> str:
-    """`plan`, `torchtitan`, `torchtitan-py`, `megatron` or `deepspeed`, from the suffix and content."""
+    """`plan`, `torchtitan`, `torchtitan-py`, `megatron`, `megatron-bridge` or `deepspeed`, from the suffix and
+    content."""
     suffix = path.suffix.lower()
     if suffix == ".toml":
         return "torchtitan"
     if suffix == ".py":
         return "torchtitan-py"
     if suffix in (".yaml", ".yml"):
-        return "plan"
+        doc = load_mapping(_checked(path))
+        return "megatron-bridge" if doc.get("format") != PLAN_FORMAT and looks_like_bridge(doc) else "plan"
     if suffix == ".json":
         doc = _json(path)
         if isinstance(doc, dict) and doc.get("format") != "clusterplan-plan" and (
@@ -90,6 +94,13 @@ def config_kind(path: Path) -> str:
             return "deepspeed"
         return "plan"
     return "megatron"
+
+
+def _checked(path: Path) -> Path:
+    if not is_file(check_name(path)):
+        raise BadInputError(f"{show(path)}: no such file; give a plan YAML, a torchtitan TOML or recipe, a Megatron-LM "
+                            "script, a Megatron-Bridge config YAML or a DeepSpeed JSON")
+    return path
 
 
 def _read(path: Path) -> str:
@@ -170,7 +181,7 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A launch config of any kind but `plan` as the layout the framework runs."""
     kind = config_kind(path)
     readers = {"torchtitan": torchtitan_config, "torchtitan-py": torchtitan_py_config,
-               "deepspeed": deepspeed_config, "megatron": megatron_config}
+               "deepspeed": deepspeed_config, "megatron": megatron_config, "megatron-bridge": bridge_config}
     if kind not in readers:
         raise BadInputError(f"{path}: a plan file; read it with read_plan")
     read = readers[kind](path, model, world)
@@ -178,7 +189,7 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if read.layout.precision == "fp8" and read.fp8_recipe:
         read = replace(read, layout=replace(read.layout,
                                             fp8_recipe=canonical_fp8_recipe(read.fp8_recipe, get_stack(read.stack))))
-    return read if kind == "deepspeed" else _with_stages(read, _read(path), str(path), model)
+    return read if kind in ("deepspeed", "megatron-bridge") else _with_stages(read, _read(path), str(path), model)
 
 
 # ---- torchtitan ------------------------------------------------------------------------------------------------
@@ -728,6 +739,30 @@ def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         raise BadInputError(f"{show(path)}: no Megatron-LM argument in it (e.g. --tensor-model-parallel-size, "
                             "--micro-batch-size); give a Megatron-LM launch script, or name a torchtitan config .toml, "
                             "a plan .yaml, a DeepSpeed config .json")
+    return megatron_read(v, env, path, model, world)
+
+
+def bridge_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A Megatron-Bridge ConfigContainer (its printed YAML, or an override file of the same shape) as the layout
+    Megatron-Core runs: its fields read as the Megatron-LM arguments they stand for (frameworks/bridge.py), plus
+    activation offloading and CUDA graphs, which pretrain_gpt.py has no flag for."""
+    v, notes, extra = bridge_values(load_mapping(path), show(path))
+    read = megatron_read(v, {}, path, model, world)
+    layout = read.layout
+    if extra["offload_layers"] and layout.pp > 1:
+        notes.append(f"cpu_offloading_num_layers {extra['offload_layers']} with pipeline parallelism: Megatron-Core "
+                     "offloads only at pp 1; not priced")
+    elif extra["offload_layers"]:
+        layout = replace(layout, offload_layers=extra["offload_layers"])
+    layout = replace(layout, cuda_graphs=extra["cuda_graphs"])
+    return replace(read, layout=layout, kind="megatron-bridge", notes=(*notes, *read.notes))
+
+
+def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, model: ModelSpec,
+                  world: int) -> ReadConfig:
+    """The layout Megatron-Core runs from the reader's values (MEGATRON_INT / STR / FLAGS keys), whether they came
+    from Megatron-LM flags or from a Megatron-Bridge ConfigContainer (messages name the Megatron-LM flag, which
+    Megatron-Bridge's docs/megatron-lm-to-megatron-bridge.md maps one to one to its field)."""
     for flag, key in MEGATRON_INT.items():
         if key in ("tp", "pp", "cp", "layers_per_vstage", "vstages", "mbs", "gbs", "seq", "ep", "etp",
                    "dp_replicate") and key in v and v[key] < 1:

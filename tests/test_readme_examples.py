@@ -95,6 +95,16 @@ def test_time_to_train_example(run_cli):
     _shown_lines_are_printed(block[4:], out)
 
 
+def test_check_bridge_example(run_cli):
+    # The README runs the fixture itself (its path is relative to the repository root).
+    block = _block_starting_with("$ clusterplan check tests/fixtures/bridge/")
+    root = Path(__file__).resolve().parent.parent
+    argv = _argv(block[0][2:].replace("tests/fixtures/", str(root / "tests" / "fixtures") + "/"))
+    code, out, err = run_cli(*argv)
+    assert code == 0
+    _shown_lines_are_printed(block[1:], err + out)
+
+
 def test_check_example(run_cli):
     # The README's train.toml and bad.toml are tests/fixtures/check/good_torchtitan.toml and bad_torchtitan.toml.
     fixtures = Path(__file__).resolve().parent / "fixtures" / "check"
