@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import loads_yaml
 
 SECTIONS = ("model", "train", "dataset", "ddp", "optimizer", "dist", "mixed_precision", "comm_overlap")
 """ConfigContainer fields the reader looks into."""
@@ -121,6 +122,24 @@ def looks_like_bridge(doc: Any) -> bool:
         key in model for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "num_layers")))
 
 
+def override_doc(words: list[str], where: str) -> dict[str, Any]:
+    """The ConfigContainer fields a launch line sets as trailing KEY=VALUE overrides (Megatron-Bridge's
+    scripts/training/run_recipe.py and the example recipes: `model.tensor_model_parallel_size=4`), nested as the
+    container prints them; each value read as a YAML scalar or list, as OmegaConf reads it. Empty when none."""
+    doc: dict[str, Any] = {}
+    for word in words:
+        key, eq, raw = word.partition("=")
+        section, dot, field = key.lstrip("+").partition(".")
+        if not (eq and section in SECTIONS and (field.isidentifier() if dot else section == "mixed_precision")):
+            continue
+        value = loads_yaml(raw, f"{where}: {key}") if raw else None
+        if dot:
+            doc.setdefault(section, {})[field] = value
+        else:  # mixed_precision=bf16_with_mxfp8_mixed: a named recipe
+            doc[section] = value
+    return doc
+
+
 def _section(doc: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
     value = doc.get(name)
     if value is None:
@@ -170,7 +189,8 @@ def _mixed_precision(doc: Mapping[str, Any], model: Mapping[str, Any], where: st
 
 
 def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """(the Megatron-LM reader's values, notes, Bridge-only settings: offload_layers, cuda_graphs) of a container."""
+    """(the Megatron-LM reader's values, notes, Bridge-only settings: offload_layers, cuda_graphs, and whether it is
+    a whole container) of a ConfigContainer or of overrides to one."""
     sec = {name: _section(doc, name, where) for name in SECTIONS}
     model = sec["model"]
     v: dict[str, Any] = {}
@@ -218,6 +238,15 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
         v["quick_geglu" if activation.endswith("quick_gelu") else "swiglu"] = True
     elif activation.endswith("squared_relu"):
         v["squared_relu"] = True
+    whole = str(doc.get("_target_", "")).endswith("ConfigContainer")
+    assumed = []
+    if not whole and doc.get("mixed_precision") is None and not any(model.get(k) for k in ("bf16", "fp16", "fp8")):
+        doc = {**doc, "mixed_precision": "bf16_mixed"}
+        assumed.append("bf16_mixed")
+    if not whole and not any(field in sec[s] for s in ("ddp", "optimizer") for field in (
+            "use_distributed_optimizer", "use_megatron_fsdp")) and not sec["dist"].get("use_megatron_fsdp"):
+        v["distopt"] = True
+        assumed.append("the distributed optimizer")
     mp = _mixed_precision(doc, model, where)
     v["bf16"] = bool(mp["bf16"]) or None
     v["fp16"] = bool(mp["fp16"]) or None
@@ -237,10 +266,13 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
     if not reduce_fp32:
         v["grad_bf16"] = True
     v = {k: val for k, val in v.items() if val is not None}
-    extra = {"offload_layers": _offload_layers(model, where), "cuda_graphs": _cuda_graphs(model, notes)}
-    if not str(doc.get("_target_", "")).endswith("ConfigContainer"):
-        notes.append("an override file, not a whole ConfigContainer: what it leaves out is read at Megatron-Core's "
-                     "defaults, not at the recipe's it is merged onto")
+    extra = {"offload_layers": _offload_layers(model, where), "cuda_graphs": _cuda_graphs(model, notes),
+             "whole": whole}
+    if not whole:
+        notes.append("overrides, not a whole ConfigContainer: what they leave out is read at Megatron-Core's defaults "
+                     "(the recipe they are merged onto may differ)" + (
+                         f", and as Megatron-Bridge's pre-training recipes set them: {' and '.join(assumed)}"
+                         if assumed else ""))
     overlap = doc.get("comm_overlap")
     if v.get("tp", 1) > 1 and (("comm_overlap" in doc and overlap is None)
                                or (isinstance(overlap, Mapping) and overlap.get("tp_comm_overlap") is False)):

@@ -20,7 +20,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import check_name, is_file, load_mapping, loads_json, read_text, show
-from clusterplan.frameworks.bridge import bridge_values, looks_like_bridge
+from clusterplan.frameworks.bridge import bridge_values, looks_like_bridge, override_doc
 from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
@@ -735,6 +735,10 @@ def _float(raw: str) -> float:
 def megatron_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-LM launch script or arguments file as the layout `pretrain_gpt.py` runs."""
     v, env = megatron_args(path)
+    if not v:
+        overrides = override_doc(shell_words(_read(path), str(path))[0], show(path))
+        if overrides:  # a Megatron-Bridge launch: recipe KEY=VALUE overrides, no Megatron-LM flags
+            return bridge_read(overrides, path, model, world)
     if not v:  # an empty file, or one that is not a Megatron-LM launch (check names configs by suffix only)
         raise BadInputError(f"{show(path)}: no Megatron-LM argument in it (e.g. --tensor-model-parallel-size, "
                             "--micro-batch-size); give a Megatron-LM launch script, or name a torchtitan config .toml, "
@@ -746,8 +750,14 @@ def bridge_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A Megatron-Bridge ConfigContainer (its printed YAML, or an override file of the same shape) as the layout
     Megatron-Core runs: its fields read as the Megatron-LM arguments they stand for (frameworks/bridge.py), plus
     activation offloading and CUDA graphs, which pretrain_gpt.py has no flag for."""
-    v, notes, extra = bridge_values(load_mapping(path), show(path))
-    read = megatron_read(v, {}, path, model, world)
+    return bridge_read(load_mapping(path), path, model, world)
+
+
+def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A ConfigContainer (printed, an override file, or a launch line's overrides) as the layout it runs."""
+    v, notes, extra = bridge_values(doc, show(path))
+    # overrides leave the architecture to their recipe: no notes on fields they do not state
+    read = megatron_read(v, {}, path, model, world, model_notes=extra["whole"])
     layout = read.layout
     if extra["offload_layers"] and layout.pp > 1:
         notes.append(f"cpu_offloading_num_layers {extra['offload_layers']} with pipeline parallelism: Megatron-Core "
@@ -759,7 +769,7 @@ def bridge_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
 
 
 def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, model: ModelSpec,
-                  world: int) -> ReadConfig:
+                  world: int, *, model_notes: bool = True) -> ReadConfig:
     """The layout Megatron-Core runs from the reader's values (MEGATRON_INT / STR / FLAGS keys), whether they came
     from Megatron-LM flags or from a Megatron-Bridge ConfigContainer (messages name the Megatron-LM flag, which
     Megatron-Bridge's docs/megatron-lm-to-megatron-bridge.md maps one to one to its field)."""
@@ -839,7 +849,8 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     layout = replace(layout, moe_dispatcher=dispatcher if model.is_moe else "alltoall",
                      moe_a2a_overlap=bool(v.get("a2a_overlap")) and model.is_moe,
                      moe_capacity_factor=capacity if model.is_moe else None)
-    notes += _megatron_model_notes(v, model)
+    if model_notes:
+        notes += _megatron_model_notes(v, model)
     if layout.moe_a2a_overlap:
         notes += a2a_overlap_notes(v, env)
     if precision == "fp8" and "fp8_recipe" not in v and not v.get("fp4"):

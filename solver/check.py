@@ -95,7 +95,7 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         stages = tuple(PipelineStage(gpu=g, node=n, layers=k)
                        for (g, n), k in zip(read.stage_gpus, read.rank_layers, strict=True))
         layout = replace(layout, first_stage_layers=0, last_stage_layers=0, pp_layers=())
-    return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=layout, stack=read.stack,
+    return LoadedConfig(kind=read.kind, model=model, cluster=cluster, layout=layout, stack=read.stack,
                         notes=tuple(read.notes), mismatches=tuple(read.mismatches), stages=stages,
                         fp8_recipe=read.fp8_recipe)
 

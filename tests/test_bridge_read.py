@@ -64,7 +64,7 @@ ddp:
     read = read_config(path, load_model("qwen3-30b-a3b"), 32)
     L = read.layout
     assert (L.tp, L.pp, L.dp, L.ep, L.etp, L.sp, L.mbs, L.gbs, L.seq) == (4, 2, 4, 4, 1, True, 2, 256, 4096)
-    assert any(n.startswith("an override file") for n in read.notes)
+    assert any(n.startswith("overrides, not a whole ConfigContainer") for n in read.notes)
 
 
 def test_named_mixed_precision_recipes(tmp_path):
@@ -145,3 +145,26 @@ def test_check_on_the_container():
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["kind"] == "megatron-bridge" and data["ok"]
+
+
+def test_a_launch_line_of_recipe_overrides(tmp_path):
+    # Megatron-Bridge's run_recipe.py takes ConfigContainer fields as trailing KEY=VALUE overrides (and a named
+    # mixed-precision recipe as mixed_precision=NAME); a script with those and no Megatron-LM flag is read as them.
+    script = _write(tmp_path, """#!/bin/bash
+torchrun --nproc-per-node 8 scripts/training/run_recipe.py --recipe llama3_8b_pretrain_config \\
+    model.tensor_model_parallel_size=2 model.sequence_parallel=true \\
+    train.global_batch_size=128 train.micro_batch_size=1 dataset.sequence_length=8192 \\
+    mixed_precision=bf16_with_fp8_current_scaling_mixed model.recompute_granularity=selective
+""", "run.sh")
+    read = read_config(script, load_model("llama3.1-8b"), 16)
+    L = read.layout
+    assert read.kind == "megatron-bridge"
+    assert (L.tp, L.sp, L.dp, L.gbs, L.mbs, L.seq, L.recompute, L.precision, L.bf16_first_layers) == (
+        2, True, 8, 128, 1, 8192, "selective", "fp8", 1)
+    # what the overrides leave out: Megatron-Core's defaults, but the distributed optimizer as the recipes set it;
+    # and no warning about the architecture the recipe carries
+    assert L.zero == 1 and "the distributed optimizer" in read.notes[0]
+    assert not any("MLP" in n for n in read.notes)
+    # without a precision the recipes' bf16_mixed
+    plain = _write(tmp_path, "python run_recipe.py --recipe x model.tensor_model_parallel_size=2\n", "plain.sh")
+    assert read_config(plain, load_model("llama3.1-8b"), 16).layout.precision == "bf16"
