@@ -1,4 +1,5 @@
-"""`clusterplan export PLAN --to torchtitan|torchtitan-py|megatron|deepspeed`: a plan as a runnable launch config."""
+"""`clusterplan export PLAN --to torchtitan|torchtitan-py|megatron|megatron-bridge|deepspeed`: a plan as a runnable
+launch config."""
 
 from __future__ import annotations
 
@@ -21,18 +22,20 @@ def _value(value: object) -> str:
     return "none" if value is None else str(int(value)) if isinstance(value, bool) else str(value)
 
 
-STACK_OF_TARGET = {"megatron": "megatron-core", "torchtitan": "torchtitan", "torchtitan-py": "torchtitan",
-                   "deepspeed": "deepspeed"}
+STACK_OF_TARGET = {"megatron": "megatron-core", "megatron-bridge": "megatron-core", "torchtitan": "torchtitan",
+                   "torchtitan-py": "torchtitan", "deepspeed": "deepspeed"}
 """The execution stack a target's config runs on, unless --stack says otherwise."""
 
 
 @click.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--to", "target", required=True, type=click.Choice(list(EXPORTERS)),
-              help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron, deepspeed.")
+              help="Framework: torchtitan (v0.2 TOML), torchtitan-py (main's Python recipe), megatron (Megatron-LM "
+                   "pretrain_gpt.py), megatron-bridge (recipe overrides for Megatron-Bridge's run_recipe.py), "
+                   "deepspeed.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, callback=output_path,
               help="Write the config to this file (atomically) instead of stdout.")
-@stack_option("the target's: megatron-core for megatron, torchtitan for torchtitan*, deepspeed for deepspeed")
+@stack_option("the target's: megatron-core for megatron*, torchtitan for torchtitan*, deepspeed for deepspeed")
 def export(plan_path: str, target: str, out_path: str | None, stack_name: str | None) -> None:
     """Write a plan file as a launch config with the command that starts it.
 

@@ -1,4 +1,5 @@
-"""Plans as launch configs: torchtitan (v0.2 TOML and main's Python recipe), Megatron-LM and DeepSpeed.
+"""Plans as launch configs: torchtitan (v0.2 TOML and main's Python recipe), Megatron-LM, Megatron-Bridge and
+DeepSpeed.
 
     export_plan("megatron", model, cluster, layout) -> Export(text, filename, launch, noted)
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from clusterplan.errors import BadInputError, InfeasibleError
-from clusterplan.frameworks import deepspeed, megatron, torchtitan, torchtitan_py
+from clusterplan.frameworks import deepspeed, megatron, megatron_bridge, torchtitan, torchtitan_py
 from clusterplan.frameworks.common import Export, Stages
 from clusterplan.frameworks.deepspeed import export_deepspeed
 from clusterplan.frameworks.megatron import export_megatron
+from clusterplan.frameworks.megatron_bridge import export_megatron_bridge
 from clusterplan.frameworks.read import ReadConfig, read_config
 from clusterplan.frameworks.torchtitan import export_torchtitan
 from clusterplan.frameworks.torchtitan_py import export_torchtitan_py
@@ -24,6 +26,7 @@ EXPORTERS: dict[str, Callable[..., Export]] = {
     "torchtitan": export_torchtitan,
     "torchtitan-py": export_torchtitan_py,
     "megatron": export_megatron,
+    "megatron-bridge": export_megatron_bridge,
     "deepspeed": export_deepspeed,
 }
 
@@ -31,6 +34,7 @@ RUNS_AS: dict[str, Callable[[ModelSpec, Layout], Layout]] = {
     "torchtitan": torchtitan.runs_as,
     "torchtitan-py": torchtitan_py.runs_as,
     "megatron": megatron.runs_as,
+    "megatron-bridge": megatron_bridge.runs_as,
     "deepspeed": deepspeed.runs_as,
 }
 """The layout each framework runs for a plan: what `check` reads back from the export (the round-trip law)."""
@@ -44,9 +48,9 @@ def runs_as(target: str, model: ModelSpec, layout: Layout) -> Layout:
 
 
 def require_mamba_blocks(target: str, model: ModelSpec) -> None:
-    """A hybrid Mamba-2 / attention stack runs on Megatron-LM's pretrain_mamba.py only (stacks.yaml mamba_blocks:
-    torchtitan and DeepSpeed build no Mamba blocks)."""
-    if model.is_hybrid and target != "megatron":
+    """A hybrid Mamba-2 / attention stack runs on Megatron-Core only: Megatron-LM's pretrain_mamba.py or a
+    Megatron-Bridge recipe (stacks.yaml mamba_blocks: torchtitan and DeepSpeed build no Mamba blocks)."""
+    if model.is_hybrid and target not in ("megatron", "megatron-bridge"):
         raise InfeasibleError(f"--to {target}: {target} has no Mamba blocks for hybrid {model.name}; export --to "
                               "megatron (pretrain_mamba.py)")
 

@@ -70,6 +70,9 @@ DTYPES = {"torch.float32": "fp32", "torch.float": "fp32", "torch.bfloat16": "bf1
 """OmegaConf's `_target_` of a torch dtype -> Megatron-LM's dtype names (--exp-avg-dtype fp32|fp16|bf16|fp8; an
 fp8 moment is stored as uint8, Megatron-Core optimizer/__init__.py)."""
 
+DEFAULT_RECOMPUTE_MODULES = ["core_attn"]
+"""TransformerConfig.recompute_modules' default (the printed container above): selective recompute of the core
+attention, what Layout.recompute_modules "" (the stack's own selective recompute) means on megatron-core."""
 ATTN_BACKENDS = {1: "flash", 2: "fused", 3: "unfused", 4: "local", 5: "auto"}
 """megatron.core.transformer.enums.AttnBackend values, as OmegaConf prints the enum (`_args_: [5]`)."""
 
@@ -104,7 +107,8 @@ MIXED_PRECISION_PRESETS: dict[str, dict[str, Any]] = {
 }
 """Megatron-Bridge's named mixed-precision recipes as the MixedPrecisionConfig fields they set (the rest default)."""
 MIXED_PRECISION_DEFAULTS: dict[str, Any] = {"bf16": False, "fp16": False, "fp8": None, "fp8_recipe": "tensorwise",
-                                            "fp8_param_gather": False, "fp4": None, "fp4_param_gather": False,
+                                            "fp8_param_gather": False, "fp4": None, "fp4_recipe": "nvfp4",
+                                            "fp4_param_gather": False,
                                             "first_last_layers_bf16": False, "num_layers_at_start_in_bf16": 0,
                                             "num_layers_at_end_in_bf16": 0, "grad_reduce_in_fp32": True}
 """MixedPrecisionConfig's own defaults for the fields read."""
@@ -134,6 +138,9 @@ def override_doc(words: list[str], where: str) -> dict[str, Any]:
             continue
         value = loads_yaml(raw, f"{where}: {key}") if raw else None
         if dot:
+            named = doc.get(section)
+            if isinstance(named, str):  # mixed_precision=NAME then one of its fields: the named recipe, edited
+                doc[section] = _mixed_precision({section: named}, {}, where)
             doc.setdefault(section, {})[field] = value
         else:  # mixed_precision=bf16_with_mxfp8_mixed: a named recipe
             doc[section] = value
@@ -211,7 +218,9 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
         v["seq"] = _int(seq, where, "dataset.sequence_length")
     if model.get("recompute_modules") and v.get("recompute") == "selective":
         modules = model["recompute_modules"]
-        v["recompute_modules"] = [str(m) for m in (modules if isinstance(modules, list) else [modules])]
+        modules = [str(m) for m in (modules if isinstance(modules, list) else [modules])]
+        if modules != DEFAULT_RECOMPUTE_MODULES:  # the default list is Megatron-Core's own selective recompute
+            v["recompute_modules"] = modules
     if model.get("hierarchical_context_parallel_sizes"):
         v["hierarchical_cp_sizes"] = [str(n) for n in model["hierarchical_context_parallel_sizes"]]
     # --use-distributed-optimizer sets both (Megatron-Bridge keeps them in sync); Megatron FSDP is a ddp and a dist
@@ -254,7 +263,7 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
         v["fp8"], v["fp8_recipe"] = str(mp["fp8"]), str(mp["fp8_recipe"])
         v["fp8_param_gather"] = bool(mp["fp8_param_gather"]) or None
     if mp["fp4"]:
-        v["fp4"] = str(mp["fp4"])
+        v["fp4"], v["fp4_recipe"] = str(mp["fp4"]), str(mp["fp4_recipe"])
         v["fp4_param_gather"] = bool(mp["fp4_param_gather"]) or None
     if mp["first_last_layers_bf16"]:
         v["first_last_bf16"] = True

@@ -15,7 +15,8 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import Estimate, estimate
 from clusterplan.models.training.layout import Layout, named_fp8_recipe
 
-SUFFIX_OF_TARGET = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "deepspeed": ".json"}
+SUFFIX_OF_TARGET = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "megatron-bridge": ".sh",
+                    "deepspeed": ".json"}
 """The file suffix each target's config is read back by (frameworks/read.py config_kind)."""
 
 

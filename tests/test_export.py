@@ -44,7 +44,8 @@ PLANS: dict[str, tuple[str, str, dict[str, Any]]] = {
                       {"dp": 16, "dp_replicate": 2, "mbs": 2, "gbs": 256, "seq": 4096, "recompute": "full",
                        "zero": 3}),
 }
-TARGETS = {"torchtitan": "toml", "torchtitan-py": "py", "megatron": "sh", "deepspeed": "json"}
+TARGETS = {"torchtitan": "toml", "torchtitan-py": "py", "megatron": "sh", "megatron-bridge": "bridge.sh",
+           "deepspeed": "json"}
 # DeepSpeed's AutoTP runs tensor parallelism beside data parallelism only (not with pp), and no hybrid sharding since
 # 0.19 removed MiCS
 REFUSED = {("llama70b_tp8pp4", "deepspeed"), ("llama8b_zero3", "deepspeed")}

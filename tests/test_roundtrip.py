@@ -24,9 +24,10 @@ from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.solver.search import search
 
-SUFFIX = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "deepspeed": ".json"}
+SUFFIX = {"torchtitan": ".toml", "torchtitan-py": ".py", "megatron": ".sh", "megatron-bridge": ".sh",
+          "deepspeed": ".json"}
 STACK = {"torchtitan": "torchtitan", "torchtitan-py": "torchtitan", "megatron": "megatron-core",
-         "deepspeed": "deepspeed"}
+         "megatron-bridge": "megatron-core", "deepspeed": "deepspeed"}
 
 # (model, cluster, gbs, seq, fixed layout keys, top): the searches whose top plans form the matrix.
 SEARCHES = [
