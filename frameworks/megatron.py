@@ -393,6 +393,25 @@ def training_args(layout: Layout, backend: str) -> Args:
         args += ["--optimizer", "sgd"]
     if L.bf16_moments:  # Megatron-Core OptimizerConfig: Transformer Engine FusedAdam with bf16 m and v
         args += ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"]
+    elif keeps_remainders(L):
+        args += ["--use-precision-aware-optimizer"]
+    return args + _grad_args(L)
+
+
+def keeps_remainders(layout: Layout) -> bool:
+    """Whether the plan was priced with the distributed optimizer's 2-byte master remainders (stacks.yaml
+    megatron-core optimizer_param_remainders; memory.bytes_per_param): Megatron-Core keeps them only under the
+    precision-aware optimizer (optimizer/__init__.py passes store_param_remainders to Transformer Engine's FusedAdam
+    inside `if config.use_precision_aware_optimizer`), for bf16 parameters, so the script turns it on (fp32 moments,
+    its default) wherever the plan counted on them; Megatron-LM's default keeps a full fp32 master shard."""
+    L = layout
+    return (L.zero == 1 and L.optimizer in ("adam-master", "adam") and L.precision in ("bf16", "fp8")
+            and not (L.precision == "fp8" and L.fp8_params))
+
+
+def _grad_args(layout: Layout) -> Args:
+    L = layout
+    args: Args = []
     if not L.fp32_grads and L.optimizer in ("adam-master", "adam") and L.precision in ("bf16", "fp8"):
         # Megatron-LM turns fp32 gradient accumulation/reduce on for bf16 unless --grad-reduce-in-bf16 (arguments.py)
         args += ["--grad-reduce-in-bf16"]

@@ -139,7 +139,8 @@ def training_overrides(layout: Layout) -> dict[str, object]:
         "ddp.num_distributed_optimizer_instances": L.dp_replicate if L.zero >= 1 else 1,
         "ddp.overlap_grad_reduce": L.zero >= 1, "ddp.overlap_param_gather": L.zero >= 1,
         "optimizer.optimizer": "sgd" if L.optimizer == "sgd" else "adam",
-        "optimizer.use_precision_aware_optimizer": L.bf16_moments,
+        # bf16 moments, or the 2-byte master remainders the plan was priced with (megatron.keeps_remainders)
+        "optimizer.use_precision_aware_optimizer": L.bf16_moments or megatron.keeps_remainders(L),
     }
     if L.bf16_moments:  # Transformer Engine FusedAdam with bf16 m and v (omegaconf_utils reads dtypes as text)
         out |= {"optimizer.exp_avg_dtype": "torch.bfloat16", "optimizer.exp_avg_sq_dtype": "torch.bfloat16"}

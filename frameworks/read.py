@@ -979,6 +979,11 @@ def megatron_moments(v: Mapping[str, Any], where: str) -> tuple[bool, list[str]]
         if moments != ("fp32", "fp32"):
             notes.append("--exp-avg-dtype / --exp-avg-sq-dtype without --use-precision-aware-optimizer: Megatron-Core "
                          "keeps the moments in fp32; priced so")
+        if v.get("distopt") and not v.get("megatron_fsdp") and (v.get("bf16") or v.get("fp8")) \
+                and not (v.get("fp8") and v.get("fp8_param_gather")):
+            notes.append("no --use-precision-aware-optimizer: Megatron-Core keeps a full fp32 master shard (its 2-byte "
+                         "remainders, store_param_remainders, act only under the precision-aware optimizer); priced "
+                         "with the remainders megatron-core plans count on, 2 B per parameter / dp less than runs")
         return False, notes
     if moments not in (("bf16", "bf16"), ("fp32", "fp32")):
         notes.append(f"Adam moments {moments[0]} / {moments[1]}: priced in fp32 (only bf16 for both is modelled)")

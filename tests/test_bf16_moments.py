@@ -87,7 +87,11 @@ def test_megatron_export_writes_the_flags_and_reads_them_back(tmp_path):
     path.write_text(text, encoding="utf-8")
     assert read_config(path, model, 8).layout.bf16_moments is True
     plain = export_plan("megatron", model, load_cluster("dgx-h100:1"), layout.with_(bf16_moments=False)).text
-    assert "--use-precision-aware-optimizer" not in plain
+    # fp32 moments: the precision-aware optimizer stays on for the 2-byte master remainders the plan was priced with
+    # (megatron.keeps_remainders), its dtypes at their fp32 defaults; without the distributed optimizer it is off
+    assert "--use-precision-aware-optimizer" in plain and "--exp-avg-dtype" not in plain
+    zero0 = export_plan("megatron", model, load_cluster("dgx-h100:1"), layout.with_(bf16_moments=False, zero=0)).text
+    assert "--use-precision-aware-optimizer" not in zero0
 
 
 @pytest.mark.parametrize(("flags", "moments", "note"), [
@@ -100,6 +104,7 @@ def test_megatron_export_writes_the_flags_and_reads_them_back(tmp_path):
 def test_megatron_reader_takes_only_what_megatron_runs(tmp_path, flags, moments, note):
     model = load_model(MODEL)
     text = export_plan("megatron", model, load_cluster("dgx-h100:1"), Layout(dp=8, mbs=1, gbs=64, seq=8192)).text
+    text = text.replace("    --use-precision-aware-optimizer\n", "")  # the remainders' flag: each case sets its own
     text = text.replace("--use-distributed-optimizer", "--use-distributed-optimizer " + flags, 1)
     path = tmp_path / "train.sh"
     path.write_text(text, encoding="utf-8")

@@ -24,6 +24,7 @@ from clusterplan.models.training.batch import (
     OPT_ADAM,
     OPT_ADAM_MASTER,
     OPT_SGD,
+    PREC_BF16,
     PREC_FP8,
     PREC_FP32,
     RECOMPUTE_FULL,
@@ -191,7 +192,10 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
         opt = np.where(mixed, opt - fp32_b, opt)
     fp8_only = fp8_only_params(L)
     if param_remainders:
-        remainder = (L.optimizer == OPT_ADAM_MASTER) & ~fp32 & ((L.zero == 1) | (L.zero == 2)) & ~fp8_only
+        # bf16 parameters only (distrib_optimizer.py: `store_param_remainders and self.config.bf16`); fp16 ones keep
+        # a full fp32 master
+        remainder = (L.optimizer == OPT_ADAM_MASTER) & ((L.precision == PREC_BF16) | (L.precision == PREC_FP8)) \
+            & ((L.zero == 1) | (L.zero == 2)) & ~fp8_only
         opt = np.where(remainder, PARAM_REMAINDER_BYTES + moments, opt)
     weights = np.where(fp8_only, fp8_param_bytes, weights)
     return weights, grads, opt

@@ -49,6 +49,7 @@ TRAINING_ARGS=(
     --recompute-granularity selective
     --bf16
     --attention-backend flash
+    --use-precision-aware-optimizer
     --train-iters 100
     --lr 3e-4
     --lr-decay-style cosine

@@ -54,6 +54,7 @@ TRAINING_ARGS=(
     --recompute-num-layers 1
     --bf16
     --attention-backend flash
+    --use-precision-aware-optimizer
     --train-iters 100
     --lr 3e-4
     --lr-decay-style cosine
