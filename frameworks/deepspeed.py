@@ -78,7 +78,7 @@ def runs_as(model: ModelSpec, layout: Layout) -> Layout:
                                     # no Megatron recompute modules; the bf16 optimizer accumulates fp32 gradients;
                                     # no activation offloading in the exported config
                                     recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False,
-                                    bf16_moments=False))
+                                    bf16_moments=False, precision_aware=True))
 
 
 def zero_section(layout: Layout) -> dict[str, Any]:

@@ -30,7 +30,13 @@ from clusterplan.frameworks.common import (
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, chunk_layers, named_fp8_recipe, stage_layers
+from clusterplan.models.training.layout import (
+    Layout,
+    chunk_layers,
+    keeps_master_remainders,
+    named_fp8_recipe,
+    stage_layers,
+)
 
 Args = list[str]
 STACK = "megatron-core"
@@ -399,14 +405,11 @@ def training_args(layout: Layout, backend: str) -> Args:
 
 
 def keeps_remainders(layout: Layout) -> bool:
-    """Whether the plan was priced with the distributed optimizer's 2-byte master remainders (stacks.yaml
-    megatron-core optimizer_param_remainders; memory.bytes_per_param): Megatron-Core keeps them only under the
-    precision-aware optimizer (optimizer/__init__.py passes store_param_remainders to Transformer Engine's FusedAdam
-    inside `if config.use_precision_aware_optimizer`), for bf16 parameters, so the script turns it on (fp32 moments,
-    its default) wherever the plan counted on them; Megatron-LM's default keeps a full fp32 master shard."""
-    L = layout
-    return (L.zero == 1 and L.optimizer in ("adam-master", "adam") and L.precision in ("bf16", "fp8")
-            and not (L.precision == "fp8" and L.fp8_params))
+    """Whether the plan runs the precision-aware optimizer for its 2-byte master remainders (Layout.precision_aware
+    where it matters, layout.keeps_master_remainders): the script then turns it on with fp32 moments, its default;
+    Megatron-LM's default keeps a full fp32 master shard."""
+    master = "adam-master" if layout.optimizer == "adam" else layout.optimizer  # Megatron's adam keeps a master
+    return layout.precision_aware and keeps_master_remainders(replace(layout, optimizer=master))
 
 
 def _grad_args(layout: Layout) -> Args:

@@ -24,7 +24,12 @@ from clusterplan.frameworks.bridge import bridge_values, looks_like_bridge, over
 from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.layout import Layout, canonical_fp8_recipe, chunk_layers
+from clusterplan.models.training.layout import (
+    Layout,
+    canonical_fp8_recipe,
+    chunk_layers,
+    keeps_master_remainders,
+)
 from clusterplan.models.training.planfile import FORMAT as PLAN_FORMAT
 
 # torch.distributed.pipelining schedule names (case-insensitive) -> our schedule names
@@ -843,6 +848,8 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
                     # rule then says NVFP4 is priced with bf16 ones
                     fp8_params=bool(v.get("fp8_param_gather") or v.get("fp4_param_gather")),
                     bf16_moments=bf16_moments, **megatron_bf16_layers(v, precision, str(path)))
+    # without --use-precision-aware-optimizer a full fp32 master shard (read only where it matters: canonical)
+    layout = replace(layout, precision_aware=bool(v.get("precision_aware")) or not keeps_master_remainders(layout))
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more
@@ -979,11 +986,6 @@ def megatron_moments(v: Mapping[str, Any], where: str) -> tuple[bool, list[str]]
         if moments != ("fp32", "fp32"):
             notes.append("--exp-avg-dtype / --exp-avg-sq-dtype without --use-precision-aware-optimizer: Megatron-Core "
                          "keeps the moments in fp32; priced so")
-        if v.get("distopt") and not v.get("megatron_fsdp") and (v.get("bf16") or v.get("fp8")) \
-                and not (v.get("fp8") and v.get("fp8_param_gather")):
-            notes.append("no --use-precision-aware-optimizer: Megatron-Core keeps a full fp32 master shard (its 2-byte "
-                         "remainders, store_param_remainders, act only under the precision-aware optimizer); priced "
-                         "with the remainders megatron-core plans count on, 2 B per parameter / dp less than runs")
         return False, notes
     if moments not in (("bf16", "bf16"), ("fp32", "fp32")):
         notes.append(f"Adam moments {moments[0]} / {moments[1]}: priced in fp32 (only bf16 for both is modelled)")

@@ -135,7 +135,7 @@ def runs_as(model: ModelSpec, layout: Layout, *, sequence_parallel_switch: bool 
                                     # its selective recompute is op-level SAC; FSDP2 reduces in fp32; no offloading;
                                     # its fp8 weights are gathered by torchao's float8 all-gather, not fp8-only
                                     recompute_modules="", fp32_grads=True, offload_layers=0, fp8_params=False,
-                                    bf16_moments=False))
+                                    bf16_moments=False, precision_aware=True))
 
 
 def batch_sizes(layout: Layout) -> tuple[int, int]:

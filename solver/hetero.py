@@ -297,7 +297,7 @@ def _fp8_bytes(stack: ExecutionStack, all_layouts: bool) -> tuple[float, float]:
 
 
 MIXED_PINS = frozenset({"tp", "cp", "dp", "pp", "mbs", "recompute", "zero", "precision", "fp8_params", "optimizer",
-                        "sp", "flash_attn", "fp32_grads", "bf16_moments"})
+                        "sp", "flash_attn", "fp32_grads", "bf16_moments", "precision_aware"})
 """Layout keys a pin of which the mixed-GPU pipeline search takes; it prices a 1F1B pipeline of equal-width
 stages, balanced layer counts and no experts' or context's variants, so pins of the other keys (vpp, schedule,
 ep, stage ends, ...) are named as not applied (mixed_pins_not_applied) rather than silently dropped."""
@@ -381,7 +381,8 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
                             optimizer=optimizer,
                             fp8_params=fp8_params, flash_attn=bool(fixed.get("flash_attn", True)),
                             fp32_grads=bool(fixed.get("fp32_grads", True)),
-                            bf16_moments=bool(fixed.get("bf16_moments", False)))
+                            bf16_moments=bool(fixed.get("bf16_moments", False)),
+                            precision_aware=bool(fixed.get("precision_aware", True)))
             # The balanced split is uneven by design: only the even-split rule may break; and only what the stack
             # runs (a pipeline at all, ZeRO with pp, tensor parallelism beside it).
             if mixed_problems(model, cluster, layout) or stack_problems(layout, stack):

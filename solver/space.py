@@ -328,7 +328,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed:
             cols[key] = np.full(total, CODES[key][fixed[key]])
     for key in ("etp", "recompute_layers", "flash_attn", "moe_a2a_overlap", "fp32_grads", "offload_layers",
-                "bf16_moments", "bf16_first_layers", "bf16_last_layers"):
+                "bf16_moments", "precision_aware", "bf16_first_layers", "bf16_last_layers"):
         if key in fixed:
             cols[key] = np.full(total, float(fixed[key]))
     if fixed.get("recompute_modules"):  # recompute is pinned to selective above

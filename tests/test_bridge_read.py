@@ -36,9 +36,9 @@ def test_the_printed_container_of_a_real_run():
     assert (L.tp, L.pp, L.cp, L.dp, L.zero, L.mbs, L.gbs, L.seq) == (1, 1, 1, 8, 1, 1, 512, 1024)
     assert (L.precision, L.recompute, L.recompute_modules, L.fp32_grads, L.cuda_graphs) == (
         "bf16", "none", "", True, "none")
-    # a whole container (its _target_), comm_overlap null at tp 1: nothing assumed, but what is not priced as run:
-    # without the precision-aware optimizer Megatron-Core keeps a full fp32 master shard, not 2-byte remainders
-    assert len(read.notes) == 1 and read.notes[0].startswith("no --use-precision-aware-optimizer")
+    # a whole container (its _target_), comm_overlap null at tp 1: nothing assumed; without the precision-aware
+    # optimizer (use_precision_aware_optimizer false) Megatron-Core keeps a full fp32 master shard, priced so
+    assert read.notes == () and L.precision_aware is False and "fp32-master" in L.short()
 
 
 def test_the_container_against_another_model_is_a_mismatch():

@@ -167,11 +167,13 @@ def test_loss_logits_as_each_stack_computes_the_cross_entropy():
 
 
 def test_distributed_optimizer_keeps_master_weight_remainders():
-    # Megatron-Core store_param_remainders: the distributed optimizer (ZeRO 1/2) keeps the fp32 master weight's low
-    # 16 bits (2 B) and Adam m, v (8 B): 10 B instead of 12; DDP (zero 0) and Megatron-FSDP (zero 3) keep 12.
+    # Megatron-Core store_param_remainders: the distributed optimizer (ZeRO 1) under the precision-aware optimizer
+    # keeps the fp32 master weight's low 16 bits (2 B) and Adam m, v (8 B): 10 B instead of 12; DDP (zero 0),
+    # Megatron-FSDP (zero 2 / 3: its own fp32 main parameters) and a run without the precision-aware optimizer
+    # (Megatron-LM's default) keep 12.
     arrays = LayoutArrays.from_layouts([Layout(zero=0), Layout(zero=1), Layout(zero=2), Layout(zero=3),
-                                        Layout(zero=1, optimizer="adam")])
+                                        Layout(zero=1, optimizer="adam"), Layout(zero=1, precision_aware=False)])
     _, _, opt = bytes_per_param(arrays, param_remainders=True)
-    assert list(opt) == [12.0, 10.0, 10.0, 12.0, 8.0]
+    assert list(opt) == [12.0, 10.0, 12.0, 12.0, 8.0, 12.0]
     _, _, plain = bytes_per_param(arrays)
-    assert list(plain) == [12.0, 12.0, 12.0, 12.0, 8.0]
+    assert list(plain) == [12.0, 12.0, 12.0, 12.0, 8.0, 12.0]

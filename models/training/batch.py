@@ -86,7 +86,7 @@ PREC_BF16, PREC_FP16, PREC_FP8, PREC_FP32 = PrecisionCode
 INT_FIELDS = ("dp", "dp_replicate", "tp", "pp", "vpp", "cp", "cp_a2a", "ep", "etp", "zero", "mbs", "gbs", "seq",
               "recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers", "bf16_first_layers",
               "bf16_last_layers")
-BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap")
+BOOL_FIELDS = ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "precision_aware", "moe_a2a_overlap")
 DROPLESS = 0.0
 """LayoutArrays.moe_capacity_factor of a dropless layout (Layout.moe_capacity_factor None)."""
 
@@ -148,6 +148,7 @@ class LayoutArrays:
     fp32_grads: np.ndarray
     fp8_params: np.ndarray
     bf16_moments: np.ndarray
+    precision_aware: np.ndarray
     moe_a2a_overlap: np.ndarray
     recompute: np.ndarray
     schedule: np.ndarray

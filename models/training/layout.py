@@ -109,6 +109,16 @@ def stack_for(layout: Layout, stack: ExecutionStack) -> ExecutionStack:
     return stack.running(layout.fp8_recipe) if layout.precision == "fp8" else stack
 
 
+def keeps_master_remainders(layout: Layout) -> bool:
+    """Where Layout.precision_aware matters: the distributed optimizer (zero 1) updating bf16 parameters with
+    Megatron's adam (fp32 master weights), which the precision-aware optimizer keeps as 2-byte remainders
+    (megatron/core/optimizer/distrib_optimizer.py: `store_param_remainders and self.config.bf16`); fp8-only
+    parameters keep a full master either way."""
+    L = layout
+    return (L.zero == 1 and L.optimizer == "adam-master" and L.precision in ("bf16", "fp8")
+            and not (L.precision == "fp8" and L.fp8_params))
+
+
 def bf16_moments_run(zero: int, optimizer: str) -> bool:
     """Where bf16 Adam moments (Layout.bf16_moments) can run: Megatron-Core OptimizerConfig.__post_init__ asserts
     "--use-precision-aware-optimizer only supported with adam" (Megatron's adam keeps fp32 master weights:
@@ -196,6 +206,14 @@ class Layout:
     FusedAdam; DeepSeek-V3, arXiv 2412.19437 Sec. 3.3.3; the Megatron-MoE-ModelZoo launcher sets it on every fp8 and
     MXFP8 run): 4 B of optimizer state per parameter instead of 8. Needs Megatron's adam (adam-master) and the
     distributed optimizer (zero >= 1: OptimizerConfig.__post_init__ asserts both); false = fp32 moments."""
+    precision_aware: bool = True
+    """Megatron-Core's precision-aware optimizer (--use-precision-aware-optimizer: Transformer Engine's FusedAdam).
+    Under the distributed optimizer (zero 1) with bf16 parameters it keeps each fp32 master weight as the 2 low bytes
+    beside the bf16 parameter (OptimizerConfig.store_param_remainders, passed to FusedAdam only inside `if
+    config.use_precision_aware_optimizer`, megatron/core/optimizer/__init__.py): 10 B of optimizer state instead of
+    12. Default true, as NVIDIA's Megatron-Bridge performance recipes run and every export writes it; false =
+    Megatron-LM's default, a full fp32 master shard (what `check` reads from a config without the flag). No effect
+    on other stacks, at other ZeRO stages or with fp8-only parameters; bf16_moments needs it."""
     offload_layers: int = 0
     """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
     cpu_offloading_num_layers; pipeline parallelism 1 only)."""
@@ -244,9 +262,13 @@ class Layout:
         object.__setattr__(self, "pp_layers", parse_pp_layers(self.pp_layers, "layout: pp_layers"))
         if self.sp is None:
             object.__setattr__(self, "sp", isinstance(self.tp, int) and self.tp > 1)
-        for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "moe_a2a_overlap"):
+        for name in ("sp", "flash_attn", "fp32_grads", "fp8_params", "bf16_moments", "precision_aware",
+                     "moe_a2a_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise BadInputError(f"layout: {name} must be true or false, got {getattr(self, name)!r}")
+        if self.bf16_moments and not self.precision_aware:
+            raise BadInputError("layout: bf16_moments needs precision_aware=1 (the precision-aware optimizer keeps "
+                                "Adam's moments in bf16); set precision_aware=1 or bf16_moments=0")
         cf = self.moe_capacity_factor
         if cf is not None:
             if isinstance(cf, bool) or not isinstance(cf, int | float) or not math.isfinite(cf) or cf <= 0:
@@ -324,6 +346,8 @@ class Layout:
             del out["cp_a2a"]
         if not out["bf16_moments"]:
             del out["bf16_moments"]
+        if out["precision_aware"]:  # at its default: layouts without it serialise as before
+            del out["precision_aware"]
         for name in ("bf16_first_layers", "bf16_last_layers"):  # 0: left out, so other layouts serialise as before
             if not out[name]:
                 del out[name]
@@ -358,6 +382,8 @@ class Layout:
             parts.append(bf16_layers_label(self.bf16_first_layers, self.bf16_last_layers))
         if self.bf16_moments:
             parts.append("bf16-moments")
+        if not self.precision_aware and keeps_master_remainders(self):
+            parts.append("fp32-master")
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
         if self.moe_dispatcher != "alltoall":

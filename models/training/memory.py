@@ -168,8 +168,9 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     parameter dtype (Megatron-Core DDP: grad buffer dtype = fp32 only if grad_reduce_in_fp32): 2 + 2 + 12. Plain
     Adam keeps grads in the weight dtype and fp32 m, v; SGD keeps no state. fp8 adds the cached fp8 weight copies
     (`fp8_copy_bytes`, see fp8_weight_copy_bytes); fp32 training needs no master. `param_remainders`: the stack's
-    distributed optimizer (ZeRO 1/2) keeps only the master weights' 16 low bits (2 B) beside the bf16 weights
-    (Megatron-Core store_param_remainders): 2 + 8 = 10 B of optimizer state. `fp32_params`: the stack keeps the
+    distributed optimizer (ZeRO 1) keeps only the master weights' 16 low bits (2 B) beside the bf16 weights
+    (Megatron-Core store_param_remainders, under the precision-aware optimizer: Layout.precision_aware): 2 + 8 =
+    10 B of optimizer state. `fp32_params`: the stack keeps the
     (sharded) parameters themselves in fp32 and casts a bf16 copy only for compute (torch FSDP2: torchtitan builds
     the model in fp32, MixedPrecisionPolicy(param_dtype=bf16) casts at the all-gather, fully_shard's sharded fp32
     parameter is what AdamW updates), so there is no separate master: 4 + 4 + 8 = 16 B. Layout.fp8_params: the
@@ -194,8 +195,10 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     if param_remainders:
         # bf16 parameters only (distrib_optimizer.py: `store_param_remainders and self.config.bf16`); fp16 ones keep
         # a full fp32 master
+        # the distributed optimizer under the precision-aware optimizer (Layout.precision_aware; layout.
+        # keeps_master_remainders): Megatron-FSDP (zero 2 / 3 on megatron-core) keeps its own fp32 main parameters
         remainder = (L.optimizer == OPT_ADAM_MASTER) & ((L.precision == PREC_BF16) | (L.precision == PREC_FP8)) \
-            & ((L.zero == 1) | (L.zero == 2)) & ~fp8_only
+            & (L.zero == 1) & ~fp8_only & (L.precision_aware > 0)
         opt = np.where(remainder, PARAM_REMAINDER_BYTES + moments, opt)
     weights = np.where(fp8_only, fp8_param_bytes, weights)
     return weights, grads, opt
