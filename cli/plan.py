@@ -233,6 +233,8 @@ def _layout_label(lay: dict) -> str:
                if lay["precision"] != "bf16" else "")
             + (" " + bf16_layers_label(lay.get("bf16_first_layers", 0), lay.get("bf16_last_layers", 0))
                if lay.get("bf16_first_layers") or lay.get("bf16_last_layers") else "")
+            + (" bf16-moments" if lay.get("bf16_moments") else "")
+            + (" fp32-master" if lay.get("precision_aware") is False and lay["zero"] == 1 else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
             + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))
