@@ -20,7 +20,9 @@ from clusterplan.solver.check import check_config
 
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "model_ref", default=None, help="Model preset or file (required unless CONFIG is a plan).")
+@click.option("--model", "model_ref", default=None,
+              help="Model preset or file (required unless CONFIG is a plan or a printed Megatron-Bridge "
+                   "ConfigContainer, which carry their model).")
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES[xGPUS] or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
+from clusterplan.fileio import load_mapping
 from clusterplan.frameworks.read import config_kind, read_config
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.mcore import looks_like_mcore
 from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
@@ -85,6 +87,11 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         cluster = load_cluster(cluster_ref) if cluster_ref else plan.cluster
         return LoadedConfig(kind=kind, model=model, cluster=cluster, layout=plan.layout, stack=plan.stack,
                             stages=plan.stages)
+    if kind == "megatron-bridge" and not model_ref and cluster_ref and looks_like_mcore(
+            load_mapping(config).get("model") or {}):
+        # a printed ConfigContainer carries its model (Megatron-Core TransformerConfig fields: models/architecture/
+        # mcore.py); an override file does not
+        model_ref = str(config)
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
                             "--cluster dgx-h100:32)")

@@ -170,3 +170,21 @@ torchrun --nproc-per-node 8 scripts/training/run_recipe.py --recipe llama3_8b_pr
     # without a precision the recipes' bf16_mixed
     plain = _write(tmp_path, "python run_recipe.py --recipe x model.tensor_model_parallel_size=2\n", "plain.sh")
     assert read_config(plain, load_model("llama3.1-8b"), 16).layout.precision == "bf16"
+
+
+def test_a_printed_container_carries_its_model():
+    # check without --model: the container's Megatron-Core TransformerConfig fields are the model
+    # (models/architecture/mcore.py); the same layout and the preset's parameter count
+    out = CliRunner().invoke(cli, ["check", str(FIXTURE), "--cluster", "dgx-h100:1", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    with_preset = CliRunner().invoke(cli, ["check", str(FIXTURE), "--model", "llama3.2-1b", "--cluster", "dgx-h100:1",
+                                           "--format", "json"])
+    a, b = json.loads(out.stdout), json.loads(with_preset.stdout)
+    assert a["estimate"]["memory"]["peak_gib"] == b["estimate"]["memory"]["peak_gib"]
+    assert a["estimate"]["step_time_s"] == pytest.approx(b["estimate"]["step_time_s"], rel=1e-12)
+
+
+def test_an_override_file_still_needs_the_model(tmp_path, run_cli):
+    path = _write(tmp_path, "model: {tensor_model_parallel_size: 2}\ntrain: {}\n")
+    code, out, err = run_cli("check", str(path), "--cluster", "dgx-h100:1")
+    assert code == 2 and "needs --model and --cluster" in err and out == ""

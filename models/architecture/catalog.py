@@ -11,6 +11,7 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import is_dir, is_file, load_mapping, load_shipped_yaml, show
+from clusterplan.models.architecture.mcore import looks_like_mcore, spec_from_mcore
 from clusterplan.models.architecture.spec import ModelSpec
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -67,7 +68,8 @@ def presets() -> Mapping[str, ModelSpec]:
 
 
 def load_model(ref: str) -> ModelSpec:
-    """A preset name (case-insensitive, aliases allowed), a YAML file of ours, or a config.json (file or dir)."""
+    """A preset name (case-insensitive, aliases allowed), a YAML file of ours, a config.json (file or dir), or a
+    Megatron-Bridge ConfigContainer YAML (its `model` section of Megatron-Core TransformerConfig fields)."""
     from clusterplan.hardware_db.catalog import find_name
 
     path = Path(ref)
@@ -83,6 +85,8 @@ def load_model(ref: str) -> ModelSpec:
         inner = data.get("model", data)
         if not isinstance(inner, dict):
             raise BadInputError(f"{show(path)}: `model:` must be a mapping of model fields, got {type(inner).__name__}")
+        if looks_like_mcore(inner):  # Megatron-Core TransformerConfig names: a Megatron-Bridge ConfigContainer
+            return spec_from_mcore(inner, name=path.stem, where=show(path))
         data = dict(inner)
         data.pop("aliases", None)
         data.setdefault("name", path.stem)
