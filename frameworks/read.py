@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from clusterplan.errors import BadInputError
+from clusterplan.errors import BadInputError, UnsupportedModelError
 from clusterplan.fileio import check_name, is_file, load_mapping, loads_json, read_text, show
 from clusterplan.frameworks.bridge import bridge_values, looks_like_bridge, override_doc
 from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
@@ -598,6 +598,23 @@ def shell_words(text: str, where: str) -> tuple[list[str], dict[str, str]]:
     return words, env
 
 
+MODEL_INT = {"--vocab-size": "vocab_size", "--kv-channels": "kv_channels",
+             "--max-position-embeddings": "seq_length", "--moe-router-topk": "moe_router_topk",
+             "--moe-ffn-hidden-size": "moe_ffn_hidden_size",
+             "--moe-shared-expert-intermediate-size": "moe_shared_expert_intermediate_size",
+             "--moe-router-num-groups": "moe_router_num_groups", "--moe-router-group-topk": "moe_router_group_topk",
+             "--q-lora-rank": "q_lora_rank", "--kv-lora-rank": "kv_lora_rank", "--qk-head-dim": "qk_head_dim",
+             "--qk-pos-emb-head-dim": "qk_pos_emb_head_dim", "--v-head-dim": "v_head_dim"}
+"""Megatron-LM arguments.py flags of the model's sizes -> the TransformerConfig / GPT provider field they set
+(read only to build the model itself, `check` without --model: megatron_model_fields)."""
+MODEL_STR = {"--normalization": "normalization", "--position-embedding-type": "position_embedding_type",
+             "--moe-layer-freq": "moe_layer_freq", "--moe-router-topk-scaling-factor": "moe_router_topk_scaling_factor",
+             "--rope-scaling-factor": "scale_factor", "--activation-func-clamp-value": "activation_func_clamp_value"}
+MODEL_FLAGS = {"--untie-embeddings-and-output-weights": "untie", "--disable-bias-linear": "no_bias",
+               "--add-qkv-bias": "add_qkv_bias", "--qk-layernorm": "qk_layernorm",
+               "--multi-latent-attention": "multi_latent_attention", "--moe-router-pre-softmax": "moe_router_pre_softmax"}
+
+
 def megatron_args(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     words, env = shell_words(_read(path), str(path))
     values: dict[str, Any] = {}
@@ -624,6 +641,87 @@ def megatron_args(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             else:
                 values[MEGATRON_STR[key]] = raw
     return values, env
+
+
+def _moe_layer_freq(raw: str, where: str) -> int | list[int]:
+    """--moe-layer-freq: an integer, or Megatron-LM's list expression ([0]*3+[1]*58, optionally in parentheses)."""
+    text = raw.replace(" ", "").strip("()")
+    if text.isdigit():
+        return int(text)
+    out: list[int] = []
+    for part in text.split("+"):
+        m = re.fullmatch(r"\[([01,]*)\](?:\*(\d+))?", part)
+        if not m:
+            raise BadInputError(f"{where}: --moe-layer-freq {raw!r}: give an integer or a 0/1 list expression such "
+                                "as ([0]*3+[1]*58)")
+        out += [int(c) for c in m.group(1).split(",") if c] * int(m.group(2) or 1)
+    return out
+
+
+def megatron_model_fields(path: Path) -> dict[str, Any]:
+    """The model a Megatron-LM script trains, as Megatron-Core TransformerConfig / GPT provider fields
+    (models/architecture/mcore.py spec_from_mcore reads them): what `check` prices without --model. arguments.py's
+    defaults where a flag is absent (learned absolute positions, LayerNorm, biases on, tied embeddings)."""
+    v, _ = megatron_args(path)
+    words, _ = shell_words(_read(path), str(path))
+    where = show(path)
+    out: dict[str, Any] = {}
+    for i, tok in enumerate(words):
+        key, eq, inline = tok.partition("=")
+        raw = inline if eq else (words[i + 1] if i + 1 < len(words) else "")
+        if key in MODEL_INT:
+            out[MODEL_INT[key]] = _int(f"{where}: {key}", raw)
+        elif key in MODEL_STR:
+            out[MODEL_STR[key]] = raw
+        elif key in MODEL_FLAGS:
+            out[MODEL_FLAGS[key]] = True
+    if "vocab_size" not in out:
+        raise BadInputError(f"{where}: the script names no --vocab-size (its tokenizer sets it), so its model cannot "
+                            "be built from it; give --model (a preset, config.json or model YAML)")
+    fields: dict[str, Any] = {
+        "num_layers": v.get("n_layers"), "hidden_size": v.get("hidden"), "num_attention_heads": v.get("n_heads"),
+        "num_query_groups": v.get("kv_heads") if v.get("gqa") else None, "ffn_hidden_size": v.get("ffn_hidden"),
+        "vocab_size": out["vocab_size"], "kv_channels": out.get("kv_channels"),
+        "seq_length": out.get("seq_length", v.get("seq")),
+        "normalization": out.get("normalization", "LayerNorm"),
+        "layernorm_zero_centered_gamma": bool(v.get("layernorm_1p")),
+        "position_embedding_type": out.get("position_embedding_type", "learned_absolute"),
+        "share_embeddings_and_output_weights": not out.get("untie"), "add_bias_linear": not out.get("no_bias"),
+        "add_qkv_bias": bool(out.get("add_qkv_bias")), "qk_layernorm": bool(out.get("qk_layernorm")),
+        "gated_linear_unit": bool(v.get("swiglu") or v.get("quick_geglu")),
+        "activation_func": "quick_gelu" if v.get("quick_geglu") else "squared_relu" if v.get("squared_relu")
+        else "silu" if v.get("swiglu") else "gelu",
+        "softmax_type": v.get("softmax_type", "vanilla"), "rotary_base": _float(v.get("rotary_base", "10000")),
+        "rotary_percent": _float(v.get("rotary_percent", "1.0")),
+        "num_moe_experts": v.get("n_experts"), "moe_router_score_function": v.get("router_score", "softmax"),
+        "moe_router_enable_expert_bias": bool(v.get("expert_bias")), "moe_latent_size": v.get("moe_latent"),
+        "mtp_num_layers": int(_float(v["mtp_layers"])) if "mtp_layers" in v else None,
+        "is_hybrid_model": bool(v.get("hybrid")), "hybrid_override_pattern": v.get("hybrid_pattern"),
+        "mamba_num_heads": v.get("mamba_heads"), "mamba_head_dim": v.get("mamba_head_dim"),
+        "mamba_state_dim": v.get("mamba_state_dim"), "mamba_num_groups": v.get("mamba_groups"),
+    }
+    for key in ("moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size",
+                "moe_router_num_groups", "moe_router_group_topk", "multi_latent_attention", "q_lora_rank",
+                "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim", "moe_router_pre_softmax"):
+        if key in out:
+            fields[key] = out[key]
+    for key in ("moe_router_topk_scaling_factor", "activation_func_clamp_value"):
+        if key in out:
+            fields[key] = _float(out[key])
+    if "moe_layer_freq" in out:
+        fields["moe_layer_freq"] = _moe_layer_freq(out["moe_layer_freq"], where)
+    if v.get("rope_scaling"):  # --use-rope-scaling: Llama 3.1's rule, factor --rope-scaling-factor (default 8)
+        fields |= {"old_context_len": 8192, "scale_factor": _float(out.get("scale_factor", "8"))}
+    window = _megatron_window(v)
+    if window is not None:
+        fields["window_size"] = [window - 1, 0]
+        skip = str(v.get("window_skip", "")).strip()
+        if skip:
+            if not skip.isdigit():
+                raise UnsupportedModelError(f"{where}: --window-attn-skip-freq {skip}: only an integer is read to "
+                                            "build the model; give --model")
+            fields["window_attn_skip_freq"] = int(skip)
+    return {k: val for k, val in fields.items() if val is not None}
 
 
 def _megatron_mismatches(v: Mapping[str, Any], model: ModelSpec) -> list[str]:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping
-from clusterplan.frameworks.read import config_kind, read_config
+from clusterplan.fileio import load_mapping, show
+from clusterplan.frameworks.read import config_kind, megatron_model_fields, read_config
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
-from clusterplan.models.architecture.mcore import looks_like_mcore
+from clusterplan.models.architecture.mcore import looks_like_mcore, spec_from_mcore
 from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
@@ -92,10 +92,18 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         # a printed ConfigContainer carries its model (Megatron-Core TransformerConfig fields: models/architecture/
         # mcore.py); an override file does not
         model_ref = str(config)
+    if kind == "megatron" and not model_ref and cluster_ref:
+        # the model the script's own flags build (Megatron-Core TransformerConfig fields), when it names its vocab
+        model = spec_from_mcore(megatron_model_fields(config), name=config.stem, where=show(config))
+        return _loaded(kind, model, load_cluster(cluster_ref), config)
     if not model_ref or not cluster_ref:
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
                             "--cluster dgx-h100:32)")
-    model, cluster = load_model(model_ref), load_cluster(cluster_ref)
+    return _loaded(kind, load_model(model_ref), load_cluster(cluster_ref), config)
+
+
+def _loaded(kind: str, model: ModelSpec, cluster: Cluster, config: Path) -> LoadedConfig:
+    """A launch config read against its model and cluster (frameworks.read)."""
     read = read_config(config, model, cluster.world_size)
     layout, stages = read.layout, ()
     if read.stage_gpus:  # the stages carry the split; first/last stage sizes in the layout would say it twice
