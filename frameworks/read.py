@@ -675,6 +675,10 @@ def megatron_model_fields(path: Path) -> dict[str, Any]:
             out[MODEL_STR[key]] = raw
         elif key in MODEL_FLAGS:
             out[MODEL_FLAGS[key]] = True
+    if not all(k in v for k in ("n_layers", "hidden", "n_heads")):
+        raise BadInputError(f"{where}: the script names no model sizes (--num-layers, --hidden-size, "
+                            "--num-attention-heads; a Megatron-Bridge launch takes them from its recipe); give --model "
+                            "(a preset, config.json or model YAML)")
     if "vocab_size" not in out:
         raise BadInputError(f"{where}: the script names no --vocab-size (its tokenizer sets it), so its model cannot "
                             "be built from it; give --model (a preset, config.json or model YAML)")
