@@ -44,7 +44,7 @@ from clusterplan.models.training.estimate import (
     passes_rules,
     stack_memory,
 )
-from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
+from clusterplan.models.training.layout import CHOICES, Layout, keeps_master_remainders, stack_problems
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.pipeline_split import stack_pp_layers
 from clusterplan.models.training.rules import RuleCode
@@ -496,8 +496,15 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
         # Adam's moments in bf16 (Megatron-Core's precision-aware optimizer): 4 B per parameter less, sharded.
         def bf16_moments(c: _Candidate) -> Iterator[_Candidate]:
             if c.layout.zero >= 1:
-                yield from step(c, "bf16_moments", True, 1, bf16_moments=True)
+                yield from step(c, "bf16_moments", True, 1, bf16_moments=True, precision_aware=True)
         modifiers["bf16_moments"] = bf16_moments
+    if (not est.layout.precision_aware and stack.optimizer_param_remainders
+            and keeps_master_remainders(est.layout)):
+        # the precision-aware optimizer's 2-byte master remainders: 2 B per parameter less, sharded
+        def precision_aware(c: _Candidate) -> Iterator[_Candidate]:
+            if keeps_master_remainders(c.layout):
+                yield from step(c, "precision_aware", True, 1, precision_aware=True)
+        modifiers["precision_aware"] = precision_aware
 
     runs_already = {str(r) for r in stack_problems(est.layout, stack)}
 

@@ -41,6 +41,7 @@ from clusterplan.models.training.layout import (
     bf16_moments_run,
     canonical_fp8_recipe,
     fp8_params_run,
+    keeps_master_remainders,
     layout_problems,
     stack_for,
 )
@@ -378,7 +379,9 @@ def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
                 fp8_params_off=not layout.fp8_params and stack.keeps_fp8_params
                 and fp8_params_run(layout.precision, layout.zero, layout.optimizer),
                 bf16_moments_off=not layout.bf16_moments and stack.bf16_moments
-                and bf16_moments_run(layout.zero, layout.optimizer))
+                and bf16_moments_run(layout.zero, layout.optimizer),
+                precision_aware_off=not layout.precision_aware and stack.optimizer_param_remainders
+                and keeps_master_remainders(layout))
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

@@ -137,7 +137,7 @@ class Rule:
 
     @classmethod
     def out_of_memory(cls, message: str, *, zero: int, recompute: str, mbs: int, fp8_params_off: bool = False,
-                      bf16_moments_off: bool = False) -> Rule:
+                      bf16_moments_off: bool = False, precision_aware_off: bool = False) -> Rule:
         """OUT_OF_MEMORY with the fix narrowed to the knobs the layout has not used up (no "use zero=3" for a layout
         at zero 3)."""
         knobs = ["raise tp/pp/cp"]
@@ -146,6 +146,7 @@ class Rule:
         knobs += ["lower the micro-batch size"] if mbs > 1 else []
         knobs += ["keep the parameters in fp8 only (fp8_params=1)"] if fp8_params_off else []
         knobs += ["keep Adam's moments in bf16 (bf16_moments=1)"] if bf16_moments_off else []
+        knobs += ["keep the master weights as 2-byte remainders (precision_aware=1)"] if precision_aware_off else []
         fix = ", ".join(knobs[:-1]) + f" or {knobs[-1]}" if len(knobs) > 1 else knobs[0]
         return cls(code=RuleCode.OUT_OF_MEMORY, message=message, fix=fix)
 
