@@ -21,8 +21,8 @@ from clusterplan.solver.check import check_config
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model_ref", default=None,
-              help="Model preset or file (required unless CONFIG is a plan or a printed Megatron-Bridge "
-                   "ConfigContainer, which carry their model).")
+              help="Model preset or file; left out, the config's own: a plan's, a printed Megatron-Bridge "
+                   "ConfigContainer's, a Megatron-LM script's flags (with --vocab-size), a torchtitan TOML's [model].")
 @click.option("--cluster", "cluster_ref", default=None, help="PRESET:NODES[xGPUS] or a cluster file (idem).")
 @click.option("--min-mfu", type=float, default=None, help="Fail when the predicted MFU is below this (0..1).")
 @click.option("--headroom-gib", type=float, default=0.0, help="Memory each GPU must keep free.")

@@ -417,19 +417,37 @@ def _titan_stack(doc: Mapping[str, Any]) -> str:
     return "torchtitan-compile-loss" if "loss" in components else "torchtitan-compile"
 
 
-def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
-    """A torchtitan v0.2 job TOML."""
+def _titan_doc(path: Path) -> dict[str, Any]:
     try:
         import tomllib
     except ImportError:  # Python 3.10
         raise BadInputError(f"{path}: reading TOML needs Python 3.11 or later") from None
     try:
-        doc = tomllib.loads(_read(path))
+        return tomllib.loads(_read(path))
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{show(path)}: malformed TOML ({exc}); fix the syntax") from exc
     except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer
         raise BadInputError(f"{show(path)}: TOML nested too deeply or with an integer too long "
                             f"({type(exc).__name__}); is this a torchtitan config?") from None
+
+
+def torchtitan_model_preset(path: Path) -> str:
+    """The preset a torchtitan TOML trains: its [model] name and flavor, for the models torchtitan ships
+    (TORCHTITAN_MODELS); `check` without --model prices that."""
+    doc = _titan_doc(path)
+    model = doc.get("model") if isinstance(doc.get("model"), Mapping) else {}
+    key = (str(model.get("name", "")), str(model.get("flavor", "")))
+    presets = {v: k for k, v in TORCHTITAN_MODELS.items()}
+    if key not in presets:
+        known = ", ".join(f"{n} {f}" for n, f in TORCHTITAN_MODELS.values())
+        raise BadInputError(f"{show(path)}: [model] name {key[0]!r} flavor {key[1]!r} is not one clusterplan knows "
+                            f"({known}); give --model (a preset, config.json or model YAML)")
+    return presets[key]
+
+
+def torchtitan_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
+    """A torchtitan v0.2 job TOML."""
+    doc = _titan_doc(path)
     layout, notes, ranks = titan_layout(doc, model, world, str(path))
     if not doc.get("parallelism") and not doc.get("training"):
         notes.insert(0, "the file sets no [parallelism] or [training] keys: checked torchtitan's defaults (FSDP over "

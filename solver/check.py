@@ -14,7 +14,12 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, show
-from clusterplan.frameworks.read import config_kind, megatron_model_fields, read_config
+from clusterplan.frameworks.read import (
+    config_kind,
+    megatron_model_fields,
+    read_config,
+    torchtitan_model_preset,
+)
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.mcore import looks_like_mcore, spec_from_mcore
@@ -92,6 +97,8 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         # a printed ConfigContainer carries its model (Megatron-Core TransformerConfig fields: models/architecture/
         # mcore.py); an override file does not
         model_ref = str(config)
+    if kind == "torchtitan" and not model_ref and cluster_ref:  # [model] name and flavor: a model torchtitan ships
+        model_ref = torchtitan_model_preset(config)
     if kind == "megatron" and not model_ref and cluster_ref:
         # the model the script's own flags build (Megatron-Core TransformerConfig fields), when it names its vocab
         model = spec_from_mcore(megatron_model_fields(config), name=config.stem, where=show(config))

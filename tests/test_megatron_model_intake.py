@@ -61,3 +61,17 @@ def test_a_script_without_its_vocabulary_needs_the_model(tmp_path):
     path.write_text(path.read_text().replace("--vocab-size", "--tokenizer-model"), encoding="utf-8")
     with pytest.raises(BadInputError, match="names no --vocab-size"):
         megatron_model_fields(path)
+
+
+def test_a_torchtitan_toml_names_its_model(run_cli):
+    # [model] name "llama3" flavor "70B": the preset torchtitan's flavor is (frameworks/read.py TORCHTITAN_MODELS)
+    toml = Path(__file__).parent / "fixtures" / "check" / "good_torchtitan.toml"
+    code, out, err = run_cli("check", str(toml), "--cluster", "dgx-h100:32")
+    assert code == 0 and "llama3.1-70b, tp8 pp4v2" in out, err
+
+
+def test_an_unknown_torchtitan_flavor_needs_the_model(tmp_path, run_cli):
+    path = tmp_path / "job.toml"
+    path.write_text('[model]\nname = "llama3"\nflavor = "debugmodel"\n', encoding="utf-8")
+    code, out, err = run_cli("check", str(path), "--cluster", "dgx-h100:1")
+    assert code == 2 and "give --model" in err and out == ""
