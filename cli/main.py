@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profile": ("clusterplan.cli.profile", "profile", "Measure GEMM, memory and collectives; write a calibration."),
     "validate": ("clusterplan.cli.validate", "validate", "Run a plan with torch.distributed; report prediction error."),
     "check": ("clusterplan.cli.check", "check", "CI gate: check a plan or launch config against rules."),
-    "export": ("clusterplan.cli.export", "export", "Write a plan as a torchtitan, Megatron-LM or DeepSpeed config."),
+    "export": ("clusterplan.cli.export", "export", "Write a plan as a torchtitan, Megatron-LM, Megatron-Bridge or DeepSpeed config."),
     "hw": ("clusterplan.cli.hw", "hw", "List and show GPUs, links and node presets."),
     "models": ("clusterplan.cli.models_cmd", "models", "List and show model presets or config.json files."),
 }

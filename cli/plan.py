@@ -23,7 +23,13 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, bf16_layers_label, cp_label, precision_label
+from clusterplan.models.training.layout import (
+    Layout,
+    bf16_layers_label,
+    cp_label,
+    megatron_keeps_remainders,
+    precision_label,
+)
 from clusterplan.models.training.planfile import write_plan
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
@@ -234,7 +240,8 @@ def _layout_label(lay: dict) -> str:
             + (" " + bf16_layers_label(lay.get("bf16_first_layers", 0), lay.get("bf16_last_layers", 0))
                if lay.get("bf16_first_layers") or lay.get("bf16_last_layers") else "")
             + (" bf16-moments" if lay.get("bf16_moments") else "")
-            + (" fp32-master" if lay.get("precision_aware") is False and lay["zero"] == 1 else "")
+            + (" fp32-master" if lay.get("precision_aware") is False
+               and megatron_keeps_remainders(Layout.from_dict(lay)) else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
             + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))

@@ -221,8 +221,12 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
         modules = [str(m) for m in (modules if isinstance(modules, list) else [modules])]
         if modules != DEFAULT_RECOMPUTE_MODULES:  # the default list is Megatron-Core's own selective recompute
             v["recompute_modules"] = modules
-    if model.get("hierarchical_context_parallel_sizes"):
-        v["hierarchical_cp_sizes"] = [str(n) for n in model["hierarchical_context_parallel_sizes"]]
+    sizes = model.get("hierarchical_context_parallel_sizes")
+    if sizes:
+        if not isinstance(sizes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+            raise BadInputError(f"{where}: model.hierarchical_context_parallel_sizes must be a list of integers (the "
+                                f"all-to-all group, then the ring), got {str(sizes)[:40]}")
+        v["hierarchical_cp_sizes"] = [str(n) for n in sizes]
     # --use-distributed-optimizer sets both (Megatron-Bridge keeps them in sync); Megatron FSDP is a ddp and a dist
     # switch (the override examples set dist.use_megatron_fsdp)
     if sec["ddp"].get("use_distributed_optimizer") or sec["optimizer"].get("use_distributed_optimizer"):
@@ -276,7 +280,10 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
         v["grad_bf16"] = True
     v = {k: val for k, val in v.items() if val is not None}
     extra = {"offload_layers": _offload_layers(model, where), "cuda_graphs": _cuda_graphs(model, notes),
-             "whole": whole}
+             "whole": whole,
+             # MixedPrecisionConfig.setup copies fp8_recipe into the optimizer config, fp8 or not (the remainders need
+             # it None or delayed: layout.REMAINDER_FP8_RECIPES)
+             "optimizer_fp8_recipe": str(mp["fp8_recipe"])}
     if not whole:
         notes.append("overrides, not a whole ConfigContainer: what they leave out is read at Megatron-Core's defaults "
                      "(the recipe they are merged onto may differ)" + (
@@ -312,8 +319,9 @@ def _cuda_graphs(model: Mapping[str, Any], notes: list[str]) -> str:
         if len(scopes) > 1:
             notes.append(f"cuda_graph_scope {scopes}: the attention block's graph priced; the other scopes run eager")
         return "attn"
-    if legacy and scopes in ([], ["full"]):
-        notes.append("per-layer CUDA graphs (cuda_graph_scope full): priced as a captured iteration (no host time)")
+    if scopes in ([], ["full"]):  # Megatron-Core 0.16: "full" (deprecated) and [] capture each whole layer
+        notes.append("per-layer CUDA graphs (cuda_graph_scope full / empty): priced as a captured iteration (no host "
+                     "time), an upper bound on what they save")
         return "full"
-    notes.append(f"cuda_graph_scope {scopes or '(none)'}: not priced; the layers run eager")
+    notes.append(f"cuda_graph_scope {scopes}: not priced; the layers run eager")
     return "none"

@@ -14,8 +14,8 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.estimate import fp8_hardware_problems
 from clusterplan.models.training.layout import (
     Layout,
-    keeps_master_remainders,
     layout_problems,
+    megatron_keeps_remainders,
     rank_layer_counts,
     stage_layers,
 )
@@ -124,7 +124,7 @@ def canonical(model: ModelSpec, layout: Layout) -> Layout:
                    recompute_layers=L.recompute_layers if L.recompute == "full" else 0,
                    schedule="1f1b" if L.pp == 1 else L.schedule, vpp=1 if L.pp == 1 else L.vpp,
                    etp=L.etp if model.is_moe else 1, ep=L.ep if model.is_moe else 1,
-                   precision_aware=L.precision_aware or not keeps_master_remainders(L))
+                   precision_aware=L.precision_aware or not megatron_keeps_remainders(L))
 
 
 def with_stage_ends(layout: Layout, stages: Stages) -> Layout:

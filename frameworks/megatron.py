@@ -33,7 +33,7 @@ from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.training.layout import (
     Layout,
     chunk_layers,
-    keeps_master_remainders,
+    megatron_keeps_remainders,
     named_fp8_recipe,
     stage_layers,
 )
@@ -409,7 +409,7 @@ def keeps_remainders(layout: Layout) -> bool:
     where it matters, layout.keeps_master_remainders): the script then turns it on with fp32 moments, its default;
     Megatron-LM's default keeps a full fp32 master shard."""
     master = "adam-master" if layout.optimizer == "adam" else layout.optimizer  # Megatron's adam keeps a master
-    return layout.precision_aware and keeps_master_remainders(replace(layout, optimizer=master))
+    return layout.precision_aware and megatron_keeps_remainders(replace(layout, optimizer=master))
 
 
 def _grad_args(layout: Layout) -> Args:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from clusterplan.errors import InfeasibleError
 from clusterplan.frameworks import megatron
+from clusterplan.frameworks.bridge import MIXED_PRECISION_DEFAULTS, MIXED_PRECISION_PRESETS
 from clusterplan.frameworks.common import (
     Export,
     Note,
@@ -30,7 +32,14 @@ from clusterplan.frameworks.common import (
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.layout import Layout, chunk_layers, named_fp8_recipe, stage_layers
+from clusterplan.models.training.layout import (
+    REMAINDER_FP8_RECIPES,
+    Layout,
+    chunk_layers,
+    keeps_master_remainders,
+    named_fp8_recipe,
+    stage_layers,
+)
 
 RECIPES = {
     # clusterplan preset -> Megatron-Bridge recipe function (megatron/bridge/recipes/..., each `def NAME(` read in the
@@ -41,19 +50,61 @@ RECIPES = {
     "deepseek-v3": "deepseek_v3_pretrain_config", "gpt-oss-120b": "gpt_oss_120b_pretrain_config",
 }
 RUNNER = "scripts/training/run_recipe.py"
-"""Megatron-Bridge's recipe runner (from the Megatron-Bridge checkout): --recipe, --mode, --dataset, then overrides."""
+"""Megatron-Bridge's recipe runner (from the Megatron-Bridge checkout): --recipe, then ConfigContainer overrides (no
+--mode or --dataset: their names changed between releases; a *_pretrain_config recipe is a pre-training one)."""
 FSDP_STRATEGY = {0: "no_shard", 1: "no_shard", 2: "optim_grads", 3: "optim_grads_params"}
 """ZeRO stage -> DistributedDataParallelConfig.data_parallel_sharding_strategy (Megatron-FSDP for 2 and 3)."""
 
 
+def mixed_precision_recipe(layout: Layout) -> str:
+    """The Megatron-Bridge named mixed-precision recipe (training/mixed_precision.py) that runs the layout's
+    precision; the layout runs as that recipe sets it (runs_as). A recipe whose `mixed_precision` is itself a name
+    takes no `mixed_precision.<field>` override (Hydra: "Could not override"), so only the name is written."""
+    L = layout
+    recipe = named_fp8_recipe(L, get_stack(megatron.STACK))
+    if L.precision == "bf16":
+        return "bf16_mixed"
+    if L.precision == "fp16":
+        return "fp16_mixed"
+    if L.precision == "fp32":
+        raise InfeasibleError("Megatron-Bridge's mixed-precision recipes train bf16 or fp16; export --to megatron for "
+                              "an fp32 plan")
+    if L.zero == 0 and recipe != "blockwise":
+        raise InfeasibleError(f"Megatron-Bridge's {recipe} recipe gathers fp8 parameters (fp8_param_gather), which "
+                              "need the distributed optimizer; set zero >= 1, or export --to megatron")
+    if recipe == "delayed":
+        return "bf16_with_fp8_delayed_scaling_mixed"
+    if recipe == "mxfp8":
+        return "bf16_with_mxfp8_mixed"
+    if recipe == "tensorwise":
+        both_two = (L.bf16_first_layers, L.bf16_last_layers) == (2, 2)
+        return "nemotron_h_bf16_with_fp8_current_scaling_mixed" if both_two else "bf16_with_fp8_current_scaling_mixed"
+    if recipe == "blockwise":
+        nano = (L.bf16_first_layers, L.bf16_last_layers) == (2, 2) and L.fp8_params
+        return "nanov2_bf16_with_fp8_current_scaling_mixed" if nano else "bf16_with_fp8_subchannel_scaling_mixed"
+    raise InfeasibleError(f"fp8 recipe {recipe}: no Megatron-Bridge mixed-precision recipe of it is read here; "
+                          "export --to megatron (--fp4-format e2m1 for NVFP4)")
+
+
 def runs_as(model: ModelSpec, layout: Layout) -> Layout:
     """What Megatron-Core runs for the plan through Megatron-Bridge: as pretrain_gpt.py (megatron.runs_as), except
-    that the ConfigContainer also carries activation offloading (pp 1) and CUDA graphs, and the attention backend
-    stays the recipe's (a fused kernel: notes() says so for a plan without one)."""
+    that the ConfigContainer also carries activation offloading (pp 1) and CUDA graphs, the attention backend stays
+    the recipe's (a fused kernel), and the precision is the named mixed-precision recipe's (fp8 parameters, bf16 end
+    layers, fp32 gradient reduce as it sets them). That recipe's fp8_recipe reaches the optimizer config
+    (MixedPrecisionConfig.setup), "tensorwise" even for bf16, so Megatron-Core keeps a full fp32 master there
+    (layout.keeps_master_remainders): precision_aware off, unless bf16 moments need the precision-aware optimizer."""
     ran = megatron.runs_as(model, layout)
     L = canonical(model, layout)
-    return canonical(model, replace(ran, offload_layers=L.offload_layers if L.pp == 1 else 0,
-                                    cuda_graphs=L.cuda_graphs, flash_attn=True))
+    preset = MIXED_PRECISION_PRESETS[mixed_precision_recipe(ran)]
+    fp8 = ran.precision == "fp8"
+    ran = replace(ran, offload_layers=L.offload_layers if L.pp == 1 else 0, cuda_graphs=L.cuda_graphs,
+                  flash_attn=True, fp32_grads=preset.get("grad_reduce_in_fp32", True),
+                  fp8_params=fp8 and bool(preset.get("fp8_param_gather")),
+                  bf16_first_layers=preset.get("num_layers_at_start_in_bf16", 0) if fp8 else 0,
+                  bf16_last_layers=preset.get("num_layers_at_end_in_bf16", 0) if fp8 else 0)
+    optimizer_recipe = preset.get("fp8_recipe", MIXED_PRECISION_DEFAULTS["fp8_recipe"])  # the optimizer's, fp8 or not
+    remainders = keeps_master_remainders(ran, optimizer_recipe) and optimizer_recipe in REMAINDER_FP8_RECIPES
+    return canonical(model, replace(ran, precision_aware=ran.bf16_moments or remainders))
 
 
 def _value(value: object) -> str:
@@ -84,7 +135,7 @@ def parallel_overrides(model: ModelSpec, layout: Layout, stages: Stages = ()) ->
         first, _, last = stage_layers(model, L)
     out: dict[str, object] = {
         "model.tensor_model_parallel_size": L.tp, "model.pipeline_model_parallel_size": L.pp,
-        # the layout string sets the virtual stages itself (Megatron-Core refuses both)
+        # the layout string sets the virtual stages itself (Megatron-Core asserts the two agree when both are given)
         "model.virtual_pipeline_model_parallel_size": L.vpp if L.vpp > 1 and pp_layout is None else None,
         "model.pipeline_model_parallel_layout": pp_layout,
         "model.num_layers_in_first_pipeline_stage": first, "model.num_layers_in_last_pipeline_stage": last,
@@ -139,8 +190,8 @@ def training_overrides(layout: Layout) -> dict[str, object]:
         "ddp.num_distributed_optimizer_instances": L.dp_replicate if L.zero >= 1 else 1,
         "ddp.overlap_grad_reduce": L.zero >= 1, "ddp.overlap_param_gather": L.zero >= 1,
         "optimizer.optimizer": "sgd" if L.optimizer == "sgd" else "adam",
-        # bf16 moments, or the 2-byte master remainders the plan was priced with (megatron.keeps_remainders)
-        "optimizer.use_precision_aware_optimizer": L.bf16_moments or megatron.keeps_remainders(L),
+        # bf16 moments (the named recipes' fp8_recipe keeps the remainders off: runs_as)
+        "optimizer.use_precision_aware_optimizer": L.bf16_moments,
     }
     if L.bf16_moments:  # Transformer Engine FusedAdam with bf16 m and v (omegaconf_utils reads dtypes as text)
         out |= {"optimizer.exp_avg_dtype": "torch.bfloat16", "optimizer.exp_avg_sq_dtype": "torch.bfloat16"}
@@ -148,27 +199,9 @@ def training_overrides(layout: Layout) -> dict[str, object]:
 
 
 def precision_overrides(layout: Layout) -> dict[str, object]:
-    """MixedPrecisionConfig's fields (training/mixed_precision.py), each written: MixedPrecisionConfig.setup copies
-    them into the model, optimizer and DDP configs."""
-    L = layout
-    recipe = named_fp8_recipe(L, get_stack(megatron.STACK))
-    fp8 = L.precision == "fp8" and recipe != "nvfp4"
-    out: dict[str, object] = {
-        "mixed_precision.bf16": L.precision in ("bf16", "fp8"), "mixed_precision.fp16": L.precision == "fp16",
-        "mixed_precision.fp8": ("e4m3" if recipe == "mxfp8" else "hybrid") if fp8 else None,
-        "mixed_precision.fp8_recipe": recipe if fp8 else "tensorwise",
-        "mixed_precision.fp8_param_gather": fp8 and L.fp8_params,
-        # mixed_precision.finalize asserts it for MXFP8 parameters (the all-gather reuses the gradient buffer)
-        "mixed_precision.reuse_grad_buf_for_mxfp8_param_ag": fp8 and L.fp8_params and recipe == "mxfp8",
-
-        "mixed_precision.first_last_layers_bf16": bool(L.bf16_first_layers or L.bf16_last_layers),
-        "mixed_precision.num_layers_at_start_in_bf16": L.bf16_first_layers,
-        "mixed_precision.num_layers_at_end_in_bf16": L.bf16_last_layers,
-        "mixed_precision.grad_reduce_in_fp32": L.fp32_grads,
-    }
-    if recipe == "nvfp4":  # MixedPrecisionConfig fp4 / fp4_recipe (Megatron-Bridge 26.x)
-        out |= {"mixed_precision.fp4": "e2m1", "mixed_precision.fp4_recipe": "nvfp4"}
-    return out
+    """The named mixed-precision recipe (mixed_precision_recipe); MixedPrecisionConfig.setup copies its fields into
+    the model, optimizer and DDP configs."""
+    return {"mixed_precision": mixed_precision_recipe(layout)}
 
 
 def notes(model: ModelSpec, layout: Layout) -> list[Note]:
@@ -185,6 +218,15 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     if layout.offload_layers and layout.pp > 1:
         out.append(Note("Megatron-Core offloads activations only without pipeline parallelism; the script does not",
                         "offload_layers"))
+    ran = runs_as(model, layout)
+    for field, what in (("fp8_params", "fp8 parameters"), ("bf16_first_layers", "bf16 first layers"),
+                        ("bf16_last_layers", "bf16 last layers"), ("fp32_grads", "fp32 gradient reduce")):
+        if getattr(ran, field) != getattr(canonical(model, layout), field):
+            out.append(Note(f"{what}: {getattr(ran, field)} as Megatron-Bridge's {mixed_precision_recipe(ran)} sets "
+                            f"it (the plan has {getattr(layout, field)})", field))
+    if layout.bf16_moments and ran.precision == "bf16":
+        out.append(Note("bf16 moments under bf16_mixed: its fp8_recipe (tensorwise) reaches the optimizer config, so "
+                        "Megatron-Core keeps a full fp32 master beside them; priced with 2-byte remainders"))
     if model.name not in RECIPES:
         out.append(Note(f"no Megatron-Bridge recipe is known here for {model.name}: set RECIPE to its pre-training "
                         "recipe (run_recipe.py --help lists them); the overrides set the layout, the recipe the model"))
@@ -210,7 +252,7 @@ def export_megatron_bridge(model: ModelSpec, cluster: Cluster, layout: Layout, s
     lines = ["#!/bin/bash", *(f"# {h}" for h in header_lines(model, cluster, layout, "Megatron-Bridge")),
              f"# launch (every node, from the Megatron-Bridge checkout): {launch}",
              *(f"# {h}" for h in stage_lines(cluster, layout, stages, "NODE_RANK")),
-             "# --dataset mock trains on generated tokens; choose your dataset (run_recipe.py --dataset) for real runs.",
+             "# the recipe's own data (mock tokens where it names none); run_recipe.py --help lists the dataset options.",
              *(f"# note: {n.text}" for n in found), "set -euo pipefail", ""]
     lines += [f"export {k}={v}" for k, v in megatron.environment(layout).items()]
     lines += [f'RECIPE="{default}"', "OVERRIDES=("]
@@ -218,5 +260,5 @@ def export_megatron_bridge(model: ModelSpec, cluster: Cluster, layout: Layout, s
     lines += [")", f"torchrun --nproc-per-node {shape.gpus_per_node} --nnodes {shape.nnodes} "
                    '--node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:-localhost}" '
                    '--master-port "${MASTER_PORT:-29500}" \\',
-              f'    {RUNNER} --recipe "$RECIPE" --mode pretrain --dataset mock "${{OVERRIDES[@]}}"']
+              f'    {RUNNER} --recipe "$RECIPE" "${{OVERRIDES[@]}}"']
     return Export(text="\n".join(lines) + "\n", filename=filename, launch=launch, noted=tuple(found))

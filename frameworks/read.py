@@ -25,6 +25,7 @@ from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import (
+    REMAINDER_FP8_RECIPES,
     Layout,
     canonical_fp8_recipe,
     chunk_layers,
@@ -595,18 +596,23 @@ def shell_words(text: str, where: str) -> tuple[list[str], dict[str, str]]:
     joined = re.sub(r"\\\r?\n", " ", text)
     words: list[str] = []
     env: dict[str, str] = {}
+    in_array = False  # inside NAME=( ... ): every token is an element, `key=value` ones too
     for n, line in enumerate(joined.splitlines(), 1):
         try:
             tokens = shlex.split(line, comments=True)
         except ValueError as exc:
             raise BadInputError(f"{where}: line {n}: cannot split arguments ({exc})") from exc
         for i, tok in enumerate(tokens):
-            m = _ASSIGN.match(tok)
+            if in_array and tok == ")":
+                in_array = False
+                continue
+            m = None if in_array else _ASSIGN.match(tok)
             if m and (i == 0 or tokens[i - 1] in ("export", "local", "declare", "readonly") or _ASSIGN.match(tokens[0])):
                 if not m.group(2).startswith("("):
                     env[m.group(1)] = _expand(m.group(2), env)
                     continue
                 rest = m.group(2)[1:].strip()
+                in_array = not line.rstrip().endswith(")")  # NAME=( on its own line: elements follow, `)` closes
                 if rest:
                     words.append(_expand(rest, env))
                 continue
@@ -722,6 +728,8 @@ def megatron_model_fields(path: Path) -> dict[str, Any]:
         "mamba_num_heads": v.get("mamba_heads"), "mamba_head_dim": v.get("mamba_head_dim"),
         "mamba_state_dim": v.get("mamba_state_dim"), "mamba_num_groups": v.get("mamba_groups"),
     }
+    if out.get("multi_latent_attention") and "q_lora_rank" not in out:  # arguments.py --q-lora-rank: None
+        fields["q_lora_rank"] = 0  # no q compression
     for key in ("moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size",
                 "moe_router_num_groups", "moe_router_group_topk", "multi_latent_attention", "q_lora_rank",
                 "kv_lora_rank", "qk_head_dim", "qk_pos_emb_head_dim", "v_head_dim", "moe_router_pre_softmax"):
@@ -890,6 +898,15 @@ def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int
     elif extra["offload_layers"]:
         layout = replace(layout, offload_layers=extra["offload_layers"])
     layout = replace(layout, cuda_graphs=extra["cuda_graphs"])
+    recipe = extra["optimizer_fp8_recipe"]
+    if (layout.precision == "bf16" and layout.precision_aware and not layout.bf16_moments
+            and recipe not in REMAINDER_FP8_RECIPES and keeps_master_remainders(layout)):
+        # MixedPrecisionConfig.setup hands its fp8_recipe to the optimizer config even for bf16: Megatron-Core keeps a
+        # full fp32 master unless it is None or delayed (OptimizerConfig use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+        if v.get("precision_aware"):
+            notes.append(f"the precision-aware optimizer with mixed_precision.fp8_recipe {recipe}: Megatron-Core keeps "
+                         "a full fp32 master (its 2-byte remainders need fp8_recipe delayed); priced so")
+        layout = replace(layout, precision_aware=False)
     return replace(read, layout=layout, kind="megatron-bridge", notes=(*notes, *read.notes))
 
 
@@ -912,11 +929,16 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     ranks: tuple[int, ...] = ()
     pp_layers: tuple[int, ...] = ()
     if "pp_layout" in v:
-        if any(k in v for k in ("first_stage_layers", "last_stage_layers", "vstages", "layers_per_vstage")):
+        if any(k in v for k in ("first_stage_layers", "last_stage_layers", "layers_per_vstage")):
             raise BadInputError(f"{path}: --pipeline-model-parallel-layout cannot be combined with --decoder-first/"
-                                "last-pipeline-num-layers or virtual-stage flags (Megatron-LM validate_args); "
-                                "keep one of them")
+                                "last-pipeline-num-layers or --num-layers-per-virtual-pipeline-stage (Megatron-LM "
+                                "validate_args); keep one of them")
         counts = megatron_layout_chunks(v["pp_layout"], model, str(path))
+        # virtual stages given beside the layout must agree with its chunks (Megatron-Core TransformerConfig asserts
+        # it; a printed Megatron-Bridge container carries both)
+        if "vstages" in v and v["vstages"] * pp != len(counts):
+            raise BadInputError(f"{path}: {v['vstages']} virtual stages per rank but the pipeline layout has "
+                                f"{len(counts)} chunks over pp {pp}; make them agree or drop one")
         vpp, first, last, pp_layers, more, ranks = _layout_from_chunks(model, counts, pp, "interleaved1f1b",
                                                                        str(path))
         notes += more
@@ -969,7 +991,9 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
                     fp8_params=bool(v.get("fp8_param_gather") or v.get("fp4_param_gather")),
                     bf16_moments=bf16_moments, **megatron_bf16_layers(v, precision, str(path)))
     # without --use-precision-aware-optimizer a full fp32 master shard (read only where it matters: canonical)
-    layout = replace(layout, precision_aware=bool(v.get("precision_aware")) or not keeps_master_remainders(layout))
+    recipe = megatron_fp8_recipe(v, str(path)) if precision == "fp8" else ""
+    layout = replace(layout, precision_aware=bool(v.get("precision_aware"))
+                     or not keeps_master_remainders(layout, recipe))
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more

@@ -44,7 +44,13 @@ from clusterplan.models.training.estimate import (
     passes_rules,
     stack_memory,
 )
-from clusterplan.models.training.layout import CHOICES, Layout, keeps_master_remainders, stack_problems
+from clusterplan.models.training.layout import (
+    CHOICES,
+    Layout,
+    keeps_master_remainders,
+    named_fp8_recipe,
+    stack_problems,
+)
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.pipeline_split import stack_pp_layers
 from clusterplan.models.training.rules import RuleCode
@@ -499,10 +505,10 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
                 yield from step(c, "bf16_moments", True, 1, bf16_moments=True, precision_aware=True)
         modifiers["bf16_moments"] = bf16_moments
     if (not est.layout.precision_aware and stack.optimizer_param_remainders
-            and keeps_master_remainders(est.layout)):
+            and keeps_master_remainders(est.layout, named_fp8_recipe(est.layout, stack))):
         # the precision-aware optimizer's 2-byte master remainders: 2 B per parameter less, sharded
         def precision_aware(c: _Candidate) -> Iterator[_Candidate]:
-            if keeps_master_remainders(c.layout):
+            if keeps_master_remainders(c.layout, named_fp8_recipe(c.layout, stack)):
                 yield from step(c, "precision_aware", True, 1, precision_aware=True)
         modifiers["precision_aware"] = precision_aware
 

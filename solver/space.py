@@ -230,6 +230,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
                             "under delayed scaling; pin another fp8_recipe or unpin them")
     if bf16_layers:
         fixed.setdefault("precision", "fp8")
+    if fixed.get("cuda_graphs", "none") != "none" and int(fixed.get("offload_layers", 0)):
+        raise BadInputError(f"--fix cuda_graphs={fixed['cuda_graphs']} with offload_layers: Megatron-Core captures no "
+                            "CUDA graphs beside activation offloading; drop one of them")
     if fixed.get("bf16_moments") and not stack.bf16_moments:
         raise BadInputError(f"--fix bf16_moments=1: stack {stack.name} keeps Adam's moments in fp32 only; pick another "
                             "--stack or unpin it")
@@ -372,7 +375,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     overlap_bad = ok & ~dual_bad & (cols["recompute"] == RecomputeCode.FULL) & bool(fixed.get("moe_a2a_overlap"))
     if overlap_bad.any():
         rejected[RuleCode.A2A_OVERLAP] += int(overlap_bad.sum())
-    batch_bad = inter_bad | dual_bad | overlap_bad
+    # CUDA_GRAPHS per expanded recompute: pinned attention graphs do not run with full recompute
+    graphs_bad = ok & ~dual_bad & ~overlap_bad & (cols["recompute"] == RecomputeCode.FULL) \
+        & (fixed.get("cuda_graphs") == "attn")
+    if graphs_bad.any():
+        rejected[RuleCode.CUDA_GRAPHS] += int(graphs_bad.sum())
+    batch_bad = inter_bad | dual_bad | overlap_bad | graphs_bad
     # The stack's own limits on combinations (DeepSpeed: ZeRO-2/3 do not run with pipeline parallelism).
     stack_bad = ok & ~batch_bad & (cols["pp"] > 1) & (cols["zero"] > stack.pp_max_zero)
     if stack_bad.any():

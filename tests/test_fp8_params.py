@@ -21,6 +21,7 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.hardware.cluster import load_cluster
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.estimate import remainders as estimate_remainders
 from clusterplan.models.training.layout import Layout, layout_problems, stack_problems
 from clusterplan.models.training.memory import (
     bytes_per_param,
@@ -46,12 +47,15 @@ def _arrays(**kw: object) -> LayoutArrays:
 ])
 def test_weights_lose_the_bf16_copy(recipe, blackwell, without, with_):
     copy = fp8_weight_copy_bytes(recipe, blackwell)
-    off = bytes_per_param(_arrays(precision="fp8", dp=8, gbs=8), copy, param_remainders=True, fp8_param_bytes=copy)
-    on = bytes_per_param(_arrays(precision="fp8", dp=8, gbs=8, fp8_params=True), copy, param_remainders=True,
+    remainders = estimate_remainders(get_stack("megatron-core"), recipe)  # as estimate() prices the recipe
+    off = bytes_per_param(_arrays(precision="fp8", dp=8, gbs=8), copy, param_remainders=remainders,
+                          fp8_param_bytes=copy)
+    on = bytes_per_param(_arrays(precision="fp8", dp=8, gbs=8, fp8_params=True), copy, param_remainders=remainders,
                          fp8_param_bytes=copy)
     assert float(off[0][0]) == pytest.approx(without) and float(on[0][0]) == pytest.approx(with_)
-    # The master weight is a full fp32 shard again: 4 + 8 B of Adam state instead of the remainders' 2 + 8.
-    assert float(off[2][0]) == 10.0 and float(on[2][0]) == 12.0
+    # fp8-only parameters keep a full fp32 master shard: 4 + 8 B of Adam state; beside bf16 parameters the
+    # remainders' 2 + 8 only under delayed scaling (Megatron-Core use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    assert float(off[2][0]) == (10.0 if recipe == "delayed" else 12.0) and float(on[2][0]) == 12.0
     assert float(off[1][0]) == float(on[1][0]) == 4.0  # the main-gradient buffer does not change
 
 

@@ -24,6 +24,11 @@ activations.squared_relu / quick_gelu, ...) -> ModelSpec.activation."""
 POSITIONS = {"rope": "rope", "yarn": "rope", "learned_absolute": "learned", "none": "none", "mrope": "rope"}
 """GPTModel position_embedding_type -> ModelSpec.position (YaRN and mRoPE rotate as RoPE)."""
 
+MLA_DEFAULTS = {"q_lora_rank": 512, "kv_lora_rank": 512, "qk_head_dim": 128, "qk_pos_emb_head_dim": 64,
+                "v_head_dim": 128}
+"""megatron/core/transformer/transformer_config.py MLATransformerConfig's defaults (q_lora_rank None: no q
+compression)."""
+
 _MISSING = object()
 
 
@@ -152,11 +157,13 @@ def spec_from_mcore(raw: Mapping[str, Any], *, name: str, where: str) -> ModelSp
                       expert_groups=f.integer("moe_router_num_groups", default=1),
                       expert_groups_per_token=f.integer("moe_router_group_topk", default=0, minimum=0),
                       moe_latent=f.integer("moe_latent_size", default=0, minimum=0), **_moe_layers(f, n_layers))
-    if f.flag("multi_latent_attention"):  # MLATransformerConfig
-        fields.update(q_lora_rank=f.integer("q_lora_rank", default=0, minimum=0),
-                      kv_lora_rank=f.integer("kv_lora_rank"), qk_nope_head_dim=f.integer("qk_head_dim"),
-                      qk_rope_head_dim=f.integer("qk_pos_emb_head_dim"), v_head_dim=f.integer("v_head_dim"),
-                      head_dim=None)
+    if f.flag("multi_latent_attention"):  # MLATransformerConfig, its defaults where a field is left out
+        q_lora = raw.get("q_lora_rank", MLA_DEFAULTS["q_lora_rank"])
+        fields.update(q_lora_rank=0 if q_lora is None else f.integer("q_lora_rank", default=q_lora, minimum=0),
+                      kv_lora_rank=f.integer("kv_lora_rank", default=MLA_DEFAULTS["kv_lora_rank"]),
+                      qk_nope_head_dim=f.integer("qk_head_dim", default=MLA_DEFAULTS["qk_head_dim"]),
+                      qk_rope_head_dim=f.integer("qk_pos_emb_head_dim", default=MLA_DEFAULTS["qk_pos_emb_head_dim"]),
+                      v_head_dim=f.integer("v_head_dim", default=MLA_DEFAULTS["v_head_dim"]), head_dim=None)
     mtp = f.integer("mtp_num_layers", default=0, minimum=0)
     if mtp:
         fields["mtp_layers"] = mtp

@@ -37,18 +37,21 @@ from clusterplan.models.training.bf16_layers import as_bf16, bf16_layers_by_rank
 from clusterplan.models.training.compute import MFU_BASIS, layer_time
 from clusterplan.models.training.host import dense_layer_calls, dense_layer_host_s, stack_fp8_recipe
 from clusterplan.models.training.layout import (
+    REMAINDER_FP8_RECIPES,
     Layout,
     bf16_moments_run,
     canonical_fp8_recipe,
     fp8_params_run,
     keeps_master_remainders,
     layout_problems,
+    named_fp8_recipe,
     stack_for,
 )
 from clusterplan.models.training.memory import (
     EAGER_LOSS_FREED_LOGITS_BYTES,
     GIB,
     MemoryBreakdown,
+    Remainders,
     fp8_saved_input_bytes,
     fp8_weight_copy_bytes,
     fsdp_fp8_allgather,
@@ -98,6 +101,14 @@ class Evaluation:
         return self.time.hardware_flops / (self.time.step_s * self.world * self.hw.peak_flops)
 
 
+def remainders(stack: ExecutionStack, recipe: str | None) -> Remainders:
+    """Where `stack`'s distributed optimizer keeps 2-byte master remainders, its fp8 recipe `recipe` considered
+    (layout.REMAINDER_FP8_RECIPES)."""
+    if not stack.optimizer_param_remainders:
+        return Remainders.NONE
+    return Remainders.BF16_AND_FP8 if recipe in REMAINDER_FP8_RECIPES else Remainders.BF16
+
+
 def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStack,
                  fp8_all_layouts: bool = False) -> MemoryBreakdown:
     """Per-GPU memory as `stack` runs the layouts (what its selective recompute keeps, its fp8 weight copies under
@@ -107,7 +118,7 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
     copy = fp8_weight_copy_bytes(recipe, fp8_all_layouts, stack.fp8_weight_copy)
     return memory_breakdown(shapes, arrays, stack.selective_recompute, copy, stack.sp_saves_gathered_inputs,
                             fused_glu="swiglu" in stack.fused_kernels, loss_bytes_per_logit=stack.loss_bytes_per_logit,
-                            param_remainders=stack.optimizer_param_remainders,
+                            param_remainders=remainders(stack, recipe),
                             loss_parallel_bytes_per_logit=stack.loss_parallel_bytes_per_logit,
                             pp_impl=stack.pp_impl, cp_impl=stack.cp_impl, compiled=stack.compiled,
                             fp32_params=stack.fsdp_impl == "fsdp2",
@@ -381,7 +392,7 @@ def memory_knobs(layout: Layout, stack: ExecutionStack) -> dict[str, Any]:
                 bf16_moments_off=not layout.bf16_moments and stack.bf16_moments
                 and bf16_moments_run(layout.zero, layout.optimizer),
                 precision_aware_off=not layout.precision_aware and stack.optimizer_param_remainders
-                and keeps_master_remainders(layout))
+                and keeps_master_remainders(layout, named_fp8_recipe(layout, stack)))
 
 
 def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: ExecutionStack,

@@ -109,14 +109,31 @@ def stack_for(layout: Layout, stack: ExecutionStack) -> ExecutionStack:
     return stack.running(layout.fp8_recipe) if layout.precision == "fp8" else stack
 
 
-def keeps_master_remainders(layout: Layout) -> bool:
+REMAINDER_FP8_RECIPES = ("delayed", "nvfp4")
+"""fp8 recipes under which Megatron-Core keeps the master remainders: OptimizerConfig.__post_init__ sets
+use_precision_aware_optimizer_no_fp8_or_ds_fp8 only for fp8_recipe None or "delayed" (with fp32 main parameters),
+and without it distrib_optimizer.py keeps a full fp32 clone of each shard; NVFP4 runs with --fp8-recipe at
+Megatron-LM's default, delayed."""
+
+
+def keeps_master_remainders(layout: Layout, fp8_recipe: str = "") -> bool:
     """Where Layout.precision_aware matters: the distributed optimizer (zero 1) updating bf16 parameters with
     Megatron's adam (fp32 master weights), which the precision-aware optimizer keeps as 2-byte remainders
-    (megatron/core/optimizer/distrib_optimizer.py: `store_param_remainders and self.config.bf16`); fp8-only
-    parameters keep a full master either way."""
+    (megatron/core/optimizer/distrib_optimizer.py: `store_param_remainders and self.config.bf16`), in bf16 training or
+    under an fp8 recipe of REMAINDER_FP8_RECIPES (`fp8_recipe`: the one the layout runs, named_fp8_recipe);
+    fp8-only parameters keep a full master either way."""
     L = layout
-    return (L.zero == 1 and L.optimizer == "adam-master" and L.precision in ("bf16", "fp8")
-            and not (L.precision == "fp8" and L.fp8_params))
+    if not (L.zero == 1 and L.optimizer == "adam-master"):
+        return False
+    return L.precision == "bf16" or (L.precision == "fp8" and fp8_recipe in REMAINDER_FP8_RECIPES
+                                     and not L.fp8_params)
+
+
+def megatron_keeps_remainders(layout: Layout) -> bool:
+    """keeps_master_remainders as megatron-core runs the layout (its fp8 recipe, else the stack's first)."""
+    from clusterplan.hardware_db.stacks import get_stack  # the stack whose distributed optimizer keeps them
+
+    return keeps_master_remainders(layout, named_fp8_recipe(layout, get_stack("megatron-core")))
 
 
 def bf16_moments_run(zero: int, optimizer: str) -> bool:
@@ -211,9 +228,10 @@ class Layout:
     Under the distributed optimizer (zero 1) with bf16 parameters it keeps each fp32 master weight as the 2 low bytes
     beside the bf16 parameter (OptimizerConfig.store_param_remainders, passed to FusedAdam only inside `if
     config.use_precision_aware_optimizer`, megatron/core/optimizer/__init__.py): 10 B of optimizer state instead of
-    12. Default true, as NVIDIA's Megatron-Bridge performance recipes run and every export writes it; false =
-    Megatron-LM's default, a full fp32 master shard (what `check` reads from a config without the flag). No effect
-    on other stacks, at other ZeRO stages or with fp8-only parameters; bf16_moments needs it."""
+    12. Default true, so plans count on the remainders and the Megatron-LM export writes the flag; false =
+    Megatron-LM's default, a full fp32 master shard (what `check` reads from a config without the flag, or where
+    the fp8 recipe turns the remainders off: layout.keeps_master_remainders). No effect on other stacks, at other
+    ZeRO stages, under fp8 recipes other than delayed or with fp8-only parameters; bf16_moments needs it."""
     offload_layers: int = 0
     """Layers whose activations are offloaded to host memory between forward and backward (Megatron-Core
     cpu_offloading_num_layers; pipeline parallelism 1 only)."""
@@ -382,7 +400,7 @@ class Layout:
             parts.append(bf16_layers_label(self.bf16_first_layers, self.bf16_last_layers))
         if self.bf16_moments:
             parts.append("bf16-moments")
-        if not self.precision_aware and keeps_master_remainders(self):
+        if not self.precision_aware and megatron_keeps_remainders(self):
             parts.append("fp32-master")
         if self.cuda_graphs != "none":
             parts.append(f"graphs:{self.cuda_graphs}")
@@ -665,6 +683,14 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
         add(RuleCode.FP8_PARAMS, f"fp8_params needs precision=fp8, zero >= 1 (the distributed optimizer or FSDP) and "
                                  f"optimizer=adam-master (its fp32 master is the weights' only high-precision copy), "
                                  f"got precision={L.precision} zero={L.zero} optimizer={L.optimizer}")
+    # Megatron-Core 0.16 TransformerConfig.__post_init__: "CUDA graphs not supported with CPU offloading." (any
+    # cuda_graph_impl), and "full recompute is only supported with full iteration CUDA graph."
+    if L.cuda_graphs != "none" and L.offload_layers:
+        add(RuleCode.CUDA_GRAPHS, f"cuda_graphs={L.cuda_graphs} with offload_layers={L.offload_layers}: Megatron-Core "
+                                  "captures no graphs beside activation offloading")
+    if L.cuda_graphs == "attn" and L.recompute == "full":
+        add(RuleCode.CUDA_GRAPHS, "cuda_graphs=attn with recompute=full: Megatron-Core runs full recompute only under "
+                                  "a full-iteration graph (cuda_graphs=full)")
     if L.bf16_moments and not bf16_moments_run(L.zero, L.optimizer):
         add(RuleCode.BF16_MOMENTS, f"bf16_moments needs optimizer=adam-master and zero >= 1 (Megatron-Core's "
                                    f"precision-aware optimizer: adam with the distributed optimizer), got "

@@ -8,6 +8,7 @@ gated FFNs, MoE, flash attention, sequence and context parallelism.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import IntEnum
 
 import numpy as np
 
@@ -72,6 +73,16 @@ def fp8_saved_input_bytes(recipe: str | None) -> float:
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
+
+
+class Remainders(IntEnum):
+    """Where a stack's distributed optimizer keeps 2-byte master remainders (bytes_per_param `param_remainders`):
+    nowhere, for bf16 training, or also for fp8 training whose recipe keeps them (layout.REMAINDER_FP8_RECIPES:
+    Megatron-Core's use_precision_aware_optimizer_no_fp8_or_ds_fp8). False / True read as NONE / BF16."""
+
+    NONE = 0
+    BF16 = 1
+    BF16_AND_FP8 = 2
 # fp8 recipes whose weights torchao's FSDP2 float8 all-gather gathers in fp8 (Float8Linear with dynamic tensorwise
 # scaling only: torchao/float8/fsdp_utils.py WeightWithDynamicFloat8CastTensor).
 FSDP_FP8_ALLGATHER_RECIPES = ("tensorwise",)
@@ -158,7 +169,7 @@ def fp8_only_params(L: LayoutArrays) -> np.ndarray:
 
 
 def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
-                    param_remainders: bool = False,
+                    param_remainders: int = Remainders.NONE,
                     fp32_params: bool = False,
                     fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
@@ -196,8 +207,11 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
         # bf16 parameters only (distrib_optimizer.py: `store_param_remainders and self.config.bf16`); fp16 ones keep
         # a full fp32 master
         # the distributed optimizer under the precision-aware optimizer (Layout.precision_aware; layout.
-        # keeps_master_remainders): Megatron-FSDP (zero 2 / 3 on megatron-core) keeps its own fp32 main parameters
-        remainder = (L.optimizer == OPT_ADAM_MASTER) & ((L.precision == PREC_BF16) | (L.precision == PREC_FP8)) \
+        # keeps_master_remainders): Megatron-FSDP (zero 2 / 3 on megatron-core) keeps its own fp32 main parameters,
+        # and fp8 keeps them only under a recipe of REMAINDER_FP8_RECIPES
+        fp8_keeps = param_remainders == Remainders.BF16_AND_FP8
+        remainder = (L.optimizer == OPT_ADAM_MASTER) & ((L.precision == PREC_BF16) | ((L.precision == PREC_FP8)
+                                                                                    & fp8_keeps)) \
             & (L.zero == 1) & ~fp8_only & (L.precision_aware > 0)
         opt = np.where(remainder, PARAM_REMAINDER_BYTES + moments, opt)
     weights = np.where(fp8_only, fp8_param_bytes, weights)
@@ -279,7 +293,7 @@ def param_gather_bytes(L: LayoutArrays, fp8_allgather: bool, recipe: str | None)
 
 
 def state_bytes(shapes: ModelShapes, L: LayoutArrays, params: StageParams, layers: np.ndarray,
-                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: bool = False,
+                fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, param_remainders: int = Remainders.NONE,
                 fp32_params: bool = False, fp8_allgather: bool = False,
                 fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES) -> StateBytes:
     """Weights, gradients and optimizer states of one rank under its ZeRO stage (ZeRO paper, Rajbhandari 2020).
@@ -860,7 +874,7 @@ def mtp_bf16_states(shapes: ModelShapes, L: LayoutArrays, states: StateBytes, he
 def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                      fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES, sp_gathered: bool = False,
                      fused_glu: bool = True, loss_bytes_per_logit: float = UNFUSED_LOSS_BYTES_PER_LOGIT,
-                     param_remainders: bool = True, loss_parallel_bytes_per_logit: float | None = None,
+                     param_remainders: int = Remainders.BF16, loss_parallel_bytes_per_logit: float | None = None,
                      pp_impl: str = "megatron", cp_impl: str = "megatron", compiled: bool = False,
                      fp32_params: bool = False, fp8_allgather: bool = False,
                      freed_logits_bytes_per_logit: float = 0.0, fsdp_root: str | None = None,

@@ -46,6 +46,7 @@ class RuleCode(str, Enum):
     EXPERT_FFN_ETP = "expert_ffn_hidden % etp"
     DP_REPLICATE = "dp % dp_replicate"
     A2A_OVERLAP = "1F1B all-to-all overlap preconditions"
+    CUDA_GRAPHS = "CUDA graphs without activation offloading, attention graphs without full recompute"
     MOE_FIELDS_DENSE = "moe_dispatcher / moe_a2a_overlap on a dense model"
     FLEX_DISPATCHER = "deepep / hybridep need ep * etp > 1"
     IMBALANCE = "moe_imbalance <= ep x min(top_k, experts per rank) / top_k"
@@ -104,6 +105,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.DP_REPLICATE: "pick dp_replicate dividing dp",
     RuleCode.A2A_OVERLAP: "set moe_a2a_overlap=0, or use ep > 1, the interleaved schedule (vpp > 1) when pp > 1 and "
                           "selective recompute without the moe module",
+    RuleCode.CUDA_GRAPHS: "set cuda_graphs=none, or offload_layers=0 (and, with cuda_graphs=attn, recompute other "
+                          "than full; full recompute takes cuda_graphs=full)",
     RuleCode.MOE_FIELDS_DENSE: "drop moe_dispatcher, moe_a2a_overlap, moe_capacity_factor and moe_imbalance: a dense "
                                "model has no token dispatch",
     RuleCode.IMBALANCE: "give a moe_imbalance the layout's ranks can reach (1 = force-balanced)",

@@ -2,7 +2,7 @@
 # Megatron-Bridge config written by `clusterplan export` for llama3.1-8b on 2 x dgx-h100 (8 x H100-SXM5-80GB) = 16 GPUs
 # layout: tp1 pp1 dp16(2x8) mbs2 z3 ful, gbs 256 x seq 4096, 1f1b, bf16
 # launch (every node, from the Megatron-Bridge checkout): NODE_RANK=<0..1> MASTER_ADDR=<head node> bash megatron_bridge_llama3_1_8b.sh
-# --dataset mock trains on generated tokens; choose your dataset (run_recipe.py --dataset) for real runs.
+# the recipe's own data (mock tokens where it names none); run_recipe.py --help lists the dataset options.
 set -euo pipefail
 
 RECIPE="${RECIPE:-llama31_8b_pretrain_config}"
@@ -36,17 +36,8 @@ OVERRIDES=(
     "ddp.overlap_param_gather=true"
     "optimizer.optimizer=adam"
     "optimizer.use_precision_aware_optimizer=false"
-    "mixed_precision.bf16=true"
-    "mixed_precision.fp16=false"
-    "mixed_precision.fp8=null"
-    "mixed_precision.fp8_recipe=tensorwise"
-    "mixed_precision.fp8_param_gather=false"
-    "mixed_precision.reuse_grad_buf_for_mxfp8_param_ag=false"
-    "mixed_precision.first_last_layers_bf16=false"
-    "mixed_precision.num_layers_at_start_in_bf16=0"
-    "mixed_precision.num_layers_at_end_in_bf16=0"
-    "mixed_precision.grad_reduce_in_fp32=true"
+    "mixed_precision=bf16_mixed"
     "train.train_iters=100"
 )
 torchrun --nproc-per-node 8 --nnodes 2 --node-rank "${NODE_RANK:-0}" --master-addr "${MASTER_ADDR:-localhost}" --master-port "${MASTER_PORT:-29500}" \
-    scripts/training/run_recipe.py --recipe "$RECIPE" --mode pretrain --dataset mock "${OVERRIDES[@]}"
+    scripts/training/run_recipe.py --recipe "$RECIPE" "${OVERRIDES[@]}"
