@@ -106,6 +106,12 @@ MIXED_PRECISION_PRESETS: dict[str, dict[str, Any]] = {
                                                "fp8_recipe": "blockwise"},
 }
 """Megatron-Bridge's named mixed-precision recipes as the MixedPrecisionConfig fields they set (the rest default)."""
+MIXED_PRECISION_PRESETS |= {
+    # the earlier releases' names of the delayed-scaling recipes (Megatron-Bridge 0.1: @register bf16_with_fp8_mixed,
+    # fp8 hybrid, fp8_recipe delayed, fp8 parameters)
+    "bf16_with_fp8_mixed": MIXED_PRECISION_PRESETS["bf16_with_fp8_delayed_scaling_mixed"],
+    "fp16_with_fp8_mixed": MIXED_PRECISION_PRESETS["fp16_with_fp8_delayed_scaling_mixed"],
+}
 MIXED_PRECISION_DEFAULTS: dict[str, Any] = {"bf16": False, "fp16": False, "fp8": None, "fp8_recipe": "tensorwise",
                                             "fp8_param_gather": False, "fp4": None, "fp4_recipe": "nvfp4",
                                             "fp4_param_gather": False,
