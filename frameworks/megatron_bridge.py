@@ -37,6 +37,7 @@ from clusterplan.models.training.layout import (
     Layout,
     chunk_layers,
     keeps_master_remainders,
+    megatron_keeps_remainders,
     named_fp8_recipe,
     stage_layers,
 )
@@ -224,6 +225,12 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         if getattr(ran, field) != getattr(canonical(model, layout), field):
             out.append(Note(f"{what}: {getattr(ran, field)} as Megatron-Bridge's {mixed_precision_recipe(ran)} sets "
                             f"it (the plan has {getattr(layout, field)})", field))
+    plan = canonical(model, layout)
+    if plan.precision_aware and megatron_keeps_remainders(plan) and not ran.precision_aware:
+        out.append(Note(f"Megatron-Bridge's {mixed_precision_recipe(ran)} hands fp8_recipe tensorwise to the "
+                        "optimizer config, so Megatron-Core keeps a full fp32 master shard: 2 B per parameter / dp "
+                        "more than the plan priced (export --to megatron keeps the 2-byte remainders)",
+                        "precision_aware"))
     if layout.bf16_moments and ran.precision == "bf16":
         out.append(Note("bf16 moments under bf16_mixed: its fp8_recipe (tensorwise) reaches the optimizer config, so "
                         "Megatron-Core keeps a full fp32 master beside them; priced with 2-byte remainders"))

@@ -25,7 +25,6 @@ from clusterplan.frameworks.megatron import CP_COMM_TYPE, activation_args
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.training.layout import (
-    REMAINDER_FP8_RECIPES,
     Layout,
     canonical_fp8_recipe,
     chunk_layers,
@@ -591,34 +590,48 @@ def _expand(word: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, word)
 
 
+def _closes_array(line: str) -> bool:
+    """Whether `line` ends a bash array: its last unquoted character, comments and a trailing `;` aside, is `)`
+    (`)` alone, `--flag value)`, `X=(a b)  # note`, `X=(a b);`; a quoted `'([0]*3+[1]*58)'` element does not)."""
+    code = line.split(" #", 1)[0].rstrip().rstrip(";").rstrip()
+    return code.endswith(")")
+
+
 def shell_words(text: str, where: str) -> tuple[list[str], dict[str, str]]:
-    """The words of a launch script with variables expanded in script order, and the assignments it makes."""
+    """The words of a launch script with variables expanded in script order, and the assignments it makes. Inside
+    an array (NAME=( ... )) every token is an element, `key=value` ones too (Megatron-Bridge overrides)."""
     joined = re.sub(r"\\\r?\n", " ", text)
     words: list[str] = []
     env: dict[str, str] = {}
-    in_array = False  # inside NAME=( ... ): every token is an element, `key=value` ones too
+    in_array = False
     for n, line in enumerate(joined.splitlines(), 1):
         try:
             tokens = shlex.split(line, comments=True)
         except ValueError as exc:
             raise BadInputError(f"{where}: line {n}: cannot split arguments ({exc})") from exc
+        opens = any(_ASSIGN.match(t) and _ASSIGN.match(t).group(2).startswith("(") for t in tokens)
+        closing = (in_array or opens) and _closes_array(line)
+        if closing and tokens:  # the closing `)` (and a `;`) off the array's last element
+            tokens[-1] = tokens[-1].rstrip(";").removesuffix(")")
+            if not tokens[-1]:
+                tokens.pop()
+        declared = bool(tokens) and tokens[0] in ("export", "local", "declare", "readonly")
         for i, tok in enumerate(tokens):
-            if in_array and tok == ")":
-                in_array = False
-                continue
             m = None if in_array else _ASSIGN.match(tok)
-            if m and (i == 0 or tokens[i - 1] in ("export", "local", "declare", "readonly") or _ASSIGN.match(tokens[0])):
+            if m and (i == 0 or declared or _ASSIGN.match(tokens[0])):
                 if not m.group(2).startswith("("):
                     env[m.group(1)] = _expand(m.group(2), env)
                     continue
+                in_array = True
                 rest = m.group(2)[1:].strip()
-                in_array = not line.rstrip().endswith(")")  # NAME=( on its own line: elements follow, `)` closes
                 if rest:
                     words.append(_expand(rest, env))
                 continue
             word = _expand(tok, env)
             # "--fp8-format hybrid" inside an array expanded unquoted (${ARGS[@]}) is two arguments
             words.extend(word.split() if word.startswith("--") else [word])
+        if closing:
+            in_array = False
     return words, env
 
 
@@ -890,7 +903,7 @@ def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int
     """A ConfigContainer (printed, an override file, or a launch line's overrides) as the layout it runs."""
     v, notes, extra = bridge_values(doc, show(path))
     # overrides leave the architecture to their recipe: no notes on fields they do not state
-    read = megatron_read(v, {}, path, model, world, model_notes=extra["whole"])
+    read = megatron_read(v, {}, path, model, world, model_notes=extra["whole"], layout_with_vpp=True)
     layout = read.layout
     if extra["offload_layers"] and layout.pp > 1:
         notes.append(f"cpu_offloading_num_layers {extra['offload_layers']} with pipeline parallelism: Megatron-Core "
@@ -898,20 +911,25 @@ def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int
     elif extra["offload_layers"]:
         layout = replace(layout, offload_layers=extra["offload_layers"])
     layout = replace(layout, cuda_graphs=extra["cuda_graphs"])
+    # MixedPrecisionConfig.setup hands its fp8_recipe to the optimizer config whatever the compute precision (bf16,
+    # NVFP4): Megatron-Core keeps the 2-byte remainders only when it is None or delayed (OptimizerConfig
+    # use_precision_aware_optimizer_no_fp8_or_ds_fp8)
     recipe = extra["optimizer_fp8_recipe"]
-    if (layout.precision == "bf16" and layout.precision_aware and not layout.bf16_moments
-            and recipe not in REMAINDER_FP8_RECIPES and keeps_master_remainders(layout)):
-        # MixedPrecisionConfig.setup hands its fp8_recipe to the optimizer config even for bf16: Megatron-Core keeps a
-        # full fp32 master unless it is None or delayed (OptimizerConfig use_precision_aware_optimizer_no_fp8_or_ds_fp8)
-        if v.get("precision_aware"):
-            notes.append(f"the precision-aware optimizer with mixed_precision.fp8_recipe {recipe}: Megatron-Core keeps "
-                         "a full fp32 master (its 2-byte remainders need fp8_recipe delayed); priced so")
-        layout = replace(layout, precision_aware=False)
+    if (layout.precision_aware and keeps_master_remainders(layout, read.fp8_recipe or "")
+            and recipe not in ("delayed", "None")):
+        if layout.bf16_moments:  # the Layout cannot say "precision-aware optimizer, full master": priced light
+            notes.append(f"bf16 moments with mixed_precision.fp8_recipe {recipe}: Megatron-Core keeps a full fp32 "
+                         "master beside them; priced with 2-byte remainders (2 B per parameter / dp light)")
+        else:
+            if v.get("precision_aware"):
+                notes.append(f"the precision-aware optimizer with mixed_precision.fp8_recipe {recipe}: Megatron-Core "
+                             "keeps a full fp32 master (its 2-byte remainders need fp8_recipe delayed); priced so")
+            layout = replace(layout, precision_aware=False)
     return replace(read, layout=layout, kind="megatron-bridge", notes=(*notes, *read.notes))
 
 
 def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, model: ModelSpec,
-                  world: int, *, model_notes: bool = True) -> ReadConfig:
+                  world: int, *, model_notes: bool = True, layout_with_vpp: bool = False) -> ReadConfig:
     """The layout Megatron-Core runs from the reader's values (MEGATRON_INT / STR / FLAGS keys), whether they came
     from Megatron-LM flags or from a Megatron-Bridge ConfigContainer (messages name the Megatron-LM flag, which
     Megatron-Bridge's docs/megatron-lm-to-megatron-bridge.md maps one to one to its field)."""
@@ -929,10 +947,14 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     ranks: tuple[int, ...] = ()
     pp_layers: tuple[int, ...] = ()
     if "pp_layout" in v:
-        if any(k in v for k in ("first_stage_layers", "last_stage_layers", "layers_per_vstage")):
+        # Megatron-LM's validate_args allows one of the layout and the virtual-stage flags; Megatron-Core (a
+        # Megatron-Bridge container, `layout_with_vpp`) takes virtual stages that agree with the layout
+        refused = ("first_stage_layers", "last_stage_layers", "layers_per_vstage") + (() if layout_with_vpp
+                                                                                        else ("vstages",))
+        if any(k in v for k in refused):
             raise BadInputError(f"{path}: --pipeline-model-parallel-layout cannot be combined with --decoder-first/"
-                                "last-pipeline-num-layers or --num-layers-per-virtual-pipeline-stage (Megatron-LM "
-                                "validate_args); keep one of them")
+                                "last-pipeline-num-layers or virtual-stage flags (Megatron-LM validate_args); "
+                                "keep one of them")
         counts = megatron_layout_chunks(v["pp_layout"], model, str(path))
         # virtual stages given beside the layout must agree with its chunks (Megatron-Core TransformerConfig asserts
         # it; a printed Megatron-Bridge container carries both)

@@ -188,3 +188,29 @@ def test_an_override_file_still_needs_the_model(tmp_path, run_cli):
     path = _write(tmp_path, "model: {tensor_model_parallel_size: 2}\ntrain: {}\n")
     code, out, err = run_cli("check", str(path), "--cluster", "dgx-h100:1")
     assert code == 2 and "needs --model and --cluster" in err and out == ""
+
+
+def test_the_optimizers_fp8_recipe_decides_the_remainders(tmp_path):
+    # MixedPrecisionConfig.setup hands mixed_precision.fp8_recipe to the optimizer config for any compute precision:
+    # NVFP4 training with Bridge's default "tensorwise" keeps a full fp32 master, "delayed" keeps the remainders
+    for recipe, aware in (("tensorwise", False), ("delayed", True)):
+        path = _write(tmp_path, "model: {num_layers: 32}\ntrain: {}\n"
+                                "optimizer: {use_distributed_optimizer: true, use_precision_aware_optimizer: true}\n"
+                                f"mixed_precision: {{bf16: true, fp4: e2m1, fp8_recipe: {recipe}}}\n", f"{recipe}.yaml")
+        read = read_config(path, load_model("llama3.1-8b"), 8)
+        assert (read.fp8_recipe, read.layout.precision_aware) == ("nvfp4", aware), recipe
+
+
+def test_a_pipeline_layout_with_its_virtual_stages(tmp_path):
+    # Megatron-Core takes both when they agree (a printed container carries both); Megatron-LM's flags allow one
+    text = ("model: {num_layers: 32, pipeline_model_parallel_size: 2, virtual_pipeline_model_parallel_size: VPP, "
+            "pipeline_model_parallel_layout: 'Et*8|t*8|t*8|t*8L'}\ntrain: {global_batch_size: 64}\n")
+    ok = read_config(_write(tmp_path, text.replace("VPP", "2"), "ok.yaml"), load_model("llama3.1-8b"), 8)
+    assert (ok.layout.pp, ok.layout.vpp) == (2, 2)
+    with pytest.raises(BadInputError, match="4 chunks over pp 2"):
+        read_config(_write(tmp_path, text.replace("VPP", "4"), "bad.yaml"), load_model("llama3.1-8b"), 8)
+    script = _write(tmp_path, "torchrun pretrain_gpt.py --pipeline-model-parallel-size 2 "
+                              "--num-virtual-stages-per-pipeline-rank 2 --pipeline-model-parallel-layout "
+                              "'Et*8|t*8|t*8|t*8L' --micro-batch-size 1\n", "run.sh")
+    with pytest.raises(BadInputError, match="cannot be combined"):
+        read_config(script, load_model("llama3.1-8b"), 8)

@@ -142,3 +142,12 @@ def test_a_bf16_plan_runs_a_full_fp32_master_under_bridge(tmp_path):
     path = tmp_path / "run.sh"
     path.write_text(export_plan("megatron-bridge", model, cluster, layout).text, encoding="utf-8")
     assert read_config(path, model, 8).layout.precision_aware is False
+
+
+def test_the_export_says_when_bridge_runs_a_full_master(tmp_path):
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100:1")
+    out = export_plan("megatron-bridge", model, cluster, Layout(dp=8, zero=1, mbs=1, gbs=64, seq=8192))
+    assert any(n.field == "precision_aware" and "full fp32 master" in n.text for n in out.noted)
+    fp8 = export_plan("megatron-bridge", model, cluster, Layout(dp=8, zero=1, mbs=1, gbs=64, seq=8192,
+                                                                precision="fp8", fp8_params=True))
+    assert not any(n.field == "precision_aware" for n in fp8.noted)  # fp8-only parameters keep a full master anyway

@@ -3,6 +3,7 @@
 # layout: tp8 pp4v2 dp2 mbs1 z1 sel+sp, gbs 512 x seq 8192, interleaved-1f1b, bf16
 # launch (every node, from the Megatron-Bridge checkout): NODE_RANK=<0..7> MASTER_ADDR=<head node> bash megatron_bridge_llama3_1_70b.sh
 # the recipe's own data (mock tokens where it names none); run_recipe.py --help lists the dataset options.
+# note: Megatron-Bridge's bf16_mixed hands fp8_recipe tensorwise to the optimizer config, so Megatron-Core keeps a full fp32 master shard: 2 B per parameter / dp more than the plan priced (export --to megatron keeps the 2-byte remainders)
 set -euo pipefail
 
 export CUDA_DEVICE_MAX_CONNECTIONS=1

@@ -3,6 +3,7 @@
 # layout: tp1 pp4 dp8 ep8 mbs1 z1 ful, gbs 256 x seq 4096, 1f1b, bf16
 # launch (every node, from the Megatron-Bridge checkout): NODE_RANK=<0..3> MASTER_ADDR=<head node> bash megatron_bridge_mixtral_8x7b.sh
 # the recipe's own data (mock tokens where it names none); run_recipe.py --help lists the dataset options.
+# note: Megatron-Bridge's bf16_mixed hands fp8_recipe tensorwise to the optimizer config, so Megatron-Core keeps a full fp32 master shard: 2 B per parameter / dp more than the plan priced (export --to megatron keeps the 2-byte remainders)
 # note: no Megatron-Bridge recipe is known here for mixtral-8x7b: set RECIPE to its pre-training recipe (run_recipe.py --help lists them); the overrides set the layout, the recipe the model
 set -euo pipefail
 
