@@ -56,8 +56,10 @@ def render_estimate(data: dict[str, Any]) -> None:
                           f"{h['call_us'][k]:g} us" for k in h["calls_forward"])
         again = (f" + the recomputed forward on {h['recompute_share']:.0%} of the layers"
                  if h.get("recompute_share") else "")
+        scale = (f", x {h['uncounted_scale']:g} for what the count leaves out (fitted)"
+                 if h.get("uncounted_scale", 1) != 1 else "")
         console.text(f"dense host calls per layer and micro-batch ({h['host_cpu']}; forward + backward): {calls}"
-                     f"{again} = {h['layer_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
+                     f"{scale}{again} = {h['layer_ms']:.3f} ms; `host` is what outlasts the layer's GPU time")
     if "hybrid_blocks" in data:
         blocks = data["hybrid_blocks"]
         console.table("hybrid blocks, one micro-batch on one rank (forward / backward ms; the Mamba mixer's part)",

@@ -130,6 +130,10 @@ class DenseHost:
     """Calls of one layer's forward, by tier (DENSE_HOST_TIERS) and kind."""
     backward: Mapping[str, Mapping[str, float]]
     sources: Mapping[str, str]
+    uncounted_scale: float = 1.0
+    """The layer's host time over what its counted calls cost (>= 1): the share the count leaves out (module calls,
+    C++ autograd nodes, the collectives' Python and c10d bookkeeping, the framework's glue). 1 = the count is the
+    whole; a stack that gives another value gives its fit (sources.uncounted_scale)."""
 
 
 def _required_sources(where: str, raw: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
@@ -165,9 +169,14 @@ def parse_dense_host(where: str, raw: Mapping[str, Any] | None) -> DenseHost | N
                                          for k in DENSE_HOST_CALLS})
         return MappingProxyType(out)
 
+    scale = raw.get("uncounted_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 1:
+        raise BadInputError(f"{where}: uncounted_scale must be a number >= 1, got {scale!r}")
+    if scale != 1:
+        _required_sources(where, raw, ("uncounted_scale",))
     return DenseHost(call_s=table("call_s", HOST_CPUS), forward=table("forward", DENSE_HOST_TIERS),
                      backward=table("backward", DENSE_HOST_TIERS),
-                     sources=MappingProxyType({k: str(v) for k, v in sources.items()}))
+                     sources=MappingProxyType({k: str(v) for k, v in sources.items()}), uncounted_scale=float(scale))
 
 
 def parse_moe_host(where: str, raw: Mapping[str, Any] | None) -> MoeHost | None:

@@ -9,15 +9,19 @@ row runs `estimate` with the nanotron stack (hardware_db/data/stacks.yaml `nanot
 DDP buckets in fp32, ZeRO-1's weight all-gather after the step, FlashAttention-2) on one DGX H100 node (the playbook
 names 8 x H100 per node and no more: the node's NVLink is the DGX H100's). One node only: the playbook's measured
 collectives fall from 362 GB/s all-reduce bus bandwidth on 2 nodes to 33 GB/s on 64 (pp_comm_bandwidth.html), a
-fabric no node preset here describes, so the multi-node points are not compared. Nothing is fitted to these rows.
+fabric no node preset here describes, so the multi-node points are not compared. One constant is fitted on five of
+these rows and the rest check it: stacks.yaml nanotron dense_host.uncounted_scale, the dense layer's host time over
+what its counted calls cost, fitted on the 1B points at pp 1, tp 2-8 and one sequence per micro-batch (HOST_FIT_POINTS,
+refit_uncounted_scale); those five are shown, not counted in the time statistics.
 
     python -m clusterplan.reference            # prints every reference table, this one included
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clusterplan.hardware_db import get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
@@ -76,6 +80,13 @@ NOT_COMPARABLE = {
                                 "failed run, not a layout's speed",
 }
 """Points listed but not compared, keyed (model, mbs, ga, dp, pp, tp, zero), with the reason."""
+HOST_FIT_POINTS = frozenset({("1B", 1, 64, 4, 1, 2, 0), ("1B", 1, 64, 4, 1, 2, 1), ("1B", 1, 128, 2, 1, 4, 0),
+                             ("1B", 1, 128, 2, 1, 4, 1), ("1B", 1, 256, 1, 1, 8, 0)})
+"""The points stacks.yaml nanotron dense_host.uncounted_scale is fitted on, keyed as NOT_COMPARABLE: the 1B model
+(16 layers) at pp 1, tp 2 / 4 / 8 and one sequence per micro-batch, whose micro-batch takes 70-74 ms whatever the tp
+(4.4-4.6 ms per layer: research/nanotron-host.md section 0), the host-bound regime. The 3B / 8B points at the same
+settings, and the pipelined ones, check it."""
+FIT_NOTE = "fits nanotron dense_host.uncounted_scale: shown, not counted in the tokens/s statistics"
 
 
 def ultrascale_model(size: str) -> ModelSpec:
@@ -108,6 +119,8 @@ class UltrascaleRow:
     refused: str = ""
     reason: str = ""
     """Why the point is not compared ('' when it is)."""
+    fitted: bool = False
+    """One of HOST_FIT_POINTS: its tokens/s fits a constant, so it is left out of the held-out time statistics."""
 
     @property
     def label(self) -> str:
@@ -194,13 +207,18 @@ def ultrascale_layout(r: dict[str, str], log: dict[str, str] | None = None) -> t
                   last_stage_layers=last, pp_layers=ranks), notes
 
 
-def _priced(status: str) -> Iterator[tuple[dict[str, str], Layout, list[str], Estimate]]:
-    """Each sweep point of `status` (ran / crashed) with its layout, notes and estimate on one DGX H100 node."""
+def _priced(status: str, uncounted_scale: float | None = None,
+            points: frozenset[tuple[str, int, int, int, int, int, int]] | None = None,
+            ) -> Iterator[tuple[dict[str, str], Layout, list[str], Estimate]]:
+    """Each sweep point of `status` (ran / crashed) with its layout, notes and estimate on one DGX H100 node; with
+    `uncounted_scale`, at that dense_host.uncounted_scale in place of the stack's; with `points`, those only."""
     stack = get_stack(STACK)
+    if uncounted_scale is not None and stack.dense_host is not None:
+        stack = replace(stack, dense_host=replace(stack.dense_host, uncounted_scale=uncounted_scale))
     cluster = load_cluster(f"{NODE}:1")
     log = raw_log()
     for r in read_rows(ULTRASCALE_CSV):
-        if r["status"] == status:
+        if r["status"] == status and (points is None or point_key(r) in points):
             layout, notes = ultrascale_layout(r, log.get(point_key(r)))
             yield r, layout, notes, estimate(ultrascale_model(r["model"]), cluster, layout, stack=stack)
 
@@ -241,8 +259,30 @@ def ultrascale_rows() -> list[UltrascaleRow]:
                                  predicted_memory_gib=reserved_gib(js, layout),
                                  logged_allocated_gib=float(log[key]["mem_alloc_gib"]),
                                  predicted_state_gib=step_state_gib(first, ultrascale_model(size), layout),
-                                 refused=refusal(est), reason=NOT_COMPARABLE.get(key, "")))
+                                 refused=refusal(est), reason=NOT_COMPARABLE.get(key, ""),
+                                 fitted=key in HOST_FIT_POINTS))
     return out
+
+
+def refit_uncounted_scale(tolerance: float = 1e-3) -> float:
+    """stacks.yaml nanotron dense_host.uncounted_scale refitted: the scale minimising the sum of squared log errors of
+    tokens/s over HOST_FIT_POINTS, by golden-section search over [1, 4] (each point's step time grows with the scale,
+    so the loss has one minimum)."""
+    published = {point_key(r): float(r["tokens_per_s_per_gpu"]) for r in read_rows(ULTRASCALE_CSV)
+                 if r["status"] == "ran"}
+
+    def loss(scale: float) -> float:
+        total = 0.0
+        for r, layout, _, est in _priced("ran", scale, HOST_FIT_POINTS):
+            total += math.log(est.to_json()["tokens_per_s"] / layout.world / published[point_key(r)]) ** 2
+        return total
+
+    lo, hi = 1.0, 4.0
+    golden = (math.sqrt(5) - 1) / 2
+    while hi - lo > tolerance:
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        lo, hi = (lo, b) if loss(a) < loss(b) else (a, hi)
+    return (lo + hi) / 2
 
 
 @dataclass(frozen=True)
@@ -284,18 +324,27 @@ def _stats(values: list[float]) -> tuple[int, float, float]:
 
 
 def summary_lines(rows: list[UltrascaleRow]) -> list[str]:
+    """Per model and over all: tokens/s over the held-out points (HOST_FIT_POINTS left out), memory over every
+    compared point (nothing is fitted to memory)."""
     compared = [r for r in rows if r.expressible]
+    held = [r for r in compared if not r.fitted]
     out = []
     for size in (s for s in MODELS if any(r.model == s for r in compared)):
-        n, med, worst = _stats([r.error for r in compared if r.model == size])
+        n, med, worst = _stats([r.error for r in held if r.model == size])
         mn, mmed, mworst = _stats([r.memory_error for r in compared if r.model == size])
-        out.append(f"{size}: {n} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; memory median "
-                   f"{mmed:.1%}, max {mworst:.1%}")
-    n, med, worst = _stats([r.error for r in compared])
+        fitted = sum(1 for r in compared if r.model == size and r.fitted)
+        out.append(f"{size}: {n} points{f' (+ {fitted} fitted)' if fitted else ''}, tokens/s median |error| "
+                   f"{med:.1%}, max {worst:.1%}; memory median {mmed:.1%}, max {mworst:.1%} over {mn}")
+    n, med, worst = _stats([r.error for r in held])
     _, mmed, mworst = _stats([r.memory_error for r in compared])
-    out.append(f"all: {n} of {len(rows)} points, tokens/s median |error| {med:.1%}, max {worst:.1%}; rank-0 memory "
-               f"median {mmed:.1%}, max {mworst:.1%} (issue #13 held-out target: time {TARGET_TIME_MEDIAN:.0%} "
-               f"median / {TARGET_TIME_MAX:.0%} max, memory {TARGET_MEMORY:.0%})")
+    fitted = len(compared) - len(held)
+    fits = [r.error for r in compared if r.fitted]
+    fit_text = (f"; the {fitted} fit points of nanotron dense_host.uncounted_scale {min(fits):+.1%} .. "
+                f"{max(fits):+.1%}" if fits else "")
+    out.append(f"all: {n} held-out of {len(rows)} points, tokens/s median |error| {med:.1%}, max {worst:.1%}"
+               f"{fit_text}; rank-0 memory median {mmed:.1%}, max {mworst:.1%} over {len(compared)} (issue #13 "
+               f"held-out target: time {TARGET_TIME_MEDIAN:.0%} median / {TARGET_TIME_MAX:.0%} max, memory "
+               f"{TARGET_MEMORY:.0%})")
     out.append(state_line(compared))
     return out
 
@@ -339,7 +388,8 @@ def table(rows: list[UltrascaleRow]) -> tuple[list[Column], list[list[str]]]:
               f"{r.error:+.1%}" if r.expressible else "-", f"{r.published_mfu:.1%}", f"{r.published_memory_gib:.1f}",
               f"{r.predicted_memory_gib:.1f}", f"{r.memory_error:+.1%}", f"{r.logged_allocated_gib:.2f}",
               f"{r.predicted_state_gib:.2f}", f"{r.state_error:+.1%}",
-              notes_cell(([f"not compared: {r.reason}"] if r.reason else []) + row_notes(r.notes, r.refused))]
+              notes_cell(([f"not compared: {r.reason}"] if r.reason else []) + ([FIT_NOTE] if r.fitted else [])
+                         + row_notes(r.notes, r.refused))]
              for r in rows)
     return columns, [list(c) for c in cells]
 

@@ -2,7 +2,9 @@
 reference/data/: every 1-node point of its interactive figure, nanotron on 8 H100) against `estimate` with the nanotron stack
 (reference/ultrascale.py).
 
-A held-out check set: nothing is fitted to these rows. First measured 2026-12-05: tokens/s median |error| 30.4 %, max
+A held-out check set, but for one constant fitted on five of its rows (stacks.yaml nanotron
+dense_host.uncounted_scale on reference/ultrascale.py HOST_FIT_POINTS; those five are left out of the time
+statistics). First measured 2026-12-05: tokens/s median |error| 30.4 %, max
 325 % over 68 points (the max: tp >= 2 at one sequence per micro-batch, +64 .. +325 %, which the published runs show 2-4x
 slower than the same model at mbs 8-16, a host-bound regime the model does not price for a dense eager stack); rank-0
 memory median 12.5 %, max 37.3 % (20.0 % before nanotron's cost-balanced pipeline split was applied). With nanotron's
@@ -19,7 +21,10 @@ median 27.6 % (the even splits' errors had partly cancelled). With nanotron's cr
 ops over fp32 logits, 38 + 14 B per logit against a fused loss's 24: stacks.yaml loss_impl sharded_fp32) and the
 layout copies around its attention and its merged gate-and-up split (qkv_layout_copies, glu_split_cat) the time
 median is 20.0 % (the tp 1 points +23 -> +11 % median); with its TP matmuls slowed beside the NCCL kernels they
-overlap (tp_overlap.local_shard_exposed_s, as the data-parallel overlap prices it) 19.0 %. The bounds
+overlap (tp_overlap.local_shard_exposed_s, as the data-parallel overlap prices it) 19.0 %. With the dense layer's
+host time at 2.18 x its counted calls (dense_host.uncounted_scale, fitted on the 1B points at pp 1, tp 2-8, mbs 1:
+their micro-batch takes 70-74 ms at every tp) 13.1 % over the 63 held-out points (the host-bound 3B / 8B points at tp
+4-8 +77 .. +117 % -> -2 .. +3 %). The bounds
 are the landing's plus 3 points, to fail when a change moves the set the wrong way; tighten them as the model
 improves.
 """
@@ -30,7 +35,7 @@ import pytest
 
 from clusterplan.reference import ultrascale as U
 
-MEDIAN_TIME_BOUND = 0.220  # 19.0 % + 3 points
+MEDIAN_TIME_BOUND = 0.161  # 13.1 % + 3 points, over the held-out points (HOST_FIT_POINTS left out)
 MEDIAN_MEMORY_BOUND = 0.106  # 7.6 % + 3 points
 PEAK_H100_BF16 = 989e12
 """The sweep's MFU divides by the H100 SXM dense bf16 peak (checked on every row below)."""
@@ -102,7 +107,9 @@ def test_errors_stay_within_the_landing_bounds(rows):
     from statistics import median
 
     compared = [r for r in rows if r.expressible]
-    assert median(abs(r.error) for r in compared) <= MEDIAN_TIME_BOUND
+    held = [r for r in compared if not r.fitted]
+    assert len(compared) - len(held) == len(U.HOST_FIT_POINTS) == 5
+    assert median(abs(r.error) for r in held) <= MEDIAN_TIME_BOUND
     assert median(abs(r.memory_error) for r in compared) <= MEDIAN_MEMORY_BOUND
 
 

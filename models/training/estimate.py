@@ -280,6 +280,7 @@ def dense_host_json(h: DenseHost, tp: int, host_cpu: str, recompute_share: float
     return {"host_cpu": host_cpu, "call_us": {k: _r(v * 1e6) for k, v in h.call_s[host_cpu].items()},
             "calls_forward": {k: _r(float(v[0])) for k, v in forward.items()},
             "calls_backward": {k: _r(float(v[0])) for k, v in backward.items()},
+            "uncounted_scale": _r(h.uncounted_scale),
             "forward_ms": _r(f * 1e3), "backward_ms": _r(b * 1e3), "recompute_share": _r(recompute_share),
             "layer_ms": _r((f + b + recompute_share * f) * 1e3)}
 

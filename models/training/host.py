@@ -202,10 +202,12 @@ def dense_layer_calls(h: DenseHost, tp: np.ndarray) -> tuple[dict[str, np.ndarra
 
 
 def dense_layer_host_s(h: DenseHost, tp: np.ndarray, host_cpu: str) -> tuple[np.ndarray, np.ndarray]:
-    """Host seconds of one dense layer per micro-batch, forward and backward: its calls at the CPU's time per call."""
+    """Host seconds of one dense layer per micro-batch, forward and backward: its calls at the CPU's time per call,
+    times what the count leaves out (DenseHost.uncounted_scale)."""
     call_s = h.call_s[host_cpu]
     forward, backward = dense_layer_calls(h, tp)
-    return (sum(n * call_s[k] for k, n in forward.items()), sum(n * call_s[k] for k, n in backward.items()))
+    return (h.uncounted_scale * sum(n * call_s[k] for k, n in forward.items()),
+            h.uncounted_scale * sum(n * call_s[k] for k, n in backward.items()))
 
 
 def dense_host_exposed_s(L: LayoutArrays, hw: HardwareRates, stack: ExecutionStack, n_layers: int,
