@@ -285,11 +285,12 @@ def bridge_values(doc: Mapping[str, Any], where: str) -> tuple[dict[str, Any], l
     if not reduce_fp32:
         v["grad_bf16"] = True
     v = {k: val for k, val in v.items() if val is not None}
-    extra = {"offload_layers": _offload_layers(model, where), "cuda_graphs": _cuda_graphs(model, notes),
+    extra = {"offload_layers": _offload_layers(model, where), "cuda_graphs": _cuda_graphs(model, notes, where),
              "whole": whole,
              # MixedPrecisionConfig.setup copies fp8_recipe into the optimizer config, fp8 or not (the remainders need
              # it None or delayed: layout.REMAINDER_FP8_RECIPES)
-             "optimizer_fp8_recipe": str(mp["fp8_recipe"])}
+             # (None, Megatron-Core's default, keeps the remainders as delayed does)
+             "optimizer_fp8_recipe": None if mp["fp8_recipe"] is None else str(mp["fp8_recipe"])}
     if not whole:
         notes.append("overrides, not a whole ConfigContainer: what they leave out is read at Megatron-Core's defaults "
                      "(the recipe they are merged onto may differ)" + (
@@ -309,10 +310,12 @@ def _offload_layers(model: Mapping[str, Any], where: str) -> int:
     return _int(model.get("cpu_offloading_num_layers", 0), where, "model.cpu_offloading_num_layers")
 
 
-def _cuda_graphs(model: Mapping[str, Any], notes: list[str]) -> str:
+def _cuda_graphs(model: Mapping[str, Any], notes: list[str], where: str = "config") -> str:
     """Layout.cuda_graphs from cuda_graph_impl / cuda_graph_scope (Megatron-Core >= 0.14: "local" with scope
     "full_iteration" captures the whole iteration, Transformer Engine graphs of scope "attn" the attention block;
-    before: enable_cuda_graph / external_cuda_graph with cuda_graph_scope "full" or "attn")."""
+    before: enable_cuda_graph / external_cuda_graph with cuda_graph_scope "full" or "attn"). Per-layer graphs with
+    full recompute are refused as Megatron-Core refuses them (TransformerConfig.__post_init__: "full recompute is only
+    supported with full iteration CUDA graph")."""
     impl = model.get("cuda_graph_impl")
     scope = model.get("cuda_graph_scope")
     scopes = [str(s) for s in scope] if isinstance(scope, list) else [str(scope)] if scope else []
@@ -326,6 +329,11 @@ def _cuda_graphs(model: Mapping[str, Any], notes: list[str]) -> str:
             notes.append(f"cuda_graph_scope {scopes}: the attention block's graph priced; the other scopes run eager")
         return "attn"
     if scopes in ([], ["full"]):  # Megatron-Core 0.16: "full" (deprecated) and [] capture each whole layer
+        if model.get("recompute_granularity") == "full":
+            raise BadInputError(f"{where}: per-layer CUDA graphs (cuda_graph_scope {scopes or '[]'}) with "
+                                "recompute_granularity full: Megatron-Core refuses it (\"full recompute is only "
+                                "supported with full iteration CUDA graph\"); set cuda_graph_scope [full_iteration] "
+                                "or recompute_granularity selective")
         notes.append("per-layer CUDA graphs (cuda_graph_scope full / empty): priced as a captured iteration (no host "
                      "time), an upper bound on what they save")
         return "full"

@@ -916,7 +916,7 @@ def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int
     # use_precision_aware_optimizer_no_fp8_or_ds_fp8)
     recipe = extra["optimizer_fp8_recipe"]
     if (layout.precision_aware and keeps_master_remainders(layout, read.fp8_recipe or "")
-            and recipe not in ("delayed", "None")):
+            and recipe not in ("delayed", None)):
         if layout.bf16_moments:  # the Layout cannot say "precision-aware optimizer, full master": priced light
             notes.append(f"bf16 moments with mixed_precision.fp8_recipe {recipe}: Megatron-Core keeps a full fp32 "
                          "master beside them; priced with 2-byte remainders (2 B per parameter / dp light)")
@@ -1012,10 +1012,25 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
                     # rule then says NVFP4 is priced with bf16 ones
                     fp8_params=bool(v.get("fp8_param_gather") or v.get("fp4_param_gather")),
                     bf16_moments=bf16_moments, **megatron_bf16_layers(v, precision, str(path)))
-    # without --use-precision-aware-optimizer a full fp32 master shard (read only where it matters: canonical)
+    # without --use-precision-aware-optimizer a full fp32 master shard (read only where it matters: canonical).
+    # Megatron-LM copies --fp8-recipe (default delayed) into OptimizerConfig.fp8_recipe whatever the precision, and
+    # the remainders need it delayed: a bf16 or NVFP4 script that passes another keeps a full fp32 master
     recipe = megatron_fp8_recipe(v, str(path)) if precision == "fp8" else ""
-    layout = replace(layout, precision_aware=bool(v.get("precision_aware"))
-                     or not keeps_master_remainders(layout, recipe))
+    opt_recipe = str(v.get("fp8_recipe", "delayed"))
+    aware = bool(v.get("precision_aware")) or not keeps_master_remainders(layout, recipe)
+    if (aware and opt_recipe != "delayed" and (precision != "fp8" or v.get("fp4"))
+            and keeps_master_remainders(layout, recipe)):
+        run = "NVFP4" if v.get("fp4") else precision
+        if bf16_moments:  # the Layout cannot say "precision-aware optimizer, full master": priced light
+            notes.append(f"bf16 moments with --fp8-recipe {opt_recipe} in a {run} run: Megatron-Core keeps a "
+                         "full fp32 master beside them (its 2-byte remainders need the recipe delayed); priced with "
+                         "2-byte remainders (2 B per parameter / dp light)")
+        else:
+            notes.append(f"--use-precision-aware-optimizer with --fp8-recipe {opt_recipe} in a {run} run: "
+                         "Megatron-Core keeps a full fp32 master (its 2-byte remainders need the recipe delayed); "
+                         "priced so")
+            aware = False
+    layout = replace(layout, precision_aware=aware)
     dispatcher = megatron_dispatcher(v, str(path))
     capacity, more = megatron_capacity_factor(v, str(path))
     notes += more

@@ -214,3 +214,30 @@ def test_a_pipeline_layout_with_its_virtual_stages(tmp_path):
                               "'Et*8|t*8|t*8|t*8L' --micro-batch-size 1\n", "run.sh")
     with pytest.raises(BadInputError, match="cannot be combined"):
         read_config(script, load_model("llama3.1-8b"), 8)
+
+
+def test_per_layer_graphs_with_full_recompute_are_refused_as_megatron_core_refuses_them(tmp_path):
+    # TransformerConfig.__post_init__: "full recompute is only supported with full iteration CUDA graph".
+    from clusterplan.errors import BadInputError
+
+    for scope in ("full", "[]"):
+        path = _write(tmp_path, f"model: {{num_layers: 80, cuda_graph_impl: local, cuda_graph_scope: {scope}, "
+                                "recompute_granularity: full, recompute_method: uniform, recompute_num_layers: 1}\n"
+                                "train: {}\n", f"g_{scope.strip('[]') or 'empty'}.yaml")
+        with pytest.raises(BadInputError, match="full recompute is only supported with full iteration CUDA graph"):
+            read_config(path, load_model("llama3.1-70b"), 64)
+    whole = _write(tmp_path, "model: {num_layers: 80, cuda_graph_impl: local, cuda_graph_scope: full_iteration, "
+                             "recompute_granularity: full, recompute_method: uniform, recompute_num_layers: 1}\n"
+                             "train: {}\n", "g_iter.yaml")
+    assert read_config(whole, load_model("llama3.1-70b"), 64).layout.cuda_graphs == "full"
+
+
+def test_a_null_fp8_recipe_keeps_the_remainders(tmp_path):
+    # Megatron-Core's OptimizerConfig keeps the precision-aware optimizer's 2-byte remainders with fp8_recipe None
+    # (its default) or delayed; a printed null is None, not the string "None".
+    path = _write(tmp_path, "model: {num_layers: 32}\ntrain: {}\n"
+                            "optimizer: {use_distributed_optimizer: true, use_precision_aware_optimizer: true}\n"
+                            "mixed_precision: {bf16: true, fp8_recipe: null}\n", "null.yaml")
+    read = read_config(path, load_model("llama3.1-8b"), 8)
+    assert read.layout.precision_aware is True
+    assert not any("full fp32 master" in n for n in read.notes)

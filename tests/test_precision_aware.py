@@ -64,3 +64,21 @@ def test_bf16_moments_need_it():
 
     with pytest.raises(BadInputError, match="bf16_moments needs precision_aware=1"):
         Layout(**BORDER, bf16_moments=True, precision_aware=False)
+
+
+def test_megatron_lm_copies_its_fp8_recipe_to_the_optimizer_whatever_the_precision(tmp_path):
+    # Megatron-LM's get_megatron_optimizer_config copies --fp8-recipe (default delayed) into OptimizerConfig: a bf16
+    # script that also passes --fp8-recipe tensorwise (a shared block that toggles --fp8-format) gets no remainders.
+    text = export_plan("megatron", MODEL, CLUSTER, Layout(**BORDER)).text
+    assert "--use-precision-aware-optimizer" in text and "--fp8-format" not in text
+    plain = tmp_path / "bf16.sh"
+    plain.write_text(text, encoding="utf-8")
+    assert read_config(plain, MODEL, 8).layout.precision_aware is True
+    tensorwise = tmp_path / "bf16_tensorwise.sh"
+    tensorwise.write_text(text.replace("--use-precision-aware-optimizer",
+                                       "--use-precision-aware-optimizer --fp8-recipe tensorwise"), encoding="utf-8")
+    assert read_config(tensorwise, MODEL, 8).layout.precision_aware is False
+    delayed = tmp_path / "bf16_delayed.sh"
+    delayed.write_text(text.replace("--use-precision-aware-optimizer",
+                                    "--use-precision-aware-optimizer --fp8-recipe delayed"), encoding="utf-8")
+    assert read_config(delayed, MODEL, 8).layout.precision_aware is True
