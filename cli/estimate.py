@@ -30,6 +30,7 @@ from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
 from clusterplan.models.training.pipeline_split import with_stack_split
 from clusterplan.models.training.planfile import PlanFile, read_plan
+from clusterplan.models.training.rules import RuleCode
 from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
 from clusterplan.solver.hetero import evaluate_stages, mixed_problems
@@ -160,7 +161,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         console.info(f"wrote {plot_path}")
     if not result["feasible"]:
         # the one line on stderr, as plan gives it: why, and the nearest change that fits when one was priced
-        why = "; ".join(str(r) for r in est.reasons)
+        # (a rule other than memory with its fix: the memory fix is the nearest layout, when one was priced)
+        why = "; ".join(str(r) if r.code is RuleCode.OUT_OF_MEMORY else f"{r} (fix: {r.fix})" for r in est.reasons)
         console.error(f"infeasible: {why}" + (f"; {nearest.summary()}" if nearest is not None else ""))
         raise SystemExit(1)
 

@@ -25,8 +25,23 @@ def test_layout_problems_are_rules_printing_their_message():
     problems = layout_problems(MODEL, Layout(tp=3, pp=3, dp=1, gbs=8, sp=False), 16)
     assert [p.code for p in problems] == [RuleCode.WORLD, RuleCode.HEADS_TP, RuleCode.KV_HEADS_TP, RuleCode.FFN_TP,
                                           RuleCode.LAYERS_PP]
-    assert all(isinstance(p, Rule) and str(p) == p.message and p.fix == FIXES[p.code] for p in problems)
+    assert all(isinstance(p, Rule) and str(p) == p.message and p.fix.startswith(FIXES[p.code]) for p in problems)
     assert str(problems[1]) == "n_heads(32) % tp(3) != 0"
+    # An uneven layer count names a split that works: 32 layers on pp 3 = 11 on the middle rank (ceil 32 / 3), the
+    # other 21 at the ends, 10 + 11.
+    assert problems[-1].fix == FIXES[RuleCode.LAYERS_PP] + (": first_stage_layers=10,last_stage_layers=11 gives 10 + 1 "
+                                                            "x 11 + 11 = 32")
+
+
+def test_uneven_split_suggestions():
+    from clusterplan.models.training.layout import uneven_split
+
+    # DeepSeek-V2's 60 layers on pp 16: 14 middle ranks of 4, 2 + 2 at the ends; Llama 3.1 405B's 126 on pp 16
+    # with 8 virtual stages: middle ranks of 8 (one layer per chunk), 7 + 7 (the Llama 3 paper's split).
+    assert uneven_split(60, 16) == (2, 2)
+    assert uneven_split(126, 16, 8) == (7, 7)
+    assert uneven_split(61, 16) == (2, 3)  # the first end takes the smaller half
+    assert uneven_split(60, 2) is None and uneven_split(10, 16) is None
 
 
 @pytest.mark.parametrize("flash", [True, False])

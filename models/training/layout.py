@@ -17,7 +17,7 @@ from typing import Any, Literal
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db.stacks import FP8_RECIPES, ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.training.rules import Rule, RuleCode
+from clusterplan.models.training.rules import FIXES, Rule, RuleCode
 
 MESH_AXES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 Recompute = Literal["none", "selective", "full"]
@@ -578,6 +578,22 @@ def chunk_layer_counts(n_layers: int, layout: Layout) -> list[int]:
     return counts
 
 
+def uneven_split(n_layers: int, pp: int, vpp: int = 1) -> tuple[int, int] | None:
+    """The first / last stage layers that split n_layers over pp ranks with the middle ranks even (a multiple of vpp
+    each, Megatron-Core's --decoder-first/last-pipeline-num-layers) and the ends holding at most a middle rank's
+    layers, as equal as the rest allows (the first takes the smaller half); None where no such split exists (pp < 3,
+    or the middle ranks cannot hold the rest)."""
+    if pp < 3:
+        return None
+    per = -(-n_layers // (pp * vpp)) * vpp  # the smallest even middle share >= the mean, in whole chunks
+    while per >= vpp:
+        rest = n_layers - (pp - 2) * per
+        if 2 <= rest <= 2 * per:
+            return rest // 2, rest - rest // 2
+        per -= vpp
+    return None
+
+
 def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
     """Every divisibility and size rule the layout breaks (rules.py), each message printing its factors.
     Empty = valid."""
@@ -651,8 +667,13 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
             # --pipeline-model-parallel-layout, torchtitan's per-stage layer lists); the middle ranks split evenly.
             add(RuleCode.STAGE_LAYERS_VPP, f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
-        add(RuleCode.LAYERS_PP, f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; "
-                                "set first_stage_layers/last_stage_layers for an uneven split")
+        split = uneven_split(model.n_layers, L.pp, L.vpp)
+        fix = FIXES[RuleCode.LAYERS_PP] + (
+            f": first_stage_layers={split[0]},last_stage_layers={split[1]} gives {split[0]} + {L.pp - 2} x "
+            f"{(model.n_layers - sum(split)) // (L.pp - 2)} + {split[1]} = {model.n_layers}" if split else "")
+        problems.append(Rule(code=RuleCode.LAYERS_PP, fix=fix,
+                             message=f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; set "
+                                     "first_stage_layers/last_stage_layers for an uneven split"))
     if L.pp == 1 and (L.vpp > 1 or L.schedule in ("gpipe", "interleaved-1f1b", "zb")):
         add(RuleCode.SCHEDULE_NEEDS_PP, f"vpp({L.vpp}) and schedule {L.schedule} need pp > 1: one stage runs no "
                                         "pipeline schedule")
