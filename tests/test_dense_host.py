@@ -106,14 +106,16 @@ def test_dense_model_json_has_host_only_on_a_stack_that_prices_it():
     assert "host_s" not in other["time"]
 
 
+def _raw_dense_host() -> dict:
+    """A dense_host block as stacks.yaml writes it: one call of each kind per tier, 1 s each."""
+    calls = {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
+    tiers = ("tp1", "tp2", "tp_middle")
+    return {"call_s": {cpu: dict(calls) for cpu in ("x86", "grace")}, "forward": {t: dict(calls) for t in tiers},
+            "backward": {t: dict(calls) for t in tiers}, "sources": {"call_s": "a", "counts": "b"}}
+
+
 def test_dense_host_data_is_checked():
-    raw = {"call_s": {cpu: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                      for cpu in ("x86", "grace")},
-           "forward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                       for t in ("tp1", "tp2", "tp_middle")},
-           "backward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                        for t in ("tp1", "tp2", "tp_middle")},
-           "sources": {"call_s": "a", "counts": "b"}}
+    raw = _raw_dense_host()
     assert parse_dense_host("s", raw).forward["tp2"]["kernel_op"] == 1.0
     with pytest.raises(BadInputError, match="without a source: counts"):
         parse_dense_host("s", {**raw, "sources": {"call_s": "a"}})
@@ -192,13 +194,7 @@ def test_the_uncounted_scale_refits_on_its_five_points_and_the_held_out_ones_che
 
 
 def test_an_uncounted_scale_needs_its_fit_and_one_at_least():
-    raw = {"call_s": {cpu: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                      for cpu in ("x86", "grace")},
-           "forward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                       for t in ("tp1", "tp2", "tp_middle")},
-           "backward": {t: {"kernel_op": 1, "aten_call": 1, "triton_launch": 1, "autograd_function": 1}
-                        for t in ("tp1", "tp2", "tp_middle")},
-           "sources": {"call_s": "a", "counts": "b"}}
+    raw = _raw_dense_host()
     assert parse_dense_host("s", raw).uncounted_scale == 1.0
     with pytest.raises(BadInputError, match="without a source: uncounted_scale"):
         parse_dense_host("s", {**raw, "uncounted_scale": 2})
