@@ -44,7 +44,23 @@ def runs_as(target: str, model: ModelSpec, layout: Layout) -> Layout:
     if target not in RUNS_AS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(RUNS_AS)}")
     require_mamba_blocks(target, model)
+    require_sequential_blocks(target, model)
     return RUNS_AS[target](model, layout)
+
+
+PARALLEL_BLOCK_TARGETS = ("deepspeed",)
+"""Export targets that run a parallel attention / MLP layer: DeepSpeed trains the Hugging Face model itself (its
+config carries no architecture). Megatron-Core's TransformerLayer and torchtitan's Llama / DeepSeek blocks run
+attention, then the MLP on its output."""
+
+
+def require_sequential_blocks(target: str, model: ModelSpec) -> None:
+    """A parallel-block model (Falcon, GPT-NeoX / Pythia, Cohere) exports to DeepSpeed only
+    (PARALLEL_BLOCK_TARGETS)."""
+    if model.parallel_block and target not in PARALLEL_BLOCK_TARGETS:
+        raise InfeasibleError(f"--to {target}: {target} builds attention and MLP one after the other; {model.name} "
+                              "runs them in parallel (x + attn(ln(x)) + mlp(ln(x))); export --to deepspeed, which "
+                              "trains the Hugging Face model as it is")
 
 
 def require_mamba_blocks(target: str, model: ModelSpec) -> None:
@@ -61,6 +77,7 @@ def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout,
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
     require_priced(model)  # a launch config carries the plan's prices
     require_mamba_blocks(target, model)
+    require_sequential_blocks(target, model)
     return EXPORTERS[target](model, cluster, layout, stages)
 
 

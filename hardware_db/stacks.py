@@ -417,6 +417,9 @@ class ExecutionStack:
     mamba_blocks: bool = False
     """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
     absent: false."""
+    parallel_blocks: bool = False
+    """Trains layers whose attention and MLP run in parallel (ModelSpec.parallel_block: Falcon, GPT-NeoX / Pythia,
+    Cohere), as a stack does that trains the Hugging Face model itself; absent: false."""
     activation_offload: bool = False
     """Offloads the activations of whole layers to host memory between forward and backward (Layout.offload_layers:
     Megatron-Core cpu_offloading_num_layers); absent: false."""
@@ -644,6 +647,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         bf16_end_layers=_sourced(where, raw, "bf16_end_layers", lambda: _flag(where, raw, "bf16_end_layers"), False),
         hybrid_mtp_bf16=_sourced(where, raw, "hybrid_mtp_bf16", lambda: _flag(where, raw, "hybrid_mtp_bf16"), False),
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
+        parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",

@@ -196,6 +196,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if model.is_hybrid and not stack.mamba_blocks:  # estimate.hybrid_stack_problems
         raise BadInputError(f"--stack {stack.name} has no Mamba blocks for hybrid {model.name}; use --stack "
                             "megatron-core")
+    if model.parallel_block and not stack.parallel_blocks:  # estimate.parallel_block_problems
+        raise BadInputError(f"--stack {stack.name} builds attention and MLP one after the other; {model.name} runs "
+                            "them in parallel: use --stack deepspeed")
     if fixed.get("moe_a2a_overlap") and not stack.moe_a2a_overlap:
         raise BadInputError(f"--fix moe_a2a_overlap=1: stack {stack.name} has no 1F1B all-to-all overlap; pick "
                             "another --stack or unpin it")

@@ -16,7 +16,8 @@ from clusterplan.models.architecture.spec import MAX_DIM, MAX_LAYERS, ModelSpec,
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v3", "gpt2",
              "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
              "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe", "nemotron_h",
-             "smollm3", "olmo3", "ministral", "exaone4", "seed_oss", "ernie4_5", "glm4", "phimoe")
+             "smollm3", "olmo3", "ministral", "exaone4", "seed_oss", "ernie4_5", "glm4", "phimoe", "falcon", "cohere",
+             "cohere2")
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe",
              "phimoe")
 """The model types whose config names routed experts (their fields: _moe_fields)."""
@@ -99,7 +100,7 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
     c = _Config({**cfg, "model_type": mt}, where)
     builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
                "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2,
-               "nemotron_h": _nemotron_h}.get(mt, _llama_like)
+               "nemotron_h": _nemotron_h, "falcon": _falcon, "cohere": _cohere, "cohere2": _cohere}.get(mt, _llama_like)
     fields = builder(c)
     for extra in (fields.pop("_activation_note", ""), fields.pop("_note", "")):
         if extra:
@@ -187,13 +188,70 @@ def _opt(c: _Config) -> dict[str, Any]:
 
 
 def _gpt_neox(c: _Config) -> dict[str, Any]:
-    # GPTNeoXLayer: fused qkv and dense with biases (attention_bias, default true), 4h MLP with biases, untied embed_out.
+    # GPTNeoXLayer: fused qkv and dense with biases (attention_bias, default true), 4h MLP with biases, untied embed_out;
+    # input_layernorm and post_attention_layernorm, both over the layer input when use_parallel_residual (default
+    # true: Pythia, GPT-NeoX-20B), x + attn(ln1(x)) + mlp(ln2(x)).
     bias = c.flag("attention_bias", True)
     return dict(n_layers=c.integer("num_hidden_layers", maximum=MAX_LAYERS), hidden=c.integer("hidden_size"), n_heads=c.integer("num_attention_heads"),
                 ffn_hidden=c.integer("intermediate_size"), gated_ffn=False, vocab=c.integer("vocab_size"),
                 tied_embeddings=c.flag("tie_word_embeddings", False), norm="layernorm", position="rope",
                 max_positions=c.integer("max_position_embeddings", default=2048), attn_bias=bias, linear_bias=bias,
+                parallel_block=c.flag("use_parallel_residual", True),
                 **_activation_field(c, False, "hidden_act", default="gelu"))
+
+
+def _falcon(c: _Config) -> dict[str, Any]:
+    """FalconDecoderLayer (transformers FalconConfig defaults): one fused query_key_value of (n + 2 kv) x head_dim
+    with the new decoder architecture (Falcon-40B / 180B: num_kv_heads), h + 2 head_dim under multi_query (Falcon-7B:
+    one K/V head), else 3h; dense, dense_h_to_4h and dense_4h_to_h; every linear biased by `bias` (default false);
+    LayerNorm with bias; the LM head tied to the embedding. Attention and MLP in parallel when parallel_attn or
+    new_decoder_architecture, with 2 norms (ln_attn, ln_mlp) under the new architecture (num_ln_in_parallel_attn,
+    default 2 there) and 1 (input_layernorm) otherwise; sequential (input and post-attention norms) when neither."""
+    h = c.integer("hidden_size")
+    n_heads = c.integer("num_attention_heads", "n_head")
+    new = c.flag("new_decoder_architecture", False)
+    parallel = new or c.flag("parallel_attn", True)
+    if new:
+        kv = c.integer("num_kv_heads", "n_head_kv", default=n_heads)
+    else:
+        kv = 1 if c.flag("multi_query", True) else n_heads
+    norms = 2
+    if parallel and not new:
+        norms = 1
+    elif new and c.raw.get("num_ln_in_parallel_attn") not in (None, 2):
+        norms = c.integer("num_ln_in_parallel_attn", maximum=2)
+    bias = c.flag("bias", False)
+    alibi = c.flag("alibi", False)
+    return dict(n_layers=c.integer("num_hidden_layers", "n_layer", maximum=MAX_LAYERS), hidden=h, n_heads=n_heads,
+                n_kv_heads=kv, ffn_hidden=c.integer("ffn_hidden_size", default=4 * h), gated_ffn=False,
+                vocab=c.integer("vocab_size"), tied_embeddings=c.flag("tie_word_embeddings", True), norm="layernorm",
+                position="alibi" if alibi else "rope", max_positions=c.integer("max_position_embeddings", default=2048),
+                attn_bias=bias, linear_bias=bias, parallel_block=parallel, norms_per_layer=norms,
+                **_activation_field(c, False, "activation", default="gelu"))
+
+
+def _cohere(c: _Config) -> dict[str, Any]:
+    """CohereDecoderLayer / Cohere2DecoderLayer: one input_layernorm feeding attention and a SwiGLU MLP in parallel,
+    x + attn(ln(x)) + mlp(ln(x)); CohereLayerNorm subtracts the mean but has a weight only (no bias), priced as
+    RMSNorm (the same parameters and traffic); q/k/v/o biased by attention_bias, the MLP unbiased; use_qk_norm norms
+    q and k per head over (heads, head_dim) weights (Cohere); the LM head tied. Cohere 2 windows three layers of four
+    (layer_types; sliding_window)."""
+    fields = _llama_like(c)
+    if c.flag("attention_bias", False):
+        raise UnsupportedModelError(f"{c.where}: {c.raw['model_type']} with attention_bias (o_proj biased, the MLP "
+                                    "not) is not supported; use the YAML format")
+    fields.update(parallel_block=True, norms_per_layer=1, tied_embeddings=c.flag("tie_word_embeddings", True))
+    if c.raw["model_type"] == "cohere" and c.flag("use_qk_norm", False):
+        fields.update(qk_norm=True, qk_norm_full_width=True)
+    if c.raw["model_type"] == "cohere2":
+        n_layers = fields["n_layers"]
+        windowed = c.layer_kinds(n_layers)
+        if windowed is None:
+            every = c.integer("sliding_window_pattern", default=4)
+            windowed = [(i + 1) % every != 0 for i in range(n_layers)]
+        fields.update(_window_fields(c, windowed, c.integer("sliding_window", default=None)))
+        fields["_note"] = "the full-attention layers' NoPE priced with RoPE, its elementwise share"
+    return fields
 
 
 def _gpt_oss(c: _Config) -> dict[str, Any]:

@@ -125,6 +125,12 @@ class ModelShapes:
     hybrid's average layer as these blocks mixed by share; of the hybrid's own scalar fields, attn_params,
     dense_mlp_params (over the non-MoE share), norm_params and tensors_per_layer are per-layer averages over the
     blocks, for the parameter, optimizer-state and collective terms; the others are the model's."""
+    parallel_block: bool = False
+    """Attention and MLP read the same layer input (ModelSpec.parallel_block): one residual input kept for both
+    norms' backward."""
+    shared_norm: bool = False
+    """In a parallel block, one norm feeds both branches (ModelSpec.norms_per_layer 1): one norm kernel per layer,
+    one norm output kept for both the qkv and the MLP input."""
     mamba_inner: int = 0
     """Mamba-2 inner width d_in = heads x head_dim (ModelSpec.mamba_inner); 0 outside a mamba block."""
     mamba_heads: int = 0
@@ -144,9 +150,21 @@ class ModelShapes:
 
     @property
     def blocks_per_layer(self) -> int:
-        """Residual blocks, each with a pre-norm, a residual add and (under TP) a gather / scatter pair, in one of
-        its layers: 2 in a transformer layer, 1 in a hybrid block."""
+        """Residual blocks, each with a residual add and (under TP) a gather / scatter pair, in one of its layers: 2
+        in a transformer layer (a parallel one too: its stacks gather each branch's input and reduce each branch's
+        output on their own, and add the two to the residual in two adds), 1 in a hybrid block."""
         return 2 if self.block == "layer" else 1
+
+    @property
+    def norms_run(self) -> int:
+        """Norm kernels one layer runs: one per residual block, one in a parallel layer whose norm is shared."""
+        return 1 if self.shared_norm else self.blocks_per_layer
+
+    @property
+    def norm_inputs_kept(self) -> int:
+        """Norm inputs one layer keeps for backward: one per residual block, one in a parallel layer (both norms
+        read the layer input)."""
+        return 1 if self.parallel_block else self.blocks_per_layer
 
     @classmethod
     def of(cls, m: ModelSpec) -> ModelShapes:
@@ -183,6 +201,7 @@ class ModelShapes:
             mtp_shared=m.mtp_shared,
             rms_norm=m.norm == "rmsnorm", rope=m.position == "rope", activation_clamp=m.activation_clamp,
             qk_norm=m.qk_norm, expert_bias=m.is_moe and m.linear_bias, expert_groups=m.expert_groups,
+            parallel_block=m.parallel_block, shared_norm=m.parallel_block and m.norms_per_layer == 1,
             expert_groups_per_token=m.expert_groups_per_token,
         )
 

@@ -40,14 +40,14 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
                       "moe_latent")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered",
-          "mtp_shared")
+          "mtp_shared", "parallel_block")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _MAMBA_SIZES = ("mamba_heads", "mamba_head_dim", "mamba_groups", "mamba_state_dim")
 """The Mamba-2 mixer's sizes a pattern with an `M` needs (0 = not given): H, P, G, N of research/hybrid-mamba.md."""
 HYBRID_BLOCKS = {"M": "Mamba-2 mixer", "*": "attention", "-": "MLP", "E": "MoE"}
 """Megatron-Core's hybrid_override_pattern symbols (ssm/mamba_hybrid_layer_allocation.py `Symbols`), in the order
 counts are shown: each character is one residual block with its own pre-norm."""
-_OMITTED_AT_DEFAULT = ("norms_per_layer", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
+_OMITTED_AT_DEFAULT = ("norms_per_layer", "parallel_block", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
                        "norm_zero_centered", "moe_latent", "mtp_shared", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
@@ -115,7 +115,13 @@ class ModelSpec:
     head_dim) (OLMo 2's q_norm / k_norm)."""
     norms_per_layer: int = 2
     """Norm modules per layer: 2 (pre-attention, pre-MLP; OLMo 2's two post-norms count the same); 4 with Gemma 2/3's
-    extra post-attention and post-feedforward norms."""
+    extra post-attention and post-feedforward norms; 1 in a parallel block whose one norm feeds both branches
+    (Falcon-7B's input_layernorm, Cohere's)."""
+    parallel_block: bool = False
+    """Attention and MLP read the same layer input and add their outputs to it together, x + attn(norm(x)) +
+    mlp(norm'(x)), instead of one after the other (GPT-J and PaLM's parallel formulation; transformers GPTNeoXLayer
+    use_parallel_residual, FalconDecoderLayer parallel_attn / new_decoder_architecture, CohereDecoderLayer): the
+    same FLOPs, one residual input saved for both norms, and with norms_per_layer 1 one norm output for both."""
     dropout: bool = False
     """Dropout in training (attention probabilities and residuals), as the 2021-era Megatron GPT runs used."""
     # Local attention (GPT-OSS, Mistral 7B v0.1, Gemma 2/3)
@@ -251,8 +257,14 @@ class ModelSpec:
             if self.moe_every < 1 or not 0 <= self.first_dense_layers <= self.n_layers:
                 raise BadInputError(f"model {self.name}: moe_every >= 1 and 0 <= first_dense_layers <= n_layers")
         if not isinstance(self.norms_per_layer, int) or isinstance(self.norms_per_layer, bool) \
-                or self.norms_per_layer not in (2, 4):
-            raise BadInputError(f"model {self.name}: norms_per_layer must be 2 or 4, got {self.norms_per_layer!r}")
+                or self.norms_per_layer not in (1, 2, 4):
+            raise BadInputError(f"model {self.name}: norms_per_layer must be 1, 2 or 4, got {self.norms_per_layer!r}")
+        if self.norms_per_layer == 1 and not self.parallel_block:
+            raise BadInputError(f"model {self.name}: norms_per_layer 1 needs parallel_block: true (one norm feeding "
+                                "attention and MLP together); a sequential layer has 2")
+        if self.parallel_block is True and (self.n_experts or self.hybrid_pattern or self.norms_per_layer == 4):
+            raise BadInputError(f"model {self.name}: parallel_block is modelled for dense attention + MLP layers with "
+                                "1 or 2 norms; not with experts, a hybrid pattern or 4 norms")
         if self.qk_norm_full_width and not self.qk_norm:
             raise BadInputError(f"model {self.name}: qk_norm_full_width needs qk_norm: true")
         for f in ("full_attention_every", "full_attention_first_layers"):

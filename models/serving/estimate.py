@@ -341,8 +341,10 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
     chunk_tokens = chunk_tokens or profile.chunk_tokens
     max_batch = max_batch or profile.max_seqs
     if model.n_heads % tp:
+        divisors = [d for d in range(1, min(model.n_heads, 64) + 1) if model.n_heads % d == 0]
+        shown = ", ".join(map(str, divisors[:-1])) + f" or {divisors[-1]}" if len(divisors) > 1 else str(divisors[0])
         raise BadInputError(f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
-                            "use a divisor, e.g. 1, 2, 4 or 8")
+                            f"use a divisor: {shown}")
     inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
                            weight_dtype=weight_dtype, kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype,
                            engine=profile.name, knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),

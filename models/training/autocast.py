@@ -68,7 +68,9 @@ def activation_cast_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRate
     of the readers' fp32 gradients, and the two branch outputs' gradient downcasts."""
     n = L.seq * L.mbs / L.cp * shapes.hidden / L.sp_div
     readers = AUTOCAST_ATTN_INPUT_CASTS + mlp_input_casts(shapes, moe)
-    sums = readers - 2.0  # a norm output read by r linears: r - 1 additions, for each of the two norms
+    # a norm output read by r linears: r - 1 additions, for each of the two norms (one norm read by every linear in
+    # a parallel layer that shares it: ModelShapes.shared_norm)
+    sums = readers - (1.0 if shapes.shared_norm else 2.0)
     forward, upcast = cast_times(readers * n, hw)
     return forward, upcast + (sums * ACCUMULATE_BYTES + 2.0 * CAST_BYTES) * n / hw.hbm_bytes_per_s
 

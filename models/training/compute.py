@@ -373,8 +373,8 @@ def local_share(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
 
 def norm_bytes(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """HBM bytes of one layer's norms forward, one per block (read + write h at 2 B each; the `outside` share of
-    elementwise_bytes): two in a transformer layer, one in a hybrid block."""
-    return L.seq * L.mbs / L.cp * shapes.hidden * 4 * shapes.blocks_per_layer / L.sp_div
+    elementwise_bytes): two in a transformer layer, one in a hybrid block or a parallel layer with a shared norm."""
+    return L.seq * L.mbs / L.cp * shapes.hidden * 4 * shapes.norms_run / L.sp_div
 
 
 def activation_fn_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> np.ndarray:

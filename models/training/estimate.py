@@ -401,7 +401,8 @@ def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exe
     """The rules estimate() applies before pricing: the layout's divisibility, the precision's and what the stack's
     context parallelism cannot run for this model."""
     return (layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
-            + cp_window_problems(model, layout, stack) + hybrid_stack_problems(model, stack))
+            + cp_window_problems(model, layout, stack) + hybrid_stack_problems(model, stack)
+            + parallel_block_problems(model, stack))
 
 
 def hybrid_stack_problems(model: ModelSpec, stack: ExecutionStack) -> list[Rule]:
@@ -411,6 +412,15 @@ def hybrid_stack_problems(model: ModelSpec, stack: ExecutionStack) -> list[Rule]
         return []
     return [Rule.broken(RuleCode.STACK, f"stack {stack.name} has no Mamba blocks for hybrid {model.name}; use --stack "
                                         "megatron-core")]
+
+
+def parallel_block_problems(model: ModelSpec, stack: ExecutionStack) -> list[Rule]:
+    """A parallel attention / MLP model trains on a stack that runs its Hugging Face model as built (stacks.yaml
+    parallel_blocks: DeepSpeed); Megatron-Core, torchtitan and nanotron build their own sequential blocks."""
+    if not model.parallel_block or stack.parallel_blocks:
+        return []
+    return [Rule.broken(RuleCode.STACK, f"stack {stack.name} builds attention and MLP one after the other; "
+                                        f"{model.name} runs them in parallel: use --stack deepspeed")]
 
 
 def cp_window_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:

@@ -468,7 +468,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     # Under autocast the residual stream, and so each norm's saved input, stays fp32.
     lin_div = 1.0 if sp_gathered else spd
     residual = act if casting is None else np.where(casting, FP32_PARAM_BYTES, act)
-    norm_inputs = tokens * h * shapes.blocks_per_layer * (residual + drop) / spd  # one norm per residual block
+    # one norm input per residual block; a parallel layer's norms both read the layer input (ModelShapes.norm_inputs_kept)
+    norm_inputs = tokens * h * shapes.norm_inputs_kept * (residual + drop) / spd
     # The attention's input norm output: the fused norm-qkv linear's saved input. MLA's q/kv down-projections
     # read a separate norm module, which "layernorm" recompute discards (Megatron-Core CheckpointWithoutOutput).
     # Under autocast (models/training/autocast.py) the norm output is fp32 and each of q, k, v saves its own bf16
@@ -526,10 +527,15 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     elif shapes.block == "attention":  # a hybrid's attention block: no MLP
         mlp_norm_out = mlp = 0.0
     else:
-        # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output.
+        # Under autocast the gate and up projections (w1, w3) each save their own cast of the norm output. A parallel
+        # layer with one norm hands the MLP the tensor the qkv projection already keeps (ModelShapes.shared_norm).
+        # (Under autocast that MLP still saves its own bf16 casts of it.)
         mlp_norm_out = tokens * h * lin_in / lin_div
+        shared = 0.0 if shapes.shared_norm else 1.0
         if casting is not None:
-            mlp_norm_out = mlp_norm_out * np.where(casting, mlp_input_casts(shapes, False), 1.0)
+            mlp_norm_out = mlp_norm_out * np.where(casting, mlp_input_casts(shapes, False), shared)
+        else:
+            mlp_norm_out = mlp_norm_out * shared
         # the activation's saved input(s) and the fc2 input (fp8 under fp8); a Mamba block (in_proj's input is the
         # norm output above): its mixer's saved tensors and out_proj's input (mamba_kernels.saved_bytes)
         mlp = (glu * act + lin_in) * tokens * shapes.ffn / t if shapes.block != "mamba" else mixer_saved_bytes(
