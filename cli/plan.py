@@ -231,8 +231,10 @@ def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:
 def _layout_label(lay: dict) -> str:
     """A layout's short label in the plan tables (the keys that differ between plans)."""
     return (f"tp{lay['tp']} pp{lay['pp']}" + (f"v{lay['vpp']}" if lay["vpp"] > 1 else "")
-            + f" dp{lay['dp']}" + (" " + cp_label(lay["cp"], lay["cp_kind"], lay.get("cp_a2a", 1))
-                                   if lay["cp"] > 1 else "") + (f" ep{lay['ep']}" if lay["ep"] > 1 else "")
+            + f" dp{lay['dp']}"
+            + (f"({lay['dp_replicate']}x{lay['dp'] // lay['dp_replicate']})" if lay.get("dp_replicate", 1) > 1 else "")
+            + (" " + cp_label(lay["cp"], lay["cp_kind"], lay.get("cp_a2a", 1)) if lay["cp"] > 1 else "")
+            + (f" ep{lay['ep']}" + (f"etp{lay['etp']}" if lay.get("etp", 1) > 1 else "") if lay["ep"] > 1 else "")
             + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
             + (" " + precision_label(lay["precision"], lay.get("fp8_recipe", ""), lay.get("fp8_params", False))
@@ -244,6 +246,8 @@ def _layout_label(lay: dict) -> str:
                and megatron_keeps_remainders(Layout.from_dict(lay)) else "")
             + (f" {lay['moe_dispatcher']}" if lay.get("moe_dispatcher", "alltoall") != "alltoall" else "")
             + (" a2a-overlap" if lay.get("moe_a2a_overlap") else "")
+            + (f" drop{lay['moe_capacity_factor']:g}" if lay.get("moe_capacity_factor") is not None else "")
+            + (f" graphs:{lay['cuda_graphs']}" if lay.get("cuda_graphs", "none") != "none" else "")
             + (" layers " + "/".join(map(str, lay["pp_layers"])) if lay.get("pp_layers") else ""))
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from clusterplan.models.training.estimate import estimate
+from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.planfile import read_plan
 from clusterplan.reference import report as reference
 from clusterplan.solver.search import search
@@ -123,3 +124,16 @@ def test_pinning_expert_keys_on_a_dense_model_is_bad_input(run_cli):
         key = fix.split("=")[0]
         assert code == 2 and out == "" and err.strip() == (f"error: --fix {key}: llama3.1-70b is a dense model (no "
                                                            f"experts); drop {key}"), err
+
+
+def test_plan_table_tells_hsdp_and_dispatch_apart():
+    # Two plans that differ only in dp_replicate (HSDP: 2 replicas of 16-way sharding) must not print alike.
+    from clusterplan.cli.plan import _layout_label
+
+    base = Layout(tp=2, dp=32, zero=2, mbs=1, gbs=512, seq=2048, recompute="none").to_dict()
+    hsdp = Layout(tp=2, dp=32, dp_replicate=2, zero=2, mbs=1, gbs=512, seq=2048, recompute="none").to_dict()
+    assert _layout_label(base) == "tp2 pp1 dp32 mbs1 zero2 none sp"
+    assert _layout_label(hsdp) == "tp2 pp1 dp32(2x16) mbs1 zero2 none sp"
+    moe = Layout(dp=8, ep=8, etp=2, tp=2, zero=1, mbs=1, gbs=64, seq=4096, moe_capacity_factor=1.0,
+                 cuda_graphs="attn").to_dict()
+    assert " ep8etp2 " in _layout_label(moe) and _layout_label(moe).endswith(" drop1 graphs:attn")
