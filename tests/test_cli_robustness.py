@@ -72,7 +72,28 @@ def test_zero_bandwidth_between_two_nodes(run_cli, tmp_path):
     path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 2}],
                                              "node_bandwidth_gb_per_s": [[0, 0], [0, 0]]})
     one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", path, "--layout", "tp=8,dp=2",
-                    expect="> 0 between different nodes")
+                    expect="1e-06 .. 1e+06 between different nodes")
+
+
+def test_a_misspelt_cluster_key_is_refused_not_ignored(run_cli, tmp_path):
+    # node_bandwidth_gbps for node_bandwidth_gb_per_s: ignored, the plan would drop the measured matrix unsaid.
+    path = _write(tmp_path, "cluster.yaml", {"groups": [{"node": "dgx-h100", "count": 2}],
+                                             "node_bandwidth_gbps": [[0, 5], [5, 0]]})
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", path, "--layout", "tp=8,dp=2",
+                    expect="unknown key(s) node_bandwidth_gbps; known: groups, name, node_bandwidth_gb_per_s, pods, "
+                           "resilience")
+
+
+def test_bandwidths_outside_1_kb_to_1_pb_per_s_are_refused(run_cli, tmp_path):
+    # 1e-300 GB/s used to give 300-digit step times and a broken table.
+    tiny = _write(tmp_path, "tiny.yaml", {"groups": [{"node": "dgx-h100", "count": 2}],
+                                          "node_bandwidth_gb_per_s": [[0, 1e-300], [1e-300, 0]]})
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", tiny, "--layout", "tp=8,dp=2",
+                    expect="matrix of GB/s, 1e-06 .. 1e+06")
+    group = _write(tmp_path, "group.yaml", {"groups": [{"node": "dgx-h100", "count": 2,
+                                                        "scale_out_busbw_gb_per_s": 1e-300}]})
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", group, "--layout", "tp=8,dp=2",
+                    expect="scale_out_busbw_gb_per_s must be a bandwidth in GB/s from 1e-06 (1 kB/s) to 1e+06")
 
 
 def test_empty_cluster_key(run_cli, tmp_path):

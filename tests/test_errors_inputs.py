@@ -158,7 +158,7 @@ GOOD_CLUSTER = {"name": "c", "groups": [{"node": "dgx-h100", "count": 2}]}
     ({"groups": [{"node": "dgx-h100", "count": 2, "gpus_per_node": "eight"}]}, "gpus_per_node"),
     ({"groups": [{"node": "dgx-h100", "count": 2, "scale_out_busbw_gb_per_s": -5}]}, "scale_out_busbw_gb_per_s must be > 0"),
     ({**GOOD_CLUSTER, "node_bandwidth_gb_per_s": [[0, 1, 1], [1, 0, 1], [1, 1, 0]]}, "must be a 2x2 matrix"),
-    ({**GOOD_CLUSTER, "node_bandwidth_gb_per_s": [[0, -1], [1, 0]]}, "must be a 2x2 matrix of numbers >= 0"),
+    ({**GOOD_CLUSTER, "node_bandwidth_gb_per_s": [[0, -1], [1, 0]]}, "must be a 2x2 matrix of GB/s"),
     ({**GOOD_CLUSTER, "node_bandwidth_gb_per_s": [[0, "fast"], [1, 0]]}, "must be a 2x2 matrix"),
 ])
 def test_bad_cluster_yaml(tmp_path, data, expect):

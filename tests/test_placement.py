@@ -316,7 +316,7 @@ def test_pods_describe_the_same_links_as_the_matrix():
     ({"nodes": [[0, 1], [1]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
     ({"nodes": [[0], [1, 2]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
     ({"nodes": [[0], [1]], "inside_gb_per_s": 380}, "exactly one pod"),
-    ({"nodes": [[0], [1]], "inside_gb_per_s": 380, "between_gb_per_s": 0}, "numbers > 0"),
+    ({"nodes": [[0], [1]], "inside_gb_per_s": 380, "between_gb_per_s": 0}, "must be GB/s from 1e-06 to 1e"),
     ({"nodes": [[0], [True]], "inside_gb_per_s": 380, "between_gb_per_s": 40}, "exactly one pod"),
 ])
 def test_bad_pods_are_one_line_errors(pods, message):

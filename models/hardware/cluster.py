@@ -218,6 +218,9 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
                        ("scale_up_busbw_gb_per_s", up_bw), ("scale_out_busbw_gb_per_s", out_bw)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 or not _finite(value):
             raise BadInputError(f"{where}: {key} must be > 0, got {value!r}")
+        if key.endswith("_gb_per_s") and not BUSBW_GB_PER_S[0] <= value <= BUSBW_GB_PER_S[1]:
+            raise BadInputError(f"{where}: {key} must be a bandwidth in GB/s from {BUSBW_GB_PER_S[0]:g} (1 kB/s) to "
+                                f"{BUSBW_GB_PER_S[1]:g} (1 PB/s), got {value!r}")
     price = overrides.get("usd_per_gpu_hour")
     if price is not None:  # the user's own price (a contract, a reservation) replaces hardware_db's observation
         if not isinstance(price, (int, float)) or isinstance(price, bool) or not _finite(price) or not 0 < price < 1e6:
@@ -243,7 +246,19 @@ GROUP_KEYS = {"node", "count", "gpu", "gpus_per_node", "scale_up_link", "nic_lin
               "usd_per_gpu_hour"}
 
 
+CLUSTER_KEYS = frozenset({"name", "groups", "node_bandwidth_gb_per_s", "pods", "resilience"})
+"""The keys of a cluster file (a `cluster:` wrapper is unwrapped before): an unknown one, a misspelt bandwidth matrix
+say, is refused rather than ignored."""
+BUSBW_GB_PER_S = (1e-6, 1e6)
+"""A cluster file's bandwidths in GB/s: 1 kB/s .. 1 PB/s, the range calibration files hold measured ones to
+(calibration.RANGES busbw_bytes_per_s); outside it a step time overflows into hundreds of digits."""
+
+
 def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluster:
+    unknown = set(data) - CLUSTER_KEYS
+    if unknown:
+        raise BadInputError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: "
+                            f"{', '.join(sorted(CLUSTER_KEYS))}")
     raw_groups = data.get("groups")
     if not isinstance(raw_groups, list) or not raw_groups:
         raise BadInputError(f"{where}: needs `groups:`, a list of {{node: PRESET, count: N}}")
@@ -264,14 +279,16 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
             raise BadInputError(f"{where}: give node_bandwidth_gb_per_s or pods, not both")
         matrix = _pods_matrix(data["pods"], n_nodes, where)
     if matrix is not None:
+        low, high = BUSBW_GB_PER_S
         ok = isinstance(matrix, list) and len(matrix) == n_nodes and all(
             isinstance(row, list) and len(row) == n_nodes and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v >= 0 and (v > 0 or i == j)
+                isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v >= 0
+                and (low <= v <= high or (v == 0 and i == j))
                 for j, v in enumerate(row))
             for i, row in enumerate(matrix))
         if not ok:
-            raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of numbers >= 0 "
-                                "(> 0 between different nodes)")
+            raise BadInputError(f"{where}: node_bandwidth_gb_per_s must be a {n_nodes}x{n_nodes} matrix of GB/s, "
+                                f"{low:g} .. {high:g} between different nodes (0 allowed on the diagonal)")
         matrix = tuple(tuple(float(v) for v in row) for row in matrix)
     resilience = resilience_from_dict(data["resilience"], where) if "resilience" in data else None
     return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix,
@@ -301,9 +318,10 @@ def _pods_matrix(pods: Any, n_nodes: int, where: str) -> list[list[float]]:
     if any(not isinstance(i, int) or isinstance(i, bool) for i in flat) or sorted(flat) != list(range(n_nodes)):
         raise BadInputError(usage)
     speeds = (pods["inside_gb_per_s"], pods["between_gb_per_s"])
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v > 0 for v in speeds):
-        raise BadInputError(f"{where}: pods inside_gb_per_s and between_gb_per_s must be numbers > 0, got "
-                            f"{speeds[0]!r} and {speeds[1]!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
+               and BUSBW_GB_PER_S[0] <= v <= BUSBW_GB_PER_S[1] for v in speeds):
+        raise BadInputError(f"{where}: pods inside_gb_per_s and between_gb_per_s must be GB/s from "
+                            f"{BUSBW_GB_PER_S[0]:g} to {BUSBW_GB_PER_S[1]:g}, got {speeds[0]!r} and {speeds[1]!r}")
     pod = {i: k for k, m in enumerate(members) for i in m}
     return [[0.0 if i == j else float(speeds[0] if pod[i] == pod[j] else speeds[1]) for j in range(n_nodes)]
             for i in range(n_nodes)]
