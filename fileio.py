@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,8 @@ def check_output_path(path: str | os.PathLike[str], option: str = "--out") -> Pa
     where = f"{option} {show(p)}"
     if is_dir(p):
         raise BadInputError(f"{where}: is a directory; give a file name")
+    if path_exists(p) and not _stream_target(p) and not os.path.isfile(p):
+        raise BadInputError(f"{where}: is not a regular file (a socket or block device); give a file name")
     parent = p.parent
     while not path_exists(parent):  # the nearest existing folder must be a folder we can write in
         if parent == parent.parent:
@@ -335,11 +338,31 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_atomic_bytes(path, text.encode("utf-8"))
 
 
+def _stream_target(target: Path) -> bool:
+    """Whether `target` (followed through links) is a character device or a FIFO (/dev/stdout, a named pipe): written
+    to directly, as a shell redirect would, since a rename would replace the node with a file."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def write_atomic_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: an interrupted write never leaves a half file."""
+    """Temp file in the same folder, fsync, rename: an interrupted write never leaves a half file. Through a symbolic
+    link, the file it points to is replaced (the link stays); a character device or FIFO is written to directly."""
     if not isinstance(payload, bytes):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     target = check_name(path, "output file")
+    if _stream_target(target):
+        try:
+            with open(target, "wb") as fh:
+                fh.write(payload)
+        except OSError as exc:
+            raise _cannot_write(target, exc) from exc
+        return
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -29,3 +29,44 @@ def test_write_atomic_keeps_old_file_when_writing_fails(tmp_path):
         write_atomic(target, 123)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_symlink_keeps_pointing_at_the_new_file(tmp_path):
+    from clusterplan.fileio import write_atomic
+
+    target = tmp_path / "target.yaml"
+    target.write_text("old\n")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target.name)
+    write_atomic(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    import os
+    import threading
+
+    from clusterplan.fileio import check_output_path, write_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    check_output_path(fifo)
+    write_atomic(fifo, "plan\n")
+    reader.join(timeout=10)
+    assert got == [b"plan\n"] and fifo.is_fifo()
+
+
+def test_a_socket_is_refused_as_an_output(tmp_path):
+    import socket
+
+    from clusterplan.errors import BadInputError
+    from clusterplan.fileio import check_output_path
+
+    path = tmp_path / "s"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        with pytest.raises(BadInputError, match="is not a regular file"):
+            check_output_path(path)
