@@ -46,9 +46,14 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     Exits 2 when the plan cannot be read or the framework cannot run it (the line says why).
     """
     plan = read_plan(plan_path)
-    stack = get_stack(stack_name or STACK_OF_TARGET[target])
+    # the plan's own stack where the target runs it (a torchtitan plan's compile), else the target's
+    default = plan.stack if plan.stack and STACK_OF_TARGET.get(target, "") in plan.stack else STACK_OF_TARGET[target]
+    stack = get_stack(stack_name or default)
     # the recipe the plan was priced with, named: "" means the plan's stack's first, not the target's
-    result = export_plan(target, plan.model, plan.cluster, named_recipe(plan.layout, plan.stack), plan.stages)
+    # what a torchtitan config compiles follows a stack the user named or the plan was priced on, not the default
+    chosen = stack.name if stack_name or stack.name == plan.stack else None
+    result = export_plan(target, plan.model, plan.cluster, named_recipe(plan.layout, plan.stack), plan.stages,
+                         stack=chosen)
     if out_path:
         write_atomic(out_path, result.text)
         console.info(f"wrote {out_path}")

@@ -71,13 +71,21 @@ def require_mamba_blocks(target: str, model: ModelSpec) -> None:
                               "megatron (pretrain_mamba.py)")
 
 
-def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
-    """`target`'s launch config of the plan; `stages` (a mixed-GPU plan's) adds the per-stage layers and GPU types."""
+COMPILE_TARGETS = ("torchtitan", "torchtitan-py")
+"""Targets whose config says what torch.compile covers, from the plan's stack (torchtitan.compile_components)."""
+
+
+def export_plan(target: str, model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = (),
+                stack: str | None = None) -> Export:
+    """`target`'s launch config of the plan; `stages` (a mixed-GPU plan's) adds the per-stage layers and GPU types;
+    `stack`, the stack the plan was priced on, sets what a torchtitan config compiles."""
     if target not in EXPORTERS:
         raise BadInputError(f"--to {target!r}: choose one of {', '.join(EXPORTERS)}")
     require_priced(model)  # a launch config carries the plan's prices
     require_mamba_blocks(target, model)
     require_sequential_blocks(target, model)
+    if target in COMPILE_TARGETS:
+        return EXPORTERS[target](model, cluster, layout, stages, stack=stack)
     return EXPORTERS[target](model, cluster, layout, stages)
 
 

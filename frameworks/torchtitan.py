@@ -249,7 +249,32 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
     return out
 
 
-def sections(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str, dict[str, Value]]:
+COMPILE_COMPONENTS: dict[str, tuple[str, ...]] = {"torchtitan": (), "torchtitan-compile": ("model",),
+                                                  "torchtitan-compile-loss": ("model", "loss")}
+"""What each torchtitan stack compiles (stacks.yaml: eager; the blocks; the blocks and the loss,
+pytorch/torchtitan#1033): the export's [compile] section, which `check` reads the stack back from."""
+
+
+def compile_components(layout: Layout, stack: str | None) -> tuple[str, ...]:
+    """torch.compile's components in the export: the plan's torchtitan stack's (COMPILE_COMPONENTS; eager: none);
+    for a plan of no torchtitan stack, model and loss under fp8 (torchtitan docs/float8.md: compile "required for
+    competitive performance") and none otherwise."""
+    if stack in COMPILE_COMPONENTS:
+        return COMPILE_COMPONENTS[stack]
+    return ("model", "loss") if layout.precision == "fp8" else ()
+
+
+def eager_fp8_notes(layout: Layout, components: tuple[str, ...]) -> list[Note]:
+    """An fp8 plan of the eager stack, written eager as it was priced."""
+    if layout.precision != "fp8" or components:
+        return []
+    return [Note("float8 written without torch.compile, as the plan's stack torchtitan (eager) priced it; "
+                 "torchtitan's float8 docs call compile required for competitive performance (plan with --stack "
+                 "torchtitan-compile-loss to price it compiled)")]
+
+
+def sections(model: ModelSpec, layout: Layout, stages: Stages = (), stack: str | None = None
+             ) -> dict[str, dict[str, Value]]:
     L = layout
     refuse_unsupported(model, L)
     name, flavor = MODELS.get(model.name, (model.family, model.name))
@@ -268,8 +293,9 @@ def sections(model: ModelSpec, layout: Layout, stages: Stages = ()) -> dict[str,
         "parallelism": parallelism(model, L, stages),
         "activation_checkpoint": activation_checkpoint(model, L),
     }
-    if L.precision == "fp8":
-        out["compile"] = {"enable": True, "components": ["model", "loss"]}
+    components = compile_components(L, stack)
+    if components:
+        out["compile"] = {"enable": True, "components": list(components)}
     if mx:  # torchtitan v0.2 MXLinear: cuBLAS MXFP8 GEMMs, the CUDA dim-1 cast its docs recommend, LM head in bf16
         out["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "mxfp8_dim1_cast_kernel_choice": "cuda",
                                      "filter_fqns": ["output"]}
@@ -297,15 +323,17 @@ def torchrun_prefix(cluster: Cluster, static: bool = False) -> str:
             "--rdzv-endpoint $HEAD_NODE_ADDR:29500 --rdzv-id clusterplan")
 
 
-def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+def export_torchtitan(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = (),
+                      stack: str | None = None) -> Export:
     """The v0.2 TOML with the torchrun line that starts it (run the same line on every node). A mixed-GPU plan
-    (`stages`) lists each stage's modules and says which node ranks start on which GPU type."""
+    (`stages`) lists each stage's modules and says which node ranks start on which GPU type; `stack`, the plan's,
+    says what it compiles (compile_components)."""
     check_exportable(model, cluster, layout, stages)
     layout = with_stage_ends(layout, stages)
     filename = f"{slug(model.name)}.toml"
     launch = f"{torchrun_prefix(cluster, static=bool(stages))} -m torchtitan.train --job.config_file {filename}"
-    body = sections(model, layout, stages)
-    found = notes(model, layout)
+    body = sections(model, layout, stages, stack)
+    found = notes(model, layout) + eager_fp8_notes(layout, compile_components(layout, stack))
     comments = [*header_lines(model, cluster, layout, "torchtitan v0.2"), f"launch (every node): {launch}",
                 *stage_lines(cluster, layout, stages, "NODE_RANK in the torchrun line"),
                 *(f"note: {n.text}" for n in found)]

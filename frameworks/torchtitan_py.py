@@ -30,7 +30,9 @@ from clusterplan.frameworks.torchtitan import (
     MODELS,
     SCHEDULES,
     batch_sizes,
+    compile_components,
     data_parallel,
+    eager_fp8_notes,
     even_layers_per_stage,
     model_parts,
     notes,
@@ -105,12 +107,15 @@ def _call(name: str, fields: list[tuple[str, str]], indent: str) -> list[str]:
 
 
 def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, launch: str,
-           stages: Stages = ()) -> str:
+           stages: Stages = (), stack: str | None = None) -> str:
+    """The recipe module's text; `stack`, the plan's, says what it compiles (torchtitan.compile_components)."""
     L = layout
     name, flavor = MODELS.get(model.name, (model.family, model.name))
     fp8 = L.precision == "fp8"
+    components = compile_components(L, stack)
+    compiled = "True" if components else "False"
     ac = ac_config(model, L)
-    configs = "CompileConfig, ParallelismConfig, TrainingConfig" if fp8 else "ParallelismConfig, TrainingConfig"
+    configs = "CompileConfig, ParallelismConfig, TrainingConfig" if components else "ParallelismConfig, TrainingConfig"
     imports = [f"from torchtitan.config import {configs}",
                "from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
                f"from torchtitan.models.{name} import model_registry",
@@ -127,12 +132,12 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
              f"def {function}() -> Trainer.Config:", "    return Trainer.Config("]
     if mx:  # MXFP8 on every linear (0.3's MXFP8LinearConverter: fqns, empty = all), compiled
         lines += ["        model_spec=model_registry(", f"            {flavor!r},",
-                  "            converters=[MXFP8LinearConverter.Config(model_compile_enabled=True)],", "        ),"]
+                  f"            converters=[MXFP8LinearConverter.Config(model_compile_enabled={compiled})],", "        ),"]
     elif fp8:  # rowwise float8 (0.3 has no tensorwise: recipe_name rowwise or rowwise_with_gw_hp) on every linear
         # but the LM head, compiled (torchtitan's 405B recipe)
         lines += ["        model_spec=model_registry(", f"            {flavor!r},",
                   "            converters=[Float8LinearConverter.Config(recipe_name='rowwise', filter_fqns=['lm_head'], "
-                  "model_compile_enabled=True)],", "        ),"]
+                  f"model_compile_enabled={compiled})],", "        ),"]
     else:
         lines.append(f"        model_spec=model_registry({flavor!r}),")
     lines.append(f"        hf_assets_path={'./assets/hf/' + HF_ASSETS.get(model.name, model.name)!r},")
@@ -140,8 +145,8 @@ def recipe(model: ModelSpec, cluster: Cluster, layout: Layout, function: str, la
     lines += _call("parallelism=ParallelismConfig", parallelism_fields(model, L, stages), "        ")
     if ac is not None:
         lines.append(f"        activation_checkpoint={ac},")
-    if fp8:
-        lines.append("        compile=CompileConfig(enable=True, components=['model', 'loss']),")
+    if components:
+        lines.append(f"        compile=CompileConfig(enable=True, components={list(components)!r}),")
     lines.append("    )")
     return "\n".join(lines) + "\n"
 
@@ -166,9 +171,10 @@ def py_notes(model: ModelSpec, layout: Layout) -> list[Note]:
     return out
 
 
-def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = ()) -> Export:
+def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout, stages: Stages = (),
+                         stack: str | None = None) -> Export:
     """A recipe module; torchtitan selects it with --module/--config. A mixed-GPU plan (`stages`) lists each
-    stage's modules and says which node ranks start on which GPU type."""
+    stage's modules and says which node ranks start on which GPU type; `stack`, the plan's, what it compiles."""
     check_exportable(model, cluster, layout, stages)
     layout = with_stage_ends(layout, stages)
     refuse_unsupported(model, layout)
@@ -177,5 +183,6 @@ def export_torchtitan_py(model: ModelSpec, cluster: Cluster, layout: Layout, sta
     filename = f"{module}.py"
     launch = (f"{torchrun_prefix(cluster, static=bool(stages))} -m torchtitan.train --module {module} "
               f"--config {module}")
-    return Export(text=recipe(model, cluster, layout, module, launch, stages), filename=filename, launch=launch,
-                  noted=tuple(py_notes(model, layout)))
+    found = py_notes(model, layout) + eager_fp8_notes(layout, compile_components(layout, stack))
+    return Export(text=recipe(model, cluster, layout, module, launch, stages, stack), filename=filename,
+                  launch=launch, noted=tuple(found))

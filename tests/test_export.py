@@ -616,3 +616,26 @@ def test_a2a_overlap_exports_delayed_wgrads_and_many_connections(tmp_path):
     notes = read_config(_write(tmp_path / "plain.sh", plain), model, 16).notes
     assert any("without --delay-wgrad-compute" in n for n in notes)
     assert any("one hardware queue" in n for n in notes)
+
+
+@pytest.mark.parametrize("stack, precision, compiled", [
+    ("torchtitan-compile-loss", "bf16", ["model", "loss"]), ("torchtitan-compile", "bf16", ["model"]),
+    ("torchtitan", "fp8", None), ("torchtitan-compile-loss", "fp8", ["model", "loss"]),
+])
+def test_torchtitan_export_compiles_what_the_plans_stack_compiles(run_cli, tmp_path, stack, precision, compiled):
+    """[compile] follows the stack the plan was priced on, and `check` reads that stack back: a compiled bf16 plan
+    was exported eager (75.1 GiB planned, 84.5 GiB as written: out of memory), an eager fp8 plan compiled (77.0 GiB
+    planned, 56.5 GiB as written), each without a word."""
+    import tomllib
+
+    layout = Layout(tp=2, dp=4, zero=3, mbs=2, gbs=32, seq=8192, recompute="none", sp=True, precision=precision)
+    plan, toml = tmp_path / "plan.yaml", tmp_path / "job.toml"
+    write_plan(plan, model_ref="llama3.1-8b", cluster_ref="dgx-h100:1", layout=layout, stack=stack)
+    code, _, err = run_cli("export", str(plan), "--to", "torchtitan", "--out", str(toml))
+    assert code == 0, err
+    doc = tomllib.loads(toml.read_text())
+    assert (doc["compile"]["components"] if doc.get("compile", {}).get("enable") else None) == compiled
+    assert ("float8 written without torch.compile" in err) is (compiled is None and precision == "fp8")
+    assert "the exported config as" not in err  # no memory or stack difference read back
+    code, out, _ = run_cli("check", str(toml), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--format", "json")
+    assert json.loads(out)["estimate"]["stack"] == stack
