@@ -333,6 +333,10 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
     if mode == "memory_budget":
         notes.append("activation_checkpoint.mode memory_budget is estimated as selective recompute")
     option = str(ac.get("selective_ac_option", "op"))
+    if recompute == "selective" and option != "op" and not (option.isdigit() and int(option) >= 1):
+        # torchtitan's _apply_ac_to_transformer_block: "Invalid selective AC option ... 'op' or a positive int"
+        raise BadInputError(f"{where}: activation_checkpoint.selective_ac_option {option!r}: torchtitan takes 'op' "
+                            "(op-level) or a positive integer n (every n-th block)")
     if recompute == "selective" and option.isdigit() and int(option) >= 1:
         # every n-th layer fully checkpointed (torchtitan activation_checkpoint `_apply_layer_sac`)
         per_rank = model.n_layers // pp
@@ -902,6 +906,16 @@ def bridge_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
 def bridge_read(doc: Mapping[str, Any], path: Path, model: ModelSpec, world: int) -> ReadConfig:
     """A ConfigContainer (printed, an override file, or a launch line's overrides) as the layout it runs."""
     v, notes, extra = bridge_values(doc, show(path))
+    # TransformerConfig.__post_init__ on the container's own values (recompute_num_layers defaults to None there):
+    # full recompute needs a layer count, selective none
+    if v.get("recompute") == "full" and "recompute_num" not in v:
+        raise BadInputError(f"{show(path)}: model.recompute_granularity full needs model.recompute_num_layers "
+                            "(Megatron-Core refuses it without: 'recompute_num_layers must be between 1 and "
+                            "num_layers_per_pipeline_rank'); e.g. recompute_method uniform, recompute_num_layers 1")
+    if v.get("recompute") == "selective" and "recompute_num" in v:
+        raise BadInputError(f"{show(path)}: model.recompute_num_layers {v['recompute_num']} with "
+                            "recompute_granularity selective: Megatron-Core refuses it ('recompute_num_layers must be "
+                            "None'); set it null")
     # overrides leave the architecture to their recipe: no notes on fields they do not state
     read = megatron_read(v, {}, path, model, world, model_notes=extra["whole"], layout_with_vpp=True)
     layout = read.layout
@@ -942,7 +956,14 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     first, last = v.get("first_stage_layers", 0), v.get("last_stage_layers", 0)
     vpp = v.get("vstages", 1)
     if v.get("layers_per_vstage"):
-        vpp = max(1, (model.n_layers // pp) // v["layers_per_vstage"])
+        # Megatron-LM validate_args (even stages): "number of layers per pipeline stage must be divisible number of
+        # layers per virtual pipeline stage"
+        per_stage, per_chunk = model.n_layers // pp, v["layers_per_vstage"]
+        if not (first or last) and (model.n_layers % pp or per_stage % per_chunk):
+            raise BadInputError(f"{path}: --num-layers-per-virtual-pipeline-stage {per_chunk} does not divide the "
+                                f"{model.n_layers / pp:g} layers per pipeline stage ({model.n_layers} over pp {pp}); "
+                                "Megatron-LM refuses it at start-up: give a divisor")
+        vpp = max(1, per_stage // per_chunk)
     notes: list[str] = []
     ranks: tuple[int, ...] = ()
     pp_layers: tuple[int, ...] = ()
@@ -977,8 +998,15 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     recompute = v.get("recompute", "selective" if v.get("recompute_activations") else "none")
     if recompute not in ("none", "selective", "full"):
         raise BadInputError(f"{path}: --recompute-granularity {recompute!r}; use full or selective")
+    # Megatron-Core TransformerConfig.__post_init__ (and Megatron-LM's checkpointed forward before it) refuses full
+    # recompute without a method
+    method = v.get("recompute_method")
+    if recompute == "full" and method not in ("block", "uniform"):
+        raise BadInputError(f"{path}: --recompute-granularity full needs --recompute-method block or uniform "
+                            "(Megatron-Core refuses it without: 'recompute_method must be \"block\" or \"uniform\"'); "
+                            "e.g. --recompute-method uniform --recompute-num-layers 1")
     recompute_layers = 0
-    if recompute == "full" and v.get("recompute_method") == "block":
+    if recompute == "full" and method == "block":
         # block N: the first N layers of each model chunk recompute
         recompute_layers = v.get("recompute_num", 1) * vpp
         if recompute_layers >= model.n_layers // pp:
