@@ -87,18 +87,38 @@ class Change:
     old: int | float | str | bool
     new: int | float | str | bool
     steps: int = 1
+    also: tuple[tuple[str, Any, Any], ...] = ()
+    """Layout keys the move changes with it (key, old, new): the stage split a new pp needs, sp with a new tp, the
+    schedule a pipeline starts with; printed beside the knob, so that the option applies as printed."""
 
     def __str__(self) -> str:
         if self.knob == Knob.HEADROOM:
             return f"headroom {self.old:g} -> {self.new:g} GiB"
-        if self.knob == Knob.NODES:
-            return f"{self.new} nodes instead of {self.old}"
-        old, new = (int(v) if isinstance(v, bool) else "/".join(map(str, v)) or "even" if isinstance(v, tuple)
-                    else v for v in (self.old, self.new))
-        return f"{self.knob} {old} -> {new}"
+        text = (f"{self.new} nodes instead of {self.old}" if self.knob == Knob.NODES
+                else f"{self.knob} {_shown(self.old)} -> {_shown(self.new)}")
+        if self.also:
+            text += " (" + ", ".join(f"{k} {_shown(a)} -> {_shown(b)}" for k, a, b in self.also) + ")"
+        return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"knob": self.knob, "from": self.old, "to": self.new, "steps": self.steps}
+        out: dict[str, Any] = {"knob": self.knob, "from": self.old, "to": self.new, "steps": self.steps}
+        if self.also:
+            out["also"] = [{"key": k, "from": a, "to": b} for k, a, b in self.also]
+        return out
+
+
+ALSO_KEYS = ("first_stage_layers", "last_stage_layers", "pp_layers", "sp", "schedule", "dp_replicate")
+"""Layout keys a knob's move may change with it (Change.also); dp follows tp, pp and cp by the world size and is in
+every option's layout."""
+
+
+def _shown(value: Any) -> Any:
+    """A knob's value as --layout takes it (booleans 0/1, a per-rank list as a/b/c, an empty one as even)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, tuple):
+        return "/".join(map(str, value)) or "even"
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +452,10 @@ def nearest_layout(model: ModelSpec, cluster: Cluster, est: Estimate, calibratio
             layout = replace(c.layout, **fields)
         except BadInputError:
             return
-        yield _Candidate(cluster or c.cluster, layout, c.changes + (Change(knob, old, new, steps),))
+        also = tuple((k, getattr(c.layout, k), getattr(layout, k)) for k in ALSO_KEYS
+                     if k != knob and getattr(c.layout, k) != getattr(layout, k)
+                     and not (k == "schedule" and c.layout.pp == 1))  # a first pipeline's schedule is its default
+        yield _Candidate(cluster or c.cluster, layout, c.changes + (Change(knob, old, new, steps, also),))
 
     def recompute(c: _Candidate) -> Iterator[_Candidate]:
         ladder = CHOICES["recompute"]

@@ -227,3 +227,31 @@ def test_the_rule_prefilter_agrees_with_estimate(model, cluster, text, stack):
     m, c, s = load_model(model), load_cluster(cluster), get_stack(stack)
     layout = Layout.parse(text, world=c.world_size)
     assert passes_rules(m, c, layout, s) == estimate(m, c, layout, stack=s).feasible
+
+
+@pytest.mark.parametrize("model_name, cluster_ref, stack, layout", [
+    # pp 2 -> 4 over Gemma 2 27B's 46 layers takes an uneven split (10 / 12 ... at the ends)
+    ("gemma2-27b", "dgx-h100:1", "megatron-core", Layout(tp=2, pp=2, mbs=1, zero=1, gbs=64, seq=4096)),
+    # tp 1 -> 4 turns sequence parallelism on where the layout had it off
+    ("qwen3-30b-a3b", "dgx-b200:1", "torchtitan",
+     Layout(tp=1, mbs=4, zero=1, recompute="none", precision="bf16", sp=False, ep=4, gbs=128, seq=8192)),
+])
+def test_each_option_applies_as_printed(model_name, cluster_ref, stack, layout):
+    # Every layout key an option moves is in its change (the knob, or `also` beside it); applied to the user's own
+    # layout, the printed changes give the option's layout (dp follows the world size) and so its numbers.
+    model, cluster = load_model(model_name), load_cluster(cluster_ref)
+    est = estimate(model, cluster, replace(layout, dp=cluster.world_size // (layout.tp * layout.pp * layout.cp)),
+                   stack=get_stack(stack))
+    near = nearest_layout(model, cluster, est, None, get_stack(stack))
+    assert near is not None and near.options
+    moved_more = 0
+    for option in near.options:
+        if any(c.knob == "nodes" for c in option.changes):
+            continue
+        fields = {"dp": option.layout.dp}
+        for change in option.changes:
+            fields[change.knob] = change.new
+            fields.update({k: new for k, _, new in change.also})
+            moved_more += bool(change.also)
+        assert replace(est.layout, **fields) == option.layout, str(option.changes)
+    assert moved_more >= 1
