@@ -417,6 +417,9 @@ class ExecutionStack:
     mamba_blocks: bool = False
     """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
     absent: false."""
+    hsdp: bool = True
+    """Shards ZeRO over part of the data-parallel group and replicates across the parts (Layout.dp_replicate > 1:
+    FSDP2's HSDP mesh, Megatron-Core's num_distributed_optimizer_instances); absent: true."""
     parallel_blocks: bool = False
     """Trains layers whose attention and MLP run in parallel (ModelSpec.parallel_block: Falcon, GPT-NeoX / Pythia,
     Cohere), as a stack does that trains the Hugging Face model itself; absent: false."""
@@ -648,6 +651,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         hybrid_mtp_bf16=_sourced(where, raw, "hybrid_mtp_bf16", lambda: _flag(where, raw, "hybrid_mtp_bf16"), False),
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
+        hsdp=_sourced(where, raw, "hsdp", lambda: _flag(where, raw, "hsdp"), True),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",

@@ -154,8 +154,12 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             if windowed:
                 runs = [k for k in runs if k == "a2a"]
             cp_kinds = [k for k in ("ring", "a2a") if k in runs] or runs
+        replicates = replicate_options(dp, domain)
+        if not stack.hsdp and "dp_replicate" not in fixed and len(replicates) > 1:
+            left_out["dp_replicate > 1 (hybrid sharding)"] += len(replicates) - 1
+            replicates = [1]
         for schedule, (first, last), replicate, cp_kind in itertools.product(
-                pick("schedule", schedules), splits, pick("dp_replicate", replicate_options(dp, domain)),
+                pick("schedule", schedules), splits, pick("dp_replicate", replicates),
                 pick("cp_kind", cp_kinds)):
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule,
                        cp_a2a=int(fixed.get("cp_a2a", 1)) if cp_kind == "a2a+p2p" else 1,

@@ -184,3 +184,18 @@ def test_sequence_parallelism_at_tp_1_changes_no_memory():
     mem = [estimate(model, cluster, Layout.parse(f"tp=1,mbs=1,gbs=8,seq=8192,sp={sp}", world=8, defaults={"zero": 3}),
                     stack=titan).to_json()["memory"]["peak_gib"] for sp in (0, 1)]
     assert mem[0] == mem[1]
+
+
+def test_deepspeed_has_no_hybrid_sharding_and_plan_offers_none(run_cli, tmp_path):
+    # DeepSpeed shards ZeRO over the whole data-parallel group (MiCS, its hierarchical sharding, is gone in 0.19):
+    # plan --stack deepspeed offered dp16(2x8) first, which its own export then refused.
+    ds = get_stack("deepspeed")
+    assert not ds.hsdp and get_stack("torchtitan").hsdp and get_stack("megatron-core").hsdp
+    hsdp = Layout(dp=16, dp_replicate=2, zero=3, mbs=2, gbs=64, seq=4096, recompute="none")
+    assert [p.field for p in stack_problems(hsdp, ds)] == ["dp_replicate"]
+    plan = tmp_path / "d.yaml"
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                             "4096", "--stack", "deepspeed", "--fix", "zero=3", "--out", str(plan))
+    assert code == 0 and "(2x8)" not in out and "dp_replicate > 1 (hybrid sharding)" in err
+    code, _, err = run_cli("export", str(plan), "--to", "deepspeed")
+    assert code == 0, err
