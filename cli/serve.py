@@ -34,12 +34,17 @@ DEFAULT_GPUS = "A10G,L4,L40S,A100-80GB,H100,H200"
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
+    parts = [v.strip() for v in text.split(",")]
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        if "" in parts:
+            raise ValueError
+        values = tuple(int(v) for v in parts)
     except ValueError:
         raise BadInputError(f"{what} {text!r}: give comma-separated integers, e.g. 1,2,4,8") from None
-    if not values or min(values) < 1:
+    if min(values) < 1:
         raise BadInputError(f"{what} {text!r}: give positive integers")
+    if len(set(values)) < len(values):
+        raise BadInputError(f"{what} {text!r}: each value once")
     return values
 
 
@@ -50,7 +55,10 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
             name, _, count = part.partition("=")
             if not count.strip().isdigit() or len(count.strip()) > 9:  # at most 999,999,999 GPUs
                 raise BadInputError(f"--available {part!r}: write GPU=COUNT, e.g. A10G=8,H100=16")
-            out.append((get_gpu(name.strip()).name, int(count)))
+            gpu = get_gpu(name.strip()).name
+            if any(gpu == seen for seen, _ in out):
+                raise BadInputError(f"--available {text!r}: {gpu} given twice; give each GPU type once with its total")
+            out.append((gpu, int(count)))
     return tuple(out)
 
 

@@ -391,7 +391,10 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         if prices is not None:
             row = prices.rows.get(gpu.name)
             if row is None:  # named by the user: one line each; from the default list: one line for them all
-                if explicit:
+                if explicit and prices.provider == "any":
+                    warnings.append(f"{gpu.name} has no {prices.pricing} price from any provider; left out "
+                                    "(another --pricing, e.g. spot, or --prices FILE)")
+                elif explicit:
                     warnings.append(f"{gpu.name} has no {prices.pricing} price from provider {prices.provider}; left "
                                     "out (--provider NAME, --provider any to mix providers, or --prices FILE)")
                 else:
@@ -416,6 +419,10 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     if not dividing:
         raise InfeasibleError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
                               f"among {divisors(model.n_heads)}")
+    if not out and not seen:
+        raise BadInputError(f"none of {','.join(gpu_names)} is a GPU type here; `clusterplan hw list` names them")
+    if not out and warnings and len(warnings) >= len(seen):  # every GPU named was left out for want of a price
+        raise BadInputError("; ".join(warnings))
     if not out:
         raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "

@@ -211,3 +211,23 @@ def test_a_disaggregated_pool_reports_only_the_latency_its_phase_has(run_cli) ->
     nearest = json.loads(out)["nearest_feasible"]
     assert code == 1 and "lowest_ttft" not in nearest and nearest["lowest_tpot"]["ms"] > 0.5
     assert "by a decode pool" in err and "relax --tpot-ms" in err
+
+
+def test_serve_plan_says_a_gpu_has_no_price_not_that_the_model_does_not_fit(run_cli):
+    # B200 has a spot row only: its own advice used to lead to "llama3.1-8b fits on none of B200 (weights 15 GiB)".
+    args = ("serve-plan", "--model", "llama3.1-8b", "--input-len", "1024", "--output-len", "256", "--rate", "10",
+            "--ttft-ms", "500", "--tpot-ms", "50", "--gpus", "B200")
+    code, _, err = run_cli(*args, "--provider", "any")
+    assert code == 2 and err.strip() == ("error: B200 has no on_demand price from any provider; left out (another "
+                                         "--pricing, e.g. spot, or --prices FILE)")
+    assert run_cli(*args, "--provider", "any", "--pricing", "spot")[0] == 0
+
+
+@pytest.mark.parametrize("flag, value, expect", [
+    ("--tp", "1,,2", "give comma-separated integers"), ("--tp", "1,2,2", "each value once"),
+    ("--available", "H100=2,H100=3", "H100-SXM5-80GB given twice"),
+])
+def test_serve_plan_lists_take_each_value_once(run_cli, flag, value, expect):
+    code, _, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--input-len", "1024", "--output-len", "256",
+                           "--rate", "10", "--ttft-ms", "500", "--tpot-ms", "50", flag, value)
+    assert code == 2 and expect in err and len(err.strip().splitlines()) == 1
