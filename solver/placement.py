@@ -71,7 +71,7 @@ def placed_plan(plan: RankedPlan, calibration: Calibration | None = None) -> Ran
     scale = placed_s / plan.step_time_s
     usd = {key: round(getattr(plan, key) * scale, 6) for key in ("usd_per_step", "usd_per_million_tokens")
            if getattr(plan, key) is not None}
-    days = {} if plan.days_to_train is None else {"days_to_train": round(plan.days_to_train * scale, 4)}
+    days = {} if plan.days_without_failures is None else {"days_without_failures": round(plan.days_without_failures * scale, 4)}
     if plan.time_to_train is not None:  # failures, checkpoints and dollars at the placed step time
         ev = placed.evaluation
         train = time_to_train(float(plan.time_to_train["tokens"]), ev.tokens_per_s, ModelShapes.of(est.model),

@@ -71,8 +71,9 @@ class RankedPlan:
     usd_per_step: float | None = None
     """None when the cluster's GPUs carry no price."""
     usd_per_million_tokens: float | None = None
-    days_to_train: float | None = None
-    """With a token budget (--tokens)."""
+    days_without_failures: float | None = None
+    """With a token budget (--tokens): tokens / tokens per second, no failure, checkpoint or restart counted (the
+    plan table's `days` are time_to_train's, failures included)."""
     time_to_train: dict[str, Any] | None = None
     """With a token budget: expected days, $ and goodput with failures (models/training/goodput.py)."""
     why_best: str | None = None
@@ -94,7 +95,7 @@ class RankedPlan:
 
     def to_json(self) -> dict[str, Any]:
         out = self.estimate.to_json() | {"rank": self.rank, "dominant_terms": list(self.dominant_terms)}
-        for key in ("usd_per_step", "usd_per_million_tokens", "days_to_train", "time_to_train", "why_best"):
+        for key in ("usd_per_step", "usd_per_million_tokens", "days_without_failures", "time_to_train", "why_best"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.placement is not None:

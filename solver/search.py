@@ -95,7 +95,7 @@ def search(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fixed: dic
             estimate=est, rank=rank + 1, dominant_terms=dominant_terms_of(est.to_json()),
             usd_per_step=None if usd is None else round(usd, 6),
             usd_per_million_tokens=None if usd is None else round(usd / (gbs * seq) * 1e6, 6),
-            days_to_train=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None,
+            days_without_failures=round(tokens / float(ev.tokens_per_s[i]) / 86400, 4) if tokens else None,
             time_to_train=train.to_json(int(i)) if train is not None else None))
     notes = (f"stack {stack.name} cannot run: " + ", ".join(f"{k} ({v:,})" for k, v in sorted(space.left_out.items())),
              ) if space.left_out else ()
@@ -278,8 +278,11 @@ def _objective_lead(a: RankedPlan, b: RankedPlan, objective: str) -> str:
 
 def why_best(best: dict, runner: dict) -> str:
     """The time terms where the best plan gains most over the runner-up, in seconds per step."""
-    changed = [f"{k}={best['layout'][k]} (vs {runner['layout'].get(k)})" for k in best["layout"]
-               if best["layout"][k] != runner["layout"].get(k)]
+    defaults = Layout().to_dict()  # a key a layout leaves out holds its default (never "None")
+    value = lambda lay, k: lay.get(k, defaults.get(k))  # noqa: E731
+    changed = [f"{k}={value(best['layout'], k)} (vs {value(runner['layout'], k)})"
+               for k in [*best["layout"], *(k for k in runner["layout"] if k not in best["layout"])]
+               if value(best["layout"], k) != value(runner["layout"], k)]
     if abs(runner["step_time_s"] - best["step_time_s"]) <= 1e-6 * best["step_time_s"]:
         return (f"ties with #2 at {best['step_time_s']:.4g} s ({', '.join(changed)} predict the same time); "
                 "ties go to smaller tp, then pp, vpp, cp, micro-batch")

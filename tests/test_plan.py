@@ -137,3 +137,13 @@ def test_plan_table_tells_hsdp_and_dispatch_apart():
     moe = Layout(dp=8, ep=8, etp=2, tp=2, zero=1, mbs=1, gbs=64, seq=4096, moe_capacity_factor=1.0,
                  cuda_graphs="attn").to_dict()
     assert " ep8etp2 " in _layout_label(moe) and _layout_label(moe).endswith(" drop1 graphs:attn")
+
+
+def test_why_best_reads_a_left_out_key_at_its_default():
+    # A layout dict leaves keys out at their defaults: the runner-up's bf16 plan has no fp8_params key, so the line
+    # said "fp8_params=True (vs None)".
+    from clusterplan.solver.search import why_best
+
+    best = {"layout": {"tp": 2, "fp8_params": True}, "step_time_s": 1.0, "time": {"compute_s": 0.9}}
+    runner = {"layout": {"tp": 2}, "step_time_s": 1.1, "time": {"compute_s": 1.0}}
+    assert why_best(best, runner).startswith("fp8_params=True (vs False): saves compute -0.1 s")
