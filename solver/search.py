@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -278,7 +278,7 @@ def _objective_lead(a: RankedPlan, b: RankedPlan, objective: str) -> str:
 
 def why_best(best: dict, runner: dict) -> str:
     """The time terms where the best plan gains most over the runner-up, in seconds per step."""
-    defaults = Layout().to_dict()  # a key a layout leaves out holds its default (never "None")
+    defaults = asdict(Layout())  # a key a layout dict leaves out holds its default (never "None")
     value = lambda lay, k: lay.get(k, defaults.get(k))  # noqa: E731
     changed = [f"{k}={value(best['layout'], k)} (vs {value(runner['layout'], k)})"
                for k in [*best["layout"], *(k for k in runner["layout"] if k not in best["layout"])]
