@@ -167,7 +167,7 @@ def _section(doc: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]
 
 def _int(value: Any, where: str, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadInputError(f"{where}: {key} must be an integer, got {str(value)[:40]}")
+        raise BadInputError(f"{where}: {key} must be an integer, got {repr(value)[:40]}")
     return value
 
 

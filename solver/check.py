@@ -27,7 +27,7 @@ from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate, memory_knobs
-from clusterplan.models.training.layout import Layout, layout_problems
+from clusterplan.models.training.layout import Layout, layout_problems, uneven_split
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.pipeline_split import with_stack_split
 from clusterplan.models.training.planfile import PipelineStage, read_plan
@@ -104,8 +104,9 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         model = spec_from_mcore(megatron_model_fields(config), name=config.stem, where=show(config))
         return _loaded(kind, model, load_cluster(cluster_ref), config)
     if not model_ref or not cluster_ref:
-        raise BadInputError(f"{config}: a {kind} config needs --model and --cluster (e.g. --model llama3.1-70b "
-                            "--cluster dgx-h100:32)")
+        missing = " and ".join(f for f, given in (("--model", model_ref), ("--cluster", cluster_ref)) if not given)
+        raise BadInputError(f"{config}: a {kind} config needs --model and --cluster; give {missing} (e.g. --model "
+                            "llama3.1-70b --cluster dgx-h100:32)")
     return _loaded(kind, load_model(model_ref), load_cluster(cluster_ref), config)
 
 
@@ -195,6 +196,24 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
         found, est = violations(loaded.model, loaded.cluster, layout, min_mfu, headroom_gib, stack,
                                 loaded.fp8_recipe)
     mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
+    found = [in_config_terms(r, loaded.kind, loaded.model, layout) for r in found]
     return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
                        layout=layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,
                        mixed=mixed)
+
+
+UNEVEN_SPLIT_SETTINGS = {
+    "megatron": "--decoder-first-pipeline-num-layers {first} --decoder-last-pipeline-num-layers {last}",
+    "megatron-bridge": "model.num_layers_in_first_pipeline_stage={first} model.num_layers_in_last_pipeline_stage={last}",
+}
+"""How a Megatron-LM script and a Megatron-Bridge container say an uneven stage split (Megatron-LM arguments.py;
+Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)."""
+
+
+def in_config_terms(rule: Rule, kind: str, model: ModelSpec, layout: Layout) -> Rule:
+    """A rule whose fix names clusterplan layout keys, with the checked config's own settings for them beside."""
+    split = uneven_split(model.n_layers, layout.pp, layout.vpp)
+    if rule.code != RuleCode.LAYERS_PP or kind not in UNEVEN_SPLIT_SETTINGS or split is None:
+        return rule
+    setting = UNEVEN_SPLIT_SETTINGS[kind].format(first=split[0], last=split[1])
+    return replace(rule, fix=f"{rule.fix} (in this config: {setting})")

@@ -84,3 +84,20 @@ def test_torchtitan_selective_option(run_cli, tmp_path, option):
     path.write_text(text.replace('selective_ac_option = "op"', f'selective_ac_option = "{option}"'), encoding="utf-8")
     code, _, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
     assert code == 2 and f"selective_ac_option {option!r}: torchtitan takes 'op'" in err
+
+
+def test_an_uneven_layer_count_is_fixed_in_the_configs_own_flags(run_cli, tmp_path):
+    # 80 layers on pp 3: the fix names Megatron-LM's flags for the split beside clusterplan's layout keys.
+    path = _megatron(tmp_path, "--pipeline-model-parallel-size 2", "--pipeline-model-parallel-size 3")
+    text = path.read_text()
+    path.write_text("\n".join(line for line in text.splitlines() if "virtual-pipeline" not in line) + "\n",
+                    encoding="utf-8")
+    code, out, _ = run_cli("check", str(path), "--model", "llama3.1-70b", "--cluster", "dgx-h100:12")
+    assert code == 1 and ("(in this config: --decoder-first-pipeline-num-layers 26 "
+                          "--decoder-last-pipeline-num-layers 27)") in out
+
+
+def test_check_names_what_is_missing(run_cli, tmp_path):
+    path = _megatron(tmp_path, "--recompute-granularity selective", "--recompute-granularity selective")
+    code, _, err = run_cli("check", str(path), "--model", "llama3.1-70b")
+    assert code == 2 and "give --cluster (e.g." in err
