@@ -417,6 +417,9 @@ class ExecutionStack:
     mamba_blocks: bool = False
     """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
     absent: false."""
+    ddp_alone: bool = False
+    """Plain data parallelism (zero 0) runs only without tp, pp, cp or ep (torchtitan's apply_ddp takes a 1-D mesh);
+    absent: false."""
     hsdp: bool = True
     """Shards ZeRO over part of the data-parallel group and replicates across the parts (Layout.dp_replicate > 1:
     FSDP2's HSDP mesh, Megatron-Core's num_distributed_optimizer_instances); absent: true."""
@@ -652,6 +655,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
         hsdp=_sourced(where, raw, "hsdp", lambda: _flag(where, raw, "hsdp"), True),
+        ddp_alone=_sourced(where, raw, "ddp_alone", lambda: _flag(where, raw, "ddp_alone"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",

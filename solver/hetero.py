@@ -358,8 +358,10 @@ def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibrat
     best: tuple[float, Layout, StageSplit, StageSplit | None] | None = None
     fixed = fixed or {}
     optimizer = str(fixed.get("optimizer", "adam-master"))
-    # The distributed optimizer where the stack runs it, else its first ZeRO stage (torchtitan: 0 or FSDP).
-    zero_stage = int(fixed.get("zero", 1 if stack.can_run("zero", 1) else min(stack.zero_stages)))
+    # The distributed optimizer where the stack runs it, else its first ZeRO stage that runs beside a pipeline
+    # (torchtitan: FSDP, its DDP takes no pipeline: stacks.yaml ddp_alone).
+    runs = [z for z in stack.zero_stages if z <= stack.pp_max_zero and not (z == 0 and stack.ddp_alone)]
+    zero_stage = int(fixed.get("zero", 1 if stack.can_run("zero", 1) else min(runs or stack.zero_stages)))
     for tp, cp, mbs, recompute, zero, precision in itertools.product(
             [fixed["tp"]] if "tp" in fixed else [t for t in (1, 2, 4, 8) if t <= domain],
             [fixed.get("cp", 1)], [fixed["mbs"]] if "mbs" in fixed else (1, 2, 4),

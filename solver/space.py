@@ -161,6 +161,11 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         for schedule, (first, last), replicate, cp_kind in itertools.product(
                 pick("schedule", schedules), splits, pick("dp_replicate", replicates),
                 pick("cp_kind", cp_kinds)):
+            if schedule in ("zb", "zbv") and (first or last or ranks or model.n_layers % (2 * pp)):
+                # torch's ZBVZeroBubble, as torchtitan builds it: two even chunks per rank (frameworks/torchtitan.py
+                # refuse_unsupported), so no uneven ends
+                left_out[f"schedule {schedule} over uneven stages"] += 1
+                continue
             yield dict(tp=tp, pp=pp, cp=cp, vpp=vpp, ep=ep, dp=dp, schedule=schedule,
                        cp_a2a=int(fixed.get("cp_a2a", 1)) if cp_kind == "a2a+p2p" else 1,
                        sp=bool(fixed.get("sp", tp > 1 and stack.tp_sequence_parallel)),
@@ -397,6 +402,12 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if tp_bad.any():
             left_out[f"zero > {stack.tp_max_zero} with tp > 1"] += int(tp_bad.sum())
             stack_bad = stack_bad | tp_bad
+    if stack.ddp_alone:  # torchtitan: DDP (zero 0) on a 1-D mesh only
+        ddp_bad = ok & ~batch_bad & ~stack_bad & (cols["zero"] == 0) & (
+            (cols["tp"] > 1) | (cols["pp"] > 1) | (cols["cp"] > 1) | (cols["ep"] > 1))
+        if ddp_bad.any():
+            left_out["zero 0 with tp, pp, cp or ep"] += int(ddp_bad.sum())
+            stack_bad = stack_bad | ddp_bad
     keep = np.nonzero(ok & ~batch_bad & ~stack_bad)[0]
     arrays = LayoutArrays.from_columns(**{k: v[keep] for k, v in cols.items()})
     return Space(arrays=arrays, structures=structures, rejected=rejected,

@@ -116,7 +116,7 @@ def test_mixed_a100_cluster_stays_bf16():
 
 @pytest.mark.parametrize(("stack", "check"), [
     ("deepspeed", lambda lay: lay.tp == 1 or lay.pp == 1),       # AutoTP beside data parallelism only
-    ("torchtitan", lambda lay: lay.zero in (0, 3)),              # FSDP2 or none: no ZeRO-1
+    ("torchtitan", lambda lay: lay.zero == 3),                   # FSDP2: no ZeRO-1, and its DDP takes no pipeline
 ])
 def test_the_mixed_pipeline_runs_only_what_the_stack_runs(stack, check):
     from clusterplan.hardware_db import get_stack

@@ -71,7 +71,7 @@ def test_layer_time_fields_cover_every_column_layer_time_reads(model):
     ("deepseek-v3", "dgx-h100:16", 512, 4096, "megatron-core"),
     ("mixtral-8x7b", "dgx-h100:4", 256, 4096, "torchtitan"),
     ("llama3.1-8b", "dgx-b200:4", 128, 8192, "megatron-core"),
-    ("llama3.1-8b", "dgx-h100:4", 128, 8192, "torchtitan-compile"),
+    ("llama3.1-8b", "dgx-h100:8", 256, 8192, "torchtitan-compile"),
 ])
 def test_unique_layer_time_equals_layer_time_on_every_row(model, cluster, gbs, seq, stack):
     spec, c = load_model(model), load_cluster(cluster)

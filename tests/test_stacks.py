@@ -199,3 +199,17 @@ def test_deepspeed_has_no_hybrid_sharding_and_plan_offers_none(run_cli, tmp_path
     assert code == 0 and "(2x8)" not in out and "dp_replicate > 1 (hybrid sharding)" in err
     code, _, err = run_cli("export", str(plan), "--to", "deepspeed")
     assert code == 0, err
+
+
+def test_torchtitan_plans_no_zero_bubble_over_uneven_stages_nor_ddp_beside_other_parallelism(run_cli, tmp_path):
+    # DeepSeek-V3's 61 layers: ZBVZeroBubble runs two even chunks per rank as torchtitan builds it, and torchtitan's
+    # apply_ddp takes a 1-D mesh; the search offered both (zb first, then zero 0 beside tp / pp / ep) and the
+    # export refused them.
+    plan = tmp_path / "t.yaml"
+    code, out, err = run_cli("plan", "--model", "deepseek-v3", "--cluster", "dgx-h100:32", "--gbs", "512", "--seq",
+                             "4096", "--stack", "torchtitan", "--top", "3", "--out", str(plan))
+    assert code == 0 and "schedule zbv over uneven stages" in err and "zero 0 with tp, pp, cp or ep" in err
+    assert run_cli("export", str(plan), "--to", "torchtitan")[0] == 0
+    ds = Layout(tp=8, pp=16, dp=2, ep=16, zero=0, mbs=1, gbs=512, seq=4096, first_stage_layers=3,
+                last_stage_layers=2)
+    assert [p.field for p in stack_problems(ds, get_stack("torchtitan"))] == ["zero"]
