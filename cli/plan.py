@@ -235,7 +235,9 @@ def _layout_label(lay: dict) -> str:
             + (f"({lay['dp_replicate']}x{lay['dp'] // lay['dp_replicate']})" if lay.get("dp_replicate", 1) > 1 else "")
             + (" " + cp_label(lay["cp"], lay["cp_kind"], lay.get("cp_a2a", 1)) if lay["cp"] > 1 else "")
             + (f" ep{lay['ep']}" + (f"etp{lay['etp']}" if lay.get("etp", 1) > 1 else "") if lay["ep"] > 1 else "")
-            + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}" + (" sp" if lay["sp"] else "")
+            + f" mbs{lay['mbs']} zero{lay['zero']} {lay['recompute']}"
+            + (f"({lay['recompute_layers']} layers)" if lay.get("recompute_layers") else "")
+            + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
             + (" " + precision_label(lay["precision"], lay.get("fp8_recipe", ""), lay.get("fp8_params", False))
                if lay["precision"] != "bf16" else "")

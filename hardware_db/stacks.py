@@ -417,6 +417,9 @@ class ExecutionStack:
     mamba_blocks: bool = False
     """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
     absent: false."""
+    recompute_layers_per_chunk: bool = False
+    """Full recompute of part of the layers counts them per model chunk (Megatron-Core's block method: the first N
+    layers of each virtual-pipeline chunk), so a rank's recomputed layers are a multiple of vpp; absent: false."""
     ddp_alone: bool = False
     """Plain data parallelism (zero 0) runs only without tp, pp, cp or ep (torchtitan's apply_ddp takes a 1-D mesh);
     absent: false."""
@@ -656,6 +659,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
         hsdp=_sourced(where, raw, "hsdp", lambda: _flag(where, raw, "hsdp"), True),
         ddp_alone=_sourced(where, raw, "ddp_alone", lambda: _flag(where, raw, "ddp_alone"), False),
+        recompute_layers_per_chunk=_sourced(where, raw, "recompute_layers_per_chunk",
+                                            lambda: _flag(where, raw, "recompute_layers_per_chunk"), False),
         activation_offload=_sourced(where, raw, "activation_offload",
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",

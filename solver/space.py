@@ -120,6 +120,9 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         dp = world // (tp * pp * cp)
         if "dp" in fixed and dp != int(fixed["dp"]):  # a pinned dp leaves tp x pp x cp = world / dp
             continue
+        if fixed.get("recompute_layers") and stack.recompute_layers_per_chunk and int(fixed["recompute_layers"]) % vpp:
+            left_out["recompute_layers not a multiple of vpp"] += 1  # Megatron-Core's block method, per chunk
+            continue
         # ZB-V runs exactly 2 chunks per rank; GPipe is never faster than 1F1B and holds more, so it is not searched.
         schedules = (["interleaved-1f1b"] + (["zbv"] if vpp == 2 else [])) if vpp > 1 else \
             (["1f1b", "zb"] if pp > 1 else ["1f1b"])

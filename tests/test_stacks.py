@@ -213,3 +213,15 @@ def test_torchtitan_plans_no_zero_bubble_over_uneven_stages_nor_ddp_beside_other
     ds = Layout(tp=8, pp=16, dp=2, ep=16, zero=0, mbs=1, gbs=512, seq=4096, first_stage_layers=3,
                 last_stage_layers=2)
     assert [p.field for p in stack_problems(ds, get_stack("torchtitan"))] == ["zero"]
+
+
+def test_megatron_core_recomputes_whole_layers_per_model_chunk():
+    # The block method checkpoints the first N layers of each virtual-pipeline chunk: 3 layers per rank over 4 chunks
+    # cannot run (the export wrote 4); 4 can.
+    mcore = get_stack("megatron-core")
+    odd = Layout(tp=4, pp=2, vpp=4, dp=8, zero=1, mbs=1, gbs=512, seq=8192, recompute="full", recompute_layers=3,
+                 sp=True, schedule="interleaved-1f1b")
+    assert [p.field for p in stack_problems(odd, mcore)] == ["recompute_layers"]
+    assert stack_problems(replace(odd, recompute_layers=4), mcore) == []
+    assert stack_problems(odd, get_stack("torchtitan")) == [] or all(
+        p.field != "recompute_layers" for p in stack_problems(odd, get_stack("torchtitan")))

@@ -865,6 +865,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if L.tp > 1 and stack.tp_alone and max(L.pp, L.cp, L.ep) > 1:
         add("tp", f"stack {stack.name} runs tensor parallelism beside data parallelism only (pp={L.pp}, cp={L.cp}, "
                   f"ep={L.ep}); set tp=1 or those to 1")
+    if L.recompute == "full" and L.recompute_layers and stack.recompute_layers_per_chunk and L.recompute_layers % L.vpp:
+        add("recompute_layers", f"stack {stack.name} recomputes whole layers per model chunk: recompute_layers("
+                                f"{L.recompute_layers}) per rank must be a multiple of vpp({L.vpp})")
     if L.zero == 0 and stack.ddp_alone and max(L.tp, L.pp, L.cp, L.ep) > 1:
         add("zero", f"stack {stack.name} runs plain data parallelism (zero=0) only without tp, pp, cp or ep; set "
                     "zero=1 or more (FSDP)")
