@@ -417,6 +417,9 @@ class ExecutionStack:
     mamba_blocks: bool = False
     """Trains hybrid Mamba-2 / attention stacks (ModelSpec.hybrid_pattern: Megatron-Core's MambaModel / MambaStack);
     absent: false."""
+    tp_sequence_parallel_always: bool = False
+    """Its tensor parallelism always shards the norms and residual stream over the sequence (torchtitan's TP plan
+    applies SequenceParallel unconditionally): sp=0 with tp > 1 does not run; absent: false."""
     recompute_layers_per_chunk: bool = False
     """Full recompute of part of the layers counts them per model chunk (Megatron-Core's block method: the first N
     layers of each virtual-pipeline chunk), so a rank's recomputed layers are a multiple of vpp; absent: false."""
@@ -659,6 +662,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
         hsdp=_sourced(where, raw, "hsdp", lambda: _flag(where, raw, "hsdp"), True),
         ddp_alone=_sourced(where, raw, "ddp_alone", lambda: _flag(where, raw, "ddp_alone"), False),
+        tp_sequence_parallel_always=_sourced(where, raw, "tp_sequence_parallel_always",
+                                             lambda: _flag(where, raw, "tp_sequence_parallel_always"), False),
         recompute_layers_per_chunk=_sourced(where, raw, "recompute_layers_per_chunk",
                                             lambda: _flag(where, raw, "recompute_layers_per_chunk"), False),
         activation_offload=_sourced(where, raw, "activation_offload",

@@ -120,6 +120,9 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         dp = world // (tp * pp * cp)
         if "dp" in fixed and dp != int(fixed["dp"]):  # a pinned dp leaves tp x pp x cp = world / dp
             continue
+        if tp > 1 and "sp" in fixed and not fixed["sp"] and stack.tp_sequence_parallel_always:
+            left_out["tp > 1 without sequence parallelism"] += 1  # torchtitan's TP shards the norms, always
+            continue
         if fixed.get("recompute_layers") and stack.recompute_layers_per_chunk and int(fixed["recompute_layers"]) % vpp:
             left_out["recompute_layers not a multiple of vpp"] += 1  # Megatron-Core's block method, per chunk
             continue

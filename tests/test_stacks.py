@@ -225,3 +225,14 @@ def test_megatron_core_recomputes_whole_layers_per_model_chunk():
     assert stack_problems(replace(odd, recompute_layers=4), mcore) == []
     assert stack_problems(odd, get_stack("torchtitan")) == [] or all(
         p.field != "recompute_layers" for p in stack_problems(odd, get_stack("torchtitan")))
+
+
+def test_torchtitan_tensor_parallelism_always_shards_the_sequence(run_cli):
+    # apply_tp's SequenceParallel norms have no off switch: sp=0 with tp > 1 is a layout torchtitan does not run.
+    layout = Layout(tp=4, dp=2, zero=3, mbs=1, gbs=64, seq=8192, sp=False)
+    assert [p.field for p in stack_problems(layout, get_stack("torchtitan"))] == ["sp"]
+    assert stack_problems(replace(layout, sp=True), get_stack("torchtitan")) == []
+    assert all(p.field != "sp" for p in stack_problems(layout, get_stack("megatron-core")))
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq",
+                             "8192", "--stack", "torchtitan", "--fix", "sp=0")
+    assert "tp > 1 without sequence parallelism" in err and " tp2 " not in out and " tp4 " not in out

@@ -856,6 +856,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
         if stack.max_tp is not None and degree > stack.max_tp:
             add(field, f"stack {stack.name} runs tensor parallelism up to {stack.max_tp} only (dense and expert), "
                        f"got {field}={degree}; set {field}={stack.max_tp}")
+    if L.tp > 1 and not L.sp and stack.tp_sequence_parallel_always:
+        add("sp", f"stack {stack.name}'s tensor parallelism always shards the sequence (sequence parallelism); "
+                  "set sp=1")
     if L.tp > 1 and L.sp and not stack.tp_sequence_parallel:
         add("sp", f"stack {stack.name}'s tensor parallelism all-reduces whole activations (no sequence "
                   "parallelism); set sp=0")
