@@ -333,11 +333,13 @@ def titan_layout(doc: Mapping[str, Any], model: ModelSpec, world: int,
     if mode == "memory_budget":
         notes.append("activation_checkpoint.mode memory_budget is estimated as selective recompute")
     option = str(ac.get("selective_ac_option", "op"))
-    if recompute == "selective" and option != "op" and not (option.isdigit() and int(option) >= 1):
+    if recompute == "selective" and option != "op" and not option.isdigit():
         # torchtitan's _apply_ac_to_transformer_block: "Invalid selective AC option ... 'op' or a positive int"
         raise BadInputError(f"{where}: activation_checkpoint.selective_ac_option {option!r}: torchtitan takes 'op' "
-                            "(op-level) or a positive integer n (every n-th block)")
-    if recompute == "selective" and option.isdigit() and int(option) >= 1:
+                            "(op-level) or an integer n >= 0 (every n-th block; 0 every block)")
+    if recompute == "selective" and option.isdigit() and int(option) == 0:
+        recompute = "full"  # torchtitan: `if not ac_freq or ...` checkpoints every block
+    elif recompute == "selective" and option.isdigit():
         # every n-th layer fully checkpointed (torchtitan activation_checkpoint `_apply_layer_sac`)
         per_rank = model.n_layers // pp
         every = int(option)
@@ -956,14 +958,25 @@ def megatron_read(v: Mapping[str, Any], env: Mapping[str, str], path: Path, mode
     first, last = v.get("first_stage_layers", 0), v.get("last_stage_layers", 0)
     vpp = v.get("vstages", 1)
     if v.get("layers_per_vstage"):
-        # Megatron-LM validate_args (even stages): "number of layers per pipeline stage must be divisible number of
-        # layers per virtual pipeline stage"
+        # Megatron-LM validate_args: "please use --num-virtual-stages-per-pipeline-rank to specify virtual pipeline
+        # parallel degree when enable uneven pipeline parallelism"; with even stages "number of layers per pipeline
+        # stage must be divisible number of layers per virtual pipeline stage"
+        if first or last:
+            raise BadInputError(f"{path}: --num-layers-per-virtual-pipeline-stage with --decoder-first/last-pipeline-"
+                                "num-layers: Megatron-LM refuses it at start-up; give --num-virtual-stages-per-"
+                                "pipeline-rank instead")
         per_stage, per_chunk = model.n_layers // pp, v["layers_per_vstage"]
         if not (first or last) and (model.n_layers % pp or per_stage % per_chunk):
             raise BadInputError(f"{path}: --num-layers-per-virtual-pipeline-stage {per_chunk} does not divide the "
                                 f"{model.n_layers / pp:g} layers per pipeline stage ({model.n_layers} over pp {pp}); "
                                 "Megatron-LM refuses it at start-up: give a divisor")
         vpp = max(1, per_stage // per_chunk)
+    if vpp > 1 and "pp_layout" not in v and any(n % vpp for n in (first, last)):
+        # Megatron-Core TransformerConfig: "number of layers at first stage: N must be divisible by virtual pipeline
+        # parallel degree"
+        raise BadInputError(f"{path}: --decoder-first/last-pipeline-num-layers {first}/{last} with {vpp} virtual "
+                            f"stages per rank: Megatron-Core wants each a multiple of {vpp}; give such ends or a "
+                            "--pipeline-model-parallel-layout")
     notes: list[str] = []
     ranks: tuple[int, ...] = ()
     pp_layers: tuple[int, ...] = ()

@@ -22,6 +22,10 @@ def check_supported(spec: ModelSpec) -> None:
                                     "by validate; use `clusterplan estimate`")
     if spec.is_moe and spec.linear_bias:
         raise UnsupportedModelError(f"model {spec.name}: MoE experts with biases are not built by validate")
+    if spec.parallel_block:
+        raise UnsupportedModelError(f"model {spec.name}: parallel attention / MLP layers (Falcon, GPT-NeoX, Cohere) "
+                                    "are not built by validate, whose decoder runs them one after the other; use "
+                                    "`clusterplan estimate --stack deepspeed`")
     if spec.norms_per_layer != 2 or spec.qk_norm_full_width:
         raise UnsupportedModelError(f"model {spec.name}: Gemma's post-norms and OLMo 2's full-width q/k norms are not "
                                     "built by validate; use `clusterplan estimate`")

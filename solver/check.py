@@ -212,7 +212,7 @@ Megatron-Core TransformerConfig num_layers_in_first/last_pipeline_stage)."""
 
 def in_config_terms(rule: Rule, kind: str, model: ModelSpec, layout: Layout) -> Rule:
     """A rule whose fix names clusterplan layout keys, with the checked config's own settings for them beside."""
-    split = uneven_split(model.n_layers, layout.pp, layout.vpp)
+    split = uneven_split(model.n_layers, layout.pp, layout.vpp, whole_chunks=True)  # the flags want whole chunks
     if rule.code != RuleCode.LAYERS_PP or kind not in UNEVEN_SPLIT_SETTINGS or split is None:
         return rule
     setting = UNEVEN_SPLIT_SETTINGS[kind].format(first=split[0], last=split[1])

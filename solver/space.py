@@ -211,6 +211,9 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
     if model.is_hybrid and not stack.mamba_blocks:  # estimate.hybrid_stack_problems
         raise BadInputError(f"--stack {stack.name} has no Mamba blocks for hybrid {model.name}; use --stack "
                             "megatron-core")
+    if int(fixed.get("dp_replicate", 1)) > 1 and not stack.hsdp:  # layout.stack_problems
+        raise BadInputError(f"--fix dp_replicate={fixed['dp_replicate']}: stack {stack.name} shards over the whole "
+                            "data-parallel group (no hybrid sharding); unpin it or pick another --stack")
     if model.parallel_block and not stack.parallel_blocks:  # estimate.parallel_block_problems
         raise BadInputError(f"--stack {stack.name} builds attention and MLP one after the other; {model.name} runs "
                             "them in parallel: use --stack deepspeed")
@@ -409,7 +412,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
             left_out[f"zero > {stack.tp_max_zero} with tp > 1"] += int(tp_bad.sum())
             stack_bad = stack_bad | tp_bad
     if stack.ddp_alone:  # torchtitan: DDP (zero 0) on a 1-D mesh only
-        ddp_bad = ok & ~batch_bad & ~stack_bad & (cols["zero"] == 0) & (
+        ddp_bad = ok & ~batch_bad & ~stack_bad & (cols["zero"] == 0) & (cols["dp"] > 1) & (
             (cols["tp"] > 1) | (cols["pp"] > 1) | (cols["cp"] > 1) | (cols["ep"] > 1))
         if ddp_bad.any():
             left_out["zero 0 with tp, pp, cp or ep"] += int(ddp_bad.sum())

@@ -75,7 +75,7 @@ def test_bridge_recompute_fields_as_megatron_core_checks_them(run_cli, tmp_path)
         assert code == 2 and expect in err, (granularity, err)
 
 
-@pytest.mark.parametrize("option", ["abc", "-2", "0"])
+@pytest.mark.parametrize("option", ["abc", "-2"])
 def test_torchtitan_selective_option(run_cli, tmp_path, option):
     text = export_plan("torchtitan", load_model("llama3.1-8b"), load_cluster("dgx-h100:1"),
                        Layout(dp=8, zero=3, mbs=1, gbs=64, seq=4096, recompute="selective")).text
@@ -84,6 +84,33 @@ def test_torchtitan_selective_option(run_cli, tmp_path, option):
     path.write_text(text.replace('selective_ac_option = "op"', f'selective_ac_option = "{option}"'), encoding="utf-8")
     code, _, err = run_cli("check", str(path), "--model", "llama3.1-8b", "--cluster", "dgx-h100:1")
     assert code == 2 and f"selective_ac_option {option!r}: torchtitan takes 'op'" in err
+
+
+def test_torchtitan_selective_option_zero_checkpoints_every_block(tmp_path):
+    # torchtitan's layer SAC: `if not ac_freq or count % ac_freq == 0` wraps the block, so "0" wraps every one.
+    from clusterplan.frameworks import read_config
+
+    text = export_plan("torchtitan", load_model("llama3.1-8b"), load_cluster("dgx-h100:1"),
+                       Layout(dp=8, zero=3, mbs=1, gbs=64, seq=4096, recompute="selective")).text
+    path = tmp_path / "job.toml"
+    path.write_text(text.replace('selective_ac_option = "op"', 'selective_ac_option = "0"'), encoding="utf-8")
+    layout = read_config(path, load_model("llama3.1-8b"), 8).layout
+    assert (layout.recompute, layout.recompute_layers) == ("full", 0)
+
+
+def test_virtual_stage_flags_beside_uneven_ends(run_cli, tmp_path):
+    # Megatron-LM refuses --num-layers-per-virtual-pipeline-stage with --decoder-first/last-pipeline-num-layers, and
+    # Megatron-Core ends that the virtual stages do not divide.
+    path = _megatron(tmp_path, "--num-layers-per-virtual-pipeline-stage 10",
+                     "--num-layers-per-virtual-pipeline-stage 6 --decoder-first-pipeline-num-layers 16 "
+                     "--decoder-last-pipeline-num-layers 16")
+    code, _, err = _check(run_cli, path)
+    assert code == 2 and "give --num-virtual-stages-per-pipeline-rank instead" in err
+    path = _megatron(tmp_path, "--num-layers-per-virtual-pipeline-stage 10",
+                     "--num-virtual-stages-per-pipeline-rank 4 --decoder-first-pipeline-num-layers 26 "
+                     "--decoder-last-pipeline-num-layers 26")
+    code, _, err = _check(run_cli, path)
+    assert code == 2 and "Megatron-Core wants each a multiple of 4" in err
 
 
 def test_an_uneven_layer_count_is_fixed_in_the_configs_own_flags(run_cli, tmp_path):
@@ -95,6 +122,10 @@ def test_an_uneven_layer_count_is_fixed_in_the_configs_own_flags(run_cli, tmp_pa
     code, out, _ = run_cli("check", str(path), "--model", "llama3.1-70b", "--cluster", "dgx-h100:12")
     assert code == 1 and ("(in this config: --decoder-first-pipeline-num-layers 26 "
                           "--decoder-last-pipeline-num-layers 27)") in out
+    # with 4 virtual stages the flags want whole chunks: 24 + 28 + 28, not 26 + 28 + 26
+    from clusterplan.models.training.layout import uneven_split
+
+    assert uneven_split(80, 3, 4) == (26, 26) and uneven_split(80, 3, 4, whole_chunks=True) == (24, 28)
 
 
 def test_check_names_what_is_missing(run_cli, tmp_path):

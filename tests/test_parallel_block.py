@@ -160,3 +160,30 @@ def test_serving_names_the_tensor_parallel_sizes_that_divide_the_heads(run_cli):
     code, _, err = run_cli("serve-estimate", "--model", "llama3.1-70b", "--gpu", "H100", "--tp", "3",
                            "--concurrency", "4", "--input-len", "1000", "--output-len", "100")
     assert code == 2 and err.strip().endswith("use a divisor: 1, 2, 4, 8, 16, 32 or 64")
+
+
+def test_validate_refuses_a_parallel_layer_it_would_build_sequentially():
+    # runtime/model.py builds attention, then the MLP on its output: validating Falcon or Pythia would compare the
+    # prediction with another model's step.
+    from clusterplan.errors import UnsupportedModelError
+    from clusterplan.runtime.supported import check_supported
+
+    for name in ("falcon-40b", "falcon-7b", "pythia-1.4b"):
+        with pytest.raises(UnsupportedModelError, match="parallel attention / MLP layers"):
+            check_supported(load_model(str(HF / name)))
+    check_supported(load_model("llama3.1-8b"))
+
+
+def test_stack_rules_the_review_found():
+    # torchtitan: DDP with dp 1 is no DDP (no rule); zero-bubble over uneven stages is a rule in estimate as in plan.
+    from clusterplan.models.training.layout import stack_problems
+
+    titan = get_stack("torchtitan")
+    assert stack_problems(Layout(tp=8, dp=1, zero=0, mbs=1, gbs=8, seq=4096), titan) == []
+    ddp = stack_problems(Layout(tp=4, dp=2, zero=0, mbs=1, gbs=8, seq=4096), titan)
+    assert [p.field for p in ddp] == ["zero"] and "zero=3 (FSDP)" in ddp[0].message
+    zbv = Layout(pp=4, vpp=2, dp=2, zero=3, mbs=1, gbs=64, seq=4096, schedule="zbv", first_stage_layers=6,
+                 last_stage_layers=6)
+    assert [p.field for p in stack_problems(zbv, titan)] == ["schedule"]
+    # nanotron and 2021 Megatron-LM shard over the whole dp group too
+    assert not get_stack("nanotron").hsdp and not get_stack("megatron-lm-2021").hsdp

@@ -41,7 +41,7 @@ def test_uneven_split_suggestions():
     assert uneven_split(60, 16) == (2, 2)
     assert uneven_split(126, 16, 8) == (7, 7)
     assert uneven_split(61, 16) == (2, 3)  # the first end takes the smaller half
-    assert uneven_split(60, 2) is None and uneven_split(10, 16) is None
+    assert uneven_split(61, 2) == (30, 31) and uneven_split(10, 16) is None  # pp 2: the two ends are the split
 
 
 @pytest.mark.parametrize("flash", [True, False])

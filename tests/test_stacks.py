@@ -236,3 +236,9 @@ def test_torchtitan_tensor_parallelism_always_shards_the_sequence(run_cli):
     code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq",
                              "8192", "--stack", "torchtitan", "--fix", "sp=0")
     assert "tp > 1 without sequence parallelism" in err and " tp2 " not in out and " tp4 " not in out
+
+
+def test_a_pinned_hybrid_sharding_on_a_stack_without_it_is_one_line(run_cli):
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                             "4096", "--stack", "deepspeed", "--fix", "zero=3,dp_replicate=2")
+    assert code == 2 and out == "" and "(no hybrid sharding); unpin it or pick another --stack" in err

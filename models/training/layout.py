@@ -578,18 +578,27 @@ def chunk_layer_counts(n_layers: int, layout: Layout) -> list[int]:
     return counts
 
 
-def uneven_split(n_layers: int, pp: int, vpp: int = 1) -> tuple[int, int] | None:
+def uneven_split(n_layers: int, pp: int, vpp: int = 1, whole_chunks: bool = False) -> tuple[int, int] | None:
     """The first / last stage layers that split n_layers over pp ranks with the middle ranks even (a multiple of vpp
     each, Megatron-Core's --decoder-first/last-pipeline-num-layers) and the ends holding at most a middle rank's
-    layers, as equal as the rest allows (the first takes the smaller half); None where no such split exists (pp < 3,
-    or the middle ranks cannot hold the rest)."""
-    if pp < 3:
+    layers, as equal as the rest allows (the first takes the smaller half); with `whole_chunks` the ends are
+    multiples of vpp too, as Megatron-Core's TransformerConfig wants the two flags (clusterplan's own export writes
+    other ends as a --pipeline-model-parallel-layout). At pp 2 the two ends are the whole split. None where no such
+    split exists."""
+    unit = vpp if whole_chunks else 1
+    if pp < 2:
         return None
+    if pp == 2:
+        first = n_layers // 2 // unit * unit
+        last = n_layers - first
+        return (first, last) if first >= 1 and last % unit == 0 else None
     per = -(-n_layers // (pp * vpp)) * vpp  # the smallest even middle share >= the mean, in whole chunks
     while per >= vpp:
         rest = n_layers - (pp - 2) * per
-        if 2 <= rest <= 2 * per:
-            return rest // 2, rest - rest // 2
+        first = rest // 2 // unit * unit
+        last = rest - first
+        if 1 <= first and last <= per and last % unit == 0:
+            return first, last
         per -= vpp
     return None
 
@@ -668,9 +677,10 @@ def layout_problems(model: ModelSpec, layout: Layout, world: int) -> list[Rule]:
             add(RuleCode.STAGE_LAYERS_VPP, f"middle stage layers ({per}) not divisible by vpp({L.vpp})")
     elif model.n_layers % chunks:
         split = uneven_split(model.n_layers, L.pp, L.vpp)
+        middle = f"{L.pp - 2} x {(model.n_layers - sum(split)) // (L.pp - 2)} + " if split and L.pp > 2 else ""
         fix = FIXES[RuleCode.LAYERS_PP] + (
-            f": first_stage_layers={split[0]},last_stage_layers={split[1]} gives {split[0]} + {L.pp - 2} x "
-            f"{(model.n_layers - sum(split)) // (L.pp - 2)} + {split[1]} = {model.n_layers}" if split else "")
+            f": first_stage_layers={split[0]},last_stage_layers={split[1]} gives {split[0]} + {middle}{split[1]} = "
+            f"{model.n_layers}" if split else "")
         problems.append(Rule(code=RuleCode.LAYERS_PP, fix=fix,
                              message=f"n_layers({model.n_layers}) % (pp({L.pp}) * vpp({L.vpp})) != 0; set "
                                      "first_stage_layers/last_stage_layers for an uneven split"))
@@ -871,9 +881,13 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
     if L.recompute == "full" and L.recompute_layers and stack.recompute_layers_per_chunk and L.recompute_layers % L.vpp:
         add("recompute_layers", f"stack {stack.name} recomputes whole layers per model chunk: recompute_layers("
                                 f"{L.recompute_layers}) per rank must be a multiple of vpp({L.vpp})")
-    if L.zero == 0 and stack.ddp_alone and max(L.tp, L.pp, L.cp, L.ep) > 1:
-        add("zero", f"stack {stack.name} runs plain data parallelism (zero=0) only without tp, pp, cp or ep; set "
-                    "zero=1 or more (FSDP)")
+    if L.zero == 0 and L.dp > 1 and stack.ddp_alone and max(L.tp, L.pp, L.cp, L.ep) > 1:
+        add("zero", f"stack {stack.name} runs plain data parallelism (zero=0) only without tp, pp, cp or ep; shard "
+                    f"with zero={max(stack.zero_stages)} (FSDP)")
+    if (L.pp > 1 and L.schedule in ("zb", "zbv") and stack.can_run("schedule", L.schedule)
+            and (L.first_stage_layers or L.last_stage_layers or L.pp_layers)):
+        add("schedule", f"stack {stack.name} runs {L.schedule} as ZBVZeroBubble, two even chunks per rank: no "
+                        "uneven first / last stage or per-rank layers; drop them or use schedule 1f1b")
     if L.dp_replicate > 1 and not stack.hsdp:
         add("dp_replicate", f"stack {stack.name} shards over the whole data-parallel group (no hybrid sharding); "
                             "set dp_replicate=1")
