@@ -23,6 +23,7 @@ from clusterplan.models.architecture.catalog import load_model, presets
 from clusterplan.models.architecture.hf import spec_from_hf
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.architecture.spec import ModelSpec
+from tests.conftest import hf_config, transformers_count
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 B = 1e9
@@ -41,20 +42,8 @@ def _tiny(**changes) -> ModelSpec:
     return ModelSpec(**{**fields, **changes})
 
 
-def _raw(name: str) -> dict:
-    raw = json.loads((HF / name / "config.json").read_text())
-    raw.pop("_source", None)
-    return raw
 
 
-def _transformers_count(raw: dict) -> int:
-    """Parameters of transformers' NemotronHForCausalLM for this config, built on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**raw)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---- counts by hand ------------------------------------------------------------------------------------------------
@@ -78,7 +67,7 @@ def test_small_pattern_equals_transformers():
                n_groups=2, ssm_state_size=8, vocab_size=1000)
     assert spec_from_hf(raw, name="tiny").to_dict() == {**_tiny().to_dict(), "source": "Hugging Face config.json "
                                                         "(config.json)"}
-    assert _transformers_count(raw) == 229_616
+    assert transformers_count(raw) == 229_616
 
 
 def test_nemotron_h_56b_is_the_cross_check():
@@ -131,27 +120,27 @@ def test_fixture_equals_preset_and_transformers(name):
     a, b = loaded.to_dict(), preset.to_dict()
     assert {k: (a.get(k), b.get(k)) for k in set(a) | set(b)
             if k not in ("name", "source") and a.get(k) != b.get(k)} == {}
-    assert loaded.total_params() == _transformers_count(_raw(name))
+    assert loaded.total_params() == transformers_count(hf_config(name))
 
 
 def test_a_latent_moe_config_reads_and_counts_as_transformers():
     # Nemotron 3 Super's moe_latent_size: the experts behind h <-> latent projections (transformers NemotronHMoE
     # fc1_latent_proj / fc2_latent_proj). The Nano fixture with a latent width of 1,024: our count equals
     # transformers' own, and the experts shrink from 2688 x 1856 to 1024 x 1856 each.
-    raw = {**_raw("nemotron-3-nano-30b-a3b"), "moe_latent_size": 1024}
+    raw = {**hf_config("nemotron-3-nano-30b-a3b"), "moe_latent_size": 1024}
     path = HF / "nemotron-3-nano-30b-a3b"
     tmp = Path(pytest.importorskip("tempfile").mkdtemp()) / "config.json"
     tmp.write_text(json.dumps(raw))
     latent = load_model(str(tmp))
     assert latent.moe_latent == 1024 and latent.expert_params() == 2 * 1024 * 1856
-    assert latent.total_params() == _transformers_count(raw)
+    assert latent.total_params() == transformers_count(raw)
     assert load_model(str(path)).total_params() - latent.total_params() == 23 * (
         128 * 2 * (2688 - 1024) * 1856 - 2 * 2688 * 1024)
 
 
 def test_layers_block_type_list_and_legacy_names_read_as_the_pattern():
     # transformers 5 writes layers_block_type (its alias layer_types); older lists say mamba / attention.
-    raw = _raw("nemotron-nano-9b-v2")
+    raw = hf_config("nemotron-nano-9b-v2")
     names = {"M": "linear_attention", "*": "full_attention", "-": "mlp"}
     listed = {**raw, "layers_block_type": [names[c] for c in raw["hybrid_override_pattern"]]}
     legacy = {**raw, "layer_types": [{"M": "mamba", "*": "attention", "-": "mlp"}[c]
@@ -173,7 +162,7 @@ def test_layers_block_type_list_and_legacy_names_read_as_the_pattern():
     ({"mamba_num_heads": 100}, BadInputError, "mamba_heads\\(100\\) % mamba_groups\\(8\\)"),
 ])
 def test_bad_nemotron_h_configs_get_one_line(change, error, match):
-    raw = {k: v for k, v in {**_raw("nemotron-nano-9b-v2"), **change}.items() if v is not None}
+    raw = {k: v for k, v in {**hf_config("nemotron-nano-9b-v2"), **change}.items() if v is not None}
     with pytest.raises(error, match=match) as info:
         spec_from_hf(raw, name="x")
     assert "\n" not in str(info.value)

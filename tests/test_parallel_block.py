@@ -14,7 +14,6 @@ device.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,23 +32,13 @@ from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import RECOMPUTE_NONE, layer_activation_bytes
 from clusterplan.models.training.rules import RuleCode
+from tests.conftest import hf_config, transformers_count
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 
 
-def _raw(name: str) -> dict:
-    raw = json.loads((HF / name / "config.json").read_text())
-    raw.pop("_source")
-    return raw
 
 
-def _transformers_count(raw: dict) -> int:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**raw)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -60,8 +49,8 @@ def _transformers_count(raw: dict) -> int:
     ("cohere-command-r", {"use_qk_norm": True}),  # per-head q / k norms over (heads, head_dim)
 ])
 def test_count_equals_transformers_on_meta_device(name, overrides):
-    raw = {**_raw(name), **overrides}
-    assert spec_from_hf(raw, name=name).total_params() == _transformers_count(raw)
+    raw = {**hf_config(name), **overrides}
+    assert spec_from_hf(raw, name=name).total_params() == transformers_count(raw)
 
 
 def test_falcon_7b_by_hand():
