@@ -5,9 +5,8 @@ Each config (tests/fixtures/hf/, with its `_source`) is transformers' own config
 docstring names the released model it resembles: HuggingFaceTB/SmolLM3-3B, allenai/Olmo-3-7B-Instruct,
 mistralai/Ministral-8B-Instruct-2410, LGAI-EXAONE/EXAONE-4.0-32B, ByteDance-Seed/Seed-OSS-36B-Instruct,
 baidu/ERNIE-4.5-0.3B-PT, zai-org/GLM-OCR, microsoft/Phi-3.5-MoE-instruct), serialised as config.json is. Every
-parameter count equals transformers' model built from it on the meta device, except Phi-3.5-MoE's o_proj and LM-head
-biases, which ModelSpec has no field for and which the model's source names (the difference is asserted exactly).
-Hand derivations pin what each type adds.
+parameter count equals transformers' model built from it on the meta device (Phi-3.5-MoE's o_proj and LM-head biases
+since stop 41: ModelSpec attn_out_bias, lm_head_bias). Hand derivations pin what each type adds.
 """
 
 from __future__ import annotations
@@ -49,20 +48,22 @@ def test_count_equals_transformers_on_meta_device(model_type):
     assert spec.total_params() == _transformers_count(model_type)
 
 
-def test_phimoe_misses_exactly_the_o_proj_and_lm_head_biases():
+def test_phimoe_counts_its_o_proj_and_lm_head_biases():
     spec = spec_from_hf(_config("phimoe"), name="phi-3.5-moe")
-    # 32 layers x 4096 (o_proj bias) + 32,064 (lm_head bias) = 163,136 parameters, 0.0004 % of 41.87B.
-    assert _transformers_count("phimoe") - spec.total_params() == 32 * 4096 + 32064
-    assert "o_proj bias (32 x hidden) not counted" in spec.source and "lm_head bias (vocab) not counted" in spec.source
+    # o_proj follows attention_bias, the LM head lm_head_bias: 32 layers x 4096 + 32,064 = 163,136 parameters that
+    # were left out (and named in the source) before
+    assert (spec.attn_out_bias, spec.lm_head_bias) == (True, True)
+    assert _transformers_count("phimoe") == spec.total_params()
+    assert "not counted" not in spec.source
 
 
 def test_phimoe_by_hand():
     # Phi-3.5-MoE: 32 layers, hidden 4096, 32 heads / 8 KV of 128, 16 experts of 6400 (gated), top 2, vocab 32064.
     spec = spec_from_hf(_config("phimoe"), name="phi-3.5-moe")
     h, kv, f, e, v, n = 4096, 1024, 6400, 16, 32064, 32
-    attention = 2 * h * h + 2 * h * kv + (h + 2 * kv)  # q, o, k, v and the q/k/v biases
+    attention = 2 * h * h + 2 * h * kv + (h + 2 * kv) + h  # q, o, k, v, the q/k/v biases and o_proj's
     layer = attention + e * 3 * h * f + e * h + 2 * 2 * h  # experts, router, two LayerNorms with bias
-    assert spec.total_params() == n * layer + 2 * v * h + 2 * h
+    assert spec.total_params() == n * layer + 2 * v * h + 2 * h + v  # + the LM head's bias
     assert (spec.norm, spec.n_experts, spec.top_k) == ("layernorm", 16, 2)
     # 6.6B active (Microsoft's model card): 2 of 16 experts per token
     assert spec.active_params() == pytest.approx(6.6e9, rel=0.01)

@@ -42,7 +42,7 @@ HF = Path(__file__).parent / "fixtures" / "hf"
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("falcon-7b", {}), ("falcon-40b", {}), ("cohere-command-r", {}), ("cohere2", {}),
+    ("falcon-7b", {}), ("falcon-40b", {}), ("cohere-command-r", {}), ("cohere2", {}), ("gpt-j-6b", {}),
     ("falcon-7b", {"parallel_attn": False}),  # sequential Falcon: input and post-attention norms
     ("falcon-7b", {"multi_query": False, "bias": True}),  # Falcon-RW style: MHA, biased linears
     ("falcon-40b", {"num_ln_in_parallel_attn": 1}),  # new architecture with one shared norm
@@ -74,6 +74,18 @@ def _arrays(**kw) -> LayoutArrays:
 
 def _bytes(spec) -> float:
     return float(layer_activation_bytes(ModelShapes.of(spec), _arrays(), False, np.array([RECOMPUTE_NONE]))[0])
+
+
+def test_gpt_j_by_hand():
+    # GPT-J 6B: hidden 4096, 16 heads of 256, ffn 16384 (4h), 28 layers, vocab 50400; q/k/v/out unbiased, the MLP and
+    # the LM head biased, one LayerNorm (weight + bias) per layer, RoPE on 64 of 256 dimensions, untied.
+    # Layer: 4 x 4096^2 = 67,108,864; MLP 2 x 4096 x 16384 + 16384 + 4096 = 134,238,208; norm 8,192: 201,355,264.
+    # x 28 = 5,637,947,392; embedding 50,400 x 4,096 = 206,438,400 twice (head untied) + head bias 50,400 + final
+    # norm 8,192: 6,050,882,784.
+    spec = load_model(str(HF / "gpt-j-6b"))
+    assert (spec.parallel_block, spec.norms_per_layer, spec.attn_out_bias, spec.lm_head_bias) == (True, 1, False, True)
+    assert spec.rotary_fraction == 0.25 and spec.layer_params(0) == 201_355_264
+    assert spec.total_params() == 6_050_882_784
 
 
 def test_activations_kept_by_hand():

@@ -17,7 +17,7 @@ SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen
              "gpt_neox", "opt", "gpt_oss", "llama4", "gemma", "gemma2", "gemma3", "phi3", "olmo2", "olmoe",
              "deepseek_v2", "granite", "granitemoe", "starcoder2", "nemotron", "glm4_moe", "nemotron_h",
              "smollm3", "olmo3", "ministral", "exaone4", "seed_oss", "ernie4_5", "glm4", "phimoe", "falcon", "cohere",
-             "cohere2")
+             "cohere2", "gptj")
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe",
              "phimoe")
 """The model types whose config names routed experts (their fields: _moe_fields)."""
@@ -100,7 +100,8 @@ def spec_from_hf(cfg: dict[str, Any], *, name: str, where: str = "config.json") 
     c = _Config({**cfg, "model_type": mt}, where)
     builder = {"gpt2": _gpt2, "opt": _opt, "gpt_neox": _gpt_neox, "gpt_oss": _gpt_oss, "llama4": _llama4,
                "gemma": _gemma, "gemma2": _gemma, "gemma3": _gemma, "starcoder2": _starcoder2,
-               "nemotron_h": _nemotron_h, "falcon": _falcon, "cohere": _cohere, "cohere2": _cohere}.get(mt, _llama_like)
+               "nemotron_h": _nemotron_h, "falcon": _falcon, "cohere": _cohere, "cohere2": _cohere,
+               "gptj": _gptj}.get(mt, _llama_like)
     fields = builder(c)
     for extra in (fields.pop("_activation_note", ""), fields.pop("_note", "")):
         if extra:
@@ -228,6 +229,25 @@ def _falcon(c: _Config) -> dict[str, Any]:
                 position="alibi" if alibi else "rope", max_positions=c.integer("max_position_embeddings", default=2048),
                 attn_bias=bias, linear_bias=bias, parallel_block=parallel, norms_per_layer=norms,
                 **_activation_field(c, False, "activation", default="gelu"))
+
+
+def _gptj(c: _Config) -> dict[str, Any]:
+    """GPTJBlock: one ln_1 feeding attention and MLP in parallel; q/k/v/out_proj unbiased, fc_in / fc_out biased
+    (n_inner, default 4h), LayerNorm with bias, RoPE over rotary_dim of each head (default 64), an untied LM head with
+    a bias (GPTJForCausalLM lm_head)."""
+    h = c.integer("n_embd", "hidden_size")
+    n_heads = c.integer("n_head", "num_attention_heads")
+    head_dim = h // n_heads
+    rotary = c.integer("rotary_dim", default=head_dim, maximum=head_dim)
+    fields = dict(n_layers=c.integer("n_layer", "num_hidden_layers", maximum=MAX_LAYERS), hidden=h, n_heads=n_heads,
+                  ffn_hidden=c.integer("n_inner", default=4 * h), gated_ffn=False, vocab=c.integer("vocab_size"),
+                  tied_embeddings=c.flag("tie_word_embeddings", False), norm="layernorm", position="rope",
+                  max_positions=c.integer("n_positions", "max_position_embeddings", default=2048), attn_bias=False,
+                  linear_bias=True, attn_out_bias=False, lm_head_bias=True, parallel_block=True, norms_per_layer=1,
+                  **_activation_field(c, False, "activation_function", default="gelu_new"))
+    if rotary != head_dim:
+        fields["rotary_fraction"] = rotary / head_dim
+    return fields
 
 
 def _cohere(c: _Config) -> dict[str, Any]:
@@ -489,12 +509,9 @@ def _llama_like(c: _Config) -> dict[str, Any]:
         fields["norms_per_layer"] = 4
     if mt == "phimoe":
         # PhimoeDecoderLayer: LayerNorm with weight and bias (the final norm too); PhimoeAttention's attention_bias
-        # also biases o_proj, and lm_head_bias the LM head: ModelSpec has no field for either alone.
-        fields["norm"] = "layernorm"
-        missed = [f"o_proj bias ({n_layers} x hidden)" if attention_bias else "",
-                  "lm_head bias (vocab)" if c.flag("lm_head_bias", False) else ""]
-        fields["_note"] = "; ".join(filter(None, ["sparsemixer top-2 routing priced as softmax top-2",
-                                                  *(f"{m} not counted" for m in missed if m)]))
+        # also biases o_proj (attn_out_bias), and lm_head_bias the LM head.
+        fields.update(norm="layernorm", attn_out_bias=attention_bias, lm_head_bias=c.flag("lm_head_bias", False))
+        fields["_note"] = "sparsemixer top-2 routing priced as softmax top-2"
     if mt == "smollm3":
         fields["_note"] = "NoPE layers (no_rope_layers 0) priced with RoPE, its elementwise share"
     if mt == "nemotron":

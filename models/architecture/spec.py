@@ -40,14 +40,14 @@ _NON_NEGATIVE_INTS = ("n_experts", "top_k", "n_shared_experts", "expert_ffn_hidd
                       "moe_latent")
 _BOOLS = ("gated_ffn", "tied_embeddings", "attn_bias", "linear_bias", "embed_norm", "qk_norm", "shared_expert_gate",
           "dropout", "attn_sinks", "qk_norm_full_width", "router_expert_bias", "router_renormalize", "norm_zero_centered",
-          "mtp_shared", "parallel_block")
+          "mtp_shared", "parallel_block", "lm_head_bias")
 _POSITIVE_FLOATS = ("rope_theta", "rope_scaling_factor", "router_topk_scaling")
 _MAMBA_SIZES = ("mamba_heads", "mamba_head_dim", "mamba_groups", "mamba_state_dim")
 """The Mamba-2 mixer's sizes a pattern with an `M` needs (0 = not given): H, P, G, N of research/hybrid-mamba.md."""
 HYBRID_BLOCKS = {"M": "Mamba-2 mixer", "*": "attention", "-": "MLP", "E": "MoE"}
 """Megatron-Core's hybrid_override_pattern symbols (ssm/mamba_hybrid_layer_allocation.py `Symbols`), in the order
 counts are shown: each character is one residual block with its own pre-norm."""
-_OMITTED_AT_DEFAULT = ("norms_per_layer", "parallel_block", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
+_OMITTED_AT_DEFAULT = ("norms_per_layer", "parallel_block", "attn_out_bias", "lm_head_bias", "qk_norm_full_width", "local_attention", "full_attention_first_layers",
                        "rope_theta", "rope_scaling", "rope_scaling_factor", "rope_mscale_all_dim", "router_score", "router_expert_bias",
                        "router_topk_scaling", "router_renormalize", "activation_clamp", "activation", "rotary_fraction",
                        "norm_zero_centered", "moe_latent", "mtp_shared", "hybrid_pattern", "mamba_heads", "mamba_head_dim", "mamba_groups",
@@ -106,6 +106,11 @@ class ModelSpec:
     """Biases on the q/k/v projections (Qwen2, GPT-2, OPT, BLOOM)."""
     linear_bias: bool = False
     """Biases on the attention output and MLP projections (GPT-2, OPT, BLOOM, GPT-NeoX)."""
+    attn_out_bias: bool | None = None
+    """A bias on the attention output projection where it differs from linear_bias (GPT-J: MLP biased, out_proj
+    not; Phi-3.5-MoE: o_proj biased with q/k/v, MLP not); None: as linear_bias."""
+    lm_head_bias: bool = False
+    """A bias on the LM head (GPT-J, Phi-3.5-MoE's lm_head_bias): vocab parameters."""
     embed_norm: bool = False
     """A norm right after the token embedding (BLOOM)."""
     qk_norm: bool = False
@@ -259,6 +264,9 @@ class ModelSpec:
         if not isinstance(self.norms_per_layer, int) or isinstance(self.norms_per_layer, bool) \
                 or self.norms_per_layer not in (1, 2, 4):
             raise BadInputError(f"model {self.name}: norms_per_layer must be 1, 2 or 4, got {self.norms_per_layer!r}")
+        if self.attn_out_bias not in (None, True, False):
+            raise BadInputError(f"model {self.name}: attn_out_bias must be true, false or absent, got "
+                                f"{self.attn_out_bias!r}")
         if self.norms_per_layer == 1 and not self.parallel_block:
             raise BadInputError(f"model {self.name}: norms_per_layer 1 needs parallel_block: true (one norm feeding "
                                 "attention and MLP together); a sequential layer has 2")
@@ -461,7 +469,7 @@ class ModelSpec:
         params = h * (q_out + 2 * kv_out) + q_out * h
         if self.attn_bias:
             params += q_out + 2 * kv_out
-        if self.linear_bias:
+        if self.linear_bias if self.attn_out_bias is None else self.attn_out_bias:
             params += h
         if self.qk_norm:
             params += q_out + kv_out if self.qk_norm_full_width else 2 * d
@@ -541,7 +549,8 @@ class ModelSpec:
 
     def head_params(self) -> int:
         """Final norm plus the LM head (zero extra when tied to the embedding)."""
-        return self.norm_params() + (0 if self.tied_embeddings else self.vocab * self.hidden)
+        return (self.norm_params() + (0 if self.tied_embeddings else self.vocab * self.hidden)
+                + (self.vocab if self.lm_head_bias else 0))
 
     def total_params(self) -> int:
         layers = sum(self.layer_params(i) for i in range(self.n_layers))
