@@ -433,6 +433,15 @@ def notes(model: ModelSpec, layout: Layout) -> list[Note]:
         out.append(Note(f"{model.name} has {kind}, which pretrain_gpt.py has no flag for (arguments.py: --swiglu, "
                         f"--squared-relu, --quick-geglu); the script trains {runs}: set activation_func in a "
                         "Megatron-Bridge model provider to train the model itself"))
+    if model.attn_out_bias is not None and model.attn_out_bias != model.linear_bias:
+        runs = "with" if model.linear_bias else "without"
+        out.append(Note(f"{model.name} {'biases' if model.attn_out_bias else 'does not bias'} its attention output "
+                        f"projection {'but not' if model.attn_out_bias else 'but does'} its MLP; Megatron-LM's "
+                        f"--add-bias-linear / --disable-bias-linear set both, so it trains {runs} the out-projection "
+                        f"bias ({model.n_layers} x {model.hidden} parameters)"))
+    if model.lm_head_bias:
+        out.append(Note(f"{model.name} biases its LM head ({model.vocab} parameters); Megatron-LM's output layer has "
+                        "no bias, so it trains without it"))
     if model.norms_per_layer == 4:
         out.append(Note(f"{model.name} norms each sublayer's output as well as its input (four norms per layer); "
                         "pretrain_gpt.py builds the two pre-norms only: set post_self_attn_layernorm / "

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from clusterplan.errors import UnsupportedModelError
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.hf import spec_from_hf
 
@@ -30,6 +29,13 @@ def _config(model_type: str) -> dict:
     raw.pop("_source")
     assert raw["model_type"] == model_type
     return raw
+
+
+def _count(raw: dict) -> int:
+    """transformers' count of a config given as a dict (tests.conftest.transformers_count)."""
+    from tests.conftest import transformers_count
+
+    return transformers_count(raw)
 
 
 def _transformers_count(model_type: str) -> int:
@@ -95,5 +101,38 @@ def test_biases_of_seed_oss_and_ernie():
     assert seed.attn_bias and not seed.linear_bias  # q, k, v biased; o_proj (attention_out_bias) and MLP not
     ernie = spec_from_hf(_config("ernie4_5") | {"use_bias": True}, name="ernie")
     assert ernie.attn_bias and ernie.linear_bias
-    with pytest.raises(UnsupportedModelError, match="attention_out_bias != mlp_bias"):
-        spec_from_hf(_config("seed_oss") | {"attention_out_bias": True}, name="seed-oss")
+    # attention_out_bias alone (o_proj biased, the MLP not): ModelSpec attn_out_bias since stop 41, counted exactly
+    raw = _config("seed_oss") | {"attention_out_bias": True, "num_hidden_layers": 2}
+    out = spec_from_hf(raw, name="seed-oss")
+    assert (out.attn_out_bias, out.linear_bias) == (True, False)
+    assert out.total_params() == _count(raw)
+
+
+@pytest.mark.parametrize("biases", [{"attention_bias": True}, {"mlp_bias": True}, {"attention_bias": True,
+                                                                                   "mlp_bias": True}])
+def test_llama_attention_and_mlp_biases_count_exactly(biases):
+    # LlamaAttention biases q, k, v and o_proj with attention_bias, LlamaMLP its three matrices with mlp_bias: each
+    # alone used to miss o_proj's bias or be refused.
+    raw = json.loads((HF / "llama3.1-8b" / "config.json").read_text())
+    raw.pop("_source", None)
+    raw |= {"num_hidden_layers": 2, **biases}
+    assert spec_from_hf(raw, name="llama-biased").total_params() == _count(raw)
+
+
+def test_megatron_export_says_what_its_bias_flags_cannot():
+    # Megatron-LM biases every linear or none (--add-bias-linear), q/k/v apart (--add-qkv-bias), and its output layer
+    # never: a model whose out-projection bias differs from its MLP's, or whose LM head is biased, is noted.
+    from clusterplan.frameworks import export_plan
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.models.training.layout import Layout
+
+    raw = json.loads((HF / "llama3.1-8b" / "config.json").read_text())
+    raw.pop("_source", None)
+    spec = spec_from_hf(raw | {"attention_bias": True}, name="llama-biased")
+    text = export_plan("megatron", spec, load_cluster("dgx-h100:1"), Layout(dp=8, zero=1, gbs=64, seq=4096)).text
+    assert "llama-biased biases its attention output projection but not its MLP" in text
+    assert "--add-qkv-bias" in text and "--disable-bias-linear" in text
+    phi = spec_from_hf(_config("phimoe"), name="phi-3.5-moe")
+    text = export_plan("megatron", phi, load_cluster("dgx-h100:8"), Layout(dp=8, ep=8, tp=8, zero=1, gbs=64,
+                                                                              seq=4096)).text
+    assert "biases its LM head (32064 parameters)" in text

@@ -21,6 +21,10 @@ SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "deepseek_v2", "olmoe", "granitemoe", "glm4_moe",
              "phimoe")
 """The model types whose config names routed experts (their fields: _moe_fields)."""
+O_PROJ_FOLLOWS_ATTENTION_BIAS = ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe", "smollm3", "nemotron")
+"""Families whose attention output projection takes its bias from attention_bias (transformers modeling_*.py:
+`o_proj = nn.Linear(..., bias=config.attention_bias)`); Qwen2, Mistral, Mixtral, Phi-3, GLM-4 (MoE), EXAONE 4 and
+Ministral never bias it."""
 TEXT_MODEL_TYPES = {"llama4_text": "llama4", "gemma3_text": "gemma3"}
 """The `model_type` of a multimodal release's nested text_config, and the family it belongs to."""
 _TOWERS = ("vision_config", "audio_config")
@@ -486,17 +490,16 @@ def _llama_like(c: _Config) -> dict[str, Any]:
     ernie_bias = mt == "ernie4_5" and c.flag("use_bias", False)
     attention_bias = mt in ("qwen2", "qwen2_moe") or ernie_bias or c.flag("attention_bias", False)
     mlp_bias = ernie_bias or c.flag("mlp_bias", False)
-    if mt == "seed_oss" and c.flag("attention_out_bias", False) != mlp_bias:
-        raise UnsupportedModelError(f"{c.where}: seed_oss with attention_out_bias != mlp_bias is not supported; use the "
-                                    "YAML format")
     if mt in ("phi3", "olmo2", "olmo3", "olmoe", "deepseek_v2", "deepseek_v3", "exaone4") and attention_bias:
         raise UnsupportedModelError(f"{c.where}: {mt} with attention_bias is not supported; use the YAML format")
-    # Llama/Qwen3 `attention_bias` also biases o_proj, which ModelSpec ties to the MLP biases (linear_bias): with
-    # attention_bias alone the count misses n_layers * hidden values (< 0.01 % of any real model).
     fields["attn_bias"] = attention_bias
-    fields["linear_bias"] = mlp_bias and attention_bias
-    if mlp_bias and not attention_bias:
-        raise UnsupportedModelError(f"{c.where}: mlp_bias without attention_bias is not supported; use the YAML format")
+    fields["linear_bias"] = mlp_bias
+    # o_proj's bias, by each family's attention module: Llama, Qwen3 (MoE), Granite (MoE), SmolLM3 and Nemotron bias it
+    # with attention_bias, Seed-OSS with attention_out_bias, ERNIE 4.5 with use_bias (as its MLP); the others never
+    out_bias = (attention_bias if mt in O_PROJ_FOLLOWS_ATTENTION_BIAS
+                else c.flag("attention_out_bias", False) if mt == "seed_oss" else ernie_bias)
+    if out_bias != mlp_bias:
+        fields["attn_out_bias"] = out_bias
     # GLM-4.5 norms q and k per head when use_qk_norm is set (Glm4MoeAttention).
     # EXAONE 4 norms q and k per head (Exaone4Attention q_norm / k_norm of head_dim), OLMo 3 over all heads as OLMo 2.
     fields["qk_norm"] = mt in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "olmoe", "exaone4") or (
