@@ -426,6 +426,10 @@ class ExecutionStack:
     ddp_alone: bool = False
     """Plain data parallelism (zero 0) runs only without tp, pp, cp or ep (torchtitan's apply_ddp takes a 1-D mesh);
     absent: false."""
+    pp_uneven_ends: bool = True
+    """Takes first / last pipeline stages of their own size or per-rank layer lists (Megatron-Core's
+    --decoder-first/last-pipeline-num-layers and layout, torchtitan's module lists); false: an even split only
+    (DeepSpeed's PipelineModule partitions by its partition_method). Absent: true."""
     hsdp: bool = True
     """Shards ZeRO over part of the data-parallel group and replicates across the parts (Layout.dp_replicate > 1:
     FSDP2's HSDP mesh, Megatron-Core's num_distributed_optimizer_instances); absent: true."""
@@ -661,6 +665,7 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         mamba_blocks=_sourced(where, raw, "mamba_blocks", lambda: _flag(where, raw, "mamba_blocks"), False),
         parallel_blocks=_sourced(where, raw, "parallel_blocks", lambda: _flag(where, raw, "parallel_blocks"), False),
         hsdp=_sourced(where, raw, "hsdp", lambda: _flag(where, raw, "hsdp"), True),
+        pp_uneven_ends=_sourced(where, raw, "pp_uneven_ends", lambda: _flag(where, raw, "pp_uneven_ends"), True),
         ddp_alone=_sourced(where, raw, "ddp_alone", lambda: _flag(where, raw, "ddp_alone"), False),
         tp_sequence_parallel_always=_sourced(where, raw, "tp_sequence_parallel_always",
                                              lambda: _flag(where, raw, "tp_sequence_parallel_always"), False),

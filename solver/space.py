@@ -144,6 +144,11 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
             splits = [(int(fixed.get("first_stage_layers", 0)), int(fixed.get("last_stage_layers", 0)))]
         elif stack.pp_split != "even":  # a stack that splits by its own rule, where it prices as even (stack_split)
             splits = [(0, 0)]
+        elif not stack.pp_uneven_ends:  # DeepSpeed's PipelineModule: an even split or nothing
+            if pp > 1 and model.n_layers % (pp * vpp):
+                left_out["uneven pipeline stages"] += 1
+                continue
+            splits = [(0, 0)]
         else:
             splits = layer_splits(model.n_layers, pp, vpp) or [(0, 0)]
         cp_kinds = ["ring"]

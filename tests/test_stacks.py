@@ -242,3 +242,23 @@ def test_a_pinned_hybrid_sharding_on_a_stack_without_it_is_one_line(run_cli):
     code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
                              "4096", "--stack", "deepspeed", "--fix", "zero=3,dp_replicate=2")
     assert code == 2 and out == "" and "(no hybrid sharding); unpin it or pick another --stack" in err
+
+
+@pytest.mark.parametrize("model_name, cluster_ref, gbs, seq", [
+    ("llama3.1-8b", "dgx-h100:2", 64, 4096), ("gemma2-27b", "dgx-h100:4", 128, 8192),
+    ("mixtral-8x7b", "dgx-h100:4", 256, 4096), ("qwen3-235b-a22b", "gb200-nvl72:8", 512, 4096),
+])
+def test_what_a_stack_plans_its_framework_exports(model_name, cluster_ref, gbs, seq):
+    # The top plans of each stack export to that stack's frameworks without a refusal (a review found DeepSpeed
+    # plans with uneven pipeline ends, HSDP, torchtitan DDP beside tp / pp and zero-bubble over uneven stages,
+    # each refused by the export of the stack that planned it).
+    from clusterplan.frameworks import export_plan
+    from clusterplan.solver.search import search
+
+    model, cluster = load_model(model_name), load_cluster(cluster_ref)
+    targets = {"megatron-core": ("megatron", "megatron-bridge"), "torchtitan": ("torchtitan", "torchtitan-py"),
+               "deepspeed": ("deepspeed",)}
+    for stack, frameworks in targets.items():
+        for plan in search(model, cluster, gbs, seq, stack=get_stack(stack), top=5).plans:
+            for target in frameworks:
+                export_plan(target, model, cluster, plan.layout, stack=stack if "titan" in target else None)

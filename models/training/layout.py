@@ -888,6 +888,9 @@ def stack_problems(layout: Layout, stack: ExecutionStack) -> list[Rule]:
             and (L.first_stage_layers or L.last_stage_layers or L.pp_layers)):
         add("schedule", f"stack {stack.name} runs {L.schedule} as ZBVZeroBubble, two even chunks per rank: no "
                         "uneven first / last stage or per-rank layers; drop them or use schedule 1f1b")
+    if L.pp > 1 and not stack.pp_uneven_ends and (L.first_stage_layers or L.last_stage_layers or L.pp_layers):
+        add("first_stage_layers", f"stack {stack.name} splits pipeline stages by its own rule, with no first / last "
+                                  "stage size or per-rank list to give; use an even split (pp dividing the layers)")
     if L.dp_replicate > 1 and not stack.hsdp:
         add("dp_replicate", f"stack {stack.name} shards over the whole data-parallel group (no hybrid sharding); "
                             "set dp_replicate=1")
