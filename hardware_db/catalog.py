@@ -34,6 +34,11 @@ def _norm(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+LIST_ALL_UP_TO = 12
+"""An unknown name with nothing close to it lists every name of a table this short; a longer one points to its list
+command instead (one line either way)."""
+
+
 def find_name(
     kind: str, name: str, table: Mapping[str, T], aliases: Mapping[str, str] | None = None, list_cmd: str = "hw list"
 ) -> T:
@@ -46,8 +51,10 @@ def find_name(
         raise BadInputError(f"empty {kind} name; give one (`clusterplan {list_cmd}` shows all)")
     if key is None:
         close = difflib.get_close_matches(_norm(name), list(index), n=3, cutoff=0.5)
-        hint = ", ".join(sorted({index[c] for c in close})) if close else ", ".join(sorted(table))
-        raise BadInputError(f"unknown {kind} {name!r}; did you mean: {hint}? (`clusterplan {list_cmd}` shows all)")
+        if close or len(table) <= LIST_ALL_UP_TO:
+            hint = ", ".join(sorted({index[c] for c in close} if close else table))
+            raise BadInputError(f"unknown {kind} {name!r}; did you mean: {hint}? (`clusterplan {list_cmd}` shows all)")
+        raise BadInputError(f"unknown {kind} {name!r}, and no name is close to it; `clusterplan {list_cmd}` shows all")
     return table[key]
 
 

@@ -298,6 +298,13 @@ class ExecutionStack:
     """Host cost of its eager MoE layers (None: not priced for this stack)."""
     dense_host: DenseHost | None = None
     """Host calls of its eager dense layers (None: not priced for this stack: the host is taken to keep ahead)."""
+    fp8_moe_glu_input_bytes: float | None = None
+    """Bytes per element in which its fp8 layers save the routed experts' gated-activation input (fc1's output) for
+    backward (None: the compute dtype, as Transformer Engine's grouped linears leave it)."""
+    fp8_attention_output_bytes: float | None = None
+    """Bytes per element of the one copy of the attention output its fp8 layers save for both the attention backward
+    and the out-projection's weight gradient (None: the attention keeps a bf16 copy and the out-projection its own
+    quantised one)."""
     attention_kv_copies: int = 0
     """More copies of K and V each layer's attention keeps for backward beside the packed q, k, v (nanotron: 1, the
     contiguous K/V it hands FlashAttention while q stays a view of the packed projection; absent: 0)."""
@@ -617,6 +624,10 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         cp_kinds=_subset(where, raw, "cp_kinds", CP_KINDS), zero_stages=tuple(zero), pp_max_zero=pp_max_zero,
         moe_host=parse_moe_host(where, raw.get("moe_host")),
         dense_host=parse_dense_host(where, raw.get("dense_host")),
+        fp8_moe_glu_input_bytes=_sourced(where, raw, "fp8_moe_glu_input_bytes",
+                                         lambda: _bytes(where, raw, "fp8_moe_glu_input_bytes"), None),
+        fp8_attention_output_bytes=_sourced(where, raw, "fp8_attention_output_bytes",
+                                            lambda: _bytes(where, raw, "fp8_attention_output_bytes"), None),
         attention_kv_copies=_sourced(where, raw, "attention_kv_copies",
                                      lambda: _count(where, raw, "attention_kv_copies"), 0),
         ddp_bucket_bytes_per_param=_sourced(where, raw, "ddp_bucket_bytes_per_param",

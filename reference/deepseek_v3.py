@@ -46,8 +46,10 @@ FIRST_STAGE_LAYERS, LAST_STAGE_LAYERS = 3, 2
 """61 layers over 16 stages is not even and the split is not published: 3 + 14 x 4 + 2 assumed, the first stage
 carrying the embedding, the last the MTP module and the output head (section 3.2.3: DualPipe puts the shallowest and
 the deepest layers on the same rank)."""
-RECOMPUTE_MODULES = "layernorm+mla_up_proj"
-"""Section 3.2.3: 'we recompute all RMSNorm operations and MLA up-projections during back-propagation'."""
+RECOMPUTE_MODULES = "layernorm+mla_up_proj+moe_act"
+"""Section 3.2.3: 'we recompute all RMSNorm operations and MLA up-projections during back-propagation'; section 3.3.3
+(2): 'we cache the inputs of the SwiGLU operator and recompute its output in the backward pass' (the MoE experts'
+activation: Megatron's moe_act)."""
 
 
 def deepseek_cluster(gpus: int) -> Cluster:
@@ -67,9 +69,10 @@ def deepseek_layout(r: dict[str, str]) -> tuple[Layout, list[str]]:
              f"{batch // (dp * MICRO_BATCH)} micro-batches of {MICRO_BATCH} sequence per pipeline (not published)",
              f"{FIRST_STAGE_LAYERS}/4/{LAST_STAGE_LAYERS} layers on first/middle/last stage (not published)",
              "fp8 blockwise (1x128 activations, 128x128 weights; sec. 3.3), fp32 master weights and gradients, BF16 "
-             "AdamW moments (3.3.3, Layout.bf16_moments); the fp8 activation caching (3.3.3) is not expressible "
-             "(memory only)",
-             "recompute RMSNorm and MLA up-projections (3.2.3); 1 MTP module (model preset)",
+             "AdamW moments (3.3.3, Layout.bf16_moments); activations stored as 3.3.3 gives them: the SwiGLU inputs in "
+             "fp8, the attention output once in E5M6 (stack hai-llm)",
+             "recompute RMSNorm and MLA up-projections (3.2.3) and the MoE SwiGLU output (3.3.3); 1 MTP module (model "
+             "preset)",
              "EP 64 over 8 nodes, ZeRO-1, no TP (3.2)",
              "DualPipe's gradient sum between the two copies of each stage (ranks i and pp-1-i) not priced",
              "published rate = whole-run GPU-hours (ramp, checkpoints, evaluation inside), ours a steady-state step"]

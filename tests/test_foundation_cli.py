@@ -22,6 +22,14 @@ def test_hw_show_by_alias(run_cli):
     assert json.loads(out)["name"] == "A100-SXM4-80GB"
 
 
+def test_unknown_model_far_from_every_preset_points_to_the_list(run_cli):
+    """Nothing close to 'falcon-40b' among ~90 presets: one short line naming the list command, not every preset."""
+    code, out, err = run_cli("models", "show", "falcon-40b")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "no name is close" in err and "models list" in err
+    assert "llama3.1-8b" not in err and len(err) < 200
+
+
 def test_unknown_gpu_is_one_line_exit_2(run_cli):
     code, out, err = run_cli("hw", "show", "H1OO-SXM")
     assert code == 2

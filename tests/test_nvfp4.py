@@ -26,6 +26,7 @@ from clusterplan.models.training.estimate import estimate
 from clusterplan.models.training.layout import Layout
 from clusterplan.models.training.memory import (
     NVFP4_SAVED_INPUT_BYTES,
+    Fp8Saved,
     bytes_per_param,
     fp8_weight_copy_bytes,
     layer_activation_bytes,
@@ -91,7 +92,7 @@ def test_nvfp4_memory_weight_cache_and_saved_inputs():
     shapes = ModelShapes.of(load_model("llama3.1-8b"))
     mode = np.zeros(1)
     fp8 = float(layer_activation_bytes(shapes, L, False, mode)[0])
-    fp4 = float(layer_activation_bytes(shapes, L, False, mode, fp8_input_bytes=NVFP4_SAVED_INPUT_BYTES)[0])
+    fp4 = float(layer_activation_bytes(shapes, L, False, mode, fp8_saved=Fp8Saved(NVFP4_SAVED_INPUT_BYTES))[0])
     assert fp8 - fp4 == pytest.approx(4096 * (4096 + 4096 + 14336 + 4096) * (1.0 - 0.5625))
 
 

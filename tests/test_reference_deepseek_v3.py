@@ -14,8 +14,15 @@ compute, 8 % DualPipe bubble, 5 % expert-parallel all-to-all left exposed or slo
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from clusterplan.hardware_db import get_stack
+from clusterplan.models.architecture.catalog import load_model
+from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.training.batch import LayoutArrays
+from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.memory import Fp8Saved, fp8_saved_bytes, layer_activation_bytes
 from clusterplan.reference import deepseek_v3
 from clusterplan.reference.report import TARGET_TIME_MAX, read_rows
 
@@ -43,7 +50,7 @@ def test_row_runs_the_published_layout(rows):
     L = r.layout
     assert (L.world, L.pp, L.ep, L.tp, L.dp, L.zero, L.seq, L.gbs) == (2048, 16, 64, 1, 128, 1, 4096, 15360)
     assert L.schedule == "dualpipe" and L.precision == "fp8" and r.stack == "hai-llm" and L.moe_dispatcher == "deepep"
-    assert L.recompute_modules == "layernorm+mla_up_proj"
+    assert set(L.recompute_modules.split("+")) == {"layernorm", "mla_up_proj", "moe_act"}  # 3.2.3 and 3.3.3 (2)
     assert r.published_tokens_per_s == pytest.approx(PUBLISHED_TOKENS_PER_S)
 
 
@@ -52,3 +59,36 @@ def test_row_within_bound(rows):
     assert BOUND >= TARGET_TIME_MAX
     assert abs(r.error) <= BOUND, (f"predicted {r.predicted_tokens_per_s:.1f} tokens/s/GPU vs "
                                    f"{r.published_tokens_per_s:.1f} ({r.error:+.1%}), bound {BOUND:.0%}")
+
+
+def test_the_run_fits_in_80_gb(rows):
+    """DeepSeek trained this layout on 80 GB H800s: with the report's low-precision activation storage (3.3.3) the
+    peak rank fits (95.3 GiB on the middle rank before it was priced, refused as out of memory)."""
+    (r,) = rows
+    assert not r.refused, r.refused
+    assert r.predicted_memory_gib <= 79.6
+
+
+def test_low_precision_activation_storage_by_hand():
+    """One DeepSeek-V3 MoE layer per micro-batch of 4,096 tokens (no TP, EP 64, force-balanced: 4,096 x 8 routed rows
+    on each rank), what section 3.3.3 stores differently from Transformer Engine's fp8 layers:
+    - the SwiGLU input, 2 x 2,048 per routed row, in fp8 with an fp32 scale per 128 (1.03125 B) instead of bf16:
+      32,768 x 4,096 x (2 - 1.03125) = 130,023,424 B;
+    - the attention output, 128 heads x 128, once in E5M6 (1.53125 B) instead of bf16 + the out-projection's fp8
+      copy (3 B): 4,096 x 16,384 x 1.46875 = 98,566,144 B;
+    - the SwiGLU output recomputed (moe_act): fc2's fp8 input, 32,768 x 2,048 x 1 B = 67,108,864 B."""
+    stack = get_stack("hai-llm")
+    saved = fp8_saved_bytes("blockwise", stack.fp8_moe_glu_input_bytes, stack.fp8_attention_output_bytes)
+    assert saved == Fp8Saved(1.0, 1.0 + 4 / 128, 1.5 + 4 / 128)
+    shapes = ModelShapes.of(load_model("deepseek-v3"))
+
+    def layer(modules: str, fp8_saved: Fp8Saved) -> float:
+        L = LayoutArrays.from_layouts([Layout(tp=1, pp=16, dp=128, ep=64, mbs=1, gbs=15360, seq=4096,
+                                                          recompute="selective", recompute_modules=modules,
+                                                          schedule="dualpipe", precision="fp8")])
+        return float(layer_activation_bytes(shapes, L, True, L.recompute, fp8_saved=fp8_saved)[0])
+
+    te, report = "layernorm+mla_up_proj", "layernorm+mla_up_proj+moe_act"
+    assert layer(te, Fp8Saved()) - layer(te, saved) == 130_023_424 + 98_566_144
+    assert layer(te, saved) - layer(report, saved) == 67_108_864
+    assert np.isclose(layer(te, Fp8Saved()) - layer(report, saved), 295_698_432)

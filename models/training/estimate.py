@@ -52,7 +52,7 @@ from clusterplan.models.training.memory import (
     GIB,
     MemoryBreakdown,
     Remainders,
-    fp8_saved_input_bytes,
+    fp8_saved_bytes,
     fp8_weight_copy_bytes,
     fsdp_fp8_allgather,
     memory_breakdown,
@@ -132,7 +132,8 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
                             tp_gather_buffers=stack.tp_gather_buffers,
                             zero1_gather_flat_copies=stack.zero1_gather_flat_copies,
-                            fp8_input_bytes=fp8_saved_input_bytes(recipe),
+                            fp8_saved=fp8_saved_bytes(recipe, stack.fp8_moe_glu_input_bytes,
+                                                      stack.fp8_attention_output_bytes),
                             mtp_bf16=stack.hybrid_mtp_bf16 and shapes.mtp_layer is not None)
 
 

@@ -70,6 +70,31 @@ NVFP4_SAVED_INPUT_BYTES = 0.5 + 1.0 / 16
 def fp8_saved_input_bytes(recipe: str | None) -> float:
     """Bytes per element of a linear's saved input under fp8 `recipe` (FP8_SAVED_INPUT_BYTES / NVFP4_...)."""
     return NVFP4_SAVED_INPUT_BYTES if recipe == "nvfp4" else FP8_SAVED_INPUT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Fp8Saved:
+    """Bytes per element of what fp8 layers save for backward: the recipe's quantised linear inputs, and where the
+    stack stores more of its activations in low precision (stacks.yaml fp8_moe_glu_input_bytes,
+    fp8_attention_output_bytes)."""
+
+    linear_input: float = FP8_SAVED_INPUT_BYTES
+    """A linear's quantised input for its weight gradient (fp8_saved_input_bytes of the recipe)."""
+    moe_glu_input: float | None = None
+    """The routed experts' gated-activation input (fc1's output); None: the compute dtype."""
+    attention_output: float | None = None
+    """The attention output, saved once for the attention backward and the out-projection's weight gradient; None:
+    the attention keeps it in the compute dtype and the out-projection its own quantised copy (linear_input)."""
+
+
+def fp8_saved_bytes(recipe: str | None, moe_glu_input_bytes: float | None = None,
+              attention_output_bytes: float | None = None) -> Fp8Saved:
+    """What a stack's fp8 layers save under `recipe`, with its low-precision activation storage (None: none)."""
+    return Fp8Saved(fp8_saved_input_bytes(recipe), moe_glu_input_bytes, attention_output_bytes)
+
+
+FP8_SAVED = Fp8Saved()
+"""Transformer Engine's fp8 linears: the quantised input only (FP8_SAVED_INPUT_BYTES)."""
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
@@ -439,7 +464,7 @@ def autocast_weight_copy_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.
 def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode: np.ndarray,
                            selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
                            fused_glu: bool = True, compiled: bool = False, autocast: bool = False,
-                           kv_copies: float = 0.0, fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES) -> np.ndarray:
+                           kv_copies: float = 0.0, fp8_saved: Fp8Saved = FP8_SAVED) -> np.ndarray:
     """Bytes one transformer layer keeps for backward, per micro-batch, on one rank (Korthikanti 2022 Table 2).
 
     `mode` is the recompute code per candidate (none/selective/full); full keeps only the layer input. What
@@ -448,7 +473,7 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     gated activation (glu_saved_widths). `autocast`: the stack's mixed precision is torch.autocast over fp32
     parameters (half_autocast: an fp32 residual stream, one bf16 cast of a norm output per linear reading it).
     `kv_copies`: more copies of K and V the stack's attention keeps beside the packed q, k, v (stacks.yaml
-    attention_kv_copies). `fp8_input_bytes`: a linear's saved input under fp8 (fp8_saved_input_bytes of the recipe).
+    attention_kv_copies). `fp8_saved`: what fp8 layers save, in bytes per element (Fp8Saved).
     GPT check (a heads, f = 4h, dropout, no flash): s*b*h*(34 + 5*a*s/h) with no parallelism.
     """
     h = shapes.hidden
@@ -456,10 +481,10 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     t, spd = L.tp, L.sp_div
     act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16; fp32 runs 4
     fp8 = L.precision == PREC_FP8
-    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (fp8_input_bytes) in place of
+    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (fp8_saved.linear_input) in place of
     # the bf16 norm outputs and FFN product; the out-projection's fp8 copy comes on top of the attention output the
     # attention core keeps in bf16.
-    lin_in = np.where(fp8, fp8_input_bytes, act)
+    lin_in = np.where(fp8, fp8_saved.linear_input, act)
     drop = 1.0 if shapes.dropout else 0.0
     module = lambda name: selective_module(L, mode, name)  # noqa: E731
     casting = half_autocast(L, autocast) if autocast else None
@@ -489,7 +514,10 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         qkv = np.where(module("mla_up_proj"), 0.0, per_head) + act * tokens * shapes.mla_latent
     if kv_copies:
         qkv = qkv + kv_copies * act * tokens * shapes.kv_dim / t
-    attn_out = (act + np.where(fp8, fp8_input_bytes, 0.0)) * tokens * shapes.v_dim / t
+    # A stack that stores the attention output once in low precision (DeepSeek-V3's E5M6) keeps that one copy.
+    one_copy = fp8_saved.attention_output
+    attn_out = np.where(fp8, act + fp8_saved.linear_input if one_copy is None else one_copy,
+                        act) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
                       (act + 3 * drop) * shapes.n_heads * tokens * keys / t)  # softmax (+ mask + dropout out)
@@ -516,8 +544,11 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         clamp_in = np.where(module("moe_act"), 0.0, 2.0 * act) if shapes.activation_clamp else 0.0
         # A latent MoE's experts read the latent width, and its latent -> h projection keeps its input.
         latent_out = act * tokens * shapes.moe_latent / spd
+        # A stack that saves the gated activation's input in low precision (DeepSeek-V3's fp8 SwiGLU inputs) keeps
+        # that width per element in place of the compute dtype.
+        glu_in = act if fp8_saved.moe_glu_input is None else np.where(fp8, fp8_saved.moe_glu_input, act)
         mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * shapes.routed_width + latent_out
-               + (glu * act + clamp_in + fc2_in) * routed * shapes.expert_ffn / L.etp)
+               + (glu * glu_in + clamp_in + fc2_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
             shared = (glu * act + lin_in) * tokens * shapes.shared_ffn / t
             mlp = mlp + np.where(module("shared_experts"), 0.0, shared)
@@ -574,23 +605,23 @@ def inflight_microbatches(L: LayoutArrays, position: str) -> np.ndarray:
 def per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                sp_gathered: bool = False, fused_glu: bool = True,
                                compiled: bool = False, autocast: bool = False,
-                               kv_copies: float = 0.0, fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES
+                               kv_copies: float = 0.0, fp8_saved: Fp8Saved = FP8_SAVED
                                ) -> tuple[np.ndarray, np.ndarray]:
     """(kept, full): bytes one layer keeps per micro-batch under the layout's recompute (full recompute's layers
     counted as none: layers_activation_bytes splits them off), and under full recompute. The same at every pipeline
     position, so memory_breakdown computes them once."""
     if shapes.blocks:  # a hybrid: its block kinds by their share of the layers
         parts = [(share, per_layer_activation_bytes(block, L, selective, sp_gathered, fused_glu, compiled, autocast,
-                                                    kv_copies, fp8_input_bytes)) for share, block in shapes.blocks]
+                                                    kv_copies, fp8_saved)) for share, block in shapes.blocks]
         return (sum(share * kept for share, (kept, _) in parts), sum(share * full for share, (_, full) in parts))
     kept_mode = np.where(L.recompute == RECOMPUTE_FULL, RECOMPUTE_NONE, L.recompute)
     full_mode = np.full(len(L), RECOMPUTE_FULL)
     moe_share = shapes.moe_fraction
     per_layer_kept = ((1 - moe_share) * layer_activation_bytes(shapes, L, False, kept_mode, selective, sp_gathered,
                                                                fused_glu, compiled, autocast, kv_copies,
-                                                               fp8_input_bytes)
+                                                               fp8_saved)
                       + (moe_share * layer_activation_bytes(shapes, L, True, kept_mode, selective, sp_gathered,
-                                                            fused_glu, compiled, autocast, kv_copies, fp8_input_bytes)
+                                                            fused_glu, compiled, autocast, kv_copies, fp8_saved)
                          if moe_share else 0.0))
     return per_layer_kept, layer_activation_bytes(shapes, L, False, full_mode, autocast=autocast)
 
@@ -605,17 +636,17 @@ DEDUPE_MIN_ROWS = 4096
 def unique_per_layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, selective: str = SELECTIVE_CORE_ATTN,
                                       sp_gathered: bool = False, fused_glu: bool = True,
                                       compiled: bool = False, autocast: bool = False, kv_copies: float = 0.0,
-                                      fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES
+                                      fp8_saved: Fp8Saved = FP8_SAVED
                                       ) -> tuple[np.ndarray, np.ndarray]:
     """per_layer_activation_bytes once per distinct combination of PER_LAYER_ACTIVATION_FIELDS, broadcast back: the
     same numbers (every term is elementwise per candidate), for a search's millions of candidates."""
     unique = L.unique_rows(PER_LAYER_ACTIVATION_FIELDS) if len(L) >= DEDUPE_MIN_ROWS else None
     if unique is None or len(unique[0]) == len(L):
         return per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
-                                          kv_copies, fp8_input_bytes)
+                                          kv_copies, fp8_saved)
     first, inverse = unique
     kept, full = per_layer_activation_bytes(shapes, L.take(first), selective, sp_gathered, fused_glu, compiled,
-                                            autocast, kv_copies, fp8_input_bytes)
+                                            autocast, kv_copies, fp8_saved)
     return kept[inverse], full[inverse]
 
 
@@ -887,7 +918,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
                      autocast: bool = False, fp8_param_bytes: float = FP8_WEIGHT_COPY_BYTES,
                      kv_copies: float = 0.0, ddp_bucket_bytes_per_param: float = 0.0,
                      tp_gather_buffers: float = 0.0, zero1_gather_flat_copies: bool = False,
-                     fp8_input_bytes: float = FP8_SAVED_INPUT_BYTES, mtp_bf16: bool = False) -> MemoryBreakdown:
+                     fp8_saved: Fp8Saved = FP8_SAVED, mtp_bf16: bool = False) -> MemoryBreakdown:
     """Per-GPU memory (bytes) of the most loaded pipeline rank, by term. The keywords are the execution stack's
     (selective_recompute, its fp8 weight cache in bytes per parameter (fp8_weight_copy_bytes),
     sp_saves_gathered_inputs, swiglu in fused_kernels, loss_bytes_per_logit, optimizer_param_remainders,
@@ -904,8 +935,8 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     tensors (ddp_bucket_bytes); tp_gather_buffers: persistent full-sequence all-gather buffers under TP
     (tp_gather_buffer_bytes); zero1_gather_flat_copies: ZeRO-1's weight all-gather copies into flat buffers during
     the optimizer step (zero1_gather_flat_bytes), a moment of its own: where the state and those copies outlast the
-    forward / backward peak, "other" takes the difference); fp8_input_bytes: a linear's saved input under the fp8
-    recipe (fp8_saved_input_bytes); mtp_bf16: the MTP modules' weights are bf16 under fp8, no fp8 copies (stacks.yaml
+    forward / backward peak, "other" takes the difference); fp8_saved: what fp8 layers save for backward, by the
+    fp8 recipe and the stack's low-precision activation storage (Fp8Saved); mtp_bf16: the MTP modules' weights are bf16 under fp8, no fp8 copies (stacks.yaml
     hybrid_mtp_bf16))."""
     layers = stage_layers(shapes, L)
     single = L.pp == 1
@@ -913,7 +944,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     # twice.
     stacked = np.empty((len(POSITION_NAMES), len(BREAKDOWN_TERMS), len(L)))
     per_layer = unique_per_layer_activation_bytes(shapes, L, selective, sp_gathered, fused_glu, compiled, autocast,
-                                                  kv_copies, fp8_input_bytes)
+                                                  kv_copies, fp8_saved)
     gather_buffers = tp_gather_buffer_bytes(shapes, L, tp_gather_buffers)
     # Framework buffers and transients no layer saves for backward go to "other" (validate measures activations as
     # the tensors autograd saves): torch context_parallel's gathered K/V, torch pipelining's buffers.
@@ -928,9 +959,9 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
     if bf16_counts is not None:
         as_bf16_rows = as_bf16(L)
         bf16_kept = unique_per_layer_activation_bytes(shapes, as_bf16_rows, selective, sp_gathered, fused_glu,
-                                                      compiled, autocast, kv_copies, fp8_input_bytes)[0]
+                                                      compiled, autocast, kv_copies, fp8_saved)[0]
     composition = hybrid_composition(shapes, L, layers, (selective, sp_gathered, fused_glu, compiled, autocast,
-                                                         kv_copies, fp8_input_bytes))
+                                                         kv_copies, fp8_saved))
     for i, (position, n_layers) in enumerate(zip(POSITION_NAMES, (layers.first, layers.middle, layers.last), strict=True)):
         embed = position == "first"
         head = single if embed else position == "last"

@@ -60,7 +60,7 @@ from clusterplan.models.training.memory import (
     StageLayers,
     StageParams,
     bytes_per_param,
-    fp8_saved_input_bytes,
+    fp8_saved_bytes,
     fsdp_fp8_allgather,
     param_gather_bytes,
     rank_block_counts,
@@ -800,7 +800,9 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
         kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
                                                     stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels,
                                                     stack.compiled, kv_copies=stack.attention_kv_copies,
-                                                    fp8_input_bytes=fp8_saved_input_bytes(stack_fp8_recipe(stack)))
+                                                    fp8_saved=fp8_saved_bytes(stack_fp8_recipe(stack),
+                                                                              stack.fp8_moe_glu_input_bytes,
+                                                                              stack.fp8_attention_output_bytes))
         offloaded = np.minimum(L.offload_layers, slow_layers)
         offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
                                         hw.host_link_bytes_per_s)
