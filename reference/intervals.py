@@ -2,12 +2,16 @@
 
 Method (README "How sure is a prediction?"):
 - Residual of a reference row: r = ln(predicted time / measured time) (throughput rows: ln(published tokens/s /
-  predicted tokens/s)). Rows: Narayanan et al. 2021 Table 1, Korthikanti et al. 2022 Table 5, NeMo 25.11 /
-  Megatron-Bridge (H100, B200, GB200; the expressible rows of reference/bridge.py); for hybrid Mamba stacks, the
-  dgxc Nemotron-H 56B rows (reference/dgxc.py), the only published hybrid runs.
+  predicted tokens/s)). Rows: every published set reference/ compares on tokens/s, as its table counts it (Narayanan
+  et al. 2021 Table 1, Korthikanti et al. 2022 Table 5, NeMo 25.11 / Megatron-Bridge and its NVFP4 and hybrid
+  summaries, the other NeMo releases, NeMo's long-sequence runs, the Megatron-Core MoE report, Mixtral, MLPerf, the
+  DGX Cloud recipes, Llama 3 405B, DeepSeek-V3, torchtitan and its later runs, OLMo-core, llm-foundry, the Ultra-Scale
+  sweep and SmolLM3): the rows a table shows but does not compare, and those a constant was fitted on, are left out.
+  The point predictions stay held out (nothing is fitted to these rows); only the error bars draw on them.
 - Regime of a row or a prediction: GPU generation, dense or MoE, precision (16-bit or fp8), sequence band and
   scale band. A prediction uses the residuals of the rows that share the most of its regime, relaxing the
-  attributes in the order scale, sequence, precision, generation, dense/MoE until at least MIN_ROWS rows match.
+  attributes in the order scale, sequence, precision, generation, dense/MoE until at least MIN_ROWS rows from at
+  least MIN_SETS published sets match.
 - Interval: a normal prediction interval for one new residual, mean +- t(1 - a/2, n-1) s sqrt(1 + 1/n) at rate
   1 - a = RATE; the measured time then lies in [predicted e^-(mean + h), predicted e^-(mean - h)].
 - With --calibration: the calibration's own spread, the largest RMS log error of its fits (GEMM, attention),
@@ -33,6 +37,10 @@ RESIDUALS = Path(__file__).resolve().parent / "data" / "residuals.json"
 RATE = 0.8
 """Stated coverage of an interval (nominal; the leave-one-out test measures the achieved rate)."""
 MIN_ROWS = 4
+MIN_SETS = 2
+"""A regime's rows count once they come from at least this many published sets: a new run's error varies between
+sources more than within one (leave-one-set-out coverage 68.6 % with one set allowed, 75.9 % with two; both on
+the 618 rows, tests/test_intervals.py)."""
 # Student t quantile at 0.9 (two-sided 80 %) for 1..30 degrees of freedom (standard table; checked against
 # scipy.stats.t.ppf in tests/test_intervals.py). Beyond 30: z + (z^3 + z) / (4 dof) (Cornish-Fisher, first term).
 T90 = (3.0777, 1.8856, 1.6377, 1.5332, 1.4759, 1.4398, 1.4149, 1.3968, 1.3830, 1.3722, 1.3634, 1.3562, 1.3502,
@@ -61,8 +69,8 @@ def scale_band(gpus: int) -> str:
 
 def regime(gpu_name: str, moe: bool, precision: str, seq: int, gpus: int, fp8_recipe: str = "",
            hybrid: bool = False) -> dict[str, str]:
-    """A row's or prediction's regime; an NVFP4 one is its own precision, "fp4", which no residual row has yet (the
-    NVFP4 rows are held out), so its interval relaxes precision and draws on every precision of its generation. A
+    """A row's or prediction's regime; an NVFP4 one is its own precision, "fp4" (the published NVFP4 rows: the
+    Megatron-Bridge NVFP4 summaries, MLPerf v5.1), never borrowing the fp8 rows' spread alone. A
     dense hybrid Mamba stack is its own model kind ("hybrid" in the moe key): its interval draws on the hybrid rows;
     one with MoE blocks on the MoE rows."""
     label = "fp4" if fp8_recipe == "nvfp4" else "fp8" if precision.startswith("fp8") else "16-bit"
@@ -107,12 +115,14 @@ def prediction_interval(residuals: list[float], *, centre: float | None = None) 
 
 
 def match(rows: list[dict[str, Any]], want: dict[str, str]) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-    """The rows sharing the most of `want`, relaxing RELAX_ORDER until MIN_ROWS match."""
+    """The rows sharing the most of `want`, relaxing RELAX_ORDER until MIN_ROWS match from MIN_SETS sets (from as many
+    as there are of its model kind, where fewer publish it: the dense hybrids' one)."""
     keys = list(reversed(RELAX_ORDER))  # most important first
+    sets = min(MIN_SETS, max(len({r["set"] for r in rows if r["regime"]["moe"] == want["moe"]}), 1))
     for drop in range(len(keys) + 1):
         on = tuple(keys[: len(keys) - drop])
         hit = [r for r in rows if all(r["regime"][k] == want[k] for k in on)]
-        if len(hit) >= MIN_ROWS:
+        if len(hit) >= MIN_ROWS and len({r["set"] for r in hit}) >= sets:
             return hit, on
     return rows, ()
 
@@ -201,38 +211,162 @@ def ties(plans: list[dict[str, Any]]) -> list[int]:
 
 # ---- generating the residuals -----------------------------------------------------------------------------------
 
+GPU_IN_TEXT = re.compile(r"(GB300|GB200|B300|B200|GH200|H200|H100|H800|A100|MI355X|MI325X|MI300X)", re.IGNORECASE)
+"""The GPU a reference row's system or node names (DGX-H100, grand-teton-h100-96gb, h100_bf16, mi300x-8, ...)."""
+
+
+def gpu_named(system: str) -> str:
+    """The GPU of a system or node name; a cluster preset naming none (AWS p5) by the preset's GPU."""
+    found = GPU_IN_TEXT.search(system)
+    if found:
+        return found.group(1).upper()
+    from clusterplan.models.hardware.cluster import load_cluster
+
+    return load_cluster(system if ":" in system else f"{system}:1").gpu.name
+
+
+def residual_row(set_name: str, label: str, published_tokens_per_s: float, predicted_tokens_per_s: float, gpu: str,
+                 moe: bool, precision: str, seq: int, gpus: int, fp8_recipe: str = "",
+                 hybrid: bool = False) -> dict[str, Any]:
+    """One reference row's residual, ln(published / predicted tokens/s) = ln(predicted / measured step time)."""
+    return {"set": set_name, "label": label,
+            "residual": _r(math.log(published_tokens_per_s / predicted_tokens_per_s)),
+            "regime": regime(gpu, moe, precision, seq, gpus, fp8_recipe, hybrid)}
+
+
+def _published_sets() -> list[dict[str, Any]]:
+    """Every other published set that reference/ compares on tokens/s, each row as its table counts it (the rows a
+    table shows but does not compare, and the rows a fitted constant was fitted on, are left out)."""
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.reference import (
+        bridge_hybrid,
+        bridge_nvfp4,
+        deepseek_v3,
+        dgxc,
+        foundry,
+        llama3,
+        mcore_moe,
+        mixtral,
+        mlperf,
+        nemo,
+        nemo_long,
+        olmo_core,
+        smol,
+        titan,
+        titan_community,
+        ultrascale,
+    )
+
+    out = []
+    for name, bridge_set in (("megatron-bridge-nvfp4", bridge_nvfp4.nvfp4_rows()),
+                             ("megatron-bridge-hybrid", bridge_hybrid.hybrid_rows())):
+        for b in bridge_set:
+            if b.expressible and b.layout is not None and b.predicted_tokens_per_s:
+                spec = load_model(b.preset)
+                out.append(residual_row(name, f"{b.label} {b.gpus} GPUs", b.published_tokens_per_s,
+                                        b.predicted_tokens_per_s, gpu_named(b.system), spec.is_moe,
+                                        b.layout.precision, b.layout.seq, b.gpus,
+                                        b.layout.fp8_recipe or "", spec.is_hybrid))
+    for d in dgxc.dgxc_rows():
+        if d.expressible and not dgxc_model_is_hybrid(d.model):
+            spec = dgxc.dgxc_model(d.model)
+            out.append(residual_row("dgxc", f"dgxc {d.label}", d.published_tokens_per_s, d.predicted_tokens_per_s,
+                                    gpu_named(d.system), spec.is_moe, d.layout.precision, d.layout.seq, d.gpus))
+    models = nemo.nemo_models()
+    for n in nemo.nemo_rows():
+        if n.expressible:
+            out.append(residual_row("nemo-h100", f"nemo {n.release} {n.model} {n.gpus}", n.published_tokens_per_s,
+                                    n.predicted_tokens_per_s, "H100", models[n.model].is_moe, n.layout.precision,
+                                    n.layout.seq, n.gpus))
+    for n in nemo_long.long_rows():
+        if n.expressible:
+            system = "H100" if n.release.startswith("24") else "B200"
+            out.append(residual_row("nemo-long-context", f"nemo-long {n.release} {n.model} {n.gpus}",
+                                    n.published_tokens_per_s, n.predicted_tokens_per_s, system,
+                                    n.model.startswith("Mixtral"), n.layout.precision, n.layout.seq, n.gpus))
+    for m in mcore_moe.held_out(mcore_moe.mcore_moe_rows()):
+        out.append(residual_row("mcore-moe", f"{m.source} {m.system} {m.model} {m.precision} {m.gpus} s{m.layout.seq}",
+                                m.published_tokens_per_s, m.predicted_tokens_per_s, gpu_named(m.system), True,
+                                m.layout.precision, m.layout.seq, m.gpus))
+    for x in mixtral.mixtral_rows():
+        if x.expressible:
+            out.append(residual_row("mixtral", x.label, x.published_tokens_per_s, x.predicted_tokens_per_s,
+                                    gpu_named(x.system), True, x.layout.precision, x.layout.seq, x.gpus))
+    for p in mlperf.mlperf_rows():
+        if p.expressible:
+            out.append(residual_row("mlperf", p.label, p.published_tokens_per_s, p.predicted_tokens_per_s,
+                                    gpu_named(p.system), False, p.layout.precision, p.layout.seq, p.gpus,
+                                    p.layout.fp8_recipe or ""))
+    for r in llama3.llama3_rows():
+        out.append(residual_row("llama3-405b", f"llama3 {r.gpus} s{r.seq}", r.published_tokens_per_s,
+                                r.predicted_tokens_per_s, "H100", False, r.layout.precision, r.seq, r.gpus))
+    for r in deepseek_v3.deepseek_rows():
+        out.append(residual_row("deepseek-v3", r.label, r.published_tokens_per_s, r.predicted_tokens_per_s, "H800",
+                                True, r.layout.precision, r.layout.seq, r.gpus))
+    for t in titan.titan_rows():
+        if t.expressible:
+            out.append(residual_row("torchtitan-h100", t.label, t.published_tokens_per_s, t.predicted_tokens_per_s,
+                                    titan.NODE, False, t.layout.precision, t.layout.seq, t.gpus))
+    for c in titan_community.community_rows():
+        if c.time_compared:
+            out.append(residual_row("torchtitan-community", f"{c.set} {c.model} {c.gpus} {c.techniques}",
+                                    c.published_tokens_per_s, c.predicted_tokens_per_s, gpu_named(c.node),
+                                    load_model(c.model).is_moe, c.layout.precision, c.layout.seq, c.gpus))
+    for o in olmo_core.olmo_core_rows():
+        out.append(residual_row("olmo-core", o.label, o.published_tokens_per_s, o.predicted_tokens_per_s,
+                                olmo_core.NODE, False, o.layout.precision, o.layout.seq, o.layout.world))
+    for f in foundry.foundry_rows():
+        if not f.reason:
+            out.append(residual_row("llm-foundry", f"mpt {f.section} {f.size} s{f.seq} {f.gpus}",
+                                    f.published_tokens_per_s, f.predicted_tokens_per_s, gpu_named(f.section), False,
+                                    f.layout.precision, f.seq, f.gpus))
+    for u in ultrascale.ultrascale_rows():
+        if u.expressible and not u.fitted:
+            out.append(residual_row("ultrascale", f"ultrascale {u.model} {u.label}", u.published_tokens_per_s,
+                                    u.predicted_tokens_per_s, "H100", False, u.layout.precision, u.layout.seq,
+                                    u.layout.world))
+    for m in smol.smol_rows():
+        if m.expressible:
+            out.append(residual_row("smol", m.label, m.published_tokens_per_s, m.predicted_tokens_per_s,
+                                    gpu_named(m.cluster), False, m.layout.precision, m.layout.seq, m.gpus))
+    return out
+
+
+def dgxc_model_is_hybrid(name: str) -> bool:
+    from clusterplan.reference.dgxc import dgxc_model
+
+    return dgxc_model(name).is_hybrid
+
+
 def compute_rows() -> list[dict[str, Any]]:
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.reference.bridge import bridge_rows
-    from clusterplan.reference.dgxc import dgxc_model, dgxc_rows
+    from clusterplan.reference.dgxc import dgxc_rows
     from clusterplan.reference.report import korthikanti_times, read_rows, table1
 
     rows = []
     t1 = read_rows("megatron2021_table1.csv")
     for r, c in zip(t1, table1(), strict=True):
-        rows.append({"set": "narayanan2021-table1", "label": c.label, "residual": math.log(c.predicted / c.measured),
+        rows.append({"set": "narayanan2021-table1", "label": c.label, "residual": _r(math.log(c.predicted / c.measured)),
                      "regime": regime("A100", False, "fp16", 2048, int(r["gpus"]))})
     kt = read_rows("korthikanti2022.csv")
     for i, c in enumerate(korthikanti_times()):
         r = kt[i // 2]
-        rows.append({"set": "korthikanti2022-table5", "label": c.label, "residual": math.log(c.predicted / c.measured),
+        rows.append({"set": "korthikanti2022-table5", "label": c.label,
+                     "residual": _r(math.log(c.predicted / c.measured)),
                      "regime": regime("A100", False, "fp16", 2048, int(r["gpus"]))})
     for b in bridge_rows():
-        if not b.expressible:
-            continue
-        gpu = {"DGX-H100": "H100", "DGX-B200": "B200", "DGX-GB200": "GB200", "DGX-GB300": "GB300"}[b.system]
-        rows.append({"set": "megatron-bridge-2511", "label": f"{b.label} {b.gpus} GPUs",
-                     "residual": math.log(b.published_tokens_per_s / b.predicted_tokens_per_s),
-                     "regime": regime(gpu, load_model(b.preset).is_moe, b.layout.precision, b.layout.seq, b.gpus)})
+        if b.expressible:
+            rows.append(residual_row("megatron-bridge-2511", f"{b.label} {b.gpus} GPUs", b.published_tokens_per_s,
+                                     b.predicted_tokens_per_s, gpu_named(b.system), load_model(b.preset).is_moe,
+                                     b.layout.precision, b.layout.seq, b.gpus))
     # The only published hybrid Mamba runs (dgxc Nemotron-H 56B): the residuals of hybrid predictions' intervals.
     for d in dgxc_rows():
-        if d.expressible and dgxc_model(d.model).is_hybrid:
-            rows.append({"set": "dgxc-hybrid", "label": f"dgxc {d.label}",
-                         "residual": math.log(d.published_tokens_per_s / d.predicted_tokens_per_s),
-                         "regime": regime(d.system, False, d.layout.precision, d.layout.seq, d.gpus, hybrid=True)})
-    for row in rows:
-        row["residual"] = _r(row["residual"])
-    return rows
+        if d.expressible and dgxc_model_is_hybrid(d.model):
+            rows.append(residual_row("dgxc-hybrid", f"dgxc {d.label}", d.published_tokens_per_s,
+                                     d.predicted_tokens_per_s, gpu_named(d.system), False, d.layout.precision,
+                                     d.layout.seq, d.gpus, hybrid=True))
+    return rows + _published_sets()
 
 
 def write() -> None:

@@ -74,7 +74,7 @@ def nemotron(name: str, layers: int, hidden: int, ffn: int, heads: int, kv_heads
                      source=f"NeMo NemotronConfig / launcher ({name})")
 
 
-def _models() -> dict[str, ModelSpec]:
+def nemo_models() -> dict[str, ModelSpec]:
     return {
         "GPT3-5B": nemo_gpt3("nemo-gpt3-5b", 24, 4096, 32),
         "GPT3-20B": nemo_gpt3("nemo-gpt3-20b", 44, 6144, 48),
@@ -269,7 +269,7 @@ TOKEN_DROP_NOTE = ("token-dropping MoE as the table labels it: capacity factor 1
 
 
 def nemo_rows() -> list[NemoRow]:
-    models = _models()
+    models = nemo_models()
     stack = get_stack(STACK)
     out = []
     for r in read_rows(NEMO_CSV):

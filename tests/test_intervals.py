@@ -37,11 +37,15 @@ def test_prediction_interval_by_hand():
 def test_leave_one_out_coverage_on_the_reference_sets():
     """Each reference row's interval from the other rows: the measured time falls inside at about the stated rate.
 
-    Measured on Narayanan Table 1, Korthikanti Table 5, the expressible Megatron-Bridge rows and the 7 hybrid dgxc
-    rows (56 rows): 45 of 56 (80 %) for the stated 80 %; before the hybrid rows 40 of 49 (82 %) (38 before fp8-only parameters, Layout.fp8_params, moved the fp8 rows; 41 before the GEMM k-depth terms of OpenXLA's table narrowed the Blackwell residuals; 40 before interference and ring-CP block pricing, 38 before the MoE rows moved). Bounds: at least 70 %, and below 97 % (not trivially wide)."""
+    Measured on every published set reference/ compares on tokens/s (618 rows of 20 sets, 2026-12-06): 523 of 618
+    (84.6 %) for the stated 80 % (507, 82.0 %, with one set allowed per regime, MIN_SETS 1). Before the held-out sets
+    joined, on the 56 rows of Narayanan Table 1, Korthikanti Table 5, Megatron-Bridge 25.11 and the hybrid dgxc
+    rows: 45 of 56 (80 %), while those intervals held 357 of the other sets' 562 rows (63.5 %). Bounds: at least
+    70 %, and below 97 % (not trivially wide)."""
     rows = list(load_residuals())
-    assert len(rows) >= 30 and {r["set"] for r in rows} == {"narayanan2021-table1", "korthikanti2022-table5",
-                                                             "megatron-bridge-2511", "dgxc-hybrid"}
+    sets = {r["set"] for r in rows}
+    assert len(rows) >= 600 and {"narayanan2021-table1", "korthikanti2022-table5", "megatron-bridge-2511",
+                                 "dgxc-hybrid", "nemo-long-context", "torchtitan-h100", "ultrascale"} <= sets
     inside = 0
     for i, row in enumerate(rows):
         iv = interval_for(row["regime"], rows[:i] + rows[i + 1:])
@@ -50,11 +54,22 @@ def test_leave_one_out_coverage_on_the_reference_sets():
     assert RATE - 0.1 <= coverage < 0.97, coverage
 
 
+def test_leave_one_set_out_coverage():
+    """What a run from a source none of the sets came from meets: each row's interval from the other sets only.
+    469 of 618 (75.9 %) with MIN_SETS = 2; 424 (68.6 %) with one set allowed per regime. Bound: at least 70 %."""
+    rows = list(load_residuals())
+    inside = 0
+    for row in rows:
+        iv = interval_for(row["regime"], [r for r in rows if r["set"] != row["set"]])
+        inside += iv.low_ratio <= math.exp(-row["residual"]) <= iv.high_ratio
+    assert RATE - 0.1 <= inside / len(rows) < 0.97, inside / len(rows)
+
+
 def test_intervals_follow_the_regime():
-    # A100 dense 16-bit rows (Narayanan, Korthikanti: the model within 8 %) give a narrow interval; Blackwell fp8 MoE
-    # rows (Megatron-Bridge: +9 .. +72 % off) a wide one: 0.97 .. 1.44 x the prediction, a 1.48 ratio (1.53 before
-    # B200's measured sustained GEMM rate moved its rows 1-6 points; above 2 while the B200 Qwen3-30B row was priced
-    # with graphs its dropless run cannot have had, +185 %; 2026-12-04). A width check, not an accuracy bound.
+    # A100 dense 16-bit rows at scale (Narayanan, Korthikanti: the model within 8 %) give a narrow interval; Blackwell
+    # fp8 MoE rows (Megatron-Bridge and the Megatron-Core MoE report: -8 .. +72 % off) a wide one: 0.91 .. 1.36 x the
+    # prediction, a 1.51 ratio (36 rows, 2026-12-06; 1.48 from the 25.11 rows alone). A width check, not an accuracy
+    # bound.
     a100 = interval_for({"generation": "ampere", "moe": "dense", "precision": "16-bit", "seq": "short", "scale": "large"})
     moe = interval_for({"generation": "blackwell", "moe": "moe", "precision": "fp8", "seq": "short", "scale": "pod"})
     assert a100.high_ratio / a100.low_ratio < 1.25 < 1.45 < moe.high_ratio / moe.low_ratio

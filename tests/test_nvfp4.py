@@ -205,8 +205,8 @@ def test_torchtitan_exports_its_own_recipes_and_refuses_nvfp4():
 
 
 def test_nvfp4_interval_does_not_borrow_the_fp8_rows_alone():
-    """No residual row is NVFP4 (those rows are held out), so an NVFP4 prediction's interval relaxes precision and
-    draws on its generation's rows of every precision instead of claiming the fp8 rows' spread."""
+    """NVFP4 is its own precision in an interval's regime: an NVFP4 prediction draws on the published NVFP4 rows
+    (Megatron-Bridge's NVFP4 summaries and MLPerf v5.1, precision=fp4), never on the fp8 rows' spread."""
     from clusterplan.reference.intervals import regime
 
     assert regime("B200", False, "fp8", 8192, 64, "nvfp4")["precision"] == "fp4"
@@ -218,5 +218,5 @@ def test_nvfp4_interval_does_not_borrow_the_fp8_rows_alone():
     fp4, fp8 = (estimate(model, cluster, base.with_(fp8_recipe=r)).to_json() for r in ("nvfp4", ""))
     for js in (fp4, fp8):
         attach(js, "B200", False)
-    assert "precision" not in fp4["step_time_interval"]["matched_on"]
+    assert "precision=fp4" in fp4["step_time_interval"]["source"]
     assert "precision=fp8" in fp8["step_time_interval"]["source"]
