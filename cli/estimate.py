@@ -35,6 +35,14 @@ from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.solver.feasible import nearest_layout
 from clusterplan.solver.hetero import evaluate_stages, mixed_problems
 
+BATCH_KEYS = ("seq", "gbs")
+"""Layout keys that set the batch: estimate warns when --layout leaves them at Layout's defaults."""
+
+
+def layout_keys(text: str) -> set[str]:
+    """The keys a `key=value,...` layout text names (Layout.parse reads the same form)."""
+    return {part.split("=", 1)[0].strip() for part in text.split(",") if "=" in part}
+
 
 @click.command()
 @click.option("--model", "model_ref", default=None,
@@ -112,6 +120,11 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     layout = plan.layout if plan is not None else Layout.parse(layout_text, world=cluster.world_size,
                                                                   defaults={"zero": stack.default_zero,
                                                                             "recompute": stack.default_recompute})
+    if plan is None:
+        unnamed = [k for k in BATCH_KEYS if k not in layout_keys(layout_text)]
+        if unnamed:  # the batch shapes every number; a default filled in silently reads as the user's choice
+            console.warn("--layout names no " + " or ".join(unnamed) + ": priced at "
+                         + ", ".join(f"{k}={getattr(layout, k)}" for k in unnamed) + " (give them to price your batch)")
     split = with_stack_split(model, layout, stack.pp_split)  # the split the stack makes of its own
     if split != layout:
         layout = split

@@ -54,11 +54,16 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
     chosen = stack.name if stack_name or stack.name == plan.stack else None
     result = export_plan(target, plan.model, plan.cluster, named_recipe(plan.layout, plan.stack), plan.stages,
                          stack=chosen)
+    text, launch = result.text, result.launch
+    if out_path and result.filename in launch.split():
+        # the launch line names the file it was written to (torchtitan-py's launch names a module, not the file)
+        named = " ".join(out_path if token == result.filename else token for token in launch.split())
+        text, launch = text.replace(launch, named), named
     if out_path:
-        write_atomic(out_path, result.text)
+        write_atomic(out_path, text)
         console.info(f"wrote {out_path}")
     else:
-        click.echo(result.text, nl=False)
+        click.echo(text, nl=False)
     # Each difference once: the exporter's note says what the framework runs instead of a field; the stack's rule on
     # the same field (Rule.field) would say it again, so its re-plan hint goes on the note and the rule is dropped.
     replan = f"(re-plan with `clusterplan plan --stack {stack.name}` to search only what it runs)"
@@ -74,8 +79,8 @@ def export(plan_path: str, target: str, out_path: str | None, stack_name: str | 
                      f"{target} setting carries; `check` of the exported file prices it force-balanced (faster)")
     if not plan.stages:
         said = set(result.noted_fields) | stack_fields | {"moe_imbalance"}
-        _warn_on_read_back(plan, target, result.text, replan, said)
-    console.info(f"launch: {result.launch}")
+        _warn_on_read_back(plan, target, text, replan, said)
+    console.info(f"launch: {launch}")
 
 
 def _warn_on_read_back(plan: PlanFile, target: str, text: str, replan: str, said: set[str]) -> None:

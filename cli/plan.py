@@ -18,7 +18,14 @@ from clusterplan.cli.options import (
     stack_option,
 )
 from clusterplan.cli.plot import check_plot_path, plot_plan
-from clusterplan.cli.render import STAGE_COLUMNS, fmt_duration, mixed_step_label, render_nearest, stage_rows
+from clusterplan.cli.render import (
+    STAGE_COLUMNS,
+    fmt_duration,
+    interval_placement_note,
+    mixed_step_label,
+    render_nearest,
+    stage_rows,
+)
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
@@ -283,12 +290,13 @@ def _render(data: dict) -> None:
                      + (f"{plans[0]['time_to_train']['days_interval'][0]:.1f}-"
                         f"{plans[0]['time_to_train']['days_interval'][1]:.1f} days" if days
                         else f"{iv['low_s']:.3g}-{iv['high_s']:.3g} s")
-                     + f" ({iv['source']})")
+                     + f" ({iv['source']})" + interval_placement_note(iv))
     if "moe_routing" in plans[0]:
         console.text(f"MoE routing of #1: {plans[0]['moe_routing']}")
     if data.get("ties_with_best"):
         console.text(f"#{', #'.join(str(r) for r in data['ties_with_best'])} "
-                     f"{'is' if len(data['ties_with_best']) == 1 else 'are'} within #1's interval: a tie, not a ranking")
+                     f"{'is' if len(data['ties_with_best']) == 1 else 'are'} within #1's interval around its prediction: "
+                     "a tie, not a ranking")
     if "placement" not in plans[0]:
         return
     pl = plans[0]["placement"]

@@ -13,6 +13,14 @@ HOST_CALL_NAMES = {"kernel_op": "kernel launches", "aten_call": "ATen calls", "t
                    "autograd_function": "autograd Functions"}
 """How estimate's text names each kind of dense host call (hardware_db.stacks DENSE_HOST_CALLS)."""
 
+PLACEMENT_NOTES = {"above": "; it lies above the prediction: this regime's published runs ran slower than predicted",
+                   "below": "; it lies below the prediction: this regime's published runs ran faster than predicted"}
+"""What an interval's placement (reference.intervals.placement) tells a reader, appended to its line."""
+
+
+def interval_placement_note(iv: dict) -> str:
+    """The note for an interval that does not contain its prediction ('' where it does)."""
+    return PLACEMENT_NOTES.get(iv.get("placement", "around"), "")
 
 def render_estimate(data: dict[str, Any]) -> None:
     require_finite(data)  # a table must not say "step inf s": the same check as the JSON
@@ -28,7 +36,8 @@ def render_estimate(data: dict[str, Any]) -> None:
                  f"{data['tflops_per_gpu']:.0f} TFLOP/s/GPU   MFU {data['mfu']:.1%}   HFU {data['hfu']:.1%}")
     if "step_time_interval" in data:
         iv = data["step_time_interval"]
-        console.text(f"  {iv['rate']:.0%} interval {iv['low_s']:.3g}-{iv['high_s']:.3g} s ({iv['source']})")
+        console.text(f"  {iv['rate']:.0%} interval {iv['low_s']:.3g}-{iv['high_s']:.3g} s ({iv['source']})"
+                     + interval_placement_note(iv))
     console.text(f"MFU basis: {data['mfu_basis']}")
     hw = data.get("hardware", {})
     if "gemm_best_shape_tflops" in hw:

@@ -42,6 +42,11 @@ def sweep_json(s: LoadSweep) -> dict:
     }
 
 
+OVERLOAD_SERVED_SHARE = 0.9
+"""An open-loop run that serves under this share of the offered rate is overloaded: its queue grows with time, so
+its latency percentiles are set by the run's length (a display threshold: a stable run serves all it is offered, up
+to the ramp at its ends)."""
+
 def estimate_json(e: ServingEstimate) -> dict:
     inst, load, gpus = e.instance, e.load, e.n_gpus
     launch = LaunchConfig(repo=hf_repo(inst.model.name) or inst.model.name, tp=inst.tp, pp=inst.pp, ep=inst.ep,
@@ -50,13 +55,14 @@ def estimate_json(e: ServingEstimate) -> dict:
                           memory_utilization=inst.knobs.memory_utilization,
                           chunked_prefill=get_engine(inst.engine).chunked_prefill)
     sweep = {"load_sweep": sweep_json(e.load_sweep)} if e.load_sweep is not None else {}
+    overloaded = bool(load.rate_rps) and e.request_throughput_rps < OVERLOAD_SERVED_SHARE * load.rate_rps
     return {
         "model": inst.model.name, "gpu": inst.gpu.name, "tp": inst.tp, "pp": inst.pp, "ep": inst.ep,
         "attention_dp": inst.attention_dp, "engine": inst.engine, "gpus": gpus,
         "weight_dtype": inst.weight_dtype, "kv_dtype": inst.kv_dtype,
         **({"mamba_ssm_dtype": inst.mamba_ssm_dtype} if inst.mamba_ssm_dtype != "bf16" else {}),
         "load": {"kind": str(load.kind), "rate_rps": load.rate_rps or None, "clients": load.clients or None,
-                 "requests_measured": e.requests, "seed": load.seed},
+                 "requests_measured": e.requests, "seed": load.seed, "overloaded": overloaded},
         "ttft_ms": _stats_json(e.ttft_s, 1e3, 3), "tpot_ms": _stats_json(e.tpot_s, 1e3, 4),
         "itl_ms": _stats_json(e.itl_s, 1e3, 4), "e2e_s": _stats_json(e.e2e_s, 1.0, 5),
         "throughput": {
@@ -186,6 +192,11 @@ def serve_estimate(model_ref: str, gpu_name: str, tp: int, pp: int, ep: int, att
 
         plot_serve_estimate(data, plot_path)
         console.info(f"wrote {plot_path}")
+    if data["load"]["overloaded"]:
+        console.warn(f"overloaded: {data['load']['rate_rps']:g} req/s offered, "
+                     f"{data['throughput']['requests_per_s']:.3f} served; the queue grows through the run, so the "
+                     "latencies grow with the requests simulated (--requests): lower --rate, or serve it on more "
+                     "instances (serve-plan)")
     console.json(data) if fmt == "json" else _render(data)
     if ep > 1:  # said once, on stderr: the number it changes is the launch line's, not a time
         console.info(f"--ep {ep}: each GPU holds the same expert weight bytes split whole ({ep} ways) as sliced, so "

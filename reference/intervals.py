@@ -6,11 +6,13 @@ Method (README "How sure is a prediction?"):
   et al. 2021 Table 1, Korthikanti et al. 2022 Table 5, NeMo 25.11 / Megatron-Bridge and its NVFP4 and hybrid
   summaries, the other NeMo releases, NeMo's long-sequence runs, the Megatron-Core MoE report, Mixtral, MLPerf, the
   DGX Cloud recipes, Llama 3 405B, DeepSeek-V3, torchtitan and its later runs, OLMo-core, llm-foundry, the Ultra-Scale
-  sweep and SmolLM3): the rows a table shows but does not compare, and those a constant was fitted on, are left out.
-  The point predictions stay held out (nothing is fitted to these rows); only the error bars draw on them.
-- Regime of a row or a prediction: GPU generation, dense or MoE, precision (16-bit or fp8), sequence band and
-  scale band. A prediction uses the residuals of the rows that share the most of its regime, relaxing the
-  attributes in the order scale, sequence, precision, generation, dense/MoE until at least MIN_ROWS rows from at
+  sweep and SmolLM3): the rows a table shows but does not compare, and those a constant was fitted on alone, are left
+  out. Table 1 and Korthikanti Table 5 stay in: TRAINING_GEMM_SHARE was fitted on them jointly (README "Fitted
+  constants"), so their residuals are in-sample; every other row's point prediction is held out (the error bars draw
+  on it, nothing is fitted to it).
+- Regime of a row or a prediction: GPU generation, dense / MoE / hybrid, precision (16-bit, fp8 or fp4), sequence
+  band and scale band. A prediction uses the residuals of the rows that share the most of its regime, relaxing the
+  attributes in the order scale, sequence, precision, generation, model kind until at least MIN_ROWS rows from at
   least MIN_SETS published sets match.
 - Interval: a normal prediction interval for one new residual, mean +- t(1 - a/2, n-1) s sqrt(1 + 1/n) at rate
   1 - a = RATE; the measured time then lies in [predicted e^-(mean + h), predicted e^-(mean - h)].
@@ -39,7 +41,7 @@ RATE = 0.8
 MIN_ROWS = 4
 MIN_SETS = 2
 """A regime's rows count once they come from at least this many published sets: a new run's error varies between
-sources more than within one (leave-one-set-out coverage 68.6 % with one set allowed, 75.9 % with two; both on
+sources more than within one (leave-one-set-out coverage 66.7 % with one set allowed, 73.0 % with two; both on
 the 618 rows, tests/test_intervals.py)."""
 # Student t quantile at 0.9 (two-sided 80 %) for 1..30 degrees of freedom (standard table; checked against
 # scipy.stats.t.ppf in tests/test_intervals.py). Beyond 30: z + (z^3 + z) / (4 dof) (Cornish-Fisher, first term).
@@ -89,8 +91,9 @@ class Interval:
     source: str
 
     def to_json(self, predicted_s: float) -> dict[str, Any]:
-        return {"low_s": _r(predicted_s * self.low_ratio), "high_s": _r(predicted_s * self.high_ratio),
-                "rate": RATE, "rows": self.rows, "matched_on": list(self.matched_on), "source": self.source}
+        low, high = _r(predicted_s * self.low_ratio), _r(predicted_s * self.high_ratio)
+        return {"low_s": low, "high_s": high, "rate": RATE, "rows": self.rows, "matched_on": list(self.matched_on),
+                "source": self.source, "placement": placement(low, high, predicted_s)}
 
 
 def _r(x: float) -> float:
@@ -196,17 +199,28 @@ def attach(plan: dict[str, Any], gpu_name: str, moe: bool, calibration_path: str
 
 
 def ties(plans: list[dict[str, Any]]) -> list[int]:
-    """Ranks of the plans whose predicted time lies inside #1's interval: a tie with #1, not a ranking."""
+    """Ranks of the plans within #1's interval re-centred on #1's prediction: a tie with #1, not a ranking.
+
+    The interval's offset from the prediction is the regime's bias (its rows ran slower or faster than predicted),
+    which moves every plan of the regime alike and cannot reorder them; its spread can. So a plan ties with #1 when
+    its predicted days (or step time) lie within a factor sqrt(high / low) of #1's, the interval's half-width as a
+    ratio around its geometric centre."""
     if not plans or "step_time_interval" not in plans[0]:
         return []
-    # Inside means between both bounds: an interval that sits above the prediction (a regime the model predicts too
-    # fast) may hold none of the other plans.
-    key = "days" if all(p.get("time_to_train", {}).get("days") for p in plans) else None
-    if key:
+    if all(p.get("time_to_train", {}).get("days") for p in plans):
         lo, hi = plans[0]["time_to_train"]["days_interval"]
-        return [p["rank"] for p in plans[1:] if lo <= p["time_to_train"]["days"] <= hi]
-    lo, hi = plans[0]["step_time_interval"]["low_s"], plans[0]["step_time_interval"]["high_s"]
-    return [p["rank"] for p in plans[1:] if lo <= p["step_time_s"] <= hi]
+        best, value = plans[0]["time_to_train"]["days"], (lambda p: p["time_to_train"]["days"])
+    else:
+        lo, hi = plans[0]["step_time_interval"]["low_s"], plans[0]["step_time_interval"]["high_s"]
+        best, value = plans[0]["step_time_s"], (lambda p: p["step_time_s"])
+    half = math.sqrt(hi / lo)
+    return [p["rank"] for p in plans[1:] if best / half <= value(p) <= best * half]
+
+
+def placement(low: float, high: float, predicted: float) -> str:
+    """Where an interval lies against its prediction: 'above' when the regime's measured runs were all slower than
+    predicted (the prediction below the interval), 'below' when faster, else 'around'."""
+    return "above" if predicted < low else "below" if predicted > high else "around"
 
 
 # ---- generating the residuals -----------------------------------------------------------------------------------
@@ -256,6 +270,7 @@ def _published_sets() -> list[dict[str, Any]]:
         titan_community,
         ultrascale,
     )
+    from clusterplan.reference.bridge import layout_text
 
     out = []
     for name, bridge_set in (("megatron-bridge-nvfp4", bridge_nvfp4.nvfp4_rows()),
@@ -263,31 +278,36 @@ def _published_sets() -> list[dict[str, Any]]:
         for b in bridge_set:
             if b.expressible and b.layout is not None and b.predicted_tokens_per_s:
                 spec = load_model(b.preset)
-                out.append(residual_row(name, f"{b.label} {b.gpus} GPUs", b.published_tokens_per_s,
+                out.append(residual_row(name, f"{b.release} {b.label} {b.gpus} GPUs", b.published_tokens_per_s,
                                         b.predicted_tokens_per_s, gpu_named(b.system), spec.is_moe,
                                         b.layout.precision, b.layout.seq, b.gpus,
                                         b.layout.fp8_recipe or "", spec.is_hybrid))
     for d in dgxc.dgxc_rows():
-        if d.expressible and not dgxc_model_is_hybrid(d.model):
+        if d.expressible:
             spec = dgxc.dgxc_model(d.model)
-            out.append(residual_row("dgxc", f"dgxc {d.label}", d.published_tokens_per_s, d.predicted_tokens_per_s,
-                                    gpu_named(d.system), spec.is_moe, d.layout.precision, d.layout.seq, d.gpus))
+            # the only published hybrid Mamba runs (Nemotron-H 56B): the residuals of hybrid predictions' intervals
+            out.append(residual_row("dgxc-hybrid" if spec.is_hybrid else "dgxc", f"dgxc {d.label}",
+                                    d.published_tokens_per_s, d.predicted_tokens_per_s, gpu_named(d.system),
+                                    spec.is_moe, d.layout.precision, d.layout.seq, d.gpus, hybrid=spec.is_hybrid))
     models = nemo.nemo_models()
     for n in nemo.nemo_rows():
         if n.expressible:
-            out.append(residual_row("nemo-h100", f"nemo {n.release} {n.model} {n.gpus}", n.published_tokens_per_s,
-                                    n.predicted_tokens_per_s, "H100", models[n.model].is_moe, n.layout.precision,
-                                    n.layout.seq, n.gpus))
+            out.append(residual_row("nemo-h100", f"nemo {n.release} {n.model} {n.gpus} {layout_text(n.layout)}",
+                                    n.published_tokens_per_s, n.predicted_tokens_per_s, gpu_named(nemo.NODE),
+                                    models[n.model].is_moe, n.layout.precision, n.layout.seq, n.gpus))
     for n in nemo_long.long_rows():
         if n.expressible:
+            # the release's systems (reference/nemo_long.py SYSTEMS): 24.03 on DGX-H100, the 25.x rows on Blackwell
             system = "H100" if n.release.startswith("24") else "B200"
             out.append(residual_row("nemo-long-context", f"nemo-long {n.release} {n.model} {n.gpus}",
                                     n.published_tokens_per_s, n.predicted_tokens_per_s, system,
-                                    n.model.startswith("Mixtral"), n.layout.precision, n.layout.seq, n.gpus))
+                                    load_model(nemo_long.MODELS[n.model]).is_moe, n.layout.precision, n.layout.seq,
+                                    n.gpus))
     for m in mcore_moe.held_out(mcore_moe.mcore_moe_rows()):
-        out.append(residual_row("mcore-moe", f"{m.source} {m.system} {m.model} {m.precision} {m.gpus} s{m.layout.seq}",
-                                m.published_tokens_per_s, m.predicted_tokens_per_s, gpu_named(m.system), True,
-                                m.layout.precision, m.layout.seq, m.gpus))
+        out.append(residual_row("mcore-moe", f"{m.source} {m.system} {m.model} {m.precision} {m.gpus} "
+                                f"{layout_text(m.layout)} {m.routing}", m.published_tokens_per_s,
+                                m.predicted_tokens_per_s, gpu_named(m.system), True, m.layout.precision,
+                                m.layout.seq, m.gpus))
     for x in mixtral.mixtral_rows():
         if x.expressible:
             out.append(residual_row("mixtral", x.label, x.published_tokens_per_s, x.predicted_tokens_per_s,
@@ -306,7 +326,7 @@ def _published_sets() -> list[dict[str, Any]]:
     for t in titan.titan_rows():
         if t.expressible:
             out.append(residual_row("torchtitan-h100", t.label, t.published_tokens_per_s, t.predicted_tokens_per_s,
-                                    titan.NODE, False, t.layout.precision, t.layout.seq, t.gpus))
+                                    gpu_named(titan.NODE), False, t.layout.precision, t.layout.seq, t.gpus))
     for c in titan_community.community_rows():
         if c.time_compared:
             out.append(residual_row("torchtitan-community", f"{c.set} {c.model} {c.gpus} {c.techniques}",
@@ -314,10 +334,11 @@ def _published_sets() -> list[dict[str, Any]]:
                                     load_model(c.model).is_moe, c.layout.precision, c.layout.seq, c.gpus))
     for o in olmo_core.olmo_core_rows():
         out.append(residual_row("olmo-core", o.label, o.published_tokens_per_s, o.predicted_tokens_per_s,
-                                olmo_core.NODE, False, o.layout.precision, o.layout.seq, o.layout.world))
+                                gpu_named(olmo_core.NODE), False, o.layout.precision, o.layout.seq,
+                                o.layout.world))
     for f in foundry.foundry_rows():
         if not f.reason:
-            out.append(residual_row("llm-foundry", f"mpt {f.section} {f.size} s{f.seq} {f.gpus}",
+            out.append(residual_row("llm-foundry", f"mpt {f.section} {f.size} s{f.seq} {f.gpus} mbs{f.mbs}",
                                     f.published_tokens_per_s, f.predicted_tokens_per_s, gpu_named(f.section), False,
                                     f.layout.precision, f.seq, f.gpus))
     for u in ultrascale.ultrascale_rows():
@@ -332,16 +353,9 @@ def _published_sets() -> list[dict[str, Any]]:
     return out
 
 
-def dgxc_model_is_hybrid(name: str) -> bool:
-    from clusterplan.reference.dgxc import dgxc_model
-
-    return dgxc_model(name).is_hybrid
-
-
 def compute_rows() -> list[dict[str, Any]]:
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.reference.bridge import bridge_rows
-    from clusterplan.reference.dgxc import dgxc_rows
     from clusterplan.reference.report import korthikanti_times, read_rows, table1
 
     rows = []
@@ -360,12 +374,6 @@ def compute_rows() -> list[dict[str, Any]]:
             rows.append(residual_row("megatron-bridge-2511", f"{b.label} {b.gpus} GPUs", b.published_tokens_per_s,
                                      b.predicted_tokens_per_s, gpu_named(b.system), load_model(b.preset).is_moe,
                                      b.layout.precision, b.layout.seq, b.gpus))
-    # The only published hybrid Mamba runs (dgxc Nemotron-H 56B): the residuals of hybrid predictions' intervals.
-    for d in dgxc_rows():
-        if d.expressible and dgxc_model_is_hybrid(d.model):
-            rows.append(residual_row("dgxc-hybrid", f"dgxc {d.label}", d.published_tokens_per_s,
-                                     d.predicted_tokens_per_s, gpu_named(d.system), False, d.layout.precision,
-                                     d.layout.seq, d.gpus, hybrid=True))
     return rows + _published_sets()
 
 

@@ -105,6 +105,9 @@ def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) ->
         return _loaded(kind, model, load_cluster(cluster_ref), config)
     if not model_ref or not cluster_ref:
         missing = " and ".join(f for f, given in (("--model", model_ref), ("--cluster", cluster_ref)) if not given)
+        if kind == "torchtitan" and not model_ref:  # its [model] name / flavor names the model (above)
+            raise BadInputError(f"{config}: a torchtitan config needs --cluster (its [model] section names the model, "
+                                "or give --model); give --cluster (e.g. --cluster dgx-h100:32)")
         raise BadInputError(f"{config}: a {kind} config needs --model and --cluster; give {missing} (e.g. --model "
                             "llama3.1-70b --cluster dgx-h100:32)")
     return _loaded(kind, load_model(model_ref), load_cluster(cluster_ref), config)

@@ -288,20 +288,33 @@ def unreachable(table: CapacityTable, work: Workload, phase: str | None = None) 
                           "the SLO", {"limits": True})
 
 
+SINGLES_SHOWN = 2
+"""Single-type fleets simulated whatever their cost, for the answer's 'best single instance type' line; beyond them,
+only the ones whose per-bucket cost could still beat the plan found so far."""
+
+
 def plan_colocated(instances: tuple[ServingInstance, ...], work: Workload, limits: Limits,
                    progress: ProgressFn | None = None) -> tuple[ServePlan, CapacityTable]:
-    """The ILP mix and the two cheapest single-type fleets, each checked on its whole request mix; cheapest wins."""
+    """The ILP mix and the single-type fleets that could beat it, each checked on its whole request mix; cheapest
+    wins."""
     table = capacity_table(instances, work, progress=progress)
     if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
         raise unreachable(table, work)
     candidates = [describe_pools(table, solve_pools(table, work, limits), work, limits)]
     singles = single_type_costs(table, work)
     alternatives = {}
-    for label in sorted((k for k, v in singles.items() if math.isfinite(v)), key=lambda k: (singles[k], k))[:2]:
+    # Every single-type fleet whose per-bucket cost (a lower bound: simulating the mixed traffic only adds
+    # instances) is below the cheapest plan found so far, cheapest first; at least the two cheapest are shown.
+    found = min((pool_cost(c) for c in candidates if c and _within(c, limits)), default=math.inf)
+    for rank, label in enumerate(sorted((k for k, v in singles.items() if math.isfinite(v)),
+                                        key=lambda k: (singles[k], k))):
+        if rank >= SINGLES_SHOWN and singles[label] >= found:
+            break
         pools = describe_pools(table, single_type_mix(table, work, label), work, Limits())
         alternatives[label] = pool_cost(pools)
         if _within(pools, limits):
             candidates.append(pools)
+            found = min(found, pool_cost(pools))
     # A positive rate needs one instance at least: a mix of none (the solver's answer to a vanishing rate) is no plan.
     candidates = [pools for pools in candidates if pools] or candidates
     best = min(candidates, key=lambda pools: (pool_cost(pools), len(pools)))

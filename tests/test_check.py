@@ -74,7 +74,7 @@ def test_fixes_are_printed(run_cli):
 @pytest.mark.parametrize("args, words", [
     (("broken.toml", *MC), "malformed TOML"),
     (("missing.yaml",), "no such file"),
-    (("good_torchtitan.toml",), "needs --model and --cluster"),
+    (("good_torchtitan.toml",), "needs --cluster (its [model] section names the model"),
 ])
 def test_unreadable_input_exits_2(run_cli, args, words):
     code, _, err = run_cli("check", str(FIX / args[0]), *args[1:])

@@ -80,11 +80,16 @@ def test_export_matches_golden_file(run_cli, tmp_path, name, target):
 
 
 def test_out_writes_the_same_bytes_atomically(run_cli, tmp_path):
+    """--out writes what stdout would carry, atomically, except that the launch line (stderr, and the script's own
+    header) names the file written instead of the default name."""
     plan = _plan_file(tmp_path, "mixtral_ep8")
-    _, stdout_text, _ = run_cli("export", str(plan), "--to", "megatron")
-    code, out, err = run_cli("export", str(plan), "--to", "megatron", "--out", str(tmp_path / "run" / "train.sh"))
+    _, stdout_text, stdout_err = run_cli("export", str(plan), "--to", "megatron")
+    target = tmp_path / "run" / "train.sh"
+    code, out, err = run_cli("export", str(plan), "--to", "megatron", "--out", str(target))
     assert code == 0 and out == ""
-    assert (tmp_path / "run" / "train.sh").read_text() == stdout_text
+    default = "megatron_mixtral_8x7b.sh"
+    assert stdout_err.splitlines()[-1].endswith(f"bash {default}") and err.splitlines()[-1].endswith(f"bash {target}")
+    assert target.read_text() == stdout_text.replace(f" {default}", f" {target}")
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
 
 

@@ -127,6 +127,20 @@ def test_heterogeneous_mix_beats_the_best_single_type(run_cli) -> None:
                                         "saving_fraction": round(1 - 3.03 / 3.67, 4)}
 
 
+def test_more_gpu_types_never_make_the_plan_dearer(run_cli) -> None:
+    # A new user's review (2026-12-06): Llama-3.1-70B at 10 req/s, 2000 in / 300 out, p90 TTFT 1 s, TPOT 50 ms. With
+    # --gpus H100 the plan is 3 x H100 tp4 at $82.56/h; with H100 and H200 allowed it was 3 x H200 tp4 at $94.92/h,
+    # because only the two cheapest single types by per-bucket cost were simulated and both needed repair. Every
+    # single type whose per-bucket cost could still beat the plan found so far is simulated now.
+    args = ("serve-plan", "--model", "llama3.1-70b", "--rate", "10", "--input-len", "2000", "--output-len", "300",
+            "--ttft-ms", "1000", "--tpot-ms", "50", "--disaggregate", "off", "--format", "json")
+    alone = json.loads(run_cli(*args, "--gpus", "H100")[1])
+    both = json.loads(run_cli(*args, "--gpus", "H100,H200")[1])
+    assert alone["usd_per_hour"] == 82.56
+    assert both["usd_per_hour"] <= alone["usd_per_hour"]
+    assert both["best_single_type"]["usd_per_hour"] <= 82.56
+
+
 def test_calibration_file_slows_the_plan(run_cli, tmp_path) -> None:
     # A profile that measured 40 ms of per-step overhead on the A100 makes every step slower: the plan needs more.
     cal = tmp_path / "cal.json"
@@ -231,3 +245,16 @@ def test_serve_plan_lists_take_each_value_once(run_cli, flag, value, expect):
     code, _, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--input-len", "1024", "--output-len", "256",
                            "--rate", "10", "--ttft-ms", "500", "--tpot-ms", "50", flag, value)
     assert code == 2 and expect in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_overloaded_open_loop_says_so(run_cli) -> None:
+    # 4 x H100 tp 4 serves about 88 req/s of Llama-3.1-8B at 1000 in / 100 out: offered 1000 req/s, the queue grows
+    # through the run and the latencies only say how long the run was; at 20 req/s it serves what it is offered.
+    args = ("serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--tp", "4", "--input-len", "1000",
+            "--output-len", "100", "--format", "json")
+    code, out, err = run_cli(*args, "--rate", "1000")
+    data = json.loads(out)
+    assert code == 0 and data["load"]["overloaded"] and "overloaded: 1000 req/s offered" in err
+    assert data["throughput"]["requests_per_s"] < 0.9 * 1000
+    code, out, err = run_cli(*args, "--rate", "20")
+    assert code == 0 and not json.loads(out)["load"]["overloaded"] and "overloaded" not in err

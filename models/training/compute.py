@@ -887,7 +887,8 @@ def head_gemm_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> 
 
 MFU_BASIS = ("model FLOPs per step (2 x tokens x active matmul parameters incl. the LM head, plus the attention "
              "core with causal masking and sliding windows counted as executed, x3 for forward + backward; no "
-             "recompute) / (step time x GPUs x dense bf16 peak); fp8 runs are also measured against the bf16 peak")
+             "recompute; a token-dropping MoE's routed experts for the token-expert pairs they keep) / (step time x "
+             "GPUs x dense bf16 peak); fp8 runs are also measured against the bf16 peak")
 """The one MFU definition (issue #13): Megatron/PaLM model FLOPs with causal attention counted as the half a causal
 kernel executes. HFU counts executed FLOPs (recompute, the flash backward's recomputed scores, unfused attention's
 masked half) over the same peak, so HFU >= MFU."""
@@ -896,23 +897,36 @@ masked half) over the same peak, so HFU >= MFU."""
 def model_flops_per_step(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """Model FLOPs of one optimizer step (MFU_BASIS): 3 x forward, forward = 2 x tokens x active matmul parameters
     + the attention core 2 x tokens x seq x (q_dim + v_dim) per layer times its causal share (1/2; windows less),
-    i.e. Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) with the s/6h attention term halved for causal masking."""
+    i.e. Korthikanti 2022's 72BLsh^2(1 + s/6h + V/12hL) with the s/6h attention term halved for causal masking.
+    A token-dropping MoE (capacity factor below 1) runs its routed experts for the token-expert pairs they keep
+    (kept_routed_share), so the model's FLOPs never exceed what the GPUs execute (HFU >= MFU)."""
     tokens = L.gbs * L.seq
     if shapes.blocks:  # a hybrid: each block kind's own (model_layer_flops_per_token), by its count
-        layers = sum(share * shapes.n_layers * model_flops_per_token(b, L.seq) for share, b in shapes.blocks)
+        layers = sum(share * shapes.n_layers * model_flops_per_token(b, L.seq, kept_routed_share(b, L))
+                     for share, b in shapes.blocks)
         return 3 * tokens * (layers + 2.0 * shapes.vocab * shapes.hidden)
     matmul = (shapes.n_layers - shapes.n_moe_layers) * (shapes.attn_params + shapes.dense_mlp_params)
-    matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params
-                                             + shapes.top_k * shapes.expert_params + shapes.latent_params)
+    routed = shapes.top_k * shapes.expert_params * kept_routed_share(shapes, L) if shapes.n_moe_layers else 0.0
+    matmul = matmul + shapes.n_moe_layers * (shapes.attn_params + shapes.moe_dense_part_params + routed
+                                             + shapes.latent_params)
     matmul = matmul + shapes.vocab * shapes.hidden
     core = 2 * L.seq * (shapes.q_dim + shapes.v_dim) * shapes.n_layers * causal_share(shapes, L.seq)
     return 3 * tokens * (2 * matmul + core)
 
 
-def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
+def kept_routed_share(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Share of the routed token-expert pairs a MoE's experts process: 1 dropless or padded to capacity (the padding
+    is executed work, not model work); the capacity ratio on the drop-and-pad path below capacity factor 1, whose
+    dropped pairs skip their experts (moe_layer.capacity_ratio)."""
+    if not shapes.n_experts:
+        return np.ones(len(L))
+    return np.minimum(capacity_ratio(shapes, L), 1.0)
+
+
+def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray, kept_routed: np.ndarray | float = 1.0) -> np.ndarray:
     """Forward model FLOPs per token of one dense layer or hybrid block: 2 x its matmul parameters, its attention
     core's causal share (model_flops_per_step), and a Mamba block's SSD matmuls as they run (mamba_kernels.ssd_flops,
-    unsharded)."""
+    unsharded); a MoE block's routed experts for the `kept_routed` share of its token-expert pairs."""
     core = 2 * seq * (shapes.q_dim + shapes.v_dim) * causal_share(shapes, seq) if shapes.has_attention else 0.0
     ssd = 0.0
     if shapes.block == "mamba":
@@ -920,5 +934,6 @@ def model_flops_per_token(shapes: ModelShapes, seq: np.ndarray) -> np.ndarray:
         ssd = ssd_flops(mixer_sizes(shapes.mamba_inner, shapes.mamba_heads, shapes.mamba_groups, shapes.mamba_state,
                                     shapes.mamba_chunk, one), one)[0]
     if shapes.block == "moe":  # router and shared experts, and the top_k routed experts a token runs
-        return 2 * (shapes.moe_dense_part_params + shapes.top_k * shapes.expert_params + shapes.latent_params)
+        return 2 * (shapes.moe_dense_part_params + shapes.top_k * shapes.expert_params * kept_routed
+                    + shapes.latent_params)
     return 2 * (shapes.attn_params + shapes.dense_mlp_params) + core + ssd

@@ -61,15 +61,21 @@ MXFP8_WEIGHT_COPY_BYTES = 2.0 * (1.0 + 1.0 / 32)
 # scale per 16 (TE NVFP4Tensor; docs/features/low_precision_training/nvfp4).
 NVFP4_WEIGHT_COPY_BYTES = 2.0 * (0.5 + 1.0 / 16)
 # What a Transformer Engine linear saves of its input for the weight gradient under fp8: the quantised copy, 1 B per
-# element (Float8Tensor; MXFP8's scales, 1/32 B, neglected); NVFP4 saves its column-wise 4-bit copy with an E4M3 scale per
-# 16 (NVFP4Tensor: the wgrad operand, Hadamard-transformed).
+# element with its scales (Float8Tensor: one per tensor or row, nothing per element; MXFP8Tensor: an E8M0 byte per 32;
+# Float8BlockwiseQTensor: an fp32 per 1x128 tile); NVFP4 saves its column-wise 4-bit copy with an E4M3 scale per 16
+# (NVFP4Tensor: the wgrad operand, Hadamard-transformed).
 FP8_SAVED_INPUT_BYTES = 1.0
+MXFP8_SAVED_INPUT_BYTES = 1.0 + 1.0 / 32
+BLOCKWISE_SAVED_INPUT_BYTES = 1.0 + 4.0 / 128
 NVFP4_SAVED_INPUT_BYTES = 0.5 + 1.0 / 16
+SAVED_INPUT_BYTES = {"mxfp8": MXFP8_SAVED_INPUT_BYTES, "blockwise": BLOCKWISE_SAVED_INPUT_BYTES,
+                     "nvfp4": NVFP4_SAVED_INPUT_BYTES}
+"""Recipes whose saved linear input carries per-element scale bytes; the others FP8_SAVED_INPUT_BYTES."""
 
 
 def fp8_saved_input_bytes(recipe: str | None) -> float:
-    """Bytes per element of a linear's saved input under fp8 `recipe` (FP8_SAVED_INPUT_BYTES / NVFP4_...)."""
-    return NVFP4_SAVED_INPUT_BYTES if recipe == "nvfp4" else FP8_SAVED_INPUT_BYTES
+    """Bytes per element of a linear's saved input under fp8 `recipe`, scales included (SAVED_INPUT_BYTES)."""
+    return SAVED_INPUT_BYTES.get(recipe or "", FP8_SAVED_INPUT_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +84,24 @@ class Fp8Saved:
     stack stores more of its activations in low precision (stacks.yaml fp8_moe_glu_input_bytes,
     fp8_attention_output_bytes)."""
 
-    linear_input: float = FP8_SAVED_INPUT_BYTES
-    """A linear's quantised input for its weight gradient (fp8_saved_input_bytes of the recipe)."""
-    moe_glu_input: float | None = None
-    """The routed experts' gated-activation input (fc1's output); None: the compute dtype."""
-    attention_output: float | None = None
+    linear_input_bytes: float = FP8_SAVED_INPUT_BYTES
+    """A linear's quantised input for its weight gradient, its scales included (fp8_saved_input_bytes)."""
+    moe_glu_input_bytes: float | None = None
+    """The MoE experts' gated-activation input (fc1's output); None: the compute dtype."""
+    attention_output_bytes: float | None = None
     """The attention output, saved once for the attention backward and the out-projection's weight gradient; None:
-    the attention keeps it in the compute dtype and the out-projection its own quantised copy (linear_input)."""
+    the attention keeps it in the compute dtype and the out-projection its own quantised copy (linear_input_bytes)."""
 
 
 def fp8_saved_bytes(recipe: str | None, moe_glu_input_bytes: float | None = None,
-              attention_output_bytes: float | None = None) -> Fp8Saved:
+                    attention_output_bytes: float | None = None) -> Fp8Saved:
     """What a stack's fp8 layers save under `recipe`, with its low-precision activation storage (None: none)."""
     return Fp8Saved(fp8_saved_input_bytes(recipe), moe_glu_input_bytes, attention_output_bytes)
 
 
 FP8_SAVED = Fp8Saved()
 """Transformer Engine's fp8 linears: the quantised input only (FP8_SAVED_INPUT_BYTES)."""
+
 # The low 16 bits of an fp32 master weight whose high 16 bits are the bf16 parameter (Megatron-Core
 # OptimizerConfig.store_param_remainders, default True).
 PARAM_REMAINDER_BYTES = 2.0
@@ -481,10 +488,11 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     t, spd = L.tp, L.sp_div
     act = np.where(L.precision == PREC_FP32, 4.0, 2.0)  # bf16; fp32 runs 4
     fp8 = L.precision == PREC_FP8
-    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (fp8_saved.linear_input) in place of
+    # Under fp8, Transformer Engine's linears save their quantised input for wgrad (fp8_saved.linear_input_bytes) in
+    # place of
     # the bf16 norm outputs and FFN product; the out-projection's fp8 copy comes on top of the attention output the
     # attention core keeps in bf16.
-    lin_in = np.where(fp8, fp8_saved.linear_input, act)
+    lin_in = np.where(fp8, fp8_saved.linear_input_bytes, act)
     drop = 1.0 if shapes.dropout else 0.0
     module = lambda name: selective_module(L, mode, name)  # noqa: E731
     casting = half_autocast(L, autocast) if autocast else None
@@ -515,8 +523,8 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
     if kv_copies:
         qkv = qkv + kv_copies * act * tokens * shapes.kv_dim / t
     # A stack that stores the attention output once in low precision (DeepSeek-V3's E5M6) keeps that one copy.
-    one_copy = fp8_saved.attention_output
-    attn_out = np.where(fp8, act + fp8_saved.linear_input if one_copy is None else one_copy,
+    one_copy = fp8_saved.attention_output_bytes
+    attn_out = np.where(fp8, act + fp8_saved.linear_input_bytes if one_copy is None else one_copy,
                         act) * tokens * shapes.v_dim / t
     keys = L.seq  # every query attends to the full (causal) sequence
     scores = np.where(L.flash_attn > 0, 4.0 * tokens * shapes.n_heads / t,  # fp32 log-sum-exp per row
@@ -544,13 +552,13 @@ def layer_activation_bytes(shapes: ModelShapes, L: LayoutArrays, moe: bool, mode
         clamp_in = np.where(module("moe_act"), 0.0, 2.0 * act) if shapes.activation_clamp else 0.0
         # A latent MoE's experts read the latent width, and its latent -> h projection keeps its input.
         latent_out = act * tokens * shapes.moe_latent / spd
-        # A stack that saves the gated activation's input in low precision (DeepSeek-V3's fp8 SwiGLU inputs) keeps
-        # that width per element in place of the compute dtype.
-        glu_in = act if fp8_saved.moe_glu_input is None else np.where(fp8, fp8_saved.moe_glu_input, act)
+        # A stack that saves the gated activation's input in low precision (DeepSeek-V3's fp8 SwiGLU inputs in the
+        # MoE layer, routed and shared experts) keeps that width per element in place of the compute dtype.
+        glu_in = act if fp8_saved.moe_glu_input_bytes is None else np.where(fp8, fp8_saved.moe_glu_input_bytes, act)
         mlp = (4.0 * tokens * shapes.n_experts / spd + lin_in * routed * shapes.routed_width + latent_out
                + (glu * glu_in + clamp_in + fc2_in) * routed * shapes.expert_ffn / L.etp)
         if shapes.shared_ffn:
-            shared = (glu * act + lin_in) * tokens * shapes.shared_ffn / t
+            shared = (glu * glu_in + lin_in) * tokens * shapes.shared_ffn / t
             mlp = mlp + np.where(module("shared_experts"), 0.0, shared)
         # "moe" recompute checkpoints the whole MoE block from the norm output (kept as the checkpoint's input).
         mlp = np.where(module("moe"), 0.0, mlp)
@@ -654,7 +662,8 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
                             selective: str = SELECTIVE_CORE_ATTN, sp_gathered: bool = False,
                             fused_glu: bool = True,
                             per_layer: tuple[np.ndarray, np.ndarray] | None = None,
-                            compiled: bool = False, working_set: bool = True) -> np.ndarray:
+                            compiled: bool = False, working_set: bool = True,
+                            fp8_saved: Fp8Saved = FP8_SAVED) -> np.ndarray:
     """Activations the transformer layers of a stage hold at its peak: in-flight micro-batches x layers, plus the
     working set of the layer being recomputed under full recompute (recompute_working_bytes; left out when
     `working_set` is False), less the layers offloaded to host memory. `per_layer`: per_layer_activation_bytes of the
@@ -673,7 +682,8 @@ def layers_activation_bytes(shapes: ModelShapes, L: LayoutArrays, layers: np.nda
         return held
     recomputed = per_layer_kept
     if shapes.blocks:  # a hybrid recomputes block by block: the largest block's set is the one live at the peak
-        recomputed = np.max([per_layer_activation_bytes(block, L, selective, sp_gathered, fused_glu, compiled)[0]
+        recomputed = np.max([per_layer_activation_bytes(block, L, selective, sp_gathered, fused_glu, compiled,
+                                                        fp8_saved=fp8_saved)[0]
                              for _, block in shapes.blocks], axis=0)
     return held + recompute_working_bytes(L, layers, recomputed)
 
@@ -1005,8 +1015,7 @@ def memory_breakdown(shapes: ModelShapes, L: LayoutArrays, selective: str = SELE
             fsdp_loss, fsdp_layer = (np.where(fsdp2_on, b, states.fsdp_buffers) for b in fsdp2)
         in_layer = working + cp_gathered + fsdp_layer > ends[1] + fsdp_loss
         acts = (layers_activation_bytes(shapes, L, n_layers, position, selective, sp_gathered, fused_glu,
-                                        position_per_layer,
-                                        working_set=False)
+                                        position_per_layer, working_set=False, fp8_saved=fp8_saved)
                 + ends[0] + np.where(in_layer, working, ends[1])
                 + autocast_weight_copy_bytes(shapes, L, n_layers, head, autocast))
         if bf16_counts is not None:  # kept layers only: a fully recomputed layer keeps its input, bf16 either way
