@@ -7,6 +7,7 @@ from typing import Any
 from clusterplan.cli.console import console
 from clusterplan.fileio import require_finite
 from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
+from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.feasible import NearestFeasible
 
 HOST_CALL_NAMES = {"kernel_op": "kernel launches", "aten_call": "ATen calls", "triton_launch": "Triton launches",
@@ -32,6 +33,8 @@ def render_estimate(data: dict[str, Any]) -> None:
             console.text(f"  infeasible: {reason}")
     if "step_time_s" not in data:
         return
+    if set(data.get("reason_codes", [])) - {RuleCode.OUT_OF_MEMORY.name}:  # a layout that cannot run as written
+        console.text("priced as written, which cannot run for the reasons above (what it would cost, not a plan):")
     console.text(f"step {data['step_time_s']:.3f} s   {data['tokens_per_s']:,.0f} tokens/s   "
                  f"{data['tflops_per_gpu']:.0f} TFLOP/s/GPU   MFU {data['mfu']:.1%}   HFU {data['hfu']:.1%}")
     if "step_time_interval" in data:

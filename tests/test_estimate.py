@@ -64,6 +64,14 @@ def test_divisibility_reasons_print_every_factor(run_cli):
                            "tp=8,dp=2,gbs=10", "--format", "json")
     assert code == 1
     assert "pp(1) * dp(2) * cp(1) * tp(8) = 16 != world(8)" in json.loads(out)["reasons"]
+    assert "WORLD" in json.loads(out)["reason_codes"]
+    # the text says the numbers are for a layout that cannot run as written; out of memory alone does not
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           "tp=8,dp=2,gbs=10")
+    assert code == 1 and "priced as written, which cannot run" in out
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-70b", "--cluster", "dgx-h100:1", "--layout",
+                           "tp=8,recompute=none,mbs=4,gbs=64,seq=4096")
+    assert code == 1 and "priced as written" not in out
 
 
 def test_bad_layout_is_one_line_exit_2(run_cli):

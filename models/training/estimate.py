@@ -174,7 +174,8 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         """The stable JSON shape other tools read (see README "estimate JSON")."""
         out: dict[str, Any] = {"layout": self.layout.to_dict(), "feasible": self.feasible,
-                               "reasons": [str(r) for r in self.reasons], "model": self.model.name,
+                               "reasons": [str(r) for r in self.reasons],
+                               "reason_codes": [r.code.name for r in self.reasons], "model": self.model.name,
                                "cluster": self.cluster.describe()}
         ev = self.evaluation
         if ev is None:
