@@ -37,6 +37,7 @@ from clusterplan.models.training.tp_overlap import (
     TpRole,
     async_tp_gathers_fused,
     overlapped_times,
+    tp_overlap_runs,
 )
 
 DEFAULT_FP8_RECIPE = "tensorwise"
@@ -543,7 +544,8 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     linears = layer_linears(shapes, L, moe)
     overlap = None
     if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
-        overlap = TpOverlap(stack.tp_overlap, (L.sp > 0) & (L.tp > 1), L.tp, async_tp_gathers_fused(stack, fp8),
+        overlap = TpOverlap(stack.tp_overlap, tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain), L.tp,
+                            async_tp_gathers_fused(stack, fp8),
                             stack.tp_overlap_bulk_sm_margin)
     experts_f = experts_b = 0.0
     pad = 0.0

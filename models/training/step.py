@@ -77,6 +77,7 @@ from clusterplan.models.training.tp_overlap import (
     async_tp_exposed_s,
     async_tp_gathers_fused,
     local_shard_exposed_s,
+    tp_overlap_runs,
 )
 
 # Share of backward compute under which data-parallel gradient traffic can hide (bucketed overlap, as
@@ -204,7 +205,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
     group = Group.of(L, Axis.TP)
     total = _priced(colls, group, hw)
-    sp = L.sp > 0
+    sp = tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain)  # sp, tp > 1 and, for NVLink overlaps, one domain
     if stack.tp_overlap == "async_tp":
         if async_tp_blocks is None:
             raise ValueError("async TP is priced per fused op: pass LayerTime.async_tp_blocks")
@@ -217,7 +218,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                      _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
                                      gather.calls, passes, L.tp, hw.comm_overlap,
                                      async_tp_gathers_fused(stack, L.precision == PREC_FP8))
-        return np.where(sp & (L.tp > 1), exposed, total)
+        return np.where(sp, exposed, total)
     if stack.tp_overlap == "local_shard":
         if local_shard_blocks is None:
             raise ValueError("nanotron's asynchronous TP is priced per block: pass LayerTime.local_shard_blocks")
@@ -226,7 +227,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                         _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), gather.calls,
                                         1.0 + L.full_recompute_share(shapes.n_layers), hw.comm_overlap,
                                         slowdown_in)
-        return np.where(sp & (L.tp > 1), exposed, total)
+        return np.where(sp, exposed, total)
     share = np.where(sp, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 

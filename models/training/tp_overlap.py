@@ -58,6 +58,20 @@ from clusterplan.models.hardware.comm import exposed_s, interference_s
 
 UB_PIPELINE_SPLITS = 4
 """TE initialize_ub default num_splits of a "pipeline" overlap (proj_fprop, fc2_fprop)."""
+NVLINK_DOMAIN_OVERLAPS = frozenset({"bulk", "async_tp"})
+"""Overlaps whose communication runs on NVLink-mapped memory, so only inside one NVLink (scale-up) domain: TE
+userbuffers rely on CUDA multicast / IPC handles, "only possible with single-node tensor-parallelism"
+(NVIDIA/TransformerEngine#1071), and since TE 2.2 a multi-node NVLink domain (#1470, UB MNNVL); PyTorch async TP
+pulls peers' symmetric-memory buffers over the same handles (torch/distributed/_symmetric_memory). nanotron's
+local_shard overlap issues plain NCCL collectives asynchronously and runs over any link."""
+
+
+def tp_overlap_runs(kind: str, sp: np.ndarray, tp: np.ndarray, domain: int) -> np.ndarray:
+    """Where the stack's TP overlap `kind` runs: sequence parallelism with tp > 1, and a TP group inside one
+    scale-up domain of `domain` GPUs for the NVLink-only overlaps (NVLINK_DOMAIN_OVERLAPS); elsewhere the TP
+    collectives run whole and exposed."""
+    on = (np.asarray(sp) > 0) & (np.asarray(tp) > 1)
+    return on & (np.asarray(tp) <= domain) if kind in NVLINK_DOMAIN_OVERLAPS else on
 UB_COMM_SMS = TE_UB_COMM_SMS
 """TE initialize_ub default num_sm of the "pipeline" and "bulk" overlaps, given up by the GEMM (set_sm_margin)."""
 
