@@ -319,10 +319,11 @@ def _published_sets() -> list[dict[str, Any]]:
                                     p.layout.fp8_recipe or ""))
     for r in llama3.llama3_rows():
         out.append(residual_row("llama3-405b", f"llama3 {r.gpus} s{r.seq}", r.published_tokens_per_s,
-                                r.predicted_tokens_per_s, "H100", False, r.layout.precision, r.seq, r.gpus))
+                                r.predicted_tokens_per_s, gpu_named(llama3.NODE), False, r.layout.precision, r.seq,
+                                r.gpus))
     for r in deepseek_v3.deepseek_rows():
-        out.append(residual_row("deepseek-v3", r.label, r.published_tokens_per_s, r.predicted_tokens_per_s, "H800",
-                                True, r.layout.precision, r.layout.seq, r.gpus))
+        out.append(residual_row("deepseek-v3", r.label, r.published_tokens_per_s, r.predicted_tokens_per_s,
+                                gpu_named(deepseek_v3.NODE), True, r.layout.precision, r.layout.seq, r.gpus))
     for t in titan.titan_rows():
         if t.expressible:
             out.append(residual_row("torchtitan-h100", t.label, t.published_tokens_per_s, t.predicted_tokens_per_s,
@@ -344,7 +345,8 @@ def _published_sets() -> list[dict[str, Any]]:
     for u in ultrascale.ultrascale_rows():
         if u.expressible and not u.fitted:
             out.append(residual_row("ultrascale", f"ultrascale {u.model} {u.label}", u.published_tokens_per_s,
-                                    u.predicted_tokens_per_s, "H100", False, u.layout.precision, u.layout.seq,
+                                    u.predicted_tokens_per_s, gpu_named(ultrascale.NODE), False, u.layout.precision,
+                                    u.layout.seq,
                                     u.layout.world))
     for m in smol.smol_rows():
         if m.expressible:
