@@ -346,8 +346,7 @@ def _published_sets() -> list[dict[str, Any]]:
         if u.expressible and not u.fitted:
             out.append(residual_row("ultrascale", f"ultrascale {u.model} {u.label}", u.published_tokens_per_s,
                                     u.predicted_tokens_per_s, gpu_named(ultrascale.NODE), False, u.layout.precision,
-                                    u.layout.seq,
-                                    u.layout.world))
+                                    u.layout.seq, u.layout.world))
     for m in smol.smol_rows():
         if m.expressible:
             out.append(residual_row("smol", m.label, m.published_tokens_per_s, m.predicted_tokens_per_s,
