@@ -368,16 +368,20 @@ def write_atomic_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _cannot_write(target, exc) from exc
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; output files get the usual permissions
-    try:
+    wrapped = False
+    try:  # from mkstemp on, any interruption (a signal included) removes the temp file below
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; output files get the usual permissions
         with os.fdopen(fd, "wb") as fh:
+            wrapped = True
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
+        if not wrapped:  # interrupted before the file object took the descriptor over
+            os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _cannot_write(target, exc) from exc

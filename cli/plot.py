@@ -113,13 +113,22 @@ def plot_estimate(data: dict[str, Any], path: str) -> dict[str, Any]:
     return plotted
 
 
+TIMELINE_SEPARATED_OPS = 64
+"""Ops of one kind on one stage up to which the timeline draws a white separator between them."""
+
+
 def plot_timeline(ax: Any, timeline: Timeline, layout: dict[str, Any]) -> dict[str, Any]:
     """Micro-batches per stage over time; gaps are the bubble (and exposed send/recv)."""
     bars = []
+    lanes: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for op in timeline.ops:
-        ax.broken_barh([(op.start_s, op.end_s - op.start_s)], (op.stage - 0.4, 0.8), facecolors=COLORS[op.kind],
-                       edgecolor="white", linewidth=0.3)
+        lanes.setdefault((op.stage, op.kind), []).append((op.start_s, op.end_s - op.start_s))
         bars.append((op.stage, op.kind, op.microbatch, op.chunk, op.start_s, op.end_s))
+    # one call per stage and kind: each broken_barh call rescales the axes, so one per op grew with micro-batches
+    for (stage, kind), spans in sorted(lanes.items()):
+        # white separators between ops while they stay wider than the separator; with hundreds they would hide them
+        ax.broken_barh(spans, (stage - 0.4, 0.8), facecolors=COLORS[kind], edgecolor="white",
+                       linewidth=0.3 if len(spans) <= TIMELINE_SEPARATED_OPS else 0.0)
     ax.set_yticks(range(timeline.pp), [f"stage {s}" for s in range(timeline.pp)])
     ax.invert_yaxis()
     ax.set_xlabel("seconds")

@@ -70,3 +70,21 @@ def test_a_socket_is_refused_as_an_output(tmp_path):
         sock.bind(str(path))
         with pytest.raises(BadInputError, match="is not a regular file"):
             check_output_path(path)
+
+
+def test_an_interrupt_right_after_the_temp_file_leaves_nothing(tmp_path, monkeypatch):
+    """A signal between mkstemp and the write (a new user's SIGINT to `profile` once left `.int.json.XXXX.tmp`
+    behind): the temp file is removed and the old file kept."""
+    from clusterplan.fileio import write_atomic_bytes
+
+    target = tmp_path / "out.json"
+    target.write_bytes(b"old")
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "chmod", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
