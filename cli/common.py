@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from clusterplan.cli.console import console
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration, load_calibration
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
+from clusterplan.profiler.datasheet import match_gpu
 
 model_option = click.option("--model", "model_ref", required=True,
                             help="Preset name (`clusterplan models list`), config.json path, or model YAML.")
@@ -19,4 +21,21 @@ calibration_option = click.option("--calibration", "calibration_path", type=clic
 
 def load_inputs(model_ref: str, cluster_ref: str, calibration_path: str | None
                 ) -> tuple[ModelSpec, Cluster, Calibration | None]:
-    return load_model(model_ref), load_cluster(cluster_ref), load_calibration(calibration_path)
+    model, cluster, calibration = load_model(model_ref), load_cluster(cluster_ref), load_calibration(calibration_path)
+    warn_foreign_calibration(calibration, cluster, calibration_path)
+    return model, cluster, calibration
+
+
+def warn_foreign_calibration(calibration: Calibration | None, cluster: Cluster, path: str | None) -> None:
+    """Say so when a calibration was measured on another device than the cluster's GPUs: its measured rates replace
+    the datasheet's all the same (a CPU profile priced as an H100 gives hours per step)."""
+    device = str((calibration.meta if calibration is not None else {}).get("device_name", ""))
+    if not device:
+        return
+    measured = match_gpu(device)
+    gpus = sorted({g.gpu.name for g in cluster.groups})
+    if measured is None or measured.name not in gpus:
+        console.warn(f"--calibration {path}: measured on {device}"
+                     + (f" ({measured.name})" if measured is not None else "")
+                     + f", not on this cluster's {', '.join(gpus)}; its rates are used all the same (profile the "
+                     "cluster's own GPUs for rates that price it)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clusterplan.cli.common import calibration_option
+from clusterplan.cli.common import calibration_option, warn_foreign_calibration
 from clusterplan.cli.console import console
 from clusterplan.cli.options import format_option, plot_option, quiet_option, stack_option, tokens_option
 from clusterplan.cli.plot import check_plot_path
@@ -109,6 +109,7 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     model = load_model(model_ref) if model_ref is not None else plan.model
     cluster = load_cluster(cluster_ref) if cluster_ref is not None else plan.cluster
     calibration = load_calibration(calibration_path)
+    warn_foreign_calibration(calibration, cluster, calibration_path)
     stack = get_stack(stack_name or (plan.stack if plan is not None else None))
     if plan is not None and plan.stages:
         if moe_dispatcher is not None or moe_a2a_overlap or show_gemms or show_parts:

@@ -246,6 +246,10 @@ def _layout_label(lay: dict) -> str:
             + (f"({lay['recompute_layers']} layers)" if lay.get("recompute_layers") else "")
             + (" sp" if lay["sp"] else "")
             + (f" {lay['schedule']}" if lay["pp"] > 1 else "")
+            # uneven pipeline ends: two plans that differ only in them would print the same label
+            + (f" ends {lay.get('first_stage_layers', 0) or '-'}/{lay.get('last_stage_layers', 0) or '-'}"
+               if lay["pp"] > 1 and not lay.get("pp_layers")
+               and (lay.get("first_stage_layers") or lay.get("last_stage_layers")) else "")
             + (" " + precision_label(lay["precision"], lay.get("fp8_recipe", ""), lay.get("fp8_params", False))
                if lay["precision"] != "bf16" else "")
             + (" " + bf16_layers_label(lay.get("bf16_first_layers", 0), lay.get("bf16_last_layers", 0))

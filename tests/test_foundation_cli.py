@@ -112,3 +112,14 @@ def test_hw_lists_and_shows_the_execution_stacks_with_their_sources(run_cli):
     assert "moe_host" not in data  # a stack without MoE host data shows no empty record
     code, out, _ = run_cli("hw", "show", "nanotron")
     assert code == 0 and "dense_host.call_s.x86.triton_launch" in out and "sources.tp_gather_buffers" in out
+
+
+def test_a_calibration_of_another_gpu_is_named_on_stderr(run_cli):
+    """Our H200 profile applied to a DGX H100 cluster: the rates are used (a user may mean it) and stderr says they
+    were measured elsewhere; on an H200 cluster nothing is said."""
+    cal = "hardware_db/data/calibration/nvidia-h200-x1-2026-12-04.json"
+    args = ("estimate", "--model", "llama3.1-8b", "--layout", "tp=8,gbs=8,seq=4096", "--calibration", cal)
+    code, _, err = run_cli(*args, "--cluster", "dgx-h100:1")
+    assert code == 0 and "measured on NVIDIA H200 (H200-SXM-141GB), not on this cluster's H100-SXM5-80GB" in err
+    code, _, err = run_cli(*args, "--cluster", "hgx-h200:1")
+    assert code == 0 and "measured on" not in err

@@ -20,12 +20,13 @@ a `gpu` of a `node` group, holding `layers` consecutive transformer layers. Homo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from clusterplan.errors import BadInputError
-from clusterplan.fileio import load_mapping, write_atomic
+from clusterplan.fileio import is_file, load_mapping, write_atomic
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
@@ -153,6 +154,22 @@ def _stages(raw: Any, where: str) -> tuple[PipelineStage, ...]:
     return tuple(out)
 
 
+def _beside(ref: Any, plan_dir: Path) -> Any:
+    """A relative file path in a plan file (a model or cluster YAML) names a file beside the plan, as write_plan
+    writes it; a plan written before that named it from where `plan` ran, which is tried when nothing is beside it."""
+    if isinstance(ref, str) and ref and not Path(ref).is_absolute() and is_file(plan_dir / ref):
+        return str(plan_dir / ref)
+    return ref
+
+
+def _relative_to(ref: Any, plan_dir: Path) -> Any:
+    """A model or cluster given as a file path, written relative to the plan file's folder (read back by _beside
+    wherever the command runs)."""
+    if isinstance(ref, str) and ref and is_file(Path(ref)):
+        return os.path.relpath(os.path.abspath(ref), os.path.abspath(plan_dir))
+    return ref
+
+
 def _model(ref: Any, where: str) -> ModelSpec:
     if isinstance(ref, str):
         return load_model(ref)
@@ -185,8 +202,9 @@ def read_plan(path: str | Path) -> PlanFile:
     for key in ("model", "cluster", "layout"):
         if key not in data:
             raise BadInputError(f"{where}: missing `{key}:`")
-    model = _model(data["model"], where)
-    cluster = _cluster(data["cluster"], where)
+    plan_dir = Path(path).parent
+    model = _model(_beside(data["model"], plan_dir), where)
+    cluster = _cluster(_beside(data["cluster"], plan_dir), where)
     if not isinstance(data["layout"], dict):
         raise BadInputError(f"{where}: layout must be a mapping of layout keys")
     layout = Layout.from_dict(data["layout"], world=cluster.world_size, where=f"{where}: layout")
@@ -213,8 +231,9 @@ def write_plan(path: str | Path, *, model_ref: Any, cluster_ref: Any, layout: La
     the execution stack the plan was made for."""
     import yaml
 
-    doc = {"format": FORMAT, "version": VERSION, "model": model_ref, "cluster": cluster_ref,
-           "layout": layout.to_dict()}
+    plan_dir = Path(path).parent
+    doc = {"format": FORMAT, "version": VERSION, "model": _relative_to(model_ref, plan_dir),
+           "cluster": _relative_to(cluster_ref, plan_dir), "layout": layout.to_dict()}
     if stack is not None:
         doc["stack"] = stack
     if prediction is not None:
