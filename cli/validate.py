@@ -126,8 +126,9 @@ def _print_dry(result: dict[str, Any]) -> None:
         for term, v in p.get("terms", {}).items():
             rows.append([str(p["rank"]), p["position"], term, f"{v['predicted_bytes'] / 2**30:.4f}",
                          f"{v['runtime_bytes'] / 2**30:.4f}", "-" if v["error_pct"] is None else f"{v['error_pct']:+.2f}"])
-    console.table(f"dry run: {result['model']} on {result['world']} ranks, bytes per rank (GiB)",
-                  ["rank", "stage", "term", "memory model", "runtime shards", "error %"], rows)
+    if rows:  # a sharding the runtime rejected at every position has no bytes to compare (said below)
+        console.table(f"dry run: {result['model']} on {result['world']} ranks, bytes per rank (GiB)",
+                      ["rank", "stage", "term", "memory model", "runtime shards", "error %"], rows)
     for p in result["positions"]:
         for u in p.get("uneven", []):
             console.warn(f"{p['position']} stage: uneven shard {u}")
@@ -135,7 +136,8 @@ def _print_dry(result: dict[str, Any]) -> None:
         console.warn(f"layout rule: {line}")
     for line in result["rejected"]:
         console.error(f"runtime rejected the sharding on the {line}")
-    console.text(f"largest state-bytes error: {result['max_state_error_pct']:.2f}%")
+    if rows:
+        console.text(f"largest state-bytes error: {result['max_state_error_pct']:.2f}%")
 
 
 def _print_real(result: dict[str, Any]) -> None:

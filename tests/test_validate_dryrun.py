@@ -60,3 +60,10 @@ def test_runtime_rejection_is_reported_and_fails(run_cli):
     assert code == 1 and not result["ok"]
     assert len(result["rejected"]) == 3 and "(5, 3, 1) is 15" in result["rejected"][0]
     assert "ep(3) * etp(1) must divide dp_shard(8) * cp(1) * tp(2) = 16" in result["layout_problems"]
+
+
+def test_a_rejected_sharding_prints_no_empty_table(run_cli):
+    # Rejected at every stage, the run has no bytes to compare: stdout stays empty (no header-only table, no "0.00 %"
+    # error), stderr says what torch refused, exit 1.
+    code, out, err = run_cli("validate", str(FIX / "mixtral_ep3_rejected.yaml"), "--dry-run")
+    assert code == 1 and out == "" and "runtime rejected the sharding" in err
