@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import click
 
@@ -168,7 +168,17 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     saved = "plan #1"
     if out_path:
         best = result.plans[0].to_json()
-        if mixed is not None and objective == "time" and mixed.balanced.step_time_s < best["step_time_s"]:
+        alone_s = mixed.fastest_only_step_s if mixed is not None else None
+        if (mixed is not None and objective == "time" and alone_s is not None and mixed.fastest_only_layout is not None
+                and alone_s < min(mixed.balanced.step_time_s, best["step_time_s"])):
+            # one GPU type's nodes alone beat every plan across the types: that is the plan to run
+            group = next(g for g in cluster.groups if g.gpu.name == mixed.fastest_only_gpu)
+            saved = f"the {group.gpu.name} nodes alone, faster than any plan across the GPU types"
+            alone = replace(cluster, groups=(group,), node_bandwidth_gb_per_s=None)
+            write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster, alone),
+                       layout=mixed.fastest_only_layout, stack=stack.name,
+                       prediction={"step_time_s": round(alone_s, 6)})
+        elif mixed is not None and objective == "time" and mixed.balanced.step_time_s < best["step_time_s"]:
             saved = f"the mixed-GPU pipeline: {mixed.layout.pp} stages"
             write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=mixed.layout, stack=stack.name,
                        prediction={"step_time_s": round(mixed.balanced.step_time_s, 6),
@@ -373,7 +383,10 @@ def _render_mixed(mixed: dict) -> None:
         ev = mixed["even_split"]
         parts.append(f"even split {ev['step_time_s']:.4g} s" + ("" if ev["fits"] else " but out of memory"))
     if mixed.get("fastest_type_only"):
+        gain = mixed["gain_vs_fastest_only"]
         parts.append(f"fastest type alone ({mixed['fastest_type_only']['gpu']}) "
                      f"{mixed['fastest_type_only']['step_time_s']:.4g} s "
-                     f"(balanced mix is {mixed['gain_vs_fastest_only']:+.0%} faster)")
+                     + (f"(balanced mix is {gain:+.0%} faster)" if gain >= 0 else
+                        f"(faster than the balanced mix by {-gain / (1 + gain):.0%}: run on those nodes alone; "
+                        "--out writes that plan)"))
     console.text("; ".join(parts))
