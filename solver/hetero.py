@@ -31,12 +31,12 @@ from clusterplan.models.training.memory import (
     GIB,
     ddp_bucket_bytes,
     ends_activation_bytes,
-    fp8_saved_bytes,
     fp8_weight_copy_bytes,
     layers_activation_bytes,
     other_bytes,
     outside_allocator_bytes,
     per_layer_activation_bytes,
+    stack_fp8_saved,
     stage_params,
     state_bytes,
     tp_gather_buffer_bytes,
@@ -145,7 +145,7 @@ def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, l
     copy_b, param_b = fp8_bytes
     params = stage_params(shapes, arr, layers, first, last)
     st = state_bytes(shapes, arr, params, layers, fp8_copy_bytes=copy_b, fp8_param_bytes=param_b)
-    saved = fp8_saved_bytes(stack_fp8_recipe(stack), stack.fp8_moe_glu_input_bytes, stack.fp8_attention_output_bytes)
+    saved = stack_fp8_saved(stack)
     kept = per_layer_activation_bytes(shapes, arr, kv_copies=stack.attention_kv_copies, fp8_saved=saved)
     per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last", per_layer=kept,
                                         fp8_saved=saved)  # one in flight

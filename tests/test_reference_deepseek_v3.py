@@ -22,7 +22,7 @@ from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.training.batch import LayoutArrays
 from clusterplan.models.training.layout import Layout
-from clusterplan.models.training.memory import Fp8Saved, fp8_saved_bytes, layer_activation_bytes
+from clusterplan.models.training.memory import Fp8Saved, layer_activation_bytes, stack_fp8_saved
 from clusterplan.reference import deepseek_v3
 from clusterplan.reference.report import TARGET_TIME_MAX, read_rows
 
@@ -79,7 +79,8 @@ def test_low_precision_activation_storage_by_hand():
       out-projection's fp8 copy (3.03125 B): 4,096 x 16,384 x 1.5 = 100,663,296 B;
     - the SwiGLU output recomputed (moe_act): fc2's fp8 input, 32,768 x 2,048 x 1.03125 B = 69,206,016 B."""
     stack = get_stack("hai-llm")
-    saved = fp8_saved_bytes("blockwise", stack.fp8_moe_glu_input_bytes, stack.fp8_attention_output_bytes)
+    assert stack.fp8_recipes[0] == "blockwise"
+    saved = stack_fp8_saved(stack)
     tile = 1.0 + 4 / 128
     assert saved == Fp8Saved(tile, tile, 1.5 + 4 / 128)
     te_blockwise = Fp8Saved(tile)

@@ -158,6 +158,15 @@ class TpOverlap:
     """SMs the userbuffers bulk overlaps take from their GEMMs (ExecutionStack.tp_overlap_bulk_sm_margin)."""
 
 
+def stack_tp_overlap(stack: ExecutionStack, L: LayoutArrays, hw: HardwareRates, fp8: np.ndarray
+                     ) -> TpOverlap | None:
+    """How `stack`'s TP overlap chunks the GEMMs where it runs (tp_overlap.tp_overlap_runs); None: no overlap."""
+    if stack.tp_overlap == "none":
+        return None
+    return TpOverlap(stack.tp_overlap, tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain), L.tp,
+                     async_tp_gathers_fused(stack, fp8), stack.tp_overlap_bulk_sm_margin)
+
+
 def comm_sm_slowdown(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, comm_ctas: float
                      ) -> np.ndarray | float:
     """Time of the layer's forward weight GEMMs on the SMs a concurrent collective's `comm_ctas` CTAs leave over their
@@ -542,11 +551,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     linear, core_exec = layer_flops(shapes, L, moe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, moe)
-    overlap = None
-    if stack.tp_overlap != "none":  # the GEMMs as the overlapped TP communication chunks them (tp_overlap.py)
-        overlap = TpOverlap(stack.tp_overlap, tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain), L.tp,
-                            async_tp_gathers_fused(stack, fp8),
-                            stack.tp_overlap_bulk_sm_margin)
+    overlap = stack_tp_overlap(stack, L, hw, fp8)
     experts_f = experts_b = 0.0
     pad = 0.0
     bias_f = bias_b = 0.0

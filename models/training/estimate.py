@@ -52,10 +52,10 @@ from clusterplan.models.training.memory import (
     GIB,
     MemoryBreakdown,
     Remainders,
-    fp8_saved_bytes,
     fp8_weight_copy_bytes,
     fsdp_fp8_allgather,
     memory_breakdown,
+    stack_fp8_saved,
 )
 from clusterplan.models.training.moe_layer import routing_basis
 from clusterplan.models.training.rules import Rule, RuleCode
@@ -132,8 +132,7 @@ def stack_memory(shapes: ModelShapes, arrays: LayoutArrays, stack: ExecutionStac
                             ddp_bucket_bytes_per_param=stack.ddp_bucket_bytes_per_param,
                             tp_gather_buffers=stack.tp_gather_buffers,
                             zero1_gather_flat_copies=stack.zero1_gather_flat_copies,
-                            fp8_saved=fp8_saved_bytes(recipe, stack.fp8_moe_glu_input_bytes,
-                                                      stack.fp8_attention_output_bytes),
+                            fp8_saved=stack_fp8_saved(stack),
                             mtp_bf16=stack.hybrid_mtp_bf16 and shapes.mtp_layer is not None)
 
 

@@ -26,7 +26,6 @@ from clusterplan.models.training.compute import (
     CORE_FROM_PROFILE,
     DEFAULT_FP8_RECIPE,
     PREC_FP8,
-    TpOverlap,
     clamp_bytes,
     cp_runs_blocks,
     elementwise_bytes,
@@ -38,10 +37,10 @@ from clusterplan.models.training.compute import (
     layer_linears,
     linear_times,
     qkv_layout_copy_times,
+    stack_tp_overlap,
     unfused_extra_bytes,
 )
 from clusterplan.models.training.estimate import Estimate
-from clusterplan.models.training.tp_overlap import async_tp_gathers_fused, tp_overlap_runs
 
 PARTS = ("gemm", "fp8_cast", "attention", "elementwise", "autocast_cast", "autocast_weight")
 """The layer's compute parts, in layer_time's order: autocast_cast = the activations' casts (run again in a
@@ -72,9 +71,7 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     hw = hw.for_fp8_recipe(recipe)
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, False)
-    overlap = (TpOverlap(stack.tp_overlap, tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain), L.tp,
-                         async_tp_gathers_fused(stack, fp8),
-                         stack.tp_overlap_bulk_sm_margin) if stack.tp_overlap != "none" else None)
+    overlap = stack_tp_overlap(stack, L, hw, fp8)
     gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
     whole_f, whole_b, _ = linear_times(linears, hw, fp8, None, fhw)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)

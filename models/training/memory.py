@@ -12,6 +12,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.shapes import HYBRID_BLOCK_KINDS, ModelShapes
 from clusterplan.models.hardware.mamba_kernels import mixer_sizes
 from clusterplan.models.hardware.mamba_kernels import saved_bytes as mixer_saved_bytes
@@ -38,6 +39,7 @@ from clusterplan.models.training.batch import (
     LayoutArrays,
 )
 from clusterplan.models.training.bf16_layers import as_bf16, bf16_position_counts
+from clusterplan.models.training.host import stack_fp8_recipe
 from clusterplan.models.training.layout import RECOMPUTE_MODULES
 from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
@@ -93,10 +95,11 @@ class Fp8Saved:
     the attention keeps it in the compute dtype and the out-projection its own quantised copy (linear_input_bytes)."""
 
 
-def fp8_saved_bytes(recipe: str | None, moe_glu_input_bytes: float | None = None,
-                    attention_output_bytes: float | None = None) -> Fp8Saved:
-    """What a stack's fp8 layers save under `recipe`, with its low-precision activation storage (None: none)."""
-    return Fp8Saved(fp8_saved_input_bytes(recipe), moe_glu_input_bytes, attention_output_bytes)
+def stack_fp8_saved(stack: ExecutionStack) -> Fp8Saved:
+    """What `stack`'s fp8 layers save under its fp8 recipe, with its low-precision activation storage (stacks.yaml
+    fp8_moe_glu_input_bytes, fp8_attention_output_bytes; unset: none)."""
+    return Fp8Saved(fp8_saved_input_bytes(stack_fp8_recipe(stack)), stack.fp8_moe_glu_input_bytes,
+                    stack.fp8_attention_output_bytes)
 
 
 FP8_SAVED = Fp8Saved()

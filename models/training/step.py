@@ -60,10 +60,10 @@ from clusterplan.models.training.memory import (
     StageLayers,
     StageParams,
     bytes_per_param,
-    fp8_saved_bytes,
     fsdp_fp8_allgather,
     param_gather_bytes,
     rank_block_counts,
+    stack_fp8_saved,
     stage_layers,
     stage_params,
     unique_per_layer_activation_bytes,
@@ -193,7 +193,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
 
     Megatron TP: 2 all-reduces of b*s*h forward and 2 backward (with SP an all-gather + reduce-scatter each, the same
     bytes; Korthikanti 2022), 2 more when full recompute redoes the forward; fp8 all-gathers in fp8 where the stack
-    casts before the gather (fp8_tp_allgather_recipes). TE userbuffers (need sequence parallelism) hide
+    casts before the gather (fp8_tp_allgather_recipes). Where the overlap runs (tp_overlap.tp_overlap_runs: sequence
+    parallelism, and for userbuffers / async TP a TP group inside one NVLink domain), TE userbuffers hide
     `stack.tp_overlap_share` of it under the layer's weight GEMMs, at most their time. Async TP hides each fused
     collective under its own op's chunked matmuls and leaves the unfused ones exposed
     (tp_overlap.async_tp_exposed_s; `async_tp_blocks` from LayerTime). nanotron's asynchronous TP hides each
@@ -205,7 +206,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
     colls = tp_collectives(shapes, L, stack.fp8_tp_gathers_fp8)
     group = Group.of(L, Axis.TP)
     total = _priced(colls, group, hw)
-    sp = tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain)  # sp, tp > 1 and, for NVLink overlaps, one domain
+    overlapped = tp_overlap_runs(stack.tp_overlap, L.sp, L.tp, hw.domain)
     if stack.tp_overlap == "async_tp":
         if async_tp_blocks is None:
             raise ValueError("async TP is priced per fused op: pass LayerTime.async_tp_blocks")
@@ -218,7 +219,7 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                      _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), reduction_s,
                                      gather.calls, passes, L.tp, hw.comm_overlap,
                                      async_tp_gathers_fused(stack, L.precision == PREC_FP8))
-        return np.where(sp, exposed, total)
+        return np.where(overlapped, exposed, total)
     if stack.tp_overlap == "local_shard":
         if local_shard_blocks is None:
             raise ValueError("nanotron's asynchronous TP is priced per block: pass LayerTime.local_shard_blocks")
@@ -227,8 +228,8 @@ def tp_comm_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
                                         _collective(REDUCE_SCATTER, scatter.size_bytes, group, hw), gather.calls,
                                         1.0 + L.full_recompute_share(shapes.n_layers), hw.comm_overlap,
                                         slowdown_in)
-        return np.where(sp, exposed, total)
-    share = np.where(sp, stack.tp_overlap_share, 0.0)
+        return np.where(overlapped, exposed, total)
+    share = np.where(overlapped, stack.tp_overlap_share, 0.0)
     return comm.exposed_s(share * total, linear_s, hw.comm_overlap) + (1.0 - share) * total
 
 
@@ -801,9 +802,7 @@ def step_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack: Ex
         kept, _ = unique_per_layer_activation_bytes(shapes, L, stack.selective_recompute,
                                                     stack.sp_saves_gathered_inputs, "swiglu" in stack.fused_kernels,
                                                     stack.compiled, kv_copies=stack.attention_kv_copies,
-                                                    fp8_saved=fp8_saved_bytes(stack_fp8_recipe(stack),
-                                                                              stack.fp8_moe_glu_input_bytes,
-                                                                              stack.fp8_attention_output_bytes))
+                                                    fp8_saved=stack_fp8_saved(stack))
         offloaded = np.minimum(L.offload_layers, slow_layers)
         offload = m * offload_exposed_s(kept, offloaded, slow_layers, cost.forward_s, cost.backward_s,
                                         hw.host_link_bytes_per_s)
