@@ -19,7 +19,7 @@ Method (README "How sure is a prediction?"):
 - With --calibration: the calibration's own spread, the largest RMS log error of its fits (GEMM, attention),
   centred on the prediction.
 The residuals are computed once by `python -m clusterplan.reference.intervals --write` (also `make reference`)
-into data/residuals.json; tests/test_intervals.py fails when they no longer match the model.
+into data/residuals.json (`--coverage` prints the leave-one-out and leave-one-set-out coverage the README quotes); tests/test_intervals.py fails when they no longer match the model.
 """
 
 from __future__ import annotations
@@ -223,6 +223,23 @@ def placement(low: float, high: float, predicted: float) -> str:
     return "above" if predicted < low else "below" if predicted > high else "around"
 
 
+def covered(row: dict[str, Any], others: list[dict[str, Any]]) -> bool:
+    """Whether `row`'s measured time lies in the interval `others` give its regime."""
+    iv = interval_for(row["regime"], others)
+    return iv.low_ratio <= math.exp(-row["residual"]) <= iv.high_ratio
+
+
+def leave_one_out(rows: list[dict[str, Any]]) -> int:
+    """Rows whose measured time lies in the interval the other rows give them."""
+    return sum(covered(row, rows[:i] + rows[i + 1:]) for i, row in enumerate(rows))
+
+
+def leave_one_set_out(rows: list[dict[str, Any]]) -> int:
+    """Rows whose measured time lies in the interval the other published sets give them (a run from a source none
+    of the sets came from)."""
+    return sum(covered(row, [r for r in rows if r["set"] != row["set"]]) for row in rows)
+
+
 # ---- generating the residuals -----------------------------------------------------------------------------------
 
 GPU_IN_TEXT = re.compile(r"(GB300|GB200|B300|B200|GH200|H200|H100|H800|A100|MI355X|MI325X|MI300X)", re.IGNORECASE)
@@ -387,5 +404,11 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         write()
         print(f"wrote {RESIDUALS}")
+    elif sys.argv[1:] == ["--coverage"]:  # the README's error-bar figures
+        stored = list(load_residuals())
+        n = len(stored)
+        loo, loso = leave_one_out(stored), leave_one_set_out(stored)
+        print(f"{n} rows of {len({r['set'] for r in stored})} sets: leave-one-out {loo} ({loo / n:.1%}), "
+              f"leave-one-set-out {loso} ({loso / n:.1%}) inside the {RATE:.0%} intervals")
     else:
         print(dumps_json({"rows": compute_rows()}))

@@ -12,6 +12,8 @@ from clusterplan.reference.intervals import (
     calibration_interval,
     compute_rows,
     interval_for,
+    leave_one_out,
+    leave_one_set_out,
     load_residuals,
     prediction_interval,
     t90,
@@ -47,11 +49,7 @@ def test_leave_one_out_coverage_on_the_reference_sets():
     sets = {r["set"] for r in rows}
     assert len(rows) >= 600 and {"narayanan2021-table1", "korthikanti2022-table5", "megatron-bridge-2511",
                                  "dgxc-hybrid", "nemo-long-context", "torchtitan-h100", "ultrascale"} <= sets
-    inside = 0
-    for i, row in enumerate(rows):
-        iv = interval_for(row["regime"], rows[:i] + rows[i + 1:])
-        inside += iv.low_ratio <= math.exp(-row["residual"]) <= iv.high_ratio
-    coverage = inside / len(rows)
+    coverage = leave_one_out(rows) / len(rows)
     assert RATE - 0.1 <= coverage < 0.97, coverage
 
 
@@ -59,10 +57,7 @@ def test_leave_one_set_out_coverage():
     """What a run from a source none of the sets came from meets: each row's interval from the other sets only.
     451 of 618 (73.0 %) with MIN_SETS = 2; 412 (66.7 %) with one set allowed per regime. Bound: at least 70 %."""
     rows = list(load_residuals())
-    inside = 0
-    for row in rows:
-        iv = interval_for(row["regime"], [r for r in rows if r["set"] != row["set"]])
-        inside += iv.low_ratio <= math.exp(-row["residual"]) <= iv.high_ratio
+    inside = leave_one_set_out(rows)
     assert RATE - 0.1 <= inside / len(rows) < 0.97, inside / len(rows)
 
 
