@@ -164,21 +164,23 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
             except InfeasibleError as exc:  # the plans above stand; the mixed pipeline is an addition to them
                 mixed_refused = str(exc)
                 data["mixed_gpu_types"] = {"refused": mixed_refused}
+    # On a mixed cluster the fastest answer may be the balanced pipeline or one type's nodes alone, not plan #1
+    choice = mixed.best_choice(data["plans"][0]["step_time_s"]) if mixed is not None and objective == "time" else None
+    if choice is not None:
+        data["best_on_cluster"] = _best_on_cluster(choice, data)
     require_finite(data)  # before --out is written and before anything is printed
     saved = "plan #1"
     if out_path:
         best = result.plans[0].to_json()
-        alone_s = mixed.fastest_only_step_s if mixed is not None else None
-        if (mixed is not None and objective == "time" and alone_s is not None and mixed.fastest_only_layout is not None
-                and alone_s < min(mixed.balanced.step_time_s, best["step_time_s"])):
+        if mixed is not None and choice == "one_gpu_type":
             # one GPU type's nodes alone beat every plan across the types: that is the plan to run
             group = next(g for g in cluster.groups if g.gpu.name == mixed.fastest_only_gpu)
             saved = f"the {group.gpu.name} nodes alone, faster than any plan across the GPU types"
             alone = replace(cluster, groups=(group,), node_bandwidth_gb_per_s=None)
             write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster, alone),
                        layout=mixed.fastest_only_layout, stack=stack.name,
-                       prediction={"step_time_s": round(alone_s, 6)})
-        elif mixed is not None and objective == "time" and mixed.balanced.step_time_s < best["step_time_s"]:
+                       prediction={"step_time_s": round(mixed.fastest_only_step_s, 6)})
+        elif mixed is not None and choice == "mixed_pipeline":
             saved = f"the mixed-GPU pipeline: {mixed.layout.pp} stages"
             write_plan(out_path, model_ref=model_ref, cluster_ref=cluster_ref, layout=mixed.layout, stack=stack.name,
                        prediction={"step_time_s": round(mixed.balanced.step_time_s, 6),
@@ -192,6 +194,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     if fmt == "json":
         console.json(data)
     else:
+        if "best_on_cluster" in data:
+            _render_best_on_cluster(data["best_on_cluster"])
         _render(data)
         if objective == "pareto":
             _render_pareto(data)
@@ -232,6 +236,31 @@ def _plan_cluster_ref(cluster_ref: str, cluster: Cluster, chosen: Cluster) -> st
     kept = {k: v for k, v in doc.items() if k not in ("groups", "node_bandwidth_gb_per_s", "pods", "name")}
     nodes = f"{chosen.n_nodes} node{'s' if chosen.n_nodes != 1 else ''}"
     return {"name": f"{doc.get('name', 'cluster')} ({nodes})", **kept, "groups": [group]}
+
+
+def _best_on_cluster(choice: str, data: dict) -> dict:
+    """The fastest of a mixed cluster's three answers (HeteroPlan.best_choice) with its step time and where it is."""
+    mixed = data["mixed_gpu_types"]
+    if choice == "one_gpu_type":
+        alone = mixed["fastest_type_only"]
+        return {"choice": choice, "step_time_s": alone["step_time_s"], "gpu": alone["gpu"],
+                "layout": alone["layout"], "where": "mixed_gpu_types.fastest_type_only"}
+    if choice == "mixed_pipeline":
+        return {"choice": choice, "step_time_s": mixed["balanced"]["step_time_s"], "layout": mixed["layout"],
+                "where": "mixed_gpu_types.balanced"}
+    return {"choice": choice, "step_time_s": data["plans"][0]["step_time_s"], "layout": data["plans"][0]["layout"],
+            "where": "plans[0]"}
+
+
+def _render_best_on_cluster(best: dict) -> None:
+    """The answer first on a mixed cluster: the ranked table below splits layers evenly over the GPU types."""
+    what = {"one_gpu_type": f"the {best.get('gpu')} nodes alone ({_layout_label(best['layout'])}), faster than any "
+                            "plan across the GPU types (below the table)",
+            "mixed_pipeline": f"the pipeline balanced across the GPU types ({_layout_label(best['layout'])}, below "
+                              "the table)",
+            "ranked": "plan #1 of the table"}[best["choice"]]
+    console.text(f"fastest on this mixed cluster: {what}, step {best['step_time_s']:.4g} s; the table ranks layouts "
+                 "over every GPU at an even layer split, paced by the slowest type")
 
 
 def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:

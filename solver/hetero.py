@@ -118,6 +118,16 @@ class HeteroPlan:
     pins_not_applied: tuple[str, ...] = ()
     """Pinned layout keys the mixed pipeline does not take (mixed_pins_not_applied): it is searched without them."""
 
+    def best_choice(self, ranked_best_s: float) -> str:
+        """Which of the three answers to a mixed cluster is fastest (ties to the simpler one): "one_gpu_type" (the
+        fastest type's nodes alone), "mixed_pipeline" (the balanced split) or "ranked" (plan #1 of the search over
+        the whole cluster at an even split, priced at the slowest type's pace)."""
+        alone = (self.fastest_only_step_s if self.fastest_only_step_s is not None
+                 and self.fastest_only_layout is not None else math.inf)
+        if alone < min(self.balanced.step_time_s, ranked_best_s):
+            return "one_gpu_type"
+        return "mixed_pipeline" if self.balanced.step_time_s < ranked_best_s else "ranked"
+
     def to_json(self) -> dict:
         out = {"layout": self.layout.to_dict(), "balanced": self.balanced.to_json(),
                "even_split": self.even.to_json() if self.even is not None else None, "fastest_type_only": None,

@@ -362,3 +362,29 @@ def test_out_writes_one_types_nodes_when_they_beat_every_mixed_plan(run_cli, tmp
     assert "run on those nodes alone; --out writes that plan" in text and "nodes alone" in err
     plan = read_plan(out)
     assert {g.gpu.name for g in plan.cluster.groups} == {"H100-SXM5-80GB"} and plan.layout.world == 16
+
+
+def test_the_answer_comes_first_on_a_mixed_cluster(run_cli):
+    """The ranked table of a mixed cluster splits layers evenly, paced by the slowest type: Llama-3.1-8B on 2 DGX H100
+    + 4 DGX A100 at 256 x 4096 has #1 at 6.227 s there, while the balanced pipeline takes 3.719 s and the H100 nodes
+    alone 4.136 s. A new user read the table's #1 as the answer; the fastest of the three is named first (text) and
+    in JSON `best_on_cluster`, the same choice `--out` writes. At 64 x 4096 the H100 nodes alone win."""
+    args = ("plan", "--model", "llama3.1-8b", "--cluster", MIXED, "--seq", "4096")
+    code, stdout, _ = run_cli(*args, "--gbs", "256", "--format", "json")
+    data = json.loads(stdout)
+    best, mixed = data["best_on_cluster"], data["mixed_gpu_types"]
+    assert code == 0 and best["choice"] == "mixed_pipeline" and best["where"] == "mixed_gpu_types.balanced"
+    assert best["step_time_s"] == mixed["balanced"]["step_time_s"] < mixed["fastest_type_only"]["step_time_s"]
+    assert best["step_time_s"] < data["plans"][0]["step_time_s"]
+    code, text, _ = run_cli(*args, "--gbs", "256")
+    assert text.splitlines()[0].startswith("fastest on this mixed cluster: the pipeline balanced across the GPU types")
+    code, stdout, _ = run_cli(*args, "--gbs", "64", "--format", "json")
+    best = json.loads(stdout)["best_on_cluster"]
+    assert best["choice"] == "one_gpu_type" and best["gpu"] == "H100-SXM5-80GB"
+
+
+def test_no_best_on_cluster_line_on_one_gpu_type(run_cli):
+    """A homogeneous cluster has one answer, plan #1: no summary line, no JSON key."""
+    code, stdout, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
+                              "4096", "--format", "json")
+    assert code == 0 and "best_on_cluster" not in json.loads(stdout)
