@@ -342,9 +342,19 @@ class SynthConfig:
                                 f"too large to simulate (over {SYNTH_MAX_CELLS:,} cells); lower --tokens or --layers")
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores per row (order inside the k does not matter)."""
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+def gumbel_top_k(rng: np.random.Generator, log_weight: np.ndarray, n: int, k: int) -> np.ndarray:
+    """[n, k] expert indices: n tokens each draw k distinct experts without replacement in proportion to
+    exp(log_weight) (Gumbel-top-k, Kool et al. 2019: the k largest of log_weight + Gumbel noise). The noise is
+    -log(-log(U)) of float32 uniforms computed in place: a sampler needs no more precision, and the float32 arrays
+    halve the memory traffic of the step that dominates `experts synth` (order inside the k does not matter)."""
+    e = log_weight.shape[-1]
+    g = rng.random((n, e), dtype=np.float32)
+    with np.errstate(divide="ignore"):  # U = 0 gives -inf noise: that expert is never drawn, as its odds say
+        np.log(g, out=g)
+        np.negative(g, out=g)
+        np.log(g, out=g)
+    np.subtract(log_weight.astype(np.float32), g, out=g)  # log_weight - log(-log U) = log_weight + Gumbel
+    return np.argpartition(g, e - k, axis=1)[:, e - k:]
 
 
 def synth_stats(cfg: SynthConfig) -> RoutingStats:
@@ -364,12 +374,11 @@ def synth_stats(cfg: SynthConfig) -> RoutingStats:
     succ: np.ndarray | None = None
     for layer in range(cfg.n_layers):
         log_pop = rank_weight[rng.permutation(e)]
-        scores = log_pop + rng.gumbel(size=(n, e))
         if prev is not None and succ is not None:
-            bonus = np.zeros((n, e))
-            np.add.at(bonus, (np.repeat(np.arange(n), k * m), succ[prev].reshape(-1)), cfg.affinity_logit)
-            scores += bonus
-        chosen = _top_k(scores, k)
+            # each of a token's layer-l experts adds affinity_logit to its preferred successors at layer l+1
+            log_pop = np.broadcast_to(log_pop, (n, e)).copy()
+            np.add.at(log_pop, (np.repeat(np.arange(n), k * m), succ[prev].reshape(-1)), cfg.affinity_logit)
+        chosen = gumbel_top_k(rng, log_pop, n, k)
         load[layer] = np.bincount(chosen.reshape(-1), minlength=e)
         if prev is not None:
             pairs = (prev[:, :, None] * e + chosen[:, None, :]).reshape(-1)

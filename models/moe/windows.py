@@ -19,7 +19,7 @@ import numpy as np
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import write_atomic_bytes
-from clusterplan.models.moe.routing import RoutingStats, make_stats
+from clusterplan.models.moe.routing import RoutingStats, gumbel_top_k, make_stats
 
 WINDOWS_KEY = "tokens_per_expert_windows"
 MAX_WINDOWS = 10_000
@@ -100,8 +100,6 @@ def synth_windows(*, n_windows: int, n_layers: int, n_experts: int, top_k: int, 
                 order[layer, picks[:, 0]], order[layer, picks[:, 1]] = (order[layer, picks[:, 1]],
                                                                         order[layer, picks[:, 0]])
         for layer in range(n_layers):
-            # Gumbel-top-k on log popularity: sampling without replacement by popularity (Kool et al. 2019).
-            scores = rank_weight[order[layer]] + rng.gumbel(size=(n_tokens, n_experts))
-            chosen = np.argpartition(-scores, top_k - 1, axis=1)[:, :top_k]
+            chosen = gumbel_top_k(rng, rank_weight[order[layer]], n_tokens, top_k)
             out[w, layer] = np.bincount(chosen.reshape(-1), minlength=n_experts)
     return RoutingWindows(tokens_per_expert=out, source=f"synth-windows(seed={seed}, drift={drift})")
