@@ -381,6 +381,11 @@ class ExecutionStack:
     """The attention call first gathers q, k and v into unpadded (varlen) buffers and scatters its output back
     (flash_attn.bert_padding unpad_input / index_first_axis and pad_input, as llm-foundry's flash_attn_fn calls
     flash_attn_varlen_func); compute.py unfused_extra_bytes prices the copies. Absent: false."""
+    zero2_gathers_per_microbatch: bool = False
+    """Its ZeRO-2 shards the parameters between micro-batches too and gathers them again for every micro-batch's
+    forward (PyTorch FSDP1 ShardingStrategy.SHARD_GRAD_OP: 'unshards before the forward, does not reshard them after
+    the forward, and only reshards them after the backward computation'), not once per step after the optimizer
+    (Megatron-FSDP optim_grads, DeepSpeed ZeRO-2 keep whole parameters). Absent: false."""
     fsdp_backward_prefetch: str = "pre"
     """When ZeRO-3 / FSDP issues a block's backward all-gather: "pre" (before the block after it in backward computes
     its gradients, so the gather runs under that compute: FSDP1 BACKWARD_PRE, FSDP2's and Megatron FSDP's explicit
@@ -394,6 +399,9 @@ class ExecutionStack:
     "split" (tok_embeddings wrapped alone and resharded after forward, [norm, output] wrapped together and kept
     unsharded, every block resharded: torchtitan since #1094, Aug 2025). Prices memory.fsdp2_peak_buffers. Absent:
     outer."""
+    tp_replicates_kv_heads: bool = True
+    """Its tensor parallelism replicates K/V heads when tp exceeds them (tp a multiple of the kv heads, as
+    Megatron-Core does); false: tp must divide the kv heads (torchtitan). Absent: true."""
     max_tp: int | None = None
     """Largest tensor-parallel degree the stack runs, for the dense layers (Layout.tp) and the experts (Layout.etp);
     None (absent in stacks.yaml): no limit beyond the scale-up domain the search keeps tp in."""
@@ -653,11 +661,15 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
         qkv_layout_copies=_sourced(where, raw, "qkv_layout_copies", lambda: _flag(where, raw, "qkv_layout_copies"),
                                    False),
         glu_split_cat=_sourced(where, raw, "glu_split_cat", lambda: _flag(where, raw, "glu_split_cat"), False),
+        zero2_gathers_per_microbatch=_sourced(where, raw, "zero2_gathers_per_microbatch",
+                                              lambda: _flag(where, raw, "zero2_gathers_per_microbatch"), False),
         fsdp_backward_prefetch=(_choice(where, raw, "fsdp_backward_prefetch", FSDP_BACKWARD_PREFETCHES)
                                 if "fsdp_backward_prefetch" in raw else "pre"),
         fp8_expert_padding=_padding_flag(where, raw),
         fsdp_root=_sourced(where, raw, "fsdp_root", lambda: _choice(where, raw, "fsdp_root", FSDP_ROOTS), "outer"),
         max_tp=_sourced(where, raw, "max_tp", lambda: _degree(where, raw, "max_tp"), None),
+        tp_replicates_kv_heads=_sourced(where, raw, "tp_replicates_kv_heads",
+                                        lambda: _flag(where, raw, "tp_replicates_kv_heads"), True),
         tp_sequence_parallel=_sourced(where, raw, "tp_sequence_parallel",
                                       lambda: _flag(where, raw, "tp_sequence_parallel"), True),
         tp_max_zero=_sourced(where, raw, "tp_max_zero", lambda: _zero_stage(where, raw, "tp_max_zero"), None),

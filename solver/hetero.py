@@ -24,7 +24,7 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import fp8_hardware_problems
+from clusterplan.models.training.estimate import fp8_hardware_problems, remainders
 from clusterplan.models.training.host import stack_fp8_recipe
 from clusterplan.models.training.layout import Layout, fp8_params_run, stack_for, stack_problems
 from clusterplan.models.training.memory import (
@@ -154,7 +154,8 @@ def _stage_memory(shapes: ModelShapes, one: LayoutArrays, stage: int, pp: int, l
     arr = LayoutArrays.from_columns(**{f: np.repeat(getattr(one, f), len(layers)) for f in one.__dataclass_fields__})
     copy_b, param_b = fp8_bytes
     params = stage_params(shapes, arr, layers, first, last)
-    st = state_bytes(shapes, arr, params, layers, fp8_copy_bytes=copy_b, fp8_param_bytes=param_b)
+    st = state_bytes(shapes, arr, params, layers, fp8_copy_bytes=copy_b, fp8_param_bytes=param_b,
+                     param_remainders=remainders(stack, stack_fp8_recipe(stack)))  # as estimate's stack_memory
     saved = stack_fp8_saved(stack)
     kept = per_layer_activation_bytes(shapes, arr, kv_copies=stack.attention_kv_copies, fp8_saved=saved)
     per_layer = layers_activation_bytes(shapes, arr, np.ones_like(layers), "last", per_layer=kept,

@@ -87,7 +87,8 @@ def test_time_to_train_example(run_cli):
     code, out, err = run_cli(*_argv(plan_line[2:]))
     assert code == 0
     _shown_lines_are_printed(table, out)
-    layout = ("tp=8,pp=16,vpp=4,first_stage_layers=7,last_stage_layers=7,zero=2,recompute=none,mbs=1,gbs=2048,"
+    layout = ("tp=8,pp=16,vpp=4,first_stage_layers=7,last_stage_layers=7,zero=2,dp_replicate=8,recompute=none,"
+              "mbs=1,gbs=2048,"
               "seq=8192,precision=bf16,sp=1")
     code, out, err = run_cli("estimate", "--model", "llama3.1-405b", "--cluster", "dgx-h100:2048", "--layout", layout,
                              "--tokens", "15.6e12")

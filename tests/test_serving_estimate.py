@@ -93,6 +93,21 @@ def test_open_loop_is_md1() -> None:
     assert est.request_throughput_rps == pytest.approx(rho / s, rel=0.03)
 
 
+def test_open_loop_throughput_excludes_the_drain() -> None:
+    """An open loop serves what arrives: the measured throughput is the completions between the first measured
+    arrival and the last arrival, over that time (a new user saw 5.5-6.1 req/s served of 5 offered when the window
+    ran to the last completion and counted the drain after the last arrival). At load 0.7 of the M/D/1 queue above,
+    over 400 requests, it is the arrivals' own rate in that window within the few requests that straddle its end."""
+    s, rho, n = STEP_S + PREFILL_S, 0.7, 400
+    load = Load(kind=LoadKind.OPEN, rate_rps=rho / s, requests=n, seed=3)
+    engine = Engine(kv_capacity_tokens=100_000, max_seqs=256, chunk_tokens=512)
+    est = estimate_serving(INST, engine, load, np.full(n, 512), np.full(n, 1), step=fixed_steps())
+    arrivals = load.arrivals_s(n)
+    warm = n // 4
+    offered = (n - 1 - warm) / (arrivals[-1] - arrivals[warm])  # arrivals after the first measured one, per second
+    assert est.request_throughput_rps == pytest.approx(offered, rel=0.02)
+
+
 def test_open_loop_light_load_is_one_request_at_a_time() -> None:
     # Arrivals 1 s apart (a trace's gaps) and answers of 10 tokens: nobody queues; TTFT 40 ms, TPOT 10.5 ms.
     n = 50
@@ -122,6 +137,7 @@ def test_cli_json_is_deterministic_and_has_every_field(run_cli) -> None:
     (("--rate", "1", "--concurrency", "4"), "give one load"),
     (("--concurrency", "4", "--tp", "3"), "does not divide"),
     (("--rate", "0"), "--rate > 0"),
+    (("--rate", "1", "--output-len", "10.5"), "not a valid length distribution"),  # a token count is whole
 ])
 def test_bad_input_is_one_line(run_cli, args, needle) -> None:
     code, _, err = run_cli("serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--input-len", "100",

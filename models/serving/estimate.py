@@ -283,12 +283,19 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     e2e = done[warm:] - np.asarray(trace.arrival_s[warm:])
     decoded = out[warm:] > 1
     tpot = np.asarray(trace.tpot_s[warm:])[decoded]
-    # Throughput over the measured window: from the warm-th completion (or t = 0) to the last one.
+    # Throughput over the measured window: from the warm-th completion (or t = 0) to the last one. An open loop's
+    # window ends at its last arrival instead: the drain after it (no new requests, a shrinking batch) would count
+    # the last completions at a pace no steady load sees, and report more than the offered rate.
     ordered = np.sort(done)
     start = float(ordered[warm - 1]) if warm else 0.0
     span = float(ordered[-1]) - start
     counted = slice(warm, None)
     rps = (n - warm) / span if span > 0 else math.inf
+    arrivals = np.asarray(trace.arrival_s)
+    if load.kind is LoadKind.OPEN and n - warm >= 2:
+        first, last = float(arrivals[warm]), float(arrivals[-1])
+        served = int(np.count_nonzero((done > first) & (done <= last)))
+        rps = served / (last - first) if last > first else rps
     itl_t, itl_w = itl_samples(trace)
     busy = float(np.dot(itl_t, itl_w)) / float(np.sum(itl_t)) if len(itl_t) else 0.0  # time-weighted batch
     kv_cap = engine.kv_capacity_tokens

@@ -58,7 +58,7 @@ def parse_length(text: str, what: str) -> LengthDist:
     try:
         if len(parts) == 1 and not csv_file:
             value = float(parts[0])
-            if not 1 <= value <= MAX_TOKENS:
+            if not 1 <= value <= MAX_TOKENS or value != int(value):  # a fixed length is a whole number of tokens
                 raise ValueError
             return LengthDist(kind="fixed", params=(value,))
         if parts[0] in ("uniform", "normal", "lognormal") and len(parts) == 3:

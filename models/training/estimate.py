@@ -403,7 +403,16 @@ def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exe
     context parallelism cannot run for this model."""
     return (layout_problems(model, layout, cluster.world_size) + precision_problems(cluster, layout, stack, fp8_recipe)
             + cp_window_problems(model, layout, stack) + hybrid_stack_problems(model, stack)
-            + parallel_block_problems(model, stack))
+            + parallel_block_problems(model, stack) + kv_heads_tp_problems(model, layout, stack))
+
+
+def kv_heads_tp_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:
+    """tp must divide the kv heads on a stack that cannot replicate them (stacks.yaml tp_replicates_kv_heads:
+    torchtitan); layout_problems already requires one of the two to divide the other."""
+    if stack.tp_replicates_kv_heads or model.is_mla or model.kv_heads % layout.tp == 0:
+        return []
+    return [Rule.broken(RuleCode.STACK, f"stack {stack.name} needs tp to divide the kv heads({model.kv_heads}), "
+                                        f"got tp={layout.tp}; set tp to a divisor of {model.kv_heads}")]
 
 
 def hybrid_stack_problems(model: ModelSpec, stack: ExecutionStack) -> list[Rule]:

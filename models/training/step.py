@@ -967,15 +967,24 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
     rs, ag, ar = rs_dense + rs_expert, ag_dense + ag_expert, ar_dense + ar_expert
     hsdp = _collective("all_reduce", (params.dense + params.expert) * gb / (L.dp_shard * L.cp), replicate, hw)
     o = hw.comm_overlap if stack.dp_overlap else 0.0  # comm_overlap: measured by `clusterplan profile` (else 1)
-    reduce = np.where(L.zero == 0, ar, rs) + hsdp
-    gather = np.where(L.zero == 0, 0.0, ag)
+    # ZeRO-2 keeps only its shard of the gradients, so nothing accumulates them across micro-batches: every
+    # backward reduce-scatters (Megatron-FSDP optim_grads: grad_reduce_every_bprop; DeepSpeed stage 2 refuses no_sync;
+    # FSDP1 SHARD_GRAD_OP), each under its own micro-batch's backward; HSDP's outer reduce still waits for the last.
+    # A stack whose ZeRO-2 reshards the weights after each backward gathers them again per micro-batch's forward.
+    # torch.distributed.pipelining (pp_impl "torch", pp > 1) is the exception: its stage holds the reduce until the
+    # last backward (stage.py backward_maybe_with_nosync), accumulating unsharded gradients (torch_pipeline_bytes).
+    torch_pipeline = (L.pp > 1) & (stack.pp_impl == "torch")
+    reduces = np.where((L.zero == 2) & ~torch_pipeline, L.microbatches, 1.0)
+    gathers = np.where((L.zero == 2) & stack.zero2_gathers_per_microbatch, L.microbatches, 1.0)
+    reduce = np.where(L.zero == 0, ar, reduces * rs) + hsdp
+    gather = np.where(L.zero == 0, 0.0, gathers * ag)
     if stack.dp_bucket_params:
         # Dense and expert gradients sit in separate buffers, each exposing its own last bucket: the chunk count
         # is the one that leaves that sum exposed.
         dense_chunks = megatron_dp_chunks(params.dense, L, stack)
         expert_chunks = megatron_dp_chunks(params.expert, L, stack)
         last_reduce = (np.where(L.zero == 0, ar_dense, rs_dense) + hsdp) / dense_chunks \
-            + np.where(L.zero == 0, ar_expert, rs_expert) / expert_chunks
+            + np.where(L.zero == 0, ar_expert, rs_expert) / expert_chunks  # the last micro-batch's last bucket
         last_gather = ag_dense / dense_chunks + ag_expert / expert_chunks
         chunks = np.where(last_reduce > 0, np.maximum(1.0, reduce / np.maximum(last_reduce, TINY_S)), 1.0)
         gather_chunks = np.where(last_gather > 0, np.maximum(1.0, gather / np.maximum(last_gather, TINY_S)), chunks)
@@ -986,20 +995,21 @@ def dp_exposed_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, stack:
             chunks = np.where(L.pp > 1, L.vpp, np.maximum(slow_layers, 1.0))
         else:
             chunks = np.maximum(slow_layers, 1.0)
-        gather_chunks = chunks
+        # ZeRO-2: one micro-batch's pieces, times its reduces: the last micro-batch's last piece stays exposed
+        chunks, gather_chunks = reduces * chunks, gathers * chunks
     # A stack whose distributed optimizer gathers the updated weights after its step, before the next forward
     # (param_gather_overlap off: nanotron's ZeroDistributedOptimizer all_gather_coalesced), exposes all of it.
-    gather_exposed = (dp_overlap_exposed_s(gather, slow_layers * layer_f, stack, o, gather_chunks)
+    backward_s, forward_s = reduces * slow_layers * layer_b, gathers * slow_layers * layer_f
+    gather_exposed = (dp_overlap_exposed_s(gather, forward_s, stack, o, gather_chunks)
                       if stack.param_gather_overlap else gather)
-    exposed12 = dp_overlap_exposed_s(reduce, slow_layers * layer_b, stack, o, chunks) + gather_exposed
+    exposed12 = dp_overlap_exposed_s(reduce, backward_s, stack, o, chunks) + gather_exposed
     # What the overlapped part costs the compute it runs under: all but the always-exposed last chunk runs beside
     # `dp_overlap_share` of that compute on the SMs its NCCL CTAs leave (comm.interference_s).
     slowdown = comm_slowdown(shard, hw, slowdowns)
     beside = o * (1.0 - 1.0 / chunks) if stack.dp_exposed_chunk else o
     gather_beside = beside if stack.param_gather_overlap else 0.0
-    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * slow_layers * layer_b, slowdown)
-                      + comm.interference_s(gather_beside * gather, stack.dp_overlap_share * slow_layers * layer_f,
-                                            slowdown))
+    interference12 = (comm.interference_s(beside * reduce, stack.dp_overlap_share * backward_s, slowdown)
+                      + comm.interference_s(gather_beside * gather, stack.dp_overlap_share * forward_s, slowdown))
     exposed3 = _zero3_exposed(shapes, L, hw, stack, slow_layers, layer_f, layer_b, ag, rs, hsdp, shard, o, slowdown,
                               compute_wb)
     return np.where(L.dp * L.cp > 1, np.where(L.zero == 3, exposed3, exposed12 + interference12), 0.0)
