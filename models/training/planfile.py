@@ -162,6 +162,24 @@ def _beside(ref: Any, plan_dir: Path) -> Any:
     return ref
 
 
+FILE_SUFFIXES = (".yaml", ".yml", ".json")
+"""A model or cluster reference with one of these endings names a file, not a preset."""
+
+
+def _require_file(ref: Any, plan_dir: Path, where: str, what: str) -> None:
+    """A model or cluster file the plan names must be beside the plan (or, for older plans, where the command runs):
+    say so about the plan, not about an option the user never gave (a plan file moved without its files)."""
+    if not isinstance(ref, str) or not ref.lower().endswith(FILE_SUFFIXES) or Path(ref).is_absolute():
+        if isinstance(ref, str) and Path(ref).is_absolute() and ref.lower().endswith(FILE_SUFFIXES) \
+                and not is_file(Path(ref)):
+            raise BadInputError(f"{where}: its {what} file {ref} is not there; put it back or edit `{what}:` in the "
+                                "plan")
+        return
+    if not is_file(plan_dir / ref) and not is_file(Path(ref)):
+        raise BadInputError(f"{where}: its {what} file {ref} (relative to the plan's folder) is not there; move the "
+                            f"plan together with its {what} file, or edit `{what}:` in the plan")
+
+
 def _relative_to(ref: Any, plan_dir: Path) -> Any:
     """A model or cluster given as a file path, written relative to the plan file's folder (read back by _beside
     wherever the command runs)."""
@@ -203,6 +221,8 @@ def read_plan(path: str | Path) -> PlanFile:
         if key not in data:
             raise BadInputError(f"{where}: missing `{key}:`")
     plan_dir = Path(path).parent
+    for key in ("model", "cluster"):
+        _require_file(data[key], plan_dir, where, key)
     model = _model(_beside(data["model"], plan_dir), where)
     cluster = _cluster(_beside(data["cluster"], plan_dir), where)
     if not isinstance(data["layout"], dict):
