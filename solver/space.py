@@ -26,7 +26,7 @@ from clusterplan.models.training.batch import (
     pp_layers_columns,
     tuple_column,
 )
-from clusterplan.models.training.estimate import cp_window_problems
+from clusterplan.models.training.estimate import cp_window_problems, stack_splits_kv_heads
 from clusterplan.models.training.layout import (
     CHOICES,
     Layout,
@@ -114,7 +114,7 @@ def _structures(model: ModelSpec, world: int, domain: int, fixed: dict, stack: E
         if stack.max_tp is not None and tp > stack.max_tp:  # stacks.yaml max_tp (hai-llm: no TP)
             left_out[f"tp > {stack.max_tp}"] += 1
             continue
-        if not stack.tp_replicates_kv_heads and not model.is_mla and model.kv_heads % tp:  # kv_heads_tp_problems
+        if not stack_splits_kv_heads(model, tp, stack):
             left_out["tp not dividing the kv heads"] += 1
             continue
         if stack.tp_alone and tp > 1 and max(pp, cp, ep) > 1:  # stacks.yaml tp_alone (DeepSpeed AutoTP)
@@ -283,8 +283,7 @@ def enumerate_space(model: ModelSpec, world: int, domain: int, gbs: int, seq: in
         if key in fixed and stack.max_tp is not None and int(fixed[key]) > stack.max_tp:
             raise BadInputError(f"--fix {key}={fixed[key]}: stack {stack.name} runs tensor parallelism up to "
                                 f"{stack.max_tp} only; pick another --stack or set {key} <= {stack.max_tp}")
-    if ("tp" in fixed and not stack.tp_replicates_kv_heads and not model.is_mla
-            and model.kv_heads % int(fixed["tp"])):  # estimate.kv_heads_tp_problems
+    if "tp" in fixed and not stack_splits_kv_heads(model, int(fixed["tp"]), stack):
         raise BadInputError(f"--fix tp={fixed['tp']}: stack {stack.name} needs tp to divide the {model.kv_heads} kv "
                             f"heads of {model.name}; pick another --stack or set tp to a divisor of {model.kv_heads}")
     if (fixed.get("cp_kind") == "a2a+p2p") != (int(fixed.get("cp_a2a", 1)) > 1):

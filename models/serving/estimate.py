@@ -291,9 +291,8 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     span = float(ordered[-1]) - start
     counted = slice(warm, None)
     rps = (n - warm) / span if span > 0 else math.inf
-    arrivals = np.asarray(trace.arrival_s)
     if load.kind is LoadKind.OPEN and n - warm >= 2:
-        first, last = float(arrivals[warm]), float(arrivals[-1])
+        first, last = float(trace.arrival_s[warm]), float(trace.arrival_s[-1])
         served = int(np.count_nonzero((done > first) & (done <= last)))
         rps = served / (last - first) if last > first else rps
     itl_t, itl_w = itl_samples(trace)

@@ -406,10 +406,16 @@ def rule_problems(model: ModelSpec, cluster: Cluster, layout: Layout, stack: Exe
             + parallel_block_problems(model, stack) + kv_heads_tp_problems(model, layout, stack))
 
 
+def stack_splits_kv_heads(model: ModelSpec, tp: int, stack: ExecutionStack) -> bool:
+    """Whether `stack` runs `tp` over the model's kv heads: tp must divide them on a stack that cannot replicate them
+    (stacks.yaml tp_replicates_kv_heads: torchtitan); layout_problems already requires one of the two to divide the
+    other."""
+    return stack.tp_replicates_kv_heads or model.is_mla or model.kv_heads % tp == 0
+
+
 def kv_heads_tp_problems(model: ModelSpec, layout: Layout, stack: ExecutionStack) -> list[Rule]:
-    """tp must divide the kv heads on a stack that cannot replicate them (stacks.yaml tp_replicates_kv_heads:
-    torchtitan); layout_problems already requires one of the two to divide the other."""
-    if stack.tp_replicates_kv_heads or model.is_mla or model.kv_heads % layout.tp == 0:
+    """The stack_splits_kv_heads rule of a layout."""
+    if stack_splits_kv_heads(model, layout.tp, stack):
         return []
     return [Rule.broken(RuleCode.STACK, f"stack {stack.name} needs tp to divide the kv heads({model.kv_heads}), "
                                         f"got tp={layout.tp}; set tp to a divisor of {model.kv_heads}")]

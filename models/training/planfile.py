@@ -169,13 +169,13 @@ FILE_SUFFIXES = (".yaml", ".yml", ".json")
 def _require_file(ref: Any, plan_dir: Path, where: str, what: str) -> None:
     """A model or cluster file the plan names must be beside the plan (or, for older plans, where the command runs):
     say so about the plan, not about an option the user never gave (a plan file moved without its files)."""
-    if not isinstance(ref, str) or not ref.lower().endswith(FILE_SUFFIXES) or Path(ref).is_absolute():
-        if isinstance(ref, str) and Path(ref).is_absolute() and ref.lower().endswith(FILE_SUFFIXES) \
-                and not is_file(Path(ref)):
+    if not isinstance(ref, str) or not ref.lower().endswith(FILE_SUFFIXES):
+        return  # a preset name or an inline mapping
+    if Path(ref).is_absolute():
+        if not is_file(Path(ref)):
             raise BadInputError(f"{where}: its {what} file {ref} is not there; put it back or edit `{what}:` in the "
                                 "plan")
-        return
-    if not is_file(plan_dir / ref) and not is_file(Path(ref)):
+    elif not is_file(plan_dir / ref) and not is_file(Path(ref)):
         raise BadInputError(f"{where}: its {what} file {ref} (relative to the plan's folder) is not there; move the "
                             f"plan together with its {what} file, or edit `{what}:` in the plan")
 
