@@ -42,7 +42,7 @@ from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
 from clusterplan.solver.check import MAX_HEADROOM_GIB
 from clusterplan.solver.feasible import NothingFits
-from clusterplan.solver.hetero import hetero_plan
+from clusterplan.solver.hetero import choice_time_to_train, hetero_plan
 from clusterplan.solver.pareto import pareto
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, search_by_cost
@@ -168,6 +168,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     choice = mixed.best_choice(data["plans"][0]["step_time_s"]) if mixed is not None and objective == "time" else None
     if choice is not None:
         data["best_on_cluster"] = _best_on_cluster(choice, data)
+        train = choice_time_to_train(mixed, choice, model, cluster, tokens, stack) if tokens else None
+        if train is not None:
+            data["best_on_cluster"]["time_to_train"] = train
     require_finite(data)  # before --out is written and before anything is printed
     saved = "plan #1"
     if out_path:
@@ -259,8 +262,13 @@ def _render_best_on_cluster(best: dict) -> None:
             "mixed_pipeline": f"the pipeline balanced across the GPU types ({_layout_label(best['layout'])}, below "
                               "the table)",
             "ranked": "plan #1 of the table"}[best["choice"]]
-    console.text(f"fastest on this mixed cluster: {what}, step {best['step_time_s']:.4g} s; the table ranks layouts "
-                 "over every GPU at an even layer split, paced by the slowest type")
+    train = best.get("time_to_train")
+    to_train = ""
+    if train is not None and train.get("days") is not None:
+        dollars = f", ${train['usd']:,.0f}" if train.get("usd") is not None else ""
+        to_train = f" ({train['days']:.4g} days{dollars} to train {train['tokens']:.3g} tokens, failures included)"
+    console.text(f"fastest on this mixed cluster: {what}, step {best['step_time_s']:.4g} s{to_train}; the table ranks "
+                 "layouts over every GPU at an even layer split, paced by the slowest type")
 
 
 def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:

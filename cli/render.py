@@ -51,6 +51,8 @@ def render_estimate(data: dict[str, Any]) -> None:
         recipes = "".join(f", {rates[r]:,.0f} {r}" for r in ("mxfp8", "nvfp4") if r in rates)
         console.text(f"GEMM rate at the best shape: {rates['bf16']:,.0f} TFLOP/s bf16, {rates['fp8']:,.0f} fp8"
                      f"{recipes} ({hw['gpu']}: {basis})")
+    if "scale_up_placement" in hw:
+        console.text(f"placement: {hw['scale_up_placement']}")
     if "fp8_recipe" in data:
         console.text(f"fp8 recipe: {data['fp8_recipe']}")
     if "moe_routing" in data:

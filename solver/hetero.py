@@ -24,7 +24,13 @@ from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
-from clusterplan.models.training.estimate import fp8_hardware_problems, remainders
+from clusterplan.models.training.estimate import (
+    fp8_all_layouts,
+    fp8_hardware_problems,
+    remainders,
+    stack_memory,
+)
+from clusterplan.models.training.goodput import time_to_train
 from clusterplan.models.training.host import stack_fp8_recipe
 from clusterplan.models.training.layout import Layout, fp8_params_run, stack_for, stack_problems
 from clusterplan.models.training.memory import (
@@ -344,6 +350,28 @@ def mixed_problems(model: ModelSpec, cluster: Cluster, layout: Layout) -> list[R
                    if layout.bf16_first_layers or layout.bf16_last_layers else [])
     return (stage_problems(model, layout, cluster.world_size) + bf16_layers
             + fp8_hardware_problems(cluster, layout, layout.fp8_recipe or None))
+
+
+def choice_time_to_train(plan: HeteroPlan, choice: str, model: ModelSpec, cluster: Cluster, tokens: float,
+                         stack: ExecutionStack | None = None) -> dict | None:
+    """Expected days and dollars to train `tokens`, failures and checkpoints included (goodput.time_to_train, as the
+    table's rows have them), of a mixed cluster's fastest answer (HeteroPlan.best_choice): the balanced pipeline on
+    the whole cluster, or the fastest type's nodes alone (they fail less often and cost less per hour). None for
+    "ranked": plan #1's row carries its own."""
+    stack = stack or get_stack()
+    if choice == "one_gpu_type" and plan.fastest_only_layout is not None and plan.fastest_only_step_s is not None:
+        group = next(g for g in cluster.groups if g.gpu.name == plan.fastest_only_gpu)
+        where = replace(cluster, groups=(group,), node_bandwidth_gb_per_s=None)
+        layout, step_s = plan.fastest_only_layout, plan.fastest_only_step_s
+    elif choice == "mixed_pipeline":
+        where, layout, step_s = cluster, plan.layout, plan.balanced.step_time_s
+    else:
+        return None
+    shapes, arrays = ModelShapes.of(model), LayoutArrays.from_layouts([layout])
+    # the checkpoint's bytes (what a save writes) are the layout's whatever its layer split: stack_memory's terms
+    memory = stack_memory(shapes, arrays, stack, fp8_all_layouts(where))
+    tokens_per_s = np.array([layout.gbs * layout.seq / step_s])
+    return time_to_train(tokens, tokens_per_s, shapes, arrays, memory, where).to_json(0)
 
 
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,

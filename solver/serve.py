@@ -430,7 +430,8 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                     out.append(inst)
     dividing = [tp for tp in tps if model.n_heads % tp == 0]
     if not dividing:
-        raise InfeasibleError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
+        # bad input, as serve-estimate's --tp that divides no head count (exit 2), not an infeasible request
+        raise BadInputError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
                               f"among {divisors(model.n_heads)}")
     if not out and not seen:
         raise BadInputError(f"none of {','.join(gpu_names)} is a GPU type here; `clusterplan hw list` names them")

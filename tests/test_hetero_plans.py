@@ -389,6 +389,35 @@ def test_the_answer_comes_first_on_a_mixed_cluster(run_cli):
     assert best["choice"] == "one_gpu_type" and best["gpu"] == "H100-SXM5-80GB"
 
 
+def test_the_mixed_answer_has_days_and_dollars_with_tokens(run_cli):
+    """With --tokens, the fastest answer of a mixed cluster carries its days and dollars as the table's rows do
+    (goodput.time_to_train, failures included). Worked example, 1e12 tokens of Llama-3.1-8B at 256 x 4096:
+    - the balanced pipeline on all 6 nodes: 1e12 / (256 x 4096 / step s) / 86,400 s days without failures, on
+      16 H100 at $2.99 + 32 A100-80GB at $3.67 per GPU-hour (hardware_db prices) = $165.28 per hour;
+    - at 64 x 4096 the H100 nodes alone win: 16 GPUs at $2.99 = $47.84 per hour, and 2 nodes fail less often than 6
+      (fewer failures per day than the whole cluster)."""
+    args = ("plan", "--model", "llama3.1-8b", "--cluster", MIXED, "--seq", "4096", "--tokens", "1e12",
+            "--format", "json")
+    code, stdout, _ = run_cli(*args, "--gbs", "256")
+    best = json.loads(stdout)["best_on_cluster"]
+    train = best["time_to_train"]
+    assert code == 0 and best["choice"] == "mixed_pipeline"
+    assert train["days_without_failures"] == pytest.approx(1e12 / (256 * 4096 / best["step_time_s"]) / 86400,
+                                                           rel=1e-5)
+    assert train["usd_per_hour"] == pytest.approx(16 * 2.99 + 32 * 3.67, rel=1e-6) and train["gpus"] == 48
+    assert train["days"] >= train["days_without_failures"]
+    assert train["usd"] == pytest.approx(train["days"] * 24 * train["usd_per_hour"], rel=1e-4)
+    code, stdout, _ = run_cli(*args, "--gbs", "64")
+    alone = json.loads(stdout)["best_on_cluster"]
+    assert alone["choice"] == "one_gpu_type"
+    assert alone["time_to_train"]["usd_per_hour"] == pytest.approx(16 * 2.99, rel=1e-6)
+    assert alone["time_to_train"]["nodes"] == 2
+    assert (alone["time_to_train"]["failures"]["unexpected_per_day"]
+            < train["failures"]["unexpected_per_day"])  # 2 nodes of 16 GPUs fail less often than 6 of 48
+    code, text, _ = run_cli(*args[:-2], "--gbs", "256")
+    assert f"({train['days']:.4g} days, ${train['usd']:,.0f} to train 1e+12 tokens, failures included)" in text
+
+
 def test_no_best_on_cluster_line_on_one_gpu_type(run_cli):
     """A homogeneous cluster has one answer, plan #1: no summary line, no JSON key."""
     code, stdout, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",

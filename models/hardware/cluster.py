@@ -49,6 +49,25 @@ class NodeGroup:
     """Per-GPU power limit (`nvidia-smi -pl`) below the GPU's TDP; None runs at TDP. Scales the tensor-core clock
     (models/hardware/power.py power_clock_scale)."""
 
+    @property
+    def job_domain(self) -> int:
+        """GPUs of this group's job that share one scale-up domain: the node's own for one-node domains (a DGX's 8),
+        else the trays of one placement segment (segment_nodes): 64 of an NVL72 rack's 72 GPUs for a 64-tray job."""
+        if self.scale_up_domain <= self.gpus_per_node:
+            return self.scale_up_domain
+        return segment_nodes(self.scale_up_domain // self.gpus_per_node, self.count) * self.gpus_per_node
+
+
+def segment_nodes(nodes_per_domain: int, nodes: int) -> int:
+    """Nodes of a job placed together in one multi-node scale-up domain (an NVL72 rack's trays): all of them when
+    they fit in one, else the largest divisor of the job's node count that does. This is Slurm's `--segment` as
+    Megatron-Bridge's launcher sets it for 4-GPU trays (scripts/performance/utils/executors.py slurm_executor), so
+    every segment lies in one rack and equal power-of-two mesh groups never straddle two racks: a 64-tray job runs
+    as 4 x 16 trays (64-GPU NVLink domains), a 36-tray job as 2 full racks."""
+    if nodes <= nodes_per_domain:
+        return nodes
+    return next(d for d in range(nodes_per_domain, 0, -1) if nodes % d == 0)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Cluster:
@@ -138,7 +157,7 @@ class Cluster:
         g = self.group_of_node(nodes[0])
         if g.scale_up_domain <= g.gpus_per_node:
             return False
-        per_domain = g.scale_up_domain // g.gpus_per_node
+        per_domain = g.job_domain // g.gpus_per_node
         return len({n // per_domain for n in nodes}) == 1 and all(self.group_of_node(n) is g for n in nodes)
 
     def describe(self) -> str:

@@ -133,14 +133,23 @@ def interference_s(concurrent_comm_s: ArrayLike, compute_s: ArrayLike, slowdown:
 
 
 def split_group(size: ArrayLike, stride: ArrayLike, domain: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks of a mesh-axis group inside one scale-up domain (n_in) and domains spanned (n_out).
+    """Ranks of a mesh-axis group inside one scale-up domain (n_in) and domains spanned (n_out), for the worst
+    group of the axis (the step waits on it).
 
     A group of `size` ranks spaced `stride` apart (torchtitan mesh order: tp innermost, stride 1) on
-    scale-up domains of `domain` GPUs. Assumes power-of-two-friendly shapes, as real meshes are.
+    scale-up domains of `domain` GPUs (the job's, min(domain, world): every axis's span divides the world). Groups
+    tile the domains when the domain is a multiple of the stride and of the group's span (size x stride) or the span
+    a multiple of the domain; otherwise one group straddles a boundary (64-rank groups on 72-GPU NVL72 racks: ranks
+    64-127 have 8 in the first rack) and spans one domain more, its ranks split evenly as the worst case.
     """
     size = np.asarray(size, dtype=float)
-    stride = np.asarray(stride, dtype=float)
+    stride = np.maximum(np.asarray(stride, dtype=float), 1.0)
     domain = np.asarray(domain, dtype=float)
-    n_in = np.clip(np.floor(domain / np.maximum(stride, 1)), 1, size)
+    n_in = np.clip(np.floor(domain / stride), 1, size)
     n_out = np.ceil(size / n_in)
+    span = size * stride
+    tiles = (np.mod(domain, stride) == 0) & ((np.mod(domain, span) == 0) | (np.mod(span, domain) == 0))
+    straddles = (stride < domain) & (size > 1) & ~tiles
+    n_out = np.where(straddles, np.minimum(size, n_out + 1), n_out)
+    n_in = np.where(straddles, np.ceil(size / n_out), n_in)
     return n_in, n_out

@@ -290,7 +290,7 @@ class HardwareRates:
                    attention=AttentionRates(get_attention_curves(gpu.name), clock_scale=clock,
                                             sdpa_family=get_sdpa_family(gpu.name),
                                             sdpa_fa2=get_sdpa_fa2_measurement(gpu.name)),
-                   domain=min(max(group.scale_up_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
+                   domain=min(max(group.job_domain, group.gpus_per_node), cluster.world_size), bw_in=bw_in, lat_in=lat_in,
                    bw_out=bw_out, lat_out=lat_out, per_op=MappingProxyType(per_op), comm_overlap=overlap,
                    layer_time_factor=factor, tp_layer_overhead_s=tp_overhead, host_oversubscription=oversub,
                    axis_bw_out=MappingProxyType(axis_caps), calibrated=calibrated, gemm_sustained_scale=sustained,

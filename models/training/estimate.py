@@ -205,6 +205,9 @@ class Estimate:
                                                     "fp8": _r(ev.hw.gemm_max_flops_fp8 / 1e12)},
                          "gemm_sustained_scale": _r(ev.hw.gemm_sustained_scale)},
         })
+        placement = scale_up_placement(self.cluster)
+        if placement:
+            out["hardware"]["scale_up_placement"] = placement
         recipe = stack_fp8_recipe(ev.stack) if self.layout.precision == "fp8" else None
         if recipe:  # the recipe priced, named also where the layout leaves it to the stack ("")
             out["fp8_recipe"] = recipe
@@ -224,6 +227,20 @@ class Estimate:
             share = float(LayoutArrays.from_layouts([self.layout]).full_recompute_share(self.model.n_layers)[0])
             out["dense_host"] = dense_host_json(ev.stack.dense_host, self.layout.tp, ev.hw.host_cpu, share)
         return out
+
+
+def scale_up_placement(cluster: Cluster) -> str:
+    """How the job's nodes fill multi-node scale-up domains (NVL72 racks), '' where a node is its own domain."""
+    g = cluster.primary
+    if g.scale_up_domain <= g.gpus_per_node or not cluster.is_homogeneous:
+        return ""
+    per_rack = g.scale_up_domain // g.gpus_per_node
+    segment = g.job_domain // g.gpus_per_node
+    if g.count <= per_rack:
+        return f"all {g.count} nodes ({g.count * g.gpus_per_node} GPUs) in one scale-up domain"
+    return (f"{g.count // segment} scale-up domains of {g.job_domain} GPUs ({segment} of each rack's {per_rack} nodes,"
+            f" Slurm --segment={segment} as Megatron-Bridge launches); a mesh group that does not tile them is"
+            f" priced as its worst group, across two")
 
 
 def bf16_layers_json(model: ModelSpec, layout: Layout, hw: HardwareRates, stack: ExecutionStack) -> dict[str, Any]:

@@ -792,11 +792,13 @@ def _moe_problems(model: ModelSpec, L: Layout) -> list[Rule]:
     if not model.is_moe:
         if L.ep > 1 or L.etp > 1:
             add(RuleCode.EP_DENSE, f"ep({L.ep}) / etp({L.etp}) > 1 need a mixture-of-experts model")
-        if (L.moe_dispatcher != "alltoall" or L.moe_a2a_overlap or L.moe_capacity_factor is not None
-                or L.moe_imbalance != 1.0):
-            add(RuleCode.MOE_FIELDS_DENSE, f"moe_dispatcher={L.moe_dispatcher} / moe_a2a_overlap="
-                                           f"{int(L.moe_a2a_overlap)} / moe_capacity_factor="
-                                           f"{L.moe_capacity_factor} / moe_imbalance={L.moe_imbalance:g} need a "
+        given = [f"{name}={shown}" for name, shown, is_set in (
+            ("moe_dispatcher", L.moe_dispatcher, L.moe_dispatcher != "alltoall"),
+            ("moe_a2a_overlap", int(L.moe_a2a_overlap), L.moe_a2a_overlap),
+            ("moe_capacity_factor", L.moe_capacity_factor, L.moe_capacity_factor is not None),
+            ("moe_imbalance", f"{L.moe_imbalance:g}", L.moe_imbalance != 1.0)) if is_set]
+        if given:  # only the fields the layout sets away from their defaults
+            add(RuleCode.MOE_FIELDS_DENSE, f"{' / '.join(given)} need{'s' if len(given) == 1 else ''} a "
                                            "mixture-of-experts model")
         return problems
     if L.moe_capacity_factor is not None:
