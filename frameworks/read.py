@@ -428,8 +428,9 @@ def _titan_doc(path: Path) -> dict[str, Any]:
         import tomllib
     except ImportError:  # Python 3.10
         raise BadInputError(f"{path}: reading TOML needs Python 3.11 or later") from None
+    text = _read(path)  # its own errors (no such file, unreadable) stand as they are
     try:
-        return tomllib.loads(_read(path))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{show(path)}: malformed TOML ({exc}); fix the syntax") from exc
     except (RecursionError, ValueError) as exc:  # nesting past the stack, a 5,000-digit integer

@@ -150,6 +150,8 @@ class MemoryCause:
     def describe(self) -> str:
         limit = (f"{self.limit_gib:.1f} GiB ({self.capacity_gib:.1f} less {self.headroom_gib:g} GiB headroom)"
                  if self.headroom_gib else f"{self.capacity_gib:.1f} GiB")
+        if self.headroom_gib >= self.capacity_gib:  # no room at all: say so rather than compare with a negative
+            limit = f"the 0 GiB a {self.headroom_gib:g} GiB headroom leaves of {self.capacity_gib:.1f} GiB"
         big = self.largest_term
         rest = ", ".join(f"{t} {self.terms_gib[t]:.1f}" for t in MEMORY_TERMS if t != big and self.terms_gib[t] > 0)
         text = (f"peak {self.peak_gib:.1f} GiB on the {self.stage} stage > {limit}, over by {self.over_gib:.1f} GiB: "

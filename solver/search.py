@@ -169,13 +169,16 @@ def precision_options(cluster: Cluster, stack: ExecutionStack, fixed: dict) -> t
 
 
 def sub_clusters(cluster: Cluster, *, all_types: bool = False) -> list[Cluster]:
-    """Jobs on fewer of the cluster's nodes: every divisor node count of one node type (of each type's group with
-    `all_types`, else of a single-type cluster only). Failure rates, storage and prices stay the cluster's."""
+    """Jobs on fewer of the cluster's nodes: every divisor node count of one node type and every power of two below
+    its count (of each type's group with `all_types`, else of a single-type cluster only): 32 of 36 NVL72 trays, where
+    a power-of-two global batch and mesh fit and all 36 force odd pipeline or data-parallel degrees. Failure rates,
+    storage and prices stay the cluster's."""
     if not all_types and (not cluster.is_homogeneous or len(cluster.groups) != 1):
         raise InfeasibleError("this objective searches node counts of one node type; give a PRESET:NODES cluster")
     out = []
     for group in cluster.groups if all_types else cluster.groups[:1]:
-        for nodes in (n for n in range(1, group.count + 1) if group.count % n == 0):
+        powers = {1 << k for k in range(group.count.bit_length())}
+        for nodes in sorted({n for n in range(1, group.count + 1) if group.count % n == 0} | powers):
             whole = len(cluster.groups) == 1 and nodes == group.count
             out.append(replace(cluster, name=preset_ref(group, nodes), groups=(replace(group, count=nodes),),
                                node_bandwidth_gb_per_s=cluster.node_bandwidth_gb_per_s if whole else None))

@@ -17,7 +17,7 @@ from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context
+from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context, tp_inside_domain
 from clusterplan.models.serving.model import (
     DTYPE_BYTES,
     ServingInstance,
@@ -417,7 +417,12 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         elif gpu.price is None:
             warnings.append(f"{gpu.name} has no price in the hardware database; left out")
             continue
-        for tp in tps:
+        outside = [tp for tp in tps if not tp_inside_domain(gpu, tp)]
+        if outside:
+            warnings.append(f"tp {', '.join(map(str, outside))} left out on {gpu.name}: beyond its "
+                            f"{gpu.scale_up_domain}-GPU {gpu.scale_up_link} domain (engines pipeline across nodes: "
+                            "--pp)")
+        for tp in (tp for tp in tps if tp_inside_domain(gpu, tp)):
             knobs = knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp)
             for pp in pps:
                 if model.n_heads % tp or pp > model.n_layers:
@@ -432,7 +437,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     if not dividing:
         # bad input, as serve-estimate's --tp that divides no head count (exit 2), not an infeasible request
         raise BadInputError(f"{model.name}: no --tp of {tps} divides its {model.n_heads} attention heads; give tp "
-                              f"among {divisors(model.n_heads)}")
+                            f"among {divisors(model.n_heads)}")
     if not out and not seen:
         raise BadInputError(f"none of {','.join(gpu_names)} is a GPU type here; `clusterplan hw list` names them")
     if not out and warnings and len(warnings) >= len(seen):  # every GPU named was left out for want of a price

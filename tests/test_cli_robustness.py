@@ -617,3 +617,23 @@ def test_serving_refuses_requests_longer_than_the_context_and_an_empty_engine(ru
                     "--output-len", "64", "--ttft-ms", "9999", "--tpot-ms", "99", expect="context of 131,072")
     one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--rate", "1",
                     "--input-len", "512", "--output-len", "64", "--engine", "", expect="give an engine name")
+
+
+def test_check_of_a_missing_toml_says_no_such_file(run_cli, tmp_path):
+    # A new user's pass: a missing .toml was reported as "TOML nested too deeply or with an integer too long", because
+    # the TOML reader's guard caught the file error too (BadInputError is a ValueError).
+    err = one_line_exit_2(run_cli, "check", str(tmp_path / "nope.toml"), "--cluster", "dgx-h100:1",
+                          expect="no such file")
+    assert "nested too deeply" not in err
+
+
+def test_a_layout_priced_as_written_counts_its_own_gpus(run_cli):
+    # A new user's pass: tp8 x dp16 = 128 ranks on 64 GPUs was "priced as written" at MFU 95 % and TFLOP/s per GPU
+    # above the GEMM ceiling, the layout's FLOPs divided by the cluster's 64 GPUs. Per GPU means per rank it runs on.
+    code, out, _ = run_cli("estimate", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--layout",
+                           "tp=8,dp=16,gbs=512,seq=8192", "--format", "json")
+    data = json.loads(out)
+    assert code == 1 and not data["feasible"]
+    assert data["tokens_per_s"] * data["step_time_s"] == pytest.approx(512 * 8192, rel=1e-5)
+    assert data["mfu"] < 0.7 and data["tflops_per_gpu"] < data["hardware"]["gemm_best_shape_tflops"]["bf16"]
+

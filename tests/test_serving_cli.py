@@ -258,3 +258,20 @@ def test_an_overloaded_open_loop_says_so(run_cli) -> None:
     assert data["throughput"]["requests_per_s"] < 0.9 * 1000
     code, out, err = run_cli(*args, "--rate", "20")
     assert code == 0 and not json.loads(out)["load"]["overloaded"] and "overloaded" not in err
+
+
+def test_tp_beyond_the_nvlink_domain_is_not_priced_as_nvlink(run_cli) -> None:
+    # A new user's pass: --tp 16 on H100 (8-GPU NVLink domain) was priced with NVLink all-reduces. Engines keep tp
+    # inside a node and pipeline across nodes (vLLM's distributed serving guide): serve-estimate says so (exit 2) and
+    # serve-plan leaves such tp out with a note; a PCIe GPU (domain 1) prices its tp on PCIe and keeps it.
+    base = ("--rate", "4", "--input-len", "2000", "--output-len", "300")
+    code, _, err = run_cli("serve-estimate", "--model", "llama3.1-70b", "--gpu", "H100", "--tp", "16", *base)
+    assert code == 2 and err.count("\n") == 1 and "(--tp 8 --pp 2)" in err
+    plan = ("serve-plan", "--model", "llama3.1-70b", *base, "--ttft-ms", "1000", "--tpot-ms", "50", "--gpus", "H100",
+            "--disaggregate", "off")
+    code, _, err = run_cli(*plan, "--tp", "16")
+    assert code == 2 and "tp 16 left out on H100-SXM5-80GB: beyond its 8-GPU nvlink4 domain" in err
+    code, out, err = run_cli(*plan, "--tp", "8,16", "--format", "json")
+    assert code == 0 and all(p["tp"] == 8 for p in json.loads(out)["pools"]), err
+    code, _, err = run_cli("serve-estimate", "--model", "llama3.1-8b", "--gpu", "L4", "--tp", "4", *base)
+    assert code == 0, err

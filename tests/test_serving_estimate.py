@@ -108,6 +108,17 @@ def test_open_loop_throughput_excludes_the_drain() -> None:
     assert est.request_throughput_rps == pytest.approx(offered, rel=0.02)
 
 
+def test_an_overloaded_open_loop_serves_at_its_full_rate() -> None:
+    """Offered far beyond what one instance serves, the queue grows and the server runs full: it serves one request
+    per 40 ms step (each a one-step, one-token request, FIFO, 512-token budget), 25 req/s, not the 0 req/s of the
+    arrival window (a new user's pass at --rate 1e9: every arrival within a microsecond, no completion inside it)."""
+    s, n = STEP_S + PREFILL_S, 400
+    load = Load(kind=LoadKind.OPEN, rate_rps=1e9, requests=n, seed=3)
+    engine = Engine(kv_capacity_tokens=100_000, max_seqs=256, chunk_tokens=512)
+    est = estimate_serving(INST, engine, load, np.full(n, 512), np.full(n, 1), step=fixed_steps())
+    assert est.request_throughput_rps == pytest.approx(1 / s, rel=1e-6)
+
+
 def test_open_loop_light_load_is_one_request_at_a_time() -> None:
     # Arrivals 1 s apart (a trace's gaps) and answers of 10 tokens: nobody queues; TTFT 40 ms, TPOT 10.5 ms.
     n = 50

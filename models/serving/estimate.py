@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from clusterplan.errors import BadInputError
-from clusterplan.hardware_db import get_gpu
+from clusterplan.hardware_db import GPU, get_gpu
 from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.kv import kv_tokens_held
@@ -283,9 +283,9 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     e2e = done[warm:] - np.asarray(trace.arrival_s[warm:])
     decoded = out[warm:] > 1
     tpot = np.asarray(trace.tpot_s[warm:])[decoded]
-    # Throughput over the measured window: from the warm-th completion (or t = 0) to the last one. An open loop's
-    # window ends at its last arrival instead: the drain after it (no new requests, a shrinking batch) would count
-    # the last completions at a pace no steady load sees, and report more than the offered rate.
+    # Throughput over the measured window: from the warm-th completion (or t = 0) to the last one. An open loop the
+    # server keeps up with ends its window at its last arrival instead: the drain after it (no new requests, a
+    # shrinking batch) would count the last completions at a pace no steady load sees, and report more than offered.
     ordered = np.sort(done)
     start = float(ordered[warm - 1]) if warm else 0.0
     span = float(ordered[-1]) - start
@@ -294,7 +294,11 @@ def estimate_serving(inst: ServingInstance, engine: Engine, load: Load, input_to
     if load.kind is LoadKind.OPEN and n - warm >= 2:
         first, last = float(trace.arrival_s[warm]), float(trace.arrival_s[-1])
         served = int(np.count_nonzero((done > first) & (done <= last)))
-        rps = served / (last - first) if last > first else rps
+        # Overloaded (most requests still queued at the last arrival, the queue growing): the server runs full from
+        # the warm-th completion to the last one, so that span's rate is what it serves, not the few completions of
+        # an arrival window shorter than one request's service.
+        if last > first and 2 * served >= n - warm:
+            rps = served / (last - first)
     itl_t, itl_w = itl_samples(trace)
     busy = float(np.dot(itl_t, itl_w)) / float(np.sum(itl_t)) if len(itl_t) else 0.0  # time-weighted batch
     kv_cap = engine.kv_capacity_tokens
@@ -334,6 +338,14 @@ def engine_of(inst: ServingInstance, max_seqs: int, chunk_tokens: int | None = N
                   kv_block_tokens=get_engine(inst.engine).kv_block_tokens, **kv_accounting(inst))
 
 
+def tp_inside_domain(gpu: GPU, tp: int) -> bool:
+    """Tensor parallelism of one serving instance stays inside the GPU's NVLink-class scale-up domain (the step
+    model prices its all-reduces on that link, models/serving/model.py step_model): engines put tp inside a node and
+    pp across nodes (vLLM docs, distributed serving: "set the tensor parallel size to the number of GPUs in each
+    node, and the pipeline parallel size to the number of nodes"). A PCIe GPU (domain 1) prices its tp on PCIe."""
+    return gpu.scale_up_domain <= 1 or tp <= gpu.scale_up_domain
+
+
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
                  mamba_ssm_dtype: str = "bf16", max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
@@ -351,6 +363,11 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
         shown = ", ".join(map(str, divisors[:-1])) + f" or {divisors[-1]}" if len(divisors) > 1 else str(divisors[0])
         raise BadInputError(f"--tp {tp} does not divide {model.name}'s {model.n_heads} attention heads; "
                             f"use a divisor: {shown}")
+    if not tp_inside_domain(gpu, tp):
+        domain = gpu.scale_up_domain
+        raise BadInputError(f"--tp {tp} spans more than one {domain}-GPU {gpu.scale_up_link} domain of {gpu.name}, and "
+                            "its all-reduces would cross the network; keep tp inside it and pipeline across nodes "
+                            f"(--tp {domain} --pp {-(-tp // domain) * pp}), as vLLM's distributed serving guide does")
     inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
                            weight_dtype=weight_dtype, kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype,
                            engine=profile.name, knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),

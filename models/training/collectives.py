@@ -64,11 +64,13 @@ def tp_collectives(shapes: ModelShapes, L: LayoutArrays, fp8_allgather: bool = F
 
 def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     """A MoE layer's token dispatch and combine all-to-alls forward and their gradients backward: 4 (+2 with full
-    recompute) of tokens/tp x top_k x h per rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher); on the
-    drop-and-pad path capacity x n_experts rows, padding included (moe_layer.routed_tokens: equal splits)."""
+    recompute or the selective `moe` module, whose backward reruns the forward's two) of tokens/tp x top_k x h per
+    rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher); on the drop-and-pad path capacity x n_experts
+    rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
     size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width
-    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER * (1.0 + L.full_recompute_share(shapes.n_layers) / 2), 0.0)
+    rerun = L.full_recompute_share(shapes.n_layers) + L.moe_block_recompute_share()
+    calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER * (1.0 + rerun / 2), 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
 

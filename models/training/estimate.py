@@ -394,7 +394,9 @@ def estimate(model: ModelSpec, cluster: Cluster, layout: Layout, calibration: Ca
     links = axis_links_gb_per_s(layout, cluster, node_order, model.is_moe) if not reasons else None
     hw = HardwareRates.of(cluster, calibration, links, eager_layers=eager_layers)
     stack = stack_for(layout, stack)  # the chosen recipe first: what runs
-    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, cluster.world_size, stack,
+    # per GPU of the layout's own ranks: the cluster's where they match (a rule says so where they do not, and a
+    # layout priced as written runs on its tp x pp x cp x dp GPUs, not on the cluster's count)
+    ev = evaluate(ModelShapes.of(model), LayoutArrays.from_layouts([layout]), hw, layout.world, stack,
                   fp8_all_layouts(cluster))
     if not bool(ev.fits[0]):
         reasons.append(Rule.out_of_memory(f"out of memory: peak {float(ev.memory.peak[0]) / GIB:.1f} GiB on the "

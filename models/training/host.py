@@ -40,6 +40,13 @@ pricing. That the overlap costs host time is what NVIDIA reports: Megatron-Bridg
 due to CPU overhead", Qwen3-235B on DGX-B200: 20.1 -> 16.9 s per step with VP also turned off), Megatron-LM PR #2168
 ("EP Overlap brings extra cpu overhead and may cause GPU bubble during execution").
 
+Not priced: the host side of Megatron-Core's selective `moe` recompute module, whose backward re-runs the MoE block
+from its router (dispatch sync included; its all-to-alls are priced, collectives.ep_collectives). A stretch
+[dispatch, experts, combine, combine backward, experts backward, dispatch backward, rest backward] from that sync
+moves the H100 Nemotron 3 Nano fp8 rows from -1.7 / -3.1 % to -11.7 / -13.0 % and the ModelZoo long-context rows by
+0.3 points: its size rests on the per-expert fp8 host op counts above, which no trace has checked
+(research/moe-host-evidence.md C), so it waits for one.
+
 Token-dropping layers (Layout.moe_capacity_factor, the dispatcher's drop-and-pad path) have no sync: their host
 time is priced as the no-sync case above. CUDA graphs (Layout.cuda_graphs): "full" captures the whole iteration (no
 host time, no sync); "attn" replays the attention block as one graph launch per pass. A stack without moe_host data prices nothing here. Vectorised over
