@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import click
 
@@ -177,9 +177,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
         best = result.plans[0].to_json()
         if mixed is not None and choice == "one_gpu_type":
             # one GPU type's nodes alone beat every plan across the types: that is the plan to run
-            group = next(g for g in cluster.groups if g.gpu.name == mixed.fastest_only_gpu)
-            saved = f"the {group.gpu.name} nodes alone, faster than any plan across the GPU types"
-            alone = replace(cluster, groups=(group,), node_bandwidth_gb_per_s=None)
+            saved = f"the {mixed.fastest_only_gpu} nodes alone, faster than any plan across the GPU types"
+            alone = mixed.fastest_only_cluster(cluster)
             write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster, alone),
                        layout=mixed.fastest_only_layout, stack=stack.name,
                        prediction={"step_time_s": round(mixed.fastest_only_step_s, 6)})

@@ -54,7 +54,8 @@ def _available(text: str | None) -> tuple[tuple[str, int], ...]:
         if part.strip():
             name, _, count = part.partition("=")
             if not count.strip().isdigit() or len(count.strip()) > 9:  # at most 999,999,999 GPUs
-                raise BadInputError(f"--available {part!r}: write GPU=COUNT, COUNT a whole number of GPUs (e.g. A10G=8,H100=16)")
+                raise BadInputError(f"--available {part!r}: write GPU=COUNT, COUNT a whole number of GPUs (e.g. "
+                                    "A10G=8,H100=16)")
             gpu = get_gpu(name.strip()).name
             if any(gpu == seen for seen, _ in out):
                 raise BadInputError(f"--available {text!r}: {gpu} given twice; give each GPU type once with its total")

@@ -134,6 +134,11 @@ class HeteroPlan:
             return "one_gpu_type"
         return "mixed_pipeline" if self.balanced.step_time_s < ranked_best_s else "ranked"
 
+    def fastest_only_cluster(self, cluster: Cluster) -> Cluster:
+        """The nodes of the fastest GPU type alone (fastest_only_gpu), the cluster that plan runs on."""
+        index = next(i for i, g in enumerate(cluster.groups) if g.gpu.name == self.fastest_only_gpu)
+        return _sub_cluster(cluster, index)
+
     def to_json(self) -> dict:
         out = {"layout": self.layout.to_dict(), "balanced": self.balanced.to_json(),
                "even_split": self.even.to_json() if self.even is not None else None, "fastest_type_only": None,
@@ -360,9 +365,7 @@ def choice_time_to_train(plan: HeteroPlan, choice: str, model: ModelSpec, cluste
     "ranked": plan #1's row carries its own."""
     stack = stack or get_stack()
     if choice == "one_gpu_type" and plan.fastest_only_layout is not None and plan.fastest_only_step_s is not None:
-        group = next(g for g in cluster.groups if g.gpu.name == plan.fastest_only_gpu)
-        where = replace(cluster, groups=(group,), node_bandwidth_gb_per_s=None)
-        layout, step_s = plan.fastest_only_layout, plan.fastest_only_step_s
+        where, layout, step_s = plan.fastest_only_cluster(cluster), plan.fastest_only_layout, plan.fastest_only_step_s
     elif choice == "mixed_pipeline":
         where, layout, step_s = cluster, plan.layout, plan.balanced.step_time_s
     else:

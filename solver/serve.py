@@ -417,12 +417,13 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         elif gpu.price is None:
             warnings.append(f"{gpu.name} has no price in the hardware database; left out")
             continue
-        outside = [tp for tp in tps if not tp_inside_domain(gpu, tp)]
+        inside = [tp for tp in tps if tp_inside_domain(gpu, tp)]
+        outside = [tp for tp in tps if tp not in inside]
         if outside:
             warnings.append(f"tp {', '.join(map(str, outside))} left out on {gpu.name}: beyond its "
                             f"{gpu.scale_up_domain}-GPU {gpu.scale_up_link} domain (engines pipeline across nodes: "
                             "--pp)")
-        for tp in (tp for tp in tps if tp_inside_domain(gpu, tp)):
+        for tp in inside:
             knobs = knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp)
             for pp in pps:
                 if model.n_heads % tp or pp > model.n_layers:

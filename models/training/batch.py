@@ -12,13 +12,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from clusterplan.models.training.layout import (
-    CHOICES,
-    RECOMPUTE_MODULES,
-    Layout,
-    recompute_modules_mask,
-    recompute_modules_text,
-)
+from clusterplan.models.training.layout import CHOICES, Layout, recompute_modules_mask, recompute_modules_text
 
 CODES = {name: {v: i for i, v in enumerate(values)} for name, values in CHOICES.items()}
 
@@ -232,15 +226,6 @@ class LayoutArrays:
         per_rank = n_layers / self.pp
         share = np.where(self.recompute_layers > 0, np.minimum(self.recompute_layers, per_rank) / per_rank, 1.0)
         return np.where(self.recompute == RECOMPUTE_FULL, share, 0.0)
-
-    def moe_block_recompute_share(self) -> np.ndarray:
-        """1 where selective recompute lists Megatron-Core's `moe` module, else 0: MoELayer.forward then runs its
-        whole custom_forward (router, dispatch with its device-to-host sync, experts, combine) under
-        tensor_parallel.checkpoint, so backward re-issues the dispatch and combine all-to-alls and the sync
-        (megatron/core/transformer/moe/moe_layer.py, moe_layer_recompute)."""
-        bit = RECOMPUTE_MODULES.index("moe")
-        listed = (self.recompute_modules.astype(np.int64) >> bit & 1) > 0
-        return np.where((self.recompute == RECOMPUTE_SELECTIVE) & listed, 1.0, 0.0)
 
     def interleaved_warmup_passes(self) -> np.ndarray:
         """Forward chunk passes pipeline rank 0 runs before its first backward under the interleaved schedule, at

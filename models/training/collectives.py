@@ -15,7 +15,7 @@ import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.training.batch import PREC_FP8, PREC_FP32, LayoutArrays
-from clusterplan.models.training.memory import bytes_per_param
+from clusterplan.models.training.memory import bytes_per_param, selective_module
 from clusterplan.models.training.moe_layer import imbalance, routed_tokens
 
 FP8_BYTES = 1.0
@@ -69,7 +69,10 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
     size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width
-    rerun = L.full_recompute_share(shapes.n_layers) + L.moe_block_recompute_share()
+    # Megatron-Core's selective `moe` module checkpoints MoELayer's whole custom_forward (router, dispatch with its
+    # sync, experts, combine: moe_layer.py moe_layer_recompute), so its backward re-issues the two as well
+    moe_module = np.where(selective_module(L, L.recompute, "moe"), 1.0, 0.0)
+    rerun = L.full_recompute_share(shapes.n_layers) + moe_module
     calls = np.where(L.ep > 1, EP_ALL_TO_ALLS_PER_LAYER * (1.0 + rerun / 2), 0.0)
     return Collectives("ep", ALL_TO_ALL, calls, size)
 
