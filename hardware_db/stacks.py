@@ -426,6 +426,10 @@ class ExecutionStack:
     """HBM bytes per parameter of a separate gradient-accumulation pass after each micro-batch's backward (nanotron's
     FP32GradientAccumulator: fp32_grad += bf16 grad, 2 + 4 read, 4 written); 0 (absent): accumulated inside the
     weight-gradient GEMM (Megatron-Core gradient_accumulation_fusion) or not priced."""
+    wgrad_accumulation_fusion: bool = False
+    """The weight-gradient GEMMs accumulate into the main-gradient buffer in place (C = dW + C, beta = 1), so each
+    reads and writes its output in the main gradients' dtype (Megatron-Core gradient_accumulation_fusion, Transformer
+    Engine fuse_wgrad_accumulation); absent: false, the GEMM writes a fresh 16-bit dW."""
     param_gather_overlap: bool = True
     """The distributed optimizer's all-gather of the updated weights runs under the next step's forward (Megatron-Core
     overlap_param_gather); false: after the optimizer step, exposed (nanotron). Absent: true, as dp_overlap says."""
@@ -698,6 +702,8 @@ def parse_stack(name: str, raw: Mapping[str, Any]) -> ExecutionStack:
                                     lambda: _flag(where, raw, "activation_offload"), False),
         param_gather_overlap=_sourced(where, raw, "param_gather_overlap",
                                       lambda: _flag(where, raw, "param_gather_overlap"), True),
+        wgrad_accumulation_fusion=_sourced(where, raw, "wgrad_accumulation_fusion",
+                                           lambda: _flag(where, raw, "wgrad_accumulation_fusion"), False),
         grad_accum_bytes_per_param=_sourced(where, raw, "grad_accum_bytes_per_param",
                                             lambda: float(raw["grad_accum_bytes_per_param"]), 0.0))
 

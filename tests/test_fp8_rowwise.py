@@ -137,7 +137,7 @@ def test_async_tp_unfused_gathers_worked_example():
 def test_async_tp_unfused_gathers_run_their_matmuls_whole():
     # Column forward and row dgrad run whole where the all-gather is not fused; the row forward stays chunked (its
     # matmul-reduce-scatter is fused, pytorch/pytorch#149247). Stub GEMM: 10 us launch + FLOPs at 1 PFLOP/s.
-    def gemm(m, n, k, fp8, batch=1.0, sm_margin=0):
+    def gemm(m, n, k, fp8, batch=1.0, sm_margin=0, output_bytes=2.0):
         return 1e-5 + 2.0 * np.asarray(m) * n * k / 1e15
 
     t, i, o, tp = np.array([8192.0]), 4096.0, 4096.0, np.array([8.0])

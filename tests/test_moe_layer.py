@@ -75,7 +75,7 @@ def test_routing_time_is_bytes_at_the_hbm_rate():
 class _CountingRates:
     """gemm_time_s = batch + 10 (a per-call cost of 10 and 1 per GEMM in the batch): exposes the turn structure."""
 
-    def gemm_time_s(self, m, n, k, fp8=False, batch=1.0):
+    def gemm_time_s(self, m, n, k, fp8=False, batch=1.0, output_bytes=2.0):
         return np.asarray(batch, dtype=float) + 10.0
 
 

@@ -55,7 +55,7 @@ def test_local_shard_matmuls_slow_beside_the_hidden_collectives():
 def test_local_shard_gemms_split_at_the_local_shard():
     calls = []
 
-    def gemm(m, n, k, fp8, sm_margin=0):
+    def gemm(m, n, k, fp8, sm_margin=0, output_bytes=2.0):
         calls.append((float(np.asarray(m).ravel()[0]), n, k))
         return np.asarray(m, dtype=float) * n * k * 1e-12
 

@@ -21,7 +21,7 @@ RATE = 1e15
 CALL_S = 1e-5
 
 
-def stub_gemm(m, n, k, fp8, batch=1.0, sm_margin=0):
+def stub_gemm(m, n, k, fp8, batch=1.0, sm_margin=0, output_bytes=2.0):
     """A GEMM that costs a fixed launch plus its FLOPs at RATE on the SMs it gets (132 on H100)."""
     return CALL_S + 2.0 * np.asarray(m) * n * k / (RATE * (132 - sm_margin) / 132)
 

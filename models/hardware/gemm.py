@@ -104,8 +104,10 @@ class GemmShapeModel:
         return k / np.maximum(k + k_0, 1.0)
 
     def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
-               batch: np.ndarray | float = 1.0, sm_margin: int = 0) -> np.ndarray:
-        """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0."""
+               batch: np.ndarray | float = 1.0, sm_margin: int = 0,
+               output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+        """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0. `output_bytes`: HBM
+        bytes per element of C (OUTPUT_BYTES written; a GEMM that accumulates into C reads it too: beta = 1)."""
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         fp8 = np.asarray(fp8, dtype=bool)
         flops = 2.0 * m * n * k * batch
@@ -120,7 +122,7 @@ class GemmShapeModel:
         eff *= rate
         compute = np.divide(flops, eff, out=eff, where=flops > 0)
         operand_bytes = np.where(fp8, 1.0, 2.0) if fp8.any() else 2.0
-        traffic = batch * ((m * k + k * n) * operand_bytes + m * n * OUTPUT_BYTES) / self.hbm_bytes_per_s
+        traffic = batch * ((m * k + k * n) * operand_bytes + m * n * output_bytes) / self.hbm_bytes_per_s
         np.maximum(compute, traffic, out=compute)
         compute[flops <= 0] = 0.0
         return compute

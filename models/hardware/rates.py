@@ -25,7 +25,7 @@ from clusterplan.models.hardware.calibration import (
     GemmCurve,
 )
 from clusterplan.models.hardware.cluster import Cluster, NodeGroup
-from clusterplan.models.hardware.gemm import GemmShapeModel
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES, GemmShapeModel
 from clusterplan.models.hardware.power import power_clock_scale
 
 # Share of the best-shape GEMM rate (MAMF, hardware_db gemm_peak_fraction) that a training step's GEMMs reach
@@ -188,11 +188,13 @@ class HardwareRates:
                        gemm_shape=None if shape is None else replace(shape, max_flops_fp8=shape.max_flops_fp8 / r))
 
     def gemm_time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
-                    batch: np.ndarray | float = 1.0, sm_margin: int = 0) -> np.ndarray:
+                    batch: np.ndarray | float = 1.0, sm_margin: int = 0,
+                    output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
         """Seconds of one GEMM C[m,n] = A[m,k] B[k,n] (x batch) at this hardware's rates; `sm_margin` SMs held by a
-        concurrent kernel (priced by the shape model only: a calibrated curve has no SM count)."""
+        concurrent kernel, `output_bytes` of C's traffic per element (both priced by the shape model only: a
+        calibrated curve has no SM count and no roofline)."""
         if self.gemm_shape is not None:
-            return self.gemm_shape.time_s(m, n, k, fp8, batch, sm_margin)
+            return self.gemm_shape.time_s(m, n, k, fp8, batch, sm_margin, output_bytes)
         flops = 2.0 * np.asarray(m, float) * n * k * batch
         rate = np.where(np.asarray(fp8, dtype=bool), self.gemm_max_flops_fp8, self.gemm_max_flops)
         # Calibrated saturating curve, rate * F / (F + F_half) (Calculon-style size curve): time (F + F_half) / rate.

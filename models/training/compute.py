@@ -10,6 +10,7 @@ import numpy as np
 from clusterplan.hardware_db.stacks import MIXED_PRECISION_AUTOCAST, ExecutionStack, get_stack
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.attention import AttentionRates, flash_backward_flops_over_forward
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 from clusterplan.models.hardware.mamba_kernels import mixer_sizes, mixer_times, ssd_flops
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.autocast import (
@@ -20,7 +21,7 @@ from clusterplan.models.training.autocast import (
     weight_cast_times,
 )
 from clusterplan.models.training.batch import PREC_FP8, CpKindCode, LayoutArrays, RecomputeCode
-from clusterplan.models.training.memory import SELECTIVE_OP_SAC
+from clusterplan.models.training.memory import SELECTIVE_OP_SAC, main_grad_bytes
 from clusterplan.models.training.moe_layer import (
     busiest_rank_ratio,
     capacity_ratio,
@@ -194,20 +195,33 @@ def linear_gemm_shapes(tokens: np.ndarray | float, fan_in: np.ndarray | float, f
 
 
 def linear_gemm_time_s(g: Linear, rates: HardwareRates, m: np.ndarray | float, n: np.ndarray | float, k: np.ndarray | float,
-                       fp8: np.ndarray) -> np.ndarray:
+                       fp8: np.ndarray, output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
     """Seconds of `g`'s `count` equal m x n x k GEMMs: all at once, or, for a rank's local experts,
     GROUPED_GEMM_STREAMS at a time as Transformer Engine runs them (moe_layer.grouped_gemm_time_s)."""
     if g.streamed:
-        return grouped_gemm_time_s(rates, m, n, k, fp8, g.count)
-    return rates.gemm_time_s(m, n, k, fp8, g.count)
+        return grouped_gemm_time_s(rates, m, n, k, fp8, g.count, output_bytes)
+    return rates.gemm_time_s(m, n, k, fp8, g.count, output_bytes=output_bytes)
+
+
+def wgrad_output_bytes(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray | float:
+    """HBM bytes per weight element a weight-gradient GEMM moves for its output: where the stack accumulates into the
+    main gradients inside the GEMM (ExecutionStack.wgrad_accumulation_fusion: beta = 1), it reads and writes them in
+    their dtype (memory.main_grad_bytes: 2 x 4 B fp32, 2 x 2 B bf16); else it writes a 16-bit dW (OUTPUT_BYTES).
+    Only a GEMM of short depth k (a local expert's few routed rows) is bound by it: its intensity is about k / 4
+    FLOP/B at 8 B."""
+    if not stack.wgrad_accumulation_fusion:
+        return OUTPUT_BYTES
+    return 2.0 * main_grad_bytes(L)
 
 
 def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, overlap: TpOverlap | None = None,
-                 forward_hw: HardwareRates | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 forward_hw: HardwareRates | None = None, wgrad_bytes: np.ndarray | float = OUTPUT_BYTES
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, backward, the backward's weight-gradient part) seconds of `linears`: Y = X W forward;
     dX = dY W^T and dW = X^T dY backward, the forward at `forward_hw`'s rates where given (a recipe whose forward
-    GEMM runs another kernel: HardwareRates.for_fp8_recipe). Where `overlap` is active, the tensor-parallel GEMMs
-    run chunked as the overlap issues them (tp_overlap.py)."""
+    GEMM runs another kernel: HardwareRates.for_fp8_recipe), dW moving `wgrad_bytes` per element of its output
+    (wgrad_output_bytes). Where `overlap` is active, the tensor-parallel GEMMs run chunked as the overlap issues them
+    (tp_overlap.py)."""
     fhw = forward_hw or hw
     fwd = bwd = wgrad = 0.0
     for g in linears:
@@ -215,7 +229,7 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
         overlapped = overlap is not None and g.tp_role != TpRole.NONE and overlap.active.any()
         if overlapped:
             of, odx, odw = overlapped_times(hw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
-                                            overlap.gather_fused, overlap.bulk_sm_margin)
+                                            overlap.gather_fused, overlap.bulk_sm_margin, wgrad_bytes)
             if fhw is not hw:
                 of = overlapped_times(fhw.gemm_time_s, g.tp_role, overlap.kind, t, i, o, fp8, overlap.tp,
                                       overlap.gather_fused, overlap.bulk_sm_margin)[0]
@@ -224,7 +238,7 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
         else:  # whole GEMMs, where no overlap chunks them
             forward, dgrad, wgrad_shape = linear_gemm_shapes(t, i, o)
             f, dx, dw = (linear_gemm_time_s(g, fhw, *forward, fp8), linear_gemm_time_s(g, hw, *dgrad, fp8),
-                         linear_gemm_time_s(g, hw, *wgrad_shape, fp8))
+                         linear_gemm_time_s(g, hw, *wgrad_shape, fp8, wgrad_bytes))
             if overlapped:
                 f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
         fwd = fwd + f
@@ -552,14 +566,15 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, moe)
     overlap = stack_tp_overlap(stack, L, hw, fp8)
+    wgrad_bytes = wgrad_output_bytes(L, stack)
     experts_f = experts_b = 0.0
     pad = 0.0
     bias_f = bias_b = 0.0
     if moe:  # the routed experts' part (the streamed linears) kept apart: the host issues it per expert (host.py)
         experts = [g for g in linears if g.streamed]
         rest = [g for g in linears if not g.streamed]
-        ef, eb, ew = linear_times(experts, hw, fp8, overlap, fhw)
-        rf, rb, rw = linear_times(rest, hw, fp8, overlap, fhw)
+        ef, eb, ew = linear_times(experts, hw, fp8, overlap, fhw, wgrad_bytes)
+        rf, rb, rw = linear_times(rest, hw, fp8, overlap, fhw, wgrad_bytes)
         ecf, ecb = fp8_cast_times(experts, L, hw, fp8_recipe, fp8_weight_copy)
         rcf, rcb = fp8_cast_times(rest, L, hw, fp8_recipe, fp8_weight_copy)
         t_linear, t_linear_bwd, t_weight_grad, cast_fwd, cast_bwd = rf + ef, rb + eb, rw + ew, rcf + ecf, rcb + ecb
@@ -571,7 +586,7 @@ def layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: boo
             bias_f, bias_b = (b / hw.hbm_bytes_per_s for b in expert_bias_bytes(shapes, L))
             experts_f, experts_b = experts_f + bias_f, experts_b + bias_b
     else:
-        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap, fhw)
+        t_linear, t_linear_bwd, t_weight_grad = linear_times(linears, hw, fp8, overlap, fhw, wgrad_bytes)
         cast_fwd, cast_bwd = fp8_cast_times(linears, L, hw, fp8_recipe, fp8_weight_copy)
     t_linear = t_linear + np.where(fp8, cast_fwd, 0.0)
     t_linear_bwd = t_linear_bwd + np.where(fp8, cast_bwd, 0.0)

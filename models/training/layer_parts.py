@@ -39,6 +39,7 @@ from clusterplan.models.training.compute import (
     qkv_layout_copy_times,
     stack_tp_overlap,
     unfused_extra_bytes,
+    wgrad_output_bytes,
 )
 from clusterplan.models.training.estimate import Estimate
 
@@ -72,8 +73,9 @@ def dense_layer_parts(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates,
     fp8 = L.precision == PREC_FP8
     linears = layer_linears(shapes, L, False)
     overlap = stack_tp_overlap(stack, L, hw, fp8)
-    gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw)
-    whole_f, whole_b, _ = linear_times(linears, hw, fp8, None, fhw)
+    wgrad_bytes = wgrad_output_bytes(L, stack)
+    gemm_f, gemm_b, _ = linear_times(linears, hw, fp8, overlap, fhw, wgrad_bytes)
+    whole_f, whole_b, _ = linear_times(linears, hw, fp8, None, fhw, wgrad_bytes)
     cast_f, cast_b = fp8_cast_times(linears, L, hw, recipe, stack.fp8_weight_copy)
     _, core = layer_flops(shapes, L, False)
     attn_f, attn_b = flash_core_times(shapes, L, hw, core, stack.attention_kernel, cp_runs_blocks(L, stack))

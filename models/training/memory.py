@@ -203,6 +203,14 @@ def fp8_only_params(L: LayoutArrays) -> np.ndarray:
     return (L.precision == PREC_FP8) & (L.fp8_params > 0)
 
 
+def main_grad_bytes(L: LayoutArrays) -> np.ndarray:
+    """Bytes per element of the main-gradient buffer: fp32 in fp32 training and for adam-master with fp32_grads
+    (Megatron-Core DDP: grad buffer dtype = fp32 only if grad_reduce_in_fp32), else the 16-bit parameter dtype."""
+    fp32 = L.precision == PREC_FP32
+    return np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), FP32_PARAM_BYTES,
+                    BF16_PARAM_BYTES)
+
+
 def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYTES,
                     param_remainders: int = Remainders.NONE,
                     fp32_params: bool = False,
@@ -228,7 +236,7 @@ def bytes_per_param(L: LayoutArrays, fp8_copy_bytes: float = FP8_WEIGHT_COPY_BYT
     fp32 = L.precision == PREC_FP32
     bf16, fp32_b = BF16_PARAM_BYTES, FP32_PARAM_BYTES
     weights = np.where(fp32, fp32_b, np.where(L.precision == PREC_FP8, bf16 + fp8_copy_bytes, bf16))
-    grads = np.where(fp32 | ((L.optimizer == OPT_ADAM_MASTER) & (L.fp32_grads > 0)), fp32_b, bf16)
+    grads = main_grad_bytes(L)
     # Adam m, v in fp32 (8 B), in bf16 under Layout.bf16_moments (4 B); with master weights +4 B, unless training is
     # fp32 already.
     moments = np.where(L.bf16_moments > 0, BF16_ADAM_MOMENTS_BYTES, ADAM_MOMENTS_BYTES)

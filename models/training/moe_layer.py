@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import LayoutArrays
 
@@ -223,15 +224,16 @@ def routing_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
 
 
 def grouped_gemm_time_s(hw: HardwareRates, m: np.ndarray, n: np.ndarray | float, k: np.ndarray | float,
-                        fp8: np.ndarray, local_experts: np.ndarray | float) -> np.ndarray:
-    """Seconds of a rank's `local_experts` equal GEMMs (m x n, depth k) run as Transformer Engine runs them:
-    GROUPED_GEMM_STREAMS at a time share the SMs' waves (one batched wave-quantised GEMM each turn), the remainder
-    in a last, smaller turn."""
+                        fp8: np.ndarray, local_experts: np.ndarray | float,
+                        output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+    """Seconds of a rank's `local_experts` equal GEMMs (m x n, depth k, `output_bytes` of C traffic per element)
+    run as Transformer Engine runs them: GROUPED_GEMM_STREAMS at a time share the SMs' waves (one batched
+    wave-quantised GEMM each turn), the remainder in a last, smaller turn."""
     n_local = np.asarray(local_experts, dtype=float)
     turns = np.floor(n_local / GROUPED_GEMM_STREAMS)
     rest = n_local - turns * GROUPED_GEMM_STREAMS
-    full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS)
-    last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0))
+    full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS, output_bytes=output_bytes)
+    last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0), output_bytes=output_bytes)
     return turns * full + np.where(rest > 0, last, 0.0)
 
 

@@ -55,6 +55,7 @@ import numpy as np
 
 from clusterplan.hardware_db.stacks import TE_UB_COMM_SMS, ExecutionStack
 from clusterplan.models.hardware.comm import exposed_s, interference_s
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 
 UB_PIPELINE_SPLITS = 4
 """TE initialize_ub default num_splits of a "pipeline" overlap (proj_fprop, fc2_fprop)."""
@@ -87,7 +88,7 @@ class TpRole(IntEnum):
 
 
 Gemm = Callable[..., np.ndarray]
-"""hw.gemm_time_s(m, n, k, fp8, batch=1.0, sm_margin=0)."""
+"""hw.gemm_time_s(m, n, k, fp8, batch=1.0, sm_margin=0, output_bytes=OUTPUT_BYTES)."""
 
 
 def async_tp_gathers_fused(stack: ExecutionStack, fp8: np.ndarray) -> np.ndarray:
@@ -110,33 +111,36 @@ def split_s(gemm: Gemm, m: np.ndarray, n, k, fp8: np.ndarray, tp: np.ndarray) ->
 
 def overlapped_times(gemm: Gemm, role: TpRole, kind: str, tokens: np.ndarray, in_features, out_features,
                      fp8: np.ndarray, tp: np.ndarray, gather_fused: np.ndarray | bool = True,
-                     bulk_sm_margin: int = UB_COMM_SMS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     bulk_sm_margin: int = UB_COMM_SMS, wgrad_output_bytes: np.ndarray | float = OUTPUT_BYTES
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(forward, input-gradient, weight-gradient) seconds of one tensor-parallel GEMM run under `kind` overlap
     ("bulk": TE userbuffers, "async_tp": PyTorch async TP). Y = X W forward; dX = dY W^T, dW = X^T dY backward.
     Async TP: where `gather_fused` is False (async_tp_gathers_fused) the matmuls after an all-gather run whole.
     `bulk_sm_margin`: SMs the bulk overlaps take from the column GEMMs' dgrad and wgrad (the stack's
-    tp_overlap_bulk_sm_margin: TE's default UB_COMM_SMS, 0 under NVIDIA's tuned configs)."""
+    tp_overlap_bulk_sm_margin: TE's default UB_COMM_SMS, 0 under NVIDIA's tuned configs). `wgrad_output_bytes`: the
+    weight gradient's C traffic per element (compute.wgrad_output_bytes)."""
     t, i, o = tokens, in_features, out_features
+    wb = wgrad_output_bytes
     if kind == "local_shard":  # the column forward and the row input gradient split at the local shard
         if role == TpRole.ROW:
-            return gemm(t, o, i, fp8), split_s(gemm, t, i, o, fp8, tp), gemm(i, o, t, fp8)
-        return split_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8), gemm(i, o, t, fp8)
+            return gemm(t, o, i, fp8), split_s(gemm, t, i, o, fp8, tp), gemm(i, o, t, fp8, output_bytes=wb)
+        return split_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8), gemm(i, o, t, fp8, output_bytes=wb)
     if kind == "async_tp":  # column dgrad whole: its reduce-scatter sums several matmuls and is not fused
         if role == TpRole.ROW:  # forward before the fused reduce-scatter; dgrad after dY's all-gather
             dgrad = chunked_s(gemm, t, i, o, fp8, tp)
             if not np.all(gather_fused):
                 dgrad = np.where(gather_fused, dgrad, gemm(t, i, o, fp8))
-            return (chunked_s(gemm, t, o, i, fp8, tp), dgrad, gemm(i, o, t, fp8))
+            return (chunked_s(gemm, t, o, i, fp8, tp), dgrad, gemm(i, o, t, fp8, output_bytes=wb))
         forward = chunked_s(gemm, t, o, i, fp8, tp)  # after the block input's all-gather
         if not np.all(gather_fused):
             forward = np.where(gather_fused, forward, gemm(t, o, i, fp8))
-        return (forward, gemm(t, i, o, fp8), gemm(i, o, t, fp8))
+        return (forward, gemm(t, i, o, fp8), gemm(i, o, t, fp8, output_bytes=wb))
     if role == TpRole.COLUMN:  # ring_exchange forward; bulk dgrad and wgrad on the SMs the comm kernels leave
         return (chunked_s(gemm, t, o, i, fp8, tp), gemm(t, i, o, fp8, sm_margin=bulk_sm_margin),
-                gemm(i, o, t, fp8, sm_margin=bulk_sm_margin))
+                gemm(i, o, t, fp8, sm_margin=bulk_sm_margin, output_bytes=wb))
     # ROW: pipeline forward with the SM margin; ring_exchange dgrad; wgrad as is
     return (chunked_s(gemm, t, o, i, fp8, UB_PIPELINE_SPLITS, UB_COMM_SMS), chunked_s(gemm, t, i, o, fp8, tp),
-            gemm(i, o, t, fp8))
+            gemm(i, o, t, fp8, output_bytes=wb))
 
 
 @dataclass(frozen=True, slots=True)
