@@ -23,6 +23,7 @@ from clusterplan.models.training.dispatch import (
     combined_1f1b_unmerged_share,
     dedup_all_to_all_s,
     dedup_copies,
+    deepep_rates,
     dispatcher_slowdown,
     merged_layer_exposed_s,
     p_no_expert_in,
@@ -150,7 +151,7 @@ def _dsv3(ep: int, **kw) -> tuple:
 def test_step_prices_the_deepep_dispatch_with_dedup_all_to_all():
     shapes, L, hw, stack = _dsv3(16, moe_dispatcher="deepep")
     phases = {p.name: float(p.gpu_s[0]) for p in moe_layer_breakdown(shapes, L, hw, stack).phases}
-    r = hw.link("all_to_all", "ep")
+    r = deepep_rates(hw.link("all_to_all", "ep"))  # at the share of the links DeepEP's kernels reach
     expected = dedup_all_to_all_s(np.array([float(DSV3_TOKEN_BYTES)]), 256, 8, np.array([8.0]), np.array([2.0]), r)
     assert phases["dispatch"] == pytest.approx(float(expected[0]), rel=1e-12)
     nccl = {p.name: float(p.gpu_s[0]) for p in moe_layer_breakdown(*_dsv3(16)).phases}

@@ -12,11 +12,13 @@ Three dispatchers move one MoE layer's routed tokens (Megatron-Core --moe-token-
   Their kernels run on a fixed number of SMs (Megatron-Core TransformerConfig moe_deepep_num_sms 20,
   moe_hybridep_num_sms 16), which the compute beside them loses.
 
-Token destinations follow force-balanced routing, what the model assumes everywhere (no load-imbalance term): each
-token picks top_k distinct experts uniformly among n_experts, spread evenly over the EP ranks.
+Token destinations follow uniform routing: each token picks top_k distinct experts uniformly among n_experts, spread
+evenly over the EP ranks; a dropless run's busiest rank scales the bytes (moe_layer.imbalance, in step.flex_dispatch_s).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,6 +30,28 @@ DISPATCHER_SMS = {MoeDispatcherCode.DEEPEP: 20, MoeDispatcherCode.HYBRIDEP: 16}
 """SMs the flex dispatcher's communication kernels hold: Megatron-Core TransformerConfig moe_deepep_num_sms = 20 and
 moe_hybridep_num_sms = 16 ("in pure NVL scenarios, 16 SMs can generally achieve good bandwidth"), the defaults
 Megatron-Core passes to DeepEP's Buffer.set_num_sms / HybridEP."""
+
+
+DEEPEP_NVLINK_OVER_BUSBW = 0.82
+"""DeepEP's achieved NVLink rate per GPU over the NCCL bus bandwidth of the same link (links.yaml busbw_fraction):
+DeepEP's figures are logical, counting the rank's own tokens (README: 'the results are logical bandwidth ... contains
+local rank traffic'; tests/test_intranode.py nvl_recv_bytes = all received tokens x hidden x 2), so the physical rate
+is (n - 1) / n of them at 8 GPUs: H800 intranode dispatch 153 GB/s logical (README, legacy table) -> 134 GB/s against
+NCCL's 160 (0.84); H20 (H100's 18-link NVLink 4) 337 GB/s logical at 24 SMs (deepseek-ai/DeepEP#16) -> 295 GB/s
+against 369 (0.80); the mean of the two."""
+
+DEEPEP_RDMA_OVER_BUSBW = 0.92
+"""DeepEP's achieved remote RDMA rate per GPU over the NCCL bus bandwidth of the NIC: its internode RDMA figures also
+count the copies to the own node (tests/test_internode.py num_rdma_token_sent counts every destination node), so on
+H800 + ConnectX-7 400 Gb/s (legacy table, 4,096 tokens, hidden 7,168, top-8 of 256 experts in 4 of 8 groups) EP32's
+58 GB/s logical over 3.61 nodes hit, 2.71 remote, is 43.5 GB/s physical, EP64's 51 GB/s over 4 nodes, 3.5 remote,
+44.6 GB/s: 0.91 / 0.93 of the 48 GB/s NCCL reaches on the same NIC (links.yaml ib-ndr); the mean of the two."""
+
+
+def deepep_rates(r: LinkRates) -> LinkRates:
+    """The link rates DeepEP's kernels reach: `r`'s bus bandwidths x DEEPEP_NVLINK_OVER_BUSBW in the scale-up domain
+    and DEEPEP_RDMA_OVER_BUSBW across it; latencies as NCCL's."""
+    return replace(r, bw_in=r.bw_in * DEEPEP_NVLINK_OVER_BUSBW, bw_out=r.bw_out * DEEPEP_RDMA_OVER_BUSBW)
 
 
 def p_no_expert_in(experts_there: np.ndarray | float, n_experts: int, top_k: int) -> np.ndarray:

@@ -47,6 +47,7 @@ from clusterplan.models.training.dispatch import (
     a2a_overlap_exposed_s,
     combined_1f1b_unmerged_share,
     dedup_all_to_all_s,
+    deepep_rates,
     dispatcher_slowdown,
 )
 from clusterplan.models.training.host import (
@@ -473,8 +474,13 @@ def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: Hardware
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     # Imbalanced dropless routing: the busiest destination's copies set the time (moe_layer.imbalance).
     token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.routed_width * imbalance(L)
-    return dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, hw.link("all_to_all", g.axis),
-                              max_destination_nodes(shapes, n_out))
+    rates, cap = hw.link("all_to_all", g.axis), max_destination_nodes(shapes, n_out)
+    flex = dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, rates, cap)
+    deepep = L.moe_dispatcher == MoeDispatcherCode.DEEPEP
+    if np.any(deepep):  # DeepEP's kernels reach less of the links than NCCL does (dispatch.deepep_rates)
+        flex = np.where(deepep, dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out,
+                                                   deepep_rates(rates), cap), flex)
+    return flex
 
 
 @dataclass(frozen=True, slots=True)
