@@ -78,6 +78,9 @@ def _str(where: str, raw: Mapping[str, Any], key: str) -> str:
 
 HOST_CPUS = ("x86", "grace")
 
+US = 1e-6
+"""Seconds per microsecond (gemm.yaml kernel times are given in us)."""
+
 
 def _host_cpu(where: str, raw: Mapping[str, Any]) -> str:
     value = raw.get("host_cpu", "x86")
@@ -209,12 +212,14 @@ def _parse_gemm(name: str, raw: Mapping[str, Any]) -> GemmTiling:
     k_overheads = {key: _k_overhead(where, raw, sources, key, source)
                    for key, source in (("fp8_k_overhead", "k_depth"), ("bf16_k_overhead", "k_depth_bf16"),
                                          ("blockwise_fp8_k_overhead", "k_depth_blockwise"))}
+    kernels = {f"{dtype}_kernel_s": _k_overhead(where, raw, sources, f"{dtype}_kernel_us", source) * US
+               for dtype, source in (("bf16", "k_depth_bf16"), ("fp8", "k_depth"))}
     sustained = {key: _fraction(where, raw, sources, key, "sustained")
                  for key in ("sustained_fraction_bf16", "sustained_fraction_fp8")}
     # an NVFP4 GEMM does the fp8 GEMM's work on tensor cores of two to three times its peak: a ratio in (0, 1]
     sustained["nvfp4_gemm_time_ratio"] = _fraction(where, raw, sources, "nvfp4_gemm_time_ratio", "nvfp4")
     return GemmTiling(gpu=name, sm_count=int(_num(where, raw, "sm_count")), tile_m=tile[0], tile_n=tile[1],
-                      mamf_shape=tuple(shape) if shape else None, **k_overheads, **sustained,
+                      mamf_shape=tuple(shape) if shape else None, **k_overheads, **kernels, **sustained,
                       fp8_mamf_fraction=None if fp8 is None else _num(where, raw, "fp8_mamf_fraction"),
                       sources=MappingProxyType(dict(sources)), **ratios)
 

@@ -161,6 +161,11 @@ class GemmTiling:
     matmuls (stas00/ml-engineering mamf-finder-all-gpus.py "MSMF": the power-capped steady clock a training step runs
     at; sources: sustained), or derived from the same die's measurement at another power cap (GB200 from B200); 0
     where neither (models/hardware/rates.py sustained_scale)."""
+    bf16_kernel_s: float = 0.0
+    fp8_kernel_s: float = 0.0
+    """Fixed time of one GEMM kernel beside its k-depth and FLOP terms, bf16 / fp8, fitted with k_0 on the same sweep
+    (sources: k_depth_bf16 / k_depth; yaml in microseconds: bf16_kernel_us, fp8_kernel_us); 0 where not fitted. Below
+    1 % of a training GEMM, so priced only for a rank's per-expert GEMMs (moe_layer.grouped_gemm_time_s)."""
     blockwise_fp8_k_overhead: float = 0.0
     """The same k_0 for block-scaled fp8 GEMMs (1x128 / 128x128 scales: DeepGEMM, Transformer Engine's
     Float8BlockScaling), which promote the tensor cores' partial sums to fp32 every 128 of k (DeepSeek-V3 report,

@@ -75,6 +75,8 @@ def test_routing_time_is_bytes_at_the_hbm_rate():
 class _CountingRates:
     """gemm_time_s = batch + 10 (a per-call cost of 10 and 1 per GEMM in the batch): exposes the turn structure."""
 
+    gemm_shape = None  # no kernel fixed time (tests/test_expert_gemm_kernel_time.py prices it)
+
     def gemm_time_s(self, m, n, k, fp8=False, batch=1.0, output_bytes=2.0):
         return np.asarray(batch, dtype=float) + 10.0
 
@@ -92,7 +94,9 @@ def test_grouped_gemm_on_b200_is_four_turns_of_a_four_expert_batch():
     hw = HardwareRates.of(load_cluster("dgx-b200:1"))
     m, n, k = np.array([2048.0]), 1536.0, 2048.0
     four = hw.gemm_time_s(m, n, k, np.array([False]), 4)
-    assert float(grouped_gemm_time_s(hw, m, n, k, np.array([False]), 16.0)[0]) == pytest.approx(4 * float(four[0]))
+    kernel_s = 5.8e-6  # B200's bf16 GEMM kernel fixed time (gemm.yaml bf16_kernel_us), once per turn
+    assert float(grouped_gemm_time_s(hw, m, n, k, np.array([False]), 16.0)[0]) == pytest.approx(
+        4 * (float(four[0]) + kernel_s))
 
 
 def test_moe_layer_time_carries_the_routing_kernels(monkeypatch):

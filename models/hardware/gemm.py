@@ -45,6 +45,10 @@ class GemmShapeModel:
     blockwise_fp8_k_overhead: float = 0.0
     """k_0 of block-scaled fp8 GEMMs (HardwareRates.for_fp8_recipe swaps it in for the blockwise recipe); 0: as
     fp8_k_overhead."""
+    bf16_kernel_s: float = 0.0
+    fp8_kernel_s: float = 0.0
+    """Fixed seconds of one GEMM kernel (GemmTiling.bf16_kernel_s / fp8_kernel_s): not in time_s (below 1 % of a
+    dense training GEMM); kernel_s gives it to the per-expert GEMMs."""
 
     @classmethod
     def of(cls, tiling: GemmTiling | None, *, best_shape_flops: float, best_shape_flops_fp8: float,
@@ -66,7 +70,12 @@ class GemmShapeModel:
                    max_flops=best_shape_flops / at_best / k_depth_at_best,
                    max_flops_fp8=best_shape_flops_fp8 / at_best / k_depth_at_best_fp8,
                    hbm_bytes_per_s=hbm_bytes_per_s, fp8_k_overhead=tiling.fp8_k_overhead,
-                   bf16_k_overhead=tiling.bf16_k_overhead, blockwise_fp8_k_overhead=tiling.blockwise_fp8_k_overhead)
+                   bf16_k_overhead=tiling.bf16_k_overhead, blockwise_fp8_k_overhead=tiling.blockwise_fp8_k_overhead,
+                   bf16_kernel_s=tiling.bf16_kernel_s, fp8_kernel_s=tiling.fp8_kernel_s)
+
+    def kernel_s(self, fp8: np.ndarray) -> np.ndarray:
+        """Fixed seconds of one GEMM kernel of each precision (the per-kernel term of the k-depth fits)."""
+        return np.where(fp8, self.fp8_kernel_s, self.bf16_kernel_s)
 
     def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0,
                         sm_margin: int = 0) -> np.ndarray:

@@ -93,7 +93,7 @@ balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64
 re-runs its dispatch and combine all-to-alls (collectives.ep_collectives): the refit lands on 1.5004, just above the
 step where the busiest rank's expert GEMMs take one more wave (at 1.500 the four ratios are 0.9-1.9 % low, at 1.501
 within 0.7 %; since DeepEP's kernels reach less of the links than NCCL, dispatch.deepep_rates, the refit lands on
-1.50000, still just above that step, so 1.501 is kept: the four ratios within 1.3 %); 1.52 before that term, 1.51 before the rows reduced gradients in fp32 as Megatron-LM does with --bf16
+1.5000, still just above that step, so 1.501 is kept: the four ratios within 1.3 %); 1.52 before that term, 1.51 before the rows reduced gradients in fp32 as Megatron-LM does with --bf16
 (mcore_moe.FP32_GRADS_SOURCE). A measured value for one model and EP
 layout early in training, not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
 Mixtral-8x22B run script pairs about 445 dropless with 465 forced TFLOP/s (one expert per EP rank), which implies 1.03
@@ -229,13 +229,16 @@ def grouped_gemm_time_s(hw: HardwareRates, m: np.ndarray, n: np.ndarray | float,
                         output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
     """Seconds of a rank's `local_experts` equal GEMMs (m x n, depth k, `output_bytes` of C traffic per element)
     run as Transformer Engine runs them: GROUPED_GEMM_STREAMS at a time share the SMs' waves (one batched
-    wave-quantised GEMM each turn), the remainder in a last, smaller turn."""
+    wave-quantised GEMM each turn), the remainder in a last, smaller turn. Each turn also pays one GEMM kernel's fixed
+    time (GemmShapeModel.kernel_s, fitted with the k-depth term on the same sweeps: 5-6.5 us, tens of percent of a
+    small expert GEMM); the concurrent kernels of a turn overlap theirs, so one per turn is a lower bound."""
     n_local = np.asarray(local_experts, dtype=float)
     turns = np.floor(n_local / GROUPED_GEMM_STREAMS)
     rest = n_local - turns * GROUPED_GEMM_STREAMS
     full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS, output_bytes=output_bytes)
     last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0), output_bytes=output_bytes)
-    return turns * full + np.where(rest > 0, last, 0.0)
+    kernel = 0.0 if hw.gemm_shape is None else hw.gemm_shape.kernel_s(np.asarray(fp8, dtype=bool))
+    return turns * (full + kernel) + np.where(rest > 0, last + kernel, 0.0)
 
 
 def mtp_projection_s(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> np.ndarray:
