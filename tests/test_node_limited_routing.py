@@ -59,7 +59,7 @@ def test_step_prices_deepep_with_the_cap(dsv3):
     from clusterplan.models.hardware.cluster import load_cluster
     from clusterplan.models.hardware.rates import HardwareRates
     from clusterplan.models.training.batch import LayoutArrays
-    from clusterplan.models.training.dispatch import dedup_all_to_all_s
+    from clusterplan.models.training.dispatch import dedup_all_to_all_s, deepep_rates
     from clusterplan.models.training.layout import Layout
     from clusterplan.models.training.step import Group, flex_dispatch_s
     from clusterplan.models.training.topology import Axis
@@ -69,7 +69,7 @@ def test_step_prices_deepep_with_the_cap(dsv3):
     g = Group.of(L, Axis.EP)
     token_bytes = np.array([4096 * 7168 * 2.0])
     n_in, n_out = np.array([8.0]), np.array([8.0])
-    r = hw.link("all_to_all", Axis.EP)
+    r = deepep_rates(hw.link("all_to_all", Axis.EP))  # the share of the links DeepEP reaches
     expected = dedup_all_to_all_s(token_bytes, 256, 8, n_in, n_out, r, 4.0)
     assert float(flex_dispatch_s(dsv3, L, g, hw)[0]) == pytest.approx(float(expected[0]), rel=1e-12)
     uncapped = dedup_all_to_all_s(token_bytes, 256, 8, n_in, n_out, r)

@@ -518,9 +518,10 @@ class LayerCost:
 
 LAYER_TIME_FIELDS = ("tp", "pp", "cp", "cp_kind", "cp_a2a", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn",
                      "precision", "recompute", "recompute_layers", "recompute_modules", "moe_capacity_factor",
-                     "moe_imbalance")
+                     "moe_imbalance", "fp32_grads", "optimizer")
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
-context-parallel attention runs its calls block by block), etp besides;
+context-parallel attention runs its calls block by block; fp32_grads, optimizer: the main gradients' dtype an
+accumulating weight-gradient GEMM reads and writes, compute.wgrad_output_bytes), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
 DEDUPE_MIN_ROWS = 4096
 """Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
