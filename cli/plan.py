@@ -42,7 +42,7 @@ from clusterplan.reference.intervals import attach as attach_interval
 from clusterplan.reference.intervals import ties
 from clusterplan.solver.check import MAX_HEADROOM_GIB
 from clusterplan.solver.feasible import NothingFits
-from clusterplan.solver.hetero import choice_time_to_train, hetero_plan
+from clusterplan.solver.hetero import TRAIN_KEYS, best_choice_to_train, choice_time_to_train, hetero_plan
 from clusterplan.solver.pareto import pareto
 from clusterplan.solver.placement import rerank_on_links
 from clusterplan.solver.search import OBJECTIVES, TOKEN_OBJECTIVES, search, search_by_cost
@@ -164,11 +164,17 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
             except InfeasibleError as exc:  # the plans above stand; the mixed pipeline is an addition to them
                 mixed_refused = str(exc)
                 data["mixed_gpu_types"] = {"refused": mixed_refused}
-    # On a mixed cluster the fastest answer may be the balanced pipeline or one type's nodes alone, not plan #1
-    choice = mixed.best_choice(data["plans"][0]["step_time_s"]) if mixed is not None and objective == "time" else None
-    if choice is not None:
-        data["best_on_cluster"] = _best_on_cluster(choice, data)
+    # On a mixed cluster the best answer may be the balanced pipeline or one type's nodes alone, not plan #1: the
+    # fastest step (time) or the fewest days / dollars to train (time-to-train, cost-to-train)
+    choice, train = None, None
+    if mixed is not None and objective == "time":
+        choice = mixed.best_choice(data["plans"][0]["step_time_s"])
         train = choice_time_to_train(mixed, choice, model, cluster, tokens, stack) if tokens else None
+    elif mixed is not None and objective in TRAIN_KEYS and tokens:
+        choice, train = best_choice_to_train(mixed, data["plans"][0].get("time_to_train"), objective, model, cluster,
+                                             tokens, stack)
+    if choice is not None:
+        data["best_on_cluster"] = _best_on_cluster(choice, data) | {"objective": objective}
         if train is not None:
             data["best_on_cluster"]["time_to_train"] = train
     require_finite(data)  # before --out is written and before anything is printed
@@ -256,7 +262,10 @@ def _best_on_cluster(choice: str, data: dict) -> dict:
 
 def _render_best_on_cluster(best: dict) -> None:
     """The answer first on a mixed cluster: the ranked table below splits layers evenly over the GPU types."""
-    what = {"one_gpu_type": f"the {best.get('gpu')} nodes alone ({_layout_label(best['layout'])}), faster than any "
+    objective = best.get("objective", "time")
+    beats = {"time": "faster than", "time-to-train": "fewer days to train than",
+             "cost-to-train": "fewer dollars to train than"}[objective]
+    what = {"one_gpu_type": f"the {best.get('gpu')} nodes alone ({_layout_label(best['layout'])}), {beats} any "
                             "plan across the GPU types (below the table)",
             "mixed_pipeline": f"the pipeline balanced across the GPU types ({_layout_label(best['layout'])}, below "
                               "the table)",
@@ -266,8 +275,11 @@ def _render_best_on_cluster(best: dict) -> None:
     if train is not None and train.get("days") is not None:
         dollars = f", ${train['usd']:,.0f}" if train.get("usd") is not None else ""
         to_train = f" ({train['days']:.4g} days{dollars} to train {train['tokens']:.3g} tokens, failures included)"
-    console.text(f"fastest on this mixed cluster: {what}, step {best['step_time_s']:.4g} s{to_train}; the table ranks "
-                 "layouts over every GPU at an even layer split, paced by the slowest type")
+    head = {"time": "fastest", "time-to-train": "fewest days to train", "cost-to-train": "cheapest to train"}[objective]
+    # the cost objectives' table also ranks node counts of one type (search.sub_clusters), not only the even split
+    table = ("" if objective == "cost-to-train" else "; the table ranks layouts over every GPU at an even layer split, "
+             "paced by the slowest type")
+    console.text(f"{head} on this mixed cluster: {what}, step {best['step_time_s']:.4g} s{to_train}{table}")
 
 
 def _render_nothing_fits(exc: NothingFits, fmt: str) -> None:

@@ -377,6 +377,35 @@ def choice_time_to_train(plan: HeteroPlan, choice: str, model: ModelSpec, cluste
     return time_to_train(tokens, tokens_per_s, shapes, arrays, memory, where).to_json(0)
 
 
+TRAIN_KEYS = {"time-to-train": "days", "cost-to-train": "usd"}
+"""The time_to_train field each to-train objective ranks by (search.py ranks the table's rows alike)."""
+
+CHOICE_ORDER = ("ranked", "one_gpu_type", "mixed_pipeline")
+"""Ties go to the simpler answer: plan #1 of the table, then one type's nodes alone, then the balanced pipeline."""
+
+
+def best_choice_to_train(plan: HeteroPlan, ranked_train: dict | None, objective: str, model: ModelSpec,
+                         cluster: Cluster, tokens: float, stack: ExecutionStack | None = None
+                         ) -> tuple[str, dict | None]:
+    """Which of a mixed cluster's three answers (HeteroPlan.best_choice's) trains `tokens` in the fewest expected
+    days (`objective` time-to-train) or dollars (cost-to-train), failures and checkpoints included, with its
+    time_to_train (choice_time_to_train; None for "ranked", whose row `ranked_train` is plan #1's own). The fastest
+    step is not always the fewest days: the fastest type's nodes alone fail less often. An answer without the number
+    (no price) never wins; none with it: ("ranked", None)."""
+    key = TRAIN_KEYS[objective]
+    trains = {"ranked": ranked_train,
+              "one_gpu_type": choice_time_to_train(plan, "one_gpu_type", model, cluster, tokens, stack),
+              "mixed_pipeline": choice_time_to_train(plan, "mixed_pipeline", model, cluster, tokens, stack)}
+
+    def value(choice: str) -> float:
+        train = trains[choice]
+        got = None if train is None else train.get(key)
+        return math.inf if got is None else float(got)
+
+    best = min(CHOICE_ORDER, key=lambda c: (value(c), CHOICE_ORDER.index(c)))
+    return best, (None if best == "ranked" else trains[best])
+
+
 def hetero_plan(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, calibration: Calibration | None = None,
                 fixed: dict | None = None, stack: ExecutionStack | None = None,
                 headroom_gib: float = 0.0) -> HeteroPlan:

@@ -418,6 +418,46 @@ def test_the_mixed_answer_has_days_and_dollars_with_tokens(run_cli):
     assert f"({train['days']:.4g} days, ${train['usd']:,.0f} to train 1e+12 tokens, failures included)" in text
 
 
+def test_time_to_train_names_the_mixed_answer_that_trains_soonest(run_cli):
+    """Under time-to-train a mixed cluster's first line names whichever of its three answers has the fewest expected
+    days: Llama-3.1-70B at 256 x 4096 on 2 H100 + 4 A100 nodes, 1e12 tokens. The table's even split is paced by the
+    A100s (plan #1 ~560 days); the balanced pipeline takes ~371 days on the same 48 GPUs, so it is named first."""
+    args = ("plan", "--model", "llama3.1-70b", "--cluster", MIXED, "--gbs", "256", "--seq", "4096", "--tokens",
+            "1e12", "--objective", "time-to-train")
+    code, stdout, _ = run_cli(*args, "--format", "json")
+    data = json.loads(stdout)
+    best = data["best_on_cluster"]
+    assert code == 0 and best["choice"] == "mixed_pipeline" and best["objective"] == "time-to-train"
+    assert best["time_to_train"]["days"] < 0.7 * data["plans"][0]["time_to_train"]["days"]
+    _, text, _ = run_cli(*args)
+    assert text.splitlines()[0].startswith("fewest days to train on this mixed cluster: the pipeline balanced across "
+                                           "the GPU types")
+
+
+def test_cost_to_train_compares_the_mixed_answers_with_the_tables_row():
+    """Under cost-to-train the table already ranks one type's node counts (search.sub_clusters), so plan #1 may be
+    cheaper than both mixed answers; best_choice_to_train names the least of the three by dollars, ties to plan #1,
+    and a row without a price never wins. Llama-3.1-70B at 256 x 4096, 1e12 tokens: the balanced pipeline over all
+    48 GPUs costs ~$1.47 M, the H100 nodes alone far less (16 GPUs)."""
+    from clusterplan.models.architecture.catalog import load_model
+    from clusterplan.models.hardware.cluster import load_cluster
+    from clusterplan.solver.hetero import best_choice_to_train, choice_time_to_train, hetero_plan
+
+    model, cluster = load_model("llama3.1-70b"), load_cluster(MIXED)
+    mixed = hetero_plan(model, cluster, 256, 4096)
+    usd = {c: choice_time_to_train(mixed, c, model, cluster, 1e12)["usd"] for c in ("one_gpu_type", "mixed_pipeline")}
+    assert usd["mixed_pipeline"] == pytest.approx(1.47e6, rel=0.01) and usd["one_gpu_type"] < 0.5 * usd["mixed_pipeline"]
+    pick = lambda row: best_choice_to_train(mixed, row, "cost-to-train", model, cluster, 1e12)  # noqa: E731
+    assert pick({"days": 600.0, "usd": 0.9 * usd["one_gpu_type"]}) == ("ranked", None)
+    assert pick({"days": 600.0, "usd": usd["one_gpu_type"]})[0] == "ranked"  # a tie goes to plan #1
+    choice, train = pick({"days": 560.0, "usd": 2.2e6})
+    assert choice == "one_gpu_type" and train is not None and train["usd"] == usd["one_gpu_type"]
+    assert pick({"days": 1.0, "usd": None})[0] == "one_gpu_type"  # no price: never the answer
+    # time-to-train ranks by days: the balanced pipeline's ~371 days beat a 560-day row
+    assert best_choice_to_train(mixed, {"days": 560.0, "usd": 1.0}, "time-to-train", model,
+                                cluster, 1e12)[0] == "mixed_pipeline"
+
+
 def test_no_best_on_cluster_line_on_one_gpu_type(run_cli):
     """A homogeneous cluster has one answer, plan #1: no summary line, no JSON key."""
     code, stdout, _ = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:2", "--gbs", "64", "--seq",
