@@ -168,6 +168,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
             render_layer_gemms(result["layer_gemms"])
         if "layer_parts" in result:
             render_layer_parts(result["layer_parts"])
+    if "usd_missing_reason" in (result.get("time_to_train") or {}):  # no $ to train: say why, and how to price it
+        console.info(f"no $ to train: {result['time_to_train']['usd_missing_reason']}")
     if plot_path and "step_time_s" in result:
         from clusterplan.cli.plot import plot_estimate
 

@@ -30,6 +30,7 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.goodput import usd_missing_reason
 from clusterplan.models.training.layout import (
     Layout,
     bf16_layers_label,
@@ -149,6 +150,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     if objective != "pareto":
         result = rerank_on_links(result, calibration)
     data = result.to_json()
+    usd_missing = usd_missing_reason(cluster)  # the cost objectives refuse an unpriced cluster before this
+    if usd_missing is not None:
+        data["usd_missing_reason"] = usd_missing
     for p in data["plans"]:
         attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path, hybrid=model.is_hybrid)
     data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
@@ -207,6 +211,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     rejected = ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v)
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit"
                  + (f"; rejected {rejected}" if rejected else ""))
+    if usd_missing is not None:  # the table has no $ columns: say why, and how to price the GPUs
+        console.info(f"no $ columns: {usd_missing}")
     for note in result.notes:  # what the stack cannot run, left out of the search
         console.info(f"left out: {note}")
     if mixed is not None and mixed.pins_not_applied:
