@@ -24,7 +24,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration, load_calibration
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
-from clusterplan.models.training.goodput import estimate_time_to_train
+from clusterplan.models.training.goodput import estimate_time_to_train, short_budget_warning
 from clusterplan.models.training.layer_gemms import layer_gemms
 from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
@@ -145,6 +145,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         result["nearest_feasible"] = nearest.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)
+        short = short_budget_warning(tokens, layout.gbs, layout.seq)
+        if short is not None:
+            console.warn(short)
     if show_gemms and "step_time_s" in result:
         result["layer_gemms"] = layer_gemms(est).to_json()
     if show_parts and "step_time_s" in result:

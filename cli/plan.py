@@ -30,10 +30,11 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.goodput import usd_missing_reason
+from clusterplan.models.training.goodput import short_budget_warning, usd_missing_reason
 from clusterplan.models.training.layout import (
     Layout,
     bf16_layers_label,
+    check_step_tokens,
     cp_label,
     megatron_keeps_remainders,
     precision_label,
@@ -123,6 +124,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    check_step_tokens(gbs, seq, "--gbs/--seq")
+    short = short_budget_warning(tokens, gbs, seq) if tokens is not None else None
+    if short is not None:
+        console.warn(short)
     fix_text = ",".join(t for t in fix_texts if t.strip()) or None  # --fix repeated: one pin list
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)

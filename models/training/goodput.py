@@ -263,6 +263,15 @@ def time_to_train(tokens: float, tokens_per_s: np.ndarray, shapes: ModelShapes, 
                      gpus=gpus, nodes=nodes, resilience=res, usd_missing_reason=usd_missing_reason(cluster))
 
 
+def short_budget_warning(tokens: float, gbs: int, seq: int) -> str | None:
+    """A token budget below one step's tokens (gbs x seq): its days and dollars price a fraction of one step, most
+    likely a typo (--tokens 1 for 1e12); None when the budget holds a step at least."""
+    if tokens >= gbs * seq:
+        return None
+    return (f"--tokens {tokens:g} is less than one step's {gbs * seq:,} tokens (gbs {gbs:,} x seq {seq:,}): the days "
+            "and $ price a fraction of one step; give the whole training budget (e.g. --tokens 15e12)")
+
+
 def estimate_time_to_train(est: Estimate, tokens: float) -> dict[str, Any] | None:
     """`time_to_train` JSON of one feasible estimate (None when it is infeasible)."""
     ev = est.evaluation
