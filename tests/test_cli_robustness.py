@@ -666,6 +666,13 @@ def test_a_token_budget_below_one_step_warns_and_answers(run_cli):
     assert code == 0 and "warning" not in err
 
 
+def test_serving_a_rate_beyond_any_cluster_is_refused(run_cli):
+    # 10^12 req/s of Llama 3.1 8B needs 2.6e10 H100 within the SLO (the plan used to list 25,703,075,000 instances)
+    one_line_exit_2(run_cli, *SERVE_8B, "--rate", "1e12", "--input-len", "512", "--output-len", "128", "--gpus",
+                    "H100", expect="1e+12 req/s needs at least 2.57e+10 GPUs within the SLO, over the 16,777,216 a "
+                                   "plan may hold; give a lower --rate")
+
+
 def test_serve_estimate_refuses_a_trace_arriving_before_zero(run_cli, tmp_path):
     path = _write(tmp_path, "t.csv", "arrival_s,input_tokens,output_tokens\n0,100,10\n-1,100,10\n")
     one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--trace", path,
