@@ -137,6 +137,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     if moe_a2a_overlap:
         layout = layout.with_(moe_a2a_overlap=True)
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
+    beyond = model.beyond_context(layout.seq)  # priced as given: a context extension
+    if beyond is not None:
+        console.warn(beyond)
     result = est.to_json()
     nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced
     for problem in stack_problems(layout, stack):  # priced as given; say what the stack would not run (as export)

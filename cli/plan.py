@@ -125,9 +125,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
     check_step_tokens(gbs, seq, "--gbs/--seq")
-    short = short_budget_warning(tokens, gbs, seq) if tokens is not None else None
-    if short is not None:
-        console.warn(short)
+    # priced as given, said once the search has run (bad input found in it stays the one line on stderr)
+    input_warnings = [w for w in (model.beyond_context(seq, "--seq"),
+                            short_budget_warning(tokens, gbs, seq) if tokens is not None else None) if w is not None]
     fix_text = ",".join(t for t in fix_texts if t.strip()) or None  # --fix repeated: one pin list
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
@@ -150,8 +150,12 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
                 result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                                 objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
     except NothingFits as exc:  # an answer, not an error: the cause and the nearest options that fit; exit 1
+        for line in input_warnings:
+            console.warn(line)
         _render_nothing_fits(exc, fmt)
         raise SystemExit(1) from None
+    for line in input_warnings:
+        console.warn(line)
     if objective != "pareto":
         result = rerank_on_links(result, calibration)
     data = result.to_json()
