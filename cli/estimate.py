@@ -24,7 +24,7 @@ from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration, load_calibration
 from clusterplan.models.hardware.cluster import Cluster, load_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
-from clusterplan.models.training.goodput import estimate_time_to_train
+from clusterplan.models.training.goodput import estimate_time_to_train, short_budget_warning
 from clusterplan.models.training.layer_gemms import layer_gemms
 from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
@@ -137,6 +137,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     if moe_a2a_overlap:
         layout = layout.with_(moe_a2a_overlap=True)
     est = run_estimate(model, cluster, layout, calibration, stack=stack)
+    beyond = model.beyond_context(layout.seq)  # priced as given: a context extension
+    if beyond is not None:
+        console.warn(beyond)
     result = est.to_json()
     nearest = nearest_layout(model, cluster, est, calibration, stack)  # out of memory: what to change, priced
     for problem in stack_problems(layout, stack):  # priced as given; say what the stack would not run (as export)
@@ -145,6 +148,9 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         result["nearest_feasible"] = nearest.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)
+        short = short_budget_warning(tokens, layout.gbs, layout.seq)
+        if short is not None:
+            console.warn(short)
     if show_gemms and "step_time_s" in result:
         result["layer_gemms"] = layer_gemms(est).to_json()
     if show_parts and "step_time_s" in result:
@@ -168,6 +174,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
             render_layer_gemms(result["layer_gemms"])
         if "layer_parts" in result:
             render_layer_parts(result["layer_parts"])
+    if "usd_missing_reason" in (result.get("time_to_train") or {}):  # no $ to train: say why, and how to price it
+        console.info(f"no $ to train: {result['time_to_train']['usd_missing_reason']}")
     if plot_path and "step_time_s" in result:
         from clusterplan.cli.plot import plot_estimate
 

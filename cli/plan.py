@@ -30,9 +30,11 @@ from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.goodput import short_budget_warning, usd_missing_reason
 from clusterplan.models.training.layout import (
     Layout,
     bf16_layers_label,
+    check_step_tokens,
     cp_label,
     megatron_keeps_remainders,
     precision_label,
@@ -122,6 +124,10 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     check_plot_path(plot_path)
     console.set_format(fmt)
     model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    check_step_tokens(gbs, seq, "--gbs/--seq")
+    # priced as given, said once the search has run (bad input found in it stays the one line on stderr)
+    input_warnings = [w for w in (model.beyond_context(seq, "--seq"),
+                            short_budget_warning(tokens, gbs, seq) if tokens is not None else None) if w is not None]
     fix_text = ",".join(t for t in fix_texts if t.strip()) or None  # --fix repeated: one pin list
     fixed = parse_fix(fix_text, cluster.world_size)
     stack = get_stack(stack_name)
@@ -144,11 +150,18 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
                 result = search(model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration,
                                 objective=objective, tokens=tokens, headroom_gib=headroom_gib, stack=stack)
     except NothingFits as exc:  # an answer, not an error: the cause and the nearest options that fit; exit 1
+        for line in input_warnings:
+            console.warn(line)
         _render_nothing_fits(exc, fmt)
         raise SystemExit(1) from None
+    for line in input_warnings:
+        console.warn(line)
     if objective != "pareto":
         result = rerank_on_links(result, calibration)
     data = result.to_json()
+    usd_missing = usd_missing_reason(cluster)  # the cost objectives refuse an unpriced cluster before this
+    if usd_missing is not None:
+        data["usd_missing_reason"] = usd_missing
     for p in data["plans"]:
         attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path, hybrid=model.is_hybrid)
     data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
@@ -213,6 +226,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     rejected = ", ".join(f"{k} {v:,}" for k, v in s["rejected"].items() if v)
     console.info(f"searched {s['candidates']:,} layouts in {result.seconds:.2f} s: {s['feasible']:,} fit"
                  + (f"; rejected {rejected}" if rejected else ""))
+    if usd_missing is not None:  # the table has no $ columns: say why, and how to price the GPUs
+        console.info(f"no $ columns: {usd_missing}")
     for note in result.notes:  # what the stack cannot run, left out of the search
         console.info(f"left out: {note}")
     if mixed is not None and mixed.pins_not_applied:

@@ -16,7 +16,7 @@ from clusterplan.hardware_db.engines import get_engine
 from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
 from clusterplan.models.serving.model import MAMBA_SSM_DTYPES
-from clusterplan.solver.melange import MAX_SLICE_FACTOR
+from clusterplan.solver.melange import MAX_SLICE_FACTOR, LimitsTooTight
 from clusterplan.solver.serve import (
     Limits,
     Pool,
@@ -312,7 +312,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
             answer = plan_serving(instances, work, limits, disaggregate, link, progress)
     except InfeasibleError as exc:  # an answer, not bad input (README "When nothing fits"): exit 1
         if fmt == "json":
-            nearest = exc.nearest if isinstance(exc, SloUnreachable) else None
+            nearest = exc.nearest if isinstance(exc, SloUnreachable | LimitsTooTight) else None
             console.json({"pools": [], "feasible": False, "reason": str(exc), "nearest_feasible": nearest})
         console.error(str(exc))
         raise SystemExit(1) from None

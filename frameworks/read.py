@@ -79,6 +79,9 @@ class ReadConfig:
     trains without fp8."""
     stage_gpus: tuple[tuple[str, str], ...] = ()
     """(GPU, node preset) of each pipeline stage from a mixed-GPU export's `# stage S: ...` lines, else empty."""
+    launch: tuple[int, int] | None = None
+    """(nodes, GPUs per node) a launch script's torchrun line starts (--nnodes, --nproc-per-node), None where the
+    config has no such line or does not say them as integers (launch_shape)."""
 
 
 def config_kind(path: Path) -> str:
@@ -190,6 +193,8 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
     if kind not in readers:
         raise BadInputError(f"{path}: a plan file; read it with read_plan")
     read = readers[kind](path, model, world)
+    if kind == "megatron":  # a launch script (Megatron-LM flags or Megatron-Bridge overrides): its torchrun line
+        read = replace(read, launch=launch_shape(shell_words(_read(path), str(path))[0]))
     # the recipe the config names, in the layout it runs, in its one spelling ("" where it is the stack's first)
     if read.layout.precision == "fp8" and read.fp8_recipe:
         read = replace(read, layout=replace(read.layout,
@@ -602,6 +607,30 @@ def _closes_array(line: str) -> bool:
     (`)` alone, `--flag value)`, `X=(a b)  # note`, `X=(a b);`; a quoted `'([0]*3+[1]*58)'` element does not)."""
     code = line.split(" #", 1)[0].rstrip().rstrip(";").rstrip()
     return code.endswith(")")
+
+
+TORCHRUN_NPROC = ("--nproc-per-node", "--nproc_per_node")
+"""torchrun's GPUs-per-node option in both its spellings (torch.distributed.run accepts either)."""
+TORCHRUN_WORDS = ("torchrun", "torch.distributed.run", "torch.distributed.launch")
+"""How a script starts torchrun's launcher (`python -m torch.distributed.run` is the same program)."""
+
+
+def launch_shape(words: list[str]) -> tuple[int, int] | None:
+    """(nodes, GPUs per node) of a script's torchrun line (`--nnodes N --nproc-per-node G`, or `=` forms; no --nnodes
+    is torchrun's default, 1 node), None without a torchrun word or where a value is not a plain integer (an elastic
+    MIN:MAX range, `gpu`, `auto`, a variable the script leaves unset)."""
+    if not any(w in TORCHRUN_WORDS for w in words):
+        return None
+    found: dict[str, str] = {}
+    for i, word in enumerate(words):
+        key, eq, inline = word.partition("=")
+        if key == "--nnodes" or key in TORCHRUN_NPROC:
+            found["nproc" if key in TORCHRUN_NPROC else "nnodes"] = inline if eq else (
+                words[i + 1] if i + 1 < len(words) else "")
+    nodes, per_node = found.get("nnodes", "1"), found.get("nproc")
+    if per_node is None or not (nodes.isdigit() and per_node.isdigit()):
+        return None
+    return int(nodes), int(per_node)
 
 
 def shell_words(text: str, where: str) -> tuple[list[str], dict[str, str]]:

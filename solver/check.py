@@ -20,12 +20,13 @@ from clusterplan.frameworks.read import (
     read_config,
     torchtitan_model_preset,
 )
+from clusterplan.hardware_db import get_node
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.mcore import looks_like_mcore, spec_from_mcore
 from clusterplan.models.architecture.shapes import require_priced
 from clusterplan.models.architecture.spec import ModelSpec
-from clusterplan.models.hardware.cluster import Cluster, load_cluster
+from clusterplan.models.hardware.cluster import Cluster, load_cluster, preset_ref
 from clusterplan.models.training.estimate import estimate, memory_knobs
 from clusterplan.models.training.layout import Layout, layout_problems, uneven_split
 from clusterplan.models.training.memory import GIB
@@ -81,6 +82,8 @@ class LoadedConfig:
     """A mixed-GPU plan's stages (plan file `stages:`, or an export's stage lines with its per-rank layers)."""
     fp8_recipe: str | None = None
     """The fp8 recipe the config names (frameworks ReadConfig.fp8_recipe); None: the stack's first."""
+    launch: tuple[int, int] | None = None
+    """(nodes, GPUs per node) the script's torchrun line starts (frameworks ReadConfig.launch)."""
 
 
 def load_config(config: Path, model_ref: str | None, cluster_ref: str | None) -> LoadedConfig:
@@ -123,7 +126,27 @@ def _loaded(kind: str, model: ModelSpec, cluster: Cluster, config: Path) -> Load
         layout = replace(layout, first_stage_layers=0, last_stage_layers=0, pp_layers=())
     return LoadedConfig(kind=read.kind, model=model, cluster=cluster, layout=layout, stack=read.stack,
                         notes=tuple(read.notes), mismatches=tuple(read.mismatches), stages=stages,
-                        fp8_recipe=read.fp8_recipe)
+                        fp8_recipe=read.fp8_recipe, launch=read.launch)
+
+
+def launch_rule(launch: tuple[int, int] | None, cluster: Cluster) -> Rule | None:
+    """A script whose torchrun line starts another number of GPUs than --cluster has: checked on the cluster's
+    GPUs (Megatron derives dp from them), it would not run as checked, so this rule comes first; its fix names the
+    --cluster of the script's own shape where the cluster's node type holds it."""
+    if launch is None:
+        return None
+    nodes, per_node = launch
+    if nodes * per_node == cluster.world_size:
+        return None
+    message = (f"the script launches {nodes * per_node:,} GPUs (torchrun --nnodes {nodes} x --nproc-per-node "
+               f"{per_node}); --cluster has {cluster.world_size:,}")
+    group = cluster.groups[0]
+    if len(cluster.groups) > 1 or per_node > get_node(group.preset).gpus_per_node:
+        return Rule.broken(RuleCode.LAUNCH_WORLD, message)
+    ref = preset_ref(replace(group, gpus_per_node=per_node), nodes)
+    return Rule(code=RuleCode.LAUNCH_WORLD, message=message,
+                fix=f"give --cluster {ref} (the script's GPUs), or set the script's --nnodes / --nproc-per-node to "
+                    f"the cluster's {cluster.n_nodes} x {group.gpus_per_node}")
 
 
 def violations(model: ModelSpec, cluster: Cluster, layout: Layout, min_mfu: float | None,
@@ -200,8 +223,9 @@ def check_config(config: Path, model_ref: str | None = None, cluster_ref: str | 
                                 loaded.fp8_recipe)
     mismatched = [Rule.broken(RuleCode.MODEL_MISMATCH, m) for m in loaded.mismatches]
     found = [in_config_terms(r, loaded.kind, loaded.model, layout) for r in found]
+    launched = [r for r in (launch_rule(loaded.launch, loaded.cluster),) if r is not None]
     return CheckResult(config=config, kind=loaded.kind, model=loaded.model, cluster=loaded.cluster,
-                       layout=layout, violations=(*mismatched, *found), estimate=est, notes=loaded.notes,
+                       layout=layout, violations=(*launched, *mismatched, *found), estimate=est, notes=loaded.notes,
                        mixed=mixed)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import show
+from clusterplan.models.hardware.cluster import MAX_WORLD
 
 MAX_SLICE_FACTOR = 1000
 """Most slices per request bucket in the mix ILP (Melange uses 4-8); the ILP grows linearly with it."""
@@ -64,20 +65,120 @@ class Mix:
     """share[g][b]: fraction of bucket b's requests served by type g."""
 
 
-def solve_mix(problem: MixProblem) -> Mix:
-    """Solve the ILP with CBC; InfeasibleError when no mix within the limits serves every bucket."""
+class LimitsTooTight(InfeasibleError):
+    """The limits (--max-gpus, --available) hold too few GPUs for the rate: an answer (exit 1) with the nearest
+    feasible numbers, also as data (`nearest`, the JSON's nearest_feasible): the highest rate the limits serve and
+    the fewest GPUs that serve the asked rate (nearest_within_limits)."""
+
+    def __init__(self, message: str, nearest: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.nearest = nearest
+
+
+def _units(problem: MixProblem) -> str:
+    """What the GPU counts count: GPUs, or instances where the problem does not know an instance's GPUs (a
+    capacity table)."""
+    return "GPUs" if problem.gpus_per_instance is not None else "instances"
+
+
+def check_scale(problem: MixProblem) -> None:
+    """Refuse a rate that needs more than MAX_WORLD GPUs (the most a cluster may hold) even on each bucket's most
+    efficient instance type (requests per second per GPU): a typo such as --rate 1e12, not a plan."""
+    cap = np.asarray(problem.capacity_rps, dtype=float)
+    rates = np.asarray(problem.bucket_rps, dtype=float)
+    gpus = np.asarray(problem.gpus_per_instance or (1,) * len(cap), dtype=float)[:, None]
+    per_gpu = np.where(cap > 0, cap / gpus, 0.0).max(axis=0)  # best req/s per GPU on each bucket
+    served = (rates > 0) & (per_gpu > 0)
+    need = float((rates[served] / per_gpu[served]).sum())
+    if need > MAX_WORLD:
+        raise BadInputError(f"{rates.sum():.3g} req/s needs at least {need:.3g} {_units(problem)} within the SLO, "
+                            f"over the {MAX_WORLD:,} a plan may hold; give a lower --rate")
+
+
+RATE_BISECTIONS = 12
+"""Halvings of the rate nearest_within_limits searches: the highest rate the limits serve to 1/4,096 of the asked
+one (each a CBC solve of the mix ILP, milliseconds)."""
+MIN_RATE_SCALE = 1e-6
+"""The smallest share of the asked rate tried: a limit that leaves room for no instance serves none of it."""
+
+
+def nearest_within_limits(problem: MixProblem) -> dict[str, Any] | None:
+    """The nearest feasible numbers when no mix within the limits serves the rate, from the same ILP as solve_mix
+    (its slices included, so each number is one solve_mix meets): the fewest GPUs (instances) that serve the asked
+    rate without the limits, with their instances, and the highest rate the limits serve at the same request mix
+    (bisected, rounded down to 3 significant digits; 0 when they hold no instance that serves every request size).
+    None when the ILP finds no mix even without the limits."""
+    total = float(sum(problem.bucket_rps))
+    fewest, _, _, y, _ = _mix_ilp(problem, limited=False, minimise="gpus")
+    if not fewest:
+        return None
+    gpus = problem.gpus_per_instance or (1,) * len(y)
+    counts = {problem.type_names[g]: n for g, v in enumerate(y) if (n := int(round(v.value() or 0)))}
+    needed = sum(gpus[problem.type_names.index(label)] * n for label, n in counts.items())
+    lo, hi = 0.0, 1.0
+    if _mix_ilp(problem, MIN_RATE_SCALE)[0]:
+        lo = MIN_RATE_SCALE
+        for _ in range(RATE_BISECTIONS):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _mix_ilp(problem, mid)[0] else (lo, mid)
+    highest = lo * total
+    digits = 2 - math.floor(math.log10(highest)) if highest > 0 else 0
+    return {"limits": True, "rate_rps": float(f"{total:.6g}"),
+            "max_rate_rps_within_limits": math.floor(highest * 10**digits) / 10**digits if highest > 0 else 0.0,
+            "gpus_needed": needed, "units": _units(problem), "instances_needed": counts}
+
+
+def _add_limits(prob: Any, problem: MixProblem, y: list, gpus: Sequence[int], kinds: Sequence[str]) -> None:
+    """The availability and size limits on the instance counts y."""
+    import pulp
+
+    for g in range(len(y)):
+        if problem.max_count is not None and problem.max_count[g] is not None:
+            prob += y[g] <= problem.max_count[g]
+    if problem.max_instances is not None:
+        prob += pulp.lpSum(y) <= problem.max_instances
+    for kind, limit in problem.gpu_limits:
+        prob += pulp.lpSum(gpus[g] * y[g] for g in range(len(y)) if kinds[g] == kind) <= limit
+    if problem.max_gpus is not None:
+        prob += pulp.lpSum(gpus[g] * y[g] for g in range(len(y))) <= problem.max_gpus
+
+
+def limits_too_tight(problem: MixProblem) -> LimitsTooTight:
+    """No mix within the limits serves the rate: the nearest feasible numbers, in one line and as data."""
+    nearest = nearest_within_limits(problem)
+    fix = "raise --max-gpus or --available, lower --rate, or relax the SLO"
+    if nearest is None:
+        return LimitsTooTight(f"no GPU mix within --max-gpus / --available serves the rate within the SLO; {fix}",
+                              {"limits": True})
+    units = nearest["units"]
+    mix = ", ".join(f"{n} x {label}" for label, n in nearest["instances_needed"].items())
+    highest = nearest["max_rate_rps_within_limits"]
+    within = (f"the {units} the limits allow serve at most {highest:g} req/s" if highest > 0 else
+              "the limits leave room for no instance that serves every request size")
+    return LimitsTooTight(
+        f"no GPU mix within --max-gpus / --available serves {nearest['rate_rps']:g} req/s within the SLO: it needs "
+        f"{nearest['gpus_needed']:,} {units} ({mix}); {within}; {fix}", nearest)
+
+
+def _mix_ilp(problem: MixProblem, rate_scale: float = 1.0, *, limited: bool = True,
+             minimise: str = "usd") -> tuple[bool, list[tuple[int, float]], dict, list, np.ndarray]:
+    """The mix ILP at `rate_scale` times the offered rates, solved with CBC: (optimal, slices, x, y, capacities).
+    minimise "usd" (the plan) or "gpus" (the fewest GPUs, nearest_within_limits); `limited`: with the problem's
+    availability and size limits."""
     import pulp
 
     cap = np.asarray(problem.capacity_rps, dtype=float)
-    rates = np.asarray(problem.bucket_rps, dtype=float)
+    rates = np.asarray(problem.bucket_rps, dtype=float) * rate_scale
     n_types, n_buckets = cap.shape
+    gpus = problem.gpus_per_instance or (1,) * n_types
     slices = [(b, rates[b] / problem.slice_factor) for b in range(n_buckets) if rates[b] > 0
               for _ in range(problem.slice_factor)]
     prob = pulp.LpProblem("gpu_mix", pulp.LpMinimize)
     y = [prob.add_variable(f"y{g}", lowBound=0, cat="Integer") for g in range(n_types)]
     x = {(s, g): prob.add_variable(f"x{s}_{g}", cat="Binary")
          for s, (b, _) in enumerate(slices) for g in range(n_types) if cap[g, b] > 0}
-    prob += pulp.lpSum(problem.usd_per_hour[g] * y[g] for g in range(n_types))
+    per_type = problem.usd_per_hour if minimise == "usd" else gpus
+    prob += pulp.lpSum(per_type[g] * y[g] for g in range(n_types))
     for s, (b, _) in enumerate(slices):
         options = [x[s, g] for g in range(n_types) if (s, g) in x]
         if not options:
@@ -85,22 +186,22 @@ def solve_mix(problem: MixProblem) -> Mix:
         prob += pulp.lpSum(options) == 1
     for g in range(n_types):
         prob += pulp.lpSum(x[s, g] * (rate / cap[g, b]) for s, (b, rate) in enumerate(slices) if (s, g) in x) <= y[g]
-        if problem.max_count is not None and problem.max_count[g] is not None:
-            prob += y[g] <= problem.max_count[g]
-    if problem.max_instances is not None:
-        prob += pulp.lpSum(y) <= problem.max_instances
-    gpus = problem.gpus_per_instance or (1,) * n_types
-    kinds = problem.gpu_kind or problem.type_names
-    for kind, limit in problem.gpu_limits:
-        prob += pulp.lpSum(gpus[g] * y[g] for g in range(n_types) if kinds[g] == kind) <= limit
-    if problem.max_gpus is not None:
-        prob += pulp.lpSum(gpus[g] * y[g] for g in range(n_types)) <= problem.max_gpus
+    if limited:
+        _add_limits(prob, problem, y, gpus, problem.gpu_kind or problem.type_names)
     with warnings.catch_warnings():  # PuLP 3 flags its bundled CBC as deprecated; it is the one solver shipped
         warnings.simplefilter("ignore", DeprecationWarning)
         status = prob.solve(pulp.PULP_CBC_CMD(msg=0))
-    if pulp.LpStatus[status] != "Optimal":
-        raise InfeasibleError(f"no GPU mix serves the workload within the limits (solver status {pulp.LpStatus[status]}); "
-                              "raise --max-gpus or availability, or relax the SLO")
+    return pulp.LpStatus[status] == "Optimal", slices, x, y, cap
+
+
+def solve_mix(problem: MixProblem) -> Mix:
+    """Solve the ILP with CBC; LimitsTooTight when no mix within the limits serves every bucket (with the nearest
+    feasible numbers), BadInputError when the rate needs more GPUs than any cluster holds (check_scale)."""
+    check_scale(problem)
+    optimal, slices, x, y, cap = _mix_ilp(problem)
+    if not optimal:
+        # every bucket has an instance that serves it (_mix_ilp raised otherwise), so only the limits leave no mix
+        raise limits_too_tight(problem)
     return _mix(problem, slices, x, y, cap)
 
 

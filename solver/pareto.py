@@ -18,6 +18,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
+from clusterplan.models.training.goodput import PRICE_HINT
 from clusterplan.solver.results import RankedPlan
 from clusterplan.solver.search import sweep_nodes
 
@@ -100,7 +101,7 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
     missing = sorted({g.gpu.name for g in cluster.groups if g.gpu.price is None})
     if missing:
         raise InfeasibleError(f"--objective pareto needs a price for {', '.join(missing)}; hardware_db has none "
-                              "(give yours in a cluster file: `usd_per_gpu_hour:` on the group)")
+                              f"({PRICE_HINT})")
     start = time.perf_counter()
     plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,

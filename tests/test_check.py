@@ -111,3 +111,29 @@ def test_out_of_memory_fix_names_only_the_knobs_left():
     fresh = Rule.out_of_memory("m", zero=1, recompute="none", mbs=2, fp8_params_off=True)
     assert fresh.fix == ("raise tp/pp/cp, use zero=3, more recompute, lower the micro-batch size or keep the "
                          "parameters in fp8 only (fp8_params=1)")
+
+
+LAUNCH = """#!/bin/bash
+torchrun {shape} pretrain_gpt.py \\
+  --tensor-model-parallel-size 8 --pipeline-model-parallel-size 4 --num-layers-per-virtual-pipeline-stage 5 \\
+  --sequence-parallel --use-distributed-optimizer --micro-batch-size 1 --global-batch-size 512 --seq-length 8192 \\
+  --recompute-granularity selective --bf16
+"""
+
+
+@pytest.mark.parametrize(("shape", "launches", "cluster"), [
+    ("--nproc-per-node 8 --nnodes 64", "512 GPUs (torchrun --nnodes 64 x --nproc-per-node 8)", "dgx-h100:64"),
+    ("--nnodes=16 --nproc_per_node=4", "64 GPUs (torchrun --nnodes 16 x --nproc-per-node 4)", "dgx-h100:16x4"),
+])
+def test_a_script_launching_other_gpus_than_the_cluster_says_so_first(run_cli, tmp_path, shape, launches, cluster):
+    # The script's own torchrun line starts another world than --cluster's 256 GPUs (on which Megatron would derive
+    # dp): that comes first, with the --cluster of the script's own shape, before the rules of the layout on 256 GPUs.
+    script = tmp_path / "launch.sh"
+    script.write_text(LAUNCH.format(shape=shape), encoding="utf-8")
+    code, out, _ = run_cli("check", str(script), *MC, "--format", "json")
+    first = json.loads(out)["violations"][0]
+    assert code == 1 and first["rule"] == f"the script launches {launches}; --cluster has 256"
+    assert first["fix"].startswith(f"give --cluster {cluster} (the script's GPUs), or set the script's --nnodes")
+    script.write_text(LAUNCH.format(shape="--nproc-per-node 8 --nnodes 32"), encoding="utf-8")  # 256: it passes
+    code, out, _ = run_cli("check", str(script), *MC)
+    assert code == 0 and out.startswith("ok: ")

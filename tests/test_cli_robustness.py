@@ -637,3 +637,43 @@ def test_a_layout_priced_as_written_counts_its_own_gpus(run_cli):
     assert data["tokens_per_s"] * data["step_time_s"] == pytest.approx(512 * 8192, rel=1e-5)
     assert data["mfu"] < 0.7 and data["tflops_per_gpu"] < data["hardware"]["gemm_best_shape_tflops"]["bf16"]
 
+
+
+def test_a_training_step_of_more_than_1e12_tokens_is_refused(run_cli):
+    # 10^12 sequences of 8,192 tokens: 8.2e15 tokens a step, priced as 2,400 years per step before (exit 0)
+    err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--gbs",
+                          "1000000000000", "--seq", "8192", "--tokens", "1e12",
+                          expect="--gbs/--seq: gbs x seq = 1,000,000,000,000 x 8,192 = 8.19e+15 tokens per step")
+    assert "over the 10^12 a step may hold; give a smaller gbs or seq" in err
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                    "gbs=1000000000000,seq=8192", expect="layout: gbs x seq = 1,000,000,000,000 x 8,192")
+    code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           "dp=8,gbs=5000000000,seq=200")  # 10^12 tokens: at the limit, priced
+    assert code == 0, err
+
+
+def test_a_token_budget_below_one_step_warns_and_answers(run_cli):
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "64", "--seq",
+                             "4096", "--tokens", "1", "--top", "1")
+    assert code == 0 and "days" in out
+    assert ("warning: --tokens 1 is less than one step's 262,144 tokens (gbs 64 x seq 4,096): the days and $ price a "
+            "fraction of one step") in err
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                             "dp=8,gbs=64,seq=4096", "--tokens", "1000")
+    assert code == 0 and "--tokens 1000 is less than one step's 262,144 tokens" in err
+    code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           "dp=8,gbs=64,seq=4096", "--tokens", "262144")  # one whole step: no warning
+    assert code == 0 and "warning" not in err
+
+
+def test_serving_a_rate_beyond_any_cluster_is_refused(run_cli):
+    # 10^12 req/s of Llama 3.1 8B needs 2.6e10 H100 within the SLO (the plan used to list 25,703,075,000 instances)
+    one_line_exit_2(run_cli, *SERVE_8B, "--rate", "1e12", "--input-len", "512", "--output-len", "128", "--gpus",
+                    "H100", expect="1e+12 req/s needs at least 2.57e+10 GPUs within the SLO, over the 16,777,216 a "
+                                   "plan may hold; give a lower --rate")
+
+
+def test_serve_estimate_refuses_a_trace_arriving_before_zero(run_cli, tmp_path):
+    path = _write(tmp_path, "t.csv", "arrival_s,input_tokens,output_tokens\n0,100,10\n-1,100,10\n")
+    one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--trace", path,
+                    expect="t.csv: line 3: arrival_s -1 is negative")

@@ -3,6 +3,8 @@ observation, and the cost objectives run on GPUs hardware_db has no price for (G
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from clusterplan.errors import BadInputError
@@ -29,3 +31,24 @@ def test_cost_to_train_runs_on_a_priced_gb200_file_and_says_how_when_unpriced(ru
     assert code == 0 and "$ total" in out
     code, out, err = run_cli(*args, "--cluster", "gb200-nvl72:2")
     assert code == 2 and out == "" and "use --objective time-to-train, or give yours in a cluster file: `usd_per_gpu_hour:`" in err
+
+
+def test_an_unpriced_gpu_says_why_its_dollars_are_missing(run_cli):
+    # GB200 has no price in hardware_db: the plan has no $ columns, and stderr and the JSON say why and how to fix it.
+    args = ("--model", "llama3.1-8b", "--gbs", "64", "--seq", "4096", "--tokens", "1e12", "--top", "1")
+    code, out, err = run_cli("plan", *args, "--cluster", "gb200-nvl72:2", "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    why = "no price for GB200 in hardware_db (give yours in a cluster file: `usd_per_gpu_hour:` on the group)"
+    assert data["usd_missing_reason"] == why
+    assert "usd" not in data["plans"][0]["time_to_train"]
+    assert data["plans"][0]["time_to_train"]["usd_missing_reason"] == why
+    assert f"no $ columns: {why}\n" in err
+    code, out, err = run_cli("plan", *args, "--cluster", "dgx-h100:2", "--format", "json")  # priced: no note
+    assert code == 0 and "usd_missing_reason" not in out and "no $ columns" not in err
+    # estimate --tokens: the same reason, once on stderr
+    code, out, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "gb200-nvl72:2", "--layout",
+                             "gbs=64,seq=4096", "--tokens", "1e12", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["time_to_train"]["usd_missing_reason"] == why
+    assert err.count(f"no $ to train: {why}") == 1

@@ -51,6 +51,23 @@ def test_estimate_is_deterministic(run_cli):
     assert run_cli(*ARGS)[1] == run_cli(*ARGS)[1]
 
 
+def test_a_sequence_beyond_the_models_context_is_priced_with_a_note(run_cli):
+    # Llama 3.1 8B's context is 131,072 tokens (config.json max_position_embeddings): 262,144 is a context extension,
+    # searched and priced (exit 0, as serve-estimate would refuse such requests) with one line saying so.
+    note = "262,144 is longer than llama3.1-8b's context of 131,072 tokens (max_position_embeddings)"
+    code, out, err = run_cli("plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8", "--seq",
+                             "262144", "--top", "1")
+    assert code == 0 and "tokens/s" in out
+    assert err.count(note) == 1 and f"warning: --seq {note}" in err
+    layout = "cp=8,gbs=8,seq={},recompute=full"
+    code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           layout.format(262144))
+    assert code == 0 and f"warning: seq {note}" in err
+    code, _, err = run_cli("estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                           layout.format(131072))  # at the context: no note
+    assert code == 0 and "context" not in err
+
+
 def test_out_of_memory_exits_1_with_reason(run_cli):
     code, out, _ = run_cli("estimate", "--model", "llama3.1-70b", "--cluster", "dgx-h100:1", "--layout",
                            "tp=8,recompute=none,mbs=4", "--format", "json")

@@ -217,6 +217,25 @@ def test_every_infeasible_serving_answer_exits_1_with_json(run_cli) -> None:
         assert code == 1 and data["feasible"] is False and data["pools"] == [] and data["reason"] in err
 
 
+def test_too_few_gpus_for_the_rate_gives_the_nearest_numbers_the_planner_meets(run_cli) -> None:
+    # Llama 3.1 70B at 50 req/s with 4 H100 available: the answer names the GPUs the rate needs and the highest rate
+    # the 4 GPUs serve, in words (it said "solver status Infeasible"), and each number is one serve-plan then meets.
+    args = ("serve-plan", "--model", "llama3.1-70b", "--gpus", "H100", "--input-len", "1024", "--output-len", "256",
+            "--ttft-ms", "2000", "--tpot-ms", "100", "--disaggregate", "off")
+    code, out, err = run_cli(*args, "--rate", "50", "--available", "H100=4", "--format", "json")
+    near = json.loads(out)["nearest_feasible"]
+    assert code == 1 and "solver status" not in err
+    assert 0 < near["max_rate_rps_within_limits"] < 50 and near["gpus_needed"] > 4
+    assert (f"serves 50 req/s within the SLO: it needs {near['gpus_needed']} GPUs (" in err
+            and f"the GPUs the limits allow serve at most {near['max_rate_rps_within_limits']:g} req/s" in err)
+    code, _, err = run_cli(*args, "--rate", str(near["max_rate_rps_within_limits"]), "--available", "H100=4")
+    assert code == 0, err
+    code, _, err = run_cli(*args, "--rate", "50", "--max-gpus", str(near["gpus_needed"]))
+    assert code == 0, err
+    code, _, _ = run_cli(*args, "--rate", "50", "--max-gpus", str(near["gpus_needed"] - 1))
+    assert code == 1
+
+
 def test_a_disaggregated_pool_reports_only_the_latency_its_phase_has(run_cli) -> None:
     # The decode pool's table models TPOT only: its near-zero TTFT is not an option to offer.
     code, out, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--rate", "2", "--input-len", "1000",

@@ -4,6 +4,7 @@ each on an engine whose step times are fixed numbers; and serve-plan agreeing wi
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -154,6 +155,25 @@ def test_bad_input_is_one_line(run_cli, args, needle) -> None:
     code, _, err = run_cli("serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--input-len", "100",
                            "--output-len", "10", *args)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_too_big_for_the_instance_names_its_memory_and_the_nearest_that_fit(run_cli) -> None:
+    # Llama 3.1 405B in bf16 on 8 H100: 405.85e9 x 2 B / 8 = 94.5 GiB of weights per GPU, over vLLM's 0.9 x 79.6 GiB.
+    # The answer gives those numbers and the nearest instances that hold a KV cache; each runs as offered, with the
+    # KV cache the answer names.
+    args = ("serve-estimate", "--model", "llama3.1-405b", "--gpu", "H100", "--tp", "8", "--rate", "0.5",
+            "--input-len", "1000", "--output-len", "100", "--requests", "50")
+    code, _, err = run_cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert ("does not fit on H100-SXM5-80GB tp8 pp1 with room for a KV cache: weights 94.5 GiB + activations "
+            in err and "GiB per GPU > 71.6 GiB usable (0.9 x 79.6 GiB); nearest that hold one: --pp 2 (16 GPUs, "
+            in err)
+    offered = dict(re.findall(r"(--pp 2|--weight-dtype fp8) \(\d+ GPUs, KV cache ([\d,]+) tokens\)", err))
+    assert set(offered) == {"--pp 2", "--weight-dtype fp8"}
+    for option, tokens in offered.items():
+        code, out, err = run_cli(*args, *option.split(), "--format", "json")
+        assert code == 0, err
+        assert json.loads(out)["kv_cache"]["capacity_tokens"] == int(tokens.replace(",", ""))
 
 
 def test_serve_plan_and_serve_estimate_agree(run_cli) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -32,10 +34,10 @@ def test_bad_length_names_the_forms(text: str) -> None:
         parse_length(text, "--input-len")
 
 
-def test_trace_sorted_rate_and_errors(tmp_path) -> None:
+def test_trace_rate_and_errors(tmp_path) -> None:
     good = tmp_path / "t.csv"
-    good.write_text("arrival_s,input_tokens,output_tokens\n2.0,10,5\n1.0,20,6\n3.0,30,7\n", encoding="utf-8")
-    reqs = load_trace(good)
+    good.write_text("arrival_s,input_tokens,output_tokens\n1.0,20,6\n2.0,10,5\n3.0,30,7\n", encoding="utf-8")
+    reqs = load_trace(good)  # a log's own clock: the first arrival is time 0
     assert reqs.arrival_s == (0.0, 1.0, 2.0) and reqs.input_tokens == (20, 10, 30)
     assert reqs.rate_rps == pytest.approx(1.0) and list(reqs.unit_gaps()) == [1.0, 1.0]
     bad = tmp_path / "b.csv"
@@ -53,3 +55,17 @@ def test_sixteen_buckets_cover_every_request() -> None:
     assert sum(len(b.input_tokens) for b in buckets) == 4000
     for b in buckets:
         assert b.input_edges[0] <= min(b.input_tokens) and max(b.input_tokens) <= b.input_edges[1]
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    # a negative arrival (a wrong column, or a clock before the log's start), named by its line in the file
+    ("0,100,10\n-1,100,10\n", "line 3: arrival_s -1 is negative; give seconds from the trace's start, 0 or later"),
+    # out of order (a merge of logs): refused, not sorted into another trace; comment lines count in the numbering
+    ("# merged\n0,100,10\n2,100,10\n1,100,10\n",
+     "line 5: arrival_s 1 comes before line 4's 2; sort the rows by arrival_s"),
+])
+def test_a_trace_out_of_order_or_before_zero_is_refused_by_its_line(tmp_path, rows: str, message: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows, encoding="utf-8")
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        load_trace(path)

@@ -424,6 +424,16 @@ class ModelSpec:
             return 0
         return len([i for i in range(self.first_dense_layers, self.n_layers) if self.is_moe_layer(i)])
 
+    def beyond_context(self, seq: int, what: str = "seq") -> str | None:
+        """A training sequence longer than the model's context (max_positions, config.json's max_position_embeddings)
+        in one line; None within it. A note, not an error: training past the published context is a context
+        extension (Llama 3.1's 128K stage did so from 8K), priced as given; serving refuses such requests
+        (serving.estimate.check_context). `what` names the option or key that gave seq."""
+        if seq <= self.max_positions:
+            return None
+        return (f"{what} {seq:,} is longer than {self.name}'s context of {self.max_positions:,} tokens "
+                "(max_position_embeddings); priced as given, as a context extension")
+
     def is_sliding_layer(self, index: int) -> bool:
         """Whether layer `index` attends over the sliding window only (HF `layer_types` "sliding_attention")."""
         if self.sliding_window is None or index < self.full_attention_first_layers:

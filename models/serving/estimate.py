@@ -9,6 +9,7 @@ simulator and step formula as serve-plan (models/serving/sim.py, StepModel.time_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -21,6 +22,7 @@ from clusterplan.hardware_db.engines import get_engine
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.kv import kv_tokens_held
 from clusterplan.models.serving.model import (
+    DTYPE_BYTES,
     ServingInstance,
     StepModel,
     StepTerms,
@@ -346,6 +348,48 @@ def tp_inside_domain(gpu: GPU, tp: int) -> bool:
     return gpu.scale_up_domain <= 1 or tp <= gpu.scale_up_domain
 
 
+SMALLER_WEIGHTS = ("fp8", "int4")
+"""Weight formats does_not_fit offers, nearest first: fp8 (the usual FP8 checkpoint of a large model, e.g.
+Llama-3.1-405B-Instruct-FP8), then 4-bit weight-only (AWQ / GPTQ); each only where it is smaller than the one given."""
+NODE_TP = 8
+"""Largest tp does_not_fit offers on a GPU whose scale-up domain is smaller (PCIe cards): the GPUs of one node."""
+
+
+def does_not_fit(inst: ServingInstance, build: Callable[..., ServingInstance]) -> BadInputError:
+    """An instance without room for a KV cache, in numbers (serving_memory: weights, activations and reserve per GPU
+    against the engine's share of the GPU), with the nearest instances that hold one, each priced by the same memory
+    model: the first larger pp, the first larger tp inside the GPU's scale-up domain (a node's NODE_TP on PCIe) dividing
+    the heads, the first smaller weight format (SMALLER_WEIGHTS). `build(tp=, pp=, weight_dtype=)` makes an instance
+    changed in one of them."""
+    mem = serving_memory(inst)
+    usable = inst.knobs.memory_utilization * inst.gpu.memory_gib
+    model = inst.model
+    tries = (
+        [("--pp", n, {"pp": n}) for n in range(inst.pp + 1, model.n_layers + 1)],
+        [("--tp", n, {"tp": n}) for n in range(2 * inst.tp, max(inst.gpu.scale_up_domain, NODE_TP) + 1, inst.tp)
+         if model.n_heads % n == 0 and tp_inside_domain(inst.gpu, n)],
+        [("--weight-dtype", d, {"weight_dtype": d}) for d in SMALLER_WEIGHTS
+         if DTYPE_BYTES[d] < DTYPE_BYTES[inst.weight_dtype]],
+    )
+    options = []
+    for changes in tries:
+        for flag, value, change in changes:
+            try:
+                other = build(**change)
+            except BadInputError:  # a size the instance's other degrees (ep, attention dp) do not divide
+                continue
+            tokens = serving_memory(other).kv_capacity_tokens
+            if tokens > 0:
+                options.append(f"{flag} {value} ({other.n_gpus} GPUs, KV cache {tokens:,} tokens)")
+                break
+    nearest = ("; nearest that hold one: " + ", ".join(options)) if options else \
+        "; raise --tp or --pp, or use a GPU with more memory"
+    return BadInputError(f"{model.name} does not fit on {inst.label} with room for a KV cache: weights "
+                         f"{mem.weights_gib:.1f} GiB + activations {mem.activation_gib:.1f} + reserve "
+                         f"{mem.reserve_gib:.1f} GiB per GPU > {usable:.1f} GiB usable "
+                         f"({inst.knobs.memory_utilization:g} x {inst.gpu.memory_gib:.1f} GiB){nearest}")
+
+
 def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, ep: int = 1, attention_dp: int = 1,
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", engine: str | None = None,
                  mamba_ssm_dtype: str = "bf16", max_batch: int | None = None, chunk_tokens: int | None = None, input_len: str | None = None,
@@ -368,13 +412,16 @@ def estimate_for(model: ModelSpec, gpu_name: str, *, tp: int = 1, pp: int = 1, e
         raise BadInputError(f"--tp {tp} spans more than one {domain}-GPU {gpu.scale_up_link} domain of {gpu.name}, and "
                             "its all-reduces would cross the network; keep tp inside it and pipeline across nodes "
                             f"(--tp {domain} --pp {-(-tp // domain) * pp}), as vLLM's distributed serving guide does")
-    inst = ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
-                           weight_dtype=weight_dtype, kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype,
-                           engine=profile.name, knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
-                           max_batched_tokens=chunk_tokens)
+    def build(tp: int = tp, pp: int = pp, weight_dtype: str = weight_dtype) -> ServingInstance:
+        return ServingInstance(model=model, gpu=gpu, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                               weight_dtype=weight_dtype, kv_dtype=kv_dtype, mamba_ssm_dtype=mamba_ssm_dtype,
+                               engine=profile.name, knobs=knobs_for_gpu(gpu, calibration, weight_dtype, profile, tp),
+                               max_batched_tokens=chunk_tokens)
+
+    inst = build()
     engine = engine_of(inst, max_batch, chunk_tokens)
     if engine.kv_capacity_tokens <= 0:
-        raise BadInputError(f"{model.name} does not fit on {inst.label} with room for a KV cache; raise --tp or --pp")
+        raise does_not_fit(inst, build)
     gaps: tuple[float, ...] = ()
     if trace and (input_len is not None or output_len is not None):
         raise BadInputError("--trace gives each request's lengths; drop --input-len / --output-len")

@@ -125,17 +125,23 @@ class Requests:
 
 
 def load_trace(path: str | Path) -> Requests:
-    """A CSV with columns arrival_s,input_tokens,output_tokens (header required, sorted or not)."""
+    """A CSV with columns arrival_s,input_tokens,output_tokens (header required), its rows in arrival order from 0 or
+    later (a log's own clock: the first arrival is time 0). A negative or out-of-order arrival is refused by its line:
+    it is a wrong column or a merge of logs, and sorting it silently would replay another trace."""
     p = check_name(path, "trace")
     if not is_file(p):
         raise BadInputError(f"{show(p)}: no such trace file; give a CSV with arrival_s,input_tokens,output_tokens")
-    reader = csv.DictReader(line for line in _lines(p) if not line.startswith("#"))
+    kept = [(n, line) for n, line in enumerate(_lines(p), start=1) if not line.startswith("#")]
+    reader = csv.DictReader(line for _, line in kept)
     need = {"arrival_s", "input_tokens", "output_tokens"}
     if not need <= set(reader.fieldnames or ()):
         raise BadInputError(f"{show(p)}: trace header must name arrival_s,input_tokens,output_tokens")
+    rows, line_of = [], []  # line_of: each row's line in the file (comments counted), for the messages
     try:
-        rows = sorted((float(r["arrival_s"]), bounded_int(r["input_tokens"], show(p)),
-                       bounded_int(r["output_tokens"], show(p))) for r in reader)
+        for r in reader:
+            rows.append((float(r["arrival_s"]), bounded_int(r["input_tokens"], show(p)),
+                         bounded_int(r["output_tokens"], show(p))))
+            line_of.append(kept[reader.line_num - 1][0])
     except BadInputError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:
@@ -143,6 +149,13 @@ def load_trace(path: str | Path) -> Requests:
     if not all(math.isfinite(r[0]) and abs(r[0]) <= MAX_ARRIVAL_S for r in rows):
         raise BadInputError(f"{show(p)}: arrival_s must be a finite number of seconds up to {MAX_ARRIVAL_S:.0e} "
                             "in every row")
+    for i, (arrival, *_) in enumerate(rows):
+        if arrival < 0:
+            raise BadInputError(f"{show(p)}: line {line_of[i]}: arrival_s {arrival:g} is negative; give seconds from "
+                                "the trace's start, 0 or later")
+        if i and arrival < rows[i - 1][0]:
+            raise BadInputError(f"{show(p)}: line {line_of[i]}: arrival_s {arrival:g} comes before line "
+                                f"{line_of[i - 1]}'s {rows[i - 1][0]:g}; sort the rows by arrival_s")
     if len(rows) < 2 or min(min(r[1], r[2]) for r in rows) < 1:
         raise BadInputError(f"{show(p)}: a trace needs at least 2 requests with input and output tokens >= 1")
     if max(max(r[1], r[2]) for r in rows) > MAX_TOKENS:

@@ -91,6 +91,8 @@ class TrainTime:
     gpus: int
     nodes: int
     resilience: Resilience
+    usd_missing_reason: str | None = None
+    """Why there are no dollars (usd_per_hour None): usd_missing_reason(cluster)."""
 
     @property
     def goodput(self) -> np.ndarray:
@@ -152,6 +154,8 @@ class TrainTime:
             out["usd"] = _r(w / SECONDS_PER_HOUR * self.usd_per_hour) if finite else None
             out["usd_without_failures"] = _r(float(self.useful_s[i]) / SECONDS_PER_HOUR * self.usd_per_hour)
             out["usd_per_hour"] = _r(self.usd_per_hour)
+        elif self.usd_missing_reason is not None:
+            out["usd_missing_reason"] = self.usd_missing_reason
         return out
 
 
@@ -184,8 +188,27 @@ def spare_wait_s(res: Resilience, hardware_rate_per_s: float) -> float:
     return p_none * res.node_repair_s / (k + 1)
 
 
+PRICE_HINT = "give yours in a cluster file: `usd_per_gpu_hour:` on the group"
+"""How to price a GPU type hardware_db has no price for (GB200 / GB300 NVL72): a cluster file's own price."""
+
+
+def unpriced_gpu(cluster: Cluster) -> str | None:
+    """The first GPU type of `cluster` without a price (hardware_db has none and the cluster file gives none), whose
+    absence leaves the whole cluster unpriced (cluster_usd_per_hour); None when every type has one."""
+    return next((g.gpu.name for g in cluster.groups if g.gpu.price is None), None)
+
+
+def usd_missing_reason(cluster: Cluster) -> str | None:
+    """Why `cluster` has no dollars (no $ per 1M tokens, no $ to train), with the fix; None when it is priced."""
+    gpu = unpriced_gpu(cluster)
+    if gpu is None:
+        return None
+    mixed = "; a mixed cluster is priced only when every GPU type has one" if len(cluster.groups) > 1 else ""
+    return f"no price for {gpu} in hardware_db{mixed} ({PRICE_HINT})"
+
+
 def cluster_usd_per_hour(cluster: Cluster, spare_nodes: int | None) -> float | None:
-    if any(g.gpu.price is None for g in cluster.groups):
+    if unpriced_gpu(cluster) is not None:
         return None
     usd = sum(g.count * g.gpus_per_node * g.gpu.price.usd_per_gpu_hour for g in cluster.groups)
     p = cluster.primary
@@ -237,7 +260,16 @@ def time_to_train(tokens: float, tokens_per_s: np.ndarray, shapes: ModelShapes, 
                      interval_s=interval, lost_s=lost, restart_s=restart,
                      spare_wait_s=wait * hw_rate / rate_per_s if rate_per_s else 0.0, rate_per_s=rate_per_s,
                      planned_per_s=planned_per_s, usd_per_hour=cluster_usd_per_hour(cluster, res.spare_nodes),
-                     gpus=gpus, nodes=nodes, resilience=res)
+                     gpus=gpus, nodes=nodes, resilience=res, usd_missing_reason=usd_missing_reason(cluster))
+
+
+def short_budget_warning(tokens: float, gbs: int, seq: int) -> str | None:
+    """A token budget below one step's tokens (gbs x seq): its days and dollars price a fraction of one step, most
+    likely a typo (--tokens 1 for 1e12); None when the budget holds a step at least."""
+    if tokens >= gbs * seq:
+        return None
+    return (f"--tokens {tokens:g} is less than one step's {gbs * seq:,} tokens (gbs {gbs:,} x seq {seq:,}): the days "
+            "and $ price a fraction of one step; give the whole training budget (e.g. --tokens 15e12)")
 
 
 def estimate_time_to_train(est: Estimate, tokens: float) -> dict[str, Any] | None:

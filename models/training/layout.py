@@ -30,6 +30,16 @@ MoeDispatcher = Literal["alltoall", "deepep", "hybridep"]
 
 MAX_INT = 2**53
 """Largest degree, batch or length accepted: the cost model computes in float64, exact up to here."""
+MAX_STEP_TOKENS = 10**12
+"""Most tokens one training step may hold (gbs x seq): the README's 10^12 tokens per request, about 16,000x the largest
+published batch (DeepSeek-V3's 15,360 x 4,096 = 63 M); more is a typo, priced as years per step."""
+
+
+def check_step_tokens(gbs: int, seq: int, what: str) -> None:
+    """Refuse a batch of more than MAX_STEP_TOKENS tokens per step (`what` names the options or keys given)."""
+    if gbs * seq > MAX_STEP_TOKENS:
+        raise BadInputError(f"{what}: gbs x seq = {gbs:,} x {seq:,} = {gbs * seq:.3g} tokens per step, over the "
+                            "10^12 a step may hold; give a smaller gbs or seq")
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),
     "schedule": ("gpipe", "1f1b", "interleaved-1f1b", "zb", "zbv", "dualpipe"),
@@ -272,6 +282,7 @@ class Layout:
                 raise BadInputError(f"layout: {name} must be a positive integer, got {value!r}")
             if value > MAX_INT:
                 raise BadInputError(f"layout: {name}({value}) is over 2**53; check the value")
+        check_step_tokens(self.gbs, self.seq, "layout")
         for name in ("recompute_layers", "first_stage_layers", "last_stage_layers", "offload_layers",
                      "bf16_first_layers", "bf16_last_layers"):
             value = getattr(self, name)

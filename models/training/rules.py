@@ -56,6 +56,7 @@ class RuleCode(str, Enum):
     STACK = "what the stack cannot run"
     MIN_MFU = "MFU below --min-mfu"
     MODEL_MISMATCH = "config model != --model"
+    LAUNCH_WORLD = "the script's torchrun GPUs != --cluster's GPUs"
 
     def __str__(self) -> str:
         return self.value
@@ -119,6 +120,8 @@ FIXES: dict[RuleCode, str] = {
     RuleCode.OUT_OF_MEMORY: "raise tp/pp, use zero=3 or more recompute, or lower the micro-batch size",
     RuleCode.MIN_MFU: "run `clusterplan plan` for a faster layout on this cluster",
     RuleCode.MODEL_MISMATCH: "give the --model the config trains, or fix the config",
+    RuleCode.LAUNCH_WORLD: "give the --cluster the script launches (PRESET:NODESxGPUS), or set the script's --nnodes / "
+                           "--nproc-per-node to the cluster's",
 }
 
 
