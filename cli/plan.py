@@ -196,7 +196,9 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
         best = result.plans[0].to_json()
         if mixed is not None and choice == "one_gpu_type":
             # one GPU type's nodes alone beat every plan across the types: that is the plan to run
-            saved = f"the {mixed.fastest_only_gpu} nodes alone, faster than any plan across the GPU types"
+            better = {"time": "faster than", "time-to-train": "fewer days to train than",
+                      "cost-to-train": "fewer dollars to train than"}[objective]
+            saved = f"the {mixed.fastest_only_gpu} nodes alone, {better} any plan across the GPU types"
             alone = mixed.fastest_only_cluster(cluster)
             write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster, alone),
                        layout=mixed.fastest_only_layout, stack=stack.name,
@@ -262,7 +264,8 @@ def _plan_cluster_ref(cluster_ref: str, cluster: Cluster, chosen: Cluster) -> st
 
 
 def _best_on_cluster(choice: str, data: dict) -> dict:
-    """The fastest of a mixed cluster's three answers (HeteroPlan.best_choice) with its step time and where it is."""
+    """The best of a mixed cluster's three answers (HeteroPlan.best_choice: fastest step; best_choice_to_train: fewest
+    days or dollars) with its step time and where it is."""
     mixed = data["mixed_gpu_types"]
     if choice == "one_gpu_type":
         alone = mixed["fastest_type_only"]

@@ -81,7 +81,7 @@ class ReadConfig:
     """(GPU, node preset) of each pipeline stage from a mixed-GPU export's `# stage S: ...` lines, else empty."""
     launch: tuple[int, int] | None = None
     """(nodes, GPUs per node) a launch script's torchrun line starts (--nnodes, --nproc-per-node), None where the
-    config has no such line or does not say them as integers (launch_shape)."""
+    config has no such line or does not say them as integers (script_launch_shape)."""
 
 
 def config_kind(path: Path) -> str:
@@ -194,7 +194,8 @@ def read_config(path: Path, model: ModelSpec, world: int) -> ReadConfig:
         raise BadInputError(f"{path}: a plan file; read it with read_plan")
     read = readers[kind](path, model, world)
     if kind == "megatron":  # a launch script (Megatron-LM flags or Megatron-Bridge overrides): its torchrun line
-        read = replace(read, launch=launch_shape(shell_words(_read(path), str(path))[0]))
+        text = _read(path)
+        read = replace(read, launch=script_launch_shape(shell_words(text, str(path))[0], text))
     # the recipe the config names, in the layout it runs, in its one spelling ("" where it is the stack's first)
     if read.layout.precision == "fp8" and read.fp8_recipe:
         read = replace(read, layout=replace(read.layout,
@@ -615,11 +616,17 @@ TORCHRUN_WORDS = ("torchrun", "torch.distributed.run", "torch.distributed.launch
 """How a script starts torchrun's launcher (`python -m torch.distributed.run` is the same program)."""
 
 
-def launch_shape(words: list[str]) -> tuple[int, int] | None:
-    """(nodes, GPUs per node) of a script's torchrun line (`--nnodes N --nproc-per-node G`, or `=` forms; no --nnodes
-    is torchrun's default, 1 node), None without a torchrun word or where a value is not a plain integer (an elastic
-    MIN:MAX range, `gpu`, `auto`, a variable the script leaves unset)."""
-    if not any(w in TORCHRUN_WORDS for w in words):
+LAUNCHER_VARIABLE = re.compile(r"(--nnodes|--nproc[-_]per[-_]node)[=\s]+[\"']?\$")
+"""A torchrun size given by a variable (`--nnodes ${SLURM_NNODES:-1}`, `--nnodes $NNODES`): the scheduler sets it at
+launch, so the script's default is not its size."""
+
+
+def script_launch_shape(words: list[str], text: str = "") -> tuple[int, int] | None:
+    """(nodes, GPUs per node) of a script's torchrun line (`--nnodes N --nproc-per-node G`, or `=` forms), None
+    without a torchrun word, without --nnodes, where a value is not a positive integer (an elastic MIN:MAX range,
+    `gpu`, `auto`, a variable the script leaves unset) or where the script's `text` gives either by a variable
+    (LAUNCHER_VARIABLE: what the scheduler sets, unknown here)."""
+    if not any(w in TORCHRUN_WORDS for w in words) or LAUNCHER_VARIABLE.search(text):
         return None
     found: dict[str, str] = {}
     for i, word in enumerate(words):
@@ -627,8 +634,10 @@ def launch_shape(words: list[str]) -> tuple[int, int] | None:
         if key == "--nnodes" or key in TORCHRUN_NPROC:
             found["nproc" if key in TORCHRUN_NPROC else "nnodes"] = inline if eq else (
                 words[i + 1] if i + 1 < len(words) else "")
-    nodes, per_node = found.get("nnodes", "1"), found.get("nproc")
-    if per_node is None or not (nodes.isdigit() and per_node.isdigit()):
+    nodes, per_node = found.get("nnodes"), found.get("nproc")
+    if nodes is None or per_node is None or not (nodes.isdigit() and per_node.isdigit()):
+        return None
+    if int(nodes) < 1 or int(per_node) < 1:
         return None
     return int(nodes), int(per_node)
 

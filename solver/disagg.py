@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from clusterplan.errors import InfeasibleError
 from clusterplan.hardware_db import Link
 from clusterplan.models.serving.kv import kv_bytes_per_token
 from clusterplan.models.serving.model import DTYPE_BYTES, ServingInstance, step_model
 from clusterplan.models.serving.sim import rate_upper_bound_rps
 from clusterplan.progress import ProgressFn
+from clusterplan.solver.melange import LimitsTooTight
 from clusterplan.solver.serve import (
     Limits,
     ServePlan,
@@ -49,13 +51,27 @@ def plan_disaggregated(instances: tuple[ServingInstance, ...], work: Workload, l
     for phase, table in (("prefill", prefill), ("decode", decode)):
         if any(all(row[b] <= 0 for row in table.capacity_rps) for b in range(len(work.buckets))):
             raise unreachable(table, work, phase)
-    p_mix = solve_pools(prefill, work, limits)
+    try:
+        p_mix = solve_pools(prefill, work, limits)
+    except LimitsTooTight as exc:  # its numbers are the prefill pool's alone
+        raise InfeasibleError(
+            f"no disaggregated plan within --max-gpus / --available: the prefill pool alone needs "
+            f"{exc.nearest['gpus_needed']} GPUs, before any decode pool; raise the limits or try --disaggregate off"
+        ) from None
     used: dict[str, int] = {}
     p_pools = describe_pools(prefill, p_mix, work, limits, role="prefill", used_gpus=used)
     rest = Limits(max_gpus=limits.max_gpus - sum(used.values()) if limits.max_gpus else None,
                   available_gpus=tuple((k, v - used.get(k, 0)) for k, v in limits.available_gpus),
                   slice_factor=limits.slice_factor)
-    d_mix = solve_pools(decode, work, rest)
+    try:
+        d_mix = solve_pools(decode, work, rest)
+    except LimitsTooTight as exc:  # its numbers are the decode pool's alone: say what the limits hold in all
+        prefill_gpus = sum(used.values())
+        raise InfeasibleError(
+            f"no disaggregated plan within --max-gpus / --available: the prefill pool takes {prefill_gpus} GPU"
+            f"{'s' if prefill_gpus != 1 else ''} and the decode pool needs {exc.nearest['gpus_needed']} more "
+            f"({prefill_gpus + exc.nearest['gpus_needed']} in all); raise the limits or try --disaggregate off"
+        ) from None
     pools = p_pools + describe_pools(decode, d_mix, work, limits, role="decode", used_gpus=used)
     return ServePlan(mode="disaggregated", pools=pools, usd_per_hour=pool_cost(pools),
                      output_tokens_per_s=work.rate_rps * mean_output_tokens(work))

@@ -96,8 +96,8 @@ def check_scale(problem: MixProblem) -> None:
 
 
 RATE_BISECTIONS = 12
-"""Halvings of the rate nearest_within_limits searches: the highest rate the limits serve to 1/4,096 of the asked
-one (each a CBC solve of the mix ILP, milliseconds)."""
+"""Steps of the search for the highest rate the limits serve in nearest_within_limits: geometric while the bracket
+spans more than a factor 2, then halvings (each a CBC solve of the mix ILP, milliseconds)."""
 MIN_RATE_SCALE = 1e-6
 """The smallest share of the asked rate tried: a limit that leaves room for no instance serves none of it."""
 
@@ -119,12 +119,16 @@ def nearest_within_limits(problem: MixProblem) -> dict[str, Any] | None:
     if _mix_ilp(problem, MIN_RATE_SCALE)[0]:
         lo = MIN_RATE_SCALE
         for _ in range(RATE_BISECTIONS):
-            mid = (lo + hi) / 2
+            # geometric while the bracket spans more than a factor 2 (a far-off --rate), then halving: the answer
+            # lands within 1 % of the bracket, not within 1/4096 of the asked rate
+            mid = math.sqrt(lo * hi) if hi > 2 * lo else (lo + hi) / 2
             lo, hi = (mid, hi) if _mix_ilp(problem, mid)[0] else (lo, mid)
     highest = lo * total
     digits = 2 - math.floor(math.log10(highest)) if highest > 0 else 0
     return {"limits": True, "rate_rps": float(f"{total:.6g}"),
-            "max_rate_rps_within_limits": math.floor(highest * 10**digits) / 10**digits if highest > 0 else 0.0,
+            # floored to 3 significant digits, printed clean (a large exponent leaves float noise in the division)
+            "max_rate_rps_within_limits": float(f"{math.floor(highest * 10**digits) / 10**digits:.3g}")
+            if highest > 0 else 0.0,
             "gpus_needed": needed, "units": _units(problem), "instances_needed": counts}
 
 

@@ -137,3 +137,27 @@ def test_a_script_launching_other_gpus_than_the_cluster_says_so_first(run_cli, t
     script.write_text(LAUNCH.format(shape="--nproc-per-node 8 --nnodes 32"), encoding="utf-8")  # 256: it passes
     code, out, _ = run_cli("check", str(script), *MC)
     assert code == 0 and out.startswith("ok: ")
+
+
+@pytest.mark.parametrize("shape", [
+    "--nnodes ${SLURM_NNODES:-1} --nproc-per-node 8",  # the scheduler sets it: the default is not the size
+    "--nnodes $NNODES --nproc-per-node 8",
+    "--nproc-per-node 8",  # no --nnodes: the launcher's environment decides
+    "--nnodes 0 --nproc-per-node 8",
+])
+def test_a_launch_size_the_script_does_not_fix_is_not_judged(run_cli, tmp_path, shape):
+    script = tmp_path / "launch.sh"
+    script.write_text(LAUNCH.format(shape=shape), encoding="utf-8")
+    code, out, _ = run_cli("check", str(script), *MC)
+    assert code == 0 and out.startswith("ok: ")
+
+
+def test_as_many_gpus_in_other_nodes_is_said(run_cli, tmp_path):
+    """64 nodes of 4 GPUs are 256 GPUs like --cluster's 32 of 8, but the script's tp8 then spans two nodes where
+    check would price it on NVLink: said first, as LAUNCH_WORLD."""
+    script = tmp_path / "launch.sh"
+    script.write_text(LAUNCH.format(shape="--nnodes 64 --nproc-per-node 4"), encoding="utf-8")
+    code, out, _ = run_cli("check", str(script), *MC, "--format", "json")
+    first = json.loads(out)["violations"][0]
+    assert code == 1 and first["rule"] == ("the script launches 64 nodes of 4 GPUs (torchrun --nnodes / "
+                                           "--nproc-per-node); --cluster has 32 of 8")

@@ -643,7 +643,7 @@ def test_a_training_step_of_more_than_1e12_tokens_is_refused(run_cli):
     # 10^12 sequences of 8,192 tokens: 8.2e15 tokens a step, priced as 2,400 years per step before (exit 0)
     err = one_line_exit_2(run_cli, "plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100:8", "--gbs",
                           "1000000000000", "--seq", "8192", "--tokens", "1e12",
-                          expect="--gbs/--seq: gbs x seq = 1,000,000,000,000 x 8,192 = 8.19e+15 tokens per step")
+                          expect="--gbs/--seq: gbs x seq = 1,000,000,000,000 x 8,192 = 8,192,000,000,000,000 tokens per step")
     assert "over the 10^12 a step may hold; give a smaller gbs or seq" in err
     one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
                     "gbs=1000000000000,seq=8192", expect="layout: gbs x seq = 1,000,000,000,000 x 8,192")

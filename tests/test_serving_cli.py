@@ -236,6 +236,17 @@ def test_too_few_gpus_for_the_rate_gives_the_nearest_numbers_the_planner_meets(r
     assert code == 1
 
 
+def test_too_few_gpus_for_a_disaggregated_plan_says_which_pool(run_cli) -> None:
+    # The pools are solved one after the other (prefill first, decode in what it leaves): a limit too tight names the
+    # pool and its GPUs, not one pool's numbers as if they were the whole plan's.
+    args = ("serve-plan", "--model", "llama3.1-8b", "--gpus", "H100", "--input-len", "2000", "--output-len", "300",
+            "--ttft-ms", "1000", "--tpot-ms", "50", "--disaggregate", "on", "--rate", "50")
+    code, _, err = run_cli(*args, "--max-gpus", "2")
+    assert code == 1 and "no disaggregated plan within --max-gpus / --available: the prefill pool alone needs 3 GPUs" in err
+    code, _, err = run_cli(*args, "--max-gpus", "3")
+    assert code == 1 and "the prefill pool takes 3 GPUs and the decode pool needs" in err
+
+
 def test_a_disaggregated_pool_reports_only_the_latency_its_phase_has(run_cli) -> None:
     # The decode pool's table models TPOT only: its near-zero TTFT is not an option to offer.
     code, out, err = run_cli("serve-plan", "--model", "llama3.1-8b", "--rate", "2", "--input-len", "1000",

@@ -54,6 +54,14 @@ def test_wgrad_output_bytes_by_stack(stack: str, fp32_grads: bool, expected: flo
     assert float(np.broadcast_to(wgrad_output_bytes(L, get_stack(stack)), (1,))[0]) == expected
 
 
+@pytest.mark.parametrize(("zero", "expected"), [(0, 8.0), (1, 8.0), (2, 2.0), (3, 2.0)])
+def test_megatron_fsdp_writes_a_fresh_dw(zero: int, expected: float) -> None:
+    """ZeRO 2 / 3 on megatron-core is Megatron-FSDP, run (and exported, frameworks/megatron.py) with
+    --no-gradient-accumulation-fusion."""
+    L = LayoutArrays.from_layouts([Layout(dp=8, gbs=64, seq=4096, mbs=1, zero=zero)])
+    assert float(np.broadcast_to(wgrad_output_bytes(L, get_stack("megatron-core")), (1,))[0]) == expected
+
+
 def test_only_short_expert_wgrads_move() -> None:
     """Qwen3-235B at tp4 ep8, mbs1 s4096 (the Megatron-MoE-ModelZoo H100 row): 4,096 / 4 tokens x 8 top-k x 8 ranks /
     128 experts = 512 rows per local expert, so each expert's wgrad GEMM (4,096 x 1,536, k = 512) is memory-bound at

@@ -302,6 +302,13 @@ class LayoutArrays:
         return np.where(self.cp_kind == CpKindCode.A2A_P2P, self.cp / self.cp_a2a, self.cp)
 
     @property
+    def sharded_grads(self) -> np.ndarray:
+        """1.0 on rows whose gradients are sharded (ZeRO 2 / 3: Megatron-Core runs them as Megatron-FSDP, without
+        gradient-accumulation fusion), else 0.0: a column of its own, so a cost term that only asks this keys on two
+        values, not on every ZeRO stage (step.LAYER_TIME_FIELDS)."""
+        return (self.zero >= 2).astype(float)
+
+    @property
     def token_drop(self) -> np.ndarray:
         """Rows on Megatron-Core's drop-and-pad MoE path (Layout.moe_capacity_factor set)."""
         return self.moe_capacity_factor != DROPLESS

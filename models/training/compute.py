@@ -208,10 +208,11 @@ def wgrad_output_bytes(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray | f
     main gradients inside the GEMM (ExecutionStack.wgrad_accumulation_fusion: beta = 1), it reads and writes them in
     their dtype (memory.main_grad_bytes: 2 x 4 B fp32, 2 x 2 B bf16); else it writes a 16-bit dW (OUTPUT_BYTES).
     Only a GEMM of short depth k (a local expert's few routed rows) is bound by it: its intensity is about k / 4
-    FLOP/B at 8 B."""
+    FLOP/B at 8 B. Not under ZeRO 2 / 3, which Megatron-Core runs as Megatron-FSDP with --no-gradient-accumulation-
+    fusion (its user guide; frameworks/megatron.py exports it so): the GEMM writes a fresh dW there."""
     if not stack.wgrad_accumulation_fusion:
         return OUTPUT_BYTES
-    return 2.0 * main_grad_bytes(L)
+    return np.where(L.sharded_grads > 0, OUTPUT_BYTES, 2.0 * main_grad_bytes(L))
 
 
 def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, overlap: TpOverlap | None = None,

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
+from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 from clusterplan.models.hardware.rates import HardwareRates
 from clusterplan.models.training.batch import PREC_FP8, LayoutArrays
-from clusterplan.models.training.compute import Linear, layer_linears, linear_gemm_shapes, linear_gemm_time_s
+from clusterplan.models.training.compute import (
+    Linear,
+    layer_linears,
+    linear_gemm_shapes,
+    linear_gemm_time_s,
+    wgrad_output_bytes,
+)
 from clusterplan.models.training.estimate import Estimate
 from clusterplan.models.training.moe_layer import GROUPED_GEMM_STREAMS
 
@@ -92,9 +99,10 @@ def _factors(hw: HardwareRates, m: float, n: float, k: float, batch: float,
 
 
 def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates, hw: HardwareRates,
-                  fp8: bool) -> list[LayerGemm]:
-    """The linear's three GEMMs (compute.linear_gemm_shapes) timed as compute.linear_times times them; none for an
-    empty matrix (a MoE layer without shared experts has no 'shared out')."""
+                  fp8: bool, wgrad_bytes: float) -> list[LayerGemm]:
+    """The linear's three GEMMs (compute.linear_gemm_shapes) timed as compute.linear_times times them, the weight
+    gradient moving `wgrad_bytes` per output element (compute.wgrad_output_bytes); none for an empty matrix (a MoE
+    layer without shared experts has no 'shared out')."""
     tokens, fan_in, fan_out = (float(np.ravel(x)[0]) for x in (g.tokens, g.in_features, g.out_features))
     if tokens * fan_in * fan_out <= 0:
         return []
@@ -104,7 +112,8 @@ def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates,
     out = []
     for gemm_pass, (m, n, k), rates in zip(PASSES, linear_gemm_shapes(tokens, fan_in, fan_out), (forward_hw, hw, hw),
                                            strict=True):
-        time_s = linear_gemm_time_s(g, rates, np.array([m]), np.array([n]), np.array([k]), flag)
+        output_bytes = wgrad_bytes if gemm_pass == "wgrad" else OUTPUT_BYTES
+        time_s = linear_gemm_time_s(g, rates, np.array([m]), np.array([n]), np.array([k]), flag, output_bytes)
         wave, k_depth = _factors(rates, m, n, k, batch, fp8)
         out.append(LayerGemm(layer=layer, matrix=matrix, gemm_pass=gemm_pass, m=m, n=n, k=k, count=count,
                              precision="fp8" if fp8 else "bf16", time_s=float(np.ravel(time_s)[0]),
@@ -130,9 +139,10 @@ def layer_gemms(est: Estimate) -> LayerGemms:
     if not shapes.blocks and shapes.n_moe_layers > 0:
         kinds.append(("moe", shapes, True, MOE_MATRICES))
     gemms: list[LayerGemm] = []
+    wgrad_bytes = float(np.ravel(wgrad_output_bytes(arrays, ev.stack))[0])
     kinds = [(layer, kind_shapes, moe, names + (LATENT_MATRICES if moe and kind_shapes.moe_latent else ()))
              for layer, kind_shapes, moe, names in kinds]
     for layer, kind_shapes, moe, names in kinds:
         for name, linear in zip(names, layer_linears(kind_shapes, arrays, moe), strict=True):
-            gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8)
+            gemms += _linear_gemms(layer, name, linear, forward_hw, backward_hw, fp8, wgrad_bytes)
     return LayerGemms(gpu=hw.gpu_name, gemms=tuple(gemms))

@@ -38,7 +38,7 @@ published batch (DeepSeek-V3's 15,360 x 4,096 = 63 M); more is a typo, priced as
 def check_step_tokens(gbs: int, seq: int, what: str) -> None:
     """Refuse a batch of more than MAX_STEP_TOKENS tokens per step (`what` names the options or keys given)."""
     if gbs * seq > MAX_STEP_TOKENS:
-        raise BadInputError(f"{what}: gbs x seq = {gbs:,} x {seq:,} = {gbs * seq:.3g} tokens per step, over the "
+        raise BadInputError(f"{what}: gbs x seq = {gbs:,} x {seq:,} = {gbs * seq:,} tokens per step, over the "
                             "10^12 a step may hold; give a smaller gbs or seq")
 CHOICES: dict[str, tuple[str, ...]] = {
     "recompute": ("none", "selective", "full"),

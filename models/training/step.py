@@ -516,12 +516,15 @@ class LayerCost:
         return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.host_s
 
 
+WGRAD_ACCUMULATION_FIELDS = ("fp32_grads", "optimizer", "sharded_grads")
+"""The columns only a stack that accumulates in its weight-gradient GEMMs reads (compute.wgrad_output_bytes: the main
+gradients' dtype, and whether they are sharded); a stack without it keys its dedupe on the rest."""
 LAYER_TIME_FIELDS = ("tp", "pp", "cp", "cp_kind", "cp_a2a", "ep", "etp", "dp", "mbs", "gbs", "seq", "sp", "flash_attn",
                      "precision", "recompute", "recompute_layers", "recompute_modules", "moe_capacity_factor",
-                     "moe_imbalance", "fp32_grads", "optimizer")
+                     "moe_imbalance") + WGRAD_ACCUMULATION_FIELDS
 """The LayoutArrays columns compute.layer_time reads (microbatches: gbs, dp, mbs; sp_div: sp, tp; cp_kind: which
-context-parallel attention runs its calls block by block; fp32_grads, optimizer: the main gradients' dtype an
-accumulating weight-gradient GEMM reads and writes, compute.wgrad_output_bytes), etp besides;
+context-parallel attention runs its calls block by block; WGRAD_ACCUMULATION_FIELDS where the stack accumulates in
+its weight-gradient GEMMs), etp besides;
 tests/test_plan_speed.py checks the list against what layer_time touches."""
 DEDUPE_MIN_ROWS = 4096
 """Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
@@ -533,7 +536,9 @@ def unique_layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, m
     candidate's value is the same numbers as layer_time on all rows (every term is elementwise per candidate). Runs
     on all rows when the rates vary per candidate (per-axis link arrays) or the rows are few."""
     per_candidate_rates = np.ndim(hw.bw_out) or any(np.ndim(v) for v in hw.axis_bw_out.values())
-    unique = None if per_candidate_rates or len(L) < DEDUPE_MIN_ROWS else L.unique_rows(LAYER_TIME_FIELDS)
+    fields = LAYER_TIME_FIELDS if stack.wgrad_accumulation_fusion else tuple(
+        f for f in LAYER_TIME_FIELDS if f not in WGRAD_ACCUMULATION_FIELDS)
+    unique = None if per_candidate_rates or len(L) < DEDUPE_MIN_ROWS else L.unique_rows(fields)
     if unique is None or len(unique[0]) == len(L):
         return layer_time(shapes, L, hw, moe, stack)
     first, inverse = unique
