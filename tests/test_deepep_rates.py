@@ -53,6 +53,6 @@ def test_an_nvlink_bound_dispatch_takes_1_over_the_share_longer() -> None:
     nccl = float(dedup_all_to_all_s(*one_node, r)[0])
     deepep = float(dedup_all_to_all_s(*one_node, deepep_rates(r))[0])
     assert deepep == pytest.approx(nccl / DEEPEP_NVLINK_OVER_BUSBW, rel=1e-12)
-    two_nodes = (np.array([4096 * 7168 * 2.0]), 256, 8, np.array([8.0]), np.array([4.0]))  # RDMA-bound
-    assert float(dedup_all_to_all_s(*two_nodes, deepep_rates(r))[0]) == pytest.approx(
-        float(dedup_all_to_all_s(*two_nodes, r)[0]) / DEEPEP_RDMA_OVER_BUSBW, rel=1e-12)
+    four_nodes = (np.array([4096 * 7168 * 2.0]), 256, 8, np.array([8.0]), np.array([4.0]))  # RDMA-bound
+    assert float(dedup_all_to_all_s(*four_nodes, deepep_rates(r))[0]) == pytest.approx(
+        float(dedup_all_to_all_s(*four_nodes, r)[0]) / DEEPEP_RDMA_OVER_BUSBW, rel=1e-12)
