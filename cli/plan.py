@@ -196,9 +196,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
         best = result.plans[0].to_json()
         if mixed is not None and choice == "one_gpu_type":
             # one GPU type's nodes alone beat every plan across the types: that is the plan to run
-            better = {"time": "faster than", "time-to-train": "fewer days to train than",
-                      "cost-to-train": "fewer dollars to train than"}[objective]
-            saved = f"the {mixed.fastest_only_gpu} nodes alone, {better} any plan across the GPU types"
+            saved = f"the {mixed.fastest_only_gpu} nodes alone, {BEATS[objective]} any plan across the GPU types"
             alone = mixed.fastest_only_cluster(cluster)
             write_plan(out_path, model_ref=model_ref, cluster_ref=_plan_cluster_ref(cluster_ref, cluster, alone),
                        layout=mixed.fastest_only_layout, stack=stack.name,
@@ -263,6 +261,11 @@ def _plan_cluster_ref(cluster_ref: str, cluster: Cluster, chosen: Cluster) -> st
     return {"name": f"{doc.get('name', 'cluster')} ({nodes})", **kept, "groups": [group]}
 
 
+BEATS = {"time": "faster than", "time-to-train": "fewer days to train than",
+         "cost-to-train": "fewer dollars to train than"}
+"""How a mixed cluster's named answer beats the others, by the objective that named it (the first line, --out)."""
+
+
 def _best_on_cluster(choice: str, data: dict) -> dict:
     """The best of a mixed cluster's three answers (HeteroPlan.best_choice: fastest step; best_choice_to_train: fewest
     days or dollars) with its step time and where it is."""
@@ -281,9 +284,7 @@ def _best_on_cluster(choice: str, data: dict) -> dict:
 def _render_best_on_cluster(best: dict) -> None:
     """The answer first on a mixed cluster: the ranked table below splits layers evenly over the GPU types."""
     objective = best.get("objective", "time")
-    beats = {"time": "faster than", "time-to-train": "fewer days to train than",
-             "cost-to-train": "fewer dollars to train than"}[objective]
-    what = {"one_gpu_type": f"the {best.get('gpu')} nodes alone ({_layout_label(best['layout'])}), {beats} any "
+    what = {"one_gpu_type": f"the {best.get('gpu')} nodes alone ({_layout_label(best['layout'])}), {BEATS[objective]} any "
                             "plan across the GPU types (below the table)",
             "mixed_pipeline": f"the pipeline balanced across the GPU types ({_layout_label(best['layout'])}, below "
                               "the table)",

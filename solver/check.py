@@ -136,16 +136,16 @@ def launch_rule(launch: tuple[int, int] | None, cluster: Cluster) -> Rule | None
     if launch is None:
         return None
     nodes, per_node = launch
-    same_nodes = len(cluster.groups) == 1 and per_node == cluster.groups[0].gpus_per_node
-    if nodes * per_node == cluster.world_size and (same_nodes or len(cluster.groups) > 1):
+    group, mixed = cluster.groups[0], len(cluster.groups) > 1
+    if nodes * per_node == cluster.world_size and (mixed or per_node == group.gpus_per_node):
         return None
-    message = (f"the script launches {nodes * per_node:,} GPUs (torchrun --nnodes {nodes} x --nproc-per-node "
-               f"{per_node}); --cluster has {cluster.world_size:,}")
     if nodes * per_node == cluster.world_size:  # as many GPUs in other nodes: tp / ep groups span other links
         message = (f"the script launches {nodes} nodes of {per_node} GPUs (torchrun --nnodes / --nproc-per-node); "
-                   f"--cluster has {cluster.n_nodes} of {cluster.groups[0].gpus_per_node}")
-    group = cluster.groups[0]
-    if len(cluster.groups) > 1 or per_node > get_node(group.preset).gpus_per_node:
+                   f"--cluster has {cluster.n_nodes} of {group.gpus_per_node}")
+    else:
+        message = (f"the script launches {nodes * per_node:,} GPUs (torchrun --nnodes {nodes} x --nproc-per-node "
+                   f"{per_node}); --cluster has {cluster.world_size:,}")
+    if mixed or per_node > get_node(group.preset).gpus_per_node:
         return Rule.broken(RuleCode.LAUNCH_WORLD, message)
     ref = preset_ref(replace(group, gpus_per_node=per_node), nodes)
     return Rule(code=RuleCode.LAUNCH_WORLD, message=message,

@@ -28,7 +28,7 @@ from clusterplan.models.training.memory import (
 from clusterplan.models.training.step import (
     DEDUPE_MIN_ROWS,
     LAYER_TIME_FIELDS,
-    WGRAD_ACCUMULATION_FIELDS,
+    layer_time_fields,
     unique_layer_time,
 )
 from clusterplan.solver.space import enumerate_space
@@ -84,8 +84,7 @@ def test_unique_layer_time_equals_layer_time_on_every_row(model, cluster, gbs, s
     arrays = enumerate_space(spec, c.world_size, c.primary.scale_up_domain, gbs, seq, None, st,
                              ("bf16", "fp8")).arrays
     assert len(arrays) >= DEDUPE_MIN_ROWS, "the space must be large enough for the shortcut to run"
-    fields = LAYER_TIME_FIELDS if st.wgrad_accumulation_fusion else tuple(
-        f for f in LAYER_TIME_FIELDS if f not in WGRAD_ACCUMULATION_FIELDS)  # as unique_layer_time keys them
+    fields = layer_time_fields(st)  # as unique_layer_time keys them
     unique = arrays.unique_rows(fields)
     assert unique is not None and len(unique[0]) < len(arrays) / 4  # the shortcut does save work here
     first, inverse = unique

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from clusterplan.hardware_db.stacks import get_stack
+from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import load_cluster
@@ -24,6 +24,11 @@ from clusterplan.models.training.compute import layer_time, wgrad_output_bytes
 from clusterplan.models.training.layout import Layout
 
 H100 = HardwareRates.of(load_cluster("dgx-h100:1"))
+
+
+def _bytes(L: LayoutArrays, stack: ExecutionStack) -> float:
+    """wgrad_output_bytes of a one-row layout, as a number (a stack without fusion returns a scalar)."""
+    return float(np.broadcast_to(wgrad_output_bytes(L, stack), (1,))[0])
 
 
 def test_an_accumulating_gemm_pays_its_output_read_and_write_at_the_roofline() -> None:
@@ -51,7 +56,7 @@ def test_an_accumulating_gemm_pays_its_output_read_and_write_at_the_roofline() -
 ])
 def test_wgrad_output_bytes_by_stack(stack: str, fp32_grads: bool, expected: float) -> None:
     L = LayoutArrays.from_layouts([Layout(dp=8, gbs=64, seq=4096, mbs=1, fp32_grads=fp32_grads)])
-    assert float(np.broadcast_to(wgrad_output_bytes(L, get_stack(stack)), (1,))[0]) == expected
+    assert _bytes(L, get_stack(stack)) == expected
 
 
 @pytest.mark.parametrize(("zero", "expected"), [(0, 8.0), (1, 8.0), (2, 2.0), (3, 2.0)])
@@ -59,7 +64,7 @@ def test_megatron_fsdp_writes_a_fresh_dw(zero: int, expected: float) -> None:
     """ZeRO 2 / 3 on megatron-core is Megatron-FSDP, run (and exported, frameworks/megatron.py) with
     --no-gradient-accumulation-fusion."""
     L = LayoutArrays.from_layouts([Layout(dp=8, gbs=64, seq=4096, mbs=1, zero=zero)])
-    assert float(np.broadcast_to(wgrad_output_bytes(L, get_stack("megatron-core")), (1,))[0]) == expected
+    assert _bytes(L, get_stack("megatron-core")) == expected
 
 
 def test_only_short_expert_wgrads_move() -> None:
@@ -77,4 +82,4 @@ def test_only_short_expert_wgrads_move() -> None:
     D = LayoutArrays.from_layouts([Layout(dp=8, gbs=64, seq=8192, mbs=1, fp32_grads=True)])
     assert float(layer_time(dense, D, H100, False, core).weight_grad_s[0]) == pytest.approx(
         float(layer_time(dense, D, H100, False, unfused).weight_grad_s[0]), rel=1e-12)
-    assert float(np.broadcast_to(wgrad_output_bytes(D, core), (1,))[0]) == 8.0
+    assert _bytes(D, core) == 8.0

@@ -93,7 +93,8 @@ balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64
 re-runs its dispatch and combine all-to-alls (collectives.ep_collectives): the refit lands on 1.5004, just above the
 step where the busiest rank's expert GEMMs take one more wave (at 1.500 the four ratios are 0.9-1.9 % low, at 1.501
 within 0.7 %; since DeepEP's kernels reach less of the links than NCCL, dispatch.deepep_rates, the refit lands on
-1.5000, still just above that step, so 1.501 is kept: the four ratios within 1.3 %); 1.52 before that term, 1.51 before the rows reduced gradients in fp32 as Megatron-LM does with --bf16
+1.50000, and since the per-expert GEMMs' kernel time (grouped_gemm_time_s) on 1.50004, each still just above that
+step, so 1.501 is kept: the four ratios within 1.3 %); 1.52 before that term, 1.51 before the rows reduced gradients in fp32 as Megatron-LM does with --bf16
 (mcore_moe.FP32_GRADS_SOURCE). A measured value for one model and EP
 layout early in training, not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
 Mixtral-8x22B run script pairs about 445 dropless with 465 forced TFLOP/s (one expert per EP rank), which implies 1.03

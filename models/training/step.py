@@ -530,15 +530,21 @@ DEDUPE_MIN_ROWS = 4096
 """Below this many candidates layer_time runs on every row (finding the distinct rows would cost more)."""
 
 
+def layer_time_fields(stack: ExecutionStack) -> tuple[str, ...]:
+    """LAYER_TIME_FIELDS as `stack` reads them: without WGRAD_ACCUMULATION_FIELDS where it does not accumulate in its
+    weight-gradient GEMMs (a split on them would only multiply the distinct rows)."""
+    if stack.wgrad_accumulation_fusion:
+        return LAYER_TIME_FIELDS
+    return tuple(f for f in LAYER_TIME_FIELDS if f not in WGRAD_ACCUMULATION_FIELDS)
+
+
 def unique_layer_time(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates, moe: bool,
                       stack: ExecutionStack) -> LayerTime:
     """compute.layer_time, computed once per distinct combination of LAYER_TIME_FIELDS and broadcast back: each
     candidate's value is the same numbers as layer_time on all rows (every term is elementwise per candidate). Runs
     on all rows when the rates vary per candidate (per-axis link arrays) or the rows are few."""
     per_candidate_rates = np.ndim(hw.bw_out) or any(np.ndim(v) for v in hw.axis_bw_out.values())
-    fields = LAYER_TIME_FIELDS if stack.wgrad_accumulation_fusion else tuple(
-        f for f in LAYER_TIME_FIELDS if f not in WGRAD_ACCUMULATION_FIELDS)
-    unique = None if per_candidate_rates or len(L) < DEDUPE_MIN_ROWS else L.unique_rows(fields)
+    unique = None if per_candidate_rates or len(L) < DEDUPE_MIN_ROWS else L.unique_rows(layer_time_fields(stack))
     if unique is None or len(unique[0]) == len(L):
         return layer_time(shapes, L, hw, moe, stack)
     first, inverse = unique
