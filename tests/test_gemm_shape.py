@@ -72,17 +72,23 @@ def test_gpu_without_tiling_has_no_quantisation():
 
 @pytest.mark.parametrize("model", ["llama3.1-8b", "deepseek-v3", "mixtral-8x7b"])
 def test_layer_gemm_shapes_carry_the_layer_flops(model):
-    # The shapes the GEMMs are priced at multiply back to 2 x tokens x parameters / tp (Narayanan 2021 Eq. 3).
+    # The shapes the GEMMs are priced at multiply back to 2 x tokens x parameters / tp (Narayanan 2021 Eq. 3); the
+    # experts' GEMMs run the busiest expert-parallel rank's rows (moe_layer.busiest_rank_ratio, above 1 under forced
+    # balancing), the layer's FLOPs count the mean.
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.models.architecture.shapes import ModelShapes
     from clusterplan.models.training.batch import LayoutArrays
     from clusterplan.models.training.compute import layer_flops, layer_linears
     from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.moe_layer import busiest_rank_ratio
 
     shapes = ModelShapes.of(load_model(model))
     moe = shapes.n_moe_layers > 0
     L = LayoutArrays.from_layouts([Layout(tp=4, ep=8 if moe else 1, mbs=2, seq=4096, gbs=64)])
-    flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count for g in layer_linears(shapes, L, moe))
+    busiest = busiest_rank_ratio(shapes, L)
+    assert (float(busiest[0]) > 1.0) == moe
+    flops = sum(2 * g.tokens * g.in_features * g.out_features * g.count / (busiest if g.streamed else 1.0)
+                for g in layer_linears(shapes, L, moe))
     assert float(flops[0]) == pytest.approx(float(layer_flops(shapes, L, moe)[0][0]), rel=1e-12)
 
 

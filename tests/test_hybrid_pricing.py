@@ -231,9 +231,11 @@ def test_a_latent_moe_layer_by_hand():
     shared expert read h = 4,096; the tokens are projected to 1,024 before the dispatch, so the all-to-all carries
     1,024 elements per routed token and each expert is 1,024 -> 2,688 -> 1,024 (squared ReLU, 2 matrices);
     latent -> h after the combine. At ep 64, one 8,192-token micro-batch, 512 experts top 22: 8 local experts of
-    8,192 x 22 x 64 / 512 = 22,528 rows each."""
+    8,192 x 22 x 64 / 512 = 22,528 rows each, the busiest rank's (a little more under forced balancing:
+    moe_layer.imbalance, tests/test_moe_forced_balance.py) set the expert GEMMs and the all-to-all."""
     from clusterplan.models.training.collectives import ep_collectives
     from clusterplan.models.training.compute import layer_linears
+    from clusterplan.models.training.moe_layer import imbalance
 
     m = load_model("nemotron-h-8b").scaled(
         name="latent", n_layers=2, hybrid_pattern="*E", n_experts=512, top_k=22, expert_ffn_hidden=2688,
@@ -245,11 +247,14 @@ def test_a_latent_moe_layer_by_hand():
     L = LayoutArrays.from_layouts([Layout(tp=1, dp=64, ep=64, mbs=1, gbs=64, seq=SEQ)])
     linears = layer_linears(moe, L, True)
     experts = [g for g in linears if g.streamed]
-    assert [(g.tokens[0], g.in_features, g.out_features, g.count) for g in experts] == [
-        (22_528, 1024, 2688, 8), (22_528, 2688, 1024, 8)]
+    busiest = float(imbalance(moe, L)[0])
+    assert 1.0 < busiest < 1.02
+    assert [(g.in_features, g.out_features, g.count) for g in experts] == [(1024, 2688, 8), (2688, 1024, 8)]
+    assert [float(g.tokens[0]) for g in experts] == pytest.approx([22_528 * busiest] * 2, rel=1e-12)
     assert [(g.in_features, g.out_features) for g in linears[-2:]] == [(4096, 1024), (1024, 4096)]
     a2a = ep_collectives(moe, L)
-    assert a2a.size_bytes[0] == 2 * SEQ * 22 * 1024  # bf16, every routed copy at the latent width
+    # bf16, every routed copy at the latent width
+    assert float(a2a.size_bytes[0]) == pytest.approx(2 * SEQ * 22 * 1024 * busiest, rel=1e-12)
 
 
 def test_a_hybrid_mtp_depth_prices_as_the_transformers_mtp_layer():

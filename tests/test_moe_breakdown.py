@@ -41,15 +41,19 @@ def test_breakdown_adds_up_to_the_layer_cost():
 
 def test_breakdown_shapes_and_host_ops_by_hand():
     # mbs 2 x 4096 tokens x top-8 over 128 experts at ep 8: each of 16 local experts receives 8192 x 8 x 8 / 128
-    # = 4096 tokens; fc1 [2048 -> 2 x 768], fc2 [768 -> 2048]. Host ops (fp8, TE module 2.69 x 2 = 5.38 ops):
+    # = 4096 tokens, the busiest rank's x 1.0054055 under forced balancing (4,096 tokens a rank: 1.0076445, by hand in
+    # tests/test_moe_forced_balance.py; 8,192: its excess / sqrt(2)) = 4118.14; fc1 [2048 -> 2 x 768],
+    # fc2 [768 -> 2048]. Host ops (fp8, TE module 2.69 x 2 = 5.38 ops):
     # experts forward 2 x 5.38 + 1 + 16 x 2 x 4 + 7 (padding) = 146.76, and per split the current-scaling quantize
     # (megatron-core's first recipe, tensorwise) costs 6 + 1 (the transpose: Hopper) ops in place of 3: + 16 x 2 x 4
     # = 274.76; at 13.48 us per op (x86) 3.704 ms.
     shapes, L, hw, stack = _h100_qwen()
     b = moe_layer_breakdown(shapes, L, hw, stack)
     (n1, m1, o1, i1), (n2, m2, o2, i2) = b.expert_gemms
-    assert (n1, float(m1[0]), float(o1[0]), float(i1[0])) == ("fc1", 4096.0, 1536.0, 2048.0)
-    assert (n2, float(m2[0]), float(o2[0]), float(i2[0])) == ("fc2", 4096.0, 2048.0, 768.0)
+    rows = 4096 * (1 + 0.0076445 / 2 ** 0.5)
+    assert (n1, float(o1[0]), float(i1[0])) == ("fc1", 1536.0, 2048.0)
+    assert (n2, float(o2[0]), float(i2[0])) == ("fc2", 2048.0, 768.0)
+    assert float(m1[0]) == float(m2[0]) == pytest.approx(rows, rel=1e-6)
     assert float(b.local_experts[0]) == 16.0
     experts = next(p for p in b.phases if p.name == "experts_forward")
     assert float(experts.host_ops[0]) == pytest.approx(274.76)

@@ -29,6 +29,7 @@ from clusterplan.models.training.dispatch import (
     p_no_expert_in,
 )
 from clusterplan.models.training.layout import Layout
+from clusterplan.models.training.moe_layer import imbalance
 from clusterplan.models.training.step import moe_layer_breakdown, step_time
 
 H100_LINKS = LinkRates(bw_in=369e9, lat_in=2e-6, bw_out=48e9, lat_out=5e-6)
@@ -152,7 +153,8 @@ def test_step_prices_the_deepep_dispatch_with_dedup_all_to_all():
     shapes, L, hw, stack = _dsv3(16, moe_dispatcher="deepep")
     phases = {p.name: float(p.gpu_s[0]) for p in moe_layer_breakdown(shapes, L, hw, stack).phases}
     r = deepep_rates(hw.link("all_to_all", "ep"))  # at the share of the links DeepEP's kernels reach
-    expected = dedup_all_to_all_s(np.array([float(DSV3_TOKEN_BYTES)]), 256, 8, np.array([8.0]), np.array([2.0]), r)
+    busiest = float(imbalance(shapes, L)[0])  # forced balancing's busiest rank (tests/test_moe_forced_balance.py)
+    expected = dedup_all_to_all_s(np.array([DSV3_TOKEN_BYTES * busiest]), 256, 8, np.array([8.0]), np.array([2.0]), r)
     assert phases["dispatch"] == pytest.approx(float(expected[0]), rel=1e-12)
     nccl = {p.name: float(p.gpu_s[0]) for p in moe_layer_breakdown(*_dsv3(16)).phases}
     assert phases["dispatch"] < 0.3 * nccl["dispatch"]  # 1 RDMA copy per token instead of 4

@@ -18,6 +18,7 @@ from clusterplan.models.training.moe_layer import (
     EXPERT_BIAS_FORWARD_BYTES,
     GROUPED_GEMM_STREAMS,
     expert_bias_bytes,
+    forced_balance_excess,
     fp8_padding_bytes,
     grouped_gemm_time_s,
     mtp_projection_s,
@@ -34,17 +35,27 @@ def _arrays(**kw) -> LayoutArrays:
     return LayoutArrays.from_layouts([Layout(**{**base, **kw})])
 
 
+FORCED = 1.0 + float(forced_balance_excess(QWEN, _arrays())[0])
+"""The busiest of the 8 ranks' received rows over the mean under forced balancing (1.0076445 at 4,096 tokens a rank,
+derived by hand in tests/test_moe_forced_balance.py): what is done with the received rows carries it."""
+
+
 def test_qwen3_shapes_the_examples_use():
     assert (QWEN.hidden, QWEN.n_experts, QWEN.top_k, QWEN.expert_ffn) == (2048, 128, 8, 768)
 
 
+PERMUTE_FORWARD_BYTES = 2 * (16_777_216 + (1 + 2 * FORCED + 2 * FORCED + 1) * 67_108_864)
+
+
 def test_permute_bytes_worked_example():
     # T = 4096 tokens, k = 8, h = 2048, 16 local experts at ep 8 (so both chunk sorts run), 2 B per element:
-    # forward = 2 x (2 T h + (1 + 2 + 2 + 1) T k h) = 2 x (16,777,216 + 402,653,184) = 838,860,800 B;
+    # forward = 2 x (2 T h + (1 + 2 + 2 + 1) T k h) = 2 x (16,777,216 + 402,653,184) = 838,860,800 B balanced; the
+    # two chunk sorts (2 + 2 T k h) regroup the busiest rank's received rows, FORCED x theirs;
     # backward adds the prob gradient's read of the experts' outputs, 2 x T k h = 134,217,728 B.
     fwd, bwd = permute_bytes(QWEN, _arrays())
-    assert float(fwd[0]) == 838_860_800
-    assert float(bwd[0]) == 838_860_800 + 134_217_728
+    assert FORCED == pytest.approx(1.0076445, rel=1e-6)
+    assert float(fwd[0]) == pytest.approx(PERMUTE_FORWARD_BYTES, rel=1e-12)
+    assert float(bwd[0]) == pytest.approx(PERMUTE_FORWARD_BYTES + 134_217_728, rel=1e-12)
 
 
 def test_permute_without_expert_parallelism_skips_the_chunk_sorts():
@@ -54,9 +65,10 @@ def test_permute_without_expert_parallelism_skips_the_chunk_sorts():
 
 
 def test_permute_tokens_are_split_over_tensor_parallel_ranks():
-    # tp 2 (ETP 1): each rank dispatches half the micro-batch's tokens: exactly half the bytes.
-    full, _ = permute_bytes(QWEN, _arrays())
-    half, _ = permute_bytes(QWEN, _arrays(tp=2, dp=4, ep=4))
+    # tp 2 (ETP 1): each rank dispatches half the micro-batch's tokens: exactly half the bytes (at one measured
+    # imbalance: forced balancing's excess depends on ep and the tokens).
+    full, _ = permute_bytes(QWEN, _arrays(moe_imbalance=1.25))
+    half, _ = permute_bytes(QWEN, _arrays(tp=2, dp=4, ep=4, moe_imbalance=1.25))
     assert float(half[0]) == pytest.approx(float(full[0]) / 2, rel=1e-12)
 
 
@@ -68,8 +80,9 @@ def test_router_bytes_worked_example():
 def test_routing_time_is_bytes_at_the_hbm_rate():
     hw = HardwareRates.of(load_cluster("dgx-b200:1"))
     f, b = routing_times(QWEN, _arrays(), hw)
-    assert float(f[0]) == pytest.approx((838_860_800 + 8_912_896) / hw.hbm_bytes_per_s, rel=1e-12)
-    assert float(b[0]) == pytest.approx((838_860_800 + 134_217_728 + 8_912_896) / hw.hbm_bytes_per_s, rel=1e-12)
+    assert float(f[0]) == pytest.approx((PERMUTE_FORWARD_BYTES + 8_912_896) / hw.hbm_bytes_per_s, rel=1e-12)
+    assert float(b[0]) == pytest.approx((PERMUTE_FORWARD_BYTES + 134_217_728 + 8_912_896) / hw.hbm_bytes_per_s,
+                                        rel=1e-12)
 
 
 class _CountingRates:
@@ -77,7 +90,7 @@ class _CountingRates:
 
     gemm_shape = None  # no kernel fixed time (tests/test_expert_gemm_kernel_time.py prices it)
 
-    def gemm_time_s(self, m, n, k, fp8=False, batch=1.0, output_bytes=2.0):
+    def gemm_time_s(self, m, n, k, fp8=False, batch=1.0, output_bytes=2.0, m_sd=0.0):
         return np.asarray(batch, dtype=float) + 10.0
 
 
@@ -117,9 +130,10 @@ def test_fp8_padding_bytes_worked_example():
     # H100 Qwen3-30B recipe shape: mbs 2 x s 4096 = 8192 tokens per rank, k = 8: 65,536 routed tokens, h = 2048.
     # Two copies (pad the input, unpad the output), each reading and writing 2 B per element:
     # 2 x 4 x 65,536 x 2048 = 1,073,741,824 B; the probs' pad, one 2 B element per routed token read and written:
-    # 4 x 65,536 = 262,144 B.
+    # 4 x 65,536 = 262,144 B; both on the busiest rank's received rows (forced balancing at 8,192 tokens a rank:
+    # FORCED's excess / sqrt(2)).
     got = fp8_padding_bytes(QWEN, _arrays(mbs=2, precision="fp8"))
-    assert float(got[0]) == 1_073_741_824 + 262_144
+    assert float(got[0]) == pytest.approx((1_073_741_824 + 262_144) * (1 + (FORCED - 1) / np.sqrt(2)), rel=1e-12)
 
 
 def test_fp8_padding_is_priced_for_megatron_core_fp8_moe_layers_only():
@@ -134,7 +148,8 @@ def test_fp8_padding_is_priced_for_megatron_core_fp8_moe_layers_only():
     off = replace(mcore, fp8_expert_padding=False)
     assert mcore.fp8_expert_padding and not get_stack("torchtitan").fp8_expert_padding
     fp8 = _arrays(mbs=2, precision="fp8")
-    pad_s = (1_073_741_824 + 262_144) / hw.for_fp8_recipe(mcore.fp8_recipes[0]).hbm_bytes_per_s
+    pad_s = float(fp8_padding_bytes(QWEN, _arrays(mbs=2, precision="fp8"))[0]) / hw.for_fp8_recipe(
+        mcore.fp8_recipes[0]).hbm_bytes_per_s
     on_t, off_t = layer_time(QWEN, fp8, hw, True, mcore), layer_time(QWEN, fp8, hw, True, off)
     assert float(on_t.forward_s[0] - off_t.forward_s[0]) == pytest.approx(pad_s, rel=1e-9)
     assert float(on_t.backward_s[0] - off_t.backward_s[0]) == pytest.approx(pad_s, rel=1e-9)
@@ -154,11 +169,16 @@ def test_expert_bias_bytes_worked_example():
     # routed tokens x h 2880 = 94,371,840 elements. Forward: b * p written (2), t + bp read 2 + 2 and written 2,
     # torch.cat read 2 and written 2 = 12 B per element: 1,132,462,080 B. Backward: bias grad g * p written, read
     # back by the token sum (6), prob grad g * b the same (6), split's backward cat of the gradient (4) = 16 B:
-    # 1,509,949,440 B.
+    # 1,509,949,440 B; both at the busiest of the 64 ranks' rows (forced balancing: 2 local experts, 4 picks of
+    # 128, 524,288 tokens over the EP group: sd / mean = sqrt(4 (2/128)(126/128)(124/127) / 524,288) / (4 x 2/128)
+    # = 0.0054154, the busiest 2.3437 x sqrt(64/63) of them up: x 1.0127936).
     assert (GPT_OSS.hidden, GPT_OSS.top_k, GPT_OSS.expert_bias) == (2880, 4, True)
     assert (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES) == (12.0, 16.0)
     fwd, bwd = expert_bias_bytes(GPT_OSS, _arrays(dp=64, ep=64, seq=8192, gbs=1280))
-    assert (float(fwd[0]), float(bwd[0])) == (1_132_462_080, 1_509_949_440)
+    busiest = 1 + 2.3437335 * np.sqrt(64 / 63) * np.sqrt(4 * (2 / 128) * (126 / 128) * (124 / 127) / 524_288) / (8 / 128)
+    assert busiest == pytest.approx(1.0127936, rel=1e-6)
+    assert float(fwd[0]) == pytest.approx(1_132_462_080 * busiest, rel=1e-7)
+    assert float(bwd[0]) == pytest.approx(1_509_949_440 * busiest, rel=1e-7)
     # Experts without biases (Qwen3) move none.
     assert not QWEN.expert_bias
     assert [float(x[0]) for x in expert_bias_bytes(QWEN, _arrays())] == [0.0, 0.0]
@@ -178,7 +198,7 @@ def test_expert_bias_is_priced_in_the_experts_phase_on_megatron_core_only():
     assert mcore.eager_expert_bias and not get_stack("torchtitan").eager_expert_bias
     L = _arrays(dp=64, ep=64, seq=8192, gbs=1280)
     on_t, off_t = layer_time(GPT_OSS, L, hw, True, mcore), layer_time(GPT_OSS, L, hw, True, off)
-    f_s, b_s = 1_132_462_080 / hw.hbm_bytes_per_s, 1_509_949_440 / hw.hbm_bytes_per_s
+    f_s, b_s = (float(x[0]) / hw.hbm_bytes_per_s for x in expert_bias_bytes(GPT_OSS, L))
     assert float(on_t.forward_s[0] - off_t.forward_s[0]) == pytest.approx(f_s, rel=1e-9)
     assert float(on_t.experts_forward_s[0] - off_t.experts_forward_s[0]) == pytest.approx(f_s, rel=1e-9)
     assert float(on_t.backward_s[0] - off_t.backward_s[0]) == pytest.approx(b_s, rel=1e-9)

@@ -61,13 +61,15 @@ def test_step_prices_deepep_with_the_cap(dsv3):
     from clusterplan.models.training.batch import LayoutArrays
     from clusterplan.models.training.dispatch import dedup_all_to_all_s, deepep_rates
     from clusterplan.models.training.layout import Layout
+    from clusterplan.models.training.moe_layer import imbalance
     from clusterplan.models.training.step import Group, flex_dispatch_s
     from clusterplan.models.training.topology import Axis
 
     hw = HardwareRates.of(load_cluster("hgx-h800:8"))
     L = LayoutArrays.from_layouts([Layout(dp=64, ep=64, mbs=1, gbs=64, seq=4096, moe_dispatcher="deepep")])
     g = Group.of(L, Axis.EP)
-    token_bytes = np.array([4096 * 7168 * 2.0])
+    # the busiest rank's rows under forced balancing (tests/test_moe_forced_balance.py)
+    token_bytes = np.array([4096 * 7168 * 2.0]) * imbalance(dsv3, L)
     n_in, n_out = np.array([8.0]), np.array([8.0])
     r = deepep_rates(hw.link("all_to_all", Axis.EP))  # the share of the links DeepEP reaches
     expected = dedup_all_to_all_s(token_bytes, 256, 8, n_in, n_out, r, 4.0)

@@ -296,8 +296,9 @@ def test_deepseek_mtp_layer_per_row(rows):
 def test_b200_qwen3_235b_runs_slower_with_the_overlap_it_had(rows):
     """README: the 25.11 B200 Qwen3-235B FP8-MX run had Megatron-Core's 1F1B all-to-all overlap (PR #1760), and with
     each merged layer pair priced as one host/GPU stretch (models/training/host.py) the model, like NVIDIA, finds the
-    overlap slower on that layout: 4,500 tokens/s per GPU with it, 4,830 without (README "How good are the
-    predictions?"; 4,510 / 4,890 before the per-expert GEMMs' kernel time, gemm.yaml bf16_kernel_us / fp8_kernel_us;
+    overlap slower on that layout: 4,500 tokens/s per GPU with it, 4,800 without (README "How good are the
+    predictions?"; 4,500 / 4,830 before forced balancing's statistical excess and the experts' expected row tiles,
+    moe_layer.forced_balance_excess / expert_rows_sd; 4,510 / 4,890 before the per-expert GEMMs' kernel time, gemm.yaml bf16_kernel_us / fp8_kernel_us;
     4,570 / 5,000 before B200's measured sustained GEMM rate, gemm.yaml sustained_fraction_*)."""
     from dataclasses import replace
 
@@ -313,4 +314,4 @@ def test_b200_qwen3_235b_runs_slower_with_the_overlap_it_had(rows):
     _, cluster, _ = bridge.bridge_cluster(row.system, row.gpus)
     without = estimate(model, cluster, replace(row.layout, moe_a2a_overlap=False), stack=get_stack("megatron-core"),
                        fp8_recipe="mxfp8").to_json()["tokens_per_s"] / row.gpus
-    assert without == pytest.approx(4834, rel=0.005)
+    assert without == pytest.approx(4798, rel=0.005)

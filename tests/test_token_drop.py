@@ -32,6 +32,7 @@ from clusterplan.models.training.moe_layer import (
     fp8_align_rows,
     fp8_padding_bytes,
     fp8_padding_skipped,
+    imbalance,
     routed_tokens,
     router_bytes,
 )
@@ -93,12 +94,21 @@ def test_capacity_rows_by_hand():
     assert capacity_ratio(SHAPES, dropless)[0] == 1.0
 
 
+def _busiest() -> float:
+    """Dropless, forced balancing: the busiest expert-parallel rank's rows over the mean (moe_layer.imbalance, a
+    little above 1: tests/test_moe_forced_balance.py); the drop-and-pad path pads every expert to exactly its
+    capacity, so none of this applies there."""
+    busiest = float(imbalance(SHAPES, _arrays(QWEN))[0])
+    assert 1.0 < busiest < 1.02 and float(imbalance(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1"))[0]) == 1.0
+    return busiest
+
+
 def test_expert_gemms_and_executed_flops_run_the_padded_rows():
     # Each local expert's GEMM has capacity x ep rows: 282 x 8 = 2,256 (dropless 256 x 8 = 2,048); the 16 local
     # experts (layer_linears [2:4]).
     padded = layer_linears(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1.1"), True)[2]
     assert padded.tokens[0] == pytest.approx(2256) and padded.count[0] == pytest.approx(16)
-    assert layer_linears(SHAPES, _arrays(QWEN), True)[2].tokens[0] == pytest.approx(2048)
+    assert layer_linears(SHAPES, _arrays(QWEN), True)[2].tokens[0] == pytest.approx(2048 * _busiest())
     # Executed routed FLOPs: 2 x 4096 x 8 x expert_params x 1.1015625 (forward); model FLOPs (MFU) count top_k only.
     f_drop = layer_flops(SHAPES, _arrays(QWEN + ",moe_capacity_factor=1.1"), True)[0][0]
     f_less = layer_flops(SHAPES, _arrays(QWEN), True)[0][0]
@@ -109,17 +119,17 @@ def test_all_to_all_bytes_on_the_padded_rows():
     # bf16: 2 B x capacity x n_experts x hidden per all-to-all: C = 2 -> 2 x 512 x 128 x 2048 = 268,435,456.
     colls = ep_collectives(SHAPES, _arrays(QWEN + ",moe_capacity_factor=2"))
     assert colls.size_bytes[0] == 2 * 512 * 128 * 2048
-    assert ep_collectives(SHAPES, _arrays(QWEN)).size_bytes[0] == 2 * 32768 * 2048
+    assert ep_collectives(SHAPES, _arrays(QWEN)).size_bytes[0] == pytest.approx(2 * 32768 * 2048 * _busiest())
 
 
 def test_expert_activations_on_the_padded_rows():
     # bf16, no recompute: per routed row the grouped fc1 keeps its input (2 B x 2048), the fused SwiGLU its input
     # (2 widths x 2 B x 768) and fc2 its input (2 B x 768): 4,096 + 3,072 + 1,536 = 8,704 B. C = 2 keeps 32,768 rows
-    # more than C = 1 (which equals dropless here: 256 rows per expert, no padding).
+    # more than C = 1 (256 rows per expert, no padding; dropless keeps the busiest rank's rows, _busiest() x those).
     def kept(text: str) -> float:
         L = _arrays(text)
         return float(layer_activation_bytes(SHAPES, L, True, L.recompute)[0])
-    assert kept(QWEN + ",moe_capacity_factor=1") == kept(QWEN)
+    assert kept(QWEN) - kept(QWEN + ",moe_capacity_factor=1") == pytest.approx(32768 * 8704 * (_busiest() - 1))
     assert kept(QWEN + ",moe_capacity_factor=2") - kept(QWEN + ",moe_capacity_factor=1") == 32768 * 8704
 
 
@@ -134,7 +144,7 @@ def test_fp8_padding_copies_vanish_when_capacity_rows_are_aligned():
     fp8 = QWEN + ",precision=fp8"
     # Dropless: 2 copies x (read + write 2 B) x 32,768 x 2048 + the probs' 4 B x 32,768.
     dropless = 2 * 4 * 32768 * 2048 + 4 * 32768
-    assert fp8_padding_bytes(SHAPES, _arrays(fp8))[0] == dropless
+    assert fp8_padding_bytes(SHAPES, _arrays(fp8))[0] == pytest.approx(dropless * _busiest())
     # C = 1: 256 x ep 8 = 2,048 rows per local expert, a multiple of 16 (and of MXFP8's 32): no copy.
     assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1"))[0] == 0.0
     assert fp8_padding_bytes(SHAPES, _arrays(fp8 + ",moe_capacity_factor=1"), 32)[0] == 0.0

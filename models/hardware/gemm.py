@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clusterplan.hardware_db import GemmTiling
+from clusterplan.models.normal import ceil_moments, expected_ceil
 
 OUTPUT_BYTES = 2.0
 """GEMM outputs are written in bf16/fp16 (fp8 recipes too: Transformer Engine returns the high-precision dtype)."""
@@ -78,11 +79,14 @@ class GemmShapeModel:
         return np.where(fp8, self.fp8_kernel_s, self.bf16_kernel_s)
 
     def wave_efficiency(self, m: np.ndarray, n: np.ndarray, batch: np.ndarray | float = 1.0,
-                        sm_margin: int = 0) -> np.ndarray:
+                        sm_margin: int = 0, m_sd: np.ndarray | float = 0.0) -> np.ndarray:
         """Useful share of the SM-tile slots paid for, m n batch / (waves x SMs x tile area), for the best of the
         library's tile and its half-height variant, in either orientation. The half tile reuses each loaded operand
         over fewer outputs, so its per-SM rate is scaled by its reuse tm tn / (tm + tn) relative to the full tile's
-        (operand loads per MAC, the shared-memory roofline of a tiled GEMM)."""
+        (operand loads per MAC, the shared-memory roofline of a tiled GEMM). `m_sd`: the rows of each GEMM of the
+        batch vary about m with this standard deviation, independently (a dropless expert's routed rows), so the
+        row tiles and the waves are their expectations (normal.ceil_moments; the batch's tiles a normal sum):
+        about half a tile more than m / tile per GEMM, and no wave step at an exact tile fit."""
         if self.sm_count is None:
             return np.ones_like(np.asarray(m, dtype=float))
         sms = float(self.sm_count - sm_margin)
@@ -90,7 +94,9 @@ class GemmShapeModel:
         half = tm // 2
         full_reuse = tm * tn / (tm + tn)
         useful = m * n * batch
-        ceil_m = {d: np.ceil(m / d) for d in {tm, tn, half}}
+        spread = np.any(np.asarray(m_sd) > 0)
+        moments = {d: ceil_moments(m, m_sd, d) for d in {tm, tn, half}}
+        ceil_m = {d: mean for d, (mean, _) in moments.items()}
         ceil_n = {d: np.ceil(n / d) for d in {tm, tn, half}}
         best = np.zeros_like(useful, dtype=float)
         waves = np.empty_like(best)
@@ -98,7 +104,10 @@ class GemmShapeModel:
             # in place: these arrays span every candidate layout of a search
             np.multiply(ceil_m[a], ceil_n[b], out=waves)
             waves *= batch / sms
-            np.ceil(waves, out=waves)
+            if spread:  # the batch's tiles: a sum of `batch` independent GEMMs' (normal), over the SMs
+                waves = expected_ceil(waves, np.sqrt(moments[a][1] * batch) * ceil_n[b] / sms, 1.0)
+            else:
+                np.ceil(waves, out=waves)
             np.maximum(waves, 1.0, out=waves)
             scale = min(1.0, a * b / (a + b) / full_reuse) / (sms * a * b)
             np.divide(scale, waves, out=waves)
@@ -114,13 +123,15 @@ class GemmShapeModel:
 
     def time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
                batch: np.ndarray | float = 1.0, sm_margin: int = 0,
-               output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+               output_bytes: np.ndarray | float = OUTPUT_BYTES, m_sd: np.ndarray | float = 0.0) -> np.ndarray:
         """Seconds of one (batched) GEMM C[m,n] = A[m,k] B[k,n]; 0 when any dimension is 0. `output_bytes`: HBM
-        bytes per element of C (OUTPUT_BYTES written; a GEMM that accumulates into C reads it too: beta = 1)."""
+        bytes per element of C (OUTPUT_BYTES written; a GEMM that accumulates into C reads it too: beta = 1).
+        `m_sd`: the standard deviation of each batched GEMM's rows about m (wave_efficiency)."""
         m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
         fp8 = np.asarray(fp8, dtype=bool)
         flops = 2.0 * m * n * k * batch
-        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch, sm_margin),
+        eff = np.array(np.broadcast_to(self.wave_efficiency(np.maximum(m, 1.0), np.maximum(n, 1.0), batch, sm_margin,
+                                                           m_sd),
                                        flops.shape))
         rate = np.where(fp8, self.max_flops_fp8, self.max_flops) if fp8.any() else self.max_flops
         if (self.fp8_k_overhead and fp8.any()) or (self.bf16_k_overhead and not fp8.all()):

@@ -189,12 +189,12 @@ class HardwareRates:
 
     def gemm_time_s(self, m: np.ndarray, n: np.ndarray, k: np.ndarray, fp8: np.ndarray | bool = False,
                     batch: np.ndarray | float = 1.0, sm_margin: int = 0,
-                    output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+                    output_bytes: np.ndarray | float = OUTPUT_BYTES, m_sd: np.ndarray | float = 0.0) -> np.ndarray:
         """Seconds of one GEMM C[m,n] = A[m,k] B[k,n] (x batch) at this hardware's rates; `sm_margin` SMs held by a
-        concurrent kernel, `output_bytes` of C's traffic per element (both priced by the shape model only: a
-        calibrated curve has no SM count and no roofline)."""
+        concurrent kernel, `output_bytes` of C's traffic per element, `m_sd` the spread of the batched GEMMs' rows
+        (all three priced by the shape model only: a calibrated curve has no SM count, tiles or roofline)."""
         if self.gemm_shape is not None:
-            return self.gemm_shape.time_s(m, n, k, fp8, batch, sm_margin, output_bytes)
+            return self.gemm_shape.time_s(m, n, k, fp8, batch, sm_margin, output_bytes, m_sd)
         flops = 2.0 * np.asarray(m, float) * n * k * batch
         rate = np.where(np.asarray(fp8, dtype=bool), self.gemm_max_flops_fp8, self.gemm_max_flops)
         # Calibrated saturating curve, rate * F / (F + F_half) (Calculon-style size curve): time (F + F_half) / rate.

@@ -68,7 +68,7 @@ def ep_collectives(shapes: ModelShapes, L: LayoutArrays) -> Collectives:
     rank (Lepikhin et al. 2020; Megatron-Core's alltoall dispatcher); on the drop-and-pad path capacity x n_experts
     rows, padding included (moe_layer.routed_tokens: equal splits)."""
     # Imbalanced dropless routing: the collective ends when the busiest rank has its rows (moe_layer.imbalance).
-    size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width
+    size = activation_bytes(L) * routed_tokens(shapes, L) * imbalance(shapes, L) * shapes.routed_width
     # Megatron-Core's selective `moe` module checkpoints MoELayer's whole custom_forward (router, dispatch with its
     # sync, experts, combine: moe_layer.py moe_layer_recompute), so its backward re-issues the two as well
     moe_module = np.where(selective_module(L, L.recompute, "moe"), 1.0, 0.0)

@@ -26,6 +26,7 @@ from clusterplan.models.training.moe_layer import (
     busiest_rank_ratio,
     capacity_ratio,
     expert_bias_bytes,
+    expert_rows_sd,
     fp8_align_rows,
     fp8_padding_bytes,
     grouped_gemm_time_s,
@@ -143,6 +144,9 @@ class Linear:
     """The `count` GEMMs are a rank's local experts run by Transformer Engine's GroupedLinear (moe_layer)."""
     tp_role: TpRole = TpRole.NONE
     """Column- or row-parallel GEMM of a tensor-parallel block (its communication may overlap it: tp_overlap.py)."""
+    rows_sd: np.ndarray | float = 0.0
+    """Standard deviation of each of the `count` GEMMs' tokens about `tokens` (a dropless expert's routed rows:
+    moe_layer.expert_rows_sd); prices their expected row tiles in the GEMMs whose m is the tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +199,14 @@ def linear_gemm_shapes(tokens: np.ndarray | float, fan_in: np.ndarray | float, f
 
 
 def linear_gemm_time_s(g: Linear, rates: HardwareRates, m: np.ndarray | float, n: np.ndarray | float, k: np.ndarray | float,
-                       fp8: np.ndarray, output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+                       fp8: np.ndarray, output_bytes: np.ndarray | float = OUTPUT_BYTES,
+                       m_sd: np.ndarray | float = 0.0) -> np.ndarray:
     """Seconds of `g`'s `count` equal m x n x k GEMMs: all at once, or, for a rank's local experts,
-    GROUPED_GEMM_STREAMS at a time as Transformer Engine runs them (moe_layer.grouped_gemm_time_s)."""
+    GROUPED_GEMM_STREAMS at a time as Transformer Engine runs them (moe_layer.grouped_gemm_time_s); `m_sd` the
+    spread of their rows (g.rows_sd for the forward and input-gradient GEMMs, whose m is the tokens)."""
     if g.streamed:
-        return grouped_gemm_time_s(rates, m, n, k, fp8, g.count, output_bytes)
-    return rates.gemm_time_s(m, n, k, fp8, g.count, output_bytes=output_bytes)
+        return grouped_gemm_time_s(rates, m, n, k, fp8, g.count, output_bytes, m_sd)
+    return rates.gemm_time_s(m, n, k, fp8, g.count, output_bytes=output_bytes, m_sd=m_sd)
 
 
 def wgrad_output_bytes(L: LayoutArrays, stack: ExecutionStack) -> np.ndarray | float:
@@ -238,7 +244,8 @@ def linear_times(linears: list[Linear], hw: HardwareRates, fp8: np.ndarray, over
             f, dx, dw = of, odx, odw
         else:  # whole GEMMs, where no overlap chunks them
             forward, dgrad, wgrad_shape = linear_gemm_shapes(t, i, o)
-            f, dx, dw = (linear_gemm_time_s(g, fhw, *forward, fp8), linear_gemm_time_s(g, hw, *dgrad, fp8),
+            f, dx, dw = (linear_gemm_time_s(g, fhw, *forward, fp8, m_sd=g.rows_sd),
+                         linear_gemm_time_s(g, hw, *dgrad, fp8, m_sd=g.rows_sd),
                          linear_gemm_time_s(g, hw, *wgrad_shape, fp8, wgrad_bytes))
             if overlapped:
                 f, dx, dw = (np.where(overlap.active, a, b) for a, b in ((of, f), (odx, dx), (odw, dw)))
@@ -321,15 +328,16 @@ def op_sac_recomputed_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -
 
 
 def _block(tokens: np.ndarray, hidden: int, params: float, inner: float, shard: np.ndarray,
-           count: np.ndarray | float = 1.0, streamed: bool = False, tp_block: bool = False) -> list[Linear]:
+           count: np.ndarray | float = 1.0, streamed: bool = False, tp_block: bool = False,
+           rows_sd: np.ndarray | float = 0.0) -> list[Linear]:
     """A hidden -> inner-ish -> hidden pair (attention in/out projections, an MLP, an expert): the output projection
     has `inner` inputs, the input projections get the remaining parameters; both sharded by `shard` (Megatron TP:
     column- then row-parallel; `tp_block`: their TP communication may overlap them). The FLOPs equal
     2 x tokens x params / shard exactly."""
     first = (params - inner * hidden) / hidden
     column, row = (TpRole.COLUMN, TpRole.ROW) if tp_block else (TpRole.NONE, TpRole.NONE)
-    return [Linear(tokens, hidden, first / shard, count, streamed, column),
-            Linear(tokens, inner / shard, hidden, count, streamed, row)]
+    return [Linear(tokens, hidden, first / shard, count, streamed, column, rows_sd),
+            Linear(tokens, inner / shard, hidden, count, streamed, row, rows_sd)]
 
 
 def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linear]:
@@ -346,8 +354,9 @@ def layer_linears(shapes: ModelShapes, L: LayoutArrays, moe: bool) -> list[Linea
         # Drop-and-pad: exactly capacity rows per expert from each rank (moe_layer.capacity_ratio).
         # Imbalanced dropless routing: the busiest EP rank's rows, which every rank waits for (busiest_rank_ratio).
         per_expert = tokens * shapes.top_k * L.ep / (shapes.n_experts * L.tp) * busiest_rank_ratio(shapes, L)
+        # Dropless, an expert's rows vary about that mean (moe_layer.expert_rows_sd): their expected row tiles.
         out += _block(per_expert, shapes.routed_width, shapes.expert_params, shapes.expert_ffn, np.ones_like(L.tp),
-                      count=shapes.n_experts / L.ep, streamed=True)
+                      count=shapes.n_experts / L.ep, streamed=True, rows_sd=expert_rows_sd(shapes, L))
         out += _block(tokens, shapes.hidden, shapes.moe_dense_part_params, shapes.shared_ffn, L.tp)
         if shapes.moe_latent:  # h -> latent before the dispatch, latent -> h after the combine, on the rank's tokens
             out += [Linear(tokens / L.tp, shapes.hidden, shapes.moe_latent),

@@ -89,12 +89,12 @@ class LayerGemms:
 
 
 def _factors(hw: HardwareRates, m: float, n: float, k: float, batch: float,
-             fp8: bool) -> tuple[float | None, float | None]:
+             fp8: bool, m_sd: float = 0.0) -> tuple[float | None, float | None]:
     """(wave efficiency, k-depth factor) of one GEMM under the shape model; (None, None) on a calibrated curve."""
     shape = hw.gemm_shape
     if shape is None:
         return None, None
-    wave = shape.wave_efficiency(np.array([m]), np.array([n]), batch)
+    wave = shape.wave_efficiency(np.array([m]), np.array([n]), batch, m_sd=m_sd)
     return float(np.ravel(wave)[0]), float(np.ravel(shape.k_depth(np.array([k]), np.array([fp8])))[0])
 
 
@@ -113,8 +113,9 @@ def _linear_gemms(layer: str, matrix: str, g: Linear, forward_hw: HardwareRates,
     for gemm_pass, (m, n, k), rates in zip(PASSES, linear_gemm_shapes(tokens, fan_in, fan_out), (forward_hw, hw, hw),
                                            strict=True):
         output_bytes = wgrad_bytes if gemm_pass == "wgrad" else OUTPUT_BYTES
-        time_s = linear_gemm_time_s(g, rates, np.array([m]), np.array([n]), np.array([k]), flag, output_bytes)
-        wave, k_depth = _factors(rates, m, n, k, batch, fp8)
+        m_sd = 0.0 if gemm_pass == "wgrad" else float(np.ravel(g.rows_sd)[0])  # the rows are m but in dW = X^T dY
+        time_s = linear_gemm_time_s(g, rates, np.array([m]), np.array([n]), np.array([k]), flag, output_bytes, m_sd)
+        wave, k_depth = _factors(rates, m, n, k, batch, fp8, m_sd)
         out.append(LayerGemm(layer=layer, matrix=matrix, gemm_pass=gemm_pass, m=m, n=n, k=k, count=count,
                              precision="fp8" if fp8 else "bf16", time_s=float(np.ravel(time_s)[0]),
                              wave_efficiency=wave, k_depth=k_depth))

@@ -10,6 +10,9 @@ Williams et al. 2009); nothing is fitted. Vectorised over LayoutArrays.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from math import comb, erf
+
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
@@ -67,11 +70,108 @@ def capacity_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     return np.where(L.token_drop, routed_tokens(shapes, L) / np.maximum(dropless, 1e-30), 1.0)
 
 
-def imbalance(L: LayoutArrays) -> np.ndarray:
+@lru_cache(maxsize=256)
+def expected_max_standard_normal(n: int) -> float:
+    """E[max of n independent standard normals] = integral of x n phi(x) Phi(x)^(n-1) dx (order statistics, e.g.
+    David & Nagaraja 2003, Sec. 3.1): 0.0 for 1, 1.4236 for 8, 1.7660 for 16, 2.0697 for 32, 2.3437 for 64."""
+    if n < 2:
+        return 0.0
+    x, pdf, cdf = _normal_grid()
+    return float(np.sum(x * n * pdf * cdf ** (n - 1)) * (x[1] - x[0]))
+
+
+@lru_cache(maxsize=1)
+def _normal_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The standard normal's density and distribution function on expected_max_standard_normal's grid."""
+    x = np.linspace(-MAX_NORMAL_SIGMA, MAX_NORMAL_SIGMA, NORMAL_GRID_POINTS)
+    cdf = 0.5 * (1.0 + np.frompyfunc(erf, 1, 1)(x / np.sqrt(2.0)).astype(float))
+    return x, np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi), cdf
+
+
+MAX_NORMAL_SIGMA = 12.0
+"""Integration range of expected_max_standard_normal, in standard deviations: the density beyond is below 1e-30."""
+NORMAL_GRID_POINTS = 48_001
+"""Integration grid of expected_max_standard_normal (step 5e-4 sigma: the sum is exact to 1e-9 for n <= 1,024)."""
+
+
+def _hypergeometric_mean_var(population: int, successes: int, draws: int) -> tuple[float, float]:
+    """Mean and variance of the successes among `draws` taken without replacement (hypergeometric)."""
+    p = successes / population
+    spread = (population - draws) / (population - 1) if population > 1 else 0.0
+    return draws * p, draws * p * (1.0 - p) * spread
+
+
+@lru_cache(maxsize=256)
+def token_rank_picks(n_experts: int, top_k: int, ep: int, groups: int = 1, groups_per_token: int = 0
+                     ) -> tuple[float, float]:
+    """Mean and variance of how many of one token's top_k picks land on one expert-parallel rank's n_experts / ep
+    local experts when the router picks uniformly at random: Megatron-Core's moe_router_force_load_balancing replaces
+    the logits by fresh Gaussian noise per token (moe_utils.RandomSTE), so the picks are a uniform k-subset
+    (hypergeometric: mean k l / E, variance k (l/E)(1 - l/E)(E - k)/(E - 1)). With group-limited routing
+    (groups_per_token of groups, DeepSeek-V3 4 of 8) a token first takes groups_per_token groups, then its k picks
+    among their experts: a rank holding whole groups (or lying inside one) gets J of its groups picked
+    (hypergeometric over groups), then a hypergeometric share of the k picks; variance by the law of total variance.
+    The picks within the chosen groups are taken as uniform (Megatron's group score, the sum of each group's top
+    k / groups_per_token scores, makes every chosen group hold at least one pick: the variance is an upper bound). A
+    rank whose experts neither hold whole groups nor lie inside one is priced without the group limit."""
+    local = n_experts // ep
+    size = n_experts // groups if groups > 1 else n_experts
+    if groups > 1 and 0 < groups_per_token < groups and (size % local == 0 or local % size == 0):
+        per_group, owned = min(local, size), max(1, local // size)
+        pool = groups_per_token * size
+        mean = var_within = 0.0
+        second = 0.0
+        for j in range(0, min(owned, groups_per_token) + 1):
+            pj = comb(owned, j) * comb(groups - owned, groups_per_token - j) / comb(groups, groups_per_token)
+            m, v = _hypergeometric_mean_var(pool, per_group * j, top_k)
+            mean, var_within, second = mean + pj * m, var_within + pj * v, second + pj * m * m
+        return mean, var_within + second - mean * mean
+    return _hypergeometric_mean_var(n_experts, local, top_k)
+
+
+def forced_balance_excess(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """The busiest expert-parallel rank's routed rows over the mean under force-balanced (random) routing, minus 1:
+    a rank receives the picks of all ep x t tokens of its EP group (t = rank_tokens), each token independent
+    (token_rank_picks), so its rows are near-normal with mean ep t m and standard deviation sqrt(ep t v); every rank
+    waits for the busiest of the ep at each layer's combine. The ep loads sum to the group's fixed rows, so they are
+    equicorrelated with correlation -1 / (ep - 1): such normals are sqrt(ep / (ep - 1)) x (Y_i - mean Y) of
+    independent ones, and their maximum lies expected_max_standard_normal(ep) x sqrt(ep / (ep - 1)) standard
+    deviations above the mean. B200 Qwen3-30B-A3B at ep 8, 4,096 tokens a rank: +0.76 %."""
+    out = np.zeros(np.shape(L.ep), dtype=float)
+    tokens = rank_tokens(L)
+    for ep in np.unique(L.ep):
+        ep = int(ep)
+        if ep < 2 or shapes.n_experts < ep or shapes.n_experts % ep:  # no routed experts to share out
+            continue
+        mean, var = token_rank_picks(shapes.n_experts, shapes.top_k, ep, shapes.expert_groups,
+                                     shapes.expert_groups_per_token)
+        sigmas = expected_max_standard_normal(ep) * np.sqrt(ep / (ep - 1))
+        excess = sigmas * np.sqrt(var / np.maximum(ep * tokens, 1.0)) / mean
+        out = np.where(L.ep == ep, excess, out)
+    return out
+
+
+def imbalance(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     """How many times the mean routed rows the busiest expert-parallel rank receives: Layout.moe_imbalance on the
-    dropless path with ep > 1; 1 with one EP rank (no rank waits for another) and on the drop-and-pad path, which
-    pads every expert to its capacity (capacity_ratio)."""
-    return np.where(L.token_drop | (L.ep < 2), 1.0, L.moe_imbalance)
+    dropless path with ep > 1, and at moe_imbalance 1 (force-balanced) the busiest rank's statistical excess
+    (forced_balance_excess); 1 with one EP rank (no rank waits for another) and on the drop-and-pad path, which pads
+    every expert to its capacity (capacity_ratio)."""
+    forced = L.moe_imbalance == 1.0
+    measured = np.where(forced, 1.0 + forced_balance_excess(shapes, L), L.moe_imbalance) if np.any(forced) \
+        else L.moe_imbalance
+    return np.where(L.token_drop | (L.ep < 2), 1.0, measured)
+
+
+def expert_rows_sd(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
+    """Standard deviation of one local expert's routed rows per micro-batch on the dropless path: each of the EP
+    group's ep x t tokens (rank_tokens) picks it with probability top_k / n_experts, independently under
+    force-balanced routing (RandomSTE), so its rows are binomial, sd = sqrt(ep t p (1 - p)); a router that learns
+    spreads them more, so this is a floor. 0 on the drop-and-pad path (every expert padded to its capacity). Prices
+    the expected row tiles of the expert GEMMs (GemmShapeModel.wave_efficiency): an expert almost never gets a whole
+    number of tiles."""
+    p = shapes.top_k / max(shapes.n_experts, 1)
+    sd = np.sqrt(L.ep * rank_tokens(L) * p * (1.0 - p))
+    return np.where(L.token_drop, 0.0, sd)
 
 
 def busiest_rank_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
@@ -81,24 +181,24 @@ def busiest_rank_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     sorts, padding and bias ops around them and the all-to-all's bytes. What a rank does with its own tokens (router,
     the permute before dispatch and the unpermute after combine) stays balanced, and FLOPs (MFU, HFU) count the mean
     (capacity_ratio)."""
-    return capacity_ratio(shapes, L) * imbalance(L)
+    return capacity_ratio(shapes, L) * imbalance(shapes, L)
 
 
-DROPLESS_IMBALANCE_EARLY = 1.501
+DROPLESS_IMBALANCE_EARLY = 1.571
 """FITTED (README "Fitted constants"): Layout.moe_imbalance of a dropless run whose router learns, at the start of
 training. Fitted on the forced-balance / dropless throughput ratios of Megatron-MoE-ModelZoo's long-context Qwen3-235B
 rows at 16K and 128K (256 H100, TP4 PP8 VPP4 EP8, DeepEP; best_practice/qwen3/readme.md @020b8136: "295 (forced
 balance) / 237 (dropless)", "389 / 357"), checked on the same table's 32K and 64K rows (335 / 277, 368 / 320)
-(reference/mcore_moe.py, tests/test_moe_imbalance.py). 1.501 since these rows' selective `moe` recompute module
-re-runs its dispatch and combine all-to-alls (collectives.ep_collectives): the refit lands on 1.5004, just above the
-step where the busiest rank's expert GEMMs take one more wave (at 1.500 the four ratios are 0.9-1.9 % low, at 1.501
-within 0.7 %; since DeepEP's kernels reach less of the links than NCCL, dispatch.deepep_rates, the refit lands on
-1.50000, and since the per-expert GEMMs' kernel time (grouped_gemm_time_s) on 1.50004, each still just above that
-step, so 1.501 is kept: the four ratios within 1.3 %); 1.52 before that term, 1.51 before the rows reduced gradients in fp32 as Megatron-LM does with --bf16
-(mcore_moe.FP32_GRADS_SOURCE). A measured value for one model and EP
-layout early in training, not a default: the model prices 1.0 (force-balanced) unless moe_imbalance is given. Not universal: the ModelZoo's
-Mixtral-8x22B run script pairs about 445 dropless with 465 forced TFLOP/s (one expert per EP rank), which implies 1.03
-(research/mixtral-published-runs.md)."""
+(reference/mcore_moe.py, tests/test_moe_imbalance.py): the golden-section refit lands on 1.5711, the four ratios
+within 0.8 %. 1.571 since the forced twins are priced with the busiest rank's statistical excess
+(forced_balance_excess) and the expert GEMMs with their expected row tiles and waves (expert_rows_sd): before, a
+forced twin's experts got exactly 2,048 rows, a whole number of tiles, and every earlier fit (1.52, then 1.501 after
+the selective `moe` module re-ran its all-to-alls, kept through DeepEP's rates and the per-expert kernel time) landed
+on the wave step at 1.500 that this artefact put there. 1.51 before the rows reduced gradients in fp32 as Megatron-LM
+does with --bf16 (mcore_moe.FP32_GRADS_SOURCE). A measured value for one model and EP layout early in training, not
+a default: the model prices force-balanced routing (moe_imbalance 1, with its statistical excess) unless
+moe_imbalance is given. Not universal: the ModelZoo's Mixtral-8x22B run script pairs about 445 dropless with 465
+forced TFLOP/s (one expert per EP rank), which implies about 1.085 (research/mixtral-published-runs.md)."""
 
 
 def routing_basis(moe_imbalance: float, ep: int, token_drop: bool) -> str:
@@ -130,7 +230,7 @@ def permute_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray, np.
     sorts = np.where((L.ep > 1) & (shapes.n_experts / L.ep > 1), 2.0, 0.0)
     # The sorts regroup the received rows (the busiest rank's: imbalance); permute and unpermute touch the own tokens.
     w = shapes.routed_width  # a latent MoE permutes after its h -> latent projection
-    elements = 2 * t * w + (1.0 + 2.0 * sorts * imbalance(L) + 1.0) * tk * w
+    elements = 2 * t * w + (1.0 + 2.0 * sorts * imbalance(shapes, L) + 1.0) * tk * w
     forward = ROUTED_BYTES_PER_ELEMENT * elements
     backward = forward + ROUTED_BYTES_PER_ELEMENT * tk * w
     return forward, backward
@@ -175,7 +275,7 @@ def fp8_padding_bytes(shapes: ModelShapes, L: LayoutArrays, align_rows: int = FP
     (2 B elements: FP8_PADDING_COPIES of them) and the permuted probs, padded beside the hidden states (one 2 B
     element per routed token, read and written); the padded rows themselves (< 16 or 32 per expert) are left out.
     Nothing where the drop-and-pad splits are aligned (fp8_padding_skipped)."""
-    tk = routed_tokens(shapes, L) * imbalance(L)  # the received rows, the busiest rank's
+    tk = routed_tokens(shapes, L) * imbalance(shapes, L)  # the received rows, the busiest rank's
     per_copy = 2.0 * ROUTED_BYTES_PER_ELEMENT  # read + write
     return np.where(fp8_padding_skipped(shapes, L, align_rows), 0.0, FP8_PADDING_COPIES * per_copy * tk * shapes.routed_width + per_copy * tk)
 
@@ -198,7 +298,7 @@ def expert_bias_bytes(shapes: ModelShapes, L: LayoutArrays) -> tuple[np.ndarray,
     """(forward, backward) HBM bytes of one MoE layer's eager expert-bias ops per micro-batch on one rank
     (EXPERT_BIAS_FORWARD_BYTES, EXPERT_BIAS_BACKWARD_BYTES over the rank's routed tokens x hidden); zero for experts
     without biases. Callers apply it where the stack runs it (ExecutionStack.eager_expert_bias)."""
-    elements = routed_tokens(shapes, L) * imbalance(L) * shapes.routed_width * (1.0 if shapes.expert_bias else 0.0)
+    elements = routed_tokens(shapes, L) * imbalance(shapes, L) * shapes.routed_width * (1.0 if shapes.expert_bias else 0.0)
     return EXPERT_BIAS_FORWARD_BYTES * elements, EXPERT_BIAS_BACKWARD_BYTES * elements
 
 
@@ -227,17 +327,19 @@ def routing_times(shapes: ModelShapes, L: LayoutArrays, hw: HardwareRates) -> tu
 
 def grouped_gemm_time_s(hw: HardwareRates, m: np.ndarray, n: np.ndarray | float, k: np.ndarray | float,
                         fp8: np.ndarray, local_experts: np.ndarray | float,
-                        output_bytes: np.ndarray | float = OUTPUT_BYTES) -> np.ndarray:
+                        output_bytes: np.ndarray | float = OUTPUT_BYTES, m_sd: np.ndarray | float = 0.0
+                        ) -> np.ndarray:
     """Seconds of a rank's `local_experts` equal GEMMs (m x n, depth k, `output_bytes` of C traffic per element)
     run as Transformer Engine runs them: GROUPED_GEMM_STREAMS at a time share the SMs' waves (one batched
     wave-quantised GEMM each turn), the remainder in a last, smaller turn. Each turn also pays one GEMM kernel's fixed
     time (GemmShapeModel.kernel_s, fitted with the k-depth term on the same sweeps: 5-6.5 us, tens of percent of a
-    small expert GEMM); the concurrent kernels of a turn overlap theirs, so one per turn is a lower bound."""
+    small expert GEMM); the concurrent kernels of a turn overlap theirs, so one per turn is a lower bound. `m_sd`: the
+    spread of each expert's rows about m (expert_rows_sd), where m is the routed rows (forward, input gradient)."""
     n_local = np.asarray(local_experts, dtype=float)
     turns = np.floor(n_local / GROUPED_GEMM_STREAMS)
     rest = n_local - turns * GROUPED_GEMM_STREAMS
-    full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS, output_bytes=output_bytes)
-    last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0), output_bytes=output_bytes)
+    full = hw.gemm_time_s(m, n, k, fp8, GROUPED_GEMM_STREAMS, output_bytes=output_bytes, m_sd=m_sd)
+    last = hw.gemm_time_s(m, n, k, fp8, np.maximum(rest, 1.0), output_bytes=output_bytes, m_sd=m_sd)
     kernel = 0.0 if hw.gemm_shape is None else hw.gemm_shape.kernel_s(np.asarray(fp8, dtype=bool))
     return turns * (full + kernel) + np.where(rest > 0, last + kernel, 0.0)
 

@@ -473,7 +473,7 @@ def flex_dispatch_s(shapes: ModelShapes, L: LayoutArrays, g: Group, hw: Hardware
     with node-limited routing at most moe_layer.max_destination_nodes RDMA copies per token (DeepSeek-V3: 4 nodes)."""
     n_in, n_out = comm.split_group(g.size, g.stride, hw.domain)
     # Imbalanced dropless routing: the busiest destination's copies set the time (moe_layer.imbalance).
-    token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.routed_width * imbalance(L)
+    token_bytes = activation_bytes(L) * L.seq * L.mbs / L.cp / L.tp * shapes.routed_width * imbalance(shapes, L)
     rates, cap = hw.link("all_to_all", g.axis), max_destination_nodes(shapes, n_out)
     flex = dedup_all_to_all_s(token_bytes, shapes.n_experts, shapes.top_k, n_in, n_out, rates, cap)
     deepep = L.moe_dispatcher == MoeDispatcherCode.DEEPEP
