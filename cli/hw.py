@@ -19,7 +19,14 @@ from clusterplan.hardware_db import (
     load_db,
 )
 from clusterplan.hardware_db.catalog import unknown_record
-from clusterplan.hardware_db.prices import CHEAPEST, DEFAULT_PRICING, choose_prices, load_prices, row_json
+from clusterplan.hardware_db.prices import (
+    CHEAPEST,
+    DEFAULT_PRICING,
+    PRICINGS,
+    choose_prices,
+    load_prices,
+    row_json,
+)
 from clusterplan.hardware_db.schema import PriceRow
 from clusterplan.hardware_db.stacks import ExecutionStack
 
@@ -117,9 +124,9 @@ def hw_show(name: str, fmt: str) -> None:
     if getter is get_gpu:
         # the price the default rule gives it (plan, estimate, serve-plan), then every row the table has for it
         data["price"] = _price_json(choose_prices((record.name,)).rows.get(record.name))
-        data["prices"] = [row_json(r) for r in sorted(load_prices().rows, key=lambda r: (r.pricing, r.usd_per_gpu_hour,
-                                                                                       r.provider))
-                          if r.gpu == record.name]
+        rows = [r for r in load_prices().rows if r.gpu == record.name]
+        data["prices"] = {p: [row_json(r) for r in sorted(rows, key=lambda r: (r.usd_per_gpu_hour, r.provider))
+                              if r.pricing == p] for p in PRICINGS if any(r.pricing == p for r in rows)}
     if getter is get_stack:
         data = {k: v for k, v in data.items() if v is not None}
     tiling = get_gemm_tiling(record.name) if getter is get_gpu else None
@@ -129,6 +136,10 @@ def hw_show(name: str, fmt: str) -> None:
     if fmt == "json":
         console.json(data)
         return
+    if "prices" in data:  # one line per price row, cheapest first within each pricing model
+        data["prices"] = {p: {str(i + 1): f"${r['usd_per_gpu_hour']:g}/GPU-h {r['provider']}"
+                                          f"{' ' + r['region'] if r['region'] else ''}, {r['date']}, {r['source']}"
+                              for i, r in enumerate(rows)} for p, rows in data["prices"].items()}
     rows = []
 
     def flatten(prefix: str, value: object) -> None:
