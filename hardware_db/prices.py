@@ -204,11 +204,11 @@ def _fix(table: PriceTable, gpu: str, rule: PriceRule) -> str:
     options = []
     others = sorted({r.provider for r in rows if r.pricing == rule.pricing})
     if rule.provider != CHEAPEST and others:
-        options.append(f"--provider {CHEAPEST} or one of {', '.join(others)}")
+        options.append(f"--provider {CHEAPEST} (or one of {', '.join(others)})")
     pricings = [p for p in PRICINGS if p != rule.pricing and any(r.pricing == p for r in rows)]
     if pricings:
         options.append(f"--pricing {' or '.join(pricings)}")
-    options.append("--prices FILE with your price")
-    if len(options) == 1:
-        return "no row prices it: give " + options[0]
-    return "try " + ", ".join(options[:-1]) + " or " + options[-1]
+    own = "--prices FILE with your price"
+    if not options:
+        return f"no row prices it: give {own}"
+    return f"try {'; '.join(options)}, or {own}"

@@ -269,7 +269,7 @@ def test_serve_plan_says_a_gpu_has_no_price_not_that_the_model_does_not_fit(run_
             "--ttft-ms", "500", "--tpot-ms", "50", "--gpus", "L40S")
     code, _, err = run_cli(*args)
     assert code == 2 and err.strip() == ("error: L40S left out: no on_demand price for L40S from any provider in "
-                                         "prices.yaml; try --pricing spot or --prices FILE with your price")
+                                         "prices.yaml; try --pricing spot, or --prices FILE with your price")
     assert run_cli(*args, "--pricing", "spot")[0] == 0
 
 
