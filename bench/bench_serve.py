@@ -34,8 +34,8 @@ def run(args: list[str]) -> tuple[float, dict]:
     start, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(out):
         try:
-            # --provider any: all six GPU types priced (no one provider in the snapshot prices all six)
-            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4", "--provider", "any", "--format", "json", *args])
+            # the default price rule (each GPU type's cheapest on-demand row) prices them all but L40S (spot only)
+            main(["serve-plan", "--gpus", GPUS, "--tp", "1,2,4", "--format", "json", *args])
         except SystemExit as exc:
             if exc.code:
                 raise

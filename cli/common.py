@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clusterplan.cli.console import console
+from clusterplan.hardware_db.prices import PriceRule
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration, load_calibration
@@ -19,9 +20,11 @@ calibration_option = click.option("--calibration", "calibration_path", type=clic
                                   default=None, help="Calibration file from `clusterplan profile`.")
 
 
-def load_inputs(model_ref: str, cluster_ref: str, calibration_path: str | None
+def load_inputs(model_ref: str, cluster_ref: str, calibration_path: str | None, prices: PriceRule | None = None
                 ) -> tuple[ModelSpec, Cluster, Calibration | None]:
-    model, cluster, calibration = load_model(model_ref), load_cluster(cluster_ref), load_calibration(calibration_path)
+    """The model, the cluster (its GPUs priced under `prices`; None: the default rule) and the calibration."""
+    model, cluster = load_model(model_ref), load_cluster(cluster_ref, prices)
+    calibration = load_calibration(calibration_path)
     warn_foreign_calibration(calibration, cluster, calibration_path)
     return model, cluster, calibration
 

@@ -6,9 +6,17 @@ import click
 
 from clusterplan.cli.common import calibration_option, warn_foreign_calibration
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, plot_option, quiet_option, stack_option, tokens_option
+from clusterplan.cli.options import (
+    format_option,
+    plot_option,
+    price_options,
+    quiet_option,
+    stack_option,
+    tokens_option,
+)
 from clusterplan.cli.plot import check_plot_path
 from clusterplan.cli.render import (
+    prices_line,
     render_estimate,
     render_layer_gemms,
     render_layer_parts,
@@ -18,13 +26,18 @@ from clusterplan.cli.render import (
 )
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import require_finite
+from clusterplan.hardware_db.prices import price_rule
 from clusterplan.hardware_db.stacks import ExecutionStack, get_stack
 from clusterplan.models.architecture.catalog import load_model
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration, load_calibration
-from clusterplan.models.hardware.cluster import Cluster, load_cluster
+from clusterplan.models.hardware.cluster import Cluster, load_cluster, price_cluster
 from clusterplan.models.training.estimate import estimate as run_estimate
-from clusterplan.models.training.goodput import estimate_time_to_train, short_budget_warning
+from clusterplan.models.training.goodput import (
+    cluster_prices_json,
+    estimate_time_to_train,
+    short_budget_warning,
+)
 from clusterplan.models.training.layer_gemms import layer_gemms
 from clusterplan.models.training.layer_parts import layer_parts
 from clusterplan.models.training.layout import CHOICES, Layout, stack_problems
@@ -85,12 +98,14 @@ def layout_keys(text: str) -> set[str]:
               help="Also split one dense layer's compute by part (weight GEMMs, fp8 casts, attention core, elementwise), "
                    "forward and backward, and name the attention kernel curve that prices the core (JSON: layer_parts).")
 @stack_option()
+@price_options
 @format_option
 @plot_option
 @quiet_option
 def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | None, plan_path: str | None,
              moe_dispatcher: str | None, moe_a2a_overlap: bool, calibration_path: str | None, tokens: float | None,
-             show_gemms: bool, show_parts: bool, stack_name: str | None, fmt: str, plot_path: str | None) -> None:
+             show_gemms: bool, show_parts: bool, stack_name: str | None, provider: str | None, pricing: str | None,
+             prices_path: str | None, fmt: str, plot_path: str | None) -> None:
     """Predict per-GPU memory and step time of one training layout.
 
     Example: clusterplan estimate --model llama3.1-70b --cluster dgx-h100:8 --layout "tp=8,pp=4,gbs=512,seq=8192"
@@ -105,9 +120,10 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
     if plan_path is None and None in (model_ref, cluster_ref, layout_text):
         raise BadInputError("estimate needs --model, --cluster and --layout (e.g. --layout \"tp=8,pp=4\"), or --plan "
                             "PLAN.yaml from `clusterplan plan --out`")
+    prices = price_rule(provider, pricing, prices_path)
     plan = read_plan(plan_path) if plan_path is not None else None
     model = load_model(model_ref) if model_ref is not None else plan.model
-    cluster = load_cluster(cluster_ref) if cluster_ref is not None else plan.cluster
+    cluster = load_cluster(cluster_ref, prices) if cluster_ref is not None else price_cluster(plan.cluster, prices)
     calibration = load_calibration(calibration_path)
     warn_foreign_calibration(calibration, cluster, calibration_path)
     stack = get_stack(stack_name or (plan.stack if plan is not None else None))
@@ -148,6 +164,7 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
         result["nearest_feasible"] = nearest.to_json()
     if tokens is not None and est.feasible:
         result["time_to_train"] = estimate_time_to_train(est, tokens)
+        result["prices"] = cluster_prices_json(cluster)  # the rows behind its dollars, with the rule that chose them
         short = short_budget_warning(tokens, layout.gbs, layout.seq)
         if short is not None:
             console.warn(short)
@@ -170,6 +187,8 @@ def estimate(model_ref: str | None, cluster_ref: str | None, layout_text: str | 
             render_nearest(nearest)
         if "time_to_train" in result:
             render_time_to_train(result["time_to_train"])
+            if result["time_to_train"].get("usd") is not None:
+                console.text(prices_line(result["prices"]))
         if "layer_gemms" in result:
             render_layer_gemms(result["layer_gemms"])
         if "layer_parts" in result:

@@ -19,6 +19,15 @@ from clusterplan.hardware_db import (
     load_db,
 )
 from clusterplan.hardware_db.catalog import unknown_record
+from clusterplan.hardware_db.prices import (
+    CHEAPEST,
+    DEFAULT_PRICING,
+    PRICINGS,
+    choose_prices,
+    load_prices,
+    row_json,
+)
+from clusterplan.hardware_db.schema import PriceRow
 from clusterplan.hardware_db.stacks import ExecutionStack
 
 
@@ -49,16 +58,22 @@ def hw_list(fmt: str) -> None:
     """List GPUs, links, node presets and execution stacks."""
     db = load_db()
     stacks = [get_stack(n) for n in list_stacks()]
+    prices = choose_prices(tuple(db.gpus))  # the default rule, as plan and serve-plan price each GPU
     if fmt == "json":
-        console.json({"gpus": {n: _jsonable(g) for n, g in db.gpus.items()},
+        console.json({"gpus": {n: _jsonable(g) | {"price": _price_json(prices.rows.get(n))} for n, g in db.gpus.items()},
                       "links": {n: _jsonable(x) for n, x in db.links.items()},
                       "nodes": {n: _jsonable(x) for n, x in db.nodes.items()},
                       "stacks": {s.name: _jsonable(s) for s in stacks}})
         return
-    console.table("GPUs", ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s", "scale-up", "$/GPU-h"], [
+    console.table("GPUs", ["name", "bf16 TFLOP/s", "fp8 TFLOP/s", "memory GiB", "HBM TB/s", "scale-up", "$/GPU-h",
+                           "price from"], [
         (g.name, f"{g.tflops('bf16'):g}", f"{g.peak_tflops['fp8']:g}" if "fp8" in g.peak_tflops else "-",
          f"{g.memory_gib:g}", f"{g.memory_tb_per_s:g}", f"{g.scale_up_link} {g.scale_up_gb_per_s:g} GB/s x{g.scale_up_domain}",
-         f"{g.price.usd_per_gpu_hour:.2f}" if g.price else "-") for g in db.gpus.values()])
+         *_price_cells(prices.rows.get(g.name))) for g in db.gpus.values()],
+        justify_right=[False, True, True, True, True, True, True, False])
+    console.text(f"$/GPU-h: each GPU's cheapest {DEFAULT_PRICING} row across providers in hardware_db/data/prices.yaml "
+                 f"(snapshot {prices.snapshot}), the price plan, estimate and serve-plan use unless --provider, "
+                 "--pricing or --prices say otherwise; `hw show GPU` lists every row")
     console.text("")
     console.table("Node presets (--cluster NAME:NODES)", ["name", "GPUs", "scale-up", "NICs", "description"], [
         (n.name, f"{n.gpus_per_node} x {n.gpu}", f"{n.scale_up_link} x{n.scale_up_domain}",
@@ -71,6 +86,15 @@ def hw_list(fmt: str) -> None:
     console.table("Execution stacks (--stack NAME; `hw show NAME` for every field and its source)",
                   ["name", "attention", "TP overlap", "ZeRO", "schedules", "fp8", "loss", "pp split", "host priced"],
                   [_stack_row(x) for x in stacks], justify_right=[False] * 9)
+
+
+def _price_json(row: PriceRow | None) -> dict | None:
+    return None if row is None else row_json(row) | {"rule": f"{CHEAPEST} {DEFAULT_PRICING}"}
+
+
+def _price_cells(row: PriceRow | None) -> tuple[str, str]:
+    """`hw list`'s $/GPU-h and where it comes from ("-" for a GPU without an on-demand row)."""
+    return (f"{row.usd_per_gpu_hour:.2f}", f"{row.provider} {row.date}") if row is not None else ("-", "-")
 
 
 def _stack_row(stack: ExecutionStack) -> tuple[str, ...]:
@@ -97,6 +121,12 @@ def hw_show(name: str, fmt: str) -> None:
     if record is None:
         raise unknown_record(name, list_stacks())
     data = _jsonable(record)
+    if getter is get_gpu:
+        # the price the default rule gives it (plan, estimate, serve-plan), then every row the table has for it
+        data["price"] = _price_json(choose_prices((record.name,)).rows.get(record.name))
+        rows = [r for r in load_prices().rows if r.gpu == record.name]
+        data["prices"] = {p: [row_json(r) for r in sorted(rows, key=lambda r: (r.usd_per_gpu_hour, r.provider))
+                              if r.pricing == p] for p in PRICINGS if any(r.pricing == p for r in rows)}
     if getter is get_stack:
         data = {k: v for k, v in data.items() if v is not None}
     tiling = get_gemm_tiling(record.name) if getter is get_gpu else None
@@ -106,6 +136,10 @@ def hw_show(name: str, fmt: str) -> None:
     if fmt == "json":
         console.json(data)
         return
+    if "prices" in data:  # one line per price row, cheapest first within each pricing model
+        data["prices"] = {p: {str(i + 1): f"${r['usd_per_gpu_hour']:g}/GPU-h {r['provider']}"
+                                          f"{' ' + r['region'] if r['region'] else ''}, {r['date']}, {r['source']}"
+                              for i, r in enumerate(rows)} for p, rows in data["prices"].items()}
     rows = []
 
     def flatten(prefix: str, value: object) -> None:

@@ -77,3 +77,20 @@ def stack_option(default_help: str = "megatron-core"):  # noqa: ANN201 - a click
 
 plot_option = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
                            callback=output_path, help="Also draw the result into FILE (.png or .svg).")
+
+
+def price_options(command):  # noqa: ANN001, ANN201 - a click decorator
+    """`--provider`, `--pricing`, `--prices FILE`: which price rows give the answer's dollars (hardware_db/prices.py),
+    the same three options on every command that prices GPUs (plan, estimate, serve-plan)."""
+    for option in reversed((
+        click.option("--provider", default=None, metavar="NAME",
+                     help="Price each GPU with this provider's rows (`clusterplan hw show GPU` lists them); default "
+                          "cheapest: each GPU type's cheapest row across providers (`any` is the same)."),
+        click.option("--pricing", default=None, metavar="MODEL",
+                     help="Pricing model of the rows used: on_demand (default), spot, reserved, capacity_block."),
+        click.option("--prices", "prices_path", type=click.Path(dir_okay=False), default=None,
+                     help="Price table (YAML/JSON rows gpu, provider, region, pricing, usd_per_gpu_hour, date, "
+                          "source) instead of the packaged hardware_db/data/prices.yaml."),
+    )):
+        command = option(command)
+    return command

@@ -14,6 +14,7 @@ from clusterplan.cli.options import (
     format_option,
     output_path,
     plot_option,
+    price_options,
     quiet_option,
     stack_option,
 )
@@ -23,14 +24,16 @@ from clusterplan.cli.render import (
     fmt_duration,
     interval_placement_note,
     mixed_step_label,
+    prices_line,
     render_nearest,
     stage_rows,
 )
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import load_mapping, path_exists, require_finite
+from clusterplan.hardware_db.prices import price_rule
 from clusterplan.hardware_db.stacks import get_stack
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.goodput import short_budget_warning, usd_missing_reason
+from clusterplan.models.training.goodput import cluster_prices_json, short_budget_warning, usd_missing_reason
 from clusterplan.models.training.layout import (
     Layout,
     bf16_layers_label,
@@ -97,6 +100,7 @@ def parse_fix(text: str | None, world: int) -> dict:
               help="Memory each GPU must keep free beyond the predicted peak (safety margin against OOM).")
 @calibration_option
 @stack_option()
+@price_options
 @format_option
 @click.option("--timing", is_flag=True,
               help="Add the search's wall time (`search.seconds`) to the JSON; off by default so the same inputs give "
@@ -107,7 +111,8 @@ def parse_fix(text: str | None, world: int) -> dict:
 @quiet_option
 def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[str, ...], objective: str,
          tokens: float | None, top: int, headroom_gib: float, calibration_path: str | None, stack_name: str | None,
-         fmt: str, timing: bool, out_path: str | None, plot_path: str | None) -> None:
+         provider: str | None, pricing: str | None, prices_path: str | None, fmt: str, timing: bool,
+         out_path: str | None, plot_path: str | None) -> None:
     """Search data/tensor/pipeline/context/expert parallelism, ZeRO, micro-batch and recompute; rank by step time.
 
     Example: clusterplan plan --model llama3.1-70b --cluster dgx-h100:8 --gbs 512 --seq 8192
@@ -123,7 +128,8 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
                             f"{MAX_HEADROOM_GIB:g} (e.g. --headroom-gib 2)")
     check_plot_path(plot_path)
     console.set_format(fmt)
-    model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path)
+    prices = price_rule(provider, pricing, prices_path)
+    model, cluster, calibration = load_inputs(model_ref, cluster_ref, calibration_path, prices)
     check_step_tokens(gbs, seq, "--gbs/--seq")
     # priced as given, said once the search has run (bad input found in it stays the one line on stderr)
     input_warnings = [w for w in (model.beyond_context(seq, "--seq"),
@@ -162,6 +168,7 @@ def plan(model_ref: str, cluster_ref: str, gbs: int, seq: int, fix_texts: tuple[
     usd_missing = usd_missing_reason(cluster)  # the cost objectives refuse an unpriced cluster before this
     if usd_missing is not None:
         data["usd_missing_reason"] = usd_missing
+    data["prices"] = cluster_prices_json(cluster)  # the rows behind every $ above, with the rule that chose them
     for p in data["plans"]:
         attach_interval(p, p["hardware"]["gpu"], model.is_moe, calibration_path, hybrid=model.is_hybrid)
     data["ties_with_best"] = ties(data["plans"]) if objective != "pareto" else []
@@ -361,6 +368,8 @@ def _render(data: dict) -> None:
                *(["$/1M tok"] if priced else []), *(["days", "$ total", "goodput", "ckpt every"] if to_train else []),
                "peak GiB", "headroom", "dominant terms"]
     console.table(None, columns, rows, justify_right=[c not in ("layout", "dominant terms") for c in columns])
+    if priced:
+        console.text(prices_line(data["prices"]))
     if "why_best" in plans[0]:
         console.text(f"why #1: {plans[0]['why_best']}")
     if "step_time_interval" in plans[0]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from clusterplan.cli.console import console
 from clusterplan.fileio import require_finite
+from clusterplan.hardware_db.prices import CHEAPEST
+from clusterplan.hardware_db.schema import GIVEN_PROVIDER
 from clusterplan.models.training.estimate import MEMORY_TERMS, TIME_TERMS
 from clusterplan.models.training.rules import RuleCode
 from clusterplan.solver.feasible import NearestFeasible
@@ -156,6 +158,39 @@ def render_layer_parts(p: dict[str, Any]) -> None:
                      "(hardware_db/data/attention_kernels.yaml)")
     else:
         console.text(f"attention core: stack kernel {p['attention_kernel']}, priced as {p['attention_source']}")
+
+
+SOURCE_SHOWN_CHARS = 60
+"""A price row's source in the one-line `prices:` note is cut to its first clause, at most this many characters (the
+JSON carries it whole)."""
+
+
+def short_source(source: str) -> str:
+    """The first clause of a row's source (before ' (', '; ' or ': '), cut to SOURCE_SHOWN_CHARS."""
+    cut = min((i for i in (source.find(" ("), source.find("; "), source.find(": ")) if i > 0), default=len(source))
+    text = source[:cut]
+    return text if len(text) <= SOURCE_SHOWN_CHARS else text[:SOURCE_SHOWN_CHARS - 3] + "..."
+
+
+def fmt_usd(usd: float) -> str:
+    """A $/GPU-hour as the table gives it: cents, or every digit where the row has more (1.844)."""
+    return f"{usd:.2f}" if round(usd, 2) == usd else f"{usd:g}"
+
+
+def prices_line(prices: dict[str, Any]) -> str:
+    """The one line that says what each GPU type costs in the answer and where the price comes from: the row
+    (provider, pricing, date, source) and the rule that chose it, or the cluster file's own price."""
+    parts = []
+    for gpu, r in prices["rows"].items():
+        where = (f"your cluster file's {r['source']}, in place of the price table" if r["provider"] == GIVEN_PROVIDER
+                 else f"{r['provider']} {r['pricing']}, {r['date']}, {short_source(r['source'])}")
+        parts.append(f"{gpu} ${fmt_usd(r['usd_per_gpu_hour'])}/GPU-h ({where})")
+    if "provider" in prices and any(r["provider"] != GIVEN_PROVIDER for r in prices["rows"].values()):
+        who = (f"each GPU type's cheapest {prices['pricing']} row" if prices["provider"] == CHEAPEST
+               else f"provider {prices['provider']}'s {prices['pricing']} rows")
+        snapshot = f" snapshot {prices['snapshot']}" if prices["snapshot"] else ""
+        parts.append(f"rule: {who}, {prices['table']}{snapshot} (--provider / --pricing / --prices FILE change it)")
+    return "prices: " + "; ".join(parts)
 
 
 def render_time_to_train(t: dict[str, Any]) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from clusterplan.cli.console import console
-from clusterplan.cli.options import format_option, output_path, plot_option, quiet_option
+from clusterplan.cli.options import format_option, output_path, plot_option, price_options, quiet_option
+from clusterplan.cli.render import prices_line
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.fileio import dumps_json, require_finite, write_atomic
 from clusterplan.hardware_db import get_gpu, get_link
 from clusterplan.hardware_db.engines import get_engine
-from clusterplan.hardware_db.prices import PriceChoice, choose_prices
+from clusterplan.hardware_db.prices import choose_prices
 from clusterplan.models.serving.launch import LaunchConfig, launch_lines, launch_notes
 from clusterplan.models.serving.model import MAMBA_SSM_DTYPES
 from clusterplan.solver.melange import MAX_SLICE_FACTOR, LimitsTooTight
@@ -87,13 +88,6 @@ def _known_gpus(names: tuple[str, ...], explicit: bool) -> tuple[str, ...]:
             if explicit:
                 raise
     return tuple(out)
-
-
-def _prices_json(prices: PriceChoice) -> dict:
-    return {"provider": prices.provider, "pricing": prices.pricing, "snapshot": prices.snapshot,
-            "mixed_providers": len({r.provider for r in prices.rows.values()}) > 1,
-            "rows": {g: {"provider": r.provider, "region": r.region, "usd_per_gpu_hour": r.usd_per_gpu_hour,
-                         "date": r.date, "source": r.source} for g, r in sorted(prices.rows.items())}}
 
 
 def _plan_json(plan: ServePlan, others: dict[str, float], model_ref: str, work: Workload,
@@ -178,9 +172,8 @@ def _print_table(data: dict) -> None:
         console.text(f"best single instance type: {best['instance']} at ${best['usd_per_hour']:.2f}/h "
                      f"(this plan saves {best['saving_fraction']:.0%})")
     console.text(data["disaggregation"])
-    pr = data["prices"]
-    console.text(f"prices: {pr['provider']} {pr['pricing']} (snapshot {pr['snapshot']})"
-                 + ("; providers mixed as asked (--provider any)" if pr["mixed_providers"] else ""))
+    used = {p["gpu"] for p in data["pools"]}  # the JSON has every requested GPU's row; the line, the plan's
+    console.text(prices_line(data["prices"] | {"rows": {g: r for g, r in data["prices"]["rows"].items() if g in used}}))
     console.text("\nlaunch, per instance:")
     for p in data["pools"]:
         console.text(f"  [{p['role']} x{p['instances']}] {p['vllm']}")
@@ -223,13 +216,7 @@ CAPACITY_TABLE_UNUSED = ("model_ref", "input_len", "output_len", "trace", "ttft_
 @click.option("--slice-factor", type=click.IntRange(min=1, max=MAX_SLICE_FACTOR), help="Slices per request bucket in the ILP (default 4).")
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration file from `clusterplan profile`.")
 @click.option("--engine", "engine_name", default="vllm", help="Engine profile: vllm, vllm-v0, sglang, trtllm.")
-@click.option("--prices", "prices_path", type=click.Path(dir_okay=False),
-              help="Price table (YAML/JSON rows gpu, provider, region, pricing, usd_per_gpu_hour, date, source); "
-                   "default: the packaged snapshot.")
-@click.option("--provider", help="Price every GPU with this provider's rows (default: the provider that prices most "
-                                 "of --gpus); 'any' mixes providers, cheapest row per GPU.")
-@click.option("--pricing", default="on_demand", type=click.Choice(["on_demand", "spot", "reserved", "capacity_block"]),
-              help="Pricing model of the rows used.")
+@price_options
 @click.option("--weight-dtype", default="bf16", help="Weight precision (bf16, fp8, int4, ...).")
 @click.option("--kv-dtype", default="bf16", help="KV-cache precision: fp32, bf16, fp16, fp8, int8, fp4, int4 (bytes per element as the name says).")
 @click.option("--mamba-ssm-dtype", type=click.Choice(MAMBA_SSM_DTYPES), default="bf16",
@@ -245,8 +232,8 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
                trace: str | None, ttft_ms: float | None, tpot_ms: float | None, percentile: float, gpus: str,
                tp_text: str, pp_text: str, max_gpus: int | None, available: str | None, disaggregate: str,
                kv_link: str, capacity_table: str | None, save_capacity: str | None, slice_factor: int | None,
-               calibration: str | None, engine_name: str, prices_path: str | None, provider: str | None,
-               pricing: str,
+               calibration: str | None, engine_name: str, provider: str | None, pricing: str | None,
+               prices_path: str | None,
                weight_dtype: str, kv_dtype: str, mamba_ssm_dtype: str, seed: int, frontier: bool,
                plot_path: str | None, fmt: str) -> None:
     """Cheapest GPU mix (type, tp, pp, count) that serves a workload within TTFT/TPOT targets."""
@@ -321,7 +308,7 @@ def serve_plan(model_ref: str | None, rate: float | None, input_len: str | None,
         console.info(f"capacity table written to {save_capacity} (edit it, then plan with --capacity-table)")
     ref = hf_repo(model.name) or str(Path(model_ref).parent if Path(model_ref).name == "config.json" else model_ref)
     data = _plan_json(answer.chosen, answer.modes_usd_per_hour, ref, work, answer.alternatives) | {
-        "disaggregation": answer.verdict, "engine": engine_name, "prices": _prices_json(prices)}
+        "disaggregation": answer.verdict, "engine": engine_name, "prices": prices.to_json()}
     for pool in data["pools"]:
         over = [f"{k} {pool[k + '_ms']:.1f} ms" for k, limit in (("ttft", ttft_ms), ("tpot", tpot_ms))
                 if pool[k + "_ms"] > limit]

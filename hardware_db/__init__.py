@@ -23,7 +23,7 @@ from clusterplan.hardware_db.schema import (
     HardwareDB,
     Link,
     NodeType,
-    Price,
+    PriceRow,
     SdpaFa2Measurement,
 )
 from clusterplan.hardware_db.stacks import DEFAULT_STACK, ExecutionStack, get_stack, list_stacks
@@ -37,7 +37,7 @@ __all__ = [
     "HardwareDB",
     "Link",
     "NodeType",
-    "Price",
+    "PriceRow",
     "SdpaFa2Measurement",
     "find_name",
     "get_attention_curves",

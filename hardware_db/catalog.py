@@ -20,7 +20,6 @@ from clusterplan.hardware_db.schema import (
     HardwareDB,
     Link,
     NodeType,
-    Price,
     SdpaFa2Measurement,
 )
 
@@ -124,15 +123,9 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
     up_link = _str(where + " scale_up", scale_up, "link")
     if up_link not in links:
         raise BadInputError(f"{where}: unknown scale_up link {up_link!r}")
-    price_raw = raw.get("price")
-    price = None
-    if price_raw:
-        price = Price(
-            usd_per_gpu_hour=_num(where + " price", price_raw, "usd_per_gpu_hour"),
-            observed=str(_str(where + " price", price_raw, "observed")),
-            provider=_str(where + " price", price_raw, "provider"),
-            source=_str(where + " price", price_raw, "source"),
-        )
+    if "price" in raw:  # one price table: a second source of prices would drift from it
+        raise BadInputError(f"{where}: prices live in prices.yaml (rows of gpu, provider, pricing, usd_per_gpu_hour, "
+                            "date, source); move this one there")
     achieved = raw.get("achieved") or {}
     return GPU(
         name=name,
@@ -148,7 +141,6 @@ def _parse_gpu(name: str, raw: Mapping[str, Any], links: Mapping[str, Link]) -> 
         tdp_w=_num(where, raw, "tdp_w"),
         gemm_peak_fraction=_num(where + " achieved", achieved, "gemm_peak_fraction"),
         hbm_fraction=_num(where + " achieved", achieved, "hbm_fraction"),
-        price=price,
         sources=MappingProxyType(dict(sources)),
         mx_formats=bool(raw.get("mx_formats", False)),
         host_cpu=host_cpu,

@@ -13,15 +13,31 @@ from types import MappingProxyType
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Price:
-    """An on-demand price observation; prices move, so each carries its date and source."""
+GIVEN_PROVIDER = "cluster file"
+"""PriceRow.provider of a price the user's cluster file gives (`usd_per_gpu_hour:` on a group); it wins over the table."""
 
-    usd_per_gpu_hour: float
-    observed: str
-    """Date of the observation, ISO `YYYY-MM` or `YYYY-MM-DD`."""
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PriceRow:
+    """One price observation of data/prices.yaml (or of a user's --prices file); prices move, so each row carries its
+    provider, pricing model, date and source."""
+
+    gpu: str
+    """Canonical GPU name (hardware_db gpus.yaml)."""
     provider: str
+    region: str
+    pricing: str
+    """on_demand, spot, reserved or capacity_block (hardware_db/prices.py PRICINGS); "given" for a cluster file's."""
+    usd_per_gpu_hour: float
+    instance: str
+    date: str
+    """Date of the observation, ISO `YYYY`, `YYYY-MM` or `YYYY-MM-DD` ("" for a cluster file's own price)."""
     source: str
+
+    @property
+    def given(self) -> bool:
+        """The user's own price from a cluster file, not a row of the price table."""
+        return self.provider == GIVEN_PROVIDER
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,7 +62,6 @@ class GPU:
     """Best achieved fraction of dense bf16/fp16 peak on large GEMMs (MAMF)."""
     hbm_fraction: float
     """Achieved fraction of peak memory bandwidth on large streaming copies."""
-    price: Price | None
     sources: Mapping[str, str]
     """Source of each group of numbers: tflops, memory, scale_up, tdp, achieved."""
     mx_formats: bool = False

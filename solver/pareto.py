@@ -18,7 +18,7 @@ from clusterplan.hardware_db.stacks import ExecutionStack
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.hardware.calibration import Calibration
 from clusterplan.models.hardware.cluster import Cluster
-from clusterplan.models.training.goodput import PRICE_HINT
+from clusterplan.models.training.goodput import usd_missing_reason
 from clusterplan.solver.results import RankedPlan
 from clusterplan.solver.search import sweep_nodes
 
@@ -98,10 +98,9 @@ def pareto(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, tokens: fl
            calibration: Calibration | None = None, headroom_gib: float = 0.0, progress=None,
            stack: ExecutionStack | None = None) -> ParetoResult:
     """Non-dominated (days, $) plans to train `tokens`, failures included, across node counts and GPU types."""
-    missing = sorted({g.gpu.name for g in cluster.groups if g.gpu.price is None})
-    if missing:
-        raise InfeasibleError(f"--objective pareto needs a price for {', '.join(missing)}; hardware_db has none "
-                              f"({PRICE_HINT})")
+    unpriced = usd_missing_reason(cluster)
+    if unpriced is not None:
+        raise InfeasibleError(f"--objective pareto needs a price: {unpriced}")
     start = time.perf_counter()
     plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=1, calibration=calibration, tokens=tokens,

@@ -28,7 +28,7 @@ from clusterplan.models.training.estimate import (
     precision_problems,
     stack_memory,
 )
-from clusterplan.models.training.goodput import PRICE_HINT, cluster_usd_per_hour, time_to_train, unpriced_gpu
+from clusterplan.models.training.goodput import cluster_usd_per_hour, time_to_train, usd_missing_reason
 from clusterplan.models.training.layout import Layout, canonical_fp8_recipe
 from clusterplan.models.training.memory import GIB
 from clusterplan.models.training.rules import RuleCode
@@ -221,11 +221,10 @@ def search_by_cost(model: ModelSpec, cluster: Cluster, gbs: int, seq: int, *, fi
     train`) because a smaller job fails less often. `cost` ranks by $ per 1M tokens, `cost-to-train` by the total $
     of --tokens with failures."""
     to_train = objective == "cost-to-train"
-    gpu = unpriced_gpu(cluster)
-    if gpu is not None:
+    unpriced = usd_missing_reason(cluster)
+    if unpriced is not None:
         other = "time-to-train" if to_train else "time"
-        raise InfeasibleError(f"--objective {objective} needs a price for {gpu}; hardware_db has none (use "
-                              f"--objective {other}, or {PRICE_HINT})")
+        raise InfeasibleError(f"--objective {objective} needs a price: {unpriced}; or use --objective {other}")
     start = time.perf_counter()
     plans, candidates, feasible, rejected, notes = sweep_nodes(
         model, cluster, gbs, seq, fixed=fixed, top=top, calibration=calibration, tokens=tokens,

@@ -15,7 +15,7 @@ import numpy as np
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
-from clusterplan.hardware_db.prices import PriceChoice
+from clusterplan.hardware_db.prices import CHEAPEST, PriceChoice, choose_prices
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context, tp_inside_domain
 from clusterplan.models.serving.model import (
@@ -378,8 +378,8 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                         mamba_ssm_dtype: str = "bf16") -> tuple[tuple[ServingInstance, ...], tuple[str, ...]]:
     """Every priced (GPU type, tp, pp) instance that holds the model with KV room, and warnings for GPUs left out.
 
-    `prices` (one provider's rows, hardware_db/prices.py) prices each GPU; a GPU it lacks is left out with a
-    warning. None prices with gpus.yaml. All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
+    `prices` (hardware_db/prices.py choose_prices) prices each GPU; a GPU it lacks is left out with a warning and the
+    options that would price it. None: the default rule (each GPU's cheapest on-demand row). All tp and pp sizes that fit are kept: a larger tp costs more GPUs but cuts TTFT and TPOT, and only the
     capacity table can tell whether that pays (a tight TTFT target may be reachable at tp 8 alone).
     Unknown GPU names raise when the user named them (`explicit`), else are skipped (a default list).
     """
@@ -390,33 +390,28 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
     warnings: list[str] = []
     seen: set[str] = set()
     unpriced_defaults: list[str] = []
+    gpus = []
     for name in gpu_names:
         try:
-            gpu = get_gpu(name)
+            gpus.append(get_gpu(name))
         except BadInputError:
             if explicit:
                 raise
             continue  # a default GPU the database does not have yet
+    if prices is None:  # the default rule: each GPU type's cheapest on-demand row
+        prices = choose_prices(tuple(g.name for g in gpus))
+    for gpu in gpus:
         if gpu.name in seen:
             continue  # named twice (or by two aliases): one set of instances
         seen.add(gpu.name)
-        usd = None
-        if prices is not None:
-            row = prices.rows.get(gpu.name)
-            if row is None:  # named by the user: one line each; from the default list: one line for them all
-                if explicit and prices.provider == "any":
-                    warnings.append(f"{gpu.name} has no {prices.pricing} price from any provider; left out "
-                                    "(another --pricing, e.g. spot, or --prices FILE)")
-                elif explicit:
-                    warnings.append(f"{gpu.name} has no {prices.pricing} price from provider {prices.provider}; left "
-                                    "out (--provider NAME, --provider any to mix providers, or --prices FILE)")
-                else:
-                    unpriced_defaults.append(gpu.name)
-                continue
-            usd = row.usd_per_gpu_hour
-        elif gpu.price is None:
-            warnings.append(f"{gpu.name} has no price in the hardware database; left out")
+        row = prices.rows.get(gpu.name)
+        if row is None:  # named by the user: one line each; from the default list: one line for them all
+            if explicit:
+                warnings.append(f"{gpu.name} left out: {prices.why_missing(gpu.name)}")
+            else:
+                unpriced_defaults.append(gpu.name)
             continue
+        usd = row.usd_per_gpu_hour
         inside = [tp for tp in tps if tp_inside_domain(gpu, tp)]
         outside = [tp for tp in tps if tp not in inside]
         if outside:
@@ -447,9 +442,10 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
         raise InfeasibleError(f"{model.name} fits on none of {','.join(gpu_names)} at tp {tps} / pp {pps} (weights need "
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "
                               "allow larger --tp or --pp or bigger GPUs")
-    if unpriced_defaults and prices is not None:
-        warnings.append(f"default GPUs without a {prices.pricing} price from provider {prices.provider} left out: "
-                        f"{', '.join(unpriced_defaults)} (--provider any to mix providers, or --gpus to name them)")
+    if unpriced_defaults:
+        where = "from any provider" if prices.provider == CHEAPEST else f"from provider {prices.provider}"
+        warnings.append(f"default GPUs with no {prices.pricing} price {where} left out: "
+                        + "; ".join(f"{g} ({prices.fixes.get(g, '--prices FILE')})" for g in unpriced_defaults))
     return tuple(sorted(out, key=lambda i: (i.gpu.name, i.n_gpus, i.pp))), tuple(warnings)
 
 

@@ -1,5 +1,5 @@
-"""A cluster file's own price (`usd_per_gpu_hour:` on a group): a contract or reservation replaces hardware_db's
-observation, and the cost objectives run on GPUs hardware_db has no price for (GB200 / GB300 NVL72)."""
+"""A cluster file's own price (`usd_per_gpu_hour:` on a group): a contract or reservation wins over the price table's
+rows, and the cost objectives run on GPUs the table has no price for (GB200 / GB300 NVL72)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from clusterplan.models.hardware.cluster import cluster_from_dict, load_cluster
 
 
 def test_the_group_price_replaces_the_catalog_one():
-    assert load_cluster("gb200-nvl72:18").groups[0].gpu.price is None
+    assert load_cluster("gb200-nvl72:18").groups[0].price is None
     priced = cluster_from_dict({"groups": [{"node": "gb200-nvl72", "count": 18, "usd_per_gpu_hour": 6.5}]})
-    assert priced.groups[0].gpu.price.usd_per_gpu_hour == 6.5
+    assert priced.groups[0].price.usd_per_gpu_hour == 6.5 and priced.groups[0].price.given
     h100 = cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 2, "usd_per_gpu_hour": 2.0}]})
-    assert h100.groups[0].gpu.price.usd_per_gpu_hour == 2.0 != load_cluster("dgx-h100:2").groups[0].gpu.price.usd_per_gpu_hour
+    assert h100.groups[0].price.usd_per_gpu_hour == 2.0 != load_cluster("dgx-h100:2").groups[0].price.usd_per_gpu_hour
     for bad in (0, -1, "cheap", True, float("nan")):
         with pytest.raises(BadInputError, match="usd_per_gpu_hour must be a price"):
             cluster_from_dict({"groups": [{"node": "dgx-h100", "count": 1, "usd_per_gpu_hour": bad}]})
@@ -30,16 +30,18 @@ def test_cost_to_train_runs_on_a_priced_gb200_file_and_says_how_when_unpriced(ru
     code, out, _ = run_cli(*args, "--cluster", str(path))
     assert code == 0 and "$ total" in out
     code, out, err = run_cli(*args, "--cluster", "gb200-nvl72:2")
-    assert code == 2 and out == "" and "use --objective time-to-train, or give yours in a cluster file: `usd_per_gpu_hour:`" in err
+    assert code == 2 and out == "" and ("or `usd_per_gpu_hour:` on the group in a cluster file; or use --objective "
+                                        "time-to-train") in err
 
 
 def test_an_unpriced_gpu_says_why_its_dollars_are_missing(run_cli):
-    # GB200 has no price in hardware_db: the plan has no $ columns, and stderr and the JSON say why and how to fix it.
+    # GB200 has no row in prices.yaml: the plan has no $ columns, and stderr and the JSON say why and how to fix it.
     args = ("--model", "llama3.1-8b", "--gbs", "64", "--seq", "4096", "--tokens", "1e12", "--top", "1")
     code, out, err = run_cli("plan", *args, "--cluster", "gb200-nvl72:2", "--format", "json")
     assert code == 0, err
     data = json.loads(out)
-    why = "no price for GB200 in hardware_db (give yours in a cluster file: `usd_per_gpu_hour:` on the group)"
+    why = ("no on_demand price for GB200 from any provider in prices.yaml; no row prices it: give --prices FILE with "
+           "your price, or `usd_per_gpu_hour:` on the group in a cluster file")
     assert data["usd_missing_reason"] == why
     assert "usd" not in data["plans"][0]["time_to_train"]
     assert data["plans"][0]["time_to_train"]["usd_missing_reason"] == why

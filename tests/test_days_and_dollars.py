@@ -46,7 +46,7 @@ def test_a_cluster_files_price_survives_the_chosen_node_count(run_cli, tmp_path)
     _plans(run_cli, "--model", "llama3.1-8b", "--cluster", str(cluster), "--gbs", "256", "--seq", "4096",
            "--tokens", "1e11", "--objective", "cost-to-train", "--out", str(path))
     saved = read_plan(path)
-    assert saved.cluster.groups[0].gpu.price.usd_per_gpu_hour == 2.0
+    assert saved.cluster.groups[0].price.usd_per_gpu_hour == 2.0
 
 
 def test_spare_nodes_are_in_the_price_per_token(run_cli, tmp_path):

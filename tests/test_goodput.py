@@ -130,8 +130,9 @@ def test_worked_example_equals_the_output(run_cli, tmp_path):
     assert t["days"] == pytest.approx(wall / 86400, rel=1e-4)
     assert t["goodput"] == pytest.approx(useful / wall, rel=1e-4)
     assert sum(t["wall_share"].values()) == pytest.approx(1.0, abs=1e-5)
-    # Dollars: 16 H100 at the hardware_db price for the whole wall-clock time.
-    assert t["usd"] == pytest.approx(wall / 3600 * 16 * 2.99, rel=1e-4)
+    # Dollars: 16 H100 at prices.yaml's default price (the cheapest on-demand row: RunPod $2.69, 2026-05) for the whole
+    # wall-clock time.
+    assert t["usd"] == pytest.approx(wall / 3600 * 16 * 2.69, rel=1e-4)
 
 
 def test_zero_failure_rates_give_tokens_over_throughput(run_cli, tmp_path):
@@ -171,8 +172,8 @@ def test_spare_nodes_trade_dollars_for_days(run_cli, tmp_path):
     # No spare: every hardware failure waits a day's repair; more spares wait less; the scheduler's pool never waits.
     assert runs[0]["days"] > runs[1]["days"] > runs[4]["days"] >= runs[None]["days"]
     assert runs[None]["failures"]["spare_wait_per_failure_s"] == 0
-    # Spares are paid for: 4 idle nodes of 8 GPUs at $2.99/h.
-    assert runs[4]["usd_per_hour"] == pytest.approx((big + 4) * 8 * 2.99, rel=1e-6)
+    # Spares are paid for: 4 idle nodes of 8 GPUs at $2.69/h.
+    assert runs[4]["usd_per_hour"] == pytest.approx((big + 4) * 8 * 2.69, rel=1e-6)
 
 
 def test_llama3_405b_goodput_against_the_published_run(run_cli):

@@ -10,8 +10,6 @@ def test_every_gpu_number_has_a_source():
     for gpu in load_db().gpus.values():
         for key in ("tflops", "memory", "scale_up", "tdp", "achieved"):
             assert gpu.sources[key].strip(), (gpu.name, key)
-        if gpu.price:
-            assert gpu.price.source and gpu.price.observed
 
 
 def test_dense_not_sparse_peaks():

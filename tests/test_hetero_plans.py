@@ -393,8 +393,9 @@ def test_the_mixed_answer_has_days_and_dollars_with_tokens(run_cli):
     """With --tokens, the fastest answer of a mixed cluster carries its days and dollars as the table's rows do
     (goodput.time_to_train, failures included). Worked example, 1e12 tokens of Llama-3.1-8B at 256 x 4096:
     - the balanced pipeline on all 6 nodes: 1e12 / (256 x 4096 / step s) / 86,400 s days without failures, on
-      16 H100 at $2.99 + 32 A100-80GB at $3.67 per GPU-hour (hardware_db prices) = $165.28 per hour;
-    - at 64 x 4096 the H100 nodes alone win: 16 GPUs at $2.99 = $47.84 per hour, and 2 nodes fail less often than 6
+      16 H100 at $2.69 + 32 A100-80GB at $1.60 per GPU-hour (prices.yaml's default rule: each type's cheapest
+      on-demand row, RunPod and Hyperstack) = $94.24 per hour;
+    - at 64 x 4096 the H100 nodes alone win: 16 GPUs at $2.69 = $43.04 per hour, and 2 nodes fail less often than 6
       (fewer failures per day than the whole cluster)."""
     args = ("plan", "--model", "llama3.1-8b", "--cluster", MIXED, "--seq", "4096", "--tokens", "1e12",
             "--format", "json")
@@ -404,13 +405,13 @@ def test_the_mixed_answer_has_days_and_dollars_with_tokens(run_cli):
     assert code == 0 and best["choice"] == "mixed_pipeline"
     assert train["days_without_failures"] == pytest.approx(1e12 / (256 * 4096 / best["step_time_s"]) / 86400,
                                                            rel=1e-5)
-    assert train["usd_per_hour"] == pytest.approx(16 * 2.99 + 32 * 3.67, rel=1e-6) and train["gpus"] == 48
+    assert train["usd_per_hour"] == pytest.approx(16 * 2.69 + 32 * 1.60, rel=1e-6) and train["gpus"] == 48
     assert train["days"] >= train["days_without_failures"]
     assert train["usd"] == pytest.approx(train["days"] * 24 * train["usd_per_hour"], rel=1e-4)
     code, stdout, _ = run_cli(*args, "--gbs", "64")
     alone = json.loads(stdout)["best_on_cluster"]
     assert alone["choice"] == "one_gpu_type"
-    assert alone["time_to_train"]["usd_per_hour"] == pytest.approx(16 * 2.99, rel=1e-6)
+    assert alone["time_to_train"]["usd_per_hour"] == pytest.approx(16 * 2.69, rel=1e-6)
     assert alone["time_to_train"]["nodes"] == 2
     assert (alone["time_to_train"]["failures"]["unexpected_per_day"]
             < train["failures"]["unexpected_per_day"])  # 2 nodes of 16 GPUs fail less often than 6 of 48
@@ -438,7 +439,8 @@ def test_cost_to_train_compares_the_mixed_answers_with_the_tables_row():
     """Under cost-to-train the table already ranks one type's node counts (search.sub_clusters), so plan #1 may be
     cheaper than both mixed answers; best_choice_to_train names the least of the three by dollars, ties to plan #1,
     and a row without a price never wins. Llama-3.1-70B at 256 x 4096, 1e12 tokens: the balanced pipeline over all
-    48 GPUs costs ~$1.47 M, the H100 nodes alone far less (16 GPUs)."""
+    48 GPUs costs ~$0.84 M (16 H100 at $2.69 + 32 A100-80GB at $1.60 per GPU-hour; ~$1.47 M at the $2.99 / $3.67 of
+    gpus.yaml before prices.yaml became the one table), the H100 nodes alone less (~$0.58 M on 16 GPUs)."""
     from clusterplan.models.architecture.catalog import load_model
     from clusterplan.models.hardware.cluster import load_cluster
     from clusterplan.solver.hetero import best_choice_to_train, choice_time_to_train, hetero_plan
@@ -446,7 +448,8 @@ def test_cost_to_train_compares_the_mixed_answers_with_the_tables_row():
     model, cluster = load_model("llama3.1-70b"), load_cluster(MIXED)
     mixed = hetero_plan(model, cluster, 256, 4096)
     usd = {c: choice_time_to_train(mixed, c, model, cluster, 1e12)["usd"] for c in ("one_gpu_type", "mixed_pipeline")}
-    assert usd["mixed_pipeline"] == pytest.approx(1.47e6, rel=0.01) and usd["one_gpu_type"] < 0.5 * usd["mixed_pipeline"]
+    assert usd["mixed_pipeline"] == pytest.approx(0.838e6, rel=0.01)
+    assert usd["one_gpu_type"] == pytest.approx(0.581e6, rel=0.01)
     pick = lambda row: best_choice_to_train(mixed, row, "cost-to-train", model, cluster, 1e12)  # noqa: E731
     assert pick({"days": 600.0, "usd": 0.9 * usd["one_gpu_type"]}) == ("ranked", None)
     assert pick({"days": 600.0, "usd": usd["one_gpu_type"]})[0] == "ranked"  # a tie goes to plan #1

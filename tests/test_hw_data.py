@@ -14,6 +14,7 @@ import re
 import pytest
 
 from clusterplan.hardware_db import get_gpu, get_link, get_node, load_db
+from clusterplan.hardware_db.prices import choose_prices, load_prices
 from clusterplan.hardware_db.schema import DTYPES
 from clusterplan.models.hardware.cluster import load_cluster
 
@@ -160,13 +161,15 @@ def test_gb200_nvl72_domain_spans_18_trays():
 
 
 def test_prices_are_dated_and_keep_the_melange_example():
-    for g in load_db().gpus.values():
-        if g.price:
-            assert re.fullmatch(r"\d{4}(-\d{2}){0,2}", g.price.observed), (g.name, g.price.observed)
-            assert 0.1 < g.price.usd_per_gpu_hour < 20, g.name
-    # Griggs et al. 2024 (Melange) example catalog: A10G $1.01/h, A100-80GB $3.67/h (reference/data use these).
-    assert get_gpu("A10G").price.usd_per_gpu_hour == 1.01
-    assert get_gpu("A100-80GB").price.usd_per_gpu_hour == 3.67
+    table = load_prices()  # the one price table (gpus.yaml holds none)
+    for r in table.rows:
+        assert re.fullmatch(r"\d{4}(-\d{2}){0,2}", r.date), (r.gpu, r.provider, r.date)
+        assert 0.1 < r.usd_per_gpu_hour < 20, (r.gpu, r.provider)
+    # Griggs et al. 2024 (Melange) example catalog: A10G $1.01/h, A100-80GB $3.67/h (reference/data use these), kept
+    # as a dated catalog that --provider melange-example reproduces.
+    melange = choose_prices(("A10G", "A100-80GB"), provider="melange-example").rows
+    assert melange["A10G"].usd_per_gpu_hour == 1.01 and melange["A100-SXM4-80GB"].usd_per_gpu_hour == 3.67
+    assert "melange-example" in table.dated_catalogs
 
 
 def test_memory_is_gib_visible_not_marketing_gb():

@@ -9,7 +9,10 @@ import pytest
 
 from tests.conftest import REFERENCE
 
-BASE = ("serve-plan", "--model", "llama3.1-8b", "--gpus", "A10G,A100-80GB", "--tp", "1,2", "--seed", "3")
+BASE = ("serve-plan", "--model", "llama3.1-8b", "--gpus", "A10G,A100-80GB", "--tp", "1,2", "--seed", "3",
+        "--provider", "melange-example")
+"""Melange's setting: A10G and A100-80GB at its example catalog's prices ($1.01 and $3.67 per GPU-hour, a dated
+catalog in prices.yaml that --provider melange-example reproduces; the default rule prices them at current rows)."""
 
 
 @pytest.mark.parametrize(("slice_factor", "counts", "cost"), [
@@ -129,16 +132,18 @@ def test_heterogeneous_mix_beats_the_best_single_type(run_cli) -> None:
 
 def test_more_gpu_types_never_make_the_plan_dearer(run_cli) -> None:
     # A new user's review (2026-12-06): Llama-3.1-70B at 10 req/s, 2000 in / 300 out, p90 TTFT 1 s, TPOT 50 ms. With
-    # --gpus H100 the plan is 3 x H100 tp4 at $82.56/h; with H100 and H200 allowed it was 3 x H200 tp4 at $94.92/h,
+    # --gpus H100 the plan is 3 x H100 tp4, $32.28/h at RunPod's $2.69 per GPU-hour ($82.56/h at AWS's $6.88, the price
+    # of the review); with H100 and H200 allowed it was 3 x H200 tp4 at $94.92/h (AWS),
     # because only the two cheapest single types by per-bucket cost were simulated and both needed repair. Every
     # single type whose per-bucket cost could still beat the plan found so far is simulated now.
     args = ("serve-plan", "--model", "llama3.1-70b", "--rate", "10", "--input-len", "2000", "--output-len", "300",
             "--ttft-ms", "1000", "--tpot-ms", "50", "--disaggregate", "off", "--format", "json")
     alone = json.loads(run_cli(*args, "--gpus", "H100")[1])
     both = json.loads(run_cli(*args, "--gpus", "H100,H200")[1])
-    assert alone["usd_per_hour"] == 82.56
+    assert [(p["gpu"], p["tp"], p["instances"]) for p in alone["pools"]] == [("H100-SXM5-80GB", 4, 3)]
+    assert alone["usd_per_hour"] == 32.28
     assert both["usd_per_hour"] <= alone["usd_per_hour"]
-    assert both["best_single_type"]["usd_per_hour"] <= 82.56
+    assert both["best_single_type"]["usd_per_hour"] <= 32.28
 
 
 def test_calibration_file_slows_the_plan(run_cli, tmp_path) -> None:
@@ -258,13 +263,14 @@ def test_a_disaggregated_pool_reports_only_the_latency_its_phase_has(run_cli) ->
 
 
 def test_serve_plan_says_a_gpu_has_no_price_not_that_the_model_does_not_fit(run_cli):
-    # B200 has a spot row only: its own advice used to lead to "llama3.1-8b fits on none of B200 (weights 15 GiB)".
+    # L40S has a spot row only (B200 had, until Hyperstack's on-demand row): the advice used to lead to "llama3.1-8b
+    # fits on none of B200 (weights 15 GiB)".
     args = ("serve-plan", "--model", "llama3.1-8b", "--input-len", "1024", "--output-len", "256", "--rate", "10",
-            "--ttft-ms", "500", "--tpot-ms", "50", "--gpus", "B200")
-    code, _, err = run_cli(*args, "--provider", "any")
-    assert code == 2 and err.strip() == ("error: B200 has no on_demand price from any provider; left out (another "
-                                         "--pricing, e.g. spot, or --prices FILE)")
-    assert run_cli(*args, "--provider", "any", "--pricing", "spot")[0] == 0
+            "--ttft-ms", "500", "--tpot-ms", "50", "--gpus", "L40S")
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.strip() == ("error: L40S left out: no on_demand price for L40S from any provider in "
+                                         "prices.yaml; try --pricing spot, or --prices FILE with your price")
+    assert run_cli(*args, "--pricing", "spot")[0] == 0
 
 
 @pytest.mark.parametrize("flag, value, expect", [

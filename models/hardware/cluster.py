@@ -14,7 +14,9 @@ from typing import Any
 
 from clusterplan.errors import BadInputError
 from clusterplan.fileio import load_mapping, path_exists, show
-from clusterplan.hardware_db import GPU, Link, Price, get_gpu, get_link, get_node
+from clusterplan.hardware_db import GPU, Link, get_gpu, get_link, get_node
+from clusterplan.hardware_db.prices import MAX_USD_PER_GPU_HOUR, PriceChoice, PriceRule
+from clusterplan.hardware_db.schema import GIVEN_PROVIDER, PriceRow
 from clusterplan.models.hardware.power import STATIC_POWER_SHARE
 from clusterplan.models.hardware.resilience import Resilience, resilience_from_dict
 
@@ -48,6 +50,9 @@ class NodeGroup:
     power_cap_w: float | None = None
     """Per-GPU power limit (`nvidia-smi -pl`) below the GPU's TDP; None runs at TDP. Scales the tensor-core clock
     (models/hardware/power.py power_clock_scale)."""
+    price: PriceRow | None = None
+    """What one of its GPUs costs per hour: the cluster file's own `usd_per_gpu_hour` (PriceRow.given), else the price
+    table's row under the answer's rule (price_cluster); None: no price (no $ in the answer)."""
 
     @property
     def job_domain(self) -> int:
@@ -77,6 +82,8 @@ class Cluster:
     """Optional measured node-to-node bandwidth matrix (GB/s per direction, whole node), for uneven links."""
     resilience: Resilience | None = None
     """The cluster file's `resilience:` section (failure rates, storage, checkpointing); None: published defaults."""
+    prices: PriceChoice | None = None
+    """The rule and table rows that priced the groups (price_cluster); None: priced by hand (NodeGroup.price)."""
 
     @property
     def reliability(self) -> Resilience:
@@ -240,13 +247,14 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
         if key.endswith("_gb_per_s") and not BUSBW_GB_PER_S[0] <= value <= BUSBW_GB_PER_S[1]:
             raise BadInputError(f"{where}: {key} must be a bandwidth in GB/s from {BUSBW_GB_PER_S[0]:g} (1 kB/s) to "
                                 f"{BUSBW_GB_PER_S[1]:g} (1 PB/s), got {value!r}")
-    price = overrides.get("usd_per_gpu_hour")
-    if price is not None:  # the user's own price (a contract, a reservation) replaces hardware_db's observation
-        if not isinstance(price, (int, float)) or isinstance(price, bool) or not _finite(price) or not 0 < price < 1e6:
+    usd = overrides.get("usd_per_gpu_hour")
+    price = None
+    if usd is not None:  # the user's own price (a contract, a reservation) wins over the price table's rows
+        if not isinstance(usd, (int, float)) or isinstance(usd, bool) or not _finite(usd) or not 0 < usd < MAX_USD_PER_GPU_HOUR:
             raise BadInputError(f"{where}: usd_per_gpu_hour must be a price in US dollars per GPU-hour > 0, got "
-                                f"{price!r}")
-        gpu = replace(gpu, price=Price(usd_per_gpu_hour=float(price), observed="given", provider="cluster file",
-                                       source=f"{where} usd_per_gpu_hour"))
+                                f"{usd!r}")
+        price = PriceRow(gpu=gpu.name, provider=GIVEN_PROVIDER, region="", pricing="given", usd_per_gpu_hour=float(usd),
+                         instance="", date="", source=f"{where} usd_per_gpu_hour")
     cap = overrides.get("power_cap_w")
     floor_w = STATIC_POWER_SHARE * gpu.tdp_w
     if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool) or not _finite(cap)
@@ -257,7 +265,7 @@ def _group(preset: str, count: int, overrides: dict[str, Any], where: str) -> No
     return NodeGroup(preset=node.name, gpu=gpu, count=count, gpus_per_node=gpus_per_node, scale_up=scale_up,
                      scale_up_domain=domain, nic=nic, nics_per_node=nics,
                      scale_up_busbw_gb_per_s=float(up_bw), scale_out_busbw_gb_per_s=float(out_bw),
-                     power_cap_w=None if cap is None else float(cap))
+                     power_cap_w=None if cap is None else float(cap), price=price)
 
 
 GROUP_KEYS = {"node", "count", "gpu", "gpus_per_node", "scale_up_link", "nic_link", "nics_per_node",
@@ -273,7 +281,17 @@ BUSBW_GB_PER_S = (1e-6, 1e6)
 (calibration.RANGES busbw_bytes_per_s); outside it a step time overflows into hundreds of digits."""
 
 
-def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluster:
+def price_cluster(cluster: Cluster, rule: PriceRule) -> Cluster:
+    """`cluster` with every group priced under `rule` (hardware_db/prices.py: by default each GPU type's cheapest
+    on-demand row across providers); a group with the cluster file's own price keeps it (it wins over the table)."""
+    choice = rule.choose(g.gpu.name for g in cluster.groups if g.price is None or not g.price.given)
+    groups = tuple(g if g.price is not None and g.price.given else replace(g, price=choice.rows.get(g.gpu.name))
+                   for g in cluster.groups)
+    return replace(cluster, groups=groups, prices=choice)
+
+
+def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster", prices: PriceRule | None = None) -> Cluster:
+    """A cluster file's mapping, priced under `prices` (None: the default rule, price_cluster)."""
     unknown = set(data) - CLUSTER_KEYS
     if unknown:
         raise BadInputError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: "
@@ -310,8 +328,8 @@ def cluster_from_dict(data: dict[str, Any], *, where: str = "cluster") -> Cluste
                                 f"{low:g} .. {high:g} between different nodes (0 allowed on the diagonal)")
         matrix = tuple(tuple(float(v) for v in row) for row in matrix)
     resilience = resilience_from_dict(data["resilience"], where) if "resilience" in data else None
-    return Cluster(name=str(data.get("name", where)), groups=tuple(groups), node_bandwidth_gb_per_s=matrix,
-                   resilience=resilience)
+    return price_cluster(Cluster(name=str(data.get("name", where)), groups=tuple(groups),
+                                 node_bandwidth_gb_per_s=matrix, resilience=resilience), prices or PriceRule())
 
 
 POD_KEYS = {"nodes", "inside_gb_per_s", "between_gb_per_s"}
@@ -366,9 +384,9 @@ def _shorthand_int(digits: str, what: str, ref: str, most: int) -> int:
     return int(digits or "0")
 
 
-def load_cluster(ref: str) -> Cluster:
+def load_cluster(ref: str, prices: PriceRule | None = None) -> Cluster:
     """`PRESET:NODES` (e.g. `dgx-h100:64`), `PRESET:NODESxGPUS` (GPUS of each node's GPUs: `dgx-h100:1x4`) or the
-    path of a cluster YAML/JSON file."""
+    path of a cluster YAML/JSON file, its GPUs priced under `prices` (None: the default rule, price_cluster)."""
     m = SHORTHAND.match(ref.strip())
     exists = bool(ref.strip()) and path_exists(ref)
     if m and not exists:
@@ -384,12 +402,12 @@ def load_cluster(ref: str) -> Cluster:
             overrides["gpus_per_node"] = used
         group = _group(m["preset"], count, overrides, f"--cluster {ref}")
         _check_size((group,), f"--cluster {ref}")
-        return Cluster(name=ref, groups=(group,))
+        return price_cluster(Cluster(name=ref, groups=(group,)), prices or PriceRule())
     if exists:
         data = load_mapping(ref)
         inner = data.get("cluster", data)
         if not isinstance(inner, dict):
             raise BadInputError(f"{show(ref)}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
-        return cluster_from_dict(inner, where=show(ref))
+        return cluster_from_dict(inner, where=show(ref), prices=prices)
     raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets), "
                         "PRESET:NODESxGPUS for GPUS of each node (dgx-h100:1x4) or the path of a cluster YAML file")

@@ -136,7 +136,7 @@ class ServingInstance:
     engine: str = "vllm"
     """Engine profile name (hardware_db/data/engines.yaml): which launch line realises the instance."""
     usd_per_gpu_hour: float | None = None
-    """Price from the chosen price table (hardware_db/prices.py); None = the GPU's price in gpus.yaml."""
+    """Price from the price table under the answer's rule (hardware_db/prices.py choose_prices); None: unpriced."""
     knobs: ServingKnobs = field(default_factory=ServingKnobs)
     max_batched_tokens: int = 2048
     """Token budget of one step: the prefill chunk and the activation workspace the engine profiles for
@@ -185,11 +185,10 @@ class ServingInstance:
 
     @property
     def usd_per_hour(self) -> float:
-        if self.usd_per_gpu_hour is not None:
-            return self.usd_per_gpu_hour * self.n_gpus
-        if self.gpu.price is None:
-            raise BadInputError(f"GPU {self.gpu.name} has no price in the hardware database; give --capacity-table with costs")
-        return self.gpu.price.usd_per_gpu_hour * self.n_gpus
+        if self.usd_per_gpu_hour is None:
+            raise BadInputError(f"GPU {self.gpu.name} has no price here; price it with hardware_db/prices.py "
+                                "choose_prices (serve-plan --provider / --pricing / --prices FILE)")
+        return self.usd_per_gpu_hour * self.n_gpus
 
 
 def weight_bytes_split(inst: ServingInstance) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from clusterplan.hardware_db.prices import row_json
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.cluster import Cluster
 from clusterplan.models.hardware.resilience import Resilience
@@ -188,14 +189,14 @@ def spare_wait_s(res: Resilience, hardware_rate_per_s: float) -> float:
     return p_none * res.node_repair_s / (k + 1)
 
 
-PRICE_HINT = "give yours in a cluster file: `usd_per_gpu_hour:` on the group"
-"""How to price a GPU type hardware_db has no price for (GB200 / GB300 NVL72): a cluster file's own price."""
+PRICE_HINT = "or `usd_per_gpu_hour:` on the group in a cluster file"
+"""The price a user can always give, beside the price table's options (PriceChoice.why_missing)."""
 
 
 def unpriced_gpu(cluster: Cluster) -> str | None:
-    """The first GPU type of `cluster` without a price (hardware_db has none and the cluster file gives none), whose
-    absence leaves the whole cluster unpriced (cluster_usd_per_hour); None when every type has one."""
-    return next((g.gpu.name for g in cluster.groups if g.gpu.price is None), None)
+    """The first GPU type of `cluster` without a price (no row under the price rule and none in the cluster file),
+    whose absence leaves the whole cluster unpriced (cluster_usd_per_hour); None when every type has one."""
+    return next((g.gpu.name for g in cluster.groups if g.price is None), None)
 
 
 def usd_missing_reason(cluster: Cluster) -> str | None:
@@ -203,16 +204,34 @@ def usd_missing_reason(cluster: Cluster) -> str | None:
     gpu = unpriced_gpu(cluster)
     if gpu is None:
         return None
-    mixed = "; a mixed cluster is priced only when every GPU type has one" if len(cluster.groups) > 1 else ""
-    return f"no price for {gpu} in hardware_db{mixed} ({PRICE_HINT})"
+    mixed = " (a mixed cluster is priced only when every GPU type has one)" if len(cluster.groups) > 1 else ""
+    why = cluster.prices.why_missing(gpu) if cluster.prices is not None else f"no price for {gpu}; give one"
+    return f"{why}, {PRICE_HINT}{mixed}"
 
 
 def cluster_usd_per_hour(cluster: Cluster, spare_nodes: int | None) -> float | None:
     if unpriced_gpu(cluster) is not None:
         return None
-    usd = sum(g.count * g.gpus_per_node * g.gpu.price.usd_per_gpu_hour for g in cluster.groups)
+    usd = sum(g.count * g.gpus_per_node * g.price.usd_per_gpu_hour for g in cluster.groups)
     p = cluster.primary
-    return usd + (spare_nodes or 0) * p.gpus_per_node * p.gpu.price.usd_per_gpu_hour
+    return usd + (spare_nodes or 0) * p.gpus_per_node * p.price.usd_per_gpu_hour
+
+
+def cluster_prices_json(cluster: Cluster) -> dict[str, Any]:
+    """The prices an answer's dollars use, per GPU type: the row (provider, pricing, $/GPU-hour, date, source) and the
+    rule that chose it; a cluster file's own price shows as provider "cluster file". Keys are GPU names (a second
+    price of the same type, from another group's cluster-file price, is keyed `NAME (groups[i])`)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for i, g in enumerate(cluster.groups):
+        if g.price is None:
+            continue
+        row = row_json(g.price)
+        key = g.gpu.name if rows.get(g.gpu.name, row) == row else f"{g.gpu.name} (groups[{i}])"
+        rows[key] = row
+    rule = cluster.prices.to_json() if cluster.prices is not None else {}
+    missing = sorted({g.gpu.name for g in cluster.groups if g.price is None})
+    return {k: v for k, v in rule.items() if k not in ("rows", "missing")} | {"rows": dict(sorted(rows.items())),
+                                                                              "missing": missing}
 
 
 def time_to_train(tokens: float, tokens_per_s: np.ndarray, shapes: ModelShapes, L: LayoutArrays,

@@ -80,9 +80,8 @@ class PlanFile:
 
 
 def _group_key(group: Any) -> Any:
-    """A node group without its node count or its GPU's price: two groups with the same key run a stage at the same
-    speed."""
-    return replace(group, count=0, gpu=replace(group.gpu, price=None))
+    """A node group without its node count or its price: two groups with the same key run a stage at the same speed."""
+    return replace(group, count=0, price=None)
 
 
 def stage_groups(model: ModelSpec, cluster: Cluster, layout: Layout, stages: tuple[PipelineStage, ...],
