@@ -310,7 +310,8 @@ def load_mapping(path: str | os.PathLike[str], *, max_bytes: int = MAX_TEXT_BYTE
 
 def check_output_path(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Refuse an output path that cannot be written, before any work: a bad name, a directory, a parent that
-    is a file or not writable. A missing parent folder is made by write_atomic and is fine if it can be."""
+    is a file, missing or not writable. A missing folder is refused rather than made: a typo in a folder name
+    would otherwise create a new tree (write_atomic still makes folders for the library's own outputs)."""
     p = check_name(path, "output file")
     where = f"{option} {show(p)}"
     if is_dir(p):
@@ -324,6 +325,9 @@ def check_output_path(path: str | os.PathLike[str], option: str = "--out") -> Pa
         parent = parent.parent
     if path_exists(parent) and not is_dir(parent):
         raise BadInputError(f"{where}: {show(parent)} is a file, not a folder; give a path in a writable folder")
+    if parent != p.parent:
+        raise BadInputError(f"{where}: folder {show(p.parent)} does not exist; create it first "
+                            f"(mkdir -p {show(p.parent)}) or give a path in an existing folder")
     if is_dir(parent) and not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"{where}: folder {show(parent)} is not writable; give a path in a writable folder")
     if path_exists(p) and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):

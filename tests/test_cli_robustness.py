@@ -677,3 +677,25 @@ def test_serve_estimate_refuses_a_trace_arriving_before_zero(run_cli, tmp_path):
     path = _write(tmp_path, "t.csv", "arrival_s,input_tokens,output_tokens\n0,100,10\n-1,100,10\n")
     one_line_exit_2(run_cli, "serve-estimate", "--model", "llama3.1-8b", "--gpu", "H100", "--trace", path,
                     expect="t.csv: line 3: arrival_s -1 is negative")
+
+
+def test_out_in_a_missing_folder_is_refused_before_any_work(run_cli, tmp_path):
+    """A typo in a folder name used to create a new tree silently (review s46 item 21): refused, one line, exit 2,
+    and nothing is created."""
+    missing = tmp_path / "no_such_dir" / "plan.yaml"
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--gbs", "8",
+                    "--seq", "4096", "--out", str(missing), expect="no_such_dir does not exist; create it first")
+    assert not missing.parent.exists()
+
+
+def test_a_missing_cluster_file_says_no_such_file(run_cli, tmp_path):
+    one_line_exit_2(run_cli, "plan", "--model", "llama3.1-8b", "--cluster", str(tmp_path / "nope.yaml"), "--gbs", "8",
+                    "--seq", "4096", expect="no such file")
+
+
+def test_a_file_without_format_says_so_without_a_python_none(run_cli, tmp_path):
+    bad = tmp_path / "plan_bad.yaml"
+    bad.write_text("x: 1\n")
+    one_line_exit_2(run_cli, "check", str(bad), "--cluster", "dgx-h100:1", expect="no `format:` key")
+    one_line_exit_2(run_cli, "estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100:1", "--layout",
+                    "dp=8,gbs=8,seq=2048", "--calibration", str(bad), expect="no `format:` key")

@@ -157,7 +157,8 @@ def _mapping(where: str, value: Any) -> Mapping[str, Any]:
 
 def calibration_from_dict(data: Mapping[str, Any], *, path: str = "calibration") -> Calibration:
     if data.get("format") != FORMAT:
-        raise BadInputError(f"{path}: not a clusterplan calibration file (format {data.get('format')!r}); "
+        found = f"format {data['format']!r}" if "format" in data else "no `format:` key"
+        raise BadInputError(f"{path}: not a clusterplan calibration file ({found}, expected {FORMAT!r}); "
                             "write one with `clusterplan profile`")
     if data.get("version") != VERSION:
         raise BadInputError(f"{path}: calibration version {data.get('version')!r} is not supported (this clusterplan "

@@ -409,5 +409,8 @@ def load_cluster(ref: str, prices: PriceRule | None = None) -> Cluster:
         if not isinstance(inner, dict):
             raise BadInputError(f"{show(ref)}: `cluster:` must be a mapping with `groups:`, got {type(inner).__name__}")
         return cluster_from_dict(inner, where=show(ref), prices=prices)
+    if ref.lower().endswith((".yaml", ".yml", ".json")) or "/" in ref:
+        raise BadInputError(f"--cluster {ref!r}: no such file; give the path of a cluster YAML file, or PRESET:NODES "
+                            "(e.g. dgx-h100:8; `clusterplan hw list` shows presets)")
     raise BadInputError(f"--cluster {ref!r}: give PRESET:NODES (e.g. dgx-h100:8; `clusterplan hw list` shows presets), "
                         "PRESET:NODESxGPUS for GPUS of each node (dgx-h100:1x4) or the path of a cluster YAML file")

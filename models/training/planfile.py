@@ -212,7 +212,8 @@ def read_plan(path: str | Path) -> PlanFile:
                             "not a launch config; `clusterplan check` reads torchtitan and Megatron-LM configs")
     data = load_mapping(path)
     if data.get("format") != FORMAT:
-        raise BadInputError(f"{where}: not a clusterplan plan file (format {data.get('format')!r}); "
+        found = f"format {data['format']!r}" if "format" in data else "no `format:` key"
+        raise BadInputError(f"{where}: not a clusterplan plan file ({found}, expected {FORMAT!r}); "
                             "write one with `clusterplan plan --out plan.yaml`")
     if data.get("version") != VERSION:
         raise BadInputError(f"{where}: plan version {data.get('version')!r} unsupported (expected {VERSION})")
