@@ -31,9 +31,11 @@ def pdf(z: np.ndarray | float) -> np.ndarray:
     return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
 
 
-WINDOW_SIGMAS = 8.0
-"""expected_ceil sums P(X > j d) over j within this many standard deviations of the mean: beyond, each term is 0 or 1
-to within 1e-15."""
+WINDOW_SIGMAS = 6.0
+"""ceil_moments sums P(X > j d) over j within this many standard deviations of the mean: beyond, each term is 0 or 1
+to within 1e-9."""
+DEDUPE_MIN_SIZE = 256
+"""ceil_moments prices each distinct (mean, sd) once when given at least this many (a search's arrays repeat them)."""
 
 
 def expected_ceil(mean: np.ndarray, sd: np.ndarray | float, step: float) -> np.ndarray:
@@ -47,10 +49,22 @@ def ceil_moments(mean: np.ndarray, sd: np.ndarray | float, step: float) -> tuple
     each sum runs over j within WINDOW_SIGMAS deviations, the terms below counted whole. Where sd is 0:
     ceil(mean / step) and 0."""
     mean = np.asarray(mean, dtype=float)
-    sd = np.broadcast_to(np.asarray(sd, dtype=float), mean.shape)
-    exact = np.ceil(mean / step)
+    shape = np.broadcast_shapes(mean.shape, np.shape(sd))
+    mean = np.broadcast_to(mean, shape)
+    sd = np.broadcast_to(np.asarray(sd, dtype=float), shape)
     if not np.any(sd > 0):
-        return exact, np.zeros_like(exact)
+        return np.ceil(mean / step), np.zeros(shape)
+    if mean.size >= DEDUPE_MIN_SIZE:
+        keys, inverse = np.unique((mean + 1j * sd).ravel(), return_inverse=True)
+        if keys.size < mean.size:
+            m, v = _ceil_moments(keys.real, keys.imag, step)
+            return m[inverse].reshape(shape), v[inverse].reshape(shape)
+    return _ceil_moments(mean, sd, step)
+
+
+def _ceil_moments(mean: np.ndarray, sd: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """ceil_moments on arrays of one shape."""
+    exact = np.ceil(mean / step)
     spread = np.where(sd > 0, sd, 1.0)
     first = np.maximum(np.floor((mean - WINDOW_SIGMAS * spread) / step), 0.0)
     terms = int(np.max(np.ceil(2 * WINDOW_SIGMAS * spread[sd > 0] / step))) + 2
