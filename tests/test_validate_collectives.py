@@ -18,6 +18,7 @@ from clusterplan.models.architecture.spec import ModelSpec  # noqa: E402
 from clusterplan.models.training.batch import LayoutArrays  # noqa: E402
 from clusterplan.models.training.collectives import layer_collectives, pipeline_p2p  # noqa: E402
 from clusterplan.models.training.layout import Layout  # noqa: E402
+from clusterplan.models.training.moe_layer import imbalance  # noqa: E402
 from clusterplan.validate.collectives import Issued, issued_per_layer, issued_per_step  # noqa: E402
 
 DENSE = ModelSpec(name="tiny", n_layers=2, hidden=64, n_heads=4, n_kv_heads=2, ffn_hidden=128, vocab=128)
@@ -61,8 +62,13 @@ def test_layer_collectives_are_what_torch_issues(spec, text):
     if spec.is_moe:  # FSDP2 also shards the experts over the expert-data-parallel ranks: priced in dp_comm, not here
         issued = Issued(calls=Counter({k: v for k, v in issued.calls.items() if k[0] == "all_to_all"}),
                         size_bytes=Counter({k: v for k, v in issued.size_bytes.items() if k[0] == "all_to_all"}))
+        # Each rank issues its own T x k copies; the model's size is what the busiest rank receives, which every
+        # rank waits for (moe_layer.imbalance: forced balancing's statistical excess): compared at the mean.
+        busiest = float(imbalance(ModelShapes.of(spec), LayoutArrays.from_layouts([layout]))[0])
+        assert busiest > 1.0
         model = Issued(calls=Counter({k: v for k, v in model.calls.items() if k[0] == "all_to_all"}),
-                       size_bytes=Counter({k: v for k, v in model.size_bytes.items() if k[0] == "all_to_all"}))
+                       size_bytes=Counter({k: round(v / busiest) for k, v in model.size_bytes.items()
+                                           if k[0] == "all_to_all"}))
     assert _nonzero(issued) == _nonzero(model)
 
 
