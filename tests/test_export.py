@@ -85,6 +85,7 @@ def test_out_writes_the_same_bytes_atomically(run_cli, tmp_path):
     plan = _plan_file(tmp_path, "mixtral_ep8")
     _, stdout_text, stdout_err = run_cli("export", str(plan), "--to", "megatron")
     target = tmp_path / "run" / "train.sh"
+    target.parent.mkdir()  # --out refuses a missing folder (tests/test_cli_robustness.py)
     code, out, err = run_cli("export", str(plan), "--to", "megatron", "--out", str(target))
     assert code == 0 and out == ""
     default = "megatron_mixtral_8x7b.sh"
