@@ -87,10 +87,14 @@ class PriceChoice:
     fixes: Mapping[str, str]
     """Missing GPU name -> the options that would price it (other pricings, other providers, --prices FILE)."""
 
+    @property
+    def from_whom(self) -> str:
+        """Whose rows the rule reads, as the missing-price messages say it."""
+        return "from any provider" if self.provider == CHEAPEST else f"from provider {self.provider}"
+
     def why_missing(self, gpu: str) -> str:
         """Why `gpu` has no price under this rule, and the options that would give it one."""
-        where = "from any provider" if self.provider == CHEAPEST else f"from provider {self.provider}"
-        return f"no {self.pricing} price for {gpu} {where} in {self.table}; {self.fixes.get(gpu, '--prices FILE')}"
+        return f"no {self.pricing} price for {gpu} {self.from_whom} in {self.table}; {self.fixes.get(gpu, '--prices FILE')}"
 
     def to_json(self) -> dict[str, Any]:
         return {"provider": self.provider, "pricing": self.pricing, "table": self.table, "snapshot": self.snapshot,
@@ -155,10 +159,19 @@ def _load(path: str | Path | None) -> PriceTable:
 def price_rule(provider: str | None = None, pricing: str | None = None, path: str | None = None) -> PriceRule:
     """The rule of --provider / --pricing / --prices, checked against the table: an unknown provider or pricing is
     bad input (one line naming the choices). None: the default (cheapest, on_demand, the packaged table)."""
+    return _checked_rule(provider, _pricing(pricing), path, load_prices(path))  # the pricing before the file
+
+
+def _pricing(pricing: str | None) -> str:
+    """--pricing, checked (None: DEFAULT_PRICING)."""
     pricing = pricing or DEFAULT_PRICING
     if pricing not in PRICINGS:
         raise BadInputError(f"--pricing {pricing!r}: use one of {', '.join(PRICINGS)}")
-    table = load_prices(path)
+    return pricing
+
+
+def _checked_rule(provider: str | None, pricing: str, path: str | None, table: PriceTable) -> PriceRule:
+    """price_rule with a checked `pricing`, against an already loaded `table`."""
     name = PROVIDER_ALIASES.get(provider or CHEAPEST, provider or CHEAPEST)
     if name != CHEAPEST and name not in table.providers:
         raise BadInputError(f"--provider {provider!r} is not in {table.where}; use {CHEAPEST} (the default: each GPU's "
@@ -173,8 +186,9 @@ def choose_prices(gpu_names: tuple[str, ...], provider: str | None = None, prici
     providers, a dated catalog's only where no other provider prices it (module docstring); with `provider` that
     provider's cheapest row (its regions). Ties go to the newer observation, then to the provider's name, so the same
     table always gives the same answer."""
-    rule = price_rule(provider, pricing, None if path is None else str(path))
-    table = load_prices(path)
+    pricing = _pricing(pricing)
+    table = load_prices(path)  # read once: the rule is checked against it
+    rule = _checked_rule(provider, pricing, None if path is None else str(path), table)
     names = tuple(dict.fromkeys(get_gpu(n).name for n in gpu_names))
     chosen: dict[str, PriceRow] = {}
     for gpu in names:

@@ -15,7 +15,7 @@ import numpy as np
 from clusterplan.errors import BadInputError, InfeasibleError
 from clusterplan.hardware_db import Link, get_gpu
 from clusterplan.hardware_db.engines import get_engine
-from clusterplan.hardware_db.prices import CHEAPEST, PriceChoice, choose_prices
+from clusterplan.hardware_db.prices import PriceChoice, choose_prices
 from clusterplan.models.architecture.spec import ModelSpec
 from clusterplan.models.serving.estimate import ESTIMATE_REQUESTS, check_context, tp_inside_domain
 from clusterplan.models.serving.model import (
@@ -443,8 +443,7 @@ def candidate_instances(model: ModelSpec, gpu_names: tuple[str, ...], tps: tuple
                               f"{model.total_params() * DTYPE_BYTES[weight_dtype] / 2**30:.0f} GiB in {weight_dtype}); "
                               "allow larger --tp or --pp or bigger GPUs")
     if unpriced_defaults:
-        where = "from any provider" if prices.provider == CHEAPEST else f"from provider {prices.provider}"
-        warnings.append(f"default GPUs with no {prices.pricing} price {where} left out: "
+        warnings.append(f"default GPUs with no {prices.pricing} price {prices.from_whom} left out: "
                         + "; ".join(f"{g} ({prices.fixes.get(g, '--prices FILE')})" for g in unpriced_defaults))
     return tuple(sorted(out, key=lambda i: (i.gpu.name, i.n_gpus, i.pp))), tuple(warnings)
 
