@@ -3,6 +3,9 @@ alone adds about 0.2 s to every command's start)."""
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import numpy as np
 
 # Abramowitz & Stegun 1964, formula 7.1.26: erf(x) = 1 - (a1 t + ... + a5 t^5) exp(-x^2), t = 1 / (1 + p x), x >= 0;
@@ -75,3 +78,28 @@ def _ceil_moments(mean: np.ndarray, sd: np.ndarray, step: float) -> tuple[np.nda
         total += tail
         square += (2.0 * j + 1.0) * tail
     return np.where(sd > 0, total, exact), np.where(sd > 0, np.maximum(square - total * total, 0.0), 0.0)
+
+
+@lru_cache(maxsize=256)
+def expected_max_standard_normal(n: int) -> float:
+    """E[max of n independent standard normals] = integral of x n phi(x) Phi(x)^(n-1) dx (order statistics, e.g.
+    David & Nagaraja 2003, Sec. 3.1): 0.0 for 1, 1.4236 for 8, 1.7660 for 16, 2.0697 for 32, 2.3437 for 64."""
+    if n < 2:
+        return 0.0
+    x, density, below = _normal_grid()
+    return float(np.sum(x * n * density * below ** (n - 1)) * (x[1] - x[0]))
+
+
+@lru_cache(maxsize=1)
+def _normal_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The standard normal's density and distribution function on expected_max_standard_normal's grid."""
+    x = np.linspace(-MAX_NORMAL_SIGMA, MAX_NORMAL_SIGMA, NORMAL_GRID_POINTS)
+    # math.erf, exact, not cdf()'s 1.5e-7 approximation: evaluated once, and the order statistics are tabulated values
+    exact_cdf = 0.5 * (1.0 + np.frompyfunc(math.erf, 1, 1)(x / np.sqrt(2.0)).astype(float))
+    return x, pdf(x), exact_cdf
+
+
+MAX_NORMAL_SIGMA = 12.0
+"""Integration range of expected_max_standard_normal, in standard deviations: the density beyond is below 1e-30."""
+NORMAL_GRID_POINTS = 48_001
+"""Integration grid of expected_max_standard_normal (step 5e-4 sigma: the sum is exact to 1e-9 for n <= 1,024)."""

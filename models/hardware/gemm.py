@@ -95,8 +95,11 @@ class GemmShapeModel:
         full_reuse = tm * tn / (tm + tn)
         useful = m * n * batch
         spread = np.any(np.asarray(m_sd) > 0)
-        moments = {d: ceil_moments(m, m_sd, d) for d in {tm, tn, half}}
-        ceil_m = {d: mean for d, (mean, _) in moments.items()}
+        if spread:
+            moments = {d: ceil_moments(m, m_sd, d) for d in {tm, tn, half}}
+            ceil_m = {d: mean for d, (mean, _) in moments.items()}
+        else:  # exact tiles (dense GEMMs, drop-and-pad experts): the search's hot path, no moment arrays
+            ceil_m = {d: np.ceil(m / d) for d in {tm, tn, half}}
         ceil_n = {d: np.ceil(n / d) for d in {tm, tn, half}}
         best = np.zeros_like(useful, dtype=float)
         waves = np.empty_like(best)

@@ -11,13 +11,14 @@ Williams et al. 2009); nothing is fitted. Vectorised over LayoutArrays.
 from __future__ import annotations
 
 from functools import lru_cache
-from math import comb, erf
+from math import comb
 
 import numpy as np
 
 from clusterplan.models.architecture.shapes import ModelShapes
 from clusterplan.models.hardware.gemm import OUTPUT_BYTES
 from clusterplan.models.hardware.rates import HardwareRates
+from clusterplan.models.normal import expected_max_standard_normal
 from clusterplan.models.training.batch import LayoutArrays
 
 ROUTED_BYTES_PER_ELEMENT = 2.0
@@ -68,30 +69,6 @@ def capacity_ratio(shapes: ModelShapes, L: LayoutArrays) -> np.ndarray:
     term: expert GEMMs, activations, all-to-all bytes, permutes."""
     dropless = rank_tokens(L) * shapes.top_k
     return np.where(L.token_drop, routed_tokens(shapes, L) / np.maximum(dropless, 1e-30), 1.0)
-
-
-@lru_cache(maxsize=256)
-def expected_max_standard_normal(n: int) -> float:
-    """E[max of n independent standard normals] = integral of x n phi(x) Phi(x)^(n-1) dx (order statistics, e.g.
-    David & Nagaraja 2003, Sec. 3.1): 0.0 for 1, 1.4236 for 8, 1.7660 for 16, 2.0697 for 32, 2.3437 for 64."""
-    if n < 2:
-        return 0.0
-    x, pdf, cdf = _normal_grid()
-    return float(np.sum(x * n * pdf * cdf ** (n - 1)) * (x[1] - x[0]))
-
-
-@lru_cache(maxsize=1)
-def _normal_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The standard normal's density and distribution function on expected_max_standard_normal's grid."""
-    x = np.linspace(-MAX_NORMAL_SIGMA, MAX_NORMAL_SIGMA, NORMAL_GRID_POINTS)
-    cdf = 0.5 * (1.0 + np.frompyfunc(erf, 1, 1)(x / np.sqrt(2.0)).astype(float))
-    return x, np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi), cdf
-
-
-MAX_NORMAL_SIGMA = 12.0
-"""Integration range of expected_max_standard_normal, in standard deviations: the density beyond is below 1e-30."""
-NORMAL_GRID_POINTS = 48_001
-"""Integration grid of expected_max_standard_normal (step 5e-4 sigma: the sum is exact to 1e-9 for n <= 1,024)."""
 
 
 def _hypergeometric_mean_var(population: int, successes: int, draws: int) -> tuple[float, float]:
